@@ -1,0 +1,103 @@
+"""Model folders: round trip, atomic replacement, clear errors for corrupted or foreign files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.model import UNet
+from napari_unet.modelfile import ModelBundle, Normalization, is_model_folder, load_model, save_model
+from napari_unet.postprocess import PostprocessConfig
+
+
+def bundle() -> ModelBundle:
+    torch.manual_seed(0)
+    return ModelBundle(
+        UNet(depth=3, base_channels=4, in_channels=2, batch_norm=True),
+        Normalization(2.0, 99.0),
+        PostprocessConfig(threshold=0.4, min_size=7),
+        {"iterations": 12, "seed": 3},
+    )
+
+
+def test_round_trip_rebuilds_the_same_model(tmp_path):
+    original = bundle()
+    folder = save_model(tmp_path / "model", original)
+    assert is_model_folder(folder)
+    loaded = load_model(folder)
+    assert loaded.net.config == original.net.config
+    assert loaded.normalization == original.normalization and loaded.postprocess == original.postprocess
+    assert loaded.metadata["iterations"] == 12 and "torch_version" in loaded.metadata
+    for (name, a), (_, b) in zip(original.net.state_dict().items(), loaded.net.state_dict().items()):
+        assert torch.equal(a, b), name
+    image = np.random.default_rng(0).random((2, 40, 40)).astype(np.float32) * 1000
+    np.testing.assert_allclose(loaded.predict(image, device="cpu"), original.predict(image, device="cpu"), atol=1e-6)
+
+
+def test_predict_normalises_with_percentiles():
+    model = bundle()
+    image = np.random.default_rng(1).random((2, 50, 60)).astype(np.float32)
+    np.testing.assert_allclose(model.predict(image * 50 + 7, device="cpu"), model.predict(image, device="cpu"),
+                               atol=1e-4)
+    labels = model.segment(image, device="cpu")
+    assert labels.shape == (50, 60) and labels.dtype == np.int32
+
+
+def test_saving_over_an_existing_model_replaces_it_whole(tmp_path):
+    save_model(tmp_path / "m", bundle())
+    other = ModelBundle(UNet(depth=2, base_channels=2))
+    save_model(tmp_path / "m", other)
+    assert load_model(tmp_path / "m").net.config.depth == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no staging leftovers
+
+
+def test_a_file_inside_the_folder_is_accepted(tmp_path):
+    folder = save_model(tmp_path / "m", bundle())
+    assert load_model(folder / "config.json").net.config.depth == 3
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: (f / "weights.safetensors").write_bytes(b"garbage"), "corrupted"),
+        (lambda f: (f / "config.json").write_text("{not json"), "not valid JSON"),
+        (lambda f: (f / "config.json").write_text(json.dumps({"format": "keras"})), "not a napari-unet model config"),
+        (lambda f: (f / "weights.safetensors").unlink(), "not a napari-unet model folder"),
+        (
+            lambda f: (f / "config.json").write_text(
+                json.dumps({**json.loads((f / "config.json").read_text()), "unet": {"depth": 4}})
+            ),
+            "do not match its config.json",
+        ),
+        (
+            lambda f: (f / "config.json").write_text(
+                json.dumps({**json.loads((f / "config.json").read_text()), "format_version": 99})
+            ),
+            "newer napari-unet",
+        ),
+    ],
+    ids=["weights", "json", "foreign", "missing", "mismatch", "newer"],
+)
+def test_damaged_folders_give_clear_errors(tmp_path, damage, message):
+    folder = save_model(tmp_path / "m", bundle())
+    damage(folder)
+    with pytest.raises(ValueError, match=message):
+        load_model(folder)
+
+
+def test_weights_file_runs_no_code(tmp_path):
+    """safetensors holds tensors only: a pickle payload in its place is rejected, never executed."""
+    folder = save_model(tmp_path / "m", bundle())
+    marker = tmp_path / "executed"
+
+    class Payload:
+        def __reduce__(self):
+            return (marker.write_text, ("boom",))
+
+    torch.save({"x": Payload()}, folder / "weights.safetensors")
+    with pytest.raises(ValueError, match="corrupted"):
+        load_model(folder)
+    assert not marker.exists()
