@@ -1,0 +1,375 @@
+"""Image and label I/O with explicit axes, and percentile normalisation.
+
+Arrays carry an ``axes`` string over the letters ``"TZCYX"`` and are always returned in that
+canonical order: ``"YX"``, ``"CYX"``, ``"ZYX"``, ``"TCYX"``, ... (a subset of T, Z, C followed by Y, X).
+
+>>> image, axes = read_image("nuclei.tif")  # doctest: +SKIP
+>>> image, axes = np.arange(10_000, dtype=np.uint16).reshape(100, 100), "YX"
+>>> lo, hi = percentiles(image, 1.0, 99.8, axes)  # global values, from a bounded subsample
+>>> tile = apply_normalization(image[:50, :50], lo, hi)  # normalise tile by tile with them
+>>> float(tile.min()), tile.dtype  # doctest: +ELLIPSIS
+(-0.01..., dtype('float32'))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+CANONICAL_AXES = "TZCYX"
+TIFF_SUFFIXES = (".tif", ".tiff")
+PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg")
+SUPPORTED_FORMATS = "TIFF (.tif, .tiff), PNG (.png), JPEG (.jpg, .jpeg)"
+SUPPORTED_AXES_HELP = (
+    "axes over the letters T, Z, C, Y, X, each at most once and ending in Y and X, "
+    "e.g. 'YX', 'CYX', 'ZYX', 'TCYX', 'TZCYX'"
+)
+IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+MAX_PERCENTILE_SAMPLES = 2**20
+BLOCK_ELEMENTS = 2**24
+
+
+# ----------------------------------------------------------------------------- axes
+
+
+def validate_axes(axes: str, ndim: int) -> str:
+    """Check an axes string against an array's ``ndim`` and return it upper-cased.
+
+    Letters from ``"TZCYX"``, each at most once, including Y and X, one per dimension.
+    """
+    if not isinstance(axes, str):
+        raise TypeError(f"axes must be a string such as 'CYX', got {type(axes).__name__}")
+    axes = axes.upper()
+    unknown = sorted(set(axes) - set(CANONICAL_AXES))
+    if unknown:
+        raise ValueError(f"axes {axes!r} has unknown letters {unknown}; expected {SUPPORTED_AXES_HELP}")
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axes {axes!r} repeats a letter; expected {SUPPORTED_AXES_HELP}")
+    if "Y" not in axes or "X" not in axes:
+        raise ValueError(f"axes {axes!r} lacks Y or X; expected {SUPPORTED_AXES_HELP}")
+    if len(axes) != ndim:
+        raise ValueError(f"axes {axes!r} names {len(axes)} dimensions but the array has {ndim}")
+    return axes
+
+
+def canonical_axes(axes: str) -> str:
+    """The letters of ``axes`` in canonical ``"TZCYX"`` order: ``canonical_axes("YXC") == "CYX"``."""
+    return "".join(a for a in CANONICAL_AXES if a in axes)
+
+
+def to_canonical(image: Any, axes: str) -> tuple[Any, str]:
+    """Reorder ``image`` (axes ``axes``) to canonical order by a transpose.
+
+    The transpose is a view for numpy arrays and memmaps (a memmap stays a memmap) and lazy for dask.
+    """
+    axes = validate_axes(axes, np.ndim(image))
+    target = canonical_axes(axes)
+    if target == axes:
+        return image, axes
+    order = tuple(axes.index(a) for a in target)
+    return image.transpose(order), target
+
+
+def guess_axes(shape: tuple[int, ...]) -> str:
+    """Axes of an array that carries no metadata.
+
+    2-D: ``"YX"``; 3-D: ``"CYX"`` when the first dimension is <= 4, ``"YXC"`` (RGB(A)) when the last
+    dimension is 3 or 4, else ``"ZYX"``. Higher dimensions cannot be guessed: pass ``axes``.
+    """
+    if len(shape) == 2:
+        return "YX"
+    if len(shape) == 3:
+        if shape[0] <= 4:
+            return "CYX"
+        if shape[-1] in (3, 4):
+            return "YXC"
+        return "ZYX"
+    raise ValueError(
+        f"cannot guess the axes of a {len(shape)}-D array of shape {tuple(shape)}; "
+        f"pass axes explicitly ({SUPPORTED_AXES_HELP})"
+    )
+
+
+def _axes_from_series(series_axes: str, shape: tuple[int, ...]) -> str:
+    """Translate tifffile series axes to ours: 'S' (samples) is C; one unknown letter is guessed."""
+    letters = list(series_axes.upper().replace("S", "C"))
+    if letters.count("C") > 1:
+        raise ValueError(
+            f"TIFF series axes {series_axes!r} hold both channels and RGB samples; pass axes explicitly"
+        )
+    unknown = [i for i, a in enumerate(letters) if a not in CANONICAL_AXES or letters.count(a) > 1]
+    if not unknown:
+        return "".join(letters)
+    if len(shape) <= 3 or len(unknown) > 1:
+        return guess_axes(shape)
+    (i,) = unknown
+    free = [a for a in ("C", "Z", "T") if a not in letters]
+    if "C" in free and shape[i] > 4:
+        free.remove("C")
+    if not free:
+        raise ValueError(f"cannot interpret TIFF series axes {series_axes!r}; pass axes explicitly")
+    letters[i] = free[0]
+    return "".join(letters)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, str]:
+    """Read an image and return ``(image, axes)`` with axes in canonical ``"TZCYX"`` order.
+
+    TIFF: memory-mapped when the file is uncompressed and contiguous (the result is a read-only
+    ``np.memmap``), read otherwise; axes from ImageJ/OME/tifffile metadata when present, else guessed
+    (see :func:`guess_axes`). PNG/JPEG: grey -> ``"YX"``; RGB(A) -> ``"CYX"`` with alpha dropped, or
+    ``"YX"`` when the colour channels are equal. An explicit ``axes`` overrides the metadata and
+    describes the array as stored in the file (e.g. ``"YXC"``). A file that is missing raises
+    ``FileNotFoundError``; one that cannot be decoded, ``ValueError`` naming the supported formats.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no image file at {path}")
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        image, found_axes = _read_tiff(path)
+    elif suffix in PILLOW_SUFFIXES:
+        image, found_axes = _read_pillow(path)
+    else:
+        raise ValueError(
+            f"cannot read {path}: unsupported suffix {path.suffix!r}; supported formats: {SUPPORTED_FORMATS}"
+        )
+    if axes is not None:
+        found_axes = validate_axes(axes, image.ndim)
+    return to_canonical(image, found_axes)
+
+
+def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, series_axes, mappable = tuple(series.shape), series.axes, bool(series.dataoffset)
+            image = None if mappable else series.asarray()
+        if image is None:
+            try:
+                image = tifffile.memmap(path, mode="r").reshape(shape)
+            except ValueError:
+                image = tifffile.imread(path)
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as error:
+        raise ValueError(
+            f"cannot read {path} as TIFF ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
+        ) from error
+    return image, _axes_from_series(series_axes, shape)
+
+
+def _read_pillow(path: Path) -> tuple[np.ndarray, str]:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as pil:
+            pil.load()
+            if pil.mode == "P":
+                pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
+            elif pil.mode in ("1", "LA", "PA"):
+                pil = pil.convert("L")
+            elif pil.mode not in ("L", "RGB", "RGBA", "I", "I;16", "F"):
+                pil = pil.convert("RGB")
+            image = np.asarray(pil)
+    except (OSError, ValueError, SyntaxError) as error:
+        raise ValueError(
+            f"cannot read {path} as an image ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
+        ) from error
+    if image.ndim == 2:
+        return image, "YX"
+    colour = image[..., :3]
+    if (colour[..., 0] == colour[..., 1]).all() and (colour[..., 0] == colour[..., 2]).all():
+        return np.ascontiguousarray(colour[..., 0]), "YX"
+    return np.ascontiguousarray(np.moveaxis(colour, -1, 0)), "CYX"
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """Read a 2-D instance label image ``(Y, X)`` of integers, 0 = background.
+
+    Values are returned as stored (a binary 0/255 mask stays 0/255; a boolean mask becomes uint8 0/1).
+    Float, negative, or multi-channel files raise ``ValueError``.
+    """
+    image, axes = read_image(path)
+    labels = np.asarray(image)
+    if axes != "YX":
+        raise ValueError(
+            f"labels in {path} must be one 2-D plane (axes 'YX'), got axes {axes!r} with shape {labels.shape}"
+        )
+    if labels.dtype == bool:
+        return labels.astype(np.uint8)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"labels in {path} must be integers (instance ids, 0 = background), got dtype {labels.dtype}"
+        )
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
+        raise ValueError(f"labels in {path} must be >= 0 (0 = background), got minimum {labels.min()}")
+    return np.array(labels, dtype=labels.dtype.newbyteorder("="))
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_tiff(path: str | Path, array: ArrayLike, axes: str, compression: str | None = None) -> None:
+    """Write ``array`` with ``axes`` to a TIFF that :func:`read_image` reads back with the same axes.
+
+    The array is stored in canonical ``"TZCYX"`` order. uint8/uint16/float32 are written as ImageJ
+    hyperstacks; other dtypes as tifffile "shaped" TIFFs (axes in the JSON description). Uncompressed
+    by default, which keeps the file memory-mappable; ``compression="zlib"`` needs no extra package.
+    """
+    import tifffile
+
+    array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    array, axes = to_canonical(array, axes)
+    if array.dtype in IMAGEJ_DTYPES:
+        tifffile.imwrite(
+            path, array, imagej=True, metadata={"axes": axes}, photometric="minisblack", compression=compression
+        )
+    else:
+        tifffile.imwrite(path, array, metadata={"axes": axes}, photometric="minisblack", compression=compression)
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def _is_lazy(image: Any) -> bool:
+    """True for arrays whose values are not in memory: dask, zarr, ``np.memmap``."""
+    return isinstance(image, np.memmap) or not isinstance(image, np.ndarray)
+
+
+def _to_numpy(array: Any) -> np.ndarray:
+    compute = getattr(array, "compute", None)
+    return np.asarray(compute() if callable(compute) else array)
+
+
+def _strided_sample(image: Any, axes: str, max_samples: int) -> np.ndarray:
+    """A regular strided subset of ``image`` with at most ~``max_samples`` elements per channel."""
+    sampled = [i for i, a in enumerate(axes) if a != "C"]
+    per_channel = int(np.prod([image.shape[i] for i in sampled]))
+    if per_channel <= max_samples:
+        return _to_numpy(image)
+    step = 1
+    while int(np.prod([-(-image.shape[i] // step) for i in sampled])) > max_samples:
+        step += 1
+    index = tuple(slice(None, None, step) if a != "C" else slice(None) for a in axes)
+    return _to_numpy(image[index])
+
+
+def percentiles(
+    image: ArrayLike,
+    low: float = 1.0,
+    high: float = 99.8,
+    axes: str = "YX",
+    max_samples: int = MAX_PERCENTILE_SAMPLES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Low and high percentiles of ``image``, per channel when ``"C"`` is in ``axes``.
+
+    Returns ``(lo, hi)``, float32 arrays shaped to broadcast against ``image``: size 1 on every axis
+    but C (``(C, 1, 1)`` for ``"CYX"``, ``(1, 1)`` for ``"YX"``). Arrays with more than ``max_samples``
+    values per channel (and any dask/zarr array or memmap) are estimated from a regular strided
+    subsample of at most ``max_samples`` values per channel, read without loading the whole array.
+    """
+    if not hasattr(image, "shape"):
+        image = np.asarray(image)
+    axes = validate_axes(axes, image.ndim)
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"percentiles need 0 <= low < high <= 100, got low={low}, high={high}")
+    sample = _strided_sample(image, axes, max_samples) if _is_lazy(image) or image.size > max_samples else image
+    if "C" in axes:
+        c = axes.index("C")
+        flat = np.moveaxis(sample, c, 0).reshape(sample.shape[c], -1)
+        lo, hi = np.percentile(flat, [low, high], axis=1)
+        broadcast = tuple(-1 if a == "C" else 1 for a in axes)
+        return lo.astype(np.float32).reshape(broadcast), hi.astype(np.float32).reshape(broadcast)
+    lo, hi = np.percentile(sample, [low, high])
+    ones = (1,) * len(axes)
+    return np.full(ones, lo, dtype=np.float32), np.full(ones, hi, dtype=np.float32)
+
+
+def apply_normalization(tile: ArrayLike, lo: ArrayLike, hi: ArrayLike, eps: float = 1e-6) -> Any:
+    """``(tile - lo) / (hi - lo + eps)`` in float32, not clipped (CSBDeep convention).
+
+    ``lo``, ``hi`` come from :func:`percentiles` of the whole image, so every tile is normalised with
+    the same global values. Dask input stays lazy; anything else becomes a numpy array.
+    """
+    lo = np.asarray(lo, dtype=np.float32)
+    hi = np.asarray(hi, dtype=np.float32)
+    if not hasattr(tile, "compute"):
+        tile = np.asarray(tile)
+    scale = np.float32(1.0) / (hi - lo + np.float32(eps))
+    return (tile.astype(np.float32) - lo) * scale
+
+
+def normalize_percentile(
+    image: ArrayLike, low: float = 1.0, high: float = 99.8, axes: str = "YX", eps: float = 1e-6
+) -> Any:
+    """Percentile-normalise ``image`` to float32: ``(x - p_low) / (p_high - p_low + eps)``.
+
+    Percentiles per channel when ``"C"`` is in ``axes`` (CSBDeep style); values outside
+    ``[p_low, p_high]`` map outside ``[0, 1]`` (no clipping).
+    """
+    lo, hi = percentiles(image, low, high, axes)
+    return apply_normalization(image, lo, hi, eps)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _blocks(image: Any) -> Any:
+    """Numpy slabs along the first axis of at most ~``BLOCK_ELEMENTS`` values each."""
+    if image.ndim == 0 or image.size <= BLOCK_ELEMENTS:
+        yield _to_numpy(image)
+        return
+    rows = max(1, BLOCK_ELEMENTS // max(1, image.size // image.shape[0]))
+    for start in range(0, image.shape[0], rows):
+        yield _to_numpy(image[start : start + rows])
+
+
+def check_image(image: ArrayLike, axes: str) -> None:
+    """Raise ``ValueError`` unless ``image`` (axes ``axes``) can be segmented.
+
+    Checks: ``axes`` matches the array (letters ``TZCYX``, each once, in that order, with Y and X); no NaN or
+    infinite values (their count is given); the image is not constant. Lazy arrays (dask, zarr,
+    memmap) are scanned slab by slab, never loaded whole.
+    """
+    if not hasattr(image, "shape"):
+        image = np.asarray(image)
+    try:
+        axes = validate_axes(axes, image.ndim)
+        if axes != canonical_axes(axes):
+            raise ValueError(f"axes {axes!r} are not in canonical order {canonical_axes(axes)!r} (see to_canonical)")
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"unsupported image: {image.ndim}-D array of shape {tuple(image.shape)} with axes {axes!r} "
+            f"({error}); supported: {SUPPORTED_AXES_HELP}"
+        ) from None
+    dtype = np.dtype(image.dtype)
+    if not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise ValueError(f"image must hold numbers, got dtype {dtype}")
+    if 0 in image.shape:
+        raise ValueError(f"image is empty: shape {tuple(image.shape)} with axes {axes!r}")
+    inexact = np.issubdtype(dtype, np.inexact)
+    bad = 0
+    lo, hi = np.inf, -np.inf
+    for block in _blocks(image):
+        if inexact:
+            finite = np.isfinite(block)
+            bad += int(block.size - np.count_nonzero(finite))
+            block = block[finite]
+        if block.size:
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    if bad:
+        raise ValueError(
+            f"image has {bad} NaN or infinite values out of {int(np.prod(image.shape))}; "
+            "replace them (e.g. with np.nan_to_num) before segmenting"
+        )
+    if lo >= hi:
+        raise ValueError(f"image is constant (every value is {lo}): nothing to segment")

@@ -1,0 +1,447 @@
+"""Image I/O with explicit axes, percentile normalisation and input checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from napari_unet.io import (
+    apply_normalization,
+    canonical_axes,
+    check_image,
+    guess_axes,
+    normalize_percentile,
+    percentiles,
+    read_image,
+    read_labels,
+    to_canonical,
+    validate_axes,
+    write_tiff,
+)
+
+
+def ramp(shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """Distinct values in every position, scaled into ``dtype``."""
+    values = np.arange(int(np.prod(shape)), dtype=np.float64).reshape(shape)
+    if np.issubdtype(dtype, np.integer):
+        values %= np.iinfo(dtype).max
+    return values.astype(dtype)
+
+
+# ----------------------------------------------------------------------------- axes
+
+
+def test_canonical_axes_and_guess():
+    assert canonical_axes("YXC") == "CYX"
+    assert canonical_axes("XYZT") == "TZYX"
+    assert guess_axes((30, 40)) == "YX"
+    assert guess_axes((3, 30, 40)) == "CYX"
+    assert guess_axes((4, 30, 40)) == "CYX"
+    assert guess_axes((5, 30, 40)) == "ZYX"
+    assert guess_axes((30, 40, 3)) == "YXC"
+    with pytest.raises(ValueError, match="pass axes"):
+        guess_axes((2, 3, 30, 40))
+
+
+@pytest.mark.parametrize(
+    ("axes", "ndim", "message"),
+    [("YQ", 2, "unknown letters"), ("YYX", 3, "repeats"), ("ZX", 2, "lacks Y"), ("CYX", 2, "names 3")],
+)
+def test_validate_axes_rejects(axes, ndim, message):
+    with pytest.raises(ValueError, match=message):
+        validate_axes(axes, ndim)
+
+
+def test_to_canonical_is_a_view():
+    image = ramp((30, 40, 3), np.uint8)
+    moved, axes = to_canonical(image, "YXC")
+    assert axes == "CYX"
+    assert np.shares_memory(moved, image)
+    np.testing.assert_array_equal(moved[1], image[..., 1])
+
+
+# ----------------------------------------------------------------------------- TIFF
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_tiff_2d_round_trip(tmp_path, dtype):
+    image = ramp((33, 47), dtype)
+    write_tiff(tmp_path / "a.tif", image, "YX")
+    read, axes = read_image(tmp_path / "a.tif")
+    assert axes == "YX"
+    assert read.dtype == dtype
+    np.testing.assert_array_equal(read, image)
+
+
+@pytest.mark.parametrize(
+    ("axes", "shape"),
+    [("ZYX", (3, 20, 30)), ("CYX", (2, 20, 30)), ("TZCYX", (2, 3, 2, 20, 30)), ("TCYX", (4, 3, 20, 30))],
+)
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.int32])
+def test_tiff_hyperstack_round_trips_axes(tmp_path, axes, shape, dtype):
+    """ImageJ hyperstacks (uint8/16, float32) and shaped TIFFs (other dtypes) keep their axes, even
+    where the guess would differ (3 planes of Z would be guessed as C)."""
+    image = ramp(shape, dtype)
+    write_tiff(tmp_path / "h.tif", image, axes)
+    read, read_axes = read_image(tmp_path / "h.tif")
+    assert read_axes == axes
+    np.testing.assert_array_equal(read, image)
+
+
+def test_write_tiff_stores_canonical_order(tmp_path):
+    image = ramp((20, 30, 3), np.uint16)
+    write_tiff(tmp_path / "c.tif", image, "YXC")
+    with tifffile.TiffFile(tmp_path / "c.tif") as tif:
+        assert tif.is_imagej
+        assert tif.series[0].axes == "CYX"
+    read, axes = read_image(tmp_path / "c.tif")
+    assert axes == "CYX"
+    np.testing.assert_array_equal(read, np.moveaxis(image, -1, 0))
+
+
+def test_uncompressed_tiff_is_memory_mapped(tmp_path):
+    image = ramp((40, 50), np.uint16)
+    write_tiff(tmp_path / "m.tif", image, "YX")
+    read, _ = read_image(tmp_path / "m.tif")
+    assert isinstance(read, np.memmap)
+    assert not read.flags.writeable
+
+
+def test_rgb_tiff_is_moved_to_channels_first_without_loading(tmp_path):
+    image = ramp((20, 30, 3), np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", image, photometric="rgb")
+    read, axes = read_image(tmp_path / "rgb.tif")
+    assert axes == "CYX"
+    assert isinstance(read, np.memmap)
+    np.testing.assert_array_equal(read, np.moveaxis(image, -1, 0))
+
+
+def test_compressed_tiff_is_read(tmp_path):
+    image = ramp((3, 20, 30), np.uint16)
+    write_tiff(tmp_path / "z.tif", image, "ZYX", compression="zlib")
+    read, axes = read_image(tmp_path / "z.tif")
+    assert not isinstance(read, np.memmap)
+    assert axes == "ZYX"
+    np.testing.assert_array_equal(read, image)
+
+
+@pytest.mark.parametrize(("planes", "expected"), [(3, "CYX"), (7, "ZYX")])
+def test_plain_multipage_tiff_axes_are_guessed(tmp_path, planes, expected):
+    image = ramp((planes, 20, 30), np.uint16)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for plane in image:
+            tif.write(plane, metadata=None)
+    read, axes = read_image(tmp_path / "pages.tif")
+    assert axes == expected
+    np.testing.assert_array_equal(read, image)
+
+
+def test_explicit_axes_override_and_are_validated(tmp_path):
+    image = ramp((3, 20, 30), np.uint16)
+    with tifffile.TiffWriter(tmp_path / "pages.tif") as tif:
+        for plane in image:
+            tif.write(plane, metadata=None)
+    read, axes = read_image(tmp_path / "pages.tif", axes="ZYX")
+    assert axes == "ZYX"
+    read, axes = read_image(tmp_path / "pages.tif", axes="yxc")
+    assert axes == "CYX"
+    np.testing.assert_array_equal(read, np.moveaxis(image, -1, 0))
+    with pytest.raises(ValueError, match="names 2 dimensions but the array has 3"):
+        read_image(tmp_path / "pages.tif", axes="YX")
+
+
+def test_ome_tiff_axes(tmp_path):
+    image = ramp((2, 3, 20, 30), np.uint16)
+    tifffile.imwrite(tmp_path / "o.ome.tif", image, ome=True, metadata={"axes": "ZCYX"})
+    read, axes = read_image(tmp_path / "o.ome.tif")
+    assert axes == "ZCYX"
+    np.testing.assert_array_equal(read, image)
+
+
+# ----------------------------------------------------------------------------- PNG / JPEG
+
+
+def test_png_grey_round_trip(tmp_path):
+    image = ramp((30, 40), np.uint8)
+    Image.fromarray(image).save(tmp_path / "g.png")
+    read, axes = read_image(tmp_path / "g.png")
+    assert axes == "YX"
+    np.testing.assert_array_equal(read, image)
+
+
+def test_png_16_bit(tmp_path):
+    image = ramp((30, 40), np.uint16) * 40
+    Image.fromarray(image).save(tmp_path / "g16.png")
+    read, axes = read_image(tmp_path / "g16.png")
+    assert axes == "YX"
+    assert read.dtype == np.uint16
+    np.testing.assert_array_equal(read, image)
+
+
+def test_png_rgb_is_channels_first(tmp_path):
+    image = np.stack([ramp((30, 40), np.uint8), ramp((30, 40), np.uint8)[::-1], np.full((30, 40), 7, np.uint8)], -1)
+    Image.fromarray(image).save(tmp_path / "rgb.png")
+    read, axes = read_image(tmp_path / "rgb.png")
+    assert axes == "CYX"
+    np.testing.assert_array_equal(read, np.moveaxis(image, -1, 0))
+
+
+def test_png_rgba_with_equal_channels_is_grey(tmp_path):
+    grey = ramp((30, 40), np.uint8)
+    rgba = np.stack([grey, grey, grey, np.full_like(grey, 255)], -1)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    read, axes = read_image(tmp_path / "rgba.png")
+    assert axes == "YX"
+    np.testing.assert_array_equal(read, grey)
+
+
+def test_png_rgba_colour_drops_alpha(tmp_path):
+    rgba = np.stack([ramp((30, 40), np.uint8), np.zeros((30, 40), np.uint8), np.ones((30, 40), np.uint8)], -1)
+    rgba = np.concatenate([rgba, np.full((30, 40, 1), 128, np.uint8)], -1)
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "rgba.png")
+    read, axes = read_image(tmp_path / "rgba.png")
+    assert axes == "CYX"
+    np.testing.assert_array_equal(read, np.moveaxis(rgba[..., :3], -1, 0))
+
+
+def test_jpeg_grey_is_read_approximately(tmp_path):
+    grey = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (32, 1))
+    Image.fromarray(grey).save(tmp_path / "g.jpg", quality=95)
+    read, axes = read_image(tmp_path / "g.jpg")
+    assert axes == "YX"
+    assert read.shape == grey.shape
+    assert np.abs(read.astype(int) - grey).max() <= 8
+
+
+def test_jpeg_colour_is_channels_first(tmp_path):
+    rgb = np.zeros((32, 40, 3), np.uint8)
+    rgb[..., 0] = 200
+    rgb[..., 2] = 50
+    Image.fromarray(rgb).save(tmp_path / "c.jpeg", quality=95)
+    read, axes = read_image(tmp_path / "c.jpeg")
+    assert axes == "CYX"
+    assert read.shape == (3, 32, 40)
+    assert np.abs(read.astype(int) - np.moveaxis(rgb, -1, 0)).max() <= 8
+
+
+# ----------------------------------------------------------------------------- errors while reading
+
+
+def test_unsupported_suffix_names_the_formats(tmp_path):
+    (tmp_path / "image.bmp").write_bytes(b"BM")
+    with pytest.raises(ValueError, match=r"image\.bmp.*supported formats: TIFF"):
+        read_image(tmp_path / "image.bmp")
+
+
+@pytest.mark.parametrize("name", ["broken.tif", "broken.png", "broken.jpg"])
+def test_unreadable_file_names_path_and_formats(tmp_path, name):
+    (tmp_path / name).write_bytes(b"this is not an image" * 10)
+    with pytest.raises(ValueError, match=rf"cannot read .*{name}.*supported formats"):
+        read_image(tmp_path / name)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.tif"):
+        read_image(tmp_path / "nope.tif")
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def test_read_labels_instance_png_and_tiff(tmp_path):
+    labels = np.zeros((30, 40), np.uint16)
+    labels[2:10, 3:12] = 1
+    labels[10:20, 3:12] = 700
+    Image.fromarray(labels).save(tmp_path / "l.png")
+    write_tiff(tmp_path / "l.tif", labels.astype(np.int32), "YX")
+    for name in ("l.png", "l.tif"):
+        read = read_labels(tmp_path / name)
+        assert isinstance(read, np.ndarray) and not isinstance(read, np.memmap)
+        np.testing.assert_array_equal(read, labels)
+
+
+def test_read_labels_binary_mask_is_returned_as_is(tmp_path):
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:20, 5:25] = 255
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    read = read_labels(tmp_path / "m.png")
+    assert read.dtype == np.uint8
+    np.testing.assert_array_equal(read, mask)
+
+
+def test_read_labels_rejects_float_and_multichannel(tmp_path):
+    write_tiff(tmp_path / "f.tif", np.ones((30, 40), np.float32), "YX")
+    with pytest.raises(ValueError, match="must be integers.*float32"):
+        read_labels(tmp_path / "f.tif")
+    colour = np.zeros((30, 40, 3), np.uint8)
+    colour[5:10, 5:10] = (255, 0, 0)
+    Image.fromarray(colour).save(tmp_path / "c.png")
+    with pytest.raises(ValueError, match="one 2-D plane.*'CYX'"):
+        read_labels(tmp_path / "c.png")
+
+
+def test_read_labels_rejects_negative_ids(tmp_path):
+    write_tiff(tmp_path / "n.tif", np.full((30, 40), -1, np.int32), "YX")
+    with pytest.raises(ValueError, match=">= 0"):
+        read_labels(tmp_path / "n.tif")
+
+
+# ----------------------------------------------------------------------------- normalisation
+
+
+def test_normalize_percentile_hand_computed():
+    image = np.arange(101, dtype=np.uint16).reshape(1, 101)
+    out = normalize_percentile(image, low=10, high=90, eps=0.0)
+    assert out.dtype == np.float32
+    assert out[0, 10] == pytest.approx(0.0)
+    assert out[0, 90] == pytest.approx(1.0)
+    assert out[0, 50] == pytest.approx(0.5)
+    assert out[0, 0] == pytest.approx(-0.125)  # not clipped
+
+
+def test_normalize_percentile_per_channel():
+    rng = np.random.default_rng(0)
+    image = np.stack([rng.uniform(0, 1, (40, 50)), rng.uniform(100, 5000, (40, 50))]).astype(np.float32)
+    out = normalize_percentile(image, 1, 99, axes="CYX")
+    for channel, original in zip(out, image):
+        assert np.percentile(channel, 1) == pytest.approx(0.0, abs=1e-4)
+        assert np.percentile(channel, 99) == pytest.approx(1.0, abs=1e-4)
+        np.testing.assert_array_equal(np.argsort(channel, axis=None), np.argsort(original, axis=None))
+
+
+def test_percentiles_shapes_broadcast():
+    image = np.random.default_rng(1).random((2, 3, 20, 30))
+    lo, hi = percentiles(image, 2, 98, axes="ZCYX")
+    assert lo.shape == hi.shape == (1, 3, 1, 1)
+    assert (lo < hi).all()
+    lo, hi = percentiles(image[0, 0], 2, 98, axes="YX")
+    assert lo.shape == (1, 1)
+
+
+def test_percentiles_of_dask_match_numpy_without_computing_all():
+    da = pytest.importorskip("dask.array")
+    rng = np.random.default_rng(2)
+    image = rng.gamma(2.0, 100.0, (3, 600, 700)).astype(np.float32)
+    lazy = da.from_array(image, chunks=(1, 200, 200))
+    exact = percentiles(image, 1, 99.8, axes="CYX", max_samples=10**9)
+    sampled = percentiles(lazy, 1, 99.8, axes="CYX", max_samples=50_000)
+    for e, s in zip(exact, sampled):
+        np.testing.assert_allclose(s, e, rtol=0.05)
+    normalised = normalize_percentile(lazy, 1, 99.8, axes="CYX")
+    assert isinstance(normalised, da.Array)
+    assert normalised.dtype == np.float32
+
+
+def test_percentiles_of_memmap_sample(tmp_path):
+    image = np.random.default_rng(3).integers(0, 4000, (300, 400)).astype(np.uint16)
+    write_tiff(tmp_path / "big.tif", image, "YX")
+    lazy, axes = read_image(tmp_path / "big.tif")
+    assert isinstance(lazy, np.memmap)
+    lo, hi = percentiles(lazy, 1, 99, axes, max_samples=10_000)
+    assert np.mean(image < lo) == pytest.approx(0.01, abs=0.004)  # the sample's 1 % is the image's ~1 %
+    assert np.mean(image > hi) == pytest.approx(0.01, abs=0.004)
+
+
+def test_percentiles_of_zarr_sample():
+    zarr = pytest.importorskip("zarr")
+    image = np.random.default_rng(4).random((2, 300, 400)).astype(np.float32)
+    store = zarr.create_array(store={}, shape=image.shape, chunks=(1, 100, 100), dtype="float32")
+    store[...] = image
+    lo, hi = percentiles(store, 5, 95, "CYX", max_samples=5_000)
+    np.testing.assert_allclose(lo.ravel(), np.percentile(image, 5, axis=(1, 2)), atol=0.02)
+    np.testing.assert_allclose(hi.ravel(), np.percentile(image, 95, axis=(1, 2)), atol=0.02)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    tiles=st.integers(1, 4),
+    seed=st.integers(0, 2**16),
+)
+def test_tiles_with_global_values_equal_whole_image(tiles, seed):
+    """Normalising tile by tile with global percentiles == normalising the whole image."""
+    image = np.random.default_rng(seed).normal(300, 80, (2, 64, 96)).astype(np.float32)
+    lo, hi = percentiles(image, 1, 99.8, "CYX")
+    whole = apply_normalization(image, lo, hi)
+    edges = np.linspace(0, image.shape[-1], tiles + 1).astype(int)
+    stitched = np.concatenate(
+        [apply_normalization(image[..., a:b], lo, hi) for a, b in zip(edges[:-1], edges[1:])], axis=-1
+    )
+    np.testing.assert_array_equal(stitched, whole)
+    np.testing.assert_allclose(whole, normalize_percentile(image, 1, 99.8, "CYX"), rtol=1e-6, atol=1e-6)
+
+
+def test_percentiles_rejects_bad_range():
+    with pytest.raises(ValueError, match="low < high"):
+        percentiles(np.ones((4, 4)), 99, 1)
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def test_check_image_accepts_a_normal_image():
+    check_image(np.random.default_rng(0).random((2, 20, 30)), "CYX")
+    check_image(np.arange(12, dtype=np.uint8).reshape(3, 4), "YX")
+
+
+def test_check_image_counts_nan_and_inf():
+    image = np.ones((20, 30), np.float32)
+    image[0, :3] = np.nan
+    image[5, 5] = np.inf
+    with pytest.raises(ValueError, match="4 NaN or infinite values"):
+        check_image(image, "YX")
+
+
+def test_check_image_counts_nan_in_dask():
+    da = pytest.importorskip("dask.array")
+    image = np.random.default_rng(0).random((4, 20, 30))
+    image[1, 2, :7] = np.nan
+    with pytest.raises(ValueError, match="7 NaN"):
+        check_image(da.from_array(image, chunks=(1, 10, 10)), "ZYX")
+
+
+def test_check_image_rejects_constant():
+    with pytest.raises(ValueError, match="constant"):
+        check_image(np.full((20, 30), 3, np.uint16), "YX")
+
+
+@pytest.mark.parametrize(
+    ("shape", "axes"), [((20,), "X"), ((20, 30), "CYX"), ((2, 2, 2, 2, 2, 20, 30), "TZCQSYX"), ((20, 30, 3), "YXT")]
+)
+def test_check_image_rejects_unsupported_dimensionality(shape, axes):
+    image = np.random.default_rng(0).random(shape)
+    with pytest.raises(ValueError, match="supported: axes over the letters T, Z, C, Y, X"):
+        check_image(image, axes)
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def test_isbi_png_is_grey_uint8(shared_data: Path):
+    image, axes = read_image(shared_data / "isbi2012/train/images/00.png")
+    assert axes == "YX"
+    assert image.shape == (512, 512)
+    assert image.dtype == np.uint8
+    check_image(image, axes)
+    mask = read_labels(shared_data / "isbi2012/train/labels/00.png")
+    assert set(np.unique(mask).tolist()) == {0, 255}
+
+
+def test_dsb_rgba_images_are_grey_with_instance_labels(shared_data: Path):
+    paths = sorted((shared_data / "dsb2018-fluo/train/images").glob("*.png"))[:4]
+    assert paths, "no DSB images found"
+    for path in paths:
+        image, axes = read_image(path)
+        assert axes == "YX"
+        assert image.ndim == 2 and image.dtype == np.uint8
+        np.testing.assert_array_equal(image, np.asarray(Image.open(path))[..., 0])
+        labels = read_labels(path.parent.parent / "labels" / path.name)
+        assert labels.dtype == np.uint16
+        assert labels.shape == image.shape
+        assert labels.max() >= 1
+        assert len(np.unique(labels)) > 2  # instance ids, not a binary mask
