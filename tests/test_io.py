@@ -351,7 +351,7 @@ def test_percentiles_of_memmap_sample(tmp_path):
 def test_percentiles_of_zarr_sample():
     zarr = pytest.importorskip("zarr")
     image = np.random.default_rng(4).random((2, 300, 400)).astype(np.float32)
-    store = zarr.create_array(store={}, shape=image.shape, chunks=(1, 100, 100), dtype="float32")
+    store = zarr.zeros(shape=image.shape, chunks=(1, 100, 100), dtype="float32")
     store[...] = image
     lo, hi = percentiles(store, 5, 95, "CYX", max_samples=5_000)
     np.testing.assert_allclose(lo.ravel(), np.percentile(image, 5, axis=(1, 2)), atol=0.02)
