@@ -1,0 +1,227 @@
+"""Data augmentation of the U-Net paper: elastic deformation, rotation, shift, flips and gray-value changes.
+
+All geometric transforms are composed into ONE sampling map (the source coordinate of every output pixel),
+and image, target and weights are sampled from it once: the image bicubically, target and weights by
+nearest neighbour (each output pixel takes its class and its weight from the same source pixel, so a pixel
+that is not annotated stays with weight 0), mirroring the input at its borders. Gray-value changes apply to
+the image only. Everything random comes from the `numpy.random.Generator` passed in: a seed reproduces a
+sample exactly.
+
+    >>> rng = np.random.default_rng(0)
+    >>> image, target, weights = np.zeros((64, 64)), np.zeros((64, 64), np.uint8), np.ones((64, 64))
+    >>> [a.shape for a in augment(image, target, weights, rng, AugmentConfig())]
+    [(64, 64), (64, 64), (64, 64)]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What `augment` does, each transform applied with its probability `*_p`.
+
+    elastic_grid, elastic_sigma: random displacement vectors on a coarse elastic_grid x elastic_grid grid
+        spanning the image, each component drawn from N(0, elastic_sigma^2) (pixels), interpolated to every
+        pixel by cubic splines (paper: 3 x 3 grid, 10 px).
+    rotation: angle drawn uniformly in [-rotation, rotation] degrees, about the image centre.
+    shift: translation drawn uniformly in [-shift, shift] pixels along each axis.
+    flip_p: probability of flipping each axis (vertical and horizontal independently).
+    contrast: factor c drawn uniformly in the range: image -> mean + c * (image - mean).
+    brightness: offset b drawn uniformly in the range, in units of the image's standard deviation:
+        image -> image + b * std.
+    gamma: exponent g drawn uniformly in the range, applied to the image rescaled to [0, 1] by its minimum
+        and maximum: image -> lo + (hi - lo) * ((image - lo) / (hi - lo))^g.
+    """
+
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0
+    elastic_p: float = 1.0
+    rotation: float = 180.0
+    rotation_p: float = 0.5
+    shift: float = 10.0
+    shift_p: float = 0.5
+    flip_p: float = 0.5
+    contrast: tuple[float, float] = (0.75, 1.33)
+    contrast_p: float = 0.5
+    brightness: tuple[float, float] = (-0.2, 0.2)
+    brightness_p: float = 0.5
+    gamma: tuple[float, float] = (0.75, 1.33)
+    gamma_p: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("elastic_p", "rotation_p", "shift_p", "flip_p", "contrast_p", "brightness_p", "gamma_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} is a probability in [0, 1]; got {value}")
+        if self.elastic_grid < 2:
+            raise ValueError(f"elastic_grid must be >= 2 nodes per axis; got {self.elastic_grid}")
+        for name in ("elastic_sigma", "rotation", "shift"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+        for name, low_bound in (("contrast", 0.0), ("brightness", -math.inf), ("gamma", 0.0)):
+            low, high = getattr(self, name)
+            if not low_bound < low <= high:
+                raise ValueError(f"{name} must be a range (low, high) with {low_bound} < low <= high; "
+                                 f"got {(low, high)}")
+
+    @classmethod
+    def identity(cls) -> AugmentConfig:
+        """Every transform off: `augment` returns its inputs unchanged (the image as float32)."""
+        return cls(elastic_p=0.0, rotation_p=0.0, shift_p=0.0, flip_p=0.0,
+                   contrast_p=0.0, brightness_p=0.0, gamma_p=0.0)
+
+
+def _spline_matrix(size: int, grid: int) -> np.ndarray:
+    """(size, grid) matrix: values on `grid` evenly spaced nodes (the first on pixel 0, the last on pixel
+    size - 1) -> their cubic spline interpolation at every pixel (scipy's order 3, mirrored ends)."""
+    positions = np.arange(size) * ((grid - 1) / max(size - 1, 1))
+    columns = [
+        ndimage.map_coordinates(np.eye(grid)[k], positions[None], order=3, mode="mirror") for k in range(grid)
+    ]
+    return np.stack(columns, axis=1)
+
+
+def elastic_displacement(
+    shape: tuple[int, int], grid: int, sigma: float, rng: np.random.Generator
+) -> np.ndarray:
+    """A smooth random displacement field: (2, H, W) float64, (dy, dx) in pixels.
+
+    Displacements on a grid x grid coarse grid (nodes on pixels round(k (H - 1) / (grid - 1)) when that is
+    whole) are drawn from N(0, sigma^2) per component and interpolated to every pixel by bicubic (cubic
+    spline) interpolation, done as a separable matrix product M_H @ coarse @ M_W.T — the same field as
+    `scipy.ndimage.zoom(coarse, order=3, mode="mirror")`, ~70x faster.
+    """
+    height, width = shape
+    coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
+    rows, columns = _spline_matrix(height, grid), _spline_matrix(width, grid)
+    return np.einsum("yi,cij,xj->cyx", rows, coarse, columns, optimize=True)
+
+
+def sampling_map(shape: tuple[int, int], rng: np.random.Generator, config: AugmentConfig) -> np.ndarray | None:
+    """Source coordinates of every output pixel: (2, H, W) float32 (y, x), or None for the identity.
+
+    For an output pixel p: flip its axes, add the elastic displacement u(p), rotate by R about the centre
+    c = ((H - 1) / 2, (W - 1) / 2) and shift by t: source = R (flip(p) + u(p) - c) + c + t.
+    Random numbers are drawn in this order, each only when its transform is applied.
+    Computed separably: R u(p) = M_H (R coarse) M_W^T is the field of the rotated coarse vectors, and the
+    affine part is a sum of a column and a row.
+    """
+    height, width = shape
+    flip = [config.flip_p > 0 and rng.random() < config.flip_p for _ in range(2)]
+    elastic = config.elastic_sigma > 0 and config.elastic_p > 0 and rng.random() < config.elastic_p
+    if elastic:
+        coarse = rng.normal(0.0, config.elastic_sigma, size=(2, config.elastic_grid, config.elastic_grid))
+    rotate = config.rotation > 0 and config.rotation_p > 0 and rng.random() < config.rotation_p
+    angle = math.radians(rng.uniform(-config.rotation, config.rotation)) if rotate else 0.0
+    shift = config.shift > 0 and config.shift_p > 0 and rng.random() < config.shift_p
+    offset = rng.uniform(-config.shift, config.shift, size=2) if shift else np.zeros(2)
+    if not (any(flip) or elastic or rotate or shift):
+        return None
+
+    centre = np.array([(height - 1) / 2, (width - 1) / 2])
+    y = np.arange(height) - centre[0]
+    x = np.arange(width) - centre[1]
+    if flip[0]:
+        y = -y
+    if flip[1]:
+        x = -x
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    coordinates = np.empty((2, height, width), np.float32)
+    for axis in range(2):
+        # source[axis] = sum_k column_k(y) row_k(x): the affine part, then R u = M_H (R coarse) M_W^T
+        columns = [rotation[axis, 0] * y + centre[axis] + offset[axis], np.ones(height)]
+        rows = [np.ones(width), rotation[axis, 1] * x]
+        if elastic:
+            rotated = np.tensordot(rotation[axis], coarse, axes=1)
+            columns += list((_spline_matrix(height, config.elastic_grid) @ rotated).T)
+            rows += list(_spline_matrix(width, config.elastic_grid).T)
+        # einsum, not a matrix product: BLAS threads stall on busy machines for this thin product
+        np.einsum("ky,kx->yx", np.array(columns, np.float32), np.array(rows, np.float32), out=coordinates[axis])
+    return coordinates
+
+
+def warp(
+    image: np.ndarray, target: np.ndarray, weights: np.ndarray, coordinates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sample image (bicubic), target and weights (nearest) at `coordinates`, mirroring at the borders.
+
+    image: (H, W) or (C, H, W); target, weights: (H, W); coordinates: (2, H', W') source (y, x) per output
+    pixel. Returns image (C, H', W') or (H', W') float32, target (H', W') of target's dtype, weights
+    (H', W') float32. Uses torch.nn.functional.grid_sample (align_corners=True, reflection padding: pixel
+    -1 reads pixel 1).
+    """
+    height, width = target.shape
+    channels = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).reshape(1, -1, height, width)
+    labels = torch.from_numpy(np.stack([target.astype(np.float32), weights.astype(np.float32)]))[None]
+    grid = np.empty((1, *coordinates.shape[1:], 2), np.float32)
+    grid[0, ..., 0] = coordinates[1] * (2.0 / max(width - 1, 1)) - 1.0
+    grid[0, ..., 1] = coordinates[0] * (2.0 / max(height - 1, 1)) - 1.0
+    grid = torch.from_numpy(grid)
+    options = {"padding_mode": "reflection", "align_corners": True}
+    with torch.no_grad():
+        warped_image = torch.nn.functional.grid_sample(channels, grid, mode="bicubic", **options)[0]
+        warped_labels = torch.nn.functional.grid_sample(labels, grid, mode="nearest", **options)[0]
+    warped_image = warped_image.numpy()
+    out_shape = coordinates.shape[1:]
+    return (
+        warped_image.reshape(out_shape) if image.ndim == 2 else warped_image,
+        warped_labels[0].numpy().astype(target.dtype),
+        warped_labels[1].numpy(),
+    )
+
+
+def change_gray_values(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
+    """Gamma, then contrast, then brightness (see `AugmentConfig`), each with its probability: float32."""
+    image = np.asarray(image, dtype=np.float32)
+    if config.gamma_p > 0 and rng.random() < config.gamma_p:
+        gamma = rng.uniform(*config.gamma)
+        low, high = float(image.min()), float(image.max())
+        if high > low:
+            image = low + (high - low) * ((image - low) / (high - low)) ** np.float32(gamma)
+    if config.contrast_p > 0 and rng.random() < config.contrast_p:
+        contrast = rng.uniform(*config.contrast)
+        mean = image.mean()
+        image = mean + np.float32(contrast) * (image - mean)
+    if config.brightness_p > 0 and rng.random() < config.brightness_p:
+        brightness = rng.uniform(*config.brightness)
+        image = image + np.float32(brightness) * image.std()
+    return image
+
+
+def augment(
+    image: np.ndarray,
+    target: np.ndarray,
+    weights: np.ndarray,
+    rng: np.random.Generator,
+    config: AugmentConfig = AugmentConfig(),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One augmented training sample.
+
+    image: (H, W) or (C, H, W); target: (H, W) class ids; weights: (H, W). Returns image (float32, same
+    shape), target (same dtype), weights (float32): gray-value changes on the image, then all geometric
+    transforms as one sampling map (see `sampling_map` and `warp`). The same rng state gives the same sample.
+    """
+    image = np.asarray(image)
+    target = np.asarray(target)
+    weights = np.asarray(weights)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be (H, W) or (C, H, W); got shape {image.shape}")
+    if target.ndim != 2 or target.shape != image.shape[-2:] or weights.shape != target.shape:
+        raise ValueError(
+            f"target and weights must be (H, W) with the image's H, W {image.shape[-2:]}; "
+            f"got target {target.shape}, weights {weights.shape}"
+        )
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)); got {type(rng)}")
+    image = change_gray_values(image, rng, config)
+    coordinates = sampling_map(target.shape, rng, config)
+    if coordinates is None:
+        return image.copy(), target.copy(), weights.astype(np.float32)
+    return warp(image, target, weights, coordinates)
