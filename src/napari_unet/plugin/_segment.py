@@ -1,0 +1,359 @@
+"""Segment dock: overlap-tile prediction in a worker thread, streamed tile by tile into a Labels layer.
+
+The worker (`stream_tiles`) yields one `TileUpdate` per finished tile: its foreground probability and a
+preview labelling of the tile alone. The main thread only copies them into the layers' arrays and asks for a
+throttled refresh, so the window stays responsive. When every tile is in, the stitched probability map is
+post-processed as a whole (in a worker too), so cells cut by tile borders come out whole; the probability map
+is kept, so the threshold and minimum size can be retuned without running the network again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from napari.layers import Image
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet.device import describe_device, select_device
+from napari_unet.modelfile import ModelBundle, load_model
+from napari_unet.postprocess import PostprocessConfig, probs_to_labels
+from napari_unet.tiling import auto_stride, iter_predict_tiles, prepare_model, tile_grid
+
+from ._layers import LayerProblem, PlaneStack, debounced, layer_combo, plane_stack, throttled
+from ._state import Session, session_for
+
+REFRESH_MS = 100  # at most ~10 layer refreshes per second while tiles stream in
+RETUNE_MS = 250  # post-processing reruns this long after the last change of threshold or minimum size
+
+
+@dataclass(frozen=True)
+class TileUpdate:
+    """One finished tile. plane: index over the leading (Z, T, ...) axes; region: (slice_y, slice_x);
+    probs_fg: (h, w) float32 foreground probability; labels: (h, w) int32 preview ids of this tile alone
+    (offset so that tiles do not share ids); done / total: tiles finished / in all planes."""
+
+    plane: tuple[int, ...]
+    region: tuple[slice, slice]
+    probs_fg: np.ndarray
+    labels: np.ndarray
+    done: int
+    total: int
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        return (*self.plane, *self.region)
+
+
+def stream_tiles(
+    bundle: ModelBundle, stack: PlaneStack, stride: int, device: torch.device, postprocess: PostprocessConfig
+) -> Iterator[TileUpdate]:
+    """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
+
+    Runs in the worker thread: reads windows (lazily for dask/zarr), runs the network, labels each tile.
+    """
+    net = prepare_model(bundle.net, device)
+    grid = tile_grid(net, stack.shape, stride)
+    total = len(grid) * len(stack.planes)
+    done = next_id = 0
+    for index in stack.planes:
+        plane = stack.plane(index)
+        preprocess = bundle.preprocessor(plane, "CYX")
+        for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
+            probs_fg = np.ascontiguousarray(result.probs[1], dtype=np.float32)
+            labels = probs_to_labels(probs_fg, postprocess)
+            count = int(labels.max(initial=0))
+            labels[labels > 0] += next_id
+            next_id += count
+            done += 1
+            yield TileUpdate(index, result.tile.region, probs_fg, labels, done, total)
+
+
+def postprocess_planes(probs_fg: np.ndarray, planes: list[tuple[int, ...]], config: PostprocessConfig) -> np.ndarray:
+    """Labels (..., H, W) of the stitched foreground probabilities (..., H, W), plane by plane."""
+    labels = np.zeros(probs_fg.shape, dtype=np.int32)
+    for index in planes:
+        labels[index] = probs_to_labels(probs_fg[index], config)
+    return labels
+
+
+class SegmentWidget(QWidget):
+    """Segment an image layer with the session's model, streaming tiles into a new Labels layer.
+
+    `segmented` is emitted with the final labels array after the whole-image post-processing (also after a
+    retune); `stopped` when the tile worker ends, finished or cancelled.
+    """
+
+    segmented = Signal(object)
+    stopped = Signal()
+
+    def __init__(self, napari_viewer: Any, session: Session | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session or session_for(napari_viewer)
+        self.worker: Any = None
+        self.labels_layer: Any = None
+        self.probs_layer: Any = None
+        self.probs_fg: np.ndarray | None = None  # (..., H, W) float32, kept for retuning
+        self.labels: np.ndarray | None = None  # the Labels layer's array, written in place
+        self.planes: list[tuple[int, ...]] = []
+        self.tiles_written = 0
+        self.layer_refreshes = 0
+        self.cancelled = False
+        self.finished_run = False
+        self._postprocess_runs = 0
+
+        self.image_combo = layer_combo(napari_viewer, Image, "image")
+        self.model_label = QLabel()
+        self.model_label.setWordWrap(True)
+        self.load_button = QPushButton("Load model…")
+        self.tile_spin = QSpinBox()
+        self.tile_spin.setRange(0, 8192)
+        self.tile_spin.setSingleStep(16)
+        self.tile_spin.setSpecialValueText("auto")
+        self.tile_spin.setToolTip("Output tile side in pixels; 'auto' picks the largest that fits in memory")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(_available_devices())
+        self.probs_check = QCheckBox("also show the probability map")
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.0, 1.0)
+        self.threshold_spin.setSingleStep(0.05)
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(0, 100000)
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo.native)
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_label, 1)
+        model_row.addWidget(self.load_button)
+        form.addRow("model", model_row)
+        form.addRow("tile size", self.tile_spin)
+        form.addRow("device", self.device_combo)
+        form.addRow("", self.probs_check)
+        form.addRow("threshold", self.threshold_spin)
+        form.addRow("min. size (px)", self.min_size_spin)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._refresh_soon = throttled(self._refresh_layers, REFRESH_MS, self)
+        self._retune_soon = debounced(self.retune, RETUNE_MS, self)
+        self.load_button.clicked.connect(self._ask_model_folder)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.threshold_spin.valueChanged.connect(lambda _value: self._retune_soon())
+        self.min_size_spin.valueChanged.connect(lambda _value: self._retune_soon())
+        self.session.model_changed.connect(self._show_model)
+        self._show_model()
+        self.reset_choices()
+
+    # -- public ---------------------------------------------------------------------------------------------
+
+    def reset_choices(self, _event: Any = None) -> None:
+        self.image_combo.reset_choices()
+
+    def load_model(self, path: str | Path) -> bool:
+        """Load a model folder into the session; problems become notifications."""
+        try:
+            bundle = load_model(path)
+        except (OSError, ValueError) as error:
+            show_error(f"Cannot load the model: {error}")
+            return False
+        self.session.set_model(bundle, path)
+        return True
+
+    def postprocess_config(self) -> PostprocessConfig:
+        """The model's post-processing with the threshold and minimum size of the dock."""
+        base = self.session.bundle.postprocess if self.session.bundle is not None else PostprocessConfig()
+        return replace(base, threshold=float(self.threshold_spin.value()), min_size=int(self.min_size_spin.value()))
+
+    def run(self) -> Any:
+        """Start segmenting the chosen image layer; returns the worker, or None after a notification."""
+        if self.worker is not None:
+            show_warning("A segmentation is already running: cancel it first")
+            return None
+        bundle, layer = self.session.bundle, self.image_combo.value
+        if bundle is None:
+            show_error("No model: train one in the Fine-tune dock or load a saved model folder (Load model…)")
+            return None
+        if self.session.training:
+            show_warning("The model is being trained: wait for the end of the run (or stop it), then segment")
+            return None
+        if layer is None:
+            show_error("No image layer: open an image first")
+            return None
+        try:
+            stack = plane_stack(layer, bundle.net.config.in_channels)
+            device = select_device(self.device_combo.currentText())
+        except (LayerProblem, ValueError) as error:
+            show_error(str(error))
+            return None
+        stride = self.tile_spin.value() or auto_stride(bundle.net, device)
+
+        self.planes = stack.planes
+        self.probs_fg = np.zeros(stack.output_shape(), dtype=np.float32)
+        self.labels = np.zeros(stack.output_shape(), dtype=np.int32)
+        scale = tuple(s for axis, s in enumerate(layer.scale) if axis != stack.channel_axis)
+        translate = tuple(t for axis, t in enumerate(layer.translate) if axis != stack.channel_axis)
+        self.labels_layer = self.viewer.add_labels(self.labels, name=f"{layer.name} labels", scale=scale,
+                                                   translate=translate)
+        self.probs_layer = None
+        if self.probs_check.isChecked():
+            self.probs_layer = self.viewer.add_image(
+                self.probs_fg, name=f"{layer.name} probability", colormap="magma", contrast_limits=(0.0, 1.0),
+                blending="additive", scale=scale, translate=translate,
+            )
+        self.tiles_written = self.layer_refreshes = 0
+        self.cancelled = self.finished_run = False
+        self._postprocess_runs += 1
+        config = self.postprocess_config()
+        total = len(tile_grid(bundle.net, stack.shape, stride)) * len(self.planes)
+        self.progress.setRange(0, total)
+        self.progress.setValue(0)
+        self.status.setText(f"{total} tile(s) of {stride} px on {describe_device(device)}")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.session.segmenting = True
+        self.worker = create_worker(
+            stream_tiles, bundle, stack, stride, device, config,
+            _progress={"total": total, "desc": "U-Net: segmenting"}, _ignore_errors=True, _start_thread=False,
+        )
+        self.worker.yielded.connect(self._write_tile)
+        self.worker.errored.connect(self._failed)
+        self.worker.aborted.connect(self._aborted)
+        self.worker.finished.connect(self._tiles_finished)
+        self.worker.start()
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop after the tile being computed; the tiles already written stay."""
+        if self.worker is not None:
+            self.cancelled = True
+            self.worker.quit()
+
+    def retune(self) -> Any:
+        """Post-process the kept probability map again with the dock's threshold and minimum size."""
+        if self.probs_fg is None or not self.finished_run or self.worker is not None:
+            return None
+        if self.labels_layer is None or self.labels_layer not in self.viewer.layers:
+            return None
+        return self._start_postprocess()
+
+    # -- slots (main thread) --------------------------------------------------------------------------------
+
+    def _write_tile(self, update: TileUpdate) -> None:
+        if self.labels is None or self.probs_fg is None:
+            return
+        self.labels[update.key] = update.labels
+        self.probs_fg[update.key] = update.probs_fg
+        self.tiles_written += 1
+        self.progress.setValue(update.done)
+        self._refresh_soon()
+
+    def _refresh_layers(self) -> None:
+        for layer in (self.labels_layer, self.probs_layer):
+            if layer is not None and layer in self.viewer.layers:
+                layer.refresh(extent=False)
+        self.layer_refreshes += 1
+
+    def _tiles_finished(self) -> None:
+        self.worker = None
+        self.session.segmenting = False
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self._refresh_layers()
+        self.stopped.emit()
+        if self.cancelled:
+            self.status.setText(f"Cancelled: {self.tiles_written} of {self.progress.maximum()} tiles written")
+            return
+        if self.tiles_written < self.progress.maximum():
+            return  # failed: _failed said why
+        self.finished_run = True
+        self.status.setText("All tiles in; post-processing the whole image…")
+        self._start_postprocess()
+
+    def _start_postprocess(self) -> Any:
+        self._postprocess_runs += 1
+        run = self._postprocess_runs
+        worker = create_worker(
+            postprocess_planes, self.probs_fg, self.planes, self.postprocess_config(),
+            _ignore_errors=True, _start_thread=False,
+        )
+        worker.returned.connect(lambda labels: self._set_final_labels(labels, run))
+        worker.errored.connect(self._failed)
+        worker.start()
+        return worker
+
+    def _set_final_labels(self, labels: np.ndarray, run: int) -> None:
+        if run != self._postprocess_runs or self.labels is None or labels.shape != self.labels.shape:
+            return  # a newer retune is on its way, or a new segmentation replaced this one
+        self.labels[...] = labels
+        self._refresh_layers()
+        count = sum(int(labels[index].max(initial=0)) for index in self.planes)
+        self.status.setText(f"Done: {count} object(s). Threshold and min. size can be retuned now.")
+        self.segmented.emit(self.labels)
+
+    def _aborted(self) -> None:
+        show_info("Segmentation cancelled: the finished tiles are kept")
+
+    def _failed(self, error: Exception) -> None:
+        show_error(f"Segmentation failed: {error}")
+        self.status.setText(f"Failed: {error}")
+
+    def _show_model(self, _bundle: Any = None) -> None:
+        self.model_label.setText(self.session.describe_model())
+        bundle = self.session.bundle
+        if bundle is not None:
+            self.threshold_spin.blockSignals(True)
+            self.min_size_spin.blockSignals(True)
+            self.threshold_spin.setValue(bundle.postprocess.threshold)
+            self.min_size_spin.setValue(bundle.postprocess.min_size)
+            self.threshold_spin.blockSignals(False)
+            self.min_size_spin.blockSignals(False)
+
+    def _ask_model_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")
+        if path:
+            self.load_model(path)
+
+
+def _available_devices() -> list[str]:
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names.append("cuda")
+    backend = getattr(torch.backends, "mps", None)
+    if backend is not None and backend.is_available():
+        names.append("mps")
+    return names

@@ -1,0 +1,70 @@
+"""What the docks of one viewer share: the current model, where it lives on disk, the last training run.
+
+The Fine-tune dock puts the model it trained here, the Segment dock and the model reader take it from here, so
+a model trained a minute ago is the one that segments the next image (human in the loop).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from psygnal import Signal
+
+from napari_unet.modelfile import ModelBundle
+
+
+@dataclass
+class TrainingRun:
+    """The history of one Fine-tune run: (iteration, loss) and (iteration, validation score) pairs."""
+
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    scores: list[tuple[int, float]] = field(default_factory=list)
+    saved_to: Path | None = None
+    stopped: bool = False
+
+
+class Session:
+    """Per-viewer state. `model_changed` is emitted (on the main thread) whenever `bundle` is replaced."""
+
+    model_changed = Signal(object)
+
+    def __init__(self) -> None:
+        self.bundle: ModelBundle | None = None
+        self.model_path: Path | None = None
+        self.last_run: TrainingRun | None = None
+        self.training = False  # a Fine-tune run owns the model: others must not use it meanwhile
+        self.segmenting = False  # a Segment run is using the model: training must wait
+
+    def set_model(self, bundle: ModelBundle, path: str | Path | None = None) -> None:
+        self.bundle = bundle
+        self.model_path = Path(path) if path is not None else None
+        self.model_changed.emit(bundle)
+
+    def describe_model(self) -> str:
+        """One line for the docks: 'depth 4, 16 channels, 400 iterations (autosave/cells-...)'."""
+        if self.bundle is None:
+            return "no model yet: train one (Fine-tune) or load a saved model folder"
+        config = self.bundle.net.config
+        parts = [f"depth {config.depth}", f"{config.base_channels} channels"]
+        if config.in_channels > 1:
+            parts.append(f"{config.in_channels} input channels")
+        iterations: Any = self.bundle.metadata.get("iterations")
+        if iterations:
+            parts.append(f"{iterations} iterations")
+        where = f" ({self.model_path.name})" if self.model_path is not None else " (not saved)"
+        return ", ".join(parts) + where
+
+
+_SESSIONS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
+
+
+def session_for(viewer: Any) -> Session:
+    """The session of `viewer` (created on first use). Accepts napari's public-only proxy of the viewer."""
+    key = getattr(viewer, "__wrapped__", viewer)
+    session = _SESSIONS.get(key)
+    if session is None:
+        session = _SESSIONS[key] = Session()
+    return session

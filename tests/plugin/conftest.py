@@ -1,0 +1,52 @@
+"""Fixtures of the napari plugin tests: a display check, a tiny model, the synthetic sample, screenshots."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+if sys.platform == "linux" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+    pytest.skip(
+        "no display ($DISPLAY and $WAYLAND_DISPLAY unset): run the tests under xvfb-run (scripts/test.sh does)",
+        allow_module_level=True,
+    )
+if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+    pytest.skip("QT_QPA_PLATFORM=offscreen has no OpenGL for the napari canvas", allow_module_level=True)
+
+from napari_unet.model import UNet  # noqa: E402
+from napari_unet.modelfile import ModelBundle  # noqa: E402
+from napari_unet.postprocess import PostprocessConfig  # noqa: E402
+from napari_unet.synthetic import make_cells  # noqa: E402
+
+
+@pytest.fixture
+def cells() -> tuple[np.ndarray, np.ndarray]:
+    """A small synthetic image (Y, X) float32 and its instance labels."""
+    return make_cells((192, 224), seed=3)
+
+
+@pytest.fixture
+def tiny_bundle() -> ModelBundle:
+    """An untrained depth-3, 8-channel U-Net: enough to exercise the docks, seconds to run."""
+    return ModelBundle(UNet(depth=3, base_channels=8, dropout=0.0), postprocess=PostprocessConfig(min_size=4))
+
+
+@pytest.fixture
+def screenshot(tmp_path: Path):
+    """save(viewer, name): a picture of the whole window (canvas and docks) as the user sees it, written to
+    $NAPARI_UNET_SCREENSHOTS/<name>.png when set (the docs' images), else to tmp_path. Returns the pixels."""
+    from imageio.v3 import imwrite
+
+    folder = Path(os.environ.get("NAPARI_UNET_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(viewer, name: str) -> np.ndarray:
+        pixels = viewer.screenshot(canvas_only=False, flash=False)
+        imwrite(folder / f"{name}.png", pixels)
+        return pixels
+
+    return save

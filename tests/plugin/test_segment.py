@@ -1,0 +1,122 @@
+"""Segment dock: tiles stream into the layer from a worker, the end result is the core's, cancel is clean."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from napari_unet.postprocess import probs_to_labels
+from napari_unet.plugin._segment import SegmentWidget
+from napari_unet.plugin._state import session_for
+from napari_unet.tiling import tile_grid
+
+pytestmark = pytest.mark.viewer
+
+TILE = 48  # small tiles: many of them, so the streaming is observable
+
+
+def open_dock(viewer, bundle):
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    session_for(viewer).set_model(bundle)
+    widget.tile_spin.setValue(TILE)
+    return widget
+
+
+def watch_layer_threads(layer) -> list[str]:
+    """Names of the threads that emitted data/refresh events of `layer`."""
+    threads: list[str] = []
+    for emitter in (layer.events.data, layer.events.set_data):
+        emitter.connect(lambda _event: threads.append(threading.current_thread().name))
+    return threads
+
+
+def test_tiles_stream_into_the_layer_and_the_result_is_predict_tiled_plus_postprocessing(
+    make_napari_viewer_proxy, qtbot, cells, tiny_bundle, screenshot
+):
+    image, _ = cells
+    viewer = make_napari_viewer_proxy(show=True)
+    viewer.add_image(image, name="cells")
+    widget = open_dock(viewer, tiny_bundle)
+    widget.probs_check.setChecked(True)
+    partial_refreshes = []
+    original_refresh = widget._refresh_layers
+
+    def counting_refresh():
+        original_refresh()
+        if widget.tiles_written < widget.progress.maximum():
+            partial_refreshes.append(widget.tiles_written)
+
+    widget._refresh_layers = counting_refresh
+    widget._refresh_soon.timer.timeout.disconnect()
+    widget._refresh_soon.timer.timeout.connect(counting_refresh)
+
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as final:
+        worker = widget.run()
+        assert worker is not None
+        threads = watch_layer_threads(widget.labels_layer)
+    labels = final.args[0]
+
+    total = len(tile_grid(tiny_bundle.net, image.shape, TILE))
+    assert total >= 12 and widget.tiles_written == total
+    assert len(partial_refreshes) >= 2, f"the layer was refreshed only at {partial_refreshes} tiles before the end"
+    assert partial_refreshes == sorted(partial_refreshes)
+    assert set(threads) <= {threading.main_thread().name}
+
+    probs = tiny_bundle.predict(image, tile_size=TILE, device="cpu")
+    np.testing.assert_array_equal(widget.probs_fg, probs[1])
+    expected = probs_to_labels(probs[1], widget.postprocess_config())
+    np.testing.assert_array_equal(labels, expected)
+    np.testing.assert_array_equal(widget.labels_layer.data, expected)
+    assert widget.labels_layer.data is widget.labels and widget.probs_layer.data is widget.probs_fg
+    screenshot(viewer, "segment")
+
+    # retune: a new threshold re-post-processes the kept probabilities without running the network
+    with qtbot.waitSignal(widget.segmented, timeout=10_000) as retuned:
+        widget.threshold_spin.setValue(0.7)
+    np.testing.assert_array_equal(retuned.args[0], probs_to_labels(probs[1], widget.postprocess_config()))
+    assert widget.postprocess_config().threshold == pytest.approx(0.7)
+
+
+def test_cancel_midway_leaves_every_tile_written_or_untouched(make_napari_viewer_proxy, qtbot, tiny_bundle):
+    image = np.random.default_rng(0).random((320, 320), dtype=np.float32)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="noise")
+    widget = open_dock(viewer, tiny_bundle)
+    with qtbot.waitSignal(widget.stopped, timeout=60_000):
+        widget.run()
+        qtbot.waitUntil(lambda: widget.tiles_written >= 3, timeout=30_000)
+        widget.cancel()
+    grid = tile_grid(tiny_bundle.net, image.shape, TILE)
+    assert 3 <= widget.tiles_written < len(grid), "the run finished before the cancel took effect"
+
+    expected = tiny_bundle.predict(image, tile_size=TILE, device="cpu")[1]
+    written = untouched = 0
+    for tile in grid:
+        probs, labels = widget.probs_fg[tile.region], widget.labels[tile.region]
+        if np.array_equal(probs, expected[tile.region]):
+            written += 1
+        else:
+            assert not probs.any() and not labels.any(), f"tile {tile.index} is partly written"
+            untouched += 1
+    assert written == widget.tiles_written and untouched == len(grid) - written
+    assert "Cancelled" in widget.status.text()
+
+
+def test_bad_situations_are_notifications(make_napari_viewer_proxy, tiny_bundle, monkeypatch):
+    from napari_unet.plugin import _segment
+
+    messages = []
+    monkeypatch.setattr(_segment, "show_error", messages.append)
+    viewer = make_napari_viewer_proxy()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.run() is None and "No model" in messages[-1]
+    session_for(viewer).set_model(tiny_bundle)
+    assert widget.run() is None and "No image layer" in messages[-1]
+    viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
+    widget.reset_choices()
+    assert widget.run() is None and "RGB" in messages[-1]
+    assert widget.load_model("/nonexistent/model") is False and "Cannot load" in messages[-1]

@@ -1,0 +1,45 @@
+"""Weight-map dock: the layer is the core's weight map and follows the sliders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.plugin._weightmap import WeightMapWidget
+from napari_unet.synthetic import touching_pairs
+from napari_unet.targets import make_target
+from napari_unet.weights import weight_map
+
+pytestmark = pytest.mark.viewer
+
+
+def test_sliders_update_the_weight_map_layer(make_napari_viewer_proxy, qtbot, cells, screenshot):
+    image, labels = cells
+    assert touching_pairs(labels), "the sample should have touching cells"
+    viewer = make_napari_viewer_proxy(show=True)
+    viewer.add_image(image, name="cells")
+    with qtbot.waitSignal(viewer.layers.events.inserted, timeout=5_000):
+        viewer.add_labels(labels, name="cells labels")
+    widget = WeightMapWidget(viewer)
+    with qtbot.waitSignal(widget.updated, timeout=20_000) as first:
+        viewer.window.add_dock_widget(widget, name="Weight map")
+    layer = widget.layer
+    np.testing.assert_allclose(layer.data, weight_map(labels, 10.0, 5.0), rtol=1e-6)
+    assert first.args[0] is layer.data
+    screenshot(viewer, "weight_map")
+
+    before = layer.data.copy()
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        widget.w0_slider.setValue(25.0)
+    assert widget.layer is layer, "the same layer is updated, not a new one added"
+    np.testing.assert_allclose(layer.data, weight_map(labels, 25.0, 5.0), rtol=1e-6)
+    increased = layer.data > before + 1e-4
+    assert increased.any(), "a larger w0 should raise the border ridges"
+    assert (make_target(labels)[increased] == 0).all(), "only background (the gaps between cells) may change"
+
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        widget.sigma_slider.setValue(2.0)
+        widget.balance_check.setChecked(False)
+    np.testing.assert_allclose(layer.data, weight_map(labels, 25.0, 2.0, class_weights=None), rtol=1e-6)
+    assert layer.colormap.name == "magma"
+    assert len([x for x in viewer.layers if x.name == "weight map"]) == 1
