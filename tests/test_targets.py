@@ -211,3 +211,20 @@ def test_bad_input() -> None:
         annotation_mask(np.zeros((3, 4), int), np.ones((4, 3)))
     with pytest.raises(ValueError, match="margin"):
         mask_around_cells(np.zeros((3, 4), int), -1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_synthetic_sample_touching_pairs_are_separated(seed: int) -> None:
+    from napari_unet.synthetic import make_cells, touching_pairs as synthetic_touching_pairs
+
+    _, labels = make_cells((192, 192), seed=seed)
+    pairs = synthetic_touching_pairs(labels)
+    assert len(pairs) >= 5
+    target = make_target(labels)
+    components, _ = ndimage.label(target)  # 4-connected
+    for a, b in pairs:
+        assert not set(np.unique(components[labels == a])) & set(np.unique(components[labels == b])) - {0}
+    assert not synthetic_touching_pairs(np.where(target == 1, labels, 0))
+    ids, area = np.unique(labels[labels != 0], return_counts=True)
+    kept = ndimage.sum(target, labels, ids)
+    assert np.all(kept / area > 0.6)

@@ -214,3 +214,16 @@ def test_bad_input() -> None:
         weight_map(labels, mask=np.ones((4, 5), bool))
     with pytest.raises(TypeError, match="dtype"):
         weight_map(labels.astype(float))
+
+
+def test_synthetic_sample_equals_naive_and_peaks_between_touching_cells() -> None:
+    from napari_unet.synthetic import make_cells, touching_pairs
+
+    _, labels = make_cells((160, 160), seed=2)
+    assert len(touching_pairs(labels)) >= 5
+    weights = weight_map(labels)
+    np.testing.assert_allclose(weights, naive_weight_map(labels), rtol=1e-4, atol=0)
+    target = make_target(labels)
+    cut = (labels != 0) & (target == 0)
+    background = target == 0
+    assert np.median(weights[cut]) > 5 * np.median(weights[background & ~cut])
