@@ -1,0 +1,112 @@
+"""Time to quality on a CPU: which network width, depth, tile size and optimiser learn fastest.
+
+    .venv/bin/python benchmarks/bench_training.py [--quick] [--budget SECONDS] [--out benchmarks/results/training.json]
+
+Every candidate trains from scratch on synthetic touching cells (`make_cells`, 4 training images) for the same
+wall-clock budget of training time, and is scored along the way on 2 held-out images: foreground IoU and
+instance AP at IoU 0.5 after the default post-processing. The reference in the same run is the paper's
+configuration (depth 5, 64 channels, 572 tiles, SGD with momentum 0.99) under the same budget; each figure is also
+printed as a ratio to it. The winner is the `fast` preset (see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_unet.metrics import instance_scores, pixel_scores
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.postprocess import probs_to_labels
+from napari_unet.synthetic import make_cells
+from napari_unet.targets import make_target
+from napari_unet.tiling import predict_tiled
+from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def candidates() -> dict[str, tuple[UNetConfig, TrainConfig]]:
+    fast_net, fast = PRESETS["fast"]
+    paper_net, paper = PRESETS["paper"]
+    return {
+        "paper (d5, 64 ch, 572, SGD 0.99)": (paper_net, paper),
+        "fast: d4, 16 ch, 252, Adam": (fast_net, fast),
+        "d4, 16 ch, 252, SGD 0.99": (fast_net, replace(fast, optimizer="sgd", learning_rate=0.01, schedule="constant")),
+        "d5, 16 ch, 380, Adam": (replace(fast_net, depth=5), replace(fast, tile_size=380)),
+        "d4, 32 ch, 252, Adam": (replace(fast_net, base_channels=32), fast),
+        "d4, 16 ch, 412, Adam": (fast_net, replace(fast, tile_size=412)),
+    }
+
+
+def score(model: UNet, tests: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    ious, aps = [], []
+    for image, labels in tests:
+        probs = predict_tiled(model, image, device="cpu")[1]
+        ious.append(pixel_scores(probs > 0.5, make_target(labels) > 0)["iou"])
+        aps.append(instance_scores(probs_to_labels(probs), labels)["ap50"])
+    model.train()
+    return {"iou": float(np.mean(ious)), "ap50": float(np.mean(aps))}
+
+
+def run_candidate(name, net_config, config, train, tests, budget, checkpoints) -> dict:
+    torch.manual_seed(0)
+    model = UNet(net_config)
+    config = replace(config, iterations=10**6, validate_every=10**6, checkpoint_every=10**6, time_budget=None)
+    trainer = Trainer(model, config, train, device="cpu")
+    run = trainer.run()
+    trained, curve, marks = 0.0, [], list(checkpoints)
+    while marks:
+        start = time.perf_counter()
+        event = next(run)
+        trained += time.perf_counter() - start
+        if event.kind == "step" and trained >= marks[0]:
+            marks.pop(0)
+            curve.append({"seconds": trained, "iterations": event.iteration, "loss": event.loss,
+                          **score(model, tests)})
+            print(f"  {name}: {trained:6.0f} s, {event.iteration:5d} it, IoU {curve[-1]['iou']:.3f}, "
+                  f"AP50 {curve[-1]['ap50']:.3f}", flush=True)
+    run.close()
+    return {"name": name, "net": net_config.to_dict(), "train": config.to_dict(), "curve": curve,
+            "seconds_per_iteration": trained / max(1, curve[-1]["iterations"])}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="60 s per candidate")
+    parser.add_argument("--budget", type=float, default=None, help="training seconds per candidate (default 300)")
+    parser.add_argument("--only", nargs="*", default=None, help="names (prefixes) of the candidates to run")
+    parser.add_argument("--out", type=Path, default=RESULTS / "training.json")
+    args = parser.parse_args(argv)
+    budget = args.budget or (60.0 if args.quick else 300.0)
+    checkpoints = [budget * f for f in (0.25, 0.5, 1.0)]
+    train = [Sample(*make_cells((256, 256), seed=seed)) for seed in range(4)]
+    tests = [make_cells((256, 256), seed=100 + seed) for seed in range(2)]
+    rows = []
+    for name, (net, config) in candidates().items():
+        if args.only and not any(name.startswith(prefix) for prefix in args.only):
+            continue
+        rows.append(run_candidate(name, net, config, train, tests, budget, checkpoints))
+    reference = rows[0]["curve"][-1]
+    print(f"\nafter {budget:.0f} s of training (ratios against {rows[0]['name']}):")
+    for row in rows:
+        final = row["curve"][-1]
+        row["iou_over_reference"] = final["iou"] / max(reference["iou"], 1e-9)
+        row["ap50_over_reference"] = final["ap50"] / max(reference["ap50"], 1e-9)
+        print(f"  {row['name']:36s} IoU {final['iou']:.3f} ({row['iou_over_reference']:.2f}x)  "
+              f"AP50 {final['ap50']:.3f} ({row['ap50_over_reference']:.2f}x)  "
+              f"{row['seconds_per_iteration']:.2f} s/it")
+    results = {"budget_seconds": budget, "torch_threads": torch.get_num_threads(), "candidates": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,448 @@
+"""Training: a generator of progress events, consumed alike by the napari dock, the CLI and the tests.
+
+Each step draws one annotated pixel at random, cuts the network's input window around it (mirrored at the
+image border), warps image, target and weights together (elastic deformation, rotation, shift, flips;
+gray-value changes on the image), and minimises the weighted cross-entropy on the window's output region.
+
+Stopping is not asking for the next event: closing the generator (or leaving a ``for`` loop) saves the last
+completed step to the checkpoint folder. A resumed run continues exactly where the interrupted one stopped
+(model, optimiser, schedule, random state and iteration are restored).
+
+>>> from napari_unet.synthetic import make_cells
+>>> image, labels = make_cells((96, 96), seed=0)
+>>> net_config, config = preset("fast", iterations=2, tile_size=92)
+>>> trainer = Trainer(UNet(net_config, depth=3), config, [Sample(image, labels)], device="cpu")
+>>> [event.kind for event in trainer.run()]
+['step', 'step', 'validation', 'done']
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .augment import AugmentConfig, augment
+from .device import select_device
+from .losses import weighted_cross_entropy
+from .model import UNet, UNetConfig
+from .modelfile import STATE_FILE, ModelBundle, Normalization, load_model, save_model
+from .postprocess import PostprocessConfig
+from .targets import annotation_mask, make_target
+from .tiling import predict_tiled, read_window
+from .weights import weight_map
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. Saved with the model and in checkpoints.
+
+    tile_size: side of the network's input window (rounded up to a valid size of the model).
+    optimizer: "adam" or "sgd" (with `momentum`; the paper: SGD, momentum 0.99, one large tile per batch).
+    schedule: "constant" or "cosine" (learning rate decays to 5% over `iterations`).
+    w0, sigma, border: weight map border term and the separation border width between touching cells (px).
+    time_budget: seconds; training stops (and saves) when exceeded, whatever `iterations` says.
+    """
+
+    iterations: int = 400
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    tile_size: int = 252
+    batch_size: int = 1
+    w0: float = 10.0
+    sigma: float = 5.0
+    border: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    seed: int = 0
+    time_budget: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        for name in ("iterations", "tile_size", "batch_size", "validate_every", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training config keys {unknown}; expected a subset of {sorted(known)}")
+        data = dict(data)
+        if isinstance(data.get("augment"), dict):  # JSON turned its ranges into lists
+            data["augment"] = AugmentConfig(
+                **{k: tuple(v) if isinstance(v, list) else v for k, v in data["augment"].items()}
+            )
+        return cls(**data)
+
+
+PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
+    # Chosen by benchmarks/bench_presets.py (time to quality on a 2-core CPU): see docs/benchmarks.md.
+    "fast": (
+        UNetConfig(depth=4, base_channels=16, dropout=0.0),
+        TrainConfig(iterations=400, optimizer="adam", learning_rate=1e-3, schedule="cosine", tile_size=252),
+    ),
+    # The paper: depth 5, 64 channels, valid convolutions, SGD with momentum 0.99, one large tile per batch.
+    "paper": (
+        UNetConfig(),
+        TrainConfig(
+            iterations=20000, optimizer="sgd", learning_rate=0.01, momentum=0.99, schedule="constant",
+            tile_size=572, validate_every=500, checkpoint_every=500,
+        ),
+    ),
+}
+
+
+def preset(name: str = "fast", **overrides: Any) -> tuple[UNetConfig, TrainConfig]:
+    """The (network, training) configs of a preset, with TrainConfig fields overridden by keyword."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    net, train = PRESETS[name]
+    return net, replace(train, **overrides)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One annotated image. image: (H, W) or (C, H, W), normalised; labels: (H, W) instance ids or a binary mask;
+    mask: (H, W), nonzero where the annotation is defined (None: everywhere but reserved "not annotated" values)."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """What the trainer reports. kind: "step", "validation", "checkpoint" or "done"."""
+
+    kind: str
+    iteration: int
+    total: int
+    loss: float
+    learning_rate: float
+    elapsed: float
+    val_score: float | None = None
+    preview: np.ndarray | None = None
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the last good state was kept."""
+
+
+@dataclass
+class _Prepared:
+    image: np.ndarray  # (C, H, W) float32
+    target: np.ndarray  # (H, W) uint8
+    weights: np.ndarray  # (H, W) float32, 0 = ignored
+    annotated: np.ndarray  # flat indices of pixels with weight > 0
+
+
+class Trainer:
+    """Trains `model` on `train` samples; `run()` is the generator that does the work.
+
+    checkpoint: a model folder written at every `checkpoint_every` steps, at the end and at a stop; it also holds
+    the state needed to resume (`Trainer.resume`).
+    """
+
+    def __init__(
+        self,
+        model: UNet,
+        config: TrainConfig,
+        train: Sequence[Sample],
+        validation: Sequence[Sample] = (),
+        device: str | torch.device = "auto",
+        checkpoint: str | Path | None = None,
+        normalization: Normalization | None = None,
+        postprocess: PostprocessConfig | None = None,
+    ):
+        if not train:
+            raise ValueError("no training samples: annotate at least one image (a Labels layer with cells)")
+        self.model = model
+        self.config = config
+        self.device = select_device(device)
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.normalization = normalization or Normalization()
+        self.postprocess = postprocess or PostprocessConfig(border_width=config.border)
+        self.tile = model.valid_input_size(config.tile_size)
+        self.train = [self._prepare(s, f"training sample {i}") for i, s in enumerate(train)]
+        self.validation = [self._prepare(s, f"validation sample {i}") for i, s in enumerate(validation)]
+        if not any(p.annotated.size for p in self.train):
+            raise ValueError("the annotations are empty: no pixel has a nonzero loss weight (label some cells)")
+        self.data_hashes = [_hash_sample(s) for s in train]
+        self.iteration = 0
+        self.elapsed = 0.0
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.model.to(self.device)
+        if self.device.type == "cpu":
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _make_optimizer(model, config)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
+        self._preview_requested = False
+        self._last_good = self._snapshot()
+
+    # -- public ----------------------------------------------------------------------------------------------
+
+    def run(self) -> Iterator[TrainEvent]:
+        """Train until `iterations` or `time_budget`; yields a "step" event per step.
+
+        Closing the generator early saves the last completed step (if a checkpoint folder was given).
+        """
+        config = self.config
+        started = time.perf_counter() - self.elapsed
+        saved_at = self.iteration if self.iteration else -1
+        try:
+            while self.iteration < config.iterations:
+                loss = self._step()
+                self.elapsed = time.perf_counter() - started
+                preview = self._preview() if self._preview_requested else None
+                yield self._event("step", loss, preview=preview)
+                if self.iteration % config.validate_every == 0 and self.iteration < config.iterations:
+                    yield self._event("validation", loss, val_score=self.validate())
+                if self.iteration % config.checkpoint_every == 0:
+                    self._last_good = self._snapshot()
+                    if self.checkpoint is not None:
+                        self.save_checkpoint(self.checkpoint)
+                        saved_at = self.iteration
+                        yield self._event("checkpoint", loss)
+                if config.time_budget is not None and self.elapsed >= config.time_budget:
+                    break
+            yield self._event("validation", self._last_loss, val_score=self.validate())
+            if self.checkpoint is not None and saved_at != self.iteration:
+                self.save_checkpoint(self.checkpoint)
+                saved_at = self.iteration
+            yield self._event("done", self._last_loss)
+        finally:
+            if self.checkpoint is not None and saved_at != self.iteration and not self._diverged:
+                self.save_checkpoint(self.checkpoint)  # stopped: keep the last completed step
+
+    def request_preview(self) -> None:
+        """Attach the foreground probability of the first validation (else training) image to the next step."""
+        self._preview_requested = True
+
+    def validate(self) -> float | None:
+        """Mean foreground IoU (probability > 0.5 against the target, inside the annotation) on validation images."""
+        if not self.validation:
+            return None
+        scores = []
+        for sample in self.validation:
+            probs = self._predict(sample.image)[1]
+            annotated = sample.weights > 0
+            pred, true = (probs > 0.5) & annotated, (sample.target == 1) & annotated
+            union = np.count_nonzero(pred | true)
+            scores.append(np.count_nonzero(pred & true) / union if union else 1.0)
+        return float(np.mean(scores))
+
+    def bundle(self) -> ModelBundle:
+        """The model as it is now, with its normalisation, post-processing and training metadata."""
+        return ModelBundle(
+            self.model,
+            self.normalization,
+            self.postprocess,
+            {
+                "iterations": self.iteration,
+                "elapsed_seconds": round(self.elapsed, 3),
+                "seed": self.config.seed,
+                "data_hashes": self.data_hashes,
+                "training": self.config.to_dict(),
+                "device": str(self.device),
+            },
+        )
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Save the model folder at `path`, with the resume state beside the weights (atomically)."""
+        state = {
+            "iteration": self.iteration,
+            "elapsed": self.elapsed,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "numpy_rng": _rng_state_to_tensors(self.rng),
+            "torch_rng": torch.get_rng_state(),
+        }
+        return save_model(path, self.bundle(), training_state=state)
+
+    @classmethod
+    def resume(
+        cls,
+        path: str | Path,
+        train: Sequence[Sample],
+        validation: Sequence[Sample] = (),
+        device: str | torch.device = "auto",
+        checkpoint: str | Path | None = None,
+        **overrides: Any,
+    ) -> Trainer:
+        """Continue the run saved at `path` (by `save_checkpoint`) exactly where it stopped.
+
+        overrides: TrainConfig fields to change (e.g. more `iterations`).
+        """
+        bundle = load_model(path)
+        state_file = Path(path) / STATE_FILE
+        if not state_file.is_file():
+            raise ValueError(f"{path} holds a model but no training state ({STATE_FILE}): use it with init= instead")
+        config = TrainConfig.from_dict(bundle.metadata["training"])
+        trainer = cls(
+            bundle.net, replace(config, **overrides), train, validation, device,
+            checkpoint if checkpoint is not None else path, bundle.normalization, bundle.postprocess,
+        )
+        state = torch.load(state_file, map_location=trainer.device, weights_only=True)
+        trainer.iteration = int(state["iteration"])
+        trainer.elapsed = float(state["elapsed"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        trainer.rng.bit_generator.state = _rng_state_from_tensors(state["numpy_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        trainer._last_good = trainer._snapshot()
+        return trainer
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    _last_loss: float = math.nan
+    _diverged: bool = False
+
+    def _prepare(self, sample: Sample, name: str) -> _Prepared:
+        image = np.asarray(sample.image, dtype=np.float32)
+        image = image[None] if image.ndim == 2 else image
+        labels = np.asarray(sample.labels)
+        channels = self.model.config.in_channels
+        if image.ndim != 3 or image.shape[0] != channels:
+            raise ValueError(
+                f"{name}: expected an image (H, W) or (C, H, W) with C = {channels} for this model, "
+                f"got shape {np.shape(sample.image)}"
+            )
+        if labels.shape != image.shape[1:]:
+            raise ValueError(f"{name}: labels {labels.shape} must have the image's shape {image.shape[1:]}")
+        if not np.isfinite(image).all():
+            raise ValueError(f"{name}: the image contains NaN or infinite values")
+        c = self.config
+        weights = weight_map(labels, c.w0, c.sigma, mask=sample.mask, border=c.border)
+        target = make_target(labels, c.border)
+        target[~annotation_mask(labels, sample.mask)] = 0
+        return _Prepared(image, target, weights, np.flatnonzero(weights > 0))
+
+    def _window(self, sample: _Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A random training window: image (C, n, n), target and weights (n, n), centred on an annotated pixel."""
+        n = self.tile
+        flat = sample.annotated[self.rng.integers(sample.annotated.size)]
+        cy, cx = np.unravel_index(flat, sample.target.shape)
+        origin = (int(cy) - n // 2, int(cx) - n // 2)
+        image = read_window(sample.image, origin, (n, n))
+        target = read_window(sample.target[None], origin, (n, n))[0].astype(np.int64)
+        weights = read_window(sample.weights[None], origin, (n, n))[0]
+        return augment(image, target, weights, self.rng, self.config.augment)
+
+    def _step(self) -> float:
+        c, model = self.config, self.model
+        n = self.tile
+        out = model.output_shape((n, n))[0]
+        crop = (n - out) // 2
+        batch = [self._window(self.train[self.rng.integers(len(self.train))]) for _ in range(c.batch_size)]
+        x = torch.from_numpy(np.stack([b[0] for b in batch]).astype(np.float32)).to(self.device)
+        target = torch.from_numpy(np.stack([b[1][crop : crop + out, crop : crop + out] for b in batch])).long()
+        weights = torch.from_numpy(np.stack([b[2][crop : crop + out, crop : crop + out] for b in batch])).float()
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = weighted_cross_entropy(model(x), target.to(self.device), weights.to(self.device))
+        if not torch.isfinite(loss):
+            self._diverge(f"the loss became {loss.item()} at iteration {self.iteration + 1}")
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.iteration += 1
+        self._last_loss = float(loss.item())
+        return self._last_loss
+
+    def _diverge(self, what: str) -> None:
+        self._diverged = True
+        iteration, state = self._last_good
+        self.model.load_state_dict(state)
+        self.iteration = iteration
+        kept = ""
+        if self.checkpoint is not None:
+            self.save_checkpoint(self.checkpoint)
+            kept = f"; the last good state (iteration {iteration}) is saved in {self.checkpoint}"
+        raise TrainingDiverged(f"{what}{kept}. Try a lower learning rate (now {self.config.learning_rate}).")
+
+    def _snapshot(self) -> tuple[int, dict[str, torch.Tensor]]:
+        return self.iteration, copy.deepcopy(self.model.state_dict())
+
+    def _predict(self, image: np.ndarray) -> np.ndarray:
+        try:
+            return predict_tiled(self.model, image, device=self.device)
+        finally:
+            self.model.train()
+
+    def _preview(self) -> np.ndarray:
+        self._preview_requested = False
+        source = (self.validation or self.train)[0]
+        return self._predict(source.image)[1]
+
+    def _event(self, kind: str, loss: float, **extra: Any) -> TrainEvent:
+        return TrainEvent(
+            kind, self.iteration, self.config.iterations, loss, self.scheduler.get_last_lr()[0], self.elapsed, **extra
+        )
+
+
+def _make_optimizer(model: UNet, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.Adam(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+
+
+def _schedule(config: TrainConfig):
+    if config.schedule == "constant":
+        return lambda step: 1.0
+    total = config.iterations
+    return lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def _hash_sample(sample: Sample) -> str:
+    digest = hashlib.sha1()
+    for array in (sample.image, sample.labels, sample.mask):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _rng_state_to_tensors(rng: np.random.Generator) -> dict[str, Any]:
+    """numpy's PCG64 state as plain values a weights-only torch.load accepts (128-bit ints as strings)."""
+    state = rng.bit_generator.state
+    return {
+        "bit_generator": state["bit_generator"],
+        "state": str(state["state"]["state"]),
+        "inc": str(state["state"]["inc"]),
+        "has_uint32": int(state["has_uint32"]),
+        "uinteger": int(state["uinteger"]),
+    }
+
+
+def _rng_state_from_tensors(saved: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "bit_generator": saved["bit_generator"],
+        "state": {"state": int(saved["state"]), "inc": int(saved["inc"])},
+        "has_uint32": saved["has_uint32"],
+        "uinteger": saved["uinteger"],
+    }

@@ -1,0 +1,141 @@
+"""The trainer: the loss falls, stopping keeps a loadable model, a resumed run equals an uninterrupted one."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.model import UNet
+from napari_unet.modelfile import load_model
+from napari_unet.synthetic import make_cells
+from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer, TrainingDiverged, preset
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    return [Sample(*make_cells((128, 128), seed=seed)) for seed in range(2)]
+
+
+def tiny(config: TrainConfig | None = None, **overrides) -> tuple[UNet, TrainConfig]:
+    net_config, train_config = preset("fast", tile_size=92, validate_every=1000, checkpoint_every=1000)
+    torch.manual_seed(0)
+    return UNet(net_config, depth=3, base_channels=8), replace(config or train_config, **overrides)
+
+
+def final_weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_loss_falls_on_synthetic_cells(samples):
+    model, config = tiny(iterations=60, learning_rate=3e-3)
+    trainer = Trainer(model, config, samples[:1], samples[1:], device="cpu")
+    events = list(trainer.run())
+    losses = [e.loss for e in events if e.kind == "step"]
+    assert len(losses) == 60
+    assert np.mean(losses[-10:]) < 0.7 * np.mean(losses[:10])
+    assert events[-1].kind == "done" and events[-2].kind == "validation"
+    assert 0.0 <= events[-2].val_score <= 1.0
+
+
+def test_stopping_keeps_a_loadable_model(samples, tmp_path):
+    model, config = tiny(iterations=50)
+    trainer = Trainer(model, config, samples, device="cpu", checkpoint=tmp_path / "model")
+    run = trainer.run()
+    for event in itertools.islice(run, 3):
+        assert event.kind == "step"
+    run.close()  # the user pressed Stop
+    saved = load_model(tmp_path / "model")
+    assert saved.metadata["iterations"] == 3
+    for name, value in saved.net.state_dict().items():
+        assert torch.equal(value, trainer.model.state_dict()[name].cpu().contiguous()), name
+
+
+def test_resumed_run_equals_an_uninterrupted_one(samples, tmp_path):
+    model, config = tiny(iterations=6, checkpoint_every=2)
+    uninterrupted = Trainer(model, config, samples, device="cpu")
+    list(uninterrupted.run())
+
+    model, config = tiny(iterations=6, checkpoint_every=2)
+    first = Trainer(model, config, samples, device="cpu", checkpoint=tmp_path / "run")
+    run = first.run()
+    next(e for e in run if e.kind == "step" and e.iteration == 3)
+    run.close()
+    torch.manual_seed(1234)  # disturb the global state: resume must restore everything itself
+    resumed = Trainer.resume(tmp_path / "run", samples, device="cpu")
+    assert resumed.iteration == 3
+    list(resumed.run())
+    expected, got = final_weights(uninterrupted), final_weights(resumed)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_fine_tuning_continues_from_a_saved_model(samples, tmp_path):
+    model, config = tiny(iterations=2)
+    Trainer(model, config, samples, device="cpu", checkpoint=tmp_path / "base").run().close()
+    list(Trainer(model, config, samples, device="cpu", checkpoint=tmp_path / "base").run())
+    base = load_model(tmp_path / "base")
+    tuned = Trainer(base.net, replace(config, iterations=3), samples, device="cpu", checkpoint=tmp_path / "tuned")
+    list(tuned.run())
+    assert load_model(tmp_path / "tuned").metadata["iterations"] == 3
+
+
+def test_diverging_loss_stops_with_a_clear_error_and_keeps_the_last_good_state(samples, tmp_path):
+    model, config = tiny(iterations=50, optimizer="sgd", learning_rate=1e12, momentum=0.9, checkpoint_every=1)
+    trainer = Trainer(model, config, samples, device="cpu", checkpoint=tmp_path / "model")
+    with pytest.raises(TrainingDiverged, match="lower learning rate"):
+        list(trainer.run())
+    saved = load_model(tmp_path / "model")
+    assert all(torch.isfinite(v).all() for v in saved.net.state_dict().values())
+
+
+def test_time_budget_stops_early(samples):
+    model, config = tiny(iterations=1000, time_budget=0.0)
+    steps = [e for e in Trainer(model, config, samples, device="cpu").run() if e.kind == "step"]
+    assert len(steps) == 1
+
+
+def test_sparse_annotations_only_train_where_annotated(samples):
+    image, labels = samples[0].image, samples[0].labels
+    mask = np.zeros(labels.shape, bool)
+    mask[:40, :40] = True
+    model, config = tiny(iterations=1)
+    trainer = Trainer(model, config, [Sample(image, labels, mask)], device="cpu")
+    weights = trainer.train[0].weights
+    assert (weights[~mask] == 0).all() and (weights[mask] > 0).all()
+    centres = np.unravel_index(trainer.train[0].annotated, labels.shape)
+    assert centres[0].max() < 40 and centres[1].max() < 40
+
+
+def test_bad_inputs_are_clear_errors(samples):
+    model, config = tiny()
+    image, labels = samples[0].image, samples[0].labels
+    with pytest.raises(ValueError, match="no training samples"):
+        Trainer(model, config, [], device="cpu")
+    with pytest.raises(ValueError, match="must have the image's shape"):
+        Trainer(model, config, [Sample(image, labels[:-1])], device="cpu")
+    with pytest.raises(ValueError, match="annotations are empty"):
+        Trainer(model, config, [Sample(image, np.zeros_like(labels), np.zeros(labels.shape, bool))], device="cpu")
+    with pytest.raises(ValueError, match=r"with C = 1"):
+        Trainer(model, config, [Sample(np.stack([image, image]), labels)], device="cpu")
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("slow")
+
+
+def test_paper_preset_is_the_paper():
+    net, train = PRESETS["paper"]
+    model = UNet(net)
+    assert (net.depth, net.base_channels, net.padding, net.dropout) == (5, 64, "valid", 0.5)
+    assert (train.optimizer, train.momentum, train.batch_size) == ("sgd", 0.99, 1)
+    assert model.output_shape((train.tile_size, train.tile_size)) == (388, 388)
+    assert train.augment.elastic_grid == 3 and train.augment.elastic_sigma == 10.0
+
+
+def test_config_round_trips_through_json_types():
+    _, config = preset("fast")
+    import json
+
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
