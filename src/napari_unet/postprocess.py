@@ -1,0 +1,287 @@
+"""From foreground probabilities to instance labels.
+
+The network is trained on targets where touching cells are separated by thin background borders
+(`targets.separate_cells(labels, border)`), so thresholding its foreground probability and taking connected
+components already separates most touching cells. `probs_to_labels` then, in this order:
+
+1. threshold: mask = probs_fg > threshold;
+2. connected components of the mask (4-connectivity, so a 1-pixel diagonal border still separates);
+3. optionally, a seeded watershed splits what stays merged: seeds are the h-maxima of the Euclidean distance
+   transform of the mask (one seed per "bump" rising at least `watershed_h` pixels above the pass to a
+   higher one), flooded on the negated distance;
+4. objects smaller than `min_size` pixels are removed;
+5. objects grow back into the separation borders: a background pixel within `border_width` pixels of two or
+   more objects goes to the nearest one (as `skimage.segmentation.expand_labels` would, but only in these
+   gaps), so touching cells cover their common boundary again, while the outer outline, which the targets
+   did not shrink, stays put;
+6. optionally, holes are filled: a background region that touches neither the image border nor any object
+   other than a single one joins that object (objects stay disjoint, gaps enclosed by several cells stay);
+7. ids are made consecutive 1..n.
+
+`PostprocessConfig` holds the parameters; it is saved with the model (`to_dict` / `from_dict`) and can be
+changed without running the network again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
+EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Parameters of `probs_to_labels`.
+
+    threshold: foreground where probs_fg > threshold, in [0, 1].
+    min_size: objects with fewer pixels are removed (counted before growing into the borders).
+    fill_holes: fill background regions enclosed by a single object.
+    watershed: split merged objects with a watershed seeded by the h-maxima of the distance transform.
+    watershed_h: minimal dynamic, in pixels of distance, of a distance-transform maximum to seed a region:
+        two disks of radii r1 <= r2 joined by a neck of half-width w split when r1 - w >= watershed_h.
+    border_width: width (pixels) of the background borders cut between touching cells in the training
+        targets (the `border` of `targets.separate_cells`); 0 for targets that were not separated, such as
+        binary ISBI masks.
+
+    >>> PostprocessConfig.from_dict(PostprocessConfig(min_size=30).to_dict()).min_size
+    30
+    """
+
+    threshold: float = 0.5
+    min_size: int = 16
+    fill_holes: bool = True
+    watershed: bool = False
+    watershed_h: float = 2.0
+    border_width: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("fill_holes", "watershed"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
+        for name in ("min_size", "border_width"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0 (pixels); got {value!r}")
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float, np.floating)):
+            raise TypeError(f"threshold must be a number in [0, 1]; got {self.threshold!r}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1]; got {self.threshold}")
+        if isinstance(self.watershed_h, bool) or not isinstance(self.watershed_h, (int, float, np.floating)):
+            raise TypeError(f"watershed_h must be a number > 0 (pixels); got {self.watershed_h!r}")
+        if not self.watershed_h > 0:
+            raise ValueError(f"watershed_h must be > 0 (pixels); got {self.watershed_h}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of plain Python values."""
+        return {key: value.item() if isinstance(value, np.generic) else value for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> PostprocessConfig:
+        """The config saved by `to_dict`; missing keys take their defaults, unknown keys are an error."""
+        known = {field.name for field in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown post-processing parameters {unknown}; expected some of {sorted(known)}")
+        return cls(**values)
+
+
+def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
+    """Instance labels from a foreground probability map.
+
+    probs_fg: (H, W) float, the foreground probability (softmax channel 1). Returns (H, W) int32 labels,
+    0 = background, objects numbered 1..n. See the module docstring for the steps.
+
+    >>> probs = np.zeros((5, 7)); probs[1:4, 1:3] = 0.9; probs[1:4, 4:6] = 0.9
+    >>> probs_to_labels(probs, PostprocessConfig(min_size=1))
+    array([[0, 0, 0, 0, 0, 0, 0],
+           [0, 1, 1, 1, 2, 2, 0],
+           [0, 1, 1, 1, 2, 2, 0],
+           [0, 1, 1, 1, 2, 2, 0],
+           [0, 0, 0, 0, 0, 0, 0]], dtype=int32)
+    """
+    config = PostprocessConfig() if config is None else config
+    probs_fg = np.asarray(probs_fg)
+    if probs_fg.ndim != 2:
+        raise ValueError(f"probs_fg must be a 2-D (H, W) probability map; got shape {probs_fg.shape}")
+    if probs_fg.dtype.kind != "f":
+        raise TypeError(f"probs_fg must be a float array of probabilities in [0, 1]; got dtype {probs_fg.dtype}")
+    mask = probs_fg > config.threshold
+    if config.watershed:
+        labels = split_by_watershed(mask, config.watershed_h)
+    else:
+        labels = ndimage.label(mask, structure=FOUR_CONNECTED)[0]
+    labels = remove_small_objects(labels, config.min_size)
+    if config.border_width > 0:
+        labels = grow_into_borders(labels, config.border_width)
+    if config.fill_holes:
+        labels = fill_object_holes(labels)
+    return relabel_consecutive(labels)
+
+
+def split_by_watershed(mask: np.ndarray, h: float) -> np.ndarray:
+    """Objects of a mask, merged ones split: watershed of the negated distance transform, one region per
+    h-dome.
+
+    mask: (H, W) bool. Returns (H, W) int32 labels covering exactly the mask (ids not consecutive), each
+    region within one 4-connected component; a component with a single h-dome stays whole.
+
+    Equivalent to a watershed seeded by the h-maxima of the distance d (the maxima whose dynamic, the
+    drop to the highest pass towards a higher maximum, is >= h), computed fast: flood from every local
+    maximum of d, then merge adjacent basins from the highest pass down (Kruskal order) whenever the
+    lower of the two summits is less than h above the pass. Maxima of equal height on one dome form one
+    region (unlike `skimage.morphology.h_maxima`, which keeps each of them).
+    """
+    from skimage.segmentation import watershed
+
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    distance = ndimage.distance_transform_edt(mask)
+    summits = mask & (distance == ndimage.maximum_filter(distance, footprint=EIGHT_CONNECTED))
+    seeds, n_seeds = ndimage.label(summits, structure=FOUR_CONNECTED)
+    basins = watershed(-distance, markers=seeds, mask=mask, connectivity=1)
+    summit_height = np.zeros(n_seeds + 1)
+    summit_height[seeds[summits]] = distance[summits]
+    low, high, pass_height = _basin_passes(basins, distance, n_seeds)
+    root = _merge_shallow_basins(low, high, pass_height, summit_height, h)
+    return root[basins]
+
+
+def _basin_passes(basins: np.ndarray, distance: np.ndarray, n_basins: int) -> tuple[np.ndarray, ...]:
+    """Adjacent basin pairs (low id, high id) and the height of the highest pass between them.
+
+    Crossing between 4-adjacent pixels p, q of different basins costs min(d(p), d(q)); the pass is the
+    highest crossing. Returns three (K,) arrays.
+    """
+    lows, highs, heights = [], [], []
+    for a, b, da, db in (
+        (basins[:, :-1], basins[:, 1:], distance[:, :-1], distance[:, 1:]),
+        (basins[:-1], basins[1:], distance[:-1], distance[1:]),
+    ):
+        crossing = (a != b) & (a > 0) & (b > 0)
+        a, b = a[crossing].astype(np.int64), b[crossing].astype(np.int64)
+        lows.append(np.minimum(a, b))
+        highs.append(np.maximum(a, b))
+        heights.append(np.minimum(da[crossing], db[crossing]))
+    key = np.concatenate(lows) * (n_basins + 1) + np.concatenate(highs)
+    height = np.concatenate(heights)
+    order = np.lexsort((height, key))
+    key, height = key[order], height[order]
+    highest = np.append(key[1:] != key[:-1], True)[: key.size]
+    key, height = key[highest], height[highest]
+    return key // (n_basins + 1), key % (n_basins + 1), height
+
+
+def _merge_shallow_basins(
+    low: np.ndarray, high: np.ndarray, pass_height: np.ndarray, summit_height: np.ndarray, h: float
+) -> np.ndarray:
+    """Union-find over basins, passes taken from the highest down: two groups merge when the lower of
+    their summits is less than h above the pass. Returns the (n + 1,) lookup basin -> group id (0 -> 0)."""
+    parent = list(range(summit_height.size))
+    top = summit_height.tolist()
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    order = np.argsort(-pass_height, kind="stable")
+    for a, b, height in zip(low[order].tolist(), high[order].tolist(), pass_height[order].tolist()):
+        a, b = find(a), find(b)
+        if a == b:
+            continue
+        if top[a] < top[b]:
+            a, b = b, a
+        if top[b] - height < h:
+            parent[b] = a
+    return np.array([find(x) for x in range(len(parent))], dtype=np.int32)
+
+
+def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """`labels` with the objects of fewer than `min_size` pixels set to 0 (background)."""
+    if min_size <= 1:
+        return labels
+    sizes = np.bincount(labels.ravel())
+    small = sizes < min_size
+    small[0] = False
+    return np.where(small[labels], 0, labels)
+
+
+def grow_into_borders(labels: np.ndarray, border_width: int) -> np.ndarray:
+    """Give each background pixel within `border_width` (Euclidean) of two or more objects to the nearest.
+
+    These are the separation borders cut between touching cells in the training targets; pixels near a
+    single object (its outer outline) stay background. Objects stay disjoint. Equidistant objects are
+    resolved in a fixed order of directions (up, left, right, down first).
+    """
+    if border_width <= 0 or not labels.any():
+        return labels
+    radius = int(border_width)
+    offsets = [
+        (dy, dx)
+        for dy in range(-radius, radius + 1)
+        for dx in range(-radius, radius + 1)
+        if 0 < dy * dy + dx * dx <= border_width**2
+    ]
+    offsets.sort(key=lambda offset: offset[0] ** 2 + offset[1] ** 2)
+    disk = np.zeros((2 * radius + 1, 2 * radius + 1), bool)
+    disk[radius, radius] = True
+    for dy, dx in offsets:
+        disk[radius + dy, radius + dx] = True
+    above = np.iinfo(labels.dtype).max
+    highest = ndimage.maximum_filter(labels, footprint=disk, mode="constant", cval=0)
+    lowest = ndimage.minimum_filter(np.where(labels == 0, above, labels), footprint=disk, mode="constant", cval=above)
+    pending = (labels == 0) & (highest != 0) & (lowest != highest)
+    grown = labels.copy()
+    padded = np.pad(labels, radius)
+    height, width = labels.shape
+    for dy, dx in offsets:
+        if not pending.any():
+            break
+        neighbour = padded[radius + dy : radius + dy + height, radius + dx : radius + dx + width]
+        take = pending & (neighbour != 0)
+        grown[take] = neighbour[take]
+        pending &= ~take
+    return grown
+
+
+def fill_object_holes(labels: np.ndarray) -> np.ndarray:
+    """Fill the holes of each object: background regions (8-connected, since objects are 4-connected) that
+    do not touch the image border and whose neighbouring object pixels all belong to one object.
+
+    Vectorised: for each background region, the largest and the smallest object id among the 8-neighbours
+    of its pixels; they are equal exactly when a single object surrounds it.
+    """
+    background = labels == 0
+    regions, n_regions = ndimage.label(background, structure=EIGHT_CONNECTED)
+    if n_regions == 0 or n_regions == 1 and background.all():
+        return labels
+    top = int(labels.max()) + 1
+    highest_near = ndimage.maximum_filter(labels, footprint=EIGHT_CONNECTED, mode="constant", cval=0)
+    flipped = np.where(background, 0, top - labels)
+    lowest_near = top - ndimage.maximum_filter(flipped, footprint=EIGHT_CONNECTED, mode="constant", cval=0)
+    shore = background & (highest_near > 0)
+    region_highest = np.zeros(n_regions + 1, np.int64)
+    region_lowest = np.full(n_regions + 1, top, np.int64)
+    np.maximum.at(region_highest, regions[shore], highest_near[shore])
+    np.minimum.at(region_lowest, regions[shore], lowest_near[shore])
+    enclosed = (region_highest == region_lowest) & (region_highest > 0)
+    enclosed[np.concatenate([regions[0], regions[-1], regions[:, 0], regions[:, -1]])] = False
+    enclosed[0] = False
+    fill = np.where(enclosed, region_highest, 0).astype(labels.dtype)
+    return np.where(background, fill[regions], labels)
+
+
+def relabel_consecutive(labels: np.ndarray) -> np.ndarray:
+    """Ids 1..n in increasing order of the original ids (0 stays 0), as int32."""
+    ids = np.unique(labels)
+    ids = ids[ids != 0]
+    lookup = np.zeros(int(labels.max(initial=0)) + 1, np.int32)
+    lookup[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+    return lookup[labels]

@@ -1,0 +1,234 @@
+"""Post-processing: probabilities -> instance labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from napari_unet.postprocess import (
+    PostprocessConfig,
+    fill_object_holes,
+    grow_into_borders,
+    probs_to_labels,
+    relabel_consecutive,
+    split_by_watershed,
+)
+
+
+def disk(shape: tuple[int, int], centre: tuple[float, float], radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    return (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= radius**2
+
+
+def probs_of(mask: np.ndarray, inside: float = 0.9, outside: float = 0.05) -> np.ndarray:
+    return np.where(mask, inside, outside)
+
+
+def test_touching_disks_separated_by_a_thin_line_are_two_objects():
+    cells = disk((48, 80), (24, 22), 16) | disk((48, 80), (24, 54), 16)
+    assert ndimage.label(cells)[1] == 1  # the disks touch
+    probs = probs_of(cells)
+    probs[:, 38] = 0.2  # the learned 1-pixel background border between them
+    labels = probs_to_labels(probs)
+    assert labels.dtype == np.int32
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert labels[24, 10] != labels[24, 70]
+
+
+def test_growing_back_covers_the_cut_border_but_not_the_outline():
+    cells = np.zeros((48, 80), bool)
+    cells[8:40, 6:70] = True  # two cells sharing the boundary x = 37 | 38
+    probs = probs_of(cells)
+    probs[:, 38] = 0.2  # the border cut on one side by the training targets
+    labels = probs_to_labels(probs, PostprocessConfig(border_width=1))
+    assert labels.max() == 2
+    np.testing.assert_array_equal(labels != 0, cells)
+    thin = probs_to_labels(probs, PostprocessConfig(border_width=0))
+    np.testing.assert_array_equal(thin != 0, cells & (probs > 0.5))
+
+
+def test_objects_below_min_size_are_removed():
+    probs = probs_of(disk((40, 40), (20, 20), 8))
+    probs[2:5, 2:5] = 0.9  # a 9-pixel speck
+    assert probs_to_labels(probs, PostprocessConfig(min_size=10)).max() == 1
+    assert probs_to_labels(probs, PostprocessConfig(min_size=9)).max() == 2
+    assert probs_to_labels(probs, PostprocessConfig(min_size=0)).max() == 2
+
+
+def test_holes_are_filled_but_not_gaps_enclosed_by_several_objects():
+    cell = disk((40, 40), (20, 20), 12)
+    probs = probs_of(cell)
+    probs[18:23, 18:23] = 0.1
+    filled = probs_to_labels(probs, PostprocessConfig(fill_holes=True))
+    np.testing.assert_array_equal(filled != 0, cell)
+    holed = probs_to_labels(probs, PostprocessConfig(fill_holes=False))
+    assert np.count_nonzero(holed) == np.count_nonzero(cell) - 25
+
+    # a background square enclosed by two C-shaped objects belongs to neither
+    labels = np.zeros((9, 9), np.int32)
+    labels[1:8, 1:4] = 1
+    labels[1:8, 5:8] = 2
+    labels[1, 4] = labels[7, 4] = 1  # top and bottom of the enclosure, with pixels of both objects
+    labels[3:6, 2:4] = 0
+    labels[3:6, 5:7] = 0
+    assert labels[4, 4] == 0
+    out = fill_object_holes(labels)
+    np.testing.assert_array_equal(out, labels)
+
+
+def test_hole_of_one_object_is_filled_with_that_object():
+    labels = np.zeros((7, 12), np.int32)
+    labels[1:6, 1:6] = 3
+    labels[3, 3] = 0
+    labels[1:6, 7:11] = 5
+    out = fill_object_holes(labels)
+    assert out[3, 3] == 3
+    np.testing.assert_array_equal(out[labels != 0], labels[labels != 0])
+    assert np.count_nonzero(out != labels) == 1
+
+
+def test_watershed_splits_two_disks_joined_by_a_neck():
+    shape = (48, 90)
+    left, right = disk(shape, (24, 24), 15), disk(shape, (24, 64), 15)
+    neck = np.zeros(shape, bool)
+    neck[21:28, 24:64] = True  # half-width 3.5 px << radius 15
+    blob = left | right | neck
+    probs = probs_of(blob)
+    merged = probs_to_labels(probs, PostprocessConfig(watershed=False))
+    assert merged.max() == 1
+    split = probs_to_labels(probs, PostprocessConfig(watershed=True, watershed_h=2.0))
+    assert split.max() == 2
+    np.testing.assert_array_equal(split != 0, blob)
+    assert split[24, 20] != split[24, 68]
+    for centre_x, side in ((20, left), (68, right)):
+        obj = split == split[24, centre_x]
+        assert np.count_nonzero(obj & side) / np.count_nonzero(side) > 0.9
+    # the distance transform peaks at 15.03 in each disk and passes at 4.0 in the neck: dynamic 11.03
+    assert len(np.unique(split_by_watershed(blob, 11.0))) == 3
+    assert len(np.unique(split_by_watershed(blob, 12.0))) == 2
+    assert probs_to_labels(probs, PostprocessConfig(watershed=True, watershed_h=30.0)).max() == 1
+
+
+def test_watershed_keeps_one_region_per_dome_even_with_equal_summits():
+    blob = disk((40, 50), (20, 20), 10) | disk((40, 50), (20, 28), 10)
+    # two summits of equal height 10.05 with a pass at 10.0 between them: one h-dome for h = 2
+    split = split_by_watershed(blob, 2.0)
+    assert len(np.unique(split)) == 2
+    np.testing.assert_array_equal(split != 0, blob)
+    elongated = np.zeros((30, 90), bool)
+    elongated[10:20, 5:85] = True  # a ridge of equal distances
+    assert len(np.unique(split_by_watershed(elongated, 2.0))) == 2
+
+
+def test_labels_are_consecutive():
+    labels = np.array([[0, 7, 7, 0, 42], [3, 0, 0, 0, 42]])
+    np.testing.assert_array_equal(relabel_consecutive(labels), [[0, 2, 2, 0, 3], [1, 0, 0, 0, 3]])
+    probs = np.zeros((30, 30))
+    for k, y in enumerate(range(2, 28, 6)):
+        probs[y : y + 3, 2:20] = 0.8 if k != 2 else 0.3  # one band below threshold
+    labels = probs_to_labels(probs, PostprocessConfig(min_size=1))
+    np.testing.assert_array_equal(np.unique(labels), np.arange(5))
+
+
+def test_grown_pixels_go_to_a_nearest_object_and_stay_in_the_gaps():
+    rng = np.random.default_rng(3)
+    labels = np.zeros((60, 60), np.int32)
+    for k in range(1, 25):
+        y, x = rng.integers(0, 56, 2)
+        labels[y : y + rng.integers(2, 6), x : x + rng.integers(2, 6)] = k
+    for width in (1, 2, 3):
+        grown = grow_into_borders(labels, width)
+        changed = grown != labels
+        assert np.all(labels[changed] == 0)
+        distance = ndimage.distance_transform_edt(labels == 0)
+        for y, x in zip(*np.nonzero(changed)):
+            own = ndimage.distance_transform_edt(labels != grown[y, x])[y, x]
+            assert own == pytest.approx(distance[y, x])
+            assert own <= width
+            others = np.unique(labels[max(y - width, 0) : y + width + 1, max(x - width, 0) : x + width + 1])
+            assert np.count_nonzero(others) >= 2
+    lone = np.zeros((9, 9), np.int32)
+    lone[3:6, 3:6] = 1
+    np.testing.assert_array_equal(grow_into_borders(lone, 2), lone)  # the outer outline never grows
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    threshold=st.floats(0.1, 0.9),
+    min_size=st.integers(0, 20),
+    watershed=st.booleans(),
+)
+def test_output_is_consecutive_disjoint_and_respects_min_size(seed, threshold, min_size, watershed):
+    rng = np.random.default_rng(seed)
+    probs = ndimage.gaussian_filter(rng.random((40, 40)), 2.0)
+    probs = (probs - probs.min()) / (np.ptp(probs) + 1e-12)
+    config = PostprocessConfig(
+        threshold=threshold, min_size=min_size, watershed=watershed, fill_holes=False, border_width=0
+    )
+    labels = probs_to_labels(probs, config)
+    ids = np.unique(labels)
+    np.testing.assert_array_equal(ids, np.arange(ids.size))
+    assert np.all((labels != 0) <= (probs > threshold))
+    sizes = np.bincount(labels.ravel())[1:]
+    assert np.all(sizes >= min_size)
+
+
+def test_config_round_trips_through_json_and_rejects_bad_values():
+    config = PostprocessConfig(threshold=0.4, min_size=25, fill_holes=False, watershed=True, watershed_h=1.5,
+                               border_width=2)
+    restored = PostprocessConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert restored == config
+    assert PostprocessConfig.from_dict({}) == PostprocessConfig()
+    with pytest.raises(ValueError, match="unknown post-processing parameters"):
+        PostprocessConfig.from_dict({"treshold": 0.5})
+    with pytest.raises(ValueError, match="threshold"):
+        PostprocessConfig(threshold=1.5)
+    with pytest.raises(ValueError, match="min_size"):
+        PostprocessConfig(min_size=-1)
+    with pytest.raises(ValueError, match="border_width"):
+        PostprocessConfig(border_width=1.5)
+    with pytest.raises(ValueError, match="watershed_h"):
+        PostprocessConfig(watershed_h=0)
+    with pytest.raises(TypeError, match="fill_holes"):
+        PostprocessConfig(fill_holes="False")
+
+
+def test_bad_probability_maps_are_refused():
+    with pytest.raises(ValueError, match="2-D"):
+        probs_to_labels(np.zeros((2, 8, 8)))
+    with pytest.raises(TypeError, match="float"):
+        probs_to_labels(np.zeros((8, 8), np.uint8))
+
+
+def test_empty_and_full_maps():
+    assert probs_to_labels(np.zeros((16, 16))).max() == 0
+    full = probs_to_labels(np.ones((16, 16)), PostprocessConfig(watershed=True))
+    assert full.max() >= 1 and np.all(full != 0)
+
+
+def test_recovers_touching_nuclei_from_separated_targets_of_real_data(shared_data):
+    """A perfect network outputs the training target: cells with a 1-px border cut where they touch (a pixel
+    becomes background when a higher id lies in its 3 x 3 neighbourhood, as targets.separate_cells(border=1)
+    does). Post-processing that target must give back the nuclei, where the connected components of the
+    plain foreground mask merge the touching ones."""
+    from PIL import Image
+
+    from napari_unet.metrics import components, instance_scores
+
+    files = sorted((shared_data / "dsb2018-fluo" / "train" / "labels").glob("*.png"))[:10]
+    ours, merged = [], []
+    for path in files:
+        truth = np.asarray(Image.open(path)).astype(np.int32)
+        target = (truth > 0) & ~(ndimage.maximum_filter(truth, size=3) > truth)
+        labels = probs_to_labels(target.astype(np.float32), PostprocessConfig(min_size=0, border_width=1))
+        ours.append(instance_scores(labels, truth))
+        merged.append(instance_scores(components(truth > 0), truth))
+    assert np.mean([s["ap50"] for s in ours]) > 0.98
+    assert np.mean([s["map"] for s in ours]) > 0.95
+    assert np.mean([s["ap50"] for s in ours]) > np.mean([s["ap50"] for s in merged]) + 0.05
