@@ -127,8 +127,10 @@ def test_warp_at_integer_coordinates_copies_pixels() -> None:
 def test_flips_only() -> None:
     image = np.random.default_rng(0).random((16, 24))
     config = dataclasses.replace(AugmentConfig.identity(), flip_p=1.0)
-    out_image, out_target, _ = augment(image, np.zeros((16, 24), np.uint8), np.ones((16, 24)), np.random.default_rng(0), config)
+    target = (image > 0.5).astype(np.uint8)
+    out_image, out_target, _ = augment(image, target, np.ones((16, 24)), np.random.default_rng(0), config)
     np.testing.assert_allclose(out_image, image[::-1, ::-1], atol=1e-5)
+    np.testing.assert_array_equal(out_target, target[::-1, ::-1])
 
 
 @pytest.mark.parametrize("rotation, shift", [(0.0, 7.0), (40.0, 0.0), (180.0, 5.0)])
@@ -173,7 +175,6 @@ def test_elastic_displacement_grid_and_spread() -> None:
 
 
 def test_elastic_displacement_is_cubic_spline_zoom() -> None:
-    rng = np.random.default_rng(0)
     for grid, shape in ((3, (572, 572)), (5, (100, 37)), (2, (9, 9))):
         field = elastic_displacement(shape, grid, 10.0, np.random.default_rng(1))
         coarse = np.random.default_rng(1).normal(0.0, 10.0, (2, grid, grid))
@@ -181,7 +182,6 @@ def test_elastic_displacement_is_cubic_spline_zoom() -> None:
             zoomed = ndimage.zoom(coarse[axis], (shape[0] / grid, shape[1] / grid), order=3, mode="mirror",
                                   grid_mode=False)
             np.testing.assert_allclose(field[axis], zoomed, atol=1e-10)
-    del rng
 
 
 def test_gray_values_change_the_image_only() -> None:
