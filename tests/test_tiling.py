@@ -76,7 +76,7 @@ def test_whole_image_reference_matches_tiling_module_reference():
     np.testing.assert_allclose(predict_whole(model, image), whole_image_reference(model, image), atol=1e-6)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(
     h=st.integers(1, 150),
     w=st.integers(1, 150),
