@@ -170,6 +170,16 @@ def debounced(callback: Callable[[], None], interval_ms: int, parent: Any) -> Ca
     return request
 
 
+def wrapped_label(text: str = "", lines: int = 2) -> Any:
+    """A word-wrapped QLabel tall enough for `lines` lines (dock layouts otherwise clip wrapped text)."""
+    from qtpy.QtWidgets import QLabel
+
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setMinimumHeight(label.fontMetrics().lineSpacing() * lines + 4)
+    return label
+
+
 def iter_planes(stack: PlaneStack) -> Iterator[tuple[tuple[int, ...], Any]]:
     for index in stack.planes:
         yield index, stack.plane(index)

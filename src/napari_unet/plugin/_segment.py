@@ -27,7 +27,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -40,7 +39,7 @@ from napari_unet.modelfile import ModelBundle, load_model
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 from napari_unet.tiling import auto_stride, iter_predict_tiles, prepare_model, tile_grid
 
-from ._layers import LayerProblem, PlaneStack, debounced, layer_combo, plane_stack, throttled
+from ._layers import LayerProblem, PlaneStack, debounced, layer_combo, plane_stack, throttled, wrapped_label
 from ._state import Session, session_for
 
 REFRESH_MS = 100  # at most ~10 layer refreshes per second while tiles stream in
@@ -124,8 +123,7 @@ class SegmentWidget(QWidget):
         self._postprocess_runs = 0
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
-        self.model_label = QLabel()
-        self.model_label.setWordWrap(True)
+        self.model_label = wrapped_label()
         self.load_button = QPushButton("Load model…")
         self.tile_spin = QSpinBox()
         self.tile_spin.setRange(0, 8192)
@@ -144,15 +142,12 @@ class SegmentWidget(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrapped_label(lines=3)
 
         form = QFormLayout()
         form.addRow("image", self.image_combo.native)
-        model_row = QHBoxLayout()
-        model_row.addWidget(self.model_label, 1)
-        model_row.addWidget(self.load_button)
-        form.addRow("model", model_row)
+        form.addRow("model", self.model_label)
+        form.addRow("", self.load_button)
         form.addRow("tile size", self.tile_spin)
         form.addRow("device", self.device_combo)
         form.addRow("", self.probs_check)

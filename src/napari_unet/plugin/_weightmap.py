@@ -15,12 +15,12 @@ from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QSpinBox, QVBoxLayout, QWidget
 from superqt import QLabeledDoubleSlider
 
 from napari_unet.weights import weight_map
 
-from ._layers import debounced, layer_combo
+from ._layers import debounced, layer_combo, wrapped_label
 
 UPDATE_MS = 150
 LAYER_NAME = "weight map"
@@ -48,8 +48,7 @@ class WeightMapWidget(QWidget):
         self.border_spin.setRange(1, 8)
         self.border_spin.setValue(1)
         self.border_spin.setToolTip("Background border (px) cut between touching cells in the target")
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self.status = wrapped_label(lines=3)
 
         form = QFormLayout()
         form.addRow("labels", self.labels_combo.native)

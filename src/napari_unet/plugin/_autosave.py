@@ -1,0 +1,115 @@
+"""Nothing the user made is lost: where annotations and models are autosaved, and how they are found again.
+
+Annotations used for training go next to the image's file (`cells.tif` -> `cells.unet-labels.tif`); when that
+folder is not writable, or the image has no file, they go to `<root>/annotations/`, and `<root>/annotations/
+index.json` maps each image file to its annotations so that they are offered back when the image is opened
+again. Models go to `<root>/models/<time>-<image name>/` (written atomically by `modelfile.save_model`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+
+from napari_unet.io import read_labels, write_tiff
+
+SIDECAR_SUFFIX = ".unet-labels.tif"
+INDEX_FILE = "index.json"
+
+
+def default_root() -> Path:
+    """~/.napari-unet/autosave (a dock's constructor can choose another root)."""
+    return Path.home() / ".napari-unet" / "autosave"
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe version of a layer name: 'cells [1]' -> 'cells-1'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "image"
+
+
+def sidecar_path(image_path: str | Path) -> Path:
+    """`cells.tif` -> `cells.unet-labels.tif` in the same folder (`cells.ome.tif` too)."""
+    image_path = Path(image_path)
+    stem = image_path.stem.removesuffix(".ome") if image_path.suffix else image_path.name
+    return image_path.with_name(stem + SIDECAR_SUFFIX)
+
+
+def is_annotation_file(path: str | Path) -> bool:
+    """True for files written by `save_annotations` (never offered annotations of their own)."""
+    return Path(path).name.endswith(SIDECAR_SUFFIX)
+
+
+def model_folder(root: str | Path, name: str) -> Path:
+    """A new folder name for a model trained on the layer `name`: <root>/models/<YYYYmmdd-HHMMSS>-<name>."""
+    return Path(root) / "models" / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name)}"
+
+
+def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Path | None, name: str) -> Path:
+    """Write `labels` (..., H, W) as a TIFF and remember it for `image_path`; returns where it went."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise ValueError(f"annotations must be integer labels, got dtype {labels.dtype}")
+    axes = "ZYX"[-labels.ndim:] if labels.ndim <= 3 else None
+    if axes is None:
+        raise ValueError(f"annotations must be (H, W) or (Z, H, W), got shape {labels.shape}")
+    labels = labels.astype(np.uint16) if labels.max(initial=0) < 65535 and labels.min(initial=0) >= 0 else labels
+    if image_path is not None:
+        target = sidecar_path(image_path)
+        try:
+            write_tiff(target, labels, axes)
+            _remember(root, image_path, target)
+            return target
+        except OSError:
+            pass  # a read-only data folder: fall back to the autosave root
+    folder = Path(root) / "annotations"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = safe_name(Path(image_path).stem if image_path is not None else name)
+    target = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{SIDECAR_SUFFIX}"
+    write_tiff(target, labels, axes)
+    if image_path is not None:
+        _remember(root, image_path, target)
+    return target
+
+
+def find_annotations(image_path: str | Path, root: str | Path) -> Path | None:
+    """The autosaved annotations of `image_path`: the side-car file, else the one recorded in the index."""
+    sidecar = sidecar_path(image_path)
+    if sidecar.is_file():
+        return sidecar
+    recorded = _index(root).get(str(Path(image_path).resolve()))
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    return None
+
+
+def load_annotations(path: str | Path) -> np.ndarray:
+    """Read autosaved annotations back: (H, W) or (Z, H, W) integer labels."""
+    from napari_unet.io import read_image
+
+    labels, axes = read_image(path)
+    if axes == "YX":
+        return read_labels(path)
+    return np.asarray(labels)
+
+
+def _index(root: str | Path) -> dict[str, str]:
+    path = Path(root) / "annotations" / INDEX_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _remember(root: str | Path, image_path: str | Path, labels_path: Path) -> None:
+    folder = Path(root) / "annotations"
+    folder.mkdir(parents=True, exist_ok=True)
+    index = _index(root)
+    index[str(Path(image_path).resolve())] = str(labels_path.resolve())
+    staging = folder / f".{INDEX_FILE}.tmp"
+    staging.write_text(json.dumps(index, indent=1))
+    staging.replace(folder / INDEX_FILE)

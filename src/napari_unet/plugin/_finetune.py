@@ -1,0 +1,652 @@
+"""Fine-tune dock: train the U-Net on an image layer and a Labels layer of (possibly a few) annotated cells.
+
+Everything slow happens in a worker thread: the training samples are normalised and their weight maps
+computed there (`run_training` builds the `Trainer`), then each `TrainEvent` of `Trainer.run()` is yielded to
+the main thread, which only moves the progress bar and adds a point to the loss plot.
+
+Stopping: napari's `worker.quit()` (the Stop button, or the status bar's cancel) ends the worker loop without
+closing the generator, so the dock closes it afterwards in another worker: the trainer's `finally` then saves
+the last completed step to the autosave folder, off the main thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from napari.layers import Image, Labels, Shapes
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_unet.device import describe_device, select_device
+from napari_unet.io import apply_normalization, percentiles
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.modelfile import ModelBundle, Normalization, load_model, save_model
+from napari_unet.postprocess import PostprocessConfig
+from napari_unet.targets import mask_around_cells
+from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer, TrainEvent, preset
+
+from . import _autosave
+from ._layers import (
+    LayerProblem,
+    check_layer_pair,
+    layer_combo,
+    layer_data,
+    plane_stack,
+    stored_axes,
+    wrapped_label,
+)
+from ._plot import LossPlot
+from ._segment import _available_devices
+from ._state import Session, TrainingRun, session_for
+
+START_NEW, START_SESSION, START_FILE = "new model", "the session's model", "a saved model…"
+DEFAULT_MARGIN = 12  # px of background kept around sparsely annotated cells
+
+
+# -- the worker side (no Qt) -----------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingJob:
+    """One run, prepared on the main thread from copies of the layers' data; the worker fills `trainer`.
+
+    images: raw (C, H, W) planes; labels: (H, W) instance ids; masks: (H, W) bool or None (whole plane).
+    """
+
+    images: list[np.ndarray]
+    labels: list[np.ndarray]
+    masks: list[np.ndarray | None]
+    net: UNet
+    config: TrainConfig
+    normalization: Normalization
+    postprocess: PostprocessConfig | None
+    device: str
+    checkpoint: Path
+    trainer: Trainer | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+def training_samples(job: TrainingJob) -> list[Sample]:
+    """Normalised samples, each cropped to its annotated region plus half a tile of context.
+
+    Cropping keeps weight maps and validation cheap on big images where a few cells are annotated; the
+    windows the trainer cuts around annotated pixels stay inside the crop.
+    """
+    context = job.config.tile_size // 2 + 1
+    samples = []
+    for image, labels, mask in zip(job.images, job.labels, job.masks):
+        region = mask if mask is not None else None
+        if region is not None:
+            rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+            box = (slice(max(rows[0] - context, 0), rows[-1] + 1 + context),
+                   slice(max(cols[0] - context, 0), cols[-1] + 1 + context))
+        else:
+            box = (slice(None), slice(None))
+        lo, hi = percentiles(image, job.normalization.low, job.normalization.high, "CYX")
+        normalised = apply_normalization(image[(slice(None), *box)], lo, hi)
+        samples.append(Sample(normalised, labels[box], None if mask is None else mask[box]))
+    return samples
+
+
+def run_training(job: TrainingJob) -> Generator[TrainEvent, None, Path]:
+    """Build the trainer (weight maps and all) and yield its events; returns the autosaved model folder."""
+    samples = training_samples(job)
+    job.trainer = Trainer(job.net, job.config, samples, validation=samples, device=job.device,
+                          checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess)
+    events = job.trainer.run()
+    try:
+        yield from events
+    finally:
+        events.close()  # stopped: the trainer saves its last completed step to the checkpoint
+    return job.checkpoint
+
+
+def _drive(generator: Iterator[TrainEvent]) -> Generator[TrainEvent, None, Any]:
+    """The worker's generator: delegates to `generator`, which the dock keeps so it can close it after quit()."""
+    return (yield from generator)
+
+
+def measure_step_seconds(config: UNetConfig, tile_size: int, batch_size: int, device: str) -> float:
+    """Seconds per training step of a network of `config` on `device`: forward + backward on random tiles."""
+    torch_device = select_device(device)
+    net = UNet(config).to(torch_device)
+    tile = net.valid_input_size(tile_size)
+    x = torch.rand(batch_size, config.in_channels, tile, tile, device=torch_device)
+    if torch_device.type == "cpu":
+        net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-6)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        optimizer.zero_grad()
+        net(x).mean().backward()
+        optimizer.step()
+        if torch_device.type == "cuda":
+            torch.cuda.synchronize(torch_device)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[1:]))
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# -- the dock --------------------------------------------------------------------------------------------------
+
+
+class FineTuneWidget(QWidget):
+    """Train on annotations in the viewer. `finished` is emitted (main thread) with the saved model folder
+    after a completed or stopped run; `estimated` with the measured seconds per step.
+
+    autosave_root: where models and annotations are autosaved (default ~/.napari-unet/autosave).
+    net_overrides: UNetConfig fields for new models (e.g. a tiny network for tests and demos).
+    train_overrides: TrainConfig fields that override the preset (e.g. a smaller tile_size).
+    """
+
+    finished = Signal(object)
+    estimated = Signal(float)
+
+    def __init__(
+        self,
+        napari_viewer: Any,
+        autosave_root: str | Path | None = None,
+        net_overrides: dict[str, Any] | None = None,
+        train_overrides: dict[str, Any] | None = None,
+        session: Session | None = None,
+    ):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session or session_for(napari_viewer)
+        self.autosave_root = Path(autosave_root) if autosave_root is not None else _autosave.default_root()
+        self.net_overrides = dict(net_overrides or {})
+        self.train_overrides = dict(train_overrides or {})
+        self.worker: Any = None
+        self.job: TrainingJob | None = None
+        self.history: TrainingRun | None = None
+        self.start_bundle: ModelBundle | None = None  # a model loaded from disk to start from
+        self.start_path: Path | None = None
+        self.annotations_path: Path | None = None
+        self.offered_annotations: tuple[Path, Path] | None = None  # (image file, annotations file)
+        self.step_seconds: dict[tuple, float] = {}
+        self._generator: Iterator[TrainEvent] | None = None
+        self._estimate_key: tuple | None = None
+
+        self.image_combo = layer_combo(napari_viewer, Image, "image")
+        self.labels_combo = layer_combo(napari_viewer, Labels, "annotations")
+        self.region_combo = layer_combo(napari_viewer, (Shapes, Labels), "region", optional=True)
+        self.whole_check = QCheckBox("every cell in the image is annotated")
+        self.margin_spin = QSpinBox()
+        self.margin_spin.setRange(1, 500)
+        self.margin_spin.setValue(DEFAULT_MARGIN)
+        self.margin_spin.setToolTip("Only this much background around the annotated cells is trusted")
+        self.start_combo = QComboBox()
+        self.start_combo.addItems([START_NEW, START_SESSION, START_FILE])
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(list(PRESETS))
+        self.iterations_spin = QSpinBox()
+        self.iterations_spin.setRange(1, 1_000_000)
+        self.iterations_spin.setValue(PRESETS["fast"][1].iterations)
+        self.budget_spin = QDoubleSpinBox()
+        self.budget_spin.setRange(0.0, 100_000.0)
+        self.budget_spin.setDecimals(1)
+        self.budget_spin.setSpecialValueText("none")
+        self.budget_spin.setSuffix(" min")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(_available_devices())
+        self.estimate_label = wrapped_label()
+        self.start_button = QPushButton("Start")
+        self.pause_button = QPushButton("Pause")
+        self.stop_button = QPushButton("Stop")
+        self.save_button = QPushButton("Save model…")
+        self.load_button = QPushButton("Load model…")
+        self.restore_button = QPushButton("")
+        self.restore_button.hide()
+        self.progress = QProgressBar()
+        self.plot = LossPlot()
+        self.status = wrapped_label(lines=2)
+        self.model_label = wrapped_label()
+        self.autosave_label = wrapped_label(f"autosave: {self.autosave_root}")
+        self.autosave_button = QPushButton("Change…")
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo.native)
+        form.addRow("annotations", self.labels_combo.native)
+        form.addRow("annotated region", self.region_combo.native)
+        form.addRow("", self.whole_check)
+        form.addRow("margin (px)", self.margin_spin)
+        form.addRow("start from", self.start_combo)
+        form.addRow("preset", self.preset_combo)
+        form.addRow("iterations", self.iterations_spin)
+        form.addRow("time budget", self.budget_spin)
+        form.addRow("device", self.device_combo)
+        form.addRow("", self.estimate_label)
+        run_buttons = QHBoxLayout()
+        for button in (self.start_button, self.pause_button, self.stop_button):
+            run_buttons.addWidget(button)
+        model_buttons = QHBoxLayout()
+        model_buttons.addWidget(self.save_button)
+        model_buttons.addWidget(self.load_button)
+        autosave_row = QHBoxLayout()
+        autosave_row.addWidget(self.autosave_label, 1)
+        autosave_row.addWidget(self.autosave_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(run_buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.status)
+        layout.addWidget(self.model_label)
+        layout.addLayout(model_buttons)
+        layout.addLayout(autosave_row)
+        layout.addWidget(self.restore_button)
+
+        self.start_button.clicked.connect(self.start)
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.stop_button.clicked.connect(self.stop)
+        self.save_button.clicked.connect(self._ask_save)
+        self.load_button.clicked.connect(self._ask_load)
+        self.autosave_button.clicked.connect(self._ask_autosave_root)
+        self.restore_button.clicked.connect(self.restore_annotations)
+        self.start_combo.currentTextChanged.connect(self._start_choice_changed)
+        self.preset_combo.currentTextChanged.connect(self._preset_changed)
+        self.device_combo.currentTextChanged.connect(lambda _text: self.update_estimate())
+        self.iterations_spin.valueChanged.connect(lambda _value: self._show_estimate())
+        self.budget_spin.valueChanged.connect(lambda _value: self._show_estimate())
+        self.whole_check.toggled.connect(lambda checked: self.margin_spin.setEnabled(not checked))
+        self.session.model_changed.connect(self._show_model)
+        napari_viewer.layers.events.inserted.connect(self._layer_added)
+        self._set_running(False)
+        self._show_model()
+        self.reset_choices()
+        self.update_estimate()
+
+    # -- public ---------------------------------------------------------------------------------------------
+
+    def reset_choices(self, _event: Any = None) -> None:
+        for combo in (self.image_combo, self.labels_combo, self.region_combo):
+            combo.reset_choices()
+
+    def start(self) -> Any:
+        """Start a run with the dock's settings; returns the worker, or None after a notification."""
+        if self.worker is not None:
+            show_warning("Training is already running")
+            return None
+        if self.session.segmenting:
+            show_warning("A segmentation is using the model: wait for it (or cancel it), then train")
+            return None
+        try:
+            job, annotations = self._prepare_job()
+        except (LayerProblem, ValueError) as error:
+            show_error(str(error))
+            return None
+        self._autosave_annotations(annotations)
+        self.job = job
+        self.history = TrainingRun()
+        self.plot.clear(job.config.iterations)
+        self.progress.setRange(0, job.config.iterations)
+        self.progress.setValue(0)
+        self.status.setText(f"Preparing {len(job.images)} image(s) on {describe_device(select_device(job.device))}…")
+        self.session.training = True
+        self._generator = run_training(job)
+        self.worker = create_worker(
+            _drive, self._generator, _progress={"total": job.config.iterations, "desc": "U-Net: training"},
+            _ignore_errors=True, _start_thread=False,
+        )
+        self.worker.yielded.connect(self._on_event)
+        self.worker.returned.connect(self._on_completed)
+        self.worker.errored.connect(self._on_error)
+        self.worker.aborted.connect(self._on_aborted)
+        self.worker.paused.connect(lambda: self.pause_button.setText("Resume"))
+        self.worker.resumed.connect(lambda: self.pause_button.setText("Pause"))
+        self._set_running(True)
+        self.worker.start()
+        return self.worker
+
+    def toggle_pause(self) -> None:
+        if self.worker is not None:
+            self.worker.toggle_pause()
+
+    def stop(self) -> None:
+        """Stop at the next step; the model of the last completed step is saved and kept in the session."""
+        if self.worker is not None:
+            self.status.setText("Stopping after the current step…")
+            self.worker.quit()
+
+    def save_model_to(self, path: str | Path) -> Path | None:
+        bundle = self.session.bundle
+        if bundle is None:
+            show_error("No model to save yet: train one first (or load one)")
+            return None
+        if self.session.training:
+            show_warning("Training is running: the model is autosaved at the end and at Stop")
+            return None
+        try:
+            saved = save_model(path, bundle)
+        except (OSError, ValueError) as error:
+            show_error(f"Cannot save the model: {error}")
+            return None
+        self.session.set_model(bundle, saved)
+        show_info(f"Model saved to {saved}")
+        return saved
+
+    def load_model_from(self, path: str | Path) -> bool:
+        """Load a model folder into the session (it becomes the Segment dock's model and a starting point)."""
+        try:
+            bundle = load_model(path)
+        except (OSError, ValueError) as error:
+            show_error(f"Cannot load the model: {error}")
+            return False
+        self.session.set_model(bundle, path)
+        self.start_combo.setCurrentText(START_SESSION)
+        return True
+
+    def restore_annotations(self) -> Any:
+        """Open the autosaved annotations offered for the last opened image, as a Labels layer."""
+        if self.offered_annotations is None:
+            return None
+        image_path, labels_path = self.offered_annotations
+        try:
+            labels = _autosave.load_annotations(labels_path)
+        except (OSError, ValueError) as error:
+            show_error(f"Cannot read the autosaved annotations {labels_path}: {error}")
+            return None
+        layer = self.viewer.add_labels(labels, name=f"{image_path.stem} annotations")
+        self.restore_button.hide()
+        self.offered_annotations = None
+        self.labels_combo.reset_choices()
+        self.labels_combo.value = layer
+        return layer
+
+    def update_estimate(self) -> Any:
+        """Measure a training step of the chosen network on the chosen device in a worker (once per setting)."""
+        key = self._estimate_setting()
+        if key is None:
+            self.estimate_label.setText("")
+            return None
+        self._estimate_key = key
+        if key in self.step_seconds:
+            self._show_estimate()
+            return None
+        config, tile, batch, device = key
+        self.estimate_label.setText(f"{describe_device(select_device(device))}: measuring a training step…")
+        worker = create_worker(measure_step_seconds, config, tile, batch, device, _ignore_errors=True,
+                               _start_thread=False)
+        worker.returned.connect(lambda seconds: self._estimated(key, seconds))
+        worker.errored.connect(lambda error: self.estimate_label.setText(f"cannot measure a step: {error}"))
+        worker.start()
+        return worker
+
+    # -- preparing a run (main thread: copies of the layers, cheap) ------------------------------------------
+
+    def _prepare_job(self) -> tuple[TrainingJob, np.ndarray]:
+        image_layer, labels_layer = self.image_combo.value, self.labels_combo.value
+        if image_layer is None:
+            raise LayerProblem("No image layer: open the image to train on")
+        if labels_layer is None:
+            raise LayerProblem("No Labels layer: add one (Layers > New Labels layer) and paint a few cells")
+        start = self.start_combo.currentText()
+        if start == START_SESSION and self.session.bundle is None:
+            raise LayerProblem("The session has no model yet: start from a new model or load one")
+        if start == START_FILE and self.start_bundle is None:
+            raise LayerProblem("No saved model chosen: pick 'a saved model…' again to choose its folder")
+        base = {START_SESSION: self.session.bundle, START_FILE: self.start_bundle}.get(start)
+        channels = base.net.config.in_channels if base is not None else _channels_of(image_layer)
+        stack = plane_stack(image_layer, channels)
+        check_layer_pair(image_layer, labels_layer)
+        labels_all = np.asarray(labels_layer.data)
+        if labels_all.dtype.kind not in "iu":
+            raise LayerProblem(f"'{labels_layer.name}' must hold integer labels, got {labels_all.dtype}")
+        if labels_all.shape != stack.output_shape():
+            if labels_all.ndim == 2 and stack.leading:
+                raise LayerProblem(
+                    f"'{image_layer.name}' is a stack of {len(stack.planes)} planes (shape "
+                    f"{tuple(layer_data(image_layer).shape)}) but the annotations are one 2-D plane: annotate on "
+                    f"a Labels layer of shape {stack.output_shape()}, or train on a single 2-D image"
+                )
+            raise LayerProblem(
+                f"the annotations '{labels_layer.name}' have shape {labels_all.shape}, the image needs "
+                f"{stack.output_shape()}"
+            )
+        region = self._region_mask(stack.shape)
+        images, labels, masks = [], [], []
+        for index in stack.planes:
+            plane_labels = labels_all[index] if index else labels_all
+            if not plane_labels.any():
+                continue
+            if region is not None:
+                mask = region
+            elif self.whole_check.isChecked():
+                mask = None
+            else:
+                mask = mask_around_cells(plane_labels, self.margin_spin.value())
+            images.append(np.asarray(stack.plane(index), dtype=np.float32))
+            labels.append(plane_labels.copy())
+            masks.append(mask)
+        if not images:
+            raise LayerProblem(
+                f"No annotations in '{labels_layer.name}': paint a few cells (each with its own label) first"
+            )
+        net_config, config = preset(self.preset_combo.currentText(), **self._train_overrides())
+        if base is None:
+            net = UNet(net_config, in_channels=channels, **self.net_overrides)
+            normalization, postprocess = Normalization(), None
+        else:
+            net, normalization, postprocess = base.net, base.normalization, base.postprocess
+            if start == START_FILE:
+                self.session.set_model(base, self.start_path)
+        checkpoint = _autosave.model_folder(self.autosave_root, image_layer.name)
+        job = TrainingJob(images, labels, masks, net, config, normalization, postprocess,
+                          self.device_combo.currentText(), checkpoint)
+        select_device(job.device)  # an unavailable device is a notification now, not a worker error
+        return job, labels_all
+
+    def _train_overrides(self) -> dict[str, Any]:
+        iterations = self.iterations_spin.value()
+        defaults = PRESETS[self.preset_combo.currentText()][1]
+        every = max(1, min(defaults.validate_every, iterations // 10 or 1))
+        budget = self.budget_spin.value() * 60.0 or None
+        return {"iterations": iterations, "validate_every": every,
+                "checkpoint_every": max(every, min(defaults.checkpoint_every, iterations)), "time_budget": budget,
+                **self.train_overrides}
+
+    def _region_mask(self, shape: tuple[int, int]) -> np.ndarray | None:
+        layer = self.region_combo.value
+        if layer is None:
+            return None
+        if isinstance(layer, Shapes):
+            if not len(layer.data):
+                raise LayerProblem(f"the region layer '{layer.name}' has no shapes: draw the annotated region")
+            masks = np.asarray(layer.to_masks(mask_shape=shape))
+            mask = masks.reshape(-1, *shape).any(axis=0)
+        else:
+            data = np.asarray(layer.data)
+            if data.shape[-2:] != tuple(shape) or data.ndim != 2:
+                raise LayerProblem(f"the region layer '{layer.name}' must be a 2-D layer of shape {shape}")
+            mask = data != 0
+        if not mask.any():
+            raise LayerProblem(f"the region layer '{layer.name}' is empty")
+        return mask
+
+    def _autosave_annotations(self, labels: np.ndarray) -> None:
+        image_layer = self.image_combo.value
+        source = getattr(getattr(image_layer, "source", None), "path", None)
+        try:
+            self.annotations_path = _autosave.save_annotations(labels, self.autosave_root, source,
+                                                               image_layer.name)
+        except (OSError, ValueError) as error:
+            show_warning(f"Could not autosave the annotations: {error}")
+
+    # -- slots (main thread) --------------------------------------------------------------------------------
+
+    def _on_event(self, event: TrainEvent) -> None:
+        history = self.history
+        if event.kind == "step":
+            history.losses.append((event.iteration, event.loss))
+            self.plot.add_loss(event.iteration, event.loss)
+            self.progress.setValue(event.iteration)
+            left = event.elapsed / max(event.iteration, 1) * (event.total - event.iteration)
+            self.status.setText(
+                f"iteration {event.iteration}/{event.total}, loss {event.loss:.4f}, "
+                f"{format_duration(event.elapsed)} elapsed, about {format_duration(left)} left"
+            )
+        elif event.kind == "validation" and event.val_score is not None:
+            history.scores.append((event.iteration, event.val_score))
+            self.plot.add_score(event.iteration, event.val_score)
+
+    def _on_completed(self, folder: Path) -> None:
+        self._finish(folder, stopped=False)
+
+    def _on_aborted(self) -> None:
+        """After quit(): close the training generator in a worker, which saves the last step, then finish."""
+        generator, self._generator = self._generator, None
+        closer = create_worker(generator.close, _ignore_errors=True, _start_thread=False)
+        closer.finished.connect(lambda: self._finish(self.job.checkpoint if self.job else None, stopped=True))
+        closer.errored.connect(self._on_error)
+        closer.start()
+
+    def _on_error(self, error: Exception) -> None:
+        self._set_running(False)
+        self.worker = None
+        self.session.training = False
+        show_error(f"Training failed: {error}")
+        self.status.setText(f"Failed: {error}")
+
+    def _finish(self, folder: Path | None, stopped: bool) -> None:
+        self.worker = None
+        self.session.training = False
+        self._set_running(False)
+        trainer = self.job.trainer if self.job is not None else None
+        if trainer is None or trainer.iteration == 0:
+            self.status.setText("Stopped before the first step: nothing to keep")
+            return
+        saved = folder if folder is not None and (Path(folder) / "config.json").is_file() else None
+        self.history.saved_to, self.history.stopped = saved, stopped
+        self.session.last_run = self.history
+        self.session.set_model(trainer.bundle(), saved)
+        self.start_combo.setCurrentText(START_SESSION)
+        verb = "Stopped" if stopped else "Done"
+        self.status.setText(f"{verb} at iteration {trainer.iteration}; model saved to {saved}")
+        show_info(f"Training {verb.lower()}: the model is in the Segment dock and saved to {saved}")
+        self.finished.emit(saved)
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        self.pause_button.setEnabled(running)
+        self.stop_button.setEnabled(running)
+        self.save_button.setEnabled(not running)
+        self.load_button.setEnabled(not running)
+        self.pause_button.setText("Pause")
+
+    def _show_model(self, _bundle: Any = None) -> None:
+        self.model_label.setText("model: " + self.session.describe_model())
+
+    def _start_choice_changed(self, text: str) -> None:
+        if text == START_FILE and self.start_bundle is None:
+            path = QFileDialog.getExistingDirectory(self, "Model folder to start from")
+            if not path:
+                self.start_combo.setCurrentText(START_NEW)
+                return
+            try:
+                self.start_bundle, self.start_path = load_model(path), Path(path)
+            except (OSError, ValueError) as error:
+                show_error(f"Cannot load the model: {error}")
+                self.start_combo.setCurrentText(START_NEW)
+                return
+        self.update_estimate()
+
+    def _preset_changed(self, name: str) -> None:
+        self.iterations_spin.setValue(PRESETS[name][1].iterations)
+        self.update_estimate()
+
+    def _estimate_setting(self) -> tuple | None:
+        start = self.start_combo.currentText()
+        base = {START_SESSION: self.session.bundle, START_FILE: self.start_bundle}.get(start)
+        net_config, config = PRESETS[self.preset_combo.currentText()]
+        if base is not None:
+            net_config = base.net.config
+        elif self.net_overrides:
+            net_config = UNetConfig.from_dict({**net_config.to_dict(), **self.net_overrides})
+        config = replace(config, **self.train_overrides)
+        return (net_config, config.tile_size, config.batch_size, self.device_combo.currentText())
+
+    def _estimated(self, key: tuple, seconds: float) -> None:
+        self.step_seconds[key] = seconds
+        self._show_estimate()
+        self.estimated.emit(seconds)
+
+    def _show_estimate(self) -> None:
+        key = self._estimate_key
+        if key is None or key not in self.step_seconds:
+            return
+        seconds = self.step_seconds[key]
+        total = seconds * self.iterations_spin.value()
+        budget = self.budget_spin.value() * 60.0
+        if budget:
+            total = min(total, budget)
+        self.estimate_label.setText(
+            f"{describe_device(select_device(key[3]))}: {seconds:.2f} s per step (measured), "
+            f"about {format_duration(total)} for this run"
+        )
+
+    def _layer_added(self, event: Any) -> None:
+        layer = event.value
+        path = getattr(getattr(layer, "source", None), "path", None)
+        if not isinstance(layer, Image) or not path or _autosave.is_annotation_file(path):
+            return
+        found = _autosave.find_annotations(path, self.autosave_root)
+        if found is None:
+            return
+        self.offered_annotations = (Path(path), found)
+        self.restore_button.setText(f"Restore the autosaved annotations of {Path(path).name}")
+        self.restore_button.show()
+        show_info(f"Autosaved annotations for {Path(path).name} found ({found.name}): "
+                  "click 'Restore' in the Fine-tune dock")
+
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the model as a folder")
+        if path:
+            self.save_model_to(path)
+
+    def _ask_load(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")
+        if path:
+            self.load_model_from(path)
+
+    def _ask_autosave_root(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Autosave folder", str(self.autosave_root))
+        if path:
+            self.autosave_root = Path(path)
+            self.autosave_label.setText(f"autosave: {self.autosave_root}")
+
+
+def _channels_of(layer: Any) -> int:
+    """Input channels of a new model for this layer: from the stored axes, else one."""
+    axes = stored_axes(layer)
+    if axes is not None and "C" in axes[:-2]:
+        return int(layer_data(layer).shape[axes.index("C")])
+    return 1

@@ -1,0 +1,141 @@
+"""Fine-tune dock: a short run on a few annotated cells, Pause/Resume, Stop keeps a model, clear notifications."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.io import write_tiff
+from napari_unet.modelfile import load_model
+from napari_unet.plugin import _finetune
+from napari_unet.plugin._autosave import find_annotations
+from napari_unet.plugin._finetune import FineTuneWidget
+from napari_unet.plugin._segment import SegmentWidget
+from napari_unet.plugin._state import session_for
+
+pytestmark = pytest.mark.viewer
+
+TINY = {"depth": 3, "base_channels": 8, "dropout": 0.0}
+QUICK = {"tile_size": 124, "learning_rate": 5e-3}
+
+
+def few_cells(labels: np.ndarray, count: int = 6) -> np.ndarray:
+    """Keep the annotations of `count` cells near the image centre, as a user annotating a few would."""
+    ids = [i for i in np.unique(labels[64:128, 64:160]) if i][:count]
+    return np.where(np.isin(labels, ids), labels, 0).astype(np.int32)
+
+
+def open_dock(viewer, qtbot, tmp_path, image, labels, iterations):
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="annotations")
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK)
+    with qtbot.waitSignal(widget.estimated, timeout=30_000):
+        viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.iterations_spin.setValue(iterations)
+    return widget
+
+
+def test_short_run_lowers_the_loss_and_hands_the_model_to_segment(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells, screenshot
+):
+    image, labels = cells
+    sparse = few_cells(labels)
+    viewer = make_napari_viewer_proxy(show=True)
+    widget = open_dock(viewer, qtbot, tmp_path, image, sparse, iterations=40)
+    assert "per step (measured)" in widget.estimate_label.text()
+    segment = SegmentWidget(viewer)  # not docked: the Fine-tune dock stays in view for the screenshot
+
+    with qtbot.waitSignal(widget.finished, timeout=180_000) as done:
+        assert widget.start() is not None
+    folder = done.args[0]
+
+    losses = [loss for _, loss in widget.history.losses]
+    assert len(losses) == 40
+    assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), f"the loss did not fall: {losses}"
+    assert widget.history.scores, "validation scores are plotted"
+    assert widget.plot.losses == widget.history.losses
+    session = session_for(viewer)
+    assert session.bundle is widget.job.trainer.model or session.bundle.net is widget.job.trainer.model
+    assert session.model_path == folder and "40 iterations" in segment.model_label.text()
+    assert load_model(folder).metadata["iterations"] == 40
+    assert widget.annotations_path is not None and widget.annotations_path.is_relative_to(tmp_path / "autosave")
+    screenshot(viewer, "finetune")
+    segment.close()
+
+
+def test_pause_resume_and_stop_keep_a_loadable_model(make_napari_viewer_proxy, qtbot, tmp_path, cells):
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, qtbot, tmp_path, image, few_cells(labels), iterations=100_000)
+    worker = widget.start()
+    qtbot.waitUntil(lambda: len(widget.history.losses) >= 3, timeout=30_000)
+
+    with qtbot.waitSignal(worker.paused, timeout=10_000):
+        widget.toggle_pause()
+    paused_at = len(widget.history.losses)
+    qtbot.wait(300)
+    assert len(widget.history.losses) == paused_at and widget.pause_button.text() == "Resume"
+    with qtbot.waitSignal(worker.resumed, timeout=10_000):
+        widget.toggle_pause()
+    qtbot.waitUntil(lambda: len(widget.history.losses) > paused_at, timeout=10_000)
+
+    with qtbot.waitSignal(widget.finished, timeout=30_000) as done:
+        widget.stop()
+    trainer = widget.job.trainer
+    assert 3 <= trainer.iteration < 100_000 and widget.history.stopped
+    bundle = load_model(done.args[0])
+    assert bundle.metadata["iterations"] == trainer.iteration
+    for name, tensor in trainer.model.state_dict().items():
+        np.testing.assert_array_equal(bundle.net.state_dict()[name].numpy(), tensor.cpu().numpy())
+    assert session_for(viewer).bundle is not None and not session_for(viewer).training
+    assert widget.start_button.isEnabled() and not widget.stop_button.isEnabled()
+
+
+def test_bad_situations_are_notifications(make_napari_viewer_proxy, qtbot, tmp_path, cells, monkeypatch):
+    messages = []
+    monkeypatch.setattr(_finetune, "show_error", messages.append)
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, qtbot, tmp_path, image, np.zeros_like(labels), iterations=5)
+
+    assert widget.start() is None and "No annotations" in messages[-1]
+    viewer.layers["annotations"].data = few_cells(labels)[:100]
+    assert widget.start() is None and "pixels" in messages[-1]  # shape mismatch
+    viewer.layers.clear()
+    viewer.add_image(np.stack([image] * 5), name="stack")
+    viewer.add_labels(few_cells(labels), name="annotations")
+    widget.reset_choices()
+    assert widget.start() is None and "stack of 5 planes" in messages[-1]
+    viewer.add_image(np.zeros((*image.shape, 3), np.uint8), name="photo", rgb=True)
+    widget.reset_choices()
+    widget.image_combo.value = viewer.layers["photo"]
+    assert widget.start() is None and "RGB" in messages[-1]
+    assert widget.worker is None and not session_for(viewer).training
+
+
+def test_autosaved_annotations_are_offered_back(make_napari_viewer_proxy, qtbot, tmp_path, cells):
+    image, labels = cells
+    path = tmp_path / "data" / "cells.tif"
+    path.parent.mkdir()
+    write_tiff(path, (image * 1000).astype(np.uint16), "YX")
+    viewer = make_napari_viewer_proxy()
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK)
+    with qtbot.waitSignal(widget.estimated, timeout=30_000):
+        viewer.window.add_dock_widget(widget, name="Fine-tune")
+    (layer,) = viewer.open(path)
+    widget.reset_choices()
+    widget.image_combo.value = layer
+    viewer.add_labels(few_cells(labels), name="annotations")
+    widget.reset_choices()
+    widget.iterations_spin.setValue(2)
+    with qtbot.waitSignal(widget.finished, timeout=180_000):
+        widget.start()
+    assert find_annotations(path, tmp_path / "autosave") == path.with_name("cells.unet-labels.tif")
+
+    viewer.layers.clear()
+    assert widget.restore_button.isHidden()
+    viewer.open(path)
+    assert not widget.restore_button.isHidden() and "cells.tif" in widget.restore_button.text()
+    restored = widget.restore_annotations()
+    np.testing.assert_array_equal(restored.data, few_cells(labels))
+    assert widget.labels_combo.value is restored or widget.labels_combo.value == restored
