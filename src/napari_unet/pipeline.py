@@ -1,0 +1,387 @@
+"""Files in, files out: the glue between folders of images and the core, used by the command line.
+
+- `list_files` / `match_files`: the image files of a folder (or one file), and pairs matched by base name
+  (`01.png` with `01.tif`; a `_labels` or `_probs` suffix is tolerated, so predictions match their truth).
+- `read_training_pair`: an image normalised with the model's percentiles and its labels, checked together.
+- `split_by_image`: a deterministic train/validation split by whole images (never crops of one image).
+- `predict_tta`: test-time augmentation, the mean over the 8 flips and 90-degree rotations.
+- `read_input` / `segment_file`: segment a file plane by plane (stacks, time series), with bounded memory.
+
+>>> base_name("cells/01_labels.ome.tif")
+'01'
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .io import PILLOW_SUFFIXES, TIFF_SUFFIXES, guess_axes, normalize_percentile, read_image, read_labels, to_canonical
+
+IMAGE_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
+ZARR_SUFFIX = ".zarr"
+TOLERATED_SUFFIXES = ("_labels", "_probs")
+LARGE_OUTPUT_BYTES = 1 << 30  # a plane's probabilities above this go to a temporary memory-mapped file
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------------------- finding files
+
+
+def base_name(path: str | Path) -> str:
+    """The name that pairs files: without its image suffix (`.tif`, `.ome.tif`, `.png`, ...) and without one
+    trailing `_labels` or `_probs` (what `predict` appends)."""
+    name = _stem(Path(path))
+    for suffix in TOLERATED_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def list_files(path: str | Path, what: str = "image", zarr: bool = False) -> list[Path]:
+    """The image files of a folder, sorted by name (hidden files skipped), or `[path]` for a single file.
+
+    what: how to name the files in error messages ("image", "label", ...). zarr: also accept `.zarr` folders
+    (as the path itself, or inside the folder).
+    """
+    path = Path(path)
+    if zarr and path.suffix.lower() == ZARR_SUFFIX and path.is_dir():
+        return [path]
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} file or folder at {path}")
+    suffixes = IMAGE_SUFFIXES + ((ZARR_SUFFIX,) if zarr else ())
+    files = sorted(
+        p for p in path.iterdir()
+        if not p.name.startswith(".") and p.suffix.lower() in suffixes
+        and (p.is_file() or (zarr and p.suffix.lower() == ZARR_SUFFIX and p.is_dir()))
+    )
+    if not files:
+        raise ValueError(f"no {what} files in {path}: expected {', '.join(suffixes)} files")
+    return files
+
+
+@dataclass(frozen=True)
+class FileMatch:
+    """Files of two lists paired by base name, and those left without a partner."""
+
+    pairs: list[tuple[Path, Path]]
+    unmatched_first: list[Path]
+    unmatched_second: list[Path]
+
+
+def match_files(
+    first: Sequence[Path], second: Sequence[Path], names: tuple[str, str] = ("images", "labels"),
+    prefer: str | None = None,
+) -> FileMatch:
+    """Pair `first` and `second` by `base_name`; two single files are paired whatever their names.
+
+    prefer: a tolerated suffix ("_labels" or "_probs") that settles a tie: of `01_labels.tif` and `01_probs.tif`
+    in `first`, the one with this suffix is used.
+    Raises ValueError when nothing pairs, or when two files of one list share a base name (01.png and 01.tif).
+    """
+    if len(first) == 1 and len(second) == 1:
+        return FileMatch([(Path(first[0]), Path(second[0]))], [], [])
+    keyed = [_by_base_name(first, names[0], prefer), _by_base_name(second, names[1])]
+    common = [key for key in keyed[0] if key in keyed[1]]
+    if not common:
+        raise ValueError(
+            f"no {names[0]} and {names[1]} share a base name: {names[0]} {_few(keyed[0])}, "
+            f"{names[1]} {_few(keyed[1])} (files pair by name without extension, e.g. 01.png with 01.tif)"
+        )
+    return FileMatch(
+        [(keyed[0][key], keyed[1][key]) for key in common],
+        [path for key, path in keyed[0].items() if key not in keyed[1]],
+        [path for key, path in keyed[1].items() if key not in keyed[0]],
+    )
+
+
+def _by_base_name(files: Sequence[Path], name: str, prefer: str | None = None) -> dict[str, Path]:
+    keyed: dict[str, Path] = {}
+    for path in map(Path, files):
+        key = base_name(path)
+        if key in keyed:
+            preferred = [p for p in (keyed[key], path) if prefer and _stem(p).endswith(prefer)]
+            if len(preferred) != 1:
+                raise ValueError(f"two {name} files have the base name {key!r}: {keyed[key].name} and {path.name}")
+            path = preferred[0]
+        keyed[key] = path
+    return keyed
+
+
+def _stem(path: Path) -> str:
+    """The file name without its image suffix ('01_labels' for '01_labels.ome.tif')."""
+    name, lower = path.name, path.name.lower()
+    for suffix in (*(".ome" + s for s in TIFF_SUFFIXES), *IMAGE_SUFFIXES, ZARR_SUFFIX):
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _few(keys: Sequence[str] | dict[str, Any], shown: int = 4) -> str:
+    keys = list(keys)
+    more = f", ... ({len(keys)} in all)" if len(keys) > shown else ""
+    return "(" + ", ".join(keys[:shown]) + more + ")"
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8) -> np.ndarray:
+    """An image file as the network sees it: (H, W) or (C, H, W) float32, normalised with its percentiles."""
+    image, axes = read_image(path)
+    if axes not in ("YX", "CYX"):
+        raise ValueError(
+            f"training images must be single 2-D planes (axes YX or CYX); {path} has axes {axes!r} "
+            f"and shape {tuple(image.shape)}: save each plane with its labels as a separate file"
+        )
+    return np.asarray(normalize_percentile(np.asarray(image), low, high, axes), dtype=np.float32)
+
+
+def read_training_pair(
+    image_path: str | Path, labels_path: str | Path, mask_path: str | Path | None = None,
+    low: float = 1.0, high: float = 99.8,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(image (H, W) or (C, H, W) float32 normalised, labels (H, W), mask (H, W) bool or None), shapes checked.
+
+    mask file: nonzero = annotated (sparse annotation); labels may also use the reserved "not annotated"
+    value (see `napari_unet.targets`).
+    """
+    image = read_training_image(image_path, low, high)
+    labels = read_labels(labels_path)
+    if labels.shape != image.shape[-2:]:
+        raise ValueError(
+            f"labels {Path(labels_path).name} have shape {labels.shape} but image {Path(image_path).name} "
+            f"has {image.shape[-2:]} (height, width): they must be the same size"
+        )
+    mask = None
+    if mask_path is not None:
+        mask = read_labels(mask_path) != 0
+        if mask.shape != labels.shape:
+            raise ValueError(
+                f"mask {Path(mask_path).name} has shape {mask.shape} but labels {Path(labels_path).name} "
+                f"have {labels.shape}: they must be the same size"
+            )
+    return image, labels, mask
+
+
+def split_by_image(items: Sequence[T], fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:
+    """(train, validation): a random `fraction` of whole `items` (at least one) held out, deterministic in `seed`.
+
+    Order within each part follows `items`. At least one item stays for training.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the validation fraction must be in (0, 1), got {fraction}")
+    n = len(items)
+    if n < 2:
+        raise ValueError(f"splitting by image needs at least 2 images, got {n}: give validation images instead")
+    n_val = min(n - 1, max(1, round(fraction * n)))
+    held = set(np.random.default_rng(seed).permutation(n)[:n_val].tolist())
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+# ----------------------------------------------------------------------------------- test-time augmentation
+
+
+def dihedral_transforms() -> list[tuple[int, bool]]:
+    """The 8 symmetries of the square as (quarter turns k, flip): x -> flip(rot90(x, k)) on the last two axes."""
+    return [(k, flip) for k in range(4) for flip in (False, True)]
+
+
+def transform(array, k: int, flip: bool):
+    """rot90 by `k` quarter turns on the last two axes, then a left-right flip if `flip` (a view for numpy)."""
+    array = np.rot90(array, k, axes=(-2, -1)) if k else array
+    return np.flip(array, axis=-1) if flip else array
+
+
+def untransform(array, k: int, flip: bool):
+    """The inverse of `transform(., k, flip)`."""
+    array = np.flip(array, axis=-1) if flip else array
+    return np.rot90(array, -k, axes=(-2, -1)) if k else array
+
+
+def predict_tta(
+    bundle, image, *, tile_size: int | None = None, device="auto", batch_size: int = 1
+) -> np.ndarray:
+    """Test-time augmentation: probabilities (classes, H, W) averaged over the 8 flips and 90-degree rotations.
+
+    probs = 1/8 sum_g g^-1(f(g(x))) for g in the dihedral group of the square, f = `bundle.predict` with the
+    percentiles of the untransformed image (they do not change under g). image: raw (H, W) or (C, H, W).
+    Costs 8 predictions; for a model that is exactly equivariant to these symmetries it equals the plain one.
+    """
+    from .device import select_device
+    from .tiling import predict_tiled
+
+    channels_first = image if image.ndim == 3 else image[None]
+    preprocess = bundle.preprocessor(channels_first, "CYX")
+    device = select_device(device)
+    total = None
+    for k, flip in dihedral_transforms():
+        probs = predict_tiled(
+            bundle.net, transform(channels_first, k, flip), tile_size, device=device, batch_size=batch_size,
+            preprocess=preprocess,
+        )
+        probs = untransform(probs, k, flip)
+        if total is None:
+            total = np.array(probs, dtype=np.float32)
+        else:
+            total += probs
+    total /= np.float32(8)
+    return total
+
+
+# ------------------------------------------------------------------------------------------- segmentation
+
+
+def read_input(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
+    """(image, axes) of a file to segment: TIFF (memory-mapped when possible), PNG/JPEG or a `.zarr` array.
+
+    Axes are canonical ("TZCYX" order). A zarr store is read lazily through dask: its axes come from `axes`,
+    OME-Zarr multiscales metadata, or are guessed from the shape; a group is read at its array "0".
+    """
+    path = Path(path)
+    if path.suffix.lower() != ZARR_SUFFIX:
+        return read_image(path, axes)
+    import dask.array as da
+    import zarr
+
+    if not path.exists():
+        raise FileNotFoundError(f"no zarr store at {path}")
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as error:  # zarr raises a variety of errors for a folder that is not a store
+        raise ValueError(f"cannot open {path} as a zarr array ({type(error).__name__}: {error})") from None
+    found = None
+    if not hasattr(node, "shape"):
+        multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+        if multiscales:
+            found = "".join(
+                (a["name"] if isinstance(a, dict) else str(a)).upper()[0] for a in multiscales[0].get("axes", [])
+            ).replace("S", "C") or None
+        if "0" not in node:
+            raise ValueError(f"{path} is a zarr group without an array '0'; give the path of the array")
+        node = node["0"]
+    image = da.from_zarr(node)
+    if axes is None:
+        axes = found if found and len(found) == image.ndim else guess_axes(tuple(image.shape))
+    return to_canonical(image, axes)
+
+
+def plane_indices(shape: tuple[int, ...], axes: str) -> list[tuple[int, ...]]:
+    """Indices over the leading T and Z axes: one per 2-D plane ((Y, X) or (C, Y, X)) to segment."""
+    lead = [n for n, a in zip(shape, axes) if a in "TZ"]
+    return [tuple(int(i) for i in index) for index in np.ndindex(*lead)] if lead else [()]
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """Where `segment_file` writes: `<stem>_labels.tif` and, on request, `<stem>_probs.tif`."""
+
+    labels: Path
+    probs: Path | None
+
+
+def output_paths(path: str | Path, out_dir: str | Path, probabilities: bool = False) -> Outputs:
+    stem = base_name(path)
+    out_dir = Path(out_dir)
+    return Outputs(out_dir / f"{stem}_labels.tif", out_dir / f"{stem}_probs.tif" if probabilities else None)
+
+
+@dataclass(frozen=True)
+class PlaneDone:
+    """Progress of `segment_file`: plane `index` (0-based) of `total` is written, with `objects` objects."""
+
+    index: int
+    total: int
+    objects: int
+
+
+def segment_file(
+    bundle,
+    image,
+    axes: str,
+    outputs: Outputs,
+    *,
+    postprocess=None,
+    tile_size: int | None = None,
+    device="auto",
+    batch_size: int = 1,
+    tta: bool = False,
+) -> Iterator[PlaneDone]:
+    """Segment `image` (axes over "TZCYX", canonical) plane by plane into TIFF files; yields after each plane.
+
+    labels: int32 instance ids with the image's axes minus C (ids restart at 1 in every plane); probs: float32
+    foreground probability, same axes. Both are written through memory-mapped TIFFs, so at most one plane's
+    probabilities are in memory (on a temporary memory-mapped file when a plane's exceed `LARGE_OUTPUT_BYTES`).
+    Each plane is normalised with its own percentiles, as the training images were.
+    postprocess: a `PostprocessConfig` (default: the bundle's).
+    """
+    from .device import select_device
+    from .postprocess import probs_to_labels
+
+    postprocess = bundle.postprocess if postprocess is None else postprocess
+    device = select_device(device)
+    out_axes = axes.replace("C", "")
+    out_shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
+    planes = plane_indices(tuple(image.shape), axes)
+    labels_out = _create_tiff(outputs.labels, out_shape, np.int32, out_axes)
+    probs_out = _create_tiff(outputs.probs, out_shape, np.float32, out_axes) if outputs.probs else None
+    try:
+        for number, index in enumerate(planes):
+            plane = image[index] if index else image
+            fg = _foreground(bundle, plane, tile_size, device, batch_size, tta)
+            labels = probs_to_labels(fg, postprocess)
+            labels_out[index] = labels
+            if probs_out is not None:
+                probs_out[index] = fg
+            del fg
+            yield PlaneDone(number, len(planes), int(labels.max(initial=0)))
+    finally:
+        labels_out.flush()
+        if probs_out is not None:
+            probs_out.flush()
+        del labels_out, probs_out
+
+
+def _foreground(bundle, plane, tile_size, device, batch_size: int, tta: bool) -> np.ndarray:
+    """The foreground probability (H, W) float32 of one raw plane (H, W) or (C, H, W)."""
+    if tta:
+        return predict_tta(bundle, plane, tile_size=tile_size, device=device, batch_size=batch_size)[1]
+    classes, (h, w) = bundle.net.config.num_classes, plane.shape[-2:]
+    if classes * h * w * 4 <= LARGE_OUTPUT_BYTES:
+        return bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size)[1]
+    with tempfile.TemporaryFile() as scratch:
+        out = np.memmap(scratch, dtype=np.float32, mode="w+", shape=(classes, h, w))
+        bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size, out=out)
+        return np.array(out[1])
+
+
+def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str) -> np.memmap:
+    """A new TIFF at `path`, memory-mapped for writing, in the layout `io.write_tiff` uses (read back with axes)."""
+    import tifffile
+
+    from .io import IMAGEJ_DTYPES
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    imagej = np.dtype(dtype) in IMAGEJ_DTYPES
+    return tifffile.memmap(
+        path, shape=shape, dtype=dtype, imagej=imagej, metadata={"axes": axes}, photometric="minisblack"
+    )
+
+
+def count_planes(image, axes: str) -> int:
+    return math.prod(n for n, a in zip(image.shape, axes) if a in "TZ")
+
+
+def with_overrides(config, **overrides: Any):
+    """`config` (a frozen dataclass) with the fields given a value other than None replaced."""
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+

@@ -1,0 +1,291 @@
+"""The `napari-unet` command line, run in-process through `main([...])` on small synthetic files.
+
+A tiny network (depth 2, 4 channels) and 3 training iterations keep every training call around a second.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from napari_unet.cli import main
+from napari_unet.io import read_image, read_labels, write_tiff
+from napari_unet.metrics import average_scores, evaluate_pair
+from napari_unet.modelfile import load_model
+from napari_unet.postprocess import probs_to_labels
+from napari_unet.synthetic import make_cells
+from napari_unet.weights import weight_map
+
+TINY = ["--depth", "2", "--base-channels", "4", "--tile-size", "44", "--device", "cpu", "-q"]
+COMMANDS = ("train", "predict", "weights", "evaluate", "demo", "info")
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """images/0{0,1,2}.png (8-bit) with labels/0{0,1,2}.tif (uint16 instance ids), and test/{images,labels}."""
+    root = tmp_path_factory.mktemp("data")
+    for i in range(3):
+        image, labels = make_cells((72, 80), seed=i)
+        write_png(root / "images" / f"0{i}.png", image)
+        (root / "labels").mkdir(exist_ok=True)
+        write_tiff(root / "labels" / f"0{i}.tif", labels.astype(np.uint16), "YX")
+    image, labels = make_cells((64, 64), seed=10)
+    write_png(root / "test" / "images" / "cells.png", image)
+    (root / "test" / "labels").mkdir()
+    write_tiff(root / "test" / "labels" / "cells.tif", labels.astype(np.uint16), "YX")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("models") / "cells.model"
+    code = main(["train", str(data / "images"), str(data / "labels"), "--out", str(out), "--iterations", "3",
+                 "--val-fraction", "0.34", *TINY])
+    assert code == 0
+    return out
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_writes_a_model_and_a_summary(data, tmp_path, capsys):
+    out = tmp_path / "m"
+    code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "3",
+                          "--val-fraction", "0.34", "--seed", "1", *TINY)
+    assert code == 0
+    bundle = load_model(out)
+    assert bundle.metadata["iterations"] == 3 and bundle.metadata["seed"] == 1
+    assert (bundle.net.config.depth, bundle.net.config.base_channels) == (2, 4)
+    assert len(bundle.metadata["data_hashes"]) == 2  # one of the three images held out for validation
+    assert "trained 3 iterations" in stdout and "validation IoU" in stdout and str(out) in stdout
+
+
+def test_predict_then_evaluate_agree_with_the_library(data, model, tmp_path, capsys):
+    out = tmp_path / "results"
+    code, stdout, _ = run(capsys, "predict", model, data / "images", data / "test" / "images" / "cells.png",
+                          "--out", out, "--probabilities", "--device", "cpu", "-q")
+    assert code == 0 and "segmented 4 image(s)" in stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{name}_{kind}.tif" for name in ("00", "01", "02", "cells") for kind in ("labels", "probs")
+    )
+    bundle = load_model(model)
+    image = read_image(data / "test" / "images" / "cells.png")[0]
+    probs = bundle.predict(image, device="cpu")[1]
+    np.testing.assert_allclose(read_image(out / "cells_probs.tif")[0], probs, atol=1e-6)
+    np.testing.assert_array_equal(read_image(out / "cells_labels.tif")[0], probs_to_labels(probs, bundle.postprocess))
+
+    code, stdout, _ = run(capsys, "evaluate", out, data / "labels", "--json")
+    assert code == 0
+    scores = json.loads(stdout)
+    assert {"ap50", "map", "f1_50", "seg", "n_images", "images"} <= set(scores) and scores["kind"] == "instances"
+    expected = [
+        evaluate_pair(read_labels(out / f"0{i}_labels.tif"), read_labels(data / "labels" / f"0{i}.tif"), "instances")
+        for i in range(3)
+    ]
+    assert scores["images"]["00_labels.tif"] == pytest.approx(expected[0])
+    for key, value in average_scores(expected).items():
+        assert scores[key] == pytest.approx(value)
+
+    code, stdout, _ = run(capsys, "evaluate", out, data / "labels", "--kind", "pixels")
+    assert code == 0
+    assert "00_labels.tif" in stdout and "mean (3)" in stdout and "iou" in stdout and "ap50" not in stdout
+
+
+def test_predict_overrides_the_saved_post_processing(data, model, tmp_path, capsys):
+    out = tmp_path / "results"
+    image_path = data / "test" / "images" / "cells.png"
+    code, _, _ = run(capsys, "predict", model, image_path, "--out", out, "--threshold", "0.3", "--min-size", "0",
+                     "--device", "cpu", "-q")
+    assert code == 0
+    bundle = load_model(model)
+    probs = bundle.predict(read_image(image_path)[0], device="cpu")[1]
+    from dataclasses import replace
+
+    expected = probs_to_labels(probs, replace(bundle.postprocess, threshold=0.3, min_size=0))
+    np.testing.assert_array_equal(read_labels(out / "cells_labels.tif"), expected)
+
+
+def test_predict_segments_stacks_plane_by_plane_with_tta(data, model, tmp_path, capsys):
+    stack = np.stack([make_cells((48, 56), seed=s)[0] for s in (20, 21)])
+    write_tiff(tmp_path / "movie.tif", stack, "TYX")
+    code, _, _ = run(capsys, "predict", model, tmp_path / "movie.tif", "--out", tmp_path / "out", "--tta",
+                     "--probabilities", "--device", "cpu", "-q")
+    assert code == 0
+    labels, axes = read_image(tmp_path / "out" / "movie_labels.tif")
+    probs = read_image(tmp_path / "out" / "movie_probs.tif")[0]
+    assert axes == "TYX" and labels.shape == stack.shape and probs.shape == stack.shape
+    from napari_unet.pipeline import predict_tta
+
+    np.testing.assert_allclose(probs[1], predict_tta(load_model(model), stack[1], device="cpu")[1], atol=1e-6)
+
+
+def test_resume_continues_the_iterations(data, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "2", *TINY)[0] == 0
+    code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--resume",
+                          "--iterations", "4", "--device", "cpu", "-q")
+    assert code == 0 and "trained 4 iterations" in stdout
+    assert load_model(out).metadata["iterations"] == 4
+    code, _, stderr = run(capsys, "train", data / "images", data / "labels", "--out", out, "--resume", "--seed", "5")
+    assert code == 2 and "--seed" in stderr and "cannot change" in stderr
+
+
+def test_init_fine_tunes_a_saved_model(data, model, tmp_path, capsys):
+    out = tmp_path / "tuned"
+    code, _, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--init", model,
+                     "--iterations", "2", "--tile-size", "44", "--device", "cpu", "-q")
+    assert code == 0
+    before, after = load_model(model), load_model(out)
+    assert after.net.config == before.net.config and after.metadata["iterations"] == 2
+    changed = [not torch.equal(a, b) for a, b in zip(before.net.state_dict().values(), after.net.state_dict().values())]
+    assert any(changed)
+
+
+def test_validation_files_and_masks(data, tmp_path, capsys):
+    test = data / "test"
+    code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", tmp_path / "m",
+                          "--validation-images", test / "images", "--validation-labels", test / "labels",
+                          "--iterations", "2", *TINY)
+    assert code == 0 and "validation IoU" in stdout
+    empty = tmp_path / "masks"
+    empty.mkdir()
+    for i in range(3):
+        write_tiff(empty / f"0{i}.tif", np.zeros((72, 80), np.uint8), "YX")
+    code, _, stderr = run(capsys, "train", data / "images", data / "labels", "--out", tmp_path / "m2",
+                          "--mask", empty, "--iterations", "2", *TINY)
+    assert code == 2 and "annotations are empty" in stderr  # the masks reached the trainer
+
+
+def corrupt(model: Path, tmp_path: Path) -> Path:
+    broken = tmp_path / "broken.model"
+    shutil.copytree(model, broken)
+    (broken / "weights.safetensors").write_bytes(b"not safetensors")
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (lambda d, m, t: ["train", t / "nowhere", d / "labels", "--out", t / "m"], "no image file or folder"),
+        (lambda d, m, t: ["train", d / "images", d / "test" / "labels", "--out", t / "m"], "share a base name"),
+        (lambda d, m, t: ["train", d / "images" / "00.png", d / "test" / "labels" / "cells.tif", "--out", t / "m"],
+         "must be the same size"),
+        (lambda d, m, t: ["train", d / "images", d / "labels", "--out", d], "not a model folder"),
+        (lambda d, m, t: ["train", d / "images", d / "labels", "--out", m], "--resume"),
+        (lambda d, m, t: ["predict", corrupt(m, t), d / "images", "--out", t / "o"], "corrupted"),
+        (lambda d, m, t: ["predict", t, d / "images", "--out", t / "o"], "not a napari-unet model folder"),
+        (lambda d, m, t: ["predict", m, d / "images", "--out", t / "o", "--device", "tpu"], "device must be"),
+        (lambda d, m, t: ["evaluate", d / "images" / "00.png", d / "test" / "labels" / "cells.tif"],
+         "has shape"),
+        (lambda d, m, t: ["weights", d / "images", "--out", t / "w.tif"], "is a folder"),
+        (lambda d, m, t: ["info", t / "nothing"], "not a napari-unet model folder"),
+    ],
+)
+def test_bad_input_is_one_clear_line(data, model, tmp_path, capsys, make_args, message):
+    code, stdout, stderr = run(capsys, *make_args(data, model, tmp_path))
+    assert code == 2
+    assert stderr.startswith("napari-unet: error:") and message in stderr
+    assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
+
+
+def test_a_model_with_other_channels_is_refused(data, model, tmp_path, capsys):
+    rgb = tmp_path / "rgb.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(rgb)
+    code, _, stderr = run(capsys, "predict", model, rgb, "--out", tmp_path / "o", "-q")
+    assert code == 2 and "channel" in stderr
+
+
+def test_usage_errors_exit_2(capsys):
+    assert main(["train", "images"]) == 2
+    assert "required" in capsys.readouterr().err
+    assert main(["predict", "m", "x", "--out", "o", "--threshold", "1.5"]) == 2
+
+
+def test_traceback_flag_shows_the_error(tmp_path):
+    with pytest.raises(ValueError, match="not a napari-unet model folder"):
+        main(["--traceback", "info", str(tmp_path)])
+
+
+def test_weights_writes_the_weight_map(data, tmp_path, capsys):
+    labels = read_labels(data / "labels" / "01.tif")
+    out = tmp_path / "w" / "weights.tif"
+    code, stdout, _ = run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--w0", "8", "--sigma", "3",
+                          "--border", "2")
+    assert code == 0 and str(out) in stdout
+    written, axes = read_image(out)
+    assert axes == "YX" and written.dtype == np.float32
+    np.testing.assert_array_equal(written, weight_map(labels, 8.0, 3.0, border=2))
+    assert run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--no-balance")[0] == 0
+    np.testing.assert_array_equal(read_image(out)[0], weight_map(labels, class_weights=None))
+
+
+def test_evaluate_isbi_probability_maps(tmp_path, capsys):
+    rng = np.random.default_rng(5)
+    (tmp_path / "pred").mkdir()
+    expected = []
+    for i in range(2):
+        _, cells = make_cells((48, 48), seed=30 + i)
+        truth = np.where(cells > 0, 255, 0).astype(np.uint8)
+        probs = np.clip((cells > 0) * 0.8 + rng.normal(0, 0.2, cells.shape), 0, 1).astype(np.float32)
+        write_tiff(tmp_path / "pred" / f"{i}_probs.tif", probs, "YX")
+        write_png(tmp_path / "truth" / f"{i}.png", truth / 255.0)
+        expected.append(evaluate_pair(probs, truth, "isbi"))
+    code, stdout, _ = run(capsys, "evaluate", tmp_path / "pred", tmp_path / "truth", "--kind", "isbi", "--json")
+    assert code == 0
+    scores = json.loads(stdout)
+    assert {"vrand", "vinfo", "iou", "pixel_error"} <= set(scores)
+    mean = average_scores(expected)
+    for key in ("vrand", "vinfo", "iou", "pixel_error"):
+        assert scores[key] == pytest.approx(mean[key])
+
+
+def test_info_shows_the_model(model, capsys):
+    code, stdout, _ = run(capsys, "info", model)
+    assert code == 0
+    assert "depth=2" in stdout and "iterations=3" in stdout and "resumable: yes" in stdout
+    code, stdout, _ = run(capsys, "info", model, "--json")
+    assert code == 0 and json.loads(stdout)["unet"]["base_channels"] == 4
+
+
+def test_demo_writes_a_report(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, stdout, _ = run(capsys, "demo", "--out", out, "--iterations", "2", "--device", "cpu", "-q")
+    assert code == 0 and str(out / "report.md") in stdout
+    report = json.loads((out / "report.json").read_text())
+    assert {"ap50", "map", "f1_50", "seg", "iou", "pixel_error"} <= set(report["scores"])
+    assert report["training"]["iterations"] == 2
+    assert "| AP at IoU 0.5 |" in (out / "report.md").read_text()
+    with Image.open(out / "overlay.png") as overlay:
+        assert overlay.mode == "RGB" and overlay.size == (512, 512)
+    assert load_model(out / "model").metadata["iterations"] == 2
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert f"usage: napari-unet {command}" in capsys.readouterr().out
+
+
+def test_the_installed_entry_point_runs():
+    script = shutil.which("napari-unet", path=str(Path(sys.executable).parent)) or shutil.which("napari-unet")
+    if script is None:
+        pytest.skip("the napari-unet script is not installed (pip install -e .)")
+    result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert all(command in result.stdout for command in COMMANDS)

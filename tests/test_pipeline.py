@@ -1,0 +1,198 @@
+"""Files in, files out: pairing by base name, split by image, test-time augmentation, plane-by-plane output."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from napari_unet import pipeline
+from napari_unet.io import read_image, write_tiff
+from napari_unet.model import UNet
+from napari_unet.modelfile import ModelBundle
+from napari_unet.pipeline import (
+    base_name,
+    dihedral_transforms,
+    list_files,
+    match_files,
+    output_paths,
+    predict_tta,
+    read_input,
+    read_training_pair,
+    segment_file,
+    split_by_image,
+    transform,
+    untransform,
+)
+from napari_unet.postprocess import PostprocessConfig, probs_to_labels
+
+
+def touch(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def bundle(seed: int = 0, symmetric: bool = False) -> ModelBundle:
+    """A tiny model; `symmetric`: every kernel averaged over the 8 symmetries of the square, random biases,
+    which makes the network exactly equivariant to flips and 90-degree rotations."""
+    torch.manual_seed(seed)
+    net = UNet(depth=3, base_channels=4, dropout=0.0)
+    if symmetric:
+        with torch.no_grad():
+            for module in net.modules():
+                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                    weight = module.weight.detach().numpy()
+                    mean = sum(transform(weight, k, flip).copy() for k, flip in dihedral_transforms()) / 8
+                    module.weight.copy_(torch.from_numpy(mean))
+                    module.bias.normal_(0.0, 0.1)
+    return ModelBundle(net, postprocess=PostprocessConfig(min_size=1))
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [("01.png", "01"), ("01.tif", "01"), ("a.b.TIFF", "a.b"), ("01_labels.tif", "01"), ("01_probs.ome.tif", "01"),
+     ("img.zarr", "img"), ("_labels.tif", "_labels"), ("x_labels_labels.tif", "x_labels")],
+)
+def test_base_name(name, expected):
+    assert base_name(name) == expected
+
+
+def test_files_pair_by_base_name_whatever_their_extension(tmp_path):
+    images = list_files(touch(tmp_path / "images", "01.png", "02.png", "03.png", ".hidden.png", "notes.txt"))
+    labels = list_files(touch(tmp_path / "labels", "01.tif", "02_labels.tif", "04.tif"))
+    assert [p.name for p in images] == ["01.png", "02.png", "03.png"]
+    match = match_files(images, labels)
+    assert [(a.name, b.name) for a, b in match.pairs] == [("01.png", "01.tif"), ("02.png", "02_labels.tif")]
+    assert [p.name for p in match.unmatched_first] == ["03.png"]
+    assert [p.name for p in match.unmatched_second] == ["04.tif"]
+
+
+def test_two_single_files_pair_whatever_their_names(tmp_path):
+    touch(tmp_path, "a.png", "b.tif")
+    match = match_files(list_files(tmp_path / "a.png"), list_files(tmp_path / "b.tif"))
+    assert match.pairs == [(tmp_path / "a.png", tmp_path / "b.tif")]
+
+
+def test_matching_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no image file or folder"):
+        list_files(tmp_path / "missing")
+    with pytest.raises(ValueError, match="no label files in"):
+        list_files(touch(tmp_path / "empty", "readme.md"), "label")
+    images = list_files(touch(tmp_path / "i", "01.png", "02.png"))
+    with pytest.raises(ValueError, match="share a base name"):
+        match_files(images, list_files(touch(tmp_path / "l", "a.tif", "b.tif")))
+    with pytest.raises(ValueError, match="the base name '01'"):
+        match_files(list_files(touch(tmp_path / "d", "01.png", "01.tif")), images)
+
+
+def test_a_preferred_suffix_settles_labels_against_probabilities(tmp_path):
+    predictions = list_files(touch(tmp_path / "p", "01_labels.tif", "01_probs.tif", "02_labels.tif", "02_probs.tif"))
+    truth = list_files(touch(tmp_path / "t", "01.png", "02.png"))
+    for prefer in ("_labels", "_probs"):
+        match = match_files(predictions, truth, prefer=prefer)
+        assert [a.name for a, _ in match.pairs] == [f"01{prefer}.tif", f"02{prefer}.tif"]
+    with pytest.raises(ValueError, match="base name"):
+        match_files(predictions, truth)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(2, 40), st.floats(0.01, 0.99), st.integers(0, 2**31))
+def test_split_by_image_holds_out_whole_items_deterministically(n, fraction, seed):
+    items = [f"image{i}" for i in range(n)]
+    train, validation = split_by_image(items, fraction, seed)
+    assert sorted(train + validation) == sorted(items) and not set(train) & set(validation)
+    assert 1 <= len(validation) <= n - 1
+    assert len(validation) == min(n - 1, max(1, round(fraction * n)))
+    assert (train, validation) == split_by_image(items, fraction, seed)
+    assert train == [x for x in items if x in train]  # order kept
+
+
+def test_split_by_image_needs_two_images():
+    with pytest.raises(ValueError, match="at least 2 images"):
+        split_by_image(["only"], 0.5)
+
+
+def test_dihedral_transforms_invert():
+    array = np.arange(2 * 3 * 5).reshape(2, 3, 5)
+    seen = set()
+    for k, flip in dihedral_transforms():
+        moved = transform(array, k, flip)
+        seen.add(moved.tobytes() + bytes(moved.shape))
+        np.testing.assert_array_equal(untransform(moved, k, flip), array)
+    assert len(seen) == 8
+
+
+def test_tta_equals_plain_prediction_for_an_equivariant_model():
+    model = bundle(symmetric=True)
+    image = np.random.default_rng(0).random((64, 48)).astype(np.float32) * 100
+    plain = model.predict(image, device="cpu")
+    np.testing.assert_allclose(predict_tta(model, image, device="cpu"), plain, atol=1e-5)
+    np.testing.assert_allclose(predict_tta(model, image, device="cpu", tile_size=32), plain, atol=1e-5)
+
+
+def test_tta_differs_for_a_generic_model_and_is_itself_equivariant():
+    model = bundle(seed=1)
+    image = np.random.default_rng(1).random((48, 48)).astype(np.float32)
+    tta = predict_tta(model, image, device="cpu")
+    assert tta.shape == (2, 48, 48)
+    np.testing.assert_allclose(tta.sum(axis=0), 1.0, atol=1e-5)
+    assert np.abs(tta - model.predict(image, device="cpu")).max() > 1e-3
+    for k, flip in dihedral_transforms():
+        moved = np.ascontiguousarray(transform(image, k, flip))
+        np.testing.assert_allclose(untransform(predict_tta(model, moved, device="cpu"), k, flip), tta, atol=1e-5)
+
+
+def test_segment_file_writes_each_plane_as_the_library_segments_it(tmp_path, monkeypatch):
+    model = bundle(seed=2)
+    stack = np.random.default_rng(2).random((3, 40, 36)).astype(np.float32)
+    stack[1] *= 50  # planes are normalised separately
+    write_tiff(tmp_path / "stack.tif", stack, "ZYX")
+    image, axes = read_input(tmp_path / "stack.tif")
+    assert isinstance(image, np.memmap)
+    outputs = output_paths(tmp_path / "stack.tif", tmp_path / "out", probabilities=True)
+    post = PostprocessConfig(threshold=0.45, min_size=2)
+    done = list(segment_file(model, image, axes, outputs, postprocess=post, device="cpu"))
+    assert [(d.index, d.total) for d in done] == [(0, 3), (1, 3), (2, 3)]
+    labels, label_axes = read_image(outputs.labels)
+    probs, probs_axes = read_image(outputs.probs)
+    assert (label_axes, probs_axes) == ("ZYX", "ZYX")
+    assert labels.dtype == np.int32 and probs.dtype == np.float32
+    for z in range(3):
+        expected = model.predict(stack[z], device="cpu")[1]
+        np.testing.assert_allclose(probs[z], expected, atol=1e-6)
+        np.testing.assert_array_equal(labels[z], probs_to_labels(expected, post))
+        assert done[z].objects == labels[z].max()
+    # a plane too large for memory goes through a temporary memory-mapped file: same result
+    monkeypatch.setattr(pipeline, "LARGE_OUTPUT_BYTES", 0)
+    again = output_paths(tmp_path / "stack.tif", tmp_path / "again", probabilities=True)
+    list(segment_file(model, image, axes, again, postprocess=post, device="cpu"))
+    np.testing.assert_array_equal(read_image(again.labels)[0], labels)
+
+
+def test_a_zarr_array_is_read_lazily_with_its_axes(tmp_path):
+    import dask.array as da
+    import zarr
+
+    data = np.random.default_rng(3).random((30, 20, 2)).astype(np.float32)
+    array = zarr.open_array(str(tmp_path / "a.zarr"), mode="w", shape=data.shape, chunks=(10, 10, 2), dtype="f4")
+    array[:] = data
+    image, axes = read_input(tmp_path / "a.zarr", axes="YXC")
+    assert axes == "CYX" and isinstance(image, da.Array)
+    np.testing.assert_array_equal(np.asarray(image), np.moveaxis(data, -1, 0))
+    assert list_files(tmp_path, zarr=True) == [tmp_path / "a.zarr"]
+
+
+def test_training_pairs_must_have_one_shape(tmp_path):
+    write_tiff(tmp_path / "image.tif", np.random.default_rng(0).random((20, 30)).astype(np.float32), "YX")
+    write_tiff(tmp_path / "labels.tif", np.zeros((20, 31), np.uint16), "YX")
+    write_tiff(tmp_path / "good.tif", np.ones((20, 30), np.uint16), "YX")
+    with pytest.raises(ValueError, match=r"labels labels.tif have shape \(20, 31\) but image image.tif"):
+        read_training_pair(tmp_path / "image.tif", tmp_path / "labels.tif")
+    image, labels, mask = read_training_pair(tmp_path / "image.tif", tmp_path / "good.tif", tmp_path / "good.tif")
+    assert image.dtype == np.float32 and mask.all() and labels.shape == (20, 30)
+    np.testing.assert_allclose(np.percentile(image, [1, 99.8]), [0, 1], atol=1e-4)
