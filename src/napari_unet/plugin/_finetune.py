@@ -48,11 +48,11 @@ from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer, TrainEve
 from . import _autosave
 from ._layers import (
     LayerProblem,
+    channels_of,
     check_layer_pair,
     layer_combo,
     layer_data,
     plane_stack,
-    stored_axes,
     wrapped_label,
 )
 from ._plot import LossPlot
@@ -415,8 +415,9 @@ class FineTuneWidget(QWidget):
         if start == START_FILE and self.start_bundle is None:
             raise LayerProblem("No saved model chosen: pick 'a saved model…' again to choose its folder")
         base = {START_SESSION: self.session.bundle, START_FILE: self.start_bundle}.get(start)
-        channels = base.net.config.in_channels if base is not None else _channels_of(image_layer)
-        stack = plane_stack(image_layer, channels)
+        layers = self.viewer.layers
+        channels = base.net.config.in_channels if base is not None else channels_of(image_layer, layers)
+        stack = plane_stack(image_layer, channels, layers)
         check_layer_pair(image_layer, labels_layer)
         labels_all = np.asarray(labels_layer.data)
         if labels_all.dtype.kind not in "iu":
@@ -643,10 +644,3 @@ class FineTuneWidget(QWidget):
             self.autosave_root = Path(path)
             self.autosave_label.setText(f"autosave: {self.autosave_root}")
 
-
-def _channels_of(layer: Any) -> int:
-    """Input channels of a new model for this layer: from the stored axes, else one."""
-    axes = stored_axes(layer)
-    if axes is not None and "C" in axes[:-2]:
-        return int(layer_data(layer).shape[axes.index("C")])
-    return 1

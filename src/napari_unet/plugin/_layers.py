@@ -91,9 +91,77 @@ class PlaneStack:
         """Shape of a labels layer for this stack: leading axes, then (H, W)."""
         return (*self.leading, *self.shape)
 
+    def spatial(self, values: Any) -> tuple[float, ...]:
+        """A layer's per-axis `values` (scale, translate) for the output: without the channel axis."""
+        values = tuple(values)
+        if len(values) == len(self.output_shape()):
+            return values
+        return tuple(v for axis, v in enumerate(values) if axis != self.channel_axis)
 
-def plane_stack(layer: Any, in_channels: int = 1) -> PlaneStack:
-    """Read an image layer as planes for a model with `in_channels` inputs; LayerProblem says what is wrong."""
+
+class ChannelGroup:
+    """The single-channel layers of one multi-channel file (our reader splits channels into layers) seen as
+    one array (C, ...) without copying: indexing indexes each layer's array; `np.asarray` stacks them."""
+
+    def __init__(self, arrays: list[Any]):
+        self.arrays = arrays
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.arrays), *self.arrays[0].shape)
+
+    @property
+    def ndim(self) -> int:
+        return 1 + self.arrays[0].ndim
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.result_type(*[a.dtype for a in self.arrays])
+
+    def __getitem__(self, key: Any) -> Any:
+        key = key if isinstance(key, tuple) else (key,)
+        if key and key[0] is Ellipsis:
+            channels, rest = slice(None), key
+        else:
+            channels, rest = (key[0] if key else slice(None)), key[1:]
+        if isinstance(channels, (int, np.integer)):
+            return self.arrays[channels][rest]
+        return ChannelGroup([a[rest] for a in self.arrays[channels]])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return np.stack([np.asarray(a) for a in self.arrays]).astype(dtype or self.dtype, copy=False)
+
+
+def channel_group(layer: Any, layers: Any) -> list[Any]:
+    """The layers holding the channels of `layer`'s file, in channel order ([] if `layer` is not one)."""
+    info = layer.metadata.get(METADATA_KEY) or {}
+    count, source = info.get("channels"), info.get("source")
+    if not count or count < 2 or source is None:
+        return []
+    found: dict[int, Any] = {}
+    for other in layers:
+        other_info = other.metadata.get(METADATA_KEY) or {}
+        if other_info.get("source") == source and other_info.get("channels") == count:
+            found.setdefault(int(other_info.get("channel", -1)), other)
+    group = [found.get(i) for i in range(count)]
+    if any(g is None for g in group) or len({tuple(layer_data(g).shape) for g in group}) != 1:
+        return []
+    return group
+
+
+def channels_of(layer: Any, layers: Any = ()) -> int:
+    """Input channels a new model needs for this layer: its channel axis, or its file's channel layers."""
+    axes = stored_axes(layer)
+    if axes is not None and "C" in axes[:-2]:
+        return int(layer_data(layer).shape[axes.index("C")])
+    return len(channel_group(layer, layers)) or 1
+
+
+def plane_stack(layer: Any, in_channels: int = 1, layers: Any = ()) -> PlaneStack:
+    """Read an image layer as planes for a model with `in_channels` inputs; LayerProblem says what is wrong.
+
+    layers: the viewer's layers, where the other channels of a file split by our reader are found.
+    """
     data = layer_data(layer)
     if data.ndim < 2:
         raise LayerProblem(f"layer '{layer.name}' has {data.ndim} dimension(s); an image needs Y and X")
@@ -104,6 +172,10 @@ def plane_stack(layer: Any, in_channels: int = 1) -> PlaneStack:
             "becomes one grey layer) or convert the image to grey first"
         )
     axes = stored_axes(layer)
+    group = channel_group(layer, layers) if in_channels > 1 else []
+    if len(group) == in_channels:
+        data = ChannelGroup([layer_data(g) for g in group])
+        return PlaneStack(data, 0, tuple(int(n) for n in data.shape[1:-2]))
     if axes is not None and "C" in axes[:-2]:
         channel_axis: int | None = axes.index("C")
     elif in_channels > 1 and data.ndim >= 3 and data.shape[-3] == in_channels:

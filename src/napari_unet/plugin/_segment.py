@@ -210,7 +210,7 @@ class SegmentWidget(QWidget):
             show_error("No image layer: open an image first")
             return None
         try:
-            stack = plane_stack(layer, bundle.net.config.in_channels)
+            stack = plane_stack(layer, bundle.net.config.in_channels, self.viewer.layers)
             device = select_device(self.device_combo.currentText())
         except (LayerProblem, ValueError) as error:
             show_error(str(error))
@@ -220,8 +220,7 @@ class SegmentWidget(QWidget):
         self.planes = stack.planes
         self.probs_fg = np.zeros(stack.output_shape(), dtype=np.float32)
         self.labels = np.zeros(stack.output_shape(), dtype=np.int32)
-        scale = tuple(s for axis, s in enumerate(layer.scale) if axis != stack.channel_axis)
-        translate = tuple(t for axis, t in enumerate(layer.translate) if axis != stack.channel_axis)
+        scale, translate = stack.spatial(layer.scale), stack.spatial(layer.translate)
         self.labels_layer = self.viewer.add_labels(self.labels, name=f"{layer.name} labels", scale=scale,
                                                    translate=translate)
         self.probs_layer = None

@@ -1,0 +1,101 @@
+"""Reader contributions: saved model folders (dropped onto the window) and microscopy images via napari_unet.io.
+
+npe2's reader contract: `get_*_reader(path)` returns None when it cannot read `path` (napari then tries other
+readers) or a function `read(path) -> list of layer data tuples`. A model folder holds no layer: its reader
+loads the model into the viewer's session and the Segment dock and returns `[(None,)]`, napari's sentinel for
+"read, nothing to add"; without a viewer there is nothing to load into and it returns `[]` ("no data").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_unet.io import read_image
+from napari_unet.modelfile import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, load_model
+
+from ._autosave import is_annotation_file
+from ._layers import METADATA_KEY
+from ._state import session_for
+
+PLUGIN = "napari-unet-2015"
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+LayerData = tuple[Any, ...]
+
+
+def get_model_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """A reader for a model folder (config.json + weights.safetensors), or for one of those two files in it."""
+    folder = _single(path)
+    if folder is None:
+        return None
+    if folder.name in (CONFIG_FILE, WEIGHTS_FILE):
+        folder = folder.parent
+    return read_model if is_model_folder(folder) else None
+
+
+def read_model(path: str | list[str]) -> list[LayerData]:
+    """Load the model into the current viewer's session and show the Segment dock.
+
+    A corrupted folder raises the ValueError of `load_model` (napari shows it to the user).
+    """
+    import napari
+    from napari.utils.notifications import show_info
+
+    folder = _single(path)
+    if folder is not None and folder.name in (CONFIG_FILE, WEIGHTS_FILE):
+        folder = folder.parent
+    bundle = load_model(folder)
+    viewer = napari.current_viewer()
+    if viewer is None:
+        return []
+    session_for(viewer).set_model(bundle, folder)
+    viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    show_info(f"Model {folder.name} loaded: it is now the model of the Segment and Fine-tune docks")
+    return [(None,)]
+
+
+def get_image_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """A reader for TIFF and PNG files (one or several), with their axes read from the file's metadata."""
+    paths = [path] if isinstance(path, str) else list(path)
+    if not paths or not all(Path(p).suffix.lower() in IMAGE_SUFFIXES and Path(p).is_file() for p in paths):
+        return None
+    return read_images
+
+
+def read_images(path: str | list[str]) -> list[LayerData]:
+    """Layers of each file: grey images as one layer, channels (C) as one layer per channel, leading Z/T
+    axes kept (the docks work plane by plane); our autosaved annotations (*.unet-labels.tif) as Labels."""
+    paths = [path] if isinstance(path, str) else list(path)
+    layers: list[LayerData] = []
+    for file in map(Path, paths):
+        image, axes = read_image(file)
+        name = file.name.split(".")[0] or file.stem
+        if is_annotation_file(file):
+            layers.append((np.asarray(image), {"name": f"{name} annotations"}, "labels"))
+            continue
+        info = {"axes": axes, "source": str(file)}
+        if "C" in axes and image.shape[axes.index("C")] > 1:
+            channel = axes.index("C")
+            count = image.shape[channel]
+            per_channel = axes.replace("C", "")
+            metadata = [{METADATA_KEY: {**info, "axes": per_channel, "channel": i, "channels": count}}
+                        for i in range(count)]
+            layers.append((image, {"name": [f"{name} [{i}]" for i in range(count)], "channel_axis": channel,
+                                   "metadata": metadata}, "image"))
+        else:
+            if "C" in axes:  # a single channel: drop the axis
+                image = np.take(image, 0, axis=axes.index("C"))
+                axes = axes.replace("C", "")
+            layers.append((image, {"name": name, "metadata": {METADATA_KEY: {**info, "axes": axes}}}, "image"))
+    return layers
+
+
+def _single(path: str | list[str]) -> Path | None:
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    return Path(path)

@@ -1,0 +1,66 @@
+"""Readers: a dropped model folder loads into the docks; microscopy files open as layers the docks accept."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from napari_unet.io import write_tiff
+from napari_unet.modelfile import save_model
+from napari_unet.plugin._layers import plane_stack
+from napari_unet.plugin._reader import PLUGIN, get_image_reader, get_model_reader, read_model
+from napari_unet.plugin._state import session_for
+
+pytestmark = pytest.mark.viewer
+
+
+def test_a_model_folder_loads_into_the_session_and_opens_the_segment_dock(
+    make_napari_viewer, tmp_path, tiny_bundle
+):
+    folder = save_model(tmp_path / "cells-model", tiny_bundle)
+    assert get_model_reader(str(tmp_path)) is None, "a folder without a model is not ours"
+    assert get_model_reader(str(folder / "config.json")) is read_model
+    viewer = make_napari_viewer()
+    layers = viewer.open(folder, plugin=PLUGIN)
+    assert layers == []
+    session = session_for(viewer)
+    assert session.model_path == folder and session.bundle.net.config.depth == 3
+    assert "Segment" in " ".join(viewer.window.dock_widgets), list(viewer.window.dock_widgets)
+
+    (folder / "weights.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="corrupted"):
+        viewer.open(folder, plugin=PLUGIN)
+    assert session.model_path == folder, "a corrupted folder leaves the session's model alone"
+
+
+def test_without_a_viewer_the_model_reader_returns_no_data(tmp_path, tiny_bundle):
+    folder = save_model(tmp_path / "model", tiny_bundle)
+    assert read_model(str(folder)) == []
+
+
+def test_microscopy_files_open_as_layers_the_docks_accept(make_napari_viewer, tmp_path):
+    rng = np.random.default_rng(0)
+    channels = rng.integers(0, 60_000, (2, 40, 50), dtype=np.uint16)
+    write_tiff(tmp_path / "two.tif", channels, "CYX")
+    stack = rng.integers(0, 60_000, (3, 40, 50), dtype=np.uint16)
+    write_tiff(tmp_path / "stack.tif", stack, "ZYX")
+    grey = rng.integers(0, 255, (40, 50), dtype=np.uint8)
+    rgba = np.dstack([grey, grey, grey, np.full_like(grey, 255)])
+    PILImage.fromarray(rgba, "RGBA").save(tmp_path / "grey.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert get_image_reader(str(tmp_path / "notes.txt")) is None
+
+    viewer = make_napari_viewer()
+    ch0, ch1 = viewer.open(tmp_path / "two.tif", plugin=PLUGIN)
+    np.testing.assert_array_equal(ch1.data, channels[1])
+    assert ch0.data.dtype == np.uint16 and ch0.colormap.name != ch1.colormap.name  # a composite, not a slider
+    both = plane_stack(ch0, 2, viewer.layers)
+    np.testing.assert_array_equal(np.asarray(both.plane(())), channels)
+    assert plane_stack(ch1, 1, viewer.layers).planes == [()]
+
+    (z,) = viewer.open(tmp_path / "stack.tif", plugin=PLUGIN)
+    assert plane_stack(z, 1).planes == [(0,), (1,), (2,)]
+    (png,) = viewer.open(tmp_path / "grey.png", plugin=PLUGIN)
+    assert not png.rgb and png.data.shape == (40, 50)
+    np.testing.assert_array_equal(png.data, grey)
