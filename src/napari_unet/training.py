@@ -196,6 +196,8 @@ class Trainer:
         self.model.to(self.device)
         if self.device.type == "cpu":
             self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest
         self.optimizer = _make_optimizer(model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
         self._preview_requested = False
