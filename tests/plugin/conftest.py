@@ -45,8 +45,31 @@ def screenshot(tmp_path: Path):
     folder.mkdir(parents=True, exist_ok=True)
 
     def save(viewer, name: str) -> np.ndarray:
+        viewer.window.resize(1400, 860)
+        viewer.reset_view()
         pixels = viewer.screenshot(canvas_only=False, flash=False)
         imwrite(folder / f"{name}.png", pixels)
         return pixels
 
     return save
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """The docks' tests check behaviour, not speed: one intra-op thread keeps the tiny models quick even when
+    other processes load the CPU (two OpenMP threads then wait on each other, up to 30x slower)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def workers_end_with_the_test():
+    """After each test (its viewer closed), every worker thread of the docks has ended."""
+    yield
+    from napari_unet.plugin._workers import await_workers
+
+    assert await_workers(60_000), "worker threads of the docks are still running a minute after the test"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_unet.postprocess import probs_to_labels
+from napari_unet.synthetic import make_cells
 from napari_unet.plugin._segment import SegmentWidget
 from napari_unet.plugin._state import session_for
 from napari_unet.tiling import tile_grid
@@ -34,38 +35,46 @@ def watch_layer_threads(layer) -> list[str]:
 
 
 def test_tiles_stream_into_the_layer_and_the_result_is_predict_tiled_plus_postprocessing(
-    make_napari_viewer_proxy, qtbot, cells, tiny_bundle, screenshot
+    make_napari_viewer_proxy, qtbot, tiny_bundle, screenshot
 ):
-    image, _ = cells
+    image, _ = make_cells((384, 384), seed=1)
     viewer = make_napari_viewer_proxy(show=True)
     viewer.add_image(image, name="cells")
     widget = open_dock(viewer, tiny_bundle)
     widget.probs_check.setChecked(True)
-    partial_refreshes = []
-    original_refresh = widget._refresh_layers
+    widget.tile_spin.setValue(32)
+    total = len(tile_grid(tiny_bundle.net, image.shape, 32))
 
-    def counting_refresh():
-        original_refresh()
-        if widget.tiles_written < widget.progress.maximum():
-            partial_refreshes.append(widget.tiles_written)
+    # pause the worker twice mid-run: what the canvas shows then is the streamed, partial result
+    pause_at = [total // 8, total // 2]
+    canvases, written = [], []
 
-    widget._refresh_layers = counting_refresh
-    widget._refresh_soon.timer.timeout.disconnect()
-    widget._refresh_soon.timer.timeout.connect(counting_refresh)
+    def pause_when_due(_update):
+        if pause_at and widget.tiles_written >= pause_at[0]:
+            pause_at.pop(0)
+            worker.pause()
 
     with qtbot.waitSignal(widget.segmented, timeout=60_000) as final:
         worker = widget.run()
-        assert worker is not None
+        worker.yielded.connect(pause_when_due)
         threads = watch_layer_threads(widget.labels_layer)
+        for _ in range(2):
+            with qtbot.waitSignal(worker.paused, timeout=30_000):
+                pass
+            qtbot.waitUntil(lambda: not widget.refresh_pending(), timeout=5_000)
+            written.append(widget.tiles_written)
+            canvases.append(viewer.screenshot(canvas_only=True, flash=False))
+            worker.resume()
     labels = final.args[0]
+    canvases.append(viewer.screenshot(canvas_only=True, flash=False))
+    assert written[0] < written[1] < total, written
+    assert not np.array_equal(canvases[0], canvases[1]) and not np.array_equal(canvases[1], canvases[2])
+    assert (widget.probs_fg > 0).sum() == image.size
 
-    total = len(tile_grid(tiny_bundle.net, image.shape, TILE))
-    assert total >= 12 and widget.tiles_written == total
-    assert len(partial_refreshes) >= 2, f"the layer was refreshed only at {partial_refreshes} tiles before the end"
-    assert partial_refreshes == sorted(partial_refreshes)
+    assert widget.tiles_written == total
     assert set(threads) <= {threading.main_thread().name}
 
-    probs = tiny_bundle.predict(image, tile_size=TILE, device="cpu")
+    probs = tiny_bundle.predict(image, tile_size=32, device="cpu")
     np.testing.assert_array_equal(widget.probs_fg, probs[1])
     expected = probs_to_labels(probs[1], widget.postprocess_config())
     np.testing.assert_array_equal(labels, expected)

@@ -58,6 +58,7 @@ from ._layers import (
 from ._plot import LossPlot
 from ._segment import _available_devices
 from ._state import Session, TrainingRun, session_for
+from ._workers import alive, start_worker
 
 START_NEW, START_SESSION, START_FILE = "new model", "the session's model", "a saved model…"
 DEFAULT_MARGIN = 12  # px of background kept around sparsely annotated cells
@@ -126,8 +127,11 @@ def _drive(generator: Iterator[TrainEvent]) -> Generator[TrainEvent, None, Any]:
     return (yield from generator)
 
 
-def measure_step_seconds(config: UNetConfig, tile_size: int, batch_size: int, device: str) -> float:
-    """Seconds per training step of a network of `config` on `device`: forward + backward on random tiles."""
+def measure_steps(config: UNetConfig, tile_size: int, batch_size: int, device: str) -> Generator[float, None, float]:
+    """Seconds per training step of a network of `config` on `device`: forward + backward on random tiles.
+
+    Yields each step's time (a worker can stop between steps); returns the median of the steps after the first.
+    """
     torch_device = select_device(device)
     net = UNet(config).to(torch_device)
     tile = net.valid_input_size(tile_size)
@@ -145,7 +149,21 @@ def measure_step_seconds(config: UNetConfig, tile_size: int, batch_size: int, de
         if torch_device.type == "cuda":
             torch.cuda.synchronize(torch_device)
         times.append(time.perf_counter() - started)
+        yield times[-1]
     return float(np.median(times[1:]))
+
+
+def _closer(generator: Iterator[TrainEvent], widget: QWidget):
+    """The `aborted` slot of a training worker: napari's quit() leaves the generator open, so close it in
+    another worker (the trainer's `finally` saves the model there), then tell the dock if it still exists."""
+
+    def close() -> None:
+        closer = create_worker(generator.close, _ignore_errors=True, _start_thread=False)
+        closer.finished.connect(lambda: alive(widget) and widget._stopped())
+        closer.errored.connect(lambda error: show_error(f"Saving the stopped model failed: {error}"))
+        start_worker(closer)
+
+    return close
 
 
 def format_duration(seconds: float) -> str:
@@ -195,6 +213,8 @@ class FineTuneWidget(QWidget):
         self.step_seconds: dict[tuple, float] = {}
         self._generator: Iterator[TrainEvent] | None = None
         self._estimate_key: tuple | None = None
+        self._estimate_worker: Any = None
+        self._outcome = ""  # how the training worker ended: "done", "stopping", "failed"
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.labels_combo = layer_combo(napari_viewer, Labels, "annotations")
@@ -320,11 +340,15 @@ class FineTuneWidget(QWidget):
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_completed)
         self.worker.errored.connect(self._on_error)
-        self.worker.aborted.connect(self._on_aborted)
-        self.worker.paused.connect(lambda: self.pause_button.setText("Resume"))
-        self.worker.resumed.connect(lambda: self.pause_button.setText("Pause"))
+        self.worker.paused.connect(self._paused)
+        self.worker.resumed.connect(self._resumed)
+        # not a method of the dock: a closed dock must still close the generator (which saves the model)
+        self.worker.aborted.connect(_closer(self._generator, self))
+        self.worker.aborted.connect(self._aborted)
+        self.worker.finished.connect(self._worker_finished)
+        self._outcome = ""
         self._set_running(True)
-        self.worker.start()
+        start_worker(self.worker, self)
         return self.worker
 
     def toggle_pause(self) -> None:
@@ -394,11 +418,15 @@ class FineTuneWidget(QWidget):
             return None
         config, tile, batch, device = key
         self.estimate_label.setText(f"{describe_device(select_device(device))}: measuring a training step…")
-        worker = create_worker(measure_step_seconds, config, tile, batch, device, _ignore_errors=True,
+        if self._estimate_worker is not None:
+            self._estimate_worker.quit()  # superseded
+        worker = create_worker(measure_steps, config, tile, batch, device, _ignore_errors=True,
                                _start_thread=False)
-        worker.returned.connect(lambda seconds: self._estimated(key, seconds))
-        worker.errored.connect(lambda error: self.estimate_label.setText(f"cannot measure a step: {error}"))
-        worker.start()
+        worker.returned.connect(lambda seconds: alive(self) and self._estimated(key, seconds))
+        worker.errored.connect(lambda error: alive(self) and self.estimate_label.setText(
+            f"cannot measure a step: {error}"))
+        self._estimate_worker = worker
+        start_worker(worker, self)
         return worker
 
     # -- preparing a run (main thread: copies of the layers, cheap) ------------------------------------------
@@ -453,6 +481,8 @@ class FineTuneWidget(QWidget):
                 f"No annotations in '{labels_layer.name}': paint a few cells (each with its own label) first"
             )
         net_config, config = preset(self.preset_combo.currentText(), **self._train_overrides())
+        if self.session.augment is not None:
+            config = replace(config, augment=self.session.augment)
         if base is None:
             net = UNet(net_config, in_channels=channels, **self.net_overrides)
             normalization, postprocess = Normalization(), None
@@ -520,17 +550,31 @@ class FineTuneWidget(QWidget):
             self.plot.add_score(event.iteration, event.val_score)
 
     def _on_completed(self, folder: Path) -> None:
+        self._outcome = "done"
         self._finish(folder, stopped=False)
 
-    def _on_aborted(self) -> None:
-        """After quit(): close the training generator in a worker, which saves the last step, then finish."""
-        generator, self._generator = self._generator, None
-        closer = create_worker(generator.close, _ignore_errors=True, _start_thread=False)
-        closer.finished.connect(lambda: self._finish(self.job.checkpoint if self.job else None, stopped=True))
-        closer.errored.connect(self._on_error)
-        closer.start()
+    def _aborted(self) -> None:
+        self._outcome = "stopping"
+
+    def _worker_finished(self) -> None:
+        """A Stop that came after the last step: the run is complete but no result was emitted."""
+        if not self._outcome and self.job is not None:
+            self._finish(self.job.checkpoint, stopped=True)
+
+    def _stopped(self) -> None:
+        """The training generator was closed after a Stop: its last completed step is saved."""
+        self._generator = None
+        self._finish(self.job.checkpoint if self.job else None, stopped=True)
+
+    def _paused(self) -> None:
+        self.pause_button.setText("Resume")
+        self.status.setText(self.status.text() + " (paused)")
+
+    def _resumed(self) -> None:
+        self.pause_button.setText("Pause")
 
     def _on_error(self, error: Exception) -> None:
+        self._outcome = "failed"
         self._set_running(False)
         self.worker = None
         self.session.training = False

@@ -41,6 +41,7 @@ from napari_unet.tiling import auto_stride, iter_predict_tiles, prepare_model, t
 
 from ._layers import LayerProblem, PlaneStack, debounced, layer_combo, plane_stack, throttled, wrapped_label
 from ._state import Session, session_for
+from ._workers import alive, start_worker
 
 REFRESH_MS = 100  # at most ~10 layer refreshes per second while tiles stream in
 RETUNE_MS = 250  # post-processing reruns this long after the last change of threshold or minimum size
@@ -248,7 +249,7 @@ class SegmentWidget(QWidget):
         self.worker.errored.connect(self._failed)
         self.worker.aborted.connect(self._aborted)
         self.worker.finished.connect(self._tiles_finished)
-        self.worker.start()
+        start_worker(self.worker, self)
         return self.worker
 
     def cancel(self) -> None:
@@ -264,6 +265,10 @@ class SegmentWidget(QWidget):
         if self.labels_layer is None or self.labels_layer not in self.viewer.layers:
             return None
         return self._start_postprocess()
+
+    def refresh_pending(self) -> bool:
+        """True while written tiles wait for the next (throttled) refresh of the layers."""
+        return self._refresh_soon.timer.isActive()
 
     # -- slots (main thread) --------------------------------------------------------------------------------
 
@@ -305,9 +310,9 @@ class SegmentWidget(QWidget):
             postprocess_planes, self.probs_fg, self.planes, self.postprocess_config(),
             _ignore_errors=True, _start_thread=False,
         )
-        worker.returned.connect(lambda labels: self._set_final_labels(labels, run))
+        worker.returned.connect(lambda labels: alive(self) and self._set_final_labels(labels, run))
         worker.errored.connect(self._failed)
-        worker.start()
+        start_worker(worker, self)
         return worker
 
     def _set_final_labels(self, labels: np.ndarray, run: int) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from psygnal import Signal
 
+from napari_unet.augment import AugmentConfig
 from napari_unet.modelfile import ModelBundle
 
 
@@ -37,6 +38,7 @@ class Session:
         self.last_run: TrainingRun | None = None
         self.training = False  # a Fine-tune run owns the model: others must not use it meanwhile
         self.segmenting = False  # a Segment run is using the model: training must wait
+        self.augment: AugmentConfig | None = None  # set by the Augmentation preview; None: the preset's
 
     def set_model(self, bundle: ModelBundle, path: str | Path | None = None) -> None:
         self.bundle = bundle

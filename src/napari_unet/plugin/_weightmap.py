@@ -21,6 +21,7 @@ from superqt import QLabeledDoubleSlider
 from napari_unet.weights import weight_map
 
 from ._layers import debounced, layer_combo, wrapped_label
+from ._workers import alive, start_worker
 
 UPDATE_MS = 150
 LAYER_NAME = "weight map"
@@ -95,9 +96,9 @@ class WeightMapWidget(QWidget):
         run = self._runs
         worker = create_worker(weight_map, labels.copy(), **self.parameters(), _ignore_errors=True,
                                _start_thread=False)
-        worker.returned.connect(lambda weights: self._show(weights, labels_layer, run))
+        worker.returned.connect(lambda weights: alive(self) and self._show(weights, labels_layer, run))
         worker.errored.connect(lambda error: show_error(f"Weight map failed: {error}"))
-        worker.start()
+        start_worker(worker, self)
         return worker
 
     def _show(self, weights: np.ndarray, labels_layer: Any, run: int) -> None:

@@ -1,0 +1,260 @@
+"""Augmentation preview dock: one training window of the image and labels, augmented as training would.
+
+The window (the training tile size, centred on the view) is warped by `augment`'s own steps — gray-value
+changes, then one sampling map for elastic deformation, rotation, shift and flips — and shown beside the image
+with a grid warped the same way, so the deformation is visible at a glance. The settings are the session's:
+the Fine-tune dock trains with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import QCheckBox, QFormLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
+from superqt import QLabeledDoubleSlider
+
+from napari_unet.augment import AugmentConfig, change_gray_values, sampling_map, warp
+from napari_unet.io import apply_normalization, percentiles
+from napari_unet.tiling import read_window
+from napari_unet.training import PRESETS
+
+from ._layers import LayerProblem, channels_of, debounced, layer_combo, layer_data, plane_stack, wrapped_label
+from ._state import Session, session_for
+from ._workers import alive, start_worker
+
+GRID_SPACING = 16  # px between the lines of the deformation grid
+GAP = 16  # px between the image and the preview
+
+
+def grid_lines(shape: tuple[int, int], spacing: int = GRID_SPACING) -> np.ndarray:
+    """(H, W) float32: 1 on every `spacing`-th row and column, 0 elsewhere."""
+    lines = np.zeros(shape, np.float32)
+    lines[::spacing] = 1.0
+    lines[:, ::spacing] = 1.0
+    return lines
+
+
+def preview_sample(
+    plane: Any, labels: np.ndarray | None, origin: tuple[int, int], size: int, config: AugmentConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut the (C, size, size) window at `origin` of `plane` (C, H, W) and of `labels` (H, W) or None (mirrored
+    at the borders as in training), normalise it with the plane's percentiles, and augment it."""
+    window = read_window(plane, origin, (size, size))
+    lo, hi = percentiles(plane, 1.0, 99.8, "CYX")
+    window = apply_normalization(window, lo, hi)
+    if labels is None:
+        labels_window = np.zeros((size, size), np.int32)
+    else:
+        labels_window = read_window(labels[None], origin, (size, size))[0].astype(np.int32)
+    return augmented_window(window, labels_window, config, seed)
+
+
+def augmented_window(
+    image: np.ndarray, labels: np.ndarray, config: AugmentConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sample `augment` would make of image (C, n, n) and labels (n, n) with this seed, and the grid warped
+    the same way: (image (C, n, n) float32, labels (n, n), grid (n, n) float32)."""
+    rng = np.random.default_rng(seed)
+    image = change_gray_values(image, rng, config)
+    grid = grid_lines(labels.shape)
+    coordinates = sampling_map(labels.shape, rng, config)
+    if coordinates is None:
+        return image, labels.copy(), grid
+    return warp(image, labels, grid, coordinates)
+
+
+class AugmentPreviewWidget(QWidget):
+    """Show an augmented training window; `New sample` draws another. `shown` is emitted with
+    (image, labels, grid) after each preview."""
+
+    shown = Signal(object)
+
+    def __init__(self, napari_viewer: Any, session: Session | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session or session_for(napari_viewer)
+        self.seed = 0
+        self.origin: tuple[int, int] | None = None  # (y, x) of the last previewed window
+        self.sample: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the last shown (image, labels, grid)
+        self._in_flight = 0
+        self.layers: dict[str, Any] = {}
+        self._runs = 0
+        base = self.session.augment or AugmentConfig()
+
+        self.image_combo = layer_combo(napari_viewer, Image, "image")
+        self.labels_combo = layer_combo(napari_viewer, Labels, "labels", optional=True)
+        self.window_spin = QSpinBox()
+        self.window_spin.setRange(16, 2048)
+        self.window_spin.setValue(PRESETS["fast"][1].tile_size)
+        self.window_spin.setToolTip("Side of the training window (the preset's tile size)")
+        self.grid_spin = QSpinBox()
+        self.grid_spin.setRange(2, 12)
+        self.grid_spin.setValue(base.elastic_grid)
+        self.sigma_slider = _slider(0.0, 40.0, base.elastic_sigma)
+        self.rotation_slider = _slider(0.0, 180.0, base.rotation)
+        self.shift_slider = _slider(0.0, 64.0, base.shift)
+        self.flip_check = QCheckBox("flips")
+        self.flip_check.setChecked(base.flip_p > 0)
+        self.gray_check = QCheckBox("gray-value changes (contrast, brightness, gamma)")
+        self.gray_check.setChecked(base.contrast_p > 0 or base.brightness_p > 0 or base.gamma_p > 0)
+        self.new_button = QPushButton("New sample")
+        self.status = wrapped_label(lines=2)
+
+        form = QFormLayout()
+        form.addRow("image", self.image_combo.native)
+        form.addRow("labels", self.labels_combo.native)
+        form.addRow("window (px)", self.window_spin)
+        form.addRow("elastic grid", self.grid_spin)
+        form.addRow("elastic sigma (px)", self.sigma_slider)
+        form.addRow("rotation (±deg)", self.rotation_slider)
+        form.addRow("shift (±px)", self.shift_slider)
+        form.addRow("", self.flip_check)
+        form.addRow("", self.gray_check)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.new_button)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self._preview_soon = debounced(self.preview, 150, self)
+        self.new_button.clicked.connect(self.new_sample)
+        for signal in (self.window_spin.valueChanged, self.grid_spin.valueChanged, self.sigma_slider.valueChanged,
+                       self.rotation_slider.valueChanged, self.shift_slider.valueChanged, self.flip_check.toggled,
+                       self.gray_check.toggled):
+            signal.connect(lambda *_args: self._settings_changed())
+        self.reset_choices()
+
+    def reset_choices(self, _event: Any = None) -> None:
+        self.image_combo.reset_choices()
+        self.labels_combo.reset_choices()
+
+    def config(self) -> AugmentConfig:
+        """The session's augmentation (the paper's defaults at first) with the dock's settings."""
+        base = self.session.augment or AugmentConfig()
+        gray = {} if self.gray_check.isChecked() else {"contrast_p": 0.0, "brightness_p": 0.0, "gamma_p": 0.0}
+        if self.gray_check.isChecked() and not (base.contrast_p or base.brightness_p or base.gamma_p):
+            defaults = AugmentConfig()
+            gray = {"contrast_p": defaults.contrast_p, "brightness_p": defaults.brightness_p,
+                    "gamma_p": defaults.gamma_p}
+        flip_p = (base.flip_p or AugmentConfig().flip_p) if self.flip_check.isChecked() else 0.0
+        return replace(base, elastic_grid=self.grid_spin.value(), elastic_sigma=float(self.sigma_slider.value()),
+                       rotation=float(self.rotation_slider.value()), shift=float(self.shift_slider.value()),
+                       flip_p=flip_p, **gray)
+
+    def new_sample(self) -> Any:
+        self.seed += 1
+        return self.preview()
+
+    def preview(self) -> Any:
+        """Augment the window at the centre of the view in a worker; returns the worker (None: nothing to do)."""
+        layer = self.image_combo.value
+        if layer is None:
+            return None
+        try:
+            plane, labels, origin = self._source(layer)
+        except LayerProblem as error:
+            show_error(str(error))
+            return None
+        self._runs += 1
+        run = self._runs
+        self.origin = origin
+        worker = create_worker(preview_sample, plane, labels, origin, self.window_spin.value(), self.config(),
+                               self.seed, _ignore_errors=True, _start_thread=False)
+        worker.returned.connect(lambda result: alive(self) and self._show(result, layer, origin, run))
+        worker.errored.connect(lambda error: show_error(f"Augmentation preview failed: {error}"))
+        worker.finished.connect(lambda: alive(self) and self._worker_done())
+        self._in_flight += 1
+        start_worker(worker, self)
+        return worker
+
+    def pending(self) -> bool:
+        """True while a preview is scheduled or computing."""
+        return self._preview_soon.timer.isActive() or self._in_flight > 0
+
+    def _worker_done(self) -> None:
+        self._in_flight -= 1
+
+    def _settings_changed(self) -> None:
+        self.session.augment = self.config()
+        self._preview_soon()
+
+    def _source(self, layer: Any) -> tuple[Any, np.ndarray | None, tuple[int, int]]:
+        """The first (C, H, W) plane of `layer`, its labels (H, W) or None, and the origin (y, x) of the window
+        centred on the view."""
+        layers = self.viewer.layers
+        stack = plane_stack(layer, channels_of(layer, layers), layers)
+        plane = stack.plane(tuple(0 for _ in stack.leading))
+        n = self.window_spin.value()
+        height, width = stack.shape
+        scale, translate = np.asarray(layer.scale[-2:]), np.asarray(layer.translate[-2:])
+        centre = (np.asarray(self.viewer.camera.center[-2:]) - translate) / scale
+        origin = tuple(int(np.clip(round(c - n / 2), -(n // 2), side - n // 2))
+                       for c, side in zip(centre, (height, width)))
+        labels_layer = self.labels_combo.value
+        if labels_layer is None:
+            return plane, None, origin  # type: ignore[return-value]
+        data = np.asarray(layer_data(labels_layer))
+        if data.shape[-2:] != (height, width):
+            raise LayerProblem(f"the labels '{labels_layer.name}' {data.shape} do not match the image "
+                               f"'{layer.name}' ({height} x {width})")
+        return plane, data.reshape(-1, height, width)[0], origin  # type: ignore[return-value]
+
+    def _show(self, result: tuple[np.ndarray, np.ndarray, np.ndarray], layer: Any, origin: tuple[int, int],
+              run: int) -> None:
+        if run != self._runs:
+            return
+        image, labels, grid = self.sample = result
+        scale = tuple(layer.scale[-2:])
+        width = layer_data(layer).shape[-1]
+        translate = (layer.translate[-2] + origin[0] * scale[0],
+                     layer.translate[-1] + (width + GAP) * scale[1])
+        shown = {"augmented image": (image[0] if image.ndim == 3 else image, "image"),
+                 "augmented labels": (labels.astype(np.int32), "labels"),
+                 "deformation grid": (grid, "image")}
+        for name, (data, kind) in shown.items():
+            existing = self.layers.get(name)
+            if existing is not None and existing in self.viewer.layers:
+                existing.data = data
+                existing.translate = translate
+                continue
+            if kind == "labels":
+                self.layers[name] = self.viewer.add_labels(data, name=name, scale=scale, translate=translate)
+            elif name == "deformation grid":
+                self.layers[name] = self.viewer.add_image(data, name=name, scale=scale, translate=translate,
+                                                          colormap="cyan", blending="additive", opacity=0.6,
+                                                          contrast_limits=(0.0, 1.0))
+            else:
+                self.layers[name] = self.viewer.add_image(data, name=name, scale=scale, translate=translate,
+                                                          colormap="gray")
+        self._outline(layer, origin)
+        self.status.setText(f"sample {self.seed}: the window at ({origin[0]}, {origin[1]}) as training sees it; "
+                            "the Fine-tune dock trains with these settings")
+        self.shown.emit(result)
+
+    def _outline(self, layer: Any, origin: tuple[int, int]) -> None:
+        """A rectangle on the image around the window being previewed."""
+        n = self.window_spin.value()
+        corners = np.array([[origin[0], origin[1]], [origin[0] + n, origin[1] + n]], float)
+        corners = corners * np.asarray(layer.scale[-2:]) + np.asarray(layer.translate[-2:]) - 0.5
+        existing = self.layers.get("preview window")
+        if existing is not None and existing in self.viewer.layers:
+            existing.data = [corners]
+            return
+        self.layers["preview window"] = self.viewer.add_shapes(
+            [corners], shape_type="rectangle", name="preview window", edge_color="yellow", face_color="transparent",
+            edge_width=2,
+        )
+
+
+def _slider(low: float, high: float, value: float) -> QLabeledDoubleSlider:
+    slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+    slider.setRange(low, high)
+    slider.setDecimals(1)
+    slider.setValue(value)
+    return slider

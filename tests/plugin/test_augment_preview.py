@@ -1,0 +1,65 @@
+"""Augmentation preview dock: shows `augment`'s sample of the window in view; its settings go to training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.augment import AugmentConfig, augment
+from napari_unet.io import apply_normalization, percentiles
+from napari_unet.plugin._augment_preview import AugmentPreviewWidget, grid_lines
+from napari_unet.plugin._state import session_for
+from napari_unet.tiling import read_window
+
+pytestmark = pytest.mark.viewer
+
+
+def test_new_sample_shows_what_augment_makes_of_the_window(make_napari_viewer_proxy, qtbot, cells, screenshot):
+    image, labels = cells
+    viewer = make_napari_viewer_proxy(show=True)
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(labels, name="cells labels")
+    widget = AugmentPreviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Augmentation preview")
+    widget.labels_combo.value = viewer.layers["cells labels"]
+    widget.window_spin.setValue(124)
+
+    widget.new_sample()
+    qtbot.waitUntil(lambda: not widget.pending(), timeout=20_000)
+    shown_image, shown_labels, grid = widget.sample
+    assert {"augmented image", "augmented labels", "deformation grid"} <= {layer.name for layer in viewer.layers}
+    assert shown_image.shape == (1, 124, 124) and shown_labels.shape == grid.shape == (124, 124)
+    assert set(np.unique(shown_labels)) <= set(np.unique(labels)), "labels are moved, never blended"
+    assert not np.array_equal(grid, grid_lines((124, 124))), "the default elastic deformation bends the grid"
+    origin = widget.origin
+    viewer.reset_view()
+    screenshot(viewer, "augmentation_preview")
+
+    # the preview is augment()'s own sample for this seed: the same rng draws in the same order
+    lo, hi = percentiles(image[None], 1.0, 99.8, "CYX")
+    window = apply_normalization(read_window(image[None], origin, (124, 124)), lo, hi)
+    target = read_window(labels[None].astype(np.float32), origin, (124, 124))[0].astype(np.int32)
+    expected = augment(window, target, grid_lines((124, 124)), np.random.default_rng(widget.seed), widget.config())
+    np.testing.assert_allclose(shown_image, expected[0], atol=1e-5)
+    np.testing.assert_array_equal(shown_labels, expected[1])
+
+    # no deformation, no rotation, shift, flips or gray-value changes: the window as it is
+    viewer.camera.center = (0.0, *origin_centre(origin, 124))
+    widget.sigma_slider.setValue(0.0)
+    widget.rotation_slider.setValue(0.0)
+    widget.shift_slider.setValue(0.0)
+    widget.flip_check.setChecked(False)
+    widget.gray_check.setChecked(False)
+    qtbot.waitUntil(lambda: not widget.pending(), timeout=20_000)
+    assert widget.origin == origin
+    shown_image, shown_labels, grid = widget.sample
+    np.testing.assert_allclose(shown_image, window, atol=1e-6)
+    np.testing.assert_array_equal(shown_labels, target)
+    np.testing.assert_array_equal(grid, grid_lines((124, 124)))
+    assert session_for(viewer).augment == widget.config()
+    assert session_for(viewer).augment.rotation == 0.0 and isinstance(widget.config(), AugmentConfig)
+
+
+def origin_centre(origin: tuple[int, int], size: int) -> tuple[float, float]:
+    """The view centre whose window starts at `origin`."""
+    return (origin[0] + size / 2, origin[1] + size / 2)
