@@ -35,7 +35,7 @@ def watch_layer_threads(layer) -> list[str]:
 
 
 def test_tiles_stream_into_the_layer_and_the_result_is_predict_tiled_plus_postprocessing(
-    make_napari_viewer_proxy, qtbot, tiny_bundle, screenshot
+    make_napari_viewer_proxy, qtbot, tiny_bundle
 ):
     image, _ = make_cells((384, 384), seed=1)
     viewer = make_napari_viewer_proxy(show=True)
@@ -80,13 +80,14 @@ def test_tiles_stream_into_the_layer_and_the_result_is_predict_tiled_plus_postpr
     np.testing.assert_array_equal(labels, expected)
     np.testing.assert_array_equal(widget.labels_layer.data, expected)
     assert widget.labels_layer.data is widget.labels and widget.probs_layer.data is widget.probs_fg
-    screenshot(viewer, "segment")
 
-    # retune: a new threshold re-post-processes the kept probabilities without running the network
+    # retune: new parameters re-post-process the kept probabilities without running the network
     with qtbot.waitSignal(widget.segmented, timeout=10_000) as retuned:
         widget.threshold_spin.setValue(0.7)
-    np.testing.assert_array_equal(retuned.args[0], probs_to_labels(probs[1], widget.postprocess_config()))
-    assert widget.postprocess_config().threshold == pytest.approx(0.7)
+        widget.split_check.setChecked(True)
+    config = widget.postprocess_config()
+    assert config.threshold == pytest.approx(0.7) and config.watershed
+    np.testing.assert_array_equal(retuned.args[0], probs_to_labels(probs[1], config))
 
 
 def test_cancel_midway_leaves_every_tile_written_or_untouched(make_napari_viewer_proxy, qtbot, tiny_bundle):

@@ -88,7 +88,7 @@ class AugmentPreviewWidget(QWidget):
         base = self.session.augment or AugmentConfig()
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
-        self.labels_combo = layer_combo(napari_viewer, Labels, "labels", optional=True)
+        self.labels_combo = layer_combo(napari_viewer, Labels, "labels", optional="(none)")
         self.window_spin = QSpinBox()
         self.window_spin.setRange(16, 2048)
         self.window_spin.setValue(PRESETS["fast"][1].tile_size)

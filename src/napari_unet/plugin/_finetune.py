@@ -218,7 +218,8 @@ class FineTuneWidget(QWidget):
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.labels_combo = layer_combo(napari_viewer, Labels, "annotations")
-        self.region_combo = layer_combo(napari_viewer, (Shapes, Labels), "region", optional=True)
+        self.region_combo = layer_combo(napari_viewer, (Shapes, Labels), "region",
+                                        optional="(none: around the annotated cells)")
         self.whole_check = QCheckBox("every cell in the image is annotated")
         self.margin_spin = QSpinBox()
         self.margin_spin.setRange(1, 500)

@@ -22,14 +22,19 @@ class LayerProblem(ValueError):
     """A layer the dock cannot use; the message is shown to the user as a napari notification."""
 
 
-def layer_combo(viewer: Any, kind: type | tuple[type, ...], label: str, *, optional: bool = False) -> ComboBox:
-    """A drop-down of the viewer's layers of `kind` (refreshed by the dock's `reset_choices`)."""
+def layer_combo(
+    viewer: Any, kind: type | tuple[type, ...], label: str, *, optional: str | None = None
+) -> ComboBox:
+    """A drop-down of the viewer's layers of `kind` (refreshed by the dock's `reset_choices`); `optional`: the
+    text of the "no layer" entry (value None), for optional layers."""
 
     def choices(_widget: Any) -> list[tuple[str, Any]]:
-        found = [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
-        return ([("(none)", None)] if optional else []) + found
+        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
 
-    return ComboBox(label=label, choices=choices, nullable=optional)
+    combo = ComboBox(label=label, choices=choices, nullable=optional is not None)
+    if optional is not None:
+        combo.null_string = optional
+    return combo
 
 
 def select_layer(combo: ComboBox, layer: Any) -> None:

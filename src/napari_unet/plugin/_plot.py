@@ -70,9 +70,8 @@ class LossPlot(QWidget):
                          f"{top:.3g}")
         painter.drawText(QRectF(0, area.bottom() - 10, margin_left - 4, 14), int(Qt.AlignmentFlag.AlignRight), "0")
         painter.drawText(QRectF(area.right() + 3, area.top() - 4, margin_right, 14), 0, "1")
-        painter.drawText(QRectF(area.left(), area.bottom() + 2, area.width(), 14),
-                         int(Qt.AlignmentFlag.AlignCenter), f"iteration (of {self.total})   "
-                         "blue: loss   green: validation score")
+        painter.drawText(QRectF(0, area.bottom() + 2, self.width(), 14), int(Qt.AlignmentFlag.AlignCenter),
+                         f"iteration (of {self.total})   blue: loss   green: IoU on the annotations")
         for points, colour, width in ((_decimate(self.losses), LOSS_COLOUR, 1.0),
                                       (_decimate(self.smoothed()), SMOOTH_COLOUR, 2.0)):
             if len(points) >= 2:

@@ -139,6 +139,9 @@ class SegmentWidget(QWidget):
         self.threshold_spin.setSingleStep(0.05)
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(0, 100000)
+        self.split_check = QCheckBox("split merged cells (watershed)")
+        self.split_check.setToolTip("Seeded watershed on the distance transform: splits touching cells that the "
+                                    "network's borders left merged")
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -154,6 +157,7 @@ class SegmentWidget(QWidget):
         form.addRow("", self.probs_check)
         form.addRow("threshold", self.threshold_spin)
         form.addRow("min. size (px)", self.min_size_spin)
+        form.addRow("", self.split_check)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -171,6 +175,7 @@ class SegmentWidget(QWidget):
         self.cancel_button.clicked.connect(self.cancel)
         self.threshold_spin.valueChanged.connect(lambda _value: self._retune_soon())
         self.min_size_spin.valueChanged.connect(lambda _value: self._retune_soon())
+        self.split_check.toggled.connect(lambda _checked: self._retune_soon())
         self.session.model_changed.connect(self._show_model)
         self._show_model()
         self.reset_choices()
@@ -191,9 +196,10 @@ class SegmentWidget(QWidget):
         return True
 
     def postprocess_config(self) -> PostprocessConfig:
-        """The model's post-processing with the threshold and minimum size of the dock."""
+        """The model's post-processing with the threshold, minimum size and watershed choice of the dock."""
         base = self.session.bundle.postprocess if self.session.bundle is not None else PostprocessConfig()
-        return replace(base, threshold=float(self.threshold_spin.value()), min_size=int(self.min_size_spin.value()))
+        return replace(base, threshold=float(self.threshold_spin.value()), min_size=int(self.min_size_spin.value()),
+                       watershed=self.split_check.isChecked())
 
     def run(self) -> Any:
         """Start segmenting the chosen image layer; returns the worker, or None after a notification."""
@@ -281,10 +287,11 @@ class SegmentWidget(QWidget):
         self.progress.setValue(update.done)
         self._refresh_soon()
 
-    def _refresh_layers(self) -> None:
+    def _refresh_layers(self, thumbnail: bool = False) -> None:
+        """Redraw the layers from their arrays (written in place); thumbnails only at the end (they cost)."""
         for layer in (self.labels_layer, self.probs_layer):
             if layer is not None and layer in self.viewer.layers:
-                layer.refresh(extent=False)
+                layer.refresh(extent=False, thumbnail=thumbnail)
         self.layer_refreshes += 1
 
     def _tiles_finished(self) -> None:
@@ -292,7 +299,7 @@ class SegmentWidget(QWidget):
         self.session.segmenting = False
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        self._refresh_layers()
+        self._refresh_layers(thumbnail=True)
         self.stopped.emit()
         if self.cancelled:
             self.status.setText(f"Cancelled: {self.tiles_written} of {self.progress.maximum()} tiles written")
@@ -319,7 +326,7 @@ class SegmentWidget(QWidget):
         if run != self._postprocess_runs or self.labels is None or labels.shape != self.labels.shape:
             return  # a newer retune is on its way, or a new segmentation replaced this one
         self.labels[...] = labels
-        self._refresh_layers()
+        self._refresh_layers(thumbnail=True)
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
         self.status.setText(f"Done: {count} object(s). Threshold and min. size can be retuned now.")
         self.segmented.emit(self.labels)
@@ -335,12 +342,13 @@ class SegmentWidget(QWidget):
         self.model_label.setText(self.session.describe_model())
         bundle = self.session.bundle
         if bundle is not None:
-            self.threshold_spin.blockSignals(True)
-            self.min_size_spin.blockSignals(True)
+            for widget in (self.threshold_spin, self.min_size_spin, self.split_check):
+                widget.blockSignals(True)
             self.threshold_spin.setValue(bundle.postprocess.threshold)
             self.min_size_spin.setValue(bundle.postprocess.min_size)
-            self.threshold_spin.blockSignals(False)
-            self.min_size_spin.blockSignals(False)
+            self.split_check.setChecked(bundle.postprocess.watershed)
+            for widget in (self.threshold_spin, self.min_size_spin, self.split_check):
+                widget.blockSignals(False)
 
     def _ask_model_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")

@@ -1,0 +1,237 @@
+"""Main-thread responsiveness of the napari docks: the longest event-loop stall while they work. Goal < 100 ms.
+
+A QTimer ticks every 10 ms on the main thread and records the time between ticks; a stall is a gap minus the
+10 ms interval (what a user feels as a frozen window). Measured in one run, in a real napari window:
+
+- idle: the viewer with the image open, nothing running (the OS scheduler and other processes);
+- display floor: no worker, only what showing progress costs: the Labels and probability layers of the
+  segmentation refreshed at the dock's rate (10 Hz) with a new tile each time, the progress bar moving (under
+  Xvfb the canvas is drawn by the CPU, llvmpipe: this is the price of the display, not of the docks' work);
+- fine-tuning: the Fine-tune dock trains (the "fast" preset's network, tile 252) in its worker;
+- segmentation: the Segment dock streams tiles of a large image into Labels + probability layers, then
+  post-processes the whole image in a worker;
+- blocking (reference): the same segmentation called on the main thread, as a plugin without a worker would.
+
+Figures: the longest stall, the 99th percentile of gaps, the number of stalls over 100 ms, each also as a ratio
+to the idle figure. Needs a display: run it under Xvfb on a headless machine:
+
+    xvfb-run -a .venv/bin/python benchmarks/bench_responsiveness.py [--quick]
+
+Writes benchmarks/results/responsiveness.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch  # noqa: F401  (import order: torch before Qt)
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results" / "responsiveness.json"
+TICK_MS = 10
+GOAL_MS = 100.0
+
+
+class StallMonitor:
+    """Records the gaps between ticks of a `TICK_MS` QTimer on the main thread."""
+
+    def __init__(self) -> None:
+        from qtpy.QtCore import QTimer
+
+        self.timer = QTimer()
+        self.timer.setInterval(TICK_MS)
+        self.timer.timeout.connect(self._tick)
+        self.gaps: list[float] = []
+        self._last: float | None = None
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.gaps.append(now - self._last)
+        self._last = now
+
+    def __enter__(self) -> StallMonitor:
+        self.gaps.clear()
+        self._last = None
+        self.timer.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._tick()
+        self.timer.stop()
+
+    def summary(self, seconds: float) -> dict:
+        stalls_ms = np.maximum(np.asarray(self.gaps) * 1000.0 - TICK_MS, 0.0)
+        return {
+            "seconds": round(seconds, 2),
+            "ticks": len(self.gaps),
+            "max_stall_ms": round(float(stalls_ms.max(initial=0.0)), 1),
+            "p99_gap_ms": round(float(np.percentile(np.asarray(self.gaps) * 1000.0, 99)) if self.gaps else 0.0, 1),
+            "stalls_over_goal": int((stalls_ms > GOAL_MS).sum()),
+        }
+
+
+def wait_for(signal, timeout_s: float) -> bool:
+    """Run the event loop until `signal` is emitted (True) or `timeout_s` passes (False)."""
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    fired = []
+    signal.connect(lambda *_args: (fired.append(True), loop.quit()))
+    QTimer.singleShot(int(timeout_s * 1000), loop.quit)
+    loop.exec()
+    return bool(fired)
+
+
+def spin(seconds: float) -> None:
+    from qtpy.QtCore import QEventLoop, QTimer
+
+    loop = QEventLoop()
+    QTimer.singleShot(int(seconds * 1000), loop.quit)
+    loop.exec()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller image, shorter training")
+    args = parser.parse_args()
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise SystemExit("no display: run under a virtual X server, e.g. xvfb-run -a " + " ".join(sys.argv))
+
+    import napari
+
+    from napari_unet.model import UNet
+    from napari_unet.modelfile import ModelBundle
+    from napari_unet.plugin._finetune import FineTuneWidget
+    from napari_unet.plugin._segment import SegmentWidget
+    from napari_unet.plugin._state import session_for
+    from napari_unet.plugin._workers import await_workers
+    from napari_unet.postprocess import probs_to_labels
+    from napari_unet.synthetic import make_cells
+    from napari_unet.training import PRESETS
+
+    side = 1024 if args.quick else 2048
+    train_seconds = 8.0 if args.quick else 30.0
+    idle_seconds = 3.0 if args.quick else 8.0
+    image, labels = make_cells((side, side), seed=0)
+    train_image, train_labels = image[:512, :512], labels[:512, :512]
+    net_config = PRESETS["fast"][0]
+
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1400, 900)
+    viewer.add_image(train_image, name="train image")
+    viewer.add_labels(train_labels, name="annotations")
+    monitor = StallMonitor()
+    result: dict = {
+        "benchmark": "responsiveness",
+        "quick": args.quick,
+        "tick_ms": TICK_MS,
+        "goal_max_stall_ms": GOAL_MS,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+                    "napari": napari.__version__, "load_average": list(os.getloadavg())},
+        "scenarios": {},
+    }
+
+    spin(1.0)  # let the window settle
+    started = time.perf_counter()
+    with monitor:
+        spin(idle_seconds)
+    result["scenarios"]["idle"] = monitor.summary(time.perf_counter() - started)
+    print("idle", result["scenarios"]["idle"], flush=True)
+
+    with tempfile.TemporaryDirectory() as autosave:
+        finetune = FineTuneWidget(viewer, autosave_root=autosave)
+        viewer.window.add_dock_widget(finetune, name="Fine-tune")
+        wait_for(finetune.estimated, 120)
+        finetune.iterations_spin.setValue(100_000)
+        finetune.budget_spin.setValue(train_seconds / 60.0)
+        started = time.perf_counter()
+        with monitor:
+            finetune.start()
+            finished = wait_for(finetune.finished, train_seconds + 120)
+        elapsed = time.perf_counter() - started
+        summary = monitor.summary(elapsed)
+        summary.update({"iterations": len(finetune.history.losses), "finished": finished,
+                        "network": f"depth {net_config.depth}, {net_config.base_channels} channels",
+                        "tile": PRESETS["fast"][1].tile_size})
+        result["scenarios"]["fine_tuning"] = summary
+        print("fine-tuning", summary, flush=True)
+
+    bundle = ModelBundle(UNet(net_config))
+    session_for(viewer).set_model(bundle)
+    viewer.layers.clear()
+    viewer.add_image(image, name="big image")
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment", tabify=True)
+    segment.probs_check.setChecked(True)
+    segment.tile_spin.setValue(256)
+
+    probs_floor = np.zeros(image.shape, np.float32)
+    labels_floor = np.zeros(image.shape, np.int32)
+    floor_layers = [viewer.add_image(probs_floor, name="floor probability", colormap="magma", blending="additive",
+                                     contrast_limits=(0.0, 1.0)), viewer.add_labels(labels_floor, name="floor")]
+    tiles = [(slice(y, y + 256), slice(x, x + 256)) for y in range(0, side, 256) for x in range(0, side, 256)]
+    started = time.perf_counter()
+    with monitor:
+        for count, region in enumerate(tiles, start=1):
+            probs_floor[region] = 0.5
+            labels_floor[region] = count
+            segment.progress.setRange(0, len(tiles))
+            segment.progress.setValue(count)
+            for layer in floor_layers:
+                layer.refresh(extent=False)
+            spin(0.1)
+    result["scenarios"]["display_floor"] = monitor.summary(time.perf_counter() - started)
+    print("display floor", result["scenarios"]["display_floor"], flush=True)
+    for layer in floor_layers:
+        viewer.layers.remove(layer)
+    started = time.perf_counter()
+    with monitor:
+        segment.run()
+        finished = wait_for(segment.segmented, 600)
+    elapsed = time.perf_counter() - started
+    summary = monitor.summary(elapsed)
+    summary.update({"image": [side, side], "tiles": segment.tiles_written, "finished": finished,
+                    "megapixels_per_s": round(side * side / 1e6 / elapsed, 3)})
+    result["scenarios"]["segmentation"] = summary
+    print("segmentation", summary, flush=True)
+
+    started = time.perf_counter()
+    with monitor:
+        spin(0.1)
+        probs = bundle.predict(image, tile_size=256, device="auto")  # on the main thread: the window freezes
+        probs_to_labels(probs[1], bundle.postprocess)
+        spin(0.1)
+    result["scenarios"]["blocking_reference"] = monitor.summary(time.perf_counter() - started)
+    print("blocking reference", result["scenarios"]["blocking_reference"], flush=True)
+
+    idle = max(result["scenarios"]["idle"]["max_stall_ms"], 1.0)
+    floor = max(result["scenarios"]["display_floor"]["max_stall_ms"], 1.0)
+    blocked = result["scenarios"]["blocking_reference"]["max_stall_ms"]
+    for name in ("fine_tuning", "segmentation"):
+        scenario = result["scenarios"][name]
+        scenario["max_stall_vs_idle"] = round(scenario["max_stall_ms"] / idle, 2)
+        scenario["max_stall_vs_display_floor"] = round(scenario["max_stall_ms"] / floor, 2)
+        scenario["max_stall_vs_blocking"] = round(scenario["max_stall_ms"] / max(blocked, 1.0), 4)
+        scenario["meets_goal"] = scenario["max_stall_ms"] < GOAL_MS
+        print(f"{name}: longest stall {scenario['max_stall_ms']:.0f} ms (goal < {GOAL_MS:.0f}); "
+              f"{scenario['max_stall_vs_idle']:.2f}x idle ({idle:.0f} ms), "
+              f"{scenario['max_stall_vs_display_floor']:.2f}x the display floor ({floor:.0f} ms), "
+              f"{scenario['max_stall_vs_blocking']:.4f}x the blocking reference ({blocked:.0f} ms)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+    await_workers(60_000)
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""The human-in-the-loop workflow end to end, as in docs/plugin.md: open the sample, annotate a few cells,
+fine-tune the "fast" preset's network, segment the whole image. Slow (minutes on a CPU): opt in with --run-slow.
+Its screenshots are the docs' (NAPARI_UNET_SCREENSHOTS=docs/images)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_unet.metrics import instance_scores
+from napari_unet.plugin._finetune import FineTuneWidget
+from napari_unet.plugin._reader import PLUGIN
+from napari_unet.plugin._segment import SegmentWidget
+
+pytestmark = [pytest.mark.viewer, pytest.mark.slow]
+
+ITERATIONS = 300
+
+
+def test_annotate_a_few_cells_fine_tune_and_segment(make_napari_viewer_proxy, qtbot, tmp_path, screenshot):
+    viewer = make_napari_viewer_proxy(show=True)
+    viewer.open_sample(PLUGIN, "cells")
+    image_layer, truth_layer = viewer.layers
+    truth = np.asarray(truth_layer.data)
+    # the user paints a dozen cells in one corner (here copied from the sample's labels)
+    corner = truth[:160, :160]
+    few = [i for i in np.unique(corner) if i and (truth == i).sum() == (corner == i).sum()][:12]
+    annotations = viewer.add_labels(np.where(np.isin(truth, few), truth, 0).astype(np.int32), name="annotations")
+    truth_layer.visible = False
+
+    finetune = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave")
+    with qtbot.waitSignal(finetune.estimated, timeout=120_000):
+        viewer.window.add_dock_widget(finetune, name="Fine-tune")
+    finetune.image_combo.value = image_layer
+    finetune.labels_combo.value = annotations
+    finetune.iterations_spin.setValue(ITERATIONS)
+    with qtbot.waitSignal(finetune.finished, timeout=1_200_000):
+        finetune.start()
+    losses = [loss for _, loss in finetune.history.losses]
+    assert np.mean(losses[-30:]) < 0.6 * np.mean(losses[:30]), losses
+    screenshot(viewer, "finetune")
+
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment", tabify=True)
+    segment.image_combo.value = image_layer
+    with qtbot.waitSignal(segment.segmented, timeout=300_000) as done:
+        segment.run()
+    scores = instance_scores(done.args[0], truth)
+    annotations.visible = False
+    screenshot(viewer, "segment")
+    (tmp_path / "scores.json").write_text(json.dumps(scores))
+    print(f"\nafter {ITERATIONS} iterations on {len(few)} annotated cells: {scores}")
+    assert scores["f1_50"] > 0.5, scores
