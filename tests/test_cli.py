@@ -67,8 +67,10 @@ def run(capsys, *args) -> tuple[int, str, str]:
 def test_train_writes_a_model_and_a_summary(data, tmp_path, capsys):
     out = tmp_path / "m"
     code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "3",
-                          "--val-fraction", "0.34", "--seed", "1", *TINY)
+                          "--val-fraction", "0.34", "--seed", "1", "--tune-postprocess", *TINY)
     assert code == 0
+    assert "post-processing tuned on 1 validation image(s)" in stdout
+    assert (out / "training_state.pt").is_file()  # still resumable after saving the tuned settings
     bundle = load_model(out)
     assert bundle.metadata["iterations"] == 3 and bundle.metadata["seed"] == 1
     assert (bundle.net.config.depth, bundle.net.config.base_channels) == (2, 4)
@@ -137,13 +139,38 @@ def test_predict_segments_stacks_plane_by_plane_with_tta(data, model, tmp_path, 
 
 def test_resume_continues_the_iterations(data, tmp_path, capsys):
     out = tmp_path / "m"
-    assert run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "2", *TINY)[0] == 0
-    code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--resume",
-                          "--iterations", "4", "--device", "cpu", "-q")
+    split = ["--val-fraction", "0.34"]
+    code, _, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "2",
+                     "--seed", "1", *split, *TINY)
+    assert code == 0
+    hashes = load_model(out).metadata["data_hashes"]
+    code, stdout, stderr = run(capsys, "train", data / "images", data / "labels", "--out", out, "--resume",
+                               "--iterations", "4", *split, "--device", "cpu")
     assert code == 0 and "trained 4 iterations" in stdout
-    assert load_model(out).metadata["iterations"] == 4
+    assert "differ" not in stderr  # the saved seed (1) gives the same split by image (seed 0 would not)
+    assert load_model(out).metadata["iterations"] == 4 and load_model(out).metadata["data_hashes"] == hashes
     code, _, stderr = run(capsys, "train", data / "images", data / "labels", "--out", out, "--resume", "--seed", "5")
     assert code == 2 and "--seed" in stderr and "cannot change" in stderr
+
+
+def test_ctrl_c_saves_the_last_step_and_resume_continues(data, tmp_path, capsys, monkeypatch):
+    from napari_unet import cli
+
+    original = cli.Progress.update
+
+    def interrupt_after_two_steps(self, n=1, **postfix):
+        original(self, n, **postfix)
+        if self.description == "training" and self.done >= 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.Progress, "update", interrupt_after_two_steps)
+    out = tmp_path / "m"
+    code, _, stderr = run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "5", *TINY)
+    assert code == 130 and "stopped at iteration 2" in stderr and "--resume" in stderr
+    assert load_model(out).metadata["iterations"] == 2
+    monkeypatch.setattr(cli.Progress, "update", original)
+    code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--resume", "-q")
+    assert code == 0 and "trained 5 iterations" in stdout
 
 
 def test_init_fine_tunes_a_saved_model(data, model, tmp_path, capsys):

@@ -25,8 +25,10 @@ from napari_unet.pipeline import (
     segment_file,
     split_by_image,
     transform,
+    tune_postprocess,
     untransform,
 )
+from napari_unet.metrics import instance_scores
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 
 
@@ -142,7 +144,7 @@ def test_tta_differs_for_a_generic_model_and_is_itself_equivariant():
     assert tta.shape == (2, 48, 48)
     np.testing.assert_allclose(tta.sum(axis=0), 1.0, atol=1e-5)
     assert np.abs(tta - model.predict(image, device="cpu")).max() > 1e-3
-    for k, flip in dihedral_transforms():
+    for k, flip in ((1, False), (0, True)):  # a quarter turn and a flip generate the group
         moved = np.ascontiguousarray(transform(image, k, flip))
         np.testing.assert_allclose(untransform(predict_tta(model, moved, device="cpu"), k, flip), tta, atol=1e-5)
 
@@ -196,3 +198,18 @@ def test_training_pairs_must_have_one_shape(tmp_path):
     image, labels, mask = read_training_pair(tmp_path / "image.tif", tmp_path / "good.tif", tmp_path / "good.tif")
     assert image.dtype == np.float32 and mask.all() and labels.shape == (20, 30)
     np.testing.assert_allclose(np.percentile(image, [1, 99.8]), [0, 1], atol=1e-4)
+
+
+def test_tuning_picks_the_threshold_that_separates_touching_cells():
+    truth = np.zeros((20, 40), np.int32)
+    truth[4:16, 3:14], truth[4:16, 14:25], truth[4:16, 25:36] = 1, 2, 3  # three touching cells in a row
+    probs = np.where(truth > 0, 0.95, 0.02).astype(np.float32)
+    probs[4:16, 13:15] = probs[4:16, 24:26] = 0.65  # the borders: above 0.5, below 0.7
+    base = PostprocessConfig(min_size=1)
+    merged, before = tune_postprocess([probs], [truth], base, thresholds=(), watershed=())
+    assert merged == base and before["ap50"] == 0.0
+    tuned, scores = tune_postprocess([probs], [truth], base)
+    assert tuned.threshold >= 0.7 and scores["ap50"] == 1.0 and tuned.min_size == 1
+    assert instance_scores(probs_to_labels(probs, tuned), truth)["ap50"] == 1.0
+    with pytest.raises(ValueError, match="as many probability maps"):
+        tune_postprocess([probs], [])

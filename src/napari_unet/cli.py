@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 DEVICES = ("auto", "cpu", "cuda", "mps")
 SCORE_COLUMNS = {
@@ -203,6 +205,9 @@ def _add_train(commands) -> None:
     training.add_argument("--w0", type=_non_negative_float, metavar="W", help="weight of the border term between cells")
     training.add_argument("--sigma", type=_positive_float, metavar="PX", help="width (px) of the border term")
     training.add_argument("--border", type=_positive_int, metavar="PX", help="background border (px) cut between touching cells")
+    training.add_argument("--tune-postprocess", action="store_true",
+                          help="after training, choose the threshold and watershed setting that give the best AP50 "
+                          "on the validation images (instance labels) and save them with the model")
     _add_device(sub)
     _add_quiet(sub)
 
@@ -382,11 +387,15 @@ def _train(args: argparse.Namespace) -> int:
               f"(continue with: napari-unet train ... --out {out} --resume)", file=sys.stderr)
         return EXIT_INTERRUPTED
     print(_summary(result, out))
+    if args.tune_postprocess:
+        tuned = _tune_postprocess(trainer, validation)
+        print(_describe_tuning(tuned) if tuned else "post-processing not tuned: no fully annotated validation "
+              "image with instance labels")
     return EXIT_OK
 
 
 def _check_train_options(args: argparse.Namespace) -> None:
-    from .modelfile import is_model_folder
+    from .modelfile import is_model_folder, load_model
 
     new_net = {"--depth": args.depth, "--base-channels": args.base_channels}
     if args.resume:
@@ -399,6 +408,7 @@ def _check_train_options(args: argparse.Namespace) -> None:
                              "(only --iterations and --time-budget can)")
         if not is_model_folder(args.out):
             raise ValueError(f"--resume: {args.out} is not a model folder saved by 'napari-unet train'")
+        args.seed = int(load_model(args.out).metadata.get("seed", 0))  # the same validation split as before
         return
     if args.init is not None and any(v is not None for v in new_net.values()):
         raise ValueError("--depth and --base-channels describe a new net; with --init the saved net is used")
@@ -413,6 +423,8 @@ def _check_train_options(args: argparse.Namespace) -> None:
         raise ValueError("give both --validation-images and --validation-labels, or neither")
     if args.validation_images is not None and args.val_fraction is not None:
         raise ValueError("give either validation files or --val-fraction, not both")
+    if args.tune_postprocess and args.validation_images is None and args.val_fraction is None:
+        raise ValueError("--tune-postprocess needs validation images (--val-fraction or --validation-images)")
 
 
 def _training_data(args: argparse.Namespace):
@@ -479,7 +491,11 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     if args.resume:
         overrides = {k: v for k, v in {"iterations": args.iterations, "time_budget": args.time_budget}.items()
                      if v is not None}
-        return Trainer.resume(args.out, train, validation, device=args.device, **overrides)
+        saved = load_model(args.out).metadata.get("data_hashes")
+        trainer = Trainer.resume(args.out, train, validation, device=args.device, **overrides)
+        if saved is not None and sorted(saved) != sorted(trainer.data_hashes):
+            _note("note: the training images differ from those of the saved run", args.quiet)
+        return trainer
     net_config, config = preset(args.preset)
     config = with_overrides(
         config, iterations=args.iterations, time_budget=args.time_budget, seed=args.seed, tile_size=args.tile_size,
@@ -519,6 +535,36 @@ def _run_training(trainer, quiet: bool) -> dict[str, Any]:
     result["elapsed"] = trainer.elapsed
     result["device"] = _describe(trainer.device)
     return result
+
+
+def _tune_postprocess(trainer, validation) -> dict[str, Any] | None:
+    """Choose the post-processing on the validation samples with instance labels and save it with the model.
+
+    Returns {"config", "scores", "before"} (mean AP50 etc. with the chosen and the previous settings), or None
+    when no validation sample is fully annotated with instance labels (binary masks such as ISBI's are not).
+    """
+    from .pipeline import tune_postprocess
+    from .targets import annotation_mask, is_binary
+    from .tiling import predict_tiled
+
+    usable = [s for s in validation if s.mask is None and not is_binary(s.labels) and annotation_mask(s.labels).all()]
+    if not usable:
+        return None
+    probs = [predict_tiled(trainer.model, s.image, device=trainer.device)[1] for s in usable]
+    truths = [np.asarray(s.labels).astype(np.int64) for s in usable]
+    _, before = tune_postprocess(probs, truths, trainer.postprocess, thresholds=(), watershed=())
+    config, scores = tune_postprocess(probs, truths, trainer.postprocess)
+    trainer.postprocess = config
+    if trainer.checkpoint is not None:
+        trainer.save_checkpoint(trainer.checkpoint)
+    return {"config": config, "scores": scores, "before": before, "images": len(usable)}
+
+
+def _describe_tuning(tuned: dict[str, Any]) -> str:
+    config = tuned["config"]
+    return (f"post-processing tuned on {tuned['images']} validation image(s): threshold {config.threshold}, "
+            f"watershed {'on' if config.watershed else 'off'} (AP50 {tuned['scores']['ap50']:.3f}, "
+            f"{tuned['before']['ap50']:.3f} before); saved with the model")
 
 
 def _summary(result: dict[str, Any], out: Path) -> str:
@@ -573,8 +619,6 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _weights(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .io import read_labels, write_tiff
     from .weights import weight_map
 
@@ -595,8 +639,6 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .io import read_image
     from .metrics import average_scores, evaluate_pair
     from .pipeline import list_files, match_files
@@ -649,8 +691,6 @@ def _cell(value: Any) -> str:
 def _demo(args: argparse.Namespace) -> int:
     import shutil
 
-    import numpy as np
-
     from .io import normalize_percentile, write_tiff
     from .metrics import instance_scores, pixel_scores
     from .model import UNet
@@ -685,6 +725,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"stopped at iteration {result['iteration']}; no report written", file=sys.stderr)
         return EXIT_INTERRUPTED
 
+    tuned = _tune_postprocess(trainer, samples[-1:])
     bundle = trainer.bundle()
     outputs = Outputs(out / "predictions" / "test_labels.tif", out / "predictions" / "test_probs.tif")
     for _ in segment_file(bundle, test_image, "YX", outputs, device=trainer.device):
@@ -702,6 +743,8 @@ def _demo(args: argparse.Namespace) -> int:
             "validation_iou": result["val_score"], "training_images": len(samples) - 1, "validation_images": 1,
             "image_shape": list(DEMO_SHAPE),
         },
+        "postprocess": {**tuned["config"].to_dict(), "validation_ap50": tuned["scores"]["ap50"],
+                        "validation_ap50_default": tuned["before"]["ap50"]},
         "test_image": {"cells": int(test_truth.max()), "shape": list(test_image.shape)},
         "files": {"model": "model", "overlay": "overlay.png", "labels": "predictions/test_labels.tif",
                   "probabilities": "predictions/test_probs.tif", "data": "data"},
@@ -709,6 +752,7 @@ def _demo(args: argparse.Namespace) -> int:
     (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
     (out / "report.md").write_text(_demo_markdown(report, out, args))
     print(_summary(result, model_dir))
+    print(_describe_tuning(tuned))
     print(f"held-out image: AP50 {scores['ap50']:.3f}, mAP {scores['map']:.3f}, SEG {scores['seg']:.3f}, "
           f"IoU {scores['iou']:.3f} ({scores['n_pred']} cells found, {scores['n_true']} true)")
     print(f"report: {out / 'report.md'} (overlay: {out / 'overlay.png'})")
@@ -722,7 +766,6 @@ def _mkparent(path: Path) -> Path:
 
 def _save_overlay(path: Path, image, predicted, truth, scale: int = 2) -> None:
     """An RGB PNG of `image` with true outlines in green, predicted ones in magenta (white where they agree)."""
-    import numpy as np
     from PIL import Image
     from skimage.segmentation import find_boundaries
 
@@ -741,7 +784,7 @@ def _save_overlay(path: Path, image, predicted, truth, scale: int = 2) -> None:
 
 
 def _demo_markdown(report: dict[str, Any], out: Path, args: argparse.Namespace) -> str:
-    s, t = report["scores"], report["training"]
+    s, t, p = report["scores"], report["training"], report["postprocess"]
     val = f"{t['validation_iou']:.3f}" if t["validation_iou"] is not None else "n/a"
     return f"""# napari-unet demo
 
@@ -750,6 +793,10 @@ Synthetic fluorescence nuclei (many touching), {t['training_images']} training i
 
 Training: preset `fast`, {t['iterations']} iterations in {_duration(t['seconds'])} on {t['device']}, seed {t['seed']};
 final loss {t['final_loss']:.4f}, validation foreground IoU {val}.
+
+Post-processing, chosen on the validation image (`napari-unet train --tune-postprocess`): threshold
+{p['threshold']}, watershed {'on' if p['watershed'] else 'off'} (validation AP50 {p['validation_ap50']:.3f};
+{p['validation_ap50_default']:.3f} with the default settings, threshold 0.5 without watershed).
 
 | score on the held-out image | value |
 |---|---|
@@ -770,7 +817,7 @@ The same with the command line, on the files this demo wrote:
 
 ```bash
 napari-unet train {out}/data/train/images {out}/data/train/labels --out {out}/model --overwrite \\
-    --iterations {args.iterations} --val-fraction 0.25 --seed {args.seed}
+    --iterations {args.iterations} --val-fraction 0.25 --seed {args.seed} --tune-postprocess
 napari-unet predict {out}/model {out}/data/test/images --out {out}/predictions --probabilities
 napari-unet evaluate {out}/predictions {out}/data/test/labels --kind instances
 ```

@@ -238,6 +238,42 @@ def predict_tta(
     return total
 
 
+# ------------------------------------------------------------------------------- tuning the post-processing
+
+
+def tune_postprocess(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    base=None,
+    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    watershed: Sequence[bool] = (False, True),
+) -> tuple[Any, dict[str, float]]:
+    """The post-processing that segments validation images best: (config, its mean scores).
+
+    probs: foreground probabilities (H, W) of the validation images; truths: their instance labels (H, W).
+    Candidates: `base` (default `PostprocessConfig()`) with each threshold and watershed setting; the score is
+    the mean AP at IoU 0.5, ties broken by the mean AP over IoU 0.5:0.95, then by the order of the candidates
+    (`base` itself first). The network is not run again: only `probs_to_labels` is, once per candidate.
+    """
+    from .metrics import instance_scores
+    from .postprocess import PostprocessConfig, probs_to_labels
+
+    if not probs or len(probs) != len(truths):
+        raise ValueError(f"need as many probability maps as label images (at least one); got {len(probs)} "
+                         f"and {len(truths)}")
+    base = PostprocessConfig() if base is None else base
+    candidates = [base] + [replace(base, threshold=float(t), watershed=bool(w))
+                           for w in watershed for t in thresholds]
+    best, best_key, best_scores = base, None, {}
+    for candidate in candidates:
+        scores = [instance_scores(probs_to_labels(p, candidate), np.asarray(t)) for p, t in zip(probs, truths)]
+        mean = {key: float(np.mean([s[key] for s in scores])) for key in ("ap50", "map", "f1_50", "seg")}
+        key = (mean["ap50"], mean["map"])
+        if best_key is None or key > best_key:
+            best, best_key, best_scores = candidate, key, mean
+    return best, best_scores
+
+
 # ------------------------------------------------------------------------------------------- segmentation
 
 
