@@ -1,0 +1,452 @@
+"""Results on real data, ours side by side with a MONAI peer: same images, split, normalisation, budget, scores.
+
+    .venv/bin/python benchmarks/bench_real_data.py --dataset isbi|dsb|both [--budget SECONDS] [--quick]
+        [--preset fast|paper] [--device auto|cpu|cuda] [--threads N] [--data ../shared/data] [--out FOLDER]
+
+Data from `../shared/data` (beside the repository; the script says so and exits when it is absent):
+- ISBI 2012: train on slices 0-14, validate on 15-19; labels 0 = membrane, 255 = cell interior (foreground),
+  used as they are (binary targets, PostprocessConfig(border_width=0)). Scores on the validation slices:
+  V_rand and V_info, thinned (the challenge's ranking) and not thinned, best over thresholds 0.0..1.0 of the
+  slice-averaged curves (`metrics.average_scores`; the mean of per-slice maxima is kept too), foreground IoU
+  and pixel error at probability 0.5.
+- DSB 2018 fluorescence: 100 images, ids sorted, a seeded permutation puts 80 in training and 20 in
+  validation (whole images). Post-processing (threshold, watershed, for ours; threshold for the peer) is tuned
+  on 20 TRAINING images by mean AP50 (ties: mAP), never on validation. Scores on the validation images:
+  AP50, mAP (IoU 0.5:0.05:0.95), F1 at 0.5 and SEG, each the mean over images.
+Every image is normalised alike for both pipelines: percentiles 1 and 99.8 of the whole image.
+
+Ours: the `Trainer` with the `fast` preset (or `--preset paper`) for `--budget` seconds of training
+(TrainConfig.time_budget; the cosine schedule is stretched over 1.3x the iterations that a short calibration
+predicts, so that a machine that speeds up does not end training early), then `predict_tiled`, plus a row with test-time augmentation (`pipeline.predict_tta`). The peer
+(`peer_monai.py`): MONAI's BasicUNet with DiceCELoss, its elastic augmentation, Adam, random crops and
+sliding-window inference, post-processed by threshold + connected components, for the same budget.
+Both run one after the other in the same invocation. Writes `real_<dataset>.json` (`real_<dataset>_quick.json`
+with --quick) into --out and prints a table, figure by figure, with the ratio ours / peer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet.device import select_device
+from napari_unet.io import normalize_percentile, read_image, read_labels
+from napari_unet.metrics import average_scores, instance_scores, isbi_scores, pixel_scores
+from napari_unet.model import UNet
+from napari_unet.postprocess import PostprocessConfig, probs_to_labels
+from napari_unet.tiling import predict_tiled
+from napari_unet.training import Sample, Trainer, TrainingDiverged, preset
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+RESULTS = Path(__file__).resolve().parent / "results"
+ISBI_TRAIN, ISBI_VAL = range(0, 15), range(15, 20)
+DSB_TRAIN, DSB_VAL, DSB_TUNE = 80, 20, 20
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+WATERSHED_H = (1.0, 2.0, 3.0)
+MIN_SIZE = 16
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image of a dataset: its id, the raw image (H, W), the normalised image and the labels (H, W)."""
+
+    name: str
+    raw: np.ndarray
+    image: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Split:
+    """Training and validation images of one dataset (whole images, never crops of one image)."""
+
+    dataset: str
+    train: list[Item]
+    validation: list[Item]
+
+
+def read_item(image_path: Path, labels_path: Path) -> Item:
+    """An image and its labels, read with `read_image` / `read_labels`; colour images become grey (their mean)."""
+    raw, axes = read_image(image_path)
+    raw = np.asarray(raw)
+    if axes == "CYX":
+        raw = raw.mean(axis=0)
+    elif axes != "YX":
+        raise ValueError(f"{image_path}: expected a 2-D image, got axes {axes!r}")
+    labels = read_labels(labels_path)
+    if labels.shape != raw.shape:
+        raise ValueError(f"{labels_path}: labels {labels.shape} do not match the image {raw.shape}")
+    image = np.asarray(normalize_percentile(raw, 1.0, 99.8, "YX"), dtype=np.float32)
+    return Item(image_path.stem, raw, image, labels)
+
+
+def load_isbi(root: Path) -> Split:
+    """ISBI 2012: slices 0-14 train, 15-19 validation. Labels 0 = membrane, 255 = cell interior."""
+    folder = root / "isbi2012" / "train"
+
+    def items(indices: range) -> list[Item]:
+        return [read_item(folder / "images" / f"{i:02d}.png", folder / "labels" / f"{i:02d}.png") for i in indices]
+
+    return Split("isbi", items(ISBI_TRAIN), items(ISBI_VAL))
+
+
+def split_ids(ids: list[str], n_train: int, n_validation: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A seeded split by whole images: the sorted ids permuted, the first n_train for training, the next
+    n_validation for validation; each part sorted."""
+    ids = sorted(ids)
+    if len(ids) < n_train + n_validation or len(set(ids)) != len(ids):
+        raise ValueError(f"need {n_train + n_validation} distinct ids, got {len(set(ids))} of {len(ids)}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    train = sorted(ids[i] for i in order[:n_train])
+    validation = sorted(ids[i] for i in order[n_train : n_train + n_validation])
+    return train, validation
+
+
+def load_dsb(root: Path, seed: int = 0) -> Split:
+    """DSB 2018 fluorescence: 80 training and 20 validation images, split by image (`split_ids`)."""
+    folder = root / "dsb2018-fluo" / "train"
+    paths = {p.stem: p for p in sorted((folder / "images").glob("*.png"))}
+    train, validation = split_ids(list(paths), DSB_TRAIN, DSB_VAL, seed)
+
+    def items(ids: list[str]) -> list[Item]:
+        return [read_item(paths[i], folder / "labels" / paths[i].name) for i in ids]
+
+    return Split("dsb", items(train), items(validation))
+
+
+def load(dataset: str, root: Path, seed: int = 0) -> Split:
+    if dataset == "isbi":
+        return load_isbi(root)
+    if dataset == "dsb":
+        return load_dsb(root, seed)
+    raise ValueError(f"dataset must be 'isbi' or 'dsb', got {dataset!r}")
+
+
+def foreground(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: cell interior (ISBI: 255) or any nucleus (DSB: id > 0)."""
+    return labels != 0
+
+
+# ---------------------------------------------------------------------------------------------- scores
+
+
+def isbi_figures(probs: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, Any]:
+    """ISBI scores over slices: thinned and plain V_rand / V_info (best threshold of the mean curves), the mean
+    of per-slice maxima, and IoU / pixel error of probs > 0.5."""
+    thinned = [isbi_scores(p, t, thinned=True) for p, t in zip(probs, truths)]
+    plain = [isbi_scores(p, t, thinned=False) for p, t in zip(probs, truths)]
+    pixels = average_scores([pixel_scores(p > 0.5, foreground(t)) for p, t in zip(probs, truths)])
+    mean_thinned, mean_plain = average_scores(thinned), average_scores(plain)
+    return {
+        "vrand": mean_thinned["vrand"],
+        "vinfo": mean_thinned["vinfo"],
+        "vrand_threshold": mean_thinned["vrand_threshold"],
+        "vinfo_threshold": mean_thinned["vinfo_threshold"],
+        "vrand_per_slice_max": float(np.mean([s["vrand"] for s in thinned])),
+        "vinfo_per_slice_max": float(np.mean([s["vinfo"] for s in thinned])),
+        "vrand_not_thinned": mean_plain["vrand"],
+        "vinfo_not_thinned": mean_plain["vinfo"],
+        "iou": pixels["iou"],
+        "pixel_error": pixels["pixel_error"],
+    }
+
+
+def instance_figures(probs: list[np.ndarray], truths: list[np.ndarray], config: PostprocessConfig) -> dict[str, Any]:
+    """Mean over images of AP50, mAP, F1 at 0.5 and SEG after `probs_to_labels(probs, config)`."""
+    per_image = [instance_scores(probs_to_labels(p, config), t) for p, t in zip(probs, truths)]
+    mean = average_scores(per_image)
+    return {key: mean[key] for key in ("ap50", "map", "f1_50", "seg", "n_pred", "n_true")}
+
+
+def postprocess_candidates(border_width: int, watershed: bool) -> list[PostprocessConfig]:
+    """Threshold (and, if `watershed`, no watershed or h in WATERSHED_H) at min_size MIN_SIZE."""
+    splits = [(False, 2.0)] + ([(True, h) for h in WATERSHED_H] if watershed else [])
+    return [
+        PostprocessConfig(threshold=t, min_size=MIN_SIZE, watershed=w, watershed_h=h, border_width=border_width)
+        for t in THRESHOLDS
+        for w, h in splits
+    ]
+
+
+def tune_postprocess(
+    probs: list[np.ndarray], truths: list[np.ndarray], candidates: list[PostprocessConfig]
+) -> tuple[PostprocessConfig, list[dict[str, Any]]]:
+    """The candidate with the best mean AP50 (ties: mAP) on these (training) images, and every candidate's score."""
+    table = [{"config": c.to_dict(), **instance_figures(probs, truths, c)} for c in candidates]
+    best = max(range(len(table)), key=lambda i: (round(table[i]["ap50"], 6), table[i]["map"]))
+    return candidates[best], table
+
+
+# ------------------------------------------------------------------------------------------------ ours
+
+
+def calibrate_seconds_per_step(net_config, config, sample: Sample, device: torch.device, steps: int = 6) -> float:
+    """Median seconds of a training step, measured by a throw-away Trainer on one sample (first step excluded)."""
+    trainer = Trainer(UNet(net_config), replace(config, iterations=steps, time_budget=None), [sample], device=device)
+    times, last = [], 0.0
+    for event in trainer.run():
+        if event.kind == "step":
+            times.append(event.elapsed - last)
+            last = event.elapsed
+    return float(np.median(times[1:]))
+
+
+def run_ours(split: Split, preset_name: str, budget: float, device: torch.device, seed: int,
+             tune_count: int, tta: bool) -> dict[str, Any]:
+    """Train ours for `budget` seconds, predict the validation images and score them (and, with `tta`, again)."""
+    net_config, config = preset(preset_name, seed=seed, validate_every=10**9)
+    border_width = 0 if split.dataset == "isbi" else config.border
+    samples = [Sample(item.image, item.labels) for item in split.train]
+    started = time.perf_counter()
+    smallest = min(samples, key=lambda s: s.image.size)
+    step_seconds = calibrate_seconds_per_step(net_config, config, smallest, device)
+    iterations = max(20, int(1.3 * budget / step_seconds))
+    config = replace(config, iterations=iterations, time_budget=budget)
+    calibration_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    trainer = Trainer(UNet(net_config), config, samples, device=device,
+                      postprocess=PostprocessConfig(border_width=border_width))
+    prepare_seconds = time.perf_counter() - started
+    losses, diverged = [], None
+    try:
+        losses = [event.loss for event in trainer.run() if event.kind == "step"]
+    except TrainingDiverged as error:  # the model is back at its last good state (every checkpoint_every steps)
+        diverged = str(error)
+        print(f"  ours: {diverged}; scoring the last good state", flush=True)
+    model = trainer.model
+    final_loss = float(np.mean(losses[-20:])) if losses else None
+    print(f"  ours: {trainer.iteration} iterations in {trainer.elapsed:.0f} s "
+          f"(planned {iterations}, {step_seconds:.2f} s/step at calibration), "
+          f"final loss {'-' if final_loss is None else f'{final_loss:.4f}'}", flush=True)
+
+    def predict(images: list[np.ndarray]) -> list[np.ndarray]:
+        return [predict_tiled(model, image, device=device)[1] for image in images]
+
+    started = time.perf_counter()
+    probs = predict([item.image for item in split.validation])
+    predict_seconds = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "pipeline": f"ours ({preset_name} preset)",
+        "net": net_config.to_dict(),
+        "train": config.to_dict(),
+        "iterations": trainer.iteration,
+        "planned_iterations": iterations,
+        "calibrated_seconds_per_step": step_seconds,
+        "train_seconds": trainer.elapsed,
+        "seconds_per_iteration": trainer.elapsed / max(trainer.iteration, 1),
+        "calibration_seconds": calibration_seconds,
+        "prepare_seconds": prepare_seconds,
+        "predict_seconds": predict_seconds,
+        "final_loss": final_loss,
+        "diverged": diverged,
+    }
+    truths = [item.labels for item in split.validation]
+    if split.dataset == "isbi":
+        result["scores"] = isbi_figures(probs, truths)
+    else:
+        tune = split.train[:tune_count]
+        started = time.perf_counter()
+        tune_probs = predict([item.image for item in tune])
+        best, table = tune_postprocess(tune_probs, [i.labels for i in tune], postprocess_candidates(border_width, True))
+        plain, _ = tune_postprocess(tune_probs, [i.labels for i in tune], postprocess_candidates(border_width, False))
+        result["tune_seconds"] = time.perf_counter() - started
+        result["postprocess"] = best.to_dict()
+        result["tuning"] = table
+        result["scores"] = instance_figures(probs, truths, best)
+        result["scores_without_watershed"] = {"postprocess": plain.to_dict(), **instance_figures(probs, truths, plain)}
+    if tta:
+        from napari_unet.pipeline import predict_tta
+
+        bundle = trainer.bundle()
+        started = time.perf_counter()
+        tta_probs = [predict_tta(bundle, item.raw, device=device)[1] for item in split.validation]
+        result["tta_predict_seconds"] = time.perf_counter() - started
+        if split.dataset == "isbi":
+            result["scores_tta"] = isbi_figures(tta_probs, truths)
+        else:
+            result["scores_tta"] = instance_figures(tta_probs, truths, best)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ peer
+
+
+def run_peer(split: Split, budget: float, device: torch.device, seed: int, tune_count: int) -> dict[str, Any]:
+    """Train the MONAI peer for `budget` seconds, predict the validation images and score them."""
+    from peer_monai import PeerConfig, predict_peer, train_peer
+
+    config = PeerConfig(seed=seed)
+    torch.manual_seed(seed)
+    net, info = train_peer([i.image for i in split.train], [foreground(i.labels) for i in split.train],
+                           budget, config, device)
+    print(f"  peer: {info['iterations']} iterations ({info['epochs']} epochs) in {info['train_seconds']:.0f} s, "
+          f"final loss {info['final_loss']:.4f}", flush=True)
+
+    def predict(images: list[np.ndarray]) -> list[np.ndarray]:
+        return [predict_peer(net, image, config, device) for image in images]
+
+    started = time.perf_counter()
+    probs = predict([item.image for item in split.validation])
+    result: dict[str, Any] = {
+        "pipeline": "MONAI BasicUNet peer",
+        "config": config.to_dict(),
+        **info,
+        "predict_seconds": time.perf_counter() - started,
+    }
+    truths = [item.labels for item in split.validation]
+    if split.dataset == "isbi":
+        result["scores"] = isbi_figures(probs, truths)
+    else:
+        tune = split.train[:tune_count]
+        started = time.perf_counter()
+        tune_probs = predict([item.image for item in tune])
+        tune_truths = [i.labels for i in tune]
+        best, table = tune_postprocess(tune_probs, tune_truths, postprocess_candidates(0, False))
+        with_watershed, _ = tune_postprocess(tune_probs, tune_truths, postprocess_candidates(0, True))
+        result["tune_seconds"] = time.perf_counter() - started
+        result["postprocess"] = best.to_dict()
+        result["tuning"] = table
+        result["scores"] = instance_figures(probs, truths, best)
+        result["scores_with_watershed"] = {
+            "postprocess": with_watershed.to_dict(), **instance_figures(probs, truths, with_watershed)
+        }
+    return result
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+FIGURES = {
+    "isbi": [("vrand", "V_rand (thinned)", True), ("vinfo", "V_info (thinned)", True),
+             ("vrand_not_thinned", "V_rand (not thinned)", True), ("vinfo_not_thinned", "V_info (not thinned)", True),
+             ("iou", "foreground IoU", True), ("pixel_error", "pixel error", False)],
+    "dsb": [("ap50", "AP50", True), ("map", "mAP 0.5:0.95", True), ("f1_50", "F1 @ 0.5", True),
+            ("seg", "SEG", True)],
+}
+
+
+def markdown_table(dataset: str, ours: dict[str, Any], peer: dict[str, Any]) -> str:
+    """Ours against the peer, figure by figure, with the ratio ours / peer and which is better."""
+    tta = ours.get("scores_tta")
+    header = "| figure | ours | peer (MONAI) | ours / peer | better |" + (" ours + TTA |" if tta else "")
+    lines = [header, "|---|---|---|---|---|" + ("---|" if tta else "")]
+    for key, name, higher in FIGURES[dataset]:
+        a, b = ours["scores"][key], peer["scores"][key]
+        ratio = a / b if b else float("inf")
+        better = "tie" if a == b else ("ours" if (a > b) == higher else "peer")
+        row = f"| {name} | {a:.4f} | {b:.4f} | {ratio:.3f} | {better} |"
+        lines.append(row + (f" {tta[key]:.4f} |" if tta else ""))
+    lines.append(f"| training iterations | {ours['iterations']} | {peer['iterations']} | | |" + (" |" if tta else ""))
+    lines.append(f"| training seconds | {ours['train_seconds']:.0f} | {peer['train_seconds']:.0f} | | |"
+                 + (" |" if tta else ""))
+    return "\n".join(lines)
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    try:
+        import monai
+
+        found["monai"] = monai.__version__
+    except ImportError:
+        found["monai"] = "not installed"
+    return found
+
+
+def run_dataset(dataset: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    started = time.perf_counter()
+    load_start = os.getloadavg()
+    split = load(dataset, args.data, args.seed)
+    tune_count = 4 if args.quick else DSB_TUNE
+    if args.quick:
+        split = Split(split.dataset, split.train, split.validation[: 2 if dataset == "isbi" else 4])
+    print(f"{dataset}: {len(split.train)} training, {len(split.validation)} validation images; "
+          f"{args.budget:.0f} s of training per pipeline on {device} ({torch.get_num_threads()} torch threads), "
+          f"load average {load_start[0]:.1f}", flush=True)
+    ours = run_ours(split, args.preset, args.budget, device, args.seed, tune_count, not args.no_tta)
+    load_middle = os.getloadavg()
+    peer = run_peer(split, args.budget, device, args.seed, tune_count)
+    load_end = os.getloadavg()
+    table = markdown_table(dataset, ours, peer)
+    print(table, flush=True)
+    return {
+        "benchmark": "real_data",
+        "dataset": dataset,
+        "quick": args.quick,
+        "budget_seconds": args.budget,
+        "preset": args.preset,
+        "device": str(device),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_average_start": list(load_start),
+        "load_average_between": list(load_middle),
+        "load_average_end": list(load_end),
+        "versions": versions(),
+        "seed": args.seed,
+        "split": {"train": [i.name for i in split.train], "validation": [i.name for i in split.validation],
+                  "tuning": [i.name for i in split.train[:tune_count]] if dataset == "dsb" else []},
+        "ours": ours,
+        "peer": peer,
+        "ratios_ours_over_peer": {
+            key: ours["scores"][key] / peer["scores"][key] if peer["scores"][key] else None
+            for key, _, _ in FIGURES[dataset]
+        },
+        "table": table,
+        "wall_seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=("isbi", "dsb", "both"), default="both")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="training seconds per pipeline and dataset (default 600; 30 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="short budget, few validation and tuning images")
+    parser.add_argument("--preset", choices=("fast", "paper"), default="fast", help="our training preset")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (both pipelines)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-tta", action="store_true", help="skip the test-time augmentation row")
+    parser.add_argument("--data", type=Path, default=DATA, help="folder holding isbi2012/ and dsb2018-fluo/")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for real_<dataset>.json")
+    args = parser.parse_args(argv)
+    if args.budget is None:
+        args.budget = 30.0 if args.quick else 600.0
+    if args.budget <= 0:
+        parser.error(f"--budget must be > 0 seconds, got {args.budget}")
+    datasets = ("isbi", "dsb") if args.dataset == "both" else (args.dataset,)
+    folders = {"isbi": "isbi2012", "dsb": "dsb2018-fluo"}
+    missing = [folders[d] for d in datasets if not (args.data / folders[d]).is_dir()]
+    if missing:
+        print(f"skipped: real data not found ({', '.join(missing)} under {args.data}); "
+              "it lives in ../shared/data beside the repository on the developers' machines", file=sys.stderr)
+        return 0
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = select_device(args.device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for dataset in datasets:
+        result = run_dataset(dataset, args, device)
+        path = args.out / f"real_{dataset}{'_quick' if args.quick else ''}.json"
+        path.write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
