@@ -405,3 +405,15 @@ def test_real_isbi_labels_score_one_against_themselves(shared_data):
     shifted = np.roll(probs, 2, axis=0)
     worse = isbi_scores(shifted, truth, thinned=False)
     assert 0.3 < worse["vrand"] < 1.0 and 0.3 < worse["vinfo"] < 1.0
+
+
+def test_average_scores_keeps_the_thresholds_of_many_isbi_slices():
+    """Averaging the threshold lists themselves would turn 0.1 into 0.10000000000000002 with 3 slices."""
+    rng = np.random.default_rng(0)
+    truth = np.ones((24, 24), np.uint8)
+    truth[::6, :] = 0
+    truth[:, ::6] = 0
+    slices = [isbi_scores(np.clip(truth + rng.normal(0, 0.3, truth.shape), 0, 1), truth) for _ in range(5)]
+    mean = average_scores(slices)
+    assert mean["thresholds"] == list(slices[0]["thresholds"]) and mean["n_images"] == 5
+    assert min(s["vrand"] for s in slices) - 1e-9 <= mean["vrand"] <= max(s["vrand"] for s in slices) + 1e-9

@@ -516,8 +516,11 @@ def average_scores(scores: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             mean[key] = float(np.mean(values))
         elif all(isinstance(v, (list, tuple, np.ndarray)) for v in values) and len({len(v) for v in values}) == 1:
             mean[key] = [float(v) for v in np.mean(np.asarray(values, dtype=np.float64), axis=0)]
-    if "thresholds" in mean and any(list(s["thresholds"]) != mean["thresholds"] for s in scores):
-        raise ValueError("ISBI curves of different thresholds cannot be averaged; score every image alike")
+    if "thresholds" in mean:
+        first = list(scores[0]["thresholds"])
+        if any(list(s["thresholds"]) != first for s in scores[1:]):
+            raise ValueError("ISBI curves of different thresholds cannot be averaged; score every image alike")
+        mean["thresholds"] = [float(t) for t in first]  # not their mean: 3 x 0.1 averages to 0.10000000000000002
     if "thresholds" in mean and all(f"{key}_curve" in mean for key in _CURVES):
         curves = {key: mean[f"{key}_curve"] for key in _CURVES}
         mean.update(_best_over_thresholds(mean["thresholds"], curves))
