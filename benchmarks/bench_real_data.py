@@ -52,7 +52,7 @@ DATA = REPO.parent / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
 ISBI_TRAIN, ISBI_VAL = range(0, 15), range(15, 20)
 DSB_TRAIN, DSB_VAL, DSB_TUNE = 80, 20, 20
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 WATERSHED_H = (1.0, 2.0, 3.0)
 MIN_SIZE = 16
 

@@ -32,7 +32,7 @@ SCORE_COLUMNS = {
 }
 DEMO_IMAGES = 4  # synthetic training images (one of them held out for validation), plus one test image
 DEMO_SHAPE = (256, 256)
-DEMO_ITERATIONS = 300
+DEMO_ITERATIONS = 600
 
 
 def main(argv: Sequence[str] | None = None) -> int:
