@@ -130,3 +130,20 @@ def test_bad_situations_are_notifications(make_napari_viewer_proxy, tiny_bundle,
     widget.reset_choices()
     assert widget.run() is None and "RGB" in messages[-1]
     assert widget.load_model("/nonexistent/model") is False and "Cannot load" in messages[-1]
+
+
+def test_a_lazy_stack_is_segmented_plane_by_plane(make_napari_viewer_proxy, qtbot, tiny_bundle):
+    import dask.array as da
+
+    planes = [make_cells((96, 128), seed=seed)[0] for seed in range(3)]
+    stack = da.from_array(np.stack(planes), chunks=(1, 48, 64))
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(stack, name="time series")
+    widget = open_dock(viewer, tiny_bundle)
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as done:
+        widget.run()
+    labels = done.args[0]
+    assert labels.shape == (3, 96, 128) and widget.labels_layer.data.shape == (3, 96, 128)
+    for plane, image in zip(labels, planes):
+        probs = tiny_bundle.predict(image, tile_size=TILE, device="cpu")
+        np.testing.assert_array_equal(plane, probs_to_labels(probs[1], widget.postprocess_config()))

@@ -58,7 +58,7 @@ from ._layers import (
 from ._plot import LossPlot
 from ._segment import _available_devices
 from ._state import Session, TrainingRun, session_for
-from ._workers import alive, start_worker
+from ._workers import alive, generator_worker, start_worker
 
 START_NEW, START_SESSION, START_FILE = "new model", "the session's model", "a saved model…"
 DEFAULT_MARGIN = 12  # px of background kept around sparsely annotated cells
@@ -120,11 +120,6 @@ def run_training(job: TrainingJob) -> Generator[TrainEvent, None, Path]:
     finally:
         events.close()  # stopped: the trainer saves its last completed step to the checkpoint
     return job.checkpoint
-
-
-def _drive(generator: Iterator[TrainEvent]) -> Generator[TrainEvent, None, Any]:
-    """The worker's generator: delegates to `generator`, which the dock keeps so it can close it after quit()."""
-    return (yield from generator)
 
 
 def measure_steps(config: UNetConfig, tile_size: int, batch_size: int, device: str) -> Generator[float, None, float]:
@@ -334,10 +329,9 @@ class FineTuneWidget(QWidget):
         self.status.setText(f"Preparing {len(job.images)} image(s) on {describe_device(select_device(job.device))}…")
         self.session.training = True
         self._generator = run_training(job)
-        self.worker = create_worker(
-            _drive, self._generator, _progress={"total": job.config.iterations, "desc": "U-Net: training"},
-            _ignore_errors=True, _start_thread=False,
-        )
+        # closed by _closer after a Stop, in a worker: closing saves the model
+        self.worker = generator_worker(self._generator, close_when_done=False,
+                                       _progress={"total": job.config.iterations, "desc": "U-Net: training"})
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_completed)
         self.worker.errored.connect(self._on_error)
@@ -421,8 +415,7 @@ class FineTuneWidget(QWidget):
         self.estimate_label.setText(f"{describe_device(select_device(device))}: measuring a training step…")
         if self._estimate_worker is not None:
             self._estimate_worker.quit()  # superseded
-        worker = create_worker(measure_steps, config, tile, batch, device, _ignore_errors=True,
-                               _start_thread=False)
+        worker = generator_worker(measure_steps(config, tile, batch, device))
         worker.returned.connect(lambda seconds: alive(self) and self._estimated(key, seconds))
         worker.errored.connect(lambda error: alive(self) and self.estimate_label.setText(
             f"cannot measure a step: {error}"))

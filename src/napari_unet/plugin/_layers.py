@@ -8,12 +8,11 @@ lazy: a plane is a view, read window by window by the tiling code.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox
 
 METADATA_KEY = "napari_unet"  # layer.metadata[METADATA_KEY] = {"axes": "CYX", "channel": i, "channels": n, ...}
 
@@ -22,11 +21,10 @@ class LayerProblem(ValueError):
     """A layer the dock cannot use; the message is shown to the user as a napari notification."""
 
 
-def layer_combo(
-    viewer: Any, kind: type | tuple[type, ...], label: str, *, optional: str | None = None
-) -> ComboBox:
-    """A drop-down of the viewer's layers of `kind` (refreshed by the dock's `reset_choices`); `optional`: the
-    text of the "no layer" entry (value None), for optional layers."""
+def layer_combo(viewer: Any, kind: type | tuple[type, ...], label: str, *, optional: str | None = None) -> Any:
+    """A magicgui drop-down of the viewer's layers of `kind` (refreshed by the dock's `reset_choices`);
+    `optional`: the text of the "no layer" entry (value None), for optional layers."""
+    from magicgui.widgets import ComboBox
 
     def choices(_widget: Any) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
@@ -35,12 +33,6 @@ def layer_combo(
     if optional is not None:
         combo.null_string = optional
     return combo
-
-
-def select_layer(combo: ComboBox, layer: Any) -> None:
-    """Choose `layer` in `combo` (refreshing the choices first: the layer may have just been added)."""
-    combo.reset_choices()
-    combo.value = layer
 
 
 def layer_data(layer: Any) -> Any:
@@ -256,7 +248,3 @@ def wrapped_label(text: str = "", lines: int = 2) -> Any:
     label.setMinimumHeight(label.fontMetrics().lineSpacing() * lines + 4)
     return label
 
-
-def iter_planes(stack: PlaneStack) -> Iterator[tuple[tuple[int, ...], Any]]:
-    for index in stack.planes:
-        yield index, stack.plane(index)

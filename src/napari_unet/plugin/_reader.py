@@ -4,6 +4,9 @@ npe2's reader contract: `get_*_reader(path)` returns None when it cannot read `p
 readers) or a function `read(path) -> list of layer data tuples`. A model folder holds no layer: its reader
 loads the model into the viewer's session and the Segment dock and returns `[(None,)]`, napari's sentinel for
 "read, nothing to add"; without a viewer there is nothing to load into and it returns `[]` ("no data").
+
+napari imports this module to ask whether it can read a dropped file, so torch (through `modelfile`) is only
+imported once a model folder is actually read.
 """
 
 from __future__ import annotations
@@ -15,13 +18,12 @@ from typing import Any
 import numpy as np
 
 from napari_unet.io import read_image
-from napari_unet.modelfile import CONFIG_FILE, WEIGHTS_FILE, is_model_folder, load_model
 
 from ._autosave import is_annotation_file
 from ._layers import METADATA_KEY
-from ._state import session_for
 
 PLUGIN = "napari-unet-2015"
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"  # as in napari_unet.modelfile
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 LayerData = tuple[Any, ...]
 
@@ -33,7 +35,7 @@ def get_model_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] 
         return None
     if folder.name in (CONFIG_FILE, WEIGHTS_FILE):
         folder = folder.parent
-    return read_model if is_model_folder(folder) else None
+    return read_model if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file() else None
 
 
 def read_model(path: str | list[str]) -> list[LayerData]:
@@ -43,6 +45,10 @@ def read_model(path: str | list[str]) -> list[LayerData]:
     """
     import napari
     from napari.utils.notifications import show_info
+
+    from napari_unet.modelfile import load_model
+
+    from ._state import session_for
 
     folder = _single(path)
     if folder is not None and folder.name in (CONFIG_FILE, WEIGHTS_FILE):

@@ -9,6 +9,7 @@ is kept, so the threshold and minimum size can be retuned without running the ne
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,9 +42,10 @@ from napari_unet.tiling import auto_stride, iter_predict_tiles, prepare_model, t
 
 from ._layers import LayerProblem, PlaneStack, debounced, layer_combo, plane_stack, throttled, wrapped_label
 from ._state import Session, session_for
-from ._workers import alive, start_worker
+from ._workers import alive, generator_worker, start_worker
 
 REFRESH_MS = 100  # at most ~10 layer refreshes per second while tiles stream in
+REFRESH_BUDGET = 8  # ...and at least 8x the time a refresh takes between two (large layers redraw slowly)
 RETUNE_MS = 250  # post-processing reruns this long after the last change of threshold or minimum size
 
 
@@ -247,10 +249,8 @@ class SegmentWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.session.segmenting = True
-        self.worker = create_worker(
-            stream_tiles, bundle, stack, stride, device, config,
-            _progress={"total": total, "desc": "U-Net: segmenting"}, _ignore_errors=True, _start_thread=False,
-        )
+        self.worker = generator_worker(stream_tiles(bundle, stack, stride, device, config),
+                                       _progress={"total": total, "desc": "U-Net: segmenting"})
         self.worker.yielded.connect(self._write_tile)
         self.worker.errored.connect(self._failed)
         self.worker.aborted.connect(self._aborted)
@@ -288,11 +288,18 @@ class SegmentWidget(QWidget):
         self._refresh_soon()
 
     def _refresh_layers(self, thumbnail: bool = False) -> None:
-        """Redraw the layers from their arrays (written in place); thumbnails only at the end (they cost)."""
+        """Redraw the layers from their arrays (written in place); thumbnails only at the end.
+
+        A full redraw of a large layer takes long on the main thread (colour mapping, then a texture upload
+        when the canvas paints), so the next one waits at least REFRESH_BUDGET times as long as this took.
+        """
+        started = time.perf_counter()
         for layer in (self.labels_layer, self.probs_layer):
             if layer is not None and layer in self.viewer.layers:
                 layer.refresh(extent=False, thumbnail=thumbnail)
         self.layer_refreshes += 1
+        spent_ms = (time.perf_counter() - started) * 1000
+        self._refresh_soon.timer.setInterval(max(REFRESH_MS, int(REFRESH_BUDGET * spent_ms)))
 
     def _tiles_finished(self) -> None:
         self.worker = None

@@ -9,6 +9,7 @@ application down aborts the process.
 from __future__ import annotations
 
 import atexit
+from collections.abc import Iterator
 from typing import Any
 
 _RUNNING: set[Any] = set()
@@ -29,6 +30,46 @@ def start_worker(worker: Any, owner: Any = None) -> Any:
     return worker
 
 
+def worker_threads() -> int:
+    """Torch threads for a worker: one fewer than the main thread's setting (at least one), read on the main thread.
+
+    Measured on a 2-core machine (benchmarks/bench_responsiveness.py): with every core busy in torch, the
+    window's repaints and torch's OpenMP threads wait on each other; leaving a core to the main thread made the
+    longest stall 7x shorter and training and segmentation 2-5x faster. torch's thread count is per thread (the
+    main thread keeps its own), so the worker sets it for itself.
+    """
+    import torch
+
+    return max(1, torch.get_num_threads() - 1)
+
+
+def drive(generator: Iterator[Any], threads: int | None = None) -> Iterator[Any]:
+    """The worker's generator function: sets this thread's torch threads, then delegates to `generator`, an
+    object the caller keeps (to close it)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return (yield from generator)
+
+
+def generator_worker(generator: Iterator[Any], *, close_when_done: bool = True, **options: Any) -> Any:
+    """A napari worker (not started) that runs `generator` with `worker_threads()` torch threads, with napari's
+    `_progress`-style `options`.
+
+    napari's quit() stops asking for items but leaves the generator open, so its `finally` blocks (a trainer
+    saving its model) would wait for the garbage collector; with `close_when_done` the generator is closed on the
+    main thread once the worker has finished.
+    """
+    from napari.qt.threading import create_worker
+
+    worker = create_worker(drive, generator, worker_threads(), _ignore_errors=True, _start_thread=False,
+                           **options)
+    if close_when_done:
+        worker.finished.connect(generator.close)
+    return worker
+
+
 def await_workers(msecs: int = EXIT_WAIT_MS) -> bool:
     """Ask every running worker to quit and wait up to `msecs` for all threads; True when they all ended."""
     from qtpy.QtCore import QThreadPool
@@ -45,3 +86,4 @@ def alive(widget: Any) -> bool:
     except RuntimeError:
         return False
     return True
+
