@@ -16,7 +16,7 @@ from napari_unet.plugin._segment import SegmentWidget
 
 pytestmark = [pytest.mark.viewer, pytest.mark.slow]
 
-ITERATIONS = 300
+ITERATIONS = 400  # the "fast" preset's default
 
 
 def test_annotate_a_few_cells_fine_tune_and_segment(make_napari_viewer_proxy, qtbot, tmp_path, screenshot):
@@ -47,9 +47,15 @@ def test_annotate_a_few_cells_fine_tune_and_segment(make_napari_viewer_proxy, qt
     segment.image_combo.value = image_layer
     with qtbot.waitSignal(segment.segmented, timeout=300_000) as done:
         segment.run()
-    scores = instance_scores(done.args[0], truth)
+    scores = {"threshold": instance_scores(done.args[0], truth)}
+    with qtbot.waitSignal(segment.segmented, timeout=300_000) as split:
+        segment.split_check.setChecked(True)  # retuned from the kept probabilities, no new prediction
+    scores["threshold + watershed"] = instance_scores(split.args[0], truth)
+    if scores["threshold"]["f1_50"] > scores["threshold + watershed"]["f1_50"]:
+        with qtbot.waitSignal(segment.segmented, timeout=300_000):
+            segment.split_check.setChecked(False)  # keep the better one, as a user comparing both would
     annotations.visible = False
     screenshot(viewer, "segment")
     (tmp_path / "scores.json").write_text(json.dumps(scores))
     print(f"\nafter {ITERATIONS} iterations on {len(few)} annotated cells: {scores}")
-    assert scores["f1_50"] > 0.5, scores
+    assert max(s["f1_50"] for s in scores.values()) > 0.75, scores

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ from ._layers import (
     wrapped_label,
 )
 from ._plot import LossPlot
-from ._segment import _available_devices
+from ._segment import available_devices
 from ._state import Session, TrainingRun, session_for
 from ._workers import alive, generator_worker, start_worker
 
@@ -84,7 +84,6 @@ class TrainingJob:
     device: str
     checkpoint: Path
     trainer: Trainer | None = None
-    started: float = field(default_factory=time.perf_counter)
 
 
 def training_samples(job: TrainingJob) -> list[Sample]:
@@ -96,9 +95,8 @@ def training_samples(job: TrainingJob) -> list[Sample]:
     context = job.config.tile_size // 2 + 1
     samples = []
     for image, labels, mask in zip(job.images, job.labels, job.masks):
-        region = mask if mask is not None else None
-        if region is not None:
-            rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+        if mask is not None:
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
             box = (slice(max(rows[0] - context, 0), rows[-1] + 1 + context),
                    slice(max(cols[0] - context, 0), cols[-1] + 1 + context))
         else:
@@ -233,7 +231,7 @@ class FineTuneWidget(QWidget):
         self.budget_spin.setSpecialValueText("none")
         self.budget_spin.setSuffix(" min")
         self.device_combo = QComboBox()
-        self.device_combo.addItems(_available_devices())
+        self.device_combo.addItems(available_devices())
         self.estimate_label = wrapped_label()
         self.start_button = QPushButton("Start")
         self.pause_button = QPushButton("Pause")
@@ -478,7 +476,9 @@ class FineTuneWidget(QWidget):
         if self.session.augment is not None:
             config = replace(config, augment=self.session.augment)
         if base is None:
-            net = UNet(net_config, in_channels=channels, **self.net_overrides)
+            with torch.random.fork_rng():  # a new network's weights follow the run's seed, as its training does
+                torch.manual_seed(config.seed)
+                net = UNet(net_config, in_channels=channels, **self.net_overrides)
             normalization, postprocess = Normalization(), None
         else:
             net, normalization, postprocess = base.net, base.normalization, base.postprocess

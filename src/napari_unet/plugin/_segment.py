@@ -134,7 +134,7 @@ class SegmentWidget(QWidget):
         self.tile_spin.setSpecialValueText("auto")
         self.tile_spin.setToolTip("Output tile side in pixels; 'auto' picks the largest that fits in memory")
         self.device_combo = QComboBox()
-        self.device_combo.addItems(_available_devices())
+        self.device_combo.addItems(available_devices())
         self.probs_check = QCheckBox("also show the probability map")
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
@@ -363,7 +363,8 @@ class SegmentWidget(QWidget):
             self.load_model(path)
 
 
-def _available_devices() -> list[str]:
+def available_devices() -> list[str]:
+    """The device choices of the docks: "auto", "cpu", and "cuda" / "mps" when present."""
     names = ["auto", "cpu"]
     if torch.cuda.is_available():
         names.append("cuda")
