@@ -138,3 +138,18 @@ def test_autosaved_annotations_are_offered_back(make_napari_viewer_proxy, qtbot,
     restored = widget.restore_annotations()
     np.testing.assert_array_equal(restored.data, few_cells(labels))
     assert widget.labels_combo.value is restored or widget.labels_combo.value == restored
+
+
+def test_closing_the_dock_during_training_keeps_the_model(make_napari_viewer_proxy, qtbot, tmp_path, cells):
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, qtbot, tmp_path, image, few_cells(labels), iterations=100_000)
+    session = session_for(viewer)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.history.losses) >= 2, timeout=30_000)
+    job = widget.job
+    viewer.window.remove_dock_widget(widget)
+    widget.deleteLater()
+    qtbot.waitUntil(lambda: not session.training, timeout=30_000)
+    assert session.bundle is not None and session.bundle.net is job.trainer.model
+    assert load_model(session.model_path).metadata["iterations"] == job.trainer.iteration

@@ -146,13 +146,23 @@ def measure_steps(config: UNetConfig, tile_size: int, batch_size: int, device: s
     return float(np.median(times[1:]))
 
 
-def _closer(generator: Iterator[TrainEvent], widget: QWidget):
+def _closer(generator: Iterator[TrainEvent], widget: QWidget, job: TrainingJob, session: Session):
     """The `aborted` slot of a training worker: napari's quit() leaves the generator open, so close it in
-    another worker (the trainer's `finally` saves the model there), then tell the dock if it still exists."""
+    another worker (the trainer's `finally` saves the model there), then tell the dock; if the dock was closed
+    meanwhile (which quits its worker), keep the model in the session all the same."""
+
+    def closed() -> None:
+        if alive(widget):
+            widget._stopped()
+            return
+        session.training = False
+        if job.trainer is not None and job.trainer.iteration > 0:
+            saved = job.checkpoint if (job.checkpoint / "config.json").is_file() else None
+            session.set_model(job.trainer.bundle(), saved)
 
     def close() -> None:
         closer = create_worker(generator.close, _ignore_errors=True, _start_thread=False)
-        closer.finished.connect(lambda: alive(widget) and widget._stopped())
+        closer.finished.connect(closed)
         closer.errored.connect(lambda error: show_error(f"Saving the stopped model failed: {error}"))
         start_worker(closer)
 
@@ -336,7 +346,7 @@ class FineTuneWidget(QWidget):
         self.worker.paused.connect(self._paused)
         self.worker.resumed.connect(self._resumed)
         # not a method of the dock: a closed dock must still close the generator (which saves the model)
-        self.worker.aborted.connect(_closer(self._generator, self))
+        self.worker.aborted.connect(_closer(self._generator, self, job, self.session))
         self.worker.aborted.connect(self._aborted)
         self.worker.finished.connect(self._worker_finished)
         self._outcome = ""
@@ -602,6 +612,8 @@ class FineTuneWidget(QWidget):
         self.pause_button.setText("Pause")
 
     def _show_model(self, _bundle: Any = None) -> None:
+        if not alive(self):  # the session and the viewer outlive a closed dock
+            return
         self.model_label.setText("model: " + self.session.describe_model())
 
     def _start_choice_changed(self, text: str) -> None:
@@ -653,6 +665,8 @@ class FineTuneWidget(QWidget):
         )
 
     def _layer_added(self, event: Any) -> None:
+        if not alive(self):
+            return
         layer = event.value
         path = getattr(getattr(layer, "source", None), "path", None)
         if not isinstance(layer, Image) or not path or _autosave.is_annotation_file(path):

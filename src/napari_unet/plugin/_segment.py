@@ -346,6 +346,8 @@ class SegmentWidget(QWidget):
         self.status.setText(f"Failed: {error}")
 
     def _show_model(self, _bundle: Any = None) -> None:
+        if not alive(self):  # the session outlives a closed dock
+            return
         self.model_label.setText(self.session.describe_model())
         bundle = self.session.bundle
         if bundle is not None:
