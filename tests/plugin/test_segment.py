@@ -115,7 +115,7 @@ def test_cancel_midway_leaves_every_tile_written_or_untouched(make_napari_viewer
     assert "Cancelled" in widget.status.text()
 
 
-def test_bad_situations_are_notifications(make_napari_viewer_proxy, tiny_bundle, monkeypatch):
+def test_bad_situations_are_notifications(make_napari_viewer_proxy, qtbot, tiny_bundle, monkeypatch):
     from napari_unet.plugin import _segment
 
     messages = []
@@ -130,6 +130,13 @@ def test_bad_situations_are_notifications(make_napari_viewer_proxy, tiny_bundle,
     widget.reset_choices()
     assert widget.run() is None and "RGB" in messages[-1]
     assert widget.load_model("/nonexistent/model") is False and "Cannot load" in messages[-1]
+
+    viewer.add_image(np.full((64, 64), np.nan, np.float32), name="empty")
+    widget.reset_choices()
+    widget.image_combo.value = viewer.layers["empty"]
+    worker = widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
+    assert worker is not None and "NaN" in messages[-1]
 
 
 def test_a_lazy_stack_is_segmented_plane_by_plane(make_napari_viewer_proxy, qtbot, tiny_bundle):

@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet.device import describe_device, select_device
+from napari_unet.io import check_image
 from napari_unet.modelfile import ModelBundle, load_model
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 from napari_unet.tiling import auto_stride, iter_predict_tiles, prepare_model, tile_grid
@@ -80,6 +81,8 @@ def stream_tiles(
     done = next_id = 0
     for index in stack.planes:
         plane = stack.plane(index)
+        if isinstance(plane, np.ndarray) and not isinstance(plane, np.memmap):
+            check_image(plane, "CYX")  # NaN, infinite or constant: a clear error (lazy planes are not scanned twice)
         preprocess = bundle.preprocessor(plane, "CYX")
         for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
             probs_fg = np.ascontiguousarray(result.probs[1], dtype=np.float32)
