@@ -7,6 +7,7 @@ import pytest
 
 from napari_unet.plugin._weightmap import WeightMapWidget
 from napari_unet.synthetic import touching_pairs
+from napari_unet.training import PRESETS
 from napari_unet.targets import make_target
 from napari_unet.weights import weight_map
 
@@ -24,15 +25,16 @@ def test_sliders_update_the_weight_map_layer(make_napari_viewer_proxy, qtbot, ce
     with qtbot.waitSignal(widget.updated, timeout=20_000) as first:
         viewer.window.add_dock_widget(widget, name="Weight map")
     layer = widget.layer
-    np.testing.assert_allclose(layer.data, weight_map(labels, 10.0, 5.0), rtol=1e-6)
+    training = PRESETS["fast"][1]
+    np.testing.assert_allclose(layer.data, weight_map(labels, training.w0, training.sigma), rtol=1e-6)
     assert first.args[0] is layer.data
     screenshot(viewer, "weight_map")
 
     before = layer.data.copy()
     with qtbot.waitSignal(widget.updated, timeout=20_000):
-        widget.w0_slider.setValue(25.0)
+        widget.w0_slider.setValue(training.w0 + 20.0)
     assert widget.layer is layer, "the same layer is updated, not a new one added"
-    np.testing.assert_allclose(layer.data, weight_map(labels, 25.0, 5.0), rtol=1e-6)
+    np.testing.assert_allclose(layer.data, weight_map(labels, training.w0 + 20.0, training.sigma), rtol=1e-6)
     increased = layer.data > before + 1e-4
     assert increased.any(), "a larger w0 should raise the border ridges"
     assert (make_target(labels)[increased] == 0).all(), "only background (the gaps between cells) may change"
@@ -40,6 +42,7 @@ def test_sliders_update_the_weight_map_layer(make_napari_viewer_proxy, qtbot, ce
     with qtbot.waitSignal(widget.updated, timeout=20_000):
         widget.sigma_slider.setValue(2.0)
         widget.balance_check.setChecked(False)
-    np.testing.assert_allclose(layer.data, weight_map(labels, 25.0, 2.0, class_weights=None), rtol=1e-6)
+    np.testing.assert_allclose(layer.data, weight_map(labels, training.w0 + 20.0, 2.0, class_weights=None),
+                               rtol=1e-6)
     assert layer.colormap.name == "magma"
     assert len([x for x in viewer.layers if x.name == "weight map"]) == 1

@@ -18,6 +18,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QSpinBox, QVBoxLayout, QWidget
 from superqt import QLabeledDoubleSlider
 
+from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
 
 from ._layers import debounced, layer_combo, wrapped_label
@@ -40,14 +41,15 @@ class WeightMapWidget(QWidget):
         self.weights: np.ndarray | None = None
         self._runs = 0
 
+        training = PRESETS["fast"][1]  # start from what the default training uses
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels")
-        self.w0_slider = _slider(0.0, 50.0, 10.0, 1)
-        self.sigma_slider = _slider(0.5, 25.0, 5.0, 1)
+        self.w0_slider = _slider(0.0, 100.0, training.w0, 1)
+        self.sigma_slider = _slider(0.5, 25.0, training.sigma, 1)
         self.balance_check = QCheckBox("class balance w_c")
         self.balance_check.setChecked(True)
         self.border_spin = QSpinBox()
         self.border_spin.setRange(1, 8)
-        self.border_spin.setValue(1)
+        self.border_spin.setValue(training.border)
         self.border_spin.setToolTip("Background border (px) cut between touching cells in the target")
         self.status = wrapped_label(lines=3)
 
