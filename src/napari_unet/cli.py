@@ -509,6 +509,9 @@ def _make_trainer(args: argparse.Namespace, train, validation):
                        postprocess)
     channels = train[0].image.shape[0] if train[0].image.ndim == 3 else 1
     net_config = with_overrides(net_config, in_channels=channels, depth=args.depth, base_channels=args.base_channels)
+    import torch
+
+    torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
     return Trainer(UNet(net_config), config, train, validation, args.device, args.out)
 
 
@@ -717,6 +720,9 @@ def _demo(args: argparse.Namespace) -> int:
         if not is_model_folder(model_dir):
             raise ValueError(f"{model_dir} exists and is not a model folder; choose another --out")
         shutil.rmtree(model_dir)  # a model of an earlier demo: the new one replaces it
+    import torch
+
+    torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
     trainer = Trainer(UNet(net_config), config, samples[:-1], samples[-1:], args.device, model_dir)
     _note(f"demo: training the fast preset for {args.iterations} iterations on {len(samples) - 1} synthetic "
           f"{DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} images ({_describe(trainer.device)})", args.quiet)

@@ -48,7 +48,8 @@ class TrainConfig:
     optimizer: "adam" or "sgd" (with `momentum`; the paper: SGD, momentum 0.99, one large tile per batch).
     schedule: "constant" or "cosine" (learning rate decays to 5% over `iterations`).
     w0, sigma, border: weight map border term and the separation border width between touching cells (px).
-    time_budget: seconds; training stops (and saves) when exceeded, whatever `iterations` says.
+    time_budget: seconds of training steps (time paused or spent by the consumer between events does not
+        count); training stops (and saves) when exceeded, whatever `iterations` says.
     """
 
     iterations: int = 400
@@ -218,12 +219,12 @@ class Trainer:
         Closing the generator early saves the last completed step (if a checkpoint folder was given).
         """
         config = self.config
-        started = time.perf_counter() - self.elapsed
         saved_at = self.iteration if self.iteration else -1
         try:
             while self.iteration < config.iterations:
+                started = time.perf_counter()
                 loss = self._step()
-                self.elapsed = time.perf_counter() - started
+                self.elapsed += time.perf_counter() - started  # training time: pauses and consumers don't count
                 preview = self._preview() if self._preview_requested else None
                 yield self._event("step", loss, preview=preview)
                 if self.iteration % config.validate_every == 0 and self.iteration < config.iterations:
