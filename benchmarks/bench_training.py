@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="60 s per candidate")
     parser.add_argument("--budget", type=float, default=None, help="training seconds per candidate (default 300)")
     parser.add_argument("--only", nargs="*", default=None, help="names (prefixes) of the candidates to run")
+    parser.add_argument("--iterations", type=int, default=None, help="override every candidate's iterations")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=RESULTS / "training.json")
     args = parser.parse_args(argv)
@@ -118,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (net, config) in candidates().items():
         if args.only and not any(name.startswith(prefix) for prefix in args.only):
             continue
+        if args.iterations:
+            config = replace(config, iterations=args.iterations)
         rows.append(run_candidate(name, net, config, train, tests, budget, checkpoints))
     for row in rows:
         print(f"  {row['name']}, post-processing threshold sweep at the end:")
