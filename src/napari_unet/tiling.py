@@ -37,7 +37,7 @@ from .device import select_device
 from .model import UNet
 
 DEFAULT_CPU_MEMORY = 1 << 30  # bytes of activations a CPU tile may use
-DEFAULT_MAX_STRIDE = 1024  # larger tiles do not run faster per pixel on a CPU (activations leave the cache)
+DEFAULT_MAX_STRIDE = 512  # larger tiles run slower per pixel on a CPU (activations leave the cache): bench_tiling
 
 
 @dataclass(frozen=True)
