@@ -19,12 +19,13 @@ The shape arithmetic (valid sizes, halo, output size) is derived from the archit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from ._config import check_known_keys
 
 Padding = Literal["valid", "same"]
 
@@ -71,10 +72,7 @@ class UNetConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown UNet config keys {unknown}; expected a subset of {sorted(known)}")
+        check_known_keys(cls, data, "UNet config keys")
         return cls(**data)
 
 

@@ -25,11 +25,13 @@ changed without running the network again.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
+
+from ._config import check_known_keys
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
@@ -84,10 +86,7 @@ class PostprocessConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> PostprocessConfig:
         """The config saved by `to_dict`; missing keys take their defaults, unknown keys are an error."""
-        known = {field.name for field in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown post-processing parameters {unknown}; expected some of {sorted(known)}")
+        check_known_keys(cls, values, "post-processing parameters")
         return cls(**values)
 
 

@@ -23,13 +23,14 @@ import hashlib
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from ._config import check_known_keys
 from .augment import AugmentConfig, augment
 from .device import select_device
 from .losses import weighted_cross_entropy
@@ -85,10 +86,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown training config keys {unknown}; expected a subset of {sorted(known)}")
+        check_known_keys(cls, data, "training config keys")
         data = dict(data)
         if isinstance(data.get("augment"), dict):  # JSON turned its ranges into lists
             data["augment"] = AugmentConfig(
