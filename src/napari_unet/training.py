@@ -34,6 +34,7 @@ from ._config import check_known_keys
 from .augment import AugmentConfig, augment
 from .device import select_device
 from .losses import weighted_cross_entropy
+from .metrics import pixel_scores
 from .model import UNet, UNetConfig
 from .modelfile import STATE_FILE, ModelBundle, Normalization, load_model, save_model
 from .postprocess import PostprocessConfig
@@ -108,7 +109,8 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
     ),
     # The paper: depth 5, 64 channels, valid convolutions, SGD with momentum 0.99, one large tile per batch.
     # The paper gives no learning rate; with our pixel-averaged loss 0.01 collapsed to all-background on
-    # ISBI 2012 (on a GPU, and oscillated on a CPU with 16 channels) while 0.001 learned steadily.
+    # ISBI 2012 and diverged on DSB 2018 on an H200 (benchmarks/results/real_isbi_gpu_paper.json,
+    # docs/results.md). 0.001 is ten times lower and not yet measured at full length.
     "paper": (
         UNetConfig(),
         TrainConfig(
@@ -256,9 +258,7 @@ class Trainer:
         for sample in self.validation:
             probs = self._predict(sample.image)[1]
             annotated = sample.weights > 0
-            pred, true = (probs > 0.5) & annotated, (sample.target == 1) & annotated
-            union = np.count_nonzero(pred | true)
-            scores.append(np.count_nonzero(pred & true) / union if union else 1.0)
+            scores.append(pixel_scores((probs > 0.5) & annotated, (sample.target == 1) & annotated)["iou"])
         return float(np.mean(scores))
 
     def bundle(self) -> ModelBundle:
