@@ -213,3 +213,15 @@ def test_tuning_picks_the_threshold_that_separates_touching_cells():
     assert instance_scores(probs_to_labels(probs, tuned), truth)["ap50"] == 1.0
     with pytest.raises(ValueError, match="as many probability maps"):
         tune_postprocess([probs], [])
+
+
+def test_tuning_grows_objects_only_where_the_outlines_are_wider():
+    yy, xx = np.mgrid[:40, :40]
+    truth = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 12**2).astype(np.int32)
+    probs = np.where((yy - 20) ** 2 + (xx - 20) ** 2 <= 9**2, 0.9, 0.02)  # the network's core: 3 px too small
+    probs[truth.astype(bool) & (probs < 0.5)] = 0.25
+    base = PostprocessConfig(border_width=0)
+    tuned, scores = tune_postprocess([probs], [truth], base, thresholds=(), watershed=())
+    assert tuned.grow_threshold == pytest.approx(0.2) and scores["map"] > 0.9
+    exact = np.where(truth > 0, 0.9, 0.02)  # outlines already right: growing would not help, none is chosen
+    assert tune_postprocess([exact], [truth], base, thresholds=(), watershed=())[0].grow_threshold is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -45,11 +46,36 @@ def test_growing_back_covers_the_cut_border_but_not_the_outline():
     cells[8:40, 6:70] = True  # two cells sharing the boundary x = 37 | 38
     probs = probs_of(cells)
     probs[:, 38] = 0.2  # the border cut on one side by the training targets
-    labels = probs_to_labels(probs, PostprocessConfig(border_width=1))
+    labels = probs_to_labels(probs, PostprocessConfig(border_width=1, grow_threshold=None))
     assert labels.max() == 2
     np.testing.assert_array_equal(labels != 0, cells)
-    thin = probs_to_labels(probs, PostprocessConfig(border_width=0))
+    thin = probs_to_labels(probs, PostprocessConfig(border_width=0, grow_threshold=None))
     np.testing.assert_array_equal(thin != 0, cells & (probs > 0.5))
+
+
+def test_objects_grow_into_the_lower_probabilities_around_them_without_merging():
+    cores = disk((60, 100), (30, 28), 14) | disk((60, 100), (30, 64), 14)
+    extent = disk((60, 100), (30, 28), 18) | disk((60, 100), (30, 64), 17)  # the true cells: 4 px wider...
+    assert ndimage.label(extent)[1] == 1  # ...and touching
+    probs = np.where(cores, 0.9, np.where(extent, 0.3, 0.02))
+    probs[:, 46] = 0.15  # a dip where the grown cells meet
+    probs[2:6, 2:6] = 0.3  # above the growth threshold, but holds no object: stays background
+    config = PostprocessConfig(threshold=0.5, grow_threshold=0.2, border_width=0, min_size=1)
+    grown = probs_to_labels(probs, config)
+    assert grown.max() == 2  # not merged, and no object appears from the speck
+    np.testing.assert_array_equal(grown != 0, extent & (probs > 0.2))
+    assert set(np.unique(grown[:, :46])) == {0, grown[30, 28]}  # they meet at the dip
+    assert set(np.unique(grown[:, 47:])) == {0, grown[30, 64]}
+    for off in (replace(config, grow_threshold=None), replace(config, grow_threshold=0.5)):
+        np.testing.assert_array_equal(probs_to_labels(probs, off) != 0, cores)
+
+
+def test_growth_stops_at_grow_distance():
+    core = disk((80, 80), (40, 40), 10)
+    probs = np.where(core, 0.9, 0.3)  # an unsure network: everything else just above the growth threshold
+    for distance in (3, 0):
+        config = PostprocessConfig(grow_threshold=0.2, grow_distance=distance, border_width=0)
+        np.testing.assert_array_equal(probs_to_labels(probs, config) != 0, ndimage.distance_transform_edt(~core) <= distance)
 
 
 def test_objects_below_min_size_are_removed():
@@ -163,20 +189,23 @@ def test_grown_pixels_go_to_a_nearest_object_and_stay_in_the_gaps():
     threshold=st.floats(0.1, 0.9),
     min_size=st.integers(0, 20),
     watershed=st.booleans(),
+    grow_threshold=st.one_of(st.none(), st.floats(0.0, 1.0)),
 )
-def test_output_is_consecutive_disjoint_and_respects_min_size(seed, threshold, min_size, watershed):
+def test_output_is_consecutive_disjoint_and_respects_min_size(seed, threshold, min_size, watershed, grow_threshold):
     rng = np.random.default_rng(seed)
     probs = ndimage.gaussian_filter(rng.random((40, 40)), 2.0)
     probs = (probs - probs.min()) / (np.ptp(probs) + 1e-12)
-    config = PostprocessConfig(
-        threshold=threshold, min_size=min_size, watershed=watershed, fill_holes=False, border_width=0
-    )
+    config = PostprocessConfig(threshold=threshold, min_size=min_size, watershed=watershed, fill_holes=False,
+                               border_width=0, grow_threshold=grow_threshold)
     labels = probs_to_labels(probs, config)
     ids = np.unique(labels)
     np.testing.assert_array_equal(ids, np.arange(ids.size))
-    assert np.all((labels != 0) <= (probs > threshold))
+    low = threshold if grow_threshold is None else min(threshold, grow_threshold)
+    assert np.all((labels != 0) <= (probs > low))
     sizes = np.bincount(labels.ravel())[1:]
     assert np.all(sizes >= min_size)
+    core = np.bincount(labels[probs > threshold].ravel(), minlength=ids.size)[1:]
+    assert np.all(core >= min_size) and np.all(core > 0)  # each object grew from a kept object
 
 
 def test_config_round_trips_through_json_and_rejects_bad_values():
@@ -193,6 +222,12 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
         PostprocessConfig(min_size=-1)
     with pytest.raises(ValueError, match="border_width"):
         PostprocessConfig(border_width=1.5)
+    with pytest.raises(ValueError, match="grow_threshold"):
+        PostprocessConfig(grow_threshold=1.5)
+    with pytest.raises(TypeError, match="grow_threshold"):
+        PostprocessConfig(grow_threshold="low")
+    with pytest.raises(ValueError, match="grow_distance"):
+        PostprocessConfig(grow_distance=-1)
     with pytest.raises(ValueError, match="watershed_h"):
         PostprocessConfig(watershed_h=0)
     with pytest.raises(TypeError, match="fill_holes"):

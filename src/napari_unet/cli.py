@@ -206,7 +206,7 @@ def _add_train(commands) -> None:
     training.add_argument("--sigma", type=_positive_float, metavar="PX", help="width (px) of the border term")
     training.add_argument("--border", type=_positive_int, metavar="PX", help="background border (px) cut between touching cells")
     training.add_argument("--tune-postprocess", action="store_true",
-                          help="after training, choose the threshold and watershed setting that give the best AP50 "
+                          help="after training, choose the threshold, watershed and growth settings that give the best AP50 "
                           "on the validation images (instance labels) and save them with the model")
     _add_device(sub)
     _add_quiet(sub)
@@ -239,6 +239,9 @@ def _add_predict(commands) -> None:
     post.add_argument("--min-size", type=_non_negative_int, metavar="N", help="remove objects under N pixels")
     post.add_argument("--watershed", action=argparse.BooleanOptionalAction, default=None,
                       help="split merged cells with a distance-transform watershed")
+    post.add_argument("--grow-threshold", type=_probability, metavar="G",
+                      help="objects grow into the neighbouring pixels with probability > G (a value >= the "
+                      "threshold turns this off)")
     _add_device(sub)
     _add_quiet(sub)
 
@@ -555,7 +558,8 @@ def _tune_postprocess(trainer, validation) -> dict[str, Any] | None:
         return None
     probs = [predict_tiled(trainer.model, s.image, device=trainer.device)[1] for s in usable]
     truths = [np.asarray(s.labels).astype(np.int64) for s in usable]
-    _, before = tune_postprocess(probs, truths, trainer.postprocess, thresholds=(), watershed=())
+    _, before = tune_postprocess(probs, truths, trainer.postprocess, thresholds=(), watershed=(),
+                                 grow_thresholds=())
     config, scores = tune_postprocess(probs, truths, trainer.postprocess)
     trainer.postprocess = config
     if trainer.checkpoint is not None:
@@ -566,8 +570,14 @@ def _tune_postprocess(trainer, validation) -> dict[str, Any] | None:
 def _describe_tuning(tuned: dict[str, Any]) -> str:
     config = tuned["config"]
     return (f"post-processing tuned on {tuned['images']} validation image(s): threshold {config.threshold}, "
-            f"watershed {'on' if config.watershed else 'off'} (AP50 {tuned['scores']['ap50']:.3f}, "
+            f"watershed {'on' if config.watershed else 'off'}, growth to {_growth(config.threshold, config.grow_threshold)} "
+            f"(AP50 {tuned['scores']['ap50']:.3f}, "
             f"{tuned['before']['ap50']:.3f} before); saved with the model")
+
+
+def _growth(threshold: float, grow_threshold: float | None) -> str:
+    """How far objects grow (post-processing step 5), in words: "p > 0.1", or "off"."""
+    return f"p > {grow_threshold}" if grow_threshold is not None and grow_threshold < threshold else "off"
 
 
 def _summary(result: dict[str, Any], out: Path) -> str:
@@ -587,7 +597,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     bundle = load_model(args.model)
     postprocess = with_overrides(bundle.postprocess, threshold=args.threshold, min_size=args.min_size,
-                                 watershed=args.watershed)
+                                 watershed=args.watershed, grow_threshold=args.grow_threshold)
     device = select_device(args.device)
     files = [f for path in args.inputs for f in list_files(path, "input image", zarr=True)]
     if args.out.exists() and not args.out.is_dir():
@@ -801,8 +811,8 @@ Training: preset `fast`, {t['iterations']} iterations in {_duration(t['seconds']
 final loss {t['final_loss']:.4f}, validation foreground IoU {val}.
 
 Post-processing, chosen on the validation image (`napari-unet train --tune-postprocess`): threshold
-{p['threshold']}, watershed {'on' if p['watershed'] else 'off'} (validation AP50 {p['validation_ap50']:.3f};
-{p['validation_ap50_default']:.3f} with the default settings, threshold 0.5 without watershed).
+{p['threshold']}, watershed {'on' if p['watershed'] else 'off'}, growth to {_growth(p['threshold'], p['grow_threshold'])}
+(validation AP50 {p['validation_ap50']:.3f}; {p['validation_ap50_default']:.3f} with the default settings).
 
 | score on the held-out image | value |
 |---|---|

@@ -10,13 +10,23 @@ components already separates most touching cells. `probs_to_labels` then, in thi
    transform of the mask (one seed per "bump" rising at least `watershed_h` pixels above the pass to a
    higher one), flooded on the negated distance;
 4. objects smaller than `min_size` pixels are removed;
-5. objects grow back into the separation borders: a background pixel within `border_width` pixels of two or
+5. objects grow into the pixels of lower probability around them (hysteresis): a seeded watershed of the
+   negated probability, from the objects, over the pixels with probs_fg > `grow_threshold` within
+   `grow_distance` pixels of an object (so a network that is unsure everywhere cannot flood the image). The high
+   `threshold` decides which cells exist and where touching ones part, the low one how far each extends.
+   A network trained with strong border weights (large w0) can be cautious at the edges of cells (on the
+   synthetic sample its probability falls below 0.5 a pixel or two inside the true outline); this step gives
+   those pixels back without merging anything (two objects never join; a region above `grow_threshold` that holds no object
+   stays background). Off by default: whether it helps depends on where the annotators drew the outlines
+   (on the synthetic sample it does, on DSB 2018 nuclei it does not), so `pipeline.tune_postprocess` (CLI
+   `train --tune-postprocess`) chooses it on validation images, and the Segment dock has it as a control;
+6. objects grow back into the separation borders: a background pixel within `border_width` pixels of two or
    more objects goes to the nearest one (as `skimage.segmentation.expand_labels` would, but only in these
    gaps), so touching cells cover their common boundary again, while the outer outline, which the targets
    did not shrink, stays put;
-6. optionally, holes are filled: a background region that touches neither the image border nor any object
+7. optionally, holes are filled: a background region that touches neither the image border nor any object
    other than a single one joins that object (objects stay disjoint, gaps enclosed by several cells stay);
-7. ids are made consecutive 1..n.
+8. ids are made consecutive 1..n.
 
 `PostprocessConfig` holds the parameters; it is saved with the model (`to_dict` / `from_dict`) and can be
 changed without running the network again.
@@ -42,11 +52,14 @@ class PostprocessConfig:
     """Parameters of `probs_to_labels`.
 
     threshold: foreground where probs_fg > threshold, in [0, 1].
-    min_size: objects with fewer pixels are removed (counted before growing into the borders).
+    min_size: objects with fewer pixels are removed (counted before they grow, steps 5 and 6).
     fill_holes: fill background regions enclosed by a single object.
     watershed: split merged objects with a watershed seeded by the h-maxima of the distance transform.
     watershed_h: minimal dynamic, in pixels of distance, of a distance-transform maximum to seed a region:
         two disks of radii r1 <= r2 joined by a neck of half-width w split when r1 - w >= watershed_h.
+    grow_threshold: objects grow into the neighbouring pixels with probs_fg > grow_threshold (step 5); None
+        turns this off, as does a value >= threshold.
+    grow_distance: objects grow by at most this many pixels (Euclidean).
     border_width: width (pixels) of the background borders cut between touching cells in the training
         targets (the `border` of `targets.separate_cells`); 0 for targets that were not separated, such as
         binary ISBI masks.
@@ -60,6 +73,8 @@ class PostprocessConfig:
     fill_holes: bool = True
     watershed: bool = False
     watershed_h: float = 2.0
+    grow_threshold: float | None = None
+    grow_distance: float = 5.0
     border_width: int = 1
 
     def __post_init__(self) -> None:
@@ -74,6 +89,15 @@ class PostprocessConfig:
             raise TypeError(f"threshold must be a number in [0, 1]; got {self.threshold!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1]; got {self.threshold}")
+        if self.grow_threshold is not None:
+            if isinstance(self.grow_threshold, bool) or not isinstance(self.grow_threshold, (int, float, np.floating)):
+                raise TypeError(f"grow_threshold must be a number in [0, 1] or None; got {self.grow_threshold!r}")
+            if not 0.0 <= self.grow_threshold <= 1.0:
+                raise ValueError(f"grow_threshold must be in [0, 1] or None; got {self.grow_threshold}")
+        if isinstance(self.grow_distance, bool) or not isinstance(self.grow_distance, (int, float, np.floating)):
+            raise TypeError(f"grow_distance must be a number >= 0 (pixels); got {self.grow_distance!r}")
+        if not self.grow_distance >= 0:
+            raise ValueError(f"grow_distance must be >= 0 (pixels); got {self.grow_distance}")
         if isinstance(self.watershed_h, bool) or not isinstance(self.watershed_h, (int, float, np.floating)):
             raise TypeError(f"watershed_h must be a number > 0 (pixels); got {self.watershed_h!r}")
         if not self.watershed_h > 0:
@@ -116,6 +140,8 @@ def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = Non
     else:
         labels = ndimage.label(mask, structure=FOUR_CONNECTED)[0]
     labels = remove_small_objects(labels, config.min_size)
+    if config.grow_threshold is not None and config.grow_threshold < config.threshold:
+        labels = grow_by_probability(labels, probs_fg, config.grow_threshold, config.grow_distance)
     if config.border_width > 0:
         labels = grow_into_borders(labels, config.border_width)
     if config.fill_holes:
@@ -210,6 +236,27 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     small = sizes < min_size
     small[0] = False
     return np.where(small[labels], 0, labels)
+
+
+def grow_by_probability(
+    labels: np.ndarray, probs_fg: np.ndarray, threshold: float, distance: float = np.inf
+) -> np.ndarray:
+    """`labels` grown over the pixels with probs_fg > threshold, within `distance` pixels (Euclidean) of an
+    object, that connect to them (4-connectivity).
+
+    A seeded watershed of -probs_fg: each such pixel joins the object it is reached from along the highest
+    probabilities, so two objects meet where the probability between them is lowest. Object pixels keep
+    their ids; objects stay disjoint and never merge; pixels not connected to any object stay 0.
+    """
+    from skimage.segmentation import watershed
+
+    if not labels.any() or distance <= 0:
+        return labels
+    reachable = probs_fg > threshold
+    if np.isfinite(distance):
+        reachable &= ndimage.distance_transform_edt(labels == 0) <= distance
+    reachable |= labels > 0
+    return watershed(-probs_fg, markers=labels, mask=reachable, connectivity=1).astype(labels.dtype, copy=False)
 
 
 def grow_into_borders(labels: np.ndarray, border_width: int) -> np.ndarray:
