@@ -4,17 +4,22 @@ A QTimer ticks every 10 ms on the main thread and records the time between ticks
 10 ms interval (what a user feels as a frozen window). Measured in one run, in a real napari window:
 
 - idle: the viewer with the image open, nothing running (the OS scheduler and other processes);
-- display floor: no worker, only what showing progress costs: the Labels and probability layers of the
-  segmentation refreshed as the dock does (every 100 ms, or 8x the refresh's own time if longer) with a new
-  tile each time, the progress bar moving (under Xvfb the canvas is drawn by the CPU, llvmpipe: this is the
-  price of the display, not of the docks' work);
+- display floor (whole-layer redraws): no worker, a new tile written into full-size Labels and probability
+  layers, each followed by `layer.refresh()` of both (every 100 ms, or 8x the refresh's own time if longer),
+  the progress bar moving: what showing progress costs when every update redraws whole layers, as the Segment
+  dock did before it redrew only the changed regions (under Xvfb the canvas is drawn by the CPU, llvmpipe);
 - fine-tuning: the Fine-tune dock trains (the "fast" preset's network, tile 252) in its worker;
-- segmentation: the Segment dock streams tiles of a large image into Labels + probability layers, then
-  post-processes the whole image in a worker;
+- segmentation: the Segment dock, default settings, streams tiles of a large image into a Labels layer, then
+  post-processes the whole image in a worker and shows the result; again with the probability layer ticked
+  (napari redraws an Image layer only whole); and, as the reference in the same run, with the probability
+  layer and whole-layer redraws for every update (the dock's fallback where napari's internals are missing,
+  and what it did before it redrew changed regions alone). Also reported: the longest stall while the tiles
+  stream in, and how many whole-layer refreshes the dock made;
 - blocking (reference): the same segmentation called on the main thread, as a plugin without a worker would.
 
 Figures: the longest stall, the 99th percentile of gaps, the number of stalls over 100 ms, each also as a ratio
-to the idle figure. Needs a display: run it under Xvfb on a headless machine:
+to the idle figure, the display floor and the blocking reference. The segmentation variants run `--repeats`
+times, interleaved; the run with the median longest stall is reported, with every run's longest stall. Needs a display: run it under Xvfb on a headless machine:
 
     xvfb-run -a .venv/bin/python benchmarks/bench_responsiveness.py [--quick]
 
@@ -50,16 +55,19 @@ class StallMonitor:
         self.timer.setInterval(TICK_MS)
         self.timer.timeout.connect(self._tick)
         self.gaps: list[float] = []
+        self.times: list[float] = []  # when each gap ended
         self._last: float | None = None
 
     def _tick(self) -> None:
         now = time.perf_counter()
         if self._last is not None:
             self.gaps.append(now - self._last)
+            self.times.append(now)
         self._last = now
 
     def __enter__(self) -> StallMonitor:
         self.gaps.clear()
+        self.times.clear()
         self._last = None
         self.timer.start()
         return self
@@ -68,13 +76,22 @@ class StallMonitor:
         self._tick()
         self.timer.stop()
 
+    def summary_until(self, moment: float) -> dict:
+        """The summary of the gaps that ended before `moment` (a time.perf_counter() value)."""
+        kept = [gap for gap, end in zip(self.gaps, self.times) if end <= moment]
+        return self._summarise(kept, sum(kept))
+
     def summary(self, seconds: float) -> dict:
-        stalls_ms = np.maximum(np.asarray(self.gaps) * 1000.0 - TICK_MS, 0.0)
+        return self._summarise(self.gaps, seconds)
+
+    @staticmethod
+    def _summarise(gaps: list[float], seconds: float) -> dict:
+        stalls_ms = np.maximum(np.asarray(gaps) * 1000.0 - TICK_MS, 0.0)
         return {
             "seconds": round(seconds, 2),
-            "ticks": len(self.gaps),
+            "ticks": len(gaps),
             "max_stall_ms": round(float(stalls_ms.max(initial=0.0)), 1),
-            "p99_gap_ms": round(float(np.percentile(np.asarray(self.gaps) * 1000.0, 99)) if self.gaps else 0.0, 1),
+            "p99_gap_ms": round(float(np.percentile(np.asarray(gaps) * 1000.0, 99)) if gaps else 0.0, 1),
             "stalls_over_goal": int((stalls_ms > GOAL_MS).sum()),
         }
 
@@ -104,6 +121,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--side", type=int, default=1024, help="side of the segmented image (default 1024)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each segmentation variant (the median "
+                        "run's figures are reported, with every run's longest stall)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -176,7 +196,6 @@ def main() -> None:
     viewer.add_image(image, name="big image")
     segment = SegmentWidget(viewer)
     viewer.window.add_dock_widget(segment, name="Segment", tabify=True)
-    segment.probs_check.setChecked(True)
     segment.tile_spin.setValue(256)
 
     probs_floor = np.zeros(image.shape, np.float32)
@@ -199,16 +218,50 @@ def main() -> None:
     print("display floor", result["scenarios"]["display_floor"], flush=True)
     for layer in floor_layers:
         viewer.layers.remove(layer)
-    started = time.perf_counter()
-    with monitor:
-        segment.run()
-        finished = wait_for(segment.segmented, 600)
-    elapsed = time.perf_counter() - started
-    summary = monitor.summary(elapsed)
-    summary.update({"image": [side, side], "tiles": segment.tiles_written, "finished": finished,
-                    "megapixels_per_s": round(side * side / 1e6 / elapsed, 3)})
-    result["scenarios"]["segmentation"] = summary
-    print("segmentation", summary, flush=True)
+
+    from napari_unet.plugin import _redraw, _segment
+
+    partial_redraw = _segment.refresh_region
+
+    def segment_once(with_probabilities: bool, whole_redraws: bool) -> dict:
+        segment.probs_check.setChecked(with_probabilities)
+        # reference: the dock's fallback when napari's internals are missing (and its behaviour before it drew
+        # regions alone): every update refreshes the whole layers, throttled as the dock throttles it
+        _segment.refresh_region = _redraw.refresh_region = (lambda layer, key: False) if whole_redraws else partial_redraw
+        finished_tiles: list[float] = []
+        on_stop = lambda: finished_tiles.append(time.perf_counter())  # noqa: E731
+        segment.stopped.connect(on_stop)
+        started = time.perf_counter()
+        with monitor:
+            segment.run()
+            finished = wait_for(segment.segmented, 600)
+            spin(0.2)
+        elapsed = time.perf_counter() - started
+        segment.stopped.disconnect(on_stop)
+        summary = monitor.summary(elapsed)
+        streaming = monitor.summary_until(finished_tiles[0]) if finished_tiles else None
+        summary.update({"image": [side, side], "tiles": segment.tiles_written, "finished": finished,
+                        "probability_layer": with_probabilities,
+                        "max_stall_while_tiles_stream_ms": streaming and streaming["max_stall_ms"],
+                        "whole_layer_refreshes": segment.layer_refreshes,
+                        "megapixels_per_s": round(side * side / 1e6 / elapsed, 3)})
+        for layer in [layer for layer in viewer.layers if layer.name != "big image"]:
+            viewer.layers.remove(layer)
+        return summary
+
+    variants = {"segmentation": (False, False), "segmentation_with_probabilities": (True, False),
+                "segmentation_whole_layer_redraws": (True, True)}
+    runs: dict[str, list[dict]] = {name: [] for name in variants}
+    for _repeat in range(args.repeats):  # interleaved, so that a passing load hits every variant alike
+        for name, (with_probabilities, whole_redraws) in variants.items():
+            runs[name].append(segment_once(with_probabilities, whole_redraws))
+            print(name, runs[name][-1], flush=True)
+    for name, summaries in runs.items():
+        stalls = [summary["max_stall_ms"] for summary in summaries]
+        median_run = summaries[int(np.argsort(stalls)[len(stalls) // 2])]
+        result["scenarios"][name] = {**median_run, "repeats": len(stalls), "max_stall_ms_per_run": stalls,
+                                     "worst_stall_ms": max(stalls)}
+    _segment.refresh_region = _redraw.refresh_region = partial_redraw
 
     started = time.perf_counter()
     with monitor:
@@ -222,7 +275,11 @@ def main() -> None:
     idle = max(result["scenarios"]["idle"]["max_stall_ms"], 1.0)
     floor = max(result["scenarios"]["display_floor"]["max_stall_ms"], 1.0)
     blocked = result["scenarios"]["blocking_reference"]["max_stall_ms"]
-    for name in ("fine_tuning", "segmentation"):
+    whole = result["scenarios"]["segmentation_whole_layer_redraws"]["max_stall_ms"]
+    for name in ("segmentation", "segmentation_with_probabilities"):
+        result["scenarios"][name]["max_stall_vs_whole_layer_redraws"] = round(
+            result["scenarios"][name]["max_stall_ms"] / max(whole, 1.0), 2)
+    for name in ("fine_tuning", "segmentation", "segmentation_with_probabilities", "segmentation_whole_layer_redraws"):
         scenario = result["scenarios"][name]
         scenario["max_stall_vs_idle"] = round(scenario["max_stall_ms"] / idle, 2)
         scenario["max_stall_vs_display_floor"] = round(scenario["max_stall_ms"] / floor, 2)
@@ -232,9 +289,9 @@ def main() -> None:
               f"{scenario['max_stall_vs_idle']:.2f}x idle ({idle:.0f} ms), "
               f"{scenario['max_stall_vs_display_floor']:.2f}x the display floor ({floor:.0f} ms), "
               f"{scenario['max_stall_vs_blocking']:.4f}x the blocking reference ({blocked:.0f} ms)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
     await_workers(60_000)
     viewer.close()
 

@@ -84,9 +84,10 @@ def test_tiles_stream_into_the_layer_and_the_result_is_predict_tiled_plus_postpr
     # retune: new parameters re-post-process the kept probabilities without running the network
     with qtbot.waitSignal(widget.segmented, timeout=10_000) as retuned:
         widget.threshold_spin.setValue(0.7)
+        widget.grow_spin.setValue(0.3)
         widget.split_check.setChecked(True)
     config = widget.postprocess_config()
-    assert config.threshold == pytest.approx(0.7) and config.watershed
+    assert config.threshold == pytest.approx(0.7) and config.watershed and config.grow_threshold == pytest.approx(0.3)
     np.testing.assert_array_equal(retuned.args[0], probs_to_labels(probs[1], config))
 
 
@@ -96,8 +97,10 @@ def test_cancel_midway_leaves_every_tile_written_or_untouched(make_napari_viewer
     viewer.add_image(image, name="noise")
     widget = open_dock(viewer, tiny_bundle)
     with qtbot.waitSignal(widget.stopped, timeout=60_000):
-        widget.run()
-        qtbot.waitUntil(lambda: widget.tiles_written >= 3, timeout=30_000)
+        worker = widget.run()
+        worker.yielded.connect(lambda _update: widget.tiles_written == 3 and worker.pause())
+        with qtbot.waitSignal(worker.paused, timeout=30_000):
+            pass  # held after a few tiles (a tiny network would otherwise finish before the click lands)
         widget.cancel()
     grid = tile_grid(tiny_bundle.net, image.shape, TILE)
     assert 3 <= widget.tiles_written < len(grid), "the run finished before the cancel took effect"

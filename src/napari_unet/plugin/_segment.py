@@ -1,10 +1,13 @@
 """Segment dock: overlap-tile prediction in a worker thread, streamed tile by tile into a Labels layer.
 
 The worker (`stream_tiles`) yields one `TileUpdate` per finished tile: its foreground probability and a
-preview labelling of the tile alone. The main thread only copies them into the layers' arrays and asks for a
-throttled refresh, so the window stays responsive. When every tile is in, the stitched probability map is
-post-processed as a whole (in a worker too), so cells cut by tile borders come out whole; the probability map
-is kept, so the threshold and minimum size can be retuned without running the network again.
+preview labelling of the tile alone. The main thread only copies them into the layers' arrays and redraws the
+tile's region of the Labels layer (`_redraw.refresh_region`: colour mapping and texture upload of that region
+alone); the probability layer, which napari can only redraw whole, gets a throttled refresh. So the window
+stays responsive. When every tile is in, the stitched probability map is post-processed as a whole (in a
+worker too), so cells cut by tile borders come out whole, and the result is redrawn band by band, one band per
+turn of the event loop; the probability map is kept, so the threshold and minimum size can be retuned without
+running the network again.
 """
 
 from __future__ import annotations
@@ -42,10 +45,11 @@ from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 from napari_unet.tiling import auto_stride, iter_predict_tiles, prepare_model, tile_grid
 
 from ._layers import LayerProblem, PlaneStack, debounced, layer_combo, plane_stack, throttled, wrapped_label
+from ._redraw import RegionRedraws, bands, refresh_region, refresh_thumbnail
 from ._state import Session, session_for
 from ._workers import alive, generator_worker, start_worker
 
-REFRESH_MS = 100  # at most ~10 layer refreshes per second while tiles stream in
+REFRESH_MS = 100  # at most ~10 whole-layer refreshes per second while tiles stream in
 REFRESH_BUDGET = 8  # ...and at least 8x the time a refresh takes between two (large layers redraw slowly)
 RETUNE_MS = 250  # post-processing reruns this long after the last change of threshold or minimum size
 
@@ -123,7 +127,8 @@ class SegmentWidget(QWidget):
         self.labels: np.ndarray | None = None  # the Labels layer's array, written in place
         self.planes: list[tuple[int, ...]] = []
         self.tiles_written = 0
-        self.layer_refreshes = 0
+        self.layer_refreshes = 0  # whole-layer refreshes during the last run (regions redrawn alone not counted)
+        self.labels_stale = False  # the Labels layer needs a whole refresh (its regions could not be redrawn)
         self.cancelled = False
         self.finished_run = False
         self._postprocess_runs = 0
@@ -142,6 +147,11 @@ class SegmentWidget(QWidget):
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
         self.threshold_spin.setSingleStep(0.05)
+        self.grow_spin = QDoubleSpinBox()
+        self.grow_spin.setRange(0.0, 1.0)
+        self.grow_spin.setSingleStep(0.05)
+        self.grow_spin.setToolTip("Objects grow into the neighbouring pixels whose probability is above this value "
+                                  "(cells come out at their full size; none merge). At the threshold or above: off")
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(0, 100000)
         self.split_check = QCheckBox("split merged cells (watershed)")
@@ -161,6 +171,7 @@ class SegmentWidget(QWidget):
         form.addRow("device", self.device_combo)
         form.addRow("", self.probs_check)
         form.addRow("threshold", self.threshold_spin)
+        form.addRow("grow to p >", self.grow_spin)
         form.addRow("min. size (px)", self.min_size_spin)
         form.addRow("", self.split_check)
         buttons = QHBoxLayout()
@@ -174,11 +185,13 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
         self._refresh_soon = throttled(self._refresh_layers, REFRESH_MS, self)
+        self._redraws = RegionRedraws(self)
         self._retune_soon = debounced(self.retune, RETUNE_MS, self)
         self.load_button.clicked.connect(self._ask_model_folder)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
         self.threshold_spin.valueChanged.connect(lambda _value: self._retune_soon())
+        self.grow_spin.valueChanged.connect(lambda _value: self._retune_soon())
         self.min_size_spin.valueChanged.connect(lambda _value: self._retune_soon())
         self.split_check.toggled.connect(lambda _checked: self._retune_soon())
         self.session.model_changed.connect(self._show_model)
@@ -201,10 +214,11 @@ class SegmentWidget(QWidget):
         return True
 
     def postprocess_config(self) -> PostprocessConfig:
-        """The model's post-processing with the threshold, minimum size and watershed choice of the dock."""
+        """The model's post-processing with the threshold, growth, minimum size and watershed choice of the dock."""
         base = self.session.bundle.postprocess if self.session.bundle is not None else PostprocessConfig()
-        return replace(base, threshold=float(self.threshold_spin.value()), min_size=int(self.min_size_spin.value()),
-                       watershed=self.split_check.isChecked())
+        threshold, grow = float(self.threshold_spin.value()), float(self.grow_spin.value())
+        return replace(base, threshold=threshold, grow_threshold=grow if grow < threshold else None,
+                       min_size=int(self.min_size_spin.value()), watershed=self.split_check.isChecked())
 
     def run(self) -> Any:
         """Start segmenting the chosen image layer; returns the worker, or None after a notification."""
@@ -242,7 +256,7 @@ class SegmentWidget(QWidget):
                 blending="additive", scale=scale, translate=translate,
             )
         self.tiles_written = self.layer_refreshes = 0
-        self.cancelled = self.finished_run = False
+        self.cancelled = self.finished_run = self.labels_stale = False
         self._postprocess_runs += 1
         config = self.postprocess_config()
         total = len(tile_grid(bundle.net, stack.shape, stride)) * len(self.planes)
@@ -276,8 +290,8 @@ class SegmentWidget(QWidget):
         return self._start_postprocess()
 
     def refresh_pending(self) -> bool:
-        """True while written tiles wait for the next (throttled) refresh of the layers."""
-        return self._refresh_soon.timer.isActive()
+        """True while written tiles or a new result wait to be drawn."""
+        return self._refresh_soon.timer.isActive() or self._redraws.busy()
 
     # -- slots (main thread) --------------------------------------------------------------------------------
 
@@ -288,18 +302,30 @@ class SegmentWidget(QWidget):
         self.probs_fg[update.key] = update.probs_fg
         self.tiles_written += 1
         self.progress.setValue(update.done)
-        self._refresh_soon()
+        if self._shown(self.labels_layer) and not refresh_region(self.labels_layer, update.key):
+            self.labels_stale = True
+        if self.labels_stale or self._shown(self.probs_layer):
+            self._refresh_soon()
+
+    def _shown(self, layer: Any) -> bool:
+        return layer is not None and layer in self.viewer.layers
 
     def _refresh_layers(self, thumbnail: bool = False) -> None:
-        """Redraw the layers from their arrays (written in place); thumbnails only at the end.
+        """Redraw the whole probability layer, and the Labels layer if its regions could not be redrawn alone,
+        from their arrays (written in place); thumbnails only at the end.
 
-        A full redraw of a large layer takes long on the main thread (colour mapping, then a texture upload
+        A whole redraw of a large layer takes long on the main thread (colour mapping, then a texture upload
         when the canvas paints), so the next one waits at least REFRESH_BUDGET times as long as this took.
         """
         started = time.perf_counter()
-        for layer in (self.labels_layer, self.probs_layer):
-            if layer is not None and layer in self.viewer.layers:
-                layer.refresh(extent=False, thumbnail=thumbnail)
+        if self._shown(self.probs_layer):
+            self.probs_layer.refresh(extent=False, thumbnail=thumbnail)
+        if self._shown(self.labels_layer):
+            if self.labels_stale:
+                self.labels_layer.refresh(extent=False, thumbnail=thumbnail)
+                self.labels_stale = False
+            elif thumbnail:
+                refresh_thumbnail(self.labels_layer)
         self.layer_refreshes += 1
         spent_ms = (time.perf_counter() - started) * 1000
         self._refresh_soon.timer.setInterval(max(REFRESH_MS, int(REFRESH_BUDGET * spent_ms)))
@@ -336,8 +362,17 @@ class SegmentWidget(QWidget):
         if run != self._postprocess_runs or self.labels is None or labels.shape != self.labels.shape:
             return  # a newer retune is on its way, or a new segmentation replaced this one
         self.labels[...] = labels
-        self._refresh_layers(thumbnail=True)
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
+        if not self._shown(self.labels_layer):
+            self._show_result(count)
+            return
+        whole = (slice(0, labels.shape[-2]), slice(0, labels.shape[-1]))
+        keys = [band for index in self.planes for band in bands((*index, *whole), labels.shape)]
+        self._redraws.start(self.labels_layer, keys, then=lambda: alive(self) and self._show_result(count))
+
+    def _show_result(self, count: int) -> None:
+        if self._shown(self.labels_layer):
+            refresh_thumbnail(self.labels_layer)
         self.status.setText(f"Done: {count} object(s). Threshold and min. size can be retuned now.")
         self.segmented.emit(self.labels)
 
@@ -354,12 +389,14 @@ class SegmentWidget(QWidget):
         self.model_label.setText(self.session.describe_model())
         bundle = self.session.bundle
         if bundle is not None:
-            for widget in (self.threshold_spin, self.min_size_spin, self.split_check):
+            for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):
                 widget.blockSignals(True)
             self.threshold_spin.setValue(bundle.postprocess.threshold)
+            grow = bundle.postprocess.grow_threshold
+            self.grow_spin.setValue(bundle.postprocess.threshold if grow is None else grow)
             self.min_size_spin.setValue(bundle.postprocess.min_size)
             self.split_check.setChecked(bundle.postprocess.watershed)
-            for widget in (self.threshold_spin, self.min_size_spin, self.split_check):
+            for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):
                 widget.blockSignals(False)
 
     def _ask_model_folder(self) -> None:

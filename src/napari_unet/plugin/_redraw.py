@@ -1,0 +1,161 @@
+"""Redrawing part of a Labels layer whose array was written in place.
+
+`layer.refresh()` colour-maps the whole displayed plane and uploads it as one texture: for a 1024x1024 layer
+that is tens of milliseconds on the main thread, and much more when the canvas is drawn by a software OpenGL
+(a headless machine, a remote desktop). A finished tile changes a small region, so `refresh_region` redraws
+only that region: its colour mapping and a sub-texture upload, the way napari's own brush does.
+
+napari's one public way to do this, `Labels.data_setitem`, also records every change in the undo history
+(24 bytes per changed pixel, up to 100 tiles' worth, and Ctrl+Z would then undo tiles of the segmentation);
+so this uses the internals that `data_setitem` and the brush use. napari 0.9 warns (FutureWarning) that
+plugins may lose access to private attributes from napari 0.10 on; the warning is silenced here and any
+failure to reach the internals makes `refresh_region` return False: the caller then refreshes the whole layer,
+which is slower but correct. `partial_refresh_supported` lets the tests pin this down for the napari they
+run with, so that the day the internals go is noticed.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+_LABELS_INTERNALS = ("_slice", "_slice_input", "_accumulate_updated_slice", "_partial_labels_refresh",
+                     "_get_pt_not_disp", "colormap")
+
+
+@contextmanager
+def _internals() -> Any:
+    """Silence napari's FutureWarning about private attributes (see the module docstring)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def partial_refresh_supported(layer: Any) -> bool:
+    """True when `layer` (a Labels layer) offers the internals `refresh_region` relies on."""
+    with _internals():
+        try:
+            if not all(hasattr(layer, name) for name in _LABELS_INTERNALS):
+                return False
+            image = getattr(layer._slice, "image", None)
+            return hasattr(image, "raw") and hasattr(image, "view") and hasattr(layer.colormap, "_data_to_texture")
+        except Exception:  # a proxy that refuses private access may raise anything
+            return False
+
+
+def refresh_region(layer: Any, key: tuple[Any, ...]) -> bool:
+    """Redraw the region `key` of a Labels layer after its data was written in place there.
+
+    key: one int or slice per axis of `layer.data` (ints for the leading plane axes, slices with explicit
+    start and stop for the spatial axes). Returns True when the region is redrawn, or when it lies in a plane
+    that is not shown (napari slices it afresh when the user moves there); False when the caller must call
+    `layer.refresh()` instead: napari without the internals, a multiscale layer, a 3-D view, contours drawn,
+    or a slice not loaded yet.
+    """
+    if getattr(layer, "multiscale", False) or layer.contour != 0 or not partial_refresh_supported(layer):
+        return False
+    with _internals():
+        try:
+            return _refresh_region(layer, key)
+        except (AttributeError, TypeError, IndexError):  # internals changed shape: the caller redraws it all
+            return False
+
+
+def _refresh_region(layer: Any, key: tuple[Any, ...]) -> bool:
+    slice_input = layer._slice_input
+    if slice_input.ndisplay != 2 or len(key) != layer.ndim:
+        return False
+    slicing = getattr(layer, "_slicing_state", None)
+    if slicing is not None and not getattr(slicing, "loaded", True):
+        return False
+    shown = layer._get_pt_not_disp()  # {axis: index} of the plane on screen
+    for axis, index in shown.items():
+        wanted = key[axis]
+        if isinstance(wanted, slice):
+            if not (wanted.start or 0) <= index < (layer.data.shape[axis] if wanted.stop is None else wanted.stop):
+                return True
+        elif int(wanted) != int(index):
+            return True
+    region = tuple(key[axis] for axis in slice_input.displayed)
+    if not all(isinstance(part, slice) for part in region):
+        return False
+    image = layer._slice.image
+    if image.raw.ndim != 2:
+        return False
+    if not np.shares_memory(image.raw, layer.data):
+        # the shown plane is a copy (dask, zarr): bring the region over from the data
+        plane = tuple(key[axis] if axis in slice_input.displayed else shown[axis] for axis in range(layer.ndim))
+        image.raw[region] = np.asarray(layer.data[plane])
+    image.view[region] = layer.colormap._data_to_texture(image.raw[region])
+    whole = tuple(part if isinstance(part, slice) else slice(int(part), int(part) + 1) for part in key)
+    layer._accumulate_updated_slice(whole)
+    layer._partial_labels_refresh()
+    return True
+
+
+def refresh_thumbnail(layer: Any) -> None:
+    """Update the layer list's thumbnail of `layer` alone (a full refresh where napari lacks the internal)."""
+    with _internals():
+        update = getattr(layer, "_update_thumbnail", None)
+        if callable(update):
+            try:
+                update()
+                return
+            except (AttributeError, TypeError):
+                pass
+    layer.refresh(extent=False)
+
+
+def bands(key: tuple[Any, ...], shape: tuple[int, ...], pixels: int = 1 << 18) -> list[tuple[Any, ...]]:
+    """`key` (a plane index followed by the whole Y and X ranges) cut into bands of rows of about `pixels`
+    pixels, to redraw a large region over several turns of the event loop.
+
+    >>> bands((slice(0, 4), slice(0, 8)), (4, 8), pixels=16)
+    [(slice(0, 2, None), slice(0, 8, None)), (slice(2, 4, None), slice(0, 8, None))]
+    """
+    *plane, rows, cols = key
+    start, stop = rows.start or 0, shape[-2] if rows.stop is None else rows.stop
+    width = (shape[-1] if cols.stop is None else cols.stop) - (cols.start or 0)
+    step = max(1, pixels // max(width, 1))
+    return [(*plane, slice(y, min(y + step, stop)), cols) for y in range(start, stop, step)]
+
+
+class RegionRedraws:
+    """A queue of regions of Labels layers to redraw, one region per turn of the event loop, so that no turn
+    redraws a whole large layer. A layer that cannot be redrawn in part is refreshed whole, once."""
+
+    def __init__(self, parent: Any):
+        from qtpy.QtCore import QTimer
+
+        self.pending: list[tuple[Any, tuple[Any, ...]]] = []
+        self.then: Callable[[], None] | None = None
+        self.timer = QTimer(parent)
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(0)
+        self.timer.timeout.connect(self._next)
+
+    def start(self, layer: Any, keys: list[tuple[Any, ...]], then: Callable[[], None] | None = None) -> None:
+        """Redraw `keys` of `layer` (replacing what is queued), then call `then`."""
+        self.pending = [(layer, key) for key in keys]
+        self.then = then
+        self.timer.start()
+
+    def busy(self) -> bool:
+        return bool(self.pending) or self.timer.isActive()
+
+    def _next(self) -> None:
+        if self.pending:
+            layer, key = self.pending.pop(0)
+            if not refresh_region(layer, key):
+                self.pending = [(other, k) for other, k in self.pending if other is not layer]
+                layer.refresh(extent=False, thumbnail=False)
+        if self.pending:
+            self.timer.start()
+            return
+        then, self.then = self.then, None
+        if then is not None:
+            then()
