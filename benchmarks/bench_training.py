@@ -4,8 +4,11 @@
 
 Every candidate trains from scratch on synthetic touching cells (`make_cells`, 4 training images) for its
 preset's iterations or the budget of training time, whichever ends first, and is scored along the way (at 1/4,
-1/2 and all of the budget, and at its end) on 2 held-out images: foreground IoU and instance AP at IoU 0.5
-after the default post-processing (threshold 0.5, no watershed). The reference in the same run is the paper's
+1/2 and all of the budget, and at its end) on 6 held-out images (`--test-images`): the foreground IoU of the
+labels and instance AP at IoU 0.5 after the default post-processing (threshold 0.5, no watershed, no growth),
+with a sweep of the threshold with and without growing the objects to p > 0.1, and after the post-processing
+that `pipeline.tune_postprocess` chooses on 2 validation images (seeds 50, 51), as `train --tune-postprocess`
+does. The reference in the same run is the paper's
 configuration (depth 5, 64 channels, 572 tiles, SGD with momentum 0.99) under the same budget; each figure is also
 printed as a ratio to it. The winner is the `fast` preset (see docs/benchmarks.md).
 """
@@ -23,6 +26,7 @@ import torch
 
 from napari_unet.metrics import instance_scores, pixel_scores
 from napari_unet.model import UNet, UNetConfig
+from napari_unet.pipeline import tune_postprocess
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 from napari_unet.synthetic import make_cells
 from napari_unet.targets import make_target
@@ -47,32 +51,50 @@ def candidates() -> dict[str, tuple[UNetConfig, TrainConfig]]:
 SWEEP = (0.2, 0.3, 0.4, 0.5)
 
 
-def score(model: UNet, tests: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """IoU of probs > 0.5 against the separated target, AP50 of the default post-processing, and, per threshold
-    of the post-processing, the IoU of the labels' foreground against the true foreground and AP50."""
-    ious, aps, sweep = [], [], {t: [] for t in SWEEP}
+def score(model: UNet, tests: list[tuple[np.ndarray, np.ndarray]], validation: list[tuple[np.ndarray, np.ndarray]]
+          ) -> dict[str, float]:
+    """IoU of probs > 0.5 against the separated target; of the default post-processing's labels, the IoU of their
+    foreground against the true foreground, AP50 and mAP (IoU 0.5:0.95); the same after the post-processing tuned
+    on `validation`; per threshold of the post-processing (objects grown to p > 0.1, and not), labels IoU and
+    AP50."""
+    tuned, _ = tune_postprocess([predict_tiled(model, image, device="cpu")[1] for image, _ in validation],
+                                [labels for _, labels in validation])
+    tuned_scores = []
+    ious, aps, label_ious, maps, sweep = [], [], [], [], {t: [] for t in SWEEP}
     for image, labels in tests:
         probs = predict_tiled(model, image, device="cpu")[1]
         ious.append(pixel_scores(probs > 0.5, make_target(labels) > 0)["iou"])
-        aps.append(instance_scores(probs_to_labels(probs), labels)["ap50"])
+        predicted = probs_to_labels(probs)
+        instances = instance_scores(predicted, labels)
+        aps.append(instances["ap50"])
+        maps.append(instances["map"])
+        label_ious.append(pixel_scores(predicted > 0, labels > 0)["iou"])
+        predicted = probs_to_labels(probs, tuned)
+        tuned_scores.append((pixel_scores(predicted > 0, labels > 0)["iou"], instance_scores(predicted, labels)["ap50"],
+                             instance_scores(predicted, labels)["map"]))
         for threshold in SWEEP:
-            predicted = probs_to_labels(probs, PostprocessConfig(threshold=threshold))
-            sweep[threshold].append(
-                (pixel_scores(predicted > 0, labels > 0)["iou"], instance_scores(predicted, labels)["ap50"])
-            )
+            row = []
+            for grow in (0.1, None):
+                predicted = probs_to_labels(probs, PostprocessConfig(threshold=threshold, grow_threshold=grow))
+                row += [pixel_scores(predicted > 0, labels > 0)["iou"], instance_scores(predicted, labels)["ap50"]]
+            sweep[threshold].append(row)
     model.train()
     return {
         "iou": float(np.mean(ious)),
         "ap50": float(np.mean(aps)),
+        "labels_iou": float(np.mean(label_ious)),
+        "map": float(np.mean(maps)),
+        "tuned": {"postprocess": tuned.to_dict(), **dict(zip(("labels_iou", "ap50", "map"),
+                                                             np.mean(tuned_scores, axis=0).tolist()))},
         "threshold_sweep": [
-            {"threshold": t, "labels_iou": float(np.mean([v[0] for v in values])),
-             "ap50": float(np.mean([v[1] for v in values]))}
+            {"threshold": t, **dict(zip(("labels_iou", "ap50", "labels_iou_no_growth", "ap50_no_growth"),
+                                        np.mean(values, axis=0).tolist()))}
             for t, values in sweep.items()
         ],
     }
 
 
-def run_candidate(name, net_config, config, train, tests, budget, checkpoints) -> dict:
+def run_candidate(name, net_config, config, train, tests, validation, budget, checkpoints) -> dict:
     torch.manual_seed(0)
     model = UNet(net_config)
     # The schedule runs over the preset's iterations; the run goes on (at the final rate) until the budget is spent.
@@ -90,9 +112,11 @@ def run_candidate(name, net_config, config, train, tests, budget, checkpoints) -
             marks = [] if event is None else marks[1:]
             point = event if event is not None else last
             curve.append({"seconds": trained, "iterations": point.iteration, "loss": point.loss,
-                          **score(model, tests)})
+                          **score(model, tests, validation)})
             print(f"  {name}: {trained:6.0f} s, {point.iteration:5d} it, IoU {curve[-1]['iou']:.3f}, "
-                  f"AP50 {curve[-1]['ap50']:.3f}", flush=True)
+                  f"labels IoU {curve[-1]['labels_iou']:.3f}, AP50 {curve[-1]['ap50']:.3f}, "
+                  f"mAP {curve[-1]['map']:.3f}; tuned: labels IoU {curve[-1]['tuned']['labels_iou']:.3f}, "
+                  f"AP50 {curve[-1]['tuned']['ap50']:.3f}, mAP {curve[-1]['tuned']['map']:.3f}", flush=True)
         if event is not None and event.kind == "step":
             last = event
     run.close()
@@ -107,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--only", nargs="*", default=None, help="names (prefixes) of the candidates to run")
     parser.add_argument("--iterations", type=int, default=None, help="override every candidate's iterations")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--test-images", type=int, default=6, help="held-out images to score on")
     parser.add_argument("--out", type=Path, default=RESULTS / "training.json")
     args = parser.parse_args(argv)
     if args.threads:
@@ -114,18 +139,20 @@ def main(argv: list[str] | None = None) -> dict:
     budget = args.budget or (60.0 if args.quick else 300.0)
     checkpoints = [budget * f for f in (0.25, 0.5, 1.0)]
     train = [Sample(*make_cells((256, 256), seed=seed)) for seed in range(4)]
-    tests = [make_cells((256, 256), seed=100 + seed) for seed in range(2)]
+    tests = [make_cells((256, 256), seed=100 + seed) for seed in range(args.test_images)]
+    validation = [make_cells((256, 256), seed=50 + seed) for seed in range(2)]
     rows = []
     for name, (net, config) in candidates().items():
         if args.only and not any(name.startswith(prefix) for prefix in args.only):
             continue
         if args.iterations:
             config = replace(config, iterations=args.iterations)
-        rows.append(run_candidate(name, net, config, train, tests, budget, checkpoints))
+        rows.append(run_candidate(name, net, config, train, tests, validation, budget, checkpoints))
     for row in rows:
         print(f"  {row['name']}, post-processing threshold sweep at the end:")
         for point in row["curve"][-1]["threshold_sweep"]:
-            print(f"    threshold {point['threshold']:.1f}: labels IoU {point['labels_iou']:.3f}, AP50 {point['ap50']:.3f}")
+            print(f"    threshold {point['threshold']:.1f}: labels IoU {point['labels_iou']:.3f}, AP50 {point['ap50']:.3f}"
+                  f" (without growth: {point['labels_iou_no_growth']:.3f}, {point['ap50_no_growth']:.3f})")
     reference = rows[0]["curve"][-1]
     print(f"\nafter {budget:.0f} s of training (ratios against {rows[0]['name']}):")
     for row in rows:
@@ -133,7 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
         row["iou_over_reference"] = final["iou"] / max(reference["iou"], 1e-9)
         row["ap50_over_reference"] = final["ap50"] / max(reference["ap50"], 1e-9)
         print(f"  {row['name']:36s} IoU {final['iou']:.3f} ({row['iou_over_reference']:.2f}x)  "
-              f"AP50 {final['ap50']:.3f} ({row['ap50_over_reference']:.2f}x)  "
+              f"labels IoU {final['labels_iou']:.3f} (tuned {final['tuned']['labels_iou']:.3f})  "
+              f"AP50 {final['ap50']:.3f} ({row['ap50_over_reference']:.2f}x, tuned {final['tuned']['ap50']:.3f})  "
               f"{row['seconds_per_iteration']:.2f} s/it")
     results = {"budget_seconds": budget, "torch_threads": torch.get_num_threads(), "candidates": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
