@@ -11,12 +11,8 @@ value and above the sampled 99.8 % value (ideal: 1 % and 0.2 %). Writes benchmar
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +20,9 @@ from scipy import ndimage
 
 from napari_unet.io import percentiles, read_image, write_tiff
 
+from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
+
 RESULTS = Path(__file__).resolve().parent / "results" / "io.json"
-
-
-def seconds(function, repeats: int) -> tuple[float, list[float], object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times, result
 
 
 def time_both(path: Path) -> tuple:
@@ -72,13 +61,9 @@ def main() -> None:
         "full_lo_hi": [float(full_lo), float(full_hi)],
         "fraction_below_lo": below,
         "fraction_above_hi": above,
-        "load_average_before": load,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
+        **machine(load),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     print(f"percentiles of a {side}x{side} uint16 memmap (load average {load:.2f})")
     print(f"  sampled : {sampled_s * 1e3:8.1f} ms  lo/hi {lo.item():.1f} / {hi.item():.1f}")
     print(f"  full    : {full_s * 1e3:8.1f} ms  lo/hi {full_lo:.1f} / {full_hi:.1f}")

@@ -9,11 +9,7 @@ same run: one 512 x 512 float32 Gaussian blur (sigma 1.3), the PSF step every su
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +17,9 @@ from scipy import ndimage
 
 from napari_unet.synthetic import make_cells, touching_pairs
 
+from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
+
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic.json"
-
-
-def seconds(function, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def main() -> None:
@@ -43,9 +32,9 @@ def main() -> None:
     make_cells(shape, seed=0)  # warm up imports and caches
 
     seeds = iter(range(10**6))
-    cells_s, cells_times = seconds(lambda: make_cells(shape, seed=next(seeds)), repeats)
+    cells_s, cells_times, _ = seconds(lambda: make_cells(shape, seed=next(seeds)), repeats)
     blur_input = np.random.default_rng(0).random(shape, dtype=np.float32)
-    blur_s, blur_times = seconds(lambda: ndimage.gaussian_filter(blur_input, 1.3), repeats)
+    blur_s, blur_times, _ = seconds(lambda: ndimage.gaussian_filter(blur_input, 1.3), repeats)
 
     counts, touching = [], []
     for seed in range(5):
@@ -65,13 +54,9 @@ def main() -> None:
         "goal_make_cells_s": 0.2,
         "cells_per_image": counts,
         "fraction_of_cells_touching": touching,
-        "load_average_before": load,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
+        **machine(load),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     print(f"make_cells {shape[0]}x{shape[1]} (load average {load:.2f})")
     print(f"  make_cells    : {cells_s * 1e3:7.1f} ms (median of {repeats}; goal < 200 ms)")
     print(f"  one blur (ref): {blur_s * 1e3:7.1f} ms -> make_cells = {cells_s / blur_s:.1f} blurs")

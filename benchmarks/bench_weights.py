@@ -10,11 +10,7 @@ Writes benchmarks/results/weights.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +19,8 @@ from scipy.spatial import cKDTree
 
 from napari_unet.targets import annotation_mask, separate_cells
 from napari_unet.weights import class_weights_of, weight_map
+
+from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "weights.json"
 
@@ -49,15 +47,6 @@ def naive_weight_map(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -
     gaps = (target == 0) & np.isfinite(d2)
     weights[gaps] += w0 * np.exp(-((d1[gaps] + d2[gaps]) ** 2) / (2 * sigma**2))
     return weights.astype(np.float32)
-
-
-def seconds(function, repeats: int) -> tuple[float, list[float], object]:
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times, result
 
 
 def main() -> None:
@@ -87,13 +76,9 @@ def main() -> None:
         "speedup": speedup,
         "goal_speedup": 50.0,
         "max_relative_difference": max_rel_diff,
-        "load_average_before": load,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
+        **machine(load),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     print(f"weight map {shape[0]}x{shape[1]}, {n_cells} cells (load average {load:.2f})")
     print(f"  weight_map : {ours_s * 1e3:8.1f} ms (median of {len(ours_times)})")
     print(f"  naive      : {naive_s * 1e3:8.1f} ms (median of {len(naive_times)})")
