@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib.metadata
-import json
 import os
 import platform
 import statistics
@@ -27,6 +26,8 @@ import torch
 from scipy import ndimage
 
 from napari_unet.augment import AugmentConfig, augment, elastic_displacement
+
+from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "augment.json"
 SHAPE = (572, 572)
@@ -107,8 +108,7 @@ def main() -> None:
         "torch": torch.__version__,
         "numpy": np.__version__,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(RESULTS, result)
     print(f"augmentation per {SHAPE[0]}x{SHAPE[1]} sample (image + target + weights), median of {repeats}, "
           f"load average {load:.2f} -> {result['load_average_after']:.2f}, torch threads {torch.get_num_threads()}")
     print(f"  reference ({reference_name}, elastic only): {medians['reference'] * 1e3:7.1f} ms")

@@ -27,7 +27,6 @@ with --quick) into --out and prints a table, figure by figure, with the ratio ou
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -46,6 +45,8 @@ from napari_unet.model import UNet
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.training import Sample, Trainer, TrainingDiverged, preset
+
+from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -191,6 +192,26 @@ def tune_postprocess(
     return candidates[best], table
 
 
+def tuned_instance_figures(result: dict[str, Any], tune: list[Item], predict, probs: list[np.ndarray],
+                           truths: list[np.ndarray], border_width: int, watershed: bool) -> PostprocessConfig:
+    """Tune the post-processing on `tune` (training images; `predict` gives their probabilities) and score the
+    validation `probs` with it, into `result`: "scores" with the best candidate of `postprocess_candidates(
+    border_width, watershed)`, and, for comparison, the best with the other watershed choice ("scores_without_
+    watershed" or "scores_with_watershed"). Returns the chosen post-processing."""
+    started = time.perf_counter()
+    tune_probs = predict([item.image for item in tune])
+    tune_truths = [item.labels for item in tune]
+    best, table = tune_postprocess(tune_probs, tune_truths, postprocess_candidates(border_width, watershed))
+    other, _ = tune_postprocess(tune_probs, tune_truths, postprocess_candidates(border_width, not watershed))
+    result["tune_seconds"] = time.perf_counter() - started
+    result["postprocess"] = best.to_dict()
+    result["tuning"] = table
+    result["scores"] = instance_figures(probs, truths, best)
+    other_key = "scores_without_watershed" if watershed else "scores_with_watershed"
+    result[other_key] = {"postprocess": other.to_dict(), **instance_figures(probs, truths, other)}
+    return best
+
+
 # ------------------------------------------------------------------------------------------------ ours
 
 
@@ -260,16 +281,8 @@ def run_ours(split: Split, preset_name: str, budget: float, device: torch.device
     if split.dataset == "isbi":
         result["scores"] = isbi_figures(probs, truths)
     else:
-        tune = split.train[:tune_count]
-        started = time.perf_counter()
-        tune_probs = predict([item.image for item in tune])
-        best, table = tune_postprocess(tune_probs, [i.labels for i in tune], postprocess_candidates(border_width, True))
-        plain, _ = tune_postprocess(tune_probs, [i.labels for i in tune], postprocess_candidates(border_width, False))
-        result["tune_seconds"] = time.perf_counter() - started
-        result["postprocess"] = best.to_dict()
-        result["tuning"] = table
-        result["scores"] = instance_figures(probs, truths, best)
-        result["scores_without_watershed"] = {"postprocess": plain.to_dict(), **instance_figures(probs, truths, plain)}
+        best = tuned_instance_figures(result, split.train[:tune_count], predict, probs, truths, border_width,
+                                      watershed=True)
     if tta:
         from napari_unet.pipeline import predict_tta
 
@@ -313,19 +326,7 @@ def run_peer(split: Split, budget: float, device: torch.device, seed: int, tune_
     if split.dataset == "isbi":
         result["scores"] = isbi_figures(probs, truths)
     else:
-        tune = split.train[:tune_count]
-        started = time.perf_counter()
-        tune_probs = predict([item.image for item in tune])
-        tune_truths = [i.labels for i in tune]
-        best, table = tune_postprocess(tune_probs, tune_truths, postprocess_candidates(0, False))
-        with_watershed, _ = tune_postprocess(tune_probs, tune_truths, postprocess_candidates(0, True))
-        result["tune_seconds"] = time.perf_counter() - started
-        result["postprocess"] = best.to_dict()
-        result["tuning"] = table
-        result["scores"] = instance_figures(probs, truths, best)
-        result["scores_with_watershed"] = {
-            "postprocess": with_watershed.to_dict(), **instance_figures(probs, truths, with_watershed)
-        }
+        tuned_instance_figures(result, split.train[:tune_count], predict, probs, truths, 0, watershed=False)
     return result
 
 
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     for dataset in datasets:
         result = run_dataset(dataset, args, device)
         path = args.out / f"real_{dataset}{'_quick' if args.quick else ''}.json"
-        path.write_text(json.dumps(result, indent=2))
+        write_results(path, result)
         print(f"wrote {path}", flush=True)
     return 0
 

@@ -29,7 +29,6 @@ Writes benchmarks/results/responsiveness.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -39,6 +38,8 @@ from pathlib import Path
 
 import torch  # noqa: F401  (import order: torch before Qt)
 import numpy as np
+
+from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "responsiveness.json"
 TICK_MS = 10
@@ -289,8 +290,7 @@ def main() -> None:
               f"{scenario['max_stall_vs_idle']:.2f}x idle ({idle:.0f} ms), "
               f"{scenario['max_stall_vs_display_floor']:.2f}x the display floor ({floor:.0f} ms), "
               f"{scenario['max_stall_vs_blocking']:.4f}x the blocking reference ({blocked:.0f} ms)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(args.out, result)
     print(f"wrote {args.out}")
     await_workers(60_000)
     viewer.close()

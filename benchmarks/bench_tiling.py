@@ -16,7 +16,6 @@ Figures (each a ratio against a reference measured in this run):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import torch
 
 from napari_unet.model import UNet
 from napari_unet.tiling import predict_tiled, prepare_model, tile_grid
+
+from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -228,8 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"({memory['peak_rss_over_output_size']:.2f}x the float32 output it wrote; "
         f"{memory['rss_before_predict_bytes'] / 2**30:.2f} GiB before predicting), {memory['seconds']:.0f} s"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
     print(f"wrote {args.out}")
     return results
 

@@ -16,7 +16,6 @@ printed as a ratio to it. The winner is the `fast` preset (see docs/benchmarks.m
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +31,8 @@ from napari_unet.synthetic import make_cells
 from napari_unet.targets import make_target
 from napari_unet.tiling import predict_tiled
 from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer
+
+from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -164,8 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
               f"AP50 {final['ap50']:.3f} ({row['ap50_over_reference']:.2f}x, tuned {final['tuned']['ap50']:.3f})  "
               f"{row['seconds_per_iteration']:.2f} s/it")
     results = {"budget_seconds": budget, "torch_threads": torch.get_num_threads(), "candidates": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
+    write_results(args.out, results)
     print(f"wrote {args.out}")
     return results
 
