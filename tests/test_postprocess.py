@@ -267,3 +267,19 @@ def test_recovers_touching_nuclei_from_separated_targets_of_real_data(shared_dat
     assert np.mean([s["ap50"] for s in ours]) > 0.98
     assert np.mean([s["map"] for s in ours]) > 0.95
     assert np.mean([s["ap50"] for s in ours]) > np.mean([s["ap50"] for s in merged]) + 0.05
+
+
+def test_growth_is_calibrated_on_the_annotated_cells_alone():
+    from napari_unet.postprocess import calibrate_growth
+
+    yy, xx = np.mgrid[:60, :100]
+    cell = (yy - 30) ** 2 + (xx - 25) ** 2 <= 12**2
+    probs = np.where((yy - 30) ** 2 + (xx - 25) ** 2 <= 9**2, 0.9, np.where(cell, 0.25, 0.02))
+    probs[10:50, 60:95] = 0.9  # an unannotated blob elsewhere: no annotated cell there, so it does not count
+    cells = cell.astype(np.int32)
+    config, scores = calibrate_growth([probs], [cells], PostprocessConfig(border_width=0))
+    assert config.grow_threshold == 0.2 and scores["0.2"] > 0.95 > scores["off"]
+    exact = np.where(cell, 0.9, 0.02)
+    assert calibrate_growth([exact], [cells])[0].grow_threshold is None  # right already: no growth
+    with pytest.raises(ValueError, match="as many"):
+        calibrate_growth([probs], [])

@@ -139,3 +139,39 @@ def test_config_round_trips_through_json_types():
     import json
 
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+def test_a_completed_run_calibrates_the_growth_on_the_annotated_cells(samples, tmp_path, monkeypatch):
+    import napari_unet.training as training
+
+    seen = []
+
+    def spy(probs, cells, base):
+        seen.append([np.unique(c[c > 0]).size for c in cells])
+        return replace(base, grow_threshold=0.2), {"off": 0.5, "0.2": 0.6}
+
+    monkeypatch.setattr(training, "calibrate_growth", spy)
+    image, labels = make_cells((128, 128), seed=7)
+    few = np.isin(labels, [1, 2, 3])  # three annotated cells; the rest of the image is not annotated
+    sparse = Sample(image, np.where(few, labels, 0), mask=few)
+    model, config = tiny(iterations=4)
+    trainer = Trainer(model, config, [sparse], device="cpu", checkpoint=tmp_path / "model")
+    list(trainer.run())
+    assert seen == [[3]]  # scored on the annotated cells only
+    saved = load_model(tmp_path / "model")
+    assert saved.postprocess.grow_threshold == 0.2
+    assert saved.metadata["growth_calibration"]["chosen"] == 0.2
+
+    seen.clear()
+    model, config = tiny(iterations=50)
+    run = Trainer(model, config, samples, device="cpu").run()
+    for _ in itertools.islice(run, 2):
+        pass
+    run.close()  # a stopped run keeps its post-processing as it was
+    model, config = tiny(iterations=2, calibrate_growth=False)
+    list(Trainer(model, config, samples, device="cpu").run())
+    binary = Sample(samples[0].image, (samples[0].labels > 0).astype(np.uint8))
+    model, config = tiny(iterations=2)
+    unchanged = Trainer(model, config, [binary], device="cpu")
+    list(unchanged.run())
+    assert seen == [] and unchanged.postprocess.grow_threshold is None

@@ -37,8 +37,8 @@ from .losses import weighted_cross_entropy
 from .metrics import pixel_scores
 from .model import UNet, UNetConfig
 from .modelfile import STATE_FILE, ModelBundle, Normalization, load_model, save_model
-from .postprocess import PostprocessConfig
-from .targets import annotation_mask, make_target
+from .postprocess import PostprocessConfig, calibrate_growth
+from .targets import annotation_mask, is_binary, make_target
 from .tiling import predict_tiled, read_window
 from .weights import weight_map
 
@@ -52,6 +52,9 @@ class TrainConfig:
     w0, sigma, border: weight map border term and the separation border width between touching cells (px).
     time_budget: seconds of training steps (time paused or spent by the consumer between events does not
         count); training stops (and saves) when exceeded, whatever `iterations` says.
+    calibrate_growth: at the end of a run that was not stopped, choose how far the post-processing grows
+        objects (`PostprocessConfig.grow_threshold`) so that the objects found on (up to 8 of) the training
+        images match the annotated cells best (`postprocess.calibrate_growth`); instance labels only.
     """
 
     iterations: int = 400
@@ -70,6 +73,7 @@ class TrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
     time_budget: float | None = None
+    calibrate_growth: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adam", "sgd"):
@@ -163,6 +167,7 @@ class _Prepared:
     target: np.ndarray  # (H, W) uint8
     weights: np.ndarray  # (H, W) float32, 0 = ignored
     annotated: np.ndarray  # flat indices of pixels with weight > 0
+    cells: np.ndarray | None  # (H, W) int32 ids of the annotated cells, 0 elsewhere; None for a binary mask
 
 
 class Trainer:
@@ -209,6 +214,7 @@ class Trainer:
         self.optimizer = _make_optimizer(model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
         self._preview_requested = False
+        self.growth_calibration: dict[str, Any] | None = None
         self._last_good = self._snapshot()
 
     # -- public ----------------------------------------------------------------------------------------------
@@ -237,6 +243,8 @@ class Trainer:
                         yield self._event("checkpoint", loss)
                 if config.time_budget is not None and self.elapsed >= config.time_budget:
                     break
+            if config.calibrate_growth:
+                self.calibrate_growth()
             yield self._event("validation", self._last_loss, val_score=self.validate())
             if self.checkpoint is not None and saved_at != self.iteration:
                 self.save_checkpoint(self.checkpoint)
@@ -245,6 +253,24 @@ class Trainer:
         finally:
             if self.checkpoint is not None and saved_at != self.iteration and not self._diverged:
                 self.save_checkpoint(self.checkpoint)  # stopped: keep the last completed step
+
+    def calibrate_growth(self, max_images: int = 8) -> dict[str, float] | None:
+        """Set the post-processing's growth to what makes the objects found on the training images match their
+        annotated cells best (mean SEG; `postprocess.calibrate_growth`); returns each candidate's score, or None
+        (nothing changed) when the annotations are binary masks.
+
+        Scored on training images, whose cells the network has seen; what is chosen is one number, the extent
+        of the outlines, which depends on the training (a large w0 makes a network cautious at the edges of
+        cells) more than on the images. Recorded in the model's metadata as "growth_calibration".
+        """
+        samples = [sample for sample in self.train if sample.cells is not None and sample.cells.any()][:max_images]
+        if not samples:
+            return None
+        probs = [self._predict(sample.image)[1] for sample in samples]
+        self.postprocess, scores = calibrate_growth(probs, [sample.cells for sample in samples], self.postprocess)
+        self.growth_calibration = {"seg": scores, "images": len(samples),
+                                   "chosen": self.postprocess.grow_threshold, "iteration": self.iteration}
+        return scores
 
     def request_preview(self) -> None:
         """Attach the foreground probability of the first validation (else training) image to the next step."""
@@ -274,6 +300,7 @@ class Trainer:
                 "data_hashes": self.data_hashes,
                 "training": self.config.to_dict(),
                 "device": str(self.device),
+                **({"growth_calibration": self.growth_calibration} if self.growth_calibration else {}),
             },
         )
 
@@ -344,8 +371,10 @@ class Trainer:
         c = self.config
         weights = weight_map(labels, c.w0, c.sigma, mask=sample.mask, border=c.border)
         target = make_target(labels, c.border)
-        target[~annotation_mask(labels, sample.mask)] = 0
-        return _Prepared(image, target, weights, np.flatnonzero(weights > 0))
+        annotated = annotation_mask(labels, sample.mask)
+        target[~annotated] = 0
+        cells = None if is_binary(labels) else np.where(annotated & (labels > 0), labels, 0).astype(np.int32)
+        return _Prepared(image, target, weights, np.flatnonzero(weights > 0), cells)
 
     def _window(self, sample: _Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A random training window: image (C, n, n), target and weights (n, n), centred on an annotated pixel."""
