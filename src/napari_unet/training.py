@@ -145,7 +145,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class TrainEvent:
-    """What the trainer reports. kind: "step", "validation", "checkpoint" or "done"."""
+    """What the trainer reports. kind: "step", "validation", "checkpoint", "calibration" (the growth of the
+    post-processing is about to be calibrated, `Trainer.calibrate_growth`) or "done"."""
 
     kind: str
     iteration: int
@@ -243,8 +244,10 @@ class Trainer:
                         yield self._event("checkpoint", loss)
                 if config.time_budget is not None and self.elapsed >= config.time_budget:
                     break
-            if config.calibrate_growth:
+            if config.calibrate_growth and any(sample.cells is not None for sample in self.train):
+                yield self._event("calibration", self._last_loss)  # announced: it runs the network on the images
                 self.calibrate_growth()
+                saved_at = -1  # the model's post-processing changed: save it even if this step was saved
             yield self._event("validation", self._last_loss, val_score=self.validate())
             if self.checkpoint is not None and saved_at != self.iteration:
                 self.save_checkpoint(self.checkpoint)

@@ -549,6 +549,9 @@ class FineTuneWidget(QWidget):
                 f"iteration {event.iteration}/{event.total}, loss {event.loss:.4f}, "
                 f"{format_duration(event.elapsed)} elapsed, about {format_duration(left)} left"
             )
+        elif event.kind == "calibration":
+            self.status.setText(f"iteration {event.iteration}: fitting the outlines of the post-processing to the "
+                                "annotated cells…")
         elif event.kind == "validation" and event.val_score is not None:
             history.scores.append((event.iteration, event.val_score))
             self.plot.add_score(event.iteration, event.val_score)
