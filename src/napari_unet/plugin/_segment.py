@@ -373,7 +373,7 @@ class SegmentWidget(QWidget):
     def _show_result(self, count: int) -> None:
         if self._shown(self.labels_layer):
             refresh_thumbnail(self.labels_layer)
-        self.status.setText(f"Done: {count} object(s). Threshold and min. size can be retuned now.")
+        self.status.setText(f"Done: {count} object(s). The post-processing can be retuned now (no new prediction).")
         self.segmented.emit(self.labels)
 
     def _aborted(self) -> None:
