@@ -6,7 +6,7 @@ tile's region of the Labels layer (`_redraw.refresh_region`: colour mapping and 
 alone); the probability layer, which napari can only redraw whole, gets a throttled refresh. So the window
 stays responsive. When every tile is in, the stitched probability map is post-processed as a whole (in a
 worker too), so cells cut by tile borders come out whole, and the result is redrawn band by band, one band per
-turn of the event loop; the probability map is kept, so the threshold and minimum size can be retuned without
+turn of the event loop; the probability map is kept, so the post-processing can be retuned without
 running the network again.
 """
 
@@ -51,7 +51,7 @@ from ._workers import alive, generator_worker, start_worker
 
 REFRESH_MS = 100  # at most ~10 whole-layer refreshes per second while tiles stream in
 REFRESH_BUDGET = 8  # ...and at least 8x the time a refresh takes between two (large layers redraw slowly)
-RETUNE_MS = 250  # post-processing reruns this long after the last change of threshold or minimum size
+RETUNE_MS = 250  # post-processing reruns this long after the last change of its controls
 
 
 @dataclass(frozen=True)
