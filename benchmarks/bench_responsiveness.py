@@ -21,7 +21,7 @@ Figures: the longest stall, the 99th percentile of gaps, the number of stalls ov
 to the idle figure, the display floor and the blocking reference. The segmentation variants run `--repeats`
 times, interleaved; the run with the median longest stall is reported, with every run's longest stall. Needs a display: run it under Xvfb on a headless machine:
 
-    xvfb-run -a .venv/bin/python benchmarks/bench_responsiveness.py [--quick]
+    xvfb-run -a .venv/bin/python benchmarks/bench_responsiveness.py [--quick] [--busy-cores N] [--out FILE]
 
 Writes benchmarks/results/responsiveness.json.
 """
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -125,7 +126,18 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each segmentation variant (the median "
                         "run's figures are reported, with every run's longest stall)")
+    parser.add_argument("--busy-cores", type=int, default=0, metavar="N",
+                        help="keep N other processes spinning during the whole run (a loaded machine)")
     args = parser.parse_args()
+    busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy_cores)]
+    try:
+        run(args)
+    finally:
+        for process in busy:
+            process.kill()
+
+
+def run(args: argparse.Namespace) -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
@@ -158,6 +170,7 @@ def main() -> None:
     result: dict = {
         "benchmark": "responsiveness",
         "quick": args.quick,
+        "busy_cores": args.busy_cores,
         "tick_ms": TICK_MS,
         "goal_max_stall_ms": GOAL_MS,
         "machine": {"python": platform.python_version(), "torch": torch.__version__,

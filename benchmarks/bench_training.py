@@ -54,41 +54,41 @@ def candidates() -> dict[str, tuple[UNetConfig, TrainConfig]]:
 SWEEP = (0.2, 0.3, 0.4, 0.5)
 
 
-def score(model: UNet, tests: list[tuple[np.ndarray, np.ndarray]], validation: list[tuple[np.ndarray, np.ndarray]]
-          ) -> dict[str, float]:
+def labels_figures(predicted: np.ndarray, labels: np.ndarray) -> tuple[float, float, float]:
+    """Labels IoU (their foreground against the true foreground), AP50 and mAP of one labelling."""
+    instances = instance_scores(predicted, labels)
+    return pixel_scores(predicted > 0, labels > 0)["iou"], instances["ap50"], instances["map"]
+
+
+def score(model: UNet, tests: list[tuple[np.ndarray, np.ndarray]], validation: list[tuple[np.ndarray, np.ndarray]],
+          calibrated: PostprocessConfig | None = None) -> dict[str, float]:
     """IoU of probs > 0.5 against the separated target; of the default post-processing's labels, the IoU of their
     foreground against the true foreground, AP50 and mAP (IoU 0.5:0.95); the same after the post-processing tuned
-    on `validation`; per threshold of the post-processing (objects grown to p > 0.1, and not), labels IoU and
-    AP50."""
+    on `validation`, and after `calibrated` (the model's own, when given); per threshold of the post-processing
+    (objects grown to p > 0.1, and not), labels IoU and AP50."""
     tuned, _ = tune_postprocess([predict_tiled(model, image, device="cpu")[1] for image, _ in validation],
                                 [labels for _, labels in validation])
-    tuned_scores = []
-    ious, aps, label_ious, maps, sweep = [], [], [], [], {t: [] for t in SWEEP}
+    named = {"plain": PostprocessConfig(), "tuned": tuned, **({"calibrated": calibrated} if calibrated else {})}
+    figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in named}
+    ious, sweep = [], {t: [] for t in SWEEP}
     for image, labels in tests:
         probs = predict_tiled(model, image, device="cpu")[1]
         ious.append(pixel_scores(probs > 0.5, make_target(labels) > 0)["iou"])
-        predicted = probs_to_labels(probs)
-        instances = instance_scores(predicted, labels)
-        aps.append(instances["ap50"])
-        maps.append(instances["map"])
-        label_ious.append(pixel_scores(predicted > 0, labels > 0)["iou"])
-        predicted = probs_to_labels(probs, tuned)
-        tuned_scores.append((pixel_scores(predicted > 0, labels > 0)["iou"], instance_scores(predicted, labels)["ap50"],
-                             instance_scores(predicted, labels)["map"]))
+        for name, config in named.items():
+            figures[name].append(labels_figures(probs_to_labels(probs, config), labels))
         for threshold in SWEEP:
             row = []
             for grow in (0.1, None):
                 predicted = probs_to_labels(probs, PostprocessConfig(threshold=threshold, grow_threshold=grow))
-                row += [pixel_scores(predicted > 0, labels > 0)["iou"], instance_scores(predicted, labels)["ap50"]]
+                row += list(labels_figures(predicted, labels)[:2])
             sweep[threshold].append(row)
     model.train()
+    means = {name: dict(zip(("labels_iou", "ap50", "map"), np.mean(values, axis=0).tolist()))
+             for name, values in figures.items()}
     return {
         "iou": float(np.mean(ious)),
-        "ap50": float(np.mean(aps)),
-        "labels_iou": float(np.mean(label_ious)),
-        "map": float(np.mean(maps)),
-        "tuned": {"postprocess": tuned.to_dict(), **dict(zip(("labels_iou", "ap50", "map"),
-                                                             np.mean(tuned_scores, axis=0).tolist()))},
+        **means.pop("plain"),
+        **{name: {"postprocess": named[name].to_dict(), **values} for name, values in means.items()},
         "threshold_sweep": [
             {"threshold": t, **dict(zip(("labels_iou", "ap50", "labels_iou_no_growth", "ap50_no_growth"),
                                         np.mean(values, axis=0).tolist()))}
@@ -115,8 +115,10 @@ def run_candidate(name, net_config, config, train, tests, validation, budget, ch
         if event is None or (event.kind == "step" and trained >= marks[0]):
             marks = [] if event is None else marks[1:]
             point = event if event is not None else last
+            if not marks:  # the end: calibrate the model's post-processing as a completed run does (off the clock)
+                trainer.calibrate_growth()
             curve.append({"seconds": trained, "iterations": point.iteration, "loss": point.loss,
-                          **score(model, tests, validation)})
+                          **score(model, tests, validation, None if marks else trainer.postprocess)})
             print(f"  {name}: {trained:6.0f} s, {point.iteration:5d} it, IoU {curve[-1]['iou']:.3f}, "
                   f"labels IoU {curve[-1]['labels_iou']:.3f}, AP50 {curve[-1]['ap50']:.3f}, "
                   f"mAP {curve[-1]['map']:.3f}; tuned: labels IoU {curve[-1]['tuned']['labels_iou']:.3f}, "
@@ -124,16 +126,7 @@ def run_candidate(name, net_config, config, train, tests, validation, budget, ch
         if event is not None and event.kind == "step":
             last = event
     run.close()
-    trainer.calibrate_growth()
-    calibrated = [probs_to_labels(predict_tiled(model, image, device="cpu")[1], trainer.postprocess)
-                  for image, _ in tests]
-    model.train()
-    curve[-1]["calibrated"] = {
-        "postprocess": trainer.postprocess.to_dict(), "growth_calibration": trainer.growth_calibration,
-        "labels_iou": float(np.mean([pixel_scores(c > 0, t > 0)["iou"] for c, (_, t) in zip(calibrated, tests)])),
-        **{key: float(np.mean([instance_scores(c, t)[key] for c, (_, t) in zip(calibrated, tests)]))
-           for key in ("ap50", "map")},
-    }
+    curve[-1]["calibrated"]["growth_calibration"] = trainer.growth_calibration
     print(f"  {name}: the model's post-processing, growth calibrated on the training cells "
           f"(to {trainer.postprocess.grow_threshold}): labels IoU {curve[-1]['calibrated']['labels_iou']:.3f}, "
           f"AP50 {curve[-1]['calibrated']['ap50']:.3f}, mAP {curve[-1]['calibrated']['map']:.3f}", flush=True)

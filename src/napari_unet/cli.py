@@ -570,14 +570,14 @@ def _tune_postprocess(trainer, validation) -> dict[str, Any] | None:
 def _describe_tuning(tuned: dict[str, Any]) -> str:
     config = tuned["config"]
     return (f"post-processing tuned on {tuned['images']} validation image(s): threshold {config.threshold}, "
-            f"watershed {'on' if config.watershed else 'off'}, growth to {_growth(config.threshold, config.grow_threshold)} "
+            f"watershed {'on' if config.watershed else 'off'}, growth to {_growth(config)} "
             f"(AP50 {tuned['scores']['ap50']:.3f}, "
             f"{tuned['before']['ap50']:.3f} before); saved with the model")
 
 
-def _growth(threshold: float, grow_threshold: float | None) -> str:
+def _growth(config: Any) -> str:
     """How far objects grow (post-processing step 5), in words: "p > 0.1", or "off"."""
-    return f"p > {grow_threshold}" if grow_threshold is not None and grow_threshold < threshold else "off"
+    return f"p > {config.grow_threshold}" if config.grows else "off"
 
 
 def _summary(result: dict[str, Any], out: Path) -> str:
@@ -800,7 +800,10 @@ def _save_overlay(path: Path, image, predicted, truth, scale: int = 2) -> None:
 
 
 def _demo_markdown(report: dict[str, Any], out: Path, args: argparse.Namespace) -> str:
+    from .postprocess import PostprocessConfig
+
     s, t, p = report["scores"], report["training"], report["postprocess"]
+    growth = _growth(PostprocessConfig.from_dict({k: v for k, v in p.items() if not k.startswith("validation_")}))
     val = f"{t['validation_iou']:.3f}" if t["validation_iou"] is not None else "n/a"
     return f"""# napari-unet demo
 
@@ -811,7 +814,7 @@ Training: preset `fast`, {t['iterations']} iterations in {_duration(t['seconds']
 final loss {t['final_loss']:.4f}, validation foreground IoU {val}.
 
 Post-processing, chosen on the validation image (`napari-unet train --tune-postprocess`): threshold
-{p['threshold']}, watershed {'on' if p['watershed'] else 'off'}, growth to {_growth(p['threshold'], p['grow_threshold'])}
+{p['threshold']}, watershed {'on' if p['watershed'] else 'off'}, growth to {growth}
 (validation AP50 {p['validation_ap50']:.3f}; {p['validation_ap50_default']:.3f} with the default settings).
 
 | score on the held-out image | value |

@@ -247,39 +247,30 @@ def tune_postprocess(
     base=None,
     thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     watershed: Sequence[bool] = (False, True),
-    grow_thresholds: Sequence[float | None] = (None, 0.3, 0.2, 0.1, 0.05),
+    grow_thresholds: Sequence[float | None] | None = None,
 ) -> tuple[Any, dict[str, float]]:
     """The post-processing that segments validation images best: (config, its mean scores).
 
     probs: foreground probabilities (H, W) of the validation images; truths: their instance labels (H, W).
     Two rounds: first `base` (default `PostprocessConfig()`) with each threshold and watershed setting, then
-    the winner with each growth threshold (`grow_thresholds`; None: no growth). The score is the mean AP at
-    IoU 0.5, ties broken by the mean AP over IoU 0.5:0.95 (which rewards objects of the right extent), then by
-    the order of the candidates (the previous winner first). The network is not run again: only
-    `probs_to_labels` is, once per candidate.
+    the winner with each growth threshold (`grow_thresholds`, default `postprocess.GROWTH_CANDIDATES`; None: no
+    growth). The score is the mean AP at IoU 0.5, ties broken by the mean AP over IoU 0.5:0.95 (which rewards
+    objects of the right extent), then by the order of the candidates (the previous winner first). The network
+    is not run again: only `probs_to_labels` is, once per candidate (`postprocess.best_config`).
     """
-    from .metrics import instance_scores
-    from .postprocess import PostprocessConfig, probs_to_labels
+    from .postprocess import GROWTH_CANDIDATES, PostprocessConfig, best_config
 
-    if not probs or len(probs) != len(truths):
-        raise ValueError(f"need as many probability maps as label images (at least one); got {len(probs)} "
-                         f"and {len(truths)}")
     base = PostprocessConfig() if base is None else base
+    grow_thresholds = GROWTH_CANDIDATES if grow_thresholds is None else grow_thresholds
 
-    def best_of(candidates: list[Any]) -> tuple[Any, dict[str, float]]:
-        best, best_key, best_scores = candidates[0], None, {}
-        for candidate in candidates:
-            scores = [instance_scores(probs_to_labels(p, candidate), np.asarray(t)) for p, t in zip(probs, truths)]
-            mean = {key: float(np.mean([s[key] for s in scores])) for key in ("ap50", "map", "f1_50", "seg")}
-            key = (mean["ap50"], mean["map"])
-            if best_key is None or key > best_key:
-                best, best_key, best_scores = candidate, key, mean
-        return best, best_scores
+    def rank(mean: dict[str, float]) -> tuple[float, float]:
+        return mean["ap50"], mean["map"]
 
-    best, _ = best_of([base] + [replace(base, threshold=float(t), watershed=bool(w))
-                                for w in watershed for t in thresholds])
-    return best_of([best] + [replace(best, grow_threshold=None if g is None else float(g))
-                             for g in grow_thresholds])
+    first = [base] + [replace(base, threshold=float(t), watershed=bool(w)) for w in watershed for t in thresholds]
+    best = best_config(first, probs, truths, rank)[0]
+    second = [best] + [replace(best, grow_threshold=None if g is None else float(g)) for g in grow_thresholds]
+    best, scores, _ = best_config(second, probs, truths, rank)
+    return best, scores
 
 
 # ------------------------------------------------------------------------------------------- segmentation

@@ -34,7 +34,7 @@ changed without running the network again.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -103,6 +103,11 @@ class PostprocessConfig:
         if not self.watershed_h > 0:
             raise ValueError(f"watershed_h must be > 0 (pixels); got {self.watershed_h}")
 
+    @property
+    def grows(self) -> bool:
+        """Whether step 5 runs: a growth threshold is set and lies below the threshold."""
+        return self.grow_threshold is not None and self.grow_threshold < self.threshold
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict of plain Python values."""
         return {key: value.item() if isinstance(value, np.generic) else value for key, value in asdict(self).items()}
@@ -140,7 +145,7 @@ def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = Non
     else:
         labels = ndimage.label(mask, structure=FOUR_CONNECTED)[0]
     labels = remove_small_objects(labels, config.min_size)
-    if config.grow_threshold is not None and config.grow_threshold < config.threshold:
+    if config.grows:
         labels = grow_by_probability(labels, probs_fg, config.grow_threshold, config.grow_distance)
     if config.border_width > 0:
         labels = grow_into_borders(labels, config.border_width)
@@ -150,6 +155,33 @@ def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = Non
 
 
 GROWTH_CANDIDATES: tuple[float | None, ...] = (None, 0.3, 0.2, 0.1, 0.05)
+
+
+def best_config(
+    candidates: Sequence[PostprocessConfig],
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    rank: Callable[[dict[str, float]], Any],
+) -> tuple[PostprocessConfig, dict[str, float], list[dict[str, float]]]:
+    """The candidate whose labels score best against `truths`: (config, its mean scores, every candidate's).
+
+    Each candidate post-processes every probability map once; the mean over images of AP50, mAP, F1 at 0.5 and
+    SEG (`metrics.instance_scores`) is ranked by `rank` (higher is better); a later candidate must rank strictly
+    higher to win, so ties keep the earlier one.
+    """
+    from .metrics import instance_scores
+
+    if not probs or len(probs) != len(truths):
+        raise ValueError(f"need as many probability maps as label images (at least one); got {len(probs)} "
+                         f"and {len(truths)}")
+    best, best_rank, best_scores, table = candidates[0], None, {}, []
+    for candidate in candidates:
+        scores = [instance_scores(probs_to_labels(p, candidate), np.asarray(t)) for p, t in zip(probs, truths)]
+        mean = {key: float(np.mean([s[key] for s in scores])) for key in ("ap50", "map", "f1_50", "seg")}
+        table.append(mean)
+        if best_rank is None or rank(mean) > best_rank:
+            best, best_rank, best_scores = candidate, rank(mean), mean
+    return best, best_scores, table
 
 
 def calibrate_growth(
@@ -168,20 +200,10 @@ def calibrate_growth(
     outlines, and SEG falls when they overshoot as when they stop short. Candidates are tried in order (no
     growth first); a later one must score higher to be chosen. The other parameters stay those of `base`.
     """
-    from .metrics import instance_scores
-
-    if not probs or len(probs) != len(cells):
-        raise ValueError(f"need as many probability maps as annotated images (at least one); got {len(probs)} "
-                         f"and {len(cells)}")
     base = PostprocessConfig() if base is None else base
-    best, best_score, scores = base, -1.0, {}
-    for grow in candidates:
-        config = replace(base, grow_threshold=grow)
-        score = float(np.mean([instance_scores(probs_to_labels(p, config), c)["seg"] for p, c in zip(probs, cells)]))
-        scores["off" if grow is None else str(grow)] = score
-        if score > best_score + 1e-9:
-            best, best_score = config, score
-    return best, scores
+    configs = [replace(base, grow_threshold=grow) for grow in candidates]
+    best, _, table = best_config(configs, probs, cells, rank=lambda mean: mean["seg"])
+    return best, {"off" if grow is None else str(grow): mean["seg"] for grow, mean in zip(candidates, table)}
 
 
 def split_by_watershed(mask: np.ndarray, h: float) -> np.ndarray:

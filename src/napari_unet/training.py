@@ -199,7 +199,8 @@ class Trainer:
         self.postprocess = postprocess or PostprocessConfig(border_width=config.border)
         self.tile = model.valid_input_size(config.tile_size)
         self.train = [self._prepare(s, f"training sample {i}") for i, s in enumerate(train)]
-        self.validation = [self._prepare(s, f"validation sample {i}") for i, s in enumerate(validation)]
+        self.validation = (self.train if validation is train  # the plugin validates on its training crops
+                           else [self._prepare(s, f"validation sample {i}") for i, s in enumerate(validation)])
         if not any(p.annotated.size for p in self.train):
             raise ValueError("the annotations are empty: no pixel has a nonzero loss weight (label some cells)")
         self.data_hashes = [_hash_sample(s) for s in train]

@@ -53,8 +53,8 @@ def refresh_region(layer: Any, key: tuple[Any, ...]) -> bool:
     key: one int or slice per axis of `layer.data` (ints for the leading plane axes, slices with explicit
     start and stop for the spatial axes). Returns True when the region is redrawn, or when it lies in a plane
     that is not shown (napari slices it afresh when the user moves there); False when the caller must call
-    `layer.refresh()` instead: napari without the internals, a multiscale layer, a 3-D view, contours drawn,
-    or a slice not loaded yet.
+    `layer.refresh()` instead: napari without the internals, a multiscale layer, data other than a NumPy
+    array, a 3-D view, contours drawn, or a slice not loaded yet.
     """
     if getattr(layer, "multiscale", False) or layer.contour != 0 or not partial_refresh_supported(layer):
         return False
@@ -84,12 +84,8 @@ def _refresh_region(layer: Any, key: tuple[Any, ...]) -> bool:
     if not all(isinstance(part, slice) for part in region):
         return False
     image = layer._slice.image
-    if image.raw.ndim != 2:
-        return False
-    if not np.shares_memory(image.raw, layer.data):
-        # the shown plane is a copy (dask, zarr): bring the region over from the data
-        plane = tuple(key[axis] if axis in slice_input.displayed else shown[axis] for axis in range(layer.ndim))
-        image.raw[region] = np.asarray(layer.data[plane])
+    if image.raw.ndim != 2 or not np.shares_memory(image.raw, layer.data):
+        return False  # the shown plane is a copy (not a NumPy array in memory): it needs slicing afresh
     image.view[region] = layer.colormap._data_to_texture(image.raw[region])
     whole = tuple(part if isinstance(part, slice) else slice(int(part), int(part) + 1) for part in key)
     layer._accumulate_updated_slice(whole)
