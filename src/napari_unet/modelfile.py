@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._config import Config, check_range
 from .io import apply_normalization, percentiles
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
@@ -35,14 +36,16 @@ STATE_FILE = "training_state.pt"
 
 
 @dataclass(frozen=True)
-class Normalization:
+class Normalization(Config):
     """Percentile normalisation applied to every input: (x - p_low) / (p_high - p_low), per channel."""
 
     low: float = 1.0
     high: float = 99.8
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.low < self.high <= 100.0:
+        check_range(self, "low", 0.0, 100.0, meaning="a percentile")
+        check_range(self, "high", 0.0, 100.0, meaning="a percentile")
+        if not self.low < self.high:
             raise ValueError(f"normalisation percentiles need 0 <= low < high <= 100, got {self.low}, {self.high}")
 
 
@@ -89,7 +92,7 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "unet": bundle.net.config.to_dict(),
-        "normalization": {"low": bundle.normalization.low, "high": bundle.normalization.high},
+        "normalization": bundle.normalization.to_dict(),
         "postprocess": bundle.postprocess.to_dict(),
         "metadata": {**_versions(), **bundle.metadata},
     }
@@ -141,7 +144,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         )
     try:
         net = UNet(UNetConfig.from_dict(config["unet"]))
-        normalization = Normalization(**config.get("normalization", {}))
+        normalization = Normalization.from_dict(config.get("normalization", {}))
         postprocess = PostprocessConfig.from_dict(config.get("postprocess", {}))
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path / CONFIG_FILE} has an invalid configuration: {error}") from None
