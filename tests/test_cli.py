@@ -132,9 +132,7 @@ def test_predict_segments_stacks_plane_by_plane_with_tta(data, model, tmp_path, 
     labels, axes = read_image(tmp_path / "out" / "movie_labels.tif")
     probs = read_image(tmp_path / "out" / "movie_probs.tif")[0]
     assert axes == "TYX" and labels.shape == stack.shape and probs.shape == stack.shape
-    from napari_unet.pipeline import predict_tta
-
-    np.testing.assert_allclose(probs[1], predict_tta(load_model(model), stack[1], device="cpu")[1], atol=1e-6)
+    np.testing.assert_allclose(probs[1], load_model(model).predict(stack[1], device="cpu", tta=True)[1], atol=1e-6)
 
 
 def test_resume_continues_the_iterations(data, tmp_path, capsys):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -51,6 +51,16 @@ class Config:
             raise ValueError(f"unknown {cls.__name__} keys {unknown}; expected some of {sorted(known)}")
         hints = typing.get_type_hints(cls)
         return cls(**{key: _typed(hints[key], value) for key, value in data.items()})
+
+
+def with_overrides(config: C, **overrides: Any) -> C:
+    """`config` with the fields given a value other than None replaced (options a user left unset keep it).
+
+    >>> from napari_unet.postprocess import PostprocessConfig
+    >>> with_overrides(PostprocessConfig(), threshold=0.3, min_size=None).min_size
+    16
+    """
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _plain(value: Any) -> Any:

@@ -26,7 +26,7 @@ from ._config import Config, check_range
 from .io import apply_normalization, percentiles
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
-from .tiling import predict_tiled
+from .tiling import predict_tiled, predict_tta
 
 FORMAT = "napari-unet-model"
 FORMAT_VERSION = 1
@@ -65,13 +65,21 @@ class ModelBundle:
         return lambda window: apply_normalization(window, lo, hi)
 
     def predict(self, image, *, tile_size: int | None = None, device: str | torch.device = "auto", out=None,
-                batch_size: int = 1) -> np.ndarray:
-        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image, normalised tile by tile."""
+                batch_size: int = 1, tta: bool = False) -> np.ndarray:
+        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image, normalised tile by tile.
+
+        tta: test-time augmentation, the mean over the 8 flips and 90-degree rotations (`tiling.predict_tta`).
+        """
         axes = "YX" if image.ndim == 2 else "CYX"
-        return predict_tiled(
-            self.net, image, tile_size, device=device, out=out, batch_size=batch_size,
-            preprocess=self.preprocessor(image, axes),
-        )
+        preprocess = self.preprocessor(image, axes)
+        if not tta:
+            return predict_tiled(self.net, image, tile_size, device=device, out=out, batch_size=batch_size,
+                                 preprocess=preprocess)
+        probs = predict_tta(self.net, image, tile_size, device=device, batch_size=batch_size, preprocess=preprocess)
+        if out is None:
+            return probs
+        out[...] = probs
+        return out
 
     def segment(self, image, **kwargs: Any) -> np.ndarray:
         """Instance labels (H, W) int32 of a raw image: `predict`, then the saved post-processing."""

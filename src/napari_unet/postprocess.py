@@ -18,7 +18,7 @@ components already separates most touching cells. `probs_to_labels` then, in thi
    synthetic sample its probability falls below 0.5 a pixel or two inside the true outline); this step gives
    those pixels back without merging anything (two objects never join; a region above `grow_threshold` that holds no object
    stays background). Off by default: whether it helps depends on where the annotators drew the outlines
-   (on the synthetic sample it does, on DSB 2018 nuclei it does not), so `pipeline.tune_postprocess` (CLI
+   (on the synthetic sample it does, on DSB 2018 nuclei it does not), so `tune_config` (CLI
    `train --tune-postprocess`) chooses it on validation images, and the Segment dock has it as a control;
 6. objects grow back into the separation borders: a background pixel within `border_width` pixels of two or
    more objects goes to the nearest one (as `skimage.segmentation.expand_labels` would, but only in these
@@ -177,6 +177,36 @@ def _check_pairs(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> N
     if not probs or len(probs) != len(truths):
         raise ValueError(f"need as many probability maps as label images (at least one); got {len(probs)} "
                          f"and {len(truths)}")
+
+
+def tune_config(
+    probs: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    base: PostprocessConfig | None = None,
+    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+    watershed: Sequence[bool] = (False, True),
+    grow_thresholds: Sequence[float | None] | None = None,
+) -> tuple[PostprocessConfig, dict[str, float]]:
+    """The post-processing that segments validation images best: (config, its mean scores).
+
+    probs: foreground probabilities (H, W) of the validation images; truths: their instance labels (H, W).
+    Two rounds: first `base` (default `PostprocessConfig()`) with each threshold and watershed setting, then
+    the winner with each growth threshold (`grow_thresholds`, default `GROWTH_CANDIDATES`; None: no growth).
+    The score is the mean AP at IoU 0.5, ties broken by the mean AP over IoU 0.5:0.95 (which rewards objects of
+    the right extent), then by the order of the candidates (the previous winner first). The network is not run
+    again: only `probs_to_labels` is, once per candidate (`best_config`).
+    """
+    base = PostprocessConfig() if base is None else base
+    grow_thresholds = GROWTH_CANDIDATES if grow_thresholds is None else grow_thresholds
+
+    def rank(mean: dict[str, float]) -> tuple[float, float]:
+        return mean["ap50"], mean["map"]
+
+    first = [base] + [replace(base, threshold=float(t), watershed=bool(w)) for w in watershed for t in thresholds]
+    best = best_config(first, probs, truths, rank)[0]
+    second = [best] + [replace(best, grow_threshold=None if g is None else float(g)) for g in grow_thresholds]
+    best, scores, _ = best_config(second, probs, truths, rank)
+    return best, scores
 
 
 def calibrate_growth(

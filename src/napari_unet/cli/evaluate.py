@@ -87,11 +87,10 @@ def _add_info(subparsers) -> None:
 
 
 def _weights(args: argparse.Namespace) -> int:
+    from .._config import with_overrides
     from ..io import read_labels, write_tiff
-    from ..weights import weight_map
-
-    from ..pipeline import with_overrides
     from ..training import TrainConfig
+    from ..weights import weight_map
 
     defaults = with_overrides(TrainConfig(), w0=args.w0, sigma=args.sigma, border=args.border)
     if args.labels.is_dir():
