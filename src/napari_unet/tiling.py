@@ -208,7 +208,7 @@ def as_channels_first(image, in_channels: int):
 
 
 def prepare_model(model: UNet, device: torch.device) -> UNet:
-    """Move the model to `device` for inference: eval mode, channels_last on the CPU (~1.4x faster there)."""
+    """Move the model to `device` for inference: eval mode, channels_last on the CPU (faster there: docs/design.md)."""
     model.eval().to(device)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)

@@ -13,7 +13,7 @@ completed step to the checkpoint folder. A resumed run continues exactly where t
 >>> net_config, config = preset("fast", iterations=2, tile_size=92)
 >>> trainer = Trainer(UNet(net_config, depth=3), config, [Sample(image, labels)], device="cpu")
 >>> [event.kind for event in trainer.run()]
-['step', 'step', 'validation', 'done']
+['step', 'step', 'calibration', 'validation', 'done']
 """
 
 from __future__ import annotations
@@ -94,15 +94,13 @@ class TrainConfig(Config):
 
 
 PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
-    # Chosen by benchmarks/bench_training.py (time to quality on a 2-core CPU): see docs/benchmarks.md.
-    # Border emphasis as in Falk et al. 2019 (w0 = 50, sigma = 6 px): with the paper's w0 = 10 a CPU-length run
-    # (600 steps) left touching cells merged (AP50 0.20 on the synthetic sample); with w0 = 50 it reached 0.90.
+    # Chosen by benchmarks/bench_training.py (time to quality on a 2-core CPU; the figures are in
+    # docs/benchmarks.md), with the border emphasis of Falk et al. 2019 (w0 = 50, sigma = 6 px).
     # TrainConfig's defaults are this preset: 600 steps of Adam (1e-3, cosine) on 252 px tiles, w0 50, sigma 6.
     "fast": (UNetConfig(depth=4, base_channels=16, dropout=0.0), TrainConfig()),
     # The paper: depth 5, 64 channels, valid convolutions, SGD with momentum 0.99, one large tile per batch.
-    # The paper gives no learning rate; with our pixel-averaged loss 0.01 collapsed to all-background on
-    # ISBI 2012 and diverged on DSB 2018 on an H200 (benchmarks/results/real_isbi_gpu_paper.json,
-    # docs/results.md). 0.001 is ten times lower and not yet measured at full length.
+    # The paper gives no learning rate; 0.001 is ten times below what failed with our pixel-averaged loss
+    # (docs/results.md has the runs).
     "paper": (
         UNetConfig(),
         TrainConfig(
@@ -438,7 +436,7 @@ def _make_optimizer(model: UNet, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(
             model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
         )
-    # The fused kernel (CPU and CUDA) takes ~5x less time per step than the per-tensor loop on a CPU.
+    # The fused kernel on the CPU and CUDA: it is much faster per step on a CPU (docs/design.md).
     device = next(model.parameters()).device
     return torch.optim.Adam(
         model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
