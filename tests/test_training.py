@@ -181,3 +181,30 @@ def test_a_completed_run_calibrates_the_growth_on_the_annotated_cells(samples, t
     unchanged = Trainer(model, config, [binary], device="cpu")
     list(unchanged.run())
     assert seen == [] and unchanged.postprocess.grow_threshold is None
+
+
+def test_training_leaves_the_process_random_state_alone_and_validates_on_the_training_samples_when_asked(samples):
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    net_config, config = preset("fast", tile_size=92, iterations=3, validate_every=1000, checkpoint_every=1000,
+                                seed=5)
+    model = UNet(net_config, depth=3, base_channels=8, dropout=0.5)  # dropout draws torch random numbers
+    torch.manual_seed(123)
+    trainer = Trainer(model, config, samples[:1], validation=None, device="cpu")
+    list(trainer.run())
+    assert torch.equal(torch.rand(3), expected_next), "the process's torch generator was reseeded or advanced"
+    assert trainer.validation is trainer.train  # None: the training samples, prepared once
+    assert Trainer(model, config, samples[:1], device="cpu").validation == []  # the default: no validation
+
+    # the dropout masks follow the run's seed, not the process's state
+    def run_from(process_seed: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        net = UNet(net_config, depth=3, base_channels=8, dropout=0.5)
+        torch.manual_seed(process_seed)
+        trained = Trainer(net, config, samples[:1], device="cpu")
+        list(trained.run())
+        return final_weights(trained)
+
+    first, second = run_from(1), run_from(2)
+    assert all(torch.equal(first[name], second[name]) for name in first)

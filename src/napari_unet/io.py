@@ -350,7 +350,7 @@ def check_image(image: ArrayLike, axes: str) -> None:
         raise ValueError(
             f"unsupported image: {image.ndim}-D array of shape {tuple(image.shape)} with axes {axes!r} "
             f"({error}); supported: {SUPPORTED_AXES_HELP}"
-        ) from None
+        ) from error
     dtype = np.dtype(image.dtype)
     if not (np.issubdtype(dtype, np.number) or dtype == bool):
         raise ValueError(f"image must hold numbers, got dtype {dtype}")

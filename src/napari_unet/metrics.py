@@ -1,7 +1,10 @@
 """Segmentation scores: ISBI 2012 Rand and information scores, pixel scores, instance matching, SEG.
 
-Self-contained (numpy, scipy, scikit-image; no torch). Exact definitions: `docs/PAPER.md` of the project
-("Scores to implement"). Every score is "higher is better, 1 is perfect".
+Self-contained (numpy, scipy, scikit-image; no torch). The definitions are those of the benchmarks that
+introduced them: V_rand and V_info of the ISBI 2012 challenge (Arganda-Carreras et al., Front. Neuroanat. 9:142,
+2015), average precision over IoU thresholds of the 2018 Data Science Bowl (Caicedo et al., Nat. Methods
+16:1247, 2019), SEG of the Cell Tracking Challenge (Maska et al., Bioinformatics 30:1609, 2014; Ulman et al.,
+Nat. Methods 14:1141, 2017). Every score is "higher is better, 1 is perfect".
 
 Conventions shared by all functions:
 - `labels` are integer arrays of instance ids, 0 = background; ids need not be consecutive.

@@ -142,7 +142,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path / CONFIG_FILE} is not valid JSON ({error}); the model folder is corrupted") from None
+        raise ValueError(f"{path / CONFIG_FILE} is not valid JSON ({error}); the model folder is corrupted") from error
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{path / CONFIG_FILE} is not a napari-unet model config (no \"format\": \"{FORMAT}\")")
     if config.get("format_version", 0) > FORMAT_VERSION:
@@ -155,16 +155,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         normalization = Normalization.from_dict(config.get("normalization", {}))
         postprocess = PostprocessConfig.from_dict(config.get("postprocess", {}))
     except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"{path / CONFIG_FILE} has an invalid configuration: {error}") from None
+        raise ValueError(f"{path / CONFIG_FILE} has an invalid configuration: {error}") from error
     try:
         state = load_file(path / WEIGHTS_FILE, device=str(device))
     except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{path / WEIGHTS_FILE} cannot be read ({error}); the model folder is corrupted") from None
+        raise ValueError(f"{path / WEIGHTS_FILE} cannot be read ({error}); the model folder is corrupted") from error
     try:
         net.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).splitlines()[0]
-        raise ValueError(f"the weights in {path} do not match its config.json ({first})") from None
+        raise ValueError(f"the weights in {path} do not match its config.json ({first})") from error
     return ModelBundle(net.to(device), normalization, postprocess, config.get("metadata", {}))
 
 

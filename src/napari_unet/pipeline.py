@@ -207,7 +207,7 @@ def read_input(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as error:  # zarr raises a variety of errors for a folder that is not a store
-        raise ValueError(f"cannot open {path} as a zarr array ({type(error).__name__}: {error})") from None
+        raise ValueError(f"cannot open {path} as a zarr array ({type(error).__name__}: {error})") from error
     found = None
     if not hasattr(node, "shape"):
         multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")

@@ -23,6 +23,7 @@ import hashlib
 import math
 import time
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,6 @@ class TrainEvent:
     learning_rate: float
     elapsed: float
     val_score: float | None = None
-    preview: np.ndarray | None = None
 
 
 class TrainingDiverged(FloatingPointError):
@@ -160,6 +160,8 @@ class _Prepared:
 class Trainer:
     """Trains `model` on `train` samples; `run()` is the generator that does the work.
 
+    validation: the samples `validate` scores; None: the training samples themselves (what the Fine-tune dock
+        does with its few annotated cells); empty: no validation.
     checkpoint: a model folder written at every `checkpoint_every` steps, at the end and at a stop; it also holds
     the state needed to resume (`Trainer.resume`).
     """
@@ -169,7 +171,7 @@ class Trainer:
         model: UNet,
         config: TrainConfig,
         train: Sequence[Sample],
-        validation: Sequence[Sample] = (),
+        validation: Sequence[Sample] | None = (),
         device: str | torch.device = "auto",
         checkpoint: str | Path | None = None,
         normalization: Normalization | None = None,
@@ -185,23 +187,26 @@ class Trainer:
         self.postprocess = postprocess or PostprocessConfig(border_width=config.border)
         self.tile = model.valid_input_size(config.tile_size)
         self.train = [self._prepare(s, f"training sample {i}") for i, s in enumerate(train)]
-        self.validation = (self.train if validation is train  # the plugin validates on its training crops
-                           else [self._prepare(s, f"validation sample {i}") for i, s in enumerate(validation)])
+        if validation is None:  # validate on the training samples, prepared once
+            self.validation = self.train
+        else:
+            self.validation = [self._prepare(s, f"validation sample {i}") for i, s in enumerate(validation)]
         if not any(p.annotated.size for p in self.train):
             raise ValueError("the annotations are empty: no pixel has a nonzero loss weight (label some cells)")
         self.data_hashes = [_hash_sample(s) for s in train]
         self.iteration = 0
         self.elapsed = 0.0
         self.rng = np.random.default_rng(config.seed)
-        torch.manual_seed(config.seed)
+        # torch's random numbers (dropout) come from the trainer's own stream, swapped in for each step
+        # (`_own_random_state`): training neither reseeds nor advances the process's generators
+        self._torch_rng = {"cpu": torch.Generator().manual_seed(config.seed).get_state()}
         self.model.to(self.device)
         if self.device.type == "cpu":
             self.model.to(memory_format=torch.channels_last)
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest
+            self._torch_rng["cuda"] = torch.Generator(self.device).manual_seed(config.seed).get_state()
         self.optimizer = _make_optimizer(model, config)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
-        self._preview_requested = False
         self.growth_calibration: dict[str, Any] | None = None
         self._last_good = self._snapshot()
 
@@ -219,8 +224,7 @@ class Trainer:
                 started = time.perf_counter()
                 loss = self._step()
                 self.elapsed += time.perf_counter() - started  # training time: pauses and consumers don't count
-                preview = self._preview() if self._preview_requested else None
-                yield self._event("step", loss, preview=preview)
+                yield self._event("step", loss)
                 if self.iteration % config.validate_every == 0 and self.iteration < config.iterations:
                     yield self._event("validation", loss, val_score=self.validate())
                 if self.iteration % config.checkpoint_every == 0:
@@ -262,10 +266,6 @@ class Trainer:
                                    "chosen": self.postprocess.grow_threshold, "iteration": self.iteration}
         return scores
 
-    def request_preview(self) -> None:
-        """Attach the foreground probability of the first validation (else training) image to the next step."""
-        self._preview_requested = True
-
     def validate(self) -> float | None:
         """Mean foreground IoU (probability > 0.5 against the target, inside the annotation) on validation images."""
         if not self.validation:
@@ -302,7 +302,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "numpy_rng": _rng_state_to_tensors(self.rng),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": self._torch_rng["cpu"],
         }
         return save_model(path, self.bundle(), training_state=state)
 
@@ -311,7 +311,7 @@ class Trainer:
         cls,
         path: str | Path,
         train: Sequence[Sample],
-        validation: Sequence[Sample] = (),
+        validation: Sequence[Sample] | None = (),
         device: str | torch.device = "auto",
         checkpoint: str | Path | None = None,
         **overrides: Any,
@@ -335,7 +335,7 @@ class Trainer:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.rng.bit_generator.state = _rng_state_from_tensors(state["numpy_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        trainer._torch_rng["cpu"] = state["torch_rng"]
         trainer._last_good = trainer._snapshot()
         return trainer
 
@@ -390,15 +390,35 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = weighted_cross_entropy(model(x), target.to(self.device), weights.to(self.device))
-        if not torch.isfinite(loss):
-            self._diverge(f"the loss became {loss.item()} at iteration {self.iteration + 1}")
-        loss.backward()
+        with self._own_random_state():
+            loss = weighted_cross_entropy(model(x), target.to(self.device), weights.to(self.device))
+            if not torch.isfinite(loss):
+                self._diverge(f"the loss became {loss.item()} at iteration {self.iteration + 1}")
+            loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         self.iteration += 1
         self._last_loss = float(loss.item())
         return self._last_loss
+
+    @contextmanager
+    def _own_random_state(self) -> Iterator[None]:
+        """Run a step with the trainer's torch random state (CPU, and the CUDA device it trains on) and cuDNN's
+        autotuner on (every step has the same shapes), then give the process back its own state and flags."""
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device] if cuda else []):
+            torch.set_rng_state(self._torch_rng["cpu"])
+            if cuda:
+                torch.cuda.set_rng_state(self._torch_rng["cuda"], self.device)
+            benchmark = torch.backends.cudnn.benchmark
+            torch.backends.cudnn.benchmark = benchmark or cuda
+            try:
+                yield
+            finally:
+                torch.backends.cudnn.benchmark = benchmark
+                self._torch_rng["cpu"] = torch.get_rng_state()
+                if cuda:
+                    self._torch_rng["cuda"] = torch.cuda.get_rng_state(self.device)
 
     def _diverge(self, what: str) -> None:
         self._diverged = True
@@ -419,11 +439,6 @@ class Trainer:
             return predict_tiled(self.model, image, device=self.device)
         finally:
             self.model.train()
-
-    def _preview(self) -> np.ndarray:
-        self._preview_requested = False
-        source = (self.validation or self.train)[0]
-        return self._predict(source.image)[1]
 
     def _event(self, kind: str, loss: float, **extra: Any) -> TrainEvent:
         return TrainEvent(

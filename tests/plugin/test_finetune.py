@@ -55,7 +55,7 @@ def test_short_run_lowers_the_loss_and_hands_the_model_to_segment(
     assert widget.history.scores, "validation scores are plotted"
     assert widget.plot.losses == widget.history.losses
     session = session_for(viewer)
-    assert session.bundle is widget.job.trainer.model or session.bundle.net is widget.job.trainer.model
+    assert session.bundle.net is widget.job.trainer.model  # the trained network itself, not a copy
     assert session.model_path == folder and "40 iterations" in segment.model_label.text()
     assert load_model(folder).metadata["iterations"] == 40
     assert widget.annotations_path is not None and widget.annotations_path.is_relative_to(tmp_path / "autosave")

@@ -130,7 +130,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 scores[name] = evaluate_pair(pred[index], truth[index], args.kind, threshold=args.threshold,
                                              thinned=not args.no_thinning)
             except (TypeError, ValueError) as error:
-                raise ValueError(f"{pred_path.name} against {truth_path.name}: {error}") from None
+                raise ValueError(f"{pred_path.name} against {truth_path.name}: {error}") from error
     mean = average_scores(list(scores.values()))
     if args.json:
         print(json.dumps({"kind": args.kind, **mean, "images": scores}, indent=2, default=float))

@@ -65,7 +65,7 @@ def run_training(job: TrainingJob) -> Generator[TrainEvent, None, Path]:
     Closing the generator (a stopped run) closes the trainer's, which saves its last completed step.
     """
     samples = training_samples(job)
-    job.trainer = Trainer(job.net, job.config, samples, validation=samples, device=job.device,
+    job.trainer = Trainer(job.net, job.config, samples, validation=None, device=job.device,
                           checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess)
     events = job.trainer.run()
     try:

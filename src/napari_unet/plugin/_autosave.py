@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,10 @@ def find_annotations(image_path: str | Path, root: str | Path) -> Path | None:
     sidecar = sidecar_path(image_path)
     if sidecar.is_file():
         return sidecar
-    recorded = _index(root).get(str(Path(image_path).resolve()))
+    try:
+        recorded = _index(root).get(str(Path(image_path).resolve()))
+    except OSError:  # an unreadable index that could not be moved aside: nothing to offer
+        return None
     if recorded and Path(recorded).is_file():
         return Path(recorded)
     return None
@@ -97,12 +101,30 @@ def load_annotations(path: str | Path) -> np.ndarray:
 
 
 def _index(root: str | Path) -> dict[str, str]:
+    """The index of `root` ({} when there is none yet).
+
+    An index that cannot be read (not JSON, not a mapping of file names) is never overwritten: it is moved aside
+    as `index.json.corrupt-<time>`, with what it recorded, and a new index is started; OSError if it cannot be
+    moved.
+    """
     path = Path(root) / "annotations" / INDEX_FILE
+    if not path.exists():
+        return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise ValueError(f"expected a JSON object mapping image files to annotation files, got {type(data).__name__}")
+        return data
+    except (UnicodeDecodeError, ValueError) as error:
+        aside = path.with_name(f"{INDEX_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        number = 1
+        while aside.exists():
+            number += 1
+            aside = aside.with_name(f"{INDEX_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{number}")
+        path.replace(aside)
+        warnings.warn(f"the autosave index {path} could not be read ({error}); it was kept as {aside.name} and a "
+                      "new index was started", stacklevel=2)
         return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _remember(root: str | Path, image_path: str | Path, labels_path: Path) -> None:

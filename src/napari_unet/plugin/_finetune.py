@@ -460,7 +460,6 @@ class FineTuneWidget(QWidget):
             return
         saved = folder if folder is not None and (Path(folder) / "config.json").is_file() else None
         self.history.saved_to, self.history.stopped = saved, stopped
-        self.session.last_run = self.history
         self.session.set_model(trainer.bundle(), saved)
         self.start_combo.setCurrentText(START_SESSION)
         verb = "Stopped" if stopped else "Done"

@@ -1,4 +1,4 @@
-"""What the docks of one viewer share: the current model, where it lives on disk, the last training run.
+"""What the docks of one viewer share: the current model, where it lives on disk, who is using it.
 
 The Fine-tune dock puts the model it trained here, the Segment dock and the model reader take it from here, so
 a model trained a minute ago is the one that segments the next image (human in the loop).
@@ -36,7 +36,6 @@ class Session:
     def __init__(self) -> None:
         self.bundle: ModelBundle | None = None
         self.model_path: Path | None = None
-        self.last_run: TrainingRun | None = None
         self.training = False  # a Fine-tune run owns the model: others must not use it meanwhile
         self.segmenting = False  # a Segment run is using the model: training must wait
         self.augment: AugmentConfig | None = None  # set by the Augmentation preview; None: the preset's
