@@ -1,6 +1,7 @@
 """Input checks, in one place: what the library, the command line and the napari docks accept and refuse.
 
-Every check raises ``ValueError`` (``FileNotFoundError`` / ``PermissionError`` for paths) with a message that
+Every check raises ``ValueError`` (`DtypeError`, also a ``TypeError``, for the wrong kind of numbers;
+``FileNotFoundError`` / ``PermissionError`` for paths) with a message that
 says what was expected and what was found. The rules are those of docs/formats.md:
 
 - **image** (`check_image`): numbers (integers of any width, bool, float) along axes over ``TZCYX``; no NaN or
@@ -37,6 +38,11 @@ SUPPORTED_AXES_HELP = (
 )
 
 
+class DtypeError(TypeError, ValueError):
+    """An array of the wrong kind of numbers: a TypeError by Python's convention, and a ValueError (bad input)
+    so that one ``except ValueError`` catches every refused input."""
+
+
 # ------------------------------------------------------------------------------------------------- images
 
 
@@ -61,7 +67,7 @@ def check_image_dtype(dtype: Any, what: str = "image") -> np.dtype:
     if dtype == bool or dtype.kind in "iuf":
         return dtype
     hint = " (take its magnitude with np.abs first)" if dtype.kind == "c" else ""
-    raise ValueError(f"{what} must hold real numbers (integers, bool or floats), got dtype {dtype}{hint}")
+    raise DtypeError(f"{what} must hold real numbers (integers, bool or floats), got dtype {dtype}{hint}")
 
 
 def count_nonfinite(image: Any) -> int:
@@ -148,7 +154,7 @@ def check_labels(labels: Any, what: str = "labels", *, sparse: bool = True) -> n
         return labels.astype(np.uint8)
     if labels.dtype.kind not in "iu":
         hint = " (whole numbers: convert with .astype(np.int32))" if labels.dtype.kind == "f" else ""
-        raise ValueError(
+        raise DtypeError(
             f"{what} must be integers (instance ids, 0 = background), got dtype {labels.dtype}{hint}"
         )
     labels = labels.astype(labels.dtype.newbyteorder("="), copy=False)
@@ -190,7 +196,7 @@ def check_instance_labels(labels: Any, what: str = "labels") -> np.ndarray:
             "b": " (a bool mask: take its connected components with scipy.ndimage.label)",
             "f": " (probabilities: post-process them with napari_unet.postprocess.probs_to_labels)",
         }.get(labels.dtype.kind, "")
-        raise TypeError(
+        raise DtypeError(
             f"{what} must be an integer array of instance ids (0 = background); got dtype {labels.dtype}{hint}"
         )
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
@@ -202,7 +208,7 @@ def check_mask(mask: Any, shape: tuple[int, ...], what: str = "mask") -> np.ndar
     """A mask as bool (nonzero = annotated): 2-D, of `shape`, bool or integers; floats and complex refused."""
     mask = np.asarray(mask)
     if mask.dtype != bool and mask.dtype.kind not in "iu":
-        raise ValueError(f"{what} must be bool or integers (nonzero = annotated), got dtype {mask.dtype}")
+        raise DtypeError(f"{what} must be bool or integers (nonzero = annotated), got dtype {mask.dtype}")
     if mask.shape != tuple(shape):
         raise ValueError(f"{what} has shape {mask.shape} but its labels have {tuple(shape)}: they must agree")
     return mask != 0
@@ -212,7 +218,7 @@ def check_probabilities(probs: Any, what: str = "probs") -> np.ndarray:
     """Float probabilities, finite."""
     probs = np.asarray(probs)
     if probs.dtype.kind != "f":
-        raise TypeError(f"{what} must be a float array of probabilities in [0, 1]; got dtype {probs.dtype}")
+        raise DtypeError(f"{what} must be a float array of probabilities in [0, 1]; got dtype {probs.dtype}")
     if not np.all(np.isfinite(probs)):
         raise ValueError(f"{what} must be finite; got NaN or infinite values")
     return probs
