@@ -230,7 +230,7 @@ class Trainer:
         """
         config = self.config
         saved_at = self.iteration if self.iteration else -1
-        started_at = self.iteration
+        started_at = self._started_at = self.iteration
         failed = False  # an error other than being stopped: what the model holds may be half a step
         try:
             while self.iteration < config.iterations:
@@ -377,6 +377,7 @@ class Trainer:
 
     _last_loss: float = math.nan
     _diverged: bool = False
+    _started_at: int = 0  # the iteration the current `run()` started from
 
     def _prepare(self, sample: Sample, name: str) -> _Prepared:
         check_image_dtype(np.asarray(sample.image).dtype, f"{name}: the image")
@@ -443,7 +444,7 @@ class Trainer:
         self.model.load_state_dict(state)
         self.iteration = iteration
         kept = ""
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and iteration > self._started_at:  # never an untrained net over a model
             self.save_checkpoint(self.checkpoint)
             kept = f"; the last good state (iteration {iteration}) is saved in {self.checkpoint}"
         raise TrainingDiverged(f"{what}{kept}. Try a lower learning rate (now {self.config.learning_rate}).")

@@ -245,6 +245,16 @@ def check_output_not_input(outputs: Iterable[str | Path], inputs: Iterable[str |
                 raise ValueError(f"the output {output} would replace the input {source}: choose another --out")
 
 
+def check_output_free(path: str | Path, overwrite: bool, what: str = "--out") -> None:
+    """Raise ValueError when `path` exists and `overwrite` was not given (existing outputs are replaced only
+    when asked)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ValueError(f"{what} {path} exists: replace it with --overwrite, or choose another path")
+    if path.is_dir() and not path.is_symlink() and overwrite and path.suffix.lower() in (".tif", ".tiff"):
+        raise ValueError(f"{what} {path} is a folder; it cannot be replaced by a file")
+
+
 def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
     """Create `folder` (and its parents) if needed and prove it writable by creating a file in it.
 

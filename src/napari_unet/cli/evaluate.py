@@ -46,6 +46,7 @@ def _add_weights(subparsers) -> None:
     sub.add_argument("--border", type=positive_int, default=1, metavar="PX", help="background border (px) between touching cells")
     sub.add_argument("--no-balance", action="store_true", help="w_c = 1 instead of balancing class frequencies")
     sub.add_argument("--mask", type=Path, metavar="FILE", help="annotated region (nonzero); weight 0 elsewhere")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
 
 
 def _add_evaluate(subparsers) -> None:
@@ -84,15 +85,18 @@ def _add_info(subparsers) -> None:
 
 def _weights(args: argparse.Namespace) -> int:
     from ..io import read_labels, write_tiff
+    from ..validation import check_output_free, check_output_not_input, check_writable_folder
     from ..weights import weight_map
 
     if args.labels.is_dir():
         raise ValueError(f"{args.labels} is a folder; weights takes one label image file")
+    check_output_not_input([args.out], [p for p in (args.labels, args.mask) if p is not None])
+    check_output_free(args.out, args.overwrite)
+    check_writable_folder(args.out.parent, f"the folder of --out {args.out}")
     labels = read_labels(args.labels)
     mask = read_labels(args.mask) if args.mask is not None else None
     weights = weight_map(labels, args.w0, args.sigma, class_weights=None if args.no_balance else "balanced",
                          mask=mask, border=args.border)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_tiff(args.out, weights, "YX")
     print(f"weight map {weights.shape[0]}x{weights.shape[1]} (min {np.min(weights):.3g}, mean "
           f"{np.mean(weights):.3g}, max {np.max(weights):.3g}) written to {args.out}")
