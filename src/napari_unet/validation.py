@@ -263,11 +263,11 @@ def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
-        raise ValueError(f"{what} {folder} is a file; give a folder")
+        raise ValueError(f"{what}: {folder} is a file, not a folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as error:
-        raise PermissionError(f"{what} {folder} is not writable ({error.strerror or error})") from None
+        raise PermissionError(f"{what}: {folder} is not writable ({error.strerror or error})") from None
     return folder

@@ -92,7 +92,7 @@ def _weights(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.labels} is a folder; weights takes one label image file")
     check_output_not_input([args.out], [p for p in (args.labels, args.mask) if p is not None])
     check_output_free(args.out, args.overwrite)
-    check_writable_folder(args.out.parent, f"the folder of --out {args.out}")
+    check_writable_folder(args.out.parent, f"--out {args.out}")
     labels = read_labels(args.labels)
     mask = read_labels(args.mask) if args.mask is not None else None
     weights = weight_map(labels, args.w0, args.sigma, class_weights=None if args.no_balance else "balanced",

@@ -110,7 +110,7 @@ def _check_options(args: argparse.Namespace) -> None:
     inputs = {"IMAGES": args.images, "LABELS": args.labels, "--mask": args.mask, "--init": args.init,
               "--validation-images": args.validation_images, "--validation-labels": args.validation_labels}
     check_output_not_input([args.out], [p for p in inputs.values() if p is not None])
-    check_writable_folder(args.out.parent.resolve(), f"the folder of --out {args.out}")  # now, not after training
+    check_writable_folder(args.out.parent, f"--out {args.out}")  # now, not after training
 
     new_net = {"--depth": args.depth, "--base-channels": args.base_channels}
     if args.resume:
