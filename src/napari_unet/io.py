@@ -164,7 +164,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
                 image = tifffile.memmap(path, mode="r").reshape(shape)
             except ValueError:
                 image = tifffile.imread(path)
-    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as error:
+    except Exception as error:  # noqa: BLE001  (tifffile and its codecs raise many kinds for a corrupted file)
         raise ValueError(
             f"cannot read {path} as TIFF ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
         ) from error
@@ -184,7 +184,7 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, str]:
             elif pil.mode not in ("L", "RGB", "RGBA", "I", "I;16", "F"):
                 pil = pil.convert("RGB")
             image = np.asarray(pil)
-    except (OSError, ValueError, SyntaxError) as error:
+    except Exception as error:  # noqa: BLE001  (Pillow and its plugins raise many kinds for a corrupted file)
         raise ValueError(
             f"cannot read {path} as an image ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
         ) from error
