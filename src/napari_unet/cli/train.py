@@ -104,8 +104,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    from ..modelfile import is_model_folder, load_model
+    from ..modelfile import is_model_folder, load_model, recover_interrupted_save
     from ..validation import check_output_not_input, check_writable_folder
+
+    recover_interrupted_save(args.out)  # a model whose save was killed is a model: --overwrite or --resume
 
     inputs = {"IMAGES": args.images, "LABELS": args.labels, "--mask": args.mask, "--init": args.init,
               "--validation-images": args.validation_images, "--validation-labels": args.validation_labels}
