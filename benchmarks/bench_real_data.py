@@ -17,7 +17,7 @@ Every image is normalised alike for both pipelines: percentiles 1 and 99.8 of th
 
 Ours: the `Trainer` with the `fast` preset (or `--preset paper`) for `--budget` seconds of training
 (TrainConfig.time_budget; the cosine schedule is stretched over 1.3x the iterations that a short calibration
-predicts, so that a machine that speeds up does not end training early), then `predict_tiled`, plus a row with test-time augmentation (`pipeline.predict_tta`). The peer
+predicts, so that a machine that speeds up does not end training early), then `predict_tiled`, plus a row with test-time augmentation (`ModelBundle.predict(..., tta=True)`, `tiling.predict_tta`). The peer
 (`peer_monai.py`): MONAI's BasicUNet with DiceCELoss, its elastic augmentation, Adam, random crops and
 sliding-window inference, post-processed by threshold + connected components, for the same budget.
 Both run one after the other in the same invocation. Writes `real_<dataset>.json` (`real_<dataset>_quick.json`
@@ -42,7 +42,7 @@ from napari_unet.device import select_device
 from napari_unet.io import normalize_percentile, read_image, read_labels
 from napari_unet.metrics import average_scores, instance_scores, isbi_scores, pixel_scores
 from napari_unet.model import UNet
-from napari_unet.postprocess import PostprocessConfig, probs_to_labels
+from napari_unet.postprocess import PostprocessConfig, best_config, probs_to_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.training import Sample, Trainer, TrainingDiverged, preset
 
@@ -183,13 +183,13 @@ def postprocess_candidates(border_width: int, watershed: bool) -> list[Postproce
     ]
 
 
-def tune_postprocess(
+def choose_postprocess(
     probs: list[np.ndarray], truths: list[np.ndarray], candidates: list[PostprocessConfig]
 ) -> tuple[PostprocessConfig, list[dict[str, Any]]]:
-    """The candidate with the best mean AP50 (ties: mAP) on these (training) images, and every candidate's score."""
-    table = [{"config": c.to_dict(), **instance_figures(probs, truths, c)} for c in candidates]
-    best = max(range(len(table)), key=lambda i: (round(table[i]["ap50"], 6), table[i]["map"]))
-    return candidates[best], table
+    """The candidate with the best mean AP50 (ties: mAP, then the earlier candidate) on these (training) images,
+    and every candidate's mean scores (`postprocess.best_config`)."""
+    best, _, table = best_config(candidates, probs, truths, rank=lambda mean: (round(mean["ap50"], 6), mean["map"]))
+    return best, [{"config": c.to_dict(), **scores} for c, scores in zip(candidates, table)]
 
 
 def tuned_instance_figures(result: dict[str, Any], tune: list[Item], predict, probs: list[np.ndarray],
@@ -201,8 +201,8 @@ def tuned_instance_figures(result: dict[str, Any], tune: list[Item], predict, pr
     started = time.perf_counter()
     tune_probs = predict([item.image for item in tune])
     tune_truths = [item.labels for item in tune]
-    best, table = tune_postprocess(tune_probs, tune_truths, postprocess_candidates(border_width, watershed))
-    other, _ = tune_postprocess(tune_probs, tune_truths, postprocess_candidates(border_width, not watershed))
+    best, table = choose_postprocess(tune_probs, tune_truths, postprocess_candidates(border_width, watershed))
+    other, _ = choose_postprocess(tune_probs, tune_truths, postprocess_candidates(border_width, not watershed))
     result["tune_seconds"] = time.perf_counter() - started
     result["postprocess"] = best.to_dict()
     result["tuning"] = table
@@ -284,11 +284,9 @@ def run_ours(split: Split, preset_name: str, budget: float, device: torch.device
         best = tuned_instance_figures(result, split.train[:tune_count], predict, probs, truths, border_width,
                                       watershed=True)
     if tta:
-        from napari_unet.pipeline import predict_tta
-
         bundle = trainer.bundle()
         started = time.perf_counter()
-        tta_probs = [predict_tta(bundle, item.raw, device=device)[1] for item in split.validation]
+        tta_probs = [bundle.predict(item.raw, device=device, tta=True)[1] for item in split.validation]
         result["tta_predict_seconds"] = time.perf_counter() - started
         if split.dataset == "isbi":
             result["scores_tta"] = isbi_figures(tta_probs, truths)

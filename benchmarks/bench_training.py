@@ -9,7 +9,7 @@ labels and instance AP at IoU 0.5 after the default post-processing (threshold 0
 with a sweep of the threshold with and without growing the objects to p > 0.1; at the end also with the model's
 own post-processing, whose growth a completed run calibrates on the training images' annotated cells
 (`Trainer.calibrate_growth`, done here after the clock), and with the post-processing that
-`pipeline.tune_postprocess` chooses on 2 validation images (seeds 50, 51), as `train --tune-postprocess` does.
+`postprocess.tune_config` chooses on 2 validation images (seeds 50, 51), as `train --tune-postprocess` does.
 The reference in the same run is the paper's
 configuration (depth 5, 64 channels, 572 tiles, SGD with momentum 0.99) under the same budget; each figure is also
 printed as a ratio to it. The winner is the `fast` preset (see docs/benchmarks.md).
@@ -27,7 +27,7 @@ import torch
 
 from napari_unet.metrics import instance_scores, pixel_scores
 from napari_unet.model import UNet, UNetConfig
-from napari_unet.pipeline import tune_postprocess
+from napari_unet.postprocess import tune_config
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 from napari_unet.synthetic import make_cells
 from napari_unet.targets import make_target
@@ -66,7 +66,7 @@ def score(model: UNet, tests: list[tuple[np.ndarray, np.ndarray]], validation: l
     foreground against the true foreground, AP50 and mAP (IoU 0.5:0.95); the same after the post-processing tuned
     on `validation`, and after `calibrated` (the model's own, when given); per threshold of the post-processing
     (objects grown to p > 0.1, and not), labels IoU and AP50."""
-    tuned, _ = tune_postprocess([predict_tiled(model, image, device="cpu")[1] for image, _ in validation],
+    tuned, _ = tune_config([predict_tiled(model, image, device="cpu")[1] for image, _ in validation],
                                 [labels for _, labels in validation])
     named = {"plain": PostprocessConfig(), "tuned": tuned, **({"calibrated": calibrated} if calibrated else {})}
     figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in named}

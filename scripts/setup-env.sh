@@ -7,7 +7,7 @@
 # Functions once sourced:
 #   setup_env EXTRA          create .venv when needed; when it has no torch, install torch==$TORCH_PIN first
 #                            (the CPU wheel of that version lies on the developers' and CI machines; letting pip
-#                            resolve the package's `torch>=2.2` picks a newer, multi-GB CUDA build from PyPI);
+#                            resolve the package's `torch>=2.4` picks a newer, multi-GB CUDA build from PyPI);
 #                            then `pip install -e '.[EXTRA]'` with the installed torch pinned.
 #                            Skipped when the stamp in .venv says the install is current.
 #   ensure_viewer_packages   install the Debian packages viewer tests need (Xvfb, OpenGL, Qt's xcb libraries)

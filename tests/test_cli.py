@@ -132,9 +132,7 @@ def test_predict_segments_stacks_plane_by_plane_with_tta(data, model, tmp_path, 
     labels, axes = read_image(tmp_path / "out" / "movie_labels.tif")
     probs = read_image(tmp_path / "out" / "movie_probs.tif")[0]
     assert axes == "TYX" and labels.shape == stack.shape and probs.shape == stack.shape
-    from napari_unet.pipeline import predict_tta
-
-    np.testing.assert_allclose(probs[1], predict_tta(load_model(model), stack[1], device="cpu")[1], atol=1e-6)
+    np.testing.assert_allclose(probs[1], load_model(model).predict(stack[1], device="cpu", tta=True)[1], atol=1e-6)
 
 
 def test_resume_continues_the_iterations(data, tmp_path, capsys):
@@ -261,7 +259,11 @@ def test_weights_writes_the_weight_map(data, tmp_path, capsys):
     assert run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--no-balance")[0] == 2  # exists
     np.testing.assert_array_equal(read_image(out)[0], weight_map(labels, 8.0, 3.0, border=2))
     assert run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--no-balance", "--overwrite")[0] == 0
-    np.testing.assert_array_equal(read_image(out)[0], weight_map(labels, class_weights=None))
+    from napari_unet.training import TrainConfig
+
+    defaults = TrainConfig()  # without options: the weights training uses
+    np.testing.assert_array_equal(read_image(out)[0], weight_map(labels, defaults.w0, defaults.sigma,
+                                                                 class_weights=None, border=defaults.border))
 
 
 def test_evaluate_isbi_probability_maps(tmp_path, capsys):

@@ -7,7 +7,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch import nn
 
 from napari_unet import pipeline
 from napari_unet.io import read_image, write_tiff
@@ -15,20 +14,14 @@ from napari_unet.model import UNet
 from napari_unet.modelfile import ModelBundle
 from napari_unet.pipeline import (
     base_name,
-    dihedral_transforms,
     list_files,
     match_files,
     output_paths,
-    predict_tta,
     read_input,
     read_training_pair,
     segment_file,
     split_by_image,
-    transform,
-    tune_postprocess,
-    untransform,
 )
-from napari_unet.metrics import instance_scores
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 
 
@@ -39,20 +32,10 @@ def touch(folder, *names):
     return folder
 
 
-def bundle(seed: int = 0, symmetric: bool = False) -> ModelBundle:
-    """A tiny model; `symmetric`: every kernel averaged over the 8 symmetries of the square, random biases,
-    which makes the network exactly equivariant to flips and 90-degree rotations."""
+def bundle(seed: int = 0) -> ModelBundle:
+    """A tiny model."""
     torch.manual_seed(seed)
-    net = UNet(depth=3, base_channels=4, dropout=0.0)
-    if symmetric:
-        with torch.no_grad():
-            for module in net.modules():
-                if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                    weight = module.weight.detach().numpy()
-                    mean = sum(transform(weight, k, flip).copy() for k, flip in dihedral_transforms()) / 8
-                    module.weight.copy_(torch.from_numpy(mean))
-                    module.bias.normal_(0.0, 0.1)
-    return ModelBundle(net, postprocess=PostprocessConfig(min_size=1))
+    return ModelBundle(UNet(depth=3, base_channels=4, dropout=0.0), postprocess=PostprocessConfig(min_size=1))
 
 
 @pytest.mark.parametrize(
@@ -119,36 +102,6 @@ def test_split_by_image_needs_two_images():
         split_by_image(["only"], 0.5)
 
 
-def test_dihedral_transforms_invert():
-    array = np.arange(2 * 3 * 5).reshape(2, 3, 5)
-    seen = set()
-    for k, flip in dihedral_transforms():
-        moved = transform(array, k, flip)
-        seen.add(moved.tobytes() + bytes(moved.shape))
-        np.testing.assert_array_equal(untransform(moved, k, flip), array)
-    assert len(seen) == 8
-
-
-def test_tta_equals_plain_prediction_for_an_equivariant_model():
-    model = bundle(symmetric=True)
-    image = np.random.default_rng(0).random((64, 48)).astype(np.float32) * 100
-    plain = model.predict(image, device="cpu")
-    np.testing.assert_allclose(predict_tta(model, image, device="cpu"), plain, atol=1e-5)
-    np.testing.assert_allclose(predict_tta(model, image, device="cpu", tile_size=32), plain, atol=1e-5)
-
-
-def test_tta_differs_for_a_generic_model_and_is_itself_equivariant():
-    model = bundle(seed=1)
-    image = np.random.default_rng(1).random((48, 48)).astype(np.float32)
-    tta = predict_tta(model, image, device="cpu")
-    assert tta.shape == (2, 48, 48)
-    np.testing.assert_allclose(tta.sum(axis=0), 1.0, atol=1e-5)
-    assert np.abs(tta - model.predict(image, device="cpu")).max() > 1e-3
-    for k, flip in ((1, False), (0, True)):  # a quarter turn and a flip generate the group
-        moved = np.ascontiguousarray(transform(image, k, flip))
-        np.testing.assert_allclose(untransform(predict_tta(model, moved, device="cpu"), k, flip), tta, atol=1e-5)
-
-
 def test_segment_file_writes_each_plane_as_the_library_segments_it(tmp_path, monkeypatch):
     model = bundle(seed=2)
     stack = np.random.default_rng(2).random((3, 40, 36)).astype(np.float32)
@@ -174,6 +127,10 @@ def test_segment_file_writes_each_plane_as_the_library_segments_it(tmp_path, mon
     again = output_paths(tmp_path / "stack.tif", tmp_path / "again", probabilities=True)
     list(segment_file(model, image, axes, again, postprocess=post, device="cpu"))
     np.testing.assert_array_equal(read_image(again.labels)[0], labels)
+    # with test-time augmentation, also through the memory-mapped file
+    list(segment_file(model, image, axes, again, postprocess=post, device="cpu", tta=True))
+    np.testing.assert_allclose(read_image(again.probs)[0][1], model.predict(stack[1], device="cpu", tta=True)[1],
+                               atol=1e-6)
 
 
 def test_a_zarr_array_is_read_lazily_with_its_axes(tmp_path):
@@ -198,30 +155,3 @@ def test_training_pairs_must_have_one_shape(tmp_path):
     image, labels, mask = read_training_pair(tmp_path / "image.tif", tmp_path / "good.tif", tmp_path / "good.tif")
     assert image.dtype == np.float32 and mask.all() and labels.shape == (20, 30)
     np.testing.assert_allclose(np.percentile(image, [1, 99.8]), [0, 1], atol=1e-4)
-
-
-def test_tuning_picks_the_threshold_that_separates_touching_cells():
-    truth = np.zeros((20, 40), np.int32)
-    truth[4:16, 3:14], truth[4:16, 14:25], truth[4:16, 25:36] = 1, 2, 3  # three touching cells in a row
-    probs = np.where(truth > 0, 0.95, 0.02).astype(np.float32)
-    probs[4:16, 13:15] = probs[4:16, 24:26] = 0.65  # the borders: above 0.5, below 0.7
-    base = PostprocessConfig(min_size=1)
-    merged, before = tune_postprocess([probs], [truth], base, thresholds=(), watershed=())
-    assert merged == base and before["ap50"] == 0.0
-    tuned, scores = tune_postprocess([probs], [truth], base)
-    assert tuned.threshold >= 0.7 and scores["ap50"] == 1.0 and tuned.min_size == 1
-    assert instance_scores(probs_to_labels(probs, tuned), truth)["ap50"] == 1.0
-    with pytest.raises(ValueError, match="as many probability maps"):
-        tune_postprocess([probs], [])
-
-
-def test_tuning_grows_objects_only_where_the_outlines_are_wider():
-    yy, xx = np.mgrid[:40, :40]
-    truth = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 12**2).astype(np.int32)
-    probs = np.where((yy - 20) ** 2 + (xx - 20) ** 2 <= 9**2, 0.9, 0.02)  # the network's core: 3 px too small
-    probs[truth.astype(bool) & (probs < 0.5)] = 0.25
-    base = PostprocessConfig(border_width=0)
-    tuned, scores = tune_postprocess([probs], [truth], base, thresholds=(), watershed=())
-    assert tuned.grow_threshold == pytest.approx(0.2) and scores["map"] > 0.9
-    exact = np.where(truth > 0, 0.9, 0.02)  # outlines already right: growing would not help, none is chosen
-    assert tune_postprocess([exact], [truth], base, thresholds=(), watershed=())[0].grow_threshold is None

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from napari_unet.metrics import instance_scores
 from napari_unet.postprocess import (
     PostprocessConfig,
     fill_object_holes,
@@ -18,6 +19,7 @@ from napari_unet.postprocess import (
     probs_to_labels,
     relabel_consecutive,
     split_by_watershed,
+    tune_config,
 )
 
 
@@ -214,7 +216,7 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     restored = PostprocessConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
     assert PostprocessConfig.from_dict({}) == PostprocessConfig()
-    with pytest.raises(ValueError, match="unknown post-processing parameters"):
+    with pytest.raises(ValueError, match="unknown PostprocessConfig keys"):
         PostprocessConfig.from_dict({"treshold": 0.5})
     with pytest.raises(ValueError, match="threshold"):
         PostprocessConfig(threshold=1.5)
@@ -302,3 +304,30 @@ def test_score_config_scores_one_configuration_as_the_ranking_does():
         score_config(merged, [probs], [truth]), score_config(split, [probs], [truth])]
     with pytest.raises(ValueError, match="as many"):
         score_config(merged, [probs], [truth, truth])
+
+
+def test_tuning_picks_the_threshold_that_separates_touching_cells():
+    truth = np.zeros((20, 40), np.int32)
+    truth[4:16, 3:14], truth[4:16, 14:25], truth[4:16, 25:36] = 1, 2, 3  # three touching cells in a row
+    probs = np.where(truth > 0, 0.95, 0.02).astype(np.float32)
+    probs[4:16, 13:15] = probs[4:16, 24:26] = 0.65  # the borders: above 0.5, below 0.7
+    base = PostprocessConfig(min_size=1)
+    merged, before = tune_config([probs], [truth], base, thresholds=(), watershed=())
+    assert merged == base and before["ap50"] == 0.0
+    tuned, scores = tune_config([probs], [truth], base)
+    assert tuned.threshold >= 0.7 and scores["ap50"] == 1.0 and tuned.min_size == 1
+    assert instance_scores(probs_to_labels(probs, tuned), truth)["ap50"] == 1.0
+    with pytest.raises(ValueError, match="as many probability maps"):
+        tune_config([probs], [])
+
+
+def test_tuning_grows_objects_only_where_the_outlines_are_wider():
+    yy, xx = np.mgrid[:40, :40]
+    truth = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 12**2).astype(np.int32)
+    probs = np.where((yy - 20) ** 2 + (xx - 20) ** 2 <= 9**2, 0.9, 0.02)  # the network's core: 3 px too small
+    probs[truth.astype(bool) & (probs < 0.5)] = 0.25
+    base = PostprocessConfig(border_width=0)
+    tuned, scores = tune_config([probs], [truth], base, thresholds=(), watershed=())
+    assert tuned.grow_threshold == pytest.approx(0.2) and scores["map"] > 0.9
+    exact = np.where(truth > 0, 0.9, 0.02)  # outlines already right: growing would not help, none is chosen
+    assert tune_config([exact], [truth], base, thresholds=(), watershed=())[0].grow_threshold is None

@@ -12,14 +12,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from napari_unet.model import UNet
+from napari_unet.modelfile import ModelBundle
 from napari_unet.tiling import (
     TileGrid,
+    dihedral_transforms,
     iter_predict_tiles,
     mirror_indices,
     predict_tiled,
+    predict_tta,
     predict_whole,
     read_window,
     tile_grid,
+    transform,
+    untransform,
 )
 
 
@@ -182,3 +187,60 @@ def test_automatic_tile_size_fits_the_budget():
     small = auto_stride(model, torch.device("cpu"), memory_budget=256 << 20)
     large = auto_stride(model, torch.device("cpu"), memory_budget=2 << 30)
     assert small % 16 == 0 and 16 <= small < large <= 1024
+
+
+# ----------------------------------------------------------------------------------- test-time augmentation
+
+
+def symmetric_bundle(seed: int = 0, symmetric: bool = False) -> ModelBundle:
+    """A tiny model; `symmetric`: every kernel averaged over the 8 symmetries of the square, random biases,
+    which makes the network exactly equivariant to flips and 90-degree rotations."""
+    torch.manual_seed(seed)
+    net = UNet(depth=3, base_channels=4, dropout=0.0)
+    if symmetric:
+        with torch.no_grad():
+            for module in net.modules():
+                if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                    weight = module.weight.detach().numpy()
+                    mean = sum(transform(weight, k, flip).copy() for k, flip in dihedral_transforms()) / 8
+                    module.weight.copy_(torch.from_numpy(mean))
+                    module.bias.normal_(0.0, 0.1)
+    return ModelBundle(net)
+
+
+def test_dihedral_transforms_invert():
+    array = np.arange(2 * 3 * 5).reshape(2, 3, 5)
+    seen = set()
+    for k, flip in dihedral_transforms():
+        moved = transform(array, k, flip)
+        seen.add(moved.tobytes() + bytes(moved.shape))
+        np.testing.assert_array_equal(untransform(moved, k, flip), array)
+    assert len(seen) == 8
+
+
+def test_tta_equals_plain_prediction_for_an_equivariant_model():
+    model = symmetric_bundle(symmetric=True)
+    image = np.random.default_rng(0).random((64, 48)).astype(np.float32) * 100
+    plain = model.predict(image, device="cpu")
+    np.testing.assert_allclose(model.predict(image, device="cpu", tta=True), plain, atol=1e-5)
+    np.testing.assert_allclose(model.predict(image, device="cpu", tile_size=32, tta=True), plain, atol=1e-5)
+
+
+def test_tta_differs_for_a_generic_model_and_is_itself_equivariant():
+    model = symmetric_bundle(seed=1)
+    image = np.random.default_rng(1).random((48, 48)).astype(np.float32)
+    tta = model.predict(image, device="cpu", tta=True)
+    assert tta.shape == (2, 48, 48)
+    np.testing.assert_allclose(tta.sum(axis=0), 1.0, atol=1e-5)
+    assert np.abs(tta - model.predict(image, device="cpu")).max() > 1e-3
+    for k, flip in ((1, False), (0, True)):  # a quarter turn and a flip generate the group
+        moved = np.ascontiguousarray(transform(image, k, flip))
+        np.testing.assert_allclose(untransform(model.predict(moved, device="cpu", tta=True), k, flip), tta, atol=1e-5)
+
+
+def test_predict_tta_on_a_net_uses_the_given_normalisation():
+    model = symmetric_bundle(seed=3)
+    image = np.random.default_rng(3).random((2 * 24, 40)).astype(np.float32) * 500
+    preprocess = model.preprocessor(image, "YX")
+    np.testing.assert_allclose(predict_tta(model.net, image, device="cpu", preprocess=preprocess),
+                               model.predict(image, device="cpu", tta=True), atol=1e-6)

@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._config import Config, check_range
 from .io import TEMPORARY_SUFFIX, _process_alive, apply_normalization, percentiles, remove_stale_temporaries
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
-from .tiling import predict_tiled
+from .tiling import predict_tiled, predict_tta
 
 FORMAT = "napari-unet-model"
 FORMAT_VERSION = 1
@@ -37,14 +38,16 @@ CONFIG_LIMITS = {"in_channels": 4096, "num_classes": 4096, "depth": 16, "base_ch
 
 
 @dataclass(frozen=True)
-class Normalization:
+class Normalization(Config):
     """Percentile normalisation applied to every input: (x - p_low) / (p_high - p_low), per channel."""
 
     low: float = 1.0
     high: float = 99.8
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.low < self.high <= 100.0:
+        check_range(self, "low", 0.0, 100.0, meaning="a percentile")
+        check_range(self, "high", 0.0, 100.0, meaning="a percentile")
+        if not self.low < self.high:
             raise ValueError(f"normalisation percentiles need 0 <= low < high <= 100, got {self.low}, {self.high}")
 
 
@@ -64,13 +67,21 @@ class ModelBundle:
         return lambda window: apply_normalization(window, lo, hi)
 
     def predict(self, image, *, tile_size: int | None = None, device: str | torch.device = "auto", out=None,
-                batch_size: int = 1) -> np.ndarray:
-        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image, normalised tile by tile."""
+                batch_size: int = 1, tta: bool = False) -> np.ndarray:
+        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image, normalised tile by tile.
+
+        tta: test-time augmentation, the mean over the 8 flips and 90-degree rotations (`tiling.predict_tta`).
+        """
         axes = "YX" if image.ndim == 2 else "CYX"
-        return predict_tiled(
-            self.net, image, tile_size, device=device, out=out, batch_size=batch_size,
-            preprocess=self.preprocessor(image, axes),
-        )
+        preprocess = self.preprocessor(image, axes)
+        if not tta:
+            return predict_tiled(self.net, image, tile_size, device=device, out=out, batch_size=batch_size,
+                                 preprocess=preprocess)
+        probs = predict_tta(self.net, image, tile_size, device=device, batch_size=batch_size, preprocess=preprocess)
+        if out is None:
+            return probs
+        out[...] = probs
+        return out
 
     def segment(self, image, **kwargs: Any) -> np.ndarray:
         """Instance labels (H, W) int32 of a raw image: `predict`, then the saved post-processing."""
@@ -91,7 +102,7 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "unet": bundle.net.config.to_dict(),
-        "normalization": {"low": bundle.normalization.low, "high": bundle.normalization.high},
+        "normalization": bundle.normalization.to_dict(),
         "postprocess": bundle.postprocess.to_dict(),
         "metadata": {**_versions(), **bundle.metadata},
     }
@@ -175,7 +186,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         )
     try:
         unet = UNetConfig.from_dict(_checked_unet(config.get("unet")))
-        normalization = Normalization(**_checked_dict(config.get("normalization", {}), "normalization"))
+        normalization = Normalization.from_dict(_checked_dict(config.get("normalization", {}), "normalization"))
         postprocess = PostprocessConfig.from_dict(_checked_dict(config.get("postprocess", {}), "postprocess"))
         metadata = _checked_dict(config.get("metadata", {}), "metadata")
         with torch.device("meta"):  # the shapes the config asks for, without allocating them

@@ -4,7 +4,6 @@
   (`01.png` with `01.tif`; a `_labels` or `_probs` suffix is tolerated, so predictions match their truth).
 - `read_training_pair`: an image normalised with the model's percentiles and its labels, checked together.
 - `split_by_image`: a deterministic train/validation split by whole images (never crops of one image).
-- `predict_tta`: test-time augmentation, the mean over the 8 flips and 90-degree rotations.
 - `read_input` / `segment_file`: segment a file plane by plane (stacks, time series), with bounded memory.
 
 >>> base_name("cells/01_labels.ome.tif")
@@ -17,7 +16,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -204,91 +203,6 @@ def split_by_image(items: Sequence[T], fraction: float, seed: int = 0) -> tuple[
     return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
 
 
-# ----------------------------------------------------------------------------------- test-time augmentation
-
-
-def dihedral_transforms() -> list[tuple[int, bool]]:
-    """The 8 symmetries of the square as (quarter turns k, flip): x -> flip(rot90(x, k)) on the last two axes."""
-    return [(k, flip) for k in range(4) for flip in (False, True)]
-
-
-def transform(array, k: int, flip: bool):
-    """rot90 by `k` quarter turns on the last two axes, then a left-right flip if `flip` (a view for numpy)."""
-    array = np.rot90(array, k, axes=(-2, -1)) if k else array
-    return np.flip(array, axis=-1) if flip else array
-
-
-def untransform(array, k: int, flip: bool):
-    """The inverse of `transform(., k, flip)`."""
-    array = np.flip(array, axis=-1) if flip else array
-    return np.rot90(array, -k, axes=(-2, -1)) if k else array
-
-
-def predict_tta(
-    bundle, image, *, tile_size: int | None = None, device="auto", batch_size: int = 1
-) -> np.ndarray:
-    """Test-time augmentation: probabilities (classes, H, W) averaged over the 8 flips and 90-degree rotations.
-
-    probs = 1/8 sum_g g^-1(f(g(x))) for g in the dihedral group of the square, f = `bundle.predict` with the
-    percentiles of the untransformed image (they do not change under g). image: raw (H, W) or (C, H, W).
-    Costs 8 predictions; for a model that is exactly equivariant to these symmetries it equals the plain one.
-    """
-    from .device import select_device
-    from .tiling import predict_tiled
-
-    channels_first = image if image.ndim == 3 else image[None]
-    preprocess = bundle.preprocessor(channels_first, "CYX")
-    device = select_device(device)
-    total = None
-    for k, flip in dihedral_transforms():
-        probs = predict_tiled(
-            bundle.net, transform(channels_first, k, flip), tile_size, device=device, batch_size=batch_size,
-            preprocess=preprocess,
-        )
-        probs = untransform(probs, k, flip)
-        if total is None:
-            total = np.array(probs, dtype=np.float32)
-        else:
-            total += probs
-    total /= np.float32(8)
-    return total
-
-
-# ------------------------------------------------------------------------------- tuning the post-processing
-
-
-def tune_postprocess(
-    probs: Sequence[np.ndarray],
-    truths: Sequence[np.ndarray],
-    base=None,
-    thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-    watershed: Sequence[bool] = (False, True),
-    grow_thresholds: Sequence[float | None] | None = None,
-) -> tuple[Any, dict[str, float]]:
-    """The post-processing that segments validation images best: (config, its mean scores).
-
-    probs: foreground probabilities (H, W) of the validation images; truths: their instance labels (H, W).
-    Two rounds: first `base` (default `PostprocessConfig()`) with each threshold and watershed setting, then
-    the winner with each growth threshold (`grow_thresholds`, default `postprocess.GROWTH_CANDIDATES`; None: no
-    growth). The score is the mean AP at IoU 0.5, ties broken by the mean AP over IoU 0.5:0.95 (which rewards
-    objects of the right extent), then by the order of the candidates (the previous winner first). The network
-    is not run again: only `probs_to_labels` is, once per candidate (`postprocess.best_config`).
-    """
-    from .postprocess import GROWTH_CANDIDATES, PostprocessConfig, best_config
-
-    base = PostprocessConfig() if base is None else base
-    grow_thresholds = GROWTH_CANDIDATES if grow_thresholds is None else grow_thresholds
-
-    def rank(mean: dict[str, float]) -> tuple[float, float]:
-        return mean["ap50"], mean["map"]
-
-    first = [base] + [replace(base, threshold=float(t), watershed=bool(w)) for w in watershed for t in thresholds]
-    best = best_config(first, probs, truths, rank)[0]
-    second = [best] + [replace(best, grow_threshold=None if g is None else float(g)) for g in grow_thresholds]
-    best, scores, _ = best_config(second, probs, truths, rank)
-    return best, scores
-
-
 # ------------------------------------------------------------------------------------------- segmentation
 
 
@@ -421,14 +335,12 @@ def segment_file(
 
 def _foreground(bundle, plane, tile_size, device, batch_size: int, tta: bool) -> np.ndarray:
     """The foreground probability (H, W) float32 of one raw plane (H, W) or (C, H, W)."""
-    if tta:
-        return predict_tta(bundle, plane, tile_size=tile_size, device=device, batch_size=batch_size)[1]
     classes, (h, w) = bundle.net.config.num_classes, plane.shape[-2:]
     if classes * h * w * 4 <= LARGE_OUTPUT_BYTES:
-        return bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size)[1]
+        return bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size, tta=tta)[1]
     with tempfile.TemporaryFile() as scratch:
         out = np.memmap(scratch, dtype=np.float32, mode="w+", shape=(classes, h, w))
-        bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size, out=out)
+        bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size, out=out, tta=tta)
         return np.array(out[1])
 
 
@@ -447,9 +359,3 @@ def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str) -> np.mem
 
 def count_planes(image, axes: str) -> int:
     return math.prod(n for n, a in zip(image.shape, axes) if a in "TZ")
-
-
-def with_overrides(config, **overrides: Any):
-    """`config` (a frozen dataclass) with the fields given a value other than None replaced."""
-    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
-

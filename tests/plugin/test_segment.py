@@ -119,10 +119,11 @@ def test_cancel_midway_leaves_every_tile_written_or_untouched(make_napari_viewer
 
 
 def test_bad_situations_are_notifications(make_napari_viewer_proxy, qtbot, tiny_bundle, monkeypatch):
-    from napari_unet.plugin import _segment
+    from napari_unet.plugin import _segment, _state
 
     messages = []
     monkeypatch.setattr(_segment, "show_error", messages.append)
+    monkeypatch.setattr(_state, "show_error", messages.append)  # the session loads models for the docks
     viewer = make_napari_viewer_proxy()
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._args import EXIT_OK, add_command, add_device, add_quiet, positive_int
 from .progress import describe, duration, note
-from .train import describe_tuning, growth, run_training, summary, tune_on_validation
+from .train import describe_tuning, growth, summary, train_with_progress, tune_on_validation
 
 DEMO_IMAGES = 4  # synthetic training images (one of them held out for validation), plus one test image
 DEMO_SHAPE = (256, 256)
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = Trainer(UNet(net_config), config, samples[:-1], samples[-1:], args.device, model_dir)
     note(f"demo: training the fast preset for {args.iterations} iterations on {len(samples) - 1} synthetic "
          f"{DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} images ({describe(trainer.device)})", args.quiet)
-    result = run_training(trainer, args.quiet)
+    result = train_with_progress(trainer, args.quiet)
     if result["stopped"]:
         print(f"stopped at iteration {result['iteration']}; no report written", file=sys.stderr)
         return result["exit_code"]

@@ -46,9 +46,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .._config import with_overrides
     from ..device import select_device
     from ..modelfile import load_model
-    from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file, with_overrides
+    from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file
 
     bundle = load_model(args.model)
     postprocess = with_overrides(bundle.postprocess, threshold=args.threshold, min_size=args.min_size,

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     note(f"training on {len(train)} image(s), validating on {len(validation)}; "
          f"device: {describe(trainer.device)}", args.quiet)
     try:
-        result = run_training(trainer, args.quiet)
+        result = train_with_progress(trainer, args.quiet)
     except TrainingDiverged as error:
         print(f"napari-unet: error: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -193,9 +193,9 @@ def _sample(image_path: Path, labels_path: Path, mask_path: Path | None = None):
 def _make_trainer(args: argparse.Namespace, train, validation):
     from dataclasses import replace
 
+    from .._config import with_overrides
     from ..model import UNet
     from ..modelfile import load_model
-    from ..pipeline import with_overrides
     from ..training import Trainer, preset
 
     if args.resume:
@@ -225,7 +225,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     return Trainer(UNet(net_config), config, train, validation, args.device, args.out)
 
 
-def run_training(trainer, quiet: bool) -> dict[str, Any]:
+def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
     """Consume `trainer.run()` with a progress bar; SIGINT (Ctrl-C) or SIGTERM stops it after the current step
     (closing the generator saves that step); result["exit_code"] is then 130 or 143."""
     from contextlib import closing
@@ -264,8 +264,7 @@ def tune_on_validation(trainer, validation) -> dict[str, Any] | None:
     or None when no validation sample is fully annotated with instance labels (binary masks such as ISBI's are
     not).
     """
-    from ..pipeline import tune_postprocess
-    from ..postprocess import score_config
+    from ..postprocess import score_config, tune_config
     from ..targets import annotation_mask, is_binary
     from ..tiling import predict_tiled
 
@@ -275,7 +274,7 @@ def tune_on_validation(trainer, validation) -> dict[str, Any] | None:
     probs = [predict_tiled(trainer.model, s.image, device=trainer.device)[1] for s in usable]
     truths = [np.asarray(s.labels).astype(np.int64) for s in usable]
     before = score_config(trainer.postprocess, probs, truths)
-    config, scores = tune_postprocess(probs, truths, trainer.postprocess)
+    config, scores = tune_config(probs, truths, trainer.postprocess)
     trainer.postprocess = config
     if trainer.checkpoint is not None:
         trainer.save_checkpoint(trainer.checkpoint)

@@ -22,7 +22,7 @@ from napari_unet.augment import AugmentConfig
 from napari_unet.jobs.augment_preview import preview_sample
 from napari_unet.training import PRESETS
 
-from ._form import check, dock_layout, form, int_spin, slider
+from ._form import check, dock_layout, form, slider, spin
 from ._layers import LayerProblem, channels_of, debounced, layer_combo, layer_data, plane_stack, wrapped_label
 from ._state import Session, session_for
 from ._workers import alive, start_worker
@@ -50,9 +50,9 @@ class AugmentPreviewWidget(QWidget):
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels", optional="(none)")
-        self.window_spin = int_spin(16, 2048, PRESETS["fast"][1].tile_size,
-                                    tooltip="Side of the training window (the preset's tile size)")
-        self.grid_spin = int_spin(2, 12, base.elastic_grid)
+        self.window_spin = spin(16, 2048, PRESETS["fast"][1].tile_size,
+                                tooltip="Side of the training window (the preset's tile size)")
+        self.grid_spin = spin(2, 12, base.elastic_grid)
         self.sigma_slider = slider(0.0, 40.0, base.elastic_sigma)
         self.rotation_slider = slider(0.0, 180.0, base.rotation)
         self.shift_slider = slider(0.0, 64.0, base.shift)

@@ -32,7 +32,7 @@ from napari_unet.targets import mask_around_cells
 from napari_unet.training import PRESETS, TrainEvent, preset
 
 from . import _autosave
-from ._form import check, choice, dock_layout, float_spin, form, int_spin, row
+from ._form import check, choice, dock_layout, form, row, spin
 from ._layers import (
     LayerProblem,
     channels_of,
@@ -120,12 +120,12 @@ class FineTuneWidget(QWidget):
         self.region_combo = layer_combo(napari_viewer, (Shapes, Labels), "region",
                                         optional="(none: around the annotated cells)")
         self.whole_check = check("every cell in the image is annotated")
-        self.margin_spin = int_spin(1, 500, DEFAULT_MARGIN,
-                                    tooltip="Only this much background around the annotated cells is trusted")
+        self.margin_spin = spin(1, 500, DEFAULT_MARGIN,
+                                tooltip="Only this much background around the annotated cells is trusted")
         self.start_combo = choice([START_NEW, START_SESSION, START_FILE])
         self.preset_combo = choice(list(PRESETS))
-        self.iterations_spin = int_spin(1, 1_000_000, PRESETS["fast"][1].iterations)
-        self.budget_spin = float_spin(0.0, 100_000.0, 0.0, decimals=1, special="none", suffix=" min")
+        self.iterations_spin = spin(1, 1_000_000, PRESETS["fast"][1].iterations)
+        self.budget_spin = spin(0.0, 100_000.0, 0.0, decimals=1, special="none", suffix=" min")
         self.device_combo = choice(available_devices())
         self.estimate_label = wrapped_label()
         self.start_button = QPushButton("Start")
@@ -249,12 +249,8 @@ class FineTuneWidget(QWidget):
 
     def load_model_from(self, path: str | Path) -> bool:
         """Load a model folder into the session (it becomes the Segment dock's model and a starting point)."""
-        try:
-            bundle = load_model(path)
-        except (OSError, ValueError) as error:
-            show_error(f"Cannot load the model: {error}")
+        if not self.session.load_model(path):
             return False
-        self.session.set_model(bundle, path)
         self.start_combo.setCurrentText(START_SESSION)
         return True
 

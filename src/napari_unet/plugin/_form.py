@@ -2,7 +2,7 @@
 
 A dock's `__init__` then reads as a list of its controls and a list of its rows:
 
-    self.iterations_spin = int_spin(1, 1_000_000, 400)
+    self.iterations_spin = spin(1, 1_000_000, 400)
     dock_layout(self, form(("iterations", self.iterations_spin), ("", self.whole_check)), self.status)
 """
 
@@ -25,38 +25,25 @@ from qtpy.QtWidgets import (
 )
 
 
-def int_spin(
-    low: int, high: int, value: int, *, step: int = 1, special: str = "", tooltip: str = ""
-) -> QSpinBox:
-    """A QSpinBox over [low, high] at `value`; `special`: the text shown at `low` (e.g. "auto")."""
-    spin = QSpinBox()
-    spin.setRange(low, high)
-    spin.setSingleStep(step)
-    spin.setValue(value)
-    if special:
-        spin.setSpecialValueText(special)
-    if tooltip:
-        spin.setToolTip(tooltip)
-    return spin
-
-
-def float_spin(
-    low: float, high: float, value: float, *, step: float = 1.0, decimals: int = 2, special: str = "",
+def spin(
+    low: float, high: float, value: float, *, step: float = 1, decimals: int | None = None, special: str = "",
     suffix: str = "", tooltip: str = "",
-) -> QDoubleSpinBox:
-    """A QDoubleSpinBox over [low, high] at `value`; `special`: the text shown at `low` (e.g. "none")."""
-    spin = QDoubleSpinBox()
-    spin.setRange(low, high)
-    spin.setDecimals(decimals)
-    spin.setSingleStep(step)
-    spin.setValue(value)
+) -> QSpinBox | QDoubleSpinBox:
+    """A spin box over [low, high] at `value`: a QSpinBox, or a QDoubleSpinBox with `decimals`; `special`: the text
+    shown at `low` (e.g. "auto", "none")."""
+    box = QSpinBox() if decimals is None else QDoubleSpinBox()
+    box.setRange(low, high)
+    if decimals is not None:
+        box.setDecimals(decimals)
+    box.setSingleStep(step)
+    box.setValue(value)
     if special:
-        spin.setSpecialValueText(special)
+        box.setSpecialValueText(special)
     if suffix:
-        spin.setSuffix(suffix)
+        box.setSuffix(suffix)
     if tooltip:
-        spin.setToolTip(tooltip)
-    return spin
+        box.setToolTip(tooltip)
+    return box
 
 
 def slider(low: float, high: float, value: float, decimals: int = 1) -> Any:

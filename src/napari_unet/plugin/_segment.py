@@ -26,11 +26,10 @@ from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
 
 from napari_unet.device import available_devices, describe_device, select_device
 from napari_unet.jobs.segment import TileUpdate, postprocess_planes, stream_tiles
-from napari_unet.modelfile import load_model
 from napari_unet.postprocess import PostprocessConfig
 from napari_unet.tiling import auto_stride, tile_grid
 
-from ._form import check, choice, dock_layout, float_spin, form, int_spin, row
+from ._form import check, choice, dock_layout, form, row, spin
 from ._layers import LayerProblem, debounced, layer_combo, plane_stack, throttled, wrapped_label
 from ._redraw import RegionRedraws, bands, refresh_region, refresh_thumbnail
 from ._state import Session, session_for
@@ -71,15 +70,15 @@ class SegmentWidget(QWidget):
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.model_label = wrapped_label()
         self.load_button = QPushButton("Load model…")
-        self.tile_spin = int_spin(0, 8192, 0, step=16, special="auto",
-                                  tooltip="Output tile side in pixels; 'auto' picks the largest that fits in memory")
+        self.tile_spin = spin(0, 8192, 0, step=16, special="auto",
+                              tooltip="Output tile side in pixels; 'auto' picks the largest that fits in memory")
         self.device_combo = choice(available_devices())
         self.probs_check = check("also show the probability map")
-        self.threshold_spin = float_spin(0.0, 1.0, 0.0, step=0.05)
-        self.grow_spin = float_spin(0.0, 1.0, 0.0, step=0.05, tooltip=(
+        self.threshold_spin = spin(0.0, 1.0, 0.0, step=0.05, decimals=2)
+        self.grow_spin = spin(0.0, 1.0, 0.0, step=0.05, decimals=2, tooltip=(
             "Objects grow into the neighbouring pixels whose probability is above this value (cells come out at "
             "their full size; none merge). At the threshold or above: off"))
-        self.min_size_spin = int_spin(0, 100000, 0)
+        self.min_size_spin = spin(0, 100000, 0)
         self.split_check = check("split merged cells (watershed)", tooltip=(
             "Seeded watershed on the distance transform: splits touching cells that the network's borders left "
             "merged"))
@@ -118,13 +117,7 @@ class SegmentWidget(QWidget):
 
     def load_model(self, path: str | Path) -> bool:
         """Load a model folder into the session; problems become notifications."""
-        try:
-            bundle = load_model(path)
-        except (OSError, ValueError) as error:
-            show_error(f"Cannot load the model: {error}")
-            return False
-        self.session.set_model(bundle, path)
-        return True
+        return self.session.load_model(path)
 
     def postprocess_config(self) -> PostprocessConfig:
         """The model's post-processing with the threshold, growth, minimum size and watershed choice of the dock."""

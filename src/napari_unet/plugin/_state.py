@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from napari.utils.notifications import show_error
 from psygnal import Signal
 
 from napari_unet.augment import AugmentConfig
-from napari_unet.modelfile import ModelBundle
+from napari_unet.modelfile import ModelBundle, load_model
 
 
 @dataclass
@@ -44,6 +45,16 @@ class Session:
         self.bundle = bundle
         self.model_path = Path(path) if path is not None else None
         self.model_changed.emit(bundle)
+
+    def load_model(self, path: str | Path) -> bool:
+        """Load a model folder as the session's model; a folder that cannot be loaded is a notification (False)."""
+        try:
+            bundle = load_model(path)
+        except (OSError, ValueError) as error:
+            show_error(f"Cannot load the model: {error}")
+            return False
+        self.set_model(bundle, path)
+        return True
 
     def describe_model(self) -> str:
         """One line for the docks: 'depth 4, 16 channels, 400 iterations (autosave/cells-...)'."""

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QWidget
 from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
 
-from ._form import check, dock_layout, form, int_spin, slider
+from ._form import check, dock_layout, form, slider, spin
 from ._layers import debounced, layer_combo, wrapped_label
 from ._workers import alive, start_worker
 
@@ -46,8 +46,8 @@ class WeightMapWidget(QWidget):
         self.w0_slider = slider(0.0, 100.0, training.w0)
         self.sigma_slider = slider(0.5, 25.0, training.sigma)
         self.balance_check = check("class balance w_c", True)
-        self.border_spin = int_spin(1, 8, training.border,
-                                    tooltip="Background border (px) cut between touching cells in the target")
+        self.border_spin = spin(1, 8, training.border,
+                                tooltip="Background border (px) cut between touching cells in the target")
         self.status = wrapped_label(lines=3)
         dock_layout(
             self,

@@ -33,10 +33,10 @@ def start_worker(worker: Any, owner: Any = None) -> Any:
 def worker_threads() -> int:
     """Torch threads for a worker: one fewer than the main thread's setting (at least one), read on the main thread.
 
-    Measured on a 2-core machine (benchmarks/bench_responsiveness.py --threads): with every core busy in torch,
-    the window's repaints and torch's OpenMP threads wait on each other; leaving a core to the main thread made
-    the longest stall 2.6-7x shorter and training and segmentation 5-6x faster. torch's thread count is per
-    thread (the main thread keeps its own), so the worker sets it for itself.
+    With every core busy in torch, the window's repaints and torch's OpenMP threads wait on each other; leaving a
+    core to the main thread keeps the window responsive and the work faster (the figures, measured with
+    benchmarks/bench_responsiveness.py --threads, are in docs/plugin.md#responsiveness). torch's thread count is
+    per thread (the main thread keeps its own), so the worker sets it for itself.
     """
     import torch
 
