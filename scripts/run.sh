@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Try napari-unet: scripts/run.sh
 # Sets up .venv (package + a Qt binding), then opens napari with the plugin's docks and the synthetic sample image.
-# With no display (no $DISPLAY, no $WAYLAND_DISPLAY) it runs the headless demo instead: napari-unet demo --out out/demo
+# With no display (no $DISPLAY, no $WAYLAND_DISPLAY) it runs the headless demo instead: napari-unet demo --out out/demo --overwrite
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup-env.sh"
 cd "$REPO_ROOT"
@@ -15,8 +15,8 @@ setup_env qt || exit 1
 
 if ! has_display; then
     say "no display (\$DISPLAY and \$WAYLAND_DISPLAY are unset): running the headless demo instead of the viewer"
-    say "  $VENV/bin/napari-unet demo --out out/demo"
-    exec "$VENV/bin/napari-unet" demo --out out/demo
+    say "  $VENV/bin/napari-unet demo --out out/demo --overwrite"
+    exec "$VENV/bin/napari-unet" demo --out out/demo --overwrite  # a rerun replaces the earlier tour
 fi
 
 exec "$VENV_PYTHON" - <<'PY'

@@ -256,7 +256,9 @@ def test_weights_writes_the_weight_map(data, tmp_path, capsys):
     written, axes = read_image(out)
     assert axes == "YX" and written.dtype == np.float32
     np.testing.assert_array_equal(written, weight_map(labels, 8.0, 3.0, border=2))
-    assert run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--no-balance")[0] == 0
+    assert run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--no-balance")[0] == 2  # exists
+    np.testing.assert_array_equal(read_image(out)[0], weight_map(labels, 8.0, 3.0, border=2))
+    assert run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--no-balance", "--overwrite")[0] == 0
     from napari_unet.training import TrainConfig
 
     defaults = TrainConfig()  # without options: the weights training uses

@@ -286,10 +286,14 @@ def test_read_labels_rejects_float_and_multichannel(tmp_path):
         read_labels(tmp_path / "c.png")
 
 
-def test_read_labels_rejects_negative_ids(tmp_path):
-    write_tiff(tmp_path / "n.tif", np.full((30, 40), -1, np.int32), "YX")
-    with pytest.raises(ValueError, match=">= 0"):
+def test_read_labels_rejects_negative_ids_but_the_sparse_value(tmp_path):
+    write_tiff(tmp_path / "n.tif", np.full((30, 40), -2, np.int32), "YX")
+    with pytest.raises(ValueError, match=">= 0.*found the value -2"):
         read_labels(tmp_path / "n.tif")
+    sparse = np.full((30, 40), -1, np.int16)
+    sparse[5:10, 5:10] = 3
+    write_tiff(tmp_path / "s.tif", sparse, "YX")
+    np.testing.assert_array_equal(read_labels(tmp_path / "s.tif"), sparse)
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -13,11 +13,17 @@ canonical order: ``"YX"``, ``"CYX"``, ``"ZYX"``, ``"TCYX"``, ... (a subset of T,
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from .validation import check_image, check_labels  # noqa: F401  (check_image: io's public name since 0.1)
 
 CANONICAL_AXES = "TZCYX"
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -29,7 +35,7 @@ SUPPORTED_AXES_HELP = (
 )
 IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 MAX_PERCENTILE_SAMPLES = 2**20
-BLOCK_ELEMENTS = 2**24
+TEMPORARY_SUFFIX = ".tmp"
 
 
 # ----------------------------------------------------------------------------- axes
@@ -158,7 +164,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
                 image = tifffile.memmap(path, mode="r").reshape(shape)
             except ValueError:
                 image = tifffile.imread(path)
-    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as error:
+    except Exception as error:  # noqa: BLE001  (tifffile and its codecs raise many kinds for a corrupted file)
         raise ValueError(
             f"cannot read {path} as TIFF ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
         ) from error
@@ -178,7 +184,7 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, str]:
             elif pil.mode not in ("L", "RGB", "RGBA", "I", "I;16", "F"):
                 pil = pil.convert("RGB")
             image = np.asarray(pil)
-    except (OSError, ValueError, SyntaxError) as error:
+    except Exception as error:  # noqa: BLE001  (Pillow and its plugins raise many kinds for a corrupted file)
         raise ValueError(
             f"cannot read {path} as an image ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
         ) from error
@@ -191,10 +197,11 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, str]:
 
 
 def read_labels(path: str | Path) -> np.ndarray:
-    """Read a 2-D instance label image ``(Y, X)`` of integers, 0 = background.
+    """Read a 2-D label image ``(Y, X)`` of integers, 0 = background, checked by `validation.check_labels`.
 
-    Values are returned as stored (a binary 0/255 mask stays 0/255; a boolean mask becomes uint8 0/1).
-    Float, negative, or multi-channel files raise ``ValueError``.
+    Values are returned as stored (a binary 0/255 mask stays 0/255; a boolean mask becomes uint8 0/1), except
+    ids above 2**31 - 1, which are renumbered 1..n (int32, -1 = not annotated). The sparse-annotation value
+    -1 of signed dtypes is accepted; other negative values, floats and multi-channel files raise ``ValueError``.
     """
     image, axes = read_image(path)
     labels = np.asarray(image)
@@ -202,15 +209,7 @@ def read_labels(path: str | Path) -> np.ndarray:
         raise ValueError(
             f"labels in {path} must be one 2-D plane (axes 'YX'), got axes {axes!r} with shape {labels.shape}"
         )
-    if labels.dtype == bool:
-        return labels.astype(np.uint8)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(
-            f"labels in {path} must be integers (instance ids, 0 = background), got dtype {labels.dtype}"
-        )
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise ValueError(f"labels in {path} must be >= 0 (0 = background), got minimum {labels.min()}")
-    return np.array(labels, dtype=labels.dtype.newbyteorder("="))
+    return np.array(check_labels(labels, f"labels in {path}"))
 
 
 # ----------------------------------------------------------------------------- writing
@@ -222,6 +221,7 @@ def write_tiff(path: str | Path, array: ArrayLike, axes: str, compression: str |
     The array is stored in canonical ``"TZCYX"`` order. uint8/uint16/float32 are written as ImageJ
     hyperstacks; other dtypes as tifffile "shaped" TIFFs (axes in the JSON description). Uncompressed
     by default, which keeps the file memory-mappable; ``compression="zlib"`` needs no extra package.
+    Atomic (:func:`atomic_write`): an interrupted write leaves no file under ``path``, or the old one.
     """
     import tifffile
 
@@ -229,12 +229,85 @@ def write_tiff(path: str | Path, array: ArrayLike, axes: str, compression: str |
     if array.dtype == bool:
         array = array.astype(np.uint8)
     array, axes = to_canonical(array, axes)
-    if array.dtype in IMAGEJ_DTYPES:
+    imagej = {"imagej": True} if array.dtype in IMAGEJ_DTYPES else {}
+    with atomic_write(path) as staging:
         tifffile.imwrite(
-            path, array, imagej=True, metadata={"axes": axes}, photometric="minisblack", compression=compression
+            staging, array, metadata={"axes": axes}, photometric="minisblack", compression=compression, **imagej
         )
-    else:
-        tifffile.imwrite(path, array, metadata={"axes": axes}, photometric="minisblack", compression=compression)
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def temporary_sibling(path: str | Path) -> Path:
+    """A new, unused name beside `path` for writing it: ``.<name>.<pid>.<random>.tmp`` (hidden, and marked
+    with the writer's process id so that `remove_stale_temporaries` knows when it is abandoned)."""
+    path = Path(path)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    os.close(handle)
+    return Path(name)
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Write a file under a temporary name and rename it to `path` once the block completes.
+
+    >>> with atomic_write(folder / "scores.json") as staging:  # doctest: +SKIP
+    ...     staging.write_text("{}")
+
+    An error (or KeyboardInterrupt) in the block removes the temporary file and leaves `path` as it was; a
+    killed process leaves only a hidden ``.<name>.<pid>.*.tmp`` that the next write of `path` removes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    staging = temporary_sibling(path)
+    try:
+        yield staging
+        os.replace(staging, path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temporaries(path: str | Path) -> list[Path]:
+    """Remove the temporary files and folders left beside `path` by writers that no longer run.
+
+    Matches ``.<name>.<pid>.*.tmp`` (files of `atomic_write`, folders of `modelfile.save_model`) whose process
+    `pid` is gone; a live writer's temporaries are left alone. Returns what was removed.
+    """
+    import shutil
+
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix = f".{path.name}."
+    for candidate in path.parent.iterdir():
+        name = candidate.name
+        if not (name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX)):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        if candidate.is_dir() and not candidate.is_symlink():
+            shutil.rmtree(candidate, ignore_errors=True)
+        else:
+            candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: assume it is alive
+    return True
 
 
 # ----------------------------------------------------------------------------- normalisation
@@ -318,58 +391,3 @@ def normalize_percentile(
     """
     lo, hi = percentiles(image, low, high, axes)
     return apply_normalization(image, lo, hi, eps)
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def _blocks(image: Any) -> Any:
-    """Numpy slabs along the first axis of at most ~``BLOCK_ELEMENTS`` values each."""
-    if image.ndim == 0 or image.size <= BLOCK_ELEMENTS:
-        yield _to_numpy(image)
-        return
-    rows = max(1, BLOCK_ELEMENTS // max(1, image.size // image.shape[0]))
-    for start in range(0, image.shape[0], rows):
-        yield _to_numpy(image[start : start + rows])
-
-
-def check_image(image: ArrayLike, axes: str) -> None:
-    """Raise ``ValueError`` unless ``image`` (axes ``axes``) can be segmented.
-
-    Checks: ``axes`` matches the array (letters ``TZCYX``, each once, in that order, with Y and X); no NaN or
-    infinite values (their count is given); the image is not constant. Lazy arrays (dask, zarr,
-    memmap) are scanned slab by slab, never loaded whole.
-    """
-    if not hasattr(image, "shape"):
-        image = np.asarray(image)
-    try:
-        axes = validate_axes(axes, image.ndim)
-        if axes != canonical_axes(axes):
-            raise ValueError(f"axes {axes!r} are not in canonical order {canonical_axes(axes)!r} (see to_canonical)")
-    except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"unsupported image: {image.ndim}-D array of shape {tuple(image.shape)} with axes {axes!r} "
-            f"({error}); supported: {SUPPORTED_AXES_HELP}"
-        ) from error
-    dtype = np.dtype(image.dtype)
-    if not (np.issubdtype(dtype, np.number) or dtype == bool):
-        raise ValueError(f"image must hold numbers, got dtype {dtype}")
-    if 0 in image.shape:
-        raise ValueError(f"image is empty: shape {tuple(image.shape)} with axes {axes!r}")
-    inexact = np.issubdtype(dtype, np.inexact)
-    bad = 0
-    lo, hi = np.inf, -np.inf
-    for block in _blocks(image):
-        if inexact:
-            finite = np.isfinite(block)
-            bad += int(block.size - np.count_nonzero(finite))
-            block = block[finite]
-        if block.size:
-            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
-    if bad:
-        raise ValueError(
-            f"image has {bad} NaN or infinite values out of {int(np.prod(image.shape))}; "
-            "replace them (e.g. with np.nan_to_num) before segmenting"
-        )
-    if lo >= hi:
-        raise ValueError(f"image is constant (every value is {lo}): nothing to segment")

@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from .validation import check_instance_labels, check_probabilities
+
 ISBI_THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.0, 1.0, 11), 2))
 IOU_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.5, 0.96, 0.05), 2))
 SCORE_KINDS = ("isbi", "instances", "pixels")
@@ -57,17 +59,7 @@ def _check_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def _check_labels(labels: np.ndarray, name: str) -> np.ndarray:
-    if labels.dtype.kind not in "iu":
-        hint = {
-            "b": " (a bool mask: take its connected components with scipy.ndimage.label)",
-            "f": " (probabilities: post-process them with napari_unet.postprocess.probs_to_labels)",
-        }.get(labels.dtype.kind, "")
-        raise TypeError(
-            f"{name} must be an integer array of instance ids (0 = background); got dtype {labels.dtype}{hint}"
-        )
-    if labels.dtype.kind == "i" and labels.min() < 0:
-        raise ValueError(f"{name} must hold ids >= 0; got minimum {labels.min()}")
-    return labels
+    return check_instance_labels(labels, name)
 
 
 def _as_mask(array: np.ndarray, name: str) -> np.ndarray:
@@ -82,11 +74,7 @@ def _as_mask(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def _check_probs(probs: np.ndarray) -> np.ndarray:
-    if probs.dtype.kind != "f":
-        raise TypeError(f"probs must be a float array of probabilities in [0, 1]; got dtype {probs.dtype}")
-    if not np.all(np.isfinite(probs)):
-        raise ValueError("probs must be finite; got NaN or infinite values")
-    return probs
+    return check_probabilities(probs)
 
 
 def components(mask: np.ndarray) -> np.ndarray:
@@ -95,15 +83,17 @@ def components(mask: np.ndarray) -> np.ndarray:
     return ndimage.label(mask, structure=structure)[0].astype(np.int32)
 
 
-def _compact(ids: np.ndarray) -> np.ndarray:
-    """Non-negative ids as int64 small enough that pair keys do not overflow (0 stays 0)."""
-    ids = ids.astype(np.int64, copy=False)
-    if ids.size == 0 or ids.max() < 2**31:
-        return ids
+def _compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Non-negative ids as int64 small enough that pair keys do not overflow (0 stays 0).
+
+    Returns (compacted ids, the original id of each compacted one), or (ids, None) when they were small.
+    """
+    if ids.size == 0 or int(ids.max()) < 2**31:
+        return ids.astype(np.int64, copy=False), None
     unique = np.unique(ids)
     if unique[0] != 0:
-        unique = np.concatenate([[0], unique])
-    return np.searchsorted(unique, ids)
+        unique = np.concatenate([np.zeros(1, unique.dtype), unique])
+    return np.searchsorted(unique, ids).astype(np.int64), unique
 
 
 def contingency(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -115,7 +105,7 @@ def contingency(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     >>> contingency(np.array([1, 1, 2, 2]), np.array([5, 5, 5, 0]))
     (array([1, 2, 2]), array([5, 0, 5]), array([2, 1, 1]))
     """
-    a, b = _compact(np.ravel(a)), _compact(np.ravel(b))
+    (a, a_ids), (b, b_ids) = _compact(np.ravel(a)), _compact(np.ravel(b))
     if a.size == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
@@ -128,12 +118,14 @@ def contingency(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
         counts = counts[keys]
     else:
         keys, counts = np.unique(keys, return_counts=True)
-    return keys // width, keys % width, counts
+    first, second = keys // width, keys % width
+    # ids of any size come back as given (uint64 ids above 2**63 too), never as their compacted numbers
+    return (first if a_ids is None else a_ids[first]), (second if b_ids is None else b_ids[second]), counts
 
 
 def _sizes(ids: np.ndarray) -> np.ndarray:
     """How many times each distinct id occurs (in increasing order of id)."""
-    ids = _compact(ids)
+    ids = _compact(ids)[0]
     if ids.size and ids.max() <= 4 * ids.size + 1024:
         counts = np.bincount(ids)
         return counts[counts > 0]
@@ -163,6 +155,7 @@ def thin_boundaries(segments: np.ndarray) -> np.ndarray:
     segments = _check_labels(np.asarray(segments), "segments")
     if not segments.any():
         return np.ones(segments.shape, np.int32)
+    segments = _compact(segments.ravel())[0].reshape(segments.shape)  # ids >= 2**31 must not wrap in int32
     landscape = np.zeros(segments.shape, np.uint8)
     thinned = watershed(landscape, markers=segments, connectivity=1, watershed_line=True)
     return thinned.astype(np.int32)

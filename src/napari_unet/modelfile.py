@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ._config import Config, check_range
-from .io import apply_normalization, percentiles
+from .io import TEMPORARY_SUFFIX, _process_alive, apply_normalization, percentiles, remove_stale_temporaries
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
 from .tiling import predict_tiled, predict_tta
@@ -33,6 +33,8 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "training_state.pt"
+# What a model folder's config may ask for: a file that asks for more is corrupted or hostile, not a model.
+CONFIG_LIMITS = {"in_channels": 4096, "num_classes": 4096, "depth": 16, "base_channels": 4096, "convs_per_level": 16}
 
 
 @dataclass(frozen=True)
@@ -104,18 +106,26 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         "postprocess": bundle.postprocess.to_dict(),
         "metadata": {**_versions(), **bundle.metadata},
     }
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    recover_interrupted_save(path)
+    remove_stale_temporaries(path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.net.state_dict().items()}
         save_file(state, staging / WEIGHTS_FILE, metadata={"format": FORMAT})
-        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=_json_default))
         if training_state is not None:
             torch.save(training_state, staging / STATE_FILE)
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=_json_default))
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
+            # Two renames: a process killed between them leaves the previous model in `old`, which
+            # `recover_interrupted_save` puts back. `path` is never a half-written folder.
+            old = path.with_name(f".{path.name}.{os.getpid()}.old{TEMPORARY_SUFFIX}")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(path, old)
-            os.replace(staging, path)
+            try:
+                os.replace(staging, path)
+            except BaseException:
+                os.replace(old, path)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(staging, path)
@@ -129,6 +139,26 @@ def is_model_folder(path: str | Path) -> bool:
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
 
 
+def recover_interrupted_save(path: str | Path) -> Path | None:
+    """Put back the previous model of `path` when a save was killed between its two renames.
+
+    `save_model` moves the old folder to ``.<name>.<pid>.old.tmp`` just before renaming the new one into place;
+    when `path` is missing and such a folder of a process that no longer runs holds a model, it is renamed
+    back to `path`. Returns the recovered folder, or None.
+    """
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return None
+    prefix, suffix = f".{path.name}.", f".old{TEMPORARY_SUFFIX}"
+    for candidate in sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+        name = candidate.name
+        pid = name[len(prefix):-len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+        if pid.isdigit() and not _process_alive(int(pid)) and is_model_folder(candidate):
+            os.replace(candidate, path)
+            return path
+    return None
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     """Rebuild the model saved in the folder `path`; a missing, corrupted or foreign folder is a ValueError."""
     from safetensors import SafetensorError
@@ -137,35 +167,84 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     path = Path(path)
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
         path = path.parent
+    recover_interrupted_save(path)
     if not is_model_folder(path):
         raise ValueError(f"{path} is not a napari-unet model folder: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
     try:
-        config = json.loads((path / CONFIG_FILE).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        config = json.loads((path / CONFIG_FILE).read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ValueError(f"{path / CONFIG_FILE} is not valid JSON ({error}); the model folder is corrupted") from error
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ValueError(f"{path / CONFIG_FILE} is not a napari-unet model config (no \"format\": \"{FORMAT}\")")
-    if config.get("format_version", 0) > FORMAT_VERSION:
+    version = config.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ValueError(f"{path / CONFIG_FILE} has format_version {version!r}; expected an integer")
+    if version > FORMAT_VERSION:
         raise ValueError(
-            f"{path} was saved by a newer napari-unet (format {config['format_version']}); this one reads "
+            f"{path} was saved by a newer napari-unet (format {version}); this one reads "
             f"format <= {FORMAT_VERSION}: upgrade napari-unet"
         )
     try:
-        net = UNet(UNetConfig.from_dict(config["unet"]))
-        normalization = Normalization.from_dict(config.get("normalization", {}))
-        postprocess = PostprocessConfig.from_dict(config.get("postprocess", {}))
-    except (KeyError, TypeError, ValueError) as error:
+        unet = UNetConfig.from_dict(_checked_unet(config.get("unet")))
+        normalization = Normalization.from_dict(_checked_dict(config.get("normalization", {}), "normalization"))
+        postprocess = PostprocessConfig.from_dict(_checked_dict(config.get("postprocess", {}), "postprocess"))
+        metadata = _checked_dict(config.get("metadata", {}), "metadata")
+        with torch.device("meta"):  # the shapes the config asks for, without allocating them
+            expected = {k: tuple(v.shape) for k, v in UNet(unet).state_dict().items()}
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
         raise ValueError(f"{path / CONFIG_FILE} has an invalid configuration: {error}") from error
     try:
+        found = _weight_shapes(path / WEIGHTS_FILE)
+        if found != expected:
+            raise RuntimeError(_shape_difference(expected, found))
         state = load_file(path / WEIGHTS_FILE, device=str(device))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise ValueError(f"{path / WEIGHTS_FILE} cannot be read ({error}); the model folder is corrupted") from error
-    try:
+        net = UNet(unet)
         net.load_state_dict(state)
+    except (SafetensorError, OSError, ValueError, TypeError, OverflowError) as error:
+        raise ValueError(f"{path / WEIGHTS_FILE} cannot be read ({error}); the model folder is corrupted") from error
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise ValueError(f"the weights in {path} do not match its config.json ({first})") from error
-    return ModelBundle(net.to(device), normalization, postprocess, config.get("metadata", {}))
+    return ModelBundle(net.to(device), normalization, postprocess, metadata)
+
+
+def _checked_dict(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _checked_unet(value: Any) -> dict[str, Any]:
+    """The "unet" entry, its integers checked against `CONFIG_LIMITS` before a network is built from it."""
+    value = _checked_dict(value, "unet")
+    for name, limit in CONFIG_LIMITS.items():
+        if name in value:
+            number = value[name]
+            if not isinstance(number, int) or isinstance(number, bool) or not 0 < number <= limit:
+                raise ValueError(f"unet.{name} must be an integer in 1..{limit}, got {number!r}")
+    for name in ("batch_norm",):
+        if name in value and not isinstance(value[name], bool):
+            raise ValueError(f"unet.{name} must be true or false, got {value[name]!r}")
+    if "dropout" in value and (not isinstance(value["dropout"], (int, float)) or isinstance(value["dropout"], bool)):
+        raise ValueError(f"unet.dropout must be a number, got {value['dropout']!r}")
+    return value
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The name and shape of every tensor in a safetensors file, read from its header (no tensor is loaded)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as weights:
+        return {key: tuple(weights.get_slice(key).get_shape()) for key in weights.keys()}
+
+
+def _shape_difference(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[int, ...]]) -> str:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    if missing or unexpected:
+        return f"missing tensors {missing[:3]}, unexpected tensors {unexpected[:3]}"
+    key = next(k for k in expected if expected[k] != found[k])
+    return f"{key} has shape {found[key]}, the config asks for {expected[key]}"
 
 
 def _versions() -> dict[str, str]:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .io import PILLOW_SUFFIXES, TIFF_SUFFIXES, guess_axes, normalize_percentile, read_image, read_labels, to_canonical
+from .io import (
+    PILLOW_SUFFIXES,
+    TIFF_SUFFIXES,
+    check_image,
+    guess_axes,
+    normalize_percentile,
+    read_image,
+    read_labels,
+    remove_stale_temporaries,
+    temporary_sibling,
+    to_canonical,
+)
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
 ZARR_SUFFIX = ".zarr"
@@ -142,6 +154,10 @@ def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8) 
             f"training images must be single 2-D planes (axes YX or CYX); {path} has axes {axes!r} "
             f"and shape {tuple(image.shape)}: save each plane with its labels as a separate file"
         )
+    try:
+        check_image(image, axes)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     return np.asarray(normalize_percentile(np.asarray(image), low, high, axes), dtype=np.float32)
 
 
@@ -270,6 +286,9 @@ def segment_file(
     labels: int32 instance ids with the image's axes minus C (ids restart at 1 in every plane); probs: float32
     foreground probability, same axes. Both are written through memory-mapped TIFFs, so at most one plane's
     probabilities are in memory (on a temporary memory-mapped file when a plane's exceed `LARGE_OUTPUT_BYTES`).
+    The files are written under temporary names (`io.temporary_sibling`) and renamed to `outputs` once the last
+    plane is done: a run that is stopped (the generator closed), fails or is killed leaves no file that looks
+    finished (an existing output stays as it was until the rename).
     Each plane is normalised with its own percentiles, as the training images were.
     postprocess: a `PostprocessConfig` (default: the bundle's).
     """
@@ -281,9 +300,15 @@ def segment_file(
     out_axes = axes.replace("C", "")
     out_shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
     planes = plane_indices(tuple(image.shape), axes)
-    labels_out = _create_tiff(outputs.labels, out_shape, np.int32, out_axes)
-    probs_out = _create_tiff(outputs.probs, out_shape, np.float32, out_axes) if outputs.probs else None
+    finals = [path for path in (outputs.labels, outputs.probs) if path is not None]
+    for path in finals:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+    staging = [temporary_sibling(path) for path in finals]
+    complete = False
     try:
+        labels_out = _create_tiff(staging[0], out_shape, np.int32, out_axes)
+        probs_out = _create_tiff(staging[1], out_shape, np.float32, out_axes) if outputs.probs else None
         for number, index in enumerate(planes):
             plane = image[index] if index else image
             fg = _foreground(bundle, plane, tile_size, device, batch_size, tta)
@@ -292,12 +317,20 @@ def segment_file(
             if probs_out is not None:
                 probs_out[index] = fg
             del fg
+            last = number + 1 == len(planes)
+            if last:  # the files are renamed into place before the last plane is reported
+                for out in (labels_out, probs_out):
+                    if out is not None:
+                        out.flush()
+                del labels_out, probs_out
+                for temporary, path in zip(staging, finals):
+                    os.replace(temporary, path)
+                complete = True
             yield PlaneDone(number, len(planes), int(labels.max(initial=0)))
     finally:
-        labels_out.flush()
-        if probs_out is not None:
-            probs_out.flush()
-        del labels_out, probs_out
+        if not complete:  # stopped, interrupted or failed: no file that looks finished
+            for temporary in staging:
+                temporary.unlink(missing_ok=True)
 
 
 def _foreground(bundle, plane, tile_size, device, batch_size: int, tta: bool) -> np.ndarray:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .validation import check_labels
+
 
 def unannotated_value(dtype: np.dtype | type) -> int | None:
     """The value reserved for "not annotated" pixels in label files of this dtype, or None.
@@ -41,19 +43,8 @@ def unannotated_value(dtype: np.dtype | type) -> int | None:
 
 
 def _check_labels(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"labels must be a 2-D (H, W) array of instance ids; got shape {labels.shape}")
-    if labels.dtype.kind not in "biu":
-        raise TypeError(
-            f"labels must be an integer or bool array of instance ids; got dtype {labels.dtype} "
-            "(convert with labels.astype(np.int32) if the values are whole numbers)"
-        )
-    if labels.dtype.kind == "i" and labels.size and labels.min() < -1:
-        raise ValueError(
-            f"labels must be >= 0 (or -1 for 'not annotated'); got minimum {labels.min()}"
-        )
-    return labels
+    """`validation.check_labels`: 2-D integers or bool, >= 0 or the reserved -1; ids >= 2**31 renumbered."""
+    return check_labels(labels)
 
 
 def _annotated_cells(labels: np.ndarray) -> np.ndarray:

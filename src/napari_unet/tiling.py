@@ -35,6 +35,7 @@ import torch
 
 from .device import select_device
 from .model import UNet
+from .validation import check_finite
 
 DEFAULT_CPU_MEMORY = 1 << 30  # bytes of activations a CPU tile may use
 DEFAULT_MAX_STRIDE = 512  # larger tiles run slower per pixel on a CPU (activations leave the cache): bench_tiling
@@ -234,9 +235,11 @@ def predict_tiled(
         array by default.
     preprocess: applied to each input window (C, h, w), e.g. normalisation with global percentiles.
     The image may be numpy, a memory-mapped TIFF, dask or zarr; it is read window by window.
-    The model is moved to `device` and put in eval mode.
+    The model is moved to `device` and put in eval mode. An image with NaN or infinite values (or complex
+    numbers) raises ValueError (`validation.check_finite`).
     """
     image = as_channels_first(image, model.config.in_channels)
+    check_finite(image)  # NaN or inf would silently turn every probability into NaN
     device = select_device(device)
     prepare_model(model, device)
     if tile_size is None:

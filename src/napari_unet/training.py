@@ -41,6 +41,7 @@ from .modelfile import STATE_FILE, ModelBundle, Normalization, load_model, save_
 from .postprocess import PostprocessConfig, calibrate_growth
 from .targets import annotation_mask, is_binary, make_target
 from .tiling import predict_tiled, read_window
+from .validation import check_image_dtype, check_labels, check_mask
 from .weights import weight_map
 
 @dataclass(frozen=True)
@@ -215,10 +216,13 @@ class Trainer:
     def run(self) -> Iterator[TrainEvent]:
         """Train until `iterations` or `time_budget`; yields a "step" event per step.
 
-        Closing the generator early saves the last completed step (if a checkpoint folder was given).
+        Closing the generator early saves the last completed step (if a checkpoint folder was given and at least
+        one step ran); an error in a step saves nothing (the checkpoint folder keeps its last save).
         """
         config = self.config
         saved_at = self.iteration if self.iteration else -1
+        started_at = self._started_at = self.iteration
+        failed = False  # an error other than being stopped: what the model holds may be half a step
         try:
             while self.iteration < config.iterations:
                 started = time.perf_counter()
@@ -244,9 +248,18 @@ class Trainer:
                 self.save_checkpoint(self.checkpoint)
                 saved_at = self.iteration
             yield self._event("done", self._last_loss)
+        except (GeneratorExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            failed = True
+            raise
         finally:
-            if self.checkpoint is not None and saved_at != self.iteration and not self._diverged:
-                self.save_checkpoint(self.checkpoint)  # stopped: keep the last completed step
+            # Stopped: keep the last completed step, but only one this run trained: a run that stops or fails
+            # before its first step never replaces what the checkpoint folder holds (an --overwrite'd model).
+            trained = self.iteration > started_at
+            if self.checkpoint is not None and saved_at != self.iteration and trained and not self._diverged \
+                    and not failed:
+                self.save_checkpoint(self.checkpoint)
 
     def calibrate_growth(self, max_images: int = 8) -> dict[str, float] | None:
         """Set the post-processing's growth to what makes the objects found on the training images match their
@@ -324,18 +337,25 @@ class Trainer:
         state_file = Path(path) / STATE_FILE
         if not state_file.is_file():
             raise ValueError(f"{path} holds a model but no training state ({STATE_FILE}): use it with init= instead")
-        config = TrainConfig.from_dict(bundle.metadata["training"])
+        try:
+            config = TrainConfig.from_dict(bundle.metadata["training"])
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{path} has no valid training configuration to resume ({error!r})") from None
         trainer = cls(
             bundle.net, replace(config, **overrides), train, validation, device,
             checkpoint if checkpoint is not None else path, bundle.normalization, bundle.postprocess,
         )
-        state = torch.load(state_file, map_location=trainer.device, weights_only=True)
-        trainer.iteration = int(state["iteration"])
-        trainer.elapsed = float(state["elapsed"])
-        trainer.optimizer.load_state_dict(state["optimizer"])
-        trainer.scheduler.load_state_dict(state["scheduler"])
-        trainer.rng.bit_generator.state = _rng_state_from_tensors(state["numpy_rng"])
-        trainer._torch_rng["cpu"] = state["torch_rng"]
+        try:  # weights-only: a hostile file cannot run code; a corrupted one is a ValueError, not a traceback
+            state = torch.load(state_file, map_location=trainer.device, weights_only=True)
+            trainer.iteration = int(state["iteration"])
+            trainer.elapsed = float(state["elapsed"])
+            trainer.optimizer.load_state_dict(state["optimizer"])
+            trainer.scheduler.load_state_dict(state["scheduler"])
+            trainer.rng.bit_generator.state = _rng_state_from_tensors(state["numpy_rng"])
+            trainer._torch_rng["cpu"] = state["torch_rng"]
+        except Exception as error:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
+            raise ValueError(f"{state_file} cannot be read ({type(error).__name__}); the training state is "
+                             "corrupted: train again, or fine-tune the saved weights with init=") from error
         trainer._last_good = trainer._snapshot()
         return trainer
 
@@ -343,11 +363,14 @@ class Trainer:
 
     _last_loss: float = math.nan
     _diverged: bool = False
+    _started_at: int = 0  # the iteration the current `run()` started from
 
     def _prepare(self, sample: Sample, name: str) -> _Prepared:
+        check_image_dtype(np.asarray(sample.image).dtype, f"{name}: the image")
         image = np.asarray(sample.image, dtype=np.float32)
         image = image[None] if image.ndim == 2 else image
-        labels = np.asarray(sample.labels)
+        labels = check_labels(sample.labels, f"{name}: labels")  # any integer width; ids >= 2**31 renumbered
+        mask = None if sample.mask is None else check_mask(sample.mask, labels.shape, f"{name}: mask")
         channels = self.model.config.in_channels
         if image.ndim != 3 or image.shape[0] != channels:
             raise ValueError(
@@ -357,11 +380,12 @@ class Trainer:
         if labels.shape != image.shape[1:]:
             raise ValueError(f"{name}: labels {labels.shape} must have the image's shape {image.shape[1:]}")
         if not np.isfinite(image).all():
-            raise ValueError(f"{name}: the image contains NaN or infinite values")
+            bad = int(image.size - np.count_nonzero(np.isfinite(image)))
+            raise ValueError(f"{name}: the image contains {bad} NaN or infinite values")
         c = self.config
-        weights = weight_map(labels, c.w0, c.sigma, mask=sample.mask, border=c.border)
+        weights = weight_map(labels, c.w0, c.sigma, mask=mask, border=c.border)
         target = make_target(labels, c.border)
-        annotated = annotation_mask(labels, sample.mask)
+        annotated = annotation_mask(labels, mask)
         target[~annotated] = 0
         cells = None if is_binary(labels) else np.where(annotated & (labels > 0), labels, 0).astype(np.int32)
         return _Prepared(image, target, weights, np.flatnonzero(weights > 0), cells)
@@ -426,7 +450,7 @@ class Trainer:
         self.model.load_state_dict(state)
         self.iteration = iteration
         kept = ""
-        if self.checkpoint is not None:
+        if self.checkpoint is not None and iteration > self._started_at:  # never an untrained net over a model
             self.save_checkpoint(self.checkpoint)
             kept = f"; the last good state (iteration {iteration}) is saved in {self.checkpoint}"
         raise TrainingDiverged(f"{what}{kept}. Try a lower learning rate (now {self.config.learning_rate}).")

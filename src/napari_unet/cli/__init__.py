@@ -5,8 +5,10 @@ Each subcommand translates its arguments into the config objects the library use
 `pipeline.segment_file`), drawing a progress bar on stderr. Results and summaries go to stdout.
 
 Exit codes: 0 success; 1 training diverged (the last good state is kept); 2 bad input (a one-line
-"napari-unet: error: ..." message; `napari-unet --traceback ...` shows the traceback); 130 interrupted
-(a training run saves its last completed step first).
+"napari-unet: error: ..." message; `napari-unet --traceback ...` shows the traceback); 130 interrupted by
+SIGINT (Ctrl-C), 143 by SIGTERM (a training run stops at its next step and saves it first; a second signal
+exits at once, see `_signals`). Every file is written under a temporary name and renamed when complete; an
+output is never one of the inputs, and an existing output is replaced only with --overwrite.
 
 Layout: one module per command group, each with `add_parser(subparsers)` (its options) and
 `run(args) -> int` (the work; returns the exit code): `train`, `predict`, `evaluate` (evaluate, weights,
@@ -28,7 +30,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import demo, evaluate, predict, train
+from . import _signals, demo, evaluate, predict, train
 from ._args import EXIT_INTERRUPTED, EXIT_USAGE
 
 COMMANDS = (train, predict, evaluate, demo)
@@ -41,16 +43,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit:  # --help, or a usage error argparse has already explained
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
-    try:
-        return args.run(args)
-    except KeyboardInterrupt:
-        print("napari-unet: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (ValueError, OSError) as error:  # bad input: files, shapes, options; FileNotFoundError is an OSError
-        if args.traceback:
-            raise
-        print(f"napari-unet: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    with _signals.installed():
+        try:
+            return args.run(args)
+        except KeyboardInterrupt as interrupt:  # SIGINT or SIGTERM (`_signals.Interrupted`), or Ctrl-C
+            print("napari-unet: interrupted", file=sys.stderr)
+            return getattr(interrupt, "exit_code", EXIT_INTERRUPTED)
+        except (ValueError, OSError) as error:  # bad input: files, shapes, options; FileNotFoundError is an OSError
+            if args.traceback:
+                raise
+            print(f"napari-unet: error: {error}", file=sys.stderr)
+            return EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:

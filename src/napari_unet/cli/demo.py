@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._args import EXIT_INTERRUPTED, EXIT_OK, add_command, add_device, add_quiet, positive_int
+from ._args import EXIT_OK, add_command, add_device, add_quiet, positive_int
 from .progress import describe, duration, note
 from .train import describe_tuning, growth, summary, train_with_progress, tune_on_validation
 
@@ -31,25 +31,32 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--out", type=Path, default=Path("napari-unet-demo"), metavar="DIR", help="report folder")
     sub.add_argument("--iterations", type=positive_int, default=DEMO_ITERATIONS, metavar="N", help="training steps")
     sub.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of the training")
+    sub.add_argument("--overwrite", action="store_true",
+                     help="replace the files of an earlier demo in DIR (its model stays until the new one is saved)")
     add_device(sub)
     add_quiet(sub)
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
-    from ..io import normalize_percentile, read_image, write_tiff
+    from ..io import atomic_write, normalize_percentile, read_image, write_tiff
     from ..metrics import instance_scores, pixel_scores
     from ..model import UNet
     from ..modelfile import is_model_folder
     from ..pipeline import Outputs, segment_file
     from ..synthetic import make_dataset
     from ..training import Sample, Trainer, preset
+    from ..validation import check_writable_folder
 
     out = args.out
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
     model_dir = out / "model"
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise ValueError(f"--out {out} is not empty (an earlier demo?): replace its files with --overwrite, or "
+                         "choose a new folder")
+    if model_dir.exists() and not is_model_folder(model_dir):
+        raise ValueError(f"{model_dir} exists and is not a model folder; choose another --out")
+    check_writable_folder(out)
     data = make_dataset(DEMO_IMAGES + 1, DEMO_SHAPE, seed=args.seed)
     (test_image, test_truth), training = data[-1], data[:-1]
     for i, (image, labels) in enumerate(training):
@@ -60,10 +67,6 @@ def run(args: argparse.Namespace) -> int:
 
     samples = [Sample(normalize_percentile(image), labels) for image, labels in training]
     net_config, config = preset("fast", iterations=args.iterations, seed=args.seed)
-    if model_dir.exists():
-        if not is_model_folder(model_dir):
-            raise ValueError(f"{model_dir} exists and is not a model folder; choose another --out")
-        shutil.rmtree(model_dir)  # a model of an earlier demo: the new one replaces it
     import torch
 
     torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_with_progress(trainer, args.quiet)
     if result["stopped"]:
         print(f"stopped at iteration {result['iteration']}; no report written", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return result["exit_code"]
 
     tuned = tune_on_validation(trainer, samples[-1:])
     bundle = trainer.bundle()
@@ -97,8 +100,10 @@ def run(args: argparse.Namespace) -> int:
         "files": {"model": "model", "overlay": "overlay.png", "labels": "predictions/test_labels.tif",
                   "probabilities": "predictions/test_probs.tif", "data": "data"},
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    (out / "report.md").write_text(_markdown(report, out, args))
+    with atomic_write(out / "report.json") as staging:
+        staging.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    with atomic_write(out / "report.md") as staging:
+        staging.write_text(_markdown(report, out, args))
     print(summary(result, model_dir))
     print(describe_tuning(tuned))
     print(f"held-out image: AP50 {scores['ap50']:.3f}, mAP {scores['map']:.3f}, SEG {scores['seg']:.3f}, "
@@ -128,7 +133,10 @@ def _save_overlay(path: Path, image, predicted, truth, scale: int = 2) -> None:
     picture = Image.fromarray(rgb)
     if scale > 1:
         picture = picture.resize((rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
-    picture.save(path)
+    from ..io import atomic_write
+
+    with atomic_write(path) as staging:
+        picture.save(staging, format="PNG")
 
 
 def _markdown(report: dict[str, Any], out: Path, args: argparse.Namespace) -> str:

@@ -50,6 +50,7 @@ def _add_weights(subparsers) -> None:
                      help="background border (px) between touching cells (default: training's, TrainConfig.border)")
     sub.add_argument("--no-balance", action="store_true", help="w_c = 1 instead of balancing class frequencies")
     sub.add_argument("--mask", type=Path, metavar="FILE", help="annotated region (nonzero); weight 0 elsewhere")
+    sub.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
 
 
 def _add_evaluate(subparsers) -> None:
@@ -90,16 +91,19 @@ def _weights(args: argparse.Namespace) -> int:
     from .._config import with_overrides
     from ..io import read_labels, write_tiff
     from ..training import TrainConfig
+    from ..validation import check_output_free, check_output_not_input, check_writable_folder
     from ..weights import weight_map
 
     defaults = with_overrides(TrainConfig(), w0=args.w0, sigma=args.sigma, border=args.border)
     if args.labels.is_dir():
         raise ValueError(f"{args.labels} is a folder; weights takes one label image file")
+    check_output_not_input([args.out], [p for p in (args.labels, args.mask) if p is not None])
+    check_output_free(args.out, args.overwrite)
+    check_writable_folder(args.out.parent, f"--out {args.out}")
     labels = read_labels(args.labels)
     mask = read_labels(args.mask) if args.mask is not None else None
     weights = weight_map(labels, defaults.w0, defaults.sigma, class_weights=None if args.no_balance else "balanced",
                          mask=mask, border=defaults.border)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_tiff(args.out, weights, "YX")
     print(f"weight map {weights.shape[0]}x{weights.shape[1]} (min {np.min(weights):.3g}, mean "
           f"{np.mean(weights):.3g}, max {np.max(weights):.3g}) written to {args.out}")

@@ -25,6 +25,7 @@ def add_parser(subparsers) -> None:
     sub.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image file or folder")
     sub.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the results")
     sub.add_argument("--probabilities", action="store_true", help="also write the foreground probability")
+    sub.add_argument("--overwrite", action="store_true", help="replace results already in --out")
     sub.add_argument("--tta", action="store_true",
                      help="test-time augmentation: mean over the 8 flips and rotations (8x slower)")
     sub.add_argument("--tile-size", type=positive_int, metavar="N",
@@ -58,11 +59,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder")
     outputs = [output_paths(f, args.out, args.probabilities) for f in files]
-    seen: dict[Path, Path] = {}
-    for path, out in zip(files, outputs):
-        if out.labels in seen:
-            raise ValueError(f"{seen[out.labels]} and {path} would both be written to {out.labels}: rename one")
-        seen[out.labels] = path
+    _check_outputs(files, outputs, args)
+    for path in files:  # every input, before the first is segmented: a bad fifth file fails now, not in an hour
+        _check_input(path, args.axes, bundle.net.config.in_channels)
     note(f"segmenting {len(files)} image(s) on {describe(device)}" + (" with 8x test-time augmentation"
          if args.tta else ""), args.quiet)
     started, planes, objects = time.perf_counter(), 0, 0
@@ -81,3 +80,35 @@ def run(args: argparse.Namespace) -> int:
     print(f"segmented {len(files)} image(s) ({planes} plane(s), {objects} objects) in "
           f"{duration(time.perf_counter() - started)}; results in {args.out}")
     return EXIT_OK
+
+
+def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace) -> None:
+    """No output is an input (or the model), none is written twice, existing ones only with --overwrite; --out
+    is writable."""
+    from ..validation import check_output_free, check_output_not_input, check_writable_folder
+
+    seen: dict[Path, Path] = {}
+    for path, out in zip(files, outputs):
+        if out.labels in seen:
+            raise ValueError(f"{seen[out.labels]} and {path} would both be written to {out.labels}: rename one")
+        seen[out.labels] = path
+    written = [p for out in outputs for p in (out.labels, out.probs) if p is not None]
+    check_output_not_input(written, [*files, args.model])
+    for path in written:
+        check_output_free(path, args.overwrite, "the output")
+    check_writable_folder(args.out)
+
+
+def _check_input(path: Path, axes: str | None, channels: int) -> None:
+    """Read `path` as `predict` will and check it (`validation.check_image`; its channels against the model)."""
+    from ..pipeline import read_input
+    from ..validation import check_image
+
+    image, found = read_input(path, axes)
+    try:
+        check_image(image, found)
+        count = image.shape[found.index("C")] if "C" in found else 1
+        if count != channels:
+            raise ValueError(f"the model expects {channels} channel(s), the image has {count} (axes {found!r})")
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None

@@ -28,7 +28,8 @@ def add_parser(subparsers) -> None:
         "mask (e.g. ISBI: 0 = membrane, 255 = cell). Sparse annotation: --mask (nonzero = annotated), or the "
         "reserved value -1 (int) / 65535 (uint16) in the label files. Images are normalised with their 1st and "
         "99.8th percentiles. The model folder is written at every checkpoint, at the end, and when stopped "
-        "with Ctrl-C; continue a stopped run with --resume.",
+        "with Ctrl-C or SIGTERM (after at least one step); continue a stopped run with --resume. With "
+        "--overwrite an existing model stays until the new run has saved one.",
         "  napari-unet train data/images data/labels --out cells.model --val-fraction 0.2\n"
         "  napari-unet train new/images new/labels --out tuned.model --init cells.model --iterations 200\n"
         "  napari-unet train data/images data/labels --out cells.model --resume --iterations 800",
@@ -88,9 +89,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"napari-unet: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     if result["stopped"]:
-        print(f"stopped at iteration {result['iteration']}; the model is saved in {out} "
-              f"(continue with: napari-unet train ... --out {out} --resume)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        if result["iteration"] > result["started_at"]:
+            print(f"stopped at iteration {result['iteration']}; the model is saved in {out} "
+                  f"(continue with: napari-unet train ... --out {out} --resume)", file=sys.stderr)
+        else:
+            print(f"stopped before the first step; nothing was saved ({out} is as it was)", file=sys.stderr)
+        return result["exit_code"]
     print(summary(result, out))
     if args.tune_postprocess:
         tuned = tune_on_validation(trainer, validation)
@@ -100,7 +104,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    from ..modelfile import is_model_folder, load_model
+    from ..modelfile import is_model_folder, load_model, recover_interrupted_save
+    from ..validation import check_output_not_input, check_writable_folder
+
+    recover_interrupted_save(args.out)  # a model whose save was killed is a model: --overwrite or --resume
+
+    inputs = {"IMAGES": args.images, "LABELS": args.labels, "--mask": args.mask, "--init": args.init,
+              "--validation-images": args.validation_images, "--validation-labels": args.validation_labels}
+    check_output_not_input([args.out], [p for p in inputs.values() if p is not None])
+    check_writable_folder(args.out.parent, f"--out {args.out}")  # now, not after training
 
     new_net = {"--depth": args.depth, "--base-channels": args.base_channels}
     if args.resume:
@@ -214,13 +226,17 @@ def _make_trainer(args: argparse.Namespace, train, validation):
 
 
 def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
-    """Consume `trainer.run()` with a progress bar; Ctrl-C stops it (the trainer saves its last step)."""
+    """Consume `trainer.run()` with a progress bar; SIGINT (Ctrl-C) or SIGTERM stops it after the current step
+    (closing the generator saves that step); result["exit_code"] is then 130 or 143."""
     from contextlib import closing
 
-    result: dict[str, Any] = {"stopped": False, "val_score": None, "loss": float("nan")}
+    from ._signals import current
+
+    result: dict[str, Any] = {"stopped": False, "val_score": None, "loss": float("nan"),
+                              "started_at": trainer.iteration, "exit_code": EXIT_INTERRUPTED}
     events = trainer.run()
     total = trainer.config.iterations
-    with Progress(total, "training", "it", quiet) as bar, closing(events):
+    with Progress(total, "training", "it", quiet) as bar, closing(events), current().deferred() as signals:
         bar.update(trainer.iteration)
         try:
             for event in events:
@@ -230,7 +246,10 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
                     result["val_score"] = event.val_score
                     bar.write(f"iteration {event.iteration}: validation IoU {event.val_score:.4f}")
                 result.update(iteration=event.iteration, elapsed=event.elapsed, loss=event.loss)
-        except KeyboardInterrupt:
+                if signals.received is not None:  # SIGINT or SIGTERM: stop after this step (closing saves it)
+                    result.update(stopped=True, exit_code=signals.exit_code)
+                    break
+        except KeyboardInterrupt:  # a KeyboardInterrupt raised by other means (e.g. in a test)
             result["stopped"] = True
     result["iteration"] = trainer.iteration
     result["elapsed"] = trainer.elapsed

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..io import check_image
+from ..validation import check_image
 from ..modelfile import ModelBundle
 from ..postprocess import PostprocessConfig, probs_to_labels
 from ..tiling import iter_predict_tiles, prepare_model, tile_grid

@@ -4,6 +4,12 @@ Annotations used for training go next to the image's file (`cells.tif` -> `cells
 folder is not writable, or the image has no file, they go to `<root>/annotations/`, and `<root>/annotations/
 index.json` maps each image file to its annotations so that they are offered back when the image is opened
 again. Models go to `<root>/models/<time>-<image name>/` (written atomically by `modelfile.save_model`).
+
+Every file is written atomically (`io.atomic_write`): a napari killed mid-save leaves the previous annotations,
+never a half-written file. Beside each annotation file in `<root>/annotations/` a small record
+(`<name>.unet-labels.json`: the image it belongs to) is written, so that an index that cannot be read (a disk
+error, a hand edit) is kept aside as `index.json.unreadable-<time>` and rebuilt from the records, never
+overwritten.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet.io import read_labels, write_tiff
+from napari_unet.io import atomic_write, read_labels, write_tiff
 
 SIDECAR_SUFFIX = ".unet-labels.tif"
+RECORD_SUFFIX = ".unet-labels.json"
 INDEX_FILE = "index.json"
 
 
@@ -72,6 +79,9 @@ def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Pat
     target = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{SIDECAR_SUFFIX}"
     write_tiff(target, labels, axes)
     if image_path is not None:
+        record = {"image": str(Path(image_path).resolve()), "labels": target.name}
+        with atomic_write(target.with_name(target.name.removesuffix(SIDECAR_SUFFIX) + RECORD_SUFFIX)) as staging:
+            staging.write_text(json.dumps(record))
         _remember(root, image_path, target)
     return target
 
@@ -101,30 +111,38 @@ def load_annotations(path: str | Path) -> np.ndarray:
 
 
 def _index(root: str | Path) -> dict[str, str]:
-    """The index of `root` ({} when there is none yet).
-
-    An index that cannot be read (not JSON, not a mapping of file names) is never overwritten: it is moved aside
-    as `index.json.corrupt-<time>`, with what it recorded, and a new index is started; OSError if it cannot be
-    moved.
-    """
+    """The index {image file: annotation file}; an unreadable one is kept aside and rebuilt from the records."""
     path = Path(root) / "annotations" / INDEX_FILE
     if not path.exists():
         return {}
     try:
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-            raise ValueError(f"expected a JSON object mapping image files to annotation files, got {type(data).__name__}")
+        data = json.loads(path.read_bytes())
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise ValueError(f"expected a JSON object of file names, got {type(data).__name__}")
         return data
-    except (UnicodeDecodeError, ValueError) as error:
-        aside = path.with_name(f"{INDEX_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-        number = 1
-        while aside.exists():
-            number += 1
-            aside = aside.with_name(f"{INDEX_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{number}")
+    except (OSError, ValueError, RecursionError):
+        return _rebuild_index(path)
+
+
+def _rebuild_index(path: Path) -> dict[str, str]:
+    """Move the unreadable index `path` aside (never deleted) and write a new one from the annotation records."""
+    aside = path.with_name(f"{INDEX_FILE}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9}")
+    try:
         path.replace(aside)
-        warnings.warn(f"the autosave index {path} could not be read ({error}); it was kept as {aside.name} and a "
-                      "new index was started", stacklevel=2)
-        return {}
+    except OSError:
+        return {}  # cannot even move it: leave it alone, offer nothing from it
+    index: dict[str, str] = {}
+    for record in sorted(path.parent.glob(f"*{RECORD_SUFFIX}")):  # names sort by time: the newest wins
+        try:
+            entry = json.loads(record.read_bytes())
+            labels = path.parent / Path(entry["labels"]).name
+            image = str(entry["image"])
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            continue
+        if labels.is_file():
+            index[image] = str(labels.resolve())
+    _write_index(path.parent, index)
+    return index
 
 
 def _remember(root: str | Path, image_path: str | Path, labels_path: Path) -> None:
@@ -132,6 +150,9 @@ def _remember(root: str | Path, image_path: str | Path, labels_path: Path) -> No
     folder.mkdir(parents=True, exist_ok=True)
     index = _index(root)
     index[str(Path(image_path).resolve())] = str(labels_path.resolve())
-    staging = folder / f".{INDEX_FILE}.tmp"
-    staging.write_text(json.dumps(index, indent=1))
-    staging.replace(folder / INDEX_FILE)
+    _write_index(folder, index)
+
+
+def _write_index(folder: Path, index: dict[str, str]) -> None:
+    with atomic_write(folder / INDEX_FILE) as staging:
+        staging.write_text(json.dumps(index, indent=1))

@@ -1,0 +1,89 @@
+"""SIGINT (Ctrl-C) and SIGTERM (`kill`, SLURM, systemd): stop cleanly, and at once when asked twice.
+
+`main` installs one `SignalGuard` for the whole command. The first signal raises `Interrupted` (a
+KeyboardInterrupt) where the program is, so every `finally` runs: a prediction removes its unfinished temporary
+files, nothing that looks finished is left. Inside `guard.deferred()` (the training loop) the first signal only
+sets `guard.received`: the loop stops at the next step and the trainer saves that step. A second signal exits at
+once (`os._exit`); every file is written under a temporary name and renamed when complete, so what is on disk is
+either a complete file or a hidden `.<name>.<pid>.*.tmp`, which the next write of that file removes.
+
+Exit codes: 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The command was stopped by `signum`; `exit_code` is 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
+class SignalGuard:
+    """The handler of SIGINT and SIGTERM while a command runs (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._deferring = False
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.received or signal.SIGINT)
+
+    def handle(self, signum: int, frame) -> None:
+        if self.received is not None:
+            name = signal.Signals(signum).name
+            print(f"napari-unet: second signal ({name}): exiting at once", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.received = signum
+        if not self._deferring:
+            raise Interrupted(signum)
+
+    @contextmanager
+    def deferred(self) -> Iterator[SignalGuard]:
+        """Within the block the first signal only sets `received`: the caller stops at its next step."""
+        self._deferring = True
+        try:
+            yield self
+        finally:
+            self._deferring = False
+
+
+_current: SignalGuard | None = None
+
+
+@contextmanager
+def installed() -> Iterator[SignalGuard]:
+    """Install a fresh `SignalGuard` for SIGINT and SIGTERM (main thread only), restoring the old handlers after."""
+    global _current
+    guard = SignalGuard()
+    if threading.current_thread() is not threading.main_thread():
+        yield guard
+        return
+    previous = {s: signal.getsignal(s) for s in SIGNALS}
+    outer, _current = _current, guard
+    for s in SIGNALS:
+        signal.signal(s, guard.handle)
+    try:
+        yield guard
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        _current = outer
+
+
+def current() -> SignalGuard:
+    """The guard of the running command (a detached one when none is installed, e.g. a library call)."""
+    return _current if _current is not None else SignalGuard()

@@ -1,0 +1,457 @@
+"""The bad-input catalogue (issue 10): files, images, labels, model folders and options, through the command line.
+
+Each case builds its own inputs in `tmp_path`, runs `napari-unet ...` in-process and asserts
+- the documented outcome: exit code 2 with one "napari-unet: error: ..." line that says what was expected and what
+  was found (never a traceback), or exit code 0 where docs/formats.md and docs/cli.md say the input is accepted;
+- that nothing on disk changed that should not have: every file under the case's folder, the shared data and the
+  shared model has the same bytes before and after (an accepted case may only add the files it documents).
+
+Plugin docks: tests/plugin/test_dock_bad_input.py; signals and kill -9: tests/test_interrupts.py; fuzzing the
+readers and the model loader: tests/test_fuzz.py; library checks: tests/test_validation.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from napari_unet.cli import main
+from napari_unet.io import read_image, write_tiff
+from napari_unet.modelfile import load_model
+from napari_unet.synthetic import make_cells
+
+TINY = ["--depth", "2", "--base-channels", "4", "--tile-size", "44", "--device", "cpu", "-q"]
+TRAIN = [*TINY, "--iterations", "2"]
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """{path: sha1 of its bytes} of every file under `roots` (hidden ones too)."""
+    files = {}
+    for root in roots:
+        for path in sorted(Path(root).rglob("*")):
+            if path.is_file():
+                files[str(path)] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return files
+
+
+def write_png(path: Path, image: np.ndarray) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def tiff(path: Path, array: np.ndarray, axes: str = "YX") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_tiff(path, array, axes)
+    return path
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> tuple[Path, Path]:
+    """(data, model): images/0{0,1}.png with labels/0{0,1}.tif, and a tiny model trained 2 steps on them."""
+    data = tmp_path_factory.mktemp("data")
+    for i in range(2):
+        image, labels = make_cells((64, 64), seed=i)
+        write_png(data / "images" / f"0{i}.png", image)
+        tiff(data / "labels" / f"0{i}.tif", labels.astype(np.uint16))
+    model = tmp_path_factory.mktemp("models") / "cells.model"
+    assert main(["train", str(data / "images"), str(data / "labels"), "--out", str(model), *TRAIN]) == 0
+    return data, model
+
+
+def copy_model(model: Path, folder: Path, edit: Callable[[Path], None] | None = None) -> Path:
+    copy = folder / "copy.model"
+    shutil.copytree(model, copy)
+    if edit is not None:
+        edit(copy)
+    return copy
+
+
+def edit_config(**changes) -> Callable[[Path], None]:
+    def edit(folder: Path) -> None:
+        config = json.loads((folder / "config.json").read_text())
+        for key, value in changes.items():
+            if "." in key:
+                section, name = key.split(".")
+                config[section][name] = value
+            else:
+                config[key] = value
+        (folder / "config.json").write_text(json.dumps(config))
+
+    return edit
+
+
+def one_pair(folder: Path, labels: np.ndarray | None = None, image: np.ndarray | None = None,
+             label_name: str = "a.tif", axes: str = "YX") -> tuple[Path, Path]:
+    """images/a.png and labels/a.tif (labels: the synthetic cells, or `labels`) in `folder`."""
+    cells_image, cells = make_cells((64, 64), seed=7)
+    if image is None:
+        write_png(folder / "images" / "a.png", cells_image)
+    else:
+        tiff(folder / "images" / "a.tif", image, axes)
+    tiff(folder / "labels" / label_name, cells.astype(np.uint16) if labels is None else labels)
+    return folder / "images", folder / "labels"
+
+
+def nan_image() -> np.ndarray:
+    image = make_cells((64, 64), seed=7)[0].astype(np.float32)
+    image[3, 4] = np.nan
+    return image
+
+
+def cells_labels(dtype, shift: int = 0) -> np.ndarray:
+    labels = make_cells((64, 64), seed=7)[1].astype(np.uint64)
+    return np.where(labels > 0, labels + np.uint64(shift), 0).astype(dtype)
+
+
+@dataclass
+class Case:
+    """argv(d, m, t) -> arguments; `code`, and `message` in stderr (errors) or stdout (accepted inputs)."""
+
+    name: str
+    argv: Callable[[Path, Path, Path], list]
+    message: str
+    code: int = 2
+    allowed: Callable[[Path], list[Path]] = lambda t: []  # files an accepted case may write or change
+
+
+def sparse(dtype) -> np.ndarray:
+    labels = cells_labels(dtype)
+    labels[:, 40:] = -1 if np.dtype(dtype).kind == "i" else np.iinfo(dtype).max
+    return labels
+
+
+CASES = [
+    # -------------------------------------------------------------------------------------------- files
+    Case("predict: output would replace the input image",
+         lambda d, m, t: ["predict", m, tiff(t / "same" / "cells_labels.tif", make_cells((48, 48), 1)[0]),
+                          "--out", t / "same", "--overwrite"], "would replace the input"),
+    Case("predict: --out is a file", lambda d, m, t: ["predict", m, d / "images", "--out", d / "images" / "00.png"],
+         "is a file"),
+    Case("predict: existing results without --overwrite",
+         lambda d, m, t: ["predict", m, d / "images" / "00.png", "--out",
+                          tiff(t / "o" / "00_labels.tif", np.ones((4, 4), np.int32)).parent], "--overwrite"),
+    Case("predict: --out under a file is not writable",
+         lambda d, m, t: ["predict", m, d / "images", "--out", tiff(t / "f.tif", np.ones((4, 4), np.uint8)) / "o"],
+         "not writable"),
+    Case("predict: missing input", lambda d, m, t: ["predict", m, t / "nowhere.tif", "--out", t / "o"],
+         "no input image file or folder"),
+    Case("predict: folder without images", lambda d, m, t: ["predict", m, (t / "empty").mkdir() or t / "empty",
+                                                             "--out", t / "o"], "no input image files"),
+    Case("predict: random bytes named .tif",
+         lambda d, m, t: ["predict", m, (t / "x.tif").write_bytes(b"\x00garbage" * 9) and t / "x.tif", "--out",
+                          t / "o"], "cannot read"),
+    Case("predict: empty .png", lambda d, m, t: ["predict", m, (t / "x.png").write_bytes(b"") or t / "x.png",
+                                                  "--out", t / "o"], "cannot read"),
+    Case("predict: truncated TIFF",
+         lambda d, m, t: ["predict", m, truncate(tiff(t / "x.tif", make_cells((64, 64), 2)[0]), 0.5), "--out",
+                          t / "o"], "x.tif"),
+    Case("predict: unknown suffix", lambda d, m, t: ["predict", m, (t / "x.bmp").write_bytes(b"BM") and t / "x.bmp",
+                                                      "--out", t / "o"], "unsupported suffix"),
+    Case("predict: two inputs with one base name",
+         lambda d, m, t: ["predict", m, d / "images" / "00.png", tiff(t / "00.tif", make_cells((48, 48), 1)[0]),
+                          "--out", t / "o"], "would both be written"),
+    Case("predict: an input named like an output elsewhere is accepted",
+         lambda d, m, t: ["predict", m, tiff(t / "model_labels.tif", make_cells((48, 48), 1)[0]), "--out", t / "o"],
+         "", code=0, allowed=lambda t: [t / "o" / "model_labels.tif"]),
+    # ------------------------------------------------------------------------------------------- images
+    Case("predict: one NaN pixel", lambda d, m, t: ["predict", m, tiff(t / "nan.tif", nan_image()), "--out", t / "o"],
+         "1 NaN or infinite values"),
+    Case("predict: infinite pixels",
+         lambda d, m, t: ["predict", m, tiff(t / "inf.tif", np.where(nan_image() != nan_image(), np.inf, 1.0)
+                                               .astype(np.float32) + np.eye(64, dtype=np.float32)), "--out", t / "o"],
+         "NaN or infinite"),
+    Case("predict: a NaN in the second of three files (checked before the first is segmented)",
+         lambda d, m, t: ["predict", m, d / "images" / "00.png", tiff(t / "zz.tif", nan_image()), "--out", t / "o"],
+         "zz.tif"),
+    Case("predict: constant image", lambda d, m, t: ["predict", m, tiff(t / "c.tif", np.full((48, 48), 7, np.uint16)),
+                                                      "--out", t / "o"], "constant"),
+    Case("predict: complex image",
+         lambda d, m, t: ["predict", m, tiff(t / "z.tif", (np.eye(48) * (1 + 1j)).astype(np.complex64)),
+                          "--out", t / "o"], "real numbers"),
+    Case("predict: RGB image for a 1-channel model",
+         lambda d, m, t: ["predict", m, rgb_png(t / "rgb.png"), "--out", t / "o"], "channel"),
+    Case("predict: 4-D zarr array without axes",
+         lambda d, m, t: ["predict", m, zarr_array(t / "x.zarr", (2, 3, 40, 40)), "--out", t / "o"],
+         "cannot guess the axes"),
+    Case("predict: --axes of the wrong length",
+         lambda d, m, t: ["predict", m, d / "images" / "00.png", "--out", t / "o", "--axes", "ZYX"],
+         "names 3 dimensions"),
+    Case("predict: --axes with unknown letters",
+         lambda d, m, t: ["predict", m, d / "images" / "00.png", "--out", t / "o", "--axes", "QX"], "unknown letters"),
+    Case("predict: uint32 image is accepted",
+         lambda d, m, t: ["predict", m, tiff(t / "u32.tif", (make_cells((48, 48), 3)[0] * 1e6).astype(np.uint32)),
+                          "--out", t / "o"], "segmented 1 image", code=0, allowed=lambda t: [t / "o" / "u32_labels.tif"]),
+    Case("predict: int8 image is accepted",
+         lambda d, m, t: ["predict", m, tiff(t / "i8.tif", (make_cells((48, 48), 3)[0] * 100 - 50).astype(np.int8)),
+                          "--out", t / "o"], "segmented 1 image", code=0, allowed=lambda t: [t / "o" / "i8_labels.tif"]),
+    Case("predict: existing results replaced with --overwrite",
+         lambda d, m, t: ["predict", m, d / "images" / "00.png", "--overwrite", "--out",
+                          tiff(t / "o" / "00_labels.tif", np.ones((4, 4), np.int32)).parent], "segmented 1 image",
+         code=0, allowed=lambda t: [t / "o" / "00_labels.tif"]),
+    # ------------------------------------------------------------------------------------------- options
+    Case("predict: --tile-size 0", lambda d, m, t: ["predict", m, d / "images", "--out", t / "o", "--tile-size", "0"],
+         "expected an integer >= 1"),
+    Case("predict: --threshold 1.5", lambda d, m, t: ["predict", m, d / "images", "--out", t / "o", "--threshold",
+                                                       "1.5"], "in [0, 1]"),
+    Case("predict: --min-size -3", lambda d, m, t: ["predict", m, d / "images", "--out", t / "o", "--min-size", "-3"],
+         "expected an integer >= 0"),
+    Case("predict: --device tpu", lambda d, m, t: ["predict", m, d / "images", "--out", t / "o", "--device", "tpu"],
+         "device must be"),
+    Case("train: --iterations 0", lambda d, m, t: ["train", d / "images", d / "labels", "--out", t / "m",
+                                                    "--iterations", "0"], "expected an integer >= 1"),
+    Case("train: --learning-rate nan", lambda d, m, t: ["train", d / "images", d / "labels", "--out", t / "m",
+                                                         "--learning-rate", "nan"], "expected a number > 0"),
+    Case("train: --val-fraction 1", lambda d, m, t: ["train", d / "images", d / "labels", "--out", t / "m",
+                                                      "--val-fraction", "1"], "fraction in (0, 1)"),
+    Case("train: --val-fraction with one image",
+         lambda d, m, t: ["train", *one_pair(t), "--out", t / "m", "--val-fraction", "0.5", *TRAIN], "at least 2"),
+    Case("train: --resume with a new --depth", lambda d, m, t: ["train", d / "images", d / "labels", "--out", m,
+                                                                 "--resume", "--depth", "3"], "cannot change"),
+    Case("train: --init with --depth", lambda d, m, t: ["train", d / "images", d / "labels", "--out", t / "m",
+                                                         "--init", m, "--depth", "3"], "new net"),
+    Case("train: --out is the IMAGES folder", lambda d, m, t: ["train", d / "images", d / "labels", "--out",
+                                                                d / "images", "--overwrite"], "would replace the input"),
+    Case("train: --out is the --init model", lambda d, m, t: ["train", d / "images", d / "labels", "--out", m,
+                                                               "--init", m, "--overwrite"], "would replace the input"),
+    Case("train: --out holds a model, no --overwrite", lambda d, m, t: ["train", d / "images", d / "labels",
+                                                                         "--out", m, *TRAIN], "--overwrite"),
+    Case("train: --out under a file (fails before training)",
+         lambda d, m, t: ["train", d / "images", d / "labels", "--out",
+                          tiff(t / "f.tif", np.ones((4, 4), np.uint8)) / "m", *TRAIN], "is a file, not a folder"),
+    Case("train: --tune-postprocess without validation images",
+         lambda d, m, t: ["train", d / "images", d / "labels", "--out", t / "m", "--tune-postprocess"],
+         "needs validation images"),
+    # ------------------------------------------------------------------------------------------- labels
+    Case("train: float labels", lambda d, m, t: ["train", *one_pair(t, cells_labels(np.float32)), "--out", t / "m",
+                                                 *TRAIN], "must be integers"),
+    Case("train: labels with the value -2", lambda d, m, t: ["train", *one_pair(t, cells_labels(np.int16) - 2),
+                                                             "--out", t / "m", *TRAIN], "found the value -2"),
+    Case("train: labels of another size", lambda d, m, t: ["train", *one_pair(t, np.ones((30, 30), np.uint16)),
+                                                           "--out", t / "m", *TRAIN], "same size"),
+    Case("train: RGB labels", lambda d, m, t: ["train", *rgb_labels(t), "--out", t / "m", *TRAIN], "one 2-D plane"),
+    Case("train: every pixel 'not annotated'",
+         lambda d, m, t: ["train", *one_pair(t, np.full((64, 64), -1, np.int16)), "--out", t / "m", *TRAIN],
+         "annotations are empty"),
+    Case("train: image with a NaN", lambda d, m, t: ["train", *one_pair(t, image=nan_image()), "--out", t / "m",
+                                                     *TRAIN], "NaN"),
+    Case("train: a stack as a training image",
+         lambda d, m, t: ["train", *one_pair(t, image=np.random.default_rng(1).random((5, 64, 64)).astype(np.float32),
+                                   axes="ZYX"),
+                          "--out", t / "m", *TRAIN], "single 2-D planes"),
+    Case("train: mask of another size",
+         lambda d, m, t: ["train", *one_pair(t), "--mask", tiff(t / "masks" / "a.tif", np.ones((20, 20), np.uint8)),
+                          "--out", t / "m", *TRAIN], "same size"),
+    Case("train: float mask",
+         lambda d, m, t: ["train", *one_pair(t), "--mask", tiff(t / "masks" / "a.tif", np.ones((64, 64), np.float32)),
+                          "--out", t / "m", *TRAIN], "must be integers"),
+    Case("train: sparse -1 in int16 labels is accepted", lambda d, m, t: ["train", *one_pair(t, sparse(np.int16)),
+                                                                          "--out", t / "m", *TRAIN],
+         "trained 2 iterations", code=0, allowed=lambda t: [t / "m"]),
+    Case("train: sparse 65535 in uint16 labels is accepted", lambda d, m, t: ["train", *one_pair(t, sparse(np.uint16)),
+                                                                              "--out", t / "m", *TRAIN],
+         "trained 2 iterations", code=0, allowed=lambda t: [t / "m"]),
+    Case("train: ids >= 2**31 (uint32) are accepted",
+         lambda d, m, t: ["train", *one_pair(t, cells_labels(np.uint32, 2**31)), "--out", t / "m", *TRAIN],
+         "trained 2 iterations", code=0, allowed=lambda t: [t / "m"]),
+    Case("train: ids >= 2**63 (uint64) are accepted",
+         lambda d, m, t: ["train", *one_pair(t, cells_labels(np.uint64, 2**63)), "--out", t / "m", *TRAIN],
+         "trained 2 iterations", code=0, allowed=lambda t: [t / "m"]),
+    Case("train: int8 labels are accepted", lambda d, m, t: ["train", *one_pair(t, cells_labels(np.int8)),
+                                                             "--out", t / "m", *TRAIN],
+         "trained 2 iterations", code=0, allowed=lambda t: [t / "m"]),
+    Case("train: bool labels are a binary mask",
+         lambda d, m, t: ["train", *one_pair(t, cells_labels(np.int64) > 0), "--out", t / "m", *TRAIN],
+         "trained 2 iterations", code=0, allowed=lambda t: [t / "m"]),
+    # ------------------------------------------------------------------------------------------ models
+    Case("predict: model folder missing", lambda d, m, t: ["predict", t / "no.model", d / "images", "--out", t / "o"],
+         "not a napari-unet model folder"),
+    Case("predict: config.json not JSON",
+         lambda d, m, t: ["predict", copy_model(m, t, lambda f: (f / "config.json").write_bytes(b"{\xff")),
+                          d / "images", "--out", t / "o"], "not valid JSON"),
+    Case("predict: a foreign config.json", lambda d, m, t: ["predict", copy_model(m, t, edit_config(format="other")),
+                                                             d / "images", "--out", t / "o"], "not a napari-unet model"),
+    Case("predict: a newer format", lambda d, m, t: ["predict", copy_model(m, t, edit_config(format_version=99)),
+                                                      d / "images", "--out", t / "o"], "newer"),
+    Case("predict: format_version a string",
+         lambda d, m, t: ["predict", copy_model(m, t, edit_config(format_version="1")), d / "images", "--out",
+                          t / "o"], "format_version"),
+    Case("predict: a config that asks for a huge network",
+         lambda d, m, t: ["predict", copy_model(m, t, edit_config(**{"unet.base_channels": 10**9})), d / "images",
+                          "--out", t / "o"], "unet.base_channels must be an integer"),
+    Case("predict: unet not an object", lambda d, m, t: ["predict", copy_model(m, t, edit_config(unet=[1, 2])),
+                                                          d / "images", "--out", t / "o"], "JSON object"),
+    Case("predict: an unknown post-processing key",
+         lambda d, m, t: ["predict", copy_model(m, t, edit_config(**{"postprocess.magic": 1})), d / "images",
+                          "--out", t / "o"], "unknown"),
+    Case("predict: truncated weights",
+         lambda d, m, t: ["predict", copy_model(m, t, lambda f: truncate(f / "weights.safetensors", 0.5)),
+                          d / "images", "--out", t / "o"], "corrupted"),
+    Case("predict: weights of another network",
+         lambda d, m, t: ["predict", copy_model(m, t, edit_config(**{"unet.depth": 3})), d / "images", "--out",
+                          t / "o"], "do not match"),
+    Case("info: config.json is a list", lambda d, m, t: ["info", copy_model(m, t, lambda f: (f / "config.json")
+                                                                             .write_text("[1, 2]"))],
+         "not a napari-unet model config"),
+    Case("train --resume: a corrupted training state",
+         lambda d, m, t: ["train", d / "images", d / "labels", "--resume", "--out",
+                          copy_model(m, t, lambda f: (f / "training_state.pt").write_bytes(b"PK\x03\x04junk")), "-q"],
+         "training state is corrupted"),
+    # ----------------------------------------------------------------------------------------- evaluate
+    Case("evaluate: ids >= 2**31 score as any ids",
+         lambda d, m, t: ["evaluate", tiff(t / "p" / "a.tif", cells_labels(np.uint32, 2**31)),
+                          tiff(t / "g" / "a.tif", cells_labels(np.uint32, 2**31))], "1.0000", code=0),
+    Case("evaluate: shapes differ", lambda d, m, t: ["evaluate", tiff(t / "p.tif", np.ones((8, 8), np.int32)),
+                                                     tiff(t / "g.tif", np.ones((9, 9), np.int32))], "has shape"),
+    Case("evaluate: float ground truth", lambda d, m, t: ["evaluate", tiff(t / "p.tif", np.ones((8, 8), np.int32)),
+                                                          tiff(t / "g.tif", np.ones((8, 8), np.float32))],
+         "integer array"),
+    Case("evaluate: NaN probabilities (isbi)",
+         lambda d, m, t: ["evaluate", tiff(t / "p.tif", np.full((8, 8), np.nan, np.float32)),
+                          tiff(t / "g.tif", np.ones((8, 8), np.uint8)), "--kind", "isbi"], "finite"),
+    # ------------------------------------------------------------------------------------ weights, demo
+    Case("weights: --out is the labels file",
+         lambda d, m, t: ["weights", tiff(t / "l.tif", cells_labels(np.uint16)), "--out", t / "l.tif", "--overwrite"],
+         "would replace the input"),
+    Case("weights: existing --out without --overwrite",
+         lambda d, m, t: ["weights", tiff(t / "l.tif", cells_labels(np.uint16)), "--out",
+                          tiff(t / "w.tif", np.ones((4, 4), np.float32))], "--overwrite"),
+    Case("weights: mask of another size",
+         lambda d, m, t: ["weights", tiff(t / "l.tif", cells_labels(np.uint16)), "--mask",
+                          tiff(t / "k.tif", np.ones((5, 5), np.uint8)), "--out", t / "w.tif"], "shape"),
+    Case("weights: sparse -1 in int32 labels gets weight 0 there",
+         lambda d, m, t: ["weights", tiff(t / "l.tif", sparse(np.int32)), "--out", t / "w.tif"], "written to",
+         code=0, allowed=lambda t: [t / "w.tif"]),
+    Case("demo: --out holds an earlier demo", lambda d, m, t: ["demo", "--out", copy_model(m, t).parent,
+                                                               "--iterations", "1", "-q"], "--overwrite"),
+]
+
+
+def truncate(path: Path, fraction: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def rgb_png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def zarr_array(path: Path, shape: tuple[int, ...]) -> Path:
+    import zarr
+
+    array = zarr.open(str(path), mode="w", shape=shape, dtype="f4")
+    array[...] = np.random.default_rng(0).random(shape, dtype=np.float32)
+    return path
+
+
+def rgb_labels(folder: Path) -> tuple[Path, Path]:
+    write_png(folder / "images" / "a.png", make_cells((48, 48), 1)[0])
+    rgb_png(folder / "labels" / "a.png")
+    return folder / "images", folder / "labels"
+
+
+def test_the_catalogue_has_at_least_60_cases():
+    assert len(CASES) >= 60 and len({case.name for case in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_bad_input_catalogue(case: Case, shared, tmp_path, capsys):
+    data, model = shared
+    argv = [str(a) for a in case.argv(data, model, tmp_path)]
+    before = snapshot(tmp_path, data, model)
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert code == case.code, captured.err
+    if case.code == 2:
+        line = captured.err.strip().splitlines()
+        assert line and line[-1].startswith("napari-unet: error:") or "usage:" in captured.err, captured.err
+        assert case.message in captured.err
+    else:
+        assert case.message in captured.out
+    after = snapshot(tmp_path, data, model)
+    allowed = [str(p) for p in case.allowed(tmp_path)]
+    changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
+    unexpected = [p for p in changed if not any(p == a or p.startswith(a + "/") for a in allowed)]
+    assert not unexpected, f"files changed that should not have: {sorted(unexpected)}"
+    leftovers = [p for p in after if Path(p).name.endswith(".tmp")]
+    assert not leftovers, f"temporary files left behind: {leftovers}"
+
+
+def test_an_accepted_ids_above_2_31_labelling_trains_the_same_cells(tmp_path):
+    """Ids >= 2**31 are renumbered, not wrapped: the trained model's data hash equals that of ids 1..n."""
+    from napari_unet.pipeline import read_training_pair
+
+    images, labels = one_pair(tmp_path, cells_labels(np.uint32, 2**31))
+    _, read, _ = read_training_pair(images / "a.png", labels / "a.tif")
+    assert read.dtype == np.int32 and read.min() == 0
+    np.testing.assert_array_equal(read, cells_labels(np.int32))  # 2**31 + k -> k, order kept
+
+
+def test_predict_never_leaves_a_complete_looking_file_when_it_fails(shared, tmp_path, capsys, monkeypatch):
+    """A failure mid-prediction (here in the second plane of a stack) leaves neither outputs nor temporaries."""
+    from napari_unet import postprocess
+
+    _, model = shared
+    stack = np.stack([make_cells((48, 48), seed=s)[0] for s in (1, 2)])
+    tiff(tmp_path / "movie.tif", stack, "TYX")
+    original, calls = postprocess.probs_to_labels, []
+
+    def fails_in_the_second_plane(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise MemoryError("simulated: out of memory in the second plane")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(postprocess, "probs_to_labels", fails_in_the_second_plane)
+    with pytest.raises(MemoryError):
+        main(["predict", str(model), str(tmp_path / "movie.tif"), "--out", str(tmp_path / "o"), "--probabilities",
+              "-q"])
+    assert len(calls) == 2
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_train_overwrite_that_fails_at_its_first_step_keeps_the_old_model(shared, tmp_path, capsys, monkeypatch):
+    """The issue's case: `train --out EXISTING --overwrite` crashing at step 1 (out of memory) kept nothing of
+    the old model. Now the old model is untouched, byte for byte."""
+    from napari_unet.training import Trainer
+
+    data, model = shared
+    existing = copy_model(model, tmp_path)
+    before = snapshot(existing)
+
+    def out_of_memory(self):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(Trainer, "_step", out_of_memory)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["train", str(data / "images"), str(data / "labels"), "--out", str(existing), "--overwrite", *TRAIN])
+    assert snapshot(existing) == before
+    assert load_model(existing).metadata["iterations"] == 2
+
+
+def test_demo_overwrite_keeps_the_earlier_model_until_the_new_one_is_saved(tmp_path, capsys, monkeypatch):
+    from napari_unet.training import Trainer
+
+    out = tmp_path / "demo"
+    from napari_unet.model import UNet
+    from napari_unet.modelfile import ModelBundle, save_model
+
+    save_model(out / "model", ModelBundle(UNet(depth=2, base_channels=4)))
+    before = snapshot(out / "model")
+    monkeypatch.setattr(Trainer, "_step", lambda self: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code = main(["demo", "--out", str(out), "--overwrite", "--iterations", "1", "--device", "cpu", "-q"])
+    assert code == 130
+    assert snapshot(out / "model") == before
+    assert read_image(out / "data" / "test" / "labels" / "test.tif")[0].max() > 0
