@@ -111,3 +111,33 @@ def _cell(value) -> object:
     if isinstance(value, (np.floating, float)):
         return repr(float(value))
     return value
+
+
+def measure_planes(
+    labels: np.ndarray, axes: str, image=None, image_axes: str | None = None, pixel_size: PixelSize | None = None,
+) -> list[tuple[dict[str, object], Table]]:
+    """Measure every 2-D plane of a label image or stack: ``[({"plane": i} or {}, table), ...]``.
+
+    labels: axes ``axes`` over "TZYX" (canonical order); image: the raw image with ``image_axes`` (canonical,
+    the same T/Z/Y/X sizes plus an optional C), or None. A single plane gets no "plane" column.
+    """
+    from .pipeline import plane_indices
+
+    if "C" in axes:
+        raise ValueError(f"labels must not have a channel axis, got axes {axes!r}")
+    if image is not None:
+        image_axes = image_axes or ("CYX" if np.ndim(image) == 3 and len(axes) == 2 else axes)
+        spatial = tuple(n for n, a in zip(np.shape(image), image_axes) if a != "C")
+        if image_axes.replace("C", "") != axes or spatial != tuple(np.shape(labels)):
+            raise ValueError(
+                f"the image (axes {image_axes}, shape {tuple(np.shape(image))}) does not match the labels "
+                f"(axes {axes}, shape {tuple(np.shape(labels))}): they must have the same planes and size"
+            )
+    planes = plane_indices(tuple(np.shape(labels)), axes)
+    tables = []
+    for number, index in enumerate(planes):
+        plane = np.asarray(labels[index] if index else labels)
+        intensities = None if image is None else np.asarray(image[index] if index else image)
+        extra: dict[str, object] = {"plane": number} if len(planes) > 1 else {}
+        tables.append((extra, measure(plane, intensities, pixel_size)))
+    return tables

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .channels import ChannelChoice
 from .io import apply_normalization, percentiles
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
@@ -48,12 +49,36 @@ class Normalization:
 
 @dataclass
 class ModelBundle:
-    """A network with everything needed to use it: normalisation, post-processing and where it came from."""
+    """A network with everything needed to use it: normalisation, post-processing and where it came from.
+
+    channels: how an image's channels become the network's `in_channels` (saved as config.json's "input").
+    """
 
     net: UNet
     normalization: Normalization = field(default_factory=Normalization)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     metadata: dict[str, Any] = field(default_factory=dict)
+    channels: ChannelChoice = field(default_factory=ChannelChoice)
+
+    def prepare(self, image, axes: str, name: str = "the image", choice: ChannelChoice | None = None):
+        """``(image, axes)`` as the network takes them: the channel choice (``choice``, default the model's)
+        applied, and the channel count checked against the network's, with an error that says what to do."""
+        choice = self.channels if choice is None else choice
+        image, axes = choice.apply(image, axes)
+        found = image.shape[axes.index("C")] if "C" in axes else 1
+        expected = self.net.config.in_channels
+        if found != expected:
+            raise ValueError(
+                f"the model expects {expected} channel(s) ({self.describe_input()}); {name} gives {found} with "
+                f"{choice.describe()} (axes {axes!r}, shape {tuple(image.shape)}): choose channels "
+                "(--channels 0,1 / the Channels box) or grey conversion (--grey)"
+            )
+        return image, axes
+
+    def describe_input(self) -> str:
+        """What the model expects, in words: "1 channel: grey (luminance/mean of all channels)"."""
+        n = self.net.config.in_channels
+        return f"{n} channel{'s' if n > 1 else ''}: {self.channels.describe()} of the image"
 
     def preprocessor(self, image, axes: str = "CYX"):
         """The per-window normalisation with percentiles of the whole `image` (read from a bounded sample)."""
@@ -89,6 +114,7 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "unet": bundle.net.config.to_dict(),
+        "input": {"in_channels": bundle.net.config.in_channels, **bundle.channels.to_dict()},
         "normalization": {"low": bundle.normalization.low, "high": bundle.normalization.high},
         "postprocess": bundle.postprocess.to_dict(),
         "metadata": {**_versions(), **bundle.metadata},
@@ -143,6 +169,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         net = UNet(UNetConfig.from_dict(config["unet"]))
         normalization = Normalization(**config.get("normalization", {}))
         postprocess = PostprocessConfig.from_dict(config.get("postprocess", {}))
+        channels = ChannelChoice.from_dict({k: v for k, v in config.get("input", {}).items() if k != "in_channels"})
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path / CONFIG_FILE} has an invalid configuration: {error}") from None
     try:
@@ -154,7 +181,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise ValueError(f"the weights in {path} do not match its config.json ({first})") from None
-    return ModelBundle(net.to(device), normalization, postprocess, config.get("metadata", {}))
+    return ModelBundle(net.to(device), normalization, postprocess, config.get("metadata", {}), channels)
 
 
 def _versions() -> dict[str, str]:

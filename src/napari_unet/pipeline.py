@@ -135,9 +135,14 @@ def _few(keys: Sequence[str] | dict[str, Any], shown: int = 4) -> str:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """An image file as the network sees it: (H, W) or (C, H, W) float32, normalised with its percentiles."""
+def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8, channels=None) -> np.ndarray:
+    """An image file as the network sees it: (H, W) or (C, H, W) float32, normalised with its percentiles.
+
+    channels: a `channels.ChannelChoice` applied first (channels picked, or grey conversion); None keeps all.
+    """
     image, axes = read_image(path)
+    if channels is not None:
+        image, axes = channels.apply(image, axes)
     if axes not in ("YX", "CYX"):
         raise ValueError(
             f"training images must be single 2-D planes (axes YX or CYX); {path} has axes {axes!r} "
@@ -148,14 +153,14 @@ def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8) 
 
 def read_training_pair(
     image_path: str | Path, labels_path: str | Path, mask_path: str | Path | None = None,
-    low: float = 1.0, high: float = 99.8,
+    low: float = 1.0, high: float = 99.8, channels=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(image (H, W) or (C, H, W) float32 normalised, labels (H, W), mask (H, W) bool or None), shapes checked.
 
     mask file: nonzero = annotated (sparse annotation); labels may also use the reserved "not annotated"
-    value (see `napari_unet.targets`).
+    value (see `napari_unet.targets`). channels: see `read_training_image`.
     """
-    image = read_training_image(image_path, low, high)
+    image = read_training_image(image_path, low, high, channels)
     labels = read_labels(labels_path)
     if labels.shape != image.shape[-2:]:
         raise ValueError(
@@ -350,6 +355,7 @@ def segment_file(
     device="auto",
     batch_size: int = 1,
     tta: bool = False,
+    pixel_size=None,
 ) -> Iterator[PlaneDone]:
     """Segment `image` (axes over "TZCYX", canonical) plane by plane into TIFF files; yields after each plane.
 
@@ -357,7 +363,8 @@ def segment_file(
     foreground probability, same axes. Both are written through memory-mapped TIFFs, so at most one plane's
     probabilities are in memory (on a temporary memory-mapped file when a plane's exceed `LARGE_OUTPUT_BYTES`).
     Each plane is normalised with its own percentiles, as the training images were.
-    postprocess: a `PostprocessConfig` (default: the bundle's).
+    postprocess: a `PostprocessConfig` (default: the bundle's). pixel_size: a `metadata.PixelSize` stored in
+    the output TIFFs' resolution tags (None: none).
     """
     from .device import select_device
     from .postprocess import probs_to_labels
@@ -367,8 +374,8 @@ def segment_file(
     out_axes = axes.replace("C", "")
     out_shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
     planes = plane_indices(tuple(image.shape), axes)
-    labels_out = _create_tiff(outputs.labels, out_shape, np.int32, out_axes)
-    probs_out = _create_tiff(outputs.probs, out_shape, np.float32, out_axes) if outputs.probs else None
+    labels_out = _create_tiff(outputs.labels, out_shape, np.int32, out_axes, pixel_size)
+    probs_out = _create_tiff(outputs.probs, out_shape, np.float32, out_axes, pixel_size) if outputs.probs else None
     try:
         for number, index in enumerate(planes):
             plane = image[index] if index else image
@@ -399,16 +406,20 @@ def _foreground(bundle, plane, tile_size, device, batch_size: int, tta: bool) ->
         return np.array(out[1])
 
 
-def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str) -> np.memmap:
-    """A new TIFF at `path`, memory-mapped for writing, in the layout `io.write_tiff` uses (read back with axes)."""
+def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str, pixel_size=None) -> np.memmap:
+    """A new TIFF at `path`, memory-mapped for writing, in the layout `io.write_tiff` uses (read back with axes),
+    with `pixel_size` (a `metadata.PixelSize` or None) in its resolution tags."""
     import tifffile
 
     from .io import IMAGEJ_DTYPES
+    from .metadata import tiff_calibration
 
     path.parent.mkdir(parents=True, exist_ok=True)
     imagej = np.dtype(dtype) in IMAGEJ_DTYPES
+    calibration, metadata = tiff_calibration(pixel_size, imagej)
     return tifffile.memmap(
-        path, shape=shape, dtype=dtype, imagej=imagej, metadata={"axes": axes}, photometric="minisblack"
+        path, shape=shape, dtype=dtype, imagej=imagej, metadata={"axes": axes, **metadata},
+        photometric="minisblack", **calibration,
     )
 
 

@@ -32,6 +32,7 @@ import torch
 
 from ._config import check_known_keys
 from .augment import AugmentConfig, augment
+from .channels import ChannelChoice
 from .device import select_device
 from .losses import weighted_cross_entropy
 from .metrics import pixel_scores
@@ -188,6 +189,7 @@ class Trainer:
         checkpoint: str | Path | None = None,
         normalization: Normalization | None = None,
         postprocess: PostprocessConfig | None = None,
+        channels: ChannelChoice | None = None,
     ):
         if not train:
             raise ValueError("no training samples: annotate at least one image (a Labels layer with cells)")
@@ -197,6 +199,7 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.normalization = normalization or Normalization()
         self.postprocess = postprocess or PostprocessConfig(border_width=config.border)
+        self.channels = channels or ChannelChoice()  # how the samples' channels were chosen; saved with the model
         self.tile = model.valid_input_size(config.tile_size)
         self.train = [self._prepare(s, f"training sample {i}") for i, s in enumerate(train)]
         self.validation = (self.train if validation is train  # the plugin validates on its training crops
@@ -306,6 +309,7 @@ class Trainer:
                 "device": str(self.device),
                 **({"growth_calibration": self.growth_calibration} if self.growth_calibration else {}),
             },
+            self.channels,
         )
 
     def save_checkpoint(self, path: str | Path) -> Path:
@@ -342,6 +346,7 @@ class Trainer:
         trainer = cls(
             bundle.net, replace(config, **overrides), train, validation, device,
             checkpoint if checkpoint is not None else path, bundle.normalization, bundle.postprocess,
+            bundle.channels,
         )
         state = torch.load(state_file, map_location=trainer.device, weights_only=True)
         trainer.iteration = int(state["iteration"])
