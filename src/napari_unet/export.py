@@ -11,7 +11,7 @@ with the exported network, and a ``README.md`` with the citations and the traini
 
 >>> from napari_unet.model import UNet
 >>> input_size_rule(UNet(depth=2, base_channels=4))  # (min, step, offset removed from the input's size)
-(20, 2, -16)
+(18, 2, -16)
 """
 
 from __future__ import annotations
