@@ -15,11 +15,12 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QPushButton, QTableWidget, QTableWidgetItem, QWidget
 
+from napari_unet.io import to_canonical
 from napari_unet.measure import Table, measure_planes, write_csv
 from napari_unet.metadata import PixelSize
 
 from ._form import dock_layout, form, row
-from ._layers import METADATA_KEY, LayerProblem, channel_group, layer_combo, layer_data, wrapped_label
+from ._layers import METADATA_KEY, LayerProblem, channel_group, layer_combo, layer_data, stored_axes, wrapped_label
 
 SHOWN_ROWS = 1000  # the table view shows at most this many rows; the CSV holds them all
 
@@ -126,6 +127,12 @@ class MeasureWidget(QWidget):
         data = np.asarray(layer_data(layer))
         if getattr(layer, "rgb", False):
             return np.moveaxis(data[..., :3], -1, 0), _with_channels(spatial)
+        axes = stored_axes(layer)
+        if axes is not None and "C" in axes:
+            data, axes = to_canonical(data, axes)
+            return data, axes
+        if data.ndim == len(shape) + 1 and data.shape[1:] == shape and data.shape[0] <= 4:
+            return data, _with_channels(spatial)  # channels first, as the docks read an unlabelled (C, H, W)
         if data.shape != shape:
             raise LayerProblem(f"the image '{layer.name}' has shape {data.shape} but the labels have {shape}")
         return data, spatial
