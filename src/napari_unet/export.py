@@ -248,6 +248,7 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
             "onnx": {"source": "weights.onnx", "opset_version": ONNX_OPSET, "parent": "pytorch_state_dict"},
         },
         "config": {"napari_unet": {"unet": config.to_dict(), "halo": bundle.net.halo,
+                                   "input": bundle.channels.to_dict(),
                                    "postprocess": bundle.postprocess.to_dict(),
                                    "normalization": {"low": low, "high": high}}},
     }
@@ -263,7 +264,8 @@ def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
         "", "## Input and output", "",
         f"- input `{INPUT_ID}`: (batch, {config.in_channels} channel(s), y, x) float32; y and x must be "
         f"{minimum} + n * {step}. Each channel is normalised with its {bundle.normalization.low} and "
-        f"{bundle.normalization.high} percentiles (bioimage.io `scale_range`).",
+        f"{bundle.normalization.high} percentiles (bioimage.io `scale_range`). The model was trained on "
+        f"{bundle.describe_input()}: give it those channels (napari-unet applies this choice itself).",
         f"- output `{OUTPUT_ID}`: (batch, {config.num_classes} classes, y{offset:+d}, x{offset:+d}) class "
         f"probabilities; the unpadded convolutions remove {-offset // 2} pixels per side (the halo). Channel 1 "
         "is the foreground. Instances: threshold, connected components and the post-processing stored in "

@@ -88,7 +88,10 @@ class ModelBundle:
 
     def predict(self, image, *, tile_size: int | None = None, device: str | torch.device = "auto", out=None,
                 batch_size: int = 1) -> np.ndarray:
-        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image, normalised tile by tile."""
+        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image, normalised tile by tile.
+
+        The image holds the network's input channels: apply the model's channel choice first with `prepare`.
+        """
         axes = "YX" if image.ndim == 2 else "CYX"
         return predict_tiled(
             self.net, image, tile_size, device=device, out=out, batch_size=batch_size,
