@@ -259,7 +259,11 @@ def test_weights_writes_the_weight_map(data, tmp_path, capsys):
     assert axes == "YX" and written.dtype == np.float32
     np.testing.assert_array_equal(written, weight_map(labels, 8.0, 3.0, border=2))
     assert run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--no-balance")[0] == 0
-    np.testing.assert_array_equal(read_image(out)[0], weight_map(labels, class_weights=None))
+    from napari_unet.training import TrainConfig
+
+    defaults = TrainConfig()  # without options: the weights training uses
+    np.testing.assert_array_equal(read_image(out)[0], weight_map(labels, defaults.w0, defaults.sigma,
+                                                                 class_weights=None, border=defaults.border))
 
 
 def test_evaluate_isbi_probability_maps(tmp_path, capsys):

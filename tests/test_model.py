@@ -97,7 +97,7 @@ def test_flops_of_the_paper_net():
 def test_config_rejects_nonsense():
     with pytest.raises(ValueError, match="padding"):
         UNetConfig(padding="reflect")
-    with pytest.raises(ValueError, match="unknown UNet config keys"):
+    with pytest.raises(ValueError, match="unknown UNetConfig keys"):
         UNetConfig.from_dict({"depht": 3})
     with pytest.raises(ValueError, match="num_classes"):
         UNetConfig(num_classes=1)

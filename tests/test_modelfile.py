@@ -101,3 +101,32 @@ def test_weights_file_runs_no_code(tmp_path):
     with pytest.raises(ValueError, match="corrupted"):
         load_model(folder)
     assert not marker.exists()
+
+
+def test_a_folder_saved_before_the_config_convention_still_loads(tmp_path):
+    """A config.json as version 0.1.0 wrote it: earlier post-processing keys only, the training config of the
+    time (w0 10, sigma 5, 400 iterations, no growth calibration) with its augmentation ranges as JSON lists."""
+    from napari_unet.augment import AugmentConfig
+    from napari_unet.training import TrainConfig
+
+    folder = save_model(tmp_path / "old", bundle())
+    old_training = {
+        "iterations": 400, "optimizer": "adam", "learning_rate": 0.001, "momentum": 0.99, "weight_decay": 0.0,
+        "schedule": "cosine", "tile_size": 252, "batch_size": 1, "w0": 10.0, "sigma": 5.0, "border": 1,
+        "augment": {"elastic_grid": 3, "elastic_sigma": 10.0, "contrast": [0.75, 1.33], "gamma": [0.75, 1.33]},
+        "validate_every": 100, "checkpoint_every": 100, "seed": 0, "time_budget": None,
+    }
+    (folder / "config.json").write_text(json.dumps({
+        "format": "napari-unet-model", "format_version": 1,
+        "unet": {"in_channels": 2, "num_classes": 2, "depth": 3, "base_channels": 4, "padding": "valid",
+                 "batch_norm": True, "dropout": 0.5, "convs_per_level": 2},
+        "normalization": {"low": 2.0, "high": 99.0},
+        "postprocess": {"threshold": 0.4, "min_size": 7, "fill_holes": True},
+        "metadata": {"iterations": 12, "training": old_training},
+    }))
+    loaded = load_model(folder)
+    assert loaded.postprocess == PostprocessConfig(threshold=0.4, min_size=7)
+    assert loaded.normalization == Normalization(2.0, 99.0)
+    training = TrainConfig.from_dict(loaded.metadata["training"])
+    assert (training.w0, training.sigma, training.iterations, training.calibrate_growth) == (10.0, 5.0, 400, True)
+    assert training.augment == AugmentConfig()  # the lists came back as the tuples of the defaults

@@ -214,7 +214,7 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
     restored = PostprocessConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
     assert PostprocessConfig.from_dict({}) == PostprocessConfig()
-    with pytest.raises(ValueError, match="unknown post-processing parameters"):
+    with pytest.raises(ValueError, match="unknown PostprocessConfig keys"):
         PostprocessConfig.from_dict({"treshold": 0.5})
     with pytest.raises(ValueError, match="threshold"):
         PostprocessConfig(threshold=1.5)

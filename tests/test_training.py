@@ -141,6 +141,12 @@ def test_config_round_trips_through_json_types():
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_the_default_config_is_the_fast_preset_and_the_paper_keeps_its_weight_map():
+    assert TrainConfig() == PRESETS["fast"][1] == preset()[1]
+    assert (TrainConfig().w0, TrainConfig().sigma, TrainConfig().border) == (50.0, 6.0, 1)
+    assert (PRESETS["paper"][1].w0, PRESETS["paper"][1].sigma) == (10.0, 5.0)
+
+
 def test_a_completed_run_calibrates_the_growth_on_the_annotated_cells(samples, tmp_path, monkeypatch):
     import napari_unet.training as training
 

@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ._config import Config, check_range
+
 
 @dataclass(frozen=True)
-class AugmentConfig:
+class AugmentConfig(Config):
     """What `augment` does, each transform applied with its probability `*_p`.
 
     elastic_grid, elastic_sigma: random displacement vectors on a coarse elastic_grid x elastic_grid grid
@@ -57,14 +59,10 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         for name in ("elastic_p", "rotation_p", "shift_p", "flip_p", "contrast_p", "brightness_p", "gamma_p"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} is a probability in [0, 1]; got {value}")
-        if self.elastic_grid < 2:
-            raise ValueError(f"elastic_grid must be >= 2 nodes per axis; got {self.elastic_grid}")
+            check_range(self, name, 0.0, 1.0, meaning="a probability")
+        check_range(self, "elastic_grid", 2, integer=True, meaning="nodes per axis")
         for name in ("elastic_sigma", "rotation", "shift"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
+            check_range(self, name, 0.0)
         for name, low_bound in (("contrast", 0.0), ("brightness", -math.inf), ("gamma", 0.0)):
             low, high = getattr(self, name)
             if not low_bound < low <= high:

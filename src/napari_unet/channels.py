@@ -20,11 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ._config import Config
 RGB_TO_GREY = (0.2125, 0.7154, 0.0721)  # ITU-R 709, as skimage.color.rgb2gray
 
 
 @dataclass(frozen=True)
-class ChannelChoice:
+class ChannelChoice(Config):
     """channels: indices of the channels to keep, in this order (None: all); grey: average them to one plane."""
 
     channels: tuple[int, ...] | None = None
@@ -85,18 +86,6 @@ class ChannelChoice:
         if not self.grey:
             return picked
         return f"grey ({'luminance/mean of ' + picked})"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"channels": None if self.channels is None else list(self.channels), "grey": self.grey}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> ChannelChoice:
-        data = data or {}
-        unknown = set(data) - {"channels", "grey"}
-        if unknown:
-            raise ValueError(f"unknown channel choice keys {sorted(unknown)}; expected 'channels' and 'grey'")
-        channels = data.get("channels")
-        return cls(None if channels is None else tuple(channels), bool(data.get("grey", False)))
 
 
 def parse_channels(text: str) -> tuple[int, ...]:

@@ -18,6 +18,7 @@ import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._config import Config
 UNIT_ALIASES = {"µm": "um", "μm": "um", "micron": "um", "microns": "um", "micrometer": "um", "micrometre": "um",
                 "nanometer": "nm", "nanometre": "nm", "millimeter": "mm", "millimetre": "mm", "\\u00B5m": "um"}
 METRES_PER_UNIT = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "nm": 1e-9, "inch": 0.0254}
@@ -30,7 +31,7 @@ def normalize_unit(unit: str) -> str:
 
 
 @dataclass(frozen=True)
-class PixelSize:
+class PixelSize(Config):
     """Height ``y`` and width ``x`` of a pixel, in ``unit`` (normalised: ``"um"``, ``"nm"``, ``"mm"``, ...)."""
 
     y: float
@@ -57,9 +58,6 @@ class PixelSize:
     @property
     def isotropic(self) -> bool:
         return math.isclose(self.y, self.x, rel_tol=1e-6)
-
-    def to_dict(self) -> dict[str, float | str]:
-        return {"y": self.y, "x": self.x, "unit": self.unit}
 
     @classmethod
     def from_tiff_resolution(cls, resolution: tuple[float, float], resolution_unit: str) -> PixelSize | None:

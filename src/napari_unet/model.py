@@ -19,19 +19,19 @@ The shape arithmetic (valid sizes, halo, output size) is derived from the archit
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from ._config import check_known_keys
+from ._config import Config, check_choice, check_flag, check_range
 
 Padding = Literal["valid", "same"]
 
 
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(Config):
     """Everything needed to rebuild a :class:`UNet`; saved beside the weights.
 
     depth: number of resolution levels (the paper's 5 means 4 poolings).
@@ -53,27 +53,12 @@ class UNetConfig:
     convs_per_level: int = 2
 
     def __post_init__(self) -> None:
-        checks = {
-            "in_channels": self.in_channels >= 1,
-            "num_classes": self.num_classes >= 2,
-            "depth": self.depth >= 1,
-            "base_channels": self.base_channels >= 1,
-            "convs_per_level": self.convs_per_level >= 1,
-            "dropout": 0.0 <= self.dropout < 1.0,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"UNetConfig.{name}={getattr(self, name)!r} is out of range")
-        if self.padding not in ("valid", "same"):
-            raise ValueError(f"UNetConfig.padding must be 'valid' or 'same', got {self.padding!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> UNetConfig:
-        check_known_keys(cls, data, "UNet config keys")
-        return cls(**data)
+        for name, low in (("in_channels", 1), ("num_classes", 2), ("depth", 1), ("base_channels", 1),
+                          ("convs_per_level", 1)):
+            check_range(self, name, low, integer=True)
+        check_range(self, "dropout", 0.0, 1.0, open_high=True, meaning="a probability")
+        check_choice(self, "padding", ("valid", "same"))
+        check_flag(self, "batch_norm")
 
 
 class ConvBlock(nn.Sequential):

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._config import Config, check_range
 from .channels import ChannelChoice
 from .io import apply_normalization, percentiles
 from .model import UNet, UNetConfig
@@ -36,14 +37,16 @@ STATE_FILE = "training_state.pt"
 
 
 @dataclass(frozen=True)
-class Normalization:
+class Normalization(Config):
     """Percentile normalisation applied to every input: (x - p_low) / (p_high - p_low), per channel."""
 
     low: float = 1.0
     high: float = 99.8
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.low < self.high <= 100.0:
+        check_range(self, "low", 0.0, 100.0, meaning="a percentile")
+        check_range(self, "high", 0.0, 100.0, meaning="a percentile")
+        if not self.low < self.high:
             raise ValueError(f"normalisation percentiles need 0 <= low < high <= 100, got {self.low}, {self.high}")
 
 
@@ -118,7 +121,7 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         "format_version": FORMAT_VERSION,
         "unet": bundle.net.config.to_dict(),
         "input": {"in_channels": bundle.net.config.in_channels, **bundle.channels.to_dict()},
-        "normalization": {"low": bundle.normalization.low, "high": bundle.normalization.high},
+        "normalization": bundle.normalization.to_dict(),
         "postprocess": bundle.postprocess.to_dict(),
         "metadata": {**_versions(), **bundle.metadata},
     }
@@ -170,7 +173,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         )
     try:
         net = UNet(UNetConfig.from_dict(config["unet"]))
-        normalization = Normalization(**config.get("normalization", {}))
+        normalization = Normalization.from_dict(config.get("normalization", {}))
         postprocess = PostprocessConfig.from_dict(config.get("postprocess", {}))
         channels = ChannelChoice.from_dict({k: v for k, v in config.get("input", {}).items() if k != "in_channels"})
     except (KeyError, TypeError, ValueError) as error:

@@ -34,21 +34,21 @@ changed without running the network again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
-from ._config import check_known_keys
+from ._config import Config, check_flag, check_range
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
 
 
 @dataclass(frozen=True)
-class PostprocessConfig:
+class PostprocessConfig(Config):
     """Parameters of `probs_to_labels`.
 
     threshold: foreground where probs_fg > threshold, in [0, 1].
@@ -79,44 +79,18 @@ class PostprocessConfig:
 
     def __post_init__(self) -> None:
         for name in ("fill_holes", "watershed"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise TypeError(f"{name} must be a bool; got {getattr(self, name)!r}")
+            check_flag(self, name)
         for name in ("min_size", "border_width"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0 (pixels); got {value!r}")
-        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float, np.floating)):
-            raise TypeError(f"threshold must be a number in [0, 1]; got {self.threshold!r}")
-        if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1]; got {self.threshold}")
-        if self.grow_threshold is not None:
-            if isinstance(self.grow_threshold, bool) or not isinstance(self.grow_threshold, (int, float, np.floating)):
-                raise TypeError(f"grow_threshold must be a number in [0, 1] or None; got {self.grow_threshold!r}")
-            if not 0.0 <= self.grow_threshold <= 1.0:
-                raise ValueError(f"grow_threshold must be in [0, 1] or None; got {self.grow_threshold}")
-        if isinstance(self.grow_distance, bool) or not isinstance(self.grow_distance, (int, float, np.floating)):
-            raise TypeError(f"grow_distance must be a number >= 0 (pixels); got {self.grow_distance!r}")
-        if not self.grow_distance >= 0:
-            raise ValueError(f"grow_distance must be >= 0 (pixels); got {self.grow_distance}")
-        if isinstance(self.watershed_h, bool) or not isinstance(self.watershed_h, (int, float, np.floating)):
-            raise TypeError(f"watershed_h must be a number > 0 (pixels); got {self.watershed_h!r}")
-        if not self.watershed_h > 0:
-            raise ValueError(f"watershed_h must be > 0 (pixels); got {self.watershed_h}")
+            check_range(self, name, 0, integer=True, meaning="pixels")
+        check_range(self, "threshold", 0.0, 1.0, meaning="a probability")
+        check_range(self, "grow_threshold", 0.0, 1.0, optional=True, meaning="a probability")
+        check_range(self, "grow_distance", 0.0, meaning="pixels")
+        check_range(self, "watershed_h", 0.0, open_low=True, meaning="pixels")
 
     @property
     def grows(self) -> bool:
         """Whether step 5 runs: a growth threshold is set and lies below the threshold."""
         return self.grow_threshold is not None and self.grow_threshold < self.threshold
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict of plain Python values."""
-        return {key: value.item() if isinstance(value, np.generic) else value for key, value in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> PostprocessConfig:
-        """The config saved by `to_dict`; missing keys take their defaults, unknown keys are an error."""
-        check_known_keys(cls, values, "post-processing parameters")
-        return cls(**values)
 
 
 def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:

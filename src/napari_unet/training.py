@@ -23,14 +23,14 @@ import hashlib
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._config import check_known_keys
+from ._config import Config, check_choice, check_flag, check_range
 from .augment import AugmentConfig, augment
 from .channels import ChannelChoice
 from .device import select_device
@@ -44,8 +44,8 @@ from .tiling import predict_tiled, read_window
 from .weights import weight_map
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """How to train. Saved with the model and in checkpoints.
+class TrainConfig(Config):
+    """How to train. Saved with the model and in checkpoints. The defaults are the "fast" preset.
 
     tile_size: side of the network's input window (rounded up to a valid size of the model).
     optimizer: "adam" or "sgd" (with `momentum`; the paper: SGD, momentum 0.99, one large tile per batch).
@@ -58,7 +58,7 @@ class TrainConfig:
         images match the annotated cells best (`postprocess.calibrate_growth`); instance labels only.
     """
 
-    iterations: int = 400
+    iterations: int = 600
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     momentum: float = 0.99
@@ -66,8 +66,8 @@ class TrainConfig:
     schedule: str = "cosine"
     tile_size: int = 252
     batch_size: int = 1
-    w0: float = 10.0
-    sigma: float = 5.0
+    w0: float = 50.0
+    sigma: float = 6.0
     border: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     validate_every: int = 100
@@ -77,41 +77,29 @@ class TrainConfig:
     calibrate_growth: bool = True
 
     def __post_init__(self) -> None:
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.schedule not in ("constant", "cosine"):
-            raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        check_choice(self, "optimizer", ("adam", "sgd"))
+        check_choice(self, "schedule", ("constant", "cosine"))
         for name in ("iterations", "tile_size", "batch_size", "validate_every", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        check_known_keys(cls, data, "training config keys")
-        data = dict(data)
-        if isinstance(data.get("augment"), dict):  # JSON turned its ranges into lists
-            data["augment"] = AugmentConfig(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in data["augment"].items()}
-            )
-        return cls(**data)
+            check_range(self, name, 1, integer=True)
+        check_range(self, "learning_rate", 0.0, open_low=True)
+        check_range(self, "momentum", 0.0, 1.0, open_high=True)
+        check_range(self, "weight_decay", 0.0)
+        check_range(self, "w0", 0.0)
+        check_range(self, "sigma", 0.0, open_low=True, meaning="pixels")
+        check_range(self, "border", 0, integer=True, meaning="pixels")
+        check_range(self, "seed", integer=True)
+        check_range(self, "time_budget", 0.0, optional=True, meaning="seconds")
+        check_flag(self, "calibrate_growth")
+        if not isinstance(self.augment, AugmentConfig):
+            raise TypeError(f"TrainConfig.augment must be an AugmentConfig; got {self.augment!r}")
 
 
 PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
     # Chosen by benchmarks/bench_training.py (time to quality on a 2-core CPU): see docs/benchmarks.md.
     # Border emphasis as in Falk et al. 2019 (w0 = 50, sigma = 6 px): with the paper's w0 = 10 a CPU-length run
     # (600 steps) left touching cells merged (AP50 0.20 on the synthetic sample); with w0 = 50 it reached 0.90.
-    "fast": (
-        UNetConfig(depth=4, base_channels=16, dropout=0.0),
-        TrainConfig(
-            iterations=600, optimizer="adam", learning_rate=1e-3, schedule="cosine", tile_size=252, w0=50.0,
-            sigma=6.0,
-        ),
-    ),
+    # TrainConfig's defaults are this preset: 600 steps of Adam (1e-3, cosine) on 252 px tiles, w0 50, sigma 6.
+    "fast": (UNetConfig(depth=4, base_channels=16, dropout=0.0), TrainConfig()),
     # The paper: depth 5, 64 channels, valid convolutions, SGD with momentum 0.99, one large tile per batch.
     # The paper gives no learning rate; with our pixel-averaged loss 0.01 collapsed to all-background on
     # ISBI 2012 and diverged on DSB 2018 on an H200 (benchmarks/results/real_isbi_gpu_paper.json,
@@ -120,7 +108,7 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
         UNetConfig(),
         TrainConfig(
             iterations=20000, optimizer="sgd", learning_rate=0.001, momentum=0.99, schedule="constant",
-            tile_size=572, validate_every=500, checkpoint_every=500,
+            tile_size=572, w0=10.0, sigma=5.0, validate_every=500, checkpoint_every=500,
         ),
     ),
 }

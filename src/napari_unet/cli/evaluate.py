@@ -36,14 +36,18 @@ def _add_weights(subparsers) -> None:
         subparsers, "weights", "Write the loss weight map of a label image (the paper's eq. 2) as a float32 TIFF.",
         "w = w_c + w0 exp(-(d1 + d2)^2 / (2 sigma^2)) on the background, with d1, d2 the distances to the two "
         "nearest cells after cutting borders between touching cells; w_c balances the class frequencies.",
-        "  napari-unet weights labels/01.png --out weights_01.tif --w0 10 --sigma 5",
+        "  napari-unet weights labels/01.png --out weights_01.tif\n"
+        "  napari-unet weights labels/01.png --out weights_01_paper.tif --w0 10 --sigma 5",
         run,
     )
     sub.add_argument("labels", type=Path, help="label image file")
     sub.add_argument("--out", type=Path, required=True, metavar="FILE", help="TIFF file to write")
-    sub.add_argument("--w0", type=non_negative_float, default=10.0, metavar="W", help="weight of the border term")
-    sub.add_argument("--sigma", type=positive_float, default=5.0, metavar="PX", help="width (px) of the border term")
-    sub.add_argument("--border", type=positive_int, default=1, metavar="PX", help="background border (px) between touching cells")
+    sub.add_argument("--w0", type=non_negative_float, metavar="W",
+                     help="weight of the border term (default: training's, TrainConfig.w0)")
+    sub.add_argument("--sigma", type=positive_float, metavar="PX",
+                     help="width (px) of the border term (default: training's, TrainConfig.sigma)")
+    sub.add_argument("--border", type=positive_int, metavar="PX",
+                     help="background border (px) between touching cells (default: training's, TrainConfig.border)")
     sub.add_argument("--no-balance", action="store_true", help="w_c = 1 instead of balancing class frequencies")
     sub.add_argument("--mask", type=Path, metavar="FILE", help="annotated region (nonzero); weight 0 elsewhere")
 
@@ -86,12 +90,16 @@ def _weights(args: argparse.Namespace) -> int:
     from ..io import read_labels, write_tiff
     from ..weights import weight_map
 
+    from ..pipeline import with_overrides
+    from ..training import TrainConfig
+
+    defaults = with_overrides(TrainConfig(), w0=args.w0, sigma=args.sigma, border=args.border)
     if args.labels.is_dir():
         raise ValueError(f"{args.labels} is a folder; weights takes one label image file")
     labels = read_labels(args.labels)
     mask = read_labels(args.mask) if args.mask is not None else None
-    weights = weight_map(labels, args.w0, args.sigma, class_weights=None if args.no_balance else "balanced",
-                         mask=mask, border=args.border)
+    weights = weight_map(labels, defaults.w0, defaults.sigma, class_weights=None if args.no_balance else "balanced",
+                         mask=mask, border=defaults.border)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_tiff(args.out, weights, "YX")
     print(f"weight map {weights.shape[0]}x{weights.shape[1]} (min {np.min(weights):.3g}, mean "
