@@ -16,10 +16,13 @@ with the exported network, and a ``README.md`` with the citations and the traini
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,21 +126,15 @@ def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET) -> Path:
     return path
 
 
-class _quiet_tracer:
-    """Silence the tracer's warnings about Python-level shape checks (they only guard invalid sizes)."""
-
-    def __enter__(self):
-        import warnings
-
-        self._catch = warnings.catch_warnings()
-        self._catch.__enter__()
+@contextlib.contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """Silence the tracer's warnings about Python-level shape checks (they only guard invalid sizes) and the
+    legacy ONNX exporter's deprecation notice."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-
-    def __exit__(self, *exc):
-        self._catch.__exit__(*exc)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
 
 
 def export_bioimageio(
