@@ -59,7 +59,7 @@ def test_rgb_histology_train_predict_measure(shared_data, tmp_path, grey, capsys
                             "instances") for p in images[TRAIN:]]
     mean = average_scores(scores)
     print(f"\n{'grey' if grey else 'RGB'} model, 300 steps on {TRAIN} images: {mean}")
-    assert mean["f1_50"] > 0.3, mean  # it learned nuclei from colour images (untrained: ~0)
+    assert mean["f1_50"] > 0.6, mean  # it learned nuclei from colour images (RGB model: 0.81 measured)
 
     table = pandas.read_csv(out / "measurements.csv", dtype={"image": str})
     assert len(table) == sum(int(read_labels(out / f"{p.stem}_labels.tif").max()) for p in images[TRAIN:])
