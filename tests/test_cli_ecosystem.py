@@ -15,6 +15,7 @@ from napari_unet.io import read_image, write_tiff
 from napari_unet.measure import measure
 from napari_unet.metadata import PixelSize, read_pixel_size, tiff_calibration
 from napari_unet.modelfile import load_model
+from napari_unet.pipeline import read_input
 from napari_unet.synthetic import make_cells
 
 TINY = ["--depth", "2", "--base-channels", "4", "--tile-size", "44", "--device", "cpu", "-q"]
@@ -73,6 +74,13 @@ def test_train_predict_measure_multichannel(folders, kind, tmp_path, capsys):
     if kind == "two":  # the pixel size of the input is carried into the labels and the table
         assert read_pixel_size(out_dir / "00_labels.tif") == PixelSize(0.5, 0.5, "um")
         np.testing.assert_allclose(table["area_um2"], table["area"] * 0.25)
+        code, _, err = run(capsys, "predict", model, folders / kind / "00.tif", "--out", tmp_path / "z", "--zarr",
+                           "--threshold", "0.01", "--device", "cpu", "-q")
+        assert code == 0, err
+        zarr_labels, zarr_axes = read_input(tmp_path / "z" / "00_labels.ome.zarr")
+        assert zarr_axes == "YX"
+        np.testing.assert_array_equal(np.asarray(zarr_labels), read_image(tmp_path / "z" / "00_labels.tif")[0])
+        assert read_pixel_size(tmp_path / "z" / "00_labels.ome.zarr") == PixelSize(0.5, 0.5, "um")
     assert labels.max() > 0 and (out_dir / "00_rois.zip").is_file()
 
 

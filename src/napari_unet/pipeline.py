@@ -431,3 +431,42 @@ def with_overrides(config, **overrides: Any):
     """`config` (a frozen dataclass) with the fields given a value other than None replaced."""
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
+
+
+# ---------------------------------------------------------------------------------------------- OME-Zarr out
+
+OME_ZARR_UNITS = {"um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
+OME_ZARR_AXIS_TYPES = {"T": "time", "Z": "space", "C": "channel", "Y": "space", "X": "space"}
+
+
+def write_ome_zarr(path: str | Path, array, axes: str, pixel_size=None, chunk: int = 1024) -> Path:
+    """Copy `array` (axes over "TZCYX", canonical) into a single-scale OME-Zarr 0.4 image at `path`, plane by
+    plane (a memory-mapped array is never loaded whole); `pixel_size` (a `metadata.PixelSize`) becomes the scale
+    of the y and x axes with their unit. `read_input` and `metadata.read_pixel_size` read it back; an existing
+    store at `path` is replaced."""
+    import shutil
+
+    import zarr
+
+    path = Path(path)
+    if path.exists():
+        shutil.rmtree(path)
+    shape = tuple(int(n) for n in array.shape)
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    chunks = tuple(1 if a in "TZC" else min(n, chunk) for a, n in zip(axes, shape))
+    data = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(array.dtype))
+    for index in np.ndindex(*shape[:-2]):
+        data[index] = np.asarray(array[index])
+    unit = OME_ZARR_UNITS.get(pixel_size.unit) if pixel_size is not None else None
+    entries = []
+    for a in axes:
+        entry = {"name": a.lower(), "type": OME_ZARR_AXIS_TYPES[a]}
+        if unit and a in "YX":
+            entry["unit"] = unit
+        entries.append(entry)
+    scale = [pixel_size.y if unit and a == "Y" else pixel_size.x if unit and a == "X" else 1.0 for a in axes]
+    group.attrs["multiscales"] = [{
+        "version": "0.4", "name": path.name, "axes": entries,
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+    }]
+    return path

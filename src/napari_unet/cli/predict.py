@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
         "plane); large images are read and written through memory maps, one plane at a time. The input's pixel "
         "size (OME-TIFF, ImageJ or TIFF resolution metadata, or --pixel-size) is stored in the outputs. --measure "
         "adds OUT/measurements.csv (one row per object, see 'napari-unet measure'); --rois adds "
-        "OUT/<name>_rois.zip (ImageJ ROIs for Fiji's ROI Manager).",
+        "OUT/<name>_rois.zip (ImageJ ROIs for Fiji's ROI Manager); --zarr adds OUT/<name>_labels.ome.zarr.",
         "  napari-unet predict cells.model data/new --out results\n"
         "  napari-unet predict cells.model movie.tif --out results --probabilities --tta\n"
         "  napari-unet predict cells.model data/new --out results --measure --rois",
@@ -43,6 +43,8 @@ def add_parser(subparsers) -> None:
     add_channel_options(sub, "the model sees (default: the choice saved with the model)")
     sub.add_argument("--measure", action="store_true", help="also write OUT/measurements.csv")
     sub.add_argument("--rois", action="store_true", help="also write OUT/<name>_rois.zip for Fiji")
+    sub.add_argument("--zarr", action="store_true",
+                     help="also write the labels as OME-Zarr, OUT/<name>_labels.ome.zarr (with the pixel size)")
     add_pixel_size(sub)
     post = sub.add_argument_group("post-processing (the model's saved settings by default)")
     post.add_argument("--threshold", type=probability, metavar="T", help="foreground where probability > T")
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
                 found += done.objects
                 bar.update(int(done.index + 1 == n), file=path.name, plane=f"{done.index + 1}/{n}")
             bar.write(f"{path.name}: {found} objects in {n} plane(s) -> {out.labels}")
-            if args.measure or args.rois:
+            if args.measure or args.rois or args.zarr:
                 _extras(args, path, image, axes, out.labels, pixel_size, tables)
             planes, objects = planes + n, objects + found
             del image
@@ -107,13 +109,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path: Path, pixel_size, tables) -> None:
-    """--measure: append the tables of every plane of `labels_path` to `tables`; --rois: write its ROI zip."""
+    """--measure: append the tables of every plane of `labels_path` to `tables`; --rois: write its ROI zip;
+    --zarr: copy it to OME-Zarr."""
     from ..io import read_image
     from ..measure import measure_planes
-    from ..pipeline import base_name
+    from ..pipeline import base_name, write_ome_zarr
     from ..roi import write_rois
 
     labels, labels_axes = read_image(labels_path)
+    if args.zarr:
+        write_ome_zarr(args.out / f"{base_name(path)}_labels.ome.zarr", labels, labels_axes, pixel_size)
     if args.measure:
         for extra, table in measure_planes(labels, labels_axes, image, axes, pixel_size):
             tables.append(({"image": base_name(path), **extra}, table))
