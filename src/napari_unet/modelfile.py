@@ -24,6 +24,7 @@ import torch
 
 from ._config import Config, check_range
 from .io import TEMPORARY_SUFFIX, _process_alive, apply_normalization, percentiles, remove_stale_temporaries
+from .channels import ChannelChoice
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
 from .tiling import predict_tiled, predict_tta
@@ -53,12 +54,36 @@ class Normalization(Config):
 
 @dataclass
 class ModelBundle:
-    """A network with everything needed to use it: normalisation, post-processing and where it came from."""
+    """A network with everything needed to use it: normalisation, post-processing and where it came from.
+
+    channels: how an image's channels become the network's `in_channels` (saved as config.json's "input").
+    """
 
     net: UNet
     normalization: Normalization = field(default_factory=Normalization)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     metadata: dict[str, Any] = field(default_factory=dict)
+    channels: ChannelChoice = field(default_factory=ChannelChoice)
+
+    def prepare(self, image, axes: str, name: str = "the image", choice: ChannelChoice | None = None):
+        """``(image, axes)`` as the network takes them: the channel choice (``choice``, default the model's)
+        applied, and the channel count checked against the network's, with an error that says what to do."""
+        choice = self.channels if choice is None else choice
+        image, axes = choice.apply(image, axes)
+        found = image.shape[axes.index("C")] if "C" in axes else 1
+        expected = self.net.config.in_channels
+        if found != expected:
+            raise ValueError(
+                f"the model expects {expected} channel(s) ({self.describe_input()}); {name} gives {found} with "
+                f"{choice.describe()} (axes {axes!r}, shape {tuple(image.shape)}): choose channels "
+                "(--channels 0,1 / the Channels box) or grey conversion (--grey)"
+            )
+        return image, axes
+
+    def describe_input(self) -> str:
+        """What the model expects, in words: "1 channel: grey (luminance/mean of all channels)"."""
+        n = self.net.config.in_channels
+        return f"{n} channel{'s' if n > 1 else ''}: {self.channels.describe()} of the image"
 
     def preprocessor(self, image, axes: str = "CYX"):
         """The per-window normalisation with percentiles of the whole `image` (read from a bounded sample)."""
@@ -102,6 +127,7 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "unet": bundle.net.config.to_dict(),
+        "input": {"in_channels": bundle.net.config.in_channels, **bundle.channels.to_dict()},
         "normalization": bundle.normalization.to_dict(),
         "postprocess": bundle.postprocess.to_dict(),
         "metadata": {**_versions(), **bundle.metadata},
@@ -189,6 +215,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         normalization = Normalization.from_dict(_checked_dict(config.get("normalization", {}), "normalization"))
         postprocess = PostprocessConfig.from_dict(_checked_dict(config.get("postprocess", {}), "postprocess"))
         metadata = _checked_dict(config.get("metadata", {}), "metadata")
+        channels = ChannelChoice.from_dict(
+            {k: v for k, v in _checked_dict(config.get("input", {}), "input").items() if k != "in_channels"})
         with torch.device("meta"):  # the shapes the config asks for, without allocating them
             expected = {k: tuple(v.shape) for k, v in UNet(unet).state_dict().items()}
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
@@ -205,7 +233,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise ValueError(f"the weights in {path} do not match its config.json ({first})") from error
-    return ModelBundle(net.to(device), normalization, postprocess, metadata)
+    return ModelBundle(net.to(device), normalization, postprocess, metadata, channels)
 
 
 def _checked_dict(value: Any, what: str) -> dict[str, Any]:

@@ -146,9 +146,14 @@ def _few(keys: Sequence[str] | dict[str, Any], shown: int = 4) -> str:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8) -> np.ndarray:
-    """An image file as the network sees it: (H, W) or (C, H, W) float32, normalised with its percentiles."""
+def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8, channels=None) -> np.ndarray:
+    """An image file as the network sees it: (H, W) or (C, H, W) float32, normalised with its percentiles.
+
+    channels: a `channels.ChannelChoice` applied first (channels picked, or grey conversion); None keeps all.
+    """
     image, axes = read_image(path)
+    if channels is not None:
+        image, axes = channels.apply(image, axes)
     if axes not in ("YX", "CYX"):
         raise ValueError(
             f"training images must be single 2-D planes (axes YX or CYX); {path} has axes {axes!r} "
@@ -163,14 +168,14 @@ def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8) 
 
 def read_training_pair(
     image_path: str | Path, labels_path: str | Path, mask_path: str | Path | None = None,
-    low: float = 1.0, high: float = 99.8,
+    low: float = 1.0, high: float = 99.8, channels=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(image (H, W) or (C, H, W) float32 normalised, labels (H, W), mask (H, W) bool or None), shapes checked.
 
     mask file: nonzero = annotated (sparse annotation); labels may also use the reserved "not annotated"
-    value (see `napari_unet.targets`).
+    value (see `napari_unet.targets`). channels: see `read_training_image`.
     """
-    image = read_training_image(image_path, low, high)
+    image = read_training_image(image_path, low, high, channels)
     labels = read_labels(labels_path)
     if labels.shape != image.shape[-2:]:
         raise ValueError(
@@ -280,6 +285,7 @@ def segment_file(
     device="auto",
     batch_size: int = 1,
     tta: bool = False,
+    pixel_size=None,
 ) -> Iterator[PlaneDone]:
     """Segment `image` (axes over "TZCYX", canonical) plane by plane into TIFF files; yields after each plane.
 
@@ -290,7 +296,8 @@ def segment_file(
     plane is done: a run that is stopped (the generator closed), fails or is killed leaves no file that looks
     finished (an existing output stays as it was until the rename).
     Each plane is normalised with its own percentiles, as the training images were.
-    postprocess: a `PostprocessConfig` (default: the bundle's).
+    postprocess: a `PostprocessConfig` (default: the bundle's). pixel_size: a `metadata.PixelSize` stored in
+    the output TIFFs' resolution tags (None: none).
     """
     from .device import select_device
     from .postprocess import probs_to_labels
@@ -307,8 +314,8 @@ def segment_file(
     staging = [temporary_sibling(path) for path in finals]
     complete = False
     try:
-        labels_out = _create_tiff(staging[0], out_shape, np.int32, out_axes)
-        probs_out = _create_tiff(staging[1], out_shape, np.float32, out_axes) if outputs.probs else None
+        labels_out = _create_tiff(staging[0], out_shape, np.int32, out_axes, pixel_size)
+        probs_out = _create_tiff(staging[1], out_shape, np.float32, out_axes, pixel_size) if outputs.probs else None
         for number, index in enumerate(planes):
             plane = image[index] if index else image
             fg = _foreground(bundle, plane, tile_size, device, batch_size, tta)
@@ -344,18 +351,70 @@ def _foreground(bundle, plane, tile_size, device, batch_size: int, tta: bool) ->
         return np.array(out[1])
 
 
-def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str) -> np.memmap:
-    """A new TIFF at `path`, memory-mapped for writing, in the layout `io.write_tiff` uses (read back with axes)."""
+def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str, pixel_size=None) -> np.memmap:
+    """A new TIFF at `path`, memory-mapped for writing, in the layout `io.write_tiff` uses (read back with axes),
+    with `pixel_size` (a `metadata.PixelSize` or None) in its resolution tags."""
     import tifffile
 
     from .io import IMAGEJ_DTYPES
+    from .metadata import tiff_calibration
 
     path.parent.mkdir(parents=True, exist_ok=True)
     imagej = np.dtype(dtype) in IMAGEJ_DTYPES
+    calibration, metadata = tiff_calibration(pixel_size, imagej)
     return tifffile.memmap(
-        path, shape=shape, dtype=dtype, imagej=imagej, metadata={"axes": axes}, photometric="minisblack"
+        path, shape=shape, dtype=dtype, imagej=imagej, metadata={"axes": axes, **metadata},
+        photometric="minisblack", **calibration,
     )
 
 
 def count_planes(image, axes: str) -> int:
     return math.prod(n for n, a in zip(image.shape, axes) if a in "TZ")
+
+
+
+# ---------------------------------------------------------------------------------------------- OME-Zarr out
+
+OME_ZARR_UNITS = {"um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
+OME_ZARR_AXIS_TYPES = {"T": "time", "Z": "space", "C": "channel", "Y": "space", "X": "space"}
+
+
+def write_ome_zarr(path: str | Path, array, axes: str, pixel_size=None, chunk: int = 1024) -> Path:
+    """Copy `array` (axes over "TZCYX", canonical) into a single-scale OME-Zarr 0.4 image at `path`, plane by
+    plane (a memory-mapped array is never loaded whole); `pixel_size` (a `metadata.PixelSize`) becomes the scale
+    of the y and x axes with their unit. `read_input` and `metadata.read_pixel_size` read it back; an existing
+    store at `path` is replaced once the new one is complete (written under a temporary name, then renamed)."""
+    import os
+    import shutil
+
+    import zarr
+
+    path = Path(path)
+    final, path = path, path.with_name(f".{path.name}.{os.getpid()}.partial")
+    shutil.rmtree(path, ignore_errors=True)
+    shape = tuple(int(n) for n in array.shape)
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    chunks = tuple(1 if a in "TZC" else min(n, chunk) for a, n in zip(axes, shape))
+    data = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(array.dtype))
+    for index in np.ndindex(*shape[:-2]):
+        data[index] = np.asarray(array[index])
+    unit = OME_ZARR_UNITS.get(pixel_size.unit) if pixel_size is not None else None
+    entries = []
+    for a in axes:
+        entry = {"name": a.lower(), "type": OME_ZARR_AXIS_TYPES[a]}
+        if unit and a in "YX":
+            entry["unit"] = unit
+        entries.append(entry)
+    scale = [pixel_size.y if unit and a == "Y" else pixel_size.x if unit and a == "X" else 1.0 for a in axes]
+    group.attrs["multiscales"] = [{
+        "version": "0.4", "name": final.name, "axes": entries,
+        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+    }]
+    if final.exists():
+        old = final.with_name(f".{final.name}.{os.getpid()}.old")
+        os.replace(final, old)
+        os.replace(path, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(path, final)
+    return final

@@ -33,6 +33,7 @@ import torch
 
 from ._config import Config, check_choice, check_flag, check_range
 from .augment import AugmentConfig, augment
+from .channels import ChannelChoice
 from .device import select_device
 from .losses import weighted_cross_entropy
 from .metrics import pixel_scores
@@ -177,6 +178,7 @@ class Trainer:
         checkpoint: str | Path | None = None,
         normalization: Normalization | None = None,
         postprocess: PostprocessConfig | None = None,
+        channels: ChannelChoice | None = None,
     ):
         if not train:
             raise ValueError("no training samples: annotate at least one image (a Labels layer with cells)")
@@ -186,6 +188,7 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.normalization = normalization or Normalization()
         self.postprocess = postprocess or PostprocessConfig(border_width=config.border)
+        self.channels = channels or ChannelChoice()  # how the samples' channels were chosen; saved with the model
         self.tile = model.valid_input_size(config.tile_size)
         self.train = [self._prepare(s, f"training sample {i}") for i, s in enumerate(train)]
         if validation is None:  # validate on the training samples, prepared once
@@ -305,6 +308,7 @@ class Trainer:
                 "device": str(self.device),
                 **({"growth_calibration": self.growth_calibration} if self.growth_calibration else {}),
             },
+            self.channels,
         )
 
     def save_checkpoint(self, path: str | Path) -> Path:
@@ -344,6 +348,7 @@ class Trainer:
         trainer = cls(
             bundle.net, replace(config, **overrides), train, validation, device,
             checkpoint if checkpoint is not None else path, bundle.normalization, bundle.postprocess,
+            bundle.channels,
         )
         try:  # weights-only: a hostile file cannot run code; a corrupted one is a ValueError, not a traceback
             state = torch.load(state_file, map_location=trainer.device, weights_only=True)

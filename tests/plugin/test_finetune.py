@@ -108,7 +108,8 @@ def test_bad_situations_are_notifications(make_napari_viewer_proxy, qtbot, tmp_p
     viewer.add_image(np.zeros((*image.shape, 3), np.uint8), name="photo", rgb=True)
     widget.reset_choices()
     widget.image_combo.value = viewer.layers["photo"]
-    assert widget.start() is None and "RGB" in messages[-1]
+    widget.channel_fields.edit.setText("0,5")  # RGB has channels 0, 1, 2
+    assert widget.start() is None and "channel 5 was chosen but layer 'photo' has 3" in messages[-1]
     assert widget.worker is None and not session_for(viewer).training
 
 

@@ -132,7 +132,7 @@ def test_bad_situations_are_notifications(make_napari_viewer_proxy, qtbot, tiny_
     assert widget.run() is None and "No image layer" in messages[-1]
     viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="photo", rgb=True)
     widget.reset_choices()
-    assert widget.run() is None and "RGB" in messages[-1]
+    assert widget.run() is None and "gives 3: choose its channels or grey" in messages[-1]  # RGB, grey model
     assert widget.load_model("/nonexistent/model") is False and "Cannot load" in messages[-1]
 
     viewer.add_image(np.full((64, 64), np.nan, np.float32), name="empty")

@@ -1,4 +1,4 @@
-"""The `napari-unet` command: train, predict, weights, evaluate, info and demo.
+"""The `napari-unet` command: train, predict, weights, evaluate, info, measure, rois, export and demo.
 
 Each subcommand translates its arguments into the config objects the library uses (`preset`, `TrainConfig`,
 `PostprocessConfig`, ...) and consumes the same generators as the napari widgets (`Trainer.run`,
@@ -12,7 +12,7 @@ output is never one of the inputs, and an existing output is replaced only with 
 
 Layout: one module per command group, each with `add_parser(subparsers)` (its options) and
 `run(args) -> int` (the work; returns the exit code): `train`, `predict`, `evaluate` (evaluate, weights,
-info), `demo`. `_args` holds the exit codes, the help layout and the argument types that check ranges;
+info), `measure` (measure, rois), `export`, `demo`. `_args` holds the exit codes, the help layout and the argument types that check ranges;
 `progress` what the commands print on stderr.
 
 To add a command: write `cli/<name>.py` with `add_parser(subparsers)`, which calls
@@ -30,10 +30,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from . import _signals, demo, evaluate, predict, train
+from . import _signals, demo, evaluate, export, measure, predict, train
 from ._args import EXIT_INTERRUPTED, EXIT_USAGE
 
-COMMANDS = (train, predict, evaluate, demo)
+COMMANDS = (train, predict, evaluate, measure, export, demo)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -91,3 +91,20 @@ def fraction(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), e.g. 0.2, got {text}")
     return value
+
+
+def add_channel_options(group, what: str) -> None:
+    """--channels and --grey: which channels of the images (see `channels.ChannelChoice`)."""
+    group.add_argument("--channels", metavar="LIST", help=f"comma-separated channel indices {what}, e.g. 0,2 "
+                       "(RGB: 0 red, 1 green, 2 blue)")
+    group.add_argument("--grey", action="store_true", help="convert the (chosen) channels to one grey plane "
+                       "(RGB: luminance; others: their mean)")
+
+
+def channel_choice_option(args: argparse.Namespace):
+    """The `ChannelChoice` given with --channels/--grey, or None when neither is given."""
+    from ..channels import ChannelChoice, parse_channels
+
+    if args.channels is None and not args.grey:
+        return None
+    return ChannelChoice(parse_channels(args.channels) if args.channels is not None else None, args.grey)

@@ -179,6 +179,7 @@ def _info(args: argparse.Namespace) -> int:
         f"model: {folder}",
         f"network: {_fields(net.config.to_dict())}",
         f"  {parameters:,} parameters; halo {net.halo} px; input sizes in steps of {net.step}",
+        f"input: {bundle.describe_input()}",
         f"normalization: percentiles {bundle.normalization.low} - {bundle.normalization.high}",
         f"post-processing: {_fields(bundle.postprocess.to_dict())}",
     ]

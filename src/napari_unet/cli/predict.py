@@ -6,7 +6,11 @@ import argparse
 import time
 from pathlib import Path
 
-from ._args import EXIT_OK, add_command, add_device, add_quiet, non_negative_int, positive_int, probability
+from ._args import (
+    EXIT_OK, add_channel_options, add_command, add_device, add_quiet, channel_choice_option, non_negative_int,
+    positive_int, probability,
+)
+from .measure import add_pixel_size, pixel_size_option
 from .progress import Progress, describe, duration, note
 
 
@@ -16,9 +20,13 @@ def add_parser(subparsers) -> None:
         "Writes OUT/<name>_labels.tif (int32 instance ids, 0 = background) for each input, and with "
         "--probabilities OUT/<name>_probs.tif (float32 foreground probability). INPUT: files (TIFF, PNG, JPEG, "
         ".zarr) or folders of them. Stacks and time series are segmented plane by plane (ids restart in each "
-        "plane); large images are read and written through memory maps, one plane at a time.",
+        "plane); large images are read and written through memory maps, one plane at a time. The input's pixel "
+        "size (OME-TIFF, ImageJ or TIFF resolution metadata, or --pixel-size) is stored in the outputs. --measure "
+        "adds OUT/measurements.csv (one row per object, see 'napari-unet measure'); --rois adds "
+        "OUT/<name>_rois.zip (ImageJ ROIs for Fiji's ROI Manager); --zarr adds OUT/<name>_labels.ome.zarr.",
         "  napari-unet predict cells.model data/new --out results\n"
-        "  napari-unet predict cells.model movie.tif --out results --probabilities --tta",
+        "  napari-unet predict cells.model movie.tif --out results --probabilities --tta\n"
+        "  napari-unet predict cells.model data/new --out results --measure --rois",
         run,
     )
     sub.add_argument("model", type=Path, help="model folder")
@@ -33,6 +41,12 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="tiles per forward pass")
     sub.add_argument("--axes", metavar="AXES", help="axes of the inputs as stored, e.g. YXC, TYX (default: read "
                      "from the file's metadata or guessed)")
+    add_channel_options(sub, "the model sees (default: the choice saved with the model)")
+    sub.add_argument("--measure", action="store_true", help="also write OUT/measurements.csv")
+    sub.add_argument("--rois", action="store_true", help="also write OUT/<name>_rois.zip for Fiji")
+    sub.add_argument("--zarr", action="store_true",
+                     help="also write the labels as OME-Zarr, OUT/<name>_labels.ome.zarr (with the pixel size)")
+    add_pixel_size(sub)
     post = sub.add_argument_group("post-processing (the model's saved settings by default)")
     post.add_argument("--threshold", type=probability, metavar="T", help="foreground where probability > T")
     post.add_argument("--min-size", type=non_negative_int, metavar="N", help="remove objects under N pixels")
@@ -50,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     from ..device import select_device
     from ..modelfile import load_model
     from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file
+    from ..measure import write_csv
+    from ..metadata import read_pixel_size
 
     bundle = load_model(args.model)
     postprocess = with_overrides(bundle.postprocess, threshold=args.threshold, min_size=args.min_size,
@@ -60,23 +76,33 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out} is a file; give a folder")
     outputs = [output_paths(f, args.out, args.probabilities) for f in files]
     _check_outputs(files, outputs, args)
+    given = pixel_size_option(args)
+    choice = channel_choice_option(args)
     for path in files:  # every input, before the first is segmented: a bad fifth file fails now, not in an hour
-        _check_input(path, args.axes, bundle.net.config.in_channels)
+        _check_input(path, args.axes, bundle, choice)
     note(f"segmenting {len(files)} image(s) on {describe(device)}" + (" with 8x test-time augmentation"
          if args.tta else ""), args.quiet)
+    tables = []
     started, planes, objects = time.perf_counter(), 0, 0
     with Progress(len(files), "predicting", "image", args.quiet) as bar:
         for path, out in zip(files, outputs):
             image, axes = read_input(path, args.axes)
+            pixel_size = given or read_pixel_size(path)
+            network_image, network_axes = bundle.prepare(image, axes, path.name, choice)
             n = count_planes(image, axes)
             found = 0
-            for done in segment_file(bundle, image, axes, out, postprocess=postprocess, tile_size=args.tile_size,
-                                     device=device, batch_size=args.batch_size, tta=args.tta):
+            for done in segment_file(bundle, network_image, network_axes, out, postprocess=postprocess, tile_size=args.tile_size,
+                                     device=device, batch_size=args.batch_size, tta=args.tta,
+                                     pixel_size=pixel_size):
                 found += done.objects
                 bar.update(int(done.index + 1 == n), file=path.name, plane=f"{done.index + 1}/{n}")
             bar.write(f"{path.name}: {found} objects in {n} plane(s) -> {out.labels}")
+            if args.measure or args.rois or args.zarr:
+                _extras(args, path, image, axes, out.labels, pixel_size, tables)
             planes, objects = planes + n, objects + found
             del image
+    if args.measure:
+        write_csv(tables, args.out / "measurements.csv")
     print(f"segmented {len(files)} image(s) ({planes} plane(s), {objects} objects) in "
           f"{duration(time.perf_counter() - started)}; results in {args.out}")
     return EXIT_OK
@@ -92,23 +118,46 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace) -
         if out.labels in seen:
             raise ValueError(f"{seen[out.labels]} and {path} would both be written to {out.labels}: rename one")
         seen[out.labels] = path
+    from ..pipeline import base_name
+
     written = [p for out in outputs for p in (out.labels, out.probs) if p is not None]
+    for path in files:  # the extras of --rois and --zarr, and the one table of --measure
+        written += [args.out / f"{base_name(path)}_rois.zip"] if args.rois else []
+        written += [args.out / f"{base_name(path)}_labels.ome.zarr"] if args.zarr else []
+    written += [args.out / "measurements.csv"] if args.measure else []
     check_output_not_input(written, [*files, args.model])
     for path in written:
         check_output_free(path, args.overwrite, "the output")
     check_writable_folder(args.out)
 
 
-def _check_input(path: Path, axes: str | None, channels: int) -> None:
-    """Read `path` as `predict` will and check it (`validation.check_image`; its channels against the model)."""
+def _check_input(path: Path, axes: str | None, bundle, choice) -> None:
+    """Read `path` as `predict` will and check it (`validation.check_image`; its channels, after the channel
+    choice, against the model's)."""
     from ..pipeline import read_input
     from ..validation import check_image
 
     image, found = read_input(path, axes)
     try:
         check_image(image, found)
-        count = image.shape[found.index("C")] if "C" in found else 1
-        if count != channels:
-            raise ValueError(f"the model expects {channels} channel(s), the image has {count} (axes {found!r})")
+        bundle.prepare(image, found, path.name, choice)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise ValueError(f"{path}: {error}") from error
+
+
+def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path: Path, pixel_size, tables) -> None:
+    """--measure: append the tables of every plane of `labels_path` to `tables`; --rois: write its ROI zip;
+    --zarr: copy it to OME-Zarr."""
+    from ..io import read_image
+    from ..measure import measure_planes
+    from ..pipeline import base_name, write_ome_zarr
+    from ..roi import write_rois
+
+    labels, labels_axes = read_image(labels_path)
+    if args.zarr:
+        write_ome_zarr(args.out / f"{base_name(path)}_labels.ome.zarr", labels, labels_axes, pixel_size)
+    if args.measure:
+        for extra, table in measure_planes(labels, labels_axes, image, axes, pixel_size):
+            tables.append(({"image": base_name(path), **extra}, table))
+    if args.rois and labels.max(initial=0) > 0:
+        write_rois(args.out / f"{base_name(path)}_rois.zip", labels)

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ._args import (
-    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_command, add_device, add_quiet, fraction, non_negative_float,
+    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_channel_options, add_command, add_device, add_quiet,
+    channel_choice_option, fraction, non_negative_float,
     positive_float, positive_int,
 )
 from .progress import Progress, describe, duration, note, warn_unmatched
@@ -51,6 +52,7 @@ def add_parser(subparsers) -> None:
     data = sub.add_argument_group("data")
     data.add_argument("--mask", type=Path, metavar="PATH",
                       help="mask file or folder (nonzero = annotated), matched to the images by base name")
+    add_channel_options(data, "the network sees (default: all; with --init/--resume: the saved model's)")
     data.add_argument("--validation-images", type=Path, metavar="PATH", help="validation image file or folder")
     data.add_argument("--validation-labels", type=Path, metavar="PATH", help="validation label file or folder")
     data.add_argument("--val-fraction", type=fraction, metavar="F",
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = args.out
     _check_options(args)
+    args.channel_choice = _channel_choice(args)
     train, validation = _training_data(args)
     trainer = _make_trainer(args, train, validation)
     note(f"training on {len(train)} image(s), validating on {len(validation)}; "
@@ -162,8 +165,9 @@ def _training_data(args: argparse.Namespace):
     elif args.val_fraction is not None:
         pairs, validation_pairs = split_by_image(pairs, args.val_fraction, args.seed)
         note("validation images: " + ", ".join(p.name for p, _ in validation_pairs), args.quiet)
-    train = [_sample(image, labels, masks.get(image)) for image, labels in pairs]
-    validation_samples = [_sample(image, labels, masks.get(image)) for image, labels in validation_pairs]
+    choice = args.channel_choice
+    train = [_sample(image, labels, masks.get(image), choice) for image, labels in pairs]
+    validation_samples = [_sample(image, labels, masks.get(image), choice) for image, labels in validation_pairs]
     channels = {s.image.shape[0] if s.image.ndim == 3 else 1 for s in train + validation_samples}
     if len(channels) > 1:
         raise ValueError(f"the images have different numbers of channels {sorted(channels)}; they must agree")
@@ -183,11 +187,25 @@ def _masks_for(path: Path, images: list[Path], quiet: bool) -> dict[Path, Path]:
     return dict(match.pairs)
 
 
-def _sample(image_path: Path, labels_path: Path, mask_path: Path | None = None):
+def _sample(image_path: Path, labels_path: Path, mask_path: Path | None = None, channels=None):
     from ..pipeline import read_training_pair
     from ..training import Sample
 
-    return Sample(*read_training_pair(image_path, labels_path, mask_path))
+    return Sample(*read_training_pair(image_path, labels_path, mask_path, channels=channels))
+
+
+def _channel_choice(args: argparse.Namespace):
+    """The channel choice of this run: --channels/--grey, else the saved model's (--init, --resume), else all."""
+    from ..modelfile import load_model
+
+    given = channel_choice_option(args)
+    if args.resume:
+        if given is not None:
+            raise ValueError("--resume continues the saved run as it was; --channels and --grey cannot change")
+        return load_model(args.out).channels
+    if given is not None:
+        return given
+    return load_model(args.init).channels if args.init is not None else None
 
 
 def _make_trainer(args: argparse.Namespace, train, validation):
@@ -216,13 +234,14 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         bundle = load_model(args.init)
         postprocess = replace(bundle.postprocess, border_width=config.border) if args.border else bundle.postprocess
         return Trainer(bundle.net, config, train, validation, args.device, args.out, bundle.normalization,
-                       postprocess)
+                       postprocess, args.channel_choice)
     channels = train[0].image.shape[0] if train[0].image.ndim == 3 else 1
     net_config = with_overrides(net_config, in_channels=channels, depth=args.depth, base_channels=args.base_channels)
     import torch
 
     torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
-    return Trainer(UNet(net_config), config, train, validation, args.device, args.out)
+    return Trainer(UNet(net_config), config, train, validation, args.device, args.out,
+                   channels=args.channel_choice)
 
 
 def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:

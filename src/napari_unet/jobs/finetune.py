@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..channels import ChannelChoice
 from ..device import select_device
 from ..io import apply_normalization, percentiles
 from ..model import UNet, UNetConfig
@@ -35,6 +36,7 @@ class TrainingJob:
     device: str
     checkpoint: Path
     trainer: Trainer | None = None
+    channels: ChannelChoice | None = None  # how the planes' channels were chosen; saved with the model
 
 
 def training_samples(job: TrainingJob) -> list[Sample]:
@@ -66,7 +68,8 @@ def run_training(job: TrainingJob) -> Generator[TrainEvent, None, Path]:
     """
     samples = training_samples(job)
     job.trainer = Trainer(job.net, job.config, samples, validation=None, device=job.device,
-                          checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess)
+                          checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess,
+                          channels=job.channels)
     events = job.trainer.run()
     try:
         yield from events

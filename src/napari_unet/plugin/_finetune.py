@@ -32,6 +32,7 @@ from napari_unet.targets import mask_around_cells
 from napari_unet.training import PRESETS, TrainEvent, preset
 
 from . import _autosave
+from ._channels import ChannelFields
 from ._form import check, choice, dock_layout, form, row, spin
 from ._layers import (
     LayerProblem,
@@ -127,6 +128,7 @@ class FineTuneWidget(QWidget):
         self.iterations_spin = spin(1, 1_000_000, PRESETS["fast"][1].iterations)
         self.budget_spin = spin(0.0, 100_000.0, 0.0, decimals=1, special="none", suffix=" min")
         self.device_combo = choice(available_devices())
+        self.channel_fields = ChannelFields()
         self.estimate_label = wrapped_label()
         self.start_button = QPushButton("Start")
         self.pause_button = QPushButton("Pause")
@@ -145,6 +147,7 @@ class FineTuneWidget(QWidget):
             self,
             form(("image", self.image_combo), ("annotations", self.labels_combo),
                  ("annotated region", self.region_combo), ("", self.whole_check), ("margin (px)", self.margin_spin),
+                 ("channels", self.channel_fields.edit), ("", self.channel_fields.grey),
                  ("start from", self.start_combo), ("preset", self.preset_combo),
                  ("iterations", self.iterations_spin), ("time budget", self.budget_spin),
                  ("device", self.device_combo), ("", self.estimate_label)),
@@ -308,8 +311,14 @@ class FineTuneWidget(QWidget):
             raise LayerProblem("No saved model chosen: pick 'a saved model…' again to choose its folder")
         base = {START_SESSION: self.session.bundle, START_FILE: self.start_bundle}.get(start)
         layers = self.viewer.layers
-        channels = base.net.config.in_channels if base is not None else channels_of(image_layer, layers)
-        stack = plane_stack(image_layer, channels, layers)
+        chosen = self.channel_fields.choice()
+        if base is not None and chosen.is_identity:
+            chosen = base.channels  # the channels the model was trained on
+        if base is not None:
+            channels = base.net.config.in_channels
+        else:
+            channels = chosen.output_channels(channels_of(image_layer, layers))
+        stack = plane_stack(image_layer, channels, layers, chosen)
         check_layer_pair(image_layer, labels_layer)
         labels_all = np.asarray(labels_layer.data)
         if labels_all.dtype.kind not in "iu":
@@ -358,7 +367,7 @@ class FineTuneWidget(QWidget):
                 self.session.set_model(base, self.start_path)
         checkpoint = _autosave.model_folder(self.autosave_root, image_layer.name)
         job = TrainingJob(images, labels, masks, net, config, normalization, postprocess,
-                          self.device_combo.currentText(), checkpoint)
+                          self.device_combo.currentText(), checkpoint, channels=chosen)
         select_device(job.device)  # an unavailable device is a notification now, not a worker error
         return job, labels_all
 

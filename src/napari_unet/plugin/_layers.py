@@ -54,12 +54,14 @@ class PlaneStack:
     """An image layer as planes of (C, H, W).
 
     data: the layer's array; channel_axis: its channel axis (None: one channel); leading: the shape of the
-    plane axes (() for a single 2-D image), in the order they appear in `data`.
+    plane axes (() for a single 2-D image), in the order they appear in `data`; choice: a
+    `channels.ChannelChoice` applied to each plane (channels picked, or grey), None for all channels as they are.
     """
 
     data: Any
     channel_axis: int | None
     leading: tuple[int, ...]
+    choice: Any = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -67,14 +69,17 @@ class PlaneStack:
 
     @property
     def channels(self) -> int:
-        return 1 if self.channel_axis is None else int(self.data.shape[self.channel_axis])
+        """Channels of each plane the network sees (after the choice)."""
+        stored = 1 if self.channel_axis is None else int(self.data.shape[self.channel_axis])
+        return stored if self.choice is None else self.choice.output_channels(stored)
 
     @property
     def planes(self) -> list[tuple[int, ...]]:
         return list(np.ndindex(*self.leading))
 
     def plane(self, index: tuple[int, ...]) -> Any:
-        """The (C, H, W) plane at `index` over the leading axes: a view (lazy for dask, zarr and memmaps)."""
+        """The (C, H, W) plane at `index` over the leading axes: a view (lazy for dask, zarr and memmaps),
+        except with a channel choice, which reads the plane (a copy, grey or with the chosen channels)."""
         data = self.data
         if self.channel_axis is None:
             return data[index][None] if index else data[None]
@@ -82,7 +87,11 @@ class PlaneStack:
         remaining = iter(index)
         for axis in range(data.ndim - 2):
             key.append(slice(None) if axis == self.channel_axis else next(remaining))
-        return data[tuple(key)]
+        plane = data[tuple(key)]
+        if self.choice is None or self.choice.is_identity:
+            return plane
+        plane, axes = self.choice.apply(plane if hasattr(plane, "compute") else np.asarray(plane), "CYX")
+        return plane if axes == "CYX" else plane[None]
 
     def output_shape(self) -> tuple[int, ...]:
         """Shape of a labels layer for this stack: leading axes, then (H, W)."""
@@ -147,46 +156,65 @@ def channel_group(layer: Any, layers: Any) -> list[Any]:
 
 
 def channels_of(layer: Any, layers: Any = ()) -> int:
-    """Input channels a new model needs for this layer: its channel axis, or its file's channel layers."""
+    """Channels of this layer: RGB colours, its channel axis, or its file's channel layers (1 if none)."""
+    if getattr(layer, "rgb", False):
+        return 3
     axes = stored_axes(layer)
     if axes is not None and "C" in axes[:-2]:
         return int(layer_data(layer).shape[axes.index("C")])
     return len(channel_group(layer, layers)) or 1
 
 
-def plane_stack(layer: Any, in_channels: int = 1, layers: Any = ()) -> PlaneStack:
+def plane_stack(layer: Any, in_channels: int = 1, layers: Any = (), choice: Any = None) -> PlaneStack:
     """Read an image layer as planes for a model with `in_channels` inputs; LayerProblem says what is wrong.
 
     layers: the viewer's layers, where the other channels of a file split by our reader are found.
+    choice: a `channels.ChannelChoice` (channels picked, or grey) applied to every plane; None: all channels.
+    RGB layers (colours last) are read with the colours as channels (alpha dropped).
     """
     data = layer_data(layer)
     if data.ndim < 2:
         raise LayerProblem(f"layer '{layer.name}' has {data.ndim} dimension(s); an image needs Y and X")
+    picking = choice is not None and not choice.is_identity
     if getattr(layer, "rgb", False):
-        raise LayerProblem(
-            f"layer '{layer.name}' is an RGB image (colours last, shape {tuple(data.shape)}) and the model expects "
-            f"{in_channels} channel(s): open the file with the napari-unet reader (a grey PNG saved as RGB "
-            "becomes one grey layer) or convert the image to grey first"
-        )
+        data = np.moveaxis(data[..., :3], -1, -3)
+        channel_axis: int | None = data.ndim - 3
+        return _checked(PlaneStack(data, channel_axis, _leading(data, channel_axis), choice), layer, in_channels)
     axes = stored_axes(layer)
-    group = channel_group(layer, layers) if in_channels > 1 else []
-    if len(group) == in_channels:
+    group = channel_group(layer, layers) if in_channels > 1 or picking else []
+    if group and (picking or len(group) == in_channels):
         data = ChannelGroup([layer_data(g) for g in group])
-        return PlaneStack(data, 0, tuple(int(n) for n in data.shape[1:-2]))
+        return _checked(PlaneStack(data, 0, tuple(int(n) for n in data.shape[1:-2]), choice), layer, in_channels)
     if axes is not None and "C" in axes[:-2]:
-        channel_axis: int | None = axes.index("C")
+        channel_axis = axes.index("C")
     elif in_channels > 1 and data.ndim >= 3 and data.shape[-3] == in_channels:
         channel_axis = data.ndim - 3
     else:
         channel_axis = None
-    channels = 1 if channel_axis is None else data.shape[channel_axis]
-    if channels != in_channels:
+    return _checked(PlaneStack(data, channel_axis, _leading(data, channel_axis), choice), layer, in_channels)
+
+
+def _leading(data: Any, channel_axis: int | None) -> tuple[int, ...]:
+    return tuple(int(n) for axis, n in enumerate(data.shape[:-2]) if axis != channel_axis)
+
+
+def _checked(stack: PlaneStack, layer: Any, in_channels: int) -> PlaneStack:
+    """`stack`, if its planes have the model's channel count; else a LayerProblem that says what to change."""
+    if stack.choice is not None and stack.channel_axis is not None:
+        stored = int(stack.data.shape[stack.channel_axis])
+        if stack.choice.channels is not None and max(stack.choice.channels) >= stored:
+            raise LayerProblem(
+                f"channel {max(stack.choice.channels)} was chosen but layer '{layer.name}' has {stored} "
+                f"channel(s) (0 to {stored - 1})"
+            )
+    if stack.channels != in_channels:
+        hint = ("choose its channels or grey conversion in the dock" if stack.channels > in_channels
+                else "put the channels on the axis before Y and X, or open the file with the napari-unet reader")
         raise LayerProblem(
-            f"the model expects {in_channels} channel(s) but layer '{layer.name}' (shape {tuple(data.shape)}) has "
-            f"{channels}" + (": put the channels on the axis before Y and X" if in_channels > 1 else "")
+            f"the model expects {in_channels} channel(s) but layer '{layer.name}' "
+            f"(shape {tuple(layer_data(layer).shape)}) gives {stack.channels}: {hint}"
         )
-    leading = tuple(n for axis, n in enumerate(data.shape[:-2]) if axis != channel_axis)
-    return PlaneStack(data, channel_axis, tuple(int(n) for n in leading))
+    return stack
 
 
 def check_layer_pair(image_layer: Any, labels_layer: Any) -> None:

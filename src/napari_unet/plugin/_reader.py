@@ -73,16 +73,26 @@ def get_image_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] 
 
 def read_images(path: str | list[str]) -> list[LayerData]:
     """Layers of each file: grey images as one layer, channels (C) as one layer per channel, leading Z/T
-    axes kept (the docks work plane by plane); our autosaved annotations (*.unet-labels.tif) as Labels."""
+    axes kept (the docks work plane by plane); our autosaved annotations (*.unet-labels.tif) as Labels.
+
+    A physical pixel size in the file (OME-TIFF, ImageJ or TIFF resolution tags) sets the layers' scale on Y
+    and X and is kept in the layer metadata (`pixel_size`), from where measurements take their units.
+    """
+    from napari_unet.metadata import read_pixel_size
+
     paths = [path] if isinstance(path, str) else list(path)
     layers: list[LayerData] = []
     for file in map(Path, paths):
         image, axes = read_image(file)
         name = file.name.split(".")[0] or file.stem
+        pixel_size = read_pixel_size(file)
+        scale = {} if pixel_size is None else {"scale": (1.0,) * (len(axes.replace("C", "")) - 2) + pixel_size.scale}
         if is_annotation_file(file):
-            layers.append((np.asarray(image), {"name": f"{name} annotations"}, "labels"))
+            layers.append((np.asarray(image), {"name": f"{name} annotations", **scale}, "labels"))
             continue
         info = {"axes": axes, "source": str(file)}
+        if pixel_size is not None:
+            info["pixel_size"] = pixel_size.to_dict()
         if "C" in axes and image.shape[axes.index("C")] > 1:
             channel = axes.index("C")
             count = image.shape[channel]
@@ -90,12 +100,13 @@ def read_images(path: str | list[str]) -> list[LayerData]:
             metadata = [{METADATA_KEY: {**info, "axes": per_channel, "channel": i, "channels": count}}
                         for i in range(count)]
             layers.append((image, {"name": [f"{name} [{i}]" for i in range(count)], "channel_axis": channel,
-                                   "metadata": metadata}, "image"))
+                                   "metadata": metadata, **scale}, "image"))
         else:
             if "C" in axes:  # a single channel: drop the axis
                 image = np.take(image, 0, axis=axes.index("C"))
                 axes = axes.replace("C", "")
-            layers.append((image, {"name": name, "metadata": {METADATA_KEY: {**info, "axes": axes}}}, "image"))
+            layers.append((image, {"name": name, "metadata": {METADATA_KEY: {**info, "axes": axes}}, **scale},
+                           "image"))
     return layers
 
 

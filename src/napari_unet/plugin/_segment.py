@@ -29,6 +29,7 @@ from napari_unet.jobs.segment import TileUpdate, postprocess_planes, stream_tile
 from napari_unet.postprocess import PostprocessConfig
 from napari_unet.tiling import auto_stride, tile_grid
 
+from ._channels import ChannelFields
 from ._form import check, choice, dock_layout, form, row, spin
 from ._layers import LayerProblem, debounced, layer_combo, plane_stack, throttled, wrapped_label
 from ._redraw import RegionRedraws, bands, refresh_region, refresh_thumbnail
@@ -73,6 +74,7 @@ class SegmentWidget(QWidget):
         self.tile_spin = spin(0, 8192, 0, step=16, special="auto",
                               tooltip="Output tile side in pixels; 'auto' picks the largest that fits in memory")
         self.device_combo = choice(available_devices())
+        self.channel_fields = ChannelFields()
         self.probs_check = check("also show the probability map")
         self.threshold_spin = spin(0.0, 1.0, 0.0, step=0.05, decimals=2)
         self.grow_spin = spin(0.0, 1.0, 0.0, step=0.05, decimals=2, tooltip=(
@@ -90,6 +92,7 @@ class SegmentWidget(QWidget):
         dock_layout(
             self,
             form(("image", self.image_combo), ("model", self.model_label), ("", self.load_button),
+                 ("channels", self.channel_fields.edit), ("", self.channel_fields.grey),
                  ("tile size", self.tile_spin), ("device", self.device_combo), ("", self.probs_check),
                  ("threshold", self.threshold_spin), ("grow to p >", self.grow_spin),
                  ("min. size (px)", self.min_size_spin), ("", self.split_check)),
@@ -142,7 +145,8 @@ class SegmentWidget(QWidget):
             show_error("No image layer: open an image first")
             return None
         try:
-            stack = plane_stack(layer, bundle.net.config.in_channels, self.viewer.layers)
+            stack = plane_stack(layer, bundle.net.config.in_channels, self.viewer.layers,
+                                self.channel_fields.choice())
             device = select_device(self.device_combo.currentText())
         except (LayerProblem, ValueError) as error:
             show_error(str(error))
@@ -295,6 +299,7 @@ class SegmentWidget(QWidget):
         self.model_label.setText(self.session.describe_model())
         bundle = self.session.bundle
         if bundle is not None:
+            self.channel_fields.show(bundle.channels)  # the channels the model was trained on
             for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):
                 widget.blockSignals(True)
             self.threshold_spin.setValue(bundle.postprocess.threshold)

@@ -1,0 +1,68 @@
+"""`napari-unet export`: a model folder as a bioimage.io package, an ONNX file or a TorchScript file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._args import EXIT_OK, add_command
+
+
+def add_parser(subparsers) -> None:
+    sub = add_command(
+        subparsers, "export", "Export a model for other tools: bioimage.io, ONNX or TorchScript.",
+        "bioimageio: a bioimage.io model package (format 0.5; a folder, or a .zip when OUT ends in .zip) with "
+        "rdf.yaml, weights as pytorch_state_dict, torchscript and onnx, test tensors and a README with the "
+        "citations and the training data's licence; it runs in bioimage.io consumers (deepImageJ, ilastik, "
+        "bioimageio.core ...). onnx / torchscript: one file. Every export is the network with a softmax: input "
+        "(N, C, H, W) float32 normalised with the model's percentiles, H and W valid sizes (min + n * step, "
+        "printed), output (N, classes, H - 2 halo, W - 2 halo) probabilities.",
+        "  napari-unet export cells.model --format bioimageio --out cells.bioimageio.zip \\\n"
+        "      --author 'Ada Lovelace' --training-data-name 'my lab's HeLa cells' --training-data-licence CC-BY-4.0\n"
+        "  napari-unet export cells.model --format onnx --out cells.onnx",
+        run,
+    )
+    sub.add_argument("model", type=Path, help="model folder")
+    sub.add_argument("--format", choices=("bioimageio", "onnx", "torchscript"), required=True, dest="fmt",
+                     help="what to write")
+    sub.add_argument("--out", type=Path, required=True, metavar="PATH", help="file or folder to write")
+    bio = sub.add_argument_group("bioimageio package (default: what the model folder records)")
+    bio.add_argument("--name", help="model name")
+    bio.add_argument("--author", action="append", metavar="NAME", help="an author (repeat for several)")
+    bio.add_argument("--license", default="BSD-3-Clause", metavar="SPDX", help="licence of the model")
+    bio.add_argument("--training-data-name", metavar="TEXT", help="what the model was trained on")
+    bio.add_argument("--training-data-licence", metavar="SPDX", help="licence of the training data")
+    bio.add_argument("--training-data-url", metavar="URL", help="where the training data is")
+    bio.add_argument("--training-data-citation", metavar="TEXT", help="how to cite the training data")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_model, input_size_rule
+    from ..modelfile import load_model
+
+    bundle = load_model(args.model)
+    options = {}
+    training_data = {
+        key: value for key, value in (
+            ("name", args.training_data_name), ("licence", args.training_data_licence),
+            ("url", args.training_data_url), ("citation", args.training_data_citation),
+        ) if value
+    }
+    if args.fmt == "bioimageio":
+        recorded = bundle.metadata.get("training_data") or {}
+        options = {
+            "name": args.name, "license": args.license,
+            "authors": [{"name": name} for name in args.author] if args.author else None,
+            "training_data": {**recorded, **training_data},
+        }
+    elif training_data or args.name or args.author:
+        raise ValueError("--name, --author and --training-data-* describe a bioimageio package; "
+                         "ONNX and TorchScript files hold only the network")
+    path = export_model(bundle, args.fmt, args.out, **options)
+    minimum, step, offset = input_size_rule(bundle.net)
+    print(f"{args.fmt} export -> {path}: input (N, {bundle.net.config.in_channels}, H, W) with H, W = "
+          f"{minimum} + n * {step}; output size = input size {offset:+d}")
+    if args.fmt == "bioimageio" and not options["training_data"].get("licence"):
+        print("note: the training data's licence is not recorded; give --training-data-licence so that users "
+              "of the package know it")
+    return EXIT_OK

@@ -1,0 +1,127 @@
+"""`napari-unet measure` (a table of per-object measurements) and `napari-unet rois` (labels <-> ImageJ ROIs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._args import EXIT_OK, add_command, add_quiet, positive_float
+from .progress import note, warn_unmatched
+
+
+def add_parser(subparsers) -> None:
+    sub = add_command(
+        subparsers, "measure", "Measure every object of label images and write one CSV table.",
+        "One row per object (and per plane of a stack): label, area, centroid, bounding box, perimeter, "
+        "eccentricity, solidity in pixels; with IMAGES the mean/min/max intensity (per channel); with a pixel "
+        "size (read from the OME-TIFF, ImageJ or TIFF resolution metadata of the image or labels file, or given "
+        "with --pixel-size) area, centroid and perimeter in physical units. LABELS and IMAGES are files or "
+        "folders paired by base name (a '_labels' suffix is tolerated). The columns: docs/formats.md.",
+        "  napari-unet measure results data/new --out table.csv\n"
+        "  napari-unet measure cells_labels.tif cells.tif --out cells.csv --pixel-size 0.65",
+        run,
+    )
+    sub.add_argument("labels", type=Path, help="label image file or folder")
+    sub.add_argument("images", type=Path, nargs="?", help="image file or folder for the intensities (optional)")
+    sub.add_argument("--out", type=Path, required=True, metavar="CSV", help="table to write")
+    add_pixel_size(sub)
+    add_quiet(sub)
+
+    sub = add_command(
+        subparsers, "rois", "Convert labels to an ImageJ/Fiji ROI zip, or an ROI zip back to labels.",
+        "A label image (TIFF, PNG) becomes a .zip of polygon ROIs, one per object, named by its label id, that "
+        "Fiji's ROI Manager opens (stack planes are the ROIs' positions). A .zip or .roi file becomes an int32 "
+        "label TIFF; --like gives the image whose size (and planes) the labels take. Polygons cannot hold "
+        "holes, and of an object in several pieces only the largest is kept.",
+        "  napari-unet rois results/cells_labels.tif --out cells_rois.zip\n"
+        "  napari-unet rois RoiSet.zip --like cells.tif --out cells_labels.tif",
+        run,
+    )
+    sub.add_argument("input", type=Path, help="label image, or ImageJ ROI .zip/.roi file")
+    sub.add_argument("--out", type=Path, required=True, metavar="FILE", help=".zip (from labels) or .tif (from ROIs)")
+    sub.add_argument("--like", type=Path, metavar="IMAGE", help="from ROIs: the image whose height, width and "
+                     "planes the labels take")
+    add_quiet(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"measure": run_measure, "rois": run_rois}[args.command](args)
+
+
+def add_pixel_size(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--pixel-size", type=positive_float, nargs="+", metavar="SIZE",
+                     help="pixel size (one value, or Y X) overriding the files' metadata")
+    sub.add_argument("--unit", default="um", help="length unit of --pixel-size")
+
+
+def pixel_size_option(args: argparse.Namespace):
+    """The `PixelSize` given on the command line, or None."""
+    from ..metadata import PixelSize
+
+    if not args.pixel_size:
+        return None
+    if len(args.pixel_size) > 2:
+        raise ValueError(f"--pixel-size takes one value or two (Y X), got {len(args.pixel_size)}")
+    y, x = args.pixel_size if len(args.pixel_size) == 2 else args.pixel_size * 2
+    return PixelSize(y, x, args.unit)
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    from ..io import read_image
+    from ..measure import measure_planes, write_csv
+    from ..metadata import read_pixel_size
+    from ..pipeline import base_name, list_files, match_files
+
+    labels_files = list_files(args.labels, "label")
+    if args.images is None:
+        pairs = [(path, None) for path in labels_files]
+    else:
+        match = match_files(labels_files, list_files(args.images, "image"), ("labels", "images"), prefer="_labels")
+        warn_unmatched(match, ("label files without an image", "images without labels"), args.quiet)
+        pairs = match.pairs
+    given = pixel_size_option(args)
+    tables = []
+    for labels_path, image_path in pairs:
+        labels, axes = read_image(labels_path)
+        image, image_axes = read_image(image_path) if image_path is not None else (None, None)
+        pixel_size = given or (read_pixel_size(image_path) if image_path else None) or read_pixel_size(labels_path)
+        name = base_name(image_path or labels_path)
+        for extra, table in measure_planes(labels, axes, image, image_axes, pixel_size):
+            tables.append(({"image": name, **extra}, table))
+    path = write_csv(tables, args.out)
+    count = sum(len(table["label"]) for _, table in tables)
+    units = sorted({n.split("_")[-1] for _, t in tables for n in t if n.startswith("centroid_y_")})
+    print(f"measured {count} objects in {len(pairs)} image(s)"
+          + (f" (physical units: {', '.join(units)})" if units else " (pixel units: no pixel size found)")
+          + f" -> {path}")
+    return EXIT_OK
+
+
+def run_rois(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..io import read_image, write_tiff
+    from ..roi import read_rois, write_rois
+
+    if args.input.suffix.lower() in (".zip", ".roi"):
+        if args.like is None:
+            raise ValueError("converting ROIs to labels needs --like IMAGE (the image the ROIs were drawn on)")
+        image, axes = read_image(args.like)
+        spatial_axes = axes.replace("C", "")
+        shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
+        if len(shape) > 3:
+            raise ValueError(f"--like {args.like} has axes {axes}: ROIs map to one plane or one stack (ZYX or TYX)")
+        labels = read_rois(args.input, shape)
+        if args.out.suffix.lower() not in (".tif", ".tiff"):
+            raise ValueError(f"--out {args.out.name}: labels from ROIs are written as a .tif file")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_tiff(args.out, labels, spatial_axes)
+        print(f"{int(np.count_nonzero(np.unique(labels)))} objects -> {args.out}")
+        return EXIT_OK
+    labels, axes = read_image(args.input)
+    if "C" in axes or len(axes) > 3:
+        raise ValueError(f"{args.input} has axes {axes}: expected a label image (YX) or stack (ZYX or TYX)")
+    count = write_rois(args.out, labels)
+    note(f"open {args.out.name} in Fiji with File > Open (or the ROI Manager's More > Open)", args.quiet)
+    print(f"{count} ROIs -> {args.out}")
+    return EXIT_OK

@@ -1,0 +1,330 @@
+"""Share a model with other tools: a bioimage.io package (format 0.5), ONNX or TorchScript.
+
+Every export holds the network followed by a softmax over the classes: input ``(N, in_channels, H, W)``
+float32, normalised as the model was trained (percentiles per channel and image, see ``Normalization``),
+output ``(N, num_classes, H - 2 halo, W - 2 halo)`` class probabilities. H and W must be valid input sizes
+of the network, ``min + n * step``, both derived from the network as ``halo`` is (:func:`input_size_rule`).
+
+The bioimage.io package is a folder (or ``.zip``) with ``rdf.yaml``, the weights as ``pytorch_state_dict``
+(architecture ``napari_unet.export:ProbabilityUNet``), ``torchscript`` and ``onnx``, test tensors computed
+with the exported network, and a ``README.md`` with the citations and the training data's licence.
+
+>>> from napari_unet.model import UNet
+>>> input_size_rule(UNet(depth=2, base_channels=4))  # (min, step, offset removed from the input's size)
+(18, 2, -16)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model import UNet, UNetConfig
+
+FORMATS = ("bioimageio", "onnx", "torchscript")
+EXPORT_EXTRA = "export"
+ONNX_OPSET = 17
+BIOIMAGEIO_FORMAT_VERSION = "0.5.4"
+INPUT_ID, OUTPUT_ID = "raw", "probabilities"
+PAPER_CITATION = {
+    "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
+    "MICCAI 2015.",
+    "doi": "10.1007/978-3-319-24574-4_28",
+}
+TOOL_URL = "https://github.com/napari-unet/napari-unet-2015"
+
+
+class ProbabilityUNet(nn.Module):
+    """A :class:`UNet` followed by a softmax over the classes: x (N, C, H, W) -> probabilities (N, K, H', W').
+
+    Built from the UNet's configuration as keyword arguments, as a bioimage.io architecture is.
+    """
+
+    def __init__(self, **config: Any):
+        super().__init__()
+        self.net = UNet(UNetConfig.from_dict(config))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x), dim=1)
+
+
+def probability_net(net: UNet) -> ProbabilityUNet:
+    """A :class:`ProbabilityUNet` on CPU, in eval mode, with a copy of ``net``'s weights."""
+    wrapped = ProbabilityUNet(**net.config.to_dict())
+    wrapped.net.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
+    return wrapped.eval()
+
+
+def input_size_rule(net: UNet) -> tuple[int, int, int]:
+    """``(min, step, offset)``: valid input sides are ``min + n * step``; output side = input side + offset."""
+    minimum = net.valid_input_size(1)
+    step = net.step
+    if net._output_size(minimum + step) is None:  # noqa: SLF001 - the network's own size rule
+        raise ValueError(f"input sizes of this network do not follow min + n * step (min {minimum}, step {step})")
+    return minimum, step, -2 * net.halo
+
+
+def example_input(net: UNet, size: int = 64, seed: int = 0) -> np.ndarray:
+    """A raw test image ``(1, in_channels, S, S)`` float32 of synthetic cells, S the valid size >= ``size``."""
+    from .synthetic import make_cells
+
+    side = net.valid_input_size(size)
+    image, _ = make_cells((side, side), seed=seed)
+    channels = [np.roll(image, 3 * c, axis=-1) * (1.0 + 0.5 * c) for c in range(net.config.in_channels)]
+    return (np.stack(channels)[None] * 1000.0).astype(np.float32)
+
+
+def normalize_like_bioimageio(raw: np.ndarray, low: float, high: float, eps: float = 1e-6) -> np.ndarray:
+    """bioimage.io's ``scale_range`` over the axes (y, x): per sample and channel, as napari-unet normalises."""
+    lo = np.percentile(raw, low, axis=(-2, -1), keepdims=True)
+    hi = np.percentile(raw, high, axis=(-2, -1), keepdims=True)
+    return ((raw - lo) / (hi - lo + eps)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ formats
+
+
+def export_torchscript(bundle, path: str | Path) -> Path:
+    """A TorchScript file of the network with its softmax (traced; valid for every valid input size)."""
+    net = probability_net(bundle.net)
+    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net), 1.0, 99.8))
+    with torch.no_grad(), _quiet_tracer():
+        traced = torch.jit.trace(net, example)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(path))
+    return path
+
+
+def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET) -> Path:
+    """An ONNX file of the network with its softmax; batch, height and width are dynamic axes."""
+    try:
+        import onnx  # noqa: F401 - torch.onnx.export needs it
+    except ImportError:
+        raise ImportError(f"ONNX export needs the 'onnx' package: pip install 'napari-unet-2015[{EXPORT_EXTRA}]'") from None
+    net = probability_net(bundle.net)
+    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net), 1.0, 99.8))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dynamic = {0: "batch", 2: "y", 3: "x"}
+    with torch.no_grad(), _quiet_tracer():
+        torch.onnx.export(
+            net, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_ID],
+            output_names=[OUTPUT_ID], dynamic_axes={INPUT_ID: dynamic, OUTPUT_ID: dynamic},
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_tracer() -> Iterator[None]:
+    """Silence the tracer's warnings about Python-level shape checks (they only guard invalid sizes) and the
+    legacy ONNX exporter's deprecation notice."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield
+
+
+def export_bioimageio(
+    bundle,
+    path: str | Path,
+    *,
+    name: str | None = None,
+    authors: list[dict[str, str]] | None = None,
+    license: str = "BSD-3-Clause",
+    training_data: dict[str, str] | None = None,
+    test_input: np.ndarray | None = None,
+) -> Path:
+    """Write a bioimage.io model package (format 0.5) to the folder ``path``, or a zip if it ends in ``.zip``.
+
+    authors: ``[{"name": ...}]`` (default: "napari-unet user"); license: SPDX id of the model;
+    training_data: ``{"name", "licence", "url", "citation", "doi"}`` of the data it was trained on (default:
+    ``bundle.metadata["training_data"]``); test_input: raw image (1, C, H, W) with valid H, W (default:
+    synthetic cells). Returns the path written.
+    """
+    path = Path(path)
+    as_zip = path.suffix.lower() == ".zip"
+    net = probability_net(bundle.net)
+    config = bundle.net.config
+    minimum, step, offset = input_size_rule(bundle.net)
+    low, high = bundle.normalization.low, bundle.normalization.high
+    raw = example_input(bundle.net) if test_input is None else np.asarray(test_input, dtype=np.float32)
+    if raw.ndim != 4 or raw.shape[:2] != (1, config.in_channels):
+        raise ValueError(f"test_input must be (1, {config.in_channels}, H, W), got shape {raw.shape}")
+    bundle.net.check_input_shape(raw.shape[-2:])
+    with torch.no_grad():
+        expected = net(torch.from_numpy(normalize_like_bioimageio(raw, low, high))).numpy()
+    training_data = training_data if training_data is not None else bundle.metadata.get("training_data") or {}
+    name = name or bundle.metadata.get("name") or "napari-unet U-Net"
+
+    staging = Path(tempfile.mkdtemp(prefix=".export.", dir=path.parent if path.parent.exists() else None))
+    try:
+        np.save(staging / "test_input.npy", raw)
+        np.save(staging / "test_output.npy", expected)
+        torch.save(net.state_dict(), staging / "weights.pt")
+        export_torchscript(bundle, staging / "weights.torchscript.pt")
+        export_onnx(bundle, staging / "weights.onnx")
+        (staging / "README.md").write_text(_documentation(bundle, name, minimum, step, offset, training_data))
+        (staging / "environment.yaml").write_text(_environment())
+        rdf = _rdf(bundle, name, authors, license, training_data, minimum, step, offset)
+        (staging / "rdf.yaml").write_text(_yaml(rdf))
+        _write_output(staging, path, as_zip)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -> dict[str, Any]:
+    config = bundle.net.config
+    low, high = float(bundle.normalization.low), float(bundle.normalization.high)
+    torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    channels = bundle.metadata.get("channel_names") or [f"channel{c}" for c in range(config.in_channels)]
+    classes = ["background", "foreground"] + [f"class{k}" for k in range(2, config.num_classes)]
+    space = [{"type": "space", "id": axis, "size": {"min": minimum, "step": step}} for axis in ("y", "x")]
+    cite = [PAPER_CITATION, {"text": "napari-unet: the 2015 U-Net as a napari plugin.", "url": TOOL_URL}]
+    if training_data.get("citation") and (training_data.get("doi") or training_data.get("url")):
+        entry = {"text": training_data["citation"]}
+        entry.update({k: training_data[k] for k in ("doi", "url") if training_data.get(k)})
+        cite.append(entry)
+    return {
+        "type": "model",
+        "format_version": BIOIMAGEIO_FORMAT_VERSION,
+        "name": name,
+        "description": f"U-Net (Ronneberger et al. 2015) for cell segmentation, trained with napari-unet: "
+        f"{config.in_channels}-channel input, {config.num_classes}-class probabilities.",
+        "authors": authors or [{"name": "napari-unet user"}],
+        "cite": cite,
+        "license": license,
+        "documentation": "README.md",
+        "tags": ["unet", "segmentation", "cells", "2d", "pytorch", "napari-unet"],
+        "inputs": [{
+            "id": INPUT_ID,
+            "description": "raw image; normalised by the percentile step below, as in training",
+            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": channels}, *space],
+            "test_tensor": {"source": "test_input.npy"},
+            "data": {"type": "float32"},
+            "preprocessing": [
+                {"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": low, "max_percentile": high,
+                                                 "eps": 1e-6}},
+            ],
+        }],
+        "outputs": [{
+            "id": OUTPUT_ID,
+            "description": "class probabilities (softmax); foreground = channel 1",
+            "axes": [
+                {"type": "batch"},
+                {"type": "channel", "channel_names": classes},
+                *({"type": "space", "id": axis, "size": {"tensor_id": INPUT_ID, "axis_id": axis, "offset": offset}}
+                  for axis in ("y", "x")),
+            ],
+            "test_tensor": {"source": "test_output.npy"},
+            "data": {"type": "float32", "range": [0.0, 1.0]},
+        }],
+        "weights": {
+            "pytorch_state_dict": {
+                "source": "weights.pt",
+                "architecture": {"callable": "ProbabilityUNet", "import_from": "napari_unet.export",
+                                 "kwargs": config.to_dict()},
+                "pytorch_version": torch_version,
+                "dependencies": {"source": "environment.yaml"},
+            },
+            "torchscript": {"source": "weights.torchscript.pt", "pytorch_version": torch_version,
+                            "parent": "pytorch_state_dict"},
+            "onnx": {"source": "weights.onnx", "opset_version": ONNX_OPSET, "parent": "pytorch_state_dict"},
+        },
+        "config": {"napari_unet": {"unet": config.to_dict(), "halo": bundle.net.halo,
+                                   "input": bundle.channels.to_dict(),
+                                   "postprocess": bundle.postprocess.to_dict(),
+                                   "normalization": {"low": low, "high": high}}},
+    }
+
+
+def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
+    config = bundle.net.config
+    data = training_data or {}
+    licence = data.get("licence") or data.get("license") or "not recorded with the model"
+    lines = [
+        f"# {name}", "",
+        "A U-Net (Ronneberger, Fischer and Brox, 2015) trained with napari-unet for instance segmentation of cells.",
+        "", "## Input and output", "",
+        f"- input `{INPUT_ID}`: (batch, {config.in_channels} channel(s), y, x) float32; y and x must be "
+        f"{minimum} + n * {step}. Each channel is normalised with its {bundle.normalization.low} and "
+        f"{bundle.normalization.high} percentiles (bioimage.io `scale_range`). The model was trained on "
+        f"{bundle.describe_input()}: give it those channels (napari-unet applies this choice itself).",
+        f"- output `{OUTPUT_ID}`: (batch, {config.num_classes} classes, y{offset:+d}, x{offset:+d}) class "
+        f"probabilities; the unpadded convolutions remove {-offset // 2} pixels per side (the halo). Channel 1 "
+        "is the foreground. Instances: threshold, connected components and the post-processing stored in "
+        "`config.napari_unet.postprocess` (napari-unet applies it).",
+        "", "## Architecture", "",
+        f"depth {config.depth}, {config.base_channels} features at the first level, {config.padding} padding, "
+        f"batch norm {'on' if config.batch_norm else 'off'}.",
+        "", "## Training data", "",
+        f"- data: {data.get('name') or 'not recorded with the model'}",
+        f"- licence of the training data: {licence}",
+    ]
+    if data.get("url"):
+        lines.append(f"- source: {data['url']}")
+    if data.get("citation"):
+        lines.append(f"- cite: {data['citation']}")
+    lines += [
+        "", "## Validation", "",
+        "The test tensors in this package are the network's output on a synthetic image. To validate on your "
+        "data, compare the segmentation with annotated images (e.g. `napari-unet evaluate`, mean AP at IoU 0.5).",
+        "", "## Citations", "",
+        f"- {PAPER_CITATION['text']} doi:{PAPER_CITATION['doi']}",
+        f"- napari-unet: {TOOL_URL}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _environment() -> str:
+    return (
+        "name: napari-unet\nchannels:\n  - conda-forge\n  - pytorch\ndependencies:\n  - python>=3.11\n"
+        f"  - pytorch>={torch.__version__.split('+')[0]}\n  - pip\n  - pip:\n      - napari-unet-2015\n"
+    )
+
+
+def _yaml(data: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False, allow_unicode=True)
+
+
+def _write_output(staging: Path, path: Path, as_zip: bool) -> None:
+    if path.exists():
+        if not (path.is_dir() and (path / "rdf.yaml").is_file()) and not (path.is_file() and as_zip):
+            raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if as_zip:
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+            for file in sorted(staging.iterdir()):
+                archive.write(file, file.name)
+    else:
+        shutil.copytree(staging, path)
+
+
+def export_model(bundle, fmt: str, path: str | Path, **options: Any) -> Path:
+    """Export ``bundle`` as ``fmt`` ("bioimageio", "onnx" or "torchscript") to ``path``."""
+    if fmt == "bioimageio":
+        return export_bioimageio(bundle, path, **options)
+    if options:
+        raise ValueError(f"options {sorted(options)} apply to the bioimageio format only")
+    if fmt == "onnx":
+        return export_onnx(bundle, path)
+    if fmt == "torchscript":
+        return export_torchscript(bundle, path)
+    raise ValueError(f"unknown export format {fmt!r}; expected one of {', '.join(FORMATS)}")

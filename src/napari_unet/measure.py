@@ -1,0 +1,143 @@
+"""Per-object measurements of a label image: one row per object, computed by scikit-image's `regionprops_table`.
+
+Columns (pixel units; documented in docs/formats.md):
+``label, area, centroid_y, centroid_x, bbox_y0, bbox_x0, bbox_y1, bbox_x1, perimeter, eccentricity, solidity``,
+then with an image ``intensity_mean, intensity_min, intensity_max`` (one ``_c<i>`` suffix per channel for a
+``(C, H, W)`` image), then with a pixel size in ``unit`` (``"um"`` ...) ``area_<unit>2, centroid_y_<unit>,
+centroid_x_<unit>`` and, for square pixels, ``perimeter_<unit>``. bbox is half-open: rows y0..y1-1.
+
+>>> labels = np.zeros((6, 8), np.int32); labels[1:3, 1:5] = 7
+>>> table = measure(labels, pixel_size=PixelSize(0.5, 0.5, "um"))
+>>> int(table["label"][0]), float(table["area"][0]), float(table["area_um2"][0])
+(7, 8.0, 2.0)
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .metadata import PixelSize
+
+SHAPE_PROPERTIES = ("label", "area", "centroid", "bbox", "perimeter", "eccentricity", "solidity")
+INTENSITY_PROPERTIES = ("intensity_mean", "intensity_min", "intensity_max")
+RENAMED = {
+    "centroid-0": "centroid_y", "centroid-1": "centroid_x",
+    "bbox-0": "bbox_y0", "bbox-1": "bbox_x0", "bbox-2": "bbox_y1", "bbox-3": "bbox_x1",
+}
+Table = dict[str, np.ndarray]
+
+
+def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: PixelSize | None = None) -> Table:
+    """The measurement table of ``labels`` (H, W) ints, 0 = background: column name -> values, one per object.
+
+    image: raw intensities (H, W) or (C, H, W) of the same plane, or None (no intensity columns).
+    pixel_size: adds the physical columns (see the module docstring). Objects are in increasing label order.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(f"labels must be a 2-D integer array (H, W), got shape {labels.shape}, dtype {labels.dtype}")
+    from skimage.measure import regionprops_table
+
+    properties = SHAPE_PROPERTIES
+    intensity = None
+    channels = 0
+    if image is not None:
+        image = np.asarray(image)
+        if image.shape[-2:] != labels.shape or image.ndim not in (2, 3):
+            raise ValueError(
+                f"image must be (H, W) or (C, H, W) with (H, W) = the labels' {labels.shape}, got {image.shape}"
+            )
+        channels = image.shape[0] if image.ndim == 3 else 0
+        intensity = np.moveaxis(image, 0, -1) if channels else image
+        properties = properties + INTENSITY_PROPERTIES
+    raw = regionprops_table(labels.astype(np.int64, copy=False), intensity, properties=properties)
+    table: Table = {}
+    for key, values in raw.items():
+        name, _, channel = key.partition("-")
+        if key in RENAMED:
+            name = RENAMED[key]
+        elif channel:
+            name = f"{name}_c{channel}"
+        table[name] = np.asarray(values)
+    if pixel_size is not None:
+        table.update(physical_columns(table, pixel_size))
+    return table
+
+
+def physical_columns(table: Table, pixel_size: PixelSize) -> Table:
+    """Area, centroid and (square pixels only) perimeter of ``table`` in ``pixel_size.unit``."""
+    unit = pixel_size.unit
+    columns = {
+        f"area_{unit}2": table["area"] * (pixel_size.y * pixel_size.x),
+        f"centroid_y_{unit}": table["centroid_y"] * pixel_size.y,
+        f"centroid_x_{unit}": table["centroid_x"] * pixel_size.x,
+    }
+    if pixel_size.isotropic:
+        columns[f"perimeter_{unit}"] = table["perimeter"] * pixel_size.x
+    return columns
+
+
+def write_csv(tables: Table | list[tuple[dict[str, object], Table]], path: str | Path) -> Path:
+    """Write one table, or several as ``[(extra, table), ...]``, to a comma-separated file with a header row.
+
+    ``extra``: columns with one value for all the table's rows, put first (e.g. ``{"image": "01.tif"}``); a
+    column missing from one table (no pixel size there, another channel count) is left empty in its rows.
+    Floats are written in full precision.
+    """
+    if isinstance(tables, dict):
+        tables = [({}, tables)]
+    header: list[str] = []
+    for extra, table in tables:
+        header += [name for name in [*extra, *table] if name not in header]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        for extra, table in tables:
+            count = len(next(iter(table.values()))) if table else 0
+            for i in range(count):
+                values = {**extra, **{name: _cell(column[i]) for name, column in table.items()}}
+                writer.writerow([values.get(name, "") for name in header])
+    return path
+
+
+def _cell(value) -> object:
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return repr(float(value))
+    return value
+
+
+def measure_planes(
+    labels: np.ndarray, axes: str, image=None, image_axes: str | None = None, pixel_size: PixelSize | None = None,
+) -> list[tuple[dict[str, object], Table]]:
+    """Measure every 2-D plane of a label image or stack: ``[({"plane": i} or {}, table), ...]``.
+
+    labels: axes ``axes`` over "TZYX" (canonical order); image: the raw image with ``image_axes`` (canonical,
+    the same T/Z/Y/X sizes plus an optional C), or None. A single plane gets no "plane" column.
+    """
+    from .pipeline import plane_indices
+
+    if "C" in axes:
+        raise ValueError(f"labels must not have a channel axis, got axes {axes!r}")
+    if image is not None:
+        image_axes = image_axes or ("CYX" if np.ndim(image) == 3 and len(axes) == 2 else axes)
+        spatial = tuple(n for n, a in zip(np.shape(image), image_axes) if a != "C")
+        if image_axes.replace("C", "") != axes or spatial != tuple(np.shape(labels)):
+            raise ValueError(
+                f"the image (axes {image_axes}, shape {tuple(np.shape(image))}) does not match the labels "
+                f"(axes {axes}, shape {tuple(np.shape(labels))}): they must have the same planes and size"
+            )
+    planes = plane_indices(tuple(np.shape(labels)), axes)
+    tables = []
+    for number, index in enumerate(planes):
+        plane = np.asarray(labels[index] if index else labels)
+        intensities = None if image is None else np.asarray(image[index] if index else image)
+        extra: dict[str, object] = {"plane": number} if len(planes) > 1 else {}
+        tables.append((extra, measure(plane, intensities, pixel_size)))
+    return tables

@@ -1,0 +1,196 @@
+"""Measure dock: per-object measurements of a Labels layer as the layer's `features` (napari shows them in the
+status bar when the mouse is over an object), a table view, "Save CSV…", and ImageJ ROI export and import.
+
+The numbers come from `napari_unet.measure` (scikit-image's regionprops_table); physical units from the pixel
+size our reader stored with the image layer (OME-TIFF, ImageJ or TIFF resolution metadata).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QFileDialog, QPushButton, QTableWidget, QTableWidgetItem, QWidget
+
+from napari_unet.io import to_canonical
+from napari_unet.measure import Table, measure_planes, write_csv
+from napari_unet.metadata import PixelSize
+
+from ._form import dock_layout, form, row
+from ._layers import METADATA_KEY, LayerProblem, channel_group, layer_combo, layer_data, stored_axes, wrapped_label
+
+SHOWN_ROWS = 1000  # the table view shows at most this many rows; the CSV holds them all
+
+
+class MeasureWidget(QWidget):
+    """Measure a Labels layer (with the intensities of an optional image layer); save the table or its ROIs."""
+
+    def __init__(self, napari_viewer: Any):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.tables: list[tuple[dict[str, object], Table]] = []
+        self.labels_combo = layer_combo(napari_viewer, Labels, "labels")
+        self.image_combo = layer_combo(napari_viewer, Image, "image", optional="(no intensities)")
+        self.measure_button = QPushButton("Measure")
+        self.save_button = QPushButton("Save CSV…")
+        self.save_button.setEnabled(False)
+        self.export_button = QPushButton("Export ROIs…")
+        self.import_button = QPushButton("Import ROIs…")
+        self.table = QTableWidget()
+        self.status = wrapped_label(lines=2)
+        dock_layout(
+            self,
+            form(("labels", self.labels_combo), ("image", self.image_combo)),
+            row(self.measure_button, self.save_button), row(self.export_button, self.import_button),
+            self.status, (self.table, 1),
+        )
+        self.measure_button.clicked.connect(self.measure)
+        self.save_button.clicked.connect(self._ask_csv)
+        self.export_button.clicked.connect(self._ask_roi_export)
+        self.import_button.clicked.connect(self._ask_roi_import)
+        self.reset_choices()
+
+    def reset_choices(self, _event: Any = None) -> None:
+        self.labels_combo.reset_choices()
+        self.image_combo.reset_choices()
+
+    # -- public ---------------------------------------------------------------------------------------------
+
+    def measure(self) -> list[tuple[dict[str, object], Table]] | None:
+        """Measure the chosen layers; fills the Labels layer's features (2-D layers) and the table view."""
+        labels_layer, image_layer = self.labels_combo.value, self.image_combo.value
+        if labels_layer is None:
+            show_error("No Labels layer: segment an image or open labels first")
+            return None
+        try:
+            labels = np.asarray(labels_layer.data)
+            image, image_axes = self._intensities(image_layer, labels.shape)
+            pixel_size = self._pixel_size(image_layer, labels_layer)
+            axes = "TZYX"[4 - labels.ndim:] if labels.ndim <= 4 else None
+            if axes is None:
+                raise LayerProblem(f"layer '{labels_layer.name}' has {labels.ndim} dimensions; at most T, Z, Y, X")
+            self.tables = measure_planes(labels, axes, image, image_axes, pixel_size)
+        except ValueError as error:
+            show_error(f"Cannot measure: {error}")
+            return None
+        if labels.ndim == 2:
+            (_, table), = self.tables
+            labels_layer.features = _features(table)
+        self._show_table()
+        count = sum(len(t["label"]) for _, t in self.tables)
+        unit = f"; physical units: {pixel_size.unit}" if pixel_size is not None else "; pixel units"
+        hover = " Hover over an object to read its values." if labels.ndim == 2 else ""
+        self.status.setText(f"{count} object(s) measured{unit}.{hover}")
+        self.save_button.setEnabled(bool(self.tables))
+        return self.tables
+
+    def save_csv(self, path: str | Path) -> Path:
+        if not self.tables:
+            raise ValueError("nothing measured yet: press Measure first")
+        name = self.labels_combo.value.name if self.labels_combo.value is not None else ""
+        return write_csv([({"layer": name, **extra}, table) for extra, table in self.tables], path)
+
+    def export_rois(self, path: str | Path) -> int:
+        from napari_unet.roi import write_rois
+
+        layer = self.labels_combo.value
+        if layer is None:
+            raise ValueError("no Labels layer to export")
+        return write_rois(path, np.asarray(layer.data))
+
+    def import_rois(self, path: str | Path) -> Any:
+        """A new Labels layer from an ImageJ ROI zip, the size of the chosen image (or labels) layer."""
+        from napari_unet.roi import read_rois
+
+        like = self.image_combo.value or self.labels_combo.value
+        if like is None:
+            raise ValueError("choose the image the ROIs belong to (its size is the labels' size)")
+        shape = tuple(layer_data(like).shape)
+        if getattr(like, "rgb", False):
+            shape = shape[:-1]
+        labels = read_rois(path, shape[-3:] if len(shape) >= 3 else shape)
+        return self.viewer.add_labels(labels, name=f"{Path(path).stem} ROIs", scale=tuple(like.scale)[-labels.ndim:])
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    def _intensities(self, layer: Any, shape: tuple[int, ...]) -> tuple[Any, str | None]:
+        """The image layer as (C, ...) or (...) matching the labels, with its axes; (None, None) without one."""
+        if layer is None:
+            return None, None
+        spatial = "TZYX"[4 - len(shape):]
+        group = channel_group(layer, self.viewer.layers)
+        if group:
+            return np.stack([np.asarray(layer_data(g)) for g in group]), _with_channels(spatial)
+        data = np.asarray(layer_data(layer))
+        if getattr(layer, "rgb", False):
+            return np.moveaxis(data[..., :3], -1, 0), _with_channels(spatial)
+        axes = stored_axes(layer)
+        if axes is not None and "C" in axes:
+            data, axes = to_canonical(data, axes)
+            return data, axes
+        if data.ndim == len(shape) + 1 and data.shape[1:] == shape and data.shape[0] <= 4:
+            return data, _with_channels(spatial)  # channels first, as the docks read an unlabelled (C, H, W)
+        if data.shape != shape:
+            raise LayerProblem(f"the image '{layer.name}' has shape {data.shape} but the labels have {shape}")
+        return data, spatial
+
+    def _pixel_size(self, image_layer: Any, labels_layer: Any) -> PixelSize | None:
+        for layer in (image_layer, labels_layer):
+            info = ((layer.metadata.get(METADATA_KEY) or {}) if layer is not None else {}).get("pixel_size")
+            if info:
+                return PixelSize(**info)
+        return None
+
+    def _show_table(self) -> None:
+        columns: list[str] = []
+        for extra, table in self.tables:
+            columns += [c for c in [*extra, *table] if c not in columns]
+        rows = [{**extra, **{k: v[i] for k, v in table.items()}}
+                for extra, table in self.tables for i in range(len(table["label"]))][:SHOWN_ROWS]
+        self.table.clear()
+        self.table.setColumnCount(len(columns))
+        self.table.setRowCount(len(rows))
+        self.table.setHorizontalHeaderLabels(columns)
+        for r, values in enumerate(rows):
+            for c, name in enumerate(columns):
+                value = values.get(name, "")
+                text = f"{value:.4g}" if isinstance(value, (float, np.floating)) else str(value)
+                self.table.setItem(r, c, QTableWidgetItem(text))
+
+    def _ask_csv(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save measurements", "measurements.csv", "CSV (*.csv)")
+        if path:
+            show_info(f"Measurements saved to {self.save_csv(path)}")
+
+    def _ask_roi_export(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export ImageJ ROIs", "RoiSet.zip", "ImageJ ROI set (*.zip)")
+        if path:
+            try:
+                show_info(f"{self.export_rois(path)} ROIs written to {path} (open it in Fiji's ROI Manager)")
+            except (ImportError, ValueError) as error:
+                show_error(f"Cannot export ROIs: {error}")
+
+    def _ask_roi_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import ImageJ ROIs", "", "ImageJ ROIs (*.zip *.roi)")
+        if path:
+            try:
+                self.import_rois(path)
+            except (ImportError, OSError, ValueError) as error:
+                show_error(f"Cannot import ROIs: {error}")
+
+
+def _with_channels(spatial: str) -> str:
+    """Canonical axes with C inserted before Z/Y: "ZYX" -> "ZCYX", "YX" -> "CYX"."""
+    lead = "".join(a for a in spatial if a in "TZ")
+    return lead + "C" + spatial[len(lead):]
+
+
+def _features(table: Table) -> Any:
+    """A napari Labels `features` table: one row per object, the label id in the "index" column."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"index": table["label"], **table})
+    return frame

@@ -1,0 +1,162 @@
+"""Labels to ImageJ/Fiji ROIs and back: one polygon ROI per object, in a `.zip` that Fiji's ROI Manager opens.
+
+An object's outline is the 0.5 iso-contour of its mask (`skimage.measure.find_contours`), which runs half-way
+between the object's boundary pixels and their outside neighbours; stored in ImageJ coordinates, where pixel
+(row r, column c) spans [c, c + 1) x [r, r + 1), with sub-pixel precision. Filling the polygon back (pixels
+whose centre is inside) returns the object, except what a polygon cannot hold: holes are filled, and of an
+object in several pieces only the largest is kept. The ROI's name is the label id; a stack plane is its
+ROI position (1-based in the file, as ImageJ counts) and prefixes the zip entry ("0003-12.roi").
+
+>>> labels = np.zeros((8, 8), np.int32); labels[2:5, 1:6] = 3
+>>> rois = labels_to_rois(labels)
+>>> rois[0].name, bool((rois_to_labels(rois, labels.shape) == labels).all())
+('3', True)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ROI_EXTRA = "rois"
+
+
+def _roifile():
+    try:
+        import roifile
+    except ImportError:
+        raise ImportError(
+            f"ImageJ ROI files need the 'roifile' package: pip install 'napari-unet-2015[{ROI_EXTRA}]'"
+        ) from None
+    return roifile
+
+
+def outline(mask: np.ndarray) -> np.ndarray | None:
+    """The outline (n, 2) of the largest connected piece of ``mask`` (H, W) as (row, col) pixel coordinates,
+    closed (first point == last), without collinear points; None for an empty mask."""
+    from skimage.measure import approximate_polygon, find_contours, label as connected
+
+    pieces = connected(mask, connectivity=2)
+    if pieces.max() == 0:
+        return None
+    if pieces.max() > 1:
+        mask = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
+    padded = np.pad(mask, 1).astype(np.float32)
+    contours = find_contours(padded, 0.5)
+    longest = max(contours, key=len) - 1.0  # the outer contour is the longest; holes are inside it
+    return approximate_polygon(longest, tolerance=0)
+
+
+def labels_to_rois(labels: np.ndarray, position: int | None = None) -> list:
+    """One `roifile.ImagejRoi` polygon per object of ``labels`` (H, W), named by its id, in increasing id order.
+
+    position: the 0-based stack plane the ROIs belong to (None for a single image).
+    """
+    roifile = _roifile()
+    from skimage.measure import regionprops
+
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be a 2-D integer array (H, W), got shape {labels.shape}, dtype {labels.dtype}")
+    rois = []
+    for region in regionprops(labels):
+        y0, x0, _, _ = region.bbox
+        points = outline(region.image)
+        if points is None:
+            continue
+        xy = np.stack([points[:, 1] + x0 + 0.5, points[:, 0] + y0 + 0.5], axis=1)[:-1]
+        roi = roifile.ImagejRoi.frompoints(xy, name=str(region.label), position=position)
+        roi.roitype = roifile.ROI_TYPE.POLYGON
+        rois.append(roi)
+    return rois
+
+
+def stack_to_rois(labels: np.ndarray) -> list:
+    """ROIs of a label image (H, W), or of every plane of a stack (N, H, W) with the plane as ROI position."""
+    labels = np.asarray(labels)
+    if labels.ndim == 2:
+        return labels_to_rois(labels)
+    if labels.ndim == 3:
+        return [roi for n, plane in enumerate(labels) for roi in labels_to_rois(plane, position=n)]
+    raise ValueError(f"labels must be (H, W) or a stack (N, H, W), got shape {labels.shape}")
+
+
+def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
+    """Fill ``rois`` into an int32 label image of ``shape`` (H, W) or (N, H, W); later ROIs paint over earlier.
+
+    An ROI named by an integer keeps it as its id; the others get the next free ids. Polygons, freehand,
+    traced, rectangle and oval ROIs are filled; lines and points are skipped. On a stack, an ROI with a
+    position goes to that plane (1-based in the file), one without to every plane.
+    """
+    from skimage.draw import ellipse, polygon
+
+    roifile = _roifile()
+    if len(shape) not in (2, 3):
+        raise ValueError(f"shape must be (H, W) or (N, H, W), got {shape}")
+    labels = np.zeros(shape, np.int32)
+    named = [int(roi.name) if roi.name and roi.name.isdigit() and int(roi.name) > 0 else None for roi in rois]
+    next_id = max([n for n in named if n] or [0]) + 1
+    filled = (roifile.ROI_TYPE.POLYGON, roifile.ROI_TYPE.FREEHAND, roifile.ROI_TYPE.TRACED,
+              roifile.ROI_TYPE.RECT, roifile.ROI_TYPE.OVAL)
+    height, width = shape[-2:]
+    for roi, value in zip(rois, named):
+        if roi.roitype not in filled or roi.composite:
+            continue
+        if value is None:
+            value, next_id = next_id, next_id + 1
+        if roi.roitype == roifile.ROI_TYPE.OVAL:
+            rows, cols = ellipse((roi.top + roi.bottom) / 2 - 0.5, (roi.left + roi.right) / 2 - 0.5,
+                                 (roi.bottom - roi.top) / 2, (roi.right - roi.left) / 2, shape=(height, width))
+        else:
+            xy = roi.coordinates()
+            if roi.roitype == roifile.ROI_TYPE.RECT:
+                xy = np.array([[roi.left, roi.top], [roi.right, roi.top], [roi.right, roi.bottom], [roi.left, roi.bottom]])
+            rows, cols = polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=(height, width))
+        if len(shape) == 2:
+            labels[rows, cols] = value
+        else:
+            plane = _plane(roi)
+            if plane is not None and not 0 <= plane < shape[0]:
+                raise ValueError(f"ROI {roi.name!r} is on plane {plane + 1} but the stack has {shape[0]} planes")
+            targets = range(shape[0]) if plane is None else [plane]
+            for n in targets:
+                labels[n, rows, cols] = value
+    return labels
+
+
+def _plane(roi) -> int | None:
+    """The 0-based stack plane of an ROI: its position, else its z or t position; None when it has none."""
+    for value in (roi.position, roi.z_position, roi.t_position):
+        if value:
+            return int(value) - 1
+    return None
+
+
+def write_rois(path: str | Path, labels: np.ndarray) -> int:
+    """Write the ROIs of ``labels`` (H, W) or (N, H, W) to the ImageJ ROI zip ``path``; returns how many."""
+    roifile = _roifile()
+    path = Path(path)
+    if path.suffix.lower() != ".zip":
+        raise ValueError(f"an ImageJ ROI set is a .zip file, got {path.name}")
+    rois = stack_to_rois(labels)
+    if not rois:
+        raise ValueError("the labels hold no objects: there is no ROI to write")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entries = [f"{roi.name}" if _plane(roi) is None else f"{_plane(roi) + 1:04d}-{roi.name}" for roi in rois]
+    roifile.roiwrite(path, rois, name=entries, mode="w")
+    return len(rois)
+
+
+def read_rois(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
+    """Labels (int32, ``shape``) from an ImageJ ROI zip or single `.roi` file (see :func:`rois_to_labels`)."""
+    roifile = _roifile()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ROI file at {path}")
+    try:
+        rois = roifile.roiread(path)
+    except Exception as error:  # roifile raises ValueError, zipfile.BadZipFile, struct.error ...
+        raise ValueError(f"cannot read {path} as ImageJ ROIs ({type(error).__name__}: {error})") from None
+    rois = rois if isinstance(rois, list) else [rois]
+    return rois_to_labels(rois, shape)

@@ -1,0 +1,67 @@
+"""Measure dock: features on the Labels layer (hover read-out), the table, Save CSV, ImageJ ROIs out and in;
+the reader's pixel size sets the layer scale and the measurements' units."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.measure import measure
+from napari_unet.metadata import PixelSize, tiff_calibration
+from napari_unet.plugin._measure import MeasureWidget
+from napari_unet.plugin._reader import PLUGIN
+
+pytestmark = pytest.mark.viewer
+
+
+def test_measure_fills_features_table_and_csv(make_napari_viewer, cells, tmp_path):
+    pandas = pytest.importorskip("pandas")
+    image, labels = cells
+    channels = np.stack([image, 1 - image]).astype(np.float32)
+    calibration, metadata = tiff_calibration(PixelSize(0.25, 0.25, "um"), imagej=True)
+    tifffile.imwrite(tmp_path / "two.tif", channels, imagej=True, metadata={"axes": "CYX", **metadata},
+                     **calibration)
+    viewer = make_napari_viewer()
+    first, _second = viewer.open(tmp_path / "two.tif", plugin=PLUGIN)
+    assert tuple(first.scale) == (0.25, 0.25)  # the file's pixel size sets the layer scale
+    labels_layer = viewer.add_labels(labels.astype(np.int32), name="cells labels", scale=(0.25, 0.25))
+    widget = MeasureWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Measure")
+    widget.labels_combo.value = labels_layer
+    widget.image_combo.value = first
+    tables = widget.measure()
+    expected = measure(labels, channels, PixelSize(0.25, 0.25, "um"))
+    features = labels_layer.features
+    np.testing.assert_array_equal(features["label"], expected["label"])
+    np.testing.assert_allclose(features["area_um2"], expected["area_um2"])
+    np.testing.assert_allclose(features["intensity_mean_c1"], expected["intensity_mean_c1"], rtol=1e-6)
+    assert widget.table.rowCount() == len(expected["label"]) and len(tables) == 1
+    header = [widget.table.horizontalHeaderItem(c).text() for c in range(widget.table.columnCount())]
+    assert header[:3] == ["label", "area", "centroid_y"]
+
+    y, x = np.argwhere(labels == expected["label"][0])[0]  # a pixel of the first object: the hover read-out
+    status = labels_layer.get_status((y * 0.25, x * 0.25), world=True)
+    read_out = status["coordinates"] if isinstance(status, dict) else str(status)
+    assert f"label: {expected['label'][0]}, area: {int(expected['area'][0])}" in read_out and "area_um2" in read_out
+
+    frame = pandas.read_csv(widget.save_csv(tmp_path / "m.csv"))
+    assert list(frame.columns[:3]) == ["layer", "label", "area"] and len(frame) == len(expected["label"])
+
+
+def test_rois_export_and_import_from_the_dock(make_napari_viewer, cells, tmp_path):
+    pytest.importorskip("roifile")
+    image, labels = cells
+    viewer = make_napari_viewer()
+    image_layer = viewer.add_image(image)
+    labels_layer = viewer.add_labels(labels.astype(np.int32))
+    widget = MeasureWidget(viewer)
+    widget.labels_combo.value = labels_layer
+    widget.image_combo.value = image_layer
+    count = widget.export_rois(tmp_path / "RoiSet.zip")
+    assert count == len(np.unique(labels)) - 1
+    imported = widget.import_rois(tmp_path / "RoiSet.zip")
+    assert imported in viewer.layers and imported.data.shape == labels.shape
+    for value in np.unique(labels[labels > 0]):
+        a, b = labels == value, imported.data == value
+        assert (a & b).sum() / (a | b).sum() >= 0.95

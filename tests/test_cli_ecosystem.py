@@ -1,0 +1,164 @@
+"""The command line's ecosystem commands: measure, rois, export, predict --measure/--rois, pixel sizes, and RGB
+and two-channel images through train -> predict -> measure (tiny networks, 3 iterations)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_unet.cli import main
+from napari_unet.io import read_image, write_tiff
+from napari_unet.measure import measure
+from napari_unet.metadata import PixelSize, read_pixel_size, tiff_calibration
+from napari_unet.modelfile import load_model
+from napari_unet.pipeline import read_input
+from napari_unet.synthetic import make_cells
+
+TINY = ["--depth", "2", "--base-channels", "4", "--tile-size", "44", "--device", "cpu", "-q"]
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def he_like(grey: np.ndarray) -> np.ndarray:
+    """An H&E-looking RGB image (H, W, 3) uint8: pink background, purple cells."""
+    pink, purple = np.array([235, 180, 215]), np.array([90, 40, 140])
+    t = np.clip(grey, 0, 1)[..., None]
+    return ((1 - t) * pink + t * purple).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> Path:
+    """rgb/ (H&E-like PNGs), two/ (nucleus + cytoplasm TIFFs with a pixel size), labels/ (uint16 ids)."""
+    root = tmp_path_factory.mktemp("eco")
+    for name in ("rgb", "two", "labels"):
+        (root / name).mkdir()
+    for i in range(3):
+        image, labels = make_cells((72, 80), seed=30 + i)
+        Image.fromarray(he_like(image)).save(root / "rgb" / f"0{i}.png")
+        nucleus = (image * 3000).astype(np.uint16)
+        cytoplasm = (np.roll(image, 2, axis=0) * 1500 + 200).astype(np.uint16)
+        calibration, metadata = tiff_calibration(PixelSize(0.5, 0.5, "um"), imagej=True)
+        tifffile.imwrite(root / "two" / f"0{i}.tif", np.stack([nucleus, cytoplasm]), imagej=True,
+                         metadata={"axes": "CYX", **metadata}, **calibration)
+        write_tiff(root / "labels" / f"0{i}.tif", labels.astype(np.uint16), "YX")
+    return root
+
+
+@pytest.mark.parametrize("kind", ["rgb", "two"])
+def test_train_predict_measure_multichannel(folders, kind, tmp_path, capsys):
+    model = tmp_path / f"{kind}.model"
+    code, _, err = run(capsys, "train", folders / kind, folders / "labels", "--out", model, "--iterations", "3", *TINY)
+    assert code == 0, err
+    assert load_model(model).net.config.in_channels == (3 if kind == "rgb" else 2)
+    code, out, _ = run(capsys, "info", model)
+    assert f"input: {3 if kind == 'rgb' else 2} channels: all channels" in out
+    out_dir = tmp_path / "out"
+    code, stdout, err = run(capsys, "predict", model, folders / kind, "--out", out_dir, "--measure", "--rois",
+                            "--threshold", "0.01", "--min-size", "0", "--device", "cpu", "-q")  # objects, even untrained
+    assert code == 0, err
+    labels, axes = read_image(out_dir / "00_labels.tif")
+    assert axes == "YX" and labels.shape == (72, 80)
+    pandas = pytest.importorskip("pandas")
+    table = pandas.read_csv(out_dir / "measurements.csv", dtype={"image": str})
+    assert len(table) > 0 and set(table["image"]) <= {"00", "01", "02"}
+    channels = 3 if kind == "rgb" else 2
+    assert {f"intensity_mean_c{c}" for c in range(channels)} <= set(table.columns)
+    if kind == "two":  # the pixel size of the input is carried into the labels and the table
+        assert read_pixel_size(out_dir / "00_labels.tif") == PixelSize(0.5, 0.5, "um")
+        np.testing.assert_allclose(table["area_um2"], table["area"] * 0.25)
+        code, _, err = run(capsys, "predict", model, folders / kind / "00.tif", "--out", tmp_path / "z", "--zarr",
+                           "--threshold", "0.01", "--device", "cpu", "-q")
+        assert code == 0, err
+        zarr_labels, zarr_axes = read_input(tmp_path / "z" / "00_labels.ome.zarr")
+        assert zarr_axes == "YX"
+        np.testing.assert_array_equal(np.asarray(zarr_labels), read_image(tmp_path / "z" / "00_labels.tif")[0])
+        assert read_pixel_size(tmp_path / "z" / "00_labels.ome.zarr") == PixelSize(0.5, 0.5, "um")
+    assert labels.max() > 0 and (out_dir / "00_rois.zip").is_file()
+
+
+def test_grey_conversion_is_saved_with_the_model_and_reused(folders, tmp_path, capsys):
+    model = tmp_path / "grey.model"
+    code, _, err = run(capsys, "train", folders / "rgb", folders / "labels", "--out", model, "--iterations", "3",
+                       "--grey", *TINY)
+    assert code == 0, err
+    bundle = load_model(model)
+    assert bundle.net.config.in_channels == 1 and bundle.channels.grey
+    code, _, err = run(capsys, "predict", model, folders / "rgb" / "00.png", "--out", tmp_path / "o", "--device",
+                       "cpu", "-q")
+    assert code == 0, err  # the RGB input is converted to grey as in training, without options
+    code, _, err = run(capsys, "predict", model, folders / "rgb" / "00.png", "--out", tmp_path / "o", "--channels",
+                       "0,1", "--device", "cpu", "-q")
+    assert code == 2 and "the model expects 1 channel(s)" in err and "--grey" in err
+
+
+def test_channels_pick_one_channel_of_two(folders, tmp_path, capsys):
+    model = tmp_path / "nucleus.model"
+    code, _, err = run(capsys, "train", folders / "two", folders / "labels", "--out", model, "--iterations", "3",
+                       "--channels", "0", *TINY)
+    assert code == 0, err
+    assert load_model(model).net.config.in_channels == 1 and load_model(model).channels.channels == (0,)
+    code, _, err = run(capsys, "train", folders / "two", folders / "labels", "--out", tmp_path / "x",
+                       "--channels", "0,5", *TINY)
+    assert code == 2 and "channel 5" in err and "2 channel(s)" in err
+
+
+def test_measure_command_matches_the_library(folders, tmp_path, capsys):
+    pandas = pytest.importorskip("pandas")
+    code, stdout, _ = run(capsys, "measure", folders / "labels", folders / "two", "--out", tmp_path / "t.csv")
+    assert code == 0 and "physical units: um" in stdout
+    table = pandas.read_csv(tmp_path / "t.csv", dtype={"image": str})
+    image, _ = read_image(folders / "two" / "01.tif")
+    labels, _ = read_image(folders / "labels" / "01.tif")
+    expected = measure(labels, image, PixelSize(0.5, 0.5, "um"))
+    rows = table[table["image"] == "01"]
+    np.testing.assert_array_equal(rows["label"], expected["label"])
+    for column in ("area", "centroid_y", "perimeter", "solidity", "intensity_mean_c1", "area_um2", "perimeter_um"):
+        np.testing.assert_allclose(rows[column], expected[column], rtol=1e-12)
+    code, stdout, _ = run(capsys, "measure", folders / "labels" / "00.tif", "--out", tmp_path / "p.csv",
+                          "--pixel-size", "0.2", "0.4", "--unit", "nm")
+    assert code == 0
+    table = pandas.read_csv(tmp_path / "p.csv", dtype={"image": str})
+    assert "area_nm2" in table and "perimeter_nm" not in table and "intensity_mean" not in table
+
+
+def test_rois_command_round_trip(folders, tmp_path, capsys):
+    code, stdout, _ = run(capsys, "rois", folders / "labels" / "00.tif", "--out", tmp_path / "cells.zip")
+    assert code == 0 and "ROIs" in stdout
+    code, _, err = run(capsys, "rois", tmp_path / "cells.zip", "--out", tmp_path / "back.tif")
+    assert code == 2 and "--like" in err
+    code, _, _ = run(capsys, "rois", tmp_path / "cells.zip", "--like", folders / "two" / "00.tif",
+                     "--out", tmp_path / "back.tif")
+    assert code == 0
+    original, _ = read_image(folders / "labels" / "00.tif")
+    back, axes = read_image(tmp_path / "back.tif")
+    assert axes == "YX" and back.shape == original.shape
+    for value in np.unique(original[original > 0]):
+        a, b = original == value, back == value
+        assert (a & b).sum() / (a | b).sum() >= 0.95
+
+
+def test_export_command_writes_each_format(folders, tmp_path, capsys):
+    model = tmp_path / "m.model"
+    assert run(capsys, "train", folders / "two", folders / "labels", "--out", model, "--iterations", "2", *TINY)[0] == 0
+    code, stdout, _ = run(capsys, "export", model, "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert code == 0 and "H, W = " in stdout and (tmp_path / "m.onnx").is_file()
+    code, stdout, _ = run(capsys, "export", model, "--format", "bioimageio", "--out", tmp_path / "m.zip",
+                          "--author", "Ada", "--training-data-licence", "CC-BY-4.0")
+    assert code == 0 and (tmp_path / "m.zip").is_file() and "not recorded" not in stdout
+    code, _, err = run(capsys, "export", model, "--format", "torchscript", "--out", tmp_path / "m.pt",
+                       "--author", "Ada")
+    assert code == 2 and "bioimageio package" in err
+
+
+@pytest.mark.parametrize("command", ["measure", "rois", "export"])
+def test_new_commands_have_help(command, capsys):
+    assert main([command, "--help"]) == 0
+    assert "examples:" in capsys.readouterr().out

@@ -1,0 +1,123 @@
+"""Exports: a bioimage.io package passes bioimage.io's own model test; ONNX and TorchScript equal torch."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.export import (
+    ProbabilityUNet,
+    example_input,
+    export_bioimageio,
+    export_model,
+    input_size_rule,
+    normalize_like_bioimageio,
+    probability_net,
+)
+from napari_unet.model import UNet
+from napari_unet.modelfile import ModelBundle, load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    torch.manual_seed(0)
+    return ModelBundle(UNet(depth=3, base_channels=4, dropout=0.0), metadata={
+        "training_data": {"name": "synthetic cells", "licence": "CC0-1.0", "url": "https://example.org/cells"},
+    })
+
+
+@pytest.mark.parametrize("config", [dict(depth=2), dict(depth=3), dict(depth=4, convs_per_level=3),
+                                    dict(depth=3, padding="same")])
+def test_input_size_rule_is_the_networks(config):
+    net = UNet(base_channels=2, **config)
+    minimum, step, offset = input_size_rule(net)
+    assert all(net._output_size(n) is None for n in range(1, minimum))
+    for n in range(6):
+        side = minimum + n * step
+        assert net.output_shape((side, side)) == (side + offset, side + offset)
+        assert all(net._output_size(side + k) is None for k in range(1, step))
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_exports_equal_torch(bundle, fmt, tmp_path):
+    path = export_model(bundle, fmt, tmp_path / f"net.{fmt}")
+    reference = probability_net(bundle.net)
+    minimum, step, _ = input_size_rule(bundle.net)
+    for side, batch in ((minimum, 1), (minimum + 7 * step, 2), (minimum + 20 * step, 1)):
+        x = torch.randn(batch, 1, side, side + step)
+        expected = reference(x).detach().numpy()
+        if fmt == "torchscript":
+            got = torch.jit.load(str(path))(x).detach().numpy()
+        else:
+            onnxruntime = pytest.importorskip("onnxruntime")
+            got = onnxruntime.InferenceSession(str(path)).run(None, {"raw": x.numpy()})[0]
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+def test_bioimageio_package_passes_bioimageio_own_test(bundle, tmp_path):
+    core = pytest.importorskip("bioimageio.core")
+    path = export_bioimageio(bundle, tmp_path / "cells")
+    summary = core.test_model(path / "rdf.yaml")
+    if summary.status != "passed" and "'index_key' is expected to be an integer" in summary.format():
+        pytest.skip("this bioimageio.spec cannot serialise with the installed pydantic-core (fixed in "
+                    "bioimageio.spec 0.5.14): pip install 'bioimageio.spec>=0.5.14'")
+    failures = [d for d in summary.details if d.status == "failed"]
+    assert summary.status == "passed", summary.format()
+    assert not failures
+    tested = " ".join(d.name for d in summary.details)
+    for weights in ("pytorch_state_dict", "torchscript", "onnx"):
+        assert weights in tested
+    text = (path / "README.md").read_text()
+    assert "CC0-1.0" in text and "10.1007/978-3-319-24574-4_28" in text and "# Validation" in text.replace("##", "#")
+
+
+def test_bioimageio_rdf_describes_the_network(bundle, tmp_path):
+    import yaml
+
+    path = export_bioimageio(bundle, tmp_path / "cells.zip")
+    with zipfile.ZipFile(path) as archive:
+        assert {"rdf.yaml", "weights.pt", "weights.onnx", "weights.torchscript.pt", "test_input.npy",
+                "test_output.npy", "README.md"} <= set(archive.namelist())
+        rdf = yaml.safe_load(archive.read("rdf.yaml"))
+    minimum, step, offset = input_size_rule(bundle.net)
+    assert rdf["format_version"].startswith("0.5")
+    y_in = rdf["inputs"][0]["axes"][2]
+    y_out = rdf["outputs"][0]["axes"][2]
+    assert y_in["size"] == {"min": minimum, "step": step}
+    assert y_out["size"] == {"tensor_id": "raw", "axis_id": "y", "offset": -2 * bundle.net.halo} and offset < 0
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"] == bundle.net.config.to_dict()
+    rebuilt = ProbabilityUNet(**rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"])
+    assert rebuilt.net.halo == bundle.net.halo
+
+
+def test_multichannel_models_export_and_test_tensors_match(tmp_path):
+    bundle = ModelBundle(UNet(in_channels=2, depth=2, base_channels=4))
+    path = export_bioimageio(bundle, tmp_path / "two")
+    raw = np.load(path / "test_input.npy")
+    out = np.load(path / "test_output.npy")
+    assert raw.shape[:2] == (1, 2) and out.shape[:2] == (1, 2)
+    expected = probability_net(bundle.net)(torch.from_numpy(normalize_like_bioimageio(raw, 1.0, 99.8)))
+    np.testing.assert_allclose(out, expected.detach().numpy(), atol=1e-6)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_model_folder_loads_as_before_after_export(bundle, tmp_path):
+    folder = save_model(tmp_path / "cells.model", bundle)
+    export_model(load_model(folder), "torchscript", tmp_path / "net.pt")
+    again = load_model(folder)
+    x = torch.from_numpy(normalize_like_bioimageio(example_input(again.net), 1.0, 99.8))
+    torch.testing.assert_close(again.net.eval()(x), bundle.net.eval()(x))
+
+
+def test_bad_export_requests_are_explained(bundle, tmp_path):
+    with pytest.raises(ValueError, match="bioimageio, onnx, torchscript"):
+        export_model(bundle, "keras", tmp_path / "x")
+    with pytest.raises(ValueError, match=r"\(1, 1, H, W\)"):
+        export_bioimageio(bundle, tmp_path / "x", test_input=np.zeros((1, 3, 64, 64), np.float32))
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(ValueError, match="not a bioimage.io package"):
+        export_bioimageio(bundle, tmp_path / "taken")

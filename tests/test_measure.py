@@ -1,0 +1,85 @@
+"""Per-object measurements: the table equals regionprops computed directly, and the CSV opens in pandas."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage.measure import regionprops
+
+from napari_unet.measure import measure, write_csv
+from napari_unet.metadata import PixelSize
+from napari_unet.synthetic import make_cells
+
+
+@pytest.fixture(scope="module")
+def cells():
+    image, labels = make_cells((96, 112), seed=3)
+    return (image * 1000).astype(np.uint16), labels.astype(np.int32)
+
+
+def test_measurements_equal_regionprops(cells):
+    image, labels = cells
+    table = measure(labels, image)
+    props = regionprops(labels, image)
+    assert len(props) == len(table["label"]) > 3
+    for i, region in enumerate(props):
+        assert table["label"][i] == region.label
+        assert table["area"][i] == region.area
+        assert (table["centroid_y"][i], table["centroid_x"][i]) == pytest.approx(region.centroid)
+        assert (table["bbox_y0"][i], table["bbox_x0"][i], table["bbox_y1"][i], table["bbox_x1"][i]) == region.bbox
+        assert table["perimeter"][i] == pytest.approx(region.perimeter)
+        assert table["eccentricity"][i] == pytest.approx(region.eccentricity)
+        assert table["solidity"][i] == pytest.approx(region.solidity)
+        assert table["intensity_mean"][i] == pytest.approx(region.intensity_mean)
+        assert table["intensity_min"][i] == region.intensity_min
+        assert table["intensity_max"][i] == region.intensity_max
+
+
+def test_hand_computed_rectangle_and_physical_units():
+    labels = np.zeros((10, 12), np.int32)
+    labels[2:6, 3:11] = 5  # 4 x 8 rectangle
+    image = np.zeros((2, 10, 12), np.float32)
+    image[0, labels == 5] = 2.0
+    image[1, 2:4, 3:11], image[1, 4:6, 3:11] = 1.0, 3.0
+    table = measure(labels, image, PixelSize(0.5, 0.5, "µm"))
+    assert table["label"].tolist() == [5]
+    assert table["area"][0] == 32
+    assert (table["centroid_y"][0], table["centroid_x"][0]) == (3.5, 6.5)
+    assert table["intensity_mean_c0"][0] == 2.0 and table["intensity_mean_c1"][0] == 2.0
+    assert (table["intensity_min_c1"][0], table["intensity_max_c1"][0]) == (1.0, 3.0)
+    assert table["area_um2"][0] == 8.0
+    assert (table["centroid_y_um"][0], table["centroid_x_um"][0]) == (1.75, 3.25)
+    assert table["perimeter_um"][0] == pytest.approx(table["perimeter"][0] * 0.5)
+
+
+def test_anisotropic_pixels_have_no_physical_perimeter():
+    labels = np.zeros((8, 8), np.int32)
+    labels[2:5, 2:6] = 1
+    table = measure(labels, pixel_size=PixelSize(2.0, 0.5, "nm"))
+    assert table["area_nm2"][0] == 12.0
+    assert "perimeter_nm" not in table and "intensity_mean" not in table
+
+
+def test_csv_opens_in_pandas_with_documented_columns(cells, tmp_path):
+    pandas = pytest.importorskip("pandas")
+    image, labels = cells
+    first = measure(labels, image, PixelSize(0.65, 0.65, "um"))
+    second = measure(labels[:48], image[:48])
+    path = write_csv([({"image": "a.tif"}, first), ({"image": "b.tif"}, second)], tmp_path / "t.csv")
+    frame = pandas.read_csv(path)
+    assert list(frame.columns[:5]) == ["image", "label", "area", "centroid_y", "centroid_x"]
+    assert {"perimeter", "eccentricity", "solidity", "intensity_mean", "area_um2", "perimeter_um"} <= set(frame.columns)
+    assert len(frame) == len(first["label"]) + len(second["label"])
+    a = frame[frame["image"] == "a.tif"]
+    np.testing.assert_allclose(a["area_um2"], first["area_um2"])
+    np.testing.assert_array_equal(a["label"], first["label"])
+    assert frame[frame["image"] == "b.tif"]["area_um2"].isna().all()
+
+
+def test_bad_input_is_explained():
+    with pytest.raises(ValueError, match="2-D integer"):
+        measure(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        measure(np.zeros((4, 4), np.int32), np.zeros((5, 4)))
+    with pytest.raises(ValueError, match="positive"):
+        PixelSize(0.0, 1.0)

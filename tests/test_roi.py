@@ -1,0 +1,72 @@
+"""ImageJ ROI zips: labels -> ROIs -> labels gives the same objects (IoU >= 0.95 each)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("roifile")
+
+from napari_unet.roi import labels_to_rois, read_rois, rois_to_labels, write_rois  # noqa: E402
+from napari_unet.synthetic import make_cells  # noqa: E402
+
+
+def ious(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
+    out = {}
+    for value in np.unique(a[a > 0]):
+        x, y = a == value, b == value
+        out[int(value)] = np.logical_and(x, y).sum() / np.logical_or(x, y).sum()
+    return out
+
+
+def test_round_trip_through_a_zip_keeps_every_object(tmp_path):
+    _, labels = make_cells((128, 128), seed=4)
+    labels = labels.astype(np.int32)
+    count = write_rois(tmp_path / "cells.zip", labels)
+    assert count == len(np.unique(labels)) - 1 > 5
+    back = read_rois(tmp_path / "cells.zip", labels.shape)
+    scores = ious(labels, back)
+    assert len(scores) == count and min(scores.values()) >= 0.95
+
+
+def test_shapes_without_holes_come_back_exactly():
+    labels = np.zeros((20, 24), np.int32)
+    labels[2:9, 3:12] = 4  # rectangle
+    labels[12:18, 5:6] = 9  # one pixel wide
+    labels[11:19, 14:22] = 2
+    labels[11:15, 14:18] = 0  # L-shape
+    labels[0, 23] = 7  # single pixel in a corner
+    back = rois_to_labels(labels_to_rois(labels), labels.shape)
+    np.testing.assert_array_equal(back, labels)
+
+
+def test_stacks_keep_their_planes(tmp_path):
+    stack = np.zeros((3, 16, 16), np.int32)
+    stack[0, 2:6, 2:6] = 1
+    stack[2, 8:14, 4:12] = 1
+    write_rois(tmp_path / "stack.zip", stack)
+    np.testing.assert_array_equal(read_rois(tmp_path / "stack.zip", stack.shape), stack)
+
+
+def test_holes_are_filled_and_only_the_largest_piece_is_kept():
+    labels = np.zeros((20, 20), np.int32)
+    labels[2:12, 2:12] = 1
+    labels[5:8, 5:8] = 0
+    labels[15:17, 15:17] = 1  # a second, smaller piece of object 1
+    back = rois_to_labels(labels_to_rois(labels), labels.shape)
+    assert back[6, 6] == 1 and back[15, 15] == 0 and (back[2:12, 2:12] == 1).all()
+
+
+def test_unnamed_rois_get_new_ids_and_bad_files_are_explained(tmp_path):
+    import roifile
+
+    square = roifile.ImagejRoi.frompoints(np.array([[2.0, 2.0], [6.0, 2.0], [6.0, 6.0], [2.0, 6.0]]), name="cell")
+    labels = rois_to_labels([square], (8, 8))
+    assert labels.max() == 1 and (labels[2:6, 2:6] == 1).all() and labels.sum() == 16
+    (tmp_path / "bad.zip").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="ImageJ ROIs"):
+        read_rois(tmp_path / "bad.zip", (8, 8))
+    with pytest.raises(ValueError, match="no objects"):
+        write_rois(tmp_path / "empty.zip", np.zeros((8, 8), np.int32))
+    with pytest.raises(ValueError, match=".zip"):
+        write_rois(tmp_path / "cells.roi", labels)
