@@ -42,7 +42,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +373,8 @@ def _predict_block(
     for result in iter_predict_tiles(bundle.net, image, grid, where, preprocess=preprocess, tiles=tiles_in(grid, region)):
         ty, tx = result.tile.region
         block[ty.start - ry.start : ty.stop - ry.start, tx.start - rx.start : tx.stop - rx.start] = result.probs[1]
+    if not Path(marker).parent.is_dir():
+        return  # the output was restarted with other settings since this task was submitted
     zarr.open_array(probs_path, mode="r+")[region] = block
     Path(marker).write_text("done")
 
@@ -390,6 +392,8 @@ def _label_block(
               slice(max(0, region[1].start - margin), min(width, region[1].stop + margin)))
     labels, cut = label_window(np.asarray(probs[window]), (window[0].start, window[1].start), (height, width),
                                region, config)
+    if not Path(marker).parent.is_dir():
+        return 0  # the output was restarted with other settings since this task was submitted
     zarr.open_array(labels_path, mode="r+")[region] = labels
     Path(marker).write_text(json.dumps({"cut_objects": cut}))
     return cut
@@ -441,14 +445,15 @@ class LargeImage:
     block: tuple[int, int]
     labels: Path
     probs: Path
-    progress: Path
+    progress: Path  # markers of finished blocks, in a folder named after the settings (`settings_digest`)
+    settings: str = ""
 
     @property
     def regions(self) -> list[tuple[slice, slice]]:
         return block_regions(self.shape, self.block)
 
     def marker(self, kind: str, region: tuple[slice, slice]) -> Path:
-        return self.progress / f"{kind}-{region[0].start}-{region[1].start}"
+        return self.progress / self.settings / f"{kind}-{region[0].start}-{region[1].start}"
 
 
 def large_output_paths(path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
@@ -581,19 +586,19 @@ def _submit_large(client, model, device: str, bundle: ModelBundle, plan: LargeIm
     """Create (or reopen) the outputs of `plan` and submit its unfinished blocks; returns the label blocks left."""
     stamp = {"shape": list(plan.shape), "block": list(plan.block), "stride": list(plan.grid.stride),
              "margin": margin, "postprocess": config.to_dict(), "model": ModelSpec.from_bundle(bundle).digest}
-    state = plan.progress / "plan.json"
-    resumed = (state.is_file() and json.loads(state.read_text()) == stamp and plan.labels.is_dir()
-               and plan.probs.is_dir())
-    if not resumed:
+    plan = replace(plan, settings=hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16])
+    markers = plan.progress / plan.settings
+    if not (markers.is_dir() and plan.labels.is_dir() and plan.probs.is_dir()):
+        # new, or begun with other settings: start again (tasks of the old run find their folder gone)
         shutil.rmtree(plan.progress, ignore_errors=True)
-        plan.progress.mkdir(parents=True)
+        markers.mkdir(parents=True)
+        (markers / "settings.json").write_text(json.dumps(stamp, indent=1))
         scale, unit = input_pixel_size(plan.source.path)
         dtype = np.uint32 if plan.shape[0] * plan.shape[1] < np.iinfo(np.uint32).max else np.uint64
         name = base_name(plan.source.path)
         create_ome_zarr(plan.labels, plan.shape, dtype, plan.block, ngff_attributes(name, "YX", scale, unit, True))
         create_ome_zarr(plan.probs, plan.shape, np.float32, plan.block,
                         ngff_attributes(f"{name} foreground probability", "YX", scale, unit, False))
-        state.write_text(json.dumps(stamp))
     plane = image[plan.source.index] if plan.source.index else image
     preprocess = bundle.preprocessor(as_channels_first(plane, bundle.net.config.in_channels), "CYX")
     name = plan.source.path.name
