@@ -256,3 +256,22 @@ def test_a_changed_model_restarts_an_unfinished_image(client, bundle, big_zarr, 
     assert len(events) == 32  # nothing reused from the run with other settings
     _, labels = read_outputs(tmp_path)
     assert same_up_to_renumbering(labels, probs_to_labels(reference[0], other.postprocess))
+
+
+def test_the_command_line_and_python_run_on_a_cluster(client, bundle, big_zarr, reference, tmp_path, capsys):
+    from napari_unet.cli import main
+    from napari_unet.modelfile import save_model
+
+    model = save_model(tmp_path / "cells.model", bundle)
+    address = client.scheduler.address
+    code = main(["predict", str(model), str(big_zarr), "--out", str(tmp_path / "cli"), "--cluster", address,
+                 "--tile-size", str(TILE), "--block-size", str(BLOCK), "--margin", str(MARGIN), "--torch-threads", "1",
+                 "--device", "cpu", "-q"])
+    assert code == 0 and "segmented 1 image(s)" in capsys.readouterr().out
+    labels = zarr.open_group(str(tmp_path / "cli" / "big_labels.ome.zarr"), mode="r")["0"][:]
+    assert same_up_to_renumbering(labels, reference[1])
+    events = dist.segment_files(model, [big_zarr], tmp_path / "py", address=address, torch_threads=1,
+                                tile_size=TILE, block_size=BLOCK, margin=MARGIN, device="cpu")
+    labels = zarr.open_group(str(tmp_path / "py" / "big_labels.ome.zarr"), mode="r")["0"][:]
+    assert len(events) == 32 and same_up_to_renumbering(labels, reference[1])
+    assert main(["predict", str(model), str(big_zarr), "--out", str(tmp_path / "o"), "--workers", "2", "--tta"]) == 2

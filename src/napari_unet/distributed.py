@@ -646,3 +646,27 @@ def _finish(plan: LargeImage, keep_probs: bool) -> None:
     else:
         shutil.rmtree(plan.probs, ignore_errors=True)
     shutil.rmtree(plan.progress, ignore_errors=True)
+
+
+def segment_files(
+    model: str | Path | ModelBundle,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    torch_threads: int | None = None,
+    **options: Any,
+) -> list[BatchProgress]:
+    """`napari-unet predict ... --cluster ADDRESS` / `--workers N` from Python: connect, segment, disconnect.
+
+    model: a model folder or a loaded bundle; inputs: image files (folders are expanded); options: those of
+    `segment_batch`. Returns the progress events (their `cut_objects` sum should be 0).
+    """
+    from .modelfile import load_model
+    from .pipeline import list_files
+
+    bundle = model if isinstance(model, ModelBundle) else load_model(model)
+    files = [f for path in inputs for f in list_files(path, "input image", zarr=True)]
+    with connect(address, workers, torch_threads) as client:
+        return list(segment_batch(client, bundle, files, out_dir, **options))
