@@ -364,15 +364,18 @@ def _predict_block(
     probs_path: str, marker: str,
 ) -> None:
     """Foreground probabilities of one block, from whole tiles of the image's grid, written to the OME-Zarr."""
+    import dask
     import zarr
 
     bundle, where = _worker_model(spec, device)
-    image = source.open(bundle.net.config.in_channels)
     ry, rx = region
     block = np.empty((ry.stop - ry.start, rx.stop - rx.start), np.float32)
-    for result in iter_predict_tiles(bundle.net, image, grid, where, preprocess=preprocess, tiles=tiles_in(grid, region)):
-        ty, tx = result.tile.region
-        block[ty.start - ry.start : ty.stop - ry.start, tx.start - rx.start : tx.stop - rx.start] = result.probs[1]
+    with dask.config.set(scheduler="synchronous"):  # a lazy input is read here, not as tasks of the cluster
+        image = source.open(bundle.net.config.in_channels)
+        tiles = tiles_in(grid, region)
+        for result in iter_predict_tiles(bundle.net, image, grid, where, preprocess=preprocess, tiles=tiles):
+            ty, tx = result.tile.region
+            block[ty.start - ry.start : ty.stop - ry.start, tx.start - rx.start : tx.stop - rx.start] = result.probs[1]
     if not Path(marker).parent.is_dir():
         return  # the output was restarted with other settings since this task was submitted
     zarr.open_array(probs_path, mode="r+")[region] = block
@@ -404,14 +407,18 @@ def _segment_file(
     config: PostprocessConfig, tile_size: int | None,
 ) -> int:
     """One file segmented as in a single-process run, written under temporary names, then renamed."""
+    import dask
+
     bundle, where = _worker_model(spec, device)
-    image, axes = read_input(path, axes)
     final = output_paths(path, out_dir, probabilities)
     partial = Outputs(final.labels.with_name(".partial-" + final.labels.name),
                       final.probs.with_name(".partial-" + final.probs.name) if final.probs else None)
     objects = 0
-    for done in segment_file(bundle, image, axes, partial, postprocess=config, tile_size=tile_size, device=where):
-        objects += done.objects
+    with dask.config.set(scheduler="synchronous"):  # a lazy input is read here, not as tasks of the cluster
+        image, axes = read_input(path, axes)
+        for done in segment_file(bundle, image, axes, partial, postprocess=config, tile_size=tile_size,
+                                 device=where):
+            objects += done.objects
     if final.probs is not None:
         os.replace(partial.probs, final.probs)
     os.replace(partial.labels, final.labels)
@@ -584,6 +591,8 @@ def _plan_large(bundle, path: Path, image, found: str, axes, out_dir: Path, bloc
 def _submit_large(client, model, device: str, bundle: ModelBundle, plan: LargeImage, image, margin: int,
                   config: PostprocessConfig, probabilities: bool, run: str, jobs: dict[Any, _Job]) -> int:
     """Create (or reopen) the outputs of `plan` and submit its unfinished blocks; returns the label blocks left."""
+    import dask
+
     stamp = {"shape": list(plan.shape), "block": list(plan.block), "stride": list(plan.grid.stride),
              "margin": margin, "postprocess": config.to_dict(), "model": ModelSpec.from_bundle(bundle).digest}
     plan = replace(plan, settings=hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16])
@@ -600,7 +609,8 @@ def _submit_large(client, model, device: str, bundle: ModelBundle, plan: LargeIm
         create_ome_zarr(plan.probs, plan.shape, np.float32, plan.block,
                         ngff_attributes(f"{name} foreground probability", "YX", scale, unit, False))
     plane = image[plan.source.index] if plan.source.index else image
-    preprocess = bundle.preprocessor(as_channels_first(plane, bundle.net.config.in_channels), "CYX")
+    with dask.config.set(scheduler="synchronous"):  # the percentiles' sample is read here, not by the cluster
+        preprocess = bundle.preprocessor(as_channels_first(plane, bundle.net.config.in_channels), "CYX")
     name = plan.source.path.name
     probs_futures = {}
     for region in plan.regions:
