@@ -151,6 +151,33 @@ def test_connect_needs_an_address_or_a_number_of_workers():
             pass
 
 
+def test_torch_threads_default_to_the_cores_per_dask_thread():
+    class Worker:
+        class state:
+            nthreads = 2
+
+    threads = torch.get_num_threads()
+    try:
+        dist.TorchThreads(3).setup(Worker())
+        assert torch.get_num_threads() == 3
+        dist.TorchThreads().setup(Worker())
+        assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_pixel_size_of_tiffs_and_ome_zarr(tmp_path, big_zarr):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), np.uint8), imagej=True, resolution=(1 / 0.3, 1 / 0.2),
+                     metadata={"unit": "um"})
+    size, unit = dist.input_pixel_size(tmp_path / "a.tif")
+    assert np.allclose(size, (0.2, 0.3)) and unit == "um"
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((8, 8), np.uint8))
+    assert dist.input_pixel_size(tmp_path / "b.tif") == (None, None)
+    assert dist.input_pixel_size(big_zarr) == ((0.5, 0.5), "micrometer")
+
+
 # ------------------------------------------------------------------------------------ on a LocalCluster
 
 
