@@ -452,7 +452,7 @@ class LargeImage:
     block: tuple[int, int]
     labels: Path
     probs: Path
-    progress: Path  # markers of finished blocks, in a folder named after the settings (`settings_digest`)
+    progress: Path  # markers of finished blocks, in a subfolder named after the settings
     settings: str = ""
 
     @property
@@ -515,30 +515,30 @@ def segment_batch(
     label_blocks: dict[Path, int] = {}  # labels left to write, per large image
     plans: dict[Path, LargeImage] = {}
     skipped: list[str] = []
-    for path in map(Path, inputs):
-        image, found = read_input(path, axes)
-        plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
-        if plan is None:
-            final = output_paths(path, out_dir, probabilities)
-            if final.labels.exists() and (final.probs is None or final.probs.exists()):
-                skipped.append(path.name)
-                continue
-            future = client.submit(_segment_file, model, device, path, axes, out_dir, probabilities, config,
-                                   tile_size, key=f"segment-{path.name}-{run}", pure=False)
-            jobs[future] = _Job(path.name)
-        elif is_complete(plan.labels):
-            skipped.append(path.name)
-        else:
-            plans[plan.labels] = plan
-            label_blocks[plan.labels] = _submit_large(
-                client, model, device, bundle, plan, image, margin, config, probabilities, run, jobs
-            )
-    total = len(jobs) + len(skipped)
-    done = 0
-    for name in skipped:
-        done += 1
-        yield BatchProgress(done, total, f"{name} (already done)")
     try:
+        for path in map(Path, inputs):
+            image, found = read_input(path, axes)
+            plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
+            if plan is None:
+                final = output_paths(path, out_dir, probabilities)
+                if final.labels.exists() and (final.probs is None or final.probs.exists()):
+                    skipped.append(path.name)
+                    continue
+                future = client.submit(_segment_file, model, device, path, axes, out_dir, probabilities, config,
+                                       tile_size, key=f"segment-{path.name}-{run}", pure=False)
+                jobs[future] = _Job(path.name)
+            elif is_complete(plan.labels):
+                skipped.append(path.name)
+            else:
+                plans[plan.labels] = plan
+                label_blocks[plan.labels] = _submit_large(
+                    client, model, device, bundle, plan, image, margin, config, probabilities, run, jobs
+                )
+        total = len(jobs) + len(skipped)
+        done = 0
+        for name in skipped:
+            done += 1
+            yield BatchProgress(done, total, f"{name} (already done)")
         for future in as_completed(list(jobs)):
             job = jobs[future]
             if future.status == "error":
