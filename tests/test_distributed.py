@@ -246,7 +246,7 @@ def test_files_fan_out_as_tasks_and_large_tiffs_go_by_blocks(client, bundle, tmp
     write_tiff(folder / "large.tif", (make_cells((150, 140), seed=7)[0] * 1000).astype(np.uint16), "YX")
     inputs = sorted(folder.iterdir())
     events = run(client, bundle, inputs, tmp_path / "out")
-    assert len(events) == 3 + 2 * 9  # three whole files, the large one in 3 x 3 blocks of 60 x 56
+    assert len(events) == 3 + 2 * 6  # three whole files, the large one in 3 x 2 blocks of 60 x 84
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
