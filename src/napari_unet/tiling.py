@@ -27,7 +27,7 @@ pass at tile edges (nonzero but below 1e-2 for an untrained net, asserted by the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,12 +171,14 @@ def iter_predict_tiles(
     device: torch.device,
     batch_size: int = 1,
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    tiles: Iterable[Tile] | None = None,
 ) -> Iterator[TileResult]:
     """Yield each finished output tile of `image` (C, H, W) as softmax probabilities, in grid order.
 
+    tiles: a part of the grid to predict (e.g. one block of a distributed run); the whole grid by default.
     Stopping is not asking for the next tile. The model must already be on `device`, in eval mode.
     """
-    tiles = iter(grid)
+    tiles = iter(grid if tiles is None else tiles)
     while batch := [tile for _, tile in zip(range(batch_size), tiles)]:
         windows = [read_window(image, tile.window_origin, grid.window) for tile in batch]
         if preprocess is not None:

@@ -16,8 +16,9 @@ def test_sample_and_every_dock_open_from_the_menus(make_napari_viewer):
     assert [layer.name for layer in viewer.layers] == ["cells (synthetic)", "cells labels"]
     widgets = npe2.PluginManifest.from_distribution(PLUGIN).contributions.widgets
     names = [widget.display_name for widget in widgets]
-    assert names == ["Fine-tune", "Segment", "Weight map", "Augmentation preview", "Measure"]
+    assert names == ["Fine-tune", "Segment", "Batch", "Weight map", "Augmentation preview", "Measure"]
     for name in names:
         _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name, tabify=True)
-        widget.reset_choices()
+        if hasattr(widget, "reset_choices"):  # the docks that list layers (Batch lists none)
+            widget.reset_choices()
     assert len(viewer.window.dock_widgets) == len(names)

@@ -23,10 +23,15 @@ def add_parser(subparsers) -> None:
         "plane); large images are read and written through memory maps, one plane at a time. The input's pixel "
         "size (OME-TIFF, ImageJ or TIFF resolution metadata, or --pixel-size) is stored in the outputs. --measure "
         "adds OUT/measurements.csv (one row per object, see 'napari-unet measure'); --rois adds "
-        "OUT/<name>_rois.zip (ImageJ ROIs for Fiji's ROI Manager); --zarr adds OUT/<name>_labels.ome.zarr.",
+        "OUT/<name>_rois.zip (ImageJ ROIs for Fiji's ROI Manager); --zarr adds OUT/<name>_labels.ome.zarr. "
+        "With --workers or --cluster the files run as dask.distributed tasks, and an image larger than one block "
+        "(any .zarr) is segmented block by block into OUT/<name>_labels.ome.zarr (see docs/distributed.md); a "
+        "rerun skips finished files and blocks.",
         "  napari-unet predict cells.model data/new --out results\n"
         "  napari-unet predict cells.model movie.tif --out results --probabilities --tta\n"
-        "  napari-unet predict cells.model data/new --out results --measure --rois",
+        "  napari-unet predict cells.model data/new --out results --measure --rois\n"
+        "  napari-unet predict cells.model slide.zarr --out results --workers 4\n"
+        "  napari-unet predict cells.model screen/ --out results --cluster tcp://head-node:8786",
         run,
     )
     sub.add_argument("model", type=Path, help="model folder")
@@ -55,6 +60,17 @@ def add_parser(subparsers) -> None:
     post.add_argument("--grow-threshold", type=probability, metavar="G",
                       help="objects grow into the neighbouring pixels with probability > G (a value >= the "
                       "threshold turns this off)")
+    scale = sub.add_argument_group("scaling out on dask.distributed (pip install 'napari-unet-2015[distributed]')")
+    where = scale.add_mutually_exclusive_group()
+    where.add_argument("--cluster", metavar="ADDRESS", help="scheduler of a running cluster, e.g. tcp://head:8786")
+    where.add_argument("--workers", type=positive_int, metavar="N", help="start N local worker processes")
+    scale.add_argument("--block-size", type=positive_int, default=1024, metavar="N",
+                       help="side of the blocks of a large image (rounded up to whole tiles; default 1024)")
+    scale.add_argument("--margin", type=non_negative_int, default=128, metavar="N",
+                       help="pixels of context around a block for the post-processing: more than the largest "
+                       "object (default 128)")
+    scale.add_argument("--torch-threads", type=positive_int, metavar="N",
+                       help="torch threads per worker (default: the cores divided among the workers)")
     add_device(sub)
     add_quiet(sub)
 
@@ -70,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_model(args.model)
     postprocess = with_overrides(bundle.postprocess, threshold=args.threshold, min_size=args.min_size,
                                  watershed=args.watershed, grow_threshold=args.grow_threshold)
-    device = select_device(args.device)
+    if (args.cluster or args.workers) and (args.tta or args.batch_size != 1):
+        raise ValueError("--tta and --batch-size are not available with --cluster or --workers")
+    device = select_device(args.device) if not args.cluster else None
     files = [f for path in args.inputs for f in list_files(path, "input image", zarr=True)]
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder")
@@ -80,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
     choice = channel_choice_option(args)
     for path in files:  # every input, before the first is segmented: a bad fifth file fails now, not in an hour
         _check_input(path, args.axes, bundle, choice)
+    if args.cluster or args.workers:
+        return run_distributed(args, bundle, postprocess, files)
     note(f"segmenting {len(files)} image(s) on {describe(device)}" + (" with 8x test-time augmentation"
          if args.tta else ""), args.quiet)
     tables = []
@@ -161,3 +181,38 @@ def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path:
             tables.append(({"image": base_name(path), **extra}, table))
     if args.rois and labels.max(initial=0) > 0:
         write_rois(args.out / f"{base_name(path)}_rois.zip", labels)
+
+
+def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[Path]) -> int:
+    """`predict` with --cluster or --workers: the files and blocks as tasks of `distributed.segment_batch`."""
+    from ..distributed import connect, segment_batch
+
+    unsupported = [flag for flag, given in (("--measure", args.measure), ("--rois", args.rois), ("--zarr", args.zarr),
+                                            ("--channels/--grey", args.channels is not None or args.grey))
+                   if given]
+    if unsupported or bundle.net.config.in_channels != 1:
+        raise ValueError(f"--cluster/--workers segment grey images with a 1-channel model and write labels only; "
+                         f"run without them for {', '.join(unsupported) or 'a multichannel model'}")
+
+    started, cut = time.perf_counter(), 0
+    where = f"the cluster at {args.cluster}" if args.cluster else f"{args.workers} local worker(s)"
+    note(f"segmenting {len(files)} image(s) on {where}", args.quiet)
+    with connect(args.cluster, args.workers, args.torch_threads) as client:
+        events = segment_batch(
+            client, bundle, files, args.out, block_size=args.block_size, margin=args.margin,
+            tile_size=args.tile_size, device=args.device, probabilities=args.probabilities, axes=args.axes,
+            postprocess=postprocess,
+        )
+        bar = None
+        for event in events:
+            if bar is None:
+                bar = Progress(event.total, "predicting", "task", args.quiet)
+            bar.update(1, task=event.item)
+            cut += event.cut_objects
+        if bar is not None:
+            bar.close()
+    if cut:
+        print(f"warning: {cut} object(s) reached the edge of a block's margin and may be labelled differently "
+              f"from a single-process run: rerun with a larger --margin (now {args.margin})")
+    print(f"segmented {len(files)} image(s) in {duration(time.perf_counter() - started)}; results in {args.out}")
+    return EXIT_OK

@@ -1,0 +1,204 @@
+"""Batch dock: a folder of images or a large zarr segmented in the background on dask.distributed.
+
+The work (`jobs.batch.run_batch`) runs in a worker thread: it starts a LocalCluster of worker processes (or
+connects to a cluster's scheduler) and yields one `BatchProgress` per finished file or block; the main thread
+only moves the progress bar. Results are written to the output folder as `predict --workers` writes them;
+images segmented block by block (OME-Zarr labels) are then opened lazily, as dask-backed Labels layers, so a
+whole slide opens in a moment and napari reads only what it shows. A folder of small images is not opened
+(it may hold thousands); the status line says where the results are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QFileDialog, QLineEdit, QProgressBar, QPushButton, QWidget
+
+from napari_unet.device import available_devices
+from napari_unet.jobs.batch import batch_outputs, run_batch
+from napari_unet.modelfile import load_model
+
+from ._form import choice, dock_layout, form, row, spin
+from ._layers import wrapped_label
+from ._state import Session, session_for
+from ._workers import generator_worker, start_worker
+
+LOCAL, CLUSTER = "local workers", "cluster (scheduler address)"
+
+
+class BatchWidget(QWidget):
+    """Segment a folder or a zarr with the session's model on local worker processes or a cluster.
+
+    `finished` is emitted with the list of layers opened (possibly empty) when a run ends without error.
+    """
+
+    finished = Signal(object)
+
+    def __init__(self, napari_viewer: Any, session: Session | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = session or session_for(napari_viewer)
+        self.worker: Any = None
+        self.events: list[Any] = []  # BatchProgress events of the last run, or the error that ended it
+        self.cut_objects = 0
+        self.inputs: list[Path] = []
+        self.out = Path()
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+        self.model_label = wrapped_label()
+        self.load_button = QPushButton("Load model…")
+        self.input_edit = QLineEdit()
+        self.input_edit.setPlaceholderText("a folder of images, or a .zarr")
+        self.folder_button = QPushButton("Folder…")
+        self.zarr_button = QPushButton("Zarr…")
+        self.output_edit = QLineEdit()
+        self.output_edit.setPlaceholderText("folder for the results")
+        self.output_button = QPushButton("…")
+        self.where_combo = choice([LOCAL, CLUSTER])
+        self.workers_spin = spin(1, 256, max(1, min(2, cores)), tooltip="Worker processes on this machine")
+        self.address_edit = QLineEdit()
+        self.address_edit.setPlaceholderText("tcp://scheduler:8786")
+        self.device_combo = choice(available_devices())
+        self.block_spin = spin(64, 16384, 1024, step=256, tooltip=(
+            "Side of the blocks of a large image (rounded up to whole tiles)"))
+        self.margin_spin = spin(0, 4096, 128, step=16, tooltip=(
+            "Pixels of context around a block for the post-processing: more than the largest cell"))
+        self.run_button = QPushButton("Run")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress = QProgressBar()
+        self.status = wrapped_label(lines=3)
+        dock_layout(
+            self,
+            form(("model", self.model_label), ("", self.load_button),
+                 ("input", self.input_edit), ("", row(self.folder_button, self.zarr_button)),
+                 ("output", row(self.output_edit, self.output_button, stretch=(1, 0))),
+                 ("run on", self.where_combo), ("workers", self.workers_spin), ("address", self.address_edit),
+                 ("device", self.device_combo), ("block (px)", self.block_spin), ("margin (px)", self.margin_spin)),
+            row(self.run_button, self.cancel_button), self.progress, self.status, None,
+        )
+        self.load_button.clicked.connect(self._ask_model_folder)
+        self.folder_button.clicked.connect(lambda: self._ask_folder(self.input_edit, "Folder of images"))
+        self.zarr_button.clicked.connect(lambda: self._ask_folder(self.input_edit, "A .zarr image"))
+        self.output_button.clicked.connect(lambda: self._ask_folder(self.output_edit, "Folder for the results"))
+        self.where_combo.currentTextChanged.connect(self._show_where)
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button.clicked.connect(self.cancel)
+        self.session.model_changed.connect(self._show_model)
+        self._show_model()
+        self._show_where()
+
+    def run(self) -> Any:
+        """Start the batch; returns the worker, or None after a notification."""
+        if self.worker is not None:
+            show_warning("A batch is already running: cancel it first")
+            return None
+        bundle = self.session.bundle
+        if bundle is None:
+            show_error("No model: train one in the Fine-tune dock or load a saved model folder (Load model…)")
+            return None
+        inputs, out = self.input_edit.text().strip(), self.output_edit.text().strip()
+        if not inputs or not Path(inputs).exists():
+            show_error(f"No input at {inputs!r}: choose a folder of images or a .zarr")
+            return None
+        if not out:
+            show_error("No output folder: choose where the results go")
+            return None
+        address = self.address_edit.text().strip() if self.where_combo.currentText() == CLUSTER else None
+        if self.where_combo.currentText() == CLUSTER and not address:
+            show_error("No scheduler address: give one (tcp://host:8786) or run on local workers")
+            return None
+        workers = None if address else int(self.workers_spin.value())
+        self.inputs, self.out = [Path(inputs)], Path(out)
+        self.events, self.cut_objects = [], 0
+        self.progress.setRange(0, 0)
+        self.status.setText(f"starting {workers} local worker(s)…" if workers else f"connecting to {address}…")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        job = run_batch(bundle, self.inputs, self.out, address=address, workers=workers,
+                        block_size=int(self.block_spin.value()), margin=int(self.margin_spin.value()),
+                        device=self.device_combo.currentText())
+        self.worker = generator_worker(job)
+        self.worker.yielded.connect(self._progressed)
+        self.worker.errored.connect(self._failed)
+        self.worker.finished.connect(self._finished)
+        start_worker(self.worker, self)
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop: the remaining tasks are cancelled; a rerun resumes where this one stopped."""
+        if self.worker is not None:
+            self.status.setText("stopping…")
+            self.worker.quit()
+
+    # -- worker signals (main thread) -------------------------------------------------------------------------
+
+    def _progressed(self, event: Any) -> None:
+        self.events.append(event)
+        self.cut_objects += event.cut_objects
+        self.progress.setRange(0, event.total)
+        self.progress.setValue(event.done)
+        self.status.setText(f"{event.done}/{event.total}: {event.item}")
+
+    def _failed(self, error: BaseException) -> None:
+        self.events.append(error)
+        show_error(f"Batch segmentation failed: {error}")
+
+    def _finished(self) -> None:
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self.events and isinstance(self.events[-1], BaseException):
+            self.status.setText(f"failed: {self.events[-1]}")
+            return
+        done = bool(self.events) and self.events[-1].done == self.events[-1].total
+        layers = self._open_results() if done else []
+        text = f"{'finished' if done else 'stopped (run again to resume)'}: results in {self.out}"
+        if self.cut_objects:
+            text += f"; {self.cut_objects} object(s) reached a block's margin: use a larger margin"
+            show_warning(text)
+        self.status.setText(text)
+        if done:
+            show_info(f"Batch segmentation finished: results in {self.out}")
+        self.finished.emit(layers)
+
+    def _open_results(self) -> list[Any]:
+        """The finished OME-Zarr labels as dask-backed Labels layers, at the pixel size they were written with."""
+        import dask.array as da
+        import zarr
+
+        layers = []
+        for path in batch_outputs(self.inputs, self.out):
+            group = zarr.open_group(str(path), mode="r")
+            transforms = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+            scale = next((t["scale"] for t in transforms if t["type"] == "scale"), [1.0, 1.0])
+            layers.append(self.viewer.add_labels(da.from_zarr(group["0"]), name=path.name.split(".")[0],
+                                                 scale=scale))
+        return layers
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _show_model(self, _bundle: Any = None) -> None:
+        self.model_label.setText(self.session.describe_model())
+
+    def _show_where(self, _text: str = "") -> None:
+        cluster = self.where_combo.currentText() == CLUSTER
+        self.workers_spin.setEnabled(not cluster)
+        self.address_edit.setEnabled(cluster)
+
+    def _ask_model_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")
+        if path:
+            try:
+                self.session.set_model(load_model(path), path)
+            except (OSError, ValueError) as error:
+                show_error(f"Cannot load the model: {error}")
+
+    def _ask_folder(self, edit: QLineEdit, title: str) -> None:
+        path = QFileDialog.getExistingDirectory(self, title)
+        if path:
+            edit.setText(path)

@@ -1,0 +1,60 @@
+"""The Batch dock segments a zarr on local worker processes in the background and opens the result lazily."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("distributed", reason="needs dask.distributed: pip install 'napari-unet-2015[distributed]'")
+
+from napari_unet.distributed import create_ome_zarr, ngff_attributes  # noqa: E402
+from napari_unet.plugin._reader import PLUGIN  # noqa: E402
+from napari_unet.plugin._state import session_for  # noqa: E402
+
+pytestmark = pytest.mark.viewer
+
+
+def test_batch_dock_segments_a_zarr_and_opens_the_labels_lazily(make_napari_viewer, qtbot, tiny_bundle, cells,
+                                                                  tmp_path):
+    import dask.array as da
+    import zarr
+
+    image = (cells[0] * 1000).astype(np.uint16)
+    source = tmp_path / "slide.zarr"
+    create_ome_zarr(source, image.shape, np.uint16, (64, 64),
+                    ngff_attributes("slide", "YX", (0.25, 0.25), "micrometer", label=False))["0"][:] = image
+    viewer = make_napari_viewer()
+    session_for(viewer).set_model(tiny_bundle)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch")
+    widget.input_edit.setText(str(source))
+    widget.output_edit.setText(str(tmp_path / "out"))
+    widget.workers_spin.setValue(1)
+    widget.block_spin.setValue(64)
+    widget.device_combo.setCurrentText("cpu")
+    with qtbot.waitSignal(widget.finished, timeout=180_000) as finished:
+        assert widget.run() is not None
+    layers = finished.args[0]
+    assert [layer.name for layer in layers] == ["slide_labels"]
+    layer = layers[0]
+    assert isinstance(layer.data, da.Array) and tuple(layer.scale) == (0.25, 0.25)
+    written = np.asarray(zarr.open_group(str(tmp_path / "out" / "slide_labels.ome.zarr"))["0"])
+    assert np.array_equal(np.asarray(layer.data), written)
+    events = widget.events
+    assert events[-1].done == events[-1].total == 2 and widget.progress.value() == events[-1].total
+    assert int(np.asarray(layer.data).max()) > 0
+    assert "finished" in widget.status.text()
+
+
+def test_batch_dock_explains_what_is_missing(make_napari_viewer, tiny_bundle, tmp_path):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch")
+    assert widget.run() is None  # no model
+    session_for(viewer).set_model(tiny_bundle)
+    widget.input_edit.setText(str(tmp_path / "missing"))
+    assert widget.run() is None
+    widget.input_edit.setText(str(tmp_path))
+    widget.where_combo.setCurrentIndex(1)
+    widget.output_edit.setText(str(tmp_path / "out"))
+    assert not widget.workers_spin.isEnabled() and widget.address_edit.isEnabled()
+    assert widget.run() is None  # no scheduler address
+    assert widget.worker is None

@@ -1,0 +1,305 @@
+"""Segmentation on dask.distributed equals the single-process run: probabilities bit for bit, labels up to
+renumbering, also after an interruption and with a worker killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+pytest.importorskip("distributed", reason="needs dask.distributed: pip install 'napari-unet-2015[distributed]'")
+zarr = pytest.importorskip("zarr")
+
+from napari_unet import distributed as dist  # noqa: E402
+from napari_unet.io import write_tiff  # noqa: E402
+from napari_unet.model import UNet, UNetConfig  # noqa: E402
+from napari_unet.modelfile import ModelBundle  # noqa: E402
+from napari_unet.pipeline import output_paths, read_input, segment_file  # noqa: E402
+from napari_unet.postprocess import PostprocessConfig, probs_to_labels  # noqa: E402
+from napari_unet.synthetic import make_cells  # noqa: E402
+from napari_unet.tiling import predict_tiled, tile_grid  # noqa: E402
+
+TILE, BLOCK, MARGIN = 32, 60, 64  # 300 x 330 pixels: tiles of 30, blocks of 60, 5 x 6 = 30 blocks
+BLOCKS = 30
+SHAPE = (300, 330)
+
+
+def same_up_to_renumbering(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether the label images `a` and `b` are equal up to a one-to-one renumbering (0 stays 0)."""
+    if a.shape != b.shape or not np.array_equal(a == 0, b == 0):
+        return False
+    pairs = np.unique(np.stack([a.ravel().astype(np.int64), b.ravel().astype(np.int64)]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    """Two local worker processes with one torch thread each (the reference below uses one thread too)."""
+    with dist.connect(workers=2, torch_threads=1) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def bundle() -> ModelBundle:
+    torch.manual_seed(0)
+    # an untrained tiny net: its probability follows the cells; 0.7 gives ~40 objects of at most ~55 pixels
+    return ModelBundle(UNet(UNetConfig(depth=2, base_channels=4)), postprocess=PostprocessConfig(threshold=0.7))
+
+
+@pytest.fixture(scope="module")
+def big_zarr(tmp_path_factory) -> Path:
+    """A single-plane OME-Zarr image with a pixel size of 0.5 micrometre."""
+    image, _ = make_cells(SHAPE, seed=3)
+    path = tmp_path_factory.mktemp("input") / "big.zarr"
+    attrs = dist.ngff_attributes("big", "YX", (0.5, 0.5), "micrometer", label=False)
+    dist.create_ome_zarr(path, SHAPE, np.uint16, (128, 128), attrs)["0"][:] = (image * 1000).astype(np.uint16)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(bundle, big_zarr) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground probabilities, labels) of the single-process run, with one torch thread like the workers."""
+    image, _ = read_input(big_zarr)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        probs = bundle.predict(image, tile_size=TILE, device="cpu")[1]
+    finally:
+        torch.set_num_threads(threads)
+    return probs, probs_to_labels(probs, bundle.postprocess)
+
+
+def run(client, bundle, inputs, out, **kwargs) -> list[dist.BatchProgress]:
+    options = dict(block_size=BLOCK, margin=MARGIN, tile_size=TILE, device="cpu", probabilities=True)
+    return list(dist.segment_batch(client, bundle, inputs, out, **(options | kwargs)))
+
+
+def read_outputs(out: Path, stem: str = "big") -> tuple[np.ndarray, np.ndarray]:
+    labels = zarr.open_group(str(out / f"{stem}_labels.ome.zarr"), mode="r")["0"][:]
+    probs = zarr.open_group(str(out / f"{stem}_probs.ome.zarr"), mode="r")["0"][:]
+    return probs, labels
+
+
+# ---------------------------------------------------------------------------------- blocks, without a cluster
+
+
+def test_blocks_are_whole_tiles_and_cover_the_grid_once():
+    net = UNet(UNetConfig(depth=3, base_channels=4))
+    grid = tile_grid(net, (250, 333), 40)
+    block = dist.block_shape(grid, 100)
+    assert all(b % s == 0 and b >= 100 for b, s in zip(block, grid.stride))
+    seen = [t.index for region in dist.block_regions(grid.shape, block) for t in dist.tiles_in(grid, region)]
+    assert sorted(seen) == list(range(len(grid)))
+    with pytest.raises(ValueError, match="block size must be >= 1"):
+        dist.block_shape(grid, 0)
+
+
+def cell_probabilities(shape=(256, 300), seed=5) -> np.ndarray:
+    """A smooth foreground probability with touching cells (borders of 1 pixel between them)."""
+    _, labels = make_cells(shape, seed=seed)
+    inner = labels * (ndimage.maximum_filter(labels, 3) == ndimage.minimum_filter(np.where(labels, labels, 1 << 30), 3))
+    return ndimage.gaussian_filter((inner > 0).astype(np.float32), 0.7)
+
+
+def labels_by_blocks(probs: np.ndarray, block: int, margin: int, config: PostprocessConfig) -> tuple[np.ndarray, int]:
+    out, cut = np.zeros(probs.shape, np.uint32), 0
+    for region in dist.block_regions(probs.shape, (block, block)):
+        window = tuple(slice(max(0, r.start - margin), min(n, r.stop + margin)) for r, n in zip(region, probs.shape))
+        labels, n_cut = dist.label_window(probs[window], (window[0].start, window[1].start), probs.shape, region, config)
+        out[region] = labels
+        cut += n_cut
+    return out, cut
+
+
+@pytest.mark.parametrize("config", [
+    PostprocessConfig(),
+    PostprocessConfig(watershed=True, min_size=30),
+    PostprocessConfig(grow_threshold=0.2, border_width=2, fill_holes=False),
+], ids=["default", "watershed", "growth"])
+def test_labels_by_blocks_equal_the_whole_image_up_to_renumbering(config):
+    probs = cell_probabilities()
+    whole = probs_to_labels(probs, config)
+    blocks, cut = labels_by_blocks(probs, 64, 64, config)
+    assert cut == 0
+    crossing = {int(i) for i in np.unique(whole[63:65]) if i} | {int(i) for i in np.unique(whole[:, 63:65]) if i}
+    assert len(crossing) > 5  # objects do cross block borders
+    assert same_up_to_renumbering(blocks, whole)
+
+
+def test_objects_larger_than_the_margin_are_reported():
+    probs = cell_probabilities()
+    _, cut = labels_by_blocks(probs, 64, 3, PostprocessConfig())
+    assert cut > 0
+
+
+def test_object_ids_are_the_first_pixel_in_raster_order():
+    labels = np.array([[0, 2, 2], [1, 1, 0]])
+    assert dist.object_anchors(labels, (10, 20), width=100).tolist() == [0, 11 * 100 + 20 + 1, 10 * 100 + 21 + 1]
+
+
+def test_connect_needs_an_address_or_a_number_of_workers():
+    with pytest.raises(ValueError, match="either a scheduler address or a number of local workers"):
+        with dist.connect():
+            pass
+    with pytest.raises(ValueError, match="must be >= 1"):
+        with dist.connect(workers=0):
+            pass
+
+
+def test_torch_threads_default_to_the_cores_per_dask_thread():
+    class Worker:
+        class state:
+            nthreads = 2
+
+    threads = torch.get_num_threads()
+    try:
+        dist.TorchThreads(3).setup(Worker())
+        assert torch.get_num_threads() == 3
+        dist.TorchThreads().setup(Worker())
+        assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_pixel_size_of_tiffs_and_ome_zarr(tmp_path, big_zarr):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), np.uint8), imagej=True, resolution=(1 / 0.3, 1 / 0.2),
+                     metadata={"unit": "um"})
+    size, unit = dist.input_pixel_size(tmp_path / "a.tif")
+    assert np.allclose(size, (0.2, 0.3)) and unit == "um"
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((8, 8), np.uint8))
+    assert dist.input_pixel_size(tmp_path / "b.tif") == (None, None)
+    assert dist.input_pixel_size(big_zarr) == ((0.5, 0.5), "micrometer")
+
+
+# ------------------------------------------------------------------------------------ on a LocalCluster
+
+
+def test_large_zarr_equals_single_process(client, bundle, big_zarr, reference, tmp_path):
+    events = run(client, bundle, [big_zarr], tmp_path)
+    assert len(events) == 2 * BLOCKS and events[-1].done == events[-1].total == 2 * BLOCKS
+    assert sum(e.cut_objects for e in events) == 0
+    probs, labels = read_outputs(tmp_path)
+    assert np.array_equal(probs, reference[0])  # bit for bit in fp32
+    crossing = {int(i) for i in np.unique(labels[59:61]) if i} | {int(i) for i in np.unique(labels[:, 59:61]) if i}
+    assert crossing and same_up_to_renumbering(labels, reference[1])
+    group = zarr.open_group(str(tmp_path / "big_labels.ome.zarr"), mode="r")
+    assert group.attrs[dist.COMPLETE] and group.attrs["image-label"]["version"] == "0.4"
+    multiscale = group.attrs["multiscales"][0]
+    assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [0.5, 0.5]
+    assert [a["unit"] for a in multiscale["axes"]] == ["micrometer", "micrometer"]
+    digest = dist.ModelSpec.from_bundle(bundle).digest
+    builds = client.run(dist.worker_model_builds)
+    assert all(b.count(digest) <= 1 for b in builds.values()) and any(digest in b for b in builds.values())
+    again = run(client, bundle, [big_zarr], tmp_path)
+    assert [e.item for e in again] == ["big.zarr (already done)"]
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(client, bundle, big_zarr, reference, tmp_path):
+    stream = dist.segment_batch(client, bundle, [big_zarr], tmp_path, block_size=BLOCK, margin=MARGIN,
+                                tile_size=TILE, device="cpu")
+    first = [next(stream) for _ in range(10)]
+    stream.close()  # stopping: the other tasks are cancelled
+    assert not dist.is_complete(tmp_path / "big_labels.ome.zarr")
+    rest = run(client, bundle, [big_zarr], tmp_path, probabilities=False)
+    assert len(first) + len(rest) <= 2 * BLOCKS + 2  # at most the blocks in flight at the stop run twice
+    assert len(rest) < 2 * BLOCKS
+    labels = zarr.open_group(str(tmp_path / "big_labels.ome.zarr"), mode="r")["0"][:]
+    assert same_up_to_renumbering(labels, reference[1])
+    assert not (tmp_path / "big_probs.ome.zarr").exists()  # not asked for: removed at the end
+    assert not any(p.name.endswith(".progress") for p in tmp_path.iterdir())
+
+
+def test_a_killed_worker_is_replaced_and_the_output_is_complete(client, bundle, big_zarr, reference, tmp_path):
+    stream = dist.segment_batch(client, bundle, [big_zarr], tmp_path, block_size=BLOCK, margin=MARGIN,
+                                tile_size=TILE, device="cpu", probabilities=True)
+    events, killed = [], False
+    for event in stream:
+        events.append(event)
+        if len(events) == 4:
+            pids = client.run(os.getpid)
+            os.kill(next(iter(pids.values())), signal.SIGKILL)
+            killed = True
+    assert killed and len(events) == 2 * BLOCKS
+    probs, labels = read_outputs(tmp_path)
+    assert dist.is_complete(tmp_path / "big_labels.ome.zarr")
+    assert np.array_equal(probs, reference[0])
+    assert same_up_to_renumbering(labels, reference[1])
+    client.wait_for_workers(2, timeout=600)  # the nanny restarts the killed one (slow on a loaded machine)
+
+
+def test_files_fan_out_as_tasks_and_large_tiffs_go_by_blocks(client, bundle, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    small = [make_cells((60, 50), seed=s)[0] for s in (1, 2)]
+    for i, image in enumerate(small):
+        write_tiff(folder / f"cells_{i}.tif", (image * 1000).astype(np.uint16), "YX")
+    stack = np.stack([make_cells((40, 48), seed=s)[0] for s in (3, 4)])
+    write_tiff(folder / "stack.tif", (stack * 1000).astype(np.uint16), "ZYX")
+    write_tiff(folder / "large.tif", (make_cells((150, 140), seed=7)[0] * 1000).astype(np.uint16), "YX")
+    inputs = sorted(folder.iterdir())
+    events = run(client, bundle, inputs, tmp_path / "out")
+    assert len(events) == 3 + 2 * 6  # three whole files, the large one in 3 x 2 blocks of 60 x 84
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for path in inputs[:2] + inputs[3:]:
+            image, axes = read_input(path)
+            expected = output_paths(path, tmp_path / "single", probabilities=True)
+            list(segment_file(bundle, image, axes, expected, tile_size=TILE, device="cpu"))
+            got = output_paths(path, tmp_path / "out", probabilities=True)
+            assert np.array_equal(read_input(got.labels)[0], read_input(expected.labels)[0])
+            assert np.array_equal(read_input(got.probs)[0], read_input(expected.probs)[0])
+        large, _ = read_input(inputs[2])
+        probs = bundle.predict(np.asarray(large), tile_size=TILE, device="cpu")[1]
+    finally:
+        torch.set_num_threads(threads)
+    got_probs, got_labels = read_outputs(tmp_path / "out", "large")
+    assert np.array_equal(got_probs, probs)
+    assert same_up_to_renumbering(got_labels, probs_to_labels(probs, bundle.postprocess))
+    again = run(client, bundle, inputs, tmp_path / "out")
+    assert all(e.item.endswith("(already done)") for e in again) and len(again) == 4
+
+
+def test_a_failing_file_names_itself(client, bundle, tmp_path):
+    write_tiff(tmp_path / "rgb.tif", np.zeros((3, 20, 20), np.uint16), "CYX")  # the model has one channel
+    with pytest.raises(RuntimeError, match="segmenting rgb.tif failed"):
+        run(client, bundle, [tmp_path / "rgb.tif"], tmp_path / "out")
+
+
+def test_a_changed_model_restarts_an_unfinished_image(client, bundle, big_zarr, reference, tmp_path):
+    stream = dist.segment_batch(client, bundle, [big_zarr], tmp_path, block_size=BLOCK, margin=MARGIN,
+                                tile_size=TILE, device="cpu")
+    next(stream)
+    stream.close()
+    other = replace(bundle, postprocess=PostprocessConfig(threshold=0.75))
+    events = run(client, other, [big_zarr], tmp_path)
+    assert len(events) == 2 * BLOCKS  # nothing reused from the run with other settings
+    _, labels = read_outputs(tmp_path)
+    assert same_up_to_renumbering(labels, probs_to_labels(reference[0], other.postprocess))
+
+
+def test_the_command_line_and_python_run_on_a_cluster(client, bundle, big_zarr, reference, tmp_path, capsys):
+    from napari_unet.cli import main
+    from napari_unet.modelfile import save_model
+
+    model = save_model(tmp_path / "cells.model", bundle)
+    address = client.scheduler.address
+    code = main(["predict", str(model), str(big_zarr), "--out", str(tmp_path / "cli"), "--cluster", address,
+                 "--tile-size", str(TILE), "--block-size", str(BLOCK), "--margin", str(MARGIN), "--torch-threads", "1",
+                 "--device", "cpu", "-q"])
+    assert code == 0 and "segmented 1 image(s)" in capsys.readouterr().out
+    labels = zarr.open_group(str(tmp_path / "cli" / "big_labels.ome.zarr"), mode="r")["0"][:]
+    assert same_up_to_renumbering(labels, reference[1])
+    events = dist.segment_files(model, [big_zarr], tmp_path / "py", address=address, torch_threads=1,
+                                tile_size=TILE, block_size=BLOCK, margin=MARGIN, device="cpu")
+    labels = zarr.open_group(str(tmp_path / "py" / "big_labels.ome.zarr"), mode="r")["0"][:]
+    assert len(events) == 2 * BLOCKS and same_up_to_renumbering(labels, reference[1])
+    assert main(["predict", str(model), str(big_zarr), "--out", str(tmp_path / "o"), "--workers", "2", "--tta"]) == 2
