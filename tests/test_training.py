@@ -175,3 +175,18 @@ def test_a_completed_run_calibrates_the_growth_on_the_annotated_cells(samples, t
     unchanged = Trainer(model, config, [binary], device="cpu")
     list(unchanged.run())
     assert seen == [] and unchanged.postprocess.grow_threshold is None
+
+
+def test_cosine_schedule_follows_the_time_budget_when_it_ends_first():
+    from napari_unet.training import _schedule
+
+    _, config = tiny(iterations=1000, time_budget=10.0)
+    elapsed = [0.0]
+    factor = _schedule(config, lambda: elapsed[0])
+    assert factor(0) == pytest.approx(1.0)
+    elapsed[0] = 5.0  # half the time budget, 1 % of the iterations
+    assert factor(10) == pytest.approx(0.05 + 0.95 * 0.5)
+    elapsed[0] = 20.0
+    assert factor(11) == pytest.approx(0.05)
+    _, no_budget = tiny(iterations=1000)
+    assert _schedule(no_budget, lambda: 1e9)(500) == pytest.approx(0.05 + 0.95 * 0.5)

@@ -32,6 +32,8 @@ class AugmentConfig:
         pixel by cubic splines (paper: 3 x 3 grid, 10 px).
     rotation: angle drawn uniformly in [-rotation, rotation] degrees, about the image centre.
     shift: translation drawn uniformly in [-shift, shift] pixels along each axis.
+    scale: zoom factor z drawn log-uniformly in the range (z > 1 magnifies: objects come out z times larger),
+        about the image centre; teaches a network a range of object sizes (off by default: (1, 1)).
     flip_p: probability of flipping each axis (vertical and horizontal independently).
     contrast: factor c drawn uniformly in the range: image -> mean + c * (image - mean).
     brightness: offset b drawn uniformly in the range, in units of the image's standard deviation:
@@ -47,6 +49,8 @@ class AugmentConfig:
     rotation_p: float = 0.5
     shift: float = 10.0
     shift_p: float = 0.5
+    scale: tuple[float, float] = (1.0, 1.0)
+    scale_p: float = 0.0
     flip_p: float = 0.5
     contrast: tuple[float, float] = (0.75, 1.33)
     contrast_p: float = 0.5
@@ -56,7 +60,7 @@ class AugmentConfig:
     gamma_p: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("elastic_p", "rotation_p", "shift_p", "flip_p", "contrast_p", "brightness_p", "gamma_p"):
+        for name in ("elastic_p", "rotation_p", "shift_p", "scale_p", "flip_p", "contrast_p", "brightness_p", "gamma_p"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} is a probability in [0, 1]; got {value}")
@@ -65,7 +69,7 @@ class AugmentConfig:
         for name in ("elastic_sigma", "rotation", "shift"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
-        for name, low_bound in (("contrast", 0.0), ("brightness", -math.inf), ("gamma", 0.0)):
+        for name, low_bound in (("contrast", 0.0), ("brightness", -math.inf), ("gamma", 0.0), ("scale", 0.0)):
             low, high = getattr(self, name)
             if not low_bound < low <= high:
                 raise ValueError(f"{name} must be a range (low, high) with {low_bound} < low <= high; "
@@ -74,7 +78,7 @@ class AugmentConfig:
     @classmethod
     def identity(cls) -> AugmentConfig:
         """Every transform off: `augment` returns its inputs unchanged (the image as float32)."""
-        return cls(elastic_p=0.0, rotation_p=0.0, shift_p=0.0, flip_p=0.0,
+        return cls(elastic_p=0.0, rotation_p=0.0, shift_p=0.0, scale_p=0.0, flip_p=0.0,
                    contrast_p=0.0, brightness_p=0.0, gamma_p=0.0)
 
 
@@ -108,8 +112,8 @@ def elastic_displacement(
 def sampling_map(shape: tuple[int, int], rng: np.random.Generator, config: AugmentConfig) -> np.ndarray | None:
     """Source coordinates of every output pixel: (2, H, W) float32 (y, x), or None for the identity.
 
-    For an output pixel p: flip its axes, add the elastic displacement u(p), rotate by R about the centre
-    c = ((H - 1) / 2, (W - 1) / 2) and shift by t: source = R (flip(p) + u(p) - c) + c + t.
+    For an output pixel p: flip its axes, add the elastic displacement u(p), rotate by R and zoom by z about
+    the centre c = ((H - 1) / 2, (W - 1) / 2) and shift by t: source = R (flip(p) + u(p) - c) / z + c + t.
     Random numbers are drawn in this order, each only when its transform is applied.
     Computed separably: R u(p) = M_H (R coarse) M_W^T is the field of the rotated coarse vectors, and the
     affine part is a sum of a column and a row.
@@ -123,7 +127,9 @@ def sampling_map(shape: tuple[int, int], rng: np.random.Generator, config: Augme
     angle = math.radians(rng.uniform(-config.rotation, config.rotation)) if rotate else 0.0
     shift = config.shift > 0 and config.shift_p > 0 and rng.random() < config.shift_p
     offset = rng.uniform(-config.shift, config.shift, size=2) if shift else np.zeros(2)
-    if not (any(flip) or elastic or rotate or shift):
+    zoom = config.scale != (1.0, 1.0) and config.scale_p > 0 and rng.random() < config.scale_p
+    factor = math.exp(rng.uniform(*np.log(config.scale))) if zoom else 1.0
+    if not (any(flip) or elastic or rotate or shift or zoom):
         return None
 
     centre = np.array([(height - 1) / 2, (width - 1) / 2])
@@ -133,7 +139,7 @@ def sampling_map(shape: tuple[int, int], rng: np.random.Generator, config: Augme
         y = -y
     if flip[1]:
         x = -x
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) / factor
     coordinates = np.empty((2, height, width), np.float32)
     for axis in range(2):
         # source[axis] = sum_k column_k(y) row_k(x): the affine part, then R u = M_H (R coarse) M_W^T

@@ -22,7 +22,7 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,8 @@ class TrainConfig:
 
     tile_size: side of the network's input window (rounded up to a valid size of the model).
     optimizer: "adam" or "sgd" (with `momentum`; the paper: SGD, momentum 0.99, one large tile per batch).
-    schedule: "constant" or "cosine" (learning rate decays to 5% over `iterations`).
+    schedule: "constant" or "cosine" (learning rate decays to 5% over `iterations`, or over `time_budget` when
+        that ends first: a run given 20 minutes decays over its 20 minutes).
     w0, sigma, border: weight map border term and the separation border width between touching cells (px).
     time_budget: seconds of training steps (time paused or spent by the consumer between events does not
         count); training stops (and saves) when exceeded, whatever `iterations` says.
@@ -214,7 +215,7 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # every step has the same shapes: let cuDNN pick its fastest
         self.optimizer = _make_optimizer(model, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config, lambda: self.elapsed))
         self._preview_requested = False
         self.growth_calibration: dict[str, Any] | None = None
         self._last_good = self._snapshot()
@@ -458,11 +459,20 @@ def _make_optimizer(model: UNet, config: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def _schedule(config: TrainConfig):
+def _schedule(config: TrainConfig, elapsed: Callable[[], float]) -> Callable[[int], float]:
+    """The learning-rate factor of step `step`: cosine from 1 to 0.05 over the run, whose progress is the larger of
+    step / iterations and (with a time budget) elapsed training time / time_budget."""
     if config.schedule == "constant":
         return lambda step: 1.0
-    total = config.iterations
-    return lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    total, budget = config.iterations, config.time_budget
+
+    def factor(step: int) -> float:
+        progress = min(step, total) / total
+        if budget:
+            progress = max(progress, min(elapsed() / budget, 1.0))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def _hash_sample(sample: Sample) -> str:
