@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint_every=250, seed=args.seed, time_budget=args.time_budget,
     )
     if args.resume and (args.out / "training_state.pt").is_file():
-        trainer = Trainer.resume(args.out, samples, validation, device="cpu")
+        trainer = Trainer.resume(args.out, samples, validation, device="cpu", time_budget=args.time_budget)
     else:
         net = UNet(UNetConfig(depth=args.depth, base_channels=args.base_channels, dropout=0.0))
         trainer = Trainer(net, config, samples, validation, device="cpu", checkpoint=args.out)
