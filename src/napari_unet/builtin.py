@@ -68,7 +68,7 @@ def resolve(spec: str | Path) -> Path:
 
 def describe(name: str) -> dict[str, Any]:
     """What `napari-unet models` shows of a built-in model, read from its config.json (without loading weights):
-    name, description, object_diameter (px), weights_mb, parameters (network), training_data (images per set),
+    name, description, object_diameter (px), architecture, weights_bytes, training_data (images per set),
     never_trained_on, citations, license."""
     from .modelfile import CONFIG_FILE, WEIGHTS_FILE
 
@@ -85,7 +85,7 @@ def describe(name: str) -> dict[str, Any]:
         "object_diameter": config.get("object_diameter", metadata.get("object_diameter")),
         "architecture": f"U-Net depth {unet.get('depth')}, {unet.get('base_channels')} base channels, "
                         f"{unet.get('in_channels', 1)} input channel(s), {unet.get('padding', 'valid')} convolutions",
-        "weights_mb": round((folder / WEIGHTS_FILE).stat().st_size / 1e6, 2),
+        "weights_bytes": (folder / WEIGHTS_FILE).stat().st_size,
         "training_data": counts,
         "never_trained_on": data.get("never_trained_on"),
         "citations": list(metadata.get("citations", [])),
