@@ -99,3 +99,37 @@ def busiest_window(image, side: int, candidates: int = 3) -> tuple[slice, slice]
             if score > best_score:
                 best, best_score = region, score
     return best
+
+
+def cells_diameter(labels: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Median diameter (px) of the annotated cells of training labels (H, W): the reserved "not annotated" value
+    (`targets.unannotated_value`) and pixels outside `mask` are not cells; a binary mask is split into its
+    connected components. NaN without cells."""
+    from scipy import ndimage
+
+    from .targets import annotation_mask, is_binary
+
+    labels = np.asarray(labels)
+    cells = np.where(annotation_mask(labels, mask), labels, 0)
+    if is_binary(cells):
+        cells = ndimage.label(cells != 0)[0]
+    return median_diameter(cells)
+
+
+def rescale_to_diameter(samples, object_diameter: float) -> tuple[list, list[float]]:
+    """Training samples (`training.Sample`) resized so their annotated cells have the median diameter
+    `object_diameter` px (what a model with that object diameter was trained on): (samples, their factors).
+    Each sample is scaled by its own cells; one without cells takes the median factor of the others (1.0 when
+    none has cells)."""
+    from .training import Sample
+
+    found = [object_diameter / d for d in (cells_diameter(s.labels, s.mask) for s in samples)]
+    known = [f for f in found if np.isfinite(f)]
+    fallback = float(np.median(known)) if known else 1.0
+    factors = [f if np.isfinite(f) else fallback for f in found]
+    rescaled = [
+        Sample(rescale_image(s.image, f), rescale_labels(s.labels, f),
+               None if s.mask is None else rescale_labels(np.asarray(s.mask), f))
+        for s, f in zip(samples, factors)
+    ]
+    return rescaled, factors
