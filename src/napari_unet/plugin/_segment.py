@@ -8,6 +8,11 @@ stays responsive. When every tile is in, the stitched probability map is post-pr
 worker too), so cells cut by tile borders come out whole, and the result is redrawn band by band, one band per
 turn of the event loop; the probability map is kept, so the post-processing can be retuned without
 running the network again.
+
+Object size: a model with an object diameter (the built-in `nuclei`) sees the image rescaled by model diameter /
+object diameter (the dock's "object diameter": a value, or auto, estimated in a worker before the tiles start).
+Tiles are then predicted on the rescaled plane and each tile's probabilities resized back to its region of the
+image (`rescaled_region`), so the layers keep the image's size; the post-processing's sizes are scaled to it.
 """
 
 from __future__ import annotations
@@ -40,8 +45,9 @@ from qtpy.QtWidgets import (
 
 from napari_unet.device import describe_device, select_device
 from napari_unet.io import check_image
-from napari_unet.modelfile import ModelBundle, load_model
+from napari_unet.modelfile import ModelBundle, check_rescalable, load_model
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
+from napari_unet.scale import rescale_image, resize_probs, scale_postprocess, scaled_shape
 from napari_unet.tiling import auto_stride, iter_predict_tiles, prepare_model, tile_grid
 
 from ._layers import LayerProblem, PlaneStack, debounced, layer_combo, plane_stack, throttled, wrapped_label
@@ -52,6 +58,7 @@ from ._workers import alive, generator_worker, start_worker
 REFRESH_MS = 100  # at most ~10 whole-layer refreshes per second while tiles stream in
 REFRESH_BUDGET = 8  # ...and at least 8x the time a refresh takes between two (large layers redraw slowly)
 RETUNE_MS = 250  # post-processing reruns this long after the last change of its controls
+DEFAULT_MODEL = "nuclei"  # the built-in model a new session starts with
 
 
 @dataclass(frozen=True)
@@ -73,14 +80,19 @@ class TileUpdate:
 
 
 def stream_tiles(
-    bundle: ModelBundle, stack: PlaneStack, stride: int, device: torch.device, postprocess: PostprocessConfig
+    bundle: ModelBundle, stack: PlaneStack, stride: int, device: torch.device, postprocess: PostprocessConfig,
+    factor: float = 1.0,
 ) -> Iterator[TileUpdate]:
     """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
 
-    Runs in the worker thread: reads windows (lazily for dask/zarr), runs the network, labels each tile.
+    factor: each plane is resized by it before the network (read whole and rescaled in memory; too large planes
+    are refused, `modelfile.check_rescalable`), each tile's result resized back to its region of the image.
+    postprocess: for the image's size (see `scale.scale_postprocess`).
+    Runs in the worker thread: reads windows (lazily for dask/zarr at factor 1), runs the network, labels each tile.
     """
     net = prepare_model(bundle.net, device)
-    grid = tile_grid(net, stack.shape, stride)
+    scaled = scaled_shape(stack.shape, factor)
+    grid = tile_grid(net, scaled, stride)
     total = len(grid) * len(stack.planes)
     done = next_id = 0
     for index in stack.planes:
@@ -88,14 +100,28 @@ def stream_tiles(
         if isinstance(plane, np.ndarray) and not isinstance(plane, np.memmap):
             check_image(plane, "CYX")  # NaN, infinite or constant: a clear error (lazy planes are not scanned twice)
         preprocess = bundle.preprocessor(plane, "CYX")
+        if factor != 1.0:
+            check_rescalable(plane, factor)
+            plane = rescale_image(np.asarray(plane), factor)
         for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
+            region = rescaled_region(result.tile.region, scaled, stack.shape)
             probs_fg = np.ascontiguousarray(result.probs[1], dtype=np.float32)
-            labels = probs_to_labels(probs_fg, postprocess)
+            size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
+            if factor != 1.0:
+                probs_fg = resize_probs(probs_fg[None], size)[0] if min(size) else np.zeros(size, np.float32)
+            labels = probs_to_labels(probs_fg, postprocess) if min(size) else np.zeros(size, np.int32)
             count = int(labels.max(initial=0))
             labels[labels > 0] += next_id
             next_id += count
             done += 1
-            yield TileUpdate(index, result.tile.region, probs_fg, labels, done, total)
+            yield TileUpdate(index, region, probs_fg, labels, done, total)
+
+
+def rescaled_region(region: tuple[slice, slice], scaled: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """A region (rows, cols) of a plane of shape `scaled`, mapped onto the same plane at `shape`: edges scale by
+    shape / scaled and are rounded, so neighbouring tiles still meet exactly and the last edge is the border."""
+    return tuple(slice(round(r.start * n / m), round(r.stop * n / m))  # type: ignore[return-value]
+                 for r, m, n in zip(region, scaled, shape))
 
 
 def postprocess_planes(probs_fg: np.ndarray, planes: list[tuple[int, ...]], config: PostprocessConfig) -> np.ndarray:
@@ -116,11 +142,16 @@ class SegmentWidget(QWidget):
     segmented = Signal(object)
     stopped = Signal()
 
-    def __init__(self, napari_viewer: Any, session: Session | None = None):
+    def __init__(self, napari_viewer: Any, session: Session | None = None, default_model: str | None = DEFAULT_MODEL):
+        """default_model: the built-in model put in the session when it has none yet (None: none)."""
         super().__init__()
         self.viewer = napari_viewer
         self.session = session or session_for(napari_viewer)
+        if default_model is not None and self.session.bundle is None:
+            self.session.use_builtin(default_model)
         self.worker: Any = None
+        self.factor = 1.0  # the image was resized by this before the network (model / object diameter)
+        self.estimated_diameter: float | None = None  # the last "auto" estimate (None: no object found)
         self.labels_layer: Any = None
         self.probs_layer: Any = None
         self.probs_fg: np.ndarray | None = None  # (..., H, W) float32, kept for retuning
@@ -143,6 +174,12 @@ class SegmentWidget(QWidget):
         self.tile_spin.setToolTip("Output tile side in pixels; 'auto' picks the largest that fits in memory")
         self.device_combo = QComboBox()
         self.device_combo.addItems(available_devices())
+        self.diameter_spin = QDoubleSpinBox()
+        self.diameter_spin.setRange(0.0, 1000.0)
+        self.diameter_spin.setDecimals(1)
+        self.diameter_spin.setSuffix(" px")
+        self.diameter_spin.setSpecialValueText("auto")
+        self.diameter_label = wrapped_label()
         self.probs_check = QCheckBox("also show the probability map")
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.0, 1.0)
@@ -169,6 +206,8 @@ class SegmentWidget(QWidget):
         form.addRow("", self.load_button)
         form.addRow("tile size", self.tile_spin)
         form.addRow("device", self.device_combo)
+        form.addRow("object diameter", self.diameter_spin)
+        form.addRow("", self.diameter_label)
         form.addRow("", self.probs_check)
         form.addRow("threshold", self.threshold_spin)
         form.addRow("grow to p >", self.grow_spin)
@@ -213,6 +252,10 @@ class SegmentWidget(QWidget):
         self.session.set_model(bundle, path)
         return True
 
+    def diameter(self) -> float | str:
+        """The dock's object diameter: "auto" or pixels."""
+        return float(self.diameter_spin.value()) or "auto"
+
     def postprocess_config(self) -> PostprocessConfig:
         """The model's post-processing with the threshold, growth, minimum size and watershed choice of the dock."""
         base = self.session.bundle.postprocess if self.session.bundle is not None else PostprocessConfig()
@@ -238,10 +281,52 @@ class SegmentWidget(QWidget):
         try:
             stack = plane_stack(layer, bundle.net.config.in_channels, self.viewer.layers)
             device = select_device(self.device_combo.currentText())
+            diameter = self.diameter() if bundle.object_diameter is not None else None
+            factor = bundle.scale_factor(stack.plane(stack.planes[0]), diameter) if diameter != "auto" else None
         except (LayerProblem, ValueError) as error:
             show_error(str(error))
             return None
+        if factor is not None:
+            return self._start_tiles(bundle, layer, stack, device, factor)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.cancelled = False
+        self.session.segmenting = True
+        self.status.setText("Estimating the object diameter…")
+        self.worker = create_worker(bundle.estimate_diameter, stack.plane(stack.planes[0]), device=device,
+                                    _ignore_errors=True, _start_thread=False)
+        self.worker.returned.connect(lambda estimate: alive(self) and self._estimated(bundle, layer, stack, device,
+                                                                                      estimate))
+        self.worker.errored.connect(self._estimate_failed)
+        start_worker(self.worker, self)
+        return self.worker
+
+    def _estimated(self, bundle: ModelBundle, layer: Any, stack: PlaneStack, device: torch.device,
+                   estimate: float | None) -> None:
+        self.worker = None
+        self.session.segmenting = False
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self.estimated_diameter = estimate
+        if self.cancelled:
+            self.status.setText("Cancelled before the first tile")
+            self.stopped.emit()
+            return
+        self._start_tiles(bundle, layer, stack, device, 1.0 if estimate is None else bundle.object_diameter / estimate)
+
+    def _estimate_failed(self, error: Exception) -> None:
+        self.worker = None
+        self.session.segmenting = False
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        self._failed(error)
+
+    def _start_tiles(self, bundle: ModelBundle, layer: Any, stack: PlaneStack, device: torch.device,
+                     factor: float) -> Any:
+        """Create the result layers and start streaming tiles of the image resized by `factor`."""
         stride = self.tile_spin.value() or auto_stride(bundle.net, device)
+        self.factor = factor
+        self.diameter_label.setText(self._describe_scale(bundle))
 
         self.planes = stack.planes
         self.probs_fg = np.zeros(stack.output_shape(), dtype=np.float32)
@@ -258,15 +343,15 @@ class SegmentWidget(QWidget):
         self.tiles_written = self.layer_refreshes = 0
         self.cancelled = self.finished_run = self.labels_stale = False
         self._postprocess_runs += 1
-        config = self.postprocess_config()
-        total = len(tile_grid(bundle.net, stack.shape, stride)) * len(self.planes)
+        config = scale_postprocess(self.postprocess_config(), 1.0 / factor)
+        total = len(tile_grid(bundle.net, scaled_shape(stack.shape, factor), stride)) * len(self.planes)
         self.progress.setRange(0, total)
         self.progress.setValue(0)
         self.status.setText(f"{total} tile(s) of {stride} px on {describe_device(device)}")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.session.segmenting = True
-        self.worker = generator_worker(stream_tiles(bundle, stack, stride, device, config),
+        self.worker = generator_worker(stream_tiles(bundle, stack, stride, device, config, factor),
                                        _progress={"total": total, "desc": "U-Net: segmenting"})
         self.worker.yielded.connect(self._write_tile)
         self.worker.errored.connect(self._failed)
@@ -350,7 +435,7 @@ class SegmentWidget(QWidget):
         self._postprocess_runs += 1
         run = self._postprocess_runs
         worker = create_worker(
-            postprocess_planes, self.probs_fg, self.planes, self.postprocess_config(),
+            postprocess_planes, self.probs_fg, self.planes, scale_postprocess(self.postprocess_config(), 1 / self.factor),
             _ignore_errors=True, _start_thread=False,
         )
         worker.returned.connect(lambda labels: alive(self) and self._set_final_labels(labels, run))
@@ -388,6 +473,12 @@ class SegmentWidget(QWidget):
             return
         self.model_label.setText(self.session.describe_model())
         bundle = self.session.bundle
+        has_size = bundle is not None and bundle.object_diameter is not None
+        self.diameter_spin.setEnabled(has_size)
+        self.diameter_spin.setToolTip(
+            f"Diameter of the objects in the image: it is resized by {bundle.object_diameter:g} px (the model's) / "
+            "this before the network, results come back at its size; auto: estimated on the image" if has_size
+            else "This model has no object diameter: images are segmented at their own scale")
         if bundle is not None:
             for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):
                 widget.blockSignals(True)
@@ -398,6 +489,16 @@ class SegmentWidget(QWidget):
             self.split_check.setChecked(bundle.postprocess.watershed)
             for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):
                 widget.blockSignals(False)
+
+    def _describe_scale(self, bundle: ModelBundle) -> str:
+        if bundle.object_diameter is None:
+            return ""
+        used = bundle.object_diameter / self.factor
+        how = "estimated" if self.diameter() == "auto" else "given"
+        if self.diameter() == "auto" and self.estimated_diameter is None:
+            return "no objects found to estimate their size: segmented at the image's scale"
+        rescale = f"image rescaled x{self.factor:.2f}" if abs(self.factor - 1) > 1e-9 else "not rescaled"
+        return f"objects ~{used:.1f} px ({how}); {rescale} to the model's {bundle.object_diameter:g} px"
 
     def _ask_model_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")
