@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_unet.metrics import instance_scores
-from napari_unet.plugin._finetune import FineTuneWidget
+from napari_unet.plugin._finetune import START_NEW, FineTuneWidget
 from napari_unet.plugin._reader import PLUGIN
 from napari_unet.plugin._segment import SegmentWidget
 
@@ -29,7 +29,7 @@ def test_annotate_a_few_cells_fine_tune_and_segment(make_napari_viewer_proxy, qt
     annotations = viewer.add_labels(np.where(np.isin(truth, few), truth, 0).astype(np.int32), name="annotations")
     truth_layer.visible = False
 
-    finetune = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave")
+    finetune = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=START_NEW)
     with qtbot.waitSignal(finetune.estimated, timeout=120_000):
         viewer.window.add_dock_widget(finetune, name="Fine-tune")
     finetune.image_combo.value = image_layer

@@ -11,6 +11,7 @@ the last completed step to the autosave folder, off the main thread.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
@@ -37,11 +38,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet import builtin
 from napari_unet.device import describe_device, select_device
 from napari_unet.io import apply_normalization, percentiles
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import ModelBundle, Normalization, load_model, save_model
 from napari_unet.postprocess import PostprocessConfig
+from napari_unet.scale import rescale_to_diameter
 from napari_unet.targets import mask_around_cells
 from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer, TrainEvent, preset
 
@@ -60,7 +63,10 @@ from ._segment import available_devices
 from ._state import Session, TrainingRun, session_for
 from ._workers import alive, generator_worker, start_worker
 
-START_NEW, START_SESSION, START_FILE = "new model", "the session's model", "a saved model…"
+START_NEW, START_SESSION, START_FILE = "new network", "the session's model", "a saved model…"
+BUILTIN_MODEL = "nuclei"  # the built-in model offered as a starting point (first and default when installed)
+START_BUILTIN = f"{BUILTIN_MODEL} (built-in)"
+FINE_TUNE_LEARNING_RATE = 3e-4  # from the built-in model: small steps keep what it knows
 DEFAULT_MARGIN = 12  # px of background kept around sparsely annotated cells
 
 
@@ -83,14 +89,17 @@ class TrainingJob:
     postprocess: PostprocessConfig | None
     device: str
     checkpoint: Path
+    object_diameter: float | None = None  # the starting model's: each sample is rescaled to it
     trainer: Trainer | None = None
+    factors: list[float] | None = None  # how each sample was rescaled (filled by `training_samples`)
 
 
 def training_samples(job: TrainingJob) -> list[Sample]:
     """Normalised samples, each cropped to its annotated region plus half a tile of context.
 
     Cropping keeps weight maps and validation cheap on big images where a few cells are annotated; the
-    windows the trainer cuts around annotated pixels stay inside the crop.
+    windows the trainer cuts around annotated pixels stay inside the crop. With an object diameter, each sample
+    is then resized so its painted cells have that median diameter (`scale.rescale_to_diameter`).
     """
     context = job.config.tile_size // 2 + 1
     samples = []
@@ -104,6 +113,8 @@ def training_samples(job: TrainingJob) -> list[Sample]:
         lo, hi = percentiles(image, job.normalization.low, job.normalization.high, "CYX")
         normalised = apply_normalization(image[(slice(None), *box)], lo, hi)
         samples.append(Sample(normalised, labels[box], None if mask is None else mask[box]))
+    if job.object_diameter is not None:
+        samples, job.factors = rescale_to_diameter(samples, job.object_diameter)
     return samples
 
 
@@ -111,7 +122,8 @@ def run_training(job: TrainingJob) -> Generator[TrainEvent, None, Path]:
     """Build the trainer (weight maps and all) and yield its events; returns the autosaved model folder."""
     samples = training_samples(job)
     job.trainer = Trainer(job.net, job.config, samples, validation=samples, device=job.device,
-                          checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess)
+                          checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess,
+                          object_diameter=job.object_diameter)
     events = job.trainer.run()
     try:
         yield from events
@@ -199,7 +211,10 @@ class FineTuneWidget(QWidget):
         net_overrides: dict[str, Any] | None = None,
         train_overrides: dict[str, Any] | None = None,
         session: Session | None = None,
+        start_from: str | None = None,
     ):
+        """start_from: the first choice of "start from" (default: the built-in model when installed, else a new
+        network)."""
         super().__init__()
         self.viewer = napari_viewer
         self.session = session or session_for(napari_viewer)
@@ -210,6 +225,7 @@ class FineTuneWidget(QWidget):
         self.job: TrainingJob | None = None
         self.history: TrainingRun | None = None
         self.start_bundle: ModelBundle | None = None  # a model loaded from disk to start from
+        self.builtin_bundle: ModelBundle | None = None  # the built-in model, loaded when first chosen
         self.start_path: Path | None = None
         self.annotations_path: Path | None = None
         self.offered_annotations: tuple[Path, Path] | None = None  # (image file, annotations file)
@@ -229,7 +245,9 @@ class FineTuneWidget(QWidget):
         self.margin_spin.setValue(DEFAULT_MARGIN)
         self.margin_spin.setToolTip("Only this much background around the annotated cells is trusted")
         self.start_combo = QComboBox()
-        self.start_combo.addItems([START_NEW, START_SESSION, START_FILE])
+        self.start_combo.addItems(([START_BUILTIN] if BUILTIN_MODEL in builtin.names() else [])
+                                  + [START_NEW, START_SESSION, START_FILE])
+        self.start_combo.setCurrentText(start_from or self.start_combo.itemText(0))
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(list(PRESETS))
         self.iterations_spin = QSpinBox()
@@ -444,7 +462,7 @@ class FineTuneWidget(QWidget):
             raise LayerProblem("The session has no model yet: start from a new model or load one")
         if start == START_FILE and self.start_bundle is None:
             raise LayerProblem("No saved model chosen: pick 'a saved model…' again to choose its folder")
-        base = {START_SESSION: self.session.bundle, START_FILE: self.start_bundle}.get(start)
+        base = self._base_bundle()
         layers = self.viewer.layers
         channels = base.net.config.in_channels if base is not None else channels_of(image_layer, layers)
         stack = plane_stack(image_layer, channels, layers)
@@ -483,6 +501,8 @@ class FineTuneWidget(QWidget):
                 f"No annotations in '{labels_layer.name}': paint a few cells (each with its own label) first"
             )
         net_config, config = preset(self.preset_combo.currentText(), **self._train_overrides())
+        if start == START_BUILTIN and "learning_rate" not in self.train_overrides:
+            config = replace(config, learning_rate=FINE_TUNE_LEARNING_RATE)
         if self.session.augment is not None:
             config = replace(config, augment=self.session.augment)
         if base is None:
@@ -492,11 +512,14 @@ class FineTuneWidget(QWidget):
             normalization, postprocess = Normalization(), None
         else:
             net, normalization, postprocess = base.net, base.normalization, base.postprocess
+            if start == START_BUILTIN:
+                net = copy.deepcopy(base.net)  # the built-in stays as shipped, for the next run
             if start == START_FILE:
                 self.session.set_model(base, self.start_path)
         checkpoint = _autosave.model_folder(self.autosave_root, image_layer.name)
         job = TrainingJob(images, labels, masks, net, config, normalization, postprocess,
-                          self.device_combo.currentText(), checkpoint)
+                          self.device_combo.currentText(), checkpoint,
+                          base.object_diameter if base is not None else None)
         select_device(job.device)  # an unavailable device is a notification now, not a worker error
         return job, labels_all
 
@@ -637,9 +660,16 @@ class FineTuneWidget(QWidget):
         self.iterations_spin.setValue(PRESETS[name][1].iterations)
         self.update_estimate()
 
-    def _estimate_setting(self) -> tuple | None:
+    def _base_bundle(self) -> ModelBundle | None:
+        """The model the chosen "start from" names (None: a new network)."""
         start = self.start_combo.currentText()
-        base = {START_SESSION: self.session.bundle, START_FILE: self.start_bundle}.get(start)
+        if start == START_BUILTIN and self.builtin_bundle is None:
+            self.builtin_bundle = load_model(builtin.path(BUILTIN_MODEL))
+        return {START_SESSION: self.session.bundle, START_FILE: self.start_bundle,
+                START_BUILTIN: self.builtin_bundle}.get(start)
+
+    def _estimate_setting(self) -> tuple | None:
+        base = self._base_bundle()
         net_config, config = PRESETS[self.preset_combo.currentText()]
         if base is not None:
             net_config = base.net.config
