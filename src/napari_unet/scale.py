@@ -13,8 +13,16 @@ its objects.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from skimage.transform import resize
+
+
+def model_diameter(bundle: Any) -> float | None:
+    """The object diameter (px) a model was trained for (None: the model does not rescale images)."""
+    value = getattr(bundle, "diameter", None) or bundle.metadata.get("object_diameter")
+    return None if value is None else float(value)
 
 
 def median_diameter(labels: np.ndarray) -> float:
