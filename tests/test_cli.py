@@ -154,21 +154,21 @@ def test_resume_continues_the_iterations(data, tmp_path, capsys):
 
 
 def test_ctrl_c_saves_the_last_step_and_resume_continues(data, tmp_path, capsys, monkeypatch):
-    from napari_unet import cli
+    from napari_unet.cli.progress import Progress
 
-    original = cli.Progress.update
+    original = Progress.update
 
     def interrupt_after_two_steps(self, n=1, **postfix):
         original(self, n, **postfix)
         if self.description == "training" and self.done >= 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.Progress, "update", interrupt_after_two_steps)
+    monkeypatch.setattr(Progress, "update", interrupt_after_two_steps)
     out = tmp_path / "m"
     code, _, stderr = run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "5", *TINY)
     assert code == 130 and "stopped at iteration 2" in stderr and "--resume" in stderr
     assert load_model(out).metadata["iterations"] == 2
-    monkeypatch.setattr(cli.Progress, "update", original)
+    monkeypatch.setattr(Progress, "update", original)
     code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--resume", "-q")
     assert code == 0 and "trained 5 iterations" in stdout
 
@@ -316,3 +316,15 @@ def test_the_installed_entry_point_runs():
     result = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert all(command in result.stdout for command in COMMANDS)
+
+
+def test_python_dash_m_runs_the_command_line():
+    source = Path(__file__).resolve().parents[1] / "src"
+    env = {**__import__("os").environ, "PYTHONPATH": str(source)}
+    result = subprocess.run([sys.executable, "-m", "napari_unet", "--help"], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    assert all(command in result.stdout for command in COMMANDS)
+    result = subprocess.run([sys.executable, "-m", "napari_unet", "nonsense"], capture_output=True, text=True,
+                            timeout=60, env=env)
+    assert result.returncode == 2 and "invalid choice" in result.stderr

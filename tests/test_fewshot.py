@@ -22,8 +22,7 @@ def two_touching_cells():
 
 
 def bundle(diameter=None):
-    metadata = {"object_diameter": diameter, "name": "test"} if diameter else {}
-    return ModelBundle(UNet(depth=2, base_channels=4), metadata=metadata)
+    return ModelBundle(UNet(depth=2, base_channels=4), metadata={"name": "test"}, object_diameter=diameter)
 
 
 def test_the_painted_image_is_rescaled_to_the_models_object_size():
@@ -78,7 +77,7 @@ def test_fine_tuning_trains_a_copy_and_records_where_it_came_from():
     tuned = trainer.bundle()
     assert any(not torch.equal(before[k], v) for k, v in tuned.net.state_dict().items())
     assert tuned.metadata["fine_tuned_from"] == "test"
-    assert tuned.metadata["object_diameter"] == 30.0
+    assert tuned.object_diameter == 30.0
     assert tuned.metadata["annotated_diameter"] == pytest.approx(30, rel=0.05)
 
 

@@ -283,3 +283,22 @@ def test_growth_is_calibrated_on_the_annotated_cells_alone():
     assert calibrate_growth([exact], [cells])[0].grow_threshold is None  # right already: no growth
     with pytest.raises(ValueError, match="as many"):
         calibrate_growth([probs], [])
+
+
+def test_score_config_scores_one_configuration_as_the_ranking_does():
+    from napari_unet.postprocess import best_config, score_config
+
+    truth = np.zeros((40, 60), np.int32)
+    truth[disk(truth.shape, (20, 15), 8)] = 1
+    truth[disk(truth.shape, (20, 40), 8)] = 2
+    probs = probs_of(truth > 0)
+    bridge = np.zeros(truth.shape, bool)
+    bridge[18:23, 15:40] = True
+    probs[bridge & (truth == 0)] = 0.6  # a bridge: above threshold 0.5 the two cells merge, above 0.7 they do not
+    merged, split = PostprocessConfig(border_width=0), PostprocessConfig(threshold=0.7, border_width=0)
+    assert score_config(merged, [probs], [truth])["ap50"] == 0.0
+    assert score_config(split, [probs], [truth]) == {"ap50": 1.0, "map": 1.0, "f1_50": 1.0, "seg": 1.0}
+    assert best_config([merged, split], [probs], [truth], lambda mean: mean["ap50"])[2] == [
+        score_config(merged, [probs], [truth]), score_config(split, [probs], [truth])]
+    with pytest.raises(ValueError, match="as many"):
+        score_config(merged, [probs], [truth, truth])

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.scale import median_diameter, rescale_image, rescale_labels, scaled_shape
+from napari_unet.scale import (
+    cells_diameter,
+    median_diameter,
+    rescale_image,
+    rescale_labels,
+    rescale_to_diameter,
+    scaled_shape,
+)
 
 
 def disks(shape, radius, centres):
@@ -38,3 +45,28 @@ def test_rescale_image_keeps_channels_and_range():
     assert out.min() >= 0 and out.max() <= 1
     with pytest.raises(ValueError, match="> 0"):
         rescale_image(image, 0.0)
+
+
+def test_cells_diameter_ignores_unannotated_pixels_and_splits_binary_masks():
+    labels = disks((200, 200), 10, [(30, 30), (30, 100), (120, 60)]).astype(np.uint16)
+    labels[150:200, 150:200] = 65535  # "not annotated"
+    assert cells_diameter(labels) == pytest.approx(20, rel=0.05)
+    assert cells_diameter((labels == 1) | (labels == 2)) == pytest.approx(20, rel=0.05)
+    mask = np.zeros(labels.shape, bool)
+    mask[:60, :60] = True
+    assert cells_diameter(labels, mask) == pytest.approx(20, rel=0.05)
+
+
+def test_rescale_to_diameter_brings_each_sample_to_the_model_size():
+    from napari_unet.training import Sample
+
+    small = disks((120, 120), 5, [(30, 30), (80, 80)])
+    large = disks((200, 200), 20, [(50, 50), (140, 140)])
+    empty = np.zeros((50, 50), np.int32)
+    samples = [Sample(np.zeros(s.shape, np.float32), s) for s in (small, large, empty)]
+    rescaled, factors = rescale_to_diameter(samples, 20.0)
+    assert factors[0] == pytest.approx(2.0, rel=0.1) and factors[1] == pytest.approx(0.5, rel=0.1)
+    assert factors[2] == pytest.approx(np.median(factors[:2]))
+    for sample in rescaled[:2]:
+        assert median_diameter(sample.labels) == pytest.approx(20, rel=0.1)
+        assert sample.image.shape == sample.labels.shape

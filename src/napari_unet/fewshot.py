@@ -137,9 +137,10 @@ def few_shot_trainer(
         augment=AugmentConfig(scale=(0.85, 1.18), scale_p=0.5), calibrate_growth=True,
     )
     trainer = Trainer(net, train_config, [prepared.sample], device=device, checkpoint=checkpoint,
-                      normalization=bundle.normalization, postprocess=bundle.postprocess)
+                      normalization=bundle.normalization, postprocess=bundle.postprocess,
+                      object_diameter=bundle.object_diameter)
     trainer.metadata.update({
-        **{k: v for k, v in bundle.metadata.items() if k in ("name", "object_diameter", "citations", "license")},
+        **{k: v for k, v in bundle.metadata.items() if k in ("name", "citations", "license")},
         "fine_tuned_from": bundle.metadata.get("name", "a model"),
         "annotated_diameter": round(prepared.diameter, 2),
     })

@@ -6,6 +6,12 @@ and `weights.safetensors` (tensors only: loading runs no code).
 >>> folder = save_model(tempfile.mkdtemp() + "/cells", ModelBundle(UNet(depth=2, base_channels=4)))
 >>> load_model(folder).net.config.depth
 2
+
+A model may know the size of the objects it was trained on (`object_diameter`, px, like Cellpose's diameter):
+`predict` and `segment` then rescale each image by model diameter / object diameter before the network and
+return results at the image's size; the object diameter is given, or estimated ("auto", the default). Models
+without one (None: every model trained before this existed) never rescale. `load_model` also accepts the
+name of a built-in model (`napari_unet.builtin`), e.g. `load_model("nuclei")`.
 """
 
 from __future__ import annotations
@@ -22,9 +28,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .io import apply_normalization, percentiles
+from .io import _is_lazy, apply_normalization, percentiles
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
+from .scale import busiest_window, median_diameter, rescale_image, resize_probs, scale_postprocess
 from .tiling import predict_tiled
 
 FORMAT = "napari-unet-model"
@@ -32,6 +39,12 @@ FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "training_state.pt"
+
+Diameter = float | str | None  # an object diameter in px, "auto" (estimate it) or None (no rescaling)
+ESTIMATE_SIDE = 256  # side (px, at the model's scale) of the window the object diameter is estimated on
+ESTIMATE_ROUNDS = 3  # estimate, rescale by it, estimate again: at most this many passes over the window
+FACTOR_RANGE = (0.125, 8.0)  # rescale factors beyond these are refused (given) or clipped (estimated)
+MAX_RESCALE_BYTES = 1 << 30  # a plane is rescaled in memory: larger planes (before or after) are refused
 
 
 @dataclass(frozen=True)
@@ -48,12 +61,19 @@ class Normalization:
 
 @dataclass
 class ModelBundle:
-    """A network with everything needed to use it: normalisation, post-processing and where it came from."""
+    """A network with everything needed to use it: normalisation, post-processing, the diameter (px) of the
+    objects it was trained on (None: unknown, images are never rescaled) and where it came from."""
 
     net: UNet
     normalization: Normalization = field(default_factory=Normalization)
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     metadata: dict[str, Any] = field(default_factory=dict)
+    object_diameter: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.object_diameter is not None and not (isinstance(self.object_diameter, (int, float))
+                                                     and self.object_diameter > 0):
+            raise ValueError(f"object_diameter must be a number of pixels > 0 or None, got {self.object_diameter!r}")
 
     def preprocessor(self, image, axes: str = "CYX"):
         """The per-window normalisation with percentiles of the whole `image` (read from a bounded sample)."""
@@ -61,18 +81,127 @@ class ModelBundle:
         lo, hi = lo.reshape(-1, 1, 1), hi.reshape(-1, 1, 1)
         return lambda window: apply_normalization(window, lo, hi)
 
-    def predict(self, image, *, tile_size: int | None = None, device: str | torch.device = "auto", out=None,
-                batch_size: int = 1) -> np.ndarray:
-        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image, normalised tile by tile."""
-        axes = "YX" if image.ndim == 2 else "CYX"
-        return predict_tiled(
-            self.net, image, tile_size, device=device, out=out, batch_size=batch_size,
-            preprocess=self.preprocessor(image, axes),
-        )
+    def scale_factor(self, image, diameter: Diameter = "auto", *, device: str | torch.device = "auto") -> float:
+        """The factor an image is resized by before the network: model diameter / object diameter.
 
-    def segment(self, image, **kwargs: Any) -> np.ndarray:
-        """Instance labels (H, W) int32 of a raw image: `predict`, then the saved post-processing."""
-        return probs_to_labels(self.predict(image, **kwargs)[1], self.postprocess)
+        diameter: the objects' diameter in `image` (px); "auto": estimated (`estimate_diameter`; 1.0 when
+        nothing is found); None: 1.0. A model without an object diameter always gives 1.0 for None and "auto",
+        and refuses a number (it cannot know what to scale to).
+        """
+        if diameter is None:
+            return 1.0
+        if isinstance(diameter, str):
+            if diameter != "auto":
+                raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
+            if self.object_diameter is None:
+                return 1.0
+            estimate = self.estimate_diameter(image, device=device)
+            return 1.0 if estimate is None else self.object_diameter / estimate
+        if isinstance(diameter, bool) or not isinstance(diameter, (int, float, np.number)) or not diameter > 0:
+            raise ValueError(f"diameter must be a number of pixels > 0, 'auto' or None, got {diameter!r}")
+        if self.object_diameter is None:
+            raise ValueError(
+                f"this model has no object diameter (it was not trained at a known object size), so a diameter "
+                f"of {diameter} px cannot be used: rescale the image yourself or leave the diameter out"
+            )
+        factor = self.object_diameter / float(diameter)
+        if not FACTOR_RANGE[0] <= factor <= FACTOR_RANGE[1]:
+            low, high = self.object_diameter / FACTOR_RANGE[1], self.object_diameter / FACTOR_RANGE[0]
+            raise ValueError(f"diameter {diameter} px is out of range for this model: expected {low:g} to {high:g} px "
+                             f"(its objects are {self.object_diameter:g} px across; rescaling by at most 8x)")
+        return factor
+
+    def estimate_diameter(self, image, *, device: str | torch.device = "auto") -> float | None:
+        """The median diameter (px) of the objects in `image` (H, W) or (C, H, W), or None when none is found.
+
+        Segments the busiest window of about `ESTIMATE_SIDE`² px at the model's scale (`scale.busiest_window`),
+        first as if the objects had the model's diameter, then rescaled by the diameter found, until two passes
+        agree within 10 % (at most `ESTIMATE_ROUNDS`). Objects cut by the window's edge are not counted when
+        others remain. Costs at most 3 passes over a 256² window, whatever the image's size; reads only windows.
+        """
+        from skimage.segmentation import clear_border
+
+        if self.object_diameter is None:
+            raise ValueError("this model has no object diameter, so there is nothing to estimate the image's against")
+        preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
+        guess = self.object_diameter
+        for _ in range(ESTIMATE_ROUNDS):
+            factor = float(np.clip(self.object_diameter / guess, *FACTOR_RANGE))
+            rows, cols = busiest_window(image, int(np.ceil(ESTIMATE_SIDE / factor)))
+            window = rescale_image(np.asarray(image[..., rows, cols], dtype=np.float32), factor)
+            probs = predict_tiled(self.net, window, device=device, preprocess=preprocess)[1]
+            labels = probs_to_labels(probs, self.postprocess)
+            inner = clear_border(labels)
+            found = median_diameter(inner if inner.max() > 0 else labels)
+            if np.isnan(found):
+                return None if guess == self.object_diameter else guess
+            found = float(np.clip(found / factor, self.object_diameter / FACTOR_RANGE[1],
+                                  self.object_diameter / FACTOR_RANGE[0]))
+            done = abs(np.log(found / guess)) < np.log(1.1)
+            guess = found
+            if done:
+                break
+        return float(guess)
+
+    def predict(self, image, *, diameter: Diameter = "auto", tile_size: int | None = None,
+                device: str | torch.device = "auto", out=None, batch_size: int = 1) -> np.ndarray:
+        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image, normalised tile by tile.
+
+        diameter: see `scale_factor`; the network sees the image resized by model / object diameter, and the
+        probabilities are resized back to (H, W).
+        """
+        factor = self.scale_factor(image, diameter, device=device)
+        return self.predict_rescaled(image, factor, tile_size=tile_size, device=device, out=out,
+                                     batch_size=batch_size)
+
+    def predict_rescaled(self, image, factor: float, *, tile_size: int | None = None,
+                         device: str | torch.device = "auto", out=None, batch_size: int = 1) -> np.ndarray:
+        """`predict` with the image resized by `factor` before the network (probabilities back at (H, W)).
+
+        At 1.0 the image is read window by window (lazy arrays stay lazy); otherwise the plane is read and
+        rescaled in memory, and planes of more than `MAX_RESCALE_BYTES` (before or after) are refused.
+        """
+        if factor != 1.0:
+            check_rescalable(image, factor)
+        preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
+        if factor == 1.0:
+            return predict_tiled(self.net, image, tile_size, device=device, out=out, batch_size=batch_size,
+                                 preprocess=preprocess)
+        small = rescale_image(np.asarray(image), factor)
+        probs = predict_tiled(self.net, small, tile_size, device=device, batch_size=batch_size, preprocess=preprocess)
+        probs = resize_probs(probs, tuple(image.shape[-2:]))
+        if out is None:
+            return probs
+        out[...] = probs
+        return out
+
+    def segment(self, image, *, diameter: Diameter = "auto", postprocess: PostprocessConfig | None = None,
+                **kwargs: Any) -> np.ndarray:
+        """Instance labels (H, W) int32 of a raw image: `predict`, then the post-processing (default: the saved
+        one), its sizes scaled to the image when it was rescaled (`scale.scale_postprocess`)."""
+        factor = self.scale_factor(image, diameter, device=kwargs.get("device", "auto"))
+        return self.labels_of(self.predict_rescaled(image, factor, **kwargs)[1], factor, postprocess)
+
+    def labels_of(self, probs_fg: np.ndarray, factor: float = 1.0,
+                  postprocess: PostprocessConfig | None = None) -> np.ndarray:
+        """Instance labels of foreground probabilities (H, W) at the image's size, predicted with the image
+        rescaled by `factor`: the post-processing's sizes are divided by `factor`."""
+        postprocess = self.postprocess if postprocess is None else postprocess
+        return probs_to_labels(probs_fg, scale_postprocess(postprocess, 1.0 / factor))
+
+
+def check_rescalable(image, factor: float) -> None:
+    """Raise a ValueError when rescaling the plane `image` by `factor` would hold too much in memory."""
+    h, w = image.shape[-2:]
+    channels = int(np.prod(image.shape[:-2], dtype=np.int64))
+    largest = 4 * channels * h * w * max(1.0, factor) ** 2
+    if largest > MAX_RESCALE_BYTES:
+        kind = "a lazy (dask, zarr or memory-mapped) " if _is_lazy(image) else "a "
+        raise ValueError(
+            f"rescaling {kind}plane of {h}x{w} px by {factor:.3g} needs {largest / 2**30:.1f} GiB in memory (the limit "
+            f"is {MAX_RESCALE_BYTES / 2**30:.0f} GiB): resample the image to the model's object size beforehand, or "
+            "segment it without rescaling (diameter None)"
+        )
 
 
 def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, Any] | None = None) -> Path:
@@ -93,6 +222,8 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         "postprocess": bundle.postprocess.to_dict(),
         "metadata": {**_versions(), **bundle.metadata},
     }
+    if bundle.object_diameter is not None:
+        config["object_diameter"] = float(bundle.object_diameter)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.net.state_dict().items()}
@@ -119,15 +250,22 @@ def is_model_folder(path: str | Path) -> bool:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Rebuild the model saved in the folder `path`; a missing, corrupted or foreign folder is a ValueError."""
+    """Rebuild the model saved in the folder `path`, or the built-in model of that name (`builtin.resolve`: a
+    model folder at `path` wins over a built-in of the same name); a missing, corrupted or foreign folder is a
+    ValueError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    from .builtin import resolve
+
+    path = resolve(path)
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
         path = path.parent
     if not is_model_folder(path):
-        raise ValueError(f"{path} is not a napari-unet model folder: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
+        from .builtin import names
+
+        raise ValueError(f"{path} is not a napari-unet model folder (expected {CONFIG_FILE} and {WEIGHTS_FILE} in "
+                         f"it) nor a built-in model ({', '.join(names()) or 'none installed'})")
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -143,6 +281,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         net = UNet(UNetConfig.from_dict(config["unet"]))
         normalization = Normalization(**config.get("normalization", {}))
         postprocess = PostprocessConfig.from_dict(config.get("postprocess", {}))
+        metadata = dict(config.get("metadata", {}))
+        diameter = config.get("object_diameter", metadata.pop("object_diameter", None))
+        diameter = None if diameter is None else float(diameter)
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path / CONFIG_FILE} has an invalid configuration: {error}") from None
     try:
@@ -154,7 +295,10 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise ValueError(f"the weights in {path} do not match its config.json ({first})") from None
-    return ModelBundle(net.to(device), normalization, postprocess, config.get("metadata", {}))
+    try:
+        return ModelBundle(net.to(device), normalization, postprocess, metadata, diameter)
+    except ValueError as error:
+        raise ValueError(f"{path / CONFIG_FILE} has an invalid configuration: {error}") from None
 
 
 def _versions() -> dict[str, str]:

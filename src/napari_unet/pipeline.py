@@ -337,6 +337,7 @@ class PlaneDone:
     index: int
     total: int
     objects: int
+    diameter: float | None = None  # the object diameter (px) the image was segmented at; None: not rescaled
 
 
 def segment_file(
@@ -350,6 +351,7 @@ def segment_file(
     device="auto",
     batch_size: int = 1,
     tta: bool = False,
+    diameter: float | str | None = "auto",
 ) -> Iterator[PlaneDone]:
     """Segment `image` (axes over "TZCYX", canonical) plane by plane into TIFF files; yields after each plane.
 
@@ -358,27 +360,31 @@ def segment_file(
     probabilities are in memory (on a temporary memory-mapped file when a plane's exceed `LARGE_OUTPUT_BYTES`).
     Each plane is normalised with its own percentiles, as the training images were.
     postprocess: a `PostprocessConfig` (default: the bundle's).
+    diameter: the objects' diameter (px), "auto" or None (`ModelBundle.scale_factor`), resolved once, on the first
+    plane, for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
+    that are refused: `modelfile.check_rescalable`).
     """
     from .device import select_device
-    from .postprocess import probs_to_labels
 
     postprocess = bundle.postprocess if postprocess is None else postprocess
     device = select_device(device)
     out_axes = axes.replace("C", "")
     out_shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
     planes = plane_indices(tuple(image.shape), axes)
+    factor = bundle.scale_factor(image[planes[0]] if planes[0] else image, diameter, device=device)
+    used = bundle.object_diameter / factor if bundle.object_diameter is not None else None
     labels_out = _create_tiff(outputs.labels, out_shape, np.int32, out_axes)
     probs_out = _create_tiff(outputs.probs, out_shape, np.float32, out_axes) if outputs.probs else None
     try:
         for number, index in enumerate(planes):
             plane = image[index] if index else image
-            fg = _foreground(bundle, plane, tile_size, device, batch_size, tta)
-            labels = probs_to_labels(fg, postprocess)
+            fg = _foreground(bundle, plane, factor, tile_size, device, batch_size, tta)
+            labels = bundle.labels_of(fg, factor, postprocess)
             labels_out[index] = labels
             if probs_out is not None:
                 probs_out[index] = fg
             del fg
-            yield PlaneDone(number, len(planes), int(labels.max(initial=0)))
+            yield PlaneDone(number, len(planes), int(labels.max(initial=0)), used)
     finally:
         labels_out.flush()
         if probs_out is not None:
@@ -386,16 +392,25 @@ def segment_file(
         del labels_out, probs_out
 
 
-def _foreground(bundle, plane, tile_size, device, batch_size: int, tta: bool) -> np.ndarray:
-    """The foreground probability (H, W) float32 of one raw plane (H, W) or (C, H, W)."""
+def _foreground(bundle, plane, factor: float, tile_size, device, batch_size: int, tta: bool) -> np.ndarray:
+    """The foreground probability (H, W) float32 of one raw plane (H, W) or (C, H, W), the plane resized by
+    `factor` before the network."""
     if tta:
-        return predict_tta(bundle, plane, tile_size=tile_size, device=device, batch_size=batch_size)[1]
+        if factor == 1.0:
+            return predict_tta(bundle, plane, tile_size=tile_size, device=device, batch_size=batch_size)[1]
+        from .modelfile import check_rescalable
+        from .scale import rescale_image, resize_probs
+
+        check_rescalable(plane, factor)
+        small = rescale_image(np.asarray(plane), factor)
+        probs = predict_tta(bundle, small, tile_size=tile_size, device=device, batch_size=batch_size)
+        return resize_probs(probs[1:2], tuple(plane.shape[-2:]))[0]
     classes, (h, w) = bundle.net.config.num_classes, plane.shape[-2:]
     if classes * h * w * 4 <= LARGE_OUTPUT_BYTES:
-        return bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size)[1]
+        return bundle.predict_rescaled(plane, factor, tile_size=tile_size, device=device, batch_size=batch_size)[1]
     with tempfile.TemporaryFile() as scratch:
         out = np.memmap(scratch, dtype=np.float32, mode="w+", shape=(classes, h, w))
-        bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size, out=out)
+        bundle.predict_rescaled(plane, factor, tile_size=tile_size, device=device, batch_size=batch_size, out=out)
         return np.array(out[1])
 
 

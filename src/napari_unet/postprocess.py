@@ -157,6 +157,26 @@ def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = Non
 GROWTH_CANDIDATES: tuple[float | None, ...] = (None, 0.3, 0.2, 0.1, 0.05)
 
 
+def score_config(
+    config: PostprocessConfig, probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
+) -> dict[str, float]:
+    """How well `config` segments: the mean over images of AP50, mAP, F1 at 0.5 and SEG
+    (`metrics.instance_scores`) of `probs_to_labels(p, config)` against each truth.
+
+    probs: foreground probabilities (H, W); truths: instance labels (H, W) of the same images.
+
+    >>> probs = np.zeros((8, 8)); probs[2:6, 2:6] = 0.9
+    >>> truth = (probs > 0.5).astype(int)
+    >>> score_config(PostprocessConfig(min_size=1), [probs], [truth])["ap50"]
+    1.0
+    """
+    from .metrics import instance_scores
+
+    _check_pairs(probs, truths)
+    scores = [instance_scores(probs_to_labels(p, config), np.asarray(t)) for p, t in zip(probs, truths)]
+    return {key: float(np.mean([s[key] for s in scores])) for key in ("ap50", "map", "f1_50", "seg")}
+
+
 def best_config(
     candidates: Sequence[PostprocessConfig],
     probs: Sequence[np.ndarray],
@@ -165,23 +185,24 @@ def best_config(
 ) -> tuple[PostprocessConfig, dict[str, float], list[dict[str, float]]]:
     """The candidate whose labels score best against `truths`: (config, its mean scores, every candidate's).
 
-    Each candidate post-processes every probability map once; the mean over images of AP50, mAP, F1 at 0.5 and
-    SEG (`metrics.instance_scores`) is ranked by `rank` (higher is better); a later candidate must rank strictly
-    higher to win, so ties keep the earlier one.
+    Each candidate post-processes every probability map once and is scored by `score_config`; `rank` orders the
+    mean scores (higher is better); a later candidate must rank strictly higher to win, so ties keep the earlier
+    one.
     """
-    from .metrics import instance_scores
-
-    if not probs or len(probs) != len(truths):
-        raise ValueError(f"need as many probability maps as label images (at least one); got {len(probs)} "
-                         f"and {len(truths)}")
+    _check_pairs(probs, truths)
     best, best_rank, best_scores, table = candidates[0], None, {}, []
     for candidate in candidates:
-        scores = [instance_scores(probs_to_labels(p, candidate), np.asarray(t)) for p, t in zip(probs, truths)]
-        mean = {key: float(np.mean([s[key] for s in scores])) for key in ("ap50", "map", "f1_50", "seg")}
+        mean = score_config(candidate, probs, truths)
         table.append(mean)
         if best_rank is None or rank(mean) > best_rank:
             best, best_rank, best_scores = candidate, rank(mean), mean
     return best, best_scores, table
+
+
+def _check_pairs(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> None:
+    if not probs or len(probs) != len(truths):
+        raise ValueError(f"need as many probability maps as label images (at least one); got {len(probs)} "
+                         f"and {len(truths)}")
 
 
 def calibrate_growth(

@@ -177,6 +177,7 @@ class Trainer:
 
     checkpoint: a model folder written at every `checkpoint_every` steps, at the end and at a stop; it also holds
     the state needed to resume (`Trainer.resume`).
+    object_diameter: the object size (px) the samples were rescaled to, saved with the model (None: unknown).
     """
 
     def __init__(
@@ -189,6 +190,7 @@ class Trainer:
         checkpoint: str | Path | None = None,
         normalization: Normalization | None = None,
         postprocess: PostprocessConfig | None = None,
+        object_diameter: float | None = None,
     ):
         if not train:
             raise ValueError("no training samples: annotate at least one image (a Labels layer with cells)")
@@ -198,6 +200,7 @@ class Trainer:
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.normalization = normalization or Normalization()
         self.postprocess = postprocess or PostprocessConfig(border_width=config.border)
+        self.object_diameter = object_diameter
         self.tile = model.valid_input_size(config.tile_size)
         self.train = [self._prepare(s, f"training sample {i}") for i, s in enumerate(train)]
         self.validation = (self.train if validation is train  # the plugin validates on its training crops
@@ -309,6 +312,7 @@ class Trainer:
                 "device": str(self.device),
                 **({"growth_calibration": self.growth_calibration} if self.growth_calibration else {}),
             },
+            self.object_diameter,
         )
 
     def save_checkpoint(self, path: str | Path) -> Path:
@@ -345,6 +349,7 @@ class Trainer:
         trainer = cls(
             bundle.net, replace(config, **overrides), train, validation, device,
             checkpoint if checkpoint is not None else path, bundle.normalization, bundle.postprocess,
+            bundle.object_diameter,
         )
         state = torch.load(state_file, map_location=trainer.device, weights_only=True)
         trainer.iteration = int(state["iteration"])

@@ -1,0 +1,78 @@
+"""The `napari-unet` command: train, predict, weights, evaluate, info and demo.
+
+Each subcommand translates its arguments into the config objects the library uses (`preset`, `TrainConfig`,
+`PostprocessConfig`, ...) and consumes the same generators as the napari widgets (`Trainer.run`,
+`pipeline.segment_file`), drawing a progress bar on stderr. Results and summaries go to stdout.
+
+Exit codes: 0 success; 1 training diverged (the last good state is kept); 2 bad input (a one-line
+"napari-unet: error: ..." message; `napari-unet --traceback ...` shows the traceback); 130 interrupted
+(a training run saves its last completed step first).
+
+Layout: one module per command group, each with `add_parser(subparsers)` (its options) and
+`run(args) -> int` (the work; returns the exit code): `train`, `predict`, `evaluate` (evaluate, weights,
+info), `demo`. `_args` holds the exit codes, the help layout and the argument types that check ranges;
+`progress` what the commands print on stderr.
+
+To add a command: write `cli/<name>.py` with `add_parser(subparsers)`, which calls
+`_args.add_command(subparsers, name, summary, description, examples, run)` and adds the options, and
+`run(args) -> int`, which imports the library inside the function (so `napari-unet --help` stays fast), raises
+ValueError or OSError for bad input (`main` turns them into exit code 2) and returns an `EXIT_*` code; add the
+module to `COMMANDS` below, a test to tests/test_cli.py and a section to docs/cli.md.
+
+>>> main(["weights", "--help"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from . import demo, evaluate, predict, train
+from ._args import EXIT_INTERRUPTED, EXIT_USAGE
+
+COMMANDS = (train, predict, evaluate, demo)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with `argv` (default: sys.argv[1:]); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # --help, or a usage error argparse has already explained
+        return exit.code if isinstance(exit.code, int) else EXIT_USAGE
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("napari-unet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as error:  # bad input: files, shapes, options; FileNotFoundError is an OSError
+        if args.traceback:
+            raise
+        print(f"napari-unet: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="napari-unet",
+        description="U-Net (Ronneberger et al. 2015) for cell segmentation: train on a few annotated images, "
+        "segment new ones, score them.",
+        epilog="Run 'napari-unet COMMAND --help' for each command's options; 'napari-unet demo' for a tour.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--traceback", action="store_true", help="show the Python traceback of input errors")
+    parser.set_defaults(traceback=False)
+    subparsers = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("napari-unet-2015")
+    except PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,233 @@
+"""The commands that look at results and models without training: `evaluate` (scores), `weights` (the loss
+weight map of a label image), `info` (what a model folder holds) and `models` (the built-in models)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._args import EXIT_OK, add_command, non_negative_float, positive_float, positive_int, probability
+from .progress import warn_unmatched
+
+SCORE_COLUMNS = {
+    "isbi": ("vrand", "vinfo", "iou", "pixel_error"),
+    "instances": ("ap50", "map", "f1_50", "seg", "n_pred", "n_true"),
+    "pixels": ("iou", "pixel_error"),
+}
+
+
+def add_parser(subparsers) -> None:
+    _add_weights(subparsers)
+    _add_evaluate(subparsers)
+    _add_info(subparsers)
+    _add_models(subparsers)
+
+
+def run(args: argparse.Namespace) -> int:
+    return {"evaluate": _evaluate, "weights": _weights, "info": _info, "models": _models}[args.command](args)
+
+
+def _add_weights(subparsers) -> None:
+    sub = add_command(
+        subparsers, "weights", "Write the loss weight map of a label image (the paper's eq. 2) as a float32 TIFF.",
+        "w = w_c + w0 exp(-(d1 + d2)^2 / (2 sigma^2)) on the background, with d1, d2 the distances to the two "
+        "nearest cells after cutting borders between touching cells; w_c balances the class frequencies.",
+        "  napari-unet weights labels/01.png --out weights_01.tif --w0 10 --sigma 5",
+        run,
+    )
+    sub.add_argument("labels", type=Path, help="label image file")
+    sub.add_argument("--out", type=Path, required=True, metavar="FILE", help="TIFF file to write")
+    sub.add_argument("--w0", type=non_negative_float, default=10.0, metavar="W", help="weight of the border term")
+    sub.add_argument("--sigma", type=positive_float, default=5.0, metavar="PX", help="width (px) of the border term")
+    sub.add_argument("--border", type=positive_int, default=1, metavar="PX", help="background border (px) between touching cells")
+    sub.add_argument("--no-balance", action="store_true", help="w_c = 1 instead of balancing class frequencies")
+    sub.add_argument("--mask", type=Path, metavar="FILE", help="annotated region (nonzero); weight 0 elsewhere")
+
+
+def _add_evaluate(subparsers) -> None:
+    sub = add_command(
+        subparsers, "evaluate", "Score predictions against ground truth.",
+        "PRED and TRUTH are files or folders paired by base name (a '_labels' or '_probs' suffix on predictions "
+        "is tolerated). Kinds: instances (AP at IoU 0.5, mAP over 0.5:0.95, F1, SEG; integer labels); isbi "
+        "(ISBI 2012 V_rand and V_info, best over thresholds 0.0..1.0 of a float probability TIFF, thinned; "
+        "truth: nonzero = cell interior, 0 = membrane; plus IoU and pixel error); pixels (IoU, pixel error). "
+        "Stacks are scored plane by plane.",
+        "  napari-unet evaluate results data/test/labels\n"
+        "  napari-unet evaluate results isbi/labels --kind isbi --json > scores.json",
+        run,
+    )
+    sub.add_argument("pred", type=Path, help="prediction file or folder")
+    sub.add_argument("truth", type=Path, help="ground-truth file or folder")
+    sub.add_argument("--kind", choices=("instances", "isbi", "pixels"), default="instances",
+                     help="which scores (see above)")
+    sub.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    sub.add_argument("--threshold", type=probability, default=0.5, metavar="T",
+                     help="binarise float predictions at this probability for the pixel scores")
+    sub.add_argument("--no-thinning", action="store_true", help="isbi: score without thinning the borders")
+
+
+def _add_info(subparsers) -> None:
+    sub = add_command(
+        subparsers, "info", "Show a model's architecture, settings and training metadata.", "",
+        "  napari-unet info cells.model\n  napari-unet info cells.model --json", run,
+    )
+    sub.add_argument("model", help="model folder or built-in model name")
+    sub.add_argument("--json", action="store_true", help="print the stored configuration as JSON")
+
+
+def _add_models(subparsers) -> None:
+    sub = add_command(
+        subparsers, "models", "List the built-in models: use them by name wherever a model folder is accepted.",
+        "Each: what it is for, the object diameter it expects (images are rescaled to it, see predict "
+        "--diameter), its size, what it was trained on and what to cite. A local model folder with a built-in's "
+        "name wins over the built-in; builtin:NAME always means the built-in.",
+        "  napari-unet models\n  napari-unet models --json\n  napari-unet predict nuclei images --out results",
+        run,
+    )
+    sub.add_argument("--json", action="store_true", help="print a JSON list instead of text")
+
+
+# ----------------------------------------------------------------------------------------------- weights
+
+
+def _weights(args: argparse.Namespace) -> int:
+    from ..io import read_labels, write_tiff
+    from ..weights import weight_map
+
+    if args.labels.is_dir():
+        raise ValueError(f"{args.labels} is a folder; weights takes one label image file")
+    labels = read_labels(args.labels)
+    mask = read_labels(args.mask) if args.mask is not None else None
+    weights = weight_map(labels, args.w0, args.sigma, class_weights=None if args.no_balance else "balanced",
+                         mask=mask, border=args.border)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_tiff(args.out, weights, "YX")
+    print(f"weight map {weights.shape[0]}x{weights.shape[1]} (min {np.min(weights):.3g}, mean "
+          f"{np.mean(weights):.3g}, max {np.max(weights):.3g}) written to {args.out}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from ..io import read_image
+    from ..metrics import average_scores, evaluate_pair
+    from ..pipeline import list_files, match_files
+
+    match = match_files(list_files(args.pred, "prediction"), list_files(args.truth, "ground-truth"),
+                        ("predictions", "ground truth"), prefer="_probs" if args.kind == "isbi" else "_labels")
+    warn_unmatched(match, ("predictions without ground truth (skipped)", "ground truth without predictions"),
+                   False)
+    scores: dict[str, dict[str, Any]] = {}
+    for pred_path, truth_path in match.pairs:
+        pred, truth = np.asarray(read_image(pred_path)[0]), np.asarray(read_image(truth_path)[0])
+        if pred.shape != truth.shape:
+            raise ValueError(f"prediction {pred_path.name} has shape {pred.shape} but its ground truth "
+                             f"{truth_path.name} has {truth.shape}")
+        for index in np.ndindex(*pred.shape[:-2]):
+            name = pred_path.name if pred.ndim == 2 else f"{pred_path.name}{list(index)}"
+            try:
+                scores[name] = evaluate_pair(pred[index], truth[index], args.kind, threshold=args.threshold,
+                                             thinned=not args.no_thinning)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"{pred_path.name} against {truth_path.name}: {error}") from None
+    mean = average_scores(list(scores.values()))
+    if args.json:
+        print(json.dumps({"kind": args.kind, **mean, "images": scores}, indent=2, default=float))
+    else:
+        print(_table(scores, mean, SCORE_COLUMNS[args.kind]))
+    return EXIT_OK
+
+
+def _table(scores: dict[str, dict[str, Any]], mean: dict[str, Any], columns: Sequence[str]) -> str:
+    columns = [c for c in columns if c in mean]
+    rows = [[name] + [_cell(s[c]) for c in columns] for name, s in scores.items()]
+    rows.append([f"mean ({mean['n_images']})"] + [_cell(mean[c]) for c in columns])
+    header = ["image", *columns]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])])
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) <= 1 else f"{value:.1f}"
+    return str(value)
+
+
+# -------------------------------------------------------------------------------------------------- info
+
+
+def _info(args: argparse.Namespace) -> int:
+    from ..builtin import resolve
+    from ..modelfile import CONFIG_FILE, STATE_FILE, load_model
+
+    bundle = load_model(args.model)
+    folder = resolve(args.model)
+    if args.json:
+        print((folder / CONFIG_FILE).read_text())
+        return EXIT_OK
+    net = bundle.net
+    parameters = sum(p.numel() for p in net.parameters())
+    meta = dict(bundle.metadata)
+    training = meta.pop("training", None)
+    lines = [
+        f"model: {folder}",
+        f"network: {_fields(net.config.to_dict())}",
+        f"  {parameters:,} parameters; halo {net.halo} px; input sizes in steps of {net.step}",
+        f"normalization: percentiles {bundle.normalization.low} - {bundle.normalization.high}",
+        f"post-processing: {_fields(bundle.postprocess.to_dict())}",
+        "object diameter: " + (f"{bundle.object_diameter:g} px (images are rescaled to it)"
+                               if bundle.object_diameter is not None else "none (images are never rescaled)"),
+    ]
+    if training:
+        augment = training.pop("augment", None)
+        lines.append(f"training: {_fields(training)}")
+        if augment:
+            lines.append(f"  augmentation: {_fields(augment)}")
+    lines.append("metadata: " + _fields(meta))
+    lines.append(f"resumable: {'yes' if (folder / STATE_FILE).is_file() else 'no (no training state)'}")
+    print("\n".join(lines))
+    return EXIT_OK
+
+
+def _fields(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ..builtin import describe, names
+
+    found = [describe(name) for name in names()]
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return EXIT_OK
+    if not found:
+        print("no built-in models are installed (the package's builtin_models folder is empty)")
+        return EXIT_OK
+    blocks = []
+    for info in found:
+        data = ", ".join(f"{name} ({count} images)" for name, count in info["training_data"].items()) or "unknown"
+        diameter = f"{info['object_diameter']:g} px" if info["object_diameter"] else "none (never rescales)"
+        lines = [
+            f"{info['name']}: {info['description']}",
+            f"  object diameter: {diameter}",
+            f"  network: {info['architecture']}; weights {info['weights_bytes'] / 1e6:.1f} MB",
+            f"  trained on: {data}" + (f"; never on {info['never_trained_on']}" if info["never_trained_on"] else ""),
+        ]
+        if info["license"]:
+            lines.append(f"  license: {info['license']}")
+        lines += ["  cite:"] + [f"    {citation}" for citation in info["citations"]]
+        blocks.append("\n".join(lines))
+    print("\n\n".join(blocks))
+    return EXIT_OK

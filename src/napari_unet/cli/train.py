@@ -1,0 +1,303 @@
+"""`napari-unet train`: read annotated images, train (or fine-tune, or resume) a U-Net, save the model folder.
+
+Also the pieces the demo shares: consuming `Trainer.run()` with a progress bar, choosing the post-processing on
+the validation images, and the one-line summaries of both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._args import (
+    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_command, add_device, add_quiet, fraction, non_negative_float,
+    positive_float, positive_int,
+)
+from .progress import Progress, describe, duration, note, note_shadowed, warn_unmatched
+
+
+def add_parser(subparsers) -> None:
+    sub = add_command(
+        subparsers, "train", "Train a U-Net on annotated images and save it as a model folder.",
+        "IMAGES and LABELS are folders whose files pair by base name (01.png with 01.tif; a '_labels' suffix is "
+        "tolerated) or two single files. Labels: instance ids (0 = background, one id per cell) or a binary "
+        "mask (e.g. ISBI: 0 = membrane, 255 = cell). Sparse annotation: --mask (nonzero = annotated), or the "
+        "reserved value -1 (int) / 65535 (uint16) in the label files. Images are normalised with their 1st and "
+        "99.8th percentiles. The model folder is written at every checkpoint, at the end, and when stopped "
+        "with Ctrl-C; continue a stopped run with --resume.",
+        "  napari-unet train data/images data/labels --out cells.model --val-fraction 0.2\n"
+        "  napari-unet train new/images new/labels --out tuned.model --init nuclei --iterations 200\n"
+        "  napari-unet train data/images data/labels --out cells.model --resume --iterations 800",
+        run,
+    )
+    sub.add_argument("images", type=Path, help="image file or folder")
+    sub.add_argument("labels", type=Path, help="label file or folder (matched to the images by base name)")
+    sub.add_argument("--out", type=Path, required=True, metavar="MODEL", help="model folder to write")
+    start = sub.add_argument_group("what to start from")
+    start.add_argument("--preset", choices=("fast", "paper"), default="fast",
+                       help="fast: small net for a CPU; paper: the 2015 network and SGD schedule")
+    start.add_argument("--init", metavar="MODEL",
+                       help="fine-tune a saved model (folder, or built-in name such as nuclei) instead of a new net; "
+                       "a model with an object diameter gets each image rescaled so its cells have that diameter")
+    start.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --out exactly where it stopped (only --iterations and "
+                       "--time-budget may change)")
+    start.add_argument("--overwrite", action="store_true", help="replace an existing model folder at --out")
+    start.add_argument("--depth", type=positive_int, metavar="N", help="new net: resolution levels (preset's by default)")
+    start.add_argument("--base-channels", type=positive_int, metavar="N", help="new net: features at the first level")
+    data = sub.add_argument_group("data")
+    data.add_argument("--mask", type=Path, metavar="PATH",
+                      help="mask file or folder (nonzero = annotated), matched to the images by base name")
+    data.add_argument("--validation-images", type=Path, metavar="PATH", help="validation image file or folder")
+    data.add_argument("--validation-labels", type=Path, metavar="PATH", help="validation label file or folder")
+    data.add_argument("--val-fraction", type=fraction, metavar="F",
+                      help="hold out this fraction of the images (whole images, chosen with --seed) for validation")
+    training = sub.add_argument_group("training (preset's values by default)")
+    training.add_argument("--iterations", type=positive_int, metavar="N", help="training steps in all")
+    training.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
+                          help="stop (and save) once training has run this long")
+    training.add_argument("--seed", type=int, default=0, help="random seed (sampling, augmentation, split)")
+    training.add_argument("--tile-size", type=positive_int, metavar="N",
+                          help="side of the network's input window (rounded up to a valid size)")
+    training.add_argument("--batch-size", type=positive_int, metavar="N", help="windows per step")
+    training.add_argument("--learning-rate", type=positive_float, metavar="LR", help="optimiser step size")
+    training.add_argument("--w0", type=non_negative_float, metavar="W", help="weight of the border term between cells")
+    training.add_argument("--sigma", type=positive_float, metavar="PX", help="width (px) of the border term")
+    training.add_argument("--border", type=positive_int, metavar="PX", help="background border (px) cut between touching cells")
+    training.add_argument("--tune-postprocess", action="store_true",
+                          help="after training, choose the threshold, watershed and growth settings that give the best AP50 "
+                          "on the validation images (instance labels) and save them with the model")
+    add_device(sub)
+    add_quiet(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..training import TrainingDiverged
+
+    out = args.out
+    _check_options(args)
+    train, validation = _training_data(args)
+    trainer = _make_trainer(args, train, validation)
+    note(f"training on {len(train)} image(s), validating on {len(validation)}; "
+         f"device: {describe(trainer.device)}", args.quiet)
+    try:
+        result = run_training(trainer, args.quiet)
+    except TrainingDiverged as error:
+        print(f"napari-unet: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if result["stopped"]:
+        print(f"stopped at iteration {result['iteration']}; the model is saved in {out} "
+              f"(continue with: napari-unet train ... --out {out} --resume)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(summary(result, out))
+    if args.tune_postprocess:
+        tuned = tune_on_validation(trainer, validation)
+        print(describe_tuning(tuned) if tuned else "post-processing not tuned: no fully annotated validation "
+              "image with instance labels")
+    return EXIT_OK
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    from ..modelfile import is_model_folder, load_model
+
+    new_net = {"--depth": args.depth, "--base-channels": args.base_channels}
+    if args.resume:
+        fixed = {"--init": args.init, "--seed": args.seed or None, "--tile-size": args.tile_size,
+                 "--batch-size": args.batch_size, "--learning-rate": args.learning_rate, "--w0": args.w0,
+                 "--sigma": args.sigma, "--border": args.border, "--preset": args.preset != "fast" or None, **new_net}
+        given = [name for name, value in fixed.items() if value is not None]
+        if given:
+            raise ValueError(f"--resume continues the saved run as it was; {', '.join(given)} cannot change "
+                             "(only --iterations and --time-budget can)")
+        if not is_model_folder(args.out):
+            raise ValueError(f"--resume: {args.out} is not a model folder saved by 'napari-unet train'")
+        args.seed = int(load_model(args.out).metadata.get("seed", 0))  # the same validation split as before
+        return
+    if args.init is not None and any(v is not None for v in new_net.values()):
+        raise ValueError("--depth and --base-channels describe a new net; with --init the saved net is used")
+    if args.out.exists():
+        if is_model_folder(args.out):
+            if not args.overwrite:
+                raise ValueError(f"{args.out} already holds a model: continue it with --resume, or replace it "
+                                 "with --overwrite")
+        elif not args.out.is_dir() or any(args.out.iterdir()):
+            raise ValueError(f"--out {args.out} exists and is not a model folder; choose a new path")
+    if (args.validation_images is None) != (args.validation_labels is None):
+        raise ValueError("give both --validation-images and --validation-labels, or neither")
+    if args.validation_images is not None and args.val_fraction is not None:
+        raise ValueError("give either validation files or --val-fraction, not both")
+    if args.tune_postprocess and args.validation_images is None and args.val_fraction is None:
+        raise ValueError("--tune-postprocess needs validation images (--val-fraction or --validation-images)")
+
+
+def _training_data(args: argparse.Namespace):
+    """(train, validation) lists of Sample, read from the files the arguments name."""
+    from ..pipeline import list_files, match_files, split_by_image
+
+    match = match_files(list_files(args.images, "image"), list_files(args.labels, "label"))
+    warn_unmatched(match, ("images without labels (skipped)", "labels without images (skipped)"), args.quiet)
+    pairs = match.pairs
+    masks = _masks_for(args.mask, [image for image, _ in pairs], args.quiet) if args.mask else {}
+    validation_pairs: list[tuple[Path, Path]] = []
+    if args.validation_images is not None:
+        validation = match_files(list_files(args.validation_images, "validation image"),
+                                 list_files(args.validation_labels, "validation label"))
+        warn_unmatched(validation, ("validation images without labels", "validation labels without images"),
+                       args.quiet)
+        validation_pairs = validation.pairs
+    elif args.val_fraction is not None:
+        pairs, validation_pairs = split_by_image(pairs, args.val_fraction, args.seed)
+        note("validation images: " + ", ".join(p.name for p, _ in validation_pairs), args.quiet)
+    train = [_sample(image, labels, masks.get(image)) for image, labels in pairs]
+    validation_samples = [_sample(image, labels, masks.get(image)) for image, labels in validation_pairs]
+    channels = {s.image.shape[0] if s.image.ndim == 3 else 1 for s in train + validation_samples}
+    if len(channels) > 1:
+        raise ValueError(f"the images have different numbers of channels {sorted(channels)}; they must agree")
+    return train, validation_samples
+
+
+def _masks_for(path: Path, images: list[Path], quiet: bool) -> dict[Path, Path]:
+    from ..pipeline import list_files, match_files
+
+    masks = list_files(path, "mask")
+    if len(masks) == 1 and len(images) > 1 and path.is_file():
+        raise ValueError(f"--mask {path} is one file but there are {len(images)} images: give a folder of masks")
+    match = match_files(images, masks, ("images", "masks"))
+    if match.unmatched_first:
+        note(f"note: {len(match.unmatched_first)} image(s) have no mask and count as annotated everywhere: "
+             + ", ".join(p.name for p in match.unmatched_first[:5]), quiet)
+    return dict(match.pairs)
+
+
+def _sample(image_path: Path, labels_path: Path, mask_path: Path | None = None):
+    from ..pipeline import read_training_pair
+    from ..training import Sample
+
+    return Sample(*read_training_pair(image_path, labels_path, mask_path))
+
+
+def _make_trainer(args: argparse.Namespace, train, validation):
+    from dataclasses import replace
+
+    from ..model import UNet
+    from ..modelfile import load_model
+    from ..pipeline import with_overrides
+    from ..training import Trainer, preset
+
+    if args.resume:
+        overrides = {k: v for k, v in {"iterations": args.iterations, "time_budget": args.time_budget}.items()
+                     if v is not None}
+        saved_bundle = load_model(args.out)
+        saved = saved_bundle.metadata.get("data_hashes")
+        train, validation = _to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
+        trainer = Trainer.resume(args.out, train, validation, device=args.device, **overrides)
+        if saved is not None and sorted(saved) != sorted(trainer.data_hashes):
+            note("note: the training images differ from those of the saved run", args.quiet)
+        return trainer
+    net_config, config = preset(args.preset)
+    config = with_overrides(
+        config, iterations=args.iterations, time_budget=args.time_budget, seed=args.seed, tile_size=args.tile_size,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, w0=args.w0, sigma=args.sigma,
+        border=args.border,
+    )
+    if args.init is not None:
+        bundle = load_model(args.init)
+        note_shadowed(args.init, args.quiet)
+        postprocess = replace(bundle.postprocess, border_width=config.border) if args.border else bundle.postprocess
+        train, validation = _to_model_scale(train, validation, bundle.object_diameter, args.quiet)
+        return Trainer(bundle.net, config, train, validation, args.device, args.out, bundle.normalization,
+                       postprocess, bundle.object_diameter)
+    channels = train[0].image.shape[0] if train[0].image.ndim == 3 else 1
+    net_config = with_overrides(net_config, in_channels=channels, depth=args.depth, base_channels=args.base_channels)
+    import torch
+
+    torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
+    return Trainer(UNet(net_config), config, train, validation, args.device, args.out)
+
+
+def _to_model_scale(train, validation, object_diameter: float | None, quiet: bool):
+    """The samples rescaled so their annotated cells have the model's object diameter (unchanged without one)."""
+    from ..scale import rescale_to_diameter
+
+    if object_diameter is None:
+        return train, validation
+    train, factors = rescale_to_diameter(train, object_diameter)
+    validation, more = rescale_to_diameter(validation, object_diameter) if validation else ([], [])
+    factors += more
+    note(f"images rescaled by x{min(factors):.3g} to x{max(factors):.3g} so their cells are {object_diameter:g} px "
+         "across, the model's object diameter", quiet)
+    return train, validation
+
+
+def run_training(trainer, quiet: bool) -> dict[str, Any]:
+    """Consume `trainer.run()` with a progress bar; Ctrl-C stops it (the trainer saves its last step)."""
+    from contextlib import closing
+
+    result: dict[str, Any] = {"stopped": False, "val_score": None, "loss": float("nan")}
+    events = trainer.run()
+    total = trainer.config.iterations
+    with Progress(total, "training", "it", quiet) as bar, closing(events):
+        bar.update(trainer.iteration)
+        try:
+            for event in events:
+                if event.kind == "step":
+                    bar.update(1, loss=f"{event.loss:.4f}")
+                elif event.kind == "validation" and event.val_score is not None:
+                    result["val_score"] = event.val_score
+                    bar.write(f"iteration {event.iteration}: validation IoU {event.val_score:.4f}")
+                result.update(iteration=event.iteration, elapsed=event.elapsed, loss=event.loss)
+        except KeyboardInterrupt:
+            result["stopped"] = True
+    result["iteration"] = trainer.iteration
+    result["elapsed"] = trainer.elapsed
+    result["device"] = describe(trainer.device)
+    return result
+
+
+def tune_on_validation(trainer, validation) -> dict[str, Any] | None:
+    """Choose the post-processing on the validation samples with instance labels and save it with the model.
+
+    Returns {"config", "scores", "before", "images"} (mean AP50 etc. with the chosen and the previous settings),
+    or None when no validation sample is fully annotated with instance labels (binary masks such as ISBI's are
+    not).
+    """
+    from ..pipeline import tune_postprocess
+    from ..postprocess import score_config
+    from ..targets import annotation_mask, is_binary
+    from ..tiling import predict_tiled
+
+    usable = [s for s in validation if s.mask is None and not is_binary(s.labels) and annotation_mask(s.labels).all()]
+    if not usable:
+        return None
+    probs = [predict_tiled(trainer.model, s.image, device=trainer.device)[1] for s in usable]
+    truths = [np.asarray(s.labels).astype(np.int64) for s in usable]
+    before = score_config(trainer.postprocess, probs, truths)
+    config, scores = tune_postprocess(probs, truths, trainer.postprocess)
+    trainer.postprocess = config
+    if trainer.checkpoint is not None:
+        trainer.save_checkpoint(trainer.checkpoint)
+    return {"config": config, "scores": scores, "before": before, "images": len(usable)}
+
+
+def describe_tuning(tuned: dict[str, Any]) -> str:
+    config = tuned["config"]
+    return (f"post-processing tuned on {tuned['images']} validation image(s): threshold {config.threshold}, "
+            f"watershed {'on' if config.watershed else 'off'}, growth to {growth(config)} "
+            f"(AP50 {tuned['scores']['ap50']:.3f}, "
+            f"{tuned['before']['ap50']:.3f} before); saved with the model")
+
+
+def growth(config: Any) -> str:
+    """How far objects grow (post-processing step 5), in words: "p > 0.1", or "off"."""
+    return f"p > {config.grow_threshold}" if config.grows else "off"
+
+
+def summary(result: dict[str, Any], out: Path) -> str:
+    score = result["val_score"]
+    validation = f"validation IoU {score:.4f}" if score is not None else "no validation images"
+    return (f"trained {result['iteration']} iterations in {duration(result['elapsed'])} on {result['device']}: "
+            f"loss {result['loss']:.4f}, {validation}; model saved to {out}")
