@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         trainer = Trainer.resume(args.out, samples, validation, device="cpu", time_budget=args.time_budget)
     else:
         net = UNet(UNetConfig(depth=args.depth, base_channels=args.base_channels, dropout=0.0))
-        trainer = Trainer(net, config, samples, validation, device="cpu", checkpoint=args.out)
+        trainer = Trainer(net, config, samples, validation, device="cpu", checkpoint=args.out,
+                          object_diameter=args.diameter)
     last_print = 0.0
     for event in trainer.run():
         if event.kind == "validation" or time.time() - last_print > 60:
@@ -119,9 +120,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{event.elapsed:.0f} s{score}", flush=True)
 
     bundle = load_model(args.out)
+    bundle.object_diameter = args.diameter
     bundle.metadata.update({
         "name": "nuclei",
-        "object_diameter": args.diameter,
         "description": "Generalist nuclei model for fluorescence images (bright nuclei on a dark background).",
         "license": "BSD-3-Clause (weights); trained only on CC0 data",
         "training_data": {

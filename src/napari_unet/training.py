@@ -221,6 +221,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config, lambda: self.elapsed))
         self._preview_requested = False
         self.growth_calibration: dict[str, Any] | None = None
+        self.metadata: dict[str, Any] = {}  # saved with the model besides the training record
         self._last_good = self._snapshot()
 
     # -- public ----------------------------------------------------------------------------------------------
@@ -302,6 +303,7 @@ class Trainer:
             self.normalization,
             self.postprocess,
             {
+                **self.metadata,
                 "iterations": self.iteration,
                 "elapsed_seconds": round(self.elapsed, 3),
                 "seed": self.config.seed,
