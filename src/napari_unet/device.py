@@ -40,13 +40,19 @@ def describe_device(device: torch.device) -> str:
     return f"CPU ({threads} thread{'s' if threads > 1 else ''})"
 
 
-def describe_available() -> str:
-    names = ["cpu"]
+def available_devices() -> list[str]:
+    """The device choices of the docks: "auto", "cpu", and "cuda" / "mps" when present."""
+    names = ["auto", "cpu"]
     if torch.cuda.is_available():
         names.append("cuda")
     if _mps_available():
         names.append("mps")
-    return "available: " + ", ".join(names)
+    return names
+
+
+def describe_available() -> str:
+    """The devices present, for error messages: 'available: cpu, cuda'."""
+    return "available: " + ", ".join(available_devices()[1:])
 
 
 def _mps_available() -> bool:

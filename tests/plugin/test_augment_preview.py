@@ -7,7 +7,8 @@ import pytest
 
 from napari_unet.augment import AugmentConfig, augment
 from napari_unet.io import apply_normalization, percentiles
-from napari_unet.plugin._augment_preview import AugmentPreviewWidget, grid_lines
+from napari_unet.jobs.augment_preview import grid_lines
+from napari_unet.plugin._augment_preview import AugmentPreviewWidget
 from napari_unet.plugin._state import session_for
 from napari_unet.tiling import read_window
 

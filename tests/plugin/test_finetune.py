@@ -192,11 +192,11 @@ def test_fine_tuning_starts_from_the_builtin_and_rescales_the_painted_cells_to_i
     widget.iterations_spin.setValue(3)
     with qtbot.waitSignal(widget.finished, timeout=120_000) as done:
         widget.start()
-    job = widget.job
-    assert job.factors == [pytest.approx(0.5, rel=0.05)]
-    assert job.config.learning_rate == _finetune.FINE_TUNE_LEARNING_RATE
+    assert widget.job.few_shot is not None and widget.budget_spin.value() == 1.0  # the recipe's minute
+    assert widget.job.trainer.config.learning_rate == widget.job.few_shot.learning_rate
     tuned = load_model(done.args[0])
     assert tuned.object_diameter == 20.0 and session_for(viewer).bundle.object_diameter == 20.0
+    assert tuned.metadata["annotated_diameter"] == pytest.approx(40, rel=0.05)  # rescaled by 20 / 40
     shipped = load_model(tiny_builtin)
     for name, tensor in widget.builtin_bundle.net.state_dict().items():  # the built-in itself is not trained
         np.testing.assert_array_equal(tensor.cpu().numpy(), shipped.net.state_dict()[name].numpy())

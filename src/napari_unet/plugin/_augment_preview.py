@@ -15,58 +15,19 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QPushButton, QSpinBox, QVBoxLayout, QWidget
-from superqt import QLabeledDoubleSlider
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QPushButton, QWidget
 
-from napari_unet.augment import AugmentConfig, change_gray_values, sampling_map, warp
-from napari_unet.io import apply_normalization, percentiles
-from napari_unet.tiling import read_window
+from napari_unet.augment import AugmentConfig
+from napari_unet.jobs.augment_preview import preview_sample
 from napari_unet.training import PRESETS
 
+from ._form import check, dock_layout, form, int_spin, slider
 from ._layers import LayerProblem, channels_of, debounced, layer_combo, layer_data, plane_stack, wrapped_label
 from ._state import Session, session_for
 from ._workers import alive, start_worker
 
-GRID_SPACING = 16  # px between the lines of the deformation grid
 GAP = 16  # px between the image and the preview
-
-
-def grid_lines(shape: tuple[int, int], spacing: int = GRID_SPACING) -> np.ndarray:
-    """(H, W) float32: 1 on every `spacing`-th row and column, 0 elsewhere."""
-    lines = np.zeros(shape, np.float32)
-    lines[::spacing] = 1.0
-    lines[:, ::spacing] = 1.0
-    return lines
-
-
-def preview_sample(
-    plane: Any, labels: np.ndarray | None, origin: tuple[int, int], size: int, config: AugmentConfig, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut the (C, size, size) window at `origin` of `plane` (C, H, W) and of `labels` (H, W) or None (mirrored
-    at the borders as in training), normalise it with the plane's percentiles, and augment it."""
-    window = read_window(plane, origin, (size, size))
-    lo, hi = percentiles(plane, 1.0, 99.8, "CYX")
-    window = apply_normalization(window, lo, hi)
-    if labels is None:
-        labels_window = np.zeros((size, size), np.int32)
-    else:
-        labels_window = read_window(labels[None], origin, (size, size))[0].astype(np.int32)
-    return augmented_window(window, labels_window, config, seed)
-
-
-def augmented_window(
-    image: np.ndarray, labels: np.ndarray, config: AugmentConfig, seed: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The sample `augment` would make of image (C, n, n) and labels (n, n) with this seed, and the grid warped
-    the same way: (image (C, n, n) float32, labels (n, n), grid (n, n) float32)."""
-    rng = np.random.default_rng(seed)
-    image = change_gray_values(image, rng, config)
-    grid = grid_lines(labels.shape)
-    coordinates = sampling_map(labels.shape, rng, config)
-    if coordinates is None:
-        return image, labels.copy(), grid
-    return warp(image, labels, grid, coordinates)
 
 
 class AugmentPreviewWidget(QWidget):
@@ -89,38 +50,25 @@ class AugmentPreviewWidget(QWidget):
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels", optional="(none)")
-        self.window_spin = QSpinBox()
-        self.window_spin.setRange(16, 2048)
-        self.window_spin.setValue(PRESETS["fast"][1].tile_size)
-        self.window_spin.setToolTip("Side of the training window (the preset's tile size)")
-        self.grid_spin = QSpinBox()
-        self.grid_spin.setRange(2, 12)
-        self.grid_spin.setValue(base.elastic_grid)
-        self.sigma_slider = _slider(0.0, 40.0, base.elastic_sigma)
-        self.rotation_slider = _slider(0.0, 180.0, base.rotation)
-        self.shift_slider = _slider(0.0, 64.0, base.shift)
-        self.flip_check = QCheckBox("flips")
-        self.flip_check.setChecked(base.flip_p > 0)
-        self.gray_check = QCheckBox("gray-value changes (contrast, brightness, gamma)")
-        self.gray_check.setChecked(base.contrast_p > 0 or base.brightness_p > 0 or base.gamma_p > 0)
+        self.window_spin = int_spin(16, 2048, PRESETS["fast"][1].tile_size,
+                                    tooltip="Side of the training window (the preset's tile size)")
+        self.grid_spin = int_spin(2, 12, base.elastic_grid)
+        self.sigma_slider = slider(0.0, 40.0, base.elastic_sigma)
+        self.rotation_slider = slider(0.0, 180.0, base.rotation)
+        self.shift_slider = slider(0.0, 64.0, base.shift)
+        self.flip_check = check("flips", base.flip_p > 0)
+        self.gray_check = check("gray-value changes (contrast, brightness, gamma)",
+                                base.contrast_p > 0 or base.brightness_p > 0 or base.gamma_p > 0)
         self.new_button = QPushButton("New sample")
         self.status = wrapped_label(lines=2)
-
-        form = QFormLayout()
-        form.addRow("image", self.image_combo.native)
-        form.addRow("labels", self.labels_combo.native)
-        form.addRow("window (px)", self.window_spin)
-        form.addRow("elastic grid", self.grid_spin)
-        form.addRow("elastic sigma (px)", self.sigma_slider)
-        form.addRow("rotation (±deg)", self.rotation_slider)
-        form.addRow("shift (±px)", self.shift_slider)
-        form.addRow("", self.flip_check)
-        form.addRow("", self.gray_check)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.new_button)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        dock_layout(
+            self,
+            form(("image", self.image_combo), ("labels", self.labels_combo), ("window (px)", self.window_spin),
+                 ("elastic grid", self.grid_spin), ("elastic sigma (px)", self.sigma_slider),
+                 ("rotation (±deg)", self.rotation_slider), ("shift (±px)", self.shift_slider),
+                 ("", self.flip_check), ("", self.gray_check)),
+            self.new_button, self.status, None,
+        )
 
         self._preview_soon = debounced(self.preview, 150, self)
         self.new_button.clicked.connect(self.new_sample)
@@ -250,11 +198,3 @@ class AugmentPreviewWidget(QWidget):
             [corners], shape_type="rectangle", name="preview window", edge_color="yellow", face_color="transparent",
             edge_width=2,
         )
-
-
-def _slider(low: float, high: float, value: float) -> QLabeledDoubleSlider:
-    slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
-    slider.setRange(low, high)
-    slider.setDecimals(1)
-    slider.setValue(value)
-    return slider

@@ -1,20 +1,23 @@
 """Fine-tune dock: train the U-Net on an image layer and a Labels layer of (possibly a few) annotated cells.
 
 Everything slow happens in a worker thread: the training samples are normalised and their weight maps
-computed there (`run_training` builds the `Trainer`), then each `TrainEvent` of `Trainer.run()` is yielded to
+computed there (`jobs.finetune.run_training` builds the `Trainer`), then each `TrainEvent` of `Trainer.run()` is yielded to
 the main thread, which only moves the progress bar and adds a point to the loss plot.
 
 Stopping: napari's `worker.quit()` (the Stop button, or the status bar's cancel) ends the worker loop without
 closing the generator, so the dock closes it afterwards in another worker: the trainer's `finally` then saves
 the last completed step to the autosave folder, off the main thread.
+
+Start from: the built-in `nuclei` model (the default when installed), a new network, the session's model or a
+saved one. A model with an object diameter (the built-in) is fine-tuned with the few-shot recipe
+(`napari_unet.fewshot`): the image and the painted cells are rescaled by model diameter / median diameter of the
+painted cells, for the dock's time budget (1 minute by default).
 """
 
 from __future__ import annotations
 
-import copy
-import time
-from collections.abc import Generator, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,31 +27,19 @@ from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
 
 from napari_unet import builtin
-from napari_unet.device import describe_device, select_device
-from napari_unet.io import apply_normalization, percentiles
+from napari_unet.device import available_devices, describe_device, select_device
+from napari_unet.fewshot import FewShotConfig
+from napari_unet.jobs.finetune import TrainingJob, format_duration, measure_steps, run_training
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import ModelBundle, Normalization, load_model, save_model
-from napari_unet.postprocess import PostprocessConfig
-from napari_unet.scale import rescale_to_diameter
 from napari_unet.targets import mask_around_cells
-from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer, TrainEvent, preset
+from napari_unet.training import PRESETS, TrainEvent, preset
 
 from . import _autosave
+from ._form import check, choice, dock_layout, float_spin, form, int_spin, row
 from ._layers import (
     LayerProblem,
     channels_of,
@@ -59,103 +50,13 @@ from ._layers import (
     wrapped_label,
 )
 from ._plot import LossPlot
-from ._segment import available_devices
 from ._state import Session, TrainingRun, session_for
 from ._workers import alive, generator_worker, start_worker
 
 START_NEW, START_SESSION, START_FILE = "new network", "the session's model", "a saved model…"
 BUILTIN_MODEL = "nuclei"  # the built-in model offered as a starting point (first and default when installed)
 START_BUILTIN = f"{BUILTIN_MODEL} (built-in)"
-FINE_TUNE_LEARNING_RATE = 3e-4  # from the built-in model: small steps keep what it knows
 DEFAULT_MARGIN = 12  # px of background kept around sparsely annotated cells
-
-
-# -- the worker side (no Qt) -----------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingJob:
-    """One run, prepared on the main thread from copies of the layers' data; the worker fills `trainer`.
-
-    images: raw (C, H, W) planes; labels: (H, W) instance ids; masks: (H, W) bool or None (whole plane).
-    """
-
-    images: list[np.ndarray]
-    labels: list[np.ndarray]
-    masks: list[np.ndarray | None]
-    net: UNet
-    config: TrainConfig
-    normalization: Normalization
-    postprocess: PostprocessConfig | None
-    device: str
-    checkpoint: Path
-    object_diameter: float | None = None  # the starting model's: each sample is rescaled to it
-    trainer: Trainer | None = None
-    factors: list[float] | None = None  # how each sample was rescaled (filled by `training_samples`)
-
-
-def training_samples(job: TrainingJob) -> list[Sample]:
-    """Normalised samples, each cropped to its annotated region plus half a tile of context.
-
-    Cropping keeps weight maps and validation cheap on big images where a few cells are annotated; the
-    windows the trainer cuts around annotated pixels stay inside the crop. With an object diameter, each sample
-    is then resized so its painted cells have that median diameter (`scale.rescale_to_diameter`).
-    """
-    context = job.config.tile_size // 2 + 1
-    samples = []
-    for image, labels, mask in zip(job.images, job.labels, job.masks):
-        if mask is not None:
-            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            box = (slice(max(rows[0] - context, 0), rows[-1] + 1 + context),
-                   slice(max(cols[0] - context, 0), cols[-1] + 1 + context))
-        else:
-            box = (slice(None), slice(None))
-        lo, hi = percentiles(image, job.normalization.low, job.normalization.high, "CYX")
-        normalised = apply_normalization(image[(slice(None), *box)], lo, hi)
-        samples.append(Sample(normalised, labels[box], None if mask is None else mask[box]))
-    if job.object_diameter is not None:
-        samples, job.factors = rescale_to_diameter(samples, job.object_diameter)
-    return samples
-
-
-def run_training(job: TrainingJob) -> Generator[TrainEvent, None, Path]:
-    """Build the trainer (weight maps and all) and yield its events; returns the autosaved model folder."""
-    samples = training_samples(job)
-    job.trainer = Trainer(job.net, job.config, samples, validation=samples, device=job.device,
-                          checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess,
-                          object_diameter=job.object_diameter)
-    events = job.trainer.run()
-    try:
-        yield from events
-    finally:
-        events.close()  # stopped: the trainer saves its last completed step to the checkpoint
-    return job.checkpoint
-
-
-def measure_steps(config: UNetConfig, tile_size: int, batch_size: int, device: str) -> Generator[float, None, float]:
-    """Seconds per training step of a network of `config` on `device`: forward + backward on random tiles.
-
-    Yields each step's time (a worker can stop between steps); returns the median of the steps after the first.
-    """
-    torch_device = select_device(device)
-    net = UNet(config).to(torch_device)
-    tile = net.valid_input_size(tile_size)
-    x = torch.rand(batch_size, config.in_channels, tile, tile, device=torch_device)
-    if torch_device.type == "cpu":
-        net.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(net.parameters(), lr=1e-6)
-    times = []
-    for _ in range(3):
-        started = time.perf_counter()
-        optimizer.zero_grad()
-        net(x).mean().backward()
-        optimizer.step()
-        if torch_device.type == "cuda":
-            torch.cuda.synchronize(torch_device)
-        times.append(time.perf_counter() - started)
-        yield times[-1]
-    return float(np.median(times[1:]))
 
 
 def _closer(generator: Iterator[TrainEvent], widget: QWidget, job: TrainingJob, session: Session):
@@ -179,14 +80,6 @@ def _closer(generator: Iterator[TrainEvent], widget: QWidget, job: TrainingJob, 
         start_worker(closer)
 
     return close
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # -- the dock --------------------------------------------------------------------------------------------------
@@ -213,7 +106,7 @@ class FineTuneWidget(QWidget):
         session: Session | None = None,
         start_from: str | None = None,
     ):
-        """start_from: the first choice of "start from" (default: the built-in model when installed, else a new
+        """start_from: the first "start from" choice (default: the built-in model when installed, else a new
         network)."""
         super().__init__()
         self.viewer = napari_viewer
@@ -239,27 +132,16 @@ class FineTuneWidget(QWidget):
         self.labels_combo = layer_combo(napari_viewer, Labels, "annotations")
         self.region_combo = layer_combo(napari_viewer, (Shapes, Labels), "region",
                                         optional="(none: around the annotated cells)")
-        self.whole_check = QCheckBox("every cell in the image is annotated")
-        self.margin_spin = QSpinBox()
-        self.margin_spin.setRange(1, 500)
-        self.margin_spin.setValue(DEFAULT_MARGIN)
-        self.margin_spin.setToolTip("Only this much background around the annotated cells is trusted")
-        self.start_combo = QComboBox()
-        self.start_combo.addItems(([START_BUILTIN] if BUILTIN_MODEL in builtin.names() else [])
+        self.whole_check = check("every cell in the image is annotated")
+        self.margin_spin = int_spin(1, 500, DEFAULT_MARGIN,
+                                    tooltip="Only this much background around the annotated cells is trusted")
+        self.start_combo = choice(([START_BUILTIN] if BUILTIN_MODEL in builtin.names() else [])
                                   + [START_NEW, START_SESSION, START_FILE])
         self.start_combo.setCurrentText(start_from or self.start_combo.itemText(0))
-        self.preset_combo = QComboBox()
-        self.preset_combo.addItems(list(PRESETS))
-        self.iterations_spin = QSpinBox()
-        self.iterations_spin.setRange(1, 1_000_000)
-        self.iterations_spin.setValue(PRESETS["fast"][1].iterations)
-        self.budget_spin = QDoubleSpinBox()
-        self.budget_spin.setRange(0.0, 100_000.0)
-        self.budget_spin.setDecimals(1)
-        self.budget_spin.setSpecialValueText("none")
-        self.budget_spin.setSuffix(" min")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(available_devices())
+        self.preset_combo = choice(list(PRESETS))
+        self.iterations_spin = int_spin(1, 1_000_000, PRESETS["fast"][1].iterations)
+        self.budget_spin = float_spin(0.0, 100_000.0, 0.0, decimals=1, special="none", suffix=" min")
+        self.device_combo = choice(available_devices())
         self.estimate_label = wrapped_label()
         self.start_button = QPushButton("Start")
         self.pause_button = QPushButton("Pause")
@@ -274,38 +156,19 @@ class FineTuneWidget(QWidget):
         self.model_label = wrapped_label()
         self.autosave_label = wrapped_label(f"autosave: {self.autosave_root}")
         self.autosave_button = QPushButton("Change…")
-
-        form = QFormLayout()
-        form.addRow("image", self.image_combo.native)
-        form.addRow("annotations", self.labels_combo.native)
-        form.addRow("annotated region", self.region_combo.native)
-        form.addRow("", self.whole_check)
-        form.addRow("margin (px)", self.margin_spin)
-        form.addRow("start from", self.start_combo)
-        form.addRow("preset", self.preset_combo)
-        form.addRow("iterations", self.iterations_spin)
-        form.addRow("time budget", self.budget_spin)
-        form.addRow("device", self.device_combo)
-        form.addRow("", self.estimate_label)
-        run_buttons = QHBoxLayout()
-        for button in (self.start_button, self.pause_button, self.stop_button):
-            run_buttons.addWidget(button)
-        model_buttons = QHBoxLayout()
-        model_buttons.addWidget(self.save_button)
-        model_buttons.addWidget(self.load_button)
-        autosave_row = QHBoxLayout()
-        autosave_row.addWidget(self.autosave_label, 1)
-        autosave_row.addWidget(self.autosave_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(run_buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.plot, 1)
-        layout.addWidget(self.status)
-        layout.addWidget(self.model_label)
-        layout.addLayout(model_buttons)
-        layout.addLayout(autosave_row)
-        layout.addWidget(self.restore_button)
+        dock_layout(
+            self,
+            form(("image", self.image_combo), ("annotations", self.labels_combo),
+                 ("annotated region", self.region_combo), ("", self.whole_check), ("margin (px)", self.margin_spin),
+                 ("start from", self.start_combo), ("preset", self.preset_combo),
+                 ("iterations", self.iterations_spin), ("time budget", self.budget_spin),
+                 ("device", self.device_combo), ("", self.estimate_label)),
+            row(self.start_button, self.pause_button, self.stop_button),
+            self.progress, (self.plot, 1), self.status, self.model_label,
+            row(self.save_button, self.load_button),
+            row(self.autosave_label, self.autosave_button, stretch=(1,)),
+            self.restore_button,
+        )
 
         self.start_button.clicked.connect(self.start)
         self.pause_button.clicked.connect(self.toggle_pause)
@@ -325,7 +188,7 @@ class FineTuneWidget(QWidget):
         self._set_running(False)
         self._show_model()
         self.reset_choices()
-        self.update_estimate()
+        self._start_choice_changed(self.start_combo.currentText())
 
     # -- public ---------------------------------------------------------------------------------------------
 
@@ -487,12 +350,13 @@ class FineTuneWidget(QWidget):
             plane_labels = labels_all[index] if index else labels_all
             if not plane_labels.any():
                 continue
+            few_shot = base is not None and base.object_diameter is not None
             if region is not None:
                 mask = region
             elif self.whole_check.isChecked():
-                mask = None
-            else:
-                mask = mask_around_cells(plane_labels, self.margin_spin.value())
+                mask = np.ones(plane_labels.shape, bool) if few_shot else None
+            else:  # the few-shot recipe has its own margin, in object diameters
+                mask = None if few_shot else mask_around_cells(plane_labels, self.margin_spin.value())
             images.append(np.asarray(stack.plane(index), dtype=np.float32))
             labels.append(plane_labels.copy())
             masks.append(mask)
@@ -501,8 +365,6 @@ class FineTuneWidget(QWidget):
                 f"No annotations in '{labels_layer.name}': paint a few cells (each with its own label) first"
             )
         net_config, config = preset(self.preset_combo.currentText(), **self._train_overrides())
-        if start == START_BUILTIN and "learning_rate" not in self.train_overrides:
-            config = replace(config, learning_rate=FINE_TUNE_LEARNING_RATE)
         if self.session.augment is not None:
             config = replace(config, augment=self.session.augment)
         if base is None:
@@ -512,14 +374,17 @@ class FineTuneWidget(QWidget):
             normalization, postprocess = Normalization(), None
         else:
             net, normalization, postprocess = base.net, base.normalization, base.postprocess
-            if start == START_BUILTIN:
-                net = copy.deepcopy(base.net)  # the built-in stays as shipped, for the next run
             if start == START_FILE:
                 self.session.set_model(base, self.start_path)
         checkpoint = _autosave.model_folder(self.autosave_root, image_layer.name)
         job = TrainingJob(images, labels, masks, net, config, normalization, postprocess,
-                          self.device_combo.currentText(), checkpoint,
-                          base.object_diameter if base is not None else None)
+                          self.device_combo.currentText(), checkpoint)
+        if base is not None and base.object_diameter is not None:
+            if len(images) > 1:
+                raise LayerProblem(
+                    f"{len(images)} planes are annotated: fine-tuning a model with an object size (the built-in) "
+                    "uses one annotated plane; keep the annotations of one plane, or start from a new network")
+            job.few_shot, job.base = FewShotConfig(seconds=config.time_budget, iterations=config.iterations), base
         select_device(job.device)  # an unavailable device is a notification now, not a worker error
         return job, labels_all
 
@@ -654,6 +519,9 @@ class FineTuneWidget(QWidget):
                 show_error(f"Cannot load the model: {error}")
                 self.start_combo.setCurrentText(START_NEW)
                 return
+        base = self._base_bundle()
+        if base is not None and base.object_diameter is not None and not self.budget_spin.value():
+            self.budget_spin.setValue(FewShotConfig().seconds / 60)  # the few-shot recipe's minute
         self.update_estimate()
 
     def _preset_changed(self, name: str) -> None:

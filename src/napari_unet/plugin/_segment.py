@@ -1,6 +1,6 @@
 """Segment dock: overlap-tile prediction in a worker thread, streamed tile by tile into a Labels layer.
 
-The worker (`stream_tiles`) yields one `TileUpdate` per finished tile: its foreground probability and a
+The worker (`jobs.segment.stream_tiles`) yields one `TileUpdate` per finished tile: its foreground probability and a
 preview labelling of the tile alone. The main thread only copies them into the layers' arrays and redraws the
 tile's region of the Labels layer (`_redraw.refresh_region`: colour mapping and texture upload of that region
 alone); the probability layer, which napari can only redraw whole, gets a throttled refresh. So the window
@@ -10,47 +10,35 @@ turn of the event loop; the probability map is kept, so the post-processing can 
 running the network again.
 
 Object size: a model with an object diameter (the built-in `nuclei`) sees the image rescaled by model diameter /
-object diameter (the dock's "object diameter": a value, or auto, estimated in a worker before the tiles start).
-Tiles are then predicted on the rescaled plane and each tile's probabilities resized back to its region of the
-image (`rescaled_region`), so the layers keep the image's size; the post-processing's sizes are scaled to it.
+object diameter (the dock's "object diameter": a value, or auto, estimated in a worker before the tiles start);
+the layers keep the image's size (`jobs.segment.stream_tiles`). A new dock puts the built-in model in the session
+when it has none, so Segment works right after an image is opened.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
 
-from napari_unet.device import describe_device, select_device
-from napari_unet.io import check_image
-from napari_unet.modelfile import ModelBundle, check_rescalable, load_model
-from napari_unet.postprocess import PostprocessConfig, probs_to_labels
-from napari_unet.scale import rescale_image, resize_probs, scale_postprocess, scaled_shape
-from napari_unet.tiling import auto_stride, iter_predict_tiles, prepare_model, tile_grid
+from napari_unet.device import available_devices, describe_device, select_device
+from napari_unet.jobs.segment import TileUpdate, postprocess_planes, stream_tiles
+from napari_unet.jobs.segment import Planes
+from napari_unet.modelfile import ModelBundle, load_model
+from napari_unet.postprocess import PostprocessConfig
+from napari_unet.scale import scale_postprocess, scaled_shape
+from napari_unet.tiling import auto_stride, tile_grid
 
-from ._layers import LayerProblem, PlaneStack, debounced, layer_combo, plane_stack, throttled, wrapped_label
+from ._form import check, choice, dock_layout, float_spin, form, int_spin, row
+from ._layers import LayerProblem, debounced, layer_combo, plane_stack, throttled, wrapped_label
 from ._redraw import RegionRedraws, bands, refresh_region, refresh_thumbnail
 from ._state import Session, session_for
 from ._workers import alive, generator_worker, start_worker
@@ -59,77 +47,6 @@ REFRESH_MS = 100  # at most ~10 whole-layer refreshes per second while tiles str
 REFRESH_BUDGET = 8  # ...and at least 8x the time a refresh takes between two (large layers redraw slowly)
 RETUNE_MS = 250  # post-processing reruns this long after the last change of its controls
 DEFAULT_MODEL = "nuclei"  # the built-in model a new session starts with
-
-
-@dataclass(frozen=True)
-class TileUpdate:
-    """One finished tile. plane: index over the leading (Z, T, ...) axes; region: (slice_y, slice_x);
-    probs_fg: (h, w) float32 foreground probability; labels: (h, w) int32 preview ids of this tile alone
-    (offset so that tiles do not share ids); done / total: tiles finished / in all planes."""
-
-    plane: tuple[int, ...]
-    region: tuple[slice, slice]
-    probs_fg: np.ndarray
-    labels: np.ndarray
-    done: int
-    total: int
-
-    @property
-    def key(self) -> tuple[Any, ...]:
-        return (*self.plane, *self.region)
-
-
-def stream_tiles(
-    bundle: ModelBundle, stack: PlaneStack, stride: int, device: torch.device, postprocess: PostprocessConfig,
-    factor: float = 1.0,
-) -> Iterator[TileUpdate]:
-    """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
-
-    factor: each plane is resized by it before the network (read whole and rescaled in memory; too large planes
-    are refused, `modelfile.check_rescalable`), each tile's result resized back to its region of the image.
-    postprocess: for the image's size (see `scale.scale_postprocess`).
-    Runs in the worker thread: reads windows (lazily for dask/zarr at factor 1), runs the network, labels each tile.
-    """
-    net = prepare_model(bundle.net, device)
-    scaled = scaled_shape(stack.shape, factor)
-    grid = tile_grid(net, scaled, stride)
-    total = len(grid) * len(stack.planes)
-    done = next_id = 0
-    for index in stack.planes:
-        plane = stack.plane(index)
-        if isinstance(plane, np.ndarray) and not isinstance(plane, np.memmap):
-            check_image(plane, "CYX")  # NaN, infinite or constant: a clear error (lazy planes are not scanned twice)
-        preprocess = bundle.preprocessor(plane, "CYX")
-        if factor != 1.0:
-            check_rescalable(plane, factor)
-            plane = rescale_image(np.asarray(plane), factor)
-        for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
-            region = rescaled_region(result.tile.region, scaled, stack.shape)
-            probs_fg = np.ascontiguousarray(result.probs[1], dtype=np.float32)
-            size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
-            if factor != 1.0:
-                probs_fg = resize_probs(probs_fg[None], size)[0] if min(size) else np.zeros(size, np.float32)
-            labels = probs_to_labels(probs_fg, postprocess) if min(size) else np.zeros(size, np.int32)
-            count = int(labels.max(initial=0))
-            labels[labels > 0] += next_id
-            next_id += count
-            done += 1
-            yield TileUpdate(index, region, probs_fg, labels, done, total)
-
-
-def rescaled_region(region: tuple[slice, slice], scaled: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:
-    """A region (rows, cols) of a plane of shape `scaled`, mapped onto the same plane at `shape`: edges scale by
-    shape / scaled and are rounded, so neighbouring tiles still meet exactly and the last edge is the border."""
-    return tuple(slice(round(r.start * n / m), round(r.stop * n / m))  # type: ignore[return-value]
-                 for r, m, n in zip(region, scaled, shape))
-
-
-def postprocess_planes(probs_fg: np.ndarray, planes: list[tuple[int, ...]], config: PostprocessConfig) -> np.ndarray:
-    """Labels (..., H, W) of the stitched foreground probabilities (..., H, W), plane by plane."""
-    labels = np.zeros(probs_fg.shape, dtype=np.int32)
-    for index in planes:
-        labels[index] = probs_to_labels(probs_fg[index], config)
-    return labels
 
 
 class SegmentWidget(QWidget):
@@ -167,61 +84,34 @@ class SegmentWidget(QWidget):
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.model_label = wrapped_label()
         self.load_button = QPushButton("Load model…")
-        self.tile_spin = QSpinBox()
-        self.tile_spin.setRange(0, 8192)
-        self.tile_spin.setSingleStep(16)
-        self.tile_spin.setSpecialValueText("auto")
-        self.tile_spin.setToolTip("Output tile side in pixels; 'auto' picks the largest that fits in memory")
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(available_devices())
-        self.diameter_spin = QDoubleSpinBox()
-        self.diameter_spin.setRange(0.0, 1000.0)
-        self.diameter_spin.setDecimals(1)
-        self.diameter_spin.setSuffix(" px")
-        self.diameter_spin.setSpecialValueText("auto")
+        self.tile_spin = int_spin(0, 8192, 0, step=16, special="auto",
+                                  tooltip="Output tile side in pixels; 'auto' picks the largest that fits in memory")
+        self.device_combo = choice(available_devices())
+        self.diameter_spin = float_spin(0.0, 1000.0, 0.0, decimals=1, special="auto", suffix=" px")
         self.diameter_label = wrapped_label()
-        self.probs_check = QCheckBox("also show the probability map")
-        self.threshold_spin = QDoubleSpinBox()
-        self.threshold_spin.setRange(0.0, 1.0)
-        self.threshold_spin.setSingleStep(0.05)
-        self.grow_spin = QDoubleSpinBox()
-        self.grow_spin.setRange(0.0, 1.0)
-        self.grow_spin.setSingleStep(0.05)
-        self.grow_spin.setToolTip("Objects grow into the neighbouring pixels whose probability is above this value "
-                                  "(cells come out at their full size; none merge). At the threshold or above: off")
-        self.min_size_spin = QSpinBox()
-        self.min_size_spin.setRange(0, 100000)
-        self.split_check = QCheckBox("split merged cells (watershed)")
-        self.split_check.setToolTip("Seeded watershed on the distance transform: splits touching cells that the "
-                                    "network's borders left merged")
+        self.probs_check = check("also show the probability map")
+        self.threshold_spin = float_spin(0.0, 1.0, 0.0, step=0.05)
+        self.grow_spin = float_spin(0.0, 1.0, 0.0, step=0.05, tooltip=(
+            "Objects grow into the neighbouring pixels whose probability is above this value (cells come out at "
+            "their full size; none merge). At the threshold or above: off"))
+        self.min_size_spin = int_spin(0, 100000, 0)
+        self.split_check = check("split merged cells (watershed)", tooltip=(
+            "Seeded watershed on the distance transform: splits touching cells that the network's borders left "
+            "merged"))
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
         self.progress = QProgressBar()
         self.status = wrapped_label(lines=3)
-
-        form = QFormLayout()
-        form.addRow("image", self.image_combo.native)
-        form.addRow("model", self.model_label)
-        form.addRow("", self.load_button)
-        form.addRow("tile size", self.tile_spin)
-        form.addRow("device", self.device_combo)
-        form.addRow("object diameter", self.diameter_spin)
-        form.addRow("", self.diameter_label)
-        form.addRow("", self.probs_check)
-        form.addRow("threshold", self.threshold_spin)
-        form.addRow("grow to p >", self.grow_spin)
-        form.addRow("min. size (px)", self.min_size_spin)
-        form.addRow("", self.split_check)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.run_button)
-        buttons.addWidget(self.cancel_button)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        dock_layout(
+            self,
+            form(("image", self.image_combo), ("model", self.model_label), ("", self.load_button),
+                 ("tile size", self.tile_spin), ("device", self.device_combo),
+                 ("object diameter", self.diameter_spin), ("", self.diameter_label), ("", self.probs_check),
+                 ("threshold", self.threshold_spin), ("grow to p >", self.grow_spin),
+                 ("min. size (px)", self.min_size_spin), ("", self.split_check)),
+            row(self.run_button, self.cancel_button), self.progress, self.status, None,
+        )
 
         self._refresh_soon = throttled(self._refresh_layers, REFRESH_MS, self)
         self._redraws = RegionRedraws(self)
@@ -295,18 +185,14 @@ class SegmentWidget(QWidget):
         self.status.setText("Estimating the object diameter…")
         self.worker = create_worker(bundle.estimate_diameter, stack.plane(stack.planes[0]), device=device,
                                     _ignore_errors=True, _start_thread=False)
-        self.worker.returned.connect(lambda estimate: alive(self) and self._estimated(bundle, layer, stack, device,
-                                                                                      estimate))
+        self.worker.returned.connect(
+            lambda estimate: alive(self) and self._estimated(bundle, layer, stack, device, estimate))
         self.worker.errored.connect(self._estimate_failed)
         start_worker(self.worker, self)
         return self.worker
 
-    def _estimated(self, bundle: ModelBundle, layer: Any, stack: PlaneStack, device: torch.device,
-                   estimate: float | None) -> None:
-        self.worker = None
-        self.session.segmenting = False
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+    def _estimated(self, bundle: ModelBundle, layer: Any, stack: Planes, device: Any, estimate: float | None) -> None:
+        self._estimate_ended()
         self.estimated_diameter = estimate
         if self.cancelled:
             self.status.setText("Cancelled before the first tile")
@@ -315,15 +201,17 @@ class SegmentWidget(QWidget):
         self._start_tiles(bundle, layer, stack, device, 1.0 if estimate is None else bundle.object_diameter / estimate)
 
     def _estimate_failed(self, error: Exception) -> None:
+        self._estimate_ended()
+        self._failed(error)
+
+    def _estimate_ended(self) -> None:
         self.worker = None
         self.session.segmenting = False
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        self._failed(error)
 
-    def _start_tiles(self, bundle: ModelBundle, layer: Any, stack: PlaneStack, device: torch.device,
-                     factor: float) -> Any:
-        """Create the result layers and start streaming tiles of the image resized by `factor`."""
+    def _start_tiles(self, bundle: ModelBundle, layer: Any, stack: Any, device: Any, factor: float) -> Any:
+        """Create the result layers and stream the tiles of the image resized by `factor` into them."""
         stride = self.tile_spin.value() or auto_stride(bundle.net, device)
         self.factor = factor
         self.diameter_label.setText(self._describe_scale(bundle))
@@ -491,12 +379,13 @@ class SegmentWidget(QWidget):
                 widget.blockSignals(False)
 
     def _describe_scale(self, bundle: ModelBundle) -> str:
+        """The status line of the object size: what it was, how it was found, how the image was rescaled."""
         if bundle.object_diameter is None:
             return ""
-        used = bundle.object_diameter / self.factor
-        how = "estimated" if self.diameter() == "auto" else "given"
         if self.diameter() == "auto" and self.estimated_diameter is None:
             return "no objects found to estimate their size: segmented at the image's scale"
+        used = bundle.object_diameter / self.factor
+        how = "estimated" if self.diameter() == "auto" else "given"
         rescale = f"image rescaled x{self.factor:.2f}" if abs(self.factor - 1) > 1e-9 else "not rescaled"
         return f"objects ~{used:.1f} px ({how}); {rescale} to the model's {bundle.object_diameter:g} px"
 
@@ -504,14 +393,3 @@ class SegmentWidget(QWidget):
         path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")
         if path:
             self.load_model(path)
-
-
-def available_devices() -> list[str]:
-    """The device choices of the docks: "auto", "cpu", and "cuda" / "mps" when present."""
-    names = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        names.append("cuda")
-    backend = getattr(torch.backends, "mps", None)
-    if backend is not None and backend.is_available():
-        names.append("mps")
-    return names

@@ -14,13 +14,13 @@ import numpy as np
 from napari.layers import Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtCore import Qt, Signal
-from qtpy.QtWidgets import QCheckBox, QFormLayout, QSpinBox, QVBoxLayout, QWidget
-from superqt import QLabeledDoubleSlider
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QWidget
 
 from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
 
+from ._form import check, dock_layout, form, int_spin, slider
 from ._layers import debounced, layer_combo, wrapped_label
 from ._workers import alive, start_worker
 
@@ -43,26 +43,18 @@ class WeightMapWidget(QWidget):
 
         training = PRESETS["fast"][1]  # start from what the default training uses
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels")
-        self.w0_slider = _slider(0.0, 100.0, training.w0, 1)
-        self.sigma_slider = _slider(0.5, 25.0, training.sigma, 1)
-        self.balance_check = QCheckBox("class balance w_c")
-        self.balance_check.setChecked(True)
-        self.border_spin = QSpinBox()
-        self.border_spin.setRange(1, 8)
-        self.border_spin.setValue(training.border)
-        self.border_spin.setToolTip("Background border (px) cut between touching cells in the target")
+        self.w0_slider = slider(0.0, 100.0, training.w0)
+        self.sigma_slider = slider(0.5, 25.0, training.sigma)
+        self.balance_check = check("class balance w_c", True)
+        self.border_spin = int_spin(1, 8, training.border,
+                                    tooltip="Background border (px) cut between touching cells in the target")
         self.status = wrapped_label(lines=3)
-
-        form = QFormLayout()
-        form.addRow("labels", self.labels_combo.native)
-        form.addRow("w0", self.w0_slider)
-        form.addRow("sigma (px)", self.sigma_slider)
-        form.addRow("", self.balance_check)
-        form.addRow("border (px)", self.border_spin)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.status)
-        layout.addStretch(1)
+        dock_layout(
+            self,
+            form(("labels", self.labels_combo), ("w0", self.w0_slider), ("sigma (px)", self.sigma_slider),
+                 ("", self.balance_check), ("border (px)", self.border_spin)),
+            self.status, None,
+        )
 
         self._update_soon = debounced(self.update_map, UPDATE_MS, self)
         for signal in (self.w0_slider.valueChanged, self.sigma_slider.valueChanged,
@@ -122,11 +114,3 @@ class WeightMapWidget(QWidget):
             "touching cells are where the loss weighs most"
         )
         self.updated.emit(weights)
-
-
-def _slider(low: float, high: float, value: float, decimals: int) -> QLabeledDoubleSlider:
-    slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
-    slider.setRange(low, high)
-    slider.setDecimals(decimals)
-    slider.setValue(value)
-    return slider

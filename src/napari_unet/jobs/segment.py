@@ -1,0 +1,110 @@
+"""The Segment dock's work: tile-by-tile prediction of a stack of planes, and the whole-image post-processing.
+
+Object size: with a rescale factor (model diameter / object diameter), each plane is rescaled before the
+network and every tile's result is resized back to its region of the image (`rescaled_region`), so the outputs
+keep the image's size; the post-processing's sizes are then those of the image (`scale.scale_postprocess`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..io import check_image
+from ..modelfile import ModelBundle, check_rescalable
+from ..postprocess import PostprocessConfig, probs_to_labels
+from ..scale import rescale_image, resize_probs, scaled_shape
+from ..tiling import iter_predict_tiles, prepare_model, tile_grid
+
+
+class Planes(Protocol):
+    """A stack of (C, H, W) planes (the plugin's `PlaneStack`): `shape` (H, W), `planes` (indices over the
+    leading axes, `[()]` for one 2-D image) and `plane(index)`, a (C, H, W) array, possibly lazy."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    @property
+    def planes(self) -> list[tuple[int, ...]]: ...
+
+    def plane(self, index: tuple[int, ...]) -> Any: ...
+
+
+@dataclass(frozen=True)
+class TileUpdate:
+    """One finished tile. plane: index over the leading (Z, T, ...) axes; region: (slice_y, slice_x);
+    probs_fg: (h, w) float32 foreground probability; labels: (h, w) int32 preview ids of this tile alone
+    (offset so that tiles do not share ids); done / total: tiles finished / in all planes."""
+
+    plane: tuple[int, ...]
+    region: tuple[slice, slice]
+    probs_fg: np.ndarray
+    labels: np.ndarray
+    done: int
+    total: int
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """The index of this tile in an output array (leading axes, H, W)."""
+        return (*self.plane, *self.region)
+
+
+def stream_tiles(
+    bundle: ModelBundle, stack: Planes, stride: int, device: torch.device, postprocess: PostprocessConfig,
+    factor: float = 1.0,
+) -> Iterator[TileUpdate]:
+    """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
+
+    factor: each plane is resized by it before the network (read whole and rescaled in memory; planes too large
+    for that are refused, `modelfile.check_rescalable`), and each tile's result resized back to its region.
+    postprocess: for the image's size. Runs in the worker thread: reads windows (lazily for dask/zarr at factor
+    1), runs the network, labels each tile.
+    """
+    net = prepare_model(bundle.net, device)
+    scaled = scaled_shape(stack.shape, factor)
+    grid = tile_grid(net, scaled, stride)
+    total = len(grid) * len(stack.planes)
+    done = next_id = 0
+    for index in stack.planes:
+        plane = stack.plane(index)
+        if isinstance(plane, np.ndarray) and not isinstance(plane, np.memmap):
+            check_image(plane, "CYX")  # NaN, infinite or constant: a clear error (lazy planes are not scanned twice)
+        preprocess = bundle.preprocessor(plane, "CYX")
+        if factor != 1.0:
+            check_rescalable(plane, factor)
+            plane = rescale_image(np.asarray(plane), factor)
+        for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
+            region = rescaled_region(result.tile.region, scaled, stack.shape)
+            size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
+            probs_fg = np.ascontiguousarray(result.probs[1], dtype=np.float32)
+            if factor != 1.0:
+                probs_fg = resize_probs(probs_fg[None], size)[0] if min(size) else np.zeros(size, np.float32)
+            labels = probs_to_labels(probs_fg, postprocess) if min(size) else np.zeros(size, np.int32)
+            count = int(labels.max(initial=0))
+            labels[labels > 0] += next_id
+            next_id += count
+            done += 1
+            yield TileUpdate(index, region, probs_fg, labels, done, total)
+
+
+def rescaled_region(region: tuple[slice, slice], scaled: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """A region (rows, cols) of a plane of shape `scaled`, mapped onto the same plane at `shape`: edges scale by
+    shape / scaled and are rounded, so neighbouring tiles still meet exactly and the last edge is the border.
+
+    >>> rescaled_region((slice(0, 48), slice(48, 60)), (60, 60), (30, 31))
+    (slice(0, 24, None), slice(25, 31, None))
+    """
+    return tuple(slice(round(r.start * n / m), round(r.stop * n / m))  # type: ignore[return-value]
+                 for r, m, n in zip(region, scaled, shape))
+
+
+def postprocess_planes(probs_fg: np.ndarray, planes: list[tuple[int, ...]], config: PostprocessConfig) -> np.ndarray:
+    """Labels (..., H, W) of the stitched foreground probabilities (..., H, W), plane by plane."""
+    labels = np.zeros(probs_fg.shape, dtype=np.int32)
+    for index in planes:
+        labels[index] = probs_to_labels(probs_fg[index], config)
+    return labels

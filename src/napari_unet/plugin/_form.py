@@ -1,0 +1,117 @@
+"""The docks' controls in one call each: spin boxes, sliders, check boxes, drop-downs, and the dock layout.
+
+A dock's `__init__` then reads as a list of its controls and a list of its rows:
+
+    self.iterations_spin = int_spin(1, 1_000_000, 400)
+    dock_layout(self, form(("iterations", self.iterations_spin), ("", self.whole_check)), self.status)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLayout,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+def int_spin(
+    low: int, high: int, value: int, *, step: int = 1, special: str = "", tooltip: str = ""
+) -> QSpinBox:
+    """A QSpinBox over [low, high] at `value`; `special`: the text shown at `low` (e.g. "auto")."""
+    spin = QSpinBox()
+    spin.setRange(low, high)
+    spin.setSingleStep(step)
+    spin.setValue(value)
+    if special:
+        spin.setSpecialValueText(special)
+    if tooltip:
+        spin.setToolTip(tooltip)
+    return spin
+
+
+def float_spin(
+    low: float, high: float, value: float, *, step: float = 1.0, decimals: int = 2, special: str = "",
+    suffix: str = "", tooltip: str = "",
+) -> QDoubleSpinBox:
+    """A QDoubleSpinBox over [low, high] at `value`; `special`: the text shown at `low` (e.g. "none")."""
+    spin = QDoubleSpinBox()
+    spin.setRange(low, high)
+    spin.setDecimals(decimals)
+    spin.setSingleStep(step)
+    spin.setValue(value)
+    if special:
+        spin.setSpecialValueText(special)
+    if suffix:
+        spin.setSuffix(suffix)
+    if tooltip:
+        spin.setToolTip(tooltip)
+    return spin
+
+
+def slider(low: float, high: float, value: float, decimals: int = 1) -> Any:
+    """A horizontal slider with its value shown beside it (superqt's QLabeledDoubleSlider)."""
+    from superqt import QLabeledDoubleSlider
+
+    widget = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+    widget.setRange(low, high)
+    widget.setDecimals(decimals)
+    widget.setValue(value)
+    return widget
+
+
+def check(text: str, checked: bool = False, tooltip: str = "") -> QCheckBox:
+    box = QCheckBox(text)
+    box.setChecked(checked)
+    if tooltip:
+        box.setToolTip(tooltip)
+    return box
+
+
+def choice(items: Sequence[str]) -> QComboBox:
+    """A drop-down of fixed texts, the first one chosen."""
+    combo = QComboBox()
+    combo.addItems(list(items))
+    return combo
+
+
+def form(*rows: tuple[str, Any]) -> QFormLayout:
+    """Rows of (label, control); magicgui widgets are accepted (their `.native` is added)."""
+    layout = QFormLayout()
+    for label, widget in rows:
+        layout.addRow(label, getattr(widget, "native", widget))
+    return layout
+
+
+def row(*widgets: QWidget, stretch: Sequence[int] = ()) -> QHBoxLayout:
+    """Widgets side by side; `stretch`: their stretch factors (default 0 each)."""
+    layout = QHBoxLayout()
+    for index, widget in enumerate(widgets):
+        layout.addWidget(widget, stretch[index] if index < len(stretch) else 0)
+    return layout
+
+
+def dock_layout(dock: QWidget, *items: QLayout | QWidget | tuple[QWidget, int] | None) -> QVBoxLayout:
+    """The dock's vertical layout: layouts and widgets top to bottom, (widget, stretch) for one that grows, and
+    None for a stretch that keeps everything at the top."""
+    layout = QVBoxLayout(dock)
+    for item in items:
+        if item is None:
+            layout.addStretch(1)
+        elif isinstance(item, QLayout):
+            layout.addLayout(item)
+        elif isinstance(item, tuple):
+            layout.addWidget(*item)
+        else:
+            layout.addWidget(item)
+    return layout

@@ -1,0 +1,156 @@
+"""The docks' jobs without Qt: a Fine-tune run, step timing, tile streaming, the augmentation preview sample."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.augment import AugmentConfig, augment
+from napari_unet.io import apply_normalization, percentiles
+from napari_unet.jobs.augment_preview import grid_lines, preview_sample
+from napari_unet.jobs.finetune import TrainingJob, format_duration, measure_steps, run_training, training_samples
+from napari_unet.jobs.segment import postprocess_planes, stream_tiles
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.modelfile import ModelBundle, Normalization, load_model
+from napari_unet.postprocess import PostprocessConfig, probs_to_labels
+from napari_unet.synthetic import make_cells
+from napari_unet.tiling import read_window
+from napari_unet.training import preset
+
+TINY = UNetConfig(depth=3, base_channels=4)
+
+
+@pytest.fixture(scope="module")
+def cells() -> tuple[np.ndarray, np.ndarray]:
+    return make_cells((96, 120), seed=3)
+
+
+def job(cells, tmp_path: Path, masks, **overrides) -> TrainingJob:
+    image, labels = cells
+    _, config = preset("fast", tile_size=60, validate_every=1000, checkpoint_every=1000, **overrides)
+    torch.manual_seed(0)
+    return TrainingJob([image[None].astype(np.float32)], [labels], masks, UNet(TINY), config, Normalization(),
+                       None, "cpu", tmp_path / "model")
+
+
+def test_training_samples_are_cropped_to_the_annotated_region_and_normalised_with_the_whole_plane(cells, tmp_path):
+    image, labels = cells
+    mask = np.zeros(labels.shape, bool)
+    mask[40:50, 50:55] = True
+    prepared = job(cells, tmp_path, [mask])
+    context = prepared.config.tile_size // 2 + 1  # 31
+    sample = training_samples(prepared)[0]
+    box = (slice(40 - context, 50 + context), slice(50 - context, 55 + context))
+    assert sample.image.shape == (1, 10 + 2 * context, 5 + 2 * context)
+    lo, hi = percentiles(image[None], 1.0, 99.8, "CYX")
+    np.testing.assert_allclose(sample.image, apply_normalization(image[None][(slice(None), *box)], lo, hi))
+    np.testing.assert_array_equal(sample.labels, labels[box])
+    np.testing.assert_array_equal(sample.mask, mask[box])
+    whole = training_samples(job(cells, tmp_path, [None]))[0]
+    assert whole.image.shape == (1, *labels.shape) and whole.mask is None
+
+
+def test_run_training_yields_the_trainer_events_and_returns_the_saved_folder(cells, tmp_path):
+    prepared = job(cells, tmp_path, [None], iterations=3)
+    events = run_training(prepared)
+    kinds = []
+    with pytest.raises(StopIteration) as finished:
+        while True:
+            kinds.append(next(events).kind)
+    assert finished.value.value == prepared.checkpoint
+    assert kinds.count("step") == 3 and prepared.trainer.iteration == 3
+    assert load_model(prepared.checkpoint).metadata["iterations"] == 3
+
+
+def test_closing_a_stopped_run_saves_its_last_step(cells, tmp_path):
+    prepared = job(cells, tmp_path, [None], iterations=50)
+    events = run_training(prepared)
+    steps = [e for e in itertools.islice(events, 10) if e.kind == "step"]
+    events.close()
+    assert load_model(prepared.checkpoint).metadata["iterations"] == steps[-1].iteration
+
+
+def test_measure_steps_yields_each_step_and_returns_the_median_of_the_later_ones():
+    steps = measure_steps(TINY, 60, 1, "cpu")
+    times = []
+    with pytest.raises(StopIteration) as finished:
+        while True:
+            times.append(next(steps))
+    assert len(times) == 3 and all(t > 0 for t in times)
+    assert finished.value.value == float(np.median(times[1:]))
+
+
+def test_format_duration_rounds_to_what_a_status_line_needs():
+    assert [format_duration(s) for s in (0.4, 89, 90, 5399, 5400)] == ["0 s", "89 s", "2 min", "90 min", "1.5 h"]
+
+
+@dataclass(frozen=True)
+class Stack:
+    """A minimal stack of planes: data (T, C, H, W)."""
+
+    data: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[-2:]
+
+    @property
+    def planes(self) -> list[tuple[int, ...]]:
+        return [(t,) for t in range(self.data.shape[0])]
+
+    def plane(self, index: tuple[int, ...]) -> np.ndarray:
+        return self.data[index]
+
+
+def test_streamed_tiles_stitch_to_the_tiled_prediction_with_distinct_preview_ids(cells):
+    image, _ = cells
+    torch.manual_seed(0)
+    bundle = ModelBundle(UNet(TINY).eval())
+    data = np.stack([image, image[::-1].copy()])[:, None].astype(np.float32)  # (T=2, C=1, H, W)
+    config = PostprocessConfig(threshold=0.5, min_size=1)
+    device = torch.device("cpu")
+    updates = list(stream_tiles(bundle, Stack(data), 32, device, config))
+    assert [u.done for u in updates] == list(range(1, len(updates) + 1))
+    assert {u.total for u in updates} == {len(updates)} and len(updates) % 2 == 0
+    probs = np.zeros((2, *image.shape), np.float32)
+    labels = np.zeros((2, *image.shape), np.int32)
+    seen: set[int] = set()
+    for update in updates:
+        probs[update.key] = update.probs_fg
+        labels[update.key] = update.labels
+        ids = set(np.unique(update.labels)) - {0}
+        assert not ids & seen, "tiles never share preview ids"
+        seen |= ids
+        np.testing.assert_array_equal(update.labels > 0, probs_to_labels(update.probs_fg, config) > 0)
+    for t in range(2):
+        expected = bundle.predict(data[t], device="cpu")[1]  # other tiles, the same probabilities
+        np.testing.assert_allclose(probs[t], expected, atol=1e-5)
+    final = postprocess_planes(probs, [(0,), (1,)], config)
+    for t in range(2):
+        np.testing.assert_array_equal(final[t], probs_to_labels(probs[t], config))
+
+
+def test_the_preview_is_augments_own_sample_for_the_seed(cells):
+    image, labels = cells
+    plane = image[None]
+    origin, size, config = (-10, 30), 60, AugmentConfig()
+    shown_image, shown_labels, grid = preview_sample(plane, labels, origin, size, config, seed=4)
+    lo, hi = percentiles(plane, 1.0, 99.8, "CYX")
+    window = apply_normalization(read_window(plane, origin, (size, size)), lo, hi)
+    target = read_window(labels[None], origin, (size, size))[0].astype(np.int32)
+    expected = augment(window, target, grid_lines((size, size)), np.random.default_rng(4), config)
+    np.testing.assert_allclose(shown_image, expected[0], atol=1e-5)
+    np.testing.assert_array_equal(shown_labels, expected[1])
+    assert not np.array_equal(grid, grid_lines((size, size))), "the default elastic deformation bends the grid"
+
+    still = AugmentConfig(elastic_sigma=0.0, rotation=0.0, shift=0.0, flip_p=0.0, contrast_p=0.0, brightness_p=0.0,
+                          gamma_p=0.0)
+    shown_image, shown_labels, grid = preview_sample(plane, None, origin, size, still, seed=4)
+    np.testing.assert_allclose(shown_image, window, atol=1e-6)
+    assert not shown_labels.any() and shown_labels.shape == (size, size)
+    np.testing.assert_array_equal(grid, grid_lines((size, size)))
