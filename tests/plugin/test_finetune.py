@@ -200,3 +200,22 @@ def test_fine_tuning_starts_from_the_builtin_and_rescales_the_painted_cells_to_i
     shipped = load_model(tiny_builtin)
     for name, tensor in widget.builtin_bundle.net.state_dict().items():  # the built-in itself is not trained
         np.testing.assert_array_equal(tensor.cpu().numpy(), shipped.net.state_dict()[name].numpy())
+
+
+def test_suggest_where_to_annotate_adds_rectangles_away_from_the_painted_cells(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells, tiny_builtin
+):
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    painted = viewer.add_labels(few_cells(labels), name="annotations")
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave")
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    with qtbot.waitSignal(widget.suggested, timeout=60_000) as done:
+        assert widget.suggest() is not None
+    boxes = done.args[0]
+    layer = widget.suggestions_layer
+    assert boxes and layer in viewer.layers and len(layer.data) == len(boxes)
+    assert set(layer.shape_type) == {"rectangle"}
+    for y0, x0, y1, x1 in boxes:
+        assert not np.asarray(painted.data)[y0:y1, x0:x1].any()

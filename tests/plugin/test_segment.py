@@ -207,3 +207,16 @@ def test_a_new_dock_has_the_builtin_model_and_segments_right_away(make_napari_vi
     with qtbot.waitSignal(widget.segmented, timeout=120_000) as done:
         widget.run()
     assert done.args[0].shape == image.shape and done.args[0].max() > 0
+
+
+def test_the_uncertainty_layer_follows_the_segmentation(make_napari_viewer_proxy, qtbot, tiny_bundle):
+    image, _ = make_cells((96, 112), seed=2)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    widget = open_dock(viewer, tiny_bundle)
+    widget.uncertainty_check.setChecked(True)
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):
+        widget.run()
+    layer = widget.uncertainty_layer
+    assert layer is not None and layer in viewer.layers and layer.name == "cells uncertainty"
+    assert layer.data.shape == image.shape and 0 <= layer.data.min() and 0 < layer.data.max() <= 1

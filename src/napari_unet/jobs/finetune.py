@@ -123,3 +123,20 @@ def format_duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+SUGGESTED_REGIONS = 3  # boxes proposed by "suggest where to annotate"
+SUGGESTED_SIDE = 3.0  # their side, in object diameters (64 px for a model without one)
+
+
+def suggest_annotation(bundle: ModelBundle, image: np.ndarray, annotated: np.ndarray | None = None, *,
+                       device: str | torch.device = "auto") -> list[tuple[int, int, int, int]]:
+    """Boxes (y0, x0, y1, x1) of `image` (C, H, W) where annotating should help `bundle` most: those of highest
+    test-time-augmentation disagreement (`uncertainty.suggest_regions`), away from the `annotated` (H, W) bool
+    pixels, of `SUGGESTED_SIDE` object diameters (estimated on the image for a model with an object diameter)."""
+    from ..uncertainty import suggest_regions, tta_uncertainty
+
+    factor = bundle.scale_factor(image, "auto", device=device)
+    _, uncertainty = tta_uncertainty(bundle, image, factor=factor, transforms=4, device=device)
+    side = 64 if bundle.object_diameter is None else round(SUGGESTED_SIDE * bundle.object_diameter / factor)
+    return suggest_regions(uncertainty, SUGGESTED_REGIONS, side, annotated)

@@ -60,7 +60,9 @@ def stream_tiles(
     """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
 
     factor: each plane is resized by it before the network (read whole and rescaled in memory; planes too large
-    for that are refused, `modelfile.check_rescalable`), and each tile's result resized back to its region.
+    for that are refused, `modelfile.check_rescalable`), and each tile's result resized back to its region (a
+    preview: tiles resized alone differ a little at their borders); once a plane's tiles are all in, one more
+    update brings the whole plane, its stitched probabilities resized at once (what `ModelBundle.predict` gives).
     postprocess: for the image's size. Runs in the worker thread: reads windows (lazily for dask/zarr at factor
     1), runs the network, labels each tile.
     """
@@ -77,7 +79,10 @@ def stream_tiles(
         if factor != 1.0:
             check_rescalable(plane, factor)
             plane = rescale_image(np.asarray(plane), factor)
+            stitched = np.zeros(scaled, np.float32)
         for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
+            if factor != 1.0:
+                stitched[result.tile.region] = result.probs[1]
             region = rescaled_region(result.tile.region, scaled, stack.shape)
             size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
             probs_fg = np.ascontiguousarray(result.probs[1], dtype=np.float32)
@@ -89,6 +94,13 @@ def stream_tiles(
             next_id += count
             done += 1
             yield TileUpdate(index, region, probs_fg, labels, done, total)
+        if factor != 1.0:
+            whole = (slice(0, stack.shape[0]), slice(0, stack.shape[1]))
+            probs_fg = resize_probs(stitched[None], stack.shape)[0]
+            labels = probs_to_labels(probs_fg, postprocess)
+            labels[labels > 0] += next_id
+            next_id += int(labels.max(initial=0))
+            yield TileUpdate(index, whole, probs_fg, labels, done, total)
 
 
 def rescaled_region(region: tuple[slice, slice], scaled: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -108,3 +120,17 @@ def postprocess_planes(probs_fg: np.ndarray, planes: list[tuple[int, ...]], conf
     for index in planes:
         labels[index] = probs_to_labels(probs_fg[index], config)
     return labels
+
+
+def uncertainty_planes(bundle: ModelBundle, stack: Planes, factor: float, device: torch.device) -> np.ndarray:
+    """The test-time-augmentation uncertainty (..., H, W) float32 of every plane (`uncertainty.tta_uncertainty`,
+    4 flips, at the rescale factor the segmentation used): where the model's answers disagree."""
+    from ..uncertainty import tta_uncertainty
+
+    planes = stack.planes
+    leading = [max(axis) + 1 for axis in zip(*planes)]  # () for one 2-D plane
+    out = np.zeros((*leading, *stack.shape), np.float32)
+    for index in planes:
+        out[index] = tta_uncertainty(bundle, np.asarray(stack.plane(index)), factor=factor, transforms=4,
+                                     device=device)[1]
+    return out

@@ -32,7 +32,7 @@ from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
 from napari_unet import builtin
 from napari_unet.device import available_devices, describe_device, select_device
 from napari_unet.fewshot import FewShotConfig
-from napari_unet.jobs.finetune import TrainingJob, format_duration, measure_steps, run_training
+from napari_unet.jobs.finetune import TrainingJob, format_duration, measure_steps, run_training, suggest_annotation
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import ModelBundle, Normalization, load_model, save_model
 from napari_unet.targets import mask_around_cells
@@ -96,6 +96,7 @@ class FineTuneWidget(QWidget):
 
     finished = Signal(object)
     estimated = Signal(float)
+    suggested = Signal(object)  # the boxes (y0, x0, y1, x1) of "Suggest where to annotate"
 
     def __init__(
         self,
@@ -148,6 +149,11 @@ class FineTuneWidget(QWidget):
         self.stop_button = QPushButton("Stop")
         self.save_button = QPushButton("Save model…")
         self.load_button = QPushButton("Load model…")
+        self.suggest_button = QPushButton("Suggest where to annotate")
+        self.suggest_button.setToolTip(
+            "Boxes (a Shapes layer) where the starting model is least sure of itself (its answers disagree when "
+            "the image is flipped): the cells there teach it most")
+        self.suggestions_layer: Any = None
         self.restore_button = QPushButton("")
         self.restore_button.hide()
         self.progress = QProgressBar()
@@ -163,7 +169,7 @@ class FineTuneWidget(QWidget):
                  ("start from", self.start_combo), ("preset", self.preset_combo),
                  ("iterations", self.iterations_spin), ("time budget", self.budget_spin),
                  ("device", self.device_combo), ("", self.estimate_label)),
-            row(self.start_button, self.pause_button, self.stop_button),
+            row(self.start_button, self.pause_button, self.stop_button), self.suggest_button,
             self.progress, (self.plot, 1), self.status, self.model_label,
             row(self.save_button, self.load_button),
             row(self.autosave_label, self.autosave_button, stretch=(1,)),
@@ -171,6 +177,7 @@ class FineTuneWidget(QWidget):
         )
 
         self.start_button.clicked.connect(self.start)
+        self.suggest_button.clicked.connect(self.suggest)
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._ask_save)
@@ -234,6 +241,53 @@ class FineTuneWidget(QWidget):
         self._set_running(True)
         start_worker(self.worker, self)
         return self.worker
+
+    def suggest(self) -> Any:
+        """Start computing the regions to annotate next (with the "start from" model, else the session's) in a
+        worker; they appear as a Shapes layer of rectangles. Returns the worker, or None after a notification."""
+        image_layer = self.image_combo.value
+        try:
+            bundle = self._base_bundle() or self.session.bundle
+            if bundle is None:
+                raise LayerProblem("No model to ask: choose a model to start from (or train one first)")
+            if image_layer is None:
+                raise LayerProblem("No image layer: open the image to annotate")
+            stack = plane_stack(image_layer, bundle.net.config.in_channels, self.viewer.layers)
+            if stack.leading:
+                raise LayerProblem("Suggestions are made for a single 2-D image, not a stack")
+            device = select_device(self.device_combo.currentText())
+        except (LayerProblem, ValueError) as error:
+            show_error(str(error))
+            return None
+        labels_layer = self.labels_combo.value
+        annotated = None
+        if labels_layer is not None and np.shape(labels_layer.data) == stack.shape:
+            annotated = np.asarray(labels_layer.data) > 0
+        self.suggest_button.setEnabled(False)
+        self.status.setText("Finding where the model is least sure…")
+        worker = create_worker(suggest_annotation, bundle, np.asarray(stack.plane(()), dtype=np.float32), annotated,
+                               device=device, _ignore_errors=True, _start_thread=False)
+        worker.returned.connect(lambda boxes: alive(self) and self._show_suggestions(image_layer, stack, boxes))
+        worker.errored.connect(lambda error: alive(self) and self._suggest_failed(error))
+        start_worker(worker, self)
+        return worker
+
+    def _show_suggestions(self, image_layer: Any, stack: Any, boxes: list[tuple[int, int, int, int]]) -> None:
+        self.suggest_button.setEnabled(True)
+        rectangles = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in boxes]
+        if self.suggestions_layer is not None and self.suggestions_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.suggestions_layer)
+        self.suggestions_layer = self.viewer.add_shapes(
+            rectangles, shape_type="rectangle", name="annotate here", edge_color="yellow", face_color="transparent",
+            edge_width=2, scale=stack.spatial(image_layer.scale), translate=stack.spatial(image_layer.translate),
+        )
+        self.status.setText(f"{len(boxes)} region(s) to annotate next: paint the cells in the yellow boxes"
+                            if boxes else "No uncertain region found away from the annotations")
+        self.suggested.emit(boxes)
+
+    def _suggest_failed(self, error: Exception) -> None:
+        self.suggest_button.setEnabled(True)
+        show_error(f"Cannot suggest regions: {error}")
 
     def toggle_pause(self) -> None:
         if self.worker is not None:

@@ -30,7 +30,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
 
 from napari_unet.device import available_devices, describe_device, select_device
-from napari_unet.jobs.segment import TileUpdate, postprocess_planes, stream_tiles
+from napari_unet.jobs.segment import TileUpdate, postprocess_planes, stream_tiles, uncertainty_planes
 from napari_unet.jobs.segment import Planes
 from napari_unet.modelfile import ModelBundle, load_model
 from napari_unet.postprocess import PostprocessConfig
@@ -68,6 +68,7 @@ class SegmentWidget(QWidget):
             self.session.use_builtin(default_model)
         self.worker: Any = None
         self.factor = 1.0  # the image was resized by this before the network (model / object diameter)
+        self._source: tuple | None = None  # (bundle, layer, stack, device) of the last run, for its uncertainty
         self.estimated_diameter: float | None = None  # the last "auto" estimate (None: no object found)
         self.labels_layer: Any = None
         self.probs_layer: Any = None
@@ -90,6 +91,10 @@ class SegmentWidget(QWidget):
         self.diameter_spin = float_spin(0.0, 1000.0, 0.0, decimals=1, special="auto", suffix=" px")
         self.diameter_label = wrapped_label()
         self.probs_check = check("also show the probability map")
+        self.uncertainty_check = check("also show the uncertainty (4x the time)", tooltip=(
+            "After segmenting, an 'uncertainty' layer: how much the model's answers disagree when the image is "
+            "flipped (bright: unsure; annotate there, see Fine-tune's 'Suggest where to annotate')"))
+        self.uncertainty_layer: Any = None
         self.threshold_spin = float_spin(0.0, 1.0, 0.0, step=0.05)
         self.grow_spin = float_spin(0.0, 1.0, 0.0, step=0.05, tooltip=(
             "Objects grow into the neighbouring pixels whose probability is above this value (cells come out at "
@@ -108,6 +113,7 @@ class SegmentWidget(QWidget):
             form(("image", self.image_combo), ("model", self.model_label), ("", self.load_button),
                  ("tile size", self.tile_spin), ("device", self.device_combo),
                  ("object diameter", self.diameter_spin), ("", self.diameter_label), ("", self.probs_check),
+                 ("", self.uncertainty_check),
                  ("threshold", self.threshold_spin), ("grow to p >", self.grow_spin),
                  ("min. size (px)", self.min_size_spin), ("", self.split_check)),
             row(self.run_button, self.cancel_button), self.progress, self.status, None,
@@ -214,6 +220,7 @@ class SegmentWidget(QWidget):
         """Create the result layers and stream the tiles of the image resized by `factor` into them."""
         stride = self.tile_spin.value() or auto_stride(bundle.net, device)
         self.factor = factor
+        self._source = (bundle, layer, stack, device)
         self.diameter_label.setText(self._describe_scale(bundle))
 
         self.planes = stack.planes
@@ -347,6 +354,29 @@ class SegmentWidget(QWidget):
         if self._shown(self.labels_layer):
             refresh_thumbnail(self.labels_layer)
         self.status.setText(f"Done: {count} object(s). The post-processing can be retuned now (no new prediction).")
+        if self.uncertainty_check.isChecked() and self._source is not None:
+            self._start_uncertainty()
+        else:
+            self.segmented.emit(self.labels)
+
+    def _start_uncertainty(self) -> Any:
+        """Compute the uncertainty layer of the image just segmented, in a worker; `segmented` follows it."""
+        bundle, layer, stack, device = self._source
+        self._source = None  # once per run, not after each retune
+        self.status.setText(self.status.text() + " Computing the uncertainty…")
+        worker = create_worker(uncertainty_planes, bundle, stack, self.factor, device, _ignore_errors=True,
+                               _start_thread=False)
+        worker.returned.connect(lambda values: alive(self) and self._show_uncertainty(layer, stack, values))
+        worker.errored.connect(self._failed)
+        start_worker(worker, self)
+        return worker
+
+    def _show_uncertainty(self, layer: Any, stack: Any, values: np.ndarray) -> None:
+        self.uncertainty_layer = self.viewer.add_image(
+            values, name=f"{layer.name} uncertainty", colormap="inferno", contrast_limits=(0.0, 1.0),
+            blending="additive", scale=stack.spatial(layer.scale), translate=stack.spatial(layer.translate),
+        )
+        self.status.setText(self.status.text().replace(" Computing the uncertainty…", " Uncertainty shown."))
         self.segmented.emit(self.labels)
 
     def _aborted(self) -> None:
