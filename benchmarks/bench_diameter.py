@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     segment_s = seconds(lambda: bundle.segment(big, diameter=None, device="cpu"), 3)[0]
     estimate_s = seconds(lambda: bundle.estimate_diameter(big, device="cpu"), 3)[0]
     result = {
-        "model": str(args.model), "model_diameter": bundle.object_diameter, "set": SET, "images": len(rows),
+        "model": str(args.model), "model_iterations": bundle.metadata.get("iterations"),
+        "model_diameter": bundle.object_diameter, "set": SET, "images": len(rows),
         "methods": {key: mean_scores(scores) for key, scores in by.items()},
         "estimate": {"median_ratio_error": round(float(np.median(errors)), 4),
                      "within_25_percent": round(float(np.mean(errors <= 0.25)), 4),
