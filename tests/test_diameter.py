@@ -143,3 +143,14 @@ def test_busiest_window_finds_the_objects():
     rows, cols = busiest_window(image, 100)
     assert rows.start <= 220 and rows.stop >= 280 and cols.start <= 10 and cols.stop >= 70
     assert busiest_window(image[:50, :60], 100) == (slice(0, 50), slice(0, 60))
+
+
+def test_a_lazy_plane_small_enough_is_rescaled_like_the_same_array_in_memory():
+    da = pytest.importorskip("dask.array")
+    truth = disks((180, 200), 12, 50)
+    image = (truth > 0).astype(np.float32) * 100
+    lazy = da.from_array(image, chunks=64)
+    model = bundle()
+    np.testing.assert_array_equal(model.segment(lazy, diameter=40.0, device="cpu"),
+                                  model.segment(image, diameter=40.0, device="cpu"))
+    assert model.estimate_diameter(lazy, device="cpu") == model.estimate_diameter(image, device="cpu")
