@@ -88,6 +88,7 @@ def test_segment_with_the_builtin_model_then_ask_where_to_annotate(make_napari_v
     finetune = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave")
     viewer.window.add_dock_widget(finetune, name="Fine-tune", tabify=True)
     finetune.image_combo.value = image_layer
+    finetune.labels_combo.value = viewer.add_labels(np.zeros(truth.shape, np.int32), name="annotations")  # to paint
     with qtbot.waitSignal(finetune.suggested, timeout=300_000) as suggested:
         finetune.suggest()
     assert suggested.args[0]
