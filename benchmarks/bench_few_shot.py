@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +102,15 @@ def _keep_centred_outside(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.where(np.isin(labels, ids[inside]), 0, labels)
 
 
-def fine_tune(bundle: ModelBundle, image: np.ndarray, painted: np.ndarray, seconds: float) -> tuple[ModelBundle, int]:
-    trainer = few_shot_trainer(bundle, image, painted, config=FewShotConfig(seconds=seconds), device="cpu")
+def fine_tune(bundle: ModelBundle, image: np.ndarray, painted: np.ndarray, recipe: FewShotConfig) -> tuple[ModelBundle, int]:
+    trainer = few_shot_trainer(bundle, image, painted, config=recipe, device="cpu")
     for _ in trainer.run():
         pass
     return trainer.bundle(), trainer.iteration
 
 
-def new_network(image: np.ndarray, painted: np.ndarray, seconds: float, seed: int) -> tuple[ModelBundle, int]:
-    net_config, train_config = preset("fast", iterations=100_000, time_budget=seconds, seed=seed)
+def new_network(image: np.ndarray, painted: np.ndarray, recipe: FewShotConfig, seed: int) -> tuple[ModelBundle, int]:
+    net_config, train_config = preset("fast", iterations=recipe.iterations, time_budget=recipe.seconds, seed=seed)
     torch.manual_seed(seed)
     normalised = normalize_percentile(image, 1.0, 99.8, "YX").astype(np.float32)
     sample = Sample(normalised, painted, mask_around_cells(painted, NEW_NETWORK_MARGIN))
@@ -140,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", type=int, default=10)
     parser.add_argument("--per-kind", type=int, default=2)
     parser.add_argument("--no-suggest", action="store_true")
+    parser.add_argument("--only", default="zero_shot,fine_tuned,new_network,fine_tuned_suggested",
+                        help="comma-separated variants to run")
+    parser.add_argument("--model", default="nuclei", help="the starting model (a built-in name or a folder)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="train this many steps instead of --seconds (tuning on a loaded machine)")
+    parser.add_argument("--recipe", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="FewShotConfig fields to change, e.g. learning_rate=1e-3 freeze_encoder=true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -147,7 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = __import__("os").getloadavg()[0]
-    bundle = load_model("nuclei")
+    bundle = load_model(args.model)
+    recipe = FewShotConfig(**{key: _value(value) for key, value in (item.split("=", 1) for item in args.recipe)})
+    if args.steps is not None:
+        recipe = replace(recipe, seconds=None, iterations=args.steps)
+    else:
+        recipe = replace(recipe, seconds=args.seconds)
+    only = set(args.only.split(","))
+    if args.no_suggest:
+        only.discard("fine_tuned_suggested")
     rows: list[dict[str, Any]] = []
     for index, (kind, image_path, labels_path) in enumerate(pick_images(args.data, args.per_kind, 2 * args.cells)):
         raw, axes = read_image(image_path)
@@ -160,15 +176,18 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"kind": kind, "image": image_path.name, "shape": list(truth.shape),
                                "painted_diameter": round(diameter, 1), "true_diameter": round(median_diameter(truth), 1)}
         started = time.perf_counter()
-        row["zero_shot"] = scores(bundle.segment(image, diameter=diameter), truth, region)
-        tuned, steps = fine_tune(bundle, image, painted, args.seconds)
-        row["fine_tuned"] = {**scores(tuned.segment(image, diameter=diameter), truth, region), "steps": steps}
-        fresh, steps = new_network(image, painted, args.seconds, args.seed)
-        row["new_network"] = {**scores(fresh.segment(image), truth, region), "steps": steps}
-        if not args.no_suggest:
+        if "zero_shot" in only:
+            row["zero_shot"] = scores(bundle.segment(image, diameter=diameter), truth, region)
+        if "fine_tuned" in only:
+            tuned, steps = fine_tune(bundle, image, painted, recipe)
+            row["fine_tuned"] = {**scores(tuned.segment(image, diameter=diameter), truth, region), "steps": steps}
+        if "new_network" in only:
+            fresh, steps = new_network(image, painted, recipe, args.seed)
+            row["new_network"] = {**scores(fresh.segment(image), truth, region), "steps": steps}
+        if "fine_tuned_suggested" in only:
             chosen = suggested_cells(bundle, image, truth, args.cells, diameter)
             suggested = paint(truth, chosen)
-            tuned_s, steps = fine_tune(bundle, image, suggested, args.seconds)
+            tuned_s, steps = fine_tune(bundle, image, suggested, recipe)
             region_s = mask_around_cells(suggested, FewShotConfig().margin * median_diameter(suggested))
             row["fine_tuned_suggested"] = {**scores(tuned_s.segment(image, diameter=diameter), truth, region_s),
                                            "steps": steps}
@@ -184,21 +203,33 @@ def main(argv: list[str] | None = None) -> int:
     summary = {variant: {key: mean(variant, key) for key in ("ap50", "map", "elsewhere_ap50", "elsewhere_map")}
                for variant in ("zero_shot", "fine_tuned", "new_network", "fine_tuned_suggested")
                if any(variant in r for r in rows)}
-    summary["fine_tuned_minus_new_network_ap50"] = summary["fine_tuned"]["ap50"] - summary["new_network"]["ap50"]
-    summary["fine_tuned_over_zero_shot_ap50"] = summary["fine_tuned"]["ap50"] / max(summary["zero_shot"]["ap50"], 1e-9)
-    if "fine_tuned_suggested" in summary:
+    if {"fine_tuned", "new_network"} <= set(summary):
+        summary["fine_tuned_minus_new_network_ap50"] = summary["fine_tuned"]["ap50"] - summary["new_network"]["ap50"]
+    if {"fine_tuned", "zero_shot"} <= set(summary):
+        summary["fine_tuned_minus_zero_shot_ap50"] = summary["fine_tuned"]["ap50"] - summary["zero_shot"]["ap50"]
+    if {"fine_tuned_suggested", "fine_tuned"} <= set(summary):
         summary["suggested_minus_random_ap50"] = summary["fine_tuned_suggested"]["ap50"] - summary["fine_tuned"]["ap50"]
     for variant in ("zero_shot", "fine_tuned", "new_network", "fine_tuned_suggested"):
         if variant in summary:
             s = summary[variant]
             print(f"mean {variant:22s} AP50 {s['ap50']:.3f}  mAP {s['map']:.3f}  elsewhere AP50 {s['elsewhere_ap50']:.3f}")
-    print(f"fine-tuned - new network: {summary['fine_tuned_minus_new_network_ap50']:+.3f} AP50; "
-          f"fine-tuned / zero-shot: {summary['fine_tuned_over_zero_shot_ap50']:.2f}x")
-    if "suggested_minus_random_ap50" in summary:
-        print(f"suggested - random cells: {summary['suggested_minus_random_ap50']:+.3f} AP50")
-    write_results(args.out, {"benchmark": "few_shot", "seconds": args.seconds, "cells": args.cells,
+    for key in ("fine_tuned_minus_new_network_ap50", "fine_tuned_minus_zero_shot_ap50", "suggested_minus_random_ap50"):
+        if key in summary:
+            print(f"{key}: {summary[key]:+.3f}")
+    write_results(args.out, {"benchmark": "few_shot", "model": args.model, "recipe": asdict(recipe),
+                             "seconds": args.seconds if args.steps is None else None, "cells": args.cells,
                              "machine": machine(load), "summary": summary, "images": rows})
     return 0
+
+
+def _value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return float(text) if any(c in text for c in ".e") else int(text)
+    except ValueError:
+        return text
 
 
 if __name__ == "__main__":

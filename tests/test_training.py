@@ -190,3 +190,14 @@ def test_cosine_schedule_follows_the_time_budget_when_it_ends_first():
     assert factor(11) == pytest.approx(0.05)
     _, no_budget = tiny(iterations=1000)
     assert _schedule(no_budget, lambda: 1e9)(500) == pytest.approx(0.05 + 0.95 * 0.5)
+
+
+def test_the_trainer_applies_the_models_polarity_to_its_samples(samples):
+    from napari_unet.modelfile import Normalization
+
+    model, config = tiny(iterations=1)
+    image = np.asarray(samples[0].image, np.float32)
+    inverted = Trainer(model, config, samples[:1], device="cpu", normalization=Normalization(invert=True))
+    np.testing.assert_allclose(inverted.train[0].image[0], 1 - image)
+    auto = Trainer(model, config, samples[:1], device="cpu", normalization=Normalization(invert="auto"))
+    np.testing.assert_allclose(auto.train[0].image[0], image)  # dark background: kept as it is

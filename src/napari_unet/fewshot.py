@@ -34,6 +34,7 @@ import torch
 from scipy import ndimage
 
 from .augment import AugmentConfig
+from .io import apply_normalization, percentiles
 from .modelfile import ModelBundle
 from .scale import median_diameter, model_diameter, rescale_image, rescale_labels
 from .targets import mask_around_cells
@@ -100,8 +101,8 @@ def prepare(
     target_diameter = model_diameter(bundle)
     factor = 1.0 if target_diameter is None else float(target_diameter / diameter)
     channels_first = image[None] if image.ndim == 2 else image
-    normalised = bundle.preprocessor(channels_first, "CYX")(np.asarray(channels_first, dtype=np.float32))
-    normalised = rescale_image(normalised, factor)
+    lo, hi = percentiles(channels_first, bundle.normalization.low, bundle.normalization.high, "CYX")
+    normalised = rescale_image(apply_normalization(channels_first, lo, hi), factor)  # the Trainer sets polarity
     painted = rescale_labels(painted, factor)
     if mask is not None:
         mask = rescale_labels(np.asarray(mask).astype(np.uint8), factor) > 0
@@ -109,7 +110,7 @@ def prepare(
         scaled_diameter = diameter * factor
         mask = mask_around_cells(painted, config.margin * scaled_diameter)
         if config.exclude_unpainted:  # the model's foreground beyond a thin ring around the painted cells
-            probs = predict_tiled(bundle.net, normalised, device=device)[1]
+            probs = predict_tiled(bundle.net, bundle.normalization.apply_polarity(normalised), device=device)[1]
             ring = max(2.0, 0.15 * scaled_diameter)
             mask &= ~((probs > 0.5) & (ndimage.distance_transform_edt(painted == 0) > ring))
     box = _bounding_box(mask, context=bundle.net.halo + 64)

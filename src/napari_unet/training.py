@@ -136,7 +136,8 @@ def preset(name: str = "fast", **overrides: Any) -> tuple[UNetConfig, TrainConfi
 
 @dataclass(frozen=True)
 class Sample:
-    """One annotated image. image: (H, W) or (C, H, W), normalised; labels: (H, W) instance ids or a binary mask;
+    """One annotated image. image: (H, W) or (C, H, W), percentile-normalised (the Trainer inverts it as its
+    `Normalization.invert` says); labels: (H, W) instance ids or a binary mask;
     mask: (H, W), nonzero where the annotation is defined (None: everywhere but reserved "not annotated" values)."""
 
     image: np.ndarray
@@ -380,6 +381,7 @@ class Trainer:
             raise ValueError(f"{name}: labels {labels.shape} must have the image's shape {image.shape[1:]}")
         if not np.isfinite(image).all():
             raise ValueError(f"{name}: the image contains NaN or infinite values")
+        image = self.normalization.apply_polarity(image)  # samples come percentile-normalised: invert here
         c = self.config
         weights = weight_map(labels, c.w0, c.sigma, mask=sample.mask, border=c.border)
         target = make_target(labels, c.border)
