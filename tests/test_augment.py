@@ -224,3 +224,28 @@ def test_bad_input() -> None:
         AugmentConfig(elastic_grid=1)
     with pytest.raises(ValueError, match="gamma"):
         AugmentConfig(gamma=(1.2, 0.8))
+
+
+@pytest.mark.parametrize("zoom", [0.5, 2.0])
+def test_scale_augmentation_zooms_objects_about_the_centre(zoom):
+    labels = np.zeros((129, 129), np.uint8)
+    yy, xx = np.indices(labels.shape)
+    labels[(yy - 64) ** 2 + (xx - 64) ** 2 <= 12**2] = 1
+    config = dataclasses.replace(AugmentConfig.identity(), scale=(zoom, zoom), scale_p=1.0)
+    _, target, _ = augment(labels.astype(np.float32), labels, np.ones(labels.shape), np.random.default_rng(0), config)
+    components = ndimage.label(target)[0]
+    centre = components == components[64, 64]  # shrinking shows mirrored copies beyond the border: ignore them
+    assert centre.sum() == pytest.approx(labels.sum() * zoom**2, rel=0.08)
+    assert ndimage.center_of_mass(centre) == pytest.approx((64, 64), abs=0.5)
+
+
+def test_scale_augmentation_draws_factors_log_uniformly_within_its_range():
+    config = dataclasses.replace(AugmentConfig.identity(), scale=(0.5, 2.0), scale_p=1.0)
+    rng = np.random.default_rng(1)
+    factors = []
+    for _ in range(200):
+        coordinates = sampling_map((33, 33), rng, config)
+        factors.append(1.0 / (coordinates[1, 16, 17] - coordinates[1, 16, 16]))  # source step per output pixel
+    factors = np.array(factors)
+    assert factors.min() >= 0.5 - 1e-6 and factors.max() <= 2.0 + 1e-6
+    assert abs(np.mean(np.log(factors))) < 0.1  # log-uniform on [1/2, 2] is centred on log 1 = 0

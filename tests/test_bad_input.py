@@ -401,12 +401,12 @@ def test_an_accepted_ids_above_2_31_labelling_trains_the_same_cells(tmp_path):
 
 def test_predict_never_leaves_a_complete_looking_file_when_it_fails(shared, tmp_path, capsys, monkeypatch):
     """A failure mid-prediction (here in the second plane of a stack) leaves neither outputs nor temporaries."""
-    from napari_unet import postprocess
+    from napari_unet import modelfile
 
     _, model = shared
     stack = np.stack([make_cells((48, 48), seed=s)[0] for s in (1, 2)])
     tiff(tmp_path / "movie.tif", stack, "TYX")
-    original, calls = postprocess.probs_to_labels, []
+    original, calls = modelfile.probs_to_labels, []
 
     def fails_in_the_second_plane(*args, **kwargs):
         calls.append(1)
@@ -414,7 +414,7 @@ def test_predict_never_leaves_a_complete_looking_file_when_it_fails(shared, tmp_
             raise MemoryError("simulated: out of memory in the second plane")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(postprocess, "probs_to_labels", fails_in_the_second_plane)
+    monkeypatch.setattr(modelfile, "probs_to_labels", fails_in_the_second_plane)  # ModelBundle.labels_of
     with pytest.raises(MemoryError):
         main(["predict", str(model), str(tmp_path / "movie.tif"), "--out", str(tmp_path / "o"), "--probabilities",
               "-q"])

@@ -25,7 +25,7 @@ from napari_unet.synthetic import make_cells
 from napari_unet.weights import weight_map
 
 TINY = ["--depth", "2", "--base-channels", "4", "--tile-size", "44", "--device", "cpu", "-q"]
-COMMANDS = ("train", "predict", "weights", "evaluate", "demo", "info")
+COMMANDS = ("train", "predict", "weights", "evaluate", "demo", "info", "models")
 
 
 def write_png(path: Path, image: np.ndarray) -> None:
@@ -332,3 +332,62 @@ def test_python_dash_m_runs_the_command_line():
     result = subprocess.run([sys.executable, "-m", "napari_unet", "nonsense"], capture_output=True, text=True,
                             timeout=60, env=env)
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+@pytest.fixture
+def builtin_nuclei(tmp_path, monkeypatch):
+    """A tiny stand-in for the built-in `nuclei` model (object diameter 20 px) in a temporary package folder."""
+    from napari_unet import builtin
+    from napari_unet.model import UNet
+    from napari_unet.modelfile import ModelBundle, save_model
+
+    torch.manual_seed(0)
+    folder = tmp_path / "builtin_models"
+    save_model(folder / "nuclei", ModelBundle(UNet(depth=2, base_channels=4, dropout=0.0), object_diameter=20.0,
+                                              metadata={"description": "tiny stand-in", "citations": ["Cited 2019"],
+                                                        "training_data": {"set-a": ["1.png"]}}))
+    monkeypatch.setattr(builtin, "BUILTIN_DIR", folder)
+    return folder / "nuclei"
+
+
+def test_models_lists_the_builtins(builtin_nuclei, capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "nuclei: tiny stand-in" in out and "object diameter: 20 px" in out and "Cited 2019" in out
+    assert "set-a (1 images)" in out
+    assert main(["models", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["object_diameter"] == 20.0
+
+
+def test_predict_by_name_with_a_diameter_rescales_and_keeps_the_image_size(data, builtin_nuclei, tmp_path, capsys):
+    out = tmp_path / "out"
+    image = data / "test" / "images" / "cells.png"
+    assert main(["predict", "nuclei", str(image), "--out", str(out), "--diameter", "10", "--device", "cpu"]) == 0
+    assert "objects ~10.0 px, given; rescaled x2" in capsys.readouterr().err
+    labels = read_labels(out / "cells_labels.tif")
+    bundle = load_model(builtin_nuclei)
+    expected = bundle.segment(read_image(image)[0], diameter=10.0, device="cpu")
+    np.testing.assert_array_equal(labels, expected)
+    assert main(["predict", "nuclei", str(image), "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
+    assert "estimated" in capsys.readouterr().err
+    assert main(["predict", "nuclei", str(image), "--out", str(out), "--diameter", "0"]) == 2
+    assert "'auto' or a diameter in pixels > 0" in capsys.readouterr().err
+
+
+def test_a_local_model_folder_named_like_a_builtin_wins_with_a_note(data, model, builtin_nuclei, tmp_path, capsys,
+                                                                     monkeypatch):
+    shutil.copytree(model, tmp_path / "nuclei")
+    monkeypatch.chdir(tmp_path)
+    image = data / "test" / "images" / "cells.png"
+    assert main(["predict", "nuclei", str(image), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert "using the model folder ./nuclei, not the built-in" in capsys.readouterr().err
+    assert main(["info", "builtin:nuclei"]) == 0
+    assert "object diameter: 20 px" in capsys.readouterr().out
+
+
+def test_train_init_by_name_rescales_the_images_to_the_models_object_size(data, builtin_nuclei, tmp_path, capsys):
+    out = tmp_path / "tuned"
+    assert main(["train", str(data / "images"), str(data / "labels"), "--out", str(out), "--init", "nuclei",
+                 "--iterations", "2", "--tile-size", "44", "--device", "cpu"]) == 0
+    assert "so their cells are 20 px across" in capsys.readouterr().err
+    assert load_model(out).object_diameter == 20.0

@@ -95,7 +95,7 @@ def test_grey_conversion_is_saved_with_the_model_and_reused(folders, tmp_path, c
                        "cpu", "-q")
     assert code == 0, err  # the RGB input is converted to grey as in training, without options
     code, _, err = run(capsys, "predict", model, folders / "rgb" / "00.png", "--out", tmp_path / "o", "--channels",
-                       "0,1", "--device", "cpu", "-q")
+                       "0,1", "--device", "cpu", "-q", "--overwrite")
     assert code == 2 and "the model expects 1 channel(s)" in err and "--grey" in err
 
 

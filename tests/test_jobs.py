@@ -154,3 +154,69 @@ def test_the_preview_is_augments_own_sample_for_the_seed(cells):
     np.testing.assert_allclose(shown_image, window, atol=1e-6)
     assert not shown_labels.any() and shown_labels.shape == (size, size)
     np.testing.assert_array_equal(grid, grid_lines((size, size)))
+
+
+# -- object size and where to annotate ---------------------------------------------------------------------------
+
+
+@dataclass
+class _Plane:
+    """One 2-D plane as the docks' Planes."""
+
+    data: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.data.shape[-2:]
+
+    @property
+    def planes(self) -> list[tuple[int, ...]]:
+        return [()]
+
+    def plane(self, index: tuple[int, ...]) -> np.ndarray:
+        return self.data[None]
+
+
+@pytest.mark.parametrize("factor", [0.5, 1.7])
+def test_rescaled_tiles_cover_the_image_once_and_equal_the_bundles_rescaled_prediction(factor):
+    from napari_unet.jobs.segment import rescaled_region
+    from napari_unet.metrics import instance_scores
+    from napari_unet.scale import scale_postprocess
+    from test_diameter import bundle as threshold_bundle, disks
+
+    truth = disks((150, 170), 14, 50)
+    model = threshold_bundle(20.0)
+    image = (truth > 0).astype(np.float32) * 50
+    probs = np.full(truth.shape, np.nan, np.float32)
+    config = scale_postprocess(model.postprocess, 1 / factor)
+    *tiles, whole = stream_tiles(model, _Plane(image), 32, torch.device("cpu"), config, factor)
+    for update in tiles:
+        assert np.isnan(probs[update.key]).all(), "tiles overlap"
+        probs[update.key] = update.probs_fg
+    assert not np.isnan(probs).any(), "tiles leave gaps"
+    assert whole.key == (slice(0, 150), slice(0, 170)) and whole.done == tiles[-1].done == whole.total
+    expected = model.predict_rescaled(image, factor, device="cpu")[1]
+    np.testing.assert_allclose(whole.probs_fg, expected, atol=1e-5)
+    assert np.mean(np.abs(probs - expected) < 0.05) > 0.97  # the tiles' preview is close
+    assert instance_scores(whole.labels, truth)["ap50"] == 1.0
+    assert rescaled_region((slice(0, 10), slice(90, 100)), (100, 100), (50, 37)) == (slice(0, 5), slice(33, 37))
+
+
+def test_uncertainty_and_suggestions_point_away_from_what_is_annotated():
+    from napari_unet.jobs.finetune import suggest_annotation
+    from napari_unet.jobs.segment import uncertainty_planes
+    from test_diameter import bundle as threshold_bundle, disks
+
+    model = threshold_bundle(20.0)
+    image = (disks((240, 240), 10, 40) > 0).astype(np.float32) * 50
+    values = uncertainty_planes(model, _Plane(image), 1.0, torch.device("cpu"))
+    assert values.shape == image.shape and 0 <= values.min() and values.max() <= 1
+    assert values.max() < 1e-3  # a thresholding network answers alike in every orientation
+    annotated = np.zeros(image.shape, bool)
+    annotated[:80] = True
+    torch.manual_seed(0)
+    unsure = ModelBundle(UNet(depth=2, base_channels=4, dropout=0.0))  # untrained: its answers scatter
+    boxes = suggest_annotation(unsure, image[None], annotated, device="cpu")
+    assert len(boxes) == 3
+    for y0, x0, y1, x1 in boxes:
+        assert y1 - y0 == x1 - x0 == 64 and not annotated[y0:y1, x0:x1].any()  # 64 px: no object diameter

@@ -130,3 +130,27 @@ def test_a_folder_saved_before_the_config_convention_still_loads(tmp_path):
     training = TrainConfig.from_dict(loaded.metadata["training"])
     assert (training.w0, training.sigma, training.iterations, training.calibrate_growth) == (10.0, 5.0, 400, True)
     assert training.augment == AugmentConfig()  # the lists came back as the tuples of the defaults
+
+
+def test_inversion_turns_a_bright_background_dark_and_is_saved(tmp_path):
+    from napari_unet.modelfile import ModelBundle, Normalization, load_model, save_model
+    from napari_unet.model import UNet
+
+    rng = np.random.default_rng(0)
+    brightfield = 200 - 150 * (rng.random((64, 64)) > 0.9) + rng.normal(0, 2, (64, 64))  # dark objects
+    fluorescence = 255 - brightfield
+    auto = ModelBundle(UNet(depth=2, base_channels=4), Normalization(invert="auto"))
+    plain = ModelBundle(UNet(depth=2, base_channels=4))
+    for image in (brightfield, fluorescence):
+        out = auto.preprocessor(image[None])(image[None].astype(np.float32))
+        assert np.median(out) < 0.5  # both come out with a dark background
+    bright = plain.preprocessor(brightfield[None])(brightfield[None].astype(np.float32))
+    flipped = auto.preprocessor(brightfield[None])(brightfield[None].astype(np.float32))
+    np.testing.assert_allclose(flipped, 1 - bright, atol=1e-4)
+    np.testing.assert_allclose(Normalization(invert="auto").apply_polarity(bright), flipped, atol=1e-4)
+    assert Normalization(invert=True).flips(np.array([0.1])).all()
+    saved = load_model(save_model(tmp_path / "m", auto))
+    assert saved.normalization.invert == "auto"
+    assert load_model(save_model(tmp_path / "p", plain)).normalization.invert is False
+    with pytest.raises(ValueError, match="invert"):
+        Normalization(invert="yes")

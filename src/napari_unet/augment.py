@@ -34,6 +34,8 @@ class AugmentConfig(Config):
         pixel by cubic splines (paper: 3 x 3 grid, 10 px).
     rotation: angle drawn uniformly in [-rotation, rotation] degrees, about the image centre.
     shift: translation drawn uniformly in [-shift, shift] pixels along each axis.
+    scale: zoom factor z drawn log-uniformly in the range (z > 1 magnifies: objects come out z times larger),
+        about the image centre; teaches a network a range of object sizes (off by default: (1, 1)).
     flip_p: probability of flipping each axis (vertical and horizontal independently).
     contrast: factor c drawn uniformly in the range: image -> mean + c * (image - mean).
     brightness: offset b drawn uniformly in the range, in units of the image's standard deviation:
@@ -49,6 +51,8 @@ class AugmentConfig(Config):
     rotation_p: float = 0.5
     shift: float = 10.0
     shift_p: float = 0.5
+    scale: tuple[float, float] = (1.0, 1.0)
+    scale_p: float = 0.0
     flip_p: float = 0.5
     contrast: tuple[float, float] = (0.75, 1.33)
     contrast_p: float = 0.5
@@ -58,12 +62,12 @@ class AugmentConfig(Config):
     gamma_p: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("elastic_p", "rotation_p", "shift_p", "flip_p", "contrast_p", "brightness_p", "gamma_p"):
+        for name in ("elastic_p", "rotation_p", "shift_p", "scale_p", "flip_p", "contrast_p", "brightness_p", "gamma_p"):
             check_range(self, name, 0.0, 1.0, meaning="a probability")
         check_range(self, "elastic_grid", 2, integer=True, meaning="nodes per axis")
         for name in ("elastic_sigma", "rotation", "shift"):
             check_range(self, name, 0.0)
-        for name, low_bound in (("contrast", 0.0), ("brightness", -math.inf), ("gamma", 0.0)):
+        for name, low_bound in (("contrast", 0.0), ("brightness", -math.inf), ("gamma", 0.0), ("scale", 0.0)):
             low, high = getattr(self, name)
             if not low_bound < low <= high:
                 raise ValueError(f"{name} must be a range (low, high) with {low_bound} < low <= high; "
@@ -72,7 +76,7 @@ class AugmentConfig(Config):
     @classmethod
     def identity(cls) -> AugmentConfig:
         """Every transform off: `augment` returns its inputs unchanged (the image as float32)."""
-        return cls(elastic_p=0.0, rotation_p=0.0, shift_p=0.0, flip_p=0.0,
+        return cls(elastic_p=0.0, rotation_p=0.0, shift_p=0.0, scale_p=0.0, flip_p=0.0,
                    contrast_p=0.0, brightness_p=0.0, gamma_p=0.0)
 
 
@@ -106,8 +110,8 @@ def elastic_displacement(
 def sampling_map(shape: tuple[int, int], rng: np.random.Generator, config: AugmentConfig) -> np.ndarray | None:
     """Source coordinates of every output pixel: (2, H, W) float32 (y, x), or None for the identity.
 
-    For an output pixel p: flip its axes, add the elastic displacement u(p), rotate by R about the centre
-    c = ((H - 1) / 2, (W - 1) / 2) and shift by t: source = R (flip(p) + u(p) - c) + c + t.
+    For an output pixel p: flip its axes, add the elastic displacement u(p), rotate by R and zoom by z about
+    the centre c = ((H - 1) / 2, (W - 1) / 2) and shift by t: source = R (flip(p) + u(p) - c) / z + c + t.
     Random numbers are drawn in this order, each only when its transform is applied.
     Computed separably: R u(p) = M_H (R coarse) M_W^T is the field of the rotated coarse vectors, and the
     affine part is a sum of a column and a row.
@@ -121,7 +125,9 @@ def sampling_map(shape: tuple[int, int], rng: np.random.Generator, config: Augme
     angle = math.radians(rng.uniform(-config.rotation, config.rotation)) if rotate else 0.0
     shift = config.shift > 0 and config.shift_p > 0 and rng.random() < config.shift_p
     offset = rng.uniform(-config.shift, config.shift, size=2) if shift else np.zeros(2)
-    if not (any(flip) or elastic or rotate or shift):
+    zoom = config.scale != (1.0, 1.0) and config.scale_p > 0 and rng.random() < config.scale_p
+    factor = math.exp(rng.uniform(*np.log(config.scale))) if zoom else 1.0
+    if not (any(flip) or elastic or rotate or shift or zoom):
         return None
 
     centre = np.array([(height - 1) / 2, (width - 1) / 2])
@@ -131,7 +137,7 @@ def sampling_map(shape: tuple[int, int], rng: np.random.Generator, config: Augme
         y = -y
     if flip[1]:
         x = -x
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) / factor
     coordinates = np.empty((2, height, width), np.float32)
     for axis in range(2):
         # source[axis] = sum_k column_k(y) row_k(x): the affine part, then R u = M_H (R coarse) M_W^T

@@ -6,6 +6,12 @@ and `weights.safetensors` (tensors only: loading runs no code).
 >>> folder = save_model(tempfile.mkdtemp() + "/cells", ModelBundle(UNet(depth=2, base_channels=4)))
 >>> load_model(folder).net.config.depth
 2
+
+A model may know the size of the objects it was trained on (`object_diameter`, px, like Cellpose's diameter):
+`predict` and `segment` then rescale each image by model diameter / object diameter before the network and
+return results at the image's size; the object diameter is given, or estimated ("auto", the default). Models
+without one (None: every model trained before this existed) never rescale. `load_model` also accepts the
+name of a built-in model (`napari_unet.builtin`), e.g. `load_model("nuclei")`.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ import numpy as np
 import torch
 
 from ._config import Config, check_range
-from .io import TEMPORARY_SUFFIX, _process_alive, apply_normalization, percentiles, remove_stale_temporaries
 from .channels import ChannelChoice
+from .io import TEMPORARY_SUFFIX, _is_lazy, _process_alive, apply_normalization, percentiles, remove_stale_temporaries
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
+from .scale import busiest_window, median_diameter, rescale_image, resize_probs, scale_postprocess
 from .tiling import predict_tiled, predict_tta
 
 FORMAT = "napari-unet-model"
@@ -37,24 +44,62 @@ STATE_FILE = "training_state.pt"
 # What a model folder's config may ask for: a file that asks for more is corrupted or hostile, not a model.
 CONFIG_LIMITS = {"in_channels": 4096, "num_classes": 4096, "depth": 16, "base_channels": 4096, "convs_per_level": 16}
 
+Diameter = float | str | None  # an object diameter in px, "auto" (estimate it) or None (no rescaling)
+ESTIMATE_SIDE = 256  # side (px, at the model's scale) of the window the object diameter is estimated on
+ESTIMATE_ROUNDS = 3  # estimate, rescale by it, estimate again: at most this many passes over the window
+FACTOR_RANGE = (0.125, 8.0)  # rescale factors beyond these are refused (given) or clipped (estimated)
+MAX_RESCALE_BYTES = 1 << 30  # a plane is rescaled in memory: larger planes (before or after) are refused
+
 
 @dataclass(frozen=True)
 class Normalization(Config):
-    """Percentile normalisation applied to every input: (x - p_low) / (p_high - p_low), per channel."""
+    """Percentile normalisation applied to every input: (x - p_low) / (p_high - p_low), per channel.
+
+    invert: False, True or "auto": channels are inverted (1 - x, i.e. (x - p_high) / (p_low - p_high)); "auto"
+    inverts a channel whose normalised median is above 0.5, a bright background (brightfield, stained
+    histology), so that a model trained on fluorescence (a dark background, median <= 0.13 in every DSB 2018
+    fluorescence and BBBC039 image; >= 0.6 in every DSB 2018 brightfield/histology image) sees bright objects.
+
+    >>> Normalization(invert="auto").flips(np.array([[[0.9]], [[0.1]]]))
+    array([ True, False])
+    """
 
     low: float = 1.0
     high: float = 99.8
+    invert: bool | str = False
 
     def __post_init__(self) -> None:
         check_range(self, "low", 0.0, 100.0, meaning="a percentile")
         check_range(self, "high", 0.0, 100.0, meaning="a percentile")
         if not self.low < self.high:
             raise ValueError(f"normalisation percentiles need 0 <= low < high <= 100, got {self.low}, {self.high}")
+        if self.invert not in (False, True, "auto"):
+            raise ValueError(f"normalisation invert must be false, true or \"auto\", got {self.invert!r}")
+
+    def flips(self, normalised_median: np.ndarray) -> np.ndarray:
+        """Which channels to invert, given each channel's median after normalisation: (C,) bool."""
+        median = np.asarray(normalised_median, dtype=np.float32).reshape(-1)
+        if self.invert == "auto":
+            return median > 0.5
+        return np.full(median.shape, bool(self.invert))
+
+    def apply_polarity(self, normalised: np.ndarray) -> np.ndarray:
+        """A normalised (C, H, W) image with the channels `flips` chooses inverted (1 - x)."""
+        normalised = np.asarray(normalised, dtype=np.float32)
+        if self.invert is False:
+            return normalised
+        flip = self.flips(np.median(normalised[:, ::4, ::4].reshape(normalised.shape[0], -1), axis=1))
+        if not flip.any():
+            return normalised
+        out = normalised.copy()
+        out[flip] = 1.0 - out[flip]
+        return out
 
 
 @dataclass
 class ModelBundle:
-    """A network with everything needed to use it: normalisation, post-processing and where it came from.
+    """A network with everything needed to use it: normalisation, post-processing, the diameter (px) of the
+    objects it was trained on (None: unknown, images are never rescaled) and where it came from.
 
     channels: how an image's channels become the network's `in_channels` (saved as config.json's "input").
     """
@@ -64,6 +109,12 @@ class ModelBundle:
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     metadata: dict[str, Any] = field(default_factory=dict)
     channels: ChannelChoice = field(default_factory=ChannelChoice)
+    object_diameter: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.object_diameter is not None and not (isinstance(self.object_diameter, (int, float))
+                                                     and self.object_diameter > 0):
+            raise ValueError(f"object_diameter must be a number of pixels > 0 or None, got {self.object_diameter!r}")
 
     def prepare(self, image, axes: str, name: str = "the image", choice: ChannelChoice | None = None):
         """``(image, axes)`` as the network takes them: the channel choice (``choice``, default the model's)
@@ -89,28 +140,137 @@ class ModelBundle:
         """The per-window normalisation with percentiles of the whole `image` (read from a bounded sample)."""
         lo, hi = percentiles(image, self.normalization.low, self.normalization.high, axes)
         lo, hi = lo.reshape(-1, 1, 1), hi.reshape(-1, 1, 1)
+        if self.normalization.invert is not False:  # (x - hi) / (lo - hi) = 1 - (x - lo) / (hi - lo)
+            median = percentiles(image, 50.0, self.normalization.high, axes)[0].reshape(-1, 1, 1)
+            flip = self.normalization.flips((median - lo) / np.maximum(hi - lo, 1e-6)).reshape(-1, 1, 1)
+            lo, hi = np.where(flip, hi, lo), np.where(flip, lo, hi)
         return lambda window: apply_normalization(window, lo, hi)
 
-    def predict(self, image, *, tile_size: int | None = None, device: str | torch.device = "auto", out=None,
-                batch_size: int = 1, tta: bool = False) -> np.ndarray:
-        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image, normalised tile by tile.
+    def scale_factor(self, image, diameter: Diameter = "auto", *, device: str | torch.device = "auto") -> float:
+        """The factor an image is resized by before the network: model diameter / object diameter.
 
+        diameter: the objects' diameter in `image` (px); "auto": estimated (`estimate_diameter`; 1.0 when
+        nothing is found); None: 1.0. A model without an object diameter always gives 1.0 for None and "auto",
+        and refuses a number (it cannot know what to scale to).
+        """
+        if diameter is None:
+            return 1.0
+        if isinstance(diameter, str):
+            if diameter != "auto":
+                raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
+            if self.object_diameter is None:
+                return 1.0
+            estimate = self.estimate_diameter(image, device=device)
+            return 1.0 if estimate is None else self.object_diameter / estimate
+        if isinstance(diameter, bool) or not isinstance(diameter, (int, float, np.number)) or not diameter > 0:
+            raise ValueError(f"diameter must be a number of pixels > 0, 'auto' or None, got {diameter!r}")
+        if self.object_diameter is None:
+            raise ValueError(
+                f"this model has no object diameter (it was not trained at a known object size), so a diameter "
+                f"of {diameter} px cannot be used: rescale the image yourself or leave the diameter out"
+            )
+        factor = self.object_diameter / float(diameter)
+        if not FACTOR_RANGE[0] <= factor <= FACTOR_RANGE[1]:
+            low, high = self.object_diameter / FACTOR_RANGE[1], self.object_diameter / FACTOR_RANGE[0]
+            raise ValueError(f"diameter {diameter} px is out of range for this model: expected {low:g} to {high:g} px "
+                             f"(its objects are {self.object_diameter:g} px across; rescaling by at most 8x)")
+        return factor
+
+    def estimate_diameter(self, image, *, device: str | torch.device = "auto") -> float | None:
+        """The median diameter (px) of the objects in `image` (H, W) or (C, H, W), or None when none is found.
+
+        Segments the busiest window of about `ESTIMATE_SIDE`² px at the model's scale (`scale.busiest_window`),
+        first as if the objects had the model's diameter, then rescaled by the diameter found, until two passes
+        agree within 10 % (at most `ESTIMATE_ROUNDS`). Objects cut by the window's edge are not counted when
+        others remain. Costs at most 3 passes over a 256² window, whatever the image's size; reads only windows.
+        """
+        from skimage.segmentation import clear_border
+
+        if self.object_diameter is None:
+            raise ValueError("this model has no object diameter, so there is nothing to estimate the image's against")
+        preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
+        guess = self.object_diameter
+        for _ in range(ESTIMATE_ROUNDS):
+            factor = float(np.clip(self.object_diameter / guess, *FACTOR_RANGE))
+            rows, cols = busiest_window(image, int(np.ceil(ESTIMATE_SIDE / factor)))
+            window = rescale_image(np.asarray(image[..., rows, cols], dtype=np.float32), factor)
+            probs = predict_tiled(self.net, window, device=device, preprocess=preprocess)[1]
+            labels = probs_to_labels(probs, self.postprocess)
+            inner = clear_border(labels)
+            found = median_diameter(inner if inner.max() > 0 else labels)
+            if np.isnan(found):
+                return None if guess == self.object_diameter else guess
+            found = float(np.clip(found / factor, self.object_diameter / FACTOR_RANGE[1],
+                                  self.object_diameter / FACTOR_RANGE[0]))
+            done = abs(np.log(found / guess)) < np.log(1.1)
+            guess = found
+            if done:
+                break
+        return float(guess)
+
+    def predict(self, image, *, diameter: Diameter = "auto", tile_size: int | None = None,
+                device: str | torch.device = "auto", out=None, batch_size: int = 1, tta: bool = False) -> np.ndarray:
+        """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image (the network's channels: apply the
+        model's channel choice first with `prepare`), normalised tile by tile.
+
+        diameter: see `scale_factor`; the network sees the image resized by model / object diameter, and the
+        probabilities are resized back to (H, W).
         tta: test-time augmentation, the mean over the 8 flips and 90-degree rotations (`tiling.predict_tta`).
         """
-        axes = "YX" if image.ndim == 2 else "CYX"
-        preprocess = self.preprocessor(image, axes)
-        if not tta:
+        factor = self.scale_factor(image, diameter, device=device)
+        return self.predict_rescaled(image, factor, tile_size=tile_size, device=device, out=out,
+                                     batch_size=batch_size, tta=tta)
+
+    def predict_rescaled(self, image, factor: float, *, tile_size: int | None = None,
+                         device: str | torch.device = "auto", out=None, batch_size: int = 1,
+                         tta: bool = False) -> np.ndarray:
+        """`predict` with the image resized by `factor` before the network (probabilities back at (H, W)).
+
+        At 1.0 the image is read window by window (lazy arrays stay lazy); otherwise the plane is read and
+        rescaled in memory, and planes of more than `MAX_RESCALE_BYTES` (before or after) are refused.
+        """
+        if factor != 1.0:
+            check_rescalable(image, factor)
+        preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
+        if factor == 1.0 and not tta:
             return predict_tiled(self.net, image, tile_size, device=device, out=out, batch_size=batch_size,
                                  preprocess=preprocess)
-        probs = predict_tta(self.net, image, tile_size, device=device, batch_size=batch_size, preprocess=preprocess)
+        small = image if factor == 1.0 else rescale_image(np.asarray(image), factor)
+        run = predict_tta if tta else predict_tiled
+        probs = run(self.net, small, tile_size, device=device, batch_size=batch_size, preprocess=preprocess)
+        probs = probs if factor == 1.0 else resize_probs(probs, tuple(image.shape[-2:]))
         if out is None:
             return probs
         out[...] = probs
         return out
 
-    def segment(self, image, **kwargs: Any) -> np.ndarray:
-        """Instance labels (H, W) int32 of a raw image: `predict`, then the saved post-processing."""
-        return probs_to_labels(self.predict(image, **kwargs)[1], self.postprocess)
+    def segment(self, image, *, diameter: Diameter = "auto", postprocess: PostprocessConfig | None = None,
+                **kwargs: Any) -> np.ndarray:
+        """Instance labels (H, W) int32 of a raw image: `predict`, then the post-processing (default: the saved
+        one), its sizes scaled to the image when it was rescaled (`scale.scale_postprocess`)."""
+        factor = self.scale_factor(image, diameter, device=kwargs.get("device", "auto"))
+        return self.labels_of(self.predict_rescaled(image, factor, **kwargs)[1], factor, postprocess)
+
+    def labels_of(self, probs_fg: np.ndarray, factor: float = 1.0,
+                  postprocess: PostprocessConfig | None = None) -> np.ndarray:
+        """Instance labels of foreground probabilities (H, W) at the image's size, predicted with the image
+        rescaled by `factor`: the post-processing's sizes are divided by `factor`."""
+        postprocess = self.postprocess if postprocess is None else postprocess
+        return probs_to_labels(probs_fg, scale_postprocess(postprocess, 1.0 / factor))
+
+
+def check_rescalable(image, factor: float) -> None:
+    """Raise a ValueError when rescaling the plane `image` by `factor` would hold too much in memory."""
+    h, w = image.shape[-2:]
+    channels = int(np.prod(image.shape[:-2], dtype=np.int64))
+    largest = 4 * channels * h * w * max(1.0, factor) ** 2
+    if largest > MAX_RESCALE_BYTES:
+        kind = "a lazy (dask, zarr or memory-mapped) " if _is_lazy(image) else "a "
+        raise ValueError(
+            f"rescaling {kind}plane of {h}x{w} px by {factor:.3g} needs {largest / 2**30:.1f} GiB in memory (the limit "
+            f"is {MAX_RESCALE_BYTES / 2**30:.0f} GiB): resample the image to the model's object size beforehand, or "
+            "segment it without rescaling (diameter None)"
+        )
 
 
 def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, Any] | None = None) -> Path:
@@ -132,6 +292,8 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         "postprocess": bundle.postprocess.to_dict(),
         "metadata": {**_versions(), **bundle.metadata},
     }
+    if bundle.object_diameter is not None:
+        config["object_diameter"] = float(bundle.object_diameter)
     recover_interrupted_save(path)
     remove_stale_temporaries(path)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
@@ -186,16 +348,23 @@ def recover_interrupted_save(path: str | Path) -> Path | None:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
-    """Rebuild the model saved in the folder `path`; a missing, corrupted or foreign folder is a ValueError."""
+    """Rebuild the model saved in the folder `path`, or the built-in model of that name (`builtin.resolve`: a
+    model folder at `path` wins over a built-in of the same name); a missing, corrupted or foreign folder is a
+    ValueError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    path = Path(path)
+    from .builtin import resolve
+
+    path = resolve(path)
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
         path = path.parent
     recover_interrupted_save(path)
     if not is_model_folder(path):
-        raise ValueError(f"{path} is not a napari-unet model folder: expected {CONFIG_FILE} and {WEIGHTS_FILE} in it")
+        from .builtin import names
+
+        raise ValueError(f"{path} is not a napari-unet model folder (expected {CONFIG_FILE} and {WEIGHTS_FILE} in "
+                         f"it) nor a built-in model ({', '.join(names()) or 'none installed'})")
     try:
         config = json.loads((path / CONFIG_FILE).read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
@@ -214,7 +383,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         unet = UNetConfig.from_dict(_checked_unet(config.get("unet")))
         normalization = Normalization.from_dict(_checked_dict(config.get("normalization", {}), "normalization"))
         postprocess = PostprocessConfig.from_dict(_checked_dict(config.get("postprocess", {}), "postprocess"))
-        metadata = _checked_dict(config.get("metadata", {}), "metadata")
+        metadata = dict(_checked_dict(config.get("metadata", {}), "metadata"))
+        diameter = config.get("object_diameter", metadata.pop("object_diameter", None))
+        if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
+                                     or not diameter > 0):
+            raise ValueError(f"object_diameter must be a number of pixels > 0, got {diameter!r}")
         channels = ChannelChoice.from_dict(
             {k: v for k, v in _checked_dict(config.get("input", {}), "input").items() if k != "in_channels"})
         with torch.device("meta"):  # the shapes the config asks for, without allocating them
@@ -233,7 +406,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise ValueError(f"the weights in {path} do not match its config.json ({first})") from error
-    return ModelBundle(net.to(device), normalization, postprocess, metadata, channels)
+    return ModelBundle(net.to(device), normalization, postprocess, metadata, channels=channels,
+                       object_diameter=None if diameter is None else float(diameter))
 
 
 def _checked_dict(value: Any, what: str) -> dict[str, Any]:

@@ -272,6 +272,7 @@ class PlaneDone:
     index: int
     total: int
     objects: int
+    diameter: float | None = None  # the object diameter (px) the image was segmented at; None: not rescaled
 
 
 def segment_file(
@@ -286,6 +287,7 @@ def segment_file(
     batch_size: int = 1,
     tta: bool = False,
     pixel_size=None,
+    diameter: float | str | None = "auto",
 ) -> Iterator[PlaneDone]:
     """Segment `image` (axes over "TZCYX", canonical) plane by plane into TIFF files; yields after each plane.
 
@@ -298,15 +300,19 @@ def segment_file(
     Each plane is normalised with its own percentiles, as the training images were.
     postprocess: a `PostprocessConfig` (default: the bundle's). pixel_size: a `metadata.PixelSize` stored in
     the output TIFFs' resolution tags (None: none).
+    diameter: the objects' diameter (px), "auto" or None (`ModelBundle.scale_factor`), resolved once, on the first
+    plane, for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
+    that are refused: `modelfile.check_rescalable`).
     """
     from .device import select_device
-    from .postprocess import probs_to_labels
 
     postprocess = bundle.postprocess if postprocess is None else postprocess
     device = select_device(device)
     out_axes = axes.replace("C", "")
     out_shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
     planes = plane_indices(tuple(image.shape), axes)
+    factor = bundle.scale_factor(image[planes[0]] if planes[0] else image, diameter, device=device)
+    used = bundle.object_diameter / factor if bundle.object_diameter is not None else None
     finals = [path for path in (outputs.labels, outputs.probs) if path is not None]
     for path in finals:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -318,8 +324,8 @@ def segment_file(
         probs_out = _create_tiff(staging[1], out_shape, np.float32, out_axes, pixel_size) if outputs.probs else None
         for number, index in enumerate(planes):
             plane = image[index] if index else image
-            fg = _foreground(bundle, plane, tile_size, device, batch_size, tta)
-            labels = probs_to_labels(fg, postprocess)
+            fg = _foreground(bundle, plane, factor, tile_size, device, batch_size, tta)
+            labels = bundle.labels_of(fg, factor, postprocess)
             labels_out[index] = labels
             if probs_out is not None:
                 probs_out[index] = fg
@@ -333,21 +339,23 @@ def segment_file(
                 for temporary, path in zip(staging, finals):
                     os.replace(temporary, path)
                 complete = True
-            yield PlaneDone(number, len(planes), int(labels.max(initial=0)))
+            yield PlaneDone(number, len(planes), int(labels.max(initial=0)), used)
     finally:
         if not complete:  # stopped, interrupted or failed: no file that looks finished
             for temporary in staging:
                 temporary.unlink(missing_ok=True)
 
 
-def _foreground(bundle, plane, tile_size, device, batch_size: int, tta: bool) -> np.ndarray:
-    """The foreground probability (H, W) float32 of one raw plane (H, W) or (C, H, W)."""
+def _foreground(bundle, plane, factor: float, tile_size, device, batch_size: int, tta: bool) -> np.ndarray:
+    """The foreground probability (H, W) float32 of one raw plane (H, W) or (C, H, W), the plane resized by
+    `factor` before the network (`ModelBundle.predict_rescaled`; `tta`: mean over the 8 symmetries)."""
     classes, (h, w) = bundle.net.config.num_classes, plane.shape[-2:]
+    options = {"tile_size": tile_size, "device": device, "batch_size": batch_size, "tta": tta}
     if classes * h * w * 4 <= LARGE_OUTPUT_BYTES:
-        return bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size, tta=tta)[1]
+        return bundle.predict_rescaled(plane, factor, **options)[1]
     with tempfile.TemporaryFile() as scratch:
         out = np.memmap(scratch, dtype=np.float32, mode="w+", shape=(classes, h, w))
-        bundle.predict(plane, tile_size=tile_size, device=device, batch_size=batch_size, out=out, tta=tta)
+        bundle.predict_rescaled(plane, factor, out=out, **options)
         return np.array(out[1])
 
 

@@ -22,7 +22,7 @@ import copy
 import hashlib
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -51,7 +51,8 @@ class TrainConfig(Config):
 
     tile_size: side of the network's input window (rounded up to a valid size of the model).
     optimizer: "adam" or "sgd" (with `momentum`; the paper: SGD, momentum 0.99, one large tile per batch).
-    schedule: "constant" or "cosine" (learning rate decays to 5% over `iterations`).
+    schedule: "constant" or "cosine" (learning rate decays to 5% over `iterations`, or over `time_budget` when
+        that ends first: a run given 20 minutes decays over its 20 minutes).
     w0, sigma, border: weight map border term and the separation border width between touching cells (px).
     time_budget: seconds of training steps (time paused or spent by the consumer between events does not
         count); training stops (and saves) when exceeded, whatever `iterations` says.
@@ -124,7 +125,8 @@ def preset(name: str = "fast", **overrides: Any) -> tuple[UNetConfig, TrainConfi
 
 @dataclass(frozen=True)
 class Sample:
-    """One annotated image. image: (H, W) or (C, H, W), normalised; labels: (H, W) instance ids or a binary mask;
+    """One annotated image. image: (H, W) or (C, H, W), percentile-normalised (the Trainer inverts it as its
+    `Normalization.invert` says); labels: (H, W) instance ids or a binary mask;
     mask: (H, W), nonzero where the annotation is defined (None: everywhere but reserved "not annotated" values)."""
 
     image: np.ndarray
@@ -166,6 +168,7 @@ class Trainer:
         does with its few annotated cells); empty: no validation.
     checkpoint: a model folder written at every `checkpoint_every` steps, at the end and at a stop; it also holds
     the state needed to resume (`Trainer.resume`).
+    object_diameter: the object size (px) the samples were rescaled to, saved with the model (None: unknown).
     """
 
     def __init__(
@@ -179,6 +182,7 @@ class Trainer:
         normalization: Normalization | None = None,
         postprocess: PostprocessConfig | None = None,
         channels: ChannelChoice | None = None,
+        object_diameter: float | None = None,
     ):
         if not train:
             raise ValueError("no training samples: annotate at least one image (a Labels layer with cells)")
@@ -189,6 +193,7 @@ class Trainer:
         self.normalization = normalization or Normalization()
         self.postprocess = postprocess or PostprocessConfig(border_width=config.border)
         self.channels = channels or ChannelChoice()  # how the samples' channels were chosen; saved with the model
+        self.object_diameter = object_diameter
         self.tile = model.valid_input_size(config.tile_size)
         self.train = [self._prepare(s, f"training sample {i}") for i, s in enumerate(train)]
         if validation is None:  # validate on the training samples, prepared once
@@ -210,8 +215,9 @@ class Trainer:
         if self.device.type == "cuda":
             self._torch_rng["cuda"] = torch.Generator(self.device).manual_seed(config.seed).get_state()
         self.optimizer = _make_optimizer(model, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config, lambda: self.elapsed))
         self.growth_calibration: dict[str, Any] | None = None
+        self.metadata: dict[str, Any] = {}  # saved with the model besides the training record
         self._last_good = self._snapshot()
 
     # -- public ----------------------------------------------------------------------------------------------
@@ -300,6 +306,7 @@ class Trainer:
             self.normalization,
             self.postprocess,
             {
+                **self.metadata,
                 "iterations": self.iteration,
                 "elapsed_seconds": round(self.elapsed, 3),
                 "seed": self.config.seed,
@@ -308,7 +315,8 @@ class Trainer:
                 "device": str(self.device),
                 **({"growth_calibration": self.growth_calibration} if self.growth_calibration else {}),
             },
-            self.channels,
+            channels=self.channels,
+            object_diameter=self.object_diameter,
         )
 
     def save_checkpoint(self, path: str | Path) -> Path:
@@ -348,7 +356,7 @@ class Trainer:
         trainer = cls(
             bundle.net, replace(config, **overrides), train, validation, device,
             checkpoint if checkpoint is not None else path, bundle.normalization, bundle.postprocess,
-            bundle.channels,
+            channels=bundle.channels, object_diameter=bundle.object_diameter,
         )
         try:  # weights-only: a hostile file cannot run code; a corrupted one is a ValueError, not a traceback
             state = torch.load(state_file, map_location=trainer.device, weights_only=True)
@@ -387,6 +395,7 @@ class Trainer:
         if not np.isfinite(image).all():
             bad = int(image.size - np.count_nonzero(np.isfinite(image)))
             raise ValueError(f"{name}: the image contains {bad} NaN or infinite values")
+        image = self.normalization.apply_polarity(image)  # samples come percentile-normalised: invert here
         c = self.config
         weights = weight_map(labels, c.w0, c.sigma, mask=mask, border=c.border)
         target = make_target(labels, c.border)
@@ -488,11 +497,20 @@ def _make_optimizer(model: UNet, config: TrainConfig) -> torch.optim.Optimizer:
     )
 
 
-def _schedule(config: TrainConfig):
+def _schedule(config: TrainConfig, elapsed: Callable[[], float]) -> Callable[[int], float]:
+    """The learning-rate factor of step `step`: cosine from 1 to 0.05 over the run, whose progress is the larger of
+    step / iterations and (with a time budget) elapsed training time / time_budget."""
     if config.schedule == "constant":
         return lambda step: 1.0
-    total = config.iterations
-    return lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    total, budget = config.iterations, config.time_budget
+
+    def factor(step: int) -> float:
+        progress = min(step, total) / total
+        if budget:
+            progress = max(progress, min(elapsed() / budget, 1.0))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
 
 
 def _hash_sample(sample: Sample) -> str:

@@ -28,7 +28,8 @@ def few_cells(labels: np.ndarray, count: int = 6) -> np.ndarray:
 def open_dock(viewer, qtbot, tmp_path, image, labels, iterations):
     viewer.add_image(image, name="cells")
     viewer.add_labels(labels, name="annotations")
-    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK)
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK,
+                            start_from=_finetune.START_NEW)
     with qtbot.waitSignal(widget.estimated, timeout=30_000):
         viewer.window.add_dock_widget(widget, name="Fine-tune")
     widget.iterations_spin.setValue(iterations)
@@ -119,7 +120,8 @@ def test_autosaved_annotations_are_offered_back(make_napari_viewer_proxy, qtbot,
     path.parent.mkdir()
     write_tiff(path, (image * 1000).astype(np.uint16), "YX")
     viewer = make_napari_viewer_proxy()
-    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK)
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK,
+                            start_from=_finetune.START_NEW)
     with qtbot.waitSignal(widget.estimated, timeout=30_000):
         viewer.window.add_dock_widget(widget, name="Fine-tune")
     (layer,) = viewer.open(path)
@@ -154,3 +156,67 @@ def test_closing_the_dock_during_training_keeps_the_model(make_napari_viewer_pro
     qtbot.waitUntil(lambda: not session.training, timeout=30_000)
     assert session.bundle is not None and session.bundle.net is job.trainer.model
     assert load_model(session.model_path).metadata["iterations"] == job.trainer.iteration
+
+
+@pytest.fixture
+def tiny_builtin(tmp_path, monkeypatch):
+    """A tiny stand-in for the built-in `nuclei` model (object diameter 20 px), installed in a temporary folder."""
+    import torch
+
+    from napari_unet import builtin
+    from napari_unet.model import UNet
+    from napari_unet.modelfile import ModelBundle, save_model
+    from napari_unet.postprocess import PostprocessConfig
+
+    torch.manual_seed(0)
+    folder = tmp_path / "builtin_models"
+    save_model(folder / "nuclei", ModelBundle(UNet(depth=3, base_channels=8, dropout=0.0),
+                                              postprocess=PostprocessConfig(min_size=4), object_diameter=20.0))
+    monkeypatch.setattr(builtin, "BUILTIN_DIR", folder)
+    return folder / "nuclei"
+
+
+def test_fine_tuning_starts_from_the_builtin_and_rescales_the_painted_cells_to_its_object_size(
+    make_napari_viewer_proxy, qtbot, tmp_path, tiny_builtin
+):
+    from test_diameter import disks
+
+    truth = disks((240, 240), 20, 80)  # cells 40 px across: twice the model's 20
+    image = (truth > 0).astype(np.float32) * 100 + np.random.default_rng(0).random(truth.shape).astype(np.float32)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(np.where(np.isin(truth, [1, 2, 5]), truth, 0).astype(np.int32), name="annotations")
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", train_overrides={"tile_size": 124})
+    with qtbot.waitSignal(widget.estimated, timeout=30_000):
+        viewer.window.add_dock_widget(widget, name="Fine-tune")
+    assert widget.start_combo.currentText() == _finetune.START_BUILTIN == "nuclei (built-in)"
+    widget.iterations_spin.setValue(3)
+    with qtbot.waitSignal(widget.finished, timeout=120_000) as done:
+        widget.start()
+    assert widget.job.few_shot is not None and widget.budget_spin.value() == 1.0  # the recipe's minute
+    assert widget.job.trainer.config.learning_rate == widget.job.few_shot.learning_rate
+    tuned = load_model(done.args[0])
+    assert tuned.object_diameter == 20.0 and session_for(viewer).bundle.object_diameter == 20.0
+    assert tuned.metadata["annotated_diameter"] == pytest.approx(40, rel=0.05)  # rescaled by 20 / 40
+    shipped = load_model(tiny_builtin)
+    for name, tensor in widget.builtin_bundle.net.state_dict().items():  # the built-in itself is not trained
+        np.testing.assert_array_equal(tensor.cpu().numpy(), shipped.net.state_dict()[name].numpy())
+
+
+def test_suggest_where_to_annotate_adds_rectangles_away_from_the_painted_cells(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells, tiny_builtin
+):
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    painted = viewer.add_labels(few_cells(labels), name="annotations")
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave")
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    with qtbot.waitSignal(widget.suggested, timeout=60_000) as done:
+        assert widget.suggest() is not None
+    boxes = done.args[0]
+    layer = widget.suggestions_layer
+    assert boxes and layer in viewer.layers and len(layer.data) == len(boxes)
+    assert set(layer.shape_type) == {"rectangle"}
+    for y0, x0, y1, x1 in boxes:
+        assert not np.asarray(painted.data)[y0:y1, x0:x1].any()

@@ -19,7 +19,7 @@ TILE = 48  # small tiles: many of them, so the streaming is observable
 
 
 def open_dock(viewer, bundle):
-    widget = SegmentWidget(viewer)
+    widget = SegmentWidget(viewer, default_model=None)
     viewer.window.add_dock_widget(widget, name="Segment")
     session_for(viewer).set_model(bundle)
     widget.tile_spin.setValue(TILE)
@@ -125,7 +125,7 @@ def test_bad_situations_are_notifications(make_napari_viewer_proxy, qtbot, tiny_
     monkeypatch.setattr(_segment, "show_error", messages.append)
     monkeypatch.setattr(_state, "show_error", messages.append)  # the session loads models for the docks
     viewer = make_napari_viewer_proxy()
-    widget = SegmentWidget(viewer)
+    widget = SegmentWidget(viewer, default_model=None)
     viewer.window.add_dock_widget(widget)
     assert widget.run() is None and "No model" in messages[-1]
     session_for(viewer).set_model(tiny_bundle)
@@ -158,3 +158,66 @@ def test_a_lazy_stack_is_segmented_plane_by_plane(make_napari_viewer_proxy, qtbo
     for plane, image in zip(labels, planes):
         probs = tiny_bundle.predict(image, tile_size=TILE, device="cpu")
         np.testing.assert_array_equal(plane, probs_to_labels(probs[1], widget.postprocess_config()))
+
+
+def test_object_diameter_rescales_for_the_network_and_the_result_keeps_the_image_size(
+    make_napari_viewer_proxy, qtbot
+):
+    from napari_unet.metrics import instance_scores
+    from test_diameter import bundle as threshold_bundle, disks
+
+    truth = disks((200, 240), 16, 60)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image((truth > 0).astype(np.float32) * 100, name="disks")
+    widget = open_dock(viewer, threshold_bundle(20.0))
+    assert widget.diameter_spin.isEnabled() and widget.diameter() == "auto"
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as done:
+        widget.run()
+    assert done.args[0].shape == truth.shape
+    assert instance_scores(done.args[0], truth)["ap50"] == 1.0
+    assert widget.estimated_diameter == pytest.approx(32, rel=0.15)
+    assert widget.factor == pytest.approx(20 / widget.estimated_diameter)
+    assert "estimated" in widget.diameter_label.text() and "x0.6" in widget.diameter_label.text()
+
+    widget.diameter_spin.setValue(40.0)  # a given diameter: no estimate, rescaled by 20 / 40
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as done:
+        widget.run()
+    assert widget.factor == 0.5 and "given" in widget.diameter_label.text()
+    assert instance_scores(done.args[0], truth)["ap50"] == 1.0
+
+
+def test_a_model_without_object_diameter_disables_the_control(make_napari_viewer_proxy, tiny_bundle):
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, tiny_bundle)
+    assert not widget.diameter_spin.isEnabled()
+
+
+def test_a_new_dock_has_the_builtin_model_and_segments_right_away(make_napari_viewer_proxy, qtbot):
+    from napari_unet import builtin
+
+    if "nuclei" not in builtin.names():
+        pytest.skip("the built-in nuclei model's weights are not in this checkout (src/napari_unet/builtin_models)")
+    from test_diameter import disks
+
+    image = (disks((256, 256), 10, 40) > 0).astype(np.float32) * 200 + 20
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="nuclei")
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    assert "built-in: nuclei" in widget.model_label.text()
+    with qtbot.waitSignal(widget.segmented, timeout=120_000) as done:
+        widget.run()
+    assert done.args[0].shape == image.shape and done.args[0].max() > 0
+
+
+def test_the_uncertainty_layer_follows_the_segmentation(make_napari_viewer_proxy, qtbot, tiny_bundle):
+    image, _ = make_cells((96, 112), seed=2)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    widget = open_dock(viewer, tiny_bundle)
+    widget.uncertainty_check.setChecked(True)
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):
+        widget.run()
+    layer = widget.uncertainty_layer
+    assert layer is not None and layer in viewer.layers and layer.name == "cells uncertainty"
+    assert layer.data.shape == image.shape and 0 <= layer.data.min() and 0 < layer.data.max() <= 1

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from napari_unet.metrics import instance_scores
-from napari_unet.plugin._finetune import FineTuneWidget
+from napari_unet.plugin._finetune import START_NEW, FineTuneWidget
 from napari_unet.plugin._reader import PLUGIN
 from napari_unet.plugin._segment import SegmentWidget
 
@@ -29,7 +29,7 @@ def test_annotate_a_few_cells_fine_tune_and_segment(make_napari_viewer_proxy, qt
     annotations = viewer.add_labels(np.where(np.isin(truth, few), truth, 0).astype(np.int32), name="annotations")
     truth_layer.visible = False
 
-    finetune = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave")
+    finetune = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=START_NEW)
     with qtbot.waitSignal(finetune.estimated, timeout=120_000):
         viewer.window.add_dock_widget(finetune, name="Fine-tune")
     finetune.image_combo.value = image_layer
@@ -58,3 +58,39 @@ def test_annotate_a_few_cells_fine_tune_and_segment(make_napari_viewer_proxy, qt
     (tmp_path / "scores.json").write_text(json.dumps(scores))
     print(f"\nafter {iterations} iterations on {len(few)} annotated cells: {scores}")
     assert max(s["f1_50"] for s in scores.values()) > 0.75, scores
+
+
+def test_segment_with_the_builtin_model_then_ask_where_to_annotate(make_napari_viewer_proxy, qtbot, tmp_path,
+                                                                   screenshot, shared_data):
+    """A real fluorescence image (large nuclei, ~46 px across) segmented by the built-in model with the object size
+    estimated, with the uncertainty layer, then the Fine-tune dock's suggestions. Screenshots: segment_builtin,
+    suggest."""
+    from napari_unet import builtin
+    from napari_unet.io import read_labels
+
+    data = shared_data / "dsb2018-fluo" / "train"
+    name = "0532c64c2fd0c4d3188cc751cdfd566b1cfba3d269358717295bab1504c7c275.png"
+    if "nuclei" not in builtin.names():
+        pytest.skip("the built-in nuclei model's weights are not in this checkout (src/napari_unet/builtin_models)")
+    viewer = make_napari_viewer_proxy(show=True)
+    (image_layer,) = viewer.open(data / "images" / name, plugin=PLUGIN)
+    truth = read_labels(data / "labels" / name)
+    segment = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(segment, name="Segment")
+    segment.uncertainty_check.setChecked(True)
+    with qtbot.waitSignal(segment.segmented, timeout=300_000) as done:
+        segment.run()
+    scores = instance_scores(done.args[0], truth)
+    print(f"\nbuilt-in nuclei, diameter estimated {segment.estimated_diameter:.1f} px: {scores}")
+    assert scores["ap50"] > 0.5, scores
+    screenshot(viewer, "segment_builtin")
+
+    finetune = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave")
+    viewer.window.add_dock_widget(finetune, name="Fine-tune", tabify=True)
+    finetune.image_combo.value = image_layer
+    finetune.labels_combo.value = viewer.add_labels(np.zeros(truth.shape, np.int32), name="annotations")  # to paint
+    with qtbot.waitSignal(finetune.suggested, timeout=300_000) as suggested:
+        finetune.suggest()
+    assert suggested.args[0]
+    viewer.layers[segment.uncertainty_layer.name].visible = False
+    screenshot(viewer, "suggest")

@@ -108,3 +108,25 @@ def channel_choice_option(args: argparse.Namespace):
     if args.channels is None and not args.grey:
         return None
     return ChannelChoice(parse_channels(args.channels) if args.channels is not None else None, args.grey)
+
+
+def diameter(text: str) -> float | str:
+    """--diameter: "auto" or a number of pixels > 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a diameter in pixels, got {text}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a diameter in pixels > 0, got {text}")
+    return value
+
+
+def add_diameter(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--diameter", type=diameter, default="auto", metavar="{auto,PX}",
+                     help="diameter of the objects in the images (px): each image is rescaled so they have the "
+                     "model's object diameter before the network ('napari-unet models' lists it), results come "
+                     "back at the image's size; auto: estimated on each file; the model's own diameter: no "
+                     "rescaling. Models without an object diameter never rescale")
+

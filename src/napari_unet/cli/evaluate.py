@@ -1,5 +1,5 @@
 """The commands that look at results and models without training: `evaluate` (scores), `weights` (the loss
-weight map of a label image) and `info` (what a model folder holds)."""
+weight map of a label image), `info` (what a model folder holds) and `models` (the built-in models)."""
 
 from __future__ import annotations
 
@@ -25,10 +25,11 @@ def add_parser(subparsers) -> None:
     _add_weights(subparsers)
     _add_evaluate(subparsers)
     _add_info(subparsers)
+    _add_models(subparsers)
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"evaluate": _evaluate, "weights": _weights, "info": _info}[args.command](args)
+    return {"evaluate": _evaluate, "weights": _weights, "info": _info, "models": _models}[args.command](args)
 
 
 def _add_weights(subparsers) -> None:
@@ -80,8 +81,20 @@ def _add_info(subparsers) -> None:
         subparsers, "info", "Show a model's architecture, settings and training metadata.", "",
         "  napari-unet info cells.model\n  napari-unet info cells.model --json", run,
     )
-    sub.add_argument("model", type=Path, help="model folder")
+    sub.add_argument("model", help="model folder or built-in model name")
     sub.add_argument("--json", action="store_true", help="print the stored configuration as JSON")
+
+
+def _add_models(subparsers) -> None:
+    sub = add_command(
+        subparsers, "models", "List the built-in models: use them by name wherever a model folder is accepted.",
+        "Each: what it is for, the object diameter it expects (images are rescaled to it, see predict "
+        "--diameter), its size, what it was trained on and what to cite. A local model folder with a built-in's "
+        "name wins over the built-in; builtin:NAME always means the built-in.",
+        "  napari-unet models\n  napari-unet models --json\n  napari-unet predict nuclei images --out results",
+        run,
+    )
+    sub.add_argument("--json", action="store_true", help="print a JSON list instead of text")
 
 
 # ----------------------------------------------------------------------------------------------- weights
@@ -164,10 +177,11 @@ def _cell(value: Any) -> str:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from ..builtin import resolve
     from ..modelfile import CONFIG_FILE, STATE_FILE, load_model
 
     bundle = load_model(args.model)
-    folder = args.model if args.model.is_dir() else args.model.parent
+    folder = resolve(args.model)
     if args.json:
         print((folder / CONFIG_FILE).read_text())
         return EXIT_OK
@@ -182,6 +196,8 @@ def _info(args: argparse.Namespace) -> int:
         f"input: {bundle.describe_input()}",
         f"normalization: percentiles {bundle.normalization.low} - {bundle.normalization.high}",
         f"post-processing: {_fields(bundle.postprocess.to_dict())}",
+        "object diameter: " + (f"{bundle.object_diameter:g} px (images are rescaled to it)"
+                               if bundle.object_diameter is not None else "none (images are never rescaled)"),
     ]
     if training:
         augment = training.pop("augment", None)
@@ -196,3 +212,34 @@ def _info(args: argparse.Namespace) -> int:
 
 def _fields(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v}" for k, v in values.items())
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+def _models(args: argparse.Namespace) -> int:
+    from ..builtin import describe, names
+
+    found = [describe(name) for name in names()]
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return EXIT_OK
+    if not found:
+        print("no built-in models are installed (the package's builtin_models folder is empty)")
+        return EXIT_OK
+    blocks = []
+    for info in found:
+        data = ", ".join(f"{name} ({count} images)" for name, count in info["training_data"].items()) or "unknown"
+        diameter = f"{info['object_diameter']:g} px" if info["object_diameter"] else "none (never rescales)"
+        lines = [
+            f"{info['name']}: {info['description']}",
+            f"  object diameter: {diameter}",
+            f"  network: {info['architecture']}; weights {info['weights_bytes'] / 1e6:.1f} MB",
+            f"  trained on: {data}" + (f"; never on {info['never_trained_on']}" if info["never_trained_on"] else ""),
+        ]
+        if info["license"]:
+            lines.append(f"  license: {info['license']}")
+        lines += ["  cite:"] + [f"    {citation}" for citation in info["citations"]]
+        blocks.append("\n".join(lines))
+    print("\n\n".join(blocks))
+    return EXIT_OK

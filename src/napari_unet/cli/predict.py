@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 from ._args import (
-    EXIT_OK, add_channel_options, add_command, add_device, add_quiet, channel_choice_option, non_negative_int,
+    EXIT_OK, add_channel_options, add_command, add_device, add_diameter, add_quiet, channel_choice_option, non_negative_int,
     positive_int, probability,
 )
 from .measure import add_pixel_size, pixel_size_option
-from .progress import Progress, describe, duration, note
+from .progress import Progress, describe, duration, note, note_shadowed
 
 
 def add_parser(subparsers) -> None:
@@ -27,14 +27,16 @@ def add_parser(subparsers) -> None:
         "With --workers or --cluster the files run as dask.distributed tasks, and an image larger than one block "
         "(any .zarr) is segmented block by block into OUT/<name>_labels.ome.zarr (see docs/distributed.md); a "
         "rerun skips finished files and blocks.",
-        "  napari-unet predict cells.model data/new --out results\n"
+        "  napari-unet predict nuclei data/new --out results\n"
+        "  napari-unet predict nuclei big_nuclei.tif --out results --diameter 45\n"
         "  napari-unet predict cells.model movie.tif --out results --probabilities --tta\n"
         "  napari-unet predict cells.model data/new --out results --measure --rois\n"
         "  napari-unet predict cells.model slide.zarr --out results --workers 4\n"
         "  napari-unet predict cells.model screen/ --out results --cluster tcp://head-node:8786",
         run,
     )
-    sub.add_argument("model", type=Path, help="model folder")
+    sub.add_argument("model", help="model folder, or the name of a built-in model ('napari-unet models'; a local "
+                     "model folder of the same name wins, builtin:NAME always means the built-in)")
     sub.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image file or folder")
     sub.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the results")
     sub.add_argument("--probabilities", action="store_true", help="also write the foreground probability")
@@ -44,6 +46,7 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--tile-size", type=positive_int, metavar="N",
                      help="output side of a tile (default: the largest that fits in memory)")
     sub.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="tiles per forward pass")
+    add_diameter(sub)
     sub.add_argument("--axes", metavar="AXES", help="axes of the inputs as stored, e.g. YXC, TYX (default: read "
                      "from the file's metadata or guessed)")
     add_channel_options(sub, "the model sees (default: the choice saved with the model)")
@@ -84,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metadata import read_pixel_size
 
     bundle = load_model(args.model)
+    note_shadowed(args.model, args.quiet)
     postprocess = with_overrides(bundle.postprocess, threshold=args.threshold, min_size=args.min_size,
                                  watershed=args.watershed, grow_threshold=args.grow_threshold)
     if (args.cluster or args.workers) and (args.tta or args.batch_size != 1):
@@ -110,13 +114,14 @@ def run(args: argparse.Namespace) -> int:
             pixel_size = given or read_pixel_size(path)
             network_image, network_axes = bundle.prepare(image, axes, path.name, choice)
             n = count_planes(image, axes)
-            found = 0
-            for done in segment_file(bundle, network_image, network_axes, out, postprocess=postprocess, tile_size=args.tile_size,
-                                     device=device, batch_size=args.batch_size, tta=args.tta,
-                                     pixel_size=pixel_size):
+            found, size = 0, ""
+            for done in segment_file(bundle, network_image, network_axes, out, postprocess=postprocess,
+                                     tile_size=args.tile_size, device=device, batch_size=args.batch_size,
+                                     tta=args.tta, pixel_size=pixel_size, diameter=args.diameter):
                 found += done.objects
+                size = object_size(done.diameter, args.diameter, bundle.object_diameter)
                 bar.update(int(done.index + 1 == n), file=path.name, plane=f"{done.index + 1}/{n}")
-            bar.write(f"{path.name}: {found} objects in {n} plane(s) -> {out.labels}")
+            bar.write(f"{path.name}: {found} objects in {n} plane(s){size} -> {out.labels}")
             if args.measure or args.rois or args.zarr:
                 _extras(args, path, image, axes, out.labels, pixel_size, tables)
             planes, objects = planes + n, objects + found
@@ -193,6 +198,11 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
     if unsupported or bundle.net.config.in_channels != 1:
         raise ValueError(f"--cluster/--workers segment grey images with a 1-channel model and write labels only; "
                          f"run without them for {', '.join(unsupported) or 'a multichannel model'}")
+    if bundle.object_diameter is not None and args.diameter != bundle.object_diameter:
+        raise ValueError(
+            f"--cluster/--workers segment at the images' own scale, but this model expects objects "
+            f"{bundle.object_diameter:g} px across: give --diameter {bundle.object_diameter:g} if the objects are "
+            "that size, resample the images to it first, or run without --cluster/--workers (which rescales)")
 
     started, cut = time.perf_counter(), 0
     where = f"the cluster at {args.cluster}" if args.cluster else f"{args.workers} local worker(s)"
@@ -216,3 +226,12 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
               f"from a single-process run: rerun with a larger --margin (now {args.margin})")
     print(f"segmented {len(files)} image(s) in {duration(time.perf_counter() - started)}; results in {args.out}")
     return EXIT_OK
+
+
+def object_size(used: float | None, asked: float | str, model: float | None) -> str:
+    """How the file was scaled, for its summary line: " (objects ~23.4 px, estimated; rescaled x0.85)"."""
+    if used is None or model is None:
+        return ""
+    how = "estimated" if asked == "auto" else "given"
+    scale = f"rescaled x{model / used:.3g}" if abs(model / used - 1) > 1e-9 else "not rescaled"
+    return f" (objects ~{used:.1f} px, {how}; {scale})"

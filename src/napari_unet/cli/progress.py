@@ -87,3 +87,12 @@ def duration(seconds: float) -> str:
         return f"{seconds:.1f} s"
     minutes, seconds = divmod(round(seconds), 60)
     return f"{minutes} min {seconds:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def note_shadowed(model: str, quiet: bool) -> None:
+    """Say so when a local model folder is used in place of the built-in model of the same name."""
+    from ..builtin import shadowed
+
+    if shadowed(model):
+        note(f"note: using the model folder ./{model}, not the built-in model {model!r} (builtin:{model} for that)",
+             quiet)

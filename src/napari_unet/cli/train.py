@@ -18,7 +18,7 @@ from ._args import (
     channel_choice_option, fraction, non_negative_float,
     positive_float, positive_int,
 )
-from .progress import Progress, describe, duration, note, warn_unmatched
+from .progress import Progress, describe, duration, note, note_shadowed, warn_unmatched
 
 
 def add_parser(subparsers) -> None:
@@ -32,7 +32,7 @@ def add_parser(subparsers) -> None:
         "with Ctrl-C or SIGTERM (after at least one step); continue a stopped run with --resume. With "
         "--overwrite an existing model stays until the new run has saved one.",
         "  napari-unet train data/images data/labels --out cells.model --val-fraction 0.2\n"
-        "  napari-unet train new/images new/labels --out tuned.model --init cells.model --iterations 200\n"
+        "  napari-unet train new/images new/labels --out tuned.model --init nuclei --iterations 200\n"
         "  napari-unet train data/images data/labels --out cells.model --resume --iterations 800",
         run,
     )
@@ -42,7 +42,9 @@ def add_parser(subparsers) -> None:
     start = sub.add_argument_group("what to start from")
     start.add_argument("--preset", choices=("fast", "paper"), default="fast",
                        help="fast: small net for a CPU; paper: the 2015 network and SGD schedule")
-    start.add_argument("--init", type=Path, metavar="MODEL", help="fine-tune a saved model instead of a new net")
+    start.add_argument("--init", metavar="MODEL",
+                       help="fine-tune a saved model (folder, or built-in name such as nuclei) instead of a new net; "
+                       "a model with an object diameter gets each image rescaled so its cells have that diameter")
     start.add_argument("--resume", action="store_true",
                        help="continue the run saved in --out exactly where it stopped (only --iterations and "
                        "--time-budget may change)")
@@ -219,7 +221,9 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     if args.resume:
         overrides = {k: v for k, v in {"iterations": args.iterations, "time_budget": args.time_budget}.items()
                      if v is not None}
-        saved = load_model(args.out).metadata.get("data_hashes")
+        saved_bundle = load_model(args.out)
+        saved = saved_bundle.metadata.get("data_hashes")
+        train, validation = _to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
         trainer = Trainer.resume(args.out, train, validation, device=args.device, **overrides)
         if saved is not None and sorted(saved) != sorted(trainer.data_hashes):
             note("note: the training images differ from those of the saved run", args.quiet)
@@ -232,9 +236,11 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     )
     if args.init is not None:
         bundle = load_model(args.init)
+        note_shadowed(args.init, args.quiet)
         postprocess = replace(bundle.postprocess, border_width=config.border) if args.border else bundle.postprocess
+        train, validation = _to_model_scale(train, validation, bundle.object_diameter, args.quiet)
         return Trainer(bundle.net, config, train, validation, args.device, args.out, bundle.normalization,
-                       postprocess, args.channel_choice)
+                       postprocess, args.channel_choice, bundle.object_diameter)
     channels = train[0].image.shape[0] if train[0].image.ndim == 3 else 1
     net_config = with_overrides(net_config, in_channels=channels, depth=args.depth, base_channels=args.base_channels)
     import torch
@@ -242,6 +248,20 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
     return Trainer(UNet(net_config), config, train, validation, args.device, args.out,
                    channels=args.channel_choice)
+
+
+def _to_model_scale(train, validation, object_diameter: float | None, quiet: bool):
+    """The samples rescaled so their annotated cells have the model's object diameter (unchanged without one)."""
+    from ..scale import rescale_to_diameter
+
+    if object_diameter is None:
+        return train, validation
+    train, factors = rescale_to_diameter(train, object_diameter)
+    validation, more = rescale_to_diameter(validation, object_diameter) if validation else ([], [])
+    factors += more
+    note(f"images rescaled by x{min(factors):.3g} to x{max(factors):.3g} so their cells are {object_diameter:g} px "
+         "across, the model's object diameter", quiet)
+    return train, validation
 
 
 def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:

@@ -13,8 +13,9 @@ import torch
 from ..channels import ChannelChoice
 from ..device import select_device
 from ..io import apply_normalization, percentiles
+from ..fewshot import FewShotConfig, few_shot_trainer
 from ..model import UNet, UNetConfig
-from ..modelfile import Normalization
+from ..modelfile import ModelBundle, Normalization
 from ..postprocess import PostprocessConfig
 from ..training import Sample, TrainConfig, Trainer, TrainEvent
 
@@ -24,6 +25,10 @@ class TrainingJob:
     """One run, prepared on the main thread from copies of the layers' data; `run_training` fills `trainer`.
 
     images: raw (C, H, W) planes; labels: (H, W) instance ids; masks: (H, W) bool or None (whole plane).
+    few_shot: fine-tune `base` (a model with an object diameter) on the one annotated plane with the few-shot
+    recipe (`napari_unet.fewshot`: the plane and its cells rescaled to the model's object size, ...); `net`,
+    `config`, `normalization` and `postprocess` are then not used. masks[0] None there: the recipe's own margin
+    around the painted cells.
     """
 
     images: list[np.ndarray]
@@ -35,6 +40,8 @@ class TrainingJob:
     postprocess: PostprocessConfig | None
     device: str
     checkpoint: Path
+    few_shot: FewShotConfig | None = None
+    base: ModelBundle | None = None
     trainer: Trainer | None = None
     channels: ChannelChoice | None = None  # how the planes' channels were chosen; saved with the model
 
@@ -66,10 +73,14 @@ def run_training(job: TrainingJob) -> Generator[TrainEvent, None, Path]:
 
     Closing the generator (a stopped run) closes the trainer's, which saves its last completed step.
     """
-    samples = training_samples(job)
-    job.trainer = Trainer(job.net, job.config, samples, validation=None, device=job.device,
-                          checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess,
-                          channels=job.channels)
+    if job.few_shot is not None:
+        job.trainer = few_shot_trainer(job.base, job.images[0], job.labels[0], job.masks[0], config=job.few_shot,
+                                       device=job.device, checkpoint=job.checkpoint)
+    else:
+        samples = training_samples(job)
+        job.trainer = Trainer(job.net, job.config, samples, validation=None, device=job.device,
+                              checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess,
+                              channels=job.channels)
     events = job.trainer.run()
     try:
         yield from events
@@ -115,3 +126,20 @@ def format_duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+SUGGESTED_REGIONS = 3  # boxes proposed by "suggest where to annotate"
+SUGGESTED_SIDE = 3.0  # their side, in object diameters (64 px for a model without one)
+
+
+def suggest_annotation(bundle: ModelBundle, image: np.ndarray, annotated: np.ndarray | None = None, *,
+                       device: str | torch.device = "auto") -> list[tuple[int, int, int, int]]:
+    """Boxes (y0, x0, y1, x1) of `image` (C, H, W) where annotating should help `bundle` most: those of highest
+    test-time-augmentation disagreement (`uncertainty.suggest_regions`), away from the `annotated` (H, W) bool
+    pixels, of `SUGGESTED_SIDE` object diameters (estimated on the image for a model with an object diameter)."""
+    from ..uncertainty import suggest_regions, tta_uncertainty
+
+    factor = bundle.scale_factor(image, "auto", device=device)
+    _, uncertainty = tta_uncertainty(bundle, image, factor=factor, transforms=4, device=device)
+    side = 64 if bundle.object_diameter is None else round(SUGGESTED_SIDE * bundle.object_diameter / factor)
+    return suggest_regions(uncertainty, SUGGESTED_REGIONS, side, annotated)

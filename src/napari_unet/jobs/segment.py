@@ -1,4 +1,9 @@
-"""The Segment dock's work: tile-by-tile prediction of a stack of planes, and the whole-image post-processing."""
+"""The Segment dock's work: tile-by-tile prediction of a stack of planes, and the whole-image post-processing.
+
+Object size: with a rescale factor (model diameter / object diameter), each plane is rescaled before the
+network and every tile's result is resized back to its region of the image (`rescaled_region`), so the outputs
+keep the image's size; the post-processing's sizes are then those of the image (`scale.scale_postprocess`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from ..modelfile import ModelBundle, check_rescalable
 from ..validation import check_image
-from ..modelfile import ModelBundle
 from ..postprocess import PostprocessConfig, probs_to_labels
+from ..scale import rescale_image, resize_probs, scaled_shape
 from ..tiling import iter_predict_tiles, prepare_model, tile_grid
 
 
@@ -48,14 +54,21 @@ class TileUpdate:
 
 
 def stream_tiles(
-    bundle: ModelBundle, stack: Planes, stride: int, device: torch.device, postprocess: PostprocessConfig
+    bundle: ModelBundle, stack: Planes, stride: int, device: torch.device, postprocess: PostprocessConfig,
+    factor: float = 1.0,
 ) -> Iterator[TileUpdate]:
     """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
 
-    Runs in the worker thread: reads windows (lazily for dask/zarr), runs the network, labels each tile.
+    factor: each plane is resized by it before the network (read whole and rescaled in memory; planes too large
+    for that are refused, `modelfile.check_rescalable`), and each tile's result resized back to its region (a
+    preview: tiles resized alone differ a little at their borders); once a plane's tiles are all in, one more
+    update brings the whole plane, its stitched probabilities resized at once (what `ModelBundle.predict` gives).
+    postprocess: for the image's size. Runs in the worker thread: reads windows (lazily for dask/zarr at factor
+    1), runs the network, labels each tile.
     """
     net = prepare_model(bundle.net, device)
-    grid = tile_grid(net, stack.shape, stride)
+    scaled = scaled_shape(stack.shape, factor)
+    grid = tile_grid(net, scaled, stride)
     total = len(grid) * len(stack.planes)
     done = next_id = 0
     for index in stack.planes:
@@ -63,14 +76,42 @@ def stream_tiles(
         if isinstance(plane, np.ndarray) and not isinstance(plane, np.memmap):
             check_image(plane, "CYX")  # NaN, infinite or constant: a clear error (lazy planes are not scanned twice)
         preprocess = bundle.preprocessor(plane, "CYX")
+        if factor != 1.0:
+            check_rescalable(plane, factor)
+            plane = rescale_image(np.asarray(plane), factor)
+            stitched = np.zeros(scaled, np.float32)
         for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
+            if factor != 1.0:
+                stitched[result.tile.region] = result.probs[1]
+            region = rescaled_region(result.tile.region, scaled, stack.shape)
+            size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
             probs_fg = np.ascontiguousarray(result.probs[1], dtype=np.float32)
-            labels = probs_to_labels(probs_fg, postprocess)
+            if factor != 1.0:
+                probs_fg = resize_probs(probs_fg[None], size)[0] if min(size) else np.zeros(size, np.float32)
+            labels = probs_to_labels(probs_fg, postprocess) if min(size) else np.zeros(size, np.int32)
             count = int(labels.max(initial=0))
             labels[labels > 0] += next_id
             next_id += count
             done += 1
-            yield TileUpdate(index, result.tile.region, probs_fg, labels, done, total)
+            yield TileUpdate(index, region, probs_fg, labels, done, total)
+        if factor != 1.0:
+            whole = (slice(0, stack.shape[0]), slice(0, stack.shape[1]))
+            probs_fg = resize_probs(stitched[None], stack.shape)[0]
+            labels = probs_to_labels(probs_fg, postprocess)
+            labels[labels > 0] += next_id
+            next_id += int(labels.max(initial=0))
+            yield TileUpdate(index, whole, probs_fg, labels, done, total)
+
+
+def rescaled_region(region: tuple[slice, slice], scaled: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """A region (rows, cols) of a plane of shape `scaled`, mapped onto the same plane at `shape`: edges scale by
+    shape / scaled and are rounded, so neighbouring tiles still meet exactly and the last edge is the border.
+
+    >>> rescaled_region((slice(0, 48), slice(48, 60)), (60, 60), (30, 31))
+    (slice(0, 24, None), slice(25, 31, None))
+    """
+    return tuple(slice(round(r.start * n / m), round(r.stop * n / m))  # type: ignore[return-value]
+                 for r, m, n in zip(region, scaled, shape))
 
 
 def postprocess_planes(probs_fg: np.ndarray, planes: list[tuple[int, ...]], config: PostprocessConfig) -> np.ndarray:
@@ -79,3 +120,17 @@ def postprocess_planes(probs_fg: np.ndarray, planes: list[tuple[int, ...]], conf
     for index in planes:
         labels[index] = probs_to_labels(probs_fg[index], config)
     return labels
+
+
+def uncertainty_planes(bundle: ModelBundle, stack: Planes, factor: float, device: torch.device) -> np.ndarray:
+    """The test-time-augmentation uncertainty (..., H, W) float32 of every plane (`uncertainty.tta_uncertainty`,
+    4 flips, at the rescale factor the segmentation used): where the model's answers disagree."""
+    from ..uncertainty import tta_uncertainty
+
+    planes = stack.planes
+    leading = [max(axis) + 1 for axis in zip(*planes)]  # () for one 2-D plane
+    out = np.zeros((*leading, *stack.shape), np.float32)
+    for index in planes:
+        out[index] = tta_uncertainty(bundle, np.asarray(stack.plane(index)), factor=factor, transforms=4,
+                                     device=device)[1]
+    return out

@@ -7,6 +7,11 @@ the main thread, which only moves the progress bar and adds a point to the loss 
 Stopping: napari's `worker.quit()` (the Stop button, or the status bar's cancel) ends the worker loop without
 closing the generator, so the dock closes it afterwards in another worker: the trainer's `finally` then saves
 the last completed step to the autosave folder, off the main thread.
+
+Start from: the built-in `nuclei` model (the default when installed), a new network, the session's model or a
+saved one. A model with an object diameter (the built-in) is fine-tuned with the few-shot recipe
+(`napari_unet.fewshot`): the image and the painted cells are rescaled by model diameter / median diameter of the
+painted cells, for the dock's time budget (1 minute by default).
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
 
+from napari_unet import builtin
 from napari_unet.device import available_devices, describe_device, select_device
-from napari_unet.jobs.finetune import TrainingJob, format_duration, measure_steps, run_training
+from napari_unet.fewshot import FewShotConfig
+from napari_unet.jobs.finetune import TrainingJob, format_duration, measure_steps, run_training, suggest_annotation
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import ModelBundle, Normalization, load_model, save_model
 from napari_unet.targets import mask_around_cells
@@ -47,7 +54,9 @@ from ._plot import LossPlot
 from ._state import Session, TrainingRun, session_for
 from ._workers import alive, generator_worker, start_worker
 
-START_NEW, START_SESSION, START_FILE = "new model", "the session's model", "a saved model…"
+START_NEW, START_SESSION, START_FILE = "new network", "the session's model", "a saved model…"
+BUILTIN_MODEL = "nuclei"  # the built-in model offered as a starting point (first and default when installed)
+START_BUILTIN = f"{BUILTIN_MODEL} (built-in)"
 DEFAULT_MARGIN = 12  # px of background kept around sparsely annotated cells
 
 
@@ -88,6 +97,7 @@ class FineTuneWidget(QWidget):
 
     finished = Signal(object)
     estimated = Signal(float)
+    suggested = Signal(object)  # the boxes (y0, x0, y1, x1) of "Suggest where to annotate"
 
     def __init__(
         self,
@@ -96,7 +106,10 @@ class FineTuneWidget(QWidget):
         net_overrides: dict[str, Any] | None = None,
         train_overrides: dict[str, Any] | None = None,
         session: Session | None = None,
+        start_from: str | None = None,
     ):
+        """start_from: the first "start from" choice (default: the built-in model when installed, else a new
+        network)."""
         super().__init__()
         self.viewer = napari_viewer
         self.session = session or session_for(napari_viewer)
@@ -107,6 +120,7 @@ class FineTuneWidget(QWidget):
         self.job: TrainingJob | None = None
         self.history: TrainingRun | None = None
         self.start_bundle: ModelBundle | None = None  # a model loaded from disk to start from
+        self.builtin_bundle: ModelBundle | None = None  # the built-in model, loaded when first chosen
         self.start_path: Path | None = None
         self.annotations_path: Path | None = None
         self.offered_annotations: tuple[Path, Path] | None = None  # (image file, annotations file)
@@ -123,7 +137,9 @@ class FineTuneWidget(QWidget):
         self.whole_check = check("every cell in the image is annotated")
         self.margin_spin = spin(1, 500, DEFAULT_MARGIN,
                                 tooltip="Only this much background around the annotated cells is trusted")
-        self.start_combo = choice([START_NEW, START_SESSION, START_FILE])
+        self.start_combo = choice(([START_BUILTIN] if BUILTIN_MODEL in builtin.names() else [])
+                                  + [START_NEW, START_SESSION, START_FILE])
+        self.start_combo.setCurrentText(start_from or self.start_combo.itemText(0))
         self.preset_combo = choice(list(PRESETS))
         self.iterations_spin = spin(1, 1_000_000, PRESETS["fast"][1].iterations)
         self.budget_spin = spin(0.0, 100_000.0, 0.0, decimals=1, special="none", suffix=" min")
@@ -135,6 +151,11 @@ class FineTuneWidget(QWidget):
         self.stop_button = QPushButton("Stop")
         self.save_button = QPushButton("Save model…")
         self.load_button = QPushButton("Load model…")
+        self.suggest_button = QPushButton("Suggest where to annotate")
+        self.suggest_button.setToolTip(
+            "Boxes (a Shapes layer) where the starting model is least sure of itself (its answers disagree when "
+            "the image is flipped): the cells there teach it most")
+        self.suggestions_layer: Any = None
         self.restore_button = QPushButton("")
         self.restore_button.hide()
         self.progress = QProgressBar()
@@ -151,7 +172,7 @@ class FineTuneWidget(QWidget):
                  ("start from", self.start_combo), ("preset", self.preset_combo),
                  ("iterations", self.iterations_spin), ("time budget", self.budget_spin),
                  ("device", self.device_combo), ("", self.estimate_label)),
-            row(self.start_button, self.pause_button, self.stop_button),
+            row(self.start_button, self.pause_button, self.stop_button), self.suggest_button,
             self.progress, (self.plot, 1), self.status, self.model_label,
             row(self.save_button, self.load_button),
             row(self.autosave_label, self.autosave_button, stretch=(1,)),
@@ -159,6 +180,7 @@ class FineTuneWidget(QWidget):
         )
 
         self.start_button.clicked.connect(self.start)
+        self.suggest_button.clicked.connect(self.suggest)
         self.pause_button.clicked.connect(self.toggle_pause)
         self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._ask_save)
@@ -176,7 +198,7 @@ class FineTuneWidget(QWidget):
         self._set_running(False)
         self._show_model()
         self.reset_choices()
-        self.update_estimate()
+        self._start_choice_changed(self.start_combo.currentText())
 
     # -- public ---------------------------------------------------------------------------------------------
 
@@ -222,6 +244,53 @@ class FineTuneWidget(QWidget):
         self._set_running(True)
         start_worker(self.worker, self)
         return self.worker
+
+    def suggest(self) -> Any:
+        """Start computing the regions to annotate next (with the "start from" model, else the session's) in a
+        worker; they appear as a Shapes layer of rectangles. Returns the worker, or None after a notification."""
+        image_layer = self.image_combo.value
+        try:
+            bundle = self._base_bundle() or self.session.bundle
+            if bundle is None:
+                raise LayerProblem("No model to ask: choose a model to start from (or train one first)")
+            if image_layer is None:
+                raise LayerProblem("No image layer: open the image to annotate")
+            stack = plane_stack(image_layer, bundle.net.config.in_channels, self.viewer.layers)
+            if stack.leading:
+                raise LayerProblem("Suggestions are made for a single 2-D image, not a stack")
+            device = select_device(self.device_combo.currentText())
+        except (LayerProblem, ValueError) as error:
+            show_error(str(error))
+            return None
+        labels_layer = self.labels_combo.value
+        annotated = None
+        if labels_layer is not None and np.shape(labels_layer.data) == stack.shape:
+            annotated = np.asarray(labels_layer.data) > 0
+        self.suggest_button.setEnabled(False)
+        self.status.setText("Finding where the model is least sure…")
+        worker = create_worker(suggest_annotation, bundle, np.asarray(stack.plane(()), dtype=np.float32), annotated,
+                               device=device, _ignore_errors=True, _start_thread=False)
+        worker.returned.connect(lambda boxes: alive(self) and self._show_suggestions(image_layer, stack, boxes))
+        worker.errored.connect(lambda error: alive(self) and self._suggest_failed(error))
+        start_worker(worker, self)
+        return worker
+
+    def _show_suggestions(self, image_layer: Any, stack: Any, boxes: list[tuple[int, int, int, int]]) -> None:
+        self.suggest_button.setEnabled(True)
+        rectangles = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in boxes]
+        if self.suggestions_layer is not None and self.suggestions_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.suggestions_layer)
+        self.suggestions_layer = self.viewer.add_shapes(
+            rectangles, shape_type="rectangle", name="annotate here", edge_color="yellow", face_color="transparent",
+            edge_width=2, scale=stack.spatial(image_layer.scale), translate=stack.spatial(image_layer.translate),
+        )
+        self.status.setText(f"{len(boxes)} region(s) to annotate next: paint the cells in the yellow boxes"
+                            if boxes else "No uncertain region found away from the annotations")
+        self.suggested.emit(boxes)
+
+    def _suggest_failed(self, error: Exception) -> None:
+        self.suggest_button.setEnabled(True)
+        show_error(f"Cannot suggest regions: {error}")
 
     def toggle_pause(self) -> None:
         if self.worker is not None:
@@ -309,7 +378,7 @@ class FineTuneWidget(QWidget):
             raise LayerProblem("The session has no model yet: start from a new model or load one")
         if start == START_FILE and self.start_bundle is None:
             raise LayerProblem("No saved model chosen: pick 'a saved model…' again to choose its folder")
-        base = {START_SESSION: self.session.bundle, START_FILE: self.start_bundle}.get(start)
+        base = self._base_bundle()
         layers = self.viewer.layers
         chosen = self.channel_fields.choice()
         if base is not None and chosen.is_identity:
@@ -340,12 +409,13 @@ class FineTuneWidget(QWidget):
             plane_labels = labels_all[index] if index else labels_all
             if not plane_labels.any():
                 continue
+            few_shot = base is not None and base.object_diameter is not None
             if region is not None:
                 mask = region
             elif self.whole_check.isChecked():
-                mask = None
-            else:
-                mask = mask_around_cells(plane_labels, self.margin_spin.value())
+                mask = np.ones(plane_labels.shape, bool) if few_shot else None
+            else:  # the few-shot recipe has its own margin, in object diameters
+                mask = None if few_shot else mask_around_cells(plane_labels, self.margin_spin.value())
             images.append(np.asarray(stack.plane(index), dtype=np.float32))
             labels.append(plane_labels.copy())
             masks.append(mask)
@@ -368,6 +438,12 @@ class FineTuneWidget(QWidget):
         checkpoint = _autosave.model_folder(self.autosave_root, image_layer.name)
         job = TrainingJob(images, labels, masks, net, config, normalization, postprocess,
                           self.device_combo.currentText(), checkpoint, channels=chosen)
+        if base is not None and base.object_diameter is not None:
+            if len(images) > 1:
+                raise LayerProblem(
+                    f"{len(images)} planes are annotated: fine-tuning a model with an object size (the built-in) "
+                    "uses one annotated plane; keep the annotations of one plane, or start from a new network")
+            job.few_shot, job.base = FewShotConfig(seconds=config.time_budget, iterations=config.iterations), base
         select_device(job.device)  # an unavailable device is a notification now, not a worker error
         return job, labels_all
 
@@ -501,15 +577,25 @@ class FineTuneWidget(QWidget):
                 show_error(f"Cannot load the model: {error}")
                 self.start_combo.setCurrentText(START_NEW)
                 return
+        base = self._base_bundle()
+        if base is not None and base.object_diameter is not None and not self.budget_spin.value():
+            self.budget_spin.setValue(FewShotConfig().seconds / 60)  # the few-shot recipe's minute
         self.update_estimate()
 
     def _preset_changed(self, name: str) -> None:
         self.iterations_spin.setValue(PRESETS[name][1].iterations)
         self.update_estimate()
 
-    def _estimate_setting(self) -> tuple | None:
+    def _base_bundle(self) -> ModelBundle | None:
+        """The model the chosen "start from" names (None: a new network)."""
         start = self.start_combo.currentText()
-        base = {START_SESSION: self.session.bundle, START_FILE: self.start_bundle}.get(start)
+        if start == START_BUILTIN and self.builtin_bundle is None:
+            self.builtin_bundle = load_model(builtin.path(BUILTIN_MODEL))
+        return {START_SESSION: self.session.bundle, START_FILE: self.start_bundle,
+                START_BUILTIN: self.builtin_bundle}.get(start)
+
+    def _estimate_setting(self) -> tuple | None:
+        base = self._base_bundle()
         net_config, config = PRESETS[self.preset_combo.currentText()]
         if base is not None:
             net_config = base.net.config

@@ -8,6 +8,11 @@ stays responsive. When every tile is in, the stitched probability map is post-pr
 worker too), so cells cut by tile borders come out whole, and the result is redrawn band by band, one band per
 turn of the event loop; the probability map is kept, so the post-processing can be retuned without
 running the network again.
+
+Object size: a model with an object diameter (the built-in `nuclei`) sees the image rescaled by model diameter /
+object diameter (the dock's "object diameter": a value, or auto, estimated in a worker before the tiles start);
+the layers keep the image's size (`jobs.segment.stream_tiles`). A new dock puts the built-in model in the session
+when it has none, so Segment works right after an image is opened.
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
 
 from napari_unet.device import available_devices, describe_device, select_device
-from napari_unet.jobs.segment import TileUpdate, postprocess_planes, stream_tiles
+from napari_unet.jobs.segment import TileUpdate, postprocess_planes, stream_tiles, uncertainty_planes
+from napari_unet.jobs.segment import Planes
+from napari_unet.modelfile import ModelBundle, load_model
 from napari_unet.postprocess import PostprocessConfig
+from napari_unet.scale import scale_postprocess, scaled_shape
 from napari_unet.tiling import auto_stride, tile_grid
 
 from ._channels import ChannelFields
@@ -39,6 +47,7 @@ from ._workers import alive, generator_worker, start_worker
 REFRESH_MS = 100  # at most ~10 whole-layer refreshes per second while tiles stream in
 REFRESH_BUDGET = 8  # ...and at least 8x the time a refresh takes between two (large layers redraw slowly)
 RETUNE_MS = 250  # post-processing reruns this long after the last change of its controls
+DEFAULT_MODEL = "nuclei"  # the built-in model a new session starts with
 
 
 class SegmentWidget(QWidget):
@@ -51,11 +60,17 @@ class SegmentWidget(QWidget):
     segmented = Signal(object)
     stopped = Signal()
 
-    def __init__(self, napari_viewer: Any, session: Session | None = None):
+    def __init__(self, napari_viewer: Any, session: Session | None = None, default_model: str | None = DEFAULT_MODEL):
+        """default_model: the built-in model put in the session when it has none yet (None: none)."""
         super().__init__()
         self.viewer = napari_viewer
         self.session = session or session_for(napari_viewer)
+        if default_model is not None and self.session.bundle is None:
+            self.session.use_builtin(default_model)
         self.worker: Any = None
+        self.factor = 1.0  # the image was resized by this before the network (model / object diameter)
+        self._source: tuple | None = None  # (bundle, layer, stack, device) of the last run, for its uncertainty
+        self.estimated_diameter: float | None = None  # the last "auto" estimate (None: no object found)
         self.labels_layer: Any = None
         self.probs_layer: Any = None
         self.probs_fg: np.ndarray | None = None  # (..., H, W) float32, kept for retuning
@@ -75,7 +90,13 @@ class SegmentWidget(QWidget):
                               tooltip="Output tile side in pixels; 'auto' picks the largest that fits in memory")
         self.device_combo = choice(available_devices())
         self.channel_fields = ChannelFields()
+        self.diameter_spin = spin(0.0, 1000.0, 0.0, decimals=1, special="auto", suffix=" px")
+        self.diameter_label = wrapped_label()
         self.probs_check = check("also show the probability map")
+        self.uncertainty_check = check("also show the uncertainty (4x the time)", tooltip=(
+            "After segmenting, an 'uncertainty' layer: how much the model's answers disagree when the image is "
+            "flipped (bright: unsure; annotate there, see Fine-tune's 'Suggest where to annotate')"))
+        self.uncertainty_layer: Any = None
         self.threshold_spin = spin(0.0, 1.0, 0.0, step=0.05, decimals=2)
         self.grow_spin = spin(0.0, 1.0, 0.0, step=0.05, decimals=2, tooltip=(
             "Objects grow into the neighbouring pixels whose probability is above this value (cells come out at "
@@ -93,7 +114,9 @@ class SegmentWidget(QWidget):
             self,
             form(("image", self.image_combo), ("model", self.model_label), ("", self.load_button),
                  ("channels", self.channel_fields.edit), ("", self.channel_fields.grey),
-                 ("tile size", self.tile_spin), ("device", self.device_combo), ("", self.probs_check),
+                 ("tile size", self.tile_spin), ("device", self.device_combo),
+                 ("object diameter", self.diameter_spin), ("", self.diameter_label), ("", self.probs_check),
+                 ("", self.uncertainty_check),
                  ("threshold", self.threshold_spin), ("grow to p >", self.grow_spin),
                  ("min. size (px)", self.min_size_spin), ("", self.split_check)),
             row(self.run_button, self.cancel_button), self.progress, self.status, None,
@@ -122,6 +145,10 @@ class SegmentWidget(QWidget):
         """Load a model folder into the session; problems become notifications."""
         return self.session.load_model(path)
 
+    def diameter(self) -> float | str:
+        """The dock's object diameter: "auto" or pixels."""
+        return float(self.diameter_spin.value()) or "auto"
+
     def postprocess_config(self) -> PostprocessConfig:
         """The model's post-processing with the threshold, growth, minimum size and watershed choice of the dock."""
         base = self.session.bundle.postprocess if self.session.bundle is not None else PostprocessConfig()
@@ -148,10 +175,51 @@ class SegmentWidget(QWidget):
             stack = plane_stack(layer, bundle.net.config.in_channels, self.viewer.layers,
                                 self.channel_fields.choice())
             device = select_device(self.device_combo.currentText())
+            diameter = self.diameter() if bundle.object_diameter is not None else None
+            factor = bundle.scale_factor(stack.plane(stack.planes[0]), diameter) if diameter != "auto" else None
         except (LayerProblem, ValueError) as error:
             show_error(str(error))
             return None
+        if factor is not None:
+            return self._start_tiles(bundle, layer, stack, device, factor)
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.cancelled = False
+        self.session.segmenting = True
+        self.status.setText("Estimating the object diameter…")
+        self.worker = create_worker(bundle.estimate_diameter, stack.plane(stack.planes[0]), device=device,
+                                    _ignore_errors=True, _start_thread=False)
+        self.worker.returned.connect(
+            lambda estimate: alive(self) and self._estimated(bundle, layer, stack, device, estimate))
+        self.worker.errored.connect(self._estimate_failed)
+        start_worker(self.worker, self)
+        return self.worker
+
+    def _estimated(self, bundle: ModelBundle, layer: Any, stack: Planes, device: Any, estimate: float | None) -> None:
+        self._estimate_ended()
+        self.estimated_diameter = estimate
+        if self.cancelled:
+            self.status.setText("Cancelled before the first tile")
+            self.stopped.emit()
+            return
+        self._start_tiles(bundle, layer, stack, device, 1.0 if estimate is None else bundle.object_diameter / estimate)
+
+    def _estimate_failed(self, error: Exception) -> None:
+        self._estimate_ended()
+        self._failed(error)
+
+    def _estimate_ended(self) -> None:
+        self.worker = None
+        self.session.segmenting = False
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def _start_tiles(self, bundle: ModelBundle, layer: Any, stack: Any, device: Any, factor: float) -> Any:
+        """Create the result layers and stream the tiles of the image resized by `factor` into them."""
         stride = self.tile_spin.value() or auto_stride(bundle.net, device)
+        self.factor = factor
+        self._source = (bundle, layer, stack, device)
+        self.diameter_label.setText(self._describe_scale(bundle))
 
         self.planes = stack.planes
         self.probs_fg = np.zeros(stack.output_shape(), dtype=np.float32)
@@ -168,15 +236,15 @@ class SegmentWidget(QWidget):
         self.tiles_written = self.layer_refreshes = 0
         self.cancelled = self.finished_run = self.labels_stale = False
         self._postprocess_runs += 1
-        config = self.postprocess_config()
-        total = len(tile_grid(bundle.net, stack.shape, stride)) * len(self.planes)
+        config = scale_postprocess(self.postprocess_config(), 1.0 / factor)
+        total = len(tile_grid(bundle.net, scaled_shape(stack.shape, factor), stride)) * len(self.planes)
         self.progress.setRange(0, total)
         self.progress.setValue(0)
         self.status.setText(f"{total} tile(s) of {stride} px on {describe_device(device)}")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.session.segmenting = True
-        self.worker = generator_worker(stream_tiles(bundle, stack, stride, device, config),
+        self.worker = generator_worker(stream_tiles(bundle, stack, stride, device, config, factor),
                                        _progress={"total": total, "desc": "U-Net: segmenting"})
         self.worker.yielded.connect(self._write_tile)
         self.worker.errored.connect(self._failed)
@@ -260,7 +328,7 @@ class SegmentWidget(QWidget):
         self._postprocess_runs += 1
         run = self._postprocess_runs
         worker = create_worker(
-            postprocess_planes, self.probs_fg, self.planes, self.postprocess_config(),
+            postprocess_planes, self.probs_fg, self.planes, scale_postprocess(self.postprocess_config(), 1 / self.factor),
             _ignore_errors=True, _start_thread=False,
         )
         worker.returned.connect(lambda labels: alive(self) and self._set_final_labels(labels, run))
@@ -284,6 +352,29 @@ class SegmentWidget(QWidget):
         if self._shown(self.labels_layer):
             refresh_thumbnail(self.labels_layer)
         self.status.setText(f"Done: {count} object(s). The post-processing can be retuned now (no new prediction).")
+        if self.uncertainty_check.isChecked() and self._source is not None:
+            self._start_uncertainty()
+        else:
+            self.segmented.emit(self.labels)
+
+    def _start_uncertainty(self) -> Any:
+        """Compute the uncertainty layer of the image just segmented, in a worker; `segmented` follows it."""
+        bundle, layer, stack, device = self._source
+        self._source = None  # once per run, not after each retune
+        self.status.setText(self.status.text() + " Computing the uncertainty…")
+        worker = create_worker(uncertainty_planes, bundle, stack, self.factor, device, _ignore_errors=True,
+                               _start_thread=False)
+        worker.returned.connect(lambda values: alive(self) and self._show_uncertainty(layer, stack, values))
+        worker.errored.connect(self._failed)
+        start_worker(worker, self)
+        return worker
+
+    def _show_uncertainty(self, layer: Any, stack: Any, values: np.ndarray) -> None:
+        self.uncertainty_layer = self.viewer.add_image(
+            values, name=f"{layer.name} uncertainty", colormap="inferno", contrast_limits=(0.0, 1.0),
+            blending="additive", scale=stack.spatial(layer.scale), translate=stack.spatial(layer.translate),
+        )
+        self.status.setText(self.status.text().replace(" Computing the uncertainty…", " Uncertainty shown."))
         self.segmented.emit(self.labels)
 
     def _aborted(self) -> None:
@@ -298,6 +389,12 @@ class SegmentWidget(QWidget):
             return
         self.model_label.setText(self.session.describe_model())
         bundle = self.session.bundle
+        has_size = bundle is not None and bundle.object_diameter is not None
+        self.diameter_spin.setEnabled(has_size)
+        self.diameter_spin.setToolTip(
+            f"Diameter of the objects in the image: it is resized by {bundle.object_diameter:g} px (the model's) / "
+            "this before the network, results come back at its size; auto: estimated on the image" if has_size
+            else "This model has no object diameter: images are segmented at their own scale")
         if bundle is not None:
             self.channel_fields.show(bundle.channels)  # the channels the model was trained on
             for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):
@@ -309,6 +406,17 @@ class SegmentWidget(QWidget):
             self.split_check.setChecked(bundle.postprocess.watershed)
             for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):
                 widget.blockSignals(False)
+
+    def _describe_scale(self, bundle: ModelBundle) -> str:
+        """The status line of the object size: what it was, how it was found, how the image was rescaled."""
+        if bundle.object_diameter is None:
+            return ""
+        if self.diameter() == "auto" and self.estimated_diameter is None:
+            return "no objects found to estimate their size: segmented at the image's scale"
+        used = bundle.object_diameter / self.factor
+        how = "estimated" if self.diameter() == "auto" else "given"
+        rescale = f"image rescaled x{self.factor:.2f}" if abs(self.factor - 1) > 1e-9 else "not rescaled"
+        return f"objects ~{used:.1f} px ({how}); {rescale} to the model's {bundle.object_diameter:g} px"
 
     def _ask_model_folder(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")

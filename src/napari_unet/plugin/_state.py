@@ -15,6 +15,7 @@ from napari.utils.notifications import show_error
 from psygnal import Signal
 
 from napari_unet.augment import AugmentConfig
+from napari_unet.builtin import BUILTIN_DIR
 from napari_unet.modelfile import ModelBundle, load_model
 
 
@@ -55,6 +56,15 @@ class Session:
         self.set_model(bundle, path)
         return True
 
+    def use_builtin(self, name: str) -> bool:
+        """Make the built-in model `name` the session's model; False (and no change) when it is not installed."""
+        from napari_unet.builtin import names, path
+
+        if name not in names():
+            return False
+        self.set_model(load_model(path(name)), path(name))
+        return True
+
     def describe_model(self) -> str:
         """One line for the docks: 'depth 4, 16 channels, 400 iterations (autosave/cells-...)'."""
         if self.bundle is None:
@@ -67,6 +77,10 @@ class Session:
         if iterations:
             parts.append(f"{iterations} iterations")
         where = f" ({self.model_path.name})" if self.model_path is not None else " (not saved)"
+        if self.model_path is not None and self.model_path.parent == BUILTIN_DIR:
+            where = f" (built-in: {self.model_path.name})"
+        if self.bundle.object_diameter is not None:
+            parts.append(f"objects {self.bundle.object_diameter:g} px")
         return ", ".join(parts) + where
 
 

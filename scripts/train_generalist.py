@@ -1,0 +1,157 @@
+"""Train the built-in generalist nuclei model (`nuclei`) from the CC0 data in ../shared/data.
+
+    .venv/bin/python scripts/train_generalist.py --out runs/nuclei --time-budget 4800
+
+Data (see ../shared/data/README.md; all CC0):
+- DSB 2018 fluorescence `dsb2018-fluo/pretrain` (341 images; Caicedo et al., Nature Methods 2019),
+- BBBC039 `bbbc039/train` (150 U2OS Hoechst images; Caicedo et al., Cytometry A 2019; Ljosa et al., Nature
+  Methods 2012), less `--hold-out` images kept unseen for the benchmarks.
+`dsb2018-fluo/train` is never trained on: it is the model's validation set (a few of its images are used for
+the validation score printed during training, and benchmarks/bench_generalist.py scores all of it).
+
+Every image is rescaled so that its median nucleus diameter (equivalent diameter of the labelled objects)
+becomes the model's `--diameter`; scale augmentation (zoom in `--zoom`) teaches the network a range around it.
+At inference `napari_unet` rescales an image by (model diameter / object diameter) before the network.
+The run is resumable (`--resume`): kill it and start it again with the same arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_unet.augment import AugmentConfig
+from napari_unet.model import UNet, UNetConfig
+from napari_unet.modelfile import load_model, save_model
+from napari_unet.pipeline import read_training_pair
+from napari_unet.scale import median_diameter, rescale_image, rescale_labels
+from napari_unet.training import Sample, TrainConfig, Trainer
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TRAIN_SETS = ("dsb2018-fluo/pretrain", "bbbc039/train")
+VALIDATION_SET = "dsb2018-fluo/train"
+
+
+def image_pairs(data: Path, name: str) -> list[tuple[Path, Path]]:
+    images = sorted((data / name / "images").glob("*.png"))
+    if not images:
+        sys.exit(f"no images in {data / name / 'images'}: this script needs ../shared/data (see its README)")
+    return [(path, data / name / "labels" / path.name) for path in images]
+
+
+def held_out(pairs: list[tuple[Path, Path]], count: int, seed: int) -> set[str]:
+    order = np.random.default_rng(seed).permutation(len(pairs))[:count]
+    return {pairs[i][0].name for i in order}
+
+
+def load_sample(image_path: Path, labels_path: Path, diameter: float) -> tuple[Sample, float] | None:
+    """The image normalised and rescaled so its nuclei are `diameter` px across, with its factor; None when the
+    image has no labelled nucleus (its size is unknown)."""
+    image, labels, _ = read_training_pair(image_path, labels_path)
+    if image.ndim == 3:  # RGBA PNG with R = G = B
+        image = image[:3].mean(axis=0)
+    if not labels.any():
+        return None
+    factor = diameter / median_diameter(labels)
+    return Sample(rescale_image(image, factor), rescale_labels(labels, factor)), factor
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="model folder to write (checkpointed)")
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--time-budget", type=float, default=4800.0, help="seconds of training steps")
+    parser.add_argument("--diameter", type=float, default=20.0, help="nucleus diameter the network sees (px)")
+    parser.add_argument("--zoom", type=float, nargs=2, default=(0.67, 1.5), help="scale augmentation range")
+    parser.add_argument("--depth", type=int, default=5)
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--tile-size", type=int, default=380)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--w0", type=float, default=20.0)
+    parser.add_argument("--sigma", type=float, default=5.0)
+    parser.add_argument("--hold-out", type=int, default=10, help="BBBC039 images kept out of training")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    started = time.time()
+    bbbc = image_pairs(args.data, "bbbc039/train")
+    kept_out = held_out(bbbc, args.hold_out, args.seed)
+    pairs = [p for p in image_pairs(args.data, "dsb2018-fluo/pretrain")] + [p for p in bbbc if p[0].name not in kept_out]
+    loaded = [(pair, load_sample(*pair, args.diameter)) for pair in pairs]
+    skipped = [pair[0].name for pair, result in loaded if result is None]
+    pairs = [pair for pair, result in loaded if result is not None]
+    samples = [result[0] for _, result in loaded if result is not None]
+    factors = [result[1] for _, result in loaded if result is not None]
+    validation_pairs = image_pairs(args.data, VALIDATION_SET)[::12]
+    validation = [result[0] for result in (load_sample(*pair, args.diameter) for pair in validation_pairs) if result]
+    print(f"{len(samples)} training images ({len(skipped)} without nuclei skipped) (rescale factors {min(factors):.2f}..{max(factors):.2f}), "
+          f"{len(validation)} validation images, loaded in {time.time() - started:.0f} s", flush=True)
+
+    augment = AugmentConfig(scale=tuple(args.zoom), scale_p=1.0)
+    config = TrainConfig(
+        iterations=10**6, learning_rate=args.learning_rate, schedule="cosine", tile_size=args.tile_size,
+        batch_size=args.batch_size, w0=args.w0, sigma=args.sigma, augment=augment, validate_every=2000,
+        checkpoint_every=250, seed=args.seed, time_budget=args.time_budget,
+    )
+    if args.resume and (args.out / "training_state.pt").is_file():
+        trainer = Trainer.resume(args.out, samples, validation, device="cpu", time_budget=args.time_budget)
+    else:
+        net = UNet(UNetConfig(depth=args.depth, base_channels=args.base_channels, dropout=0.0))
+        trainer = Trainer(net, config, samples, validation, device="cpu", checkpoint=args.out,
+                          object_diameter=args.diameter)
+    last_print = 0.0
+    for event in trainer.run():
+        if event.kind == "validation" or time.time() - last_print > 60:
+            last_print = time.time()
+            score = f" val IoU {event.val_score:.3f}" if event.val_score is not None else ""
+            print(f"{event.kind} {event.iteration} loss {event.loss:.4f} lr {event.learning_rate:.2e} "
+                  f"{event.elapsed:.0f} s{score}", flush=True)
+
+    bundle = load_model(args.out)
+    bundle.object_diameter = args.diameter
+    bundle.metadata.update({
+        "name": "nuclei",
+        "description": "Generalist nuclei model for fluorescence images (bright nuclei on a dark background).",
+        "license": "BSD-3-Clause (weights); trained only on CC0 data",
+        "training_data": {
+            "dsb2018-fluo/pretrain": [p[0].name for p in pairs if "dsb2018" in str(p[0])],
+            "bbbc039/train": [p[0].name for p in pairs if "bbbc039" in str(p[0])],
+            "held_out_bbbc039": sorted(kept_out),
+            "skipped_without_nuclei": skipped,
+            "never_trained_on": VALIDATION_SET,
+        },
+        "citations": [
+            "Ronneberger, Fischer, Brox. U-Net. MICCAI 2015.",
+            "Caicedo et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
+            "Nature Methods 16:1247 (2019). CC0.",
+            "Caicedo et al. Evaluation of deep learning strategies for nucleus segmentation in fluorescence "
+            "images. Cytometry A 95:952 (2019). BBBC039v1, CC0.",
+            "Ljosa, Sokolnicki, Carpenter. Annotated high-throughput microscopy image sets for validation. "
+            "Nature Methods 9:637 (2012).",
+        ],
+        "command": "python scripts/train_generalist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+                    f"{args.threads} torch threads, device cpu",
+        "wall_seconds": round(time.time() - started),
+    })
+    save_model(args.out, bundle)
+    (args.out / "training_log.json").write_text(json.dumps({"iterations": trainer.iteration,
+                                                            "elapsed": trainer.elapsed}, indent=2))
+    print(f"saved {args.out}: {trainer.iteration} steps, {trainer.elapsed:.0f} s of training", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""Where to annotate next: the model's uncertainty and the regions whose annotation should help most.
+
+The uncertainty of a pixel is the disagreement of test-time augmentations: the standard deviation of the
+foreground probability over the flips and 90-degree rotations of the image (scaled to [0, 1]: a pixel that
+half of the transforms call foreground with certainty and half background scores 1). A network that is sure of
+a pixel answers the same in every orientation; where it has not learnt what it sees, answers scatter.
+`suggest_regions` picks the boxes of highest total uncertainty, away from what is already annotated.
+
+>>> y, x = np.indices((100, 100))
+>>> uncertainty = np.exp(-((y - 65) ** 2 + (x - 25) ** 2) / 50)  # one uncertain spot at (65, 25)
+>>> suggest_regions(uncertainty, count=1, size=20)
+[(55, 15, 75, 35)]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy import ndimage
+from skimage.transform import resize
+
+from .modelfile import ModelBundle
+from .tiling import dihedral_transforms, transform, untransform
+from .scale import rescale_image
+from .tiling import predict_tiled
+
+
+def tta_uncertainty(
+    bundle: ModelBundle, image: np.ndarray, *, factor: float = 1.0, transforms: int = 8,
+    device: str | torch.device = "auto", tile_size: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground probability averaged over the transforms, uncertainty), both (H, W) float32 at the image's size.
+
+    image: raw (H, W) or (C, H, W); factor: the image is rescaled by it before the network (the model's object
+    diameter over the image's, see `napari_unet.scale`); transforms: 4 (flips) or 8 (flips and rotations).
+    """
+    if transforms not in (4, 8):
+        raise ValueError(f"transforms must be 4 (flips) or 8 (flips and rotations), got {transforms}")
+    image = np.asarray(image)
+    channels_first = image[None] if image.ndim == 2 else image
+    normalised = bundle.preprocessor(channels_first, "CYX")(np.asarray(channels_first, dtype=np.float32))
+    normalised = rescale_image(normalised, factor)
+    chosen = [(k, flip) for k, flip in dihedral_transforms() if transforms == 8 or k in (0, 2)]
+    probs = np.stack([
+        untransform(predict_tiled(bundle.net, np.ascontiguousarray(transform(normalised, k, flip)), tile_size,
+                                  device=device)[1], k, flip)
+        for k, flip in chosen
+    ])
+    mean, spread = probs.mean(axis=0), 2.0 * probs.std(axis=0)
+    if factor != 1.0:
+        shape = image.shape[-2:]
+        mean = resize(mean, shape, order=1, preserve_range=True)
+        spread = resize(spread, shape, order=1, preserve_range=True)
+    return mean.astype(np.float32), np.clip(spread, 0.0, 1.0).astype(np.float32)
+
+
+def suggest_regions(
+    uncertainty: np.ndarray, count: int = 5, size: int = 64, annotated: np.ndarray | None = None,
+) -> list[tuple[int, int, int, int]]:
+    """Up to `count` square boxes (y0, x0, y1, x1) of side `size` with the highest total uncertainty, not
+    overlapping each other nor the `annotated` (H, W) bool region; best first. Boxes lie inside the image."""
+    uncertainty = np.asarray(uncertainty, dtype=np.float64)
+    if uncertainty.ndim != 2:
+        raise ValueError(f"uncertainty must be a 2-D (H, W) map, got shape {uncertainty.shape}")
+    if count < 1 or size < 1:
+        raise ValueError(f"count and size must be >= 1, got {count} and {size}")
+    height, width = uncertainty.shape
+    size = min(size, height, width)
+    score = ndimage.uniform_filter(uncertainty, size, mode="constant")  # mean over the box centred on each pixel
+    half = size // 2
+    valid = np.zeros(score.shape, bool)  # centres whose box lies inside the image
+    valid[half : height - (size - half) + 1, half : width - (size - half) + 1] = True
+    if annotated is not None:  # centres whose box would touch the annotated region
+        valid &= ndimage.maximum_filter(np.asarray(annotated, bool), size, mode="constant") == 0
+    boxes: list[tuple[int, int, int, int]] = []
+    score = np.where(valid, score, -np.inf)
+    while len(boxes) < count and np.isfinite(score.max()) and score.max() > 0:
+        cy, cx = np.unravel_index(int(np.argmax(score)), score.shape)
+        y0, x0 = int(cy) - half, int(cx) - half
+        boxes.append((y0, x0, y0 + size, x0 + size))
+        score[max(y0 - size + half + 1, 0) : y0 + size + half, max(x0 - size + half + 1, 0) : x0 + size + half] = -np.inf
+    return boxes

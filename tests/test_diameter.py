@@ -1,0 +1,156 @@
+"""Object size in a model: rescaling before the network, results back at the image's size, "auto" estimation.
+
+The network here is a hand-set U-Net of depth 1 that thresholds the normalised image at 0.5 (fg = sigmoid(
+40 (x - 0.5))), so the tests know exactly what it segments: bright disks.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.metrics import instance_scores
+from napari_unet.model import UNet
+from napari_unet.modelfile import ModelBundle, check_rescalable, load_model, save_model
+from napari_unet.postprocess import PostprocessConfig
+from napari_unet.scale import busiest_window, median_diameter, resize_probs, scale_postprocess
+
+
+def threshold_net() -> UNet:
+    net = UNet(depth=1, base_channels=1, dropout=0.0)
+    with torch.no_grad():
+        for conv in (m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)):
+            conv.weight.zero_()
+            conv.weight[0, 0, 1, 1] = 1.0
+            conv.bias.zero_()
+        net.head.weight.copy_(torch.tensor([[[[0.0]]], [[[40.0]]]]))
+        net.head.bias.copy_(torch.tensor([0.0, -20.0]))
+    return net
+
+
+def disks(shape, radius, spacing, offset=0) -> np.ndarray:
+    """Disks of `radius` on a grid of `spacing`, as instance labels."""
+    yy, xx = np.indices(shape)
+    labels = np.zeros(shape, np.int32)
+    centres = [(y, x) for y in range(spacing // 2 + offset, shape[0] - radius, spacing)
+               for x in range(spacing // 2 + offset, shape[1] - radius, spacing)]
+    for i, (y, x) in enumerate(centres, 1):
+        labels[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = i
+    return labels
+
+
+def bundle(diameter: float | None = 20.0) -> ModelBundle:
+    return ModelBundle(threshold_net(), postprocess=PostprocessConfig(min_size=4), object_diameter=diameter)
+
+
+@pytest.mark.parametrize("radius", [6, 20])
+def test_auto_estimates_the_median_diameter_of_the_objects(radius):
+    truth = disks((300, 300), radius, 4 * radius)
+    image = (truth > 0).astype(np.float32) * 200 + 10
+    estimate = bundle().estimate_diameter(image, device="cpu")
+    assert estimate == pytest.approx(median_diameter(truth), rel=0.15)
+
+
+def test_estimate_is_none_without_objects_and_auto_then_keeps_the_scale():
+    image = np.full((120, 120), 5.0, np.float32)
+    model = bundle()
+    assert model.estimate_diameter(image, device="cpu") is None
+    assert model.scale_factor(image, "auto", device="cpu") == 1.0
+
+
+@pytest.mark.parametrize("diameter", [10.0, 40.0, "auto"])
+def test_rescaled_segmentation_comes_back_at_the_image_size_with_the_same_objects(diameter):
+    truth = disks((200, 230), 12, 50)
+    image = (truth > 0).astype(np.float32) * 100
+    labels = bundle().segment(image, diameter=diameter, device="cpu")
+    assert labels.shape == image.shape and labels.dtype == np.int32
+    scores = instance_scores(labels, truth)
+    assert scores["ap50"] == 1.0 and scores["map"] > 0.8
+
+
+def test_predict_with_a_diameter_resizes_probabilities_back():
+    image = (disks((96, 120), 8, 32) > 0).astype(np.float32)
+    probs = bundle().predict(image, diameter=40, device="cpu")
+    assert probs.shape == (2, 96, 120)
+    np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
+    assert np.mean((probs[1] > 0.5) == (image > 0.5)) > 0.97
+
+
+def test_scale_factor_rules():
+    image = np.zeros((64, 64), np.float32)
+    assert bundle().scale_factor(image, 40.0) == 0.5
+    assert bundle().scale_factor(image, None) == 1.0
+    assert bundle(None).scale_factor(image, "auto") == 1.0
+    with pytest.raises(ValueError, match="no object diameter"):
+        bundle(None).scale_factor(image, 30.0)
+    with pytest.raises(ValueError, match="'auto' or None"):
+        bundle().scale_factor(image, "big")
+    with pytest.raises(ValueError, match="out of range.*2.5 to 160"):
+        bundle().scale_factor(image, 1.0)
+    with pytest.raises(ValueError, match="> 0"):
+        bundle().scale_factor(image, -3.0)
+
+
+def test_rescaling_a_huge_lazy_plane_is_refused_before_reading_it():
+    da = pytest.importorskip("dask.array")
+    huge = da.zeros((20000, 20000), dtype=np.uint16, chunks=1000)
+    with pytest.raises(ValueError, match="lazy.*GiB.*without rescaling"):
+        bundle().predict(huge, diameter=10.0, device="cpu")
+    check_rescalable(np.zeros((100, 100), np.float32), 8.0)  # small planes pass
+
+
+def test_object_diameter_round_trips_and_old_folders_have_none(tmp_path):
+    folder = save_model(tmp_path / "m", bundle(17.5))
+    assert json.loads((folder / "config.json").read_text())["object_diameter"] == 17.5
+    assert load_model(folder).object_diameter == 17.5
+    old = save_model(tmp_path / "old", bundle(None))
+    assert "object_diameter" not in json.loads((old / "config.json").read_text())
+    assert load_model(old).object_diameter is None
+    config = json.loads((old / "config.json").read_text())
+    config["metadata"]["object_diameter"] = 20.0  # what a training run's metadata may hold
+    (old / "config.json").write_text(json.dumps(config))
+    loaded = load_model(old)
+    assert loaded.object_diameter == 20.0 and "object_diameter" not in loaded.metadata
+    config["object_diameter"] = -1
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="invalid configuration.*object_diameter"):
+        load_model(old)
+
+
+def test_scale_postprocess_scales_lengths_and_areas():
+    config = PostprocessConfig(min_size=16, watershed_h=2.0, grow_distance=5.0, border_width=1)
+    half = scale_postprocess(config, 0.5)
+    assert (half.min_size, half.watershed_h, half.grow_distance, half.border_width) == (4, 1.0, 2.5, 1)
+    double = scale_postprocess(config, 2.0)
+    assert (double.min_size, double.watershed_h, double.grow_distance, double.border_width) == (64, 4.0, 10.0, 2)
+    assert scale_postprocess(config, 1.0) is config
+    assert scale_postprocess(PostprocessConfig(border_width=0), 3.0).border_width == 0
+
+
+def test_resize_probs_keeps_classes_and_range():
+    probs = np.random.default_rng(0).random((2, 30, 40)).astype(np.float32)
+    out = resize_probs(probs, (61, 79))
+    assert out.shape == (2, 61, 79) and out.dtype == np.float32 and 0 <= out.min() and out.max() <= 1
+    assert resize_probs(probs, (30, 40)) is probs
+
+
+def test_busiest_window_finds_the_objects():
+    image = np.zeros((300, 300), np.float32)
+    image[220:280, 10:70] = disks((60, 60), 8, 20) > 0
+    rows, cols = busiest_window(image, 100)
+    assert rows.start <= 220 and rows.stop >= 280 and cols.start <= 10 and cols.stop >= 70
+    assert busiest_window(image[:50, :60], 100) == (slice(0, 50), slice(0, 60))
+
+
+def test_a_lazy_plane_small_enough_is_rescaled_like_the_same_array_in_memory():
+    da = pytest.importorskip("dask.array")
+    truth = disks((180, 200), 12, 50)
+    image = (truth > 0).astype(np.float32) * 100
+    lazy = da.from_array(image, chunks=64)
+    model = bundle()
+    np.testing.assert_array_equal(model.segment(lazy, diameter=40.0, device="cpu"),
+                                  model.segment(image, diameter=40.0, device="cpu"))
+    assert model.estimate_diameter(lazy, device="cpu") == model.estimate_diameter(image, device="cpu")
