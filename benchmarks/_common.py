@@ -30,8 +30,12 @@ def seconds(function: Callable[[], Any], repeats: int) -> tuple[float, list[floa
 
 def machine(load: float) -> dict[str, Any]:
     """The facts every result records: the 1-minute load average before the run, CPUs, versions."""
-    return {"load_average_before": load, "cpus": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__}
+    return {
+        "load_average_before": load,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
 
 
 def write_results(path: Path, result: dict[str, Any]) -> None:

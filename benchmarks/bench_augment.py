@@ -23,17 +23,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import write_results  # benchmarks/ is on sys.path when run as a script
 from scipy import ndimage
 
 from napari_unet.augment import AugmentConfig, augment, elastic_displacement
 
-from _common import write_results  # benchmarks/ is on sys.path when run as a script
-
 RESULTS = Path(__file__).resolve().parent / "results" / "augment.json"
 SHAPE = (572, 572)
 ELASTIC_ONLY = dataclasses.replace(AugmentConfig.identity(), elastic_p=1.0)
-EVERYTHING = AugmentConfig(elastic_p=1.0, rotation_p=1.0, shift_p=1.0, flip_p=0.5,
-                           contrast_p=1.0, brightness_p=1.0, gamma_p=1.0)
+EVERYTHING = AugmentConfig(
+    elastic_p=1.0, rotation_p=1.0, shift_p=1.0, flip_p=0.5, contrast_p=1.0, brightness_p=1.0, gamma_p=1.0
+)
 
 
 def reference(name: str):
@@ -43,11 +43,13 @@ def reference(name: str):
     except ImportError:
         elasticdeform = None
     if name == "elasticdeform" and elasticdeform is not None:
+
         def deform(image, target, weights, rng):
             np.random.seed(int(rng.integers(2**31)))  # elasticdeform draws from numpy's global generator
             return elasticdeform.deform_random_grid(
                 [image, target, weights], sigma=10.0, points=3, order=[3, 0, 0], mode="mirror"
             )
+
         return deform, f"elasticdeform {importlib.metadata.version('elasticdeform')} deform_random_grid"
 
     def map_coordinates(image, target, weights, rng):
@@ -57,6 +59,7 @@ def reference(name: str):
             ndimage.map_coordinates(target, coordinates, order=0, mode="mirror"),
             ndimage.map_coordinates(weights, coordinates, order=0, mode="mirror"),
         )
+
     missing = " (elasticdeform not importable)" if name == "elasticdeform" else ""
     return map_coordinates, f"scipy.ndimage.map_coordinates{missing}"
 
@@ -109,13 +112,19 @@ def main() -> None:
         "numpy": np.__version__,
     }
     write_results(RESULTS, result)
-    print(f"augmentation per {SHAPE[0]}x{SHAPE[1]} sample (image + target + weights), median of {repeats}, "
-          f"load average {load:.2f} -> {result['load_average_after']:.2f}, torch threads {torch.get_num_threads()}")
+    print(
+        f"augmentation per {SHAPE[0]}x{SHAPE[1]} sample (image + target + weights), median of {repeats}, "
+        f"load average {load:.2f} -> {result['load_average_after']:.2f}, torch threads {torch.get_num_threads()}"
+    )
     print(f"  reference ({reference_name}, elastic only): {medians['reference'] * 1e3:7.1f} ms")
-    print(f"  augment, elastic only                  : {medians['augment_elastic_only'] * 1e3:7.1f} ms "
-          f"({result['speedup_elastic_only']:.1f}x, goal >= 3x)")
-    print(f"  augment, elastic+rotation+shift+flip+gray: {medians['augment_everything'] * 1e3:7.1f} ms "
-          f"({result['speedup_everything']:.1f}x)")
+    print(
+        f"  augment, elastic only                  : {medians['augment_elastic_only'] * 1e3:7.1f} ms "
+        f"({result['speedup_elastic_only']:.1f}x, goal >= 3x)"
+    )
+    print(
+        f"  augment, elastic+rotation+shift+flip+gray: {medians['augment_everything'] * 1e3:7.1f} ms "
+        f"({result['speedup_everything']:.1f}x)"
+    )
     print(f"  -> {RESULTS}")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 from skimage.transform import resize
 
 from napari_unet.io import read_image, read_labels
@@ -32,8 +33,6 @@ from napari_unet.metrics import instance_scores
 from napari_unet.modelfile import load_model
 from napari_unet.postprocess import probs_to_labels
 from napari_unet.scale import median_diameter, resize_probs, scale_postprocess
-
-from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -76,12 +75,22 @@ def main(argv: list[str] | None = None) -> int:
         image, truth = grey(path), read_labels(folder / "labels" / path.name)
         true_d = median_diameter(truth)
         factor = bundle.object_diameter / true_d
-        small = resize(image, tuple(max(1, round(n * factor)) for n in image.shape), order=1,
-                       anti_aliasing=factor < 1, preserve_range=True).astype(np.float32)
+        small = resize(
+            image,
+            tuple(max(1, round(n * factor)) for n in image.shape),
+            order=1,
+            anti_aliasing=factor < 1,
+            preserve_range=True,
+        ).astype(np.float32)
         probs = bundle.predict(small, diameter=None, device="cpu")
         a = probs_to_labels(resize_probs(probs, image.shape)[1], scale_postprocess(bundle.postprocess, 1 / factor))
-        b = resize(probs_to_labels(probs[1], bundle.postprocess), image.shape, order=0, anti_aliasing=False,
-                   preserve_range=True).astype(np.int32)
+        b = resize(
+            probs_to_labels(probs[1], bundle.postprocess),
+            image.shape,
+            order=0,
+            anti_aliasing=False,
+            preserve_range=True,
+        ).astype(np.int32)
         c = bundle.segment(image, diameter=None, device="cpu")
         started = time.perf_counter()
         estimate = bundle.estimate_diameter(image, device="cpu")
@@ -89,12 +98,21 @@ def main(argv: list[str] | None = None) -> int:
         auto = bundle.segment(image, diameter=estimate, device="cpu") if estimate is not None else c
         for key, labels in zip(by, (a, b, c, auto)):
             by[key].append(instance_scores(labels, truth))
-        rows.append({"image": path.name, "shape": list(image.shape), "true_diameter": round(true_d, 2),
-                     "estimate": None if estimate is None else round(estimate, 2),
-                     "estimate_seconds": round(estimate_s, 3),
-                     **{f"ap50_{key}": round(by[key][-1]["ap50"], 4) for key in by}})
-        print(f"{path.name[:12]} {image.shape} true {true_d:5.1f} est {estimate or float('nan'):5.1f}  "
-              + "  ".join(f"{key} {by[key][-1]['ap50']:.3f}" for key in by), flush=True)
+        rows.append(
+            {
+                "image": path.name,
+                "shape": list(image.shape),
+                "true_diameter": round(true_d, 2),
+                "estimate": None if estimate is None else round(estimate, 2),
+                "estimate_seconds": round(estimate_s, 3),
+                **{f"ap50_{key}": round(by[key][-1]["ap50"], 4) for key in by},
+            }
+        )
+        print(
+            f"{path.name[:12]} {image.shape} true {true_d:5.1f} est {estimate or float('nan'):5.1f}  "
+            + "  ".join(f"{key} {by[key][-1]['ap50']:.3f}" for key in by),
+            flush=True,
+        )
 
     errors = np.array([abs(r["estimate"] / r["true_diameter"] - 1) if r["estimate"] else np.inf for r in rows])
     big = np.pad(grey(max(paths, key=lambda p: read_labels(folder / "labels" / p.name).size)), 512, mode="reflect")
@@ -102,15 +120,25 @@ def main(argv: list[str] | None = None) -> int:
     segment_s = seconds(lambda: bundle.segment(big, diameter=None, device="cpu"), 3)[0]
     estimate_s = seconds(lambda: bundle.estimate_diameter(big, device="cpu"), 3)[0]
     result = {
-        "model": str(args.model), "model_iterations": bundle.metadata.get("iterations"),
-        "model_diameter": bundle.object_diameter, "set": SET, "images": len(rows),
+        "model": str(args.model),
+        "model_iterations": bundle.metadata.get("iterations"),
+        "model_diameter": bundle.object_diameter,
+        "set": SET,
+        "images": len(rows),
         "methods": {key: mean_scores(scores) for key, scores in by.items()},
-        "estimate": {"median_ratio_error": round(float(np.median(errors)), 4),
-                     "within_25_percent": round(float(np.mean(errors <= 0.25)), 4),
-                     "not_found": int(np.sum(~np.isfinite(errors)))},
-        "cost_1024": {"segment_scale_1_s": round(segment_s, 3), "estimate_s": round(estimate_s, 3),
-                      "estimate_over_segment": round(estimate_s / segment_s, 3), "threads": args.threads},
-        "per_image": rows, "machine": machine(load),
+        "estimate": {
+            "median_ratio_error": round(float(np.median(errors)), 4),
+            "within_25_percent": round(float(np.mean(errors <= 0.25)), 4),
+            "not_found": int(np.sum(~np.isfinite(errors))),
+        },
+        "cost_1024": {
+            "segment_scale_1_s": round(segment_s, 3),
+            "estimate_s": round(estimate_s, 3),
+            "estimate_over_segment": round(estimate_s / segment_s, 3),
+            "threads": args.threads,
+        },
+        "per_image": rows,
+        "machine": machine(load),
     }
     name = "diameter.json"
     write_results(args.out / name, result)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import machine, write_results  # benchmarks/ is on sys.path when run as a script
 
 from napari_unet import distributed as dist
 from napari_unet.model import UNet, UNetConfig
@@ -35,8 +36,6 @@ from napari_unet.modelfile import ModelBundle
 from napari_unet.pipeline import read_input
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 from napari_unet.synthetic import make_cells
-
-from _common import machine, write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).parent / "results"
 MARGIN = 128
@@ -46,8 +45,13 @@ def write_zarr(path: Path, size: int, block: int) -> None:
     """A size x size uint16 OME-Zarr of synthetic cells, written block by block: a 1024² sample repeated, shifted
     by half a sample so that its seams (where it has no cells) do not fall on block borders."""
     sample = np.roll((make_cells((1024, 1024), seed=1)[0] * 1000).astype(np.uint16), (512, 512), axis=(0, 1))
-    array = dist.create_ome_zarr(path, (size, size), np.uint16, (block, block),
-                                 dist.ngff_attributes(path.stem, "YX", (0.65, 0.65), "micrometer", False))["0"]
+    array = dist.create_ome_zarr(
+        path,
+        (size, size),
+        np.uint16,
+        (block, block),
+        dist.ngff_attributes(path.stem, "YX", (0.65, 0.65), "micrometer", False),
+    )["0"]
     for y in range(0, size, block):
         for x in range(0, size, block):
             h, w = min(block, size - y), min(block, size - x)
@@ -71,33 +75,46 @@ def distributed_run(bundle, image_path: Path, out: Path, workers: int, block: in
     """
     shutil.rmtree(out, ignore_errors=True)
     with dist.connect(workers=workers, torch_threads=1) as client:
-        for _ in dist.segment_batch(client, bundle, [warmup], out.with_name(out.name + "_warmup"), block_size=128,
-                                    margin=MARGIN, device="cpu"):
+        for _ in dist.segment_batch(
+            client, bundle, [warmup], out.with_name(out.name + "_warmup"), block_size=128, margin=MARGIN, device="cpu"
+        ):
             pass
         start = time.perf_counter()
-        events = list(dist.segment_batch(client, bundle, [image_path], out, block_size=block, margin=MARGIN,
-                                         device="cpu", probabilities=True))
+        events = list(
+            dist.segment_batch(
+                client, bundle, [image_path], out, block_size=block, margin=MARGIN, device="cpu", probabilities=True
+            )
+        )
         elapsed = time.perf_counter() - start
         rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         builds = client.run(dist.worker_model_builds)
-    return {"seconds": elapsed, "events": len(events), "cut_objects": sum(e.cut_objects for e in events),
-            "peak_rss_bytes_per_worker": sorted(rss.values()),
-            "model_builds_per_worker": sorted(len(b) for b in builds.values()),
-            "note": "model builds include the warm-up run's (same model: still one per worker)"}
+    return {
+        "seconds": elapsed,
+        "events": len(events),
+        "cut_objects": sum(e.cut_objects for e in events),
+        "peak_rss_bytes_per_worker": sorted(rss.values()),
+        "model_builds_per_worker": sorted(len(b) for b in builds.values()),
+        "note": "model builds include the warm-up run's (same model: still one per worker)",
+    }
 
 
 def renumbering_check(labels: np.ndarray, reference: np.ndarray) -> dict:
     """Objects on both sides and pixels that differ after matching each object to the one it overlaps most."""
-    pairs, counts = np.unique(np.stack([labels.ravel().astype(np.int64), reference.ravel().astype(np.int64)]),
-                              axis=1, return_counts=True)
+    pairs, counts = np.unique(
+        np.stack([labels.ravel().astype(np.int64), reference.ravel().astype(np.int64)]), axis=1, return_counts=True
+    )
     best = {}
     for (a, b), n in zip(pairs.T.tolist(), counts.tolist()):
         if a not in best or n > best[a][1]:
             best[a] = (b, n)
     matched = sum(n for _, n in best.values())
-    return {"objects": int(len(np.unique(labels)) - 1), "reference_objects": int(reference.max()),
-            "pairs": int(pairs.shape[1]), "pixels_differing": int(labels.size - matched),
-            "equal_up_to_renumbering": bool(pairs.shape[1] == len(np.unique(pairs[0])) == len(np.unique(pairs[1])))}
+    return {
+        "objects": int(len(np.unique(labels)) - 1),
+        "reference_objects": int(reference.max()),
+        "pairs": int(pairs.shape[1]),
+        "pixels_differing": int(labels.size - matched),
+        "equal_up_to_renumbering": bool(pairs.shape[1] == len(np.unique(pairs[0])) == len(np.unique(pairs[1]))),
+    }
 
 
 def main() -> None:
@@ -147,11 +164,15 @@ def equality_and_throughput(args, work: Path, warmup: Path) -> dict:
     got_probs = zarr.open_group(str(work / "out2" / "equal_probs.ome.zarr"), mode="r")["0"][:]
     got_labels = zarr.open_group(str(work / "out2" / "equal_labels.ome.zarr"), mode="r")["0"][:]
     b = args.block
-    crossing = np.union1d(np.intersect1d(reference[b - 1 : -1 : b], reference[b::b]),
-                          np.intersect1d(reference[:, b - 1 : -1 : b], reference[:, b::b]))
+    crossing = np.union1d(
+        np.intersect1d(reference[b - 1 : -1 : b], reference[b::b]),
+        np.intersect1d(reference[:, b - 1 : -1 : b], reference[:, b::b]),
+    )
     crossing = crossing[crossing > 0]
     result["equality"] = {
-        "size": args.equal_size, "network": equal_net.to_dict(), "threshold": bundle.postprocess.threshold,
+        "size": args.equal_size,
+        "network": equal_net.to_dict(),
+        "threshold": bundle.postprocess.threshold,
         "probs_bit_equal": bool(np.array_equal(got_probs, probs)),
         "probs_max_abs_difference": float(np.abs(got_probs - probs).max()),
         "labels": renumbering_check(got_labels, reference),
@@ -159,8 +180,10 @@ def equality_and_throughput(args, work: Path, warmup: Path) -> dict:
         "cut_objects": runs[2]["cut_objects"],
     }
     result["throughput"] = {
-        "size": args.equal_size, "single_process_seconds": single,
-        "one_worker": runs[1], "two_workers": runs[2],
+        "size": args.equal_size,
+        "single_process_seconds": single,
+        "one_worker": runs[1],
+        "two_workers": runs[2],
         "two_vs_one_workers": runs[1]["seconds"] / runs[2]["seconds"],
         "two_workers_vs_single_process": single / runs[2]["seconds"],
     }
@@ -181,8 +204,12 @@ def large_image(args, work: Path, warmup: Path) -> dict:
     big_bundle = with_threshold(UNet(big_net), big_path)
     run = distributed_run(big_bundle, big_path, work / "outbig", 2, args.block, warmup)
     result = {
-        "size": args.big_size, "network": big_net.to_dict(), "workers": 2, "seconds_writing_input": written,
-        **run, "megapixels_per_second": args.big_size**2 / 1e6 / run["seconds"],
+        "size": args.big_size,
+        "network": big_net.to_dict(),
+        "workers": 2,
+        "seconds_writing_input": written,
+        **run,
+        "megapixels_per_second": args.big_size**2 / 1e6 / run["seconds"],
         "peak_rss_gb_max": max(run["peak_rss_bytes_per_worker"]) / 1e9,
         "goal_peak_rss_gb": 1.5,
     }

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import machine, write_results  # benchmarks/ is on sys.path when run as a script
 from scipy import ndimage
 
 from napari_unet.fewshot import FewShotConfig, few_shot_trainer
@@ -45,8 +46,6 @@ from napari_unet.scale import median_diameter, model_diameter
 from napari_unet.targets import mask_around_cells
 from napari_unet.training import Sample, Trainer, preset
 from napari_unet.uncertainty import suggest_regions, tta_uncertainty
-
-from _common import machine, write_results  # benchmarks/ is on sys.path when run as a script
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,8 +73,9 @@ def pick_images(data: Path, per_kind: int, min_cells: int) -> list[tuple[str, Pa
         labels = read_labels(path.parent.parent / "labels" / path.name)
         if len(np.unique(labels)) - 1 >= min_cells:
             sized.append((median_diameter(labels), path))
-    chosen["fluorescence, large nuclei"] = [(p, p.parent.parent / "labels" / p.name)
-                                            for _, p in sorted(sized, reverse=True)[:per_kind]]
+    chosen["fluorescence, large nuclei"] = [
+        (p, p.parent.parent / "labels" / p.name) for _, p in sorted(sized, reverse=True)[:per_kind]
+    ]
     return [(kind, image, labels) for kind, pairs in chosen.items() for image, labels in pairs]
 
 
@@ -89,8 +89,14 @@ def scores(pred: np.ndarray, truth: np.ndarray, looked_at: np.ndarray) -> dict[s
     outside_truth = _keep_centred_outside(truth, looked_at)
     outside_pred = _keep_centred_outside(pred, looked_at)
     elsewhere = instance_scores(outside_pred, outside_truth)
-    return {"ap50": whole["ap50"], "map": whole["map"], "elsewhere_ap50": elsewhere["ap50"],
-            "elsewhere_map": elsewhere["map"], "n_pred": whole["n_pred"], "n_true": whole["n_true"]}
+    return {
+        "ap50": whole["ap50"],
+        "map": whole["map"],
+        "elsewhere_ap50": elsewhere["ap50"],
+        "elsewhere_map": elsewhere["map"],
+        "n_pred": whole["n_pred"],
+        "n_true": whole["n_true"],
+    }
 
 
 def _keep_centred_outside(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
@@ -102,7 +108,9 @@ def _keep_centred_outside(labels: np.ndarray, region: np.ndarray) -> np.ndarray:
     return np.where(np.isin(labels, ids[inside]), 0, labels)
 
 
-def fine_tune(bundle: ModelBundle, image: np.ndarray, painted: np.ndarray, recipe: FewShotConfig) -> tuple[ModelBundle, int]:
+def fine_tune(
+    bundle: ModelBundle, image: np.ndarray, painted: np.ndarray, recipe: FewShotConfig
+) -> tuple[ModelBundle, int]:
     trainer = few_shot_trainer(bundle, image, painted, config=recipe, device="cpu")
     for _ in trainer.run():
         pass
@@ -120,7 +128,9 @@ def new_network(image: np.ndarray, painted: np.ndarray, recipe: FewShotConfig, s
     return trainer.bundle(), trainer.iteration
 
 
-def suggested_cells(bundle: ModelBundle, image: np.ndarray, truth: np.ndarray, count: int, diameter: float) -> np.ndarray:
+def suggested_cells(
+    bundle: ModelBundle, image: np.ndarray, truth: np.ndarray, count: int, diameter: float
+) -> np.ndarray:
     """The `count` nuclei a user would paint in the suggested regions: the most uncertain ones there."""
     factor = model_diameter(bundle) / diameter
     _, uncertainty = tta_uncertainty(bundle, image, factor=factor, transforms=4, device="cpu")
@@ -141,13 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", type=int, default=10)
     parser.add_argument("--per-kind", type=int, default=2)
     parser.add_argument("--no-suggest", action="store_true")
-    parser.add_argument("--only", default="zero_shot,fine_tuned,new_network,fine_tuned_suggested",
-                        help="comma-separated variants to run")
+    parser.add_argument(
+        "--only",
+        default="zero_shot,fine_tuned,new_network,fine_tuned_suggested",
+        help="comma-separated variants to run",
+    )
     parser.add_argument("--model", default="nuclei", help="the starting model (a built-in name or a folder)")
-    parser.add_argument("--steps", type=int, default=None,
-                        help="train this many steps instead of --seconds (tuning on a loaded machine)")
-    parser.add_argument("--recipe", nargs="*", default=[], metavar="FIELD=VALUE",
-                        help="FewShotConfig fields to change, e.g. learning_rate=1e-3 freeze_encoder=true")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train this many steps instead of --seconds (tuning on a loaded machine)",
+    )
+    parser.add_argument(
+        "--recipe",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="FewShotConfig fields to change, e.g. learning_rate=1e-3 freeze_encoder=true",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -173,8 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         painted = paint(truth, ids)
         diameter = median_diameter(painted)
         region = mask_around_cells(painted, FewShotConfig().margin * diameter)
-        row: dict[str, Any] = {"kind": kind, "image": image_path.name, "shape": list(truth.shape),
-                               "painted_diameter": round(diameter, 1), "true_diameter": round(median_diameter(truth), 1)}
+        row: dict[str, Any] = {
+            "kind": kind,
+            "image": image_path.name,
+            "shape": list(truth.shape),
+            "painted_diameter": round(diameter, 1),
+            "true_diameter": round(median_diameter(truth), 1),
+        }
         started = time.perf_counter()
         if "zero_shot" in only:
             row["zero_shot"] = scores(bundle.segment(image, diameter=diameter), truth, region)
@@ -189,20 +216,26 @@ def main(argv: list[str] | None = None) -> int:
             suggested = paint(truth, chosen)
             tuned_s, steps = fine_tune(bundle, image, suggested, recipe)
             region_s = mask_around_cells(suggested, FewShotConfig().margin * median_diameter(suggested))
-            row["fine_tuned_suggested"] = {**scores(tuned_s.segment(image, diameter=diameter), truth, region_s),
-                                           "steps": steps}
+            row["fine_tuned_suggested"] = {
+                **scores(tuned_s.segment(image, diameter=diameter), truth, region_s),
+                "steps": steps,
+            }
         row["seconds"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         variants = [v for v in ("zero_shot", "fine_tuned", "new_network", "fine_tuned_suggested") if v in row]
-        print(f"{kind:28s} {image_path.name[:12]}  " + "  ".join(f"{v} {row[v]['ap50']:.3f}" for v in variants),
-              flush=True)
+        print(
+            f"{kind:28s} {image_path.name[:12]}  " + "  ".join(f"{v} {row[v]['ap50']:.3f}" for v in variants),
+            flush=True,
+        )
 
     def mean(variant: str, key: str) -> float:
         return float(np.mean([r[variant][key] for r in rows if variant in r]))
 
-    summary = {variant: {key: mean(variant, key) for key in ("ap50", "map", "elsewhere_ap50", "elsewhere_map")}
-               for variant in ("zero_shot", "fine_tuned", "new_network", "fine_tuned_suggested")
-               if any(variant in r for r in rows)}
+    summary = {
+        variant: {key: mean(variant, key) for key in ("ap50", "map", "elsewhere_ap50", "elsewhere_map")}
+        for variant in ("zero_shot", "fine_tuned", "new_network", "fine_tuned_suggested")
+        if any(variant in r for r in rows)
+    }
     if {"fine_tuned", "new_network"} <= set(summary):
         summary["fine_tuned_minus_new_network_ap50"] = summary["fine_tuned"]["ap50"] - summary["new_network"]["ap50"]
     if {"fine_tuned", "zero_shot"} <= set(summary):
@@ -212,13 +245,25 @@ def main(argv: list[str] | None = None) -> int:
     for variant in ("zero_shot", "fine_tuned", "new_network", "fine_tuned_suggested"):
         if variant in summary:
             s = summary[variant]
-            print(f"mean {variant:22s} AP50 {s['ap50']:.3f}  mAP {s['map']:.3f}  elsewhere AP50 {s['elsewhere_ap50']:.3f}")
+            print(
+                f"mean {variant:22s} AP50 {s['ap50']:.3f}  mAP {s['map']:.3f}  elsewhere AP50 {s['elsewhere_ap50']:.3f}"
+            )
     for key in ("fine_tuned_minus_new_network_ap50", "fine_tuned_minus_zero_shot_ap50", "suggested_minus_random_ap50"):
         if key in summary:
             print(f"{key}: {summary[key]:+.3f}")
-    write_results(args.out, {"benchmark": "few_shot", "model": args.model, "recipe": asdict(recipe),
-                             "seconds": args.seconds if args.steps is None else None, "cells": args.cells,
-                             "machine": machine(load), "summary": summary, "images": rows})
+    write_results(
+        args.out,
+        {
+            "benchmark": "few_shot",
+            "model": args.model,
+            "recipe": asdict(recipe),
+            "seconds": args.seconds if args.steps is None else None,
+            "cells": args.cells,
+            "machine": machine(load),
+            "summary": summary,
+            "images": rows,
+        },
+    )
     return 0
 
 

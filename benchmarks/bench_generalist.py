@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 
 from napari_unet.io import read_image, read_labels
 from napari_unet.metrics import average_scores, instance_scores
@@ -29,8 +30,6 @@ from napari_unet.modelfile import load_model
 from napari_unet.scale import median_diameter, model_diameter
 from napari_unet.synthetic import make_cells
 from napari_unet.tiling import predict_tiled
-
-from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -73,10 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     bare, bare_runs, _ = seconds(lambda: predict_tiled(bundle.net, normalised, device="cpu"), 3)
     whole, whole_runs, _ = seconds(lambda: bundle.segment(image, diameter=net_diameter), 3)
     auto, auto_runs, _ = seconds(lambda: bundle.segment(image, diameter="auto"), 3)
-    speed = {"image": [1024, 1024], "bare_network_s": bare, "segment_scale_1_s": whole, "segment_auto_s": auto,
-             "segment_over_bare": whole / bare, "runs": {"bare": bare_runs, "segment": whole_runs, "auto": auto_runs}}
-    print(f"1024^2: segment {whole:.2f} s at scale 1 ({whole / bare:.2f}x the bare network's {bare:.2f} s), "
-          f"{auto:.2f} s with the automatic diameter", flush=True)
+    speed = {
+        "image": [1024, 1024],
+        "bare_network_s": bare,
+        "segment_scale_1_s": whole,
+        "segment_auto_s": auto,
+        "segment_over_bare": whole / bare,
+        "runs": {"bare": bare_runs, "segment": whole_runs, "auto": auto_runs},
+    }
+    print(
+        f"1024^2: segment {whole:.2f} s at scale 1 ({whole / bare:.2f}x the bare network's {bare:.2f} s), "
+        f"{auto:.2f} s with the automatic diameter",
+        flush=True,
+    )
 
     validation = sorted((args.data / "dsb2018-fluo/train/images").glob("*.png"))
     if not validation:
@@ -92,11 +100,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, result in results.items():
         if name != "speed":
             m = result["mean"]
-            print(f"{name:34s} AP50 {m['ap50']:.3f}  mAP {m['map']:.3f}  F1 {m['f1_50']:.3f}  SEG {m['seg']:.3f}  "
-                  f"({m['n_images']} images)", flush=True)
-    write_results(args.out, {"benchmark": "generalist", "model": args.model, "machine": machine(load),
-                             "metadata": {k: bundle.metadata.get(k) for k in ("iterations", "elapsed_seconds", "command")},
-                             **results})
+            print(
+                f"{name:34s} AP50 {m['ap50']:.3f}  mAP {m['map']:.3f}  F1 {m['f1_50']:.3f}  SEG {m['seg']:.3f}  "
+                f"({m['n_images']} images)",
+                flush=True,
+            )
+    write_results(
+        args.out,
+        {
+            "benchmark": "generalist",
+            "model": args.model,
+            "machine": machine(load),
+            "metadata": {k: bundle.metadata.get(k) for k in ("iterations", "elapsed_seconds", "command")},
+            **results,
+        },
+    )
     return 0
 
 

@@ -16,11 +16,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 from scipy import ndimage
 
 from napari_unet.io import percentiles, read_image, write_tiff
-
-from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "io.json"
 

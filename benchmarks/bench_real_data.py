@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 from napari_unet.device import select_device
 from napari_unet.io import normalize_percentile, read_image, read_labels
@@ -45,8 +46,6 @@ from napari_unet.model import UNet
 from napari_unet.postprocess import PostprocessConfig, best_config, probs_to_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.training import Sample, Trainer, TrainingDiverged, preset
-
-from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -192,8 +191,15 @@ def choose_postprocess(
     return best, [{"config": c.to_dict(), **scores} for c, scores in zip(candidates, table)]
 
 
-def tuned_instance_figures(result: dict[str, Any], tune: list[Item], predict, probs: list[np.ndarray],
-                           truths: list[np.ndarray], border_width: int, watershed: bool) -> PostprocessConfig:
+def tuned_instance_figures(
+    result: dict[str, Any],
+    tune: list[Item],
+    predict,
+    probs: list[np.ndarray],
+    truths: list[np.ndarray],
+    border_width: int,
+    watershed: bool,
+) -> PostprocessConfig:
     """Tune the post-processing on `tune` (training images; `predict` gives their probabilities) and score the
     validation `probs` with it, into `result`: "scores" with the best candidate of `postprocess_candidates(
     border_width, watershed)`, and, for comparison, the best with the other watershed choice ("scores_without_
@@ -226,8 +232,9 @@ def calibrate_seconds_per_step(net_config, config, sample: Sample, device: torch
     return float(np.median(times[1:]))
 
 
-def run_ours(split: Split, preset_name: str, budget: float, device: torch.device, seed: int,
-             tune_count: int, tta: bool) -> dict[str, Any]:
+def run_ours(
+    split: Split, preset_name: str, budget: float, device: torch.device, seed: int, tune_count: int, tta: bool
+) -> dict[str, Any]:
     """Train ours for `budget` seconds, predict the validation images and score them (and, with `tta`, again)."""
     net_config, config = preset(preset_name, seed=seed, validate_every=10**9)
     border_width = 0 if split.dataset == "isbi" else config.border
@@ -241,8 +248,9 @@ def run_ours(split: Split, preset_name: str, budget: float, device: torch.device
 
     started = time.perf_counter()
     torch.manual_seed(seed)
-    trainer = Trainer(UNet(net_config), config, samples, device=device,
-                      postprocess=PostprocessConfig(border_width=border_width))
+    trainer = Trainer(
+        UNet(net_config), config, samples, device=device, postprocess=PostprocessConfig(border_width=border_width)
+    )
     prepare_seconds = time.perf_counter() - started
     losses, diverged = [], None
     try:
@@ -252,9 +260,12 @@ def run_ours(split: Split, preset_name: str, budget: float, device: torch.device
         print(f"  ours: {diverged}; scoring the last good state", flush=True)
     model = trainer.model
     final_loss = float(np.mean(losses[-20:])) if losses else None
-    print(f"  ours: {trainer.iteration} iterations in {trainer.elapsed:.0f} s "
-          f"(planned {iterations}, {step_seconds:.2f} s/step at calibration), "
-          f"final loss {'-' if final_loss is None else f'{final_loss:.4f}'}", flush=True)
+    print(
+        f"  ours: {trainer.iteration} iterations in {trainer.elapsed:.0f} s "
+        f"(planned {iterations}, {step_seconds:.2f} s/step at calibration), "
+        f"final loss {'-' if final_loss is None else f'{final_loss:.4f}'}",
+        flush=True,
+    )
 
     def predict(images: list[np.ndarray]) -> list[np.ndarray]:
         return [predict_tiled(model, image, device=device)[1] for image in images]
@@ -281,8 +292,9 @@ def run_ours(split: Split, preset_name: str, budget: float, device: torch.device
     if split.dataset == "isbi":
         result["scores"] = isbi_figures(probs, truths)
     else:
-        best = tuned_instance_figures(result, split.train[:tune_count], predict, probs, truths, border_width,
-                                      watershed=True)
+        best = tuned_instance_figures(
+            result, split.train[:tune_count], predict, probs, truths, border_width, watershed=True
+        )
     if tta:
         bundle = trainer.bundle()
         started = time.perf_counter()
@@ -304,10 +316,14 @@ def run_peer(split: Split, budget: float, device: torch.device, seed: int, tune_
 
     config = PeerConfig(seed=seed)
     torch.manual_seed(seed)
-    net, info = train_peer([i.image for i in split.train], [foreground(i.labels) for i in split.train],
-                           budget, config, device)
-    print(f"  peer: {info['iterations']} iterations ({info['epochs']} epochs) in {info['train_seconds']:.0f} s, "
-          f"final loss {info['final_loss']:.4f}", flush=True)
+    net, info = train_peer(
+        [i.image for i in split.train], [foreground(i.labels) for i in split.train], budget, config, device
+    )
+    print(
+        f"  peer: {info['iterations']} iterations ({info['epochs']} epochs) in {info['train_seconds']:.0f} s, "
+        f"final loss {info['final_loss']:.4f}",
+        flush=True,
+    )
 
     def predict(images: list[np.ndarray]) -> list[np.ndarray]:
         return [predict_peer(net, image, config, device) for image in images]
@@ -331,11 +347,15 @@ def run_peer(split: Split, budget: float, device: torch.device, seed: int, tune_
 # ----------------------------------------------------------------------------------------------- report
 
 FIGURES = {
-    "isbi": [("vrand", "V_rand (thinned)", True), ("vinfo", "V_info (thinned)", True),
-             ("vrand_not_thinned", "V_rand (not thinned)", True), ("vinfo_not_thinned", "V_info (not thinned)", True),
-             ("iou", "foreground IoU", True), ("pixel_error", "pixel error", False)],
-    "dsb": [("ap50", "AP50", True), ("map", "mAP 0.5:0.95", True), ("f1_50", "F1 @ 0.5", True),
-            ("seg", "SEG", True)],
+    "isbi": [
+        ("vrand", "V_rand (thinned)", True),
+        ("vinfo", "V_info (thinned)", True),
+        ("vrand_not_thinned", "V_rand (not thinned)", True),
+        ("vinfo_not_thinned", "V_info (not thinned)", True),
+        ("iou", "foreground IoU", True),
+        ("pixel_error", "pixel error", False),
+    ],
+    "dsb": [("ap50", "AP50", True), ("map", "mAP 0.5:0.95", True), ("f1_50", "F1 @ 0.5", True), ("seg", "SEG", True)],
 }
 
 
@@ -351,8 +371,9 @@ def markdown_table(dataset: str, ours: dict[str, Any], peer: dict[str, Any]) -> 
         row = f"| {name} | {a:.4f} | {b:.4f} | {ratio:.3f} | {better} |"
         lines.append(row + (f" {tta[key]:.4f} |" if tta else ""))
     lines.append(f"| training iterations | {ours['iterations']} | {peer['iterations']} | | |" + (" |" if tta else ""))
-    lines.append(f"| training seconds | {ours['train_seconds']:.0f} | {peer['train_seconds']:.0f} | | |"
-                 + (" |" if tta else ""))
+    lines.append(
+        f"| training seconds | {ours['train_seconds']:.0f} | {peer['train_seconds']:.0f} | | |" + (" |" if tta else "")
+    )
     return "\n".join(lines)
 
 
@@ -374,9 +395,12 @@ def run_dataset(dataset: str, args: argparse.Namespace, device: torch.device) ->
     tune_count = 4 if args.quick else DSB_TUNE
     if args.quick:
         split = Split(split.dataset, split.train, split.validation[: 2 if dataset == "isbi" else 4])
-    print(f"{dataset}: {len(split.train)} training, {len(split.validation)} validation images; "
-          f"{args.budget:.0f} s of training per pipeline on {device} ({torch.get_num_threads()} torch threads), "
-          f"load average {load_start[0]:.1f}", flush=True)
+    print(
+        f"{dataset}: {len(split.train)} training, {len(split.validation)} validation images; "
+        f"{args.budget:.0f} s of training per pipeline on {device} ({torch.get_num_threads()} torch threads), "
+        f"load average {load_start[0]:.1f}",
+        flush=True,
+    )
     ours = run_ours(split, args.preset, args.budget, device, args.seed, tune_count, not args.no_tta)
     load_middle = os.getloadavg()
     peer = run_peer(split, args.budget, device, args.seed, tune_count)
@@ -397,8 +421,11 @@ def run_dataset(dataset: str, args: argparse.Namespace, device: torch.device) ->
         "load_average_end": list(load_end),
         "versions": versions(),
         "seed": args.seed,
-        "split": {"train": [i.name for i in split.train], "validation": [i.name for i in split.validation],
-                  "tuning": [i.name for i in split.train[:tune_count]] if dataset == "dsb" else []},
+        "split": {
+            "train": [i.name for i in split.train],
+            "validation": [i.name for i in split.validation],
+            "tuning": [i.name for i in split.train[:tune_count]] if dataset == "dsb" else [],
+        },
         "ours": ours,
         "peer": peer,
         "ratios_ours_over_peer": {
@@ -413,8 +440,12 @@ def run_dataset(dataset: str, args: argparse.Namespace, device: torch.device) ->
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=("isbi", "dsb", "both"), default="both")
-    parser.add_argument("--budget", type=float, default=None,
-                        help="training seconds per pipeline and dataset (default 600; 30 with --quick)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="training seconds per pipeline and dataset (default 600; 30 with --quick)",
+    )
     parser.add_argument("--quick", action="store_true", help="short budget, few validation and tuning images")
     parser.add_argument("--preset", choices=("fast", "paper"), default="fast", help="our training preset")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (both pipelines)")
@@ -432,8 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     folders = {"isbi": "isbi2012", "dsb": "dsb2018-fluo"}
     missing = [folders[d] for d in datasets if not (args.data / folders[d]).is_dir()]
     if missing:
-        print(f"skipped: real data not found ({', '.join(missing)} under {args.data}); "
-              "it lives in ../shared/data beside the repository on the developers' machines", file=sys.stderr)
+        print(
+            f"skipped: real data not found ({', '.join(missing)} under {args.data}); "
+            "it lives in ../shared/data beside the repository on the developers' machines",
+            file=sys.stderr,
+        )
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)

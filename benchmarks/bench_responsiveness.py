@@ -37,9 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch  # noqa: F401  (import order: torch before Qt)
 import numpy as np
-
+import torch  # noqa: F401  (import order: torch before Qt)
 from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "responsiveness.json"
@@ -124,10 +123,20 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=1024, help="side of the segmented image (default 1024)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON file to write")
-    parser.add_argument("--repeats", type=int, default=3, help="runs of each segmentation variant (the median "
-                        "run's figures are reported, with every run's longest stall)")
-    parser.add_argument("--busy-cores", type=int, default=0, metavar="N",
-                        help="keep N other processes spinning during the whole run (a loaded machine)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs of each segmentation variant (the median "
+        "run's figures are reported, with every run's longest stall)",
+    )
+    parser.add_argument(
+        "--busy-cores",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N other processes spinning during the whole run (a loaded machine)",
+    )
     args = parser.parse_args()
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(args.busy_cores)]
     try:
@@ -173,9 +182,14 @@ def run(args: argparse.Namespace) -> None:
         "busy_cores": args.busy_cores,
         "tick_ms": TICK_MS,
         "goal_max_stall_ms": GOAL_MS,
-        "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                    "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(),
-                    "napari": napari.__version__, "load_average": list(os.getloadavg())},
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "napari": napari.__version__,
+            "load_average": list(os.getloadavg()),
+        },
         "scenarios": {},
     }
 
@@ -198,9 +212,14 @@ def run(args: argparse.Namespace) -> None:
             finished = wait_for(finetune.finished, train_seconds + 120)
         elapsed = time.perf_counter() - started
         summary = monitor.summary(elapsed)
-        summary.update({"iterations": len(finetune.history.losses), "finished": finished,
-                        "network": f"depth {net_config.depth}, {net_config.base_channels} channels",
-                        "tile": PRESETS["fast"][1].tile_size})
+        summary.update(
+            {
+                "iterations": len(finetune.history.losses),
+                "finished": finished,
+                "network": f"depth {net_config.depth}, {net_config.base_channels} channels",
+                "tile": PRESETS["fast"][1].tile_size,
+            }
+        )
         result["scenarios"]["fine_tuning"] = summary
         print("fine-tuning", summary, flush=True)
 
@@ -214,8 +233,12 @@ def run(args: argparse.Namespace) -> None:
 
     probs_floor = np.zeros(image.shape, np.float32)
     labels_floor = np.zeros(image.shape, np.int32)
-    floor_layers = [viewer.add_image(probs_floor, name="floor probability", colormap="magma", blending="additive",
-                                     contrast_limits=(0.0, 1.0)), viewer.add_labels(labels_floor, name="floor")]
+    floor_layers = [
+        viewer.add_image(
+            probs_floor, name="floor probability", colormap="magma", blending="additive", contrast_limits=(0.0, 1.0)
+        ),
+        viewer.add_labels(labels_floor, name="floor"),
+    ]
     tiles = [(slice(y, y + 256), slice(x, x + 256)) for y in range(0, side, 256) for x in range(0, side, 256)]
     started = time.perf_counter()
     with monitor:
@@ -241,7 +264,9 @@ def run(args: argparse.Namespace) -> None:
         segment.probs_check.setChecked(with_probabilities)
         # reference: the dock's fallback when napari's internals are missing (and its behaviour before it drew
         # regions alone): every update refreshes the whole layers, throttled as the dock throttles it
-        _segment.refresh_region = _redraw.refresh_region = (lambda layer, key: False) if whole_redraws else partial_redraw
+        _segment.refresh_region = _redraw.refresh_region = (
+            (lambda layer, key: False) if whole_redraws else partial_redraw
+        )
         finished_tiles: list[float] = []
         on_stop = lambda: finished_tiles.append(time.perf_counter())  # noqa: E731
         segment.stopped.connect(on_stop)
@@ -254,17 +279,26 @@ def run(args: argparse.Namespace) -> None:
         segment.stopped.disconnect(on_stop)
         summary = monitor.summary(elapsed)
         streaming = monitor.summary_until(finished_tiles[0]) if finished_tiles else None
-        summary.update({"image": [side, side], "tiles": segment.tiles_written, "finished": finished,
-                        "probability_layer": with_probabilities,
-                        "max_stall_while_tiles_stream_ms": streaming and streaming["max_stall_ms"],
-                        "whole_layer_refreshes": segment.layer_refreshes,
-                        "megapixels_per_s": round(side * side / 1e6 / elapsed, 3)})
+        summary.update(
+            {
+                "image": [side, side],
+                "tiles": segment.tiles_written,
+                "finished": finished,
+                "probability_layer": with_probabilities,
+                "max_stall_while_tiles_stream_ms": streaming and streaming["max_stall_ms"],
+                "whole_layer_refreshes": segment.layer_refreshes,
+                "megapixels_per_s": round(side * side / 1e6 / elapsed, 3),
+            }
+        )
         for layer in [layer for layer in viewer.layers if layer.name != "big image"]:
             viewer.layers.remove(layer)
         return summary
 
-    variants = {"segmentation": (False, False), "segmentation_with_probabilities": (True, False),
-                "segmentation_whole_layer_redraws": (True, True)}
+    variants = {
+        "segmentation": (False, False),
+        "segmentation_with_probabilities": (True, False),
+        "segmentation_whole_layer_redraws": (True, True),
+    }
     runs: dict[str, list[dict]] = {name: [] for name in variants}
     for _repeat in range(args.repeats):  # interleaved, so that a passing load hits every variant alike
         for name, (with_probabilities, whole_redraws) in variants.items():
@@ -273,8 +307,12 @@ def run(args: argparse.Namespace) -> None:
     for name, summaries in runs.items():
         stalls = [summary["max_stall_ms"] for summary in summaries]
         median_run = summaries[int(np.argsort(stalls)[len(stalls) // 2])]
-        result["scenarios"][name] = {**median_run, "repeats": len(stalls), "max_stall_ms_per_run": stalls,
-                                     "worst_stall_ms": max(stalls)}
+        result["scenarios"][name] = {
+            **median_run,
+            "repeats": len(stalls),
+            "max_stall_ms_per_run": stalls,
+            "worst_stall_ms": max(stalls),
+        }
     _segment.refresh_region = _redraw.refresh_region = partial_redraw
 
     started = time.perf_counter()
@@ -292,17 +330,20 @@ def run(args: argparse.Namespace) -> None:
     whole = result["scenarios"]["segmentation_whole_layer_redraws"]["max_stall_ms"]
     for name in ("segmentation", "segmentation_with_probabilities"):
         result["scenarios"][name]["max_stall_vs_whole_layer_redraws"] = round(
-            result["scenarios"][name]["max_stall_ms"] / max(whole, 1.0), 2)
+            result["scenarios"][name]["max_stall_ms"] / max(whole, 1.0), 2
+        )
     for name in ("fine_tuning", "segmentation", "segmentation_with_probabilities", "segmentation_whole_layer_redraws"):
         scenario = result["scenarios"][name]
         scenario["max_stall_vs_idle"] = round(scenario["max_stall_ms"] / idle, 2)
         scenario["max_stall_vs_display_floor"] = round(scenario["max_stall_ms"] / floor, 2)
         scenario["max_stall_vs_blocking"] = round(scenario["max_stall_ms"] / max(blocked, 1.0), 4)
         scenario["meets_goal"] = scenario["max_stall_ms"] < GOAL_MS
-        print(f"{name}: longest stall {scenario['max_stall_ms']:.0f} ms (goal < {GOAL_MS:.0f}); "
-              f"{scenario['max_stall_vs_idle']:.2f}x idle ({idle:.0f} ms), "
-              f"{scenario['max_stall_vs_display_floor']:.2f}x the display floor ({floor:.0f} ms), "
-              f"{scenario['max_stall_vs_blocking']:.4f}x the blocking reference ({blocked:.0f} ms)")
+        print(
+            f"{name}: longest stall {scenario['max_stall_ms']:.0f} ms (goal < {GOAL_MS:.0f}); "
+            f"{scenario['max_stall_vs_idle']:.2f}x idle ({idle:.0f} ms), "
+            f"{scenario['max_stall_vs_display_floor']:.2f}x the display floor ({floor:.0f} ms), "
+            f"{scenario['max_stall_vs_blocking']:.4f}x the blocking reference ({blocked:.0f} ms)"
+        )
     write_results(args.out, result)
     print(f"wrote {args.out}")
     await_workers(60_000)

@@ -13,11 +13,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 from scipy import ndimage
 
 from napari_unet.synthetic import make_cells, touching_pairs
-
-from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synthetic.json"
 

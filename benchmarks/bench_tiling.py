@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 from napari_unet.model import UNet
 from napari_unet.tiling import predict_tiled, prepare_model, tile_grid
-
-from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -71,7 +70,7 @@ def layer_peak(model: UNet, window: int, repeats: int) -> float:
     with torch.inference_mode():
         for module, shape in shapes:
             x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
-            seconds += median_time(lambda: module(x), repeats)
+            seconds += median_time(lambda module=module, x=x: module(x), repeats)
     return model.flops((window, window)) / seconds / 1e9
 
 
@@ -176,7 +175,9 @@ def peak_memory(size: int, base_channels: int) -> dict:
         start = time.perf_counter()
         output = subprocess.run(
             [sys.executable, "-c", MEMORY_SCRIPT, path, str(size), str(base_channels)],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.split()
         seconds = time.perf_counter() - start
     before, after = int(output[0]), int(output[1])
@@ -215,13 +216,16 @@ def main(argv: list[str] | None = None) -> dict:
             f"= {row['gflops_over_conv_peak']:.2f} of the 64->64 conv peak, "
             f"{row['gflops_over_own_layers']:.2f} of its own convolutions timed alone"
         )
-    results["tile_sizes"] = tile_sizes(16, [128, 256, 512, 1024] if args.quick else [128, 256, 512, 1024, 1536],
-                                       repeats)
+    results["tile_sizes"] = tile_sizes(
+        16, [128, 256, 512, 1024] if args.quick else [128, 256, 512, 1024, 1536], repeats
+    )
     best = max(r["megapixels_per_s"] for r in results["tile_sizes"])
     for row in results["tile_sizes"]:
         row["relative_to_best"] = row["megapixels_per_s"] / best
-        print(f"  stride {row['stride']:5d} (window {row['window']}): {row['megapixels_per_s']:.3f} MP/s "
-              f"= {row['relative_to_best']:.2f} of the best")
+        print(
+            f"  stride {row['stride']:5d} (window {row['window']}): {row['megapixels_per_s']:.3f} MP/s "
+            f"= {row['relative_to_best']:.2f} of the best"
+        )
     memory = peak_memory(2048 if args.quick else 8192, 16)
     results["memory"] = memory
     print(

@@ -24,17 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 from napari_unet.metrics import instance_scores, pixel_scores
 from napari_unet.model import UNet, UNetConfig
-from napari_unet.postprocess import tune_config
-from napari_unet.postprocess import PostprocessConfig, probs_to_labels
+from napari_unet.postprocess import PostprocessConfig, probs_to_labels, tune_config
 from napari_unet.synthetic import make_cells
 from napari_unet.targets import make_target
 from napari_unet.tiling import predict_tiled
 from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer
-
-from _common import write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -60,14 +58,19 @@ def labels_figures(predicted: np.ndarray, labels: np.ndarray) -> tuple[float, fl
     return pixel_scores(predicted > 0, labels > 0)["iou"], instances["ap50"], instances["map"]
 
 
-def score(model: UNet, tests: list[tuple[np.ndarray, np.ndarray]], validation: list[tuple[np.ndarray, np.ndarray]],
-          calibrated: PostprocessConfig | None = None) -> dict[str, float]:
+def score(
+    model: UNet,
+    tests: list[tuple[np.ndarray, np.ndarray]],
+    validation: list[tuple[np.ndarray, np.ndarray]],
+    calibrated: PostprocessConfig | None = None,
+) -> dict[str, float]:
     """IoU of probs > 0.5 against the separated target; of the default post-processing's labels, the IoU of their
     foreground against the true foreground, AP50 and mAP (IoU 0.5:0.95); the same after the post-processing tuned
     on `validation`, and after `calibrated` (the model's own, when given); per threshold of the post-processing
     (objects grown to p > 0.1, and not), labels IoU and AP50."""
-    tuned, _ = tune_config([predict_tiled(model, image, device="cpu")[1] for image, _ in validation],
-                                [labels for _, labels in validation])
+    tuned, _ = tune_config(
+        [predict_tiled(model, image, device="cpu")[1] for image, _ in validation], [labels for _, labels in validation]
+    )
     named = {"plain": PostprocessConfig(), "tuned": tuned, **({"calibrated": calibrated} if calibrated else {})}
     figures: dict[str, list[tuple[float, float, float]]] = {name: [] for name in named}
     ious, sweep = [], {t: [] for t in SWEEP}
@@ -83,15 +86,24 @@ def score(model: UNet, tests: list[tuple[np.ndarray, np.ndarray]], validation: l
                 row += list(labels_figures(predicted, labels)[:2])
             sweep[threshold].append(row)
     model.train()
-    means = {name: dict(zip(("labels_iou", "ap50", "map"), np.mean(values, axis=0).tolist()))
-             for name, values in figures.items()}
+    means = {
+        name: dict(zip(("labels_iou", "ap50", "map"), np.mean(values, axis=0).tolist()))
+        for name, values in figures.items()
+    }
     return {
         "iou": float(np.mean(ious)),
         **means.pop("plain"),
         **{name: {"postprocess": named[name].to_dict(), **values} for name, values in means.items()},
         "threshold_sweep": [
-            {"threshold": t, **dict(zip(("labels_iou", "ap50", "labels_iou_no_growth", "ap50_no_growth"),
-                                        np.mean(values, axis=0).tolist()))}
+            {
+                "threshold": t,
+                **dict(
+                    zip(
+                        ("labels_iou", "ap50", "labels_iou_no_growth", "ap50_no_growth"),
+                        np.mean(values, axis=0).tolist(),
+                    )
+                ),
+            }
             for t, values in sweep.items()
         ],
     }
@@ -117,21 +129,38 @@ def run_candidate(name, net_config, config, train, tests, validation, budget, ch
             point = event if event is not None else last
             if not marks:  # the end: calibrate the model's post-processing as a completed run does (off the clock)
                 trainer.calibrate_growth()
-            curve.append({"seconds": trained, "iterations": point.iteration, "loss": point.loss,
-                          **score(model, tests, validation, None if marks else trainer.postprocess)})
-            print(f"  {name}: {trained:6.0f} s, {point.iteration:5d} it, IoU {curve[-1]['iou']:.3f}, "
-                  f"labels IoU {curve[-1]['labels_iou']:.3f}, AP50 {curve[-1]['ap50']:.3f}, "
-                  f"mAP {curve[-1]['map']:.3f}; tuned: labels IoU {curve[-1]['tuned']['labels_iou']:.3f}, "
-                  f"AP50 {curve[-1]['tuned']['ap50']:.3f}, mAP {curve[-1]['tuned']['map']:.3f}", flush=True)
+            curve.append(
+                {
+                    "seconds": trained,
+                    "iterations": point.iteration,
+                    "loss": point.loss,
+                    **score(model, tests, validation, None if marks else trainer.postprocess),
+                }
+            )
+            print(
+                f"  {name}: {trained:6.0f} s, {point.iteration:5d} it, IoU {curve[-1]['iou']:.3f}, "
+                f"labels IoU {curve[-1]['labels_iou']:.3f}, AP50 {curve[-1]['ap50']:.3f}, "
+                f"mAP {curve[-1]['map']:.3f}; tuned: labels IoU {curve[-1]['tuned']['labels_iou']:.3f}, "
+                f"AP50 {curve[-1]['tuned']['ap50']:.3f}, mAP {curve[-1]['tuned']['map']:.3f}",
+                flush=True,
+            )
         if event is not None and event.kind == "step":
             last = event
     run.close()
     curve[-1]["calibrated"]["growth_calibration"] = trainer.growth_calibration
-    print(f"  {name}: the model's post-processing, growth calibrated on the training cells "
-          f"(to {trainer.postprocess.grow_threshold}): labels IoU {curve[-1]['calibrated']['labels_iou']:.3f}, "
-          f"AP50 {curve[-1]['calibrated']['ap50']:.3f}, mAP {curve[-1]['calibrated']['map']:.3f}", flush=True)
-    return {"name": name, "net": net_config.to_dict(), "train": config.to_dict(), "curve": curve,
-            "seconds_per_iteration": trained / max(1, curve[-1]["iterations"])}
+    print(
+        f"  {name}: the model's post-processing, growth calibrated on the training cells "
+        f"(to {trainer.postprocess.grow_threshold}): labels IoU {curve[-1]['calibrated']['labels_iou']:.3f}, "
+        f"AP50 {curve[-1]['calibrated']['ap50']:.3f}, mAP {curve[-1]['calibrated']['map']:.3f}",
+        flush=True,
+    )
+    return {
+        "name": name,
+        "net": net_config.to_dict(),
+        "train": config.to_dict(),
+        "curve": curve,
+        "seconds_per_iteration": trained / max(1, curve[-1]["iterations"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -161,20 +190,24 @@ def main(argv: list[str] | None = None) -> dict:
     for row in rows:
         print(f"  {row['name']}, post-processing threshold sweep at the end:")
         for point in row["curve"][-1]["threshold_sweep"]:
-            print(f"    threshold {point['threshold']:.1f}: labels IoU {point['labels_iou']:.3f}, AP50 {point['ap50']:.3f}"
-                  f" (without growth: {point['labels_iou_no_growth']:.3f}, {point['ap50_no_growth']:.3f})")
+            print(
+                f"    threshold {point['threshold']:.1f}: labels IoU {point['labels_iou']:.3f}, AP50 {point['ap50']:.3f}"
+                f" (without growth: {point['labels_iou_no_growth']:.3f}, {point['ap50_no_growth']:.3f})"
+            )
     reference = rows[0]["curve"][-1]
     print(f"\nafter {budget:.0f} s of training (ratios against {rows[0]['name']}):")
     for row in rows:
         final = row["curve"][-1]
         row["iou_over_reference"] = final["iou"] / max(reference["iou"], 1e-9)
         row["ap50_over_reference"] = final["ap50"] / max(reference["ap50"], 1e-9)
-        print(f"  {row['name']:36s} IoU {final['iou']:.3f} ({row['iou_over_reference']:.2f}x)  "
-              f"labels IoU {final['labels_iou']:.3f} (calibrated {final['calibrated']['labels_iou']:.3f}, "
-              f"tuned {final['tuned']['labels_iou']:.3f})  "
-              f"AP50 {final['ap50']:.3f} ({row['ap50_over_reference']:.2f}x, calibrated "
-              f"{final['calibrated']['ap50']:.3f}, tuned {final['tuned']['ap50']:.3f})  "
-              f"{row['seconds_per_iteration']:.2f} s/it")
+        print(
+            f"  {row['name']:36s} IoU {final['iou']:.3f} ({row['iou_over_reference']:.2f}x)  "
+            f"labels IoU {final['labels_iou']:.3f} (calibrated {final['calibrated']['labels_iou']:.3f}, "
+            f"tuned {final['tuned']['labels_iou']:.3f})  "
+            f"AP50 {final['ap50']:.3f} ({row['ap50_over_reference']:.2f}x, calibrated "
+            f"{final['calibrated']['ap50']:.3f}, tuned {final['tuned']['ap50']:.3f})  "
+            f"{row['seconds_per_iteration']:.2f} s/it"
+        )
     results = {"budget_seconds": budget, "torch_threads": torch.get_num_threads(), "candidates": rows}
     write_results(args.out, results)
     print(f"wrote {args.out}")

@@ -14,13 +14,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from napari_unet.targets import annotation_mask, separate_cells
 from napari_unet.weights import class_weights_of, weight_map
-
-from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "weights.json"
 

@@ -72,20 +72,28 @@ def make_transforms(config: PeerConfig):
 
     keys = ["image", "label"]
     roi = (config.roi_size, config.roi_size)
-    transforms = Compose([
-        SpatialPadd(keys, spatial_size=roi, mode="reflect"),
-        RandSpatialCropd(keys, roi_size=roi, random_size=False),
-        Rand2DElasticd(
-            keys, spacing=(20, 20), magnitude_range=(1, 2), prob=0.5, rotate_range=(math.pi,),
-            scale_range=(0.15, 0.15), mode=("bilinear", "nearest"), padding_mode="reflection",
-        ),
-        RandFlipd(keys, prob=0.5, spatial_axis=0),
-        RandFlipd(keys, prob=0.5, spatial_axis=1),
-        RandRotate90d(keys, prob=0.5, max_k=3),
-        RandScaleIntensityd("image", factors=0.2, prob=0.5),
-        RandShiftIntensityd("image", offsets=0.1, prob=0.5),
-        EnsureTyped(keys, track_meta=False),
-    ])
+    transforms = Compose(
+        [
+            SpatialPadd(keys, spatial_size=roi, mode="reflect"),
+            RandSpatialCropd(keys, roi_size=roi, random_size=False),
+            Rand2DElasticd(
+                keys,
+                spacing=(20, 20),
+                magnitude_range=(1, 2),
+                prob=0.5,
+                rotate_range=(math.pi,),
+                scale_range=(0.15, 0.15),
+                mode=("bilinear", "nearest"),
+                padding_mode="reflection",
+            ),
+            RandFlipd(keys, prob=0.5, spatial_axis=0),
+            RandFlipd(keys, prob=0.5, spatial_axis=1),
+            RandRotate90d(keys, prob=0.5, max_k=3),
+            RandScaleIntensityd("image", factors=0.2, prob=0.5),
+            RandShiftIntensityd("image", offsets=0.1, prob=0.5),
+            EnsureTyped(keys, track_meta=False),
+        ]
+    )
     transforms.set_random_state(seed=config.seed)
     return transforms
 
@@ -115,7 +123,10 @@ def train_peer(
         for image, mask in zip(images, masks)
     ]
     loader = DataLoader(
-        Dataset(data, make_transforms(config)), batch_size=config.batch_size, shuffle=True, num_workers=0,
+        Dataset(data, make_transforms(config)),
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=0,
         drop_last=len(data) >= config.batch_size,
     )
     net = make_network(config).to(device)
@@ -159,7 +170,11 @@ def predict_peer(
     net.eval()
     x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None].to(device)
     logits = sliding_window_inference(
-        x, roi_size=(config.roi_size, config.roi_size), sw_batch_size=config.batch_size, predictor=net,
-        overlap=config.overlap, mode="gaussian",
+        x,
+        roi_size=(config.roi_size, config.roi_size),
+        sw_batch_size=config.batch_size,
+        predictor=net,
+        overlap=config.overlap,
+        mode="gaussian",
     )
     return torch.softmax(torch.as_tensor(logits), dim=1)[0, 1].float().cpu().numpy()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the test suite: scripts/test.sh [pytest args]
+# Run the style checks (ruff) and the test suite: scripts/test.sh [pytest args]
 # Sets up .venv with the `testing` extra, installs the Debian packages the viewer tests need (when root and
 # something is missing), and runs pytest under a virtual X server (xvfb-run) when there is no display.
 # Under CI=true a missing viewer set-up is an error instead of a skip.
@@ -11,6 +11,10 @@ setup_env testing || exit 1
 
 viewer_ready=true
 ensure_viewer_packages || viewer_ready=false
+
+# Style first (seconds): ruff's lint and its formatter's check, configured in pyproject.toml.
+"$VENV_PYTHON" -m ruff check . || { say "ruff check failed: fix the lines above (many with: .venv/bin/ruff check --fix .)"; exit 1; }
+"$VENV_PYTHON" -m ruff format --check . || { say "ruff format: run .venv/bin/ruff format . to format the files above"; exit 1; }
 
 pytest=("$VENV_PYTHON" -m pytest "$@")
 if has_display; then

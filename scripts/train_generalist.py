@@ -9,6 +9,7 @@ Data (see ../shared/data/README.md; all CC0):
 `dsb2018-fluo/train` is never trained on: it is the model's validation set (a few of its images are used for
 the validation score printed during training, and benchmarks/bench_generalist.py scores all of it).
 
+After training, the post-processing (threshold, watershed) is tuned on every 11th DSB training image.
 Every image is rescaled so that its median nucleus diameter (equivalent diameter of the labelled objects)
 becomes the model's `--diameter`; scale augmentation (zoom in `--zoom`) teaches the network a range around it.
 At inference `napari_unet` rescales an image by (model diameter / object diameter) before the network.
@@ -30,9 +31,11 @@ import torch
 
 from napari_unet.augment import AugmentConfig
 from napari_unet.model import UNet, UNetConfig
-from napari_unet.modelfile import load_model, save_model
+from napari_unet.modelfile import Normalization, load_model, save_model
 from napari_unet.pipeline import read_training_pair
+from napari_unet.postprocess import tune_config
 from napari_unet.scale import median_diameter, rescale_image, rescale_labels
+from napari_unet.tiling import predict_tiled
 from napari_unet.training import Sample, TrainConfig, Trainer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -64,6 +67,21 @@ def load_sample(image_path: Path, labels_path: Path, diameter: float) -> tuple[S
     return Sample(rescale_image(image, factor), rescale_labels(labels, factor)), factor
 
 
+def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: float):
+    """The post-processing (threshold, watershed) that segments every 11th DSB training image best, at the model's
+    scale (`postprocess.tune_config`); never tuned on the validation set."""
+    probs, truths = [], []
+    for image_path, labels_path in pairs[::11]:
+        result = load_sample(image_path, labels_path, diameter)
+        if result is None:
+            continue
+        sample = result[0]
+        image = bundle.normalization.apply_polarity(np.asarray(sample.image, np.float32)[None])
+        probs.append(predict_tiled(bundle.net, image, device="cpu")[1])
+        truths.append(sample.labels)
+    return tune_config(probs, truths, bundle.postprocess, thresholds=(0.3, 0.4, 0.5, 0.6), watershed=(False, True))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (checkpointed)")
@@ -88,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     bbbc = image_pairs(args.data, "bbbc039/train")
     kept_out = held_out(bbbc, args.hold_out, args.seed)
-    pairs = [p for p in image_pairs(args.data, "dsb2018-fluo/pretrain")] + [p for p in bbbc if p[0].name not in kept_out]
+    pairs = [p for p in image_pairs(args.data, "dsb2018-fluo/pretrain")] + [
+        p for p in bbbc if p[0].name not in kept_out
+    ]
     loaded = [(pair, load_sample(*pair, args.diameter)) for pair in pairs]
     skipped = [pair[0].name for pair, result in loaded if result is None]
     pairs = [pair for pair, result in loaded if result is not None]
@@ -96,59 +116,95 @@ def main(argv: list[str] | None = None) -> int:
     factors = [result[1] for _, result in loaded if result is not None]
     validation_pairs = image_pairs(args.data, VALIDATION_SET)[::12]
     validation = [result[0] for result in (load_sample(*pair, args.diameter) for pair in validation_pairs) if result]
-    print(f"{len(samples)} training images ({len(skipped)} without nuclei skipped) (rescale factors {min(factors):.2f}..{max(factors):.2f}), "
-          f"{len(validation)} validation images, loaded in {time.time() - started:.0f} s", flush=True)
+    print(
+        f"{len(samples)} training images ({len(skipped)} without nuclei skipped) (rescale factors {min(factors):.2f}..{max(factors):.2f}), "
+        f"{len(validation)} validation images, loaded in {time.time() - started:.0f} s",
+        flush=True,
+    )
 
     augment = AugmentConfig(scale=tuple(args.zoom), scale_p=1.0)
     config = TrainConfig(
-        iterations=10**6, learning_rate=args.learning_rate, schedule="cosine", tile_size=args.tile_size,
-        batch_size=args.batch_size, w0=args.w0, sigma=args.sigma, augment=augment, validate_every=2000,
-        checkpoint_every=250, seed=args.seed, time_budget=args.time_budget,
+        iterations=10**6,
+        learning_rate=args.learning_rate,
+        schedule="cosine",
+        tile_size=args.tile_size,
+        batch_size=args.batch_size,
+        w0=args.w0,
+        sigma=args.sigma,
+        augment=augment,
+        validate_every=2000,
+        checkpoint_every=250,
+        seed=args.seed,
+        time_budget=args.time_budget,
     )
     if args.resume and (args.out / "training_state.pt").is_file():
         trainer = Trainer.resume(args.out, samples, validation, device="cpu", time_budget=args.time_budget)
     else:
         net = UNet(UNetConfig(depth=args.depth, base_channels=args.base_channels, dropout=0.0))
-        trainer = Trainer(net, config, samples, validation, device="cpu", checkpoint=args.out,
-                          object_diameter=args.diameter)
+        trainer = Trainer(
+            net,
+            config,
+            samples,
+            validation,
+            device="cpu",
+            checkpoint=args.out,
+            normalization=Normalization(invert="auto"),
+            object_diameter=args.diameter,
+        )
     last_print = 0.0
     for event in trainer.run():
         if event.kind == "validation" or time.time() - last_print > 60:
             last_print = time.time()
             score = f" val IoU {event.val_score:.3f}" if event.val_score is not None else ""
-            print(f"{event.kind} {event.iteration} loss {event.loss:.4f} lr {event.learning_rate:.2e} "
-                  f"{event.elapsed:.0f} s{score}", flush=True)
+            print(
+                f"{event.kind} {event.iteration} loss {event.loss:.4f} lr {event.learning_rate:.2e} "
+                f"{event.elapsed:.0f} s{score}",
+                flush=True,
+            )
 
     bundle = load_model(args.out)
     bundle.object_diameter = args.diameter
-    bundle.metadata.update({
-        "name": "nuclei",
-        "description": "Generalist nuclei model for fluorescence images (bright nuclei on a dark background).",
-        "license": "BSD-3-Clause (weights); trained only on CC0 data",
-        "training_data": {
-            "dsb2018-fluo/pretrain": [p[0].name for p in pairs if "dsb2018" in str(p[0])],
-            "bbbc039/train": [p[0].name for p in pairs if "bbbc039" in str(p[0])],
-            "held_out_bbbc039": sorted(kept_out),
-            "skipped_without_nuclei": skipped,
-            "never_trained_on": VALIDATION_SET,
-        },
-        "citations": [
-            "Ronneberger, Fischer, Brox. U-Net. MICCAI 2015.",
-            "Caicedo et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
-            "Nature Methods 16:1247 (2019). CC0.",
-            "Caicedo et al. Evaluation of deep learning strategies for nucleus segmentation in fluorescence "
-            "images. Cytometry A 95:952 (2019). BBBC039v1, CC0.",
-            "Ljosa, Sokolnicki, Carpenter. Annotated high-throughput microscopy image sets for validation. "
-            "Nature Methods 9:637 (2012).",
-        ],
-        "command": "python scripts/train_generalist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-                    f"{args.threads} torch threads, device cpu",
-        "wall_seconds": round(time.time() - started),
-    })
+    tuned, scores = tune_on_training_images(bundle, image_pairs(args.data, "dsb2018-fluo/pretrain"), args.diameter)
+    bundle.postprocess = tuned
+    bundle.metadata.update(
+        {
+            "name": "nuclei",
+            "description": "Generalist nuclei model, trained on fluorescence images (bright nuclei on a dark "
+            "background); bright-background images (brightfield, stained histology) are inverted "
+            "automatically (normalization.invert = auto).",
+            "postprocess_tuning": {
+                "images": "every 11th image of dsb2018-fluo/pretrain, at the model's scale",
+                "chosen": {"threshold": tuned.threshold, "watershed": tuned.watershed},
+                "mean_ap50": round(scores["ap50"], 3),
+                "mean_map": round(scores["map"], 3),
+            },
+            "license": "BSD-3-Clause (weights); trained only on CC0 data",
+            "training_data": {
+                "dsb2018-fluo/pretrain": [p[0].name for p in pairs if "dsb2018" in str(p[0])],
+                "bbbc039/train": [p[0].name for p in pairs if "bbbc039" in str(p[0])],
+                "held_out_bbbc039": sorted(kept_out),
+                "skipped_without_nuclei": skipped,
+                "never_trained_on": VALIDATION_SET,
+            },
+            "citations": [
+                "Ronneberger, Fischer, Brox. U-Net. MICCAI 2015.",
+                "Caicedo et al. Nucleus segmentation across imaging experiments: the 2018 Data Science Bowl. "
+                "Nature Methods 16:1247 (2019). CC0.",
+                "Caicedo et al. Evaluation of deep learning strategies for nucleus segmentation in fluorescence "
+                "images. Cytometry A 95:952 (2019). BBBC039v1, CC0.",
+                "Ljosa, Sokolnicki, Carpenter. Annotated high-throughput microscopy image sets for validation. "
+                "Nature Methods 9:637 (2012).",
+            ],
+            "command": "python scripts/train_generalist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+            f"{args.threads} torch threads, device cpu",
+            "wall_seconds": round(time.time() - started),
+        }
+    )
     save_model(args.out, bundle)
-    (args.out / "training_log.json").write_text(json.dumps({"iterations": trainer.iteration,
-                                                            "elapsed": trainer.elapsed}, indent=2))
+    (args.out / "training_log.json").write_text(
+        json.dumps({"iterations": trainer.iteration, "elapsed": trainer.elapsed}, indent=2)
+    )
     print(f"saved {args.out}: {trainer.iteration} steps, {trainer.elapsed:.0f} s of training", flush=True)
     return 0
 

@@ -27,11 +27,12 @@ from napari_unet.io import read_image, read_labels
 from napari_unet.model import UNet
 from napari_unet.modelfile import ModelBundle, save_model
 from napari_unet.plugin import _autosave
-from napari_unet.training import Sample, Trainer, TrainConfig
+from napari_unet.training import Sample, TrainConfig, Trainer
 
 KINDS = ("train", "predict", "save", "autosave")
-TINY_CONFIG = TrainConfig(iterations=10**6, tile_size=44, checkpoint_every=1, validate_every=10**6,
-                          calibrate_growth=False)
+TINY_CONFIG = TrainConfig(
+    iterations=10**6, tile_size=44, checkpoint_every=1, validate_every=10**6, calibrate_growth=False
+)
 
 
 def tiny_net() -> UNet:
@@ -53,8 +54,20 @@ def train(data: Path, folder: Path) -> None:
 
 def predict(data: Path, folder: Path) -> None:
     while True:
-        code = main(["predict", str(data / "model"), str(data / "stack.tif"), "--out", str(folder / "out"),
-                     "--probabilities", "--overwrite", "--device", "cpu", "-q"])
+        code = main(
+            [
+                "predict",
+                str(data / "model"),
+                str(data / "stack.tif"),
+                "--out",
+                str(folder / "out"),
+                "--probabilities",
+                "--overwrite",
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
         assert code == 0
 
 
@@ -64,8 +77,11 @@ def save(data: Path, folder: Path) -> None:
         with torch.no_grad():
             for parameter in net.parameters():
                 parameter.fill_(float(i))  # every save is different, and says which it was
-        save_model(folder / "model", ModelBundle(net, metadata={"iterations": i}),
-                   training_state={"iteration": i, "weights": torch.full((1000,), float(i))})
+        save_model(
+            folder / "model",
+            ModelBundle(net, metadata={"iterations": i}),
+            training_state={"iteration": i, "weights": torch.full((1000,), float(i))},
+        )
 
 
 def autosave(data: Path, folder: Path) -> None:
@@ -79,8 +95,9 @@ def autosave(data: Path, folder: Path) -> None:
     trainer = Trainer(tiny_net(), TINY_CONFIG, [sample(data)], device="cpu", checkpoint=checkpoint)
     for event in trainer.run():
         if event.kind == "checkpoint" and event.iteration % 3 == 0:
-            _autosave.save_annotations(np.where(labels > 0, labels + event.iteration, 0), folder / "root",
-                                       image_path, "cells")
+            _autosave.save_annotations(
+                np.where(labels > 0, labels + event.iteration, 0), folder / "root", image_path, "cells"
+            )
 
 
 def trial(kind: str, data: Path, folder: Path, delay: float) -> dict:
@@ -99,8 +116,13 @@ def trial(kind: str, data: Path, folder: Path, delay: float) -> dict:
     os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
     killed = os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
-    return {"kind": kind, "folder": str(folder), "delay": delay, "killed": killed,
-            "exit_code": None if killed else os.WEXITSTATUS(status)}
+    return {
+        "kind": kind,
+        "folder": str(folder),
+        "delay": delay,
+        "killed": killed,
+        "exit_code": None if killed else os.WEXITSTATUS(status),
+    }
 
 
 def warm_up() -> None:
@@ -108,10 +130,23 @@ def warm_up() -> None:
     seconds), so that every child starts working at once and the kills land in the middle of the work."""
     import importlib
 
-    for module in ("torch._dynamo", "torch.optim", "safetensors.torch", "tifffile", "scipy.ndimage",
-                   "skimage.segmentation", "skimage.morphology", "skimage.measure", "napari_unet.pipeline",
-                   "napari_unet.postprocess", "napari_unet.weights", "napari_unet.augment", "napari_unet.device",
-                   "napari_unet.cli.predict", "napari_unet.metrics"):
+    for module in (
+        "torch._dynamo",
+        "torch.optim",
+        "safetensors.torch",
+        "tifffile",
+        "scipy.ndimage",
+        "skimage.segmentation",
+        "skimage.morphology",
+        "skimage.measure",
+        "napari_unet.pipeline",
+        "napari_unet.postprocess",
+        "napari_unet.weights",
+        "napari_unet.augment",
+        "napari_unet.device",
+        "napari_unet.cli.predict",
+        "napari_unet.metrics",
+    ):
         importlib.import_module(module)
 
 
@@ -125,8 +160,21 @@ def run(root: Path, seed: int, n: int) -> list[dict]:
     pid = os.fork()
     if pid == 0:  # the reference outputs of `predict`, from a run that is not killed (same process, 1 thread)
         torch.set_num_threads(1)
-        os._exit(main(["predict", str(data / "model"), str(data / "stack.tif"), "--out", str(data / "reference"),
-                       "--probabilities", "--device", "cpu", "-q"]))
+        os._exit(
+            main(
+                [
+                    "predict",
+                    str(data / "model"),
+                    str(data / "stack.tif"),
+                    "--out",
+                    str(data / "reference"),
+                    "--probabilities",
+                    "--device",
+                    "cpu",
+                    "-q",
+                ]
+            )
+        )
     assert os.waitpid(pid, 0)[1] == 0
     # the kills spread over ~2.5 predictions, however loaded the machine is (0.25 s on an idle one)
     longest = max(0.5, 2.5 * (time.perf_counter() - started))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch  # noqa: F401  (import order: torch before Qt)
 import pytest
+import torch  # noqa: F401  (import order: torch before Qt)
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

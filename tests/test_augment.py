@@ -20,8 +20,9 @@ from napari_unet.augment import (
     warp,
 )
 
-EVERYTHING = AugmentConfig(rotation_p=1.0, shift_p=1.0, shift=20.0, flip_p=0.5,
-                           contrast_p=1.0, brightness_p=1.0, gamma_p=1.0)
+EVERYTHING = AugmentConfig(
+    rotation_p=1.0, shift_p=1.0, shift=20.0, flip_p=0.5, contrast_p=1.0, brightness_p=1.0, gamma_p=1.0
+)
 GEOMETRY_ONLY = dataclasses.replace(EVERYTHING, contrast_p=0.0, brightness_p=0.0, gamma_p=0.0)
 
 
@@ -179,8 +180,9 @@ def test_elastic_displacement_is_cubic_spline_zoom() -> None:
         field = elastic_displacement(shape, grid, 10.0, np.random.default_rng(1))
         coarse = np.random.default_rng(1).normal(0.0, 10.0, (2, grid, grid))
         for axis in range(2):
-            zoomed = ndimage.zoom(coarse[axis], (shape[0] / grid, shape[1] / grid), order=3, mode="mirror",
-                                  grid_mode=False)
+            zoomed = ndimage.zoom(
+                coarse[axis], (shape[0] / grid, shape[1] / grid), order=3, mode="mirror", grid_mode=False
+            )
             np.testing.assert_allclose(field[axis], zoomed, atol=1e-10)
 
 
@@ -200,14 +202,17 @@ def test_gray_values_change_the_image_only() -> None:
 def test_gray_value_formulas() -> None:
     image = np.linspace(0.0, 4.0, 50, dtype=np.float32).reshape(5, 10)
     contrast = dataclasses.replace(AugmentConfig.identity(), contrast=(2.0, 2.0), contrast_p=1.0)
-    np.testing.assert_allclose(change_gray_values(image, np.random.default_rng(0), contrast), 2.0 + 2.0 * (image - 2.0),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        change_gray_values(image, np.random.default_rng(0), contrast), 2.0 + 2.0 * (image - 2.0), atol=1e-5
+    )
     brightness = dataclasses.replace(AugmentConfig.identity(), brightness=(0.5, 0.5), brightness_p=1.0)
-    np.testing.assert_allclose(change_gray_values(image, np.random.default_rng(0), brightness),
-                               image + 0.5 * image.std(), atol=1e-5)
+    np.testing.assert_allclose(
+        change_gray_values(image, np.random.default_rng(0), brightness), image + 0.5 * image.std(), atol=1e-5
+    )
     gamma = dataclasses.replace(AugmentConfig.identity(), gamma=(2.0, 2.0), gamma_p=1.0)
-    np.testing.assert_allclose(change_gray_values(image, np.random.default_rng(0), gamma), 4.0 * (image / 4.0) ** 2,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        change_gray_values(image, np.random.default_rng(0), gamma), 4.0 * (image / 4.0) ** 2, atol=1e-5
+    )
 
 
 def test_bad_input() -> None:

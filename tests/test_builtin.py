@@ -15,10 +15,19 @@ from napari_unet.modelfile import ModelBundle, load_model, save_model
 def shipped(tmp_path, monkeypatch):
     """A package folder of built-in models holding a tiny `nuclei` model (diameter 20) and a broken entry."""
     folder = tmp_path / "builtin_models"
-    save_model(folder / "nuclei", ModelBundle(UNet(depth=2, base_channels=2), object_diameter=20.0, metadata={
-        "description": "tiny test model", "citations": ["Someone 2019"], "license": "CC0",
-        "training_data": {"set-a": ["1.png", "2.png"], "set-b": ["3.png"], "never_trained_on": "set-c"},
-    }))
+    save_model(
+        folder / "nuclei",
+        ModelBundle(
+            UNet(depth=2, base_channels=2),
+            object_diameter=20.0,
+            metadata={
+                "description": "tiny test model",
+                "citations": ["Someone 2019"],
+                "license": "CC0",
+                "training_data": {"set-a": ["1.png", "2.png"], "set-b": ["3.png"], "never_trained_on": "set-c"},
+            },
+        ),
+    )
     (folder / "not_a_model").mkdir()
     monkeypatch.setattr(builtin, "BUILTIN_DIR", folder)
     monkeypatch.chdir(tmp_path)

@@ -52,8 +52,20 @@ def data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def model(data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("models") / "cells.model"
-    code = main(["train", str(data / "images"), str(data / "labels"), "--out", str(out), "--iterations", "3",
-                 "--val-fraction", "0.34", *TINY])
+    code = main(
+        [
+            "train",
+            str(data / "images"),
+            str(data / "labels"),
+            "--out",
+            str(out),
+            "--iterations",
+            "3",
+            "--val-fraction",
+            "0.34",
+            *TINY,
+        ]
+    )
     assert code == 0
     return out
 
@@ -66,8 +78,22 @@ def run(capsys, *args) -> tuple[int, str, str]:
 
 def test_train_writes_a_model_and_a_summary(data, tmp_path, capsys):
     out = tmp_path / "m"
-    code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "3",
-                          "--val-fraction", "0.34", "--seed", "1", "--tune-postprocess", *TINY)
+    code, stdout, _ = run(
+        capsys,
+        "train",
+        data / "images",
+        data / "labels",
+        "--out",
+        out,
+        "--iterations",
+        "3",
+        "--val-fraction",
+        "0.34",
+        "--seed",
+        "1",
+        "--tune-postprocess",
+        *TINY,
+    )
     assert code == 0
     assert "post-processing tuned on 1 validation image(s)" in stdout
     assert (out / "training_state.pt").is_file()  # still resumable after saving the tuned settings
@@ -80,8 +106,19 @@ def test_train_writes_a_model_and_a_summary(data, tmp_path, capsys):
 
 def test_predict_then_evaluate_agree_with_the_library(data, model, tmp_path, capsys):
     out = tmp_path / "results"
-    code, stdout, _ = run(capsys, "predict", model, data / "images", data / "test" / "images" / "cells.png",
-                          "--out", out, "--probabilities", "--device", "cpu", "-q")
+    code, stdout, _ = run(
+        capsys,
+        "predict",
+        model,
+        data / "images",
+        data / "test" / "images" / "cells.png",
+        "--out",
+        out,
+        "--probabilities",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert code == 0 and "segmented 4 image(s)" in stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{name}_{kind}.tif" for name in ("00", "01", "02", "cells") for kind in ("labels", "probs")
@@ -112,8 +149,21 @@ def test_predict_then_evaluate_agree_with_the_library(data, model, tmp_path, cap
 def test_predict_overrides_the_saved_post_processing(data, model, tmp_path, capsys):
     out = tmp_path / "results"
     image_path = data / "test" / "images" / "cells.png"
-    code, _, _ = run(capsys, "predict", model, image_path, "--out", out, "--threshold", "0.3", "--min-size", "0",
-                     "--device", "cpu", "-q")
+    code, _, _ = run(
+        capsys,
+        "predict",
+        model,
+        image_path,
+        "--out",
+        out,
+        "--threshold",
+        "0.3",
+        "--min-size",
+        "0",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert code == 0
     bundle = load_model(model)
     probs = bundle.predict(read_image(image_path)[0], device="cpu")[1]
@@ -126,8 +176,19 @@ def test_predict_overrides_the_saved_post_processing(data, model, tmp_path, caps
 def test_predict_segments_stacks_plane_by_plane_with_tta(data, model, tmp_path, capsys):
     stack = np.stack([make_cells((48, 56), seed=s)[0] for s in (20, 21)])
     write_tiff(tmp_path / "movie.tif", stack, "TYX")
-    code, _, _ = run(capsys, "predict", model, tmp_path / "movie.tif", "--out", tmp_path / "out", "--tta",
-                     "--probabilities", "--device", "cpu", "-q")
+    code, _, _ = run(
+        capsys,
+        "predict",
+        model,
+        tmp_path / "movie.tif",
+        "--out",
+        tmp_path / "out",
+        "--tta",
+        "--probabilities",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert code == 0
     labels, axes = read_image(tmp_path / "out" / "movie_labels.tif")
     probs = read_image(tmp_path / "out" / "movie_probs.tif")[0]
@@ -138,12 +199,36 @@ def test_predict_segments_stacks_plane_by_plane_with_tta(data, model, tmp_path, 
 def test_resume_continues_the_iterations(data, tmp_path, capsys):
     out = tmp_path / "m"
     split = ["--val-fraction", "0.34"]
-    code, _, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "2",
-                     "--seed", "1", *split, *TINY)
+    code, _, _ = run(
+        capsys,
+        "train",
+        data / "images",
+        data / "labels",
+        "--out",
+        out,
+        "--iterations",
+        "2",
+        "--seed",
+        "1",
+        *split,
+        *TINY,
+    )
     assert code == 0
     hashes = load_model(out).metadata["data_hashes"]
-    code, stdout, stderr = run(capsys, "train", data / "images", data / "labels", "--out", out, "--resume",
-                               "--iterations", "4", *split, "--device", "cpu")
+    code, stdout, stderr = run(
+        capsys,
+        "train",
+        data / "images",
+        data / "labels",
+        "--out",
+        out,
+        "--resume",
+        "--iterations",
+        "4",
+        *split,
+        "--device",
+        "cpu",
+    )
     assert code == 0 and "trained 4 iterations" in stdout
     assert "differ" not in stderr  # the saved seed (1) gives the same split by image (seed 0 would not)
     assert load_model(out).metadata["iterations"] == 4 and load_model(out).metadata["data_hashes"] == hashes
@@ -173,8 +258,23 @@ def test_ctrl_c_saves_the_last_step_and_resume_continues(data, tmp_path, capsys,
 
 def test_init_fine_tunes_a_saved_model(data, model, tmp_path, capsys):
     out = tmp_path / "tuned"
-    code, _, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--init", model,
-                     "--iterations", "2", "--tile-size", "44", "--device", "cpu", "-q")
+    code, _, _ = run(
+        capsys,
+        "train",
+        data / "images",
+        data / "labels",
+        "--out",
+        out,
+        "--init",
+        model,
+        "--iterations",
+        "2",
+        "--tile-size",
+        "44",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert code == 0
     before, after = load_model(model), load_model(out)
     assert after.net.config == before.net.config and after.metadata["iterations"] == 2
@@ -184,16 +284,39 @@ def test_init_fine_tunes_a_saved_model(data, model, tmp_path, capsys):
 
 def test_validation_files_and_masks(data, tmp_path, capsys):
     test = data / "test"
-    code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", tmp_path / "m",
-                          "--validation-images", test / "images", "--validation-labels", test / "labels",
-                          "--iterations", "2", *TINY)
+    code, stdout, _ = run(
+        capsys,
+        "train",
+        data / "images",
+        data / "labels",
+        "--out",
+        tmp_path / "m",
+        "--validation-images",
+        test / "images",
+        "--validation-labels",
+        test / "labels",
+        "--iterations",
+        "2",
+        *TINY,
+    )
     assert code == 0 and "validation IoU" in stdout
     empty = tmp_path / "masks"
     empty.mkdir()
     for i in range(3):
         write_tiff(empty / f"0{i}.tif", np.zeros((72, 80), np.uint8), "YX")
-    code, _, stderr = run(capsys, "train", data / "images", data / "labels", "--out", tmp_path / "m2",
-                          "--mask", empty, "--iterations", "2", *TINY)
+    code, _, stderr = run(
+        capsys,
+        "train",
+        data / "images",
+        data / "labels",
+        "--out",
+        tmp_path / "m2",
+        "--mask",
+        empty,
+        "--iterations",
+        "2",
+        *TINY,
+    )
     assert code == 2 and "annotations are empty" in stderr  # the masks reached the trainer
 
 
@@ -209,15 +332,16 @@ def corrupt(model: Path, tmp_path: Path) -> Path:
     [
         (lambda d, m, t: ["train", t / "nowhere", d / "labels", "--out", t / "m"], "no image file or folder"),
         (lambda d, m, t: ["train", d / "images", d / "test" / "labels", "--out", t / "m"], "share a base name"),
-        (lambda d, m, t: ["train", d / "images" / "00.png", d / "test" / "labels" / "cells.tif", "--out", t / "m"],
-         "must be the same size"),
+        (
+            lambda d, m, t: ["train", d / "images" / "00.png", d / "test" / "labels" / "cells.tif", "--out", t / "m"],
+            "must be the same size",
+        ),
         (lambda d, m, t: ["train", d / "images", d / "labels", "--out", d], "not a model folder"),
         (lambda d, m, t: ["train", d / "images", d / "labels", "--out", m], "--resume"),
         (lambda d, m, t: ["predict", corrupt(m, t), d / "images", "--out", t / "o"], "corrupted"),
         (lambda d, m, t: ["predict", t, d / "images", "--out", t / "o"], "not a napari-unet model folder"),
         (lambda d, m, t: ["predict", m, d / "images", "--out", t / "o", "--device", "tpu"], "device must be"),
-        (lambda d, m, t: ["evaluate", d / "images" / "00.png", d / "test" / "labels" / "cells.tif"],
-         "has shape"),
+        (lambda d, m, t: ["evaluate", d / "images" / "00.png", d / "test" / "labels" / "cells.tif"], "has shape"),
         (lambda d, m, t: ["weights", d / "images", "--out", t / "w.tif"], "is a folder"),
         (lambda d, m, t: ["info", t / "nothing"], "not a napari-unet model folder"),
     ],
@@ -250,8 +374,9 @@ def test_traceback_flag_shows_the_error(tmp_path):
 def test_weights_writes_the_weight_map(data, tmp_path, capsys):
     labels = read_labels(data / "labels" / "01.tif")
     out = tmp_path / "w" / "weights.tif"
-    code, stdout, _ = run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--w0", "8", "--sigma", "3",
-                          "--border", "2")
+    code, stdout, _ = run(
+        capsys, "weights", data / "labels" / "01.tif", "--out", out, "--w0", "8", "--sigma", "3", "--border", "2"
+    )
     assert code == 0 and str(out) in stdout
     written, axes = read_image(out)
     assert axes == "YX" and written.dtype == np.float32
@@ -262,8 +387,9 @@ def test_weights_writes_the_weight_map(data, tmp_path, capsys):
     from napari_unet.training import TrainConfig
 
     defaults = TrainConfig()  # without options: the weights training uses
-    np.testing.assert_array_equal(read_image(out)[0], weight_map(labels, defaults.w0, defaults.sigma,
-                                                                 class_weights=None, border=defaults.border))
+    np.testing.assert_array_equal(
+        read_image(out)[0], weight_map(labels, defaults.w0, defaults.sigma, class_weights=None, border=defaults.border)
+    )
 
 
 def test_evaluate_isbi_probability_maps(tmp_path, capsys):
@@ -325,12 +451,14 @@ def test_the_installed_entry_point_runs():
 def test_python_dash_m_runs_the_command_line():
     source = Path(__file__).resolve().parents[1] / "src"
     env = {**__import__("os").environ, "PYTHONPATH": str(source)}
-    result = subprocess.run([sys.executable, "-m", "napari_unet", "--help"], capture_output=True, text=True,
-                            timeout=60, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "--help"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 0, result.stderr
     assert all(command in result.stdout for command in COMMANDS)
-    result = subprocess.run([sys.executable, "-m", "napari_unet", "nonsense"], capture_output=True, text=True,
-                            timeout=60, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_unet", "nonsense"], capture_output=True, text=True, timeout=60, env=env
+    )
     assert result.returncode == 2 and "invalid choice" in result.stderr
 
 
@@ -343,9 +471,18 @@ def builtin_nuclei(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     folder = tmp_path / "builtin_models"
-    save_model(folder / "nuclei", ModelBundle(UNet(depth=2, base_channels=4, dropout=0.0), object_diameter=20.0,
-                                              metadata={"description": "tiny stand-in", "citations": ["Cited 2019"],
-                                                        "training_data": {"set-a": ["1.png"]}}))
+    save_model(
+        folder / "nuclei",
+        ModelBundle(
+            UNet(depth=2, base_channels=4, dropout=0.0),
+            object_diameter=20.0,
+            metadata={
+                "description": "tiny stand-in",
+                "citations": ["Cited 2019"],
+                "training_data": {"set-a": ["1.png"]},
+            },
+        ),
+    )
     monkeypatch.setattr(builtin, "BUILTIN_DIR", folder)
     return folder / "nuclei"
 
@@ -374,8 +511,9 @@ def test_predict_by_name_with_a_diameter_rescales_and_keeps_the_image_size(data,
     assert "'auto' or a diameter in pixels > 0" in capsys.readouterr().err
 
 
-def test_a_local_model_folder_named_like_a_builtin_wins_with_a_note(data, model, builtin_nuclei, tmp_path, capsys,
-                                                                     monkeypatch):
+def test_a_local_model_folder_named_like_a_builtin_wins_with_a_note(
+    data, model, builtin_nuclei, tmp_path, capsys, monkeypatch
+):
     shutil.copytree(model, tmp_path / "nuclei")
     monkeypatch.chdir(tmp_path)
     image = data / "test" / "images" / "cells.png"
@@ -387,7 +525,25 @@ def test_a_local_model_folder_named_like_a_builtin_wins_with_a_note(data, model,
 
 def test_train_init_by_name_rescales_the_images_to_the_models_object_size(data, builtin_nuclei, tmp_path, capsys):
     out = tmp_path / "tuned"
-    assert main(["train", str(data / "images"), str(data / "labels"), "--out", str(out), "--init", "nuclei",
-                 "--iterations", "2", "--tile-size", "44", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(data / "images"),
+                str(data / "labels"),
+                "--out",
+                str(out),
+                "--init",
+                "nuclei",
+                "--iterations",
+                "2",
+                "--tile-size",
+                "44",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert "so their cells are 20 px across" in capsys.readouterr().err
     assert load_model(out).object_diameter == 20.0

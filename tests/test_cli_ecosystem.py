@@ -46,8 +46,13 @@ def folders(tmp_path_factory) -> Path:
         nucleus = (image * 3000).astype(np.uint16)
         cytoplasm = (np.roll(image, 2, axis=0) * 1500 + 200).astype(np.uint16)
         calibration, metadata = tiff_calibration(PixelSize(0.5, 0.5, "um"), imagej=True)
-        tifffile.imwrite(root / "two" / f"0{i}.tif", np.stack([nucleus, cytoplasm]), imagej=True,
-                         metadata={"axes": "CYX", **metadata}, **calibration)
+        tifffile.imwrite(
+            root / "two" / f"0{i}.tif",
+            np.stack([nucleus, cytoplasm]),
+            imagej=True,
+            metadata={"axes": "CYX", **metadata},
+            **calibration,
+        )
         write_tiff(root / "labels" / f"0{i}.tif", labels.astype(np.uint16), "YX")
     return root
 
@@ -61,8 +66,23 @@ def test_train_predict_measure_multichannel(folders, kind, tmp_path, capsys):
     code, out, _ = run(capsys, "info", model)
     assert f"input: {3 if kind == 'rgb' else 2} channels: all channels" in out
     out_dir = tmp_path / "out"
-    code, stdout, err = run(capsys, "predict", model, folders / kind, "--out", out_dir, "--measure", "--rois",
-                            "--threshold", "0.01", "--min-size", "0", "--device", "cpu", "-q")  # objects, even untrained
+    code, stdout, err = run(
+        capsys,
+        "predict",
+        model,
+        folders / kind,
+        "--out",
+        out_dir,
+        "--measure",
+        "--rois",
+        "--threshold",
+        "0.01",
+        "--min-size",
+        "0",
+        "--device",
+        "cpu",
+        "-q",
+    )  # objects, even untrained
     assert code == 0, err
     labels, axes = read_image(out_dir / "00_labels.tif")
     assert axes == "YX" and labels.shape == (72, 80)
@@ -74,8 +94,20 @@ def test_train_predict_measure_multichannel(folders, kind, tmp_path, capsys):
     if kind == "two":  # the pixel size of the input is carried into the labels and the table
         assert read_pixel_size(out_dir / "00_labels.tif") == PixelSize(0.5, 0.5, "um")
         np.testing.assert_allclose(table["area_um2"], table["area"] * 0.25)
-        code, _, err = run(capsys, "predict", model, folders / kind / "00.tif", "--out", tmp_path / "z", "--zarr",
-                           "--threshold", "0.01", "--device", "cpu", "-q")
+        code, _, err = run(
+            capsys,
+            "predict",
+            model,
+            folders / kind / "00.tif",
+            "--out",
+            tmp_path / "z",
+            "--zarr",
+            "--threshold",
+            "0.01",
+            "--device",
+            "cpu",
+            "-q",
+        )
         assert code == 0, err
         zarr_labels, zarr_axes = read_input(tmp_path / "z" / "00_labels.ome.zarr")
         assert zarr_axes == "YX"
@@ -86,27 +118,53 @@ def test_train_predict_measure_multichannel(folders, kind, tmp_path, capsys):
 
 def test_grey_conversion_is_saved_with_the_model_and_reused(folders, tmp_path, capsys):
     model = tmp_path / "grey.model"
-    code, _, err = run(capsys, "train", folders / "rgb", folders / "labels", "--out", model, "--iterations", "3",
-                       "--grey", *TINY)
+    code, _, err = run(
+        capsys, "train", folders / "rgb", folders / "labels", "--out", model, "--iterations", "3", "--grey", *TINY
+    )
     assert code == 0, err
     bundle = load_model(model)
     assert bundle.net.config.in_channels == 1 and bundle.channels.grey
-    code, _, err = run(capsys, "predict", model, folders / "rgb" / "00.png", "--out", tmp_path / "o", "--device",
-                       "cpu", "-q")
+    code, _, err = run(
+        capsys, "predict", model, folders / "rgb" / "00.png", "--out", tmp_path / "o", "--device", "cpu", "-q"
+    )
     assert code == 0, err  # the RGB input is converted to grey as in training, without options
-    code, _, err = run(capsys, "predict", model, folders / "rgb" / "00.png", "--out", tmp_path / "o", "--channels",
-                       "0,1", "--device", "cpu", "-q", "--overwrite")
+    code, _, err = run(
+        capsys,
+        "predict",
+        model,
+        folders / "rgb" / "00.png",
+        "--out",
+        tmp_path / "o",
+        "--channels",
+        "0,1",
+        "--device",
+        "cpu",
+        "-q",
+        "--overwrite",
+    )
     assert code == 2 and "the model expects 1 channel(s)" in err and "--grey" in err
 
 
 def test_channels_pick_one_channel_of_two(folders, tmp_path, capsys):
     model = tmp_path / "nucleus.model"
-    code, _, err = run(capsys, "train", folders / "two", folders / "labels", "--out", model, "--iterations", "3",
-                       "--channels", "0", *TINY)
+    code, _, err = run(
+        capsys,
+        "train",
+        folders / "two",
+        folders / "labels",
+        "--out",
+        model,
+        "--iterations",
+        "3",
+        "--channels",
+        "0",
+        *TINY,
+    )
     assert code == 0, err
     assert load_model(model).net.config.in_channels == 1 and load_model(model).channels.channels == (0,)
-    code, _, err = run(capsys, "train", folders / "two", folders / "labels", "--out", tmp_path / "x",
-                       "--channels", "0,5", *TINY)
+    code, _, err = run(
+        capsys, "train", folders / "two", folders / "labels", "--out", tmp_path / "x", "--channels", "0,5", *TINY
+    )
     assert code == 2 and "channel 5" in err and "2 channel(s)" in err
 
 
@@ -122,8 +180,18 @@ def test_measure_command_matches_the_library(folders, tmp_path, capsys):
     np.testing.assert_array_equal(rows["label"], expected["label"])
     for column in ("area", "centroid_y", "perimeter", "solidity", "intensity_mean_c1", "area_um2", "perimeter_um"):
         np.testing.assert_allclose(rows[column], expected[column], rtol=1e-12)
-    code, stdout, _ = run(capsys, "measure", folders / "labels" / "00.tif", "--out", tmp_path / "p.csv",
-                          "--pixel-size", "0.2", "0.4", "--unit", "nm")
+    code, stdout, _ = run(
+        capsys,
+        "measure",
+        folders / "labels" / "00.tif",
+        "--out",
+        tmp_path / "p.csv",
+        "--pixel-size",
+        "0.2",
+        "0.4",
+        "--unit",
+        "nm",
+    )
     assert code == 0
     table = pandas.read_csv(tmp_path / "p.csv", dtype={"image": str})
     assert "area_nm2" in table and "perimeter_nm" not in table and "intensity_mean" not in table
@@ -134,8 +202,9 @@ def test_rois_command_round_trip(folders, tmp_path, capsys):
     assert code == 0 and "ROIs" in stdout
     code, _, err = run(capsys, "rois", tmp_path / "cells.zip", "--out", tmp_path / "back.tif")
     assert code == 2 and "--like" in err
-    code, _, _ = run(capsys, "rois", tmp_path / "cells.zip", "--like", folders / "two" / "00.tif",
-                     "--out", tmp_path / "back.tif")
+    code, _, _ = run(
+        capsys, "rois", tmp_path / "cells.zip", "--like", folders / "two" / "00.tif", "--out", tmp_path / "back.tif"
+    )
     assert code == 0
     original, _ = read_image(folders / "labels" / "00.tif")
     back, axes = read_image(tmp_path / "back.tif")
@@ -150,11 +219,23 @@ def test_export_command_writes_each_format(folders, tmp_path, capsys):
     assert run(capsys, "train", folders / "two", folders / "labels", "--out", model, "--iterations", "2", *TINY)[0] == 0
     code, stdout, _ = run(capsys, "export", model, "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert code == 0 and "H, W = " in stdout and (tmp_path / "m.onnx").is_file()
-    code, stdout, _ = run(capsys, "export", model, "--format", "bioimageio", "--out", tmp_path / "m.zip",
-                          "--author", "Ada", "--training-data-licence", "CC-BY-4.0")
+    code, stdout, _ = run(
+        capsys,
+        "export",
+        model,
+        "--format",
+        "bioimageio",
+        "--out",
+        tmp_path / "m.zip",
+        "--author",
+        "Ada",
+        "--training-data-licence",
+        "CC-BY-4.0",
+    )
     assert code == 0 and (tmp_path / "m.zip").is_file() and "not recorded" not in stdout
-    code, _, err = run(capsys, "export", model, "--format", "torchscript", "--out", tmp_path / "m.pt",
-                       "--author", "Ada")
+    code, _, err = run(
+        capsys, "export", model, "--format", "torchscript", "--out", tmp_path / "m.pt", "--author", "Ada"
+    )
     assert code == 2 and "bioimageio package" in err
 
 

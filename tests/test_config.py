@@ -49,7 +49,11 @@ def test_numpy_values_are_saved_as_python_numbers():
     [
         (lambda: UNetConfig(depth=0), ValueError, r"UNetConfig.depth must be an integer >= 1; got 0"),
         (lambda: UNetConfig(depth=2.5), ValueError, r"UNetConfig.depth must be an integer >= 1; got 2.5"),
-        (lambda: UNetConfig(dropout=1.0), ValueError, r"UNetConfig.dropout \(a probability\) must be a number in \[0, 1\)"),
+        (
+            lambda: UNetConfig(dropout=1.0),
+            ValueError,
+            r"UNetConfig.dropout \(a probability\) must be a number in \[0, 1\)",
+        ),
         (lambda: UNetConfig(padding="reflect"), ValueError, r"UNetConfig.padding must be one of 'valid', 'same'"),
         (lambda: TrainConfig(learning_rate=0), ValueError, r"TrainConfig.learning_rate must be a number > 0; got 0"),
         (lambda: TrainConfig(iterations="10"), TypeError, r"TrainConfig.iterations must be an integer >= 1; got '10'"),
@@ -59,7 +63,11 @@ def test_numpy_values_are_saved_as_python_numbers():
         (lambda: AugmentConfig(shift=-1.0), ValueError, r"AugmentConfig.shift must be a number >= 0; got -1.0"),
         (lambda: PostprocessConfig(threshold=True), TypeError, r"PostprocessConfig.threshold \(a probability\)"),
         (lambda: PostprocessConfig(threshold=float("nan")), ValueError, r"threshold .* got nan"),
-        (lambda: Normalization(low=-1.0), ValueError, r"Normalization.low \(a percentile\) must be a number in \[0, 100\]"),
+        (
+            lambda: Normalization(low=-1.0),
+            ValueError,
+            r"Normalization.low \(a percentile\) must be a number in \[0, 100\]",
+        ),
         (lambda: Normalization(low=50.0, high=40.0), ValueError, r"0 <= low < high <= 100"),
     ],
 )

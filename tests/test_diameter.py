@@ -35,8 +35,11 @@ def disks(shape, radius, spacing, offset=0) -> np.ndarray:
     """Disks of `radius` on a grid of `spacing`, as instance labels."""
     yy, xx = np.indices(shape)
     labels = np.zeros(shape, np.int32)
-    centres = [(y, x) for y in range(spacing // 2 + offset, shape[0] - radius, spacing)
-               for x in range(spacing // 2 + offset, shape[1] - radius, spacing)]
+    centres = [
+        (y, x)
+        for y in range(spacing // 2 + offset, shape[0] - radius, spacing)
+        for x in range(spacing // 2 + offset, shape[1] - radius, spacing)
+    ]
     for i, (y, x) in enumerate(centres, 1):
         labels[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2] = i
     return labels
@@ -151,6 +154,7 @@ def test_a_lazy_plane_small_enough_is_rescaled_like_the_same_array_in_memory():
     image = (truth > 0).astype(np.float32) * 100
     lazy = da.from_array(image, chunks=64)
     model = bundle()
-    np.testing.assert_array_equal(model.segment(lazy, diameter=40.0, device="cpu"),
-                                  model.segment(image, diameter=40.0, device="cpu"))
+    np.testing.assert_array_equal(
+        model.segment(lazy, diameter=40.0, device="cpu"), model.segment(image, diameter=40.0, device="cpu")
+    )
     assert model.estimate_diameter(lazy, device="cpu") == model.estimate_diameter(image, device="cpu")

@@ -23,7 +23,7 @@ from napari_unet.modelfile import ModelBundle  # noqa: E402
 from napari_unet.pipeline import output_paths, read_input, segment_file  # noqa: E402
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels  # noqa: E402
 from napari_unet.synthetic import make_cells  # noqa: E402
-from napari_unet.tiling import predict_tiled, tile_grid  # noqa: E402
+from napari_unet.tiling import tile_grid  # noqa: E402
 
 TILE, BLOCK, MARGIN = 32, 60, 64  # 300 x 330 pixels: tiles of 30, blocks of 60, 5 x 6 = 30 blocks
 BLOCKS = 30
@@ -111,17 +111,23 @@ def labels_by_blocks(probs: np.ndarray, block: int, margin: int, config: Postpro
     out, cut = np.zeros(probs.shape, np.uint32), 0
     for region in dist.block_regions(probs.shape, (block, block)):
         window = tuple(slice(max(0, r.start - margin), min(n, r.stop + margin)) for r, n in zip(region, probs.shape))
-        labels, n_cut = dist.label_window(probs[window], (window[0].start, window[1].start), probs.shape, region, config)
+        labels, n_cut = dist.label_window(
+            probs[window], (window[0].start, window[1].start), probs.shape, region, config
+        )
         out[region] = labels
         cut += n_cut
     return out, cut
 
 
-@pytest.mark.parametrize("config", [
-    PostprocessConfig(),
-    PostprocessConfig(watershed=True, min_size=30),
-    PostprocessConfig(grow_threshold=0.2, border_width=2, fill_holes=False),
-], ids=["default", "watershed", "growth"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        PostprocessConfig(),
+        PostprocessConfig(watershed=True, min_size=30),
+        PostprocessConfig(grow_threshold=0.2, border_width=2, fill_holes=False),
+    ],
+    ids=["default", "watershed", "growth"],
+)
 def test_labels_by_blocks_equal_the_whole_image_up_to_renumbering(config):
     probs = cell_probabilities()
     whole = probs_to_labels(probs, config)
@@ -170,8 +176,13 @@ def test_torch_threads_default_to_the_cores_per_dask_thread():
 def test_pixel_size_of_tiffs_and_ome_zarr(tmp_path, big_zarr):
     import tifffile
 
-    tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), np.uint8), imagej=True, resolution=(1 / 0.3, 1 / 0.2),
-                     metadata={"unit": "um"})
+    tifffile.imwrite(
+        tmp_path / "a.tif",
+        np.zeros((8, 8), np.uint8),
+        imagej=True,
+        resolution=(1 / 0.3, 1 / 0.2),
+        metadata={"unit": "um"},
+    )
     size, unit = dist.input_pixel_size(tmp_path / "a.tif")
     assert np.allclose(size, (0.2, 0.3)) and unit == "um"
     tifffile.imwrite(tmp_path / "b.tif", np.zeros((8, 8), np.uint8))
@@ -203,8 +214,9 @@ def test_large_zarr_equals_single_process(client, bundle, big_zarr, reference, t
 
 
 def test_an_interrupted_run_resumes_where_it_stopped(client, bundle, big_zarr, reference, tmp_path):
-    stream = dist.segment_batch(client, bundle, [big_zarr], tmp_path, block_size=BLOCK, margin=MARGIN,
-                                tile_size=TILE, device="cpu")
+    stream = dist.segment_batch(
+        client, bundle, [big_zarr], tmp_path, block_size=BLOCK, margin=MARGIN, tile_size=TILE, device="cpu"
+    )
     first = [next(stream) for _ in range(10)]
     stream.close()  # stopping: the other tasks are cancelled
     assert not dist.is_complete(tmp_path / "big_labels.ome.zarr")
@@ -218,8 +230,17 @@ def test_an_interrupted_run_resumes_where_it_stopped(client, bundle, big_zarr, r
 
 
 def test_a_killed_worker_is_replaced_and_the_output_is_complete(client, bundle, big_zarr, reference, tmp_path):
-    stream = dist.segment_batch(client, bundle, [big_zarr], tmp_path, block_size=BLOCK, margin=MARGIN,
-                                tile_size=TILE, device="cpu", probabilities=True)
+    stream = dist.segment_batch(
+        client,
+        bundle,
+        [big_zarr],
+        tmp_path,
+        block_size=BLOCK,
+        margin=MARGIN,
+        tile_size=TILE,
+        device="cpu",
+        probabilities=True,
+    )
     events, killed = [], False
     for event in stream:
         events.append(event)
@@ -275,8 +296,9 @@ def test_a_failing_file_names_itself(client, bundle, tmp_path):
 
 
 def test_a_changed_model_restarts_an_unfinished_image(client, bundle, big_zarr, reference, tmp_path):
-    stream = dist.segment_batch(client, bundle, [big_zarr], tmp_path, block_size=BLOCK, margin=MARGIN,
-                                tile_size=TILE, device="cpu")
+    stream = dist.segment_batch(
+        client, bundle, [big_zarr], tmp_path, block_size=BLOCK, margin=MARGIN, tile_size=TILE, device="cpu"
+    )
     next(stream)
     stream.close()
     other = replace(bundle, postprocess=PostprocessConfig(threshold=0.75))
@@ -292,14 +314,42 @@ def test_the_command_line_and_python_run_on_a_cluster(client, bundle, big_zarr, 
 
     model = save_model(tmp_path / "cells.model", bundle)
     address = client.scheduler.address
-    code = main(["predict", str(model), str(big_zarr), "--out", str(tmp_path / "cli"), "--cluster", address,
-                 "--tile-size", str(TILE), "--block-size", str(BLOCK), "--margin", str(MARGIN), "--torch-threads", "1",
-                 "--device", "cpu", "-q"])
+    code = main(
+        [
+            "predict",
+            str(model),
+            str(big_zarr),
+            "--out",
+            str(tmp_path / "cli"),
+            "--cluster",
+            address,
+            "--tile-size",
+            str(TILE),
+            "--block-size",
+            str(BLOCK),
+            "--margin",
+            str(MARGIN),
+            "--torch-threads",
+            "1",
+            "--device",
+            "cpu",
+            "-q",
+        ]
+    )
     assert code == 0 and "segmented 1 image(s)" in capsys.readouterr().out
     labels = zarr.open_group(str(tmp_path / "cli" / "big_labels.ome.zarr"), mode="r")["0"][:]
     assert same_up_to_renumbering(labels, reference[1])
-    events = dist.segment_files(model, [big_zarr], tmp_path / "py", address=address, torch_threads=1,
-                                tile_size=TILE, block_size=BLOCK, margin=MARGIN, device="cpu")
+    events = dist.segment_files(
+        model,
+        [big_zarr],
+        tmp_path / "py",
+        address=address,
+        torch_threads=1,
+        tile_size=TILE,
+        block_size=BLOCK,
+        margin=MARGIN,
+        device="cpu",
+    )
     labels = zarr.open_group(str(tmp_path / "py" / "big_labels.ome.zarr"), mode="r")["0"][:]
     assert len(events) == 2 * BLOCKS and same_up_to_renumbering(labels, reference[1])
     assert main(["predict", str(model), str(big_zarr), "--out", str(tmp_path / "o"), "--workers", "2", "--tta"]) == 2

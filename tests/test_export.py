@@ -24,13 +24,17 @@ from napari_unet.modelfile import ModelBundle, load_model, save_model
 @pytest.fixture(scope="module")
 def bundle() -> ModelBundle:
     torch.manual_seed(0)
-    return ModelBundle(UNet(depth=3, base_channels=4, dropout=0.0), metadata={
-        "training_data": {"name": "synthetic cells", "licence": "CC0-1.0", "url": "https://example.org/cells"},
-    })
+    return ModelBundle(
+        UNet(depth=3, base_channels=4, dropout=0.0),
+        metadata={
+            "training_data": {"name": "synthetic cells", "licence": "CC0-1.0", "url": "https://example.org/cells"},
+        },
+    )
 
 
-@pytest.mark.parametrize("config", [dict(depth=2), dict(depth=3), dict(depth=4, convs_per_level=3),
-                                    dict(depth=3, padding="same")])
+@pytest.mark.parametrize(
+    "config", [dict(depth=2), dict(depth=3), dict(depth=4, convs_per_level=3), dict(depth=3, padding="same")]
+)
 def test_input_size_rule_is_the_networks(config):
     net = UNet(base_channels=2, **config)
     minimum, step, offset = input_size_rule(net)
@@ -63,8 +67,10 @@ def test_bioimageio_package_passes_bioimageio_own_test(bundle, tmp_path):
     path = export_bioimageio(bundle, tmp_path / "cells")
     summary = core.test_model(path / "rdf.yaml")
     if summary.status != "passed" and "'index_key' is expected to be an integer" in summary.format():
-        pytest.skip("this bioimageio.spec cannot serialise with the installed pydantic-core (fixed in "
-                    "bioimageio.spec 0.5.14): pip install 'bioimageio.spec>=0.5.14'")
+        pytest.skip(
+            "this bioimageio.spec cannot serialise with the installed pydantic-core (fixed in "
+            "bioimageio.spec 0.5.14): pip install 'bioimageio.spec>=0.5.14'"
+        )
     failures = [d for d in summary.details if d.status == "failed"]
     assert summary.status == "passed", summary.format()
     assert not failures
@@ -80,8 +86,15 @@ def test_bioimageio_rdf_describes_the_network(bundle, tmp_path):
 
     path = export_bioimageio(bundle, tmp_path / "cells.zip")
     with zipfile.ZipFile(path) as archive:
-        assert {"rdf.yaml", "weights.pt", "weights.onnx", "weights.torchscript.pt", "test_input.npy",
-                "test_output.npy", "README.md"} <= set(archive.namelist())
+        assert {
+            "rdf.yaml",
+            "weights.pt",
+            "weights.onnx",
+            "weights.torchscript.pt",
+            "test_input.npy",
+            "test_output.npy",
+            "README.md",
+        } <= set(archive.namelist())
         rdf = yaml.safe_load(archive.read("rdf.yaml"))
     minimum, step, offset = input_size_rule(bundle.net)
     assert rdf["format_version"].startswith("0.5")

@@ -69,8 +69,9 @@ def test_fine_tuning_trains_a_copy_and_records_where_it_came_from():
     image, labels = two_touching_cells()
     start = bundle(diameter=30.0)
     before = {k: v.clone() for k, v in start.net.state_dict().items()}
-    trainer = few_shot_trainer(start, image, np.where(labels == 1, 1, 0),
-                               config=FewShotConfig(seconds=None, iterations=3), device="cpu")
+    trainer = few_shot_trainer(
+        start, image, np.where(labels == 1, 1, 0), config=FewShotConfig(seconds=None, iterations=3), device="cpu"
+    )
     events = list(trainer.run())
     assert events[-1].kind == "done" and trainer.iteration == 3
     assert all(torch.equal(before[k], v) for k, v in start.net.state_dict().items())
@@ -84,8 +85,13 @@ def test_fine_tuning_trains_a_copy_and_records_where_it_came_from():
 def test_freezing_the_encoder_keeps_its_weights():
     image, labels = two_touching_cells()
     start = bundle()
-    trainer = few_shot_trainer(start, image, np.where(labels == 1, 1, 0), device="cpu",
-                               config=FewShotConfig(seconds=None, iterations=2, freeze_encoder=True))
+    trainer = few_shot_trainer(
+        start,
+        image,
+        np.where(labels == 1, 1, 0),
+        device="cpu",
+        config=FewShotConfig(seconds=None, iterations=2, freeze_encoder=True),
+    )
     list(trainer.run())
     tuned = trainer.bundle().net
     for name, value in start.net.encoder.state_dict().items():

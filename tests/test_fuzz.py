@@ -40,8 +40,11 @@ def samples(tmp_path_factory) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def model_bytes(tmp_path_factory) -> dict[str, bytes]:
-    folder = save_model(tmp_path_factory.mktemp("model") / "m", ModelBundle(UNet(depth=2, base_channels=2)),
-                        training_state={"iteration": 1})
+    folder = save_model(
+        tmp_path_factory.mktemp("model") / "m",
+        ModelBundle(UNet(depth=2, base_channels=2)),
+        training_state={"iteration": 1},
+    )
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
@@ -69,8 +72,10 @@ def test_random_bytes_are_a_clear_error(tmp_path, data, suffix):
 
 
 @FUZZ
-@given(name=st.sampled_from(["u16.tif", "f32.tif", "i32.tif", "zlib.tif", "grey.png", "rgb.jpg"]),
-       fraction=st.floats(0.0, 1.0))
+@given(
+    name=st.sampled_from(["u16.tif", "f32.tif", "i32.tif", "zlib.tif", "grey.png", "rgb.jpg"]),
+    fraction=st.floats(0.0, 1.0),
+)
 def test_truncated_files_are_a_clear_error(tmp_path, samples, name, fraction):
     data = samples[name]
     path = tmp_path / name
@@ -79,8 +84,10 @@ def test_truncated_files_are_a_clear_error(tmp_path, samples, name, fraction):
 
 
 @FUZZ
-@given(name=st.sampled_from(["u16.tif", "f32.tif", "i32.tif", "zlib.tif", "grey.png"]),
-       flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8))
+@given(
+    name=st.sampled_from(["u16.tif", "f32.tif", "i32.tif", "zlib.tif", "grey.png"]),
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=8),
+)
 def test_corrupted_bytes_are_a_clear_error(tmp_path, samples, name, flips):
     data = bytearray(samples[name])
     for position, value in flips:
@@ -115,8 +122,7 @@ JSON = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5),
     max_leaves=20,
 )
-FIELDS = ("in_channels", "num_classes", "depth", "base_channels", "padding", "batch_norm", "dropout",
-          "convs_per_level")
+FIELDS = ("in_channels", "num_classes", "depth", "base_channels", "padding", "batch_norm", "dropout", "convs_per_level")
 
 
 @FUZZ
@@ -126,8 +132,10 @@ def test_random_config_bytes(tmp_path, model_bytes, data):
 
 
 @FUZZ
-@given(section=st.sampled_from(["unet", "normalization", "postprocess", "metadata", "format_version", "format"]),
-       value=JSON)
+@given(
+    section=st.sampled_from(["unet", "normalization", "postprocess", "metadata", "format_version", "format"]),
+    value=JSON,
+)
 def test_random_json_in_each_config_section(tmp_path, model_bytes, section, value):
     config = json.loads(model_bytes["config.json"])
     config[section] = value
@@ -143,8 +151,7 @@ def test_random_values_of_the_network_fields(tmp_path, model_bytes, changes):
 
 
 @FUZZ
-@given(fraction=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
-                                                     max_size=6))
+@given(fraction=st.floats(0.0, 1.0), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), max_size=6))
 def test_truncated_or_corrupted_weights(tmp_path, model_bytes, fraction, flips):
     data = bytearray(model_bytes["weights.safetensors"])
     data = data[: max(1, int(len(data) * fraction))]

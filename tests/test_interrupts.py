@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unet.io import read_image, read_labels, remove_stale_temporaries, write_tiff
+from napari_unet.io import read_labels, remove_stale_temporaries, write_tiff
 from napari_unet.modelfile import is_model_folder, load_model, recover_interrupted_save
 from napari_unet.synthetic import make_cells
 
@@ -59,8 +59,13 @@ def hidden_are_temporary(folder: Path) -> None:
 def kill_trials(tmp_path_factory) -> tuple[Path, list[dict]]:
     root = tmp_path_factory.mktemp("kill")
     write_data(root / "data")
-    done = subprocess.run([sys.executable, str(TESTS / "_kill_trials.py"), str(root), "0", str(TRIALS)],
-                          capture_output=True, text=True, env=environment(), timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(TESTS / "_kill_trials.py"), str(root), "0", str(TRIALS)],
+        capture_output=True,
+        text=True,
+        env=environment(),
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return root, json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -74,8 +79,9 @@ def check_model(folder: Path) -> dict:
         return {}
     assert is_model_folder(folder), f"{folder} is incomplete: {sorted(p.name for p in folder.iterdir())}"
     bundle = load_model(folder)
-    state = torch.load(folder / "training_state.pt", weights_only=True) if (folder / "training_state.pt").exists() \
-        else None
+    state = (
+        torch.load(folder / "training_state.pt", weights_only=True) if (folder / "training_state.pt").exists() else None
+    )
     return {"bundle": bundle, "state": state}
 
 
@@ -127,8 +133,13 @@ def test_the_kill_trials_hit_work_in_progress(kill_trials):
     temporaries of the run that was killed)."""
     root, trials = kill_trials
     saved = [t for t in trials if t["kind"] in ("train", "save") and (Path(t["folder"]) / "model").exists()]
-    predicted = [t for t in trials if t["kind"] == "predict" and (Path(t["folder"]) / "out").exists()
-                 and list((Path(t["folder"]) / "out").iterdir())]
+    predicted = [
+        t
+        for t in trials
+        if t["kind"] == "predict"
+        and (Path(t["folder"]) / "out").exists()
+        and list((Path(t["folder"]) / "out").iterdir())
+    ]
     assert saved and predicted
 
 
@@ -146,8 +157,14 @@ def test_the_next_write_removes_temporaries_of_killed_writers(kill_trials):
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "napari_unet", *args], cwd=cwd, env=environment(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "napari_unet", *args],
+        cwd=cwd,
+        env=environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 class Stderr:
@@ -187,8 +204,9 @@ TRAIN = ["--iterations", "100000", "--depth", "2", "--base-channels", "4", "--ti
 
 
 def test_sigterm_from_outside_stops_training_at_the_next_step_and_saves_it(data, tmp_path):
-    process = start(["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN],
-                    tmp_path)
+    process = start(
+        ["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN], tmp_path
+    )
     Stderr(process).wait_for(r"\| *[1-9]\d*/100000")  # a few steps done
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 143
@@ -220,8 +238,9 @@ def test_a_signal_in_a_step_stops_training_after_that_step(data, tmp_path, monke
     from napari_unet.training import Trainer
 
     monkeypatch.setattr(Trainer, "_step", signal_at(3, signum)(Trainer._step))
-    assert main(["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN,
-                 "-q"]) == code
+    assert (
+        main(["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN, "-q"]) == code
+    )
     assert load_model(tmp_path / "m").metadata["iterations"] == 3  # the step the signal came in is saved
     assert "stopped at iteration 3" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*"))
@@ -236,8 +255,21 @@ def test_a_signal_while_reading_the_data_keeps_an_overwritten_model(data, tmp_pa
     save_model(tmp_path / "m", ModelBundle(UNet(depth=2, base_channels=4), metadata={"iterations": 7}))
     before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
     monkeypatch.setattr(pipeline, "read_training_pair", signal_at(2, signal.SIGTERM)(pipeline.read_training_pair))
-    assert main(["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), "--overwrite",
-                 *TRAIN, "-q"]) == 143
+    assert (
+        main(
+            [
+                "train",
+                str(data / "images"),
+                str(data / "labels"),
+                "--out",
+                str(tmp_path / "m"),
+                "--overwrite",
+                *TRAIN,
+                "-q",
+            ]
+        )
+        == 143
+    )
     assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before
 
 
@@ -249,14 +281,29 @@ def test_sigterm_during_predict_leaves_no_output_and_no_temporary(data, tmp_path
 
     save_model(tmp_path / "model", ModelBundle(UNet(depth=2, base_channels=4, dropout=0.0)))
     monkeypatch.setattr(postprocess, "probs_to_labels", signal_at(3, signal.SIGTERM)(postprocess.probs_to_labels))
-    assert main(["predict", str(tmp_path / "model"), str(data / "stack.tif"), "--out", str(tmp_path / "out"),
-                 "--probabilities", "--device", "cpu", "-q"]) == 143
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "model"),
+                str(data / "stack.tif"),
+                "--out",
+                str(tmp_path / "out"),
+                "--probabilities",
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 143
+    )
     assert list((tmp_path / "out").iterdir()) == []  # no labels, no probabilities, no temporary
 
 
 def test_a_second_signal_exits_at_once_and_the_disk_stays_valid(data, tmp_path):
-    process = start(["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN],
-                    tmp_path)
+    process = start(
+        ["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN], tmp_path
+    )
     stderr = Stderr(process)
     stderr.wait_for(r"\| *[1-9]\d*/100000")
     process.send_signal(signal.SIGINT)

@@ -34,8 +34,17 @@ def job(cells, tmp_path: Path, masks, **overrides) -> TrainingJob:
     image, labels = cells
     _, config = preset("fast", tile_size=60, validate_every=1000, checkpoint_every=1000, **overrides)
     torch.manual_seed(0)
-    return TrainingJob([image[None].astype(np.float32)], [labels], masks, UNet(TINY), config, Normalization(),
-                       None, "cpu", tmp_path / "model")
+    return TrainingJob(
+        [image[None].astype(np.float32)],
+        [labels],
+        masks,
+        UNet(TINY),
+        config,
+        Normalization(),
+        None,
+        "cpu",
+        tmp_path / "model",
+    )
 
 
 def test_training_samples_are_cropped_to_the_annotated_region_and_normalised_with_the_whole_plane(cells, tmp_path):
@@ -148,8 +157,9 @@ def test_the_preview_is_augments_own_sample_for_the_seed(cells):
     np.testing.assert_array_equal(shown_labels, expected[1])
     assert not np.array_equal(grid, grid_lines((size, size))), "the default elastic deformation bends the grid"
 
-    still = AugmentConfig(elastic_sigma=0.0, rotation=0.0, shift=0.0, flip_p=0.0, contrast_p=0.0, brightness_p=0.0,
-                          gamma_p=0.0)
+    still = AugmentConfig(
+        elastic_sigma=0.0, rotation=0.0, shift=0.0, flip_p=0.0, contrast_p=0.0, brightness_p=0.0, gamma_p=0.0
+    )
     shown_image, shown_labels, grid = preview_sample(plane, None, origin, size, still, seed=4)
     np.testing.assert_allclose(shown_image, window, atol=1e-6)
     assert not shown_labels.any() and shown_labels.shape == (size, size)
@@ -179,10 +189,12 @@ class _Plane:
 
 @pytest.mark.parametrize("factor", [0.5, 1.7])
 def test_rescaled_tiles_cover_the_image_once_and_equal_the_bundles_rescaled_prediction(factor):
+    from test_diameter import bundle as threshold_bundle
+    from test_diameter import disks
+
     from napari_unet.jobs.segment import rescaled_region
     from napari_unet.metrics import instance_scores
     from napari_unet.scale import scale_postprocess
-    from test_diameter import bundle as threshold_bundle, disks
 
     truth = disks((150, 170), 14, 50)
     model = threshold_bundle(20.0)
@@ -203,9 +215,11 @@ def test_rescaled_tiles_cover_the_image_once_and_equal_the_bundles_rescaled_pred
 
 
 def test_uncertainty_and_suggestions_point_away_from_what_is_annotated():
+    from test_diameter import bundle as threshold_bundle
+    from test_diameter import disks
+
     from napari_unet.jobs.finetune import suggest_annotation
     from napari_unet.jobs.segment import uncertainty_planes
-    from test_diameter import bundle as threshold_bundle, disks
 
     model = threshold_bundle(20.0)
     image = (disks((240, 240), 10, 40) > 0).astype(np.float32) * 50

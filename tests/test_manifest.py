@@ -34,9 +34,7 @@ def test_top_level_manifest_is_the_packaged_file() -> None:
 
 
 def test_entry_point_names_the_packaged_manifest() -> None:
-    (entry_point,) = [
-        ep for ep in importlib.metadata.entry_points(group="napari.manifest") if ep.name == DISTRIBUTION
-    ]
+    (entry_point,) = [ep for ep in importlib.metadata.entry_points(group="napari.manifest") if ep.name == DISTRIBUTION]
     package, resource = entry_point.value.split(":")
     manifest = yaml.safe_load((importlib.resources.files(package) / resource).read_text())
     assert manifest["name"] == DISTRIBUTION

@@ -63,8 +63,14 @@ def test_some_singletons():
     # merge = 1, split = ln2 / (3/2 ln2) = 2/3, V_info = 2 ln2 / (5/2 ln2) = 4/5
     scores = rand_info_scores(pred, truth)
     assert scores == approx_dict(
-        {"vrand": 6 / 7, "vrand_merge": 1.0, "vrand_split": 0.75,
-         "vinfo": 0.8, "vinfo_merge": 1.0, "vinfo_split": 2 / 3}
+        {
+            "vrand": 6 / 7,
+            "vrand_merge": 1.0,
+            "vrand_split": 0.75,
+            "vinfo": 0.8,
+            "vinfo_merge": 1.0,
+            "vinfo_split": 2 / 3,
+        }
     )
 
 
@@ -153,9 +159,7 @@ def test_rand_info_scores_are_invariant_to_relabelling(pred, truth, seed):
     for truth_is_labels in (True, False):
         for thinned in (False, True):
             before = rand_info_scores(pred, truth, truth_is_labels=truth_is_labels, thinned=thinned)
-            after = rand_info_scores(
-                pred_ids[pred], truth_ids[truth], truth_is_labels=truth_is_labels, thinned=thinned
-            )
+            after = rand_info_scores(pred_ids[pred], truth_ids[truth], truth_is_labels=truth_is_labels, thinned=thinned)
             assert after == pytest.approx(before, rel=1e-9, abs=1e-12)
             assert all(0.0 <= value <= 1.0 for value in before.values())
 

@@ -37,7 +37,9 @@ def test_output_shape_for_several_depths_matches_a_forward_pass(depth, size, exp
 
 
 def test_invalid_tile_names_the_nearest_valid_sizes():
-    with pytest.raises(ValueError, match=r"tile 500x500 is not valid for a depth-5.*nearest valid input sizes: 492, 508"):
+    with pytest.raises(
+        ValueError, match=r"tile 500x500 is not valid for a depth-5.*nearest valid input sizes: 492, 508"
+    ):
         UNet().output_shape((500, 500))
     with pytest.raises(ValueError, match="nearest valid"):
         UNet(depth=3, base_channels=2)(torch.zeros(1, 1, 91, 92))

@@ -40,8 +40,9 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
 def test_predict_normalises_with_percentiles():
     model = bundle()
     image = np.random.default_rng(1).random((2, 50, 60)).astype(np.float32)
-    np.testing.assert_allclose(model.predict(image * 50 + 7, device="cpu"), model.predict(image, device="cpu"),
-                               atol=1e-4)
+    np.testing.assert_allclose(
+        model.predict(image * 50 + 7, device="cpu"), model.predict(image, device="cpu"), atol=1e-4
+    )
     labels = model.segment(image, device="cpu")
     assert labels.shape == (50, 60) and labels.dtype == np.int32
 
@@ -111,19 +112,44 @@ def test_a_folder_saved_before_the_config_convention_still_loads(tmp_path):
 
     folder = save_model(tmp_path / "old", bundle())
     old_training = {
-        "iterations": 400, "optimizer": "adam", "learning_rate": 0.001, "momentum": 0.99, "weight_decay": 0.0,
-        "schedule": "cosine", "tile_size": 252, "batch_size": 1, "w0": 10.0, "sigma": 5.0, "border": 1,
+        "iterations": 400,
+        "optimizer": "adam",
+        "learning_rate": 0.001,
+        "momentum": 0.99,
+        "weight_decay": 0.0,
+        "schedule": "cosine",
+        "tile_size": 252,
+        "batch_size": 1,
+        "w0": 10.0,
+        "sigma": 5.0,
+        "border": 1,
         "augment": {"elastic_grid": 3, "elastic_sigma": 10.0, "contrast": [0.75, 1.33], "gamma": [0.75, 1.33]},
-        "validate_every": 100, "checkpoint_every": 100, "seed": 0, "time_budget": None,
+        "validate_every": 100,
+        "checkpoint_every": 100,
+        "seed": 0,
+        "time_budget": None,
     }
-    (folder / "config.json").write_text(json.dumps({
-        "format": "napari-unet-model", "format_version": 1,
-        "unet": {"in_channels": 2, "num_classes": 2, "depth": 3, "base_channels": 4, "padding": "valid",
-                 "batch_norm": True, "dropout": 0.5, "convs_per_level": 2},
-        "normalization": {"low": 2.0, "high": 99.0},
-        "postprocess": {"threshold": 0.4, "min_size": 7, "fill_holes": True},
-        "metadata": {"iterations": 12, "training": old_training},
-    }))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "format": "napari-unet-model",
+                "format_version": 1,
+                "unet": {
+                    "in_channels": 2,
+                    "num_classes": 2,
+                    "depth": 3,
+                    "base_channels": 4,
+                    "padding": "valid",
+                    "batch_norm": True,
+                    "dropout": 0.5,
+                    "convs_per_level": 2,
+                },
+                "normalization": {"low": 2.0, "high": 99.0},
+                "postprocess": {"threshold": 0.4, "min_size": 7, "fill_holes": True},
+                "metadata": {"iterations": 12, "training": old_training},
+            }
+        )
+    )
     loaded = load_model(folder)
     assert loaded.postprocess == PostprocessConfig(threshold=0.4, min_size=7)
     assert loaded.normalization == Normalization(2.0, 99.0)
@@ -133,8 +159,8 @@ def test_a_folder_saved_before_the_config_convention_still_loads(tmp_path):
 
 
 def test_inversion_turns_a_bright_background_dark_and_is_saved(tmp_path):
-    from napari_unet.modelfile import ModelBundle, Normalization, load_model, save_model
     from napari_unet.model import UNet
+    from napari_unet.modelfile import ModelBundle, Normalization, load_model, save_model
 
     rng = np.random.default_rng(0)
     brightfield = 200 - 150 * (rng.random((64, 64)) > 0.9) + rng.normal(0, 2, (64, 64))  # dark objects

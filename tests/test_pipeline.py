@@ -40,8 +40,16 @@ def bundle(seed: int = 0) -> ModelBundle:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("01.png", "01"), ("01.tif", "01"), ("a.b.TIFF", "a.b"), ("01_labels.tif", "01"), ("01_probs.ome.tif", "01"),
-     ("img.zarr", "img"), ("_labels.tif", "_labels"), ("x_labels_labels.tif", "x_labels")],
+    [
+        ("01.png", "01"),
+        ("01.tif", "01"),
+        ("a.b.TIFF", "a.b"),
+        ("01_labels.tif", "01"),
+        ("01_probs.ome.tif", "01"),
+        ("img.zarr", "img"),
+        ("_labels.tif", "_labels"),
+        ("x_labels_labels.tif", "x_labels"),
+    ],
 )
 def test_base_name(name, expected):
     assert base_name(name) == expected
@@ -129,8 +137,9 @@ def test_segment_file_writes_each_plane_as_the_library_segments_it(tmp_path, mon
     np.testing.assert_array_equal(read_image(again.labels)[0], labels)
     # with test-time augmentation, also through the memory-mapped file
     list(segment_file(model, image, axes, again, postprocess=post, device="cpu", tta=True))
-    np.testing.assert_allclose(read_image(again.probs)[0][1], model.predict(stack[1], device="cpu", tta=True)[1],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        read_image(again.probs)[0][1], model.predict(stack[1], device="cpu", tta=True)[1], atol=1e-6
+    )
 
 
 def test_a_zarr_array_is_read_lazily_with_its_axes(tmp_path):

@@ -77,7 +77,9 @@ def test_growth_stops_at_grow_distance():
     probs = np.where(core, 0.9, 0.3)  # an unsure network: everything else just above the growth threshold
     for distance in (3, 0):
         config = PostprocessConfig(grow_threshold=0.2, grow_distance=distance, border_width=0)
-        np.testing.assert_array_equal(probs_to_labels(probs, config) != 0, ndimage.distance_transform_edt(~core) <= distance)
+        np.testing.assert_array_equal(
+            probs_to_labels(probs, config) != 0, ndimage.distance_transform_edt(~core) <= distance
+        )
 
 
 def test_objects_below_min_size_are_removed():
@@ -197,8 +199,14 @@ def test_output_is_consecutive_disjoint_and_respects_min_size(seed, threshold, m
     rng = np.random.default_rng(seed)
     probs = ndimage.gaussian_filter(rng.random((40, 40)), 2.0)
     probs = (probs - probs.min()) / (np.ptp(probs) + 1e-12)
-    config = PostprocessConfig(threshold=threshold, min_size=min_size, watershed=watershed, fill_holes=False,
-                               border_width=0, grow_threshold=grow_threshold)
+    config = PostprocessConfig(
+        threshold=threshold,
+        min_size=min_size,
+        watershed=watershed,
+        fill_holes=False,
+        border_width=0,
+        grow_threshold=grow_threshold,
+    )
     labels = probs_to_labels(probs, config)
     ids = np.unique(labels)
     np.testing.assert_array_equal(ids, np.arange(ids.size))
@@ -211,8 +219,9 @@ def test_output_is_consecutive_disjoint_and_respects_min_size(seed, threshold, m
 
 
 def test_config_round_trips_through_json_and_rejects_bad_values():
-    config = PostprocessConfig(threshold=0.4, min_size=25, fill_holes=False, watershed=True, watershed_h=1.5,
-                               border_width=2)
+    config = PostprocessConfig(
+        threshold=0.4, min_size=25, fill_holes=False, watershed=True, watershed_h=1.5, border_width=2
+    )
     restored = PostprocessConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert restored == config
     assert PostprocessConfig.from_dict({}) == PostprocessConfig()
@@ -301,7 +310,9 @@ def test_score_config_scores_one_configuration_as_the_ranking_does():
     assert score_config(merged, [probs], [truth])["ap50"] == 0.0
     assert score_config(split, [probs], [truth]) == {"ap50": 1.0, "map": 1.0, "f1_50": 1.0, "seg": 1.0}
     assert best_config([merged, split], [probs], [truth], lambda mean: mean["ap50"])[2] == [
-        score_config(merged, [probs], [truth]), score_config(split, [probs], [truth])]
+        score_config(merged, [probs], [truth]),
+        score_config(split, [probs], [truth]),
+    ]
     with pytest.raises(ValueError, match="as many"):
         score_config(merged, [probs], [truth, truth])
 

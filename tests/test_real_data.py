@@ -84,8 +84,20 @@ def test_dsb_split_is_80_20_by_image_and_seeded(bench, shared_data):
 @pytest.mark.slow
 def test_quick_benchmark_writes_both_pipelines(bench, shared_data, tmp_path):
     pytest.importorskip("monai")
-    argv = ["--dataset", "isbi", "--quick", "--budget", "3", "--no-tta", "--device", "cpu",
-            "--data", str(shared_data), "--out", str(tmp_path)]
+    argv = [
+        "--dataset",
+        "isbi",
+        "--quick",
+        "--budget",
+        "3",
+        "--no-tta",
+        "--device",
+        "cpu",
+        "--data",
+        str(shared_data),
+        "--out",
+        str(tmp_path),
+    ]
     assert bench.main(argv) == 0
     result = json.loads((tmp_path / "real_isbi_quick.json").read_text())
     assert result["split"]["validation"] == ["15", "16"]

@@ -45,16 +45,53 @@ def test_rgb_histology_train_predict_measure(shared_data, tmp_path, capsys):
     assert read_image(tmp_path / "train" / "images" / images[0].name)[1] == "CYX"
 
     model = tmp_path / "he.model"
-    code = main([str(a) for a in ("train", tmp_path / "train" / "images", tmp_path / "train" / "labels", "--out",
-                                  model, "--iterations", "300", "--depth", "3", "--base-channels", "16",
-                                  "--tile-size", "124", "--device", "cpu", "-q")])
+    code = main(
+        [
+            str(a)
+            for a in (
+                "train",
+                tmp_path / "train" / "images",
+                tmp_path / "train" / "labels",
+                "--out",
+                model,
+                "--iterations",
+                "300",
+                "--depth",
+                "3",
+                "--base-channels",
+                "16",
+                "--tile-size",
+                "124",
+                "--device",
+                "cpu",
+                "-q",
+            )
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     out = tmp_path / "out"
-    code = main([str(a) for a in ("predict", model, tmp_path / "test" / "images", "--out", out, "--measure",
-                                  "--rois", "--device", "cpu", "-q")])
+    code = main(
+        [
+            str(a)
+            for a in (
+                "predict",
+                model,
+                tmp_path / "test" / "images",
+                "--out",
+                out,
+                "--measure",
+                "--rois",
+                "--device",
+                "cpu",
+                "-q",
+            )
+        ]
+    )
     assert code == 0, capsys.readouterr().err
-    scores = [evaluate_pair(read_labels(out / f"{p.stem}_labels.tif"), read_labels(labels_folder / p.name),
-                            "instances") for p in images[TRAIN:]]
+    scores = [
+        evaluate_pair(read_labels(out / f"{p.stem}_labels.tif"), read_labels(labels_folder / p.name), "instances")
+        for p in images[TRAIN:]
+    ]
     mean = average_scores(scores)
     print(f"\nRGB model, 300 steps on {TRAIN} images: {mean}")
     assert mean["f1_50"] > 0.6, mean  # it learned nuclei from colour images (RGB model: 0.81 measured)

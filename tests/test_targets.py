@@ -215,7 +215,8 @@ def test_bad_input() -> None:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_synthetic_sample_touching_pairs_are_separated(seed: int) -> None:
-    from napari_unet.synthetic import make_cells, touching_pairs as synthetic_touching_pairs
+    from napari_unet.synthetic import make_cells
+    from napari_unet.synthetic import touching_pairs as synthetic_touching_pairs
 
     _, labels = make_cells((192, 192), seed=seed)
     pairs = synthetic_touching_pairs(labels)

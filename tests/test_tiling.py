@@ -50,9 +50,7 @@ def test_mirror_indices_reflect_without_repeating_the_edge():
     assert mirror_indices(-3, 10, 5).tolist() == [3, 2, 1, 0, 1, 2, 3, 4, 3, 2]
     assert mirror_indices(-2, 4, 1).tolist() == [0, 0, 0, 0]
     # Much larger than the axis: keeps reflecting (np.pad reflect does the same).
-    np.testing.assert_array_equal(
-        np.arange(3)[mirror_indices(-7, 17, 3)], np.pad(np.arange(3), 7, mode="reflect")[:17]
-    )
+    np.testing.assert_array_equal(np.arange(3)[mirror_indices(-7, 17, 3)], np.pad(np.arange(3), 7, mode="reflect")[:17])
 
 
 def test_copying_an_image_tile_by_tile_gives_it_back():
@@ -242,5 +240,8 @@ def test_predict_tta_on_a_net_uses_the_given_normalisation():
     model = symmetric_bundle(seed=3)
     image = np.random.default_rng(3).random((2 * 24, 40)).astype(np.float32) * 500
     preprocess = model.preprocessor(image, "YX")
-    np.testing.assert_allclose(predict_tta(model.net, image, device="cpu", preprocess=preprocess),
-                               model.predict(image, device="cpu", tta=True), atol=1e-6)
+    np.testing.assert_allclose(
+        predict_tta(model.net, image, device="cpu", preprocess=preprocess),
+        model.predict(image, device="cpu", tta=True),
+        atol=1e-6,
+    )

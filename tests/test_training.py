@@ -187,8 +187,7 @@ def test_training_leaves_the_process_random_state_alone_and_validates_on_the_tra
     torch.manual_seed(123)
     expected_next = torch.rand(3)
     torch.manual_seed(123)
-    net_config, config = preset("fast", tile_size=92, iterations=3, validate_every=1000, checkpoint_every=1000,
-                                seed=5)
+    net_config, config = preset("fast", tile_size=92, iterations=3, validate_every=1000, checkpoint_every=1000, seed=5)
     model = UNet(net_config, depth=3, base_channels=8, dropout=0.5)  # dropout draws torch random numbers
     torch.manual_seed(123)
     trainer = Trainer(model, config, samples[:1], validation=None, device="cpu")

@@ -17,7 +17,7 @@ from napari_unet.model import UNet
 from napari_unet.modelfile import ModelBundle, is_model_folder, load_model, save_model
 from napari_unet.synthetic import make_cells
 from napari_unet.tiling import predict_tiled
-from napari_unet.training import Sample, Trainer, TrainConfig
+from napari_unet.training import Sample, TrainConfig, Trainer
 from napari_unet.validation import (
     DtypeError,
     check_image,
@@ -53,8 +53,10 @@ def test_the_sparse_value_minus_one_is_accepted_and_others_below_zero_refused(dt
         check_labels(labels)
 
 
-@pytest.mark.parametrize(("dtype", "shift", "reserved"), [(np.uint32, 2**31, 2**32 - 1), (np.int64, 2**40, -1),
-                                                           (np.uint64, 2**63, 2**64 - 1)])
+@pytest.mark.parametrize(
+    ("dtype", "shift", "reserved"),
+    [(np.uint32, 2**31, 2**32 - 1), (np.int64, 2**40, -1), (np.uint64, 2**63, 2**64 - 1)],
+)
 def test_ids_above_int32_are_renumbered_in_order_keeping_the_sparse_value(dtype, shift, reserved):
     labels = cells(dtype, shift)
     labels[:4] = reserved
@@ -71,12 +73,15 @@ def test_bool_labels_are_a_binary_mask():
     assert check_labels(cells() > 0).dtype == np.uint8
 
 
-@pytest.mark.parametrize(("labels", "message"), [
-    (np.zeros((4, 4), np.float32), "must be integers"),
-    (np.zeros((4, 4), np.complex64), "must be integers"),
-    (np.zeros((2, 4, 4), np.int32), "2-D"),
-    (np.zeros((0, 4), np.int32), "empty"),
-])
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.zeros((4, 4), np.float32), "must be integers"),
+        (np.zeros((4, 4), np.complex64), "must be integers"),
+        (np.zeros((2, 4, 4), np.int32), "2-D"),
+        (np.zeros((0, 4), np.int32), "empty"),
+    ],
+)
 def test_labels_that_are_refused(labels, message):
     with pytest.raises(ValueError, match=message):
         check_labels(labels)
@@ -96,12 +101,15 @@ def test_masks():
         check_mask(np.eye(3, dtype=bool), (4, 4))
 
 
-@pytest.mark.parametrize(("image", "message"), [
-    (np.array([[1.0, np.nan], [0.0, 1.0]], np.float32), "1 NaN or infinite"),
-    (np.full((4, 4), 2, np.uint8), "constant"),
-    (np.eye(4, dtype=np.complex64), "real numbers"),
-    (np.zeros((0, 4), np.float32), "empty"),
-])
+@pytest.mark.parametrize(
+    ("image", "message"),
+    [
+        (np.array([[1.0, np.nan], [0.0, 1.0]], np.float32), "1 NaN or infinite"),
+        (np.full((4, 4), 2, np.uint8), "constant"),
+        (np.eye(4, dtype=np.complex64), "real numbers"),
+        (np.zeros((0, 4), np.float32), "empty"),
+    ],
+)
 def test_images_that_are_refused(image, message):
     with pytest.raises(ValueError, match=message):
         check_image(image, "YX")
@@ -216,8 +224,9 @@ def test_an_unreadable_autosave_index_is_rebuilt_from_the_records(tmp_path):
     root = tmp_path / "root"
     (tmp_path / "no-folder").write_bytes(b"")
     images = [tmp_path / "no-folder" / f"{name}.tif" for name in ("a", "b")]  # no side-car: root + index
-    saved = [_autosave.save_annotations(cells(np.uint16) + i, root, image, image.stem)
-             for i, image in enumerate(images)]
+    saved = [
+        _autosave.save_annotations(cells(np.uint16) + i, root, image, image.stem) for i, image in enumerate(images)
+    ]
     index = root / "annotations" / "index.json"
     index.write_bytes(b"{ truncated")
     assert _autosave.find_annotations(images[1], root) == saved[1]

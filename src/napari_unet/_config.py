@@ -43,8 +43,9 @@ class Config:
         """The config saved by `to_dict` (also after a JSON round trip): missing keys take their defaults, unknown
         keys are an error, lists become tuples where the field is a tuple, dicts become nested configs."""
         if not isinstance(data, Mapping):
-            raise TypeError(f"{cls.__name__}.from_dict expects a mapping of field names to values; got "
-                            f"{type(data).__name__}")
+            raise TypeError(
+                f"{cls.__name__}.from_dict expects a mapping of field names to values; got {type(data).__name__}"
+            )
         known = {field.name for field in fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - known)
         if unknown:
@@ -90,8 +91,16 @@ def _typed(hint: Any, value: Any) -> Any:
 
 
 def check_range(
-    config: Any, name: str, low: float | None = None, high: float | None = None, *, integer: bool = False,
-    open_low: bool = False, open_high: bool = False, optional: bool = False, meaning: str = "",
+    config: Any,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    open_low: bool = False,
+    open_high: bool = False,
+    optional: bool = False,
+    meaning: str = "",
 ) -> None:
     """Check the field `name` of `config`: a number (an integer when `integer`; None too when `optional`) within
     [low, high] (open ends with `open_low` / `open_high`; None: unbounded).
@@ -124,8 +133,9 @@ def check_choice(config: Any, name: str, choices: Sequence[Any]) -> None:
     """Check that the field `name` of `config` is one of `choices`."""
     value = getattr(config, name)
     if value not in choices:
-        raise ValueError(f"{type(config).__name__}.{name} must be one of {', '.join(map(repr, choices))}; "
-                         f"got {value!r}")
+        raise ValueError(
+            f"{type(config).__name__}.{name} must be one of {', '.join(map(repr, choices))}; got {value!r}"
+        )
 
 
 def _bounds(low: float | None, high: float | None, open_low: bool, open_high: bool) -> str:

@@ -62,7 +62,16 @@ class AugmentConfig(Config):
     gamma_p: float = 0.5
 
     def __post_init__(self) -> None:
-        for name in ("elastic_p", "rotation_p", "shift_p", "scale_p", "flip_p", "contrast_p", "brightness_p", "gamma_p"):
+        for name in (
+            "elastic_p",
+            "rotation_p",
+            "shift_p",
+            "scale_p",
+            "flip_p",
+            "contrast_p",
+            "brightness_p",
+            "gamma_p",
+        ):
             check_range(self, name, 0.0, 1.0, meaning="a probability")
         check_range(self, "elastic_grid", 2, integer=True, meaning="nodes per axis")
         for name in ("elastic_sigma", "rotation", "shift"):
@@ -70,29 +79,34 @@ class AugmentConfig(Config):
         for name, low_bound in (("contrast", 0.0), ("brightness", -math.inf), ("gamma", 0.0), ("scale", 0.0)):
             low, high = getattr(self, name)
             if not low_bound < low <= high:
-                raise ValueError(f"{name} must be a range (low, high) with {low_bound} < low <= high; "
-                                 f"got {(low, high)}")
+                raise ValueError(
+                    f"{name} must be a range (low, high) with {low_bound} < low <= high; got {(low, high)}"
+                )
 
     @classmethod
     def identity(cls) -> AugmentConfig:
         """Every transform off: `augment` returns its inputs unchanged (the image as float32)."""
-        return cls(elastic_p=0.0, rotation_p=0.0, shift_p=0.0, scale_p=0.0, flip_p=0.0,
-                   contrast_p=0.0, brightness_p=0.0, gamma_p=0.0)
+        return cls(
+            elastic_p=0.0,
+            rotation_p=0.0,
+            shift_p=0.0,
+            scale_p=0.0,
+            flip_p=0.0,
+            contrast_p=0.0,
+            brightness_p=0.0,
+            gamma_p=0.0,
+        )
 
 
 def _spline_matrix(size: int, grid: int) -> np.ndarray:
     """(size, grid) matrix: values on `grid` evenly spaced nodes (the first on pixel 0, the last on pixel
     size - 1) -> their cubic spline interpolation at every pixel (scipy's order 3, mirrored ends)."""
     positions = np.arange(size) * ((grid - 1) / max(size - 1, 1))
-    columns = [
-        ndimage.map_coordinates(np.eye(grid)[k], positions[None], order=3, mode="mirror") for k in range(grid)
-    ]
+    columns = [ndimage.map_coordinates(np.eye(grid)[k], positions[None], order=3, mode="mirror") for k in range(grid)]
     return np.stack(columns, axis=1)
 
 
-def elastic_displacement(
-    shape: tuple[int, int], grid: int, sigma: float, rng: np.random.Generator
-) -> np.ndarray:
+def elastic_displacement(shape: tuple[int, int], grid: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """A smooth random displacement field: (2, H, W) float64, (dy, dx) in pixels.
 
     Displacements on a grid x grid coarse grid (node k at row k (H - 1) / (grid - 1), the first and last

@@ -76,15 +76,18 @@ def describe(name: str) -> dict[str, Any]:
     config = json.loads((folder / CONFIG_FILE).read_text())
     metadata = config.get("metadata", {})
     data = metadata.get("training_data", {})
-    counts = {key: len(value) for key, value in data.items()
-              if isinstance(value, list) and key not in ("held_out_bbbc039", "skipped_without_nuclei")}
+    counts = {
+        key: len(value)
+        for key, value in data.items()
+        if isinstance(value, list) and key not in ("held_out_bbbc039", "skipped_without_nuclei")
+    }
     unet = config["unet"]
     return {
         "name": folder.name,
         "description": metadata.get("description", ""),
         "object_diameter": config.get("object_diameter", metadata.get("object_diameter")),
         "architecture": f"U-Net depth {unet.get('depth')}, {unet.get('base_channels')} base channels, "
-                        f"{unet.get('in_channels', 1)} input channel(s), {unet.get('padding', 'valid')} convolutions",
+        f"{unet.get('in_channels', 1)} input channel(s), {unet.get('padding', 'valid')} convolutions",
         "weights_bytes": (folder / WEIGHTS_FILE).stat().st_size,
         "training_data": counts,
         "never_trained_on": data.get("never_trained_on"),

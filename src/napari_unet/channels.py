@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ._config import Config
+
 RGB_TO_GREY = (0.2125, 0.7154, 0.0721)  # ITU-R 709, as skimage.color.rgb2gray
 
 

@@ -57,12 +57,12 @@ except ImportError as error:  # pragma: no cover - the message is the point
         "napari_unet.distributed needs dask.distributed: pip install 'napari-unet-2015[distributed]'"
     ) from error
 
-from .modelfile import ModelBundle, Normalization
+from .device import select_device
 from .model import UNet, UNetConfig
+from .modelfile import ModelBundle, Normalization
 from .pipeline import ZARR_SUFFIX, Outputs, base_name, output_paths, read_input, segment_file
 from .postprocess import PostprocessConfig, probs_to_labels
 from .tiling import Tile, TileGrid, as_channels_first, auto_stride, iter_predict_tiles, prepare_model, tile_grid
-from .device import select_device
 
 DEFAULT_BLOCK = 1024  # block side (pixels), rounded up to a multiple of the tile stride
 DEFAULT_MARGIN = 128  # pixels of context around a block for the post-processing: larger than the objects
@@ -151,8 +151,9 @@ class TorchThreads(WorkerPlugin):
 
 
 @contextmanager
-def connect(address: str | None = None, workers: int | None = None, torch_threads: int | None = None
-            ) -> Iterator[Client]:
+def connect(
+    address: str | None = None, workers: int | None = None, torch_threads: int | None = None
+) -> Iterator[Client]:
     """A client of the scheduler at `address`, or of a new LocalCluster of `workers` processes (closed on exit).
 
     Local workers run one task at a time (threads_per_worker=1) with `torch_threads` each (default: the
@@ -226,7 +227,10 @@ def context_radius(config: PostprocessConfig) -> int:
 
 
 def label_window(
-    probs_fg: np.ndarray, origin: tuple[int, int], image_shape: tuple[int, int], core: tuple[slice, slice],
+    probs_fg: np.ndarray,
+    origin: tuple[int, int],
+    image_shape: tuple[int, int],
+    core: tuple[slice, slice],
     config: PostprocessConfig,
 ) -> tuple[np.ndarray, int]:
     """(labels of `core` with global ids, cut objects) from the foreground probabilities of a window.
@@ -238,8 +242,10 @@ def label_window(
     labels = probs_to_labels(probs_fg, config)
     dtype = np.uint32 if image_shape[0] * image_shape[1] < np.iinfo(np.uint32).max else np.uint64
     ids = object_anchors(labels, origin, image_shape[1]).astype(dtype)
-    inner = (slice(core[0].start - origin[0], core[0].stop - origin[0]),
-             slice(core[1].start - origin[1], core[1].stop - origin[1]))
+    inner = (
+        slice(core[0].start - origin[0], core[0].stop - origin[0]),
+        slice(core[1].start - origin[1], core[1].stop - origin[1]),
+    )
     block = labels[inner]
     r = context_radius(config)
     h, w = labels.shape
@@ -249,9 +255,9 @@ def label_window(
     if origin[1] > 0:
         band[:, :r] = True
     if origin[0] + h < image_shape[0]:
-        band[h - r:] = True
+        band[h - r :] = True
     if origin[1] + w < image_shape[1]:
-        band[:, w - r:] = True
+        band[:, w - r :] = True
     cut = np.intersect1d(np.unique(labels[band]), np.unique(block))
     return ids[block], int(np.count_nonzero(cut))
 
@@ -259,8 +265,9 @@ def label_window(
 # ------------------------------------------------------------------------------------- OME-Zarr output
 
 
-def ngff_attributes(name: str, axes: str, scale: tuple[float, float] | None, unit: str | None,
-                    label: bool) -> dict[str, Any]:
+def ngff_attributes(
+    name: str, axes: str, scale: tuple[float, float] | None, unit: str | None, label: bool
+) -> dict[str, Any]:
     """OME-NGFF 0.4 `multiscales` (one level, "0") for axes "YX" or "CYX", with the pixel size when known."""
     entries = []
     for a in axes.lower():
@@ -270,10 +277,16 @@ def ngff_attributes(name: str, axes: str, scale: tuple[float, float] | None, uni
         entries.append(entry)
     yx = list(scale) if scale else [1.0, 1.0]
     full = ([1.0] if axes.startswith("C") else []) + [float(v) for v in yx]
-    attrs: dict[str, Any] = {"multiscales": [{
-        "version": NGFF_VERSION, "name": name, "axes": entries,
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": full}]}],
-    }]}
+    attrs: dict[str, Any] = {
+        "multiscales": [
+            {
+                "version": NGFF_VERSION,
+                "name": name,
+                "axes": entries,
+                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": full}]}],
+            }
+        ]
+    }
     if label:
         attrs["image-label"] = {"version": NGFF_VERSION}
     return attrs
@@ -285,7 +298,11 @@ def create_ome_zarr(path: Path, shape: tuple[int, ...], dtype, chunks: tuple[int
 
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     group.create_array(
-        "0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0,
+        "0",
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=0,
         chunk_key_encoding={"name": "v2", "separator": "/"},
     )
     group.attrs.update(attrs)
@@ -360,8 +377,14 @@ class Source:
 
 
 def _predict_block(
-    spec: ModelSpec, device: str, source: Source, preprocess: Callable, grid: TileGrid, region: tuple[slice, slice],
-    probs_path: str, marker: str,
+    spec: ModelSpec,
+    device: str,
+    source: Source,
+    preprocess: Callable,
+    grid: TileGrid,
+    region: tuple[slice, slice],
+    probs_path: str,
+    marker: str,
 ) -> None:
     """Foreground probabilities of one block, from whole tiles of the image's grid, written to the OME-Zarr."""
     import dask
@@ -383,18 +406,26 @@ def _predict_block(
 
 
 def _label_block(
-    probs_path: str, region: tuple[slice, slice], margin: int, config: PostprocessConfig, labels_path: str,
-    marker: str, after: Sequence[Any] = (),
+    probs_path: str,
+    region: tuple[slice, slice],
+    margin: int,
+    config: PostprocessConfig,
+    labels_path: str,
+    marker: str,
+    after: Sequence[Any] = (),
 ) -> int:
     """Labels of one block from its probabilities plus `margin` pixels around; returns the cut objects."""
     import zarr
 
     probs = zarr.open_array(probs_path, mode="r")
     height, width = probs.shape
-    window = (slice(max(0, region[0].start - margin), min(height, region[0].stop + margin)),
-              slice(max(0, region[1].start - margin), min(width, region[1].stop + margin)))
-    labels, cut = label_window(np.asarray(probs[window]), (window[0].start, window[1].start), (height, width),
-                               region, config)
+    window = (
+        slice(max(0, region[0].start - margin), min(height, region[0].stop + margin)),
+        slice(max(0, region[1].start - margin), min(width, region[1].stop + margin)),
+    )
+    labels, cut = label_window(
+        np.asarray(probs[window]), (window[0].start, window[1].start), (height, width), region, config
+    )
     if not Path(marker).parent.is_dir():
         return 0  # the output was restarted with other settings since this task was submitted
     zarr.open_array(labels_path, mode="r+")[region] = labels
@@ -403,21 +434,28 @@ def _label_block(
 
 
 def _segment_file(
-    spec: ModelSpec, device: str, path: Path, axes: str | None, out_dir: Path, probabilities: bool,
-    config: PostprocessConfig, tile_size: int | None,
+    spec: ModelSpec,
+    device: str,
+    path: Path,
+    axes: str | None,
+    out_dir: Path,
+    probabilities: bool,
+    config: PostprocessConfig,
+    tile_size: int | None,
 ) -> int:
     """One file segmented as in a single-process run, written under temporary names, then renamed."""
     import dask
 
     bundle, where = _worker_model(spec, device)
     final = output_paths(path, out_dir, probabilities)
-    partial = Outputs(final.labels.with_name(".partial-" + final.labels.name),
-                      final.probs.with_name(".partial-" + final.probs.name) if final.probs else None)
+    partial = Outputs(
+        final.labels.with_name(".partial-" + final.labels.name),
+        final.probs.with_name(".partial-" + final.probs.name) if final.probs else None,
+    )
     objects = 0
     with dask.config.set(scheduler="synchronous"):  # a lazy input is read here, not as tasks of the cluster
         image, axes = read_input(path, axes)
-        for done in segment_file(bundle, image, axes, partial, postprocess=config, tile_size=tile_size,
-                                 device=where):
+        for done in segment_file(bundle, image, axes, partial, postprocess=config, tile_size=tile_size, device=where):
             objects += done.objects
     if final.probs is not None:
         os.replace(partial.probs, final.probs)
@@ -524,8 +562,19 @@ def segment_batch(
                 if final.labels.exists() and (final.probs is None or final.probs.exists()):
                     skipped.append(path.name)
                     continue
-                future = client.submit(_segment_file, model, device, path, axes, out_dir, probabilities, config,
-                                       tile_size, key=f"segment-{path.name}-{run}", pure=False)
+                future = client.submit(
+                    _segment_file,
+                    model,
+                    device,
+                    path,
+                    axes,
+                    out_dir,
+                    probabilities,
+                    config,
+                    tile_size,
+                    key=f"segment-{path.name}-{run}",
+                    pure=False,
+                )
                 jobs[future] = _Job(path.name)
             elif is_complete(plan.labels):
                 skipped.append(path.name)
@@ -567,8 +616,9 @@ class _Job:
     labels: Path | None = None
 
 
-def _plan_large(bundle, path: Path, image, found: str, axes, out_dir: Path, block_size: int,
-                tile_size: int | None, device: str) -> LargeImage | None:
+def _plan_large(
+    bundle, path: Path, image, found: str, axes, out_dir: Path, block_size: int, tile_size: int | None, device: str
+) -> LargeImage | None:
     """The block plan for `path` when it is segmented block by block, else None (a whole-file task)."""
     lead = [i for i, a in enumerate(found) if a in "TZ"]
     if any(image.shape[i] > 1 for i in lead):
@@ -584,17 +634,41 @@ def _plan_large(bundle, path: Path, image, found: str, axes, out_dir: Path, bloc
         tile_size = auto_stride(bundle.net, where)
     grid = tile_grid(bundle.net, (height, width), tile_size)
     labels, probs = large_output_paths(path, out_dir)
-    return LargeImage(Source(path, axes, (0,) * len(lead)), (height, width), grid, block_shape(grid, block_size),
-                      labels, probs, out_dir / f".{base_name(path)}.progress")
+    return LargeImage(
+        Source(path, axes, (0,) * len(lead)),
+        (height, width),
+        grid,
+        block_shape(grid, block_size),
+        labels,
+        probs,
+        out_dir / f".{base_name(path)}.progress",
+    )
 
 
-def _submit_large(client, model, device: str, bundle: ModelBundle, plan: LargeImage, image, margin: int,
-                  config: PostprocessConfig, probabilities: bool, run: str, jobs: dict[Any, _Job]) -> int:
+def _submit_large(
+    client,
+    model,
+    device: str,
+    bundle: ModelBundle,
+    plan: LargeImage,
+    image,
+    margin: int,
+    config: PostprocessConfig,
+    probabilities: bool,
+    run: str,
+    jobs: dict[Any, _Job],
+) -> int:
     """Create (or reopen) the outputs of `plan` and submit its unfinished blocks; returns the label blocks left."""
     import dask
 
-    stamp = {"shape": list(plan.shape), "block": list(plan.block), "stride": list(plan.grid.stride),
-             "margin": margin, "postprocess": config.to_dict(), "model": ModelSpec.from_bundle(bundle).digest}
+    stamp = {
+        "shape": list(plan.shape),
+        "block": list(plan.block),
+        "stride": list(plan.grid.stride),
+        "margin": margin,
+        "postprocess": config.to_dict(),
+        "model": ModelSpec.from_bundle(bundle).digest,
+    }
     plan = replace(plan, settings=hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16])
     markers = plan.progress / plan.settings
     if not (markers.is_dir() and plan.labels.is_dir() and plan.probs.is_dir()):
@@ -606,8 +680,13 @@ def _submit_large(client, model, device: str, bundle: ModelBundle, plan: LargeIm
         dtype = np.uint32 if plan.shape[0] * plan.shape[1] < np.iinfo(np.uint32).max else np.uint64
         name = base_name(plan.source.path)
         create_ome_zarr(plan.labels, plan.shape, dtype, plan.block, ngff_attributes(name, "YX", scale, unit, True))
-        create_ome_zarr(plan.probs, plan.shape, np.float32, plan.block,
-                        ngff_attributes(f"{name} foreground probability", "YX", scale, unit, False))
+        create_ome_zarr(
+            plan.probs,
+            plan.shape,
+            np.float32,
+            plan.block,
+            ngff_attributes(f"{name} foreground probability", "YX", scale, unit, False),
+        )
     plane = image[plan.source.index] if plan.source.index else image
     with dask.config.set(scheduler="synchronous"):  # the percentiles' sample is read here, not by the cluster
         preprocess = bundle.preprocessor(as_channels_first(plane, bundle.net.config.in_channels), "CYX")
@@ -617,9 +696,19 @@ def _submit_large(client, model, device: str, bundle: ModelBundle, plan: LargeIm
         if plan.marker("probs", region).exists():
             continue
         item = f"{name} probabilities {region[0].start},{region[1].start}"
-        future = client.submit(_predict_block, model, device, plan.source, preprocess, plan.grid, region,
-                               str(plan.probs / "0"), str(plan.marker("probs", region)), key=f"{item} {run}",
-                               pure=False)
+        future = client.submit(
+            _predict_block,
+            model,
+            device,
+            plan.source,
+            preprocess,
+            plan.grid,
+            region,
+            str(plan.probs / "0"),
+            str(plan.marker("probs", region)),
+            key=f"{item} {run}",
+            pure=False,
+        )
         jobs[future] = _Job(item)
         probs_futures[_corner(region)] = (region, future)
     pending = 0
@@ -628,8 +717,18 @@ def _submit_large(client, model, device: str, bundle: ModelBundle, plan: LargeIm
             continue
         after = [f for r, f in probs_futures.values() if _near(r, region, margin)]
         item = f"{name} labels {region[0].start},{region[1].start}"
-        future = client.submit(_label_block, str(plan.probs / "0"), region, margin, config, str(plan.labels / "0"),
-                               str(plan.marker("labels", region)), after, key=f"{item} {run}", pure=False)
+        future = client.submit(
+            _label_block,
+            str(plan.probs / "0"),
+            region,
+            margin,
+            config,
+            str(plan.labels / "0"),
+            str(plan.marker("labels", region)),
+            after,
+            key=f"{item} {run}",
+            pure=False,
+        )
         jobs[future] = _Job(item, plan.labels)
         pending += 1
     if pending == 0:

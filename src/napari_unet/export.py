@@ -112,7 +112,9 @@ def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET) -> Path:
     try:
         import onnx  # noqa: F401 - torch.onnx.export needs it
     except ImportError:
-        raise ImportError(f"ONNX export needs the 'onnx' package: pip install 'napari-unet-2015[{EXPORT_EXTRA}]'") from None
+        raise ImportError(
+            f"ONNX export needs the 'onnx' package: pip install 'napari-unet-2015[{EXPORT_EXTRA}]'"
+        ) from None
     net = probability_net(bundle.net)
     example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net), 1.0, 99.8))
     path = Path(path)
@@ -120,8 +122,14 @@ def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET) -> Path:
     dynamic = {0: "batch", 2: "y", 3: "x"}
     with torch.no_grad(), _quiet_tracer():
         torch.onnx.export(
-            net, (example,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_ID],
-            output_names=[OUTPUT_ID], dynamic_axes={INPUT_ID: dynamic, OUTPUT_ID: dynamic},
+            net,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_ID],
+            output_names=[OUTPUT_ID],
+            dynamic_axes={INPUT_ID: dynamic, OUTPUT_ID: dynamic},
         )
     return path
 
@@ -209,45 +217,68 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
         "license": license,
         "documentation": "README.md",
         "tags": ["unet", "segmentation", "cells", "2d", "pytorch", "napari-unet"],
-        "inputs": [{
-            "id": INPUT_ID,
-            "description": "raw image; normalised by the percentile step below, as in training",
-            "axes": [{"type": "batch"}, {"type": "channel", "channel_names": channels}, *space],
-            "test_tensor": {"source": "test_input.npy"},
-            "data": {"type": "float32"},
-            "preprocessing": [
-                {"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": low, "max_percentile": high,
-                                                 "eps": 1e-6}},
-            ],
-        }],
-        "outputs": [{
-            "id": OUTPUT_ID,
-            "description": "class probabilities (softmax); foreground = channel 1",
-            "axes": [
-                {"type": "batch"},
-                {"type": "channel", "channel_names": classes},
-                *({"type": "space", "id": axis, "size": {"tensor_id": INPUT_ID, "axis_id": axis, "offset": offset}}
-                  for axis in ("y", "x")),
-            ],
-            "test_tensor": {"source": "test_output.npy"},
-            "data": {"type": "float32", "range": [0.0, 1.0]},
-        }],
+        "inputs": [
+            {
+                "id": INPUT_ID,
+                "description": "raw image; normalised by the percentile step below, as in training",
+                "axes": [{"type": "batch"}, {"type": "channel", "channel_names": channels}, *space],
+                "test_tensor": {"source": "test_input.npy"},
+                "data": {"type": "float32"},
+                "preprocessing": [
+                    {
+                        "id": "scale_range",
+                        "kwargs": {"axes": ["y", "x"], "min_percentile": low, "max_percentile": high, "eps": 1e-6},
+                    },
+                ],
+            }
+        ],
+        "outputs": [
+            {
+                "id": OUTPUT_ID,
+                "description": "class probabilities (softmax); foreground = channel 1",
+                "axes": [
+                    {"type": "batch"},
+                    {"type": "channel", "channel_names": classes},
+                    *(
+                        {
+                            "type": "space",
+                            "id": axis,
+                            "size": {"tensor_id": INPUT_ID, "axis_id": axis, "offset": offset},
+                        }
+                        for axis in ("y", "x")
+                    ),
+                ],
+                "test_tensor": {"source": "test_output.npy"},
+                "data": {"type": "float32", "range": [0.0, 1.0]},
+            }
+        ],
         "weights": {
             "pytorch_state_dict": {
                 "source": "weights.pt",
-                "architecture": {"callable": "ProbabilityUNet", "import_from": "napari_unet.export",
-                                 "kwargs": config.to_dict()},
+                "architecture": {
+                    "callable": "ProbabilityUNet",
+                    "import_from": "napari_unet.export",
+                    "kwargs": config.to_dict(),
+                },
                 "pytorch_version": torch_version,
                 "dependencies": {"source": "environment.yaml"},
             },
-            "torchscript": {"source": "weights.torchscript.pt", "pytorch_version": torch_version,
-                            "parent": "pytorch_state_dict"},
+            "torchscript": {
+                "source": "weights.torchscript.pt",
+                "pytorch_version": torch_version,
+                "parent": "pytorch_state_dict",
+            },
             "onnx": {"source": "weights.onnx", "opset_version": ONNX_OPSET, "parent": "pytorch_state_dict"},
         },
-        "config": {"napari_unet": {"unet": config.to_dict(), "halo": bundle.net.halo,
-                                   "input": bundle.channels.to_dict(),
-                                   "postprocess": bundle.postprocess.to_dict(),
-                                   "normalization": {"low": low, "high": high}}},
+        "config": {
+            "napari_unet": {
+                "unet": config.to_dict(),
+                "halo": bundle.net.halo,
+                "input": bundle.channels.to_dict(),
+                "postprocess": bundle.postprocess.to_dict(),
+                "normalization": {"low": low, "high": high},
+            }
+        },
     }
 
 
@@ -256,9 +287,12 @@ def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
     data = training_data or {}
     licence = data.get("licence") or data.get("license") or "not recorded with the model"
     lines = [
-        f"# {name}", "",
+        f"# {name}",
+        "",
         "A U-Net (Ronneberger, Fischer and Brox, 2015) trained with napari-unet for instance segmentation of cells.",
-        "", "## Input and output", "",
+        "",
+        "## Input and output",
+        "",
         f"- input `{INPUT_ID}`: (batch, {config.in_channels} channel(s), y, x) float32; y and x must be "
         f"{minimum} + n * {step}. Each channel is normalised with its {bundle.normalization.low} and "
         f"{bundle.normalization.high} percentiles (bioimage.io `scale_range`). The model was trained on "
@@ -267,10 +301,14 @@ def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
         f"probabilities; the unpadded convolutions remove {-offset // 2} pixels per side (the halo). Channel 1 "
         "is the foreground. Instances: threshold, connected components and the post-processing stored in "
         "`config.napari_unet.postprocess` (napari-unet applies it).",
-        "", "## Architecture", "",
+        "",
+        "## Architecture",
+        "",
         f"depth {config.depth}, {config.base_channels} features at the first level, {config.padding} padding, "
         f"batch norm {'on' if config.batch_norm else 'off'}.",
-        "", "## Training data", "",
+        "",
+        "## Training data",
+        "",
         f"- data: {data.get('name') or 'not recorded with the model'}",
         f"- licence of the training data: {licence}",
     ]
@@ -279,10 +317,14 @@ def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
     if data.get("citation"):
         lines.append(f"- cite: {data['citation']}")
     lines += [
-        "", "## Validation", "",
+        "",
+        "## Validation",
+        "",
         "The test tensors in this package are the network's output on a synthetic image. To validate on your "
         "data, compare the segmentation with annotated images (e.g. `napari-unet evaluate`, mean AP at IoU 0.5).",
-        "", "## Citations", "",
+        "",
+        "## Citations",
+        "",
         f"- {PAPER_CITATION['text']} doi:{PAPER_CITATION['doi']}",
         f"- napari-unet: {TOOL_URL}",
         "",

@@ -81,8 +81,12 @@ class FewShotSample:
 
 
 def prepare(
-    bundle: ModelBundle, image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None,
-    config: FewShotConfig = FewShotConfig(), device: str | torch.device = "cpu",
+    bundle: ModelBundle,
+    image: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray | None = None,
+    config: FewShotConfig = FewShotConfig(),
+    device: str | torch.device = "cpu",
 ) -> FewShotSample:
     """The training sample of a painted image: normalised, rescaled to the model's object size, cropped to the
     painted region (plus the network's context) and masked as the recipe says.
@@ -119,8 +123,13 @@ def prepare(
 
 
 def few_shot_trainer(
-    bundle: ModelBundle, image: np.ndarray, labels: np.ndarray, mask: np.ndarray | None = None, *,
-    config: FewShotConfig = FewShotConfig(), device: str | torch.device = "auto",
+    bundle: ModelBundle,
+    image: np.ndarray,
+    labels: np.ndarray,
+    mask: np.ndarray | None = None,
+    *,
+    config: FewShotConfig = FewShotConfig(),
+    device: str | torch.device = "auto",
     checkpoint: str | Path | None = None,
 ) -> Trainer:
     """A `Trainer` that fine-tunes a copy of `bundle` on the painted cells of one image (see the module
@@ -133,22 +142,42 @@ def few_shot_trainer(
     trained_with = bundle.metadata.get("training")
     base = TrainConfig.from_dict(trained_with) if isinstance(trained_with, dict) else PRESETS["fast"][1]
     train_config = replace(
-        base, iterations=config.iterations, learning_rate=config.learning_rate, optimizer="adam", schedule="cosine",
-        time_budget=config.seconds, batch_size=config.batch_size, validate_every=10**9, checkpoint_every=10**9,
-        augment=AugmentConfig(scale=(0.85, 1.18), scale_p=0.5), calibrate_growth=True,
+        base,
+        iterations=config.iterations,
+        learning_rate=config.learning_rate,
+        optimizer="adam",
+        schedule="cosine",
+        time_budget=config.seconds,
+        batch_size=config.batch_size,
+        validate_every=10**9,
+        checkpoint_every=10**9,
+        augment=AugmentConfig(scale=(0.85, 1.18), scale_p=0.5),
+        calibrate_growth=True,
     )
-    trainer = Trainer(net, train_config, [prepared.sample], device=device, checkpoint=checkpoint,
-                      normalization=bundle.normalization, postprocess=bundle.postprocess,
-                      channels=bundle.channels, object_diameter=bundle.object_diameter)
-    trainer.metadata.update({
-        **{k: v for k, v in bundle.metadata.items() if k in ("name", "citations", "license")},
-        "fine_tuned_from": bundle.metadata.get("name", "a model"),
-        "annotated_diameter": round(prepared.diameter, 2),
-    })
+    trainer = Trainer(
+        net,
+        train_config,
+        [prepared.sample],
+        device=device,
+        checkpoint=checkpoint,
+        normalization=bundle.normalization,
+        postprocess=bundle.postprocess,
+        channels=bundle.channels,
+        object_diameter=bundle.object_diameter,
+    )
+    trainer.metadata.update(
+        {
+            **{k: v for k, v in bundle.metadata.items() if k in ("name", "citations", "license")},
+            "fine_tuned_from": bundle.metadata.get("name", "a model"),
+            "annotated_diameter": round(prepared.diameter, 2),
+        }
+    )
     return trainer
 
 
 def _bounding_box(mask: np.ndarray, context: int) -> tuple[slice, slice]:
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    return (slice(max(int(rows[0]) - context, 0), int(rows[-1]) + 1 + context),
-            slice(max(int(cols[0]) - context, 0), int(cols[-1]) + 1 + context))
+    return (
+        slice(max(int(rows[0]) - context, 0), int(rows[-1]) + 1 + context),
+        slice(max(int(cols[0]) - context, 0), int(cols[-1]) + 1 + context),
+    )

@@ -103,9 +103,7 @@ def _axes_from_series(series_axes: str, shape: tuple[int, ...]) -> str:
     """Translate tifffile series axes to ours: 'S' (samples) is C; one unknown letter is guessed."""
     letters = list(series_axes.upper().replace("S", "C"))
     if letters.count("C") > 1:
-        raise ValueError(
-            f"TIFF series axes {series_axes!r} hold both channels and RGB samples; pass axes explicitly"
-        )
+        raise ValueError(f"TIFF series axes {series_axes!r} hold both channels and RGB samples; pass axes explicitly")
     unknown = [i for i, a in enumerate(letters) if a not in CANONICAL_AXES or letters.count(a) > 1]
     if not unknown:
         return "".join(letters)
@@ -287,7 +285,7 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         name = candidate.name
         if not (name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX)):
             continue
-        pid = name[len(prefix):].split(".", 1)[0]
+        pid = name[len(prefix) :].split(".", 1)[0]
         if not pid.isdigit() or _process_alive(int(pid)):
             continue
         if candidate.is_dir() and not candidate.is_symlink():

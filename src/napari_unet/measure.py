@@ -24,8 +24,12 @@ from .metadata import PixelSize
 SHAPE_PROPERTIES = ("label", "area", "centroid", "bbox", "perimeter", "eccentricity", "solidity")
 INTENSITY_PROPERTIES = ("intensity_mean", "intensity_min", "intensity_max")
 RENAMED = {
-    "centroid-0": "centroid_y", "centroid-1": "centroid_x",
-    "bbox-0": "bbox_y0", "bbox-1": "bbox_x0", "bbox-2": "bbox_y1", "bbox-3": "bbox_x1",
+    "centroid-0": "centroid_y",
+    "centroid-1": "centroid_x",
+    "bbox-0": "bbox_y0",
+    "bbox-1": "bbox_x0",
+    "bbox-2": "bbox_y1",
+    "bbox-3": "bbox_x1",
 }
 Table = dict[str, np.ndarray]
 
@@ -114,7 +118,11 @@ def _cell(value) -> object:
 
 
 def measure_planes(
-    labels: np.ndarray, axes: str, image=None, image_axes: str | None = None, pixel_size: PixelSize | None = None,
+    labels: np.ndarray,
+    axes: str,
+    image=None,
+    image_axes: str | None = None,
+    pixel_size: PixelSize | None = None,
 ) -> list[tuple[dict[str, object], Table]]:
     """Measure every 2-D plane of a label image or stack: ``[({"plane": i} or {}, table), ...]``.
 

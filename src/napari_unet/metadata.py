@@ -19,8 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._config import Config
-UNIT_ALIASES = {"µm": "um", "μm": "um", "micron": "um", "microns": "um", "micrometer": "um", "micrometre": "um",
-                "nanometer": "nm", "nanometre": "nm", "millimeter": "mm", "millimetre": "mm", "\\u00B5m": "um"}
+
+UNIT_ALIASES = {
+    "µm": "um",
+    "μm": "um",
+    "micron": "um",
+    "microns": "um",
+    "micrometer": "um",
+    "micrometre": "um",
+    "nanometer": "nm",
+    "nanometre": "nm",
+    "millimeter": "mm",
+    "millimetre": "mm",
+    "\\u00B5m": "um",
+}
 METRES_PER_UNIT = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "nm": 1e-9, "inch": 0.0254}
 
 
@@ -111,7 +123,9 @@ def _tiff_pixel_size(path: Path) -> PixelSize | None:
                 return None
             x_res, y_res = (_rational(tags[name].value) for name in ("XResolution", "YResolution"))
             unit_tag = tags.get("ResolutionUnit")
-            resolution_unit = unit_tag.value.name if unit_tag is not None and hasattr(unit_tag.value, "name") else "NONE"
+            resolution_unit = (
+                unit_tag.value.name if unit_tag is not None and hasattr(unit_tag.value, "name") else "NONE"
+            )
             imagej_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
     except (OSError, ValueError, tifffile.TiffFileError):
         return None
@@ -168,7 +182,11 @@ def _zarr_pixel_size(path: Path) -> PixelSize | None:
     if "y" not in names or "x" not in names:
         return None
     scale = next(
-        (t["scale"] for t in multiscales[0]["datasets"][0].get("coordinateTransformations", []) if t["type"] == "scale"),
+        (
+            t["scale"]
+            for t in multiscales[0]["datasets"][0].get("coordinateTransformations", [])
+            if t["type"] == "scale"
+        ),
         None,
     )
     if scale is None or len(scale) != len(names):

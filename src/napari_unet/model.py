@@ -53,8 +53,13 @@ class UNetConfig(Config):
     convs_per_level: int = 2
 
     def __post_init__(self) -> None:
-        for name, low in (("in_channels", 1), ("num_classes", 2), ("depth", 1), ("base_channels", 1),
-                          ("convs_per_level", 1)):
+        for name, low in (
+            ("in_channels", 1),
+            ("num_classes", 2),
+            ("depth", 1),
+            ("base_channels", 1),
+            ("convs_per_level", 1),
+        ):
             check_range(self, name, low, integer=True)
         check_range(self, "dropout", 0.0, 1.0, open_high=True, meaning="a probability")
         check_choice(self, "padding", ("valid", "same"))
@@ -155,8 +160,13 @@ class UNet(nn.Module):
         self.config = config
         top = config.base_channels * 2 ** (config.depth - 1)
         self.encoder = Encoder(config)
-        self.base = ConvBlock(top // 2 if config.depth > 1 else config.in_channels, top, config.convs_per_level,
-                              config.padding, config.batch_norm)
+        self.base = ConvBlock(
+            top // 2 if config.depth > 1 else config.in_channels,
+            top,
+            config.convs_per_level,
+            config.padding,
+            config.batch_norm,
+        )
         self.dropout = nn.Dropout2d(config.dropout) if config.dropout > 0 else nn.Identity()
         self.decoder = Decoder(config)
         self.head = nn.Conv2d(config.base_channels, config.num_classes, kernel_size=1)
@@ -166,8 +176,10 @@ class UNet(nn.Module):
         """He initialisation as in the paper: weights ~ N(0, 2 / fan_in), biases 0."""
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                fan_in = module.weight[0].numel() if isinstance(module, nn.Conv2d) else (
-                    module.in_channels * math.prod(module.kernel_size)
+                fan_in = (
+                    module.weight[0].numel()
+                    if isinstance(module, nn.Conv2d)
+                    else (module.in_channels * math.prod(module.kernel_size))
                 )
                 nn.init.normal_(module.weight, 0.0, math.sqrt(2.0 / fan_in))
                 if module.bias is not None:
@@ -175,9 +187,7 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.config.in_channels:
-            raise ValueError(
-                f"expected input (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"expected input (N, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         self.check_input_shape(tuple(x.shape[-2:]))
         x, skips = self.encoder(x)
         x = self.dropout(self.base(x))
@@ -290,4 +300,3 @@ class UNet(nn.Module):
             for hook in hooks:
                 hook.remove()
         return total
-

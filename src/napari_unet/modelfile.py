@@ -74,7 +74,7 @@ class Normalization(Config):
         if not self.low < self.high:
             raise ValueError(f"normalisation percentiles need 0 <= low < high <= 100, got {self.low}, {self.high}")
         if self.invert not in (False, True, "auto"):
-            raise ValueError(f"normalisation invert must be false, true or \"auto\", got {self.invert!r}")
+            raise ValueError(f'normalisation invert must be false, true or "auto", got {self.invert!r}')
 
     def flips(self, normalised_median: np.ndarray) -> np.ndarray:
         """Which channels to invert, given each channel's median after normalisation: (C,) bool."""
@@ -112,8 +112,9 @@ class ModelBundle:
     object_diameter: float | None = None
 
     def __post_init__(self) -> None:
-        if self.object_diameter is not None and not (isinstance(self.object_diameter, (int, float))
-                                                     and self.object_diameter > 0):
+        if self.object_diameter is not None and not (
+            isinstance(self.object_diameter, (int, float)) and self.object_diameter > 0
+        ):
             raise ValueError(f"object_diameter must be a number of pixels > 0 or None, got {self.object_diameter!r}")
 
     def prepare(self, image, axes: str, name: str = "the image", choice: ChannelChoice | None = None):
@@ -172,8 +173,10 @@ class ModelBundle:
         factor = self.object_diameter / float(diameter)
         if not FACTOR_RANGE[0] <= factor <= FACTOR_RANGE[1]:
             low, high = self.object_diameter / FACTOR_RANGE[1], self.object_diameter / FACTOR_RANGE[0]
-            raise ValueError(f"diameter {diameter} px is out of range for this model: expected {low:g} to {high:g} px "
-                             f"(its objects are {self.object_diameter:g} px across; rescaling by at most 8x)")
+            raise ValueError(
+                f"diameter {diameter} px is out of range for this model: expected {low:g} to {high:g} px "
+                f"(its objects are {self.object_diameter:g} px across; rescaling by at most 8x)"
+            )
         return factor
 
     def estimate_diameter(self, image, *, device: str | torch.device = "auto") -> float | None:
@@ -200,16 +203,26 @@ class ModelBundle:
             found = median_diameter(inner if inner.max() > 0 else labels)
             if np.isnan(found):
                 return None if guess == self.object_diameter else guess
-            found = float(np.clip(found / factor, self.object_diameter / FACTOR_RANGE[1],
-                                  self.object_diameter / FACTOR_RANGE[0]))
+            found = float(
+                np.clip(found / factor, self.object_diameter / FACTOR_RANGE[1], self.object_diameter / FACTOR_RANGE[0])
+            )
             done = abs(np.log(found / guess)) < np.log(1.1)
             guess = found
             if done:
                 break
         return float(guess)
 
-    def predict(self, image, *, diameter: Diameter = "auto", tile_size: int | None = None,
-                device: str | torch.device = "auto", out=None, batch_size: int = 1, tta: bool = False) -> np.ndarray:
+    def predict(
+        self,
+        image,
+        *,
+        diameter: Diameter = "auto",
+        tile_size: int | None = None,
+        device: str | torch.device = "auto",
+        out=None,
+        batch_size: int = 1,
+        tta: bool = False,
+    ) -> np.ndarray:
         """Probabilities (classes, H, W) of a raw (H, W) or (C, H, W) image (the network's channels: apply the
         model's channel choice first with `prepare`), normalised tile by tile.
 
@@ -218,12 +231,21 @@ class ModelBundle:
         tta: test-time augmentation, the mean over the 8 flips and 90-degree rotations (`tiling.predict_tta`).
         """
         factor = self.scale_factor(image, diameter, device=device)
-        return self.predict_rescaled(image, factor, tile_size=tile_size, device=device, out=out,
-                                     batch_size=batch_size, tta=tta)
+        return self.predict_rescaled(
+            image, factor, tile_size=tile_size, device=device, out=out, batch_size=batch_size, tta=tta
+        )
 
-    def predict_rescaled(self, image, factor: float, *, tile_size: int | None = None,
-                         device: str | torch.device = "auto", out=None, batch_size: int = 1,
-                         tta: bool = False) -> np.ndarray:
+    def predict_rescaled(
+        self,
+        image,
+        factor: float,
+        *,
+        tile_size: int | None = None,
+        device: str | torch.device = "auto",
+        out=None,
+        batch_size: int = 1,
+        tta: bool = False,
+    ) -> np.ndarray:
         """`predict` with the image resized by `factor` before the network (probabilities back at (H, W)).
 
         At 1.0 the image is read window by window (lazy arrays stay lazy); otherwise the plane is read and
@@ -233,8 +255,9 @@ class ModelBundle:
             check_rescalable(image, factor)
         preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
         if factor == 1.0 and not tta:
-            return predict_tiled(self.net, image, tile_size, device=device, out=out, batch_size=batch_size,
-                                 preprocess=preprocess)
+            return predict_tiled(
+                self.net, image, tile_size, device=device, out=out, batch_size=batch_size, preprocess=preprocess
+            )
         small = image if factor == 1.0 else rescale_image(np.asarray(image), factor)
         run = predict_tta if tta else predict_tiled
         probs = run(self.net, small, tile_size, device=device, batch_size=batch_size, preprocess=preprocess)
@@ -244,15 +267,17 @@ class ModelBundle:
         out[...] = probs
         return out
 
-    def segment(self, image, *, diameter: Diameter = "auto", postprocess: PostprocessConfig | None = None,
-                **kwargs: Any) -> np.ndarray:
+    def segment(
+        self, image, *, diameter: Diameter = "auto", postprocess: PostprocessConfig | None = None, **kwargs: Any
+    ) -> np.ndarray:
         """Instance labels (H, W) int32 of a raw image: `predict`, then the post-processing (default: the saved
         one), its sizes scaled to the image when it was rescaled (`scale.scale_postprocess`)."""
         factor = self.scale_factor(image, diameter, device=kwargs.get("device", "auto"))
         return self.labels_of(self.predict_rescaled(image, factor, **kwargs)[1], factor, postprocess)
 
-    def labels_of(self, probs_fg: np.ndarray, factor: float = 1.0,
-                  postprocess: PostprocessConfig | None = None) -> np.ndarray:
+    def labels_of(
+        self, probs_fg: np.ndarray, factor: float = 1.0, postprocess: PostprocessConfig | None = None
+    ) -> np.ndarray:
         """Instance labels of foreground probabilities (H, W) at the image's size, predicted with the image
         rescaled by `factor`: the post-processing's sizes are divided by `factor`."""
         postprocess = self.postprocess if postprocess is None else postprocess
@@ -340,7 +365,7 @@ def recover_interrupted_save(path: str | Path) -> Path | None:
     prefix, suffix = f".{path.name}.", f".old{TEMPORARY_SUFFIX}"
     for candidate in sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
         name = candidate.name
-        pid = name[len(prefix):-len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+        pid = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
         if pid.isdigit() and not _process_alive(int(pid)) and is_model_folder(candidate):
             os.replace(candidate, path)
             return path
@@ -363,14 +388,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     if not is_model_folder(path):
         from .builtin import names
 
-        raise ValueError(f"{path} is not a napari-unet model folder (expected {CONFIG_FILE} and {WEIGHTS_FILE} in "
-                         f"it) nor a built-in model ({', '.join(names()) or 'none installed'})")
+        raise ValueError(
+            f"{path} is not a napari-unet model folder (expected {CONFIG_FILE} and {WEIGHTS_FILE} in "
+            f"it) nor a built-in model ({', '.join(names()) or 'none installed'})"
+        )
     try:
         config = json.loads((path / CONFIG_FILE).read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ValueError(f"{path / CONFIG_FILE} is not valid JSON ({error}); the model folder is corrupted") from error
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise ValueError(f"{path / CONFIG_FILE} is not a napari-unet model config (no \"format\": \"{FORMAT}\")")
+        raise ValueError(f'{path / CONFIG_FILE} is not a napari-unet model config (no "format": "{FORMAT}")')
     version = config.get("format_version", 0)
     if not isinstance(version, int) or isinstance(version, bool):
         raise ValueError(f"{path / CONFIG_FILE} has format_version {version!r}; expected an integer")
@@ -385,11 +412,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         postprocess = PostprocessConfig.from_dict(_checked_dict(config.get("postprocess", {}), "postprocess"))
         metadata = dict(_checked_dict(config.get("metadata", {}), "metadata"))
         diameter = config.get("object_diameter", metadata.pop("object_diameter", None))
-        if diameter is not None and (isinstance(diameter, bool) or not isinstance(diameter, (int, float))
-                                     or not diameter > 0):
+        if diameter is not None and (
+            isinstance(diameter, bool) or not isinstance(diameter, (int, float)) or not diameter > 0
+        ):
             raise ValueError(f"object_diameter must be a number of pixels > 0, got {diameter!r}")
         channels = ChannelChoice.from_dict(
-            {k: v for k, v in _checked_dict(config.get("input", {}), "input").items() if k != "in_channels"})
+            {k: v for k, v in _checked_dict(config.get("input", {}), "input").items() if k != "in_channels"}
+        )
         with torch.device("meta"):  # the shapes the config asks for, without allocating them
             expected = {k: tuple(v.shape) for k, v in UNet(unet).state_dict().items()}
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as error:
@@ -406,8 +435,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise ValueError(f"the weights in {path} do not match its config.json ({first})") from error
-    return ModelBundle(net.to(device), normalization, postprocess, metadata, channels=channels,
-                       object_diameter=None if diameter is None else float(diameter))
+    return ModelBundle(
+        net.to(device),
+        normalization,
+        postprocess,
+        metadata,
+        channels=channels,
+        object_diameter=None if diameter is None else float(diameter),
+    )
 
 
 def _checked_dict(value: Any, what: str) -> dict[str, Any]:
@@ -456,7 +491,11 @@ def _versions() -> dict[str, str]:
         ours = version("napari-unet-2015")
     except PackageNotFoundError:
         ours = "unknown"
-    return {"napari_unet_version": ours, "torch_version": torch.__version__, "python_version": platform.python_version()}
+    return {
+        "napari_unet_version": ours,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+    }
 
 
 def _json_default(value: Any) -> Any:

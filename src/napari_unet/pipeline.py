@@ -71,8 +71,10 @@ def list_files(path: str | Path, what: str = "image", zarr: bool = False) -> lis
         raise FileNotFoundError(f"no {what} file or folder at {path}")
     suffixes = IMAGE_SUFFIXES + ((ZARR_SUFFIX,) if zarr else ())
     files = sorted(
-        p for p in path.iterdir()
-        if not p.name.startswith(".") and p.suffix.lower() in suffixes
+        p
+        for p in path.iterdir()
+        if not p.name.startswith(".")
+        and p.suffix.lower() in suffixes
         and (p.is_file() or (zarr and p.suffix.lower() == ZARR_SUFFIX and p.is_dir()))
     )
     if not files:
@@ -90,7 +92,9 @@ class FileMatch:
 
 
 def match_files(
-    first: Sequence[Path], second: Sequence[Path], names: tuple[str, str] = ("images", "labels"),
+    first: Sequence[Path],
+    second: Sequence[Path],
+    names: tuple[str, str] = ("images", "labels"),
     prefer: str | None = None,
 ) -> FileMatch:
     """Pair `first` and `second` by `base_name`; two single files are paired whatever their names.
@@ -167,8 +171,12 @@ def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8, 
 
 
 def read_training_pair(
-    image_path: str | Path, labels_path: str | Path, mask_path: str | Path | None = None,
-    low: float = 1.0, high: float = 99.8, channels=None,
+    image_path: str | Path,
+    labels_path: str | Path,
+    mask_path: str | Path | None = None,
+    low: float = 1.0,
+    high: float = 99.8,
+    channels=None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(image (H, W) or (C, H, W) float32 normalised, labels (H, W), mask (H, W) bool or None), shapes checked.
 
@@ -233,9 +241,12 @@ def read_input(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
     if not hasattr(node, "shape"):
         multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
         if multiscales:
-            found = "".join(
-                (a["name"] if isinstance(a, dict) else str(a)).upper()[0] for a in multiscales[0].get("axes", [])
-            ).replace("S", "C") or None
+            found = (
+                "".join(
+                    (a["name"] if isinstance(a, dict) else str(a)).upper()[0] for a in multiscales[0].get("axes", [])
+                ).replace("S", "C")
+                or None
+            )
         if "0" not in node:
             raise ValueError(f"{path} is a zarr group without an array '0'; give the path of the array")
         node = node["0"]
@@ -371,14 +382,18 @@ def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str, pixel_siz
     imagej = np.dtype(dtype) in IMAGEJ_DTYPES
     calibration, metadata = tiff_calibration(pixel_size, imagej)
     return tifffile.memmap(
-        path, shape=shape, dtype=dtype, imagej=imagej, metadata={"axes": axes, **metadata},
-        photometric="minisblack", **calibration,
+        path,
+        shape=shape,
+        dtype=dtype,
+        imagej=imagej,
+        metadata={"axes": axes, **metadata},
+        photometric="minisblack",
+        **calibration,
     )
 
 
 def count_planes(image, axes: str) -> int:
     return math.prod(n for n, a in zip(image.shape, axes) if a in "TZ")
-
 
 
 # ---------------------------------------------------------------------------------------------- OME-Zarr out
@@ -414,10 +429,14 @@ def write_ome_zarr(path: str | Path, array, axes: str, pixel_size=None, chunk: i
             entry["unit"] = unit
         entries.append(entry)
     scale = [pixel_size.y if unit and a == "Y" else pixel_size.x if unit and a == "X" else 1.0 for a in axes]
-    group.attrs["multiscales"] = [{
-        "version": "0.4", "name": final.name, "axes": entries,
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-    }]
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": final.name,
+            "axes": entries,
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+        }
+    ]
     if final.exists():
         old = final.with_name(f".{final.name}.{os.getpid()}.old")
         os.replace(final, old)

@@ -175,8 +175,9 @@ def best_config(
 
 def _check_pairs(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> None:
     if not probs or len(probs) != len(truths):
-        raise ValueError(f"need as many probability maps as label images (at least one); got {len(probs)} "
-                         f"and {len(truths)}")
+        raise ValueError(
+            f"need as many probability maps as label images (at least one); got {len(probs)} and {len(truths)}"
+        )
 
 
 def tune_config(

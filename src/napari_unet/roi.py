@@ -35,7 +35,8 @@ def _roifile():
 def outline(mask: np.ndarray) -> np.ndarray | None:
     """The outline (n, 2) of the largest connected piece of ``mask`` (H, W) as (row, col) pixel coordinates,
     closed (first point == last), without collinear points; None for an empty mask."""
-    from skimage.measure import approximate_polygon, find_contours, label as connected
+    from skimage.measure import approximate_polygon, find_contours
+    from skimage.measure import label as connected
 
     pieces = connected(mask, connectivity=2)
     if pieces.max() == 0:
@@ -97,8 +98,13 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
     labels = np.zeros(shape, np.int32)
     named = [int(roi.name) if roi.name and roi.name.isdigit() and int(roi.name) > 0 else None for roi in rois]
     next_id = max([n for n in named if n] or [0]) + 1
-    filled = (roifile.ROI_TYPE.POLYGON, roifile.ROI_TYPE.FREEHAND, roifile.ROI_TYPE.TRACED,
-              roifile.ROI_TYPE.RECT, roifile.ROI_TYPE.OVAL)
+    filled = (
+        roifile.ROI_TYPE.POLYGON,
+        roifile.ROI_TYPE.FREEHAND,
+        roifile.ROI_TYPE.TRACED,
+        roifile.ROI_TYPE.RECT,
+        roifile.ROI_TYPE.OVAL,
+    )
     height, width = shape[-2:]
     for roi, value in zip(rois, named):
         if roi.roitype not in filled or roi.composite:
@@ -106,12 +112,19 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
         if value is None:
             value, next_id = next_id, next_id + 1
         if roi.roitype == roifile.ROI_TYPE.OVAL:
-            rows, cols = ellipse((roi.top + roi.bottom) / 2 - 0.5, (roi.left + roi.right) / 2 - 0.5,
-                                 (roi.bottom - roi.top) / 2, (roi.right - roi.left) / 2, shape=(height, width))
+            rows, cols = ellipse(
+                (roi.top + roi.bottom) / 2 - 0.5,
+                (roi.left + roi.right) / 2 - 0.5,
+                (roi.bottom - roi.top) / 2,
+                (roi.right - roi.left) / 2,
+                shape=(height, width),
+            )
         else:
             xy = roi.coordinates()
             if roi.roitype == roifile.ROI_TYPE.RECT:
-                xy = np.array([[roi.left, roi.top], [roi.right, roi.top], [roi.right, roi.bottom], [roi.left, roi.bottom]])
+                xy = np.array(
+                    [[roi.left, roi.top], [roi.right, roi.top], [roi.right, roi.bottom], [roi.left, roi.bottom]]
+                )
             rows, cols = polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=(height, width))
         if len(shape) == 2:
             labels[rows, cols] = value

@@ -86,8 +86,11 @@ def scale_postprocess(config: PostprocessConfig, factor: float) -> PostprocessCo
         return config
     border = max(1, round(config.border_width * factor)) if config.border_width > 0 else 0
     return replace(
-        config, min_size=round(config.min_size * factor**2), watershed_h=config.watershed_h * factor,
-        grow_distance=config.grow_distance * factor, border_width=border,
+        config,
+        min_size=round(config.min_size * factor**2),
+        watershed_h=config.watershed_h * factor,
+        grow_distance=config.grow_distance * factor,
+        border_width=border,
     )
 
 
@@ -134,8 +137,11 @@ def rescale_to_diameter(samples, object_diameter: float) -> tuple[list, list[flo
     fallback = float(np.median(known)) if known else 1.0
     factors = [f if np.isfinite(f) else fallback for f in found]
     rescaled = [
-        Sample(rescale_image(s.image, f), rescale_labels(s.labels, f),
-               None if s.mask is None else rescale_labels(np.asarray(s.mask), f))
+        Sample(
+            rescale_image(s.image, f),
+            rescale_labels(s.labels, f),
+            None if s.mask is None else rescale_labels(np.asarray(s.mask), f),
+        )
         for s, f in zip(samples, factors)
     ]
     return rescaled, factors

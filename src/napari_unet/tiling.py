@@ -316,7 +316,11 @@ def predict_tta(
     total = None
     for k, flip in dihedral_transforms():
         probs = predict_tiled(
-            model, transform(channels_first, k, flip), tile_size, device=device, batch_size=batch_size,
+            model,
+            transform(channels_first, k, flip),
+            tile_size,
+            device=device,
+            batch_size=batch_size,
             preprocess=preprocess,
         )
         probs = untransform(probs, k, flip)

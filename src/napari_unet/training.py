@@ -45,6 +45,7 @@ from .tiling import predict_tiled, read_window
 from .validation import check_image_dtype, check_labels, check_mask
 from .weights import weight_map
 
+
 @dataclass(frozen=True)
 class TrainConfig(Config):
     """How to train. Saved with the model and in checkpoints. The defaults are the "fast" preset.
@@ -108,8 +109,16 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
     "paper": (
         UNetConfig(),
         TrainConfig(
-            iterations=20000, optimizer="sgd", learning_rate=0.001, momentum=0.99, schedule="constant",
-            tile_size=572, w0=10.0, sigma=5.0, validate_every=500, checkpoint_every=500,
+            iterations=20000,
+            optimizer="sgd",
+            learning_rate=0.001,
+            momentum=0.99,
+            schedule="constant",
+            tile_size=572,
+            w0=10.0,
+            sigma=5.0,
+            validate_every=500,
+            checkpoint_every=500,
         ),
     ),
 }
@@ -266,8 +275,13 @@ class Trainer:
             # Stopped: keep the last completed step, but only one this run trained: a run that stops or fails
             # before its first step never replaces what the checkpoint folder holds (an --overwrite'd model).
             trained = self.iteration > started_at
-            if self.checkpoint is not None and saved_at != self.iteration and trained and not self._diverged \
-                    and not failed:
+            if (
+                self.checkpoint is not None
+                and saved_at != self.iteration
+                and trained
+                and not self._diverged
+                and not failed
+            ):
                 self.save_checkpoint(self.checkpoint)
 
     def calibrate_growth(self, max_images: int = 8) -> dict[str, float] | None:
@@ -284,8 +298,12 @@ class Trainer:
             return None
         probs = [self._predict(sample.image)[1] for sample in samples]
         self.postprocess, scores = calibrate_growth(probs, [sample.cells for sample in samples], self.postprocess)
-        self.growth_calibration = {"seg": scores, "images": len(samples),
-                                   "chosen": self.postprocess.grow_threshold, "iteration": self.iteration}
+        self.growth_calibration = {
+            "seg": scores,
+            "images": len(samples),
+            "chosen": self.postprocess.grow_threshold,
+            "iteration": self.iteration,
+        }
         return scores
 
     def validate(self) -> float | None:
@@ -354,9 +372,16 @@ class Trainer:
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"{path} has no valid training configuration to resume ({error!r})") from None
         trainer = cls(
-            bundle.net, replace(config, **overrides), train, validation, device,
-            checkpoint if checkpoint is not None else path, bundle.normalization, bundle.postprocess,
-            channels=bundle.channels, object_diameter=bundle.object_diameter,
+            bundle.net,
+            replace(config, **overrides),
+            train,
+            validation,
+            device,
+            checkpoint if checkpoint is not None else path,
+            bundle.normalization,
+            bundle.postprocess,
+            channels=bundle.channels,
+            object_diameter=bundle.object_diameter,
         )
         try:  # weights-only: a hostile file cannot run code; a corrupted one is a ValueError, not a traceback
             state = torch.load(state_file, map_location=trainer.device, weights_only=True)
@@ -367,8 +392,10 @@ class Trainer:
             trainer.rng.bit_generator.state = _rng_state_from_tensors(state["numpy_rng"])
             trainer._torch_rng["cpu"] = state["torch_rng"]
         except Exception as error:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
-            raise ValueError(f"{state_file} cannot be read ({type(error).__name__}); the training state is "
-                             "corrupted: train again, or fine-tune the saved weights with init=") from error
+            raise ValueError(
+                f"{state_file} cannot be read ({type(error).__name__}); the training state is "
+                "corrupted: train again, or fine-tune the saved weights with init="
+            ) from error
         trainer._last_good = trainer._snapshot()
         return trainer
 
@@ -492,7 +519,9 @@ def _make_optimizer(model: UNet, config: TrainConfig) -> torch.optim.Optimizer:
     # The fused kernel on the CPU and CUDA: it is much faster per step on a CPU (docs/design.md).
     device = next(model.parameters()).device
     return torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+        model.parameters(),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
         fused=True if device.type in ("cpu", "cuda") else None,
     )
 

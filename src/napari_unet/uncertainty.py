@@ -20,14 +20,18 @@ from scipy import ndimage
 from skimage.transform import resize
 
 from .modelfile import ModelBundle
-from .tiling import dihedral_transforms, transform, untransform
 from .scale import rescale_image
-from .tiling import predict_tiled
+from .tiling import dihedral_transforms, predict_tiled, transform, untransform
 
 
 def tta_uncertainty(
-    bundle: ModelBundle, image: np.ndarray, *, factor: float = 1.0, transforms: int = 8,
-    device: str | torch.device = "auto", tile_size: int | None = None,
+    bundle: ModelBundle,
+    image: np.ndarray,
+    *,
+    factor: float = 1.0,
+    transforms: int = 8,
+    device: str | torch.device = "auto",
+    tile_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(foreground probability averaged over the transforms, uncertainty), both (H, W) float32 at the image's size.
 
@@ -41,11 +45,18 @@ def tta_uncertainty(
     normalised = bundle.preprocessor(channels_first, "CYX")(np.asarray(channels_first, dtype=np.float32))
     normalised = rescale_image(normalised, factor)
     chosen = [(k, flip) for k, flip in dihedral_transforms() if transforms == 8 or k in (0, 2)]
-    probs = np.stack([
-        untransform(predict_tiled(bundle.net, np.ascontiguousarray(transform(normalised, k, flip)), tile_size,
-                                  device=device)[1], k, flip)
-        for k, flip in chosen
-    ])
+    probs = np.stack(
+        [
+            untransform(
+                predict_tiled(
+                    bundle.net, np.ascontiguousarray(transform(normalised, k, flip)), tile_size, device=device
+                )[1],
+                k,
+                flip,
+            )
+            for k, flip in chosen
+        ]
+    )
     mean, spread = probs.mean(axis=0), 2.0 * probs.std(axis=0)
     if factor != 1.0:
         shape = image.shape[-2:]
@@ -55,7 +66,10 @@ def tta_uncertainty(
 
 
 def suggest_regions(
-    uncertainty: np.ndarray, count: int = 5, size: int = 64, annotated: np.ndarray | None = None,
+    uncertainty: np.ndarray,
+    count: int = 5,
+    size: int = 64,
+    annotated: np.ndarray | None = None,
 ) -> list[tuple[int, int, int, int]]:
     """Up to `count` square boxes (y0, x0, y1, x1) of side `size` with the highest total uncertainty, not
     overlapping each other nor the `annotated` (H, W) bool region; best first. Boxes lie inside the image."""
@@ -78,5 +92,7 @@ def suggest_regions(
         cy, cx = np.unravel_index(int(np.argmax(score)), score.shape)
         y0, x0 = int(cy) - half, int(cx) - half
         boxes.append((y0, x0, y0 + size, x0 + size))
-        score[max(y0 - size + half + 1, 0) : y0 + size + half, max(x0 - size + half + 1, 0) : x0 + size + half] = -np.inf
+        score[
+            max(y0 - size + half + 1, 0) : y0 + size + half, max(x0 - size + half + 1, 0) : x0 + size + half
+        ] = -np.inf
     return boxes

@@ -64,7 +64,7 @@ def _blocks(image: Any):
 def check_image_dtype(dtype: Any, what: str = "image") -> np.dtype:
     """The dtype of an image: integers of any width, bool or real floats; complex and the rest are refused."""
     dtype = np.dtype(dtype)
-    if dtype == bool or dtype.kind in "iuf":
+    if dtype.kind in "biuf":
         return dtype
     hint = " (take its magnitude with np.abs first)" if dtype.kind == "c" else ""
     raise DtypeError(f"{what} must hold real numbers (integers, bool or floats), got dtype {dtype}{hint}")
@@ -154,9 +154,7 @@ def check_labels(labels: Any, what: str = "labels", *, sparse: bool = True) -> n
         return labels.astype(np.uint8)
     if labels.dtype.kind not in "iu":
         hint = " (whole numbers: convert with .astype(np.int32))" if labels.dtype.kind == "f" else ""
-        raise DtypeError(
-            f"{what} must be integers (instance ids, 0 = background), got dtype {labels.dtype}{hint}"
-        )
+        raise DtypeError(f"{what} must be integers (instance ids, 0 = background), got dtype {labels.dtype}{hint}")
     labels = labels.astype(labels.dtype.newbyteorder("="), copy=False)
     reserved = unannotated_value(labels.dtype) if sparse else None
     if labels.dtype.kind == "i":

@@ -32,8 +32,9 @@ def class_weights_of(
         return np.ones(2)
     if isinstance(class_weights, str):
         if class_weights != "balanced":
-            raise ValueError(f"class_weights must be 'balanced', None or a (background, foreground) tuple; "
-                             f"got {class_weights!r}")
+            raise ValueError(
+                f"class_weights must be 'balanced', None or a (background, foreground) tuple; got {class_weights!r}"
+            )
         counts = np.bincount(target[mask], minlength=2)[:2].astype(np.float64)
         present = counts > 0
         weights = np.ones(2)
@@ -41,8 +42,9 @@ def class_weights_of(
         return weights
     weights = np.asarray(class_weights, dtype=np.float64)
     if weights.shape != (2,) or np.any(weights < 0) or not np.all(np.isfinite(weights)):
-        raise ValueError(f"class_weights must be two finite weights >= 0 (background, foreground); "
-                         f"got {class_weights!r}")
+        raise ValueError(
+            f"class_weights must be two finite weights >= 0 (background, foreground); got {class_weights!r}"
+        )
     return weights
 
 
@@ -71,9 +73,7 @@ def two_nearest_distances(cells: np.ndarray, margin: float = math.inf) -> tuple[
     for index, box in enumerate(ndimage.find_objects(cells), start=1):
         if box is None:
             continue
-        box = tuple(
-            slice(max(s.start - grow, 0), min(s.stop + grow, size)) for s, size in zip(box, cells.shape)
-        )
+        box = tuple(slice(max(s.start - grow, 0), min(s.stop + grow, size)) for s, size in zip(box, cells.shape))
         distance = ndimage.distance_transform_edt(cells[box] != index)
         if not math.isinf(margin):
             distance[distance > margin] = np.inf

@@ -14,15 +14,21 @@ from napari_unet.plugin._state import session_for  # noqa: E402
 pytestmark = pytest.mark.viewer
 
 
-def test_batch_dock_segments_a_zarr_and_opens_the_labels_lazily(make_napari_viewer, qtbot, tiny_bundle, cells,
-                                                                  tmp_path):
+def test_batch_dock_segments_a_zarr_and_opens_the_labels_lazily(
+    make_napari_viewer, qtbot, tiny_bundle, cells, tmp_path
+):
     import dask.array as da
     import zarr
 
     image = (cells[0] * 1000).astype(np.uint16)
     source = tmp_path / "slide.zarr"
-    create_ome_zarr(source, image.shape, np.uint16, (64, 64),
-                    ngff_attributes("slide", "YX", (0.25, 0.25), "micrometer", label=False))["0"][:] = image
+    create_ome_zarr(
+        source,
+        image.shape,
+        np.uint16,
+        (64, 64),
+        ngff_attributes("slide", "YX", (0.25, 0.25), "micrometer", label=False),
+    )["0"][:] = image
     viewer = make_napari_viewer()
     session_for(viewer).set_model(tiny_bundle)
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch")

@@ -28,8 +28,11 @@ QUICK = {"tile_size": 44, "learning_rate": 5e-3}
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()} \
-        if root.exists() else {}
+    return (
+        {str(p): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+        if root.exists()
+        else {}
+    )
 
 
 @pytest.fixture
@@ -103,7 +106,9 @@ def test_closing_the_segment_dock_mid_run_stops_cleanly(make_napari_viewer_proxy
     viewer.window.add_dock_widget(widget, name="Segment")
     session = session_for(viewer)
     session.set_model(ModelBundle(UNet(**TINY)))
-    viewer.add_image(make_cells((256, 256), seed=1)[0], name="cells")  # 512 x 512 hits a RecursionError inside napari (Cancel too)
+    viewer.add_image(
+        make_cells((256, 256), seed=1)[0], name="cells"
+    )  # 512 x 512 hits a RecursionError inside napari (Cancel too)
     widget.reset_choices()
     widget.tile_spin.setValue(32)
     worker = widget.run()
@@ -117,8 +122,9 @@ def test_closing_the_segment_dock_mid_run_stops_cleanly(make_napari_viewer_proxy
 # --------------------------------------------------------------------------------------------- Fine-tune dock
 
 
-def test_finetune_dock_refuses_empty_and_mismatched_layers(make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch,
-                                                          small):
+def test_finetune_dock_refuses_empty_and_mismatched_layers(
+    make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch, small
+):
     messages = []
     monkeypatch.setattr(_finetune, "show_error", messages.append)
     image, labels = small

@@ -28,17 +28,20 @@ def few_cells(labels: np.ndarray, count: int = 6) -> np.ndarray:
 def open_dock(viewer, qtbot, tmp_path, image, labels, iterations):
     viewer.add_image(image, name="cells")
     viewer.add_labels(labels, name="annotations")
-    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK,
-                            start_from=_finetune.START_NEW)
+    widget = FineTuneWidget(
+        viewer,
+        autosave_root=tmp_path / "autosave",
+        net_overrides=TINY,
+        train_overrides=QUICK,
+        start_from=_finetune.START_NEW,
+    )
     with qtbot.waitSignal(widget.estimated, timeout=30_000):
         viewer.window.add_dock_widget(widget, name="Fine-tune")
     widget.iterations_spin.setValue(iterations)
     return widget
 
 
-def test_short_run_lowers_the_loss_and_hands_the_model_to_segment(
-    make_napari_viewer_proxy, qtbot, tmp_path, cells
-):
+def test_short_run_lowers_the_loss_and_hands_the_model_to_segment(make_napari_viewer_proxy, qtbot, tmp_path, cells):
     image, labels = cells
     sparse = few_cells(labels)
     viewer = make_napari_viewer_proxy(show=True)
@@ -120,8 +123,13 @@ def test_autosaved_annotations_are_offered_back(make_napari_viewer_proxy, qtbot,
     path.parent.mkdir()
     write_tiff(path, (image * 1000).astype(np.uint16), "YX")
     viewer = make_napari_viewer_proxy()
-    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK,
-                            start_from=_finetune.START_NEW)
+    widget = FineTuneWidget(
+        viewer,
+        autosave_root=tmp_path / "autosave",
+        net_overrides=TINY,
+        train_overrides=QUICK,
+        start_from=_finetune.START_NEW,
+    )
     with qtbot.waitSignal(widget.estimated, timeout=30_000):
         viewer.window.add_dock_widget(widget, name="Fine-tune")
     (layer,) = viewer.open(path)
@@ -170,8 +178,12 @@ def tiny_builtin(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     folder = tmp_path / "builtin_models"
-    save_model(folder / "nuclei", ModelBundle(UNet(depth=3, base_channels=8, dropout=0.0),
-                                              postprocess=PostprocessConfig(min_size=4), object_diameter=20.0))
+    save_model(
+        folder / "nuclei",
+        ModelBundle(
+            UNet(depth=3, base_channels=8, dropout=0.0), postprocess=PostprocessConfig(min_size=4), object_diameter=20.0
+        ),
+    )
     monkeypatch.setattr(builtin, "BUILTIN_DIR", folder)
     return folder / "nuclei"
 

@@ -20,8 +20,7 @@ def test_measure_fills_features_table_and_csv(make_napari_viewer, cells, tmp_pat
     image, labels = cells
     channels = np.stack([image, 1 - image]).astype(np.float32)
     calibration, metadata = tiff_calibration(PixelSize(0.25, 0.25, "um"), imagej=True)
-    tifffile.imwrite(tmp_path / "two.tif", channels, imagej=True, metadata={"axes": "CYX", **metadata},
-                     **calibration)
+    tifffile.imwrite(tmp_path / "two.tif", channels, imagej=True, metadata={"axes": "CYX", **metadata}, **calibration)
     viewer = make_napari_viewer()
     first, _second = viewer.open(tmp_path / "two.tif", plugin=PLUGIN)
     assert tuple(first.scale) == (0.25, 0.25)  # the file's pixel size sets the layer scale

@@ -15,9 +15,7 @@ from napari_unet.plugin._state import session_for
 pytestmark = pytest.mark.viewer
 
 
-def test_a_model_folder_loads_into_the_session_and_opens_the_segment_dock(
-    make_napari_viewer, tmp_path, tiny_bundle
-):
+def test_a_model_folder_loads_into_the_session_and_opens_the_segment_dock(make_napari_viewer, tmp_path, tiny_bundle):
     folder = save_model(tmp_path / "cells-model", tiny_bundle)
     assert get_model_reader(str(tmp_path)) is None, "a folder without a model is not ours"
     assert get_model_reader(str(folder / "config.json")) is read_model

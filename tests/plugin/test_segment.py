@@ -7,10 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from napari_unet.postprocess import probs_to_labels
-from napari_unet.synthetic import make_cells
 from napari_unet.plugin._segment import SegmentWidget
 from napari_unet.plugin._state import session_for
+from napari_unet.postprocess import probs_to_labels
+from napari_unet.synthetic import make_cells
 from napari_unet.tiling import tile_grid
 
 pytestmark = pytest.mark.viewer
@@ -160,11 +160,11 @@ def test_a_lazy_stack_is_segmented_plane_by_plane(make_napari_viewer_proxy, qtbo
         np.testing.assert_array_equal(plane, probs_to_labels(probs[1], widget.postprocess_config()))
 
 
-def test_object_diameter_rescales_for_the_network_and_the_result_keeps_the_image_size(
-    make_napari_viewer_proxy, qtbot
-):
+def test_object_diameter_rescales_for_the_network_and_the_result_keeps_the_image_size(make_napari_viewer_proxy, qtbot):
+    from test_diameter import bundle as threshold_bundle
+    from test_diameter import disks
+
     from napari_unet.metrics import instance_scores
-    from test_diameter import bundle as threshold_bundle, disks
 
     truth = disks((200, 240), 16, 60)
     viewer = make_napari_viewer_proxy()

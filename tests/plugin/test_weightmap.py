@@ -7,8 +7,8 @@ import pytest
 
 from napari_unet.plugin._weightmap import WeightMapWidget
 from napari_unet.synthetic import touching_pairs
-from napari_unet.training import PRESETS
 from napari_unet.targets import make_target
+from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
 
 pytestmark = pytest.mark.viewer
@@ -42,7 +42,6 @@ def test_sliders_update_the_weight_map_layer(make_napari_viewer_proxy, qtbot, ce
     with qtbot.waitSignal(widget.updated, timeout=20_000):
         widget.sigma_slider.setValue(2.0)
         widget.balance_check.setChecked(False)
-    np.testing.assert_allclose(layer.data, weight_map(labels, training.w0 + 20.0, 2.0, class_weights=None),
-                               rtol=1e-6)
+    np.testing.assert_allclose(layer.data, weight_map(labels, training.w0 + 20.0, 2.0, class_weights=None), rtol=1e-6)
     assert layer.colormap.name == "magma"
     assert len([x for x in viewer.layers if x.name == "weight map"]) == 1

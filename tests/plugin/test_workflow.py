@@ -17,7 +17,6 @@ from napari_unet.plugin._segment import SegmentWidget
 pytestmark = [pytest.mark.viewer, pytest.mark.slow]
 
 
-
 def test_annotate_a_few_cells_fine_tune_and_segment(make_napari_viewer_proxy, qtbot, tmp_path, screenshot):
     viewer = make_napari_viewer_proxy(show=True)
     viewer.open_sample(PLUGIN, "cells")
@@ -60,8 +59,9 @@ def test_annotate_a_few_cells_fine_tune_and_segment(make_napari_viewer_proxy, qt
     assert max(s["f1_50"] for s in scores.values()) > 0.75, scores
 
 
-def test_segment_with_the_builtin_model_then_ask_where_to_annotate(make_napari_viewer_proxy, qtbot, tmp_path,
-                                                                   screenshot, shared_data):
+def test_segment_with_the_builtin_model_then_ask_where_to_annotate(
+    make_napari_viewer_proxy, qtbot, tmp_path, screenshot, shared_data
+):
     """A real fluorescence image (large nuclei, ~46 px across) segmented by the built-in model with the object size
     estimated, with the uncertainty layer, then the Fine-tune dock's suggestions. Screenshots: segment_builtin,
     suggest."""

@@ -18,33 +18,49 @@ class HelpFormatter(argparse.HelpFormatter):
             if paragraph.startswith("  ") or "\n  " in paragraph:
                 paragraphs.append("\n".join(indent + line for line in paragraph.splitlines()))
             else:
-                paragraphs.append(textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
-                                                subsequent_indent=indent))
+                paragraphs.append(
+                    textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent, subsequent_indent=indent)
+                )
         return "\n\n".join(paragraphs)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+        if (
+            action.option_strings
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and "%(default)" not in text
+        ):
             text += " (default: %(default)s)"
         return text
 
 
 def add_command(
-    subparsers, name: str, summary: str, description: str, examples: str,
+    subparsers,
+    name: str,
+    summary: str,
+    description: str,
+    examples: str,
     run: Callable[[argparse.Namespace], int],
 ) -> argparse.ArgumentParser:
     """A subcommand `name` whose parsed arguments go to `run(args)` (it returns the exit code)."""
     sub = subparsers.add_parser(
-        name, help=summary, description=f"{summary}\n\n{description}".strip(),
-        epilog=f"examples:\n{examples}", formatter_class=HelpFormatter,
+        name,
+        help=summary,
+        description=f"{summary}\n\n{description}".strip(),
+        epilog=f"examples:\n{examples}",
+        formatter_class=HelpFormatter,
     )
     sub.set_defaults(run=run)
     return sub
 
 
 def add_device(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,mps}",
-                     help="where the network runs ('cuda:1' picks a GPU); auto: CUDA, then MPS, then the CPU")
+    sub.add_argument(
+        "--device",
+        default="auto",
+        metavar="{auto,cpu,cuda,mps}",
+        help="where the network runs ('cuda:1' picks a GPU); auto: CUDA, then MPS, then the CPU",
+    )
 
 
 def add_quiet(sub: argparse.ArgumentParser) -> None:
@@ -95,10 +111,16 @@ def fraction(text: str) -> float:
 
 def add_channel_options(group, what: str) -> None:
     """--channels and --grey: which channels of the images (see `channels.ChannelChoice`)."""
-    group.add_argument("--channels", metavar="LIST", help=f"comma-separated channel indices {what}, e.g. 0,2 "
-                       "(RGB: 0 red, 1 green, 2 blue)")
-    group.add_argument("--grey", action="store_true", help="convert the (chosen) channels to one grey plane "
-                       "(RGB: luminance; others: their mean)")
+    group.add_argument(
+        "--channels",
+        metavar="LIST",
+        help=f"comma-separated channel indices {what}, e.g. 0,2 (RGB: 0 red, 1 green, 2 blue)",
+    )
+    group.add_argument(
+        "--grey",
+        action="store_true",
+        help="convert the (chosen) channels to one grey plane (RGB: luminance; others: their mean)",
+    )
 
 
 def channel_choice_option(args: argparse.Namespace):
@@ -124,9 +146,13 @@ def diameter(text: str) -> float | str:
 
 
 def add_diameter(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--diameter", type=diameter, default="auto", metavar="{auto,PX}",
-                     help="diameter of the objects in the images (px): each image is rescaled so they have the "
-                     "model's object diameter before the network ('napari-unet models' lists it), results come "
-                     "back at the image's size; auto: estimated on each file; the model's own diameter: no "
-                     "rescaling. Models without an object diameter never rescale")
-
+    sub.add_argument(
+        "--diameter",
+        type=diameter,
+        default="auto",
+        metavar="{auto,PX}",
+        help="diameter of the objects in the images (px): each image is rescaled so they have the "
+        "model's object diameter before the network ('napari-unet models' lists it), results come "
+        "back at the image's size; auto: estimated on each file; the model's own diameter: no "
+        "rescaling. Models without an object diameter never rescale",
+    )

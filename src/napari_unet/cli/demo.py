@@ -21,7 +21,9 @@ DEMO_ITERATIONS = 600
 
 def add_parser(subparsers) -> None:
     sub = add_command(
-        subparsers, "demo", "Train on synthetic cells, segment a held-out image and write a small report.",
+        subparsers,
+        "demo",
+        "Train on synthetic cells, segment a held-out image and write a small report.",
         "Writes into DIR: the synthetic data (data/), the trained model (model/), the prediction "
         "(predictions/), overlay.png (image with predicted outlines in magenta, true ones in green), "
         "report.json and report.md (instance and pixel scores).",
@@ -31,8 +33,11 @@ def add_parser(subparsers) -> None:
     sub.add_argument("--out", type=Path, default=Path("napari-unet-demo"), metavar="DIR", help="report folder")
     sub.add_argument("--iterations", type=positive_int, default=DEMO_ITERATIONS, metavar="N", help="training steps")
     sub.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and of the training")
-    sub.add_argument("--overwrite", action="store_true",
-                     help="replace the files of an earlier demo in DIR (its model stays until the new one is saved)")
+    sub.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier demo in DIR (its model stays until the new one is saved)",
+    )
     add_device(sub)
     add_quiet(sub)
 
@@ -52,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {out} is a file; give a folder")
     model_dir = out / "model"
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise ValueError(f"--out {out} is not empty (an earlier demo?): replace its files with --overwrite, or "
-                         "choose a new folder")
+        raise ValueError(
+            f"--out {out} is not empty (an earlier demo?): replace its files with --overwrite, or choose a new folder"
+        )
     if model_dir.exists() and not is_model_folder(model_dir):
         raise ValueError(f"{model_dir} exists and is not a model folder; choose another --out")
     check_writable_folder(out)
@@ -71,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
     trainer = Trainer(UNet(net_config), config, samples[:-1], samples[-1:], args.device, model_dir)
-    note(f"demo: training the fast preset for {args.iterations} iterations on {len(samples) - 1} synthetic "
-         f"{DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} images ({describe(trainer.device)})", args.quiet)
+    note(
+        f"demo: training the fast preset for {args.iterations} iterations on {len(samples) - 1} synthetic "
+        f"{DEMO_SHAPE[0]}x{DEMO_SHAPE[1]} images ({describe(trainer.device)})",
+        args.quiet,
+    )
     result = train_with_progress(trainer, args.quiet)
     if result["stopped"]:
         print(f"stopped at iteration {result['iteration']}; no report written", file=sys.stderr)
@@ -89,16 +98,30 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "scores": scores,
         "training": {
-            "preset": "fast", "iterations": result["iteration"], "seconds": round(result["elapsed"], 1),
-            "device": result["device"], "seed": args.seed, "final_loss": result["loss"],
-            "validation_iou": result["val_score"], "training_images": len(samples) - 1, "validation_images": 1,
+            "preset": "fast",
+            "iterations": result["iteration"],
+            "seconds": round(result["elapsed"], 1),
+            "device": result["device"],
+            "seed": args.seed,
+            "final_loss": result["loss"],
+            "validation_iou": result["val_score"],
+            "training_images": len(samples) - 1,
+            "validation_images": 1,
             "image_shape": list(DEMO_SHAPE),
         },
-        "postprocess": {**tuned["config"].to_dict(), "validation_ap50": tuned["scores"]["ap50"],
-                        "validation_ap50_default": tuned["before"]["ap50"]},
+        "postprocess": {
+            **tuned["config"].to_dict(),
+            "validation_ap50": tuned["scores"]["ap50"],
+            "validation_ap50_default": tuned["before"]["ap50"],
+        },
         "test_image": {"cells": int(test_truth.max()), "shape": list(test_image.shape)},
-        "files": {"model": "model", "overlay": "overlay.png", "labels": "predictions/test_labels.tif",
-                  "probabilities": "predictions/test_probs.tif", "data": "data"},
+        "files": {
+            "model": "model",
+            "overlay": "overlay.png",
+            "labels": "predictions/test_labels.tif",
+            "probabilities": "predictions/test_probs.tif",
+            "data": "data",
+        },
     }
     with atomic_write(out / "report.json") as staging:
         staging.write_text(json.dumps(report, indent=2, default=float) + "\n")
@@ -106,8 +129,10 @@ def run(args: argparse.Namespace) -> int:
         staging.write_text(_markdown(report, out, args))
     print(summary(result, model_dir))
     print(describe_tuning(tuned))
-    print(f"held-out image: AP50 {scores['ap50']:.3f}, mAP {scores['map']:.3f}, SEG {scores['seg']:.3f}, "
-          f"IoU {scores['iou']:.3f} ({scores['n_pred']} cells found, {scores['n_true']} true)")
+    print(
+        f"held-out image: AP50 {scores['ap50']:.3f}, mAP {scores['map']:.3f}, SEG {scores['seg']:.3f}, "
+        f"IoU {scores['iou']:.3f} ({scores['n_pred']} cells found, {scores['n_true']} true)"
+    )
     print(f"report: {out / 'report.md'} (overlay: {out / 'overlay.png'})")
     return EXIT_OK
 
@@ -147,25 +172,25 @@ def _markdown(report: dict[str, Any], out: Path, args: argparse.Namespace) -> st
     val = f"{t['validation_iou']:.3f}" if t["validation_iou"] is not None else "n/a"
     return f"""# napari-unet demo
 
-Synthetic fluorescence nuclei (many touching), {t['training_images']} training images and 1 validation image of
-{t['image_shape'][0]}x{t['image_shape'][1]} pixels; scored on a held-out image with {report['test_image']['cells']} cells.
+Synthetic fluorescence nuclei (many touching), {t["training_images"]} training images and 1 validation image of
+{t["image_shape"][0]}x{t["image_shape"][1]} pixels; scored on a held-out image with {report["test_image"]["cells"]} cells.
 
-Training: preset `fast`, {t['iterations']} iterations in {duration(t['seconds'])} on {t['device']}, seed {t['seed']};
-final loss {t['final_loss']:.4f}, validation foreground IoU {val}.
+Training: preset `fast`, {t["iterations"]} iterations in {duration(t["seconds"])} on {t["device"]}, seed {t["seed"]};
+final loss {t["final_loss"]:.4f}, validation foreground IoU {val}.
 
 Post-processing, chosen on the validation image (`napari-unet train --tune-postprocess`): threshold
-{p['threshold']}, watershed {'on' if p['watershed'] else 'off'}, growth to {grows}
-(validation AP50 {p['validation_ap50']:.3f}; {p['validation_ap50_default']:.3f} with the default settings).
+{p["threshold"]}, watershed {"on" if p["watershed"] else "off"}, growth to {grows}
+(validation AP50 {p["validation_ap50"]:.3f}; {p["validation_ap50_default"]:.3f} with the default settings).
 
 | score on the held-out image | value |
 |---|---|
-| AP at IoU 0.5 | {s['ap50']:.3f} |
-| mean AP, IoU 0.5:0.95 | {s['map']:.3f} |
-| F1 at IoU 0.5 | {s['f1_50']:.3f} |
-| SEG | {s['seg']:.3f} |
-| foreground IoU | {s['iou']:.3f} |
-| pixel error | {s['pixel_error']:.4f} |
-| cells found / true | {s['n_pred']} / {s['n_true']} |
+| AP at IoU 0.5 | {s["ap50"]:.3f} |
+| mean AP, IoU 0.5:0.95 | {s["map"]:.3f} |
+| F1 at IoU 0.5 | {s["f1_50"]:.3f} |
+| SEG | {s["seg"]:.3f} |
+| foreground IoU | {s["iou"]:.3f} |
+| pixel error | {s["pixel_error"]:.4f} |
+| cells found / true | {s["n_pred"]} / {s["n_true"]} |
 
 ![overlay](overlay.png)
 

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _add_weights(subparsers) -> None:
     sub = add_command(
-        subparsers, "weights", "Write the loss weight map of a label image (the paper's eq. 2) as a float32 TIFF.",
+        subparsers,
+        "weights",
+        "Write the loss weight map of a label image (the paper's eq. 2) as a float32 TIFF.",
         "w = w_c + w0 exp(-(d1 + d2)^2 / (2 sigma^2)) on the background, with d1, d2 the distances to the two "
         "nearest cells after cutting borders between touching cells; w_c balances the class frequencies.",
         "  napari-unet weights labels/01.png --out weights_01.tif\n"
@@ -43,12 +45,24 @@ def _add_weights(subparsers) -> None:
     )
     sub.add_argument("labels", type=Path, help="label image file")
     sub.add_argument("--out", type=Path, required=True, metavar="FILE", help="TIFF file to write")
-    sub.add_argument("--w0", type=non_negative_float, metavar="W",
-                     help="weight of the border term (default: training's, TrainConfig.w0)")
-    sub.add_argument("--sigma", type=positive_float, metavar="PX",
-                     help="width (px) of the border term (default: training's, TrainConfig.sigma)")
-    sub.add_argument("--border", type=positive_int, metavar="PX",
-                     help="background border (px) between touching cells (default: training's, TrainConfig.border)")
+    sub.add_argument(
+        "--w0",
+        type=non_negative_float,
+        metavar="W",
+        help="weight of the border term (default: training's, TrainConfig.w0)",
+    )
+    sub.add_argument(
+        "--sigma",
+        type=positive_float,
+        metavar="PX",
+        help="width (px) of the border term (default: training's, TrainConfig.sigma)",
+    )
+    sub.add_argument(
+        "--border",
+        type=positive_int,
+        metavar="PX",
+        help="background border (px) between touching cells (default: training's, TrainConfig.border)",
+    )
     sub.add_argument("--no-balance", action="store_true", help="w_c = 1 instead of balancing class frequencies")
     sub.add_argument("--mask", type=Path, metavar="FILE", help="annotated region (nonzero); weight 0 elsewhere")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
@@ -56,7 +70,9 @@ def _add_weights(subparsers) -> None:
 
 def _add_evaluate(subparsers) -> None:
     sub = add_command(
-        subparsers, "evaluate", "Score predictions against ground truth.",
+        subparsers,
+        "evaluate",
+        "Score predictions against ground truth.",
         "PRED and TRUTH are files or folders paired by base name (a '_labels' or '_probs' suffix on predictions "
         "is tolerated). Kinds: instances (AP at IoU 0.5, mAP over 0.5:0.95, F1, SEG; integer labels); isbi "
         "(ISBI 2012 V_rand and V_info, best over thresholds 0.0..1.0 of a float probability TIFF, thinned; "
@@ -68,18 +84,28 @@ def _add_evaluate(subparsers) -> None:
     )
     sub.add_argument("pred", type=Path, help="prediction file or folder")
     sub.add_argument("truth", type=Path, help="ground-truth file or folder")
-    sub.add_argument("--kind", choices=("instances", "isbi", "pixels"), default="instances",
-                     help="which scores (see above)")
+    sub.add_argument(
+        "--kind", choices=("instances", "isbi", "pixels"), default="instances", help="which scores (see above)"
+    )
     sub.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    sub.add_argument("--threshold", type=probability, default=0.5, metavar="T",
-                     help="binarise float predictions at this probability for the pixel scores")
+    sub.add_argument(
+        "--threshold",
+        type=probability,
+        default=0.5,
+        metavar="T",
+        help="binarise float predictions at this probability for the pixel scores",
+    )
     sub.add_argument("--no-thinning", action="store_true", help="isbi: score without thinning the borders")
 
 
 def _add_info(subparsers) -> None:
     sub = add_command(
-        subparsers, "info", "Show a model's architecture, settings and training metadata.", "",
-        "  napari-unet info cells.model\n  napari-unet info cells.model --json", run,
+        subparsers,
+        "info",
+        "Show a model's architecture, settings and training metadata.",
+        "",
+        "  napari-unet info cells.model\n  napari-unet info cells.model --json",
+        run,
     )
     sub.add_argument("model", help="model folder or built-in model name")
     sub.add_argument("--json", action="store_true", help="print the stored configuration as JSON")
@@ -87,7 +113,9 @@ def _add_info(subparsers) -> None:
 
 def _add_models(subparsers) -> None:
     sub = add_command(
-        subparsers, "models", "List the built-in models: use them by name wherever a model folder is accepted.",
+        subparsers,
+        "models",
+        "List the built-in models: use them by name wherever a model folder is accepted.",
         "Each: what it is for, the object diameter it expects (images are rescaled to it, see predict "
         "--diameter), its size, what it was trained on and what to cite. A local model folder with a built-in's "
         "name wins over the built-in; builtin:NAME always means the built-in.",
@@ -115,11 +143,19 @@ def _weights(args: argparse.Namespace) -> int:
     check_writable_folder(args.out.parent, f"--out {args.out}")
     labels = read_labels(args.labels)
     mask = read_labels(args.mask) if args.mask is not None else None
-    weights = weight_map(labels, defaults.w0, defaults.sigma, class_weights=None if args.no_balance else "balanced",
-                         mask=mask, border=defaults.border)
+    weights = weight_map(
+        labels,
+        defaults.w0,
+        defaults.sigma,
+        class_weights=None if args.no_balance else "balanced",
+        mask=mask,
+        border=defaults.border,
+    )
     write_tiff(args.out, weights, "YX")
-    print(f"weight map {weights.shape[0]}x{weights.shape[1]} (min {np.min(weights):.3g}, mean "
-          f"{np.mean(weights):.3g}, max {np.max(weights):.3g}) written to {args.out}")
+    print(
+        f"weight map {weights.shape[0]}x{weights.shape[1]} (min {np.min(weights):.3g}, mean "
+        f"{np.mean(weights):.3g}, max {np.max(weights):.3g}) written to {args.out}"
+    )
     return EXIT_OK
 
 
@@ -131,21 +167,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..metrics import average_scores, evaluate_pair
     from ..pipeline import list_files, match_files
 
-    match = match_files(list_files(args.pred, "prediction"), list_files(args.truth, "ground-truth"),
-                        ("predictions", "ground truth"), prefer="_probs" if args.kind == "isbi" else "_labels")
-    warn_unmatched(match, ("predictions without ground truth (skipped)", "ground truth without predictions"),
-                   False)
+    match = match_files(
+        list_files(args.pred, "prediction"),
+        list_files(args.truth, "ground-truth"),
+        ("predictions", "ground truth"),
+        prefer="_probs" if args.kind == "isbi" else "_labels",
+    )
+    warn_unmatched(match, ("predictions without ground truth (skipped)", "ground truth without predictions"), False)
     scores: dict[str, dict[str, Any]] = {}
     for pred_path, truth_path in match.pairs:
         pred, truth = np.asarray(read_image(pred_path)[0]), np.asarray(read_image(truth_path)[0])
         if pred.shape != truth.shape:
-            raise ValueError(f"prediction {pred_path.name} has shape {pred.shape} but its ground truth "
-                             f"{truth_path.name} has {truth.shape}")
+            raise ValueError(
+                f"prediction {pred_path.name} has shape {pred.shape} but its ground truth "
+                f"{truth_path.name} has {truth.shape}"
+            )
         for index in np.ndindex(*pred.shape[:-2]):
             name = pred_path.name if pred.ndim == 2 else f"{pred_path.name}{list(index)}"
             try:
-                scores[name] = evaluate_pair(pred[index], truth[index], args.kind, threshold=args.threshold,
-                                             thinned=not args.no_thinning)
+                scores[name] = evaluate_pair(
+                    pred[index], truth[index], args.kind, threshold=args.threshold, thinned=not args.no_thinning
+                )
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{pred_path.name} against {truth_path.name}: {error}") from error
     mean = average_scores(list(scores.values()))
@@ -162,7 +204,10 @@ def _table(scores: dict[str, dict[str, Any]], mean: dict[str, Any], columns: Seq
     rows.append([f"mean ({mean['n_images']})"] + [_cell(mean[c]) for c in columns])
     header = ["image", *columns]
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def line(r):
+        return "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(header), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])])
 
@@ -196,8 +241,12 @@ def _info(args: argparse.Namespace) -> int:
         f"input: {bundle.describe_input()}",
         f"normalization: percentiles {bundle.normalization.low} - {bundle.normalization.high}",
         f"post-processing: {_fields(bundle.postprocess.to_dict())}",
-        "object diameter: " + (f"{bundle.object_diameter:g} px (images are rescaled to it)"
-                               if bundle.object_diameter is not None else "none (images are never rescaled)"),
+        "object diameter: "
+        + (
+            f"{bundle.object_diameter:g} px (images are rescaled to it)"
+            if bundle.object_diameter is not None
+            else "none (images are never rescaled)"
+        ),
     ]
     if training:
         augment = training.pop("augment", None)

@@ -10,7 +10,9 @@ from ._args import EXIT_OK, add_command
 
 def add_parser(subparsers) -> None:
     sub = add_command(
-        subparsers, "export", "Export a model for other tools: bioimage.io, ONNX or TorchScript.",
+        subparsers,
+        "export",
+        "Export a model for other tools: bioimage.io, ONNX or TorchScript.",
         "bioimageio: a bioimage.io model package (format 0.5; a folder, or a .zip when OUT ends in .zip) with "
         "rdf.yaml, weights as pytorch_state_dict, torchscript and onnx, test tensors and a README with the "
         "citations and the training data's licence; it runs in bioimage.io consumers (deepImageJ, ilastik, "
@@ -23,8 +25,9 @@ def add_parser(subparsers) -> None:
         run,
     )
     sub.add_argument("model", type=Path, help="model folder")
-    sub.add_argument("--format", choices=("bioimageio", "onnx", "torchscript"), required=True, dest="fmt",
-                     help="what to write")
+    sub.add_argument(
+        "--format", choices=("bioimageio", "onnx", "torchscript"), required=True, dest="fmt", help="what to write"
+    )
     sub.add_argument("--out", type=Path, required=True, metavar="PATH", help="file or folder to write")
     bio = sub.add_argument_group("bioimageio package (default: what the model folder records)")
     bio.add_argument("--name", help="model name")
@@ -43,26 +46,37 @@ def run(args: argparse.Namespace) -> int:
     bundle = load_model(args.model)
     options = {}
     training_data = {
-        key: value for key, value in (
-            ("name", args.training_data_name), ("licence", args.training_data_licence),
-            ("url", args.training_data_url), ("citation", args.training_data_citation),
-        ) if value
+        key: value
+        for key, value in (
+            ("name", args.training_data_name),
+            ("licence", args.training_data_licence),
+            ("url", args.training_data_url),
+            ("citation", args.training_data_citation),
+        )
+        if value
     }
     if args.fmt == "bioimageio":
         recorded = bundle.metadata.get("training_data") or {}
         options = {
-            "name": args.name, "license": args.license,
+            "name": args.name,
+            "license": args.license,
             "authors": [{"name": name} for name in args.author] if args.author else None,
             "training_data": {**recorded, **training_data},
         }
     elif training_data or args.name or args.author:
-        raise ValueError("--name, --author and --training-data-* describe a bioimageio package; "
-                         "ONNX and TorchScript files hold only the network")
+        raise ValueError(
+            "--name, --author and --training-data-* describe a bioimageio package; "
+            "ONNX and TorchScript files hold only the network"
+        )
     path = export_model(bundle, args.fmt, args.out, **options)
     minimum, step, offset = input_size_rule(bundle.net)
-    print(f"{args.fmt} export -> {path}: input (N, {bundle.net.config.in_channels}, H, W) with H, W = "
-          f"{minimum} + n * {step}; output size = input size {offset:+d}")
+    print(
+        f"{args.fmt} export -> {path}: input (N, {bundle.net.config.in_channels}, H, W) with H, W = "
+        f"{minimum} + n * {step}; output size = input size {offset:+d}"
+    )
     if args.fmt == "bioimageio" and not options["training_data"].get("licence"):
-        print("note: the training data's licence is not recorded; give --training-data-licence so that users "
-              "of the package know it")
+        print(
+            "note: the training data's licence is not recorded; give --training-data-licence so that users "
+            "of the package know it"
+        )
     return EXIT_OK

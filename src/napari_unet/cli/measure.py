@@ -11,7 +11,9 @@ from .progress import note, warn_unmatched
 
 def add_parser(subparsers) -> None:
     sub = add_command(
-        subparsers, "measure", "Measure every object of label images and write one CSV table.",
+        subparsers,
+        "measure",
+        "Measure every object of label images and write one CSV table.",
         "One row per object (and per plane of a stack): label, area, centroid, bounding box, perimeter, "
         "eccentricity, solidity in pixels; with IMAGES the mean/min/max intensity (per channel); with a pixel "
         "size (read from the OME-TIFF, ImageJ or TIFF resolution metadata of the image or labels file, or given "
@@ -28,7 +30,9 @@ def add_parser(subparsers) -> None:
     add_quiet(sub)
 
     sub = add_command(
-        subparsers, "rois", "Convert labels to an ImageJ/Fiji ROI zip, or an ROI zip back to labels.",
+        subparsers,
+        "rois",
+        "Convert labels to an ImageJ/Fiji ROI zip, or an ROI zip back to labels.",
         "A label image (TIFF, PNG) becomes a .zip of polygon ROIs, one per object, named by its label id, that "
         "Fiji's ROI Manager opens (stack planes are the ROIs' positions). A .zip or .roi file becomes an int32 "
         "label TIFF; --like gives the image whose size (and planes) the labels take. Polygons cannot hold "
@@ -39,8 +43,9 @@ def add_parser(subparsers) -> None:
     )
     sub.add_argument("input", type=Path, help="label image, or ImageJ ROI .zip/.roi file")
     sub.add_argument("--out", type=Path, required=True, metavar="FILE", help=".zip (from labels) or .tif (from ROIs)")
-    sub.add_argument("--like", type=Path, metavar="IMAGE", help="from ROIs: the image whose height, width and "
-                     "planes the labels take")
+    sub.add_argument(
+        "--like", type=Path, metavar="IMAGE", help="from ROIs: the image whose height, width and planes the labels take"
+    )
     add_quiet(sub)
 
 
@@ -49,8 +54,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_pixel_size(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("--pixel-size", type=positive_float, nargs="+", metavar="SIZE",
-                     help="pixel size (one value, or Y X) overriding the files' metadata")
+    sub.add_argument(
+        "--pixel-size",
+        type=positive_float,
+        nargs="+",
+        metavar="SIZE",
+        help="pixel size (one value, or Y X) overriding the files' metadata",
+    )
     sub.add_argument("--unit", default="um", help="length unit of --pixel-size")
 
 
@@ -91,9 +101,11 @@ def run_measure(args: argparse.Namespace) -> int:
     path = write_csv(tables, args.out)
     count = sum(len(table["label"]) for _, table in tables)
     units = sorted({n.split("_")[-1] for _, t in tables for n in t if n.startswith("centroid_y_")})
-    print(f"measured {count} objects in {len(pairs)} image(s)"
-          + (f" (physical units: {', '.join(units)})" if units else " (pixel units: no pixel size found)")
-          + f" -> {path}")
+    print(
+        f"measured {count} objects in {len(pairs)} image(s)"
+        + (f" (physical units: {', '.join(units)})" if units else " (pixel units: no pixel size found)")
+        + f" -> {path}"
+    )
     return EXIT_OK
 
 

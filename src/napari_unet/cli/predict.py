@@ -7,8 +7,16 @@ import time
 from pathlib import Path
 
 from ._args import (
-    EXIT_OK, add_channel_options, add_command, add_device, add_diameter, add_quiet, channel_choice_option, non_negative_int,
-    positive_int, probability,
+    EXIT_OK,
+    add_channel_options,
+    add_command,
+    add_device,
+    add_diameter,
+    add_quiet,
+    channel_choice_option,
+    non_negative_int,
+    positive_int,
+    probability,
 )
 from .measure import add_pixel_size, pixel_size_option
 from .progress import Progress, describe, duration, note, note_shadowed
@@ -16,7 +24,9 @@ from .progress import Progress, describe, duration, note, note_shadowed
 
 def add_parser(subparsers) -> None:
     sub = add_command(
-        subparsers, "predict", "Segment images with a trained model.",
+        subparsers,
+        "predict",
+        "Segment images with a trained model.",
         "Writes OUT/<name>_labels.tif (int32 instance ids, 0 = background) for each input, and with "
         "--probabilities OUT/<name>_probs.tif (float32 foreground probability). INPUT: files (TIFF, PNG, JPEG, "
         ".zarr) or folders of them. Stacks and time series are segmented plane by plane (ids restart in each "
@@ -35,45 +45,79 @@ def add_parser(subparsers) -> None:
         "  napari-unet predict cells.model screen/ --out results --cluster tcp://head-node:8786",
         run,
     )
-    sub.add_argument("model", help="model folder, or the name of a built-in model ('napari-unet models'; a local "
-                     "model folder of the same name wins, builtin:NAME always means the built-in)")
+    sub.add_argument(
+        "model",
+        help="model folder, or the name of a built-in model ('napari-unet models'; a local "
+        "model folder of the same name wins, builtin:NAME always means the built-in)",
+    )
     sub.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image file or folder")
     sub.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the results")
     sub.add_argument("--probabilities", action="store_true", help="also write the foreground probability")
     sub.add_argument("--overwrite", action="store_true", help="replace results already in --out")
-    sub.add_argument("--tta", action="store_true",
-                     help="test-time augmentation: mean over the 8 flips and rotations (8x slower)")
-    sub.add_argument("--tile-size", type=positive_int, metavar="N",
-                     help="output side of a tile (default: the largest that fits in memory)")
+    sub.add_argument(
+        "--tta", action="store_true", help="test-time augmentation: mean over the 8 flips and rotations (8x slower)"
+    )
+    sub.add_argument(
+        "--tile-size",
+        type=positive_int,
+        metavar="N",
+        help="output side of a tile (default: the largest that fits in memory)",
+    )
     sub.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="tiles per forward pass")
     add_diameter(sub)
-    sub.add_argument("--axes", metavar="AXES", help="axes of the inputs as stored, e.g. YXC, TYX (default: read "
-                     "from the file's metadata or guessed)")
+    sub.add_argument(
+        "--axes",
+        metavar="AXES",
+        help="axes of the inputs as stored, e.g. YXC, TYX (default: read from the file's metadata or guessed)",
+    )
     add_channel_options(sub, "the model sees (default: the choice saved with the model)")
     sub.add_argument("--measure", action="store_true", help="also write OUT/measurements.csv")
     sub.add_argument("--rois", action="store_true", help="also write OUT/<name>_rois.zip for Fiji")
-    sub.add_argument("--zarr", action="store_true",
-                     help="also write the labels as OME-Zarr, OUT/<name>_labels.ome.zarr (with the pixel size)")
+    sub.add_argument(
+        "--zarr",
+        action="store_true",
+        help="also write the labels as OME-Zarr, OUT/<name>_labels.ome.zarr (with the pixel size)",
+    )
     add_pixel_size(sub)
     post = sub.add_argument_group("post-processing (the model's saved settings by default)")
     post.add_argument("--threshold", type=probability, metavar="T", help="foreground where probability > T")
     post.add_argument("--min-size", type=non_negative_int, metavar="N", help="remove objects under N pixels")
-    post.add_argument("--watershed", action=argparse.BooleanOptionalAction, default=None,
-                      help="split merged cells with a distance-transform watershed")
-    post.add_argument("--grow-threshold", type=probability, metavar="G",
-                      help="objects grow into the neighbouring pixels with probability > G (a value >= the "
-                      "threshold turns this off)")
+    post.add_argument(
+        "--watershed",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="split merged cells with a distance-transform watershed",
+    )
+    post.add_argument(
+        "--grow-threshold",
+        type=probability,
+        metavar="G",
+        help="objects grow into the neighbouring pixels with probability > G (a value >= the threshold turns this off)",
+    )
     scale = sub.add_argument_group("scaling out on dask.distributed (pip install 'napari-unet-2015[distributed]')")
     where = scale.add_mutually_exclusive_group()
     where.add_argument("--cluster", metavar="ADDRESS", help="scheduler of a running cluster, e.g. tcp://head:8786")
     where.add_argument("--workers", type=positive_int, metavar="N", help="start N local worker processes")
-    scale.add_argument("--block-size", type=positive_int, default=1024, metavar="N",
-                       help="side of the blocks of a large image (rounded up to whole tiles; default 1024)")
-    scale.add_argument("--margin", type=non_negative_int, default=128, metavar="N",
-                       help="pixels of context around a block for the post-processing: more than the largest "
-                       "object (default 128)")
-    scale.add_argument("--torch-threads", type=positive_int, metavar="N",
-                       help="torch threads per worker (default: the cores divided among the workers)")
+    scale.add_argument(
+        "--block-size",
+        type=positive_int,
+        default=1024,
+        metavar="N",
+        help="side of the blocks of a large image (rounded up to whole tiles; default 1024)",
+    )
+    scale.add_argument(
+        "--margin",
+        type=non_negative_int,
+        default=128,
+        metavar="N",
+        help="pixels of context around a block for the post-processing: more than the largest object (default 128)",
+    )
+    scale.add_argument(
+        "--torch-threads",
+        type=positive_int,
+        metavar="N",
+        help="torch threads per worker (default: the cores divided among the workers)",
+    )
     add_device(sub)
     add_quiet(sub)
 
@@ -81,15 +125,20 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._config import with_overrides
     from ..device import select_device
-    from ..modelfile import load_model
-    from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file
     from ..measure import write_csv
     from ..metadata import read_pixel_size
+    from ..modelfile import load_model
+    from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file
 
     bundle = load_model(args.model)
     note_shadowed(args.model, args.quiet)
-    postprocess = with_overrides(bundle.postprocess, threshold=args.threshold, min_size=args.min_size,
-                                 watershed=args.watershed, grow_threshold=args.grow_threshold)
+    postprocess = with_overrides(
+        bundle.postprocess,
+        threshold=args.threshold,
+        min_size=args.min_size,
+        watershed=args.watershed,
+        grow_threshold=args.grow_threshold,
+    )
     if (args.cluster or args.workers) and (args.tta or args.batch_size != 1):
         raise ValueError("--tta and --batch-size are not available with --cluster or --workers")
     device = select_device(args.device) if not args.cluster else None
@@ -104,8 +153,11 @@ def run(args: argparse.Namespace) -> int:
         _check_input(path, args.axes, bundle, choice)
     if args.cluster or args.workers:
         return run_distributed(args, bundle, postprocess, files)
-    note(f"segmenting {len(files)} image(s) on {describe(device)}" + (" with 8x test-time augmentation"
-         if args.tta else ""), args.quiet)
+    note(
+        f"segmenting {len(files)} image(s) on {describe(device)}"
+        + (" with 8x test-time augmentation" if args.tta else ""),
+        args.quiet,
+    )
     tables = []
     started, planes, objects = time.perf_counter(), 0, 0
     with Progress(len(files), "predicting", "image", args.quiet) as bar:
@@ -115,9 +167,19 @@ def run(args: argparse.Namespace) -> int:
             network_image, network_axes = bundle.prepare(image, axes, path.name, choice)
             n = count_planes(image, axes)
             found, size = 0, ""
-            for done in segment_file(bundle, network_image, network_axes, out, postprocess=postprocess,
-                                     tile_size=args.tile_size, device=device, batch_size=args.batch_size,
-                                     tta=args.tta, pixel_size=pixel_size, diameter=args.diameter):
+            for done in segment_file(
+                bundle,
+                network_image,
+                network_axes,
+                out,
+                postprocess=postprocess,
+                tile_size=args.tile_size,
+                device=device,
+                batch_size=args.batch_size,
+                tta=args.tta,
+                pixel_size=pixel_size,
+                diameter=args.diameter,
+            ):
                 found += done.objects
                 size = object_size(done.diameter, args.diameter, bundle.object_diameter)
                 bar.update(int(done.index + 1 == n), file=path.name, plane=f"{done.index + 1}/{n}")
@@ -128,8 +190,10 @@ def run(args: argparse.Namespace) -> int:
             del image
     if args.measure:
         write_csv(tables, args.out / "measurements.csv")
-    print(f"segmented {len(files)} image(s) ({planes} plane(s), {objects} objects) in "
-          f"{duration(time.perf_counter() - started)}; results in {args.out}")
+    print(
+        f"segmented {len(files)} image(s) ({planes} plane(s), {objects} objects) in "
+        f"{duration(time.perf_counter() - started)}; results in {args.out}"
+    )
     return EXIT_OK
 
 
@@ -192,25 +256,43 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
     """`predict` with --cluster or --workers: the files and blocks as tasks of `distributed.segment_batch`."""
     from ..distributed import connect, segment_batch
 
-    unsupported = [flag for flag, given in (("--measure", args.measure), ("--rois", args.rois), ("--zarr", args.zarr),
-                                            ("--channels/--grey", args.channels is not None or args.grey))
-                   if given]
+    unsupported = [
+        flag
+        for flag, given in (
+            ("--measure", args.measure),
+            ("--rois", args.rois),
+            ("--zarr", args.zarr),
+            ("--channels/--grey", args.channels is not None or args.grey),
+        )
+        if given
+    ]
     if unsupported or bundle.net.config.in_channels != 1:
-        raise ValueError(f"--cluster/--workers segment grey images with a 1-channel model and write labels only; "
-                         f"run without them for {', '.join(unsupported) or 'a multichannel model'}")
+        raise ValueError(
+            f"--cluster/--workers segment grey images with a 1-channel model and write labels only; "
+            f"run without them for {', '.join(unsupported) or 'a multichannel model'}"
+        )
     if bundle.object_diameter is not None and args.diameter != bundle.object_diameter:
         raise ValueError(
             f"--cluster/--workers segment at the images' own scale, but this model expects objects "
             f"{bundle.object_diameter:g} px across: give --diameter {bundle.object_diameter:g} if the objects are "
-            "that size, resample the images to it first, or run without --cluster/--workers (which rescales)")
+            "that size, resample the images to it first, or run without --cluster/--workers (which rescales)"
+        )
 
     started, cut = time.perf_counter(), 0
     where = f"the cluster at {args.cluster}" if args.cluster else f"{args.workers} local worker(s)"
     note(f"segmenting {len(files)} image(s) on {where}", args.quiet)
     with connect(args.cluster, args.workers, args.torch_threads) as client:
         events = segment_batch(
-            client, bundle, files, args.out, block_size=args.block_size, margin=args.margin,
-            tile_size=args.tile_size, device=args.device, probabilities=args.probabilities, axes=args.axes,
+            client,
+            bundle,
+            files,
+            args.out,
+            block_size=args.block_size,
+            margin=args.margin,
+            tile_size=args.tile_size,
+            device=args.device,
+            probabilities=args.probabilities,
+            axes=args.axes,
             postprocess=postprocess,
         )
         bar = None
@@ -222,8 +304,10 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
         if bar is not None:
             bar.close()
     if cut:
-        print(f"warning: {cut} object(s) reached the edge of a block's margin and may be labelled differently "
-              f"from a single-process run: rerun with a larger --margin (now {args.margin})")
+        print(
+            f"warning: {cut} object(s) reached the edge of a block's margin and may be labelled differently "
+            f"from a single-process run: rerun with a larger --margin (now {args.margin})"
+        )
     print(f"segmented {len(files)} image(s) in {duration(time.perf_counter() - started)}; results in {args.out}")
     return EXIT_OK
 

@@ -94,5 +94,7 @@ def note_shadowed(model: str, quiet: bool) -> None:
     from ..builtin import shadowed
 
     if shadowed(model):
-        note(f"note: using the model folder ./{model}, not the built-in model {model!r} (builtin:{model} for that)",
-             quiet)
+        note(
+            f"note: using the model folder ./{model}, not the built-in model {model!r} (builtin:{model} for that)",
+            quiet,
+        )

@@ -14,16 +14,27 @@ from typing import Any
 import numpy as np
 
 from ._args import (
-    EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, add_channel_options, add_command, add_device, add_quiet,
-    channel_choice_option, fraction, non_negative_float,
-    positive_float, positive_int,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    add_channel_options,
+    add_command,
+    add_device,
+    add_quiet,
+    channel_choice_option,
+    fraction,
+    non_negative_float,
+    positive_float,
+    positive_int,
 )
 from .progress import Progress, describe, duration, note, note_shadowed, warn_unmatched
 
 
 def add_parser(subparsers) -> None:
     sub = add_command(
-        subparsers, "train", "Train a U-Net on annotated images and save it as a model folder.",
+        subparsers,
+        "train",
+        "Train a U-Net on annotated images and save it as a model folder.",
         "IMAGES and LABELS are folders whose files pair by base name (01.png with 01.tif; a '_labels' suffix is "
         "tolerated) or two single files. Labels: instance ids (0 = background, one id per cell) or a binary "
         "mask (e.g. ISBI: 0 = membrane, 255 = cell). Sparse annotation: --mask (nonzero = annotated), or the "
@@ -40,40 +51,70 @@ def add_parser(subparsers) -> None:
     sub.add_argument("labels", type=Path, help="label file or folder (matched to the images by base name)")
     sub.add_argument("--out", type=Path, required=True, metavar="MODEL", help="model folder to write")
     start = sub.add_argument_group("what to start from")
-    start.add_argument("--preset", choices=("fast", "paper"), default="fast",
-                       help="fast: small net for a CPU; paper: the 2015 network and SGD schedule")
-    start.add_argument("--init", metavar="MODEL",
-                       help="fine-tune a saved model (folder, or built-in name such as nuclei) instead of a new net; "
-                       "a model with an object diameter gets each image rescaled so its cells have that diameter")
-    start.add_argument("--resume", action="store_true",
-                       help="continue the run saved in --out exactly where it stopped (only --iterations and "
-                       "--time-budget may change)")
+    start.add_argument(
+        "--preset",
+        choices=("fast", "paper"),
+        default="fast",
+        help="fast: small net for a CPU; paper: the 2015 network and SGD schedule",
+    )
+    start.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="fine-tune a saved model (folder, or built-in name such as nuclei) instead of a new net; "
+        "a model with an object diameter gets each image rescaled so its cells have that diameter",
+    )
+    start.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --out exactly where it stopped (only --iterations and "
+        "--time-budget may change)",
+    )
     start.add_argument("--overwrite", action="store_true", help="replace an existing model folder at --out")
-    start.add_argument("--depth", type=positive_int, metavar="N", help="new net: resolution levels (preset's by default)")
+    start.add_argument(
+        "--depth", type=positive_int, metavar="N", help="new net: resolution levels (preset's by default)"
+    )
     start.add_argument("--base-channels", type=positive_int, metavar="N", help="new net: features at the first level")
     data = sub.add_argument_group("data")
-    data.add_argument("--mask", type=Path, metavar="PATH",
-                      help="mask file or folder (nonzero = annotated), matched to the images by base name")
+    data.add_argument(
+        "--mask",
+        type=Path,
+        metavar="PATH",
+        help="mask file or folder (nonzero = annotated), matched to the images by base name",
+    )
     add_channel_options(data, "the network sees (default: all; with --init/--resume: the saved model's)")
     data.add_argument("--validation-images", type=Path, metavar="PATH", help="validation image file or folder")
     data.add_argument("--validation-labels", type=Path, metavar="PATH", help="validation label file or folder")
-    data.add_argument("--val-fraction", type=fraction, metavar="F",
-                      help="hold out this fraction of the images (whole images, chosen with --seed) for validation")
+    data.add_argument(
+        "--val-fraction",
+        type=fraction,
+        metavar="F",
+        help="hold out this fraction of the images (whole images, chosen with --seed) for validation",
+    )
     training = sub.add_argument_group("training (preset's values by default)")
     training.add_argument("--iterations", type=positive_int, metavar="N", help="training steps in all")
-    training.add_argument("--time-budget", type=positive_float, metavar="SECONDS",
-                          help="stop (and save) once training has run this long")
+    training.add_argument(
+        "--time-budget", type=positive_float, metavar="SECONDS", help="stop (and save) once training has run this long"
+    )
     training.add_argument("--seed", type=int, default=0, help="random seed (sampling, augmentation, split)")
-    training.add_argument("--tile-size", type=positive_int, metavar="N",
-                          help="side of the network's input window (rounded up to a valid size)")
+    training.add_argument(
+        "--tile-size",
+        type=positive_int,
+        metavar="N",
+        help="side of the network's input window (rounded up to a valid size)",
+    )
     training.add_argument("--batch-size", type=positive_int, metavar="N", help="windows per step")
     training.add_argument("--learning-rate", type=positive_float, metavar="LR", help="optimiser step size")
     training.add_argument("--w0", type=non_negative_float, metavar="W", help="weight of the border term between cells")
     training.add_argument("--sigma", type=positive_float, metavar="PX", help="width (px) of the border term")
-    training.add_argument("--border", type=positive_int, metavar="PX", help="background border (px) cut between touching cells")
-    training.add_argument("--tune-postprocess", action="store_true",
-                          help="after training, choose the threshold, watershed and growth settings that give the best AP50 "
-                          "on the validation images (instance labels) and save them with the model")
+    training.add_argument(
+        "--border", type=positive_int, metavar="PX", help="background border (px) cut between touching cells"
+    )
+    training.add_argument(
+        "--tune-postprocess",
+        action="store_true",
+        help="after training, choose the threshold, watershed and growth settings that give the best AP50 "
+        "on the validation images (instance labels) and save them with the model",
+    )
     add_device(sub)
     add_quiet(sub)
 
@@ -86,8 +127,10 @@ def run(args: argparse.Namespace) -> int:
     args.channel_choice = _channel_choice(args)
     train, validation = _training_data(args)
     trainer = _make_trainer(args, train, validation)
-    note(f"training on {len(train)} image(s), validating on {len(validation)}; "
-         f"device: {describe(trainer.device)}", args.quiet)
+    note(
+        f"training on {len(train)} image(s), validating on {len(validation)}; device: {describe(trainer.device)}",
+        args.quiet,
+    )
     try:
         result = train_with_progress(trainer, args.quiet)
     except TrainingDiverged as error:
@@ -95,16 +138,22 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if result["stopped"]:
         if result["iteration"] > result["started_at"]:
-            print(f"stopped at iteration {result['iteration']}; the model is saved in {out} "
-                  f"(continue with: napari-unet train ... --out {out} --resume)", file=sys.stderr)
+            print(
+                f"stopped at iteration {result['iteration']}; the model is saved in {out} "
+                f"(continue with: napari-unet train ... --out {out} --resume)",
+                file=sys.stderr,
+            )
         else:
             print(f"stopped before the first step; nothing was saved ({out} is as it was)", file=sys.stderr)
         return result["exit_code"]
     print(summary(result, out))
     if args.tune_postprocess:
         tuned = tune_on_validation(trainer, validation)
-        print(describe_tuning(tuned) if tuned else "post-processing not tuned: no fully annotated validation "
-              "image with instance labels")
+        print(
+            describe_tuning(tuned)
+            if tuned
+            else "post-processing not tuned: no fully annotated validation image with instance labels"
+        )
     return EXIT_OK
 
 
@@ -114,20 +163,37 @@ def _check_options(args: argparse.Namespace) -> None:
 
     recover_interrupted_save(args.out)  # a model whose save was killed is a model: --overwrite or --resume
 
-    inputs = {"IMAGES": args.images, "LABELS": args.labels, "--mask": args.mask, "--init": args.init,
-              "--validation-images": args.validation_images, "--validation-labels": args.validation_labels}
+    inputs = {
+        "IMAGES": args.images,
+        "LABELS": args.labels,
+        "--mask": args.mask,
+        "--init": args.init,
+        "--validation-images": args.validation_images,
+        "--validation-labels": args.validation_labels,
+    }
     check_output_not_input([args.out], [p for p in inputs.values() if p is not None])
     check_writable_folder(args.out.parent, f"--out {args.out}")  # now, not after training
 
     new_net = {"--depth": args.depth, "--base-channels": args.base_channels}
     if args.resume:
-        fixed = {"--init": args.init, "--seed": args.seed or None, "--tile-size": args.tile_size,
-                 "--batch-size": args.batch_size, "--learning-rate": args.learning_rate, "--w0": args.w0,
-                 "--sigma": args.sigma, "--border": args.border, "--preset": args.preset != "fast" or None, **new_net}
+        fixed = {
+            "--init": args.init,
+            "--seed": args.seed or None,
+            "--tile-size": args.tile_size,
+            "--batch-size": args.batch_size,
+            "--learning-rate": args.learning_rate,
+            "--w0": args.w0,
+            "--sigma": args.sigma,
+            "--border": args.border,
+            "--preset": args.preset != "fast" or None,
+            **new_net,
+        }
         given = [name for name, value in fixed.items() if value is not None]
         if given:
-            raise ValueError(f"--resume continues the saved run as it was; {', '.join(given)} cannot change "
-                             "(only --iterations and --time-budget can)")
+            raise ValueError(
+                f"--resume continues the saved run as it was; {', '.join(given)} cannot change "
+                "(only --iterations and --time-budget can)"
+            )
         if not is_model_folder(args.out):
             raise ValueError(f"--resume: {args.out} is not a model folder saved by 'napari-unet train'")
         args.seed = int(load_model(args.out).metadata.get("seed", 0))  # the same validation split as before
@@ -137,8 +203,9 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.out.exists():
         if is_model_folder(args.out):
             if not args.overwrite:
-                raise ValueError(f"{args.out} already holds a model: continue it with --resume, or replace it "
-                                 "with --overwrite")
+                raise ValueError(
+                    f"{args.out} already holds a model: continue it with --resume, or replace it with --overwrite"
+                )
         elif not args.out.is_dir() or any(args.out.iterdir()):
             raise ValueError(f"--out {args.out} exists and is not a model folder; choose a new path")
     if (args.validation_images is None) != (args.validation_labels is None):
@@ -159,10 +226,11 @@ def _training_data(args: argparse.Namespace):
     masks = _masks_for(args.mask, [image for image, _ in pairs], args.quiet) if args.mask else {}
     validation_pairs: list[tuple[Path, Path]] = []
     if args.validation_images is not None:
-        validation = match_files(list_files(args.validation_images, "validation image"),
-                                 list_files(args.validation_labels, "validation label"))
-        warn_unmatched(validation, ("validation images without labels", "validation labels without images"),
-                       args.quiet)
+        validation = match_files(
+            list_files(args.validation_images, "validation image"),
+            list_files(args.validation_labels, "validation label"),
+        )
+        warn_unmatched(validation, ("validation images without labels", "validation labels without images"), args.quiet)
         validation_pairs = validation.pairs
     elif args.val_fraction is not None:
         pairs, validation_pairs = split_by_image(pairs, args.val_fraction, args.seed)
@@ -184,8 +252,11 @@ def _masks_for(path: Path, images: list[Path], quiet: bool) -> dict[Path, Path]:
         raise ValueError(f"--mask {path} is one file but there are {len(images)} images: give a folder of masks")
     match = match_files(images, masks, ("images", "masks"))
     if match.unmatched_first:
-        note(f"note: {len(match.unmatched_first)} image(s) have no mask and count as annotated everywhere: "
-             + ", ".join(p.name for p in match.unmatched_first[:5]), quiet)
+        note(
+            f"note: {len(match.unmatched_first)} image(s) have no mask and count as annotated everywhere: "
+            + ", ".join(p.name for p in match.unmatched_first[:5]),
+            quiet,
+        )
     return dict(match.pairs)
 
 
@@ -219,8 +290,9 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     from ..training import Trainer, preset
 
     if args.resume:
-        overrides = {k: v for k, v in {"iterations": args.iterations, "time_budget": args.time_budget}.items()
-                     if v is not None}
+        overrides = {
+            k: v for k, v in {"iterations": args.iterations, "time_budget": args.time_budget}.items() if v is not None
+        }
         saved_bundle = load_model(args.out)
         saved = saved_bundle.metadata.get("data_hashes")
         train, validation = _to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
@@ -230,8 +302,15 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         return trainer
     net_config, config = preset(args.preset)
     config = with_overrides(
-        config, iterations=args.iterations, time_budget=args.time_budget, seed=args.seed, tile_size=args.tile_size,
-        batch_size=args.batch_size, learning_rate=args.learning_rate, w0=args.w0, sigma=args.sigma,
+        config,
+        iterations=args.iterations,
+        time_budget=args.time_budget,
+        seed=args.seed,
+        tile_size=args.tile_size,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        w0=args.w0,
+        sigma=args.sigma,
         border=args.border,
     )
     if args.init is not None:
@@ -239,15 +318,24 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         note_shadowed(args.init, args.quiet)
         postprocess = replace(bundle.postprocess, border_width=config.border) if args.border else bundle.postprocess
         train, validation = _to_model_scale(train, validation, bundle.object_diameter, args.quiet)
-        return Trainer(bundle.net, config, train, validation, args.device, args.out, bundle.normalization,
-                       postprocess, args.channel_choice, bundle.object_diameter)
+        return Trainer(
+            bundle.net,
+            config,
+            train,
+            validation,
+            args.device,
+            args.out,
+            bundle.normalization,
+            postprocess,
+            args.channel_choice,
+            bundle.object_diameter,
+        )
     channels = train[0].image.shape[0] if train[0].image.ndim == 3 else 1
     net_config = with_overrides(net_config, in_channels=channels, depth=args.depth, base_channels=args.base_channels)
     import torch
 
     torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
-    return Trainer(UNet(net_config), config, train, validation, args.device, args.out,
-                   channels=args.channel_choice)
+    return Trainer(UNet(net_config), config, train, validation, args.device, args.out, channels=args.channel_choice)
 
 
 def _to_model_scale(train, validation, object_diameter: float | None, quiet: bool):
@@ -259,8 +347,11 @@ def _to_model_scale(train, validation, object_diameter: float | None, quiet: boo
     train, factors = rescale_to_diameter(train, object_diameter)
     validation, more = rescale_to_diameter(validation, object_diameter) if validation else ([], [])
     factors += more
-    note(f"images rescaled by x{min(factors):.3g} to x{max(factors):.3g} so their cells are {object_diameter:g} px "
-         "across, the model's object diameter", quiet)
+    note(
+        f"images rescaled by x{min(factors):.3g} to x{max(factors):.3g} so their cells are {object_diameter:g} px "
+        "across, the model's object diameter",
+        quiet,
+    )
     return train, validation
 
 
@@ -271,8 +362,13 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
 
     from ._signals import current
 
-    result: dict[str, Any] = {"stopped": False, "val_score": None, "loss": float("nan"),
-                              "started_at": trainer.iteration, "exit_code": EXIT_INTERRUPTED}
+    result: dict[str, Any] = {
+        "stopped": False,
+        "val_score": None,
+        "loss": float("nan"),
+        "started_at": trainer.iteration,
+        "exit_code": EXIT_INTERRUPTED,
+    }
     events = trainer.run()
     total = trainer.config.iterations
     with Progress(total, "training", "it", quiet) as bar, closing(events), current().deferred() as signals:
@@ -322,10 +418,12 @@ def tune_on_validation(trainer, validation) -> dict[str, Any] | None:
 
 def describe_tuning(tuned: dict[str, Any]) -> str:
     config = tuned["config"]
-    return (f"post-processing tuned on {tuned['images']} validation image(s): threshold {config.threshold}, "
-            f"watershed {'on' if config.watershed else 'off'}, growth to {growth(config)} "
-            f"(AP50 {tuned['scores']['ap50']:.3f}, "
-            f"{tuned['before']['ap50']:.3f} before); saved with the model")
+    return (
+        f"post-processing tuned on {tuned['images']} validation image(s): threshold {config.threshold}, "
+        f"watershed {'on' if config.watershed else 'off'}, growth to {growth(config)} "
+        f"(AP50 {tuned['scores']['ap50']:.3f}, "
+        f"{tuned['before']['ap50']:.3f} before); saved with the model"
+    )
 
 
 def growth(config: Any) -> str:
@@ -336,5 +434,7 @@ def growth(config: Any) -> str:
 def summary(result: dict[str, Any], out: Path) -> str:
     score = result["val_score"]
     validation = f"validation IoU {score:.4f}" if score is not None else "no validation images"
-    return (f"trained {result['iteration']} iterations in {duration(result['elapsed'])} on {result['device']}: "
-            f"loss {result['loss']:.4f}, {validation}; model saved to {out}")
+    return (
+        f"trained {result['iteration']} iterations in {duration(result['elapsed'])} on {result['device']}: "
+        f"loss {result['loss']:.4f}, {validation}; model saved to {out}"
+    )

@@ -10,8 +10,13 @@ from ..modelfile import ModelBundle
 
 
 def run_batch(
-    bundle: ModelBundle, inputs: Sequence[str | Path], out_dir: str | Path, *, address: str | None = None,
-    workers: int | None = None, **options: Any,
+    bundle: ModelBundle,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    **options: Any,
 ) -> Iterator[Any]:
     """Connect (to `address`, or a LocalCluster of `workers` processes), then yield the `BatchProgress` events of
     `distributed.segment_batch`. inputs: files, `.zarr` stores or folders of them. Closing the generator cancels

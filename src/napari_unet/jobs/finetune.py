@@ -12,8 +12,8 @@ import torch
 
 from ..channels import ChannelChoice
 from ..device import select_device
-from ..io import apply_normalization, percentiles
 from ..fewshot import FewShotConfig, few_shot_trainer
+from ..io import apply_normalization, percentiles
 from ..model import UNet, UNetConfig
 from ..modelfile import ModelBundle, Normalization
 from ..postprocess import PostprocessConfig
@@ -58,8 +58,10 @@ def training_samples(job: TrainingJob) -> list[Sample]:
     for image, labels, mask in zip(job.images, job.labels, job.masks):
         if mask is not None:
             rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-            box = (slice(max(rows[0] - context, 0), rows[-1] + 1 + context),
-                   slice(max(cols[0] - context, 0), cols[-1] + 1 + context))
+            box = (
+                slice(max(rows[0] - context, 0), rows[-1] + 1 + context),
+                slice(max(cols[0] - context, 0), cols[-1] + 1 + context),
+            )
         else:
             box = (slice(None), slice(None))
         lo, hi = percentiles(image, job.normalization.low, job.normalization.high, "CYX")
@@ -74,13 +76,28 @@ def run_training(job: TrainingJob) -> Generator[TrainEvent, None, Path]:
     Closing the generator (a stopped run) closes the trainer's, which saves its last completed step.
     """
     if job.few_shot is not None:
-        job.trainer = few_shot_trainer(job.base, job.images[0], job.labels[0], job.masks[0], config=job.few_shot,
-                                       device=job.device, checkpoint=job.checkpoint)
+        job.trainer = few_shot_trainer(
+            job.base,
+            job.images[0],
+            job.labels[0],
+            job.masks[0],
+            config=job.few_shot,
+            device=job.device,
+            checkpoint=job.checkpoint,
+        )
     else:
         samples = training_samples(job)
-        job.trainer = Trainer(job.net, job.config, samples, validation=None, device=job.device,
-                              checkpoint=job.checkpoint, normalization=job.normalization, postprocess=job.postprocess,
-                              channels=job.channels)
+        job.trainer = Trainer(
+            job.net,
+            job.config,
+            samples,
+            validation=None,
+            device=job.device,
+            checkpoint=job.checkpoint,
+            normalization=job.normalization,
+            postprocess=job.postprocess,
+            channels=job.channels,
+        )
     events = job.trainer.run()
     try:
         yield from events
@@ -132,8 +149,9 @@ SUGGESTED_REGIONS = 3  # boxes proposed by "suggest where to annotate"
 SUGGESTED_SIDE = 3.0  # their side, in object diameters (64 px for a model without one)
 
 
-def suggest_annotation(bundle: ModelBundle, image: np.ndarray, annotated: np.ndarray | None = None, *,
-                       device: str | torch.device = "auto") -> list[tuple[int, int, int, int]]:
+def suggest_annotation(
+    bundle: ModelBundle, image: np.ndarray, annotated: np.ndarray | None = None, *, device: str | torch.device = "auto"
+) -> list[tuple[int, int, int, int]]:
     """Boxes (y0, x0, y1, x1) of `image` (C, H, W) where annotating should help `bundle` most: those of highest
     test-time-augmentation disagreement (`uncertainty.suggest_regions`), away from the `annotated` (H, W) bool
     pixels, of `SUGGESTED_SIDE` object diameters (estimated on the image for a model with an object diameter)."""

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from ..modelfile import ModelBundle, check_rescalable
-from ..validation import check_image
 from ..postprocess import PostprocessConfig, probs_to_labels
 from ..scale import rescale_image, resize_probs, scaled_shape
 from ..tiling import iter_predict_tiles, prepare_model, tile_grid
+from ..validation import check_image
 
 
 class Planes(Protocol):
@@ -54,7 +54,11 @@ class TileUpdate:
 
 
 def stream_tiles(
-    bundle: ModelBundle, stack: Planes, stride: int, device: torch.device, postprocess: PostprocessConfig,
+    bundle: ModelBundle,
+    stack: Planes,
+    stride: int,
+    device: torch.device,
+    postprocess: PostprocessConfig,
     factor: float = 1.0,
 ) -> Iterator[TileUpdate]:
     """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
@@ -103,15 +107,19 @@ def stream_tiles(
             yield TileUpdate(index, whole, probs_fg, labels, done, total)
 
 
-def rescaled_region(region: tuple[slice, slice], scaled: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:
+def rescaled_region(
+    region: tuple[slice, slice], scaled: tuple[int, int], shape: tuple[int, int]
+) -> tuple[slice, slice]:
     """A region (rows, cols) of a plane of shape `scaled`, mapped onto the same plane at `shape`: edges scale by
     shape / scaled and are rounded, so neighbouring tiles still meet exactly and the last edge is the border.
 
     >>> rescaled_region((slice(0, 48), slice(48, 60)), (60, 60), (30, 31))
     (slice(0, 24, None), slice(25, 31, None))
     """
-    return tuple(slice(round(r.start * n / m), round(r.stop * n / m))  # type: ignore[return-value]
-                 for r, m, n in zip(region, scaled, shape))
+    return tuple(
+        slice(round(r.start * n / m), round(r.stop * n / m))  # type: ignore[return-value]
+        for r, m, n in zip(region, scaled, shape)
+    )
 
 
 def postprocess_planes(probs_fg: np.ndarray, planes: list[tuple[int, ...]], config: PostprocessConfig) -> np.ndarray:
@@ -131,6 +139,7 @@ def uncertainty_planes(bundle: ModelBundle, stack: Planes, factor: float, device
     leading = [max(axis) + 1 for axis in zip(*planes)]  # () for one 2-D plane
     out = np.zeros((*leading, *stack.shape), np.float32)
     for index in planes:
-        out[index] = tta_uncertainty(bundle, np.asarray(stack.plane(index)), factor=factor, transforms=4,
-                                     device=device)[1]
+        out[index] = tta_uncertainty(
+            bundle, np.asarray(stack.plane(index)), factor=factor, transforms=4, device=device
+        )[1]
     return out

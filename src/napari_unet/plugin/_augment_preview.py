@@ -50,31 +50,49 @@ class AugmentPreviewWidget(QWidget):
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels", optional="(none)")
-        self.window_spin = spin(16, 2048, PRESETS["fast"][1].tile_size,
-                                tooltip="Side of the training window (the preset's tile size)")
+        self.window_spin = spin(
+            16, 2048, PRESETS["fast"][1].tile_size, tooltip="Side of the training window (the preset's tile size)"
+        )
         self.grid_spin = spin(2, 12, base.elastic_grid)
         self.sigma_slider = slider(0.0, 40.0, base.elastic_sigma)
         self.rotation_slider = slider(0.0, 180.0, base.rotation)
         self.shift_slider = slider(0.0, 64.0, base.shift)
         self.flip_check = check("flips", base.flip_p > 0)
-        self.gray_check = check("gray-value changes (contrast, brightness, gamma)",
-                                base.contrast_p > 0 or base.brightness_p > 0 or base.gamma_p > 0)
+        self.gray_check = check(
+            "gray-value changes (contrast, brightness, gamma)",
+            base.contrast_p > 0 or base.brightness_p > 0 or base.gamma_p > 0,
+        )
         self.new_button = QPushButton("New sample")
         self.status = wrapped_label(lines=2)
         dock_layout(
             self,
-            form(("image", self.image_combo), ("labels", self.labels_combo), ("window (px)", self.window_spin),
-                 ("elastic grid", self.grid_spin), ("elastic sigma (px)", self.sigma_slider),
-                 ("rotation (±deg)", self.rotation_slider), ("shift (±px)", self.shift_slider),
-                 ("", self.flip_check), ("", self.gray_check)),
-            self.new_button, self.status, None,
+            form(
+                ("image", self.image_combo),
+                ("labels", self.labels_combo),
+                ("window (px)", self.window_spin),
+                ("elastic grid", self.grid_spin),
+                ("elastic sigma (px)", self.sigma_slider),
+                ("rotation (±deg)", self.rotation_slider),
+                ("shift (±px)", self.shift_slider),
+                ("", self.flip_check),
+                ("", self.gray_check),
+            ),
+            self.new_button,
+            self.status,
+            None,
         )
 
         self._preview_soon = debounced(self.preview, 150, self)
         self.new_button.clicked.connect(self.new_sample)
-        for signal in (self.window_spin.valueChanged, self.grid_spin.valueChanged, self.sigma_slider.valueChanged,
-                       self.rotation_slider.valueChanged, self.shift_slider.valueChanged, self.flip_check.toggled,
-                       self.gray_check.toggled):
+        for signal in (
+            self.window_spin.valueChanged,
+            self.grid_spin.valueChanged,
+            self.sigma_slider.valueChanged,
+            self.rotation_slider.valueChanged,
+            self.shift_slider.valueChanged,
+            self.flip_check.toggled,
+            self.gray_check.toggled,
+        ):
             signal.connect(lambda *_args: self._settings_changed())
         self.reset_choices()
 
@@ -88,12 +106,21 @@ class AugmentPreviewWidget(QWidget):
         gray = {} if self.gray_check.isChecked() else {"contrast_p": 0.0, "brightness_p": 0.0, "gamma_p": 0.0}
         if self.gray_check.isChecked() and not (base.contrast_p or base.brightness_p or base.gamma_p):
             defaults = AugmentConfig()
-            gray = {"contrast_p": defaults.contrast_p, "brightness_p": defaults.brightness_p,
-                    "gamma_p": defaults.gamma_p}
+            gray = {
+                "contrast_p": defaults.contrast_p,
+                "brightness_p": defaults.brightness_p,
+                "gamma_p": defaults.gamma_p,
+            }
         flip_p = (base.flip_p or AugmentConfig().flip_p) if self.flip_check.isChecked() else 0.0
-        return replace(base, elastic_grid=self.grid_spin.value(), elastic_sigma=float(self.sigma_slider.value()),
-                       rotation=float(self.rotation_slider.value()), shift=float(self.shift_slider.value()),
-                       flip_p=flip_p, **gray)
+        return replace(
+            base,
+            elastic_grid=self.grid_spin.value(),
+            elastic_sigma=float(self.sigma_slider.value()),
+            rotation=float(self.rotation_slider.value()),
+            shift=float(self.shift_slider.value()),
+            flip_p=flip_p,
+            **gray,
+        )
 
     def new_sample(self) -> Any:
         self.seed += 1
@@ -112,8 +139,17 @@ class AugmentPreviewWidget(QWidget):
         self._runs += 1
         run = self._runs
         self.origin = origin
-        worker = create_worker(preview_sample, plane, labels, origin, self.window_spin.value(), self.config(),
-                               self.seed, _ignore_errors=True, _start_thread=False)
+        worker = create_worker(
+            preview_sample,
+            plane,
+            labels,
+            origin,
+            self.window_spin.value(),
+            self.config(),
+            self.seed,
+            _ignore_errors=True,
+            _start_thread=False,
+        )
         worker.returned.connect(lambda result: alive(self) and self._show(result, layer, origin, run))
         worker.errored.connect(lambda error: show_error(f"Augmentation preview failed: {error}"))
         worker.finished.connect(lambda: alive(self) and self._worker_done())
@@ -142,29 +178,34 @@ class AugmentPreviewWidget(QWidget):
         height, width = stack.shape
         scale, translate = np.asarray(layer.scale[-2:]), np.asarray(layer.translate[-2:])
         centre = (np.asarray(self.viewer.camera.center[-2:]) - translate) / scale
-        origin = tuple(int(np.clip(round(c - n / 2), -(n // 2), side - n // 2))
-                       for c, side in zip(centre, (height, width)))
+        origin = tuple(
+            int(np.clip(round(c - n / 2), -(n // 2), side - n // 2)) for c, side in zip(centre, (height, width))
+        )
         labels_layer = self.labels_combo.value
         if labels_layer is None:
             return plane, None, origin  # type: ignore[return-value]
         data = np.asarray(layer_data(labels_layer))
         if data.shape[-2:] != (height, width):
-            raise LayerProblem(f"the labels '{labels_layer.name}' {data.shape} do not match the image "
-                               f"'{layer.name}' ({height} x {width})")
+            raise LayerProblem(
+                f"the labels '{labels_layer.name}' {data.shape} do not match the image "
+                f"'{layer.name}' ({height} x {width})"
+            )
         return plane, data.reshape(-1, height, width)[0], origin  # type: ignore[return-value]
 
-    def _show(self, result: tuple[np.ndarray, np.ndarray, np.ndarray], layer: Any, origin: tuple[int, int],
-              run: int) -> None:
+    def _show(
+        self, result: tuple[np.ndarray, np.ndarray, np.ndarray], layer: Any, origin: tuple[int, int], run: int
+    ) -> None:
         if run != self._runs:
             return
         image, labels, grid = self.sample = result
         scale = tuple(layer.scale[-2:])
         width = layer_data(layer).shape[-1]
-        translate = (layer.translate[-2] + origin[0] * scale[0],
-                     layer.translate[-1] + (width + GAP) * scale[1])
-        shown = {"augmented image": (image[0] if image.ndim == 3 else image, "image"),
-                 "augmented labels": (labels.astype(np.int32), "labels"),
-                 "deformation grid": (grid, "image")}
+        translate = (layer.translate[-2] + origin[0] * scale[0], layer.translate[-1] + (width + GAP) * scale[1])
+        shown = {
+            "augmented image": (image[0] if image.ndim == 3 else image, "image"),
+            "augmented labels": (labels.astype(np.int32), "labels"),
+            "deformation grid": (grid, "image"),
+        }
         for name, (data, kind) in shown.items():
             existing = self.layers.get(name)
             if existing is not None and existing in self.viewer.layers:
@@ -174,15 +215,25 @@ class AugmentPreviewWidget(QWidget):
             if kind == "labels":
                 self.layers[name] = self.viewer.add_labels(data, name=name, scale=scale, translate=translate)
             elif name == "deformation grid":
-                self.layers[name] = self.viewer.add_image(data, name=name, scale=scale, translate=translate,
-                                                          colormap="cyan", blending="additive", opacity=0.6,
-                                                          contrast_limits=(0.0, 1.0))
+                self.layers[name] = self.viewer.add_image(
+                    data,
+                    name=name,
+                    scale=scale,
+                    translate=translate,
+                    colormap="cyan",
+                    blending="additive",
+                    opacity=0.6,
+                    contrast_limits=(0.0, 1.0),
+                )
             else:
-                self.layers[name] = self.viewer.add_image(data, name=name, scale=scale, translate=translate,
-                                                          colormap="gray")
+                self.layers[name] = self.viewer.add_image(
+                    data, name=name, scale=scale, translate=translate, colormap="gray"
+                )
         self._outline(layer, origin)
-        self.status.setText(f"sample {self.seed}: the window at ({origin[0]}, {origin[1]}) as training sees it; "
-                            "the Fine-tune dock trains with these settings")
+        self.status.setText(
+            f"sample {self.seed}: the window at ({origin[0]}, {origin[1]}) as training sees it; "
+            "the Fine-tune dock trains with these settings"
+        )
         self.shown.emit(result)
 
     def _outline(self, layer: Any, origin: tuple[int, int]) -> None:
@@ -195,6 +246,10 @@ class AugmentPreviewWidget(QWidget):
             existing.data = [corners]
             return
         self.layers["preview window"] = self.viewer.add_shapes(
-            [corners], shape_type="rectangle", name="preview window", edge_color="yellow", face_color="transparent",
+            [corners],
+            shape_type="rectangle",
+            name="preview window",
+            edge_color="yellow",
+            face_color="transparent",
             edge_width=2,
         )

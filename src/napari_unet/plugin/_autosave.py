@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +60,7 @@ def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Pat
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"annotations must be integer labels, got dtype {labels.dtype}")
-    axes = "ZYX"[-labels.ndim:] if labels.ndim <= 3 else None
+    axes = "ZYX"[-labels.ndim :] if labels.ndim <= 3 else None
     if axes is None:
         raise ValueError(f"annotations must be (H, W) or (Z, H, W), got shape {labels.shape}")
     labels = labels.astype(np.uint16) if labels.max(initial=0) < 65535 and labels.min(initial=0) >= 0 else labels

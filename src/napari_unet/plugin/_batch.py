@@ -63,10 +63,16 @@ class BatchWidget(QWidget):
         self.address_edit = QLineEdit()
         self.address_edit.setPlaceholderText("tcp://scheduler:8786")
         self.device_combo = choice(available_devices())
-        self.block_spin = spin(64, 16384, 1024, step=256, tooltip=(
-            "Side of the blocks of a large image (rounded up to whole tiles)"))
-        self.margin_spin = spin(0, 4096, 128, step=16, tooltip=(
-            "Pixels of context around a block for the post-processing: more than the largest cell"))
+        self.block_spin = spin(
+            64, 16384, 1024, step=256, tooltip=("Side of the blocks of a large image (rounded up to whole tiles)")
+        )
+        self.margin_spin = spin(
+            0,
+            4096,
+            128,
+            step=16,
+            tooltip=("Pixels of context around a block for the post-processing: more than the largest cell"),
+        )
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -74,12 +80,23 @@ class BatchWidget(QWidget):
         self.status = wrapped_label(lines=3)
         dock_layout(
             self,
-            form(("model", self.model_label), ("", self.load_button),
-                 ("input", self.input_edit), ("", row(self.folder_button, self.zarr_button)),
-                 ("output", row(self.output_edit, self.output_button, stretch=(1, 0))),
-                 ("run on", self.where_combo), ("workers", self.workers_spin), ("address", self.address_edit),
-                 ("device", self.device_combo), ("block (px)", self.block_spin), ("margin (px)", self.margin_spin)),
-            row(self.run_button, self.cancel_button), self.progress, self.status, None,
+            form(
+                ("model", self.model_label),
+                ("", self.load_button),
+                ("input", self.input_edit),
+                ("", row(self.folder_button, self.zarr_button)),
+                ("output", row(self.output_edit, self.output_button, stretch=(1, 0))),
+                ("run on", self.where_combo),
+                ("workers", self.workers_spin),
+                ("address", self.address_edit),
+                ("device", self.device_combo),
+                ("block (px)", self.block_spin),
+                ("margin (px)", self.margin_spin),
+            ),
+            row(self.run_button, self.cancel_button),
+            self.progress,
+            self.status,
+            None,
         )
         self.load_button.clicked.connect(self._ask_model_folder)
         self.folder_button.clicked.connect(lambda: self._ask_folder(self.input_edit, "Folder of images"))
@@ -119,9 +136,16 @@ class BatchWidget(QWidget):
         self.status.setText(f"starting {workers} local worker(s)…" if workers else f"connecting to {address}…")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
-        job = run_batch(bundle, self.inputs, self.out, address=address, workers=workers,
-                        block_size=int(self.block_spin.value()), margin=int(self.margin_spin.value()),
-                        device=self.device_combo.currentText())
+        job = run_batch(
+            bundle,
+            self.inputs,
+            self.out,
+            address=address,
+            workers=workers,
+            block_size=int(self.block_spin.value()),
+            margin=int(self.margin_spin.value()),
+            device=self.device_combo.currentText(),
+        )
         self.worker = generator_worker(job)
         self.worker.yielded.connect(self._progressed)
         self.worker.errored.connect(self._failed)
@@ -176,8 +200,7 @@ class BatchWidget(QWidget):
             group = zarr.open_group(str(path), mode="r")
             transforms = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
             scale = next((t["scale"] for t in transforms if t["type"] == "scale"), [1.0, 1.0])
-            layers.append(self.viewer.add_labels(da.from_zarr(group["0"]), name=path.name.split(".")[0],
-                                                 scale=scale))
+            layers.append(self.viewer.add_labels(da.from_zarr(group["0"]), name=path.name.split(".")[0], scale=scale))
         return layers
 
     # -- helpers ----------------------------------------------------------------------------------------------

@@ -132,13 +132,16 @@ class FineTuneWidget(QWidget):
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.labels_combo = layer_combo(napari_viewer, Labels, "annotations")
-        self.region_combo = layer_combo(napari_viewer, (Shapes, Labels), "region",
-                                        optional="(none: around the annotated cells)")
+        self.region_combo = layer_combo(
+            napari_viewer, (Shapes, Labels), "region", optional="(none: around the annotated cells)"
+        )
         self.whole_check = check("every cell in the image is annotated")
-        self.margin_spin = spin(1, 500, DEFAULT_MARGIN,
-                                tooltip="Only this much background around the annotated cells is trusted")
-        self.start_combo = choice(([START_BUILTIN] if BUILTIN_MODEL in builtin.names() else [])
-                                  + [START_NEW, START_SESSION, START_FILE])
+        self.margin_spin = spin(
+            1, 500, DEFAULT_MARGIN, tooltip="Only this much background around the annotated cells is trusted"
+        )
+        self.start_combo = choice(
+            ([START_BUILTIN] if BUILTIN_MODEL in builtin.names() else []) + [START_NEW, START_SESSION, START_FILE]
+        )
         self.start_combo.setCurrentText(start_from or self.start_combo.itemText(0))
         self.preset_combo = choice(list(PRESETS))
         self.iterations_spin = spin(1, 1_000_000, PRESETS["fast"][1].iterations)
@@ -154,7 +157,8 @@ class FineTuneWidget(QWidget):
         self.suggest_button = QPushButton("Suggest where to annotate")
         self.suggest_button.setToolTip(
             "Boxes (a Shapes layer) where the starting model is least sure of itself (its answers disagree when "
-            "the image is flipped): the cells there teach it most")
+            "the image is flipped): the cells there teach it most"
+        )
         self.suggestions_layer: Any = None
         self.restore_button = QPushButton("")
         self.restore_button.hide()
@@ -166,14 +170,27 @@ class FineTuneWidget(QWidget):
         self.autosave_button = QPushButton("Change…")
         dock_layout(
             self,
-            form(("image", self.image_combo), ("annotations", self.labels_combo),
-                 ("annotated region", self.region_combo), ("", self.whole_check), ("margin (px)", self.margin_spin),
-                 ("channels", self.channel_fields.edit), ("", self.channel_fields.grey),
-                 ("start from", self.start_combo), ("preset", self.preset_combo),
-                 ("iterations", self.iterations_spin), ("time budget", self.budget_spin),
-                 ("device", self.device_combo), ("", self.estimate_label)),
-            row(self.start_button, self.pause_button, self.stop_button), self.suggest_button,
-            self.progress, (self.plot, 1), self.status, self.model_label,
+            form(
+                ("image", self.image_combo),
+                ("annotations", self.labels_combo),
+                ("annotated region", self.region_combo),
+                ("", self.whole_check),
+                ("margin (px)", self.margin_spin),
+                ("channels", self.channel_fields.edit),
+                ("", self.channel_fields.grey),
+                ("start from", self.start_combo),
+                ("preset", self.preset_combo),
+                ("iterations", self.iterations_spin),
+                ("time budget", self.budget_spin),
+                ("device", self.device_combo),
+                ("", self.estimate_label),
+            ),
+            row(self.start_button, self.pause_button, self.stop_button),
+            self.suggest_button,
+            self.progress,
+            (self.plot, 1),
+            self.status,
+            self.model_label,
             row(self.save_button, self.load_button),
             row(self.autosave_label, self.autosave_button, stretch=(1,)),
             self.restore_button,
@@ -229,8 +246,11 @@ class FineTuneWidget(QWidget):
         self.session.training = True
         self._generator = run_training(job)
         # closed by _closer after a Stop, in a worker: closing saves the model
-        self.worker = generator_worker(self._generator, close_when_done=False,
-                                       _progress={"total": job.config.iterations, "desc": "U-Net: training"})
+        self.worker = generator_worker(
+            self._generator,
+            close_when_done=False,
+            _progress={"total": job.config.iterations, "desc": "U-Net: training"},
+        )
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_completed)
         self.worker.errored.connect(self._on_error)
@@ -268,8 +288,15 @@ class FineTuneWidget(QWidget):
             annotated = np.asarray(labels_layer.data) > 0
         self.suggest_button.setEnabled(False)
         self.status.setText("Finding where the model is least sure…")
-        worker = create_worker(suggest_annotation, bundle, np.asarray(stack.plane(()), dtype=np.float32), annotated,
-                               device=device, _ignore_errors=True, _start_thread=False)
+        worker = create_worker(
+            suggest_annotation,
+            bundle,
+            np.asarray(stack.plane(()), dtype=np.float32),
+            annotated,
+            device=device,
+            _ignore_errors=True,
+            _start_thread=False,
+        )
         worker.returned.connect(lambda boxes: alive(self) and self._show_suggestions(image_layer, stack, boxes))
         worker.errored.connect(lambda error: alive(self) and self._suggest_failed(error))
         start_worker(worker, self)
@@ -281,11 +308,20 @@ class FineTuneWidget(QWidget):
         if self.suggestions_layer is not None and self.suggestions_layer in self.viewer.layers:
             self.viewer.layers.remove(self.suggestions_layer)
         self.suggestions_layer = self.viewer.add_shapes(
-            rectangles, shape_type="rectangle", name="annotate here", edge_color="yellow", face_color="transparent",
-            edge_width=2, scale=stack.spatial(image_layer.scale), translate=stack.spatial(image_layer.translate),
+            rectangles,
+            shape_type="rectangle",
+            name="annotate here",
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=2,
+            scale=stack.spatial(image_layer.scale),
+            translate=stack.spatial(image_layer.translate),
         )
-        self.status.setText(f"{len(boxes)} region(s) to annotate next: paint the cells in the yellow boxes"
-                            if boxes else "No uncertain region found away from the annotations")
+        self.status.setText(
+            f"{len(boxes)} region(s) to annotate next: paint the cells in the yellow boxes"
+            if boxes
+            else "No uncertain region found away from the annotations"
+        )
         self.suggested.emit(boxes)
 
     def _suggest_failed(self, error: Exception) -> None:
@@ -359,8 +395,9 @@ class FineTuneWidget(QWidget):
             self._estimate_worker.quit()  # superseded
         worker = generator_worker(measure_steps(config, tile, batch, device))
         worker.returned.connect(lambda seconds: alive(self) and self._estimated(key, seconds))
-        worker.errored.connect(lambda error: alive(self) and self.estimate_label.setText(
-            f"cannot measure a step: {error}"))
+        worker.errored.connect(
+            lambda error: alive(self) and self.estimate_label.setText(f"cannot measure a step: {error}")
+        )
         self._estimate_worker = worker
         start_worker(worker, self)
         return worker
@@ -436,13 +473,24 @@ class FineTuneWidget(QWidget):
             if start == START_FILE:
                 self.session.set_model(base, self.start_path)
         checkpoint = _autosave.model_folder(self.autosave_root, image_layer.name)
-        job = TrainingJob(images, labels, masks, net, config, normalization, postprocess,
-                          self.device_combo.currentText(), checkpoint, channels=chosen)
+        job = TrainingJob(
+            images,
+            labels,
+            masks,
+            net,
+            config,
+            normalization,
+            postprocess,
+            self.device_combo.currentText(),
+            checkpoint,
+            channels=chosen,
+        )
         if base is not None and base.object_diameter is not None:
             if len(images) > 1:
                 raise LayerProblem(
                     f"{len(images)} planes are annotated: fine-tuning a model with an object size (the built-in) "
-                    "uses one annotated plane; keep the annotations of one plane, or start from a new network")
+                    "uses one annotated plane; keep the annotations of one plane, or start from a new network"
+                )
             job.few_shot, job.base = FewShotConfig(seconds=config.time_budget, iterations=config.iterations), base
         select_device(job.device)  # an unavailable device is a notification now, not a worker error
         return job, labels_all
@@ -452,9 +500,13 @@ class FineTuneWidget(QWidget):
         defaults = PRESETS[self.preset_combo.currentText()][1]
         every = max(1, min(defaults.validate_every, iterations // 10 or 1))
         budget = self.budget_spin.value() * 60.0 or None
-        return {"iterations": iterations, "validate_every": every,
-                "checkpoint_every": max(every, min(defaults.checkpoint_every, iterations)), "time_budget": budget,
-                **self.train_overrides}
+        return {
+            "iterations": iterations,
+            "validate_every": every,
+            "checkpoint_every": max(every, min(defaults.checkpoint_every, iterations)),
+            "time_budget": budget,
+            **self.train_overrides,
+        }
 
     def _region_mask(self, shape: tuple[int, int]) -> np.ndarray | None:
         layer = self.region_combo.value
@@ -478,8 +530,7 @@ class FineTuneWidget(QWidget):
         image_layer = self.image_combo.value
         source = getattr(getattr(image_layer, "source", None), "path", None)
         try:
-            self.annotations_path = _autosave.save_annotations(labels, self.autosave_root, source,
-                                                               image_layer.name)
+            self.annotations_path = _autosave.save_annotations(labels, self.autosave_root, source, image_layer.name)
         except (OSError, ValueError) as error:
             show_warning(f"Could not autosave the annotations: {error}")
 
@@ -497,8 +548,9 @@ class FineTuneWidget(QWidget):
                 f"{format_duration(event.elapsed)} elapsed, about {format_duration(left)} left"
             )
         elif event.kind == "calibration":
-            self.status.setText(f"iteration {event.iteration}: fitting the outlines of the post-processing to the "
-                                "annotated cells…")
+            self.status.setText(
+                f"iteration {event.iteration}: fitting the outlines of the post-processing to the annotated cells…"
+            )
         elif event.kind == "validation" and event.val_score is not None:
             history.scores.append((event.iteration, event.val_score))
             self.plot.add_score(event.iteration, event.val_score)
@@ -591,8 +643,11 @@ class FineTuneWidget(QWidget):
         start = self.start_combo.currentText()
         if start == START_BUILTIN and self.builtin_bundle is None:
             self.builtin_bundle = load_model(builtin.path(BUILTIN_MODEL))
-        return {START_SESSION: self.session.bundle, START_FILE: self.start_bundle,
-                START_BUILTIN: self.builtin_bundle}.get(start)
+        return {
+            START_SESSION: self.session.bundle,
+            START_FILE: self.start_bundle,
+            START_BUILTIN: self.builtin_bundle,
+        }.get(start)
 
     def _estimate_setting(self) -> tuple | None:
         base = self._base_bundle()
@@ -636,8 +691,9 @@ class FineTuneWidget(QWidget):
         self.offered_annotations = (Path(path), found)
         self.restore_button.setText(f"Restore the autosaved annotations of {Path(path).name}")
         self.restore_button.show()
-        show_info(f"Autosaved annotations for {Path(path).name} found ({found.name}): "
-                  "click 'Restore' in the Fine-tune dock")
+        show_info(
+            f"Autosaved annotations for {Path(path).name} found ({found.name}): click 'Restore' in the Fine-tune dock"
+        )
 
     def _ask_save(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save the model as a folder")
@@ -654,4 +710,3 @@ class FineTuneWidget(QWidget):
         if path:
             self.autosave_root = Path(path)
             self.autosave_label.setText(f"autosave: {self.autosave_root}")
-

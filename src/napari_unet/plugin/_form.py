@@ -26,8 +26,15 @@ from qtpy.QtWidgets import (
 
 
 def spin(
-    low: float, high: float, value: float, *, step: float = 1, decimals: int | None = None, special: str = "",
-    suffix: str = "", tooltip: str = "",
+    low: float,
+    high: float,
+    value: float,
+    *,
+    step: float = 1,
+    decimals: int | None = None,
+    special: str = "",
+    suffix: str = "",
+    tooltip: str = "",
 ) -> QSpinBox | QDoubleSpinBox:
     """A spin box over [low, high] at `value`: a QSpinBox, or a QDoubleSpinBox with `decimals`; `special`: the text
     shown at `low` (e.g. "auto", "none")."""

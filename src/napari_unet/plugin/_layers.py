@@ -208,8 +208,11 @@ def _checked(stack: PlaneStack, layer: Any, in_channels: int) -> PlaneStack:
                 f"channel(s) (0 to {stored - 1})"
             )
     if stack.channels != in_channels:
-        hint = ("choose its channels or grey conversion in the dock" if stack.channels > in_channels
-                else "put the channels on the axis before Y and X, or open the file with the napari-unet reader")
+        hint = (
+            "choose its channels or grey conversion in the dock"
+            if stack.channels > in_channels
+            else "put the channels on the axis before Y and X, or open the file with the napari-unet reader"
+        )
         raise LayerProblem(
             f"the model expects {in_channels} channel(s) but layer '{layer.name}' "
             f"(shape {tuple(layer_data(layer).shape)}) gives {stack.channels}: {hint}"
@@ -275,4 +278,3 @@ def wrapped_label(text: str = "", lines: int = 2) -> Any:
     label.setWordWrap(True)
     label.setMinimumHeight(label.fontMetrics().lineSpacing() * lines + 4)
     return label
-

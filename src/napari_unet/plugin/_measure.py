@@ -44,8 +44,10 @@ class MeasureWidget(QWidget):
         dock_layout(
             self,
             form(("labels", self.labels_combo), ("image", self.image_combo)),
-            row(self.measure_button, self.save_button), row(self.export_button, self.import_button),
-            self.status, (self.table, 1),
+            row(self.measure_button, self.save_button),
+            row(self.export_button, self.import_button),
+            self.status,
+            (self.table, 1),
         )
         self.measure_button.clicked.connect(self.measure)
         self.save_button.clicked.connect(self._ask_csv)
@@ -69,7 +71,7 @@ class MeasureWidget(QWidget):
             labels = np.asarray(labels_layer.data)
             image, image_axes = self._intensities(image_layer, labels.shape)
             pixel_size = self._pixel_size(image_layer, labels_layer)
-            axes = "TZYX"[4 - labels.ndim:] if labels.ndim <= 4 else None
+            axes = "TZYX"[4 - labels.ndim :] if labels.ndim <= 4 else None
             if axes is None:
                 raise LayerProblem(f"layer '{labels_layer.name}' has {labels.ndim} dimensions; at most T, Z, Y, X")
             self.tables = measure_planes(labels, axes, image, image_axes, pixel_size)
@@ -77,7 +79,7 @@ class MeasureWidget(QWidget):
             show_error(f"Cannot measure: {error}")
             return None
         if labels.ndim == 2:
-            (_, table), = self.tables
+            ((_, table),) = self.tables
             labels_layer.features = _features(table)
         self._show_table()
         count = sum(len(t["label"]) for _, t in self.tables)
@@ -112,7 +114,7 @@ class MeasureWidget(QWidget):
         if getattr(like, "rgb", False):
             shape = shape[:-1]
         labels = read_rois(path, shape[-3:] if len(shape) >= 3 else shape)
-        return self.viewer.add_labels(labels, name=f"{Path(path).stem} ROIs", scale=tuple(like.scale)[-labels.ndim:])
+        return self.viewer.add_labels(labels, name=f"{Path(path).stem} ROIs", scale=tuple(like.scale)[-labels.ndim :])
 
     # -- internals ------------------------------------------------------------------------------------------
 
@@ -120,7 +122,7 @@ class MeasureWidget(QWidget):
         """The image layer as (C, ...) or (...) matching the labels, with its axes; (None, None) without one."""
         if layer is None:
             return None, None
-        spatial = "TZYX"[4 - len(shape):]
+        spatial = "TZYX"[4 - len(shape) :]
         group = channel_group(layer, self.viewer.layers)
         if group:
             return np.stack([np.asarray(layer_data(g)) for g in group]), _with_channels(spatial)
@@ -148,8 +150,11 @@ class MeasureWidget(QWidget):
         columns: list[str] = []
         for extra, table in self.tables:
             columns += [c for c in [*extra, *table] if c not in columns]
-        rows = [{**extra, **{k: v[i] for k, v in table.items()}}
-                for extra, table in self.tables for i in range(len(table["label"]))][:SHOWN_ROWS]
+        rows = [
+            {**extra, **{k: v[i] for k, v in table.items()}}
+            for extra, table in self.tables
+            for i in range(len(table["label"]))
+        ][:SHOWN_ROWS]
         self.table.clear()
         self.table.setColumnCount(len(columns))
         self.table.setRowCount(len(rows))
@@ -185,7 +190,7 @@ class MeasureWidget(QWidget):
 def _with_channels(spatial: str) -> str:
     """Canonical axes with C inserted before Z/Y: "ZYX" -> "ZCYX", "YX" -> "CYX"."""
     lead = "".join(a for a in spatial if a in "TZ")
-    return lead + "C" + spatial[len(lead):]
+    return lead + "C" + spatial[len(lead) :]
 
 
 def _features(table: Table) -> Any:

@@ -55,25 +55,35 @@ class LossPlot(QWidget):
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
         margin_left, margin_right, margin_top, margin_bottom = 42, 34, 8, 18
-        area = QRectF(margin_left, margin_top, max(self.width() - margin_left - margin_right, 10),
-                      max(self.height() - margin_top - margin_bottom, 10))
+        area = QRectF(
+            margin_left,
+            margin_top,
+            max(self.width() - margin_left - margin_right, 10),
+            max(self.height() - margin_top - margin_bottom, 10),
+        )
         painter.setPen(QPen(AXIS_COLOUR, 1))
         painter.drawRect(area)
         top = max((loss for _, loss in self.losses), default=1.0) * 1.05 or 1.0
         total = max(self.total, max((i for i, _ in self.losses), default=1))
 
         def point(iteration: float, value: float, scale: float) -> QPointF:
-            return QPointF(area.left() + area.width() * iteration / total,
-                           area.bottom() - area.height() * min(max(value / scale, 0.0), 1.0))
+            return QPointF(
+                area.left() + area.width() * iteration / total,
+                area.bottom() - area.height() * min(max(value / scale, 0.0), 1.0),
+            )
 
-        painter.drawText(QRectF(0, area.top() - 4, margin_left - 4, 14), int(Qt.AlignmentFlag.AlignRight),
-                         f"{top:.3g}")
+        painter.drawText(QRectF(0, area.top() - 4, margin_left - 4, 14), int(Qt.AlignmentFlag.AlignRight), f"{top:.3g}")
         painter.drawText(QRectF(0, area.bottom() - 10, margin_left - 4, 14), int(Qt.AlignmentFlag.AlignRight), "0")
         painter.drawText(QRectF(area.right() + 3, area.top() - 4, margin_right, 14), 0, "1")
-        painter.drawText(QRectF(0, area.bottom() + 2, self.width(), 14), int(Qt.AlignmentFlag.AlignCenter),
-                         f"iteration (of {self.total})   blue: loss   green: IoU on the annotations")
-        for points, colour, width in ((_decimate(self.losses), LOSS_COLOUR, 1.0),
-                                      (_decimate(self.smoothed()), SMOOTH_COLOUR, 2.0)):
+        painter.drawText(
+            QRectF(0, area.bottom() + 2, self.width(), 14),
+            int(Qt.AlignmentFlag.AlignCenter),
+            f"iteration (of {self.total})   blue: loss   green: IoU on the annotations",
+        )
+        for points, colour, width in (
+            (_decimate(self.losses), LOSS_COLOUR, 1.0),
+            (_decimate(self.smoothed()), SMOOTH_COLOUR, 2.0),
+        ):
             if len(points) >= 2:
                 painter.setPen(QPen(colour, width))
                 painter.drawPolyline(QPolygonF([point(i, v, top) for i, v in points]))

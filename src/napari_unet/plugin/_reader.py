@@ -97,16 +97,26 @@ def read_images(path: str | list[str]) -> list[LayerData]:
             channel = axes.index("C")
             count = image.shape[channel]
             per_channel = axes.replace("C", "")
-            metadata = [{METADATA_KEY: {**info, "axes": per_channel, "channel": i, "channels": count}}
-                        for i in range(count)]
-            layers.append((image, {"name": [f"{name} [{i}]" for i in range(count)], "channel_axis": channel,
-                                   "metadata": metadata, **scale}, "image"))
+            metadata = [
+                {METADATA_KEY: {**info, "axes": per_channel, "channel": i, "channels": count}} for i in range(count)
+            ]
+            layers.append(
+                (
+                    image,
+                    {
+                        "name": [f"{name} [{i}]" for i in range(count)],
+                        "channel_axis": channel,
+                        "metadata": metadata,
+                        **scale,
+                    },
+                    "image",
+                )
+            )
         else:
             if "C" in axes:  # a single channel: drop the axis
                 image = np.take(image, 0, axis=axes.index("C"))
                 axes = axes.replace("C", "")
-            layers.append((image, {"name": name, "metadata": {METADATA_KEY: {**info, "axes": axes}}, **scale},
-                           "image"))
+            layers.append((image, {"name": name, "metadata": {METADATA_KEY: {**info, "axes": axes}}, **scale}, "image"))
     return layers
 
 

@@ -23,8 +23,14 @@ from typing import Any
 
 import numpy as np
 
-_LABELS_INTERNALS = ("_slice", "_slice_input", "_accumulate_updated_slice", "_partial_labels_refresh",
-                     "_get_pt_not_disp", "colormap")
+_LABELS_INTERNALS = (
+    "_slice",
+    "_slice_input",
+    "_accumulate_updated_slice",
+    "_partial_labels_refresh",
+    "_get_pt_not_disp",
+    "colormap",
+)
 
 
 @contextmanager

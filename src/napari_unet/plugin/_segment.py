@@ -30,9 +30,8 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
 
 from napari_unet.device import available_devices, describe_device, select_device
-from napari_unet.jobs.segment import TileUpdate, postprocess_planes, stream_tiles, uncertainty_planes
-from napari_unet.jobs.segment import Planes
-from napari_unet.modelfile import ModelBundle, load_model
+from napari_unet.jobs.segment import Planes, TileUpdate, postprocess_planes, stream_tiles, uncertainty_planes
+from napari_unet.modelfile import ModelBundle
 from napari_unet.postprocess import PostprocessConfig
 from napari_unet.scale import scale_postprocess, scaled_shape
 from napari_unet.tiling import auto_stride, tile_grid
@@ -86,25 +85,47 @@ class SegmentWidget(QWidget):
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.model_label = wrapped_label()
         self.load_button = QPushButton("Load model…")
-        self.tile_spin = spin(0, 8192, 0, step=16, special="auto",
-                              tooltip="Output tile side in pixels; 'auto' picks the largest that fits in memory")
+        self.tile_spin = spin(
+            0,
+            8192,
+            0,
+            step=16,
+            special="auto",
+            tooltip="Output tile side in pixels; 'auto' picks the largest that fits in memory",
+        )
         self.device_combo = choice(available_devices())
         self.channel_fields = ChannelFields()
         self.diameter_spin = spin(0.0, 1000.0, 0.0, decimals=1, special="auto", suffix=" px")
         self.diameter_label = wrapped_label()
         self.probs_check = check("also show the probability map")
-        self.uncertainty_check = check("also show the uncertainty (4x the time)", tooltip=(
-            "After segmenting, an 'uncertainty' layer: how much the model's answers disagree when the image is "
-            "flipped (bright: unsure; annotate there, see Fine-tune's 'Suggest where to annotate')"))
+        self.uncertainty_check = check(
+            "also show the uncertainty (4x the time)",
+            tooltip=(
+                "After segmenting, an 'uncertainty' layer: how much the model's answers disagree when the image is "
+                "flipped (bright: unsure; annotate there, see Fine-tune's 'Suggest where to annotate')"
+            ),
+        )
         self.uncertainty_layer: Any = None
         self.threshold_spin = spin(0.0, 1.0, 0.0, step=0.05, decimals=2)
-        self.grow_spin = spin(0.0, 1.0, 0.0, step=0.05, decimals=2, tooltip=(
-            "Objects grow into the neighbouring pixels whose probability is above this value (cells come out at "
-            "their full size; none merge). At the threshold or above: off"))
+        self.grow_spin = spin(
+            0.0,
+            1.0,
+            0.0,
+            step=0.05,
+            decimals=2,
+            tooltip=(
+                "Objects grow into the neighbouring pixels whose probability is above this value (cells come out at "
+                "their full size; none merge). At the threshold or above: off"
+            ),
+        )
         self.min_size_spin = spin(0, 100000, 0)
-        self.split_check = check("split merged cells (watershed)", tooltip=(
-            "Seeded watershed on the distance transform: splits touching cells that the network's borders left "
-            "merged"))
+        self.split_check = check(
+            "split merged cells (watershed)",
+            tooltip=(
+                "Seeded watershed on the distance transform: splits touching cells that the network's borders left "
+                "merged"
+            ),
+        )
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -112,14 +133,27 @@ class SegmentWidget(QWidget):
         self.status = wrapped_label(lines=3)
         dock_layout(
             self,
-            form(("image", self.image_combo), ("model", self.model_label), ("", self.load_button),
-                 ("channels", self.channel_fields.edit), ("", self.channel_fields.grey),
-                 ("tile size", self.tile_spin), ("device", self.device_combo),
-                 ("object diameter", self.diameter_spin), ("", self.diameter_label), ("", self.probs_check),
-                 ("", self.uncertainty_check),
-                 ("threshold", self.threshold_spin), ("grow to p >", self.grow_spin),
-                 ("min. size (px)", self.min_size_spin), ("", self.split_check)),
-            row(self.run_button, self.cancel_button), self.progress, self.status, None,
+            form(
+                ("image", self.image_combo),
+                ("model", self.model_label),
+                ("", self.load_button),
+                ("channels", self.channel_fields.edit),
+                ("", self.channel_fields.grey),
+                ("tile size", self.tile_spin),
+                ("device", self.device_combo),
+                ("object diameter", self.diameter_spin),
+                ("", self.diameter_label),
+                ("", self.probs_check),
+                ("", self.uncertainty_check),
+                ("threshold", self.threshold_spin),
+                ("grow to p >", self.grow_spin),
+                ("min. size (px)", self.min_size_spin),
+                ("", self.split_check),
+            ),
+            row(self.run_button, self.cancel_button),
+            self.progress,
+            self.status,
+            None,
         )
 
         self._refresh_soon = throttled(self._refresh_layers, REFRESH_MS, self)
@@ -153,8 +187,13 @@ class SegmentWidget(QWidget):
         """The model's post-processing with the threshold, growth, minimum size and watershed choice of the dock."""
         base = self.session.bundle.postprocess if self.session.bundle is not None else PostprocessConfig()
         threshold, grow = float(self.threshold_spin.value()), float(self.grow_spin.value())
-        return replace(base, threshold=threshold, grow_threshold=grow if grow < threshold else None,
-                       min_size=int(self.min_size_spin.value()), watershed=self.split_check.isChecked())
+        return replace(
+            base,
+            threshold=threshold,
+            grow_threshold=grow if grow < threshold else None,
+            min_size=int(self.min_size_spin.value()),
+            watershed=self.split_check.isChecked(),
+        )
 
     def run(self) -> Any:
         """Start segmenting the chosen image layer; returns the worker, or None after a notification."""
@@ -172,8 +211,7 @@ class SegmentWidget(QWidget):
             show_error("No image layer: open an image first")
             return None
         try:
-            stack = plane_stack(layer, bundle.net.config.in_channels, self.viewer.layers,
-                                self.channel_fields.choice())
+            stack = plane_stack(layer, bundle.net.config.in_channels, self.viewer.layers, self.channel_fields.choice())
             device = select_device(self.device_combo.currentText())
             diameter = self.diameter() if bundle.object_diameter is not None else None
             factor = bundle.scale_factor(stack.plane(stack.planes[0]), diameter) if diameter != "auto" else None
@@ -187,10 +225,16 @@ class SegmentWidget(QWidget):
         self.cancelled = False
         self.session.segmenting = True
         self.status.setText("Estimating the object diameter…")
-        self.worker = create_worker(bundle.estimate_diameter, stack.plane(stack.planes[0]), device=device,
-                                    _ignore_errors=True, _start_thread=False)
+        self.worker = create_worker(
+            bundle.estimate_diameter,
+            stack.plane(stack.planes[0]),
+            device=device,
+            _ignore_errors=True,
+            _start_thread=False,
+        )
         self.worker.returned.connect(
-            lambda estimate: alive(self) and self._estimated(bundle, layer, stack, device, estimate))
+            lambda estimate: alive(self) and self._estimated(bundle, layer, stack, device, estimate)
+        )
         self.worker.errored.connect(self._estimate_failed)
         start_worker(self.worker, self)
         return self.worker
@@ -225,13 +269,19 @@ class SegmentWidget(QWidget):
         self.probs_fg = np.zeros(stack.output_shape(), dtype=np.float32)
         self.labels = np.zeros(stack.output_shape(), dtype=np.int32)
         scale, translate = stack.spatial(layer.scale), stack.spatial(layer.translate)
-        self.labels_layer = self.viewer.add_labels(self.labels, name=f"{layer.name} labels", scale=scale,
-                                                   translate=translate)
+        self.labels_layer = self.viewer.add_labels(
+            self.labels, name=f"{layer.name} labels", scale=scale, translate=translate
+        )
         self.probs_layer = None
         if self.probs_check.isChecked():
             self.probs_layer = self.viewer.add_image(
-                self.probs_fg, name=f"{layer.name} probability", colormap="magma", contrast_limits=(0.0, 1.0),
-                blending="additive", scale=scale, translate=translate,
+                self.probs_fg,
+                name=f"{layer.name} probability",
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                scale=scale,
+                translate=translate,
             )
         self.tiles_written = self.layer_refreshes = 0
         self.cancelled = self.finished_run = self.labels_stale = False
@@ -244,8 +294,10 @@ class SegmentWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.session.segmenting = True
-        self.worker = generator_worker(stream_tiles(bundle, stack, stride, device, config, factor),
-                                       _progress={"total": total, "desc": "U-Net: segmenting"})
+        self.worker = generator_worker(
+            stream_tiles(bundle, stack, stride, device, config, factor),
+            _progress={"total": total, "desc": "U-Net: segmenting"},
+        )
         self.worker.yielded.connect(self._write_tile)
         self.worker.errored.connect(self._failed)
         self.worker.aborted.connect(self._aborted)
@@ -328,8 +380,12 @@ class SegmentWidget(QWidget):
         self._postprocess_runs += 1
         run = self._postprocess_runs
         worker = create_worker(
-            postprocess_planes, self.probs_fg, self.planes, scale_postprocess(self.postprocess_config(), 1 / self.factor),
-            _ignore_errors=True, _start_thread=False,
+            postprocess_planes,
+            self.probs_fg,
+            self.planes,
+            scale_postprocess(self.postprocess_config(), 1 / self.factor),
+            _ignore_errors=True,
+            _start_thread=False,
         )
         worker.returned.connect(lambda labels: alive(self) and self._set_final_labels(labels, run))
         worker.errored.connect(self._failed)
@@ -362,8 +418,9 @@ class SegmentWidget(QWidget):
         bundle, layer, stack, device = self._source
         self._source = None  # once per run, not after each retune
         self.status.setText(self.status.text() + " Computing the uncertainty…")
-        worker = create_worker(uncertainty_planes, bundle, stack, self.factor, device, _ignore_errors=True,
-                               _start_thread=False)
+        worker = create_worker(
+            uncertainty_planes, bundle, stack, self.factor, device, _ignore_errors=True, _start_thread=False
+        )
         worker.returned.connect(lambda values: alive(self) and self._show_uncertainty(layer, stack, values))
         worker.errored.connect(self._failed)
         start_worker(worker, self)
@@ -371,8 +428,13 @@ class SegmentWidget(QWidget):
 
     def _show_uncertainty(self, layer: Any, stack: Any, values: np.ndarray) -> None:
         self.uncertainty_layer = self.viewer.add_image(
-            values, name=f"{layer.name} uncertainty", colormap="inferno", contrast_limits=(0.0, 1.0),
-            blending="additive", scale=stack.spatial(layer.scale), translate=stack.spatial(layer.translate),
+            values,
+            name=f"{layer.name} uncertainty",
+            colormap="inferno",
+            contrast_limits=(0.0, 1.0),
+            blending="additive",
+            scale=stack.spatial(layer.scale),
+            translate=stack.spatial(layer.translate),
         )
         self.status.setText(self.status.text().replace(" Computing the uncertainty…", " Uncertainty shown."))
         self.segmented.emit(self.labels)
@@ -393,8 +455,10 @@ class SegmentWidget(QWidget):
         self.diameter_spin.setEnabled(has_size)
         self.diameter_spin.setToolTip(
             f"Diameter of the objects in the image: it is resized by {bundle.object_diameter:g} px (the model's) / "
-            "this before the network, results come back at its size; auto: estimated on the image" if has_size
-            else "This model has no object diameter: images are segmented at their own scale")
+            "this before the network, results come back at its size; auto: estimated on the image"
+            if has_size
+            else "This model has no object diameter: images are segmented at their own scale"
+        )
         if bundle is not None:
             self.channel_fields.show(bundle.channels)  # the channels the model was trained on
             for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):

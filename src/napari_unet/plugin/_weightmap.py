@@ -46,19 +46,30 @@ class WeightMapWidget(QWidget):
         self.w0_slider = slider(0.0, 100.0, training.w0)
         self.sigma_slider = slider(0.5, 25.0, training.sigma)
         self.balance_check = check("class balance w_c", True)
-        self.border_spin = spin(1, 8, training.border,
-                                tooltip="Background border (px) cut between touching cells in the target")
+        self.border_spin = spin(
+            1, 8, training.border, tooltip="Background border (px) cut between touching cells in the target"
+        )
         self.status = wrapped_label(lines=3)
         dock_layout(
             self,
-            form(("labels", self.labels_combo), ("w0", self.w0_slider), ("sigma (px)", self.sigma_slider),
-                 ("", self.balance_check), ("border (px)", self.border_spin)),
-            self.status, None,
+            form(
+                ("labels", self.labels_combo),
+                ("w0", self.w0_slider),
+                ("sigma (px)", self.sigma_slider),
+                ("", self.balance_check),
+                ("border (px)", self.border_spin),
+            ),
+            self.status,
+            None,
         )
 
         self._update_soon = debounced(self.update_map, UPDATE_MS, self)
-        for signal in (self.w0_slider.valueChanged, self.sigma_slider.valueChanged,
-                       self.balance_check.toggled, self.border_spin.valueChanged):
+        for signal in (
+            self.w0_slider.valueChanged,
+            self.sigma_slider.valueChanged,
+            self.balance_check.toggled,
+            self.border_spin.valueChanged,
+        ):
             signal.connect(lambda *_args: self._update_soon())
         self.labels_combo.changed.connect(lambda *_args: self._update_soon())
         self.reset_choices()
@@ -82,14 +93,11 @@ class WeightMapWidget(QWidget):
             return None
         labels = np.asarray(labels_layer.data)
         if labels.ndim != 2:
-            show_error(
-                f"The weight map needs a 2-D Labels layer; '{labels_layer.name}' has shape {labels.shape}"
-            )
+            show_error(f"The weight map needs a 2-D Labels layer; '{labels_layer.name}' has shape {labels.shape}")
             return None
         self._runs += 1
         run = self._runs
-        worker = create_worker(weight_map, labels.copy(), **self.parameters(), _ignore_errors=True,
-                               _start_thread=False)
+        worker = create_worker(weight_map, labels.copy(), **self.parameters(), _ignore_errors=True, _start_thread=False)
         worker.returned.connect(lambda weights: alive(self) and self._show(weights, labels_layer, run))
         worker.errored.connect(lambda error: show_error(f"Weight map failed: {error}"))
         start_worker(worker, self)
@@ -105,8 +113,12 @@ class WeightMapWidget(QWidget):
             self.layer.contrast_limits = limits
         else:
             self.layer = self.viewer.add_image(
-                weights, name=LAYER_NAME, colormap="magma", contrast_limits=limits,
-                scale=tuple(labels_layer.scale), translate=tuple(labels_layer.translate),
+                weights,
+                name=LAYER_NAME,
+                colormap="magma",
+                contrast_limits=limits,
+                scale=tuple(labels_layer.scale),
+                translate=tuple(labels_layer.translate),
             )
         p = self.parameters()
         self.status.setText(

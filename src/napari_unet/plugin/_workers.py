@@ -63,8 +63,7 @@ def generator_worker(generator: Iterator[Any], *, close_when_done: bool = True, 
     """
     from napari.qt.threading import create_worker
 
-    worker = create_worker(drive, generator, worker_threads(), _ignore_errors=True, _start_thread=False,
-                           **options)
+    worker = create_worker(drive, generator, worker_threads(), _ignore_errors=True, _start_thread=False, **options)
     if close_when_done:
         worker.finished.connect(generator.close)
     return worker
@@ -86,4 +85,3 @@ def alive(widget: Any) -> bool:
     except RuntimeError:
         return False
     return True
-
