@@ -104,3 +104,10 @@ def test_nothing_painted_is_a_clear_error():
         prepare(bundle(), image, np.zeros(image.shape, np.int32))
     with pytest.raises(ValueError, match="must be > 0"):
         FewShotConfig(seconds=0)
+
+
+def test_painted_ids_above_2_31_are_renumbered_not_wrapped():
+    image, labels = two_touching_cells()
+    painted = np.where(labels == 1, np.int64(2**31 + 5), 0)
+    sample = prepare(bundle(), image, painted, config=FewShotConfig(exclude_unpainted=False)).sample
+    assert sample.labels.dtype == np.int32 and sample.labels.min() == 0 and set(np.unique(sample.labels)) == {0, 1}

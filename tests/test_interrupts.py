@@ -274,13 +274,13 @@ def test_a_signal_while_reading_the_data_keeps_an_overwritten_model(data, tmp_pa
 
 
 def test_sigterm_during_predict_leaves_no_output_and_no_temporary(data, tmp_path, monkeypatch, capsys):
-    from napari_unet import postprocess
+    from napari_unet import modelfile
     from napari_unet.cli import main
     from napari_unet.model import UNet
     from napari_unet.modelfile import ModelBundle, save_model
 
     save_model(tmp_path / "model", ModelBundle(UNet(depth=2, base_channels=4, dropout=0.0)))
-    monkeypatch.setattr(postprocess, "probs_to_labels", signal_at(3, signal.SIGTERM)(postprocess.probs_to_labels))
+    monkeypatch.setattr(modelfile, "probs_to_labels", signal_at(3, signal.SIGTERM)(modelfile.probs_to_labels))
     assert (
         main(
             [

@@ -40,6 +40,7 @@ from .scale import median_diameter, model_diameter, rescale_image, rescale_label
 from .targets import mask_around_cells
 from .tiling import predict_tiled
 from .training import PRESETS, Sample, TrainConfig, Trainer
+from .validation import check_labels
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def prepare(
     mask: (H, W) bool, the region the user vouches for (None: the painted cells and a margin around them).
     """
     image = np.asarray(image)
-    labels = np.asarray(labels)
+    labels = check_labels(labels, "the painted labels")  # any integer width; ids >= 2**31 renumbered
     if labels.shape != image.shape[-2:]:
         raise ValueError(f"labels {labels.shape} must have the image's height and width {image.shape[-2:]}")
     painted = np.where(labels > 0, labels, 0)

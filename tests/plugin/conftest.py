@@ -17,6 +17,8 @@ if sys.platform == "linux" and not (os.environ.get("DISPLAY") or os.environ.get(
 if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
     pytest.skip("QT_QPA_PLATFORM=offscreen has no OpenGL for the napari canvas", allow_module_level=True)
 
+import torch  # noqa: E402  (before Qt, as napari advises)
+
 from napari_unet.model import UNet  # noqa: E402
 from napari_unet.modelfile import ModelBundle  # noqa: E402
 from napari_unet.postprocess import PostprocessConfig  # noqa: E402
@@ -31,8 +33,12 @@ def cells() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture
 def tiny_bundle() -> ModelBundle:
-    """An untrained depth-3, 8-channel U-Net: enough to exercise the docks, seconds to run."""
-    return ModelBundle(UNet(depth=3, base_channels=8, dropout=0.0), postprocess=PostprocessConfig(min_size=4))
+    """An untrained depth-3, 8-channel U-Net (seeded: the same weights whatever ran before): enough to exercise
+    the docks, seconds to run."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = UNet(depth=3, base_channels=8, dropout=0.0)
+    return ModelBundle(net, postprocess=PostprocessConfig(min_size=4))
 
 
 @pytest.fixture

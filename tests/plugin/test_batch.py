@@ -10,6 +10,7 @@ pytest.importorskip("distributed", reason="needs dask.distributed: pip install '
 from napari_unet.distributed import create_ome_zarr, ngff_attributes  # noqa: E402
 from napari_unet.plugin._reader import PLUGIN  # noqa: E402
 from napari_unet.plugin._state import session_for  # noqa: E402
+from napari_unet.postprocess import PostprocessConfig  # noqa: E402
 
 pytestmark = pytest.mark.viewer
 
@@ -30,7 +31,10 @@ def test_batch_dock_segments_a_zarr_and_opens_the_labels_lazily(
         ngff_attributes("slide", "YX", (0.25, 0.25), "micrometer", label=False),
     )["0"][:] = image
     viewer = make_napari_viewer()
-    session_for(viewer).set_model(tiny_bundle)
+    from dataclasses import replace
+
+    # an untrained network: a threshold of 0 makes sure there are objects for the labels to hold
+    session_for(viewer).set_model(replace(tiny_bundle, postprocess=PostprocessConfig(threshold=0.0, min_size=0)))
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch")
     widget.input_edit.setText(str(source))
     widget.output_edit.setText(str(tmp_path / "out"))
@@ -55,7 +59,10 @@ def test_batch_dock_explains_what_is_missing(make_napari_viewer, tiny_bundle, tm
     viewer = make_napari_viewer()
     _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch")
     assert widget.run() is None  # no model
-    session_for(viewer).set_model(tiny_bundle)
+    from dataclasses import replace
+
+    # an untrained network: a threshold of 0 makes sure there are objects for the labels to hold
+    session_for(viewer).set_model(replace(tiny_bundle, postprocess=PostprocessConfig(threshold=0.0, min_size=0)))
     widget.input_edit.setText(str(tmp_path / "missing"))
     assert widget.run() is None
     widget.input_edit.setText(str(tmp_path))

@@ -16,7 +16,7 @@ import pytest
 from napari_unet.model import UNet
 from napari_unet.modelfile import ModelBundle, load_model
 from napari_unet.plugin import _autosave, _finetune, _segment
-from napari_unet.plugin._finetune import FineTuneWidget
+from napari_unet.plugin._finetune import START_NEW, FineTuneWidget
 from napari_unet.plugin._segment import SegmentWidget
 from napari_unet.plugin._state import session_for
 from napari_unet.synthetic import make_cells
@@ -41,7 +41,9 @@ def small() -> tuple[np.ndarray, np.ndarray]:
 
 
 def finetune_dock(viewer, qtbot, root: Path, iterations: int = 2) -> FineTuneWidget:
-    widget = FineTuneWidget(viewer, autosave_root=root, net_overrides=TINY, train_overrides=QUICK)
+    widget = FineTuneWidget(
+        viewer, autosave_root=root, net_overrides=TINY, train_overrides=QUICK, start_from=START_NEW
+    )  # a tiny new network: these tests are about the inputs
     with qtbot.waitSignal(widget.estimated, timeout=60_000):
         viewer.window.add_dock_widget(widget, name="Fine-tune")
     widget.iterations_spin.setValue(iterations)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_unet.modelfile import load_model
-from napari_unet.plugin._finetune import FineTuneWidget
+from napari_unet.plugin._finetune import START_NEW, FineTuneWidget
 from napari_unet.plugin._layers import LayerProblem, plane_stack
 from napari_unet.plugin._measure import MeasureWidget
 from napari_unet.plugin._segment import SegmentWidget
@@ -35,7 +35,9 @@ def test_multichannel_images_through_the_docks(make_napari_viewer_proxy, qtbot, 
         layer.metadata["napari_unet"] = {"axes": "CYX"}
     annotations = viewer.add_labels(labels.astype(np.int32), name="annotations")
 
-    finetune = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK)
+    finetune = FineTuneWidget(
+        viewer, autosave_root=tmp_path / "autosave", net_overrides=TINY, train_overrides=QUICK, start_from=START_NEW
+    )  # a new network with the image's channels
     with qtbot.waitSignal(finetune.estimated, timeout=60_000):
         viewer.window.add_dock_widget(finetune, name="Fine-tune")
     finetune.image_combo.value = layer
