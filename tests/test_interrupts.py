@@ -49,7 +49,8 @@ def visible(folder: Path) -> list[Path]:
 
 def hidden_are_temporary(folder: Path) -> None:
     for path in folder.rglob(".*"):
-        assert path.name.endswith(".tmp"), f"an unexpected hidden file: {path}"
+        inside_a_temporary = any(parent.name.endswith(".tmp") for parent in path.relative_to(folder).parents)
+        assert path.name.endswith(".tmp") or inside_a_temporary, f"an unexpected hidden file: {path}"
 
 
 # ------------------------------------------------------------------------------------------------- kill -9
