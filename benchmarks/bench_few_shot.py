@@ -42,7 +42,7 @@ from napari_unet.io import normalize_percentile, read_image, read_labels
 from napari_unet.metrics import instance_scores
 from napari_unet.model import UNet
 from napari_unet.modelfile import ModelBundle, load_model
-from napari_unet.scale import median_diameter, model_diameter
+from napari_unet.scale import median_diameter
 from napari_unet.targets import mask_around_cells
 from napari_unet.training import Sample, Trainer, preset
 from napari_unet.uncertainty import suggest_regions, tta_uncertainty
@@ -132,7 +132,7 @@ def suggested_cells(
     bundle: ModelBundle, image: np.ndarray, truth: np.ndarray, count: int, diameter: float
 ) -> np.ndarray:
     """The `count` nuclei a user would paint in the suggested regions: the most uncertain ones there."""
-    factor = model_diameter(bundle) / diameter
+    factor = bundle.object_diameter / diameter
     _, uncertainty = tta_uncertainty(bundle, image, factor=factor, transforms=4, device="cpu")
     boxes = suggest_regions(uncertainty, count=max(1, count // 3), size=int(round(3 * diameter)))
     in_boxes = np.zeros(truth.shape, bool)

@@ -27,7 +27,7 @@ from _common import machine, seconds, write_results  # benchmarks/ is on sys.pat
 from napari_unet.io import read_image, read_labels
 from napari_unet.metrics import average_scores, instance_scores
 from napari_unet.modelfile import load_model
-from napari_unet.scale import median_diameter, model_diameter
+from napari_unet.scale import median_diameter
 from napari_unet.synthetic import make_cells
 from napari_unet.tiling import predict_tiled
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     bundle = load_model(args.model)
-    net_diameter = model_diameter(bundle)
+    net_diameter = bundle.object_diameter
 
     # speed first, on a quiet process
     image, _ = make_cells((1024, 1024), seed=0)

@@ -184,7 +184,6 @@ def main(argv: list[str] | None = None) -> int:
                 "bbbc039/train": [p[0].name for p in pairs if "bbbc039" in str(p[0])],
                 "held_out_bbbc039": sorted(kept_out),
                 "skipped_without_nuclei": skipped,
-                "never_trained_on": VALIDATION_SET,
             },
             "citations": [
                 "Ronneberger, Fischer, Brox. U-Net. MICCAI 2015.",

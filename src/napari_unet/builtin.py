@@ -69,7 +69,7 @@ def resolve(spec: str | Path) -> Path:
 def describe(name: str) -> dict[str, Any]:
     """What `napari-unet models` shows of a built-in model, read from its config.json (without loading weights):
     name, description, object_diameter (px), architecture, weights_bytes, training_data (images per set),
-    never_trained_on, citations, license."""
+    citations, license."""
     from .modelfile import CONFIG_FILE, WEIGHTS_FILE
 
     folder = path(name)
@@ -90,7 +90,6 @@ def describe(name: str) -> dict[str, Any]:
         f"{unet.get('in_channels', 1)} input channel(s), {unet.get('padding', 'valid')} convolutions",
         "weights_bytes": (folder / WEIGHTS_FILE).stat().st_size,
         "training_data": counts,
-        "never_trained_on": data.get("never_trained_on"),
         "citations": list(metadata.get("citations", [])),
         "license": metadata.get("license"),
         "path": str(folder),

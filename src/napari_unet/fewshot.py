@@ -36,7 +36,7 @@ from scipy import ndimage
 from .augment import AugmentConfig
 from .io import apply_normalization, percentiles
 from .modelfile import ModelBundle
-from .scale import median_diameter, model_diameter, rescale_image, rescale_labels
+from .scale import median_diameter, rescale_image, rescale_labels
 from .targets import mask_around_cells
 from .tiling import predict_tiled
 from .training import PRESETS, Sample, TrainConfig, Trainer
@@ -103,7 +103,7 @@ def prepare(
     if not painted.any():
         raise ValueError("no painted cell: paint at least one cell (a positive id) in the labels")
     diameter = median_diameter(painted)
-    target_diameter = model_diameter(bundle)
+    target_diameter = bundle.object_diameter
     factor = 1.0 if target_diameter is None else float(target_diameter / diameter)
     channels_first = image[None] if image.ndim == 2 else image
     lo, hi = percentiles(channels_first, bundle.normalization.low, bundle.normalization.high, "CYX")

@@ -14,17 +14,11 @@ its objects.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
 from skimage.transform import resize
 
 from .postprocess import PostprocessConfig
-
-
-def model_diameter(bundle: Any) -> float | None:
-    """The object diameter (px) a model was trained for (None: the model does not rescale images)."""
-    return None if bundle.object_diameter is None else float(bundle.object_diameter)
 
 
 def median_diameter(labels: np.ndarray) -> float:

@@ -284,7 +284,7 @@ def _models(args: argparse.Namespace) -> int:
             f"{info['name']}: {info['description']}",
             f"  object diameter: {diameter}",
             f"  network: {info['architecture']}; weights {info['weights_bytes'] / 1e6:.1f} MB",
-            f"  trained on: {data}" + (f"; never on {info['never_trained_on']}" if info["never_trained_on"] else ""),
+            f"  trained on: {data}",
         ]
         if info["license"]:
             lines.append(f"  license: {info['license']}")
