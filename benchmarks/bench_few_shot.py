@@ -5,10 +5,11 @@
 Images (from ../shared/data; the script says so and exits when it is absent), none of them in the built-in
 model's training data, 3 kinds:
 - "brightfield": the grey brightfield images of `dsb2018-other/train` (dark nuclei on a bright background);
-- "histology": RGB stained tissue of `dsb2018-other/train`, as grey (mean of R, G, B);
+- "histology": RGB stained tissue of `dsb2018-other/train`, as grey (luminance, as the built-in model sees it);
 - "fluorescence, large nuclei": the `dsb2018-fluo/train` images with the largest nuclei (the model's
   validation set, never trained on).
-`--per-kind` images of each kind, the first in file-name order with at least 2 x `--cells` nuclei.
+`--per-kind` images of each kind, the first in file-name order with at least 2 x `--cells` nuclei among those
+the model was not trained on (its metadata lists the `dsb2018-other/train` images it saw).
 
 For each image a user is simulated: `--cells` nuclei chosen at random (seeded) are painted in an empty labels
 layer (nothing else: the rest of the image is unannotated). Then, with the same cells and the same time:
@@ -37,6 +38,7 @@ import torch
 from _common import machine, write_results  # benchmarks/ is on sys.path when run as a script
 from scipy import ndimage
 
+from napari_unet.channels import ChannelChoice
 from napari_unet.fewshot import FewShotConfig, few_shot_trainer
 from napari_unet.io import normalize_percentile, read_image, read_labels
 from napari_unet.metrics import instance_scores
@@ -53,12 +55,15 @@ NEW_NETWORK_MARGIN = 12
 
 
 def grey(image: np.ndarray, axes: str) -> np.ndarray:
-    image = np.asarray(image, dtype=np.float32)
-    return image[:3].mean(axis=0) if axes == "CYX" else image
+    """One grey plane, as the built-in model sees RGB (luminance, `channels.ChannelChoice(grey=True)`)."""
+    return np.asarray(ChannelChoice(grey=True).apply(image, axes)[0], dtype=np.float32)
 
 
-def pick_images(data: Path, per_kind: int, min_cells: int) -> list[tuple[str, Path, Path]]:
-    other = sorted((data / "dsb2018-other/train/images").glob("*.png"))
+def pick_images(
+    data: Path, per_kind: int, min_cells: int, trained_on: set[str] = frozenset()
+) -> list[tuple[str, Path, Path]]:
+    """`per_kind` images of each kind, none of them in `trained_on` (file names the model was trained on)."""
+    other = [p for p in sorted((data / "dsb2018-other/train/images").glob("*.png")) if p.name not in trained_on]
     fluo = sorted((data / "dsb2018-fluo/train/images").glob("*.png"))
     if not other or not fluo:
         raise SystemExit(f"the few-shot benchmark needs {data} (dsb2018-other/train and dsb2018-fluo/train)")
@@ -187,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_suggest:
         only.discard("fine_tuned_suggested")
     rows: list[dict[str, Any]] = []
-    for index, (kind, image_path, labels_path) in enumerate(pick_images(args.data, args.per_kind, 2 * args.cells)):
+    trained_on = set(bundle.metadata.get("training_data", {}).get("dsb2018-other/train", []))
+    picked = pick_images(args.data, args.per_kind, 2 * args.cells, trained_on)
+    for index, (kind, image_path, labels_path) in enumerate(picked):
         raw, axes = read_image(image_path)
         image, truth = grey(raw, axes), read_labels(labels_path).astype(np.int32)
         rng = np.random.default_rng(args.seed + index)

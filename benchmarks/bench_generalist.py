@@ -6,7 +6,9 @@ Scores (napari_unet.metrics: AP50, mAP over IoU 0.5:0.05:0.95, F1 at 0.5, SEG), 
 - `dsb2018-fluo/train`: the 100 DSB 2018 fluorescence images kept out of the model's training (its validation
   set), with the object diameter estimated automatically (`diameter="auto"`, what a user gets) and with the true
   median diameter of each image's nuclei (the best a diameter can do);
-- the BBBC039 images held out of training (listed in the model's metadata), auto diameter.
+- the BBBC039 images held out of training (listed in the model's metadata), auto diameter;
+- the brightfield and the histology images of `dsb2018-other/train` held out of training (listed in the model's
+  metadata, when it was trained on that set), auto and true diameter.
 Speed: a 1024 x 1024 image (synthetic cells at the model's object diameter) segmented by `bundle.segment` at
 scale 1 (normalisation, tiled network, post-processing), with the automatic diameter estimate, and the bare
 network's tiled forward pass on the same normalised image, medians of 3 runs in the same invocation.
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 from _common import machine, seconds, write_results  # benchmarks/ is on sys.path when run as a script
 
+from napari_unet.channels import ChannelChoice
 from napari_unet.io import read_image, read_labels
 from napari_unet.metrics import average_scores, instance_scores
 from napari_unet.modelfile import load_model
@@ -36,9 +39,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def grey(path: Path) -> np.ndarray:
+    """One grey plane, as the built-in model sees RGB (luminance, `channels.ChannelChoice(grey=True)`)."""
     image, axes = read_image(path)
-    image = np.asarray(image, dtype=np.float32)
-    return image[:3].mean(axis=0) if axes == "CYX" else image
+    return np.asarray(ChannelChoice(grey=True).apply(image, axes)[0], dtype=np.float32)
 
 
 def score_set(bundle, pairs: list[tuple[Path, Path]], true_diameter: bool) -> dict[str, Any]:
@@ -97,6 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     bbbc = [(args.data / "bbbc039/train/images" / n, args.data / "bbbc039/train/labels" / n) for n in held]
     if bbbc:
         results["bbbc039_held_out_auto"] = score_set(bundle, bbbc, true_diameter=False)
+    other = [
+        (args.data / "dsb2018-other/train/images" / n, args.data / "dsb2018-other/train/labels" / n)
+        for n in bundle.metadata.get("training_data", {}).get("held_out_dsb2018_other", [])
+    ]
+    for kind in ("brightfield", "histology"):
+        pairs = [p for p in other if (read_image(p[0])[1] == "CYX") == (kind == "histology")]
+        if pairs:
+            results[f"dsb2018_other_held_out_{kind}_auto"] = score_set(bundle, pairs, true_diameter=False)
+            results[f"dsb2018_other_held_out_{kind}_true_diameter"] = score_set(bundle, pairs, true_diameter=True)
     for name, result in results.items():
         if name != "speed":
             m = result["mean"]

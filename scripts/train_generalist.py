@@ -5,11 +5,18 @@
 Data (see ../shared/data/README.md; all CC0):
 - DSB 2018 fluorescence `dsb2018-fluo/pretrain` (341 images; Caicedo et al., Nature Methods 2019),
 - BBBC039 `bbbc039/train` (150 U2OS Hoechst images; Caicedo et al., Cytometry A 2019; Ljosa et al., Nature
-  Methods 2012), less `--hold-out` images kept unseen for the benchmarks.
+  Methods 2012), less `--hold-out` images kept unseen for the benchmarks;
+- with `--other-hold-out N` (N >= 0), also the brightfield and stained-histology images of DSB 2018
+  `dsb2018-other/train` (123 images, 107 RGB), less N held out (seeded) for the benchmarks, repeated
+  `--other-repeat` times in the sampling so these kinds are not drowned by fluorescence.
+Every image is seen as one grey plane: RGB becomes its ITU-R 709 luminance (`channels.ChannelChoice(grey=True)`,
+saved with the model, so RGB images are converted the same way when they are segmented).
+`--init MODEL` starts from a trained model (same architecture and object diameter) instead of random weights:
+a second stage that adds data to a model trained before.
 `dsb2018-fluo/train` is never trained on: it is the model's validation set (a few of its images are used for
 the validation score printed during training, and benchmarks/bench_generalist.py scores all of it).
 
-After training, the post-processing (threshold, watershed) is tuned on every 11th DSB training image.
+After training, the post-processing (threshold, watershed and its depth) is tuned on every 11th DSB training image.
 Every image is rescaled so that its median nucleus diameter (equivalent diameter of the labelled objects)
 becomes the model's `--diameter`; scale augmentation (zoom in `--zoom`) teaches the network a range around it.
 At inference `napari_unet` rescales an image by (model diameter / object diameter) before the network.
@@ -24,23 +31,26 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from napari_unet.augment import AugmentConfig
+from napari_unet.channels import ChannelChoice
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import Normalization, load_model, save_model
 from napari_unet.pipeline import read_training_pair
-from napari_unet.postprocess import tune_config
+from napari_unet.postprocess import best_config, score_config, tune_config
 from napari_unet.scale import median_diameter, rescale_image, rescale_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.training import Sample, TrainConfig, Trainer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-TRAIN_SETS = ("dsb2018-fluo/pretrain", "bbbc039/train")
 VALIDATION_SET = "dsb2018-fluo/train"
+OTHER_SET = "dsb2018-other/train"
+GREY = ChannelChoice(grey=True)  # RGB -> luminance; grey images unchanged (io drops alpha)
 
 
 def image_pairs(data: Path, name: str) -> list[tuple[Path, Path]]:
@@ -58,9 +68,7 @@ def held_out(pairs: list[tuple[Path, Path]], count: int, seed: int) -> set[str]:
 def load_sample(image_path: Path, labels_path: Path, diameter: float) -> tuple[Sample, float] | None:
     """The image normalised and rescaled so its nuclei are `diameter` px across, with its factor; None when the
     image has no labelled nucleus (its size is unknown)."""
-    image, labels, _ = read_training_pair(image_path, labels_path)
-    if image.ndim == 3:  # RGBA PNG with R = G = B
-        image = image[:3].mean(axis=0)
+    image, labels, _ = read_training_pair(image_path, labels_path, channels=GREY)
     if not labels.any():
         return None
     factor = diameter / median_diameter(labels)
@@ -68,8 +76,9 @@ def load_sample(image_path: Path, labels_path: Path, diameter: float) -> tuple[S
 
 
 def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: float):
-    """The post-processing (threshold, watershed) that segments every 11th DSB training image best, at the model's
-    scale (`postprocess.tune_config`); never tuned on the validation set."""
+    """The post-processing (threshold, watershed, then the watershed's depth) that segments every 11th DSB
+    training image best, at the model's scale (`postprocess.tune_config`, then `postprocess.best_config` ranked
+    like it); never tuned on the validation set."""
     probs, truths = [], []
     for image_path, labels_path in pairs[::11]:
         result = load_sample(image_path, labels_path, diameter)
@@ -79,7 +88,14 @@ def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: fl
         image = bundle.normalization.apply_polarity(np.asarray(sample.image, np.float32)[None])
         probs.append(predict_tiled(bundle.net, image, device="cpu")[1])
         truths.append(sample.labels)
-    return tune_config(probs, truths, bundle.postprocess, thresholds=(0.3, 0.4, 0.5, 0.6), watershed=(False, True))
+    tuned, _ = tune_config(
+        probs, truths, bundle.postprocess, thresholds=(0.4, 0.5, 0.6, 0.7, 0.8), watershed=(False, True)
+    )
+    if not tuned.watershed:
+        return tuned, score_config(tuned, probs, truths)
+    depths = [tuned] + [replace(tuned, watershed_h=h) for h in (1.0, 2.0, 3.0, 4.0) if h != tuned.watershed_h]
+    best, scores, _ = best_config(depths, probs, truths, rank=lambda mean: (mean["ap50"], mean["map"]))
+    return best, scores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--w0", type=float, default=20.0)
     parser.add_argument("--sigma", type=float, default=5.0)
     parser.add_argument("--hold-out", type=int, default=10, help="BBBC039 images kept out of training")
+    parser.add_argument(
+        "--other-hold-out",
+        type=int,
+        default=-1,
+        help="train on dsb2018-other/train (brightfield, histology) less this many images (seeded); -1: not at all",
+    )
+    parser.add_argument("--other-repeat", type=int, default=2, help="times each dsb2018-other image is in the pool")
+    parser.add_argument("--init", default=None, help="a trained model to start from (folder or built-in name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
@@ -109,15 +133,21 @@ def main(argv: list[str] | None = None) -> int:
     pairs = [p for p in image_pairs(args.data, "dsb2018-fluo/pretrain")] + [
         p for p in bbbc if p[0].name not in kept_out
     ]
+    other_kept_out: set[str] = set()
+    if args.other_hold_out >= 0:
+        other = image_pairs(args.data, OTHER_SET)
+        other_kept_out = held_out(other, args.other_hold_out, args.seed)
+        pairs += [p for p in other if p[0].name not in other_kept_out]
     loaded = [(pair, load_sample(*pair, args.diameter)) for pair in pairs]
     skipped = [pair[0].name for pair, result in loaded if result is None]
     pairs = [pair for pair, result in loaded if result is not None]
     samples = [result[0] for _, result in loaded if result is not None]
     factors = [result[1] for _, result in loaded if result is not None]
+    pool = samples + [s for pair, s in zip(pairs, samples) if OTHER_SET in str(pair[0])] * (args.other_repeat - 1)
     validation_pairs = image_pairs(args.data, VALIDATION_SET)[::12]
     validation = [result[0] for result in (load_sample(*pair, args.diameter) for pair in validation_pairs) if result]
     print(
-        f"{len(samples)} training images ({len(skipped)} without nuclei skipped) (rescale factors {min(factors):.2f}..{max(factors):.2f}), "
+        f"{len(samples)} training images ({len(skipped)} without nuclei skipped, pool of {len(pool)}) (rescale factors {min(factors):.2f}..{max(factors):.2f}), "
         f"{len(validation)} validation images, loaded in {time.time() - started:.0f} s",
         flush=True,
     )
@@ -138,18 +168,23 @@ def main(argv: list[str] | None = None) -> int:
         time_budget=args.time_budget,
     )
     if args.resume and (args.out / "training_state.pt").is_file():
-        trainer = Trainer.resume(args.out, samples, validation, device="cpu", time_budget=args.time_budget)
+        trainer = Trainer.resume(args.out, pool, validation, device="cpu", time_budget=args.time_budget)
     else:
-        net = UNet(UNetConfig(depth=args.depth, base_channels=args.base_channels, dropout=0.0))
+        if args.init is not None:
+            start = load_model(args.init)
+            net, args.diameter = start.net, start.object_diameter
+        else:
+            net = UNet(UNetConfig(depth=args.depth, base_channels=args.base_channels, dropout=0.0))
         trainer = Trainer(
             net,
             config,
-            samples,
+            pool,
             validation,
             device="cpu",
             checkpoint=args.out,
             normalization=Normalization(invert="auto"),
             object_diameter=args.diameter,
+            channels=GREY,
         )
     last_print = 0.0
     for event in trainer.run():
@@ -166,23 +201,32 @@ def main(argv: list[str] | None = None) -> int:
     bundle.object_diameter = args.diameter
     tuned, scores = tune_on_training_images(bundle, image_pairs(args.data, "dsb2018-fluo/pretrain"), args.diameter)
     bundle.postprocess = tuned
+    bundle.channels = GREY
     bundle.metadata.update(
         {
             "name": "nuclei",
             "description": "Generalist nuclei model, trained on fluorescence images (bright nuclei on a dark "
-            "background); bright-background images (brightfield, stained histology) are inverted "
-            "automatically (normalization.invert = auto).",
+            "background)"
+            + (" and on brightfield and stained histology (DSB 2018)" if args.other_hold_out >= 0 else "")
+            + "; RGB images are seen as their luminance; bright-background images are inverted automatically "
+            "(normalization.invert = auto).",
             "postprocess_tuning": {
                 "images": "every 11th image of dsb2018-fluo/pretrain, at the model's scale",
-                "chosen": {"threshold": tuned.threshold, "watershed": tuned.watershed},
+                "chosen": {
+                    "threshold": tuned.threshold,
+                    "watershed": tuned.watershed,
+                    "watershed_h": tuned.watershed_h,
+                },
                 "mean_ap50": round(scores["ap50"], 3),
                 "mean_map": round(scores["map"], 3),
             },
             "license": "BSD-3-Clause (weights); trained only on CC0 data",
             "training_data": {
-                "dsb2018-fluo/pretrain": [p[0].name for p in pairs if "dsb2018" in str(p[0])],
+                "dsb2018-fluo/pretrain": [p[0].name for p in pairs if "dsb2018-fluo" in str(p[0])],
                 "bbbc039/train": [p[0].name for p in pairs if "bbbc039" in str(p[0])],
                 "held_out_bbbc039": sorted(kept_out),
+                OTHER_SET: [p[0].name for p in pairs if OTHER_SET in str(p[0])],
+                "held_out_dsb2018_other": sorted(other_kept_out),
                 "skipped_without_nuclei": skipped,
             },
             "citations": [
