@@ -53,6 +53,28 @@ class TileUpdate:
         return (*self.plane, *self.region)
 
 
+def count_tiles(net: Any, stack: Planes, stride: int, factor: float = 1.0) -> int:
+    """How many tiles `stream_tiles` predicts: those of one plane resized by `factor`, times the planes."""
+    return len(tile_grid(net, scaled_shape(stack.shape, factor), stride)) * len(stack.planes)
+
+
+def describe_scale(object_diameter: float | None, factor: float, *, estimated: bool, found: bool = True) -> str:
+    """The status line of the object size: what it was, how it was found, how the image was rescaled by
+    `factor`; "" for a model without an object diameter. estimated: the size was estimated ("auto"), not given;
+    found: the estimate found objects.
+
+    >>> describe_scale(17.0, 0.5, estimated=True)
+    "objects ~34.0 px (estimated); image rescaled x0.50 to the model's 17 px"
+    """
+    if object_diameter is None:
+        return ""
+    if estimated and not found:
+        return "no objects found to estimate their size: segmented at the image's scale"
+    how = "estimated" if estimated else "given"
+    rescale = f"image rescaled x{factor:.2f}" if abs(factor - 1) > 1e-9 else "not rescaled"
+    return f"objects ~{object_diameter / factor:.1f} px ({how}); {rescale} to the model's {object_diameter:g} px"
+
+
 def stream_tiles(
     bundle: ModelBundle,
     stack: Planes,
