@@ -313,7 +313,7 @@ def segment_file(
     the output TIFFs' resolution tags (None: none).
     diameter: the objects' diameter (px), "auto" or None (`ModelBundle.scale_factor`), resolved once, on the first
     plane, for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
-    that are refused: `modelfile.check_rescalable`).
+    that are refused: `scale.check_rescalable`).
     """
     from .device import select_device
 

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..modelfile import ModelBundle, check_rescalable
+from ..modelfile import ModelBundle
 from ..postprocess import PostprocessConfig, probs_to_labels
-from ..scale import rescale_image, resize_probs, scaled_shape
+from ..scale import check_rescalable, rescale_image, resize_probs, scaled_shape
 from ..tiling import iter_predict_tiles, prepare_model, tile_grid
 from ..validation import check_image
 
@@ -86,7 +86,7 @@ def stream_tiles(
     """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
 
     factor: each plane is resized by it before the network (read whole and rescaled in memory; planes too large
-    for that are refused, `modelfile.check_rescalable`), and each tile's result resized back to its region (a
+    for that are refused, `scale.check_rescalable`), and each tile's result resized back to its region (a
     preview: tiles resized alone differ a little at their borders); once a plane's tiles are all in, one more
     update brings the whole plane, its stitched probabilities resized at once (what `ModelBundle.predict` gives).
     postprocess: for the image's size. Runs in the worker thread: reads windows (lazily for dask/zarr at factor
