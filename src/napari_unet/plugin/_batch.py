@@ -70,8 +70,7 @@ class BatchWidget(QWidget):
             step=16,
             tooltip=("Pixels of context around a block for the post-processing: more than the largest cell"),
         )
-        self.controls = RunControls("Run", "Cancel")
-        self.run_button, self.cancel_button = self.controls.buttons
+        self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
         self.progress, self.status = self.controls.progress, self.controls.status
         dock_layout(
             self,
@@ -87,17 +86,13 @@ class BatchWidget(QWidget):
                 ("block (px)", self.block_spin),
                 ("margin (px)", self.margin_spin),
             ),
-            self.controls.row,
-            self.progress,
-            self.status,
+            *self.controls.items(),
             None,
         )
         self.folder_button.clicked.connect(lambda: self._ask_folder(self.input_edit, "Folder of images"))
         self.zarr_button.clicked.connect(lambda: self._ask_folder(self.input_edit, "A .zarr image"))
         self.output_button.clicked.connect(lambda: self._ask_folder(self.output_edit, "Folder for the results"))
         self.where_combo.currentTextChanged.connect(self._show_where)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         self._show_where()
 
     def run(self) -> Any:

@@ -134,7 +134,9 @@ class FineTuneWidget(QWidget):
         self.device_combo = choice(available_devices())
         self.channel_fields = ChannelFields()
         self.estimate = StepEstimate(self, self.iterations_spin, self.budget_spin, self.estimated.emit)
-        self.controls = RunControls("Start", "Pause", "Stop", status_lines=2)
+        self.controls = RunControls(
+            ("Start", self.start), ("Pause", self.toggle_pause), ("Stop", self.stop), status_lines=2
+        )
         self.start_button, self.pause_button, self.stop_button = self.controls.buttons
         self.progress, self.status = self.controls.progress, self.controls.status
         self.suggestions = Suggestions(self, napari_viewer, self.status, self.suggested.emit)
@@ -170,10 +172,7 @@ class FineTuneWidget(QWidget):
             self.autosave.restore_button,
         )
 
-        self.start_button.clicked.connect(self.start)
         self.suggestions.button.clicked.connect(self.suggest)
-        self.pause_button.clicked.connect(self.toggle_pause)
-        self.stop_button.clicked.connect(self.stop)
         self.save_button.clicked.connect(self._ask_save)
         self.preset_combo.currentTextChanged.connect(self._preset_changed)
         self.device_combo.currentTextChanged.connect(lambda _text: self.update_estimate())

@@ -4,8 +4,8 @@
 A dock's `__init__` then reads as a list of its controls and a list of its rows:
 
     self.iterations_spin = spin(1, 1_000_000, 400)
-    self.controls = RunControls("Run", "Cancel")
-    dock_layout(self, form(("iterations", self.iterations_spin)), self.controls.row, self.controls.status)
+    self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
+    dock_layout(self, form(("iterations", self.iterations_spin)), *self.controls.items())
 """
 
 from __future__ import annotations
@@ -134,12 +134,19 @@ class RunControls:
     `running(True)` disables the first button and enables the others; `begin` starts the progress bar too.
     """
 
-    def __init__(self, *texts: str, status_lines: int = 3):
-        self.buttons = [QPushButton(text) for text in texts]
+    def __init__(self, *buttons: tuple[str, Callable[[], Any]], status_lines: int = 3):
+        """buttons: (text, what a click calls), the one that starts a job first."""
+        self.buttons = [QPushButton(text) for text, _ in buttons]
+        for button, (_, clicked) in zip(self.buttons, buttons):
+            button.clicked.connect(clicked)
         self.row = row(*self.buttons)
         self.progress = QProgressBar()
         self.status = wrapped_label(lines=status_lines)
         self.running(False)
+
+    def items(self) -> tuple[QLayout, QProgressBar, QLabel]:
+        """The buttons' row, the progress bar and the status line, top to bottom, for `dock_layout`."""
+        return self.row, self.progress, self.status
 
     def running(self, running: bool) -> None:
         first, *others = self.buttons

@@ -114,8 +114,7 @@ class SegmentWidget(QWidget):
         )
         self.uncertainty_layer: Any = None
         self.postprocess_fields = fields = PostprocessFields()
-        self.controls = RunControls("Run", "Cancel")
-        self.run_button, self.cancel_button = self.controls.buttons
+        self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
         self.progress, self.status = self.controls.progress, self.controls.status
         dock_layout(
             self,
@@ -132,17 +131,13 @@ class SegmentWidget(QWidget):
                 ("", self.uncertainty_check),
                 *fields.rows(),
             ),
-            self.controls.row,
-            self.progress,
-            self.status,
+            *self.controls.items(),
             None,
         )
 
         self._refresh_soon = throttled(self._refresh_layers, REFRESH_MS, self)
         self._redraws = RegionRedraws(self)
         self._retune_soon = debounced(self.retune, RETUNE_MS, self)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
         fields.on_change(self._retune_soon)
         self.session.model_changed.connect(self._show_model)
         self._show_model()
