@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from qtpy.QtWidgets import QWidget
 
+from napari_unet.modelfile import load_model
 from napari_unet.plugin._form import ModelRow, RunControls
 from napari_unet.plugin._postprocess import PostprocessFields
 from napari_unet.plugin._state import Session
@@ -38,7 +39,22 @@ def test_model_row_follows_the_session_and_loads_through_its_callable(qtbot, tin
     monkeypatch.setattr("napari_unet.plugin._form.QFileDialog.getExistingDirectory", lambda *args: "/some/model")
     row.load_button.click()
     assert loaded == ["/some/model"]
-    assert row.rows() == [("model", row.label), ("", row.load_button)]
+    assert row.rows() == [("model", row.label), ("", row.load_button)] and row.save_button is None
+
+
+def test_the_session_saves_its_model_unless_training_and_the_model_row_asks_where(qtbot, tiny_bundle, tmp_path):
+    dock, session = QWidget(), Session()
+    qtbot.addWidget(dock)
+    row = ModelRow(dock, session, save=True)
+    assert session.save_model(tmp_path / "none") is None and not (tmp_path / "none").exists()
+    session.set_model(tiny_bundle)
+    session.training = True
+    assert session.save_model(tmp_path / "busy") is None and not (tmp_path / "busy").exists()
+    session.training = False
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("napari_unet.plugin._form.QFileDialog.getSaveFileName", lambda *args: (str(tmp_path / "m"), ""))
+        row.save_button.click()
+    assert session.model_path == tmp_path / "m" and load_model(tmp_path / "m").net.config.depth == 3
 
 
 def test_postprocess_fields_read_and_show_a_config_without_announcing_it(qtbot):

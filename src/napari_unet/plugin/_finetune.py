@@ -28,7 +28,7 @@ from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QFileDialog, QPushButton, QWidget
+from qtpy.QtWidgets import QWidget
 
 from napari_unet.device import available_devices, describe_device, select_device
 from napari_unet.fewshot import FewShotConfig
@@ -42,7 +42,6 @@ from napari_unet.jobs.finetune import (
     step_setting,
     training_job,
 )
-from napari_unet.modelfile import save_model
 from napari_unet.training import PRESETS, TrainEvent
 
 from ._autosave_row import AutosaveRow
@@ -141,8 +140,7 @@ class FineTuneWidget(QWidget):
         self.progress, self.status = self.controls.progress, self.controls.status
         self.suggestions = Suggestions(self, napari_viewer, self.status, self.suggested.emit)
         self.plot = LossPlot()
-        self.model_row = ModelRow(self, self.session, prefix="model: ", load=self.load_model_from)
-        self.save_button = QPushButton("Save model…")
+        self.model_row = ModelRow(self, self.session, prefix="model: ", load=self.load_model_from, save=True)
         self.autosave = AutosaveRow(self, napari_viewer, autosave_root, self._restored)
         dock_layout(
             self,
@@ -167,13 +165,12 @@ class FineTuneWidget(QWidget):
             (self.plot, 1),
             self.status,
             self.model_row.label,
-            row(self.save_button, self.model_row.load_button),
+            row(self.model_row.save_button, self.model_row.load_button),
             self.autosave.row(),
             self.autosave.restore_button,
         )
 
         self.suggestions.button.clicked.connect(self.suggest)
-        self.save_button.clicked.connect(self._ask_save)
         self.preset_combo.currentTextChanged.connect(self._preset_changed)
         self.device_combo.currentTextChanged.connect(lambda _text: self.update_estimate())
         self.whole_check.toggled.connect(lambda checked: self.margin_spin.setEnabled(not checked))
@@ -247,23 +244,6 @@ class FineTuneWidget(QWidget):
         if self.worker is not None:
             self.status.setText("Stopping after the current step…")
             self.worker.quit()
-
-    def save_model_to(self, path: str | Path) -> Path | None:
-        bundle = self.session.bundle
-        if bundle is None:
-            show_error("No model to save yet: train one first (or load one)")
-            return None
-        if self.session.training:
-            show_warning("Training is running: the model is autosaved at the end and at Stop")
-            return None
-        try:
-            saved = save_model(path, bundle)
-        except (OSError, ValueError) as error:
-            show_error(f"Cannot save the model: {error}")
-            return None
-        self.session.set_model(bundle, saved)
-        show_info(f"Model saved to {saved}")
-        return saved
 
     def load_model_from(self, path: str | Path) -> bool:
         """Load a model folder into the session (it becomes the Segment dock's model and a starting point)."""
@@ -404,7 +384,7 @@ class FineTuneWidget(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self.controls.running(running)
-        self.save_button.setEnabled(not running)
+        self.model_row.save_button.setEnabled(not running)
         self.model_row.load_button.setEnabled(not running)
         self.pause_button.setText("Pause")
 
@@ -422,8 +402,3 @@ class FineTuneWidget(QWidget):
         """Autosaved annotations were opened as `layer`: they become the annotations to train on."""
         self.labels_combo.reset_choices()
         self.labels_combo.value = layer
-
-    def _ask_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save the model as a folder")
-        if path:
-            self.save_model_to(path)

@@ -165,14 +165,24 @@ class RunControls:
 class ModelRow:
     """The session's model in a dock: a line that describes it (kept up to date) and a "Load model…" button
     (a folder dialog, then `load`, by default `Session.load_model`: a folder that cannot be loaded is a
-    notification)."""
+    notification); with `save`, a "Save model…" button too (a dialog, then `Session.save_model`)."""
 
-    def __init__(self, dock: QWidget, session: Any, prefix: str = "", load: Callable[[str], Any] | None = None):
+    def __init__(
+        self,
+        dock: QWidget,
+        session: Any,
+        prefix: str = "",
+        load: Callable[[str], Any] | None = None,
+        save: bool = False,
+    ):
         self.dock, self.session, self.prefix = dock, session, prefix
         self.load = load or session.load_model
         self.label = wrapped_label()
         self.load_button = QPushButton("Load model…")
         self.load_button.clicked.connect(self._ask_folder)
+        self.save_button = QPushButton("Save model…") if save else None
+        if save:
+            self.save_button.clicked.connect(self._ask_save)
         session.model_changed.connect(self.show)
         self.show()
 
@@ -188,3 +198,8 @@ class ModelRow:
         path = QFileDialog.getExistingDirectory(self.dock, "Model folder (config.json + weights.safetensors)")
         if path:
             self.load(path)
+
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self.dock, "Save the model as a folder")
+        if path:
+            self.session.save_model(path)

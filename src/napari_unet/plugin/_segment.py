@@ -2,7 +2,7 @@
 
 The worker (`jobs.segment.stream_tiles`) yields one `TileUpdate` per finished tile: its foreground probability and a
 preview labelling of the tile alone. The main thread only copies them into the layers' arrays and redraws the
-tile's region of the Labels layer (`_redraw.refresh_region`: colour mapping and texture upload of that region
+tile's region of the Labels layer (`_redraw.TileDrawing`: colour mapping and texture upload of that region
 alone); the probability layer, which napari can only redraw whole, gets a throttled refresh. So the window
 stays responsive. When every tile is in, the stitched probability map is post-processed as a whole (in a
 worker too), so cells cut by tile borders come out whole, and the result is redrawn band by band, one band per
@@ -17,7 +17,6 @@ when it has none, so Segment works right after an image is opened.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,14 +44,12 @@ from napari_unet.tiling import auto_stride
 
 from ._channels import ChannelFields
 from ._form import ModelRow, RunControls, check, choice, dock_layout, form, spin, wrapped_label
-from ._layers import LayerProblem, debounced, layer_combo, plane_stack, throttled
+from ._layers import LayerProblem, debounced, layer_combo, plane_stack
 from ._postprocess import PostprocessFields
-from ._redraw import RegionRedraws, bands, refresh_region, refresh_thumbnail
+from ._redraw import TileDrawing
 from ._state import Session, session_for
 from ._workers import alive, generator_worker, start_worker
 
-REFRESH_MS = 100  # at most ~10 whole-layer refreshes per second while tiles stream in
-REFRESH_BUDGET = 8  # ...and at least 8x the time a refresh takes between two (large layers redraw slowly)
 RETUNE_MS = 250  # post-processing reruns this long after the last change of its controls
 DEFAULT_MODEL = "nuclei"  # the built-in model a new session starts with
 
@@ -84,8 +81,6 @@ class SegmentWidget(QWidget):
         self.labels: np.ndarray | None = None  # the Labels layer's array, written in place
         self.planes: list[tuple[int, ...]] = []
         self.tiles_written = 0
-        self.layer_refreshes = 0  # whole-layer refreshes during the last run (regions redrawn alone not counted)
-        self.labels_stale = False  # the Labels layer needs a whole refresh (its regions could not be redrawn)
         self.cancelled = False
         self.finished_run = False
         self._postprocess_runs = 0
@@ -135,8 +130,7 @@ class SegmentWidget(QWidget):
             None,
         )
 
-        self._refresh_soon = throttled(self._refresh_layers, REFRESH_MS, self)
-        self._redraws = RegionRedraws(self)
+        self.drawing = TileDrawing(self, napari_viewer)  # redraws the result layers as tiles come in
         self._retune_soon = debounced(self.retune, RETUNE_MS, self)
         fields.on_change(self._retune_soon)
         self.session.model_changed.connect(self._show_model)
@@ -247,8 +241,9 @@ class SegmentWidget(QWidget):
         self.probs_layer = None
         if self.probs_check.isChecked():
             self.probs_layer = self._add_map(layer, stack, self.probs_fg, "probability", "magma")
-        self.tiles_written = self.layer_refreshes = 0
-        self.cancelled = self.finished_run = self.labels_stale = False
+        self.drawing.start(self.labels_layer, self.probs_layer)
+        self.tiles_written = 0
+        self.cancelled = self.finished_run = False
         self._postprocess_runs += 1
         config = scale_postprocess(self.postprocess_config(), 1.0 / factor)
         total = count_tiles(bundle.net, stack, stride, factor)
@@ -281,7 +276,7 @@ class SegmentWidget(QWidget):
 
     def refresh_pending(self) -> bool:
         """True while written tiles or a new result wait to be drawn."""
-        return self._refresh_soon.timer.isActive() or self._redraws.busy()
+        return self.drawing.pending()
 
     # -- slots (main thread) --------------------------------------------------------------------------------
 
@@ -292,39 +287,13 @@ class SegmentWidget(QWidget):
         self.probs_fg[update.key] = update.probs_fg
         self.tiles_written += 1
         self.progress.setValue(update.done)
-        if self._shown(self.labels_layer) and not refresh_region(self.labels_layer, update.key):
-            self.labels_stale = True
-        if self.labels_stale or self._shown(self.probs_layer):
-            self._refresh_soon()
-
-    def _shown(self, layer: Any) -> bool:
-        return layer is not None and layer in self.viewer.layers
-
-    def _refresh_layers(self, thumbnail: bool = False) -> None:
-        """Redraw the whole probability layer, and the Labels layer if its regions could not be redrawn alone,
-        from their arrays (written in place); thumbnails only at the end.
-
-        A whole redraw of a large layer takes long on the main thread (colour mapping, then a texture upload
-        when the canvas paints), so the next one waits at least REFRESH_BUDGET times as long as this took.
-        """
-        started = time.perf_counter()
-        if self._shown(self.probs_layer):
-            self.probs_layer.refresh(extent=False, thumbnail=thumbnail)
-        if self._shown(self.labels_layer):
-            if self.labels_stale:
-                self.labels_layer.refresh(extent=False, thumbnail=thumbnail)
-                self.labels_stale = False
-            elif thumbnail:
-                refresh_thumbnail(self.labels_layer)
-        self.layer_refreshes += 1
-        spent_ms = (time.perf_counter() - started) * 1000
-        self._refresh_soon.timer.setInterval(max(REFRESH_MS, int(REFRESH_BUDGET * spent_ms)))
+        self.drawing.tile(update.key)
 
     def _tiles_finished(self) -> None:
         self.worker = None
         self.session.segmenting = False
         self.controls.running(False)
-        self._refresh_layers(thumbnail=True)
+        self.drawing.refresh(thumbnail=True)
         self.stopped.emit()
         if self.cancelled:
             self.status.setText(f"Cancelled: {self.tiles_written} of {self.progress.maximum()} tiles written")
@@ -356,16 +325,9 @@ class SegmentWidget(QWidget):
             return  # a newer retune is on its way, or a new segmentation replaced this one
         self.labels[...] = labels
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
-        if not self._shown(self.labels_layer):
-            self._show_result(count)
-            return
-        whole = (slice(0, labels.shape[-2]), slice(0, labels.shape[-1]))
-        keys = [band for index in self.planes for band in bands((*index, *whole), labels.shape)]
-        self._redraws.start(self.labels_layer, keys, then=lambda: alive(self) and self._show_result(count))
+        self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
 
     def _show_result(self, count: int) -> None:
-        if self._shown(self.labels_layer):
-            refresh_thumbnail(self.labels_layer)
         self.status.setText(f"Done: {count} object(s). The post-processing can be retuned now (no new prediction).")
         if self.uncertainty_check.isChecked() and self._source is not None:
             self._start_uncertainty()
