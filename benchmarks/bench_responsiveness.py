@@ -256,17 +256,15 @@ def run(args: argparse.Namespace) -> None:
     for layer in floor_layers:
         viewer.layers.remove(layer)
 
-    from napari_unet.plugin import _redraw, _segment
+    from napari_unet.plugin import _redraw
 
-    partial_redraw = _segment.refresh_region
+    partial_redraw = _redraw.refresh_region
 
     def segment_once(with_probabilities: bool, whole_redraws: bool) -> dict:
         segment.probs_check.setChecked(with_probabilities)
         # reference: the dock's fallback when napari's internals are missing (and its behaviour before it drew
         # regions alone): every update refreshes the whole layers, throttled as the dock throttles it
-        _segment.refresh_region = _redraw.refresh_region = (
-            (lambda layer, key: False) if whole_redraws else partial_redraw
-        )
+        _redraw.refresh_region = (lambda layer, key: False) if whole_redraws else partial_redraw
         finished_tiles: list[float] = []
         on_stop = lambda: finished_tiles.append(time.perf_counter())  # noqa: E731
         segment.stopped.connect(on_stop)
@@ -286,7 +284,7 @@ def run(args: argparse.Namespace) -> None:
                 "finished": finished,
                 "probability_layer": with_probabilities,
                 "max_stall_while_tiles_stream_ms": streaming and streaming["max_stall_ms"],
-                "whole_layer_refreshes": segment.layer_refreshes,
+                "whole_layer_refreshes": segment.drawing.refreshes,
                 "megapixels_per_s": round(side * side / 1e6 / elapsed, 3),
             }
         )
@@ -313,7 +311,7 @@ def run(args: argparse.Namespace) -> None:
             "max_stall_ms_per_run": stalls,
             "worst_stall_ms": max(stalls),
         }
-    _segment.refresh_region = _redraw.refresh_region = partial_redraw
+    _redraw.refresh_region = partial_redraw
 
     started = time.perf_counter()
     with monitor:

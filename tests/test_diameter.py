@@ -11,12 +11,22 @@ import json
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from napari_unet.metrics import instance_scores
 from napari_unet.model import UNet
-from napari_unet.modelfile import ModelBundle, check_rescalable, load_model, save_model
+from napari_unet.modelfile import ModelBundle, load_model, save_model
 from napari_unet.postprocess import PostprocessConfig
-from napari_unet.scale import busiest_window, median_diameter, resize_probs, scale_postprocess
+from napari_unet.scale import (
+    busiest_window,
+    check_diameter,
+    check_rescalable,
+    diameter_factor,
+    estimate_diameter,
+    median_diameter,
+    resize_probs,
+    scale_postprocess,
+)
 
 
 def threshold_net() -> UNet:
@@ -95,6 +105,35 @@ def test_scale_factor_rules():
         bundle().scale_factor(image, 1.0)
     with pytest.raises(ValueError, match="> 0"):
         bundle().scale_factor(image, -3.0)
+
+
+def test_diameter_factor_and_check_diameter_are_the_rules_of_a_given_size():
+    assert diameter_factor(20.0, 40.0) == 0.5 and diameter_factor(20.0, np.float32(10.0)) == 2.0
+    for bad in (True, 0, -1.0, "12"):
+        with pytest.raises(ValueError, match="> 0"):
+            diameter_factor(20.0, bad)
+    assert check_diameter(None) is None and check_diameter(17) == 17.0
+    for bad in (0, -2.0, True, "17"):
+        with pytest.raises(ValueError, match="object_diameter"):
+            check_diameter(bad)
+
+
+def test_estimate_diameter_converges_on_the_objects_whatever_the_segmenter_scale():
+    """A segmenter that thresholds the window (no network): the estimate is the disks' diameter in the image,
+    starting from a model diameter twice or half as large; an empty image gives None."""
+    truth = disks((300, 300), 10, 40)
+    image = (truth > 0).astype(np.float32)
+    windows = []
+
+    def threshold(window):
+        windows.append(window.shape)
+        return ndimage.label(window > 0.5)[0]
+
+    for model_diameter in (10.0, 40.0):
+        estimate = estimate_diameter(image, model_diameter, threshold)
+        assert estimate == pytest.approx(median_diameter(truth), rel=0.1)
+    assert all(max(shape) <= 2 * 256 for shape in windows)  # a window about ESTIMATE_SIDE at the model's scale
+    assert estimate_diameter(np.zeros((100, 100), np.float32), 20.0, threshold) is None
 
 
 def test_rescaling_a_huge_lazy_plane_is_refused_before_reading_it():

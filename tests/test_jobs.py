@@ -13,14 +13,26 @@ import torch
 from napari_unet.augment import AugmentConfig, augment
 from napari_unet.io import apply_normalization, percentiles
 from napari_unet.jobs.augment_preview import grid_lines, preview_sample
-from napari_unet.jobs.finetune import TrainingJob, format_duration, measure_steps, run_training, training_samples
-from napari_unet.jobs.segment import postprocess_planes, stream_tiles
+from napari_unet.jobs.finetune import (
+    TrainingJob,
+    annotated_planes,
+    describe_step,
+    format_duration,
+    measure_steps,
+    run_config,
+    run_training,
+    step_setting,
+    training_job,
+    training_samples,
+)
+from napari_unet.jobs.segment import count_tiles, describe_scale, postprocess_planes, stream_tiles
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import ModelBundle, Normalization, load_model
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 from napari_unet.synthetic import make_cells
-from napari_unet.tiling import read_window
-from napari_unet.training import preset
+from napari_unet.targets import mask_around_cells
+from napari_unet.tiling import read_window, tile_grid
+from napari_unet.training import PRESETS, TrainEvent, preset
 
 TINY = UNetConfig(depth=3, base_channels=4)
 
@@ -96,6 +108,11 @@ def test_measure_steps_yields_each_step_and_returns_the_median_of_the_later_ones
 
 def test_format_duration_rounds_to_what_a_status_line_needs():
     assert [format_duration(s) for s in (0.4, 89, 90, 5399, 5400)] == ["0 s", "89 s", "2 min", "90 min", "1.5 h"]
+
+
+def test_describe_step_says_where_the_run_is_and_the_time_left():
+    event = TrainEvent("step", iteration=10, total=40, loss=0.25, learning_rate=0.01, elapsed=30.0)
+    assert describe_step(event) == "iteration 10/40, loss 0.2500, 30 s elapsed, about 2 min left"
 
 
 @dataclass(frozen=True)
@@ -234,3 +251,81 @@ def test_uncertainty_and_suggestions_point_away_from_what_is_annotated():
     assert len(boxes) == 3
     for y0, x0, y1, x1 in boxes:
         assert y1 - y0 == x1 - x0 == 64 and not annotated[y0:y1, x0:x1].any()  # 64 px: no object diameter
+
+
+# ---------------------------------------------------------------------------------- preparing a Fine-tune run
+
+
+def test_annotated_planes_keeps_the_painted_planes_with_the_trusted_region_of_each(cells):
+    image, labels = cells
+    data = np.stack([image, image, image])[:, None].astype(np.float32)  # (T=3, C=1, H, W)
+    painted = np.stack([labels, np.zeros_like(labels), labels[::-1].copy()])
+    images, kept, masks = annotated_planes(Stack(data), painted, margin=5)
+    assert len(images) == 2 and images[0].shape == (1, *labels.shape) and images[0].dtype == np.float32
+    np.testing.assert_array_equal(kept[1], painted[2])
+    np.testing.assert_array_equal(masks[0], mask_around_cells(labels, 5))
+    region = np.zeros(labels.shape, bool)
+    region[:20] = True
+    assert all(m is region for m in annotated_planes(Stack(data), painted, region=region, margin=5)[2])
+    assert annotated_planes(Stack(data), painted, margin=None)[2] == [None, None]  # every cell annotated
+    few_shot = annotated_planes(Stack(data), painted, margin=None, few_shot=True)[2]
+    assert all(m.all() for m in few_shot)  # the recipe takes a whole plane as a mask of ones
+    assert annotated_planes(Stack(data), painted, margin=5, few_shot=True)[2] == [None, None]  # its own margin
+    with pytest.raises(ValueError, match="No annotations in 'cells'"):
+        annotated_planes(Stack(data), np.zeros_like(painted), name="'cells'")
+
+
+def test_run_config_validates_about_ten_times_and_lets_overrides_win():
+    net, config = run_config("fast", 50, 60.0)
+    defaults = PRESETS["fast"][1]
+    assert net == PRESETS["fast"][0] and config.iterations == 50 and config.time_budget == 60.0
+    assert config.validate_every == min(defaults.validate_every, 5)
+    assert config.checkpoint_every == max(config.validate_every, min(defaults.checkpoint_every, 50))
+    assert run_config("fast", 3)[1].validate_every == 1
+    assert run_config("fast", 50, overrides={"validate_every": 7})[1].validate_every == 7
+    augment_config = AugmentConfig(flip_p=0.0)
+    assert run_config("fast", 50, augment=augment_config)[1].augment == augment_config
+
+
+def test_training_job_seeds_a_new_network_and_keeps_a_base_model(cells, tmp_path):
+    image, labels = cells
+    _, config = run_config("fast", 5)
+    arrays = ([image[None].astype(np.float32)], [labels], [None])
+    before = torch.random.get_rng_state()
+    first = training_job(*arrays, config, base=None, net_config=TINY, checkpoint=tmp_path / "a")
+    second = training_job(*arrays, config, base=None, net_config=TINY, checkpoint=tmp_path / "b")
+    assert torch.equal(torch.random.get_rng_state(), before)  # torch's global random state is untouched
+    for a, b in zip(first.net.parameters(), second.net.parameters()):
+        assert torch.equal(a, b)  # the initial weights follow the run's seed
+    assert first.few_shot is None and first.postprocess is None and first.net.config.in_channels == 1
+    base = ModelBundle(UNet(TINY), Normalization(low=2.0), PostprocessConfig(threshold=0.4))
+    kept = training_job(*arrays, config, base=base, net_config=TINY, checkpoint=tmp_path / "c")
+    assert kept.net is base.net and kept.normalization == base.normalization and kept.few_shot is None
+    sized = ModelBundle(UNet(TINY), object_diameter=17.0)
+    recipe = training_job(*arrays, config, base=sized, net_config=TINY, checkpoint=tmp_path / "d")
+    assert recipe.base is sized and recipe.few_shot.iterations == config.iterations
+    two = ([arrays[0][0]] * 2, [labels] * 2, [None, None])
+    with pytest.raises(ValueError, match="2 planes are annotated"):
+        training_job(*two, config, base=sized, net_config=TINY, checkpoint=tmp_path / "e")
+
+
+def test_step_setting_names_what_a_step_time_depends_on():
+    fast_net, fast = PRESETS["fast"]
+    assert step_setting(None, "fast", "cpu") == (fast_net, fast.tile_size, fast.batch_size, "cpu")
+    small = step_setting(None, "fast", "cpu", {"depth": 2}, {"tile_size": 124})
+    assert small[0].depth == 2 and small[1] == 124
+    base = ModelBundle(UNet(TINY))
+    assert step_setting(base, "fast", "cpu", {"depth": 2})[0] == base.net.config
+
+
+def test_count_tiles_and_the_scale_line_of_the_segment_dock(cells):
+    image, _ = cells
+    net = UNet(TINY)
+    data = np.stack([image, image])[:, None]
+    assert count_tiles(net, Stack(data), 32) == 2 * len(tile_grid(net, image.shape, 32))
+    assert count_tiles(net, Stack(data), 32, 0.5) == 2 * len(tile_grid(net, (48, 60), 32))
+    assert describe_scale(None, 2.0, estimated=True) == ""
+    assert "given" in describe_scale(20.0, 1.0, estimated=False) and "not rescaled" in describe_scale(
+        20.0, 1.0, estimated=False
+    )
+    assert describe_scale(20.0, 1.0, estimated=True, found=False).startswith("no objects found")

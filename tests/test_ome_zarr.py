@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from napari_unet.metadata import PixelSize, read_pixel_size
-from napari_unet.pipeline import read_input, write_ome_zarr
+from napari_unet.ome_zarr import read_zarr, write_ome_zarr
+from napari_unet.pipeline import read_input
 
 
 def test_stack_round_trip_with_and_without_pixel_size(tmp_path):
@@ -19,3 +20,4 @@ def test_stack_round_trip_with_and_without_pixel_size(tmp_path):
     assert read_input(plain)[1] == "YX" and read_pixel_size(plain) is None
     write_ome_zarr(path, labels[:1], "TYX")  # an existing store is replaced
     assert read_input(path)[0].shape == (1, 40, 50)
+    assert read_zarr(path, "ZYX")[1] == "ZYX"  # given axes win over the store's

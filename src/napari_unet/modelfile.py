@@ -9,9 +9,10 @@ and `weights.safetensors` (tensors only: loading runs no code).
 
 A model may know the size of the objects it was trained on (`object_diameter`, px, like Cellpose's diameter):
 `predict` and `segment` then rescale each image by model diameter / object diameter before the network and
-return results at the image's size; the object diameter is given, or estimated ("auto", the default). Models
-without one (None: every model trained before this existed) never rescale. `load_model` also accepts the
-name of a built-in model (`napari_unet.builtin`), e.g. `load_model("nuclei")`.
+return results at the image's size; the object diameter is given, or estimated ("auto", the default; the
+rules and the estimation are `scale.diameter_factor` and `scale.estimate_diameter`). Models without one (None:
+every model trained before this existed) never rescale. `load_model` also accepts the name of a built-in model
+(`napari_unet.builtin`), e.g. `load_model("nuclei")`.
 """
 
 from __future__ import annotations
@@ -30,25 +31,27 @@ import torch
 
 from ._config import Config, check_range
 from .channels import ChannelChoice
-from .io import TEMPORARY_SUFFIX, _is_lazy, _process_alive, apply_normalization, percentiles, remove_stale_temporaries
+from .io import TEMPORARY_SUFFIX, _process_alive, apply_normalization, percentiles, remove_stale_temporaries
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
-from .scale import busiest_window, median_diameter, rescale_image, resize_probs, scale_postprocess
+from .scale import (
+    Diameter,
+    check_diameter,
+    check_rescalable,
+    diameter_factor,
+    estimate_diameter,
+    rescale_image,
+    resize_probs,
+    scale_postprocess,
+)
 from .tiling import predict_tiled, predict_tta
+from .validation import check_json_object, check_unet_entry
 
 FORMAT = "napari-unet-model"
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "training_state.pt"
-# What a model folder's config may ask for: a file that asks for more is corrupted or hostile, not a model.
-CONFIG_LIMITS = {"in_channels": 4096, "num_classes": 4096, "depth": 16, "base_channels": 4096, "convs_per_level": 16}
-
-Diameter = float | str | None  # an object diameter in px, "auto" (estimate it) or None (no rescaling)
-ESTIMATE_SIDE = 256  # side (px, at the model's scale) of the window the object diameter is estimated on
-ESTIMATE_ROUNDS = 3  # estimate, rescale by it, estimate again: at most this many passes over the window
-FACTOR_RANGE = (0.125, 8.0)  # rescale factors beyond these are refused (given) or clipped (estimated)
-MAX_RESCALE_BYTES = 1 << 30  # a plane is rescaled in memory: larger planes (before or after) are refused
 
 
 @dataclass(frozen=True)
@@ -112,10 +115,7 @@ class ModelBundle:
     object_diameter: float | None = None
 
     def __post_init__(self) -> None:
-        if self.object_diameter is not None and not (
-            isinstance(self.object_diameter, (int, float)) and self.object_diameter > 0
-        ):
-            raise ValueError(f"object_diameter must be a number of pixels > 0 or None, got {self.object_diameter!r}")
+        check_diameter(self.object_diameter)
 
     def prepare(self, image, axes: str, name: str = "the image", choice: ChannelChoice | None = None):
         """``(image, axes)`` as the network takes them: the channel choice (``choice``, default the model's)
@@ -163,54 +163,21 @@ class ModelBundle:
                 return 1.0
             estimate = self.estimate_diameter(image, device=device)
             return 1.0 if estimate is None else self.object_diameter / estimate
-        if isinstance(diameter, bool) or not isinstance(diameter, (int, float, np.number)) or not diameter > 0:
-            raise ValueError(f"diameter must be a number of pixels > 0, 'auto' or None, got {diameter!r}")
-        if self.object_diameter is None:
-            raise ValueError(
-                f"this model has no object diameter (it was not trained at a known object size), so a diameter "
-                f"of {diameter} px cannot be used: rescale the image yourself or leave the diameter out"
-            )
-        factor = self.object_diameter / float(diameter)
-        if not FACTOR_RANGE[0] <= factor <= FACTOR_RANGE[1]:
-            low, high = self.object_diameter / FACTOR_RANGE[1], self.object_diameter / FACTOR_RANGE[0]
-            raise ValueError(
-                f"diameter {diameter} px is out of range for this model: expected {low:g} to {high:g} px "
-                f"(its objects are {self.object_diameter:g} px across; rescaling by at most 8x)"
-            )
-        return factor
+        return diameter_factor(self.object_diameter, diameter)
 
     def estimate_diameter(self, image, *, device: str | torch.device = "auto") -> float | None:
-        """The median diameter (px) of the objects in `image` (H, W) or (C, H, W), or None when none is found.
-
-        Segments the busiest window of about `ESTIMATE_SIDE`² px at the model's scale (`scale.busiest_window`),
-        first as if the objects had the model's diameter, then rescaled by the diameter found, until two passes
-        agree within 10 % (at most `ESTIMATE_ROUNDS`). Objects cut by the window's edge are not counted when
-        others remain. Costs at most 3 passes over a 256² window, whatever the image's size; reads only windows.
-        """
-        from skimage.segmentation import clear_border
-
+        """The median diameter (px) of the objects in `image` (H, W) or (C, H, W), or None when none is found:
+        `scale.estimate_diameter` with windows segmented by this model (normalised with the whole image's
+        percentiles). Costs at most 3 passes over a 256² window, whatever the image's size; reads only windows."""
         if self.object_diameter is None:
             raise ValueError("this model has no object diameter, so there is nothing to estimate the image's against")
         preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
-        guess = self.object_diameter
-        for _ in range(ESTIMATE_ROUNDS):
-            factor = float(np.clip(self.object_diameter / guess, *FACTOR_RANGE))
-            rows, cols = busiest_window(image, int(np.ceil(ESTIMATE_SIDE / factor)))
-            window = rescale_image(np.asarray(image[..., rows, cols], dtype=np.float32), factor)
+
+        def segment(window: np.ndarray) -> np.ndarray:
             probs = predict_tiled(self.net, window, device=device, preprocess=preprocess)[1]
-            labels = probs_to_labels(probs, self.postprocess)
-            inner = clear_border(labels)
-            found = median_diameter(inner if inner.max() > 0 else labels)
-            if np.isnan(found):
-                return None if guess == self.object_diameter else guess
-            found = float(
-                np.clip(found / factor, self.object_diameter / FACTOR_RANGE[1], self.object_diameter / FACTOR_RANGE[0])
-            )
-            done = abs(np.log(found / guess)) < np.log(1.1)
-            guess = found
-            if done:
-                break
-        return float(guess)
+            return probs_to_labels(probs, self.postprocess)
+
+        return estimate_diameter(image, self.object_diameter, segment)
 
     def predict(
         self,
@@ -249,7 +216,7 @@ class ModelBundle:
         """`predict` with the image resized by `factor` before the network (probabilities back at (H, W)).
 
         At 1.0 the image is read window by window (lazy arrays stay lazy); otherwise the plane is read and
-        rescaled in memory, and planes of more than `MAX_RESCALE_BYTES` (before or after) are refused.
+        rescaled in memory, and planes of more than `scale.MAX_RESCALE_BYTES` (before or after) are refused.
         """
         if factor != 1.0:
             check_rescalable(image, factor)
@@ -282,20 +249,6 @@ class ModelBundle:
         rescaled by `factor`: the post-processing's sizes are divided by `factor`."""
         postprocess = self.postprocess if postprocess is None else postprocess
         return probs_to_labels(probs_fg, scale_postprocess(postprocess, 1.0 / factor))
-
-
-def check_rescalable(image, factor: float) -> None:
-    """Raise a ValueError when rescaling the plane `image` by `factor` would hold too much in memory."""
-    h, w = image.shape[-2:]
-    channels = int(np.prod(image.shape[:-2], dtype=np.int64))
-    largest = 4 * channels * h * w * max(1.0, factor) ** 2
-    if largest > MAX_RESCALE_BYTES:
-        kind = "a lazy (dask, zarr or memory-mapped) " if _is_lazy(image) else "a "
-        raise ValueError(
-            f"rescaling {kind}plane of {h}x{w} px by {factor:.3g} needs {largest / 2**30:.1f} GiB in memory (the limit "
-            f"is {MAX_RESCALE_BYTES / 2**30:.0f} GiB): resample the image to the model's object size beforehand, or "
-            "segment it without rescaling (diameter None)"
-        )
 
 
 def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, Any] | None = None) -> Path:
@@ -407,17 +360,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
             f"format <= {FORMAT_VERSION}: upgrade napari-unet"
         )
     try:
-        unet = UNetConfig.from_dict(_checked_unet(config.get("unet")))
-        normalization = Normalization.from_dict(_checked_dict(config.get("normalization", {}), "normalization"))
-        postprocess = PostprocessConfig.from_dict(_checked_dict(config.get("postprocess", {}), "postprocess"))
-        metadata = dict(_checked_dict(config.get("metadata", {}), "metadata"))
-        diameter = config.get("object_diameter", metadata.pop("object_diameter", None))
-        if diameter is not None and (
-            isinstance(diameter, bool) or not isinstance(diameter, (int, float)) or not diameter > 0
-        ):
-            raise ValueError(f"object_diameter must be a number of pixels > 0, got {diameter!r}")
+        unet = UNetConfig.from_dict(check_unet_entry(config.get("unet")))
+        normalization = Normalization.from_dict(check_json_object(config.get("normalization", {}), "normalization"))
+        postprocess = PostprocessConfig.from_dict(check_json_object(config.get("postprocess", {}), "postprocess"))
+        metadata = dict(check_json_object(config.get("metadata", {}), "metadata"))
+        diameter = check_diameter(config.get("object_diameter", metadata.pop("object_diameter", None)))
         channels = ChannelChoice.from_dict(
-            {k: v for k, v in _checked_dict(config.get("input", {}), "input").items() if k != "in_channels"}
+            {k: v for k, v in check_json_object(config.get("input", {}), "input").items() if k != "in_channels"}
         )
         with torch.device("meta"):  # the shapes the config asks for, without allocating them
             expected = {k: tuple(v.shape) for k, v in UNet(unet).state_dict().items()}
@@ -443,28 +392,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         channels=channels,
         object_diameter=None if diameter is None else float(diameter),
     )
-
-
-def _checked_dict(value: Any, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _checked_unet(value: Any) -> dict[str, Any]:
-    """The "unet" entry, its integers checked against `CONFIG_LIMITS` before a network is built from it."""
-    value = _checked_dict(value, "unet")
-    for name, limit in CONFIG_LIMITS.items():
-        if name in value:
-            number = value[name]
-            if not isinstance(number, int) or isinstance(number, bool) or not 0 < number <= limit:
-                raise ValueError(f"unet.{name} must be an integer in 1..{limit}, got {number!r}")
-    for name in ("batch_norm",):
-        if name in value and not isinstance(value[name], bool):
-            raise ValueError(f"unet.{name} must be true or false, got {value[name]!r}")
-    if "dropout" in value and (not isinstance(value["dropout"], (int, float)) or isinstance(value["dropout"], bool)):
-        raise ValueError(f"unet.dropout must be a number, got {value['dropout']!r}")
-    return value
 
 
 def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:

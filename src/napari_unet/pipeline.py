@@ -4,7 +4,8 @@
   (`01.png` with `01.tif`; a `_labels` or `_probs` suffix is tolerated, so predictions match their truth).
 - `read_training_pair`: an image normalised with the model's percentiles and its labels, checked together.
 - `split_by_image`: a deterministic train/validation split by whole images (never crops of one image).
-- `read_input` / `segment_file`: segment a file plane by plane (stacks, time series), with bounded memory.
+- `read_input` / `segment_file`: segment a file plane by plane (stacks, time series), with bounded memory; a
+  `.zarr` store is read by `ome_zarr.read_zarr`.
 
 >>> base_name("cells/01_labels.ome.tif")
 '01'
@@ -26,14 +27,14 @@ from .io import (
     PILLOW_SUFFIXES,
     TIFF_SUFFIXES,
     check_image,
-    guess_axes,
     normalize_percentile,
     read_image,
     read_labels,
     remove_stale_temporaries,
     temporary_sibling,
-    to_canonical,
 )
+from .ome_zarr import read_zarr
+from .ome_zarr import write_ome_zarr as write_ome_zarr  # re-exported: cli/predict.py imports it from here
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
 ZARR_SUFFIX = ".zarr"
@@ -228,32 +229,7 @@ def read_input(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
     path = Path(path)
     if path.suffix.lower() != ZARR_SUFFIX:
         return read_image(path, axes)
-    import dask.array as da
-    import zarr
-
-    if not path.exists():
-        raise FileNotFoundError(f"no zarr store at {path}")
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as error:  # zarr raises a variety of errors for a folder that is not a store
-        raise ValueError(f"cannot open {path} as a zarr array ({type(error).__name__}: {error})") from error
-    found = None
-    if not hasattr(node, "shape"):
-        multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-        if multiscales:
-            found = (
-                "".join(
-                    (a["name"] if isinstance(a, dict) else str(a)).upper()[0] for a in multiscales[0].get("axes", [])
-                ).replace("S", "C")
-                or None
-            )
-        if "0" not in node:
-            raise ValueError(f"{path} is a zarr group without an array '0'; give the path of the array")
-        node = node["0"]
-    image = da.from_zarr(node)
-    if axes is None:
-        axes = found if found and len(found) == image.ndim else guess_axes(tuple(image.shape))
-    return to_canonical(image, axes)
+    return read_zarr(path, axes)
 
 
 def plane_indices(shape: tuple[int, ...], axes: str) -> list[tuple[int, ...]]:
@@ -313,7 +289,7 @@ def segment_file(
     the output TIFFs' resolution tags (None: none).
     diameter: the objects' diameter (px), "auto" or None (`ModelBundle.scale_factor`), resolved once, on the first
     plane, for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
-    that are refused: `modelfile.check_rescalable`).
+    that are refused: `scale.check_rescalable`).
     """
     from .device import select_device
 
@@ -394,54 +370,3 @@ def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str, pixel_siz
 
 def count_planes(image, axes: str) -> int:
     return math.prod(n for n, a in zip(image.shape, axes) if a in "TZ")
-
-
-# ---------------------------------------------------------------------------------------------- OME-Zarr out
-
-OME_ZARR_UNITS = {"um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
-OME_ZARR_AXIS_TYPES = {"T": "time", "Z": "space", "C": "channel", "Y": "space", "X": "space"}
-
-
-def write_ome_zarr(path: str | Path, array, axes: str, pixel_size=None, chunk: int = 1024) -> Path:
-    """Copy `array` (axes over "TZCYX", canonical) into a single-scale OME-Zarr 0.4 image at `path`, plane by
-    plane (a memory-mapped array is never loaded whole); `pixel_size` (a `metadata.PixelSize`) becomes the scale
-    of the y and x axes with their unit. `read_input` and `metadata.read_pixel_size` read it back; an existing
-    store at `path` is replaced once the new one is complete (written under a temporary name, then renamed)."""
-    import os
-    import shutil
-
-    import zarr
-
-    path = Path(path)
-    final, path = path, path.with_name(f".{path.name}.{os.getpid()}.partial")
-    shutil.rmtree(path, ignore_errors=True)
-    shape = tuple(int(n) for n in array.shape)
-    group = zarr.open_group(str(path), mode="w", zarr_format=2)
-    chunks = tuple(1 if a in "TZC" else min(n, chunk) for a, n in zip(axes, shape))
-    data = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(array.dtype))
-    for index in np.ndindex(*shape[:-2]):
-        data[index] = np.asarray(array[index])
-    unit = OME_ZARR_UNITS.get(pixel_size.unit) if pixel_size is not None else None
-    entries = []
-    for a in axes:
-        entry = {"name": a.lower(), "type": OME_ZARR_AXIS_TYPES[a]}
-        if unit and a in "YX":
-            entry["unit"] = unit
-        entries.append(entry)
-    scale = [pixel_size.y if unit and a == "Y" else pixel_size.x if unit and a == "X" else 1.0 for a in axes]
-    group.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "name": final.name,
-            "axes": entries,
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
-        }
-    ]
-    if final.exists():
-        old = final.with_name(f".{final.name}.{os.getpid()}.old")
-        os.replace(final, old)
-        os.replace(path, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(path, final)
-    return final

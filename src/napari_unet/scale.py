@@ -2,7 +2,9 @@
 was trained for (like Cellpose's diameter and StarDist's scale).
 
 The diameter of an object is its equivalent diameter, 2 sqrt(area / pi); an image's diameter is the median over
-its objects.
+its objects. A model with an object diameter (`ModelBundle.object_diameter`) sees an image resized by model
+diameter / object diameter: `diameter_factor` for a given diameter, `estimate_diameter` to measure it on the
+image; `check_rescalable` refuses planes too large to rescale in memory.
 
 >>> labels = np.zeros((64, 64), np.int32); labels[10:20, 10:20] = 1; labels[30:50, 30:50] = 2
 >>> round(median_diameter(labels), 1)
@@ -13,12 +15,20 @@ its objects.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
 from skimage.transform import resize
 
+from .io import _is_lazy
 from .postprocess import PostprocessConfig
+
+Diameter = float | str | None  # an object diameter in px, "auto" (estimate it) or None (no rescaling)
+ESTIMATE_SIDE = 256  # side (px, at the model's scale) of the window the object diameter is estimated on
+ESTIMATE_ROUNDS = 3  # estimate, rescale by it, estimate again: at most this many passes over the window
+FACTOR_RANGE = (0.125, 8.0)  # rescale factors beyond these are refused (given) or clipped (estimated)
+MAX_RESCALE_BYTES = 1 << 30  # a plane is rescaled in memory: larger planes (before or after) are refused
 
 
 def median_diameter(labels: np.ndarray) -> float:
@@ -29,6 +39,81 @@ def median_diameter(labels: np.ndarray) -> float:
         return float("nan")
     areas = np.unique(ids, return_counts=True)[1]
     return float(np.median(2.0 * np.sqrt(areas / np.pi)))
+
+
+def check_diameter(diameter: float | None) -> float | None:
+    """A model's object diameter: a number of pixels > 0 (as a float), or None (unknown: never rescaled)."""
+    if diameter is None:
+        return None
+    if isinstance(diameter, bool) or not isinstance(diameter, (int, float)) or not diameter > 0:
+        raise ValueError(f"object_diameter must be a number of pixels > 0 or None, got {diameter!r}")
+    return float(diameter)
+
+
+def diameter_factor(object_diameter: float | None, diameter: float) -> float:
+    """The rescale factor object_diameter / diameter for objects of `diameter` px in an image, for a model
+    trained on objects of `object_diameter` px; refused beyond `FACTOR_RANGE` and for a model without one.
+
+    >>> diameter_factor(17.0, 34.0)
+    0.5
+    """
+    if isinstance(diameter, bool) or not isinstance(diameter, (int, float, np.number)) or not diameter > 0:
+        raise ValueError(f"diameter must be a number of pixels > 0, 'auto' or None, got {diameter!r}")
+    if object_diameter is None:
+        raise ValueError(
+            f"this model has no object diameter (it was not trained at a known object size), so a diameter "
+            f"of {diameter} px cannot be used: rescale the image yourself or leave the diameter out"
+        )
+    factor = object_diameter / float(diameter)
+    if not FACTOR_RANGE[0] <= factor <= FACTOR_RANGE[1]:
+        low, high = object_diameter / FACTOR_RANGE[1], object_diameter / FACTOR_RANGE[0]
+        raise ValueError(
+            f"diameter {diameter} px is out of range for this model: expected {low:g} to {high:g} px "
+            f"(its objects are {object_diameter:g} px across; rescaling by at most 8x)"
+        )
+    return factor
+
+
+def estimate_diameter(image, object_diameter: float, segment: Callable[[np.ndarray], np.ndarray]) -> float | None:
+    """The median diameter (px) of the objects in `image` (H, W) or (C, H, W) for a model trained on objects of
+    `object_diameter` px, or None when none is found. segment: instance labels (h, w) of a window of the image,
+    (h, w) or (C, h, w) float32, rescaled to the model's scale (the model's prediction and post-processing).
+
+    Segments the busiest window of about `ESTIMATE_SIDE`² px at the model's scale (`busiest_window`), first as if
+    the objects had the model's diameter, then rescaled by the diameter found, until two passes agree within
+    10 % (at most `ESTIMATE_ROUNDS`). Objects cut by the window's edge are not counted when others remain.
+    """
+    from skimage.segmentation import clear_border
+
+    guess = object_diameter
+    for _ in range(ESTIMATE_ROUNDS):
+        factor = float(np.clip(object_diameter / guess, *FACTOR_RANGE))
+        rows, cols = busiest_window(image, int(np.ceil(ESTIMATE_SIDE / factor)))
+        labels = segment(rescale_image(np.asarray(image[..., rows, cols], dtype=np.float32), factor))
+        inner = clear_border(labels)
+        found = median_diameter(inner if inner.max() > 0 else labels)
+        if np.isnan(found):
+            return None if guess == object_diameter else guess
+        found = float(np.clip(found / factor, object_diameter / FACTOR_RANGE[1], object_diameter / FACTOR_RANGE[0]))
+        done = abs(np.log(found / guess)) < np.log(1.1)
+        guess = found
+        if done:
+            break
+    return float(guess)
+
+
+def check_rescalable(image, factor: float) -> None:
+    """Raise a ValueError when rescaling the plane `image` by `factor` would hold too much in memory."""
+    h, w = image.shape[-2:]
+    channels = int(np.prod(image.shape[:-2], dtype=np.int64))
+    largest = 4 * channels * h * w * max(1.0, factor) ** 2
+    if largest > MAX_RESCALE_BYTES:
+        kind = "a lazy (dask, zarr or memory-mapped) " if _is_lazy(image) else "a "
+        raise ValueError(
+            f"rescaling {kind}plane of {h}x{w} px by {factor:.3g} needs {largest / 2**30:.1f} GiB in memory (the limit "
+            f"is {MAX_RESCALE_BYTES / 2**30:.0f} GiB): resample the image to the model's object size beforehand, or "
+            "segment it without rescaling (diameter None)"
+        )
 
 
 def scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:

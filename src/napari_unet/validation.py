@@ -15,6 +15,8 @@ says what was expected and what was found. The rules are those of docs/formats.m
 - **probabilities** (`check_probabilities`): float, finite.
 - **paths** (`check_output_not_input`, `check_writable_folder`): an output is never one of the inputs, and a
   folder is known to be writable before long work starts.
+- **model folders** (`check_json_object`, `check_unet_entry`): config.json's entries are JSON objects, and the
+  network it describes stays within `MODEL_CONFIG_LIMITS` (a file that asks for more is corrupted or hostile).
 
 >>> check_labels(np.array([[0, 2**40], [-1, 3]])).dtype
 dtype('int32')
@@ -32,6 +34,14 @@ import numpy as np
 
 BLOCK_ELEMENTS = 2**24
 INT32_MAX = 2**31 - 1
+# What a model folder's config may ask for: a file that asks for more is corrupted or hostile, not a model.
+MODEL_CONFIG_LIMITS = {
+    "in_channels": 4096,
+    "num_classes": 4096,
+    "depth": 16,
+    "base_channels": 4096,
+    "convs_per_level": 16,
+}
 SUPPORTED_AXES_HELP = (
     "axes over the letters T, Z, C, Y, X, each at most once and ending in Y and X, "
     "e.g. 'YX', 'CYX', 'ZYX', 'TCYX', 'TZCYX'"
@@ -269,3 +279,27 @@ def check_writable_folder(folder: str | Path, what: str = "--out") -> Path:
     except OSError as error:
         raise PermissionError(f"{what}: {folder} is not writable ({error.strerror or error})") from None
     return folder
+
+
+def check_json_object(value: Any, what: str) -> dict[str, Any]:
+    """`value` (read from JSON) when it is an object (a dict), else a ValueError naming `what`."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def check_unet_entry(value: Any) -> dict[str, Any]:
+    """The "unet" entry of a model folder's config.json, its integers checked against `MODEL_CONFIG_LIMITS`
+    before a network is built from it."""
+    value = check_json_object(value, "unet")
+    for name, limit in MODEL_CONFIG_LIMITS.items():
+        if name in value:
+            number = value[name]
+            if not isinstance(number, int) or isinstance(number, bool) or not 0 < number <= limit:
+                raise ValueError(f"unet.{name} must be an integer in 1..{limit}, got {number!r}")
+    for name in ("batch_norm",):
+        if name in value and not isinstance(value[name], bool):
+            raise ValueError(f"unet.{name} must be true or false, got {value[name]!r}")
+    if "dropout" in value and (not isinstance(value["dropout"], (int, float)) or isinstance(value["dropout"], bool)):
+        raise ValueError(f"unet.dropout must be a number, got {value['dropout']!r}")
+    return value

@@ -16,8 +16,9 @@ import pytest
 from napari_unet.model import UNet
 from napari_unet.modelfile import ModelBundle, load_model
 from napari_unet.plugin import _autosave, _finetune, _segment
-from napari_unet.plugin._finetune import START_NEW, FineTuneWidget
+from napari_unet.plugin._finetune import FineTuneWidget
 from napari_unet.plugin._segment import SegmentWidget
+from napari_unet.plugin._start_from import START_NEW
 from napari_unet.plugin._state import session_for
 from napari_unet.synthetic import make_cells
 

@@ -7,7 +7,7 @@ import pytest
 
 from napari_unet.io import write_tiff
 from napari_unet.modelfile import load_model
-from napari_unet.plugin import _finetune
+from napari_unet.plugin import _finetune, _start_from
 from napari_unet.plugin._autosave import find_annotations
 from napari_unet.plugin._finetune import FineTuneWidget
 from napari_unet.plugin._segment import SegmentWidget
@@ -33,7 +33,7 @@ def open_dock(viewer, qtbot, tmp_path, image, labels, iterations):
         autosave_root=tmp_path / "autosave",
         net_overrides=TINY,
         train_overrides=QUICK,
-        start_from=_finetune.START_NEW,
+        start_from=_start_from.START_NEW,
     )
     with qtbot.waitSignal(widget.estimated, timeout=30_000):
         viewer.window.add_dock_widget(widget, name="Fine-tune")
@@ -46,7 +46,7 @@ def test_short_run_lowers_the_loss_and_hands_the_model_to_segment(make_napari_vi
     sparse = few_cells(labels)
     viewer = make_napari_viewer_proxy(show=True)
     widget = open_dock(viewer, qtbot, tmp_path, image, sparse, iterations=40)
-    assert "per step (measured)" in widget.estimate_label.text()
+    assert "per step (measured)" in widget.estimate.label.text()
     segment = SegmentWidget(viewer)  # not docked: it only has to see the session's model
 
     with qtbot.waitSignal(widget.finished, timeout=180_000) as done:
@@ -60,9 +60,11 @@ def test_short_run_lowers_the_loss_and_hands_the_model_to_segment(make_napari_vi
     assert widget.plot.losses == widget.history.losses
     session = session_for(viewer)
     assert session.bundle.net is widget.job.trainer.model  # the trained network itself, not a copy
-    assert session.model_path == folder and "40 iterations" in segment.model_label.text()
+    assert session.model_path == folder and "40 iterations" in segment.model_row.label.text()
     assert load_model(folder).metadata["iterations"] == 40
-    assert widget.annotations_path is not None and widget.annotations_path.is_relative_to(tmp_path / "autosave")
+    assert widget.autosave.annotations_path is not None and widget.autosave.annotations_path.is_relative_to(
+        tmp_path / "autosave"
+    )
     segment.close()
 
 
@@ -128,7 +130,7 @@ def test_autosaved_annotations_are_offered_back(make_napari_viewer_proxy, qtbot,
         autosave_root=tmp_path / "autosave",
         net_overrides=TINY,
         train_overrides=QUICK,
-        start_from=_finetune.START_NEW,
+        start_from=_start_from.START_NEW,
     )
     with qtbot.waitSignal(widget.estimated, timeout=30_000):
         viewer.window.add_dock_widget(widget, name="Fine-tune")
@@ -143,10 +145,10 @@ def test_autosaved_annotations_are_offered_back(make_napari_viewer_proxy, qtbot,
     assert find_annotations(path, tmp_path / "autosave") == path.with_name("cells.unet-labels.tif")
 
     viewer.layers.clear()
-    assert widget.restore_button.isHidden()
+    assert widget.autosave.restore_button.isHidden()
     viewer.open(path)
-    assert not widget.restore_button.isHidden() and "cells.tif" in widget.restore_button.text()
-    restored = widget.restore_annotations()
+    assert not widget.autosave.restore_button.isHidden() and "cells.tif" in widget.autosave.restore_button.text()
+    restored = widget.autosave.restore()
     np.testing.assert_array_equal(restored.data, few_cells(labels))
     assert widget.labels_combo.value is restored or widget.labels_combo.value == restored
 
@@ -201,7 +203,7 @@ def test_fine_tuning_starts_from_the_builtin_and_rescales_the_painted_cells_to_i
     widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", train_overrides={"tile_size": 124})
     with qtbot.waitSignal(widget.estimated, timeout=30_000):
         viewer.window.add_dock_widget(widget, name="Fine-tune")
-    assert widget.start_combo.currentText() == _finetune.START_BUILTIN == "nuclei (built-in)"
+    assert widget.start_from.text() == _start_from.START_BUILTIN == "nuclei (built-in)"
     widget.iterations_spin.setValue(3)
     with qtbot.waitSignal(widget.finished, timeout=120_000) as done:
         widget.start()
@@ -211,7 +213,7 @@ def test_fine_tuning_starts_from_the_builtin_and_rescales_the_painted_cells_to_i
     assert tuned.object_diameter == 20.0 and session_for(viewer).bundle.object_diameter == 20.0
     assert tuned.metadata["annotated_diameter"] == pytest.approx(40, rel=0.05)  # rescaled by 20 / 40
     shipped = load_model(tiny_builtin)
-    for name, tensor in widget.builtin_bundle.net.state_dict().items():  # the built-in itself is not trained
+    for name, tensor in widget.start_from.builtin.net.state_dict().items():  # the built-in itself is not trained
         np.testing.assert_array_equal(tensor.cpu().numpy(), shipped.net.state_dict()[name].numpy())
 
 
@@ -227,7 +229,7 @@ def test_suggest_where_to_annotate_adds_rectangles_away_from_the_painted_cells(
     with qtbot.waitSignal(widget.suggested, timeout=60_000) as done:
         assert widget.suggest() is not None
     boxes = done.args[0]
-    layer = widget.suggestions_layer
+    layer = widget.suggestions.layer
     assert boxes and layer in viewer.layers and len(layer.data) == len(boxes)
     assert set(layer.shape_type) == {"rectangle"}
     for y0, x0, y1, x1 in boxes:

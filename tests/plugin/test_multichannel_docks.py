@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 from napari_unet.modelfile import load_model
-from napari_unet.plugin._finetune import START_NEW, FineTuneWidget
+from napari_unet.plugin._finetune import FineTuneWidget
 from napari_unet.plugin._layers import LayerProblem, plane_stack
 from napari_unet.plugin._measure import MeasureWidget
 from napari_unet.plugin._segment import SegmentWidget
+from napari_unet.plugin._start_from import START_NEW
 
 pytestmark = pytest.mark.viewer
 
@@ -55,8 +56,9 @@ def test_multichannel_images_through_the_docks(make_napari_viewer_proxy, qtbot, 
     viewer.window.add_dock_widget(segment, name="Segment", tabify=True)
     assert segment.channel_fields.grey.isChecked() == grey  # the model's choice is shown
     segment.image_combo.value = layer
-    segment.threshold_spin.setValue(0.01)  # three steps of training: make sure there are objects to measure
-    segment.min_size_spin.setValue(0)
+    # three steps of training: make sure there are objects to measure
+    segment.postprocess_fields.threshold.setValue(0.01)
+    segment.postprocess_fields.min_size.setValue(0)
     with qtbot.waitSignal(segment.segmented, timeout=120_000) as result:
         assert segment.run() is not None
     segmented = result.args[0]

@@ -83,9 +83,9 @@ def test_tiles_stream_into_the_layer_and_the_result_is_predict_tiled_plus_postpr
 
     # retune: new parameters re-post-process the kept probabilities without running the network
     with qtbot.waitSignal(widget.segmented, timeout=10_000) as retuned:
-        widget.threshold_spin.setValue(0.7)
-        widget.grow_spin.setValue(0.3)
-        widget.split_check.setChecked(True)
+        widget.postprocess_fields.threshold.setValue(0.7)
+        widget.postprocess_fields.grow.setValue(0.3)
+        widget.postprocess_fields.split.setChecked(True)
     config = widget.postprocess_config()
     assert config.threshold == pytest.approx(0.7) and config.watershed and config.grow_threshold == pytest.approx(0.3)
     np.testing.assert_array_equal(retuned.args[0], probs_to_labels(probs[1], config))
@@ -204,7 +204,7 @@ def test_a_new_dock_has_the_builtin_model_and_segments_right_away(make_napari_vi
     viewer.add_image(image, name="nuclei")
     widget = SegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Segment")
-    assert "built-in: nuclei" in widget.model_label.text()
+    assert "built-in: nuclei" in widget.model_row.label.text()
     with qtbot.waitSignal(widget.segmented, timeout=120_000) as done:
         widget.run()
     assert done.args[0].shape == image.shape and done.args[0].max() > 0

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from napari_unet.metrics import instance_scores
-from napari_unet.plugin._finetune import START_NEW, FineTuneWidget
+from napari_unet.plugin._finetune import FineTuneWidget
 from napari_unet.plugin._reader import PLUGIN
 from napari_unet.plugin._segment import SegmentWidget
+from napari_unet.plugin._start_from import START_NEW
 
 pytestmark = [pytest.mark.viewer, pytest.mark.slow]
 
@@ -47,11 +48,11 @@ def test_annotate_a_few_cells_fine_tune_and_segment(make_napari_viewer_proxy, qt
         segment.run()
     scores = {"threshold": instance_scores(done.args[0], truth)}
     with qtbot.waitSignal(segment.segmented, timeout=300_000) as split:
-        segment.split_check.setChecked(True)  # retuned from the kept probabilities, no new prediction
+        segment.postprocess_fields.split.setChecked(True)  # retuned from the kept probabilities, no new prediction
     scores["threshold + watershed"] = instance_scores(split.args[0], truth)
     if scores["threshold"]["f1_50"] > scores["threshold + watershed"]["f1_50"]:
         with qtbot.waitSignal(segment.segmented, timeout=300_000):
-            segment.split_check.setChecked(False)  # keep the better one, as a user comparing both would
+            segment.postprocess_fields.split.setChecked(False)  # keep the better one, as a user comparing both would
     annotations.visible = False
     screenshot(viewer, "segment")
     (tmp_path / "scores.json").write_text(json.dumps(scores))

@@ -1,15 +1,23 @@
-"""The Fine-tune dock's work: a training run prepared from annotated planes, and timing a training step."""
+"""The Fine-tune dock's work: a training run prepared from annotated planes, and timing a training step.
+
+A dock run is prepared in three steps, each from plain arrays and values the dock reads off its layers and
+controls: `annotated_planes` (the planes with painted cells, and the region of each that is trusted),
+`run_config` (the preset with the dock's iterations and time budget) and `training_job` (a new network or the
+starting model, and the few-shot recipe for a model with an object diameter). `run_training` then drives it.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from ..augment import AugmentConfig
 from ..channels import ChannelChoice
 from ..device import select_device
 from ..fewshot import FewShotConfig, few_shot_trainer
@@ -17,7 +25,11 @@ from ..io import apply_normalization, percentiles
 from ..model import UNet, UNetConfig
 from ..modelfile import ModelBundle, Normalization
 from ..postprocess import PostprocessConfig
-from ..training import Sample, TrainConfig, Trainer, TrainEvent
+from ..targets import mask_around_cells
+from ..training import PRESETS, Sample, TrainConfig, Trainer, TrainEvent, preset
+from .segment import Planes
+
+DEFAULT_MARGIN = 12  # px of background trusted around sparsely annotated cells
 
 
 @dataclass
@@ -44,6 +56,124 @@ class TrainingJob:
     base: ModelBundle | None = None
     trainer: Trainer | None = None
     channels: ChannelChoice | None = None  # how the planes' channels were chosen; saved with the model
+
+
+def annotated_planes(
+    stack: Planes,
+    labels: np.ndarray,
+    *,
+    region: np.ndarray | None = None,
+    margin: int | None = DEFAULT_MARGIN,
+    few_shot: bool = False,
+    name: str = "the annotations",
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray | None]]:
+    """The planes of `stack` that hold painted cells: (images (C, H, W) float32, labels (H, W), masks).
+
+    labels: (..., H, W) instance ids over the stack's planes. A plane's mask is `region` (H, W) bool when given
+    (the same for every plane); else, with `margin` px, the cells and that much background around them
+    (`targets.mask_around_cells`); with margin None every cell of the plane is annotated: no mask (None).
+    few_shot: for the few-shot recipe, which keeps its own margin (mask None) and takes a whole plane as a mask
+    of ones. Raises ValueError naming `name` when no plane holds a cell.
+    """
+    images, kept, masks = [], [], []
+    for index in stack.planes:
+        plane_labels = labels[index] if index else labels
+        if not plane_labels.any():
+            continue
+        if region is not None:
+            mask = region
+        elif margin is None:
+            mask = np.ones(plane_labels.shape, bool) if few_shot else None
+        else:
+            mask = None if few_shot else mask_around_cells(plane_labels, margin)
+        images.append(np.asarray(stack.plane(index), dtype=np.float32))
+        kept.append(plane_labels.copy())
+        masks.append(mask)
+    if not images:
+        raise ValueError(f"No annotations in {name}: paint a few cells (each with its own label) first")
+    return images, kept, masks
+
+
+def run_config(
+    preset_name: str,
+    iterations: int,
+    time_budget: float | None = None,
+    overrides: dict[str, Any] | None = None,
+    augment: AugmentConfig | None = None,
+) -> tuple[UNetConfig, TrainConfig]:
+    """The preset `preset_name` for a run of `iterations` steps (or `time_budget` seconds, None: no budget):
+    validated about ten times (never more often than the preset validates), checkpointed as the preset does
+    (at most once a run); `overrides` (TrainConfig fields) win; `augment` replaces the preset's augmentation.
+
+    >>> run_config("fast", 50)[1].validate_every
+    5
+    """
+    defaults = PRESETS[preset_name][1]
+    every = max(1, min(defaults.validate_every, iterations // 10 or 1))
+    settings = {
+        "iterations": iterations,
+        "validate_every": every,
+        "checkpoint_every": max(every, min(defaults.checkpoint_every, iterations)),
+        "time_budget": time_budget,
+        **(overrides or {}),
+    }
+    net_config, config = preset(preset_name, **settings)
+    return net_config, config if augment is None else replace(config, augment=augment)
+
+
+def training_job(
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    masks: list[np.ndarray | None],
+    config: TrainConfig,
+    *,
+    base: ModelBundle | None,
+    net_config: UNetConfig,
+    net_overrides: dict[str, Any] | None = None,
+    device: str = "auto",
+    checkpoint: Path,
+    channels: ChannelChoice | None = None,
+) -> TrainingJob:
+    """A run on the annotated planes: from `base` (its network, normalisation and post-processing), or from a new
+    network of `net_config` (with `net_overrides`, one input channel per channel of the images) whose initial
+    weights follow `config.seed`, as its training does, without touching torch's global random state. A `base`
+    with an object diameter is fine-tuned with the few-shot recipe, on one annotated plane (more: ValueError)."""
+    if base is None:
+        with torch.random.fork_rng():
+            torch.manual_seed(config.seed)
+            net = UNet(net_config, in_channels=images[0].shape[0], **(net_overrides or {}))
+        normalization, postprocess = Normalization(), None
+    else:
+        net, normalization, postprocess = base.net, base.normalization, base.postprocess
+    job = TrainingJob(
+        images, labels, masks, net, config, normalization, postprocess, device, checkpoint, channels=channels
+    )
+    if base is not None and base.object_diameter is not None:
+        if len(images) > 1:
+            raise ValueError(
+                f"{len(images)} planes are annotated: fine-tuning a model with an object size (the built-in) "
+                "uses one annotated plane; keep the annotations of one plane, or start from a new network"
+            )
+        job.few_shot, job.base = FewShotConfig(seconds=config.time_budget, iterations=config.iterations), base
+    return job
+
+
+def step_setting(
+    base: ModelBundle | None,
+    preset_name: str,
+    device: str,
+    net_overrides: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+) -> tuple[UNetConfig, int, int, str]:
+    """What the time of a training step depends on: (network config, tile size, batch size, device), the
+    arguments of `measure_steps`; the network is `base`'s, or the preset's with `net_overrides`."""
+    net_config, config = PRESETS[preset_name]
+    if base is not None:
+        net_config = base.net.config
+    elif net_overrides:
+        net_config = UNetConfig.from_dict({**net_config.to_dict(), **net_overrides})
+    config = replace(config, **(train_overrides or {}))
+    return (net_config, config.tile_size, config.batch_size, device)
 
 
 def training_samples(job: TrainingJob) -> list[Sample]:
@@ -130,6 +260,15 @@ def measure_steps(config: UNetConfig, tile_size: int, batch_size: int, device: s
         times.append(time.perf_counter() - started)
         yield times[-1]
     return float(np.median(times[1:]))
+
+
+def describe_step(event: TrainEvent) -> str:
+    """The status line of a training step: where the run is, its loss, the time spent and the time left."""
+    left = event.elapsed / max(event.iteration, 1) * (event.total - event.iteration)
+    return (
+        f"iteration {event.iteration}/{event.total}, loss {event.loss:.4f}, "
+        f"{format_duration(event.elapsed)} elapsed, about {format_duration(left)} left"
+    )
 
 
 def format_duration(seconds: float) -> str:

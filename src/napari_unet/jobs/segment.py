@@ -14,9 +14,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..modelfile import ModelBundle, check_rescalable
+from ..modelfile import ModelBundle
 from ..postprocess import PostprocessConfig, probs_to_labels
-from ..scale import rescale_image, resize_probs, scaled_shape
+from ..scale import check_rescalable, rescale_image, resize_probs, scaled_shape
 from ..tiling import iter_predict_tiles, prepare_model, tile_grid
 from ..validation import check_image
 
@@ -53,6 +53,28 @@ class TileUpdate:
         return (*self.plane, *self.region)
 
 
+def count_tiles(net: Any, stack: Planes, stride: int, factor: float = 1.0) -> int:
+    """How many tiles `stream_tiles` predicts: those of one plane resized by `factor`, times the planes."""
+    return len(tile_grid(net, scaled_shape(stack.shape, factor), stride)) * len(stack.planes)
+
+
+def describe_scale(object_diameter: float | None, factor: float, *, estimated: bool, found: bool = True) -> str:
+    """The status line of the object size: what it was, how it was found, how the image was rescaled by
+    `factor`; "" for a model without an object diameter. estimated: the size was estimated ("auto"), not given;
+    found: the estimate found objects.
+
+    >>> describe_scale(17.0, 0.5, estimated=True)
+    "objects ~34.0 px (estimated); image rescaled x0.50 to the model's 17 px"
+    """
+    if object_diameter is None:
+        return ""
+    if estimated and not found:
+        return "no objects found to estimate their size: segmented at the image's scale"
+    how = "estimated" if estimated else "given"
+    rescale = f"image rescaled x{factor:.2f}" if abs(factor - 1) > 1e-9 else "not rescaled"
+    return f"objects ~{object_diameter / factor:.1f} px ({how}); {rescale} to the model's {object_diameter:g} px"
+
+
 def stream_tiles(
     bundle: ModelBundle,
     stack: Planes,
@@ -64,7 +86,7 @@ def stream_tiles(
     """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
 
     factor: each plane is resized by it before the network (read whole and rescaled in memory; planes too large
-    for that are refused, `modelfile.check_rescalable`), and each tile's result resized back to its region (a
+    for that are refused, `scale.check_rescalable`), and each tile's result resized back to its region (a
     preview: tiles resized alone differ a little at their borders); once a plane's tiles are all in, one more
     update brings the whole plane, its stitched probabilities resized at once (what `ModelBundle.predict` gives).
     postprocess: for the image's size. Runs in the worker thread: reads windows (lazily for dask/zarr at factor

@@ -22,8 +22,8 @@ from napari_unet.augment import AugmentConfig
 from napari_unet.jobs.augment_preview import preview_sample
 from napari_unet.training import PRESETS
 
-from ._form import check, dock_layout, form, slider, spin
-from ._layers import LayerProblem, channels_of, debounced, layer_combo, layer_data, plane_stack, wrapped_label
+from ._form import check, dock_layout, form, slider, spin, wrapped_label
+from ._layers import LayerProblem, channels_of, debounced, layer_combo, layer_data, plane_stack
 from ._state import Session, session_for
 from ._workers import alive, start_worker
 

@@ -16,14 +16,12 @@ from typing import Any
 
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QFileDialog, QLineEdit, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import QFileDialog, QLineEdit, QPushButton, QWidget
 
 from napari_unet.device import available_devices
 from napari_unet.jobs.batch import batch_outputs, run_batch
-from napari_unet.modelfile import load_model
 
-from ._form import choice, dock_layout, form, row, spin
-from ._layers import wrapped_label
+from ._form import ModelRow, RunControls, choice, dock_layout, form, row, spin
 from ._state import Session, session_for
 from ._workers import generator_worker, start_worker
 
@@ -49,8 +47,7 @@ class BatchWidget(QWidget):
         self.out = Path()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
-        self.model_label = wrapped_label()
-        self.load_button = QPushButton("Load model…")
+        self.model_row = ModelRow(self, self.session)
         self.input_edit = QLineEdit()
         self.input_edit.setPlaceholderText("a folder of images, or a .zarr")
         self.folder_button = QPushButton("Folder…")
@@ -73,16 +70,12 @@ class BatchWidget(QWidget):
             step=16,
             tooltip=("Pixels of context around a block for the post-processing: more than the largest cell"),
         )
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.status = wrapped_label(lines=3)
+        self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
+        self.progress, self.status = self.controls.progress, self.controls.status
         dock_layout(
             self,
             form(
-                ("model", self.model_label),
-                ("", self.load_button),
+                *self.model_row.rows(),
                 ("input", self.input_edit),
                 ("", row(self.folder_button, self.zarr_button)),
                 ("output", row(self.output_edit, self.output_button, stretch=(1, 0))),
@@ -93,20 +86,13 @@ class BatchWidget(QWidget):
                 ("block (px)", self.block_spin),
                 ("margin (px)", self.margin_spin),
             ),
-            row(self.run_button, self.cancel_button),
-            self.progress,
-            self.status,
+            *self.controls.items(),
             None,
         )
-        self.load_button.clicked.connect(self._ask_model_folder)
         self.folder_button.clicked.connect(lambda: self._ask_folder(self.input_edit, "Folder of images"))
         self.zarr_button.clicked.connect(lambda: self._ask_folder(self.input_edit, "A .zarr image"))
         self.output_button.clicked.connect(lambda: self._ask_folder(self.output_edit, "Folder for the results"))
         self.where_combo.currentTextChanged.connect(self._show_where)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.session.model_changed.connect(self._show_model)
-        self._show_model()
         self._show_where()
 
     def run(self) -> Any:
@@ -132,10 +118,7 @@ class BatchWidget(QWidget):
         workers = None if address else int(self.workers_spin.value())
         self.inputs, self.out = [Path(inputs)], Path(out)
         self.events, self.cut_objects = [], 0
-        self.progress.setRange(0, 0)
-        self.status.setText(f"starting {workers} local worker(s)…" if workers else f"connecting to {address}…")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        self.controls.begin(0, f"starting {workers} local worker(s)…" if workers else f"connecting to {address}…")
         job = run_batch(
             bundle,
             self.inputs,
@@ -174,8 +157,7 @@ class BatchWidget(QWidget):
 
     def _finished(self) -> None:
         self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.controls.running(False)
         if self.events and isinstance(self.events[-1], BaseException):
             self.status.setText(f"failed: {self.events[-1]}")
             return
@@ -205,21 +187,10 @@ class BatchWidget(QWidget):
 
     # -- helpers ----------------------------------------------------------------------------------------------
 
-    def _show_model(self, _bundle: Any = None) -> None:
-        self.model_label.setText(self.session.describe_model())
-
     def _show_where(self, _text: str = "") -> None:
         cluster = self.where_combo.currentText() == CLUSTER
         self.workers_spin.setEnabled(not cluster)
         self.address_edit.setEnabled(cluster)
-
-    def _ask_model_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")
-        if path:
-            try:
-                self.session.set_model(load_model(path), path)
-            except (OSError, ValueError) as error:
-                show_error(f"Cannot load the model: {error}")
 
     def _ask_folder(self, edit: QLineEdit, title: str) -> None:
         path = QFileDialog.getExistingDirectory(self, title)

@@ -8,56 +8,52 @@ Stopping: napari's `worker.quit()` (the Stop button, or the status bar's cancel)
 closing the generator, so the dock closes it afterwards in another worker: the trainer's `finally` then saves
 the last completed step to the autosave folder, off the main thread.
 
-Start from: the built-in `nuclei` model (the default when installed), a new network, the session's model or a
-saved one. A model with an object diameter (the built-in) is fine-tuned with the few-shot recipe
+Start from (`_start_from`): the built-in `nuclei` model (the default when installed), a new network, the session's
+model or a saved one. A model with an object diameter (the built-in) is fine-tuned with the few-shot recipe
 (`napari_unet.fewshot`): the image and the painted cells are rescaled by model diameter / median diameter of the
 painted cells, for the dock's time budget (1 minute by default).
+
+Its parts: the time estimate (`_estimate`), "Suggest where to annotate" (`_suggest`), the autosave folder and
+the restoring of autosaved annotations (`_autosave_row`); a run is prepared by `jobs.finetune`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import QWidget
 
-from napari_unet import builtin
 from napari_unet.device import available_devices, describe_device, select_device
 from napari_unet.fewshot import FewShotConfig
-from napari_unet.jobs.finetune import TrainingJob, format_duration, measure_steps, run_training, suggest_annotation
-from napari_unet.model import UNet, UNetConfig
-from napari_unet.modelfile import ModelBundle, Normalization, load_model, save_model
-from napari_unet.targets import mask_around_cells
-from napari_unet.training import PRESETS, TrainEvent, preset
-
-from . import _autosave
-from ._channels import ChannelFields
-from ._form import check, choice, dock_layout, form, row, spin
-from ._layers import (
-    LayerProblem,
-    channels_of,
-    check_layer_pair,
-    layer_combo,
-    layer_data,
-    plane_stack,
-    wrapped_label,
+from napari_unet.jobs.finetune import (
+    DEFAULT_MARGIN,
+    TrainingJob,
+    annotated_planes,
+    describe_step,
+    run_config,
+    run_training,
+    step_setting,
+    training_job,
 )
-from ._plot import LossPlot
-from ._state import Session, TrainingRun, session_for
-from ._workers import alive, generator_worker, start_worker
+from napari_unet.training import PRESETS, TrainEvent
 
-START_NEW, START_SESSION, START_FILE = "new network", "the session's model", "a saved model…"
-BUILTIN_MODEL = "nuclei"  # the built-in model offered as a starting point (first and default when installed)
-START_BUILTIN = f"{BUILTIN_MODEL} (built-in)"
-DEFAULT_MARGIN = 12  # px of background kept around sparsely annotated cells
+from ._autosave_row import AutosaveRow
+from ._channels import ChannelFields
+from ._estimate import StepEstimate
+from ._form import ModelRow, RunControls, check, choice, dock_layout, form, row, spin
+from ._layers import LayerProblem, annotations_of, channels_of, layer_combo, plane_stack, region_mask
+from ._plot import LossPlot
+from ._start_from import START_FILE, START_SESSION, StartFrom
+from ._state import Session, TrainingRun, session_for
+from ._suggest import Suggestions
+from ._workers import alive, generator_worker, start_worker
 
 
 def _closer(generator: Iterator[TrainEvent], widget: QWidget, job: TrainingJob, session: Session):
@@ -113,21 +109,12 @@ class FineTuneWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.session = session or session_for(napari_viewer)
-        self.autosave_root = Path(autosave_root) if autosave_root is not None else _autosave.default_root()
         self.net_overrides = dict(net_overrides or {})
         self.train_overrides = dict(train_overrides or {})
         self.worker: Any = None
         self.job: TrainingJob | None = None
         self.history: TrainingRun | None = None
-        self.start_bundle: ModelBundle | None = None  # a model loaded from disk to start from
-        self.builtin_bundle: ModelBundle | None = None  # the built-in model, loaded when first chosen
-        self.start_path: Path | None = None
-        self.annotations_path: Path | None = None
-        self.offered_annotations: tuple[Path, Path] | None = None  # (image file, annotations file)
-        self.step_seconds: dict[tuple, float] = {}
         self._generator: Iterator[TrainEvent] | None = None
-        self._estimate_key: tuple | None = None
-        self._estimate_worker: Any = None
         self._outcome = ""  # how the training worker ended: "done", "stopping", "failed"
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
@@ -139,35 +126,22 @@ class FineTuneWidget(QWidget):
         self.margin_spin = spin(
             1, 500, DEFAULT_MARGIN, tooltip="Only this much background around the annotated cells is trusted"
         )
-        self.start_combo = choice(
-            ([START_BUILTIN] if BUILTIN_MODEL in builtin.names() else []) + [START_NEW, START_SESSION, START_FILE]
-        )
-        self.start_combo.setCurrentText(start_from or self.start_combo.itemText(0))
+        self.start_from = StartFrom(self, self.session, start_from, self._start_choice_changed)
         self.preset_combo = choice(list(PRESETS))
         self.iterations_spin = spin(1, 1_000_000, PRESETS["fast"][1].iterations)
         self.budget_spin = spin(0.0, 100_000.0, 0.0, decimals=1, special="none", suffix=" min")
         self.device_combo = choice(available_devices())
         self.channel_fields = ChannelFields()
-        self.estimate_label = wrapped_label()
-        self.start_button = QPushButton("Start")
-        self.pause_button = QPushButton("Pause")
-        self.stop_button = QPushButton("Stop")
-        self.save_button = QPushButton("Save model…")
-        self.load_button = QPushButton("Load model…")
-        self.suggest_button = QPushButton("Suggest where to annotate")
-        self.suggest_button.setToolTip(
-            "Boxes (a Shapes layer) where the starting model is least sure of itself (its answers disagree when "
-            "the image is flipped): the cells there teach it most"
+        self.estimate = StepEstimate(self, self.iterations_spin, self.budget_spin, self.estimated.emit)
+        self.controls = RunControls(
+            ("Start", self.start), ("Pause", self.toggle_pause), ("Stop", self.stop), status_lines=2
         )
-        self.suggestions_layer: Any = None
-        self.restore_button = QPushButton("")
-        self.restore_button.hide()
-        self.progress = QProgressBar()
+        self.start_button, self.pause_button, self.stop_button = self.controls.buttons
+        self.progress, self.status = self.controls.progress, self.controls.status
+        self.suggestions = Suggestions(self, napari_viewer, self.status, self.suggested.emit)
         self.plot = LossPlot()
-        self.status = wrapped_label(lines=2)
-        self.model_label = wrapped_label()
-        self.autosave_label = wrapped_label(f"autosave: {self.autosave_root}")
-        self.autosave_button = QPushButton("Change…")
+        self.model_row = ModelRow(self, self.session, prefix="model: ", load=self.load_model_from, save=True)
+        self.autosave = AutosaveRow(self, napari_viewer, autosave_root, self._restored)
         dock_layout(
             self,
             form(
@@ -178,44 +152,31 @@ class FineTuneWidget(QWidget):
                 ("margin (px)", self.margin_spin),
                 ("channels", self.channel_fields.edit),
                 ("", self.channel_fields.grey),
-                ("start from", self.start_combo),
+                ("start from", self.start_from.combo),
                 ("preset", self.preset_combo),
                 ("iterations", self.iterations_spin),
                 ("time budget", self.budget_spin),
                 ("device", self.device_combo),
-                ("", self.estimate_label),
+                ("", self.estimate.label),
             ),
-            row(self.start_button, self.pause_button, self.stop_button),
-            self.suggest_button,
+            self.controls.row,
+            self.suggestions.button,
             self.progress,
             (self.plot, 1),
             self.status,
-            self.model_label,
-            row(self.save_button, self.load_button),
-            row(self.autosave_label, self.autosave_button, stretch=(1,)),
-            self.restore_button,
+            self.model_row.label,
+            row(self.model_row.save_button, self.model_row.load_button),
+            self.autosave.row(),
+            self.autosave.restore_button,
         )
 
-        self.start_button.clicked.connect(self.start)
-        self.suggest_button.clicked.connect(self.suggest)
-        self.pause_button.clicked.connect(self.toggle_pause)
-        self.stop_button.clicked.connect(self.stop)
-        self.save_button.clicked.connect(self._ask_save)
-        self.load_button.clicked.connect(self._ask_load)
-        self.autosave_button.clicked.connect(self._ask_autosave_root)
-        self.restore_button.clicked.connect(self.restore_annotations)
-        self.start_combo.currentTextChanged.connect(self._start_choice_changed)
+        self.suggestions.button.clicked.connect(self.suggest)
         self.preset_combo.currentTextChanged.connect(self._preset_changed)
         self.device_combo.currentTextChanged.connect(lambda _text: self.update_estimate())
-        self.iterations_spin.valueChanged.connect(lambda _value: self._show_estimate())
-        self.budget_spin.valueChanged.connect(lambda _value: self._show_estimate())
         self.whole_check.toggled.connect(lambda checked: self.margin_spin.setEnabled(not checked))
-        self.session.model_changed.connect(self._show_model)
-        napari_viewer.layers.events.inserted.connect(self._layer_added)
         self._set_running(False)
-        self._show_model()
         self.reset_choices()
-        self._start_choice_changed(self.start_combo.currentText())
+        self.start_from.refresh()
 
     # -- public ---------------------------------------------------------------------------------------------
 
@@ -236,13 +197,12 @@ class FineTuneWidget(QWidget):
         except (LayerProblem, ValueError) as error:
             show_error(str(error))
             return None
-        self._autosave_annotations(annotations)
+        self.autosave.save_annotations(annotations, self.image_combo.value)
         self.job = job
         self.history = TrainingRun()
         self.plot.clear(job.config.iterations)
-        self.progress.setRange(0, job.config.iterations)
-        self.progress.setValue(0)
-        self.status.setText(f"Preparing {len(job.images)} image(s) on {describe_device(select_device(job.device))}…")
+        device = describe_device(select_device(job.device))
+        self.controls.begin(job.config.iterations, f"Preparing {len(job.images)} image(s) on {device}…")
         self.session.training = True
         self._generator = run_training(job)
         # closed by _closer after a Stop, in a worker: closing saves the model
@@ -268,65 +228,12 @@ class FineTuneWidget(QWidget):
     def suggest(self) -> Any:
         """Start computing the regions to annotate next (with the "start from" model, else the session's) in a
         worker; they appear as a Shapes layer of rectangles. Returns the worker, or None after a notification."""
-        image_layer = self.image_combo.value
-        try:
-            bundle = self._base_bundle() or self.session.bundle
-            if bundle is None:
-                raise LayerProblem("No model to ask: choose a model to start from (or train one first)")
-            if image_layer is None:
-                raise LayerProblem("No image layer: open the image to annotate")
-            stack = plane_stack(image_layer, bundle.net.config.in_channels, self.viewer.layers)
-            if stack.leading:
-                raise LayerProblem("Suggestions are made for a single 2-D image, not a stack")
-            device = select_device(self.device_combo.currentText())
-        except (LayerProblem, ValueError) as error:
-            show_error(str(error))
-            return None
-        labels_layer = self.labels_combo.value
-        annotated = None
-        if labels_layer is not None and np.shape(labels_layer.data) == stack.shape:
-            annotated = np.asarray(labels_layer.data) > 0
-        self.suggest_button.setEnabled(False)
-        self.status.setText("Finding where the model is least sure…")
-        worker = create_worker(
-            suggest_annotation,
-            bundle,
-            np.asarray(stack.plane(()), dtype=np.float32),
-            annotated,
-            device=device,
-            _ignore_errors=True,
-            _start_thread=False,
+        return self.suggestions.start(
+            lambda: self.start_from.bundle() or self.session.bundle,
+            self.image_combo.value,
+            self.labels_combo.value,
+            self.device_combo.currentText(),
         )
-        worker.returned.connect(lambda boxes: alive(self) and self._show_suggestions(image_layer, stack, boxes))
-        worker.errored.connect(lambda error: alive(self) and self._suggest_failed(error))
-        start_worker(worker, self)
-        return worker
-
-    def _show_suggestions(self, image_layer: Any, stack: Any, boxes: list[tuple[int, int, int, int]]) -> None:
-        self.suggest_button.setEnabled(True)
-        rectangles = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in boxes]
-        if self.suggestions_layer is not None and self.suggestions_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.suggestions_layer)
-        self.suggestions_layer = self.viewer.add_shapes(
-            rectangles,
-            shape_type="rectangle",
-            name="annotate here",
-            edge_color="yellow",
-            face_color="transparent",
-            edge_width=2,
-            scale=stack.spatial(image_layer.scale),
-            translate=stack.spatial(image_layer.translate),
-        )
-        self.status.setText(
-            f"{len(boxes)} region(s) to annotate next: paint the cells in the yellow boxes"
-            if boxes
-            else "No uncertain region found away from the annotations"
-        )
-        self.suggested.emit(boxes)
-
-    def _suggest_failed(self, error: Exception) -> None:
-        self.suggest_button.setEnabled(True)
-        show_error(f"Cannot suggest regions: {error}")
 
     def toggle_pause(self) -> None:
         if self.worker is not None:
@@ -338,69 +245,24 @@ class FineTuneWidget(QWidget):
             self.status.setText("Stopping after the current step…")
             self.worker.quit()
 
-    def save_model_to(self, path: str | Path) -> Path | None:
-        bundle = self.session.bundle
-        if bundle is None:
-            show_error("No model to save yet: train one first (or load one)")
-            return None
-        if self.session.training:
-            show_warning("Training is running: the model is autosaved at the end and at Stop")
-            return None
-        try:
-            saved = save_model(path, bundle)
-        except (OSError, ValueError) as error:
-            show_error(f"Cannot save the model: {error}")
-            return None
-        self.session.set_model(bundle, saved)
-        show_info(f"Model saved to {saved}")
-        return saved
-
     def load_model_from(self, path: str | Path) -> bool:
         """Load a model folder into the session (it becomes the Segment dock's model and a starting point)."""
         if not self.session.load_model(path):
             return False
-        self.start_combo.setCurrentText(START_SESSION)
+        self.start_from.choose(START_SESSION)
         return True
-
-    def restore_annotations(self) -> Any:
-        """Open the autosaved annotations offered for the last opened image, as a Labels layer."""
-        if self.offered_annotations is None:
-            return None
-        image_path, labels_path = self.offered_annotations
-        try:
-            labels = _autosave.load_annotations(labels_path)
-        except (OSError, ValueError) as error:
-            show_error(f"Cannot read the autosaved annotations {labels_path}: {error}")
-            return None
-        layer = self.viewer.add_labels(labels, name=f"{image_path.stem} annotations")
-        self.restore_button.hide()
-        self.offered_annotations = None
-        self.labels_combo.reset_choices()
-        self.labels_combo.value = layer
-        return layer
 
     def update_estimate(self) -> Any:
         """Measure a training step of the chosen network on the chosen device in a worker (once per setting)."""
-        key = self._estimate_setting()
-        if key is None:
-            self.estimate_label.setText("")
-            return None
-        self._estimate_key = key
-        if key in self.step_seconds:
-            self._show_estimate()
-            return None
-        config, tile, batch, device = key
-        self.estimate_label.setText(f"{describe_device(select_device(device))}: measuring a training step…")
-        if self._estimate_worker is not None:
-            self._estimate_worker.quit()  # superseded
-        worker = generator_worker(measure_steps(config, tile, batch, device))
-        worker.returned.connect(lambda seconds: alive(self) and self._estimated(key, seconds))
-        worker.errored.connect(
-            lambda error: alive(self) and self.estimate_label.setText(f"cannot measure a step: {error}")
+        return self.estimate.update(
+            step_setting(
+                self.start_from.bundle(),
+                self.preset_combo.currentText(),
+                self.device_combo.currentText(),
+                self.net_overrides,
+                self.train_overrides,
+            )
         )
-        self._estimate_worker = worker
-        start_worker(worker, self)
-        return worker
 
     # -- preparing a run (main thread: copies of the layers, cheap) ------------------------------------------
 
@@ -410,12 +272,8 @@ class FineTuneWidget(QWidget):
             raise LayerProblem("No image layer: open the image to train on")
         if labels_layer is None:
             raise LayerProblem("No Labels layer: add one (Layers > New Labels layer) and paint a few cells")
-        start = self.start_combo.currentText()
-        if start == START_SESSION and self.session.bundle is None:
-            raise LayerProblem("The session has no model yet: start from a new model or load one")
-        if start == START_FILE and self.start_bundle is None:
-            raise LayerProblem("No saved model chosen: pick 'a saved model…' again to choose its folder")
-        base = self._base_bundle()
+        self.start_from.check()
+        base = self.start_from.bundle()
         layers = self.viewer.layers
         chosen = self.channel_fields.choice()
         if base is not None and chosen.is_identity:
@@ -425,114 +283,38 @@ class FineTuneWidget(QWidget):
         else:
             channels = chosen.output_channels(channels_of(image_layer, layers))
         stack = plane_stack(image_layer, channels, layers, chosen)
-        check_layer_pair(image_layer, labels_layer)
-        labels_all = np.asarray(labels_layer.data)
-        if labels_all.dtype.kind not in "iu":
-            raise LayerProblem(f"'{labels_layer.name}' must hold integer labels, got {labels_all.dtype}")
-        if labels_all.shape != stack.output_shape():
-            if labels_all.ndim == 2 and stack.leading:
-                raise LayerProblem(
-                    f"'{image_layer.name}' is a stack of {len(stack.planes)} planes (shape "
-                    f"{tuple(layer_data(image_layer).shape)}) but the annotations are one 2-D plane: annotate on "
-                    f"a Labels layer of shape {stack.output_shape()}, or train on a single 2-D image"
-                )
-            raise LayerProblem(
-                f"the annotations '{labels_layer.name}' have shape {labels_all.shape}, the image needs "
-                f"{stack.output_shape()}"
-            )
-        region = self._region_mask(stack.shape)
-        images, labels, masks = [], [], []
-        for index in stack.planes:
-            plane_labels = labels_all[index] if index else labels_all
-            if not plane_labels.any():
-                continue
-            few_shot = base is not None and base.object_diameter is not None
-            if region is not None:
-                mask = region
-            elif self.whole_check.isChecked():
-                mask = np.ones(plane_labels.shape, bool) if few_shot else None
-            else:  # the few-shot recipe has its own margin, in object diameters
-                mask = None if few_shot else mask_around_cells(plane_labels, self.margin_spin.value())
-            images.append(np.asarray(stack.plane(index), dtype=np.float32))
-            labels.append(plane_labels.copy())
-            masks.append(mask)
-        if not images:
-            raise LayerProblem(
-                f"No annotations in '{labels_layer.name}': paint a few cells (each with its own label) first"
-            )
-        net_config, config = preset(self.preset_combo.currentText(), **self._train_overrides())
-        if self.session.augment is not None:
-            config = replace(config, augment=self.session.augment)
-        if base is None:
-            with torch.random.fork_rng():  # a new network's weights follow the run's seed, as its training does
-                torch.manual_seed(config.seed)
-                net = UNet(net_config, in_channels=channels, **self.net_overrides)
-            normalization, postprocess = Normalization(), None
-        else:
-            net, normalization, postprocess = base.net, base.normalization, base.postprocess
-            if start == START_FILE:
-                self.session.set_model(base, self.start_path)
-        checkpoint = _autosave.model_folder(self.autosave_root, image_layer.name)
-        job = TrainingJob(
+        labels_all = annotations_of(labels_layer, image_layer, stack)
+        images, labels, masks = annotated_planes(
+            stack,
+            labels_all,
+            region=region_mask(self.region_combo.value, stack.shape),
+            margin=None if self.whole_check.isChecked() else self.margin_spin.value(),
+            few_shot=base is not None and base.object_diameter is not None,
+            name=f"'{labels_layer.name}'",
+        )
+        net_config, config = run_config(
+            self.preset_combo.currentText(),
+            self.iterations_spin.value(),
+            self.budget_spin.value() * 60.0 or None,
+            self.train_overrides,
+            self.session.augment,
+        )
+        if self.start_from.text() == START_FILE:
+            self.session.set_model(base, self.start_from.saved_path)
+        job = training_job(
             images,
             labels,
             masks,
-            net,
             config,
-            normalization,
-            postprocess,
-            self.device_combo.currentText(),
-            checkpoint,
+            base=base,
+            net_config=net_config,
+            net_overrides=self.net_overrides,
+            device=self.device_combo.currentText(),
+            checkpoint=self.autosave.model_folder(image_layer.name),
             channels=chosen,
         )
-        if base is not None and base.object_diameter is not None:
-            if len(images) > 1:
-                raise LayerProblem(
-                    f"{len(images)} planes are annotated: fine-tuning a model with an object size (the built-in) "
-                    "uses one annotated plane; keep the annotations of one plane, or start from a new network"
-                )
-            job.few_shot, job.base = FewShotConfig(seconds=config.time_budget, iterations=config.iterations), base
         select_device(job.device)  # an unavailable device is a notification now, not a worker error
         return job, labels_all
-
-    def _train_overrides(self) -> dict[str, Any]:
-        iterations = self.iterations_spin.value()
-        defaults = PRESETS[self.preset_combo.currentText()][1]
-        every = max(1, min(defaults.validate_every, iterations // 10 or 1))
-        budget = self.budget_spin.value() * 60.0 or None
-        return {
-            "iterations": iterations,
-            "validate_every": every,
-            "checkpoint_every": max(every, min(defaults.checkpoint_every, iterations)),
-            "time_budget": budget,
-            **self.train_overrides,
-        }
-
-    def _region_mask(self, shape: tuple[int, int]) -> np.ndarray | None:
-        layer = self.region_combo.value
-        if layer is None:
-            return None
-        if isinstance(layer, Shapes):
-            if not len(layer.data):
-                raise LayerProblem(f"the region layer '{layer.name}' has no shapes: draw the annotated region")
-            masks = np.asarray(layer.to_masks(mask_shape=shape))
-            mask = masks.reshape(-1, *shape).any(axis=0)
-        else:
-            data = np.asarray(layer.data)
-            if data.shape[-2:] != tuple(shape) or data.ndim != 2:
-                raise LayerProblem(f"the region layer '{layer.name}' must be a 2-D layer of shape {shape}")
-            mask = data != 0
-        if not mask.any():
-            raise LayerProblem(f"the region layer '{layer.name}' is empty")
-        return mask
-
-    def _autosave_annotations(self, labels: np.ndarray) -> None:
-        image_layer = self.image_combo.value
-        source = getattr(getattr(image_layer, "source", None), "path", None)
-        try:
-            self.annotations_path = _autosave.save_annotations(labels, self.autosave_root, source, image_layer.name)
-        except (OSError, ValueError) as error:
-            show_warning(f"Could not autosave the annotations: {error}")
 
     # -- slots (main thread) --------------------------------------------------------------------------------
 
@@ -542,11 +324,7 @@ class FineTuneWidget(QWidget):
             history.losses.append((event.iteration, event.loss))
             self.plot.add_loss(event.iteration, event.loss)
             self.progress.setValue(event.iteration)
-            left = event.elapsed / max(event.iteration, 1) * (event.total - event.iteration)
-            self.status.setText(
-                f"iteration {event.iteration}/{event.total}, loss {event.loss:.4f}, "
-                f"{format_duration(event.elapsed)} elapsed, about {format_duration(left)} left"
-            )
+            self.status.setText(describe_step(event))
         elif event.kind == "calibration":
             self.status.setText(
                 f"iteration {event.iteration}: fitting the outlines of the post-processing to the annotated cells…"
@@ -598,38 +376,20 @@ class FineTuneWidget(QWidget):
         saved = folder if folder is not None and (Path(folder) / "config.json").is_file() else None
         self.history.saved_to, self.history.stopped = saved, stopped
         self.session.set_model(trainer.bundle(), saved)
-        self.start_combo.setCurrentText(START_SESSION)
+        self.start_from.choose(START_SESSION)
         verb = "Stopped" if stopped else "Done"
         self.status.setText(f"{verb} at iteration {trainer.iteration}; model saved to {saved}")
         show_info(f"Training {verb.lower()}: the model is in the Segment dock and saved to {saved}")
         self.finished.emit(saved)
 
     def _set_running(self, running: bool) -> None:
-        self.start_button.setEnabled(not running)
-        self.pause_button.setEnabled(running)
-        self.stop_button.setEnabled(running)
-        self.save_button.setEnabled(not running)
-        self.load_button.setEnabled(not running)
+        self.controls.running(running)
+        self.model_row.save_button.setEnabled(not running)
+        self.model_row.load_button.setEnabled(not running)
         self.pause_button.setText("Pause")
 
-    def _show_model(self, _bundle: Any = None) -> None:
-        if not alive(self):  # the session and the viewer outlive a closed dock
-            return
-        self.model_label.setText("model: " + self.session.describe_model())
-
-    def _start_choice_changed(self, text: str) -> None:
-        if text == START_FILE and self.start_bundle is None:
-            path = QFileDialog.getExistingDirectory(self, "Model folder to start from")
-            if not path:
-                self.start_combo.setCurrentText(START_NEW)
-                return
-            try:
-                self.start_bundle, self.start_path = load_model(path), Path(path)
-            except (OSError, ValueError) as error:
-                show_error(f"Cannot load the model: {error}")
-                self.start_combo.setCurrentText(START_NEW)
-                return
-        base = self._base_bundle()
+    def _start_choice_changed(self) -> None:
+        base = self.start_from.bundle()
         if base is not None and base.object_diameter is not None and not self.budget_spin.value():
             self.budget_spin.setValue(FewShotConfig().seconds / 60)  # the few-shot recipe's minute
         self.update_estimate()
@@ -638,75 +398,7 @@ class FineTuneWidget(QWidget):
         self.iterations_spin.setValue(PRESETS[name][1].iterations)
         self.update_estimate()
 
-    def _base_bundle(self) -> ModelBundle | None:
-        """The model the chosen "start from" names (None: a new network)."""
-        start = self.start_combo.currentText()
-        if start == START_BUILTIN and self.builtin_bundle is None:
-            self.builtin_bundle = load_model(builtin.path(BUILTIN_MODEL))
-        return {
-            START_SESSION: self.session.bundle,
-            START_FILE: self.start_bundle,
-            START_BUILTIN: self.builtin_bundle,
-        }.get(start)
-
-    def _estimate_setting(self) -> tuple | None:
-        base = self._base_bundle()
-        net_config, config = PRESETS[self.preset_combo.currentText()]
-        if base is not None:
-            net_config = base.net.config
-        elif self.net_overrides:
-            net_config = UNetConfig.from_dict({**net_config.to_dict(), **self.net_overrides})
-        config = replace(config, **self.train_overrides)
-        return (net_config, config.tile_size, config.batch_size, self.device_combo.currentText())
-
-    def _estimated(self, key: tuple, seconds: float) -> None:
-        self.step_seconds[key] = seconds
-        self._show_estimate()
-        self.estimated.emit(seconds)
-
-    def _show_estimate(self) -> None:
-        key = self._estimate_key
-        if key is None or key not in self.step_seconds:
-            return
-        seconds = self.step_seconds[key]
-        total = seconds * self.iterations_spin.value()
-        budget = self.budget_spin.value() * 60.0
-        if budget:
-            total = min(total, budget)
-        self.estimate_label.setText(
-            f"{describe_device(select_device(key[3]))}: {seconds:.2f} s per step (measured), "
-            f"about {format_duration(total)} for this run"
-        )
-
-    def _layer_added(self, event: Any) -> None:
-        if not alive(self):
-            return
-        layer = event.value
-        path = getattr(getattr(layer, "source", None), "path", None)
-        if not isinstance(layer, Image) or not path or _autosave.is_annotation_file(path):
-            return
-        found = _autosave.find_annotations(path, self.autosave_root)
-        if found is None:
-            return
-        self.offered_annotations = (Path(path), found)
-        self.restore_button.setText(f"Restore the autosaved annotations of {Path(path).name}")
-        self.restore_button.show()
-        show_info(
-            f"Autosaved annotations for {Path(path).name} found ({found.name}): click 'Restore' in the Fine-tune dock"
-        )
-
-    def _ask_save(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save the model as a folder")
-        if path:
-            self.save_model_to(path)
-
-    def _ask_load(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")
-        if path:
-            self.load_model_from(path)
-
-    def _ask_autosave_root(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Autosave folder", str(self.autosave_root))
-        if path:
-            self.autosave_root = Path(path)
-            self.autosave_label.setText(f"autosave: {self.autosave_root}")
+    def _restored(self, layer: Any) -> None:
+        """Autosaved annotations were opened as `layer`: they become the annotations to train on."""
+        self.labels_combo.reset_choices()
+        self.labels_combo.value = layer

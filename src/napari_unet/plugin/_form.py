@@ -1,14 +1,16 @@
-"""The docks' controls in one call each: spin boxes, sliders, check boxes, drop-downs, and the dock layout.
+"""The docks' controls in one call each: spin boxes, sliders, check boxes, drop-downs, labels, the run row
+(buttons, progress bar, status line), the model row (the session's model and "Load model…"), and the dock layout.
 
 A dock's `__init__` then reads as a list of its controls and a list of its rows:
 
     self.iterations_spin = spin(1, 1_000_000, 400)
-    dock_layout(self, form(("iterations", self.iterations_spin), ("", self.whole_check)), self.status)
+    self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
+    dock_layout(self, form(("iterations", self.iterations_spin)), *self.controls.items())
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from qtpy.QtCore import Qt
@@ -16,13 +18,19 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QLabel,
     QLayout,
+    QProgressBar,
+    QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
+
+from ._workers import alive
 
 
 def spin(
@@ -109,3 +117,89 @@ def dock_layout(dock: QWidget, *items: QLayout | QWidget | tuple[QWidget, int] |
         else:
             layout.addWidget(item)
     return layout
+
+
+def wrapped_label(text: str = "", lines: int = 2) -> QLabel:
+    """A word-wrapped QLabel tall enough for `lines` lines (dock layouts otherwise clip wrapped text)."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setMinimumHeight(label.fontMetrics().lineSpacing() * lines + 4)
+    return label
+
+
+class RunControls:
+    """A dock's run row: its buttons side by side (the first starts a job, the others act on a running one),
+    a progress bar and a status line of `status_lines` lines.
+
+    `running(True)` disables the first button and enables the others; `begin` starts the progress bar too.
+    """
+
+    def __init__(self, *buttons: tuple[str, Callable[[], Any]], status_lines: int = 3):
+        """buttons: (text, what a click calls), the one that starts a job first."""
+        self.buttons = [QPushButton(text) for text, _ in buttons]
+        for button, (_, clicked) in zip(self.buttons, buttons):
+            button.clicked.connect(clicked)
+        self.row = row(*self.buttons)
+        self.progress = QProgressBar()
+        self.status = wrapped_label(lines=status_lines)
+        self.running(False)
+
+    def items(self) -> tuple[QLayout, QProgressBar, QLabel]:
+        """The buttons' row, the progress bar and the status line, top to bottom, for `dock_layout`."""
+        return self.row, self.progress, self.status
+
+    def running(self, running: bool) -> None:
+        first, *others = self.buttons
+        first.setEnabled(not running)
+        for button in others:
+            button.setEnabled(running)
+
+    def begin(self, total: int, text: str) -> None:
+        """A job starts: a progress bar of `total` steps (0: busy, no count), `text` on the status line."""
+        self.progress.setRange(0, total)
+        self.progress.setValue(0)
+        self.status.setText(text)
+        self.running(True)
+
+
+class ModelRow:
+    """The session's model in a dock: a line that describes it (kept up to date) and a "Load model…" button
+    (a folder dialog, then `load`, by default `Session.load_model`: a folder that cannot be loaded is a
+    notification); with `save`, a "Save model…" button too (a dialog, then `Session.save_model`)."""
+
+    def __init__(
+        self,
+        dock: QWidget,
+        session: Any,
+        prefix: str = "",
+        load: Callable[[str], Any] | None = None,
+        save: bool = False,
+    ):
+        self.dock, self.session, self.prefix = dock, session, prefix
+        self.load = load or session.load_model
+        self.label = wrapped_label()
+        self.load_button = QPushButton("Load model…")
+        self.load_button.clicked.connect(self._ask_folder)
+        self.save_button = QPushButton("Save model…") if save else None
+        if save:
+            self.save_button.clicked.connect(self._ask_save)
+        session.model_changed.connect(self.show)
+        self.show()
+
+    def rows(self) -> list[tuple[str, Any]]:
+        """The (label, control) rows of a `form`: the description, then the button under it."""
+        return [("model", self.label), ("", self.load_button)]
+
+    def show(self, _bundle: Any = None) -> None:
+        if alive(self.dock):  # the session outlives a closed dock
+            self.label.setText(self.prefix + self.session.describe_model())
+
+    def _ask_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self.dock, "Model folder (config.json + weights.safetensors)")
+        if path:
+            self.load(path)
+
+    def _ask_save(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self.dock, "Save the model as a folder")
+        if path:
+            self.session.save_model(path)

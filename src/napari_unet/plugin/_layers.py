@@ -220,6 +220,48 @@ def _checked(stack: PlaneStack, layer: Any, in_channels: int) -> PlaneStack:
     return stack
 
 
+def region_mask(layer: Any, shape: tuple[int, int]) -> np.ndarray | None:
+    """The region a Shapes layer outlines or a 2-D Labels layer paints (nonzero), as an (H, W) bool mask of
+    `shape`; None without a layer. An empty region is a LayerProblem."""
+    from napari.layers import Shapes
+
+    if layer is None:
+        return None
+    if isinstance(layer, Shapes):
+        if not len(layer.data):
+            raise LayerProblem(f"the region layer '{layer.name}' has no shapes: draw the annotated region")
+        masks = np.asarray(layer.to_masks(mask_shape=shape))
+        mask = masks.reshape(-1, *shape).any(axis=0)
+    else:
+        data = np.asarray(layer.data)
+        if data.shape[-2:] != tuple(shape) or data.ndim != 2:
+            raise LayerProblem(f"the region layer '{layer.name}' must be a 2-D layer of shape {shape}")
+        mask = data != 0
+    if not mask.any():
+        raise LayerProblem(f"the region layer '{layer.name}' is empty")
+    return mask
+
+
+def annotations_of(labels_layer: Any, image_layer: Any, stack: PlaneStack) -> np.ndarray:
+    """The instance labels (..., H, W) painted on `labels_layer` for the planes `stack` of `image_layer`: integers,
+    of the stack's output shape (`check_layer_pair` first), else a LayerProblem that says what to annotate on."""
+    check_layer_pair(image_layer, labels_layer)
+    labels = np.asarray(labels_layer.data)
+    if labels.dtype.kind not in "iu":
+        raise LayerProblem(f"'{labels_layer.name}' must hold integer labels, got {labels.dtype}")
+    if labels.shape != stack.output_shape():
+        if labels.ndim == 2 and stack.leading:
+            raise LayerProblem(
+                f"'{image_layer.name}' is a stack of {len(stack.planes)} planes (shape "
+                f"{tuple(layer_data(image_layer).shape)}) but the annotations are one 2-D plane: annotate on "
+                f"a Labels layer of shape {stack.output_shape()}, or train on a single 2-D image"
+            )
+        raise LayerProblem(
+            f"the annotations '{labels_layer.name}' have shape {labels.shape}, the image needs {stack.output_shape()}"
+        )
+    return labels
+
+
 def check_layer_pair(image_layer: Any, labels_layer: Any) -> None:
     """Image and annotation layers must cover the same pixels."""
     image_shape = tuple(layer_data(image_layer).shape)
@@ -239,12 +281,7 @@ def _size(shape: tuple[int, ...]) -> str:
 
 def throttled(callback: Callable[[], None], interval_ms: int, parent: Any) -> Callable[[], None]:
     """A function that asks for `callback` at most once per `interval_ms` (a single-shot QTimer)."""
-    from qtpy.QtCore import QTimer
-
-    timer = QTimer(parent)
-    timer.setSingleShot(True)
-    timer.setInterval(interval_ms)
-    timer.timeout.connect(callback)
+    timer = _single_shot(callback, interval_ms, parent)
 
     def request() -> None:
         if not timer.isActive():
@@ -256,12 +293,7 @@ def throttled(callback: Callable[[], None], interval_ms: int, parent: Any) -> Ca
 
 def debounced(callback: Callable[[], None], interval_ms: int, parent: Any) -> Callable[[], None]:
     """A function that runs `callback` once, `interval_ms` after the last of a burst of calls."""
-    from qtpy.QtCore import QTimer
-
-    timer = QTimer(parent)
-    timer.setSingleShot(True)
-    timer.setInterval(interval_ms)
-    timer.timeout.connect(callback)
+    timer = _single_shot(callback, interval_ms, parent)
 
     def request() -> None:
         timer.start()
@@ -270,11 +302,11 @@ def debounced(callback: Callable[[], None], interval_ms: int, parent: Any) -> Ca
     return request
 
 
-def wrapped_label(text: str = "", lines: int = 2) -> Any:
-    """A word-wrapped QLabel tall enough for `lines` lines (dock layouts otherwise clip wrapped text)."""
-    from qtpy.QtWidgets import QLabel
+def _single_shot(callback: Callable[[], None], interval_ms: int, parent: Any) -> Any:
+    from qtpy.QtCore import QTimer
 
-    label = QLabel(text)
-    label.setWordWrap(True)
-    label.setMinimumHeight(label.fontMetrics().lineSpacing() * lines + 4)
-    return label
+    timer = QTimer(parent)
+    timer.setSingleShot(True)
+    timer.setInterval(interval_ms)
+    timer.timeout.connect(callback)
+    return timer

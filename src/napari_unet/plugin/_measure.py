@@ -19,8 +19,8 @@ from napari_unet.io import to_canonical
 from napari_unet.measure import Table, measure_planes, write_csv
 from napari_unet.metadata import PixelSize
 
-from ._form import dock_layout, form, row
-from ._layers import METADATA_KEY, LayerProblem, channel_group, layer_combo, layer_data, stored_axes, wrapped_label
+from ._form import dock_layout, form, row, wrapped_label
+from ._layers import METADATA_KEY, LayerProblem, channel_group, layer_combo, layer_data, stored_axes
 
 SHOWN_ROWS = 1000  # the table view shows at most this many rows; the CSV holds them all
 

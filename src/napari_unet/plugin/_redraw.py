@@ -12,10 +12,14 @@ plugins may lose access to private attributes from napari 0.10 on; the warning i
 failure to reach the internals makes `refresh_region` return False: the caller then refreshes the whole layer,
 which is slower but correct. `partial_refresh_supported` lets the tests pin this down for the napari they
 run with, so that the day the internals go is noticed.
+
+`TileDrawing` is how the Segment dock draws its result layers while tiles stream in: each tile's region at
+once, throttled whole refreshes where regions cannot be drawn alone, and the final labels band by band.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -23,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+REFRESH_MS = 100  # at most ~10 whole-layer refreshes per second while tiles stream in
+REFRESH_BUDGET = 8  # ...and at least 8x the time a refresh takes between two (large layers redraw slowly)
 _LABELS_INTERNALS = (
     "_slice",
     "_slice_input",
@@ -161,3 +167,75 @@ class RegionRedraws:
         then, self.then = self.then, None
         if then is not None:
             then()
+
+
+class TileDrawing:
+    """Draws a segmentation's layers while their arrays are written in place, tile by tile, on the main thread.
+
+    Each tile's region of the Labels layer is redrawn at once (`refresh_region`); where that fails, and for the
+    probability layer (napari redraws an Image layer only whole), whole refreshes are throttled: at most one per
+    `REFRESH_MS`, and at least `REFRESH_BUDGET` times as long as the last one took in between. The final labels
+    are redrawn band by band, one band per turn of the event loop (`RegionRedraws`).
+    """
+
+    def __init__(self, parent: Any, viewer: Any):
+        from ._layers import throttled
+
+        self.viewer = viewer
+        self.labels_layer: Any = None
+        self.probs_layer: Any = None
+        self.stale = False  # the Labels layer needs a whole refresh (its regions could not be redrawn)
+        self.refreshes = 0  # whole-layer refreshes since `start` (regions redrawn alone not counted)
+        self._refresh_soon = throttled(self.refresh, REFRESH_MS, parent)
+        self._redraws = RegionRedraws(parent)
+
+    def start(self, labels_layer: Any, probs_layer: Any = None) -> None:
+        """Draw these layers from now on (`probs_layer`: None when not shown)."""
+        self.labels_layer, self.probs_layer = labels_layer, probs_layer
+        self.stale, self.refreshes = False, 0
+
+    def shown(self, layer: Any) -> bool:
+        return layer is not None and layer in self.viewer.layers
+
+    def tile(self, key: tuple[Any, ...]) -> None:
+        """The region `key` of both arrays was written."""
+        if self.shown(self.labels_layer) and not refresh_region(self.labels_layer, key):
+            self.stale = True
+        if self.stale or self.shown(self.probs_layer):
+            self._refresh_soon()
+
+    def refresh(self, thumbnail: bool = False) -> None:
+        """Redraw the whole probability layer, and the Labels layer if its regions could not be redrawn alone,
+        from their arrays; thumbnails only at the end (`thumbnail`)."""
+        started = time.perf_counter()
+        if self.shown(self.probs_layer):
+            self.probs_layer.refresh(extent=False, thumbnail=thumbnail)
+        if self.shown(self.labels_layer):
+            if self.stale:
+                self.labels_layer.refresh(extent=False, thumbnail=thumbnail)
+                self.stale = False
+            elif thumbnail:
+                refresh_thumbnail(self.labels_layer)
+        self.refreshes += 1
+        spent_ms = (time.perf_counter() - started) * 1000
+        self._refresh_soon.timer.setInterval(max(REFRESH_MS, int(REFRESH_BUDGET * spent_ms)))
+
+    def final(self, planes: list[tuple[int, ...]], shape: tuple[int, ...], then: Callable[[], None]) -> None:
+        """The Labels layer's array (`shape`) holds the final labels of `planes`: redraw them band by band, then
+        its thumbnail, then call `then` (at once when the layer is not shown)."""
+        if not self.shown(self.labels_layer):
+            then()
+            return
+        whole = (slice(0, shape[-2]), slice(0, shape[-1]))
+        keys = [band for index in planes for band in bands((*index, *whole), shape)]
+
+        def done() -> None:
+            if self.shown(self.labels_layer):
+                refresh_thumbnail(self.labels_layer)
+            then()
+
+        self._redraws.start(self.labels_layer, keys, then=done)
+
+    def pending(self) -> bool:
+        """True while written tiles or final labels wait to be drawn."""
+        return self._refresh_soon.timer.isActive() or self._redraws.busy()

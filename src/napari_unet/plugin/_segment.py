@@ -2,7 +2,7 @@
 
 The worker (`jobs.segment.stream_tiles`) yields one `TileUpdate` per finished tile: its foreground probability and a
 preview labelling of the tile alone. The main thread only copies them into the layers' arrays and redraws the
-tile's region of the Labels layer (`_redraw.refresh_region`: colour mapping and texture upload of that region
+tile's region of the Labels layer (`_redraw.TileDrawing`: colour mapping and texture upload of that region
 alone); the probability layer, which napari can only redraw whole, gets a throttled refresh. So the window
 stays responsive. When every tile is in, the stitched probability map is post-processed as a whole (in a
 worker too), so cells cut by tile borders come out whole, and the result is redrawn band by band, one band per
@@ -17,8 +17,6 @@ when it has none, so Segment works right after an image is opened.
 
 from __future__ import annotations
 
-import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,24 +25,31 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QFileDialog, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import QWidget
 
 from napari_unet.device import available_devices, describe_device, select_device
-from napari_unet.jobs.segment import Planes, TileUpdate, postprocess_planes, stream_tiles, uncertainty_planes
+from napari_unet.jobs.segment import (
+    Planes,
+    TileUpdate,
+    count_tiles,
+    describe_scale,
+    postprocess_planes,
+    stream_tiles,
+    uncertainty_planes,
+)
 from napari_unet.modelfile import ModelBundle
 from napari_unet.postprocess import PostprocessConfig
-from napari_unet.scale import scale_postprocess, scaled_shape
-from napari_unet.tiling import auto_stride, tile_grid
+from napari_unet.scale import scale_postprocess
+from napari_unet.tiling import auto_stride
 
 from ._channels import ChannelFields
-from ._form import check, choice, dock_layout, form, row, spin
-from ._layers import LayerProblem, debounced, layer_combo, plane_stack, throttled, wrapped_label
-from ._redraw import RegionRedraws, bands, refresh_region, refresh_thumbnail
+from ._form import ModelRow, RunControls, check, choice, dock_layout, form, spin, wrapped_label
+from ._layers import LayerProblem, debounced, layer_combo, plane_stack
+from ._postprocess import PostprocessFields
+from ._redraw import TileDrawing
 from ._state import Session, session_for
 from ._workers import alive, generator_worker, start_worker
 
-REFRESH_MS = 100  # at most ~10 whole-layer refreshes per second while tiles stream in
-REFRESH_BUDGET = 8  # ...and at least 8x the time a refresh takes between two (large layers redraw slowly)
 RETUNE_MS = 250  # post-processing reruns this long after the last change of its controls
 DEFAULT_MODEL = "nuclei"  # the built-in model a new session starts with
 
@@ -76,15 +81,12 @@ class SegmentWidget(QWidget):
         self.labels: np.ndarray | None = None  # the Labels layer's array, written in place
         self.planes: list[tuple[int, ...]] = []
         self.tiles_written = 0
-        self.layer_refreshes = 0  # whole-layer refreshes during the last run (regions redrawn alone not counted)
-        self.labels_stale = False  # the Labels layer needs a whole refresh (its regions could not be redrawn)
         self.cancelled = False
         self.finished_run = False
         self._postprocess_runs = 0
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
-        self.model_label = wrapped_label()
-        self.load_button = QPushButton("Load model…")
+        self.model_row = ModelRow(self, self.session)
         self.tile_spin = spin(
             0,
             8192,
@@ -106,37 +108,14 @@ class SegmentWidget(QWidget):
             ),
         )
         self.uncertainty_layer: Any = None
-        self.threshold_spin = spin(0.0, 1.0, 0.0, step=0.05, decimals=2)
-        self.grow_spin = spin(
-            0.0,
-            1.0,
-            0.0,
-            step=0.05,
-            decimals=2,
-            tooltip=(
-                "Objects grow into the neighbouring pixels whose probability is above this value (cells come out at "
-                "their full size; none merge). At the threshold or above: off"
-            ),
-        )
-        self.min_size_spin = spin(0, 100000, 0)
-        self.split_check = check(
-            "split merged cells (watershed)",
-            tooltip=(
-                "Seeded watershed on the distance transform: splits touching cells that the network's borders left "
-                "merged"
-            ),
-        )
-        self.run_button = QPushButton("Run")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress = QProgressBar()
-        self.status = wrapped_label(lines=3)
+        self.postprocess_fields = fields = PostprocessFields()
+        self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
+        self.progress, self.status = self.controls.progress, self.controls.status
         dock_layout(
             self,
             form(
                 ("image", self.image_combo),
-                ("model", self.model_label),
-                ("", self.load_button),
+                *self.model_row.rows(),
                 ("channels", self.channel_fields.edit),
                 ("", self.channel_fields.grey),
                 ("tile size", self.tile_spin),
@@ -145,27 +124,15 @@ class SegmentWidget(QWidget):
                 ("", self.diameter_label),
                 ("", self.probs_check),
                 ("", self.uncertainty_check),
-                ("threshold", self.threshold_spin),
-                ("grow to p >", self.grow_spin),
-                ("min. size (px)", self.min_size_spin),
-                ("", self.split_check),
+                *fields.rows(),
             ),
-            row(self.run_button, self.cancel_button),
-            self.progress,
-            self.status,
+            *self.controls.items(),
             None,
         )
 
-        self._refresh_soon = throttled(self._refresh_layers, REFRESH_MS, self)
-        self._redraws = RegionRedraws(self)
+        self.drawing = TileDrawing(self, napari_viewer)  # redraws the result layers as tiles come in
         self._retune_soon = debounced(self.retune, RETUNE_MS, self)
-        self.load_button.clicked.connect(self._ask_model_folder)
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button.clicked.connect(self.cancel)
-        self.threshold_spin.valueChanged.connect(lambda _value: self._retune_soon())
-        self.grow_spin.valueChanged.connect(lambda _value: self._retune_soon())
-        self.min_size_spin.valueChanged.connect(lambda _value: self._retune_soon())
-        self.split_check.toggled.connect(lambda _checked: self._retune_soon())
+        fields.on_change(self._retune_soon)
         self.session.model_changed.connect(self._show_model)
         self._show_model()
         self.reset_choices()
@@ -185,15 +152,8 @@ class SegmentWidget(QWidget):
 
     def postprocess_config(self) -> PostprocessConfig:
         """The model's post-processing with the threshold, growth, minimum size and watershed choice of the dock."""
-        base = self.session.bundle.postprocess if self.session.bundle is not None else PostprocessConfig()
-        threshold, grow = float(self.threshold_spin.value()), float(self.grow_spin.value())
-        return replace(
-            base,
-            threshold=threshold,
-            grow_threshold=grow if grow < threshold else None,
-            min_size=int(self.min_size_spin.value()),
-            watershed=self.split_check.isChecked(),
-        )
+        bundle = self.session.bundle
+        return self.postprocess_fields.config(bundle.postprocess if bundle is not None else PostprocessConfig())
 
     def run(self) -> Any:
         """Start segmenting the chosen image layer; returns the worker, or None after a notification."""
@@ -220,11 +180,9 @@ class SegmentWidget(QWidget):
             return None
         if factor is not None:
             return self._start_tiles(bundle, layer, stack, device, factor)
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
         self.cancelled = False
         self.session.segmenting = True
-        self.status.setText("Estimating the object diameter…")
+        self.controls.begin(0, "Estimating the object diameter…")
         self.worker = create_worker(
             bundle.estimate_diameter,
             stack.plane(stack.planes[0]),
@@ -255,44 +213,41 @@ class SegmentWidget(QWidget):
     def _estimate_ended(self) -> None:
         self.worker = None
         self.session.segmenting = False
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        self.controls.running(False)
 
     def _start_tiles(self, bundle: ModelBundle, layer: Any, stack: Any, device: Any, factor: float) -> Any:
         """Create the result layers and stream the tiles of the image resized by `factor` into them."""
         stride = self.tile_spin.value() or auto_stride(bundle.net, device)
         self.factor = factor
         self._source = (bundle, layer, stack, device)
-        self.diameter_label.setText(self._describe_scale(bundle))
+        self.diameter_label.setText(
+            describe_scale(
+                bundle.object_diameter,
+                factor,
+                estimated=self.diameter() == "auto",
+                found=self.estimated_diameter is not None,
+            )
+        )
 
         self.planes = stack.planes
         self.probs_fg = np.zeros(stack.output_shape(), dtype=np.float32)
         self.labels = np.zeros(stack.output_shape(), dtype=np.int32)
-        scale, translate = stack.spatial(layer.scale), stack.spatial(layer.translate)
         self.labels_layer = self.viewer.add_labels(
-            self.labels, name=f"{layer.name} labels", scale=scale, translate=translate
+            self.labels,
+            name=f"{layer.name} labels",
+            scale=stack.spatial(layer.scale),
+            translate=stack.spatial(layer.translate),
         )
         self.probs_layer = None
         if self.probs_check.isChecked():
-            self.probs_layer = self.viewer.add_image(
-                self.probs_fg,
-                name=f"{layer.name} probability",
-                colormap="magma",
-                contrast_limits=(0.0, 1.0),
-                blending="additive",
-                scale=scale,
-                translate=translate,
-            )
-        self.tiles_written = self.layer_refreshes = 0
-        self.cancelled = self.finished_run = self.labels_stale = False
+            self.probs_layer = self._add_map(layer, stack, self.probs_fg, "probability", "magma")
+        self.drawing.start(self.labels_layer, self.probs_layer)
+        self.tiles_written = 0
+        self.cancelled = self.finished_run = False
         self._postprocess_runs += 1
         config = scale_postprocess(self.postprocess_config(), 1.0 / factor)
-        total = len(tile_grid(bundle.net, scaled_shape(stack.shape, factor), stride)) * len(self.planes)
-        self.progress.setRange(0, total)
-        self.progress.setValue(0)
-        self.status.setText(f"{total} tile(s) of {stride} px on {describe_device(device)}")
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
+        total = count_tiles(bundle.net, stack, stride, factor)
+        self.controls.begin(total, f"{total} tile(s) of {stride} px on {describe_device(device)}")
         self.session.segmenting = True
         self.worker = generator_worker(
             stream_tiles(bundle, stack, stride, device, config, factor),
@@ -321,7 +276,7 @@ class SegmentWidget(QWidget):
 
     def refresh_pending(self) -> bool:
         """True while written tiles or a new result wait to be drawn."""
-        return self._refresh_soon.timer.isActive() or self._redraws.busy()
+        return self.drawing.pending()
 
     # -- slots (main thread) --------------------------------------------------------------------------------
 
@@ -332,40 +287,13 @@ class SegmentWidget(QWidget):
         self.probs_fg[update.key] = update.probs_fg
         self.tiles_written += 1
         self.progress.setValue(update.done)
-        if self._shown(self.labels_layer) and not refresh_region(self.labels_layer, update.key):
-            self.labels_stale = True
-        if self.labels_stale or self._shown(self.probs_layer):
-            self._refresh_soon()
-
-    def _shown(self, layer: Any) -> bool:
-        return layer is not None and layer in self.viewer.layers
-
-    def _refresh_layers(self, thumbnail: bool = False) -> None:
-        """Redraw the whole probability layer, and the Labels layer if its regions could not be redrawn alone,
-        from their arrays (written in place); thumbnails only at the end.
-
-        A whole redraw of a large layer takes long on the main thread (colour mapping, then a texture upload
-        when the canvas paints), so the next one waits at least REFRESH_BUDGET times as long as this took.
-        """
-        started = time.perf_counter()
-        if self._shown(self.probs_layer):
-            self.probs_layer.refresh(extent=False, thumbnail=thumbnail)
-        if self._shown(self.labels_layer):
-            if self.labels_stale:
-                self.labels_layer.refresh(extent=False, thumbnail=thumbnail)
-                self.labels_stale = False
-            elif thumbnail:
-                refresh_thumbnail(self.labels_layer)
-        self.layer_refreshes += 1
-        spent_ms = (time.perf_counter() - started) * 1000
-        self._refresh_soon.timer.setInterval(max(REFRESH_MS, int(REFRESH_BUDGET * spent_ms)))
+        self.drawing.tile(update.key)
 
     def _tiles_finished(self) -> None:
         self.worker = None
         self.session.segmenting = False
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self._refresh_layers(thumbnail=True)
+        self.controls.running(False)
+        self.drawing.refresh(thumbnail=True)
         self.stopped.emit()
         if self.cancelled:
             self.status.setText(f"Cancelled: {self.tiles_written} of {self.progress.maximum()} tiles written")
@@ -397,16 +325,9 @@ class SegmentWidget(QWidget):
             return  # a newer retune is on its way, or a new segmentation replaced this one
         self.labels[...] = labels
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
-        if not self._shown(self.labels_layer):
-            self._show_result(count)
-            return
-        whole = (slice(0, labels.shape[-2]), slice(0, labels.shape[-1]))
-        keys = [band for index in self.planes for band in bands((*index, *whole), labels.shape)]
-        self._redraws.start(self.labels_layer, keys, then=lambda: alive(self) and self._show_result(count))
+        self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
 
     def _show_result(self, count: int) -> None:
-        if self._shown(self.labels_layer):
-            refresh_thumbnail(self.labels_layer)
         self.status.setText(f"Done: {count} object(s). The post-processing can be retuned now (no new prediction).")
         if self.uncertainty_check.isChecked() and self._source is not None:
             self._start_uncertainty()
@@ -427,17 +348,21 @@ class SegmentWidget(QWidget):
         return worker
 
     def _show_uncertainty(self, layer: Any, stack: Any, values: np.ndarray) -> None:
-        self.uncertainty_layer = self.viewer.add_image(
+        self.uncertainty_layer = self._add_map(layer, stack, values, "uncertainty", "inferno")
+        self.status.setText(self.status.text().replace(" Computing the uncertainty…", " Uncertainty shown."))
+        self.segmented.emit(self.labels)
+
+    def _add_map(self, layer: Any, stack: Any, values: np.ndarray, what: str, colormap: str) -> Any:
+        """An Image layer of `values` in [0, 1] (probability, uncertainty) over the image `layer`."""
+        return self.viewer.add_image(
             values,
-            name=f"{layer.name} uncertainty",
-            colormap="inferno",
+            name=f"{layer.name} {what}",
+            colormap=colormap,
             contrast_limits=(0.0, 1.0),
             blending="additive",
             scale=stack.spatial(layer.scale),
             translate=stack.spatial(layer.translate),
         )
-        self.status.setText(self.status.text().replace(" Computing the uncertainty…", " Uncertainty shown."))
-        self.segmented.emit(self.labels)
 
     def _aborted(self) -> None:
         show_info("Segmentation cancelled: the finished tiles are kept")
@@ -449,7 +374,6 @@ class SegmentWidget(QWidget):
     def _show_model(self, _bundle: Any = None) -> None:
         if not alive(self):  # the session outlives a closed dock
             return
-        self.model_label.setText(self.session.describe_model())
         bundle = self.session.bundle
         has_size = bundle is not None and bundle.object_diameter is not None
         self.diameter_spin.setEnabled(has_size)
@@ -461,28 +385,4 @@ class SegmentWidget(QWidget):
         )
         if bundle is not None:
             self.channel_fields.show(bundle.channels)  # the channels the model was trained on
-            for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):
-                widget.blockSignals(True)
-            self.threshold_spin.setValue(bundle.postprocess.threshold)
-            grow = bundle.postprocess.grow_threshold
-            self.grow_spin.setValue(bundle.postprocess.threshold if grow is None else grow)
-            self.min_size_spin.setValue(bundle.postprocess.min_size)
-            self.split_check.setChecked(bundle.postprocess.watershed)
-            for widget in (self.threshold_spin, self.grow_spin, self.min_size_spin, self.split_check):
-                widget.blockSignals(False)
-
-    def _describe_scale(self, bundle: ModelBundle) -> str:
-        """The status line of the object size: what it was, how it was found, how the image was rescaled."""
-        if bundle.object_diameter is None:
-            return ""
-        if self.diameter() == "auto" and self.estimated_diameter is None:
-            return "no objects found to estimate their size: segmented at the image's scale"
-        used = bundle.object_diameter / self.factor
-        how = "estimated" if self.diameter() == "auto" else "given"
-        rescale = f"image rescaled x{self.factor:.2f}" if abs(self.factor - 1) > 1e-9 else "not rescaled"
-        return f"objects ~{used:.1f} px ({how}); {rescale} to the model's {bundle.object_diameter:g} px"
-
-    def _ask_model_folder(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Model folder (config.json + weights.safetensors)")
-        if path:
-            self.load_model(path)
+            self.postprocess_fields.show(bundle.postprocess)

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info, show_warning
 from psygnal import Signal
 
 from napari_unet.augment import AugmentConfig
 from napari_unet.builtin import BUILTIN_DIR
-from napari_unet.modelfile import ModelBundle, load_model
+from napari_unet.modelfile import ModelBundle, load_model, save_model
 
 
 @dataclass
@@ -55,6 +55,24 @@ class Session:
             return False
         self.set_model(bundle, path)
         return True
+
+    def save_model(self, path: str | Path) -> Path | None:
+        """Save the session's model to the folder `path` (it is then the model's folder); no model, a running
+        training or a failed write is a notification (None)."""
+        if self.bundle is None:
+            show_error("No model to save yet: train one first (or load one)")
+            return None
+        if self.training:
+            show_warning("Training is running: the model is autosaved at the end and at Stop")
+            return None
+        try:
+            saved = save_model(path, self.bundle)
+        except (OSError, ValueError) as error:
+            show_error(f"Cannot save the model: {error}")
+            return None
+        self.set_model(self.bundle, saved)
+        show_info(f"Model saved to {saved}")
+        return saved
 
     def use_builtin(self, name: str) -> bool:
         """Make the built-in model `name` the session's model; False (and no change) when it is not installed."""

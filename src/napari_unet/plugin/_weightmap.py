@@ -20,8 +20,8 @@ from qtpy.QtWidgets import QWidget
 from napari_unet.training import PRESETS
 from napari_unet.weights import weight_map
 
-from ._form import check, dock_layout, form, slider, spin
-from ._layers import debounced, layer_combo, wrapped_label
+from ._form import check, dock_layout, form, slider, spin, wrapped_label
+from ._layers import debounced, layer_combo
 from ._workers import alive, start_worker
 
 UPDATE_MS = 150

@@ -1,0 +1,90 @@
+"""The Fine-tune dock's autosave controls: the autosave folder (a line and "Change…"), the annotations saved
+before each run, and the offer to restore the autosaved annotations of an image opened again (`_autosave`
+finds and writes the files)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QFileDialog, QPushButton
+
+from . import _autosave
+from ._form import row, wrapped_label
+from ._workers import alive
+
+
+class AutosaveRow:
+    """root: the autosave folder (None: `_autosave.default_root()`); restored: called with the Labels layer
+    of restored annotations. `annotations_path`: where the last run's annotations were saved."""
+
+    def __init__(self, dock: Any, viewer: Any, root: str | Path | None, restored: Callable[[Any], Any]):
+        self.dock, self.viewer, self.restored = dock, viewer, restored
+        self.root = Path(root) if root is not None else _autosave.default_root()
+        self.annotations_path: Path | None = None
+        self.offered: tuple[Path, Path] | None = None  # (image file, annotations file)
+        self.label = wrapped_label(f"autosave: {self.root}")
+        self.change_button = QPushButton("Change…")
+        self.restore_button = QPushButton("")
+        self.restore_button.hide()
+        self.change_button.clicked.connect(self._ask_root)
+        self.restore_button.clicked.connect(self.restore)
+        viewer.layers.events.inserted.connect(self._layer_added)
+
+    def row(self) -> Any:
+        return row(self.label, self.change_button, stretch=(1,))
+
+    def model_folder(self, name: str) -> Path:
+        """A new folder for the model of a run on the image `name`."""
+        return _autosave.model_folder(self.root, name)
+
+    def save_annotations(self, labels: np.ndarray, image_layer: Any) -> None:
+        """Autosave the annotations of `image_layer` (beside its file when it has one); a failure is a warning."""
+        source = getattr(getattr(image_layer, "source", None), "path", None)
+        try:
+            self.annotations_path = _autosave.save_annotations(labels, self.root, source, image_layer.name)
+        except (OSError, ValueError) as error:
+            show_warning(f"Could not autosave the annotations: {error}")
+
+    def restore(self) -> Any:
+        """Open the autosaved annotations offered for the last opened image, as a Labels layer."""
+        if self.offered is None:
+            return None
+        image_path, labels_path = self.offered
+        try:
+            labels = _autosave.load_annotations(labels_path)
+        except (OSError, ValueError) as error:
+            show_error(f"Cannot read the autosaved annotations {labels_path}: {error}")
+            return None
+        layer = self.viewer.add_labels(labels, name=f"{image_path.stem} annotations")
+        self.restore_button.hide()
+        self.offered = None
+        self.restored(layer)
+        return layer
+
+    def _layer_added(self, event: Any) -> None:
+        if not alive(self.dock):
+            return
+        layer = event.value
+        path = getattr(getattr(layer, "source", None), "path", None)
+        if not isinstance(layer, Image) or not path or _autosave.is_annotation_file(path):
+            return
+        found = _autosave.find_annotations(path, self.root)
+        if found is None:
+            return
+        self.offered = (Path(path), found)
+        self.restore_button.setText(f"Restore the autosaved annotations of {Path(path).name}")
+        self.restore_button.show()
+        show_info(
+            f"Autosaved annotations for {Path(path).name} found ({found.name}): click 'Restore' in the Fine-tune dock"
+        )
+
+    def _ask_root(self) -> None:
+        path = QFileDialog.getExistingDirectory(self.dock, "Autosave folder", str(self.root))
+        if path:
+            self.root = Path(path)
+            self.label.setText(f"autosave: {self.root}")

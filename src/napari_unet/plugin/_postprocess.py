@@ -1,0 +1,77 @@
+"""The Segment dock's post-processing controls: threshold, growth, minimum size and watershed, read as a
+`PostprocessConfig` and set from a model's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from napari_unet.postprocess import PostprocessConfig
+
+from ._form import check, spin
+
+
+class PostprocessFields:
+    """Spin boxes for the threshold, the growth threshold ("grow to p >") and the minimum size, and a watershed
+    check box; `config` reads them over a model's post-processing, `show` sets them from one."""
+
+    def __init__(self) -> None:
+        self.threshold = spin(0.0, 1.0, 0.0, step=0.05, decimals=2)
+        self.grow = spin(
+            0.0,
+            1.0,
+            0.0,
+            step=0.05,
+            decimals=2,
+            tooltip=(
+                "Objects grow into the neighbouring pixels whose probability is above this value (cells come out at "
+                "their full size; none merge). At the threshold or above: off"
+            ),
+        )
+        self.min_size = spin(0, 100000, 0)
+        self.split = check(
+            "split merged cells (watershed)",
+            tooltip=(
+                "Seeded watershed on the distance transform: splits touching cells that the network's borders left "
+                "merged"
+            ),
+        )
+
+    def rows(self) -> list[tuple[str, Any]]:
+        """The (label, control) rows of a `_form.form`."""
+        return [
+            ("threshold", self.threshold),
+            ("grow to p >", self.grow),
+            ("min. size (px)", self.min_size),
+            ("", self.split),
+        ]
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (no argument) whenever the user changes a control."""
+        for box in (self.threshold, self.grow, self.min_size):
+            box.valueChanged.connect(lambda _value: callback())
+        self.split.toggled.connect(lambda _checked: callback())
+
+    def config(self, base: PostprocessConfig) -> PostprocessConfig:
+        """`base` with the controls' threshold, growth (None at the threshold or above), minimum size, watershed."""
+        threshold, grow = float(self.threshold.value()), float(self.grow.value())
+        return replace(
+            base,
+            threshold=threshold,
+            grow_threshold=grow if grow < threshold else None,
+            min_size=int(self.min_size.value()),
+            watershed=self.split.isChecked(),
+        )
+
+    def show(self, config: PostprocessConfig) -> None:
+        """Set the controls from `config` without announcing a change."""
+        widgets = (self.threshold, self.grow, self.min_size, self.split)
+        for widget in widgets:
+            widget.blockSignals(True)
+        self.threshold.setValue(config.threshold)
+        self.grow.setValue(config.threshold if config.grow_threshold is None else config.grow_threshold)
+        self.min_size.setValue(config.min_size)
+        self.split.setChecked(config.watershed)
+        for widget in widgets:
+            widget.blockSignals(False)

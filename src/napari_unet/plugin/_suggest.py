@@ -1,0 +1,95 @@
+"""The Fine-tune dock's "Suggest where to annotate": boxes where the starting model is least sure of itself
+(`jobs.finetune.suggest_annotation`, in a worker), shown as a Shapes layer of yellow rectangles."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QPushButton
+
+from napari_unet.device import select_device
+from napari_unet.jobs.finetune import suggest_annotation
+
+from ._layers import LayerProblem, plane_stack
+from ._workers import alive, start_worker
+
+
+class Suggestions:
+    """The button, its worker and the Shapes layer it fills (replaced at each suggestion).
+
+    status: the dock's status line; suggested: called with the boxes (y0, x0, y1, x1) once they are shown.
+    """
+
+    def __init__(self, dock: Any, viewer: Any, status: Any, suggested: Callable[[list], Any]):
+        self.dock, self.viewer, self.status, self.suggested = dock, viewer, status, suggested
+        self.layer: Any = None
+        self.button = QPushButton("Suggest where to annotate")
+        self.button.setToolTip(
+            "Boxes (a Shapes layer) where the starting model is least sure of itself (its answers disagree when "
+            "the image is flipped): the cells there teach it most"
+        )
+
+    def start(self, bundle: Callable[[], Any], image_layer: Any, labels_layer: Any, device: str) -> Any:
+        """Ask the model `bundle()` about the image layer, away from the cells painted on `labels_layer` (if of
+        the image's size), in a worker. Returns the worker, or None after a notification."""
+        try:
+            model = bundle()
+            if model is None:
+                raise LayerProblem("No model to ask: choose a model to start from (or train one first)")
+            if image_layer is None:
+                raise LayerProblem("No image layer: open the image to annotate")
+            stack = plane_stack(image_layer, model.net.config.in_channels, self.viewer.layers)
+            if stack.leading:
+                raise LayerProblem("Suggestions are made for a single 2-D image, not a stack")
+            torch_device = select_device(device)
+        except (LayerProblem, ValueError) as error:
+            show_error(str(error))
+            return None
+        annotated = None
+        if labels_layer is not None and np.shape(labels_layer.data) == stack.shape:
+            annotated = np.asarray(labels_layer.data) > 0
+        self.button.setEnabled(False)
+        self.status.setText("Finding where the model is least sure…")
+        worker = create_worker(
+            suggest_annotation,
+            model,
+            np.asarray(stack.plane(()), dtype=np.float32),
+            annotated,
+            device=torch_device,
+            _ignore_errors=True,
+            _start_thread=False,
+        )
+        worker.returned.connect(lambda boxes: alive(self.dock) and self._show(image_layer, stack, boxes))
+        worker.errored.connect(lambda error: alive(self.dock) and self._failed(error))
+        start_worker(worker, self.dock)
+        return worker
+
+    def _show(self, image_layer: Any, stack: Any, boxes: list[tuple[int, int, int, int]]) -> None:
+        self.button.setEnabled(True)
+        rectangles = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in boxes]
+        if self.layer is not None and self.layer in self.viewer.layers:
+            self.viewer.layers.remove(self.layer)
+        self.layer = self.viewer.add_shapes(
+            rectangles,
+            shape_type="rectangle",
+            name="annotate here",
+            edge_color="yellow",
+            face_color="transparent",
+            edge_width=2,
+            scale=stack.spatial(image_layer.scale),
+            translate=stack.spatial(image_layer.translate),
+        )
+        self.status.setText(
+            f"{len(boxes)} region(s) to annotate next: paint the cells in the yellow boxes"
+            if boxes
+            else "No uncertain region found away from the annotations"
+        )
+        self.suggested(boxes)
+
+    def _failed(self, error: Exception) -> None:
+        self.button.setEnabled(True)
+        show_error(f"Cannot suggest regions: {error}")
