@@ -19,6 +19,7 @@ from napari_unet.modelfile import ModelBundle, load_model, save_model
 from napari_unet.postprocess import PostprocessConfig
 from napari_unet.scale import (
     busiest_window,
+    choose_diameter,
     check_diameter,
     check_rescalable,
     diameter_factor,
@@ -134,6 +135,38 @@ def test_estimate_diameter_converges_on_the_objects_whatever_the_segmenter_scale
         assert estimate == pytest.approx(median_diameter(truth), rel=0.1)
     assert all(max(shape) <= 2 * 256 for shape in windows)  # a window about ESTIMATE_SIDE at the model's scale
     assert estimate_diameter(np.zeros((100, 100), np.float32), 20.0, threshold) is None
+
+
+def test_estimate_diameter_is_not_fooled_by_objects_cut_into_pieces_of_the_model_size():
+    """A segmenter that, like a network on texture, cuts every object wider than 1.5 model diameters (at the
+    model's scale) into squares of the model's diameter: at the scale where the 40-px disks are cut into 20-px
+    pieces it "finds" objects of exactly the model's size (a fixed point of rescaling by what was found), but the
+    neighbouring scales disagree there and agree where the disks are whole, so the estimate is the disks'."""
+    model_diameter = 20.0
+    truth = disks((400, 400), 20, 56)
+    image = (truth > 0).astype(np.float32)
+
+    def fragmenting(window):
+        labels = ndimage.label(window > 0.5)[0]
+        rows, cols = np.indices(labels.shape) // int(model_diameter)
+        pieces = labels * 10_000 + rows * 100 + cols
+        sizes = ndimage.sum_labels(np.ones_like(labels), labels, np.arange(labels.max() + 1))
+        too_big = 2 * np.sqrt(sizes / np.pi) > 1.5 * model_diameter
+        cut = np.where(too_big[labels] & (labels > 0), pieces, labels * 10_000)
+        return np.unique(cut, return_inverse=True)[1].reshape(labels.shape)
+
+    estimate = estimate_diameter(image, model_diameter, fragmenting)
+    assert estimate == pytest.approx(median_diameter(truth), rel=0.15)
+
+
+def test_choose_diameter_keeps_the_candidate_its_neighbours_confirm():
+    """Measured on a DSB image with 34-px nuclei: the built-in model found fragments of 2.9 px at 4x and 1.9 px
+    at 8x (the earlier iterative estimate converged there); the scales around 0.5x agree on ~37 px."""
+    factors = (0.25, 0.5, 1.0, 2.0, 4.0)
+    assert choose_diameter([40.6, 37.4, 16.3, 2.9, 1.9], factors, 20.0) == pytest.approx(37.4)
+    assert choose_diameter([np.nan] * 5, factors, 20.0) is None
+    assert choose_diameter([np.nan, np.nan, 30.0, np.nan, np.nan], factors, 20.0) == 30.0  # nothing to confirm it
+    assert choose_diameter([400.0, 200.0, np.nan, np.nan, np.nan], factors, 20.0) == 160.0  # clipped to 8x
 
 
 def test_rescaling_a_huge_lazy_plane_is_refused_before_reading_it():

@@ -168,7 +168,7 @@ class ModelBundle:
     def estimate_diameter(self, image, *, device: str | torch.device = "auto") -> float | None:
         """The median diameter (px) of the objects in `image` (H, W) or (C, H, W), or None when none is found:
         `scale.estimate_diameter` with windows segmented by this model (normalised with the whole image's
-        percentiles). Costs at most 3 passes over a 256² window, whatever the image's size; reads only windows."""
+        percentiles). Costs 5 passes over a 256² window, whatever the image's size; reads only windows."""
         if self.object_diameter is None:
             raise ValueError("this model has no object diameter, so there is nothing to estimate the image's against")
         preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
