@@ -19,9 +19,9 @@ from napari_unet.modelfile import ModelBundle, load_model, save_model
 from napari_unet.postprocess import PostprocessConfig
 from napari_unet.scale import (
     busiest_window,
-    choose_diameter,
     check_diameter,
     check_rescalable,
+    choose_diameter,
     diameter_factor,
     estimate_diameter,
     median_diameter,
