@@ -63,6 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=RESULTS / "generalist.json")
+    parser.add_argument(
+        "--held-out-from",
+        default=None,
+        help="take the held-out image lists from this model's metadata (default: --model's), e.g. to score an "
+        "earlier model on the images a later one was not trained on",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
@@ -96,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"speed": speed}
     results["dsb2018_fluo_train_auto"] = score_set(bundle, pairs, true_diameter=False)
     results["dsb2018_fluo_train_true_diameter"] = score_set(bundle, pairs, true_diameter=True)
-    held = bundle.metadata.get("training_data", {}).get("held_out_bbbc039", [])
+    lists = (load_model(args.held_out_from) if args.held_out_from else bundle).metadata.get("training_data", {})
+    held = lists.get("held_out_bbbc039", [])
     bbbc = [(args.data / "bbbc039/train/images" / n, args.data / "bbbc039/train/labels" / n) for n in held]
     if bbbc:
         results["bbbc039_held_out_auto"] = score_set(bundle, bbbc, true_diameter=False)
     other = [
         (args.data / "dsb2018-other/train/images" / n, args.data / "dsb2018-other/train/labels" / n)
-        for n in bundle.metadata.get("training_data", {}).get("held_out_dsb2018_other", [])
+        for n in lists.get("held_out_dsb2018_other", [])
     ]
     for kind in ("brightfield", "histology"):
         pairs = [p for p in other if (read_image(p[0])[1] == "CYX") == (kind == "histology")]

@@ -75,6 +75,23 @@ def load_sample(image_path: Path, labels_path: Path, diameter: float) -> tuple[S
     return Sample(rescale_image(image, factor), rescale_labels(labels, factor)), factor
 
 
+def earlier_stages(init: str | None) -> list[dict]:
+    """The training stages of the model a run starts from (`--init`), oldest first, as its metadata records them
+    (a model without `stages` is one stage: its own command, steps and seconds)."""
+    if init is None:
+        return []
+    metadata = load_model(init).metadata
+    if "stages" in metadata:
+        return list(metadata["stages"])
+    return [
+        {
+            "command": metadata.get("command"),
+            "iterations": metadata.get("iterations"),
+            "training_seconds": round(metadata.get("elapsed_seconds") or 0),
+        }
+    ]
+
+
 def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: float):
     """The post-processing (threshold, watershed, then the watershed's depth) that segments every 11th DSB
     training image best, at the model's scale (`postprocess.tune_config`, then `postprocess.best_config` ranked
@@ -199,6 +216,13 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = load_model(args.out)
     bundle.object_diameter = args.diameter
+    stages = earlier_stages(args.init) + [
+        {
+            "command": "python scripts/train_generalist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "iterations": trainer.iteration,
+            "training_seconds": round(trainer.elapsed),
+        }
+    ]
     tuned, scores = tune_on_training_images(bundle, image_pairs(args.data, "dsb2018-fluo/pretrain"), args.diameter)
     bundle.postprocess = tuned
     bundle.channels = GREY
@@ -242,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
             f"{args.threads} torch threads, device cpu",
             "wall_seconds": round(time.time() - started),
+            "stages": stages,
         }
     )
     save_model(args.out, bundle)
