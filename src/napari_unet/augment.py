@@ -143,7 +143,9 @@ def draw_geometry(rng: np.random.Generator, config: AugmentConfig) -> GeometryDr
     """
     flip = tuple(bool(config.flip_p > 0 and rng.random() < config.flip_p) for _ in range(2))
     elastic = config.elastic_sigma > 0 and config.elastic_p > 0 and rng.random() < config.elastic_p
-    coarse = rng.normal(0.0, config.elastic_sigma, size=(2, config.elastic_grid, config.elastic_grid)) if elastic else None
+    coarse = (
+        rng.normal(0.0, config.elastic_sigma, size=(2, config.elastic_grid, config.elastic_grid)) if elastic else None
+    )
     rotate = config.rotation > 0 and config.rotation_p > 0 and rng.random() < config.rotation_p
     angle = math.radians(rng.uniform(-config.rotation, config.rotation)) if rotate else 0.0
     shift = config.shift > 0 and config.shift_p > 0 and rng.random() < config.shift_p

@@ -103,16 +103,13 @@ def change_gray_values_batch(image: torch.Tensor, draws: Sequence[GrayDraw]) -> 
     return image
 
 
-def sampling_grid(
-    shape: tuple[int, int], draws: Sequence[GeometryDraw | None], device: torch.device
-) -> torch.Tensor:
+def sampling_grid(shape: tuple[int, int], draws: Sequence[GeometryDraw | None], device: torch.device) -> torch.Tensor:
     """The `grid_sample` grid (N, H, W, 2) (x, y in [-1, 1]) of `augment.geometry_map` for each draw (None: identity).
 
     source[n, a] = R_n[a, 0] y'_n + R_n[a, 1] x'_n + c_a + t_n[a] + (M_H (R_n coarse_n)[a] M_W^T), with y', x'
     the centred output coordinates, flipped where the draw flips.
     """
     height, width = shape
-    n = len(draws)
     identity = GeometryDraw()
     draws = [identity if draw is None else draw for draw in draws]
     grids = {draw.coarse.shape[-1] for draw in draws if draw.coarse is not None}
