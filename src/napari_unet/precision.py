@@ -44,6 +44,17 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def cudnn_autotuning(device: torch.device) -> Iterator[None]:
+    """cuDNN's autotuner on while inside (on CUDA: every batch has the same shapes), the process's flag after."""
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def memory_format(device: torch.device) -> torch.memory_format:
     """channels_last on CUDA and the CPU (faster for these convolutions: docs/design.md), contiguous on MPS."""
     return torch.contiguous_format if device.type == "mps" else torch.channels_last

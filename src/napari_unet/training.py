@@ -419,7 +419,7 @@ class Trainer:
 
     def _predict(self, image: np.ndarray) -> np.ndarray:
         try:
-            return predict_tiled(self.model, image, device=self.device)
+            return predict_tiled(self.model, image, device=self.device, precision=self.precision)
         finally:
             self.model.train()
 
