@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16")
+T = TypeVar("T")
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -42,6 +44,18 @@ def autocast(device: torch.device, precision: str) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def autocast_iterator(device: torch.device, precision: str, items: Iterator[T]) -> Iterator[T]:
+    """The items of a generator that runs the network (e.g. `pipeline.segment_file`), each computed under
+    `autocast(device, precision)` and cuDNN autotuning; the caller's state holds between items."""
+    while True:
+        with autocast(device, precision), cudnn_autotuning(device):
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+        yield item
 
 
 @contextlib.contextmanager
