@@ -79,8 +79,8 @@ def change_gray_values_batch(image: torch.Tensor, draws: Sequence[GrayDraw]) -> 
         values = [getattr(draw, name) for draw in draws]
         if all(value is None for value in values):
             return None
-        applied = torch.tensor([value is not None for value in values], device=device).view(n, 1, 1, 1)
-        factor = torch.tensor([1.0 if v is None else v for v in values], dtype=torch.float32, device=device)
+        applied = to_device(np.array([value is not None for value in values]), device).view(n, 1, 1, 1)
+        factor = to_device(np.array([1.0 if v is None else v for v in values], np.float32), device)
         return applied, factor.view(n, 1, 1, 1)
 
     flat = image.reshape(n, -1)
@@ -118,8 +118,7 @@ def sampling_grid(shape: tuple[int, int], draws: Sequence[GeometryDraw | None], 
     rotation = np.stack([rotation_matrix(draw) for draw in draws])  # (N, 2, 2)
     flips = np.array([[-1.0 if f else 1.0 for f in draw.flip] for draw in draws])  # (N, 2)
     offset = np.array([draw.offset for draw in draws]) + np.array([(height - 1) / 2, (width - 1) / 2])
-    to_device = functools.partial(torch.as_tensor, dtype=torch.float32, device=device)
-    rotation_t, flips_t, offset_t = to_device(rotation), to_device(flips), to_device(offset)
+    rotation_t, flips_t, offset_t = (to_device(a.astype(np.float32), device) for a in (rotation, flips, offset))
     y = torch.arange(height, dtype=torch.float32, device=device) - (height - 1) / 2
     x = torch.arange(width, dtype=torch.float32, device=device) - (width - 1) / 2
     ys = flips_t[:, 0, None] * y  # (N, H)
@@ -132,13 +131,23 @@ def sampling_grid(shape: tuple[int, int], draws: Sequence[GeometryDraw | None], 
     if grids:
         (grid,) = grids
         coarse = np.stack([np.zeros((2, grid, grid)) if d.coarse is None else d.coarse for d in draws])
-        rotated = to_device(np.einsum("nab,nbij->naij", rotation, coarse))  # (N, 2, g, g)
+        rotated = to_device(np.einsum("nab,nbij->naij", rotation, coarse).astype(np.float32), device)  # (N, 2, g, g)
         rows, columns = _spline_matrices(height, width, grid, device)
         source = source + torch.matmul(torch.matmul(rows, rotated), columns.T)  # (H, g) @ (N, 2, g, g) @ (g, W)
     grid_xy = torch.stack(
         [source[:, 1] * (2.0 / max(width - 1, 1)) - 1.0, source[:, 0] * (2.0 / max(height - 1, 1)) - 1.0], dim=-1
     )
     return grid_xy
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A small numpy array on `device`; on CUDA through pinned memory, without waiting for the GPU (a plain copy
+    from pageable memory would wait for the work queued before it, and the next batch is prepared while the
+    GPU computes the current one)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 @functools.lru_cache(maxsize=16)

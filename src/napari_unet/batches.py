@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, augment
-from .augment_batch import SampleDraw, augment_batch, draw_sample
+from .augment_batch import SampleDraw, augment_batch, draw_sample, to_device
 from .modelfile import Normalization
 from .targets import annotation_mask, is_binary, make_target
 from .tiling import read_window
@@ -152,8 +152,8 @@ class WindowSource:
     def cut(self, which: np.ndarray, origins: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Windows of side `size` at `origins` (N, 2) of images `which` (N,): image (N, C, n, n), labels (N, 2, n, n)."""
         device = self.device
-        which_t = torch.as_tensor(which, device=device)
-        origins_t = torch.as_tensor(origins, device=device)
+        which_and_origins = to_device(np.column_stack([which, origins]).astype(np.int64), device)
+        which_t, origins_t = which_and_origins[:, 0], which_and_origins[:, 1:]
         shapes = self._shapes[which_t]  # (N, 2)
         steps = torch.arange(size, device=device)
         rows = _mirror(origins_t[:, 0, None] + steps, shapes[:, 0, None])  # (N, n)
