@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import ddp, precision
 from .augment import AugmentConfig, augment
 from .augment_batch import SampleDraw, augment_batch, draw_sample, to_device
 from .modelfile import Normalization
@@ -35,6 +36,8 @@ from .tiling import read_window
 from .train_config import Sample, TrainConfig
 from .validation import check_image_dtype, check_labels, check_mask
 from .weights import weight_map
+
+DEVICE_DATA_FRACTION = 0.25  # batched augmentation keeps the training images on a GPU if they take at most this
 
 
 @dataclass
@@ -176,11 +179,61 @@ def _mirror(index: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
 
 
 def batched_windows(
-    source: WindowSource, plan: BatchPlan, size: int, crop: int, out: int, memory_format: torch.memory_format
+    source: WindowSource,
+    plan: BatchPlan,
+    size: int,
+    crop: int,
+    out: int,
+    memory_format: torch.memory_format,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The network's input x (N, C, n, n), target (N, out, out) int64 and weights (N, out, out) of `plan`,
-    augmented on the source's device (asynchronously on a GPU)."""
+    """The network's input x (N, C, n, n), target (N, out, out) int64 and weights (N, out, out) of `plan`, cut
+    where the source keeps the images and augmented on `device` (default: there too; asynchronously on a GPU)."""
     image, labels = source.cut(plan.which, plan.origins, size)
+    if device is not None and device != source.device:
+        pin = device.type == "cuda"
+        image = (image.pin_memory() if pin else image).to(device, non_blocking=True)
+        labels = (labels.pin_memory() if pin else labels).to(device, non_blocking=True)
     image, labels = augment_batch(image, labels, plan.draws)
     labels = labels[:, :, crop : crop + out, crop : crop + out]
     return image.contiguous(memory_format=memory_format), labels[:, 0].long(), labels[:, 1].contiguous()
+
+
+class TrainingBatches:
+    """The trainer's batches: per sample on the CPU, or batched on `device` (`batched`).
+
+    With torch.distributed initialised, every process draws the whole batch (batch_size x processes windows,
+    the same random numbers everywhere) and makes its own share of it.
+    """
+
+    def __init__(
+        self, samples: Sequence[Prepared], config: TrainConfig, size: int, out: int, device: torch.device, batched: bool
+    ):
+        self.samples, self.config, self.size, self.out, self.device = samples, config, size, out, device
+        self.rank, self.world_size = ddp.rank_and_world_size()
+        self.source = WindowSource(samples, self._data_device()) if batched else None
+
+    def _data_device(self) -> torch.device:
+        """Where the batched path keeps the training images: the GPU if they take at most a quarter of its free
+        memory, else the CPU (each batch's windows are then copied over)."""
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if WindowSource.nbytes(self.samples) > DEVICE_DATA_FRACTION * free:
+                return torch.device("cpu")
+        return self.device
+
+    def next(self, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next batch on the device: x (N, C, n, n), target (N, out, out) int64 and weights (N, out, out)."""
+        c, n, out = self.config, self.size, self.out
+        crop = (n - out) // 2
+        layout = precision.memory_format(self.device)
+        if self.source is None:
+            batch = per_sample_batch(rng, self.samples, c.batch_size, n, c.augment)
+            x = torch.from_numpy(np.stack([b[0] for b in batch]).astype(np.float32))
+            target = torch.from_numpy(np.stack([b[1][crop : crop + out, crop : crop + out] for b in batch]))
+            weights = torch.from_numpy(np.stack([b[2][crop : crop + out, crop : crop + out] for b in batch]))
+            x = x.to(self.device).contiguous(memory_format=layout)
+            return x, target.long().to(self.device), weights.float().to(self.device)
+        plan = draw_batch(rng, self.samples, c.batch_size * self.world_size, n, c.augment)
+        plan = plan.part(self.rank * c.batch_size, (self.rank + 1) * c.batch_size)
+        return batched_windows(self.source, plan, n, crop, out, layout, self.device)

@@ -60,7 +60,10 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     process's weights are broadcast to all at construction."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if device.type != "cuda":
+        return DistributedDataParallel(model)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return DistributedDataParallel(model, device_ids=[index])
 
 
 def shared_loss(

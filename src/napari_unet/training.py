@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import ddp
-from .batches import BatchPlan, WindowSource, batched_windows, draw_batch, per_sample_batch, prepare_sample
+from .batches import TrainingBatches, prepare_sample
 from .channels import ChannelChoice
 from .device import select_device
 from .losses import weighted_cross_entropy
@@ -59,8 +59,6 @@ from .train_config import (
 )
 
 __all__ = ["PRESETS", "Sample", "TrainConfig", "TrainEvent", "Trainer", "TrainingDiverged", "preset"]
-
-DEVICE_DATA_FRACTION = 0.25  # batched augmentation keeps the training images on a GPU if they take at most this
 
 
 class Trainer:
@@ -124,10 +122,13 @@ class Trainer:
         self.model.to(self.device, memory_format=memory_format(self.device))
         if self.device.type == "cuda":
             self._torch_rng["cuda"] = torch.Generator(self.device).manual_seed(config.seed).get_state()
+        if self.world_size > 1 and config.augmentation == "per-sample":
+            raise ValueError("training on several processes shares batches: use augmentation 'batched' or 'auto'")
         self.batched = config.augmentation == "batched" or (
             config.augmentation == "auto" and (self.device.type != "cpu" or self.world_size > 1)
         )
-        self._source = WindowSource(self.train, self._data_device()) if self.batched else None
+        out = model.output_shape((self.tile, self.tile))[0]
+        self._batches = TrainingBatches(self.train, config, self.tile, out, self.device, self.batched)
         self._module: torch.nn.Module = ddp.wrap(model, self.device) if self.world_size > 1 else model
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # the module, compiled if asked
         self._pending: tuple[dict[str, Any], tuple[torch.Tensor, ...]] | None = None  # the next batch, prefetched
@@ -319,38 +320,10 @@ class Trainer:
     _diverged: bool = False
     _started_at: int = 0  # the iteration the current `run()` started from
 
-    def _data_device(self) -> torch.device:
-        """Where the batched path keeps the training images: the GPU if they take at most a quarter of its free
-        memory, else the CPU (each batch's windows are then copied over)."""
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            if WindowSource.nbytes(self.train) > DEVICE_DATA_FRACTION * free:
-                return torch.device("cpu")
-        return self.device
-
-    def _batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The next batch on the device: x (N, C, n, n), target and weights (N, out, out)."""
-        c, n = self.config, self.tile
-        out = self.model.output_shape((n, n))[0]
-        crop = (n - out) // 2
-        layout = memory_format(self.device)
-        if not self.batched:
-            batch = per_sample_batch(self.rng, self.train, c.batch_size, n, c.augment)
-            x = torch.from_numpy(np.stack([b[0] for b in batch]).astype(np.float32))
-            target = torch.from_numpy(np.stack([b[1][crop : crop + out, crop : crop + out] for b in batch]))
-            weights = torch.from_numpy(np.stack([b[2][crop : crop + out, crop : crop + out] for b in batch]))
-            x = x.to(self.device).contiguous(memory_format=layout)
-            return x, target.long().to(self.device), weights.float().to(self.device)
-        # every process draws the whole batch (the same numbers) and makes its own share of it
-        plan: BatchPlan = draw_batch(self.rng, self.train, c.batch_size * self.world_size, n, c.augment)
-        plan = plan.part(self.rank * c.batch_size, (self.rank + 1) * c.batch_size)
-        x, target, weights = batched_windows(self._source, plan, n, crop, out, layout)
-        return x.to(self.device, non_blocking=True), target.to(self.device), weights.to(self.device)
-
     def _step(self) -> float:
         model = self.model
         if self._pending is None:
-            x, target, weights = self._batch()
+            x, target, weights = self._batches.next(self.rng)
         else:
             x, target, weights = self._pending[1]
             self._pending = None
@@ -365,7 +338,7 @@ class Trainer:
             loss, reported = self._loss(logits.float(), target, weights)
             if self.batched:  # prepare the next batch while the device computes this one (its state kept for resume)
                 state = self.rng.bit_generator.state
-                self._pending = (state, self._batch())
+                self._pending = (state, self._batches.next(self.rng))
             value = float(reported.item())
             if not math.isfinite(value):
                 self._diverge(f"the loss became {value} at iteration {self.iteration + 1}")
