@@ -95,15 +95,16 @@ class Trainer:
         self.channels = channels or ChannelChoice()  # how the samples' channels were chosen; saved with the model
         self.object_diameter = object_diameter
         self.tile = model.valid_input_size(config.tile_size)
-        channels = model.config.in_channels
+        in_channels = model.config.in_channels
         self.train = [
-            prepare_sample(s, f"training sample {i}", channels, self.normalization, config) for i, s in enumerate(train)
+            prepare_sample(s, f"training sample {i}", in_channels, self.normalization, config)
+            for i, s in enumerate(train)
         ]
         if validation is None:  # validate on the training samples, prepared once
             self.validation = self.train
         else:
             self.validation = [
-                prepare_sample(s, f"validation sample {i}", channels, self.normalization, config)
+                prepare_sample(s, f"validation sample {i}", in_channels, self.normalization, config)
                 for i, s in enumerate(validation)
             ]
         if not any(p.annotated.size for p in self.train):
