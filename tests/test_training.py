@@ -210,18 +210,18 @@ def test_training_leaves_the_process_random_state_alone_and_validates_on_the_tra
 
 
 def test_cosine_schedule_follows_the_time_budget_when_it_ends_first():
-    from napari_unet.training import _schedule
+    from napari_unet.train_config import learning_rate_schedule
 
     _, config = tiny(iterations=1000, time_budget=10.0)
     elapsed = [0.0]
-    factor = _schedule(config, lambda: elapsed[0])
+    factor = learning_rate_schedule(config, lambda: elapsed[0])
     assert factor(0) == pytest.approx(1.0)
     elapsed[0] = 5.0  # half the time budget, 1 % of the iterations
     assert factor(10) == pytest.approx(0.05 + 0.95 * 0.5)
     elapsed[0] = 20.0
     assert factor(11) == pytest.approx(0.05)
     _, no_budget = tiny(iterations=1000)
-    assert _schedule(no_budget, lambda: 1e9)(500) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert learning_rate_schedule(no_budget, lambda: 1e9)(500) == pytest.approx(0.05 + 0.95 * 0.5)
 
 
 def test_the_trainer_applies_the_models_polarity_to_its_samples(samples):

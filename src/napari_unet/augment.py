@@ -121,46 +121,84 @@ def elastic_displacement(shape: tuple[int, int], grid: int, sigma: float, rng: n
     return np.einsum("cyj,xj->cyx", np.einsum("yi,cij->cyj", rows, coarse), columns)  # no BLAS: see sampling_map
 
 
+@dataclass(frozen=True)
+class GeometryDraw:
+    """The random part of one sample's geometric transform (see `sampling_map`).
+
+    flip: (flip rows, flip columns); coarse: (2, grid, grid) elastic displacements (dy, dx) in pixels, or None;
+    angle: radians; offset: (ty, tx) pixels; factor: zoom z.
+    """
+
+    flip: tuple[bool, bool] = (False, False)
+    coarse: np.ndarray | None = None
+    angle: float = 0.0
+    offset: tuple[float, float] = (0.0, 0.0)
+    factor: float = 1.0
+
+
+def draw_geometry(rng: np.random.Generator, config: AugmentConfig) -> GeometryDraw | None:
+    """The random numbers of one sample's geometric transform, or None for the identity.
+
+    Drawn in this order, each only when its transform is applied: flips, elastic, rotation, shift, zoom.
+    """
+    flip = tuple(bool(config.flip_p > 0 and rng.random() < config.flip_p) for _ in range(2))
+    elastic = config.elastic_sigma > 0 and config.elastic_p > 0 and rng.random() < config.elastic_p
+    coarse = (
+        rng.normal(0.0, config.elastic_sigma, size=(2, config.elastic_grid, config.elastic_grid)) if elastic else None
+    )
+    rotate = config.rotation > 0 and config.rotation_p > 0 and rng.random() < config.rotation_p
+    angle = math.radians(rng.uniform(-config.rotation, config.rotation)) if rotate else 0.0
+    shift = config.shift > 0 and config.shift_p > 0 and rng.random() < config.shift_p
+    offset = tuple(float(v) for v in rng.uniform(-config.shift, config.shift, size=2)) if shift else (0.0, 0.0)
+    zoom = config.scale != (1.0, 1.0) and config.scale_p > 0 and rng.random() < config.scale_p
+    factor = math.exp(rng.uniform(*np.log(config.scale))) if zoom else 1.0
+    if not (any(flip) or elastic or rotate or shift or zoom):
+        return None
+    return GeometryDraw(flip, coarse, angle, offset, factor)  # type: ignore[arg-type]
+
+
+def rotation_matrix(draw: GeometryDraw) -> np.ndarray:
+    """R / z of `sampling_map`: (2, 2) acting on (y, x)."""
+    angle = draw.angle
+    return np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) / draw.factor
+
+
 def sampling_map(shape: tuple[int, int], rng: np.random.Generator, config: AugmentConfig) -> np.ndarray | None:
     """Source coordinates of every output pixel: (2, H, W) float32 (y, x), or None for the identity.
 
     For an output pixel p: flip its axes, add the elastic displacement u(p), rotate by R and zoom by z about
     the centre c = ((H - 1) / 2, (W - 1) / 2) and shift by t: source = R (flip(p) + u(p) - c) / z + c + t.
-    Random numbers are drawn in this order, each only when its transform is applied.
+    Random numbers are drawn in this order, each only when its transform is applied (`draw_geometry`).
+    """
+    draw = draw_geometry(rng, config)
+    return None if draw is None else geometry_map(shape, draw)
+
+
+def geometry_map(shape: tuple[int, int], draw: GeometryDraw) -> np.ndarray:
+    """The sampling map (2, H, W) float32 of `draw` (see `sampling_map`).
+
     Computed separably: R u(p) = M_H (R coarse) M_W^T is the field of the rotated coarse vectors, and the
     affine part is a sum of a column and a row.
     """
     height, width = shape
-    flip = [config.flip_p > 0 and rng.random() < config.flip_p for _ in range(2)]
-    elastic = config.elastic_sigma > 0 and config.elastic_p > 0 and rng.random() < config.elastic_p
-    if elastic:
-        coarse = rng.normal(0.0, config.elastic_sigma, size=(2, config.elastic_grid, config.elastic_grid))
-    rotate = config.rotation > 0 and config.rotation_p > 0 and rng.random() < config.rotation_p
-    angle = math.radians(rng.uniform(-config.rotation, config.rotation)) if rotate else 0.0
-    shift = config.shift > 0 and config.shift_p > 0 and rng.random() < config.shift_p
-    offset = rng.uniform(-config.shift, config.shift, size=2) if shift else np.zeros(2)
-    zoom = config.scale != (1.0, 1.0) and config.scale_p > 0 and rng.random() < config.scale_p
-    factor = math.exp(rng.uniform(*np.log(config.scale))) if zoom else 1.0
-    if not (any(flip) or elastic or rotate or shift or zoom):
-        return None
-
     centre = np.array([(height - 1) / 2, (width - 1) / 2])
     y = np.arange(height) - centre[0]
     x = np.arange(width) - centre[1]
-    if flip[0]:
+    if draw.flip[0]:
         y = -y
-    if flip[1]:
+    if draw.flip[1]:
         x = -x
-    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]) / factor
+    rotation = rotation_matrix(draw)
     coordinates = np.empty((2, height, width), np.float32)
     for axis in range(2):
         # source[axis] = sum_k column_k(y) row_k(x): the affine part, then R u = M_H (R coarse) M_W^T
-        columns = [rotation[axis, 0] * y + centre[axis] + offset[axis], np.ones(height)]
+        columns = [rotation[axis, 0] * y + centre[axis] + draw.offset[axis], np.ones(height)]
         rows = [np.ones(width), rotation[axis, 1] * x]
-        if elastic:
-            rotated = np.tensordot(rotation[axis], coarse, axes=1)
-            columns += list((_spline_matrix(height, config.elastic_grid) @ rotated).T)
-            rows += list(_spline_matrix(width, config.elastic_grid).T)
+        if draw.coarse is not None:
+            grid = draw.coarse.shape[-1]
+            rotated = np.tensordot(rotation[axis], draw.coarse, axes=1)
+            columns += list((_spline_matrix(height, grid) @ rotated).T)
+            rows += list(_spline_matrix(width, grid).T)
         # einsum, not a matrix product: BLAS threads stall on busy machines for this thin product
         np.einsum("ky,kx->yx", np.array(columns, np.float32), np.array(rows, np.float32), out=coordinates[axis])
     return coordinates
@@ -196,21 +234,41 @@ def warp(
     )
 
 
+@dataclass(frozen=True)
+class GrayDraw:
+    """The random part of one sample's gray-value change: each factor, or None when not applied."""
+
+    gamma: float | None = None
+    contrast: float | None = None
+    brightness: float | None = None
+
+
+def draw_gray_values(rng: np.random.Generator, config: AugmentConfig) -> GrayDraw:
+    """The random numbers of `change_gray_values`: gamma, then contrast, then brightness."""
+    values = []
+    for name in ("gamma", "contrast", "brightness"):
+        applied = getattr(config, f"{name}_p") > 0 and rng.random() < getattr(config, f"{name}_p")
+        values.append(float(rng.uniform(*getattr(config, name))) if applied else None)
+    return GrayDraw(*values)
+
+
 def change_gray_values(image: np.ndarray, rng: np.random.Generator, config: AugmentConfig) -> np.ndarray:
     """Gamma, then contrast, then brightness (see `AugmentConfig`), each with its probability: float32."""
+    return apply_gray_values(image, draw_gray_values(rng, config))
+
+
+def apply_gray_values(image: np.ndarray, draw: GrayDraw) -> np.ndarray:
+    """The gray-value change `draw` of `image` (any shape; statistics over the whole array): float32."""
     image = np.asarray(image, dtype=np.float32)
-    if config.gamma_p > 0 and rng.random() < config.gamma_p:
-        gamma = rng.uniform(*config.gamma)
+    if draw.gamma is not None:
         low, high = float(image.min()), float(image.max())
         if high > low:
-            image = low + (high - low) * ((image - low) / (high - low)) ** np.float32(gamma)
-    if config.contrast_p > 0 and rng.random() < config.contrast_p:
-        contrast = rng.uniform(*config.contrast)
+            image = low + (high - low) * ((image - low) / (high - low)) ** np.float32(draw.gamma)
+    if draw.contrast is not None:
         mean = image.mean()
-        image = mean + np.float32(contrast) * (image - mean)
-    if config.brightness_p > 0 and rng.random() < config.brightness_p:
-        brightness = rng.uniform(*config.brightness)
-        image = image + np.float32(brightness) * image.std()
+        image = mean + np.float32(draw.contrast) * (image - mean)
+    if draw.brightness is not None:
+        image = image + np.float32(draw.brightness) * image.std()
     return image
 
 

@@ -26,8 +26,10 @@ pass at tile edges (nonzero but below 1e-2 for an untrained net, asserted by the
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +37,7 @@ import torch
 
 from .device import select_device
 from .model import UNet
+from .precision import autocast, cudnn_autotuning, memory_format
 from .validation import check_finite
 
 DEFAULT_CPU_MEMORY = 1 << 30  # bytes of activations a CPU tile may use
@@ -172,25 +175,80 @@ def iter_predict_tiles(
     batch_size: int = 1,
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
     tiles: Iterable[Tile] | None = None,
+    precision: str | None = None,
+    pipelined: bool | None = None,
 ) -> Iterator[TileResult]:
     """Yield each finished output tile of `image` (C, H, W) as softmax probabilities, in grid order.
 
     tiles: a part of the grid to predict (e.g. one block of a distributed run); the whole grid by default.
+    precision: "auto", "fp32" or "bf16" (`precision.autocast`); None: as the caller's autocast state.
+    pipelined: read the next batch's windows on a CPU thread, and copy each finished batch back while the device
+        computes the next one (pinned memory, asynchronous copies on CUDA); None: on GPUs, not on the CPU.
     Stopping is not asking for the next tile. The model must already be on `device`, in eval mode.
     """
     tiles = iter(grid if tiles is None else tiles)
-    while batch := [tile for _, tile in zip(range(batch_size), tiles)]:
+    batches = iter(lambda: [tile for _, tile in zip(range(batch_size), tiles)], [])
+
+    def read(batch: list[Tile]) -> np.ndarray:
         windows = [read_window(image, tile.window_origin, grid.window) for tile in batch]
         if preprocess is not None:
             windows = [np.asarray(preprocess(w), dtype=np.float32) for w in windows]
-        x = torch.from_numpy(np.stack(windows)).to(device)
-        if device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode():
-            probs = torch.softmax(model(x), dim=1).float().cpu().numpy()
+        return np.stack(windows)
+
+    def kept(batch: list[Tile], probs: np.ndarray) -> Iterator[TileResult]:
         for tile, tile_probs in zip(batch, probs):
-            (cy, cx), (ry, rx) = tile.crop, tile.region
-            yield TileResult(tile, tile_probs[:, cy : cy + ry.stop - ry.start, cx : cx + rx.stop - rx.start])
+            (ry, rx) = tile.region
+            yield TileResult(tile, tile_probs[:, : ry.stop - ry.start, : rx.stop - rx.start])
+
+    crop = grid.lead - grid.offset
+    stride_y, stride_x = grid.stride
+    if not (device.type != "cpu" if pipelined is None else pipelined):
+        for batch in batches:
+            x = torch.from_numpy(read(batch)).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), _autocast(device, precision):
+                probs = torch.softmax(model(x).float(), dim=1)
+            yield from kept(batch, probs[:, :, crop : crop + stride_y, crop : crop + stride_x].numpy())
+        return
+    layout = memory_format(device)
+    with ThreadPoolExecutor(1) as reader, cudnn_autotuning(device):
+
+        def submit(batch: list[Tile]):
+            return (batch, reader.submit(read, batch)) if batch else None
+
+        pending = None  # the previous batch: (tiles, probabilities on their way to the CPU, copy finished event)
+        upcoming = submit(next(batches, []))
+        while upcoming is not None:
+            batch, windows = upcoming
+            upcoming = submit(next(batches, []))  # read while this batch computes
+            x = torch.from_numpy(windows.result())
+            x = (x.pin_memory() if device.type == "cuda" else x).to(device, non_blocking=True)
+            with torch.inference_mode(), _autocast(device, precision):
+                probs = torch.softmax(model(x.contiguous(memory_format=layout)).float(), dim=1)
+                probs = probs[:, :, crop : crop + stride_y, crop : crop + stride_x]
+            if device.type == "cuda":
+                host = torch.empty(probs.shape, dtype=probs.dtype, pin_memory=True)
+                host.copy_(probs, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+            else:
+                host, done = probs.cpu(), None
+            if pending is not None:
+                yield from kept(pending[0], _wait(pending[1], pending[2]))
+            pending = (batch, host, done)
+        if pending is not None:
+            yield from kept(pending[0], _wait(pending[1], pending[2]))
+
+
+def _autocast(device: torch.device, precision: str | None) -> contextlib.AbstractContextManager:
+    """`precision.autocast`, or nothing for None (the caller's autocast state holds)."""
+    return contextlib.nullcontext() if precision is None else autocast(device, precision)
+
+
+def _wait(host: torch.Tensor, done: torch.cuda.Event | None) -> np.ndarray:
+    """The numpy view of `host` once its asynchronous copy from the GPU has finished."""
+    if done is not None:
+        done.synchronize()
+    return host.numpy()
 
 
 def as_channels_first(image, in_channels: int):
@@ -211,11 +269,9 @@ def as_channels_first(image, in_channels: int):
 
 
 def prepare_model(model: UNet, device: torch.device) -> UNet:
-    """Move the model to `device` for inference: eval mode, channels_last on the CPU (faster there: docs/design.md)."""
-    model.eval().to(device)
-    if device.type == "cpu":
-        model.to(memory_format=torch.channels_last)
-    return model
+    """Move the model to `device` for inference: eval mode, channels_last on the CPU and CUDA (faster there:
+    docs/design.md, docs/gpu.md)."""
+    return model.eval().to(device, memory_format=memory_format(device))
 
 
 def predict_tiled(
@@ -228,6 +284,7 @@ def predict_tiled(
     batch_size: int = 1,
     out=None,
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Softmax probabilities (classes, H, W) of `image` (H, W) or (C, H, W), predicted tile by tile.
 
@@ -236,6 +293,10 @@ def predict_tiled(
     out: where to write, e.g. a zarr array of shape (classes, H, W) for images larger than memory; a new float32
         array by default.
     preprocess: applied to each input window (C, h, w), e.g. normalisation with global percentiles.
+    batch_size: tiles per forward pass (on a GPU, 4-8 tiles of 572 or more keep it busy: docs/gpu.md).
+    precision: "auto" (bf16 autocast on CUDA), "fp32" or "bf16" (`precision.py`); None: the caller's autocast
+        state (fp32 unless the call is inside `precision.autocast`). Seam-free: tiled equals `predict_whole` to
+        float rounding in fp32; in bf16 within 0.05 of a probability (tests/test_tiling_precision.py).
     The image may be numpy, a memory-mapped TIFF, dask or zarr; it is read window by window.
     The model is moved to `device` and put in eval mode. An image with NaN or infinite values (or complex
     numbers) raises ValueError (`validation.check_finite`).
@@ -251,12 +312,12 @@ def predict_tiled(
         out = np.empty((model.config.num_classes, *grid.shape), dtype=np.float32)
     elif tuple(out.shape) != (model.config.num_classes, *grid.shape):
         raise ValueError(f"out must have shape {(model.config.num_classes, *grid.shape)}, got {tuple(out.shape)}")
-    for result in iter_predict_tiles(model, image, grid, device, batch_size, preprocess):
+    for result in iter_predict_tiles(model, image, grid, device, batch_size, preprocess, precision=precision):
         out[(slice(None), *result.tile.region)] = result.probs
     return out
 
 
-def predict_whole(model: UNet, image, device: str | torch.device = "cpu") -> np.ndarray:
+def predict_whole(model: UNet, image, device: str | torch.device = "cpu", precision: str | None = None) -> np.ndarray:
     """Reference: one forward pass over the whole mirror-padded image (what tiling must equal).
 
     image: (H, W) or (C, H, W) -> probs (classes, H, W). Memory grows with the image: for tests and benchmarks.
@@ -267,8 +328,9 @@ def predict_whole(model: UNet, image, device: str | torch.device = "cpu") -> np.
     h, w = image.shape[-2:]
     grid = tile_grid(model, (h, w), (h, w))
     window = read_window(image, (-grid.lead, -grid.lead), grid.window)
-    with torch.inference_mode():
-        probs = torch.softmax(model(torch.from_numpy(window[None]).to(device)), dim=1)[0].cpu().numpy()
+    x = torch.from_numpy(window[None]).to(device).contiguous(memory_format=memory_format(device))
+    with torch.inference_mode(), _autocast(device, precision):
+        probs = torch.softmax(model(x).float(), dim=1)[0].cpu().numpy()
     crop = grid.lead - grid.offset
     return probs[:, crop : crop + h, crop : crop + w]
 
@@ -303,6 +365,7 @@ def predict_tta(
     device: str | torch.device = "auto",
     batch_size: int = 1,
     preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Test-time augmentation: probabilities (classes, H, W) averaged over the 8 flips and 90-degree rotations.
 
@@ -322,6 +385,7 @@ def predict_tta(
             device=device,
             batch_size=batch_size,
             preprocess=preprocess,
+            precision=precision,
         )
         probs = untransform(probs, k, flip)
         if total is None:

@@ -1,8 +1,11 @@
 """Training: a generator of progress events, consumed alike by the napari dock, the CLI and the tests.
 
-Each step draws one annotated pixel at random, cuts the network's input window around it (mirrored at the
-image border), warps image, target and weights together (elastic deformation, rotation, shift, flips;
-gray-value changes on the image), and minimises the weighted cross-entropy on the window's output region.
+Each step draws windows centred on random annotated pixels (mirrored at the image border), warps image, target
+and weights together (elastic deformation, rotation, shift, flips; gray-value changes on the image) and
+minimises the weighted cross-entropy on the windows' output regions (`batches.py`). On a GPU the windows are
+cut and warped there, a batch at a time, and the next batch is prepared while the device computes; the
+arithmetic is bf16 autocast there by default (`precision.py`). With torch.distributed initialised (torchrun),
+the processes share each batch (`ddp.py`).
 
 Stopping is not asking for the next event: closing the generator (or leaving a ``for`` loop) saves the last
 completed step to the checkpoint folder. A resumed run continues exactly where the interrupted one stopped
@@ -19,155 +22,43 @@ completed step to the checkpoint folder. A resumed run continues exactly where t
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ._config import Config, check_choice, check_flag, check_range
-from .augment import AugmentConfig, augment
+from . import ddp
+from .batches import TrainingBatches, prepare_sample
 from .channels import ChannelChoice
 from .device import select_device
 from .losses import weighted_cross_entropy
 from .metrics import pixel_scores
-from .model import UNet, UNetConfig
+from .model import UNet
 from .modelfile import STATE_FILE, ModelBundle, Normalization, load_model, save_model
 from .postprocess import PostprocessConfig, calibrate_growth
-from .targets import annotation_mask, is_binary, make_target
-from .tiling import predict_tiled, read_window
-from .validation import check_image_dtype, check_labels, check_mask
-from .weights import weight_map
+from .precision import autocast, compiled, memory_format, resolve_precision
+from .tiling import predict_tiled
+from .train_config import (
+    PRESETS,
+    Sample,
+    TrainConfig,
+    TrainEvent,
+    TrainingDiverged,
+    hash_sample,
+    learning_rate_schedule,
+    make_optimizer,
+    preset,
+    rng_state_from_tensors,
+    rng_state_to_tensors,
+)
 
-
-@dataclass(frozen=True)
-class TrainConfig(Config):
-    """How to train. Saved with the model and in checkpoints. The defaults are the "fast" preset.
-
-    tile_size: side of the network's input window (rounded up to a valid size of the model).
-    optimizer: "adam" or "sgd" (with `momentum`; the paper: SGD, momentum 0.99, one large tile per batch).
-    schedule: "constant" or "cosine" (learning rate decays to 5% over `iterations`, or over `time_budget` when
-        that ends first: a run given 20 minutes decays over its 20 minutes).
-    w0, sigma, border: weight map border term and the separation border width between touching cells (px).
-    time_budget: seconds of training steps (time paused or spent by the consumer between events does not
-        count); training stops (and saves) when exceeded, whatever `iterations` says.
-    calibrate_growth: at the end of a run that was not stopped, choose how far the post-processing grows
-        objects (`PostprocessConfig.grow_threshold`) so that the objects found on (up to 8 of) the training
-        images match the annotated cells best (`postprocess.calibrate_growth`); instance labels only.
-    """
-
-    iterations: int = 600
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    momentum: float = 0.99
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
-    tile_size: int = 252
-    batch_size: int = 1
-    w0: float = 50.0
-    sigma: float = 6.0
-    border: int = 1
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    validate_every: int = 100
-    checkpoint_every: int = 100
-    seed: int = 0
-    time_budget: float | None = None
-    calibrate_growth: bool = True
-
-    def __post_init__(self) -> None:
-        check_choice(self, "optimizer", ("adam", "sgd"))
-        check_choice(self, "schedule", ("constant", "cosine"))
-        for name in ("iterations", "tile_size", "batch_size", "validate_every", "checkpoint_every"):
-            check_range(self, name, 1, integer=True)
-        check_range(self, "learning_rate", 0.0, open_low=True)
-        check_range(self, "momentum", 0.0, 1.0, open_high=True)
-        check_range(self, "weight_decay", 0.0)
-        check_range(self, "w0", 0.0)
-        check_range(self, "sigma", 0.0, open_low=True, meaning="pixels")
-        check_range(self, "border", 0, integer=True, meaning="pixels")
-        check_range(self, "seed", integer=True)
-        check_range(self, "time_budget", 0.0, optional=True, meaning="seconds")
-        check_flag(self, "calibrate_growth")
-        if not isinstance(self.augment, AugmentConfig):
-            raise TypeError(f"TrainConfig.augment must be an AugmentConfig; got {self.augment!r}")
-
-
-PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
-    # Chosen by benchmarks/bench_training.py (time to quality on a 2-core CPU; the figures are in
-    # docs/benchmarks.md), with the border emphasis of Falk et al. 2019 (w0 = 50, sigma = 6 px).
-    # TrainConfig's defaults are this preset: 600 steps of Adam (1e-3, cosine) on 252 px tiles, w0 50, sigma 6.
-    "fast": (UNetConfig(depth=4, base_channels=16, dropout=0.0), TrainConfig()),
-    # The paper: depth 5, 64 channels, valid convolutions, SGD with momentum 0.99, one large tile per batch.
-    # The paper gives no learning rate; 0.001 is ten times below what failed with our pixel-averaged loss
-    # (docs/results.md has the runs).
-    "paper": (
-        UNetConfig(),
-        TrainConfig(
-            iterations=20000,
-            optimizer="sgd",
-            learning_rate=0.001,
-            momentum=0.99,
-            schedule="constant",
-            tile_size=572,
-            w0=10.0,
-            sigma=5.0,
-            validate_every=500,
-            checkpoint_every=500,
-        ),
-    ),
-}
-
-
-def preset(name: str = "fast", **overrides: Any) -> tuple[UNetConfig, TrainConfig]:
-    """The (network, training) configs of a preset, with TrainConfig fields overridden by keyword."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    net, train = PRESETS[name]
-    return net, replace(train, **overrides)
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One annotated image. image: (H, W) or (C, H, W), percentile-normalised (the Trainer inverts it as its
-    `Normalization.invert` says); labels: (H, W) instance ids or a binary mask;
-    mask: (H, W), nonzero where the annotation is defined (None: everywhere but reserved "not annotated" values)."""
-
-    image: np.ndarray
-    labels: np.ndarray
-    mask: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class TrainEvent:
-    """What the trainer reports. kind: "step", "validation", "checkpoint", "calibration" (the growth of the
-    post-processing is about to be calibrated, `Trainer.calibrate_growth`) or "done"."""
-
-    kind: str
-    iteration: int
-    total: int
-    loss: float
-    learning_rate: float
-    elapsed: float
-    val_score: float | None = None
-
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the last good state was kept."""
-
-
-@dataclass
-class _Prepared:
-    image: np.ndarray  # (C, H, W) float32
-    target: np.ndarray  # (H, W) uint8
-    weights: np.ndarray  # (H, W) float32, 0 = ignored
-    annotated: np.ndarray  # flat indices of pixels with weight > 0
-    cells: np.ndarray | None  # (H, W) int32 ids of the annotated cells, 0 elsewhere; None for a binary mask
+__all__ = ["PRESETS", "Sample", "TrainConfig", "TrainEvent", "Trainer", "TrainingDiverged", "preset"]
 
 
 class Trainer:
@@ -204,27 +95,47 @@ class Trainer:
         self.channels = channels or ChannelChoice()  # how the samples' channels were chosen; saved with the model
         self.object_diameter = object_diameter
         self.tile = model.valid_input_size(config.tile_size)
-        self.train = [self._prepare(s, f"training sample {i}") for i, s in enumerate(train)]
+        in_channels = model.config.in_channels
+        self.train = [
+            prepare_sample(s, f"training sample {i}", in_channels, self.normalization, config)
+            for i, s in enumerate(train)
+        ]
         if validation is None:  # validate on the training samples, prepared once
             self.validation = self.train
         else:
-            self.validation = [self._prepare(s, f"validation sample {i}") for i, s in enumerate(validation)]
+            self.validation = [
+                prepare_sample(s, f"validation sample {i}", in_channels, self.normalization, config)
+                for i, s in enumerate(validation)
+            ]
         if not any(p.annotated.size for p in self.train):
             raise ValueError("the annotations are empty: no pixel has a nonzero loss weight (label some cells)")
-        self.data_hashes = [_hash_sample(s) for s in train]
+        self.data_hashes = [hash_sample(s) for s in train]
         self.iteration = 0
         self.elapsed = 0.0
         self.rng = np.random.default_rng(config.seed)
         # torch's random numbers (dropout) come from the trainer's own stream, swapped in for each step
         # (`_own_random_state`): training neither reseeds nor advances the process's generators
         self._torch_rng = {"cpu": torch.Generator().manual_seed(config.seed).get_state()}
-        self.model.to(self.device)
-        if self.device.type == "cpu":
-            self.model.to(memory_format=torch.channels_last)
+        self.precision = resolve_precision(config.precision, self.device)
+        self.rank, self.world_size = ddp.rank_and_world_size()
+        if self.rank != 0:
+            self.checkpoint = None  # one process writes the model: the first
+        self.model.to(self.device, memory_format=memory_format(self.device))
         if self.device.type == "cuda":
             self._torch_rng["cuda"] = torch.Generator(self.device).manual_seed(config.seed).get_state()
-        self.optimizer = _make_optimizer(model, config)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(config, lambda: self.elapsed))
+        if self.world_size > 1 and config.augmentation == "per-sample":
+            raise ValueError("training on several processes shares batches: use augmentation 'batched' or 'auto'")
+        self.batched = config.augmentation == "batched" or (
+            config.augmentation == "auto" and (self.device.type != "cpu" or self.world_size > 1)
+        )
+        out = model.output_shape((self.tile, self.tile))[0]
+        self._batches = TrainingBatches(self.train, config, self.tile, out, self.device, self.batched)
+        self._module: torch.nn.Module = ddp.wrap(model, self.device) if self.world_size > 1 else model
+        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None  # the module, compiled if asked
+        self._pending: tuple[dict[str, Any], tuple[torch.Tensor, ...]] | None = None  # the next batch, prefetched
+        self.optimizer = make_optimizer(model, config)
+        schedule = learning_rate_schedule(config, lambda: self.elapsed)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.growth_calibration: dict[str, Any] | None = None
         self.metadata: dict[str, Any] = {}  # saved with the model besides the training record
         self._last_good = self._snapshot()
@@ -246,6 +157,8 @@ class Trainer:
                 started = time.perf_counter()
                 loss = self._step()
                 self.elapsed += time.perf_counter() - started  # training time: pauses and consumers don't count
+                if self.world_size > 1 and config.time_budget is not None:
+                    self.elapsed = ddp.agreed_elapsed(self.elapsed)  # one schedule and one stop for all processes
                 yield self._event("step", loss)
                 if self.iteration % config.validate_every == 0 and self.iteration < config.iterations:
                     yield self._event("validation", loss, val_score=self.validate())
@@ -294,7 +207,7 @@ class Trainer:
         cells) more than on the images. Recorded in the model's metadata as "growth_calibration".
         """
         samples = [sample for sample in self.train if sample.cells is not None and sample.cells.any()][:max_images]
-        if not samples:
+        if not samples or self.rank != 0:  # with several processes, the first one saves the model: it calibrates
             return None
         probs = [self._predict(sample.image)[1] for sample in samples]
         self.postprocess, scores = calibrate_growth(probs, [sample.cells for sample in samples], self.postprocess)
@@ -308,7 +221,7 @@ class Trainer:
 
     def validate(self) -> float | None:
         """Mean foreground IoU (probability > 0.5 against the target, inside the annotation) on validation images."""
-        if not self.validation:
+        if not self.validation or self.rank != 0:  # with several processes, the first one validates
             return None
         scores = []
         for sample in self.validation:
@@ -344,7 +257,10 @@ class Trainer:
             "elapsed": self.elapsed,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "numpy_rng": _rng_state_to_tensors(self.rng),
+            # before the prefetched batch was drawn: a resumed run draws it again
+            "numpy_rng": rng_state_to_tensors(
+                self.rng.bit_generator.state if self._pending is None else self._pending[0]
+            ),
             "torch_rng": self._torch_rng["cpu"],
         }
         return save_model(path, self.bundle(), training_state=state)
@@ -389,7 +305,7 @@ class Trainer:
             trainer.elapsed = float(state["elapsed"])
             trainer.optimizer.load_state_dict(state["optimizer"])
             trainer.scheduler.load_state_dict(state["scheduler"])
-            trainer.rng.bit_generator.state = _rng_state_from_tensors(state["numpy_rng"])
+            trainer.rng.bit_generator.state = rng_state_from_tensors(state["numpy_rng"])
             trainer._torch_rng["cpu"] = state["torch_rng"]
         except Exception as error:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
             raise ValueError(
@@ -405,66 +321,42 @@ class Trainer:
     _diverged: bool = False
     _started_at: int = 0  # the iteration the current `run()` started from
 
-    def _prepare(self, sample: Sample, name: str) -> _Prepared:
-        check_image_dtype(np.asarray(sample.image).dtype, f"{name}: the image")
-        image = np.asarray(sample.image, dtype=np.float32)
-        image = image[None] if image.ndim == 2 else image
-        labels = check_labels(sample.labels, f"{name}: labels")  # any integer width; ids >= 2**31 renumbered
-        mask = None if sample.mask is None else check_mask(sample.mask, labels.shape, f"{name}: mask")
-        channels = self.model.config.in_channels
-        if image.ndim != 3 or image.shape[0] != channels:
-            raise ValueError(
-                f"{name}: expected an image (H, W) or (C, H, W) with C = {channels} for this model, "
-                f"got shape {np.shape(sample.image)}"
-            )
-        if labels.shape != image.shape[1:]:
-            raise ValueError(f"{name}: labels {labels.shape} must have the image's shape {image.shape[1:]}")
-        if not np.isfinite(image).all():
-            bad = int(image.size - np.count_nonzero(np.isfinite(image)))
-            raise ValueError(f"{name}: the image contains {bad} NaN or infinite values")
-        image = self.normalization.apply_polarity(image)  # samples come percentile-normalised: invert here
-        c = self.config
-        weights = weight_map(labels, c.w0, c.sigma, mask=mask, border=c.border)
-        target = make_target(labels, c.border)
-        annotated = annotation_mask(labels, mask)
-        target[~annotated] = 0
-        cells = None if is_binary(labels) else np.where(annotated & (labels > 0), labels, 0).astype(np.int32)
-        return _Prepared(image, target, weights, np.flatnonzero(weights > 0), cells)
-
-    def _window(self, sample: _Prepared) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A random training window: image (C, n, n), target and weights (n, n), centred on an annotated pixel."""
-        n = self.tile
-        flat = sample.annotated[self.rng.integers(sample.annotated.size)]
-        cy, cx = np.unravel_index(flat, sample.target.shape)
-        origin = (int(cy) - n // 2, int(cx) - n // 2)
-        image = read_window(sample.image, origin, (n, n))
-        target = read_window(sample.target[None], origin, (n, n))[0].astype(np.int64)
-        weights = read_window(sample.weights[None], origin, (n, n))[0]
-        return augment(image, target, weights, self.rng, self.config.augment)
-
     def _step(self) -> float:
-        c, model = self.config, self.model
-        n = self.tile
-        out = model.output_shape((n, n))[0]
-        crop = (n - out) // 2
-        batch = [self._window(self.train[self.rng.integers(len(self.train))]) for _ in range(c.batch_size)]
-        x = torch.from_numpy(np.stack([b[0] for b in batch]).astype(np.float32)).to(self.device)
-        target = torch.from_numpy(np.stack([b[1][crop : crop + out, crop : crop + out] for b in batch])).long()
-        weights = torch.from_numpy(np.stack([b[2][crop : crop + out, crop : crop + out] for b in batch])).float()
-        if self.device.type == "cpu":
-            x = x.contiguous(memory_format=torch.channels_last)
+        model = self.model
+        if self._pending is None:
+            x, target, weights = self._batches.next(self.rng)
+        else:
+            x, target, weights = self._pending[1]
+            self._pending = None
         model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with self._own_random_state():
-            loss = weighted_cross_entropy(model(x), target.to(self.device), weights.to(self.device))
-            if not torch.isfinite(loss):
-                self._diverge(f"the loss became {loss.item()} at iteration {self.iteration + 1}")
+            if self._forward is None:
+                with autocast(self.device, self.precision):
+                    self._forward = compiled(self._module, x) if self.config.compile else self._module
+            with autocast(self.device, self.precision):
+                logits = self._forward(x)
+            loss, reported = self._loss(logits.float(), target, weights)
+            if self.batched:  # prepare the next batch while the device computes this one (its state kept for resume)
+                state = self.rng.bit_generator.state
+                self._pending = (state, self._batches.next(self.rng))
+            value = float(reported.item())
+            if not math.isfinite(value):
+                self._diverge(f"the loss became {value} at iteration {self.iteration + 1}")
             loss.backward()
         self.optimizer.step()
         self.scheduler.step()
         self.iteration += 1
-        self._last_loss = float(loss.item())
-        return self._last_loss
+        self._last_loss = value
+        return value
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(the loss to differentiate, the loss to report): the weighted cross-entropy of the batch; with several
+        processes, of the whole batch they share (`ddp.shared_loss`)."""
+        if self.world_size > 1:
+            return ddp.shared_loss(logits, target, weights, self.world_size)
+        loss = weighted_cross_entropy(logits, target, weights)
+        return loss, loss.detach()
 
     @contextmanager
     def _own_random_state(self) -> Iterator[None]:
@@ -501,7 +393,7 @@ class Trainer:
 
     def _predict(self, image: np.ndarray) -> np.ndarray:
         try:
-            return predict_tiled(self.model, image, device=self.device)
+            return predict_tiled(self.model, image, device=self.device, precision=self.precision)
         finally:
             self.model.train()
 
@@ -509,63 +401,3 @@ class Trainer:
         return TrainEvent(
             kind, self.iteration, self.config.iterations, loss, self.scheduler.get_last_lr()[0], self.elapsed, **extra
         )
-
-
-def _make_optimizer(model: UNet, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    # The fused kernel on the CPU and CUDA: it is much faster per step on a CPU (docs/design.md).
-    device = next(model.parameters()).device
-    return torch.optim.Adam(
-        model.parameters(),
-        lr=config.learning_rate,
-        weight_decay=config.weight_decay,
-        fused=True if device.type in ("cpu", "cuda") else None,
-    )
-
-
-def _schedule(config: TrainConfig, elapsed: Callable[[], float]) -> Callable[[int], float]:
-    """The learning-rate factor of step `step`: cosine from 1 to 0.05 over the run, whose progress is the larger of
-    step / iterations and (with a time budget) elapsed training time / time_budget."""
-    if config.schedule == "constant":
-        return lambda step: 1.0
-    total, budget = config.iterations, config.time_budget
-
-    def factor(step: int) -> float:
-        progress = min(step, total) / total
-        if budget:
-            progress = max(progress, min(elapsed() / budget, 1.0))
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return factor
-
-
-def _hash_sample(sample: Sample) -> str:
-    digest = hashlib.sha1()
-    for array in (sample.image, sample.labels, sample.mask):
-        if array is not None:
-            digest.update(np.ascontiguousarray(array).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _rng_state_to_tensors(rng: np.random.Generator) -> dict[str, Any]:
-    """numpy's PCG64 state as plain values a weights-only torch.load accepts (128-bit ints as strings)."""
-    state = rng.bit_generator.state
-    return {
-        "bit_generator": state["bit_generator"],
-        "state": str(state["state"]["state"]),
-        "inc": str(state["state"]["inc"]),
-        "has_uint32": int(state["has_uint32"]),
-        "uinteger": int(state["uinteger"]),
-    }
-
-
-def _rng_state_from_tensors(saved: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "bit_generator": saved["bit_generator"],
-        "state": {"state": int(saved["state"]), "inc": int(saved["inc"])},
-        "has_uint32": saved["has_uint32"],
-        "uinteger": saved["uinteger"],
-    }

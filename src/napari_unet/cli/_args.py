@@ -63,6 +63,17 @@ def add_device(sub: argparse.ArgumentParser) -> None:
     )
 
 
+def add_precision(group, default: str | None = "auto") -> None:
+    """--precision: the number format of the network's arithmetic (`precision.py`)."""
+    group.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default=default,
+        help="auto: bf16 autocast on CUDA, fp32 elsewhere"
+        + ("" if default else " (default: auto; with --resume: the saved run's)"),
+    )
+
+
 def add_quiet(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 
 from ._args import EXIT_OK, add_command, add_device, add_quiet, positive_int
+from ._training import describe_tuning, growth, summary, train_with_progress, tune_on_validation
 from .progress import describe, duration, note
-from .train import describe_tuning, growth, summary, train_with_progress, tune_on_validation
 
 DEMO_IMAGES = 4  # synthetic training images (one of them held out for validation), plus one test image
 DEMO_SHAPE = (256, 256)

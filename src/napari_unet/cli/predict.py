@@ -12,6 +12,7 @@ from ._args import (
     add_command,
     add_device,
     add_diameter,
+    add_precision,
     add_quiet,
     channel_choice_option,
     non_negative_int,
@@ -63,7 +64,10 @@ def add_parser(subparsers) -> None:
         metavar="N",
         help="output side of a tile (default: the largest that fits in memory)",
     )
-    sub.add_argument("--batch-size", type=positive_int, default=1, metavar="N", help="tiles per forward pass")
+    sub.add_argument(
+        "--batch-size", type=positive_int, default=1, metavar="N", help="tiles per forward pass (GPU: try 4-8)"
+    )
+    add_precision(sub)
     add_diameter(sub)
     sub.add_argument(
         "--axes",
@@ -129,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metadata import read_pixel_size
     from ..modelfile import load_model
     from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file
+    from ..precision import autocast_iterator
 
     bundle = load_model(args.model)
     note_shadowed(args.model, args.quiet)
@@ -139,8 +144,8 @@ def run(args: argparse.Namespace) -> int:
         watershed=args.watershed,
         grow_threshold=args.grow_threshold,
     )
-    if (args.cluster or args.workers) and (args.tta or args.batch_size != 1):
-        raise ValueError("--tta and --batch-size are not available with --cluster or --workers")
+    if (args.cluster or args.workers) and (args.tta or args.batch_size != 1 or args.precision != "auto"):
+        raise ValueError("--tta, --batch-size and --precision are not available with --cluster or --workers")
     device = select_device(args.device) if not args.cluster else None
     files = [f for path in args.inputs for f in list_files(path, "input image", zarr=True)]
     if args.out.exists() and not args.out.is_dir():
@@ -167,18 +172,22 @@ def run(args: argparse.Namespace) -> int:
             network_image, network_axes = bundle.prepare(image, axes, path.name, choice)
             n = count_planes(image, axes)
             found, size = 0, ""
-            for done in segment_file(
-                bundle,
-                network_image,
-                network_axes,
-                out,
-                postprocess=postprocess,
-                tile_size=args.tile_size,
-                device=device,
-                batch_size=args.batch_size,
-                tta=args.tta,
-                pixel_size=pixel_size,
-                diameter=args.diameter,
+            for done in autocast_iterator(
+                device,
+                args.precision,
+                segment_file(
+                    bundle,
+                    network_image,
+                    network_axes,
+                    out,
+                    postprocess=postprocess,
+                    tile_size=args.tile_size,
+                    device=device,
+                    batch_size=args.batch_size,
+                    tta=args.tta,
+                    pixel_size=pixel_size,
+                    diameter=args.diameter,
+                ),
             ):
                 found += done.objects
                 size = object_size(done.diameter, args.diameter, bundle.object_diameter)

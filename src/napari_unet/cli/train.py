@@ -1,7 +1,6 @@
 """`napari-unet train`: read annotated images, train (or fine-tune, or resume) a U-Net, save the model folder.
 
-Also the pieces the demo shares: consuming `Trainer.run()` with a progress bar, choosing the post-processing on
-the validation images, and the one-line summaries of both.
+With --gpus N, N processes train together (`ddp.py`); a run started by torchrun joins its process group.
 """
 
 from __future__ import annotations
@@ -9,17 +8,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from ._args import (
     EXIT_FAILED,
-    EXIT_INTERRUPTED,
     EXIT_OK,
     add_channel_options,
     add_command,
     add_device,
+    add_precision,
     add_quiet,
     channel_choice_option,
     fraction,
@@ -27,7 +23,9 @@ from ._args import (
     positive_float,
     positive_int,
 )
-from .progress import Progress, describe, duration, note, note_shadowed, warn_unmatched
+from ._train_data import to_model_scale, training_data
+from ._training import describe_tuning, summary, train_with_progress, tune_on_validation
+from .progress import describe, note, note_shadowed
 
 
 def add_parser(subparsers) -> None:
@@ -115,17 +113,41 @@ def add_parser(subparsers) -> None:
         help="after training, choose the threshold, watershed and growth settings that give the best AP50 "
         "on the validation images (instance labels) and save them with the model",
     )
+    speed = sub.add_argument_group("speed (the same training, faster)")
+    add_precision(speed, default=None)
+    speed.add_argument(
+        "--augmentation",
+        choices=("auto", "per-sample", "batched"),
+        help="batched: warp a whole batch at once on the training device; auto: batched on a GPU and with "
+        "--gpus, per-sample on the CPU (both draw the same random numbers)",
+    )
+    speed.add_argument("--compile", action="store_true", help="run the network through torch.compile")
+    speed.add_argument(
+        "--gpus",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="train on N GPUs of this machine, one process each, each taking --batch-size windows a step "
+        "(DDP; with --device cpu: N CPU processes); or start this command with torchrun",
+    )
     add_device(sub)
     add_quiet(sub)
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import ddp
     from ..training import TrainingDiverged
 
     out = args.out
+    if ddp.launched_by_torchrun():  # one of several processes: train together, the first one reports
+        args.device = ddp.init_from_torchrun(args.device)
+        rank = ddp.rank_and_world_size()[0]
+        args.quiet = args.quiet or rank != 0
+    elif args.gpus > 1:
+        return _spawn(args)
     _check_options(args)
     args.channel_choice = _channel_choice(args)
-    train, validation = _training_data(args)
+    train, validation = training_data(args)
     trainer = _make_trainer(args, train, validation)
     note(
         f"training on {len(train)} image(s), validating on {len(validation)}; device: {describe(trainer.device)}",
@@ -146,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"stopped before the first step; nothing was saved ({out} is as it was)", file=sys.stderr)
         return result["exit_code"]
+    if ddp.rank_and_world_size()[0] != 0:
+        return EXIT_OK
     print(summary(result, out))
     if args.tune_postprocess:
         tuned = tune_on_validation(trainer, validation)
@@ -216,57 +240,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("--tune-postprocess needs validation images (--val-fraction or --validation-images)")
 
 
-def _training_data(args: argparse.Namespace):
-    """(train, validation) lists of Sample, read from the files the arguments name."""
-    from ..pipeline import list_files, match_files, split_by_image
-
-    match = match_files(list_files(args.images, "image"), list_files(args.labels, "label"))
-    warn_unmatched(match, ("images without labels (skipped)", "labels without images (skipped)"), args.quiet)
-    pairs = match.pairs
-    masks = _masks_for(args.mask, [image for image, _ in pairs], args.quiet) if args.mask else {}
-    validation_pairs: list[tuple[Path, Path]] = []
-    if args.validation_images is not None:
-        validation = match_files(
-            list_files(args.validation_images, "validation image"),
-            list_files(args.validation_labels, "validation label"),
-        )
-        warn_unmatched(validation, ("validation images without labels", "validation labels without images"), args.quiet)
-        validation_pairs = validation.pairs
-    elif args.val_fraction is not None:
-        pairs, validation_pairs = split_by_image(pairs, args.val_fraction, args.seed)
-        note("validation images: " + ", ".join(p.name for p, _ in validation_pairs), args.quiet)
-    choice = args.channel_choice
-    train = [_sample(image, labels, masks.get(image), choice) for image, labels in pairs]
-    validation_samples = [_sample(image, labels, masks.get(image), choice) for image, labels in validation_pairs]
-    channels = {s.image.shape[0] if s.image.ndim == 3 else 1 for s in train + validation_samples}
-    if len(channels) > 1:
-        raise ValueError(f"the images have different numbers of channels {sorted(channels)}; they must agree")
-    return train, validation_samples
-
-
-def _masks_for(path: Path, images: list[Path], quiet: bool) -> dict[Path, Path]:
-    from ..pipeline import list_files, match_files
-
-    masks = list_files(path, "mask")
-    if len(masks) == 1 and len(images) > 1 and path.is_file():
-        raise ValueError(f"--mask {path} is one file but there are {len(images)} images: give a folder of masks")
-    match = match_files(images, masks, ("images", "masks"))
-    if match.unmatched_first:
-        note(
-            f"note: {len(match.unmatched_first)} image(s) have no mask and count as annotated everywhere: "
-            + ", ".join(p.name for p in match.unmatched_first[:5]),
-            quiet,
-        )
-    return dict(match.pairs)
-
-
-def _sample(image_path: Path, labels_path: Path, mask_path: Path | None = None, channels=None):
-    from ..pipeline import read_training_pair
-    from ..training import Sample
-
-    return Sample(*read_training_pair(image_path, labels_path, mask_path, channels=channels))
-
-
 def _channel_choice(args: argparse.Namespace):
     """The channel choice of this run: --channels/--grey, else the saved model's (--init, --resume), else all."""
     from ..modelfile import load_model
@@ -291,11 +264,16 @@ def _make_trainer(args: argparse.Namespace, train, validation):
 
     if args.resume:
         overrides = {
-            k: v for k, v in {"iterations": args.iterations, "time_budget": args.time_budget}.items() if v is not None
+            "iterations": args.iterations,
+            "time_budget": args.time_budget,
+            "precision": args.precision,
+            "augmentation": args.augmentation,
+            "compile": args.compile or None,
         }
+        overrides = {k: v for k, v in overrides.items() if v is not None}
         saved_bundle = load_model(args.out)
         saved = saved_bundle.metadata.get("data_hashes")
-        train, validation = _to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
+        train, validation = to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
         trainer = Trainer.resume(args.out, train, validation, device=args.device, **overrides)
         if saved is not None and sorted(saved) != sorted(trainer.data_hashes):
             note("note: the training images differ from those of the saved run", args.quiet)
@@ -312,12 +290,15 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         w0=args.w0,
         sigma=args.sigma,
         border=args.border,
+        precision=args.precision,
+        augmentation=args.augmentation,
+        compile=args.compile or None,
     )
     if args.init is not None:
         bundle = load_model(args.init)
         note_shadowed(args.init, args.quiet)
         postprocess = replace(bundle.postprocess, border_width=config.border) if args.border else bundle.postprocess
-        train, validation = _to_model_scale(train, validation, bundle.object_diameter, args.quiet)
+        train, validation = to_model_scale(train, validation, bundle.object_diameter, args.quiet)
         return Trainer(
             bundle.net,
             config,
@@ -338,103 +319,33 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     return Trainer(UNet(net_config), config, train, validation, args.device, args.out, channels=args.channel_choice)
 
 
-def _to_model_scale(train, validation, object_diameter: float | None, quiet: bool):
-    """The samples rescaled so their annotated cells have the model's object diameter (unchanged without one)."""
-    from ..scale import rescale_to_diameter
+def _spawn(args: argparse.Namespace) -> int:
+    """Run this command in `args.gpus` processes that train together (as torchrun would start them)."""
+    import socket
 
-    if object_diameter is None:
-        return train, validation
-    train, factors = rescale_to_diameter(train, object_diameter)
-    validation, more = rescale_to_diameter(validation, object_diameter) if validation else ([], [])
-    factors += more
-    note(
-        f"images rescaled by x{min(factors):.3g} to x{max(factors):.3g} so their cells are {object_diameter:g} px "
-        "across, the model's object diameter",
-        quiet,
+    import torch.multiprocessing as mp
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    context = mp.start_processes(_process, args=(args, port), nprocs=args.gpus, join=False, start_method="spawn")
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException as error:
+        return error.exit_code if error.exit_code > 0 else EXIT_FAILED
+    except mp.ProcessRaisedException as error:
+        print(f"napari-unet: error in a training process: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _process(rank: int, args: argparse.Namespace, port: int) -> None:
+    import os
+
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.gpus)
     )
-    return train, validation
-
-
-def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
-    """Consume `trainer.run()` with a progress bar; SIGINT (Ctrl-C) or SIGTERM stops it after the current step
-    (closing the generator saves that step); result["exit_code"] is then 130 or 143."""
-    from contextlib import closing
-
-    from ._signals import current
-
-    result: dict[str, Any] = {
-        "stopped": False,
-        "val_score": None,
-        "loss": float("nan"),
-        "started_at": trainer.iteration,
-        "exit_code": EXIT_INTERRUPTED,
-    }
-    events = trainer.run()
-    total = trainer.config.iterations
-    with Progress(total, "training", "it", quiet) as bar, closing(events), current().deferred() as signals:
-        bar.update(trainer.iteration)
-        try:
-            for event in events:
-                if event.kind == "step":
-                    bar.update(1, loss=f"{event.loss:.4f}")
-                elif event.kind == "validation" and event.val_score is not None:
-                    result["val_score"] = event.val_score
-                    bar.write(f"iteration {event.iteration}: validation IoU {event.val_score:.4f}")
-                result.update(iteration=event.iteration, elapsed=event.elapsed, loss=event.loss)
-                if signals.received is not None:  # SIGINT or SIGTERM: stop after this step (closing saves it)
-                    result.update(stopped=True, exit_code=signals.exit_code)
-                    break
-        except KeyboardInterrupt:  # a KeyboardInterrupt raised by other means (e.g. in a test)
-            result["stopped"] = True
-    result["iteration"] = trainer.iteration
-    result["elapsed"] = trainer.elapsed
-    result["device"] = describe(trainer.device)
-    return result
-
-
-def tune_on_validation(trainer, validation) -> dict[str, Any] | None:
-    """Choose the post-processing on the validation samples with instance labels and save it with the model.
-
-    Returns {"config", "scores", "before", "images"} (mean AP50 etc. with the chosen and the previous settings),
-    or None when no validation sample is fully annotated with instance labels (binary masks such as ISBI's are
-    not).
-    """
-    from ..postprocess import score_config, tune_config
-    from ..targets import annotation_mask, is_binary
-    from ..tiling import predict_tiled
-
-    usable = [s for s in validation if s.mask is None and not is_binary(s.labels) and annotation_mask(s.labels).all()]
-    if not usable:
-        return None
-    probs = [predict_tiled(trainer.model, s.image, device=trainer.device)[1] for s in usable]
-    truths = [np.asarray(s.labels).astype(np.int64) for s in usable]
-    before = score_config(trainer.postprocess, probs, truths)
-    config, scores = tune_config(probs, truths, trainer.postprocess)
-    trainer.postprocess = config
-    if trainer.checkpoint is not None:
-        trainer.save_checkpoint(trainer.checkpoint)
-    return {"config": config, "scores": scores, "before": before, "images": len(usable)}
-
-
-def describe_tuning(tuned: dict[str, Any]) -> str:
-    config = tuned["config"]
-    return (
-        f"post-processing tuned on {tuned['images']} validation image(s): threshold {config.threshold}, "
-        f"watershed {'on' if config.watershed else 'off'}, growth to {growth(config)} "
-        f"(AP50 {tuned['scores']['ap50']:.3f}, "
-        f"{tuned['before']['ap50']:.3f} before); saved with the model"
-    )
-
-
-def growth(config: Any) -> str:
-    """How far objects grow (post-processing step 5), in words: "p > 0.1", or "off"."""
-    return f"p > {config.grow_threshold}" if config.grows else "off"
-
-
-def summary(result: dict[str, Any], out: Path) -> str:
-    score = result["val_score"]
-    validation = f"validation IoU {score:.4f}" if score is not None else "no validation images"
-    return (
-        f"trained {result['iteration']} iterations in {duration(result['elapsed'])} on {result['device']}: "
-        f"loss {result['loss']:.4f}, {validation}; model saved to {out}"
-    )
+    code = run(args)
+    if code:
+        sys.exit(code)

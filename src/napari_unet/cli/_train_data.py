@@ -1,0 +1,77 @@
+"""Reading the training data of `napari-unet train`: images, labels and masks paired by name, the validation
+split, and the rescaling of the samples to a model's object diameter."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .progress import note, warn_unmatched
+
+
+def training_data(args: argparse.Namespace):
+    """(train, validation) lists of Sample, read from the files the arguments name."""
+    from ..pipeline import list_files, match_files, split_by_image
+
+    match = match_files(list_files(args.images, "image"), list_files(args.labels, "label"))
+    warn_unmatched(match, ("images without labels (skipped)", "labels without images (skipped)"), args.quiet)
+    pairs = match.pairs
+    masks = masks_for(args.mask, [image for image, _ in pairs], args.quiet) if args.mask else {}
+    validation_pairs: list[tuple[Path, Path]] = []
+    if args.validation_images is not None:
+        validation = match_files(
+            list_files(args.validation_images, "validation image"),
+            list_files(args.validation_labels, "validation label"),
+        )
+        warn_unmatched(validation, ("validation images without labels", "validation labels without images"), args.quiet)
+        validation_pairs = validation.pairs
+    elif args.val_fraction is not None:
+        pairs, validation_pairs = split_by_image(pairs, args.val_fraction, args.seed)
+        note("validation images: " + ", ".join(p.name for p, _ in validation_pairs), args.quiet)
+    choice = args.channel_choice
+    train = [read_sample(image, labels, masks.get(image), choice) for image, labels in pairs]
+    validation_samples = [read_sample(image, labels, masks.get(image), choice) for image, labels in validation_pairs]
+    channels = {s.image.shape[0] if s.image.ndim == 3 else 1 for s in train + validation_samples}
+    if len(channels) > 1:
+        raise ValueError(f"the images have different numbers of channels {sorted(channels)}; they must agree")
+    return train, validation_samples
+
+
+def masks_for(path: Path, images: list[Path], quiet: bool) -> dict[Path, Path]:
+    from ..pipeline import list_files, match_files
+
+    masks = list_files(path, "mask")
+    if len(masks) == 1 and len(images) > 1 and path.is_file():
+        raise ValueError(f"--mask {path} is one file but there are {len(images)} images: give a folder of masks")
+    match = match_files(images, masks, ("images", "masks"))
+    if match.unmatched_first:
+        note(
+            f"note: {len(match.unmatched_first)} image(s) have no mask and count as annotated everywhere: "
+            + ", ".join(p.name for p in match.unmatched_first[:5]),
+            quiet,
+        )
+    return dict(match.pairs)
+
+
+def read_sample(image_path: Path, labels_path: Path, mask_path: Path | None = None, channels=None):
+    from ..pipeline import read_training_pair
+    from ..training import Sample
+
+    return Sample(*read_training_pair(image_path, labels_path, mask_path, channels=channels))
+
+
+def to_model_scale(train, validation, object_diameter: float | None, quiet: bool):
+    """The samples rescaled so their annotated cells have the model's object diameter (unchanged without one)."""
+    from ..scale import rescale_to_diameter
+
+    if object_diameter is None:
+        return train, validation
+    train, factors = rescale_to_diameter(train, object_diameter)
+    validation, more = rescale_to_diameter(validation, object_diameter) if validation else ([], [])
+    factors += more
+    note(
+        f"images rescaled by x{min(factors):.3g} to x{max(factors):.3g} so their cells are {object_diameter:g} px "
+        "across, the model's object diameter",
+        quiet,
+    )
+    return train, validation

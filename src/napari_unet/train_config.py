@@ -1,0 +1,202 @@
+"""What a training run is: its configuration (`TrainConfig`), the presets, the samples and the events it yields."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._config import Config, check_choice, check_flag, check_range
+from .augment import AugmentConfig
+from .model import UNetConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig(Config):
+    """How to train. Saved with the model and in checkpoints. The defaults are the "fast" preset.
+
+    tile_size: side of the network's input window (rounded up to a valid size of the model).
+    optimizer: "adam" or "sgd" (with `momentum`; the paper: SGD, momentum 0.99, one large tile per batch).
+    schedule: "constant" or "cosine" (learning rate decays to 5% over `iterations`, or over `time_budget` when
+        that ends first: a run given 20 minutes decays over its 20 minutes).
+    w0, sigma, border: weight map border term and the separation border width between touching cells (px).
+    time_budget: seconds of training steps (time paused or spent by the consumer between events does not
+        count); training stops (and saves) when exceeded, whatever `iterations` says.
+    calibrate_growth: at the end of a run that was not stopped, choose how far the post-processing grows
+        objects (`PostprocessConfig.grow_threshold`) so that the objects found on (up to 8 of) the training
+        images match the annotated cells best (`postprocess.calibrate_growth`); instance labels only.
+    precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16" (`precision.py`).
+    augmentation: "per-sample" (each window warped on the CPU with numpy/torch, `augment.augment`), "batched"
+        (the whole batch warped at once on the training device, `augment_batch`; the training images are kept
+        on the device and the next batch is prepared while the device computes), or "auto": batched on CUDA,
+        MPS and with several processes (DDP), per-sample on one CPU process. Both draw the same random numbers.
+    compile: run the network through `torch.compile` (falls back to eager with a warning if that fails).
+    """
+
+    iterations: int = 600
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.99
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    tile_size: int = 252
+    batch_size: int = 1
+    w0: float = 50.0
+    sigma: float = 6.0
+    border: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    seed: int = 0
+    time_budget: float | None = None
+    calibrate_growth: bool = True
+    precision: str = "auto"
+    augmentation: str = "auto"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice(self, "optimizer", ("adam", "sgd"))
+        check_choice(self, "schedule", ("constant", "cosine"))
+        check_choice(self, "precision", ("auto", "fp32", "bf16"))
+        check_choice(self, "augmentation", ("auto", "per-sample", "batched"))
+        check_flag(self, "compile")
+        for name in ("iterations", "tile_size", "batch_size", "validate_every", "checkpoint_every"):
+            check_range(self, name, 1, integer=True)
+        check_range(self, "learning_rate", 0.0, open_low=True)
+        check_range(self, "momentum", 0.0, 1.0, open_high=True)
+        check_range(self, "weight_decay", 0.0)
+        check_range(self, "w0", 0.0)
+        check_range(self, "sigma", 0.0, open_low=True, meaning="pixels")
+        check_range(self, "border", 0, integer=True, meaning="pixels")
+        check_range(self, "seed", integer=True)
+        check_range(self, "time_budget", 0.0, optional=True, meaning="seconds")
+        check_flag(self, "calibrate_growth")
+        if not isinstance(self.augment, AugmentConfig):
+            raise TypeError(f"TrainConfig.augment must be an AugmentConfig; got {self.augment!r}")
+
+
+PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
+    # Chosen by benchmarks/bench_training.py (time to quality on a 2-core CPU; the figures are in
+    # docs/benchmarks.md), with the border emphasis of Falk et al. 2019 (w0 = 50, sigma = 6 px).
+    # TrainConfig's defaults are this preset: 600 steps of Adam (1e-3, cosine) on 252 px tiles, w0 50, sigma 6.
+    "fast": (UNetConfig(depth=4, base_channels=16, dropout=0.0), TrainConfig()),
+    # The paper: depth 5, 64 channels, valid convolutions, SGD with momentum 0.99, one large tile per batch.
+    # The paper gives no learning rate; 0.001 is ten times below what failed with our pixel-averaged loss
+    # (docs/results.md has the runs).
+    "paper": (
+        UNetConfig(),
+        TrainConfig(
+            iterations=20000,
+            optimizer="sgd",
+            learning_rate=0.001,
+            momentum=0.99,
+            schedule="constant",
+            tile_size=572,
+            w0=10.0,
+            sigma=5.0,
+            validate_every=500,
+            checkpoint_every=500,
+        ),
+    ),
+}
+
+
+def preset(name: str = "fast", **overrides: Any) -> tuple[UNetConfig, TrainConfig]:
+    """The (network, training) configs of a preset, with TrainConfig fields overridden by keyword."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    net, train = PRESETS[name]
+    return net, replace(train, **overrides)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One annotated image. image: (H, W) or (C, H, W), percentile-normalised (the Trainer inverts it as its
+    `Normalization.invert` says); labels: (H, W) instance ids or a binary mask;
+    mask: (H, W), nonzero where the annotation is defined (None: everywhere but reserved "not annotated" values)."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    mask: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class TrainEvent:
+    """What the trainer reports. kind: "step", "validation", "checkpoint", "calibration" (the growth of the
+    post-processing is about to be calibrated, `Trainer.calibrate_growth`) or "done"."""
+
+    kind: str
+    iteration: int
+    total: int
+    loss: float
+    learning_rate: float
+    elapsed: float
+    val_score: float | None = None
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite; the last good state was kept."""
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=config.learning_rate, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    # The fused kernel on the CPU and CUDA: it is much faster per step on a CPU (docs/design.md).
+    device = next(model.parameters()).device
+    return torch.optim.Adam(
+        model.parameters(),
+        lr=config.learning_rate,
+        weight_decay=config.weight_decay,
+        fused=True if device.type in ("cpu", "cuda") else None,
+    )
+
+
+def learning_rate_schedule(config: TrainConfig, elapsed: Callable[[], float]) -> Callable[[int], float]:
+    """The learning-rate factor of step `step`: cosine from 1 to 0.05 over the run, whose progress is the larger of
+    step / iterations and (with a time budget) elapsed training time / time_budget."""
+    if config.schedule == "constant":
+        return lambda step: 1.0
+    total, budget = config.iterations, config.time_budget
+
+    def factor(step: int) -> float:
+        progress = min(step, total) / total
+        if budget:
+            progress = max(progress, min(elapsed() / budget, 1.0))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def hash_sample(sample: Sample) -> str:
+    digest = hashlib.sha1()
+    for array in (sample.image, sample.labels, sample.mask):
+        if array is not None:
+            digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def rng_state_to_tensors(state: dict[str, Any]) -> dict[str, Any]:
+    """numpy's PCG64 state as plain values a weights-only torch.load accepts (128-bit ints as strings)."""
+    return {
+        "bit_generator": state["bit_generator"],
+        "state": str(state["state"]["state"]),
+        "inc": str(state["state"]["inc"]),
+        "has_uint32": int(state["has_uint32"]),
+        "uinteger": int(state["uinteger"]),
+    }
+
+
+def rng_state_from_tensors(saved: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "bit_generator": saved["bit_generator"],
+        "state": {"state": int(saved["state"]), "inc": int(saved["inc"])},
+        "has_uint32": saved["has_uint32"],
+        "uinteger": saved["uinteger"],
+    }
