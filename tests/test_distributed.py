@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ zarr = pytest.importorskip("zarr")
 from napari_unet import distributed as dist  # noqa: E402
 from napari_unet.io import write_tiff  # noqa: E402
 from napari_unet.model import UNet, UNetConfig  # noqa: E402
-from napari_unet.modelfile import ModelBundle  # noqa: E402
+from napari_unet.modelfile import ModelBundle, Normalization  # noqa: E402
 from napari_unet.pipeline import output_paths, read_input, segment_file  # noqa: E402
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels  # noqa: E402
 from napari_unet.synthetic import make_cells  # noqa: E402
@@ -171,6 +172,32 @@ def test_torch_threads_default_to_the_cores_per_dask_thread():
         assert torch.get_num_threads() == max(1, len(os.sched_getaffinity(0)) // 2)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_model_travels_whole():
+    net = UNet(UNetConfig(depth=2, base_channels=4))
+    bundle = ModelBundle(net, Normalization(2.0, 99.0, invert="auto"), PostprocessConfig(threshold=0.6))
+    spec = dist.ModelSpec.from_bundle(bundle)
+    built = spec.build()
+    assert built.normalization == bundle.normalization and built.postprocess == bundle.postprocess
+    assert all(torch.equal(a, b) for a, b in zip(built.net.state_dict().values(), net.state_dict().values()))
+    plain = dist.ModelSpec.from_bundle(replace(bundle, normalization=Normalization(2.0, 99.0)))
+    assert plain.digest != spec.digest  # a changed setting is another model (a rerun starts again)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM, and ru_maxrss kept across exec, are Linux's")
+def test_peak_rss_is_the_worker_s_own_not_that_of_the_process_that_started_it():
+    import resource
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    held = np.ones(1 << 27)  # 1 GiB in the starting process while the child starts, as a client's data would be
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # how a LocalCluster's nanny starts one
+        own = pool.submit(dist.peak_rss).result(timeout=300)
+        inherited = pool.submit(resource.getrusage, resource.RUSAGE_SELF).result(timeout=300).ru_maxrss * 1024
+    assert held.sum() == 1 << 27
+    assert inherited >= 1 << 30  # ru_maxrss starts at the starting process's peak: not a worker's memory
+    assert own < 1 << 30  # the child's own peak (python, numpy, torch imported)
 
 
 def test_pixel_size_of_tiffs_and_ome_zarr(tmp_path, big_zarr):
