@@ -30,7 +30,9 @@ import os
 import resource
 import shutil
 import signal
+import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -87,6 +89,7 @@ def distributed_run(bundle, image_path: Path, out: Path, workers: int, block: in
             client, bundle, [warmup], out.with_name(out.name + "_warmup"), block_size=128, margin=MARGIN, device="cpu"
         ):
             pass
+        cpu_before = client.run(cpu_seconds)
         start = time.perf_counter()
         events = list(
             dist.segment_batch(
@@ -94,11 +97,13 @@ def distributed_run(bundle, image_path: Path, out: Path, workers: int, block: in
             )
         )
         elapsed = time.perf_counter() - start
+        cpu = sum(after - cpu_before.get(worker, 0.0) for worker, after in client.run(cpu_seconds).items())
         rss = client.run(dist.peak_rss)
         inherited = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
         builds = client.run(dist.worker_model_builds)
     return {
         "seconds": elapsed,
+        "worker_cpu_seconds": cpu,
         "events": len(events),
         "cut_objects": sum(e.cut_objects for e in events),
         "peak_rss_bytes_per_worker": sorted(rss.values()),
@@ -108,6 +113,12 @@ def distributed_run(bundle, image_path: Path, out: Path, workers: int, block: in
         "model_builds_per_worker": sorted(len(b) for b in builds.values()),
         "note": "model builds include the warm-up run's (same model: still one per worker)",
     }
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def renumbering_check(labels: np.ndarray, reference: np.ndarray) -> dict:
@@ -146,6 +157,9 @@ def main() -> None:
     load = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
     result: dict = {"machine": machine(load), "block": args.block, "margin": MARGIN}
+    samples, stop = [], threading.Event()
+    sampler = threading.Thread(target=sample_load, args=(samples, stop), daemon=True)
+    sampler.start()
     try:
         warmup = work / "warmup.zarr"
         write_zarr(warmup, 1024, 512)
@@ -158,10 +172,23 @@ def main() -> None:
                 for size in map(int, filter(None, args.series.split(",")))
             } | {args.big_size: max(result["large"]["peak_rss_bytes_per_worker"])}
     finally:
+        stop.set()
         shutil.rmtree(work, ignore_errors=True)
     result["machine"]["load_average_after"] = os.getloadavg()[0]
+    result["machine"]["load_average_during"] = {
+        "min": min(samples, default=load),
+        "median": statistics.median(samples or [load]),
+        "max": max(samples, default=load),
+        "note": "1-minute load average every 10 s on the shared machine (its other users' work included)",
+    }
     write_results(args.out, result)
     print(f"wrote {args.out}")
+
+
+def sample_load(samples: list[float], stop: threading.Event) -> None:
+    """Append the 1-minute load average to `samples` every 10 s until `stop` is set."""
+    while not stop.wait(10):
+        samples.append(os.getloadavg()[0])
 
 
 def equality_and_throughput(args, work: Path, warmup: Path) -> dict:
@@ -207,6 +234,10 @@ def equality_and_throughput(args, work: Path, warmup: Path) -> dict:
             "one_worker": runs[1],
             "two_workers": runs[2],
             "two_vs_one_workers": runs[1]["seconds"] / runs[2]["seconds"],
+            "two_vs_one_workers_note": (
+                "wall-clock ratio; on a loaded machine it also measures CPU share (2 processes get a larger share "
+                "of the cores than 1): worker_cpu_seconds says how much work each run did"
+            ),
             "two_workers_vs_single_process": single / runs[2]["seconds"],
         }
         print("throughput", {k: v for k, v in result["throughput"].items() if "worker" not in k or "vs" in k})

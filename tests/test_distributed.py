@@ -316,6 +316,30 @@ def test_files_fan_out_as_tasks_and_large_tiffs_go_by_blocks(client, bundle, tmp
     assert all(e.item.endswith("(already done)") for e in again) and len(again) == 4
 
 
+def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp_path):
+    import dask
+    import tifffile
+
+    image = (make_cells((150, 140), seed=8)[0] * 1000).astype(np.uint16)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, compression="zlib", tile=(64, 64))  # not memory-mappable
+    lazy, axes = dist.tasks.read_lazily(path)
+    assert axes == "YX" and not isinstance(lazy, np.ndarray)  # a block reads its TIFF tiles, not the whole image
+    with dask.config.set(scheduler="synchronous"):  # read here, as the tasks do, not on the cluster
+        assert np.array_equal(np.asarray(lazy[10:90, 70:130]), image[10:90, 70:130])
+    events = run(client, bundle, [path], tmp_path / "out")
+    assert len(events) == 2 * 6  # 3 x 2 blocks of 60 x 84
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        probs = bundle.predict(image, tile_size=TILE, device="cpu")[1]
+    finally:
+        torch.set_num_threads(threads)
+    got_probs, got_labels = read_outputs(tmp_path / "out", "slide")
+    assert np.array_equal(got_probs, probs)
+    assert same_up_to_renumbering(got_labels, probs_to_labels(probs, bundle.postprocess))
+
+
 def test_a_failing_file_names_itself(client, bundle, tmp_path):
     write_tiff(tmp_path / "rgb.tif", np.zeros((3, 20, 20), np.uint16), "CYX")  # the model has one channel
     with pytest.raises(RuntimeError, match="segmenting rgb.tif failed"):

@@ -1,7 +1,7 @@
 """The driver: `segment_batch` plans the files and blocks, submits them, and yields as they finish.
 
 A folder of images fans out as one task per file. An image larger than a block (any `.zarr` store, a large
-TIFF read memory-mapped) is cut into blocks, in two passes that write OME-Zarr arrays block by block:
+TIFF, memory-mapped or through tifffile's zarr store when compressed) is cut into blocks, in two passes that write OME-Zarr arrays block by block:
 probabilities (`tasks.predict_block`), then labels (`tasks.label_block`), each label block after the
 probability blocks its margin reaches. Resumable: a block writes a marker file after its data; a rerun skips
 marked blocks and finished files. A worker killed mid-run loses only unmarked work, which the scheduler
@@ -25,13 +25,13 @@ from distributed import Client, as_completed
 
 from ..device import select_device
 from ..modelfile import ModelBundle
-from ..pipeline import ZARR_SUFFIX, base_name, output_paths, read_input
+from ..pipeline import ZARR_SUFFIX, base_name, output_paths
 from ..postprocess import PostprocessConfig
 from ..tiling import TileGrid, as_channels_first, auto_stride, tile_grid
 from .blocks import block_regions, block_shape
 from .cluster import ModelSpec, connect
 from .omezarr import COMPLETE, create_ome_zarr, input_pixel_size, is_complete, large_output_paths, ngff_attributes
-from .tasks import Source, identity, label_block, predict_block, segment_whole_file
+from .tasks import Source, identity, label_block, predict_block, read_lazily, segment_whole_file
 
 DEFAULT_BLOCK = 1024  # block side (pixels), rounded up to a multiple of the tile stride
 DEFAULT_MARGIN = 128  # pixels of context around a block for the post-processing: larger than the objects
@@ -104,7 +104,7 @@ def segment_batch(
     skipped: list[str] = []
     try:
         for path in map(Path, inputs):
-            image, found = read_input(path, axes)
+            image, found = read_lazily(path, axes)  # only the shape and a sample of percentiles are read here
             plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
             if plan is None:
                 final = output_paths(path, out_dir, probabilities)
@@ -138,7 +138,7 @@ def segment_batch(
             done += 1
             yield BatchProgress(done, total, f"{name} (already done)")
         for future in as_completed(list(jobs)):
-            job = jobs[future]
+            job = jobs.pop(future)  # released: the workers and the scheduler forget a finished task
             if future.status == "error":
                 error = future.exception()
                 raise RuntimeError(f"segmenting {job.item} failed: {type(error).__name__}: {error}") from error
@@ -154,7 +154,7 @@ def segment_batch(
         unfinished = [f for f in jobs if not f.done()]
         if unfinished:
             client.cancel(unfinished)
-        client.cancel([model])
+        model.release()  # not cancelled: that would cancel its finished dependents too, already released
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..io import TIFF_SUFFIXES, _axes_from_series, to_canonical, validate_axes
 from ..pipeline import Outputs, output_paths, read_input, segment_file
 from ..postprocess import PostprocessConfig
 from ..tiling import TileGrid, as_channels_first, iter_predict_tiles
@@ -23,16 +24,41 @@ from .blocks import label_window, tiles_in
 from .cluster import ModelSpec, worker_model
 
 
+def read_lazily(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
+    """`pipeline.read_input`, except that a TIFF that cannot be memory-mapped (compressed, or stored in pieces)
+    is opened as a dask array through tifffile's zarr store: a block then reads only the strips or tiles its
+    windows need, where `read_input` would decompress the whole image in every block's task."""
+    path = Path(path)
+    if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                mappable, shape, series_axes = bool(series.dataoffset), tuple(series.shape), series.axes
+        except Exception:  # noqa: BLE001 - read_input below raises the error that names the formats
+            mappable = True
+        if not mappable:
+            import dask.array as da
+            import zarr
+
+            image = da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
+            if tuple(image.shape) == shape:
+                found = validate_axes(axes, image.ndim) if axes is not None else _axes_from_series(series_axes, shape)
+                return to_canonical(image, found)
+    return read_input(path, axes)
+
+
 @dataclass(frozen=True)
 class Source:
-    """Where a worker reads a single-plane image: `read_input(path, axes)` at `index` (leading T/Z of size 1)."""
+    """Where a worker reads a single-plane image: `read_lazily(path, axes)` at `index` (leading T/Z of size 1)."""
 
     path: Path
     axes: str | None
     index: tuple[int, ...] = ()
 
     def open(self, in_channels: int):
-        image, axes = read_input(self.path, self.axes)
+        image, axes = read_lazily(self.path, self.axes)
         if self.index:
             image = image[self.index]
         return as_channels_first(image, in_channels)
