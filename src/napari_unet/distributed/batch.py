@@ -240,6 +240,10 @@ def _submit_large(
     with dask.config.set(scheduler="synchronous"):  # the percentiles' sample is read here, not by the cluster
         preprocess = bundle.preprocessor(as_channels_first(plane, bundle.net.config.in_channels), "CYX")
     name = plan.source.path.name
+    # keys "napari-unet-<pass>-<run>-<image>-<y>-<x>": dask groups tasks by the words before the first token, so
+    # all blocks share one task prefix (a key per block as its own prefix grows the workers' profiles and the
+    # scheduler's per-prefix state with every block: ~0.1 MB per task on each worker)
+    image_id = hashlib.sha1(str(plan.labels).encode()).hexdigest()[:8]
     probs_futures = {}
     for region in plan.regions:
         if plan.marker("probs", region).exists():
@@ -255,7 +259,7 @@ def _submit_large(
             region,
             str(plan.probs / "0"),
             str(plan.marker("probs", region)),
-            key=f"{item} {run}",
+            key=f"napari-unet-probabilities-{run}-{image_id}-{region[0].start}-{region[1].start}",
             pure=False,
         )
         jobs[future] = _Job(item)
@@ -275,7 +279,7 @@ def _submit_large(
             str(plan.labels / "0"),
             str(plan.marker("labels", region)),
             after,
-            key=f"{item} {run}",
+            key=f"napari-unet-labels-{run}-{image_id}-{region[0].start}-{region[1].start}",
             pure=False,
         )
         jobs[future] = _Job(item, plan.labels)
