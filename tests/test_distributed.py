@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,7 +20,7 @@ zarr = pytest.importorskip("zarr")
 from napari_unet import distributed as dist  # noqa: E402
 from napari_unet.io import write_tiff  # noqa: E402
 from napari_unet.model import UNet, UNetConfig  # noqa: E402
-from napari_unet.modelfile import ModelBundle  # noqa: E402
+from napari_unet.modelfile import ModelBundle, Normalization  # noqa: E402
 from napari_unet.pipeline import output_paths, read_input, segment_file  # noqa: E402
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels  # noqa: E402
 from napari_unet.synthetic import make_cells  # noqa: E402
@@ -173,6 +174,32 @@ def test_torch_threads_default_to_the_cores_per_dask_thread():
         torch.set_num_threads(threads)
 
 
+def test_the_model_travels_whole():
+    net = UNet(UNetConfig(depth=2, base_channels=4))
+    bundle = ModelBundle(net, Normalization(2.0, 99.0, invert="auto"), PostprocessConfig(threshold=0.6))
+    spec = dist.ModelSpec.from_bundle(bundle)
+    built = spec.build()
+    assert built.normalization == bundle.normalization and built.postprocess == bundle.postprocess
+    assert all(torch.equal(a, b) for a, b in zip(built.net.state_dict().values(), net.state_dict().values()))
+    plain = dist.ModelSpec.from_bundle(replace(bundle, normalization=Normalization(2.0, 99.0)))
+    assert plain.digest != spec.digest  # a changed setting is another model (a rerun starts again)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM, and ru_maxrss kept across exec, are Linux's")
+def test_peak_rss_is_the_worker_s_own_not_that_of_the_process_that_started_it():
+    import resource
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    held = np.ones(1 << 27)  # 1 GiB in the starting process while the child starts, as a client's data would be
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # how a LocalCluster's nanny starts one
+        own = pool.submit(dist.peak_rss).result(timeout=300)
+        inherited = pool.submit(resource.getrusage, resource.RUSAGE_SELF).result(timeout=300).ru_maxrss * 1024
+    assert held.sum() == 1 << 27
+    assert inherited >= 1 << 30  # ru_maxrss starts at the starting process's peak: not a worker's memory
+    assert own < 1 << 30  # the child's own peak (python, numpy, torch imported)
+
+
 def test_pixel_size_of_tiffs_and_ome_zarr(tmp_path, big_zarr):
     import tifffile
 
@@ -287,6 +314,30 @@ def test_files_fan_out_as_tasks_and_large_tiffs_go_by_blocks(client, bundle, tmp
     assert same_up_to_renumbering(got_labels, probs_to_labels(probs, bundle.postprocess))
     again = run(client, bundle, inputs, tmp_path / "out")
     assert all(e.item.endswith("(already done)") for e in again) and len(again) == 4
+
+
+def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp_path):
+    import dask
+    import tifffile
+
+    image = (make_cells((150, 140), seed=8)[0] * 1000).astype(np.uint16)
+    path = tmp_path / "slide.tif"
+    tifffile.imwrite(path, image, compression="zlib", tile=(64, 64))  # not memory-mappable
+    lazy, axes = dist.tasks.read_lazily(path)
+    assert axes == "YX" and not isinstance(lazy, np.ndarray)  # a block reads its TIFF tiles, not the whole image
+    with dask.config.set(scheduler="synchronous"):  # read here, as the tasks do, not on the cluster
+        assert np.array_equal(np.asarray(lazy[10:90, 70:130]), image[10:90, 70:130])
+    events = run(client, bundle, [path], tmp_path / "out")
+    assert len(events) == 2 * 6  # 3 x 2 blocks of 60 x 84
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        probs = bundle.predict(image, tile_size=TILE, device="cpu")[1]
+    finally:
+        torch.set_num_threads(threads)
+    got_probs, got_labels = read_outputs(tmp_path / "out", "slide")
+    assert np.array_equal(got_probs, probs)
+    assert same_up_to_renumbering(got_labels, probs_to_labels(probs, bundle.postprocess))
 
 
 def test_a_failing_file_names_itself(client, bundle, tmp_path):

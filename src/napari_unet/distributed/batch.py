@@ -1,0 +1,334 @@
+"""The driver: `segment_batch` plans the files and blocks, submits them, and yields as they finish.
+
+A folder of images fans out as one task per file. An image larger than a block (any `.zarr` store, a large
+TIFF, memory-mapped or through tifffile's zarr store when compressed) is cut into blocks, in two passes that write OME-Zarr arrays block by block:
+probabilities (`tasks.predict_block`), then labels (`tasks.label_block`), each label block after the
+probability blocks its margin reaches. Resumable: a block writes a marker file after its data; a rerun skips
+marked blocks and finished files. A worker killed mid-run loses only unmarked work, which the scheduler
+reruns on another worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from distributed import Client, as_completed
+
+from ..device import select_device
+from ..modelfile import ModelBundle
+from ..pipeline import ZARR_SUFFIX, base_name, output_paths
+from ..postprocess import PostprocessConfig
+from ..tiling import TileGrid, as_channels_first, auto_stride, tile_grid
+from .blocks import block_regions, block_shape
+from .cluster import ModelSpec, connect
+from .omezarr import COMPLETE, create_ome_zarr, input_pixel_size, is_complete, large_output_paths, ngff_attributes
+from .tasks import Source, identity, label_block, predict_block, read_lazily, segment_whole_file
+
+DEFAULT_BLOCK = 1024  # block side (pixels), rounded up to a multiple of the tile stride
+DEFAULT_MARGIN = 128  # pixels of context around a block for the post-processing: larger than the objects
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """One finished piece of a batch: `done` of `total`, what it was, and objects cut by a block's window."""
+
+    done: int
+    total: int
+    item: str
+    cut_objects: int = 0
+
+
+@dataclass(frozen=True)
+class LargeImage:
+    """The plan for one image segmented block by block."""
+
+    source: Source
+    shape: tuple[int, int]
+    grid: TileGrid
+    block: tuple[int, int]
+    labels: Path
+    probs: Path
+    progress: Path  # markers of finished blocks, in a subfolder named after the settings
+    settings: str = ""
+
+    @property
+    def regions(self) -> list[tuple[slice, slice]]:
+        return block_regions(self.shape, self.block)
+
+    def marker(self, kind: str, region: tuple[slice, slice]) -> Path:
+        return self.progress / self.settings / f"{kind}-{region[0].start}-{region[1].start}"
+
+
+def segment_batch(
+    client: Client,
+    bundle: ModelBundle,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    block_size: int = DEFAULT_BLOCK,
+    margin: int = DEFAULT_MARGIN,
+    tile_size: int | None = None,
+    device: str = "auto",
+    probabilities: bool = False,
+    axes: str | None = None,
+    postprocess: PostprocessConfig | None = None,
+) -> Iterator[BatchProgress]:
+    """Segment image files on the cluster of `client`; yields after each finished file or block.
+
+    A single-plane image larger than one block, or any `.zarr`, is segmented block by block into
+    `<stem>_labels.ome.zarr` (and `<stem>_probs.ome.zarr`, the foreground probability, kept when
+    `probabilities`); other files (and stacks) as whole tasks into `<stem>_labels.tif` like `predict`.
+    Finished outputs are skipped, as are the finished blocks of an interrupted run. Stopping is not asking
+    for the next event: the remaining tasks are cancelled.
+    """
+    if margin < 0:
+        raise ValueError(f"the margin must be >= 0 pixels, got {margin}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = bundle.postprocess if postprocess is None else postprocess
+    spec = ModelSpec.from_bundle(bundle)
+    run = uuid.uuid4().hex[:8]
+    model = client.submit(identity, spec, key=f"napari-unet-model-{spec.digest}-{run}", pure=False)
+    jobs: dict[Any, _Job] = {}
+    label_blocks: dict[Path, int] = {}  # labels left to write, per large image
+    plans: dict[Path, LargeImage] = {}
+    skipped: list[str] = []
+    try:
+        for path in map(Path, inputs):
+            image, found = read_lazily(path, axes)  # only the shape and a sample of percentiles are read here
+            plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
+            if plan is None:
+                final = output_paths(path, out_dir, probabilities)
+                if final.labels.exists() and (final.probs is None or final.probs.exists()):
+                    skipped.append(path.name)
+                    continue
+                future = client.submit(
+                    segment_whole_file,
+                    model,
+                    device,
+                    path,
+                    axes,
+                    out_dir,
+                    probabilities,
+                    config,
+                    tile_size,
+                    key=f"segment-{path.name}-{run}",
+                    pure=False,
+                )
+                jobs[future] = _Job(path.name)
+            elif is_complete(plan.labels):
+                skipped.append(path.name)
+            else:
+                plans[plan.labels] = plan
+                label_blocks[plan.labels] = _submit_large(
+                    client, model, device, bundle, plan, image, margin, config, probabilities, run, jobs
+                )
+        total = len(jobs) + len(skipped)
+        done = 0
+        for name in skipped:
+            done += 1
+            yield BatchProgress(done, total, f"{name} (already done)")
+        for future in as_completed(list(jobs)):
+            job = jobs.pop(future)  # released: the workers and the scheduler forget a finished task
+            if future.status == "error":
+                error = future.exception()
+                raise RuntimeError(f"segmenting {job.item} failed: {type(error).__name__}: {error}") from error
+            cut = 0
+            if job.labels is not None:
+                cut = int(future.result())
+                label_blocks[job.labels] -= 1
+                if label_blocks[job.labels] == 0:
+                    _finish(plans[job.labels], probabilities)
+            done += 1
+            yield BatchProgress(done, total, job.item, cut)
+    finally:
+        unfinished = [f for f in jobs if not f.done()]
+        if unfinished:
+            client.cancel(unfinished)
+        model.release()  # not cancelled: that would cancel its finished dependents too, already released
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What a future computes: `item` names it; `labels` is the output of a label block, else None."""
+
+    item: str
+    labels: Path | None = None
+
+
+def _plan_large(
+    bundle, path: Path, image, found: str, axes, out_dir: Path, block_size: int, tile_size: int | None, device: str
+) -> LargeImage | None:
+    """The block plan for `path` when it is segmented block by block, else None (a whole-file task)."""
+    lead = [i for i, a in enumerate(found) if a in "TZ"]
+    if any(image.shape[i] > 1 for i in lead):
+        return None
+    height, width = image.shape[-2:]
+    if path.suffix.lower() != ZARR_SUFFIX and height * width <= block_size**2:
+        return None
+    if tile_size is None:
+        try:
+            where = select_device(device)
+        except ValueError:  # the device is on the workers, not here: a CPU-sized tile is valid anywhere
+            where = torch.device("cpu")
+        tile_size = auto_stride(bundle.net, where)
+    grid = tile_grid(bundle.net, (height, width), tile_size)
+    labels, probs = large_output_paths(path, out_dir)
+    return LargeImage(
+        Source(path, axes, (0,) * len(lead)),
+        (height, width),
+        grid,
+        block_shape(grid, block_size),
+        labels,
+        probs,
+        out_dir / f".{base_name(path)}.progress",
+    )
+
+
+def _submit_large(
+    client,
+    model,
+    device: str,
+    bundle: ModelBundle,
+    plan: LargeImage,
+    image,
+    margin: int,
+    config: PostprocessConfig,
+    probabilities: bool,
+    run: str,
+    jobs: dict[Any, _Job],
+) -> int:
+    """Create (or reopen) the outputs of `plan` and submit its unfinished blocks; returns the label blocks left."""
+    import dask
+
+    stamp = {
+        "shape": list(plan.shape),
+        "block": list(plan.block),
+        "stride": list(plan.grid.stride),
+        "margin": margin,
+        "postprocess": config.to_dict(),
+        "model": ModelSpec.from_bundle(bundle).digest,
+    }
+    plan = replace(plan, settings=hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16])
+    markers = plan.progress / plan.settings
+    if not (markers.is_dir() and plan.labels.is_dir() and plan.probs.is_dir()):
+        # new, or begun with other settings: start again (tasks of the old run find their folder gone)
+        shutil.rmtree(plan.progress, ignore_errors=True)
+        markers.mkdir(parents=True)
+        (markers / "settings.json").write_text(json.dumps(stamp, indent=1))
+        scale, unit = input_pixel_size(plan.source.path)
+        dtype = np.uint32 if plan.shape[0] * plan.shape[1] < np.iinfo(np.uint32).max else np.uint64
+        name = base_name(plan.source.path)
+        create_ome_zarr(plan.labels, plan.shape, dtype, plan.block, ngff_attributes(name, "YX", scale, unit, True))
+        create_ome_zarr(
+            plan.probs,
+            plan.shape,
+            np.float32,
+            plan.block,
+            ngff_attributes(f"{name} foreground probability", "YX", scale, unit, False),
+        )
+    plane = image[plan.source.index] if plan.source.index else image
+    with dask.config.set(scheduler="synchronous"):  # the percentiles' sample is read here, not by the cluster
+        preprocess = bundle.preprocessor(as_channels_first(plane, bundle.net.config.in_channels), "CYX")
+    name = plan.source.path.name
+    # keys "napari-unet-<pass>-<run>-<image>-<y>-<x>": dask groups tasks by the words before the first token, so
+    # all blocks share one task prefix (a key per block as its own prefix grows the workers' profiles and the
+    # scheduler's per-prefix state with every block: ~0.1 MB per task on each worker)
+    image_id = hashlib.sha1(str(plan.labels).encode()).hexdigest()[:8]
+    probs_futures = {}
+    for region in plan.regions:
+        if plan.marker("probs", region).exists():
+            continue
+        item = f"{name} probabilities {region[0].start},{region[1].start}"
+        future = client.submit(
+            predict_block,
+            model,
+            device,
+            plan.source,
+            preprocess,
+            plan.grid,
+            region,
+            str(plan.probs / "0"),
+            str(plan.marker("probs", region)),
+            key=f"napari-unet-probabilities-{run}-{image_id}-{region[0].start}-{region[1].start}",
+            pure=False,
+        )
+        jobs[future] = _Job(item)
+        probs_futures[_corner(region)] = (region, future)
+    pending = 0
+    for region in plan.regions:
+        if plan.marker("labels", region).exists():
+            continue
+        after = [f for r, f in probs_futures.values() if _near(r, region, margin)]
+        item = f"{name} labels {region[0].start},{region[1].start}"
+        future = client.submit(
+            label_block,
+            str(plan.probs / "0"),
+            region,
+            margin,
+            config,
+            str(plan.labels / "0"),
+            str(plan.marker("labels", region)),
+            after,
+            key=f"napari-unet-labels-{run}-{image_id}-{region[0].start}-{region[1].start}",
+            pure=False,
+        )
+        jobs[future] = _Job(item, plan.labels)
+        pending += 1
+    if pending == 0:
+        _finish(plan, probabilities)
+    return pending
+
+
+def _corner(region: tuple[slice, slice]) -> tuple[int, int]:
+    return region[0].start, region[1].start
+
+
+def _near(a: tuple[slice, slice], b: tuple[slice, slice], margin: int) -> bool:
+    """Whether region `a` overlaps region `b` grown by `margin` pixels."""
+    return all(sa.start < sb.stop + margin and sb.start - margin < sa.stop for sa, sb in zip(a, b))
+
+
+def _finish(plan: LargeImage, keep_probs: bool) -> None:
+    """Mark the labels complete; drop the probabilities (unless kept) and the progress markers."""
+    import zarr
+
+    zarr.open_group(str(plan.labels), mode="r+").attrs[COMPLETE] = True
+    if keep_probs:
+        zarr.open_group(str(plan.probs), mode="r+").attrs[COMPLETE] = True
+    else:
+        shutil.rmtree(plan.probs, ignore_errors=True)
+    shutil.rmtree(plan.progress, ignore_errors=True)
+
+
+def segment_files(
+    model: str | Path | ModelBundle,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    address: str | None = None,
+    workers: int | None = None,
+    torch_threads: int | None = None,
+    **options: Any,
+) -> list[BatchProgress]:
+    """`napari-unet predict ... --cluster ADDRESS` / `--workers N` from Python: connect, segment, disconnect.
+
+    model: a model folder or a loaded bundle; inputs: image files (folders are expanded); options: those of
+    `segment_batch`. Returns the progress events (their `cut_objects` sum should be 0).
+    """
+    from ..modelfile import load_model
+    from ..pipeline import list_files
+
+    bundle = model if isinstance(model, ModelBundle) else load_model(model)
+    files = [f for path in inputs for f in list_files(path, "input image", zarr=True)]
+    with connect(address, workers, torch_threads) as client:
+        return list(segment_batch(client, bundle, files, out_dir, **options))
