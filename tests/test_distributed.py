@@ -63,16 +63,21 @@ def big_zarr(tmp_path_factory) -> Path:
     return path
 
 
+def single_process_probs(bundle, image) -> np.ndarray:
+    """Foreground probabilities of the single-process tiled prediction, with one torch thread like the workers."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return bundle.predict(image, tile_size=TILE, device="cpu")[1]
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def reference(bundle, big_zarr) -> tuple[np.ndarray, np.ndarray]:
     """(foreground probabilities, labels) of the single-process run, with one torch thread like the workers."""
     image, _ = read_input(big_zarr)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        probs = bundle.predict(image, tile_size=TILE, device="cpu")[1]
-    finally:
-        torch.set_num_threads(threads)
+    probs = single_process_probs(bundle, image)
     return probs, probs_to_labels(probs, bundle.postprocess)
 
 
@@ -329,12 +334,7 @@ def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp
         assert np.array_equal(np.asarray(lazy[10:90, 70:130]), image[10:90, 70:130])
     events = run(client, bundle, [path], tmp_path / "out")
     assert len(events) == 2 * 6  # 3 x 2 blocks of 60 x 84
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        probs = bundle.predict(image, tile_size=TILE, device="cpu")[1]
-    finally:
-        torch.set_num_threads(threads)
+    probs = single_process_probs(bundle, image)
     got_probs, got_labels = read_outputs(tmp_path / "out", "slide")
     assert np.array_equal(got_probs, probs)
     assert same_up_to_renumbering(got_labels, probs_to_labels(probs, bundle.postprocess))
