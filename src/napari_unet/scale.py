@@ -28,6 +28,7 @@ Diameter = float | str | None  # an object diameter in px, "auto" (estimate it) 
 ESTIMATE_SIDE = 256  # side (px, at the model's scale) of the window the object diameter is estimated on
 ESTIMATE_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)  # the scales the window is segmented at to estimate a diameter
 TRUSTED_SIZES = (0.6, 1.6)  # objects found at the model's scale within these many object diameters are trusted
+CONFIRMED_RATIO = 1.25  # a size found again within this ratio at a neighbouring scale is confirmed
 FACTOR_RANGE = (0.125, 8.0)  # rescale factors beyond these are refused (given) or clipped (estimated)
 MAX_RESCALE_BYTES = 1 << 30  # a plane is rescaled in memory: larger planes (before or after) are refused
 
@@ -98,33 +99,43 @@ def estimate_diameter(image, object_diameter: float, segment: Callable[[np.ndarr
 
 def choose_diameter(found: Sequence[float], factors: Sequence[float], object_diameter: float) -> float | None:
     """The object diameter (px) among candidates `found` (NaN: nothing found) at rescale `factors` (increasing, by
-    equal ratios): the one that a neighbouring scale agrees with best, among those whose objects had about the
-    model's size at the model's scale (`TRUSTED_SIZES`). None when nothing was found.
+    equal ratios), or None when nothing was found.
 
-    Real objects are found again at their size when the image is rescaled by the next factor, while texture
-    that the network cuts into fragments of its own object size at one scale is not: a 40-px nucleus found as
-    2.9-px fragments at 4x is refused because at 2x it was 16 px. The score is the smaller |log ratio| to the two
-    neighbours plus |log(size at the model's scale / object_diameter)|; without a trusted candidate, the
-    candidate whose size at the model's scale is closest to `object_diameter`.
+    A candidate is trusted when its objects had about the model's size at the model's scale (`TRUSTED_SIZES`)
+    and confirmed when a neighbouring scale found the same size within `CONFIRMED_RATIO`. Real objects are found
+    again at their size when the image is rescaled by 2, while texture that the network cuts into pieces of its
+    own object size at one scale is not: a 34-px nucleus found as 2.9-px pieces at 2x is refused because at 1x
+    it was 16 px. Texture can be found at two scales too (chromatin spots of ~6 px inside 53-px nuclei, at 2x and
+    4x), so among confirmed candidates the one most scales agree with wins (then the best score). The score is
+    the smaller |log ratio| to the two neighbours plus |log(size at the model's scale / object_diameter)|; without
+    a confirmed candidate, the trusted one with the best score; without a trusted one, the candidate whose size at
+    the model's scale is closest to `object_diameter`.
 
-    >>> round(choose_diameter([40.6, 37.4, 16.3, 2.9, 1.9], (0.25, 0.5, 1.0, 2.0, 4.0), 20.0), 1)
+    >>> factors = (0.25, 0.5, 1.0, 2.0, 4.0)
+    >>> round(choose_diameter([40.6, 37.4, 16.3, 2.9, 1.9], factors, 20.0), 1)
     37.4
+    >>> round(choose_diameter([52.1, 52.8, 50.9, 6.5, 5.7], factors, 20.0), 1)
+    52.8
     """
     found = np.asarray(found, dtype=float)
     at_model = found * np.asarray(factors, dtype=float) / object_diameter
-    finite = np.flatnonzero(np.isfinite(found) & (found > 0))
-    if finite.size == 0:
+    finite = [i for i in range(found.size) if np.isfinite(found[i]) and found[i] > 0]
+    if not finite:
         return None
-    best, best_score = None, np.inf
+    ranked = []
     for i in finite:
         neighbours = [j for j in (i - 1, i + 1) if j in finite]
         if not neighbours or not TRUSTED_SIZES[0] <= at_model[i] <= TRUSTED_SIZES[1]:
             continue
-        score = min(abs(np.log(found[i] / found[j])) for j in neighbours) + abs(np.log(at_model[i]))
-        if score < best_score:
-            best, best_score = float(found[i]), score
-    if best is None:
-        best = float(found[finite[np.argmin(np.abs(np.log(at_model[finite])))]])
+        nearest = min(abs(np.log(found[i] / found[j])) for j in neighbours)
+        confirmed = nearest < np.log(CONFIRMED_RATIO)
+        support = sum(abs(np.log(found[i] / found[j])) < np.log(CONFIRMED_RATIO) for j in finite)
+        score = nearest + abs(np.log(at_model[i]))
+        ranked.append(((confirmed, support if confirmed else 0, -score), float(found[i])))
+    if ranked:
+        best = max(ranked)[1]
+    else:
+        best = float(found[min(finite, key=lambda i: abs(np.log(at_model[i])))])
     low, high = object_diameter / FACTOR_RANGE[1], object_diameter / FACTOR_RANGE[0]
     return float(np.clip(best, low, high))
 
