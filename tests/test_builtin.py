@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from napari_unet import builtin
@@ -79,3 +80,30 @@ def test_the_shipped_nuclei_model_loads_with_its_object_diameter():
     bundle = load_model("nuclei")
     assert bundle.object_diameter and bundle.net.config.in_channels == 1
     assert builtin.describe("nuclei")["weights_bytes"] <= 20e6
+
+
+def test_the_shipped_nuclei_model_segments_rgb_images_as_their_luminance(tmp_path):
+    """An RGB image (H&E, brightfield) needs no channel choice with the built-in model: `predict nuclei` on an RGB
+    PNG gives the labels of its luminance (the channel choice saved with the model, `ChannelChoice(grey=True)`)."""
+    if "nuclei" not in builtin.names():
+        pytest.skip("the built-in nuclei model's weights are not in this checkout (src/napari_unet/builtin_models)")
+    from PIL import Image
+
+    from napari_unet.channels import ChannelChoice
+    from napari_unet.cli import main
+    from napari_unet.io import read_image
+    from napari_unet.synthetic import make_cells
+
+    image, _ = make_cells((160, 160), seed=3)
+    grey = np.clip(255 * (image - image.min()) / np.ptp(image), 0, 255)
+    rgb = np.stack([grey * 0.9, grey * 0.5, grey], axis=-1).astype(np.uint8)  # purple-ish nuclei
+    Image.fromarray(rgb).save(tmp_path / "stain.png")
+    bundle = load_model("nuclei")
+    assert bundle.channels == ChannelChoice(grey=True)
+    assert main(["predict", "nuclei", str(tmp_path / "stain.png"), "--out", str(tmp_path / "out")]) == 0
+    labels = read_image(tmp_path / "out" / "stain_labels.tif")[0]
+    luminance, axes = ChannelChoice(grey=True).apply(read_image(tmp_path / "stain.png")[0], "CYX")
+    assert axes == "YX"
+    expected = bundle.segment(np.asarray(luminance), diameter="auto", device="cpu")
+    np.testing.assert_array_equal(labels, expected)
+    assert labels.max() > 0
