@@ -42,7 +42,7 @@ from napari_unet.channels import ChannelChoice
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import Normalization, load_model, save_model
 from napari_unet.pipeline import read_training_pair
-from napari_unet.postprocess import best_config, score_config, tune_config
+from napari_unet.postprocess import best_config, tune_config
 from napari_unet.scale import median_diameter, rescale_image, rescale_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.training import Sample, TrainConfig, Trainer
@@ -75,12 +75,11 @@ def load_sample(image_path: Path, labels_path: Path, diameter: float) -> tuple[S
     return Sample(rescale_image(image, factor), rescale_labels(labels, factor)), factor
 
 
-def earlier_stages(init: str | None) -> list[dict]:
-    """The training stages of the model a run starts from (`--init`), oldest first, as its metadata records them
-    (a model without `stages` is one stage: its own command, steps and seconds)."""
-    if init is None:
+def earlier_stages(metadata: dict | None) -> list[dict]:
+    """The training stages recorded in the `metadata` of the model a run starts from (`--init`; None: none),
+    oldest first (a model without `stages` is one stage: its own command, steps and seconds)."""
+    if metadata is None:
         return []
-    metadata = load_model(init).metadata
     if "stages" in metadata:
         return list(metadata["stages"])
     return [
@@ -105,11 +104,11 @@ def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: fl
         image = bundle.normalization.apply_polarity(np.asarray(sample.image, np.float32)[None])
         probs.append(predict_tiled(bundle.net, image, device="cpu")[1])
         truths.append(sample.labels)
-    tuned, _ = tune_config(
+    tuned, scores = tune_config(
         probs, truths, bundle.postprocess, thresholds=(0.4, 0.5, 0.6, 0.7, 0.8), watershed=(False, True)
     )
     if not tuned.watershed:
-        return tuned, score_config(tuned, probs, truths)
+        return tuned, scores
     depths = [tuned] + [replace(tuned, watershed_h=h) for h in (1.0, 2.0, 3.0, 4.0) if h != tuned.watershed_h]
     best, scores, _ = best_config(depths, probs, truths, rank=lambda mean: (mean["ap50"], mean["map"]))
     return best, scores
@@ -145,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     started = time.time()
+    start = load_model(args.init) if args.init is not None else None  # the weights and stages to build on
+    if start is not None:
+        args.diameter = start.object_diameter  # the data is rescaled to the starting model's object size
     bbbc = image_pairs(args.data, "bbbc039/train")
     kept_out = held_out(bbbc, args.hold_out, args.seed)
     pairs = [p for p in image_pairs(args.data, "dsb2018-fluo/pretrain")] + [
@@ -187,9 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and (args.out / "training_state.pt").is_file():
         trainer = Trainer.resume(args.out, pool, validation, device="cpu", time_budget=args.time_budget)
     else:
-        if args.init is not None:
-            start = load_model(args.init)
-            net, args.diameter = start.net, start.object_diameter
+        if start is not None:
+            net = start.net
         else:
             net = UNet(UNetConfig(depth=args.depth, base_channels=args.base_channels, dropout=0.0))
         trainer = Trainer(
@@ -216,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
     bundle = load_model(args.out)
     bundle.object_diameter = args.diameter
-    stages = earlier_stages(args.init) + [
+    stages = earlier_stages(None if start is None else start.metadata) + [
         {
             "command": "python scripts/train_generalist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "iterations": trainer.iteration,
