@@ -348,7 +348,7 @@ def test_empty_images():
     empty = np.zeros((5, 5), np.int32)
     one = empty.copy()
     one[1:3, 1:3] = 1
-    both_empty = {"ap50": 1.0, "map": 1.0, "f1_50": 1.0, "seg": 1.0, "n_pred": 0, "n_true": 0}
+    both_empty = {"ap50": 1.0, "ap75": 1.0, "map": 1.0, "f1_50": 1.0, "seg": 1.0, "n_pred": 0, "n_true": 0}
     assert instance_scores(empty, empty) == both_empty
     missed = instance_scores(empty, one)
     assert (missed["ap50"], missed["map"], missed["f1_50"], missed["seg"]) == (0.0, 0.0, 0.0, 0.0)

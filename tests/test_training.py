@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -215,13 +216,39 @@ def test_cosine_schedule_follows_the_time_budget_when_it_ends_first():
     _, config = tiny(iterations=1000, time_budget=10.0)
     elapsed = [0.0]
     factor = learning_rate_schedule(config, lambda: elapsed[0])
-    assert factor(0) == pytest.approx(1.0)
+    assert factor(0) == pytest.approx(0.1)  # the warm-up starts at a tenth
+    elapsed[0] = 0.1  # 1 % of the budget: half-way through the default 2 % warm-up
+    assert factor(1) == pytest.approx(0.55 * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * 0.01))))
     elapsed[0] = 5.0  # half the time budget, 1 % of the iterations
     assert factor(10) == pytest.approx(0.05 + 0.95 * 0.5)
     elapsed[0] = 20.0
     assert factor(11) == pytest.approx(0.05)
     _, no_budget = tiny(iterations=1000)
     assert learning_rate_schedule(no_budget, lambda: 1e9)(500) == pytest.approx(0.05 + 0.95 * 0.5)
+
+
+def test_warm_up_ramps_a_constant_schedule_and_can_be_turned_off():
+    from napari_unet.train_config import learning_rate_schedule
+
+    _, config = tiny(iterations=100, schedule="constant", warmup=0.1)
+    factor = learning_rate_schedule(config, lambda: 0.0)
+    assert [factor(step) for step in (0, 5, 10, 50)] == pytest.approx([0.1, 0.55, 1.0, 1.0])
+    _, plain = tiny(iterations=100, schedule="constant", warmup=0.0)
+    assert learning_rate_schedule(plain, lambda: 0.0)(0) == 1.0
+    with pytest.raises(ValueError, match="warmup"):
+        tiny(warmup=1.5)
+
+
+def test_a_run_for_a_time_budget_trains_until_the_budget_not_the_presets_steps(samples):
+    from napari_unet.train_config import UNTIL_BUDGET, for_time_budget
+
+    model, config = tiny(iterations=2)
+    config = for_time_budget(config, 1.0)
+    trainer = Trainer(model, config, samples, device="cpu")
+    steps = [event for event in trainer.run() if event.kind == "step"]
+    assert config.iterations == UNTIL_BUDGET
+    assert len(steps) > 2 and trainer.elapsed >= 1.0  # the preset's 2 steps did not end it
+    assert steps[-1].learning_rate < 0.1 * config.learning_rate  # the cosine reached its end with the budget
 
 
 def test_the_trainer_applies_the_models_polarity_to_its_samples(samples):

@@ -72,7 +72,8 @@ def prepare_sample(
         bad = int(image.size - np.count_nonzero(np.isfinite(image)))
         raise ValueError(f"{name}: the image contains {bad} NaN or infinite values")
     image = normalization.apply_polarity(image)  # samples come percentile-normalised: invert here
-    weights = weight_map(labels, config.w0, config.sigma, mask=mask, border=config.border)
+    class_weights = "balanced" if config.class_weights == "balanced" else None
+    weights = weight_map(labels, config.w0, config.sigma, class_weights, mask=mask, border=config.border)
     target = make_target(labels, config.border)
     annotated = annotation_mask(labels, mask)
     target[~annotated] = 0

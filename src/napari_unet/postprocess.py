@@ -187,11 +187,13 @@ def tune_config(
     thresholds: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
     watershed: Sequence[bool] = (False, True),
     grow_thresholds: Sequence[float | None] | None = None,
+    watershed_h: Sequence[float] = (1.0, 2.0, 3.0),
 ) -> tuple[PostprocessConfig, dict[str, float]]:
     """The post-processing that segments validation images best: (config, its mean scores).
 
     probs: foreground probabilities (H, W) of the validation images; truths: their instance labels (H, W).
-    Two rounds: first `base` (default `PostprocessConfig()`) with each threshold and watershed setting, then
+    Two rounds: first `base` (default `PostprocessConfig()`) with each threshold and watershed setting (with
+    the watershed: each depth in `watershed_h`), then
     the winner with each growth threshold (`grow_thresholds`, default `GROWTH_CANDIDATES`; None: no growth).
     The score is the mean AP at IoU 0.5, ties broken by the mean AP over IoU 0.5:0.95 (which rewards objects of
     the right extent), then by the order of the candidates (the previous winner first). The network is not run
@@ -203,7 +205,10 @@ def tune_config(
     def rank(mean: dict[str, float]) -> tuple[float, float]:
         return mean["ap50"], mean["map"]
 
-    first = [base] + [replace(base, threshold=float(t), watershed=bool(w)) for w in watershed for t in thresholds]
+    splits = [(bool(w), h) for w in watershed for h in (watershed_h if w else (base.watershed_h,))]
+    first = [base] + [
+        replace(base, threshold=float(t), watershed=w, watershed_h=float(h)) for w, h in splits for t in thresholds
+    ]
     best = best_config(first, probs, truths, rank)[0]
     second = [best] + [replace(best, grow_threshold=None if g is None else float(g)) for g in grow_thresholds]
     best, scores, _ = best_config(second, probs, truths, rank)

@@ -41,7 +41,7 @@ from .losses import weighted_cross_entropy
 from .metrics import pixel_scores
 from .model import UNet
 from .modelfile import STATE_FILE, ModelBundle, Normalization, load_model, save_model
-from .postprocess import PostprocessConfig, calibrate_growth
+from .postprocess import PostprocessConfig, calibrate_growth, tune_config
 from .precision import autocast, compiled, memory_format, resolve_precision
 from .tiling import predict_tiled
 from .train_config import (
@@ -91,7 +91,6 @@ class Trainer:
         self.device = select_device(device)
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.normalization = normalization or Normalization()
-        self.postprocess = postprocess or PostprocessConfig(border_width=config.border)
         self.channels = channels or ChannelChoice()  # how the samples' channels were chosen; saved with the model
         self.object_diameter = object_diameter
         self.tile = model.valid_input_size(config.tile_size)
@@ -109,6 +108,9 @@ class Trainer:
             ]
         if not any(p.annotated.size for p in self.train):
             raise ValueError("the annotations are empty: no pixel has a nonzero loss weight (label some cells)")
+        # binary masks (membranes) were not cut between cells: their objects need no border given back
+        binary = all(p.cells is None for p in self.train)
+        self.postprocess = postprocess or PostprocessConfig(border_width=0 if binary else config.border)
         self.data_hashes = [hash_sample(s) for s in train]
         self.iteration = 0
         self.elapsed = 0.0
@@ -198,22 +200,37 @@ class Trainer:
                 self.save_checkpoint(self.checkpoint)
 
     def calibrate_growth(self, max_images: int = 8) -> dict[str, float] | None:
-        """Set the post-processing's growth to what makes the objects found on the training images match their
-        annotated cells best (mean SEG; `postprocess.calibrate_growth`); returns each candidate's score, or None
+        """Fit the post-processing to the training annotations; returns the scores it was chosen by, or None
         (nothing changed) when the annotations are binary masks.
 
-        Scored on training images, whose cells the network has seen; what is chosen is one number, the extent
-        of the outlines, which depends on the training (a large w0 makes a network cautious at the edges of
-        cells) more than on the images. Recorded in the model's metadata as "growth_calibration".
+        Images whose every pixel is annotated with instance labels (a dataset's label files): the threshold,
+        the watershed and the growth, by mean AP50 then mAP over up to `max_images` of them
+        (`postprocess.tune_config`): which objects exist needs every object annotated. Otherwise (cells painted
+        in the Fine-tune dock): the growth alone, by the mean SEG of the annotated cells
+        (`postprocess.calibrate_growth`), which looks at annotated cells only.
+
+        Scored on training images, whose cells the network has seen; what is chosen is a few numbers (where a
+        probability counts as a cell, how far outlines extend) that depend on the training (a large w0 makes a
+        network cautious at the edges of cells) more than on the images. Recorded in the model's metadata as
+        "growth_calibration".
         """
-        samples = [sample for sample in self.train if sample.cells is not None and sample.cells.any()][:max_images]
+        samples = [sample for sample in self.train if sample.cells is not None and sample.cells.any()]
         if not samples or self.rank != 0:  # with several processes, the first one saves the model: it calibrates
             return None
-        probs = [self._predict(sample.image)[1] for sample in samples]
-        self.postprocess, scores = calibrate_growth(probs, [sample.cells for sample in samples], self.postprocess)
+        complete = [sample for sample in samples if sample.annotated.size == sample.target.size][:max_images]
+        used = complete or samples[:max_images]
+        probs = [self._predict(sample.image)[1] for sample in used]
+        cells = [sample.cells for sample in used]
+        if complete:
+            self.postprocess, scores = tune_config(probs, cells, self.postprocess)
+            record = {"by": "ap50, map", "scores": scores, "threshold": self.postprocess.threshold}
+            record["watershed"] = self.postprocess.watershed
+        else:
+            self.postprocess, scores = calibrate_growth(probs, cells, self.postprocess)
+            record = {"by": "seg", "seg": scores}
         self.growth_calibration = {
-            "seg": scores,
-            "images": len(samples),
+            **record,
+            "images": len(used),
             "chosen": self.postprocess.grow_threshold,
             "iteration": self.iteration,
         }

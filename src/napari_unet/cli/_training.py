@@ -13,10 +13,12 @@ from .progress import Progress, describe, duration
 
 
 def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
-    """Consume `trainer.run()` with a progress bar; SIGINT (Ctrl-C) or SIGTERM stops it after the current step
-    (closing the generator saves that step); result["exit_code"] is then 130 or 143."""
+    """Consume `trainer.run()` with a progress bar (in steps, or in seconds for a run that only its time budget
+    ends); SIGINT (Ctrl-C) or SIGTERM stops it after the current step (closing the generator saves that step);
+    result["exit_code"] is then 130 or 143."""
     from contextlib import closing
 
+    from ..train_config import UNTIL_BUDGET
     from ._signals import current
 
     result: dict[str, Any] = {
@@ -27,13 +29,15 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
         "exit_code": EXIT_INTERRUPTED,
     }
     events = trainer.run()
-    total = trainer.config.iterations
-    with Progress(total, "training", "it", quiet) as bar, closing(events), current().deferred() as signals:
-        bar.update(trainer.iteration)
+    timed = trainer.config.iterations == UNTIL_BUDGET and trainer.config.time_budget is not None
+    total, unit = (trainer.config.time_budget, "s") if timed else (trainer.config.iterations, "it")
+    with Progress(total, "training", unit, quiet) as bar, closing(events), current().deferred() as signals:
+        bar.update(min(trainer.elapsed, total) if timed else trainer.iteration)
         try:
             for event in events:
                 if event.kind == "step":
-                    bar.update(1, loss=f"{event.loss:.4f}")
+                    done = min(event.elapsed, total) - bar.done if timed else 1
+                    bar.update(done, loss=f"{event.loss:.4f}")
                 elif event.kind == "validation" and event.val_score is not None:
                     result["val_score"] = event.val_score
                     bar.write(f"iteration {event.iteration}: validation IoU {event.val_score:.4f}")

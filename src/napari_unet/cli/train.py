@@ -91,7 +91,11 @@ def add_parser(subparsers) -> None:
     training = sub.add_argument_group("training (preset's values by default)")
     training.add_argument("--iterations", type=positive_int, metavar="N", help="training steps in all")
     training.add_argument(
-        "--time-budget", type=positive_float, metavar="SECONDS", help="stop (and save) once training has run this long"
+        "--time-budget",
+        type=positive_float,
+        metavar="SECONDS",
+        help="train this long (and save); without --iterations the run takes as many steps as fit, with its "
+        "learning-rate schedule spread over the seconds",
     )
     training.add_argument("--seed", type=int, default=0, help="random seed (sampling, augmentation, split)")
     training.add_argument(
@@ -104,6 +108,12 @@ def add_parser(subparsers) -> None:
     training.add_argument("--learning-rate", type=positive_float, metavar="LR", help="optimiser step size")
     training.add_argument("--w0", type=non_negative_float, metavar="W", help="weight of the border term between cells")
     training.add_argument("--sigma", type=positive_float, metavar="PX", help="width (px) of the border term")
+    training.add_argument(
+        "--class-weights",
+        choices=("balanced", "none"),
+        help="balanced: even out the classes' pixel counts (the paper); none: every pixel alike "
+        "(default: chosen from the labels, see docs/cli.md)",
+    )
     training.add_argument(
         "--border", type=positive_int, metavar="PX", help="background border (px) cut between touching cells"
     )
@@ -209,6 +219,7 @@ def _check_options(args: argparse.Namespace) -> None:
             "--w0": args.w0,
             "--sigma": args.sigma,
             "--border": args.border,
+            "--class-weights": args.class_weights,
             "--preset": args.preset != "fast" or None,
             **new_net,
         }
@@ -260,6 +271,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     from .._config import with_overrides
     from ..model import UNet
     from ..modelfile import load_model
+    from ..train_config import for_time_budget, settings_for_labels
     from ..training import Trainer, preset
 
     if args.resume:
@@ -290,10 +302,21 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         w0=args.w0,
         sigma=args.sigma,
         border=args.border,
+        class_weights=args.class_weights,
         precision=args.precision,
         augmentation=args.augmentation,
         compile=args.compile or None,
     )
+    if args.time_budget is not None and args.iterations is None:
+        config = for_time_budget(config, args.time_budget)  # the budget, not the preset's steps, ends the run
+    given = [name for name in ("w0", "sigma", "border", "class_weights") if getattr(args, name) is not None]
+    config, kind = settings_for_labels(config, [sample.labels for sample in train], given)
+    if kind == "binary":
+        note(
+            f"the labels are binary masks: class weights {config.class_weights}, w0 {config.w0:g} "
+            "(--class-weights and --w0 change them)",
+            args.quiet,
+        )
     if args.init is not None:
         bundle = load_model(args.init)
         note_shadowed(args.init, args.quiet)

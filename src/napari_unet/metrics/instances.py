@@ -130,14 +130,15 @@ def seg_score(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def instance_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
-    """Instance segmentation summary: {"ap50", "map", "f1_50", "seg", "n_pred", "n_true"}.
+    """Instance segmentation summary: {"ap50", "ap75", "map", "f1_50", "seg", "n_pred", "n_true"}.
 
-    ap50 and f1_50 at IoU 0.5; map = mean AP over IoU 0.5, 0.55, ..., 0.95 (`match_instances`); seg = SEG
+    ap50 and f1_50 at IoU 0.5, ap75 at IoU 0.75; map = mean AP over IoU 0.5, 0.55, ..., 0.95 (`match_instances`); seg = SEG
     (`seg_score`). pred, truth: same-shape integer labels (0 = background).
     """
     matches = match_instances(pred, truth, IOU_THRESHOLDS)
     return {
         "ap50": matches["ap"][0],
+        "ap75": matches["ap"][list(IOU_THRESHOLDS).index(0.75)],
         "map": float(np.mean(matches["ap"])),
         "f1_50": matches["f1"][0],
         "seg": seg_score(pred, truth),
