@@ -547,3 +547,51 @@ def test_train_init_by_name_rescales_the_images_to_the_models_object_size(data, 
     )
     assert "so their cells are 20 px across" in capsys.readouterr().err
     assert load_model(out).object_diameter == 20.0
+
+
+@pytest.fixture(scope="module")
+def membranes(tmp_path_factory) -> Path:
+    """images/0{0,1}.png with labels/0{0,1}.png: binary 0/255 masks (255 = cell interior), as ISBI 2012's."""
+    root = tmp_path_factory.mktemp("membranes")
+    for i in range(2):
+        image, cells = make_cells((72, 80), seed=40 + i)
+        write_png(root / "images" / f"0{i}.png", image)
+        write_png(root / "labels" / f"0{i}.png", (cells > 0).astype(float))
+    return root
+
+
+def test_train_on_binary_masks_turns_off_class_balancing_and_the_border_term(membranes, tmp_path, capsys):
+    out = tmp_path / "binary"
+    loud = [arg for arg in TINY if arg != "-q"]
+    code, _, err = run(
+        capsys, "train", membranes / "images", membranes / "labels", "--out", out, "--iterations", 2, *loud
+    )
+    assert code == 0 and "the labels are binary masks" in err
+    bundle = load_model(out)
+    train = bundle.metadata["training"]
+    assert (train["class_weights"], train["w0"]) == ("none", 0.0)
+    assert bundle.postprocess.border_width == 0  # nothing was cut between cells: nothing to give back
+
+    given = tmp_path / "given"
+    args = ["--iterations", 2, "--w0", 5, "--class-weights", "balanced", *TINY]
+    assert run(capsys, "train", membranes / "images", membranes / "labels", "--out", given, *args)[0] == 0
+    train = load_model(given).metadata["training"]
+    assert (train["class_weights"], train["w0"]) == ("balanced", 5.0)  # what the user asked for wins
+
+
+def test_train_on_instance_labels_keeps_the_presets_border_settings(data, model):
+    train = load_model(model).metadata["training"]
+    assert (train["class_weights"], train["w0"], train["sigma"]) == ("balanced", 50.0, 6.0)
+
+
+def test_a_time_budget_alone_trains_for_the_budget_not_the_presets_steps(data, tmp_path, capsys):
+    from napari_unet.train_config import PRESETS, UNTIL_BUDGET
+
+    out = tmp_path / "timed"
+    code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--time-budget", 2, *TINY)
+    assert code == 0
+    bundle = load_model(out)
+    assert bundle.metadata["training"]["iterations"] == UNTIL_BUDGET
+    assert bundle.metadata["iterations"] > 0 and bundle.metadata["elapsed_seconds"] >= 2.0
+    assert f"trained {bundle.metadata['iterations']} iterations" in stdout
+    assert PRESETS["fast"][1].iterations == 600  # the preset's steps alone would have ended a 2-s run otherwise

@@ -184,6 +184,28 @@ def test_a_completed_run_calibrates_the_growth_on_the_annotated_cells(samples, t
     assert seen == [] and unchanged.postprocess.grow_threshold is None
 
 
+def test_fully_annotated_instance_labels_fit_threshold_and_watershed_too(samples, monkeypatch):
+    import napari_unet.training as training
+
+    seen = []
+
+    def spy(probs, truths, base):
+        seen.append([np.unique(t[t > 0]).size for t in truths])
+        return replace(base, threshold=0.7, watershed=True), {"ap50": 0.9, "map": 0.6}
+
+    monkeypatch.setattr(training, "tune_config", spy)
+    model, config = tiny(iterations=2)
+    trainer = Trainer(model, config, samples, device="cpu")
+    list(trainer.run())
+    assert seen == [[np.unique(s.labels[s.labels > 0]).size for s in samples]]  # every cell of every image
+    assert (trainer.postprocess.threshold, trainer.postprocess.watershed) == (0.7, True)
+    assert trainer.growth_calibration["by"] == "ap50, map" and trainer.bundle().metadata["growth_calibration"]
+
+    binary = Sample(samples[0].image, (samples[0].labels > 0).astype(np.uint8))
+    model, config = tiny(iterations=1)
+    assert Trainer(model, config, [binary], device="cpu").postprocess.border_width == 0
+
+
 def test_training_leaves_the_process_random_state_alone_and_validates_on_the_training_samples_when_asked(samples):
     torch.manual_seed(123)
     expected_next = torch.rand(3)
