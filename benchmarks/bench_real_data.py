@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_real_data.py --dataset isbi|dsb|both [--budget SECONDS] [--quick]
         [--preset fast|paper] [--device auto|cpu|cuda] [--threads N] [--data ../shared/data] [--out FOLDER]
+        [--reuse-peer FOLDER]
 
 Data from `../shared/data` (beside the repository; the script says so and exits when it is absent):
 - ISBI 2012: train on slices 0-14, validate on 15-19; labels 0 = membrane, 255 = cell interior (foreground),
@@ -31,6 +32,7 @@ with --quick) into --out and prints a table, figure by figure, with the ratio ou
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -373,6 +375,24 @@ def markdown_table(dataset: str, ours: dict[str, Any], peer: dict[str, Any]) -> 
     return "\n".join(lines)
 
 
+def reused_peer(folder: Path, dataset: str, args: argparse.Namespace, split: Split) -> dict[str, Any]:
+    """The peer's result from `folder`/real_<dataset>.json, a run of this script with the same budget, seed, quick
+    setting and split (checked); marked with where it came from."""
+    path = folder / f"real_{dataset}{'_quick' if args.quick else ''}.json"
+    earlier = json.loads(path.read_text())
+    same = {
+        "budget_seconds": args.budget,
+        "seed": args.seed,
+        "quick": args.quick,
+        "validation": [item.name for item in split.validation],
+    }
+    found = {**{key: earlier.get(key) for key in ("budget_seconds", "seed", "quick")}}
+    found["validation"] = earlier.get("split", {}).get("validation")
+    if found != same:
+        raise ValueError(f"--reuse-peer {path}: made with other settings ({found} vs {same})")
+    return {**earlier["peer"], "reused_from": str(path)}
+
+
 def versions() -> dict[str, str]:
     found = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
     try:
@@ -399,7 +419,10 @@ def run_dataset(dataset: str, args: argparse.Namespace, device: torch.device) ->
     )
     ours = run_ours(split, args.preset, args.budget, device, args.seed, tune_count, not args.no_tta)
     load_middle = os.getloadavg()
-    peer = run_peer(split, args.budget, device, args.seed, tune_count)
+    if args.reuse_peer is not None:
+        peer = reused_peer(args.reuse_peer, dataset, args, split)
+    else:
+        peer = run_peer(split, args.budget, device, args.seed, tune_count)
     load_end = os.getloadavg()
     table = markdown_table(dataset, ours, peer)
     print(table, flush=True)
@@ -448,6 +471,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-tta", action="store_true", help="skip the test-time augmentation row")
+    parser.add_argument(
+        "--reuse-peer",
+        type=Path,
+        metavar="FOLDER",
+        help="take the peer's result from FOLDER/real_<dataset>.json (same budget, seed and split) instead of "
+        "training it again: the peer does not change when ours does",
+    )
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding isbi2012/ and dsb2018-fluo/")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for real_<dataset>.json")
     args = parser.parse_args(argv)
