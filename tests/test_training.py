@@ -261,9 +261,13 @@ def test_warm_up_ramps_a_constant_schedule_and_can_be_turned_off():
         tiny(warmup=1.5)
 
 
-def test_a_run_for_a_time_budget_trains_until_the_budget_not_the_presets_steps(samples):
+def test_a_run_for_a_time_budget_trains_until_the_budget_not_the_presets_steps(samples, monkeypatch):
+    import time
+
     from napari_unet.train_config import UNTIL_BUDGET, for_time_budget
 
+    clock = itertools.count()
+    monkeypatch.setattr(time, "perf_counter", lambda: 0.01 * next(clock))  # a machine of steady speed
     model, config = tiny(iterations=2)
     config = for_time_budget(config, 1.0)
     trainer = Trainer(model, config, samples, device="cpu")
