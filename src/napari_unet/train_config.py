@@ -240,7 +240,7 @@ LABEL_SETTINGS: dict[str, dict[str, Any]] = {
     # Binary masks (ISBI's membranes: 0 = membrane, 255 = cell interior): no touching cells to part, so no border
     # term, and no class balancing, which thickens what it favours: on ISBI slices 15-19 after 4000 steps,
     # foreground IoU 0.902 and pixel error 0.081 at probability 0.5, against 0.780 and 0.175 with the instance
-    # settings (w0 50, balanced), for the same V_rand (thinned) 0.947 against 0.952 (docs/benchmarks.md).
+    # settings (w0 50, balanced), for V_rand (thinned) 0.947 against 0.952 (bench_label_settings.py, docs/results.md).
     "binary": {"class_weights": "none", "w0": 0.0},
 }
 
