@@ -579,7 +579,7 @@ def test_train_on_binary_masks_turns_off_class_balancing_and_the_border_term(mem
     assert (train["class_weights"], train["w0"]) == ("balanced", 5.0)  # what the user asked for wins
 
 
-def test_train_on_instance_labels_keeps_the_presets_border_settings(data, model):
+def test_train_on_instance_labels_keeps_the_presets_border_settings(model):
     train = load_model(model).metadata["training"]
     assert (train["class_weights"], train["w0"], train["sigma"]) == ("balanced", 50.0, 6.0)
 

@@ -172,14 +172,14 @@ UNTIL_BUDGET = 2**31 - 1
 """`TrainConfig.iterations` of a run that only its time budget ends (`for_time_budget`)."""
 
 
-def for_time_budget(config: TrainConfig, seconds: float, iterations: int | None = None) -> TrainConfig:
-    """`config` for a run of `seconds` of training: at most `iterations` steps if given, else as many as fit, with
-    the schedule (warm-up, cosine decay) spread over the seconds.
+def for_time_budget(config: TrainConfig, seconds: float) -> TrainConfig:
+    """`config` for a run of `seconds` of training: as many steps as fit, with the schedule (warm-up, cosine
+    decay) spread over the seconds.
 
     >>> for_time_budget(TrainConfig(), 1200).iterations == UNTIL_BUDGET
     True
     """
-    return replace(config, time_budget=float(seconds), iterations=UNTIL_BUDGET if iterations is None else iterations)
+    return replace(config, time_budget=float(seconds), iterations=UNTIL_BUDGET)
 
 
 def learning_rate_schedule(config: TrainConfig, elapsed: Callable[[], float]) -> Callable[[int], float]:

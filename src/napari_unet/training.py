@@ -203,8 +203,8 @@ class Trainer:
         """Fit the post-processing to the training annotations; returns the scores it was chosen by, or None
         (nothing changed) when the annotations are binary masks.
 
-        Images whose every pixel is annotated with instance labels (a dataset's label files): the threshold,
-        the watershed and the growth, by mean AP50 then mAP over up to `max_images` of them
+        Images whose every pixel is annotated with instance labels (a dataset's label files): the threshold and
+        the watershed by mean AP50, then the growth by mAP, over up to `max_images` of them
         (`postprocess.tune_config`): which objects exist needs every object annotated. Otherwise (cells painted
         in the Fine-tune dock): the growth alone, by the mean SEG of the annotated cells
         (`postprocess.calibrate_growth`), which looks at annotated cells only.
@@ -223,8 +223,8 @@ class Trainer:
         cells = [sample.cells for sample in used]
         if complete:
             self.postprocess, scores = tune_config(probs, cells, self.postprocess)
-            record = {"by": "ap50, map", "scores": scores, "threshold": self.postprocess.threshold}
-            record["watershed"] = self.postprocess.watershed
+            chosen = self.postprocess
+            record = {"by": "ap50, map", "scores": scores, "threshold": chosen.threshold, "watershed": chosen.watershed}
         else:
             self.postprocess, scores = calibrate_growth(probs, cells, self.postprocess)
             record = {"by": "seg", "seg": scores}
