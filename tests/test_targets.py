@@ -204,7 +204,9 @@ def test_bad_input() -> None:
     with pytest.raises(TypeError, match="float"):
         make_target(np.zeros((3, 4)))
     with pytest.raises(ValueError, match="border"):
-        make_target(np.zeros((3, 4), int), border=0)
+        make_target(np.zeros((3, 4), int), border=-1)
+    with pytest.raises(ValueError, match="border"):
+        make_target(np.zeros((3, 4), int), border=1.5)
     with pytest.raises(ValueError, match="-1"):
         make_target(np.full((3, 4), -2))
     with pytest.raises(ValueError, match="shape"):
@@ -229,3 +231,13 @@ def test_synthetic_sample_touching_pairs_are_separated(seed: int) -> None:
     ids, area = np.unique(labels[labels != 0], return_counts=True)
     kept = ndimage.sum(target, labels, ids)
     assert np.all(kept / area > 0.6)
+
+
+def test_border_zero_keeps_touching_cells() -> None:
+    labels = np.zeros((6, 8), np.int32)
+    labels[1:5, 1:4] = 7
+    labels[1:5, 4:7] = 3
+    assert np.array_equal(make_target(labels, border=0), (labels != 0).astype(np.uint8))
+    cells = separate_cells(labels, border=0)
+    assert set(np.unique(cells)) == {0, 1, 2}
+    assert np.array_equal(cells == 2, labels == 7)

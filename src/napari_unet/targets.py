@@ -76,17 +76,23 @@ def separate_cells(labels: np.ndarray, border: int = 1) -> np.ndarray:
     8-adjacent pixels of different cells, at least one becomes background, so no 8-connected (a fortiori
     4-connected) path within the foreground joins two cells.
     Binary masks are used as they are, and their cells are the 4-connected components of the foreground.
+    border = 0 cuts nothing: touching cells stay touching (their ids are kept, relabelled 1..n), and the
+    post-processing has to split them (`PostprocessConfig.watershed`).
 
     >>> separate_cells(np.array([[1, 1, 2, 2]]))
     array([[1, 0, 2, 2]], dtype=int32)
+    >>> separate_cells(np.array([[1, 1, 2, 2]]), border=0)
+    array([[1, 1, 2, 2]], dtype=int32)
     """
     labels = _check_labels(labels)
-    if border < 1:
-        raise ValueError(f"border must be >= 1 pixel; got {border}")
+    if border < 0 or int(border) != border:
+        raise ValueError(f"border must be a whole number of pixels >= 0; got {border}")
     cells = _annotated_cells(labels)
     if is_binary(cells):
         components, _ = ndimage.label(cells != 0)
         return components.astype(np.int32)
+    if border == 0:
+        return _relabel_sequential(cells.astype(np.int64))
     cells = cells.astype(np.int64)
     background = cells == 0
     higher = ndimage.maximum_filter(cells, size=2 * ((border + 1) // 2) + 1, mode="constant", cval=0)
