@@ -579,9 +579,35 @@ def test_train_on_binary_masks_turns_off_class_balancing_and_the_border_term(mem
     assert (train["class_weights"], train["w0"]) == ("balanced", 5.0)  # what the user asked for wins
 
 
-def test_train_on_instance_labels_keeps_the_presets_border_settings(model):
-    train = load_model(model).metadata["training"]
-    assert (train["class_weights"], train["w0"], train["sigma"]) == ("balanced", 50.0, 6.0)
+def test_train_on_instance_labels_keeps_the_presets_settings_and_parts_cells_by_watershed(model):
+    bundle = load_model(model)
+    train = bundle.metadata["training"]
+    assert (train["class_weights"], train["w0"], train["border"]) == ("balanced", 0.0, 0)
+    assert bundle.postprocess.border_width == 0 and bundle.postprocess.watershed  # cells touch in the target
+
+
+def test_init_fine_tunes_on_the_init_models_own_targets(data, model, tmp_path, capsys):
+    """A model trained with the paper's border term and separated cells is fine-tuned with them (the preset's
+    defaults would change what its output means); options given on the command line still win."""
+    from dataclasses import replace
+
+    from napari_unet.modelfile import save_model
+
+    bundle = load_model(model)
+    paper_like = tmp_path / "paper_like"
+    training = {**bundle.metadata["training"], "w0": 10.0, "sigma": 5.0, "border": 1}
+    postprocess = replace(bundle.postprocess, border_width=1, watershed=False)
+    save_model(paper_like, replace(bundle, postprocess=postprocess, metadata={**bundle.metadata, "training": training}))
+    common = ["--iterations", "1", "--tile-size", "44", "--device", "cpu", "-q"]
+    out = tmp_path / "tuned"
+    assert run(capsys, "train", data / "images", data / "labels", "--out", out, "--init", paper_like, *common)[0] == 0
+    train = load_model(out).metadata["training"]
+    assert (train["w0"], train["sigma"], train["border"]) == (10.0, 5.0, 1)
+    given = tmp_path / "given"
+    args = ["--init", paper_like, "--border", "0", *common]
+    assert run(capsys, "train", data / "images", data / "labels", "--out", given, *args)[0] == 0
+    tuned = load_model(given)
+    assert tuned.metadata["training"]["border"] == 0 and tuned.metadata["training"]["w0"] == 10.0
 
 
 def test_a_time_budget_alone_trains_for_the_budget_not_the_presets_steps(data, tmp_path, capsys):

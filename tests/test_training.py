@@ -144,8 +144,9 @@ def test_config_round_trips_through_json_types():
 
 def test_the_default_config_is_the_fast_preset_and_the_paper_keeps_its_weight_map():
     assert TrainConfig() == PRESETS["fast"][1] == preset()[1]
-    assert (TrainConfig().w0, TrainConfig().sigma, TrainConfig().border) == (50.0, 6.0, 1)
-    assert (PRESETS["paper"][1].w0, PRESETS["paper"][1].sigma) == (10.0, 5.0)
+    fast, paper = TrainConfig(), PRESETS["paper"][1]
+    assert (fast.w0, fast.border, fast.class_weights) == (0.0, 0, "none")  # plain cross-entropy
+    assert (paper.w0, paper.sigma, paper.border, paper.class_weights) == (10.0, 5.0, 1, "balanced")
 
 
 def test_a_completed_run_calibrates_the_growth_on_the_annotated_cells(samples, tmp_path, monkeypatch):

@@ -28,13 +28,18 @@ class TrainConfig(Config):
         10% to its value before the schedule takes over; 0: none. Adam's first steps on a new network, and
         SGD with momentum 0.99, are the least stable part of a run.
     w0, sigma, border: weight map border term and the separation border width between touching cells (px).
+        The `fast` defaults (w0 0, border 0, class weights "none": plain cross-entropy on the cells as
+        annotated) leave touching cells touching, and the post-processing's watershed parts them; the paper's
+        weighting (the `paper` preset: w0 10, sigma 5, a 1-px border, balanced classes) outlined DSB 2018
+        nuclei worse at an equal number of steps (`benchmarks/bench_label_settings.py --dataset dsb --compare
+        paper-border`, docs/results.md).
     class_weights: "balanced" (w_c evens out the classes of each image, as in the paper) or "none" (w_c = 1: the
         network's probabilities stay calibrated, which thresholding at 0.5 needs on binary masks).
     time_budget: seconds of training steps (time paused or spent by the consumer between events does not
         count); training stops (and saves) when exceeded, whatever `iterations` says. `for_time_budget` makes
         the budget alone end the run (and set the schedule).
     calibrate_growth: at the end of a run that was not stopped, choose how far the post-processing grows
-        objects (`PostprocessConfig.grow_threshold`) so that the objects found on (up to 8 of) the training
+        objects (`PostprocessConfig.grow_threshold`) so that the objects found on (up to 16 of) the training
         images match the annotated cells best (`postprocess.calibrate_growth`); instance labels only.
     precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16" (`precision.py`).
     augmentation: "per-sample" (each window warped on the CPU with numpy/torch, `augment.augment`), "batched"
@@ -53,10 +58,10 @@ class TrainConfig(Config):
     warmup: float = 0.02
     tile_size: int = 252
     batch_size: int = 1
-    w0: float = 50.0
+    w0: float = 0.0
     sigma: float = 6.0
-    border: int = 1
-    class_weights: str = "balanced"
+    border: int = 0
+    class_weights: str = "none"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     validate_every: int = 100
     checkpoint_every: int = 100
@@ -92,8 +97,9 @@ class TrainConfig(Config):
 
 PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
     # Chosen by benchmarks/bench_training.py (time to quality on a 2-core CPU; the figures are in
-    # docs/benchmarks.md), with the border emphasis of Falk et al. 2019 (w0 = 50, sigma = 6 px).
-    # TrainConfig's defaults are this preset: 600 steps of Adam (1e-3, cosine) on 252 px tiles, w0 50, sigma 6.
+    # docs/benchmarks.md); plain cross-entropy: no border term, no separation border, no class balancing
+    # (bench_label_settings.py --dataset dsb --compare paper-border). TrainConfig's defaults are this preset:
+    # 600 steps of Adam (1e-3, cosine) on 252 px tiles, w0 0, border 0, class weights "none".
     "fast": (UNetConfig(depth=4, base_channels=16, dropout=0.0), TrainConfig()),
     # The paper: depth 5, 64 channels, valid convolutions, SGD with momentum 0.99, one large tile per batch.
     # The paper gives no learning rate; 0.001 is ten times below what failed with our pixel-averaged loss
@@ -109,6 +115,8 @@ PRESETS: dict[str, tuple[UNetConfig, TrainConfig]] = {
             tile_size=572,
             w0=10.0,
             sigma=5.0,
+            border=1,
+            class_weights="balanced",
             validate_every=500,
             checkpoint_every=500,
         ),
@@ -235,12 +243,15 @@ def rng_state_from_tensors(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 LABEL_SETTINGS: dict[str, dict[str, Any]] = {
-    # Instance labels (touching cells, one id each): the preset as it is (the paper's border term between cells).
+    # Instance labels (touching cells, one id each): the preset as it is (the fast preset: plain cross-entropy,
+    # cells not separated in the target, the watershed parts them; the paper preset: its border term, borders
+    # and class balancing).
     "instances": {},
     # Binary masks (ISBI's membranes: 0 = membrane, 255 = cell interior): no touching cells to part, so no border
-    # term, and no class balancing, which thickens what it favours: on ISBI slices 15-19 after 4000 steps,
-    # foreground IoU 0.902 and pixel error 0.081 at probability 0.5, against 0.780 and 0.175 with the instance
-    # settings (w0 50, balanced), for V_rand (thinned) 0.947 against 0.952 (bench_label_settings.py, docs/results.md).
+    # term, and no class balancing, which thickens what it favours, whatever the preset (the fast preset has
+    # neither anyway). On ISBI slices 15-19 after 4000 steps: foreground IoU 0.902 and pixel error 0.081 at
+    # probability 0.5, against 0.780 and 0.175 with w0 50, sigma 6 and balanced classes, for V_rand (thinned)
+    # 0.947 against 0.952 (bench_label_settings.py --dataset isbi, docs/results.md).
     "binary": {"class_weights": "none", "w0": 0.0},
 }
 
@@ -266,3 +277,19 @@ def settings_for_labels(
     kind = label_kind(labels)
     given = set(given)
     return replace(config, **{k: v for k, v in LABEL_SETTINGS[kind].items() if k not in given}), kind
+
+
+TARGET_FIELDS = ("w0", "sigma", "border", "class_weights")
+
+
+def target_settings(metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a model was trained to output (`TARGET_FIELDS` of its training config, from its metadata), for
+    fine-tuning it on the same terms; {} for a model without a recorded training config.
+
+    >>> target_settings({"training": {"w0": 20.0, "border": 1, "iterations": 5}})
+    {'w0': 20.0, 'border': 1}
+    """
+    trained = metadata.get("training")
+    if not isinstance(trained, dict):
+        return {}
+    return {name: trained[name] for name in TARGET_FIELDS if name in trained}

@@ -61,6 +61,20 @@ from .train_config import (
 __all__ = ["PRESETS", "Sample", "TrainConfig", "TrainEvent", "Trainer", "TrainingDiverged", "preset"]
 
 
+def default_postprocess(config: TrainConfig, binary: bool) -> PostprocessConfig:
+    """The post-processing a new model starts with, before the end-of-run fit (`Trainer.calibrate_growth`):
+    binary masks: nothing given back, no watershed; instance labels: the separation border given back, and
+    the watershed (depth 1 px) where the targets had none (`border` 0), since touching cells then touch in the
+    output too.
+
+    >>> default_postprocess(TrainConfig(), binary=False).watershed
+    True
+    """
+    if binary:
+        return PostprocessConfig(border_width=0)
+    return PostprocessConfig(border_width=config.border, watershed=config.border == 0, watershed_h=1.0)
+
+
 class Trainer:
     """Trains `model` on `train` samples; `run()` is the generator that does the work.
 
@@ -108,9 +122,10 @@ class Trainer:
             ]
         if not any(p.annotated.size for p in self.train):
             raise ValueError("the annotations are empty: no pixel has a nonzero loss weight (label some cells)")
-        # binary masks (membranes) were not cut between cells: their objects need no border given back
+        # binary masks (membranes) were not cut between cells: their objects need no border given back; cells
+        # trained without a separation border (border 0) touch in the network's output: the watershed parts them
         binary = all(p.cells is None for p in self.train)
-        self.postprocess = postprocess or PostprocessConfig(border_width=0 if binary else config.border)
+        self.postprocess = postprocess or default_postprocess(config, binary)
         self.data_hashes = [hash_sample(s) for s in train]
         self.iteration = 0
         self.elapsed = 0.0
@@ -199,7 +214,7 @@ class Trainer:
             ):
                 self.save_checkpoint(self.checkpoint)
 
-    def calibrate_growth(self, max_images: int = 8) -> dict[str, float] | None:
+    def calibrate_growth(self, max_images: int = 16) -> dict[str, float] | None:
         """Fit the post-processing to the training annotations; returns the scores it was chosen by, or None
         (nothing changed) when the annotations are binary masks.
 

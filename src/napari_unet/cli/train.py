@@ -20,6 +20,7 @@ from ._args import (
     channel_choice_option,
     fraction,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
 )
@@ -115,7 +116,10 @@ def add_parser(subparsers) -> None:
         "(default: chosen from the labels, see docs/cli.md)",
     )
     training.add_argument(
-        "--border", type=positive_int, metavar="PX", help="background border (px) cut between touching cells"
+        "--border",
+        type=non_negative_int,
+        metavar="PX",
+        help="background border (px) cut between touching cells in the target (0: none, the watershed parts them)",
     )
     training.add_argument(
         "--tune-postprocess",
@@ -271,7 +275,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     from .._config import with_overrides
     from ..model import UNet
     from ..modelfile import load_model
-    from ..train_config import for_time_budget, settings_for_labels
+    from ..train_config import for_time_budget, settings_for_labels, target_settings
     from ..training import Trainer, preset
 
     if args.resume:
@@ -291,6 +295,11 @@ def _make_trainer(args: argparse.Namespace, train, validation):
             note("note: the training images differ from those of the saved run", args.quiet)
         return trainer
     net_config, config = preset(args.preset)
+    bundle = None
+    if args.init is not None:
+        bundle = load_model(args.init)
+        note_shadowed(args.init, args.quiet)
+        config = replace(config, **target_settings(bundle.metadata))
     config = with_overrides(
         config,
         iterations=args.iterations,
@@ -317,10 +326,12 @@ def _make_trainer(args: argparse.Namespace, train, validation):
             "(--class-weights and --w0 change them)",
             args.quiet,
         )
-    if args.init is not None:
-        bundle = load_model(args.init)
-        note_shadowed(args.init, args.quiet)
-        postprocess = replace(bundle.postprocess, border_width=config.border) if args.border else bundle.postprocess
+    if bundle is not None:
+        postprocess = bundle.postprocess
+        if args.border is not None:
+            postprocess = replace(
+                postprocess, border_width=config.border, watershed=postprocess.watershed or not config.border
+            )
         train, validation = to_model_scale(train, validation, bundle.object_diameter, args.quiet)
         return Trainer(
             bundle.net,

@@ -41,7 +41,8 @@ class WeightMapWidget(QWidget):
         self.weights: np.ndarray | None = None
         self._runs = 0
 
-        training = PRESETS["fast"][1]  # start from what the default training uses
+        # start from the paper's loss (the fast preset trains without the border term: w0 0)
+        training = PRESETS["paper"][1]
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels")
         self.w0_slider = slider(0.0, 100.0, training.w0)
         self.sigma_slider = slider(0.5, 25.0, training.sigma)
