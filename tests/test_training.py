@@ -12,6 +12,7 @@ import torch
 
 from napari_unet.model import UNet
 from napari_unet.modelfile import load_model
+from napari_unet.postprocess import GROWTH_CANDIDATES
 from napari_unet.synthetic import make_cells
 from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer, TrainingDiverged, preset
 
@@ -162,7 +163,8 @@ def test_a_completed_run_calibrates_the_growth_on_the_annotated_cells(samples, t
     image, labels = make_cells((128, 128), seed=7)
     few = np.isin(labels, [1, 2, 3])  # three annotated cells; the rest of the image is not annotated
     sparse = Sample(image, np.where(few, labels, 0), mask=few)
-    model, config = tiny(iterations=4, checkpoint_every=2)  # the last step is checkpointed before calibrating
+    # a border term to give back (the last step is checkpointed before calibrating)
+    model, config = tiny(iterations=4, checkpoint_every=2, w0=10.0, border=1)
     trainer = Trainer(model, config, [sparse], device="cpu", checkpoint=tmp_path / "model")
     list(trainer.run())
     assert seen == [[3]]  # scored on the annotated cells only
@@ -179,19 +181,24 @@ def test_a_completed_run_calibrates_the_growth_on_the_annotated_cells(samples, t
     model, config = tiny(iterations=2, calibrate_growth=False)
     list(Trainer(model, config, samples, device="cpu").run())
     binary = Sample(samples[0].image, (samples[0].labels > 0).astype(np.uint8))
-    model, config = tiny(iterations=2)
+    model, config = tiny(iterations=2, w0=10.0, border=1)
     unchanged = Trainer(model, config, [binary], device="cpu")
     list(unchanged.run())
     assert seen == [] and unchanged.postprocess.grow_threshold is None
+    model, config = tiny(iterations=2)  # plain cross-entropy: the outlines are the network's, nothing to grow
+    plain = Trainer(model, config, [sparse], device="cpu")
+    list(plain.run())
+    assert seen == [] and plain.postprocess.grow_threshold is None and plain.growth_calibration is None
 
 
 def test_fully_annotated_instance_labels_fit_threshold_and_watershed_too(samples, monkeypatch):
     import napari_unet.training as training
 
-    seen = []
+    seen, growth = [], []
 
-    def spy(probs, truths, base):
+    def spy(probs, truths, base, grow_thresholds):
         seen.append([np.unique(t[t > 0]).size for t in truths])
+        growth.append(tuple(grow_thresholds))
         return replace(base, threshold=0.7, watershed=True), {"ap50": 0.9, "map": 0.6}
 
     monkeypatch.setattr(training, "tune_config", spy)
@@ -201,6 +208,10 @@ def test_fully_annotated_instance_labels_fit_threshold_and_watershed_too(samples
     assert seen == [[np.unique(s.labels[s.labels > 0]).size for s in samples]]  # every cell of every image
     assert (trainer.postprocess.threshold, trainer.postprocess.watershed) == (0.7, True)
     assert trainer.growth_calibration["by"] == "ap50, map" and trainer.bundle().metadata["growth_calibration"]
+    assert growth == [(None,)]  # plain cross-entropy: no growth to fit
+    model, config = tiny(iterations=2, w0=10.0, border=1)
+    list(Trainer(model, config, samples, device="cpu").run())
+    assert growth[-1] == GROWTH_CANDIDATES  # the border term's caution and the cut border are given back
 
     binary = Sample(samples[0].image, (samples[0].labels > 0).astype(np.uint8))
     model, config = tiny(iterations=1)

@@ -49,19 +49,19 @@ def _add_weights(subparsers) -> None:
         "--w0",
         type=non_negative_float,
         metavar="W",
-        help="weight of the border term (default: training's, TrainConfig.w0)",
+        help="weight of the border term (default: the paper's 10, the paper preset's)",
     )
     sub.add_argument(
         "--sigma",
         type=positive_float,
         metavar="PX",
-        help="width (px) of the border term (default: training's, TrainConfig.sigma)",
+        help="width (px) of the border term (default: the paper's 5)",
     )
     sub.add_argument(
         "--border",
         type=positive_int,
         metavar="PX",
-        help="background border (px) between touching cells (default: training's, TrainConfig.border)",
+        help="background border (px) between touching cells (default: the paper preset's 1)",
     )
     sub.add_argument("--no-balance", action="store_true", help="w_c = 1 instead of balancing class frequencies")
     sub.add_argument("--mask", type=Path, metavar="FILE", help="annotated region (nonzero); weight 0 elsewhere")
@@ -131,11 +131,12 @@ def _add_models(subparsers) -> None:
 def _weights(args: argparse.Namespace) -> int:
     from .._config import with_overrides
     from ..io import read_labels, write_tiff
-    from ..training import TrainConfig
+    from ..training import PRESETS
     from ..validation import check_output_free, check_output_not_input, check_writable_folder
     from ..weights import weight_map
 
-    defaults = with_overrides(TrainConfig(), w0=args.w0, sigma=args.sigma, border=args.border)
+    # the paper's loss, which the paper preset trains with (the fast preset has no border term: w0 0)
+    defaults = with_overrides(PRESETS["paper"][1], w0=args.w0, sigma=args.sigma, border=args.border)
     if args.labels.is_dir():
         raise ValueError(f"{args.labels} is a folder; weights takes one label image file")
     check_output_not_input([args.out], [p for p in (args.labels, args.mask) if p is not None])
