@@ -91,10 +91,11 @@ def earlier_stages(metadata: dict | None) -> list[dict]:
     ]
 
 
-def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: float):
-    """The post-processing (threshold, watershed, then the watershed's depth) that segments every 11th DSB
-    training image best, at the model's scale (`postprocess.tune_config`, then `postprocess.best_config` ranked
-    like it); never tuned on the validation set."""
+def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: float, growth: bool = True):
+    """The post-processing (threshold, watershed, growth if `growth`, then the watershed's depth) that segments
+    every 11th DSB training image best, at the model's scale (`postprocess.tune_config`, then
+    `postprocess.best_config` ranked like it); never tuned on the validation set. No growth for a network trained
+    on the nuclei as annotated (w0 0, border 0), as `Trainer.calibrate_growth` does."""
     probs, truths = [], []
     for image_path, labels_path in pairs[::11]:
         result = load_sample(image_path, labels_path, diameter)
@@ -105,7 +106,12 @@ def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: fl
         probs.append(predict_tiled(bundle.net, image, device="cpu")[1])
         truths.append(sample.labels)
     tuned, scores = tune_config(
-        probs, truths, bundle.postprocess, thresholds=(0.4, 0.5, 0.6, 0.7, 0.8), watershed=(False, True)
+        probs,
+        truths,
+        bundle.postprocess,
+        thresholds=(0.4, 0.5, 0.6, 0.7, 0.8),
+        watershed=(False, True),
+        grow_thresholds=None if growth else (None,),
     )
     if not tuned.watershed:
         return tuned, scores
@@ -231,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             "training_seconds": round(trainer.elapsed),
         }
     ]
-    tuned, scores = tune_on_training_images(bundle, image_pairs(args.data, "dsb2018-fluo/pretrain"), args.diameter)
+    tuned, scores = tune_on_training_images(
+        bundle, image_pairs(args.data, "dsb2018-fluo/pretrain"), args.diameter, growth=args.w0 > 0 or args.border > 0
+    )
     bundle.postprocess = tuned
     bundle.channels = GREY
     bundle.metadata.update(

@@ -342,3 +342,19 @@ def test_tuning_grows_objects_only_where_the_outlines_are_wider():
     assert tuned.grow_threshold == pytest.approx(0.2) and scores["map"] > 0.9
     exact = np.where(truth > 0, 0.9, 0.02)  # outlines already right: growing would not help, none is chosen
     assert tune_config([exact], [truth], base, thresholds=(), watershed=())[0].grow_threshold is None
+
+
+def test_tuning_ranks_thresholds_by_map_not_by_ap50_alone():
+    """At 0.7 the spurious blob is gone (AP50 1.0 against 0.5) but the cell shrinks to IoU 0.64, matched only up to
+    IoU 0.6 (mAP 0.3); at 0.5 the cell is exact and the blob a false positive (mAP 0.5): outlines count."""
+    yy, xx = np.mgrid[:60, :60]
+    r2 = (yy - 20) ** 2 + (xx - 20) ** 2
+    truth = (r2 <= 10**2).astype(np.int32)
+    probs = np.where(r2 <= 8**2, 0.95, np.where(r2 <= 10**2, 0.6, 0.02)).astype(np.float32)
+    probs[45:55, 45:55] = 0.6  # a blob that is not a cell
+    base = PostprocessConfig(min_size=4, border_width=0)
+    high = instance_scores(probs_to_labels(probs, replace(base, threshold=0.7)), truth)
+    low = instance_scores(probs_to_labels(probs, replace(base, threshold=0.5)), truth)
+    assert (high["ap50"], low["ap50"]) == (1.0, 0.5) and high["map"] < low["map"]
+    tuned, scores = tune_config([probs], [truth], base, thresholds=(0.7, 0.5), watershed=(False,))
+    assert tuned.threshold == 0.5 and scores["map"] == pytest.approx(low["map"])
