@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -71,6 +71,18 @@ class TrainConfig(Config):
     precision: str = "auto"
     augmentation: str = "auto"
     compile: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """As `Config.from_dict`, except that a config saved before `class_weights` existed trained with balanced
+        classes (every run did then), whatever today's default.
+
+        >>> TrainConfig.from_dict({"w0": 20.0}).class_weights
+        'balanced'
+        """
+        if isinstance(data, Mapping) and "class_weights" not in data:
+            data = {**data, "class_weights": "balanced"}
+        return super().from_dict(data)
 
     def __post_init__(self) -> None:
         check_choice(self, "optimizer", ("adam", "sgd"))
@@ -286,10 +298,11 @@ def target_settings(metadata: dict[str, Any]) -> dict[str, Any]:
     """What a model was trained to output (`TARGET_FIELDS` of its training config, from its metadata), for
     fine-tuning it on the same terms; {} for a model without a recorded training config.
 
-    >>> target_settings({"training": {"w0": 20.0, "border": 1, "iterations": 5}})
-    {'w0': 20.0, 'border': 1}
+    >>> target_settings({"training": {"w0": 20.0, "sigma": 5.0, "border": 1, "iterations": 5}})
+    {'w0': 20.0, 'sigma': 5.0, 'border': 1, 'class_weights': 'balanced'}
     """
     trained = metadata.get("training")
     if not isinstance(trained, dict):
         return {}
-    return {name: trained[name] for name in TARGET_FIELDS if name in trained}
+    config = TrainConfig.from_dict(trained)
+    return {name: getattr(config, name) for name in TARGET_FIELDS}
