@@ -384,9 +384,9 @@ def test_weights_writes_the_weight_map(data, tmp_path, capsys):
     assert run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--no-balance")[0] == 2  # exists
     np.testing.assert_array_equal(read_image(out)[0], weight_map(labels, 8.0, 3.0, border=2))
     assert run(capsys, "weights", data / "labels" / "01.tif", "--out", out, "--no-balance", "--overwrite")[0] == 0
-    from napari_unet.training import TrainConfig
+    from napari_unet.training import PRESETS
 
-    defaults = TrainConfig()  # without options: the weights training uses
+    defaults = PRESETS["paper"][1]  # without options: the paper's loss (the fast preset has no border term)
     np.testing.assert_array_equal(
         read_image(out)[0], weight_map(labels, defaults.w0, defaults.sigma, class_weights=None, border=defaults.border)
     )
@@ -582,7 +582,7 @@ def test_train_on_binary_masks_turns_off_class_balancing_and_the_border_term(mem
 def test_train_on_instance_labels_keeps_the_presets_settings_and_parts_cells_by_watershed(model):
     bundle = load_model(model)
     train = bundle.metadata["training"]
-    assert (train["class_weights"], train["w0"], train["border"]) == ("balanced", 0.0, 0)
+    assert (train["class_weights"], train["w0"], train["border"]) == ("none", 0.0, 0)
     assert bundle.postprocess.border_width == 0 and bundle.postprocess.watershed  # cells touch in the target
 
 

@@ -207,7 +207,7 @@ def test_fully_annotated_instance_labels_fit_threshold_and_watershed_too(samples
     list(trainer.run())
     assert seen == [[np.unique(s.labels[s.labels > 0]).size for s in samples]]  # every cell of every image
     assert (trainer.postprocess.threshold, trainer.postprocess.watershed) == (0.7, True)
-    assert trainer.growth_calibration["by"] == "ap50, map" and trainer.bundle().metadata["growth_calibration"]
+    assert trainer.growth_calibration["by"] == "map, ap50" and trainer.bundle().metadata["growth_calibration"]
     assert growth == [(None,)]  # plain cross-entropy: no growth to fit
     model, config = tiny(iterations=2, w0=10.0, border=1)
     list(Trainer(model, config, samples, device="cpu").run())

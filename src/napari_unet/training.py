@@ -246,7 +246,7 @@ class Trainer:
         if complete:
             self.postprocess, scores = tune_config(probs, cells, self.postprocess, grow_thresholds=growth)
             chosen = self.postprocess
-            record = {"by": "ap50, map", "scores": scores, "threshold": chosen.threshold, "watershed": chosen.watershed}
+            record = {"by": "map, ap50", "scores": scores, "threshold": chosen.threshold, "watershed": chosen.watershed}
         else:
             self.postprocess, scores = calibrate_growth(probs, cells, self.postprocess)
             record = {"by": "seg", "seg": scores}

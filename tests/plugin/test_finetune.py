@@ -45,7 +45,9 @@ def test_short_run_lowers_the_loss_and_hands_the_model_to_segment(make_napari_vi
     image, labels = cells
     sparse = few_cells(labels)
     viewer = make_napari_viewer_proxy(show=True)
-    widget = open_dock(viewer, qtbot, tmp_path, image, sparse, iterations=40)
+    # 80 steps: with plain cross-entropy (the fast preset) this tiny network at 5e-3 sits near log 2 for its
+    # first ~40 steps, then learns (the preset's own network learns from the first steps)
+    widget = open_dock(viewer, qtbot, tmp_path, image, sparse, iterations=80)
     assert "per step (measured)" in widget.estimate.label.text()
     segment = SegmentWidget(viewer)  # not docked: it only has to see the session's model
 
@@ -54,14 +56,14 @@ def test_short_run_lowers_the_loss_and_hands_the_model_to_segment(make_napari_vi
     folder = done.args[0]
 
     losses = [loss for _, loss in widget.history.losses]
-    assert len(losses) == 40
+    assert len(losses) == 80
     assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10]), f"the loss did not fall: {losses}"
     assert widget.history.scores, "validation scores are plotted"
     assert widget.plot.losses == widget.history.losses
     session = session_for(viewer)
     assert session.bundle.net is widget.job.trainer.model  # the trained network itself, not a copy
-    assert session.model_path == folder and "40 iterations" in segment.model_row.label.text()
-    assert load_model(folder).metadata["iterations"] == 40
+    assert session.model_path == folder and "80 iterations" in segment.model_row.label.text()
+    assert load_model(folder).metadata["iterations"] == 80
     assert widget.autosave.annotations_path is not None and widget.autosave.annotations_path.is_relative_to(
         tmp_path / "autosave"
     )
