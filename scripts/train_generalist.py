@@ -45,6 +45,7 @@ from napari_unet.pipeline import read_training_pair
 from napari_unet.postprocess import best_config, tune_config
 from napari_unet.scale import median_diameter, rescale_image, rescale_labels
 from napari_unet.tiling import predict_tiled
+from napari_unet.train_config import gives_back_border
 from napari_unet.training import Sample, TrainConfig, Trainer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         }
     ]
     tuned, scores = tune_on_training_images(
-        bundle, image_pairs(args.data, "dsb2018-fluo/pretrain"), args.diameter, growth=args.w0 > 0 or args.border > 0
+        bundle, image_pairs(args.data, "dsb2018-fluo/pretrain"), args.diameter, growth=gives_back_border(config)
     )
     bundle.postprocess = tuned
     bundle.channels = GREY

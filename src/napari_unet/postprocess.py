@@ -199,8 +199,7 @@ def tune_config(
     lie), ties broken by the mean AP at IoU 0.5, then by the order of the candidates (the previous winner first).
     Fitted on training images, AP50 favours high thresholds, where the network is surer there than on new
     images: ranked by AP50, a growth that raised AP50 on 8 DSB training images cost 0.075 mAP on the validation
-    images (benchmarks/results/real_dsb_1200s_growth_by_ap50.json), and a threshold of 0.8 chosen on 16 cost
-    0.057 mAP against 0.7 chosen by mAP (docs/results.md). The network is not run again: only
+    images (benchmarks/results/real_dsb_1200s_growth_by_ap50.json). The network is not run again: only
     `probs_to_labels` is, once per candidate (`best_config`).
     """
     base = PostprocessConfig() if base is None else base

@@ -306,3 +306,10 @@ def target_settings(metadata: dict[str, Any]) -> dict[str, Any]:
         return {}
     config = TrainConfig.from_dict(trained)
     return {name: getattr(config, name) for name in TARGET_FIELDS}
+
+
+def gives_back_border(config: TrainConfig) -> bool:
+    """Whether training took something from the cells' outlines that the post-processing's growth can give back:
+    a border term (w0 > 0 makes a network cautious at the edges of cells) or a separation border cut into the
+    targets. A network trained on the cells as annotated (the fast preset) draws its outlines itself."""
+    return config.w0 > 0 or config.border > 0

@@ -50,6 +50,7 @@ from .train_config import (
     TrainConfig,
     TrainEvent,
     TrainingDiverged,
+    gives_back_border,
     hash_sample,
     learning_rate_schedule,
     make_optimizer,
@@ -233,11 +234,8 @@ class Trainer:
         if not samples or self.rank != 0:  # with several processes, the first one saves the model: it calibrates
             return None
         complete = [sample for sample in samples if sample.annotated.size == sample.target.size][:max_images]
-        # growth gives back what a border term or a separation border took from the cells; a network trained on
-        # the cells as annotated (w0 0, border 0) draws their outlines itself, and growth fitted on its training
-        # images (where it is surest) cost mAP on new ones (DSB 2018 at 2000 steps: 0.608 with growth 0.3 against
-        # 0.648 without; docs/results.md)
-        growth = GROWTH_CANDIDATES if self.config.w0 > 0 or self.config.border > 0 else (None,)
+        # growth fitted on training images, where the network is surest, cost mAP on new ones (docs/results.md)
+        growth = GROWTH_CANDIDATES if gives_back_border(self.config) else (None,)
         if not complete and growth == (None,):
             return None  # painted cells: only the growth would be fitted
         used = complete or samples[:max_images]
