@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/bench_few_shot.py [--seconds 60] [--cells 10] [--per-kind 2] [--no-suggest]
 
+Sweeps: `--steps N` (a fixed number of steps instead of the time budget: comparable on a loaded machine),
+`--recipe FIELD=VALUE ...` (the fine-tuning recipe, `FewShotConfig`), `--new-network FIELD=VALUE ...` (the new
+network's TrainConfig, e.g. w0=10 sigma=5 border=1 class_weights=balanced), `--only VARIANTS`, `--seed` (which
+cells are painted).
+
 Images (from ../shared/data; the script says so and exits when it is absent), none of them in the built-in
 model's training data, 3 kinds:
 - "brightfield": the grey brightfield images of `dsb2018-other/train` (dark nuclei on a bright background);
@@ -122,8 +127,13 @@ def fine_tune(
     return trainer.bundle(), trainer.iteration
 
 
-def new_network(image: np.ndarray, painted: np.ndarray, recipe: FewShotConfig, seed: int) -> tuple[ModelBundle, int]:
-    net_config, train_config = preset("fast", iterations=recipe.iterations, time_budget=recipe.seconds, seed=seed)
+def new_network(
+    image: np.ndarray, painted: np.ndarray, recipe: FewShotConfig, seed: int, settings: dict[str, Any] | None = None
+) -> tuple[ModelBundle, int]:
+    """The `fast` preset (with `settings`: TrainConfig fields) from random weights on the painted cells."""
+    net_config, train_config = preset(
+        "fast", iterations=recipe.iterations, time_budget=recipe.seconds, seed=seed, **(settings or {})
+    )
     torch.manual_seed(seed)
     normalised = normalize_percentile(image, 1.0, 99.8, "YX").astype(np.float32)
     sample = Sample(normalised, painted, mask_around_cells(painted, NEW_NETWORK_MARGIN))
@@ -175,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="FIELD=VALUE",
         help="FewShotConfig fields to change, e.g. learning_rate=1e-3 freeze_encoder=true",
     )
+    parser.add_argument(
+        "--new-network",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="TrainConfig fields to change for the new network, e.g. w0=10 sigma=5 border=1",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -183,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     load = __import__("os").getloadavg()[0]
     bundle = load_model(args.model)
-    recipe = FewShotConfig(**{key: _value(value) for key, value in (item.split("=", 1) for item in args.recipe)})
+    recipe = FewShotConfig(**_fields(args.recipe))
+    new_settings = _fields(args.new_network)
     if args.steps is not None:
         recipe = replace(recipe, seconds=None, iterations=args.steps)
     else:
@@ -216,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             tuned, steps = fine_tune(bundle, image, painted, recipe)
             row["fine_tuned"] = {**scores(tuned.segment(image, diameter=diameter), truth, region), "steps": steps}
         if "new_network" in only:
-            fresh, steps = new_network(image, painted, recipe, args.seed)
+            fresh, steps = new_network(image, painted, recipe, args.seed, new_settings)
             row["new_network"] = {**scores(fresh.segment(image), truth, region), "steps": steps}
         if "fine_tuned_suggested" in only:
             chosen = suggested_cells(bundle, image, truth, args.cells, diameter)
@@ -264,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "few_shot",
             "model": args.model,
             "recipe": asdict(recipe),
+            "new_network_settings": new_settings,
             "seconds": args.seconds if args.steps is None else None,
             "cells": args.cells,
             "machine": machine(load),
@@ -272,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     return 0
+
+
+def _fields(items: list[str]) -> dict[str, Any]:
+    """FIELD=VALUE items as a dict of typed values."""
+    pairs = [item.split("=", 1) for item in items]
+    if any(len(pair) != 2 for pair in pairs):
+        raise SystemExit(f"expected FIELD=VALUE items, got {items}")
+    return {key: _value(value) for key, value in pairs}
 
 
 def _value(text: str):

@@ -48,7 +48,9 @@ class FewShotConfig:
     """How to fine-tune on a few painted cells.
 
     seconds: training time budget (steps only); None: `iterations` steps.
-    learning_rate: Adam's initial learning rate (cosine decay to 5 % over the budget).
+    learning_rate: Adam's initial learning rate (cosine decay to 5 % over the budget). 1e-4 for the built-in
+        model trained with plain cross-entropy: 5e-4 and 2e-4 forgot more (false objects in the brightfield
+        backgrounds) on benchmarks/bench_few_shot.py's images (docs/models.md).
     margin: background trusted around the painted cells, in object diameters.
     exclude_unpainted: leave out of the loss the margin pixels the starting model calls foreground.
     freeze_encoder: train only the base, decoder and head (the contracting path keeps its weights).
@@ -56,7 +58,7 @@ class FewShotConfig:
     """
 
     seconds: float | None = 60.0
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-4
     margin: float = 0.6
     exclude_unpainted: bool = True
     freeze_encoder: bool = False
