@@ -31,7 +31,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ from napari_unet.channels import ChannelChoice
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import Normalization, load_model, save_model
 from napari_unet.pipeline import read_training_pair
-from napari_unet.postprocess import best_config, tune_config
+from napari_unet.postprocess import tune_config
 from napari_unet.scale import median_diameter, rescale_image, rescale_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.train_config import gives_back_border
@@ -93,10 +92,10 @@ def earlier_stages(metadata: dict | None) -> list[dict]:
 
 
 def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: float, growth: bool = True):
-    """The post-processing (threshold, watershed, growth if `growth`, then the watershed's depth) that segments
-    every 11th DSB training image best, at the model's scale (`postprocess.tune_config`, then
-    `postprocess.best_config` ranked like it); never tuned on the validation set. No growth for a network trained
-    on the nuclei as annotated (w0 0, border 0), as `Trainer.calibrate_growth` does."""
+    """The post-processing (threshold, watershed and its depth, growth if `growth`) that segments every 11th DSB
+    training image best, at the model's scale (`postprocess.tune_config`: by mAP, then AP50); never tuned on the
+    validation set. No growth for a network trained on the nuclei as annotated (w0 0, border 0), as
+    `Trainer.calibrate_growth` does."""
     probs, truths = [], []
     for image_path, labels_path in pairs[::11]:
         result = load_sample(image_path, labels_path, diameter)
@@ -106,19 +105,15 @@ def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: fl
         image = bundle.normalization.apply_polarity(np.asarray(sample.image, np.float32)[None])
         probs.append(predict_tiled(bundle.net, image, device="cpu")[1])
         truths.append(sample.labels)
-    tuned, scores = tune_config(
+    return tune_config(
         probs,
         truths,
         bundle.postprocess,
         thresholds=(0.4, 0.5, 0.6, 0.7, 0.8),
         watershed=(False, True),
         grow_thresholds=None if growth else (None,),
+        watershed_h=(1.0, 2.0, 3.0, 4.0),
     )
-    if not tuned.watershed:
-        return tuned, scores
-    depths = [tuned] + [replace(tuned, watershed_h=h) for h in (1.0, 2.0, 3.0, 4.0) if h != tuned.watershed_h]
-    best, scores, _ = best_config(depths, probs, truths, rank=lambda mean: (mean["ap50"], mean["map"]))
-    return best, scores
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--other-repeat", type=int, default=2, help="times each dsb2018-other image is in the pool")
     parser.add_argument("--init", default=None, help="a trained model to start from (folder or built-in name)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="which images are held out (and, by default, --train-seed)")
+    parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=None,
+        help="the training's random stream (crops, augmentation); default --seed. A later stage from --init gets "
+        "new crops with another value while holding out the same images",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     args = parser.parse_args(argv)
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         augment=augment,
         validate_every=2000,
         checkpoint_every=250,
-        seed=args.seed,
+        seed=args.seed if args.train_seed is None else args.train_seed,
         time_budget=args.time_budget,
     )
     if args.resume and (args.out / "training_state.pt").is_file():

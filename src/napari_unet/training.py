@@ -220,7 +220,7 @@ class Trainer:
         (nothing changed) when the annotations are binary masks.
 
         Images whose every pixel is annotated with instance labels (a dataset's label files): the threshold and
-        the watershed by mean AP50, then the growth by mAP, over up to `max_images` of them
+        the watershed, then the growth, each by mean mAP then AP50, over up to `max_images` of them
         (`postprocess.tune_config`): which objects exist needs every object annotated. Otherwise (cells painted
         in the Fine-tune dock): the growth alone, by the mean SEG of the annotated cells
         (`postprocess.calibrate_growth`), which looks at annotated cells only.
