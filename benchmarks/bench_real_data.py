@@ -47,7 +47,7 @@ from _common import write_results  # benchmarks/ is on sys.path when run as a sc
 
 from napari_unet.device import select_device
 from napari_unet.io import normalize_percentile, read_image, read_labels
-from napari_unet.metrics import average_scores, instance_scores, isbi_scores, pixel_scores
+from napari_unet.metrics import average_scores, instance_scores, isbi_scores, pixel_scores, rand_info_scores
 from napari_unet.model import UNet
 from napari_unet.postprocess import PostprocessConfig, best_config, probs_to_labels
 from napari_unet.tiling import predict_tiled
@@ -62,6 +62,7 @@ DSB_TRAIN, DSB_VAL, DSB_TUNE = 80, 20, 20
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 WATERSHED_H = (1.0, 2.0, 3.0)
 MIN_SIZE = 16
+FLOOD_SEEDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98)  # seed thresholds of `best_flood_figures`
 
 
 # ------------------------------------------------------------------------------------------------ data
@@ -172,6 +173,30 @@ def isbi_figures(probs: list[np.ndarray], truths: list[np.ndarray]) -> dict[str,
     }
 
 
+def isbi_label_figures(labels: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, float]:
+    """ISBI scores of segmentations (label images, 0 = membrane), mean over slices: V_rand / V_info thinned
+    ("vrand", "vinfo") and not thinned."""
+    figures = {}
+    for thinned, suffix in ((True, ""), (False, "_not_thinned")):
+        scores = [rand_info_scores(lab, t, thinned=thinned) for lab, t in zip(labels, truths)]
+        for key in ("vrand", "vinfo"):
+            figures[key + suffix] = float(np.mean([s[key] for s in scores]))
+    return figures
+
+
+def best_flood_figures(probs: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, Any]:
+    """The flood post-processing (`PostprocessConfig.flood`) with the seed threshold of FLOOD_SEEDS that gives
+    the best thinned V_rand on these very images (chosen on the validation slices: an upper bound, for
+    comparison only), and its label figures."""
+    best: dict[str, Any] = {}
+    for threshold in FLOOD_SEEDS:
+        config = PostprocessConfig(threshold=threshold, border_width=0, flood=True)
+        figures = isbi_label_figures([probs_to_labels(p, config) for p in probs], truths)
+        if not best or figures["vrand"] > best["vrand"]:
+            best = {"seed_threshold": threshold, **figures}
+    return best
+
+
 def instance_figures(probs: list[np.ndarray], truths: list[np.ndarray], config: PostprocessConfig) -> dict[str, Any]:
     """Mean over images of AP50, mAP, F1 at 0.5 and SEG after `probs_to_labels(probs, config)`."""
     per_image = [instance_scores(probs_to_labels(p, config), t) for p, t in zip(probs, truths)]
@@ -278,6 +303,11 @@ def run_ours(
     truths = [item.labels for item in split.validation]
     if split.dataset == "isbi":
         result["scores"] = isbi_figures(probs, truths)
+        # the labels `napari-unet predict` writes: the model's own post-processing
+        result["postprocess"] = trainer.postprocess.to_dict()
+        labels = [probs_to_labels(p, trainer.postprocess) for p in probs]
+        result["scores_labels"] = isbi_label_figures(labels, truths)
+        result["scores_flood_best"] = best_flood_figures(probs, truths)
     else:  # the model's own post-processing, as `napari-unet predict` applies it
         best = trainer.postprocess
         result["postprocess"] = best.to_dict()
@@ -331,6 +361,7 @@ def run_peer(split: Split, budget: float, device: torch.device, seed: int, tune_
     truths = [item.labels for item in split.validation]
     if split.dataset == "isbi":
         result["scores"] = isbi_figures(probs, truths)
+        result["scores_flood_best"] = best_flood_figures(probs, truths)
     else:
         tuned_instance_figures(result, split.train[:tune_count], predict, probs, truths, 0, watershed=False)
     return result
@@ -372,6 +403,30 @@ def markdown_table(dataset: str, ours: dict[str, Any], peer: dict[str, Any]) -> 
     lines.append(
         f"| training seconds | {ours['train_seconds']:.0f} | {peer['train_seconds']:.0f} | | |" + (" |" if tta else "")
     )
+    return "\n".join(lines)
+
+
+LABEL_FIGURES = [
+    ("vrand", "V_rand (thinned)"),
+    ("vinfo", "V_info (thinned)"),
+    ("vrand_not_thinned", "V_rand (not thinned)"),
+    ("vinfo_not_thinned", "V_info (not thinned)"),
+]
+
+
+def labels_table(ours: dict[str, Any], peer: dict[str, Any]) -> str:
+    """ISBI: the segmentations, scored as they are: ours as `predict` writes them (the model's post-processing),
+    the peer's threshold + components at its best threshold (its probability row), and both flooded from seeds
+    at the threshold best on these slices (an upper bound)."""
+    lines = [
+        "| segmentation | ours (predict's labels) | peer (threshold + components, best threshold) "
+        "| ours, flood at best seed | peer, flood at best seed |",
+        "|---|---|---|---|---|",
+    ]
+    for key, name in LABEL_FIGURES:
+        cells = [ours["scores_labels"][key], peer["scores"][key]]
+        cells += [ours["scores_flood_best"][key], peer.get("scores_flood_best", {}).get(key, float("nan"))]
+        lines.append(f"| {name} | " + " | ".join(f"{value:.4f}" for value in cells) + " |")
     return "\n".join(lines)
 
 
@@ -425,6 +480,8 @@ def run_dataset(dataset: str, args: argparse.Namespace, device: torch.device) ->
         peer = run_peer(split, args.budget, device, args.seed, tune_count)
     load_end = os.getloadavg()
     table = markdown_table(dataset, ours, peer)
+    if dataset == "isbi":
+        table += "\n\n" + labels_table(ours, peer)
     print(table, flush=True)
     return {
         "benchmark": "real_data",

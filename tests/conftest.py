@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch  # noqa: F401  (import order: torch before Qt)
 
@@ -29,3 +30,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (only present on the developers' machines)")
     return SHARED_DATA
+
+
+def _membrane_mask(shape: tuple[int, int], n: int, seed: int) -> np.ndarray:
+    """A binary mask as ISBI 2012's: cells (1) that tile the image, parted by 2-pixel membranes (0)."""
+    from scipy.spatial import cKDTree
+    from skimage.segmentation import find_boundaries
+
+    rng = np.random.default_rng(seed)
+    points = rng.random((n, 2)) * shape
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    cells = cKDTree(points).query(np.stack([yy.ravel(), xx.ravel()], 1))[1].reshape(shape)
+    return (~find_boundaries(cells, mode="thick")).astype(np.uint8)
+
+
+@pytest.fixture
+def membrane_mask():
+    """`(shape, n, seed) -> mask`: a binary mask of n cells that tile the image, as ISBI 2012's."""
+    return _membrane_mask

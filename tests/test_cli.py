@@ -579,6 +579,31 @@ def test_train_on_binary_masks_turns_off_class_balancing_and_the_border_term(mem
     assert (train["class_weights"], train["w0"]) == ("balanced", 5.0)  # what the user asked for wins
 
 
+def test_membrane_masks_train_a_model_whose_labels_fill_the_image(membrane_mask, tmp_path, capsys):
+    """Masks whose cells tile the image (ISBI's membranes): train says the model floods its cells, predict writes
+    cells parted by thin lines, and --no-flood gives back the plain threshold."""
+    root = tmp_path / "tiled"
+    for i in range(2):
+        mask = membrane_mask((72, 80), 10, seed=i)
+        image = np.where(mask, 0.8, 0.1) + np.random.default_rng(i).normal(0, 0.05, mask.shape)
+        write_png(root / "images" / f"0{i}.png", np.clip(image, 0, 1))
+        write_png(root / "labels" / f"0{i}.png", mask.astype(float))
+    out = tmp_path / "tiled.model"
+    loud = [arg for arg in TINY if arg != "-q"]
+    code, _, err = run(capsys, "train", root / "images", root / "labels", "--out", out, "--iterations", 2, *loud)
+    assert code == 0 and "the cells tile the image (membranes)" in err
+    assert load_model(out).postprocess.flood
+    predict = ["predict", out, root / "images" / "00.png", "--device", "cpu", "-q"]
+    assert run(capsys, *predict, "--out", tmp_path / "probs", "--probabilities")[0] == 0
+    # a network trained 2 steps is sure of nothing: seeds where it is surer than for 70 % of the pixels
+    seeds = f"{np.percentile(read_image(tmp_path / 'probs' / '00_probs.tif')[0], 70):.4f}"
+    for flag, folder in (([], "flood"), (["--no-flood"], "plain")):
+        assert run(capsys, *predict, "--out", tmp_path / folder, "--threshold", seeds, *flag)[0] == 0
+    flooded = read_labels(tmp_path / "flood" / "00_labels.tif")
+    plain = read_labels(tmp_path / "plain" / "00_labels.tif")
+    assert flooded.max() > 0 and np.mean(plain == 0) > 0.5 and np.mean(flooded == 0) < 0.25
+
+
 def test_train_on_instance_labels_keeps_the_presets_settings_and_parts_cells_by_watershed(model):
     bundle = load_model(model)
     train = bundle.metadata["training"]

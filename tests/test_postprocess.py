@@ -194,8 +194,11 @@ def test_grown_pixels_go_to_a_nearest_object_and_stay_in_the_gaps():
     min_size=st.integers(0, 20),
     watershed=st.booleans(),
     grow_threshold=st.one_of(st.none(), st.floats(0.0, 1.0)),
+    flood=st.booleans(),
 )
-def test_output_is_consecutive_disjoint_and_respects_min_size(seed, threshold, min_size, watershed, grow_threshold):
+def test_output_is_consecutive_disjoint_and_respects_min_size(
+    seed, threshold, min_size, watershed, grow_threshold, flood
+):
     rng = np.random.default_rng(seed)
     probs = ndimage.gaussian_filter(rng.random((40, 40)), 2.0)
     probs = (probs - probs.min()) / (np.ptp(probs) + 1e-12)
@@ -206,12 +209,17 @@ def test_output_is_consecutive_disjoint_and_respects_min_size(seed, threshold, m
         fill_holes=False,
         border_width=0,
         grow_threshold=grow_threshold,
+        flood=flood,
     )
     labels = probs_to_labels(probs, config)
     ids = np.unique(labels)
-    np.testing.assert_array_equal(ids, np.arange(ids.size))
-    low = threshold if grow_threshold is None else min(threshold, grow_threshold)
-    assert np.all((labels != 0) <= (probs > low))
+    np.testing.assert_array_equal(ids[ids > 0], np.arange(1, np.count_nonzero(ids) + 1))
+    if flood:  # the objects fill the image but for thin lines: every background pixel touches an object
+        near_object = ndimage.binary_dilation(labels > 0, structure=np.ones((3, 3), bool))
+        assert labels.max() == 0 or near_object.all()
+    else:
+        low = threshold if grow_threshold is None else min(threshold, grow_threshold)
+        assert np.all((labels != 0) <= (probs > low))
     sizes = np.bincount(labels.ravel())[1:]
     assert np.all(sizes >= min_size)
     core = np.bincount(labels[probs > threshold].ravel(), minlength=ids.size)[1:]
@@ -358,3 +366,26 @@ def test_tuning_ranks_thresholds_by_map_not_by_ap50_alone():
     assert (high["ap50"], low["ap50"]) == (1.0, 0.5) and high["map"] < low["map"]
     tuned, scores = tune_config([probs], [truth], base, thresholds=(0.7, 0.5), watershed=(False,))
     assert tuned.threshold == 0.5 and scores["map"] == pytest.approx(low["map"])
+
+
+def test_flood_parts_cells_across_a_faint_membrane_that_thresholding_merges():
+    """Two cells parted by a membrane whose probability of cell interior falls only to 0.8 in a gap: thresholding
+    at 0.5 merges them; flooding from seeds above 0.9 parts them along the membrane and fills the image."""
+    probs = np.full((40, 60), 0.98)
+    probs[:, 29:31] = 0.05  # the membrane
+    probs[15:20, 29:31] = 0.8  # a gap where the network draws it faintly
+    assert probs_to_labels(probs, PostprocessConfig(border_width=0)).max() == 1  # merged
+    labels = probs_to_labels(probs, PostprocessConfig(threshold=0.9, border_width=0, flood=True))
+    assert labels.max() == 2 and labels[17, 5] != labels[17, 55]
+    assert np.all(labels[:, :29] == labels[0, 0]) and np.all(labels[:, 31:] == labels[0, 59])
+    assert np.count_nonzero(labels == 0) == 40  # a 1-pixel line along the membrane, nothing else
+
+
+def test_flood_grows_only_from_seeds_of_at_least_min_size():
+    probs = np.full((30, 30), 0.3)
+    probs[2:12, 2:12] = 0.99  # a cell's sure core
+    probs[20, 20] = 0.99  # a speck
+    config = PostprocessConfig(threshold=0.9, min_size=16, border_width=0, flood=True)
+    labels = probs_to_labels(probs, config)
+    assert labels.max() == 1 and np.all(labels == 1)  # the core floods everything; the speck seeds nothing
+    assert not probs_to_labels(np.full((8, 8), 0.5), config).any()  # no seed: nothing to flood

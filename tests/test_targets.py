@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 
 from napari_unet.targets import (
     annotation_mask,
+    cells_tile_image,
     is_binary,
     make_target,
     mask_around_cells,
@@ -241,3 +242,11 @@ def test_border_zero_keeps_touching_cells() -> None:
     cells = separate_cells(labels, border=0)
     assert set(np.unique(cells)) == {0, 1, 2}
     assert np.array_equal(cells == 2, labels == 7)
+
+
+def test_cells_tile_the_image_for_membrane_masks_not_for_nuclei_masks(membrane_mask) -> None:
+    assert cells_tile_image(membrane_mask((128, 128), 30, seed=0))
+    assert cells_tile_image(membrane_mask((128, 128), 30, seed=0) * 255)  # any foreground value
+    nuclei = voronoi_cells((128, 128), 12, radius=9.0, seed=1) > 0
+    assert not cells_tile_image(nuclei)
+    assert not cells_tile_image(np.zeros((16, 16), np.uint8)) and not cells_tile_image(np.ones((16, 16), np.uint8))

@@ -14,7 +14,7 @@ from napari_unet.model import UNet
 from napari_unet.modelfile import load_model
 from napari_unet.postprocess import GROWTH_CANDIDATES
 from napari_unet.synthetic import make_cells
-from napari_unet.training import PRESETS, Sample, TrainConfig, Trainer, TrainingDiverged, preset
+from napari_unet.training import FLOOD_THRESHOLD, PRESETS, Sample, TrainConfig, Trainer, TrainingDiverged, preset
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,20 @@ def test_fully_annotated_instance_labels_fit_threshold_and_watershed_too(samples
 
     binary = Sample(samples[0].image, (samples[0].labels > 0).astype(np.uint8))
     model, config = tiny(iterations=1)
-    assert Trainer(model, config, [binary], device="cpu").postprocess.border_width == 0
+    nuclei = Trainer(model, config, [binary], device="cpu").postprocess
+    assert nuclei.border_width == 0 and not nuclei.flood
+
+
+def test_membrane_masks_make_a_model_that_floods_its_cells_from_sure_seeds(samples, membrane_mask):
+    """Binary masks whose cells tile the image (ISBI 2012's membranes) are post-processed by a flood from seeds
+    above FLOOD_THRESHOLD; one image whose mask does not tile is enough to keep the plain threshold."""
+    image = samples[0].image
+    membranes = Sample(image, membrane_mask(image.shape, 12, seed=3) * 255)
+    model, config = tiny(iterations=1)
+    postprocess = Trainer(model, config, [membranes], device="cpu").postprocess
+    assert postprocess.flood and postprocess.threshold == FLOOD_THRESHOLD and postprocess.border_width == 0
+    nuclei = Sample(image, (samples[0].labels > 0).astype(np.uint8))
+    assert not Trainer(model, config, [membranes, nuclei], device="cpu").postprocess.flood
 
 
 def test_training_leaves_the_process_random_state_alone_and_validates_on_the_training_samples_when_asked(samples):

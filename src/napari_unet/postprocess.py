@@ -24,6 +24,13 @@ components already separates most touching cells. `probs_to_labels` then, in thi
    more objects goes to the nearest one (as `skimage.segmentation.expand_labels` would, but only in these
    gaps), so touching cells cover their common boundary again, while the outer outline, which the targets
    did not shrink, stays put;
+   With `flood` (cells that tile the image, as in electron micrographs of tissue, where thin membranes part
+   every cell from its neighbours: binary membrane masks, `targets.cells_tile_image`), steps 5 and 6 are
+   replaced by a flood: the objects grow over the negated probability, through every pixel, until they meet,
+   with a 1-pixel background line where two meet (`skimage.segmentation.watershed` with `watershed_line`). The
+   threshold then only chooses the seeds, the cells' surest parts: a membrane that the network draws faintly
+   (probability of cell interior a little below 1 across a gap) still parts two cells, because the two floods
+   meet at its ridge, where thresholding would have merged them;
 7. optionally, holes are filled: a background region that touches neither the image border nor any object
    other than a single one joins that object (objects stay disjoint, gaps enclosed by several cells stay);
 8. ids are made consecutive 1..n.
@@ -63,6 +70,8 @@ class PostprocessConfig(Config):
     border_width: width (pixels) of the background borders cut between touching cells in the training
         targets (the `border` of `targets.separate_cells`); 0 for targets that were not separated, such as
         binary ISBI masks.
+    flood: the objects flood the whole image over the negated probability until they meet (1-pixel lines
+        between them), instead of steps 5 and 6: for cells that tile the image (membrane masks).
 
     >>> PostprocessConfig.from_dict(PostprocessConfig(min_size=30).to_dict()).min_size
     30
@@ -76,9 +85,10 @@ class PostprocessConfig(Config):
     grow_threshold: float | None = None
     grow_distance: float = 5.0
     border_width: int = 1
+    flood: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("fill_holes", "watershed"):
+        for name in ("fill_holes", "watershed", "flood"):
             check_flag(self, name)
         for name in ("min_size", "border_width"):
             check_range(self, name, 0, integer=True, meaning="pixels")
@@ -119,13 +129,31 @@ def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = Non
     else:
         labels = ndimage.label(mask, structure=FOUR_CONNECTED)[0]
     labels = remove_small_objects(labels, config.min_size)
-    if config.grows:
-        labels = grow_by_probability(labels, probs_fg, config.grow_threshold, config.grow_distance)
-    if config.border_width > 0:
-        labels = grow_into_borders(labels, config.border_width)
+    if config.flood:
+        labels = flood_image(labels, probs_fg)
+    else:
+        if config.grows:
+            labels = grow_by_probability(labels, probs_fg, config.grow_threshold, config.grow_distance)
+        if config.border_width > 0:
+            labels = grow_into_borders(labels, config.border_width)
     if config.fill_holes:
         labels = fill_object_holes(labels)
     return relabel_consecutive(labels)
+
+
+def flood_image(labels: np.ndarray, probs_fg: np.ndarray) -> np.ndarray:
+    """The objects of `labels` grown over the negated probability `probs_fg` until they fill the image, with a
+    1-pixel background line (4-connected separation) where two meet; labels without objects stay empty.
+
+    >>> probs = np.array([[0.9, 0.8, 0.3, 0.7, 0.9, 0.9]])
+    >>> flood_image(np.array([[1, 0, 0, 0, 0, 2]]), probs)
+    array([[1, 1, 0, 2, 2, 2]], dtype=int32)
+    """
+    from skimage.segmentation import watershed
+
+    if not labels.any():
+        return labels.astype(np.int32)
+    return watershed(-probs_fg, markers=labels, connectivity=1, watershed_line=True).astype(np.int32)
 
 
 GROWTH_CANDIDATES: tuple[float | None, ...] = (None, 0.3, 0.2, 0.1, 0.05)

@@ -65,6 +65,28 @@ def is_binary(labels: np.ndarray) -> bool:
     return nonzero.size == 0 or bool(np.all(nonzero == nonzero.flat[0]))
 
 
+THIN_BACKGROUND_PX = 8.0  # background farther than this from every cell is not a membrane between cells
+TILING_SHARE = 0.1  # cells tile the image when at most this share of the background is that far from a cell
+
+
+def cells_tile_image(target: np.ndarray) -> bool:
+    """True when the foreground of `target` (H, W; nonzero = cell) tiles the image: the background is a thin
+    network of membranes between the cells, as in ISBI 2012's masks of electron micrographs, rather than space
+    around separate objects (nuclei). Measured: at most `TILING_SHARE` of the background pixels lie more than
+    `THIN_BACKGROUND_PX` px from every cell (ISBI 2012 training slices: 0.9 % to 3.1 %; DSB 2018 nuclei
+    masks: 53 % to 95 %). A target without foreground or background does not tile.
+
+    >>> membranes = np.ones((40, 40), np.uint8); membranes[::10] = 0; membranes[:, ::10] = 0
+    >>> cells_tile_image(membranes), cells_tile_image(np.pad(np.ones((5, 5), np.uint8), 30))
+    (True, False)
+    """
+    foreground = np.asarray(target) != 0
+    if foreground.all() or not foreground.any():
+        return False
+    distance = ndimage.distance_transform_edt(~foreground)
+    return bool(np.mean(distance[~foreground] > THIN_BACKGROUND_PX) <= TILING_SHARE)
+
+
 def separate_cells(labels: np.ndarray, border: int = 1) -> np.ndarray:
     """Instance ids with background borders of width `border` cut between touching cells.
 

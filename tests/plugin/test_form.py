@@ -70,3 +70,8 @@ def test_postprocess_fields_read_and_show_a_config_without_announcing_it(qtbot):
     assert fields.config(base).grow_threshold is None and changes == [1]
     fields.show(PostprocessConfig(threshold=0.5, grow_threshold=None))
     assert fields.grow.value() == 0.5
+    assert not fields.config(base).flood
+    fields.show(PostprocessConfig(threshold=0.95, flood=True))  # a model trained on membrane masks
+    assert fields.flood.isChecked() and fields.config(base).flood
+    fields.flood.setChecked(False)
+    assert not fields.config(base).flood

@@ -93,6 +93,12 @@ def add_parser(subparsers) -> None:
         help="split merged cells with a distance-transform watershed",
     )
     post.add_argument(
+        "--flood",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cells fill the image: the objects grow until they meet, parted by 1-pixel lines (membrane images)",
+    )
+    post.add_argument(
         "--grow-threshold",
         type=probability,
         metavar="G",
@@ -143,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         watershed=args.watershed,
         grow_threshold=args.grow_threshold,
+        flood=args.flood,
     )
     if (args.cluster or args.workers) and (args.tta or args.batch_size != 1 or args.precision != "auto"):
         raise ValueError("--tta, --batch-size and --precision are not available with --cluster or --workers")

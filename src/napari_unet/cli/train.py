@@ -163,6 +163,12 @@ def run(args: argparse.Namespace) -> int:
     args.channel_choice = _channel_choice(args)
     train, validation = training_data(args)
     trainer = _make_trainer(args, train, validation)
+    if trainer.postprocess.flood:
+        note(
+            f"the cells tile the image (membranes): predict floods them from seeds above probability "
+            f"{trainer.postprocess.threshold:g} until they meet (predict --no-flood turns it off)",
+            args.quiet,
+        )
     note(
         f"training on {len(train)} image(s), validating on {len(validation)}; device: {describe(trainer.device)}",
         args.quiet,

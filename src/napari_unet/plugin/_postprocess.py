@@ -1,4 +1,4 @@
-"""The Segment dock's post-processing controls: threshold, growth, minimum size and watershed, read as a
+"""The Segment dock's post-processing controls: threshold, growth, minimum size, watershed and flood, read as a
 `PostprocessConfig` and set from a model's."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from ._form import check, spin
 
 
 class PostprocessFields:
-    """Spin boxes for the threshold, the growth threshold ("grow to p >") and the minimum size, and a watershed
-    check box; `config` reads them over a model's post-processing, `show` sets them from one."""
+    """Spin boxes for the threshold, the growth threshold ("grow to p >") and the minimum size, and watershed and
+    flood check boxes; `config` reads them over a model's post-processing, `show` sets them from one."""
 
     def __init__(self) -> None:
         self.threshold = spin(0.0, 1.0, 0.0, step=0.05, decimals=2)
@@ -37,6 +37,14 @@ class PostprocessFields:
                 "merged"
             ),
         )
+        self.flood = check(
+            "cells fill the image (membranes)",
+            tooltip=(
+                "For cells parted only by thin membranes (electron micrographs): the objects above the threshold "
+                "grow through every pixel until they meet, with a 1-pixel line between them; a faint membrane "
+                "still parts two cells"
+            ),
+        )
 
     def rows(self) -> list[tuple[str, Any]]:
         """The (label, control) rows of a `_form.form`."""
@@ -45,16 +53,19 @@ class PostprocessFields:
             ("grow to p >", self.grow),
             ("min. size (px)", self.min_size),
             ("", self.split),
+            ("", self.flood),
         ]
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` (no argument) whenever the user changes a control."""
         for box in (self.threshold, self.grow, self.min_size):
             box.valueChanged.connect(lambda _value: callback())
-        self.split.toggled.connect(lambda _checked: callback())
+        for box in (self.split, self.flood):
+            box.toggled.connect(lambda _checked: callback())
 
     def config(self, base: PostprocessConfig) -> PostprocessConfig:
-        """`base` with the controls' threshold, growth (None at the threshold or above), minimum size, watershed."""
+        """`base` with the controls' threshold, growth (None at the threshold or above), minimum size, watershed
+        and flood."""
         threshold, grow = float(self.threshold.value()), float(self.grow.value())
         return replace(
             base,
@@ -62,16 +73,18 @@ class PostprocessFields:
             grow_threshold=grow if grow < threshold else None,
             min_size=int(self.min_size.value()),
             watershed=self.split.isChecked(),
+            flood=self.flood.isChecked(),
         )
 
     def show(self, config: PostprocessConfig) -> None:
         """Set the controls from `config` without announcing a change."""
-        widgets = (self.threshold, self.grow, self.min_size, self.split)
+        widgets = (self.threshold, self.grow, self.min_size, self.split, self.flood)
         for widget in widgets:
             widget.blockSignals(True)
         self.threshold.setValue(config.threshold)
         self.grow.setValue(config.threshold if config.grow_threshold is None else config.grow_threshold)
         self.min_size.setValue(config.min_size)
         self.split.setChecked(config.watershed)
+        self.flood.setChecked(config.flood)
         for widget in widgets:
             widget.blockSignals(False)
