@@ -36,7 +36,7 @@ from napari_unet.model import UNet
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.train_config import settings_for_labels
-from napari_unet.training import FLOOD_THRESHOLD, Sample, Trainer, preset
+from napari_unet.training import FLOOD_THRESHOLD, Sample, Trainer, default_postprocess, preset
 
 SEEDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 FOLDS = {"A": range(12, 15), "B": range(0, 3)}  # the training slices each fold holds out
@@ -64,7 +64,7 @@ def run_fold(fold: str, data: Path, iterations: int) -> dict[str, Any]:
     for seed in SEEDS:
         config_seed = PostprocessConfig(threshold=seed, border_width=0, flood=True)
         flooded[str(seed)] = real.isbi_label_figures([probs_to_labels(p, config_seed) for p in probs], truths)
-    plain = PostprocessConfig(border_width=0)
+    plain = default_postprocess(config, binary=True)  # what a model trained on binary masks used before
     return {
         "fold": fold,
         "held_out": [item.name for item in held],

@@ -66,8 +66,8 @@ __all__ = ["PRESETS", "Sample", "TrainConfig", "TrainEvent", "Trainer", "Trainin
 # this probability. Chosen by cross-validation within ISBI 2012's training slices (benchmarks/bench_flood.py,
 # results/flood.json: the fast preset, 4800 steps on 12 slices, scored on the 3 left out, two folds): mean
 # thinned V_rand of the flooded labels 0.967 / 0.969 / 0.966 / 0.959 / 0.960 / 0.956 at seeds 0.5 / 0.6 / 0.7 /
-# 0.8 / 0.9 / 0.95 (threshold 0.5 and components: 0.968). The best seed moves between slices (a network trained
-# 1200 s on all 15 preferred 0.9 on the validation slices 15-19): docs/results.md.
+# 0.8 / 0.9 / 0.95 (threshold 0.5 and components: 0.968). The best seed moves between slices (networks trained
+# 1200 s on all 15 preferred 0.85-0.9 on the validation slices 15-19, results/real_isbi*.json): docs/results.md.
 FLOOD_THRESHOLD = 0.6
 
 
@@ -137,9 +137,11 @@ class Trainer:
             raise ValueError("the annotations are empty: no pixel has a nonzero loss weight (label some cells)")
         # binary masks (membranes) were not cut between cells: their objects need no border given back; cells
         # trained without a separation border (border 0) touch in the network's output: the watershed parts them
-        binary = all(p.cells is None for p in self.train)
-        tiled = binary and all(cells_tile_image(p.target) for p in self.train)
-        self.postprocess = postprocess or default_postprocess(config, binary, tiled)
+        if postprocess is None:
+            binary = all(p.cells is None for p in self.train)
+            tiled = binary and all(cells_tile_image(p.target) for p in self.train)
+            postprocess = default_postprocess(config, binary, tiled)
+        self.postprocess = postprocess
         self.data_hashes = [hash_sample(s) for s in train]
         self.iteration = 0
         self.elapsed = 0.0
