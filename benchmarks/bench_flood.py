@@ -12,7 +12,9 @@ folds run side by side in two processes of one torch thread each. For each seed 
 V_rand and V_info of the flooded labels, mean over the held-out slices, then over the folds; beside them, the
 labels binary models wrote before (threshold 0.5, connected components) and the challenge's figure of the
 probability map (best threshold of 0.0..1.0 on the held-out slices themselves). Prints the table, the best seed
-by mean V_rand against `training.FLOOD_THRESHOLD`, and writes flood.json.
+by mean V_rand against `training.FLOOD_THRESHOLD`, and writes flood.json. What `train` itself writes: the seed
+threshold each fold's Trainer fitted on its own training slices at the end of the run (`Trainer.calibrate_growth`,
+by thinned V_rand there), scored on the held-out slices ("fitted").
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def run_fold(fold: str, data: Path, iterations: int) -> dict[str, Any]:
         config_seed = PostprocessConfig(threshold=seed, border_width=0, flood=True)
         flooded[str(seed)] = real.isbi_label_figures([probs_to_labels(p, config_seed) for p in probs], truths)
     plain = default_postprocess(config, binary=True)  # what a model trained on binary masks used before
+    fitted = trainer.postprocess  # seeds fitted on the fold's training slices at the end of the run
     return {
         "fold": fold,
         "held_out": [item.name for item in held],
@@ -73,6 +76,11 @@ def run_fold(fold: str, data: Path, iterations: int) -> dict[str, Any]:
         "seconds": seconds,
         "flooded": flooded,
         "plain_0.5": real.isbi_label_figures([probs_to_labels(p, plain) for p in probs], truths),
+        "fitted": {
+            "seed_threshold": fitted.threshold,
+            "training_slices_vrand": (trainer.growth_calibration or {}).get("vrand"),
+            **real.isbi_label_figures([probs_to_labels(p, fitted) for p in probs], truths),
+        },
         "probabilities": real.isbi_figures(probs, truths),
     }
 
@@ -111,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for seed in SEEDS:
         row(f"flooded from seeds > {seed}", [f["flooded"][str(seed)] for f in folds])
+    fitted = ", ".join(f"{f['fitted']['seed_threshold']}" for f in folds)
+    row(f"flooded, seeds fitted on the training slices ({fitted}): what train does", [f["fitted"] for f in folds])
     row("threshold 0.5, components (before)", [f["plain_0.5"] for f in folds])
     row("probability map, best threshold (challenge)", [f["probabilities"] for f in folds])
     print(f"best seed threshold by mean V_rand: {best} (training.FLOOD_THRESHOLD: {FLOOD_THRESHOLD})")
@@ -125,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             "folds": folds,
             "mean_over_folds": mean,
             "best_seed": best,
+            "fitted_mean": {key: float(np.mean([f["fitted"][key] for f in folds])) for key in ("vrand", "vinfo")},
             "flood_threshold": FLOOD_THRESHOLD,
             "load_average_start": list(load_start),
             "load_average_end": list(os.getloadavg()),

@@ -590,9 +590,14 @@ def test_membrane_masks_train_a_model_whose_labels_fill_the_image(membrane_mask,
         write_png(root / "labels" / f"0{i}.png", mask.astype(float))
     out = tmp_path / "tiled.model"
     loud = [arg for arg in TINY if arg != "-q"]
-    code, _, err = run(capsys, "train", root / "images", root / "labels", "--out", out, "--iterations", 2, *loud)
+    tune = ["--val-fraction", "0.5", "--seed", "0", "--tune-postprocess"]
+    code, stdout, err = run(
+        capsys, "train", root / "images", root / "labels", "--out", out, "--iterations", 2, *tune, *loud
+    )
     assert code == 0 and "the cells tile the image (membranes)" in err
-    assert load_model(out).postprocess.flood
+    assert "tuned on 1 validation image(s): flood seeds above" in stdout and "V_rand (thinned)" in stdout
+    bundle = load_model(out)
+    assert bundle.postprocess.flood and bundle.metadata["growth_calibration"]["by"] == "vrand"
     predict = ["predict", out, root / "images" / "00.png", "--device", "cpu", "-q"]
     assert run(capsys, *predict, "--out", tmp_path / "probs", "--probabilities")[0] == 0
     # a network trained 2 steps is sure of nothing: seeds where it is surer than for 70 % of the pixels

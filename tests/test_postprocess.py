@@ -15,9 +15,11 @@ from napari_unet.metrics import instance_scores
 from napari_unet.postprocess import (
     PostprocessConfig,
     fill_object_holes,
+    fit_flood_seeds,
     grow_into_borders,
     probs_to_labels,
     relabel_consecutive,
+    score_membranes,
     split_by_watershed,
     tune_config,
 )
@@ -379,6 +381,25 @@ def test_flood_parts_cells_across_a_faint_membrane_that_thresholding_merges():
     assert labels.max() == 2 and labels[17, 5] != labels[17, 55]
     assert np.all(labels[:, :29] == labels[0, 0]) and np.all(labels[:, 31:] == labels[0, 59])
     assert np.count_nonzero(labels == 0) == 40  # a 1-pixel line along the membrane, nothing else
+
+
+def test_flood_seeds_are_fitted_by_the_rand_score_of_the_membrane_masks():
+    """The faint membrane again: seeds above 0.5 merge the two cells (V_rand 2/3 or below), above 0.9 they part
+    them; the base's threshold is tried first and kept on a tie, the others stay as they were."""
+    probs = np.full((40, 60), 0.98)
+    probs[:, 29:31] = 0.05
+    probs[15:20, 29:31] = 0.8
+    mask = np.ones(probs.shape, np.uint8)
+    mask[:, 29:31] = 0  # the faint part is membrane too
+    base = PostprocessConfig(threshold=0.5, min_size=4, border_width=0)
+    config, scores = fit_flood_seeds([probs], [mask], base, candidates=(0.9, 0.95))
+    assert config == replace(base, threshold=0.9, flood=True)
+    assert list(scores) == ["0.5", "0.9", "0.95"] and scores["0.5"] < 0.7 and scores["0.9"] == scores["0.95"] == 1.0
+    assert score_membranes(config, [probs, probs], [mask, mask]) == {"vrand": 1.0, "vinfo": 1.0}
+    kept, _ = fit_flood_seeds([probs], [mask], replace(base, threshold=0.95), candidates=(0.9,))
+    assert kept.threshold == 0.95  # as good: the base's own threshold stays
+    with pytest.raises(ValueError, match="as many probability maps"):
+        fit_flood_seeds([probs], [], base)
 
 
 def test_flood_grows_only_from_seeds_of_at_least_min_size():

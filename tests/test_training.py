@@ -231,6 +231,48 @@ def test_membrane_masks_make_a_model_that_floods_its_cells_from_sure_seeds(sampl
     assert not Trainer(model, config, [membranes, nuclei], device="cpu").postprocess.flood
 
 
+def test_a_flooding_model_fits_its_seed_threshold_on_the_training_masks(samples, membrane_mask, monkeypatch):
+    """At the end of a run, the seeds of a model that floods are fitted on the masks annotated everywhere (not
+    on a partly annotated one), recorded in the metadata; without `calibrate_growth`, FLOOD_THRESHOLD stays."""
+    import napari_unet.training as training
+
+    image = samples[0].image
+    masks = [membrane_mask(image.shape, 12, seed=i) for i in range(3)]
+    partial = np.ones(image.shape, bool)
+    partial[:, :4] = False  # a strip too narrow to stop the cells tiling the image
+    train = [Sample(image, masks[0]), Sample(image, masks[1]), Sample(image, masks[2], mask=partial)]
+    seen = []
+
+    def spy(probs, truths, base):
+        seen.append([t.copy() for t in truths])
+        return replace(base, threshold=0.85), {"0.6": 0.7, "0.85": 0.8}
+
+    monkeypatch.setattr(training, "fit_flood_seeds", spy)
+    model, config = tiny(iterations=1)
+    trainer = Trainer(model, config, train, device="cpu")
+    kinds = [event.kind for event in trainer.run()]
+    assert "calibration" in kinds and len(seen) == 1 and len(seen[0]) == 2
+    assert all(np.array_equal(t != 0, m != 0) for t, m in zip(seen[0], masks))
+    assert trainer.postprocess.flood and trainer.postprocess.threshold == 0.85
+    record = trainer.bundle().metadata["growth_calibration"]
+    assert (record["by"], record["chosen"], record["images"]) == ("vrand", 0.85, 2)
+    model, config = tiny(iterations=1, calibrate_growth=False)
+    unfitted = Trainer(model, config, train, device="cpu")
+    list(unfitted.run())
+    assert len(seen) == 1 and unfitted.postprocess.threshold == FLOOD_THRESHOLD
+
+
+def test_a_real_seed_fit_chooses_among_the_candidates(samples, membrane_mask):
+    from napari_unet.postprocess import FLOOD_SEED_CANDIDATES
+
+    image = samples[0].image
+    model, config = tiny(iterations=1)
+    trainer = Trainer(model, config, [Sample(image, membrane_mask(image.shape, 12, seed=0))], device="cpu")
+    scores = trainer.calibrate_growth()
+    assert set(scores) == {str(t) for t in FLOOD_SEED_CANDIDATES}
+    assert scores[str(trainer.postprocess.threshold)] == max(scores.values())
+
+
 def test_training_leaves_the_process_random_state_alone_and_validates_on_the_training_samples_when_asked(samples):
     torch.manual_seed(123)
     expected_next = torch.rand(3)

@@ -34,14 +34,14 @@ import numpy as np
 import torch
 
 from . import ddp
-from .batches import TrainingBatches, prepare_sample
+from .batches import Prepared, TrainingBatches, prepare_sample
 from .channels import ChannelChoice
 from .device import select_device
 from .losses import weighted_cross_entropy
 from .metrics import pixel_scores
 from .model import UNet
 from .modelfile import STATE_FILE, ModelBundle, Normalization, load_model, save_model
-from .postprocess import GROWTH_CANDIDATES, PostprocessConfig, calibrate_growth, tune_config
+from .postprocess import GROWTH_CANDIDATES, PostprocessConfig, calibrate_growth, fit_flood_seeds, tune_config
 from .precision import autocast, compiled, memory_format, resolve_precision
 from .targets import cells_tile_image
 from .tiling import predict_tiled
@@ -203,7 +203,7 @@ class Trainer:
                         yield self._event("checkpoint", loss)
                 if config.time_budget is not None and self.elapsed >= config.time_budget:
                     break
-            if config.calibrate_growth and any(sample.cells is not None for sample in self.train):
+            if config.calibrate_growth and self._calibrates():
                 yield self._event("calibration", self._last_loss)  # announced: it runs the network on the images
                 self.calibrate_growth()
                 saved_at = -1  # the model's post-processing changed: save it even if this step was saved
@@ -230,9 +230,25 @@ class Trainer:
             ):
                 self.save_checkpoint(self.checkpoint)
 
+    def _calibrates(self) -> bool:
+        """Whether `calibrate_growth` has something to fit: instance labels, or membrane masks to flood."""
+        return any(sample.cells is not None for sample in self.train) or (
+            self.postprocess.flood and any(self._membrane_masks())
+        )
+
+    def _membrane_masks(self) -> list[Prepared]:
+        """The binary masks annotated everywhere: what a flood's seeds are fitted on."""
+        return [s for s in self.train if s.cells is None and s.annotated.size == s.target.size and s.target.any()]
+
     def calibrate_growth(self, max_images: int = 16) -> dict[str, float] | None:
         """Fit the post-processing to the training annotations; returns the scores it was chosen by, or None
-        (nothing changed) when the annotations are binary masks.
+        (nothing changed) when the annotations are binary masks that are not flooded.
+
+        Membrane masks (the post-processing floods: `PostprocessConfig.flood`): the seed threshold, by the mean
+        thinned V_rand of the flooded labels over up to `max_images` masks annotated everywhere
+        (`postprocess.fit_flood_seeds`). How sure a network is of its cells' interiors grows with its training,
+        and the best seed with it: on ISBI 2012, 0.6 after 4800 steps on 12 slices, 0.85-0.9 after 1200 s on 15
+        (benchmarks/bench_flood.py, docs/results.md).
 
         Images whose every pixel is annotated with instance labels (a dataset's label files): the threshold and
         the watershed, then the growth, each by mean mAP then AP50, over up to `max_images` of them
@@ -245,8 +261,12 @@ class Trainer:
         network cautious at the edges of cells) more than on the images. Recorded in the model's metadata as
         "growth_calibration".
         """
+        if self.rank != 0:  # with several processes, the first one saves the model: it calibrates
+            return None
+        if self.postprocess.flood:
+            return self._fit_flood_seeds(max_images)
         samples = [sample for sample in self.train if sample.cells is not None and sample.cells.any()]
-        if not samples or self.rank != 0:  # with several processes, the first one saves the model: it calibrates
+        if not samples:  # with several processes, the first one saves the model: it calibrates
             return None
         complete = [sample for sample in samples if sample.annotated.size == sample.target.size][:max_images]
         # growth fitted on training images, where the network is surest, cost mAP on new ones (docs/results.md)
@@ -267,6 +287,21 @@ class Trainer:
             **record,
             "images": len(used),
             "chosen": self.postprocess.grow_threshold,
+            "iteration": self.iteration,
+        }
+        return scores
+
+    def _fit_flood_seeds(self, max_images: int) -> dict[str, float] | None:
+        used = self._membrane_masks()[:max_images]
+        if not used:
+            return None
+        probs = [self._predict(sample.image)[1] for sample in used]
+        self.postprocess, scores = fit_flood_seeds(probs, [sample.target for sample in used], self.postprocess)
+        self.growth_calibration = {
+            "by": "vrand",
+            "vrand": scores,
+            "images": len(used),
+            "chosen": self.postprocess.threshold,
             "iteration": self.iteration,
         }
         return scores

@@ -54,36 +54,59 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
 
 
 def tune_on_validation(trainer, validation) -> dict[str, Any] | None:
-    """Choose the post-processing on the validation samples with instance labels and save it with the model.
+    """Choose the post-processing on the validation samples annotated everywhere and save it with the model.
 
-    Returns {"config", "scores", "before", "images"} (mean AP50 etc. with the chosen and the previous settings),
-    or None when no validation sample is fully annotated with instance labels (binary masks such as ISBI's are
-    not).
+    Instance labels: threshold, watershed and growth by mAP (`postprocess.tune_config`); a model whose labels
+    flood membrane masks (`PostprocessConfig.flood`): the seed threshold by thinned V_rand on the validation
+    masks (`postprocess.fit_flood_seeds`). Returns {"config", "scores", "before", "images", "by"} (the mean
+    scores with the chosen and the previous settings; "by": "ap50" or "vrand", the score to report), or None
+    when no validation sample fits.
     """
-    from ..postprocess import score_config, tune_config
+    from ..postprocess import fit_flood_seeds, score_config, score_membranes, tune_config
     from ..targets import annotation_mask, is_binary
     from ..tiling import predict_tiled
 
-    usable = [s for s in validation if s.mask is None and not is_binary(s.labels) and annotation_mask(s.labels).all()]
+    flood = trainer.postprocess.flood
+    usable = [
+        s
+        for s in validation
+        if s.mask is None and is_binary(s.labels) == flood and annotation_mask(s.labels).all() and np.any(s.labels)
+    ]
     if not usable:
         return None
     probs = [predict_tiled(trainer.model, s.image, device=trainer.device)[1] for s in usable]
-    truths = [np.asarray(s.labels).astype(np.int64) for s in usable]
-    before = score_config(trainer.postprocess, probs, truths)
-    config, scores = tune_config(probs, truths, trainer.postprocess)
+    if flood:
+        truths = [np.asarray(s.labels) != 0 for s in usable]
+        before = score_membranes(trainer.postprocess, probs, truths)
+        config = fit_flood_seeds(probs, truths, trainer.postprocess)[0]
+        scores = score_membranes(config, probs, truths)
+    else:
+        truths = [np.asarray(s.labels).astype(np.int64) for s in usable]
+        before = score_config(trainer.postprocess, probs, truths)
+        config, scores = tune_config(probs, truths, trainer.postprocess)
     trainer.postprocess = config
     if trainer.checkpoint is not None:
         trainer.save_checkpoint(trainer.checkpoint)
-    return {"config": config, "scores": scores, "before": before, "images": len(usable)}
+    return {
+        "config": config,
+        "scores": scores,
+        "before": before,
+        "images": len(usable),
+        "by": "vrand" if flood else "ap50",
+    }
 
 
 def describe_tuning(tuned: dict[str, Any]) -> str:
-    config = tuned["config"]
+    config, by = tuned["config"], tuned["by"]
+    name = {"vrand": "V_rand (thinned)", "ap50": "AP50"}[by]
+    settings = (
+        f"flood seeds above {config.threshold}"
+        if config.flood
+        else f"threshold {config.threshold}, watershed {'on' if config.watershed else 'off'}, growth to {growth(config)}"
+    )
     return (
-        f"post-processing tuned on {tuned['images']} validation image(s): threshold {config.threshold}, "
-        f"watershed {'on' if config.watershed else 'off'}, growth to {growth(config)} "
-        f"(AP50 {tuned['scores']['ap50']:.3f}, "
-        f"{tuned['before']['ap50']:.3f} before); saved with the model"
+        f"post-processing tuned on {tuned['images']} validation image(s): {settings} "
+        f"({name} {tuned['scores'][by]:.3f}, {tuned['before'][by]:.3f} before); saved with the model"
     )
 
 

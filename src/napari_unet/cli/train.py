@@ -196,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             describe_tuning(tuned)
             if tuned
-            else "post-processing not tuned: no fully annotated validation image with instance labels"
+            else "post-processing not tuned: no validation image annotated everywhere "
+            + ("with a membrane mask" if trainer.postprocess.flood else "with instance labels")
         )
     return EXIT_OK
 
