@@ -595,6 +595,7 @@ def test_membrane_masks_train_a_model_whose_labels_fill_the_image(membrane_mask,
         capsys, "train", root / "images", root / "labels", "--out", out, "--iterations", 2, *tune, *loud
     )
     assert code == 0 and "the cells tile the image (membranes)" in err
+    assert "flood seeds fitted on 1 training mask(s): above" in stdout
     assert "tuned on 1 validation image(s): flood seeds above" in stdout and "V_rand (thinned)" in stdout
     bundle = load_model(out)
     assert bundle.postprocess.flood and bundle.metadata["growth_calibration"]["by"] == "vrand"

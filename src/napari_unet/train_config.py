@@ -40,7 +40,9 @@ class TrainConfig(Config):
         the budget alone end the run (and set the schedule).
     calibrate_growth: at the end of a run that was not stopped, choose how far the post-processing grows
         objects (`PostprocessConfig.grow_threshold`) so that the objects found on (up to 16 of) the training
-        images match the annotated cells best (`postprocess.calibrate_growth`); instance labels only.
+        images match the annotated cells best (`postprocess.calibrate_growth`); instance labels, and membrane
+        masks whose labels flood (`PostprocessConfig.flood`): there the seed threshold, by thinned V_rand on
+        the masks (`postprocess.fit_flood_seeds`).
     precision: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32" or "bf16" (`precision.py`).
     augmentation: "per-sample" (each window warped on the CPU with numpy/torch, `augment.augment`), "batched"
         (the whole batch warped at once on the training device, `augment_batch`; the training images are kept
@@ -157,8 +159,8 @@ class Sample:
 
 @dataclass(frozen=True)
 class TrainEvent:
-    """What the trainer reports. kind: "step", "validation", "checkpoint", "calibration" (the growth of the
-    post-processing is about to be calibrated, `Trainer.calibrate_growth`) or "done"."""
+    """What the trainer reports. kind: "step", "validation", "checkpoint", "calibration" (the post-processing's
+    growth, or a flood's seed threshold, is about to be fitted, `Trainer.calibrate_growth`) or "done"."""
 
     kind: str
     iteration: int

@@ -165,8 +165,9 @@ def run(args: argparse.Namespace) -> int:
     trainer = _make_trainer(args, train, validation)
     if trainer.postprocess.flood:
         note(
-            f"the cells tile the image (membranes): predict floods them from seeds above probability "
-            f"{trainer.postprocess.threshold:g} until they meet (predict --no-flood turns it off)",
+            f"the cells tile the image (membranes): predict floods them from seeds above a probability "
+            f"({trainer.postprocess.threshold:g} until it is fitted on the training masks at the end) until they "
+            "meet (predict --no-flood turns it off)",
             args.quiet,
         )
     note(
@@ -191,6 +192,12 @@ def run(args: argparse.Namespace) -> int:
     if ddp.rank_and_world_size()[0] != 0:
         return EXIT_OK
     print(summary(result, out))
+    fitted = trainer.growth_calibration
+    if fitted and fitted["by"] == "vrand":
+        print(
+            f"flood seeds fitted on {fitted['images']} training mask(s): above {fitted['chosen']:g} "
+            f"(thinned V_rand there {fitted['vrand'][str(fitted['chosen'])]:.3f}); saved with the model"
+        )
     if args.tune_postprocess:
         tuned = tune_on_validation(trainer, validation)
         print(
