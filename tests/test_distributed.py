@@ -144,6 +144,23 @@ def test_labels_by_blocks_equal_the_whole_image_up_to_renumbering(config):
     assert same_up_to_renumbering(blocks, whole)
 
 
+def test_flooded_cells_by_blocks_are_the_whole_image_s_but_for_where_lines_cross_flat_stretches(membrane_mask):
+    """Cells that tile the image, flooded (`PostprocessConfig.flood`): each cell gets one id across blocks and
+    no two cells share one (but those reported cut), although on a flat stretch of probability a line may run a
+    pixel apart from the whole-image run (the flood's queue order depends on the window)."""
+    probs = ndimage.gaussian_filter(membrane_mask((256, 300), 90, seed=2).astype(np.float32), 0.7)
+    config = PostprocessConfig(threshold=0.6, border_width=0, flood=True)
+    whole = probs_to_labels(probs, config)
+    blocks, cut = labels_by_blocks(probs, 64, 64, config)
+    both = (whole > 0) & (blocks > 0)
+    pairs = np.unique(np.stack([whole[both], blocks[both].astype(np.int64)]), axis=1)
+    split = np.count_nonzero(np.bincount(pairs[0]) > 1)
+    shared = np.count_nonzero(np.unique(pairs[1], return_counts=True)[1] > 1)
+    assert whole.max() > 80 and cut <= 2 and split <= cut and shared <= cut
+    lines_apart = np.mean((whole == 0) != (blocks == 0))
+    assert 0 < lines_apart < 0.02
+
+
 def test_objects_larger_than_the_margin_are_reported():
     probs = cell_probabilities()
     _, cut = labels_by_blocks(probs, 64, 3, PostprocessConfig())

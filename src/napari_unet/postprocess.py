@@ -123,12 +123,7 @@ def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = Non
         raise ValueError(f"probs_fg must be a 2-D (H, W) probability map; got shape {probs_fg.shape}")
     if probs_fg.dtype.kind != "f":
         raise TypeError(f"probs_fg must be a float array of probabilities in [0, 1]; got dtype {probs_fg.dtype}")
-    mask = probs_fg > config.threshold
-    if config.watershed:
-        labels = split_by_watershed(mask, config.watershed_h)
-    else:
-        labels = ndimage.label(mask, structure=FOUR_CONNECTED)[0]
-    labels = remove_small_objects(labels, config.min_size)
+    labels = object_seeds(probs_fg, config)
     if config.flood:
         labels = flood_image(labels, probs_fg)
     else:
@@ -139,6 +134,17 @@ def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = Non
     if config.fill_holes:
         labels = fill_object_holes(labels)
     return relabel_consecutive(labels)
+
+
+def object_seeds(probs_fg: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """Steps 1-4 of `probs_to_labels`: the objects before they grow or flood, (H, W) int32 labels (ids not
+    consecutive). Every object `probs_to_labels` returns holds exactly one of them, whatever grew from it."""
+    mask = probs_fg > config.threshold
+    if config.watershed:
+        labels = split_by_watershed(mask, config.watershed_h)
+    else:
+        labels = ndimage.label(mask, structure=FOUR_CONNECTED)[0]
+    return remove_small_objects(labels, config.min_size)
 
 
 def flood_image(labels: np.ndarray, probs_fg: np.ndarray) -> np.ndarray:

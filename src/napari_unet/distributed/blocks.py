@@ -10,7 +10,11 @@ of the object in raster order (y * W + x + 1), so the blocks on either side of a
 object whole give it the same id: objects crossing block borders are joined, never split or duplicated, with
 no merge step. Guarantee: the labels equal the single-process `probs_to_labels` up to renumbering whenever
 every object, with the context its post-processing looks at (`context_radius`), fits within the margin. An
-object that reaches the edge of a block's window is counted as cut, never silently.
+object that reaches the edge of a block's window is counted as cut, never silently. Flooded labels (cells that
+tile the image, `PostprocessConfig.flood`) take their ids from their seeds' first pixel, since where a flood's
+line runs across a flat stretch of probability depends on the window's queue order: each cell keeps one id
+across blocks, and such a line may run a pixel apart from the whole-image run's. Neurites in electron
+micrographs can run further than the default margin: the count of cut objects says so.
 
 >>> [tuple((s.start, s.stop) for s in region) for region in block_regions((100, 150), (64, 64))][:3]
 [((0, 64), (0, 64)), ((0, 64), (64, 128)), ((0, 64), (128, 150))]
@@ -22,7 +26,7 @@ import math
 
 import numpy as np
 
-from ..postprocess import PostprocessConfig, probs_to_labels
+from ..postprocess import PostprocessConfig, object_seeds, probs_to_labels
 from ..tiling import Tile, TileGrid
 
 
@@ -84,7 +88,11 @@ def label_window(
     """
     labels = probs_to_labels(probs_fg, config)
     dtype = np.uint32 if image_shape[0] * image_shape[1] < np.iinfo(np.uint32).max else np.uint64
-    ids = object_anchors(labels, origin, image_shape[1]).astype(dtype)
+    # A flood fills the window, and where its lines run across a flat stretch of probability depends on the
+    # order in which the window's pixels queue: an object's first pixel may move between two windows that both
+    # see it whole. Its seed's first pixel does not.
+    anchored = np.where(object_seeds(probs_fg, config) > 0, labels, 0) if config.flood else labels
+    ids = object_anchors(anchored, origin, image_shape[1]).astype(dtype)
     inner = (
         slice(core[0].start - origin[0], core[0].stop - origin[0]),
         slice(core[1].start - origin[1], core[1].stop - origin[1]),
