@@ -305,6 +305,7 @@ def run_ours(
         result["scores"] = isbi_figures(probs, truths)
         # the labels `napari-unet predict` writes: the model's own post-processing
         result["postprocess"] = trainer.postprocess.to_dict()
+        result["postprocess_calibration"] = trainer.growth_calibration  # the seeds fitted on the training slices
         labels = [probs_to_labels(p, trainer.postprocess) for p in probs]
         result["scores_labels"] = isbi_label_figures(labels, truths)
         result["scores_flood_best"] = best_flood_figures(probs, truths)
@@ -418,8 +419,10 @@ def labels_table(ours: dict[str, Any], peer: dict[str, Any]) -> str:
     """ISBI: the segmentations, scored as they are: ours as `predict` writes them (the model's post-processing),
     the peer's threshold + components at its best threshold (its probability row), and both flooded from seeds
     at the threshold best on these slices (an upper bound)."""
+    post = ours["postprocess"]
+    how = f"seeds > {post['threshold']}, flooded" if post.get("flood") else f"threshold {post['threshold']}"
     lines = [
-        "| segmentation | ours (predict's labels) | peer (threshold + components, best threshold) "
+        f"| segmentation | ours (predict's labels: {how}) | peer (threshold + components, best threshold) "
         "| ours, flood at best seed | peer, flood at best seed |",
         "|---|---|---|---|---|",
     ]
