@@ -187,14 +187,16 @@ def isbi_label_figures(labels: list[np.ndarray], truths: list[np.ndarray]) -> di
 def best_flood_figures(probs: list[np.ndarray], truths: list[np.ndarray]) -> dict[str, Any]:
     """The flood post-processing (`PostprocessConfig.flood`) with the seed threshold of FLOOD_SEEDS that gives
     the best thinned V_rand on these very images (chosen on the validation slices: an upper bound, for
-    comparison only), and its label figures."""
+    comparison only), its label figures, and the thinned V_rand at every seed ("vrand_by_seed")."""
     best: dict[str, Any] = {}
+    curve = {}
     for threshold in FLOOD_SEEDS:
         config = PostprocessConfig(threshold=threshold, border_width=0, flood=True)
         figures = isbi_label_figures([probs_to_labels(p, config) for p in probs], truths)
+        curve[str(threshold)] = figures["vrand"]
         if not best or figures["vrand"] > best["vrand"]:
             best = {"seed_threshold": threshold, **figures}
-    return best
+    return {**best, "vrand_by_seed": curve}
 
 
 def instance_figures(probs: list[np.ndarray], truths: list[np.ndarray], config: PostprocessConfig) -> dict[str, Any]:

@@ -239,6 +239,89 @@ def test_export_command_writes_each_format(folders, tmp_path, capsys):
     assert code == 2 and "bioimageio package" in err
 
 
+def test_measure_rois_and_export_never_replace_an_input_and_replace_an_output_only_when_asked(
+    folders, tmp_path, capsys
+):
+    labels = folders / "labels" / "00.tif"
+    before = labels.read_bytes()
+    for args in (["measure", labels, "--out", labels], ["rois", tmp_path / "x.zip", "--like", labels, "--out", labels]):
+        code, _, err = run(capsys, *args, "--overwrite")
+        assert code == 2 and "would replace the input" in err
+    assert labels.read_bytes() == before
+    table, rois = tmp_path / "t.csv", tmp_path / "cells.zip"
+    for args, out in ((["measure", labels], table), (["rois", labels], rois)):
+        out.write_text("kept")
+        code, _, err = run(capsys, *args, "--out", out)
+        assert code == 2 and "exists" in err and "--overwrite" in err and out.read_text() == "kept"
+        assert run(capsys, *args, "--out", out, "--overwrite")[0] == 0 and out.read_bytes() != b"kept"
+    model = tmp_path / "m.model"
+    assert run(capsys, "train", folders / "two", folders / "labels", "--out", model, "--iterations", "1", *TINY)[0] == 0
+    package = tmp_path / "m.bioimageio"
+    export = ["export", model, "--format", "bioimageio", "--out", package]
+    assert run(capsys, *export)[0] == 0 and (package / "rdf.yaml").is_file()
+    code, _, err = run(capsys, *export)
+    assert code == 2 and "--overwrite" in err
+    assert run(capsys, *export, "--overwrite")[0] == 0 and (package / "rdf.yaml").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside it
+    code, _, err = run(capsys, "export", model, "--format", "onnx", "--out", model, "--overwrite")
+    assert code == 2 and "would replace the input" in err
+
+
+def test_tables_rois_and_exports_are_written_whole_or_not_at_all(folders, tmp_path, monkeypatch):
+    """A write that fails half-way (here: the ROI zip's second entry, the CSV's third row, the package's copy)
+    leaves the earlier file as it was and no temporary beside it."""
+    import csv
+
+    import roifile
+
+    from napari_unet import export as export_module
+    from napari_unet.measure import write_csv
+    from napari_unet.roi import write_rois
+
+    labels, _ = read_image(folders / "labels" / "00.tif")
+    table, rois = tmp_path / "t.csv", tmp_path / "cells.zip"
+    for path in (table, rois):
+        path.write_text("earlier")
+
+    class Broken(Exception):
+        pass
+
+    def failing(real, after):
+        calls = []
+
+        def wrapped(*args, **kwargs):
+            calls.append(1)
+            if len(calls) > after:
+                raise Broken
+            return real(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(roifile.ImagejRoi, "tobytes", failing(roifile.ImagejRoi.tobytes, 1))
+    with pytest.raises(Broken):
+        write_rois(rois, labels)
+
+    real_writer = csv.writer
+
+    class Writer:
+        def __init__(self, file):
+            self.writerow = failing(real_writer(file).writerow, 2)
+
+    monkeypatch.setattr(csv, "writer", Writer)
+    with pytest.raises(Broken):
+        write_csv({"label": np.arange(5), "area": np.ones(5)}, table)
+    assert table.read_text() == rois.read_text() == "earlier"
+
+    package = tmp_path / "p.bioimageio"
+    package.mkdir()
+    (package / "rdf.yaml").write_text("earlier")
+    monkeypatch.setattr(export_module.shutil, "copytree", failing(export_module.shutil.copytree, 0))
+    with pytest.raises(Broken):
+        export_module._write_output(tmp_path, package, as_zip=False)
+    assert (package / "rdf.yaml").read_text() == "earlier"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.zip", "p.bioimageio", "t.csv"]
+
+
 @pytest.mark.parametrize("command", ["measure", "rois", "export"])
 def test_new_commands_have_help(command, capsys):
     assert main([command, "--help"]) == 0

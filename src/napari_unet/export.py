@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 import warnings
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .io import atomic_write, remove_stale_temporaries, temporary_sibling
 from .model import UNet, UNetConfig
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
@@ -102,8 +104,8 @@ def export_torchscript(bundle, path: str | Path) -> Path:
     with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(net, example)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    traced.save(str(path))
+    with atomic_write(path) as staging:
+        traced.save(str(staging))
     return path
 
 
@@ -118,13 +120,12 @@ def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET) -> Path:
     net = probability_net(bundle.net)
     example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net), 1.0, 99.8))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = {0: "batch", 2: "y", 3: "x"}
-    with torch.no_grad(), _quiet_tracer():
+    with atomic_write(path) as staging, torch.no_grad(), _quiet_tracer():
         torch.onnx.export(
             net,
             (example,),
-            str(path),
+            str(staging),
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_ID],
@@ -346,17 +347,34 @@ def _yaml(data: dict[str, Any]) -> str:
 
 
 def _write_output(staging: Path, path: Path, as_zip: bool) -> None:
+    """The package in `staging` to `path` (a zip or a folder), complete or not at all: written beside it under a
+    temporary name and renamed; a package already there is replaced only once the new one is whole."""
     if path.exists():
         if not (path.is_dir() and (path / "rdf.yaml").is_file()) and not (path.is_file() and as_zip):
             raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
-    path.parent.mkdir(parents=True, exist_ok=True)
     if as_zip:
-        with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        with atomic_write(path) as written, zipfile.ZipFile(written, "w", zipfile.ZIP_DEFLATED) as archive:
             for file in sorted(staging.iterdir()):
                 archive.write(file, file.name)
-    else:
-        shutil.copytree(staging, path)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    new, old = temporary_sibling(path, folder=True), None
+    try:
+        shutil.copytree(staging, new, dirs_exist_ok=True)
+        if path.exists():
+            old = temporary_sibling(path, folder=True)
+            os.replace(path, old)  # an empty folder: replaced
+        os.replace(new, path)
+    except BaseException:
+        if old is not None and path.exists():
+            shutil.rmtree(old, ignore_errors=True)  # the placeholder: the earlier package never moved
+        elif old is not None:
+            os.replace(old, path)  # the earlier package back
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_model(bundle, fmt: str, path: str | Path, **options: Any) -> Path:

@@ -237,11 +237,15 @@ def write_tiff(path: str | Path, array: ArrayLike, axes: str, compression: str |
 # ----------------------------------------------------------------------------- atomic writes
 
 
-def temporary_sibling(path: str | Path) -> Path:
+def temporary_sibling(path: str | Path, folder: bool = False) -> Path:
     """A new, unused name beside `path` for writing it: ``.<name>.<pid>.<random>.tmp`` (hidden, and marked
-    with the writer's process id so that `remove_stale_temporaries` knows when it is abandoned)."""
+    with the writer's process id so that `remove_stale_temporaries` knows when it is abandoned); created as an
+    empty file, or an empty folder with `folder`."""
     path = Path(path)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
+    prefix = f".{path.name}.{os.getpid()}."
+    if folder:
+        return Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMPORARY_SUFFIX, dir=path.parent))
+    handle, name = tempfile.mkstemp(prefix=prefix, suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(handle)
     return Path(name)
 

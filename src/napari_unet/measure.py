@@ -89,16 +89,18 @@ def write_csv(tables: Table | list[tuple[dict[str, object], Table]], path: str |
 
     ``extra``: columns with one value for all the table's rows, put first (e.g. ``{"image": "01.tif"}``); a
     column missing from one table (no pixel size there, another channel count) is left empty in its rows.
-    Floats are written in full precision.
+    Floats are written in full precision. Written under a temporary name and renamed (`io.atomic_write`): a
+    crash leaves the file as it was.
     """
     if isinstance(tables, dict):
         tables = [({}, tables)]
     header: list[str] = []
     for extra, table in tables:
         header += [name for name in [*extra, *table] if name not in header]
+    from .io import atomic_write
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as file:
+    with atomic_write(path) as staging, open(staging, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(header)
         for extra, table in tables:

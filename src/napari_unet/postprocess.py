@@ -291,8 +291,8 @@ def calibrate_growth(
     return best, {"off" if grow is None else str(grow): mean["seg"] for grow, mean in zip(candidates, table)}
 
 
-# Seed thresholds `fit_flood_seeds` tries. On ISBI 2012 the best one moved from 0.6 (networks trained 4800 steps
-# on 12 slices) to 0.85-0.9 (1200 s on 15): the more sure a network, the higher its cells' surest parts.
+# Seed thresholds `fit_flood_seeds` tries. On ISBI 2012 the best one moves between 0.6 and 0.9 from network to
+# network and from slice to slice (docs/results.md).
 FLOOD_SEED_CANDIDATES: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95)
 
 

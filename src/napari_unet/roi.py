@@ -147,7 +147,10 @@ def _plane(roi) -> int | None:
 
 
 def write_rois(path: str | Path, labels: np.ndarray) -> int:
-    """Write the ROIs of ``labels`` (H, W) or (N, H, W) to the ImageJ ROI zip ``path``; returns how many."""
+    """Write the ROIs of ``labels`` (H, W) or (N, H, W) to the ImageJ ROI zip ``path``; returns how many.
+    Written under a temporary name and renamed (`io.atomic_write`): a crash leaves ``path`` as it was."""
+    from .io import atomic_write
+
     roifile = _roifile()
     path = Path(path)
     if path.suffix.lower() != ".zip":
@@ -155,9 +158,9 @@ def write_rois(path: str | Path, labels: np.ndarray) -> int:
     rois = stack_to_rois(labels)
     if not rois:
         raise ValueError("the labels hold no objects: there is no ROI to write")
-    path.parent.mkdir(parents=True, exist_ok=True)
     entries = [f"{roi.name}" if _plane(roi) is None else f"{_plane(roi) + 1:04d}-{roi.name}" for roi in rois]
-    roifile.roiwrite(path, rois, name=entries, mode="w")
+    with atomic_write(path) as staging:
+        roifile.roiwrite(staging, rois, name=entries, mode="w")  # a list of ROIs: a zip, whatever the name
     return len(rois)
 
 

@@ -74,6 +74,10 @@ def add_precision(group, default: str | None = "auto") -> None:
     )
 
 
+def add_overwrite(sub: argparse.ArgumentParser, what: str = "--out") -> None:
+    sub.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists")
+
+
 def add_quiet(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ._args import EXIT_OK, add_command
+from ._args import EXIT_OK, add_command, add_overwrite
 
 
 def add_parser(subparsers) -> None:
@@ -29,6 +30,7 @@ def add_parser(subparsers) -> None:
         "--format", choices=("bioimageio", "onnx", "torchscript"), required=True, dest="fmt", help="what to write"
     )
     sub.add_argument("--out", type=Path, required=True, metavar="PATH", help="file or folder to write")
+    add_overwrite(sub, "--out (a bioimage.io package, or a file)")
     bio = sub.add_argument_group("bioimageio package (default: what the model folder records)")
     bio.add_argument("--name", help="model name")
     bio.add_argument("--author", action="append", metavar="NAME", help="an author (repeat for several)")
@@ -42,7 +44,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import export_model, input_size_rule
     from ..modelfile import load_model
+    from ..validation import check_output_free, check_output_not_input
 
+    check_output_not_input([args.out], [args.model])
+    check_output_free(args.out, args.overwrite)
     bundle = load_model(args.model)
     options = {}
     training_data = {
@@ -77,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.fmt == "bioimageio" and not options["training_data"].get("licence"):
         print(
             "note: the training data's licence is not recorded; give --training-data-licence so that users "
-            "of the package know it"
+            "of the package know it",
+            file=sys.stderr,
         )
     return EXIT_OK

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._args import EXIT_OK, add_command, add_quiet, positive_float
+from ._args import EXIT_OK, add_command, add_overwrite, add_quiet, positive_float
 from .progress import note, warn_unmatched
 
 
@@ -27,6 +27,7 @@ def add_parser(subparsers) -> None:
     sub.add_argument("images", type=Path, nargs="?", help="image file or folder for the intensities (optional)")
     sub.add_argument("--out", type=Path, required=True, metavar="CSV", help="table to write")
     add_pixel_size(sub)
+    add_overwrite(sub)
     add_quiet(sub)
 
     sub = add_command(
@@ -46,11 +47,20 @@ def add_parser(subparsers) -> None:
     sub.add_argument(
         "--like", type=Path, metavar="IMAGE", help="from ROIs: the image whose height, width and planes the labels take"
     )
+    add_overwrite(sub)
     add_quiet(sub)
 
 
 def run(args: argparse.Namespace) -> int:
     return {"measure": run_measure, "rois": run_rois}[args.command](args)
+
+
+def check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
+    """Before any work: --out is none of the inputs, and replaces an existing file only with --overwrite."""
+    from ..validation import check_output_free, check_output_not_input
+
+    check_output_not_input([out], inputs)
+    check_output_free(out, overwrite)
 
 
 def add_pixel_size(sub: argparse.ArgumentParser) -> None:
@@ -89,6 +99,7 @@ def run_measure(args: argparse.Namespace) -> int:
         match = match_files(labels_files, list_files(args.images, "image"), ("labels", "images"), prefer="_labels")
         warn_unmatched(match, ("label files without an image", "images without labels"), args.quiet)
         pairs = match.pairs
+    check_output(args.out, [path for pair in pairs for path in pair if path is not None], args.overwrite)
     given = pixel_size_option(args)
     tables = []
     for labels_path, image_path in pairs:
@@ -115,6 +126,7 @@ def run_rois(args: argparse.Namespace) -> int:
     from ..io import read_image, write_tiff
     from ..roi import read_rois, write_rois
 
+    check_output(args.out, [args.input] + ([args.like] if args.like is not None else []), args.overwrite)
     if args.input.suffix.lower() in (".zip", ".roi"):
         if args.like is None:
             raise ValueError("converting ROIs to labels needs --like IMAGE (the image the ROIs were drawn on)")
@@ -126,7 +138,6 @@ def run_rois(args: argparse.Namespace) -> int:
         labels = read_rois(args.input, shape)
         if args.out.suffix.lower() not in (".tif", ".tiff"):
             raise ValueError(f"--out {args.out.name}: labels from ROIs are written as a .tif file")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_tiff(args.out, labels, spatial_axes)
         print(f"{int(np.count_nonzero(np.unique(labels)))} objects -> {args.out}")
         return EXIT_OK

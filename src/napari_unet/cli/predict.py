@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -322,7 +323,8 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
     if cut:
         print(
             f"warning: {cut} object(s) reached the edge of a block's margin and may be labelled differently "
-            f"from a single-process run: rerun with a larger --margin (now {args.margin})"
+            f"from a single-process run: rerun with a larger --margin (now {args.margin})",
+            file=sys.stderr,
         )
     print(f"segmented {len(files)} image(s) in {duration(time.perf_counter() - started)}; results in {args.out}")
     return EXIT_OK
