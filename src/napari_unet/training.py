@@ -233,7 +233,7 @@ class Trainer:
     def _calibrates(self) -> bool:
         """Whether `calibrate_growth` has something to fit: instance labels, or membrane masks to flood."""
         return any(sample.cells is not None for sample in self.train) or (
-            self.postprocess.flood and any(self._membrane_masks())
+            self.postprocess.flood and bool(self._membrane_masks())
         )
 
     def _membrane_masks(self) -> list[Prepared]:
@@ -267,7 +267,7 @@ class Trainer:
         if self.postprocess.flood:
             return self._fit_flood_seeds(max_images)
         samples = [sample for sample in self.train if sample.cells is not None and sample.cells.any()]
-        if not samples:  # with several processes, the first one saves the model: it calibrates
+        if not samples:
             return None
         complete = [sample for sample in samples if sample.annotated.size == sample.target.size][:max_images]
         # growth fitted on training images, where the network is surest, cost mAP on new ones (docs/results.md)
