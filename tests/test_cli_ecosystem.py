@@ -11,7 +11,7 @@ import tifffile
 from PIL import Image
 
 from napari_unet.cli import main
-from napari_unet.io import read_image, write_tiff
+from napari_unet.io import default_mode, read_image, write_tiff
 from napari_unet.measure import measure
 from napari_unet.metadata import PixelSize, read_pixel_size, tiff_calibration
 from napari_unet.modelfile import load_model
@@ -240,7 +240,7 @@ def test_export_command_writes_each_format(folders, tmp_path, capsys):
 
 
 def test_measure_rois_and_export_never_replace_an_input_and_replace_an_output_only_when_asked(
-    folders, tmp_path, capsys
+    folders, tmp_path, capsys, monkeypatch
 ):
     labels = folders / "labels" / "00.tif"
     before = labels.read_bytes()
@@ -263,8 +263,13 @@ def test_measure_rois_and_export_never_replace_an_input_and_replace_an_output_on
     assert code == 2 and "--overwrite" in err
     assert run(capsys, *export, "--overwrite")[0] == 0 and (package / "rdf.yaml").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left beside it
-    code, _, err = run(capsys, "export", model, "--format", "onnx", "--out", model, "--overwrite")
-    assert code == 2 and "would replace the input" in err
+    assert oct(table.stat().st_mode & 0o777) == oct(default_mode())  # not the temporary's owner-only mode
+    for out in (model, model / "weights.safetensors"):
+        code, _, err = run(capsys, "export", model, "--format", "onnx", "--out", out, "--overwrite")
+        assert code == 2 and "would replace the model" in err
+    monkeypatch.chdir(tmp_path)  # "nuclei" here is a new file, not the built-in model it is made from
+    assert run(capsys, "export", "nuclei", "--format", "torchscript", "--out", "nuclei")[0] == 0
+    assert (tmp_path / "nuclei").is_file()
 
 
 def test_tables_rois_and_exports_are_written_whole_or_not_at_all(folders, tmp_path, monkeypatch):

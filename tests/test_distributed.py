@@ -157,8 +157,7 @@ def test_flooded_cells_by_blocks_are_the_whole_image_s_but_for_where_lines_cross
     split = np.count_nonzero(np.bincount(pairs[0]) > 1)
     shared = np.count_nonzero(np.unique(pairs[1], return_counts=True)[1] > 1)
     assert whole.max() > 80 and cut <= 2 and split <= cut and shared <= cut
-    lines_apart = np.mean((whole == 0) != (blocks == 0))
-    assert 0 < lines_apart < 0.02
+    assert np.mean((whole == 0) != (blocks == 0)) < 0.02  # lines a pixel apart at most here and there
 
 
 def test_objects_larger_than_the_margin_are_reported():

@@ -402,6 +402,18 @@ def test_flood_seeds_are_fitted_by_the_rand_score_of_the_membrane_masks():
         fit_flood_seeds([probs], [], base)
 
 
+def test_flood_seeds_that_leave_an_image_empty_are_never_chosen(membrane_mask):
+    """A network sure of nothing (probabilities 0.49-0.51): seeds above 0.5 over-split the cells, higher ones
+    leave nothing, which V_rand scores higher (one segment over the image); the fit keeps 0.5."""
+    mask = membrane_mask((64, 64), 8, seed=1)
+    probs = 0.5 + 0.01 * np.random.default_rng(0).uniform(-1, 1, mask.shape)
+    base = PostprocessConfig(threshold=0.5, min_size=1, border_width=0)
+    empty = score_membranes(replace(base, threshold=0.9, flood=True), [probs], [mask])["vrand"]
+    assert empty > score_membranes(replace(base, flood=True), [probs], [mask])["vrand"]
+    config, scores = fit_flood_seeds([probs], [mask], base, candidates=(0.6, 0.9))
+    assert config.threshold == 0.5 and list(scores) == ["0.5"]
+
+
 def test_flood_grows_only_from_seeds_of_at_least_min_size():
     probs = np.full((30, 30), 0.3)
     probs[2:12, 2:12] = 0.99  # a cell's sure core

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import atomic_write, remove_stale_temporaries, temporary_sibling
+from .io import atomic_write, default_mode, remove_stale_temporaries, temporary_sibling
 from .model import UNet, UNetConfig
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
@@ -362,6 +362,9 @@ def _write_output(staging: Path, path: Path, as_zip: bool) -> None:
     new, old = temporary_sibling(path, folder=True), None
     try:
         shutil.copytree(staging, new, dirs_exist_ok=True)
+        new.chmod(default_mode(folder=True))
+        for file in new.iterdir():
+            file.chmod(default_mode())
         if path.exists():
             old = temporary_sibling(path, folder=True)
             os.replace(path, old)  # an empty folder: replaced

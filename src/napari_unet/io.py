@@ -13,6 +13,7 @@ canonical order: ``"YX"``, ``"CYX"``, ``"ZYX"``, ``"TCYX"``, ... (a subset of T,
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Iterator
@@ -250,6 +251,26 @@ def temporary_sibling(path: str | Path, folder: bool = False) -> Path:
     return Path(name)
 
 
+def default_mode(folder: bool = False) -> int:
+    """The permissions a new file (0o666) or folder (0o777) gets under the process's umask."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, read once: from /proc where there is one, since setting it to read it back (the only
+    portable way) would briefly change it for every thread."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
 @contextmanager
 def atomic_write(path: str | Path) -> Iterator[Path]:
     """Write a file under a temporary name and rename it to `path` once the block completes.
@@ -258,7 +279,8 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     ...     staging.write_text("{}")
 
     An error (or KeyboardInterrupt) in the block removes the temporary file and leaves `path` as it was; a
-    killed process leaves only a hidden ``.<name>.<pid>.*.tmp`` that the next write of `path` removes.
+    killed process leaves only a hidden ``.<name>.<pid>.*.tmp`` that the next write of `path` removes. The file
+    gets the permissions a plain `open` would give it (the umask's), not the temporary's owner-only ones.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +288,8 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     staging = temporary_sibling(path)
     try:
         yield staging
+        if staging.exists():
+            staging.chmod(default_mode())
         os.replace(staging, path)
     except BaseException:
         staging.unlink(missing_ok=True)

@@ -307,7 +307,9 @@ def fit_flood_seeds(
 
     probs: foreground probabilities (H, W); masks: binary masks of the same images (nonzero = cell interior,
     0 = membrane). Ranked by the mean thinned V_rand (`score_membranes`), ISBI 2012's ranking score; `base`'s
-    own threshold is tried first and a later candidate must score strictly higher. The other parameters stay
+    own threshold is tried first and a later candidate must score strictly higher; a candidate that leaves an
+    image without any seed is never chosen (an image without segments counts as one cell covering it, which
+    can outscore a network's first, over-split guesses), unless every one does. The other parameters stay
     those of `base`, whose flood is turned on.
 
     A membrane drawn faintly (0.6) between two cells: seeds above 0.5 merge the cells, seeds above 0.9 flood
@@ -322,8 +324,13 @@ def fit_flood_seeds(
     base = replace(base, flood=True)
     thresholds = [base.threshold] + [float(t) for t in candidates if float(t) != base.threshold]
     configs = [replace(base, threshold=t) for t in thresholds]
-    best, _, table = best_config(configs, probs, masks, rank=lambda mean: mean["vrand"], score=score_membranes)
-    return best, {str(t): mean["vrand"] for t, mean in zip(thresholds, table)}
+
+    def seeds_everywhere(config: PostprocessConfig) -> bool:
+        return all(object_seeds(np.asarray(p), config).any() for p in probs)
+
+    usable = [config for config in configs if seeds_everywhere(config)] or configs[:1]
+    best, _, table = best_config(usable, probs, masks, rank=lambda mean: mean["vrand"], score=score_membranes)
+    return best, {str(config.threshold): mean["vrand"] for config, mean in zip(usable, table)}
 
 
 def split_by_watershed(mask: np.ndarray, h: float) -> np.ndarray:

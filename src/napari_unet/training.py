@@ -231,10 +231,11 @@ class Trainer:
                 self.save_checkpoint(self.checkpoint)
 
     def _calibrates(self) -> bool:
-        """Whether `calibrate_growth` has something to fit: instance labels, or membrane masks to flood."""
-        return any(sample.cells is not None for sample in self.train) or (
-            self.postprocess.flood and bool(self._membrane_masks())
-        )
+        """Whether `calibrate_growth` has something to fit: membrane masks for a model that floods, else
+        instance labels."""
+        if self.postprocess.flood and self._membrane_masks():
+            return True
+        return any(sample.cells is not None for sample in self.train)
 
     def _membrane_masks(self) -> list[Prepared]:
         """The binary masks annotated everywhere: what a flood's seeds are fitted on."""
@@ -264,7 +265,7 @@ class Trainer:
         """
         if self.rank != 0:  # with several processes, the first one saves the model: it calibrates
             return None
-        if self.postprocess.flood:
+        if self.postprocess.flood and self._membrane_masks():
             return self._fit_flood_seeds(max_images)
         samples = [sample for sample in self.train if sample.cells is not None and sample.cells.any()]
         if not samples:

@@ -42,11 +42,16 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..builtin import resolve
     from ..export import export_model, input_size_rule
     from ..modelfile import load_model
-    from ..validation import check_output_free, check_output_not_input
+    from ..validation import check_output_free
 
-    check_output_not_input([args.out], [args.model])
+    model_folder = resolve(args.model)  # the built-in model's folder for "nuclei"
+    if model_folder.resolve() in [args.out.resolve(), *args.out.resolve().parents]:
+        raise ValueError(
+            f"the output {args.out} would replace the model {args.model} or a file in it: choose another --out"
+        )
     check_output_free(args.out, args.overwrite)
     bundle = load_model(args.model)
     options = {}

@@ -326,9 +326,7 @@ class FineTuneWidget(QWidget):
             self.progress.setValue(event.iteration)
             self.status.setText(describe_step(event))
         elif event.kind == "calibration":
-            self.status.setText(
-                f"iteration {event.iteration}: fitting the outlines of the post-processing to the annotated cells…"
-            )
+            self.status.setText(f"iteration {event.iteration}: fitting the post-processing to the annotations…")
         elif event.kind == "validation" and event.val_score is not None:
             history.scores.append((event.iteration, event.val_score))
             self.plot.add_score(event.iteration, event.val_score)
