@@ -652,3 +652,35 @@ def test_a_time_budget_alone_trains_for_the_budget_not_the_presets_steps(data, t
     assert bundle.metadata["iterations"] > 0 and bundle.metadata["elapsed_seconds"] >= 2.0
     assert f"trained {bundle.metadata['iterations']} iterations" in stdout
     assert PRESETS["fast"][1].iterations == 600  # the preset's steps alone would have ended a 2-s run otherwise
+
+
+def test_tuning_on_validation_predicts_the_images_as_training_saw_them(monkeypatch):
+    """--tune-postprocess runs the network on the validation images as the trainer prepared them (here inverted:
+    bright background), not as read, and scores against their labels."""
+    from napari_unet.cli._training import tune_on_validation
+    from napari_unet.model import UNet
+    from napari_unet.modelfile import Normalization
+    from napari_unet.training import Sample, Trainer, preset
+
+    image, labels = make_cells((96, 96), seed=2)
+    net_config, config = preset("fast", tile_size=92, iterations=1)
+    trainer = Trainer(
+        UNet(net_config, depth=2, base_channels=4),
+        config,
+        [Sample(image, labels)],
+        [Sample(image, labels)],
+        device="cpu",
+        normalization=Normalization(invert=True),
+    )
+    seen = []
+
+    def foreground(image):
+        seen.append(np.array(image))
+        probs = (labels > 0).astype(np.float32)
+        return np.stack([1 - probs, probs])
+
+    monkeypatch.setattr(trainer, "_predict", foreground)
+    tuned = tune_on_validation(trainer)
+    assert len(seen) == 1 and np.allclose(seen[0], trainer.validation[0].image)
+    assert not np.allclose(np.squeeze(seen[0]), image)  # inverted, as in training
+    assert tuned["images"] == 1 and tuned["by"] == "ap50"

@@ -480,6 +480,11 @@ class Trainer:
     def _snapshot(self) -> tuple[int, dict[str, torch.Tensor]]:
         return self.iteration, copy.deepcopy(self.model.state_dict())
 
+    def predict_prepared(self, sample: Prepared) -> np.ndarray:
+        """The foreground probability (H, W) of one of the trainer's prepared samples (`train`, `validation`):
+        its image as training sees it (inverted, rescaled), through the network as it is now."""
+        return self._predict(sample.image)[1]
+
     def _predict(self, image: np.ndarray) -> np.ndarray:
         try:
             return predict_tiled(self.model, image, device=self.device, precision=self.precision)

@@ -53,35 +53,36 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
     return result
 
 
-def tune_on_validation(trainer, validation) -> dict[str, Any] | None:
-    """Choose the post-processing on the validation samples annotated everywhere and save it with the model.
+def tune_on_validation(trainer) -> dict[str, Any] | None:
+    """Choose the post-processing on the trainer's validation samples annotated everywhere and save it with the
+    model.
 
-    Instance labels: threshold, watershed and growth by mAP (`postprocess.tune_config`); a model whose labels
-    flood membrane masks (`PostprocessConfig.flood`): the seed threshold by thinned V_rand on the validation
-    masks (`postprocess.fit_flood_seeds`). Returns {"config", "scores", "before", "images", "by"} (the mean
-    scores with the chosen and the previous settings; "by": "ap50" or "vrand", the score to report), or None
-    when no validation sample fits.
+    The samples as the trainer prepared them (`Trainer.validation`): inverted as its normalisation says and, for
+    a model with an object diameter, rescaled to it, so the network sees what it saw in training and what
+    `predict` gives it. Instance labels: threshold, watershed and growth by mAP (`postprocess.tune_config`); a
+    model whose labels flood membrane masks (`PostprocessConfig.flood`): the seed threshold by thinned V_rand on
+    the validation masks (`postprocess.fit_flood_seeds`). Returns {"config", "scores", "before", "images", "by"}
+    (the mean scores with the chosen and the previous settings; "by": "ap50" or "vrand", the score to report),
+    or None when no validation sample fits.
     """
     from ..postprocess import fit_flood_seeds, score_config, score_membranes, tune_config
-    from ..targets import annotation_mask, is_binary
-    from ..tiling import predict_tiled
 
     flood = trainer.postprocess.flood
     usable = [
-        s
-        for s in validation
-        if s.mask is None and is_binary(s.labels) == flood and annotation_mask(s.labels).all() and np.any(s.labels)
+        p
+        for p in trainer.validation
+        if p.annotated.size == p.target.size and (p.cells is None) == flood and (p.target.any() if flood else True)
     ]
     if not usable:
         return None
-    probs = [predict_tiled(trainer.model, s.image, device=trainer.device)[1] for s in usable]
+    probs = [trainer.predict_prepared(p) for p in usable]
     if flood:
-        truths = [np.asarray(s.labels) != 0 for s in usable]
+        truths = [p.target != 0 for p in usable]
         before = score_membranes(trainer.postprocess, probs, truths)
         config = fit_flood_seeds(probs, truths, trainer.postprocess)[0]
         scores = score_membranes(config, probs, truths)
     else:
-        truths = [np.asarray(s.labels).astype(np.int64) for s in usable]
+        truths = [p.cells.astype(np.int64) for p in usable]
         before = score_config(trainer.postprocess, probs, truths)
         config, scores = tune_config(probs, truths, trainer.postprocess)
     trainer.postprocess = config

@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"stopped at iteration {result['iteration']}; no report written", file=sys.stderr)
         return result["exit_code"]
 
-    tuned = tune_on_validation(trainer, samples[-1:])
+    tuned = tune_on_validation(trainer)
     bundle = trainer.bundle()
     outputs = Outputs(out / "predictions" / "test_labels.tif", out / "predictions" / "test_probs.tif")
     for _ in segment_file(bundle, test_image, "YX", outputs, device=trainer.device):

@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
             f"(thinned V_rand there {fitted['vrand'][str(fitted['chosen'])]:.3f}); saved with the model"
         )
     if args.tune_postprocess:
-        tuned = tune_on_validation(trainer, validation)
+        tuned = tune_on_validation(trainer)
         print(
             describe_tuning(tuned)
             if tuned
