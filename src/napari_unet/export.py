@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 import warnings
@@ -31,7 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .io import atomic_write, default_mode, remove_stale_temporaries, temporary_sibling
+from .io import (
+    atomic_write,
+    default_mode,
+    recover_replaced_folder,
+    remove_stale_temporaries,
+    replace_folder,
+    temporary_sibling,
+)
 from .model import UNet, UNetConfig
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
@@ -349,8 +355,9 @@ def _yaml(data: dict[str, Any]) -> str:
 def _write_output(staging: Path, path: Path, as_zip: bool) -> None:
     """The package in `staging` to `path` (a zip or a folder), complete or not at all: written beside it under a
     temporary name and renamed; a package already there is replaced only once the new one is whole."""
+    recover_replaced_folder(path, _is_package)  # an export killed between its two renames: the earlier package
     if path.exists():
-        if not (path.is_dir() and (path / "rdf.yaml").is_file()) and not (path.is_file() and as_zip):
+        if not _is_package(path) and not (path.is_file() and as_zip):
             raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
     if as_zip:
         with atomic_write(path) as written, zipfile.ZipFile(written, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -359,25 +366,19 @@ def _write_output(staging: Path, path: Path, as_zip: bool) -> None:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
-    new, old = temporary_sibling(path, folder=True), None
+    new = temporary_sibling(path, folder=True)
     try:
         shutil.copytree(staging, new, dirs_exist_ok=True)
         new.chmod(default_mode(folder=True))
         for file in new.iterdir():
             file.chmod(default_mode())
-        if path.exists():
-            old = temporary_sibling(path, folder=True)
-            os.replace(path, old)  # an empty folder: replaced
-        os.replace(new, path)
-    except BaseException:
-        if old is not None and path.exists():
-            shutil.rmtree(old, ignore_errors=True)  # the placeholder: the earlier package never moved
-        elif old is not None:
-            os.replace(old, path)  # the earlier package back
+        replace_folder(new, path)
+    finally:
         shutil.rmtree(new, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+
+def _is_package(path: Path) -> bool:
+    return path.is_dir() and (path / "rdf.yaml").is_file()
 
 
 def export_model(bundle, fmt: str, path: str | Path, **options: Any) -> Path:

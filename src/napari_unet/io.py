@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -294,6 +294,44 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+
+
+def replace_folder(staging: Path, path: Path) -> None:
+    """Move the complete folder `staging` to `path` (same file system), replacing what is there, in two renames:
+    a process killed between them leaves the previous folder as ``.<name>.<pid>.old.tmp``, which
+    `recover_replaced_folder` puts back. `path` is never a half-written folder."""
+    import shutil
+
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    old = path.with_name(f".{path.name}.{os.getpid()}.old{TEMPORARY_SUFFIX}")
+    shutil.rmtree(old, ignore_errors=True)
+    os.replace(path, old)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_replaced_folder(path: str | Path, complete: Callable[[Path], bool]) -> Path | None:
+    """Put back the previous folder of `path` when a `replace_folder` was killed between its two renames: when
+    `path` is missing and a ``.<name>.<pid>.old.tmp`` folder of a process that no longer runs is `complete`,
+    it is renamed back to `path` (the newest first). Returns the recovered folder, or None. Call it before
+    `remove_stale_temporaries`, which would delete that folder."""
+    path = Path(path)
+    if path.exists() or not path.parent.is_dir():
+        return None
+    prefix, suffix = f".{path.name}.", f".old{TEMPORARY_SUFFIX}"
+    for candidate in sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+        name = candidate.name
+        pid = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
+        if pid.isdigit() and not _process_alive(int(pid)) and complete(candidate):
+            os.replace(candidate, path)
+            return path
+    return None
 
 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:

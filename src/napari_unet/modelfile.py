@@ -31,7 +31,14 @@ import torch
 
 from ._config import Config, check_range
 from .channels import ChannelChoice
-from .io import TEMPORARY_SUFFIX, _process_alive, apply_normalization, percentiles, remove_stale_temporaries
+from .io import (
+    TEMPORARY_SUFFIX,
+    apply_normalization,
+    percentiles,
+    recover_replaced_folder,
+    remove_stale_temporaries,
+    replace_folder,
+)
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
 from .scale import (
@@ -281,20 +288,7 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         if training_state is not None:
             torch.save(training_state, staging / STATE_FILE)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=_json_default))
-        if path.exists():
-            # Two renames: a process killed between them leaves the previous model in `old`, which
-            # `recover_interrupted_save` puts back. `path` is never a half-written folder.
-            old = path.with_name(f".{path.name}.{os.getpid()}.old{TEMPORARY_SUFFIX}")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            try:
-                os.replace(staging, path)
-            except BaseException:
-                os.replace(old, path)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, path)
+        replace_folder(staging, path)  # killed between its renames: `recover_interrupted_save` puts it back
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
@@ -312,17 +306,7 @@ def recover_interrupted_save(path: str | Path) -> Path | None:
     when `path` is missing and such a folder of a process that no longer runs holds a model, it is renamed
     back to `path`. Returns the recovered folder, or None.
     """
-    path = Path(path)
-    if path.exists() or not path.parent.is_dir():
-        return None
-    prefix, suffix = f".{path.name}.", f".old{TEMPORARY_SUFFIX}"
-    for candidate in sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
-        name = candidate.name
-        pid = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
-        if pid.isdigit() and not _process_alive(int(pid)) and is_model_folder(candidate):
-            os.replace(candidate, path)
-            return path
-    return None
+    return recover_replaced_folder(path, is_model_folder)
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
