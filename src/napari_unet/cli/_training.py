@@ -86,6 +86,13 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
         before = score_config(trainer.postprocess, probs, truths)
         config, scores = tune_config(probs, truths, trainer.postprocess)
     trainer.postprocess = config
+    trainer.metadata["postprocess_tuning"] = {  # saved with the model, beside the end-of-run fit
+        "images": f"{len(usable)} validation image(s)",
+        "by": "vrand" if flood else "map, ap50",
+        "before": before,
+        "scores": scores,
+        "chosen": config.to_dict(),
+    }
     if trainer.checkpoint is not None:
         trainer.save_checkpoint(trainer.checkpoint)
     return {
