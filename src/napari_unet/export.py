@@ -368,10 +368,8 @@ def _write_output(staging: Path, path: Path, as_zip: bool) -> None:
     remove_stale_temporaries(path)
     new = temporary_sibling(path, folder=True)
     try:
-        shutil.copytree(staging, new, dirs_exist_ok=True)
-        new.chmod(default_mode(folder=True))
-        for file in new.iterdir():
-            file.chmod(default_mode())
+        shutil.copytree(staging, new, dirs_exist_ok=True)  # the files keep their modes: the umask's
+        new.chmod(default_mode(folder=True))  # the folder was made owner-only by mkdtemp
         replace_folder(new, path)
     finally:
         shutil.rmtree(new, ignore_errors=True)

@@ -71,6 +71,16 @@ __all__ = ["PRESETS", "Sample", "TrainConfig", "TrainEvent", "Trainer", "Trainin
 FLOOD_THRESHOLD = 0.6
 
 
+def annotated_everywhere(samples: Sequence[Prepared], binary: bool) -> list[Prepared]:
+    """The prepared samples annotated at every pixel (a dataset's label files, not cells painted here and there):
+    binary masks with some foreground (`binary`), or instance labels. What the post-processing is fitted on."""
+    return [
+        s
+        for s in samples
+        if s.annotated.size == s.target.size and (s.cells is None) == binary and (s.target.any() or not binary)
+    ]
+
+
 def default_postprocess(config: TrainConfig, binary: bool, tiled: bool = False) -> PostprocessConfig:
     """The post-processing a new model starts with, before the end-of-run fit (`Trainer.calibrate_growth`):
     binary masks: nothing given back, no watershed; binary masks whose cells tile the image (membranes,
@@ -233,13 +243,9 @@ class Trainer:
     def _calibrates(self) -> bool:
         """Whether `calibrate_growth` has something to fit: membrane masks for a model that floods, else
         instance labels."""
-        if self.postprocess.flood and self._membrane_masks():
+        if self.postprocess.flood and annotated_everywhere(self.train, binary=True):
             return True
         return any(sample.cells is not None for sample in self.train)
-
-    def _membrane_masks(self) -> list[Prepared]:
-        """The binary masks annotated everywhere: what a flood's seeds are fitted on."""
-        return [s for s in self.train if s.cells is None and s.annotated.size == s.target.size and s.target.any()]
 
     def calibrate_growth(self, max_images: int = 16) -> dict[str, float] | None:
         """Fit the post-processing to the training annotations; returns the scores it was chosen by, or None
@@ -265,18 +271,19 @@ class Trainer:
         """
         if self.rank != 0:  # with several processes, the first one saves the model: it calibrates
             return None
-        if self.postprocess.flood and self._membrane_masks():
-            return self._fit_flood_seeds(max_images)
+        masks = annotated_everywhere(self.train, binary=True) if self.postprocess.flood else []
+        if masks:
+            return self._fit_flood_seeds(masks[:max_images])
         samples = [sample for sample in self.train if sample.cells is not None and sample.cells.any()]
         if not samples:
             return None
-        complete = [sample for sample in samples if sample.annotated.size == sample.target.size][:max_images]
+        complete = annotated_everywhere(samples, binary=False)[:max_images]
         # growth fitted on training images, where the network is surest, cost mAP on new ones (docs/results.md)
         growth = GROWTH_CANDIDATES if gives_back_border(self.config) else (None,)
         if not complete and growth == (None,):
             return None  # painted cells: only the growth would be fitted
         used = complete or samples[:max_images]
-        probs = [self._predict(sample.image)[1] for sample in used]
+        probs = [self.predict_prepared(sample) for sample in used]
         cells = [sample.cells for sample in used]
         if complete:
             self.postprocess, scores = tune_config(probs, cells, self.postprocess, grow_thresholds=growth)
@@ -293,11 +300,8 @@ class Trainer:
         }
         return scores
 
-    def _fit_flood_seeds(self, max_images: int) -> dict[str, float] | None:
-        used = self._membrane_masks()[:max_images]
-        if not used:
-            return None
-        probs = [self._predict(sample.image)[1] for sample in used]
+    def _fit_flood_seeds(self, used: list[Prepared]) -> dict[str, float]:
+        probs = [self.predict_prepared(sample) for sample in used]
         self.postprocess, scores = fit_flood_seeds(probs, [sample.target for sample in used], self.postprocess)
         self.growth_calibration = {
             "by": "vrand",

@@ -66,13 +66,10 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
     or None when no validation sample fits.
     """
     from ..postprocess import fit_flood_seeds, score_config, score_membranes, tune_config
+    from ..training import annotated_everywhere
 
     flood = trainer.postprocess.flood
-    usable = [
-        p
-        for p in trainer.validation
-        if p.annotated.size == p.target.size and (p.cells is None) == flood and (p.target.any() if flood else True)
-    ]
+    usable = annotated_everywhere(trainer.validation, binary=flood)
     if not usable:
         return None
     probs = [trainer.predict_prepared(p) for p in usable]
@@ -86,6 +83,7 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
         before = score_config(trainer.postprocess, probs, truths)
         config, scores = tune_config(probs, truths, trainer.postprocess)
     trainer.postprocess = config
+    by = "vrand" if flood else "ap50"  # the score reported; instance labels are ranked by mAP first
     trainer.metadata["postprocess_tuning"] = {  # saved with the model, beside the end-of-run fit
         "images": f"{len(usable)} validation image(s)",
         "by": "vrand" if flood else "map, ap50",
@@ -100,7 +98,7 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
         "scores": scores,
         "before": before,
         "images": len(usable),
-        "by": "vrand" if flood else "ap50",
+        "by": by,
     }
 
 
