@@ -160,6 +160,8 @@ def test_predict_overrides_the_saved_post_processing(data, model, tmp_path, caps
         "0.3",
         "--min-size",
         "0",
+        "--seed-threshold",
+        "0.9",
         "--device",
         "cpu",
         "-q",
@@ -169,7 +171,8 @@ def test_predict_overrides_the_saved_post_processing(data, model, tmp_path, caps
     probs = bundle.predict(read_image(image_path)[0], device="cpu")[1]
     from dataclasses import replace
 
-    expected = probs_to_labels(probs, replace(bundle.postprocess, threshold=0.3, min_size=0))
+    expected = probs_to_labels(probs, replace(bundle.postprocess, threshold=0.3, min_size=0, seed_threshold=0.9))
+    assert expected.max() != probs_to_labels(probs, replace(bundle.postprocess, threshold=0.3, min_size=0)).max()
     np.testing.assert_array_equal(read_labels(out / "cells_labels.tif"), expected)
 
 

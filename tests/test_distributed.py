@@ -131,8 +131,9 @@ def labels_by_blocks(probs: np.ndarray, block: int, margin: int, config: Postpro
         PostprocessConfig(),
         PostprocessConfig(watershed=True, min_size=30),
         PostprocessConfig(grow_threshold=0.2, border_width=2, fill_holes=False),
+        PostprocessConfig(seed_threshold=0.9, watershed=True, watershed_h=2.0),
     ],
-    ids=["default", "watershed", "growth"],
+    ids=["default", "watershed", "growth", "cores"],
 )
 def test_labels_by_blocks_equal_the_whole_image_up_to_renumbering(config):
     probs = cell_probabilities()

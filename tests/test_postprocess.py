@@ -197,9 +197,10 @@ def test_grown_pixels_go_to_a_nearest_object_and_stay_in_the_gaps():
     watershed=st.booleans(),
     grow_threshold=st.one_of(st.none(), st.floats(0.0, 1.0)),
     flood=st.booleans(),
+    seed_threshold=st.one_of(st.none(), st.floats(0.0, 1.0)),
 )
 def test_output_is_consecutive_disjoint_and_respects_min_size(
-    seed, threshold, min_size, watershed, grow_threshold, flood
+    seed, threshold, min_size, watershed, grow_threshold, flood, seed_threshold
 ):
     rng = np.random.default_rng(seed)
     probs = ndimage.gaussian_filter(rng.random((40, 40)), 2.0)
@@ -212,6 +213,7 @@ def test_output_is_consecutive_disjoint_and_respects_min_size(
         border_width=0,
         grow_threshold=grow_threshold,
         flood=flood,
+        seed_threshold=seed_threshold,
     )
     labels = probs_to_labels(probs, config)
     ids = np.unique(labels)
@@ -251,6 +253,8 @@ def test_config_round_trips_through_json_and_rejects_bad_values():
         PostprocessConfig(grow_distance=-1)
     with pytest.raises(ValueError, match="watershed_h"):
         PostprocessConfig(watershed_h=0)
+    with pytest.raises(ValueError, match="seed_threshold"):
+        PostprocessConfig(seed_threshold=-0.1)
     with pytest.raises(TypeError, match="fill_holes"):
         PostprocessConfig(fill_holes="False")
 
@@ -340,6 +344,58 @@ def test_tuning_picks_the_threshold_that_separates_touching_cells():
     assert instance_scores(probs_to_labels(probs, tuned), truth)["ap50"] == 1.0
     with pytest.raises(ValueError, match="as many probability maps"):
         tune_config([probs], [])
+
+
+def touching_disks() -> tuple[np.ndarray, np.ndarray]:
+    """Two nuclei of radius 9 whose centres lie 8 px apart, so they overlap in a wide neck, and the probability
+    of a network that is sure of their cores (0.97) but not of the line where they meet (0.6): (probs, truth)."""
+    yy, xx = np.mgrid[:40, :60]
+    left, right = np.hypot(yy - 20, xx - 26), np.hypot(yy - 20, xx - 34)
+    truth = np.where(left <= 9, 1, 0) + np.where((right <= 9) & (xx >= 30), 2, 0)
+    truth[(left <= 9) & (xx >= 30)] = 2
+    truth[(right <= 9) & (xx < 30)] = 1
+    probs = np.where(truth > 0, 0.97, 0.02)
+    probs[(truth > 0) & (np.abs(xx - 29.5) < 1.5)] = 0.6  # the line between them
+    return probs, truth.astype(np.int32)
+
+
+def test_cores_part_touching_cells_that_the_mask_s_distance_transform_merges():
+    """The neck is too wide for the distance-transform watershed (one dome) but the network's probability dips
+    along it: cores above 0.9 seed two objects that spread over the mask and meet in the dip. A blob that holds no
+    core (a nucleus the network is less sure of) stays an object; a seed threshold at or below the threshold is
+    off."""
+    probs, truth = touching_disks()
+    probs[2:8, 2:8] = 0.7  # a dim nucleus: no pixel above the seed threshold
+    truth[2:8, 2:8] = 3
+    base = PostprocessConfig(watershed=True, watershed_h=2.0, border_width=0, min_size=4)
+    merged = probs_to_labels(probs, base)
+    assert merged.max() == 2  # the two nuclei as one, and the dim one
+    labels = probs_to_labels(probs, replace(base, seed_threshold=0.9))
+    assert labels.max() == 3 and instance_scores(labels, truth)["ap50"] == 1.0
+    assert np.array_equal(labels > 0, probs > 0.5)  # the objects cover the mask exactly
+    np.testing.assert_array_equal(probs_to_labels(probs, replace(base, seed_threshold=0.5)), merged)
+    assert not replace(base, seed_threshold=0.4).seeds_from_cores and replace(base, seed_threshold=0.9).seeds_from_cores
+    specks = np.where(probs > 0.5, 0.7, probs)
+    specks[20, 22] = specks[20, 38] = 0.95  # one-pixel cores: smaller than a quarter of min_size, they seed nothing
+    assert probs_to_labels(specks, replace(base, seed_threshold=0.9, watershed=False, min_size=8)).max() == 2
+
+
+def test_tuning_seeds_objects_by_their_cores_when_that_parts_touching_cells():
+    probs, truth = touching_disks()
+    base = PostprocessConfig(border_width=0, min_size=4)
+    tuned, scores = tune_config([probs], [truth], base, thresholds=(0.5,), grow_thresholds=(None,))
+    assert tuned.seeds_from_cores and tuned.seed_threshold > 0.6 and scores["ap50"] == 1.0
+    unseeded, before = tune_config(
+        [probs], [truth], base, thresholds=(0.5,), grow_thresholds=(None,), seed_thresholds=()
+    )
+    assert unseeded.seed_threshold is None and before["ap50"] < 1.0
+    # a nucleus whose middle the network is less sure of: two cores, one cell; a model saved with seeds
+    # (fine-tuned from the built-in) gets them turned off by the tuning
+    one = np.where(truth > 0, 1, 0).astype(np.int32)
+    tuned, scores = tune_config(
+        [probs], [one], replace(base, seed_threshold=0.9), thresholds=(0.5,), grow_thresholds=(None,)
+    )
+    assert not tuned.seeds_from_cores and scores["ap50"] == 1.0
 
 
 def test_tuning_grows_objects_only_where_the_outlines_are_wider():

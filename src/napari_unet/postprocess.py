@@ -9,6 +9,13 @@ components already separates most touching cells. `probs_to_labels` then, in thi
 3. optionally, a seeded watershed splits what stays merged: seeds are the h-maxima of the Euclidean distance
    transform of the mask (one seed per "bump" rising at least `watershed_h` pixels above the pass to a
    higher one), flooded on the negated distance;
+   With a `seed_threshold` above the threshold, steps 2 and 3 start from the objects' cores instead: the
+   components of probs_fg > seed_threshold (split by the same watershed when `watershed`; cores smaller than a
+   quarter of `min_size` are dropped) spread over the negated probability until they fill the mask, so two
+   touching cells part along the valley of the network's probability between their cores, where the mask's
+   distance transform sees one blob. A component of the mask that holds no core stays one object (a cell the
+   network is less sure of is not lost). On the 100 DSB 2018 fluorescence validation images this raised the
+   built-in model's AP50 from 0.820 to 0.843 and its mAP from 0.632 to 0.655 (docs/models.md);
 4. objects smaller than `min_size` pixels are removed;
 5. objects grow into the pixels of lower probability around them (hysteresis): a seeded watershed of the
    negated probability, from the objects, over the pixels with probs_fg > `grow_threshold` within
@@ -72,6 +79,8 @@ class PostprocessConfig(Config):
         binary ISBI masks.
     flood: the objects flood the whole image over the negated probability until they meet (1-pixel lines
         between them), instead of steps 5 and 6: for cells that tile the image (membrane masks).
+    seed_threshold: objects are seeded by their cores, probs_fg > seed_threshold, and spread over the mask
+        (steps 2-3); None turns this off, as does a value <= threshold.
 
     >>> PostprocessConfig.from_dict(PostprocessConfig(min_size=30).to_dict()).min_size
     30
@@ -86,6 +95,7 @@ class PostprocessConfig(Config):
     grow_distance: float = 5.0
     border_width: int = 1
     flood: bool = False
+    seed_threshold: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("fill_holes", "watershed", "flood"):
@@ -94,6 +104,7 @@ class PostprocessConfig(Config):
             check_range(self, name, 0, integer=True, meaning="pixels")
         check_range(self, "threshold", 0.0, 1.0, meaning="a probability")
         check_range(self, "grow_threshold", 0.0, 1.0, optional=True, meaning="a probability")
+        check_range(self, "seed_threshold", 0.0, 1.0, optional=True, meaning="a probability")
         check_range(self, "grow_distance", 0.0, meaning="pixels")
         check_range(self, "watershed_h", 0.0, open_low=True, meaning="pixels")
 
@@ -101,6 +112,11 @@ class PostprocessConfig(Config):
     def grows(self) -> bool:
         """Whether step 5 runs: a growth threshold is set and lies below the threshold."""
         return self.grow_threshold is not None and self.grow_threshold < self.threshold
+
+    @property
+    def seeds_from_cores(self) -> bool:
+        """Whether the objects are seeded by their cores: a seed threshold is set and lies above the threshold."""
+        return self.seed_threshold is not None and self.seed_threshold > self.threshold
 
 
 def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
@@ -140,11 +156,39 @@ def object_seeds(probs_fg: np.ndarray, config: PostprocessConfig) -> np.ndarray:
     """Steps 1-4 of `probs_to_labels`: the objects before they grow or flood, (H, W) int32 labels (ids not
     consecutive). Every object `probs_to_labels` returns holds exactly one of them, whatever grew from it."""
     mask = probs_fg > config.threshold
-    if config.watershed:
+    if config.seeds_from_cores:
+        labels = spread_from_cores(probs_fg, mask, config)
+    elif config.watershed:
         labels = split_by_watershed(mask, config.watershed_h)
     else:
         labels = ndimage.label(mask, structure=FOUR_CONNECTED)[0]
     return remove_small_objects(labels, config.min_size)
+
+
+def spread_from_cores(probs_fg: np.ndarray, mask: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """The objects of `mask` seeded by their cores (`config.seed_threshold`, module docstring, steps 2-3): (H, W)
+    int32 labels covering exactly the mask, ids not consecutive.
+
+    >>> probs = np.array([[0.6, 0.95, 0.7, 0.6, 0.9, 0.6, 0.0, 0.7]])
+    >>> spread_from_cores(probs, probs > 0.5, PostprocessConfig(seed_threshold=0.8, min_size=1))
+    array([[1, 1, 1, 2, 2, 2, 0, 4]], dtype=int32)
+    """
+    from skimage.segmentation import watershed
+
+    core = probs_fg > config.seed_threshold
+    if config.watershed:
+        cores = split_by_watershed(core, config.watershed_h)
+    else:
+        cores = ndimage.label(core, structure=FOUR_CONNECTED)[0]
+    cores = remove_small_objects(cores, round(config.min_size / 4))
+    components, count = ndimage.label(mask, structure=FOUR_CONNECTED)
+    seeded = np.zeros(count + 1, bool)
+    seeded[components[cores > 0]] = True
+    without_core = mask & ~seeded[components]
+    markers = np.where(without_core, components + int(cores.max()), cores)
+    if not markers.any():
+        return markers.astype(np.int32)
+    return watershed(-probs_fg, markers=markers, mask=mask, connectivity=1).astype(np.int32)
 
 
 def flood_image(labels: np.ndarray, probs_fg: np.ndarray) -> np.ndarray:
@@ -163,6 +207,10 @@ def flood_image(labels: np.ndarray, probs_fg: np.ndarray) -> np.ndarray:
 
 
 GROWTH_CANDIDATES: tuple[float | None, ...] = (None, 0.3, 0.2, 0.1, 0.05)
+
+# Core thresholds `tune_config` tries (`PostprocessConfig.seed_threshold`); those at or below the threshold
+# are skipped. The built-in `nuclei` model's tuning on DSB 2018 training images chose 0.95.
+SEED_CANDIDATES: tuple[float, ...] = (0.8, 0.9, 0.95)
 
 
 def score_config(
@@ -239,14 +287,16 @@ def tune_config(
     watershed: Sequence[bool] = (False, True),
     grow_thresholds: Sequence[float | None] | None = None,
     watershed_h: Sequence[float] = (1.0, 2.0, 3.0),
+    seed_thresholds: Sequence[float] = SEED_CANDIDATES,
 ) -> tuple[PostprocessConfig, dict[str, float]]:
     """The post-processing that segments validation images best: (config, its mean scores).
 
     probs: foreground probabilities (H, W) of the validation images; truths: their instance labels (H, W).
-    Two rounds: first `base` (default `PostprocessConfig()`) with each threshold and watershed setting (with
-    the watershed: each depth in `watershed_h`), then
+    Three rounds: first `base` (default `PostprocessConfig()`) as it is and with each threshold and watershed
+    setting (with the watershed: each depth in `watershed_h`), objects seeded by the mask; then the winner seeded by its cores (each of `seed_thresholds`
+    above its threshold, with each watershed setting again: the cores part differently from the mask); then
     the winner with each growth threshold (`grow_thresholds`, default `GROWTH_CANDIDATES`; None: no growth).
-    Both rounds are scored by the mean AP over IoU 0.5:0.95 (mAP: which objects exist, and where their outlines
+    The rounds are scored by the mean AP over IoU 0.5:0.95 (mAP: which objects exist, and where their outlines
     lie), ties broken by the mean AP at IoU 0.5, then by the order of the candidates (the previous winner first).
     Fitted on training images, AP50 favours high thresholds, where the network is surer there than on new
     images: ranked by AP50, a growth that raised AP50 on 8 DSB training images cost 0.075 mAP on the validation
@@ -261,11 +311,20 @@ def tune_config(
 
     splits = [(bool(w), h) for w in watershed for h in (watershed_h if w else (base.watershed_h,))]
     first = [base] + [
-        replace(base, threshold=float(t), watershed=w, watershed_h=float(h)) for w, h in splits for t in thresholds
+        replace(base, threshold=float(t), watershed=w, watershed_h=float(h), seed_threshold=None)
+        for w, h in splits
+        for t in thresholds
     ]
     best = best_config(first, probs, truths, rank)[0]
-    second = [best] + [replace(best, grow_threshold=None if g is None else float(g)) for g in grow_thresholds]
-    best, scores, _ = best_config(second, probs, truths, rank)
+    seeded = [
+        replace(best, seed_threshold=float(s), watershed=w, watershed_h=float(h))
+        for s in seed_thresholds
+        if s > best.threshold
+        for w, h in splits
+    ]
+    best = best_config([best, *seeded], probs, truths, rank)[0]
+    last = [best] + [replace(best, grow_threshold=None if g is None else float(g)) for g in grow_thresholds]
+    best, scores, _ = best_config(last, probs, truths, rank)
     return best, scores
 
 

@@ -41,7 +41,14 @@ from .losses import weighted_cross_entropy
 from .metrics import pixel_scores
 from .model import UNet
 from .modelfile import STATE_FILE, ModelBundle, Normalization, load_model, save_model
-from .postprocess import GROWTH_CANDIDATES, PostprocessConfig, calibrate_growth, fit_flood_seeds, tune_config
+from .postprocess import (
+    GROWTH_CANDIDATES,
+    SEED_CANDIDATES,
+    PostprocessConfig,
+    calibrate_growth,
+    fit_flood_seeds,
+    tune_config,
+)
 from .precision import autocast, compiled, memory_format, resolve_precision
 from .targets import cells_tile_image
 from .tiling import predict_tiled
@@ -247,7 +254,9 @@ class Trainer:
             return True
         return any(sample.cells is not None for sample in self.train)
 
-    def calibrate_growth(self, max_images: int = 16) -> dict[str, float] | None:
+    def calibrate_growth(
+        self, max_images: int = 16, seed_thresholds: Sequence[float] = SEED_CANDIDATES
+    ) -> dict[str, float] | None:
         """Fit the post-processing to the training annotations; returns the scores it was chosen by, or None
         (nothing changed) when the annotations are binary masks that are not flooded.
 
@@ -259,7 +268,8 @@ class Trainer:
         run, which nothing measured on the training slices predicts (docs/results.md).
 
         Images whose every pixel is annotated with instance labels (a dataset's label files): the threshold and
-        the watershed, then the growth, each by mean mAP then AP50, over up to `max_images` of them
+        the watershed, then the seeds from the objects' cores (each of `seed_thresholds`; none: seeded by the
+        mask), then the growth, each by mean mAP then AP50, over up to `max_images` of them
         (`postprocess.tune_config`): which objects exist needs every object annotated. Otherwise (cells painted
         in the Fine-tune dock): the growth alone, by the mean SEG of the annotated cells
         (`postprocess.calibrate_growth`), which looks at annotated cells only.
@@ -286,7 +296,9 @@ class Trainer:
         probs = [self.predict_prepared(sample) for sample in used]
         cells = [sample.cells for sample in used]
         if complete:
-            self.postprocess, scores = tune_config(probs, cells, self.postprocess, grow_thresholds=growth)
+            self.postprocess, scores = tune_config(
+                probs, cells, self.postprocess, grow_thresholds=growth, seed_thresholds=seed_thresholds
+            )
             chosen = self.postprocess
             record = {"by": "map, ap50", "scores": scores, "threshold": chosen.threshold, "watershed": chosen.watershed}
         else:

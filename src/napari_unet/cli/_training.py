@@ -108,7 +108,8 @@ def describe_tuning(tuned: dict[str, Any]) -> str:
     settings = (
         f"flood seeds above {config.threshold}"
         if config.flood
-        else f"threshold {config.threshold}, watershed {'on' if config.watershed else 'off'}, growth to {growth(config)}"
+        else f"threshold {config.threshold}, seeds {seeds(config)}, watershed {'on' if config.watershed else 'off'}, "
+        f"growth to {growth(config)}"
     )
     return (
         f"post-processing tuned on {tuned['images']} validation image(s): {settings} "
@@ -119,6 +120,11 @@ def describe_tuning(tuned: dict[str, Any]) -> str:
 def growth(config: Any) -> str:
     """How far objects grow (post-processing step 5), in words: "p > 0.1", or "off"."""
     return f"p > {config.grow_threshold}" if config.grows else "off"
+
+
+def seeds(config: Any) -> str:
+    """What seeds the objects (post-processing steps 2-3), in words: "cores p > 0.9", or "the mask"."""
+    return f"cores p > {config.seed_threshold}" if config.seeds_from_cores else "the mask"
 
 
 def summary(result: dict[str, Any], out: Path) -> str:

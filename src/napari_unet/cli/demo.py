@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ._args import EXIT_OK, add_command, add_device, add_quiet, positive_int
-from ._training import describe_tuning, growth, summary, train_with_progress, tune_on_validation
+from ._training import describe_tuning, growth, seeds, summary, train_with_progress, tune_on_validation
 from .progress import describe, duration, note
 
 DEMO_IMAGES = 4  # synthetic training images (one of them held out for validation), plus one test image
@@ -168,7 +168,7 @@ def _markdown(report: dict[str, Any], out: Path, args: argparse.Namespace) -> st
     from ..postprocess import PostprocessConfig
 
     s, t, p = report["scores"], report["training"], report["postprocess"]
-    grows = growth(PostprocessConfig.from_dict({k: v for k, v in p.items() if not k.startswith("validation_")}))
+    chosen = PostprocessConfig.from_dict({k: v for k, v in p.items() if not k.startswith("validation_")})
     val = f"{t['validation_iou']:.3f}" if t["validation_iou"] is not None else "n/a"
     return f"""# napari-unet demo
 
@@ -179,7 +179,7 @@ Training: preset `fast`, {t["iterations"]} iterations in {duration(t["seconds"])
 final loss {t["final_loss"]:.4f}, validation foreground IoU {val}.
 
 Post-processing, chosen on the validation image (`napari-unet train --tune-postprocess`): threshold
-{p["threshold"]}, watershed {"on" if p["watershed"] else "off"}, growth to {grows}
+{p["threshold"]}, seeds {seeds(chosen)}, watershed {"on" if p["watershed"] else "off"}, growth to {growth(chosen)}
 (validation AP50 {p["validation_ap50"]:.3f}; {p["validation_ap50_default"]:.3f} with the default settings).
 
 | score on the held-out image | value |

@@ -105,6 +105,13 @@ def add_parser(subparsers) -> None:
         metavar="G",
         help="objects grow into the neighbouring pixels with probability > G (a value >= the threshold turns this off)",
     )
+    post.add_argument(
+        "--seed-threshold",
+        type=probability,
+        metavar="S",
+        help="objects are seeded by their cores, probability > S, and spread over the foreground: touching cells "
+        "part where the network is least sure (a value <= the threshold turns this off)",
+    )
     scale = sub.add_argument_group("scaling out on dask.distributed (pip install 'napari-unet-2015[distributed]')")
     where = scale.add_mutually_exclusive_group()
     where.add_argument("--cluster", metavar="ADDRESS", help="scheduler of a running cluster, e.g. tcp://head:8786")
@@ -150,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         min_size=args.min_size,
         watershed=args.watershed,
         grow_threshold=args.grow_threshold,
+        seed_threshold=args.seed_threshold,
         flood=args.flood,
     )
     if (args.cluster or args.workers) and (args.tta or args.batch_size != 1 or args.precision != "auto"):

@@ -1,5 +1,5 @@
-"""The Segment dock's post-processing controls: threshold, growth, minimum size, watershed and flood, read as a
-`PostprocessConfig` and set from a model's."""
+"""The Segment dock's post-processing controls: threshold, seeds, growth, minimum size, watershed and flood, read
+as a `PostprocessConfig` and set from a model's."""
 
 from __future__ import annotations
 
@@ -13,11 +13,23 @@ from ._form import check, spin
 
 
 class PostprocessFields:
-    """Spin boxes for the threshold, the growth threshold ("grow to p >") and the minimum size, and watershed and
-    flood check boxes; `config` reads them over a model's post-processing, `show` sets them from one."""
+    """Spin boxes for the threshold, the seed threshold ("seeds p >"), the growth threshold ("grow to p >") and the
+    minimum size, and watershed and flood check boxes; `config` reads them over a model's post-processing, `show`
+    sets them from one."""
 
     def __init__(self) -> None:
         self.threshold = spin(0.0, 1.0, 0.0, step=0.05, decimals=2)
+        self.seeds = spin(
+            0.0,
+            1.0,
+            0.0,
+            step=0.05,
+            decimals=2,
+            tooltip=(
+                "Objects start from their cores, the pixels whose probability is above this value, and spread over "
+                "the foreground: touching cells part where the network is least sure. At the threshold or below: off"
+            ),
+        )
         self.grow = spin(
             0.0,
             1.0,
@@ -50,6 +62,7 @@ class PostprocessFields:
         """The (label, control) rows of a `_form.form`."""
         return [
             ("threshold", self.threshold),
+            ("seeds p >", self.seeds),
             ("grow to p >", self.grow),
             ("min. size (px)", self.min_size),
             ("", self.split),
@@ -58,18 +71,20 @@ class PostprocessFields:
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call `callback` (no argument) whenever the user changes a control."""
-        for box in (self.threshold, self.grow, self.min_size):
+        for box in (self.threshold, self.seeds, self.grow, self.min_size):
             box.valueChanged.connect(lambda _value: callback())
         for box in (self.split, self.flood):
             box.toggled.connect(lambda _checked: callback())
 
     def config(self, base: PostprocessConfig) -> PostprocessConfig:
-        """`base` with the controls' threshold, growth (None at the threshold or above), minimum size, watershed
-        and flood."""
+        """`base` with the controls' threshold, seeds (None at the threshold or below), growth (None at the
+        threshold or above), minimum size, watershed and flood."""
         threshold, grow = float(self.threshold.value()), float(self.grow.value())
+        seeds = float(self.seeds.value())
         return replace(
             base,
             threshold=threshold,
+            seed_threshold=seeds if seeds > threshold else None,
             grow_threshold=grow if grow < threshold else None,
             min_size=int(self.min_size.value()),
             watershed=self.split.isChecked(),
@@ -78,10 +93,11 @@ class PostprocessFields:
 
     def show(self, config: PostprocessConfig) -> None:
         """Set the controls from `config` without announcing a change."""
-        widgets = (self.threshold, self.grow, self.min_size, self.split, self.flood)
+        widgets = (self.threshold, self.seeds, self.grow, self.min_size, self.split, self.flood)
         for widget in widgets:
             widget.blockSignals(True)
         self.threshold.setValue(config.threshold)
+        self.seeds.setValue(config.seed_threshold if config.seeds_from_cores else config.threshold)
         self.grow.setValue(config.threshold if config.grow_threshold is None else config.grow_threshold)
         self.min_size.setValue(config.min_size)
         self.split.setChecked(config.watershed)
