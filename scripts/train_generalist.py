@@ -21,6 +21,8 @@ Every image is rescaled so that its median nucleus diameter (equivalent diameter
 becomes the model's `--diameter`; scale augmentation (zoom in `--zoom`) teaches the network a range around it.
 At inference `napari_unet` rescales an image by (model diameter / object diameter) before the network.
 The run is resumable (`--resume`): kill it and start it again with the same arguments.
+`--tune-only --init MODEL` trains nothing: it tunes MODEL's post-processing again (with this version's candidates,
+e.g. after new post-processing settings were added) and saves MODEL with it to `--out`, as a stage of its own.
 """
 
 from __future__ import annotations
@@ -116,6 +118,51 @@ def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: fl
     )
 
 
+def tuning_record(tuned, scores) -> dict:
+    """What the tuning chose, for the model's metadata (`postprocess_tuning`)."""
+    return {
+        "images": "every 11th image of dsb2018-fluo/pretrain, at the model's scale",
+        "chosen": {
+            "threshold": tuned.threshold,
+            "seed_threshold": tuned.seed_threshold if tuned.seeds_from_cores else None,
+            "watershed": tuned.watershed,
+            "watershed_h": tuned.watershed_h,
+        },
+        "mean_ap50": round(scores["ap50"], 3),
+        "mean_map": round(scores["map"], 3),
+    }
+
+
+def command(argv: list[str] | None) -> str:
+    return "python scripts/train_generalist.py " + " ".join(argv if argv is not None else sys.argv[1:])
+
+
+def tune_only(start, args: argparse.Namespace, argv: list[str] | None) -> int:
+    """`--tune-only`: `start` with its post-processing tuned again, saved to `--out` with the tuning as a stage."""
+    started = time.time()
+    trained_with = TrainConfig.from_dict(start.metadata["training"]) if "training" in start.metadata else None
+    growth = trained_with is None or gives_back_border(trained_with)
+    before = start.postprocess
+    tuned, scores = tune_on_training_images(
+        start, image_pairs(args.data, "dsb2018-fluo/pretrain"), start.object_diameter, growth=growth
+    )
+    start.postprocess = tuned
+    start.metadata.update(
+        {
+            "postprocess_tuning": {**tuning_record(tuned, scores), "before": before.to_dict()},
+            "stages": earlier_stages(start.metadata)
+            + [{"command": command(argv), "iterations": 0, "training_seconds": 0, "tuned_post_processing": True}],
+        }
+    )
+    save_model(args.out, start)
+    print(
+        f"saved {args.out}: post-processing tuned in {time.time() - started:.0f} s: {tuned.to_dict()} "
+        f"(AP50 {scores['ap50']:.3f}, mAP {scores['map']:.3f} on the tuning images)",
+        flush=True,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="model folder to write (checkpointed)")
@@ -154,11 +201,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    parser.add_argument(
+        "--tune-only", action="store_true", help="train nothing: tune --init's post-processing again, save to --out"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     started = time.time()
     start = load_model(args.init) if args.init is not None else None  # the weights and stages to build on
+    if args.tune_only:
+        if start is None:
+            parser.error("--tune-only needs --init MODEL, the model to tune")
+        return tune_only(start, args, argv)
     if start is not None:
         args.diameter = start.object_diameter  # the data is rescaled to the starting model's object size
     bbbc = image_pairs(args.data, "bbbc039/train")
@@ -235,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle.object_diameter = args.diameter
     stages = earlier_stages(None if start is None else start.metadata) + [
         {
-            "command": "python scripts/train_generalist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": command(argv),
             "iterations": trainer.iteration,
             "training_seconds": round(trainer.elapsed),
         }
@@ -253,16 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             + (" and on brightfield and stained histology (DSB 2018)" if args.other_hold_out >= 0 else "")
             + "; RGB images are seen as their luminance; bright-background images are inverted automatically "
             "(normalization.invert = auto).",
-            "postprocess_tuning": {
-                "images": "every 11th image of dsb2018-fluo/pretrain, at the model's scale",
-                "chosen": {
-                    "threshold": tuned.threshold,
-                    "watershed": tuned.watershed,
-                    "watershed_h": tuned.watershed_h,
-                },
-                "mean_ap50": round(scores["ap50"], 3),
-                "mean_map": round(scores["map"], 3),
-            },
+            "postprocess_tuning": tuning_record(tuned, scores),
             "license": "BSD-3-Clause (weights); trained only on CC0 data",
             "training_data": {
                 "dsb2018-fluo/pretrain": [p[0].name for p in pairs if "dsb2018-fluo" in str(p[0])],
@@ -281,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                 "Ljosa, Sokolnicki, Carpenter. Annotated high-throughput microscopy image sets for validation. "
                 "Nature Methods 9:637 (2012).",
             ],
-            "command": "python scripts/train_generalist.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": command(argv),
             "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
             f"{args.threads} torch threads, device cpu",
             "wall_seconds": round(time.time() - started),
