@@ -16,7 +16,8 @@ a second stage that adds data to a model trained before.
 `dsb2018-fluo/train` is never trained on: it is the model's validation set (a few of its images are used for
 the validation score printed during training, and benchmarks/bench_generalist.py scores all of it).
 
-After training, the post-processing (threshold, watershed and its depth) is tuned on every 11th DSB training image.
+After training, the post-processing (threshold, watershed and its depth, seeds from the nuclei's cores) is tuned on
+every 11th DSB training image.
 Every image is rescaled so that its median nucleus diameter (equivalent diameter of the labelled objects)
 becomes the model's `--diameter`; scale augmentation (zoom in `--zoom`) teaches the network a range around it.
 At inference `napari_unet` rescales an image by (model diameter / object diameter) before the network.
@@ -94,7 +95,7 @@ def earlier_stages(metadata: dict | None) -> list[dict]:
 
 
 def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: float, growth: bool = True):
-    """The post-processing (threshold, watershed and its depth, growth if `growth`) that segments every 11th DSB
+    """The post-processing (threshold, watershed and its depth, seeds, growth if `growth`) that segments every 11th DSB
     training image best, at the model's scale (`postprocess.tune_config`: by mAP, then AP50); never tuned on the
     validation set. No growth for a network trained on the nuclei as annotated (w0 0, border 0), as
     `Trainer.calibrate_growth` does."""

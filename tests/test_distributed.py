@@ -131,12 +131,16 @@ def labels_by_blocks(probs: np.ndarray, block: int, margin: int, config: Postpro
         PostprocessConfig(),
         PostprocessConfig(watershed=True, min_size=30),
         PostprocessConfig(grow_threshold=0.2, border_width=2, fill_holes=False),
-        PostprocessConfig(seed_threshold=0.9, watershed=True, watershed_h=2.0),
+        PostprocessConfig(threshold=0.2, seed_threshold=0.9, watershed=True, watershed_h=2.0),
     ],
     ids=["default", "watershed", "growth", "cores"],
 )
 def test_labels_by_blocks_equal_the_whole_image_up_to_renumbering(config):
     probs = cell_probabilities()
+    if config.seeds_from_cores:  # several cores in one component: the seeds, not the mask, part the cells
+        components = ndimage.label(probs > config.threshold)[0]
+        cores = ndimage.label(probs > config.seed_threshold)[0]
+        assert any(np.unique(cores[(components == c) & (cores > 0)]).size > 1 for c in range(1, components.max() + 1))
     whole = probs_to_labels(probs, config)
     blocks, cut = labels_by_blocks(probs, 64, 64, config)
     assert cut == 0

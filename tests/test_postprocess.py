@@ -380,6 +380,18 @@ def test_cores_part_touching_cells_that_the_mask_s_distance_transform_merges():
     assert probs_to_labels(specks, replace(base, seed_threshold=0.9, watershed=False, min_size=8)).max() == 2
 
 
+def test_touching_cells_without_cores_are_split_as_without_seeds():
+    """Two touching nuclei the network is unsure of (no pixel above the seed threshold), with a narrow neck that
+    the distance-transform watershed parts: seeding by cores keeps them as the watershed makes them, two objects."""
+    yy, xx = np.mgrid[:40, :60]
+    blobs = (np.hypot(yy - 20, xx - 20) <= 9) | (np.hypot(yy - 20, xx - 38) <= 9)
+    probs = np.where(blobs, 0.7, 0.02)
+    base = PostprocessConfig(watershed=True, watershed_h=1.0, border_width=0, min_size=4)
+    without = probs_to_labels(probs, base)
+    assert without.max() == 2
+    np.testing.assert_array_equal(probs_to_labels(probs, replace(base, seed_threshold=0.9)), without)
+
+
 def test_tuning_seeds_objects_by_their_cores_when_that_parts_touching_cells():
     probs, truth = touching_disks()
     base = PostprocessConfig(border_width=0, min_size=4)

@@ -306,8 +306,8 @@ def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
         f"{bundle.describe_input()}: give it those channels (napari-unet applies this choice itself).",
         f"- output `{OUTPUT_ID}`: (batch, {config.num_classes} classes, y{offset:+d}, x{offset:+d}) class "
         f"probabilities; the unpadded convolutions remove {-offset // 2} pixels per side (the halo). Channel 1 "
-        "is the foreground. Instances: threshold, connected components and the post-processing stored in "
-        "`config.napari_unet.postprocess` (napari-unet applies it).",
+        "is the foreground. Instances: the post-processing stored in `config.napari_unet.postprocess` (threshold, "
+        "seeds from the objects' cores, watershed, growth; napari-unet applies it).",
         "",
         "## Architecture",
         "",

@@ -300,7 +300,14 @@ class Trainer:
                 probs, cells, self.postprocess, grow_thresholds=growth, seed_thresholds=seed_thresholds
             )
             chosen = self.postprocess
-            record = {"by": "map, ap50", "scores": scores, "threshold": chosen.threshold, "watershed": chosen.watershed}
+            record = {
+                "by": "map, ap50",
+                "scores": scores,
+                "threshold": chosen.threshold,
+                "watershed": chosen.watershed,
+                "watershed_h": chosen.watershed_h,
+                "seed_threshold": chosen.seed_threshold if chosen.seeds_from_cores else None,
+            }
         else:
             self.postprocess, scores = calibrate_growth(probs, cells, self.postprocess)
             record = {"by": "seg", "seg": scores}

@@ -59,7 +59,7 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
 
     The samples as the trainer prepared them (`Trainer.validation`): inverted as its normalisation says and, for
     a model with an object diameter, rescaled to it, so the network sees what it saw in training and what
-    `predict` gives it. Instance labels: threshold, watershed and growth by mAP (`postprocess.tune_config`); a
+    `predict` gives it. Instance labels: threshold, watershed, seeds and growth by mAP (`postprocess.tune_config`); a
     model whose labels flood membrane masks (`PostprocessConfig.flood`): the seed threshold by thinned V_rand on
     the validation masks (`postprocess.fit_flood_seeds`). Returns {"config", "scores", "before", "images", "by"}
     (the mean scores with the chosen and the previous settings; "by": "ap50" or "vrand", the score to report),
@@ -105,14 +105,8 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
 def describe_tuning(tuned: dict[str, Any]) -> str:
     config, by = tuned["config"], tuned["by"]
     name = {"vrand": "V_rand (thinned)", "ap50": "AP50"}[by]
-    settings = (
-        f"flood seeds above {config.threshold}"
-        if config.flood
-        else f"threshold {config.threshold}, seeds {seeds(config)}, watershed {'on' if config.watershed else 'off'}, "
-        f"growth to {growth(config)}"
-    )
     return (
-        f"post-processing tuned on {tuned['images']} validation image(s): {settings} "
+        f"post-processing tuned on {tuned['images']} validation image(s): {settings(config)} "
         f"({name} {tuned['scores'][by]:.3f}, {tuned['before'][by]:.3f} before); saved with the model"
     )
 
@@ -122,9 +116,23 @@ def growth(config: Any) -> str:
     return f"p > {config.grow_threshold}" if config.grows else "off"
 
 
-def seeds(config: Any) -> str:
-    """What seeds the objects (post-processing steps 2-3), in words: "cores p > 0.9", or "the mask"."""
-    return f"cores p > {config.seed_threshold}" if config.seeds_from_cores else "the mask"
+def settings(config: Any) -> str:
+    """A post-processing's settings in words: "threshold 0.5, seeds cores p > 0.9, watershed on, growth to off", or
+    "flood seeds above 0.7" for a flooding model.
+
+    >>> from napari_unet.postprocess import PostprocessConfig
+    >>> settings(PostprocessConfig(seed_threshold=0.9, watershed=True))
+    'threshold 0.5, seeds cores p > 0.9, watershed on, growth to off'
+    >>> settings(PostprocessConfig(seed_threshold=0.4, grow_threshold=0.2))
+    'threshold 0.5, seeds the mask, watershed off, growth to p > 0.2'
+    """
+    if config.flood:
+        return f"flood seeds above {config.threshold}"
+    seeds = f"cores p > {config.seed_threshold}" if config.seeds_from_cores else "the mask"
+    return (
+        f"threshold {config.threshold}, seeds {seeds}, watershed {'on' if config.watershed else 'off'}, "
+        f"growth to {growth(config)}"
+    )
 
 
 def summary(result: dict[str, Any], out: Path) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ._args import EXIT_OK, add_command, add_device, add_quiet, positive_int
-from ._training import describe_tuning, growth, seeds, summary, train_with_progress, tune_on_validation
+from ._training import describe_tuning, settings, summary, train_with_progress, tune_on_validation
 from .progress import describe, duration, note
 
 DEMO_IMAGES = 4  # synthetic training images (one of them held out for validation), plus one test image
@@ -178,8 +178,8 @@ Synthetic fluorescence nuclei (many touching), {t["training_images"]} training i
 Training: preset `fast`, {t["iterations"]} iterations in {duration(t["seconds"])} on {t["device"]}, seed {t["seed"]};
 final loss {t["final_loss"]:.4f}, validation foreground IoU {val}.
 
-Post-processing, chosen on the validation image (`napari-unet train --tune-postprocess`): threshold
-{p["threshold"]}, seeds {seeds(chosen)}, watershed {"on" if p["watershed"] else "off"}, growth to {growth(chosen)}
+Post-processing, chosen on the validation image (`napari-unet train --tune-postprocess`):
+{settings(chosen)}
 (validation AP50 {p["validation_ap50"]:.3f}; {p["validation_ap50_default"]:.3f} with the default settings).
 
 | score on the held-out image | value |

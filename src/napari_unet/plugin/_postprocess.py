@@ -24,12 +24,14 @@ class PostprocessFields:
             1.0,
             0.0,
             step=0.05,
-            decimals=2,
+            decimals=3,
             tooltip=(
                 "Objects start from their cores, the pixels whose probability is above this value, and spread over "
-                "the foreground: touching cells part where the network is least sure. At the threshold or below: off"
+                "the foreground: touching cells part where the network is least sure. Off at 0 (or at the "
+                "threshold or below)"
             ),
         )
+        self.seeds.setSpecialValueText("off")  # 0: a value of its own, so changing the threshold never turns seeds on
         self.grow = spin(
             0.0,
             1.0,
@@ -77,14 +79,14 @@ class PostprocessFields:
             box.toggled.connect(lambda _checked: callback())
 
     def config(self, base: PostprocessConfig) -> PostprocessConfig:
-        """`base` with the controls' threshold, seeds (None at the threshold or below), growth (None at the
-        threshold or above), minimum size, watershed and flood."""
+        """`base` with the controls' threshold, seeds (None when off), growth (None at the threshold or above),
+        minimum size, watershed and flood."""
         threshold, grow = float(self.threshold.value()), float(self.grow.value())
-        seeds = float(self.seeds.value())
+        seeds = float(self.seeds.value()) or None
         return replace(
             base,
             threshold=threshold,
-            seed_threshold=seeds if seeds > threshold else None,
+            seed_threshold=seeds,
             grow_threshold=grow if grow < threshold else None,
             min_size=int(self.min_size.value()),
             watershed=self.split.isChecked(),
@@ -97,7 +99,7 @@ class PostprocessFields:
         for widget in widgets:
             widget.blockSignals(True)
         self.threshold.setValue(config.threshold)
-        self.seeds.setValue(config.seed_threshold if config.seeds_from_cores else config.threshold)
+        self.seeds.setValue(config.seed_threshold if config.seeds_from_cores else 0.0)
         self.grow.setValue(config.threshold if config.grow_threshold is None else config.grow_threshold)
         self.min_size.setValue(config.min_size)
         self.split.setChecked(config.watershed)

@@ -151,7 +151,7 @@ class SegmentWidget(QWidget):
         return float(self.diameter_spin.value()) or "auto"
 
     def postprocess_config(self) -> PostprocessConfig:
-        """The model's post-processing with the threshold, growth, minimum size and watershed choice of the dock."""
+        """The model's post-processing with the dock's threshold, seeds, growth, minimum size, watershed and flood."""
         bundle = self.session.bundle
         return self.postprocess_fields.config(bundle.postprocess if bundle is not None else PostprocessConfig())
 
