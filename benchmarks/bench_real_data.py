@@ -15,8 +15,8 @@ Data from `../shared/data` (beside the repository; the script says so and exits 
   applies): the Trainer fits threshold, watershed, seeds and growth to 16 training images at the end of its run
   (the same network with the fit that has no seeds from the objects' cores is recorded as
   "scores_fit_without_cores"); the peer's threshold is tuned on 20 TRAINING images by mean AP50 (ties: mAP),
-  never on validation (ours tuned that way too is recorded as "scores_bench_tuned"). Scores on the validation images: AP50, AP75, mAP (IoU
-  0.5:0.05:0.95), F1 at 0.5 and SEG, each the mean over images.
+  never on validation (ours tuned that way too is recorded as "scores_bench_tuned"). Scores on the validation
+  images: AP50, AP75, mAP (IoU 0.5:0.05:0.95), F1 at 0.5 and SEG, each the mean over images.
 Every image is normalised alike for both pipelines: percentiles 1 and 99.8 of the whole image.
 
 Ours: what `napari-unet train IMAGES LABELS --time-budget SECONDS` does with no other option: the `fast` preset

@@ -125,7 +125,7 @@ def tuning_record(tuned, scores) -> dict:
         "images": "every 11th image of dsb2018-fluo/pretrain, at the model's scale",
         "chosen": {
             "threshold": tuned.threshold,
-            "seed_threshold": tuned.seed_threshold if tuned.seeds_from_cores else None,
+            "seed_threshold": tuned.cores_above,
             "watershed": tuned.watershed,
             "watershed_h": tuned.watershed_h,
         },

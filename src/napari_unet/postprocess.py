@@ -15,7 +15,8 @@ components already separates most touching cells. `probs_to_labels` then, in thi
    touching cells part along the valley of the network's probability between their cores, where the mask's
    distance transform sees one blob. A component of the mask that holds no core is kept as steps 2-3 would
    make it without seeds (a cell the network is less sure of is not lost, two such cells touching are split by
-   the watershed). On the 100 DSB 2018 fluorescence validation images this raised the built-in model's AP50 from 0.820 to 0.843 and its mAP from 0.632 to 0.655 (docs/models.md);
+   the watershed). On the 100 DSB 2018 fluorescence validation images this raised the built-in model's AP50
+   from 0.820 to 0.843 and its mAP from 0.632 to 0.655 (docs/models.md);
 4. objects smaller than `min_size` pixels are removed;
 5. objects grow into the pixels of lower probability around them (hysteresis): a seeded watershed of the
    negated probability, from the objects, over the pixels with probs_fg > `grow_threshold` within
@@ -117,6 +118,11 @@ class PostprocessConfig(Config):
     def seeds_from_cores(self) -> bool:
         """Whether the objects are seeded by their cores: a seed threshold is set and lies above the threshold."""
         return self.seed_threshold is not None and self.seed_threshold > self.threshold
+
+    @property
+    def cores_above(self) -> float | None:
+        """The seed threshold in effect: `seed_threshold` when the objects are seeded by their cores, else None."""
+        return self.seed_threshold if self.seeds_from_cores else None
 
 
 def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
@@ -308,8 +314,9 @@ def tune_config(
 
     probs: foreground probabilities (H, W) of the validation images; truths: their instance labels (H, W).
     Three rounds: first `base` (default `PostprocessConfig()`) as it is and with each threshold and watershed
-    setting (with the watershed: each depth in `watershed_h`), objects seeded by the mask; then the winner seeded by its cores (each of `seed_thresholds`
-    above its threshold, with each watershed setting again: the cores part differently from the mask); then
+    setting (with the watershed: each depth in `watershed_h`), objects seeded by the mask; then the winner
+    seeded by its cores (each of `seed_thresholds` above its threshold, with each watershed setting again: the
+    cores part differently from the mask); then
     the winner with each growth threshold (`grow_thresholds`, default `GROWTH_CANDIDATES`; None: no growth).
     The rounds are scored by the mean AP over IoU 0.5:0.95 (mAP: which objects exist, and where their outlines
     lie), ties broken by the mean AP at IoU 0.5, then by the order of the candidates (the previous winner first).

@@ -306,7 +306,7 @@ class Trainer:
                 "threshold": chosen.threshold,
                 "watershed": chosen.watershed,
                 "watershed_h": chosen.watershed_h,
-                "seed_threshold": chosen.seed_threshold if chosen.seeds_from_cores else None,
+                "seed_threshold": chosen.cores_above,
             }
         else:
             self.postprocess, scores = calibrate_growth(probs, cells, self.postprocess)

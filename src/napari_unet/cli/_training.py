@@ -128,7 +128,7 @@ def settings(config: Any) -> str:
     """
     if config.flood:
         return f"flood seeds above {config.threshold}"
-    seeds = f"cores p > {config.seed_threshold}" if config.seeds_from_cores else "the mask"
+    seeds = "the mask" if config.cores_above is None else f"cores p > {config.cores_above}"
     return (
         f"threshold {config.threshold}, seeds {seeds}, watershed {'on' if config.watershed else 'off'}, "
         f"growth to {growth(config)}"

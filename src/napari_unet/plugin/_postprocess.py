@@ -99,7 +99,7 @@ class PostprocessFields:
         for widget in widgets:
             widget.blockSignals(True)
         self.threshold.setValue(config.threshold)
-        self.seeds.setValue(config.seed_threshold if config.seeds_from_cores else 0.0)
+        self.seeds.setValue(config.cores_above or 0.0)
         self.grow.setValue(config.threshold if config.grow_threshold is None else config.grow_threshold)
         self.min_size.setValue(config.min_size)
         self.split.setChecked(config.watershed)
