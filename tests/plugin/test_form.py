@@ -69,13 +69,16 @@ def test_postprocess_fields_read_and_show_a_config_without_announcing_it(qtbot):
     fields.grow.setValue(0.6)  # at the threshold: no growth
     assert fields.config(base).grow_threshold is None and changes == [1]
     fields.show(PostprocessConfig(threshold=0.5, grow_threshold=None))
-    assert fields.grow.value() == 0.5  # off: at the threshold
+    assert fields.grow.value() == 0.0 and fields.grow.text() == "off"
     assert fields.seeds.value() == 0.0 and fields.seeds.text() == "off"
     fields.threshold.setValue(0.3)  # lowering the threshold does not turn the seeds on
     assert not fields.config(base).seeds_from_cores
+    fields.threshold.setValue(0.8)  # nor raising it the growth
+    assert fields.config(base).grow_threshold is None
+    fields.threshold.setValue(0.3)
     fields.seeds.setValue(0.9)  # cores above 0.9 seed the objects
     assert fields.config(base).seed_threshold == 0.9 and fields.config(base).seeds_from_cores
-    assert changes == [1, 1, 1]
+    assert changes == [1, 1, 1, 1, 1]
     fields.show(PostprocessConfig(threshold=0.4, seed_threshold=0.975))
     assert fields.seeds.value() == 0.975 and fields.config(base).seed_threshold == 0.975
     fields.seeds.setValue(0.3)  # below the threshold: off

@@ -40,9 +40,10 @@ class PostprocessFields:
             decimals=2,
             tooltip=(
                 "Objects grow into the neighbouring pixels whose probability is above this value (cells come out at "
-                "their full size; none merge). At the threshold or above: off"
+                "their full size; none merge). Off at 0 (or at the threshold or above)"
             ),
         )
+        self.grow.setSpecialValueText("off")  # as the seeds: raising the threshold never turns growth on
         self.min_size = spin(0, 100000, 0)
         self.split = check(
             "split merged cells (watershed)",
@@ -79,15 +80,15 @@ class PostprocessFields:
             box.toggled.connect(lambda _checked: callback())
 
     def config(self, base: PostprocessConfig) -> PostprocessConfig:
-        """`base` with the controls' threshold, seeds (None when off), growth (None at the threshold or above),
-        minimum size, watershed and flood."""
+        """`base` with the controls' threshold, seeds (None when off), growth (None when off or at the threshold or
+        above), minimum size, watershed and flood."""
         threshold, grow = float(self.threshold.value()), float(self.grow.value())
         seeds = float(self.seeds.value()) or None
         return replace(
             base,
             threshold=threshold,
             seed_threshold=seeds,
-            grow_threshold=grow if grow < threshold else None,
+            grow_threshold=grow if 0 < grow < threshold else None,
             min_size=int(self.min_size.value()),
             watershed=self.split.isChecked(),
             flood=self.flood.isChecked(),
@@ -100,7 +101,7 @@ class PostprocessFields:
             widget.blockSignals(True)
         self.threshold.setValue(config.threshold)
         self.seeds.setValue(config.cores_above or 0.0)
-        self.grow.setValue(config.threshold if config.grow_threshold is None else config.grow_threshold)
+        self.grow.setValue(config.grow_threshold or 0.0)
         self.min_size.setValue(config.min_size)
         self.split.setChecked(config.watershed)
         self.flood.setChecked(config.flood)
