@@ -145,7 +145,13 @@ def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = Non
         raise ValueError(f"probs_fg must be a 2-D (H, W) probability map; got shape {probs_fg.shape}")
     if probs_fg.dtype.kind != "f":
         raise TypeError(f"probs_fg must be a float array of probabilities in [0, 1]; got dtype {probs_fg.dtype}")
-    labels = object_seeds(probs_fg, config)
+    return labels_from_seeds(object_seeds(probs_fg, config), probs_fg, config)
+
+
+def labels_from_seeds(seeds: np.ndarray, probs_fg: np.ndarray, config: PostprocessConfig) -> np.ndarray:
+    """Steps 5 to 8 of `probs_to_labels` (the module docstring) from its `object_seeds`: (H, W) int32 labels
+    numbered 1..n."""
+    labels = seeds
     if config.flood:
         labels = flood_image(labels, probs_fg)
     else:

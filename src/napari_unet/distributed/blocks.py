@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ..postprocess import PostprocessConfig, object_seeds, probs_to_labels
+from ..postprocess import PostprocessConfig, labels_from_seeds, object_seeds
 from ..tiling import Tile, TileGrid
 
 
@@ -86,12 +86,13 @@ def label_window(
     coordinates) inside it. Cut objects: objects in the core that come within `context_radius` of an edge
     of the window that is not an edge of the image (their labels may differ from a whole-image run).
     """
-    labels = probs_to_labels(probs_fg, config)
+    seeds = object_seeds(probs_fg, config)
+    labels = labels_from_seeds(seeds, probs_fg, config)
     dtype = np.uint32 if image_shape[0] * image_shape[1] < np.iinfo(np.uint32).max else np.uint64
     # A flood fills the window, and where its lines run across a flat stretch of probability depends on the
     # order in which the window's pixels queue: an object's first pixel may move between two windows that both
     # see it whole. Its seed's first pixel does not.
-    anchored = np.where(object_seeds(probs_fg, config) > 0, labels, 0) if config.flood else labels
+    anchored = np.where(seeds > 0, labels, 0) if config.flood else labels
     ids = object_anchors(anchored, origin, image_shape[1]).astype(dtype)
     inner = (
         slice(core[0].start - origin[0], core[0].stop - origin[0]),
