@@ -111,3 +111,17 @@ def test_painted_ids_above_2_31_are_renumbered_not_wrapped():
     painted = np.where(labels == 1, np.int64(2**31 + 5), 0)
     sample = prepare(bundle(), image, painted, config=FewShotConfig(exclude_unpainted=False)).sample
     assert sample.labels.dtype == np.int32 and sample.labels.min() == 0 and set(np.unique(sample.labels)) == {0, 1}
+
+
+def test_the_windows_are_the_starting_models_unless_the_recipe_says():
+    image, labels = two_touching_cells()
+    painted = np.where(labels == 1, 1, 0)
+    start = ModelBundle(UNet(depth=2, base_channels=4), metadata={"training": {"tile_size": 124}})
+    default = few_shot_trainer(start, image, painted, config=FewShotConfig(seconds=None, iterations=1), device="cpu")
+    assert default.config.tile_size == 124
+    smaller = few_shot_trainer(
+        start, image, painted, config=FewShotConfig(seconds=None, iterations=1, tile_size=92), device="cpu"
+    )
+    assert smaller.config.tile_size == 92 and smaller.tile == start.net.valid_input_size(92)
+    with pytest.raises(ValueError, match="tile_size"):
+        FewShotConfig(tile_size=0)

@@ -55,6 +55,7 @@ class FewShotConfig:
     exclude_unpainted: leave out of the loss the margin pixels the starting model calls foreground.
     freeze_encoder: train only the base, decoder and head (the contracting path keeps its weights).
     batch_size, iterations: steps of the run (iterations bounds a run without a time budget).
+    tile_size: the training windows' size (None: the starting model's).
     """
 
     seconds: float | None = 60.0
@@ -64,6 +65,7 @@ class FewShotConfig:
     freeze_encoder: bool = False
     batch_size: int = 2
     iterations: int = 100_000
+    tile_size: int | None = None
 
     def __post_init__(self) -> None:
         if self.seconds is not None and not self.seconds > 0:
@@ -72,6 +74,8 @@ class FewShotConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not self.margin >= 0:
             raise ValueError(f"margin must be >= 0 (object diameters), got {self.margin}")
+        if self.tile_size is not None and not (isinstance(self.tile_size, int) and self.tile_size > 0):
+            raise ValueError(f"tile_size must be a positive number of pixels or None, got {self.tile_size!r}")
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,7 @@ def few_shot_trainer(
         schedule="cosine",
         time_budget=config.seconds,
         batch_size=config.batch_size,
+        tile_size=config.tile_size or base.tile_size,
         validate_every=10**9,
         checkpoint_every=10**9,
         augment=AugmentConfig(scale=(0.85, 1.18), scale_p=0.5),
