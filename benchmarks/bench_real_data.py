@@ -50,7 +50,7 @@ from napari_unet.device import select_device
 from napari_unet.io import normalize_percentile, read_image, read_labels
 from napari_unet.metrics import average_scores, instance_scores, isbi_scores, pixel_scores, rand_info_scores
 from napari_unet.model import UNet
-from napari_unet.postprocess import PostprocessConfig, best_config, probs_to_labels
+from napari_unet.postprocess import PostprocessConfig, best_config, fit_flood_seeds, probs_to_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.train_config import for_time_budget, settings_for_labels
 from napari_unet.training import Sample, Trainer, TrainingDiverged, default_postprocess, preset
@@ -347,6 +347,20 @@ def run_ours(
         result["tta_predict_seconds"] = time.perf_counter() - started
         if split.dataset == "isbi":
             result["scores_tta"] = isbi_figures(tta_probs, truths)
+            # the labels `predict --tta` writes (the seeds fitted without TTA), the same with the seeds fitted
+            # again on the training slices' TTA probabilities, and the flood at its best seed (upper bound)
+            result["scores_labels_tta"] = isbi_label_figures(
+                [probs_to_labels(p, trainer.postprocess) for p in tta_probs], truths
+            )
+            train_tta = [bundle.predict(item.raw, device=device, tta=True)[1] for item in split.train[:16]]
+            refit, _ = fit_flood_seeds(
+                train_tta, [foreground(item.labels) for item in split.train[:16]], trainer.postprocess
+            )
+            result["scores_labels_tta_refit"] = {
+                "seed_threshold": refit.threshold,
+                **isbi_label_figures([probs_to_labels(p, refit) for p in tta_probs], truths),
+            }
+            result["scores_flood_best_tta"] = best_flood_figures(tta_probs, truths)
         else:
             result["scores_tta"] = instance_figures(tta_probs, truths, best)
     return result
