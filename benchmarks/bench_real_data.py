@@ -23,7 +23,8 @@ Ours: what `napari-unet train IMAGES LABELS --time-budget SECONDS` does with no 
 (or `--preset paper`) with the settings the kind of labels asks for (`train_config.settings_for_labels`: binary
 masks train without class balancing or border term) for `--budget` seconds of training, the warm-up and cosine
 decay spread over those seconds (`train_config.for_time_budget`); then `predict_tiled`, plus a row with
-test-time augmentation (`ModelBundle.predict(..., tta=True)`, `tiling.predict_tta`). The peer
+test-time augmentation (`ModelBundle.predict(..., tta=True)`, `tiling.predict_tta`; on ISBI also the labels
+`predict --tta` writes, "scores_labels_tta"). The peer
 (`peer_monai.py`): MONAI's BasicUNet with DiceCELoss, its elastic augmentation, Adam, random crops and
 sliding-window inference, post-processed by threshold + connected components, for the same budget.
 Both run one after the other in the same invocation. Writes `real_<dataset>.json` (`real_<dataset>_quick.json`
