@@ -21,6 +21,7 @@ from napari_unet.scale import (
     busiest_window,
     check_diameter,
     check_rescalable,
+    check_tta_size,
     choose_diameter,
     diameter_factor,
     estimate_diameter,
@@ -175,6 +176,20 @@ def test_rescaling_a_huge_lazy_plane_is_refused_before_reading_it():
     with pytest.raises(ValueError, match="lazy.*GiB.*without rescaling"):
         bundle().predict(huge, diameter=10.0, device="cpu")
     check_rescalable(np.zeros((100, 100), np.float32), 8.0)  # small planes pass
+
+
+def test_test_time_augmentation_of_a_huge_lazy_plane_is_refused_before_reading_it():
+    """TTA holds the plane in 8 orientations and its probabilities in memory: a whole slide would not fit."""
+    da = pytest.importorskip("dask.array")
+    huge = da.zeros((20000, 20000), dtype=np.uint16, chunks=1000)
+    with pytest.raises(ValueError, match="test-time augmentation.*lazy.*GiB.*without test-time augmentation"):
+        bundle(None).predict(huge, tta=True, device="cpu")
+    large = da.zeros((15800, 15800), dtype=np.uint16, chunks=1000)  # shrinking it (x0.9) would fit in memory
+    with pytest.raises(ValueError, match="test-time augmentation"):  # its probabilities in 8 orientations not
+        bundle(9.0).predict(large, diameter=10.0, tta=True, device="cpu")
+    check_tta_size(np.zeros((200, 200), np.float32), 4.0)  # small planes pass
+    probs = bundle(None).predict(np.zeros((40, 40), np.float32), tta=True, device="cpu")
+    assert probs.shape == (2, 40, 40)
 
 
 def test_object_diameter_round_trips_and_old_folders_have_none(tmp_path):

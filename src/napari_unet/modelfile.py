@@ -45,6 +45,7 @@ from .scale import (
     Diameter,
     check_diameter,
     check_rescalable,
+    check_tta_size,
     diameter_factor,
     estimate_diameter,
     rescale_image,
@@ -223,10 +224,13 @@ class ModelBundle:
         """`predict` with the image resized by `factor` before the network (probabilities back at (H, W)).
 
         At 1.0 the image is read window by window (lazy arrays stay lazy); otherwise the plane is read and
-        rescaled in memory, and planes of more than `scale.MAX_RESCALE_BYTES` (before or after) are refused.
+        rescaled in memory, and planes of more than `scale.MAX_RESCALE_BYTES` (before or after) are refused; so
+        are planes whose test-time augmentation (`tta`, in memory) would hold more (`scale.check_tta_size`).
         """
         if factor != 1.0:
             check_rescalable(image, factor)
+        if tta:
+            check_tta_size(image, factor, self.net.config.num_classes)
         preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
         if factor == 1.0 and not tta:
             return predict_tiled(

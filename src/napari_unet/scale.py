@@ -154,6 +154,22 @@ def check_rescalable(image, factor: float) -> None:
         )
 
 
+def check_tta_size(image, factor: float, classes: int = 2) -> None:
+    """Raise a ValueError when test-time augmentation of the plane `image` (`tiling.predict_tta`: the plane in
+    8 orientations and its probabilities summed over them, all in memory) at rescale `factor` would hold more than
+    `MAX_RESCALE_BYTES` in one array."""
+    h, w = image.shape[-2:]
+    channels = max(int(np.prod(image.shape[:-2], dtype=np.int64)), classes)
+    largest = 4 * channels * h * w * factor**2
+    if largest > MAX_RESCALE_BYTES:
+        kind = "a lazy (dask, zarr or memory-mapped) " if _is_lazy(image) else "a "
+        raise ValueError(
+            f"test-time augmentation holds {kind}plane of {h}x{w} px and its probabilities in memory: "
+            f"{largest / 2**30:.1f} GiB per array (the limit is {MAX_RESCALE_BYTES / 2**30:.0f} GiB): segment it "
+            "without test-time augmentation (it is then read and written tile by tile), or in parts"
+        )
+
+
 def scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:
     """(H, W) times `factor`, rounded, at least 1 px each."""
     if not factor > 0:
