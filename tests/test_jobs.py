@@ -161,6 +161,30 @@ def test_streamed_tiles_stitch_to_the_tiled_prediction_with_distinct_preview_ids
         np.testing.assert_array_equal(final[t], probs_to_labels(probs[t], config))
 
 
+@pytest.mark.parametrize("factor", [1.0, 0.5])
+def test_streamed_test_time_augmentation_ends_with_what_predict_tta_gives(cells, factor):
+    image, _ = cells
+    torch.manual_seed(0)
+    bundle = ModelBundle(UNet(TINY).eval())
+    data = np.stack([image, image[:, ::-1].copy()])[:, None].astype(np.float32)  # (T=2, C=1, H, W)
+    config = PostprocessConfig(threshold=0.5, min_size=1)
+    stack = Stack(data)
+    updates = list(stream_tiles(bundle, stack, 32, torch.device("cpu"), config, factor, tta=True))
+    assert len(updates) == count_tiles(bundle.net, stack, 32, factor, tta=True) == 16  # 8 orientations per plane
+    assert [u.done for u in updates] == list(range(1, 17)) and {u.total for u in updates} == {16}
+    for t in range(2):
+        last = updates[8 * t + 7]
+        assert last.plane == (t,) and last.region == (slice(0, image.shape[0]), slice(0, image.shape[1]))
+        expected = bundle.predict_rescaled(data[t], factor, tile_size=32, device="cpu", tta=True)[1]
+        np.testing.assert_array_equal(last.probs_fg, expected)
+        np.testing.assert_array_equal(last.labels > 0, probs_to_labels(expected, config) > 0)
+        first = updates[8 * t]  # the first update is one orientation alone: the plain prediction
+        plain = bundle.predict_rescaled(data[t], factor, tile_size=32, device="cpu")[1]
+        np.testing.assert_allclose(first.probs_fg, plain, atol=1e-6)
+    last_ids = [set(np.unique(updates[8 * t + 7].labels)) - {0} for t in range(2)]
+    assert not last_ids[0] & last_ids[1], "planes never share ids"
+
+
 def test_the_preview_is_augments_own_sample_for_the_seed(cells):
     image, labels = cells
     plane = image[None]

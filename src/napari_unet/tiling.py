@@ -374,10 +374,31 @@ def predict_tta(
     image: (H, W) or (C, H, W). Costs 8 predictions; for a model that is exactly equivariant to these symmetries
     it equals the plain one.
     """
+    options = {"device": device, "batch_size": batch_size, "preprocess": preprocess, "precision": precision}
+    for done, total in iter_predict_tta(model, image, tile_size, **options):
+        if done == 8:
+            total /= np.float32(8)
+            return total
+    raise AssertionError("unreachable: iter_predict_tta yields 8 sums")
+
+
+def iter_predict_tta(
+    model: UNet,
+    image,
+    tile_size: int | tuple[int, int] | None = None,
+    *,
+    device: str | torch.device = "auto",
+    batch_size: int = 1,
+    preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+    precision: str | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """`predict_tta` one orientation at a time: yields (n, the sum (classes, H, W) float32 of the first n
+    orientations' probabilities, brought back to the image's), n = 1..8; the same array, updated in place.
+    Stopping is not asking for the next one (the Segment dock's progress and Cancel)."""
     channels_first = as_channels_first(image, model.config.in_channels)
     device = select_device(device)
     total = None
-    for k, flip in dihedral_transforms():
+    for n, (k, flip) in enumerate(dihedral_transforms(), start=1):
         probs = predict_tiled(
             model,
             transform(channels_first, k, flip),
@@ -392,8 +413,7 @@ def predict_tta(
             total = np.array(probs, dtype=np.float32)
         else:
             total += probs
-    total /= np.float32(8)
-    return total
+        yield n, total
 
 
 def _round_up(n: int, step: int) -> int:

@@ -91,6 +91,23 @@ def test_tiles_stream_into_the_layer_and_the_result_is_predict_tiled_plus_postpr
     np.testing.assert_array_equal(retuned.args[0], probs_to_labels(probs[1], config))
 
 
+def test_test_time_augmentation_shows_each_orientation_and_ends_with_predict_tta(
+    make_napari_viewer_proxy, qtbot, tiny_bundle
+):
+    image, _ = make_cells((160, 160), seed=2)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    widget = open_dock(viewer, tiny_bundle)
+    widget.tta_check.setChecked(True)
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as final:
+        widget.run()
+    assert widget.tiles_written == widget.progress.maximum() == 8  # one update of the plane per orientation
+    probs = tiny_bundle.predict(image, tile_size=TILE, device="cpu", tta=True)
+    np.testing.assert_array_equal(widget.probs_fg, probs[1])
+    np.testing.assert_array_equal(final.args[0], probs_to_labels(probs[1], widget.postprocess_config()))
+    assert not np.array_equal(probs[1], tiny_bundle.predict(image, tile_size=TILE, device="cpu")[1])
+
+
 def test_cancel_midway_leaves_every_tile_written_or_untouched(make_napari_viewer_proxy, qtbot, tiny_bundle):
     image = np.random.default_rng(0).random((320, 320), dtype=np.float32)
     viewer = make_napari_viewer_proxy()

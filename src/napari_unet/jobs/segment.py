@@ -16,9 +16,11 @@ import torch
 
 from ..modelfile import ModelBundle
 from ..postprocess import PostprocessConfig, probs_to_labels
-from ..scale import check_rescalable, rescale_image, resize_probs, scaled_shape
-from ..tiling import iter_predict_tiles, prepare_model, tile_grid
+from ..scale import check_rescalable, check_tta_size, rescale_image, resize_probs, scaled_shape
+from ..tiling import dihedral_transforms, iter_predict_tiles, iter_predict_tta, prepare_model, tile_grid
 from ..validation import check_image
+
+TTA_ORIENTATIONS = len(dihedral_transforms())  # test-time augmentation: the 8 symmetries of the square
 
 
 class Planes(Protocol):
@@ -53,8 +55,11 @@ class TileUpdate:
         return (*self.plane, *self.region)
 
 
-def count_tiles(net: Any, stack: Planes, stride: int, factor: float = 1.0) -> int:
-    """How many tiles `stream_tiles` predicts: those of one plane resized by `factor`, times the planes."""
+def count_tiles(net: Any, stack: Planes, stride: int, factor: float = 1.0, tta: bool = False) -> int:
+    """How many updates `stream_tiles` yields: the tiles of one plane resized by `factor`, times the planes;
+    with `tta`, the 8 orientations of each plane."""
+    if tta:
+        return TTA_ORIENTATIONS * len(stack.planes)
     return len(tile_grid(net, scaled_shape(stack.shape, factor), stride)) * len(stack.planes)
 
 
@@ -82,6 +87,7 @@ def stream_tiles(
     device: torch.device,
     postprocess: PostprocessConfig,
     factor: float = 1.0,
+    tta: bool = False,
 ) -> Iterator[TileUpdate]:
     """Predict every plane of `stack` tile by tile; each plane is normalised with its own global percentiles.
 
@@ -91,7 +97,14 @@ def stream_tiles(
     update brings the whole plane, its stitched probabilities resized at once (what `ModelBundle.predict` gives).
     postprocess: for the image's size. Runs in the worker thread: reads windows (lazily for dask/zarr at factor
     1), runs the network, labels each tile.
+    tta: test-time augmentation, as `ModelBundle.predict(..., tta=True)` (`tiling.predict_tta`): each plane is
+    predicted in its 8 orientations, and each orientation brings one update of the whole plane, the mean of the
+    orientations so far (the last one is the mean of all 8: what `predict --tta` gives). The plane and its
+    probabilities are held in memory: planes too large for that are refused (`scale.check_tta_size`).
     """
+    if tta:
+        yield from _stream_tta(bundle, stack, stride, device, postprocess, factor)
+        return
     net = prepare_model(bundle.net, device)
     scaled = scaled_shape(stack.shape, factor)
     grid = tile_grid(net, scaled, stride)
@@ -126,6 +139,38 @@ def stream_tiles(
             labels = probs_to_labels(probs_fg, postprocess)
             labels[labels > 0] += next_id
             next_id += int(labels.max(initial=0))
+            yield TileUpdate(index, whole, probs_fg, labels, done, total)
+
+
+def _stream_tta(
+    bundle: ModelBundle,
+    stack: Planes,
+    stride: int,
+    device: torch.device,
+    postprocess: PostprocessConfig,
+    factor: float,
+) -> Iterator[TileUpdate]:
+    """`stream_tiles` with test-time augmentation: one whole-plane update per orientation."""
+    net = prepare_model(bundle.net, device)
+    total = TTA_ORIENTATIONS * len(stack.planes)
+    whole = (slice(0, stack.shape[0]), slice(0, stack.shape[1]))
+    done = next_id = 0
+    for index in stack.planes:
+        plane = stack.plane(index)
+        check_tta_size(plane, factor, net.config.num_classes)  # before reading a lazy plane
+        if factor != 1.0:
+            check_rescalable(plane, factor)
+        plane = np.asarray(plane)
+        check_image(plane, "CYX")
+        preprocess = bundle.preprocessor(plane, "CYX")
+        small = plane if factor == 1.0 else rescale_image(plane, factor)
+        for count, summed in iter_predict_tta(net, small, stride, device=device, preprocess=preprocess):
+            probs_fg = resize_probs(summed[1:2] / np.float32(count), stack.shape)[0]
+            labels = probs_to_labels(probs_fg, postprocess)
+            labels[labels > 0] += next_id
+            done += 1
+            if count == TTA_ORIENTATIONS:
+                next_id += int(labels.max(initial=0))
             yield TileUpdate(index, whole, probs_fg, labels, done, total)
 
 

@@ -107,6 +107,15 @@ class SegmentWidget(QWidget):
                 "flipped (bright: unsure; annotate there, see Fine-tune's 'Suggest where to annotate')"
             ),
         )
+        self.tta_check = check(
+            "average 8 orientations (8x the time)",
+            tooltip=(
+                "Test-time augmentation: the image is predicted flipped and rotated in the 8 ways of a square and "
+                "the probabilities averaged (as napari-unet predict --tta). Steadier maps, e.g. membranes in "
+                "electron micrographs; each plane is shown once per orientation, and held in memory (whole "
+                "slides: segment without it)"
+            ),
+        )
         self.uncertainty_layer: Any = None
         self.postprocess_fields = fields = PostprocessFields()
         self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
@@ -123,6 +132,7 @@ class SegmentWidget(QWidget):
                 ("object diameter", self.diameter_spin),
                 ("", self.diameter_label),
                 ("", self.probs_check),
+                ("", self.tta_check),
                 ("", self.uncertainty_check),
                 *fields.rows(),
             ),
@@ -246,11 +256,13 @@ class SegmentWidget(QWidget):
         self.cancelled = self.finished_run = False
         self._postprocess_runs += 1
         config = scale_postprocess(self.postprocess_config(), 1.0 / factor)
-        total = count_tiles(bundle.net, stack, stride, factor)
-        self.controls.begin(total, f"{total} tile(s) of {stride} px on {describe_device(device)}")
+        tta = self.tta_check.isChecked()
+        total = count_tiles(bundle.net, stack, stride, factor, tta=tta)
+        what = f"{len(stack.planes)} plane(s) x 8 orientations" if tta else f"{total} tile(s)"
+        self.controls.begin(total, f"{what}, tiles of {stride} px, on {describe_device(device)}")
         self.session.segmenting = True
         self.worker = generator_worker(
-            stream_tiles(bundle, stack, stride, device, config, factor),
+            stream_tiles(bundle, stack, stride, device, config, factor, tta=tta),
             _progress={"total": total, "desc": "U-Net: segmenting"},
         )
         self.worker.yielded.connect(self._write_tile)
@@ -296,7 +308,8 @@ class SegmentWidget(QWidget):
         self.drawing.refresh(thumbnail=True)
         self.stopped.emit()
         if self.cancelled:
-            self.status.setText(f"Cancelled: {self.tiles_written} of {self.progress.maximum()} tiles written")
+            unit = "plane orientations" if self.tta_check.isChecked() else "tiles"
+            self.status.setText(f"Cancelled: {self.tiles_written} of {self.progress.maximum()} {unit} written")
             return
         if self.tiles_written < self.progress.maximum():
             return  # failed: _failed said why
