@@ -117,12 +117,12 @@ def growth(config: Any) -> str:
 
 
 def settings(config: Any) -> str:
-    """A post-processing's settings in words: "threshold 0.5, seeds cores p > 0.9, watershed on, growth to off", or
+    """A post-processing's settings in words: "threshold 0.5, seeds cores p > 0.9, watershed on, growth off", or
     "flood seeds above 0.7" for a flooding model.
 
     >>> from napari_unet.postprocess import PostprocessConfig
     >>> settings(PostprocessConfig(seed_threshold=0.9, watershed=True))
-    'threshold 0.5, seeds cores p > 0.9, watershed on, growth to off'
+    'threshold 0.5, seeds cores p > 0.9, watershed on, growth off'
     >>> settings(PostprocessConfig(seed_threshold=0.4, grow_threshold=0.2))
     'threshold 0.5, seeds the mask, watershed off, growth to p > 0.2'
     """
@@ -131,7 +131,7 @@ def settings(config: Any) -> str:
     seeds = "the mask" if config.cores_above is None else f"cores p > {config.cores_above}"
     return (
         f"threshold {config.threshold}, seeds {seeds}, watershed {'on' if config.watershed else 'off'}, "
-        f"growth to {growth(config)}"
+        f"growth {'to ' if config.grows else ''}{growth(config)}"
     )
 
 
