@@ -179,7 +179,8 @@ def test_rescaling_a_huge_lazy_plane_is_refused_before_reading_it():
 
 
 def test_test_time_augmentation_of_a_huge_lazy_plane_is_refused_before_reading_it():
-    """TTA holds the plane in 8 orientations and its probabilities in memory: a whole slide would not fit."""
+    """TTA reads the plane whole and holds its probabilities in memory at the plane's size: a whole slide would
+    not fit, even shrunk before the network."""
     da = pytest.importorskip("dask.array")
     huge = da.zeros((20000, 20000), dtype=np.uint16, chunks=1000)
     with pytest.raises(ValueError, match="test-time augmentation.*lazy.*GiB.*without test-time augmentation"):
@@ -187,6 +188,8 @@ def test_test_time_augmentation_of_a_huge_lazy_plane_is_refused_before_reading_i
     large = da.zeros((15800, 15800), dtype=np.uint16, chunks=1000)  # shrinking it (x0.9) would fit in memory
     with pytest.raises(ValueError, match="test-time augmentation"):  # its probabilities in 8 orientations not
         bundle(9.0).predict(large, diameter=10.0, tta=True, device="cpu")
+    with pytest.raises(ValueError, match="test-time augmentation"):  # the probabilities come back at full size
+        check_tta_size(da.zeros((16000, 16000), dtype=np.uint16, chunks=1000), 0.5)
     check_tta_size(np.zeros((200, 200), np.float32), 4.0)  # small planes pass
     probs = bundle(None).predict(np.zeros((40, 40), np.float32), tta=True, device="cpu")
     assert probs.shape == (2, 40, 40)

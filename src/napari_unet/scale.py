@@ -155,12 +155,12 @@ def check_rescalable(image, factor: float) -> None:
 
 
 def check_tta_size(image, factor: float, classes: int = 2) -> None:
-    """Raise a ValueError when test-time augmentation of the plane `image` (`tiling.predict_tta`: the plane in
-    8 orientations and its probabilities summed over them, all in memory) at rescale `factor` would hold more than
-    `MAX_RESCALE_BYTES` in one array."""
+    """Raise a ValueError when test-time augmentation of the plane `image` (`tiling.predict_tta`: the plane read
+    whole and its probabilities summed over the 8 orientations, in memory, then brought back to the plane's size)
+    at rescale `factor` would hold more than `MAX_RESCALE_BYTES` in one array."""
     h, w = image.shape[-2:]
     channels = max(int(np.prod(image.shape[:-2], dtype=np.int64)), classes)
-    largest = 4 * channels * h * w * factor**2
+    largest = 4 * channels * h * w * max(1.0, factor) ** 2
     if largest > MAX_RESCALE_BYTES:
         kind = "a lazy (dask, zarr or memory-mapped) " if _is_lazy(image) else "a "
         raise ValueError(

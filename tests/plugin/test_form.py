@@ -79,6 +79,8 @@ def test_postprocess_fields_read_and_show_a_config_without_announcing_it(qtbot):
     fields.seeds.setValue(0.9)  # cores above 0.9 seed the objects
     assert fields.config(base).seed_threshold == 0.9 and fields.config(base).seeds_from_cores
     assert changes == [1, 1, 1, 1, 1]
+    fields.show(PostprocessConfig(threshold=0.5, grow_threshold=0.6))  # growth set but inactive: shown as off
+    assert fields.grow.text() == "off" and fields.config(base).grow_threshold is None
     fields.show(PostprocessConfig(threshold=0.4, seed_threshold=0.975))
     assert fields.seeds.value() == 0.975 and fields.config(base).seed_threshold == 0.975
     fields.seeds.setValue(0.3)  # below the threshold: off

@@ -159,6 +159,14 @@ def test_bad_situations_are_notifications(make_napari_viewer_proxy, qtbot, tiny_
     qtbot.waitUntil(lambda: widget.worker is None, timeout=20_000)
     assert worker is not None and "NaN" in messages[-1]
 
+    monkeypatch.setattr("napari_unet.scale.MAX_RESCALE_BYTES", 1000)  # so that a 32 x 32 plane is "too large"
+    widget.image_combo.value = viewer.layers["photo"]
+    widget.channel_fields.grey.setChecked(True)
+    widget.tta_check.setChecked(True)
+    layers = len(viewer.layers)
+    assert widget.run() is None and "test-time augmentation" in messages[-1]
+    assert len(viewer.layers) == layers  # refused before any layer was made
+
 
 def test_a_lazy_stack_is_segmented_plane_by_plane(make_napari_viewer_proxy, qtbot, tiny_bundle):
     import dask.array as da

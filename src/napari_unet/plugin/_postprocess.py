@@ -43,7 +43,7 @@ class PostprocessFields:
                 "their full size; none merge). Off at 0 (or at the threshold or above)"
             ),
         )
-        self.grow.setSpecialValueText("off")  # as the seeds: raising the threshold never turns growth on
+        self.grow.setSpecialValueText("off")  # as the seeds: at "off", raising the threshold never turns growth on
         self.min_size = spin(0, 100000, 0)
         self.split = check(
             "split merged cells (watershed)",
@@ -101,7 +101,7 @@ class PostprocessFields:
             widget.blockSignals(True)
         self.threshold.setValue(config.threshold)
         self.seeds.setValue(config.cores_above or 0.0)
-        self.grow.setValue(config.grow_threshold or 0.0)
+        self.grow.setValue(config.grow_threshold if config.grows else 0.0)  # inactive growth shows as off
         self.min_size.setValue(config.min_size)
         self.split.setChecked(config.watershed)
         self.flood.setChecked(config.flood)

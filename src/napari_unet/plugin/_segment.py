@@ -39,7 +39,7 @@ from napari_unet.jobs.segment import (
 )
 from napari_unet.modelfile import ModelBundle
 from napari_unet.postprocess import PostprocessConfig
-from napari_unet.scale import scale_postprocess
+from napari_unet.scale import check_tta_size, scale_postprocess
 from napari_unet.tiling import auto_stride
 
 from ._channels import ChannelFields
@@ -81,6 +81,7 @@ class SegmentWidget(QWidget):
         self.labels: np.ndarray | None = None  # the Labels layer's array, written in place
         self.planes: list[tuple[int, ...]] = []
         self.tiles_written = 0
+        self._tta = False  # the run's test-time augmentation, as it started
         self.cancelled = False
         self.finished_run = False
         self._postprocess_runs = 0
@@ -182,6 +183,8 @@ class SegmentWidget(QWidget):
             return None
         try:
             stack = plane_stack(layer, bundle.net.config.in_channels, self.viewer.layers, self.channel_fields.choice())
+            if self.tta_check.isChecked():  # refused before any layer is made (a larger factor is checked again)
+                check_tta_size(stack.plane(stack.planes[0]), 1.0, bundle.net.config.num_classes)
             device = select_device(self.device_combo.currentText())
             diameter = self.diameter() if bundle.object_diameter is not None else None
             factor = bundle.scale_factor(stack.plane(stack.planes[0]), diameter) if diameter != "auto" else None
@@ -256,7 +259,7 @@ class SegmentWidget(QWidget):
         self.cancelled = self.finished_run = False
         self._postprocess_runs += 1
         config = scale_postprocess(self.postprocess_config(), 1.0 / factor)
-        tta = self.tta_check.isChecked()
+        tta = self._tta = self.tta_check.isChecked()
         total = count_tiles(bundle.net, stack, stride, factor, tta=tta)
         what = f"{len(stack.planes)} plane(s) x 8 orientations" if tta else f"{total} tile(s)"
         self.controls.begin(total, f"{what}, tiles of {stride} px, on {describe_device(device)}")
@@ -273,7 +276,8 @@ class SegmentWidget(QWidget):
         return self.worker
 
     def cancel(self) -> None:
-        """Stop after the tile being computed; the tiles already written stay."""
+        """Stop after the tile being computed (with test-time augmentation, the orientation of the plane being
+        computed); what was already written stays."""
         if self.worker is not None:
             self.cancelled = True
             self.worker.quit()
@@ -308,7 +312,7 @@ class SegmentWidget(QWidget):
         self.drawing.refresh(thumbnail=True)
         self.stopped.emit()
         if self.cancelled:
-            unit = "plane orientations" if self.tta_check.isChecked() else "tiles"
+            unit = "plane orientations" if self._tta else "tiles"
             self.status.setText(f"Cancelled: {self.tiles_written} of {self.progress.maximum()} {unit} written")
             return
         if self.tiles_written < self.progress.maximum():
