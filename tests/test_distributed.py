@@ -342,6 +342,35 @@ def test_files_fan_out_as_tasks_and_large_tiffs_go_by_blocks(client, bundle, tmp
     assert all(e.item.endswith("(already done)") for e in again) and len(again) == 4
 
 
+def test_whole_files_get_test_time_augmentation_and_blocks_are_refused_it(client, bundle, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(2):
+        write_tiff(folder / f"cells_{i}.tif", (make_cells((60, 50), seed=10 + i)[0] * 1000).astype(np.uint16), "YX")
+    inputs = sorted(folder.iterdir())
+    events = run(client, bundle, inputs, tmp_path / "out", tta=True)
+    assert len(events) == 2
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for path in inputs:
+            image, axes = read_input(path)
+            expected = output_paths(path, tmp_path / "single", probabilities=True)
+            list(segment_file(bundle, image, axes, expected, tile_size=TILE, device="cpu", tta=True))
+            got = output_paths(path, tmp_path / "out", probabilities=True)
+            assert np.array_equal(read_input(got.probs)[0], read_input(expected.probs)[0])
+            assert np.array_equal(read_input(got.labels)[0], read_input(expected.labels)[0])
+            plain = output_paths(path, tmp_path / "plain", probabilities=True)
+            list(segment_file(bundle, image, axes, plain, tile_size=TILE, device="cpu"))
+            assert not np.array_equal(read_input(got.probs)[0], read_input(plain.probs)[0])
+    finally:
+        torch.set_num_threads(threads)
+    write_tiff(folder / "large.tif", (make_cells((150, 140), seed=7)[0] * 1000).astype(np.uint16), "YX")
+    with pytest.raises(ValueError, match="large.tif would be segmented block by block.*test-time augmentation"):
+        run(client, bundle, sorted(folder.iterdir()), tmp_path / "refused", tta=True)
+    assert not list((tmp_path / "refused").iterdir())  # refused before anything was submitted
+
+
 def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp_path):
     import dask
     import tifffile
@@ -425,3 +454,4 @@ def test_the_command_line_and_python_run_on_a_cluster(client, bundle, big_zarr, 
     labels = zarr.open_group(str(tmp_path / "py" / "big_labels.ome.zarr"), mode="r")["0"][:]
     assert len(events) == 2 * BLOCKS and same_up_to_renumbering(labels, reference[1])
     assert main(["predict", str(model), str(big_zarr), "--out", str(tmp_path / "o"), "--workers", "2", "--tta"]) == 2
+    assert "test-time augmentation works on whole files" in capsys.readouterr().err

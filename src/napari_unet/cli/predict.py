@@ -160,8 +160,8 @@ def run(args: argparse.Namespace) -> int:
         seed_threshold=args.seed_threshold,
         flood=args.flood,
     )
-    if (args.cluster or args.workers) and (args.tta or args.batch_size != 1 or args.precision != "auto"):
-        raise ValueError("--tta, --batch-size and --precision are not available with --cluster or --workers")
+    if (args.cluster or args.workers) and (args.batch_size != 1 or args.precision != "auto"):
+        raise ValueError("--batch-size and --precision are not available with --cluster or --workers")
     device = select_device(args.device) if not args.cluster else None
     files = [f for path in args.inputs for f in list_files(path, "input image", zarr=True)]
     if args.out.exists() and not args.out.is_dir():
@@ -305,7 +305,10 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
 
     started, cut = time.perf_counter(), 0
     where = f"the cluster at {args.cluster}" if args.cluster else f"{args.workers} local worker(s)"
-    note(f"segmenting {len(files)} image(s) on {where}", args.quiet)
+    note(
+        f"segmenting {len(files)} image(s) on {where}" + (" with 8x test-time augmentation" if args.tta else ""),
+        args.quiet,
+    )
     with connect(args.cluster, args.workers, args.torch_threads) as client:
         events = segment_batch(
             client,
@@ -319,6 +322,7 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
             probabilities=args.probabilities,
             axes=args.axes,
             postprocess=postprocess,
+            tta=args.tta,
         )
         bar = None
         for event in events:

@@ -81,6 +81,7 @@ def segment_batch(
     probabilities: bool = False,
     axes: str | None = None,
     postprocess: PostprocessConfig | None = None,
+    tta: bool = False,
 ) -> Iterator[BatchProgress]:
     """Segment image files on the cluster of `client`; yields after each finished file or block.
 
@@ -89,12 +90,25 @@ def segment_batch(
     `probabilities`); other files (and stacks) as whole tasks into `<stem>_labels.tif` like `predict`.
     Finished outputs are skipped, as are the finished blocks of an interrupted run. Stopping is not asking
     for the next event: the remaining tasks are cancelled.
+    tta: test-time augmentation (`tiling.predict_tta`) of whole files; an input that would go by blocks is
+    refused before anything is submitted (the mean over the orientations of a block is not the whole image's).
     """
     if margin < 0:
         raise ValueError(f"the margin must be >= 0 pixels, got {margin}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     config = bundle.postprocess if postprocess is None else postprocess
+    planned = []  # every input planned before anything is submitted
+    for path in map(Path, inputs):
+        image, found = read_lazily(path, axes)  # only the shape and a sample of percentiles are read here
+        plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
+        if plan is not None and tta:
+            raise ValueError(
+                f"{path.name} would be segmented block by block (a single plane larger than one block of "
+                f"{block_size} px, or a .zarr): test-time augmentation works on whole files; segment it without "
+                "it, or without --cluster/--workers"
+            )
+        planned.append((path, image, plan))
     spec = ModelSpec.from_bundle(bundle)
     run = uuid.uuid4().hex[:8]
     model = client.submit(identity, spec, key=f"napari-unet-model-{spec.digest}-{run}", pure=False)
@@ -103,9 +117,7 @@ def segment_batch(
     plans: dict[Path, LargeImage] = {}
     skipped: list[str] = []
     try:
-        for path in map(Path, inputs):
-            image, found = read_lazily(path, axes)  # only the shape and a sample of percentiles are read here
-            plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
+        for path, image, plan in planned:
             if plan is None:
                 final = output_paths(path, out_dir, probabilities)
                 if final.labels.exists() and (final.probs is None or final.probs.exists()):
@@ -121,6 +133,7 @@ def segment_batch(
                     probabilities,
                     config,
                     tile_size,
+                    tta,
                     key=f"segment-{path.name}-{run}",
                     pure=False,
                 )

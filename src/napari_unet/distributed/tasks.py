@@ -130,8 +130,10 @@ def segment_whole_file(
     probabilities: bool,
     config: PostprocessConfig,
     tile_size: int | None,
+    tta: bool = False,
 ) -> int:
-    """One file segmented as in a single-process run, written under temporary names, then renamed."""
+    """One file segmented as in a single-process run (`tta`: test-time augmentation), written under temporary
+    names, then renamed."""
     import dask
 
     bundle, where = worker_model(spec, device)
@@ -145,7 +147,7 @@ def segment_whole_file(
         image, axes = read_input(path, axes)
         # at the image's own scale (diameter=None): the command line refuses a model that would rescale
         planes = segment_file(
-            bundle, image, axes, partial, postprocess=config, tile_size=tile_size, device=where, diameter=None
+            bundle, image, axes, partial, postprocess=config, tile_size=tile_size, device=where, diameter=None, tta=tta
         )
         for done in planes:
             objects += done.objects
