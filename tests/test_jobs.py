@@ -181,6 +181,7 @@ def test_streamed_test_time_augmentation_ends_with_what_predict_tta_gives(cells,
         first = updates[8 * t]  # the first update is one orientation alone: the plain prediction
         plain = bundle.predict_rescaled(data[t], factor, tile_size=32, device="cpu")[1]
         np.testing.assert_allclose(first.probs_fg, plain, atol=1e-6)
+        assert all(updates[8 * t + k].labels is first.labels for k in range(1, 7))  # labelled twice per plane
     last_ids = [set(np.unique(updates[8 * t + 7].labels)) - {0} for t in range(2)]
     assert not last_ids[0] & last_ids[1], "planes never share ids"
 

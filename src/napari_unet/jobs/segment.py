@@ -99,7 +99,8 @@ def stream_tiles(
     1), runs the network, labels each tile.
     tta: test-time augmentation, as `ModelBundle.predict(..., tta=True)` (`tiling.predict_tta`): each plane is
     predicted in its 8 orientations, and each orientation brings one update of the whole plane, the mean of the
-    orientations so far (the last one is the mean of all 8: what `predict --tta` gives). The plane and its
+    orientations so far (the last one is the mean of all 8: what `predict --tta` gives); its labels are those of
+    the first orientation until the last brings its own (post-processing a whole plane 8 times would add up). The plane and its
     probabilities are held in memory: planes too large for that are refused (`scale.check_tta_size`).
     """
     if tta:
@@ -164,10 +165,12 @@ def _stream_tta(
         check_image(plane, "CYX")
         preprocess = bundle.preprocessor(plane, "CYX")
         small = plane if factor == 1.0 else rescale_image(plane, factor)
+        labels = None
         for count, summed in iter_predict_tta(net, small, stride, device=device, preprocess=preprocess):
             probs_fg = resize_probs(summed[1:2] / np.float32(count), stack.shape)[0]
-            labels = probs_to_labels(probs_fg, postprocess)
-            labels[labels > 0] += next_id
+            if labels is None or count == TTA_ORIENTATIONS:  # labelled twice: a first look, then the mean of all
+                labels = probs_to_labels(probs_fg, postprocess)
+                labels[labels > 0] += next_id
             done += 1
             if count == TTA_ORIENTATIONS:
                 next_id += int(labels.max(initial=0))
