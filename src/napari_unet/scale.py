@@ -143,15 +143,12 @@ def choose_diameter(found: Sequence[float], factors: Sequence[float], object_dia
 def check_rescalable(image, factor: float) -> None:
     """Raise a ValueError when rescaling the plane `image` by `factor` would hold too much in memory."""
     h, w = image.shape[-2:]
-    channels = int(np.prod(image.shape[:-2], dtype=np.int64))
-    largest = 4 * channels * h * w * max(1.0, factor) ** 2
-    if largest > MAX_RESCALE_BYTES:
-        kind = "a lazy (dask, zarr or memory-mapped) " if _is_lazy(image) else "a "
-        raise ValueError(
-            f"rescaling {kind}plane of {h}x{w} px by {factor:.3g} needs {largest / 2**30:.1f} GiB in memory (the limit "
-            f"is {MAX_RESCALE_BYTES / 2**30:.0f} GiB): resample the image to the model's object size beforehand, or "
-            "segment it without rescaling (diameter None)"
-        )
+    largest = _largest_array(image, factor, 1)
+    _check_in_memory(
+        largest,
+        f"rescaling {_kind(image)}plane of {h}x{w} px by {factor:.3g} needs {largest / 2**30:.1f} GiB in memory",
+        "resample the image to the model's object size beforehand, or segment it without rescaling (diameter None)",
+    )
 
 
 def check_tta_size(image, factor: float, classes: int = 2) -> None:
@@ -159,15 +156,30 @@ def check_tta_size(image, factor: float, classes: int = 2) -> None:
     whole and its probabilities summed over the 8 orientations, in memory, then brought back to the plane's size)
     at rescale `factor` would hold more than `MAX_RESCALE_BYTES` in one array."""
     h, w = image.shape[-2:]
-    channels = max(int(np.prod(image.shape[:-2], dtype=np.int64)), classes)
-    largest = 4 * channels * h * w * max(1.0, factor) ** 2
+    largest = _largest_array(image, factor, classes)
+    _check_in_memory(
+        largest,
+        f"test-time augmentation holds {_kind(image)}plane of {h}x{w} px and its probabilities in memory: "
+        f"{largest / 2**30:.1f} GiB per array",
+        "segment it without test-time augmentation (it is then read and written tile by tile), or in parts",
+    )
+
+
+def _largest_array(image, factor: float, channels: int) -> float:
+    """Bytes of the largest float32 array of a plane of `image` with at least `channels` channels, at the larger
+    of its size and its size rescaled by `factor`."""
+    h, w = image.shape[-2:]
+    channels = max(int(np.prod(image.shape[:-2], dtype=np.int64)), channels)
+    return 4 * channels * h * w * max(1.0, factor) ** 2
+
+
+def _kind(image) -> str:
+    return "a lazy (dask, zarr or memory-mapped) " if _is_lazy(image) else "a "
+
+
+def _check_in_memory(largest: float, what: str, advice: str) -> None:
     if largest > MAX_RESCALE_BYTES:
-        kind = "a lazy (dask, zarr or memory-mapped) " if _is_lazy(image) else "a "
-        raise ValueError(
-            f"test-time augmentation holds {kind}plane of {h}x{w} px and its probabilities in memory: "
-            f"{largest / 2**30:.1f} GiB per array (the limit is {MAX_RESCALE_BYTES / 2**30:.0f} GiB): segment it "
-            "without test-time augmentation (it is then read and written tile by tile), or in parts"
-        )
+        raise ValueError(f"{what} (the limit is {MAX_RESCALE_BYTES / 2**30:.0f} GiB): {advice}")
 
 
 def scaled_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:

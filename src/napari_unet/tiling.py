@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -357,24 +358,14 @@ def untransform(array, k: int, flip: bool):
     return np.rot90(array, -k, axes=(-2, -1)) if k else array
 
 
-def predict_tta(
-    model: UNet,
-    image,
-    tile_size: int | tuple[int, int] | None = None,
-    *,
-    device: str | torch.device = "auto",
-    batch_size: int = 1,
-    preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
-    precision: str | None = None,
-) -> np.ndarray:
+def predict_tta(model: UNet, image, tile_size: int | tuple[int, int] | None = None, **options: Any) -> np.ndarray:
     """Test-time augmentation: probabilities (classes, H, W) averaged over the 8 flips and 90-degree rotations.
 
     probs = 1/8 sum_g g^-1(f(g(x))) for g in the dihedral group of the square, f = `predict_tiled` (with
     `preprocess`, which must not depend on the orientation, e.g. normalisation with the image's percentiles).
-    image: (H, W) or (C, H, W). Costs 8 predictions; for a model that is exactly equivariant to these symmetries
-    it equals the plain one.
+    image: (H, W) or (C, H, W). options: `iter_predict_tta`'s (device, batch_size, preprocess, precision). Costs 8
+    predictions; for a model that is exactly equivariant to these symmetries it equals the plain one.
     """
-    options = {"device": device, "batch_size": batch_size, "preprocess": preprocess, "precision": precision}
     for done, total in iter_predict_tta(model, image, tile_size, **options):
         if done == 8:
             total /= np.float32(8)
