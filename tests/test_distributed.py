@@ -371,6 +371,17 @@ def test_whole_files_get_test_time_augmentation_and_blocks_are_refused_it(client
     assert not list((tmp_path / "refused").iterdir())  # refused before anything was submitted
 
 
+def test_whole_files_too_large_for_test_time_augmentation_are_refused_before_any_task(
+    client, bundle, tmp_path, monkeypatch
+):
+    write_tiff(tmp_path / "cells.tif", (make_cells((60, 50), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    monkeypatch.setattr("napari_unet.scale.MAX_RESCALE_BYTES", 1000)  # so that a 60 x 50 plane is "too large"
+    with pytest.raises(ValueError, match="test-time augmentation holds"):
+        run(client, bundle, [tmp_path / "cells.tif"], tmp_path / "out", tta=True)
+    assert not list((tmp_path / "out").iterdir())
+    assert len(run(client, bundle, [tmp_path / "cells.tif"], tmp_path / "out")) == 1  # without it: segmented
+
+
 def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp_path):
     import dask
     import tifffile

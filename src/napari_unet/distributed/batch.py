@@ -27,6 +27,7 @@ from ..device import select_device
 from ..modelfile import ModelBundle
 from ..pipeline import ZARR_SUFFIX, base_name, output_paths
 from ..postprocess import PostprocessConfig
+from ..scale import check_tta_size
 from ..tiling import TileGrid, as_channels_first, auto_stride, tile_grid
 from .blocks import block_regions, block_shape
 from .cluster import ModelSpec, connect
@@ -102,13 +103,9 @@ def segment_batch(
     for path in map(Path, inputs):
         image, found = read_lazily(path, axes)  # only the shape and a sample of percentiles are read here
         plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
-        if plan is not None and tta:
-            raise ValueError(
-                f"{path.name} would be segmented block by block (a single plane larger than one block of "
-                f"{block_size} px, or a .zarr): test-time augmentation works on whole files; segment it without "
-                "it, or without --cluster/--workers"
-            )
-        planned.append((path, image, plan))
+        if tta:
+            _check_tta(path, image, plan, block_size, bundle.net.config.num_classes)
+        planned.append((path, None if plan is None else image, plan))  # whole files are read again by their task
     spec = ModelSpec.from_bundle(bundle)
     run = uuid.uuid4().hex[:8]
     model = client.submit(identity, spec, key=f"napari-unet-model-{spec.digest}-{run}", pure=False)
@@ -168,6 +165,18 @@ def segment_batch(
         if unfinished:
             client.cancel(unfinished)
         model.release()  # not cancelled: that would cancel its finished dependents too, already released
+
+
+def _check_tta(path: Path, image, plan: LargeImage | None, block_size: int, classes: int) -> None:
+    """Refuse test-time augmentation of an input that goes by blocks, or whose planes are too large for it
+    (`scale.check_tta_size`), before anything is submitted; nothing is read."""
+    if plan is not None:
+        raise ValueError(
+            f"{path.name} would be segmented block by block (a single plane larger than one block of {block_size} "
+            "px, or a single-plane .zarr): test-time augmentation works on whole files; segment it without "
+            "test-time augmentation"
+        )
+    check_tta_size(image[(0,) * (image.ndim - 2)], 1.0, classes)
 
 
 @dataclass(frozen=True)
