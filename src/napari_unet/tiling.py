@@ -366,11 +366,9 @@ def predict_tta(model: UNet, image, tile_size: int | tuple[int, int] | None = No
     image: (H, W) or (C, H, W). options: `iter_predict_tta`'s (device, batch_size, preprocess, precision). Costs 8
     predictions; for a model that is exactly equivariant to these symmetries it equals the plain one.
     """
-    for done, total in iter_predict_tta(model, image, tile_size, **options):
-        if done == 8:
-            total /= np.float32(8)
-            return total
-    raise AssertionError("unreachable: iter_predict_tta yields 8 sums")
+    *_, (count, total) = iter_predict_tta(model, image, tile_size, **options)  # the last sum: every orientation
+    total /= np.float32(count)
+    return total
 
 
 def iter_predict_tta(

@@ -111,11 +111,6 @@ def describe_tuning(tuned: dict[str, Any]) -> str:
     )
 
 
-def growth(config: Any) -> str:
-    """How far objects grow (post-processing step 5), in words: "p > 0.1", or "off"."""
-    return f"p > {config.grow_threshold}" if config.grows else "off"
-
-
 def settings(config: Any) -> str:
     """A post-processing's settings in words: "threshold 0.5, seeds cores p > 0.9, watershed on, growth off", or
     "flood seeds above 0.7" for a flooding model.
@@ -129,9 +124,9 @@ def settings(config: Any) -> str:
     if config.flood:
         return f"flood seeds above {config.threshold}"
     seeds = "the mask" if config.cores_above is None else f"cores p > {config.cores_above}"
+    growth = f"to p > {config.grow_threshold}" if config.grows else "off"
     return (
-        f"threshold {config.threshold}, seeds {seeds}, watershed {'on' if config.watershed else 'off'}, "
-        f"growth {'to ' if config.grows else ''}{growth(config)}"
+        f"threshold {config.threshold}, seeds {seeds}, watershed {'on' if config.watershed else 'off'}, growth {growth}"
     )
 
 

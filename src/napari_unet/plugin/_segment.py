@@ -29,6 +29,7 @@ from qtpy.QtWidgets import QWidget
 
 from napari_unet.device import available_devices, describe_device, select_device
 from napari_unet.jobs.segment import (
+    TTA_ORIENTATIONS,
     Planes,
     TileUpdate,
     count_tiles,
@@ -261,7 +262,7 @@ class SegmentWidget(QWidget):
         config = scale_postprocess(self.postprocess_config(), 1.0 / factor)
         tta = self._tta = self.tta_check.isChecked()
         total = count_tiles(bundle.net, stack, stride, factor, tta=tta)
-        what = f"{len(stack.planes)} plane(s) x 8 orientations" if tta else f"{total} tile(s)"
+        what = f"{len(stack.planes)} plane(s) x {TTA_ORIENTATIONS} orientations" if tta else f"{total} tile(s)"
         self.controls.begin(total, f"{what}, tiles of {stride} px, on {describe_device(device)}")
         self.session.segmenting = True
         self.worker = generator_worker(
