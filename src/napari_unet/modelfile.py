@@ -53,7 +53,7 @@ from .scale import (
     scale_postprocess,
 )
 from .tiling import predict_tiled, predict_tta
-from .validation import check_json_object, check_unet_entry
+from .validation import check_image, check_json_object, check_unet_entry
 
 FORMAT = "napari-unet-model"
 FORMAT_VERSION = 1
@@ -227,16 +227,11 @@ class ModelBundle:
         rescaled in memory, and planes of more than `scale.MAX_RESCALE_BYTES` (before or after) are refused; so
         are planes whose test-time augmentation (`tta`, in memory) would hold more (`scale.check_tta_size`).
         """
-        if factor != 1.0:
-            check_rescalable(image, factor)
-        if tta:
-            check_tta_size(image, factor, self.net.config.num_classes)
-        preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
+        small, preprocess = self.network_input(image, factor, tta=tta)
         if factor == 1.0 and not tta:
             return predict_tiled(
-                self.net, image, tile_size, device=device, out=out, batch_size=batch_size, preprocess=preprocess
+                self.net, small, tile_size, device=device, out=out, batch_size=batch_size, preprocess=preprocess
             )
-        small = image if factor == 1.0 else rescale_image(np.asarray(image), factor)
         run = predict_tta if tta else predict_tiled
         probs = run(self.net, small, tile_size, device=device, batch_size=batch_size, preprocess=preprocess)
         probs = probs if factor == 1.0 else resize_probs(probs, tuple(image.shape[-2:]))
@@ -244,6 +239,30 @@ class ModelBundle:
             return probs
         out[...] = probs
         return out
+
+    def network_input(self, image, factor: float = 1.0, *, tta: bool = False, check: bool = False) -> tuple[Any, Any]:
+        """What the network is given for a raw (H, W) or (C, H, W) plane resized by `factor`: (the plane at the
+        network's scale, its per-window normalisation with the percentiles of the plane as given).
+
+        At 1.0 without `tta` the plane comes back as it is (lazy arrays stay lazy, read window by window);
+        otherwise it is read and rescaled in memory, after the checks that this fits: planes of more than
+        `scale.MAX_RESCALE_BYTES` before or after rescaling are refused (`scale.check_rescalable`), and with
+        `tta` planes whose augmented copies would hold more (`scale.check_tta_size`); both look at the shape
+        only, so a lazy plane is refused before it is read.
+        check: refuse a plane in memory (read here or given) that holds NaN or is constant
+        (`validation.check_image`), before its percentiles are taken.
+        """
+        axes = "YX" if image.ndim == 2 else "CYX"
+        if factor != 1.0:
+            check_rescalable(image, factor)
+        if tta:
+            check_tta_size(image, factor, self.net.config.num_classes)
+        if factor != 1.0 or tta:
+            image = np.asarray(image)
+        if check and isinstance(image, np.ndarray) and not isinstance(image, np.memmap):
+            check_image(image, axes)
+        preprocess = self.preprocessor(image, axes)
+        return (image if factor == 1.0 else rescale_image(image, factor)), preprocess
 
     def segment(
         self, image, *, diameter: Diameter = "auto", postprocess: PostprocessConfig | None = None, **kwargs: Any

@@ -16,9 +16,8 @@ import torch
 
 from ..modelfile import ModelBundle
 from ..postprocess import PostprocessConfig, probs_to_labels
-from ..scale import check_rescalable, check_tta_size, rescale_image, resize_probs, scaled_shape
+from ..scale import resize_probs, scaled_shape
 from ..tiling import dihedral_transforms, iter_predict_tiles, iter_predict_tta, prepare_model, tile_grid
-from ..validation import check_image
 
 TTA_ORIENTATIONS = len(dihedral_transforms())  # test-time augmentation: the 8 symmetries of the square
 
@@ -112,13 +111,9 @@ def stream_tiles(
     total = len(grid) * len(stack.planes)
     done = next_id = 0
     for index in stack.planes:
-        plane = stack.plane(index)
-        if isinstance(plane, np.ndarray) and not isinstance(plane, np.memmap):
-            check_image(plane, "CYX")  # NaN, infinite or constant: a clear error (lazy planes are not scanned twice)
-        preprocess = bundle.preprocessor(plane, "CYX")
+        # NaN, infinite or constant planes in memory: a clear error (lazy planes are not scanned twice)
+        plane, preprocess = bundle.network_input(stack.plane(index), factor, check=True)
         if factor != 1.0:
-            check_rescalable(plane, factor)
-            plane = rescale_image(np.asarray(plane), factor)
             stitched = np.zeros(scaled, np.float32)
         for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
             if factor != 1.0:
@@ -157,14 +152,7 @@ def _stream_tta(
     whole = (slice(0, stack.shape[0]), slice(0, stack.shape[1]))
     done = next_id = 0
     for index in stack.planes:
-        plane = stack.plane(index)
-        check_tta_size(plane, factor, net.config.num_classes)  # before reading a lazy plane
-        if factor != 1.0:
-            check_rescalable(plane, factor)
-        plane = np.asarray(plane)
-        check_image(plane, "CYX")
-        preprocess = bundle.preprocessor(plane, "CYX")
-        small = plane if factor == 1.0 else rescale_image(plane, factor)
+        small, preprocess = bundle.network_input(stack.plane(index), factor, tta=True, check=True)
         labels = None
         for count, summed in iter_predict_tta(net, small, stride, device=device, preprocess=preprocess):
             probs_fg = resize_probs(summed[1:2] / np.float32(count), stack.shape)[0]
