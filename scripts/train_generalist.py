@@ -17,7 +17,7 @@ a second stage that adds data to a model trained before.
 the validation score printed during training, and benchmarks/bench_generalist.py scores all of it).
 
 After training, the post-processing (threshold, watershed and its depth, seeds from the nuclei's cores) is tuned on
-every 11th DSB training image.
+every `--tune-every`th DSB training image (11th by default).
 Every image is rescaled so that its median nucleus diameter (equivalent diameter of the labelled objects)
 becomes the model's `--diameter`; scale augmentation (zoom in `--zoom`) teaches the network a range around it.
 At inference `napari_unet` rescales an image by (model diameter / object diameter) before the network.
@@ -44,7 +44,7 @@ from napari_unet.channels import ChannelChoice
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import Normalization, load_model, save_model
 from napari_unet.pipeline import read_training_pair
-from napari_unet.postprocess import tune_config
+from napari_unet.postprocess import score_config, tune_config
 from napari_unet.scale import median_diameter, rescale_image, rescale_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.train_config import gives_back_border
@@ -94,13 +94,16 @@ def earlier_stages(metadata: dict | None) -> list[dict]:
     ]
 
 
-def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: float, growth: bool = True):
-    """The post-processing (threshold, watershed and its depth, seeds, growth if `growth`) that segments every 11th DSB
-    training image best, at the model's scale (`postprocess.tune_config`: by mAP, then AP50); never tuned on the
-    validation set. No growth for a network trained on the nuclei as annotated (w0 0, border 0), as
-    `Trainer.calibrate_growth` does."""
+def tune_on_training_images(
+    bundle, pairs: list[tuple[Path, Path]], diameter: float, growth: bool = True, every: int = 11
+):
+    """The post-processing (threshold, watershed and its depth, seeds, growth if `growth`) that segments every
+    `every`th DSB training image best, at the model's scale (`postprocess.tune_config`: by mAP, then AP50); never
+    tuned on the validation set. No growth for a network trained on the nuclei as annotated (w0 0, border 0), as
+    `Trainer.calibrate_growth` does. Returns (config, the record for the model's metadata `postprocess_tuning`).
+    """
     probs, truths = [], []
-    for image_path, labels_path in pairs[::11]:
+    for image_path, labels_path in pairs[::every]:
         result = load_sample(image_path, labels_path, diameter)
         if result is None:
             continue
@@ -108,30 +111,33 @@ def tune_on_training_images(bundle, pairs: list[tuple[Path, Path]], diameter: fl
         image = bundle.normalization.apply_polarity(np.asarray(sample.image, np.float32)[None])
         probs.append(predict_tiled(bundle.net, image, device="cpu")[1])
         truths.append(sample.labels)
-    return tune_config(
+    tuned, scores = tune_config(
         probs,
         truths,
         bundle.postprocess,
         thresholds=(0.4, 0.5, 0.6, 0.7, 0.8),
         watershed=(False, True),
         grow_thresholds=None if growth else (None,),
-        watershed_h=(1.0, 2.0, 3.0, 4.0),
+        watershed_h=(1.0, 1.5, 2.0, 3.0, 4.0),
     )
-
-
-def tuning_record(tuned, scores) -> dict:
-    """What the tuning chose, for the model's metadata (`postprocess_tuning`)."""
-    return {
-        "images": "every 11th image of dsb2018-fluo/pretrain, at the model's scale",
-        "chosen": {
-            "threshold": tuned.threshold,
-            "seed_threshold": tuned.cores_above,
-            "watershed": tuned.watershed,
-            "watershed_h": tuned.watershed_h,
-        },
-        "mean_ap50": round(scores["ap50"], 3),
-        "mean_map": round(scores["map"], 3),
+    record = {  # the shape `napari-unet train --tune-postprocess` records
+        "images": f"{len(probs)} images: every {ordinal(every)} image of dsb2018-fluo/pretrain, at the model's scale",
+        "by": "map, ap50",
+        "before": score_config(bundle.postprocess, probs, truths),
+        "before_config": bundle.postprocess.to_dict(),
+        "scores": scores,
+        "chosen": tuned.to_dict(),
     }
+    return tuned, record
+
+
+def ordinal(n: int) -> str:
+    """
+    >>> [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22)]
+    ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '22nd']
+    """
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def command(argv: list[str] | None) -> str:
@@ -143,14 +149,17 @@ def tune_only(start, args: argparse.Namespace, argv: list[str] | None) -> int:
     started = time.time()
     trained_with = TrainConfig.from_dict(start.metadata["training"]) if "training" in start.metadata else None
     growth = trained_with is None or gives_back_border(trained_with)
-    before = start.postprocess
-    tuned, scores = tune_on_training_images(
-        start, image_pairs(args.data, "dsb2018-fluo/pretrain"), start.object_diameter, growth=growth
+    tuned, record = tune_on_training_images(
+        start,
+        image_pairs(args.data, "dsb2018-fluo/pretrain"),
+        start.object_diameter,
+        growth=growth,
+        every=args.tune_every,
     )
     start.postprocess = tuned
     start.metadata.update(
         {
-            "postprocess_tuning": {**tuning_record(tuned, scores), "before": before.to_dict()},
+            "postprocess_tuning": record,
             "stages": earlier_stages(start.metadata)
             + [{"command": command(argv), "iterations": 0, "training_seconds": 0, "tuned_post_processing": True}],
         }
@@ -158,7 +167,8 @@ def tune_only(start, args: argparse.Namespace, argv: list[str] | None) -> int:
     save_model(args.out, start)
     print(
         f"saved {args.out}: post-processing tuned in {time.time() - started:.0f} s: {tuned.to_dict()} "
-        f"(AP50 {scores['ap50']:.3f}, mAP {scores['map']:.3f} on the tuning images)",
+        f"(AP50 {record['scores']['ap50']:.3f}, mAP {record['scores']['map']:.3f} on the tuning images; before "
+        f"{record['before']['ap50']:.3f}, {record['before']['map']:.3f})",
         flush=True,
     )
     return 0
@@ -205,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tune-only", action="store_true", help="train nothing: tune --init's post-processing again, save to --out"
     )
+    parser.add_argument(
+        "--tune-every", type=int, default=11, help="tune the post-processing on every Nth DSB training image"
+    )
     args = parser.parse_args(argv)
+    if args.tune_every < 1:
+        parser.error(f"--tune-every must be a positive whole number, got {args.tune_every}")
     torch.set_num_threads(args.threads)
 
     started = time.time()
@@ -295,8 +310,12 @@ def main(argv: list[str] | None = None) -> int:
             "training_seconds": round(trainer.elapsed),
         }
     ]
-    tuned, scores = tune_on_training_images(
-        bundle, image_pairs(args.data, "dsb2018-fluo/pretrain"), args.diameter, growth=gives_back_border(config)
+    tuned, record = tune_on_training_images(
+        bundle,
+        image_pairs(args.data, "dsb2018-fluo/pretrain"),
+        args.diameter,
+        growth=gives_back_border(config),
+        every=args.tune_every,
     )
     bundle.postprocess = tuned
     bundle.channels = GREY
@@ -308,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             + (" and on brightfield and stained histology (DSB 2018)" if args.other_hold_out >= 0 else "")
             + "; RGB images are seen as their luminance; bright-background images are inverted automatically "
             "(normalization.invert = auto).",
-            "postprocess_tuning": tuning_record(tuned, scores),
+            "postprocess_tuning": record,
             "license": "BSD-3-Clause (weights); trained only on CC0 data",
             "training_data": {
                 "dsb2018-fluo/pretrain": [p[0].name for p in pairs if "dsb2018-fluo" in str(p[0])],

@@ -82,12 +82,13 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
         truths = [p.cells.astype(np.int64) for p in usable]
         before = score_config(trainer.postprocess, probs, truths)
         config, scores = tune_config(probs, truths, trainer.postprocess)
-    trainer.postprocess = config
+    previous, trainer.postprocess = trainer.postprocess, config
     by = "vrand" if flood else "ap50"  # the score reported; instance labels are ranked by mAP first
     trainer.metadata["postprocess_tuning"] = {  # saved with the model, beside the end-of-run fit
         "images": f"{len(usable)} validation image(s)",
         "by": "vrand" if flood else "map, ap50",
         "before": before,
+        "before_config": previous.to_dict(),
         "scores": scores,
         "chosen": config.to_dict(),
     }
