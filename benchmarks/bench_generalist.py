@@ -28,7 +28,7 @@ from _common import machine, seconds, write_results  # benchmarks/ is on sys.pat
 
 from napari_unet.channels import ChannelChoice
 from napari_unet.io import read_image, read_labels
-from napari_unet.metrics import average_scores, instance_scores
+from napari_unet.metrics import average_scores, error_kinds, instance_scores
 from napari_unet.modelfile import load_model
 from napari_unet.scale import median_diameter
 from napari_unet.synthetic import make_cells
@@ -52,8 +52,9 @@ def score_set(bundle, pairs: list[tuple[Path, Path]], true_diameter: bool) -> di
         if true_diameter and not np.isfinite(diameter):
             continue
         pred = bundle.segment(grey(image_path), diameter=diameter)
-        rows.append({"image": image_path.name, **instance_scores(pred, truth)})
-    return {"mean": average_scores(rows), "images": rows}
+        rows.append({"image": image_path.name, **instance_scores(pred, truth), "errors": error_kinds(pred, truth)})
+    errors = {kind: sum(row["errors"][kind] for row in rows) for kind in ("matched", "merged", "missed", "false")}
+    return {"mean": average_scores(rows), "errors": errors, "images": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             results[f"dsb2018_other_held_out_{kind}_true_diameter"] = score_set(bundle, pairs, true_diameter=True)
     for name, result in results.items():
         if name != "speed":
-            m = result["mean"]
+            m, e = result["mean"], result["errors"]
             print(
                 f"{name:34s} AP50 {m['ap50']:.3f}  mAP {m['map']:.3f}  F1 {m['f1_50']:.3f}  SEG {m['seg']:.3f}  "
-                f"({m['n_images']} images)",
+                f"({m['n_images']} images); true objects matched {e['matched']}, merged {e['merged']}, missed "
+                f"{e['missed']}; false objects {e['false']}",
                 flush=True,
             )
     write_results(

@@ -15,7 +15,7 @@ Conventions shared by all functions:
 
 Where they are: `overlap` (contingency tables, connected components, the input checks), `isbi` (the electron
 microscopy scores: V_rand, V_info, pixel error and foreground IoU), `instances` (matching objects: AP, F1,
-precision, recall, SEG); here, `evaluate_pair` and `average_scores`, which combine them for the command line.
+precision, recall, SEG, what became of the unmatched); here, `evaluate_pair` and `average_scores`, which combine them for the command line.
 Every public name is importable from `napari_unet.metrics`.
 """
 
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..validation import check_probabilities
-from .instances import IOU_THRESHOLDS, instance_scores, match_instances, seg_score
+from .instances import IOU_THRESHOLDS, error_kinds, instance_scores, match_instances, seg_score
 from .isbi import (
     CURVES,
     ISBI_THRESHOLDS,
@@ -46,6 +46,7 @@ __all__ = [
     "average_scores",
     "components",
     "contingency",
+    "error_kinds",
     "evaluate_pair",
     "instance_scores",
     "isbi_scores",
