@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "model": args.model,
             "machine": machine(load),
             "metadata": {k: bundle.metadata.get(k) for k in ("iterations", "elapsed_seconds", "command")},
+            "postprocess": bundle.postprocess.to_dict(),
             **results,
         },
     )

@@ -604,6 +604,7 @@ def test_membrane_masks_train_a_model_whose_labels_fill_the_image(membrane_mask,
     assert bundle.postprocess.flood and bundle.metadata["growth_calibration"]["by"] == "vrand"
     tuning = bundle.metadata["postprocess_tuning"]
     assert tuning["by"] == "vrand" and tuning["chosen"]["threshold"] == bundle.postprocess.threshold
+    assert tuning["before_config"]["flood"] and set(tuning["before_config"]) == set(tuning["chosen"])
     predict = ["predict", out, root / "images" / "00.png", "--device", "cpu", "-q"]
     assert run(capsys, *predict, "--out", tmp_path / "probs", "--probabilities")[0] == 0
     # a network trained 2 steps is sure of nothing: seeds where it is surer than for 70 % of the pixels

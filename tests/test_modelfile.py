@@ -47,6 +47,28 @@ def test_predict_normalises_with_percentiles():
     assert labels.shape == (50, 60) and labels.dtype == np.int32
 
 
+def test_network_input_keeps_a_lazy_plane_lazy_at_scale_1_and_reads_checks_and_rescales_it_otherwise():
+    import dask.array as da
+
+    model = bundle()
+    image = np.random.default_rng(2).random((2, 40, 60)).astype(np.float32) * 100 + 5
+    lazy = da.from_array(image, chunks=(2, 20, 20))
+    plane, preprocess = model.network_input(lazy, 1.0, check=True)
+    assert plane is lazy  # read window by window later
+    np.testing.assert_allclose(preprocess(image[:, :8, :8]), model.preprocessor(image)(image[:, :8, :8]))
+    plane, preprocess = model.network_input(lazy, 0.5)
+    assert isinstance(plane, np.ndarray) and plane.shape == (2, 20, 30)
+    # the percentiles are those of the plane as given, not of the rescaled one
+    np.testing.assert_allclose(preprocess(image[:, :8, :8]), model.preprocessor(image)(image[:, :8, :8]))
+    assert model.network_input(lazy, 1.0, tta=True)[0].shape == (2, 40, 60)
+    broken = image.copy()
+    broken[0, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        model.network_input(da.from_array(broken, chunks=(2, 20, 20)), 0.5, check=True)
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        model.network_input(broken, 1.0, check=True)
+
+
 def test_saving_over_an_existing_model_replaces_it_whole(tmp_path):
     save_model(tmp_path / "m", bundle())
     other = ModelBundle(UNet(depth=2, base_channels=2))

@@ -111,7 +111,8 @@ def stream_tiles(
     total = len(grid) * len(stack.planes)
     done = next_id = 0
     for index in stack.planes:
-        # NaN, infinite or constant planes in memory: a clear error (lazy planes are not scanned twice)
+        # NaN, infinite or constant planes in memory or read whole to be rescaled: a clear error (at scale 1 lazy
+        # planes are read window by window and not scanned beforehand)
         plane, preprocess = bundle.network_input(stack.plane(index), factor, check=True)
         if factor != 1.0:
             stitched = np.zeros(scaled, np.float32)

@@ -154,7 +154,7 @@ def error_kinds(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
     merged: an unmatched true object more than half of which lies in a predicted object that holds more than
     half of another true object too (touching objects drawn as one); missed: the other unmatched true objects
     (not found, or drawn too far off); false: predicted objects matched to no true object (the pieces of a split
-    object, background taken for an object, and the objects that merged others).
+    object, background taken for an object, and objects that merged others without matching any of them).
     Matching as `match_instances` at IoU 0.5. pred, truth: same-shape integer labels (0 = background).
 
     Three touching objects drawn as one, a fourth not found, and a false object:
