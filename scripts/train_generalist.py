@@ -121,7 +121,7 @@ def tune_on_training_images(
         watershed_h=(1.0, 1.5, 2.0, 3.0, 4.0),
     )
     record = {  # the shape `napari-unet train --tune-postprocess` records
-        "images": f"{len(probs)} images: every {ordinal(every)} image of dsb2018-fluo/pretrain, at the model's scale",
+        "images": f"{len(probs)} images: one in {every} of dsb2018-fluo/pretrain, at the model's scale",
         "by": "map, ap50",
         "before": score_config(bundle.postprocess, probs, truths),
         "before_config": bundle.postprocess.to_dict(),
@@ -129,15 +129,6 @@ def tune_on_training_images(
         "chosen": tuned.to_dict(),
     }
     return tuned, record
-
-
-def ordinal(n: int) -> str:
-    """
-    >>> [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22)]
-    ['1st', '2nd', '3rd', '4th', '11th', '12th', '13th', '21st', '22nd']
-    """
-    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
-    return f"{n}{suffix}"
 
 
 def command(argv: list[str] | None) -> str:

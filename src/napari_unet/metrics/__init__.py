@@ -15,7 +15,8 @@ Conventions shared by all functions:
 
 Where they are: `overlap` (contingency tables, connected components, the input checks), `isbi` (the electron
 microscopy scores: V_rand, V_info, pixel error and foreground IoU), `instances` (matching objects: AP, F1,
-precision, recall, SEG, what became of the unmatched); here, `evaluate_pair` and `average_scores`, which combine them for the command line.
+precision, recall, SEG, what became of the unmatched); here, `evaluate_pair` and `average_scores`, which combine
+them for the command line.
 Every public name is importable from `napari_unet.metrics`.
 """
 

@@ -176,11 +176,5 @@ def error_kinds(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
     holds = np.bincount(o["pred_index"][covering], minlength=n_pred)
     merged = np.zeros(n_true, bool)
     merged[o["true_index"][covering & (holds[o["pred_index"]] >= 2)]] = True
-    merged &= ~true_matched
-    matched = int(np.count_nonzero(keep))
-    return {
-        "matched": matched,
-        "merged": int(np.count_nonzero(merged)),
-        "missed": n_true - matched - int(np.count_nonzero(merged)),
-        "false": n_pred - matched,
-    }
+    matched, n_merged = int(np.count_nonzero(keep)), int(np.count_nonzero(merged & ~true_matched))
+    return {"matched": matched, "merged": n_merged, "missed": n_true - matched - n_merged, "false": n_pred - matched}
