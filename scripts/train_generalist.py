@@ -44,7 +44,7 @@ from napari_unet.channels import ChannelChoice
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import Normalization, load_model, save_model
 from napari_unet.pipeline import read_training_pair
-from napari_unet.postprocess import score_config, tune_config
+from napari_unet.postprocess import score_config, tune_config, tuning_record
 from napari_unet.scale import median_diameter, rescale_image, rescale_labels
 from napari_unet.tiling import predict_tiled
 from napari_unet.train_config import gives_back_border
@@ -120,14 +120,14 @@ def tune_on_training_images(
         grow_thresholds=None if growth else (None,),
         watershed_h=(1.0, 1.5, 2.0, 3.0, 4.0),
     )
-    record = {  # the shape `napari-unet train --tune-postprocess` records
-        "images": f"{len(probs)} images: one in {every} of dsb2018-fluo/pretrain, at the model's scale",
-        "by": "map, ap50",
-        "before": score_config(bundle.postprocess, probs, truths),
-        "before_config": bundle.postprocess.to_dict(),
-        "scores": scores,
-        "chosen": tuned.to_dict(),
-    }
+    record = tuning_record(  # as `napari-unet train --tune-postprocess` records it
+        f"{len(probs)} images: one in {every} of dsb2018-fluo/pretrain, at the model's scale",
+        "map, ap50",
+        score_config(bundle.postprocess, probs, truths),
+        bundle.postprocess,
+        scores,
+        tuned,
+    )
     return tuned, record
 
 

@@ -356,6 +356,33 @@ def tune_config(
     return best, scores
 
 
+def tuning_record(
+    images: str,
+    by: str,
+    before: dict[str, float],
+    before_config: PostprocessConfig,
+    scores: dict[str, float],
+    chosen: PostprocessConfig,
+) -> dict[str, Any]:
+    """What a model's metadata keeps of a post-processing tuning (`postprocess_tuning`): on which images, ranked
+    by which scores, the mean scores with the settings it had (`before`, `before_config`) and with the ones
+    chosen (`scores`, `chosen`). `napari-unet train --tune-postprocess` and `scripts/train_generalist.py` write it.
+
+    >>> record = tuning_record("2 validation image(s)", "map, ap50", {"map": 0.5}, PostprocessConfig(),
+    ...                        {"map": 0.6}, PostprocessConfig(threshold=0.7))
+    >>> list(record), record["chosen"]["threshold"]
+    (['images', 'by', 'before', 'before_config', 'scores', 'chosen'], 0.7)
+    """
+    return {
+        "images": images,
+        "by": by,
+        "before": before,
+        "before_config": before_config.to_dict(),
+        "scores": scores,
+        "chosen": chosen.to_dict(),
+    }
+
+
 def calibrate_growth(
     probs: Sequence[np.ndarray],
     cells: Sequence[np.ndarray],

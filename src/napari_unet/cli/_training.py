@@ -65,7 +65,7 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
     (the mean scores with the chosen and the previous settings; "by": "ap50" or "vrand", the score to report),
     or None when no validation sample fits.
     """
-    from ..postprocess import fit_flood_seeds, score_config, score_membranes, tune_config
+    from ..postprocess import fit_flood_seeds, score_config, score_membranes, tune_config, tuning_record
     from ..training import annotated_everywhere
 
     flood = trainer.postprocess.flood
@@ -84,14 +84,9 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
         config, scores = tune_config(probs, truths, trainer.postprocess)
     previous, trainer.postprocess = trainer.postprocess, config
     by = "vrand" if flood else "ap50"  # the score reported; instance labels are ranked by mAP first
-    trainer.metadata["postprocess_tuning"] = {  # saved with the model, beside the end-of-run fit
-        "images": f"{len(usable)} validation image(s)",
-        "by": "vrand" if flood else "map, ap50",
-        "before": before,
-        "before_config": previous.to_dict(),
-        "scores": scores,
-        "chosen": config.to_dict(),
-    }
+    trainer.metadata["postprocess_tuning"] = tuning_record(  # saved with the model, beside the end-of-run fit
+        f"{len(usable)} validation image(s)", "vrand" if flood else "map, ap50", before, previous, scores, config
+    )
     if trainer.checkpoint is not None:
         trainer.save_checkpoint(trainer.checkpoint)
     return {
