@@ -382,6 +382,36 @@ def test_whole_files_too_large_for_test_time_augmentation_are_refused_before_any
     assert len(run(client, bundle, [tmp_path / "cells.tif"], tmp_path / "out")) == 1  # without it: segmented
 
 
+def test_bad_inputs_are_refused_before_any_worker_starts(bundle, big_zarr, tmp_path, monkeypatch, capsys):
+    """`predict --workers`, `segment_files` and the Batch dock's job plan every input (`plan_batch`) before they
+    connect: a large image with --tta, a negative margin, are refused without starting a cluster."""
+    from napari_unet.__main__ import main
+    from napari_unet.jobs.batch import run_batch
+    from napari_unet.modelfile import save_model
+
+    started = []
+
+    def connect(*args, **kwargs):  # a cluster that must not start
+        started.append(args)
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr("napari_unet.distributed.connect", connect)
+    monkeypatch.setattr("napari_unet.distributed.batch.connect", connect)
+    model = save_model(tmp_path / "cells.model", bundle)
+    out = tmp_path / "out"
+    assert main(["predict", str(model), str(big_zarr), "--out", str(out), "--workers", "2", "--tta"]) == 2
+    assert "test-time augmentation works on whole files" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="test-time augmentation works on whole files"):
+        dist.segment_files(model, [big_zarr], out, workers=2, tta=True)
+    with pytest.raises(ValueError, match="the margin must be >= 0 pixels"):
+        next(run_batch(bundle, [big_zarr], out, workers=2, margin=-1))
+    assert not started and not list(out.iterdir())
+    plan = dist.plan_batch(bundle, [big_zarr], out, block_size=BLOCK, margin=MARGIN, tile_size=TILE, device="cpu")
+    ((path, image, large),) = plan.items
+    assert path == big_zarr and image is not None and large is not None and plan.margin == MARGIN
+    assert large.labels == out / "big_labels.ome.zarr" and not large.labels.exists()  # planned, not written
+
+
 def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp_path):
     import dask
     import tifffile

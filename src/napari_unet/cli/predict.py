@@ -279,7 +279,7 @@ def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path:
 
 def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[Path]) -> int:
     """`predict` with --cluster or --workers: the files and blocks as tasks of `distributed.segment_batch`."""
-    from ..distributed import connect, segment_batch
+    from ..distributed import connect, plan_batch, segment_plan
 
     unsupported = [
         flag
@@ -309,21 +309,19 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
         f"segmenting {len(files)} image(s) on {where}" + (" with 8x test-time augmentation" if args.tta else ""),
         args.quiet,
     )
+    plan = plan_batch(  # every input read and planned before the workers start: a bad one is refused first
+        bundle,
+        files,
+        args.out,
+        block_size=args.block_size,
+        margin=args.margin,
+        tile_size=args.tile_size,
+        device=args.device,
+        axes=args.axes,
+        tta=args.tta,
+    )
     with connect(args.cluster, args.workers, args.torch_threads) as client:
-        events = segment_batch(
-            client,
-            bundle,
-            files,
-            args.out,
-            block_size=args.block_size,
-            margin=args.margin,
-            tile_size=args.tile_size,
-            device=args.device,
-            probabilities=args.probabilities,
-            axes=args.axes,
-            postprocess=postprocess,
-            tta=args.tta,
-        )
+        events = segment_plan(client, bundle, plan, probabilities=args.probabilities, postprocess=postprocess)
         bar = None
         for event in events:
             if bar is None:

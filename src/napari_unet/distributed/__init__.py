@@ -13,7 +13,8 @@ The parts, one module each:
 - `blocks`: block planning on the tile grid, and labels with global ids joined across block borders;
 - `omezarr`: the OME-Zarr (NGFF 0.4) outputs and the input's pixel size;
 - `tasks`: what runs on a worker (a block's probabilities, a block's labels, a whole file);
-- `batch`: the driver, `segment_batch` (a generator of `BatchProgress`) and `segment_files`.
+- `batch`: the driver: `plan_batch` (every input read and planned, no cluster needed), `segment_plan` (a generator
+  of `BatchProgress`), `segment_batch` (both) and `segment_files`.
 
 >>> from napari_unet.distributed import block_regions
 >>> [tuple((s.start, s.stop) for s in region) for region in block_regions((100, 150), (64, 64))][:3]
@@ -27,7 +28,19 @@ except ImportError as error:  # pragma: no cover - the message is the point
         "napari_unet.distributed needs dask.distributed: pip install 'napari-unet-2015[distributed]'"
     ) from error
 
-from .batch import DEFAULT_BLOCK, DEFAULT_MARGIN, BatchProgress, LargeImage, segment_batch, segment_files
+from .batch import (
+    BATCH_PLAN_OPTIONS,
+    DEFAULT_BLOCK,
+    DEFAULT_MARGIN,
+    BatchPlan,
+    BatchProgress,
+    LargeImage,
+    plan_batch,
+    plan_with,
+    segment_batch,
+    segment_files,
+    segment_plan,
+)
 from .blocks import block_regions, block_shape, context_radius, label_window, object_anchors, tiles_in
 from .cluster import ModelSpec, TorchThreads, connect, peak_rss, worker_device, worker_model_builds
 from .omezarr import (
@@ -41,10 +54,12 @@ from .omezarr import (
 )
 
 __all__ = [
+    "BATCH_PLAN_OPTIONS",
     "COMPLETE",
     "DEFAULT_BLOCK",
     "DEFAULT_MARGIN",
     "NGFF_VERSION",
+    "BatchPlan",
     "BatchProgress",
     "LargeImage",
     "ModelSpec",
@@ -61,8 +76,11 @@ __all__ = [
     "ngff_attributes",
     "object_anchors",
     "peak_rss",
+    "plan_batch",
+    "plan_with",
     "segment_batch",
     "segment_files",
+    "segment_plan",
     "tiles_in",
     "worker_device",
     "worker_model_builds",

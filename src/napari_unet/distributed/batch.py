@@ -69,6 +69,54 @@ class LargeImage:
         return self.progress / self.settings / f"{kind}-{region[0].start}-{region[1].start}"
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """What `segment_plan` does with each input, worked out by `plan_batch` before any cluster is involved.
+
+    items: (path, the lazily read image for a large one else None, its `LargeImage` plan else None: a whole
+    file). The other fields are the settings the plan was made for, which the tasks use too.
+    """
+
+    out_dir: Path
+    items: tuple[tuple[Path, Any, LargeImage | None], ...]
+    margin: int = DEFAULT_MARGIN
+    tile_size: int | None = None
+    device: str = "auto"
+    axes: str | None = None
+    tta: bool = False
+
+
+def plan_batch(
+    bundle: ModelBundle,
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    block_size: int = DEFAULT_BLOCK,
+    margin: int = DEFAULT_MARGIN,
+    tile_size: int | None = None,
+    device: str = "auto",
+    axes: str | None = None,
+    tta: bool = False,
+) -> BatchPlan:
+    """Read every input's shape (and a sample of its values, `tasks.read_lazily`) and plan it: a whole-file
+    task, or blocks of `block_size` with `margin` pixels of context for the post-processing (a single plane
+    larger than one block, or any `.zarr`). Needs no cluster, so a bad input is refused before any worker
+    starts: a negative margin, an unreadable file, or with `tta` an input that would go by blocks or whose
+    planes are too large for it. Writes nothing but `out_dir` itself."""
+    if margin < 0:
+        raise ValueError(f"the margin must be >= 0 pixels, got {margin}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = []
+    for path in map(Path, inputs):
+        image, found = read_lazily(path, axes)  # only the shape and a sample of percentiles are read here
+        plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
+        if tta:
+            _check_tta(path, image, plan, block_size, bundle.net.config.num_classes)
+        items.append((path, None if plan is None else image, plan))  # whole files are read again by their task
+    return BatchPlan(out_dir, tuple(items), margin, tile_size, device, axes, tta)
+
+
 def segment_batch(
     client: Client,
     bundle: ModelBundle,
@@ -84,28 +132,36 @@ def segment_batch(
     postprocess: PostprocessConfig | None = None,
     tta: bool = False,
 ) -> Iterator[BatchProgress]:
-    """Segment image files on the cluster of `client`; yields after each finished file or block.
+    """Segment image files on the cluster of `client`; yields after each finished file or block: `plan_batch`,
+    then `segment_plan` (which say what each argument does). A caller that starts a cluster for the batch plans
+    first (`plan_batch`, `BATCH_PLAN_OPTIONS`), so that a bad input is refused before the workers start."""
+    options = {"block_size": block_size, "margin": margin, "tile_size": tile_size, "device": device, "axes": axes}
+    plan = plan_batch(bundle, inputs, out_dir, tta=tta, **options)
+    yield from segment_plan(client, bundle, plan, probabilities=probabilities, postprocess=postprocess)
+
+
+def segment_plan(
+    client: Client,
+    bundle: ModelBundle,
+    plan: BatchPlan,
+    *,
+    probabilities: bool = False,
+    postprocess: PostprocessConfig | None = None,
+) -> Iterator[BatchProgress]:
+    """Segment the inputs of `plan` (`plan_batch`) on the cluster of `client`; yields after each finished file
+    or block.
 
     A single-plane image larger than one block, or any `.zarr`, is segmented block by block into
     `<stem>_labels.ome.zarr` (and `<stem>_probs.ome.zarr`, the foreground probability, kept when
     `probabilities`); other files (and stacks) as whole tasks into `<stem>_labels.tif` like `predict`.
     Finished outputs are skipped, as are the finished blocks of an interrupted run. Stopping is not asking
-    for the next event: the remaining tasks are cancelled.
-    tta: test-time augmentation (`tiling.predict_tta`) of whole files; an input that would go by blocks is
-    refused before anything is submitted (the mean over the orientations of a block is not the whole image's).
+    for the next event: the remaining tasks are cancelled. postprocess: default the model's. With the plan's
+    `tta`, test-time augmentation (`tiling.predict_tta`) of whole files (`plan_batch` refused inputs that go by
+    blocks: the mean over the orientations of a block is not the whole image's).
     """
-    if margin < 0:
-        raise ValueError(f"the margin must be >= 0 pixels, got {margin}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir, device, tile_size, axes, tta = plan.out_dir, plan.device, plan.tile_size, plan.axes, plan.tta
+    margin = plan.margin
     config = bundle.postprocess if postprocess is None else postprocess
-    planned = []  # every input planned before anything is submitted
-    for path in map(Path, inputs):
-        image, found = read_lazily(path, axes)  # only the shape and a sample of percentiles are read here
-        plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
-        if tta:
-            _check_tta(path, image, plan, block_size, bundle.net.config.num_classes)
-        planned.append((path, None if plan is None else image, plan))  # whole files are read again by their task
     spec = ModelSpec.from_bundle(bundle)
     run = uuid.uuid4().hex[:8]
     model = client.submit(identity, spec, key=f"napari-unet-model-{spec.digest}-{run}", pure=False)
@@ -114,8 +170,8 @@ def segment_batch(
     plans: dict[Path, LargeImage] = {}
     skipped: list[str] = []
     try:
-        for path, image, plan in planned:
-            if plan is None:
+        for path, image, large in plan.items:
+            if large is None:
                 final = output_paths(path, out_dir, probabilities)
                 if final.labels.exists() and (final.probs is None or final.probs.exists()):
                     skipped.append(path.name)
@@ -135,12 +191,12 @@ def segment_batch(
                     pure=False,
                 )
                 jobs[future] = _Job(path.name)
-            elif is_complete(plan.labels):
+            elif is_complete(large.labels):
                 skipped.append(path.name)
             else:
-                plans[plan.labels] = plan
-                label_blocks[plan.labels] = _submit_large(
-                    client, model, device, bundle, plan, image, margin, config, probabilities, run, jobs
+                plans[large.labels] = large
+                label_blocks[large.labels] = _submit_large(
+                    client, model, device, bundle, large, image, margin, config, probabilities, run, jobs
                 )
         total = len(jobs) + len(skipped)
         done = 0
@@ -352,5 +408,20 @@ def segment_files(
 
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     files = [f for path in inputs for f in list_files(path, "input image", zarr=True)]
+    plan, rest = plan_with(bundle, files, out_dir, options)  # a bad input is refused before workers start
     with connect(address, workers, torch_threads) as client:
-        return list(segment_batch(client, bundle, files, out_dir, **options))
+        return list(segment_plan(client, bundle, plan, **rest))
+
+
+# `segment_batch`'s options that `plan_batch` takes; the rest are `segment_plan`'s.
+BATCH_PLAN_OPTIONS = ("block_size", "margin", "tile_size", "device", "axes", "tta")
+
+
+def plan_with(
+    bundle: ModelBundle, inputs: Sequence[str | Path], out_dir: str | Path, options: dict[str, Any]
+) -> tuple[BatchPlan, dict[str, Any]]:
+    """`plan_batch` with those of `segment_batch`'s `options` it takes; returns the plan and the others, for
+    `segment_plan`."""
+    planning = {k: v for k, v in options.items() if k in BATCH_PLAN_OPTIONS}
+    rest = {k: v for k, v in options.items() if k not in BATCH_PLAN_OPTIONS}
+    return plan_batch(bundle, inputs, out_dir, **planning), rest

@@ -18,15 +18,17 @@ def run_batch(
     workers: int | None = None,
     **options: Any,
 ) -> Iterator[Any]:
-    """Connect (to `address`, or a LocalCluster of `workers` processes), then yield the `BatchProgress` events of
-    `distributed.segment_batch`. inputs: files, `.zarr` stores or folders of them. Closing the generator cancels
-    the remaining tasks and closes a local cluster."""
-    from ..distributed import connect, segment_batch
+    """Plan the inputs (`distributed.plan_batch`: a bad input is refused before any worker starts), connect (to
+    `address`, or a LocalCluster of `workers` processes), then yield the `BatchProgress` events of
+    `distributed.segment_plan`. inputs: files, `.zarr` stores or folders of them; options: those of
+    `distributed.segment_batch`. Closing the generator cancels the remaining tasks and closes a local cluster."""
+    from ..distributed import connect, plan_with, segment_plan
     from ..pipeline import list_files
 
     files = [f for path in inputs for f in list_files(path, "input image", zarr=True)]
+    plan, rest = plan_with(bundle, files, out_dir, options)
     with connect(address, workers) as client:
-        yield from segment_batch(client, bundle, files, out_dir, **options)
+        yield from segment_plan(client, bundle, plan, **rest)
 
 
 def batch_outputs(inputs: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
