@@ -3,6 +3,7 @@ renumbering, also after an interruption and with a worker killed mid-run."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -410,6 +411,12 @@ def test_bad_inputs_are_refused_before_any_worker_starts(bundle, big_zarr, tmp_p
     ((path, image, large),) = plan.items
     assert path == big_zarr and image is not None and large is not None and plan.margin == MARGIN
     assert large.labels == out / "big_labels.ome.zarr" and not large.labels.exists()  # planned, not written
+    keyword_only = inspect.Parameter.KEYWORD_ONLY
+    for function, names in ((dist.plan_batch, dist.BATCH_PLAN_OPTIONS), (dist.segment_plan, dist.SEGMENT_PLAN_OPTIONS)):
+        parameters = inspect.signature(function).parameters.values()
+        assert {p.name for p in parameters if p.kind == keyword_only} == set(names)
+    with pytest.raises(TypeError, match="unknown batch option.*probabilites"):
+        dist.plan_with(bundle, [big_zarr], out, {"probabilites": True})  # misspelt: refused before a cluster
 
 
 def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp_path):

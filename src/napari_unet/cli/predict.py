@@ -278,7 +278,8 @@ def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path:
 
 
 def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[Path]) -> int:
-    """`predict` with --cluster or --workers: the files and blocks as tasks of `distributed.segment_batch`."""
+    """`predict` with --cluster or --workers: every file planned (`distributed.plan_batch`: a bad input is refused
+    before the workers start), then the files and blocks as tasks (`distributed.segment_plan`)."""
     from ..distributed import connect, plan_batch, segment_plan
 
     unsupported = [

@@ -69,6 +69,11 @@ class LargeImage:
         return self.progress / self.settings / f"{kind}-{region[0].start}-{region[1].start}"
 
 
+# `segment_batch`'s options that `plan_batch` takes; the others, `segment_plan`'s (`SEGMENT_PLAN_OPTIONS`).
+BATCH_PLAN_OPTIONS = ("block_size", "margin", "tile_size", "device", "axes", "tta")
+SEGMENT_PLAN_OPTIONS = ("probabilities", "postprocess")
+
+
 @dataclass(frozen=True)
 class BatchPlan:
     """What `segment_plan` does with each input, worked out by `plan_batch` before any cluster is involved.
@@ -159,8 +164,6 @@ def segment_plan(
     `tta`, test-time augmentation (`tiling.predict_tta`) of whole files (`plan_batch` refused inputs that go by
     blocks: the mean over the orientations of a block is not the whole image's).
     """
-    out_dir, device, tile_size, axes, tta = plan.out_dir, plan.device, plan.tile_size, plan.axes, plan.tta
-    margin = plan.margin
     config = bundle.postprocess if postprocess is None else postprocess
     spec = ModelSpec.from_bundle(bundle)
     run = uuid.uuid4().hex[:8]
@@ -172,21 +175,21 @@ def segment_plan(
     try:
         for path, image, large in plan.items:
             if large is None:
-                final = output_paths(path, out_dir, probabilities)
+                final = output_paths(path, plan.out_dir, probabilities)
                 if final.labels.exists() and (final.probs is None or final.probs.exists()):
                     skipped.append(path.name)
                     continue
                 future = client.submit(
                     segment_whole_file,
                     model,
-                    device,
+                    plan.device,
                     path,
-                    axes,
-                    out_dir,
+                    plan.axes,
+                    plan.out_dir,
                     probabilities,
                     config,
-                    tile_size,
-                    tta,
+                    plan.tile_size,
+                    plan.tta,
                     key=f"segment-{path.name}-{run}",
                     pure=False,
                 )
@@ -196,7 +199,7 @@ def segment_plan(
             else:
                 plans[large.labels] = large
                 label_blocks[large.labels] = _submit_large(
-                    client, model, device, bundle, large, image, margin, config, probabilities, run, jobs
+                    client, model, plan.device, bundle, large, image, plan.margin, config, probabilities, run, jobs
                 )
         total = len(jobs) + len(skipped)
         done = 0
@@ -413,15 +416,17 @@ def segment_files(
         return list(segment_plan(client, bundle, plan, **rest))
 
 
-# `segment_batch`'s options that `plan_batch` takes; the rest are `segment_plan`'s.
-BATCH_PLAN_OPTIONS = ("block_size", "margin", "tile_size", "device", "axes", "tta")
-
-
 def plan_with(
     bundle: ModelBundle, inputs: Sequence[str | Path], out_dir: str | Path, options: dict[str, Any]
 ) -> tuple[BatchPlan, dict[str, Any]]:
     """`plan_batch` with those of `segment_batch`'s `options` it takes; returns the plan and the others, for
-    `segment_plan`."""
+    `segment_plan`. An option neither takes is refused here, before any cluster starts."""
+    unknown = sorted(set(options) - set(BATCH_PLAN_OPTIONS) - set(SEGMENT_PLAN_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"unknown batch option(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join(BATCH_PLAN_OPTIONS + SEGMENT_PLAN_OPTIONS)}"
+        )
     planning = {k: v for k, v in options.items() if k in BATCH_PLAN_OPTIONS}
-    rest = {k: v for k, v in options.items() if k not in BATCH_PLAN_OPTIONS}
+    rest = {k: v for k, v in options.items() if k in SEGMENT_PLAN_OPTIONS}
     return plan_batch(bundle, inputs, out_dir, **planning), rest
