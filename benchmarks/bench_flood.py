@@ -13,8 +13,8 @@ V_rand and V_info of the flooded labels, mean over the held-out slices, then ove
 labels binary models wrote before (threshold 0.5, connected components) and the challenge's figure of the
 probability map (best threshold of 0.0..1.0 on the held-out slices themselves). Prints the table, the best seed
 by mean V_rand against `training.FLOOD_THRESHOLD`, and writes flood.json. What `train` itself writes: the seed
-threshold each fold's Trainer fitted on its own training slices at the end of the run (`Trainer.calibrate_growth`,
-by thinned V_rand there), scored on the held-out slices ("fitted").
+threshold each fold's Trainer fitted on its own training slices at the end of the run (`Trainer.calibrate_growth`:
+the highest within 0.005 of the best thinned V_rand there), scored on the held-out slices ("fitted").
 """
 
 from __future__ import annotations

@@ -121,12 +121,12 @@ def tune_on_training_images(
         watershed_h=(1.0, 1.5, 2.0, 3.0, 4.0),
     )
     record = tuning_record(  # as `napari-unet train --tune-postprocess` records it
-        f"{len(probs)} images: one in {every} of dsb2018-fluo/pretrain, at the model's scale",
-        "map, ap50",
-        score_config(bundle.postprocess, probs, truths),
-        bundle.postprocess,
-        scores,
-        tuned,
+        images=f"{len(probs)} images: one in {every} of dsb2018-fluo/pretrain, at the model's scale",
+        by="map, ap50",
+        before=score_config(bundle.postprocess, probs, truths),
+        before_config=bundle.postprocess,
+        scores=scores,
+        chosen=tuned,
     )
     return tuned, record
 

@@ -405,9 +405,13 @@ def calibrate_growth(
     return best, {"off" if grow is None else str(grow): mean["seg"] for grow, mean in zip(candidates, table)}
 
 
-# Seed thresholds `fit_flood_seeds` tries. On ISBI 2012 the best one moves between 0.6 and 0.9 from network to
+# Seed thresholds `fit_flood_seeds` tries. On ISBI 2012 the best one moves between 0.6 and 0.97 from network to
 # network and from slice to slice (docs/results.md).
 FLOOD_SEED_CANDIDATES: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95)
+# How far below the best mean V_rand on the fitting images a higher seed threshold may score and still be chosen
+# (`fit_flood_seeds`): on its own training images a network is surer of every membrane than on new ones, so the
+# fit there leans towards seeds that leak through the membranes it draws faintly elsewhere (docs/results.md).
+FLOOD_SEED_TOLERANCE = 0.005
 
 
 def fit_flood_seeds(
@@ -415,16 +419,20 @@ def fit_flood_seeds(
     masks: Sequence[np.ndarray],
     base: PostprocessConfig,
     candidates: Sequence[float] = FLOOD_SEED_CANDIDATES,
+    tolerance: float = FLOOD_SEED_TOLERANCE,
 ) -> tuple[PostprocessConfig, dict[str, float]]:
-    """The seed threshold of a flood (`PostprocessConfig.flood`) whose labels match membrane masks best:
-    (config, mean thinned V_rand per candidate, keyed by the threshold as text).
+    """The seed threshold of a flood (`PostprocessConfig.flood`) for membrane masks: the highest whose labels
+    score within `tolerance` of the best (config, mean thinned V_rand per candidate, keyed by the threshold as text).
 
     probs: foreground probabilities (H, W); masks: binary masks of the same images (nonzero = cell interior,
-    0 = membrane). Ranked by the mean thinned V_rand (`score_membranes`), ISBI 2012's ranking score; `base`'s
-    own threshold is tried first and a later candidate must score strictly higher; a candidate that leaves an
-    image without any seed is never chosen (an image without segments counts as one cell covering it, which
-    can outscore a network's first, over-split guesses), unless every one does. The other parameters stay
-    those of `base`, whose flood is turned on.
+    0 = membrane). Ranked by the mean thinned V_rand (`score_membranes`), ISBI 2012's ranking score: the highest
+    threshold among those within `tolerance` of the best score is chosen (`base`'s own threshold and the
+    candidates alike). The images are usually the network's training images, where it is surer of the membranes
+    than on new ones: of thresholds that score alike there, the highest seeds the cells from their surest pixels
+    and leaks least through a membrane drawn faintly. A candidate that leaves an image without any seed is never
+    chosen (an image without segments counts as one cell covering it, which can outscore a network's first,
+    over-split guesses), unless every one does. The other parameters stay those of `base`, whose flood is
+    turned on.
 
     A membrane drawn faintly (0.6) between two cells: seeds above 0.5 merge the cells, seeds above 0.9 flood
     from each cell's surest pixel and meet on the membrane.
@@ -435,6 +443,8 @@ def fit_flood_seeds(
     >>> config.threshold, config.flood, scores["0.5"] < scores["0.9"] == 1.0
     (0.9, True, True)
     """
+    if not 0.0 <= tolerance < 1.0:
+        raise ValueError(f"the tolerance is a difference of V_rand scores in [0, 1), got {tolerance}")
     base = replace(base, flood=True)
     thresholds = [base.threshold] + [float(t) for t in candidates if float(t) != base.threshold]
     configs = [replace(base, threshold=t) for t in thresholds]
@@ -443,8 +453,10 @@ def fit_flood_seeds(
         return all(object_seeds(np.asarray(p), config).any() for p in probs)
 
     usable = [config for config in configs if seeds_everywhere(config)] or configs[:1]
-    best, _, table = best_config(usable, probs, masks, rank=lambda mean: mean["vrand"], score=score_membranes)
-    return best, {str(config.threshold): mean["vrand"] for config, mean in zip(usable, table)}
+    _, best, table = best_config(usable, probs, masks, rank=lambda mean: mean["vrand"], score=score_membranes)
+    near = [config for config, mean in zip(usable, table) if mean["vrand"] >= best["vrand"] - tolerance]
+    chosen = max(near, key=lambda config: config.threshold)
+    return chosen, {str(config.threshold): mean["vrand"] for config, mean in zip(usable, table)}
 
 
 def split_by_watershed(mask: np.ndarray, h: float) -> np.ndarray:

@@ -76,7 +76,7 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
     if flood:
         truths = [p.target != 0 for p in usable]
         before = score_membranes(trainer.postprocess, probs, truths)
-        config = fit_flood_seeds(probs, truths, trainer.postprocess)[0]
+        config = fit_flood_seeds(probs, truths, trainer.postprocess, tolerance=0.0)[0]  # new images: the best
         scores = score_membranes(config, probs, truths)
     else:
         truths = [p.cells.astype(np.int64) for p in usable]
@@ -85,7 +85,12 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
     previous, trainer.postprocess = trainer.postprocess, config
     by = "vrand" if flood else "ap50"  # the score reported; instance labels are ranked by mAP first
     trainer.metadata["postprocess_tuning"] = tuning_record(  # saved with the model, beside the end-of-run fit
-        f"{len(usable)} validation image(s)", "vrand" if flood else "map, ap50", before, previous, scores, config
+        images=f"{len(usable)} validation image(s)",
+        by="vrand" if flood else "map, ap50",
+        before=before,
+        before_config=previous,
+        scores=scores,
+        chosen=config,
     )
     if trainer.checkpoint is not None:
         trainer.save_checkpoint(trainer.checkpoint)
