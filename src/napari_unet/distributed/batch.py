@@ -140,8 +140,17 @@ def segment_batch(
     """Segment image files on the cluster of `client`; yields after each finished file or block: `plan_batch`,
     then `segment_plan` (which say what each argument does). A caller that starts a cluster for the batch plans
     first (`plan_batch`, `BATCH_PLAN_OPTIONS`), so that a bad input is refused before the workers start."""
-    options = {"block_size": block_size, "margin": margin, "tile_size": tile_size, "device": device, "axes": axes}
-    plan = plan_batch(bundle, inputs, out_dir, tta=tta, **options)
+    plan = plan_batch(
+        bundle,
+        inputs,
+        out_dir,
+        block_size=block_size,
+        margin=margin,
+        tile_size=tile_size,
+        device=device,
+        axes=axes,
+        tta=tta,
+    )
     yield from segment_plan(client, bundle, plan, probabilities=probabilities, postprocess=postprocess)
 
 
