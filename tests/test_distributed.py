@@ -419,6 +419,24 @@ def test_bad_inputs_are_refused_before_any_worker_starts(bundle, big_zarr, tmp_p
         dist.plan_with(bundle, [big_zarr], out, {"probabilites": True})  # misspelt: refused before a cluster
 
 
+def test_a_plan_is_run_with_the_network_it_was_made_for(bundle, big_zarr, tmp_path):
+    """The tile grids of a plan depend on the network: `segment_plan` refuses a model of another shape before
+    it submits anything, and takes the same network with other weights or post-processing."""
+
+    class Refusing:  # a cluster that must not be used
+        def submit(self, *args, **kwargs):
+            raise AssertionError("a task was submitted")
+
+    plan = dist.plan_batch(bundle, [big_zarr], tmp_path / "out", block_size=BLOCK, tile_size=TILE, device="cpu")
+    assert plan.network == bundle.net.config.to_dict()
+    deeper = ModelBundle(UNet(UNetConfig(depth=3, base_channels=4)))
+    with pytest.raises(ValueError, match=r"planned for another network \(depth differ\): plan it again"):
+        next(dist.segment_plan(Refusing(), deeper, plan))
+    retrained = ModelBundle(UNet(UNetConfig(depth=2, base_channels=4)), postprocess=PostprocessConfig(threshold=0.5))
+    with pytest.raises(AssertionError, match="a task was submitted"):  # accepted: it went on to submit
+        next(dist.segment_plan(Refusing(), retrained, plan))
+
+
 def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp_path):
     import dask
     import tifffile

@@ -79,11 +79,14 @@ class BatchPlan:
     """What `segment_plan` does with each input, worked out by `plan_batch` before any cluster is involved.
 
     items: (path, the lazily read image for a large one else None, its `LargeImage` plan else None: a whole
-    file). The other fields are the settings the plan was made for, which the tasks use too.
+    file). network: the configuration of the network the plan was made for (`UNetConfig.to_dict`): the tile
+    grids depend on it, so `segment_plan` refuses a model of another shape. The other fields are the settings
+    the plan was made for, which the tasks use too.
     """
 
     out_dir: Path
     items: tuple[tuple[Path, Any, LargeImage | None], ...]
+    network: dict[str, Any]
     margin: int = DEFAULT_MARGIN
     tile_size: int | None = None
     device: str = "auto"
@@ -119,7 +122,7 @@ def plan_batch(
         if tta:
             _check_tta(path, image, plan, block_size, bundle.net.config.num_classes)
         items.append((path, None if plan is None else image, plan))  # whole files are read again by their task
-    return BatchPlan(out_dir, tuple(items), margin, tile_size, device, axes, tta)
+    return BatchPlan(out_dir, tuple(items), bundle.net.config.to_dict(), margin, tile_size, device, axes, tta)
 
 
 def segment_batch(
@@ -171,8 +174,19 @@ def segment_plan(
     Finished outputs are skipped, as are the finished blocks of an interrupted run. Stopping is not asking
     for the next event: the remaining tasks are cancelled. postprocess: default the model's. With the plan's
     `tta`, test-time augmentation (`tiling.predict_tta`) of whole files (`plan_batch` refused inputs that go by
-    blocks: the mean over the orientations of a block is not the whole image's).
+    blocks: the mean over the orientations of a block is not the whole image's). A `bundle` whose network
+    differs from the one the plan was made for (other tile grids) is refused with a ValueError before anything
+    is submitted; other weights or post-processing of the same network are fine.
     """
+    network = bundle.net.config.to_dict()
+    if network != plan.network:
+        changed = sorted(
+            key for key in network.keys() | plan.network.keys() if network.get(key) != plan.network.get(key)
+        )
+        raise ValueError(
+            f"the batch was planned for another network ({', '.join(changed)} differ): plan it again with this "
+            "model (plan_batch)"
+        )
     config = bundle.postprocess if postprocess is None else postprocess
     spec = ModelSpec.from_bundle(bundle)
     run = uuid.uuid4().hex[:8]
