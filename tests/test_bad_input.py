@@ -348,7 +348,7 @@ CASES = [
     Case(
         "train: --learning-rate nan",
         lambda d, m, t: ["train", d / "images", d / "labels", "--out", t / "m", "--learning-rate", "nan"],
-        "expected a number > 0",
+        "expected a finite number > 0",
     ),
     Case(
         "train: --val-fraction 1",
@@ -681,7 +681,151 @@ CASES = [
         lambda d, m, t: ["demo", "--out", copy_model(m, t).parent, "--iterations", "1", "-q"],
         "--overwrite",
     ),
+    # ------------------------------------------------------------- found by the session-13 audit of the CLI
+    Case(
+        "predict: a boolean image is accepted (0 and 1)",
+        lambda d, m, t: ["predict", m, bool_tiff(t / "b.tif"), "--out", t / "o"],
+        "segmented 1 image",
+        code=0,
+        allowed=lambda t: [t / "o" / "b_labels.tif"],
+    ),
+    Case(
+        "train: a boolean image is accepted (0 and 1)",
+        lambda d, m, t: ["train", bool_tiff(t / "i" / "a.tif"), one_pair(t)[1] / "a.tif", "--out", t / "m", *TRAIN],
+        "trained 2 iterations",
+        code=0,
+        allowed=lambda t: [t / "m"],
+    ),
+    Case(
+        "train: labels in a palette PNG are its ids, not its colours",
+        lambda d, m, t: ["train", one_pair(t)[0], palette_png(t / "p" / "a.png"), "--out", t / "m", *TRAIN],
+        "trained 2 iterations",
+        code=0,
+        allowed=lambda t: [t / "m"],
+    ),
+    Case(
+        "train: --resume with --validation-images but no --validation-labels",
+        lambda d, m, t: [
+            "train",
+            d / "images",
+            d / "labels",
+            "--out",
+            copy_model(m, t),
+            "--resume",
+            "--validation-images",
+            d / "images",
+        ],
+        "give both --validation-images and --validation-labels",
+    ),
+    Case(
+        "train: a dangling symbolic link beside --out is none of its business",
+        lambda d, m, t: ["train", d / "images", d / "labels", "--out", dangling_beside(t) / "m", *TRAIN],
+        "trained 2 iterations",
+        code=0,
+        allowed=lambda t: [t / "m"],
+    ),
+    Case(
+        "measure: label ids of 3e9 are measured under their own ids",
+        lambda d, m, t: ["measure", tiff(t / "l.tif", cells_labels(np.uint32, 3 * 10**9)), "--out", t / "m.csv"],
+        "measured",
+        code=0,
+        allowed=lambda t: [t / "m.csv"],
+    ),
+    Case(
+        "rois: label ids of 3e9 become ROIs named by their ids",
+        lambda d, m, t: ["rois", tiff(t / "l.tif", cells_labels(np.uint32, 3 * 10**9)), "--out", t / "r.zip"],
+        "ROIs ->",
+        code=0,
+        allowed=lambda t: [t / "r.zip"],
+    ),
+    Case(
+        "measure: a predict --probabilities folder: the probability maps are skipped",
+        lambda d, m, t: ["measure", results_with_probabilities(t / "res"), "--out", t / "m.csv"],
+        "measured",
+        code=0,
+        allowed=lambda t: [t / "m.csv"],
+    ),
+    Case(
+        "measure: float labels name the file",
+        lambda d, m, t: ["measure", tiff(t / "res" / "floaty.tif", np.ones((8, 8), np.float32)), "--out", t / "m.csv"],
+        "floaty.tif",
+    ),
+    Case(
+        "rois: ROIs drawn on a larger image",
+        lambda d, m, t: [
+            "rois",
+            far_rois(t / "far.zip"),
+            "--like",
+            tiff(t / "s.tif", np.ones((32, 32), np.uint8)),
+            "--out",
+            t / "l.tif",
+        ],
+        "lies outside the 32 x 32 image",
+    ),
+    Case(
+        "predict: --axes that do not fit one of the files names it",
+        lambda d, m, t: ["predict", m, d / "images" / "00.png", "--axes", "ZYX", "--out", t / "o"],
+        "00.png",
+    ),
+    Case(
+        "weights: --border 0 (the fast preset's) is accepted",
+        lambda d, m, t: ["weights", tiff(t / "l.tif", cells_labels(np.uint16)), "--border", "0", "--out", t / "w.tif"],
+        "written to",
+        code=0,
+        allowed=lambda t: [t / "w.tif"],
+    ),
+    Case(
+        "weights: --w0 inf",
+        lambda d, m, t: ["weights", tiff(t / "l.tif", cells_labels(np.uint16)), "--w0", "inf", "--out", t / "w.tif"],
+        "expected a finite number >= 0",
+    ),
+    Case(
+        "weights: --out named .png",
+        lambda d, m, t: ["weights", tiff(t / "l.tif", cells_labels(np.uint16)), "--out", t / "w.png"],
+        "name it .tif",
+    ),
 ]
+
+
+def bool_tiff(path: Path) -> Path:
+    """The synthetic cells' mask as a boolean image (tifffile writes it as a bilevel TIFF, read back as bool)."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, make_cells((64, 64), seed=7)[1] > 0)
+    assert read_image(path)[0].dtype == bool
+    return path
+
+
+def palette_png(path: Path) -> Path:
+    """The synthetic cells' labels as a palette PNG whose colours are all alike but for the background."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cells = make_cells((64, 64), seed=7)[1].astype(np.uint8)
+    image = Image.fromarray(cells, mode="P")
+    image.putpalette([0, 0, 0] + [255, 0, 0] * 255)  # every cell drawn red: as colours, one object
+    image.save(path)
+    return path
+
+
+def dangling_beside(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dangling").symlink_to(folder / "nowhere")
+    return folder
+
+
+def results_with_probabilities(folder: Path) -> Path:
+    tiff(folder / "a_labels.tif", cells_labels(np.int32))
+    tiff(folder / "a_probs.tif", np.full((64, 64), 0.5, np.float32))
+    return folder
+
+
+def far_rois(path: Path) -> Path:
+    """An ROI zip with one rectangle at x, y = 100..110, off a 32 x 32 image."""
+    roifile = pytest.importorskip("roifile")
+    roi = roifile.ImagejRoi.frompoints(np.array([[100, 100], [110, 100], [110, 110], [100, 110]]), name="1")
+    roi.roitype = roifile.ROI_TYPE.POLYGON
+    roifile.roiwrite(path, [roi])
+    return path
 
 
 def truncate(path: Path, fraction: float) -> Path:
@@ -805,3 +949,72 @@ def test_demo_overwrite_keeps_the_earlier_model_until_the_new_one_is_saved(tmp_p
     assert code == 130
     assert snapshot(out / "model") == before
     assert read_image(out / "data" / "test" / "labels" / "test.tif")[0].max() > 0
+
+
+def test_predict_says_what_it_assumed_of_a_file_without_axes(shared, tmp_path, capsys):
+    """A 3-plane stack saved by tifffile without metadata is stored as planar RGB and read as 3 channels: the
+    command line says so, and how to read it as planes (here with a grey conversion, which would average the
+    planes, as the built-in model's channel choice does); with --axes it says nothing."""
+    import tifffile
+
+    _, model = shared
+    stack = np.stack([make_cells((48, 48), seed=s)[0] for s in (1, 2, 3)]).astype(np.float32)
+    tifffile.imwrite(tmp_path / "z3.tif", stack)
+    assert main(["predict", str(model), str(tmp_path / "z3.tif"), "--out", str(tmp_path / "o"), "--grey"]) == 0
+    assert "z3.tif: its axes are not in the file: read as CYX (3 channels) by guess; give --axes ZYX" in (
+        capsys.readouterr().err
+    )
+    argv = ["predict", str(model), str(tmp_path / "z3.tif"), "--out", str(tmp_path / "p"), "--axes", "ZYX"]
+    assert main(argv) == 0
+    assert "by guess" not in capsys.readouterr().err
+    assert read_image(tmp_path / "p" / "z3_labels.tif")[1] == "ZYX"  # three planes of labels
+
+
+def test_a_refused_input_leaves_no_empty_out_folder(shared, tmp_path, capsys):
+    _, model = shared
+    out = tmp_path / "new" / "results"
+    assert main(["predict", str(model), str(tiff(tmp_path / "nan.tif", nan_image())), "--out", str(out)]) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_missing_optional_package_is_one_line_before_any_output(shared, tmp_path, capsys, monkeypatch):
+    """roifile missing: `predict --rois` says how to install it before it writes anything; `rois` too."""
+    import sys
+
+    data, model = shared
+    monkeypatch.setitem(sys.modules, "roifile", None)  # import roifile raises ImportError
+    assert main(["predict", str(model), str(data / "images"), "--out", str(tmp_path / "o"), "--rois"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "pip install 'napari-unet-2015[rois]'" in err
+    assert not (tmp_path / "o").exists()
+    assert main(["rois", str(tiff(tmp_path / "l.tif", cells_labels(np.uint16))), "--out", str(tmp_path / "r.zip")]) == 2
+    assert "napari-unet-2015[rois]" in capsys.readouterr().err
+
+
+def test_outputs_and_models_are_readable_as_the_umask_says(shared, tmp_path, capsys):
+    """Written under a temporary name (owner-only by tempfile) and renamed: the results and a saved model get
+    the permissions of any new file or folder, so colleagues on a shared drive can read them."""
+    import stat
+
+    from napari_unet.io import default_mode
+
+    data, model = shared
+    out = tmp_path / "o"
+    argv = ["predict", str(model), str(data / "images" / "00.png"), "--out", str(out), "--probabilities", "-q"]
+    assert main(argv) == 0
+    for path in (out / "00_labels.tif", out / "00_probs.tif"):
+        assert stat.S_IMODE(path.stat().st_mode) == default_mode()
+    assert main(["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN]) == 0
+    assert stat.S_IMODE((tmp_path / "m").stat().st_mode) == default_mode(folder=True)
+    assert stat.S_IMODE((tmp_path / "m" / "config.json").stat().st_mode) == default_mode()
+
+
+def test_overwriting_with_no_objects_leaves_no_roi_file_of_the_earlier_run(shared, tmp_path, capsys):
+    pytest.importorskip("roifile")
+    data, model = shared
+    argv = ["predict", str(model), str(data / "images" / "00.png"), "--out", str(tmp_path / "o"), "--rois", "-q"]
+    assert main([*argv, "--threshold", "0.0"]) == 0  # everything foreground: at least one object, its ROI
+    assert (tmp_path / "o" / "00_rois.zip").is_file()
+    assert main([*argv, "--overwrite", "--threshold", "1.0"]) == 0  # nothing is foreground
+    assert read_image(tmp_path / "o" / "00_labels.tif")[0].max() == 0
+    assert not (tmp_path / "o" / "00_rois.zip").exists()

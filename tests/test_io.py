@@ -449,3 +449,21 @@ def test_dsb_rgba_images_are_grey_with_instance_labels(shared_data: Path):
         assert labels.shape == image.shape
         assert labels.max() >= 1
         assert len(np.unique(labels)) > 2  # instance ids, not a binary mask
+
+
+def test_a_palette_png_of_labels_reads_as_its_ids(tmp_path):
+    """Annotation tools save labels as palette PNGs: the ids are the palette indices, whatever the colours
+    (here every cell red: as colours, one object)."""
+    cells = np.zeros((16, 16), np.uint8)
+    cells[2:6, 2:6], cells[8:12, 8:12] = 1, 7
+    image = Image.fromarray(cells, mode="P")
+    image.putpalette([0, 0, 0] + [255, 0, 0] * 255)
+    image.save(tmp_path / "labels.png")
+    np.testing.assert_array_equal(read_labels(tmp_path / "labels.png"), cells)
+    assert read_image(tmp_path / "labels.png")[1] == "CYX"  # as an image: its colours, red on black
+
+
+def test_a_boolean_image_is_normalised_as_0_and_1():
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    np.testing.assert_array_equal(normalize_percentile(mask), normalize_percentile(mask.astype(np.uint8)))

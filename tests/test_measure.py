@@ -83,3 +83,11 @@ def test_bad_input_is_explained():
         measure(np.zeros((4, 4), np.int32), np.zeros((5, 4)))
     with pytest.raises(ValueError, match="positive"):
         PixelSize(0.0, 1.0)
+
+
+def test_ids_of_billions_are_measured_under_their_own_ids():
+    labels = make_cells((64, 64), seed=3)[1].astype(np.uint64)
+    big = np.where(labels > 0, labels + 3 * 10**9, 0).astype(np.uint32)
+    plain, huge = measure(labels), measure(big)
+    assert huge["label"].tolist() == (plain["label"] + 3 * 10**9).tolist()
+    np.testing.assert_array_equal(huge["area"], plain["area"])

@@ -70,3 +70,12 @@ def test_unnamed_rois_get_new_ids_and_bad_files_are_explained(tmp_path):
         write_rois(tmp_path / "empty.zip", np.zeros((8, 8), np.int32))
     with pytest.raises(ValueError, match=".zip"):
         write_rois(tmp_path / "cells.roi", labels)
+
+
+def test_ids_of_billions_name_their_rois_without_gigabytes(tmp_path):
+    """Ids from a hash or a counter (3e9 here): regionprops would allocate by the largest id; the ROIs are
+    measured compacted and named by their own ids."""
+    labels = make_cells((64, 64), seed=3)[1].astype(np.uint32)
+    big = np.where(labels > 0, labels.astype(np.uint64) + 3 * 10**9, 0).astype(np.uint32)
+    rois = labels_to_rois(big)
+    assert [roi.name for roi in rois] == [str(int(v)) for v in np.unique(big[big > 0])]

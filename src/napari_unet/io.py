@@ -150,6 +150,54 @@ def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, st
     return to_canonical(image, found_axes)
 
 
+def reading_notes(path: str | Path) -> list[str]:
+    """What `read_image(path)` (without `axes`) had to assume, in words for the user: a TIFF whose axes are not
+    in its metadata and were guessed (`guess_axes`), one stored as planar RGB(A) samples without ImageJ or OME
+    axes (what tifffile makes of a stack of 3 or 4 planes saved without metadata: read as channels), or one with
+    several series (only the first is read). Empty for other files and for files that say it all.
+
+    >>> import tempfile, tifffile
+    >>> path = tempfile.mkdtemp() + "/stack.tif"
+    >>> tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint16), metadata=None)
+    >>> reading_notes(path)
+    ['its axes are not in the file: read as CYX (3 channels) by guess; give --axes ZYX if these are planes']
+    """
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+        return []
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = list(tif.series)
+            described = tif.is_imagej or tif.is_ome
+    except Exception:  # noqa: BLE001  (read_image says what is wrong with an unreadable file)
+        return []
+    if not series:
+        return []
+    notes = []
+    first = series[0]
+    shape, letters = tuple(first.shape), first.axes.upper().replace("S", "C")
+    planar_samples = first.axes.upper().startswith("S") and len(shape) == 3 and not described
+    if len(shape) > 2 and (planar_samples or any(a not in CANONICAL_AXES for a in letters)):
+        axes = canonical_axes(_axes_from_series(first.axes, shape))
+        sizes = dict(zip(_axes_from_series(first.axes, shape), shape))
+        if "C" in axes:
+            other = axes.replace("C", "Z") if "Z" not in axes else axes.replace("C", "T")
+            notes.append(
+                f"its axes are not in the file: read as {axes} ({sizes['C']} channels) by guess; "
+                f"give --axes {other} if these are planes"
+            )
+        else:
+            notes.append(f"its axes are not in the file: read as {axes} by guess; give --axes if that is wrong")
+    if len(series) > 1:
+        notes.append(
+            f"it holds {len(series)} image series: only the first (shape {shape}) is read; save the others as "
+            "files of their own to segment them"
+        )
+    return notes
+
+
 def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
     import tifffile
 
@@ -170,12 +218,16 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
     return image, _axes_from_series(series_axes, shape)
 
 
-def _read_pillow(path: Path) -> tuple[np.ndarray, str]:
+def _read_pillow(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, str]:
+    """palette_indices: a palette ("P") image is its plane of palette indices (label images saved with a colour
+    table), not the colours they stand for."""
     from PIL import Image
 
     try:
         with Image.open(path) as pil:
             pil.load()
+            if pil.mode == "P" and palette_indices:
+                return np.asarray(pil), "YX"
             if pil.mode == "P":
                 pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
             elif pil.mode in ("1", "LA", "PA"):
@@ -195,6 +247,15 @@ def _read_pillow(path: Path) -> tuple[np.ndarray, str]:
     return np.ascontiguousarray(np.moveaxis(colour, -1, 0)), "CYX"
 
 
+def read_label_image(path: str | Path) -> tuple[ArrayLike, str]:
+    """Read a label image or stack as stored, ``(labels, axes)``: as `read_image`, except that a palette PNG
+    (ids saved with a colour table, as many annotation tools do) gives its ids, not the colours they stand for."""
+    path = Path(path)
+    if path.suffix.lower() in PILLOW_SUFFIXES and path.is_file():
+        return _read_pillow(path, palette_indices=True)
+    return read_image(path)
+
+
 def read_labels(path: str | Path) -> np.ndarray:
     """Read a 2-D label image ``(Y, X)`` of integers, 0 = background, checked by `validation.check_labels`.
 
@@ -202,7 +263,7 @@ def read_labels(path: str | Path) -> np.ndarray:
     ids above 2**31 - 1, which are renumbered 1..n (int32, -1 = not annotated). The sparse-annotation value
     -1 of signed dtypes is accepted; other negative values, floats and multi-channel files raise ``ValueError``.
     """
-    image, axes = read_image(path)
+    image, axes = read_label_image(path)
     labels = np.asarray(image)
     if axes != "YX":
         raise ValueError(
@@ -241,14 +302,19 @@ def write_tiff(path: str | Path, array: ArrayLike, axes: str, compression: str |
 def temporary_sibling(path: str | Path, folder: bool = False) -> Path:
     """A new, unused name beside `path` for writing it: ``.<name>.<pid>.<random>.tmp`` (hidden, and marked
     with the writer's process id so that `remove_stale_temporaries` knows when it is abandoned); created as an
-    empty file, or an empty folder with `folder`."""
+    empty file, or an empty folder with `folder`, with the permissions a plain `open` or `mkdir` would give it
+    (the umask's: `default_mode`), not tempfile's owner-only ones, since it is renamed into place as the result:
+    colleagues on a shared drive can read the labels and load the model."""
     path = Path(path)
     prefix = f".{path.name}.{os.getpid()}."
     if folder:
-        return Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMPORARY_SUFFIX, dir=path.parent))
-    handle, name = tempfile.mkstemp(prefix=prefix, suffix=TEMPORARY_SUFFIX, dir=path.parent)
-    os.close(handle)
-    return Path(name)
+        created = Path(tempfile.mkdtemp(prefix=prefix, suffix=TEMPORARY_SUFFIX, dir=path.parent))
+    else:
+        handle, name = tempfile.mkstemp(prefix=prefix, suffix=TEMPORARY_SUFFIX, dir=path.parent)
+        os.close(handle)
+        created = Path(name)
+    created.chmod(default_mode(folder))
+    return created
 
 
 def default_mode(folder: bool = False) -> int:
@@ -325,10 +391,16 @@ def recover_replaced_folder(path: str | Path, complete: Callable[[Path], bool]) 
     if path.exists() or not path.parent.is_dir():
         return None
     prefix, suffix = f".{path.name}.", f".old{TEMPORARY_SUFFIX}"
-    for candidate in sorted(path.parent.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True):
+    # only the folder's names are looked at first: its other entries (a dangling symbolic link, a file removed
+    # meanwhile) are none of this function's business
+    candidates = []
+    for candidate in path.parent.iterdir():
         name = candidate.name
         pid = name[len(prefix) : -len(suffix)] if name.startswith(prefix) and name.endswith(suffix) else ""
-        if pid.isdigit() and not _process_alive(int(pid)) and complete(candidate):
+        if pid.isdigit() and candidate.is_dir() and not _process_alive(int(pid)):
+            candidates.append(candidate)
+    for candidate in sorted(candidates, key=lambda p: p.stat().st_mtime, reverse=True):
+        if complete(candidate):
             os.replace(candidate, path)
             return path
     return None
@@ -420,6 +492,8 @@ def percentiles(
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"percentiles need 0 <= low < high <= 100, got low={low}, high={high}")
     sample = _strided_sample(image, axes, max_samples) if _is_lazy(image) or image.size > max_samples else image
+    if sample.dtype == bool:  # a binary image: 0 and 1 (np.percentile cannot subtract booleans)
+        sample = sample.astype(np.uint8)
     if "C" in axes:
         c = axes.index("C")
         flat = np.moveaxis(sample, c, 0).reshape(sample.shape[c], -1)

@@ -34,6 +34,24 @@ RENAMED = {
 Table = dict[str, np.ndarray]
 
 
+def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(labels, ids)``: labels whose largest id exceeds their number of pixels (ids from a hash or a
+    counter, up to 2**64 - 1) renumbered 1..n in increasing order, with ``ids[k]`` the original id of object
+    k (``ids[0]`` = 0); other labels unchanged, with None. scikit-image's region functions allocate by the
+    largest id, so ids of 3e9 would ask for gigabytes.
+
+    >>> compact, ids = compact_ids(np.array([[0, 4_000_000_000], [7, 7]], np.uint64))
+    >>> compact.tolist(), ids.tolist()
+    ([[0, 2], [1, 1]], [0, 7, 4000000000])
+    """
+    if labels.size == 0 or labels.min() < 0 or int(labels.max()) <= labels.size:
+        return labels, None
+    ids, compact = np.unique(labels, return_inverse=True)
+    if ids[0] != 0:  # no background: object k is ids[k - 1]
+        ids, compact = np.concatenate([np.zeros(1, ids.dtype), ids]), compact + 1
+    return compact.reshape(labels.shape).astype(np.int64), ids
+
+
 def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: PixelSize | None = None) -> Table:
     """The measurement table of ``labels`` (H, W) ints, 0 = background: column name -> values, one per object.
 
@@ -57,7 +75,10 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: Pix
         channels = image.shape[0] if image.ndim == 3 else 0
         intensity = np.moveaxis(image, 0, -1) if channels else image
         properties = properties + INTENSITY_PROPERTIES
-    raw = regionprops_table(labels.astype(np.int64, copy=False), intensity, properties=properties)
+    compact, ids = compact_ids(labels)
+    raw = regionprops_table(compact.astype(np.int64, copy=False), intensity, properties=properties)
+    if ids is not None:  # the objects' own ids in the table
+        raw["label"] = ids[np.asarray(raw["label"])]
     table: Table = {}
     for key, values in raw.items():
         name, _, channel = key.partition("-")

@@ -18,10 +18,8 @@ every model trained before this existed) never rescale. `load_model` also accept
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +30,12 @@ import torch
 from ._config import Config, check_range
 from .channels import ChannelChoice
 from .io import (
-    TEMPORARY_SUFFIX,
     apply_normalization,
     percentiles,
     recover_replaced_folder,
     remove_stale_temporaries,
     replace_folder,
+    temporary_sibling,
 )
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
@@ -304,7 +302,7 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
         config["object_diameter"] = float(bundle.object_diameter)
     recover_interrupted_save(path)
     remove_stale_temporaries(path)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
+    staging = temporary_sibling(path, folder=True)  # readable by others as the umask says, like any new folder
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.net.state_dict().items()}
         save_file(state, staging / WEIGHTS_FILE, metadata={"format": FORMAT})

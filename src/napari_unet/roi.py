@@ -32,6 +32,11 @@ def _roifile():
     return roifile
 
 
+def check_roifile() -> None:
+    """Raise the ImportError that says how to install `roifile` when it is missing (before any work is done)."""
+    _roifile()
+
+
 def outline(mask: np.ndarray) -> np.ndarray | None:
     """The outline (n, 2) of the largest connected piece of ``mask`` (H, W) as (row, col) pixel coordinates,
     closed (first point == last), without collinear points; None for an empty mask."""
@@ -57,17 +62,21 @@ def labels_to_rois(labels: np.ndarray, position: int | None = None) -> list:
     roifile = _roifile()
     from skimage.measure import regionprops
 
+    from .measure import compact_ids
+
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 2-D integer array (H, W), got shape {labels.shape}, dtype {labels.dtype}")
+    compact, ids = compact_ids(labels)  # ids of 3e9 would make regionprops allocate gigabytes
     rois = []
-    for region in regionprops(labels):
+    for region in regionprops(compact):
         y0, x0, _, _ = region.bbox
         points = outline(region.image)
         if points is None:
             continue
         xy = np.stack([points[:, 1] + x0 + 0.5, points[:, 0] + y0 + 0.5], axis=1)[:-1]
-        roi = roifile.ImagejRoi.frompoints(xy, name=str(region.label), position=position)
+        name = str(region.label if ids is None else ids[region.label])
+        roi = roifile.ImagejRoi.frompoints(xy, name=name, position=position)
         roi.roitype = roifile.ROI_TYPE.POLYGON
         rois.append(roi)
     return rois
@@ -88,7 +97,9 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
 
     An ROI named by an integer keeps it as its id; the others get the next free ids. Polygons, freehand,
     traced, rectangle and oval ROIs are filled; lines and points are skipped. On a stack, an ROI with a
-    position goes to that plane (1-based in the file), one without to every plane.
+    position goes to that plane (1-based in the file), one without to every plane. An ROI that extends past the
+    image's edge is cut there; one wholly outside it, or on a plane the stack does not have, is a ValueError
+    (ROIs drawn on another image).
     """
     from skimage.draw import ellipse, polygon
 
@@ -126,6 +137,11 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
                     [[roi.left, roi.top], [roi.right, roi.top], [roi.right, roi.bottom], [roi.left, roi.bottom]]
                 )
             rows, cols = polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=(height, width))
+        if not len(rows) and (roi.left >= width or roi.top >= height or roi.right <= 0 or roi.bottom <= 0):
+            raise ValueError(
+                f"ROI {roi.name or value!r} (x {roi.left}..{roi.right}, y {roi.top}..{roi.bottom}) lies outside the "
+                f"{height} x {width} image: were the ROIs drawn on another image?"
+            )
         if len(shape) == 2:
             labels[rows, cols] = value
         else:

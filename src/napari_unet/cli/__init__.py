@@ -54,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise
             print(f"napari-unet: error: {error}", file=sys.stderr)
             return EXIT_USAGE
+        except ImportError as error:  # an optional package this command needs (roifile, onnx, distributed)
+            if args.traceback:
+                raise
+            missing = isinstance(error, ModuleNotFoundError) and str(error).startswith("No module named")
+            message = f"this needs the Python package {error.name!r}, which is not installed" if missing else error
+            print(f"napari-unet: error: {message}", file=sys.stderr)
+            return EXIT_USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -202,7 +202,7 @@ The same with the command line, on the files this demo wrote:
 ```bash
 napari-unet train {out}/data/train/images {out}/data/train/labels --out {out}/model --overwrite \\
     --iterations {args.iterations} --val-fraction 0.25 --seed {args.seed} --tune-postprocess
-napari-unet predict {out}/model {out}/data/test/images --out {out}/predictions --probabilities
+napari-unet predict {out}/model {out}/data/test/images --out {out}/predictions --probabilities --overwrite
 napari-unet evaluate {out}/predictions {out}/data/test/labels --kind instances
 ```
 """

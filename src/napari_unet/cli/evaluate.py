@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from ._args import EXIT_OK, add_command, non_negative_float, positive_float, positive_int, probability
+from ._args import (
+    EXIT_OK,
+    add_command,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from .progress import warn_unmatched
 
 SCORE_COLUMNS = {
@@ -59,9 +67,10 @@ def _add_weights(subparsers) -> None:
     )
     sub.add_argument(
         "--border",
-        type=positive_int,
+        type=non_negative_int,
         metavar="PX",
-        help="background border (px) between touching cells (default: the paper preset's 1)",
+        help="background border (px) between touching cells (default: the paper preset's 1; 0: none, the fast "
+        "preset's)",
     )
     sub.add_argument("--no-balance", action="store_true", help="w_c = 1 instead of balancing class frequencies")
     sub.add_argument("--mask", type=Path, metavar="FILE", help="annotated region (nonzero); weight 0 elsewhere")
@@ -139,6 +148,8 @@ def _weights(args: argparse.Namespace) -> int:
     defaults = with_overrides(PRESETS["paper"][1], w0=args.w0, sigma=args.sigma, border=args.border)
     if args.labels.is_dir():
         raise ValueError(f"{args.labels} is a folder; weights takes one label image file")
+    if args.out.suffix.lower() not in (".tif", ".tiff"):
+        raise ValueError(f"--out {args.out.name}: the weight map is written as a float32 TIFF: name it .tif")
     check_output_not_input([args.out], [p for p in (args.labels, args.mask) if p is not None])
     check_output_free(args.out, args.overwrite)
     check_writable_folder(args.out.parent, f"--out {args.out}")
@@ -164,7 +175,7 @@ def _weights(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from ..io import read_image
+    from ..io import read_label_image
     from ..metrics import average_scores, evaluate_pair
     from ..pipeline import list_files, match_files
 
@@ -177,7 +188,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     warn_unmatched(match, ("predictions without ground truth (skipped)", "ground truth without predictions"), False)
     scores: dict[str, dict[str, Any]] = {}
     for pred_path, truth_path in match.pairs:
-        pred, truth = np.asarray(read_image(pred_path)[0]), np.asarray(read_image(truth_path)[0])
+        pred, truth = np.asarray(read_label_image(pred_path)[0]), np.asarray(read_label_image(truth_path)[0])
         if pred.shape != truth.shape:
             raise ValueError(
                 f"prediction {pred_path.name} has shape {pred.shape} but its ground truth "

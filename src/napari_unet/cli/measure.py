@@ -87,12 +87,19 @@ def pixel_size_option(args: argparse.Namespace):
 
 
 def run_measure(args: argparse.Namespace) -> int:
-    from ..io import read_image
+    from ..io import read_image, read_label_image
     from ..measure import measure_planes, write_csv
     from ..metadata import read_pixel_size
     from ..pipeline import base_name, list_files, match_files
 
     labels_files = list_files(args.labels, "label")
+    if Path(args.labels).is_dir():  # a `predict --probabilities` results folder: its probability maps are not labels
+        probability_maps = [path for path in labels_files if path.stem.endswith("_probs")]
+        labels_files = [path for path in labels_files if path not in probability_maps]
+        if probability_maps:
+            note(f"skipped {len(probability_maps)} probability map(s) (*_probs) in {args.labels}", args.quiet)
+        if not labels_files:
+            raise ValueError(f"no label files in {args.labels}: only probability maps (*_probs)")
     if args.images is None:
         pairs = [(path, None) for path in labels_files]
     else:
@@ -103,12 +110,15 @@ def run_measure(args: argparse.Namespace) -> int:
     given = pixel_size_option(args)
     tables = []
     for labels_path, image_path in pairs:
-        labels, axes = read_image(labels_path)
+        labels, axes = read_label_image(labels_path)
         image, image_axes = read_image(image_path) if image_path is not None else (None, None)
         pixel_size = given or (read_pixel_size(image_path) if image_path else None) or read_pixel_size(labels_path)
         name = base_name(image_path or labels_path)
-        for extra, table in measure_planes(labels, axes, image, image_axes, pixel_size):
-            tables.append(({"image": name, **extra}, table))
+        try:
+            planes = measure_planes(labels, axes, image, image_axes, pixel_size)
+        except ValueError as error:
+            raise ValueError(f"{labels_path.name}: {error}") from None
+        tables.extend(({"image": name, **extra}, table) for extra, table in planes)
     path = write_csv(tables, args.out)
     count = sum(len(table["label"]) for _, table in tables)
     units = sorted({n.split("_")[-1] for _, t in tables for n in t if n.startswith("centroid_y_")})
@@ -123,7 +133,7 @@ def run_measure(args: argparse.Namespace) -> int:
 def run_rois(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..io import read_image, write_tiff
+    from ..io import read_image, read_label_image, write_tiff
     from ..roi import read_rois, write_rois
 
     check_output(args.out, [args.input] + ([args.like] if args.like is not None else []), args.overwrite)
@@ -141,7 +151,7 @@ def run_rois(args: argparse.Namespace) -> int:
         write_tiff(args.out, labels, spatial_axes)
         print(f"{int(np.count_nonzero(np.unique(labels)))} objects -> {args.out}")
         return EXIT_OK
-    labels, axes = read_image(args.input)
+    labels, axes = read_label_image(args.input)
     if "C" in axes or len(axes) > 3:
         raise ValueError(f"{args.input} has axes {axes}: expected a label image (YX) or stack (ZYX or TYX)")
     count = write_rois(args.out, labels)

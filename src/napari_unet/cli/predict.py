@@ -143,14 +143,20 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._config import with_overrides
     from ..device import select_device
+    from ..io import reading_notes
     from ..measure import write_csv
     from ..metadata import read_pixel_size
     from ..modelfile import load_model
     from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file
     from ..precision import autocast_iterator
+    from ..validation import check_writable_folder
 
     bundle = load_model(args.model)
     note_shadowed(args.model, args.quiet)
+    if args.rois:  # its package is optional: missing, say so now rather than after the first image
+        from ..roi import check_roifile
+
+        check_roifile()
     postprocess = with_overrides(
         bundle.postprocess,
         threshold=args.threshold,
@@ -171,7 +177,10 @@ def run(args: argparse.Namespace) -> int:
     given = pixel_size_option(args)
     choice = channel_choice_option(args)
     for path in files:  # every input, before the first is segmented: a bad fifth file fails now, not in an hour
+        for said in reading_notes(path) if args.axes is None else ():  # what reading it had to assume
+            note(f"note: {path.name}: {said}", args.quiet)
         _check_input(path, args.axes, bundle, choice)
+    check_writable_folder(args.out)  # created only now: a refused input leaves no empty folder behind
     if args.cluster or args.workers:
         return run_distributed(args, bundle, postprocess, files)
     note(
@@ -224,8 +233,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace) -> None:
     """No output is an input (or the model), none is written twice, existing ones only with --overwrite; --out
-    is writable."""
-    from ..validation import check_output_free, check_output_not_input, check_writable_folder
+    is not a file. (Whether --out is writable is checked once the inputs are: `check_writable_folder` creates
+    it.)"""
+    from ..validation import check_output_free, check_output_not_input
 
     seen: dict[Path, Path] = {}
     for path, out in zip(files, outputs):
@@ -242,7 +252,6 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace) -
     check_output_not_input(written, [*files, args.model])
     for path in written:
         check_output_free(path, args.overwrite, "the output")
-    check_writable_folder(args.out)
 
 
 def _check_input(path: Path, axes: str | None, bundle, choice) -> None:
@@ -251,8 +260,8 @@ def _check_input(path: Path, axes: str | None, bundle, choice) -> None:
     from ..pipeline import read_input
     from ..validation import check_image
 
-    image, found = read_input(path, axes)
     try:
+        image, found = read_input(path, axes)
         check_image(image, found)
         bundle.prepare(image, found, path.name, choice)
     except ValueError as error:
@@ -273,8 +282,11 @@ def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path:
     if args.measure:
         for extra, table in measure_planes(labels, labels_axes, image, axes, pixel_size):
             tables.append(({"image": base_name(path), **extra}, table))
+    rois = args.out / f"{base_name(path)}_rois.zip"
     if args.rois and labels.max(initial=0) > 0:
-        write_rois(args.out / f"{base_name(path)}_rois.zip", labels)
+        write_rois(rois, labels)
+    elif args.rois:  # no object: no ROI file, and none left from an earlier run (--overwrite) to contradict it
+        rois.unlink(missing_ok=True)
 
 
 def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[Path]) -> int:

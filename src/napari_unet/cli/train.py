@@ -65,8 +65,8 @@ def add_parser(subparsers) -> None:
     start.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run saved in --out exactly where it stopped (only --iterations and "
-        "--time-budget may change)",
+        help="continue the run saved in --out exactly where it stopped (only --iterations, --time-budget, "
+        "--precision, --augmentation and --compile may change)",
     )
     start.add_argument("--overwrite", action="store_true", help="replace an existing model folder at --out")
     start.add_argument(
@@ -227,6 +227,8 @@ def _check_options(args: argparse.Namespace) -> None:
     check_output_not_input([args.out], [p for p in inputs.values() if p is not None])
     check_writable_folder(args.out.parent, f"--out {args.out}")  # now, not after training
 
+    if (args.validation_images is None) != (args.validation_labels is None):
+        raise ValueError("give both --validation-images and --validation-labels, or neither")
     new_net = {"--depth": args.depth, "--base-channels": args.base_channels}
     if args.resume:
         fixed = {
@@ -246,7 +248,8 @@ def _check_options(args: argparse.Namespace) -> None:
         if given:
             raise ValueError(
                 f"--resume continues the saved run as it was; {', '.join(given)} cannot change "
-                "(only --iterations and --time-budget can)"
+                "(only --iterations, --time-budget and the speed options --precision, --augmentation and "
+                "--compile can)"
             )
         if not is_model_folder(args.out):
             raise ValueError(f"--resume: {args.out} is not a model folder saved by 'napari-unet train'")
@@ -262,8 +265,6 @@ def _check_options(args: argparse.Namespace) -> None:
                 )
         elif not args.out.is_dir() or any(args.out.iterdir()):
             raise ValueError(f"--out {args.out} exists and is not a model folder; choose a new path")
-    if (args.validation_images is None) != (args.validation_labels is None):
-        raise ValueError("give both --validation-images and --validation-labels, or neither")
     if args.validation_images is not None and args.val_fraction is not None:
         raise ValueError("give either validation files or --val-fraction, not both")
     if args.tune_postprocess and args.validation_images is None and args.val_fraction is None:
