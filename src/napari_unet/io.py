@@ -150,11 +150,13 @@ def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, st
     return to_canonical(image, found_axes)
 
 
-def reading_notes(path: str | Path) -> list[str]:
+def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[str]:
     """What `read_image(path)` (without `axes`) had to assume, in words for the user: a TIFF whose axes are not
     in its metadata and were guessed (`guess_axes`), one stored as planar RGB(A) samples without ImageJ or OME
     axes (what tifffile makes of a stack of 3 or 4 planes saved without metadata: read as channels), or one with
     several series (only the first is read). Empty for other files and for files that say it all.
+    axes_option: how the caller lets the user give the axes (the command line's ``--axes``); None: there is no
+    such option (napari's reader), and the note says to save the file with its axes instead.
 
     >>> import tempfile, tifffile
     >>> path = tempfile.mkdtemp() + "/stack.tif"
@@ -184,12 +186,14 @@ def reading_notes(path: str | Path) -> list[str]:
         sizes = dict(zip(_axes_from_series(first.axes, shape), shape))
         if "C" in axes:
             other = axes.replace("C", "Z") if "Z" not in axes else axes.replace("C", "T")
+            remedy = f"give {axes_option} {other}" if axes_option else "save it with its axes (ImageJ or OME-TIFF)"
             notes.append(
                 f"its axes are not in the file: read as {axes} ({sizes['C']} channels) by guess; "
-                f"give --axes {other} if these are planes"
+                f"{remedy} if these are planes"
             )
         else:
-            notes.append(f"its axes are not in the file: read as {axes} by guess; give --axes if that is wrong")
+            remedy = f"give {axes_option}" if axes_option else "save it with its axes (ImageJ or OME-TIFF)"
+            notes.append(f"its axes are not in the file: read as {axes} by guess; {remedy} if that is wrong")
     if len(series) > 1:
         notes.append(
             f"it holds {len(series)} image series: only the first (shape {shape}) is read; save the others as "

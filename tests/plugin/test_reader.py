@@ -62,3 +62,22 @@ def test_microscopy_files_open_as_layers_the_docks_accept(make_napari_viewer, tm
     (png,) = viewer.open(tmp_path / "grey.png", plugin=PLUGIN)
     assert not png.rgb and png.data.shape == (40, 50)
     np.testing.assert_array_equal(png.data, grey)
+
+
+def test_a_file_whose_axes_were_guessed_says_so(tmp_path, monkeypatch):
+    """A stack of 3 planes saved by tifffile without metadata is stored as planar RGB: dropped on napari it
+    opens as 3 channels, with a notification saying so and how to keep its planes."""
+    import napari.utils.notifications as notifications
+    import tifffile
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_info", shown.append)
+    tifffile.imwrite(
+        tmp_path / "z3.tif", np.zeros((3, 16, 16), np.uint16) + np.arange(3)[:, None, None].astype(np.uint16)
+    )
+    layers = get_image_reader(str(tmp_path / "z3.tif"))(str(tmp_path / "z3.tif"))
+    assert len(layers) == 1 and layers[0][1]["channel_axis"] == 0
+    assert shown == [
+        "z3.tif: its axes are not in the file: read as CYX (3 channels) by guess; save it with its axes "
+        "(ImageJ or OME-TIFF) if these are planes"
+    ]

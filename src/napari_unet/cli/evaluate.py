@@ -17,7 +17,6 @@ from ._args import (
     non_negative_float,
     non_negative_int,
     positive_float,
-    positive_int,
     probability,
 )
 from .progress import warn_unmatched

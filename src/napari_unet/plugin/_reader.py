@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.io import read_image
+from napari_unet.io import read_image, reading_notes
 
 from ._autosave import is_annotation_file
 from ._layers import METADATA_KEY
@@ -84,6 +84,10 @@ def read_images(path: str | list[str]) -> list[LayerData]:
     layers: list[LayerData] = []
     for file in map(Path, paths):
         image, axes = read_image(file)
+        for said in reading_notes(file, axes_option=None):  # axes guessed, extra series: say what was assumed
+            from napari.utils.notifications import show_info
+
+            show_info(f"{file.name}: {said}")
         name = file.name.split(".")[0] or file.stem
         pixel_size = read_pixel_size(file)
         scale = {} if pixel_size is None else {"scale": (1.0,) * (len(axes.replace("C", "")) - 2) + pixel_size.scale}
