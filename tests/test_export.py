@@ -134,3 +134,36 @@ def test_bad_export_requests_are_explained(bundle, tmp_path):
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(ValueError, match="not a bioimage.io package"):
         export_bioimageio(bundle, tmp_path / "taken")
+
+
+@pytest.mark.parametrize("invert", [True, "auto"])
+def test_the_package_normalises_as_napari_unet_does_or_says_what_it_cannot(invert, tmp_path):
+    """A model trained on inverted images (`Normalization.invert` True) exports its inversion as a `scale_linear`
+    step, so the package's output is napari-unet's; "auto" (decided per image) cannot be a bioimage.io step:
+    the package then takes dark-background images and says so. Both record the inversion and object size."""
+    import yaml
+
+    from napari_unet.modelfile import Normalization
+
+    torch.manual_seed(0)
+    model = ModelBundle(
+        UNet(depth=3, base_channels=4, dropout=0.0), normalization=Normalization(invert=invert), object_diameter=20.0
+    )
+    path = export_bioimageio(model, tmp_path / "cells")
+    rdf = yaml.safe_load((path / "rdf.yaml").read_text())
+    steps = [step["id"] for step in rdf["inputs"][0]["preprocessing"]]
+    assert steps == (["scale_range", "scale_linear"] if invert is True else ["scale_range"])
+    assert rdf["config"]["napari_unet"]["normalization"]["invert"] == invert
+    assert rdf["config"]["napari_unet"]["object_diameter"] == 20.0
+    raw, expected = np.load(path / "test_input.npy"), np.load(path / "test_output.npy")
+    halo = model.net.halo
+    ours = model.predict(raw[0], diameter=None, device="cpu")[:, halo:-halo, halo:-halo]  # a dark background
+    np.testing.assert_allclose(expected[0], ours, atol=1e-4)
+    if invert == "auto":
+        assert "Invert bright-background images first" in rdf["inputs"][0]["description"]
+        assert "invert such images yourself" in (path / "README.md").read_text()
+    core = pytest.importorskip("bioimageio.core")
+    summary = core.test_model(path / "rdf.yaml")
+    if summary.status != "passed" and "'index_key' is expected to be an integer" in summary.format():
+        pytest.skip("this bioimageio.spec cannot serialise with the installed pydantic-core")
+    assert summary.status == "passed", summary.format()

@@ -179,8 +179,11 @@ def export_bioimageio(
     if raw.ndim != 4 or raw.shape[:2] != (1, config.in_channels):
         raise ValueError(f"test_input must be (1, {config.in_channels}, H, W), got shape {raw.shape}")
     bundle.net.check_input_shape(raw.shape[-2:])
+    normalised = normalize_like_bioimageio(raw, low, high)
+    if bundle.normalization.invert is True:  # the package's `scale_linear` step: 1 - x
+        normalised = (1.0 - normalised).astype(np.float32)
     with torch.no_grad():
-        expected = net(torch.from_numpy(normalize_like_bioimageio(raw, low, high))).numpy()
+        expected = net(torch.from_numpy(normalised)).numpy()
     training_data = training_data if training_data is not None else bundle.metadata.get("training_data") or {}
     name = name or bundle.metadata.get("name") or "napari-unet U-Net"
 
@@ -204,6 +207,7 @@ def export_bioimageio(
 def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -> dict[str, Any]:
     config = bundle.net.config
     low, high = float(bundle.normalization.low), float(bundle.normalization.high)
+    invert = bundle.normalization.invert
     torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
     channels = bundle.metadata.get("channel_names") or [f"channel{c}" for c in range(config.in_channels)]
     classes = ["background", "foreground"] + [f"class{k}" for k in range(2, config.num_classes)]
@@ -227,7 +231,7 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
         "inputs": [
             {
                 "id": INPUT_ID,
-                "description": "raw image; normalised by the percentile step below, as in training",
+                "description": _input_description(bundle.normalization.invert),
                 "axes": [{"type": "batch"}, {"type": "channel", "channel_names": channels}, *space],
                 "test_tensor": {"source": "test_input.npy"},
                 "data": {"type": "float32"},
@@ -236,6 +240,7 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
                         "id": "scale_range",
                         "kwargs": {"axes": ["y", "x"], "min_percentile": low, "max_percentile": high, "eps": 1e-6},
                     },
+                    *([{"id": "scale_linear", "kwargs": {"gain": -1.0, "offset": 1.0}}] if invert is True else []),
                 ],
             }
         ],
@@ -283,10 +288,22 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
                 "halo": bundle.net.halo,
                 "input": bundle.channels.to_dict(),
                 "postprocess": bundle.postprocess.to_dict(),
-                "normalization": {"low": low, "high": high},
+                "normalization": {"low": low, "high": high, "invert": invert},
+                **({"object_diameter": float(bundle.object_diameter)} if bundle.object_diameter is not None else {}),
             }
         },
     }
+
+
+def _input_description(invert: bool | str) -> str:
+    """What the package's input is (at most 128 characters, bioimage.io's limit), with what its preprocessing
+    cannot do: napari-unet's automatic inversion of bright-background images (`Normalization.invert` "auto")
+    decides per image, which bioimage.io's steps cannot (the README says more)."""
+    if invert == "auto":
+        return "raw image, dark background; normalised below as in training. Invert bright-background images first (README)"
+    if invert is True:
+        return "raw image; normalised by the percentile step below and inverted (1 - x), as in training"
+    return "raw image; normalised by the percentile step below, as in training"
 
 
 def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
@@ -302,8 +319,23 @@ def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
         "",
         f"- input `{INPUT_ID}`: (batch, {config.in_channels} channel(s), y, x) float32; y and x must be "
         f"{minimum} + n * {step}. Each channel is normalised with its {bundle.normalization.low} and "
-        f"{bundle.normalization.high} percentiles (bioimage.io `scale_range`). The model was trained on "
-        f"{bundle.describe_input()}: give it those channels (napari-unet applies this choice itself).",
+        f"{bundle.normalization.high} percentiles (bioimage.io `scale_range`)"
+        + {True: ", then inverted (1 - x, `scale_linear`)", "auto": "", False: ""}[bundle.normalization.invert]
+        + f". The model was trained on {bundle.describe_input()}: give it those channels (napari-unet applies "
+        "this choice itself)."
+        + (
+            " It was trained with dark backgrounds: napari-unet inverts an image whose median lies above the "
+            "middle of its range (brightfield, stained histology) before the network, which a bioimage.io "
+            "pipeline does not: invert such images yourself."
+            if bundle.normalization.invert == "auto"
+            else ""
+        )
+        + (
+            f" Its objects were {bundle.object_diameter:g} px across in training (`config.napari_unet."
+            "object_diameter`): rescale images so that theirs are about that size (napari-unet does it itself)."
+            if bundle.object_diameter is not None
+            else ""
+        ),
         f"- output `{OUTPUT_ID}`: (batch, {config.num_classes} classes, y{offset:+d}, x{offset:+d}) class "
         f"probabilities; the unpadded convolutions remove {-offset // 2} pixels per side (the halo). Channel 1 "
         "is the foreground. Instances: the post-processing stored in `config.napari_unet.postprocess` (threshold, "

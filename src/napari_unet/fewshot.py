@@ -36,11 +36,11 @@ from scipy import ndimage
 from .augment import AugmentConfig
 from .io import apply_normalization, percentiles
 from .modelfile import ModelBundle
-from .scale import median_diameter, rescale_image, rescale_labels
+from .scale import FACTOR_RANGE, diameter_factor, median_diameter, rescale_image, rescale_labels
 from .targets import mask_around_cells
 from .tiling import predict_tiled
 from .training import PRESETS, Sample, TrainConfig, Trainer
-from .validation import check_labels
+from .validation import check_image, check_labels
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,21 @@ def prepare(
     painted = np.where(labels > 0, labels, 0)
     if not painted.any():
         raise ValueError("no painted cell: paint at least one cell (a positive id) in the labels")
+    channels_first = image[None] if image.ndim == 2 else image
+    check_image(channels_first, "CYX")  # NaN (with their count), constant, before any normalisation
     diameter = median_diameter(painted)
     target_diameter = bundle.object_diameter
-    factor = 1.0 if target_diameter is None else float(target_diameter / diameter)
-    channels_first = image[None] if image.ndim == 2 else image
+    if target_diameter is None:
+        factor = 1.0
+    else:  # as at inference: at most 8x either way (a 1-px dot would blow the image up to gigabytes)
+        try:
+            factor = diameter_factor(target_diameter, diameter)
+        except ValueError:
+            raise ValueError(
+                f"the painted cells are {diameter:.3g} px across (median), but this model works with cells of "
+                f"{target_diameter / FACTOR_RANGE[1]:g} to {target_diameter / FACTOR_RANGE[0]:g} px: paint whole "
+                "cells, or start from a new network"
+            ) from None
     lo, hi = percentiles(channels_first, bundle.normalization.low, bundle.normalization.high, "CYX")
     normalised = rescale_image(apply_normalization(channels_first, lo, hi), factor)  # the Trainer sets polarity
     painted = rescale_labels(painted, factor)
@@ -141,7 +152,7 @@ def few_shot_trainer(
 ) -> Trainer:
     """A `Trainer` that fine-tunes a copy of `bundle` on the painted cells of one image (see the module
     docstring); `bundle` itself is not changed. Iterate `trainer.run()`, then `trainer.bundle()` is the model."""
-    prepared = prepare(bundle, image, labels, mask, config)
+    prepared = prepare(bundle, image, labels, mask, config, device)
     net = copy.deepcopy(bundle.net)
     if config.freeze_encoder:
         for parameter in net.encoder.parameters():

@@ -31,11 +31,14 @@ from ._config import Config, check_range
 from .channels import ChannelChoice
 from .io import (
     apply_normalization,
+    guess_axes,
     percentiles,
     recover_replaced_folder,
     remove_stale_temporaries,
     replace_folder,
     temporary_sibling,
+    to_canonical,
+    validate_axes,
 )
 from .model import UNet, UNetConfig
 from .postprocess import PostprocessConfig, probs_to_labels
@@ -137,6 +140,21 @@ class ModelBundle:
                 "(--channels 0,1 / the Channels box) or grey conversion (--grey)"
             )
         return image, axes
+
+    def one_plane(self, image, axes: str | None = None):
+        """A raw plane with `axes` (default: "YX" for 2-D, `io.guess_axes` for 3-D) as the network takes it,
+        (H, W) or (C, H, W), with the model's channel choice applied (`prepare`)."""
+        if axes is None and np.ndim(image) == 2:
+            return image
+        found = guess_axes(tuple(np.shape(image))) if axes is None else validate_axes(axes, np.ndim(image))
+        image, found = to_canonical(image, found)
+        if not set(found) <= set("CYX") or "Y" not in found or "X" not in found:
+            raise ValueError(
+                f"segment takes one plane, (H, W) or with channels; got shape {tuple(np.shape(image))} read as "
+                f"{found!r}: segment a stack plane by plane (or give axes=, e.g. 'YXC' for RGB)"
+            )
+        image, found = self.prepare(image, found)
+        return image
 
     def describe_input(self) -> str:
         """What the model expects, in words: "1 channel: grey (luminance/mean of all channels)"."""
@@ -263,10 +281,23 @@ class ModelBundle:
         return (image if factor == 1.0 else rescale_image(image, factor)), preprocess
 
     def segment(
-        self, image, *, diameter: Diameter = "auto", postprocess: PostprocessConfig | None = None, **kwargs: Any
+        self,
+        image,
+        *,
+        axes: str | None = None,
+        diameter: Diameter = "auto",
+        postprocess: PostprocessConfig | None = None,
+        **kwargs: Any,
     ) -> np.ndarray:
-        """Instance labels (H, W) int32 of a raw image: `predict`, then the post-processing (default: the saved
-        one), its sizes scaled to the image when it was rescaled (`scale.scale_postprocess`)."""
+        """Instance labels (H, W) int32 of one raw plane: `predict`, then the post-processing (default: the saved
+        one), its sizes scaled to the image when it was rescaled (`scale.scale_postprocess`).
+
+        axes: of `image` over "CYX" (e.g. "YXC" for an RGB array from scikit-image or imageio); default "YX" for
+        a 2-D array and `io.guess_axes` for a 3-D one (channels first when there are at most 4, RGB(A) last).
+        The model's channel choice is applied (`prepare`: grey for `nuclei`, so an RGB image is seen as its
+        luminance); a stack (Z or T) is refused: segment it plane by plane (`pipeline.segment_file`).
+        """
+        image = self.one_plane(image, axes)
         factor = self.scale_factor(image, diameter, device=kwargs.get("device", "auto"))
         return self.labels_of(self.predict_rescaled(image, factor, **kwargs)[1], factor, postprocess)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .io import guess_axes, to_canonical
+from .io import canonical_axes, guess_axes, to_canonical, validate_axes
 
 OME_ZARR_UNITS = {"um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
 OME_ZARR_AXIS_TYPES = {"T": "time", "Z": "space", "C": "channel", "Y": "space", "X": "space"}
@@ -59,9 +59,15 @@ def write_ome_zarr(path: str | Path, array, axes: str, pixel_size=None, chunk: i
     """Copy `array` (axes over "TZCYX", canonical) into a single-scale OME-Zarr 0.4 image at `path`, plane by
     plane (a memory-mapped array is never loaded whole); `pixel_size` (a `metadata.PixelSize`) becomes the scale
     of the y and x axes with their unit. `read_input` and `metadata.read_pixel_size` read it back; an existing
-    store at `path` is replaced once the new one is complete (written under a temporary name, then renamed)."""
+    store at `path` is replaced once the new one is complete (written under a temporary name, then renamed).
+    Axes that do not name the array's dimensions in canonical order are a ValueError, before anything is written."""
     import zarr
 
+    axes = validate_axes(axes, np.ndim(array))
+    if axes != canonical_axes(axes):
+        raise ValueError(
+            f"axes {axes!r} must be in canonical order ({canonical_axes(axes)!r}): reorder the array first"
+        )
     path = Path(path)
     final, path = path, path.with_name(f".{path.name}.{os.getpid()}.partial")
     shutil.rmtree(path, ignore_errors=True)

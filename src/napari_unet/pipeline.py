@@ -39,6 +39,7 @@ from .ome_zarr import write_ome_zarr as write_ome_zarr  # re-exported: cli/predi
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
 ZARR_SUFFIX = ".zarr"
 TOLERATED_SUFFIXES = ("_labels", "_probs")
+ANNOTATION_SUFFIX = ".unet-labels.tif"  # the napari plugin's annotations autosaved beside an image (plugin/_autosave)
 LARGE_OUTPUT_BYTES = 1 << 30  # a plane's probabilities above this go to a temporary memory-mapped file
 
 T = TypeVar("T")
@@ -57,11 +58,12 @@ def base_name(path: str | Path) -> str:
     return name
 
 
-def list_files(path: str | Path, what: str = "image", zarr: bool = False) -> list[Path]:
+def list_files(path: str | Path, what: str = "image", zarr: bool = False, annotations: bool = True) -> list[Path]:
     """The image files of a folder, sorted by name (hidden files skipped), or `[path]` for a single file.
 
     what: how to name the files in error messages ("image", "label", ...). zarr: also accept `.zarr` folders
-    (as the path itself, or inside the folder).
+    (as the path itself, or inside the folder). annotations: False skips the annotations the napari plugin
+    autosaves beside their images (`*.unet-labels.tif`, `ANNOTATION_SUFFIX`): listing images, they are not.
     """
     path = Path(path)
     if zarr and path.suffix.lower() == ZARR_SUFFIX and path.is_dir():
@@ -77,6 +79,7 @@ def list_files(path: str | Path, what: str = "image", zarr: bool = False) -> lis
         if not p.name.startswith(".")
         and p.suffix.lower() in suffixes
         and (p.is_file() or (zarr and p.suffix.lower() == ZARR_SUFFIX and p.is_dir()))
+        and (annotations or not p.name.endswith(ANNOTATION_SUFFIX))
     )
     if not files:
         raise ValueError(f"no {what} files in {path}: expected {', '.join(suffixes)} files")

@@ -242,14 +242,21 @@ def scale_postprocess(config: PostprocessConfig, factor: float) -> PostprocessCo
 def busiest_window(image, side: int, candidates: int = 3) -> tuple[slice, slice]:
     """The (rows, cols) of the `side` x `side` window (clipped to the image) with the largest intensity spread
     among `candidates` x `candidates` evenly placed ones: where objects are likely, read window by window
-    (a lazy image is never read whole). image: (H, W) or (C, H, W)."""
+    (a lazy image is never read whole). image: (H, W) or (C, H, W). NaN or infinite values in a window's
+    sample are a ValueError (its spread would be NaN, and no window the best)."""
     h, w = image.shape[-2:]
     sy, sx = min(side, h), min(side, w)
     best, best_score = None, -1.0
     for y in np.linspace(0, h - sy, candidates).round().astype(int):
         for x in np.linspace(0, w - sx, candidates).round().astype(int):
             region = (slice(int(y), int(y) + sy), slice(int(x), int(x) + sx))
-            score = float(np.asarray(image[(..., *region)][..., ::4, ::4], dtype=np.float32).std())
+            sample = np.asarray(image[(..., *region)][..., ::4, ::4], dtype=np.float32)
+            if not np.isfinite(sample).all():
+                raise ValueError(
+                    f"the image contains NaN or infinite values (some in the window at y {int(y)}, x {int(x)}): "
+                    "replace them before segmenting"
+                )
+            score = float(sample.std())
             if score > best_score:
                 best, best_score = region, score
     return best

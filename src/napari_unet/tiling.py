@@ -252,10 +252,27 @@ def _wait(host: torch.Tensor, done: torch.cuda.Event | None) -> np.ndarray:
     return host.numpy()
 
 
+def with_channel_axis(image):
+    """A (H, W) array as (1, H, W): a view of numpy arrays, memmaps and dask arrays; arrays that cannot be
+    indexed with None (zarr) go through dask, so they stay lazy and are read window by window.
+
+    >>> with_channel_axis(np.zeros((4, 5))).shape
+    (1, 4, 5)
+    """
+    if isinstance(image, np.ndarray) or hasattr(image, "compute"):
+        return image[None]
+    try:
+        return image[None]
+    except (IndexError, TypeError, ValueError, KeyError):  # zarr: "unsupported selection item"
+        import dask.array as da
+
+        return da.from_array(image, chunks=getattr(image, "chunks", "auto"))[None]
+
+
 def as_channels_first(image, in_channels: int):
     """View a (H, W) or (C, H, W) image as (C, H, W), checking C against the model."""
     if image.ndim == 2:
-        image = image[None]
+        image = with_channel_axis(image)
     if image.ndim != 3:
         raise ValueError(
             f"expected an image (H, W) or (C, H, W) with C = {in_channels}, got shape {tuple(image.shape)}; "
@@ -302,6 +319,8 @@ def predict_tiled(
     The model is moved to `device` and put in eval mode. An image with NaN or infinite values (or complex
     numbers) raises ValueError (`validation.check_finite`).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number of tiles >= 1, got {batch_size!r}")
     image = as_channels_first(image, model.config.in_channels)
     check_finite(image)  # NaN or inf would silently turn every probability into NaN
     device = select_device(device)

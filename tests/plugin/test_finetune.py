@@ -144,7 +144,7 @@ def test_autosaved_annotations_are_offered_back(make_napari_viewer_proxy, qtbot,
     widget.iterations_spin.setValue(2)
     with qtbot.waitSignal(widget.finished, timeout=180_000):
         widget.start()
-    assert find_annotations(path, tmp_path / "autosave") == path.with_name("cells.unet-labels.tif")
+    assert find_annotations(path, tmp_path / "autosave") == path.with_name("cells.tif.unet-labels.tif")
 
     viewer.layers.clear()
     assert widget.autosave.restore_button.isHidden()

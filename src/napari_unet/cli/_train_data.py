@@ -13,14 +13,14 @@ def training_data(args: argparse.Namespace):
     """(train, validation) lists of Sample, read from the files the arguments name."""
     from ..pipeline import list_files, match_files, split_by_image
 
-    match = match_files(list_files(args.images, "image"), list_files(args.labels, "label"))
+    match = match_files(list_files(args.images, "image", annotations=False), list_files(args.labels, "label"))
     warn_unmatched(match, ("images without labels (skipped)", "labels without images (skipped)"), args.quiet)
     pairs = match.pairs
     masks = masks_for(args.mask, [image for image, _ in pairs], args.quiet) if args.mask else {}
     validation_pairs: list[tuple[Path, Path]] = []
     if args.validation_images is not None:
         validation = match_files(
-            list_files(args.validation_images, "validation image"),
+            list_files(args.validation_images, "validation image", annotations=False),
             list_files(args.validation_labels, "validation label"),
         )
         warn_unmatched(validation, ("validation images without labels", "validation labels without images"), args.quiet)

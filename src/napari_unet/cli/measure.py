@@ -103,7 +103,9 @@ def run_measure(args: argparse.Namespace) -> int:
     if args.images is None:
         pairs = [(path, None) for path in labels_files]
     else:
-        match = match_files(labels_files, list_files(args.images, "image"), ("labels", "images"), prefer="_labels")
+        match = match_files(
+            labels_files, list_files(args.images, "image", annotations=False), ("labels", "images"), prefer="_labels"
+        )
         warn_unmatched(match, ("label files without an image", "images without labels"), args.quiet)
         pairs = match.pairs
     check_output(args.out, [path for pair in pairs for path in pair if path is not None], args.overwrite)

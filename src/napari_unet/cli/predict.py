@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.cluster or args.workers) and (args.batch_size != 1 or args.precision != "auto"):
         raise ValueError("--batch-size and --precision are not available with --cluster or --workers")
     device = select_device(args.device) if not args.cluster else None
-    files = [f for path in args.inputs for f in list_files(path, "input image", zarr=True)]
+    files = [f for path in args.inputs for f in list_files(path, "input image", zarr=True, annotations=False)]
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder")
     outputs = [output_paths(f, args.out, args.probabilities) for f in files]

@@ -433,7 +433,7 @@ def segment_files(
     from ..pipeline import list_files
 
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
-    files = [f for path in inputs for f in list_files(path, "input image", zarr=True)]
+    files = [f for path in inputs for f in list_files(path, "input image", zarr=True, annotations=False)]
     plan, rest = plan_with(bundle, files, out_dir, options)  # a bad input is refused before workers start
     with connect(address, workers, torch_threads) as client:
         return list(segment_plan(client, bundle, plan, **rest))

@@ -25,7 +25,7 @@ def run_batch(
     from ..distributed import connect, plan_with, segment_plan
     from ..pipeline import list_files
 
-    files = [f for path in inputs for f in list_files(path, "input image", zarr=True)]
+    files = [f for path in inputs for f in list_files(path, "input image", zarr=True, annotations=False)]
     plan, rest = plan_with(bundle, files, out_dir, options)
     with connect(address, workers) as client:
         yield from segment_plan(client, bundle, plan, **rest)
@@ -36,5 +36,5 @@ def batch_outputs(inputs: Sequence[str | Path], out_dir: str | Path) -> list[Pat
     from ..distributed import is_complete, large_output_paths
     from ..pipeline import list_files
 
-    files = [f for path in inputs for f in list_files(path, "input image", zarr=True)]
+    files = [f for path in inputs for f in list_files(path, "input image", zarr=True, annotations=False)]
     return [labels for labels, _ in (large_output_paths(f, out_dir) for f in files) if is_complete(labels)]

@@ -27,6 +27,7 @@ from ..modelfile import ModelBundle, Normalization
 from ..postprocess import PostprocessConfig
 from ..targets import mask_around_cells
 from ..training import PRESETS, Sample, TrainConfig, Trainer, TrainEvent, preset
+from ..validation import check_image
 from .segment import Planes
 
 DEFAULT_MARGIN = 12  # px of background trusted around sparsely annotated cells
@@ -73,8 +74,15 @@ def annotated_planes(
     (the same for every plane); else, with `margin` px, the cells and that much background around them
     (`targets.mask_around_cells`); with margin None every cell of the plane is annotated: no mask (None).
     few_shot: for the few-shot recipe, which keeps its own margin (mask None) and takes a whole plane as a mask
-    of ones. Raises ValueError naming `name` when no plane holds a cell.
+    of ones. Raises ValueError naming `name` when no plane holds a cell, and when `region` is empty or not of
+    the planes' size.
     """
+    if region is not None:
+        region = np.asarray(region, dtype=bool)
+        if region.shape != tuple(labels.shape[-2:]):
+            raise ValueError(f"the annotated region {region.shape} must have the image's height and width")
+        if not region.any():
+            raise ValueError("the annotated region is empty: draw the region you vouch for, or leave it out")
     images, kept, masks = [], [], []
     for index in stack.planes:
         plane_labels = labels[index] if index else labels
@@ -194,6 +202,7 @@ def training_samples(job: TrainingJob) -> list[Sample]:
             )
         else:
             box = (slice(None), slice(None))
+        check_image(image, "CYX")  # NaN (counted in the image as given), constant: before normalising
         lo, hi = percentiles(image, job.normalization.low, job.normalization.high, "CYX")
         normalised = apply_normalization(image[(slice(None), *box)], lo, hi)
         samples.append(Sample(normalised, labels[box], None if mask is None else mask[box]))

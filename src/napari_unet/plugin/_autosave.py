@@ -1,6 +1,6 @@
 """Nothing the user made is lost: where annotations and models are autosaved, and how they are found again.
 
-Annotations used for training go next to the image's file (`cells.tif` -> `cells.unet-labels.tif`); when that
+Annotations used for training go next to the image's file (`cells.tif` -> `cells.tif.unet-labels.tif`); when that
 folder is not writable, or the image has no file, they go to `<root>/annotations/`, and `<root>/annotations/
 index.json` maps each image file to its annotations so that they are offered back when the image is opened
 again. Models go to `<root>/models/<time>-<image name>/` (written atomically by `modelfile.save_model`).
@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.io import atomic_write, read_labels, write_tiff
+from napari_unet.pipeline import ANNOTATION_SUFFIX
 
-SIDECAR_SUFFIX = ".unet-labels.tif"
+SIDECAR_SUFFIX = ANNOTATION_SUFFIX  # ".unet-labels.tif": image listings (`pipeline.list_files`) skip these
 RECORD_SUFFIX = ".unet-labels.json"
 INDEX_FILE = "index.json"
 
@@ -39,7 +40,15 @@ def safe_name(name: str) -> str:
 
 
 def sidecar_path(image_path: str | Path) -> Path:
-    """`cells.tif` -> `cells.unet-labels.tif` in the same folder (`cells.ome.tif` too)."""
+    """`cells.tif` -> `cells.tif.unet-labels.tif` in the same folder: the image's whole name, so that `cells.tif`,
+    `cells.ome.tif` and `cells.png` side by side never share (and overwrite) one file of annotations."""
+    image_path = Path(image_path)
+    return image_path.with_name(image_path.name + SIDECAR_SUFFIX)
+
+
+def legacy_sidecar_path(image_path: str | Path) -> Path:
+    """Where versions before 2026-12 saved them: `cells.tif` -> `cells.unet-labels.tif` (`cells.ome.tif` and
+    `cells.png` too, which is why that changed). Still offered back when nothing newer is found."""
     image_path = Path(image_path)
     stem = image_path.stem.removesuffix(".ome") if image_path.suffix else image_path.name
     return image_path.with_name(stem + SIDECAR_SUFFIX)
@@ -60,9 +69,9 @@ def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Pat
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"annotations must be integer labels, got dtype {labels.dtype}")
-    axes = "ZYX"[-labels.ndim :] if labels.ndim <= 3 else None
+    axes = "TZYX"[-labels.ndim :] if 2 <= labels.ndim <= 4 else None
     if axes is None:
-        raise ValueError(f"annotations must be (H, W) or (Z, H, W), got shape {labels.shape}")
+        raise ValueError(f"annotations must be (H, W), (Z, H, W) or (T, Z, H, W), got shape {labels.shape}")
     labels = labels.astype(np.uint16) if labels.max(initial=0) < 65535 and labels.min(initial=0) >= 0 else labels
     if image_path is not None:
         target = sidecar_path(image_path)
@@ -86,21 +95,23 @@ def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Pat
 
 
 def find_annotations(image_path: str | Path, root: str | Path) -> Path | None:
-    """The autosaved annotations of `image_path`: the side-car file, else the one recorded in the index."""
+    """The autosaved annotations of `image_path`: the side-car file, else the one recorded in the index, else a
+    side-car of the former naming (`legacy_sidecar_path`)."""
     sidecar = sidecar_path(image_path)
     if sidecar.is_file():
         return sidecar
     try:
         recorded = _index(root).get(str(Path(image_path).resolve()))
-    except OSError:  # an unreadable index that could not be moved aside: nothing to offer
-        return None
+    except OSError:  # an unreadable index that could not be moved aside
+        recorded = None
     if recorded and Path(recorded).is_file():
         return Path(recorded)
-    return None
+    legacy = legacy_sidecar_path(image_path)
+    return legacy if legacy.is_file() and legacy != Path(image_path) else None
 
 
 def load_annotations(path: str | Path) -> np.ndarray:
-    """Read autosaved annotations back: (H, W) or (Z, H, W) integer labels."""
+    """Read autosaved annotations back: (H, W), (Z, H, W) or (T, Z, H, W) integer labels."""
     from napari_unet.io import read_image
 
     labels, axes = read_image(path)

@@ -82,7 +82,9 @@ class PlaneStack:
         except with a channel choice, which reads the plane (a copy, grey or with the chosen channels)."""
         data = self.data
         if self.channel_axis is None:
-            return data[index][None] if index else data[None]
+            from napari_unet.tiling import with_channel_axis  # torch: imported when a plane is segmented
+
+            return with_channel_axis(data[index] if index else data)
         key: list[Any] = []
         remaining = iter(index)
         for axis in range(data.ndim - 2):
