@@ -236,3 +236,36 @@ def test_suggest_where_to_annotate_adds_rectangles_away_from_the_painted_cells(
     assert set(layer.shape_type) == {"rectangle"}
     for y0, x0, y1, x1 in boxes:
         assert not np.asarray(painted.data)[y0:y1, x0:x1].any()
+
+
+def test_annotations_of_an_image_opened_before_the_dock_are_offered_too(make_napari_viewer_proxy, tmp_path, cells):
+    """The usual order: open the image, then the Fine-tune dock. Its autosaved annotations are offered then."""
+    from napari_unet.plugin._autosave import save_annotations
+
+    image, labels = cells
+    path = tmp_path / "data" / "cells.tif"
+    path.parent.mkdir()
+    write_tiff(path, (image * 1000).astype(np.uint16), "YX")
+    save_annotations(few_cells(labels), tmp_path / "autosave", path, "cells")
+    viewer = make_napari_viewer_proxy()
+    viewer.open(path)
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
+    assert not widget.autosave.restore_button.isHidden() and "cells.tif" in widget.autosave.restore_button.text()
+    np.testing.assert_array_equal(widget.autosave.restore().data, few_cells(labels))
+
+
+def test_the_batch_dock_waits_for_a_running_fine_tune(make_napari_viewer_proxy, tmp_path, monkeypatch, tiny_bundle):
+    pytest.importorskip("distributed")
+    from napari_unet.plugin import _batch
+
+    warnings = []
+    monkeypatch.setattr(_batch, "show_warning", warnings.append)
+    viewer = make_napari_viewer_proxy()
+    widget = _batch.BatchWidget(viewer)
+    session = session_for(viewer)
+    session.set_model(tiny_bundle)
+    session.training = True
+    widget.input_edit.setText(str(tmp_path))
+    widget.output_edit.setText(str(tmp_path / "out"))
+    assert widget.run() is None and "being trained" in warnings[-1]
+    assert widget.worker is None and not (tmp_path / "out").exists()

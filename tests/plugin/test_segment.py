@@ -246,3 +246,76 @@ def test_the_uncertainty_layer_follows_the_segmentation(make_napari_viewer_proxy
     layer = widget.uncertainty_layer
     assert layer is not None and layer in viewer.layers and layer.name == "cells uncertainty"
     assert layer.data.shape == image.shape and 0 <= layer.data.min() and 0 < layer.data.max() <= 1
+
+
+def test_cancel_during_the_diameter_estimate_frees_the_dock_and_the_session(make_napari_viewer_proxy, qtbot):
+    """A Cancel while the object diameter is estimated ended nothing (a quit worker sends no `returned`):
+    Run stayed disabled and Fine-tune refused to train. Now the dock says it was cancelled and runs again."""
+    from test_diameter import bundle as threshold_bundle
+    from test_diameter import disks
+
+    truth = disks((200, 240), 16, 60)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image((truth > 0).astype(np.float32) * 100, name="disks")
+    widget = open_dock(viewer, threshold_bundle(20.0))
+    started = threading.Event()
+    release = threading.Event()
+    estimate = widget.session.bundle.estimate_diameter
+
+    def slow_estimate(*args, **kwargs):  # held until the Cancel has been clicked
+        started.set()
+        release.wait(30)
+        return estimate(*args, **kwargs)
+
+    widget.session.bundle.estimate_diameter = slow_estimate
+    with qtbot.waitSignal(widget.stopped, timeout=60_000):
+        worker = widget.run()
+        assert started.wait(30)
+        widget.cancel()
+        release.set()
+    qtbot.waitUntil(lambda: worker.is_running is False, timeout=30_000)
+    assert widget.worker is None and not widget.session.segmenting
+    assert widget.status.text() == "Cancelled before the first tile"
+    del widget.session.bundle.estimate_diameter
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):
+        assert widget.run() is not None  # Run works again
+
+
+def test_closing_the_dock_mid_run_frees_the_session(make_napari_viewer_proxy, qtbot, tiny_bundle):
+    image = np.random.default_rng(0).random((320, 320), dtype=np.float32)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="noise")
+    widget = open_dock(viewer, tiny_bundle)
+    session = widget.session
+    worker = widget.run()
+    worker.yielded.connect(lambda _update: widget.tiles_written == 2 and worker.pause())
+    with qtbot.waitSignal(worker.paused, timeout=30_000):
+        pass
+    assert session.segmenting
+    with qtbot.waitSignal(worker.finished, timeout=30_000):
+        viewer.window.remove_dock_widget(widget)  # deletes the widget: its slots are gone
+        widget.deleteLater()
+        worker.resume()
+    qtbot.waitUntil(lambda: not session.segmenting, timeout=10_000)
+
+
+def test_retuning_after_painting_keeps_the_corrections(make_napari_viewer_proxy, qtbot, tiny_bundle):
+    """Touching a post-processing control re-post-processes the kept probabilities; if the result layer was
+    painted meanwhile, the corrections stay and the retuned labels go to a new layer."""
+    image, _ = make_cells((128, 128), seed=1)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    widget = open_dock(viewer, tiny_bundle)
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):
+        widget.run()
+    layer = widget.labels_layer
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):  # an untouched result is retuned in place
+        widget.retune()
+    assert widget.labels_layer is layer and len(viewer.layers) == 2
+    layer.data[:10, :10] = 77  # a correction painted by hand
+    corrected = layer.data.copy()
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):
+        widget.retune()
+    np.testing.assert_array_equal(layer.data, corrected)
+    assert widget.labels_layer is not layer and widget.labels_layer.name == "cells labels (retuned)"
+    assert not (widget.labels_layer.data[:10, :10] == 77).all()

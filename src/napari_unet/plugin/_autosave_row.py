@@ -34,6 +34,8 @@ class AutosaveRow:
         self.change_button.clicked.connect(self._ask_root)
         self.restore_button.clicked.connect(self.restore)
         viewer.layers.events.inserted.connect(self._layer_added)
+        for layer in list(viewer.layers):  # images opened before the dock: offered too (the latest one wins)
+            self._offer(layer)
 
     def row(self) -> Any:
         return row(self.label, self.change_button, stretch=(1,))
@@ -69,7 +71,10 @@ class AutosaveRow:
     def _layer_added(self, event: Any) -> None:
         if not alive(self.dock):
             return
-        layer = event.value
+        self._offer(event.value)
+
+    def _offer(self, layer: Any) -> None:
+        """Offer the autosaved annotations of `layer`'s file, if it is an image with some."""
         path = getattr(getattr(layer, "source", None), "path", None)
         if not isinstance(layer, Image) or not path or _autosave.is_annotation_file(path):
             return

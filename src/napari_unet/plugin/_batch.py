@@ -104,6 +104,9 @@ class BatchWidget(QWidget):
         if bundle is None:
             show_error("No model: train one in the Fine-tune dock or load a saved model folder (Load model…)")
             return None
+        if self.session.training:  # its weights may be changing under the batch (as the Segment dock refuses too)
+            show_warning("The model is being trained: wait for the end of the run (or stop it), then run the batch")
+            return None
         inputs, out = self.input_edit.text().strip(), self.output_edit.text().strip()
         if not inputs or not Path(inputs).exists():
             show_error(f"No input at {inputs!r}: choose a folder of images or a .zarr")

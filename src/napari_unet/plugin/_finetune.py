@@ -56,6 +56,24 @@ from ._suggest import Suggestions
 from ._workers import alive, generator_worker, start_worker
 
 
+def _released(worker: Any, widget: QWidget, job: TrainingJob, session: Session):
+    """The `finished` slot of a training worker that does not belong to the dock: a dock closed during the last
+    step (its worker then ends without `aborted`, and the dock's own slots are gone) still frees the session and
+    makes the trained model the session's, as `_closer` does after a Stop."""
+    aborted = []
+    worker.aborted.connect(lambda: aborted.append(True))
+
+    def finished() -> None:
+        if alive(widget) or aborted:  # the dock's slots, or `_closer`, take care of it
+            return
+        session.training = False
+        if job.trainer is not None and job.trainer.iteration > 0:
+            saved = job.checkpoint if (job.checkpoint / "config.json").is_file() else None
+            session.set_model(job.trainer.bundle(), saved)
+
+    return finished
+
+
 def _closer(generator: Iterator[TrainEvent], widget: QWidget, job: TrainingJob, session: Session):
     """The `aborted` slot of a training worker: napari's quit() leaves the generator open, so close it in
     another worker (the trainer's `finally` saves the model there), then tell the dock; if the dock was closed
@@ -206,11 +224,9 @@ class FineTuneWidget(QWidget):
         self.session.training = True
         self._generator = run_training(job)
         # closed by _closer after a Stop, in a worker: closing saves the model
-        self.worker = generator_worker(
-            self._generator,
-            close_when_done=False,
-            _progress={"total": job.config.iterations, "desc": "U-Net: training"},
-        )
+        # no napari progress bar (`_progress`): it runs processEvents() on every step, nesting event loops when
+        # steps come fast; the dock's own bar and loss curve show the progress
+        self.worker = generator_worker(self._generator, close_when_done=False)
         self.worker.yielded.connect(self._on_event)
         self.worker.returned.connect(self._on_completed)
         self.worker.errored.connect(self._on_error)
@@ -220,6 +236,7 @@ class FineTuneWidget(QWidget):
         self.worker.aborted.connect(_closer(self._generator, self, job, self.session))
         self.worker.aborted.connect(self._aborted)
         self.worker.finished.connect(self._worker_finished)
+        self.worker.finished.connect(_released(self.worker, self, job, self.session))
         self._outcome = ""
         self._set_running(True)
         start_worker(self.worker, self)

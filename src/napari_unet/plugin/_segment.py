@@ -86,6 +86,7 @@ class SegmentWidget(QWidget):
         self.cancelled = False
         self.finished_run = False
         self._postprocess_runs = 0
+        self._final_digest: bytes | None = None  # of the labels as the last result left them: edits are detected
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.model_row = ModelRow(self, self.session)
@@ -204,12 +205,25 @@ class SegmentWidget(QWidget):
             _ignore_errors=True,
             _start_thread=False,
         )
+        estimating = self.worker
         self.worker.returned.connect(
             lambda estimate: alive(self) and self._estimated(bundle, layer, stack, device, estimate)
         )
         self.worker.errored.connect(self._estimate_failed)
+        # a Cancel (quit) means no `returned`; a closed dock, no slot of its own: the end of the worker frees both
+        self.worker.finished.connect(lambda: self._estimate_worker_finished(estimating))
         start_worker(self.worker, self)
         return self.worker
+
+    def _estimate_worker_finished(self, worker: Any) -> None:
+        if not alive(self):
+            self.session.segmenting = False
+            return
+        if self.worker is not worker:  # it returned (tiles started) or failed: handled there
+            return
+        self._estimate_ended()
+        self.status.setText("Cancelled before the first tile")
+        self.stopped.emit()
 
     def _estimated(self, bundle: ModelBundle, layer: Any, stack: Planes, device: Any, estimate: float | None) -> None:
         self._estimate_ended()
@@ -258,6 +272,7 @@ class SegmentWidget(QWidget):
         self.drawing.start(self.labels_layer, self.probs_layer)
         self.tiles_written = 0
         self.cancelled = self.finished_run = False
+        self._final_digest = None
         self._postprocess_runs += 1
         config = scale_postprocess(self.postprocess_config(), 1.0 / factor)
         tta = self._tta = self.tta_check.isChecked()
@@ -265,14 +280,15 @@ class SegmentWidget(QWidget):
         what = f"{len(stack.planes)} plane(s) x {TTA_ORIENTATIONS} orientations" if tta else f"{total} tile(s)"
         self.controls.begin(total, f"{what}, tiles of {stride} px, on {describe_device(device)}")
         self.session.segmenting = True
-        self.worker = generator_worker(
-            stream_tiles(bundle, stack, stride, device, config, factor, tta=tta),
-            _progress={"total": total, "desc": "U-Net: segmenting"},
-        )
+        # no napari progress bar (`_progress`): it calls processEvents() on every tile, and a fast stream of tiles
+        # then nests event loops until the recursion limit aborts napari; the dock's own bar shows the progress
+        self.worker = generator_worker(stream_tiles(bundle, stack, stride, device, config, factor, tta=tta))
         self.worker.yielded.connect(self._write_tile)
         self.worker.errored.connect(self._failed)
         self.worker.aborted.connect(self._aborted)
         self.worker.finished.connect(self._tiles_finished)
+        session = self.session  # a dock closed mid-run has no slots left: the session is freed all the same
+        self.worker.finished.connect(lambda: alive(self) or setattr(session, "segmenting", False))
         start_worker(self.worker, self)
         return self.worker
 
@@ -341,7 +357,11 @@ class SegmentWidget(QWidget):
     def _set_final_labels(self, labels: np.ndarray, run: int) -> None:
         if run != self._postprocess_runs or self.labels is None or labels.shape != self.labels.shape:
             return  # a newer retune is on its way, or a new segmentation replaced this one
+        if self._final_digest is not None and _digest(self.labels) != self._final_digest:
+            self._keep_edits(labels)  # painted since the last result: a retune must not wipe the corrections
+            return
         self.labels[...] = labels
+        self._final_digest = _digest(self.labels)
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
         self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
 
@@ -382,6 +402,20 @@ class SegmentWidget(QWidget):
             translate=stack.spatial(layer.translate),
         )
 
+    def _keep_edits(self, labels: np.ndarray) -> None:
+        """A retuned result for a Labels layer painted since the last result: the corrections stay where they are
+        and the new labels go to a layer of their own."""
+        layer = self.labels_layer
+        self.labels = labels
+        self.labels_layer = self.viewer.add_labels(
+            labels, name=f"{layer.name} (retuned)", scale=layer.scale, translate=layer.translate
+        )
+        self.drawing.start(self.labels_layer, self.probs_layer)
+        self._final_digest = _digest(self.labels)
+        show_info(f"{layer.name} was edited: your corrections are kept, the retuned labels are in a new layer")
+        count = sum(int(labels[index].max(initial=0)) for index in self.planes)
+        self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
+
     def _aborted(self) -> None:
         show_info("Segmentation cancelled: the finished tiles are kept")
 
@@ -404,3 +438,10 @@ class SegmentWidget(QWidget):
         if bundle is not None:
             self.channel_fields.show(bundle.channels)  # the channels the model was trained on
             self.postprocess_fields.show(bundle.postprocess)
+
+
+def _digest(labels: np.ndarray) -> bytes:
+    """A fingerprint of a label array (to tell whether the user painted into it)."""
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(labels).data, digest_size=16).digest()
