@@ -64,14 +64,18 @@ def _released(worker: Any, widget: QWidget, job: TrainingJob, session: Session):
     worker.aborted.connect(lambda: aborted.append(True))
 
     def finished() -> None:
-        if alive(widget) or aborted:  # the dock's slots, or `_closer`, take care of it
-            return
-        session.training = False
-        if job.trainer is not None and job.trainer.iteration > 0:
-            saved = job.checkpoint if (job.checkpoint / "config.json").is_file() else None
-            session.set_model(job.trainer.bundle(), saved)
+        if not alive(widget) and not aborted:  # else the dock's slots, or `_closer`, take care of it
+            _keep_in_session(job, session)
 
     return finished
+
+
+def _keep_in_session(job: TrainingJob, session: Session) -> None:
+    """A run whose dock is gone: free the session and make the trained model (saved or not) the session's."""
+    session.training = False
+    if job.trainer is not None and job.trainer.iteration > 0:
+        saved = job.checkpoint if (job.checkpoint / "config.json").is_file() else None
+        session.set_model(job.trainer.bundle(), saved)
 
 
 def _closer(generator: Iterator[TrainEvent], widget: QWidget, job: TrainingJob, session: Session):
@@ -82,11 +86,8 @@ def _closer(generator: Iterator[TrainEvent], widget: QWidget, job: TrainingJob, 
     def closed() -> None:
         if alive(widget):
             widget._stopped()
-            return
-        session.training = False
-        if job.trainer is not None and job.trainer.iteration > 0:
-            saved = job.checkpoint if (job.checkpoint / "config.json").is_file() else None
-            session.set_model(job.trainer.bundle(), saved)
+        else:
+            _keep_in_session(job, session)
 
     def close() -> None:
         closer = create_worker(generator.close, _ignore_errors=True, _start_thread=False)
