@@ -780,6 +780,84 @@ CASES = [
         "expected a finite number >= 0",
     ),
     Case(
+        "train: IMAGES and LABELS the same folder of images",
+        lambda d, m, t: ["train", d / "images", d / "images", "--out", t / "m", *TRAIN],
+        "would be its own labels",
+    ),
+    Case(
+        "train: --mask pointing at the labels",
+        lambda d, m, t: ["train", d / "images", d / "labels", "--mask", d / "labels", "--out", t / "m", *TRAIN],
+        "would be both labels and the mask",
+    ),
+    Case(
+        "train: JPEG labels",
+        lambda d, m, t: ["train", one_pair(t)[0], jpeg_labels(t / "j" / "a.jpg"), "--out", t / "m", *TRAIN],
+        "JPEG's lossy compression",
+    ),
+    Case(
+        "train: an image whose mask annotates nothing is never drawn",
+        lambda d, m, t: [
+            "train",
+            d / "images",
+            d / "labels",
+            "--mask",
+            empty_mask_for_one(t / "masks"),
+            "--out",
+            t / "m",
+            *TRAIN,
+            "--iterations",
+            "6",
+        ],
+        "trained 6 iterations",
+        code=0,
+        allowed=lambda t: [t / "m"],
+    ),
+    Case(
+        "train: --resume with --val-fraction and validation files",
+        lambda d, m, t: [
+            "train",
+            d / "images",
+            d / "labels",
+            "--out",
+            copy_model(m, t),
+            "--resume",
+            "--val-fraction",
+            "0.5",
+            "--validation-images",
+            d / "images",
+            "--validation-labels",
+            d / "labels",
+        ],
+        "either validation files or --val-fraction",
+    ),
+    Case(
+        "train: --resume --tune-postprocess without validation images",
+        lambda d, m, t: [
+            "train",
+            d / "images",
+            d / "labels",
+            "--out",
+            copy_model(m, t),
+            "--resume",
+            "--tune-postprocess",
+        ],
+        "--tune-postprocess needs validation images",
+    ),
+    Case(
+        "train: --init with a model of other channels",
+        lambda d, m, t: [
+            "train",
+            d / "images",
+            d / "labels",
+            "--init",
+            rgb_model(t),
+            "--out",
+            t / "m",
+            *TRAIN[4:],  # the saved net's size, not --depth / --base-channels
+        ],
+        "--channels LIST or --grey",
+    ),
+    Case(
         "weights: --out named .png",
         lambda d, m, t: ["weights", tiff(t / "l.tif", cells_labels(np.uint16)), "--out", t / "w.png"],
         "name it .tif",
@@ -1018,3 +1096,66 @@ def test_overwriting_with_no_objects_leaves_no_roi_file_of_the_earlier_run(share
     assert main([*argv, "--overwrite", "--threshold", "1.0"]) == 0  # nothing is foreground
     assert read_image(tmp_path / "o" / "00_labels.tif")[0].max() == 0
     assert not (tmp_path / "o" / "00_rois.zip").exists()
+
+
+def jpeg_labels(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(((make_cells((64, 64), seed=7)[1] > 0) * 255).astype(np.uint8)).save(path, quality=75)
+    return path
+
+
+def empty_mask_for_one(folder: Path) -> Path:
+    """Masks for the shared images: 00 annotated everywhere, 01 nowhere (a window centred on none of its pixels
+    could be drawn: it crashed at random before)."""
+    tiff(folder / "00.tif", np.ones((64, 64), np.uint8))
+    tiff(folder / "01.tif", np.zeros((64, 64), np.uint8))
+    return folder
+
+
+def rgb_model(folder: Path) -> Path:
+    from napari_unet.model import UNet
+    from napari_unet.modelfile import ModelBundle, save_model
+
+    return save_model(folder / "rgb.model", ModelBundle(UNet(depth=2, base_channels=4, in_channels=3)))
+
+
+def test_resume_with_a_time_budget_alone_trains_for_it(shared, tmp_path, capsys):
+    """`--resume --time-budget S` without --iterations: the budget (in all) ends the run, not the saved steps."""
+    data, model = shared
+    resumed = copy_model(model, tmp_path)
+    argv = ["train", str(data / "images"), str(data / "labels"), "--out", str(resumed), "--resume", "-q"]
+    budget = load_model(resumed).metadata["elapsed_seconds"] + 1.0
+    assert main([*argv, "--time-budget", str(budget), "--device", "cpu"]) == 0
+    assert load_model(resumed).metadata["iterations"] > 2
+
+
+def test_masks_apply_to_validation_images_too(shared, tmp_path):
+    import argparse
+
+    from napari_unet.cli._train_data import training_data
+
+    data, _ = shared
+    masks = empty_mask_for_one(tmp_path / "masks")
+    args = argparse.Namespace(
+        images=data / "images",
+        labels=data / "labels",
+        mask=masks,
+        validation_images=None,
+        validation_labels=None,
+        val_fraction=0.5,
+        seed=0,
+        quiet=True,
+        channel_choice=None,
+    )
+    train, validation = training_data(args)
+    assert len(train) == len(validation) == 1
+    assert train[0].mask is not None and validation[0].mask is not None
+
+
+def test_folders_of_one_file_each_pair_with_a_note_when_their_names_differ(tmp_path, capsys):
+    image, labels = make_cells((64, 64), seed=7)
+    write_png(tmp_path / "images" / "00.png", image)
+    tiff(tmp_path / "labels" / "02.tif", labels.astype(np.uint16))
+    argv = ["train", str(tmp_path / "images"), str(tmp_path / "labels"), "--out", str(tmp_path / "m"), *TRAIN[:-3]]
+    assert main([*argv, "--iterations", "2"]) == 0  # not -q: the note is the point
+    assert "paired 00.png with 02.tif, the only files, although their names differ" in capsys.readouterr().err

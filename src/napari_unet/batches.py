@@ -95,13 +95,24 @@ class BatchPlan:
         return BatchPlan(self.which[start:stop], self.origins[start:stop], self.draws[start:stop])
 
 
+def annotated_samples(samples: Sequence[Prepared]) -> list[int]:
+    """The indices of the samples with at least one annotated pixel: windows are centred on one, so an image
+    whose mask or labels annotate nothing is never drawn (all of them when every image has some: the same draws).
+    """
+    drawable = [i for i, sample in enumerate(samples) if sample.annotated.size]
+    if not drawable:
+        raise ValueError("the annotations are empty: no pixel has a nonzero loss weight (label some cells)")
+    return drawable
+
+
 def draw_batch(
     rng: np.random.Generator, samples: Sequence[Prepared], count: int, size: int, config: AugmentConfig
 ) -> BatchPlan:
     """Draw `count` windows of side `size`: each centred on an annotated pixel of a random image."""
     which, origins, draws = [], [], []
+    drawable = annotated_samples(samples)
     for _ in range(count):
-        index = int(rng.integers(len(samples)))
+        index = drawable[int(rng.integers(len(drawable)))]
         sample = samples[index]
         flat = sample.annotated[rng.integers(sample.annotated.size)]
         cy, cx = np.unravel_index(flat, sample.target.shape)
@@ -116,8 +127,9 @@ def per_sample_batch(
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """`count` augmented windows (image (C, n, n), target (n, n) int64, weights (n, n)), each warped on the CPU."""
     batch = []
+    drawable = annotated_samples(samples)
     for _ in range(count):
-        sample = samples[rng.integers(len(samples))]
+        sample = samples[drawable[int(rng.integers(len(drawable)))]]
         flat = sample.annotated[rng.integers(sample.annotated.size)]
         cy, cx = np.unravel_index(flat, sample.target.shape)
         origin = (int(cy) - size // 2, int(cx) - size // 2)

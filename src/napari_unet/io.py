@@ -253,8 +253,14 @@ def _read_pillow(path: Path, palette_indices: bool = False) -> tuple[np.ndarray,
 
 def read_label_image(path: str | Path) -> tuple[ArrayLike, str]:
     """Read a label image or stack as stored, ``(labels, axes)``: as `read_image`, except that a palette PNG
-    (ids saved with a colour table, as many annotation tools do) gives its ids, not the colours they stand for."""
+    (ids saved with a colour table, as many annotation tools do) gives its ids, not the colours they stand for,
+    and a JPEG is refused (lossy: its ids and outlines are not those saved)."""
     path = Path(path)
+    if path.suffix.lower() in (".jpg", ".jpeg"):
+        raise ValueError(
+            f"labels in {path.name}: JPEG's lossy compression changes ids and outlines (a binary mask gets dozens "
+            "of values); save labels as PNG or TIFF"
+        )
     if path.suffix.lower() in PILLOW_SUFFIXES and path.is_file():
         return _read_pillow(path, palette_indices=True)
     return read_image(path)

@@ -333,15 +333,18 @@ class Trainer:
         return scores
 
     def validate(self) -> float | None:
-        """Mean foreground IoU (probability > 0.5 against the target, inside the annotation) on validation images."""
+        """Mean foreground IoU (probability > 0.5 against the target, inside the annotation) on validation images;
+        images with no annotated pixel are left out (their IoU would read a perfect 1.0); None without any."""
         if not self.validation or self.rank != 0:  # with several processes, the first one validates
             return None
         scores = []
         for sample in self.validation:
+            if not sample.annotated.size:
+                continue
             probs = self._predict(sample.image)[1]
             annotated = sample.weights > 0
             scores.append(pixel_scores((probs > 0.5) & annotated, (sample.target == 1) & annotated)["iou"])
-        return float(np.mean(scores))
+        return float(np.mean(scores)) if scores else None
 
     def bundle(self) -> ModelBundle:
         """The model as it is now, with its normalisation, post-processing and training metadata."""

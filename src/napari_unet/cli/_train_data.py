@@ -11,12 +11,12 @@ from .progress import note, warn_unmatched
 
 def training_data(args: argparse.Namespace):
     """(train, validation) lists of Sample, read from the files the arguments name."""
+    from ..io import reading_notes
     from ..pipeline import list_files, match_files, split_by_image
 
     match = match_files(list_files(args.images, "image", annotations=False), list_files(args.labels, "label"))
     warn_unmatched(match, ("images without labels (skipped)", "labels without images (skipped)"), args.quiet)
-    pairs = match.pairs
-    masks = masks_for(args.mask, [image for image, _ in pairs], args.quiet) if args.mask else {}
+    pairs = checked_pairs(match.pairs, args.quiet, Path(args.images).is_dir() or Path(args.labels).is_dir())
     validation_pairs: list[tuple[Path, Path]] = []
     if args.validation_images is not None:
         validation = match_files(
@@ -24,10 +24,16 @@ def training_data(args: argparse.Namespace):
             list_files(args.validation_labels, "validation label"),
         )
         warn_unmatched(validation, ("validation images without labels", "validation labels without images"), args.quiet)
-        validation_pairs = validation.pairs
+        folders = Path(args.validation_images).is_dir() or Path(args.validation_labels).is_dir()
+        validation_pairs = checked_pairs(validation.pairs, args.quiet, folders)
     elif args.val_fraction is not None:
         pairs, validation_pairs = split_by_image(pairs, args.val_fraction, args.seed)
         note("validation images: " + ", ".join(p.name for p, _ in validation_pairs), args.quiet)
+    everything = pairs + validation_pairs
+    masks = masks_for(args.mask, [image for image, _ in everything], [labels for _, labels in everything], args.quiet)
+    for image, _ in everything:  # what reading an image had to assume (axes guessed, extra series)
+        for said in reading_notes(image):
+            note(f"note: {image.name}: {said}", args.quiet)
     choice = args.channel_choice
     train = [read_sample(image, labels, masks.get(image), choice) for image, labels in pairs]
     validation_samples = [read_sample(image, labels, masks.get(image), choice) for image, labels in validation_pairs]
@@ -37,17 +43,52 @@ def training_data(args: argparse.Namespace):
     return train, validation_samples
 
 
-def masks_for(path: Path, images: list[Path], quiet: bool) -> dict[Path, Path]:
+def checked_pairs(pairs: list[tuple[Path, Path]], quiet: bool, folders: bool = True) -> list[tuple[Path, Path]]:
+    """`pairs` of (image, labels), refused when a file would be its own labels (IMAGES and LABELS the same
+    folder of images); a note when the only files of `folders` were paired although their names differ (two
+    files given as such pair whatever their names, as documented)."""
+    from ..pipeline import base_name
+
+    for image, labels in pairs:
+        if image.resolve() == labels.resolve():
+            raise ValueError(
+                f"{image} would be its own labels: IMAGES and LABELS must be different files (labels pair with "
+                "their images by name: 01.png with 01.tif, or 01_labels.tif)"
+            )
+    if folders and len(pairs) == 1 and base_name(pairs[0][0]) != base_name(pairs[0][1]):
+        note(
+            f"note: paired {pairs[0][0].name} with {pairs[0][1].name}, the only files, although their names differ",
+            quiet,
+        )
+    return pairs
+
+
+def masks_for(path: Path | None, images: list[Path], labels: list[Path], quiet: bool) -> dict[Path, Path]:
+    """{image: its mask} for the images (training and validation) that have one in `path` (None: no masks)."""
     from ..pipeline import list_files, match_files
 
+    if path is None:
+        return {}
     masks = list_files(path, "mask")
     if len(masks) == 1 and len(images) > 1 and path.is_file():
         raise ValueError(f"--mask {path} is one file but there are {len(images)} images: give a folder of masks")
     match = match_files(images, masks, ("images", "masks"))
+    taken = {label.resolve() for label in labels}
+    for image, mask in match.pairs:
+        if mask.resolve() in taken:
+            raise ValueError(
+                f"{mask} would be both labels and the mask of {image.name}: give --mask a folder of masks only"
+            )
     if match.unmatched_first:
         note(
             f"note: {len(match.unmatched_first)} image(s) have no mask and count as annotated everywhere: "
             + ", ".join(p.name for p in match.unmatched_first[:5]),
+            quiet,
+        )
+    if match.unmatched_second:
+        note(
+            f"note: {len(match.unmatched_second)} mask(s) match no image (skipped): "
+            + ", ".join(p.name for p in match.unmatched_second[:5]),
             quiet,
         )
     return dict(match.pairs)

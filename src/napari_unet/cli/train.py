@@ -229,6 +229,10 @@ def _check_options(args: argparse.Namespace) -> None:
 
     if (args.validation_images is None) != (args.validation_labels is None):
         raise ValueError("give both --validation-images and --validation-labels, or neither")
+    if args.validation_images is not None and args.val_fraction is not None:
+        raise ValueError("give either validation files or --val-fraction, not both")
+    if args.tune_postprocess and args.validation_images is None and args.val_fraction is None:
+        raise ValueError("--tune-postprocess needs validation images (--val-fraction or --validation-images)")
     new_net = {"--depth": args.depth, "--base-channels": args.base_channels}
     if args.resume:
         fixed = {
@@ -265,10 +269,6 @@ def _check_options(args: argparse.Namespace) -> None:
                 )
         elif not args.out.is_dir() or any(args.out.iterdir()):
             raise ValueError(f"--out {args.out} exists and is not a model folder; choose a new path")
-    if args.validation_images is not None and args.val_fraction is not None:
-        raise ValueError("give either validation files or --val-fraction, not both")
-    if args.tune_postprocess and args.validation_images is None and args.val_fraction is None:
-        raise ValueError("--tune-postprocess needs validation images (--val-fraction or --validation-images)")
 
 
 def _channel_choice(args: argparse.Namespace):
@@ -291,7 +291,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     from .._config import with_overrides
     from ..model import UNet
     from ..modelfile import load_model
-    from ..train_config import for_time_budget, settings_for_labels, target_settings
+    from ..train_config import TrainConfig, for_time_budget, settings_for_labels, target_settings
     from ..training import Trainer, preset
 
     if args.resume:
@@ -303,6 +303,8 @@ def _make_trainer(args: argparse.Namespace, train, validation):
             "compile": args.compile or None,
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
+        if args.time_budget is not None and args.iterations is None:  # the budget (in all) ends the run, not the
+            overrides["iterations"] = for_time_budget(TrainConfig(), args.time_budget).iterations  # saved steps
         saved_bundle = load_model(args.out)
         saved = saved_bundle.metadata.get("data_hashes")
         train, validation = to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
@@ -315,6 +317,12 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     if args.init is not None:
         bundle = load_model(args.init)
         note_shadowed(args.init, args.quiet)
+        found = {sample.image.shape[0] if sample.image.ndim == 3 else 1 for sample in train}
+        if found != {bundle.net.config.in_channels}:
+            raise ValueError(
+                f"the images give {', '.join(map(str, sorted(found)))} channel(s) but --init {args.init} takes "
+                f"{bundle.describe_input()}: choose channels with --channels LIST or --grey"
+            )
         config = replace(config, **target_settings(bundle.metadata))
     config = with_overrides(
         config,
