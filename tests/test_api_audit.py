@@ -36,6 +36,7 @@ def test_segment_applies_the_models_channel_choice_to_rgb_and_refuses_stacks(tin
     rgb_last = np.stack([image] * 3, axis=-1)  # (H, W, 3), as scikit-image and imageio read RGB
     np.testing.assert_array_equal(grey.segment(rgb_last, diameter=None, device="cpu"), plain)
     np.testing.assert_array_equal(grey.segment(rgb_last, axes="YXC", diameter=None, device="cpu"), plain)
+    np.testing.assert_array_equal(grey.segment(image, axes="YX", diameter=None, device="cpu"), plain)
     with pytest.raises(ValueError, match="segment takes one plane.*'ZYX'"):
         grey.segment(np.stack([image] * 6), diameter=None, device="cpu")
 

@@ -1129,27 +1129,33 @@ def test_resume_with_a_time_budget_alone_trains_for_it(shared, tmp_path, capsys)
     assert load_model(resumed).metadata["iterations"] > 2
 
 
-def test_masks_apply_to_validation_images_too(shared, tmp_path):
+def test_masks_apply_to_validation_images_in_their_own_folder_too(shared, tmp_path):
+    """Validation images given as files of their own (here named like the training images) get the masks of
+    their names; they were ignored, so a half-annotated validation image counted as annotated everywhere."""
     import argparse
 
     from napari_unet.cli._train_data import training_data
 
     data, _ = shared
+    validation = tmp_path / "validation"
+    shutil.copytree(data / "images", validation / "images")
+    shutil.copytree(data / "labels", validation / "labels")
     masks = empty_mask_for_one(tmp_path / "masks")
     args = argparse.Namespace(
         images=data / "images",
         labels=data / "labels",
         mask=masks,
-        validation_images=None,
-        validation_labels=None,
-        val_fraction=0.5,
+        validation_images=validation / "images",
+        validation_labels=validation / "labels",
+        val_fraction=None,
         seed=0,
         quiet=True,
         channel_choice=None,
     )
-    train, validation = training_data(args)
-    assert len(train) == len(validation) == 1
-    assert train[0].mask is not None and validation[0].mask is not None
+    train, held_out = training_data(args)
+    assert len(train) == len(held_out) == 2
+    assert all(sample.mask is not None for sample in train + held_out)
+    assert not held_out[1].mask.any()  # 01's mask: nothing annotated
 
 
 def test_folders_of_one_file_each_pair_with_a_note_when_their_names_differ(tmp_path, capsys):

@@ -467,3 +467,20 @@ def test_a_boolean_image_is_normalised_as_0_and_1():
     mask = np.zeros((20, 20), bool)
     mask[5:15, 5:15] = True
     np.testing.assert_array_equal(normalize_percentile(mask), normalize_percentile(mask.astype(np.uint8)))
+
+
+def test_reading_notes_of_a_file_whose_axes_cannot_be_guessed_leave_the_error_to_read_image(tmp_path):
+    from napari_unet.io import reading_notes
+
+    tifffile.imwrite(tmp_path / "four.tif", np.zeros((2, 5, 8, 8), np.uint16))  # series axes QQYX
+    assert reading_notes(tmp_path / "four.tif") == []
+    with pytest.raises(ValueError, match="cannot guess the axes of a 4-D array"):
+        read_image(tmp_path / "four.tif")
+
+
+def test_the_alternative_axes_a_note_offers_are_in_canonical_order(tmp_path):
+    from napari_unet.io import reading_notes
+
+    tifffile.imwrite(tmp_path / "zc.tif", np.zeros((2, 3, 8, 8), np.uint16))  # series axes QSYX: read as ZCYX
+    (said,) = reading_notes(tmp_path / "zc.tif")
+    assert "read as ZCYX (3 channels) by guess; give --axes TZYX if these are planes" in said

@@ -182,10 +182,13 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
     shape, letters = tuple(first.shape), first.axes.upper().replace("S", "C")
     planar_samples = first.axes.upper().startswith("S") and len(shape) == 3 and not described
     if len(shape) > 2 and (planar_samples or any(a not in CANONICAL_AXES for a in letters)):
-        axes = canonical_axes(_axes_from_series(first.axes, shape))
-        sizes = dict(zip(_axes_from_series(first.axes, shape), shape))
+        try:
+            found = _axes_from_series(first.axes, shape)
+        except ValueError:  # no guess at all (4-D without axes): `read_image` says so, naming the file
+            return notes
+        axes, sizes = canonical_axes(found), dict(zip(found, shape))
         if "C" in axes:
-            other = axes.replace("C", "Z") if "Z" not in axes else axes.replace("C", "T")
+            other = canonical_axes(axes.replace("C", "Z") if "Z" not in axes else axes.replace("C", "T"))
             remedy = f"give {axes_option} {other}" if axes_option else "save it with its axes (ImageJ or OME-TIFF)"
             notes.append(
                 f"its axes are not in the file: read as {axes} ({sizes['C']} channels) by guess; "

@@ -153,6 +153,8 @@ class ModelBundle:
                 f"segment takes one plane, (H, W) or with channels; got shape {tuple(np.shape(image))} read as "
                 f"{found!r}: segment a stack plane by plane (or give axes=, e.g. 'YXC' for RGB)"
             )
+        if "C" not in found:
+            return image  # one grey plane, as without axes
         image, found = self.prepare(image, found)
         return image
 

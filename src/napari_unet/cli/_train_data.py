@@ -30,9 +30,12 @@ def training_data(args: argparse.Namespace):
         pairs, validation_pairs = split_by_image(pairs, args.val_fraction, args.seed)
         note("validation images: " + ", ".join(p.name for p, _ in validation_pairs), args.quiet)
     everything = pairs + validation_pairs
-    masks = masks_for(args.mask, [image for image, _ in everything], [labels for _, labels in everything], args.quiet)
+    labels_files = [labels for _, labels in everything]
+    masks = masks_for(args.mask, [image for image, _ in pairs], labels_files, args.quiet)
+    if args.validation_images is not None:  # their own folder: matched on their own (the same names may recur)
+        masks.update(masks_for(args.mask, [image for image, _ in validation_pairs], labels_files, args.quiet, False))
     for image, _ in everything:  # what reading an image had to assume (axes guessed, extra series)
-        for said in reading_notes(image):
+        for said in reading_notes(image, axes_option=None):  # train has no --axes: single planes are expected
             note(f"note: {image.name}: {said}", args.quiet)
     choice = args.channel_choice
     train = [read_sample(image, labels, masks.get(image), choice) for image, labels in pairs]
@@ -63,15 +66,21 @@ def checked_pairs(pairs: list[tuple[Path, Path]], quiet: bool, folders: bool = T
     return pairs
 
 
-def masks_for(path: Path | None, images: list[Path], labels: list[Path], quiet: bool) -> dict[Path, Path]:
-    """{image: its mask} for the images (training and validation) that have one in `path` (None: no masks)."""
+def masks_for(
+    path: Path | None, images: list[Path], labels: list[Path], quiet: bool, single_file: bool = True
+) -> dict[Path, Path]:
+    """{image: its mask} for the `images` that have one in `path` (None: no masks); `labels`: every label file
+    of the run (none may serve as a mask). single_file: a single mask file applies to a single image (the
+    training image; validation images given in their own folder match masks by name only)."""
     from ..pipeline import list_files, match_files
 
-    if path is None:
+    if path is None or not images:
         return {}
     masks = list_files(path, "mask")
     if len(masks) == 1 and len(images) > 1 and path.is_file():
         raise ValueError(f"--mask {path} is one file but there are {len(images)} images: give a folder of masks")
+    if not single_file and path.is_file():
+        return {}
     match = match_files(images, masks, ("images", "masks"))
     taken = {label.resolve() for label in labels}
     for image, mask in match.pairs:

@@ -60,12 +60,17 @@ def _released(worker: Any, widget: QWidget, job: TrainingJob, session: Session):
     """The `finished` slot of a training worker that does not belong to the dock: a dock closed during the last
     step (its worker then ends without `aborted`, and the dock's own slots are gone) still frees the session and
     makes the trained model the session's, as `_closer` does after a Stop."""
-    aborted = []
-    worker.aborted.connect(lambda: aborted.append(True))
+    ended: list[str] = []  # "aborted": `_closer` keeps the stopped model once saved; "errored": half a step
+    worker.aborted.connect(lambda: ended.append("aborted"))
+    worker.errored.connect(lambda _error: ended.append("errored"))
 
     def finished() -> None:
-        if not alive(widget) and not aborted:  # else the dock's slots, or `_closer`, take care of it
-            _keep_in_session(job, session)
+        if alive(widget) or "aborted" in ended:  # the dock's own slots, or `_closer`
+            return
+        if "errored" in ended:
+            session.training = False  # the failed run's weights are not kept
+            return
+        _keep_in_session(job, session)
 
     return finished
 
