@@ -1165,3 +1165,11 @@ def test_folders_of_one_file_each_pair_with_a_note_when_their_names_differ(tmp_p
     argv = ["train", str(tmp_path / "images"), str(tmp_path / "labels"), "--out", str(tmp_path / "m"), *TRAIN[:-3]]
     assert main([*argv, "--iterations", "2"]) == 0  # not -q: the note is the point
     assert "paired 00.png with 02.tif, the only files, although their names differ" in capsys.readouterr().err
+
+
+def test_an_image_that_annotates_nothing_is_named(shared, tmp_path, capsys):
+    data, _ = shared
+    masks = empty_mask_for_one(tmp_path / "masks")
+    argv = ["train", str(data / "images"), str(data / "labels"), "--mask", str(masks), "--out", str(tmp_path / "m")]
+    assert main([*argv, *TRAIN[:-3], "--iterations", "2"]) == 0
+    assert "1 image(s) annotate no pixel (mask or labels) and are not used: 01.png" in capsys.readouterr().err

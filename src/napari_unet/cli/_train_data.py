@@ -40,10 +40,26 @@ def training_data(args: argparse.Namespace):
     choice = args.channel_choice
     train = [read_sample(image, labels, masks.get(image), choice) for image, labels in pairs]
     validation_samples = [read_sample(image, labels, masks.get(image), choice) for image, labels in validation_pairs]
+    unannotated = [
+        image.name for (image, _), sample in zip(everything, train + validation_samples) if not annotates(sample)
+    ]
+    if unannotated:  # never drawn for a step, nor scored (batches.annotated_samples, Trainer.validate)
+        note(
+            f"note: {len(unannotated)} image(s) annotate no pixel (mask or labels) and are not used: "
+            + ", ".join(unannotated[:5]),
+            args.quiet,
+        )
     channels = {s.image.shape[0] if s.image.ndim == 3 else 1 for s in train + validation_samples}
     if len(channels) > 1:
         raise ValueError(f"the images have different numbers of channels {sorted(channels)}; they must agree")
     return train, validation_samples
+
+
+def annotates(sample) -> bool:
+    """Whether a training sample has a pixel with a loss weight (annotated by its mask and labels)."""
+    from ..targets import annotation_mask
+
+    return bool(annotation_mask(sample.labels, sample.mask).any())
 
 
 def checked_pairs(pairs: list[tuple[Path, Path]], quiet: bool, folders: bool = True) -> list[tuple[Path, Path]]:
