@@ -106,38 +106,56 @@ def annotated_samples(samples: Sequence[Prepared]) -> list[int]:
 
 
 def draw_batch(
-    rng: np.random.Generator, samples: Sequence[Prepared], count: int, size: int, config: AugmentConfig
+    rng: np.random.Generator,
+    samples: Sequence[Prepared],
+    count: int,
+    size: int,
+    config: AugmentConfig,
+    drawable: Sequence[int] | None = None,
 ) -> BatchPlan:
-    """Draw `count` windows of side `size`: each centred on an annotated pixel of a random image."""
+    """Draw `count` windows of side `size`: each centred on an annotated pixel of a random image.
+    drawable: `annotated_samples(samples)`, computed once by the caller that draws many batches."""
+    drawable = annotated_samples(samples) if drawable is None else drawable
     which, origins, draws = [], [], []
-    drawable = annotated_samples(samples)
     for _ in range(count):
-        index = drawable[int(rng.integers(len(drawable)))]
-        sample = samples[index]
-        flat = sample.annotated[rng.integers(sample.annotated.size)]
-        cy, cx = np.unravel_index(flat, sample.target.shape)
+        index, origin = _draw_window(rng, samples, drawable, size)
         which.append(index)
-        origins.append((int(cy) - size // 2, int(cx) - size // 2))
+        origins.append(origin)
         draws.append(draw_sample(rng, config))
     return BatchPlan(np.array(which, np.int64), np.array(origins, np.int64).reshape(-1, 2), draws)
 
 
 def per_sample_batch(
-    rng: np.random.Generator, samples: Sequence[Prepared], count: int, size: int, config: AugmentConfig
+    rng: np.random.Generator,
+    samples: Sequence[Prepared],
+    count: int,
+    size: int,
+    config: AugmentConfig,
+    drawable: Sequence[int] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """`count` augmented windows (image (C, n, n), target (n, n) int64, weights (n, n)), each warped on the CPU."""
+    drawable = annotated_samples(samples) if drawable is None else drawable
     batch = []
-    drawable = annotated_samples(samples)
     for _ in range(count):
-        sample = samples[drawable[int(rng.integers(len(drawable)))]]
-        flat = sample.annotated[rng.integers(sample.annotated.size)]
-        cy, cx = np.unravel_index(flat, sample.target.shape)
-        origin = (int(cy) - size // 2, int(cx) - size // 2)
+        index, origin = _draw_window(rng, samples, drawable, size)
+        sample = samples[index]
         image = read_window(sample.image, origin, (size, size))
         target = read_window(sample.target[None], origin, (size, size))[0].astype(np.int64)
         weights = read_window(sample.weights[None], origin, (size, size))[0]
         batch.append(augment(image, target, weights, rng, config))
     return batch
+
+
+def _draw_window(
+    rng: np.random.Generator, samples: Sequence[Prepared], drawable: Sequence[int], size: int
+) -> tuple[int, tuple[int, int]]:
+    """(sample index, window origin) of a window of side `size` centred on a random annotated pixel of a random
+    drawable sample: the random numbers both ways of making a batch draw, in the same order."""
+    index = drawable[int(rng.integers(len(drawable)))]
+    sample = samples[index]
+    flat = sample.annotated[rng.integers(sample.annotated.size)]
+    cy, cx = np.unravel_index(flat, sample.target.shape)
+    return index, (int(cy) - size // 2, int(cx) - size // 2)
 
 
 class WindowSource:
@@ -223,6 +241,7 @@ class TrainingBatches:
         self, samples: Sequence[Prepared], config: TrainConfig, size: int, out: int, device: torch.device, batched: bool
     ):
         self.samples, self.config, self.size, self.out, self.device = samples, config, size, out, device
+        self.drawable = annotated_samples(samples)  # the images windows are drawn from, once
         self.rank, self.world_size = ddp.rank_and_world_size()
         self.source = WindowSource(samples, self._data_device()) if batched else None
 
@@ -241,12 +260,12 @@ class TrainingBatches:
         crop = (n - out) // 2
         layout = precision.memory_format(self.device)
         if self.source is None:
-            batch = per_sample_batch(rng, self.samples, c.batch_size, n, c.augment)
+            batch = per_sample_batch(rng, self.samples, c.batch_size, n, c.augment, self.drawable)
             x = torch.from_numpy(np.stack([b[0] for b in batch]).astype(np.float32))
             target = torch.from_numpy(np.stack([b[1][crop : crop + out, crop : crop + out] for b in batch]))
             weights = torch.from_numpy(np.stack([b[2][crop : crop + out, crop : crop + out] for b in batch]))
             x = x.to(self.device).contiguous(memory_format=layout)
             return x, target.long().to(self.device), weights.float().to(self.device)
-        plan = draw_batch(rng, self.samples, c.batch_size * self.world_size, n, c.augment)
+        plan = draw_batch(rng, self.samples, c.batch_size * self.world_size, n, c.augment, self.drawable)
         plan = plan.part(self.rank * c.batch_size, (self.rank + 1) * c.batch_size)
         return batched_windows(self.source, plan, n, crop, out, layout, self.device)

@@ -231,7 +231,7 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
         "inputs": [
             {
                 "id": INPUT_ID,
-                "description": _input_description(bundle.normalization.invert),
+                "description": _input_description(invert),
                 "axes": [{"type": "batch"}, {"type": "channel", "channel_names": channels}, *space],
                 "test_tensor": {"source": "test_input.npy"},
                 "data": {"type": "float32"},

@@ -187,16 +187,14 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
         except ValueError:  # no guess at all (4-D without axes): `read_image` says so, naming the file
             return notes
         axes, sizes = canonical_axes(found), dict(zip(found, shape))
+        other = canonical_axes(axes.replace("C", "Z") if "Z" not in axes else axes.replace("C", "T"))
+        remedy = "save it with its axes (ImageJ or OME-TIFF)"
         if "C" in axes:
-            other = canonical_axes(axes.replace("C", "Z") if "Z" not in axes else axes.replace("C", "T"))
-            remedy = f"give {axes_option} {other}" if axes_option else "save it with its axes (ImageJ or OME-TIFF)"
-            notes.append(
-                f"its axes are not in the file: read as {axes} ({sizes['C']} channels) by guess; "
-                f"{remedy} if these are planes"
-            )
+            remedy = f"give {axes_option} {other}" if axes_option else remedy
+            said = f"read as {axes} ({sizes['C']} channels) by guess; {remedy} if these are planes"
         else:
-            remedy = f"give {axes_option}" if axes_option else "save it with its axes (ImageJ or OME-TIFF)"
-            notes.append(f"its axes are not in the file: read as {axes} by guess; {remedy} if that is wrong")
+            said = f"read as {axes} by guess; {f'give {axes_option}' if axes_option else remedy} if that is wrong"
+        notes.append(f"its axes are not in the file: {said}")
     if len(series) > 1:
         notes.append(
             f"it holds {len(series)} image series: only the first (shape {shape}) is read; save the others as "

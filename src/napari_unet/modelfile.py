@@ -148,7 +148,7 @@ class ModelBundle:
             return image
         found = guess_axes(tuple(np.shape(image))) if axes is None else validate_axes(axes, np.ndim(image))
         image, found = to_canonical(image, found)
-        if not set(found) <= set("CYX") or "Y" not in found or "X" not in found:
+        if not set(found) <= set("CYX"):  # (Y and X are always there: validate_axes, guess_axes)
             raise ValueError(
                 f"segment takes one plane, (H, W) or with channels; got shape {tuple(np.shape(image))} read as "
                 f"{found!r}: segment a stack plane by plane (or give axes=, e.g. 'YXC' for RGB)"

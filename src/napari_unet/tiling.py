@@ -259,8 +259,6 @@ def with_channel_axis(image):
     >>> with_channel_axis(np.zeros((4, 5))).shape
     (1, 4, 5)
     """
-    if isinstance(image, np.ndarray) or hasattr(image, "compute"):
-        return image[None]
     try:
         return image[None]
     except (IndexError, TypeError, ValueError, KeyError):  # zarr: "unsupported selection item"

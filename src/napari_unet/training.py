@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from . import ddp
-from .batches import Prepared, TrainingBatches, prepare_sample
+from .batches import Prepared, TrainingBatches, annotated_samples, prepare_sample
 from .channels import ChannelChoice
 from .device import select_device
 from .losses import weighted_cross_entropy
@@ -151,8 +151,7 @@ class Trainer:
                 prepare_sample(s, f"validation sample {i}", in_channels, self.normalization, config)
                 for i, s in enumerate(validation)
             ]
-        if not any(p.annotated.size for p in self.train):
-            raise ValueError("the annotations are empty: no pixel has a nonzero loss weight (label some cells)")
+        annotated_samples(self.train)  # refuses annotations that are empty everywhere, before any other work
         # binary masks (membranes) were not cut between cells: their objects need no border given back; cells
         # trained without a separation border (border 0) touch in the network's output: the watershed parts them
         if postprocess is None:

@@ -49,10 +49,15 @@ def training_data(args: argparse.Namespace):
             + ", ".join(unannotated[:5]),
             args.quiet,
         )
-    channels = {s.image.shape[0] if s.image.ndim == 3 else 1 for s in train + validation_samples}
+    channels = channel_counts(train + validation_samples)
     if len(channels) > 1:
         raise ValueError(f"the images have different numbers of channels {sorted(channels)}; they must agree")
     return train, validation_samples
+
+
+def channel_counts(samples) -> set[int]:
+    """The numbers of channels of the samples' images ((H, W): 1)."""
+    return {sample.image.shape[0] if sample.image.ndim == 3 else 1 for sample in samples}
 
 
 def annotates(sample) -> bool:

@@ -24,7 +24,7 @@ from ._args import (
     positive_float,
     positive_int,
 )
-from ._train_data import to_model_scale, training_data
+from ._train_data import channel_counts, to_model_scale, training_data
 from ._training import describe_tuning, summary, train_with_progress, tune_on_validation
 from .progress import describe, note, note_shadowed
 
@@ -291,7 +291,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     from .._config import with_overrides
     from ..model import UNet
     from ..modelfile import load_model
-    from ..train_config import TrainConfig, for_time_budget, settings_for_labels, target_settings
+    from ..train_config import UNTIL_BUDGET, for_time_budget, settings_for_labels, target_settings
     from ..training import Trainer, preset
 
     if args.resume:
@@ -304,7 +304,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         }
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if args.time_budget is not None and args.iterations is None:  # the budget (in all) ends the run, not the
-            overrides["iterations"] = for_time_budget(TrainConfig(), args.time_budget).iterations  # saved steps
+            overrides["iterations"] = UNTIL_BUDGET  # saved run's steps
         saved_bundle = load_model(args.out)
         saved = saved_bundle.metadata.get("data_hashes")
         train, validation = to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
@@ -317,7 +317,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     if args.init is not None:
         bundle = load_model(args.init)
         note_shadowed(args.init, args.quiet)
-        found = {sample.image.shape[0] if sample.image.ndim == 3 else 1 for sample in train}
+        found = channel_counts(train)
         if found != {bundle.net.config.in_channels}:
             raise ValueError(
                 f"the images give {', '.join(map(str, sorted(found)))} channel(s) but --init {args.init} takes "

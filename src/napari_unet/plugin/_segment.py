@@ -359,8 +359,8 @@ class SegmentWidget(QWidget):
             return  # a newer retune is on its way, or a new segmentation replaced this one
         if self._final_digest is not None and _digest(self.labels) != self._final_digest:
             self._keep_edits(labels)  # painted since the last result: a retune must not wipe the corrections
-            return
-        self.labels[...] = labels
+        else:
+            self.labels[...] = labels
         self._final_digest = _digest(self.labels)
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
         self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
@@ -404,17 +404,14 @@ class SegmentWidget(QWidget):
 
     def _keep_edits(self, labels: np.ndarray) -> None:
         """A retuned result for a Labels layer painted since the last result: the corrections stay where they are
-        and the new labels go to a layer of their own."""
+        and the new labels become the array of a layer of their own (drawn as any result)."""
         layer = self.labels_layer
         self.labels = labels
         self.labels_layer = self.viewer.add_labels(
             labels, name=f"{layer.name} (retuned)", scale=layer.scale, translate=layer.translate
         )
         self.drawing.start(self.labels_layer, self.probs_layer)
-        self._final_digest = _digest(self.labels)
         show_info(f"{layer.name} was edited: your corrections are kept, the retuned labels are in a new layer")
-        count = sum(int(labels[index].max(initial=0)) for index in self.planes)
-        self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
 
     def _aborted(self) -> None:
         show_info("Segmentation cancelled: the finished tiles are kept")
