@@ -51,7 +51,7 @@ T = TypeVar("T")
 def base_name(path: str | Path) -> str:
     """The name that pairs files: without its image suffix (`.tif`, `.ome.tif`, `.png`, ...) and without one
     trailing `_labels` or `_probs` (what `predict` appends)."""
-    name = _stem(Path(path))
+    name = file_stem(Path(path))
     for suffix in TOLERATED_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
             return name[: -len(suffix)]
@@ -128,7 +128,7 @@ def _by_base_name(files: Sequence[Path], name: str, prefer: str | None = None) -
     for path in map(Path, files):
         key = base_name(path)
         if key in keyed:
-            preferred = [p for p in (keyed[key], path) if prefer and _stem(p).endswith(prefer)]
+            preferred = [p for p in (keyed[key], path) if prefer and file_stem(p).endswith(prefer)]
             if len(preferred) != 1:
                 raise ValueError(f"two {name} files have the base name {key!r}: {keyed[key].name} and {path.name}")
             path = preferred[0]
@@ -136,9 +136,14 @@ def _by_base_name(files: Sequence[Path], name: str, prefer: str | None = None) -
     return keyed
 
 
-def _stem(path: Path) -> str:
-    """The file name without its image suffix ('01_labels' for '01_labels.ome.tif')."""
-    name, lower = path.name, path.name.lower()
+def file_stem(path: str | Path) -> str:
+    """The file name without its image suffix ('01_labels' for '01_labels.ome.tif', 'a.v2' for 'a.v2.tif').
+
+    >>> file_stem("cells.OME.TIF"), file_stem("a.v2.tif"), file_stem("run.zarr")
+    ('cells', 'a.v2', 'run')
+    """
+    name = Path(path).name
+    lower = name.lower()
     for suffix in (*(".ome" + s for s in TIFF_SUFFIXES), *IMAGE_SUFFIXES, ZARR_SUFFIX):
         if lower.endswith(suffix):
             return name[: -len(suffix)]

@@ -64,3 +64,26 @@ def test_new_sample_shows_what_augment_makes_of_the_window(make_napari_viewer_pr
 def origin_centre(origin: tuple[int, int], size: int) -> tuple[float, float]:
     """The view centre whose window starts at `origin`."""
     return (origin[0] + size / 2, origin[1] + size / 2)
+
+
+def test_the_preview_of_an_rgb_image_lies_beside_it_and_outlines_its_window(make_napari_viewer_proxy, qtbot, cells):
+    """An RGB layer's last axis is its colours: the preview was placed 3 px past the image's start, over it; and
+    the window's outline lies on the pixels' edges at any scale."""
+    from napari_unet.plugin._augment_preview import GAP
+
+    image, _ = cells
+    viewer = make_napari_viewer_proxy()
+    rgb = np.repeat((255 * (image - image.min()) / np.ptp(image)).astype(np.uint8)[..., None], 3, axis=-1)
+    layer = viewer.add_image(rgb, name="rgb", rgb=True, scale=(2.0, 2.0), translate=(10.0, 20.0))
+    widget = AugmentPreviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Augmentation preview")
+    widget.image_combo.value = layer
+    widget.window_spin.setValue(64)
+    widget.new_sample()
+    qtbot.waitUntil(lambda: not widget.pending(), timeout=20_000)
+    width = image.shape[1]
+    assert viewer.layers["augmented image"].translate[-1] == 20.0 + (width + GAP) * 2.0
+    corners = viewer.layers["preview window"].data[0]
+    start = (np.asarray(widget.origin) - 0.5) * 2.0 + (10.0, 20.0)
+    np.testing.assert_allclose(corners.min(axis=0), start)
+    np.testing.assert_allclose(corners.max(axis=0), start + 64 * 2.0)

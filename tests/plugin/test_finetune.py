@@ -238,6 +238,27 @@ def test_suggest_where_to_annotate_adds_rectangles_away_from_the_painted_cells(
         assert not np.asarray(painted.data)[y0:y1, x0:x1].any()
 
 
+def test_suggestions_on_an_rgb_image_use_the_models_grey_conversion(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells, tiny_builtin
+):
+    """The dock's channel choice (else the model's: grey for the built-in) applies, as when training: suggestions
+    refused every RGB image for a grey model, the channels box's grey conversion ticked or not."""
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    rgb = np.repeat((255 * (image - image.min()) / np.ptp(image)).astype(np.uint8)[..., None], 3, axis=-1)
+    viewer.add_image(rgb, name="rgb", rgb=True)
+    painted = viewer.add_labels(few_cells(labels), name="annotations")
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave")
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    widget.channel_fields.grey.setChecked(True)  # the stand-in for the built-in model records no channel choice
+    with qtbot.waitSignal(widget.suggested, timeout=60_000) as done:
+        assert widget.suggest() is not None
+    boxes = done.args[0]
+    assert boxes and len(widget.suggestions.layer.data) == len(boxes)
+    for y0, x0, y1, x1 in boxes:
+        assert not np.asarray(painted.data)[y0:y1, x0:x1].any()
+
+
 def test_annotations_of_an_image_opened_before_the_dock_are_offered_too(make_napari_viewer_proxy, tmp_path, cells):
     """The usual order: open the image, then the Fine-tune dock. Its autosaved annotations are offered then."""
     from napari_unet.plugin._autosave import save_annotations
@@ -248,10 +269,13 @@ def test_annotations_of_an_image_opened_before_the_dock_are_offered_too(make_nap
     write_tiff(path, (image * 1000).astype(np.uint16), "YX")
     save_annotations(few_cells(labels), tmp_path / "autosave", path, "cells")
     viewer = make_napari_viewer_proxy()
-    viewer.open(path)
+    (opened,) = viewer.open(path)
+    opened.scale, opened.translate = (0.5, 0.5), (10.0, 20.0)  # as a file with a pixel size, moved
     widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
     assert not widget.autosave.restore_button.isHidden() and "cells.tif" in widget.autosave.restore_button.text()
-    np.testing.assert_array_equal(widget.autosave.restore().data, few_cells(labels))
+    restored = widget.autosave.restore()
+    np.testing.assert_array_equal(restored.data, few_cells(labels))
+    assert tuple(restored.scale) == (0.5, 0.5) and tuple(restored.translate) == (10.0, 20.0), "over the image"
 
 
 def test_the_batch_dock_waits_for_a_running_fine_tune(make_napari_viewer_proxy, tmp_path, monkeypatch, tiny_bundle):

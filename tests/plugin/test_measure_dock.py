@@ -64,3 +64,45 @@ def test_rois_export_and_import_from_the_dock(make_napari_viewer, cells, tmp_pat
     for value in np.unique(labels[labels > 0]):
         a, b = labels == value, imported.data == value
         assert (a & b).sum() / (a | b).sum() >= 0.95
+
+
+def test_imported_rois_and_segmented_labels_lie_over_their_image_and_measure_in_its_units(
+    make_napari_viewer_proxy, qtbot, cells, tmp_path, tiny_bundle
+):
+    """ROIs imported for a translated image came at the origin; the Segment dock's labels, measured alone, were
+    in pixel units although their image was opened with its pixel size."""
+    pytest.importorskip("roifile")
+    from napari_unet.plugin._segment import SegmentWidget
+    from napari_unet.plugin._state import session_for
+
+    image, labels = cells
+    calibration, metadata = tiff_calibration(PixelSize(0.5, 0.5, "um"), imagej=True)
+    tifffile.imwrite(tmp_path / "cells.tif", image, imagej=True, metadata={"axes": "YX", **metadata}, **calibration)
+    viewer = make_napari_viewer_proxy()
+    (image_layer,) = viewer.open(tmp_path / "cells.tif", plugin=PLUGIN)
+    image_layer.translate = (30.0, 40.0)
+    widget = MeasureWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Measure")
+    drawn = viewer.add_labels(labels.astype(np.int32), name="drawn", scale=(0.5, 0.5), translate=(30.0, 40.0))
+    widget.labels_combo.value = drawn
+    widget.export_rois(tmp_path / "RoiSet.zip")
+    widget.image_combo.value = image_layer
+    imported = widget.import_rois(tmp_path / "RoiSet.zip")
+    assert tuple(imported.scale) == (0.5, 0.5) and tuple(imported.translate) == (30.0, 40.0)
+    widget.labels_combo.value = imported
+    widget.image_combo.value = None
+    widget.measure()
+    assert "physical units: um" in widget.status.text()
+
+    segment = SegmentWidget(viewer, default_model=None)
+    viewer.window.add_dock_widget(segment, name="Segment")
+    session_for(viewer).set_model(tiny_bundle)
+    segment.image_combo.value = image_layer
+    with qtbot.waitSignal(segment.segmented, timeout=60_000):
+        segment.run()
+    widget.reset_choices()
+    widget.labels_combo.value = segment.labels_layer
+    widget.image_combo.value = None
+    widget.measure()
+    assert "physical units: um" in widget.status.text(), widget.status.text()
+    assert "area_um2" in segment.labels_layer.features

@@ -81,3 +81,13 @@ def test_a_file_whose_axes_were_guessed_says_so(tmp_path, monkeypatch):
         "z3.tif: its axes are not in the file: read as CYX (3 channels) by guess; save it with its axes "
         "(ImageJ or OME-TIFF) if these are planes"
     ]
+
+
+def test_layer_names_keep_the_dots_of_the_file_name(make_napari_viewer, tmp_path):
+    """a.v2.tif and a.v3.tif opened as 'a' and 'a [1]' (the name cut at its first dot)."""
+    rng = np.random.default_rng(0)
+    for name in ("a.v2.tif", "a.v3.tif", "cells.ome.tif"):
+        write_tiff(tmp_path / name, rng.integers(0, 255, (20, 30), dtype=np.uint8), "YX")
+    viewer = make_napari_viewer()
+    layers = [viewer.open(tmp_path / name, plugin=PLUGIN)[0] for name in ("a.v2.tif", "a.v3.tif", "cells.ome.tif")]
+    assert [layer.name for layer in layers] == ["a.v2", "a.v3", "cells"]

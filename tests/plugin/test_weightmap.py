@@ -46,3 +46,20 @@ def test_sliders_update_the_weight_map_layer(make_napari_viewer_proxy, qtbot, ce
     np.testing.assert_allclose(layer.data, weight_map(labels, training.w0 + 20.0, 2.0, class_weights=None), rtol=1e-6)
     assert layer.colormap.name == "magma"
     assert len([x for x in viewer.layers if x.name == "weight map"]) == 1
+
+
+def test_the_weight_map_lies_over_the_labels_layer_chosen(make_napari_viewer_proxy, qtbot, cells):
+    """Switching to another Labels layer of the same shape kept the first one's scale and translate."""
+    _, labels = cells
+    viewer = make_napari_viewer_proxy()
+    first = viewer.add_labels(labels, name="first")
+    second = viewer.add_labels(labels, name="second", scale=(2.0, 2.0), translate=(100.0, 50.0))
+    widget = WeightMapWidget(viewer)
+    widget.labels_combo.value = first
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        viewer.window.add_dock_widget(widget, name="Weight map")
+    layer = widget.layer
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        widget.labels_combo.value = second
+    assert widget.layer is layer
+    assert tuple(layer.scale) == (2.0, 2.0) and tuple(layer.translate) == (100.0, 50.0)

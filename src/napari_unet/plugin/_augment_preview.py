@@ -23,7 +23,7 @@ from napari_unet.jobs.augment_preview import preview_sample
 from napari_unet.training import PRESETS
 
 from ._form import check, dock_layout, form, slider, spin, wrapped_label
-from ._layers import LayerProblem, channels_of, debounced, layer_combo, layer_data, plane_stack
+from ._layers import LayerProblem, channels_of, debounced, layer_combo, layer_data, pixel_shape, plane_stack
 from ._state import Session, session_for
 from ._workers import alive, start_worker
 
@@ -199,7 +199,7 @@ class AugmentPreviewWidget(QWidget):
             return
         image, labels, grid = self.sample = result
         scale = tuple(layer.scale[-2:])
-        width = layer_data(layer).shape[-1]
+        width = pixel_shape(layer)[-1]
         translate = (layer.translate[-2] + origin[0] * scale[0], layer.translate[-1] + (width + GAP) * scale[1])
         shown = {
             "augmented image": (image[0] if image.ndim == 3 else image, "image"),
@@ -240,7 +240,7 @@ class AugmentPreviewWidget(QWidget):
         """A rectangle on the image around the window being previewed."""
         n = self.window_spin.value()
         corners = np.array([[origin[0], origin[1]], [origin[0] + n, origin[1] + n]], float)
-        corners = corners * np.asarray(layer.scale[-2:]) + np.asarray(layer.translate[-2:]) - 0.5
+        corners = (corners - 0.5) * np.asarray(layer.scale[-2:]) + np.asarray(layer.translate[-2:])  # pixel edges
         existing = self.layers.get("preview window")
         if existing is not None and existing in self.viewer.layers:
             existing.data = [corners]

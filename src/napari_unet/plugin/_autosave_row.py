@@ -15,6 +15,7 @@ from qtpy.QtWidgets import QFileDialog, QPushButton
 
 from . import _autosave
 from ._form import row, wrapped_label
+from ._layers import placed_like
 from ._workers import alive
 
 
@@ -27,6 +28,7 @@ class AutosaveRow:
         self.root = Path(root) if root is not None else _autosave.default_root()
         self.annotations_path: Path | None = None
         self.offered: tuple[Path, Path] | None = None  # (image file, annotations file)
+        self.offered_layer: Any = None  # the image layer they were offered for
         self.label = wrapped_label(f"autosave: {self.root}")
         self.change_button = QPushButton("Change…")
         self.restore_button = QPushButton("")
@@ -62,7 +64,9 @@ class AutosaveRow:
         except (OSError, ValueError) as error:
             show_error(f"Cannot read the autosaved annotations {labels_path}: {error}")
             return None
-        layer = self.viewer.add_labels(labels, name=f"{image_path.stem} annotations")
+        image_layer = self.offered_layer
+        placement = placed_like(image_layer, labels.ndim) if image_layer in self.viewer.layers else {}
+        layer = self.viewer.add_labels(labels, name=f"{image_path.stem} annotations", **placement)
         self.restore_button.hide()
         self.offered = None
         self.restored(layer)
@@ -81,7 +85,7 @@ class AutosaveRow:
         found = _autosave.find_annotations(path, self.root)
         if found is None:
             return
-        self.offered = (Path(path), found)
+        self.offered, self.offered_layer = (Path(path), found), layer
         self.restore_button.setText(f"Restore the autosaved annotations of {Path(path).name}")
         self.restore_button.show()
         show_info(

@@ -185,7 +185,9 @@ class BatchWidget(QWidget):
             group = zarr.open_group(str(path), mode="r")
             transforms = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
             scale = next((t["scale"] for t in transforms if t["type"] == "scale"), [1.0, 1.0])
-            layers.append(self.viewer.add_labels(da.from_zarr(group["0"]), name=path.name.split(".")[0], scale=scale))
+            layers.append(
+                self.viewer.add_labels(da.from_zarr(group["0"]), name=path.name.removesuffix(".ome.zarr"), scale=scale)
+            )
         return layers
 
     # -- helpers ----------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
+from napari_unet.channels import ChannelChoice
 from napari_unet.device import available_devices, describe_device, select_device
 from napari_unet.fewshot import FewShotConfig
 from napari_unet.jobs.finetune import (
@@ -256,7 +257,14 @@ class FineTuneWidget(QWidget):
             self.image_combo.value,
             self.labels_combo.value,
             self.device_combo.currentText(),
+            self.channel_choice,
         )
+
+    def channel_choice(self, base: Any) -> ChannelChoice:
+        """The channels box's choice, or, when it picks nothing, the channels the model `base` was trained on
+        (its grey conversion for the built-in model: an RGB image is seen as its luminance)."""
+        chosen = self.channel_fields.choice()
+        return base.channels if base is not None and chosen.is_identity else chosen
 
     def toggle_pause(self) -> None:
         if self.worker is not None:
@@ -298,9 +306,7 @@ class FineTuneWidget(QWidget):
         self.start_from.check()
         base = self.start_from.bundle()
         layers = self.viewer.layers
-        chosen = self.channel_fields.choice()
-        if base is not None and chosen.is_identity:
-            chosen = base.channels  # the channels the model was trained on
+        chosen = self.channel_choice(base)
         if base is not None:
             channels = base.net.config.in_channels
         else:

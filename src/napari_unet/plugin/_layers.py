@@ -40,6 +40,30 @@ def layer_data(layer: Any) -> Any:
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
+def pixel_shape(layer: Any) -> tuple[int, ...]:
+    """The shape of a layer's pixels: its data's, less the colours of an RGB layer (kept last by napari)."""
+    shape = tuple(int(n) for n in layer_data(layer).shape)
+    return shape[:-1] if getattr(layer, "rgb", False) else shape
+
+
+def pixel_size_metadata(layer: Any) -> dict[str, Any]:
+    """Layer metadata that carries `layer`'s physical pixel size (set by our reader) to a layer made from it,
+    so that measuring that layer alone reports physical units; {} when `layer` has none."""
+    info = (layer.metadata.get(METADATA_KEY) or {}).get("pixel_size") if layer is not None else None
+    return {METADATA_KEY: {"pixel_size": info}} if info else {}
+
+
+def placed_like(layer: Any, ndim: int) -> dict[str, Any]:
+    """`add_labels` keywords that place an array of `ndim` dimensions over `layer`'s last ones: its scale,
+    translate and pixel size (an RGB layer's colours are not among its dimensions in napari)."""
+    pad = max(0, ndim - len(layer.scale))
+    return {
+        "scale": (1.0,) * pad + tuple(layer.scale)[-ndim:],
+        "translate": (0.0,) * pad + tuple(layer.translate)[-ndim:],
+        "metadata": pixel_size_metadata(layer),
+    }
+
+
 def stored_axes(layer: Any) -> str | None:
     """The axes string our reader stored with the layer, when it still matches the layer's dimensions."""
     info = layer.metadata.get(METADATA_KEY) or {}
@@ -266,10 +290,8 @@ def annotations_of(labels_layer: Any, image_layer: Any, stack: PlaneStack) -> np
 
 def check_layer_pair(image_layer: Any, labels_layer: Any) -> None:
     """Image and annotation layers must cover the same pixels."""
-    image_shape = tuple(layer_data(image_layer).shape)
+    image_shape = pixel_shape(image_layer)
     labels_shape = tuple(labels_layer.data.shape)
-    if getattr(image_layer, "rgb", False):
-        image_shape = image_shape[:-1]
     if image_shape[-2:] != labels_shape[-2:]:
         raise LayerProblem(
             f"the image '{image_layer.name}' is {_size(image_shape)} pixels but the labels "

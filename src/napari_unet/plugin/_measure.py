@@ -20,7 +20,16 @@ from napari_unet.measure import Table, measure_planes, write_csv
 from napari_unet.metadata import PixelSize
 
 from ._form import dock_layout, form, row, wrapped_label
-from ._layers import METADATA_KEY, LayerProblem, channel_group, layer_combo, layer_data, stored_axes
+from ._layers import (
+    METADATA_KEY,
+    LayerProblem,
+    channel_group,
+    layer_combo,
+    layer_data,
+    pixel_shape,
+    placed_like,
+    stored_axes,
+)
 
 SHOWN_ROWS = 1000  # the table view shows at most this many rows; the CSV holds them all
 
@@ -110,11 +119,9 @@ class MeasureWidget(QWidget):
         like = self.image_combo.value or self.labels_combo.value
         if like is None:
             raise ValueError("choose the image the ROIs belong to (its size is the labels' size)")
-        shape = tuple(layer_data(like).shape)
-        if getattr(like, "rgb", False):
-            shape = shape[:-1]
+        shape = pixel_shape(like)
         labels = read_rois(path, shape[-3:] if len(shape) >= 3 else shape)
-        return self.viewer.add_labels(labels, name=f"{Path(path).stem} ROIs", scale=tuple(like.scale)[-labels.ndim :])
+        return self.viewer.add_labels(labels, name=f"{Path(path).stem} ROIs", **placed_like(like, labels.ndim))
 
     # -- internals ------------------------------------------------------------------------------------------
 

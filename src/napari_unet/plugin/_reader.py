@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from napari_unet.io import read_image, reading_notes
+from napari_unet.pipeline import file_stem
 
-from ._autosave import is_annotation_file
+from ._autosave import SIDECAR_SUFFIX, is_annotation_file
 from ._layers import METADATA_KEY
 
 PLUGIN = "napari-unet-2015"
@@ -88,7 +89,8 @@ def read_images(path: str | list[str]) -> list[LayerData]:
             from napari.utils.notifications import show_info
 
             show_info(f"{file.name}: {said}")
-        name = file.name.split(".")[0] or file.stem
+        # 'a.v2' for a.v2.tif, 'cells' for cells.ome.tif and for its annotations cells.ome.tif.unet-labels.tif
+        name = file_stem(file.name.removesuffix(SIDECAR_SUFFIX)) or file.name
         pixel_size = read_pixel_size(file)
         scale = {} if pixel_size is None else {"scale": (1.0,) * (len(axes.replace("C", "")) - 2) + pixel_size.scale}
         if is_annotation_file(file):

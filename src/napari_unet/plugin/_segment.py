@@ -45,7 +45,7 @@ from napari_unet.tiling import auto_stride
 
 from ._channels import ChannelFields
 from ._form import ModelRow, RunControls, check, choice, dock_layout, form, spin, wrapped_label
-from ._layers import LayerProblem, debounced, layer_combo, plane_stack
+from ._layers import LayerProblem, debounced, layer_combo, pixel_size_metadata, plane_stack
 from ._postprocess import PostprocessFields
 from ._redraw import TileDrawing
 from ._state import Session, session_for
@@ -265,6 +265,7 @@ class SegmentWidget(QWidget):
             name=f"{layer.name} labels",
             scale=stack.spatial(layer.scale),
             translate=stack.spatial(layer.translate),
+            metadata=pixel_size_metadata(layer),  # measured alone, the labels are in the image's units
         )
         self.probs_layer = None
         if self.probs_check.isChecked():
@@ -408,7 +409,11 @@ class SegmentWidget(QWidget):
         layer = self.labels_layer
         self.labels = labels
         self.labels_layer = self.viewer.add_labels(
-            labels, name=f"{layer.name} (retuned)", scale=layer.scale, translate=layer.translate
+            labels,
+            name=f"{layer.name} (retuned)",
+            scale=layer.scale,
+            translate=layer.translate,
+            metadata=dict(layer.metadata),
         )
         self.drawing.start(self.labels_layer, self.probs_layer)
         show_info(f"{layer.name} was edited: your corrections are kept, the retuned labels are in a new layer")

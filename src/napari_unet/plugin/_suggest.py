@@ -33,16 +33,27 @@ class Suggestions:
             "the image is flipped): the cells there teach it most"
         )
 
-    def start(self, bundle: Callable[[], Any], image_layer: Any, labels_layer: Any, device: str) -> Any:
+    def start(
+        self,
+        bundle: Callable[[], Any],
+        image_layer: Any,
+        labels_layer: Any,
+        device: str,
+        channels: Callable[[Any], Any] = lambda model: None,
+    ) -> Any:
         """Ask the model `bundle()` about the image layer, away from the cells painted on `labels_layer` (if of
-        the image's size), in a worker. Returns the worker, or None after a notification."""
+        the image's size), in a worker. Returns the worker, or None after a notification.
+
+        channels: the `channels.ChannelChoice` applied to the image for that model (None: all its channels), as
+        for training on it.
+        """
         try:
             model = bundle()
             if model is None:
                 raise LayerProblem("No model to ask: choose a model to start from (or train one first)")
             if image_layer is None:
                 raise LayerProblem("No image layer: open the image to annotate")
-            stack = plane_stack(image_layer, model.net.config.in_channels, self.viewer.layers)
+            stack = plane_stack(image_layer, model.net.config.in_channels, self.viewer.layers, channels(model))
             if stack.leading:
                 raise LayerProblem("Suggestions are made for a single 2-D image, not a stack")
             torch_device = select_device(device)

@@ -112,6 +112,7 @@ class WeightMapWidget(QWidget):
         if self.layer is not None and self.layer in self.viewer.layers and self.layer.data.shape == weights.shape:
             self.layer.data = weights
             self.layer.contrast_limits = limits
+            self.layer.scale, self.layer.translate = tuple(labels_layer.scale), tuple(labels_layer.translate)
         else:
             self.layer = self.viewer.add_image(
                 weights,
