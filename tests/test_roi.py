@@ -57,6 +57,40 @@ def test_holes_are_filled_and_only_the_largest_piece_is_kept():
     assert back[6, 6] == 1 and back[15, 15] == 0 and (back[2:12, 2:12] == 1).all()
 
 
+def test_a_winding_hole_and_pixels_touching_by_a_corner_keep_the_object():
+    """The ROI held the outline of a comb-shaped hole (longer than the object's) instead of the object; a
+    diagonal line came back as 1 pixel, two blocks meeting at a corner as one block."""
+    labels = np.zeros((40, 60), np.int32)
+    labels[2:38, 2:38] = 1
+    for column in range(5, 35, 2):
+        labels[5:35, column] = 0  # the teeth of a comb-shaped hole
+    labels[5:7, 5:35] = 0
+    for k in range(5):
+        labels[2 + k, 42 + k] = 4  # a diagonal line
+    labels[20:23, 42:45] = 7
+    labels[23:26, 45:48] = 7  # blocks meeting at a corner
+    back = rois_to_labels(labels_to_rois(labels), labels.shape)
+    assert (back == 1).sum() == 36 * 36, "the comb's outer outline, its hole filled"
+    np.testing.assert_array_equal(back == 4, labels == 4)
+    np.testing.assert_array_equal(back == 7, labels == 7)
+
+
+def test_an_roi_of_a_fiji_time_lapse_goes_to_its_frame():
+    """Fiji's ROI Manager positions an ROI of a time-lapse by its hyperstack (c, z, t) = (1, 1, 3), not by its
+    stack position: it landed on frame 1, as z came first."""
+    import roifile
+
+    roi = roifile.ImagejRoi.frompoints(np.array([[2, 2], [8, 2], [8, 8], [2, 8]], float), name="5")
+    roi.roitype = roifile.ROI_TYPE.POLYGON
+    roi.c_position, roi.z_position, roi.t_position = 1, 1, 3
+    roi.version = 228
+    back = rois_to_labels([roifile.ImagejRoi.frombytes(roi.tobytes())], (3, 12, 12))
+    assert [int((plane == 5).sum()) for plane in back] == [0, 0, 36]
+    roi.z_position = 2
+    with pytest.raises(ValueError, match="z 2, t 3 of a hyperstack"):
+        rois_to_labels([roi], (3, 12, 12))
+
+
 def test_unnamed_rois_get_new_ids_and_bad_files_are_explained(tmp_path):
     import roifile
 

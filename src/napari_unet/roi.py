@@ -38,8 +38,15 @@ def check_roifile() -> None:
 
 
 def outline(mask: np.ndarray) -> np.ndarray | None:
-    """The outline (n, 2) of the largest connected piece of ``mask`` (H, W) as (row, col) pixel coordinates,
-    closed (first point == last), without collinear points; None for an empty mask."""
+    """The outer outline (n, 2) of the largest connected piece of ``mask`` (H, W) (pixels touching by a corner
+    are connected) as (row, col) pixel coordinates, closed (first point == last), without collinear points;
+    None for an empty mask.
+
+    Its holes are filled first, so the one contour left is the outer one (a winding hole can have a longer
+    outline than the object); the contour keeps pixels that touch by a corner together, as the pieces are
+    counted, so a diagonal line or blocks meeting at a corner come back whole.
+    """
+    from scipy import ndimage as ndi
     from skimage.measure import approximate_polygon, find_contours
     from skimage.measure import label as connected
 
@@ -48,10 +55,9 @@ def outline(mask: np.ndarray) -> np.ndarray | None:
         return None
     if pieces.max() > 1:
         mask = pieces == np.argmax(np.bincount(pieces.ravel())[1:]) + 1
-    padded = np.pad(mask, 1).astype(np.float32)
-    contours = find_contours(padded, 0.5)
-    longest = max(contours, key=len) - 1.0  # the outer contour is the longest; holes are inside it
-    return approximate_polygon(longest, tolerance=0)
+    padded = np.pad(ndi.binary_fill_holes(mask), 1).astype(np.float32)
+    (contour,) = find_contours(padded, 0.5, fully_connected="high")
+    return approximate_polygon(contour - 1.0, tolerance=0)
 
 
 def labels_to_rois(labels: np.ndarray, position: int | None = None) -> list:
@@ -155,11 +161,22 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _plane(roi) -> int | None:
-    """The 0-based stack plane of an ROI: its position, else its z or t position; None when it has none."""
-    for value in (roi.position, roi.z_position, roi.t_position):
-        if value:
-            return int(value) - 1
-    return None
+    """The 0-based stack plane of an ROI: its position, else its hyperstack z or t position (Fiji's ROI Manager
+    stores a time-lapse ROI as z 1, t n: the plane is the one that is not 1); None when it has none.
+
+    >>> from types import SimpleNamespace as Roi
+    >>> _plane(Roi(position=0, z_position=1, t_position=3)), _plane(Roi(position=2, z_position=0, t_position=0))
+    (2, 1)
+    """
+    if roi.position:
+        return int(roi.position) - 1
+    z, t = int(roi.z_position or 0), int(roi.t_position or 0)
+    if z > 1 and t > 1:
+        raise ValueError(
+            f"ROI {roi.name!r} is on z {z}, t {t} of a hyperstack: napari-unet reads ROIs of one stack axis "
+            "(save the ROIs of each time point, or of each slice, separately)"
+        )
+    return max(z, t) - 1 if max(z, t) else None
 
 
 def write_rois(path: str | Path, labels: np.ndarray) -> int:
