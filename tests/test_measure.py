@@ -76,6 +76,18 @@ def test_csv_opens_in_pandas_with_documented_columns(cells, tmp_path):
     assert frame[frame["image"] == "b.tif"]["area_um2"].isna().all()
 
 
+def test_the_header_does_not_depend_on_the_order_of_the_files(cells, tmp_path):
+    """A single image then a stack put `plane` last; a stack first put it second: always image, plane, label."""
+    _, labels = cells
+    table = measure(labels)
+    single, plane = ({"image": "a.tif"}, table), ({"image": "z.tif", "plane": 0}, table)
+    headers = [
+        write_csv(order, tmp_path / f"{n}.csv").read_text().splitlines()[0]
+        for n, order in enumerate([[single, plane], [plane, single]])
+    ]
+    assert headers[0] == headers[1] and headers[0].startswith("image,plane,label,area,")
+
+
 def test_bad_input_is_explained():
     with pytest.raises(ValueError, match="2-D integer"):
         measure(np.zeros((4, 4), np.float32))

@@ -115,9 +115,14 @@ def write_csv(tables: Table | list[tuple[dict[str, object], Table]], path: str |
     """
     if isinstance(tables, dict):
         tables = [({}, tables)]
+    extras: list[str] = []
     header: list[str] = []
     for extra, table in tables:
-        header += [name for name in [*extra, *table] if name not in header]
+        extras += [name for name in extra if name not in extras]
+        header += [name for name in table if name not in header and name not in extra]
+    # every table's extra columns first (image, plane), whichever table has them: a header that does not depend
+    # on the order of the files (a stack first put `plane` second, after a single image last)
+    header = extras + [name for name in header if name not in extras]
     from .io import atomic_write
 
     path = Path(path)
