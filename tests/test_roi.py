@@ -91,6 +91,32 @@ def test_an_roi_of_a_fiji_time_lapse_goes_to_its_frame():
         rois_to_labels([roi], (3, 12, 12))
 
 
+def test_composite_rois_keep_their_holes_and_big_ids_and_planes_are_kept_apart():
+    """A composite ROI (an object with a hole, from Fiji) was dropped without a word; ids above 2**31 (which
+    `rois` writes) crashed with an OverflowError; ROIs of planes 2 and 3 were painted into a single image."""
+    import roifile
+
+    holed = roifile.ImagejRoi(roitype=roifile.ROI_TYPE.RECT, left=2, top=2, right=18, bottom=18, name="5")
+    path = [0, 2, 2, 1, 18, 2, 1, 18, 18, 1, 2, 18, 4, 0, 8, 8, 1, 12, 8, 1, 12, 12, 1, 8, 12, 4]
+    holed.multi_coordinates, holed.shape_roi_size, holed.version = np.array(path, np.float32), len(path), 228
+    holed = roifile.ImagejRoi.frombytes(holed.tobytes())
+    assert holed.composite
+    back = rois_to_labels([holed], (20, 20))
+    expected = np.zeros((20, 20), np.int32)
+    expected[2:18, 2:18] = 5
+    expected[8:12, 8:12] = 0
+    np.testing.assert_array_equal(back, expected)
+
+    big = np.zeros((12, 12), np.int64)
+    big[2:5, 2:5], big[7:10, 7:10] = 3_000_000_000, 1
+    np.testing.assert_array_equal(rois_to_labels(labels_to_rois(big), big.shape), big)
+
+    stack = np.zeros((3, 12, 12), np.int32)
+    stack[1, 2:6, 2:6] = 1
+    with pytest.raises(ValueError, match="plane 2 but the image is a single plane"):
+        rois_to_labels([roi for n, p in enumerate(stack) for roi in labels_to_rois(p, position=n)], (12, 12))
+
+
 def test_unnamed_rois_get_new_ids_and_bad_files_are_explained(tmp_path):
     import roifile
 

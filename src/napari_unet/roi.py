@@ -101,20 +101,23 @@ def stack_to_rois(labels: np.ndarray) -> list:
 def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
     """Fill ``rois`` into an int32 label image of ``shape`` (H, W) or (N, H, W); later ROIs paint over earlier.
 
-    An ROI named by an integer keeps it as its id; the others get the next free ids. Polygons, freehand,
-    traced, rectangle and oval ROIs are filled; lines and points are skipped. On a stack, an ROI with a
-    position goes to that plane (1-based in the file), one without to every plane. An ROI that extends past the
-    image's edge is cut there; one wholly outside it, or on a plane the stack does not have, is a ValueError
-    (ROIs drawn on another image).
+    An ROI named by an integer keeps it as its id (ids beyond int32 make the labels int64); the others get the
+    next free ids. Polygons, freehand, traced, rectangle and oval ROIs are filled, and composite ROIs (an object
+    with holes, as Fiji's Create Selection or XOR saves it) with their holes (even-odd rule over their paths);
+    lines and points are skipped. On a stack, an ROI with a position goes to that plane (1-based in the file),
+    one without to every plane. An ROI that extends past the image's edge is cut there; one wholly outside it,
+    or on a plane the stack (or single image) does not have, is a ValueError (ROIs drawn on another image).
     """
     from skimage.draw import ellipse, polygon
 
     roifile = _roifile()
     if len(shape) not in (2, 3):
         raise ValueError(f"shape must be (H, W) or (N, H, W), got {shape}")
-    labels = np.zeros(shape, np.int32)
     named = [int(roi.name) if roi.name and roi.name.isdigit() and int(roi.name) > 0 else None for roi in rois]
     next_id = max([n for n in named if n] or [0]) + 1
+    if next_id > np.iinfo(np.int64).max:
+        raise ValueError(f"ROI names are label ids; {next_id - 1} is beyond what a label image holds (int64)")
+    labels = np.zeros(shape, np.int32 if next_id <= np.iinfo(np.int32).max else np.int64)
     filled = (
         roifile.ROI_TYPE.POLYGON,
         roifile.ROI_TYPE.FREEHAND,
@@ -124,11 +127,13 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
     )
     height, width = shape[-2:]
     for roi, value in zip(rois, named):
-        if roi.roitype not in filled or roi.composite:
+        if roi.roitype not in filled and not roi.composite:
             continue
         if value is None:
             value, next_id = next_id, next_id + 1
-        if roi.roitype == roifile.ROI_TYPE.OVAL:
+        if roi.composite:
+            rows, cols = _composite_pixels(roi, (height, width))
+        elif roi.roitype == roifile.ROI_TYPE.OVAL:
             rows, cols = ellipse(
                 (roi.top + roi.bottom) / 2 - 0.5,
                 (roi.left + roi.right) / 2 - 0.5,
@@ -149,6 +154,9 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
                 f"{height} x {width} image: were the ROIs drawn on another image?"
             )
         if len(shape) == 2:
+            plane = _plane(roi)
+            if plane:  # position 1 is the single image's plane
+                raise ValueError(f"ROI {roi.name!r} is on plane {plane + 1} but the image is a single plane")
             labels[rows, cols] = value
         else:
             plane = _plane(roi)
@@ -158,6 +166,19 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
             for n in targets:
                 labels[n, rows, cols] = value
     return labels
+
+
+def _composite_pixels(roi, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (rows, cols) of a composite ROI: inside an odd number of its paths (holes stay empty)."""
+    from skimage.draw import polygon
+
+    inside = np.zeros(shape, bool)
+    for xy in roi.coordinates(multi=True):
+        path = np.zeros(shape, bool)
+        rows, cols = polygon(xy[:, 1] - 0.5, xy[:, 0] - 0.5, shape=shape)
+        path[rows, cols] = True
+        inside ^= path
+    return np.nonzero(inside)
 
 
 def _plane(roi) -> int | None:
