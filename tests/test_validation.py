@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -233,3 +234,29 @@ def test_an_unreadable_autosave_index_is_rebuilt_from_the_records(tmp_path):
     assert json.loads(index.read_text()) == {str(p.resolve()): str(s.resolve()) for p, s in zip(images, saved)}
     (kept,) = (root / "annotations").glob("index.json.unreadable-*")
     assert kept.read_bytes() == b"{ truncated"
+
+
+def test_the_newer_annotations_are_offered_when_a_later_save_could_not_write_beside_the_image(tmp_path, monkeypatch):
+    """A side-car saved first, then a save the data disk refused (full): it went to the autosave root, and the
+    older side-car was offered back on reopening."""
+    import errno
+
+    from napari_unet.plugin import _autosave
+
+    root, image = tmp_path / "root", tmp_path / "data" / "cells.tif"
+    image.parent.mkdir()
+    write_tiff(image, cells(np.uint16), "YX")
+    first = _autosave.save_annotations(cells(np.uint16) * 0 + 1, root, image, "cells")
+    assert first == _autosave.sidecar_path(image)
+    os.utime(first, ns=(1, 1))  # older than anything saved now
+    real = _autosave.write_tiff
+
+    def full_data_disk(path, *args, **kwargs):
+        if Path(path).parent == image.parent:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(_autosave, "write_tiff", full_data_disk)
+    newer = _autosave.save_annotations(cells(np.uint16), root, image, "cells")
+    assert newer.parent == root / "annotations" and first.is_file()
+    assert _autosave.find_annotations(image, root) == newer

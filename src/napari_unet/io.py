@@ -373,6 +373,38 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def carry_over(path: Path, staging: Path, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """Give the folder `staging`, about to replace `path` (`replace_folder`), the entries of `path` it does not
+    have and that are not in `keep` (the files the writer makes): hard-linked where the file system allows it,
+    else copied, so that they stay in `path` (or in the old folder `replace_folder` leaves when it is killed)
+    until the new folder is in place. Our own temporaries are left behind. Returns the names carried over."""
+    import shutil
+
+    path = Path(path)
+    if not path.is_dir() or path.is_symlink():
+        return []
+
+    def link_or_copy(source: str, target: str) -> None:
+        try:
+            os.link(source, target)
+        except OSError:  # no hard links here (FAT, some network drives): a copy
+            shutil.copy2(source, target)
+
+    carried = []
+    for entry in sorted(path.iterdir()):
+        name = entry.name
+        if name in keep or (staging / name).exists() or (name.startswith(".") and name.endswith(TEMPORARY_SUFFIX)):
+            continue
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry), staging / name)
+        elif entry.is_dir():
+            shutil.copytree(entry, staging / name, symlinks=True, copy_function=link_or_copy)
+        else:
+            link_or_copy(str(entry), str(staging / name))
+        carried.append(name)
+    return carried
+
+
 def replace_folder(staging: Path, path: Path) -> None:
     """Move the complete folder `staging` to `path` (same file system), replacing what is there, in two renames:
     a process killed between them leaves the previous folder as ``.<name>.<pid>.old.tmp``, which

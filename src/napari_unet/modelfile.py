@@ -31,6 +31,8 @@ from ._config import Config, check_range
 from .channels import ChannelChoice
 from .io import (
     apply_normalization,
+    carry_over,
+    default_mode,
     guess_axes,
     percentiles,
     recover_replaced_folder,
@@ -318,6 +320,7 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
     The files are written to a temporary sibling folder, which then replaces `path` by renames.
     training_state: tensors and plain values to resume training (`training_state.pt`, read weights-only).
     """
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -338,10 +341,17 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
     staging = temporary_sibling(path, folder=True)  # readable by others as the umask says, like any new folder
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in bundle.net.state_dict().items()}
-        save_file(state, staging / WEIGHTS_FILE, metadata={"format": FORMAT})
-        if training_state is not None:
-            torch.save(training_state, staging / STATE_FILE)
+        try:
+            save_file(state, staging / WEIGHTS_FILE, metadata={"format": FORMAT})
+            if training_state is not None:
+                torch.save(training_state, staging / STATE_FILE)
+        except (RuntimeError, SafetensorError) as error:  # a full disk, a file size limit: not OSErrors there
+            raise OSError(f"could not write the model to {path} ({error}); the previous one is kept") from error
+        (staging / WEIGHTS_FILE).chmod(default_mode())  # safetensors writes it owner-only, whatever the umask
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=_json_default))
+        # the folder's other entries (a user's notes, results saved in it) come along: linked, so that they are
+        # in the old folder until the new one is in place, whenever this process is killed
+        carry_over(path, staging, keep={CONFIG_FILE, WEIGHTS_FILE, STATE_FILE})
         replace_folder(staging, path)  # killed between its renames: `recover_interrupted_save` puts it back
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -349,8 +359,21 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
 
 
 def is_model_folder(path: str | Path) -> bool:
+    """Whether `path` has a model folder's two files (their content is checked by `load_model`)."""
     path = Path(path)
     return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def is_napari_unet_model(path: str | Path) -> bool:
+    """Whether `path` is a model folder whose config says it is napari-unet's ("format"), not another program's
+    folder with files of the same names (a Hugging Face checkpoint has config.json and weights.safetensors)."""
+    if not is_model_folder(path):
+        return False
+    try:
+        config = json.loads((Path(path) / CONFIG_FILE).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(config, dict) and config.get("format") == FORMAT
 
 
 def recover_interrupted_save(path: str | Path) -> Path | None:

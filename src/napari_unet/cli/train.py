@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    from ..modelfile import is_model_folder, load_model, recover_interrupted_save
+    from ..modelfile import is_model_folder, is_napari_unet_model, load_model, recover_interrupted_save
     from ..validation import check_output_not_input, check_writable_folder
 
     recover_interrupted_save(args.out)  # a model whose save was killed is a model: --overwrite or --resume
@@ -262,6 +262,11 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.init is not None and any(v is not None for v in new_net.values()):
         raise ValueError("--depth and --base-channels describe a new net; with --init the saved net is used")
     if args.out.exists():
+        if is_model_folder(args.out) and not is_napari_unet_model(args.out):
+            raise ValueError(
+                f"--out {args.out} holds a config.json and weights.safetensors of another program (not a napari-unet "
+                "model): choose a new path"
+            )
         if is_model_folder(args.out):
             if not args.overwrite:
                 raise ValueError(

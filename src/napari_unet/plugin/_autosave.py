@@ -95,17 +95,16 @@ def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Pat
 
 
 def find_annotations(image_path: str | Path, root: str | Path) -> Path | None:
-    """The autosaved annotations of `image_path`: the side-car file, else the one recorded in the index, else a
-    side-car of the former naming (`legacy_sidecar_path`)."""
-    sidecar = sidecar_path(image_path)
-    if sidecar.is_file():
-        return sidecar
+    """The autosaved annotations of `image_path`: the newer of the side-car file and the one recorded in the
+    index (a save that could not write beside the image, a full disk say, went to the autosave root and left
+    an older side-car), else a side-car of the former naming (`legacy_sidecar_path`)."""
     try:
         recorded = _index(root).get(str(Path(image_path).resolve()))
     except OSError:  # an unreadable index that could not be moved aside
         recorded = None
-    if recorded and Path(recorded).is_file():
-        return Path(recorded)
+    found = [p for p in (sidecar_path(image_path), Path(recorded) if recorded else None) if p and p.is_file()]
+    if found:
+        return max(found, key=lambda p: p.stat().st_mtime_ns)
     legacy = legacy_sidecar_path(image_path)
     return legacy if legacy.is_file() and legacy != Path(image_path) else None
 
