@@ -21,3 +21,38 @@ def test_stack_round_trip_with_and_without_pixel_size(tmp_path):
     write_ome_zarr(path, labels[:1], "TYX")  # an existing store is replaced
     assert read_input(path)[0].shape == (1, 40, 50)
     assert read_zarr(path, "ZYX")[1] == "ZYX"  # given axes win over the store's
+
+
+def test_an_interrupted_write_leaves_the_old_store_and_no_temporary(tmp_path, monkeypatch):
+    """Ctrl-C mid-write left `.x.ome.zarr.<pid>.partial`, which no later write removed; a replacement killed
+    between its renames hid the old store as `.x.ome.zarr.<pid>.old` for good. The stores now go through
+    `io.temporary_sibling` / `replace_folder` like every other output."""
+    import napari_unet.ome_zarr as ome_zarr
+    from test_validation import dead_pid
+
+    path = tmp_path / "x.ome.zarr"
+    write_ome_zarr(path, np.full((2, 8, 8), 7, np.int32), "ZYX")
+
+    class Interrupted:
+        shape, dtype, ndim = (2, 8, 8), np.dtype(np.int32), 3
+
+        def __getitem__(self, index):
+            raise KeyboardInterrupt
+
+    try:
+        write_ome_zarr(path, Interrupted(), "ZYX")
+    except KeyboardInterrupt:
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]
+    assert (np.asarray(read_zarr(path)[0]) == 7).all()
+
+    # the state a kill between the two renames leaves, and a killed writer's temporary: both dealt with
+    (path).rename(tmp_path / f".x.ome.zarr.{dead_pid()}.old.tmp")
+    (tmp_path / f".x.ome.zarr.{dead_pid()}.abc.tmp").mkdir()
+    monkeypatch.setattr(ome_zarr, "_write_store", lambda *args: (_ for _ in ()).throw(OSError("disk full")))
+    try:
+        write_ome_zarr(path, np.zeros((2, 8, 8), np.int32), "ZYX")
+    except OSError:
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]
+    assert (np.asarray(read_zarr(path)[0]) == 7).all(), "the old store is back"

@@ -9,14 +9,22 @@ or images written as a single-scale OME-Zarr 0.4 image with their pixel size.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .io import canonical_axes, guess_axes, to_canonical, validate_axes
+from .io import (
+    canonical_axes,
+    guess_axes,
+    recover_replaced_folder,
+    remove_stale_temporaries,
+    replace_folder,
+    temporary_sibling,
+    to_canonical,
+    validate_axes,
+)
 
 OME_ZARR_UNITS = {"um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
 OME_ZARR_AXIS_TYPES = {"T": "time", "Z": "space", "C": "channel", "Y": "space", "X": "space"}
@@ -61,16 +69,32 @@ def write_ome_zarr(path: str | Path, array, axes: str, pixel_size=None, chunk: i
     of the y and x axes with their unit. `read_input` and `metadata.read_pixel_size` read it back; an existing
     store at `path` is replaced once the new one is complete (written under a temporary name, then renamed).
     Axes that do not name the array's dimensions in canonical order are a ValueError, before anything is written."""
-    import zarr
-
     axes = validate_axes(axes, np.ndim(array))
     if axes != canonical_axes(axes):
         raise ValueError(
             f"axes {axes!r} must be in canonical order ({canonical_axes(axes)!r}): reorder the array first"
         )
-    path = Path(path)
-    final, path = path, path.with_name(f".{path.name}.{os.getpid()}.partial")
-    shutil.rmtree(path, ignore_errors=True)
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    recover_replaced_folder(final, _complete)  # a replacement killed between its renames: the old store back
+    remove_stale_temporaries(final)  # what killed writers left: `.<name>.<pid>.*.tmp`
+    path = temporary_sibling(final, folder=True)
+    try:
+        _write_store(path, final.name, array, axes, pixel_size, chunk)
+        replace_folder(path, final)  # killed between its renames: the next write puts the old store back
+    finally:
+        shutil.rmtree(path, ignore_errors=True)  # Ctrl-C, a full disk: no half-written store is left
+    return final
+
+
+def _complete(path: Path) -> bool:
+    """Whether the store at `path` was finished: its metadata is written last."""
+    return (path / ".zattrs").is_file()
+
+
+def _write_store(path: Path, name: str, array, axes: str, pixel_size, chunk: int) -> None:
+    import zarr
+
     shape = tuple(int(n) for n in array.shape)
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     chunks = tuple(1 if a in "TZC" else min(n, chunk) for a, n in zip(axes, shape))
@@ -88,16 +112,8 @@ def write_ome_zarr(path: str | Path, array, axes: str, pixel_size=None, chunk: i
     group.attrs["multiscales"] = [
         {
             "version": "0.4",
-            "name": final.name,
+            "name": name,
             "axes": entries,
             "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
         }
     ]
-    if final.exists():
-        old = final.with_name(f".{final.name}.{os.getpid()}.old")
-        os.replace(final, old)
-        os.replace(path, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(path, final)
-    return final
