@@ -134,6 +134,16 @@ def test_bad_export_requests_are_explained(bundle, tmp_path):
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(ValueError, match="not a bioimage.io package"):
         export_bioimageio(bundle, tmp_path / "taken")
+    # names and licences bioimage.io rejects were written, and the export reported success
+    with pytest.raises(ValueError, match=r"model name 'cells v2.1'.*not '\.'"):
+        export_bioimageio(bundle, tmp_path / "named", name="cells v2.1")
+    with pytest.raises(ValueError, match="SPDX identifier"):
+        export_bioimageio(bundle, tmp_path / "named", license="MIT License")
+    assert not (tmp_path / "named").exists()
+    from napari_unet.export import default_package_name
+
+    renamed = ModelBundle(bundle.net, metadata={"name": "HeLa nuclei, Müller lab v2.1"})
+    assert default_package_name(renamed) == "HeLa nuclei- M-ller lab v2-1"
 
 
 @pytest.mark.parametrize("invert", [True, "auto"])

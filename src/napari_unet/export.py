@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
+import string
 import tempfile
 import warnings
 import zipfile
@@ -152,6 +154,28 @@ def _quiet_tracer() -> Iterator[None]:
         yield
 
 
+NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_+- ()")  # bioimage.io's model names
+
+
+def check_package_description(name: str, license: str) -> None:
+    """Refuse, before any work, a model name or licence that bioimage.io's format (0.5) rejects: names of 5 to
+    128 characters among letters, digits and "_+- ()"; an SPDX licence identifier (such as "MIT", "CC-BY-4.0")."""
+    bad = sorted(set(name) - NAME_CHARACTERS)
+    if bad or not 5 <= len(name) <= 128:
+        raise ValueError(
+            f"model name {name!r}: bioimage.io takes 5 to 128 characters among letters, digits, spaces and _+-() "
+            + (f"(not {' '.join(repr(c) for c in bad)})" if bad else f"({len(name)} given)")
+        )
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+-]*", license):
+        raise ValueError(f"licence {license!r}: give an SPDX identifier such as MIT, BSD-3-Clause or CC-BY-4.0")
+
+
+def default_package_name(bundle) -> str:
+    """The model's recorded name made into a bioimage.io name (other characters become "-"), else a generic one."""
+    name = re.sub(r"[^A-Za-z0-9_+\- ()]", "-", str(bundle.metadata.get("name") or "")).strip()[:128]
+    return name if len(name) >= 5 else "napari-unet U-Net"
+
+
 def export_bioimageio(
     bundle,
     path: str | Path,
@@ -169,6 +193,8 @@ def export_bioimageio(
     ``bundle.metadata["training_data"]``); test_input: raw image (1, C, H, W) with valid H, W (default:
     synthetic cells). Returns the path written.
     """
+    name = name or default_package_name(bundle)
+    check_package_description(name, license)
     path = Path(path)
     as_zip = path.suffix.lower() == ".zip"
     net = probability_net(bundle.net)
@@ -185,7 +211,6 @@ def export_bioimageio(
     with torch.no_grad():
         expected = net(torch.from_numpy(normalised)).numpy()
     training_data = training_data if training_data is not None else bundle.metadata.get("training_data") or {}
-    name = name or bundle.metadata.get("name") or "napari-unet U-Net"
 
     staging = Path(tempfile.mkdtemp(prefix=".export.", dir=path.parent if path.parent.exists() else None))
     try:
