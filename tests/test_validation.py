@@ -205,10 +205,12 @@ def test_only_temporaries_of_dead_writers_are_removed(tmp_path):
     dead = tmp_path / f".a.tif.{dead_pid()}.abc.tmp"
     alive = tmp_path / f".a.tif.{os.getpid()}.abc.tmp"
     other = tmp_path / f".b.tif.{dead_pid()}.abc.tmp"
-    for path in (dead, alive, other):
+    # a live writer of 'a.tif.2024', whose name starts like a.tif's: 2024 was taken for a (dead) process id
+    longer = tmp_path / f".a.tif.2024.{os.getpid()}.abc.tmp"
+    for path in (dead, alive, other, longer):
         path.write_bytes(b"partial")
     assert remove_stale_temporaries(target) == [dead]
-    assert alive.exists() and other.exists() and not dead.exists()
+    assert alive.exists() and other.exists() and longer.exists() and not dead.exists()
 
 
 def test_a_save_killed_between_its_two_renames_is_recovered(tmp_path):

@@ -452,8 +452,10 @@ def recover_replaced_folder(path: str | Path, complete: Callable[[Path], bool]) 
 def remove_stale_temporaries(path: str | Path) -> list[Path]:
     """Remove the temporary files and folders left beside `path` by writers that no longer run.
 
-    Matches ``.<name>.<pid>.*.tmp`` (files of `atomic_write`, folders of `modelfile.save_model`) whose process
-    `pid` is gone; a live writer's temporaries are left alone. Returns what was removed.
+    Matches ``.<name>.<pid>.<part>.tmp`` (files of `atomic_write`, folders of `modelfile.save_model`, with a
+    random part or "old") whose process `pid` is gone; a live writer's temporaries are left alone, and so are
+    those of another file whose name starts like this one's (``.run.2024.<pid>.<part>.tmp`` of `run.2024` is
+    not `run`'s, whose process 2024 would be looked for). Returns what was removed.
     """
     import shutil
 
@@ -466,7 +468,8 @@ def remove_stale_temporaries(path: str | Path) -> list[Path]:
         name = candidate.name
         if not (name.startswith(prefix) and name.endswith(TEMPORARY_SUFFIX)):
             continue
-        pid = name[len(prefix) :].split(".", 1)[0]
+        parts = name[len(prefix) : -len(TEMPORARY_SUFFIX)].split(".")
+        pid = parts[0] if len(parts) == 2 else ""  # tempfile's random parts hold no dot
         if not pid.isdigit() or _process_alive(int(pid)):
             continue
         if candidate.is_dir() and not candidate.is_symlink():
