@@ -690,3 +690,40 @@ def test_tuning_on_validation_predicts_the_images_as_training_saw_them(monkeypat
     assert len(seen) == 1 and np.allclose(seen[0], trainer.validation[0].image)
     assert not np.allclose(np.squeeze(seen[0]), image)  # inverted, as in training
     assert tuned["images"] == 1 and tuned["by"] == "ap50"
+
+
+def tiny_model(folder: Path) -> Path:
+    """An untrained 1-channel network saved as a model folder (seconds to run, no training)."""
+    from napari_unet.model import UNet, UNetConfig
+    from napari_unet.modelfile import ModelBundle, save_model
+
+    torch.manual_seed(0)
+    return save_model(folder / "tiny.model", ModelBundle(UNet(UNetConfig(depth=2, base_channels=4))))
+
+
+def test_predict_with_rois_refuses_a_time_series_of_stacks_before_any_work(tmp_path, capsys):
+    """--rois writes one plane or one stack per file: a TZYX input is refused, naming it, before the first file
+    is segmented (it used to fail after writing its labels, and the rest of the batch was never segmented)."""
+    pytest.importorskip("roifile")
+    stack = np.stack([np.stack([make_cells((40, 44), seed=t * 2 + z)[0] for z in range(2)]) for t in range(2)])
+    write_tiff(tmp_path / "a_tzyx.tif", (stack * 1000).astype(np.uint16), "TZYX")
+    write_tiff(tmp_path / "b_yx.tif", (make_cells((40, 44), seed=9)[0] * 1000).astype(np.uint16), "YX")
+    model = tiny_model(tmp_path)
+    out = tmp_path / "out"
+    args = ["predict", str(model), str(tmp_path / "a_tzyx.tif"), str(tmp_path / "b_yx.tif"), "--out", str(out)]
+    assert main([*args, "--rois", "--device", "cpu", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "a_tzyx.tif" in err and "--rois" in err and "TZYX" in err
+    assert not out.exists()  # refused before anything was written
+
+
+def test_predict_names_an_input_with_a_corrupt_chunk_in_one_line(tmp_path, capsys):
+    zarr = pytest.importorskip("zarr")
+    image = (make_cells((100, 100), seed=5)[0] * 1000).astype(np.uint16)
+    group = zarr.open_group(str(tmp_path / "bad.zarr"), mode="w", zarr_format=2)
+    group.create_array("0", shape=(100, 100), chunks=(50, 50), dtype=np.uint16)[:] = image
+    (tmp_path / "bad.zarr" / "0" / "1.1").write_bytes(b"garbage")
+    model = tiny_model(tmp_path)
+    assert main(["predict", str(model), str(tmp_path / "bad.zarr"), "--out", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.zarr: cannot be read" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

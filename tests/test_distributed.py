@@ -458,7 +458,7 @@ def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp
 
 def test_a_failing_file_names_itself(client, bundle, tmp_path):
     write_tiff(tmp_path / "rgb.tif", np.zeros((3, 20, 20), np.uint16), "CYX")  # the model has one channel
-    with pytest.raises(RuntimeError, match="segmenting rgb.tif failed"):
+    with pytest.raises(ValueError, match="segmenting rgb.tif failed"):  # its input: one line on the command line
         run(client, bundle, [tmp_path / "rgb.tif"], tmp_path / "out")
 
 
@@ -521,3 +521,109 @@ def test_the_command_line_and_python_run_on_a_cluster(client, bundle, big_zarr, 
     assert len(events) == 2 * BLOCKS and same_up_to_renumbering(labels, reference[1])
     assert main(["predict", str(model), str(big_zarr), "--out", str(tmp_path / "o"), "--workers", "2", "--tta"]) == 2
     assert "test-time augmentation works on whole files" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- refusals, reruns, pixel sizes
+
+
+def test_inputs_with_one_base_name_are_refused_before_any_work(bundle, big_zarr, tmp_path, monkeypatch):
+    """a.tif and a.png (or a.zarr and a.tif) would write the same outputs: `plan_batch`, `segment_files` and the
+    Batch dock's job refuse them, naming both, before anything is read or a cluster starts."""
+    from PIL import Image
+
+    from napari_unet.jobs.batch import run_batch
+
+    monkeypatch.setattr("napari_unet.distributed.batch.connect", None)  # a cluster that must not start
+    write_tiff(tmp_path / "a.tif", (make_cells((40, 44), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    Image.fromarray((make_cells((40, 44), seed=2)[0] * 255).astype(np.uint8)).save(tmp_path / "a.png")
+    (tmp_path / "big.tif").write_bytes(b"not read: refused by name first")
+    out = tmp_path / "out"
+    for inputs in ([tmp_path / "a.png", tmp_path / "a.tif"], [big_zarr, tmp_path / "big.tif"]):
+        message = f"{inputs[0]} and {inputs[1]} would both be written to"
+        with pytest.raises(ValueError, match=message):
+            dist.plan_batch(bundle, inputs, out, tile_size=TILE, device="cpu")
+        with pytest.raises(ValueError, match=message):
+            dist.segment_files(bundle, inputs, out, workers=1)
+    with pytest.raises(ValueError, match="a.png and .*a.tif would both be written to"):
+        next(run_batch(bundle, [tmp_path], out, workers=1, tile_size=TILE, device="cpu"))
+    assert not out.exists() or not list(out.iterdir())
+
+
+@pytest.mark.parametrize("option", [dict(tile_size=0), dict(tile_size=-8), dict(device="gpu"), dict(device="cuda:x")])
+def test_bad_options_are_refused_for_whole_files_too(bundle, tmp_path, option):
+    write_tiff(tmp_path / "small.tif", (make_cells((40, 44), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    with pytest.raises(ValueError, match="tile size must be >= 1|device must be one of"):
+        dist.plan_batch(bundle, [tmp_path / "small.tif"], tmp_path / "out", **({"device": "cpu"} | option))
+
+
+def test_overwrite_redoes_finished_outputs_and_a_rerun_skips_them(client, bundle, tmp_path):
+    """Without `overwrite` a rerun skips finished files and images (resumable); with it they are segmented
+    again with the new settings, probabilities included."""
+    write_tiff(tmp_path / "small.tif", (make_cells((60, 50), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    write_tiff(tmp_path / "large.tif", (make_cells((150, 140), seed=7)[0] * 1000).astype(np.uint16), "YX")
+    inputs, out = [tmp_path / "small.tif", tmp_path / "large.tif"], tmp_path / "out"
+    run(client, bundle, inputs, out, probabilities=False)
+    again = run(client, bundle, inputs, out)  # probabilities asked, absent: not finished as asked, done again
+    assert not any(e.skipped for e in again) and (out / "small_probs.tif").exists()
+    again = run(client, bundle, inputs, out)
+    assert [e.skipped for e in again] == [True, True]
+    stricter = replace(bundle, postprocess=PostprocessConfig(threshold=0.9))
+    events = run(client, stricter, inputs, out, overwrite=True)
+    assert len(events) == 1 + 2 * 6 and not any(e.skipped for e in events)
+    probs, labels = read_outputs(out, "large")
+    assert same_up_to_renumbering(labels, probs_to_labels(probs, stricter.postprocess))
+    small_probs = read_input(out / "small_probs.tif")[0]
+    small_labels = read_input(out / "small_labels.tif")[0]
+    assert np.array_equal(small_labels, probs_to_labels(np.asarray(small_probs), stricter.postprocess))
+
+
+def test_the_command_line_rerun_skips_finished_files_and_keeps_pixel_sizes(client, bundle, tmp_path, capsys):
+    """`predict --cluster` reruns skip finished outputs with a line saying so (resumable), --overwrite redoes
+    them; whole files and blocks keep the input's pixel size, or --pixel-size."""
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.metadata import read_pixel_size
+    from napari_unet.modelfile import save_model
+
+    image = (make_cells((60, 50), seed=1)[0] * 1000).astype(np.uint16)
+    calibrated = {"resolution": (1 / 0.25, 1 / 0.25), "metadata": {"unit": "um", "axes": "YX"}, "imagej": True}
+    tifffile.imwrite(tmp_path / "small.tif", image, **calibrated)
+    tifffile.imwrite(tmp_path / "large.tif", (make_cells((150, 140), seed=7)[0] * 1000).astype(np.uint16))
+    model = save_model(tmp_path / "cells.model", bundle)
+    out = tmp_path / "out"
+    command = ["predict", str(model), str(tmp_path / "small.tif"), str(tmp_path / "large.tif"), "--out", str(out)]
+    command += ["--cluster", client.scheduler.address, "--tile-size", str(TILE), "--block-size", str(BLOCK)]
+    command += ["--margin", str(MARGIN), "--device", "cpu"]
+    assert main(command) == 0
+    assert read_pixel_size(out / "small_labels.tif").scale == (0.25, 0.25)
+    capsys.readouterr()
+    assert main(command) == 0
+    err = capsys.readouterr().err
+    assert "small.tif (already done): skipped" in err and "large.tif (already done): skipped" in err
+    assert main([*command, "--overwrite", "--pixel-size", "0.5"]) == 0
+    assert "skipped" not in capsys.readouterr().err
+    assert read_pixel_size(out / "small_labels.tif").scale == (0.5, 0.5)
+    assert dist.input_pixel_size(out / "large_labels.ome.zarr") == ((0.5, 0.5), "micrometer")
+
+
+def corrupt_zarr(path: Path) -> Path:
+    image = (make_cells((100, 100), seed=5)[0] * 1000).astype(np.uint16)
+    dist.create_ome_zarr(path, image.shape, np.uint16, (50, 50), dist.ngff_attributes("x", "YX", None, None, False))
+    zarr.open_array(str(path / "0"), mode="r+")[:] = image
+    (path / "0" / "1" / "1").write_bytes(b"garbage")  # one chunk corrupt ("/" chunk keys)
+    return path
+
+
+def test_a_corrupt_input_is_named_and_checked_lazily_when_it_goes_by_blocks(client, bundle, tmp_path):
+    """A corrupt chunk gives a ValueError naming the file (one line on the command line). `predict --workers`
+    checks an input that goes by blocks without reading its values (a whole slide is not decompressed in the
+    driver); the blocks' reading names it then."""
+    from napari_unet.cli.predict import _check_input
+
+    bad = corrupt_zarr(tmp_path / "bad.zarr")
+    with pytest.raises(ValueError, match=r"bad.zarr: cannot be read \(RuntimeError"):
+        _check_input(bad, None, bundle, None)  # single-process: every value is read and checked
+    assert _check_input(bad, None, bundle, None, block_size=BLOCK) == "YX"  # by blocks: lazily, values unread
+    with pytest.raises(ValueError, match="bad.zarr"):
+        run(client, bundle, [bad], tmp_path / "out", block_size=40, margin=32)

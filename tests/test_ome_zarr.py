@@ -27,8 +27,9 @@ def test_an_interrupted_write_leaves_the_old_store_and_no_temporary(tmp_path, mo
     """Ctrl-C mid-write left `.x.ome.zarr.<pid>.partial`, which no later write removed; a replacement killed
     between its renames hid the old store as `.x.ome.zarr.<pid>.old` for good. The stores now go through
     `io.temporary_sibling` / `replace_folder` like every other output."""
-    import napari_unet.ome_zarr as ome_zarr
     from test_validation import dead_pid
+
+    import napari_unet.ome_zarr as ome_zarr
 
     path = tmp_path / "x.ome.zarr"
     write_ome_zarr(path, np.full((2, 8, 8), 7, np.int32), "ZYX")

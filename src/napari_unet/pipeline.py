@@ -136,6 +136,25 @@ def _by_base_name(files: Sequence[Path], name: str, prefer: str | None = None) -
     return keyed
 
 
+def check_distinct_names(inputs: Sequence[str | Path], out_dir: str | Path) -> None:
+    """Refuse two inputs with the same base name (`a.tif` and `a.png`, `a.zarr` and `a.tif`): their outputs in
+    `out_dir` would overwrite each other. Reads nothing.
+
+    >>> check_distinct_names(["x/a.tif", "y/a.png"], "out")
+    Traceback (most recent call last):
+    ...
+    ValueError: x/a.tif and y/a.png would both be written to out/a_labels.*: rename one
+    """
+    seen: dict[str, Path] = {}
+    for path in map(Path, inputs):
+        name = base_name(path)
+        if name in seen:
+            raise ValueError(
+                f"{seen[name]} and {path} would both be written to {Path(out_dir) / name}_labels.*: rename one"
+            )
+        seen[name] = path
+
+
 def file_stem(path: str | Path) -> str:
     """The file name without its image suffix ('01_labels' for '01_labels.ome.tif', 'a.v2' for 'a.v2.tif').
 

@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
         "OUT/<name>_rois.zip (ImageJ ROIs for Fiji's ROI Manager); --zarr adds OUT/<name>_labels.ome.zarr. "
         "With --workers or --cluster the files run as dask.distributed tasks, and an image larger than one block "
         "(any .zarr) is segmented block by block into OUT/<name>_labels.ome.zarr (see docs/distributed.md); a "
-        "rerun skips finished files and blocks.",
+        "rerun skips finished files and blocks (--overwrite redoes them).",
         "  napari-unet predict nuclei data/new --out results\n"
         "  napari-unet predict nuclei big_nuclei.tif --out results --diameter 45\n"
         "  napari-unet predict cells.model movie.tif --out results --probabilities --tta\n"
@@ -55,7 +55,11 @@ def add_parser(subparsers) -> None:
     sub.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="image file or folder")
     sub.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder for the results")
     sub.add_argument("--probabilities", action="store_true", help="also write the foreground probability")
-    sub.add_argument("--overwrite", action="store_true", help="replace results already in --out")
+    sub.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace results already in --out (without it: refused; with --workers/--cluster: skipped)",
+    )
     sub.add_argument(
         "--tta", action="store_true", help="test-time augmentation: mean over the 8 flips and rotations (8x slower)"
     )
@@ -176,12 +180,18 @@ def run(args: argparse.Namespace) -> int:
     _check_outputs(files, outputs, args)
     given = pixel_size_option(args)
     choice = channel_choice_option(args)
+    distributed = bool(args.cluster or args.workers)
     for path in files:  # every input, before the first is segmented: a bad fifth file fails now, not in an hour
         for said in reading_notes(path) if args.axes is None else ():  # what reading it had to assume
             note(f"note: {path.name}: {said}", args.quiet)
-        _check_input(path, args.axes, bundle, choice)
+        axes = _check_input(path, args.axes, bundle, choice, args.block_size if distributed else None)
+        if args.rois and len(axes.replace("C", "")) > 3:
+            raise ValueError(
+                f"{path}: --rois writes one plane or one stack (ZYX or TYX) per file, and this image has axes "
+                f"{axes}: run without --rois (then 'napari-unet rois' on planes or stacks of its labels)"
+            )
     check_writable_folder(args.out)  # created only now: a refused input leaves no empty folder behind
-    if args.cluster or args.workers:
+    if distributed:
         return run_distributed(args, bundle, postprocess, files)
     note(
         f"segmenting {len(files)} image(s) on {describe(device)}"
@@ -232,17 +242,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace) -> None:
-    """No output is an input (or the model), none is written twice, existing ones only with --overwrite; --out
-    is not a file. (Whether --out is writable is checked once the inputs are: `check_writable_folder` creates
-    it.)"""
+    """No output is an input (or the model), none is written twice, existing ones only with --overwrite (with
+    --cluster/--workers they are skipped instead: `distributed.segment_plan`); --out is not a file. (Whether
+    --out is writable is checked once the inputs are: `check_writable_folder` creates it.)"""
+    from ..pipeline import base_name, check_distinct_names
     from ..validation import check_output_free, check_output_not_input
 
-    seen: dict[Path, Path] = {}
-    for path, out in zip(files, outputs):
-        if out.labels in seen:
-            raise ValueError(f"{seen[out.labels]} and {path} would both be written to {out.labels}: rename one")
-        seen[out.labels] = path
-    from ..pipeline import base_name
+    check_distinct_names(files, args.out)  # as `distributed.plan_batch` does
 
     written = [p for out in outputs for p in (out.labels, out.probs) if p is not None]
     for path in files:  # the extras of --rois and --zarr, and the one table of --measure
@@ -250,22 +256,38 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace) -
         written += [args.out / f"{base_name(path)}_labels.ome.zarr"] if args.zarr else []
     written += [args.out / "measurements.csv"] if args.measure else []
     check_output_not_input(written, [*files, args.model])
-    for path in written:
+    for path in written if not (args.cluster or args.workers) else ():
         check_output_free(path, args.overwrite, "the output")
 
 
-def _check_input(path: Path, axes: str | None, bundle, choice) -> None:
+def _check_input(path: Path, axes: str | None, bundle, choice, block_size: int | None = None) -> str:
     """Read `path` as `predict` will and check it (`validation.check_image`; its channels, after the channel
-    choice, against the model's)."""
+    choice, against the model's); returns its axes. With `block_size` (--cluster/--workers), an input that goes
+    block by block (`distributed.goes_by_blocks`) is opened lazily and only its dtype and channels are checked:
+    its values are read by the blocks' tasks. Any error names the file (a corrupt chunk's too)."""
     from ..pipeline import read_input
-    from ..validation import check_image
+    from ..validation import check_image, check_image_dtype
 
     try:
+        if block_size is not None:
+            from ..distributed import goes_by_blocks
+            from ..distributed.tasks import read_lazily
+
+            image, found = read_lazily(path, axes)
+            if goes_by_blocks(path, tuple(image.shape), found, block_size):
+                check_image_dtype(image.dtype)
+                bundle.prepare(image, found, path.name, choice)
+                return found
         image, found = read_input(path, axes)
         check_image(image, found)
         bundle.prepare(image, found, path.name, choice)
+        return found
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
+    except OSError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a corrupt chunk: codecs raise what they like (RuntimeError, ...)
+        raise ValueError(f"{path}: cannot be read ({type(error).__name__}: {error})") from error
 
 
 def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path: Path, pixel_size, tables) -> None:
@@ -332,13 +354,23 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
         device=args.device,
         axes=args.axes,
         tta=args.tta,
+        pixel_size=pixel_size_option(args),
     )
     with connect(args.cluster, args.workers, args.torch_threads) as client:
-        events = segment_plan(client, bundle, plan, probabilities=args.probabilities, postprocess=postprocess)
+        events = segment_plan(
+            client,
+            bundle,
+            plan,
+            probabilities=args.probabilities,
+            postprocess=postprocess,
+            overwrite=args.overwrite,
+        )
         bar = None
         for event in events:
             if bar is None:
                 bar = Progress(event.total, "predicting", "task", args.quiet)
+            if event.skipped:
+                bar.write(f"{event.item}: skipped; --overwrite segments it again")
             bar.update(1, task=event.item)
             cut += event.cut_objects
         if bar is not None:

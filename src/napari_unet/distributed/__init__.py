@@ -13,8 +13,8 @@ The parts, one module each:
 - `blocks`: block planning on the tile grid, and labels with global ids joined across block borders;
 - `omezarr`: the OME-Zarr (NGFF 0.4) outputs and the input's pixel size;
 - `tasks`: what runs on a worker (a block's probabilities, a block's labels, a whole file);
-- `batch`: the driver: `plan_batch` (every input read and planned, no cluster needed), `segment_plan` (a generator
-  of `BatchProgress`), `segment_batch` (both) and `segment_files`.
+- `batch`: the driver: `plan_batch` (every input read and planned, no cluster needed; `check_distinct_names`,
+  `goes_by_blocks`), `segment_plan` (a generator of `BatchProgress`), `segment_batch` (both) and `segment_files`.
 
 >>> from napari_unet.distributed import block_regions
 >>> [tuple((s.start, s.stop) for s in region) for region in block_regions((100, 150), (64, 64))][:3]
@@ -36,6 +36,8 @@ from .batch import (
     BatchPlan,
     BatchProgress,
     LargeImage,
+    check_distinct_names,
+    goes_by_blocks,
     plan_batch,
     plan_with,
     segment_batch,
@@ -68,9 +70,11 @@ __all__ = [
     "TorchThreads",
     "block_regions",
     "block_shape",
+    "check_distinct_names",
     "connect",
     "context_radius",
     "create_ome_zarr",
+    "goes_by_blocks",
     "input_pixel_size",
     "is_complete",
     "label_window",

@@ -4,8 +4,8 @@ A folder of images fans out as one task per file. An image larger than a block (
 TIFF, memory-mapped or through tifffile's zarr store when compressed) is cut into blocks, in two passes that write OME-Zarr arrays block by block:
 probabilities (`tasks.predict_block`), then labels (`tasks.label_block`), each label block after the
 probability blocks its margin reaches. Resumable: a block writes a marker file after its data; a rerun skips
-marked blocks and finished files. A worker killed mid-run loses only unmarked work, which the scheduler
-reruns on another worker.
+marked blocks and finished files (`overwrite` redoes them). A worker killed mid-run loses only unmarked work,
+which the scheduler reruns on another worker.
 """
 
 from __future__ import annotations
@@ -23,16 +23,18 @@ import numpy as np
 import torch
 from distributed import Client, as_completed
 
-from ..device import select_device
+from ..device import DEVICE_CHOICES, select_device
+from ..metadata import PixelSize
 from ..modelfile import ModelBundle
-from ..pipeline import ZARR_SUFFIX, base_name, output_paths
+from ..ome_zarr import OME_ZARR_UNITS
+from ..pipeline import ZARR_SUFFIX, base_name, check_distinct_names, output_paths
 from ..postprocess import PostprocessConfig
 from ..scale import check_tta_size
 from ..tiling import TileGrid, as_channels_first, auto_stride, tile_grid
 from .blocks import block_regions, block_shape
 from .cluster import ModelSpec, connect
 from .omezarr import COMPLETE, create_ome_zarr, input_pixel_size, is_complete, large_output_paths, ngff_attributes
-from .tasks import Source, identity, label_block, predict_block, read_lazily, segment_whole_file
+from .tasks import Source, identity, label_block, predict_block, read_lazily, reading, segment_whole_file
 
 DEFAULT_BLOCK = 1024  # block side (pixels), rounded up to a multiple of the tile stride
 DEFAULT_MARGIN = 128  # pixels of context around a block for the post-processing: larger than the objects
@@ -40,12 +42,14 @@ DEFAULT_MARGIN = 128  # pixels of context around a block for the post-processing
 
 @dataclass(frozen=True)
 class BatchProgress:
-    """One finished piece of a batch: `done` of `total`, what it was, and objects cut by a block's window."""
+    """One finished piece of a batch: `done` of `total`, what it was, and objects cut by a block's window;
+    `skipped`: a file whose outputs were already there (a rerun without `overwrite`)."""
 
     done: int
     total: int
     item: str
     cut_objects: int = 0
+    skipped: bool = False
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,8 @@ class LargeImage:
 
 
 # `segment_batch`'s options that `plan_batch` takes; the others, `segment_plan`'s (`SEGMENT_PLAN_OPTIONS`).
-BATCH_PLAN_OPTIONS = ("block_size", "margin", "tile_size", "device", "axes", "tta")
-SEGMENT_PLAN_OPTIONS = ("probabilities", "postprocess")
+BATCH_PLAN_OPTIONS = ("block_size", "margin", "tile_size", "device", "axes", "tta", "pixel_size")
+SEGMENT_PLAN_OPTIONS = ("probabilities", "postprocess", "overwrite")
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,8 @@ class BatchPlan:
     items: (path, the lazily read image for a large one else None, its `LargeImage` plan else None: a whole
     file). network: the configuration of the network the plan was made for (`UNetConfig.to_dict`): the tile
     grids depend on it, so `segment_plan` refuses a model of another shape. The other fields are the settings
-    the plan was made for, which the tasks use too.
+    the plan was made for, which the tasks use too (`pixel_size`: stored in every output instead of the
+    input's own; None: each input's own, when its metadata says).
     """
 
     out_dir: Path
@@ -92,6 +97,15 @@ class BatchPlan:
     device: str = "auto"
     axes: str | None = None
     tta: bool = False
+    pixel_size: PixelSize | None = None
+
+
+def goes_by_blocks(path: str | Path, shape: tuple[int, ...], axes: str, block_size: int = DEFAULT_BLOCK) -> bool:
+    """Whether an input of `shape` (canonical `axes`, `pipeline.read_input`'s) is segmented block by block: a
+    single plane (T and Z of size 1) larger than one block of `block_size`, or any single-plane `.zarr`."""
+    if any(n > 1 for n, a in zip(shape, axes) if a in "TZ"):
+        return False
+    return Path(path).suffix.lower() == ZARR_SUFFIX or shape[-2] * shape[-1] > block_size**2
 
 
 def plan_batch(
@@ -105,14 +119,17 @@ def plan_batch(
     device: str = "auto",
     axes: str | None = None,
     tta: bool = False,
+    pixel_size: PixelSize | None = None,
 ) -> BatchPlan:
     """Read every input's shape (and a sample of its values, `tasks.read_lazily`) and plan it: a whole-file
     task, or blocks of `block_size` with `margin` pixels of context for the post-processing (a single plane
-    larger than one block, or any `.zarr`). Needs no cluster, so a bad input is refused before any worker
-    starts: a negative margin, an unreadable file, or with `tta` an input that would go by blocks or whose
-    planes are too large for it. Writes nothing but `out_dir` itself."""
-    if margin < 0:
-        raise ValueError(f"the margin must be >= 0 pixels, got {margin}")
+    larger than one block, or any `.zarr`: `goes_by_blocks`). Needs no cluster, so a bad input or option is
+    refused before any worker starts: two inputs with one base name (`check_distinct_names`), a block or tile
+    size < 1, a negative margin, an unknown device, an unreadable file, or with `tta` an input that would go by
+    blocks or whose planes are too large for it. pixel_size: stored in the outputs instead of each input's
+    own. Writes nothing but `out_dir` itself."""
+    _check_options(block_size, margin, tile_size, device)
+    check_distinct_names(inputs, out_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
@@ -122,7 +139,21 @@ def plan_batch(
         if tta:
             _check_tta(path, image, plan, block_size, bundle.net.config.num_classes)
         items.append((path, None if plan is None else image, plan))  # whole files are read again by their task
-    return BatchPlan(out_dir, tuple(items), bundle.net.config.to_dict(), margin, tile_size, device, axes, tta)
+    network = bundle.net.config.to_dict()
+    return BatchPlan(out_dir, tuple(items), network, margin, tile_size, device, axes, tta, pixel_size)
+
+
+def _check_options(block_size: int, margin: int, tile_size: int | None, device: str) -> None:
+    """Refuse sizes out of range and a device name that no worker could have, whatever the inputs."""
+    if block_size < 1:
+        raise ValueError(f"the block size must be >= 1 pixel, got {block_size}")
+    if margin < 0:
+        raise ValueError(f"the margin must be >= 0 pixels, got {margin}")
+    if tile_size is not None and tile_size < 1:
+        raise ValueError(f"the tile size must be >= 1 pixel (or None: the largest that fits), got {tile_size}")
+    base, _, index = str(device).partition(":")
+    if base not in DEVICE_CHOICES or (index and not (base == "cuda" and index.isdigit())):
+        raise ValueError(f"device must be one of {', '.join(DEVICE_CHOICES)} (optionally 'cuda:N'), got {device!r}")
 
 
 def segment_batch(
@@ -139,6 +170,8 @@ def segment_batch(
     axes: str | None = None,
     postprocess: PostprocessConfig | None = None,
     tta: bool = False,
+    pixel_size: PixelSize | None = None,
+    overwrite: bool = False,
 ) -> Iterator[BatchProgress]:
     """Segment image files on the cluster of `client`; yields after each finished file or block: `plan_batch`,
     then `segment_plan` (which say what each argument does). A caller that starts a cluster for the batch plans
@@ -153,8 +186,11 @@ def segment_batch(
         device=device,
         axes=axes,
         tta=tta,
+        pixel_size=pixel_size,
     )
-    yield from segment_plan(client, bundle, plan, probabilities=probabilities, postprocess=postprocess)
+    yield from segment_plan(
+        client, bundle, plan, probabilities=probabilities, postprocess=postprocess, overwrite=overwrite
+    )
 
 
 def segment_plan(
@@ -164,6 +200,7 @@ def segment_plan(
     *,
     probabilities: bool = False,
     postprocess: PostprocessConfig | None = None,
+    overwrite: bool = False,
 ) -> Iterator[BatchProgress]:
     """Segment the inputs of `plan` (`plan_batch`) on the cluster of `client`; yields after each finished file
     or block.
@@ -171,12 +208,15 @@ def segment_plan(
     A single-plane image larger than one block, or any `.zarr`, is segmented block by block into
     `<stem>_labels.ome.zarr` (and `<stem>_probs.ome.zarr`, the foreground probability, kept when
     `probabilities`); other files (and stacks) as whole tasks into `<stem>_labels.tif` like `predict`.
-    Finished outputs are skipped, as are the finished blocks of an interrupted run. Stopping is not asking
-    for the next event: the remaining tasks are cancelled. postprocess: default the model's. With the plan's
+    Finished outputs (labels, and the probabilities when asked) are skipped (an event with `skipped`), as are
+    the finished blocks of an interrupted run; with `overwrite` they are segmented again, from the start.
+    Stopping is not asking for the next event: the remaining tasks are cancelled. postprocess: default the model's. With the plan's
     `tta`, test-time augmentation (`tiling.predict_tta`) of whole files (`plan_batch` refused inputs that go by
     blocks: the mean over the orientations of a block is not the whole image's). A `bundle` whose network
     differs from the one the plan was made for (other tile grids) is refused with a ValueError before anything
-    is submitted; other weights or post-processing of the same network are fine.
+    is submitted; other weights or post-processing of the same network are fine. A task that fails on its
+    input (a ValueError or OSError: a corrupt chunk, the wrong channels) raises a ValueError naming the file;
+    any other failure a RuntimeError naming it.
     """
     network = bundle.net.config.to_dict()
     if network != plan.network:
@@ -199,7 +239,7 @@ def segment_plan(
         for path, image, large in plan.items:
             if large is None:
                 final = output_paths(path, plan.out_dir, probabilities)
-                if final.labels.exists() and (final.probs is None or final.probs.exists()):
+                if not overwrite and final.labels.exists() and (final.probs is None or final.probs.exists()):
                     skipped.append(path.name)
                     continue
                 future = client.submit(
@@ -213,27 +253,32 @@ def segment_plan(
                     config,
                     plan.tile_size,
                     plan.tta,
+                    plan.pixel_size,
                     key=f"segment-{path.name}-{run}",
                     pure=False,
                 )
                 jobs[future] = _Job(path.name)
-            elif is_complete(large.labels):
+            elif not overwrite and is_complete(large.labels) and (not probabilities or is_complete(large.probs)):
                 skipped.append(path.name)
             else:
+                if overwrite:  # from the start: no block of an earlier run is kept
+                    for old in (large.labels, large.probs, large.progress):
+                        shutil.rmtree(old, ignore_errors=True)
                 plans[large.labels] = large
                 label_blocks[large.labels] = _submit_large(
-                    client, model, plan.device, bundle, large, image, plan.margin, config, probabilities, run, jobs
+                    client, model, plan, bundle, large, image, config, probabilities, run, jobs
                 )
         total = len(jobs) + len(skipped)
         done = 0
         for name in skipped:
             done += 1
-            yield BatchProgress(done, total, f"{name} (already done)")
+            yield BatchProgress(done, total, f"{name} (already done)", skipped=True)
         for future in as_completed(list(jobs)):
             job = jobs.pop(future)  # released: the workers and the scheduler forget a finished task
             if future.status == "error":
                 error = future.exception()
-                raise RuntimeError(f"segmenting {job.item} failed: {type(error).__name__}: {error}") from error
+                failure = ValueError if isinstance(error, (ValueError, OSError)) else RuntimeError
+                raise failure(f"segmenting {job.item} failed: {type(error).__name__}: {error}") from error
             cut = 0
             if job.labels is not None:
                 cut = int(future.result())
@@ -272,13 +317,12 @@ class _Job:
 def _plan_large(
     bundle, path: Path, image, found: str, axes, out_dir: Path, block_size: int, tile_size: int | None, device: str
 ) -> LargeImage | None:
-    """The block plan for `path` when it is segmented block by block, else None (a whole-file task)."""
+    """The block plan for `path` when it is segmented block by block (`goes_by_blocks`), else None (a whole-file
+    task)."""
+    if not goes_by_blocks(path, tuple(image.shape), found, block_size):
+        return None
     lead = [i for i, a in enumerate(found) if a in "TZ"]
-    if any(image.shape[i] > 1 for i in lead):
-        return None
     height, width = image.shape[-2:]
-    if path.suffix.lower() != ZARR_SUFFIX and height * width <= block_size**2:
-        return None
     if tile_size is None:
         try:
             where = select_device(device)
@@ -301,11 +345,10 @@ def _plan_large(
 def _submit_large(
     client,
     model,
-    device: str,
+    batch: BatchPlan,
     bundle: ModelBundle,
     plan: LargeImage,
     image,
-    margin: int,
     config: PostprocessConfig,
     probabilities: bool,
     run: str,
@@ -314,6 +357,7 @@ def _submit_large(
     """Create (or reopen) the outputs of `plan` and submit its unfinished blocks; returns the label blocks left."""
     import dask
 
+    device, margin = batch.device, batch.margin
     stamp = {
         "shape": list(plan.shape),
         "block": list(plan.block),
@@ -330,6 +374,8 @@ def _submit_large(
         markers.mkdir(parents=True)
         (markers / "settings.json").write_text(json.dumps(stamp, indent=1))
         scale, unit = input_pixel_size(plan.source.path)
+        if batch.pixel_size is not None:
+            scale, unit = batch.pixel_size.scale, OME_ZARR_UNITS.get(batch.pixel_size.unit, batch.pixel_size.unit)
         dtype = np.uint32 if plan.shape[0] * plan.shape[1] < np.iinfo(np.uint32).max else np.uint64
         name = base_name(plan.source.path)
         create_ome_zarr(plan.labels, plan.shape, dtype, plan.block, ngff_attributes(name, "YX", scale, unit, True))
@@ -341,7 +387,8 @@ def _submit_large(
             ngff_attributes(f"{name} foreground probability", "YX", scale, unit, False),
         )
     plane = image[plan.source.index] if plan.source.index else image
-    with dask.config.set(scheduler="synchronous"):  # the percentiles' sample is read here, not by the cluster
+    # the percentiles' sample is read here, not by the cluster
+    with dask.config.set(scheduler="synchronous"), reading(plan.source.path):
         preprocess = bundle.preprocessor(as_channels_first(plane, bundle.net.config.in_channels), "CYX")
     name = plan.source.path.name
     # keys "napari-unet-<pass>-<run>-<image>-<y>-<x>": dask groups tasks by the words before the first token, so

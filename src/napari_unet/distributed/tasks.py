@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..io import TIFF_SUFFIXES, _axes_from_series, to_canonical, validate_axes
+from ..metadata import PixelSize, read_pixel_size
 from ..pipeline import Outputs, output_paths, read_input, segment_file
 from ..postprocess import PostprocessConfig
 from ..tiling import TileGrid, as_channels_first, iter_predict_tiles
@@ -49,6 +51,18 @@ def read_lazily(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
     return read_input(path, axes)
 
 
+@contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Errors of reading `path` name it: a corrupt chunk's RuntimeError (or any error that is not already a
+    ValueError or OSError) becomes a ValueError "<path>: cannot be read (...)"; ValueError and OSError pass."""
+    try:
+        yield
+    except (ValueError, OSError):
+        raise
+    except Exception as error:  # noqa: BLE001 - codecs raise what they like (RuntimeError, zlib.error, ...)
+        raise ValueError(f"{path}: cannot be read ({type(error).__name__}: {error})") from error
+
+
 @dataclass(frozen=True)
 class Source:
     """Where a worker reads a single-plane image: `read_lazily(path, axes)` at `index` (leading T/Z of size 1)."""
@@ -57,11 +71,29 @@ class Source:
     axes: str | None
     index: tuple[int, ...] = ()
 
-    def open(self, in_channels: int):
-        image, axes = read_lazily(self.path, self.axes)
+    def open(self, in_channels: int) -> NamedReads:
+        """The (C, H, W) image, read window by window; a window that cannot be read names the file."""
+        with reading(self.path):
+            image, axes = read_lazily(self.path, self.axes)
         if self.index:
             image = image[self.index]
-        return as_channels_first(image, in_channels)
+        return NamedReads(as_channels_first(image, in_channels), self.path)
+
+
+@dataclass(frozen=True)
+class NamedReads:
+    """A lazy `image` whose windows (`image[key]`, as numpy) are read inside `reading(path)`."""
+
+    image: Any
+    path: Path
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.image.shape)
+
+    def __getitem__(self, key) -> np.ndarray:
+        with reading(self.path):
+            return np.asarray(self.image[key])
 
 
 def predict_block(
@@ -131,9 +163,10 @@ def segment_whole_file(
     config: PostprocessConfig,
     tile_size: int | None,
     tta: bool = False,
+    pixel_size: PixelSize | None = None,
 ) -> int:
     """One file segmented as in a single-process run (`tta`: test-time augmentation), written under temporary
-    names, then renamed."""
+    names, then renamed; the outputs carry `pixel_size`, else the input's own (`metadata.read_pixel_size`)."""
     import dask
 
     bundle, where = worker_model(spec, device)
@@ -147,7 +180,16 @@ def segment_whole_file(
         image, axes = read_input(path, axes)
         # at the image's own scale (diameter=None): the command line refuses a model that would rescale
         planes = segment_file(
-            bundle, image, axes, partial, postprocess=config, tile_size=tile_size, device=where, diameter=None, tta=tta
+            bundle,
+            image,
+            axes,
+            partial,
+            postprocess=config,
+            tile_size=tile_size,
+            device=where,
+            diameter=None,
+            tta=tta,
+            pixel_size=pixel_size or read_pixel_size(path),
         )
         for done in planes:
             objects += done.objects
