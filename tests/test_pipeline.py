@@ -47,6 +47,8 @@ def bundle(seed: int = 0) -> ModelBundle:
         ("01_labels.tif", "01"),
         ("01_probs.ome.tif", "01"),
         ("img.zarr", "img"),
+        ("slide.ome.zarr", "slide"),  # was "slide.ome": outputs slide.ome_labels.ome.zarr, then read as inputs
+        ("big_labels.OME.zarr", "big"),
         ("_labels.tif", "_labels"),
         ("x_labels_labels.tif", "x_labels"),
     ],

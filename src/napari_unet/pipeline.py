@@ -158,12 +158,12 @@ def check_distinct_names(inputs: Sequence[str | Path], out_dir: str | Path) -> N
 def file_stem(path: str | Path) -> str:
     """The file name without its image suffix ('01_labels' for '01_labels.ome.tif', 'a.v2' for 'a.v2.tif').
 
-    >>> file_stem("cells.OME.TIF"), file_stem("a.v2.tif"), file_stem("run.zarr")
-    ('cells', 'a.v2', 'run')
+    >>> file_stem("cells.OME.TIF"), file_stem("a.v2.tif"), file_stem("run.zarr"), file_stem("x_labels.ome.zarr")
+    ('cells', 'a.v2', 'run', 'x_labels')
     """
     name = Path(path).name
     lower = name.lower()
-    for suffix in (*(".ome" + s for s in TIFF_SUFFIXES), *IMAGE_SUFFIXES, ZARR_SUFFIX):
+    for suffix in (*(".ome" + s for s in TIFF_SUFFIXES), ".ome" + ZARR_SUFFIX, *IMAGE_SUFFIXES, ZARR_SUFFIX):
         if lower.endswith(suffix):
             return name[: -len(suffix)]
     return name
