@@ -106,3 +106,27 @@ def test_imported_rois_and_segmented_labels_lie_over_their_image_and_measure_in_
     widget.measure()
     assert "physical units: um" in widget.status.text(), widget.status.text()
     assert "area_um2" in segment.labels_layer.features
+
+
+def test_a_save_or_export_that_cannot_be_written_is_a_notification(
+    make_napari_viewer_proxy, cells, tmp_path, monkeypatch
+):
+    """A folder chosen as the file (or a read-only place) raised IsADirectoryError out of the dock's slots."""
+    pytest.importorskip("roifile")
+    import napari_unet.plugin._measure as dock
+
+    errors = []
+    monkeypatch.setattr(dock, "show_error", errors.append)
+    _, labels = cells
+    viewer = make_napari_viewer_proxy()
+    layer = viewer.add_labels(labels.astype(np.int32))
+    widget = MeasureWidget(viewer)
+    widget.labels_combo.value = layer
+    widget.measure()
+    (tmp_path / "taken.zip").mkdir()
+    (tmp_path / "taken.csv").mkdir()
+    monkeypatch.setattr(dock.QFileDialog, "getSaveFileName", lambda *a: (str(tmp_path / "taken.csv"), ""))
+    widget._ask_csv()
+    monkeypatch.setattr(dock.QFileDialog, "getSaveFileName", lambda *a: (str(tmp_path / "taken.zip"), ""))
+    widget._ask_roi_export()
+    assert [e.split(":")[0] for e in errors] == ["Cannot save the measurements", "Cannot export ROIs"], errors

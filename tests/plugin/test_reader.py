@@ -26,6 +26,11 @@ def test_a_model_folder_loads_into_the_session_and_opens_the_segment_dock(make_n
     assert session.model_path == folder and session.bundle.net.config.depth == 3
     assert "Segment" in " ".join(viewer.window.dock_widgets), list(viewer.window.dock_widgets)
 
+    session.training = True  # a drop during a Fine-tune run was announced as loaded, then replaced at its end
+    with pytest.raises(ValueError, match="while Fine-tune trains"):
+        viewer.open(folder, plugin=PLUGIN)
+    session.training = False
+
     (folder / "weights.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ValueError, match="corrupted"):
         viewer.open(folder, plugin=PLUGIN)

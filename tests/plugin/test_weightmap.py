@@ -63,3 +63,8 @@ def test_the_weight_map_lies_over_the_labels_layer_chosen(make_napari_viewer_pro
         widget.labels_combo.value = second
     assert widget.layer is layer
     assert tuple(layer.scale) == (2.0, 2.0) and tuple(layer.translate) == (100.0, 50.0)
+    smaller = viewer.add_labels(labels[:40, :50], name="smaller")
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        widget.labels_combo.value = smaller
+    assert [x.name for x in viewer.layers if x.name.startswith("weight map")] == ["weight map"], "no stale map"
+    assert widget.layer.data.shape == (40, 50)

@@ -215,7 +215,9 @@ class FineTuneWidget(QWidget):
             show_warning("Training is already running")
             return None
         if self.session.segmenting:
-            show_warning("A segmentation is using the model: wait for it (or cancel it), then train")
+            show_warning(
+                "A segmentation (its uncertainty, or suggestions) is using the model: wait for it (or cancel it), then train"
+            )
             return None
         try:
             job, annotations = self._prepare_job()

@@ -175,14 +175,17 @@ class MeasureWidget(QWidget):
     def _ask_csv(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save measurements", "measurements.csv", "CSV (*.csv)")
         if path:
-            show_info(f"Measurements saved to {self.save_csv(path)}")
+            try:
+                show_info(f"Measurements saved to {self.save_csv(path)}")
+            except (OSError, ValueError) as error:  # a folder, a read-only place, a full disk
+                show_error(f"Cannot save the measurements: {error}")
 
     def _ask_roi_export(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export ImageJ ROIs", "RoiSet.zip", "ImageJ ROI set (*.zip)")
         if path:
             try:
                 show_info(f"{self.export_rois(path)} ROIs written to {path} (open it in Fiji's ROI Manager)")
-            except (ImportError, ValueError) as error:
+            except (ImportError, OSError, ValueError) as error:
                 show_error(f"Cannot export ROIs: {error}")
 
     def _ask_roi_import(self) -> None:

@@ -54,8 +54,13 @@ def read_model(path: str | list[str]) -> list[LayerData]:
     folder = _single(path)
     if folder is not None and folder.name in (CONFIG_FILE, WEIGHTS_FILE):
         folder = folder.parent
-    bundle = load_model(folder)
     viewer = napari.current_viewer()
+    if viewer is not None and session_for(viewer).training:
+        raise ValueError(
+            f"cannot load {folder.name} while Fine-tune trains the session's model: stop the run (or wait for its "
+            "end), then drop the model again"
+        )
+    bundle = load_model(folder)
     if viewer is None:
         return []
     session_for(viewer).set_model(bundle, folder)

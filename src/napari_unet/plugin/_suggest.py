@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtWidgets import QPushButton
 
 from napari_unet.device import select_device
@@ -47,6 +47,12 @@ class Suggestions:
         channels: the `channels.ChannelChoice` applied to the image for that model (None: all its channels), as
         for training on it.
         """
+        session = self.dock.session
+        if session.training or session.segmenting:
+            show_warning(
+                "The model is being trained or used by a segmentation: wait for the end of the run, then ask again"
+            )
+            return None
         try:
             model = bundle()
             if model is None:
@@ -74,6 +80,8 @@ class Suggestions:
             _ignore_errors=True,
             _start_thread=False,
         )
+        session.segmenting = True  # the model is in use: training it meanwhile could crash napari
+        worker.finished.connect(lambda: setattr(session, "segmenting", False))
         worker.returned.connect(lambda boxes: alive(self.dock) and self._show(image_layer, stack, boxes))
         worker.errored.connect(lambda error: alive(self.dock) and self._failed(error))
         start_worker(worker, self.dock)

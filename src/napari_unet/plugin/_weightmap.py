@@ -114,6 +114,8 @@ class WeightMapWidget(QWidget):
             self.layer.contrast_limits = limits
             self.layer.scale, self.layer.translate = tuple(labels_layer.scale), tuple(labels_layer.translate)
         else:
+            if self.layer is not None and self.layer in self.viewer.layers:
+                self.viewer.layers.remove(self.layer)  # a map of labels of another size: replaced, not left stale
             self.layer = self.viewer.add_image(
                 weights,
                 name=LAYER_NAME,
