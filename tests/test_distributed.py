@@ -19,6 +19,7 @@ pytest.importorskip("distributed", reason="needs dask.distributed: pip install '
 zarr = pytest.importorskip("zarr")
 
 from napari_unet import distributed as dist  # noqa: E402
+from napari_unet.channels import ChannelChoice  # noqa: E402
 from napari_unet.io import write_tiff  # noqa: E402
 from napari_unet.model import UNet, UNetConfig  # noqa: E402
 from napari_unet.modelfile import ModelBundle, Normalization  # noqa: E402
@@ -203,10 +204,16 @@ def test_torch_threads_default_to_the_cores_per_dask_thread():
 
 def test_the_model_travels_whole():
     net = UNet(UNetConfig(depth=2, base_channels=4))
-    bundle = ModelBundle(net, Normalization(2.0, 99.0, invert="auto"), PostprocessConfig(threshold=0.6))
+    bundle = ModelBundle(
+        net,
+        Normalization(2.0, 99.0, invert="auto"),
+        PostprocessConfig(threshold=0.6),
+        channels=ChannelChoice(grey=True),
+    )
     spec = dist.ModelSpec.from_bundle(bundle)
     built = spec.build()
     assert built.normalization == bundle.normalization and built.postprocess == bundle.postprocess
+    assert built.channels == bundle.channels  # the channel choice too: an RGB image is made grey on the workers
     assert all(torch.equal(a, b) for a, b in zip(built.net.state_dict().values(), net.state_dict().values()))
     plain = dist.ModelSpec.from_bundle(replace(bundle, normalization=Normalization(2.0, 99.0)))
     assert plain.digest != spec.digest  # a changed setting is another model (a rerun starts again)
@@ -238,7 +245,10 @@ def test_pixel_size_of_tiffs_and_ome_zarr(tmp_path, big_zarr):
         metadata={"unit": "um"},
     )
     size, unit = dist.input_pixel_size(tmp_path / "a.tif")
-    assert np.allclose(size, (0.2, 0.3)) and unit == "um"
+    assert np.allclose(size, (0.2, 0.3)) and unit == "micrometer"  # NGFF's (UDUNITS) name, as write_ome_zarr's
+    metadata = {"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "PhysicalSizeXUnit": "µm"}
+    tifffile.imwrite(tmp_path / "c.ome.tif", np.zeros((8, 8), np.uint8), metadata=metadata)
+    assert dist.input_pixel_size(tmp_path / "c.ome.tif") == ((0.5, 0.5), "micrometer")
     tifffile.imwrite(tmp_path / "b.tif", np.zeros((8, 8), np.uint8))
     assert dist.input_pixel_size(tmp_path / "b.tif") == (None, None)
     assert dist.input_pixel_size(big_zarr) == ((0.5, 0.5), "micrometer")
@@ -457,9 +467,84 @@ def test_a_compressed_tiff_is_read_lazily_and_goes_by_blocks(client, bundle, tmp
 
 
 def test_a_failing_file_names_itself(client, bundle, tmp_path):
+    image = (make_cells((60, 50), seed=1)[0] * 1000).astype(np.float32)
+    image[20, 30] = np.nan
+    write_tiff(tmp_path / "nan.tif", image, "YX")
+    with pytest.raises(ValueError, match="segmenting nan.tif failed: ValueError: image has 1 NaN or infinite"):
+        run(client, bundle, [tmp_path / "nan.tif"], tmp_path / "out")  # its input: one line on the command line
+    assert not list((tmp_path / "out").iterdir())  # refused as a single-process run refuses it: nothing written
+
+
+def test_channels_are_checked_when_planning(bundle, tmp_path):
     write_tiff(tmp_path / "rgb.tif", np.zeros((3, 20, 20), np.uint16), "CYX")  # the model has one channel
-    with pytest.raises(ValueError, match="segmenting rgb.tif failed"):  # its input: one line on the command line
-        run(client, bundle, [tmp_path / "rgb.tif"], tmp_path / "out")
+    with pytest.raises(ValueError, match=r"rgb.tif: the model expects 1 channel.*gives 3.*shape \(3, 20, 20\)"):
+        dist.plan_batch(bundle, [tmp_path / "rgb.tif"], tmp_path / "out")
+
+
+def grey_model(bundle: ModelBundle) -> ModelBundle:
+    """`bundle` saved with a grey conversion (the built-in nuclei model's channel choice)."""
+    return replace(bundle, channels=ChannelChoice(grey=True))
+
+
+def test_a_grey_model_makes_rgb_grey_for_whole_files_and_blocks(client, bundle, tmp_path):
+    """A model whose channel choice is grey segments an RGB image as a single-process run does (`predict`
+    applies `ModelBundle.prepare`): a whole file, and an OME-Zarr block by block, bit for bit."""
+    grey = grey_model(bundle)
+    rgb = np.stack([(make_cells((150, 140), seed=s)[0] * 200).astype(np.uint8) for s in (1, 2, 3)])
+    write_tiff(tmp_path / "small.tif", rgb[:, :60, :50], "CYX")
+    attrs = dist.ngff_attributes("large", "CYX", (0.5, 0.5), "micrometer", label=False)
+    dist.create_ome_zarr(tmp_path / "large.zarr", rgb.shape, np.uint8, (3, 64, 64), attrs)["0"][:] = rgb
+    out = tmp_path / "out"
+    run(client, grey, [tmp_path / "small.tif", tmp_path / "large.zarr"], out)
+    for stem, image in (("small", rgb[:, :60, :50]), ("large", rgb)):
+        plane, axes = grey.prepare(image, "CYX")
+        assert axes == "YX"
+        probs = single_process_probs(grey, plane)
+        if stem == "large":
+            got_probs, got_labels = read_outputs(out, stem)
+            assert np.array_equal(got_probs, probs)
+        else:
+            got_labels = read_input(out / "small_labels.tif")[0]
+        assert same_up_to_renumbering(np.asarray(got_labels), probs_to_labels(probs, grey.postprocess))
+
+
+def test_nan_and_constant_images_are_refused(client, bundle, tmp_path):
+    """As a single-process run refuses them (`validation.check_image`): block by block, from the sample read
+    for the percentiles before any block is submitted, and in every window a block reads."""
+    image = (make_cells((150, 140), seed=7)[0] * 1000).astype(np.float32)
+    image[70:80, 60:75] = np.nan
+    for name, values in (("nan", image), ("constant", np.full((150, 140), 5, np.float32))):
+        attrs = dist.ngff_attributes(name, "YX", None, None, label=False)
+        dist.create_ome_zarr(tmp_path / f"{name}.zarr", values.shape, np.float32, (64, 64), attrs)["0"][:] = values
+    with pytest.raises(ValueError, match=r"nan.zarr: the image has 150 NaN or infinite values"):
+        run(client, bundle, [tmp_path / "nan.zarr"], tmp_path / "out")
+    with pytest.raises(ValueError, match=r"constant.zarr: the image is constant \(every value is 5.0\)"):
+        run(client, bundle, [tmp_path / "constant.zarr"], tmp_path / "out")
+    assert not dist.is_complete(tmp_path / "out" / "nan_labels.ome.zarr")
+    reads = dist.tasks.plane_reads(bundle, tmp_path / "nan.zarr", image, "YX")
+    assert reads[..., 0:60, 0:60].shape == (1, 60, 60)
+    with pytest.raises(ValueError, match=r"nan.zarr: the image has 90 NaN or infinite values in rows 60:120, columns"):
+        reads[..., 60:120, 60:69]
+
+
+def test_a_resumed_run_reports_the_cut_objects_of_the_blocks_done_before(client, bundle, big_zarr, tmp_path):
+    """Objects cut by a block's window are counted once in all: the blocks an interrupted run finished are
+    counted by the resumed run (from their markers), which reports as many as an uninterrupted run."""
+    options = dict(margin=2, probabilities=False)
+    full = sum(e.cut_objects for e in run(client, bundle, [big_zarr], tmp_path / "full", **options))
+    assert full > 0  # a margin of 2 pixels cuts objects
+    stream = dist.segment_batch(
+        client, bundle, [big_zarr], tmp_path / "resumed", block_size=BLOCK, margin=2, tile_size=TILE, device="cpu"
+    )
+    labelled = 0
+    for event in stream:
+        labelled += " labels " in event.item
+        if labelled == 3:
+            break
+    stream.close()
+    resumed = run(client, bundle, [big_zarr], tmp_path / "resumed", **options)
+    assert sum(" labels " in e.item for e in resumed) < BLOCKS  # the blocks done before were not redone
+    assert sum(e.cut_objects for e in resumed) == full
 
 
 def test_a_changed_model_restarts_an_unfinished_image(client, bundle, big_zarr, reference, tmp_path):

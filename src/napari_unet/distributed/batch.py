@@ -26,15 +26,31 @@ from distributed import Client, as_completed
 from ..device import DEVICE_CHOICES, select_device
 from ..metadata import PixelSize
 from ..modelfile import ModelBundle
-from ..ome_zarr import OME_ZARR_UNITS
 from ..pipeline import ZARR_SUFFIX, base_name, check_distinct_names, output_paths
 from ..postprocess import PostprocessConfig
 from ..scale import check_tta_size
-from ..tiling import TileGrid, as_channels_first, auto_stride, tile_grid
+from ..tiling import TileGrid, auto_stride, tile_grid
 from .blocks import block_regions, block_shape
 from .cluster import ModelSpec, connect
-from .omezarr import COMPLETE, create_ome_zarr, input_pixel_size, is_complete, large_output_paths, ngff_attributes
-from .tasks import Source, identity, label_block, predict_block, read_lazily, reading, segment_whole_file
+from .omezarr import (
+    COMPLETE,
+    create_ome_zarr,
+    input_pixel_size,
+    is_complete,
+    large_output_paths,
+    ngff_attributes,
+    ngff_pixel_size,
+)
+from .tasks import (
+    Source,
+    check_channels,
+    identity,
+    label_block,
+    plane_reads,
+    predict_block,
+    read_lazily,
+    segment_whole_file,
+)
 
 DEFAULT_BLOCK = 1024  # block side (pixels), rounded up to a multiple of the tile stride
 DEFAULT_MARGIN = 128  # pixels of context around a block for the post-processing: larger than the objects
@@ -42,8 +58,10 @@ DEFAULT_MARGIN = 128  # pixels of context around a block for the post-processing
 
 @dataclass(frozen=True)
 class BatchProgress:
-    """One finished piece of a batch: `done` of `total`, what it was, and objects cut by a block's window;
-    `skipped`: a file whose outputs were already there (a rerun without `overwrite`)."""
+    """One finished piece of a batch: `done` of `total`, what it was, and objects cut by a block's window (the
+    event of an image's last label block also counts those of its blocks an interrupted run finished, read from
+    their markers, so that a resumed run reports as many as an uninterrupted one); `skipped`: a file whose
+    outputs were already there (a rerun without `overwrite`)."""
 
     done: int
     total: int
@@ -64,6 +82,7 @@ class LargeImage:
     probs: Path
     progress: Path  # markers of finished blocks, in a subfolder named after the settings
     settings: str = ""
+    axes: str = "YX"  # the input's canonical axes (`tasks.read_lazily`'s)
 
     @property
     def regions(self) -> list[tuple[slice, slice]]:
@@ -121,12 +140,13 @@ def plan_batch(
     tta: bool = False,
     pixel_size: PixelSize | None = None,
 ) -> BatchPlan:
-    """Read every input's shape (and a sample of its values, `tasks.read_lazily`) and plan it: a whole-file
-    task, or blocks of `block_size` with `margin` pixels of context for the post-processing (a single plane
-    larger than one block, or any `.zarr`: `goes_by_blocks`). Needs no cluster, so a bad input or option is
-    refused before any worker starts: two inputs with one base name (`check_distinct_names`), a block or tile
-    size < 1, a negative margin, an unknown device, an unreadable file, or with `tta` an input that would go by
-    blocks or whose planes are too large for it. pixel_size: stored in the outputs instead of each input's
+    """Read every input's shape (`tasks.read_lazily`) and plan it: a whole-file task, or blocks of `block_size`
+    with `margin` pixels of context for the post-processing (a single plane larger than one block, or any
+    `.zarr`: `goes_by_blocks`). Needs no cluster, so a bad input or option is refused before any worker starts:
+    two inputs with one base name (`check_distinct_names`), a block or tile size < 1, a negative margin, an
+    unknown device, an unreadable file, channels that the model's channel choice does not turn into the
+    network's (`tasks.check_channels`), or with `tta` an input that would go by blocks or whose planes are too
+    large for it. (Values are checked later: NaN or constant images by `segment_plan`.) pixel_size: stored in the outputs instead of each input's
     own. Writes nothing but `out_dir` itself."""
     _check_options(block_size, margin, tile_size, device)
     check_distinct_names(inputs, out_dir)
@@ -134,7 +154,8 @@ def plan_batch(
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
     for path in map(Path, inputs):
-        image, found = read_lazily(path, axes)  # only the shape and a sample of percentiles are read here
+        image, found = read_lazily(path, axes)  # only the shape is read here (a whole file may be read whole)
+        check_channels(bundle, path, image, found)
         plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
         if tta:
             _check_tta(path, image, plan, block_size, bundle.net.config.num_classes)
@@ -214,9 +235,11 @@ def segment_plan(
     `tta`, test-time augmentation (`tiling.predict_tta`) of whole files (`plan_batch` refused inputs that go by
     blocks: the mean over the orientations of a block is not the whole image's). A `bundle` whose network
     differs from the one the plan was made for (other tile grids) is refused with a ValueError before anything
-    is submitted; other weights or post-processing of the same network are fine. A task that fails on its
-    input (a ValueError or OSError: a corrupt chunk, the wrong channels) raises a ValueError naming the file;
-    any other failure a RuntimeError naming it.
+    is submitted; other weights or post-processing of the same network are fine. An image with NaN or infinite
+    values, or constant, is refused as `predict` refuses it: by blocks, from the sample read for its percentiles
+    before its blocks are submitted (and in each window a block reads). A task that fails on its input (a
+    ValueError or OSError: a corrupt chunk, NaN values) raises a ValueError naming the file; any other failure a
+    RuntimeError naming it.
     """
     network = bundle.net.config.to_dict()
     if network != plan.network:
@@ -233,14 +256,15 @@ def segment_plan(
     model = client.submit(identity, spec, key=f"napari-unet-model-{spec.digest}-{run}", pure=False)
     jobs: dict[Any, _Job] = {}
     label_blocks: dict[Path, int] = {}  # labels left to write, per large image
+    carried: dict[Path, int] = {}  # objects cut by the label blocks an interrupted run finished, per large image
     plans: dict[Path, LargeImage] = {}
-    skipped: list[str] = []
+    skipped: list[tuple[str, int]] = []  # (name, objects cut by its blocks in an earlier run)
     try:
         for path, image, large in plan.items:
             if large is None:
                 final = output_paths(path, plan.out_dir, probabilities)
                 if not overwrite and final.labels.exists() and (final.probs is None or final.probs.exists()):
-                    skipped.append(path.name)
+                    skipped.append((path.name, 0))
                     continue
                 future = client.submit(
                     segment_whole_file,
@@ -259,20 +283,23 @@ def segment_plan(
                 )
                 jobs[future] = _Job(path.name)
             elif not overwrite and is_complete(large.labels) and (not probabilities or is_complete(large.probs)):
-                skipped.append(path.name)
+                skipped.append((path.name, 0))
             else:
                 if overwrite:  # from the start: no block of an earlier run is kept
                     for old in (large.labels, large.probs, large.progress):
                         shutil.rmtree(old, ignore_errors=True)
                 plans[large.labels] = large
-                label_blocks[large.labels] = _submit_large(
+                pending, cut = _submit_large(
                     client, model, plan, bundle, large, image, config, probabilities, run, jobs
                 )
+                if pending == 0:  # every block was done by an interrupted run: finished now, nothing submitted
+                    skipped.append((path.name, cut))
+                label_blocks[large.labels], carried[large.labels] = pending, cut
         total = len(jobs) + len(skipped)
         done = 0
-        for name in skipped:
+        for name, cut in skipped:
             done += 1
-            yield BatchProgress(done, total, f"{name} (already done)", skipped=True)
+            yield BatchProgress(done, total, f"{name} (already done)", cut, skipped=True)
         for future in as_completed(list(jobs)):
             job = jobs.pop(future)  # released: the workers and the scheduler forget a finished task
             if future.status == "error":
@@ -285,6 +312,7 @@ def segment_plan(
                 label_blocks[job.labels] -= 1
                 if label_blocks[job.labels] == 0:
                     _finish(plans[job.labels], probabilities)
+                    cut += carried[job.labels]
             done += 1
             yield BatchProgress(done, total, job.item, cut)
     finally:
@@ -339,6 +367,7 @@ def _plan_large(
         labels,
         probs,
         out_dir / f".{base_name(path)}.progress",
+        axes=found,
     )
 
 
@@ -353,8 +382,9 @@ def _submit_large(
     probabilities: bool,
     run: str,
     jobs: dict[Any, _Job],
-) -> int:
-    """Create (or reopen) the outputs of `plan` and submit its unfinished blocks; returns the label blocks left."""
+) -> tuple[int, int]:
+    """Create (or reopen) the outputs of `plan` and submit its unfinished blocks; returns the label blocks left
+    and the objects cut by the label blocks already done (their markers')."""
     import dask
 
     device, margin = batch.device, batch.margin
@@ -375,7 +405,7 @@ def _submit_large(
         (markers / "settings.json").write_text(json.dumps(stamp, indent=1))
         scale, unit = input_pixel_size(plan.source.path)
         if batch.pixel_size is not None:
-            scale, unit = batch.pixel_size.scale, OME_ZARR_UNITS.get(batch.pixel_size.unit, batch.pixel_size.unit)
+            scale, unit = ngff_pixel_size(batch.pixel_size)
         dtype = np.uint32 if plan.shape[0] * plan.shape[1] < np.iinfo(np.uint32).max else np.uint64
         name = base_name(plan.source.path)
         create_ome_zarr(plan.labels, plan.shape, dtype, plan.block, ngff_attributes(name, "YX", scale, unit, True))
@@ -386,10 +416,10 @@ def _submit_large(
             plan.block,
             ngff_attributes(f"{name} foreground probability", "YX", scale, unit, False),
         )
-    plane = image[plan.source.index] if plan.source.index else image
-    # the percentiles' sample is read here, not by the cluster
-    with dask.config.set(scheduler="synchronous"), reading(plan.source.path):
-        preprocess = bundle.preprocessor(as_channels_first(plane, bundle.net.config.in_channels), "CYX")
+    # the percentiles' sample is read here, not by the cluster; an image with NaN values, or constant, is refused
+    with dask.config.set(scheduler="synchronous"):
+        sample = plane_reads(bundle, plan.source.path, image, plan.axes, plan.source.index).sample()
+    preprocess = bundle.preprocessor(sample, "CYX")  # the percentiles of the sample are those of the whole image
     name = plan.source.path.name
     # keys "napari-unet-<pass>-<run>-<image>-<y>-<x>": dask groups tasks by the words before the first token, so
     # all blocks share one task prefix (a key per block as its own prefix grows the workers' profiles and the
@@ -415,9 +445,10 @@ def _submit_large(
         )
         jobs[future] = _Job(item)
         probs_futures[_corner(region)] = (region, future)
-    pending = 0
+    pending, cut = 0, 0
     for region in plan.regions:
         if plan.marker("labels", region).exists():
+            cut += _marked_cut(plan.marker("labels", region))
             continue
         after = [f for r, f in probs_futures.values() if _near(r, region, margin)]
         item = f"{name} labels {region[0].start},{region[1].start}"
@@ -437,7 +468,15 @@ def _submit_large(
         pending += 1
     if pending == 0:
         _finish(plan, probabilities)
-    return pending
+    return pending, cut
+
+
+def _marked_cut(marker: Path) -> int:
+    """The objects cut by the label block of `marker` (`tasks.label_block` writes them there); 0 if unreadable."""
+    try:
+        return int(json.loads(marker.read_text()).get("cut_objects", 0))
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def _corner(region: tuple[slice, slice]) -> tuple[int, int]:

@@ -24,6 +24,7 @@ import torch
 from distributed import Client, LocalCluster, get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from ..channels import ChannelChoice
 from ..device import select_device
 from ..model import UNet, UNetConfig
 from ..modelfile import ModelBundle, Normalization
@@ -40,6 +41,7 @@ class ModelSpec:
     postprocess: dict[str, Any]
     weights: dict[str, np.ndarray] = field(repr=False)
     digest: str = ""
+    channels: dict[str, Any] = field(default_factory=dict)  # the channel choice (`ChannelChoice`): default all
 
     @classmethod
     def from_bundle(cls, bundle: ModelBundle) -> ModelSpec:
@@ -47,17 +49,21 @@ class ModelSpec:
         unet = bundle.net.config.to_dict()
         norm = bundle.normalization.to_dict()
         post = bundle.postprocess.to_dict()
-        digest = hashlib.sha1(json.dumps([unet, norm, post], sort_keys=True).encode())
+        channels = bundle.channels.to_dict()
+        digest = hashlib.sha1(json.dumps([unet, norm, post, channels], sort_keys=True).encode())
         for key in sorted(weights):
             digest.update(key.encode())
             digest.update(np.ascontiguousarray(weights[key]).tobytes())
-        return cls(unet, norm, post, weights, digest.hexdigest()[:16])
+        return cls(unet, norm, post, weights, digest.hexdigest()[:16], channels)
 
     def build(self) -> ModelBundle:
         net = UNet(UNetConfig.from_dict(self.unet))
         net.load_state_dict({k: torch.from_numpy(v) for k, v in self.weights.items()})
         return ModelBundle(
-            net, Normalization.from_dict(self.normalization), PostprocessConfig.from_dict(self.postprocess)
+            net,
+            Normalization.from_dict(self.normalization),
+            PostprocessConfig.from_dict(self.postprocess),
+            channels=ChannelChoice.from_dict(self.channels),
         )
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..pipeline import ZARR_SUFFIX, base_name
+from ..metadata import PixelSize, read_pixel_size
+from ..ome_zarr import OME_ZARR_UNITS
+from ..pipeline import base_name
 
 NGFF_VERSION = "0.4"
 COMPLETE = "napari_unet_complete"  # attribute set on an OME-Zarr output once every block is written
@@ -56,52 +58,16 @@ def create_ome_zarr(path: Path, shape: tuple[int, ...], dtype, chunks: tuple[int
 
 
 def input_pixel_size(path: str | Path) -> tuple[tuple[float, float] | None, str | None]:
-    """((y, x) pixel size, unit) of an OME-Zarr or TIFF file, (None, None) when it does not say."""
-    path = Path(path)
-    try:
-        if path.suffix.lower() == ZARR_SUFFIX:
-            return _zarr_pixel_size(path)
-        return _tiff_pixel_size(path)
-    except Exception:  # noqa: BLE001 - metadata is optional: a file without readable sizes has none
-        return None, None
+    """((y, x) pixel size, NGFF unit) of an OME-Zarr or TIFF file (`metadata.read_pixel_size`), (None, None) when
+    it does not say."""
+    return ngff_pixel_size(read_pixel_size(path))
 
 
-def _zarr_pixel_size(path: Path) -> tuple[tuple[float, float] | None, str | None]:
-    import zarr
-
-    node = zarr.open(str(path), mode="r")
-    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        return None, None
-    axes = multiscales[0].get("axes", [])
-    for transform in multiscales[0]["datasets"][0].get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            scale = transform["scale"]
-            unit = axes[-1].get("unit") if axes and isinstance(axes[-1], dict) else None
-            return (float(scale[-2]), float(scale[-1])), unit
-    return None, None
-
-
-def _tiff_pixel_size(path: Path) -> tuple[tuple[float, float] | None, str | None]:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        if tif.ome_metadata:
-            import xml.etree.ElementTree as ET
-
-            for element in ET.fromstring(tif.ome_metadata).iter():
-                if element.tag.endswith("Pixels") and "PhysicalSizeX" in element.attrib:
-                    a = element.attrib
-                    size = (float(a.get("PhysicalSizeY", a["PhysicalSizeX"])), float(a["PhysicalSizeX"]))
-                    return size, a.get("PhysicalSizeXUnit", "µm")
-        tags = tif.pages[0].tags
-        if "XResolution" in tags and "YResolution" in tags:
-            xn, xd = tags["XResolution"].value
-            yn, yd = tags["YResolution"].value
-            unit = (tif.imagej_metadata or {}).get("unit")
-            if xn and yn and (xn, xd) != (1, 1):
-                return (yd / yn, xd / xn), unit.replace("\\u00B5", "µ") if unit else None
-    return None, None
+def ngff_pixel_size(pixel_size: PixelSize | None) -> tuple[tuple[float, float] | None, str | None]:
+    """((y, x), unit) as OME-NGFF writes them ("micrometer": the UDUNITS name, `ome_zarr.OME_ZARR_UNITS`, as
+    `ome_zarr.write_ome_zarr` writes), (None, None) for None or a unit NGFF has no name for (as that writer)."""
+    unit = OME_ZARR_UNITS.get(pixel_size.unit) if pixel_size is not None else None
+    return (pixel_size.scale, unit) if unit else (None, None)
 
 
 def large_output_paths(path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:

@@ -17,11 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from ..io import TIFF_SUFFIXES, _axes_from_series, to_canonical, validate_axes
+from ..channels import ChannelChoice
+from ..io import MAX_PERCENTILE_SAMPLES, TIFF_SUFFIXES, _axes_from_series, to_canonical, validate_axes
 from ..metadata import PixelSize, read_pixel_size
+from ..modelfile import ModelBundle
 from ..pipeline import Outputs, output_paths, read_input, segment_file
 from ..postprocess import PostprocessConfig
 from ..tiling import TileGrid, as_channels_first, iter_predict_tiles
+from ..validation import check_image, count_nonfinite
 from .blocks import label_window, tiles_in
 from .cluster import ModelSpec, worker_model
 
@@ -71,29 +74,79 @@ class Source:
     axes: str | None
     index: tuple[int, ...] = ()
 
-    def open(self, in_channels: int) -> NamedReads:
-        """The (C, H, W) image, read window by window; a window that cannot be read names the file."""
+    def open(self, bundle: ModelBundle) -> NamedReads:
+        """The image as the network of `bundle` takes it, (C, H, W), read window by window (`NamedReads`)."""
         with reading(self.path):
             image, axes = read_lazily(self.path, self.axes)
-        if self.index:
-            image = image[self.index]
-        return NamedReads(as_channels_first(image, in_channels), self.path)
+        return plane_reads(bundle, self.path, image, axes, self.index)
+
+
+def plane_reads(bundle: ModelBundle, path: Path, image: Any, axes: str, index: tuple[int, ...] = ()) -> NamedReads:
+    """The plane at `index` (leading T/Z) of the lazily read `image` (canonical `axes`) as `NamedReads` for the
+    network of `bundle`; its channels, after the model's channel choice, are checked without reading any value."""
+    if index:
+        image, axes = image[index], axes[len(index) :]
+    check_channels(bundle, path, image, axes)
+    return NamedReads(image, axes, bundle.channels, bundle.net.config.in_channels, path)
+
+
+def check_channels(bundle: ModelBundle, path: Path, image: Any, axes: str) -> None:
+    """Raise ValueError (naming `path`) unless `image` (canonical `axes`) gives the network's channel count with
+    the model's channel choice (`ModelBundle.prepare`), as a single-process run checks it; nothing is read."""
+    import dask.array as da
+
+    lazy = image if isinstance(image, da.Array) else da.from_array(image, chunks=-1, name=False)  # no hashing
+    try:
+        bundle.prepare(lazy, axes, path.name)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 @dataclass(frozen=True)
 class NamedReads:
-    """A lazy `image` whose windows (`image[key]`, as numpy) are read inside `reading(path)`."""
+    """A lazy single plane `image` ("YX" or "CYX": `axes`) as the network takes it, (C, H, W) with C =
+    `in_channels`: each window `self[..., rows, cols]` is read inside `reading(path)`, given the channel `choice`
+    (pixel by pixel, so the values are those of choosing on the whole image, as a single-process run does) and
+    refused with a ValueError naming `path` when it holds NaN or infinite values."""
 
     image: Any
+    axes: str
+    choice: ChannelChoice
+    in_channels: int
     path: Path
 
     @property
     def shape(self) -> tuple[int, ...]:
-        return tuple(self.image.shape)
+        return (self.in_channels, *self.image.shape[-2:])
 
     def __getitem__(self, key) -> np.ndarray:
         with reading(self.path):
-            return np.asarray(self.image[key])
+            raw = np.asarray(self.image[key])
+        window = as_channels_first(self.choice.apply(raw, self.axes)[0], self.in_channels)
+        bad = count_nonfinite(window)
+        if bad:
+            rows, cols = (
+                f"{k.start or 0}:{n if k.stop is None else k.stop}" for k, n in zip(key[-2:], self.shape[-2:])
+            )
+            raise ValueError(
+                f"{self.path}: the image has {bad} NaN or infinite values in rows {rows}, columns {cols}; replace "
+                "them (e.g. with np.nan_to_num) before segmenting"
+            )
+        return window
+
+    def sample(self) -> np.ndarray:
+        """The (C, h, w) regular sample of at most `io.MAX_PERCENTILE_SAMPLES` pixels that `io.percentiles` takes
+        of the whole image (every `step`-th row and column), for the normalisation; its percentiles are the whole
+        image's. Refused (ValueError naming `path`) when it holds NaN or infinite values, or only one value."""
+        height, width = self.shape[-2:]
+        step = 1
+        while -(-height // step) * -(-width // step) > MAX_PERCENTILE_SAMPLES:
+            step += 1
+        sample = self[..., ::step, ::step]
+        if sample.min() == sample.max():
+            every = "every value" if step == 1 else f"every value sampled (each {step}th row and column)"
+            raise ValueError(f"{self.path}: the image is constant ({every} is {sample.flat[0]}): nothing to segment")
+        return sample
 
 
 def predict_block(
@@ -114,7 +167,7 @@ def predict_block(
     ry, rx = region
     block = np.empty((ry.stop - ry.start, rx.stop - rx.start), np.float32)
     with dask.config.set(scheduler="synchronous"):  # a lazy input is read here, not as tasks of the cluster
-        image = source.open(bundle.net.config.in_channels)
+        image = source.open(bundle)
         tiles = tiles_in(grid, region)
         for result in iter_predict_tiles(bundle.net, image, grid, where, preprocess=preprocess, tiles=tiles):
             ty, tx = result.tile.region
@@ -178,6 +231,8 @@ def segment_whole_file(
     objects = 0
     with dask.config.set(scheduler="synchronous"):  # a lazy input is read here, not as tasks of the cluster
         image, axes = read_input(path, axes)
+        check_image(image, axes)  # refused as in a single-process run: NaN or infinite values, a constant image
+        image, axes = bundle.prepare(image, axes, path.name)  # the model's channel choice, as `predict` does
         # at the image's own scale (diameter=None): the command line refuses a model that would rescale
         planes = segment_file(
             bundle,
