@@ -74,3 +74,43 @@ def test_train_never_replaces_another_programs_folder(tmp_path, capsys):
         assert "of another program" in capsys.readouterr().err
     assert sorted(os.listdir(foreign)) == ["config.json", "tokenizer.json", "weights.safetensors"]
     assert is_napari_unet_model(save_model(tmp_path / "ours", bundle()))
+
+
+def test_a_full_disk_is_an_error_before_the_labels_are_written_into_a_memory_map(tmp_path, monkeypatch):
+    """predict's labels are a sparse memory-mapped TIFF: on a full disk the first write into a page killed the
+    process with SIGBUS (exit 135, no message). Its space is allocated when it is created now."""
+    import errno
+
+    from napari_unet import pipeline
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    with pytest.raises(OSError, match="No space left"):
+        pipeline._create_tiff(tmp_path / "a_labels.tif", (64, 64), "int32", "YX")
+
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "posix_fallocate", unsupported, raising=False)
+    assert pipeline._create_tiff(tmp_path / "b_labels.tif", (64, 64), "int32", "YX").shape == (64, 64)
+
+
+def test_annotations_of_two_images_of_one_name_autosaved_in_the_same_second_stay_apart(tmp_path, monkeypatch):
+    """a/cells.tif and b/cells.tif in read-only folders: both went to <root>/annotations/cells-<second>.tif."""
+    import numpy as np
+
+    from napari_unet.plugin import _autosave
+
+    (tmp_path / "a file").write_text("")  # a side-car path under a file: cannot be written, as a read-only folder
+    monkeypatch.setattr(_autosave, "sidecar_path", lambda image: tmp_path / "a file" / "cells.tif.unet-labels.tif")
+    monkeypatch.setattr(_autosave.time, "strftime", lambda *_args: "20261201-120000")
+    images = [tmp_path / name / "cells.tif" for name in ("a", "b")]
+    saved = [
+        _autosave.save_annotations(np.full((8, 8), i + 1, np.uint16), tmp_path / "root", p, "cells")
+        for i, p in enumerate(images)
+    ]
+    assert saved[0] != saved[1]
+    for value, image in enumerate(images, start=1):
+        assert (_autosave.load_annotations(_autosave.find_annotations(image, tmp_path / "root")) == value).all()

@@ -17,6 +17,7 @@ with the exported network, and a ``README.md`` with the citations and the traini
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import shutil
@@ -112,8 +113,10 @@ def export_torchscript(bundle, path: str | Path) -> Path:
     with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(net, example)
     path = Path(path)
+    buffer = io.BytesIO()  # written by Python: a full disk is an OSError (torch's own writer aborts the process)
+    torch.jit.save(traced, buffer)
     with atomic_write(path) as staging:
-        traced.save(str(staging))
+        staging.write_bytes(buffer.getvalue())
     return path
 
 

@@ -384,7 +384,7 @@ def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str, pixel_siz
     path.parent.mkdir(parents=True, exist_ok=True)
     imagej = np.dtype(dtype) in IMAGEJ_DTYPES
     calibration, metadata = tiff_calibration(pixel_size, imagej)
-    return tifffile.memmap(
+    mapped = tifffile.memmap(
         path,
         shape=shape,
         dtype=dtype,
@@ -393,6 +393,24 @@ def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str, pixel_siz
         photometric="minisblack",
         **calibration,
     )
+    reserve(path)
+    return mapped
+
+
+def reserve(path: Path) -> None:
+    """Allocate the disk space of the (sparse) file `path` now: writing into a memory-mapped page the disk cannot
+    hold kills the process with SIGBUS, which no handler catches; a full disk is an OSError here instead. File
+    systems that cannot allocate ahead (EOPNOTSUPP, EINVAL) are left as they are."""
+    import errno
+
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as file:
+        try:
+            os.posix_fallocate(file.fileno(), 0, os.fstat(file.fileno()).st_size)
+        except OSError as error:
+            if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
 
 
 def count_planes(image, axes: str) -> int:

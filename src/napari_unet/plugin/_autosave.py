@@ -14,6 +14,7 @@ overwritten.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import time
@@ -84,6 +85,8 @@ def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Pat
     folder = Path(root) / "annotations"
     folder.mkdir(parents=True, exist_ok=True)
     stem = safe_name(Path(image_path).stem if image_path is not None else name)
+    if image_path is not None:  # a/cells.tif and b/cells.tif saved in the same second: two files, not one
+        stem += "-" + hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
     target = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{SIDECAR_SUFFIX}"
     write_tiff(target, labels, axes)
     if image_path is not None:
