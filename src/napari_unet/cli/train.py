@@ -184,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
         if result["iteration"] > result["started_at"]:
             print(
                 f"stopped at iteration {result['iteration']}; the model is saved in {out} "
-                f"(continue with: napari-unet train ... --out {out} --resume)",
+                f"(continue with: napari-unet train IMAGES LABELS --out {out} --resume; the saved run's other "
+                "settings are kept, only --iterations, --time-budget and speed options may be given)",
                 file=sys.stderr,
             )
         else:
