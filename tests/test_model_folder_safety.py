@@ -71,7 +71,7 @@ def test_train_never_replaces_another_programs_folder(tmp_path, capsys):
     assert not is_napari_unet_model(foreign)
     for extra in ([], ["--overwrite"]):
         assert main(["train", str(tmp_path / "images"), str(tmp_path / "labels"), "--out", str(foreign), *extra]) == 2
-        assert "of another program" in capsys.readouterr().err
+        assert "not a napari-unet model" in capsys.readouterr().err
     assert sorted(os.listdir(foreign)) == ["config.json", "tokenizer.json", "weights.safetensors"]
     assert is_napari_unet_model(save_model(tmp_path / "ours", bundle()))
 

@@ -257,9 +257,9 @@ def test_suggestions_on_an_rgb_image_use_the_models_grey_conversion(
     session.training = False
     with qtbot.waitSignal(widget.suggested, timeout=60_000) as done:
         assert widget.suggest() is not None
-        assert session.segmenting and widget.start() is None, "the model is in use: no training meanwhile"
+        assert session.busy and widget.start() is None, "the model is in use: no training meanwhile"
     boxes = done.args[0]
-    qtbot.waitUntil(lambda: not session.segmenting, timeout=10_000)
+    qtbot.waitUntil(lambda: not session.busy, timeout=10_000)
     assert boxes and len(widget.suggestions.layer.data) == len(boxes)
     for y0, x0, y1, x1 in boxes:
         assert not np.asarray(painted.data)[y0:y1, x0:x1].any()

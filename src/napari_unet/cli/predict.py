@@ -275,8 +275,12 @@ def _check_input(path: Path, axes: str | None, bundle, choice, block_size: int |
 
             image, found = read_lazily(path, axes)
             if goes_by_blocks(path, tuple(image.shape), found, block_size):
+                import dask.array as da
+
                 check_image_dtype(image.dtype)
-                bundle.prepare(image, found, path.name, choice)
+                # through dask, so that the channel choice (a grey conversion of a memory-mapped slide) reads nothing
+                lazy = image if isinstance(image, da.Array) else da.from_array(image, chunks=-1, name=False)
+                bundle.prepare(lazy, found, path.name, choice)
                 return found
         image, found = read_input(path, axes)
         check_image(image, found)
@@ -284,7 +288,7 @@ def _check_input(path: Path, axes: str | None, bundle, choice, block_size: int |
         return found
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
-    except OSError:
+    except (OSError, MemoryError):
         raise
     except Exception as error:  # noqa: BLE001 - a corrupt chunk: codecs raise what they like (RuntimeError, ...)
         raise ValueError(f"{path}: cannot be read ({type(error).__name__}: {error})") from error

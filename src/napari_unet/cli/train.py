@@ -265,8 +265,8 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.out.exists():
         if is_model_folder(args.out) and not is_napari_unet_model(args.out):
             raise ValueError(
-                f"--out {args.out} holds a config.json and weights.safetensors of another program (not a napari-unet "
-                "model): choose a new path"
+                f"--out {args.out} holds a config.json and weights.safetensors that are not a napari-unet model's "
+                "(another program's, or a damaged config): choose a new path"
             )
         if is_model_folder(args.out):
             if not args.overwrite:

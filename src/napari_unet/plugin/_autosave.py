@@ -144,7 +144,8 @@ def _rebuild_index(path: Path) -> dict[str, str]:
     except OSError:
         return {}  # cannot even move it: leave it alone, offer nothing from it
     index: dict[str, str] = {}
-    for record in sorted(path.parent.glob(f"*{RECORD_SUFFIX}")):  # names sort by time: the newest wins
+    # the newest wins: by the time the record was written (its name holds the image's name, then a hash)
+    for record in sorted(path.parent.glob(f"*{RECORD_SUFFIX}"), key=lambda p: (p.stat().st_mtime_ns, p.name)):
         try:
             entry = json.loads(record.read_bytes())
             labels = path.parent / Path(entry["labels"]).name

@@ -214,7 +214,7 @@ class FineTuneWidget(QWidget):
         if self.worker is not None:
             show_warning("Training is already running")
             return None
-        if self.session.segmenting:
+        if self.session.busy:
             show_warning(
                 "A segmentation (its uncertainty, or suggestions) is using the model: wait for it (or cancel it), then train"
             )

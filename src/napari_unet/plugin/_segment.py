@@ -170,8 +170,8 @@ class SegmentWidget(QWidget):
 
     def run(self) -> Any:
         """Start segmenting the chosen image layer; returns the worker, or None after a notification."""
-        if self.worker is not None or self.session.segmenting:
-            show_warning("A segmentation (or its uncertainty) is already running: wait for it, or cancel it first")
+        if self.worker is not None:
+            show_warning("A segmentation is already running: cancel it first")
             return None
         bundle, layer = self.session.bundle, self.image_combo.value
         if bundle is None:
@@ -377,15 +377,17 @@ class SegmentWidget(QWidget):
         """Compute the uncertainty layer of the image just segmented, in a worker; `segmented` follows it."""
         bundle, layer, stack, device = self._source
         self._source = None  # once per run, not after each retune
+        if self.session.training:  # started while the labels were post-processed: the model is changing
+            self.status.setText(self.status.text() + " Uncertainty skipped: the model is being trained.")
+            self.segmented.emit(self.labels)
+            return None
         self.status.setText(self.status.text() + " Computing the uncertainty…")
         worker = create_worker(
             uncertainty_planes, bundle, stack, self.factor, device, _ignore_errors=True, _start_thread=False
         )
         # the model is in use until the worker ends (training it meanwhile crashed napari); freed by the worker's
         # end, not by a slot of this dock, which may be closed by then
-        session = self.session
-        session.segmenting = True
-        worker.finished.connect(lambda: setattr(session, "segmenting", False))
+        worker.finished.connect(self.session.hold())
         worker.returned.connect(lambda values: alive(self) and self._show_uncertainty(layer, stack, values))
         worker.errored.connect(self._failed)
         start_worker(worker, self)

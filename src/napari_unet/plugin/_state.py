@@ -7,6 +7,7 @@ a model trained a minute ago is the one that segments the next image (human in t
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,26 @@ class Session:
         self.model_path: Path | None = None
         self.training = False  # a Fine-tune run owns the model: others must not use it meanwhile
         self.segmenting = False  # a Segment run is using the model: training must wait
+        self.readers = 0  # other workers reading the model (uncertainty, suggestions): training must wait too
         self.augment: AugmentConfig | None = None  # set by the Augmentation preview; None: the preset's
+
+    @property
+    def busy(self) -> bool:
+        """Whether a worker is using the model (a Segment run, the uncertainty, suggestions): no training now."""
+        return self.segmenting or self.readers > 0
+
+    def hold(self) -> Callable[[], None]:
+        """Count a worker reading the model until the returned function is called (once; later calls do nothing):
+        connect it to the worker's `finished`, which comes on return, error and quit alike."""
+        self.readers += 1
+        released: list[bool] = []
+
+        def release() -> None:
+            if not released:
+                released.append(True)
+                self.readers -= 1
+
+        return release
 
     def set_model(self, bundle: ModelBundle, path: str | Path | None = None) -> None:
         self.bundle = bundle

@@ -48,10 +48,8 @@ class Suggestions:
         for training on it.
         """
         session = self.dock.session
-        if session.training or session.segmenting:
-            show_warning(
-                "The model is being trained or used by a segmentation: wait for the end of the run, then ask again"
-            )
+        if session.training:
+            show_warning("The model is being trained: wait for the end of the run (or stop it), then ask again")
             return None
         try:
             model = bundle()
@@ -80,8 +78,7 @@ class Suggestions:
             _ignore_errors=True,
             _start_thread=False,
         )
-        session.segmenting = True  # the model is in use: training it meanwhile could crash napari
-        worker.finished.connect(lambda: setattr(session, "segmenting", False))
+        worker.finished.connect(session.hold())  # the model is in use: training it meanwhile could crash napari
         worker.returned.connect(lambda boxes: alive(self.dock) and self._show(image_layer, stack, boxes))
         worker.errored.connect(lambda error: alive(self.dock) and self._failed(error))
         start_worker(worker, self.dock)
