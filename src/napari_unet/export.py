@@ -175,7 +175,8 @@ def check_package_description(name: str, license: str) -> None:
 
 def default_package_name(bundle) -> str:
     """The model's recorded name made into a bioimage.io name (other characters become "-"), else a generic one."""
-    name = re.sub(r"[^A-Za-z0-9_+\- ()]", "-", str(bundle.metadata.get("name") or "")).strip()[:128]
+    recorded = str(bundle.metadata.get("name") or "")
+    name = "".join(c if c in NAME_CHARACTERS else "-" for c in recorded).strip()[:128]
     return name if len(name) >= 5 else "napari-unet U-Net"
 
 

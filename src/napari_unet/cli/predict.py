@@ -271,16 +271,12 @@ def _check_input(path: Path, axes: str | None, bundle, choice, block_size: int |
     try:
         if block_size is not None:
             from ..distributed import goes_by_blocks
-            from ..distributed.tasks import read_lazily
+            from ..distributed.tasks import check_channels, read_lazily
 
             image, found = read_lazily(path, axes)
             if goes_by_blocks(path, tuple(image.shape), found, block_size):
-                import dask.array as da
-
                 check_image_dtype(image.dtype)
-                # through dask, so that the channel choice (a grey conversion of a memory-mapped slide) reads nothing
-                lazy = image if isinstance(image, da.Array) else da.from_array(image, chunks=-1, name=False)
-                bundle.prepare(lazy, found, path.name, choice)
+                check_channels(bundle, path, image, found, choice)  # reads nothing, names the file
                 return found
         image, found = read_input(path, axes)
         check_image(image, found)

@@ -90,14 +90,15 @@ def plane_reads(bundle: ModelBundle, path: Path, image: Any, axes: str, index: t
     return NamedReads(image, axes, bundle.channels, bundle.net.config.in_channels, path)
 
 
-def check_channels(bundle: ModelBundle, path: Path, image: Any, axes: str) -> None:
+def check_channels(bundle: ModelBundle, path: Path, image: Any, axes: str, choice: ChannelChoice | None = None) -> None:
     """Raise ValueError (naming `path`) unless `image` (canonical `axes`) gives the network's channel count with
-    the model's channel choice (`ModelBundle.prepare`), as a single-process run checks it; nothing is read."""
+    the channel `choice` (default the model's; `ModelBundle.prepare`), as a single-process run checks it; nothing
+    is read (a memory-mapped array goes through dask, so that a grey conversion reads no value)."""
     import dask.array as da
 
     lazy = image if isinstance(image, da.Array) else da.from_array(image, chunks=-1, name=False)  # no hashing
     try:
-        bundle.prepare(lazy, axes, path.name)
+        bundle.prepare(lazy, axes, path.name, choice)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 

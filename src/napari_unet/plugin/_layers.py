@@ -46,10 +46,15 @@ def pixel_shape(layer: Any) -> tuple[int, ...]:
     return shape[:-1] if getattr(layer, "rgb", False) else shape
 
 
+def layer_pixel_size(layer: Any) -> dict[str, Any] | None:
+    """The physical pixel size our reader stored with `layer` (`metadata.PixelSize.to_dict`), or None."""
+    return (layer.metadata.get(METADATA_KEY) or {}).get("pixel_size") if layer is not None else None
+
+
 def pixel_size_metadata(layer: Any) -> dict[str, Any]:
     """Layer metadata that carries `layer`'s physical pixel size (set by our reader) to a layer made from it,
     so that measuring that layer alone reports physical units; {} when `layer` has none."""
-    info = (layer.metadata.get(METADATA_KEY) or {}).get("pixel_size") if layer is not None else None
+    info = layer_pixel_size(layer)
     return {METADATA_KEY: {"pixel_size": info}} if info else {}
 
 

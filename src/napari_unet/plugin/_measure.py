@@ -21,11 +21,11 @@ from napari_unet.metadata import PixelSize
 
 from ._form import dock_layout, form, row, wrapped_label
 from ._layers import (
-    METADATA_KEY,
     LayerProblem,
     channel_group,
     layer_combo,
     layer_data,
+    layer_pixel_size,
     pixel_shape,
     placed_like,
     stored_axes,
@@ -147,11 +147,8 @@ class MeasureWidget(QWidget):
         return data, spatial
 
     def _pixel_size(self, image_layer: Any, labels_layer: Any) -> PixelSize | None:
-        for layer in (image_layer, labels_layer):
-            info = ((layer.metadata.get(METADATA_KEY) or {}) if layer is not None else {}).get("pixel_size")
-            if info:
-                return PixelSize(**info)
-        return None
+        info = layer_pixel_size(image_layer) or layer_pixel_size(labels_layer)
+        return PixelSize(**info) if info else None
 
     def _show_table(self) -> None:
         columns: list[str] = []
