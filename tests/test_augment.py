@@ -254,3 +254,26 @@ def test_scale_augmentation_draws_factors_log_uniformly_within_its_range():
     factors = np.array(factors)
     assert factors.min() >= 0.5 - 1e-6 and factors.max() <= 2.0 + 1e-6
     assert abs(np.mean(np.log(factors))) < 0.1  # log-uniform on [1/2, 2] is centred on log 1 = 0
+
+
+@pytest.mark.parametrize(
+    "dtype, offset",
+    [
+        (np.int32, 2**24),
+        (np.uint32, 2**32 - 2**10),
+        (np.int64, 2**53),
+        (np.uint64, 2**64 - 2**10),
+        (np.int64, -(2**40)),
+    ],
+)
+def test_warp_moves_any_integer_id_exactly(dtype: type, offset: int) -> None:
+    """float32 holds integers up to 2**24 only (2**24 + 1 reads 2**24): ids past it stay themselves, each pixel
+    taking its id from the same source pixel as when the ids are small."""
+    small = blobs((64, 72), 4)
+    large = np.where(small > 0, small.astype(object) + offset, 0).astype(dtype)
+    image, weights = np.zeros((64, 72), np.float32), np.ones((64, 72), np.float32)
+    coordinates = sampling_map((64, 72), np.random.default_rng(5), GEOMETRY_ONLY)
+    _, expected, _ = warp(image, small, weights, coordinates)
+    _, out, _ = warp(image, large, weights, coordinates)
+    assert out.dtype == large.dtype
+    np.testing.assert_array_equal(out, np.where(expected > 0, expected.astype(object) + offset, 0).astype(dtype))

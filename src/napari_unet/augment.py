@@ -212,11 +212,12 @@ def warp(
     image: (H, W) or (C, H, W); target, weights: (H, W); coordinates: (2, H', W') source (y, x) per output
     pixel. Returns image (C, H', W') or (H', W') float32, target (H', W') of target's dtype, weights
     (H', W') float32. Uses torch.nn.functional.grid_sample (align_corners=True, reflection padding: pixel
-    -1 reads pixel 1).
+    -1 reads pixel 1). Integer targets are moved exactly, whatever their ids (see `exact_planes`).
     """
     height, width = target.shape
     channels = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).reshape(1, -1, height, width)
-    labels = torch.from_numpy(np.stack([target.astype(np.float32), weights.astype(np.float32)]))[None]
+    planes, ids = exact_planes(target)
+    labels = torch.from_numpy(np.concatenate([planes, weights.astype(np.float32)[None]]))[None]
     grid = np.empty((1, *coordinates.shape[1:], 2), np.float32)
     grid[0, ..., 0] = coordinates[1] * (2.0 / max(width - 1, 1)) - 1.0
     grid[0, ..., 1] = coordinates[0] * (2.0 / max(height - 1, 1)) - 1.0
@@ -227,11 +228,48 @@ def warp(
         warped_labels = torch.nn.functional.grid_sample(labels, grid, mode="nearest", **options)[0]
     warped_image = warped_image.numpy()
     out_shape = coordinates.shape[1:]
+    sampled = warped_labels.numpy()  # (k + 1, H', W'): the target's planes, then the weights
     return (
         warped_image.reshape(out_shape) if image.ndim == 2 else warped_image,
-        warped_labels[0].numpy().astype(target.dtype),
-        warped_labels[1].numpy(),
+        from_exact_planes(sampled[:-1], ids, target.dtype),
+        sampled[-1],
     )
+
+
+FLOAT32_EXACT = 2**24  # float32 holds every integer of magnitude up to 2**24; 2**24 + 1 reads 2**24
+PLANE_BITS = 16  # bits of an id index carried by one float32 plane
+
+
+def exact_planes(target: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """target (H, W) as float32 planes (k, H, W) that nearest-neighbour sampling moves without rounding, and
+    the ids they index (None: the single plane is the target itself).
+
+    Class ids and instance ids up to 2**24 are one plane. Larger integer ids are replaced by their rank among
+    the target's ids, split into 16-bit digits, one plane each (every plane picks the same source pixel).
+
+    >>> planes, ids = exact_planes(np.array([[0, 2**24 + 1]], np.int64))
+    >>> planes, ids
+    (array([[[0., 1.]]], dtype=float32), array([       0, 16777217]))
+    >>> from_exact_planes(planes, ids, np.int64)
+    array([[       0, 16777217]])
+    """
+    if target.dtype.kind not in "iu" or target.size == 0:
+        return target.astype(np.float32)[None], None
+    if int(target.min()) >= -FLOAT32_EXACT and int(target.max()) <= FLOAT32_EXACT:
+        return target.astype(np.float32)[None], None
+    ids, rank = np.unique(target, return_inverse=True)
+    rank = rank.reshape(target.shape).astype(np.int64)
+    digits = max(1, -(-(len(ids) - 1).bit_length() // PLANE_BITS))
+    mask = (1 << PLANE_BITS) - 1
+    return np.stack([(rank >> (PLANE_BITS * k)) & mask for k in range(digits)]).astype(np.float32), ids
+
+
+def from_exact_planes(planes: np.ndarray, ids: np.ndarray | None, dtype: np.dtype) -> np.ndarray:
+    """The target (H, W) of `dtype` that `exact_planes` made planes (k, H, W) and ids of."""
+    if ids is None:
+        return planes[0].astype(dtype)
+    rank = sum(plane.astype(np.int64) << (PLANE_BITS * k) for k, plane in enumerate(planes))
+    return ids[rank].astype(dtype)
 
 
 @dataclass(frozen=True)

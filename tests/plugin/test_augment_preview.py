@@ -87,3 +87,87 @@ def test_the_preview_of_an_rgb_image_lies_beside_it_and_outlines_its_window(make
     start = (np.asarray(widget.origin) - 0.5) * 2.0 + (10.0, 20.0)
     np.testing.assert_allclose(corners.min(axis=0), start)
     np.testing.assert_allclose(corners.max(axis=0), start + 64 * 2.0)
+
+
+def still(widget: AugmentPreviewWidget) -> None:
+    """No deformation, rotation, shift, flips or gray-value changes: the preview is the window as it is."""
+    widget.sigma_slider.setValue(0.0)
+    widget.rotation_slider.setValue(0.0)
+    widget.shift_slider.setValue(0.0)
+    widget.flip_check.setChecked(False)
+    widget.gray_check.setChecked(False)
+
+
+def test_the_preview_of_a_stack_is_of_the_plane_in_view(make_napari_viewer_proxy, qtbot, cells):
+    """A Z stack was previewed at plane 0 whatever plane the viewer showed; the plane in view is read through
+    each layer's own scale and translate (world z = translate + scale * index), and the status names it."""
+    image, labels = cells
+    planes = np.stack([image, image[::-1], image[:, ::-1]])
+    label_planes = np.stack([labels, labels[::-1], labels[:, ::-1]])
+    viewer = make_napari_viewer_proxy()
+    layer = viewer.add_image(planes, name="stack", scale=(2.0, 1.0, 1.0), translate=(10.0, 0.0, 0.0))
+    labels_layer = viewer.add_labels(label_planes, name="stack labels", scale=(2.0, 1.0, 1.0), translate=(10.0, 0, 0))
+    widget = AugmentPreviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Augmentation preview")
+    widget.image_combo.value = layer
+    widget.labels_combo.value = labels_layer
+    widget.window_spin.setValue(64)
+    still(widget)
+    qtbot.waitUntil(lambda: not widget.pending(), timeout=20_000)
+    for index in (2, 1):
+        viewer.dims.set_point(0, 10.0 + 2.0 * index)
+        widget.new_sample()
+        qtbot.waitUntil(lambda: not widget.pending(), timeout=20_000)
+        shown_image, shown_labels, _ = widget.sample
+        plane = planes[index][None]
+        lo, hi = percentiles(plane, 1.0, 99.8, "CYX")
+        window = apply_normalization(read_window(plane, widget.origin, (64, 64)), lo, hi)
+        np.testing.assert_allclose(shown_image, window, atol=1e-6)
+        target = read_window(label_planes[index][None].astype(np.float32), widget.origin, (64, 64))[0]
+        np.testing.assert_array_equal(shown_labels, target.astype(np.int32))
+        assert f"plane {index}" in widget.status.text()
+
+
+def test_the_preview_moves_label_ids_past_float32_exactly(make_napari_viewer_proxy, qtbot, cells):
+    """float32 holds integers up to 2**24 and int32 up to 2**31: larger ids came out merged or wrapped."""
+    image, labels = cells
+    offset = 2**40
+    large = np.where(labels > 0, labels.astype(np.int64) + offset, 0)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(large, name="large ids")
+    widget = AugmentPreviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Augmentation preview")
+    widget.labels_combo.value = viewer.layers["large ids"]
+    widget.window_spin.setValue(96)
+    widget.new_sample()
+    qtbot.waitUntil(lambda: not widget.pending(), timeout=20_000)
+    _, shown_labels, _ = widget.sample
+    lo, hi = percentiles(image[None], 1.0, 99.8, "CYX")
+    window = apply_normalization(read_window(image[None], widget.origin, (96, 96)), lo, hi)
+    target = read_window(labels[None].astype(np.float32), widget.origin, (96, 96))[0].astype(np.int64)
+    _, expected, _ = augment(window, target, grid_lines((96, 96)), np.random.default_rng(widget.seed), widget.config())
+    np.testing.assert_array_equal(shown_labels, np.where(expected > 0, expected + offset, 0))
+    np.testing.assert_array_equal(viewer.layers["augmented labels"].data, shown_labels)
+
+
+def test_the_plane_in_view_of_a_stack_with_a_channel_axis(make_napari_viewer_proxy, qtbot, cells):
+    """A (Z, C, Y, X) layer: the channel axis is not a plane axis; Z picks the plane, both channels shown."""
+    image, _ = cells
+    planes = np.stack([np.stack([np.roll(image, 17 * z, axis=1), image[::-1]]) for z in range(3)])
+    viewer = make_napari_viewer_proxy()
+    layer = viewer.add_image(planes, name="zc", metadata={"napari_unet": {"axes": "ZCYX"}})
+    widget = AugmentPreviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Augmentation preview")
+    widget.image_combo.value = layer
+    widget.window_spin.setValue(64)
+    still(widget)
+    qtbot.waitUntil(lambda: not widget.pending(), timeout=20_000)
+    viewer.dims.set_point(0, 2)
+    viewer.dims.set_point(1, 1)  # the channel the viewer shows does not matter
+    widget.new_sample()
+    qtbot.waitUntil(lambda: not widget.pending(), timeout=20_000)
+    lo, hi = percentiles(planes[2], 1.0, 99.8, "CYX")
+    window = apply_normalization(read_window(planes[2], widget.origin, (64, 64)), lo, hi)
+    np.testing.assert_allclose(widget.sample[0], window, atol=1e-6)
+    assert widget.plane == (2,) and "plane 2" in widget.status.text()

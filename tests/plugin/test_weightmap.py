@@ -68,3 +68,17 @@ def test_the_weight_map_lies_over_the_labels_layer_chosen(make_napari_viewer_pro
         widget.labels_combo.value = smaller
     assert [x.name for x in viewer.layers if x.name.startswith("weight map")] == ["weight map"], "no stale map"
     assert widget.layer.data.shape == (40, 50)
+
+
+@pytest.mark.parametrize("dtype, offset", [(np.int32, 2**24), (np.int64, 2**40), (np.uint64, 2**63)])
+def test_label_ids_past_float32_give_the_same_map(make_napari_viewer_proxy, qtbot, cells, dtype, offset):
+    """Ids past 2**24 (float32) or 2**31 (int32) are other ids of the same cells: the map is the same."""
+    _, labels = cells
+    large = np.where(labels > 0, labels.astype(object) + offset, 0).astype(dtype)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_labels(large, name="large ids")
+    widget = WeightMapWidget(viewer)
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        viewer.window.add_dock_widget(widget, name="Weight map")
+    training = PRESETS["paper"][1]
+    np.testing.assert_array_equal(widget.layer.data, weight_map(labels, training.w0, training.sigma))

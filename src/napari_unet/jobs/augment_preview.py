@@ -8,7 +8,7 @@ import numpy as np
 
 from ..augment import AugmentConfig, change_gray_values, sampling_map, warp
 from ..io import apply_normalization, percentiles
-from ..tiling import read_window
+from ..tiling import mirror_indices, read_window
 
 GRID_SPACING = 16  # px between the lines of the deformation grid
 
@@ -31,14 +31,18 @@ def preview_sample(
     plane: Any, labels: np.ndarray | None, origin: tuple[int, int], size: int, config: AugmentConfig, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut the (C, size, size) window at `origin` of `plane` (C, H, W) and of `labels` (H, W) or None (mirrored
-    at the borders as in training), normalise it with the plane's percentiles, and augment it."""
+    at the borders as in training), normalise it with the plane's percentiles, and augment it. The labels keep
+    their dtype and ids, however large."""
     window = read_window(plane, origin, (size, size))
     lo, hi = percentiles(plane, 1.0, 99.8, "CYX")
     window = apply_normalization(window, lo, hi)
     if labels is None:
         labels_window = np.zeros((size, size), np.int32)
     else:
-        labels_window = read_window(labels[None], origin, (size, size))[0].astype(np.int32)
+        labels = np.asarray(labels)
+        rows = mirror_indices(origin[0], size, labels.shape[0])
+        columns = mirror_indices(origin[1], size, labels.shape[1])
+        labels_window = labels[np.ix_(rows, columns)]
     return augmented_window(window, labels_window, config, seed)
 
 
@@ -46,7 +50,7 @@ def augmented_window(
     image: np.ndarray, labels: np.ndarray, config: AugmentConfig, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The sample `augment` would make of image (C, n, n) and labels (n, n) with this seed, and the grid warped
-    the same way: (image (C, n, n) float32, labels (n, n), grid (n, n) float32)."""
+    the same way: (image (C, n, n) float32, labels (n, n) of labels' dtype, grid (n, n) float32)."""
     rng = np.random.default_rng(seed)
     image = change_gray_values(image, rng, config)
     grid = grid_lines(labels.shape)

@@ -1,13 +1,14 @@
 """Augmentation preview dock: one training window of the image and labels, augmented as training would.
 
-The window (the training tile size, centred on the view) is warped by `augment`'s own steps — gray-value
-changes, then one sampling map for elastic deformation, rotation, shift and flips — and shown beside the image
-with a grid warped the same way, so the deformation is visible at a glance. The settings are the session's:
+The window (the training tile size, centred on the view, of the plane in view for a Z or T stack) is warped by
+`augment`'s own steps — gray-value changes, then one sampling map for elastic deformation, rotation, shift and
+flips — and shown beside the image with a grid warped the same way, so the deformation is visible at a glance. The settings are the session's:
 the Fine-tune dock trains with them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +31,26 @@ from ._workers import alive, start_worker
 GAP = 16  # px between the image and the preview
 
 
+def shown_plane(viewer: Any, layer: Any, axes: Sequence[int], sizes: Sequence[int]) -> tuple[int, ...]:
+    """The index over `layer`'s data axes `axes` (of `sizes` planes) of the plane the viewer shows: the viewer's
+    point in the layer's data coordinates (its own scale, translate and affine), rounded as napari slices it
+    and kept inside the layer.
+
+    A (Z, Y, X) layer of scale (2, 1, 1) and translate (10, 0, 0) shows plane 2 at world z = 14.
+    """
+    if not sizes:
+        return ()
+    position = np.asarray(layer.world_to_data(viewer.dims.point))
+    return tuple(int(np.clip(np.round(position[axis]), 0, size - 1)) for axis, size in zip(axes, sizes))
+
+
+def plane_words(plane: tuple[int, ...]) -> str:
+    """The status's words for the plane: ' of plane 3', ' of plane (1, 3)' over two axes, '' for a 2-D image."""
+    if not plane:
+        return ""
+    return f" of plane {plane[0]}" if len(plane) == 1 else f" of plane {plane}"
+
+
 class AugmentPreviewWidget(QWidget):
     """Show an augmented training window; `New sample` draws another. `shown` is emitted with
     (image, labels, grid) after each preview."""
@@ -42,6 +63,7 @@ class AugmentPreviewWidget(QWidget):
         self.session = session or session_for(napari_viewer)
         self.seed = 0
         self.origin: tuple[int, int] | None = None  # (y, x) of the last previewed window
+        self.plane: tuple[int, ...] = ()  # the index of its plane over the image's Z, T, ... axes
         self.sample: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the last shown (image, labels, grid)
         self._in_flight = 0
         self.layers: dict[str, Any] = {}
@@ -132,13 +154,13 @@ class AugmentPreviewWidget(QWidget):
         if layer is None:
             return None
         try:
-            plane, labels, origin = self._source(layer)
+            index, plane, labels, origin = self._source(layer)
         except LayerProblem as error:
             show_error(str(error))
             return None
         self._runs += 1
         run = self._runs
-        self.origin = origin
+        self.origin, self.plane = origin, index
         worker = create_worker(
             preview_sample,
             plane,
@@ -150,7 +172,7 @@ class AugmentPreviewWidget(QWidget):
             _ignore_errors=True,
             _start_thread=False,
         )
-        worker.returned.connect(lambda result: alive(self) and self._show(result, layer, origin, run))
+        worker.returned.connect(lambda result: alive(self) and self._show(result, layer, origin, index, run))
         worker.errored.connect(lambda error: show_error(f"Augmentation preview failed: {error}"))
         worker.finished.connect(lambda: alive(self) and self._worker_done())
         self._in_flight += 1
@@ -168,12 +190,16 @@ class AugmentPreviewWidget(QWidget):
         self.session.augment = self.config()
         self._preview_soon()
 
-    def _source(self, layer: Any) -> tuple[Any, np.ndarray | None, tuple[int, int]]:
-        """The first (C, H, W) plane of `layer`, its labels (H, W) or None, and the origin (y, x) of the window
+    def _source(self, layer: Any) -> tuple[tuple[int, ...], Any, np.ndarray | None, tuple[int, int]]:
+        """The index of the plane of `layer` the viewer shows (over its Z, T, ... axes; () for a 2-D image), that
+        (C, H, W) plane, the labels plane (H, W) the viewer shows or None, and the origin (y, x) of the window
         centred on the view."""
         layers = self.viewer.layers
         stack = plane_stack(layer, channels_of(layer, layers), layers)
-        plane = stack.plane(tuple(0 for _ in stack.leading))
+        own_axes = len(pixel_shape(layer)) - 2  # the leading axes of the layer itself (its channel axis too)
+        axes = [a for a in range(own_axes) if own_axes == len(stack.leading) or a != stack.channel_axis]
+        index = shown_plane(self.viewer, layer, axes, stack.leading)
+        plane = stack.plane(index)
         n = self.window_spin.value()
         height, width = stack.shape
         scale, translate = np.asarray(layer.scale[-2:]), np.asarray(layer.translate[-2:])
@@ -183,17 +209,24 @@ class AugmentPreviewWidget(QWidget):
         )
         labels_layer = self.labels_combo.value
         if labels_layer is None:
-            return plane, None, origin  # type: ignore[return-value]
-        data = np.asarray(layer_data(labels_layer))
-        if data.shape[-2:] != (height, width):
+            return index, plane, None, origin  # type: ignore[return-value]
+        data = layer_data(labels_layer)
+        if tuple(data.shape[-2:]) != (height, width):
             raise LayerProblem(
-                f"the labels '{labels_layer.name}' {data.shape} do not match the image "
+                f"the labels '{labels_layer.name}' {tuple(data.shape)} do not match the image "
                 f"'{layer.name}' ({height} x {width})"
             )
-        return plane, data.reshape(-1, height, width)[0], origin  # type: ignore[return-value]
+        leading = tuple(int(n) for n in data.shape[:-2])
+        labels = np.asarray(data[shown_plane(self.viewer, labels_layer, range(len(leading)), leading)])
+        return index, plane, labels, origin  # type: ignore[return-value]
 
     def _show(
-        self, result: tuple[np.ndarray, np.ndarray, np.ndarray], layer: Any, origin: tuple[int, int], run: int
+        self,
+        result: tuple[np.ndarray, np.ndarray, np.ndarray],
+        layer: Any,
+        origin: tuple[int, int],
+        plane: tuple[int, ...],
+        run: int,
     ) -> None:
         if run != self._runs:
             return
@@ -203,7 +236,7 @@ class AugmentPreviewWidget(QWidget):
         translate = (layer.translate[-2] + origin[0] * scale[0], layer.translate[-1] + (width + GAP) * scale[1])
         shown = {
             "augmented image": (image[0] if image.ndim == 3 else image, "image"),
-            "augmented labels": (labels.astype(np.int32), "labels"),
+            "augmented labels": (labels, "labels"),
             "deformation grid": (grid, "image"),
         }
         for name, (data, kind) in shown.items():
@@ -231,8 +264,8 @@ class AugmentPreviewWidget(QWidget):
                 )
         self._outline(layer, origin)
         self.status.setText(
-            f"sample {self.seed}: the window at ({origin[0]}, {origin[1]}) as training sees it; "
-            "the Fine-tune dock trains with these settings"
+            f"sample {self.seed}: the window at ({origin[0]}, {origin[1]}){plane_words(plane)} as training sees "
+            "it; the Fine-tune dock trains with these settings"
         )
         self.shown.emit(result)
 
