@@ -508,19 +508,99 @@ def test_a_grey_model_makes_rgb_grey_for_whole_files_and_blocks(client, bundle, 
         assert same_up_to_renumbering(np.asarray(got_labels), probs_to_labels(probs, grey.postprocess))
 
 
-def test_nan_and_constant_images_are_refused(client, bundle, tmp_path):
-    """As a single-process run refuses them (`validation.check_image`): block by block, from the sample read
-    for the percentiles before any block is submitted, and in every window a block reads."""
+def test_nan_and_constant_images_that_go_by_blocks_are_refused_when_planning(bundle, tmp_path, monkeypatch, capsys):
+    """As a single-process run refuses them (`validation.check_image`), and before any output or task: a zarr,
+    a memory-mapped TIFF and a compressed TIFF with one NaN or infinite pixel, and a constant image. Before,
+    `plan_batch` accepted them; a block's task failed on the cluster, after the outputs were created and other
+    blocks had run, when the percentiles' sample (every n-th pixel of a large image) missed the NaN."""
+    from napari_unet.__main__ import main
+    from napari_unet.modelfile import save_model
+
     image = (make_cells((150, 140), seed=7)[0] * 1000).astype(np.float32)
+    image[71, 61] = np.nan
+    infinite = image.copy()
+    infinite[71, 61] = np.inf
+    attrs = dist.ngff_attributes("x", "YX", None, None, label=False)
+    for name, values in (("nan", image), ("constant", np.full((150, 140), 5, np.uint16))):
+        dist.create_ome_zarr(tmp_path / f"{name}.zarr", values.shape, values.dtype, (64, 64), attrs)["0"][:] = values
+    write_tiff(tmp_path / "mapped.tif", image, "YX")  # memory-mapped
+    write_tiff(tmp_path / "packed.tif", infinite, "YX", compression="zlib")  # through tifffile's zarr store
+    refusals = {
+        "nan.zarr": r"nan.zarr: the image has 1 NaN or infinite values out of 21000; replace them",
+        "mapped.tif": r"mapped.tif: the image has 1 NaN or infinite values out of 21000",
+        "packed.tif": r"packed.tif: the image has 1 NaN or infinite values out of 21000",
+        "constant.zarr": r"constant.zarr: the image is constant \(every value is 5.0\): nothing to segment",
+    }
+    out = tmp_path / "out"
+    for name, message in refusals.items():
+        assert dist.goes_by_blocks(tmp_path / name, (150, 140), "YX", BLOCK)
+        with pytest.raises(ValueError, match=message):
+            dist.plan_batch(bundle, [tmp_path / name], out, block_size=BLOCK, tile_size=TILE, device="cpu")
+    assert not list(out.iterdir())  # no output, no progress folder
+
+    def connect(*args, **kwargs):  # a cluster that must not start
+        raise AssertionError("a cluster was started")
+
+    monkeypatch.setattr("napari_unet.distributed.batch.connect", connect)
+    model = save_model(tmp_path / "cells.model", bundle)
+    command = ["predict", str(model), str(tmp_path / "nan.zarr"), "--out", str(out), "--workers", "2"]
+    assert main([*command, "--block-size", str(BLOCK), "--tile-size", str(TILE), "--device", "cpu"]) == 2
+    assert "nan.zarr: the image has 1 NaN or infinite values" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="constant.zarr: the image is constant"):
+        dist.segment_files(model, [tmp_path / "constant.zarr"], out, workers=2, block_size=BLOCK, device="cpu")
+    assert not list(out.iterdir())
+
+
+def test_the_values_are_checked_chunk_by_chunk(bundle, tmp_path, monkeypatch):
+    """`tasks.check_values` reads each value once and never the whole image at once: a zarr (dask) image chunk
+    by chunk, a memory-mapped one in bands of whole rows of ~`validation.BLOCK_ELEMENTS` values. A rerun does
+    not read an image whose labels are complete (its blocks read every value)."""
+    import dask.array as da
+
+    class Reads:
+        """A lazy (H, W) image that records the number of values of every read."""
+
+        def __init__(self, values: np.ndarray):
+            self.values, self.shape, self.dtype, self.ndim, self.sizes = values, values.shape, values.dtype, 2, []
+
+        def __getitem__(self, key):
+            self.sizes.append(self.values[key].size)
+            return self.values[key]
+
+    monkeypatch.setattr("napari_unet.validation.BLOCK_ELEMENTS", 1000)
+    values = np.arange(150 * 140, dtype=np.float32).reshape(150, 140)
+    values[149, 139] = np.nan
+    mapped = Reads(values)
+    with pytest.raises(ValueError, match="x.tif: the image has 1 NaN or infinite values out of 21000"):
+        dist.tasks.check_values(Path("x.tif"), mapped)
+    assert sum(mapped.sizes) == values.size and max(mapped.sizes) == (1000 // 140) * 140
+    chunked = Reads(values)
+    with pytest.raises(ValueError, match="x.zarr: the image has 1 NaN or infinite values out of 21000"):
+        dist.tasks.check_values(Path("x.zarr"), da.from_array(chunked, chunks=(64, 64), name=False))
+    assert sum(chunked.sizes) == values.size and max(chunked.sizes) == 64 * 64
+
+    attrs = dist.ngff_attributes("nan", "YX", None, None, label=False)
+    dist.create_ome_zarr(tmp_path / "nan.zarr", values.shape, np.float32, (64, 64), attrs)["0"][:] = values
+    labels = dist.create_ome_zarr(tmp_path / "out" / "nan_labels.ome.zarr", values.shape, np.uint32, (64, 64), attrs)
+    labels.attrs[dist.COMPLETE] = True  # as a finished run leaves it
+    plan = dist.plan_batch(bundle, [tmp_path / "nan.zarr"], tmp_path / "out", block_size=BLOCK, tile_size=TILE)
+    assert plan.items[0][2] is not None  # planned without reading its values: segment_plan skips it
+
+
+def test_a_block_s_reads_still_refuse_values_that_changed_after_planning(client, bundle, tmp_path):
+    """The sample read for the percentiles (before any block is submitted) and every window a block reads
+    refuse NaN values too: an input written to between planning and running is refused, naming it."""
+    image = (make_cells((150, 140), seed=7)[0] * 1000).astype(np.float32)
+    attrs = dist.ngff_attributes("nan", "YX", None, None, label=False)
+    store = dist.create_ome_zarr(tmp_path / "nan.zarr", image.shape, np.float32, (64, 64), attrs)["0"]
+    store[:] = image
+    plan = dist.plan_batch(bundle, [tmp_path / "nan.zarr"], tmp_path / "out", block_size=BLOCK, tile_size=TILE)
     image[70:80, 60:75] = np.nan
-    for name, values in (("nan", image), ("constant", np.full((150, 140), 5, np.float32))):
-        attrs = dist.ngff_attributes(name, "YX", None, None, label=False)
-        dist.create_ome_zarr(tmp_path / f"{name}.zarr", values.shape, np.float32, (64, 64), attrs)["0"][:] = values
-    with pytest.raises(ValueError, match=r"nan.zarr: the image has 150 NaN or infinite values"):
-        run(client, bundle, [tmp_path / "nan.zarr"], tmp_path / "out")
-    with pytest.raises(ValueError, match=r"constant.zarr: the image is constant \(every value is 5.0\)"):
-        run(client, bundle, [tmp_path / "constant.zarr"], tmp_path / "out")
+    store[:] = image
+    with pytest.raises(ValueError, match=r"nan.zarr: the image has 150 NaN or infinite values in rows 0:150"):
+        list(dist.segment_plan(client, bundle, plan))  # from the sample: every value of so small an image
     assert not dist.is_complete(tmp_path / "out" / "nan_labels.ome.zarr")
+    assert not list((tmp_path / "out" / ".nan.progress").rglob("probs-*"))  # no block ran
     reads = dist.tasks.plane_reads(bundle, tmp_path / "nan.zarr", image, "YX")
     assert reads[..., 0:60, 0:60].shape == (1, 60, 60)
     with pytest.raises(ValueError, match=r"nan.zarr: the image has 90 NaN or infinite values in rows 60:120, columns"):
@@ -690,6 +770,42 @@ def test_the_command_line_rerun_skips_finished_files_and_keeps_pixel_sizes(clien
     assert "skipped" not in capsys.readouterr().err
     assert read_pixel_size(out / "small_labels.tif").scale == (0.5, 0.5)
     assert dist.input_pixel_size(out / "large_labels.ome.zarr") == ((0.5, 0.5), "micrometer")
+
+
+def test_single_process_zarr_and_blocks_write_the_same_ngff_layout(client, bundle, tmp_path):
+    """`predict --zarr` (`ome_zarr.write_ome_zarr`) and an image segmented block by block write one layout: zarr
+    format 2, dimension_separator "/" (NGFF 0.4), chunk (y, x) in the file `0/y/x`, the same multiscales (only
+    their chunk shapes differ: whole planes up to 1024 pixels, and blocks); and
+    labels equal up to renumbering. `--zarr` wrote "." keys (`0/y.x`) before."""
+    import json
+
+    from napari_unet.cli import main
+    from napari_unet.modelfile import save_model
+
+    write_tiff(tmp_path / "cells.tif", (make_cells((150, 140), seed=7)[0] * 1000).astype(np.uint16), "YX")
+    model = save_model(tmp_path / "cells.model", bundle)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers
+    try:
+        command = ["predict", str(model), str(tmp_path / "cells.tif"), "--tile-size", str(TILE), "--device", "cpu"]
+        assert main([*command, "--out", str(tmp_path / "single"), "--zarr", "-q"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    run(client, bundle, [tmp_path / "cells.tif"], tmp_path / "blocks", probabilities=False)
+    stores = [tmp_path / out / "cells_labels.ome.zarr" for out in ("single", "blocks")]
+    layouts = []
+    for store in stores:
+        meta = json.loads((store / "0" / ".zarray").read_text())
+        chunks = {str(p.relative_to(store / "0")) for p in (store / "0").rglob("*") if p.is_file()}
+        grid = [-(-n // c) for n, c in zip(meta["shape"], meta["chunks"])]
+        written = {c for c in chunks if not c.startswith(".")}  # a chunk of zeros only (the fill value) is not
+        assert written and written <= {f"{y}/{x}" for y in range(grid[0]) for x in range(grid[1])}
+        multiscale = zarr.open_group(str(store), mode="r").attrs["multiscales"][0]
+        layouts.append((meta["zarr_format"], meta["dimension_separator"], multiscale["axes"], multiscale["datasets"]))
+    assert layouts[0] == layouts[1] and layouts[0][:2] == (2, "/")
+    single, blocks = (np.asarray(read_input(store)[0]) for store in stores)
+    assert np.array_equal(single, read_input(tmp_path / "single" / "cells_labels.tif")[0])
+    assert single.max() > 0 and same_up_to_renumbering(blocks, single)
 
 
 def corrupt_zarr(path: Path) -> Path:

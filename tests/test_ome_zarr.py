@@ -57,3 +57,18 @@ def test_an_interrupted_write_leaves_the_old_store_and_no_temporary(tmp_path, mo
         pass
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.ome.zarr"]
     assert (np.asarray(read_zarr(path)[0]) == 7).all(), "the old store is back"
+
+
+def test_chunk_keys_are_nested_with_slashes_as_ngff_asks(tmp_path):
+    """NGFF 0.4 stores are zarr format 2 with dimension_separator "/": chunk (t, y, x) is the file `0/t/y/x`.
+    `write_ome_zarr` (`predict --zarr`) wrote zarr's default "." keys (`0/t.y.x`), unlike the distributed outputs."""
+    import json
+
+    labels = np.arange(2 * 40 * 50, dtype=np.int32).reshape(2, 40, 50)
+    path = write_ome_zarr(tmp_path / "x.ome.zarr", labels, "TYX", chunk=16)
+    meta = json.loads((path / "0" / ".zarray").read_text())
+    assert meta["zarr_format"] == 2 and meta["dimension_separator"] == "/" and meta["chunks"] == [1, 16, 16]
+    files = sorted(str(p.relative_to(path / "0")) for p in (path / "0").rglob("*") if p.is_file())
+    chunks = [f for f in files if not f.startswith(".")]
+    assert chunks == [f"{t}/{y}/{x}" for t in (0, 1) for y in range(3) for x in range(4)]  # 2 x 3 x 4 chunks
+    np.testing.assert_array_equal(np.asarray(read_zarr(path)[0]), labels)

@@ -1,5 +1,5 @@
 """OME-Zarr in and out: a zarr array (or the array "0" of an OME-Zarr group) read lazily with its axes, and labels
-or images written as a single-scale OME-Zarr 0.4 image with their pixel size.
+or images written as a single-scale OME-Zarr 0.4 image with their pixel size (zarr format 2, "/" chunk keys).
 
 >>> import tempfile
 >>> path = write_ome_zarr(tempfile.mkdtemp() + "/labels.ome.zarr", np.zeros((2, 8, 8), np.int32), "TYX")
@@ -28,6 +28,10 @@ from .io import (
 
 OME_ZARR_UNITS = {"um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
 OME_ZARR_AXIS_TYPES = {"T": "time", "Z": "space", "C": "channel", "Y": "space", "X": "space"}
+# NGFF 0.4 stores are zarr format 2 with "/" chunk keys (`0/3/1`, nested folders: dimension_separator "/"),
+# where zarr's own default for format 2 is "." (`0.3.1`). Every OME-Zarr this package writes uses these keys:
+# `write_ome_zarr` (`predict --zarr`) and `distributed.create_ome_zarr` (block by block), so both lay out alike.
+NGFF_CHUNK_KEYS = {"name": "v2", "separator": "/"}
 
 
 def read_zarr(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
@@ -98,7 +102,9 @@ def _write_store(path: Path, name: str, array, axes: str, pixel_size, chunk: int
     shape = tuple(int(n) for n in array.shape)
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     chunks = tuple(1 if a in "TZC" else min(n, chunk) for a, n in zip(axes, shape))
-    data = group.create_array("0", shape=shape, chunks=chunks, dtype=np.dtype(array.dtype))
+    data = group.create_array(
+        "0", shape=shape, chunks=chunks, dtype=np.dtype(array.dtype), chunk_key_encoding=NGFF_CHUNK_KEYS
+    )
     for index in np.ndindex(*shape[:-2]):
         data[index] = np.asarray(array[index])
     unit = OME_ZARR_UNITS.get(pixel_size.unit) if pixel_size is not None else None

@@ -44,6 +44,7 @@ from .omezarr import (
 from .tasks import (
     Source,
     check_channels,
+    check_values,
     identity,
     label_block,
     plane_reads,
@@ -146,8 +147,11 @@ def plan_batch(
     two inputs with one base name (`check_distinct_names`), a block or tile size < 1, a negative margin, an
     unknown device, an unreadable file, channels that the model's channel choice does not turn into the
     network's (`tasks.check_channels`), or with `tta` an input that would go by blocks or whose planes are too
-    large for it. (Values are checked later: NaN or constant images by `segment_plan`.) pixel_size: stored in the outputs instead of each input's
-    own. Writes nothing but `out_dir` itself."""
+    large for it; then, once every input passed those, the values of each input that goes by blocks: NaN or
+    infinite values, or a constant image (`tasks.check_values`: a full read, chunk by chunk, on the driver's
+    threads; skipped for an image whose labels are complete, as a rerun finds them). A whole file's values are
+    checked by its task, as a single-process run checks them. pixel_size: stored in the outputs instead of each
+    input's own. Writes nothing but `out_dir` itself."""
     _check_options(block_size, margin, tile_size, device)
     check_distinct_names(inputs, out_dir)
     out_dir = Path(out_dir)
@@ -160,6 +164,9 @@ def plan_batch(
         if tta:
             _check_tta(path, image, plan, block_size, bundle.net.config.num_classes)
         items.append((path, None if plan is None else image, plan))  # whole files are read again by their task
+    for path, image, plan in items:  # the values last: a full read of each image that goes by blocks
+        if plan is not None and not is_complete(plan.labels):  # finished: its blocks read every value already
+            check_values(path, image)
     network = bundle.net.config.to_dict()
     return BatchPlan(out_dir, tuple(items), network, margin, tile_size, device, axes, tta, pixel_size)
 
@@ -236,8 +243,9 @@ def segment_plan(
     blocks: the mean over the orientations of a block is not the whole image's). A `bundle` whose network
     differs from the one the plan was made for (other tile grids) is refused with a ValueError before anything
     is submitted; other weights or post-processing of the same network are fine. An image with NaN or infinite
-    values, or constant, is refused as `predict` refuses it: by blocks, from the sample read for its percentiles
-    before its blocks are submitted (and in each window a block reads). A task that fails on its input (a
+    values, or constant, is refused as `predict` refuses it: by blocks, when planning (`plan_batch`), and again,
+    should the input have changed since, from the sample read for its percentiles before its blocks are
+    submitted and in each window a block reads; a whole file by its task. A task that fails on its input (a
     ValueError or OSError: a corrupt chunk, NaN values) raises a ValueError naming the file; any other failure a
     RuntimeError naming it.
     """

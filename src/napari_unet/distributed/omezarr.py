@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metadata import PixelSize, read_pixel_size
-from ..ome_zarr import OME_ZARR_UNITS
+from ..ome_zarr import NGFF_CHUNK_KEYS, OME_ZARR_UNITS
 from ..pipeline import base_name
 
 NGFF_VERSION = "0.4"
@@ -51,7 +51,7 @@ def create_ome_zarr(path: Path, shape: tuple[int, ...], dtype, chunks: tuple[int
         chunks=chunks,
         dtype=dtype,
         fill_value=0,
-        chunk_key_encoding={"name": "v2", "separator": "/"},
+        chunk_key_encoding=NGFF_CHUNK_KEYS,  # as `ome_zarr.write_ome_zarr` writes them
     )
     group.attrs.update(attrs)
     return group

@@ -103,6 +103,42 @@ def check_channels(bundle: ModelBundle, path: Path, image: Any, axes: str, choic
         raise ValueError(f"{path}: {error}") from None
 
 
+def check_values(path: Path, image: Any) -> None:
+    """Raise ValueError (naming `path`) when the lazily read `image` (a dask array, zarr, or memory-mapped TIFF)
+    holds NaN or infinite values, or is constant: `validation.check_image`'s refusals and messages, for an input
+    that goes by blocks, when planning (before any output is created or any task submitted).
+
+    Cost: a full read of the image on the driver, once (a compressed input decompressed once), as one dask
+    reduction chunk by chunk on local threads: memory of a few chunks per thread, never the whole image. (The
+    percentiles' sample of `NamedReads.sample` sees every n-th pixel only, so it cannot stand in for this.)
+    """
+    import dask
+    import dask.array as da
+
+    from ..validation import BLOCK_ELEMENTS
+
+    if isinstance(image, da.Array):
+        lazy = image
+    else:  # a memory-mapped TIFF: bands of whole rows, ~BLOCK_ELEMENTS values each; name=False: no hashing
+        *lead, _, width = image.shape
+        rows = max(1, BLOCK_ELEMENTS // max(1, int(np.prod(lead, dtype=np.int64)) * width))
+        lazy = da.from_array(image, chunks=(*lead, rows, width), name=False)
+    parts = [lazy.min(), lazy.max()]
+    if lazy.dtype.kind == "f":
+        parts.append((~da.isfinite(lazy)).sum())
+    with reading(path):
+        # the three reductions share one read of each chunk; "threads": the driver's threads, even when a
+        # distributed Client is the default scheduler (the workers do not read the image for a check)
+        lo, hi, *bad = dask.compute(*parts, scheduler="threads")
+    if bad and int(bad[0]):
+        raise ValueError(
+            f"{path}: the image has {int(bad[0])} NaN or infinite values out of {int(lazy.size)}; replace them "
+            "(e.g. with np.nan_to_num) before segmenting"
+        )
+    if lo == hi:
+        raise ValueError(f"{path}: the image is constant (every value is {float(lo)}): nothing to segment")
+
+
 @dataclass(frozen=True)
 class NamedReads:
     """A lazy single plane `image` ("YX" or "CYX": `axes`) as the network takes it, (C, H, W) with C =
