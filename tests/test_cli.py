@@ -727,3 +727,48 @@ def test_predict_names_an_input_with_a_corrupt_chunk_in_one_line(tmp_path, capsy
     assert main(["predict", str(model), str(tmp_path / "bad.zarr"), "--out", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err
     assert "bad.zarr: cannot be read" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_predict_and_rois_keep_the_pixel_size_z_step_and_frame_interval(tmp_path, capsys):
+    """predict's outputs of a calibrated stack (ImageJ) and time series (OME-TIFF) keep the Z step and frame
+    interval beside the pixel size (they were dropped); a --pixel-size in another unit gets the Z step in that
+    unit; `rois --like IMAGE` gives its labels IMAGE's calibration (they had none)."""
+    tifffile = pytest.importorskip("tifffile")
+    pytest.importorskip("roifile")
+    from napari_unet.io import StackSpacing, read_spacing
+    from napari_unet.metadata import PixelSize, read_pixel_size
+    from napari_unet.roi import write_rois
+
+    cells = [make_cells((40, 44), seed=20 + n) for n in range(3)]
+    planes = (np.stack([image for image, _ in cells]) * 1000).astype(np.uint16)
+    stack, movie = tmp_path / "stack.tif", tmp_path / "movie.ome.tif"
+    imagej = {"axes": "ZYX", "spacing": 2.0, "unit": "um"}
+    tifffile.imwrite(stack, planes, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata=imagej)
+    ome = {"axes": "TYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25, "TimeIncrement": 5.0}
+    tifffile.imwrite(movie, planes, ome=True, metadata=ome)
+    model, out = tiny_model(tmp_path), tmp_path / "out"
+    code, _, err = run(capsys, "predict", model, stack, movie, "--out", out, "--probabilities", "--device", "cpu", "-q")
+    assert code == 0, err
+    expected = {
+        "stack": (PixelSize(0.5, 0.5, "um"), StackSpacing(z=2.0)),
+        "movie": (PixelSize(0.25, 0.25), StackSpacing(t=5.0)),
+    }
+    for name, (size, spacing) in expected.items():
+        for kind in ("labels", "probs"):
+            path = out / f"{name}_{kind}.tif"
+            assert read_image(path)[1] == ("ZYX" if name == "stack" else "TYX")
+            assert read_pixel_size(path) == size and read_spacing(path, size) == spacing, path.name
+
+    in_nm = ["--pixel-size", "500", "--unit", "nm", "--device", "cpu", "-q"]
+    code, _, err = run(capsys, "predict", model, stack, "--out", tmp_path / "nm", *in_nm)
+    assert code == 0, err
+    assert read_spacing(tmp_path / "nm" / "stack_labels.tif", PixelSize(500, 500, "nm")) == StackSpacing(z=2000.0)
+
+    labels = np.stack([ids for _, ids in cells]).astype(np.int32)
+    write_rois(tmp_path / "RoiSet.zip", labels)
+    code, _, err = run(capsys, "rois", tmp_path / "RoiSet.zip", "--like", stack, "--out", tmp_path / "back.tif")
+    assert code == 0, err
+    back, axes = read_image(tmp_path / "back.tif")
+    assert axes == "ZYX" and back.shape == labels.shape
+    assert read_pixel_size(tmp_path / "back.tif") == PixelSize(0.5, 0.5, "um")
+    assert read_spacing(tmp_path / "back.tif", PixelSize(0.5, 0.5, "um")) == StackSpacing(z=2.0)

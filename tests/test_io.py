@@ -484,3 +484,80 @@ def test_the_alternative_axes_a_note_offers_are_in_canonical_order(tmp_path):
     tifffile.imwrite(tmp_path / "zc.tif", np.zeros((2, 3, 8, 8), np.uint16))  # series axes QSYX: read as ZCYX
     (said,) = reading_notes(tmp_path / "zc.tif")
     assert "read as ZCYX (3 channels) by guess; give --axes TZYX if these are planes" in said
+
+
+# ----------------------------------------------------------------------------- Z step and frame interval
+
+
+@pytest.mark.parametrize(("axes", "shape"), [("ZYX", (3, 20, 30)), ("TYX", (4, 20, 30)), ("TZYX", (2, 3, 20, 30))])
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.int32])
+def test_write_tiff_keeps_pixel_size_z_step_and_frame_interval(tmp_path, axes, shape, dtype):
+    """ImageJ hyperstacks (spacing, finterval) and, for int32 labels, OME-TIFFs (PhysicalSizeZ, TimeIncrement)
+    give back what was written, with the axes and values."""
+    from napari_unet.io import StackSpacing, read_spacing
+    from napari_unet.metadata import PixelSize, read_pixel_size
+
+    image, size = ramp(shape, dtype), PixelSize(0.25, 0.5, "um")
+    write_tiff(tmp_path / "c.tif", image, axes, pixel_size=size, spacing=StackSpacing(z=2.5, t=30.0))
+    read, read_axes = read_image(tmp_path / "c.tif")
+    assert read_axes == axes and isinstance(read, np.memmap)
+    np.testing.assert_array_equal(read, image)
+    assert read_pixel_size(tmp_path / "c.tif") == size
+    expected = StackSpacing(z=2.5 if "Z" in axes else None, t=30.0 if "T" in axes else None)
+    assert read_spacing(tmp_path / "c.tif", size) == expected
+    with tifffile.TiffFile(tmp_path / "c.tif") as tif:
+        assert tif.is_imagej == (dtype != np.int32) and tif.is_ome == (dtype == np.int32)
+
+
+def test_without_a_z_step_or_frame_interval_labels_stay_plain_tiffs(tmp_path):
+    """int32 labels become OME-TIFF only to hold a Z step or frame interval: not for a 2-D image, not without
+    them, and not with an axis of length 1 (OME readers drop it: the file would come back with other axes)."""
+    from napari_unet.io import StackSpacing, read_spacing
+    from napari_unet.metadata import PixelSize, read_pixel_size
+
+    size, spacing = PixelSize(0.5, 0.5, "um"), StackSpacing(z=2.0, t=5.0)
+    for name, shape, axes in [("yx", (20, 30), "YX"), ("one", (1, 3, 20, 30), "TZYX")]:
+        write_tiff(tmp_path / f"{name}.tif", np.ones(shape, np.int32), axes, pixel_size=size, spacing=spacing)
+        assert read_image(tmp_path / f"{name}.tif")[1] == axes
+        assert read_pixel_size(tmp_path / f"{name}.tif") == size
+        with tifffile.TiffFile(tmp_path / f"{name}.tif") as tif:
+            assert not tif.is_ome and tif.shaped_metadata
+    write_tiff(tmp_path / "plain.tif", np.ones((3, 20, 30), np.int32), "ZYX")
+    assert read_spacing(tmp_path / "plain.tif", size) == StackSpacing()
+    assert read_pixel_size(tmp_path / "plain.tif") is None
+    # a Z step needs a pixel size (its unit): without one, only the frame interval is kept
+    write_tiff(tmp_path / "t.tif", np.ones((2, 3, 20, 30), np.uint16), "TZYX", spacing=spacing)
+    assert read_spacing(tmp_path / "t.tif", None) == StackSpacing(t=5.0)
+
+
+def test_read_spacing_of_files_written_by_imagej_and_ome_writers(tmp_path):
+    """ImageJ: spacing in its unit, finterval in its tunit (seconds by default); OME: PhysicalSizeZ and
+    TimeIncrement with their units, converted to the pixel size's unit and to seconds."""
+    from napari_unet.io import StackSpacing, read_spacing
+    from napari_unet.metadata import PixelSize, read_pixel_size
+
+    image = np.zeros((2, 3, 16, 16), np.uint16)
+    tifffile.imwrite(
+        tmp_path / "fiji.tif",
+        image,
+        imagej=True,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"axes": "TZYX", "spacing": 2.0, "unit": "micron", "finterval": 1.5, "tunit": "min"},
+    )
+    size = read_pixel_size(tmp_path / "fiji.tif")
+    assert size == PixelSize(0.5, 0.5, "um")
+    assert read_spacing(tmp_path / "fiji.tif", size) == StackSpacing(z=2.0, t=90.0)
+    assert read_spacing(tmp_path / "fiji.tif", PixelSize(500, 500, "nm")) == StackSpacing(z=2000.0, t=90.0)
+    assert read_spacing(tmp_path / "fiji.tif", None) == StackSpacing(t=90.0)
+
+    metadata = {"axes": "TZYX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.2, "PhysicalSizeZ": 800.0}
+    metadata |= {"PhysicalSizeZUnit": "nm", "TimeIncrement": 250.0, "TimeIncrementUnit": "ms"}
+    tifffile.imwrite(tmp_path / "o.ome.tif", image, ome=True, metadata=metadata)
+    size = read_pixel_size(tmp_path / "o.ome.tif")
+    assert size == PixelSize(0.2, 0.2, "um")
+    assert read_spacing(tmp_path / "o.ome.tif", size) == StackSpacing(z=0.8, t=0.25)
+
+    tifffile.imwrite(tmp_path / "bare.tif", image[0], metadata=None, photometric="minisblack")
+    Image.fromarray(image[0, 0].astype(np.uint8)).save(tmp_path / "p.png")
+    for path in (tmp_path / "bare.tif", tmp_path / "p.png", tmp_path / "missing.tif"):
+        assert read_spacing(path, size) == StackSpacing()

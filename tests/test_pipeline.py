@@ -166,3 +166,20 @@ def test_training_pairs_must_have_one_shape(tmp_path):
     image, labels, mask = read_training_pair(tmp_path / "image.tif", tmp_path / "good.tif", tmp_path / "good.tif")
     assert image.dtype == np.float32 and mask.all() and labels.shape == (20, 30)
     np.testing.assert_allclose(np.percentile(image, [1, 99.8]), [0, 1], atol=1e-4)
+
+
+def test_segment_file_keeps_the_pixel_size_z_step_and_frame_interval(tmp_path):
+    """The labels (int32: an OME-TIFF) and probabilities (float32: ImageJ) of a stack and of a time series carry
+    the input's pixel size, Z step and frame interval (`predict` dropped the last two)."""
+    from napari_unet.io import StackSpacing, read_spacing
+    from napari_unet.metadata import PixelSize, read_pixel_size
+
+    model, size = bundle(seed=3), PixelSize(0.4, 0.4, "um")
+    image = np.random.default_rng(4).random((2, 3, 36, 36)).astype(np.float32)
+    outputs = output_paths(tmp_path / "movie.tif", tmp_path / "out", probabilities=True)
+    spacing = StackSpacing(z=1.5, t=60.0)
+    list(segment_file(model, image, "TZYX", outputs, device="cpu", pixel_size=size, spacing=spacing))
+    for path in (outputs.labels, outputs.probs):
+        assert read_image(path)[1] == "TZYX"
+        assert read_pixel_size(path) == size
+        assert read_spacing(path, size) == spacing

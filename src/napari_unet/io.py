@@ -14,16 +14,20 @@ canonical order: ``"YX"``, ``"CYX"``, ``"ZYX"``, ``"TCYX"``, ... (a subset of T,
 from __future__ import annotations
 
 import functools
+import math
 import os
 import tempfile
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
+from .metadata import METRES_PER_UNIT, PixelSize, normalize_unit, tiff_calibration
 from .validation import check_image, check_labels  # noqa: F401  (check_image: io's public name since 0.1)
 
 CANONICAL_AXES = "TZCYX"
@@ -35,6 +39,8 @@ SUPPORTED_AXES_HELP = (
     "e.g. 'YX', 'CYX', 'ZYX', 'TCYX', 'TZCYX'"
 )
 IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+SECONDS_PER_UNIT = {"s": 1.0, "sec": 1.0, "second": 1.0, "ms": 1e-3, "msec": 1e-3, "min": 60.0, "h": 3600.0}
+OME_LENGTH_UNITS = {"nm": "nm", "um": "µm", "mm": "mm", "cm": "cm", "m": "m"}  # PixelSize.unit -> OME's symbol
 MAX_PERCENTILE_SAMPLES = 2**20
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -283,15 +289,148 @@ def read_labels(path: str | Path) -> np.ndarray:
     return np.array(check_labels(labels, f"labels in {path}"))
 
 
+# ----------------------------------------------------------------------------- Z step and frame interval
+
+
+@dataclass(frozen=True)
+class StackSpacing:
+    """How far apart the planes of a stack and the frames of a time series are: ``z`` in the unit of the pixel
+    size it goes with (`metadata.PixelSize.unit`), ``t`` in seconds; None where it is not known. The Y and X
+    pixel size itself is a `metadata.PixelSize` (`metadata.read_pixel_size`).
+
+    >>> StackSpacing(z=2.0).z, StackSpacing().t
+    (2.0, None)
+    """
+
+    z: float | None = None
+    t: float | None = None
+
+
+def read_spacing(path: str | Path, pixel_size: PixelSize | None) -> StackSpacing:
+    """The Z step and frame interval stored in a TIFF: OME-XML (``PhysicalSizeZ``, ``TimeIncrement``, with their
+    units), else ImageJ metadata (``spacing`` in its ``unit``, ``finterval`` in its ``tunit``, seconds by default).
+
+    The Z step is returned in `pixel_size`'s unit (converted between nm, um, mm, cm, m), and only with a pixel
+    size: a Z step without a length unit, or beside no pixel size, is not known. The frame interval is in seconds.
+    Other files (PNG, JPEG, OME-Zarr) and unreadable ones give ``StackSpacing()``.
+    """
+    import tifffile
+
+    path = Path(path)
+    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
+        return StackSpacing()
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ome = _ome_pixels(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else {}
+            imagej = (tif.imagej_metadata or {}) if tif.is_imagej else {}
+    except Exception:  # noqa: BLE001  (read_image says what is wrong with an unreadable file)
+        return StackSpacing()
+    z = _length_in(ome.get("PhysicalSizeZ"), ome.get("PhysicalSizeZUnit", "µm"), pixel_size)  # OME's default unit
+    t = _in_seconds(ome.get("TimeIncrement"), ome.get("TimeIncrementUnit", "s"))
+    if z is None:
+        z = _length_in(imagej.get("spacing"), imagej.get("unit"), pixel_size)
+    if t is None:
+        t = _in_seconds(imagej.get("finterval"), imagej.get("tunit", "sec"))
+    return StackSpacing(z, t)
+
+
+def _ome_pixels(xml: str) -> dict[str, str]:
+    """The attributes of the first ``Pixels`` element of OME-XML ({} when there is none)."""
+    try:
+        root = ElementTree.fromstring(xml)
+    except ElementTree.ParseError:
+        return {}
+    pixels = next((element for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "Pixels"), None)
+    return dict(pixels.attrib) if pixels is not None else {}
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _length_in(value: Any, unit: Any, pixel_size: PixelSize | None) -> float | None:
+    """`value` (a length in `unit`) in the unit of `pixel_size`; None when either is missing or not convertible."""
+    value = _positive(value)
+    if value is None or pixel_size is None or not unit:
+        return None
+    unit = normalize_unit(str(unit))
+    if unit == pixel_size.unit:
+        return value
+    if unit not in METRES_PER_UNIT or pixel_size.unit not in METRES_PER_UNIT:
+        return None
+    return float(f"{value * METRES_PER_UNIT[unit] / METRES_PER_UNIT[pixel_size.unit]:.10g}")  # 2000 nm: 2.0 um
+
+
+def _in_seconds(value: Any, unit: Any) -> float | None:
+    value = _positive(value)
+    per_unit = SECONDS_PER_UNIT.get(str(unit).strip().lower())
+    return None if value is None or per_unit is None else value * per_unit
+
+
+def tiff_layout(
+    shape: tuple[int, ...],
+    dtype: Any,
+    axes: str,
+    pixel_size: PixelSize | None = None,
+    spacing: StackSpacing | None = None,
+) -> dict[str, Any]:
+    """The keywords of ``tifffile.imwrite`` (or ``tifffile.memmap``) for an array of `shape`, `dtype` and canonical
+    `axes` that :func:`read_image` reads back with those axes, with its calibration (`metadata.read_pixel_size`
+    and :func:`read_spacing` read it back).
+
+    uint8/uint16/float32: an ImageJ hyperstack (pixel size as Fiji writes it, ``spacing``, ``finterval``).
+    Other dtypes (int32 labels): a tifffile "shaped" TIFF with the pixel size in its resolution tags (pixels per
+    cm); when there is a Z step or frame interval to keep, which a plain TIFF has no place for, an OME-TIFF
+    (``PhysicalSizeX/Y/Z``, ``TimeIncrement`` in s; the resolution tags too), unless an axis other than Y and X
+    has length 1 (OME readers drop it). A Z step is kept with a pixel size and more than one plane, a frame
+    interval with more than one frame.
+    """
+    lengths = dict(zip(axes, shape))
+    spacing = spacing or StackSpacing()
+    z = spacing.z if pixel_size is not None and lengths.get("Z", 1) > 1 else None
+    t = spacing.t if lengths.get("T", 1) > 1 else None
+    imagej = np.dtype(dtype) in IMAGEJ_DTYPES
+    calibration, entries = tiff_calibration(pixel_size, imagej)
+    layout: dict[str, Any] = {"photometric": "minisblack", **calibration}
+    if imagej:
+        entries |= ({"spacing": z} if z else {}) | ({"finterval": t} if t else {})
+        return {**layout, "imagej": True, "metadata": {"axes": axes, **entries}}
+    unit = OME_LENGTH_UNITS.get(pixel_size.unit) if pixel_size is not None else None
+    z = z if unit else None
+    if not (z or t) or any(n == 1 for a, n in lengths.items() if a not in "YX"):
+        return {**layout, "metadata": {"axes": axes}}
+    if unit:
+        entries = {"PhysicalSizeX": pixel_size.x, "PhysicalSizeY": pixel_size.y}
+        entries |= {"PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit}
+    if z:
+        entries |= {"PhysicalSizeZ": z, "PhysicalSizeZUnit": unit}
+    if t:
+        entries |= {"TimeIncrement": t, "TimeIncrementUnit": "s"}
+    return {**layout, "ome": True, "metadata": {"axes": axes, **entries}}
+
+
 # ----------------------------------------------------------------------------- writing
 
 
-def write_tiff(path: str | Path, array: ArrayLike, axes: str, compression: str | None = None) -> None:
+def write_tiff(
+    path: str | Path,
+    array: ArrayLike,
+    axes: str,
+    compression: str | None = None,
+    pixel_size: PixelSize | None = None,
+    spacing: StackSpacing | None = None,
+) -> None:
     """Write ``array`` with ``axes`` to a TIFF that :func:`read_image` reads back with the same axes.
 
     The array is stored in canonical ``"TZCYX"`` order. uint8/uint16/float32 are written as ImageJ
-    hyperstacks; other dtypes as tifffile "shaped" TIFFs (axes in the JSON description). Uncompressed
-    by default, which keeps the file memory-mappable; ``compression="zlib"`` needs no extra package.
+    hyperstacks; other dtypes as tifffile "shaped" TIFFs (axes in the JSON description), or OME-TIFFs to keep
+    a Z step or frame interval (:func:`tiff_layout`). Uncompressed by default, which keeps the file
+    memory-mappable; ``compression="zlib"`` needs no extra package. ``pixel_size`` (a `metadata.PixelSize`)
+    and ``spacing`` (:class:`StackSpacing`) are stored for `metadata.read_pixel_size` and :func:`read_spacing`.
     Atomic (:func:`atomic_write`): an interrupted write leaves no file under ``path``, or the old one.
     """
     import tifffile
@@ -300,11 +439,9 @@ def write_tiff(path: str | Path, array: ArrayLike, axes: str, compression: str |
     if array.dtype == bool:
         array = array.astype(np.uint8)
     array, axes = to_canonical(array, axes)
-    imagej = {"imagej": True} if array.dtype in IMAGEJ_DTYPES else {}
+    layout = tiff_layout(array.shape, array.dtype, axes, pixel_size, spacing)
     with atomic_write(path) as staging:
-        tifffile.imwrite(
-            staging, array, metadata={"axes": axes}, photometric="minisblack", compression=compression, **imagej
-        )
+        tifffile.imwrite(staging, array, compression=compression, **layout)
 
 
 # ----------------------------------------------------------------------------- atomic writes

@@ -26,12 +26,14 @@ import numpy as np
 from .io import (
     PILLOW_SUFFIXES,
     TIFF_SUFFIXES,
+    StackSpacing,
     check_image,
     normalize_percentile,
     read_image,
     read_labels,
     remove_stale_temporaries,
     temporary_sibling,
+    tiff_layout,
 )
 from .ome_zarr import read_zarr
 from .ome_zarr import write_ome_zarr as write_ome_zarr  # re-exported: cli/predict.py imports it from here
@@ -301,6 +303,7 @@ def segment_file(
     batch_size: int = 1,
     tta: bool = False,
     pixel_size=None,
+    spacing: StackSpacing | None = None,
     diameter: float | str | None = "auto",
 ) -> Iterator[PlaneDone]:
     """Segment `image` (axes over "TZCYX", canonical) plane by plane into TIFF files; yields after each plane.
@@ -313,7 +316,8 @@ def segment_file(
     finished (an existing output stays as it was until the rename).
     Each plane is normalised with its own percentiles, as the training images were.
     postprocess: a `PostprocessConfig` (default: the bundle's). pixel_size: a `metadata.PixelSize` stored in
-    the output TIFFs' resolution tags (None: none).
+    the output TIFFs (None: none); spacing: the input's Z step and frame interval (`io.StackSpacing`, from
+    `io.read_spacing`), stored beside it (`io.tiff_layout`: the int32 labels of such a stack are an OME-TIFF).
     diameter: the objects' diameter (px), "auto" or None (`ModelBundle.scale_factor`), resolved once, on the first
     plane, for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
     that are refused: `scale.check_rescalable`).
@@ -334,8 +338,10 @@ def segment_file(
     staging = [temporary_sibling(path) for path in finals]
     complete = False
     try:
-        labels_out = _create_tiff(staging[0], out_shape, np.int32, out_axes, pixel_size)
-        probs_out = _create_tiff(staging[1], out_shape, np.float32, out_axes, pixel_size) if outputs.probs else None
+        labels_out = _create_tiff(staging[0], out_shape, np.int32, out_axes, pixel_size, spacing)
+        probs_out = (
+            _create_tiff(staging[1], out_shape, np.float32, out_axes, pixel_size, spacing) if outputs.probs else None
+        )
         for number, index in enumerate(planes):
             plane = image[index] if index else image
             fg = _foreground(bundle, plane, factor, tile_size, device, batch_size, tta)
@@ -373,26 +379,15 @@ def _foreground(bundle, plane, factor: float, tile_size, device, batch_size: int
         return np.array(out[1])
 
 
-def _create_tiff(path: Path, shape: tuple[int, ...], dtype, axes: str, pixel_size=None) -> np.memmap:
-    """A new TIFF at `path`, memory-mapped for writing, in the layout `io.write_tiff` uses (read back with axes),
-    with `pixel_size` (a `metadata.PixelSize` or None) in its resolution tags."""
+def _create_tiff(
+    path: Path, shape: tuple[int, ...], dtype, axes: str, pixel_size=None, spacing: StackSpacing | None = None
+) -> np.memmap:
+    """A new TIFF at `path`, memory-mapped for writing, in the layout `io.write_tiff` uses (`io.tiff_layout`: read
+    back with axes), with `pixel_size` (a `metadata.PixelSize` or None) and `spacing` (Z step, frame interval)."""
     import tifffile
 
-    from .io import IMAGEJ_DTYPES
-    from .metadata import tiff_calibration
-
     path.parent.mkdir(parents=True, exist_ok=True)
-    imagej = np.dtype(dtype) in IMAGEJ_DTYPES
-    calibration, metadata = tiff_calibration(pixel_size, imagej)
-    mapped = tifffile.memmap(
-        path,
-        shape=shape,
-        dtype=dtype,
-        imagej=imagej,
-        metadata={"axes": axes, **metadata},
-        photometric="minisblack",
-        **calibration,
-    )
+    mapped = tifffile.memmap(path, shape=shape, dtype=dtype, **tiff_layout(shape, dtype, axes, pixel_size, spacing))
     reserve(path)
     return mapped
 

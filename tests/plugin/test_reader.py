@@ -96,3 +96,49 @@ def test_layer_names_keep_the_dots_of_the_file_name(make_napari_viewer, tmp_path
     viewer = make_napari_viewer()
     layers = [viewer.open(tmp_path / name, plugin=PLUGIN)[0] for name in ("a.v2.tif", "a.v3.tif", "cells.ome.tif")]
     assert [layer.name for layer in layers] == ["a.v2", "a.v3", "cells"]
+
+
+def test_calibrated_files_open_with_their_z_step_and_units(make_napari_viewer, tmp_path):
+    """Y and X take the pixel size, Z the Z step (it was left at 1), T stays 1 frame; the layers' units are the
+    pixel size's on the axes it sizes, pixels elsewhere: for ImageJ and OME-TIFF files, channels split into
+    layers, and our annotations."""
+    import tifffile
+
+    from napari_unet.io import StackSpacing
+    from napari_unet.metadata import PixelSize
+
+    um, pixel = "micrometer", "pixel"
+    rng = np.random.default_rng(1)
+    stack = rng.integers(0, 60_000, (3, 2, 20, 30), dtype=np.uint16)
+    imagej = {"axes": "ZCYX", "spacing": 2.0, "unit": "um", "finterval": 5.0}
+    tifffile.imwrite(tmp_path / "zc.tif", stack, imagej=True, resolution=(1 / 0.5, 1 / 0.5), metadata=imagej)
+    movie = {"axes": "TZYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25, "PhysicalSizeZ": 1500.0}
+    movie |= {"PhysicalSizeZUnit": "nm", "TimeIncrement": 5.0}
+    tifffile.imwrite(tmp_path / "movie.ome.tif", stack, ome=True, metadata=movie)
+    annotations = tmp_path / "zc.tif.unet-labels.tif"
+    spacing = StackSpacing(z=2.0)
+    write_tiff(annotations, np.ones((3, 20, 30), np.int32), "ZYX", pixel_size=PixelSize(0.5, 0.5), spacing=spacing)
+    write_tiff(tmp_path / "flat.tif", stack[0, 0], "YX")
+
+    viewer = make_napari_viewer()
+    for layer in viewer.open(tmp_path / "zc.tif", plugin=PLUGIN):
+        assert tuple(layer.scale) == (2.0, 0.5, 0.5)
+        assert [str(u) for u in layer.units] == [um, um, um]
+    (layer,) = viewer.open(tmp_path / "movie.ome.tif", plugin=PLUGIN)
+    assert tuple(layer.scale) == (1.0, 1.5, 0.25, 0.25)
+    assert [str(u) for u in layer.units] == [pixel, um, um, um]
+    (labels,) = viewer.open(annotations, plugin=PLUGIN)
+    assert tuple(labels.scale) == (2.0, 0.5, 0.5) and [str(u) for u in labels.units] == [um, um, um]
+    (flat,) = viewer.open(tmp_path / "flat.tif", plugin=PLUGIN)
+    assert tuple(flat.scale) == (1.0, 1.0) and [str(u) for u in flat.units] == [pixel, pixel]
+
+
+def test_a_unit_napari_does_not_know_still_opens_with_its_scale():
+    from napari_unet.io import StackSpacing
+    from napari_unet.metadata import PixelSize
+    from napari_unet.plugin._reader import calibrated_placement
+
+    placement = calibrated_placement("ZYX", PixelSize(0.5, 0.5, "parsec"), StackSpacing(z=1.0))
+    assert placement["units"] == ("parsec",) * 3  # pint knows it
+    assert calibrated_placement("YX", PixelSize(0.5, 0.5, "blorps"), StackSpacing()) == {"scale": (0.5, 0.5)}
+    assert calibrated_placement("TYX", None, StackSpacing(t=5.0)) == {}

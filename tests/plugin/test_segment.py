@@ -329,3 +329,25 @@ def test_retuning_after_painting_keeps_the_corrections(make_napari_viewer_proxy,
     np.testing.assert_array_equal(layer.data, corrected)
     assert widget.labels_layer is not layer and widget.labels_layer.name == "cells labels (retuned)"
     assert not (widget.labels_layer.data[:10, :10] == 77).all()
+
+
+def test_the_result_layers_keep_the_images_scale_and_units(make_napari_viewer_proxy, qtbot, tiny_bundle, tmp_path):
+    """A calibrated stack opened by our reader (Z step 2 um, pixels 0.5 um): the labels and probability layers lie
+    over it with its scale and units, and measured alone the labels keep its pixel size."""
+    from napari_unet.io import StackSpacing, write_tiff
+    from napari_unet.metadata import PixelSize
+    from napari_unet.plugin._layers import layer_pixel_size
+
+    planes = np.stack([make_cells((64, 72), seed=seed)[0] for seed in range(2)]).astype(np.float32)
+    path = tmp_path / "stack.tif"
+    write_tiff(path, planes, "ZYX", pixel_size=PixelSize(0.5, 0.5, "um"), spacing=StackSpacing(z=2.0))
+    viewer = make_napari_viewer_proxy()
+    (image,) = viewer.open(path, plugin="napari-unet-2015")
+    widget = open_dock(viewer, tiny_bundle)
+    widget.probs_check.setChecked(True)
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):
+        widget.run()
+    for layer in (widget.labels_layer, widget.probs_layer):
+        assert tuple(layer.scale) == (2.0, 0.5, 0.5)
+        assert tuple(layer.units) == tuple(image.units) and str(image.units[0]) == "micrometer"
+    assert layer_pixel_size(widget.labels_layer) == {"y": 0.5, "x": 0.5, "unit": "um"}

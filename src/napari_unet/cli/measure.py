@@ -36,8 +36,9 @@ def add_parser(subparsers) -> None:
         "Convert labels to an ImageJ/Fiji ROI zip, or an ROI zip back to labels.",
         "A label image (TIFF, PNG) becomes a .zip of polygon ROIs, one per object, named by its label id, that "
         "Fiji's ROI Manager opens (stack planes are the ROIs' positions). A .zip or .roi file becomes an int32 "
-        "label TIFF; --like gives the image whose size (and planes) the labels take. Polygons cannot hold "
-        "holes, and of an object in several pieces only the largest is kept.",
+        "label TIFF; --like gives the image whose size (and planes) the labels take, and its pixel size, Z step "
+        "and frame interval. Polygons cannot hold holes, and of an object in several pieces only the largest is "
+        "kept.",
         "  napari-unet rois results/cells_labels.tif --out cells_rois.zip\n"
         "  napari-unet rois RoiSet.zip --like cells.tif --out cells_labels.tif",
         run,
@@ -45,7 +46,11 @@ def add_parser(subparsers) -> None:
     sub.add_argument("input", type=Path, help="label image, or ImageJ ROI .zip/.roi file")
     sub.add_argument("--out", type=Path, required=True, metavar="FILE", help=".zip (from labels) or .tif (from ROIs)")
     sub.add_argument(
-        "--like", type=Path, metavar="IMAGE", help="from ROIs: the image whose height, width and planes the labels take"
+        "--like",
+        type=Path,
+        metavar="IMAGE",
+        help="from ROIs: the image whose height, width, planes and calibration (pixel size, Z step, frame "
+        "interval) the labels take",
     )
     add_overwrite(sub)
     add_quiet(sub)
@@ -135,7 +140,8 @@ def run_measure(args: argparse.Namespace) -> int:
 def run_rois(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..io import read_image, read_label_image, write_tiff
+    from ..io import read_image, read_label_image, read_spacing, write_tiff
+    from ..metadata import read_pixel_size
     from ..roi import read_rois, write_rois
 
     check_output(args.out, [args.input] + ([args.like] if args.like is not None else []), args.overwrite)
@@ -150,7 +156,8 @@ def run_rois(args: argparse.Namespace) -> int:
         labels = read_rois(args.input, shape)
         if args.out.suffix.lower() not in (".tif", ".tiff"):
             raise ValueError(f"--out {args.out.name}: labels from ROIs are written as a .tif file")
-        write_tiff(args.out, labels, spatial_axes)
+        pixel_size = read_pixel_size(args.like)
+        write_tiff(args.out, labels, spatial_axes, pixel_size=pixel_size, spacing=read_spacing(args.like, pixel_size))
         print(f"{int(np.count_nonzero(np.unique(labels)))} objects -> {args.out}")
         return EXIT_OK
     labels, axes = read_label_image(args.input)

@@ -33,12 +33,12 @@ def add_parser(subparsers) -> None:
         "--probabilities OUT/<name>_probs.tif (float32 foreground probability). INPUT: files (TIFF, PNG, JPEG, "
         ".zarr) or folders of them. Stacks and time series are segmented plane by plane (ids restart in each "
         "plane); large images are read and written through memory maps, one plane at a time. The input's pixel "
-        "size (OME-TIFF, ImageJ or TIFF resolution metadata, or --pixel-size) is stored in the outputs. --measure "
-        "adds OUT/measurements.csv (one row per object, see 'napari-unet measure'); --rois adds "
-        "OUT/<name>_rois.zip (ImageJ ROIs for Fiji's ROI Manager); --zarr adds OUT/<name>_labels.ome.zarr. "
-        "With --workers or --cluster the files run as dask.distributed tasks, and an image larger than one block "
-        "(any .zarr) is segmented block by block into OUT/<name>_labels.ome.zarr (see docs/distributed.md); a "
-        "rerun skips finished files and blocks (--overwrite redoes them).",
+        "size (OME-TIFF, ImageJ or TIFF resolution metadata, or --pixel-size), Z step and frame interval are "
+        "stored in the outputs. --measure adds OUT/measurements.csv (one row per object, see 'napari-unet "
+        "measure'); --rois adds OUT/<name>_rois.zip (ImageJ ROIs for Fiji's ROI Manager); --zarr adds "
+        "OUT/<name>_labels.ome.zarr. With --workers or --cluster the files run as dask.distributed tasks, and an "
+        "image larger than one block (any .zarr) is segmented block by block into OUT/<name>_labels.ome.zarr "
+        "(see docs/distributed.md); a rerun skips finished files and blocks (--overwrite redoes them).",
         "  napari-unet predict nuclei data/new --out results\n"
         "  napari-unet predict nuclei big_nuclei.tif --out results --diameter 45\n"
         "  napari-unet predict cells.model movie.tif --out results --probabilities --tta\n"
@@ -147,7 +147,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._config import with_overrides
     from ..device import select_device
-    from ..io import reading_notes
+    from ..io import read_spacing, reading_notes
     from ..measure import write_csv
     from ..metadata import read_pixel_size
     from ..modelfile import load_model
@@ -204,6 +204,7 @@ def run(args: argparse.Namespace) -> int:
         for path, out in zip(files, outputs):
             image, axes = read_input(path, args.axes)
             pixel_size = given or read_pixel_size(path)
+            spacing = read_spacing(path, pixel_size)
             network_image, network_axes = bundle.prepare(image, axes, path.name, choice)
             n = count_planes(image, axes)
             found, size = 0, ""
@@ -221,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size,
                     tta=args.tta,
                     pixel_size=pixel_size,
+                    spacing=spacing,
                     diameter=args.diameter,
                 ),
             ):

@@ -60,11 +60,12 @@ def pixel_size_metadata(layer: Any) -> dict[str, Any]:
 
 def placed_like(layer: Any, ndim: int) -> dict[str, Any]:
     """`add_labels` keywords that place an array of `ndim` dimensions over `layer`'s last ones: its scale,
-    translate and pixel size (an RGB layer's colours are not among its dimensions in napari)."""
+    translate, units and pixel size (an RGB layer's colours are not among its dimensions in napari)."""
     pad = max(0, ndim - len(layer.scale))
     return {
         "scale": (1.0,) * pad + tuple(layer.scale)[-ndim:],
         "translate": (0.0,) * pad + tuple(layer.translate)[-ndim:],
+        "units": ("pixel",) * pad + tuple(layer.units)[-ndim:],
         "metadata": pixel_size_metadata(layer),
     }
 
@@ -128,8 +129,8 @@ class PlaneStack:
         """Shape of a labels layer for this stack: leading axes, then (H, W)."""
         return (*self.leading, *self.shape)
 
-    def spatial(self, values: Any) -> tuple[float, ...]:
-        """A layer's per-axis `values` (scale, translate) for the output: without the channel axis."""
+    def spatial(self, values: Any) -> tuple[Any, ...]:
+        """A layer's per-axis `values` (scale, translate, units) for the output: without the channel axis."""
         values = tuple(values)
         if len(values) == len(self.output_shape()):
             return values

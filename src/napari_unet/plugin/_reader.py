@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.io import read_image, reading_notes
+from napari_unet.io import StackSpacing, read_image, read_spacing, reading_notes
+from napari_unet.metadata import PixelSize, read_pixel_size
 from napari_unet.pipeline import file_stem
 
 from ._autosave import SIDECAR_SUFFIX, is_annotation_file
@@ -82,10 +83,10 @@ def read_images(path: str | list[str]) -> list[LayerData]:
     axes kept (the docks work plane by plane); our autosaved annotations (*.unet-labels.tif) as Labels.
 
     A physical pixel size in the file (OME-TIFF, ImageJ or TIFF resolution tags) sets the layers' scale on Y
-    and X and is kept in the layer metadata (`pixel_size`), from where measurements take their units.
+    and X, its Z step (`io.read_spacing`) the scale on Z, and their unit the layers' units
+    (`calibrated_placement`); the pixel size is kept in the layer metadata (`pixel_size`), from where
+    measurements take their units.
     """
-    from napari_unet.metadata import read_pixel_size
-
     paths = [path] if isinstance(path, str) else list(path)
     layers: list[LayerData] = []
     for file in map(Path, paths):
@@ -97,7 +98,7 @@ def read_images(path: str | list[str]) -> list[LayerData]:
         # 'a.v2' for a.v2.tif, 'cells' for cells.ome.tif and for its annotations cells.ome.tif.unet-labels.tif
         name = file_stem(file.name.removesuffix(SIDECAR_SUFFIX)) or file.name
         pixel_size = read_pixel_size(file)
-        scale = {} if pixel_size is None else {"scale": (1.0,) * (len(axes.replace("C", "")) - 2) + pixel_size.scale}
+        scale = calibrated_placement(axes.replace("C", ""), pixel_size, read_spacing(file, pixel_size))
         if is_annotation_file(file):
             layers.append((np.asarray(image), {"name": f"{name} annotations", **scale}, "labels"))
             continue
@@ -129,6 +130,35 @@ def read_images(path: str | list[str]) -> list[LayerData]:
                 axes = axes.replace("C", "")
             layers.append((image, {"name": name, "metadata": {METADATA_KEY: {**info, "axes": axes}}, **scale}, "image"))
     return layers
+
+
+def calibrated_placement(axes: str, pixel_size: PixelSize | None, spacing: StackSpacing) -> dict[str, Any]:
+    """Layer keywords that give an array of `axes` (canonical, without C) its physical size: the scale of Y and X
+    from `pixel_size` (a `metadata.PixelSize`), of Z from the Z step of `spacing` (1 when it is not known), of T
+    1 (one frame); the units, `pixel_size.unit` on the axes it sizes and pixels on the others (left out when
+    napari does not know the unit). {} without a pixel size.
+
+    >>> calibrated_placement("TZYX", PixelSize(0.5, 0.5, "um"), StackSpacing(z=2.0, t=5.0))
+    {'scale': (1.0, 2.0, 0.5, 0.5), 'units': ('pixel', 'um', 'um', 'um')}
+    """
+    if pixel_size is None:
+        return {}
+    physical = {"Y": pixel_size.y, "X": pixel_size.x, "Z": spacing.z}
+    placement: dict[str, Any] = {"scale": tuple(physical.get(a) or 1.0 for a in axes)}
+    if _napari_knows(pixel_size.unit):
+        placement["units"] = tuple(pixel_size.unit if physical.get(a) else "pixel" for a in axes)
+    return placement
+
+
+def _napari_knows(unit: str) -> bool:
+    """Whether napari's unit registry (pint's) parses `unit`: a layer with a unit it does not know is refused."""
+    import pint
+
+    try:
+        pint.get_application_registry().parse_expression(unit)
+    except Exception:  # noqa: BLE001  (pint raises several kinds for a string that is not a unit)
+        return False
+    return True
 
 
 def _single(path: str | list[str]) -> Path | None:

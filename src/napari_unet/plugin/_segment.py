@@ -265,6 +265,7 @@ class SegmentWidget(QWidget):
             name=f"{layer.name} labels",
             scale=stack.spatial(layer.scale),
             translate=stack.spatial(layer.translate),
+            units=stack.spatial(layer.units),
             metadata=pixel_size_metadata(layer),  # measured alone, the labels are in the image's units
         )
         self.probs_layer = None
@@ -408,6 +409,7 @@ class SegmentWidget(QWidget):
             blending="additive",
             scale=stack.spatial(layer.scale),
             translate=stack.spatial(layer.translate),
+            units=stack.spatial(layer.units),
         )
 
     def _keep_edits(self, labels: np.ndarray) -> None:
@@ -420,6 +422,7 @@ class SegmentWidget(QWidget):
             name=f"{layer.name} (retuned)",
             scale=layer.scale,
             translate=layer.translate,
+            units=layer.units,
             metadata=dict(layer.metadata),
         )
         self.drawing.start(self.labels_layer, self.probs_layer)
