@@ -172,7 +172,15 @@ class TrainEvent:
 
 
 class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite; the last good state was kept."""
+    """The loss became NaN or infinite; the trainer went back to its last good state (`Trainer._diverge`).
+
+    kept: the iteration of that state when the checkpoint folder holds it (saved by the run, or the state a resumed
+    run started from), to be resumed with a lower learning rate; None when it does not.
+    """
+
+    def __init__(self, message: str, kept: int | None = None):
+        super().__init__(message)
+        self.kept = kept
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

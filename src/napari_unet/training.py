@@ -9,7 +9,10 @@ the processes share each batch (`ddp.py`).
 
 Stopping is not asking for the next event: closing the generator (or leaving a ``for`` loop) saves the last
 completed step to the checkpoint folder. A resumed run continues exactly where the interrupted one stopped
-(model, optimiser, schedule, random state and iteration are restored).
+(model, optimiser, schedule, random state and iteration are restored). A loss that becomes NaN or infinite ends
+the run (`TrainingDiverged`) with the model, and the checkpoint folder, back at the last checkpoint whose weights
+went on to give a finite loss, the whole training state of that step, so that it can be resumed with a lower
+learning rate (`Trainer.resume(..., learning_rate=...)`).
 
 >>> from napari_unet.synthetic import make_cells
 >>> image, labels = make_cells((96, 96), seed=0)
@@ -188,7 +191,10 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, schedule)
         self.growth_calibration: dict[str, Any] | None = None
         self.metadata: dict[str, Any] = {}  # saved with the model besides the training record
-        self._last_good = self._snapshot()
+        # the state a divergence goes back to: the last checkpoint whose weights gave a finite loss in the step
+        # after it (`_good`), and the checkpoint not yet confirmed so (`_unconfirmed`, confirmed in `_step`)
+        self._good = self._snapshot()
+        self._unconfirmed: dict[str, Any] | None = None
 
     # -- public ----------------------------------------------------------------------------------------------
 
@@ -201,6 +207,7 @@ class Trainer:
         config = self.config
         saved_at = self.iteration if self.iteration else -1
         started_at = self._started_at = self.iteration
+        self._saved_at = None
         failed = False  # an error other than being stopped: what the model holds may be half a step
         try:
             while self.iteration < config.iterations:
@@ -213,10 +220,10 @@ class Trainer:
                 if self.iteration % config.validate_every == 0 and self.iteration < config.iterations:
                     yield self._event("validation", loss, val_score=self.validate())
                 if self.iteration % config.checkpoint_every == 0:
-                    self._last_good = self._snapshot()
+                    self._unconfirmed = self._snapshot()  # good once the next step's loss is finite
                     if self.checkpoint is not None:
                         self.save_checkpoint(self.checkpoint)
-                        saved_at = self.iteration
+                        saved_at = self._saved_at = self.iteration
                         yield self._event("checkpoint", loss)
                 if config.time_budget is not None and self.elapsed >= config.time_budget:
                     break
@@ -227,7 +234,7 @@ class Trainer:
             yield self._event("validation", self._last_loss, val_score=self.validate())
             if self.checkpoint is not None and saved_at != self.iteration:
                 self.save_checkpoint(self.checkpoint)
-                saved_at = self.iteration
+                saved_at = self._saved_at = self.iteration
             yield self._event("done", self._last_loss)
         except (GeneratorExit, KeyboardInterrupt):
             raise
@@ -345,6 +352,18 @@ class Trainer:
             scores.append(pixel_scores((probs > 0.5) & annotated, (sample.target == 1) & annotated)["iou"])
         return float(np.mean(scores)) if scores else None
 
+    @property
+    def finished(self) -> bool:
+        """Whether the run has no step left: `iterations` reached, or its time budget spent (a resumed run
+        that had ended)."""
+        budget = self.config.time_budget
+        return self.iteration >= self.config.iterations or (budget is not None and self.elapsed >= budget)
+
+    @property
+    def last_loss(self) -> float:
+        """The loss of the last step (restored by `resume`); NaN before any step, or from a state saved without it."""
+        return self._last_loss
+
     def bundle(self) -> ModelBundle:
         """The model as it is now, with its normalisation, post-processing and training metadata."""
         return ModelBundle(
@@ -367,9 +386,14 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Save the model folder at `path`, with the resume state beside the weights (atomically)."""
-        state = {
+        return save_model(path, self.bundle(), training_state=self._training_state())
+
+    def _training_state(self) -> dict[str, Any]:
+        """What `resume` restores besides the weights (`STATE_FILE`). The tensors are the live ones, not copies."""
+        return {
             "iteration": self.iteration,
             "elapsed": self.elapsed,
+            "loss": self._last_loss,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             # before the prefetched batch was drawn: a resumed run draws it again
@@ -378,7 +402,6 @@ class Trainer:
             ),
             "torch_rng": self._torch_rng["cpu"],
         }
-        return save_model(path, self.bundle(), training_state=state)
 
     @classmethod
     def resume(
@@ -392,7 +415,9 @@ class Trainer:
     ) -> Trainer:
         """Continue the run saved at `path` (by `save_checkpoint`) exactly where it stopped.
 
-        overrides: TrainConfig fields to change (e.g. more `iterations`).
+        overrides: TrainConfig fields to change (e.g. more `iterations`). A new `learning_rate` scales the saved
+        run's rate from its next step on (its schedule continues: warm-up and decay multiply the new rate); the
+        optimiser keeps its state (moments, momentum).
         """
         bundle = load_model(path)
         state_file = Path(path) / STATE_FILE
@@ -422,12 +447,15 @@ class Trainer:
             trainer.scheduler.load_state_dict(state["scheduler"])
             trainer.rng.bit_generator.state = rng_state_from_tensors(state["numpy_rng"])
             trainer._torch_rng["cpu"] = state["torch_rng"]
+            trainer._last_loss = float(state.get("loss", math.nan))  # saved since the "already complete" report
         except Exception as error:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
             raise ValueError(
                 f"{state_file} cannot be read ({type(error).__name__}); the training state is "
                 "corrupted: train again, or fine-tune the saved weights with init="
             ) from error
-        trainer._last_good = trainer._snapshot()
+        trainer._set_learning_rate(trainer.config.learning_rate)
+        trainer._good = trainer._snapshot()
+        trainer._resumed_from = Path(path)
         return trainer
 
     # -- internals -------------------------------------------------------------------------------------------
@@ -435,6 +463,18 @@ class Trainer:
     _last_loss: float = math.nan
     _diverged: bool = False
     _started_at: int = 0  # the iteration the current `run()` started from
+    _saved_at: int | None = None  # the iteration the current `run()` last saved to the checkpoint folder
+    _resumed_from: Path | None = None  # the folder `resume` read
+
+    def _set_learning_rate(self, value: float) -> None:
+        """Make `value` the optimiser's base learning rate (the rate the schedule multiplies), keeping the
+        schedule's factor of the current step; a no-op when it is already (an exact resume stays exact)."""
+        for group in self.optimizer.param_groups:
+            base = group.get("initial_lr", group["lr"])
+            if base != value:
+                group["lr"] *= value / base
+                group["initial_lr"] = value
+        self.scheduler.base_lrs = [group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups]
 
     def _step(self) -> float:
         model = self.model
@@ -458,6 +498,8 @@ class Trainer:
             value = float(reported.item())
             if not math.isfinite(value):
                 self._diverge(f"the loss became {value} at iteration {self.iteration + 1}")
+            if self._unconfirmed is not None:  # the weights of the last checkpoint gave a finite loss: good
+                self._good, self._unconfirmed = self._unconfirmed, None
             loss.backward()
         self.optimizer.step()
         self.scheduler.step()
@@ -493,18 +535,50 @@ class Trainer:
                     self._torch_rng["cuda"] = torch.cuda.get_rng_state(self.device)
 
     def _diverge(self, what: str) -> None:
+        """Go back to the last good state (`_good`: weights, optimiser, schedule, random state, iteration, all of
+        one step) and raise TrainingDiverged. The weights of a checkpoint are good once the step after it had a
+        finite loss: the checkpoint just before the step that diverged is not. The checkpoint folder is put back
+        to that state when this run saved something there (never an untrained net over a model it did not
+        write); otherwise it holds what it held before the run: for a run resumed from it, the state it
+        resumed, good when a step of this run had a finite loss."""
         self._diverged = True
-        iteration, state = self._last_good
-        self.model.load_state_dict(state)
-        self.iteration = iteration
-        kept = ""
-        if self.checkpoint is not None and iteration > self._started_at:  # never an untrained net over a model
-            self.save_checkpoint(self.checkpoint)
-            kept = f"; the last good state (iteration {iteration}) is saved in {self.checkpoint}"
-        raise TrainingDiverged(f"{what}{kept}. Try a lower learning rate (now {self.config.learning_rate}).")
+        stepped = self.iteration > self._started_at  # a step of this run had a finite loss
+        self._restore(self._good)
+        self._unconfirmed = None
+        iteration, kept = self.iteration, None
+        if self.checkpoint is None:
+            where = f"; the model is back at the last good state (iteration {iteration})"
+        elif self._saved_at is not None:
+            if self._saved_at != iteration:
+                self.save_checkpoint(self.checkpoint)
+                self._saved_at = iteration
+            kept = iteration
+            where = f"; the last good state (iteration {iteration}) is saved in {self.checkpoint}"
+        elif stepped and self.checkpoint == self._resumed_from:
+            kept = iteration
+            where = f"; {self.checkpoint} holds the last good state (iteration {iteration}), the one this run resumed"
+        elif not stepped:
+            where = f"; the state this run started from (iteration {iteration}) gives it: nothing was saved"
+        else:
+            where = f"; nothing of this run was saved in {self.checkpoint}"
+        raise TrainingDiverged(
+            f"{what}{where}. Try a lower learning rate (now {self.config.learning_rate}).", kept=kept
+        )
 
-    def _snapshot(self) -> tuple[int, dict[str, torch.Tensor]]:
-        return self.iteration, copy.deepcopy(self.model.state_dict())
+    def _snapshot(self) -> dict[str, Any]:
+        """The whole training state of this step (`_training_state`, the weights, the torch random states),
+        copied to the CPU: what `_restore` goes back to."""
+        return _cpu_copy({**self._training_state(), "weights": self.model.state_dict(), "torch_rngs": self._torch_rng})
+
+    def _restore(self, snapshot: dict[str, Any]) -> None:
+        snapshot = _cpu_copy(snapshot)  # the optimiser would keep the snapshot's CPU tensors as its own
+        self.model.load_state_dict(snapshot["weights"])
+        self.optimizer.load_state_dict(snapshot["optimizer"])
+        self.scheduler.load_state_dict(snapshot["scheduler"])
+        self.rng.bit_generator.state = rng_state_from_tensors(snapshot["numpy_rng"])
+        self._torch_rng = snapshot["torch_rngs"]
+        self.iteration, self.elapsed, self._last_loss = snapshot["iteration"], snapshot["elapsed"], snapshot["loss"]
+        self._pending = None  # the prefetched batch is drawn again from the restored random state
 
     def predict_prepared(self, sample: Prepared) -> np.ndarray:
         """The foreground probability (H, W) of one of the trainer's prepared samples (`train`, `validation`):
@@ -521,3 +595,14 @@ class Trainer:
         return TrainEvent(
             kind, self.iteration, self.config.iterations, loss, self.scheduler.get_last_lr()[0], self.elapsed, **extra
         )
+
+
+def _cpu_copy(value: Any) -> Any:
+    """`value` (nested dicts, lists and tuples of tensors and plain values) with every tensor copied to the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: _cpu_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_cpu_copy(item) for item in value)
+    return copy.deepcopy(value)

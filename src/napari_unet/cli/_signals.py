@@ -5,7 +5,8 @@ KeyboardInterrupt) where the program is, so every `finally` runs: a prediction r
 files, nothing that looks finished is left. Inside `guard.deferred()` (the training loop) the first signal only
 sets `guard.received`: the loop stops at the next step and the trainer saves that step. A second signal exits at
 once (`os._exit`); every file is written under a temporary name and renamed when complete, so what is on disk is
-either a complete file or a hidden `.<name>.<pid>.*.tmp`, which the next write of that file removes.
+either a complete file or a hidden `.<name>.<pid>.*.tmp`, which the next write of that file removes. What must not
+outlive the process even then (train's lock file beside --out) is removed first (`SignalGuard.before_exit`).
 
 Exit codes: 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 """
@@ -16,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -37,6 +38,7 @@ class SignalGuard:
     def __init__(self) -> None:
         self.received: int | None = None
         self._deferring = False
+        self._before_exit: list[Callable[[], None]] = []
 
     @property
     def exit_code(self) -> int:
@@ -46,10 +48,25 @@ class SignalGuard:
         if self.received is not None:
             name = signal.Signals(signum).name
             print(f"napari-unet: second signal ({name}): exiting at once", file=sys.stderr, flush=True)
+            for action in reversed(self._before_exit):
+                try:
+                    action()
+                except Exception:  # exiting at once all the same
+                    pass
             os._exit(128 + signum)
         self.received = signum
         if not self._deferring:
             raise Interrupted(signum)
+
+    @contextmanager
+    def before_exit(self, action: Callable[[], None]) -> Iterator[None]:
+        """Within the block, a second signal runs `action` (something quick: removing a lock file) before it
+        exits at once."""
+        self._before_exit.append(action)
+        try:
+            yield
+        finally:
+            self._before_exit.remove(action)
 
     @contextmanager
     def deferred(self) -> Iterator[SignalGuard]:

@@ -1,13 +1,18 @@
 """`napari-unet train`: read annotated images, train (or fine-tune, or resume) a U-Net, save the model folder.
 
 With --gpus N, N processes train together (`ddp.py`); a run started by torchrun joins its process group.
+One run at a time writes a model folder: a second one started with the same --out is refused (`output_lock`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ._args import (
     EXIT_FAILED,
@@ -40,7 +45,8 @@ def add_parser(subparsers) -> None:
         "reserved value -1 (int) / 65535 (uint16) in the label files. Images are normalised with their 1st and "
         "99.8th percentiles. The model folder is written at every checkpoint, at the end, and when stopped "
         "with Ctrl-C or SIGTERM (after at least one step); continue a stopped run with --resume. With "
-        "--overwrite an existing model stays until the new run has saved one.",
+        "--overwrite an existing model stays until the new run has saved one. A second run with the same --out "
+        "is refused while the first one runs.",
         "  napari-unet train data/images data/labels --out cells.model --val-fraction 0.2\n"
         "  napari-unet train new/images new/labels --out tuned.model --init nuclei --iterations 200\n"
         "  napari-unet train data/images data/labels --out cells.model --resume --iterations 800",
@@ -53,8 +59,7 @@ def add_parser(subparsers) -> None:
     start.add_argument(
         "--preset",
         choices=("fast", "paper"),
-        default="fast",
-        help="fast: small net for a CPU; paper: the 2015 network and SGD schedule",
+        help="fast (default): small net for a CPU; paper: the 2015 network and SGD schedule",
     )
     start.add_argument(
         "--init",
@@ -65,8 +70,9 @@ def add_parser(subparsers) -> None:
     start.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run saved in --out exactly where it stopped (only --iterations, --time-budget, "
-        "--precision, --augmentation and --compile may change)",
+        help="continue the run saved in --out exactly where it stopped (the saved run's settings may be given "
+        "again; only --iterations, --time-budget, --learning-rate, --precision, --augmentation and --compile may "
+        "change)",
     )
     start.add_argument("--overwrite", action="store_true", help="replace an existing model folder at --out")
     start.add_argument(
@@ -98,7 +104,7 @@ def add_parser(subparsers) -> None:
         help="train this long (and save); without --iterations the run takes as many steps as fit, with its "
         "learning-rate schedule spread over the seconds",
     )
-    training.add_argument("--seed", type=int, default=0, help="random seed (sampling, augmentation, split)")
+    training.add_argument("--seed", type=int, help="random seed (sampling, augmentation, split; default 0)")
     training.add_argument(
         "--tile-size",
         type=positive_int,
@@ -106,7 +112,12 @@ def add_parser(subparsers) -> None:
         help="side of the network's input window (rounded up to a valid size)",
     )
     training.add_argument("--batch-size", type=positive_int, metavar="N", help="windows per step")
-    training.add_argument("--learning-rate", type=positive_float, metavar="LR", help="optimiser step size")
+    training.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        metavar="LR",
+        help="optimiser step size; with --resume, the saved run's schedule goes on at this rate (after a divergence)",
+    )
     training.add_argument("--w0", type=non_negative_float, metavar="W", help="weight of the border term between cells")
     training.add_argument("--sigma", type=positive_float, metavar="PX", help="width (px) of the border term")
     training.add_argument(
@@ -147,23 +158,39 @@ def add_parser(subparsers) -> None:
     )
     add_device(sub)
     add_quiet(sub)
+    sub.set_defaults(out_locked=False)  # set for the processes --gpus starts: the one that started them holds --out
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import ddp
-    from ..training import TrainingDiverged
 
-    out = args.out
     if ddp.launched_by_torchrun():  # one of several processes: train together, the first one reports
         args.device = ddp.init_from_torchrun(args.device)
         rank = ddp.rank_and_world_size()[0]
         args.quiet = args.quiet or rank != 0
+        if rank != 0 or args.out_locked:  # the first process holds --out for all (or the one that started them)
+            return _train(args)
     elif args.gpus > 1:
-        return _spawn(args)
+        with output_lock(args.out):
+            args.out_locked = True
+            return _spawn(args)
+    with output_lock(args.out):
+        return _train(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .. import ddp
+    from ..training import TrainingDiverged
+
+    out = args.out
     _check_options(args)
     args.channel_choice = _channel_choice(args)
     train, validation = training_data(args)
     trainer = _make_trainer(args, train, validation)
+    if args.resume and trainer.finished:
+        if ddp.rank_and_world_size()[0] == 0:
+            print(_already_complete(trainer, out))
+        return EXIT_OK
     if trainer.postprocess.flood:
         note(
             f"the cells tile the image (membranes): predict floods them from seeds above a probability "
@@ -178,14 +205,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train_with_progress(trainer, args.quiet)
     except TrainingDiverged as error:
-        print(f"napari-unet: error: {error}", file=sys.stderr)
+        hint = ""
+        if error.kept is not None:
+            hint = (
+                f" Continue from it at a tenth of the rate: napari-unet train IMAGES LABELS --out {out} --resume "
+                f"--learning-rate {trainer.config.learning_rate / 10:g}"
+            )
+        print(f"napari-unet: error: {error}{hint}", file=sys.stderr)
         return EXIT_FAILED
     if result["stopped"]:
         if result["iteration"] > result["started_at"]:
             print(
                 f"stopped at iteration {result['iteration']}; the model is saved in {out} "
                 f"(continue with: napari-unet train IMAGES LABELS --out {out} --resume; the saved run's other "
-                "settings are kept, only --iterations, --time-budget and speed options may be given)",
+                "settings are kept, only --iterations, --time-budget, --learning-rate and speed options may change)",
                 file=sys.stderr,
             )
         else:
@@ -209,6 +242,95 @@ def run(args: argparse.Namespace) -> int:
             + ("with a membrane mask" if trainer.postprocess.flood else "with instance labels")
         )
     return EXIT_OK
+
+
+def _already_complete(trainer, out: Path) -> str:
+    """What resuming a run that had ended says: where it ended, and how to train on."""
+    import math
+
+    loss = f", loss {trainer.last_loss:.4f}" if math.isfinite(trainer.last_loss) else ""  # saved by older runs
+    if trainer.iteration >= trainer.config.iterations:
+        more = f"to train on, give --iterations above {trainer.iteration}"
+    else:
+        more = f"its time budget of {trainer.config.time_budget:g} s is spent; to train on, give a larger one"
+    done = f"{trainer.iteration} iterations{loss}"
+    return f"the run saved in {out} is already complete ({done}); the model is unchanged ({more})"
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold an advisory lock on the model folder `out` while this run writes it: a second run with the same
+    --out is refused at its start (a ValueError naming the folder), not left to overwrite the first one's
+    checkpoints.
+
+    The lock is `flock` on ``.<name>.lock`` beside the folder (the folder itself is replaced at every save). The
+    kernel releases it when the process ends, however (kill -9 included): a lock file left behind by a killed
+    run locks nothing, and the next run takes it over. The file is removed at the end of a run, and by a second
+    Ctrl-C or SIGTERM before it exits at once (`_signals`). Without `fcntl` (Windows) or on a file system that
+    has no locks, runs are not locked.
+    """
+    from ..validation import check_writable_folder
+    from ._signals import current
+
+    folder = Path(os.path.abspath(out))
+    check_writable_folder(folder.parent, f"--out {out}")  # the lock file goes there
+    path = folder.parent / f".{folder.name}.lock"
+    handle = _take_lock(path, out)
+    if handle is None:
+        yield
+        return
+
+    def remove() -> None:  # while still locked: a run that opened it meanwhile sees it gone and makes a new one
+        path.unlink(missing_ok=True)
+
+    try:
+        with current().before_exit(remove):
+            yield
+    finally:
+        try:
+            remove()
+        except OSError:
+            pass
+        os.close(handle)
+
+
+def _take_lock(path: Path, out: Path) -> int | None:
+    """The open, locked lock file `path` of `output_lock`; None where files cannot be locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    while True:
+        handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(handle)
+            raise ValueError(
+                f"--out {out}: another training run{_lock_holder(path)} is writing this model folder; wait for it "
+                "to end, or choose another --out"
+            ) from None
+        except OSError:  # no locks on this file system (some network drives)
+            os.close(handle)
+            return None
+        try:  # taken; but the file may have been removed, and another made, by a run that ended meanwhile
+            current = os.path.samestat(os.fstat(handle), os.stat(path))
+        except FileNotFoundError:
+            current = False
+        if current:
+            os.ftruncate(handle, 0)
+            os.write(handle, f"{os.getpid()}\n".encode())
+            return handle
+        os.close(handle)
+
+
+def _lock_holder(path: Path) -> str:
+    """' (process N)', N read from a held lock file; '' when it says nothing (yet)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return ""
+    return f" (process {text})" if text.isdigit() else ""
 
 
 def _check_options(args: argparse.Namespace) -> None:
@@ -236,30 +358,20 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("--tune-postprocess needs validation images (--val-fraction or --validation-images)")
     new_net = {"--depth": args.depth, "--base-channels": args.base_channels}
     if args.resume:
-        fixed = {
-            "--init": args.init,
-            "--seed": args.seed or None,
-            "--tile-size": args.tile_size,
-            "--batch-size": args.batch_size,
-            "--learning-rate": args.learning_rate,
-            "--w0": args.w0,
-            "--sigma": args.sigma,
-            "--border": args.border,
-            "--class-weights": args.class_weights,
-            "--preset": args.preset != "fast" or None,
-            **new_net,
-        }
-        given = [name for name, value in fixed.items() if value is not None]
-        if given:
-            raise ValueError(
-                f"--resume continues the saved run as it was; {', '.join(given)} cannot change "
-                "(only --iterations, --time-budget and the speed options --precision, --augmentation and "
-                "--compile can)"
-            )
         if not is_model_folder(args.out):
             raise ValueError(f"--resume: {args.out} is not a model folder saved by 'napari-unet train'")
-        args.seed = int(load_model(args.out).metadata.get("seed", 0))  # the same validation split as before
+        saved = load_model(args.out)
+        changed = _changed_on_resume(args, saved)
+        if changed:
+            raise ValueError(
+                f"--resume continues the saved run as it was; {', '.join(changed)} cannot change "
+                "(only --iterations, --time-budget, --learning-rate and the speed options --precision, "
+                "--augmentation and --compile can)"
+            )
+        args.seed = int(saved.metadata.get("seed", 0))  # the same validation split as before
         return
+    if args.seed is None:
+        args.seed = 0
     if args.init is not None and any(v is not None for v in new_net.values()):
         raise ValueError("--depth and --base-channels describe a new net; with --init the saved net is used")
     if args.out.exists():
@@ -277,14 +389,55 @@ def _check_options(args: argparse.Namespace) -> None:
             raise ValueError(f"--out {args.out} exists and is not a model folder; choose a new path")
 
 
+def _changed_on_resume(args: argparse.Namespace, saved) -> list[str]:
+    """The options given with --resume that differ from the saved run's settings (`saved`: its ModelBundle),
+    each with the saved value: "--seed 5 (saved run: 1)". An option given with the saved run's value is not one.
+    A setting the saved run does not record (--preset and --init before they were saved) cannot be compared."""
+    from ..train_config import TrainConfig
+
+    try:
+        trained: dict[str, Any] = TrainConfig.from_dict(saved.metadata["training"]).to_dict()
+    except (KeyError, TypeError, ValueError, AttributeError):  # `Trainer.resume` says what is wrong with it
+        trained = {}
+    net = saved.net.config
+    options = {  # option: (given, saved)
+        "--preset": (args.preset, saved.metadata.get("preset")),
+        "--init": (args.init, saved.metadata.get("init")),
+        "--seed": (args.seed, saved.metadata.get("seed")),
+        "--depth": (args.depth, net.depth),
+        "--base-channels": (args.base_channels, net.base_channels),
+        "--tile-size": (args.tile_size, trained.get("tile_size")),
+        "--batch-size": (args.batch_size, trained.get("batch_size")),
+        "--w0": (args.w0, trained.get("w0")),
+        "--sigma": (args.sigma, trained.get("sigma")),
+        "--border": (args.border, trained.get("border")),
+        "--class-weights": (args.class_weights, trained.get("class_weights")),
+    }
+    changed = [
+        f"{name} {given:g} (saved run: {'not recorded' if was is None else format(was, 'g')})"
+        if isinstance(given, float)
+        else f"{name} {given} (saved run: {'not recorded' if was is None else was})"
+        for name, (given, was) in options.items()
+        if given is not None and given != was
+    ]
+    channels = channel_choice_option(args)
+    if channels is not None and channels != saved.channels:
+        changed.append(f"--channels/--grey {_channels(channels)} (saved run: {_channels(saved.channels)})")
+    return changed
+
+
+def _channels(choice) -> str:
+    """A channel choice as --channels/--grey would give it: "0,2", "all grey"."""
+    channels = "all" if choice.channels is None else ",".join(map(str, choice.channels))
+    return f"{channels} grey" if choice.grey else channels
+
+
 def _channel_choice(args: argparse.Namespace):
     """The channel choice of this run: --channels/--grey, else the saved model's (--init, --resume), else all."""
     from ..modelfile import load_model
 
     given = channel_choice_option(args)
-    if args.resume:
-        if given is not None:
-            raise ValueError("--resume continues the saved run as it was; --channels and --grey cannot change")
+    if args.resume:  # --channels/--grey, if given, are the saved run's (`_changed_on_resume`)
         return load_model(args.out).channels
     if given is not None:
         return given
@@ -297,7 +450,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     from .._config import with_overrides
     from ..model import UNet
     from ..modelfile import load_model
-    from ..train_config import UNTIL_BUDGET, for_time_budget, settings_for_labels, target_settings
+    from ..train_config import UNTIL_BUDGET, TrainConfig, for_time_budget, settings_for_labels, target_settings
     from ..training import Trainer, preset
 
     if args.resume:
@@ -311,14 +464,24 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         overrides = {k: v for k, v in overrides.items() if v is not None}
         if args.time_budget is not None and args.iterations is None:  # the budget (in all) ends the run, not the
             overrides["iterations"] = UNTIL_BUDGET  # saved run's steps
+        if args.learning_rate is not None:
+            overrides["learning_rate"] = args.learning_rate
         saved_bundle = load_model(args.out)
         saved = saved_bundle.metadata.get("data_hashes")
         train, validation = to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
         trainer = Trainer.resume(args.out, train, validation, device=args.device, **overrides)
+        trainer.metadata.update({k: saved_bundle.metadata[k] for k in ("preset", "init") if k in saved_bundle.metadata})
         if saved is not None and sorted(saved) != sorted(trainer.data_hashes):
             note("note: the training images differ from those of the saved run", args.quiet)
+        was = TrainConfig.from_dict(saved_bundle.metadata["training"]).learning_rate  # valid: resumed from it
+        if args.learning_rate is not None and was != args.learning_rate and not trainer.finished:
+            note(
+                f"note: the learning rate changes from {was:g} to {args.learning_rate:g} (the saved run's schedule "
+                f"goes on at the new rate from iteration {trainer.iteration})",
+                args.quiet,
+            )
         return trainer
-    net_config, config = preset(args.preset)
+    net_config, config = preset(args.preset or "fast")
     bundle = None
     if args.init is not None:
         bundle = load_model(args.init)
@@ -363,7 +526,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
                 postprocess, border_width=config.border, watershed=postprocess.watershed or not config.border
             )
         train, validation = to_model_scale(train, validation, bundle.object_diameter, args.quiet)
-        return Trainer(
+        trainer = Trainer(
             bundle.net,
             config,
             train,
@@ -375,12 +538,20 @@ def _make_trainer(args: argparse.Namespace, train, validation):
             args.channel_choice,
             bundle.object_diameter,
         )
-    channels = train[0].image.shape[0] if train[0].image.ndim == 3 else 1
-    net_config = with_overrides(net_config, in_channels=channels, depth=args.depth, base_channels=args.base_channels)
-    import torch
+    else:
+        channels = train[0].image.shape[0] if train[0].image.ndim == 3 else 1
+        net_config = with_overrides(
+            net_config, in_channels=channels, depth=args.depth, base_channels=args.base_channels
+        )
+        import torch
 
-    torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
-    return Trainer(UNet(net_config), config, train, validation, args.device, args.out, channels=args.channel_choice)
+        torch.manual_seed(config.seed)  # the new network's initial weights follow --seed too
+        trainer = Trainer(
+            UNet(net_config), config, train, validation, args.device, args.out, channels=args.channel_choice
+        )
+    # what --resume compares a repeated --preset or --init with (`_changed_on_resume`)
+    trainer.metadata.update(preset=args.preset or "fast", **({"init": args.init} if args.init is not None else {}))
+    return trainer
 
 
 def _spawn(args: argparse.Namespace) -> int:
