@@ -735,8 +735,7 @@ def test_predict_and_rois_keep_the_pixel_size_z_step_and_frame_interval(tmp_path
     unit; `rois --like IMAGE` gives its labels IMAGE's calibration (they had none)."""
     tifffile = pytest.importorskip("tifffile")
     pytest.importorskip("roifile")
-    from napari_unet.io import StackSpacing, read_spacing
-    from napari_unet.metadata import PixelSize, read_pixel_size
+    from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
     from napari_unet.roi import write_rois
 
     cells = [make_cells((40, 44), seed=20 + n) for n in range(3)]
@@ -747,7 +746,8 @@ def test_predict_and_rois_keep_the_pixel_size_z_step_and_frame_interval(tmp_path
     ome = {"axes": "TYX", "PhysicalSizeX": 0.25, "PhysicalSizeY": 0.25, "TimeIncrement": 5.0}
     tifffile.imwrite(movie, planes, ome=True, metadata=ome)
     model, out = tiny_model(tmp_path), tmp_path / "out"
-    code, _, err = run(capsys, "predict", model, stack, movie, "--out", out, "--probabilities", "--device", "cpu", "-q")
+    options = ["--out", out, "--probabilities", "--zarr", "--device", "cpu", "-q"]
+    code, _, err = run(capsys, "predict", model, stack, movie, *options)
     assert code == 0, err
     expected = {
         "stack": (PixelSize(0.5, 0.5, "um"), StackSpacing(z=2.0)),
@@ -758,6 +758,8 @@ def test_predict_and_rois_keep_the_pixel_size_z_step_and_frame_interval(tmp_path
             path = out / f"{name}_{kind}.tif"
             assert read_image(path)[1] == ("ZYX" if name == "stack" else "TYX")
             assert read_pixel_size(path) == size and read_spacing(path, size) == spacing, path.name
+        zarr = out / f"{name}_labels.ome.zarr"  # --zarr's copy of the labels too
+        assert read_pixel_size(zarr) == size and read_spacing(zarr, size) == spacing
 
     in_nm = ["--pixel-size", "500", "--unit", "nm", "--device", "cpu", "-q"]
     code, _, err = run(capsys, "predict", model, stack, "--out", tmp_path / "nm", *in_nm)

@@ -353,6 +353,34 @@ def test_files_fan_out_as_tasks_and_large_tiffs_go_by_blocks(client, bundle, tmp
     assert all(e.item.endswith("(already done)") for e in again) and len(again) == 4
 
 
+def test_whole_files_keep_the_z_step_and_frame_interval(client, bundle, tmp_path):
+    """A stack segmented as one task (`tasks.segment_whole_file`) keeps its pixel size, Z step and frame interval
+    as a single-process `predict` does (it kept the pixel size only); a given pixel size takes the Z step in its
+    unit."""
+    from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
+    from napari_unet.ome_zarr import write_ome_zarr
+
+    size, spacing = PixelSize(0.5, 0.5, "um"), StackSpacing(z=2.0, t=30.0)
+    stack = np.stack([make_cells((40, 48), seed=s)[0] for s in (3, 4, 5, 6)]).reshape(2, 2, 40, 48)
+    write_tiff(tmp_path / "stack.tif", (stack * 1000).astype(np.uint16), "TZYX", pixel_size=size, spacing=spacing)
+    assert len(run(client, bundle, [tmp_path / "stack.tif"], tmp_path / "out")) == 1
+    got = output_paths(tmp_path / "stack.tif", tmp_path / "out", probabilities=True)
+    for path in (got.labels, got.probs):
+        assert read_input(path)[1] == "TZYX"
+        assert read_pixel_size(path) == size and read_spacing(path, size) == spacing, path.name
+    nm = PixelSize(500.0, 500.0, "nm")
+    run(client, bundle, [tmp_path / "stack.tif"], tmp_path / "nm", pixel_size=nm, probabilities=False)
+    labels = output_paths(tmp_path / "stack.tif", tmp_path / "nm").labels
+    assert read_pixel_size(labels) == nm and read_spacing(labels, nm) == StackSpacing(z=2000.0, t=30.0)
+    # an OME-Zarr stack: its z and t scales (`ome_zarr.write_ome_zarr`), read back by the task
+    zarr_stack = write_ome_zarr(
+        tmp_path / "zarr_stack.ome.zarr", (stack * 1000).astype(np.uint16), "TZYX", size, spacing
+    )
+    run(client, bundle, [zarr_stack], tmp_path / "from_zarr", probabilities=False)
+    labels = output_paths(zarr_stack, tmp_path / "from_zarr").labels
+    assert read_pixel_size(labels) == size and read_spacing(labels, size) == spacing
+
+
 def test_whole_files_get_test_time_augmentation_and_blocks_are_refused_it(client, bundle, tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -494,8 +494,7 @@ def test_the_alternative_axes_a_note_offers_are_in_canonical_order(tmp_path):
 def test_write_tiff_keeps_pixel_size_z_step_and_frame_interval(tmp_path, axes, shape, dtype):
     """ImageJ hyperstacks (spacing, finterval) and, for int32 labels, OME-TIFFs (PhysicalSizeZ, TimeIncrement)
     give back what was written, with the axes and values."""
-    from napari_unet.io import StackSpacing, read_spacing
-    from napari_unet.metadata import PixelSize, read_pixel_size
+    from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
 
     image, size = ramp(shape, dtype), PixelSize(0.25, 0.5, "um")
     write_tiff(tmp_path / "c.tif", image, axes, pixel_size=size, spacing=StackSpacing(z=2.5, t=30.0))
@@ -512,8 +511,7 @@ def test_write_tiff_keeps_pixel_size_z_step_and_frame_interval(tmp_path, axes, s
 def test_without_a_z_step_or_frame_interval_labels_stay_plain_tiffs(tmp_path):
     """int32 labels become OME-TIFF only to hold a Z step or frame interval: not for a 2-D image, not without
     them, and not with an axis of length 1 (OME readers drop it: the file would come back with other axes)."""
-    from napari_unet.io import StackSpacing, read_spacing
-    from napari_unet.metadata import PixelSize, read_pixel_size
+    from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
 
     size, spacing = PixelSize(0.5, 0.5, "um"), StackSpacing(z=2.0, t=5.0)
     for name, shape, axes in [("yx", (20, 30), "YX"), ("one", (1, 3, 20, 30), "TZYX")]:
@@ -533,8 +531,7 @@ def test_without_a_z_step_or_frame_interval_labels_stay_plain_tiffs(tmp_path):
 def test_read_spacing_of_files_written_by_imagej_and_ome_writers(tmp_path):
     """ImageJ: spacing in its unit, finterval in its tunit (seconds by default); OME: PhysicalSizeZ and
     TimeIncrement with their units, converted to the pixel size's unit and to seconds."""
-    from napari_unet.io import StackSpacing, read_spacing
-    from napari_unet.metadata import PixelSize, read_pixel_size
+    from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
 
     image = np.zeros((2, 3, 16, 16), np.uint16)
     tifffile.imwrite(

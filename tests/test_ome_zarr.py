@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from napari_unet.metadata import PixelSize, read_pixel_size
 from napari_unet.ome_zarr import read_zarr, write_ome_zarr
@@ -72,3 +73,57 @@ def test_chunk_keys_are_nested_with_slashes_as_ngff_asks(tmp_path):
     chunks = [f for f in files if not f.startswith(".")]
     assert chunks == [f"{t}/{y}/{x}" for t in (0, 1) for y in range(3) for x in range(4)]  # 2 x 3 x 4 chunks
     np.testing.assert_array_equal(np.asarray(read_zarr(path)[0]), labels)
+
+
+def test_z_step_and_frame_interval_are_the_z_and_t_scales(tmp_path):
+    """NGFF 0.4 `coordinateTransformations`: z gets the Z step in the pixel size's unit, t the frame interval in
+    seconds, each axis its unit; `read_pixel_size` and `read_spacing` give them back. Without them z and t stay 1,
+    without a unit."""
+    import zarr
+
+    from napari_unet.metadata import StackSpacing, read_spacing
+
+    labels = np.arange(2 * 3 * 8 * 8, dtype=np.int32).reshape(2, 3, 8, 8)
+    size, spacing = PixelSize(0.5, 0.25, "um"), StackSpacing(z=2.0, t=30.0)
+    path = write_ome_zarr(tmp_path / "stack.ome.zarr", labels, "TZYX", size, spacing)
+    (multiscale,) = zarr.open_group(str(path), mode="r").attrs["multiscales"]
+    assert multiscale["axes"] == [
+        {"name": "t", "type": "time", "unit": "second"},
+        {"name": "z", "type": "space", "unit": "micrometer"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
+    assert multiscale["datasets"][0]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [30.0, 2.0, 0.5, 0.25]}
+    ]
+    assert read_pixel_size(path) == size and read_spacing(path, size) == spacing
+    np.testing.assert_array_equal(np.asarray(read_input(path)[0]), labels)
+
+    nm = PixelSize(500.0, 250.0, "nm")
+    assert read_spacing(write_ome_zarr(tmp_path / "nm.ome.zarr", labels, "TZYX", nm, StackSpacing(z=2000.0)), nm) == (
+        StackSpacing(z=2000.0)
+    )
+    plain = write_ome_zarr(tmp_path / "plain.ome.zarr", labels, "TZYX", size)
+    (multiscale,) = zarr.open_group(str(plain), mode="r").attrs["multiscales"]
+    assert multiscale["datasets"][0]["coordinateTransformations"][0]["scale"] == [1.0, 1.0, 0.5, 0.25]
+    assert [a.get("unit") for a in multiscale["axes"]] == [None, None, "micrometer", "micrometer"]
+    assert read_spacing(plain, size) == StackSpacing()
+    # a frame interval needs no pixel size; a Z step is a length in the pixel size's unit, none without it
+    movie = write_ome_zarr(tmp_path / "movie.ome.zarr", labels, "TZYX", None, spacing)
+    assert read_pixel_size(movie) is None and read_spacing(movie, None) == StackSpacing(t=30.0)
+
+
+@pytest.mark.parametrize("axes", ["YX", "CYX"])
+def test_whole_and_block_wise_stores_describe_their_axes_alike(tmp_path, axes):
+    """`predict --zarr` (`write_ome_zarr`) and a distributed run's block-wise outputs (`ngff_attributes`) build
+    their `multiscales` in one place: the same axes, units and scale for the same pixel size."""
+    import zarr
+
+    pytest.importorskip("distributed", reason="needs dask.distributed: pip install 'napari-unet-2015[distributed]'")
+    from napari_unet.distributed.omezarr import ngff_attributes, ngff_pixel_size
+
+    size = PixelSize(0.5, 0.25, "nm")
+    array = np.zeros((3, 8, 8) if axes == "CYX" else (8, 8), np.uint8)
+    path = write_ome_zarr(tmp_path / "x.ome.zarr", array, axes, size)
+    written = zarr.open_group(str(path), mode="r").attrs["multiscales"]
+    assert written == ngff_attributes("x.ome.zarr", axes, *ngff_pixel_size(size), label=False)["multiscales"]

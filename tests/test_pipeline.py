@@ -171,8 +171,7 @@ def test_training_pairs_must_have_one_shape(tmp_path):
 def test_segment_file_keeps_the_pixel_size_z_step_and_frame_interval(tmp_path):
     """The labels (int32: an OME-TIFF) and probabilities (float32: ImageJ) of a stack and of a time series carry
     the input's pixel size, Z step and frame interval (`predict` dropped the last two)."""
-    from napari_unet.io import StackSpacing, read_spacing
-    from napari_unet.metadata import PixelSize, read_pixel_size
+    from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
 
     model, size = bundle(seed=3), PixelSize(0.4, 0.4, "um")
     image = np.random.default_rng(4).random((2, 3, 36, 36)).astype(np.float32)

@@ -14,20 +14,17 @@ canonical order: ``"YX"``, ``"CYX"``, ``"ZYX"``, ``"TCYX"``, ... (a subset of T,
 from __future__ import annotations
 
 import functools
-import math
 import os
 import tempfile
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .metadata import METRES_PER_UNIT, PixelSize, normalize_unit, tiff_calibration
+from .metadata import PixelSize, StackSpacing, tiff_calibration
 from .validation import check_image, check_labels  # noqa: F401  (check_image: io's public name since 0.1)
 
 CANONICAL_AXES = "TZCYX"
@@ -39,7 +36,6 @@ SUPPORTED_AXES_HELP = (
     "e.g. 'YX', 'CYX', 'ZYX', 'TCYX', 'TZCYX'"
 )
 IMAGEJ_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
-SECONDS_PER_UNIT = {"s": 1.0, "sec": 1.0, "second": 1.0, "ms": 1e-3, "msec": 1e-3, "min": 60.0, "h": 3600.0}
 OME_LENGTH_UNITS = {"nm": "nm", "um": "µm", "mm": "mm", "cm": "cm", "m": "m"}  # PixelSize.unit -> OME's symbol
 MAX_PERCENTILE_SAMPLES = 2**20
 TEMPORARY_SUFFIX = ".tmp"
@@ -289,86 +285,7 @@ def read_labels(path: str | Path) -> np.ndarray:
     return np.array(check_labels(labels, f"labels in {path}"))
 
 
-# ----------------------------------------------------------------------------- Z step and frame interval
-
-
-@dataclass(frozen=True)
-class StackSpacing:
-    """How far apart the planes of a stack and the frames of a time series are: ``z`` in the unit of the pixel
-    size it goes with (`metadata.PixelSize.unit`), ``t`` in seconds; None where it is not known. The Y and X
-    pixel size itself is a `metadata.PixelSize` (`metadata.read_pixel_size`).
-
-    >>> StackSpacing(z=2.0).z, StackSpacing().t
-    (2.0, None)
-    """
-
-    z: float | None = None
-    t: float | None = None
-
-
-def read_spacing(path: str | Path, pixel_size: PixelSize | None) -> StackSpacing:
-    """The Z step and frame interval stored in a TIFF: OME-XML (``PhysicalSizeZ``, ``TimeIncrement``, with their
-    units), else ImageJ metadata (``spacing`` in its ``unit``, ``finterval`` in its ``tunit``, seconds by default).
-
-    The Z step is returned in `pixel_size`'s unit (converted between nm, um, mm, cm, m), and only with a pixel
-    size: a Z step without a length unit, or beside no pixel size, is not known. The frame interval is in seconds.
-    Other files (PNG, JPEG, OME-Zarr) and unreadable ones give ``StackSpacing()``.
-    """
-    import tifffile
-
-    path = Path(path)
-    if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
-        return StackSpacing()
-    try:
-        with tifffile.TiffFile(path) as tif:
-            ome = _ome_pixels(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else {}
-            imagej = (tif.imagej_metadata or {}) if tif.is_imagej else {}
-    except Exception:  # noqa: BLE001  (read_image says what is wrong with an unreadable file)
-        return StackSpacing()
-    z = _length_in(ome.get("PhysicalSizeZ"), ome.get("PhysicalSizeZUnit", "µm"), pixel_size)  # OME's default unit
-    t = _in_seconds(ome.get("TimeIncrement"), ome.get("TimeIncrementUnit", "s"))
-    if z is None:
-        z = _length_in(imagej.get("spacing"), imagej.get("unit"), pixel_size)
-    if t is None:
-        t = _in_seconds(imagej.get("finterval"), imagej.get("tunit", "sec"))
-    return StackSpacing(z, t)
-
-
-def _ome_pixels(xml: str) -> dict[str, str]:
-    """The attributes of the first ``Pixels`` element of OME-XML ({} when there is none)."""
-    try:
-        root = ElementTree.fromstring(xml)
-    except ElementTree.ParseError:
-        return {}
-    pixels = next((element for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    return dict(pixels.attrib) if pixels is not None else {}
-
-
-def _positive(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) and value > 0 else None
-
-
-def _length_in(value: Any, unit: Any, pixel_size: PixelSize | None) -> float | None:
-    """`value` (a length in `unit`) in the unit of `pixel_size`; None when either is missing or not convertible."""
-    value = _positive(value)
-    if value is None or pixel_size is None or not unit:
-        return None
-    unit = normalize_unit(str(unit))
-    if unit == pixel_size.unit:
-        return value
-    if unit not in METRES_PER_UNIT or pixel_size.unit not in METRES_PER_UNIT:
-        return None
-    return float(f"{value * METRES_PER_UNIT[unit] / METRES_PER_UNIT[pixel_size.unit]:.10g}")  # 2000 nm: 2.0 um
-
-
-def _in_seconds(value: Any, unit: Any) -> float | None:
-    value = _positive(value)
-    per_unit = SECONDS_PER_UNIT.get(str(unit).strip().lower())
-    return None if value is None or per_unit is None else value * per_unit
+# ----------------------------------------------------------------------------- calibrated TIFF layout
 
 
 def tiff_layout(
@@ -380,7 +297,7 @@ def tiff_layout(
 ) -> dict[str, Any]:
     """The keywords of ``tifffile.imwrite`` (or ``tifffile.memmap``) for an array of `shape`, `dtype` and canonical
     `axes` that :func:`read_image` reads back with those axes, with its calibration (`metadata.read_pixel_size`
-    and :func:`read_spacing` read it back).
+    and `metadata.read_spacing` read it back).
 
     uint8/uint16/float32: an ImageJ hyperstack (pixel size as Fiji writes it, ``spacing``, ``finterval``).
     Other dtypes (int32 labels): a tifffile "shaped" TIFF with the pixel size in its resolution tags (pixels per
@@ -430,7 +347,8 @@ def write_tiff(
     hyperstacks; other dtypes as tifffile "shaped" TIFFs (axes in the JSON description), or OME-TIFFs to keep
     a Z step or frame interval (:func:`tiff_layout`). Uncompressed by default, which keeps the file
     memory-mappable; ``compression="zlib"`` needs no extra package. ``pixel_size`` (a `metadata.PixelSize`)
-    and ``spacing`` (:class:`StackSpacing`) are stored for `metadata.read_pixel_size` and :func:`read_spacing`.
+    and ``spacing`` (a `metadata.StackSpacing`) are stored for `metadata.read_pixel_size` and
+    `metadata.read_spacing`.
     Atomic (:func:`atomic_write`): an interrupted write leaves no file under ``path``, or the old one.
     """
     import tifffile

@@ -1,7 +1,9 @@
-"""Physical pixel size: read from OME-TIFF, ImageJ and TIFF resolution tags, written back into outputs.
+"""Calibration: the physical pixel size, and a stack's Z step and frame interval, read from OME-TIFF, ImageJ
+TIFF, TIFF resolution tags and OME-Zarr, and written back into outputs (`tiff_calibration`, `io.tiff_layout`).
 
-A :class:`PixelSize` is the height and width of one pixel in a length ``unit`` (``"um"``, ``"nm"``, ...).
-Files without a usable calibration give ``None``: measurements then stay in pixels.
+A :class:`PixelSize` is the height and width of one pixel in a length ``unit`` (``"um"``, ``"nm"``, ...);
+a :class:`StackSpacing` the distance between the planes of a stack (in that unit) and between the frames of a
+time series (in seconds). Files without a usable calibration give ``None``: measurements then stay in pixels.
 
 >>> size = PixelSize(0.5, 0.5, "µm")
 >>> size.unit, size.scale
@@ -17,6 +19,7 @@ import re
 import xml.etree.ElementTree as ElementTree
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ._config import Config
 
@@ -31,9 +34,25 @@ UNIT_ALIASES = {
     "nanometre": "nm",
     "millimeter": "mm",
     "millimetre": "mm",
+    "centimeter": "cm",
+    "centimetre": "cm",
+    "meter": "m",
+    "metre": "m",
     "\\u00B5m": "um",
 }
 METRES_PER_UNIT = {"m": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6, "nm": 1e-9, "inch": 0.0254}
+SECONDS_PER_UNIT = {
+    "s": 1.0,
+    "sec": 1.0,
+    "second": 1.0,
+    "ms": 1e-3,
+    "msec": 1e-3,
+    "millisecond": 1e-3,
+    "min": 60.0,
+    "minute": 60.0,
+    "h": 3600.0,
+    "hour": 3600.0,
+}
 
 
 def normalize_unit(unit: str) -> str:
@@ -88,6 +107,19 @@ class PixelSize(Config):
         return ((1e-2 / (self.x * metres), 1e-2 / (self.y * metres)), "CENTIMETER")
 
 
+@dataclass(frozen=True)
+class StackSpacing:
+    """How far apart the planes of a stack and the frames of a time series are: ``z`` in the unit of the pixel
+    size it goes with (`PixelSize.unit`), ``t`` in seconds; None where it is not known.
+
+    >>> StackSpacing(z=2.0).z, StackSpacing().t
+    (2.0, None)
+    """
+
+    z: float | None = None
+    t: float | None = None
+
+
 def _round(value: float) -> float:
     """Rounded to 10 significant digits: 1e4 / (1e4 / 0.65) is 0.65, not 0.6500000000000001."""
     return float(f"{value:.10g}")
@@ -108,13 +140,36 @@ def read_pixel_size(path: str | Path) -> PixelSize | None:
     return None
 
 
+def read_spacing(path: str | Path, pixel_size: PixelSize | None) -> StackSpacing:
+    """The Z step and frame interval stored in a TIFF or an OME-Zarr. TIFF: OME-XML (``PhysicalSizeZ``,
+    ``TimeIncrement``, with their units), else ImageJ metadata (``spacing`` in its ``unit``, ``finterval`` in its
+    ``tunit``, seconds by default). OME-Zarr: the scale of its ``z`` and ``t`` axes, with their units.
+
+    The Z step is returned in `pixel_size`'s unit (converted between nm, um, mm, cm, m), and only with a pixel
+    size: a Z step without a length unit, or beside no pixel size, is not known. The frame interval is in seconds.
+    Other files (PNG, JPEG) and unreadable ones give ``StackSpacing()``.
+
+    >>> read_spacing("cells.png", PixelSize(0.5, 0.5))
+    StackSpacing(z=None, t=None)
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        return _tiff_spacing(path, pixel_size)
+    if suffix == ".zarr":
+        scales = _ngff_scales(path)
+        z = _length_in(*scales["z"], pixel_size) if "z" in scales else None
+        return StackSpacing(z, _in_seconds(*scales["t"]) if "t" in scales else None)
+    return StackSpacing()
+
+
 def _tiff_pixel_size(path: Path) -> PixelSize | None:
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             if tif.is_ome and tif.ome_metadata:
-                found = _ome_pixel_size(tif.ome_metadata)
+                found = _ome_pixel_size(_ome_pixels(tif.ome_metadata))
                 if found is not None:
                     return found
             page = tif.pages.first
@@ -148,17 +203,24 @@ def _rational(value) -> float:
     return float(value)
 
 
-def _ome_pixel_size(xml: str) -> PixelSize | None:
+def _ome_pixels(xml: str) -> dict[str, str]:
+    """The attributes of the first ``Pixels`` element of OME-XML ({} when there is none): the pixel size
+    (``PhysicalSizeX/Y``), Z step (``PhysicalSizeZ``) and frame interval (``TimeIncrement``), with their units."""
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError:
-        return None
+        return {}
     pixels = next((element for element in root.iter() if element.tag.rsplit("}", 1)[-1] == "Pixels"), None)
-    if pixels is None or "PhysicalSizeX" not in pixels.attrib:
+    return dict(pixels.attrib) if pixels is not None else {}
+
+
+def _ome_pixel_size(pixels: dict[str, str]) -> PixelSize | None:
+    """From the attributes of OME's ``Pixels`` (`_ome_pixels`); a ValueError for sizes that are not numbers."""
+    if "PhysicalSizeX" not in pixels:
         return None
-    x = float(pixels.attrib["PhysicalSizeX"])
-    y = float(pixels.attrib.get("PhysicalSizeY", x))
-    unit = pixels.attrib.get("PhysicalSizeXUnit", "µm")  # the OME schema's default
+    x = float(pixels["PhysicalSizeX"])
+    y = float(pixels.get("PhysicalSizeY", x))
+    unit = pixels.get("PhysicalSizeXUnit", "µm")  # the OME schema's default
     try:
         return PixelSize(y, x, unit)
     except ValueError:
@@ -166,39 +228,82 @@ def _ome_pixel_size(xml: str) -> PixelSize | None:
 
 
 def _zarr_pixel_size(path: Path) -> PixelSize | None:
-    """From OME-Zarr multiscales: the first dataset's scale transformation on the y and x axes."""
+    """From OME-Zarr multiscales: the first dataset's scale on the y and x axes, in the x axis's unit."""
+    scales = _ngff_scales(path)
+    if "y" not in scales or "x" not in scales or not scales["x"][1]:
+        return None
+    try:
+        return PixelSize(scales["y"][0], scales["x"][0], scales["x"][1])
+    except ValueError:
+        return None
+
+
+def _ngff_scales(path: Path) -> dict[str, tuple[float, str]]:
+    """{axis name (lower case): (scale, unit)} of an OME-Zarr's first dataset, the unit '' where its axis names
+    none (NGFF: "micrometer", "second", ...); {} for a store without such metadata, or with metadata in error."""
     import zarr
 
     try:
         node = zarr.open(str(path), mode="r")
         attrs = dict(node.attrs)
     except Exception:  # zarr raises a variety of errors for a folder that is not a store
-        return None
-    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        return None
-    axes = multiscales[0].get("axes", [])
-    names = [(a.get("name") if isinstance(a, dict) else str(a)).lower() for a in axes]
-    if "y" not in names or "x" not in names:
-        return None
-    scale = next(
-        (
-            t["scale"]
-            for t in multiscales[0]["datasets"][0].get("coordinateTransformations", [])
-            if t["type"] == "scale"
-        ),
-        None,
-    )
-    if scale is None or len(scale) != len(names):
-        return None
-    unit = axes[names.index("x")].get("unit", "") if isinstance(axes[names.index("x")], dict) else ""
-    unit = {"micrometer": "um", "nanometer": "nm", "millimeter": "mm"}.get(unit, unit)
-    if not unit:
-        return None
+        return {}
     try:
-        return PixelSize(float(scale[names.index("y")]), float(scale[names.index("x")]), unit)
-    except ValueError:
+        multiscale = (attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales"))[0]
+        axes = [a if isinstance(a, dict) else {"name": str(a)} for a in multiscale.get("axes", [])]
+        transformations = multiscale["datasets"][0].get("coordinateTransformations", [])
+        scale = next((t["scale"] for t in transformations if t["type"] == "scale"), None)
+        if scale is None or len(scale) != len(axes):
+            return {}
+        return {str(a["name"]).lower(): (float(v), str(a.get("unit") or "")) for a, v in zip(axes, scale)}
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+        return {}
+
+
+def _tiff_spacing(path: Path, pixel_size: PixelSize | None) -> StackSpacing:
+    """`read_spacing` of a TIFF: OME-XML's ``Pixels`` (`_ome_pixels`) first, then ImageJ's metadata."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            ome = _ome_pixels(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else {}
+            imagej = (tif.imagej_metadata or {}) if tif.is_imagej else {}
+    except Exception:  # noqa: BLE001  (io.read_image says what is wrong with an unreadable file)
+        return StackSpacing()
+    z = _length_in(ome.get("PhysicalSizeZ"), ome.get("PhysicalSizeZUnit", "µm"), pixel_size)  # OME's default unit
+    t = _in_seconds(ome.get("TimeIncrement"), ome.get("TimeIncrementUnit", "s"))
+    if z is None:
+        z = _length_in(imagej.get("spacing"), imagej.get("unit"), pixel_size)
+    if t is None:
+        t = _in_seconds(imagej.get("finterval"), imagej.get("tunit", "sec"))
+    return StackSpacing(z, t)
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
         return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _length_in(value: Any, unit: Any, pixel_size: PixelSize | None) -> float | None:
+    """`value` (a length in `unit`) in the unit of `pixel_size`; None when either is missing or not convertible."""
+    value = _positive(value)
+    if value is None or pixel_size is None or not unit:
+        return None
+    unit = normalize_unit(str(unit))
+    if unit == pixel_size.unit:
+        return value
+    if unit not in METRES_PER_UNIT or pixel_size.unit not in METRES_PER_UNIT:
+        return None
+    return _round(value * METRES_PER_UNIT[unit] / METRES_PER_UNIT[pixel_size.unit])  # 2000 nm: 2.0 um
+
+
+def _in_seconds(value: Any, unit: Any) -> float | None:
+    value = _positive(value)
+    per_unit = SECONDS_PER_UNIT.get(str(unit).strip().lower())
+    return None if value is None or per_unit is None else value * per_unit
 
 
 def tiff_calibration(pixel_size: PixelSize | None, imagej: bool) -> tuple[dict, dict]:

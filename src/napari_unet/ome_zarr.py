@@ -1,5 +1,6 @@
 """OME-Zarr in and out: a zarr array (or the array "0" of an OME-Zarr group) read lazily with its axes, and labels
-or images written as a single-scale OME-Zarr 0.4 image with their pixel size (zarr format 2, "/" chunk keys).
+or images written as a single-scale OME-Zarr 0.4 image with their pixel size, Z step and frame interval (zarr
+format 2, "/" chunk keys; `metadata.read_pixel_size` and `metadata.read_spacing` read them back).
 
 >>> import tempfile
 >>> path = write_ome_zarr(tempfile.mkdtemp() + "/labels.ome.zarr", np.zeros((2, 8, 8), np.int32), "TYX")
@@ -25,9 +26,12 @@ from .io import (
     to_canonical,
     validate_axes,
 )
+from .metadata import PixelSize, StackSpacing
 
+NGFF_VERSION = "0.4"
 OME_ZARR_UNITS = {"um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
 OME_ZARR_AXIS_TYPES = {"T": "time", "Z": "space", "C": "channel", "Y": "space", "X": "space"}
+OME_ZARR_TIME_UNIT = "second"  # of the t scale (`metadata.StackSpacing.t`)
 # NGFF 0.4 stores are zarr format 2 with "/" chunk keys (`0/3/1`, nested folders: dimension_separator "/"),
 # where zarr's own default for format 2 is "." (`0.3.1`). Every OME-Zarr this package writes uses these keys:
 # `write_ome_zarr` (`predict --zarr`) and `distributed.create_ome_zarr` (block by block), so both lay out alike.
@@ -67,11 +71,20 @@ def read_zarr(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
     return to_canonical(image, axes)
 
 
-def write_ome_zarr(path: str | Path, array, axes: str, pixel_size=None, chunk: int = 1024) -> Path:
+def write_ome_zarr(
+    path: str | Path,
+    array,
+    axes: str,
+    pixel_size: PixelSize | None = None,
+    spacing: StackSpacing | None = None,
+    chunk: int = 1024,
+) -> Path:
     """Copy `array` (axes over "TZCYX", canonical) into a single-scale OME-Zarr 0.4 image at `path`, plane by
-    plane (a memory-mapped array is never loaded whole); `pixel_size` (a `metadata.PixelSize`) becomes the scale
-    of the y and x axes with their unit. `read_input` and `metadata.read_pixel_size` read it back; an existing
-    store at `path` is replaced once the new one is complete (written under a temporary name, then renamed).
+    plane (a memory-mapped array is never loaded whole); `pixel_size` becomes the scale of the y and x axes,
+    `spacing` that of z (the Z step, in the pixel size's unit) and t (the frame interval, in seconds), each with
+    its unit (`ngff_multiscales`). `read_input`, `metadata.read_pixel_size` and `metadata.read_spacing` read it
+    back; an existing store at `path` is replaced once the new one is complete (written under a temporary name,
+    then renamed).
     Axes that do not name the array's dimensions in canonical order are a ValueError, before anything is written."""
     axes = validate_axes(axes, np.ndim(array))
     if axes != canonical_axes(axes):
@@ -84,7 +97,7 @@ def write_ome_zarr(path: str | Path, array, axes: str, pixel_size=None, chunk: i
     remove_stale_temporaries(final)  # what killed writers left: `.<name>.<pid>.*.tmp`
     path = temporary_sibling(final, folder=True)
     try:
-        _write_store(path, final.name, array, axes, pixel_size, chunk)
+        _write_store(path, array, axes, chunk, ngff_multiscales(final.name, axes, pixel_size, spacing))
         replace_folder(path, final)  # killed between its renames: the next write puts the old store back
     finally:
         shutil.rmtree(path, ignore_errors=True)  # Ctrl-C, a full disk: no half-written store is left
@@ -96,7 +109,7 @@ def _complete(path: Path) -> bool:
     return (path / ".zattrs").is_file()
 
 
-def _write_store(path: Path, name: str, array, axes: str, pixel_size, chunk: int) -> None:
+def _write_store(path: Path, array, axes: str, chunk: int, multiscales: list[dict[str, Any]]) -> None:
     import zarr
 
     shape = tuple(int(n) for n in array.shape)
@@ -107,19 +120,39 @@ def _write_store(path: Path, name: str, array, axes: str, pixel_size, chunk: int
     )
     for index in np.ndindex(*shape[:-2]):
         data[index] = np.asarray(array[index])
+    group.attrs["multiscales"] = multiscales
+
+
+def ngff_multiscales(
+    name: str, axes: str, pixel_size: PixelSize | None = None, spacing: StackSpacing | None = None
+) -> list[dict[str, Any]]:
+    """The NGFF 0.4 `multiscales` of a single-scale image (array "0") of canonical `axes`, as every OME-Zarr this
+    package writes has them (`write_ome_zarr`, `distributed.ngff_attributes`): each axis named and typed; the
+    scale of y and x from `pixel_size`, of z from the Z step of `spacing` (in the pixel size's unit), of t from
+    its frame interval (seconds), 1 elsewhere; a unit ("micrometer", ..., "second") on the axes that have a scale.
+    A pixel size in a unit NGFF has no name for (`OME_ZARR_UNITS`) sizes nothing, nor does its Z step.
+
+    >>> ngff_multiscales("x", "ZYX", PixelSize(0.5, 0.5, "um"), StackSpacing(z=2.0))[0]["datasets"]
+    [{'path': '0', 'coordinateTransformations': [{'type': 'scale', 'scale': [2.0, 0.5, 0.5]}]}]
+    """
+    spacing = spacing or StackSpacing()
     unit = OME_ZARR_UNITS.get(pixel_size.unit) if pixel_size is not None else None
-    entries = []
-    for a in axes:
-        entry = {"name": a.lower(), "type": OME_ZARR_AXIS_TYPES[a]}
-        if unit and a in "YX":
-            entry["unit"] = unit
-        entries.append(entry)
-    scale = [pixel_size.y if unit and a == "Y" else pixel_size.x if unit and a == "X" else 1.0 for a in axes]
-    group.attrs["multiscales"] = [
+    known: dict[str, tuple[float, str]] = {}  # axis: (scale, unit)
+    if unit:
+        known |= {"Y": (pixel_size.y, unit), "X": (pixel_size.x, unit)}
+        known |= {"Z": (spacing.z, unit)} if spacing.z else {}
+    known |= {"T": (spacing.t, OME_ZARR_TIME_UNIT)} if spacing.t else {}
+    entries = [
+        {"name": a.lower(), "type": OME_ZARR_AXIS_TYPES[a], **({"unit": known[a][1]} if a in known else {})}
+        for a in axes
+    ]
+    scale = [float(known[a][0]) if a in known else 1.0 for a in axes]
+    transformations = [{"type": "scale", "scale": scale}]
+    return [
         {
-            "version": "0.4",
+            "version": NGFF_VERSION,
             "name": name,
             "axes": entries,
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
+            "datasets": [{"path": "0", "coordinateTransformations": transformations}],
         }
     ]

@@ -26,7 +26,6 @@ import numpy as np
 from .io import (
     PILLOW_SUFFIXES,
     TIFF_SUFFIXES,
-    StackSpacing,
     check_image,
     normalize_percentile,
     read_image,
@@ -35,6 +34,7 @@ from .io import (
     temporary_sibling,
     tiff_layout,
 )
+from .metadata import StackSpacing
 from .ome_zarr import read_zarr
 from .ome_zarr import write_ome_zarr as write_ome_zarr  # re-exported: cli/predict.py imports it from here
 
@@ -316,8 +316,8 @@ def segment_file(
     finished (an existing output stays as it was until the rename).
     Each plane is normalised with its own percentiles, as the training images were.
     postprocess: a `PostprocessConfig` (default: the bundle's). pixel_size: a `metadata.PixelSize` stored in
-    the output TIFFs (None: none); spacing: the input's Z step and frame interval (`io.StackSpacing`, from
-    `io.read_spacing`), stored beside it (`io.tiff_layout`: the int32 labels of such a stack are an OME-TIFF).
+    the output TIFFs (None: none); spacing: the input's Z step and frame interval (`metadata.StackSpacing`, from
+    `metadata.read_spacing`), stored beside it (`io.tiff_layout`: the int32 labels of such a stack are an OME-TIFF).
     diameter: the objects' diameter (px), "auto" or None (`ModelBundle.scale_factor`), resolved once, on the first
     plane, for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
     that are refused: `scale.check_rescalable`).

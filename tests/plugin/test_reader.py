@@ -104,8 +104,7 @@ def test_calibrated_files_open_with_their_z_step_and_units(make_napari_viewer, t
     layers, and our annotations."""
     import tifffile
 
-    from napari_unet.io import StackSpacing
-    from napari_unet.metadata import PixelSize
+    from napari_unet.metadata import PixelSize, StackSpacing
 
     um, pixel = "micrometer", "pixel"
     rng = np.random.default_rng(1)
@@ -134,8 +133,7 @@ def test_calibrated_files_open_with_their_z_step_and_units(make_napari_viewer, t
 
 
 def test_a_unit_napari_does_not_know_still_opens_with_its_scale():
-    from napari_unet.io import StackSpacing
-    from napari_unet.metadata import PixelSize
+    from napari_unet.metadata import PixelSize, StackSpacing
     from napari_unet.plugin._reader import calibrated_placement
 
     placement = calibrated_placement("ZYX", PixelSize(0.5, 0.5, "parsec"), StackSpacing(z=1.0))

@@ -334,8 +334,8 @@ def test_retuning_after_painting_keeps_the_corrections(make_napari_viewer_proxy,
 def test_the_result_layers_keep_the_images_scale_and_units(make_napari_viewer_proxy, qtbot, tiny_bundle, tmp_path):
     """A calibrated stack opened by our reader (Z step 2 um, pixels 0.5 um): the labels and probability layers lie
     over it with its scale and units, and measured alone the labels keep its pixel size."""
-    from napari_unet.io import StackSpacing, write_tiff
-    from napari_unet.metadata import PixelSize
+    from napari_unet.io import write_tiff
+    from napari_unet.metadata import PixelSize, StackSpacing
     from napari_unet.plugin._layers import layer_pixel_size
 
     planes = np.stack([make_cells((64, 72), seed=seed)[0] for seed in range(2)]).astype(np.float32)

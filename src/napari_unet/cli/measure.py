@@ -140,8 +140,8 @@ def run_measure(args: argparse.Namespace) -> int:
 def run_rois(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..io import read_image, read_label_image, read_spacing, write_tiff
-    from ..metadata import read_pixel_size
+    from ..io import read_image, read_label_image, write_tiff
+    from ..metadata import read_pixel_size, read_spacing
     from ..roi import read_rois, write_rois
 
     check_output(args.out, [args.input] + ([args.like] if args.like is not None else []), args.overwrite)

@@ -147,9 +147,9 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._config import with_overrides
     from ..device import select_device
-    from ..io import read_spacing, reading_notes
+    from ..io import reading_notes
     from ..measure import write_csv
-    from ..metadata import read_pixel_size
+    from ..metadata import read_pixel_size, read_spacing
     from ..modelfile import load_model
     from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file
     from ..precision import autocast_iterator
@@ -297,12 +297,14 @@ def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path:
     --zarr: copy it to OME-Zarr."""
     from ..io import read_image
     from ..measure import measure_planes
+    from ..metadata import read_spacing
     from ..pipeline import base_name, write_ome_zarr
     from ..roi import write_rois
 
     labels, labels_axes = read_image(labels_path)
     if args.zarr:
-        write_ome_zarr(args.out / f"{base_name(path)}_labels.ome.zarr", labels, labels_axes, pixel_size)
+        zarr = args.out / f"{base_name(path)}_labels.ome.zarr"
+        write_ome_zarr(zarr, labels, labels_axes, pixel_size, read_spacing(path, pixel_size))
     if args.measure:
         for extra, table in measure_planes(labels, labels_axes, image, axes, pixel_size):
             tables.append(({"image": base_name(path), **extra}, table))

@@ -1,4 +1,8 @@
-"""OME-Zarr outputs of a large image (NGFF 0.4, written block by block) and the input's pixel size."""
+"""OME-Zarr outputs of a large image (NGFF 0.4, written block by block) and the input's pixel size.
+
+A large image is a single plane: its outputs have axes y and x only, sized by the pixel size; their `multiscales`
+are built as `predict --zarr`'s (`ome_zarr.ngff_multiscales`), which also sizes z and t.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from ..metadata import PixelSize, read_pixel_size
-from ..ome_zarr import NGFF_CHUNK_KEYS, OME_ZARR_UNITS
+from ..ome_zarr import NGFF_CHUNK_KEYS, NGFF_VERSION, OME_ZARR_UNITS, ngff_multiscales
 from ..pipeline import base_name
 
-NGFF_VERSION = "0.4"
 COMPLETE = "napari_unet_complete"  # attribute set on an OME-Zarr output once every block is written
 
 
 def ngff_attributes(
     name: str, axes: str, scale: tuple[float, float] | None, unit: str | None, label: bool
 ) -> dict[str, Any]:
-    """OME-NGFF 0.4 `multiscales` (one level, "0") for axes "YX" or "CYX", with the pixel size when known."""
-    entries = []
-    for a in axes.lower():
-        entry: dict[str, Any] = {"name": a, "type": "channel" if a == "c" else "space"}
-        if a != "c" and unit:
-            entry["unit"] = unit
-        entries.append(entry)
-    yx = list(scale) if scale else [1.0, 1.0]
-    full = ([1.0] if axes.startswith("C") else []) + [float(v) for v in yx]
-    attrs: dict[str, Any] = {
-        "multiscales": [
-            {
-                "version": NGFF_VERSION,
-                "name": name,
-                "axes": entries,
-                "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": full}]}],
-            }
-        ]
-    }
+    """OME-NGFF 0.4 attributes of an image with axes "YX" or "CYX": `multiscales` (one level, "0"; as
+    `ome_zarr.ngff_multiscales` builds them for `predict --zarr`) with the pixel size `scale` (y, x) in the NGFF
+    `unit` ("micrometer", `ngff_pixel_size`) when both are known, and for labels `image-label`."""
+    pixel_size = PixelSize(*scale, unit) if scale and unit else None
+    attrs: dict[str, Any] = {"multiscales": ngff_multiscales(name, axes, pixel_size)}
     if label:
         attrs["image-label"] = {"version": NGFF_VERSION}
     return attrs

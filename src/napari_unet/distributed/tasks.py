@@ -19,7 +19,7 @@ import numpy as np
 
 from ..channels import ChannelChoice
 from ..io import MAX_PERCENTILE_SAMPLES, TIFF_SUFFIXES, _axes_from_series, to_canonical, validate_axes
-from ..metadata import PixelSize, read_pixel_size
+from ..metadata import PixelSize, read_pixel_size, read_spacing
 from ..modelfile import ModelBundle
 from ..pipeline import Outputs, output_paths, read_input, segment_file
 from ..postprocess import PostprocessConfig
@@ -256,7 +256,8 @@ def segment_whole_file(
     pixel_size: PixelSize | None = None,
 ) -> int:
     """One file segmented as in a single-process run (`tta`: test-time augmentation), written under temporary
-    names, then renamed; the outputs carry `pixel_size`, else the input's own (`metadata.read_pixel_size`)."""
+    names, then renamed; the outputs carry `pixel_size`, else the input's own (`metadata.read_pixel_size`), and
+    the input's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`)."""
     import dask
 
     bundle, where = worker_model(spec, device)
@@ -265,6 +266,7 @@ def segment_whole_file(
         final.labels.with_name(".partial-" + final.labels.name),
         final.probs.with_name(".partial-" + final.probs.name) if final.probs else None,
     )
+    pixel_size = pixel_size or read_pixel_size(path)
     objects = 0
     with dask.config.set(scheduler="synchronous"):  # a lazy input is read here, not as tasks of the cluster
         image, axes = read_input(path, axes)
@@ -281,7 +283,8 @@ def segment_whole_file(
             device=where,
             diameter=None,
             tta=tta,
-            pixel_size=pixel_size or read_pixel_size(path),
+            pixel_size=pixel_size,
+            spacing=read_spacing(path, pixel_size),
         )
         for done in planes:
             objects += done.objects

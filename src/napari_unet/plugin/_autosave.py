@@ -5,6 +5,9 @@ folder is not writable, or the image has no file, they go to `<root>/annotations
 index.json` maps each image file to its annotations so that they are offered back when the image is opened
 again. Models go to `<root>/models/<time>-<image name>/` (written atomically by `modelfile.save_model`).
 
+The annotations keep the image's calibration: the pixel size of its layer, else of its file, and the file's Z step
+and frame interval are written into their TIFF (`io.write_tiff`), so that opened on their own they lie over it.
+
 Every file is written atomically (`io.atomic_write`): a napari killed mid-save leaves the previous annotations,
 never a half-written file. Beside each annotation file in `<root>/annotations/` a small record
 (`<name>.unet-labels.json`: the image it belongs to) is written, so that an index that cannot be read (a disk
@@ -23,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.io import atomic_write, read_labels, write_tiff
+from napari_unet.metadata import PixelSize, read_pixel_size, read_spacing
 from napari_unet.pipeline import ANNOTATION_SUFFIX
 
 SIDECAR_SUFFIX = ANNOTATION_SUFFIX  # ".unet-labels.tif": image listings (`pipeline.list_files`) skip these
@@ -65,8 +69,17 @@ def model_folder(root: str | Path, name: str) -> Path:
     return Path(root) / "models" / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name)}"
 
 
-def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Path | None, name: str) -> Path:
-    """Write `labels` (..., H, W) as a TIFF and remember it for `image_path`; returns where it went."""
+def save_annotations(
+    labels: np.ndarray,
+    root: str | Path,
+    image_path: str | Path | None,
+    name: str,
+    pixel_size: PixelSize | None = None,
+) -> Path:
+    """Write `labels` (..., H, W) as a TIFF and remember it for `image_path`; returns where it went.
+
+    The TIFF carries `pixel_size` (the image layer's), else the image file's (`metadata.read_pixel_size`), and the
+    file's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`)."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"annotations must be integer labels, got dtype {labels.dtype}")
@@ -74,10 +87,13 @@ def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Pat
     if axes is None:
         raise ValueError(f"annotations must be (H, W), (Z, H, W) or (T, Z, H, W), got shape {labels.shape}")
     labels = labels.astype(np.uint16) if labels.max(initial=0) < 65535 and labels.min(initial=0) >= 0 else labels
+    spacing = None
     if image_path is not None:
+        pixel_size = pixel_size or read_pixel_size(image_path)
+        spacing = read_spacing(image_path, pixel_size)
         target = sidecar_path(image_path)
         try:
-            write_tiff(target, labels, axes)
+            write_tiff(target, labels, axes, pixel_size=pixel_size, spacing=spacing)
             _remember(root, image_path, target)
             return target
         except OSError:
@@ -88,7 +104,7 @@ def save_annotations(labels: np.ndarray, root: str | Path, image_path: str | Pat
     if image_path is not None:  # a/cells.tif and b/cells.tif saved in the same second: two files, not one
         stem += "-" + hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
     target = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{SIDECAR_SUFFIX}"
-    write_tiff(target, labels, axes)
+    write_tiff(target, labels, axes, pixel_size=pixel_size, spacing=spacing)
     if image_path is not None:
         record = {"image": str(Path(image_path).resolve()), "labels": target.name}
         with atomic_write(target.with_name(target.name.removesuffix(SIDECAR_SUFFIX) + RECORD_SUFFIX)) as staging:

@@ -13,9 +13,11 @@ from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QFileDialog, QPushButton
 
+from napari_unet.metadata import PixelSize
+
 from . import _autosave
 from ._form import row, wrapped_label
-from ._layers import placed_like
+from ._layers import layer_pixel_size, placed_like
 from ._workers import alive
 
 
@@ -50,7 +52,11 @@ class AutosaveRow:
         """Autosave the annotations of `image_layer` (beside its file when it has one); a failure is a warning."""
         source = getattr(getattr(image_layer, "source", None), "path", None)
         try:
-            self.annotations_path = _autosave.save_annotations(labels, self.root, source, image_layer.name)
+            info = layer_pixel_size(image_layer)  # what the image layer says beats what its file said
+            pixel_size = PixelSize(**info) if info else None
+            self.annotations_path = _autosave.save_annotations(
+                labels, self.root, source, image_layer.name, pixel_size=pixel_size
+            )
         except (OSError, ValueError) as error:
             show_warning(f"Could not autosave the annotations: {error}")
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.io import StackSpacing, read_image, read_spacing, reading_notes
-from napari_unet.metadata import PixelSize, read_pixel_size
+from napari_unet.io import read_image, reading_notes
+from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
 from napari_unet.pipeline import file_stem
 
 from ._autosave import SIDECAR_SUFFIX, is_annotation_file
@@ -83,7 +83,7 @@ def read_images(path: str | list[str]) -> list[LayerData]:
     axes kept (the docks work plane by plane); our autosaved annotations (*.unet-labels.tif) as Labels.
 
     A physical pixel size in the file (OME-TIFF, ImageJ or TIFF resolution tags) sets the layers' scale on Y
-    and X, its Z step (`io.read_spacing`) the scale on Z, and their unit the layers' units
+    and X, its Z step (`metadata.read_spacing`) the scale on Z, and their unit the layers' units
     (`calibrated_placement`); the pixel size is kept in the layer metadata (`pixel_size`), from where
     measurements take their units.
     """
