@@ -18,8 +18,10 @@ from napari_unet.pipeline import (
     match_files,
     output_paths,
     read_input,
+    read_settings,
     read_training_pair,
     segment_file,
+    separate_outputs,
     split_by_image,
 )
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
@@ -105,6 +107,50 @@ def test_split_by_image_holds_out_whole_items_deterministically(n, fraction, see
     assert len(validation) == min(n - 1, max(1, round(fraction * n)))
     assert (train, validation) == split_by_image(items, fraction, seed)
     assert train == [x for x in items if x in train]  # order kept
+
+
+def test_predicts_outputs_beside_their_images_are_not_inputs(tmp_path):
+    """A folder predicted into itself: its next listing holds the outputs of its images, which are not inputs; a
+    `_labels` file without its image, or beside another image's, is one."""
+    folder = touch(
+        tmp_path / "same",
+        "a.png",
+        "a_labels.tif",
+        "a_probs.tif",
+        "b.ome.tif",
+        "b_labels.tif",
+        "c_labels.tif",
+        "d.tif",
+        "d_labels.png",
+    )
+    (folder / "a_labels.ome.zarr").mkdir()
+    (folder / "a_probs.ome.zarr").mkdir()
+    listed = list_files(folder, zarr=True)
+    inputs, outputs = separate_outputs(listed)
+    assert [p.name for p in inputs] == ["a.png", "b.ome.tif", "c_labels.tif", "d.tif", "d_labels.png"]
+    assert [p.name for p in outputs] == [
+        "a_labels.ome.zarr",
+        "a_labels.tif",
+        "a_probs.ome.zarr",
+        "a_probs.tif",
+        "b_labels.tif",
+    ]
+    elsewhere = touch(tmp_path / "other", "a_labels.tif")
+    assert separate_outputs([folder / "a.png", elsewhere / "a_labels.tif"])[1] == []  # not beside its image
+    assert separate_outputs(outputs) == (outputs, [])  # without their images they are inputs
+
+
+def test_outputs_record_the_settings_they_were_written_with(tmp_path):
+    image = np.random.default_rng(1).random((2, 36, 36)).astype(np.float32)
+    settings = {"model": "tiny", "postprocess": {"threshold": 0.4}, "axes": None}
+    outputs = output_paths(tmp_path / "stack.tif", tmp_path / "out", probabilities=True)
+    list(segment_file(bundle(), image, "ZYX", outputs, device="cpu", settings=settings))
+    assert read_settings(outputs.labels) == read_settings(outputs.probs) == settings
+    assert read_image(outputs.labels)[1] == "ZYX"  # read back as before
+    list(segment_file(bundle(), image, "ZYX", outputs, device="cpu"))
+    assert read_settings(outputs.labels) is None  # nothing recorded
+    (tmp_path / "garbage.tif").write_bytes(b"not a tiff")
+    assert read_settings(tmp_path / "garbage.tif") is None and read_settings(tmp_path / "missing.tif") is None
 
 
 def test_split_by_image_needs_two_images():

@@ -2,10 +2,12 @@
 
 - `list_files` / `match_files`: the image files of a folder (or one file), and pairs matched by base name
   (`01.png` with `01.tif`; a `_labels` or `_probs` suffix is tolerated, so predictions match their truth).
+- `separate_outputs`: of listed images, those that `predict` wrote for another beside it (results written into
+  the input folder), which are not inputs.
 - `read_training_pair`: an image normalised with the model's percentiles and its labels, checked together.
 - `split_by_image`: a deterministic train/validation split by whole images (never crops of one image).
 - `read_input` / `segment_file`: segment a file plane by plane (stacks, time series), with bounded memory; a
-  `.zarr` store is read by `ome_zarr.read_zarr`.
+  `.zarr` store is read by `ome_zarr.read_zarr`. `read_settings`: the settings an output was written with.
 
 >>> base_name("cells/01_labels.ome.tif")
 '01'
@@ -13,6 +15,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import tempfile
@@ -43,6 +47,7 @@ ZARR_SUFFIX = ".zarr"
 TOLERATED_SUFFIXES = ("_labels", "_probs")
 ANNOTATION_SUFFIX = ".unet-labels.tif"  # the napari plugin's annotations autosaved beside an image (plugin/_autosave)
 LARGE_OUTPUT_BYTES = 1 << 30  # a plane's probabilities above this go to a temporary memory-mapped file
+SETTINGS_TAG = 65421  # private TIFF tag (reusable range): the JSON settings an output was written with
 
 T = TypeVar("T")
 
@@ -155,6 +160,36 @@ def check_distinct_names(inputs: Sequence[str | Path], out_dir: str | Path) -> N
                 f"{seen[name]} and {path} would both be written to {Path(out_dir) / name}_labels.*: rename one"
             )
         seen[name] = path
+
+
+def predict_output_names(path: str | Path) -> tuple[str, ...]:
+    """The names of the image files `predict` may write for the input `path` (with or without --workers).
+
+    >>> predict_output_names("cells/01.png")
+    ('01_labels.tif', '01_probs.tif', '01_labels.ome.zarr', '01_probs.ome.zarr')
+    """
+    stem = base_name(path)
+    return tuple(f"{stem}_{kind}{suffix}" for suffix in (".tif", ".ome.zarr") for kind in ("labels", "probs"))
+
+
+def separate_outputs(files: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(inputs, outputs): `files` without, and the files among them that `predict` writes for another of `files`
+    in the same folder (`predict_output_names`): results written into the input folder are not inputs of the
+    next run. Only a file named without `_labels`/`_probs` owns outputs: `x_labels.tif` without an `x.*` beside
+    it stays an input. Order kept; reads nothing.
+
+    >>> inputs, outputs = separate_outputs(["in/a.png", "in/a_labels.tif", "in/b_labels.tif", "other/a_probs.tif"])
+    >>> [p.as_posix() for p in inputs], [p.as_posix() for p in outputs]
+    (['in/a.png', 'in/b_labels.tif', 'other/a_probs.tif'], ['in/a_labels.tif'])
+    """
+    files = [Path(f) for f in files]
+    owners = {(f.parent, base_name(f)) for f in files if file_stem(f) == base_name(f)}
+    outputs = [
+        f
+        for f in files
+        if file_stem(f) != base_name(f) and (f.parent, base_name(f)) in owners and f.name in predict_output_names(f)
+    ]
+    return [f for f in files if f not in outputs], outputs
 
 
 def file_stem(path: str | Path) -> str:
@@ -305,6 +340,7 @@ def segment_file(
     pixel_size=None,
     spacing: StackSpacing | None = None,
     diameter: float | str | None = "auto",
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[PlaneDone]:
     """Segment `image` (axes over "TZCYX", canonical) plane by plane into TIFF files; yields after each plane.
 
@@ -321,6 +357,8 @@ def segment_file(
     diameter: the objects' diameter (px), "auto" or None (`ModelBundle.scale_factor`), resolved once, on the first
     plane, for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
     that are refused: `scale.check_rescalable`).
+    settings: what the outputs depend on (JSON-serialisable), recorded in each output TIFF (`SETTINGS_TAG`, read
+    back by `read_settings`), so that a rerun knows whether a finished output is its own; None records nothing.
     """
     from .device import select_device
 
@@ -338,9 +376,11 @@ def segment_file(
     staging = [temporary_sibling(path) for path in finals]
     complete = False
     try:
-        labels_out = _create_tiff(staging[0], out_shape, np.int32, out_axes, pixel_size, spacing)
+        labels_out = _create_tiff(staging[0], out_shape, np.int32, out_axes, pixel_size, spacing, settings)
         probs_out = (
-            _create_tiff(staging[1], out_shape, np.float32, out_axes, pixel_size, spacing) if outputs.probs else None
+            _create_tiff(staging[1], out_shape, np.float32, out_axes, pixel_size, spacing, settings)
+            if outputs.probs
+            else None
         )
         for number, index in enumerate(planes):
             plane = image[index] if index else image
@@ -380,16 +420,52 @@ def _foreground(bundle, plane, factor: float, tile_size, device, batch_size: int
 
 
 def _create_tiff(
-    path: Path, shape: tuple[int, ...], dtype, axes: str, pixel_size=None, spacing: StackSpacing | None = None
+    path: Path,
+    shape: tuple[int, ...],
+    dtype,
+    axes: str,
+    pixel_size=None,
+    spacing: StackSpacing | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> np.memmap:
     """A new TIFF at `path`, memory-mapped for writing, in the layout `io.write_tiff` uses (`io.tiff_layout`: read
-    back with axes), with `pixel_size` (a `metadata.PixelSize` or None) and `spacing` (Z step, frame interval)."""
+    back with axes), with `pixel_size` (a `metadata.PixelSize` or None), `spacing` (Z step, frame interval) and
+    `settings` (JSON in the tag `SETTINGS_TAG` of the first page; None: no tag)."""
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    mapped = tifffile.memmap(path, shape=shape, dtype=dtype, **tiff_layout(shape, dtype, axes, pixel_size, spacing))
+    layout = tiff_layout(shape, dtype, axes, pixel_size, spacing)
+    if settings is not None:
+        layout["extratags"] = [(SETTINGS_TAG, "s", 0, json.dumps(settings, sort_keys=True), True)]
+    mapped = tifffile.memmap(path, shape=shape, dtype=dtype, **layout)
     reserve(path)
     return mapped
+
+
+def read_settings(path: str | Path) -> dict[str, Any] | None:
+    """The settings an output TIFF was written with (`segment_file`'s `settings`), or None: none recorded (written
+    by another program or an earlier version), or not a TIFF that can be read."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tiff:
+            tag = tiff.pages[0].tags.get(SETTINGS_TAG)
+            settings = json.loads(tag.value) if tag is not None else None
+    except (OSError, ValueError, IndexError):  # tifffile's errors are ValueErrors; JSON's too
+        return None
+    return settings if isinstance(settings, dict) else None
+
+
+def model_digest(bundle) -> str:
+    """A short hash of what a model computes before post-processing: its network's configuration, its
+    normalisation and its weights (two loads of one model folder give the same digest)."""
+    digest = hashlib.sha1(
+        json.dumps([bundle.net.config.to_dict(), bundle.normalization.to_dict()], sort_keys=True).encode()
+    )
+    for key, weights in sorted(bundle.net.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(weights.detach().cpu().numpy()).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def reserve(path: Path) -> None:

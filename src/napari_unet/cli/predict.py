@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,9 @@ def add_parser(subparsers) -> None:
         "measure'); --rois adds OUT/<name>_rois.zip (ImageJ ROIs for Fiji's ROI Manager); --zarr adds "
         "OUT/<name>_labels.ome.zarr. With --workers or --cluster the files run as dask.distributed tasks, and an "
         "image larger than one block (any .zarr) is segmented block by block into OUT/<name>_labels.ome.zarr "
-        "(see docs/distributed.md); a rerun skips finished files and blocks (--overwrite redoes them).",
+        "(see docs/distributed.md). A rerun of the same command skips the images already segmented with the "
+        "same settings (an interrupted run continues; --overwrite redoes them); outputs written with other "
+        "settings are refused. Outputs of an earlier run in an input folder are not inputs.",
         "  napari-unet predict nuclei data/new --out results\n"
         "  napari-unet predict nuclei big_nuclei.tif --out results --diameter 45\n"
         "  napari-unet predict cells.model movie.tif --out results --probabilities --tta\n"
@@ -58,7 +61,8 @@ def add_parser(subparsers) -> None:
     sub.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace results already in --out (without it: refused; with --workers/--cluster: skipped)",
+        help="segment again the images whose results are already in --out (without it they are skipped, and "
+        "results written with other settings are refused)",
     )
     sub.add_argument(
         "--tta", action="store_true", help="test-time augmentation: mean over the 8 flips and rotations (8x slower)"
@@ -147,11 +151,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._config import with_overrides
     from ..device import select_device
-    from ..io import reading_notes
     from ..measure import write_csv
     from ..metadata import read_pixel_size, read_spacing
     from ..modelfile import load_model
-    from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file
+    from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file, separate_outputs
     from ..precision import autocast_iterator
     from ..validation import check_writable_folder
 
@@ -173,93 +176,264 @@ def run(args: argparse.Namespace) -> int:
     if (args.cluster or args.workers) and (args.batch_size != 1 or args.precision != "auto"):
         raise ValueError("--batch-size and --precision are not available with --cluster or --workers")
     device = select_device(args.device) if not args.cluster else None
-    files = [f for path in args.inputs for f in list_files(path, "input image", zarr=True, annotations=False)]
+    listed = [f for path in args.inputs for f in list_files(path, "input image", zarr=True, annotations=False)]
+    files, own = separate_outputs(listed)  # results written into the input folder by an earlier run
+    if own:
+        note(_own_outputs_note(own), args.quiet)
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder")
     outputs = [output_paths(f, args.out, args.probabilities) for f in files]
-    _check_outputs(files, outputs, args)
     given = pixel_size_option(args)
     choice = channel_choice_option(args)
     distributed = bool(args.cluster or args.workers)
-    for path in files:  # every input, before the first is segmented: a bad fifth file fails now, not in an hour
-        for said in reading_notes(path) if args.axes is None else ():  # what reading it had to assume
-            note(f"note: {path.name}: {said}", args.quiet)
-        axes = _check_input(path, args.axes, bundle, choice, args.block_size if distributed else None)
-        if args.rois and len(axes.replace("C", "")) > 3:
-            raise ValueError(
-                f"{path}: --rois writes one plane or one stack (ZYX or TYX) per file, and this image has axes "
-                f"{axes}: run without --rois (then 'napari-unet rois' on planes or stacks of its labels)"
-            )
+    settings = None if distributed else _run_settings(args, bundle, postprocess, choice, given)
+    finished = _check_outputs(files, outputs, args, settings)
+    _check_inputs(files, finished, args, bundle, choice, args.block_size if distributed else None)
     check_writable_folder(args.out)  # created only now: a refused input leaves no empty folder behind
     if distributed:
         return run_distributed(args, bundle, postprocess, files)
+    skipped = sum(finished)
+    if skipped:
+        note(
+            f"note: {skipped} image(s) already segmented in {args.out} with these settings are skipped "
+            "(--overwrite segments them again)",
+            args.quiet,
+        )
     note(
-        f"segmenting {len(files)} image(s) on {describe(device)}"
+        f"segmenting {len(files) - skipped} image(s) on {describe(device)}"
         + (" with 8x test-time augmentation" if args.tta else ""),
         args.quiet,
     )
-    tables = []
-    started, planes, objects = time.perf_counter(), 0, 0
-    with Progress(len(files), "predicting", "image", args.quiet) as bar:
-        for path, out in zip(files, outputs):
-            image, axes = read_input(path, args.axes)
-            pixel_size = given or read_pixel_size(path)
-            spacing = read_spacing(path, pixel_size)
-            network_image, network_axes = bundle.prepare(image, axes, path.name, choice)
-            n = count_planes(image, axes)
-            found, size = 0, ""
-            for done in autocast_iterator(
-                device,
-                args.precision,
-                segment_file(
-                    bundle,
-                    network_image,
-                    network_axes,
-                    out,
-                    postprocess=postprocess,
-                    tile_size=args.tile_size,
-                    device=device,
-                    batch_size=args.batch_size,
-                    tta=args.tta,
-                    pixel_size=pixel_size,
-                    spacing=spacing,
-                    diameter=args.diameter,
-                ),
-            ):
-                found += done.objects
-                size = object_size(done.diameter, args.diameter, bundle.object_diameter)
-                bar.update(int(done.index + 1 == n), file=path.name, plane=f"{done.index + 1}/{n}")
-            bar.write(f"{path.name}: {found} objects in {n} plane(s){size} -> {out.labels}")
-            if args.measure or args.rois or args.zarr:
-                _extras(args, path, image, axes, out.labels, pixel_size, tables)
-            planes, objects = planes + n, objects + found
-            del image
+    extras = args.measure or args.rois or args.zarr
+    tables: list = []
+    started, planes, objects, done = time.perf_counter(), 0, 0, 0
+    try:
+        with Progress(len(files), "predicting", "image", args.quiet) as bar:
+            for path, out, skip in zip(files, outputs, finished):
+                if skip and not extras:  # finished by an earlier run: nothing to do
+                    bar.update(1, file=path.name)
+                    done += 1
+                    continue
+                image, axes = read_input(path, args.axes)
+                pixel_size = given or read_pixel_size(path)
+                if skip:
+                    bar.update(1, file=path.name)
+                else:
+                    spacing = read_spacing(path, pixel_size)
+                    network_image, network_axes = bundle.prepare(image, axes, path.name, choice)
+                    n = count_planes(image, axes)
+                    found, size = 0, ""
+                    for plane in autocast_iterator(
+                        device,
+                        args.precision,
+                        segment_file(
+                            bundle,
+                            network_image,
+                            network_axes,
+                            out,
+                            postprocess=postprocess,
+                            tile_size=args.tile_size,
+                            device=device,
+                            batch_size=args.batch_size,
+                            tta=args.tta,
+                            pixel_size=pixel_size,
+                            spacing=spacing,
+                            diameter=args.diameter,
+                            settings=settings,
+                        ),
+                    ):
+                        found += plane.objects
+                        size = object_size(plane.diameter, args.diameter, bundle.object_diameter)
+                        bar.update(int(plane.index + 1 == n), file=path.name, plane=f"{plane.index + 1}/{n}")
+                    bar.write(f"{path.name}: {found} objects in {n} plane(s){size} -> {out.labels}")
+                    planes, objects = planes + n, objects + found
+                if extras:  # a finished image's extras again, from its labels: the table holds every image
+                    tables += _extras(args, path, image, axes, out.labels, pixel_size)
+                done += 1
+                del image
+    except KeyboardInterrupt:
+        if args.measure and done:
+            write_csv(tables, args.out / "measurements.csv")
+        print(_interrupted_note(args, done, len(files)), file=sys.stderr)
+        raise
     if args.measure:
         write_csv(tables, args.out / "measurements.csv")
     print(
-        f"segmented {len(files)} image(s) ({planes} plane(s), {objects} objects) in "
-        f"{duration(time.perf_counter() - started)}; results in {args.out}"
+        f"segmented {len(files) - skipped} image(s) ({planes} plane(s), {objects} objects)"
+        + (f", {skipped} skipped (already done)" if skipped else "")
+        + f" in {duration(time.perf_counter() - started)}; results in {args.out}"
     )
     return EXIT_OK
 
 
-def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace) -> None:
-    """No output is an input (or the model), none is written twice, existing ones only with --overwrite (with
-    --cluster/--workers they are skipped instead: `distributed.segment_plan`); --out is not a file. (Whether
-    --out is writable is checked once the inputs are: `check_writable_folder` creates it.)"""
-    from ..pipeline import base_name, check_distinct_names
+def _run_settings(args: argparse.Namespace, bundle, postprocess, choice, pixel_size) -> dict:
+    """What the outputs of a single-process run depend on, recorded in each output TIFF (`pipeline.read_settings`):
+    the model (by name, and by its weights' digest), the post-processing, --diameter (for a model that rescales),
+    --tta, --precision, the channel choice, --axes and --pixel-size. Not the device, tile or batch size (the same
+    labels, up to rounding). A rerun with the same settings skips the finished images; with others it is refused
+    (`_check_outputs`)."""
+    from ..pipeline import model_digest
+
+    settings = {
+        "model": str(args.model),  # for the messages; "weights" says whether it is the same model
+        "weights": model_digest(bundle),
+        "postprocess": postprocess.to_dict(),
+        "diameter": args.diameter if bundle.object_diameter is not None else None,  # else never rescaled
+        "tta": args.tta,
+        "precision": args.precision,
+        "channels": (choice or bundle.channels).describe(),
+        "axes": args.axes,
+        "pixel_size": f"{pixel_size.y:g} x {pixel_size.x:g} {pixel_size.unit}" if pixel_size else None,
+    }
+    return json.loads(json.dumps(settings))  # as read back: tuples become lists
+
+
+def _same_settings(recorded: dict | None, wanted: dict) -> bool:
+    """Whether an output recorded with `recorded` (None: none) is one this run would write (the model's name
+    aside: `nuclei` and `builtin:nuclei`, or a moved model folder, are the same weights)."""
+    if recorded is None:
+        return False
+    return {k: v for k, v in recorded.items() if k != "model"} == {k: v for k, v in wanted.items() if k != "model"}
+
+
+def _settings_difference(recorded: dict, wanted: dict, shown: int = 4) -> str:
+    """The settings that differ, in words: "threshold 0.5 (now 0.3), tta false (now true)".
+
+    >>> _settings_difference({"model": "a", "weights": "1", "tta": False}, {"model": "b", "weights": "2", "tta": True})
+    'model a (now b), tta false (now true)'
+    """
+
+    def flat(settings: dict) -> dict:
+        return {k: v for k, v in settings.items() if not isinstance(v, dict)} | settings.get("postprocess", {})
+
+    def text(value) -> str:
+        return "not given" if value is None else json.dumps(value) if isinstance(value, bool) else str(value)
+
+    old, new = flat(recorded), flat(wanted)
+    changed = []
+    if old.get("weights") != new.get("weights"):
+        same_name = old.get("model") == new.get("model")
+        changed.append(f"model {old.get('model')} " + ("(other weights now)" if same_name else f"(now {new['model']})"))
+    for key in sorted((old.keys() | new.keys()) - {"model", "weights"}):
+        if old.get(key) != new.get(key):
+            changed.append(f"{key} {text(old.get(key))} (now {text(new.get(key))})")
+    more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
+    return ", ".join(changed[:shown]) + more
+
+
+def _own_outputs_note(own: list[Path]) -> str:
+    """The note for the files of the input folders that are predict's outputs (`pipeline.separate_outputs`)."""
+    names = ", ".join(p.name for p in own[:5]) + (", ..." if len(own) > 5 else "")
+    if len(own) == 1:
+        return f"note: skipped 1 file that is predict's output of another input: {names}"
+    return f"note: skipped {len(own)} files that are predict's outputs of other inputs: {names}"
+
+
+def _interrupted_note(args: argparse.Namespace, done: int, total: int) -> str:
+    table = f" ({args.out / 'measurements.csv'} holds their rows only)" if args.measure and done else ""
+    return (
+        f"napari-unet: {done} of {total} image(s) finished before the interrupt{table}: run the same command "
+        "again to continue (finished images are skipped)"
+    )
+
+
+def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, settings: dict | None) -> list[bool]:
+    """No output is an input (or the model), none is written twice; --out is not a file. Returns, per file, whether
+    an earlier run with these `settings` finished it (its labels, and its probabilities when asked, are there):
+    it is skipped, and segmented again with --overwrite. Without --overwrite, an existing output written with
+    other settings (or not by predict) is refused, naming the difference, as are the --rois/--zarr outputs of an
+    image not begun and a measurements.csv when the run continues none. With --cluster/--workers existing
+    outputs are skipped by `distributed.segment_plan` instead. (Whether --out is writable is checked once the
+    inputs are: `check_writable_folder` creates it.)"""
+    from ..pipeline import check_distinct_names, read_settings
     from ..validation import check_output_free, check_output_not_input
 
     check_distinct_names(files, args.out)  # as `distributed.plan_batch` does
-
+    extras = {path: _extra_paths(args, path) for path in files}
+    table = args.out / "measurements.csv"
     written = [p for out in outputs for p in (out.labels, out.probs) if p is not None]
-    for path in files:  # the extras of --rois and --zarr, and the one table of --measure
-        written += [args.out / f"{base_name(path)}_rois.zip"] if args.rois else []
-        written += [args.out / f"{base_name(path)}_labels.ome.zarr"] if args.zarr else []
-    written += [args.out / "measurements.csv"] if args.measure else []
+    written += [p for paths in extras.values() for p in paths] + ([table] if args.measure else [])
     check_output_not_input(written, [*files, args.model])
-    for path in written if not (args.cluster or args.workers) else ():
-        check_output_free(path, args.overwrite, "the output")
+    if args.cluster or args.workers:
+        return [False] * len(files)
+    if args.overwrite:
+        for path in written:
+            check_output_free(path, True, "the output")  # (a folder where a TIFF goes is refused still)
+        return [False] * len(files)
+    finished, continued = [], False
+    for path, out in zip(files, outputs):
+        tiffs = [p for p in (out.labels, out.probs) if p is not None]
+        for tiff in (p for p in tiffs if p.exists()):
+            recorded = read_settings(tiff)
+            if _same_settings(recorded, settings):
+                continue
+            why = "" if recorded is None else f" from a run with {_settings_difference(recorded, settings)}"
+            raise ValueError(f"the output {tiff} exists{why}: replace it with --overwrite, or choose another path")
+        finished.append(all(p.exists() for p in tiffs))
+        if out.labels.exists():  # begun by an earlier run like this one: its extras are written again from them
+            continued = True
+            continue
+        for extra in extras[path]:
+            check_output_free(extra, False, "the output")
+    if args.measure and not continued:
+        check_output_free(table, False, "the output")
+    return finished
+
+
+def _extra_paths(args: argparse.Namespace, path: Path) -> list[Path]:
+    """The outputs of --rois and --zarr for the input `path`."""
+    from ..pipeline import base_name
+
+    paths = []
+    if args.rois:
+        paths.append(args.out / f"{base_name(path)}_rois.zip")
+    if args.zarr:
+        paths.append(args.out / f"{base_name(path)}_labels.ome.zarr")
+    return paths
+
+
+def _check_inputs(
+    files: list[Path], finished: list[bool], args: argparse.Namespace, bundle, choice, block_size: int | None
+) -> None:
+    """Every input, before the first is segmented: a bad fifth file fails now, not in an hour; all the bad ones
+    in one error, one line each (`_bad_inputs`). An image an earlier run finished is not read again (with --rois,
+    only its axes)."""
+    from ..io import reading_notes
+    from ..pipeline import read_input
+
+    problems = []
+    for path, skip in zip(files, finished):
+        try:
+            if skip:
+                axes = read_input(path, args.axes)[1] if args.rois else ""
+            else:
+                for said in reading_notes(path) if args.axes is None else ():  # what reading it had to assume
+                    note(f"note: {path.name}: {said}", args.quiet)
+                axes = _check_input(path, args.axes, bundle, choice, block_size)
+            if args.rois and len(axes.replace("C", "")) > 3:
+                raise ValueError(
+                    f"{path}: --rois writes one plane or one stack (ZYX or TYX) per file, and this image has axes "
+                    f"{axes}: run without --rois (then 'napari-unet rois' on planes or stacks of its labels)"
+                )
+        except (ValueError, OSError) as error:
+            problems.append(error)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise ValueError(_bad_inputs(problems, len(files)))
+
+
+def _bad_inputs(problems: list[Exception], total: int, shown: int = 10) -> str:
+    """One message for several bad inputs: a first line, then one line each (the first `shown`)."""
+    lines = [f"  {str(error).splitlines()[0] if str(error) else type(error).__name__}" for error in problems[:shown]]
+    more = [f"  and {len(problems) - shown} more"] if len(problems) > shown else []
+    return "\n".join(
+        [
+            f"{len(problems)} of {total} inputs cannot be segmented; fix them, or move them out of the input",
+            *lines,
+            *more,
+        ]
+    )
 
 
 def _check_input(path: Path, axes: str | None, bundle, choice, block_size: int | None = None) -> str:
@@ -292,9 +466,9 @@ def _check_input(path: Path, axes: str | None, bundle, choice, block_size: int |
         raise ValueError(f"{path}: cannot be read ({type(error).__name__}: {error})") from error
 
 
-def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path: Path, pixel_size, tables) -> None:
-    """--measure: append the tables of every plane of `labels_path` to `tables`; --rois: write its ROI zip;
-    --zarr: copy it to OME-Zarr."""
+def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path: Path, pixel_size) -> list:
+    """--measure: the tables of every plane of `labels_path` (`[(extra columns, table), ...]`, empty without it);
+    --rois: write its ROI zip; --zarr: copy it to OME-Zarr."""
     from ..io import read_image
     from ..measure import measure_planes
     from ..metadata import read_spacing
@@ -305,6 +479,7 @@ def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path:
     if args.zarr:
         zarr = args.out / f"{base_name(path)}_labels.ome.zarr"
         write_ome_zarr(zarr, labels, labels_axes, pixel_size, read_spacing(path, pixel_size))
+    tables = []
     if args.measure:
         for extra, table in measure_planes(labels, labels_axes, image, axes, pixel_size):
             tables.append(({"image": base_name(path), **extra}, table))
@@ -313,6 +488,7 @@ def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path:
         write_rois(rois, labels)
     elif args.rois:  # no object: no ROI file, and none left from an earlier run (--overwrite) to contradict it
         rois.unlink(missing_ok=True)
+    return tables
 
 
 def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[Path]) -> int:
