@@ -20,6 +20,7 @@ from typing import Any
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_models"
 PREFIX = "builtin:"
+HELD_OUT, SKIPPED = "held_out_", "skipped_"  # metadata training_data lists of images not trained on
 
 
 def names() -> list[str]:
@@ -68,19 +69,18 @@ def resolve(spec: str | Path) -> Path:
 
 def describe(name: str) -> dict[str, Any]:
     """What `napari-unet models` shows of a built-in model, read from its config.json (without loading weights):
-    name, description, object_diameter (px), architecture, weights_bytes, training_data (images per set),
-    citations, license."""
+    name, description, object_diameter (px), architecture, weights_bytes, training_data (images per set it was
+    trained on), held_out (images per set kept out of training, for validation: the lists of metadata
+    "training_data" named `held_out_<set>`, under `<set>`), citations, license. Lists named `skipped_*`
+    (images left out, e.g. without any object) are neither."""
     from .modelfile import CONFIG_FILE, WEIGHTS_FILE
 
     folder = path(name)
     config = json.loads((folder / CONFIG_FILE).read_text())
     metadata = config.get("metadata", {})
-    data = metadata.get("training_data", {})
-    counts = {
-        key: len(value)
-        for key, value in data.items()
-        if isinstance(value, list) and key not in ("held_out_bbbc039", "skipped_without_nuclei")
-    }
+    lists = {key: len(value) for key, value in metadata.get("training_data", {}).items() if isinstance(value, list)}
+    held_out = {key.removeprefix(HELD_OUT): n for key, n in lists.items() if key.startswith(HELD_OUT)}
+    counts = {key: n for key, n in lists.items() if not key.startswith((HELD_OUT, SKIPPED))}
     unet = config["unet"]
     return {
         "name": folder.name,
@@ -90,6 +90,7 @@ def describe(name: str) -> dict[str, Any]:
         f"{unet.get('in_channels', 1)} input channel(s), {unet.get('padding', 'valid')} convolutions",
         "weights_bytes": (folder / WEIGHTS_FILE).stat().st_size,
         "training_data": counts,
+        "held_out": held_out,
         "citations": list(metadata.get("citations", [])),
         "license": metadata.get("license"),
         "path": str(folder),

@@ -254,10 +254,17 @@ def _read_pillow(path: Path, palette_indices: bool = False) -> tuple[np.ndarray,
     return np.ascontiguousarray(np.moveaxis(colour, -1, 0)), "CYX"
 
 
+LABEL_PNG_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "F")
+"""Pillow modes a PNG of labels may have: one plane of values (a palette PNG: its indices). Colour and alpha
+channels are refused: such a file is an image (images and labels swapped), or labels drawn as colours."""
+
+
 def read_label_image(path: str | Path) -> tuple[ArrayLike, str]:
     """Read a label image or stack as stored, ``(labels, axes)``: as `read_image`, except that a palette PNG
     (ids saved with a colour table, as many annotation tools do) gives its ids, not the colours they stand for,
-    and a JPEG is refused (lossy: its ids and outlines are not those saved)."""
+    a PNG with colour or alpha channels is refused (`LABEL_PNG_MODES`: an RGBA image whose R = G = B would
+    otherwise read as one grey plane of "ids"), and so is a JPEG (lossy: its ids and outlines are not those
+    saved)."""
     path = Path(path)
     if path.suffix.lower() in (".jpg", ".jpeg"):
         raise ValueError(
@@ -265,8 +272,28 @@ def read_label_image(path: str | Path) -> tuple[ArrayLike, str]:
             "of values); save labels as PNG or TIFF"
         )
     if path.suffix.lower() in PILLOW_SUFFIXES and path.is_file():
+        _check_label_png_mode(path)
         return _read_pillow(path, palette_indices=True)
     return read_image(path)
+
+
+def _check_label_png_mode(path: Path) -> None:
+    """Refuse a PNG with colour or alpha channels as labels, naming what it holds."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as pil:
+            mode = pil.mode
+    except Exception:  # noqa: BLE001  (`_read_pillow` says what is wrong with a file that cannot be decoded)
+        return
+    if mode in LABEL_PNG_MODES:
+        return
+    held = {"RGBA": "colour and alpha", "LA": "grey and alpha", "PA": "palette and alpha"}.get(mode, "colour")
+    raise ValueError(
+        f"labels in {path.name} must be one 2-D plane of integer ids (0 = background, a grey 8- or 16-bit PNG or "
+        f"a TIFF), got an {mode} PNG ({held} channels: axes 'CYX'); if it is an image, images and labels are "
+        "swapped"
+    )
 
 
 def read_labels(path: str | Path) -> np.ndarray:

@@ -12,6 +12,9 @@ says what was expected and what was found. The rules are those of docs/formats.m
   size are accepted: ids that do not fit in int32 are renumbered 1..n (their order kept), so nothing
   downstream wraps around.
 - **mask** (`check_mask`): 2-D, the shape of its labels, bool or integers (nonzero = annotated).
+- **instance labels to score** (`check_instance_labels`, `check_instance_regions`, `check_label_axes`): integers
+  >= 0, no channel axis; a binary mask (one value over many separate regions) is told apart from labels, and
+  an image (many values, each over many regions) is refused.
 - **probabilities** (`check_probabilities`): float, finite.
 - **paths** (`check_output_not_input`, `check_writable_folder`): an output is never one of the inputs, and a
   folder is known to be writable before long work starts.
@@ -163,7 +166,7 @@ def check_labels(labels: Any, what: str = "labels", *, sparse: bool = True) -> n
     if labels.dtype == bool:
         return labels.astype(np.uint8)
     if labels.dtype.kind not in "iu":
-        hint = " (whole numbers: convert with .astype(np.int32))" if labels.dtype.kind == "f" else ""
+        hint = _float_labels_hint(labels, NOT_WHOLE_HINT) if labels.dtype.kind == "f" else ""
         raise DtypeError(f"{what} must be integers (instance ids, 0 = background), got dtype {labels.dtype}{hint}")
     labels = labels.astype(labels.dtype.newbyteorder("="), copy=False)
     reserved = unannotated_value(labels.dtype) if sparse else None
@@ -193,16 +196,36 @@ def _renumber(labels: np.ndarray, reserved: int | None) -> np.ndarray:
     return new[inverse.reshape(labels.shape)].astype(np.int32)
 
 
-def check_instance_labels(labels: Any, what: str = "labels") -> np.ndarray:
+def _float_labels_hint(labels: np.ndarray, otherwise: str) -> str:
+    """The hint for labels stored as floats: whole numbers convert to ids; other values are no ids (truncating
+    them would merge and invent objects), and `otherwise` says what they may be."""
+    if np.all(np.isfinite(labels)) and np.array_equal(labels, np.round(labels)):
+        return " (whole numbers: convert with .astype(np.int32))"
+    return otherwise
+
+
+NOT_WHOLE_HINT = " (its values are not whole numbers: labels must be integer ids, 0 = background)"
+
+
+def check_instance_labels(labels: Any, what: str = "labels", *, ground_truth: bool = False) -> np.ndarray:
     """Instance labels for scoring (any number of dimensions): integers >= 0, ids of any size (not renumbered).
 
-    Bool and floats are refused with a hint: take connected components / post-process probabilities first.
+    Bool and floats are refused with a hint: take connected components; a prediction's floats are
+    probabilities, to post-process first; `ground_truth` is the annotation itself, not a probability map nor an
+    image: floats of whole numbers are to be converted, others are no ids.
     """
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
+        floats = " (probabilities: post-process them with napari_unet.postprocess.probs_to_labels)"
+        if ground_truth and labels.dtype.kind == "f":
+            floats = _float_labels_hint(
+                labels,
+                " (its values are not whole numbers: ground truth must be the annotated label image, integer ids "
+                "with 0 = background, not a probability map or an image)",
+            )
         hint = {
             "b": " (a bool mask: take its connected components with scipy.ndimage.label)",
-            "f": " (probabilities: post-process them with napari_unet.postprocess.probs_to_labels)",
+            "f": floats,
         }.get(labels.dtype.kind, "")
         raise DtypeError(
             f"{what} must be an integer array of instance ids (0 = background); got dtype {labels.dtype}{hint}"
@@ -210,6 +233,52 @@ def check_instance_labels(labels: Any, what: str = "labels") -> np.ndarray:
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise ValueError(f"{what} must hold ids >= 0; got minimum {labels.min()}")
     return labels
+
+
+def check_label_axes(axes: str, shape: tuple[int, ...], what: str = "labels") -> None:
+    """Labels have no channel axis: a colour (RGB) or multi-channel file is an image, or labels drawn as colours."""
+    if "C" in axes:
+        raise ValueError(
+            f"{what} has axes {axes!r} (shape {tuple(shape)}): labels must not be colour or have channels; they "
+            "are one plane of integer ids per image (0 = background)"
+        )
+
+
+def check_instance_regions(labels: Any, what: str = "labels") -> bool:
+    """Whether integer (or bool) `labels` are a binary mask rather than instance labels; ValueError when neither.
+
+    Instance labels have about one region (connected pixels of one value, 8-connected in 2-D) per id. When more
+    than half of the foreground has values found in several separate regions, and there are at least twice as
+    many regions as values, they are not instance labels: one value (a binary mask, Fiji's 0/255) is a mask,
+    whose connected components are the objects (True); several values (an intensity image, or ids reused for
+    separate objects) are refused. Labels with an id in two pieces here and there are labels (False).
+
+    >>> check_instance_regions(np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]]))
+    True
+    >>> check_instance_regions(np.array([[1, 0, 2], [0, 0, 0], [3, 0, 4]]))
+    False
+    """
+    from skimage.measure import label
+
+    labels = np.asarray(labels)
+    foreground = labels != 0
+    if not foreground.any():
+        return False
+    regions = label(labels, background=0, connectivity=labels.ndim)  # one number per region of equal values
+    ids, index = np.unique(labels[foreground], return_inverse=True)
+    id_of_region = np.zeros(int(regions.max()) + 1, np.int64)
+    id_of_region[regions[foreground]] = index
+    regions_per_id = np.bincount(id_of_region[1:], minlength=ids.size)
+    split = float(np.mean(regions_per_id[index] > 1))
+    if split <= 0.5 or regions_per_id.sum() < 2 * ids.size:
+        return False
+    if ids.size == 1:
+        return True
+    raise ValueError(
+        f"{what} does not look like instance labels: its {ids.size} values lie in {regions_per_id.sum()} separate "
+        f"regions ({split:.0%} of its foreground has values found in several places), where labels have one region "
+        "per id; is it an image? give label images (one id per object, 0 = background)"
+    )
 
 
 def check_mask(mask: Any, shape: tuple[int, ...], what: str = "mask") -> np.ndarray:

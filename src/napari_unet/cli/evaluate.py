@@ -19,8 +19,10 @@ from ._args import (
     positive_float,
     probability,
 )
-from .progress import warn_unmatched
+from .progress import note, warn_unmatched
 
+INFO_ROOM = 120  # characters of a value `info` shows whole; longer lists and mappings are summarised
+SHOWN_ITEMS = 3  # the first items of a summarised list
 SCORE_COLUMNS = {
     "isbi": ("vrand", "vinfo", "iou", "pixel_error"),
     "instances": ("ap50", "map", "f1_50", "seg", "n_pred", "n_true"),
@@ -177,6 +179,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..io import read_label_image
     from ..metrics import average_scores, evaluate_pair
     from ..pipeline import list_files, match_files
+    from ..validation import check_instance_labels, check_label_axes
 
     match = match_files(
         list_files(args.pred, "prediction"),
@@ -186,27 +189,60 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     warn_unmatched(match, ("predictions without ground truth (skipped)", "ground truth without predictions"), False)
     scores: dict[str, dict[str, Any]] = {}
+    masks: list[str] = []  # files read as binary masks: scored by their connected components
     for pred_path, truth_path in match.pairs:
-        pred, truth = np.asarray(read_label_image(pred_path)[0]), np.asarray(read_label_image(truth_path)[0])
+        (pred, pred_axes), (truth, truth_axes) = read_label_image(pred_path), read_label_image(truth_path)
+        pred, truth = np.asarray(pred), np.asarray(truth)
+        check_label_axes(pred_axes, pred.shape, f"prediction {pred_path.name}")
+        check_label_axes(truth_axes, truth.shape, f"ground truth {truth_path.name}")
         if pred.shape != truth.shape:
             raise ValueError(
                 f"prediction {pred_path.name} has shape {pred.shape} but its ground truth "
                 f"{truth_path.name} has {truth.shape}"
             )
+        if truth.dtype != bool:
+            check_instance_labels(truth, f"ground truth {truth_path.name}", ground_truth=True)
         for index in np.ndindex(*pred.shape[:-2]):
             name = pred_path.name if pred.ndim == 2 else f"{pred_path.name}{list(index)}"
+            pair = [pred[index], truth[index]]
+            if args.kind == "instances":
+                for side, (path, role) in enumerate(((pred_path, "prediction"), (truth_path, "ground truth"))):
+                    pair[side], mask = _as_objects(pair[side], f"{role} {path.name}")
+                    if mask and path.name not in masks:
+                        masks.append(path.name)
             try:
-                scores[name] = evaluate_pair(
-                    pred[index], truth[index], args.kind, threshold=args.threshold, thinned=not args.no_thinning
-                )
+                scores[name] = evaluate_pair(*pair, args.kind, threshold=args.threshold, thinned=not args.no_thinning)
             except (TypeError, ValueError) as error:
                 raise ValueError(f"{pred_path.name} against {truth_path.name}: {error}") from error
+    if masks:
+        shown = ", ".join(masks[:5]) + (", ..." if len(masks) > 5 else "")
+        looks, its = ("look like binary masks", "their") if len(masks) > 1 else ("looks like a binary mask", "its")
+        note(
+            f"note: {shown} {looks} (one value over many separate regions), not instance labels: scored by {its} "
+            "connected components (4-connected), so touching objects count as one; give instance labels (one id "
+            "per object) for exact scores"
+        )
     mean = average_scores(list(scores.values()))
     if args.json:
         print(json.dumps({"kind": args.kind, **mean, "images": scores}, indent=2, default=float))
     else:
         print(_table(scores, mean, SCORE_COLUMNS[args.kind]))
     return EXIT_OK
+
+
+def _as_objects(plane: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
+    """(objects, whether `plane` was a mask): a binary mask (bool, or one value over many separate regions, as
+    Fiji's 0/255 masks) becomes its 4-connected components, as `evaluate_pair` splits a bool prediction; other
+    integer labels stay as they are; an image (many values, each over many regions) is refused, naming `what`.
+    Floats go on to `evaluate_pair`, which says what to do with probabilities."""
+    from ..metrics import components
+    from ..validation import check_instance_regions
+
+    if plane.dtype.kind not in "biu":
+        return plane, False
+    if plane.dtype == bool or check_instance_regions(plane, what):
+        return components(plane != 0), True
+    return plane, False
 
 
 def _table(scores: dict[str, dict[str, Any]], mean: dict[str, Any], columns: Sequence[str]) -> str:
@@ -235,6 +271,7 @@ def _cell(value: Any) -> str:
 def _info(args: argparse.Namespace) -> int:
     from ..builtin import resolve
     from ..modelfile import CONFIG_FILE, STATE_FILE, load_model
+    from ..train_config import UNTIL_BUDGET
 
     bundle = load_model(args.model)
     folder = resolve(args.model)
@@ -261,17 +298,54 @@ def _info(args: argparse.Namespace) -> int:
     ]
     if training:
         augment = training.pop("augment", None)
+        if training.get("iterations") == UNTIL_BUDGET:
+            training["iterations"] = "until the time budget"
         lines.append(f"training: {_fields(training)}")
         if augment:
             lines.append(f"  augmentation: {_fields(augment)}")
-    lines.append("metadata: " + _fields(meta))
+    shown = {key: _brief(value) for key, value in meta.items()}
+    summarised = any(text != _plain(meta[key]) for key, text in shown.items())
+    lines.append("metadata" + (" (summarised; --json shows it whole)" if summarised else "") + ":")
+    lines += [f"  {key}: {text}" for key, text in shown.items()]
     lines.append(f"resumable: {'yes' if (folder / STATE_FILE).is_file() else 'no (no training state)'}")
     print("\n".join(lines))
     return EXIT_OK
 
 
 def _fields(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items())
+    return ", ".join(f"{k}={_brief(v, INFO_ROOM // 2)}" for k, v in values.items())
+
+
+def _brief(value: Any, room: int = INFO_ROOM, nested: bool = False) -> str:
+    """`value` for a person in about `room` characters, or whole when short: a long list as its length and first
+    items (data hashes, file names), a long mapping entry by entry, or by its keys; inside a mapping (`nested`)
+    as "[n items]" or "{n entries}". Floats to 6 digits; strings stay whole. `info --json` shows everything.
+
+    >>> _brief(list(range(1000)), 40), _brief({"a": ["x.png"] * 500, "b": 0.8620187612415251})
+    ('1000 items: 0, 1, 2, ...', '{a: [500 items], b: 0.862019}')
+    """
+    text = _plain(value)
+    if len(text) <= room or not isinstance(value, (list, dict)):
+        return text
+    if nested:
+        return f"[{len(value)} items]" if isinstance(value, list) else f"{{{len(value)} entries}}"
+    if isinstance(value, list):
+        first = ", ".join(_plain(item) for item in value[:SHOWN_ITEMS])
+        scalars = not any(isinstance(item, (list, dict)) for item in value[:SHOWN_ITEMS])
+        return f"{len(value)} items" + (f": {first}, ..." if scalars and len(first) <= room else "")
+    entries = "{" + ", ".join(f"{key}: {_brief(item, room // 4, True)}" for key, item in value.items()) + "}"
+    keys = ", ".join(map(str, list(value)[:SHOWN_ITEMS])) + (", ..." if len(value) > SHOWN_ITEMS else "")
+    return entries if len(entries) <= 2 * room else f"{len(value)} entries: {keys}"
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(float(f"{value:.6g}"))
+    if isinstance(value, list):
+        return "[" + ", ".join(_plain(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_plain(item)}" for key, item in value.items()) + "}"
+    return str(value)
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -290,6 +364,7 @@ def _models(args: argparse.Namespace) -> int:
     blocks = []
     for info in found:
         data = ", ".join(f"{name} ({count} images)" for name, count in info["training_data"].items()) or "unknown"
+        held_out = ", ".join(f"{name} ({count} images)" for name, count in info["held_out"].items())
         diameter = f"{info['object_diameter']:g} px" if info["object_diameter"] else "none (never rescales)"
         lines = [
             f"{info['name']}: {info['description']}",
@@ -297,6 +372,8 @@ def _models(args: argparse.Namespace) -> int:
             f"  network: {info['architecture']}; weights {info['weights_bytes'] / 1e6:.1f} MB",
             f"  trained on: {data}",
         ]
+        if held_out:
+            lines.append(f"  held out (validation, never trained on): {held_out}")
         if info["license"]:
             lines.append(f"  license: {info['license']}")
         lines += ["  cite:"] + [f"    {citation}" for citation in info["citations"]]

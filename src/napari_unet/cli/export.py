@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from ..builtin import resolve
     from ..export import export_model, input_size_rule
     from ..modelfile import load_model
-    from ..validation import check_output_free
+    from ..validation import check_output_free, check_writable_folder
 
     model_folder = resolve(args.model)  # the built-in model's folder for "nuclei"
     if model_folder.resolve() in [args.out.resolve(), *args.out.resolve().parents]:
@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
             f"the output {args.out} would replace the model {args.model} or a file in it: choose another --out"
         )
     check_output_free(args.out, args.overwrite)
+    check_writable_folder(args.out.parent, f"--out {args.out}")  # the package or file is made beside it, then renamed
     bundle = load_model(args.model)
     options = {}
     training_data = {

@@ -60,12 +60,16 @@ def run(args: argparse.Namespace) -> int:
     return {"measure": run_measure, "rois": run_rois}[args.command](args)
 
 
-def check_output(out: Path, inputs: list[Path], overwrite: bool) -> None:
-    """Before any work: --out is none of the inputs, and replaces an existing file only with --overwrite."""
-    from ..validation import check_output_free, check_output_not_input
+def check_output(out: Path, inputs: list[Path], overwrite: bool, suffixes: tuple[str, ...], kind: str) -> None:
+    """Before any work: --out is none of the inputs, replaces an existing file only with --overwrite, ends in one
+    of `suffixes` (the format written, `kind` in words), and its folder can be written."""
+    from ..validation import check_output_free, check_output_not_input, check_writable_folder
 
     check_output_not_input([out], inputs)
     check_output_free(out, overwrite)
+    if out.suffix.lower() not in suffixes:
+        raise ValueError(f"--out {out.name}: {kind} is written as a {suffixes[0]} file: name it {suffixes[0]}")
+    check_writable_folder(out.parent, f"--out {out}")
 
 
 def add_pixel_size(sub: argparse.ArgumentParser) -> None:
@@ -113,7 +117,8 @@ def run_measure(args: argparse.Namespace) -> int:
         )
         warn_unmatched(match, ("label files without an image", "images without labels"), args.quiet)
         pairs = match.pairs
-    check_output(args.out, [path for pair in pairs for path in pair if path is not None], args.overwrite)
+    inputs = [path for pair in pairs for path in pair if path is not None]
+    check_output(args.out, inputs, args.overwrite, (".csv",), "the table")
     given = pixel_size_option(args)
     tables = []
     for labels_path, image_path in pairs:
@@ -144,18 +149,19 @@ def run_rois(args: argparse.Namespace) -> int:
     from ..metadata import read_pixel_size, read_spacing
     from ..roi import read_rois, write_rois
 
-    check_output(args.out, [args.input] + ([args.like] if args.like is not None else []), args.overwrite)
-    if args.input.suffix.lower() in (".zip", ".roi"):
-        if args.like is None:
-            raise ValueError("converting ROIs to labels needs --like IMAGE (the image the ROIs were drawn on)")
+    inputs = [args.input] + ([args.like] if args.like is not None else [])
+    from_rois = args.input.suffix.lower() in (".zip", ".roi")
+    if from_rois and args.like is None:
+        raise ValueError("converting ROIs to labels needs --like IMAGE (the image the ROIs were drawn on)")
+    suffixes, kind = ((".tif", ".tiff"), "labels from ROIs") if from_rois else ((".zip",), "an ImageJ ROI set")
+    check_output(args.out, inputs, args.overwrite, suffixes, kind)
+    if from_rois:
         image, axes = read_image(args.like)
         spatial_axes = axes.replace("C", "")
         shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
         if len(shape) > 3:
             raise ValueError(f"--like {args.like} has axes {axes}: ROIs map to one plane or one stack (ZYX or TYX)")
         labels = read_rois(args.input, shape)
-        if args.out.suffix.lower() not in (".tif", ".tiff"):
-            raise ValueError(f"--out {args.out.name}: labels from ROIs are written as a .tif file")
         pixel_size = read_pixel_size(args.like)
         write_tiff(args.out, labels, spatial_axes, pixel_size=pixel_size, spacing=read_spacing(args.like, pixel_size))
         print(f"{int(np.count_nonzero(np.unique(labels)))} objects -> {args.out}")

@@ -5,9 +5,15 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+# the bar of a run that a time budget ends: seconds to a tenth ("16.7/20 s"), not tqdm's raw floats
+SECONDS_BAR = "{l_bar}{bar}| {n:.1f}/{total:g} s [{elapsed}<{remaining}{postfix}]"
+
 
 class Progress:
-    """A tqdm progress bar on stderr, or plain lines every ~10% when tqdm is missing; nothing when quiet."""
+    """A tqdm progress bar on stderr, or plain lines every ~10% when tqdm is missing; nothing when quiet.
+
+    unit "s" (a run that a time budget ends): the seconds done to a tenth, "16.7/20 s", not tqdm's raw floats.
+    """
 
     def __init__(self, total: float, description: str, unit: str = "it", quiet: bool = False):
         self.total, self.description, self.unit, self.quiet = total, description, unit, quiet
@@ -20,7 +26,10 @@ class Progress:
             from tqdm import tqdm
         except ImportError:
             return
-        self._bar = tqdm(total=total, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        bar_format = SECONDS_BAR if unit == "s" else None
+        self._bar = tqdm(
+            total=total, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True, bar_format=bar_format
+        )
 
     def update(self, n: float = 1, **postfix: Any) -> None:
         self.done += n
@@ -34,7 +43,8 @@ class Progress:
             if tenth > self._last_line or self.done >= self.total:
                 self._last_line = tenth
                 extra = "".join(f", {k} {v}" for k, v in postfix.items())
-                print(f"{self.description}: {self.done:g}/{self.total:g} {self.unit}{extra}", file=sys.stderr)
+                done = f"{self.done:.1f}" if self.unit == "s" else f"{self.done:g}"
+                print(f"{self.description}: {done}/{self.total:g} {self.unit}{extra}", file=sys.stderr)
 
     def write(self, message: str) -> None:
         """A line on stderr that does not break the bar."""
