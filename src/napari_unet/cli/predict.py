@@ -214,7 +214,8 @@ def run(args: argparse.Namespace) -> int:
                     bar.update(1, file=path.name)
                     done += 1
                     continue
-                image, axes = read_input(path, args.axes)
+                # a finished image is read again only to be measured
+                image, axes = read_input(path, args.axes) if not skip or args.measure else (None, "")
                 pixel_size = given or read_pixel_size(path)
                 if skip:
                     bar.update(1, file=path.name)
@@ -248,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
                     bar.write(f"{path.name}: {found} objects in {n} plane(s){size} -> {out.labels}")
                     planes, objects = planes + n, objects + found
                 if extras:  # a finished image's extras again, from its labels: the table holds every image
-                    tables += _extras(args, path, image, axes, out.labels, pixel_size)
+                    tables += _extras(args, path, image, axes, out.labels, pixel_size, again=skip)
                 done += 1
                 del image
     except KeyboardInterrupt:
@@ -466,27 +467,35 @@ def _check_input(path: Path, axes: str | None, bundle, choice, block_size: int |
         raise ValueError(f"{path}: cannot be read ({type(error).__name__}: {error})") from error
 
 
-def _extras(args: argparse.Namespace, path: Path, image, axes: str, labels_path: Path, pixel_size) -> list:
+def _extras(
+    args: argparse.Namespace, path: Path, image, axes: str, labels_path: Path, pixel_size, again: bool = False
+) -> list:
     """--measure: the tables of every plane of `labels_path` (`[(extra columns, table), ...]`, empty without it);
-    --rois: write its ROI zip; --zarr: copy it to OME-Zarr."""
+    --rois: write its ROI zip; --zarr: copy it to OME-Zarr. again: an earlier run finished the image, so its ROI
+    zip and OME-Zarr (each written whole, under a temporary name) are written only where missing (that run was
+    stopped between its labels and them); its table is measured again (`image` is needed for that only)."""
     from ..io import read_image
     from ..measure import measure_planes
     from ..metadata import read_spacing
     from ..pipeline import base_name, write_ome_zarr
     from ..roi import write_rois
 
+    zarr = args.out / f"{base_name(path)}_labels.ome.zarr" if args.zarr else None
+    rois = args.out / f"{base_name(path)}_rois.zip" if args.rois else None
+    if again:
+        zarr, rois = (p if p is not None and not p.exists() else None for p in (zarr, rois))
+    if not (args.measure or zarr or rois):
+        return []
     labels, labels_axes = read_image(labels_path)
-    if args.zarr:
-        zarr = args.out / f"{base_name(path)}_labels.ome.zarr"
+    if zarr is not None:
         write_ome_zarr(zarr, labels, labels_axes, pixel_size, read_spacing(path, pixel_size))
     tables = []
     if args.measure:
         for extra, table in measure_planes(labels, labels_axes, image, axes, pixel_size):
             tables.append(({"image": base_name(path), **extra}, table))
-    rois = args.out / f"{base_name(path)}_rois.zip"
-    if args.rois and labels.max(initial=0) > 0:
+    if rois is not None and labels.max(initial=0) > 0:
         write_rois(rois, labels)
-    elif args.rois:  # no object: no ROI file, and none left from an earlier run (--overwrite) to contradict it
+    elif rois is not None:  # no object: no ROI file, and none left from an earlier run (--overwrite) to contradict it
         rois.unlink(missing_ok=True)
     return tables
 
