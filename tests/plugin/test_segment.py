@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from napari_unet.plugin._segment import SegmentWidget
 from napari_unet.plugin._state import session_for
@@ -48,15 +49,20 @@ def test_tiles_stream_into_the_layer_and_the_result_is_predict_tiled_plus_postpr
     # pause the worker twice mid-run: what the canvas shows then is the streamed, partial result
     pause_at = [total // 8, total // 2]
     canvases, written = [], []
+    yields = 0
 
     def pause_when_due(_update):
-        if pause_at and widget.tiles_written >= pause_at[0]:
+        # runs in the worker's thread (direct connection), so the pause holds before its next tile: counted on the
+        # main thread, a busy machine let the worker finish before the pause was asked for
+        nonlocal yields
+        yields += 1
+        if pause_at and yields >= pause_at[0]:
             pause_at.pop(0)
             worker.pause()
 
     with qtbot.waitSignal(widget.segmented, timeout=60_000) as final:
         worker = widget.run()
-        worker.yielded.connect(pause_when_due)
+        worker.yielded.connect(pause_when_due, Qt.ConnectionType.DirectConnection)
         threads = watch_layer_threads(widget.labels_layer)
         for _ in range(2):
             with qtbot.waitSignal(worker.paused, timeout=30_000):
@@ -351,3 +357,25 @@ def test_the_result_layers_keep_the_images_scale_and_units(make_napari_viewer_pr
         assert tuple(layer.scale) == (2.0, 0.5, 0.5)
         assert tuple(layer.units) == tuple(image.units) and str(image.units[0]) == "micrometer"
     assert layer_pixel_size(widget.labels_layer) == {"y": 0.5, "x": 0.5, "unit": "um"}
+
+
+def test_the_image_picker_keeps_the_users_choice_and_says_when_that_image_is_removed(
+    make_napari_viewer_proxy, tiny_bundle
+):
+    """Layers added, moved or renamed leave the chosen image chosen; when it is removed, the status says so and
+    names the image the dock would now segment."""
+    from napari.layers import Image
+
+    viewer = make_napari_viewer_proxy()
+    for name in ("a", "b"):
+        viewer.add_image(np.zeros((32, 32), np.float32), name=name)
+    widget = open_dock(viewer, tiny_bundle)
+    chosen = widget.image_combo.value = viewer.layers["b"]
+    viewer.layers.insert(0, Image(np.zeros((32, 32), np.float32), name="c"))
+    viewer.add_labels(np.zeros((32, 32), np.int32), name="painted")
+    viewer.layers.move(1, 3)
+    chosen.name = "b renamed"
+    assert widget.image_combo.value == chosen  # == : the viewer proxy wraps each layer anew
+    viewer.layers.remove(chosen)
+    assert widget.image_combo.value is not None
+    assert f"'b renamed' was removed: '{widget.image_combo.value.name}' is" in widget.status.text()

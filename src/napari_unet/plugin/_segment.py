@@ -75,6 +75,10 @@ class SegmentWidget(QWidget):
         self.worker: Any = None
         self.factor = 1.0  # the image was resized by this before the network (model / object diameter)
         self._source: tuple | None = None  # (bundle, layer, stack, device) of the last run, for its uncertainty
+        self._run_model: ModelBundle | None = None  # the model of the last run
+        # the post-processing of the last run's result, at the image's size: the dock's as the run started (a model
+        # loaded meanwhile applies to the next run), then as the user changes the controls
+        self._postprocess: PostprocessConfig | None = None
         self.estimated_diameter: float | None = None  # the last "auto" estimate (None: no object found)
         self.labels_layer: Any = None
         self.probs_layer: Any = None
@@ -145,15 +149,28 @@ class SegmentWidget(QWidget):
 
         self.drawing = TileDrawing(self, napari_viewer)  # redraws the result layers as tiles come in
         self._retune_soon = debounced(self.retune, RETUNE_MS, self)
-        fields.on_change(self._retune_soon)
+        fields.on_change(self._postprocess_changed)
         self.session.model_changed.connect(self._show_model)
+        self.session.training_changed.connect(self._show_training)
         self._show_model()
+        self._show_training(self.session.training)
         self.reset_choices()
 
     # -- public ---------------------------------------------------------------------------------------------
 
     def reset_choices(self, _event: Any = None) -> None:
+        """Refresh the image picker (napari calls this when layers change): the chosen image stays chosen while it is
+        in the viewer; when it is removed, the status line says so and names the image chosen instead."""
+        chosen = self.image_combo.value
         self.image_combo.reset_choices()
+        if chosen is None or self.image_combo.value == chosen:  # == : the viewer proxy wraps each layer anew
+            return
+        if chosen in self.viewer.layers:  # renamed, or others added or moved: the picker matches names
+            self.image_combo.value = chosen
+            return
+        instead = self.image_combo.value
+        now = f"'{instead.name}' is the image to segment now" if instead is not None else "open an image to segment"
+        self.status.setText(f"The image '{chosen.name}' was removed: {now}")
 
     def load_model(self, path: str | Path) -> bool:
         """Load a model folder into the session; problems become notifications."""
@@ -193,6 +210,7 @@ class SegmentWidget(QWidget):
         except (LayerProblem, ValueError) as error:
             show_error(str(error))
             return None
+        self._run_model, self._postprocess = bundle, self.postprocess_config()  # what the run keeps to its end
         if factor is not None:
             return self._start_tiles(bundle, layer, stack, device, factor)
         self.cancelled = False
@@ -276,7 +294,7 @@ class SegmentWidget(QWidget):
         self.cancelled = self.finished_run = False
         self._final_digest = None
         self._postprocess_runs += 1
-        config = scale_postprocess(self.postprocess_config(), 1.0 / factor)
+        config = scale_postprocess(self._postprocess, 1.0 / factor)
         tta = self._tta = self.tta_check.isChecked()
         total = count_tiles(bundle.net, stack, stride, factor, tta=tta)
         what = f"{len(stack.planes)} plane(s) x {TTA_ORIENTATIONS} orientations" if tta else f"{total} tile(s)"
@@ -347,7 +365,7 @@ class SegmentWidget(QWidget):
             postprocess_planes,
             self.probs_fg,
             self.planes,
-            scale_postprocess(self.postprocess_config(), 1 / self.factor),
+            scale_postprocess(self._postprocess, 1 / self.factor),
             _ignore_errors=True,
             _start_thread=False,
         )
@@ -368,7 +386,16 @@ class SegmentWidget(QWidget):
         self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
 
     def _show_result(self, count: int) -> None:
-        self.status.setText(f"Done: {count} object(s). The post-processing can be retuned now (no new prediction).")
+        if self.labels_layer not in self.viewer.layers:
+            self.status.setText(
+                f"Finished, but the layer '{self.labels_layer.name}' was removed meanwhile: the result is not shown "
+                "(Run again to see it)"
+            )
+            return
+        text = f"Done: {count} object(s). The post-processing can be retuned now (no new prediction)."
+        if self.session.bundle is not self._run_model:  # a model loaded (or fine-tuned) during the run
+            text += " Segmented with the model the run started with: the current model applies to the next run."
+        self.status.setText(text)
         if self.uncertainty_check.isChecked() and self._source is not None:
             self._start_uncertainty()
         else:
@@ -428,6 +455,13 @@ class SegmentWidget(QWidget):
         self.drawing.start(self.labels_layer, self.probs_layer)
         show_info(f"{layer.name} was edited: your corrections are kept, the retuned labels are in a new layer")
 
+    def _postprocess_changed(self) -> None:
+        """The user changed a post-processing control: a running segmentation ends with it, a finished one is
+        retuned."""
+        if self._postprocess is not None:
+            self._postprocess = self.postprocess_fields.config(self._postprocess)
+        self._retune_soon()
+
     def _aborted(self) -> None:
         show_info("Segmentation cancelled: the finished tiles are kept")
 
@@ -450,6 +484,15 @@ class SegmentWidget(QWidget):
         if bundle is not None:
             self.channel_fields.show(bundle.channels)  # the channels the model was trained on
             self.postprocess_fields.show(bundle.postprocess)
+
+    def _show_training(self, training: bool) -> None:
+        """No other model can be loaded while a Fine-tune run owns the session's (`Session.load_model`)."""
+        if not alive(self):  # the session outlives a closed dock
+            return
+        self.model_row.load_button.setEnabled(not training)
+        self.model_row.load_button.setToolTip(
+            "A Fine-tune run is using the model: stop it or wait for it to finish to load another" if training else ""
+        )
 
 
 def _digest(labels: np.ndarray) -> bytes:

@@ -31,17 +31,31 @@ class TrainingRun:
 
 
 class Session:
-    """Per-viewer state. `model_changed` is emitted (on the main thread) whenever `bundle` is replaced."""
+    """Per-viewer state. `model_changed` is emitted (on the main thread) whenever `bundle` is replaced,
+    `training_changed` (with the new value) whenever `training` changes."""
 
     model_changed = Signal(object)
+    training_changed = Signal(bool)
 
     def __init__(self) -> None:
         self.bundle: ModelBundle | None = None
         self.model_path: Path | None = None
-        self.training = False  # a Fine-tune run owns the model: others must not use it meanwhile
+        self._training = False
         self.segmenting = False  # a Segment run is using the model: training must wait
         self.readers = 0  # other workers reading the model (uncertainty, suggestions): training must wait too
         self.augment: AugmentConfig | None = None  # set by the Augmentation preview; None: the preset's
+
+    @property
+    def training(self) -> bool:
+        """Whether a Fine-tune run owns the model: others must not use it meanwhile, nor load another one (the run
+        puts its own in the session when it ends). Set by the Fine-tune dock."""
+        return self._training
+
+    @training.setter
+    def training(self, training: bool) -> None:
+        if training != self._training:
+            self._training = training
+            self.training_changed.emit(training)
 
     @property
     def busy(self) -> bool:
@@ -67,7 +81,13 @@ class Session:
         self.model_changed.emit(bundle)
 
     def load_model(self, path: str | Path) -> bool:
-        """Load a model folder as the session's model; a folder that cannot be loaded is a notification (False)."""
+        """Load a model folder as the session's model; a running training or a folder that cannot be loaded is a
+        notification (False)."""
+        if self.training:
+            show_warning(
+                "A Fine-tune run is using the model: stop it or wait for it to finish before loading another model"
+            )
+            return False
         try:
             bundle = load_model(path)
         except (OSError, ValueError) as error:
