@@ -17,11 +17,14 @@ from napari_unet.jobs.finetune import (
     TrainingJob,
     annotated_planes,
     describe_step,
+    expected_iterations,
     format_duration,
     measure_steps,
     run_config,
+    run_progress,
     run_training,
     step_setting,
+    time_left,
     training_job,
     training_samples,
 )
@@ -113,6 +116,40 @@ def test_format_duration_rounds_to_what_a_status_line_needs():
 def test_describe_step_says_where_the_run_is_and_the_time_left():
     event = TrainEvent("step", iteration=10, total=40, loss=0.25, learning_rate=0.01, elapsed=30.0)
     assert describe_step(event) == "iteration 10/40, loss 0.2500, 30 s elapsed, about 2 min left"
+
+
+def step_event(iteration: int, total: int, elapsed: float) -> TrainEvent:
+    return TrainEvent("step", iteration=iteration, total=total, loss=0.25, learning_rate=0.01, elapsed=elapsed)
+
+
+def test_run_progress_follows_whichever_of_the_budget_and_the_iterations_ends_the_run_first():
+    assert run_progress(step_event(10, 40, 30.0)) == 0.25  # no budget: the iterations
+    assert run_progress(step_event(10, 1000, 15.0), time_budget=20.0) == 0.75  # the budget ends it first
+    assert run_progress(step_event(30, 40, 30.0), time_budget=600.0) == 0.75  # the iterations end it first
+    assert run_progress(step_event(12, 1000, 20.4), time_budget=20.0) == 1.0  # the last step overshoots the budget
+    assert run_progress(step_event(40, 40, 3.0), time_budget=20.0) == 1.0
+    assert run_progress(step_event(1, 40, 0.5), time_budget=0.0) == 1.0  # a zero budget stops after one step
+
+
+def test_time_left_is_the_sooner_of_the_budget_and_the_remaining_iterations():
+    assert time_left(step_event(10, 40, 30.0)) == 90.0  # 30 more steps of 3 s
+    assert time_left(step_event(10, 1000, 5.0), time_budget=20.0) == 15.0  # the budget ends the run
+    assert time_left(step_event(30, 40, 30.0), time_budget=600.0) == 10.0  # 10 more steps of 1 s
+    assert time_left(step_event(12, 1000, 20.4), time_budget=20.0) == 0.0
+
+
+def test_describe_step_with_a_time_budget_counts_down_the_budget():
+    text = describe_step(step_event(10, 1000, 5.0), time_budget=20.0)
+    assert text == "iteration 10/1000, loss 0.2500, 5 s of a 20 s budget, about 15 s left"
+    text = describe_step(step_event(30, 40, 30.0), time_budget=600.0)
+    assert text == "iteration 30/40, loss 0.2500, 30 s of a 10 min budget, about 10 s left"
+
+
+def test_expected_iterations_are_those_the_budget_leaves_time_for():
+    assert expected_iterations(step_event(10, 40, 30.0)) == 40
+    assert expected_iterations(step_event(10, 1000, 5.0), time_budget=20.0) == 40  # 2 steps a second for 20 s
+    assert expected_iterations(step_event(30, 40, 30.0), time_budget=600.0) == 40  # not more than asked for
+    assert expected_iterations(step_event(1, 1000, 0.0), time_budget=20.0) == 1000  # no pace yet: the iterations
 
 
 @dataclass(frozen=True)

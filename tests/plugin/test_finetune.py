@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -68,6 +70,34 @@ def test_short_run_lowers_the_loss_and_hands_the_model_to_segment(make_napari_vi
         tmp_path / "autosave"
     )
     segment.close()
+
+
+def test_a_run_with_a_time_budget_fills_the_bar_and_counts_down_the_budget(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells
+):
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, qtbot, tmp_path, image, few_cells(labels), iterations=100_000)
+    widget.budget_spin.setValue(3 / 60)
+    assert widget.budget_spin.text() == "3 s"  # not "0.1 min"
+    seen = []  # (bar value, bar maximum, status line) after each step, as the dock shows them
+
+    def shown(event) -> None:  # connected after the dock's own slot: it sees what the dock made of the event
+        if event.kind == "step":
+            seen.append((widget.progress.value(), widget.progress.maximum(), widget.status.text()))
+
+    with qtbot.waitSignal(widget.finished, timeout=180_000):
+        widget.start().yielded.connect(shown)
+    trainer = widget.job.trainer
+    assert trainer.elapsed >= 3.0 and trainer.iteration < 100_000  # the budget ended the run
+    assert len(seen) == trainer.iteration
+    values = [value for value, _, _ in seen]
+    # the bar counts the budget's seconds, not steps of 100 000 (it ended at 0.3 %)
+    assert values == sorted(values) and values[-1] == seen[-1][1] > 0, f"the bar did not fill: {seen}"
+    for _, _, text in seen:  # never more left than the budget (it said half an hour: 100 000 iterations' worth)
+        left = re.search(r"about (\d+) s left$", text)
+        assert " of a 3 s budget" in text and left and int(left.group(1)) <= 3, text
+    assert widget.plot.total == trainer.iteration  # the plot's axis ends where the run did
 
 
 def test_pause_resume_and_stop_keep_a_loadable_model(make_napari_viewer_proxy, qtbot, tmp_path, cells):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QValidator
 from qtpy.QtWidgets import QWidget
 
 from napari_unet.modelfile import load_model
-from napari_unet.plugin._form import ModelRow, RunControls
+from napari_unet.plugin._form import DurationSpin, ModelRow, RunControls
 from napari_unet.plugin._postprocess import PostprocessFields
 from napari_unet.plugin._state import Session
 from napari_unet.postprocess import PostprocessConfig
@@ -27,6 +29,45 @@ def test_run_controls_enable_the_start_button_or_the_others(qtbot):
     run.click()
     assert clicked == ["cancel", "run"] and run.isEnabled() and not cancel.isEnabled()
     assert controls.items() == (controls.row, controls.progress, controls.status)
+
+
+def test_a_duration_box_holds_minutes_and_shows_a_duration_in_seconds_below_a_minute(qtbot):
+    box = DurationSpin(100_000.0, 0.0, special="none")
+    qtbot.addWidget(box)
+    assert box.text() == "none" and box.seconds() == 0.0
+    shown = {}
+    for minutes in (20 / 60, 0.5 / 60, 1.0, 1.5, 80 / 60, 10.0, 100_000.0):
+        box.setValue(minutes)
+        shown[box.text()] = box.seconds()
+    assert shown == {
+        "20 s": 20.0,
+        "0.5 s": 0.5,
+        "1 min": 60.0,
+        "1 min 30 s": 90.0,
+        "1 min 20 s": 80.0,
+        "10 min": 600.0,
+        "100000 min": 6_000_000.0,
+    }
+    typed = {}
+    for text in ("45 s", "2", "1.5 min", "1 min 20 s", "2m", "1 h", "none"):
+        box.setValue(7.0)
+        box.selectAll()
+        qtbot.keyClicks(box, text)
+        qtbot.keyClick(box, Qt.Key.Key_Return)
+        typed[text] = (box.seconds(), box.text())
+    assert typed == {
+        "45 s": (45.0, "45 s"),
+        "2": (120.0, "2 min"),  # the box's unit: minutes
+        "1.5 min": (90.0, "1 min 30 s"),
+        "1 min 20 s": (80.0, "1 min 20 s"),
+        "2m": (120.0, "2 min"),
+        "1 h": (3600.0, "60 min"),
+        "none": (0.0, "none"),
+    }
+    assert box.validate("20 s", 4)[0] == QValidator.State.Acceptable
+    assert box.validate("1 mi", 4)[0] == QValidator.State.Intermediate  # on its way to "1 min"
+    assert box.validate("20 apples", 9)[0] == QValidator.State.Invalid
+    assert box.validate("20 s 1", 6)[0] == QValidator.State.Intermediate  # a bare number only alone
 
 
 def test_model_row_follows_the_session_and_loads_through_its_callable(qtbot, tiny_bundle, monkeypatch):

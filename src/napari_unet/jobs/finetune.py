@@ -3,7 +3,8 @@
 A dock run is prepared in three steps, each from plain arrays and values the dock reads off its layers and
 controls: `annotated_planes` (the planes with painted cells, and the region of each that is trusted),
 `run_config` (the preset with the dock's iterations and time budget) and `training_job` (a new network or the
-starting model, and the few-shot recipe for a model with an object diameter). `run_training` then drives it.
+starting model, and the few-shot recipe for a model with an object diameter). `run_training` then drives it;
+`run_progress`, `time_left` and `describe_step` say how far it is, counting its time budget when one bounds it.
 """
 
 from __future__ import annotations
@@ -271,12 +272,45 @@ def measure_steps(config: UNetConfig, tile_size: int, batch_size: int, device: s
     return float(np.median(times[1:]))
 
 
-def describe_step(event: TrainEvent) -> str:
-    """The status line of a training step: where the run is, its loss, the time spent and the time left."""
-    left = event.elapsed / max(event.iteration, 1) * (event.total - event.iteration)
+def run_progress(event: TrainEvent, time_budget: float | None = None) -> float:
+    """How far the run of `event` is, 0..1: iteration / total, or, when a `time_budget` (seconds of steps) bounds
+    it too, the larger of that and elapsed / budget: whichever ends the run first.
+
+    >>> run_progress(TrainEvent("step", 10, 1000, 0.5, 1e-3, elapsed=15.0), time_budget=20.0)
+    0.75
+    """
+    done = event.iteration / max(event.total, 1)
+    if time_budget is not None:
+        done = max(done, event.elapsed / time_budget if time_budget > 0 else 1.0)
+    return min(done, 1.0)
+
+
+def time_left(event: TrainEvent, time_budget: float | None = None) -> float:
+    """Seconds of steps the run of `event` has left: the remaining iterations at the pace so far, or the rest of
+    the `time_budget` when that is sooner."""
+    left = event.elapsed / max(event.iteration, 1) * max(event.total - event.iteration, 0)
+    if time_budget is not None:
+        left = min(left, max(time_budget - event.elapsed, 0.0))
+    return left
+
+
+def expected_iterations(event: TrainEvent, time_budget: float | None = None) -> int:
+    """The iterations the run of `event` should reach: its total, or as many as fit in the `time_budget` at the
+    pace so far when the budget ends the run first (the loss plot's axis)."""
+    progress = run_progress(event, time_budget)
+    if progress <= 0:
+        return event.total
+    return min(event.total, max(event.iteration, round(event.iteration / progress)))
+
+
+def describe_step(event: TrainEvent, time_budget: float | None = None) -> str:
+    """The status line of a training step: where the run is, its loss, the time spent (of the `time_budget`,
+    seconds, when one bounds the run) and the time left (`time_left`)."""
+    spent = format_duration(event.elapsed)
+    spent += " elapsed" if time_budget is None else f" of a {format_duration(time_budget)} budget"
     return (
         f"iteration {event.iteration}/{event.total}, loss {event.loss:.4f}, "
-        f"{format_duration(event.elapsed)} elapsed, about {format_duration(left)} left"
+        f"{spent}, about {format_duration(time_left(event, time_budget))} left"
     )
 
 

@@ -38,7 +38,9 @@ from napari_unet.jobs.finetune import (
     TrainingJob,
     annotated_planes,
     describe_step,
+    expected_iterations,
     run_config,
+    run_progress,
     run_training,
     step_setting,
     training_job,
@@ -48,13 +50,15 @@ from napari_unet.training import PRESETS, TrainEvent
 from ._autosave_row import AutosaveRow
 from ._channels import ChannelFields
 from ._estimate import StepEstimate
-from ._form import ModelRow, RunControls, check, choice, dock_layout, form, row, spin
+from ._form import DurationSpin, ModelRow, RunControls, check, choice, dock_layout, form, row, spin
 from ._layers import LayerProblem, annotations_of, channels_of, layer_combo, plane_stack, region_mask
 from ._plot import LossPlot
 from ._start_from import START_FILE, START_SESSION, StartFrom
 from ._state import Session, TrainingRun, session_for
 from ._suggest import Suggestions
 from ._workers import alive, generator_worker, start_worker
+
+PROGRESS_STEPS = 1000  # the bar counts thousandths of the run: of its iterations or of its time budget
 
 
 def _released(worker: Any, widget: QWidget, job: TrainingJob, session: Session):
@@ -154,7 +158,7 @@ class FineTuneWidget(QWidget):
         self.start_from = StartFrom(self, self.session, start_from, self._start_choice_changed)
         self.preset_combo = choice(list(PRESETS))
         self.iterations_spin = spin(1, 1_000_000, PRESETS["fast"][1].iterations)
-        self.budget_spin = spin(0.0, 100_000.0, 0.0, decimals=1, special="none", suffix=" min")
+        self.budget_spin = DurationSpin(100_000.0, 0.0, special="none")  # minutes, shown as "20 s", "5 min"
         self.device_combo = choice(available_devices())
         self.channel_fields = ChannelFields()
         self.estimate = StepEstimate(self, self.iterations_spin, self.budget_spin, self.estimated.emit)
@@ -229,7 +233,7 @@ class FineTuneWidget(QWidget):
         self.history = TrainingRun()
         self.plot.clear(job.config.iterations)
         device = describe_device(select_device(job.device))
-        self.controls.begin(job.config.iterations, f"Preparing {len(job.images)} image(s) on {device}…")
+        self.controls.begin(PROGRESS_STEPS, f"Preparing {len(job.images)} image(s) on {device}…")
         self.session.training = True
         self._generator = run_training(job)
         # closed by _closer after a Stop, in a worker: closing saves the model
@@ -326,7 +330,7 @@ class FineTuneWidget(QWidget):
         net_config, config = run_config(
             self.preset_combo.currentText(),
             self.iterations_spin.value(),
-            self.budget_spin.value() * 60.0 or None,
+            self.budget_spin.seconds() or None,
             self.train_overrides,
             self.session.augment,
         )
@@ -353,9 +357,11 @@ class FineTuneWidget(QWidget):
         history = self.history
         if event.kind == "step":
             history.losses.append((event.iteration, event.loss))
+            budget = self.job.config.time_budget  # the few-shot recipe's too (`training_job`)
+            self.plot.total = expected_iterations(event, budget)
             self.plot.add_loss(event.iteration, event.loss)
-            self.progress.setValue(event.iteration)
-            self.status.setText(describe_step(event))
+            self.progress.setValue(round(PROGRESS_STEPS * run_progress(event, budget)))
+            self.status.setText(describe_step(event, budget))
         elif event.kind == "calibration":
             self.status.setText(f"iteration {event.iteration}: fitting the post-processing to the annotations…")
         elif event.kind == "validation" and event.val_score is not None:

@@ -10,10 +10,12 @@ A dock's `__init__` then reads as a list of its controls and a list of its rows:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from qtpy.QtCore import Qt
+from qtpy.QtGui import QValidator
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -59,6 +61,72 @@ def spin(
     if tooltip:
         box.setToolTip(tooltip)
     return box
+
+
+class DurationSpin(QDoubleSpinBox):
+    """A spin box of a duration whose value is in minutes (0: `special`, e.g. "none"), shown as "20 s" below a
+    minute and "5 min" or "1 min 30 s" above; typed as that, as "2m" or "1 h", or as a bare number of minutes.
+    (A box of one decimal in minutes showed 20 s as "0.3 min" and kept 18 s.)
+    """
+
+    UNITS = {"h": 3600.0, "min": 60.0, "m": 60.0, "s": 1.0}  # "min" before "m": the alternation tries it first
+    PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(h|min|m|s)?\s*")
+    TYPING = re.compile(r"[\d.\shmins]*")  # what may still become a duration
+
+    def __init__(self, high: float, value: float, *, special: str = "", step: float = 1.0, tooltip: str = ""):
+        """high, value, step: minutes."""
+        super().__init__()
+        self.setDecimals(6)  # minutes to a ten-thousandth of a second: a duration typed in seconds is kept
+        self.setRange(0.0, high)
+        self.setSingleStep(step)
+        self.setValue(value)
+        if special:
+            self.setSpecialValueText(special)
+        if tooltip:
+            self.setToolTip(tooltip)
+
+    def seconds(self) -> float:
+        """The duration in seconds (to a millisecond: minutes of six decimals are not whole seconds)."""
+        return round(self.value() * 60.0, 3)
+
+    def textFromValue(self, value: float) -> str:  # noqa: N802 (Qt's name)
+        seconds = round(value * 60.0, 1)
+        if seconds < 60:
+            return f"{seconds:g} s"
+        minutes, rest = divmod(seconds, 60.0)
+        rest = round(rest, 1)
+        return f"{minutes:.0f} min" + (f" {rest:g} s" if rest else "")
+
+    def valueFromText(self, text: str) -> float:  # noqa: N802 (Qt's name)
+        seconds = self._seconds_in(text)
+        return self.minimum() if seconds is None else seconds / 60.0
+
+    def validate(self, text: str, position: int) -> tuple[QValidator.State, str, int]:
+        special = self.specialValueText()
+        seconds = self._seconds_in(text)
+        if seconds is not None and self.minimum() <= seconds / 60.0 <= self.maximum():
+            state = QValidator.State.Acceptable
+        elif special and text == special:
+            state = QValidator.State.Acceptable
+        elif (special and special.startswith(text)) or self.TYPING.fullmatch(text.lower()):
+            state = QValidator.State.Intermediate
+        else:
+            state = QValidator.State.Invalid
+        return state, text, position
+
+    def _seconds_in(self, text: str) -> float | None:
+        """The seconds `text` says ("20 s", "1 min 30 s", "1.5 h", a bare number of minutes), None if none."""
+        text, position, seconds = text.strip().lower(), 0, 0.0
+        while position < len(text):
+            match = self.PART.match(text, position)
+            if match is None:
+                return None
+            number, unit = match.groups()
+            if unit is None and (position > 0 or match.end() < len(text)):  # a bare number only alone
+                return None
+            seconds += float(number) * self.UNITS[unit or "min"]
+            position = match.end()
+        return seconds if text else None
 
 
 def slider(low: float, high: float, value: float, decimals: int = 1) -> Any:
