@@ -140,3 +140,188 @@ def test_a_unit_napari_does_not_know_still_opens_with_its_scale():
     assert placement["units"] == ("parsec",) * 3  # pint knows it
     assert calibrated_placement("YX", PixelSize(0.5, 0.5, "blorps"), StackSpacing()) == {"scale": (0.5, 0.5)}
     assert calibrated_placement("TYX", None, StackSpacing(t=5.0)) == {}
+
+
+# ---------------------------------------------------------------------------------------- model folders, dropped
+
+
+def test_only_napari_unet_model_folders_are_claimed(tmp_path, tiny_bundle):
+    """The model reader says None (napari then uses another reader) for a folder that is not a napari-unet model:
+    one of images, or another program's checkpoint with files of the same names (Hugging Face: config.json and
+    weights.safetensors)."""
+    import json
+
+    folder = save_model(tmp_path / "cells-model", tiny_bundle)
+    images = tmp_path / "images"
+    images.mkdir()
+    write_tiff(images / "a.tif", np.zeros((8, 8), np.uint8), "YX")
+    other = tmp_path / "bert"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    (other / "weights.safetensors").write_bytes((folder / "weights.safetensors").read_bytes())
+
+    assert get_model_reader(str(folder)) is read_model
+    assert get_model_reader(str(folder / "weights.safetensors")) is read_model
+    assert get_model_reader(str(images)) is None
+    assert get_model_reader(str(other)) is None
+    assert get_model_reader(str(other / "config.json")) is None
+    (folder / "config.json").write_text("{ not json")  # our folder, corrupted: claimed, so that read_model says so
+    assert get_model_reader(str(folder)) is read_model
+    with pytest.raises(ValueError, match="corrupted"):
+        read_model(str(folder))
+
+
+def test_a_dropped_model_folder_asks_for_the_reader_and_a_dropped_config_loads_at_once(
+    make_napari_viewer, tmp_path, tiny_bundle, monkeypatch
+):
+    """What docs/plugin.md tells the user. napari's own reader claims every folder, so a dropped folder opens
+    napari's "Choose reader" dialog: it lists this plugin, choosing it loads the model, and "Remember this
+    choice" makes the next drop of that folder load without the dialog. A model's config.json (or its weights)
+    is read by this plugin alone: dropped, it loads the model without any question. `viewer.open(path,
+    plugin=None)` is what a drop does (napari picks the reader); `viewer.open(path)` uses napari's own reader."""
+    import os
+
+    import napari.settings
+    from napari._qt.dialogs import qt_reader_dialog
+    from napari.errors import MultipleReaderError
+    from napari.plugins import _npe2
+
+    settings = napari.settings.NapariSettings(config_path=None)  # the remembered choices stay out of the user's file
+    monkeypatch.setattr(napari.settings, "_SETTINGS", settings)
+    first = save_model(tmp_path / "first", tiny_bundle)
+    second = save_model(tmp_path / "second", tiny_bundle)
+    viewer = make_napari_viewer()
+    session = session_for(viewer)
+    ours = _npe2.get_readers(str(first))[PLUGIN]
+    assert ours == "U-Net, Ronneberger et al. 2015"  # the name the dialog shows, as docs/plugin.md says
+
+    assert set(_npe2.get_readers(str(first / "config.json"))) == {PLUGIN}
+    assert set(_npe2.get_readers(str(first / "weights.safetensors"))) == {PLUGIN}
+    assert viewer.open(first / "config.json", plugin=None) == [] and session.model_path == first
+    assert viewer.open(second / "weights.safetensors", plugin=None) == [] and session.model_path == second
+
+    assert len(_npe2.get_readers(str(first))) > 1, "only our reader claims folders now: update docs/plugin.md"
+    with pytest.raises(MultipleReaderError):
+        viewer.open(first, plugin=None)
+    with pytest.raises(OSError):
+        viewer.open(first)  # napari's own reader, the default of viewer.open
+    images = tmp_path / "images"
+    images.mkdir()
+    write_tiff(images / "a.tif", np.zeros((8, 8), np.uint8), "YX")
+    with pytest.raises(ValueError, match="refused"):
+        viewer.open(images, plugin=PLUGIN)
+
+    offered = []
+
+    def choose_ours_and_remember(dialog):
+        offered.append([button.text() for button in dialog.reader_btn_group.buttons()])
+        return ours, True
+
+    monkeypatch.setattr(qt_reader_dialog.QtReaderDialog, "get_user_choices", choose_ours_and_remember)
+    viewer.window._qt_viewer._qt_open([str(first)], stack=False)  # what a drop on the canvas calls
+    assert len(offered) == 1 and ours in offered[0]
+    assert session.model_path == first
+    remembered = os.path.realpath(first) + os.sep
+    assert settings.plugins.extension2reader == {remembered: PLUGIN}
+    session.set_model(tiny_bundle, second)
+    viewer.window._qt_viewer._qt_open([str(first)], stack=False)
+    assert len(offered) == 1 and session.model_path == first, "remembered: loaded again without the dialog"
+
+
+# ---------------------------------------------------------------------------------------- colour photos
+
+
+def _photo(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """An 8-bit colour picture (..., H, W, 3) whose three colours differ (an H&E-like pink and purple)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, shape, dtype=np.uint8)
+    pixels[..., 0] = np.maximum(pixels[..., 0], 120)
+    return pixels
+
+
+def test_colour_photos_open_as_one_rgb_layer(make_napari_viewer, tmp_path):
+    """An 8-bit RGB(A) PNG or TIFF (colours interleaved, last: what cameras, slide scanners and Fiji's RGB
+    Color save) opens as napari's reader opens it: one rgb layer of the pixels as stored, not one false-colour
+    layer per colour; the PNG's alpha is dropped (as the docks read every image), the TIFF's kept. The
+    layer's axes end in C, and the docks read its colours as 3 channels."""
+    import tifffile
+
+    photo = _photo((40, 50, 3))
+    PILImage.fromarray(photo, "RGB").save(tmp_path / "he.png")
+    alpha = np.dstack([photo, np.full(photo.shape[:2], 200, np.uint8)])
+    PILImage.fromarray(alpha, "RGBA").save(tmp_path / "he-alpha.png")
+    tifffile.imwrite(tmp_path / "he.tif", photo, photometric="rgb")
+    tifffile.imwrite(tmp_path / "he-alpha.tif", alpha, photometric="rgb", extrasamples=["unassalpha"])
+    tifffile.imwrite(
+        tmp_path / "fiji.tif", photo, imagej=True, photometric="rgb", resolution=(2, 2), metadata={"unit": "um"}
+    )
+    frames = _photo((2, 40, 50, 3), seed=1)
+    tifffile.imwrite(tmp_path / "frames.tif", frames, photometric="rgb")
+
+    viewer = make_napari_viewer()
+    for name, pixels in [("he.png", photo), ("he-alpha.png", photo), ("he.tif", photo), ("he-alpha.tif", alpha)]:
+        (layer,) = viewer.open(tmp_path / name, plugin=PLUGIN)
+        assert layer.rgb, name
+        np.testing.assert_array_equal(layer.data, pixels)
+        assert layer.metadata["napari_unet"]["axes"] == "YXC" and tuple(layer.scale) == (1.0, 1.0)
+        stack = plane_stack(layer, 3)
+        assert stack.planes == [()]
+        np.testing.assert_array_equal(np.asarray(stack.plane(())), np.moveaxis(photo, -1, 0))
+    (fiji,) = viewer.open(tmp_path / "fiji.tif", plugin=PLUGIN)
+    assert fiji.rgb and tuple(fiji.scale) == (0.5, 0.5) and fiji.metadata["napari_unet"]["pixel_size"]["x"] == 0.5
+    (movie,) = viewer.open(tmp_path / "frames.tif", plugin=PLUGIN)
+    assert movie.rgb and movie.ndim == 3 and plane_stack(movie, 3).planes == [(0,), (1,)]
+    np.testing.assert_array_equal(movie.data, frames)
+
+
+def test_channel_stacks_keep_one_layer_per_channel_even_with_three_8_bit_channels(make_napari_viewer, tmp_path):
+    """Three 8-bit channels are not a photo when the file says they are channels (ImageJ or OME-TIFF axes, a
+    TIFF whose samples are grey values), when they are stored as planes (tifffile's default for a (3, H, W)
+    array), or when they are 16-bit (fluorescence cameras): one layer per channel, as before."""
+    import tifffile
+
+    planes = np.moveaxis(_photo((40, 50, 3)), -1, 0)
+    write_tiff(tmp_path / "imagej.tif", planes, "CYX")
+    tifffile.imwrite(tmp_path / "ome.ome.tif", planes, ome=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "grey-samples.tif", np.moveaxis(planes, 0, -1), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "planar.tif", planes, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "deep.tif", np.moveaxis(planes, 0, -1).astype(np.uint16) * 250, photometric="rgb")
+
+    viewer = make_napari_viewer()
+    for name in ("imagej.tif", "ome.ome.tif", "grey-samples.tif", "planar.tif", "deep.tif"):
+        layers = viewer.open(tmp_path / name, plugin=PLUGIN)
+        assert len(layers) == 3 and not any(layer.rgb for layer in layers), name
+        assert [layer.data.shape for layer in layers] == [(40, 50)] * 3, name
+    np.testing.assert_array_equal(viewer.layers["imagej [2]"].data, planes[2])
+
+
+def test_an_rgb_photo_opened_by_the_reader_segments_as_its_luminance(make_napari_viewer, qtbot, tmp_path, tiny_bundle):
+    """The Segment dock takes the reader's rgb layer: with *grey*, a grey model segments it as the image of its
+    luminance (channels.RGB_TO_GREY), the labels at the photo's pixel size and shape."""
+    from napari_unet.channels import ChannelChoice
+    from napari_unet.plugin._segment import SegmentWidget
+    from napari_unet.postprocess import probs_to_labels
+    from napari_unet.synthetic import make_cells
+
+    cells, _ = make_cells((96, 112), seed=2)
+    purple = np.array([120, 60, 160], np.float32) / 255
+    photo = (255 - np.clip(cells, 0, 1)[..., None] * (255 - 255 * purple)).astype(np.uint8)  # stained on white
+    PILImage.fromarray(photo, "RGB").save(tmp_path / "stained.png")
+    luminance, _ = ChannelChoice(grey=True).apply(np.moveaxis(photo, -1, 0), "CYX")
+
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(tmp_path / "stained.png", plugin=PLUGIN)
+    assert layer.rgb
+    widget = SegmentWidget(viewer, default_model=None)
+    viewer.window.add_dock_widget(widget, name="Segment")
+    session_for(viewer).set_model(tiny_bundle)
+    widget.tile_spin.setValue(48)
+    widget.channel_fields.grey.setChecked(True)
+    widget.reset_choices()
+    widget.image_combo.value = layer
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as done:
+        widget.run()
+    labels = done.args[0]
+    assert labels.shape == photo.shape[:2] and widget.labels_layer.data.shape == photo.shape[:2]
+    probs = tiny_bundle.predict(luminance, tile_size=48, device="cpu")
+    np.testing.assert_array_equal(labels, probs_to_labels(probs[1], widget.postprocess_config()))

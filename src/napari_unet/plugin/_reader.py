@@ -7,17 +7,22 @@ loads the model into the viewer's session and the Segment dock and returns `[(No
 
 napari imports this module to ask whether it can read a dropped file, so torch (through `modelfile`) is only
 imported once a model folder is actually read.
+
+napari's own reader claims every folder (npe2 lists each reader that accepts directories, whatever its filename
+patterns), so a dropped folder opens napari's "Choose reader" dialog; `get_model_reader` then reads only a
+napari-unet model folder (docs/plugin.md says what the user sees and how to skip the dialog).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_unet.io import read_image, reading_notes
+from napari_unet.io import PILLOW_SUFFIXES, read_image, reading_notes
 from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
 from napari_unet.pipeline import file_stem
 
@@ -26,18 +31,30 @@ from ._layers import METADATA_KEY
 
 PLUGIN = "napari-unet-2015"
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"  # as in napari_unet.modelfile
+MODEL_FORMAT = "napari-unet-model"  # modelfile.FORMAT: the "format" of a model's config.json
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 LayerData = tuple[Any, ...]
 
 
 def get_model_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """A reader for a model folder (config.json + weights.safetensors), or for one of those two files in it."""
+    """A reader for a napari-unet model folder (config.json + weights.safetensors), or for one of those two files
+    in it; None for any other folder, such as one of images or another program's checkpoint with files of the
+    same names (its config.json says another "format"). A config.json that is not JSON is claimed: `read_model`
+    then says that the model folder is corrupted."""
     folder = _single(path)
     if folder is None:
         return None
     if folder.name in (CONFIG_FILE, WEIGHTS_FILE):
         folder = folder.parent
-    return read_model if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file() else None
+    if not ((folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()):
+        return None
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_bytes())
+    except OSError:
+        return None
+    except (ValueError, RecursionError):
+        return read_model
+    return read_model if isinstance(config, dict) and config.get("format") == MODEL_FORMAT else None
 
 
 def read_model(path: str | list[str]) -> list[LayerData]:
@@ -79,8 +96,10 @@ def get_image_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] 
 
 
 def read_images(path: str | list[str]) -> list[LayerData]:
-    """Layers of each file: grey images as one layer, channels (C) as one layer per channel, leading Z/T
-    axes kept (the docks work plane by plane); our autosaved annotations (*.unet-labels.tif) as Labels.
+    """Layers of each file: grey images as one layer, channels (C) as one layer per channel, an 8-bit colour
+    picture (`is_colour_picture`: H&E histology, brightfield) as one rgb layer with its colours last (axes
+    "YXC"), leading Z/T axes kept (the docks work plane by plane); our autosaved annotations
+    (*.unet-labels.tif) as Labels.
 
     A physical pixel size in the file (OME-TIFF, ImageJ or TIFF resolution tags) sets the layers' scale on Y
     and X, its Z step (`metadata.read_spacing`) the scale on Z, and their unit the layers' units
@@ -105,7 +124,12 @@ def read_images(path: str | list[str]) -> list[LayerData]:
         info = {"axes": axes, "source": str(file)}
         if pixel_size is not None:
             info["pixel_size"] = pixel_size.to_dict()
-        if "C" in axes and image.shape[axes.index("C")] > 1:
+        if is_colour_picture(file, image, axes):
+            colours_last = axes.replace("C", "") + "C"
+            image = np.moveaxis(image, axes.index("C"), -1)
+            metadata = {METADATA_KEY: {**info, "axes": colours_last}}
+            layers.append((image, {"name": name, "rgb": True, "metadata": metadata, **scale}, "image"))
+        elif "C" in axes and image.shape[axes.index("C")] > 1:
             channel = axes.index("C")
             count = image.shape[channel]
             per_channel = axes.replace("C", "")
@@ -130,6 +154,28 @@ def read_images(path: str | list[str]) -> list[LayerData]:
                 axes = axes.replace("C", "")
             layers.append((image, {"name": name, "metadata": {METADATA_KEY: {**info, "axes": axes}}, **scale}, "image"))
     return layers
+
+
+def is_colour_picture(file: Path, image: Any, axes: str) -> bool:
+    """Whether `image` (canonical `axes`, as `io.read_image` read it from `file`) is an 8-bit RGB(A) picture, to
+    be shown as napari shows a photo (one rgb layer), not as channels: 3 or 4 uint8 channels that are a PNG's or
+    JPEG's colours (`io.read_image` reads a grey one, R = G = B, as "YX"), or a TIFF's RGB samples stored last
+    (tifffile's series axes end in "S", photometric RGB: cameras, slide scanners, Fiji's RGB Color). Channels
+    the file names as such (ImageJ or OME axes, grey samples), stored as planes (what tifffile makes of a
+    (3, H, W) array without metadata) or of 16 bits (fluorescence) are channels."""
+    if "C" not in axes or image.shape[axes.index("C")] not in (3, 4) or image.dtype != np.uint8:
+        return False
+    if file.suffix.lower() in PILLOW_SUFFIXES:
+        return True
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(file) as tif:
+            samples_last = tif.series[0].axes.upper().endswith("S")
+            photometric = tif.series[0].keyframe.photometric
+    except Exception:  # noqa: BLE001  (read_image read it: a file tifffile cannot describe is left as channels)
+        return False
+    return samples_last and photometric == tifffile.PHOTOMETRIC.RGB
 
 
 def calibrated_placement(axes: str, pixel_size: PixelSize | None, spacing: StackSpacing) -> dict[str, Any]:
