@@ -486,6 +486,16 @@ def test_the_alternative_axes_a_note_offers_are_in_canonical_order(tmp_path):
     assert "read as ZCYX (3 channels) by guess; give --axes TZYX if these are planes" in said
 
 
+def test_a_stack_of_colour_pictures_without_axes_is_noted_as_planes_not_as_guessed_channels(tmp_path):
+    """RGB samples stored last are colours for sure: only the leading axis (planes or time points) is a guess."""
+    from napari_unet.io import reading_notes
+
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((5, 8, 8, 3), np.uint8), photometric="rgb", metadata=None)
+    (said,) = reading_notes(tmp_path / "rgb.tif")
+    assert "read as ZCYX (planes of colour pictures) by guess; give --axes TYXC if the planes are time points" in said
+    assert read_image(tmp_path / "rgb.tif", axes="TYXC")[1] == "TCYX"
+
+
 # ----------------------------------------------------------------------------- Z step and frame interval
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -202,3 +204,28 @@ def test_inversion_turns_a_bright_background_dark_and_is_saved(tmp_path):
     assert load_model(save_model(tmp_path / "p", plain)).normalization.invert is False
     with pytest.raises(ValueError, match="invert"):
         Normalization(invert="yes")
+
+
+def test_a_model_folder_is_recognised_without_importing_torch(tmp_path):
+    """napari asks the reader about every dropped path: telling a model folder must not import torch."""
+    save_model(tmp_path / "ours", ModelBundle(UNet(depth=2, base_channels=4)))
+    other = tmp_path / "checkpoint"  # another program's folder with files of the same names
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    (other / "weights.safetensors").write_bytes(b"")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"format": "napari-unet-')
+    (broken / "weights.safetensors").write_bytes(b"")
+    script = (
+        "import sys\n"
+        "from napari_unet.modelfolder import config_format, is_napari_unet_model\n"
+        "print([is_napari_unet_model(sys.argv[1] + '/' + name) for name in ('ours', 'checkpoint', 'broken')])\n"
+        "try:\n"
+        "    config_format(sys.argv[1] + '/broken')\n"
+        "except ValueError:\n"
+        "    print('not JSON')\n"
+        "print('torch' in sys.modules)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert result.stdout.split("\n")[:3] == ["[True, False, False]", "not JSON", "False"], result.stdout

@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .modelfolder import CONFIG_FILE, WEIGHTS_FILE, is_model_folder
+
 BUILTIN_DIR = Path(__file__).resolve().parent / "builtin_models"
 PREFIX = "builtin:"
 HELD_OUT, SKIPPED = "held_out_", "skipped_"  # metadata training_data lists of images not trained on
@@ -25,8 +27,6 @@ HELD_OUT, SKIPPED = "held_out_", "skipped_"  # metadata training_data lists of i
 
 def names() -> list[str]:
     """The names of the built-in models, sorted."""
-    from .modelfile import is_model_folder
-
     if not BUILTIN_DIR.is_dir():
         return []
     return sorted(p.name for p in BUILTIN_DIR.iterdir() if not p.name.startswith(".") and is_model_folder(p))
@@ -43,8 +43,6 @@ def path(name: str) -> Path:
 
 def shadowed(spec: str | Path) -> bool:
     """Whether `spec` names a built-in model but a local model folder of that name is used instead."""
-    from .modelfile import is_model_folder
-
     return isinstance(spec, (str, Path)) and str(spec) in names() and is_model_folder(spec)
 
 
@@ -52,8 +50,6 @@ def resolve(spec: str | Path) -> Path:
     """The folder a model argument refers to: `builtin:NAME` is the built-in; a model folder on disk is itself;
     otherwise the name of a built-in model is that model; anything else is returned as a path (whose loading
     then says what is wrong with it)."""
-    from .modelfile import CONFIG_FILE, WEIGHTS_FILE, is_model_folder
-
     text = str(spec)
     if text.startswith(PREFIX):
         return path(text)
@@ -73,8 +69,6 @@ def describe(name: str) -> dict[str, Any]:
     trained on), held_out (images per set kept out of training, for validation: the lists of metadata
     "training_data" named `held_out_<set>`, under `<set>`), citations, license. Lists named `skipped_*`
     (images left out, e.g. without any object) are neither."""
-    from .modelfile import CONFIG_FILE, WEIGHTS_FILE
-
     folder = path(name)
     config = json.loads((folder / CONFIG_FILE).read_text())
     metadata = config.get("metadata", {})

@@ -191,7 +191,12 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
         axes, sizes = canonical_axes(found), dict(zip(found, shape))
         other = canonical_axes(axes.replace("C", "Z") if "Z" not in axes else axes.replace("C", "T"))
         remedy = "save it with its axes (ImageJ or OME-TIFF)"
-        if "C" in axes:
+        colours = first.axes.upper().endswith("S") and not planar_samples  # RGB samples: the planes are the guess
+        if "C" in axes and colours and "Z" in axes:
+            as_time = found.replace("Z", "T")
+            remedy = f"give {axes_option} {as_time}" if axes_option else remedy  # --axes names the file's order
+            said = f"read as {axes} (planes of colour pictures) by guess; {remedy} if the planes are time points"
+        elif "C" in axes:
             remedy = f"give {axes_option} {other}" if axes_option else remedy
             said = f"read as {axes} ({sizes['C']} channels) by guess; {remedy} if these are planes"
         else:

@@ -43,6 +43,7 @@ from .io import (
     validate_axes,
 )
 from .model import UNet, UNetConfig
+from .modelfolder import CONFIG_FILE, FORMAT, WEIGHTS_FILE, is_model_folder
 from .postprocess import PostprocessConfig, probs_to_labels
 from .scale import (
     Diameter,
@@ -58,10 +59,7 @@ from .scale import (
 from .tiling import predict_tiled, predict_tta
 from .validation import check_image, check_json_object, check_unet_entry
 
-FORMAT = "napari-unet-model"
 FORMAT_VERSION = 1
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "weights.safetensors"
 STATE_FILE = "training_state.pt"
 
 
@@ -356,24 +354,6 @@ def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
-
-
-def is_model_folder(path: str | Path) -> bool:
-    """Whether `path` has a model folder's two files (their content is checked by `load_model`)."""
-    path = Path(path)
-    return (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-
-
-def is_napari_unet_model(path: str | Path) -> bool:
-    """Whether `path` is a model folder whose config says it is napari-unet's ("format"), not another program's
-    folder with files of the same names (a Hugging Face checkpoint has config.json and weights.safetensors)."""
-    if not is_model_folder(path):
-        return False
-    try:
-        config = json.loads((Path(path) / CONFIG_FILE).read_bytes())
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(config, dict) and config.get("format") == FORMAT
 
 
 def recover_interrupted_save(path: str | Path) -> Path | None:

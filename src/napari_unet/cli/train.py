@@ -334,7 +334,8 @@ def _lock_holder(path: Path) -> str:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    from ..modelfile import is_model_folder, is_napari_unet_model, load_model, recover_interrupted_save
+    from ..modelfile import load_model, recover_interrupted_save
+    from ..modelfolder import is_model_folder, is_napari_unet_model
     from ..validation import check_output_not_input, check_writable_folder
 
     recover_interrupted_save(args.out)  # a model whose save was killed is a model: --overwrite or --resume

@@ -15,7 +15,6 @@ napari-unet model folder (docs/plugin.md says what the user sees and how to skip
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,14 +23,13 @@ import numpy as np
 
 from napari_unet.io import PILLOW_SUFFIXES, read_image, reading_notes
 from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
+from napari_unet.modelfolder import CONFIG_FILE, FORMAT, WEIGHTS_FILE, config_format, is_model_folder
 from napari_unet.pipeline import file_stem
 
 from ._autosave import SIDECAR_SUFFIX, is_annotation_file
 from ._layers import METADATA_KEY
 
 PLUGIN = "napari-unet-2015"
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "weights.safetensors"  # as in napari_unet.modelfile
-MODEL_FORMAT = "napari-unet-model"  # modelfile.FORMAT: the "format" of a model's config.json
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 LayerData = tuple[Any, ...]
 
@@ -46,15 +44,14 @@ def get_model_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] 
         return None
     if folder.name in (CONFIG_FILE, WEIGHTS_FILE):
         folder = folder.parent
-    if not ((folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file()):
+    if not is_model_folder(folder):
         return None
     try:
-        config = json.loads((folder / CONFIG_FILE).read_bytes())
+        return read_model if config_format(folder) == FORMAT else None
     except OSError:
         return None
-    except (ValueError, RecursionError):
+    except ValueError:
         return read_model
-    return read_model if isinstance(config, dict) and config.get("format") == MODEL_FORMAT else None
 
 
 def read_model(path: str | list[str]) -> list[LayerData]:
