@@ -12,7 +12,8 @@ import torch
 from napari_unet.cli import main
 from napari_unet.io import default_mode
 from napari_unet.model import UNet
-from napari_unet.modelfile import ModelBundle, is_napari_unet_model, load_model, save_model
+from napari_unet.modelfile import ModelBundle, load_model, save_model
+from napari_unet.modelfolder import is_napari_unet_model
 
 
 def bundle(seed: int = 0) -> ModelBundle:
