@@ -800,6 +800,61 @@ def test_the_command_line_rerun_skips_finished_files_and_keeps_pixel_sizes(clien
     assert dist.input_pixel_size(out / "large_labels.ome.zarr") == ((0.5, 0.5), "micrometer")
 
 
+def test_an_earlier_runs_outputs_in_the_input_folder_are_not_inputs(client, bundle, tmp_path):
+    """A second `segment_files` (or Batch dock job) into its input folder refused its own outputs ("im0.tif and
+    im0_labels.tif would both be written to ..."): they are left out, with a warning that names them, as
+    `predict` notes them, and the finished images are skipped."""
+    from napari_unet.jobs.batch import batch_outputs, run_batch
+
+    folder = tmp_path / "same"
+    folder.mkdir()
+    for i, shape in enumerate(((60, 50), (150, 140))):  # a whole file, and one that goes by blocks
+        write_tiff(folder / f"im{i}.tif", (make_cells(shape, seed=i)[0] * 1000).astype(np.uint16), "YX")
+    options = dict(tile_size=TILE, block_size=BLOCK, margin=MARGIN, device="cpu")
+    address = client.scheduler.address
+    first = dist.segment_files(bundle, [folder], folder, address=address, **options)
+    assert not any(e.skipped for e in first)
+    own = "skipped 2 files that are predict's outputs of other inputs: im0_labels.tif, im1_labels.ome.zarr"
+    with pytest.warns(UserWarning, match=own):
+        again = dist.segment_files(bundle, [folder], folder, address=address, **options)
+    assert [e.skipped for e in again] == [True, True]
+    with pytest.warns(UserWarning, match=own):
+        events = list(run_batch(bundle, [folder], folder, address=address, **options))
+    assert [e.skipped for e in events] == [True, True]
+    assert batch_outputs([folder], folder) == [folder / "im1_labels.ome.zarr"]
+    assert sorted(p.name for p in folder.iterdir()) == ["im0.tif", "im0_labels.tif", "im1.tif", "im1_labels.ome.zarr"]
+
+
+def test_whole_files_record_predicts_settings_so_that_a_predict_rerun_skips_them(client, bundle, tmp_path, capsys):
+    """The outputs of a whole file written by `predict --cluster` (or `segment_files`) record the settings a
+    single-process `predict` records (TIFF tag 65421): a rerun without --cluster skips them, and a rerun with
+    other settings is refused naming the difference. They recorded nothing, and such a rerun refused them all."""
+    from napari_unet.cli import main
+    from napari_unet.modelfile import save_model
+    from napari_unet.pipeline import model_digest, read_settings
+
+    model = save_model(tmp_path / "cells.model", replace(bundle, object_diameter=20.0))
+    source = tmp_path / "in"
+    source.mkdir()
+    write_tiff(source / "a.tif", (make_cells((60, 50), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    out = tmp_path / "out"
+    command = ["predict", str(model), str(source), "--out", str(out), "--diameter", "20", "--pixel-size", "0.5"]
+    command += ["--axes", "YX", "--probabilities", "--device", "cpu"]
+    assert main([*command, "--cluster", client.scheduler.address, "-q"]) == 0
+    recorded = [read_settings(out / name) for name in ("a_labels.tif", "a_probs.tif")]
+    assert recorded[0] == recorded[1] and recorded[0]["weights"] == model_digest(bundle)
+    assert (recorded[0]["diameter"], recorded[0]["pixel_size"], recorded[0]["axes"]) == (20.0, "0.5 x 0.5 um", "YX")
+    capsys.readouterr()
+    assert main(command) == 0
+    assert "1 image(s) already segmented in" in capsys.readouterr().err
+    assert main([*command, "--threshold", "0.9"]) == 2
+    assert "a_labels.tif exists from a run with threshold 0.7 (now 0.9)" in capsys.readouterr().err
+    python = tmp_path / "python"
+    dist.segment_files(model, [source], python, address=client.scheduler.address, probabilities=True, axes="YX")
+    by_python = read_settings(python / "a_labels.tif")
+    assert by_python["model"] == str(model) and by_python["pixel_size"] is None
+
+
 def test_single_process_zarr_and_blocks_write_the_same_ngff_layout(client, bundle, tmp_path):
     """`predict --zarr` (`ome_zarr.write_ome_zarr`) and an image segmented block by block write one layout: zarr
     format 2, dimension_separator "/" (NGFF 0.4), chunk (y, x) in the file `0/y/x`, the same multiscales (only

@@ -435,6 +435,21 @@ def test_instance_inputs_must_be_labels():
         instance_scores(-pred, truth)
 
 
+@pytest.mark.parametrize("score", [match_instances, seg_score, instance_scores, error_kinds])
+def test_a_float_truth_is_told_what_to_do_and_never_to_post_process_probabilities(score):
+    """The library told a float ground truth to post-process its "probabilities" (what a float prediction is
+    told): labels loaded as float32 are to be converted; other values are no ids, ground truth is no
+    probability map."""
+    pred, truth = three_cells()
+    with pytest.raises(TypeError, match=r"whole numbers: convert with \.astype\(np\.int32\)") as loaded:
+        score(pred, truth.astype(np.float32))
+    with pytest.raises(TypeError, match="not whole numbers: ground truth must be .* not a probability map") as probs:
+        score(pred, (truth > 0) * np.float32(0.8))
+    assert not any("probs_to_labels" in str(error.value) for error in (loaded, probs))
+    with pytest.raises(TypeError, match="probs_to_labels"):  # a float prediction: probabilities, as before
+        score((pred > 0) * np.float32(0.8), truth)
+
+
 # ----------------------------------------------------------------------------------- evaluate_pair
 
 

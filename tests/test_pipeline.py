@@ -138,6 +138,37 @@ def test_predicts_outputs_beside_their_images_are_not_inputs(tmp_path):
     elsewhere = touch(tmp_path / "other", "a_labels.tif")
     assert separate_outputs([folder / "a.png", elsewhere / "a_labels.tif"])[1] == []  # not beside its image
     assert separate_outputs(outputs) == (outputs, [])  # without their images they are inputs
+    assert pipeline.list_inputs([folder]) == (inputs, outputs)  # listed and separated in one call
+    assert pipeline.describe_own_outputs(outputs, shown=2) == (
+        "skipped 5 files that are predict's outputs of other inputs: a_labels.ome.zarr, a_labels.tif, ..."
+    )
+
+
+def test_the_settings_recorded_are_predicts_for_the_same_options():
+    """`output_settings` (which the distributed whole-file outputs record) gives what `predict` records for the
+    same options, so that either run recognises the other's outputs."""
+    from napari_unet.cli import build_parser
+    from napari_unet.cli._args import channel_choice_option
+    from napari_unet.cli.measure import pixel_size_option
+    from napari_unet.cli.predict import _run_settings
+    from napari_unet.modelfile import ModelBundle
+
+    model = ModelBundle(bundle().net, postprocess=PostprocessConfig(min_size=1), object_diameter=17.0)
+    for options in ([], ["--tta", "--pixel-size", "0.5", "0.25", "--axes", "YX", "--diameter", "17", "--grey"]):
+        args = build_parser().parse_args(["predict", "cells.model", "a.tif", "--out", "out", *options])
+        choice, given, post = channel_choice_option(args), pixel_size_option(args), PostprocessConfig(threshold=0.3)
+        recorded = pipeline.output_settings(
+            model,
+            post,
+            model=str(args.model),
+            diameter=args.diameter,
+            tta=args.tta,
+            precision=args.precision,
+            channels=choice,
+            axes=args.axes,
+            pixel_size=given,
+        )
+        assert recorded == _run_settings(args, model, post, choice, given)
 
 
 def test_outputs_record_the_settings_they_were_written_with(tmp_path):
@@ -212,6 +243,35 @@ def test_training_pairs_must_have_one_shape(tmp_path):
     image, labels, mask = read_training_pair(tmp_path / "image.tif", tmp_path / "good.tif", tmp_path / "good.tif")
     assert image.dtype == np.float32 and mask.all() and labels.shape == (20, 30)
     np.testing.assert_allclose(np.percentile(image, [1, 99.8]), [0, 1], atol=1e-4)
+
+
+def sparse_bands(shape: tuple[int, int]) -> np.ndarray:
+    """int16 sparse labels: two cells annotated in bands of background that cut "not annotated" (-1) in four."""
+    sparse = np.full(shape, -1, np.int16)
+    sparse[14:18], sparse[30:34], sparse[46:50] = 0, 0, 0
+    sparse[14:18, 5:10], sparse[30:34, 40:45] = 1, 2
+    return sparse
+
+
+def test_an_image_given_as_training_labels_is_refused_and_masks_and_sparse_labels_pass(tmp_path):
+    """Images and labels swapped, or a grey image given as labels, trained on nonsense: such labels (many values,
+    each over many separate regions) are refused as `evaluate` refuses them. Instance labels with many ids, sparse
+    labels whose "not annotated" value lies in many pieces, and a binary 0/255 mask (ISBI, Fiji) pass unchanged."""
+    from napari_unet.synthetic import make_cells
+
+    image, labels = make_cells((64, 72), seed=0, radius=(4.0, 8.0))
+    assert labels.max() > 10
+    write_tiff(tmp_path / "image.tif", (image * 1000).astype(np.uint16), "YX")
+    write_tiff(tmp_path / "labels.tif", labels.astype(np.uint16), "YX")
+    with pytest.raises(ValueError, match="image.tif does not look like instance labels: its .* values lie in"):
+        read_training_pair(tmp_path / "labels.tif", tmp_path / "image.tif")  # swapped
+    with pytest.raises(ValueError, match="give label images \\(one id per object, 0 = background\\)"):
+        read_training_pair(tmp_path / "image.tif", tmp_path / "image.tif")
+    sparse = sparse_bands(labels.shape)
+    mask = ((labels > 0) * 255).astype(np.uint8)
+    for name, kept in (("labels.tif", labels), ("sparse.tif", sparse), ("mask.tif", mask)):
+        write_tiff(tmp_path / name, kept, "YX")
+        np.testing.assert_array_equal(read_training_pair(tmp_path / "image.tif", tmp_path / name)[1], kept)
 
 
 def test_segment_file_keeps_the_pixel_size_z_step_and_frame_interval(tmp_path):

@@ -95,6 +95,17 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_killed_runs_lock_blocks_n
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cells.model"]  # the lock file goes with the run
 
 
+def test_swapped_images_and_labels_are_refused_before_training(data, tmp_path, capsys):
+    """`train LABELS IMAGES`: the 8-bit images read as labels trained on nonsense; they are refused now, naming
+    the file and what labels are, and nothing is written."""
+    out = tmp_path / "cells.model"
+    code = main(["train", str(data / "labels"), str(data / "images"), "--out", str(out), "--iterations", "2", *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "00.png does not look like instance labels" in err and "one id per object, 0 = background" in err
+    assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------------------ divergence
 
 

@@ -151,6 +151,23 @@ def test_scores_do_not_depend_on_the_size_of_the_ids(shift):
     assert seg_score(truth, truth) == 1.0
 
 
+def test_the_sparse_value_in_many_pieces_is_no_id_of_an_image():
+    """Two annotated cells in bands of background that cut "not annotated" (-1) in four: -1 counted as an id
+    made them look like an image (3 values in 6 regions); ignored, they are labels."""
+    from napari_unet.validation import check_instance_regions
+
+    sparse = np.full((64, 72), -1, np.int16)
+    sparse[14:18], sparse[30:34], sparse[46:50] = 0, 0, 0
+    sparse[14:18, 5:10], sparse[30:34, 40:45] = 1, 2
+    with pytest.raises(ValueError, match="3 values lie in 6 separate regions"):
+        check_instance_regions(sparse)
+    assert check_instance_regions(sparse, ignore=-1) is False
+    stripes = np.zeros((40, 40), np.uint16)
+    stripes[::4] = 255
+    stripes[:, :4] = 65535  # the uint16 sparse value beside a binary 0/255 mask
+    assert check_instance_regions(stripes, ignore=65535) is True
+
+
 def test_read_labels_renumbers_huge_ids(tmp_path):
     write_tiff(tmp_path / "l.tif", cells(np.uint32, 2**31), "YX")
     np.testing.assert_array_equal(read_labels(tmp_path / "l.tif"), cells(np.int32))

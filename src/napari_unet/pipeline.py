@@ -3,11 +3,12 @@
 - `list_files` / `match_files`: the image files of a folder (or one file), and pairs matched by base name
   (`01.png` with `01.tif`; a `_labels` or `_probs` suffix is tolerated, so predictions match their truth).
 - `separate_outputs`: of listed images, those that `predict` wrote for another beside it (results written into
-  the input folder), which are not inputs.
+  the input folder), which are not inputs; `list_inputs` lists and separates in one call.
 - `read_training_pair`: an image normalised with the model's percentiles and its labels, checked together.
 - `split_by_image`: a deterministic train/validation split by whole images (never crops of one image).
 - `read_input` / `segment_file`: segment a file plane by plane (stacks, time series), with bounded memory; a
-  `.zarr` store is read by `ome_zarr.read_zarr`. `read_settings`: the settings an output was written with.
+  `.zarr` store is read by `ome_zarr.read_zarr`. `output_settings` / `read_settings`: the settings an output is
+  written with, recorded in it (`SETTINGS_TAG`) so that a rerun knows its own outputs.
 
 >>> base_name("cells/01_labels.ome.tif")
 '01'
@@ -192,6 +193,26 @@ def separate_outputs(files: Sequence[str | Path]) -> tuple[list[Path], list[Path
     return [f for f in files if f not in outputs], outputs
 
 
+def list_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(inputs, outputs): the image files and `.zarr` stores of `paths` (files or folders; `list_files`, without the
+    plugin's autosaved annotations), and those of them left out as `predict`'s outputs of another
+    (`separate_outputs`), to be named in a note (`describe_own_outputs`)."""
+    listed = [f for path in paths for f in list_files(path, "input image", zarr=True, annotations=False)]
+    return separate_outputs(listed)
+
+
+def describe_own_outputs(outputs: Sequence[Path], shown: int = 5) -> str:
+    """What was left out of the inputs as `predict`'s outputs (`separate_outputs`), naming the first `shown`.
+
+    >>> describe_own_outputs([Path("in/a_labels.tif")])
+    "skipped 1 file that is predict's output of another input: a_labels.tif"
+    """
+    names = ", ".join(p.name for p in outputs[:shown]) + (", ..." if len(outputs) > shown else "")
+    if len(outputs) == 1:
+        return f"skipped 1 file that is predict's output of another input: {names}"
+    return f"skipped {len(outputs)} files that are predict's outputs of other inputs: {names}"
+
+
 def file_stem(path: str | Path) -> str:
     """The file name without its image suffix ('01_labels' for '01_labels.ome.tif', 'a.v2' for 'a.v2.tif').
 
@@ -246,8 +267,14 @@ def read_training_pair(
     """(image (H, W) or (C, H, W) float32 normalised, labels (H, W), mask (H, W) bool or None), shapes checked.
 
     mask file: nonzero = annotated (sparse annotation); labels may also use the reserved "not annotated"
-    value (see `napari_unet.targets`). channels: see `read_training_image`.
+    value (see `napari_unet.targets`). channels: see `read_training_image`. Labels that look like an image (many
+    values, each over many separate regions: an image given as labels, or image and labels swapped) are refused
+    as `evaluate` refuses them (`validation.check_instance_regions`); a binary mask (Fiji's 0/255) is used as it
+    is (its cells are its connected components, `targets`).
     """
+    from .targets import unannotated_value
+    from .validation import check_instance_regions
+
     image = read_training_image(image_path, low, high, channels)
     labels = read_labels(labels_path)
     if labels.shape != image.shape[-2:]:
@@ -255,6 +282,7 @@ def read_training_pair(
             f"labels {Path(labels_path).name} have shape {labels.shape} but image {Path(image_path).name} "
             f"has {image.shape[-2:]} (height, width): they must be the same size"
         )
+    check_instance_regions(labels, f"the labels file {labels_path}", ignore=unannotated_value(labels.dtype))
     mask = None
     if mask_path is not None:
         mask = read_labels(mask_path) != 0
@@ -440,6 +468,39 @@ def _create_tiff(
     mapped = tifffile.memmap(path, shape=shape, dtype=dtype, **layout)
     reserve(path)
     return mapped
+
+
+def output_settings(
+    bundle,
+    postprocess,
+    *,
+    model: str,
+    diameter: float | str | None,
+    tta: bool = False,
+    precision: str = "auto",
+    channels=None,
+    axes: str | None = None,
+    pixel_size=None,
+) -> dict[str, Any]:
+    """What the outputs of a `predict` run depend on, as `segment_file` records them (`settings`) and
+    `read_settings` reads them back: the model (`model`, its name, for messages; "weights", `model_digest`: whether
+    it is the same model), the post-processing (a `PostprocessConfig`), `diameter` (--diameter; None for a model
+    without an object diameter, which never rescales), `tta`, `precision` (--precision), the channel choice
+    (`channels`, a `ChannelChoice`; None: the model's), `axes` (--axes) and the given `pixel_size` (--pixel-size, a
+    `metadata.PixelSize`; None: each input's own). Not the device, tile or batch size (the same labels, up to
+    rounding). Returned as read back from JSON (tuples become lists), so that it compares equal to a record."""
+    settings = {
+        "model": model,
+        "weights": model_digest(bundle),
+        "postprocess": postprocess.to_dict(),
+        "diameter": diameter if bundle.object_diameter is not None else None,
+        "tta": tta,
+        "precision": precision,
+        "channels": (channels or bundle.channels).describe(),
+        "axes": axes,
+        "pixel_size": f"{pixel_size.y:g} x {pixel_size.x:g} {pixel_size.unit}" if pixel_size else None,
+    }
+    return json.loads(json.dumps(settings))
 
 
 def read_settings(path: str | Path) -> dict[str, Any] | None:

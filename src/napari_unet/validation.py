@@ -14,7 +14,7 @@ says what was expected and what was found. The rules are those of docs/formats.m
 - **mask** (`check_mask`): 2-D, the shape of its labels, bool or integers (nonzero = annotated).
 - **instance labels to score** (`check_instance_labels`, `check_instance_regions`, `check_label_axes`): integers
   >= 0, no channel axis; a binary mask (one value over many separate regions) is told apart from labels, and
-  an image (many values, each over many regions) is refused.
+  an image (many values, each over many regions) is refused, as it is for training (`pipeline.read_training_pair`).
 - **probabilities** (`check_probabilities`): float, finite.
 - **paths** (`check_output_not_input`, `check_writable_folder`): an output is never one of the inputs, and a
   folder is known to be writable before long work starts.
@@ -244,7 +244,7 @@ def check_label_axes(axes: str, shape: tuple[int, ...], what: str = "labels") ->
         )
 
 
-def check_instance_regions(labels: Any, what: str = "labels") -> bool:
+def check_instance_regions(labels: Any, what: str = "labels", ignore: int | None = None) -> bool:
     """Whether integer (or bool) `labels` are a binary mask rather than instance labels; ValueError when neither.
 
     Instance labels have about one region (connected pixels of one value, 8-connected in 2-D) per id. When more
@@ -252,6 +252,8 @@ def check_instance_regions(labels: Any, what: str = "labels") -> bool:
     many regions as values, they are not instance labels: one value (a binary mask, Fiji's 0/255) is a mask,
     whose connected components are the objects (True); several values (an intensity image, or ids reused for
     separate objects) are refused. Labels with an id in two pieces here and there are labels (False).
+    ignore: a value that is no id, counted as background (the sparse "not annotated" value,
+    `targets.unannotated_value`: its pixels lie in as many pieces as the annotator left).
 
     >>> check_instance_regions(np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]]))
     True
@@ -261,6 +263,8 @@ def check_instance_regions(labels: Any, what: str = "labels") -> bool:
     from skimage.measure import label
 
     labels = np.asarray(labels)
+    if ignore is not None and np.any(labels == ignore):
+        labels = np.where(labels == ignore, 0, labels)
     foreground = labels != 0
     if not foreground.any():
         return False

@@ -71,3 +71,33 @@ def test_batch_dock_explains_what_is_missing(make_napari_viewer, tiny_bundle, tm
     assert not widget.workers_spin.isEnabled() and widget.address_edit.isEnabled()
     assert widget.run() is None  # no scheduler address
     assert widget.worker is None
+
+
+def test_batch_dock_names_and_leaves_out_an_earlier_runs_outputs_in_the_input_folder(
+    make_napari_viewer, qtbot, tiny_bundle, tmp_path, monkeypatch
+):
+    """Segmenting a folder into itself a second time listed its own outputs as inputs (and was refused): the
+    dock gives the job the images only, and a notification names what it left out, as `predict` notes it."""
+    from napari_unet.distributed import BatchProgress
+    from napari_unet.plugin import _batch
+
+    for name in ("a.tif", "a_labels.tif", "b.tif", "b_labels.ome.zarr/.zgroup"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")  # names only: the job below reads nothing
+    given, infos = [], []
+
+    def job(bundle, inputs, out, **options):
+        given.extend(inputs)
+        yield BatchProgress(len(inputs), len(inputs), "done")
+
+    monkeypatch.setattr(_batch, "run_batch", job)
+    monkeypatch.setattr(_batch, "show_info", infos.append)
+    viewer = make_napari_viewer()
+    session_for(viewer).set_model(tiny_bundle)
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch")
+    widget.input_edit.setText(str(tmp_path))
+    widget.output_edit.setText(str(tmp_path))
+    with qtbot.waitSignal(widget.finished, timeout=30_000):
+        assert widget.run() is not None
+    assert given == [tmp_path / "a.tif", tmp_path / "b.tif"]
+    assert infos[0] == "skipped 2 files that are predict's outputs of other inputs: a_labels.tif, b_labels.ome.zarr"

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     from ..measure import write_csv
     from ..metadata import read_pixel_size, read_spacing
     from ..modelfile import load_model
-    from ..pipeline import count_planes, list_files, output_paths, read_input, segment_file, separate_outputs
+    from ..pipeline import count_planes, describe_own_outputs, list_inputs, output_paths, read_input, segment_file
     from ..precision import autocast_iterator
     from ..validation import check_writable_folder
 
@@ -176,10 +176,9 @@ def run(args: argparse.Namespace) -> int:
     if (args.cluster or args.workers) and (args.batch_size != 1 or args.precision != "auto"):
         raise ValueError("--batch-size and --precision are not available with --cluster or --workers")
     device = select_device(args.device) if not args.cluster else None
-    listed = [f for path in args.inputs for f in list_files(path, "input image", zarr=True, annotations=False)]
-    files, own = separate_outputs(listed)  # results written into the input folder by an earlier run
+    files, own = list_inputs(args.inputs)  # without results written into the input folder by an earlier run
     if own:
-        note(_own_outputs_note(own), args.quiet)
+        note(f"note: {describe_own_outputs(own)}", args.quiet)
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out} is a file; give a folder")
     outputs = [output_paths(f, args.out, args.probabilities) for f in files]
@@ -268,25 +267,22 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_settings(args: argparse.Namespace, bundle, postprocess, choice, pixel_size) -> dict:
-    """What the outputs of a single-process run depend on, recorded in each output TIFF (`pipeline.read_settings`):
-    the model (by name, and by its weights' digest), the post-processing, --diameter (for a model that rescales),
-    --tta, --precision, the channel choice, --axes and --pixel-size. Not the device, tile or batch size (the same
-    labels, up to rounding). A rerun with the same settings skips the finished images; with others it is refused
-    (`_check_outputs`)."""
-    from ..pipeline import model_digest
+    """What the outputs of a single-process run depend on, recorded in each output TIFF (`pipeline.output_settings`,
+    read back by `pipeline.read_settings`). A rerun with the same settings skips the finished images; with others it
+    is refused (`_check_outputs`)."""
+    from ..pipeline import output_settings
 
-    settings = {
-        "model": str(args.model),  # for the messages; "weights" says whether it is the same model
-        "weights": model_digest(bundle),
-        "postprocess": postprocess.to_dict(),
-        "diameter": args.diameter if bundle.object_diameter is not None else None,  # else never rescaled
-        "tta": args.tta,
-        "precision": args.precision,
-        "channels": (choice or bundle.channels).describe(),
-        "axes": args.axes,
-        "pixel_size": f"{pixel_size.y:g} x {pixel_size.x:g} {pixel_size.unit}" if pixel_size else None,
-    }
-    return json.loads(json.dumps(settings))  # as read back: tuples become lists
+    return output_settings(
+        bundle,
+        postprocess,
+        model=str(args.model),
+        diameter=args.diameter,
+        tta=args.tta,
+        precision=args.precision,
+        channels=choice,
+        axes=args.axes,
+        pixel_size=pixel_size,
+    )
 
 
 def _same_settings(recorded: dict | None, wanted: dict) -> bool:
@@ -320,14 +316,6 @@ def _settings_difference(recorded: dict, wanted: dict, shown: int = 4) -> str:
             changed.append(f"{key} {text(old.get(key))} (now {text(new.get(key))})")
     more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
     return ", ".join(changed[:shown]) + more
-
-
-def _own_outputs_note(own: list[Path]) -> str:
-    """The note for the files of the input folders that are predict's outputs (`pipeline.separate_outputs`)."""
-    names = ", ".join(p.name for p in own[:5]) + (", ..." if len(own) > 5 else "")
-    if len(own) == 1:
-        return f"note: skipped 1 file that is predict's output of another input: {names}"
-    return f"note: skipped {len(own)} files that are predict's outputs of other inputs: {names}"
 
 
 def _interrupted_note(args: argparse.Namespace, done: int, total: int) -> str:
@@ -553,6 +541,7 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
             probabilities=args.probabilities,
             postprocess=postprocess,
             overwrite=args.overwrite,
+            model_name=str(args.model),
         )
         bar = None
         for event in events:

@@ -14,7 +14,8 @@ The parts, one module each:
 - `omezarr`: the OME-Zarr (NGFF 0.4) outputs and the input's pixel size;
 - `tasks`: what runs on a worker (a block's probabilities, a block's labels, a whole file);
 - `batch`: the driver: `plan_batch` (every input read and planned, no cluster needed; `check_distinct_names`,
-  `goes_by_blocks`), `segment_plan` (a generator of `BatchProgress`), `segment_batch` (both) and `segment_files`.
+  `goes_by_blocks`), `segment_plan` (a generator of `BatchProgress`), `segment_batch` (both) and `segment_files`
+  (from files and folders, `input_files`: an earlier run's outputs in an input folder are no inputs).
 
 >>> from napari_unet.distributed import block_regions
 >>> [tuple((s.start, s.stop) for s in region) for region in block_regions((100, 150), (64, 64))][:3]
@@ -38,6 +39,7 @@ from .batch import (
     LargeImage,
     check_distinct_names,
     goes_by_blocks,
+    input_files,
     plan_batch,
     plan_with,
     segment_batch,
@@ -75,6 +77,7 @@ __all__ = [
     "context_radius",
     "create_ome_zarr",
     "goes_by_blocks",
+    "input_files",
     "input_pixel_size",
     "is_complete",
     "label_window",

@@ -14,6 +14,7 @@ import hashlib
 import json
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -26,7 +27,15 @@ from distributed import Client, as_completed
 from ..device import DEVICE_CHOICES, select_device
 from ..metadata import PixelSize
 from ..modelfile import ModelBundle
-from ..pipeline import ZARR_SUFFIX, base_name, check_distinct_names, output_paths
+from ..pipeline import (
+    ZARR_SUFFIX,
+    base_name,
+    check_distinct_names,
+    describe_own_outputs,
+    list_inputs,
+    output_paths,
+    output_settings,
+)
 from ..postprocess import PostprocessConfig
 from ..scale import check_tta_size
 from ..tiling import TileGrid, auto_stride, tile_grid
@@ -95,7 +104,7 @@ class LargeImage:
 
 # `segment_batch`'s options that `plan_batch` takes; the others, `segment_plan`'s (`SEGMENT_PLAN_OPTIONS`).
 BATCH_PLAN_OPTIONS = ("block_size", "margin", "tile_size", "device", "axes", "tta", "pixel_size")
-SEGMENT_PLAN_OPTIONS = ("probabilities", "postprocess", "overwrite")
+SEGMENT_PLAN_OPTIONS = ("probabilities", "postprocess", "overwrite", "model_name")
 
 
 @dataclass(frozen=True)
@@ -200,6 +209,7 @@ def segment_batch(
     tta: bool = False,
     pixel_size: PixelSize | None = None,
     overwrite: bool = False,
+    model_name: str | None = None,
 ) -> Iterator[BatchProgress]:
     """Segment image files on the cluster of `client`; yields after each finished file or block: `plan_batch`,
     then `segment_plan` (which say what each argument does). A caller that starts a cluster for the batch plans
@@ -217,7 +227,13 @@ def segment_batch(
         pixel_size=pixel_size,
     )
     yield from segment_plan(
-        client, bundle, plan, probabilities=probabilities, postprocess=postprocess, overwrite=overwrite
+        client,
+        bundle,
+        plan,
+        probabilities=probabilities,
+        postprocess=postprocess,
+        overwrite=overwrite,
+        model_name=model_name,
     )
 
 
@@ -229,13 +245,16 @@ def segment_plan(
     probabilities: bool = False,
     postprocess: PostprocessConfig | None = None,
     overwrite: bool = False,
+    model_name: str | None = None,
 ) -> Iterator[BatchProgress]:
     """Segment the inputs of `plan` (`plan_batch`) on the cluster of `client`; yields after each finished file
     or block.
 
     A single-plane image larger than one block, or any `.zarr`, is segmented block by block into
     `<stem>_labels.ome.zarr` (and `<stem>_probs.ome.zarr`, the foreground probability, kept when
-    `probabilities`); other files (and stacks) as whole tasks into `<stem>_labels.tif` like `predict`.
+    `probabilities`); other files (and stacks) as whole tasks into `<stem>_labels.tif` like `predict`, with the
+    settings record of `predict`'s outputs (`pipeline.output_settings`, `model_name` naming the model there), so
+    that a later single-process `predict` with the same settings skips them.
     Finished outputs (labels, and the probabilities when asked) are skipped (an event with `skipped`), as are
     the finished blocks of an interrupted run; with `overwrite` they are segmented again, from the start.
     Stopping is not asking for the next event: the remaining tasks are cancelled. postprocess: default the model's. With the plan's
@@ -259,6 +278,7 @@ def segment_plan(
             "model (plan_batch)"
         )
     config = bundle.postprocess if postprocess is None else postprocess
+    settings = _whole_file_settings(bundle, plan, config, model_name)
     spec = ModelSpec.from_bundle(bundle)
     run = uuid.uuid4().hex[:8]
     model = client.submit(identity, spec, key=f"napari-unet-model-{spec.digest}-{run}", pure=False)
@@ -286,6 +306,7 @@ def segment_plan(
                     plan.tile_size,
                     plan.tta,
                     plan.pixel_size,
+                    settings,
                     key=f"segment-{path.name}-{run}",
                     pure=False,
                 )
@@ -328,6 +349,25 @@ def segment_plan(
         if unfinished:
             client.cancel(unfinished)
         model.release()  # not cancelled: that would cancel its finished dependents too, already released
+
+
+def _whole_file_settings(
+    bundle: ModelBundle, plan: BatchPlan, config: PostprocessConfig, model_name: str | None
+) -> dict[str, Any]:
+    """The settings a whole file's outputs record: those of `predict` with the options this plan stands for
+    (`pipeline.output_settings`). The images are segmented at their own scale, which is --diameter at the model's
+    object diameter, with the model's channel choice and --precision auto (the only precision `predict` takes with
+    --workers or --cluster: the workers compute in fp32, which "auto" is on a CPU). model_name: how the record
+    names the model (for messages only); None: "(unnamed)"."""
+    return output_settings(
+        bundle,
+        config,
+        model=model_name or "(unnamed)",
+        diameter=bundle.object_diameter,
+        tta=plan.tta,
+        axes=plan.axes,
+        pixel_size=plan.pixel_size,
+    )
 
 
 def _check_tta(path: Path, image, plan: LargeImage | None, block_size: int, classes: int) -> None:
@@ -520,17 +560,29 @@ def segment_files(
 ) -> list[BatchProgress]:
     """`napari-unet predict ... --cluster ADDRESS` / `--workers N` from Python: connect, segment, disconnect.
 
-    model: a model folder or a loaded bundle; inputs: image files (folders are expanded); options: those of
+    model: a model folder or a loaded bundle; inputs: image files (folders are expanded, `input_files`: the
+    outputs of an earlier run written beside their inputs are left out, with a warning); options: those of
     `segment_batch`. Returns the progress events (their `cut_objects` sum should be 0).
     """
     from ..modelfile import load_model
-    from ..pipeline import list_files
 
-    bundle = model if isinstance(model, ModelBundle) else load_model(model)
-    files = [f for path in inputs for f in list_files(path, "input image", zarr=True, annotations=False)]
-    plan, rest = plan_with(bundle, files, out_dir, options)  # a bad input is refused before workers start
+    if isinstance(model, ModelBundle):
+        bundle = model
+    else:  # the outputs' settings name the model as given (`segment_plan`'s model_name)
+        bundle, options = load_model(model), {"model_name": str(model)} | options
+    plan, rest = plan_with(bundle, input_files(inputs), out_dir, options)  # a bad input is refused before workers
     with connect(address, workers, torch_threads) as client:
         return list(segment_plan(client, bundle, plan, **rest))
+
+
+def input_files(inputs: Sequence[str | Path]) -> list[Path]:
+    """The files and `.zarr` stores of `inputs` (folders expanded) to segment: `predict`'s outputs of another of
+    them (an earlier run's results written into an input folder) are left out with a warning that names them, as
+    `predict` notes them (`pipeline.list_inputs`)."""
+    files, own = list_inputs(inputs)
+    if own:
+        warnings.warn(describe_own_outputs(own), stacklevel=3)
+    return files
 
 
 def plan_with(

@@ -254,10 +254,12 @@ def segment_whole_file(
     tile_size: int | None,
     tta: bool = False,
     pixel_size: PixelSize | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> int:
     """One file segmented as in a single-process run (`tta`: test-time augmentation), written under temporary
-    names, then renamed; the outputs carry `pixel_size`, else the input's own (`metadata.read_pixel_size`), and
-    the input's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`)."""
+    names, then renamed; the outputs carry `pixel_size`, else the input's own (`metadata.read_pixel_size`), the
+    input's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`), and the run's
+    `settings` (`pipeline.output_settings`; None: none), so that a rerun of `predict` knows them as its own."""
     import dask
 
     bundle, where = worker_model(spec, device)
@@ -285,6 +287,7 @@ def segment_whole_file(
             tta=tta,
             pixel_size=pixel_size,
             spacing=read_spacing(path, pixel_size),
+            settings=settings,
         )
         for done in planes:
             objects += done.objects

@@ -14,6 +14,14 @@ from .overlap import check_pair, contingency
 IOU_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.5, 0.96, 0.05), 2))
 
 
+def _labels_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`pred` and `truth` checked as same-shape integer labels (`check_pair`, `check_instance_labels`): a float
+    prediction is told to post-process its probabilities; a float truth, the annotation itself, is told to
+    convert its whole numbers, or that other values are no ids."""
+    pred, truth = check_pair(pred, truth)
+    return check_instance_labels(pred, "pred"), check_instance_labels(truth, "truth", ground_truth=True)
+
+
 def _overlaps(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
     """Objects and their pairwise overlaps: sparse IoU between every overlapping (true, pred) pair."""
     true_ids, true_sizes = np.unique(truth[truth != 0], return_counts=True)
@@ -81,8 +89,7 @@ def match_instances(
     Returns {"thresholds", "tp", "fp", "fn", "ap", "f1", "precision", "recall"} as lists (one entry per
     threshold) and "n_pred", "n_true".
     """
-    pred, truth = check_pair(pred, truth)
-    pred, truth = check_instance_labels(pred, "pred"), check_instance_labels(truth, "truth")
+    pred, truth = _labels_pair(pred, truth)
     thresholds = [float(t) for t in thresholds]
     if any(not 0.0 < t <= 1.0 for t in thresholds):
         raise ValueError(f"IoU thresholds must be in (0, 1]; got {thresholds}")
@@ -119,8 +126,7 @@ def seg_score(pred: np.ndarray, truth: np.ndarray) -> float:
     pred, truth: same-shape integer labels (0 = background). False positives do not count. With no true
     object (undefined in the challenge): 1 if the prediction is empty too, else 0.
     """
-    pred, truth = check_pair(pred, truth)
-    pred, truth = check_instance_labels(pred, "pred"), check_instance_labels(truth, "truth")
+    pred, truth = _labels_pair(pred, truth)
     overlaps = _overlaps(pred, truth)
     n_true = overlaps["true_sizes"].size
     if n_true == 0:
@@ -164,8 +170,7 @@ def error_kinds(pred: np.ndarray, truth: np.ndarray) -> dict[str, int]:
     >>> error_kinds(pred, truth)
     {'matched': 0, 'merged': 3, 'missed': 1, 'false': 2}
     """
-    pred, truth = check_pair(pred, truth)
-    pred, truth = check_instance_labels(pred, "pred"), check_instance_labels(truth, "truth")
+    pred, truth = _labels_pair(pred, truth)
     o = _overlaps(pred, truth)
     n_true, n_pred = o["true_sizes"].size, o["pred_sizes"].size
     candidate = o["iou"] >= 0.5

@@ -141,7 +141,7 @@ def rand_info_scores(
     else:
         segments = check_instance_labels(pred, "pred")
     if truth_is_labels:
-        truth_segments = check_instance_labels(truth, "truth")
+        truth_segments = check_instance_labels(truth, "truth", ground_truth=True)
     else:
         truth_segments = components(as_mask(truth, "truth"))
     if thinned:

@@ -5,7 +5,8 @@ connects to a cluster's scheduler) and yields one `BatchProgress` per finished f
 only moves the progress bar. Results are written to the output folder as `predict --workers` writes them;
 images segmented block by block (OME-Zarr labels) are then opened lazily, as dask-backed Labels layers, so a
 whole slide opens in a moment and napari reads only what it shows. A folder of small images is not opened
-(it may hold thousands); the status line says where the results are.
+(it may hold thousands); the status line says where the results are. The outputs of an earlier run written into
+the input folder are not inputs: a notification names them (`pipeline.list_inputs`), as `predict` notes them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from qtpy.QtWidgets import QFileDialog, QLineEdit, QPushButton, QWidget
 
 from napari_unet.device import available_devices
 from napari_unet.jobs.batch import batch_outputs, run_batch
+from napari_unet.pipeline import describe_own_outputs, list_inputs
 
 from ._form import ModelRow, RunControls, choice, dock_layout, form, row, spin
 from ._state import Session, session_for
@@ -118,8 +120,15 @@ class BatchWidget(QWidget):
         if self.where_combo.currentText() == CLUSTER and not address:
             show_error("No scheduler address: give one (tcp://host:8786) or run on local workers")
             return None
+        try:  # an earlier run's outputs written into the input folder are no inputs: named, left out
+            files, own = list_inputs([Path(inputs)])
+        except (OSError, ValueError) as error:
+            show_error(str(error))
+            return None
+        if own:
+            show_info(describe_own_outputs(own))
         workers = None if address else int(self.workers_spin.value())
-        self.inputs, self.out = [Path(inputs)], Path(out)
+        self.inputs, self.out = files, Path(out)
         self.events, self.cut_objects = [], 0
         self.controls.begin(0, f"starting {workers} local worker(s)…" if workers else f"connecting to {address}…")
         job = run_batch(
