@@ -12,11 +12,13 @@ between touching cells; cell pixels get w_c alone. With fewer than two cells the
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 from scipy import ndimage
 
 from napari_unet.targets import annotation_mask, separate_cells
+from napari_unet.validation import DtypeError, check_labels
 
 
 def class_weights_of(
@@ -117,3 +119,36 @@ def weight_map(
         weights[gaps] += w0 * np.exp(-((d1[gaps] + d2[gaps]) ** 2) / (2.0 * sigma**2))
     weights[~annotated] = 0.0
     return weights.astype(np.float32)
+
+
+def stack_weight_maps(
+    labels: np.ndarray,
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    class_weights: str | tuple[float, float] | None = "balanced",
+    border: int = 1,
+    tol: float = 1e-6,
+    first: int = 0,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """`weight_map` of a stack of label planes, one plane at a time: yields (p, weights (H, W) float32).
+
+    labels: (P, H, W) instance ids, a plane per Z slice or time point. Only the planes that hold a nonzero label
+    are yielded: training leaves the others out (`jobs.finetune.annotated_planes`), so they weigh 0. The planes
+    come nearest `first` first (first, first + 1, first - 1, ...), so that a viewer shows the plane in view
+    soonest; a consumer that stops asking stops the work.
+
+    >>> stack = np.zeros((3, 1, 7), int); stack[0, 0, :3] = 1; stack[0, 0, 3:] = 2; stack[2] = stack[0]
+    >>> [p for p, _ in stack_weight_maps(stack, first=1)]
+    [0, 2]
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"labels must be a stack (P, H, W) of 2-D planes, got shape {labels.shape}")
+    if labels.dtype != bool and labels.dtype.kind not in "iu":
+        raise DtypeError(f"labels must be integers (instance ids, 0 = background), got dtype {labels.dtype}")
+    if w0 < 0 or sigma <= 0 or tol <= 0:
+        raise ValueError(f"need w0 >= 0, sigma > 0 and tol > 0; got w0={w0}, sigma={sigma}, tol={tol}")
+    for plane in sorted(range(labels.shape[0]), key=lambda p: (abs(p - first), p)):
+        if labels[plane].any():
+            cells = check_labels(labels[plane], f"plane {plane} of the labels")
+            yield plane, weight_map(cells, w0, sigma, class_weights, border=border, tol=tol)

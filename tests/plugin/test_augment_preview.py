@@ -171,3 +171,56 @@ def test_the_plane_in_view_of_a_stack_with_a_channel_axis(make_napari_viewer_pro
     window = apply_normalization(read_window(planes[2], widget.origin, (64, 64)), lo, hi)
     np.testing.assert_allclose(widget.sample[0], window, atol=1e-6)
     assert widget.plane == (2,) and "plane 2" in widget.status.text()
+
+
+def test_the_preview_follows_the_plane_slider(make_napari_viewer_proxy, qtbot, cells):
+    """Moving the Z slider left the preview on the plane it was drawn from; it now redraws the new plane's window
+    (same sample, same window), and moving a slider that does not change the plane draws nothing."""
+    image, labels = cells
+    planes = np.stack([image, image[::-1], image[:, ::-1]])
+    label_planes = np.stack([labels, labels[::-1], labels[:, ::-1]])
+    viewer = make_napari_viewer_proxy()
+    layer = viewer.add_image(planes, name="stack")
+    labels_layer = viewer.add_labels(label_planes, name="stack labels")
+    widget = AugmentPreviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Augmentation preview")
+    widget.image_combo.value = layer
+    widget.labels_combo.value = labels_layer
+    widget.window_spin.setValue(64)
+    widget.new_sample()
+    qtbot.waitUntil(lambda: not widget.pending() and widget.sample is not None, timeout=20_000)
+    assert widget.plane == (1,), "napari opens a stack at its middle plane"
+    seed, origin = widget.seed, widget.origin
+
+    for index in (2, 0):
+        viewer.dims.current_step = (index, *viewer.dims.current_step[1:])
+        qtbot.waitUntil(lambda index=index: widget.plane == (index,) and not widget.pending(), timeout=20_000)
+        assert widget.seed == seed and widget.origin == origin, "the same sample of the same window"
+        plane = planes[index][None]
+        lo, hi = percentiles(plane, 1.0, 99.8, "CYX")
+        window = apply_normalization(read_window(plane, origin, (64, 64)), lo, hi)
+        target = read_window(label_planes[index][None].astype(np.float32), origin, (64, 64))[0].astype(np.int32)
+        expected = augment(window, target, grid_lines((64, 64)), np.random.default_rng(seed), widget.config())
+        np.testing.assert_allclose(widget.sample[0], expected[0], atol=1e-5)
+        np.testing.assert_array_equal(widget.sample[1], expected[1])
+        assert f"plane {index}" in widget.status.text()
+
+
+def test_a_preview_of_a_single_plane_ignores_the_sliders(make_napari_viewer_proxy, qtbot, cells):
+    """A 2-D image and labels beside a stack: the stack's slider does not change their window, so no redraw."""
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.stack([image] * 3), name="another stack")
+    layer = viewer.add_image(image, name="cells")
+    widget = AugmentPreviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Augmentation preview")
+    widget.image_combo.value = layer
+    widget.labels_combo.value = viewer.add_labels(labels, name="cells labels")
+    widget.window_spin.setValue(64)
+    widget.new_sample()
+    qtbot.waitUntil(lambda: not widget.pending() and widget.sample is not None, timeout=20_000)
+    drawn: list[object] = []
+    widget.shown.connect(drawn.append)
+    viewer.dims.current_step = (2, *viewer.dims.current_step[1:])
+    qtbot.wait(500)
+    assert not widget.pending() and drawn == []

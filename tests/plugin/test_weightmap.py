@@ -82,3 +82,111 @@ def test_label_ids_past_float32_give_the_same_map(make_napari_viewer_proxy, qtbo
         viewer.window.add_dock_widget(widget, name="Weight map")
     training = PRESETS["paper"][1]
     np.testing.assert_array_equal(widget.layer.data, weight_map(labels, training.w0, training.sigma))
+
+
+def stack_of(labels: np.ndarray) -> np.ndarray:
+    """Three planes, each with its own cells: labels, flipped upside down, flipped left to right."""
+    return np.stack([labels, labels[::-1], labels[:, ::-1]])
+
+
+def test_a_stack_shows_the_weight_map_of_each_plane(make_napari_viewer_proxy, qtbot, cells):
+    """A (Z, Y, X) Labels layer was refused; its map is an image over the same planes, plane k the map of plane k."""
+    _, labels = cells
+    planes = stack_of(labels)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_labels(planes, name="stack labels", scale=(2.0, 1.0, 1.0), translate=(10.0, 0.0, 0.0))
+    widget = WeightMapWidget(viewer)
+    with qtbot.waitSignal(widget.updated, timeout=30_000):
+        viewer.window.add_dock_widget(widget, name="Weight map")
+    layer = widget.layer
+    training = PRESETS["paper"][1]
+    assert layer.data.shape == planes.shape
+    assert tuple(layer.scale) == (2.0, 1.0, 1.0) and tuple(layer.translate) == (10.0, 0.0, 0.0)
+    for k, plane in enumerate(planes):
+        np.testing.assert_allclose(layer.data[k], weight_map(plane, training.w0, training.sigma), rtol=1e-6)
+    assert "3 of 3 planes" in widget.status.text()
+
+    with qtbot.waitSignal(widget.updated, timeout=30_000):
+        widget.sigma_slider.setValue(2.0)
+        widget.balance_check.setChecked(False)
+    assert widget.layer is layer
+    for k, plane in enumerate(planes):
+        expected = weight_map(plane, training.w0, 2.0, class_weights=None)
+        np.testing.assert_allclose(layer.data[k], expected, rtol=1e-6)
+    assert layer.contrast_limits[1] == pytest.approx(float(layer.data.max()))
+
+
+def test_planes_without_cells_weigh_nothing(make_napari_viewer_proxy, qtbot, cells):
+    """Training leaves out the planes without painted cells (`annotated_planes`): the map shows them as 0."""
+    _, labels = cells
+    planes = stack_of(labels)
+    planes[1] = 0
+    viewer = make_napari_viewer_proxy()
+    viewer.add_labels(planes, name="stack labels")
+    widget = WeightMapWidget(viewer)
+    with qtbot.waitSignal(widget.updated, timeout=30_000):
+        viewer.window.add_dock_widget(widget, name="Weight map")
+    training = PRESETS["paper"][1]
+    data = widget.layer.data
+    assert data.shape == planes.shape and not data[1].any()
+    for k in (0, 2):
+        np.testing.assert_allclose(data[k], weight_map(planes[k], training.w0, training.sigma), rtol=1e-6)
+    assert "2 of 3 planes" in widget.status.text()
+
+
+def test_the_plane_in_view_comes_first_and_a_superseded_run_stops(make_napari_viewer_proxy, qtbot, cells):
+    """Many planes: the viewer's plane is drawn first, and a run overtaken by a new setting stops computing."""
+    _, labels = cells
+    planes = np.stack([labels] * 40)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_labels(planes, name="many planes")
+    viewer.dims.set_current_step(0, 25)
+    widget = WeightMapWidget(viewer)
+    widget._update_soon.timer.stop()
+    viewer.window.add_dock_widget(widget, name="Weight map")
+    first = widget.update_map()
+    drawn: list[int] = []
+    first.yielded.connect(lambda item: drawn.append(item[0]))
+    qtbot.waitUntil(lambda: widget.layer is not None, timeout=30_000)
+    assert drawn[0] == 25, "the plane in view is computed first"
+    widget.w0_slider.setValue(40.0)
+    widget._update_soon.timer.stop()
+    with qtbot.waitSignal(widget.updated, timeout=60_000):
+        second = widget.update_map()
+    assert len(drawn) < 40, "the first run stopped when the second started"
+    assert not first.is_running and second is not first
+    expected = weight_map(labels, 40.0, PRESETS["paper"][1].sigma)
+    np.testing.assert_allclose(widget.layer.data[0], expected, rtol=1e-6)
+    np.testing.assert_allclose(widget.layer.data[39], expected, rtol=1e-6)
+
+
+def test_layers_the_weight_map_cannot_show_are_notifications(make_napari_viewer_proxy, qtbot, monkeypatch, cells):
+    from napari_unet.plugin import _weightmap
+
+    messages: list[str] = []
+    monkeypatch.setattr(_weightmap, "show_error", lambda message: messages.append(str(message)))
+    _, labels = cells
+    viewer = make_napari_viewer_proxy()
+    four = viewer.add_labels(np.stack([stack_of(labels)] * 2), name="t z labels")
+    widget = WeightMapWidget(viewer)
+    widget.labels_combo.value = four
+    viewer.window.add_dock_widget(widget, name="Weight map")
+    assert widget.update_map() is None
+    assert "(planes, H, W)" in messages[-1] and "(2, 3, 192, 224)" in messages[-1]
+
+    bad = stack_of(labels).astype(np.int32)
+    bad[2, 0, 0] = -5  # -1 marks "not annotated"; other negative ids are mistakes
+    widget.labels_combo.value = viewer.add_labels(bad, name="negative ids")
+    assert widget.update_map() is not None  # the values are checked plane by plane, in the worker
+    qtbot.waitUntil(lambda: len(messages) == 2, timeout=30_000)
+    assert "plane 2" in messages[-1] and "-5" in messages[-1]
+
+
+def test_stack_weight_maps_refuses_what_is_not_a_stack_of_labels():
+    from napari_unet.validation import DtypeError
+    from napari_unet.weights import stack_weight_maps
+
+    with pytest.raises(DtypeError, match="integers.*float32"):
+        next(stack_weight_maps(np.zeros((3, 8, 8), np.float32)))
+    with pytest.raises(ValueError, match=r"\(P, H, W\).*\(8, 8\)"):
+        next(stack_weight_maps(np.zeros((8, 8), int)))

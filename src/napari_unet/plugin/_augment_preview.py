@@ -1,9 +1,10 @@
 """Augmentation preview dock: one training window of the image and labels, augmented as training would.
 
-The window (the training tile size, centred on the view, of the plane in view for a Z or T stack) is warped by
-`augment`'s own steps — gray-value changes, then one sampling map for elastic deformation, rotation, shift and
-flips — and shown beside the image with a grid warped the same way, so the deformation is visible at a glance. The settings are the session's:
-the Fine-tune dock trains with them.
+The window (the training tile size, centred on the view, of the plane in view for a Z or T stack, drawn again
+from the same sample when a slider moves to another plane) is warped by `augment`'s own steps — gray-value
+changes, then one sampling map for elastic deformation, rotation, shift and flips — and shown beside the image
+with a grid warped the same way, so the deformation is visible at a glance. The settings are the session's: the
+Fine-tune dock trains with them.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class AugmentPreviewWidget(QWidget):
         self.plane: tuple[int, ...] = ()  # the index of its plane over the image's Z, T, ... axes
         self.sample: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # the last shown (image, labels, grid)
         self._in_flight = 0
+        self._shown_planes: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())  # image's and labels' in the preview
         self.layers: dict[str, Any] = {}
         self._runs = 0
         base = self.session.augment or AugmentConfig()
@@ -106,6 +108,7 @@ class AugmentPreviewWidget(QWidget):
 
         self._preview_soon = debounced(self.preview, 150, self)
         self.new_button.clicked.connect(self.new_sample)
+        napari_viewer.dims.events.current_step.connect(self._plane_moved)
         for signal in (
             self.window_spin.valueChanged,
             self.grid_spin.valueChanged,
@@ -161,6 +164,7 @@ class AugmentPreviewWidget(QWidget):
         self._runs += 1
         run = self._runs
         self.origin, self.plane = origin, index
+        self._shown_planes = self._planes_in_view(layer)
         worker = create_worker(
             preview_sample,
             plane,
@@ -190,20 +194,48 @@ class AugmentPreviewWidget(QWidget):
         self.session.augment = self.config()
         self._preview_soon()
 
-    def _source(self, layer: Any) -> tuple[tuple[int, ...], Any, np.ndarray | None, tuple[int, int]]:
-        """The index of the plane of `layer` the viewer shows (over its Z, T, ... axes; () for a 2-D image), that
-        (C, H, W) plane, the labels plane (H, W) the viewer shows or None, and the origin (y, x) of the window
-        centred on the view."""
+    def _plane_moved(self, _event: Any = None) -> None:
+        """A slider moved: redraw the same sample of the same window on the plane now in view, if it changed."""
+        layer = self.image_combo.value
+        if not alive(self) or self.sample is None or layer is None:
+            return
+        try:
+            planes = self._planes_in_view(layer)
+        except LayerProblem:
+            return  # said by the next preview
+        if planes != self._shown_planes:
+            self._preview_soon()
+
+    def _planes_in_view(self, layer: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The index of the plane of `layer` the viewer shows, and that of the chosen labels (() without)."""
+        index = self._image_plane(layer)[1]
+        labels_layer = self.labels_combo.value
+        return index, () if labels_layer is None else self._labels_plane(labels_layer)
+
+    def _image_plane(self, layer: Any) -> tuple[Any, tuple[int, ...]]:
+        """`layer`'s stack of (C, H, W) planes and the index of the one the viewer shows."""
         layers = self.viewer.layers
         stack = plane_stack(layer, channels_of(layer, layers), layers)
         own_axes = len(pixel_shape(layer)) - 2  # the leading axes of the layer itself (its channel axis too)
         axes = [a for a in range(own_axes) if own_axes == len(stack.leading) or a != stack.channel_axis]
-        index = shown_plane(self.viewer, layer, axes, stack.leading)
+        return stack, shown_plane(self.viewer, layer, axes, stack.leading)
+
+    def _labels_plane(self, labels_layer: Any) -> tuple[int, ...]:
+        """The index of the plane of the labels layer the viewer shows (() for 2-D labels)."""
+        leading = tuple(int(n) for n in layer_data(labels_layer).shape[:-2])
+        return shown_plane(self.viewer, labels_layer, range(len(leading)), leading)
+
+    def _source(self, layer: Any) -> tuple[tuple[int, ...], Any, np.ndarray | None, tuple[int, int]]:
+        """The index of the plane of `layer` the viewer shows (over its Z, T, ... axes; () for a 2-D image), that
+        (C, H, W) plane, the labels plane (H, W) the viewer shows or None, and the origin (y, x) of the window
+        centred on the view."""
+        stack, index = self._image_plane(layer)
         plane = stack.plane(index)
         n = self.window_spin.value()
         height, width = stack.shape
         scale, translate = np.asarray(layer.scale[-2:]), np.asarray(layer.translate[-2:])
-        centre = (np.asarray(self.viewer.camera.center[-2:]) - translate) / scale
+        camera = self.viewer.scene.camera if hasattr(self.viewer, "scene") else self.viewer.camera  # napari < 0.9
+        centre = (np.asarray(camera.center[-2:]) - translate) / scale
         origin = tuple(
             int(np.clip(round(c - n / 2), -(n // 2), side - n // 2)) for c, side in zip(centre, (height, width))
         )
@@ -216,8 +248,7 @@ class AugmentPreviewWidget(QWidget):
                 f"the labels '{labels_layer.name}' {tuple(data.shape)} do not match the image "
                 f"'{layer.name}' ({height} x {width})"
             )
-        leading = tuple(int(n) for n in data.shape[:-2])
-        labels = np.asarray(data[shown_plane(self.viewer, labels_layer, range(len(leading)), leading)])
+        labels = np.asarray(data[self._labels_plane(labels_layer)])
         return index, plane, labels, origin  # type: ignore[return-value]
 
     def _show(
