@@ -855,6 +855,33 @@ def test_whole_files_record_predicts_settings_so_that_a_predict_rerun_skips_them
     assert by_python["model"] == str(model) and by_python["pixel_size"] is None
 
 
+def test_a_rerun_with_other_settings_is_refused_not_skipped(client, bundle, tmp_path):
+    """A finished output written with other settings (a whole file's TIFF, a large image's OME-Zarr) was skipped
+    as "already done", leaving results of the old settings: it is refused naming the difference, before anything
+    is submitted, as `predict` refuses it; an output that records no settings is refused too, and `overwrite`
+    replaces both."""
+    write_tiff(tmp_path / "small.tif", (make_cells((60, 50), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    write_tiff(tmp_path / "large.tif", (make_cells((150, 140), seed=7)[0] * 1000).astype(np.uint16), "YX")
+    out = tmp_path / "out"
+    run(client, bundle, [tmp_path / "small.tif", tmp_path / "large.tif"], out)
+    assert dist.recorded_settings(out / "large_labels.ome.zarr")["postprocess"] == bundle.postprocess.to_dict()
+    assert dist.recorded_settings(out / "large_probs.ome.zarr") == dist.recorded_settings(out / "large_labels.ome.zarr")
+    stricter = replace(bundle, postprocess=PostprocessConfig(threshold=0.9))
+    for name, output in (("small.tif", "small_labels.tif"), ("large.tif", "large_labels.ome.zarr")):
+        written = sorted(p.name for p in out.iterdir())
+        with pytest.raises(ValueError, match=rf"{output} exists from a run with threshold \S+ \(now 0.9\)"):
+            run(client, stricter, [tmp_path / name], out)
+        assert sorted(p.name for p in out.iterdir()) == written
+    assert [e.skipped for e in run(client, bundle, [tmp_path / "large.tif"], out)] == [True]
+
+    zarr.open_group(str(out / "large_labels.ome.zarr"), mode="r+").attrs.pop(dist.SETTINGS)  # an older version's
+    with pytest.raises(ValueError, match=r"large_labels.ome.zarr exists: replace it with --overwrite"):
+        run(client, bundle, [tmp_path / "large.tif"], out)
+    events = run(client, stricter, [tmp_path / "small.tif", tmp_path / "large.tif"], out, overwrite=True)
+    assert not any(e.skipped for e in events)
+    assert dist.recorded_settings(out / "large_labels.ome.zarr")["postprocess"]["threshold"] == 0.9
+
+
 def test_single_process_zarr_and_blocks_write_the_same_ngff_layout(client, bundle, tmp_path):
     """`predict --zarr` (`ome_zarr.write_ome_zarr`) and an image segmented block by block write one layout: zarr
     format 2, dimension_separator "/" (NGFF 0.4), chunk (y, x) in the file `0/y/x`, the same multiscales (only

@@ -8,7 +8,8 @@
 - `split_by_image`: a deterministic train/validation split by whole images (never crops of one image).
 - `read_input` / `segment_file`: segment a file plane by plane (stacks, time series), with bounded memory; a
   `.zarr` store is read by `ome_zarr.read_zarr`. `output_settings` / `read_settings`: the settings an output is
-  written with, recorded in it (`SETTINGS_TAG`) so that a rerun knows its own outputs.
+  written with, recorded in it (`SETTINGS_TAG`) so that a rerun knows its own outputs (`same_settings`), or
+  says how they differ (`settings_difference`, `existing_output`).
 
 >>> base_name("cells/01_labels.ome.tif")
 '01'
@@ -515,6 +516,45 @@ def read_settings(path: str | Path) -> dict[str, Any] | None:
     except (OSError, ValueError, IndexError):  # tifffile's errors are ValueErrors; JSON's too
         return None
     return settings if isinstance(settings, dict) else None
+
+
+def same_settings(recorded: dict | None, wanted: dict) -> bool:
+    """Whether an output recorded with `recorded` (None: none) is one this run would write (the model's name
+    aside: `nuclei` and `builtin:nuclei`, or a moved model folder, are the same weights)."""
+    if recorded is None:
+        return False
+    return {k: v for k, v in recorded.items() if k != "model"} == {k: v for k, v in wanted.items() if k != "model"}
+
+
+def settings_difference(recorded: dict, wanted: dict, shown: int = 4) -> str:
+    """The settings that differ, in words: "threshold 0.5 (now 0.3), tta false (now true)".
+
+    >>> settings_difference({"model": "a", "weights": "1", "tta": False}, {"model": "b", "weights": "2", "tta": True})
+    'model a (now b), tta false (now true)'
+    """
+
+    def flat(settings: dict) -> dict:
+        return {k: v for k, v in settings.items() if not isinstance(v, dict)} | settings.get("postprocess", {})
+
+    def text(value) -> str:
+        return "not given" if value is None else json.dumps(value) if isinstance(value, bool) else str(value)
+
+    old, new = flat(recorded), flat(wanted)
+    changed = []
+    if old.get("weights") != new.get("weights"):
+        same_name = old.get("model") == new.get("model")
+        changed.append(f"model {old.get('model')} " + ("(other weights now)" if same_name else f"(now {new['model']})"))
+    for key in sorted((old.keys() | new.keys()) - {"model", "weights"}):
+        if old.get(key) != new.get(key):
+            changed.append(f"{key} {text(old.get(key))} (now {text(new.get(key))})")
+    more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
+    return ", ".join(changed[:shown]) + more
+
+
+def existing_output(path: Path, recorded: dict[str, Any] | None, wanted: dict[str, Any]) -> str:
+    """The refusal of an existing output `path` recorded with other settings (`recorded`; None: none recorded)."""
+    why = "" if recorded is None else f" from a run with {settings_difference(recorded, wanted)}"
+    return f"the output {path} exists{why}: replace it with --overwrite, or choose another path"
 
 
 def model_digest(bundle) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -285,39 +284,6 @@ def _run_settings(args: argparse.Namespace, bundle, postprocess, choice, pixel_s
     )
 
 
-def _same_settings(recorded: dict | None, wanted: dict) -> bool:
-    """Whether an output recorded with `recorded` (None: none) is one this run would write (the model's name
-    aside: `nuclei` and `builtin:nuclei`, or a moved model folder, are the same weights)."""
-    if recorded is None:
-        return False
-    return {k: v for k, v in recorded.items() if k != "model"} == {k: v for k, v in wanted.items() if k != "model"}
-
-
-def _settings_difference(recorded: dict, wanted: dict, shown: int = 4) -> str:
-    """The settings that differ, in words: "threshold 0.5 (now 0.3), tta false (now true)".
-
-    >>> _settings_difference({"model": "a", "weights": "1", "tta": False}, {"model": "b", "weights": "2", "tta": True})
-    'model a (now b), tta false (now true)'
-    """
-
-    def flat(settings: dict) -> dict:
-        return {k: v for k, v in settings.items() if not isinstance(v, dict)} | settings.get("postprocess", {})
-
-    def text(value) -> str:
-        return "not given" if value is None else json.dumps(value) if isinstance(value, bool) else str(value)
-
-    old, new = flat(recorded), flat(wanted)
-    changed = []
-    if old.get("weights") != new.get("weights"):
-        same_name = old.get("model") == new.get("model")
-        changed.append(f"model {old.get('model')} " + ("(other weights now)" if same_name else f"(now {new['model']})"))
-    for key in sorted((old.keys() | new.keys()) - {"model", "weights"}):
-        if old.get(key) != new.get(key):
-            changed.append(f"{key} {text(old.get(key))} (now {text(new.get(key))})")
-    more = f" and {len(changed) - shown} more" if len(changed) > shown else ""
-    return ", ".join(changed[:shown]) + more
-
-
 def _interrupted_note(args: argparse.Namespace, done: int, total: int) -> str:
     table = f" ({args.out / 'measurements.csv'} holds their rows only)" if args.measure and done else ""
     return (
@@ -334,7 +300,7 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
     image not begun and a measurements.csv when the run continues none. With --cluster/--workers existing
     outputs are skipped by `distributed.segment_plan` instead. (Whether --out is writable is checked once the
     inputs are: `check_writable_folder` creates it.)"""
-    from ..pipeline import check_distinct_names, read_settings
+    from ..pipeline import check_distinct_names, existing_output, read_settings, same_settings
     from ..validation import check_output_free, check_output_not_input
 
     check_distinct_names(files, args.out)  # as `distributed.plan_batch` does
@@ -354,10 +320,8 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
         tiffs = [p for p in (out.labels, out.probs) if p is not None]
         for tiff in (p for p in tiffs if p.exists()):
             recorded = read_settings(tiff)
-            if _same_settings(recorded, settings):
-                continue
-            why = "" if recorded is None else f" from a run with {_settings_difference(recorded, settings)}"
-            raise ValueError(f"the output {tiff} exists{why}: replace it with --overwrite, or choose another path")
+            if not same_settings(recorded, settings):
+                raise ValueError(existing_output(tiff, recorded, settings))
         finished.append(all(p.exists() for p in tiffs))
         if out.labels.exists():  # begun by an earlier run like this one: its extras are written again from them
             continued = True

@@ -51,11 +51,13 @@ from .cluster import ModelSpec, TorchThreads, connect, peak_rss, worker_device, 
 from .omezarr import (
     COMPLETE,
     NGFF_VERSION,
+    SETTINGS,
     create_ome_zarr,
     input_pixel_size,
     is_complete,
     large_output_paths,
     ngff_attributes,
+    recorded_settings,
 )
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "DEFAULT_MARGIN",
     "NGFF_VERSION",
     "SEGMENT_PLAN_OPTIONS",
+    "SETTINGS",
     "BatchPlan",
     "BatchProgress",
     "LargeImage",
@@ -80,6 +83,7 @@ __all__ = [
     "input_files",
     "input_pixel_size",
     "is_complete",
+    "recorded_settings",
     "label_window",
     "large_output_paths",
     "ngff_attributes",

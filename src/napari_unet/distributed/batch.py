@@ -32,9 +32,12 @@ from ..pipeline import (
     base_name,
     check_distinct_names,
     describe_own_outputs,
+    existing_output,
     list_inputs,
     output_paths,
     output_settings,
+    read_settings,
+    same_settings,
 )
 from ..postprocess import PostprocessConfig
 from ..scale import check_tta_size
@@ -43,12 +46,14 @@ from .blocks import block_regions, block_shape
 from .cluster import ModelSpec, connect
 from .omezarr import (
     COMPLETE,
+    SETTINGS,
     create_ome_zarr,
     input_pixel_size,
     is_complete,
     large_output_paths,
     ngff_attributes,
     ngff_pixel_size,
+    recorded_settings,
 )
 from .tasks import (
     Source,
@@ -256,7 +261,10 @@ def segment_plan(
     settings record of `predict`'s outputs (`pipeline.output_settings`, `model_name` naming the model there), so
     that a later single-process `predict` with the same settings skips them.
     Finished outputs (labels, and the probabilities when asked) are skipped (an event with `skipped`), as are
-    the finished blocks of an interrupted run; with `overwrite` they are segmented again, from the start.
+    the finished blocks of an interrupted run; with `overwrite` they are segmented again, from the start. The
+    outputs record the run's settings (`pipeline.output_settings`; an OME-Zarr's in its attributes, `SETTINGS`):
+    a finished output written with other settings, or recording none, is refused with a ValueError before
+    anything is submitted, as `predict` refuses it (`overwrite` replaces it).
     Stopping is not asking for the next event: the remaining tasks are cancelled. postprocess: default the model's. With the plan's
     `tta`, test-time augmentation (`tiling.predict_tta`) of whole files (`plan_batch` refused inputs that go by
     blocks: the mean over the orientations of a block is not the whole image's). A `bundle` whose network
@@ -278,7 +286,9 @@ def segment_plan(
             "model (plan_batch)"
         )
     config = bundle.postprocess if postprocess is None else postprocess
-    settings = _whole_file_settings(bundle, plan, config, model_name)
+    settings = _output_settings(bundle, plan, config, model_name)
+    if not overwrite:
+        _check_finished(plan, probabilities, settings)
     spec = ModelSpec.from_bundle(bundle)
     run = uuid.uuid4().hex[:8]
     model = client.submit(identity, spec, key=f"napari-unet-model-{spec.digest}-{run}", pure=False)
@@ -319,7 +329,7 @@ def segment_plan(
                         shutil.rmtree(old, ignore_errors=True)
                 plans[large.labels] = large
                 pending, cut = _submit_large(
-                    client, model, plan, bundle, large, image, config, probabilities, run, jobs
+                    client, model, plan, bundle, large, image, config, probabilities, settings, run, jobs
                 )
                 if pending == 0:  # every block was done by an interrupted run: finished now, nothing submitted
                     skipped.append((path.name, cut))
@@ -340,7 +350,7 @@ def segment_plan(
                 cut = int(future.result())
                 label_blocks[job.labels] -= 1
                 if label_blocks[job.labels] == 0:
-                    _finish(plans[job.labels], probabilities)
+                    _finish(plans[job.labels], probabilities, settings)
                     cut += carried[job.labels]
             done += 1
             yield BatchProgress(done, total, job.item, cut)
@@ -351,14 +361,14 @@ def segment_plan(
         model.release()  # not cancelled: that would cancel its finished dependents too, already released
 
 
-def _whole_file_settings(
+def _output_settings(
     bundle: ModelBundle, plan: BatchPlan, config: PostprocessConfig, model_name: str | None
 ) -> dict[str, Any]:
-    """The settings a whole file's outputs record: those of `predict` with the options this plan stands for
-    (`pipeline.output_settings`). The images are segmented at their own scale, which is --diameter at the model's
-    object diameter, with the model's channel choice and --precision auto (the only precision `predict` takes with
-    --workers or --cluster: the workers compute in fp32, which "auto" is on a CPU). model_name: how the record
-    names the model (for messages only); None: "(unnamed)"."""
+    """The settings the outputs record (a whole file's TIFFs, a large image's OME-Zarr): those of `predict` with
+    the options this plan stands for (`pipeline.output_settings`). The images are segmented at their own scale,
+    which is --diameter at the model's object diameter, with the model's channel choice and --precision auto (the
+    only precision `predict` takes with --workers or --cluster: the workers compute in fp32, which "auto" is on a
+    CPU). model_name: how the record names the model (for messages only); None: "(unnamed)"."""
     return output_settings(
         bundle,
         config,
@@ -368,6 +378,22 @@ def _whole_file_settings(
         axes=plan.axes,
         pixel_size=plan.pixel_size,
     )
+
+
+def _check_finished(plan: BatchPlan, probabilities: bool, settings: dict[str, Any]) -> None:
+    """Refuse, before anything is submitted, a finished output of the plan that was written with other settings,
+    or records none (another program's, an earlier version's), as `predict` refuses it: a rerun skips only its
+    own outputs, and --overwrite replaces the others."""
+    for path, _image, large in plan.items:
+        if large is None:
+            final = output_paths(path, plan.out_dir, probabilities)
+            written = {p: read_settings(p) for p in (final.labels, final.probs) if p is not None and p.exists()}
+        else:
+            outputs = (large.labels, large.probs) if probabilities else (large.labels,)
+            written = {p: recorded_settings(p) for p in outputs if is_complete(p)}
+        for output, recorded in written.items():
+            if not same_settings(recorded, settings):
+                raise ValueError(existing_output(output, recorded, settings))
 
 
 def _check_tta(path: Path, image, plan: LargeImage | None, block_size: int, classes: int) -> None:
@@ -428,6 +454,7 @@ def _submit_large(
     image,
     config: PostprocessConfig,
     probabilities: bool,
+    settings: dict[str, Any],
     run: str,
     jobs: dict[Any, _Job],
 ) -> tuple[int, int]:
@@ -515,7 +542,7 @@ def _submit_large(
         jobs[future] = _Job(item, plan.labels)
         pending += 1
     if pending == 0:
-        _finish(plan, probabilities)
+        _finish(plan, probabilities, settings)
     return pending, cut
 
 
@@ -536,13 +563,14 @@ def _near(a: tuple[slice, slice], b: tuple[slice, slice], margin: int) -> bool:
     return all(sa.start < sb.stop + margin and sb.start - margin < sa.stop for sa, sb in zip(a, b))
 
 
-def _finish(plan: LargeImage, keep_probs: bool) -> None:
-    """Mark the labels complete; drop the probabilities (unless kept) and the progress markers."""
+def _finish(plan: LargeImage, keep_probs: bool, settings: dict[str, Any]) -> None:
+    """Mark the labels complete, with the `settings` they were written with; drop the probabilities (unless kept,
+    marked the same) and the progress markers."""
     import zarr
 
-    zarr.open_group(str(plan.labels), mode="r+").attrs[COMPLETE] = True
+    zarr.open_group(str(plan.labels), mode="r+").attrs.update({SETTINGS: settings, COMPLETE: True})
     if keep_probs:
-        zarr.open_group(str(plan.probs), mode="r+").attrs[COMPLETE] = True
+        zarr.open_group(str(plan.probs), mode="r+").attrs.update({SETTINGS: settings, COMPLETE: True})
     else:
         shutil.rmtree(plan.probs, ignore_errors=True)
     shutil.rmtree(plan.progress, ignore_errors=True)

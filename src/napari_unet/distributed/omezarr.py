@@ -14,6 +14,7 @@ from ..ome_zarr import NGFF_CHUNK_KEYS, NGFF_VERSION, OME_ZARR_UNITS, ngff_multi
 from ..pipeline import base_name
 
 COMPLETE = "napari_unet_complete"  # attribute set on an OME-Zarr output once every block is written
+SETTINGS = "napari_unet_settings"  # with it, the settings it was written with (`pipeline.output_settings`)
 
 
 def ngff_attributes(
@@ -75,3 +76,15 @@ def is_complete(path: Path) -> bool:
         return bool(zarr.open_group(str(path), mode="r").attrs.get(COMPLETE, False))
     except Exception:  # noqa: BLE001 - an unreadable output is unfinished
         return False
+
+
+def recorded_settings(path: Path) -> dict[str, Any] | None:
+    """The settings a finished OME-Zarr output was written with (`SETTINGS`), or None: none recorded (another
+    program's, an earlier version's) or unreadable."""
+    import zarr
+
+    try:
+        settings = zarr.open_group(str(path), mode="r").attrs.get(SETTINGS)
+    except Exception:  # noqa: BLE001 - unreadable: nothing recorded
+        return None
+    return settings if isinstance(settings, dict) else None
