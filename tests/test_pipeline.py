@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -144,9 +146,10 @@ def test_predicts_outputs_beside_their_images_are_not_inputs(tmp_path):
     )
 
 
-def test_the_settings_recorded_are_predicts_for_the_same_options():
-    """`output_settings` (which the distributed whole-file outputs record) gives what `predict` records for the
-    same options, so that either run recognises the other's outputs."""
+def test_the_settings_recorded_are_predicts_options():
+    """What `predict` records (`output_settings` from its options) holds each option that changes the labels, as
+    JSON reads it back, and the model by its weights: the record that `predict`, `--workers`/`--cluster` and the
+    Batch dock compare before skipping an output."""
     from napari_unet.cli import build_parser
     from napari_unet.cli._args import channel_choice_option
     from napari_unet.cli.measure import pixel_size_option
@@ -154,21 +157,28 @@ def test_the_settings_recorded_are_predicts_for_the_same_options():
     from napari_unet.modelfile import ModelBundle
 
     model = ModelBundle(bundle().net, postprocess=PostprocessConfig(min_size=1), object_diameter=17.0)
-    for options in ([], ["--tta", "--pixel-size", "0.5", "0.25", "--axes", "YX", "--diameter", "17", "--grey"]):
-        args = build_parser().parse_args(["predict", "cells.model", "a.tif", "--out", "out", *options])
-        choice, given, post = channel_choice_option(args), pixel_size_option(args), PostprocessConfig(threshold=0.3)
-        recorded = pipeline.output_settings(
-            model,
-            post,
-            model=str(args.model),
-            diameter=args.diameter,
-            tta=args.tta,
-            precision=args.precision,
-            channels=choice,
-            axes=args.axes,
-            pixel_size=given,
-        )
-        assert recorded == _run_settings(args, model, post, choice, given)
+    post = PostprocessConfig(threshold=0.3)
+    parse = build_parser().parse_args
+    plain = parse(["predict", "cells.model", "a.tif", "--out", "out"])
+    recorded = _run_settings(plain, model, post, channel_choice_option(plain), pixel_size_option(plain))
+    assert recorded == {
+        "model": "cells.model",
+        "weights": pipeline.model_digest(model),
+        "postprocess": json.loads(json.dumps(post.to_dict())),
+        "diameter": "auto",
+        "tta": False,
+        "precision": "auto",
+        "channels": model.channels.describe(),
+        "axes": None,
+        "pixel_size": None,
+    }
+    options = ["--tta", "--pixel-size", "0.5", "0.25", "--axes", "YX", "--diameter", "17", "--grey"]
+    args = parse(["predict", "cells.model", "a.tif", "--out", "out", *options])
+    recorded = _run_settings(args, model, post, channel_choice_option(args), pixel_size_option(args))
+    assert (recorded["tta"], recorded["axes"], recorded["diameter"]) == (True, "YX", 17.0)
+    assert recorded["pixel_size"] == "0.5 x 0.25 um" and recorded["channels"] != model.channels.describe()
+    unscaled = ModelBundle(bundle().net)  # a model without an object diameter never rescales: no diameter
+    assert _run_settings(args, unscaled, post, None, None)["diameter"] is None
 
 
 def test_outputs_record_the_settings_they_were_written_with(tmp_path):
