@@ -130,3 +130,56 @@ def test_a_save_or_export_that_cannot_be_written_is_a_notification(
     monkeypatch.setattr(dock.QFileDialog, "getSaveFileName", lambda *a: (str(tmp_path / "taken.zip"), ""))
     widget._ask_roi_export()
     assert [e.split(":")[0] for e in errors] == ["Cannot save the measurements", "Cannot export ROIs"], errors
+
+
+def test_the_csv_holds_the_table_of_the_layer_measured_and_a_failed_measure_leaves_nothing_to_save(
+    make_napari_viewer_proxy, cells, tmp_path, monkeypatch
+):
+    """Save CSV wrote the last table under the name of whatever Labels layer was chosen since, and after a Measure
+    that failed (labels of another size) the status still counted the old objects and Save CSV stayed on."""
+    pandas = pytest.importorskip("pandas")
+    import napari_unet.plugin._measure as dock
+
+    errors = []
+    monkeypatch.setattr(dock, "show_error", errors.append)
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    image_layer = viewer.add_image(image, name="cells")
+    measured = viewer.add_labels(labels.astype(np.int32), name="cells labels")
+    drawn = viewer.add_labels(np.zeros_like(labels, dtype=np.int32), name="drawn")
+    small = viewer.add_labels(np.ones((50, 60), np.int32), name="small")
+    widget = MeasureWidget(viewer)
+    widget.labels_combo.value = measured
+    widget.image_combo.value = image_layer
+    count = len(widget.measure()[0][1]["label"])
+
+    widget.labels_combo.value = drawn  # chosen, not measured: the table is still the measured layer's
+    frame = pandas.read_csv(widget.save_csv(tmp_path / "m.csv"))
+    assert set(frame["layer"]) == {"cells labels"} and len(frame) == count
+
+    widget.labels_combo.value = small
+    assert widget.measure() is None and "(50, 60)" in errors[-1], errors
+    assert not widget.save_button.isEnabled() and "Cannot measure" in widget.status.text(), widget.status.text()
+    with pytest.raises(ValueError, match="nothing measured"):
+        widget.save_csv(tmp_path / "stale.csv")
+
+
+def test_labels_of_another_size_than_an_rgb_image_are_refused_with_both_sizes(
+    make_napari_viewer_proxy, cells, monkeypatch
+):
+    """A stack of labels over a 2-D RGB picture was refused with made-up axes: 'the image (axes ZCYX, shape
+    (3, H, W))'."""
+    import napari_unet.plugin._measure as dock
+
+    errors = []
+    monkeypatch.setattr(dock, "show_error", errors.append)
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    photo = viewer.add_image(np.stack([image] * 3, axis=-1), name="photo", rgb=True)
+    stack = viewer.add_labels(np.stack([labels] * 3).astype(np.int32), name="stack")
+    widget = MeasureWidget(viewer)
+    widget.labels_combo.value = stack
+    widget.image_combo.value = photo
+    assert widget.measure() is None
+    height, width = labels.shape
+    assert f"{height} x {width}" in errors[-1] and "ZCYX" not in errors[-1], errors[-1]

@@ -41,6 +41,7 @@ class MeasureWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.tables: list[tuple[dict[str, object], Table]] = []
+        self.measured_name = ""  # the name of the Labels layer `tables` were measured on, for the CSV
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels")
         self.image_combo = layer_combo(napari_viewer, Image, "image", optional="(no intensities)")
         self.measure_button = QPushButton("Measure")
@@ -76,6 +77,8 @@ class MeasureWidget(QWidget):
         if labels_layer is None:
             show_error("No Labels layer: segment an image or open labels first")
             return None
+        self.tables = []  # a failed measure leaves no earlier table to save under this layer's name
+        self.save_button.setEnabled(False)
         try:
             labels = np.asarray(labels_layer.data)
             image, image_axes = self._intensities(image_layer, labels.shape)
@@ -86,7 +89,9 @@ class MeasureWidget(QWidget):
             self.tables = measure_planes(labels, axes, image, image_axes, pixel_size)
         except ValueError as error:
             show_error(f"Cannot measure: {error}")
+            self.status.setText(f"Cannot measure '{labels_layer.name}': {error}")
             return None
+        self.measured_name = labels_layer.name
         if labels.ndim == 2:
             ((_, table),) = self.tables
             labels_layer.features = _features(table)
@@ -101,8 +106,7 @@ class MeasureWidget(QWidget):
     def save_csv(self, path: str | Path) -> Path:
         if not self.tables:
             raise ValueError("nothing measured yet: press Measure first")
-        name = self.labels_combo.value.name if self.labels_combo.value is not None else ""
-        return write_csv([({"layer": name, **extra}, table) for extra, table in self.tables], path)
+        return write_csv([({"layer": self.measured_name, **extra}, table) for extra, table in self.tables], path)
 
     def export_rois(self, path: str | Path) -> int:
         from napari_unet.roi import write_rois
@@ -135,6 +139,11 @@ class MeasureWidget(QWidget):
             return np.stack([np.asarray(layer_data(g)) for g in group]), _with_channels(spatial)
         data = np.asarray(layer_data(layer))
         if getattr(layer, "rgb", False):
+            if data.shape[:-1] != shape:
+                raise LayerProblem(
+                    f"the image '{layer.name}' is {_size(data.shape[:-1])} pixels (RGB) but the labels are "
+                    f"{_size(shape)}: choose the image the labels were made from, or no image"
+                )
             return np.moveaxis(data[..., :3], -1, 0), _with_channels(spatial)
         axes = stored_axes(layer)
         if axes is not None and "C" in axes:
@@ -192,6 +201,10 @@ class MeasureWidget(QWidget):
                 self.import_rois(path)
             except (ImportError, OSError, ValueError) as error:
                 show_error(f"Cannot import ROIs: {error}")
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return " x ".join(str(n) for n in shape)
 
 
 def _with_channels(spatial: str) -> str:
