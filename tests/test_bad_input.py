@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from skimage.segmentation import find_boundaries
 
 from napari_unet.cli import main
 from napari_unet.io import read_image, write_tiff
@@ -862,7 +863,106 @@ CASES = [
         lambda d, m, t: ["weights", tiff(t / "l.tif", cells_labels(np.uint16)), "--out", t / "w.png"],
         "name it .tif",
     ),
+    # ------------------------------------------------------------------- measure, rois, evaluate, export
+    Case(
+        "measure: a grey image given as labels (LABELS and IMAGES swapped)",
+        lambda d, m, t: (
+            ["measure", tiff(t / "i.tif", grey_image()), tiff(t / "l.tif", cells_labels(np.uint16))]
+            + ["--out", t / "m.csv"]
+        ),
+        "does not look like instance labels",
+    ),
+    Case(
+        "rois: a grey image given as labels",
+        lambda d, m, t: ["rois", tiff(t / "i.tif", grey_image()), "--out", t / "r.zip"],
+        "does not look like instance labels",
+    ),
+    Case(
+        "measure: negative ids other than -1",
+        lambda d, m, t: ["measure", tiff(t / "l.tif", cells_labels(np.int32) - 2), "--out", t / "m.csv"],
+        "found the value -2",
+    ),
+    Case(
+        "rois: negative ids other than -1",
+        lambda d, m, t: ["rois", tiff(t / "l.tif", cells_labels(np.int32) - 2), "--out", t / "r.zip"],
+        "found the value -2",
+    ),
+    Case(
+        "measure: --out an existing folder, with --overwrite",
+        lambda d, m, t: (
+            ["measure", tiff(t / "l.tif", cells_labels(np.uint16)), "--out", folder(t / "m.csv")] + ["--overwrite"]
+        ),
+        "is a folder",
+    ),
+    Case(
+        "rois: --out an existing folder, with --overwrite",
+        lambda d, m, t: (
+            ["rois", tiff(t / "l.tif", cells_labels(np.uint16)), "--out", folder(t / "r.zip")] + ["--overwrite"]
+        ),
+        "is a folder",
+    ),
+    Case(
+        "rois: a folder given as the label image",
+        lambda d, m, t: ["rois", d / "labels", "--out", t / "r.zip"],
+        "is a folder",
+    ),
+    Case(
+        "export: --out an existing folder, TorchScript, with --overwrite",
+        lambda d, m, t: ["export", m, "--format", "torchscript", "--out", folder(t / "x.pt"), "--overwrite"],
+        "is a folder",
+    ),
+    Case(
+        "export: --out a folder that is not a bioimage.io package, with --overwrite",
+        lambda d, m, t: ["export", m, "--format", "bioimageio", "--out", one_pair(t)[0], "--overwrite"],
+        "not a bioimage.io package",
+    ),
+    Case(
+        "evaluate: a grey image as ground truth (--kind pixels)",
+        lambda d, m, t: (
+            ["evaluate", tiff(t / "p.tif", cells_labels(np.uint16)), tiff(t / "g.tif", grey_image())]
+            + ["--kind", "pixels"]
+        ),
+        "ground truth g.tif does not look like instance labels",
+    ),
+    Case(
+        "evaluate: a grey image as prediction (--kind isbi)",
+        lambda d, m, t: (
+            ["evaluate", tiff(t / "p.tif", grey_image()), tiff(t / "g.tif", cells_labels(np.uint16))]
+            + ["--kind", "isbi"]
+        ),
+        "prediction p.tif does not look like instance labels",
+    ),
+    Case(
+        "evaluate: a 0/255 mask prediction is scored by its components (--kind isbi)",
+        lambda d, m, t: ["evaluate", tiff(t / "p.tif", membranes()), tiff(t / "g.tif", membranes()), "--kind", "isbi"],
+        "mean (1)  1.0000  1.0000",
+        code=0,
+    ),
+    Case(
+        "evaluate: float labels are no probabilities (--kind isbi)",
+        lambda d, m, t: (
+            ["evaluate", tiff(t / "p.tif", cells_labels(np.float32)), tiff(t / "g.tif", cells_labels(np.uint16))]
+            + ["--kind", "isbi"]
+        ),
+        "probabilities in [0, 1]",
+    ),
 ]
+
+
+def grey_image() -> np.ndarray:
+    """The synthetic cells' intensities as a 12-bit grey image (uint16): what a swapped IMAGES gives as labels."""
+    return (make_cells((64, 64), seed=7)[0] * 4000).astype(np.uint16)
+
+
+def membranes() -> np.ndarray:
+    """An ISBI-style uint8 mask: cells 255, 1-pixel background lines between touching cells and around them."""
+    labels = make_cells((64, 64), seed=7)[1]
+    return np.where(find_boundaries(labels) | (labels == 0), 0, 255).astype(np.uint8)
+
+
+def folder(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def bool_tiff(path: Path) -> Path:

@@ -340,3 +340,20 @@ def test_tables_rois_and_exports_are_written_whole_or_not_at_all(folders, tmp_pa
 def test_new_commands_have_help(command, capsys):
     assert main([command, "--help"]) == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_measure_and_rois_take_a_binary_mask_as_its_connected_components(tmp_path, capsys):
+    """A Fiji 0/255 mask is one value over many regions: each region is an object (one row, one ROI), as
+    `evaluate` scores it, not one object of id 255 (whose ROI would keep only the largest piece)."""
+    from napari_unet.metrics import components
+
+    labels = make_cells((72, 80), seed=31)[1]
+    mask = np.where(labels > 0, 255, 0).astype(np.uint8)
+    objects = int(components(mask > 0).max())
+    write_tiff(tmp_path / "mask.tif", mask, "YX")
+    code, stdout, err = run(capsys, "measure", tmp_path / "mask.tif", "--out", tmp_path / "t.csv")
+    assert code == 0 and f"measured {objects} objects" in stdout and "connected components" in err
+    assert len((tmp_path / "t.csv").read_text().splitlines()) == objects + 1
+    pytest.importorskip("roifile")
+    code, stdout, err = run(capsys, "rois", tmp_path / "mask.tif", "--out", tmp_path / "r.zip")
+    assert code == 0 and f"{objects} ROIs" in stdout and "connected components" in err

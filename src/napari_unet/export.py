@@ -440,8 +440,20 @@ def _is_package(path: Path) -> bool:
     return path.is_dir() and (path / "rdf.yaml").is_file()
 
 
+def check_target(fmt: str, path: str | Path) -> None:
+    """Refuse, before any work, an existing ``path`` that an export as ``fmt`` cannot replace: a folder, unless
+    the export is a bioimage.io package folder and the folder is one; a file where a package folder goes."""
+    path = Path(path)
+    package_folder = fmt == "bioimageio" and path.suffix.lower() != ".zip"
+    if package_folder and path.exists() and not _is_package(path):
+        raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
+    if not package_folder and path.is_dir():
+        raise ValueError(f"{path} is a folder: the {fmt} export is one file; choose a file name for --out")
+
+
 def export_model(bundle, fmt: str, path: str | Path, **options: Any) -> Path:
     """Export ``bundle`` as ``fmt`` ("bioimageio", "onnx" or "torchscript") to ``path``."""
+    check_target(fmt, path)
     if fmt == "bioimageio":
         return export_bioimageio(bundle, path, **options)
     if options:

@@ -15,7 +15,7 @@ says what was expected and what was found. The rules are those of docs/formats.m
 - **instance labels to score** (`check_instance_labels`, `check_instance_regions`, `check_label_axes`): integers
   >= 0, no channel axis; a binary mask (one value over many separate regions) is told apart from labels, and
   an image (many values, each over many regions) is refused, as it is for training (`pipeline.read_training_pair`).
-- **probabilities** (`check_probabilities`): float, finite.
+- **probabilities** (`check_probabilities`): float, finite, in [0, 1].
 - **paths** (`check_output_not_input`, `check_writable_folder`): an output is never one of the inputs, and a
   folder is known to be writable before long work starts.
 - **model folders** (`check_json_object`, `check_unet_entry`): config.json's entries are JSON objects, and the
@@ -295,13 +295,21 @@ def check_mask(mask: Any, shape: tuple[int, ...], what: str = "mask") -> np.ndar
     return mask != 0
 
 
+PROBABILITY_SLACK = 1e-3  # rounding of resized or averaged probabilities; float labels and images lie far beyond
+
+
 def check_probabilities(probs: Any, what: str = "probs") -> np.ndarray:
-    """Float probabilities, finite."""
+    """Float probabilities, finite, in [0, 1] (a float label image or intensity image is refused)."""
     probs = np.asarray(probs)
     if probs.dtype.kind != "f":
         raise DtypeError(f"{what} must be a float array of probabilities in [0, 1]; got dtype {probs.dtype}")
     if not np.all(np.isfinite(probs)):
         raise ValueError(f"{what} must be finite; got NaN or infinite values")
+    if probs.size and (probs.min() < -PROBABILITY_SLACK or probs.max() > 1 + PROBABILITY_SLACK):
+        raise ValueError(
+            f"{what} must be probabilities in [0, 1]; got values from {probs.min():g} to {probs.max():g} (labels or "
+            "an image saved as floats?)"
+        )
     return probs
 
 

@@ -205,11 +205,10 @@ def _evaluate(args: argparse.Namespace) -> int:
         for index in np.ndindex(*pred.shape[:-2]):
             name = pred_path.name if pred.ndim == 2 else f"{pred_path.name}{list(index)}"
             pair = [pred[index], truth[index]]
-            if args.kind == "instances":
-                for side, (path, role) in enumerate(((pred_path, "prediction"), (truth_path, "ground truth"))):
-                    pair[side], mask = _as_objects(pair[side], f"{role} {path.name}")
-                    if mask and path.name not in masks:
-                        masks.append(path.name)
+            for side, (path, role) in enumerate(((pred_path, "prediction"), (truth_path, "ground truth"))):
+                pair[side], mask = _as_objects(pair[side], f"{role} {path.name}")  # every kind: refuses images
+                if mask and args.kind == "instances" and path.name not in masks:
+                    masks.append(path.name)
             try:
                 scores[name] = evaluate_pair(*pair, args.kind, threshold=args.threshold, thinned=not args.no_thinning)
             except (TypeError, ValueError) as error:

@@ -67,9 +67,48 @@ def check_output(out: Path, inputs: list[Path], overwrite: bool, suffixes: tuple
 
     check_output_not_input([out], inputs)
     check_output_free(out, overwrite)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder: {kind} is written as a {suffixes[0]} file; choose a file name")
     if out.suffix.lower() not in suffixes:
         raise ValueError(f"--out {out.name}: {kind} is written as a {suffixes[0]} file: name it {suffixes[0]}")
     check_writable_folder(out.parent, f"--out {out}")
+
+
+def instance_labels(labels, axes: str, path: Path, quiet: bool):
+    """`labels` (a label image or stack, as read) as instance ids, plane by plane: a binary mask (one value over
+    many separate regions, as Fiji's 0/255 masks) becomes its 4-connected components, with a note, as `evaluate`
+    scores it; an image given as labels (many values, each over many regions: LABELS and IMAGES swapped) and ids
+    below -1 (-1 = not annotated) are refused, naming the file. Floats and channels are left to the callers'
+    checks, which explain them."""
+    import numpy as np
+
+    from ..metrics import components
+    from ..validation import check_instance_regions
+
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biu" or labels.ndim < 2 or "C" in axes:
+        return labels
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if labels.dtype.kind == "i" and labels.size and int(labels.min()) < -1:
+        raise ValueError(
+            f"labels in {path.name} must be ids >= 0 (0 = background, -1 = not annotated); found the value "
+            f"{int(labels.min())}"
+        )
+    ignore = -1 if labels.dtype.kind == "i" else None
+    planes = list(np.ndindex(*labels.shape[:-2]))
+    masks = [i for i in planes if check_instance_regions(labels[i], f"labels in {path.name}", ignore=ignore)]
+    if not masks:
+        return labels
+    objects = labels.astype(np.uint64 if labels.dtype == np.uint64 else np.int64)
+    for index in masks:
+        objects[index] = components(labels[index] > 0)
+    note(
+        f"note: {path.name} looks like a binary mask (one value over many separate regions), not instance labels: "
+        "its objects are its connected components (4-connected), so touching objects count as one",
+        quiet,
+    )
+    return objects
 
 
 def add_pixel_size(sub: argparse.ArgumentParser) -> None:
@@ -123,6 +162,7 @@ def run_measure(args: argparse.Namespace) -> int:
     tables = []
     for labels_path, image_path in pairs:
         labels, axes = read_label_image(labels_path)
+        labels = instance_labels(labels, axes, labels_path, args.quiet)
         image, image_axes = read_image(image_path) if image_path is not None else (None, None)
         pixel_size = given or (read_pixel_size(image_path) if image_path else None) or read_pixel_size(labels_path)
         name = base_name(image_path or labels_path)
@@ -150,6 +190,9 @@ def run_rois(args: argparse.Namespace) -> int:
     from ..roi import read_rois, write_rois
 
     inputs = [args.input] + ([args.like] if args.like is not None else [])
+    for path, what in ((args.input, "a label image or an ROI file"), (args.like, "--like IMAGE")):
+        if path is not None and path.is_dir():
+            raise ValueError(f"{path} is a folder: rois takes one file as {what}")
     from_rois = args.input.suffix.lower() in (".zip", ".roi")
     if from_rois and args.like is None:
         raise ValueError("converting ROIs to labels needs --like IMAGE (the image the ROIs were drawn on)")
@@ -169,6 +212,7 @@ def run_rois(args: argparse.Namespace) -> int:
     labels, axes = read_label_image(args.input)
     if "C" in axes or len(axes) > 3:
         raise ValueError(f"{args.input} has axes {axes}: expected a label image (YX) or stack (ZYX or TYX)")
+    labels = instance_labels(labels, axes, args.input, args.quiet)
     count = write_rois(args.out, labels)
     note(f"open {args.out.name} in Fiji with File > Open (or the ROI Manager's More > Open)", args.quiet)
     print(f"{count} ROIs -> {args.out}")

@@ -83,7 +83,7 @@ def evaluate_pair(
     pred, truth = check_pair(pred, truth)
     if kind not in SCORE_KINDS:
         raise ValueError(f"kind must be one of {SCORE_KINDS}; got {kind!r}")
-    pred_mask = check_probabilities(pred) > threshold if pred.dtype.kind == "f" else as_mask(pred, "pred")
+    pred_mask = check_probabilities(pred, "pred") > threshold if pred.dtype.kind == "f" else as_mask(pred, "pred")
     if kind == "pixels":
         return pixel_scores(pred_mask, truth)
     if kind == "instances":

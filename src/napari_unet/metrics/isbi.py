@@ -135,7 +135,7 @@ def rand_info_scores(
     """
     pred, truth = check_pair(pred, truth)
     if pred.dtype.kind == "f":
-        segments = components(check_probabilities(pred) > threshold)
+        segments = components(check_probabilities(pred, "pred") > threshold)
     elif pred.dtype == bool:
         segments = components(pred)
     else:
