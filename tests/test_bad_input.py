@@ -135,6 +135,12 @@ def sparse(dtype) -> np.ndarray:
     return labels
 
 
+def objects_left_of(column: int) -> int:
+    """How many of the synthetic cells (`cells_labels`) have pixels left of `column`: the objects of `sparse`."""
+    labels = cells_labels(np.uint16)[:, :column]
+    return int(np.count_nonzero(np.unique(labels)))
+
+
 CASES = [
     # -------------------------------------------------------------------------------------------- files
     Case(
@@ -875,7 +881,39 @@ CASES = [
     Case(
         "rois: a grey image given as labels",
         lambda d, m, t: ["rois", tiff(t / "i.tif", grey_image()), "--out", t / "r.zip"],
-        "does not look like instance labels",
+        "the labels file i.tif does not look like instance labels",
+    ),
+    Case(
+        "rois: labels to ROIs with --like an image of another size",
+        lambda d, m, t: (
+            ["rois", tiff(t / "l.tif", cells_labels(np.uint16)), "--like", tiff(t / "big.tif", np.ones((80, 96)))]
+            + ["--out", t / "r.zip"]
+        ),
+        "l.tif is 64 x 64 but --like big.tif is 80 x 96",
+    ),
+    Case(
+        "rois: labels to ROIs with --like an image of their size",
+        lambda d, m, t: (
+            ["rois", tiff(t / "l.tif", cells_labels(np.uint16)), "--like", tiff(t / "i.tif", grey_image())]
+            + ["--out", t / "r.zip"]
+        ),
+        "ROIs ->",
+        code=0,
+        allowed=lambda t: [t / "r.zip"],
+    ),
+    Case(
+        "measure: the uint16 'not annotated' value 65535 is no object",
+        lambda d, m, t: ["measure", tiff(t / "l.tif", sparse(np.uint16)), "--out", t / "m.csv"],
+        f"measured {objects_left_of(40)} objects",
+        code=0,
+        allowed=lambda t: [t / "m.csv"],
+    ),
+    Case(
+        "rois: the uint16 'not annotated' value 65535 is no object",
+        lambda d, m, t: ["rois", tiff(t / "l.tif", sparse(np.uint16)), "--out", t / "r.zip"],
+        f"{objects_left_of(40)} ROIs ->",
+        code=0,
+        allowed=lambda t: [t / "r.zip"],
     ),
     Case(
         "measure: negative ids other than -1",
@@ -910,6 +948,18 @@ CASES = [
         "export: --out an existing folder, TorchScript, with --overwrite",
         lambda d, m, t: ["export", m, "--format", "torchscript", "--out", folder(t / "x.pt"), "--overwrite"],
         "is a folder",
+    ),
+    Case(
+        "export: TorchScript --out named .onnx",
+        lambda d, m, t: ["export", m, "--format", "torchscript", "--out", t / "model.onnx"],
+        "--out model.onnx: a TorchScript export is written as a .pt file (or .pth, .ts): name it model.pt",
+    ),
+    Case(
+        "export: ONNX --out an existing TIFF image, with --overwrite",
+        lambda d, m, t: (
+            ["export", m, "--format", "onnx", "--out", tiff(t / "lab.tif", cells_labels(np.uint16))] + ["--overwrite"]
+        ),
+        "--out lab.tif: an ONNX export is written as a .onnx file: name it lab.onnx",
     ),
     Case(
         "export: --out a folder that is not a bioimage.io package, with --overwrite",
@@ -1273,3 +1323,31 @@ def test_an_image_that_annotates_nothing_is_named(shared, tmp_path, capsys):
     argv = ["train", str(data / "images"), str(data / "labels"), "--mask", str(masks), "--out", str(tmp_path / "m")]
     assert main([*argv, *TRAIN[:-3], "--iterations", "2"]) == 0
     assert "1 image(s) annotate no pixel (mask or labels) and are not used: 01.png" in capsys.readouterr().err
+
+
+def test_measure_and_rois_take_the_not_annotated_value_as_background(tmp_path, capsys):
+    """-1 (signed) and the maximum of uint16 and wider mark "not annotated" (docs/formats.md): no object, as in
+    training; uint8 has no reserved value, so a label image with an object 255 keeps it."""
+    import csv
+
+    pytest.importorskip("roifile")
+    from napari_unet.roi import read_rois
+
+    eight_bit = cells_labels(np.uint8)
+    eight_bit[eight_bit == 1] = 255  # an object, not "not annotated"
+    tables, rois = {}, {}
+    for dtype in (np.int32, np.uint16, np.uint32, np.uint8):
+        labels = eight_bit if dtype == np.uint8 else sparse(dtype)
+        path = tiff(tmp_path / f"{np.dtype(dtype).name}.tif", labels)
+        assert main(["measure", str(path), "--out", str(tmp_path / f"{path.stem}.csv"), "-q"]) == 0
+        with open(tmp_path / f"{path.stem}.csv") as file:
+            tables[dtype] = [(row["label"], row["area"]) for row in csv.DictReader(file)]
+        assert main(["rois", str(path), "--out", str(tmp_path / f"{path.stem}.zip"), "-q"]) == 0
+        rois[dtype] = read_rois(tmp_path / f"{path.stem}.zip", labels.shape)
+    capsys.readouterr()
+    assert len(tables[np.int32]) == objects_left_of(40)
+    assert tables[np.uint16] == tables[np.uint32] == tables[np.int32]
+    for dtype in (np.uint16, np.uint32):
+        np.testing.assert_array_equal(rois[dtype], rois[np.int32])
+    assert ("255", str(float(np.sum(eight_bit == 255)))) in tables[np.uint8]
+    assert 255 in rois[np.uint8]

@@ -269,9 +269,9 @@ def test_measure_rois_and_export_never_replace_an_input_and_replace_an_output_on
     for out in (model, model / "weights.safetensors"):
         code, _, err = run(capsys, "export", model, "--format", "onnx", "--out", out, "--overwrite")
         assert code == 2 and "would replace the model" in err
-    monkeypatch.chdir(tmp_path)  # "nuclei" here is a new file, not the built-in model it is made from
-    assert run(capsys, "export", "nuclei", "--format", "torchscript", "--out", "nuclei")[0] == 0
-    assert (tmp_path / "nuclei").is_file()
+    monkeypatch.chdir(tmp_path)  # "nuclei" here is a new package, not the built-in model it is made from
+    assert run(capsys, "export", "nuclei", "--format", "bioimageio", "--out", "nuclei")[0] == 0
+    assert (tmp_path / "nuclei" / "rdf.yaml").is_file()
 
 
 def test_tables_rois_and_exports_are_written_whole_or_not_at_all(folders, tmp_path, monkeypatch):

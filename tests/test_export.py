@@ -45,9 +45,9 @@ def test_input_size_rule_is_the_networks(config):
         assert all(net._output_size(side + k) is None for k in range(1, step))
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
-def test_exports_equal_torch(bundle, fmt, tmp_path):
-    path = export_model(bundle, fmt, tmp_path / f"net.{fmt}")
+@pytest.mark.parametrize(("fmt", "name"), [("torchscript", "net.pt"), ("onnx", "net.onnx")])
+def test_exports_equal_torch(bundle, fmt, name, tmp_path):
+    path = export_model(bundle, fmt, tmp_path / name)
     reference = probability_net(bundle.net)
     minimum, step, _ = input_size_rule(bundle.net)
     for side, batch in ((minimum, 1), (minimum + 7 * step, 2), (minimum + 20 * step, 1)):
@@ -131,6 +131,10 @@ def test_bad_export_requests_are_explained(bundle, tmp_path):
         export_model(bundle, "keras", tmp_path / "x")
     with pytest.raises(ValueError, match=r"\(1, 1, H, W\)"):
         export_bioimageio(bundle, tmp_path / "x", test_input=np.zeros((1, 3, 64, 64), np.float32))
+    for fmt, name in (("torchscript", "net.onnx"), ("onnx", "labels.tif"), ("onnx", "net")):
+        with pytest.raises(ValueError, match=rf"--out {name}: an? \w+ export is written as a \.(pt|onnx) file"):
+            export_model(bundle, fmt, tmp_path / name)
+    assert not list(tmp_path.iterdir())
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(ValueError, match="not a bioimage.io package"):
         export_bioimageio(bundle, tmp_path / "taken")

@@ -44,6 +44,8 @@ from .io import (
 from .model import UNet, UNetConfig
 
 FORMATS = ("bioimageio", "onnx", "torchscript")
+FILE_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts")}  # the first is the one suggested
+FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
 EXPORT_EXTRA = "export"
 ONNX_OPSET = 17
 BIOIMAGEIO_FORMAT_VERSION = "0.5.4"
@@ -441,14 +443,23 @@ def _is_package(path: Path) -> bool:
 
 
 def check_target(fmt: str, path: str | Path) -> None:
-    """Refuse, before any work, an existing ``path`` that an export as ``fmt`` cannot replace: a folder, unless
-    the export is a bioimage.io package folder and the folder is one; a file where a package folder goes."""
+    """Refuse, before any work, a ``path`` that an export as ``fmt`` cannot be written to: a folder, unless the
+    export is a bioimage.io package folder and the folder is one; a file where a package folder goes; an ONNX or
+    TorchScript file whose suffix is not its format's (``FILE_SUFFIXES``: a TorchScript file named ``.onnx``,
+    or an ONNX file replacing a ``.tif`` image)."""
     path = Path(path)
     package_folder = fmt == "bioimageio" and path.suffix.lower() != ".zip"
     if package_folder and path.exists() and not _is_package(path):
         raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
     if not package_folder and path.is_dir():
         raise ValueError(f"{path} is a folder: the {fmt} export is one file; choose a file name for --out")
+    suffixes = FILE_SUFFIXES.get(fmt)
+    if suffixes and path.suffix.lower() not in suffixes:
+        others = f" (or {', '.join(suffixes[1:])})" if len(suffixes) > 1 else ""
+        raise ValueError(
+            f"--out {path.name}: {FORMAT_NAMES[fmt]} export is written as a {suffixes[0]} file{others}: "
+            f"name it {path.stem}{suffixes[0]}"
+        )
 
 
 def export_model(bundle, fmt: str, path: str | Path, **options: Any) -> Path:

@@ -29,7 +29,13 @@ def add_parser(subparsers) -> None:
     sub.add_argument(
         "--format", choices=("bioimageio", "onnx", "torchscript"), required=True, dest="fmt", help="what to write"
     )
-    sub.add_argument("--out", type=Path, required=True, metavar="PATH", help="file or folder to write")
+    sub.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="PATH",
+        help="what to write: a folder or .zip (bioimageio), a .onnx file, a .pt file (torchscript; or .pth, .ts)",
+    )
     add_overwrite(sub, "--out (a bioimage.io package, or a file)")
     bio = sub.add_argument_group("bioimageio package (default: what the model folder records)")
     bio.add_argument("--name", help="model name")
@@ -43,7 +49,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..builtin import resolve
-    from ..export import export_model, input_size_rule
+    from ..export import check_target, export_model, input_size_rule
     from ..modelfile import load_model
     from ..validation import check_output_free, check_writable_folder
 
@@ -53,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
             f"the output {args.out} would replace the model {args.model} or a file in it: choose another --out"
         )
     check_output_free(args.out, args.overwrite)
+    check_target(args.fmt, args.out)
     check_writable_folder(args.out.parent, f"--out {args.out}")  # the package or file is made beside it, then renamed
     bundle = load_model(args.model)
     options = {}

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> None:
         "eccentricity, solidity in pixels; with IMAGES the mean/min/max intensity (per channel); with a pixel "
         "size (read from the OME-TIFF, ImageJ or TIFF resolution metadata of the image or labels file, or given "
         "with --pixel-size) area, centroid and perimeter in physical units. LABELS and IMAGES are files or "
-        "folders paired by base name (a '_labels' suffix is tolerated). The columns: docs/formats.md.",
+        "folders paired by base name (a '_labels' suffix is tolerated). The 'not annotated' value (-1, or 65535 in "
+        "uint16) is background. The columns: docs/formats.md.",
         "  napari-unet measure results data/new --out table.csv\n"
         "  napari-unet measure cells_labels.tif cells.tif --out cells.csv --pixel-size 0.65",
         run,
@@ -37,8 +38,9 @@ def add_parser(subparsers) -> None:
         "A label image (TIFF, PNG) becomes a .zip of polygon ROIs, one per object, named by its label id, that "
         "Fiji's ROI Manager opens (stack planes are the ROIs' positions). A .zip or .roi file becomes an int32 "
         "label TIFF; --like gives the image whose size (and planes) the labels take, and its pixel size, Z step "
-        "and frame interval. Polygons cannot hold holes, and of an object in several pieces only the largest is "
-        "kept.",
+        "and frame interval (from labels, --like is only checked to have their size: ROIs hold no calibration). "
+        "The 'not annotated' value (-1, or 65535 in uint16) is background. Polygons cannot hold holes, and of an "
+        "object in several pieces only the largest is kept.",
         "  napari-unet rois results/cells_labels.tif --out cells_rois.zip\n"
         "  napari-unet rois RoiSet.zip --like cells.tif --out cells_labels.tif",
         run,
@@ -50,7 +52,7 @@ def add_parser(subparsers) -> None:
         type=Path,
         metavar="IMAGE",
         help="from ROIs: the image whose height, width, planes and calibration (pixel size, Z step, frame "
-        "interval) the labels take",
+        "interval) the labels take; from labels (optional): checked to have the labels' size",
     )
     add_overwrite(sub)
     add_quiet(sub)
@@ -75,14 +77,16 @@ def check_output(out: Path, inputs: list[Path], overwrite: bool, suffixes: tuple
 
 
 def instance_labels(labels, axes: str, path: Path, quiet: bool):
-    """`labels` (a label image or stack, as read) as instance ids, plane by plane: a binary mask (one value over
-    many separate regions, as Fiji's 0/255 masks) becomes its 4-connected components, with a note, as `evaluate`
-    scores it; an image given as labels (many values, each over many regions: LABELS and IMAGES swapped) and ids
-    below -1 (-1 = not annotated) are refused, naming the file. Floats and channels are left to the callers'
-    checks, which explain them."""
+    """`labels` (a label image or stack, as read) as instance ids, plane by plane: the "not annotated" value
+    (-1 signed, the maximum of uint16 and wider: `targets.unannotated_value`) becomes background, as in training;
+    a binary mask (one value over many separate regions, as Fiji's 0/255 masks) becomes its 4-connected
+    components, with a note, as `evaluate` scores it; an image given as labels (many values, each over many
+    regions: LABELS and IMAGES swapped) and ids below -1 are refused, naming the file. Floats and channels are
+    left to the callers' checks, which explain them."""
     import numpy as np
 
     from ..metrics import components
+    from ..targets import unannotated_value
     from ..validation import check_instance_regions
 
     labels = np.asarray(labels)
@@ -95,9 +99,11 @@ def instance_labels(labels, axes: str, path: Path, quiet: bool):
             f"labels in {path.name} must be ids >= 0 (0 = background, -1 = not annotated); found the value "
             f"{int(labels.min())}"
         )
-    ignore = -1 if labels.dtype.kind == "i" else None
+    reserved = unannotated_value(labels.dtype)
+    if reserved is not None and np.any(labels == reserved):
+        labels = np.where(labels == reserved, 0, labels)
     planes = list(np.ndindex(*labels.shape[:-2]))
-    masks = [i for i in planes if check_instance_regions(labels[i], f"labels in {path.name}", ignore=ignore)]
+    masks = [i for i in planes if check_instance_regions(labels[i], f"the labels file {path.name}")]
     if not masks:
         return labels
     objects = labels.astype(np.uint64 if labels.dtype == np.uint64 else np.int64)
@@ -212,8 +218,32 @@ def run_rois(args: argparse.Namespace) -> int:
     labels, axes = read_label_image(args.input)
     if "C" in axes or len(axes) > 3:
         raise ValueError(f"{args.input} has axes {axes}: expected a label image (YX) or stack (ZYX or TYX)")
+    if args.like is not None:
+        check_same_size(labels, axes, args.input, args.like)
     labels = instance_labels(labels, axes, args.input, args.quiet)
     count = write_rois(args.out, labels)
     note(f"open {args.out.name} in Fiji with File > Open (or the ROI Manager's More > Open)", args.quiet)
     print(f"{count} ROIs -> {args.out}")
     return EXIT_OK
+
+
+def check_same_size(labels, axes: str, path: Path, like: Path) -> None:
+    """From labels to ROIs, --like only checks that the ROIs fit the image (ImageJ ROIs hold no calibration):
+    the labels must have its height, width and planes."""
+    from ..io import read_image
+
+    image, image_axes = read_image(like)
+    shape = tuple(n for n, a in zip(image.shape, image_axes) if a != "C")
+    if image_axes.replace("C", "") != axes or shape != tuple(labels.shape):
+        labels_size, image_size = describe_size(labels.shape, axes), describe_size(shape, image_axes)
+        raise ValueError(
+            f"{path.name} is {labels_size} but --like {like.name} is {image_size}: the ROIs would not fit the "
+            "image; give the image the labels were made from, or no --like (from labels, it is only checked)"
+        )
+
+
+def describe_size(shape: tuple[int, ...], axes: str) -> str:
+    """'64 x 64', or '64 x 64 (Z 5)' for a stack: height x width, and the plane axis with its length."""
+    spatial = [(a, n) for n, a in zip(shape, axes) if a != "C"]
+    planes = "".join(f" ({a} {n})" for a, n in spatial[:-2])
+    return f"{spatial[-2][1]} x {spatial[-1][1]}{planes}"
