@@ -329,3 +329,21 @@ def test_the_batch_dock_waits_for_a_running_fine_tune(make_napari_viewer_proxy, 
     widget.output_edit.setText(str(tmp_path / "out"))
     assert widget.run() is None and "being trained" in warnings[-1]
     assert widget.worker is None and not (tmp_path / "out").exists()
+
+
+def test_an_image_opened_later_is_the_one_to_train_on_until_the_user_chooses_one(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells
+):
+    """As in the Segment dock: the image picker stayed on the first image opened."""
+    from napari_unet.plugin._layers import result_metadata
+
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, qtbot, tmp_path, image, few_cells(labels), iterations=2)
+    second = viewer.add_image(image[::-1].copy(), name="second")
+    assert widget.image_combo.value == second
+    viewer.add_image(image, name="second probability", metadata=result_metadata(second))  # a map a dock computed
+    assert widget.image_combo.value == second
+    widget.image_combo.value = viewer.layers["cells"]
+    viewer.add_image(image, name="third")
+    assert widget.image_combo.value == viewer.layers["cells"]

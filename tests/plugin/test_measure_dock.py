@@ -183,3 +183,75 @@ def test_labels_of_another_size_than_an_rgb_image_are_refused_with_both_sizes(
     assert widget.measure() is None
     height, width = labels.shape
     assert f"{height} x {width}" in errors[-1] and "ZCYX" not in errors[-1], errors[-1]
+
+
+def test_a_segmentation_is_measured_with_the_intensities_of_its_image_without_choosing(
+    make_napari_viewer_proxy, qtbot, cells, tiny_bundle
+):
+    """The labels picker stayed on the first Labels layer when a segmentation was added, and the image picker on
+    "(no intensities)": a first Measure had no intensity columns. Now a Labels layer added is the one to measure and
+    the image it was made from is preselected."""
+    from napari_unet.plugin._segment import SegmentWidget
+    from napari_unet.plugin._state import session_for
+
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.zeros_like(image), name="other")  # of the same size: the name tells which image it is
+    image_layer = viewer.add_image(image, name="cells")
+    viewer.add_labels(labels.astype(np.int32), name="drawn")
+    widget = MeasureWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Measure")
+    assert widget.labels_combo.value.name == "drawn" and widget.image_combo.value is None  # two images: unknown
+    segment = SegmentWidget(viewer, default_model=None)
+    viewer.window.add_dock_widget(segment, name="Segment")
+    session_for(viewer).set_model(tiny_bundle)
+    segment.image_combo.value = image_layer
+    with qtbot.waitSignal(segment.segmented, timeout=60_000):
+        segment.run()
+    assert widget.labels_combo.value == segment.labels_layer and widget.image_combo.value == image_layer
+    widget.measure()
+    assert "intensity_mean" in segment.labels_layer.features
+    assert "intensities of 'cells'" in widget.status.text(), widget.status.text()
+
+    segment.labels_layer.name = "renamed"  # the layer's metadata still names its image
+    widget.labels_combo.value = viewer.layers["drawn"]
+    assert widget.image_combo.value is None
+    widget.labels_combo.value = viewer.layers["renamed"]
+    assert widget.image_combo.value == image_layer
+
+
+def test_the_users_choices_of_labels_and_image_are_kept(make_napari_viewer_proxy, cells):
+    """Labels or an image the user chose (no image included) stay chosen when layers are added."""
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    image_layer = viewer.add_image(image, name="cells")
+    drawn = viewer.add_labels(labels.astype(np.int32), name="drawn")
+    widget = MeasureWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Measure")
+    assert widget.image_combo.value == image_layer  # the only image of the labels' size
+    viewer.add_labels(np.zeros_like(labels, dtype=np.int32), name="painted")
+    assert widget.labels_combo.value.name == "painted" and widget.image_combo.value == image_layer
+    widget.image_combo.value = None  # the user wants no intensities
+    widget.labels_combo.value = drawn
+    viewer.add_labels(labels.astype(np.int32), name="cells labels")
+    assert widget.labels_combo.value == drawn and widget.image_combo.value is None
+    widget.labels_combo.value = viewer.layers["cells labels"]
+    assert widget.image_combo.value is None
+    widget.measure()
+    assert "no intensities" in widget.status.text() and "intensity_mean" not in viewer.layers["cells labels"].features
+    viewer.add_image(np.zeros((40, 50), np.float32), name="small")
+    assert widget.image_combo.value is None
+
+
+def test_the_not_annotated_value_is_background(make_napari_viewer):
+    """uint16 labels keep 65535 for "not annotated" (as training reads them): it is no object to measure, as for
+    `napari-unet measure`; -1 of signed labels neither."""
+    viewer = make_napari_viewer()
+    widget = MeasureWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Measure")
+    for dtype, reserved in ((np.uint16, 65535), (np.int32, -1)):
+        labels = np.zeros((40, 40), dtype)
+        labels[2:8, 2:8], labels[20:30, 20:30], labels[10:14, 30:36] = 1, reserved, 2
+        widget.labels_combo.value = viewer.add_labels(labels, name=f"sparse {np.dtype(dtype).name}")
+        ((_, table),) = widget.measure()
+        assert list(table["label"]) == [1, 2]

@@ -379,3 +379,52 @@ def test_the_image_picker_keeps_the_users_choice_and_says_when_that_image_is_rem
     viewer.layers.remove(chosen)
     assert widget.image_combo.value is not None
     assert f"'b renamed' was removed: '{widget.image_combo.value.name}' is" in widget.status.text()
+
+
+def test_an_image_opened_later_is_the_one_segmented_until_the_user_chooses_one(
+    make_napari_viewer_proxy, qtbot, tiny_bundle
+):
+    """The picker stayed on the first image opened, so Run segmented it again after a second image was opened. Now an
+    image added becomes the image to segment while the picker holds a preselection (not the probability map a Run
+    adds); an image the user chose stays chosen when others are opened."""
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(make_cells((64, 64), seed=1)[0], name="first")
+    widget = open_dock(viewer, tiny_bundle)
+    widget.probs_check.setChecked(True)
+    second = viewer.add_image(make_cells((64, 72), seed=2)[0], name="second")
+    assert widget.image_combo.value == second
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as done:
+        widget.run()
+    assert widget.labels_layer.name == "second labels" and done.args[0].shape == (64, 72)
+    assert widget.probs_layer.name == "second probability" and widget.image_combo.value == second
+
+    widget.image_combo.native.activated.emit(widget.image_combo.native.currentIndex())  # the user picks it
+    viewer.add_image(np.zeros((32, 32), np.float32), name="third")
+    assert widget.image_combo.value == second
+    widget.image_combo.value = viewer.layers["first"]  # a choice made for the user
+    viewer.add_image(np.zeros((32, 32), np.float32), name="fourth")
+    assert widget.image_combo.value == viewer.layers["first"]
+
+
+def test_a_refused_run_says_why_in_the_status_line(make_napari_viewer_proxy, qtbot, tiny_bundle, monkeypatch):
+    """After a finished run, a Run refused for its settings (an object diameter out of the model's range) left
+    "Done: N object(s)" in the status line, as if the new settings had been applied."""
+    from napari_unet.modelfile import ModelBundle
+    from napari_unet.plugin import _segment
+
+    errors = []
+    monkeypatch.setattr(_segment, "show_error", errors.append)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(make_cells((64, 64), seed=1)[0], name="cells")
+    sized = ModelBundle(tiny_bundle.net, postprocess=tiny_bundle.postprocess, object_diameter=20.0)
+    widget = open_dock(viewer, sized)
+    widget.diameter_spin.setValue(20.0)
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):
+        widget.run()
+    assert widget.status.text().startswith("Done:"), widget.status.text()
+
+    widget.diameter_spin.setValue(2.0)
+    assert widget.run() is None and errors
+    assert widget.status.text() == f"Not run: {errors[-1]}" and "2.0 px" in errors[-1], widget.status.text()
+    viewer.layers.remove("cells")
+    assert widget.run() is None and widget.status.text() == "Not run: No image layer: open an image first"

@@ -25,7 +25,16 @@ from napari_unet.jobs.augment_preview import preview_sample
 from napari_unet.training import PRESETS
 
 from ._form import check, dock_layout, form, slider, spin, wrapped_label
-from ._layers import LayerProblem, channels_of, debounced, layer_combo, layer_data, pixel_shape, plane_stack
+from ._layers import (
+    LayerProblem,
+    channels_of,
+    debounced,
+    layer_combo,
+    layer_data,
+    pixel_shape,
+    plane_stack,
+    result_metadata,
+)
 from ._state import Session, session_for
 from ._workers import alive, start_worker
 
@@ -288,10 +297,11 @@ class AugmentPreviewWidget(QWidget):
                     blending="additive",
                     opacity=0.6,
                     contrast_limits=(0.0, 1.0),
+                    metadata=result_metadata(layer),
                 )
-            else:
+            else:  # made from the image: never an image to segment or train on (`is_original_image`)
                 self.layers[name] = self.viewer.add_image(
-                    data, name=name, scale=scale, translate=translate, colormap="gray"
+                    data, name=name, scale=scale, translate=translate, colormap="gray", metadata=result_metadata(layer)
                 )
         self._outline(layer, origin)
         self.status.setText(

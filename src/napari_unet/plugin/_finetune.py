@@ -51,7 +51,16 @@ from ._autosave_row import AutosaveRow
 from ._channels import ChannelFields
 from ._estimate import StepEstimate
 from ._form import DurationSpin, ModelRow, RunControls, check, choice, dock_layout, form, row, spin
-from ._layers import LayerProblem, annotations_of, channels_of, layer_combo, plane_stack, region_mask
+from ._layers import (
+    LayerPicker,
+    LayerProblem,
+    annotations_of,
+    channels_of,
+    is_original_image,
+    layer_combo,
+    plane_stack,
+    region_mask,
+)
 from ._plot import LossPlot
 from ._start_from import START_FILE, START_SESSION, StartFrom
 from ._state import Session, TrainingRun, session_for
@@ -147,6 +156,7 @@ class FineTuneWidget(QWidget):
         self._outcome = ""  # how the training worker ended: "done", "stopping", "failed"
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
+        self.image_picker = LayerPicker(self.image_combo, follows=is_original_image)
         self.labels_combo = layer_combo(napari_viewer, Labels, "annotations")
         self.region_combo = layer_combo(
             napari_viewer, (Shapes, Labels), "region", optional="(none: around the annotated cells)"
@@ -210,7 +220,10 @@ class FineTuneWidget(QWidget):
     # -- public ---------------------------------------------------------------------------------------------
 
     def reset_choices(self, _event: Any = None) -> None:
-        for combo in (self.image_combo, self.labels_combo, self.region_combo):
+        """Refresh the pickers (napari calls this when layers change): until the user chooses an image, one opened or
+        added becomes the image to train on (as in the Segment dock)."""
+        self.image_picker.refresh()
+        for combo in (self.labels_combo, self.region_combo):
             combo.reset_choices()
 
     def start(self) -> Any:

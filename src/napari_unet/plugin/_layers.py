@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from magicgui.widgets import ComboBox
+from psygnal import Signal
 
 METADATA_KEY = "napari_unet"  # layer.metadata[METADATA_KEY] = {"axes": "CYX", "channel": i, "channels": n, ...}
 
@@ -21,18 +23,127 @@ class LayerProblem(ValueError):
     """A layer the dock cannot use; the message is shown to the user as a napari notification."""
 
 
+class LayerComboBox(ComboBox):
+    """A magicgui drop-down that emits `assigned` whenever code sets its `value`, also to the value it shows (a
+    layer set on the user's behalf is a choice all the same); the user's own picks are Qt's `native.activated`."""
+
+    assigned = Signal(object)
+
+    @ComboBox.value.setter
+    def value(self, value: Any) -> None:
+        ComboBox.value.fset(self, value)
+        self.assigned.emit(value)
+
+
 def layer_combo(viewer: Any, kind: type | tuple[type, ...], label: str, *, optional: str | None = None) -> Any:
-    """A magicgui drop-down of the viewer's layers of `kind` (refreshed by the dock's `reset_choices`);
-    `optional`: the text of the "no layer" entry (value None), for optional layers."""
-    from magicgui.widgets import ComboBox
+    """A magicgui drop-down of the viewer's layers of `kind` (refreshed by the dock's `reset_choices`, or a
+    `LayerPicker`); `optional`: the text of the "no layer" entry (value None), for optional layers."""
 
     def choices(_widget: Any) -> list[tuple[str, Any]]:
         return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, kind)]
 
-    combo = ComboBox(label=label, choices=choices, nullable=optional is not None)
+    combo = LayerComboBox(label=label, choices=choices, nullable=optional is not None)
     if optional is not None:
         combo.null_string = optional
     return combo
+
+
+class LayerPicker:
+    """Keeps a layer drop-down (`layer_combo`) in step with the viewer's layers, telling a layer the user chose
+    from one the dock preselected.
+
+    A value picked by the user in the drop-down, or set by code on the user's behalf (`combo.value = layer`), is
+    chosen: it stays while its layer is in the viewer (renamed, moved, others added). Until then (and after the
+    chosen layer is removed) the value is preselected, and each layer added that `follows(layer)` accepts becomes
+    the value.
+    """
+
+    def __init__(self, combo: Any, follows: Callable[[Any], bool] | None = None):
+        """follows: which added layers become the value while none is chosen (None: none do)."""
+        self.combo = combo
+        self.follows = follows
+        self.chosen = False  # the value is the user's choice, not a preselection
+        self._known: set[Any] | None = None  # unique ids of the layers offered at the last refresh
+        self._preselecting = False
+        combo.assigned.connect(self._assigned)
+        combo.native.activated.connect(self._activated)  # the user's pick, also of the item already shown
+
+    def refresh(self) -> Any:
+        """Offer the viewer's layers again (napari's layers changed); returns the value before (None: none)."""
+        before = self.combo.value
+        self._preselecting = True
+        try:
+            self.combo.reset_choices()
+            layers = [layer for layer in self.combo.choices if layer is not None]
+            if before is not None and before in layers:
+                if self.combo.value != before:  # == : the viewer proxy wraps each layer anew
+                    self.combo.value = before  # the drop-down matches names: a rename or a move lost it
+            elif before is not None:
+                self.chosen = False  # removed: what replaces it is not the user's choice
+            added = [layer for layer in layers if self._known is not None and layer.unique_id not in self._known]
+            self._known = {layer.unique_id for layer in layers}
+            followed = [layer for layer in added if self.follows is not None and self.follows(layer)]
+            if followed and not self.chosen:
+                self.combo.value = followed[-1]
+        finally:
+            self._preselecting = False
+        return before
+
+    def preselect(self, layer: Any) -> None:
+        """Make `layer` (None: no layer, in an optional picker) the value, unless the user chose one."""
+        if self.chosen:
+            return
+        self._preselecting = True
+        try:
+            self.combo.value = layer
+        finally:
+            self._preselecting = False
+
+    def _assigned(self, _value: Any) -> None:
+        if not self._preselecting:
+            self.chosen = True
+
+    def _activated(self, _index: int) -> None:
+        self.chosen = True
+
+
+def made_from(layer: Any) -> str | None:
+    """The name of the layer `layer` was computed from by a dock (`result_metadata`), or None."""
+    return (layer.metadata.get(METADATA_KEY) or {}).get("made_from")
+
+
+def result_metadata(source: Any) -> dict[str, Any]:
+    """Metadata of a layer a dock computes from `source` (labels, probabilities, a weight map): `source`'s name
+    (`made_from`) and physical pixel size (`pixel_size_metadata`)."""
+    return {METADATA_KEY: {**pixel_size_metadata(source).get(METADATA_KEY, {}), "made_from": source.name}}
+
+
+def is_original_image(layer: Any) -> bool:
+    """An image layer opened or added by the user, not one a dock computed (probabilities, a weight map...)."""
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and made_from(layer) is None
+
+
+def source_image(labels_layer: Any, layers: Any) -> Any | None:
+    """The image layer among `layers` that `labels_layer` was made from, when that can be known; None otherwise.
+
+    Only an image of the labels' size (Y, X) qualifies: the one named by the labels' metadata (the Segment dock's
+    result, `result_metadata`), else the one the labels are named after ("<image> labels", "<image> labels
+    (retuned)"), else the only image of that size that no dock computed.
+    """
+    from napari.layers import Image
+
+    if labels_layer is None:
+        return None
+    size = tuple(layer_data(labels_layer).shape[-2:])
+    images = [layer for layer in layers if isinstance(layer, Image) and pixel_shape(layer)[-2:] == size]
+    named = [layer for layer in images if layer.name == made_from(labels_layer)]
+    named = named or [layer for layer in images if labels_layer.name.startswith(f"{layer.name} labels")]
+    if named:
+        return max(named, key=lambda layer: len(layer.name))  # "cells 2 labels": "cells 2", not "cells"
+    originals = [layer for layer in images if made_from(layer) is None]
+    return originals[0] if len(originals) == 1 else None
 
 
 def layer_data(layer: Any) -> Any:

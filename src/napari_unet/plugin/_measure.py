@@ -18,9 +18,11 @@ from qtpy.QtWidgets import QFileDialog, QPushButton, QTableWidget, QTableWidgetI
 from napari_unet.io import to_canonical
 from napari_unet.measure import Table, measure_planes, write_csv
 from napari_unet.metadata import PixelSize
+from napari_unet.targets import unannotated_value
 
 from ._form import dock_layout, form, row, wrapped_label
 from ._layers import (
+    LayerPicker,
     LayerProblem,
     channel_group,
     layer_combo,
@@ -28,6 +30,7 @@ from ._layers import (
     layer_pixel_size,
     pixel_shape,
     placed_like,
+    source_image,
     stored_axes,
 )
 
@@ -44,6 +47,8 @@ class MeasureWidget(QWidget):
         self.measured_name = ""  # the name of the Labels layer `tables` were measured on, for the CSV
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels")
         self.image_combo = layer_combo(napari_viewer, Image, "image", optional="(no intensities)")
+        self.labels_picker = LayerPicker(self.labels_combo, follows=lambda _layer: True)
+        self.image_picker = LayerPicker(self.image_combo)
         self.measure_button = QPushButton("Measure")
         self.save_button = QPushButton("Save CSV…")
         self.save_button.setEnabled(False)
@@ -63,11 +68,16 @@ class MeasureWidget(QWidget):
         self.save_button.clicked.connect(self._ask_csv)
         self.export_button.clicked.connect(self._ask_roi_export)
         self.import_button.clicked.connect(self._ask_roi_import)
+        self.labels_combo.changed.connect(self._preselect_image)
         self.reset_choices()
 
     def reset_choices(self, _event: Any = None) -> None:
-        self.labels_combo.reset_choices()
-        self.image_combo.reset_choices()
+        """Refresh the pickers (napari calls this when layers change): until the user chooses labels, a Labels layer
+        added (a segmentation, imported ROIs) becomes the one to measure; until the user chooses an image (or no
+        image), the image is the one the labels were made from when that can be known (`source_image`)."""
+        self.labels_picker.refresh()
+        self.image_picker.refresh()
+        self._preselect_image()
 
     # -- public ---------------------------------------------------------------------------------------------
 
@@ -81,6 +91,9 @@ class MeasureWidget(QWidget):
         self.save_button.setEnabled(False)
         try:
             labels = np.asarray(labels_layer.data)
+            reserved = unannotated_value(labels.dtype)  # "not annotated" (uint16+ maximum) is background, as in training
+            if reserved is not None and labels.dtype.kind == "u" and np.any(labels == reserved):
+                labels = np.where(labels == reserved, 0, labels)
             image, image_axes = self._intensities(image_layer, labels.shape)
             pixel_size = self._pixel_size(image_layer, labels_layer)
             axes = "TZYX"[4 - labels.ndim :] if labels.ndim <= 4 else None
@@ -98,8 +111,9 @@ class MeasureWidget(QWidget):
         self._show_table()
         count = sum(len(t["label"]) for _, t in self.tables)
         unit = f"; physical units: {pixel_size.unit}" if pixel_size is not None else "; pixel units"
+        source = f"; intensities of '{image_layer.name}'" if image_layer is not None else "; no intensities"
         hover = " Hover over an object to read its values." if labels.ndim == 2 else ""
-        self.status.setText(f"{count} object(s) measured{unit}.{hover}")
+        self.status.setText(f"{count} object(s) measured{unit}{source}.{hover}")
         self.save_button.setEnabled(bool(self.tables))
         return self.tables
 
@@ -128,6 +142,9 @@ class MeasureWidget(QWidget):
         return self.viewer.add_labels(labels, name=f"{Path(path).stem} ROIs", **placed_like(like, labels.ndim))
 
     # -- internals ------------------------------------------------------------------------------------------
+
+    def _preselect_image(self, _labels: Any = None) -> None:
+        self.image_picker.preselect(source_image(self.labels_combo.value, self.viewer.layers))
 
     def _intensities(self, layer: Any, shape: tuple[int, ...]) -> tuple[Any, str | None]:
         """The image layer as (C, ...) or (...) matching the labels, with its axes; (None, None) without one."""

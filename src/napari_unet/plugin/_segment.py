@@ -45,7 +45,7 @@ from napari_unet.tiling import auto_stride
 
 from ._channels import ChannelFields
 from ._form import ModelRow, RunControls, check, choice, dock_layout, form, spin, wrapped_label
-from ._layers import LayerProblem, debounced, layer_combo, pixel_size_metadata, plane_stack
+from ._layers import LayerPicker, LayerProblem, debounced, is_original_image, layer_combo, plane_stack, result_metadata
 from ._postprocess import PostprocessFields
 from ._redraw import TileDrawing
 from ._state import Session, session_for
@@ -93,6 +93,7 @@ class SegmentWidget(QWidget):
         self._final_digest: bytes | None = None  # of the labels as the last result left them: edits are detected
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
+        self.image_picker = LayerPicker(self.image_combo, follows=is_original_image)
         self.model_row = ModelRow(self, self.session)
         self.tile_spin = spin(
             0,
@@ -159,14 +160,12 @@ class SegmentWidget(QWidget):
     # -- public ---------------------------------------------------------------------------------------------
 
     def reset_choices(self, _event: Any = None) -> None:
-        """Refresh the image picker (napari calls this when layers change): the chosen image stays chosen while it is
-        in the viewer; when it is removed, the status line says so and names the image chosen instead."""
-        chosen = self.image_combo.value
-        self.image_combo.reset_choices()
-        if chosen is None or self.image_combo.value == chosen:  # == : the viewer proxy wraps each layer anew
-            return
-        if chosen in self.viewer.layers:  # renamed, or others added or moved: the picker matches names
-            self.image_combo.value = chosen
+        """Refresh the image picker (napari calls this when layers change): an image the user chose stays chosen
+        while it is in the viewer; until the user chooses one, an image opened or added becomes the image to segment
+        (not the probability or other maps the docks compute). When the image in the picker is removed, the status
+        line says so and names the image chosen instead."""
+        chosen = self.image_picker.refresh()
+        if chosen is None or chosen in self.viewer.layers:
             return
         instead = self.image_combo.value
         now = f"'{instead.name}' is the image to segment now" if instead is not None else "open an image to segment"
@@ -192,14 +191,13 @@ class SegmentWidget(QWidget):
             return None
         bundle, layer = self.session.bundle, self.image_combo.value
         if bundle is None:
-            show_error("No model: train one in the Fine-tune dock or load a saved model folder (Load model…)")
-            return None
+            return self._refuse("No model: train one in the Fine-tune dock or load a saved model folder (Load model…)")
         if self.session.training:
-            show_warning("The model is being trained: wait for the end of the run (or stop it), then segment")
-            return None
+            return self._refuse(
+                "The model is being trained: wait for the end of the run (or stop it), then segment", warning=True
+            )
         if layer is None:
-            show_error("No image layer: open an image first")
-            return None
+            return self._refuse("No image layer: open an image first")
         try:
             stack = plane_stack(layer, bundle.net.config.in_channels, self.viewer.layers, self.channel_fields.choice())
             if self.tta_check.isChecked():  # refused before any layer is made (a larger factor is checked again)
@@ -208,8 +206,7 @@ class SegmentWidget(QWidget):
             diameter = self.diameter() if bundle.object_diameter is not None else None
             factor = bundle.scale_factor(stack.plane(stack.planes[0]), diameter) if diameter != "auto" else None
         except (LayerProblem, ValueError) as error:
-            show_error(str(error))
-            return None
+            return self._refuse(str(error))
         self._run_model, self._postprocess = bundle, self.postprocess_config()  # what the run keeps to its end
         if factor is not None:
             return self._start_tiles(bundle, layer, stack, device, factor)
@@ -232,6 +229,12 @@ class SegmentWidget(QWidget):
         self.worker.finished.connect(lambda: self._estimate_worker_finished(estimating))
         start_worker(self.worker, self)
         return self.worker
+
+    def _refuse(self, message: str, *, warning: bool = False) -> None:
+        """A Run refused before anything started: a notification, and the status line says why (not the last
+        run's result)."""
+        (show_warning if warning else show_error)(message)
+        self.status.setText(f"Not run: {message}")
 
     def _estimate_worker_finished(self, worker: Any) -> None:
         if not alive(self):
@@ -284,7 +287,7 @@ class SegmentWidget(QWidget):
             scale=stack.spatial(layer.scale),
             translate=stack.spatial(layer.translate),
             units=stack.spatial(layer.units),
-            metadata=pixel_size_metadata(layer),  # measured alone, the labels are in the image's units
+            metadata=result_metadata(layer),  # measured alone, in the image's units; Measure finds the image
         )
         self.probs_layer = None
         if self.probs_check.isChecked():
@@ -437,6 +440,7 @@ class SegmentWidget(QWidget):
             scale=stack.spatial(layer.scale),
             translate=stack.spatial(layer.translate),
             units=stack.spatial(layer.units),
+            metadata=result_metadata(layer),  # a map, never an image to segment
         )
 
     def _keep_edits(self, labels: np.ndarray) -> None:

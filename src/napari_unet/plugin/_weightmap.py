@@ -24,7 +24,7 @@ from napari_unet.weights import stack_weight_maps, weight_map
 
 from ._augment_preview import shown_plane
 from ._form import check, dock_layout, form, slider, spin, wrapped_label
-from ._layers import debounced, layer_combo, layer_data, throttled
+from ._layers import debounced, layer_combo, layer_data, result_metadata, throttled
 from ._workers import alive, start_worker
 
 UPDATE_MS = 150
@@ -180,6 +180,7 @@ class WeightMapWidget(QWidget):
             contrast_limits=limits,
             scale=tuple(labels_layer.scale),
             translate=tuple(labels_layer.translate),
+            metadata=result_metadata(labels_layer),  # a map, never an image to segment
         )
 
     def _show(self, weights: np.ndarray, labels_layer: Any, run: int, painted: int | None = None) -> None:
