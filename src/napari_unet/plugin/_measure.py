@@ -91,7 +91,9 @@ class MeasureWidget(QWidget):
         self.save_button.setEnabled(False)
         try:
             labels = np.asarray(labels_layer.data)
-            reserved = unannotated_value(labels.dtype)  # "not annotated" (uint16+ maximum) is background, as in training
+            reserved = unannotated_value(
+                labels.dtype
+            )  # "not annotated" (uint16+ maximum) is background, as in training
             if reserved is not None and labels.dtype.kind == "u" and np.any(labels == reserved):
                 labels = np.where(labels == reserved, 0, labels)
             image, image_axes = self._intensities(image_layer, labels.shape)
