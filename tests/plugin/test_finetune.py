@@ -347,3 +347,26 @@ def test_an_image_opened_later_is_the_one_to_train_on_until_the_user_chooses_one
     widget.image_combo.value = viewer.layers["cells"]
     viewer.add_image(image, name="third")
     assert widget.image_combo.value == viewer.layers["cells"]
+
+
+def test_a_labels_layer_added_to_paint_in_becomes_the_annotations_until_the_user_chooses(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells
+):
+    """Layers > New Labels Layer, then paint: the annotations picker stayed on the first Labels layer. It follows a
+    Labels layer the user adds, not a segmentation or a preview the docks compute (uncorrected cells are no
+    annotations); a choice is kept."""
+    from napari_unet.plugin._layers import preview_metadata, result_metadata
+
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, qtbot, tmp_path, image, few_cells(labels), iterations=2)
+    source = viewer.layers["cells"]
+    painted = viewer.add_labels(np.zeros(image.shape, np.int32), name="painted")
+    assert widget.labels_combo.value == painted
+    viewer.add_labels(labels.astype(np.int32), name="cells labels", metadata=result_metadata(source))
+    viewer.add_labels(labels.astype(np.int32), name="augmented labels", metadata=preview_metadata(source))
+    assert widget.labels_combo.value == painted
+    first = viewer.layers["annotations"]
+    widget.labels_combo.value = first
+    viewer.add_labels(np.zeros(image.shape, np.int32), name="painted 2")
+    assert widget.labels_combo.value == first

@@ -222,6 +222,8 @@ def test_a_segmentation_is_measured_with_the_intensities_of_its_image_without_ch
 
 def test_the_users_choices_of_labels_and_image_are_kept(make_napari_viewer_proxy, cells):
     """Labels or an image the user chose (no image included) stay chosen when layers are added."""
+    from napari_unet.plugin._layers import preview_metadata
+
     image, labels = cells
     viewer = make_napari_viewer_proxy()
     image_layer = viewer.add_image(image, name="cells")
@@ -231,6 +233,9 @@ def test_the_users_choices_of_labels_and_image_are_kept(make_napari_viewer_proxy
     assert widget.image_combo.value == image_layer  # the only image of the labels' size
     viewer.add_labels(np.zeros_like(labels, dtype=np.int32), name="painted")
     assert widget.labels_combo.value.name == "painted" and widget.image_combo.value == image_layer
+    preview = preview_metadata(image_layer)  # the Augmentation preview's labels: shown, not measured
+    viewer.add_labels(labels.astype(np.int32), name="augmented labels", metadata=preview)
+    assert widget.labels_combo.value.name == "painted"
     widget.image_combo.value = None  # the user wants no intensities
     widget.labels_combo.value = drawn
     viewer.add_labels(labels.astype(np.int32), name="cells labels")

@@ -33,7 +33,7 @@ from ._layers import (
     layer_data,
     pixel_shape,
     plane_stack,
-    result_metadata,
+    preview_metadata,
 )
 from ._state import Session, session_for
 from ._workers import alive, start_worker
@@ -286,7 +286,9 @@ class AugmentPreviewWidget(QWidget):
                 existing.translate = translate
                 continue
             if kind == "labels":
-                self.layers[name] = self.viewer.add_labels(data, name=name, scale=scale, translate=translate)
+                self.layers[name] = self.viewer.add_labels(
+                    data, name=name, scale=scale, translate=translate, metadata=preview_metadata(layer)
+                )
             elif name == "deformation grid":
                 self.layers[name] = self.viewer.add_image(
                     data,
@@ -297,11 +299,11 @@ class AugmentPreviewWidget(QWidget):
                     blending="additive",
                     opacity=0.6,
                     contrast_limits=(0.0, 1.0),
-                    metadata=result_metadata(layer),
+                    metadata=preview_metadata(layer),
                 )
             else:  # made from the image: never an image to segment or train on (`is_original_image`)
                 self.layers[name] = self.viewer.add_image(
-                    data, name=name, scale=scale, translate=translate, colormap="gray", metadata=result_metadata(layer)
+                    data, name=name, scale=scale, translate=translate, colormap="gray", metadata=preview_metadata(layer)
                 )
         self._outline(layer, origin)
         self.status.setText(

@@ -57,6 +57,7 @@ from ._layers import (
     annotations_of,
     channels_of,
     is_original_image,
+    is_users_labels,
     layer_combo,
     plane_stack,
     region_mask,
@@ -158,6 +159,7 @@ class FineTuneWidget(QWidget):
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.image_picker = LayerPicker(self.image_combo, follows=is_original_image)
         self.labels_combo = layer_combo(napari_viewer, Labels, "annotations")
+        self.labels_picker = LayerPicker(self.labels_combo, follows=is_users_labels)
         self.region_combo = layer_combo(
             napari_viewer, (Shapes, Labels), "region", optional="(none: around the annotated cells)"
         )
@@ -221,10 +223,12 @@ class FineTuneWidget(QWidget):
 
     def reset_choices(self, _event: Any = None) -> None:
         """Refresh the pickers (napari calls this when layers change): until the user chooses an image, one opened or
-        added becomes the image to train on (as in the Segment dock)."""
+        added becomes the image to train on (as in the Segment dock); until the user chooses annotations, a Labels
+        layer the user adds or opens (to paint in) becomes the annotations; not a segmentation the docks compute,
+        whose uncorrected cells are no annotations."""
         self.image_picker.refresh()
-        for combo in (self.labels_combo, self.region_combo):
-            combo.reset_choices()
+        self.labels_picker.refresh()
+        self.region_combo.reset_choices()
 
     def start(self) -> Any:
         """Start a run with the dock's settings; returns the worker, or None after a notification."""

@@ -118,6 +118,26 @@ def result_metadata(source: Any) -> dict[str, Any]:
     return {METADATA_KEY: {**pixel_size_metadata(source).get(METADATA_KEY, {}), "made_from": source.name}}
 
 
+def preview_metadata(source: Any) -> dict[str, Any]:
+    """`result_metadata` of a layer that only shows something (the Augmentation preview's): never a layer to
+    train on, segment or measure (`is_preview`)."""
+    metadata = result_metadata(source)
+    metadata[METADATA_KEY]["preview"] = True
+    return metadata
+
+
+def is_preview(layer: Any) -> bool:
+    """A layer a dock shows for a look only (`preview_metadata`)."""
+    return bool((layer.metadata.get(METADATA_KEY) or {}).get("preview"))
+
+
+def is_users_labels(layer: Any) -> bool:
+    """A Labels layer the user added or opened (to paint annotations in), not one a dock computed."""
+    from napari.layers import Labels
+
+    return isinstance(layer, Labels) and made_from(layer) is None
+
+
 def is_original_image(layer: Any) -> bool:
     """An image layer opened or added by the user, not one a dock computed (probabilities, a weight map...)."""
     from napari.layers import Image

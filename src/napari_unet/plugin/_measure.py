@@ -25,6 +25,7 @@ from ._layers import (
     LayerPicker,
     LayerProblem,
     channel_group,
+    is_preview,
     layer_combo,
     layer_data,
     layer_pixel_size,
@@ -47,7 +48,7 @@ class MeasureWidget(QWidget):
         self.measured_name = ""  # the name of the Labels layer `tables` were measured on, for the CSV
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels")
         self.image_combo = layer_combo(napari_viewer, Image, "image", optional="(no intensities)")
-        self.labels_picker = LayerPicker(self.labels_combo, follows=lambda _layer: True)
+        self.labels_picker = LayerPicker(self.labels_combo, follows=lambda layer: not is_preview(layer))
         self.image_picker = LayerPicker(self.image_combo)
         self.measure_button = QPushButton("Measure")
         self.save_button = QPushButton("Save CSV…")
