@@ -415,6 +415,24 @@ def test_evaluate_isbi_probability_maps(tmp_path, capsys):
         assert scores[key] == pytest.approx(mean[key])
 
 
+def test_evaluate_isbi_notes_a_truth_whose_objects_touch(tmp_path, capsys):
+    """Instance labels of touching cells as ISBI truth scored V_rand ~0.6 against themselves with no word: the
+    ISBI scores merge touching objects (membranes part cells there), and a note now says so; a membrane mask does
+    not get it."""
+    labels = np.zeros((48, 48), np.int32)
+    labels[4:20, 4:20], labels[4:20, 20:36], labels[30:44, 10:30] = 1, 2, 3  # 1 and 2 touch
+    write_tiff(tmp_path / "a_labels.tif", labels, "YX")
+    (tmp_path / "truth").mkdir()
+    write_tiff(tmp_path / "truth" / "a.tif", labels, "YX")
+    code, _, err = run(capsys, "evaluate", tmp_path / "a_labels.tif", tmp_path / "truth" / "a.tif", "--kind", "isbi")
+    assert code == 0 and "a.tif holds objects that touch" in err and "--kind instances" in err
+    membranes = np.where(labels > 0, 255, 0).astype(np.uint8)
+    membranes[:, 20] = 0  # a membrane between 1 and 2
+    write_tiff(tmp_path / "truth" / "a.tif", membranes, "YX")
+    code, _, err = run(capsys, "evaluate", tmp_path / "a_labels.tif", tmp_path / "truth" / "a.tif", "--kind", "isbi")
+    assert code == 0 and "touch" not in err
+
+
 def test_info_shows_the_model(model, capsys):
     code, stdout, _ = run(capsys, "info", model)
     assert code == 0

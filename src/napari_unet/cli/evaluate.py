@@ -190,6 +190,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     warn_unmatched(match, ("predictions without ground truth (skipped)", "ground truth without predictions"), False)
     scores: dict[str, dict[str, Any]] = {}
     masks: list[str] = []  # files read as binary masks: scored by their connected components
+    touching: list[str] = []  # --kind isbi: instance truths whose objects touch, merged by the ISBI convention
     for pred_path, truth_path in match.pairs:
         (pred, pred_axes), (truth, truth_axes) = read_label_image(pred_path), read_label_image(truth_path)
         pred, truth = np.asarray(pred), np.asarray(truth)
@@ -209,6 +210,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                 pair[side], mask = _as_objects(pair[side], f"{role} {path.name}")  # every kind: refuses images
                 if mask and args.kind == "instances" and path.name not in masks:
                     masks.append(path.name)
+            if args.kind == "isbi" and truth_path.name not in touching and _objects_touch(pair[1]):
+                touching.append(truth_path.name)
             try:
                 scores[name] = evaluate_pair(*pair, args.kind, threshold=args.threshold, thinned=not args.no_thinning)
             except (TypeError, ValueError) as error:
@@ -221,12 +224,33 @@ def _evaluate(args: argparse.Namespace) -> int:
             "connected components (4-connected), so touching objects count as one; give instance labels (one id "
             "per object) for exact scores"
         )
+    if touching:
+        shown = ", ".join(touching[:5]) + (", ..." if len(touching) > 5 else "")
+        note(
+            f"note: the ground truth {shown} holds objects that touch: --kind isbi scores the connected components "
+            "of its foreground (the challenge's convention: membranes, 0, part the cells), so touching objects "
+            "count as one; score objects with --kind instances"
+        )
     mean = average_scores(list(scores.values()))
     if args.json:
         print(json.dumps({"kind": args.kind, **mean, "images": scores}, indent=2, default=float))
     else:
         print(_table(scores, mean, SCORE_COLUMNS[args.kind]))
     return EXIT_OK
+
+
+def _objects_touch(labels: np.ndarray) -> bool:
+    """Whether two objects (different nonzero ids) of integer `labels` are 4-neighbours.
+
+    >>> _objects_touch(np.array([[1, 1, 2], [0, 0, 0]])), _objects_touch(np.array([[1, 0, 2]]))
+    (True, False)
+    """
+    if labels.dtype.kind not in "iu":
+        return False
+    for a, b in ((labels[1:], labels[:-1]), (labels[:, 1:], labels[:, :-1])):
+        if np.any((a != b) & (a > 0) & (b > 0)):
+            return True
+    return False
 
 
 def _as_objects(plane: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
