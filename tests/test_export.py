@@ -134,6 +134,9 @@ def test_bad_export_requests_are_explained(bundle, tmp_path):
     for fmt, name in (("torchscript", "net.onnx"), ("onnx", "labels.tif"), ("onnx", "net")):
         with pytest.raises(ValueError, match=rf"--out {name}: an? \w+ export is written as a \.(pt|onnx) file"):
             export_model(bundle, fmt, tmp_path / name)
+    for name in ("labels.tif", "net.onnx"):  # a package folder was made under the name of an image
+        with pytest.raises(ValueError, match=rf"--out {name}: a bioimage.io package is written as a folder or a \.zip"):
+            export_model(bundle, "bioimageio", tmp_path / name)
     assert not list(tmp_path.iterdir())
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(ValueError, match="not a bioimage.io package"):

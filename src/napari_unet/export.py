@@ -34,6 +34,8 @@ import torch
 from torch import nn
 
 from .io import (
+    PILLOW_SUFFIXES,
+    TIFF_SUFFIXES,
     atomic_write,
     default_mode,
     recover_replaced_folder,
@@ -449,6 +451,17 @@ def check_target(fmt: str, path: str | Path) -> None:
     or an ONNX file replacing a ``.tif`` image)."""
     path = Path(path)
     package_folder = fmt == "bioimageio" and path.suffix.lower() != ".zip"
+    known = [s for suffixes in FILE_SUFFIXES.values() for s in suffixes] + [
+        *TIFF_SUFFIXES,
+        *PILLOW_SUFFIXES,
+        ".csv",
+        ".json",
+    ]
+    if package_folder and path.suffix.lower() in known:  # a package folder named like an image or another file
+        raise ValueError(
+            f"--out {path.name}: a bioimage.io package is written as a folder or a .zip file: name it "
+            f"{path.stem}.zip or {path.stem}"
+        )
     if package_folder and path.exists() and not _is_package(path):
         raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
     if not package_folder and path.is_dir():
