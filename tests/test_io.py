@@ -210,6 +210,56 @@ def test_png_rgba_colour_drops_alpha(tmp_path):
     np.testing.assert_array_equal(read, np.moveaxis(rgba[..., :3], -1, 0))
 
 
+def png_16_bit(path: Path, pixels: np.ndarray) -> Path:
+    """A 16-bit PNG of `pixels` (H, W, 2 | 3 | 4: grey + alpha, RGB, RGBA), written as microscope software does;
+    Pillow cannot write these."""
+    import struct
+    import zlib
+
+    height, width, samples = pixels.shape
+    colour_type = {2: 4, 3: 2, 4: 6}[samples]
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + row.astype(">u2").tobytes() for row in pixels)  # filter 0 (none) on each row
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_16_bit_colour_png_keeps_its_16_bits(tmp_path):
+    """Pillow reads a 16-bit RGB(A) or grey + alpha PNG as 8 bits (the high byte of each value): values under 256
+    all became 0. They are decoded with all their bits (imagecodecs), as a grey 16-bit PNG is."""
+    pytest.importorskip("imagecodecs")
+    red, green = ramp((30, 40), np.uint16) * 40, ramp((30, 40), np.uint16)[::-1] % 256
+    rgb = np.stack([red, green, np.full_like(red, 7)], -1)
+    read, axes = read_image(png_16_bit(tmp_path / "rgb16.png", rgb))
+    assert axes == "CYX" and read.dtype == np.uint16
+    np.testing.assert_array_equal(read, np.moveaxis(rgb, -1, 0))
+    opaque = np.full_like(red, 65535)
+    read, axes = read_image(png_16_bit(tmp_path / "rgba16.png", np.dstack([rgb, opaque])))
+    assert axes == "CYX"
+    np.testing.assert_array_equal(read, np.moveaxis(rgb, -1, 0))
+    read, axes = read_image(png_16_bit(tmp_path / "grey-rgba16.png", np.dstack([green, green, green, opaque])))
+    assert axes == "YX"
+    np.testing.assert_array_equal(read, green)
+    read, axes = read_image(png_16_bit(tmp_path / "la16.png", np.dstack([green, opaque])))
+    assert axes == "YX" and read.dtype == np.uint16
+    np.testing.assert_array_equal(read, green)
+
+
+def test_16_bit_colour_png_without_imagecodecs_is_refused_not_cut_to_8_bits(tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imagecodecs", None)
+    path = png_16_bit(tmp_path / "rgb16.png", np.zeros((8, 8, 3), np.uint16))
+    with pytest.raises(ValueError, match=r"rgb16\.png.*16-bit colour PNG.*pip install imagecodecs.*TIFF"):
+        read_image(path)
+
+
 def test_jpeg_grey_is_read_approximately(tmp_path):
     grey = np.tile(np.linspace(0, 255, 40).astype(np.uint8), (32, 1))
     Image.fromarray(grey).save(tmp_path / "g.jpg", quality=95)
@@ -244,6 +294,23 @@ def test_unreadable_file_names_path_and_formats(tmp_path, name):
     (tmp_path / name).write_bytes(b"this is not an image" * 10)
     with pytest.raises(ValueError, match=rf"cannot read .*{name}.*supported formats"):
         read_image(tmp_path / name)
+
+
+@pytest.mark.parametrize("name", ["empty.tif", "EMPTY.TIF", "empty.ome.tif", "empty.png"])
+def test_an_empty_file_is_called_empty(tmp_path, name):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(ValueError, match=rf"cannot read .*{name}: the file is empty \(0 bytes\); supported formats"):
+        read_image(tmp_path / name)
+
+
+def test_a_png_or_jpeg_named_tif_says_what_it_holds(tmp_path):
+    """A PNG saved under a .tif name was refused with tifffile's "not a TIFF file: header=b'\\x89PNG'"."""
+    Image.fromarray(ramp((8, 8), np.uint8)).save(tmp_path / "cells.tif", format="PNG")
+    with pytest.raises(ValueError, match=r"cells\.tif is a PNG file, not a TIFF: rename it to \.png"):
+        read_image(tmp_path / "cells.tif")
+    Image.fromarray(ramp((8, 8), np.uint8)).save(tmp_path / "cells.TIFF", format="JPEG")
+    with pytest.raises(ValueError, match=r"cells\.TIFF is a JPEG file, not a TIFF: rename it to \.jpg"):
+        read_image(tmp_path / "cells.TIFF")
 
 
 def test_missing_file(tmp_path):

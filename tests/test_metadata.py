@@ -51,3 +51,28 @@ def test_ngff_units_by_their_names():
 
     names = ["micrometer", "nanometer", "millimeter", "centimeter", "meter"]
     assert [normalize_unit(name) for name in names] == ["um", "nm", "mm", "cm", "m"]
+
+
+def test_ome_pixel_height_and_width_in_different_units_are_in_one_unit(tmp_path):
+    """PhysicalSizeY has its own unit (PhysicalSizeYUnit): 200 nm high and 0.2 µm wide is a square pixel, not one
+    200 µm high."""
+    metadata = {"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeXUnit": "µm"}
+    metadata |= {"PhysicalSizeY": 200.0, "PhysicalSizeYUnit": "nm"}
+    tifffile.imwrite(tmp_path / "a.ome.tif", np.zeros((8, 8), np.uint8), ome=True, metadata=metadata)
+    assert read_pixel_size(tmp_path / "a.ome.tif") == PixelSize(0.2, 0.2, "um")
+    metadata = {"axes": "YX", "PhysicalSizeX": 0.2, "PhysicalSizeY": 0.3}  # both in the schema's default, µm
+    tifffile.imwrite(tmp_path / "b.ome.tif", np.zeros((8, 8), np.uint8), ome=True, metadata=metadata)
+    assert read_pixel_size(tmp_path / "b.ome.tif") == PixelSize(0.3, 0.2, "um")
+
+
+def test_screen_resolutions_are_no_calibration(tmp_path):
+    """An RGB TIFF saved by Photoshop, GIMP or macOS says 72 pixels per inch: it opened at 352.8 µm per pixel and
+    predict wrote that into its outputs. 1, 72 and 96 dpi mean no calibration; other inch resolutions are sizes."""
+    image = np.zeros((8, 8), np.uint8)
+    for dpi in (1, 72, 96):
+        tifffile.imwrite(tmp_path / "screen.tif", image, resolution=(dpi, dpi), resolutionunit="INCH")
+        assert read_pixel_size(tmp_path / "screen.tif") is None
+    tifffile.imwrite(tmp_path / "scan.tif", image, resolution=(25400, 25400), resolutionunit="INCH")
+    assert read_pixel_size(tmp_path / "scan.tif") == PixelSize(1.0, 1.0, "um")
+    tifffile.imwrite(tmp_path / "odd.tif", image, resolution=(72, 96), resolutionunit="INCH")  # not a default
+    assert read_pixel_size(tmp_path / "odd.tif") is not None

@@ -131,13 +131,15 @@ def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, st
     TIFF: memory-mapped when the file is uncompressed and contiguous (the result is a read-only
     ``np.memmap``), read otherwise; axes from ImageJ/OME/tifffile metadata when present, else guessed
     (see :func:`guess_axes`). PNG/JPEG: grey -> ``"YX"``; RGB(A) -> ``"CYX"`` with alpha dropped, or
-    ``"YX"`` when the colour channels are equal. An explicit ``axes`` overrides the metadata and
+    ``"YX"`` when the colour channels are equal (16-bit colour PNGs: decoded by imagecodecs). An explicit ``axes`` overrides the metadata and
     describes the array as stored in the file (e.g. ``"YXC"``). A file that is missing raises
     ``FileNotFoundError``; one that cannot be decoded, ``ValueError`` naming the supported formats.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no image file at {path}")
+    if path.stat().st_size == 0:
+        raise ValueError(f"cannot read {path}: the file is empty (0 bytes); supported formats: {SUPPORTED_FORMATS}")
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         image, found_axes = _read_tiff(path)
@@ -224,10 +226,25 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
             except ValueError:
                 image = tifffile.imread(path)
     except Exception as error:  # noqa: BLE001  (tifffile and its codecs raise many kinds for a corrupted file)
+        held = _pillow_format(path)
+        if held is not None:
+            raise ValueError(
+                f"cannot read {path}: {path.name} is a {held[0]} file, not a TIFF: rename it to {held[1]}"
+            ) from error
         raise ValueError(
             f"cannot read {path} as TIFF ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
         ) from error
     return image, _axes_from_series(series_axes, shape)
+
+
+PILLOW_SIGNATURES = {b"\x89PNG\r\n\x1a\n": ("PNG", ".png"), b"\xff\xd8\xff": ("JPEG", ".jpg")}
+
+
+def _pillow_format(path: Path) -> tuple[str, str] | None:
+    """(format, suffix) of a file that starts as a PNG or JPEG (a picture saved under a TIFF name), else None."""
+    with open(path, "rb") as file:
+        start = file.read(8)
+    return next((name for signature, name in PILLOW_SIGNATURES.items() if start.startswith(signature)), None)
 
 
 def _read_pillow(path: Path, palette_indices: bool = False) -> tuple[np.ndarray, str]:
@@ -237,26 +254,57 @@ def _read_pillow(path: Path, palette_indices: bool = False) -> tuple[np.ndarray,
 
     try:
         with Image.open(path) as pil:
-            pil.load()
-            if pil.mode == "P" and palette_indices:
-                return np.asarray(pil), "YX"
-            if pil.mode == "P":
-                pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
-            elif pil.mode in ("1", "LA", "PA"):
-                pil = pil.convert("L")
-            elif pil.mode not in ("L", "RGB", "RGBA", "I", "I;16", "F"):
-                pil = pil.convert("RGB")
-            image = np.asarray(pil)
+            deep_colour = _is_16_bit_colour_png(pil)
+            if not deep_colour:
+                pil.load()
+                if pil.mode == "P" and palette_indices:
+                    return np.asarray(pil), "YX"
+                if pil.mode == "P":
+                    pil = pil.convert("RGBA" if "transparency" in pil.info else "RGB")
+                elif pil.mode in ("1", "LA", "PA"):
+                    pil = pil.convert("L")
+                elif pil.mode not in ("L", "RGB", "RGBA", "I", "I;16", "F"):
+                    pil = pil.convert("RGB")
+                image = np.asarray(pil)
     except Exception as error:  # noqa: BLE001  (Pillow and its plugins raise many kinds for a corrupted file)
         raise ValueError(
             f"cannot read {path} as an image ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
         ) from error
+    if deep_colour:
+        image = _read_16_bit_colour_png(path)
     if image.ndim == 2:
         return image, "YX"
+    if image.shape[-1] == 2:  # grey and alpha
+        return np.ascontiguousarray(image[..., 0]), "YX"
     colour = image[..., :3]
     if (colour[..., 0] == colour[..., 1]).all() and (colour[..., 0] == colour[..., 2]).all():
         return np.ascontiguousarray(colour[..., 0]), "YX"
     return np.ascontiguousarray(np.moveaxis(colour, -1, 0)), "CYX"
+
+
+def _is_16_bit_colour_png(pil: Any) -> bool:
+    """Whether a Pillow image, opened but not loaded, is a PNG of 16-bit RGB, RGBA or grey + alpha values, which
+    Pillow would read as 8 bits (the high byte of each value). Its raw mode says so (a grey 16-bit PNG, "I;16B",
+    keeps its bits)."""
+    raw_modes = {args if isinstance(args, str) else args[0] for *_, args in pil.tile}
+    return pil.format == "PNG" and bool(raw_modes & {"RGB;16B", "RGBA;16B", "LA;16B"})
+
+
+def _read_16_bit_colour_png(path: Path) -> np.ndarray:
+    """The uint16 pixels (Y, X, samples) of a 16-bit colour or grey + alpha PNG, decoded by imagecodecs."""
+    try:
+        import imagecodecs
+    except ImportError:
+        raise ValueError(
+            f"cannot read {path}: a 16-bit colour PNG, of which Pillow reads only 8 bits per value; install "
+            "imagecodecs (pip install imagecodecs) to read all 16, or save the image as a 16-bit TIFF"
+        ) from None
+    try:
+        return imagecodecs.png_decode(path.read_bytes())
+    except Exception as error:  # noqa: BLE001  (imagecodecs raises its own kinds for a corrupted file)
+        raise ValueError(
+            f"cannot read {path} as an image ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
+        ) from error
 
 
 LABEL_PNG_MODES = ("1", "L", "P", "I", "I;16", "I;16L", "I;16B", "F")

@@ -125,11 +125,17 @@ def _round(value: float) -> float:
     return float(f"{value:.10g}")
 
 
+SCREEN_DPI = (1.0, 72.0, 96.0)
+"""Pixels per inch that programs write by default (1; 72 by Photoshop, GIMP and macOS; 96 by Windows): no
+calibration. 72 dpi read as one would be pixels of 352.8 µm; a microscope's 0.25 µm pixel is 101,600 dpi."""
+
+
 def read_pixel_size(path: str | Path) -> PixelSize | None:
     """The pixel size stored in a TIFF (OME-XML, then ImageJ, then resolution tags) or an OME-Zarr, or None.
 
-    Resolution tags without a unit (ResolutionUnit NONE, no ImageJ unit) and the 1 pixel per inch many programs
-    write by default carry no calibration and give None. PNG/JPEG files give None.
+    Resolution tags without a unit (ResolutionUnit NONE, no ImageJ unit) and the screen resolutions programs
+    write by default (1, 72 or 96 pixels per inch: `SCREEN_DPI`) carry no calibration and give None. PNG/JPEG
+    files give None.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -191,7 +197,7 @@ def _tiff_pixel_size(path: Path) -> PixelSize | None:
         if unit in ("pixel", "pixels", "") or not re.fullmatch(r"[A-Za-z]+", unit):
             return None
         return PixelSize(_round(1.0 / y_res), _round(1.0 / x_res), unit)
-    if resolution_unit == "INCH" and x_res == 1 and y_res == 1:
+    if resolution_unit == "INCH" and x_res == y_res and x_res in SCREEN_DPI:
         return None
     return PixelSize.from_tiff_resolution((x_res, y_res), resolution_unit)
 
@@ -219,12 +225,14 @@ def _ome_pixel_size(pixels: dict[str, str]) -> PixelSize | None:
     if "PhysicalSizeX" not in pixels:
         return None
     x = float(pixels["PhysicalSizeX"])
-    y = float(pixels.get("PhysicalSizeY", x))
-    unit = pixels.get("PhysicalSizeXUnit", "µm")  # the OME schema's default
     try:
-        return PixelSize(y, x, unit)
+        square = PixelSize(x, x, pixels.get("PhysicalSizeXUnit", "µm"))  # the OME schema's default unit
     except ValueError:
         return None
+    if "PhysicalSizeY" not in pixels:
+        return square
+    y = _length_in(pixels["PhysicalSizeY"], pixels.get("PhysicalSizeYUnit", "µm"), square)  # in X's unit
+    return PixelSize(y, x, square.unit) if y is not None else None
 
 
 def _zarr_pixel_size(path: Path) -> PixelSize | None:

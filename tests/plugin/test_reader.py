@@ -325,3 +325,30 @@ def test_an_rgb_photo_opened_by_the_reader_segments_as_its_luminance(make_napari
     assert labels.shape == photo.shape[:2] and widget.labels_layer.data.shape == photo.shape[:2]
     probs = tiny_bundle.predict(luminance, tile_size=48, device="cpu")
     np.testing.assert_array_equal(labels, probs_to_labels(probs[1], widget.postprocess_config()))
+
+
+def test_16_bit_colour_pngs_open_as_channels_with_all_their_bits(make_napari_viewer, tmp_path):
+    """A 16-bit RGB PNG (fluorescence exported as colour) opened as one 8-bit rgb layer: Pillow keeps only the high
+    byte of each value. It opens as 16-bit images are: one uint16 layer per channel, values as stored."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 4096, (20, 30, 3), dtype=np.uint16)
+    (tmp_path / "cells.png").write_bytes(imagecodecs.png_encode(pixels))
+    viewer = make_napari_viewer()
+    layers = viewer.open(tmp_path / "cells.png", plugin=PLUGIN)
+    assert len(layers) == 3 and not any(layer.rgb for layer in layers)
+    for channel, layer in enumerate(layers):
+        assert layer.data.dtype == np.uint16 and layer.name == f"cells [{channel}]"
+        np.testing.assert_array_equal(layer.data, pixels[..., channel])
+
+
+def test_an_ome_pixel_height_in_another_unit_still_gives_square_pixels(make_napari_viewer, tmp_path):
+    import tifffile
+
+    metadata = {"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeXUnit": "µm"}
+    metadata |= {"PhysicalSizeY": 500.0, "PhysicalSizeYUnit": "nm"}
+    tifffile.imwrite(tmp_path / "a.ome.tif", np.zeros((20, 30), np.uint16), ome=True, metadata=metadata)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(tmp_path / "a.ome.tif", plugin=PLUGIN)
+    assert tuple(layer.scale) == (0.5, 0.5) and [str(u) for u in layer.units] == ["micrometer", "micrometer"]
