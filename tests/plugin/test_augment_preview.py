@@ -224,3 +224,21 @@ def test_a_preview_of_a_single_plane_ignores_the_sliders(make_napari_viewer_prox
     viewer.dims.current_step = (2, *viewer.dims.current_step[1:])
     qtbot.wait(500)
     assert not widget.pending() and drawn == []
+
+
+def test_the_pickers_follow_what_the_user_opens_not_the_previews_layers(make_napari_viewer_proxy, qtbot, cells):
+    """An image opened and a Labels layer added become the ones previewed until the user chooses; the preview's
+    own layers (augmented image and labels, grid) are never picked."""
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="first")
+    widget = AugmentPreviewWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Augmentation preview")
+    second = viewer.add_image(image[::-1].copy(), name="second")
+    painted = viewer.add_labels(labels.astype(np.int32), name="painted")
+    assert widget.image_combo.value == second and widget.labels_combo.value == painted
+    widget.window_spin.setValue(64)
+    widget.new_sample()
+    qtbot.waitUntil(lambda: not widget.pending() and widget.sample is not None, timeout=20_000)
+    assert "augmented labels" in viewer.layers and "augmented image" in viewer.layers
+    assert widget.image_combo.value == second and widget.labels_combo.value == painted

@@ -190,3 +190,24 @@ def test_stack_weight_maps_refuses_what_is_not_a_stack_of_labels():
         next(stack_weight_maps(np.zeros((3, 8, 8), np.float32)))
     with pytest.raises(ValueError, match=r"\(P, H, W\).*\(8, 8\)"):
         next(stack_weight_maps(np.zeros((8, 8), int)))
+
+
+def test_the_labels_picker_follows_the_labels_the_user_adds(make_napari_viewer_proxy, cells):
+    """A Labels layer added to paint in becomes the one shown until the user chooses one; a segmentation the
+    Segment dock made (made_from) does not."""
+    from napari_unet.plugin._layers import result_metadata
+
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    source = viewer.add_image(image, name="cells")
+    first = viewer.add_labels(labels.astype(np.int32), name="first")
+    widget = WeightMapWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Weight map")
+    assert widget.labels_combo.value == first
+    painted = viewer.add_labels(np.zeros_like(labels, dtype=np.int32), name="painted")
+    assert widget.labels_combo.value == painted
+    viewer.add_labels(labels.astype(np.int32), name="cells labels", metadata=result_metadata(source))
+    assert widget.labels_combo.value == painted
+    widget.labels_combo.value = first
+    viewer.add_labels(np.zeros_like(labels, dtype=np.int32), name="painted 2")
+    assert widget.labels_combo.value == first

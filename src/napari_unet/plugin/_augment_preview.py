@@ -26,9 +26,12 @@ from napari_unet.training import PRESETS
 
 from ._form import check, dock_layout, form, slider, spin, wrapped_label
 from ._layers import (
+    LayerPicker,
     LayerProblem,
     channels_of,
     debounced,
+    is_original_image,
+    is_users_labels,
     layer_combo,
     layer_data,
     pixel_shape,
@@ -83,6 +86,8 @@ class AugmentPreviewWidget(QWidget):
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels", optional="(none)")
+        self.image_picker = LayerPicker(self.image_combo, follows=is_original_image)
+        self.labels_picker = LayerPicker(self.labels_combo, follows=is_users_labels)
         self.window_spin = spin(
             16, 2048, PRESETS["fast"][1].tile_size, tooltip="Side of the training window (the preset's tile size)"
         )
@@ -131,8 +136,10 @@ class AugmentPreviewWidget(QWidget):
         self.reset_choices()
 
     def reset_choices(self, _event: Any = None) -> None:
-        self.image_combo.reset_choices()
-        self.labels_combo.reset_choices()
+        """Refresh the pickers: until the user chooses, an image opened or added and a Labels layer the user adds
+        become the ones previewed (as in the Fine-tune dock), never the preview's own layers."""
+        self.image_picker.refresh()
+        self.labels_picker.refresh()
 
     def config(self) -> AugmentConfig:
         """The session's augmentation (the paper's defaults at first) with the dock's settings."""

@@ -24,7 +24,7 @@ from napari_unet.weights import stack_weight_maps, weight_map
 
 from ._augment_preview import shown_plane
 from ._form import check, dock_layout, form, slider, spin, wrapped_label
-from ._layers import debounced, layer_combo, layer_data, result_metadata, throttled
+from ._layers import LayerPicker, debounced, is_users_labels, layer_combo, layer_data, result_metadata, throttled
 from ._workers import alive, start_worker
 
 UPDATE_MS = 150
@@ -49,6 +49,7 @@ class WeightMapWidget(QWidget):
         # start from the paper's loss (the fast preset trains without the border term: w0 0)
         training = PRESETS["paper"][1]
         self.labels_combo = layer_combo(napari_viewer, Labels, "labels")
+        self.labels_picker = LayerPicker(self.labels_combo, follows=is_users_labels)
         self.w0_slider = slider(0.0, 100.0, training.w0)
         self.sigma_slider = slider(0.5, 25.0, training.sigma)
         self.balance_check = check("class balance w_c", True)
@@ -83,7 +84,9 @@ class WeightMapWidget(QWidget):
         self._update_soon()
 
     def reset_choices(self, _event: Any = None) -> None:
-        self.labels_combo.reset_choices()
+        """Refresh the picker: until the user chooses labels, a Labels layer the user adds or opens (annotations
+        to paint) becomes the one shown, not a segmentation or a preview the docks compute."""
+        self.labels_picker.refresh()
 
     def parameters(self) -> dict[str, Any]:
         return {
