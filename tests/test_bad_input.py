@@ -197,6 +197,16 @@ CASES = [
         "cannot read",
     ),
     Case(
+        "predict: empty .tif",
+        lambda d, m, t: ["predict", m, (t / "x.tif").write_bytes(b"") or t / "x.tif", "--out", t / "o"],
+        "the file is empty (0 bytes)",
+    ),
+    Case(
+        "predict: a PNG saved as .TIF",
+        lambda d, m, t: ["predict", m, png_named(t / "x.TIF"), "--out", t / "o"],
+        "x.TIF is a PNG file, not a TIFF: rename it to .png",
+    ),
+    Case(
         "predict: truncated TIFF",
         lambda d, m, t: ["predict", m, truncate(tiff(t / "x.tif", make_cells((64, 64), 2)[0]), 0.5), "--out", t / "o"],
         "x.tif",
@@ -432,6 +442,28 @@ CASES = [
         "annotations are empty",
     ),
     Case(
+        "train: labels with no object at all",
+        lambda d, m, t: ["train", *one_pair(t, np.zeros((64, 64), np.uint16)), "--out", t / "m", *TRAIN],
+        "no object",
+    ),
+    Case(
+        "train: --init a model with background-only corrections (a sparse mask) is accepted",
+        lambda d, m, t: [
+            "train",
+            *one_pair(t, np.zeros((64, 64), np.uint16)),
+            "--mask",
+            tiff(t / "masks" / "a.tif", np.pad(np.ones((20, 20), np.uint8), 22)),
+            "--init",
+            m,
+            "--out",
+            t / "m",
+            *TRAIN[4:],
+        ],
+        "trained 2 iterations",
+        code=0,
+        allowed=lambda t: [t / "m"],
+    ),
+    Case(
         "train: image with a NaN",
         lambda d, m, t: ["train", *one_pair(t, image=nan_image()), "--out", t / "m", *TRAIN],
         "NaN",
@@ -607,6 +639,19 @@ CASES = [
             "-q",
         ],
         "training state is corrupted",
+    ),
+    Case(
+        "train --resume: a model without a training state (a built-in one copied)",
+        lambda d, m, t: [
+            "train",
+            d / "images",
+            d / "labels",
+            "--resume",
+            "--out",
+            copy_model(m, t, lambda f: (f / "training_state.pt").unlink()),
+            "-q",
+        ],
+        "fine-tune it with --init",
     ),
     # ----------------------------------------------------------------------------------------- evaluate
     Case(
@@ -862,6 +907,33 @@ CASES = [
             t / "m",
             *TRAIN[4:],  # the saved net's size, not --depth / --base-channels
         ],
+        "give images with 3 channels, or train a new model (without --init)",
+    ),
+    Case(
+        "train --resume: RGB images for a grey model's run",
+        lambda d, m, t: [
+            "train",
+            rgb_cells(t / "i" / "a.png"),
+            one_pair(t)[1] / "a.tif",
+            "--out",
+            copy_model(m, t),
+            "--resume",
+            "-q",
+        ],
+        "the images give 3 channel(s) but the run saved in --out takes 1 channel: all channels of the image: give "
+        "images with 1 channel(s), as the run was trained on",
+    ),
+    Case(
+        "train: --init a grey model with RGB images",
+        lambda d, m, t: [
+            "train",
+            rgb_cells(t / "i" / "a.png"),
+            one_pair(t)[1] / "a.tif",
+            "--init",
+            m,
+            "--out",
+            t / "m",
+        ],
         "--channels LIST or --grey",
     ),
     Case(
@@ -1059,6 +1131,20 @@ def far_rois(path: Path) -> Path:
 def truncate(path: Path, fraction: float) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def png_named(path: Path) -> Path:
+    """A PNG under `path`'s name, whatever its suffix (a file renamed by hand)."""
+    Image.fromarray((make_cells((48, 48), 1)[0] * 255).astype(np.uint8)).save(path, format="PNG")
+    return path
+
+
+def rgb_cells(path: Path) -> Path:
+    """The synthetic cells of `one_pair` as an RGB PNG (3 channels of the same size as its labels)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grey = (make_cells((64, 64), seed=7)[0] * 255).astype(np.uint8)
+    Image.fromarray(np.stack([grey, grey // 2, 255 - grey], axis=-1)).save(path)
     return path
 
 
@@ -1323,6 +1409,29 @@ def test_an_image_that_annotates_nothing_is_named(shared, tmp_path, capsys):
     argv = ["train", str(data / "images"), str(data / "labels"), "--mask", str(masks), "--out", str(tmp_path / "m")]
     assert main([*argv, *TRAIN[:-3], "--iterations", "2"]) == 0
     assert "1 image(s) annotate no pixel (mask or labels) and are not used: 01.png" in capsys.readouterr().err
+
+
+def test_an_image_whose_labels_have_no_object_is_named(shared, tmp_path, capsys):
+    data, _ = shared
+    labels = tmp_path / "labels"
+    shutil.copytree(data / "labels", labels)
+    tiff(labels / "01.tif", np.zeros((64, 64), np.uint16))
+    argv = ["train", str(data / "images"), str(labels), "--out", str(tmp_path / "m"), *TRAIN[:-3], "--iterations", "2"]
+    assert main(argv) == 0
+    assert "1 image(s) have no object in their labels and teach background only: 01.png" in capsys.readouterr().err
+
+
+def test_train_on_a_missing_device_fails_before_reading_the_data(tmp_path, capsys, monkeypatch):
+    """--device cuda on a machine without CUDA: one error line at once, not after reading (and rescaling) the data
+    (here labels of another size, which reading would refuse)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    images, labels = one_pair(tmp_path, np.ones((30, 30), np.uint16))
+    argv = ["train", str(images), str(labels), "--out", str(tmp_path / "m"), *TRAIN, "--device", "cuda"]
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "device 'cuda' requested but CUDA is not available here" in lines[0], lines
 
 
 def test_measure_and_rois_take_the_not_annotated_value_as_background(tmp_path, capsys):

@@ -247,6 +247,20 @@ def test_a_signal_in_a_step_stops_training_after_that_step(data, tmp_path, monke
     assert not list(tmp_path.glob(".*"))
 
 
+def test_a_signal_in_the_last_step_lets_the_run_finish_its_post_processing_fit(data, tmp_path, monkeypatch, capsys):
+    """Stopped after its last step, a run would be saved without the end-of-run fit of its post-processing, and
+    --resume would find it complete and fit nothing: the run finishes instead (a signal during the fit waits too)."""
+    from napari_unet.cli import main
+    from napari_unet.training import Trainer
+
+    monkeypatch.setattr(Trainer, "_step", signal_at(3, signal.SIGINT)(Trainer._step))
+    argv = ["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN, "-q"]
+    assert main([*argv, "--iterations", "3"]) == 0
+    metadata = load_model(tmp_path / "m").metadata
+    assert metadata["iterations"] == 3 and metadata["growth_calibration"]["iteration"] == 3
+    assert "trained 3 iterations" in capsys.readouterr().out
+
+
 def test_a_signal_while_reading_the_data_keeps_an_overwritten_model(data, tmp_path, monkeypatch, capsys):
     from napari_unet import pipeline
     from napari_unet.cli import main

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
+
 from .progress import note, warn_unmatched
 
 
@@ -49,6 +51,18 @@ def training_data(args: argparse.Namespace):
             + ", ".join(unannotated[:5]),
             args.quiet,
         )
+    check_objects(train, args)
+    background = [
+        image.name
+        for (image, _), sample in zip(everything, train + validation_samples)
+        if annotates(sample) and not has_objects(sample)
+    ]
+    if background:  # a label file exported empty by mistake, or an image with no cell: say which
+        note(
+            f"note: {len(background)} image(s) have no object in their labels and teach background only: "
+            + ", ".join(background[:5]),
+            args.quiet,
+        )
     channels = channel_counts(train + validation_samples)
     if len(channels) > 1:
         raise ValueError(f"the images have different numbers of channels {sorted(channels)}; they must agree")
@@ -65,6 +79,31 @@ def annotates(sample) -> bool:
     from ..targets import annotation_mask
 
     return bool(annotation_mask(sample.labels, sample.mask).any())
+
+
+def has_objects(sample) -> bool:
+    """Whether a training sample's labels hold an object (a nonzero id) where they are annotated."""
+    from ..targets import annotation_mask
+
+    return bool(np.any(sample.labels[annotation_mask(sample.labels, sample.mask)] != 0))
+
+
+def check_objects(train, args: argparse.Namespace) -> None:
+    """Refuse training images annotated as background alone: no label file holds an object, so there is nothing
+    to learn (a labels folder of empty files). Fine-tuning a saved model (--init, --resume) on sparse annotation
+    (--mask, or not-annotated pixels) may teach it background alone: corrections of its false detections."""
+    from ..targets import annotation_mask
+
+    annotated = [sample for sample in train if annotates(sample)]
+    if not annotated or any(has_objects(sample) for sample in annotated):
+        return  # nothing annotated at all is the trainer's error ("the annotations are empty")
+    sparse = any(not annotation_mask(sample.labels, sample.mask).all() for sample in annotated)
+    if sparse and (args.init is not None or args.resume):
+        return
+    raise ValueError(
+        f"the labels in {args.labels} hold no object: every annotated pixel is 0 (background), so there is nothing "
+        "to learn; expected instance ids (one per cell, 0 = background) or a mask (cells > 0)"
+    )
 
 
 def checked_pairs(pairs: list[tuple[Path, Path]], quiet: bool, folders: bool = True) -> list[tuple[Path, Path]]:

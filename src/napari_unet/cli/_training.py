@@ -15,7 +15,7 @@ from .progress import Progress, describe, duration
 def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
     """Consume `trainer.run()` with a progress bar (in steps, or in seconds for a run that only its time budget
     ends); SIGINT (Ctrl-C) or SIGTERM stops it after the current step (closing the generator saves that step);
-    result["exit_code"] is then 130 or 143."""
+    result["exit_code"] is then 130 or 143. A signal in the last step, or after it, lets the run finish."""
     from contextlib import closing
 
     from ..train_config import UNTIL_BUDGET
@@ -42,7 +42,9 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
                     result["val_score"] = event.val_score
                     bar.write(f"iteration {event.iteration}: validation IoU {event.val_score:.4f}")
                 result.update(iteration=event.iteration, elapsed=event.elapsed, loss=event.loss)
-                if signals.received is not None:  # SIGINT or SIGTERM: stop after this step (closing saves it)
+                # SIGINT or SIGTERM: stop after this step (closing saves it); after the last one the run finishes
+                # (fit of the post-processing, save), which --resume of a run with no step left would not do
+                if signals.received is not None and not trainer.finished:
                     result.update(stopped=True, exit_code=signals.exit_code)
                     break
         except KeyboardInterrupt:  # a KeyboardInterrupt raised by other means (e.g. in a test)

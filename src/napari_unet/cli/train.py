@@ -334,10 +334,12 @@ def _lock_holder(path: Path) -> str:
 
 
 def _check_options(args: argparse.Namespace) -> None:
-    from ..modelfile import load_model, recover_interrupted_save
+    from ..device import select_device
+    from ..modelfile import STATE_FILE, load_model, recover_interrupted_save
     from ..modelfolder import is_model_folder, is_napari_unet_model
     from ..validation import check_output_not_input, check_writable_folder
 
+    select_device(args.device)  # a device that is not here fails now, not after reading the data
     recover_interrupted_save(args.out)  # a model whose save was killed is a model: --overwrite or --resume
 
     inputs = {
@@ -361,6 +363,11 @@ def _check_options(args: argparse.Namespace) -> None:
     if args.resume:
         if not is_model_folder(args.out):
             raise ValueError(f"--resume: {args.out} is not a model folder saved by 'napari-unet train'")
+        if not (args.out / STATE_FILE).is_file():
+            raise ValueError(
+                f"--resume: {args.out} holds a model but no training state ({STATE_FILE}), so it cannot be "
+                f"continued; fine-tune it with --init {args.out} and a new --out"
+            )
         saved = load_model(args.out)
         changed = _changed_on_resume(args, saved)
         if changed:
@@ -468,6 +475,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         if args.learning_rate is not None:
             overrides["learning_rate"] = args.learning_rate
         saved_bundle = load_model(args.out)
+        _check_channels(train, saved_bundle, None)
         saved = saved_bundle.metadata.get("data_hashes")
         train, validation = to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
         trainer = Trainer.resume(args.out, train, validation, device=args.device, **overrides)
@@ -487,12 +495,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     if args.init is not None:
         bundle = load_model(args.init)
         note_shadowed(args.init, args.quiet)
-        found = channel_counts(train)
-        if found != {bundle.net.config.in_channels}:
-            raise ValueError(
-                f"the images give {', '.join(map(str, sorted(found)))} channel(s) but --init {args.init} takes "
-                f"{bundle.describe_input()}: choose channels with --channels LIST or --grey"
-            )
+        _check_channels(train, bundle, args.init)
         config = replace(config, **target_settings(bundle.metadata))
     config = with_overrides(
         config,
@@ -553,6 +556,26 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     # what --resume compares a repeated --preset or --init with (`_changed_on_resume`)
     trainer.metadata.update(preset=args.preset or "fast", **({"init": args.init} if args.init is not None else {}))
     return trainer
+
+
+def _check_channels(train, bundle, init: str | None) -> None:
+    """Refuse images whose number of channels is not the one the saved network takes (`init`: the --init
+    model, None: the resumed run), saying what to do: with --init, choose channels when the images have more,
+    else use other images or train a new model; a resumed run needs the images it was trained on."""
+    found = channel_counts(train)
+    needed = bundle.net.config.in_channels
+    if found == {needed}:
+        return
+    if init is None:
+        model, hint = "the run saved in --out", f"give images with {needed} channel(s), as the run was trained on"
+    elif max(found) > needed:
+        model, hint = f"--init {init}", "choose channels with --channels LIST or --grey"
+    else:
+        model, hint = f"--init {init}", f"give images with {needed} channels, or train a new model (without --init)"
+    raise ValueError(
+        f"the images give {', '.join(map(str, sorted(found)))} channel(s) but {model} takes "
+        f"{bundle.describe_input()}: {hint}"
+    )
 
 
 def _spawn(args: argparse.Namespace) -> int:
