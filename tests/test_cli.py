@@ -252,7 +252,8 @@ def test_ctrl_c_saves_the_last_step_and_resume_continues(data, tmp_path, capsys,
     monkeypatch.setattr(Progress, "update", interrupt_after_two_steps)
     out = tmp_path / "m"
     code, _, stderr = run(capsys, "train", data / "images", data / "labels", "--out", out, "--iterations", "5", *TINY)
-    assert code == 130 and "stopped at iteration 2" in stderr and "--resume" in stderr
+    assert code == 130 and "stopped at iteration 2" in stderr
+    assert f"continue with: napari-unet train {data / 'images'} {data / 'labels'} --out {out} --resume" in stderr
     assert load_model(out).metadata["iterations"] == 2
     monkeypatch.setattr(Progress, "update", original)
     code, stdout, _ = run(capsys, "train", data / "images", data / "labels", "--out", out, "--resume", "-q")

@@ -137,6 +137,6 @@ def summary(result: dict[str, Any], out: Path) -> str:
     score = result["val_score"]
     validation = f"validation IoU {score:.4f}" if score is not None else "no validation images"
     return (
-        f"trained {result['iteration']} iterations in {duration(result['elapsed'])} on {result['device']}: "
+        f"trained {result['iteration']} iteration{'s' if result['iteration'] != 1 else ''} in {duration(result['elapsed'])} on {result['device']}: "
         f"loss {result['loss']:.4f}, {validation}; model saved to {out}"
     )

@@ -208,7 +208,7 @@ def _train(args: argparse.Namespace) -> int:
         hint = ""
         if error.kept is not None:
             hint = (
-                f" Continue from it at a tenth of the rate: napari-unet train IMAGES LABELS --out {out} --resume "
+                f" Continue from it at a tenth of the rate: {_resume_command(args, out)} "
                 f"--learning-rate {trainer.config.learning_rate / 10:g}"
             )
         print(f"napari-unet: error: {error}{hint}", file=sys.stderr)
@@ -217,7 +217,7 @@ def _train(args: argparse.Namespace) -> int:
         if result["iteration"] > result["started_at"]:
             print(
                 f"stopped at iteration {result['iteration']}; the model is saved in {out} "
-                f"(continue with: napari-unet train IMAGES LABELS --out {out} --resume; the saved run's other "
+                f"(continue with: {_resume_command(args, out)}; the saved run's other "
                 "settings are kept, only --iterations, --time-budget, --learning-rate and speed options may change)",
                 file=sys.stderr,
             )
@@ -556,6 +556,18 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     # what --resume compares a repeated --preset or --init with (`_changed_on_resume`)
     trainer.metadata.update(preset=args.preset or "fast", **({"init": args.init} if args.init is not None else {}))
     return trainer
+
+
+def _resume_command(args: argparse.Namespace, out: Path) -> str:
+    """The command that continues this run: its own images, labels and mask, quoted for a POSIX shell.
+
+    >>> _resume_command(argparse.Namespace(images=Path("my data/im"), labels=Path("lab"), mask=None), Path("m"))
+    "napari-unet train 'my data/im' lab --out m --resume"
+    """
+    import shlex
+
+    paths = [args.images, args.labels] + (["--mask", args.mask] if args.mask is not None else [])
+    return " ".join(["napari-unet train", *(shlex.quote(str(p)) for p in [*paths, "--out", out]), "--resume"])
 
 
 def _check_channels(train, bundle, init: str | None) -> None:
