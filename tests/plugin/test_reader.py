@@ -352,3 +352,34 @@ def test_an_ome_pixel_height_in_another_unit_still_gives_square_pixels(make_napa
     viewer = make_napari_viewer()
     (layer,) = viewer.open(tmp_path / "a.ome.tif", plugin=PLUGIN)
     assert tuple(layer.scale) == (0.5, 0.5) and [str(u) for u in layer.units] == ["micrometer", "micrometer"]
+
+
+def test_open_files_as_stack_gives_one_layer_with_a_new_axis(make_napari_viewer, tmp_path, cells):
+    """File > Open Files as Stack... (viewer.open(paths, stack=True)) gave one layer per file with napari-unet's
+    reader; the files are stacked along Z (T for Z stacks), with their calibration, and the docks see planes."""
+    import tifffile
+
+    from napari_unet.metadata import PixelSize, tiff_calibration
+    from napari_unet.plugin._layers import stored_axes
+
+    image, _ = cells
+    calibration, metadata = tiff_calibration(PixelSize(0.5, 0.5, "um"), imagej=True)
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"plane{i}.tif")
+        tifffile.imwrite(paths[-1], (image * 1000 + i).astype(np.uint16), imagej=True, metadata=metadata, **calibration)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open([str(p) for p in paths], stack=True, plugin=PLUGIN)
+    assert layer.data.shape == (3, *image.shape) and layer.name == "plane0"
+    assert tuple(layer.scale) == (1.0, 0.5, 0.5) and stored_axes(layer) == "ZYX"
+    np.testing.assert_array_equal(layer.data[2], (image * 1000 + 2).astype(np.uint16))
+    assert plane_stack(layer, 1, viewer.layers).planes == [(0,), (1,), (2,)]
+
+    zstack = tmp_path / "z.tif"
+    tifffile.imwrite(zstack, np.stack([image] * 2).astype(np.float32), imagej=True, metadata={"axes": "ZYX"})
+    (timeseries,) = viewer.open([str(zstack), str(zstack)], stack=True, plugin=PLUGIN)
+    assert timeseries.data.shape == (2, 2, *image.shape) and stored_axes(timeseries) == "TZYX"
+
+    tifffile.imwrite(tmp_path / "small.tif", np.zeros((8, 8), np.uint16))
+    with pytest.raises(Exception, match="cannot open plane0.tif and small.tif as a stack"):
+        viewer.open([str(paths[0]), str(tmp_path / "small.tif")], stack=True, plugin=PLUGIN)
