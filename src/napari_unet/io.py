@@ -215,10 +215,12 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
 def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
     import tifffile
 
+    described = False  # the header and its image series were read: a later failure is in the pixel data
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, series_axes, mappable = tuple(series.shape), series.axes, bool(series.dataoffset)
+            described = True
             image = None if mappable else series.asarray()
         if image is None:
             try:
@@ -230,6 +232,11 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
         if held is not None:
             raise ValueError(
                 f"cannot read {path}: {path.name} is a {held[0]} file, not a TIFF: rename it to {held[1]}"
+            ) from error
+        if described:
+            raise ValueError(
+                f"cannot read {path}: a TIFF of shape {shape} whose pixel data is damaged or cut short (the file has "
+                f"{path.stat().st_size:,} bytes: was it copied or saved completely?) ({type(error).__name__}: {error})"
             ) from error
         raise ValueError(
             f"cannot read {path} as TIFF ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
