@@ -1460,3 +1460,14 @@ def test_measure_and_rois_take_the_not_annotated_value_as_background(tmp_path, c
         np.testing.assert_array_equal(rois[dtype], rois[np.int32])
     assert ("255", str(float(np.sum(eight_bit == 255)))) in tables[np.uint8]
     assert 255 in rois[np.uint8]
+
+
+def test_a_bad_input_is_named_once(tmp_path, capsys):
+    """`predict` prefixed the readers' messages with the path they already begin with ("x.tif: cannot read
+    x.tif ...")."""
+    from napari_unet.cli import main
+
+    (tmp_path / "x.tif").write_bytes(b"")
+    assert main(["predict", "nuclei", str(tmp_path / "x.tif"), "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert error.count(str(tmp_path / "x.tif")) == 1 and "the file is empty" in error

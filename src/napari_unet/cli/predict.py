@@ -411,8 +411,8 @@ def _check_input(path: Path, axes: str | None, bundle, choice, block_size: int |
         check_image(image, found)
         bundle.prepare(image, found, path.name, choice)
         return found
-    except ValueError as error:
-        raise ValueError(f"{path}: {error}") from error
+    except ValueError as error:  # named once: the readers' messages often begin with the path already
+        raise ValueError(str(error) if str(path) in str(error) else f"{path}: {error}") from error
     except (OSError, MemoryError):
         raise
     except Exception as error:  # noqa: BLE001 - a corrupt chunk: codecs raise what they like (RuntimeError, ...)
