@@ -136,6 +136,7 @@ def test_bad_situations_are_notifications(make_napari_viewer_proxy, qtbot, tmp_p
     widget = open_dock(viewer, qtbot, tmp_path, image, np.zeros_like(labels), iterations=5)
 
     assert widget.start() is None and "No annotations" in messages[-1]
+    assert widget.status.text() == f"Not started: {messages[-1]}", "said where it stays, not only in a notification"
     viewer.layers["annotations"].data = few_cells(labels)[:100]
     assert widget.start() is None and "pixels" in messages[-1]  # shape mismatch
     viewer.layers.clear()
@@ -370,3 +371,42 @@ def test_a_labels_layer_added_to_paint_in_becomes_the_annotations_until_the_user
     widget.labels_combo.value = first
     viewer.add_labels(np.zeros(image.shape, np.int32), name="painted 2")
     assert widget.labels_combo.value == first
+
+
+def test_a_dock_opened_after_segmenting_and_adding_a_labels_layer_preselects_the_users_labels(
+    make_napari_viewer_proxy, tmp_path, cells
+):
+    """Open the image, segment it, add a Labels layer and paint, then open Fine-tune: the annotations were the
+    uncorrected segmentation (the first Labels layer), not the painted one. A segmentation alone (to correct, then
+    train on) stays preselected."""
+    from napari_unet.plugin._layers import result_metadata
+
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    source = viewer.add_image(image, name="cells")
+    segmentation = viewer.add_labels(labels.astype(np.int32), name="cells labels", metadata=result_metadata(source))
+    alone = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
+    assert alone.labels_combo.value == segmentation
+    painted = viewer.add_labels(few_cells(labels), name="Labels")
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
+    assert widget.labels_combo.value == painted
+    assert widget.image_combo.value == source
+
+
+def test_closing_the_dock_with_its_close_button_stops_the_run_and_keeps_the_model(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells
+):
+    """The dock's 'x' (napari's `remove_dock_widget`) takes the dock out of the window without destroying it: the
+    run went on, invisible and unstoppable, to its last iteration, and Segment refused to run meanwhile."""
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, qtbot, tmp_path, image, few_cells(labels), iterations=100_000)
+    session = session_for(viewer)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.history.losses) >= 2, timeout=30_000)
+    job = widget.job
+    viewer.window.remove_dock_widget(widget)
+    qtbot.waitUntil(lambda: not session.training, timeout=30_000)
+    assert job.trainer.iteration < 100_000
+    assert session.bundle is not None and session.bundle.net is job.trainer.model
+    assert load_model(session.model_path).metadata["iterations"] == job.trainer.iteration

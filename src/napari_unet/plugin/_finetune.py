@@ -27,7 +27,7 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QEvent, Signal
 from qtpy.QtWidgets import QWidget
 
 from napari_unet.channels import ChannelChoice
@@ -244,6 +244,7 @@ class FineTuneWidget(QWidget):
             job, annotations = self._prepare_job()
         except (LayerProblem, ValueError) as error:
             show_error(str(error))
+            self.status.setText(f"Not started: {error}")  # a notification fades; the status line stays
             return None
         self.autosave.save_annotations(annotations, self.image_combo.value)
         self.job = job
@@ -298,6 +299,13 @@ class FineTuneWidget(QWidget):
         if self.worker is not None:
             self.status.setText("Stopping after the current step…")
             self.worker.quit()
+
+    def event(self, event: QEvent) -> bool:
+        """Closing the dock (its 'x': napari takes it out of the window but does not destroy it) stops the run as
+        Stop does, rather than training on out of sight."""
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.stop()
+        return super().event(event)
 
     def load_model_from(self, path: str | Path) -> bool:
         """Load a model folder into the session (it becomes the Segment dock's model and a starting point)."""

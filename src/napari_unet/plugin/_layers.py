@@ -55,7 +55,8 @@ class LayerPicker:
     A value picked by the user in the drop-down, or set by code on the user's behalf (`combo.value = layer`), is
     chosen: it stays while its layer is in the viewer (renamed, moved, others added). Until then (and after the
     chosen layer is removed) the value is preselected, and each layer added that `follows(layer)` accepts becomes
-    the value.
+    the value. When the dock opens, the first layer is preselected, or the last one `follows` accepts when it
+    refuses the first (a segmentation listed before the Labels layer the user paints in).
     """
 
     def __init__(self, combo: Any, follows: Callable[[Any], bool] | None = None):
@@ -80,7 +81,11 @@ class LayerPicker:
                     self.combo.value = before  # the drop-down matches names: a rename or a move lost it
             elif before is not None:
                 self.chosen = False  # removed: what replaces it is not the user's choice
-            added = [layer for layer in layers if self._known is not None and layer.unique_id not in self._known]
+            if self._known is None:  # the dock opens: the first layer, unless `follows` refuses it
+                first = self.combo.value
+                added = [] if first is None or self.follows is None or self.follows(first) else layers
+            else:
+                added = [layer for layer in layers if layer.unique_id not in self._known]
             self._known = {layer.unique_id for layer in layers}
             followed = [layer for layer in added if self.follows is not None and self.follows(layer)]
             if followed and not self.chosen:
