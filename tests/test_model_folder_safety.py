@@ -115,3 +115,13 @@ def test_annotations_of_two_images_of_one_name_autosaved_in_the_same_second_stay
     assert saved[0] != saved[1]
     for value, image in enumerate(images, start=1):
         assert (_autosave.load_annotations(_autosave.find_annotations(image, tmp_path / "root")) == value).all()
+
+
+def test_a_model_is_not_saved_over_a_file(tmp_path):
+    """Save model... onto an existing file replaced it with a model folder (and said "Model saved"): refused,
+    the file kept."""
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt is a file: a model is saved as a folder"):
+        save_model(tmp_path / "notes.txt", bundle())
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

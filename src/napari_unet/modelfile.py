@@ -315,13 +315,16 @@ class ModelBundle:
 def save_model(path: str | Path, bundle: ModelBundle, training_state: dict[str, Any] | None = None) -> Path:
     """Write `bundle` to the folder `path` atomically: a crash mid-write never leaves a half-written model.
 
-    The files are written to a temporary sibling folder, which then replaces `path` by renames.
+    The files are written to a temporary sibling folder, which then replaces `path` by renames; a `path` that is
+    a file is refused (ValueError), not replaced.
     training_state: tensors and plain values to resume training (`training_state.pt`, read weights-only).
     """
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
+    if path.exists() and not path.is_dir():  # replaced by a folder, the file would be lost
+        raise ValueError(f"{path} is a file: a model is saved as a folder; choose a folder name")
     path.parent.mkdir(parents=True, exist_ok=True)
     config = {
         "format": FORMAT,
