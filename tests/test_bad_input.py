@@ -209,7 +209,7 @@ CASES = [
     Case(
         "predict: truncated TIFF",
         lambda d, m, t: ["predict", m, truncate(tiff(t / "x.tif", make_cells((64, 64), 2)[0]), 0.5), "--out", t / "o"],
-        "x.tif: a TIFF of shape (64, 64) whose pixel data is damaged or cut short",
+        "x.tif: a TIFF of shape (64, 64) whose pixel data is cut short",
     ),
     Case(
         "predict: unknown suffix",

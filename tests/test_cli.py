@@ -793,3 +793,35 @@ def test_predict_and_rois_keep_the_pixel_size_z_step_and_frame_interval(tmp_path
     assert axes == "ZYX" and back.shape == labels.shape
     assert read_pixel_size(tmp_path / "back.tif") == PixelSize(0.5, 0.5, "um")
     assert read_spacing(tmp_path / "back.tif", PixelSize(0.5, 0.5, "um")) == StackSpacing(z=2.0)
+
+
+def test_evaluate_isbi_says_how_to_give_an_8_bit_probability_map(tmp_path, capsys):
+    """An 8-bit probability map (0-255, an ISBI submission) as --kind isbi prediction was told to give labels."""
+    rng = np.random.default_rng(3)
+    _, cells = make_cells((48, 48), seed=31)
+    probs = np.clip((cells > 0) * 200 + rng.normal(0, 30, cells.shape), 0, 255).astype(np.uint8)
+    write_tiff(tmp_path / "a_probs.tif", probs, "YX")
+    (tmp_path / "truth").mkdir()
+    write_tiff(tmp_path / "truth" / "a.tif", np.where(cells > 0, 255, 0).astype(np.uint8), "YX")
+    code, _, err = run(capsys, "evaluate", tmp_path / "a_probs.tif", tmp_path / "truth" / "a.tif", "--kind", "isbi")
+    assert code == 2 and "save it as floats in [0, 1] (an 8-bit map divided by 255)" in err
+
+
+def test_the_resume_command_keeps_the_runs_validation_data():
+    """The command printed to continue a stopped run left out its validation images or fraction (and the seed
+    that draws the fraction): pasted, it resumed without validation, the held-out images trained on."""
+    import argparse
+
+    from napari_unet.cli.train import _resume_command
+
+    given = dict(images=Path("im"), labels=Path("lab"), mask=None, validation_images=None, validation_labels=None)
+    split = argparse.Namespace(**given, val_fraction=0.25, seed=3)
+    assert _resume_command(split, Path("m")) == (
+        "napari-unet train im lab --val-fraction 0.25 --seed 3 --out m --resume"
+    )
+    held = argparse.Namespace(
+        **(given | dict(validation_images=Path("v im"), validation_labels=Path("vl"))), val_fraction=None, seed=None
+    )
+    assert _resume_command(held, Path("m")) == (
+        "napari-unet train im lab --validation-images 'v im' --validation-labels vl --out m --resume"
+    )

@@ -635,3 +635,20 @@ def test_read_spacing_of_files_written_by_imagej_and_ome_writers(tmp_path):
     Image.fromarray(image[0, 0].astype(np.uint8)).save(tmp_path / "p.png")
     for path in (tmp_path / "bare.tif", tmp_path / "p.png", tmp_path / "missing.tif"):
         assert read_spacing(path, size) == StackSpacing()
+
+
+def test_a_missing_codec_is_not_called_a_damaged_file(tmp_path, monkeypatch):
+    """A healthy compressed TIFF whose codec is not installed was called "damaged or cut short"."""
+    import tifffile
+
+    path = tmp_path / "zstd.tif"
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint16))
+
+    def no_codec(self, *args, **kwargs):
+        raise ValueError("<COMPRESSION.ZSTD: 50000> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPageSeries, "asarray", no_codec)
+    monkeypatch.setattr(tifffile, "memmap", lambda *a, **k: (_ for _ in ()).throw(ValueError("not mappable")))
+    monkeypatch.setattr(tifffile, "imread", lambda *a, **k: no_codec(None))
+    with pytest.raises(ValueError, match="needs a codec that is not installed \\(pip install imagecodecs\\)"):
+        read_image(path)

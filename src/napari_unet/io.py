@@ -233,15 +233,36 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
             raise ValueError(
                 f"cannot read {path}: {path.name} is a {held[0]} file, not a TIFF: rename it to {held[1]}"
             ) from error
-        if described:
+        if described and (isinstance(error, ImportError) or "imagecodecs" in str(error)):
             raise ValueError(
-                f"cannot read {path}: a TIFF of shape {shape} whose pixel data is damaged or cut short (the file has "
+                f"cannot read {path}: its compression needs a codec that is not installed (pip install imagecodecs) "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        if described and _cut_short(path):
+            raise ValueError(
+                f"cannot read {path}: a TIFF of shape {shape} whose pixel data is cut short (the file has "
                 f"{path.stat().st_size:,} bytes: was it copied or saved completely?) ({type(error).__name__}: {error})"
             ) from error
         raise ValueError(
             f"cannot read {path} as TIFF ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
         ) from error
     return image, _axes_from_series(series_axes, shape)
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether a TIFF's pixel data (its pages' strips or tiles) runs past the end of the file."""
+    import tifffile
+
+    size = path.stat().st_size
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return any(
+                offset + count > size
+                for page in tif.pages
+                for offset, count in zip(page.dataoffsets, page.databytecounts)
+            )
+    except Exception:  # noqa: BLE001  (a header that cannot be read again: not known to be cut short)
+        return False
 
 
 PILLOW_SIGNATURES = {b"\x89PNG\r\n\x1a\n": ("PNG", ".png"), b"\xff\xd8\xff": ("JPEG", ".jpg")}

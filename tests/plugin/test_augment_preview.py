@@ -242,3 +242,22 @@ def test_the_pickers_follow_what_the_user_opens_not_the_previews_layers(make_nap
     qtbot.waitUntil(lambda: not widget.pending() and widget.sample is not None, timeout=20_000)
     assert "augmented labels" in viewer.layers and "augmented image" in viewer.layers
     assert widget.image_combo.value == second and widget.labels_combo.value == painted
+
+
+def test_a_closed_preview_does_not_redraw_on_the_slider(make_napari_viewer_proxy, qtbot, cells):
+    """napari's close button takes a dock out of the window without deleting it: the preview redrew (and re-added
+    its layers) on every slider move."""
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.stack([image, image[::-1], image[:, ::-1]]), name="stack")
+    widget = AugmentPreviewWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, name="Augmentation preview")
+    widget.window_spin.setValue(64)
+    widget.new_sample()
+    qtbot.waitUntil(lambda: not widget.pending() and widget.sample is not None, timeout=20_000)
+    viewer.window.remove_dock_widget(dock)
+    drawn: list[object] = []
+    widget.shown.connect(drawn.append)
+    viewer.dims.current_step = (2, *viewer.dims.current_step[1:])
+    qtbot.wait(500)
+    assert drawn == [] and not widget.pending()

@@ -53,6 +53,9 @@ def test_batch_dock_segments_a_zarr_and_opens_the_labels_lazily(
     assert events[-1].done == events[-1].total == 2 and widget.progress.value() == events[-1].total
     assert int(np.asarray(layer.data).max()) > 0
     assert "finished" in widget.status.text()
+    from napari_unet.plugin._layers import is_users_labels, made_from
+
+    assert made_from(layer) == "slide" and not is_users_labels(layer)  # a segmentation, not annotations to train on
 
 
 def test_batch_dock_explains_what_is_missing(make_napari_viewer, tiny_bundle, tmp_path):

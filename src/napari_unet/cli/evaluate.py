@@ -207,7 +207,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             name = pred_path.name if pred.ndim == 2 else f"{pred_path.name}{list(index)}"
             pair = [pred[index], truth[index]]
             for side, (path, role) in enumerate(((pred_path, "prediction"), (truth_path, "ground truth"))):
-                pair[side], mask = _as_objects(pair[side], f"{role} {path.name}")  # every kind: refuses images
+                try:
+                    pair[side], mask = _as_objects(pair[side], f"{role} {path.name}")  # every kind: refuses images
+                except ValueError as error:
+                    if args.kind == "isbi" and side == 0:  # an 8-bit probability map, as ISBI submissions often are
+                        raise ValueError(
+                            f"{error}. For --kind isbi a prediction is a probability map: save it as floats in "
+                            "[0, 1] (an 8-bit map divided by 255), or give labels"
+                        ) from error
+                    raise
                 if mask and args.kind == "instances" and path.name not in masks:
                     masks.append(path.name)
             if args.kind == "isbi" and truth_path.name not in touching and _objects_touch(pair[1]):

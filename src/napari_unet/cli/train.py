@@ -559,15 +559,25 @@ def _make_trainer(args: argparse.Namespace, train, validation):
 
 
 def _resume_command(args: argparse.Namespace, out: Path) -> str:
-    """The command that continues this run: its own images, labels and mask, quoted for a POSIX shell.
+    """The command that continues this run: its own data (images, labels, mask, validation images or fraction
+    with its seed), quoted for a POSIX shell.
 
     >>> _resume_command(argparse.Namespace(images=Path("my data/im"), labels=Path("lab"), mask=None), Path("m"))
     "napari-unet train 'my data/im' lab --out m --resume"
     """
     import shlex
 
-    paths = [args.images, args.labels] + (["--mask", args.mask] if args.mask is not None else [])
-    return " ".join(["napari-unet train", *(shlex.quote(str(p)) for p in [*paths, "--out", out]), "--resume"])
+    words: list[object] = [args.images, args.labels]
+    for flag, value in (
+        ("--mask", getattr(args, "mask", None)),
+        ("--validation-images", getattr(args, "validation_images", None)),
+        ("--validation-labels", getattr(args, "validation_labels", None)),
+        ("--val-fraction", getattr(args, "val_fraction", None)),
+        ("--seed", getattr(args, "seed", None) if getattr(args, "val_fraction", None) is not None else None),
+    ):
+        if value is not None:
+            words += [flag, f"{value:g}" if isinstance(value, float) else value]
+    return " ".join(["napari-unet train", *(shlex.quote(str(w)) for w in [*words, "--out", out]), "--resume"])
 
 
 def _check_channels(train, bundle, init: str | None) -> None:

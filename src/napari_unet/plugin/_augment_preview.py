@@ -212,8 +212,10 @@ class AugmentPreviewWidget(QWidget):
 
     def _plane_moved(self, _event: Any = None) -> None:
         """A slider moved: redraw the same sample of the same window on the plane now in view, if it changed."""
+        if not alive(self) or self.parent() is None:  # closed: napari takes the dock out without deleting it
+            return
         layer = self.image_combo.value
-        if not alive(self) or self.sample is None or layer is None:
+        if self.sample is None or layer is None:
             return
         try:
             planes = self._planes_in_view(layer)

@@ -24,6 +24,7 @@ from napari_unet.jobs.batch import batch_outputs, run_batch
 from napari_unet.pipeline import describe_own_outputs, list_inputs
 
 from ._form import ModelRow, RunControls, choice, dock_layout, form, row, spin
+from ._layers import METADATA_KEY
 from ._state import Session, session_for
 from ._workers import generator_worker, start_worker
 
@@ -194,9 +195,9 @@ class BatchWidget(QWidget):
             group = zarr.open_group(str(path), mode="r")
             transforms = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
             scale = next((t["scale"] for t in transforms if t["type"] == "scale"), [1.0, 1.0])
-            layers.append(
-                self.viewer.add_labels(da.from_zarr(group["0"]), name=path.name.removesuffix(".ome.zarr"), scale=scale)
-            )
+            name = path.name.removesuffix(".ome.zarr")
+            made = {METADATA_KEY: {"made_from": name.removesuffix("_labels")}}  # a segmentation: no annotations
+            layers.append(self.viewer.add_labels(da.from_zarr(group["0"]), name=name, scale=scale, metadata=made))
         return layers
 
     # -- helpers ----------------------------------------------------------------------------------------------
