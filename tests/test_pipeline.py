@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -298,3 +299,21 @@ def test_segment_file_keeps_the_pixel_size_z_step_and_frame_interval(tmp_path):
         assert read_image(path)[1] == "TZYX"
         assert read_pixel_size(path) == size
         assert read_spacing(path, size) == spacing
+
+
+def test_label_files_named_as_other_tools_name_them_pair_with_their_images():
+    """Cellpose's `x_cp_masks.png` / `x_masks.tif` did not pair with `x.png` (only `_labels`/`_probs` were
+    tolerated): they pair now, in the second list, when no file there has the image's name already."""
+    images = [Path("im/a.png"), Path("im/b.png"), Path("im/c.png")]
+    labels = [Path("lab/a_cp_masks.png"), Path("lab/b_masks.tif"), Path("lab/c.tif"), Path("lab/c_mask.png")]
+    match = match_files(images, labels)
+    assert match.pairs == [
+        (Path("im/a.png"), Path("lab/a_cp_masks.png")),
+        (Path("im/b.png"), Path("lab/b_masks.tif")),
+        (Path("im/c.png"), Path("lab/c.tif")),  # c.tif is c's: c_mask.png stays without a partner
+    ]
+    assert [p.name for p in match.unmatched_second] == ["c_mask.png"]
+    alone = match_files([Path("im/a.png"), Path("im/z.png")], [Path("lab/x_masks.png"), Path("lab/a.tif")])
+    assert [p.name for p in alone.unmatched_second] == ["x_masks.png"]
+    measured = match_files([Path("lab/a_cp_masks.png"), Path("lab/b.tif")], [Path("im/a.png"), Path("im/b.png")])
+    assert measured.pairs == [(Path("lab/a_cp_masks.png"), Path("im/a.png")), (Path("lab/b.tif"), Path("im/b.png"))]

@@ -110,7 +110,9 @@ def match_files(
     names: tuple[str, str] = ("images", "labels"),
     prefer: str | None = None,
 ) -> FileMatch:
-    """Pair `first` and `second` by `base_name`; two single files are paired whatever their names.
+    """Pair `first` and `second` by `base_name`; two single files are paired whatever their names. A file named
+    as other tools name label files (Cellpose's `01_cp_masks.png`, `01_masks.tif`; `01_mask.png`) pairs with
+    `01.*` of the other list when nothing else does.
 
     prefer: a tolerated suffix ("_labels" or "_probs") that settles a tie: of `01_labels.tif` and `01_probs.tif`
     in `first`, the one with this suffix is used.
@@ -119,6 +121,8 @@ def match_files(
     if len(first) == 1 and len(second) == 1:
         return FileMatch([(Path(first[0]), Path(second[0]))], [], [])
     keyed = [_by_base_name(first, names[0], prefer), _by_base_name(second, names[1])]
+    keyed[1] = _other_tools_names(keyed[1], keyed[0])
+    keyed[0] = _other_tools_names(keyed[0], keyed[1])  # measure takes the labels first
     common = [key for key in keyed[0] if key in keyed[1]]
     if not common:
         raise ValueError(
@@ -130,6 +134,29 @@ def match_files(
         [path for key, path in keyed[0].items() if key not in keyed[1]],
         [path for key, path in keyed[1].items() if key not in keyed[0]],
     )
+
+
+OTHER_TOOLS_SUFFIXES = ("_cp_masks", "_masks", "_mask")  # Cellpose's label files (x_cp_masks.png, x_masks.tif), ...
+
+
+def _other_tools_names(second: dict[str, Path], first: dict[str, Path]) -> dict[str, Path]:
+    """`second` (files by base name) with the names other tools give label files (`x_cp_masks.png`, `x_masks.tif`,
+    `x_mask.png`: `OTHER_TOOLS_SUFFIXES`) keyed by their image's base name, where that image is in `first` and no
+    file of `second` has its name already. Other keys are kept.
+
+    >>> sorted(_other_tools_names({"a_cp_masks": Path("a_cp_masks.png"), "b": Path("b.tif")}, {"a": Path("a.png")}))
+    ['a', 'b']
+    """
+    renamed: dict[str, Path] = {}
+    for key, path in second.items():
+        if key not in first:
+            for suffix in OTHER_TOOLS_SUFFIXES:
+                stem = key.removesuffix(suffix)
+                if stem != key and stem in first and stem not in second and stem not in renamed:
+                    key = stem
+                    break
+        renamed[key] = path
+    return renamed
 
 
 def _by_base_name(files: Sequence[Path], name: str, prefer: str | None = None) -> dict[str, Path]:
