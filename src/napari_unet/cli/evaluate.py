@@ -177,7 +177,7 @@ def _weights(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from ..io import read_label_image
-    from ..metrics import average_scores, evaluate_pair
+    from ..metrics import as_objects, average_scores, evaluate_pair
     from ..pipeline import list_files, match_files
     from ..validation import check_instance_labels, check_label_axes
 
@@ -208,7 +208,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             pair = [pred[index], truth[index]]
             for side, (path, role) in enumerate(((pred_path, "prediction"), (truth_path, "ground truth"))):
                 try:
-                    pair[side], mask = _as_objects(pair[side], f"{role} {path.name}")  # every kind: refuses images
+                    pair[side], mask = as_objects(pair[side], f"{role} {path.name}")  # every kind: refuses images
                 except ValueError as error:
                     if args.kind == "isbi" and side == 0:  # an 8-bit probability map, as ISBI submissions often are
                         raise ValueError(
@@ -259,21 +259,6 @@ def _objects_touch(labels: np.ndarray) -> bool:
         if np.any((a != b) & (a > 0) & (b > 0)):
             return True
     return False
-
-
-def _as_objects(plane: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
-    """(objects, whether `plane` was a mask): a binary mask (bool, or one value over many separate regions, as
-    Fiji's 0/255 masks) becomes its 4-connected components, as `evaluate_pair` splits a bool prediction; other
-    integer labels stay as they are; an image (many values, each over many regions) is refused, naming `what`.
-    Floats go on to `evaluate_pair`, which says what to do with probabilities."""
-    from ..metrics import components
-    from ..validation import check_instance_regions
-
-    if plane.dtype.kind not in "biu":
-        return plane, False
-    if plane.dtype == bool or check_instance_regions(plane, what):
-        return components(plane != 0), True
-    return plane, False
 
 
 def _table(scores: dict[str, dict[str, Any]], mean: dict[str, Any], columns: Sequence[str]) -> str:

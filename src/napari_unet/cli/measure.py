@@ -85,9 +85,8 @@ def instance_labels(labels, axes: str, path: Path, quiet: bool):
     left to the callers' checks, which explain them."""
     import numpy as np
 
-    from ..metrics import components
+    from ..metrics import as_objects
     from ..targets import unannotated_value
-    from ..validation import check_instance_regions
 
     labels = np.asarray(labels)
     if labels.dtype.kind not in "biu" or labels.ndim < 2 or "C" in axes:
@@ -102,13 +101,15 @@ def instance_labels(labels, axes: str, path: Path, quiet: bool):
     reserved = unannotated_value(labels.dtype)
     if reserved is not None and np.any(labels == reserved):
         labels = np.where(labels == reserved, 0, labels)
-    planes = list(np.ndindex(*labels.shape[:-2]))
-    masks = [i for i in planes if check_instance_regions(labels[i], f"the labels file {path.name}")]
-    if not masks:
+    planes = {
+        index: as_objects(labels[index], f"the labels file {path.name}") for index in np.ndindex(*labels.shape[:-2])
+    }
+    if not any(was_mask for _, was_mask in planes.values()):
         return labels
     objects = labels.astype(np.uint64 if labels.dtype == np.uint64 else np.int64)
-    for index in masks:
-        objects[index] = components(labels[index] > 0)
+    for index, (plane, was_mask) in planes.items():
+        if was_mask:
+            objects[index] = plane
     note(
         f"note: {path.name} looks like a binary mask (one value over many separate regions), not instance labels: "
         "its objects are its connected components (4-connected), so touching objects count as one",

@@ -38,12 +38,13 @@ from .isbi import (
     rand_info_scores,
     thin_boundaries,
 )
-from .overlap import as_mask, check_pair, components, contingency
+from .overlap import as_mask, as_objects, check_pair, components, contingency
 
 __all__ = [
     "IOU_THRESHOLDS",
     "ISBI_THRESHOLDS",
     "SCORE_KINDS",
+    "as_objects",
     "average_scores",
     "components",
     "contingency",

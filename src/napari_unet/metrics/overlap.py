@@ -36,6 +36,20 @@ def components(mask: np.ndarray) -> np.ndarray:
     return ndimage.label(mask, structure=structure)[0].astype(np.int32)
 
 
+def as_objects(plane: np.ndarray, what: str) -> tuple[np.ndarray, bool]:
+    """(objects, whether `plane` was a mask): a binary mask (bool, or one value over many separate regions, as
+    Fiji's 0/255 masks) becomes its 4-connected components; other integer labels stay as they are; an image
+    (many values, each over many regions) is refused, naming `what` (`validation.check_instance_regions`).
+    Floats are returned as they are, for the caller to say what to do with probabilities."""
+    from ..validation import check_instance_regions
+
+    if plane.dtype.kind not in "biu":
+        return plane, False
+    if plane.dtype == bool or check_instance_regions(plane, what):
+        return components(plane != 0), True
+    return plane, False
+
+
 def compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Non-negative ids as int64 small enough that pair keys do not overflow (0 stays 0).
 

@@ -107,13 +107,12 @@ def read_images(path: str | list[str]) -> list[LayerData]:
     stack=True)`; otherwise one path at a time): their layers are stacked along a new leading axis (`stack_layers`).
     """
     if isinstance(path, str) or len(path) == 1:
-        return file_layers(Path(path if isinstance(path, str) else path[0]))
-    return stack_layers([file_layers(Path(p)) for p in path], [Path(p).name for p in path])
+        return [file_layer(Path(path if isinstance(path, str) else path[0]))]
+    return [stack_layers([file_layer(Path(p)) for p in path], [Path(p).name for p in path])]
 
 
-def file_layers(file: Path) -> list[LayerData]:
-    """The layers of one file (`read_images`)."""
-    layers: list[LayerData] = []
+def file_layer(file: Path) -> LayerData:
+    """The layer of one file (`read_images`; channels are one layer data with a `channel_axis`)."""
     image, axes = read_image(file)
     for said in reading_notes(file, axes_option=None):  # axes guessed, extra series: say what was assumed
         from napari.utils.notifications import show_info
@@ -124,8 +123,7 @@ def file_layers(file: Path) -> list[LayerData]:
     pixel_size = read_pixel_size(file)
     scale = calibrated_placement(axes.replace("C", ""), pixel_size, read_spacing(file, pixel_size))
     if is_annotation_file(file):
-        layers.append((np.asarray(image), {"name": f"{name} annotations", **scale}, "labels"))
-        return layers
+        return np.asarray(image), {"name": f"{name} annotations", **scale}, "labels"
     info = {"axes": axes, "source": str(file)}
     if pixel_size is not None:
         info["pixel_size"] = pixel_size.to_dict()
@@ -133,72 +131,51 @@ def file_layers(file: Path) -> list[LayerData]:
         colours_last = axes.replace("C", "") + "C"
         image = np.moveaxis(image, axes.index("C"), -1)
         metadata = {METADATA_KEY: {**info, "axes": colours_last}}
-        layers.append((image, {"name": name, "rgb": True, "metadata": metadata, **scale}, "image"))
-    elif "C" in axes and image.shape[axes.index("C")] > 1:
+        return image, {"name": name, "rgb": True, "metadata": metadata, **scale}, "image"
+    if "C" in axes and image.shape[axes.index("C")] > 1:
         channel = axes.index("C")
         count = image.shape[channel]
         per_channel = axes.replace("C", "")
         metadata = [
             {METADATA_KEY: {**info, "axes": per_channel, "channel": i, "channels": count}} for i in range(count)
         ]
-        layers.append(
-            (
-                image,
-                {
-                    "name": [f"{name} [{i}]" for i in range(count)],
-                    "channel_axis": channel,
-                    "metadata": metadata,
-                    **scale,
-                },
-                "image",
-            )
-        )
-    else:
-        if "C" in axes:  # a single channel: drop the axis
-            image = np.take(image, 0, axis=axes.index("C"))
-            axes = axes.replace("C", "")
-        layers.append((image, {"name": name, "metadata": {METADATA_KEY: {**info, "axes": axes}}, **scale}, "image"))
-    return layers
+        kwargs = {"name": [f"{name} [{i}]" for i in range(count)], "channel_axis": channel, "metadata": metadata}
+        return image, {**kwargs, **scale}, "image"
+    if "C" in axes:  # a single channel: drop the axis
+        image = np.take(image, 0, axis=axes.index("C"))
+        axes = axes.replace("C", "")
+    return image, {"name": name, "metadata": {METADATA_KEY: {**info, "axes": axes}}, **scale}, "image"
 
 
-def stack_layers(per_file: list[list[LayerData]], names: list[str]) -> list[LayerData]:
-    """The layers of several files (`file_layers` of each, in order) stacked along a new leading axis: Z for
+def stack_layers(layers: list[LayerData], names: list[str]) -> LayerData:
+    """The layers of several files (`file_layer` of each, in order) stacked along a new leading axis: Z for
     files of single planes, T for Z stacks (files with a T axis are refused: T is the first axis). The files
-    must give the same layers of the same shape and type; the first file's name, scale and metadata are kept,
-    with a scale and unit of 1 pixel on the new axis."""
-    first = per_file[0]
-    for other, name in zip(per_file[1:], names[1:]):
-        same = len(other) == len(first) and all(
-            a[2] == b[2] and np.shape(a[0]) == np.shape(b[0]) and np.asarray(a[0]).dtype == np.asarray(b[0]).dtype
-            for a, b in zip(first, other)
+    must give layers of one kind, shape and type; the first file's name, scale and metadata are kept, with a
+    scale and unit of 1 pixel on the new axis."""
+    data, kwargs, kind = layers[0]
+    for (other, _, other_kind), name in zip(layers[1:], names[1:]):
+        if other_kind != kind or other.shape != data.shape or other.dtype != data.dtype:
+            raise ValueError(
+                f"cannot open {names[0]} and {name} as a stack: they differ in kind, shape or data type "
+                f"({kind} {data.shape} {data.dtype} against {other_kind} {other.shape} {other.dtype}); open them "
+                "separately"
+            )
+    metadata = kwargs.get("metadata")
+    infos = metadata if isinstance(metadata, list) else [metadata] if metadata else []
+    axes = next((m[METADATA_KEY]["axes"] for m in infos if METADATA_KEY in m), "")
+    if "T" in axes:
+        raise ValueError(
+            f"cannot open {names[0]} and the others as a stack: they are time series already (axes {axes}); "
+            "open them separately"
         )
-        if not same:
-            raise ValueError(
-                f"cannot open {names[0]} and {name} as a stack: they differ in layers, shape or data type "
-                f"({_describe(first)} against {_describe(other)}); open them separately"
-            )
-    stacked: list[LayerData] = []
-    for index, (data, kwargs, kind) in enumerate(first):
-        metadata = kwargs.get("metadata")
-        infos = metadata if isinstance(metadata, list) else [metadata] if metadata else []
-        axes = next((m[METADATA_KEY]["axes"] for m in infos if METADATA_KEY in m), "")
-        new_axis = "T" if "Z" in axes else "Z"
-        if "T" in axes:
-            raise ValueError(
-                f"cannot open {names[0]} and the others as a stack: they are time series already (axes {axes}); "
-                "open them separately"
-            )
-        plane_kwargs = dict(kwargs)
-        if "channel_axis" in kwargs:
-            plane_kwargs["channel_axis"] = kwargs["channel_axis"] + 1
-        plane_kwargs["metadata"] = _with_new_axis(metadata, new_axis)
-        if "scale" in kwargs:
-            plane_kwargs["scale"] = (1.0, *kwargs["scale"])
-        if "units" in kwargs:
-            plane_kwargs["units"] = ("pixel", *kwargs["units"])
-        data = np.stack([np.asarray(layers[index][0]) for layers in per_file])
-        stacked.append((data, plane_kwargs, kind))
-    return stacked
+    stacked = {**kwargs, "metadata": _with_new_axis(metadata, "T" if "Z" in axes else "Z")}
+    if "channel_axis" in kwargs:
+        stacked["channel_axis"] = kwargs["channel_axis"] + 1
+    if "scale" in kwargs:
+        stacked["scale"] = (1.0, *kwargs["scale"])
+    if "units" in kwargs:
+        stacked["units"] = ("pixel", *kwargs["units"])
+    return np.stack([np.asarray(layer[0]) for layer in layers]), stacked, kind
 
 
 def _with_new_axis(metadata: Any, axis: str) -> Any:
@@ -210,10 +187,6 @@ def _with_new_axis(metadata: Any, axis: str) -> Any:
     info = dict(metadata[METADATA_KEY])
     info["axes"] = axis + info.get("axes", "")
     return {**metadata, METADATA_KEY: info}
-
-
-def _describe(layers: list[LayerData]) -> str:
-    return ", ".join(f"{kind} {np.shape(data)} {np.asarray(data).dtype}" for data, _, kind in layers)
 
 
 def is_colour_picture(file: Path, image: Any, axes: str) -> bool:
