@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_real_data.py --dataset isbi|dsb|both [--budget SECONDS] [--quick]
         [--preset fast|paper] [--device auto|cpu|cuda] [--threads N] [--data ../shared/data] [--out FOLDER]
-        [--reuse-peer FOLDER]
+        [--reuse-peer FOLDER] [--depth N] [--base-channels N] [--tile-size PX]
 
 Data from `../shared/data` (beside the repository; the script says so and exits when it is absent):
 - ISBI 2012: train on slices 0-14, validate on 15-19; labels 0 = membrane, 255 = cell interior (foreground),
@@ -39,7 +39,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -269,12 +269,22 @@ def fit_without_cores(trainer: Trainer, probs: list[np.ndarray], truths: list[np
 
 
 def run_ours(
-    split: Split, preset_name: str, budget: float, device: torch.device, seed: int, tune_count: int, tta: bool
+    split: Split,
+    preset_name: str,
+    budget: float,
+    device: torch.device,
+    seed: int,
+    tune_count: int,
+    tta: bool,
+    net_overrides: dict[str, int] | None = None,
+    train_overrides: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Train ours as `napari-unet train --time-budget` does (the preset, adapted to the kind of labels, for
     `budget` seconds; the post-processing fitted to the training images at the end), predict the validation
-    images and score them (and, with `tta`, again)."""
-    net_config, config = preset(preset_name, seed=seed, validate_every=10**9)
+    images and score them (and, with `tta`, again). `net_overrides` / `train_overrides`: another network size
+    or window than the preset's (`train --depth/--base-channels`), to measure what the preset should be."""
+    net_config, config = preset(preset_name, seed=seed, validate_every=10**9, **(train_overrides or {}))
+    net_config = replace(net_config, **(net_overrides or {}))
     samples = [Sample(item.image, item.labels) for item in split.train]
     config, kind = settings_for_labels(config, [sample.labels for sample in samples])
     config = for_time_budget(config, budget)
@@ -512,7 +522,13 @@ def run_dataset(dataset: str, args: argparse.Namespace, device: torch.device) ->
         f"load average {load_start[0]:.1f}",
         flush=True,
     )
-    ours = run_ours(split, args.preset, args.budget, device, args.seed, tune_count, not args.no_tta)
+    net_overrides = {
+        key: value for key, value in (("depth", args.depth), ("base_channels", args.base_channels)) if value
+    }
+    train_overrides = {"tile_size": args.tile_size} if args.tile_size else {}
+    ours = run_ours(
+        split, args.preset, args.budget, device, args.seed, tune_count, not args.no_tta, net_overrides, train_overrides
+    )
     load_middle = os.getloadavg()
     if args.reuse_peer is not None:
         peer = reused_peer(args.reuse_peer, dataset, args, split)
@@ -529,6 +545,7 @@ def run_dataset(dataset: str, args: argparse.Namespace, device: torch.device) ->
         "quick": args.quick,
         "budget_seconds": args.budget,
         "preset": args.preset,
+        "overrides": {"net": net_overrides, "train": train_overrides},
         "device": str(device),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -575,6 +592,11 @@ def main(argv: list[str] | None = None) -> int:
         help="take the peer's result from FOLDER/real_<dataset>.json (same budget, seed and split) instead of "
         "training it again: the peer does not change when ours does",
     )
+    parser.add_argument("--depth", type=int, default=None, help="our network's depth (default: the preset's)")
+    parser.add_argument(
+        "--base-channels", type=int, default=None, help="our network's base channels (default: the preset's)"
+    )
+    parser.add_argument("--tile-size", type=int, default=None, help="our training window (default: the preset's)")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding isbi2012/ and dsb2018-fluo/")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for real_<dataset>.json")
     args = parser.parse_args(argv)

@@ -834,7 +834,7 @@ CASES = [
     Case(
         "train: IMAGES and LABELS the same folder of images",
         lambda d, m, t: ["train", d / "images", d / "images", "--out", t / "m", *TRAIN],
-        "would be its own labels",
+        "no file in it is named as a label file",
     ),
     Case(
         "train: --mask pointing at the labels",

@@ -582,6 +582,33 @@ def membranes(tmp_path_factory) -> Path:
     return root
 
 
+def test_train_on_one_folder_holding_images_and_labels_side_by_side(data, tmp_path, capsys):
+    """Cellpose's layout (x.png beside x_cp_masks.png) and the napari plugin's autosaved annotations
+    (x.png.unet-labels.tif beside x.png): the same folder given as IMAGES and LABELS was refused as 'its own
+    labels'; the files are told apart by their names now, and predict's probability maps there are left out."""
+    folder = tmp_path / "both"
+    folder.mkdir()
+    names = ["00_cp_masks.tif", "01.png.unet-labels.tif", "02_labels.tif"]
+    for i, name in enumerate(names):
+        shutil.copy(data / "images" / f"0{i}.png", folder / f"0{i}.png")
+        shutil.copy(data / "labels" / f"0{i}.tif", folder / name)
+    write_tiff(folder / "02_probs.tif", np.zeros((72, 80), np.float32), "YX")
+    out = tmp_path / "m"
+    quiet = [a for a in TINY if a != "-q"]
+    code, stdout, stderr = run(capsys, "train", folder, folder, "--out", out, "--iterations", "2", *quiet)
+    assert code == 0, stderr
+    assert len(load_model(out).metadata["data_hashes"]) == 3
+    assert "probability map(s) of predict left out: 02_probs.tif" in stdout + stderr
+    assert "without labels" not in stdout + stderr
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(data / "images" / "00.png", alone / "00.png")
+    shutil.copy(data / "images" / "01.png", alone / "01.png")
+    code, _, stderr = run(capsys, "train", alone, alone, "--out", tmp_path / "m2", "--iterations", "2", *TINY)
+    assert code == 2 and "no file in it is named as a label file" in stderr
+
+
 def test_train_on_binary_masks_turns_off_class_balancing_and_the_border_term(membranes, tmp_path, capsys):
     out = tmp_path / "binary"
     loud = [arg for arg in TINY if arg != "-q"]

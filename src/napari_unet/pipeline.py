@@ -59,7 +59,14 @@ T = TypeVar("T")
 
 def base_name(path: str | Path) -> str:
     """The name that pairs files: without its image suffix (`.tif`, `.ome.tif`, `.png`, ...) and without one
-    trailing `_labels` or `_probs` (what `predict` appends)."""
+    trailing `_labels` or `_probs` (what `predict` appends); the napari plugin's autosaved annotations are named
+    by their image (`cells.tif.unet-labels.tif`, and the older `cells.unet-labels.tif`: `cells`).
+
+    >>> base_name("a/cells.ome.tif.unet-labels.tif"), base_name("cells.unet-labels.tif")
+    ('cells', 'cells')
+    """
+    if Path(path).name.endswith(ANNOTATION_SUFFIX) and len(Path(path).name) > len(ANNOTATION_SUFFIX):
+        return base_name(Path(path).name[: -len(ANNOTATION_SUFFIX)])
     name = file_stem(Path(path))
     for suffix in TOLERATED_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
@@ -157,6 +164,33 @@ def _other_tools_names(second: dict[str, Path], first: dict[str, Path]) -> dict[
                     break
         renamed[key] = path
     return renamed
+
+
+LABEL_FILE_SUFFIXES = ("_labels", *OTHER_TOOLS_SUFFIXES)  # a label file's name: x_labels.tif, x_cp_masks.png, ...
+
+
+def split_beside(files: Sequence[str | Path]) -> tuple[list[Path], list[Path], list[Path]]:
+    """(images, labels, others) of the files of one folder that holds images and their labels side by side
+    (Cellpose's layout; the napari plugin's autosaved annotations): labels are the annotations the plugin
+    autosaved (`cells.tif.unet-labels.tif`) and the files named as label files of another file there (`x_labels`,
+    `x_cp_masks`, `x_masks`, `x_mask` beside `x.*`); others are `predict`'s probability maps of another file
+    (`x_probs.tif`), neither; the rest are images. Order kept; reads nothing.
+
+    >>> images, labels, others = split_beside(["a.png", "a_cp_masks.png", "b.tif", "b.tif.unet-labels.tif",
+    ...     "c_masks.png", "d.png", "d_probs.tif"])
+    >>> [p.name for p in images], [p.name for p in labels], [p.name for p in others]
+    (['a.png', 'b.tif', 'c_masks.png', 'd.png'], ['a_cp_masks.png', 'b.tif.unet-labels.tif'], ['d_probs.tif'])
+    """
+    files = [Path(f) for f in files]
+    stems = {file_stem(f) for f in files}
+
+    def named_after_another(path: Path, suffixes: Sequence[str]) -> bool:
+        stem = file_stem(path)
+        return any(stem.endswith(s) and stem[: -len(s)] in stems for s in suffixes if len(stem) > len(s))
+
+    labels = [f for f in files if f.name.endswith(ANNOTATION_SUFFIX) or named_after_another(f, LABEL_FILE_SUFFIXES)]
+    others = [f for f in files if f not in labels and named_after_another(f, ("_probs",))]
+    return [f for f in files if f not in labels and f not in others], labels, others
 
 
 def _by_base_name(files: Sequence[Path], name: str, prefer: str | None = None) -> dict[str, Path]:

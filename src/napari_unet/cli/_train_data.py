@@ -14,16 +14,15 @@ from .progress import note, warn_unmatched
 def training_data(args: argparse.Namespace):
     """(train, validation) lists of Sample, read from the files the arguments name."""
     from ..io import reading_notes
-    from ..pipeline import list_files, match_files, split_by_image
+    from ..pipeline import match_files, split_by_image
 
-    match = match_files(list_files(args.images, "image", annotations=False), list_files(args.labels, "label"))
+    match = match_files(*listed(args.images, args.labels, "image", "label", args.quiet))
     warn_unmatched(match, ("images without labels (skipped)", "labels without images (skipped)"), args.quiet)
     pairs = checked_pairs(match.pairs, args.quiet, Path(args.images).is_dir() or Path(args.labels).is_dir())
     validation_pairs: list[tuple[Path, Path]] = []
     if args.validation_images is not None:
         validation = match_files(
-            list_files(args.validation_images, "validation image", annotations=False),
-            list_files(args.validation_labels, "validation label"),
+            *listed(args.validation_images, args.validation_labels, "validation image", "validation label", args.quiet)
         )
         warn_unmatched(validation, ("validation images without labels", "validation labels without images"), args.quiet)
         folders = Path(args.validation_images).is_dir() or Path(args.validation_labels).is_dir()
@@ -67,6 +66,29 @@ def training_data(args: argparse.Namespace):
     if len(channels) > 1:
         raise ValueError(f"the images have different numbers of channels {sorted(channels)}; they must agree")
     return train, validation_samples
+
+
+def listed(images: Path, labels: Path, what: str, what_labels: str, quiet: bool) -> tuple[list[Path], list[Path]]:
+    """The image files and label files that IMAGES and LABELS name. One folder given as both holds them side by
+    side (Cellpose's `x.png` with `x_cp_masks.png`, or the napari plugin's autosaved `x.tif.unet-labels.tif`):
+    `pipeline.split_beside` tells them apart."""
+    from ..pipeline import list_files, split_beside
+
+    if not (Path(images).is_dir() and Path(images).resolve() == Path(labels).resolve()):
+        return list_files(images, what, annotations=False), list_files(labels, what_labels)
+    image_files, label_files, others = split_beside(list_files(images, what))
+    if not label_files:
+        raise ValueError(
+            f"{images} is given as both {what}s and {what_labels}s, but no file in it is named as a label file "
+            "of another (x_labels.tif, x_masks.png or x_cp_masks.png beside x.png, or the napari plugin's "
+            "x.tif.unet-labels.tif); name them so, or give the labels their own folder"
+        )
+    if others:
+        note(
+            f"note: {len(others)} probability map(s) of predict left out: " + ", ".join(p.name for p in others[:5]),
+            quiet,
+        )
+    return image_files, label_files
 
 
 def channel_counts(samples) -> set[int]:
