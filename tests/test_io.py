@@ -232,8 +232,7 @@ def png_16_bit(path: Path, pixels: np.ndarray) -> Path:
 
 def test_16_bit_colour_png_keeps_its_16_bits(tmp_path):
     """Pillow reads a 16-bit RGB(A) or grey + alpha PNG as 8 bits (the high byte of each value): values under 256
-    all became 0. They are decoded with all their bits (imagecodecs), as a grey 16-bit PNG is."""
-    pytest.importorskip("imagecodecs")
+    all became 0. They are decoded with all their bits (imagecodecs, a dependency), as a grey 16-bit PNG is."""
     red, green = ramp((30, 40), np.uint16) * 40, ramp((30, 40), np.uint16)[::-1] % 256
     rgb = np.stack([red, green, np.full_like(red, 7)], -1)
     read, axes = read_image(png_16_bit(tmp_path / "rgb16.png", rgb))
@@ -249,6 +248,20 @@ def test_16_bit_colour_png_keeps_its_16_bits(tmp_path):
     read, axes = read_image(png_16_bit(tmp_path / "la16.png", np.dstack([green, opaque])))
     assert axes == "YX" and read.dtype == np.uint16
     np.testing.assert_array_equal(read, green)
+
+
+@pytest.mark.parametrize("compression", ["lzw", "zstd", "jpeg"])
+def test_tiffs_compressed_as_microscope_software_writes_them_are_read(tmp_path, compression):
+    """LZW (what many acquisition programs and QuPath write), Zstandard and JPEG TIFFs need imagecodecs, which
+    a plain install lacked: such a file was refused ('pip install imagecodecs'). It is a dependency now."""
+    import tifffile
+
+    pixels = ramp((40, 48), np.uint8 if compression == "jpeg" else np.uint16)
+    tifffile.imwrite(tmp_path / "c.tif", pixels, compression=compression)
+    read, axes = read_image(tmp_path / "c.tif")
+    assert axes == "YX" and read.shape == (40, 48)
+    if compression != "jpeg":  # lossy
+        np.testing.assert_array_equal(read, pixels)
 
 
 def test_16_bit_colour_png_without_imagecodecs_is_refused_not_cut_to_8_bits(tmp_path, monkeypatch):
