@@ -76,3 +76,21 @@ def test_screen_resolutions_are_no_calibration(tmp_path):
     assert read_pixel_size(tmp_path / "scan.tif") == PixelSize(1.0, 1.0, "um")
     tifffile.imwrite(tmp_path / "odd.tif", image, resolution=(72, 96), resolutionunit="INCH")  # not a default
     assert read_pixel_size(tmp_path / "odd.tif") is not None
+
+
+def test_imagej_yunit_and_zunit_where_they_differ_from_the_x_unit(tmp_path):
+    """ImageJ writes `yunit=` / `zunit=` only when Y's or Z's unit differs from `unit=` (X's): they were ignored,
+    so a 2 um Z step beside 200 nm pixels read as 2 nm."""
+    import tifffile
+
+    path = tmp_path / "stack.tif"
+    metadata = {"unit": "nm", "spacing": 2.0, "zunit": "micron", "yunit": "nm", "axes": "ZYX"}
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(1 / 200, 1 / 100), metadata=metadata)
+    size = read_pixel_size(path)
+    assert size == PixelSize(100.0, 200.0, "nm")
+    assert read_spacing(path, size).z == 2000.0
+    metadata = {"unit": "micron", "yunit": "nm", "spacing": 1.0, "axes": "ZYX"}
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), imagej=True, resolution=(1 / 0.2, 1 / 200), metadata=metadata)
+    size = read_pixel_size(path)
+    assert size == PixelSize(0.2, 0.2, "um")  # 200 nm tall, 0.2 um wide
+    assert read_spacing(path, size).z == 1.0

@@ -187,16 +187,20 @@ def _tiff_pixel_size(path: Path) -> PixelSize | None:
             resolution_unit = (
                 unit_tag.value.name if unit_tag is not None and hasattr(unit_tag.value, "name") else "NONE"
             )
-            imagej_unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+            imagej = (tif.imagej_metadata or {}) if tif.is_imagej else {}
     except (OSError, ValueError, tifffile.TiffFileError):
         return None
     if x_res <= 0 or y_res <= 0:
         return None
-    if imagej_unit and resolution_unit == "NONE":
-        unit = normalize_unit(str(imagej_unit))
+    if imagej.get("unit") and resolution_unit == "NONE":
+        unit = normalize_unit(str(imagej["unit"]))
         if unit in ("pixel", "pixels", "") or not re.fullmatch(r"[A-Za-z]+", unit):
             return None
-        return PixelSize(_round(1.0 / y_res), _round(1.0 / x_res), unit)
+        size = PixelSize(_round(1.0 / y_res), _round(1.0 / x_res), unit)
+        if imagej.get("yunit"):  # ImageJ writes yunit only where it differs from the X unit
+            y = _length_in(size.y, imagej["yunit"], size)
+            return PixelSize(y, size.x, unit) if y is not None else None
+        return size
     if resolution_unit == "INCH" and x_res == y_res and x_res in SCREEN_DPI:
         return None
     return PixelSize.from_tiff_resolution((x_res, y_res), resolution_unit)
@@ -281,7 +285,9 @@ def _tiff_spacing(path: Path, pixel_size: PixelSize | None) -> StackSpacing:
     z = _length_in(ome.get("PhysicalSizeZ"), ome.get("PhysicalSizeZUnit", "µm"), pixel_size)  # OME's default unit
     t = _in_seconds(ome.get("TimeIncrement"), ome.get("TimeIncrementUnit", "s"))
     if z is None:
-        z = _length_in(imagej.get("spacing"), imagej.get("unit"), pixel_size)
+        z = _length_in(
+            imagej.get("spacing"), imagej.get("zunit") or imagej.get("unit"), pixel_size
+        )  # zunit: where Z's differs
     if t is None:
         t = _in_seconds(imagej.get("finterval"), imagej.get("tunit", "sec"))
     return StackSpacing(z, t)
