@@ -1,6 +1,6 @@
 """The built-in `nuclei` model zero-shot (no annotation) on images it was never trained on, and its speed.
 
-    .venv/bin/python benchmarks/bench_generalist.py [--model nuclei] [--limit N] [--threads 2]
+    .venv/bin/python benchmarks/bench_generalist.py [--model nuclei] [--limit N] [--threads 2] [--tta]
 
 Scores (napari_unet.metrics: AP50, mAP over IoU 0.5:0.05:0.95, F1 at 0.5, SEG), means over images:
 - `dsb2018-fluo/train`: the 100 DSB 2018 fluorescence images kept out of the model's training (its validation
@@ -12,6 +12,7 @@ Scores (napari_unet.metrics: AP50, mAP over IoU 0.5:0.05:0.95, F1 at 0.5, SEG), 
 Speed: a 1024 x 1024 image (synthetic cells at the model's object diameter) segmented by `bundle.segment` at
 scale 1 (normalisation, tiled network, post-processing), with the automatic diameter estimate, and the bare
 network's tiled forward pass on the same normalised image, medians of 3 runs in the same invocation.
+With --tta every segmentation (and the timed ones) averages the 8 flips and rotations (`predict --tta`).
 Needs ../shared/data (the script says so and exits when it is absent). Writes generalist.json.
 """
 
@@ -44,14 +45,14 @@ def grey(path: Path) -> np.ndarray:
     return np.asarray(ChannelChoice(grey=True).apply(image, axes)[0], dtype=np.float32)
 
 
-def score_set(bundle, pairs: list[tuple[Path, Path]], true_diameter: bool) -> dict[str, Any]:
+def score_set(bundle, pairs: list[tuple[Path, Path]], true_diameter: bool, tta: bool = False) -> dict[str, Any]:
     rows = []
     for image_path, labels_path in pairs:
         truth = read_labels(labels_path).astype(np.int32)
         diameter = median_diameter(truth) if true_diameter else "auto"
         if true_diameter and not np.isfinite(diameter):
             continue
-        pred = bundle.segment(grey(image_path), diameter=diameter)
+        pred = bundle.segment(grey(image_path), diameter=diameter, tta=tta)
         rows.append({"image": image_path.name, **instance_scores(pred, truth), "errors": error_kinds(pred, truth)})
     errors = {kind: sum(row["errors"][kind] for row in rows) for kind in ("matched", "merged", "missed", "false")}
     return {"mean": average_scores(rows), "errors": errors, "images": rows}
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         help="take the held-out image lists from this model's metadata (default: --model's), e.g. to score an "
         "earlier model on the images a later one was not trained on",
     )
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips and rotations)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
@@ -80,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     image, _ = make_cells((1024, 1024), seed=0)
     normalised = bundle.preprocessor(image[None], "CYX")(image[None].astype(np.float32))
     bare, bare_runs, _ = seconds(lambda: predict_tiled(bundle.net, normalised, device="cpu"), 3)
-    whole, whole_runs, _ = seconds(lambda: bundle.segment(image, diameter=net_diameter), 3)
-    auto, auto_runs, _ = seconds(lambda: bundle.segment(image, diameter="auto"), 3)
+    whole, whole_runs, _ = seconds(lambda: bundle.segment(image, diameter=net_diameter, tta=args.tta), 3)
+    auto, auto_runs, _ = seconds(lambda: bundle.segment(image, diameter="auto", tta=args.tta), 3)
     speed = {
         "image": [1024, 1024],
         "bare_network_s": bare,
@@ -101,13 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no images in {args.data / 'dsb2018-fluo/train/images'}: this benchmark needs ../shared/data")
     pairs = [(p, p.parent.parent / "labels" / p.name) for p in validation[: args.limit]]
     results: dict[str, Any] = {"speed": speed}
-    results["dsb2018_fluo_train_auto"] = score_set(bundle, pairs, true_diameter=False)
-    results["dsb2018_fluo_train_true_diameter"] = score_set(bundle, pairs, true_diameter=True)
+    results["dsb2018_fluo_train_auto"] = score_set(bundle, pairs, False, args.tta)
+    results["dsb2018_fluo_train_true_diameter"] = score_set(bundle, pairs, True, args.tta)
     lists = (load_model(args.held_out_from) if args.held_out_from else bundle).metadata.get("training_data", {})
     held = lists.get("held_out_bbbc039", [])
     bbbc = [(args.data / "bbbc039/train/images" / n, args.data / "bbbc039/train/labels" / n) for n in held]
     if bbbc:
-        results["bbbc039_held_out_auto"] = score_set(bundle, bbbc, true_diameter=False)
+        results["bbbc039_held_out_auto"] = score_set(bundle, bbbc, False, args.tta)
     other = [
         (args.data / "dsb2018-other/train/images" / n, args.data / "dsb2018-other/train/labels" / n)
         for n in lists.get("held_out_dsb2018_other", [])
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     for kind in ("brightfield", "histology"):
         pairs = [p for p in other if (read_image(p[0])[1] == "CYX") == (kind == "histology")]
         if pairs:
-            results[f"dsb2018_other_held_out_{kind}_auto"] = score_set(bundle, pairs, true_diameter=False)
-            results[f"dsb2018_other_held_out_{kind}_true_diameter"] = score_set(bundle, pairs, true_diameter=True)
+            results[f"dsb2018_other_held_out_{kind}_auto"] = score_set(bundle, pairs, False, args.tta)
+            results[f"dsb2018_other_held_out_{kind}_true_diameter"] = score_set(bundle, pairs, True, args.tta)
     for name, result in results.items():
         if name != "speed":
             m, e = result["mean"], result["errors"]
@@ -131,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         {
             "benchmark": "generalist",
             "model": args.model,
+            "tta": args.tta,
             "machine": machine(load),
             "metadata": {k: bundle.metadata.get(k) for k in ("iterations", "elapsed_seconds", "command")},
             "postprocess": bundle.postprocess.to_dict(),
