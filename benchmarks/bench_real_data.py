@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_real_data.py --dataset isbi|dsb|both [--budget SECONDS] [--quick]
         [--preset fast|paper] [--device auto|cpu|cuda] [--threads N] [--data ../shared/data] [--out FOLDER]
-        [--reuse-peer FOLDER] [--depth N] [--base-channels N] [--tile-size PX]
+        [--reuse-peer FOLDER] [--depth N] [--base-channels N] [--dropout P] [--tile-size PX]
 
 Data from `../shared/data` (beside the repository; the script says so and exits when it is absent):
 - ISBI 2012: train on slices 0-14, validate on 15-19; labels 0 = membrane, 255 = cell interior (foreground),
@@ -276,7 +276,7 @@ def run_ours(
     seed: int,
     tune_count: int,
     tta: bool,
-    net_overrides: dict[str, int] | None = None,
+    net_overrides: dict[str, float] | None = None,
     train_overrides: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Train ours as `napari-unet train --time-budget` does (the preset, adapted to the kind of labels, for
@@ -523,7 +523,9 @@ def run_dataset(dataset: str, args: argparse.Namespace, device: torch.device) ->
         flush=True,
     )
     net_overrides = {
-        key: value for key, value in (("depth", args.depth), ("base_channels", args.base_channels)) if value
+        key: value
+        for key, value in (("depth", args.depth), ("base_channels", args.base_channels), ("dropout", args.dropout))
+        if value is not None
     }
     train_overrides = {"tile_size": args.tile_size} if args.tile_size else {}
     ours = run_ours(
@@ -595,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=None, help="our network's depth (default: the preset's)")
     parser.add_argument(
         "--base-channels", type=int, default=None, help="our network's base channels (default: the preset's)"
+    )
+    parser.add_argument(
+        "--dropout", type=float, default=None, help="dropout at the end of the contracting path (the paper: 0.5)"
     )
     parser.add_argument("--tile-size", type=int, default=None, help="our training window (default: the preset's)")
     parser.add_argument("--data", type=Path, default=DATA, help="folder holding isbi2012/ and dsb2018-fluo/")
