@@ -428,3 +428,36 @@ def test_a_refused_run_says_why_in_the_status_line(make_napari_viewer_proxy, qtb
     assert widget.status.text() == f"Not run: {errors[-1]}" and "2.0 px" in errors[-1], widget.status.text()
     viewer.layers.remove("cells")
     assert widget.run() is None and widget.status.text() == "Not run: No image layer: open an image first"
+
+
+def test_images_opened_with_segment_each_image_ticked_are_segmented_one_after_the_other(
+    make_napari_viewer_proxy, qtbot, tiny_bundle
+):
+    """Drop images on the window and see them segmented: with the box ticked, each image opened or added from then on
+    is segmented in turn (the maps the dock computes are not); an image open before, or opened with the box
+    unticked, is not; Cancel drops the images still waiting."""
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(make_cells((64, 64), seed=1)[0], name="before")
+    widget = open_dock(viewer, tiny_bundle)
+    widget.probs_check.setChecked(True)
+    viewer.add_image(make_cells((64, 64), seed=2)[0], name="unticked")
+    qtbot.wait(50)
+    assert widget.worker is None and widget.labels_layer is None
+    widget.on_open_check.setChecked(True)
+    results = []
+    widget.segmented.connect(lambda labels: results.append(widget.labels_layer.name))
+    viewer.add_image(make_cells((64, 72), seed=3)[0], name="first")
+    viewer.add_image(make_cells((72, 64), seed=4)[0], name="second")
+    qtbot.waitUntil(lambda: len(results) == 2, timeout=60_000)
+    qtbot.wait(100)  # nothing more starts: the probability maps the runs added are not images to segment
+    assert results == ["first labels", "second labels"] and widget.worker is None
+    assert viewer.layers["second labels"].data.shape == (72, 64)
+    assert "before labels" not in viewer.layers and "unticked labels" not in viewer.layers
+
+    viewer.add_image(make_cells((64, 64), seed=5)[0], name="third")
+    viewer.add_image(make_cells((64, 64), seed=6)[0], name="fourth")
+    qtbot.waitUntil(lambda: widget.worker is not None, timeout=10_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
+    qtbot.wait(100)
+    assert "fourth labels" not in viewer.layers and widget.worker is None

@@ -12,7 +12,8 @@ running the network again.
 Object size: a model with an object diameter (the built-in `nuclei`) sees the image rescaled by model diameter /
 object diameter (the dock's "object diameter": a value, or auto, estimated in a worker before the tiles start);
 the layers keep the image's size (`jobs.segment.stream_tiles`). A new dock puts the built-in model in the session
-when it has none, so Segment works right after an image is opened.
+when it has none, so Segment works right after an image is opened; with "segment each image as it opens" ticked,
+every image opened or added from then on is segmented with the dock's settings, one after the other.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QWidget
 
 from napari_unet.device import available_devices, describe_device, select_device
@@ -124,6 +125,16 @@ class SegmentWidget(QWidget):
                 "slides: segment without it)"
             ),
         )
+        self.on_open_check = check(
+            "segment each image as it opens",
+            tooltip=(
+                "Every image opened or dropped on the window from now on is segmented with these settings, one "
+                "after the other (not the maps the docks compute); Cancel also drops the images still waiting"
+            ),
+        )
+        # the images present at the last look, by napari's unique ids (the viewer proxy wraps each layer anew)
+        self._images_seen = {layer.unique_id for layer in napari_viewer.layers if is_original_image(layer)}
+        self._waiting: list[Any] = []  # images opened with the box ticked, not segmented yet
         self.uncertainty_layer: Any = None
         self.postprocess_fields = fields = PostprocessFields()
         self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
@@ -142,6 +153,7 @@ class SegmentWidget(QWidget):
                 ("", self.probs_check),
                 ("", self.tta_check),
                 ("", self.uncertainty_check),
+                ("", self.on_open_check),
                 *fields.rows(),
             ),
             *self.controls.items(),
@@ -155,6 +167,7 @@ class SegmentWidget(QWidget):
         self.session.training_changed.connect(self._show_training)
         self._show_model()
         self._show_training(self.session.training)
+        self.segmented.connect(lambda _labels: self._segment_waiting_soon())
         self.reset_choices()
 
     # -- public ---------------------------------------------------------------------------------------------
@@ -165,11 +178,37 @@ class SegmentWidget(QWidget):
         (not the probability or other maps the docks compute). When the image in the picker is removed, the status
         line says so and names the image chosen instead."""
         chosen = self.image_picker.refresh()
+        self._note_opened()
         if chosen is None or chosen in self.viewer.layers:
             return
         instead = self.image_combo.value
         now = f"'{instead.name}' is the image to segment now" if instead is not None else "open an image to segment"
         self.status.setText(f"The image '{chosen.name}' was removed: {now}")
+
+    def _note_opened(self) -> None:
+        """With "segment each image as it opens" ticked, queue the images opened since the last look (never the maps
+        the docks compute) and start on them when the dock is free."""
+        images = [layer for layer in self.viewer.layers if is_original_image(layer)]
+        opened = [layer for layer in images if layer.unique_id not in self._images_seen]
+        self._images_seen = {layer.unique_id for layer in images}
+        if opened and self.on_open_check.isChecked():
+            self._waiting.extend(opened)
+            self._segment_waiting_soon()
+
+    def _segment_waiting_soon(self) -> None:
+        QTimer.singleShot(0, lambda: alive(self) and self._segment_waiting())
+
+    def _segment_waiting(self) -> None:
+        """Segment the next image still waiting (and in the viewer) when no run is on; a refused run drops the rest,
+        its reason being theirs too (no model, the model in training, ...)."""
+        if self.worker is not None:
+            return  # the end of this run (`segmented`) starts the next
+        while self._waiting:
+            layer = self._waiting.pop(0)
+            if layer in self.viewer.layers:
+                if self._run(layer) is None:
+                    self._waiting.clear()
+                return
 
     def load_model(self, path: str | Path) -> bool:
         """Load a model folder into the session; problems become notifications."""
@@ -186,10 +225,13 @@ class SegmentWidget(QWidget):
 
     def run(self) -> Any:
         """Start segmenting the chosen image layer; returns the worker, or None after a notification."""
+        return self._run(self.image_combo.value)
+
+    def _run(self, layer: Any) -> Any:
         if self.worker is not None:
             show_warning("A segmentation is already running: cancel it first")
             return None
-        bundle, layer = self.session.bundle, self.image_combo.value
+        bundle = self.session.bundle
         if bundle is None:
             return self._refuse("No model: train one in the Fine-tune dock or load a saved model folder (Load model…)")
         if self.session.training:
@@ -317,7 +359,8 @@ class SegmentWidget(QWidget):
 
     def cancel(self) -> None:
         """Stop after the tile being computed (with test-time augmentation, the orientation of the plane being
-        computed); what was already written stays."""
+        computed); what was already written stays. Images waiting to be segmented as they opened are dropped."""
+        self._waiting.clear()
         if self.worker is not None:
             self.cancelled = True
             self.worker.quit()
