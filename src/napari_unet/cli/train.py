@@ -40,7 +40,8 @@ def add_parser(subparsers) -> None:
         "train",
         "Train a U-Net on annotated images and save it as a model folder.",
         "IMAGES and LABELS are folders whose files pair by base name (01.png with 01.tif; a '_labels' suffix is "
-        "tolerated) or two single files. Labels: instance ids (0 = background, one id per cell) or a binary "
+        "tolerated) or two single files; one folder given as both holds images and labels side by side (01.png "
+        "with 01_masks.png, 01_cp_masks.png or 01_labels.tif, or the plugin's 01.png.unet-labels.tif). Labels: instance ids (0 = background, one id per cell) or a binary "
         "mask (e.g. ISBI: 0 = membrane, 255 = cell). Sparse annotation: --mask (nonzero = annotated), or the "
         "reserved value -1 (int) / 65535 (uint16) in the label files. Images are normalised with their 1st and "
         "99.8th percentiles. The model folder is written at every checkpoint, at the end, and when stopped "
