@@ -600,6 +600,11 @@ def test_train_on_one_folder_holding_images_and_labels_side_by_side(data, tmp_pa
     assert len(load_model(out).metadata["data_hashes"]) == 3
     assert "probability map(s) of predict left out: 02_probs.tif" in stdout + stderr
     assert "without labels" not in stdout + stderr
+    assert "napari plugin's annotations" in stdout + stderr and "--around-cells" in stdout + stderr
+    again = ["--out", tmp_path / "m3", "--iterations", "2", "--around-cells", "12", *quiet]
+    code, stdout, stderr = run(capsys, "train", folder, folder, *again)
+    assert code == 0, stderr
+    assert "napari plugin's annotations" not in stdout + stderr
 
     alone = tmp_path / "alone"
     alone.mkdir()
@@ -607,6 +612,22 @@ def test_train_on_one_folder_holding_images_and_labels_side_by_side(data, tmp_pa
     shutil.copy(data / "images" / "01.png", alone / "01.png")
     code, _, stderr = run(capsys, "train", alone, alone, "--out", tmp_path / "m2", "--iterations", "2", *TINY)
     assert code == 2 and "no file in it is named as a label file" in stderr
+
+
+def test_around_cells_annotates_the_painted_cells_and_a_margin_of_background_only():
+    """`train --around-cells PX`: a few painted cells teach background only within PX of them (the Fine-tune dock's
+    rule), inside the sample's own mask when it has one; the unpainted cells farther away are not background."""
+    from napari_unet.cli._train_data import around_cells
+    from napari_unet.training import Sample
+
+    labels = np.zeros((40, 60), np.uint16)
+    labels[10:16, 10:16] = 1
+    sample = around_cells(Sample(np.zeros((40, 60), np.float32), labels), 4)
+    assert sample.mask[12, 12] and sample.mask[12, 19] and not sample.mask[12, 21] and not sample.mask[35, 50]
+    own = np.ones((40, 60), bool)
+    own[:, 13:] = False
+    masked = around_cells(Sample(np.zeros((40, 60), np.float32), labels, own), 4)
+    assert masked.mask[12, 12] and not masked.mask[12, 14]
 
 
 def test_train_on_binary_masks_turns_off_class_balancing_and_the_border_term(membranes, tmp_path, capsys):

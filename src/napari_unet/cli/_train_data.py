@@ -14,7 +14,7 @@ from .progress import note, warn_unmatched
 def training_data(args: argparse.Namespace):
     """(train, validation) lists of Sample, read from the files the arguments name."""
     from ..io import reading_notes
-    from ..pipeline import match_files, split_by_image
+    from ..pipeline import ANNOTATION_SUFFIX, match_files, split_by_image
 
     match = match_files(*listed(args.images, args.labels, "image", "label", args.quiet))
     warn_unmatched(match, ("images without labels (skipped)", "labels without images (skipped)"), args.quiet)
@@ -41,6 +41,17 @@ def training_data(args: argparse.Namespace):
     choice = args.channel_choice
     train = [read_sample(image, labels, masks.get(image), choice) for image, labels in pairs]
     validation_samples = [read_sample(image, labels, masks.get(image), choice) for image, labels in validation_pairs]
+    around = getattr(args, "around_cells", None)
+    if around is not None:
+        train, validation_samples = (
+            [around_cells(s, around) for s in samples] for samples in (train, validation_samples)
+        )
+    elif any(labels.name.endswith(ANNOTATION_SUFFIX) for _, labels in everything):
+        note(
+            "note: the labels include the napari plugin's annotations: every pixel left unpainted there is taught "
+            "as background; where only some cells are painted, add --around-cells 12 (as the Fine-tune dock does)",
+            args.quiet,
+        )
     unannotated = [
         image.name for (image, _), sample in zip(everything, train + validation_samples) if not annotates(sample)
     ]
@@ -183,6 +194,19 @@ def masks_for(
             quiet,
         )
     return dict(match.pairs)
+
+
+def around_cells(sample, margin: float):
+    """`sample` annotated only at its annotated cells and `margin` pixels of background around them (within its
+    own mask, if any): elsewhere, unpainted cells are not taught as background (`targets.mask_around_cells`)."""
+    from dataclasses import replace
+
+    from ..targets import mask_around_cells
+
+    region = mask_around_cells(sample.labels, margin)
+    if sample.mask is not None:
+        region &= np.asarray(sample.mask) != 0
+    return replace(sample, mask=region)
 
 
 def read_sample(image_path: Path, labels_path: Path, mask_path: Path | None = None, channels=None):

@@ -87,6 +87,13 @@ def add_parser(subparsers) -> None:
         metavar="PATH",
         help="mask file or folder (nonzero = annotated), matched to the images by base name",
     )
+    data.add_argument(
+        "--around-cells",
+        type=non_negative_float,
+        metavar="PX",
+        help="only some cells are annotated (the napari plugin's annotations): the loss looks at the annotated "
+        "cells and PX pixels of background around them, as the Fine-tune dock does (12 there), not at the rest",
+    )
     add_channel_options(data, "the network sees (default: all; with --init/--resume: the saved model's)")
     data.add_argument("--validation-images", type=Path, metavar="PATH", help="validation image file or folder")
     data.add_argument("--validation-labels", type=Path, metavar="PATH", help="validation label file or folder")
@@ -571,6 +578,7 @@ def _resume_command(args: argparse.Namespace, out: Path) -> str:
     words: list[object] = [args.images, args.labels]
     for flag, value in (
         ("--mask", getattr(args, "mask", None)),
+        ("--around-cells", getattr(args, "around_cells", None)),
         ("--validation-images", getattr(args, "validation_images", None)),
         ("--validation-labels", getattr(args, "validation_labels", None)),
         ("--val-fraction", getattr(args, "val_fraction", None)),
