@@ -593,12 +593,13 @@ def test_train_on_one_folder_holding_images_and_labels_side_by_side(data, tmp_pa
         shutil.copy(data / "images" / f"0{i}.png", folder / f"0{i}.png")
         shutil.copy(data / "labels" / f"0{i}.tif", folder / name)
     write_tiff(folder / "02_probs.tif", np.zeros((72, 80), np.float32), "YX")
+    shutil.copy(data / "labels" / "00.tif", folder / "01.unet-labels.tif")  # saved by an older version: set aside
     out = tmp_path / "m"
     quiet = [a for a in TINY if a != "-q"]
     code, stdout, stderr = run(capsys, "train", folder, folder, "--out", out, "--iterations", "2", *quiet)
     assert code == 0, stderr
     assert len(load_model(out).metadata["data_hashes"]) == 3
-    assert "probability map(s) of predict left out: 02_probs.tif" in stdout + stderr
+    assert "left out 2 file(s)" in stdout + stderr and "02_probs.tif, 01.unet-labels.tif" in stdout + stderr
     assert "without labels" not in stdout + stderr
     assert "napari plugin's annotations" in stdout + stderr and "--around-cells" in stdout + stderr
     again = ["--out", tmp_path / "m3", "--iterations", "2", "--around-cells", "12", *quiet]

@@ -317,3 +317,32 @@ def test_label_files_named_as_other_tools_name_them_pair_with_their_images():
     assert [p.name for p in alone.unmatched_second] == ["x_masks.png"]
     measured = match_files([Path("lab/a_cp_masks.png"), Path("lab/b.tif")], [Path("im/a.png"), Path("im/b.png")])
     assert measured.pairs == [(Path("lab/a_cp_masks.png"), Path("im/a.png")), (Path("lab/b.tif"), Path("im/b.png"))]
+
+
+def test_one_folder_keeps_one_label_file_per_image_the_most_recent_kind_first():
+    """A folder with two label files of one image (the plugin's annotations as saved now and before 2026-12, a
+    corrected predict result, Cellpose's names) stopped train with 'two labels files have the base name'. One is
+    used, the others are set aside (to be named in a note)."""
+    from napari_unet.pipeline import split_beside
+
+    files = ["x.tif", "x.unet-labels.tif", "x_labels.tif", "x.tif.unet-labels.tif", "y.png", "y_masks.png"]
+    images, labels, others = split_beside([*files, "y_cp_masks.png", "z.png", "z_labels.tif", "z_probs.tif"])
+    assert [p.name for p in images] == ["x.tif", "y.png", "z.png"]
+    assert [p.name for p in labels] == ["x.tif.unet-labels.tif", "y_cp_masks.png", "z_labels.tif"]
+    assert sorted(p.name for p in others) == ["x.unet-labels.tif", "x_labels.tif", "y_masks.png", "z_probs.tif"]
+    assert match_files(images, labels).pairs == list(zip(images, labels))
+
+
+def test_annotation_files_named_as_inputs_are_skipped_with_a_note(tmp_path):
+    """`predict data/*.tif` names the plugin's annotations beside the images as inputs: refused as two inputs
+    written to one output (x.tif and x.tif.unet-labels.tif). They are left out and named as annotations."""
+    from napari_unet.pipeline import describe_own_outputs, list_inputs
+
+    for name in ("x.tif", "x.tif.unet-labels.tif", "x_labels.tif"):
+        (tmp_path / name).write_bytes(b"")
+    inputs, left = list_inputs(sorted(tmp_path.iterdir()))
+    assert [p.name for p in inputs] == ["x.tif"]
+    assert sorted(p.name for p in left) == ["x.tif.unet-labels.tif", "x_labels.tif"]
+    said = describe_own_outputs(left)
+    assert "predict's output of another input: x_labels.tif" in said
+    assert "napari plugin's annotations, not images: x.tif.unet-labels.tif" in said

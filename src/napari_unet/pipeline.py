@@ -65,7 +65,7 @@ def base_name(path: str | Path) -> str:
     >>> base_name("a/cells.ome.tif.unet-labels.tif"), base_name("cells.unet-labels.tif")
     ('cells', 'cells')
     """
-    if Path(path).name.endswith(ANNOTATION_SUFFIX) and len(Path(path).name) > len(ANNOTATION_SUFFIX):
+    if is_annotation(path):
         return base_name(Path(path).name[: -len(ANNOTATION_SUFFIX)])
     name = file_stem(Path(path))
     for suffix in TOLERATED_SUFFIXES:
@@ -173,8 +173,9 @@ def split_beside(files: Sequence[str | Path]) -> tuple[list[Path], list[Path], l
     """(images, labels, others) of the files of one folder that holds images and their labels side by side
     (Cellpose's layout; the napari plugin's autosaved annotations): labels are the annotations the plugin
     autosaved (`cells.tif.unet-labels.tif`) and the files named as label files of another file there (`x_labels`,
-    `x_cp_masks`, `x_masks`, `x_mask` beside `x.*`); others are `predict`'s probability maps of another file
-    (`x_probs.tif`), neither; the rest are images. Order kept; reads nothing.
+    `x_cp_masks`, `x_masks`, `x_mask` beside `x.*`), one per image (`_label_file_rank`); others are `predict`'s
+    probability maps of another file (`x_probs.tif`) and the label files set aside for another of the same
+    image; the rest are images. Order kept; reads nothing.
 
     >>> images, labels, others = split_beside(["a.png", "a_cp_masks.png", "b.tif", "b.tif.unet-labels.tif",
     ...     "c_masks.png", "d.png", "d_probs.tif"])
@@ -188,9 +189,37 @@ def split_beside(files: Sequence[str | Path]) -> tuple[list[Path], list[Path], l
         stem = file_stem(path)
         return any(stem.endswith(s) and stem[: -len(s)] in stems for s in suffixes if len(stem) > len(s))
 
-    labels = [f for f in files if f.name.endswith(ANNOTATION_SUFFIX) or named_after_another(f, LABEL_FILE_SUFFIXES)]
+    labels = [f for f in files if is_annotation(f) or named_after_another(f, LABEL_FILE_SUFFIXES)]
     others = [f for f in files if f not in labels and named_after_another(f, ("_probs",))]
-    return [f for f in files if f not in labels and f not in others], labels, others
+    images = [f for f in files if f not in labels and f not in others]
+    kept: dict[str, Path] = {}
+    for path in sorted(labels, key=_label_file_rank):  # one label file per image: the most recent kind first
+        key = base_name(path) if is_annotation(path) else _image_stem(path)
+        if key in kept:
+            others.append(path)
+        else:
+            kept[key] = path
+    return images, [f for f in labels if f in kept.values()], others
+
+
+def _image_stem(path: Path) -> str:
+    """`x` of a label file named after its image (`x_labels`, `x_cp_masks`, `x_masks`, `x_mask`)."""
+    stem = file_stem(path)
+    for suffix in LABEL_FILE_SUFFIXES:
+        if stem.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def _label_file_rank(path: Path) -> int:
+    """Which of several label files of one image `split_beside` keeps (lowest): the plugin's annotations as saved
+    now (`x.tif.unet-labels.tif`), as saved before 2026-12 (`x.unet-labels.tif`), then `_labels` (a corrected
+    `predict` result) and the other tools' names in `LABEL_FILE_SUFFIXES` order."""
+    if is_annotation(path):
+        image_name = path.name[: -len(ANNOTATION_SUFFIX)]
+        return 0 if file_stem(image_name) != image_name else 1
+    stem = file_stem(path)
+    return 2 + next(i for i, suffix in enumerate(LABEL_FILE_SUFFIXES) if stem.endswith(suffix))
 
 
 def _by_base_name(files: Sequence[Path], name: str, prefer: str | None = None) -> dict[str, Path]:
@@ -258,9 +287,17 @@ def separate_outputs(files: Sequence[str | Path]) -> tuple[list[Path], list[Path
 def list_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
     """(inputs, outputs): the image files and `.zarr` stores of `paths` (files or folders; `list_files`, without the
     plugin's autosaved annotations), and those of them left out as `predict`'s outputs of another
-    (`separate_outputs`), to be named in a note (`describe_own_outputs`)."""
+    (`separate_outputs`) or as the plugin's annotations named as files (`data/*.tif` in a shell), to be named in a
+    note (`describe_own_outputs`)."""
     listed = [f for path in paths for f in list_files(path, "input image", zarr=True, annotations=False)]
-    return separate_outputs(listed)
+    inputs, outputs = separate_outputs([f for f in listed if not is_annotation(f)])
+    return inputs, outputs + [f for f in listed if is_annotation(f)]
+
+
+def is_annotation(path: str | Path) -> bool:
+    """A file the napari plugin autosaved annotations to (`cells.tif.unet-labels.tif`; `ANNOTATION_SUFFIX`)."""
+    name = Path(path).name
+    return name.endswith(ANNOTATION_SUFFIX) and len(name) > len(ANNOTATION_SUFFIX)
 
 
 def describe_own_outputs(outputs: Sequence[Path], shown: int = 5) -> str:
@@ -269,10 +306,19 @@ def describe_own_outputs(outputs: Sequence[Path], shown: int = 5) -> str:
     >>> describe_own_outputs([Path("in/a_labels.tif")])
     "skipped 1 file that is predict's output of another input: a_labels.tif"
     """
-    names = ", ".join(p.name for p in outputs[:shown]) + (", ..." if len(outputs) > shown else "")
-    if len(outputs) == 1:
-        return f"skipped 1 file that is predict's output of another input: {names}"
-    return f"skipped {len(outputs)} files that are predict's outputs of other inputs: {names}"
+    annotations = [p for p in outputs if is_annotation(p)]
+    outputs = [p for p in outputs if not is_annotation(p)]
+    said = []
+    if outputs:
+        names = ", ".join(p.name for p in outputs[:shown]) + (", ..." if len(outputs) > shown else "")
+        if len(outputs) == 1:
+            said.append(f"skipped 1 file that is predict's output of another input: {names}")
+        else:
+            said.append(f"skipped {len(outputs)} files that are predict's outputs of other inputs: {names}")
+    if annotations:
+        names = ", ".join(p.name for p in annotations[:shown]) + (", ..." if len(annotations) > shown else "")
+        said.append(f"skipped {len(annotations)} file(s) of the napari plugin's annotations, not images: {names}")
+    return "; ".join(said)
 
 
 def file_stem(path: str | Path) -> str:

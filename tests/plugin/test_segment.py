@@ -458,6 +458,42 @@ def test_images_opened_with_segment_each_image_ticked_are_segmented_one_after_th
     viewer.add_image(make_cells((64, 64), seed=6)[0], name="fourth")
     qtbot.waitUntil(lambda: widget.worker is not None, timeout=10_000)
     widget.cancel()
+    assert widget._waiting == []  # "fourth" is dropped
     qtbot.waitUntil(lambda: widget.worker is None, timeout=30_000)
-    qtbot.wait(100)
-    assert "fourth labels" not in viewer.layers and widget.worker is None
+    viewer.add_image(make_cells((64, 64), seed=7)[0], name="fifth")  # the queue still works after a Cancel
+    qtbot.waitUntil(lambda: len(results) == 3, timeout=60_000)
+    assert results[-1] == "fifth labels" and "fourth labels" not in viewer.layers
+
+
+def test_segment_as_it_opens_waits_for_the_whole_result_and_skips_an_image_it_cannot_use(
+    make_napari_viewer_proxy, qtbot, tiny_bundle, monkeypatch
+):
+    """An image opened while the previous one was post-processed started its run at once, and the previous image
+    lost its final labels (only the tile previews stayed); an image refused for itself (RGB for a one-channel
+    model) dropped every image waiting after it. Now each run ends with its result before the next starts, and
+    only that image is skipped."""
+    import time
+
+    from napari_unet.plugin import _segment
+
+    slow = _segment.postprocess_planes
+
+    def slow_postprocess(*args, **kwargs):
+        time.sleep(0.5)  # room to open the next image while this one is post-processed
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(_segment, "postprocess_planes", slow_postprocess)
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, tiny_bundle)
+    widget.on_open_check.setChecked(True)
+    done = []
+    widget.segmented.connect(lambda labels: done.append((widget.labels_layer.name, labels.copy())))
+    viewer.add_image(make_cells((64, 64), seed=1)[0], name="first")
+    qtbot.waitUntil(lambda: "post-processing" in widget.status.text(), timeout=30_000)
+    viewer.add_image(np.zeros((48, 48, 3), np.uint8), name="rgb", rgb=True)
+    viewer.add_image(make_cells((64, 72), seed=2)[0], name="second")
+    qtbot.waitUntil(lambda: len(done) == 2, timeout=60_000)
+    assert [name for name, _ in done] == ["first labels", "second labels"]
+    first = viewer.layers["first labels"].data
+    np.testing.assert_array_equal(first, done[0][1])  # the whole-image result, not the tiles' previews
+    assert "rgb labels" not in viewer.layers

@@ -96,7 +96,9 @@ def listed(images: Path, labels: Path, what: str, what_labels: str, quiet: bool)
         )
     if others:
         note(
-            f"note: {len(others)} probability map(s) of predict left out: " + ", ".join(p.name for p in others[:5]),
+            f"note: left out {len(others)} file(s), predict's probability maps or a second label file of one image "
+            "(the plugin's newest annotations are used first, then _labels, _cp_masks, _masks, _mask): "
+            + ", ".join(p.name for p in others[:5]),
             quiet,
         )
     return image_files, label_files

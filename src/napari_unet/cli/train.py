@@ -89,7 +89,7 @@ def add_parser(subparsers) -> None:
     )
     data.add_argument(
         "--around-cells",
-        type=non_negative_float,
+        type=positive_float,
         metavar="PX",
         help="only some cells are annotated (the napari plugin's annotations): the loss looks at the annotated "
         "cells and PX pixels of background around them, as the Fine-tune dock does (12 there), not at the rest",

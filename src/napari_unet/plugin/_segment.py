@@ -135,6 +135,7 @@ class SegmentWidget(QWidget):
         # the images present at the last look, by napari's unique ids (the viewer proxy wraps each layer anew)
         self._images_seen = {layer.unique_id for layer in napari_viewer.layers if is_original_image(layer)}
         self._waiting: list[Any] = []  # images opened with the box ticked, not segmented yet
+        self._busy = False  # a run is on, up to its result (post-processing and uncertainty included) or its end
         self.uncertainty_layer: Any = None
         self.postprocess_fields = fields = PostprocessFields()
         self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
@@ -167,7 +168,8 @@ class SegmentWidget(QWidget):
         self.session.training_changed.connect(self._show_training)
         self._show_model()
         self._show_training(self.session.training)
-        self.segmented.connect(lambda _labels: self._segment_waiting_soon())
+        self.segmented.connect(lambda _labels: self._run_over())
+        self.on_open_check.toggled.connect(lambda ticked: ticked or self._waiting.clear())
         self.reset_choices()
 
     # -- public ---------------------------------------------------------------------------------------------
@@ -199,16 +201,24 @@ class SegmentWidget(QWidget):
         QTimer.singleShot(0, lambda: alive(self) and self._segment_waiting())
 
     def _segment_waiting(self) -> None:
-        """Segment the next image still waiting (and in the viewer) when no run is on; a refused run drops the rest,
-        its reason being theirs too (no model, the model in training, ...)."""
-        if self.worker is not None:
-            return  # the end of this run (`segmented`) starts the next
+        """Segment the next image still waiting (and in the viewer) when no run is on (the end of a run, `_run_over`,
+        comes back here). An image refused for itself (its channels, its size) is skipped; a refusal that holds for
+        every image (no model, the model in training) drops them all, the status line saying why."""
+        if self.worker is not None or self._busy:
+            return
         while self._waiting:
             layer = self._waiting.pop(0)
-            if layer in self.viewer.layers:
-                if self._run(layer) is None:
-                    self._waiting.clear()
+            if layer not in self.viewer.layers:
+                continue
+            if self.session.bundle is None or self.session.training:
+                self._waiting.clear()
+            if self._run(layer) is not None:
                 return
+
+    def _run_over(self) -> None:
+        """A run ended (its result shown, failed, cancelled, or its layer removed): the next image waiting, if any."""
+        self._busy = False
+        self._segment_waiting_soon()
 
     def load_model(self, path: str | Path) -> bool:
         """Load a model folder into the session; problems become notifications."""
@@ -228,6 +238,12 @@ class SegmentWidget(QWidget):
         return self._run(self.image_combo.value)
 
     def _run(self, layer: Any) -> Any:
+        worker = self._start(layer)
+        if worker is not None:
+            self._busy = True
+        return worker
+
+    def _start(self, layer: Any) -> Any:
         if self.worker is not None:
             show_warning("A segmentation is already running: cancel it first")
             return None
@@ -287,6 +303,7 @@ class SegmentWidget(QWidget):
         self._estimate_ended()
         self.status.setText("Cancelled before the first tile")
         self.stopped.emit()
+        self._run_over()
 
     def _estimated(self, bundle: ModelBundle, layer: Any, stack: Planes, device: Any, estimate: float | None) -> None:
         self._estimate_ended()
@@ -294,6 +311,7 @@ class SegmentWidget(QWidget):
         if self.cancelled:
             self.status.setText("Cancelled before the first tile")
             self.stopped.emit()
+            self._run_over()
             return
         self._start_tiles(bundle, layer, stack, device, 1.0 if estimate is None else bundle.object_diameter / estimate)
 
@@ -397,9 +415,11 @@ class SegmentWidget(QWidget):
         if self.cancelled:
             unit = "plane orientations" if self._tta else "tiles"
             self.status.setText(f"Cancelled: {self.tiles_written} of {self.progress.maximum()} {unit} written")
+            self._run_over()
             return
         if self.tiles_written < self.progress.maximum():
-            return  # failed: _failed said why
+            self._segment_waiting_soon()  # failed: _failed said why (maybe before this end of the worker)
+            return
         self.finished_run = True
         self.status.setText("All tiles in; post-processing the whole image…")
         self._start_postprocess()
@@ -437,6 +457,7 @@ class SegmentWidget(QWidget):
                 f"Finished, but the layer '{self.labels_layer.name}' was removed meanwhile: the result is not shown "
                 "(Run again to see it)"
             )
+            self._run_over()
             return
         text = f"Done: {count} object(s). The post-processing can be retuned now (no new prediction)."
         if self.session.bundle is not self._run_model:  # a model loaded (or fine-tuned) during the run
@@ -515,6 +536,7 @@ class SegmentWidget(QWidget):
     def _failed(self, error: Exception) -> None:
         show_error(f"Segmentation failed: {error}")
         self.status.setText(f"Failed: {error}")
+        self._run_over()
 
     def _show_model(self, _bundle: Any = None) -> None:
         if not alive(self):  # the session outlives a closed dock
