@@ -615,6 +615,28 @@ def test_train_on_one_folder_holding_images_and_labels_side_by_side(data, tmp_pa
     assert code == 2 and "no file in it is named as a label file" in stderr
 
 
+def test_evaluate_and_predict_on_a_folder_of_images_beside_their_masks(data, tmp_path, capsys):
+    """Cellpose's layout as ground truth: evaluate paired the predictions with the images (x.png, base name x) and
+    refused them as RGB labels or scored grey values; predict segmented the masks as images. The masks are the
+    truth now, and predict leaves them out with a note."""
+    truth, pred = tmp_path / "truth", tmp_path / "pred"
+    truth.mkdir(), pred.mkdir()
+    for i in range(2):
+        shutil.copy(data / "images" / f"0{i}.png", truth / f"0{i}.png")
+        shutil.copy(data / "labels" / f"0{i}.tif", truth / f"0{i}_masks.tif")
+        shutil.copy(data / "labels" / f"0{i}.tif", pred / f"0{i}_labels.tif")
+    code, stdout, stderr = run(capsys, "evaluate", pred, truth)
+    assert code == 0, stderr
+    assert "mean (2)" in stdout and "1.0000" in stdout.splitlines()[-1]
+    from napari_unet.pipeline import list_inputs
+
+    inputs, left = list_inputs([truth])
+    assert [p.name for p in inputs] == ["00.png", "01.png"] and [p.name for p in left] == [
+        "00_masks.tif",
+        "01_masks.tif",
+    ]
+
+
 def test_around_cells_annotates_the_painted_cells_and_a_margin_of_background_only():
     """`train --around-cells PX`: a few painted cells teach background only within PX of them (the Fine-tune dock's
     rule), inside the sample's own mask when it has one; the unpainted cells farther away are not background."""

@@ -333,16 +333,19 @@ def test_one_folder_keeps_one_label_file_per_image_the_most_recent_kind_first():
     assert match_files(images, labels).pairs == list(zip(images, labels))
 
 
-def test_annotation_files_named_as_inputs_are_skipped_with_a_note(tmp_path):
+def test_annotation_and_mask_files_are_not_inputs_of_predict(tmp_path):
     """`predict data/*.tif` names the plugin's annotations beside the images as inputs: refused as two inputs
-    written to one output (x.tif and x.tif.unet-labels.tif). They are left out and named as annotations."""
+    written to one output (x.tif and x.tif.unet-labels.tif); in Cellpose's layout the label files (y_cp_masks.png
+    beside y.png) were segmented as images. Both are left out and named in the note."""
     from napari_unet.pipeline import describe_own_outputs, list_inputs
 
-    for name in ("x.tif", "x.tif.unet-labels.tif", "x_labels.tif"):
+    for name in ("x.tif", "x.tif.unet-labels.tif", "x_labels.tif", "y.png", "y_cp_masks.png", "z_masks.png"):
         (tmp_path / name).write_bytes(b"")
     inputs, left = list_inputs(sorted(tmp_path.iterdir()))
-    assert [p.name for p in inputs] == ["x.tif"]
-    assert sorted(p.name for p in left) == ["x.tif.unet-labels.tif", "x_labels.tif"]
+    assert [p.name for p in inputs] == ["x.tif", "y.png", "z_masks.png"]  # no z.* beside z_masks.png: an image
+    assert sorted(p.name for p in left) == ["x.tif.unet-labels.tif", "x_labels.tif", "y_cp_masks.png"]
     said = describe_own_outputs(left)
     assert "predict's output of another input: x_labels.tif" in said
     assert "napari plugin's annotations, not images: x.tif.unet-labels.tif" in said
+    assert "label file(s) named after an image beside them (x_masks.png): y_cp_masks.png" in said
+    assert list_inputs([tmp_path])[0] == inputs  # the folder listed: the same

@@ -202,10 +202,18 @@ def split_beside(files: Sequence[str | Path]) -> tuple[list[Path], list[Path], l
     return images, [f for f in labels if f in kept.values()], others
 
 
-def _image_stem(path: Path) -> str:
-    """`x` of a label file named after its image (`x_labels`, `x_cp_masks`, `x_masks`, `x_mask`)."""
+def list_label_files(path: str | Path, what: str = "label") -> list[Path]:
+    """The label files of `path` (`list_files`): of a folder that holds images and their labels side by side
+    (Cellpose's layout, `split_beside`), the label files alone; else every image file."""
+    files = list_files(path, what)
+    _, labels, _ = split_beside(files) if Path(path).is_dir() else ([], [], [])
+    return labels or files
+
+
+def _image_stem(path: Path, suffixes: Sequence[str] = LABEL_FILE_SUFFIXES) -> str:
+    """`x` of a label file named after its image (`x_labels`, `x_cp_masks`, `x_masks`, `x_mask`: `suffixes`)."""
     stem = file_stem(path)
-    for suffix in LABEL_FILE_SUFFIXES:
+    for suffix in suffixes:
         if stem.endswith(suffix) and len(stem) > len(suffix):
             return stem[: -len(suffix)]
     return stem
@@ -287,11 +295,16 @@ def separate_outputs(files: Sequence[str | Path]) -> tuple[list[Path], list[Path
 def list_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
     """(inputs, outputs): the image files and `.zarr` stores of `paths` (files or folders; `list_files`, without the
     plugin's autosaved annotations), and those of them left out as `predict`'s outputs of another
-    (`separate_outputs`) or as the plugin's annotations named as files (`data/*.tif` in a shell), to be named in a
+    (`separate_outputs`), as the plugin's annotations named as files (`data/*.tif` in a shell), or as label files
+    named after an image beside them (Cellpose's `x_cp_masks.png`, `x_masks.tif`, `x_mask.png`), to be named in a
     note (`describe_own_outputs`)."""
     listed = [f for path in paths for f in list_files(path, "input image", zarr=True, annotations=False)]
     inputs, outputs = separate_outputs([f for f in listed if not is_annotation(f)])
-    return inputs, outputs + [f for f in listed if is_annotation(f)]
+    stems = {(f.parent, file_stem(f)) for f in listed}
+    masks = [
+        f for f in inputs if (f.parent, _image_stem(f, OTHER_TOOLS_SUFFIXES)) in stems - {(f.parent, file_stem(f))}
+    ]
+    return [f for f in inputs if f not in masks], outputs + masks + [f for f in listed if is_annotation(f)]
 
 
 def is_annotation(path: str | Path) -> bool:
@@ -307,7 +320,8 @@ def describe_own_outputs(outputs: Sequence[Path], shown: int = 5) -> str:
     "skipped 1 file that is predict's output of another input: a_labels.tif"
     """
     annotations = [p for p in outputs if is_annotation(p)]
-    outputs = [p for p in outputs if not is_annotation(p)]
+    masks = [p for p in outputs if not is_annotation(p) and file_stem(p).endswith(OTHER_TOOLS_SUFFIXES)]
+    outputs = [p for p in outputs if p not in annotations and p not in masks]
     said = []
     if outputs:
         names = ", ".join(p.name for p in outputs[:shown]) + (", ..." if len(outputs) > shown else "")
@@ -318,6 +332,9 @@ def describe_own_outputs(outputs: Sequence[Path], shown: int = 5) -> str:
     if annotations:
         names = ", ".join(p.name for p in annotations[:shown]) + (", ..." if len(annotations) > shown else "")
         said.append(f"skipped {len(annotations)} file(s) of the napari plugin's annotations, not images: {names}")
+    if masks:
+        names = ", ".join(p.name for p in masks[:shown]) + (", ..." if len(masks) > shown else "")
+        said.append(f"skipped {len(masks)} label file(s) named after an image beside them (x_masks.png): {names}")
     return "; ".join(said)
 
 

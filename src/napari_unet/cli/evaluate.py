@@ -178,12 +178,12 @@ def _weights(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..io import read_label_image
     from ..metrics import as_objects, average_scores, evaluate_pair
-    from ..pipeline import list_files, match_files
+    from ..pipeline import list_files, list_label_files, match_files
     from ..validation import check_instance_labels, check_label_axes
 
     match = match_files(
         list_files(args.pred, "prediction"),
-        list_files(args.truth, "ground-truth"),
+        list_label_files(args.truth, "ground-truth"),  # a folder of images and their x_masks.png: the masks
         ("predictions", "ground truth"),
         prefer="_probs" if args.kind == "isbi" else "_labels",
     )
