@@ -615,7 +615,7 @@ def test_train_on_one_folder_holding_images_and_labels_side_by_side(data, tmp_pa
     assert code == 2 and "no file in it is named as a label file" in stderr
 
 
-def test_evaluate_and_predict_on_a_folder_of_images_beside_their_masks(data, tmp_path, capsys):
+def test_evaluate_and_predict_on_a_folder_of_images_beside_their_masks(data, model, tmp_path, capsys):
     """Cellpose's layout as ground truth: evaluate paired the predictions with the images (x.png, base name x) and
     refused them as RGB labels or scored grey values; predict segmented the masks as images. The masks are the
     truth now, and predict leaves them out with a note."""
@@ -635,6 +635,17 @@ def test_evaluate_and_predict_on_a_folder_of_images_beside_their_masks(data, tmp
         "00_masks.tif",
         "01_masks.tif",
     ]
+    # predict's results written into that folder are no truth (they were preferred to the masks: perfect scores)
+    write_tiff(truth / "00_labels.tif", np.zeros((72, 80), np.uint16), "YX")
+    code, stdout, stderr = run(capsys, "evaluate", pred, truth)
+    assert code == 0 and "1.0000" in stdout.splitlines()[-1], stderr
+
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(data / "labels" / "00.tif", only / "00.tif.unet-labels.tif")
+    args = ["predict", model, only / "00.tif.unet-labels.tif", "--out", tmp_path / "o"]
+    code, _, stderr = run(capsys, *args)
+    assert code == 2 and "no image to segment" in stderr and "napari plugin's annotations" in stderr
 
 
 def test_around_cells_annotates_the_painted_cells_and_a_margin_of_background_only():

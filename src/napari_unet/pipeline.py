@@ -204,9 +204,12 @@ def split_beside(files: Sequence[str | Path]) -> tuple[list[Path], list[Path], l
 
 def list_label_files(path: str | Path, what: str = "label") -> list[Path]:
     """The label files of `path` (`list_files`): of a folder that holds images and their labels side by side
-    (Cellpose's layout, `split_beside`), the label files alone; else every image file."""
+    (Cellpose's layout, `split_beside`; `predict`'s outputs there set aside), the label files alone; else every
+    image file."""
     files = list_files(path, what)
-    _, labels, _ = split_beside(files) if Path(path).is_dir() else ([], [], [])
+    if not Path(path).is_dir():
+        return files
+    _, labels, _ = split_beside(separate_outputs(files)[0])  # predict's x_labels.tif beside x.png is no truth
     return labels or files
 
 

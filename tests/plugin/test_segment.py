@@ -497,3 +497,42 @@ def test_segment_as_it_opens_waits_for_the_whole_result_and_skips_an_image_it_ca
     first = viewer.layers["first labels"].data
     np.testing.assert_array_equal(first, done[0][1])  # the whole-image result, not the tiles' previews
     assert "rgb labels" not in viewer.layers
+
+
+def test_segment_as_it_opens_waits_for_the_uncertainty_even_through_a_retune(
+    make_napari_viewer_proxy, qtbot, tiny_bundle, monkeypatch
+):
+    """A retune while the uncertainty was computed emitted the result, so the next image waiting started before the
+    uncertainty came (and the late uncertainty then ended the next run early). The next image now starts after
+    the uncertainty layer is shown."""
+    import time
+
+    from napari_unet.plugin import _segment
+
+    slow = _segment.uncertainty_planes
+
+    def slow_uncertainty(*args, **kwargs):
+        time.sleep(1.0)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(_segment, "uncertainty_planes", slow_uncertainty)
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, tiny_bundle)
+    widget.uncertainty_check.setChecked(True)
+    widget.on_open_check.setChecked(True)
+    seen_when_second_started = []
+    viewer.layers.events.inserted.connect(
+        lambda event: (
+            event.value.name == "second labels"
+            and seen_when_second_started.append("first uncertainty" in viewer.layers)
+        )
+    )
+    done = []
+    widget.segmented.connect(lambda labels: done.append(widget.labels_layer.name))
+    viewer.add_image(make_cells((64, 64), seed=1)[0], name="first")
+    qtbot.waitUntil(lambda: "Computing the uncertainty" in widget.status.text(), timeout=30_000)
+    viewer.add_image(make_cells((64, 64), seed=2)[0], name="second")
+    widget.retune()
+    qtbot.waitUntil(lambda: "second uncertainty" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: done[-1:] == ["second labels"], timeout=10_000)
+    assert seen_when_second_started == [True]

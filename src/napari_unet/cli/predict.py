@@ -176,6 +176,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--batch-size and --precision are not available with --cluster or --workers")
     device = select_device(args.device) if not args.cluster else None
     files, own = list_inputs(args.inputs)  # without results written into the input folder by an earlier run
+    if own and not files:
+        raise ValueError(f"no image to segment: {describe_own_outputs(own)}")
     if own:
         note(f"note: {describe_own_outputs(own)}", args.quiet)
     if args.out.exists() and not args.out.is_dir():

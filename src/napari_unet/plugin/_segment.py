@@ -136,6 +136,8 @@ class SegmentWidget(QWidget):
         self._images_seen = {layer.unique_id for layer in napari_viewer.layers if is_original_image(layer)}
         self._waiting: list[Any] = []  # images opened with the box ticked, not segmented yet
         self._busy = False  # a run is on, up to its result (post-processing and uncertainty included) or its end
+        self._run_id = 0  # counts the runs whose tiles started, so that a late uncertainty knows its run
+        self._uncertainty_pending = False  # the current run's uncertainty is being computed: its result is not in
         self.uncertainty_layer: Any = None
         self.postprocess_fields = fields = PostprocessFields()
         self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
@@ -168,7 +170,8 @@ class SegmentWidget(QWidget):
         self.session.training_changed.connect(self._show_training)
         self._show_model()
         self._show_training(self.session.training)
-        self.segmented.connect(lambda _labels: self._run_over())
+        # the end of a run (a retune meanwhile also emits `segmented`: the uncertainty still to come ends it)
+        self.segmented.connect(lambda _labels: self._uncertainty_pending or self._run_over())
         self.on_open_check.toggled.connect(lambda ticked: ticked or self._waiting.clear())
         self.reset_choices()
 
@@ -357,6 +360,8 @@ class SegmentWidget(QWidget):
         self.cancelled = self.finished_run = False
         self._final_digest = None
         self._postprocess_runs += 1
+        self._run_id += 1
+        self._uncertainty_pending = False
         config = scale_postprocess(self._postprocess, 1.0 / factor)
         tta = self._tta = self.tta_check.isChecked()
         total = count_tiles(bundle.net, stack, stride, factor, tta=tta)
@@ -477,21 +482,32 @@ class SegmentWidget(QWidget):
             self.segmented.emit(self.labels)
             return None
         self.status.setText(self.status.text() + " Computing the uncertainty…")
+        self._uncertainty_pending, run = True, self._run_id
         worker = create_worker(
             uncertainty_planes, bundle, stack, self.factor, device, _ignore_errors=True, _start_thread=False
         )
         # the model is in use until the worker ends (training it meanwhile crashed napari); freed by the worker's
         # end, not by a slot of this dock, which may be closed by then
         worker.finished.connect(self.session.hold())
-        worker.returned.connect(lambda values: alive(self) and self._show_uncertainty(layer, stack, values))
-        worker.errored.connect(self._failed)
+        worker.returned.connect(lambda values: alive(self) and self._show_uncertainty(layer, stack, values, run))
+        worker.errored.connect(lambda error: alive(self) and self._uncertainty_failed(error, run))
         start_worker(worker, self)
         return worker
 
-    def _show_uncertainty(self, layer: Any, stack: Any, values: np.ndarray) -> None:
+    def _show_uncertainty(self, layer: Any, stack: Any, values: np.ndarray, run: int) -> None:
         self.uncertainty_layer = self._add_map(layer, stack, values, "uncertainty", "inferno")
+        if run != self._run_id:  # a Run started meanwhile: the layer is the earlier image's, its result was shown
+            return
+        self._uncertainty_pending = False
         self.status.setText(self.status.text().replace(" Computing the uncertainty…", " Uncertainty shown."))
         self.segmented.emit(self.labels)
+
+    def _uncertainty_failed(self, error: Exception, run: int) -> None:
+        if run == self._run_id:
+            self._uncertainty_pending = False
+            self._failed(error)
+        else:  # the earlier image's: the current run goes on
+            show_error(f"Uncertainty of the earlier image failed: {error}")
 
     def _add_map(self, layer: Any, stack: Any, values: np.ndarray, what: str, colormap: str) -> Any:
         """An Image layer of `values` in [0, 1] (probability, uncertainty) over the image `layer`."""
