@@ -325,19 +325,19 @@ def describe_own_outputs(outputs: Sequence[Path], shown: int = 5) -> str:
     annotations = [p for p in outputs if is_annotation(p)]
     masks = [p for p in outputs if not is_annotation(p) and file_stem(p).endswith(OTHER_TOOLS_SUFFIXES)]
     outputs = [p for p in outputs if p not in annotations and p not in masks]
-    said = []
-    if outputs:
-        names = ", ".join(p.name for p in outputs[:shown]) + (", ..." if len(outputs) > shown else "")
-        if len(outputs) == 1:
-            said.append(f"skipped 1 file that is predict's output of another input: {names}")
-        else:
-            said.append(f"skipped {len(outputs)} files that are predict's outputs of other inputs: {names}")
-    if annotations:
-        names = ", ".join(p.name for p in annotations[:shown]) + (", ..." if len(annotations) > shown else "")
-        said.append(f"skipped {len(annotations)} file(s) of the napari plugin's annotations, not images: {names}")
-    if masks:
-        names = ", ".join(p.name for p in masks[:shown]) + (", ..." if len(masks) > shown else "")
-        said.append(f"skipped {len(masks)} label file(s) named after an image beside them (x_masks.png): {names}")
+    if len(outputs) == 1:
+        what = "file that is predict's output of another input"
+    else:
+        what = "files that are predict's outputs of other inputs"
+    said = [
+        f"skipped {len(paths)} {what}: " + ", ".join(p.name for p in paths[:shown]) + (", ..." * (len(paths) > shown))
+        for paths, what in (
+            (outputs, what),
+            (annotations, "file(s) of the napari plugin's annotations, not images"),
+            (masks, "label file(s) named after an image beside them (x_masks.png)"),
+        )
+        if paths
+    ]
     return "; ".join(said)
 
 
