@@ -285,9 +285,8 @@ def _tiff_spacing(path: Path, pixel_size: PixelSize | None) -> StackSpacing:
     z = _length_in(ome.get("PhysicalSizeZ"), ome.get("PhysicalSizeZUnit", "µm"), pixel_size)  # OME's default unit
     t = _in_seconds(ome.get("TimeIncrement"), ome.get("TimeIncrementUnit", "s"))
     if z is None:
-        z = _length_in(
-            imagej.get("spacing"), imagej.get("zunit") or imagej.get("unit"), pixel_size
-        )  # zunit: where Z's differs
+        # ImageJ writes zunit= only where Z's unit differs from X's
+        z = _length_in(imagej.get("spacing"), imagej.get("zunit") or imagej.get("unit"), pixel_size)
     if t is None:
         t = _in_seconds(imagej.get("finterval"), imagej.get("tunit", "sec"))
     return StackSpacing(z, t)

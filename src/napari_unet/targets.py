@@ -25,6 +25,15 @@ from scipy import ndimage
 from .validation import check_labels
 
 
+def unannotated_as_background(labels: np.ndarray) -> np.ndarray:
+    """`labels` with the "not annotated" value (`unannotated_value`) as background, 0: what measuring takes it for
+    (the array itself when it holds none)."""
+    reserved = unannotated_value(labels.dtype)
+    if reserved is None or not np.any(labels == reserved):
+        return labels
+    return np.where(labels == reserved, 0, labels)
+
+
 def unannotated_value(dtype: np.dtype | type) -> int | None:
     """The value reserved for "not annotated" pixels in label files of this dtype, or None.
 

@@ -14,7 +14,7 @@ from .progress import note, warn_unmatched
 def training_data(args: argparse.Namespace):
     """(train, validation) lists of Sample, read from the files the arguments name."""
     from ..io import reading_notes
-    from ..pipeline import ANNOTATION_SUFFIX, match_files, split_by_image
+    from ..pipeline import is_annotation, match_files, split_by_image
 
     match = match_files(*listed(args.images, args.labels, "image", "label", args.quiet))
     warn_unmatched(match, ("images without labels (skipped)", "labels without images (skipped)"), args.quiet)
@@ -46,7 +46,7 @@ def training_data(args: argparse.Namespace):
         train, validation_samples = (
             [around_cells(s, around) for s in samples] for samples in (train, validation_samples)
         )
-    elif any(labels.name.endswith(ANNOTATION_SUFFIX) for _, labels in everything):
+    elif any(is_annotation(labels) for _, labels in everything):
         note(
             "note: the labels include the napari plugin's annotations: every pixel left unpainted there is taught "
             "as background; where only some cells are painted, add --around-cells 12 (as the Fine-tune dock does)",

@@ -248,17 +248,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _objects_touch(labels: np.ndarray) -> bool:
-    """Whether two objects (different nonzero ids) of integer `labels` are 4-neighbours.
+    """Whether two objects (different nonzero ids) of integer `labels` are 4-neighbours (`touching_pairs`).
 
     >>> _objects_touch(np.array([[1, 1, 2], [0, 0, 0]])), _objects_touch(np.array([[1, 0, 2]]))
     (True, False)
     """
-    if labels.dtype.kind not in "iu":
-        return False
-    for a, b in ((labels[1:], labels[:-1]), (labels[:, 1:], labels[:, :-1])):
-        if np.any((a != b) & (a > 0) & (b > 0)):
-            return True
-    return False
+    from ..synthetic import touching_pairs
+
+    return labels.dtype.kind in "iu" and bool(touching_pairs(labels, connectivity=1))
 
 
 def _table(scores: dict[str, dict[str, Any]], mean: dict[str, Any], columns: Sequence[str]) -> str:

@@ -86,7 +86,7 @@ def instance_labels(labels, axes: str, path: Path, quiet: bool):
     import numpy as np
 
     from ..metrics import as_objects
-    from ..targets import unannotated_value
+    from ..targets import unannotated_as_background
 
     labels = np.asarray(labels)
     if labels.dtype.kind not in "biu" or labels.ndim < 2 or "C" in axes:
@@ -98,9 +98,7 @@ def instance_labels(labels, axes: str, path: Path, quiet: bool):
             f"labels in {path.name} must be ids >= 0 (0 = background, -1 = not annotated); found the value "
             f"{int(labels.min())}"
         )
-    reserved = unannotated_value(labels.dtype)
-    if reserved is not None and np.any(labels == reserved):
-        labels = np.where(labels == reserved, 0, labels)
+    labels = unannotated_as_background(labels)
     planes = {
         index: as_objects(labels[index], f"the labels file {path.name}") for index in np.ndindex(*labels.shape[:-2])
     }

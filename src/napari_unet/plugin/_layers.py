@@ -65,6 +65,7 @@ class LayerPicker:
         self.follows = follows
         self.chosen = False  # the value is the user's choice, not a preselection
         self._known: set[Any] | None = None  # unique ids of the layers offered at the last refresh
+        self.added: list[Any] = []  # the layers offered since the refresh before the last (none when the dock opens)
         self._preselecting = False
         combo.assigned.connect(self._assigned)
         combo.native.activated.connect(self._activated)  # the user's pick, also of the item already shown
@@ -83,9 +84,10 @@ class LayerPicker:
                 self.chosen = False  # removed: what replaces it is not the user's choice
             if self._known is None:  # the dock opens: the first layer, unless `follows` refuses it
                 first = self.combo.value
+                self.added = []
                 added = [] if first is None or self.follows is None or self.follows(first) else layers
             else:
-                added = [layer for layer in layers if layer.unique_id not in self._known]
+                added = self.added = [layer for layer in layers if layer.unique_id not in self._known]
             self._known = {layer.unique_id for layer in layers}
             followed = [layer for layer in added if self.follows is not None and self.follows(layer)]
             if followed and not self.chosen:

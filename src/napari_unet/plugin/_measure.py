@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QFileDialog, QPushButton, QTableWidget, QTableWidgetI
 from napari_unet.io import to_canonical
 from napari_unet.measure import Table, measure_planes, write_csv
 from napari_unet.metadata import PixelSize
-from napari_unet.targets import unannotated_value
+from napari_unet.targets import unannotated_as_background
 
 from ._form import dock_layout, form, row, wrapped_label
 from ._layers import (
@@ -92,11 +92,8 @@ class MeasureWidget(QWidget):
         self.save_button.setEnabled(False)
         try:
             labels = np.asarray(labels_layer.data)
-            reserved = unannotated_value(
-                labels.dtype
-            )  # "not annotated" (uint16+ maximum) is background, as in training
-            if reserved is not None and labels.dtype.kind == "u" and np.any(labels == reserved):
-                labels = np.where(labels == reserved, 0, labels)
+            if labels.dtype.kind == "u":  # "not annotated" (the uint16+ maximum) is background, as in training
+                labels = unannotated_as_background(labels)
             image, image_axes = self._intensities(image_layer, labels.shape)
             pixel_size = self._pixel_size(image_layer, labels_layer)
             axes = "TZYX"[4 - labels.ndim :] if labels.ndim <= 4 else None

@@ -132,8 +132,6 @@ class SegmentWidget(QWidget):
                 "after the other (not the maps the docks compute); Cancel also drops the images still waiting"
             ),
         )
-        # the images present at the last look, by napari's unique ids (the viewer proxy wraps each layer anew)
-        self._images_seen = {layer.unique_id for layer in napari_viewer.layers if is_original_image(layer)}
         self._waiting: list[Any] = []  # images opened with the box ticked, not segmented yet
         self._busy = False  # a run is on, up to its result (post-processing and uncertainty included) or its end
         self._run_id = 0  # counts the runs whose tiles started, so that a late uncertainty knows its run
@@ -193,9 +191,7 @@ class SegmentWidget(QWidget):
     def _note_opened(self) -> None:
         """With "segment each image as it opens" ticked, queue the images opened since the last look (never the maps
         the docks compute) and start on them when the dock is free."""
-        images = [layer for layer in self.viewer.layers if is_original_image(layer)]
-        opened = [layer for layer in images if layer.unique_id not in self._images_seen]
-        self._images_seen = {layer.unique_id for layer in images}
+        opened = [layer for layer in self.image_picker.added if is_original_image(layer)]
         if opened and self.on_open_check.isChecked():
             self._waiting.extend(opened)
             self._segment_waiting_soon()
