@@ -615,6 +615,29 @@ def test_train_on_one_folder_holding_images_and_labels_side_by_side(data, tmp_pa
     assert code == 2 and "no file in it is named as a label file" in stderr
 
 
+def test_resume_trains_on_the_region_around_the_cells_the_run_was_started_with(data, tmp_path, capsys):
+    """`--around-cells` is kept in the model: a --resume typed without it (as the run was started with it) trained
+    on the whole images, teaching every unpainted cell as background; a different value is refused."""
+    out = tmp_path / "m"
+    start = ["train", data / "images", data / "labels", "--out", out]
+    code, _, stderr = run(capsys, *start, "--iterations", "2", "--around-cells", "6", *TINY)
+    assert code == 0, stderr
+    assert load_model(out).metadata["around_cells"] == 6
+    hashes = load_model(out).metadata["data_hashes"]
+    code, _, stderr = run(capsys, *start, "--resume", "--iterations", "3", "--device", "cpu")
+    assert code == 0, stderr
+    assert "differ" not in stderr  # the same annotated region, so the same training data
+    assert load_model(out).metadata["around_cells"] == 6 and load_model(out).metadata["data_hashes"] == hashes
+    code, _, stderr = run(capsys, *start, "--resume", "--iterations", "4", "--around-cells", "9")
+    assert code == 2 and "--around-cells 9 (saved run: 6)" in stderr
+
+    whole = tmp_path / "whole"
+    code, _, stderr = run(capsys, *start[:-1], whole, "--iterations", "2", *TINY)
+    assert code == 0 and load_model(whole).metadata["around_cells"] is None
+    code, _, stderr = run(capsys, *start[:-1], whole, "--resume", "--iterations", "3", "--around-cells", "9")
+    assert code == 2 and "--around-cells 9 (saved run: not given)" in stderr
+
+
 def test_evaluate_and_predict_on_a_folder_of_images_beside_their_masks(data, model, tmp_path, capsys):
     """Cellpose's layout as ground truth: evaluate paired the predictions with the images (x.png, base name x) and
     refused them as RGB labels or scored grey values; predict segmented the masks as images. The masks are the

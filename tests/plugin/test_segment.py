@@ -536,3 +536,39 @@ def test_segment_as_it_opens_waits_for_the_uncertainty_even_through_a_retune(
     qtbot.waitUntil(lambda: "second uncertainty" in viewer.layers, timeout=60_000)
     qtbot.waitUntil(lambda: done[-1:] == ["second labels"], timeout=10_000)
     assert seen_when_second_started == [True]
+
+
+def test_a_run_started_while_the_previous_image_is_post_processed_leaves_it_its_whole_result(
+    make_napari_viewer_proxy, qtbot, tiny_bundle, monkeypatch
+):
+    """Run clicked on a second image while the first one's whole-image post-processing was under way superseded
+    it: the first image's layer kept the tile previews (cells cut at tile borders). Its result now lands in its
+    own layer, and the second run goes on."""
+    import time
+
+    from napari_unet.plugin import _segment
+
+    slow = _segment.postprocess_planes
+
+    def slow_postprocess(*args, **kwargs):
+        time.sleep(0.5)  # room to click Run on the next image while this one is post-processed
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(_segment, "postprocess_planes", slow_postprocess)
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, tiny_bundle)
+    first = viewer.add_image(make_cells((64, 64), seed=1)[0], name="first")
+    second = viewer.add_image(make_cells((64, 72), seed=2)[0], name="second")
+    done = []
+    widget.segmented.connect(lambda labels: done.append((widget.labels_layer.name, labels.copy())))
+    widget.image_combo.value = first
+    widget.run()
+    qtbot.waitUntil(lambda: "post-processing" in widget.status.text(), timeout=30_000)
+    widget.image_combo.value = second
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: len(done) == 1, timeout=60_000)
+    assert done[0][0] == "second labels"
+    qtbot.waitUntil(lambda: viewer.layers["first labels"].data.max() > 0, timeout=10_000)
+    probs = tiny_bundle.predict(first.data, tile_size=32, device="cpu")  # what the first run's tiles add up to
+    expected = probs_to_labels(probs[1], widget.postprocess_config())
+    qtbot.waitUntil(lambda: np.array_equal(viewer.layers["first labels"].data, expected), timeout=10_000)

@@ -385,6 +385,8 @@ def _check_options(args: argparse.Namespace) -> None:
                 "--augmentation and --compile can)"
             )
         args.seed = int(saved.metadata.get("seed", 0))  # the same validation split as before
+        if args.around_cells is None:  # the saved run's annotated region (None: the whole images)
+            args.around_cells = saved.metadata.get("around_cells")
         return
     if args.seed is None:
         args.seed = 0
@@ -429,10 +431,10 @@ def _changed_on_resume(args: argparse.Namespace, saved) -> list[str]:
         "--border": (args.border, trained.get("border")),
         "--class-weights": (args.class_weights, trained.get("class_weights")),
     }
+    if "around_cells" in saved.metadata:  # recorded since December 2026; None: trained on the whole images
+        options["--around-cells"] = (args.around_cells, saved.metadata["around_cells"] or "not given")
     changed = [
-        f"{name} {given:g} (saved run: {'not recorded' if was is None else format(was, 'g')})"
-        if isinstance(given, float)
-        else f"{name} {given} (saved run: {'not recorded' if was is None else was})"
+        f"{name} {_shown(given)} (saved run: {'not recorded' if was is None else _shown(was)})"
         for name, (given, was) in options.items()
         if given is not None and given != was
     ]
@@ -440,6 +442,11 @@ def _changed_on_resume(args: argparse.Namespace, saved) -> list[str]:
     if channels is not None and channels != saved.channels:
         changed.append(f"--channels/--grey {_channels(channels)} (saved run: {_channels(saved.channels)})")
     return changed
+
+
+def _shown(value: object) -> str:
+    """An option's value as typed: 0.5, 12 (not 12.0), "balanced"."""
+    return format(value, "g") if isinstance(value, float) else str(value)
 
 
 def _channels(choice) -> str:
@@ -487,7 +494,8 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         saved = saved_bundle.metadata.get("data_hashes")
         train, validation = to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
         trainer = Trainer.resume(args.out, train, validation, device=args.device, **overrides)
-        trainer.metadata.update({k: saved_bundle.metadata[k] for k in ("preset", "init") if k in saved_bundle.metadata})
+        kept = ("preset", "init", "around_cells")
+        trainer.metadata.update({k: saved_bundle.metadata[k] for k in kept if k in saved_bundle.metadata})
         if saved is not None and sorted(saved) != sorted(trainer.data_hashes):
             note("note: the training images differ from those of the saved run", args.quiet)
         was = TrainConfig.from_dict(saved_bundle.metadata["training"]).learning_rate  # valid: resumed from it
@@ -561,8 +569,13 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         trainer = Trainer(
             UNet(net_config), config, train, validation, args.device, args.out, channels=args.channel_choice
         )
-    # what --resume compares a repeated --preset or --init with (`_changed_on_resume`)
-    trainer.metadata.update(preset=args.preset or "fast", **({"init": args.init} if args.init is not None else {}))
+    # what --resume compares a repeated --preset, --init or --around-cells with (`_changed_on_resume`), and the
+    # annotated region a --resume without --around-cells trains on again
+    trainer.metadata.update(
+        preset=args.preset or "fast",
+        around_cells=args.around_cells,
+        **({"init": args.init} if args.init is not None else {}),
+    )
     return trainer
 
 

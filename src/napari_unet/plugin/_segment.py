@@ -135,6 +135,7 @@ class SegmentWidget(QWidget):
         self._waiting: list[Any] = []  # images opened with the box ticked, not segmented yet
         self._busy = False  # a run is on, up to its result (post-processing and uncertainty included) or its end
         self._run_id = 0  # counts the runs whose tiles started, so that a late uncertainty knows its run
+        self._latest_postprocess: dict[int, int] = {}  # run: its latest post-processing (`_postprocess_runs`)
         self._uncertainty_pending = False  # the current run's uncertainty is being computed: its result is not in
         self.uncertainty_layer: Any = None
         self.postprocess_fields = fields = PostprocessFields()
@@ -436,14 +437,30 @@ class SegmentWidget(QWidget):
             _ignore_errors=True,
             _start_thread=False,
         )
-        worker.returned.connect(lambda labels: alive(self) and self._set_final_labels(labels, run))
-        worker.errored.connect(self._failed)
+        # the run's own array and layer: a Run clicked meanwhile makes new ones, and this image's result still
+        # replaces its tile previews (`_set_earlier_labels`)
+        earlier = (self._run_id, self.labels, self.labels_layer, self._final_digest)
+        self._latest_postprocess[self._run_id] = run
+        worker.returned.connect(lambda labels: alive(self) and self._set_final_labels(labels, run, earlier))
+        worker.errored.connect(lambda error: alive(self) and self._postprocess_failed(error, earlier[0]))
         start_worker(worker, self)
         return worker
 
-    def _set_final_labels(self, labels: np.ndarray, run: int) -> None:
+    def _postprocess_failed(self, error: Exception, run_id: int) -> None:
+        if run_id == self._run_id:
+            self._failed(error)
+        else:  # the earlier image's: the current run goes on
+            show_error(f"Post-processing of the earlier image failed: {error}")
+
+    def _set_final_labels(self, labels: np.ndarray, run: int, target: tuple) -> None:
+        if target[0] != self._run_id:
+            if self._latest_postprocess.get(target[0]) == run:  # not a retune that a later one replaced
+                del self._latest_postprocess[target[0]]
+                self._set_earlier_labels(labels, *target[1:])
+            return
         if run != self._postprocess_runs or self.labels is None or labels.shape != self.labels.shape:
-            return  # a newer retune is on its way, or a new segmentation replaced this one
+            return  # a newer retune is on its way
+        self._latest_postprocess.pop(self._run_id, None)
         if self._final_digest is not None and _digest(self.labels) != self._final_digest:
             self._keep_edits(labels)  # painted since the last result: a retune must not wipe the corrections
         else:
@@ -451,6 +468,19 @@ class SegmentWidget(QWidget):
         self._final_digest = _digest(self.labels)
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
         self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
+
+    def _set_earlier_labels(self, labels: np.ndarray, array: Any, layer: Any, digest: bytes | None) -> None:
+        """The whole-image result of a run that a newer Run superseded while it was post-processed: it replaces
+        the tile previews (or the last result) in that run's layer; a layer painted since its last result keeps the
+        corrections, and the result goes to a layer of its own."""
+        if layer is None or layer not in self.viewer.layers or layer.data is not array or labels.shape != array.shape:
+            return  # removed, or its data replaced meanwhile
+        if digest is not None and _digest(array) != digest:
+            _labels_beside(self.viewer, layer, labels)
+        else:
+            array[...] = labels
+            layer.refresh()
+        show_info(f"{layer.name}: the whole-image result is in")
 
     def _show_result(self, count: int) -> None:
         if self.labels_layer not in self.viewer.layers:
@@ -524,14 +554,7 @@ class SegmentWidget(QWidget):
         and the new labels become the array of a layer of their own (drawn as any result)."""
         layer = self.labels_layer
         self.labels = labels
-        self.labels_layer = self.viewer.add_labels(
-            labels,
-            name=f"{layer.name} (retuned)",
-            scale=layer.scale,
-            translate=layer.translate,
-            units=layer.units,
-            metadata=dict(layer.metadata),
-        )
+        self.labels_layer = _labels_beside(self.viewer, layer, labels)
         self.drawing.start(self.labels_layer, self.probs_layer)
         show_info(f"{layer.name} was edited: your corrections are kept, the retuned labels are in a new layer")
 
@@ -574,6 +597,18 @@ class SegmentWidget(QWidget):
         self.model_row.load_button.setToolTip(
             "A Fine-tune run is using the model: stop it or wait for it to finish to load another" if training else ""
         )
+
+
+def _labels_beside(viewer: Any, layer: Any, labels: np.ndarray) -> Any:
+    """A new Labels layer "<name> (retuned)" of `labels` placed as the Labels layer `layer`, which was painted."""
+    return viewer.add_labels(
+        labels,
+        name=f"{layer.name} (retuned)",
+        scale=layer.scale,
+        translate=layer.translate,
+        units=layer.units,
+        metadata=dict(layer.metadata),
+    )
 
 
 def _digest(labels: np.ndarray) -> bytes:
