@@ -349,3 +349,16 @@ def test_annotation_and_mask_files_are_not_inputs_of_predict(tmp_path):
     assert "napari plugin's annotations, not images: x.tif.unet-labels.tif" in said
     assert "label file(s) named after an image beside them (x_masks.png): y_cp_masks.png" in said
     assert list_inputs([tmp_path])[0] == inputs  # the folder listed: the same
+
+
+def test_the_newer_name_of_the_plugins_annotations_is_paired_when_both_are_there(tmp_path):
+    """A folder annotated before and after December 2026 holds `x.unet-labels.tif` and `x.tif.unet-labels.tif`:
+    measure (and every pairing by name) stopped with "two label files have the base name 'x'"; the newer file is
+    the one paired now. Two images' annotations of one base name (`x.tif`, `x.png`) are still refused."""
+    labels = list_files(touch(tmp_path / "l", "x.unet-labels.tif", "x.tif.unet-labels.tif", "y.unet-labels.tif"))
+    images = list_files(touch(tmp_path / "i", "x.tif", "y.tif"))
+    match = match_files(labels, images, ("labels", "images"))
+    assert [a.name for a, _ in match.pairs] == ["x.tif.unet-labels.tif", "y.unet-labels.tif"]
+    both = list_files(touch(tmp_path / "b", "x.tif.unet-labels.tif", "x.png.unet-labels.tif"))
+    with pytest.raises(ValueError, match="the base name 'x'"):
+        match_files(both, images, ("labels", "images"))

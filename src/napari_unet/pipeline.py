@@ -234,10 +234,16 @@ def _label_file_rank(path: Path) -> int:
 
 
 def _by_base_name(files: Sequence[Path], name: str, prefer: str | None = None) -> dict[str, Path]:
+    """`files` by base name; of two files with one base name, the one with the suffix `prefer`, or of the napari
+    plugin's annotations of one image saved under both names (`x.tif.unet-labels.tif`, the older
+    `x.unet-labels.tif`), the newer name's; any other two are refused."""
     keyed: dict[str, Path] = {}
     for path in map(Path, files):
         key = base_name(path)
-        if key in keyed:
+        two = (keyed[key], path) if key in keyed else ()
+        if two and all(map(is_annotation, two)) and _label_file_rank(two[0]) != _label_file_rank(two[1]):
+            path = min(two, key=_label_file_rank)
+        elif key in keyed:
             preferred = [p for p in (keyed[key], path) if prefer and file_stem(p).endswith(prefer)]
             if len(preferred) != 1:
                 raise ValueError(f"two {name} files have the base name {key!r}: {keyed[key].name} and {path.name}")
