@@ -183,6 +183,16 @@ class TrainingDiverged(FloatingPointError):
         self.kept = kept
 
 
+class CheckpointNotSaved(OSError):
+    """Saving the model during or at the end of a run failed (a full disk, a folder that cannot be written): the
+    run stops there, and the trainer's network holds the last completed step (`iteration`), which the caller
+    may keep (save it elsewhere)."""
+
+    def __init__(self, message: str, iteration: int):
+        super().__init__(message)
+        self.iteration = iteration
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(

@@ -57,6 +57,7 @@ from .targets import cells_tile_image
 from .tiling import predict_tiled
 from .train_config import (
     PRESETS,
+    CheckpointNotSaved,
     Sample,
     TrainConfig,
     TrainEvent,
@@ -70,7 +71,16 @@ from .train_config import (
     rng_state_to_tensors,
 )
 
-__all__ = ["PRESETS", "Sample", "TrainConfig", "TrainEvent", "Trainer", "TrainingDiverged", "preset"]
+__all__ = [
+    "PRESETS",
+    "CheckpointNotSaved",
+    "Sample",
+    "TrainConfig",
+    "TrainEvent",
+    "Trainer",
+    "TrainingDiverged",
+    "preset",
+]
 
 # The seeds of cells that tile the image (membrane masks, flooded: `PostprocessConfig.flood`): components above
 # this probability, until the end of the run fits the threshold to the model (`Trainer.calibrate_growth`). Chosen
@@ -222,7 +232,7 @@ class Trainer:
                 if self.iteration % config.checkpoint_every == 0:
                     self._unconfirmed = self._snapshot()  # good once the next step's loss is finite
                     if self.checkpoint is not None:
-                        self.save_checkpoint(self.checkpoint)
+                        self._save_during_run()
                         saved_at = self._saved_at = self.iteration
                         yield self._event("checkpoint", loss)
                 if config.time_budget is not None and self.elapsed >= config.time_budget:
@@ -233,7 +243,7 @@ class Trainer:
                 saved_at = -1  # the model's post-processing changed: save it even if this step was saved
             yield self._event("validation", self._last_loss, val_score=self.validate())
             if self.checkpoint is not None and saved_at != self.iteration:
-                self.save_checkpoint(self.checkpoint)
+                self._save_during_run()
                 saved_at = self._saved_at = self.iteration
             yield self._event("done", self._last_loss)
         except (GeneratorExit, KeyboardInterrupt):
@@ -383,6 +393,16 @@ class Trainer:
             channels=self.channels,
             object_diameter=self.object_diameter,
         )
+
+    def _save_during_run(self) -> None:
+        """The run's checkpoint, saved at a completed step; a failure is `CheckpointNotSaved` (the network in
+        memory is that step's), never a bare OSError that reads as a failed training."""
+        try:
+            self.save_checkpoint(self.checkpoint)
+        except OSError as error:
+            raise CheckpointNotSaved(
+                f"the model trained to iteration {self.iteration} could not be saved: {error}", self.iteration
+            ) from error
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Save the model folder at `path`, with the resume state beside the weights (atomically)."""

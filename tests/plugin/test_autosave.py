@@ -66,3 +66,29 @@ def test_restored_and_reopened_annotations_lie_over_the_calibrated_image(make_na
     restored = widget.autosave.restore()
     assert tuple(restored.scale) == (2.0, 0.5, 0.5)
     np.testing.assert_array_equal(restored.data, labels)
+
+
+def test_files_opened_as_a_stack_never_autosave_over_the_first_files_annotations(make_napari_viewer_proxy, tmp_path):
+    """Files opened as a stack (File > Open Files as Stack…) have the first file as their source: the stack's
+    annotations were written beside it, over that image's own, and offered back for it (a stack for a 2-D image).
+    They go to the autosave folder now, by the layer's name."""
+    from napari_unet.plugin._autosave_row import AutosaveRow
+    from napari_unet.plugin._reader import PLUGIN
+    from napari_unet.synthetic import make_cells
+
+    image, labels = make_cells((64, 64), seed=3)
+    files = []
+    for name in ("t0.tif", "t1.tif"):
+        write_tiff(tmp_path / name, (image * 1000).astype(np.uint16), "YX")
+        files.append(str(tmp_path / name))
+    viewer = make_napari_viewer_proxy()
+    dock = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
+    row = AutosaveRow(dock, viewer, tmp_path / "autosave", restored=lambda _layer: None)
+    (single,) = viewer.open(files[0], plugin=PLUGIN)
+    row.save_annotations(labels.astype(np.int32), single)
+    sidecar = tmp_path / "t0.tif.unet-labels.tif"
+    assert row.annotations_path == sidecar
+    (stack,) = viewer.open(files, stack=True, plugin=PLUGIN)
+    row.save_annotations(np.zeros(stack.data.shape, np.int32), stack)
+    assert row.annotations_path != sidecar and row.annotations_path.is_relative_to(tmp_path / "autosave")
+    np.testing.assert_array_equal(_autosave.load_annotations(sidecar), labels)

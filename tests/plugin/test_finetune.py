@@ -410,3 +410,101 @@ def test_closing_the_dock_with_its_close_button_stops_the_run_and_keeps_the_mode
     assert job.trainer.iteration < 100_000
     assert session.bundle is not None and session.bundle.net is job.trainer.model
     assert load_model(session.model_path).metadata["iterations"] == job.trainer.iteration
+
+
+def test_a_model_that_cannot_be_saved_stays_in_the_session_and_the_base_is_untouched(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells, tiny_bundle
+):
+    """An autosave folder that cannot be written failed the final save: the run's trained weights were thrown
+    away, and a run from the session's model had trained that model in place (the session kept the failed run's
+    weights under the saved folder's name). The trained model now stays in the session, unsaved, with a warning;
+    the model a run starts from is never changed."""
+    import torch
+
+    from napari_unet.modelfile import save_model
+
+    image, labels = cells
+    save_model(tmp_path / "mine", tiny_bundle)
+    blocker = tmp_path / "share"
+    blocker.write_text("not a folder")  # every write under it fails
+    viewer = make_napari_viewer_proxy()
+    session = session_for(viewer)
+    assert session.load_model(tmp_path / "mine")
+    base = session.bundle
+    before = {k: v.clone() for k, v in base.net.state_dict().items()}
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(few_cells(labels), name="annotations")
+    widget = FineTuneWidget(
+        viewer, autosave_root=blocker / "autosave", train_overrides=QUICK, start_from=_start_from.START_SESSION
+    )
+    warnings = []
+    widget.iterations_spin.setValue(3)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_finetune, "show_warning", warnings.append)
+        assert widget.start() is not None
+        qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert warnings and "could not be saved" in warnings[-1] and "Save model" in warnings[-1]
+    assert session.bundle is not base and session.model_path is None
+    assert all(torch.equal(before[k], v) for k, v in base.net.state_dict().items())  # the base as it was
+    trained = session.bundle.net.state_dict()
+    assert any(not torch.equal(before[k], trained[k]) for k in before)  # the run's weights, kept
+
+
+def test_a_saved_model_to_start_from_is_asked_for_each_time_it_is_chosen(
+    make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch, tiny_bundle
+):
+    """The folder dialog came once in a dock's life: choosing 'a saved model…' again after a run (the choice had
+    moved to the session's model) started from the first folder's bundle, without asking."""
+    from napari_unet.modelfile import save_model
+
+    for name in ("A", "B"):
+        save_model(tmp_path / name, tiny_bundle)
+    answers = [str(tmp_path / "A"), str(tmp_path / "B"), ""]
+    monkeypatch.setattr(_start_from.QFileDialog, "getExistingDirectory", lambda *_args: answers.pop(0))
+    viewer = make_napari_viewer_proxy()
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
+    widget.start_from.choose(_start_from.START_FILE)
+    assert widget.start_from.saved_path == tmp_path / "A"
+    widget.start_from.choose(_start_from.START_SESSION)  # as the end of a run does
+    widget.start_from.choose(_start_from.START_FILE)
+    assert widget.start_from.saved_path == tmp_path / "B" and len(answers) == 1
+    qtbot.wait(10)
+    widget.start_from.combo.activated.emit(widget.start_from.combo.currentIndex())  # picked again, cancelled
+    assert answers == [] and widget.start_from.text() == _start_from.START_FILE
+    assert widget.start_from.saved_path == tmp_path / "B"  # the folder chosen before stays
+
+
+def test_fine_tune_waits_for_a_running_batch(
+    make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch, cells, tiny_bundle
+):
+    """The Batch dock did not mark the model as in use: a Fine-tune run started during a batch, whose tasks were
+    then sent weights between the model at Run and the trained one."""
+    import threading
+
+    from napari_unet.io import write_tiff
+    from napari_unet.plugin import _batch
+
+    release = threading.Event()
+
+    def slow_batch(*_args, **_kwargs):
+        release.wait(30)
+        yield from ()
+
+    monkeypatch.setattr(_batch, "run_batch", slow_batch)
+    warnings = []
+    monkeypatch.setattr(_finetune, "show_warning", warnings.append)
+    image, labels = cells
+    write_tiff(tmp_path / "in" / "a.tif", image, "YX") if (tmp_path / "in").mkdir() is None else None
+    viewer = make_napari_viewer_proxy()
+    session = session_for(viewer)
+    session.set_model(tiny_bundle)
+    batch = _batch.BatchWidget(viewer)
+    batch.input_edit.setText(str(tmp_path / "in"))
+    batch.output_edit.setText(str(tmp_path / "out"))
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(few_cells(labels), name="annotations")
+    tune = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_SESSION)
+    assert batch.run() is not None
+    assert session.busy and tune.start() is None and "a batch" in warnings[-1]
+    release.set()
+    qtbot.waitUntil(lambda: batch.worker is None and not session.busy, timeout=30_000)

@@ -260,3 +260,28 @@ def test_the_not_annotated_value_is_background(make_napari_viewer):
         widget.labels_combo.value = viewer.add_labels(labels, name=f"sparse {np.dtype(dtype).name}")
         ((_, table),) = widget.measure()
         assert list(table["label"]) == [1, 2]
+
+
+@pytest.mark.parametrize("planes", [3, 2])
+def test_the_channel_layers_of_a_z_stack_are_measured_plane_by_plane(make_napari_viewer_proxy, tmp_path, planes):
+    """A ZCYX file opens as one layer per channel, (Z, Y, X) each: stacked, they were taken for ZCYX when they are
+    CZYX, so 3 planes were refused ('does not match the labels') and 2 planes gave another plane's channel."""
+    from napari_unet.io import write_tiff
+
+    image = np.random.default_rng(0).integers(0, 1000, (planes, 2, 32, 32)).astype(np.uint16)
+    image[:, 1] += 5000
+    write_tiff(tmp_path / "zc.tif", image, "ZCYX")
+    viewer = make_napari_viewer_proxy()
+    layers = viewer.open(tmp_path / "zc.tif", plugin=PLUGIN)
+    labels = np.zeros((planes, 32, 32), np.int32)
+    labels[:, 4:12, 4:12] = 1
+    labels_layer = viewer.add_labels(labels, name="zc labels")
+    widget = MeasureWidget(viewer)
+    widget.labels_combo.value = labels_layer
+    widget.image_combo.value = layers[0]
+    tables = widget.measure()
+    assert tables is not None and len(tables) == planes, widget.status.text()
+    for plane, (_, table) in enumerate(tables):
+        expected = measure(labels[plane], image[plane], None)
+        for column in ("intensity_mean_c0", "intensity_mean_c1"):
+            assert table[column][0] == pytest.approx(expected[column][0]), (plane, column)

@@ -572,3 +572,45 @@ def test_a_run_started_while_the_previous_image_is_post_processed_leaves_it_its_
     probs = tiny_bundle.predict(first.data, tile_size=32, device="cpu")  # what the first run's tiles add up to
     expected = probs_to_labels(probs[1], widget.postprocess_config())
     qtbot.waitUntil(lambda: np.array_equal(viewer.layers["first labels"].data, expected), timeout=10_000)
+
+
+def test_corrections_painted_while_the_whole_image_is_post_processed_are_kept(
+    make_napari_viewer_proxy, qtbot, tiny_bundle
+):
+    """A brush stroke made once the tiles were in, while the whole image was post-processed, was overwritten by
+    the result (only a retune kept edits). The painted layer now keeps them and the result gets its own layer."""
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, tiny_bundle)
+    viewer.add_image(make_cells((128, 128), seed=1)[0], name="cells")
+    widget.stopped.connect(lambda: widget.labels_layer.paint((5, 5), 77, refresh=True))  # the user corrects
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):
+        widget.run()
+    assert viewer.layers["cells labels"].data[5, 5] == 77
+    assert widget.labels_layer.name == "cells labels (result)" and widget.labels_layer.data[5, 5] != 77
+
+
+def test_a_black_plane_of_a_stack_is_left_empty_and_the_others_are_segmented(
+    make_napari_viewer_proxy, qtbot, tiny_bundle, monkeypatch
+):
+    """A stack with a black first frame failed as a whole ("image is constant") where `napari-unet predict`
+    segments it: the black plane has no object, the others are segmented; one black image is still refused."""
+    from napari_unet.plugin import _segment
+
+    errors = []
+    monkeypatch.setattr(_segment, "show_error", errors.append)
+    image = make_cells((96, 96), seed=1)[0]
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, tiny_bundle)
+    widget.uncertainty_check.setChecked(True)
+    viewer.add_image(np.stack([np.zeros_like(image), image, image]).astype(np.float32), name="stack")
+    with qtbot.waitSignal(widget.segmented, timeout=90_000):
+        widget.run()
+    assert not errors
+    assert widget.labels[0].max() == 0 and widget.labels[1].max() > 0 and widget.labels[2].max() > 0
+    assert viewer.layers["stack uncertainty"].data[0].max() == 0
+    viewer.add_image(np.zeros((96, 96), np.float32), name="black")
+    widget.image_combo.value = viewer.layers["black"]
+    with qtbot.waitSignal(widget.stopped, timeout=30_000):
+        widget.run()
+    qtbot.waitUntil(lambda: bool(errors), timeout=10_000)
+    assert "constant" in errors[-1]

@@ -9,6 +9,7 @@ starting model, and the few-shot recipe for a model with an object diameter). `r
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, replace
@@ -152,8 +153,8 @@ def training_job(
             torch.manual_seed(config.seed)
             net = UNet(net_config, in_channels=images[0].shape[0], **(net_overrides or {}))
         normalization, postprocess = Normalization(), None
-    else:
-        net, normalization, postprocess = base.net, base.normalization, base.postprocess
+    else:  # a copy: `base` (the session's model, a saved one) stays as it is whatever becomes of the run
+        net, normalization, postprocess = copy.deepcopy(base.net), base.normalization, base.postprocess
     job = TrainingJob(
         images, labels, masks, net, config, normalization, postprocess, device, checkpoint, channels=channels
     )

@@ -111,6 +111,13 @@ def stream_tiles(
     total = len(grid) * len(stack.planes)
     done = next_id = 0
     for index in stack.planes:
+        if _blank_in_a_stack(stack, index):  # a black frame of a time series: no object, the other planes go on
+            for tile in grid:
+                region = rescaled_region(tile.region, scaled, stack.shape)
+                size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
+                done += 1
+                yield TileUpdate(index, region, np.zeros(size, np.float32), np.zeros(size, np.int32), done, total)
+            continue
         # NaN, infinite or constant planes in memory or read whole to be rescaled: a clear error (at scale 1 lazy
         # planes are read window by window and not scanned beforehand)
         plane, preprocess = bundle.network_input(stack.plane(index), factor, check=True)
@@ -153,6 +160,12 @@ def _stream_tta(
     whole = (slice(0, stack.shape[0]), slice(0, stack.shape[1]))
     done = next_id = 0
     for index in stack.planes:
+        if _blank_in_a_stack(stack, index):
+            blank = (np.zeros(stack.shape, np.float32), np.zeros(stack.shape, np.int32))
+            for _ in range(TTA_ORIENTATIONS):
+                done += 1
+                yield TileUpdate(index, whole, *blank, done, total)
+            continue
         small, preprocess = bundle.network_input(stack.plane(index), factor, tta=True, check=True)
         labels = None
         for count, summed in iter_predict_tta(net, small, stride, device=device, preprocess=preprocess):
@@ -164,6 +177,19 @@ def _stream_tta(
             if count == TTA_ORIENTATIONS:
                 next_id += int(labels.max(initial=0))
             yield TileUpdate(index, whole, probs_fg, labels, done, total)
+
+
+def _blank_in_a_stack(stack: Planes, index: tuple[int, ...]) -> bool:
+    """Whether plane `index` of a stack of several planes is in memory and constant (a black frame): it has no
+    object, while a constant image of one plane is refused (`validation.check_image`), as `predict` does. Lazy
+    planes are not scanned (they are read window by window)."""
+    if len(stack.planes) < 2:
+        return False
+    plane = stack.plane(index)
+    if not isinstance(plane, np.ndarray) or isinstance(plane, np.memmap) or not plane.size:
+        return False
+    low, high = plane.min(), plane.max()
+    return bool(low == high)  # NaN: False, and the check refuses it
 
 
 def rescaled_region(
@@ -198,6 +224,8 @@ def uncertainty_planes(bundle: ModelBundle, stack: Planes, factor: float, device
     leading = [max(axis) + 1 for axis in zip(*planes)]  # () for one 2-D plane
     out = np.zeros((*leading, *stack.shape), np.float32)
     for index in planes:
+        if _blank_in_a_stack(stack, index):  # no object, nothing to be unsure of
+            continue
         out[index] = tta_uncertainty(
             bundle, np.asarray(stack.plane(index)), factor=factor, transforms=4, device=device
         )[1]

@@ -17,7 +17,7 @@ from napari_unet.metadata import PixelSize
 
 from . import _autosave
 from ._form import row, wrapped_label
-from ._layers import layer_pixel_size, placed_like
+from ._layers import METADATA_KEY, layer_pixel_size, placed_like
 from ._workers import alive
 
 
@@ -50,7 +50,7 @@ class AutosaveRow:
 
     def save_annotations(self, labels: np.ndarray, image_layer: Any) -> None:
         """Autosave the annotations of `image_layer` (beside its file when it has one); a failure is a warning."""
-        source = getattr(getattr(image_layer, "source", None), "path", None)
+        source = _own_file(image_layer)  # None: autosaved in the autosave folder, by the layer's name
         try:
             info = layer_pixel_size(image_layer)  # what the image layer says beats what its file said
             pixel_size = PixelSize(**info) if info else None
@@ -85,7 +85,7 @@ class AutosaveRow:
 
     def _offer(self, layer: Any) -> None:
         """Offer the autosaved annotations of `layer`'s file, if it is an image with some."""
-        path = getattr(getattr(layer, "source", None), "path", None)
+        path = _own_file(layer)
         if not isinstance(layer, Image) or not path or _autosave.is_annotation_file(path):
             return
         found = _autosave.find_annotations(path, self.root)
@@ -103,3 +103,12 @@ class AutosaveRow:
         if path:
             self.root = Path(path)
             self.label.setText(f"autosave: {self.root}")
+
+
+def _own_file(layer: Any) -> str | None:
+    """The file `layer` holds the data of, whose annotations are autosaved beside it: its source, but for files
+    opened as a stack (File > Open Files as Stack…), whose source is the first file, not its data."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    metadata = getattr(layer, "metadata", None) or {}
+    info = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
+    return None if isinstance(info, dict) and info.get("stacked") else path

@@ -143,6 +143,8 @@ class BatchWidget(QWidget):
             device=self.device_combo.currentText(),
         )
         self.worker = generator_worker(job)
+        # the model is in use until the worker ends: Fine-tune waits (as it does for the Segment dock)
+        self.worker.finished.connect(self.session.hold())
         self.worker.yielded.connect(self._progressed)
         self.worker.errored.connect(self._failed)
         self.worker.finished.connect(self._finished)

@@ -45,7 +45,7 @@ from napari_unet.jobs.finetune import (
     step_setting,
     training_job,
 )
-from napari_unet.training import PRESETS, TrainEvent
+from napari_unet.training import PRESETS, CheckpointNotSaved, TrainEvent
 
 from ._autosave_row import AutosaveRow
 from ._channels import ChannelFields
@@ -77,12 +77,14 @@ def _released(worker: Any, widget: QWidget, job: TrainingJob, session: Session):
     makes the trained model the session's, as `_closer` does after a Stop."""
     ended: list[str] = []  # "aborted": `_closer` keeps the stopped model once saved; "errored": half a step
     worker.aborted.connect(lambda: ended.append("aborted"))
-    worker.errored.connect(lambda _error: ended.append("errored"))
+    worker.errored.connect(
+        lambda error: ended.extend(["errored", *(["not saved"] if isinstance(error, CheckpointNotSaved) else [])])
+    )
 
     def finished() -> None:
         if alive(widget) or "aborted" in ended:  # the dock's own slots, or `_closer`
             return
-        if "errored" in ended:
+        if "errored" in ended and "not saved" not in ended:
             session.training = False  # the failed run's weights are not kept
             return
         _keep_in_session(job, session)
@@ -237,7 +239,7 @@ class FineTuneWidget(QWidget):
             return None
         if self.session.busy:
             show_warning(
-                "A segmentation (its uncertainty, or suggestions) is using the model: wait for it (or cancel it), then train"
+                "A segmentation (its uncertainty, a batch, or suggestions) is using the model: wait for it (or cancel it), then train"
             )
             return None
         try:
@@ -422,6 +424,14 @@ class FineTuneWidget(QWidget):
         self._set_running(False)
         self.worker = None
         self.session.training = False
+        trainer = self.job.trainer if self.job is not None else None
+        if isinstance(error, CheckpointNotSaved) and trainer is not None and trainer.iteration > 0:
+            self.session.set_model(trainer.bundle(), None)  # trained: kept in memory, to be saved elsewhere
+            self.start_from.choose(START_SESSION)
+            message = f"{error}. The model is in the Segment dock: save it with 'Save model…'"
+            show_warning(message)
+            self.status.setText(message)
+            return
         show_error(f"Training failed: {error}")
         self.status.setText(f"Failed: {error}")
 
@@ -438,8 +448,9 @@ class FineTuneWidget(QWidget):
         self.session.set_model(trainer.bundle(), saved)
         self.start_from.choose(START_SESSION)
         verb = "Stopped" if stopped else "Done"
-        self.status.setText(f"{verb} at iteration {trainer.iteration}; model saved to {saved}")
-        show_info(f"Training {verb.lower()}: the model is in the Segment dock and saved to {saved}")
+        where = f"saved to {saved}" if saved is not None else "not saved: save it with 'Save model…'"
+        self.status.setText(f"{verb} at iteration {trainer.iteration}; model {where}")
+        show_info(f"Training {verb.lower()}: the model is in the Segment dock and {where}")
         self.finished.emit(saved)
 
     def _set_running(self, running: bool) -> None:

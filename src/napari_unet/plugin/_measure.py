@@ -153,7 +153,7 @@ class MeasureWidget(QWidget):
         spatial = "TZYX"[4 - len(shape) :]
         group = channel_group(layer, self.viewer.layers)
         if group:
-            return np.stack([np.asarray(layer_data(g)) for g in group]), _with_channels(spatial)
+            return _channels_first(np.stack([np.asarray(layer_data(g)) for g in group]), spatial)
         data = np.asarray(layer_data(layer))
         if getattr(layer, "rgb", False):
             if data.shape[:-1] != shape:
@@ -161,13 +161,13 @@ class MeasureWidget(QWidget):
                     f"the image '{layer.name}' is {_size(data.shape[:-1])} pixels (RGB) but the labels are "
                     f"{_size(shape)}: choose the image the labels were made from, or no image"
                 )
-            return np.moveaxis(data[..., :3], -1, 0), _with_channels(spatial)
+            return _channels_first(np.moveaxis(data[..., :3], -1, 0), spatial)
         axes = stored_axes(layer)
         if axes is not None and "C" in axes:
             data, axes = to_canonical(data, axes)
             return data, axes
         if data.ndim == len(shape) + 1 and data.shape[1:] == shape and data.shape[0] <= 4:
-            return data, _with_channels(spatial)  # channels first, as the docks read an unlabelled (C, H, W)
+            return _channels_first(data, spatial)  # as the docks read an unlabelled (C, H, W)
         if data.shape != shape:
             raise LayerProblem(f"the image '{layer.name}' has shape {data.shape} but the labels have {shape}")
         return data, spatial
@@ -224,10 +224,11 @@ def _size(shape: tuple[int, ...]) -> str:
     return " x ".join(str(n) for n in shape)
 
 
-def _with_channels(spatial: str) -> str:
-    """Canonical axes with C inserted before Z/Y: "ZYX" -> "ZCYX", "YX" -> "CYX"."""
+def _channels_first(data: np.ndarray, spatial: str) -> tuple[np.ndarray, str]:
+    """(C, *spatial) data in canonical order, the channels after T and Z, with its axes: (2, 3, 32, 32) of "ZYX"
+    -> (3, 2, 32, 32), "ZCYX" (read as "ZCYX" as it was, the channels were taken for the planes)."""
     lead = "".join(a for a in spatial if a in "TZ")
-    return lead + "C" + spatial[len(lead) :]
+    return np.moveaxis(data, 0, len(lead)), lead + "C" + spatial[len(lead) :]
 
 
 def _features(table: Table) -> Any:

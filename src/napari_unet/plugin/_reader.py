@@ -168,7 +168,7 @@ def stack_layers(layers: list[LayerData], names: list[str]) -> LayerData:
             f"cannot open {names[0]} and the others as a stack: they are time series already (axes {axes}); "
             "open them separately"
         )
-    stacked = {**kwargs, "metadata": _with_new_axis(metadata, "T" if "Z" in axes else "Z")}
+    stacked = {**kwargs, "metadata": _with_new_axis(metadata, "T" if "Z" in axes else "Z", len(layers))}
     if "channel_axis" in kwargs:
         stacked["channel_axis"] = kwargs["channel_axis"] + 1
     if "scale" in kwargs:
@@ -178,14 +178,16 @@ def stack_layers(layers: list[LayerData], names: list[str]) -> LayerData:
     return np.stack([np.asarray(layer[0]) for layer in layers]), stacked, kind
 
 
-def _with_new_axis(metadata: Any, axis: str) -> Any:
-    """Layer metadata (a dict, or a list of them for channels) with `axis` before the stored axes."""
+def _with_new_axis(metadata: Any, axis: str, files: int) -> Any:
+    """Layer metadata (a dict, or a list of them for channels) with `axis` before the stored axes, and the number
+    of files stacked (`stacked`: the layer is not its source file's data alone, whose annotations are its own)."""
     if isinstance(metadata, list):
-        return [_with_new_axis(m, axis) for m in metadata]
+        return [_with_new_axis(m, axis, files) for m in metadata]
     if not metadata or METADATA_KEY not in metadata:
         return metadata
     info = dict(metadata[METADATA_KEY])
     info["axes"] = axis + info.get("axes", "")
+    info["stacked"] = files
     return {**metadata, METADATA_KEY: info}
 
 

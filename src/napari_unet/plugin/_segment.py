@@ -92,6 +92,7 @@ class SegmentWidget(QWidget):
         self.finished_run = False
         self._postprocess_runs = 0
         self._final_digest: bytes | None = None  # of the labels as the last result left them: edits are detected
+        self._first_result = False  # the run's whole-image result is on its way (not a retune)
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.image_picker = LayerPicker(self.image_combo, follows=is_original_image)
@@ -413,6 +414,7 @@ class SegmentWidget(QWidget):
         self.session.segmenting = False
         self.controls.running(False)
         self.drawing.refresh(thumbnail=True)
+        previews = _digest(self.labels) if self.labels is not None else None  # before a `stopped` slot paints
         self.stopped.emit()
         if self.cancelled:
             unit = "plane orientations" if self._tta else "tiles"
@@ -424,6 +426,8 @@ class SegmentWidget(QWidget):
             return
         self.finished_run = True
         self.status.setText("All tiles in; post-processing the whole image…")
+        self._final_digest = previews  # what is painted on the previews from now on is kept
+        self._first_result = True
         self._start_postprocess()
 
     def _start_postprocess(self) -> Any:
@@ -439,7 +443,7 @@ class SegmentWidget(QWidget):
         )
         # the run's own array and layer: a Run clicked meanwhile makes new ones, and this image's result still
         # replaces its tile previews (`_set_earlier_labels`)
-        earlier = (self._run_id, self.labels, self.labels_layer, self._final_digest)
+        earlier = (self._run_id, self.labels, self.labels_layer, self._final_digest, self._first_result)
         self._latest_postprocess[self._run_id] = run
         worker.returned.connect(lambda labels: alive(self) and self._set_final_labels(labels, run, earlier))
         worker.errored.connect(lambda error: alive(self) and self._postprocess_failed(error, earlier[0]))
@@ -462,21 +466,24 @@ class SegmentWidget(QWidget):
             return  # a newer retune is on its way
         self._latest_postprocess.pop(self._run_id, None)
         if self._final_digest is not None and _digest(self.labels) != self._final_digest:
-            self._keep_edits(labels)  # painted since the last result: a retune must not wipe the corrections
+            self._keep_edits(labels)  # painted since the previews or the last result: the corrections stay
         else:
             self.labels[...] = labels
+        self._first_result = False
         self._final_digest = _digest(self.labels)
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
         self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
 
-    def _set_earlier_labels(self, labels: np.ndarray, array: Any, layer: Any, digest: bytes | None) -> None:
+    def _set_earlier_labels(
+        self, labels: np.ndarray, array: Any, layer: Any, digest: bytes | None, first: bool
+    ) -> None:
         """The whole-image result of a run that a newer Run superseded while it was post-processed: it replaces
         the tile previews (or the last result) in that run's layer; a layer painted since its last result keeps the
         corrections, and the result goes to a layer of its own."""
         if layer is None or layer not in self.viewer.layers or layer.data is not array or labels.shape != array.shape:
             return  # removed, or its data replaced meanwhile
         if digest is not None and _digest(array) != digest:
-            _labels_beside(self.viewer, layer, labels)
+            _labels_beside(self.viewer, layer, labels, "result" if first else "retuned")
         else:
             array[...] = labels
             layer.refresh()
@@ -550,13 +557,13 @@ class SegmentWidget(QWidget):
         )
 
     def _keep_edits(self, labels: np.ndarray) -> None:
-        """A retuned result for a Labels layer painted since the last result: the corrections stay where they are
-        and the new labels become the array of a layer of their own (drawn as any result)."""
-        layer = self.labels_layer
+        """A result for a Labels layer painted since its previews or its last result: the corrections stay where
+        they are and the new labels become the array of a layer of their own (drawn as any result)."""
+        layer, what = self.labels_layer, "result" if self._first_result else "retuned"
         self.labels = labels
-        self.labels_layer = _labels_beside(self.viewer, layer, labels)
+        self.labels_layer = _labels_beside(self.viewer, layer, labels, what)
         self.drawing.start(self.labels_layer, self.probs_layer)
-        show_info(f"{layer.name} was edited: your corrections are kept, the retuned labels are in a new layer")
+        show_info(f"{layer.name} was edited: your corrections are kept, the {what} labels are in a new layer")
 
     def _postprocess_changed(self) -> None:
         """The user changed a post-processing control: a running segmentation ends with it, a finished one is
@@ -599,11 +606,11 @@ class SegmentWidget(QWidget):
         )
 
 
-def _labels_beside(viewer: Any, layer: Any, labels: np.ndarray) -> Any:
-    """A new Labels layer "<name> (retuned)" of `labels` placed as the Labels layer `layer`, which was painted."""
+def _labels_beside(viewer: Any, layer: Any, labels: np.ndarray, what: str) -> Any:
+    """A new Labels layer "<name> (<what>)" of `labels` placed as the Labels layer `layer`, which was painted."""
     return viewer.add_labels(
         labels,
-        name=f"{layer.name} (retuned)",
+        name=f"{layer.name} ({what})",
         scale=layer.scale,
         translate=layer.translate,
         units=layer.units,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QFileDialog
 
 from napari_unet import builtin
@@ -36,7 +37,9 @@ class StartFrom:
         names = [START_BUILTIN] if BUILTIN_MODEL in builtin.names() else []
         self.combo = choice(names + [START_NEW, START_SESSION, START_FILE])
         self.combo.setCurrentText(first or self.combo.itemText(0))
+        self._asked = False  # the folder was just asked for by a change of choice: its `activated` asks not again
         self.combo.currentTextChanged.connect(self._chosen)
+        self.combo.activated.connect(self._activated)  # picked, changed or not (after currentTextChanged)
 
     def text(self) -> str:
         return self.combo.currentText()
@@ -63,15 +66,31 @@ class StartFrom:
             raise LayerProblem("No saved model chosen: pick 'a saved model…' again to choose its folder")
 
     def _chosen(self, text: str) -> None:
-        if text == START_FILE and self.saved is None:
-            path = QFileDialog.getExistingDirectory(self.dock, "Model folder to start from")
-            if not path:
-                self.choose(START_NEW)
-                return
+        """A change of choice: 'a saved model…' asks for its folder each time it is chosen (cancelled: the folder
+        chosen before, if any, else a new network)."""
+        if text == START_FILE:  # the `activated` of this very pick (if picked) comes before the event loop turns
+            self._asked = True
+            QTimer.singleShot(0, lambda: setattr(self, "_asked", False))
+        if text == START_FILE and not self._ask():
+            return
+        self.changed()
+
+    def _activated(self, _index: int) -> None:
+        """'a saved model…' picked again while chosen: ask for another folder."""
+        if self.text() == START_FILE and not self._asked and self._ask():
+            self.changed()
+
+    def _ask(self) -> bool:
+        """Ask for a model folder to start from; False when none is chosen now (cancelled with none before, or
+        not loadable: a new network is chosen instead)."""
+        path = QFileDialog.getExistingDirectory(self.dock, "Model folder to start from")
+        if path:
             try:
                 self.saved, self.saved_path = load_model(path), Path(path)
+                return True
             except (OSError, ValueError) as error:
                 show_error(f"Cannot load the model: {error}")
-                self.choose(START_NEW)
-                return
-        self.changed()
+        if self.saved is not None:  # cancelled, or not loadable: the folder chosen before stays
+            return True
+        self.choose(START_NEW)
+        return False
