@@ -665,3 +665,21 @@ def test_a_missing_codec_is_not_called_a_damaged_file(tmp_path, monkeypatch):
     monkeypatch.setattr(tifffile, "imread", lambda *a, **k: no_codec(None))
     with pytest.raises(ValueError, match="needs a codec that is not installed \\(pip install imagecodecs\\)"):
         read_image(path)
+
+
+def test_a_stack_of_a_few_label_planes_saved_without_axes_reads_as_planes(tmp_path):
+    """tifffile.imwrite of 2 to 4 label planes (no axes metadata) read as channels by the images' guess (CYX):
+    evaluate, measure and rois refused them ("labels must not be colour or have channels") with no --axes to
+    say otherwise. Labels have no channels: they are planes."""
+    import tifffile
+
+    from napari_unet.io import read_label_image
+
+    planes = np.zeros((3, 16, 16), np.int32)
+    planes[:, 2:6, 2:6] = 1
+    for count, expected in ((2, "ZYX"), (3, "ZYX"), (4, "ZYX")):
+        tifffile.imwrite(tmp_path / f"s{count}.tif", planes[:1].repeat(count, axis=0))
+        labels, axes = read_label_image(tmp_path / f"s{count}.tif")
+        assert axes == expected and labels.shape == (count, 16, 16)
+    tifffile.imwrite(tmp_path / "zc.tif", np.zeros((2, 3, 16, 16), np.uint16), imagej=True, metadata={"axes": "ZCYX"})
+    assert read_label_image(tmp_path / "zc.tif")[1] == "ZCYX"  # said by the file: kept (and refused where used)

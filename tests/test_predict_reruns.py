@@ -231,3 +231,42 @@ def test_a_table_that_no_earlier_run_wrote_is_still_refused(tmp_path, capsys, mo
     interrupt_at(monkeypatch, 1)  # nothing finished: no table
     code, _, err = predict(capsys, model, folder, out, "--measure")
     assert code == 130 and "0 of 2 image(s) finished" in err and list(out.iterdir()) == []
+
+
+def test_an_image_replaced_under_the_same_name_is_not_skipped_as_done(tmp_path, capsys):
+    """A rerun skipped an image replaced by another of the same name (even of another size) as "already done",
+    leaving the old image's labels: the outputs record the input's size and modification time now."""
+    import os
+
+    model, source, out = tiny_model(tmp_path), images(tmp_path / "in", 2), tmp_path / "out"
+    assert predict(capsys, model, source, out)[0] == 0
+    write_tiff(source / "im1.tif", (make_cells((52, 60), seed=9)[0] * 1000).astype(np.uint16), "YX")
+    code, _, err = predict(capsys, model, source, out)
+    assert code == 2 and "im1_labels.tif was segmented from another version of" in err
+    code, _, _ = predict(capsys, model, source, out, "--overwrite")
+    assert code == 0 and read_image(out / "im1_labels.tif")[0].shape == (52, 60)
+    os.utime(source / "im0.tif")  # touched, not changed: refused too (a copy without its time is another file)
+    assert predict(capsys, model, source, out)[0] == 2
+
+
+def test_predict_never_replaces_a_table_or_labels_it_did_not_write(tmp_path, capsys):
+    """A rerun with --measure overwrote a measurements.csv that no --measure run wrote there (the user's own
+    `measure` table); predicting into a folder of images beside their x_labels.tif annotations advised
+    --overwrite, which replaced the annotations with predictions."""
+    model, source, out = tiny_model(tmp_path), images(tmp_path / "in", 1), tmp_path / "out"
+    assert predict(capsys, model, source, out)[0] == 0
+    (out / "measurements.csv").write_text("my,own,table\n")
+    code, _, err = predict(capsys, model, source, out, "--measure")
+    assert code == 2 and "measurements.csv" in err and (out / "measurements.csv").read_text() == "my,own,table\n"
+    (out / "measurements.csv").unlink()
+    assert predict(capsys, model, source, out, "--measure")[0] == 0
+    assert predict(capsys, model, source, out, "--measure")[0] == 0  # its own table: rewritten by a rerun
+
+    beside = images(tmp_path / "beside", 1)
+    truth = np.zeros((40, 44), np.uint16)
+    truth[5:15, 5:15] = 1
+    write_tiff(beside / "im0_labels.tif", truth, "YX")
+    for extra in ([], ["--overwrite"]):
+        code, _, err = predict(capsys, model, beside, beside, *extra)
+        assert code == 2 and "was not written by napari-unet predict" in err
+    np.testing.assert_array_equal(read_image(beside / "im0_labels.tif")[0], truth)

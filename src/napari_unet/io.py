@@ -345,7 +345,8 @@ def read_label_image(path: str | Path) -> tuple[ArrayLike, str]:
     (ids saved with a colour table, as many annotation tools do) gives its ids, not the colours they stand for,
     a PNG with colour or alpha channels is refused (`LABEL_PNG_MODES`: an RGBA image whose R = G = B would
     otherwise read as one grey plane of "ids"), and so is a JPEG (lossy: its ids and outlines are not those
-    saved)."""
+    saved). A TIFF without axes in its metadata whose guess gives channels (a stack of 2 to 4 planes) is read as
+    planes: labels have no channels."""
     path = Path(path)
     if path.suffix.lower() in (".jpg", ".jpeg"):
         raise ValueError(
@@ -355,7 +356,14 @@ def read_label_image(path: str | Path) -> tuple[ArrayLike, str]:
     if path.suffix.lower() in PILLOW_SUFFIXES and path.is_file():
         _check_label_png_mode(path)
         return _read_pillow(path, palette_indices=True)
-    return read_image(path)
+    labels, axes = read_image(path)
+    if "C" in axes and any("by guess" in said for said in reading_notes(path)):
+        # a stack of 2 to 4 label planes saved without axes reads as channels by the images' guess; labels have
+        # none: they are planes (Z, or T beside a Z)
+        free = next((a for a in "ZT" if a not in axes), None)
+        if free is not None:
+            return to_canonical(labels, axes.replace("C", free))
+    return labels, axes
 
 
 def _check_label_png_mode(path: Path) -> None:

@@ -653,10 +653,29 @@ def read_settings(path: str | Path) -> dict[str, Any] | None:
 
 def same_settings(recorded: dict | None, wanted: dict) -> bool:
     """Whether an output recorded with `recorded` (None: none) is one this run would write (the model's name
-    aside: `nuclei` and `builtin:nuclei`, or a moved model folder, are the same weights)."""
+    aside: `nuclei` and `builtin:nuclei`, or a moved model folder, are the same weights; the input's identity,
+    `input_identity`, is compared on its own by `same_input`)."""
     if recorded is None:
         return False
-    return {k: v for k, v in recorded.items() if k != "model"} == {k: v for k, v in wanted.items() if k != "model"}
+    aside = ("model", "input")
+    return {k: v for k, v in recorded.items() if k not in aside} == {k: v for k, v in wanted.items() if k not in aside}
+
+
+def input_identity(path: str | Path) -> dict[str, Any] | None:
+    """What tells a file from a replaced one of the same name, recorded with its outputs (`settings["input"]`):
+    its size in bytes and its modification time (ns); None for a folder (an OME-Zarr store: not compared)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    status = path.stat()
+    return {"bytes": status.st_size, "modified_ns": status.st_mtime_ns}
+
+
+def same_input(recorded: dict | None, path: str | Path) -> bool:
+    """Whether the output recorded with `recorded` was segmented from `path` as it is now (True when the record
+    holds no identity: written before it was recorded, or from a folder)."""
+    was = (recorded or {}).get("input")
+    return was is None or was == input_identity(path)
 
 
 def settings_difference(recorded: dict, wanted: dict, shown: int = 4) -> str:

@@ -150,10 +150,16 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .._config import with_overrides
     from ..device import select_device
-    from ..measure import write_csv
     from ..metadata import read_pixel_size, read_spacing
     from ..modelfile import load_model
-    from ..pipeline import count_planes, describe_own_outputs, list_inputs, output_paths, read_input, segment_file
+    from ..pipeline import (
+        count_planes,
+        describe_own_outputs,
+        list_inputs,
+        output_paths,
+        read_input,
+        segment_file,
+    )
     from ..precision import autocast_iterator
     from ..validation import check_writable_folder
 
@@ -240,7 +246,7 @@ def run(args: argparse.Namespace) -> int:
                             pixel_size=pixel_size,
                             spacing=spacing,
                             diameter=args.diameter,
-                            settings=settings,
+                            settings=_file_settings(settings, path),
                         ),
                     ):
                         found += plane.objects
@@ -254,11 +260,11 @@ def run(args: argparse.Namespace) -> int:
                 del image
     except KeyboardInterrupt:
         if args.measure and done:
-            write_csv(tables, args.out / "measurements.csv")
+            _write_table(tables, args.out / "measurements.csv")
         print(_interrupted_note(args, done, len(files)), file=sys.stderr)
         raise
     if args.measure:
-        write_csv(tables, args.out / "measurements.csv")
+        _write_table(tables, args.out / "measurements.csv")
     print(
         f"segmented {len(files) - skipped} image(s) ({planes} plane(s), {objects} objects)"
         + (f", {skipped} skipped (already done)" if skipped else "")
@@ -286,6 +292,40 @@ def _run_settings(args: argparse.Namespace, bundle, postprocess, choice, pixel_s
     )
 
 
+def _file_settings(settings: dict | None, path: Path) -> dict | None:
+    """The run's `settings` as recorded in the outputs of `path`: with the input's identity
+    (`pipeline.input_identity`), so that an image replaced under its name is not skipped as done."""
+    from ..pipeline import input_identity
+
+    return None if settings is None else {**settings, "input": input_identity(path)}
+
+
+def _table_record(table: Path) -> Path:
+    """Where predict notes the digest of the measurements.csv it wrote (a hidden file beside it)."""
+    return table.with_name(f".{table.name}.napari-unet")
+
+
+def _write_table(tables: list, table: Path) -> None:
+    """Write --measure's table and note it as predict's own: a rerun may rewrite it, never another table."""
+    import hashlib
+
+    from ..measure import write_csv
+
+    write_csv(tables, table)
+    _table_record(table).write_text(hashlib.sha256(table.read_bytes()).hexdigest())
+
+
+def _own_table(table: Path) -> bool:
+    """Whether `table` is the measurements.csv an earlier predict wrote there, unchanged since."""
+    import hashlib
+
+    record = _table_record(table)
+    try:
+        return record.read_text().strip() == hashlib.sha256(table.read_bytes()).hexdigest()
+    except OSError:
+        return False
+
+
 def _interrupted_note(args: argparse.Namespace, done: int, total: int) -> str:
     table = f" ({args.out / 'measurements.csv'} holds their rows only)" if args.measure and done else ""
     return (
@@ -302,7 +342,7 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
     image not begun and a measurements.csv when the run continues none. With --cluster/--workers existing
     outputs are skipped by `distributed.segment_plan` instead. (Whether --out is writable is checked once the
     inputs are: `check_writable_folder` creates it.)"""
-    from ..pipeline import check_distinct_names, existing_output, read_settings, same_settings
+    from ..pipeline import check_distinct_names, existing_output, read_settings, same_input, same_settings
     from ..validation import check_output_free, check_output_not_input
 
     check_distinct_names(files, args.out)  # as `distributed.plan_batch` does
@@ -311,6 +351,13 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
     written = [p for out in outputs for p in (out.labels, out.probs) if p is not None]
     written += [p for paths in extras.values() for p in paths] + ([table] if args.measure else [])
     check_output_not_input(written, [*files, args.model])
+    for path, out in zip(files, outputs):  # x_labels.tif beside x.tif: another tool's, or the user's annotations
+        if out.labels.exists() and out.labels.parent == path.parent and read_settings(out.labels) is None:
+            raise ValueError(
+                f"{out.labels} lies beside {path.name} and was not written by napari-unet predict (it records no "
+                "settings): it may be annotations of it, which this run would replace (even with --overwrite); "
+                "choose another --out, or move the file away if it is not"
+            )
     if args.cluster or args.workers:
         return [False] * len(files)
     if args.overwrite:
@@ -324,13 +371,18 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
             recorded = read_settings(tiff)
             if not same_settings(recorded, settings):
                 raise ValueError(existing_output(tiff, recorded, settings))
+            if not same_input(recorded, path):
+                raise ValueError(
+                    f"the output {tiff} was segmented from another version of {path} (its size or modification "
+                    "time differ): segment it again with --overwrite, or choose another --out"
+                )
         finished.append(all(p.exists() for p in tiffs))
         if out.labels.exists():  # begun by an earlier run like this one: its extras are written again from them
             continued = True
             continue
         for extra in extras[path]:
             check_output_free(extra, False, "the output")
-    if args.measure and not continued:
+    if args.measure and not (continued and _own_table(table)):  # a table predict did not write there: refused
         check_output_free(table, False, "the output")
     return finished
 
