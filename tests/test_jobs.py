@@ -362,7 +362,10 @@ def test_training_job_seeds_a_new_network_and_keeps_a_base_model(cells, tmp_path
     assert first.few_shot is None and first.postprocess is None and first.net.config.in_channels == 1
     base = ModelBundle(UNet(TINY), Normalization(low=2.0), PostprocessConfig(threshold=0.4))
     kept = training_job(*arrays, config, base=base, net_config=TINY, checkpoint=tmp_path / "c")
-    assert kept.net is base.net and kept.normalization == base.normalization and kept.few_shot is None
+    # the run trains a copy: the base keeps its weights whatever the run does
+    assert kept.net is not base.net and kept.normalization == base.normalization and kept.few_shot is None
+    for a, b in zip(kept.net.parameters(), base.net.parameters()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr()
     sized = ModelBundle(UNet(TINY), object_diameter=17.0)
     recipe = training_job(*arrays, config, base=sized, net_config=TINY, checkpoint=tmp_path / "d")
     assert recipe.base is sized and recipe.few_shot.iterations == config.iterations
