@@ -90,6 +90,15 @@ def edit_config(**changes) -> Callable[[Path], None]:
     return edit
 
 
+def _zip(path: Path) -> Path:
+    """A zip archive of someone's data (no rdf.yaml) at `path`."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("notes.txt", "mine")
+    return path
+
+
 def one_pair(
     folder: Path,
     labels: np.ndarray | None = None,
@@ -1012,6 +1021,16 @@ CASES = [
         "is a folder",
     ),
     Case(
+        "rois: --out an existing folder, without --overwrite (which could not help)",
+        lambda d, m, t: ["rois", tiff(t / "l.tif", cells_labels(np.uint16)), "--out", folder(t / "r.zip")],
+        "r.zip is a folder: an ImageJ ROI set is written as a .zip file; choose a file name",
+    ),
+    Case(
+        "export: --out an existing folder, TorchScript, without --overwrite (which could not help)",
+        lambda d, m, t: ["export", m, "--format", "torchscript", "--out", folder(t / "x.pt")],
+        "is a folder",
+    ),
+    Case(
         "rois: a folder given as the label image",
         lambda d, m, t: ["rois", d / "labels", "--out", t / "r.zip"],
         "is a folder",
@@ -1037,6 +1056,11 @@ CASES = [
         "export: --out a folder that is not a bioimage.io package, with --overwrite",
         lambda d, m, t: ["export", m, "--format", "bioimageio", "--out", one_pair(t)[0], "--overwrite"],
         "not a bioimage.io package",
+    ),
+    Case(
+        "export: --out a zip file that is not a bioimage.io package, with --overwrite",
+        lambda d, m, t: ["export", m, "--format", "bioimageio", "--out", _zip(t / "data.zip"), "--overwrite"],
+        "data.zip exists and is not a bioimage.io package",
     ),
     Case(
         "evaluate: a grey image as ground truth (--kind pixels)",

@@ -57,7 +57,7 @@ def test_the_choice_is_saved_and_checked(tmp_path):
     assert loaded.channels == bundle.channels
     image, axes = loaded.prepare(np.ones((3, 20, 20)), "CYX")
     assert axes == "YX"
-    with pytest.raises(ValueError, match=r"expects 1 channel\(s\) \(1 channel: grey"):
+    with pytest.raises(ValueError, match=r"expects 1 channel\(s\) \(1 channel: grey.*--channels 0 / the Channels"):
         loaded.prepare(np.ones((3, 20, 20)), "CYX", choice=ChannelChoice((0, 1)))
 
 
@@ -69,5 +69,7 @@ def test_model_folders_without_an_input_entry_load_as_before(tmp_path):
     loaded = load_model(folder)
     assert loaded.channels == ChannelChoice() and loaded.net.config.in_channels == 2
     assert loaded.prepare(np.ones((2, 20, 20)), "CYX")[1] == "CYX"
-    with pytest.raises(ValueError, match="expects 2 channel"):
+    with pytest.raises(ValueError, match="expects 2 channel.*use an image with 2 channels, or a model trained on 1-"):
         loaded.prepare(np.ones((20, 20)), "YX")
+    with pytest.raises(ValueError, match=r"gives 3 .*choose 2 channels \(e.g. --channels 0,1 "):
+        loaded.prepare(np.ones((3, 20, 20)), "CYX")

@@ -437,9 +437,27 @@ def test_evaluate_isbi_notes_a_truth_whose_objects_touch(tmp_path, capsys):
 def test_info_shows_the_model(model, capsys):
     code, stdout, _ = run(capsys, "info", model)
     assert code == 0
-    assert "depth=2" in stdout and "iterations=3" in stdout and "resumable: yes" in stdout
+    assert "depth=2" in stdout and "iterations=3" in stdout and "resumable: yes (at iteration 3)" in stdout
     code, stdout, _ = run(capsys, "info", model, "--json")
     assert code == 0 and json.loads(stdout)["unet"]["base_channels"] == 4
+
+
+def test_info_says_why_a_model_is_not_resumable(model, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    (copy / "training_state.pt").write_bytes(b"not a torch file")
+    code, stdout, _ = run(capsys, "info", copy)
+    assert code == 0 and "resumable: no (training_state.pt cannot be read" in stdout
+    config = json.loads((copy / "config.json").read_text())
+    config["metadata"]["training"] = "edited by hand"
+    (copy / "config.json").write_text(json.dumps(config))
+    code, stdout, _ = run(capsys, "info", copy)  # shown as it is, never a traceback
+    assert code == 0 and "  training: edited by hand" in stdout
+    assert "resumable: no (the metadata holds no valid training configuration)" in stdout
+    config["metadata"]["training"] = {"augment": ["not", "a", "mapping"], "iterations": 3}
+    (copy / "config.json").write_text(json.dumps(config))
+    code, stdout, _ = run(capsys, "info", copy)
+    assert code == 0 and "augmentation: [not, a, mapping]" in stdout
 
 
 def test_demo_writes_a_report(tmp_path, capsys):
@@ -529,6 +547,12 @@ def test_predict_by_name_with_a_diameter_rescales_and_keeps_the_image_size(data,
     np.testing.assert_array_equal(labels, expected)
     assert main(["predict", "nuclei", str(image), "--out", str(out), "--device", "cpu", "--overwrite"]) == 0
     assert "estimated" in capsys.readouterr().err
+    blank = tmp_path / "blank.tif"
+    cells = read_image(image)[0]
+    write_tiff(blank, np.stack([np.zeros_like(cells), cells]), "ZYX")  # the size is estimated on the first plane
+    assert main(["predict", "nuclei", str(blank), "--out", str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err  # nothing to estimate from: said so, never "estimated" with the model's own size
+    assert "no objects found to estimate their size from; not rescaled" in err and "estimated" not in err
     assert main(["predict", "nuclei", str(image), "--out", str(out), "--diameter", "0"]) == 2
     assert "'auto' or a diameter in pixels > 0" in capsys.readouterr().err
 
@@ -543,6 +567,8 @@ def test_a_local_model_folder_named_like_a_builtin_wins_with_a_note(
     assert "using the model folder ./nuclei, not the built-in" in capsys.readouterr().err
     assert main(["info", "builtin:nuclei"]) == 0
     assert "object diameter: 20 px" in capsys.readouterr().out
+    assert main(["info", "nuclei"]) == 0  # info and export name the folder they read as predict does
+    assert "using the model folder ./nuclei, not the built-in" in capsys.readouterr().err
 
 
 def test_train_init_by_name_rescales_the_images_to_the_models_object_size(data, builtin_nuclei, tmp_path, capsys):
@@ -930,3 +956,13 @@ def test_the_resume_command_keeps_the_runs_validation_data():
     assert _resume_command(held, Path("m")) == (
         "napari-unet train im lab --validation-images 'v im' --validation-labels vl --out m --resume"
     )
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`napari-unet models | head -1`: stdout's reader closes the pipe; exit 141 (128 + SIGPIPE), no message."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "napari_unet", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()  # before the command has imported anything, so its first line finds no reader
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 141 and err == b""

@@ -105,6 +105,7 @@ def test_bioimageio_rdf_describes_the_network(bundle, tmp_path):
     assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"] == bundle.net.config.to_dict()
     rebuilt = ProbabilityUNet(**rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"])
     assert rebuilt.net.halo == bundle.net.halo
+    assert export_bioimageio(bundle, path) == path  # a package zip is replaced by the new one (--overwrite)
 
 
 def test_multichannel_models_export_and_test_tensors_match(tmp_path):

@@ -84,6 +84,15 @@ def test_a_file_inside_the_folder_is_accepted(tmp_path):
     assert load_model(folder / "config.json").net.config.depth == 3
 
 
+def _nan_weights(folder):
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(folder / "weights.safetensors")
+    for name in [name for name, value in state.items() if value.is_floating_point()][:2]:
+        state[name].view(-1)[0] = float("nan")
+    save_file(state, folder / "weights.safetensors")
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [
@@ -103,8 +112,9 @@ def test_a_file_inside_the_folder_is_accepted(tmp_path):
             ),
             "newer napari-unet",
         ),
+        (_nan_weights, r"not finite numbers \(NaN or infinity, in \S+ and 1 more\)"),
     ],
-    ids=["weights", "json", "foreign", "missing", "mismatch", "newer"],
+    ids=["weights", "json", "foreign", "missing", "mismatch", "newer", "nan"],
 )
 def test_damaged_folders_give_clear_errors(tmp_path, damage, message):
     folder = save_model(tmp_path / "m", bundle())

@@ -245,3 +245,22 @@ def test_predict_tta_on_a_net_uses_the_given_normalisation():
         model.predict(image, device="cpu", tta=True),
         atol=1e-6,
     )
+
+
+def test_non_finite_output_is_an_error_not_background():
+    net = small_net().eval()
+    with torch.no_grad():
+        next(net.parameters()).view(-1)[0] = float("nan")
+    image = np.random.default_rng(0).random((1, 40, 40), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"not a number \(NaN\) near pixel \(y=0, x=0\)"):
+        predict_tiled(net, image, tile_size=32)
+
+
+def test_an_image_of_extreme_values_is_normalised_without_overflow():
+    net = small_net().eval()
+    rng = np.random.default_rng(0)
+    plain = rng.random((40, 40), dtype=np.float32)
+    bundle = ModelBundle(net)
+    huge = (plain * 2 - 1) * np.float32(3e38)  # spans more than float32 holds: hi - lo overflows
+    expected = bundle.predict(plain, diameter=None, tile_size=32)
+    np.testing.assert_allclose(bundle.predict(huge, diameter=None, tile_size=32), expected, atol=1e-4)

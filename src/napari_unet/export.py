@@ -422,7 +422,7 @@ def _write_output(staging: Path, path: Path, as_zip: bool) -> None:
     temporary name and renamed; a package already there is replaced only once the new one is whole."""
     recover_replaced_folder(path, _is_package)  # an export killed between its two renames: the earlier package
     if path.exists():
-        if not _is_package(path) and not (path.is_file() and as_zip):
+        if not (_is_package(path) if path.is_dir() or not as_zip else _is_package_zip(path)):
             raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
     if as_zip:
         with atomic_write(path) as written, zipfile.ZipFile(written, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -442,6 +442,15 @@ def _write_output(staging: Path, path: Path, as_zip: bool) -> None:
 
 def _is_package(path: Path) -> bool:
     return path.is_dir() and (path / "rdf.yaml").is_file()
+
+
+def _is_package_zip(path: Path) -> bool:
+    """Whether `path` is a zipped bioimage.io package (an rdf.yaml at its top), which --overwrite may replace."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "rdf.yaml" in archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def check_target(fmt: str, path: str | Path) -> None:

@@ -732,6 +732,9 @@ def apply_normalization(tile: ArrayLike, lo: ArrayLike, hi: ArrayLike, eps: floa
     hi = np.asarray(hi, dtype=np.float32)
     if not hasattr(tile, "compute"):
         tile = np.asarray(tile)
+    if not np.isfinite(hi - lo).all():  # values spanning more than float32 holds (~3e38): computed in float64
+        scale64 = 1.0 / (hi.astype(np.float64) - lo + eps)
+        return ((tile.astype(np.float64) - lo) * scale64).astype(np.float32)
     scale = np.float32(1.0) / (hi - lo + np.float32(eps))
     return (tile.astype(np.float32) - lo) * scale
 

@@ -136,8 +136,7 @@ class ModelBundle:
         if found != expected:
             raise ValueError(
                 f"the model expects {expected} channel(s) ({self.describe_input()}); {name} gives {found} with "
-                f"{choice.describe()} (axes {axes!r}, shape {tuple(image.shape)}): choose channels "
-                "(--channels 0,1 / the Channels box) or grey conversion (--grey)"
+                f"{choice.describe()} (axes {axes!r}, shape {tuple(image.shape)}): {_channel_fix(expected, found)}"
             )
         return image, axes
 
@@ -173,6 +172,20 @@ class ModelBundle:
             lo, hi = np.where(flip, hi, lo), np.where(flip, lo, hi)
         return lambda window: apply_normalization(window, lo, hi)
 
+    def resolve_diameter(
+        self, image, diameter: Diameter = "auto", *, device: str | torch.device = "auto"
+    ) -> float | None:
+        """The objects' diameter (px) in `image` that it is scaled by: `diameter` as given, estimated for "auto"
+        (`estimate_diameter`; None when nothing is found), None for None and for "auto" with a model without an
+        object diameter (the image is not rescaled)."""
+        if diameter is None:
+            return None
+        if isinstance(diameter, str):
+            if diameter != "auto":
+                raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
+            return None if self.object_diameter is None else self.estimate_diameter(image, device=device)
+        return diameter
+
     def scale_factor(self, image, diameter: Diameter = "auto", *, device: str | torch.device = "auto") -> float:
         """The factor an image is resized by before the network: model diameter / object diameter.
 
@@ -180,16 +193,8 @@ class ModelBundle:
         nothing is found); None: 1.0. A model without an object diameter always gives 1.0 for None and "auto",
         and refuses a number (it cannot know what to scale to).
         """
-        if diameter is None:
-            return 1.0
-        if isinstance(diameter, str):
-            if diameter != "auto":
-                raise ValueError(f"diameter must be a number of pixels, 'auto' or None, got {diameter!r}")
-            if self.object_diameter is None:
-                return 1.0
-            estimate = self.estimate_diameter(image, device=device)
-            return 1.0 if estimate is None else self.object_diameter / estimate
-        return diameter_factor(self.object_diameter, diameter)
+        used = self.resolve_diameter(image, diameter, device=device)
+        return 1.0 if used is None else diameter_factor(self.object_diameter, used)
 
     def estimate_diameter(self, image, *, device: str | torch.device = "auto") -> float | None:
         """The median diameter (px) of the objects in `image` (H, W) or (C, H, W), or None when none is found:
@@ -428,6 +433,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
     except RuntimeError as error:
         first = str(error).splitlines()[0]
         raise ValueError(f"the weights in {path} do not match its config.json ({first})") from error
+    broken = [name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+    if broken:
+        raise ValueError(
+            f"{path / WEIGHTS_FILE} holds weights that are not finite numbers (NaN or infinity, in {broken[0]}"
+            f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}): the run that saved it diverged or the "
+            "file was altered; train it again or use an earlier copy"
+        )
     return ModelBundle(
         net.to(device),
         normalization,
@@ -436,6 +448,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         channels=channels,
         object_diameter=None if diameter is None else float(diameter),
     )
+
+
+def _channel_fix(expected: int, found: int) -> str:
+    """What to do when an image gives `found` channels to a model that takes `expected`.
+
+    >>> _channel_fix(2, 3)
+    'choose 2 channels (e.g. --channels 0,1 / the Channels box)'
+    """
+    if expected == 1:
+        return "choose one channel (e.g. --channels 0 / the Channels box) or grey conversion (--grey)"
+    if found > expected:
+        picks = ",".join(str(i) for i in range(expected))
+        return f"choose {expected} channels (e.g. --channels {picks} / the Channels box)"
+    return f"use an image with {expected} channels, or a model trained on {found}-channel images"
 
 
 def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:

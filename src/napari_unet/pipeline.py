@@ -43,6 +43,7 @@ from .io import (
 from .metadata import StackSpacing
 from .ome_zarr import read_zarr
 from .ome_zarr import write_ome_zarr as write_ome_zarr  # re-exported: cli/predict.py imports it from here
+from .scale import diameter_factor
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
 ZARR_SUFFIX = ".zarr"
@@ -485,7 +486,7 @@ class PlaneDone:
     index: int
     total: int
     objects: int
-    diameter: float | None = None  # the object diameter (px) the image was segmented at; None: not rescaled
+    diameter: float | None = None  # the objects' diameter (px) the image was scaled by; None: none given or found
 
 
 def segment_file(
@@ -529,8 +530,8 @@ def segment_file(
     out_axes = axes.replace("C", "")
     out_shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
     planes = plane_indices(tuple(image.shape), axes)
-    factor = bundle.scale_factor(image[planes[0]] if planes[0] else image, diameter, device=device)
-    used = bundle.object_diameter / factor if bundle.object_diameter is not None else None
+    used = bundle.resolve_diameter(image[planes[0]] if planes[0] else image, diameter, device=device)
+    factor = 1.0 if used is None else diameter_factor(bundle.object_diameter, used)
     finals = [path for path in (outputs.labels, outputs.probs) if path is not None]
     for path in finals:
         path.parent.mkdir(parents=True, exist_ok=True)

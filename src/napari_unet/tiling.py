@@ -197,6 +197,13 @@ def iter_predict_tiles(
         return np.stack(windows)
 
     def kept(batch: list[Tile], probs: np.ndarray) -> Iterator[TileResult]:
+        if not np.isfinite(probs).all():  # else NaN would pass silently as "no object" to every later step
+            y, x = batch[0].region[0].start, batch[0].region[1].start
+            raise ValueError(
+                f"the network's output is not a number (NaN) near pixel (y={y}, x={x}): the model's weights or "
+                "the normalised image hold values beyond what 32-bit floats can compute with (an image of "
+                "extreme values: convert it to a usual range first)"
+            )
         for tile, tile_probs in zip(batch, probs):
             (ry, rx) = tile.region
             yield TileResult(tile, tile_probs[:, : ry.stop - ry.start, : rx.stop - rx.start])

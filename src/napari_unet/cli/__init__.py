@@ -5,8 +5,8 @@ Each subcommand translates its arguments into the config objects the library use
 `pipeline.segment_file`), drawing a progress bar on stderr. Results and summaries go to stdout.
 
 Exit codes: 0 success; 1 training diverged (the last good state is kept); 2 bad input (a one-line
-"napari-unet: error: ..." message; `napari-unet --traceback ...` shows the traceback); 130 interrupted by
-SIGINT (Ctrl-C), 143 by SIGTERM (a training run stops at its next step and saves it first; a second signal
+"napari-unet: error: ..." message; `napari-unet --traceback ...` shows the traceback); 141 stdout's reader went
+away (`| head`), silently; 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (a training run stops at its next step and saves it first; a second signal
 exits at once, see `_signals`). Every file is written under a temporary name and renamed when complete; an
 output is never one of the inputs, and an existing output is replaced only with --overwrite.
 
@@ -27,11 +27,13 @@ module to `COMMANDS` below, a test to tests/test_cli.py and a section to docs/cl
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 from collections.abc import Sequence
 
 from . import _signals, demo, evaluate, export, measure, predict, train
-from ._args import EXIT_INTERRUPTED, EXIT_USAGE
+from ._args import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_USAGE
 
 COMMANDS = (train, predict, evaluate, measure, export, demo)
 
@@ -45,7 +47,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
     with _signals.installed():
         try:
-            return args.run(args)
+            code = args.run(args)
+            sys.stdout.flush()  # a reader that went away shows here, not as a message at the interpreter's exit
+            return code
+        except BrokenPipeError as error:
+            if not _stdout_gone():  # another pipe or socket (a cluster's connection): an error like any other
+                print(f"napari-unet: error: {error}", file=sys.stderr)
+                return EXIT_USAGE
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say, no one to say it to
+            return EXIT_BROKEN_PIPE
         except KeyboardInterrupt as interrupt:  # SIGINT or SIGTERM (`_signals.Interrupted`), or Ctrl-C
             print("napari-unet: interrupted", file=sys.stderr)
             return getattr(interrupt, "exit_code", EXIT_INTERRUPTED)
@@ -61,6 +71,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             message = f"this needs the Python package {error.name!r}, which is not installed" if missing else error
             print(f"napari-unet: error: {message}", file=sys.stderr)
             return EXIT_USAGE
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (`napari-unet info m | head -1`)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no file descriptor (captured output), or no poll (Windows)
+        return False
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import textwrap
 from collections.abc import Callable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: stdout's reader went away (`napari-unet info m | head -1`), as other tools exit
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -19,7 +19,7 @@ from ._args import (
     positive_float,
     probability,
 )
-from .progress import note, warn_unmatched
+from .progress import note, note_shadowed, warn_unmatched
 
 INFO_ROOM = 120  # characters of a value `info` shows whole; longer lists and mappings are summarised
 SHOWN_ITEMS = 3  # the first items of a summarised list
@@ -286,6 +286,7 @@ def _info(args: argparse.Namespace) -> int:
     from ..modelfile import CONFIG_FILE, STATE_FILE, load_model
     from ..train_config import UNTIL_BUDGET
 
+    note_shadowed(args.model, False)
     bundle = load_model(args.model)
     folder = resolve(args.model)
     if args.json:
@@ -294,7 +295,8 @@ def _info(args: argparse.Namespace) -> int:
     net = bundle.net
     parameters = sum(p.numel() for p in net.parameters())
     meta = dict(bundle.metadata)
-    training = meta.pop("training", None)
+    training = meta.pop("training") if isinstance(meta.get("training"), dict) else None  # else shown as metadata
+    resumable = _resumable(folder / STATE_FILE, training)
     lines = [
         f"model: {folder}",
         f"network: {_fields(net.config.to_dict())}",
@@ -310,19 +312,40 @@ def _info(args: argparse.Namespace) -> int:
         ),
     ]
     if training:
+        training = dict(training)
         augment = training.pop("augment", None)
         if training.get("iterations") == UNTIL_BUDGET:
             training["iterations"] = "until the time budget"
         lines.append(f"training: {_fields(training)}")
         if augment:
-            lines.append(f"  augmentation: {_fields(augment)}")
+            lines.append(f"  augmentation: {_fields(augment) if isinstance(augment, dict) else _brief(augment)}")
     shown = {key: _brief(value) for key, value in meta.items()}
     summarised = any(text != _plain(meta[key]) for key, text in shown.items())
     lines.append("metadata" + (" (summarised; --json shows it whole)" if summarised else "") + ":")
     lines += [f"  {key}: {text}" for key, text in shown.items()]
-    lines.append(f"resumable: {'yes' if (folder / STATE_FILE).is_file() else 'no (no training state)'}")
+    lines.append(f"resumable: {resumable}")
     print("\n".join(lines))
     return EXIT_OK
+
+
+def _resumable(state_file: Path, training: dict[str, Any] | None) -> str:
+    """Whether `train --resume` can continue the run saved with `state_file` and the metadata's `training`, read
+    as `Trainer.resume` reads them: "yes (at iteration n)" or "no (why)"."""
+    import torch
+
+    from ..train_config import TrainConfig
+
+    if not state_file.is_file():
+        return "no (no training state)"
+    try:
+        TrainConfig.from_dict(training)
+    except (TypeError, ValueError, AttributeError):
+        return "no (the metadata holds no valid training configuration)"
+    try:  # weights-only: a hostile file cannot run code
+        iteration = int(torch.load(state_file, map_location="cpu", weights_only=True)["iteration"])
+    except Exception as error:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
+        return f"no ({state_file.name} cannot be read: {type(error).__name__})"
+    return f"yes (at iteration {iteration})"
 
 
 def _fields(values: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ._args import EXIT_OK, add_command, add_overwrite
+from .progress import note_shadowed
 
 
 def add_parser(subparsers) -> None:
@@ -58,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(
             f"the output {args.out} would replace the model {args.model} or a file in it: choose another --out"
         )
+    check_target(args.fmt, args.out)  # first: a folder no export can replace is not offered --overwrite
     check_output_free(args.out, args.overwrite)
-    check_target(args.fmt, args.out)
     check_writable_folder(args.out.parent, f"--out {args.out}")  # the package or file is made beside it, then renamed
+    note_shadowed(args.model, False)
     bundle = load_model(args.model)
     options = {}
     training_data = {

@@ -68,9 +68,9 @@ def check_output(out: Path, inputs: list[Path], overwrite: bool, suffixes: tuple
     from ..validation import check_output_free, check_output_not_input, check_writable_folder
 
     check_output_not_input([out], inputs)
-    check_output_free(out, overwrite)
-    if out.is_dir():
+    if out.is_dir():  # before check_output_free, which would suggest --overwrite for it
         raise ValueError(f"--out {out} is a folder: {kind} is written as a {suffixes[0]} file; choose a file name")
+    check_output_free(out, overwrite)
     if out.suffix.lower() not in suffixes:
         raise ValueError(f"--out {out.name}: {kind} is written as a {suffixes[0]} file: name it {suffixes[0]}")
     check_writable_folder(out.parent, f"--out {out}")

@@ -583,8 +583,10 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
 
 def object_size(used: float | None, asked: float | str, model: float | None) -> str:
     """How the file was scaled, for its summary line: " (objects ~23.4 px, estimated; rescaled x0.85)"."""
-    if used is None or model is None:
+    if model is None:
         return ""
+    if used is None:
+        return " (no objects found to estimate their size from; not rescaled)" if asked == "auto" else ""
     how = "estimated" if asked == "auto" else "given"
     scale = f"rescaled x{model / used:.3g}" if abs(model / used - 1) > 1e-9 else "not rescaled"
     return f" (objects ~{used:.1f} px, {how}; {scale})"
