@@ -18,6 +18,7 @@ every image opened or added from then on is segmented with the dock's settings, 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,9 @@ class SegmentWidget(QWidget):
         self._waiting: list[Any] = []  # images opened with the box ticked, not segmented yet
         self._busy = False  # a run is on, up to its result (post-processing and uncertainty included) or its end
         self._run_id = 0  # counts the runs whose tiles started, so that a late uncertainty knows its run
-        self._latest_postprocess: dict[int, int] = {}  # run: its latest post-processing (`_postprocess_runs`)
+        self._latest_postprocess: dict[
+            int, int
+        ] = {}  # run id: its latest post-processing's `_PostprocessTarget.number`
         self._uncertainty_pending = False  # the current run's uncertainty is being computed: its result is not in
         self.uncertainty_layer: Any = None
         self.postprocess_fields = fields = PostprocessFields()
@@ -443,10 +446,12 @@ class SegmentWidget(QWidget):
         )
         # the run's own array and layer: a Run clicked meanwhile makes new ones, and this image's result still
         # replaces its tile previews (`_set_earlier_labels`)
-        earlier = (self._run_id, self.labels, self.labels_layer, self._final_digest, self._first_result)
+        target = _PostprocessTarget(
+            self._run_id, run, self.labels, self.labels_layer, self._final_digest, self._first_result
+        )
         self._latest_postprocess[self._run_id] = run
-        worker.returned.connect(lambda labels: alive(self) and self._set_final_labels(labels, run, earlier))
-        worker.errored.connect(lambda error: alive(self) and self._postprocess_failed(error, earlier[0]))
+        worker.returned.connect(lambda labels: alive(self) and self._set_final_labels(labels, target))
+        worker.errored.connect(lambda error: alive(self) and self._postprocess_failed(error, target.run_id))
         start_worker(worker, self)
         return worker
 
@@ -456,13 +461,13 @@ class SegmentWidget(QWidget):
         else:  # the earlier image's: the current run goes on
             show_error(f"Post-processing of the earlier image failed: {error}")
 
-    def _set_final_labels(self, labels: np.ndarray, run: int, target: tuple) -> None:
-        if target[0] != self._run_id:
-            if self._latest_postprocess.get(target[0]) == run:  # not a retune that a later one replaced
-                del self._latest_postprocess[target[0]]
-                self._set_earlier_labels(labels, *target[1:])
+    def _set_final_labels(self, labels: np.ndarray, target: _PostprocessTarget) -> None:
+        if target.run_id != self._run_id:
+            if self._latest_postprocess.get(target.run_id) == target.number:  # not a retune a later one replaced
+                del self._latest_postprocess[target.run_id]
+                self._set_earlier_labels(labels, target)
             return
-        if run != self._postprocess_runs or self.labels is None or labels.shape != self.labels.shape:
+        if target.number != self._postprocess_runs or self.labels is None or labels.shape != self.labels.shape:
             return  # a newer retune is on its way
         self._latest_postprocess.pop(self._run_id, None)
         if self._final_digest is not None and _digest(self.labels) != self._final_digest:
@@ -474,16 +479,15 @@ class SegmentWidget(QWidget):
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
         self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
 
-    def _set_earlier_labels(
-        self, labels: np.ndarray, array: Any, layer: Any, digest: bytes | None, first: bool
-    ) -> None:
+    def _set_earlier_labels(self, labels: np.ndarray, target: _PostprocessTarget) -> None:
         """The whole-image result of a run that a newer Run superseded while it was post-processed: it replaces
         the tile previews (or the last result) in that run's layer; a layer painted since its last result keeps the
         corrections, and the result goes to a layer of its own."""
+        array, layer = target.labels, target.layer
         if layer is None or layer not in self.viewer.layers or layer.data is not array or labels.shape != array.shape:
             return  # removed, or its data replaced meanwhile
-        if digest is not None and _digest(array) != digest:
-            _labels_beside(self.viewer, layer, labels, "result" if first else "retuned")
+        if target.digest is not None and _digest(array) != target.digest:
+            _labels_beside(self.viewer, layer, labels, "result" if target.first else "retuned")
         else:
             array[...] = labels
             layer.refresh()
@@ -604,6 +608,21 @@ class SegmentWidget(QWidget):
         self.model_row.load_button.setToolTip(
             "A Fine-tune run is using the model: stop it or wait for it to finish to load another" if training else ""
         )
+
+
+@dataclass(frozen=True)
+class _PostprocessTarget:
+    """Where a whole-image post-processing's result goes, as things stood when it started: run `run_id`'s label
+    array and layer (a Run clicked meanwhile makes new ones), the post-processing's `number`
+    (`_postprocess_runs`: only a run's latest lands), the layer's digest when its previews or last result were
+    drawn (painted since: the result goes beside it) and whether it is the run's first result (not a retune)."""
+
+    run_id: int
+    number: int
+    labels: Any
+    layer: Any
+    digest: bytes | None
+    first: bool
 
 
 def _labels_beside(viewer: Any, layer: Any, labels: np.ndarray, what: str) -> Any:
