@@ -190,6 +190,13 @@ def test_png_rgb_is_channels_first(tmp_path):
     read, axes = read_image(tmp_path / "rgb.png")
     assert axes == "CYX"
     np.testing.assert_array_equal(read, np.moveaxis(image, -1, 0))
+    given, axes = read_image(tmp_path / "rgb.png", axes="YXC")  # axes describe the file as stored: colour last
+    assert axes == "CYX" and np.array_equal(given, read)
+    for wrong in ("CYX", "XYC", "YX"):  # the decoded array was reordered by them: an error, never scrambled data
+        with pytest.raises(ValueError, match=rf"axes '{wrong}' cannot describe rgb.png: a colour .png image is"):
+            read_image(tmp_path / "rgb.png", axes=wrong)
+    Image.fromarray(image[..., 0]).save(tmp_path / "grey.png")
+    assert read_image(tmp_path / "grey.png", axes="YX")[1] == read_image(tmp_path / "grey.png", axes="YXC")[1] == "YX"
 
 
 def test_png_rgba_with_equal_channels_is_grey(tmp_path):
@@ -616,6 +623,31 @@ def test_without_a_z_step_or_frame_interval_labels_stay_plain_tiffs(tmp_path):
     # a Z step needs a pixel size (its unit): without one, only the frame interval is kept
     write_tiff(tmp_path / "t.tif", np.ones((2, 3, 20, 30), np.uint16), "TZYX", spacing=spacing)
     assert read_spacing(tmp_path / "t.tif", None) == StackSpacing(t=5.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.int32, np.int64, np.uint64])
+def test_stacks_keep_their_axes_and_steps_with_a_plane_of_one_and_in_64_bits(tmp_path, dtype):
+    """ImageJ and OME readers drop an axis of length 1, and OME has no 64-bit integers (napari's int64 labels
+    crashed tifffile's OME writer): such stacks come back with their axes, pixel size and steps."""
+    from napari_unet.metadata import PixelSize, StackSpacing, read_pixel_size, read_spacing
+
+    size, steps = PixelSize(0.5, 0.5), StackSpacing(z=2.0, t=1.5)
+    for shape, axes, expected in (
+        ((1, 16, 16), "ZYX", StackSpacing()),  # one plane: no Z step to keep
+        ((1, 2, 16, 16), "TZYX", StackSpacing(z=2.0)),
+        ((3, 2, 16, 16), "TZYX", steps),
+    ):
+        array = np.arange(np.prod(shape)).reshape(shape).astype(dtype)
+        if np.dtype(dtype).itemsize == 8 and np.dtype(dtype).kind in "iu":
+            array[0, 0, 0] = 2**40  # beyond 32 bits: kept as 64 bits
+        write_tiff(tmp_path / "s.tif", array, axes, pixel_size=size, spacing=steps)
+        read, found = read_image(tmp_path / "s.tif")
+        assert found == axes and np.array_equal(read, array)
+        assert read_pixel_size(tmp_path / "s.tif") == size and read_spacing(tmp_path / "s.tif", size) == expected
+    labels = np.ones((3, 16, 16), np.int64)  # 64-bit labels that fit in 32 bits: an OME-TIFF of int32
+    write_tiff(tmp_path / "l.tif", labels, "ZYX", pixel_size=size, spacing=steps)
+    assert read_image(tmp_path / "l.tif")[0].dtype == np.int32
+    assert read_spacing(tmp_path / "l.tif", size) == StackSpacing(z=2.0)
 
 
 def test_read_spacing_of_files_written_by_imagej_and_ome_writers(tmp_path):

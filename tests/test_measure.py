@@ -103,3 +103,22 @@ def test_ids_of_billions_are_measured_under_their_own_ids():
     plain, huge = measure(labels), measure(big)
     assert huge["label"].tolist() == (plain["label"] + 3 * 10**9).tolist()
     np.testing.assert_array_equal(huge["area"], plain["area"])
+
+
+def test_not_annotated_pixels_are_background_and_huge_ids_are_measured(tmp_path):
+    """As `napari-unet measure` reads labels: -1 (or the uint16 maximum) is background; ids of 3e9 next to -1
+    are renumbered for scikit-image (it allocated by the largest id: a MemoryError)."""
+    from napari_unet.roi import labels_to_rois
+
+    _, labels = make_cells((96, 96), seed=3)
+    plain = measure(labels)
+    sparse = np.where(labels > 0, labels.astype(np.int64) + 3_000_000_000, -1)
+    table = measure(sparse)
+    np.testing.assert_array_equal(table["label"], plain["label"] + 3_000_000_000)
+    np.testing.assert_array_equal(table["area"], plain["area"])
+    assert len(labels_to_rois(sparse)) == len(plain["label"])
+    marked = labels.astype(np.uint16)
+    marked[labels == 0] = 65535
+    np.testing.assert_array_equal(measure(marked)["area"], plain["area"])
+    with pytest.raises(ValueError, match="found the value -3"):
+        measure(np.full((4, 4), -3))

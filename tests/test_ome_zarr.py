@@ -127,3 +127,17 @@ def test_whole_and_block_wise_stores_describe_their_axes_alike(tmp_path, axes):
     path = write_ome_zarr(tmp_path / "x.ome.zarr", array, axes, size)
     written = zarr.open_group(str(path), mode="r").attrs["multiscales"]
     assert written == ngff_attributes("x.ome.zarr", axes, *ngff_pixel_size(size), label=False)["multiscales"]
+
+
+def test_a_file_or_a_folder_of_other_files_is_never_replaced(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "data.csv").write_text("x")
+    (tmp_path / "file.zarr").write_text("precious")
+    for path, what in ((tmp_path / "notes", "a folder that is not"), (tmp_path / "file.zarr", "a file, not")):
+        with pytest.raises(ValueError, match=f"{what} an OME-Zarr store"):
+            write_ome_zarr(path, np.zeros((4, 4), np.uint8), "YX")
+    assert (tmp_path / "notes" / "data.csv").read_text() == "x" and (tmp_path / "file.zarr").read_text() == "precious"
+    (tmp_path / "empty").mkdir()
+    store = write_ome_zarr(tmp_path / "empty", np.zeros((4, 4), np.uint8), "YX")  # empty, or a store: written
+    write_ome_zarr(store, np.ones((4, 4), np.uint8), "YX")
+    assert read_zarr(store)[0].compute().min() == 1

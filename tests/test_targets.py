@@ -137,11 +137,11 @@ def test_one_pixel_example() -> None:
     assert make_target(labels).dtype == np.uint8
 
 
-@pytest.mark.parametrize("value", [1, 255])
+@pytest.mark.parametrize("value", [1, 255, 65535])  # 65535: skimage's img_as_uint of a mask, not "not annotated"
 def test_binary_masks_are_used_as_they_are(value: int) -> None:
     rng = np.random.default_rng(0)
-    mask = (rng.random((32, 32)) > 0.4).astype(np.uint8) * value
-    assert is_binary(mask)
+    mask = (rng.random((32, 32)) > 0.4).astype(np.uint16 if value > 255 else np.uint8) * value
+    assert is_binary(mask) and annotation_mask(mask).all()
     assert np.array_equal(make_target(mask, border=3), (mask != 0).astype(np.uint8))
     assert np.array_equal(make_target(mask.astype(bool)), (mask != 0).astype(np.uint8))
     components, n = ndimage.label(mask)

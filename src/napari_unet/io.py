@@ -132,7 +132,7 @@ def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, st
     ``np.memmap``), read otherwise; axes from ImageJ/OME/tifffile metadata when present, else guessed
     (see :func:`guess_axes`). PNG/JPEG: grey -> ``"YX"``; RGB(A) -> ``"CYX"`` with alpha dropped, or
     ``"YX"`` when the colour channels are equal (16-bit colour PNGs: decoded by imagecodecs). An explicit ``axes`` overrides the metadata and
-    describes the array as stored in the file (e.g. ``"YXC"``). A file that is missing raises
+    describes the array as stored in the file (e.g. ``"YXC"``; a PNG or JPEG takes only ``"YX"`` or ``"YXC"``). A file that is missing raises
     ``FileNotFoundError``; one that cannot be decoded, ``ValueError`` naming the supported formats.
     """
     path = Path(path)
@@ -145,6 +145,9 @@ def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, st
         image, found_axes = _read_tiff(path)
     elif suffix in PILLOW_SUFFIXES:
         image, found_axes = _read_pillow(path)
+        if axes is not None:  # it describes the file as stored (colour last), not the array read (colour first)
+            _check_picture_axes(path, axes, found_axes)
+            axes = None
     else:
         raise ValueError(
             f"cannot read {path}: unsupported suffix {path.suffix!r}; supported formats: {SUPPORTED_FORMATS}"
@@ -310,6 +313,25 @@ def _read_pillow(path: Path, palette_indices: bool = False) -> tuple[np.ndarray,
     return np.ascontiguousarray(np.moveaxis(colour, -1, 0)), "CYX"
 
 
+def _check_picture_axes(path: Path, axes: str, found: str) -> None:
+    """Refuse axes that cannot describe a PNG or JPEG as stored: "YX" (grey) or "YXC" (colour, the channels last;
+    a colour picture whose channels are all equal, read as grey, takes either).
+
+    >>> _check_picture_axes(Path("rgb.png"), "CYX", "CYX")
+    Traceback (most recent call last):
+    ...
+    ValueError: axes 'CYX' cannot describe rgb.png: a colour .png image is stored as YXC (its channels last)
+    """
+    given = validate_axes(axes, len(axes))
+    fits = ("YXC",) if found == "CYX" else ("YX", "YXC")
+    if given not in fits:
+        kind = "colour" if found == "CYX" else "grey"
+        raise ValueError(
+            f"axes {axes!r} cannot describe {path.name}: a {kind} {path.suffix.lower()} image is stored as "
+            f"{fits[0]}{' (its channels last)' if fits[0] == 'YXC' else ''}"
+        )
+
+
 def _is_16_bit_colour_png(pil: Any) -> bool:
     """Whether a Pillow image, opened but not loaded, is a PNG of 16-bit RGB, RGBA or grey + alpha values, which
     Pillow would read as 8 bits (the high byte of each value). Its raw mode says so (a grey 16-bit PNG, "I;16B",
@@ -415,27 +437,33 @@ def tiff_layout(
     `axes` that :func:`read_image` reads back with those axes, with its calibration (`metadata.read_pixel_size`
     and `metadata.read_spacing` read it back).
 
-    uint8/uint16/float32: an ImageJ hyperstack (pixel size as Fiji writes it, ``spacing``, ``finterval``).
-    Other dtypes (int32 labels): a tifffile "shaped" TIFF with the pixel size in its resolution tags (pixels per
-    cm); when there is a Z step or frame interval to keep, which a plain TIFF has no place for, an OME-TIFF
+    uint8/uint16/float32: an ImageJ hyperstack (pixel size as Fiji writes it, ``spacing``, ``finterval``),
+    unless an axis other than Y and X has length 1 (ImageJ readers drop it).
+    Other dtypes (int32 labels), and those: a tifffile "shaped" TIFF with the pixel size in its resolution tags
+    (pixels per cm) and a Z step or frame interval in its JSON description (ImageJ's names: ``spacing``, ``unit``,
+    ``finterval``), which other readers do not know; so when there is one to keep, an OME-TIFF
     (``PhysicalSizeX/Y/Z``, ``TimeIncrement`` in s; the resolution tags too), unless an axis other than Y and X
-    has length 1 (OME readers drop it). A Z step is kept with a pixel size and more than one plane, a frame
+    has length 1 (OME readers drop it) or the dtype is a 64-bit integer (OME has none: `write_tiff` stores labels
+    that fit in 32 bits as such). A Z step is kept with a pixel size and more than one plane, a frame
     interval with more than one frame.
     """
     lengths = dict(zip(axes, shape))
     spacing = spacing or StackSpacing()
     z = spacing.z if pixel_size is not None and lengths.get("Z", 1) > 1 else None
     t = spacing.t if lengths.get("T", 1) > 1 else None
-    imagej = np.dtype(dtype) in IMAGEJ_DTYPES
+    single = any(n == 1 for a, n in lengths.items() if a not in "YX")  # ImageJ and OME readers drop such axes
+    imagej = np.dtype(dtype) in IMAGEJ_DTYPES and not single
     calibration, entries = tiff_calibration(pixel_size, imagej)
     layout: dict[str, Any] = {"photometric": "minisblack", **calibration}
     if imagej:
         entries |= ({"spacing": z} if z else {}) | ({"finterval": t} if t else {})
         return {**layout, "imagej": True, "metadata": {"axes": axes, **entries}}
     unit = OME_LENGTH_UNITS.get(pixel_size.unit) if pixel_size is not None else None
+    ome_type = np.dtype(dtype).kind not in "iu" or np.dtype(dtype).itemsize < 8  # OME has no 64-bit integers
+    if not (z and unit or t) or not ome_type or single:  # the steps in the JSON description, named as ImageJ's
+        kept = ({"spacing": z, "unit": pixel_size.unit} if z else {}) | ({"finterval": t} if t else {})
+        return {**layout, "metadata": {"axes": axes, **kept}}
     z = z if unit else None
-    if not (z or t) or any(n == 1 for a, n in lengths.items() if a not in "YX"):
-        return {**layout, "metadata": {"axes": axes}}
     if unit:
         entries = {"PhysicalSizeX": pixel_size.x, "PhysicalSizeY": pixel_size.y}
         entries |= {"PhysicalSizeXUnit": unit, "PhysicalSizeYUnit": unit}
@@ -461,7 +489,8 @@ def write_tiff(
 
     The array is stored in canonical ``"TZCYX"`` order. uint8/uint16/float32 are written as ImageJ
     hyperstacks; other dtypes as tifffile "shaped" TIFFs (axes in the JSON description), or OME-TIFFs to keep
-    a Z step or frame interval (:func:`tiff_layout`). Uncompressed by default, which keeps the file
+    a Z step or frame interval (:func:`tiff_layout`); 64-bit integers whose values fit in 32 bits are stored in
+    32. Uncompressed by default, which keeps the file
     memory-mappable; ``compression="zlib"`` needs no extra package. ``pixel_size`` (a `metadata.PixelSize`)
     and ``spacing`` (a `metadata.StackSpacing`) are stored for `metadata.read_pixel_size` and
     `metadata.read_spacing`.
@@ -472,6 +501,10 @@ def write_tiff(
     array = np.asarray(array)
     if array.dtype == bool:
         array = array.astype(np.uint8)
+    if array.dtype.kind in "iu" and array.dtype.itemsize == 8 and array.size:  # napari's int64 labels: 32 bits
+        narrow = np.dtype(np.int32 if array.dtype.kind == "i" else np.uint32)  # when they fit, which OME can hold
+        if np.iinfo(narrow).min <= int(array.min()) and int(array.max()) <= np.iinfo(narrow).max:
+            array = array.astype(narrow)
     array, axes = to_canonical(array, axes)
     layout = tiff_layout(array.shape, array.dtype, axes, pixel_size, spacing)
     with atomic_write(path) as staging:

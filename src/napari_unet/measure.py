@@ -52,11 +52,26 @@ def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return compact.reshape(labels.shape).astype(np.int64), ids
 
 
+def measured_ids(labels: np.ndarray) -> np.ndarray:
+    """Integer `labels` as they are measured: the "not annotated" value (-1, or the maximum of uint16 and wider:
+    `targets.unannotated_as_background`) as background, as in training and in `napari-unet measure`; other
+    negative values refused."""
+    from .targets import unannotated_as_background
+
+    labels = unannotated_as_background(labels)
+    if labels.size and labels.dtype.kind == "i" and int(labels.min()) < 0:
+        raise ValueError(
+            f"labels must be ids >= 0 (0 = background, -1 = not annotated); found the value {int(labels.min())}"
+        )
+    return labels
+
+
 def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: PixelSize | None = None) -> Table:
     """The measurement table of ``labels`` (H, W) ints, 0 = background: column name -> values, one per object.
 
     image: raw intensities (H, W) or (C, H, W) of the same plane, or None (no intensity columns).
-    pixel_size: adds the physical columns (see the module docstring). Objects are in increasing label order.
+    pixel_size: adds the physical columns (see the module docstring). Objects are in increasing label order; the
+    "not annotated" value is background (`measured_ids`).
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
@@ -75,7 +90,7 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: Pix
         channels = image.shape[0] if image.ndim == 3 else 0
         intensity = np.moveaxis(image, 0, -1) if channels else image
         properties = properties + INTENSITY_PROPERTIES
-    compact, ids = compact_ids(labels)
+    compact, ids = compact_ids(measured_ids(labels))
     raw = regionprops_table(compact.astype(np.int64, copy=False), intensity, properties=properties)
     if ids is not None:  # the objects' own ids in the table
         raw["label"] = ids[np.asarray(raw["label"])]

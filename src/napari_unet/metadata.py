@@ -273,13 +273,16 @@ def _ngff_scales(path: Path) -> dict[str, tuple[float, str]]:
 
 
 def _tiff_spacing(path: Path, pixel_size: PixelSize | None) -> StackSpacing:
-    """`read_spacing` of a TIFF: OME-XML's ``Pixels`` (`_ome_pixels`) first, then ImageJ's metadata."""
+    """`read_spacing` of a TIFF: OME-XML's ``Pixels`` (`_ome_pixels`) first, then ImageJ's metadata (or the same
+    names in a tifffile "shaped" description, as `io.tiff_layout` writes them)."""
     import tifffile
 
     try:
         with tifffile.TiffFile(path) as tif:
             ome = _ome_pixels(tif.ome_metadata) if tif.is_ome and tif.ome_metadata else {}
             imagej = (tif.imagej_metadata or {}) if tif.is_imagej else {}
+            if not imagej and tif.is_shaped:  # `io.tiff_layout` keeps the steps there, under ImageJ's names
+                imagej = dict((tif.shaped_metadata or ({},))[0])
     except Exception:  # noqa: BLE001  (io.read_image says what is wrong with an unreadable file)
         return StackSpacing()
     z = _length_in(ome.get("PhysicalSizeZ"), ome.get("PhysicalSizeZUnit", "µm"), pixel_size)  # OME's default unit

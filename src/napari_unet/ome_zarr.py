@@ -84,7 +84,7 @@ def write_ome_zarr(
     `spacing` that of z (the Z step, in the pixel size's unit) and t (the frame interval, in seconds), each with
     its unit (`ngff_multiscales`). `read_input`, `metadata.read_pixel_size` and `metadata.read_spacing` read it
     back; an existing store at `path` is replaced once the new one is complete (written under a temporary name,
-    then renamed).
+    then renamed); a file or a folder that is not a zarr store (and not empty) is refused, never replaced.
     Axes that do not name the array's dimensions in canonical order are a ValueError, before anything is written."""
     axes = validate_axes(axes, np.ndim(array))
     if axes != canonical_axes(axes):
@@ -93,7 +93,8 @@ def write_ome_zarr(
         )
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    recover_replaced_folder(final, _complete)  # a replacement killed between its renames: the old store back
+    recover_replaced_folder(final, _complete)
+    _check_replaceable(final)  # a replacement killed between its renames: the old store back
     remove_stale_temporaries(final)  # what killed writers left: `.<name>.<pid>.*.tmp`
     path = temporary_sibling(final, folder=True)
     try:
@@ -102,6 +103,18 @@ def write_ome_zarr(
     finally:
         shutil.rmtree(path, ignore_errors=True)  # Ctrl-C, a full disk: no half-written store is left
     return final
+
+
+def _check_replaceable(path: Path) -> None:
+    """Refuse a `path` that holds something other than a zarr store: a file, or a folder with other files."""
+    if path.is_file() or path.is_symlink() and not path.is_dir():
+        raise ValueError(f"{path} is a file, not an OME-Zarr store: choose another path")
+    if (
+        path.is_dir()
+        and any(path.iterdir())
+        and not any((path / f).is_file() for f in (".zgroup", ".zattrs", "zarr.json"))
+    ):
+        raise ValueError(f"{path} is a folder that is not an OME-Zarr store: choose another path")
 
 
 def _complete(path: Path) -> bool:

@@ -407,7 +407,7 @@ def read_training_pair(
     as `evaluate` refuses them (`validation.check_instance_regions`); a binary mask (Fiji's 0/255) is used as it
     is (its cells are its connected components, `targets`).
     """
-    from .targets import unannotated_value
+    from .targets import reserved_value
     from .validation import check_instance_regions
 
     image = read_training_image(image_path, low, high, channels)
@@ -417,7 +417,7 @@ def read_training_pair(
             f"labels {Path(labels_path).name} have shape {labels.shape} but image {Path(image_path).name} "
             f"has {image.shape[-2:]} (height, width): they must be the same size"
         )
-    check_instance_regions(labels, f"the labels file {labels_path}", ignore=unannotated_value(labels.dtype))
+    check_instance_regions(labels, f"the labels file {labels_path}", ignore=reserved_value(labels))
     mask = None
     if mask_path is not None:
         mask = read_labels(mask_path) != 0

@@ -63,17 +63,18 @@ def outline(mask: np.ndarray) -> np.ndarray | None:
 def labels_to_rois(labels: np.ndarray, position: int | None = None) -> list:
     """One `roifile.ImagejRoi` polygon per object of ``labels`` (H, W), named by its id, in increasing id order.
 
-    position: the 0-based stack plane the ROIs belong to (None for a single image).
+    position: the 0-based stack plane the ROIs belong to (None for a single image). The "not annotated" value
+    is background (`measure.measured_ids`).
     """
     roifile = _roifile()
     from skimage.measure import regionprops
 
-    from .measure import compact_ids
+    from .measure import compact_ids, measured_ids
 
     labels = np.asarray(labels)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 2-D integer array (H, W), got shape {labels.shape}, dtype {labels.dtype}")
-    compact, ids = compact_ids(labels)  # ids of 3e9 would make regionprops allocate gigabytes
+    compact, ids = compact_ids(measured_ids(labels))  # ids of 3e9 would make regionprops allocate gigabytes
     rois = []
     for region in regionprops(compact):
         y0, x0, _, _ = region.bbox

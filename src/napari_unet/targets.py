@@ -8,7 +8,8 @@ Binary masks, whose only values are 0 and one other value (ISBI 2012: membrane 0
 are: foreground = nonzero, and the cells of the weight map are the 4-connected components of the foreground.
 
 Sparse annotation, in label files: the value `unannotated_value(labels.dtype)` marks "not annotated" pixels:
--1 for signed integer dtypes, the dtype's maximum for unsigned dtypes of 16 bits or more (65535 for uint16).
+-1 for signed integer dtypes, the dtype's maximum for unsigned dtypes of 16 bits or more (65535 for uint16),
+unless it is the only nonzero value (a 0/65535 binary mask: `reserved_value`).
 8-bit unsigned label files have no reserved value, because 255 is the usual foreground of binary masks; save
 sparse annotations as int16/uint16 or give a separate mask file (nonzero = annotated). Reserved pixels are
 background in the target and outside `annotation_mask(labels)`, so they get weight 0.
@@ -28,7 +29,7 @@ from .validation import check_labels
 def unannotated_as_background(labels: np.ndarray) -> np.ndarray:
     """`labels` with the "not annotated" value (`unannotated_value`) as background, 0: what measuring takes it for
     (the array itself when it holds none)."""
-    reserved = unannotated_value(labels.dtype)
+    reserved = reserved_value(labels)
     if reserved is None or not np.any(labels == reserved):
         return labels
     return np.where(labels == reserved, 0, labels)
@@ -51,6 +52,21 @@ def unannotated_value(dtype: np.dtype | type) -> int | None:
     return None
 
 
+def reserved_value(labels: np.ndarray) -> int | None:
+    """The "not annotated" value of the label array `labels`: `unannotated_value` of its dtype, except in a
+    binary mask whose only nonzero value is that maximum (0/65535: what scikit-image's `img_as_uint` and
+    MATLAB's `im2uint16` make of a mask), which is a mask of cells, not an image with nothing annotated.
+
+    >>> reserved_value(np.array([[0, 65535]], np.uint16)), reserved_value(np.array([[0, 3, 65535]], np.uint16))
+    (None, 65535)
+    """
+    reserved = unannotated_value(labels.dtype)
+    if reserved is None or reserved < 0:
+        return reserved
+    found = labels == reserved
+    return None if found.any() and not np.any(labels[~found]) else reserved
+
+
 def _check_labels(labels: np.ndarray) -> np.ndarray:
     """`validation.check_labels`: 2-D integers or bool, >= 0 or the reserved -1; ids >= 2**31 renumbered."""
     return check_labels(labels)
@@ -58,7 +74,7 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 
 def _annotated_cells(labels: np.ndarray) -> np.ndarray:
     """Labels with the reserved "not annotated" value replaced by 0 (background)."""
-    reserved = unannotated_value(labels.dtype)
+    reserved = reserved_value(labels)
     if reserved is None or not np.any(labels == reserved):
         return labels
     return np.where(labels == reserved, 0, labels)
@@ -170,7 +186,7 @@ def annotation_mask(labels: np.ndarray, mask: np.ndarray | None = None) -> np.nd
     result is its intersection with the annotated part of `labels`.
     """
     labels = _check_labels(labels)
-    reserved = unannotated_value(labels.dtype)
+    reserved = reserved_value(labels)
     annotated = np.ones(labels.shape, bool) if reserved is None else labels != reserved
     if mask is not None:
         mask = np.asarray(mask)

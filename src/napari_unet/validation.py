@@ -156,7 +156,7 @@ def check_labels(labels: Any, what: str = "labels", *, sparse: bool = True) -> n
     is what counts) and the result is int32 with -1 for "not annotated"; otherwise the array keeps its
     dtype (in native byte order).
     """
-    from .targets import unannotated_value
+    from .targets import reserved_value
 
     labels = np.asarray(labels)
     if labels.ndim != 2:
@@ -169,7 +169,7 @@ def check_labels(labels: Any, what: str = "labels", *, sparse: bool = True) -> n
         hint = _float_labels_hint(labels, NOT_WHOLE_HINT) if labels.dtype.kind == "f" else ""
         raise DtypeError(f"{what} must be integers (instance ids, 0 = background), got dtype {labels.dtype}{hint}")
     labels = labels.astype(labels.dtype.newbyteorder("="), copy=False)
-    reserved = unannotated_value(labels.dtype) if sparse else None
+    reserved = reserved_value(labels) if sparse else None
     if labels.dtype.kind == "i":
         low = int(labels.min())
         allowed = -1 if sparse else 0
