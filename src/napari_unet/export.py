@@ -455,7 +455,8 @@ def _is_package_zip(path: Path) -> bool:
 
 def check_target(fmt: str, path: str | Path) -> None:
     """Refuse, before any work, a ``path`` that an export as ``fmt`` cannot be written to: a folder, unless the
-    export is a bioimage.io package folder and the folder is one; a file where a package folder goes; an ONNX or
+    export is a bioimage.io package folder and the folder is one; a file where a package folder goes, or a .zip
+    that is not a package where a zipped one goes; an ONNX or
     TorchScript file whose suffix is not its format's (``FILE_SUFFIXES``: a TorchScript file named ``.onnx``,
     or an ONNX file replacing a ``.tif`` image)."""
     path = Path(path)
@@ -475,6 +476,8 @@ def check_target(fmt: str, path: str | Path) -> None:
         raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
     if not package_folder and path.is_dir():
         raise ValueError(f"{path} is a folder: the {fmt} export is one file; choose a file name for --out")
+    if fmt == "bioimageio" and path.is_file() and not _is_package_zip(path):
+        raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
     suffixes = FILE_SUFFIXES.get(fmt)
     if suffixes and path.suffix.lower() not in suffixes:
         others = f" (or {', '.join(suffixes[1:])})" if len(suffixes) > 1 else ""
