@@ -422,7 +422,7 @@ def _write_output(staging: Path, path: Path, as_zip: bool) -> None:
     temporary name and renamed; a package already there is replaced only once the new one is whole."""
     recover_replaced_folder(path, _is_package)  # an export killed between its two renames: the earlier package
     if path.exists():
-        if not (_is_package(path) if path.is_dir() or not as_zip else _is_package_zip(path)):
+        if not (_is_package_zip(path) if as_zip and path.is_file() else _is_package(path)):
             raise ValueError(f"{path} exists and is not a bioimage.io package: choose another --out")
     if as_zip:
         with atomic_write(path) as written, zipfile.ZipFile(written, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -456,9 +456,8 @@ def _is_package_zip(path: Path) -> bool:
 def check_target(fmt: str, path: str | Path) -> None:
     """Refuse, before any work, a ``path`` that an export as ``fmt`` cannot be written to: a folder, unless the
     export is a bioimage.io package folder and the folder is one; a file where a package folder goes, or a .zip
-    that is not a package where a zipped one goes; an ONNX or
-    TorchScript file whose suffix is not its format's (``FILE_SUFFIXES``: a TorchScript file named ``.onnx``,
-    or an ONNX file replacing a ``.tif`` image)."""
+    that is not a package where a zipped one goes; an ONNX or TorchScript file whose suffix is not its format's
+    (``FILE_SUFFIXES``: a TorchScript file named ``.onnx``, or an ONNX file replacing a ``.tif`` image)."""
     path = Path(path)
     package_folder = fmt == "bioimageio" and path.suffix.lower() != ".zip"
     known = [s for suffixes in FILE_SUFFIXES.values() for s in suffixes] + [

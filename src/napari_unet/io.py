@@ -131,9 +131,10 @@ def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, st
     TIFF: memory-mapped when the file is uncompressed and contiguous (the result is a read-only
     ``np.memmap``), read otherwise; axes from ImageJ/OME/tifffile metadata when present, else guessed
     (see :func:`guess_axes`). PNG/JPEG: grey -> ``"YX"``; RGB(A) -> ``"CYX"`` with alpha dropped, or
-    ``"YX"`` when the colour channels are equal (16-bit colour PNGs: decoded by imagecodecs). An explicit ``axes`` overrides the metadata and
-    describes the array as stored in the file (e.g. ``"YXC"``; a PNG or JPEG takes only ``"YX"`` or ``"YXC"``). A file that is missing raises
-    ``FileNotFoundError``; one that cannot be decoded, ``ValueError`` naming the supported formats.
+    ``"YX"`` when the colour channels are equal (16-bit colour PNGs: decoded by imagecodecs). An explicit
+    ``axes`` overrides the metadata and describes the array as stored in the file (e.g. ``"YXC"``; a PNG or JPEG
+    takes only ``"YX"`` or ``"YXC"``). A file that is missing raises ``FileNotFoundError``; one that cannot be
+    decoded, ``ValueError`` naming the supported formats.
     """
     path = Path(path)
     if not path.is_file():
@@ -490,8 +491,7 @@ def write_tiff(
     The array is stored in canonical ``"TZCYX"`` order. uint8/uint16/float32 are written as ImageJ
     hyperstacks; other dtypes as tifffile "shaped" TIFFs (axes in the JSON description), or OME-TIFFs to keep
     a Z step or frame interval (:func:`tiff_layout`); 64-bit integers whose values fit in 32 bits are stored in
-    32. Uncompressed by default, which keeps the file
-    memory-mappable; ``compression="zlib"`` needs no extra package. ``pixel_size`` (a `metadata.PixelSize`)
+    32. Uncompressed by default, which keeps the file memory-mappable; ``compression="zlib"`` needs no extra package. ``pixel_size`` (a `metadata.PixelSize`)
     and ``spacing`` (a `metadata.StackSpacing`) are stored for `metadata.read_pixel_size` and
     `metadata.read_spacing`.
     Atomic (:func:`atomic_write`): an interrupted write leaves no file under ``path``, or the old one.

@@ -6,8 +6,8 @@ Each subcommand translates its arguments into the config objects the library use
 
 Exit codes: 0 success; 1 training diverged (the last good state is kept); 2 bad input (a one-line
 "napari-unet: error: ..." message; `napari-unet --traceback ...` shows the traceback); 141 stdout's reader went
-away (`| head`), silently; 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (a training run stops at its next step and saves it first; a second signal
-exits at once, see `_signals`). Every file is written under a temporary name and renamed when complete; an
+away (`| head`), silently; 130 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (a training run stops at its next
+step and saves it first; a second signal exits at once, see `_signals`). Every file is written under a temporary name and renamed when complete; an
 output is never one of the inputs, and an existing output is replaced only with --overwrite.
 
 Layout: one module per command group, each with `add_parser(subparsers)` (its options) and
