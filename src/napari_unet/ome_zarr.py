@@ -93,8 +93,8 @@ def write_ome_zarr(
         )
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    recover_replaced_folder(final, _complete)
-    _check_replaceable(final)  # a replacement killed between its renames: the old store back
+    recover_replaced_folder(final, _complete)  # a replacement killed between its renames: the old store back
+    _check_replaceable(final)
     remove_stale_temporaries(final)  # what killed writers left: `.<name>.<pid>.*.tmp`
     path = temporary_sibling(final, folder=True)
     try:

@@ -137,9 +137,7 @@ class SegmentWidget(QWidget):
         self._waiting: list[Any] = []  # images opened with the box ticked, not segmented yet
         self._busy = False  # a run is on, up to its result (post-processing and uncertainty included) or its end
         self._run_id = 0  # counts the runs whose tiles started, so that a late uncertainty knows its run
-        self._latest_postprocess: dict[
-            int, int
-        ] = {}  # run id: its latest post-processing's `_PostprocessTarget.number`
+        self._latest_postprocess: dict[int, int] = {}  # run id: its latest `_PostprocessTarget.number`
         self._uncertainty_pending = False  # the current run's uncertainty is being computed: its result is not in
         self.uncertainty_layer: Any = None
         self.postprocess_fields = fields = PostprocessFields()
