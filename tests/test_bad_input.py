@@ -296,9 +296,17 @@ CASES = [
         "cannot guess the axes",
     ),
     Case(
-        "predict: --axes of the wrong length",
+        "predict: --axes that cannot describe a PNG",
         lambda d, m, t: ["predict", m, d / "images" / "00.png", "--out", t / "o", "--axes", "ZYX"],
-        "names 3 dimensions",
+        "axes 'ZYX' cannot describe 00.png: a grey .png image is stored as YX",
+    ),
+    Case(
+        "predict: --axes of the wrong length",
+        lambda d, m, t: (
+            ["predict", m, tiff(t / "s.tif", np.zeros((3, 20, 20), np.uint16), "ZYX"), "--out", t / "o"]
+            + ["--axes", "YX"]
+        ),
+        "names 2 dimensions",
     ),
     Case(
         "predict: --axes with unknown letters",
@@ -919,6 +927,31 @@ CASES = [
         "give images with 3 channels, or train a new model (without --init)",
     ),
     Case(
+        "train: --init with a model of other channels, --channels picking too few",
+        lambda d, m, t: [
+            "train",
+            rgb_cells(t / "i" / "a.png"),
+            one_pair(t)[1] / "a.tif",
+            "--init",
+            two_channel_model(t),
+            "--channels",
+            "1",
+            "--out",
+            t / "m",
+            *TRAIN[4:],
+        ],
+        "--channels/--grey give 1 channel(s): pick 2, or leave them out (the model's own choice is then used: "
+        "channel(s) 0, 2)",
+    ),
+    Case(
+        "train: grey images for an --init model that picks channels 0 and 2",
+        lambda d, m, t: (
+            ["train", d / "images", d / "labels", "--init", two_channel_model(t), "--out", t / "m"] + TRAIN[4:]
+        ),
+        "00.png: the image has one channel (axes 'YX') but channels [0, 2] were asked for (the channel choice of "
+        "--init",
+    ),
+    Case(
         "train --resume: RGB images for a grey model's run",
         lambda d, m, t: [
             "train",
@@ -1377,6 +1410,16 @@ def rgb_model(folder: Path) -> Path:
     from napari_unet.modelfile import ModelBundle, save_model
 
     return save_model(folder / "rgb.model", ModelBundle(UNet(depth=2, base_channels=4, in_channels=3)))
+
+
+def two_channel_model(folder: Path) -> Path:
+    """A tiny model of 2 input channels that picks channels 0 and 2 of an image."""
+    from napari_unet.channels import ChannelChoice
+    from napari_unet.model import UNet
+    from napari_unet.modelfile import ModelBundle, save_model
+
+    bundle = ModelBundle(UNet(depth=2, base_channels=4, in_channels=2), channels=ChannelChoice((0, 2)))
+    return save_model(folder / "two.model", bundle)
 
 
 def test_resume_with_a_time_budget_alone_trains_for_it(shared, tmp_path, capsys):

@@ -664,6 +664,30 @@ def test_resume_trains_on_the_region_around_the_cells_the_run_was_started_with(d
     assert code == 2 and "--around-cells 9 (saved run: not given)" in stderr
 
 
+def test_resume_keeps_the_validation_split_and_never_trains_on_its_validation_images(data, tmp_path, capsys):
+    """--val-fraction is kept in the model: a --resume typed without it trained on the validation images; one
+    given otherwise is refused, and so are validation images that would now be trained on; --tune-postprocess on
+    a finished run tunes it (it was ignored)."""
+    out = tmp_path / "m"
+    start = ["train", data / "images", data / "labels", "--out", out]
+    code, _, stderr = run(capsys, *start, "--iterations", "2", "--val-fraction", "0.34", *TINY)
+    assert code == 0, stderr
+    saved = load_model(out).metadata
+    assert saved["val_fraction"] == 0.34 and len(saved["validation_hashes"]) == 1 and len(saved["data_hashes"]) == 2
+    code, _, stderr = run(capsys, *start, "--resume", "--iterations", "3", "--device", "cpu")
+    assert code == 0 and "differ" not in stderr and "validating on 1" in stderr
+    assert load_model(out).metadata["data_hashes"] == saved["data_hashes"]
+    code, _, stderr = run(capsys, *start, "--resume", "--iterations", "4", "--val-fraction", "0.5")
+    assert code == 2 and "--val-fraction 0.5 (saved run: 0.34)" in stderr
+    both = ("--validation-images", data / "test" / "images", "--validation-labels", data / "test" / "labels")
+    code, _, stderr = run(capsys, *start, "--resume", "--iterations", "4", *both)
+    assert code == 2 and "1 of the training images were validation images of the saved run" in stderr
+    assert "give --val-fraction 0.34 as it had" in stderr
+    code, stdout, stderr = run(capsys, *start, "--resume", "--tune-postprocess", "--device", "cpu")
+    assert code == 0 and "its weights are unchanged" in stdout and "post-processing tuned on 1" in stdout
+    assert load_model(out).metadata["postprocess_tuning"]
+
+
 def test_evaluate_and_predict_on_a_folder_of_images_beside_their_masks(data, model, tmp_path, capsys):
     """Cellpose's layout as ground truth: evaluate paired the predictions with the images (x.png, base name x) and
     refused them as RGB labels or scored grey values; predict segmented the masks as images. The masks are the

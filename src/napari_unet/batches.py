@@ -31,7 +31,7 @@ from . import ddp, precision
 from .augment import AugmentConfig, augment
 from .augment_batch import SampleDraw, augment_batch, draw_sample, to_device
 from .modelfile import Normalization
-from .targets import annotation_mask, is_binary, make_target
+from .targets import annotation_mask, is_binary_mask, make_target
 from .tiling import read_window
 from .train_config import Sample, TrainConfig
 from .validation import check_image_dtype, check_labels, check_mask
@@ -77,7 +77,7 @@ def prepare_sample(
     target = make_target(labels, config.border)
     annotated = annotation_mask(labels, mask)
     target[~annotated] = 0
-    cells = None if is_binary(labels) else np.where(annotated & (labels > 0), labels, 0).astype(np.int32)
+    cells = None if is_binary_mask(labels) else np.where(annotated & (labels > 0), labels, 0).astype(np.int32)
     return Prepared(image, target, weights, np.flatnonzero(weights > 0), cells)
 
 

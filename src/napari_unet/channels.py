@@ -25,6 +25,10 @@ from ._config import Config
 RGB_TO_GREY = (0.2125, 0.7154, 0.0721)  # ITU-R 709, as skimage.color.rgb2gray
 
 
+class ChannelChoiceError(ValueError):
+    """An image that cannot give the channels a `ChannelChoice` picks (fewer channels than asked for)."""
+
+
 @dataclass(frozen=True)
 class ChannelChoice(Config):
     """channels: indices of the channels to keep, in this order (None: all); grey: average them to one plane."""
@@ -56,7 +60,7 @@ class ChannelChoice(Config):
             return image, axes
         if "C" not in axes:
             if self.channels not in (None, (0,)):
-                raise ValueError(
+                raise ChannelChoiceError(
                     f"the image has one channel (axes {axes!r}) but channels {list(self.channels)} were asked for"
                 )
             return image, axes
@@ -64,7 +68,7 @@ class ChannelChoice(Config):
         count = image.shape[c]
         if self.channels is not None:
             if max(self.channels) >= count:
-                raise ValueError(
+                raise ChannelChoiceError(
                     f"channel {max(self.channels)} was asked for but the image has {count} channel(s) "
                     f"(0 to {count - 1}; axes {axes!r}, shape {tuple(image.shape)})"
                 )

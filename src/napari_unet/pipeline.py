@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .channels import ChannelChoiceError
 from .io import (
     PILLOW_SUFFIXES,
     TIFF_SUFFIXES,
@@ -378,7 +379,10 @@ def read_training_image(path: str | Path, low: float = 1.0, high: float = 99.8, 
     """
     image, axes = read_image(path)
     if channels is not None:
-        image, axes = channels.apply(image, axes)
+        try:
+            image, axes = channels.apply(image, axes)
+        except ChannelChoiceError as error:
+            raise ChannelChoiceError(f"{path}: {error}") from None
     if axes not in ("YX", "CYX"):
         raise ValueError(
             f"training images must be single 2-D planes (axes YX or CYX); {path} has axes {axes!r} "

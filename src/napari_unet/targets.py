@@ -90,6 +90,20 @@ def is_binary(labels: np.ndarray) -> bool:
     return nonzero.size == 0 or bool(np.all(nonzero == nonzero.flat[0]))
 
 
+def is_binary_mask(labels: np.ndarray) -> bool:
+    """True when `labels` is a binary mask that cannot be instance labels: one nonzero value over several
+    separate (4-connected) regions, as ISBI's cells or Fiji's 0/255 masks. One cell painted with one id is as
+    much an instance labelling as a mask, and is trained as one (`train_config.label_kind`).
+
+    >>> is_binary_mask(np.array([[255, 0, 255]])), is_binary_mask(np.array([[7, 7, 0]]))
+    (True, False)
+    """
+    if not is_binary(labels):
+        return False
+    cells = _annotated_cells(_check_labels(labels))
+    return ndimage.label(cells != 0)[1] > 1
+
+
 THIN_BACKGROUND_PX = 8.0  # background farther than this from every cell is not a membrane between cells
 TILING_SHARE = 0.1  # cells tile the image when at most this share of the background is that far from a cell
 

@@ -289,11 +289,14 @@ LABEL_SETTINGS: dict[str, dict[str, Any]] = {
 
 
 def label_kind(labels: Sequence[np.ndarray]) -> str:
-    """ "binary" when every label image is a binary mask (one foreground value, `targets.is_binary`), else
+    """ "binary" when every label image is a binary mask (one foreground value, `targets.is_binary`) and one at
+    least is one over several regions (`targets.is_binary_mask`: a single cell is instance labels as much), else
     "instances"."""
-    from .targets import is_binary
+    from .targets import is_binary, is_binary_mask
 
-    return "binary" if labels and all(is_binary(np.asarray(item)) for item in labels) else "instances"
+    arrays = [np.asarray(item) for item in labels]
+    binary = bool(arrays) and all(is_binary(item) for item in arrays)
+    return "binary" if binary and any(is_binary_mask(item) for item in arrays) else "instances"
 
 
 def settings_for_labels(
@@ -302,9 +305,11 @@ def settings_for_labels(
     """`config` with the settings the kind of annotation asks for (`LABEL_SETTINGS`), and that kind; the fields
     named in `given` (set by the user) keep their value.
 
-    >>> masks = [np.array([[0, 255], [255, 255]])]
-    >>> settings_for_labels(TrainConfig(), masks)[1]
-    'binary'
+    >>> masks = [np.array([[255, 0, 255], [255, 0, 255]])]
+    >>> settings_for_labels(TrainConfig(), masks)[1], settings_for_labels(TrainConfig(), [masks[0] // 255 * 7])[1]
+    ('binary', 'binary')
+    >>> settings_for_labels(TrainConfig(), [np.array([[0, 7], [7, 7]])])[1]  # one cell: instance labels
+    'instances'
     """
     kind = label_kind(labels)
     given = set(given)

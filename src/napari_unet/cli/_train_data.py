@@ -13,6 +13,7 @@ from .progress import note, warn_unmatched
 
 def training_data(args: argparse.Namespace):
     """(train, validation) lists of Sample, read from the files the arguments name."""
+    from ..channels import ChannelChoiceError
     from ..io import reading_notes
     from ..pipeline import is_annotation, match_files, split_by_image
 
@@ -39,8 +40,14 @@ def training_data(args: argparse.Namespace):
         for said in reading_notes(image, axes_option=None):  # train has no --axes: single planes are expected
             note(f"note: {image.name}: {said}", args.quiet)
     choice = args.channel_choice
-    train = [read_sample(image, labels, masks.get(image), choice) for image, labels in pairs]
-    validation_samples = [read_sample(image, labels, masks.get(image), choice) for image, labels in validation_pairs]
+    try:
+        train = [read_sample(image, labels, masks.get(image), choice) for image, labels in pairs]
+        validation_samples = [
+            read_sample(image, labels, masks.get(image), choice) for image, labels in validation_pairs
+        ]
+    except ChannelChoiceError as error:  # say whose choice it is when it was not given (--init's, the saved run's)
+        source = getattr(args, "channel_source", None)
+        raise ChannelChoiceError(f"{error} ({source})" if source else str(error)) from None
     around = getattr(args, "around_cells", None)
     if around is not None:
         train, validation_samples = (

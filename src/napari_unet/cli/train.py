@@ -197,7 +197,9 @@ def _train(args: argparse.Namespace) -> int:
     trainer = _make_trainer(args, train, validation)
     if args.resume and trainer.finished:
         if ddp.rank_and_world_size()[0] == 0:
-            print(_already_complete(trainer, out))
+            print(_already_complete(trainer, out, args.tune_postprocess))
+            if args.tune_postprocess:  # asked of the finished run: its post-processing is chosen and saved now
+                _report_tuning(trainer)
         return EXIT_OK
     if trainer.postprocess.flood:
         note(
@@ -242,18 +244,24 @@ def _train(args: argparse.Namespace) -> int:
             f"(thinned V_rand there {fitted['vrand'][str(fitted['chosen'])]:.3f}); saved with the model"
         )
     if args.tune_postprocess:
-        tuned = tune_on_validation(trainer)
-        print(
-            describe_tuning(tuned)
-            if tuned
-            else "post-processing not tuned: no validation image annotated everywhere "
-            + ("with a membrane mask" if trainer.postprocess.flood else "with instance labels")
-        )
+        _report_tuning(trainer)
     return EXIT_OK
 
 
-def _already_complete(trainer, out: Path) -> str:
-    """What resuming a run that had ended says: where it ended, and how to train on."""
+def _report_tuning(trainer) -> None:
+    """--tune-postprocess: choose the post-processing on the validation images, save it, and say so."""
+    tuned = tune_on_validation(trainer)
+    print(
+        describe_tuning(tuned)
+        if tuned
+        else "post-processing not tuned: no validation image annotated everywhere "
+        + ("with a membrane mask" if trainer.postprocess.flood else "with instance labels")
+    )
+
+
+def _already_complete(trainer, out: Path, tuning: bool = False) -> str:
+    """What resuming a run that had ended says: where it ended, and how to train on (`tuning`: its weights are
+    unchanged, its post-processing is about to be tuned)."""
     import math
 
     loss = f", loss {trainer.last_loss:.4f}" if math.isfinite(trainer.last_loss) else ""  # saved by older runs
@@ -262,7 +270,8 @@ def _already_complete(trainer, out: Path) -> str:
     else:
         more = f"its time budget of {trainer.config.time_budget:g} s is spent; to train on, give a larger one"
     done = f"{trainer.iteration} iterations{loss}"
-    return f"the run saved in {out} is already complete ({done}); the model is unchanged ({more})"
+    unchanged = "its weights are unchanged" if tuning else "the model is unchanged"
+    return f"the run saved in {out} is already complete ({done}); {unchanged} ({more})"
 
 
 @contextmanager
@@ -365,8 +374,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("give both --validation-images and --validation-labels, or neither")
     if args.validation_images is not None and args.val_fraction is not None:
         raise ValueError("give either validation files or --val-fraction, not both")
-    if args.tune_postprocess and args.validation_images is None and args.val_fraction is None:
-        raise ValueError("--tune-postprocess needs validation images (--val-fraction or --validation-images)")
     new_net = {"--depth": args.depth, "--base-channels": args.base_channels}
     if args.resume:
         if not is_model_folder(args.out):
@@ -387,7 +394,11 @@ def _check_options(args: argparse.Namespace) -> None:
         args.seed = int(saved.metadata.get("seed", 0))  # the same validation split as before
         if args.around_cells is None:  # the saved run's annotated region (None: the whole images)
             args.around_cells = saved.metadata.get("around_cells")
+        if args.val_fraction is None and args.validation_images is None:  # the saved run's split, if it had one
+            args.val_fraction = saved.metadata.get("val_fraction")
+        _check_tuning(args)
         return
+    _check_tuning(args)
     if args.seed is None:
         args.seed = 0
     if args.init is not None and any(v is not None for v in new_net.values()):
@@ -405,6 +416,11 @@ def _check_options(args: argparse.Namespace) -> None:
                 )
         elif not args.out.is_dir() or any(args.out.iterdir()):
             raise ValueError(f"--out {args.out} exists and is not a model folder; choose a new path")
+
+
+def _check_tuning(args: argparse.Namespace) -> None:
+    if args.tune_postprocess and args.validation_images is None and args.val_fraction is None:
+        raise ValueError("--tune-postprocess needs validation images (--val-fraction or --validation-images)")
 
 
 def _changed_on_resume(args: argparse.Namespace, saved) -> list[str]:
@@ -431,8 +447,9 @@ def _changed_on_resume(args: argparse.Namespace, saved) -> list[str]:
         "--border": (args.border, trained.get("border")),
         "--class-weights": (args.class_weights, trained.get("class_weights")),
     }
-    if "around_cells" in saved.metadata:  # recorded since December 2026; None: trained on the whole images
-        options["--around-cells"] = (args.around_cells, saved.metadata["around_cells"] or "not given")
+    for name in ("around_cells", "val_fraction"):  # recorded since December 2026 (None: not given)
+        if name in saved.metadata:
+            options[f"--{name.replace('_', '-')}"] = (getattr(args, name), saved.metadata[name] or "not given")
     changed = [
         f"{name} {_shown(given)} (saved run: {'not recorded' if was is None else _shown(was)})"
         for name, (given, was) in options.items()
@@ -461,10 +478,14 @@ def _channel_choice(args: argparse.Namespace):
 
     given = channel_choice_option(args)
     if args.resume:  # --channels/--grey, if given, are the saved run's (`_changed_on_resume`)
+        args.channel_source = f"the channel choice of the run saved in {args.out}"
         return load_model(args.out).channels
     if given is not None:
         return given
-    return load_model(args.init).channels if args.init is not None else None
+    if args.init is None:
+        return None
+    args.channel_source = f"the channel choice of --init {args.init}; --channels or --grey choose others"
+    return load_model(args.init).channels
 
 
 def _make_trainer(args: argparse.Namespace, train, validation):
@@ -473,9 +494,17 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     from .._config import with_overrides
     from ..model import UNet
     from ..modelfile import load_model
-    from ..train_config import UNTIL_BUDGET, TrainConfig, for_time_budget, settings_for_labels, target_settings
+    from ..train_config import (
+        UNTIL_BUDGET,
+        TrainConfig,
+        for_time_budget,
+        hash_sample,
+        settings_for_labels,
+        target_settings,
+    )
     from ..training import Trainer, preset
 
+    held_out = [hash_sample(sample) for sample in validation]  # as read, before any rescaling
     if args.resume:
         overrides = {
             "iterations": args.iterations,
@@ -491,11 +520,13 @@ def _make_trainer(args: argparse.Namespace, train, validation):
             overrides["learning_rate"] = args.learning_rate
         saved_bundle = load_model(args.out)
         _check_channels(train, saved_bundle, None)
+        _check_held_out(args, saved_bundle.metadata, train)
         saved = saved_bundle.metadata.get("data_hashes")
         train, validation = to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
         trainer = Trainer.resume(args.out, train, validation, device=args.device, **overrides)
-        kept = ("preset", "init", "around_cells")
+        kept = ("preset", "init", "around_cells", "val_fraction")
         trainer.metadata.update({k: saved_bundle.metadata[k] for k in kept if k in saved_bundle.metadata})
+        trainer.metadata["validation_hashes"] = held_out
         if saved is not None and sorted(saved) != sorted(trainer.data_hashes):
             note("note: the training images differ from those of the saved run", args.quiet)
         was = TrainConfig.from_dict(saved_bundle.metadata["training"]).learning_rate  # valid: resumed from it
@@ -511,7 +542,7 @@ def _make_trainer(args: argparse.Namespace, train, validation):
     if args.init is not None:
         bundle = load_model(args.init)
         note_shadowed(args.init, args.quiet)
-        _check_channels(train, bundle, args.init)
+        _check_channels(train, bundle, args.init, channel_choice_option(args) is not None)
         config = replace(config, **target_settings(bundle.metadata))
     config = with_overrides(
         config,
@@ -569,14 +600,33 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         trainer = Trainer(
             UNet(net_config), config, train, validation, args.device, args.out, channels=args.channel_choice
         )
-    # what --resume compares a repeated --preset, --init or --around-cells with (`_changed_on_resume`), and the
-    # annotated region a --resume without --around-cells trains on again
+    # what --resume compares a repeated --preset, --init, --around-cells or --val-fraction with
+    # (`_changed_on_resume`), the annotated region and split a --resume without them trains on again, and the
+    # validation images it must not train on (`_check_held_out`)
     trainer.metadata.update(
         preset=args.preset or "fast",
         around_cells=args.around_cells,
+        val_fraction=args.val_fraction,
+        validation_hashes=held_out,
         **({"init": args.init} if args.init is not None else {}),
     )
     return trainer
+
+
+def _check_held_out(args: argparse.Namespace, saved: dict[str, Any], train) -> None:
+    """Refuse to --resume a run on training images that were its validation images (a --val-fraction or
+    --validation-images given differently): its validation scores would no longer be of unseen images."""
+    from ..train_config import hash_sample
+
+    held_out = set(saved.get("validation_hashes") or ())
+    leaked = sum(hash_sample(sample) in held_out for sample in train)
+    if leaked:
+        fraction = saved.get("val_fraction")
+        same = f"--val-fraction {fraction:g}" if fraction else "the same --validation-images and --validation-labels"
+        raise ValueError(
+            f"--resume: {leaked} of the training images were validation images of the saved run, which would then "
+            f"be trained on: give {same} as it had"
+        )
 
 
 def _resume_command(args: argparse.Namespace, out: Path) -> str:
@@ -602,16 +652,25 @@ def _resume_command(args: argparse.Namespace, out: Path) -> str:
     return " ".join(["napari-unet train", *(shlex.quote(str(w)) for w in [*words, "--out", out]), "--resume"])
 
 
-def _check_channels(train, bundle, init: str | None) -> None:
+def _check_channels(train, bundle, init: str | None, chosen: bool = False) -> None:
     """Refuse images whose number of channels is not the one the saved network takes (`init`: the --init
-    model, None: the resumed run), saying what to do: with --init, choose channels when the images have more,
-    else use other images or train a new model; a resumed run needs the images it was trained on."""
+    model, None: the resumed run), saying what to do: with --init, choose channels when the images have more
+    (other channels when --channels/--grey, `chosen`, picked the wrong number), else use other images or train
+    a new model; a resumed run needs the images it was trained on."""
     found = channel_counts(train)
     needed = bundle.net.config.in_channels
     if found == {needed}:
         return
     if init is None:
         model, hint = "the run saved in --out", f"give images with {needed} channel(s), as the run was trained on"
+    elif chosen:
+        model, hint = (
+            f"--init {init}",
+            (
+                f"--channels/--grey give {', '.join(map(str, sorted(found)))} channel(s): pick {needed}, or leave them out "
+                f"(the model's own choice is then used: {bundle.channels.describe()})"
+            ),
+        )
     elif max(found) > needed:
         model, hint = f"--init {init}", "choose channels with --channels LIST or --grey"
     else:
