@@ -792,8 +792,9 @@ def test_the_command_line_rerun_skips_finished_files_and_keeps_pixel_sizes(clien
     assert read_pixel_size(out / "small_labels.tif").scale == (0.25, 0.25)
     capsys.readouterr()
     assert main(command) == 0
-    err = capsys.readouterr().err
-    assert "small.tif (already done): skipped" in err and "large.tif (already done): skipped" in err
+    captured = capsys.readouterr()
+    assert "small.tif (already done): skipped" in captured.err and "large.tif (already done): skipped" in captured.err
+    assert "segmented 0 image(s), 2 skipped (already done) in" in captured.out
     assert main([*command, "--overwrite", "--pixel-size", "0.5"]) == 0
     assert "skipped" not in capsys.readouterr().err
     assert read_pixel_size(out / "small_labels.tif").scale == (0.5, 0.5)
@@ -880,6 +881,32 @@ def test_a_rerun_with_other_settings_is_refused_not_skipped(client, bundle, tmp_
     events = run(client, stricter, [tmp_path / "small.tif", tmp_path / "large.tif"], out, overwrite=True)
     assert not any(e.skipped for e in events)
     assert dist.recorded_settings(out / "large_labels.ome.zarr")["postprocess"]["threshold"] == 0.9
+
+
+def test_an_image_replaced_under_its_name_is_refused_not_skipped(client, bundle, tmp_path, capsys):
+    """Whole files and images that go by blocks record their input's size and modification time, as predict's
+    own outputs do: an image replaced since is refused, not skipped with the old image's labels (with or without
+    workers)."""
+    import os
+
+    from napari_unet.cli import main
+    from napari_unet.modelfile import save_model
+
+    small, large = tmp_path / "small.tif", tmp_path / "large.tif"
+    write_tiff(small, (make_cells((60, 50), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    write_tiff(large, (make_cells((150, 140), seed=7)[0] * 1000).astype(np.uint16), "YX")
+    out = tmp_path / "out"
+    run(client, bundle, [small, large], out)
+    assert dist.recorded_settings(out / "large_labels.ome.zarr")["input"]["bytes"] == large.stat().st_size
+    assert [e.skipped for e in run(client, bundle, [small, large], out)] == [True, True]
+    for path, output in ((small, "small_labels.tif"), (large, "large_labels.ome.zarr")):
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # replaced: another time
+        with pytest.raises(ValueError, match=rf"{output} was segmented from another version of .*{path.name}"):
+            run(client, bundle, [path], out)
+    model = save_model(tmp_path / "cells.model", bundle)
+    command = ["predict", str(model), str(small), "--out", str(out), "--tile-size", str(TILE), "--device", "cpu"]
+    assert main(command) == 2  # a single-process rerun over the workers' outputs refuses it too
+    assert "small_labels.tif was segmented from another version of" in capsys.readouterr().err
 
 
 def test_single_process_zarr_and_blocks_write_the_same_ngff_layout(client, bundle, tmp_path):

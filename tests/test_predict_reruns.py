@@ -187,6 +187,9 @@ def test_measurements_survive_an_interrupt_and_a_rerun_completes_them(tmp_path, 
     code, _, err = predict(capsys, model, folder, out, "--measure")
     assert code == 0, err
     assert table_images(out / "measurements.csv") == ["im0", "im1", "im2", "im3"]
+    code, _, err = predict(capsys, model, folder / "im1.tif", out, "--measure")  # a subset: the table would lose rows
+    assert code == 2 and "holds the measurements of 3 image(s) this run does not segment (im0, im2, im3)" in err
+    assert table_images(out / "measurements.csv") == ["im0", "im1", "im2", "im3"]
 
 
 def test_a_rerun_adds_the_extras_of_finished_images(tmp_path, capsys, segmented):

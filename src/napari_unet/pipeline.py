@@ -676,6 +676,20 @@ def input_identity(path: str | Path) -> dict[str, Any] | None:
     return {"bytes": status.st_size, "modified_ns": status.st_mtime_ns}
 
 
+def file_settings(settings: dict | None, path: str | Path) -> dict | None:
+    """A run's `settings` as recorded in the outputs of the input `path`: with its identity (`input_identity`),
+    so that an image replaced under its name is not skipped as done (`same_input`)."""
+    return None if settings is None else {**settings, "input": input_identity(path)}
+
+
+def replaced_input(output: str | Path, path: str | Path) -> str:
+    """The error for an output of `path` segmented from another version of it (`same_input`)."""
+    return (
+        f"the output {output} was segmented from another version of {path} (its size or modification time "
+        "differ): segment it again with --overwrite, or choose another --out"
+    )
+
+
 def same_input(recorded: dict | None, path: str | Path) -> bool:
     """Whether the output recorded with `recorded` was segmented from `path` as it is now (True when the record
     holds no identity: written before it was recorded, or from a folder)."""

@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pipeline import (
         count_planes,
         describe_own_outputs,
+        file_settings,
         list_inputs,
         output_paths,
         read_input,
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
                             pixel_size=pixel_size,
                             spacing=spacing,
                             diameter=args.diameter,
-                            settings=_file_settings(settings, path),
+                            settings=file_settings(settings, path),
                         ),
                     ):
                         found += plane.objects
@@ -292,14 +293,6 @@ def _run_settings(args: argparse.Namespace, bundle, postprocess, choice, pixel_s
     )
 
 
-def _file_settings(settings: dict | None, path: Path) -> dict | None:
-    """The run's `settings` as recorded in the outputs of `path`: with the input's identity
-    (`pipeline.input_identity`), so that an image replaced under its name is not skipped as done."""
-    from ..pipeline import input_identity
-
-    return None if settings is None else {**settings, "input": input_identity(path)}
-
-
 def _table_record(table: Path) -> Path:
     """Where predict notes the digest of the measurements.csv it wrote (a hidden file beside it)."""
     return table.with_name(f".{table.name}.napari-unet")
@@ -342,7 +335,15 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
     image not begun and a measurements.csv when the run continues none. With --cluster/--workers existing
     outputs are skipped by `distributed.segment_plan` instead. (Whether --out is writable is checked once the
     inputs are: `check_writable_folder` creates it.)"""
-    from ..pipeline import check_distinct_names, existing_output, read_settings, same_input, same_settings
+    from ..pipeline import (
+        base_name,
+        check_distinct_names,
+        existing_output,
+        read_settings,
+        replaced_input,
+        same_input,
+        same_settings,
+    )
     from ..validation import check_output_free, check_output_not_input
 
     check_distinct_names(files, args.out)  # as `distributed.plan_batch` does
@@ -372,10 +373,7 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
             if not same_settings(recorded, settings):
                 raise ValueError(existing_output(tiff, recorded, settings))
             if not same_input(recorded, path):
-                raise ValueError(
-                    f"the output {tiff} was segmented from another version of {path} (its size or modification "
-                    "time differ): segment it again with --overwrite, or choose another --out"
-                )
+                raise ValueError(replaced_input(tiff, path))
         finished.append(all(p.exists() for p in tiffs))
         if out.labels.exists():  # begun by an earlier run like this one: its extras are written again from them
             continued = True
@@ -384,7 +382,26 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
             check_output_free(extra, False, "the output")
     if args.measure and not (continued and _own_table(table)):  # a table predict did not write there: refused
         check_output_free(table, False, "the output")
+    elif args.measure and table.exists():  # ours: rewritten whole, so it must not hold images this run leaves out
+        left_out = sorted(_table_images(table) - {base_name(path) for path in files})
+        if left_out:
+            raise ValueError(
+                f"{table} holds the measurements of {len(left_out)} image(s) this run does not segment "
+                f"({', '.join(left_out[:3])}{', ...' if len(left_out) > 3 else ''}), which rewriting it would drop: "
+                "give them too, choose another --out, or replace the table with --overwrite"
+            )
     return finished
+
+
+def _table_images(table: Path) -> set[str]:
+    """The images (their base names) whose rows the measurements table `table` holds; none if unreadable."""
+    import csv
+
+    try:
+        with table.open(newline="") as handle:
+            return {row.get("image") or "" for row in csv.DictReader(handle)} - {""}
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return set()
 
 
 def _extra_paths(args: argparse.Namespace, path: Path) -> list[Path]:
@@ -561,11 +578,12 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
             overwrite=args.overwrite,
             model_name=str(args.model),
         )
-        bar = None
+        bar, skipped = None, 0
         for event in events:
             if bar is None:
                 bar = Progress(event.total, "predicting", "task", args.quiet)
             if event.skipped:
+                skipped += 1
                 bar.write(f"{event.item}: skipped; --overwrite segments it again")
             bar.update(1, task=event.item)
             cut += event.cut_objects
@@ -577,7 +595,11 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
             f"from a single-process run: rerun with a larger --margin (now {args.margin})",
             file=sys.stderr,
         )
-    print(f"segmented {len(files)} image(s) in {duration(time.perf_counter() - started)}; results in {args.out}")
+    print(
+        f"segmented {len(files) - skipped} image(s)"
+        + (f", {skipped} skipped (already done)" if skipped else "")
+        + f" in {duration(time.perf_counter() - started)}; results in {args.out}"
+    )
     return EXIT_OK
 
 

@@ -33,10 +33,14 @@ from ..pipeline import (
     check_distinct_names,
     describe_own_outputs,
     existing_output,
+    file_settings,
+    input_identity,
     list_inputs,
     output_paths,
     output_settings,
     read_settings,
+    replaced_input,
+    same_input,
     same_settings,
 )
 from ..postprocess import PostprocessConfig
@@ -294,11 +298,13 @@ def segment_plan(
     model = client.submit(identity, spec, key=f"napari-unet-model-{spec.digest}-{run}", pure=False)
     jobs: dict[Any, _Job] = {}
     label_blocks: dict[Path, int] = {}  # labels left to write, per large image
+    recorded: dict[Path, dict[str, Any]] = {}  # the settings each large image's outputs record (its own input's)
     carried: dict[Path, int] = {}  # objects cut by the label blocks an interrupted run finished, per large image
     plans: dict[Path, LargeImage] = {}
     skipped: list[tuple[str, int]] = []  # (name, objects cut by its blocks in an earlier run)
     try:
         for path, image, large in plan.items:
+            own = file_settings(settings, path)  # with the input's identity: a replaced image is not done
             if large is None:
                 final = output_paths(path, plan.out_dir, probabilities)
                 if not overwrite and final.labels.exists() and (final.probs is None or final.probs.exists()):
@@ -316,7 +322,7 @@ def segment_plan(
                     plan.tile_size,
                     plan.tta,
                     plan.pixel_size,
-                    settings,
+                    own,
                     key=f"segment-{path.name}-{run}",
                     pure=False,
                 )
@@ -327,9 +333,9 @@ def segment_plan(
                 if overwrite:  # from the start: no block of an earlier run is kept
                     for old in (large.labels, large.probs, large.progress):
                         shutil.rmtree(old, ignore_errors=True)
-                plans[large.labels] = large
+                plans[large.labels], recorded[large.labels] = large, own
                 pending, cut = _submit_large(
-                    client, model, plan, bundle, large, image, config, probabilities, settings, run, jobs
+                    client, model, plan, bundle, large, image, config, probabilities, own, run, jobs
                 )
                 if pending == 0:  # every block was done by an interrupted run: finished now, nothing submitted
                     skipped.append((path.name, cut))
@@ -350,7 +356,7 @@ def segment_plan(
                 cut = int(future.result())
                 label_blocks[job.labels] -= 1
                 if label_blocks[job.labels] == 0:
-                    _finish(plans[job.labels], probabilities, settings)
+                    _finish(plans[job.labels], probabilities, recorded[job.labels])
                     cut += carried[job.labels]
             done += 1
             yield BatchProgress(done, total, job.item, cut)
@@ -382,8 +388,9 @@ def _output_settings(
 
 def _check_finished(plan: BatchPlan, probabilities: bool, settings: dict[str, Any]) -> None:
     """Refuse, before anything is submitted, a finished output of the plan that was written with other settings,
-    or records none (another program's, an earlier version's), as `predict` refuses it: a rerun skips only its
-    own outputs, and --overwrite replaces the others."""
+    or records none (another program's, an earlier version's), or from another version of its input (replaced
+    under its name since), as `predict` refuses it: a rerun skips only its own outputs, and --overwrite replaces
+    the others."""
     for path, _image, large in plan.items:
         if large is None:
             final = output_paths(path, plan.out_dir, probabilities)
@@ -394,6 +401,8 @@ def _check_finished(plan: BatchPlan, probabilities: bool, settings: dict[str, An
         for output, recorded in written.items():
             if not same_settings(recorded, settings):
                 raise ValueError(existing_output(output, recorded, settings))
+            if not same_input(recorded, path):
+                raise ValueError(replaced_input(output, path))
 
 
 def _check_tta(path: Path, image, plan: LargeImage | None, block_size: int, classes: int) -> None:
@@ -470,6 +479,8 @@ def _submit_large(
         "margin": margin,
         "postprocess": config.to_dict(),
         "model": ModelSpec.from_bundle(bundle).digest,
+        "input": input_identity(plan.source.path),  # a replaced image starts again, as one with other settings
+        "pixel_size": None if batch.pixel_size is None else batch.pixel_size.to_dict(),  # in the outputs' attributes
     }
     plan = replace(plan, settings=hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16])
     markers = plan.progress / plan.settings
