@@ -15,6 +15,7 @@ from napari_unet.export import (
     export_model,
     input_size_rule,
     normalize_like_bioimageio,
+    package_size_rule,
     probability_net,
 )
 from napari_unet.model import UNet
@@ -96,15 +97,17 @@ def test_bioimageio_rdf_describes_the_network(bundle, tmp_path):
             "README.md",
         } <= set(archive.namelist())
         rdf = yaml.safe_load(archive.read("rdf.yaml"))
-    minimum, step, offset = input_size_rule(bundle.net)
+    minimum, step = package_size_rule(bundle.net)
     assert rdf["format_version"].startswith("0.5")
     y_in = rdf["inputs"][0]["axes"][2]
     y_out = rdf["outputs"][0]["axes"][2]
-    assert y_in["size"] == {"min": minimum, "step": step}
-    assert y_out["size"] == {"tensor_id": "raw", "axis_id": "y", "offset": -2 * bundle.net.halo} and offset < 0
-    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"] == bundle.net.config.to_dict()
-    rebuilt = ProbabilityUNet(**rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"])
-    assert rebuilt.net.halo == bundle.net.halo
+    assert y_in["size"] == {"min": minimum, "step": step} and minimum > 2 * bundle.net.halo
+    assert bundle.net.output_shape((minimum + 2 * bundle.net.halo,) * 2) == (minimum, minimum)  # valid once mirrored
+    assert y_out["size"] == {"tensor_id": "raw", "axis_id": "y", "offset": 0} and y_out["halo"] == bundle.net.halo
+    kwargs = rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]
+    assert kwargs == {"mirror": bundle.net.halo, **bundle.net.config.to_dict()}
+    rebuilt = ProbabilityUNet(**kwargs)
+    assert rebuilt.net.halo == bundle.net.halo == rebuilt.mirror
     assert export_bioimageio(bundle, path) == path  # a package zip is replaced by the new one (--overwrite)
 
 
@@ -114,7 +117,7 @@ def test_multichannel_models_export_and_test_tensors_match(tmp_path):
     raw = np.load(path / "test_input.npy")
     out = np.load(path / "test_output.npy")
     assert raw.shape[:2] == (1, 2) and out.shape[:2] == (1, 2)
-    expected = probability_net(bundle.net)(torch.from_numpy(normalize_like_bioimageio(raw, 1.0, 99.8)))
+    expected = probability_net(bundle.net, mirrored=True)(torch.from_numpy(normalize_like_bioimageio(raw, 1.0, 99.8)))
     np.testing.assert_allclose(out, expected.detach().numpy(), atol=1e-6)
     np.testing.assert_allclose(out.sum(axis=1), 1.0, atol=1e-5)
 
@@ -174,8 +177,8 @@ def test_the_package_normalises_as_napari_unet_does_or_says_what_it_cannot(inver
     assert rdf["config"]["napari_unet"]["normalization"]["invert"] == invert
     assert rdf["config"]["napari_unet"]["object_diameter"] == 20.0
     raw, expected = np.load(path / "test_input.npy"), np.load(path / "test_output.npy")
-    halo = model.net.halo
-    ours = model.predict(raw[0], diameter=None, device="cpu")[:, halo:-halo, halo:-halo]  # a dark background
+    ours = model.predict(raw[0], diameter=None, device="cpu")  # a dark background: the whole image, as ours
+    assert expected.shape[-2:] == raw.shape[-2:]
     np.testing.assert_allclose(expected[0], ours, atol=1e-4)
     if invert == "auto":
         assert "Invert bright-background images first" in rdf["inputs"][0]["description"]
@@ -185,3 +188,46 @@ def test_the_package_normalises_as_napari_unet_does_or_says_what_it_cannot(inver
     if summary.status != "passed" and "'index_key' is expected to be an integer" in summary.format():
         pytest.skip("this bioimageio.spec cannot serialise with the installed pydantic-core")
     assert summary.status == "passed", summary.format()
+
+
+def test_the_package_gives_napari_unets_probabilities_where_the_pooling_grid_is_not_the_images(tmp_path):
+    """A depth-5 network (step 16, halo 92: 92 is not a multiple of 16) mirrored by the package as napari-unet's
+    overlap-tile mirrors it: the same probabilities at the image's size. Without the mirror, bioimage.io gave a
+    map 184 px smaller whose pooling grid started elsewhere (up to 0.15 apart on the built-in model)."""
+    torch.manual_seed(0)
+    model = ModelBundle(UNet(depth=5, base_channels=2, dropout=0.0))
+    minimum, step = package_size_rule(model.net)
+    assert (minimum, step) == (196, 16)
+    raw = example_input(model.net, 200, mirrored=True)
+    packaged = probability_net(model.net, mirrored=True)
+    got = packaged(torch.from_numpy(normalize_like_bioimageio(raw, 1.0, 99.8))).detach().numpy()[0]
+    np.testing.assert_allclose(got, model.predict(raw[0], diameter=None, device="cpu"), atol=1e-5)
+
+
+def test_the_package_keeps_what_the_model_records_and_refuses_what_bioimageio_would(tmp_path):
+    """The built-in model's record of its training data (image sets), its licence text, citations and
+    description reach the package; a licence bioimage.io does not know and a training-data URL that is no web
+    address are refused before any work."""
+    import yaml
+
+    model = ModelBundle(
+        UNet(depth=2, base_channels=4),
+        metadata={
+            "training_data": {"set-a": ["1.png", "2.png"], "set-b": ["3.png"]},
+            "license": "BSD-3-Clause (weights); trained only on CC0 data",
+            "citations": ["Ronneberger, Fischer, Brox. U-Net.", "Someone et al. The data. Journal 1:2 (2019)."],
+            "description": "Generalist nuclei model.",
+        },
+    )
+    path = export_bioimageio(model, tmp_path / "pkg")
+    readme = (path / "README.md").read_text()
+    assert "- data: set-a (2 images), set-b (1 images)" in readme
+    assert "licence of the training data: BSD-3-Clause (weights); trained only on CC0 data" in readme
+    assert "- Someone et al. The data. Journal 1:2 (2019)." in readme and readme.count("Ronneberger") == 2
+    assert yaml.safe_load((path / "rdf.yaml").read_text())["description"].startswith("Generalist nuclei model.")
+    pytest.importorskip("bioimageio.spec")
+    with pytest.raises(ValueError, match="licence 'Foo-Bar-1': give an SPDX identifier"):
+        export_bioimageio(model, tmp_path / "x", license="Foo-Bar-1")
+    with pytest.raises(ValueError, match="training data URL 'notaurl'"):
+        export_bioimageio(model, tmp_path / "x", training_data={"url": "notaurl"})
+    assert not (tmp_path / "x").exists()

@@ -63,20 +63,27 @@ TOOL_URL = "https://github.com/napari-unet/napari-unet-2015"
 class ProbabilityUNet(nn.Module):
     """A :class:`UNet` followed by a softmax over the classes: x (N, C, H, W) -> probabilities (N, K, H', W').
 
-    Built from the UNet's configuration as keyword arguments, as a bioimage.io architecture is.
+    Built from the UNet's configuration as keyword arguments, as a bioimage.io architecture is. mirror: pixels
+    of mirrored ("reflect") border added on every side of the input first: with the network's halo, the output
+    has the input's size and equals napari-unet's own prediction of the image (its overlap-tile pads the same
+    way), as the bioimage.io package has it; 0: the valid network's output, 2 halo smaller.
     """
 
-    def __init__(self, **config: Any):
+    def __init__(self, mirror: int = 0, **config: Any):
         super().__init__()
+        self.mirror = int(mirror)
         self.net = UNet(UNetConfig.from_dict(config))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mirror:
+            x = nn.functional.pad(x, (self.mirror,) * 4, mode="reflect")
         return torch.softmax(self.net(x), dim=1)
 
 
-def probability_net(net: UNet) -> ProbabilityUNet:
-    """A :class:`ProbabilityUNet` on CPU, in eval mode, with a copy of ``net``'s weights."""
-    wrapped = ProbabilityUNet(**net.config.to_dict())
+def probability_net(net: UNet, mirrored: bool = False) -> ProbabilityUNet:
+    """A :class:`ProbabilityUNet` on CPU, in eval mode, with a copy of ``net``'s weights (``mirrored``: the
+    input's border mirrored by the halo first, as in the bioimage.io package)."""
+    wrapped = ProbabilityUNet(mirror=net.halo if mirrored else 0, **net.config.to_dict())
     wrapped.net.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
     return wrapped.eval()
 
@@ -90,11 +97,31 @@ def input_size_rule(net: UNet) -> tuple[int, int, int]:
     return minimum, step, -2 * net.halo
 
 
-def example_input(net: UNet, size: int = 64, seed: int = 0) -> np.ndarray:
-    """A raw test image ``(1, in_channels, S, S)`` float32 of synthetic cells, S the valid size >= ``size``."""
+def package_size_rule(net: UNet) -> tuple[int, int]:
+    """``(min, step)``: the input sides the bioimage.io package takes, ``min + n * step``: sides n whose mirrored
+    n + 2 halo the network takes, above 2 halo (what is left of a block once bioimage.io crops its halo; and
+    "reflect" needs more than the halo). The output has the input's size.
+
+    >>> package_size_rule(UNet(depth=2, base_channels=4))  # halo 8, valid sizes 18 + 2n
+    (18, 2)
+    """
+    minimum, step, _ = input_size_rule(net)
+    side = minimum - 2 * net.halo
+    if side <= 2 * net.halo:
+        side += -(-(2 * net.halo + 1 - side) // step) * step
+    return side, step
+
+
+def example_input(net: UNet, size: int = 64, seed: int = 0, mirrored: bool = False) -> np.ndarray:
+    """A raw test image ``(1, in_channels, S, S)`` float32 of synthetic cells, S the valid size >= ``size`` (of
+    the network, or with ``mirrored`` of the bioimage.io package, `package_size_rule`)."""
     from .synthetic import make_cells
 
-    side = net.valid_input_size(size)
+    if mirrored:
+        minimum, step = package_size_rule(net)
+        side = minimum + max(0, -(-(size - minimum) // step)) * step
+    else:
+        side = net.valid_input_size(size)
     image, _ = make_cells((side, side), seed=seed)
     channels = [np.roll(image, 3 * c, axis=-1) * (1.0 + 0.5 * c) for c in range(net.config.in_channels)]
     return (np.stack(channels)[None] * 1000.0).astype(np.float32)
@@ -110,10 +137,11 @@ def normalize_like_bioimageio(raw: np.ndarray, low: float, high: float, eps: flo
 # ------------------------------------------------------------------------------------------------ formats
 
 
-def export_torchscript(bundle, path: str | Path) -> Path:
-    """A TorchScript file of the network with its softmax (traced; valid for every valid input size)."""
-    net = probability_net(bundle.net)
-    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net), 1.0, 99.8))
+def export_torchscript(bundle, path: str | Path, mirrored: bool = False) -> Path:
+    """A TorchScript file of the network with its softmax (traced; valid for every valid input size; `mirrored`:
+    `probability_net`'s, as in the bioimage.io package)."""
+    net = probability_net(bundle.net, mirrored)
+    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net, mirrored=mirrored), 1.0, 99.8))
     with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(net, example)
     path = Path(path)
@@ -124,16 +152,17 @@ def export_torchscript(bundle, path: str | Path) -> Path:
     return path
 
 
-def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET) -> Path:
-    """An ONNX file of the network with its softmax; batch, height and width are dynamic axes."""
+def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET, mirrored: bool = False) -> Path:
+    """An ONNX file of the network with its softmax; batch, height and width are dynamic axes (`mirrored`:
+    `probability_net`'s, as in the bioimage.io package)."""
     try:
         import onnx  # noqa: F401 - torch.onnx.export needs it
     except ImportError:
         raise ImportError(
             f"ONNX export needs the 'onnx' package: pip install 'napari-unet-2015[{EXPORT_EXTRA}]'"
         ) from None
-    net = probability_net(bundle.net)
-    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net), 1.0, 99.8))
+    net = probability_net(bundle.net, mirrored)
+    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net, mirrored=mirrored), 1.0, 99.8))
     path = Path(path)
     dynamic = {0: "batch", 2: "y", 3: "x"}
     with atomic_write(path) as staging, torch.no_grad(), _quiet_tracer():
@@ -166,15 +195,59 @@ NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "_+- ()")  # 
 
 def check_package_description(name: str, license: str) -> None:
     """Refuse, before any work, a model name or licence that bioimage.io's format (0.5) rejects: names of 5 to
-    128 characters among letters, digits and "_+- ()"; an SPDX licence identifier (such as "MIT", "CC-BY-4.0")."""
+    128 characters among letters, digits and "_+- ()"; an SPDX licence identifier (such as "MIT", "CC-BY-4.0")
+    that bioimage.io knows (checked against `bioimageio.spec`'s list when it is installed)."""
     bad = sorted(set(name) - NAME_CHARACTERS)
     if bad or not 5 <= len(name) <= 128:
         raise ValueError(
             f"model name {name!r}: bioimage.io takes 5 to 128 characters among letters, digits, spaces and _+-() "
             + (f"(not {' '.join(repr(c) for c in bad)})" if bad else f"({len(name)} given)")
         )
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+-]*", license):
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+-]*", license) or not _known_licence(license):
         raise ValueError(f"licence {license!r}: give an SPDX identifier such as MIT, BSD-3-Clause or CC-BY-4.0")
+
+
+def _known_licence(license: str) -> bool:
+    """Whether bioimage.io's list of licences (`bioimageio.spec`'s, when it is installed) holds `license`; True
+    when it cannot be asked (then only the identifier's form is checked)."""
+    try:
+        from bioimageio.spec._internal.license_id import LicenseId
+    except Exception:  # noqa: BLE001 - not installed, or moved in another version: not asked
+        return True
+    try:
+        LicenseId(license)
+    except ValueError:  # pydantic's ValidationError
+        return False
+    return True
+
+
+TRAINING_DATA_KEYS = ("name", "licence", "url", "citation", "doi")
+
+
+def recorded_training_data(bundle) -> dict[str, str]:
+    """What the model records of its training data, as `export_bioimageio`'s ``training_data``: the entries of
+    ``metadata["training_data"]`` when it holds them (`TRAINING_DATA_KEYS`); a record of image sets (the
+    built-in model's: set -> files) becomes their names and sizes, with the model's recorded ``license`` text as
+    the licence (the built-in's says its data are CC0)."""
+    recorded = bundle.metadata.get("training_data")
+    if not isinstance(recorded, dict):
+        return {}
+    described = {k: str(recorded[k]) for k in TRAINING_DATA_KEYS if isinstance(recorded.get(k), str) and recorded[k]}
+    if described:
+        return described
+    sets = [f"{key} ({len(value)} images)" for key, value in recorded.items() if isinstance(value, list)]
+    license_text = bundle.metadata.get("license")
+    return {
+        **({"name": ", ".join(sets)} if sets else {}),
+        **({"licence": license_text} if isinstance(license_text, str) and license_text else {}),
+    }
+
+
+def check_training_data(training_data: dict[str, str]) -> None:
+    """Refuse, before any work, training-data entries bioimage.io rejects: a URL that is not http(s)."""
+    url = training_data.get("url")
+    if url and not re.match(r"https?://\S+$", url):
+        raise ValueError(f"training data URL {url!r}: give a web address starting with http:// or https://")
 
 
 def default_package_name(bundle) -> str:
@@ -198,38 +271,50 @@ def export_bioimageio(
 
     authors: ``[{"name": ...}]`` (default: "napari-unet user"); license: SPDX id of the model;
     training_data: ``{"name", "licence", "url", "citation", "doi"}`` of the data it was trained on (default:
-    ``bundle.metadata["training_data"]``); test_input: raw image (1, C, H, W) with valid H, W (default:
-    synthetic cells). Returns the path written.
+    ``bundle.metadata["training_data"]``); test_input: raw image (1, C, H, W) with H, W of `package_size_rule`
+    (default: synthetic cells of about 128 px inside the halo). Returns the path written.
+
+    The package's network mirrors its input's border by the halo first (`ProbabilityUNet`'s ``mirror``): its
+    output has the input's size and equals napari-unet's prediction of the image; its output axes declare the
+    halo, which a blockwise runner (bioimage.io's) crops from each block.
     """
     name = name or default_package_name(bundle)
     check_package_description(name, license)
+    training_data = training_data if training_data is not None else recorded_training_data(bundle)
+    check_training_data(training_data)
     path = Path(path)
     as_zip = path.suffix.lower() == ".zip"
-    net = probability_net(bundle.net)
+    net = probability_net(bundle.net, mirrored=True)
     config = bundle.net.config
-    minimum, step, offset = input_size_rule(bundle.net)
+    minimum, step = package_size_rule(bundle.net)
     low, high = bundle.normalization.low, bundle.normalization.high
-    raw = example_input(bundle.net) if test_input is None else np.asarray(test_input, dtype=np.float32)
+    if test_input is None:
+        raw = example_input(bundle.net, 2 * bundle.net.halo + 128, mirrored=True)
+    else:
+        raw = np.asarray(test_input, dtype=np.float32)
     if raw.ndim != 4 or raw.shape[:2] != (1, config.in_channels):
         raise ValueError(f"test_input must be (1, {config.in_channels}, H, W), got shape {raw.shape}")
-    bundle.net.check_input_shape(raw.shape[-2:])
+    if any(side < minimum or (side - minimum) % step for side in raw.shape[-2:]):
+        raise ValueError(
+            f"test_input's height and width must be {minimum} + n * {step} (the package's input sizes), got "
+            f"{raw.shape[-2]} x {raw.shape[-1]}"
+        )
     normalised = normalize_like_bioimageio(raw, low, high)
     if bundle.normalization.invert is True:  # the package's `scale_linear` step: 1 - x
         normalised = (1.0 - normalised).astype(np.float32)
     with torch.no_grad():
         expected = net(torch.from_numpy(normalised)).numpy()
-    training_data = training_data if training_data is not None else bundle.metadata.get("training_data") or {}
 
     staging = Path(tempfile.mkdtemp(prefix=".export.", dir=path.parent if path.parent.exists() else None))
     try:
         np.save(staging / "test_input.npy", raw)
         np.save(staging / "test_output.npy", expected)
         torch.save(net.state_dict(), staging / "weights.pt")
-        export_torchscript(bundle, staging / "weights.torchscript.pt")
-        export_onnx(bundle, staging / "weights.onnx")
-        (staging / "README.md").write_text(_documentation(bundle, name, minimum, step, offset, training_data))
+        export_torchscript(bundle, staging / "weights.torchscript.pt", mirrored=True)
+        export_onnx(bundle, staging / "weights.onnx", mirrored=True)
+        (staging / "README.md").write_text(_documentation(bundle, name, minimum, step, training_data))
         (staging / "environment.yaml").write_text(_environment())
-        rdf = _rdf(bundle, name, authors, license, training_data, minimum, step, offset)
+        rdf = _rdf(bundle, name, authors, license, training_data, minimum, step)
         (staging / "rdf.yaml").write_text(_yaml(rdf))
         _write_output(staging, path, as_zip)
     finally:
@@ -237,12 +322,12 @@ def export_bioimageio(
     return path
 
 
-def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -> dict[str, Any]:
+def _rdf(bundle, name, authors, license, training_data, minimum, step) -> dict[str, Any]:
     config = bundle.net.config
     low, high = float(bundle.normalization.low), float(bundle.normalization.high)
     invert = bundle.normalization.invert
     torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
-    channels = bundle.metadata.get("channel_names") or [f"channel{c}" for c in range(config.in_channels)]
+    channels = bundle.metadata.get("channel_names") or _channel_names(bundle)
     classes = ["background", "foreground"] + [f"class{k}" for k in range(2, config.num_classes)]
     space = [{"type": "space", "id": axis, "size": {"min": minimum, "step": step}} for axis in ("y", "x")]
     cite = [PAPER_CITATION, {"text": "napari-unet: the 2015 U-Net as a napari plugin.", "url": TOOL_URL}]
@@ -254,8 +339,7 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
         "type": "model",
         "format_version": BIOIMAGEIO_FORMAT_VERSION,
         "name": name,
-        "description": f"U-Net (Ronneberger et al. 2015) for cell segmentation, trained with napari-unet: "
-        f"{config.in_channels}-channel input, {config.num_classes}-class probabilities.",
+        "description": _description(bundle),
         "authors": authors or [{"name": "napari-unet user"}],
         "cite": cite,
         "license": license,
@@ -288,7 +372,8 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
                         {
                             "type": "space",
                             "id": axis,
-                            "size": {"tensor_id": INPUT_ID, "axis_id": axis, "offset": offset},
+                            "size": {"tensor_id": INPUT_ID, "axis_id": axis, "offset": 0},
+                            "halo": bundle.net.halo,
                         }
                         for axis in ("y", "x")
                     ),
@@ -303,7 +388,7 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
                 "architecture": {
                     "callable": "ProbabilityUNet",
                     "import_from": "napari_unet.export",
-                    "kwargs": config.to_dict(),
+                    "kwargs": {"mirror": bundle.net.halo, **config.to_dict()},
                 },
                 "pytorch_version": torch_version,
                 "dependencies": {"source": "environment.yaml"},
@@ -328,6 +413,27 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step, offset) -
     }
 
 
+def _channel_names(bundle) -> list[str]:
+    """The package input's channel names, from the model's channel choice: "grey" for a grey conversion, else
+    the image channels it takes ("channel2", "channel0" for channels 2 and 0)."""
+    choice, count = bundle.channels, bundle.net.config.in_channels
+    if choice.grey:
+        return ["grey"]
+    picked = choice.channels if choice.channels is not None else range(count)
+    return [f"channel{c}" for c in picked]
+
+
+def _description(bundle) -> str:
+    """The package's description: the model's own (its metadata's) when it has one, else what it is."""
+    config = bundle.net.config
+    own = bundle.metadata.get("description")
+    general = (
+        f"U-Net (Ronneberger et al. 2015) for cell segmentation, trained with napari-unet: {config.in_channels}"
+        f"-channel input, {config.num_classes}-class probabilities."
+    )
+    return f"{own.strip()} {general}"[:1024] if isinstance(own, str) and own.strip() else general
+
+
 def _input_description(invert: bool | str) -> str:
     """What the package's input is (at most 128 characters, bioimage.io's limit), with what its preprocessing
     cannot do: napari-unet's automatic inversion of bright-background images (`Normalization.invert` "auto")
@@ -339,8 +445,9 @@ def _input_description(invert: bool | str) -> str:
     return "raw image; normalised by the percentile step below, as in training"
 
 
-def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
+def _documentation(bundle, name, minimum, step, training_data) -> str:
     config = bundle.net.config
+    halo = bundle.net.halo
     data = training_data or {}
     licence = data.get("licence") or data.get("license") or "not recorded with the model"
     lines = [
@@ -351,15 +458,16 @@ def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
         "## Input and output",
         "",
         f"- input `{INPUT_ID}`: (batch, {config.in_channels} channel(s), y, x) float32; y and x must be "
-        f"{minimum} + n * {step}. Each channel is normalised with its {bundle.normalization.low} and "
+        f"{minimum} + n * {step} (pad or crop other sizes). Each channel is normalised with its {bundle.normalization.low} and "
         f"{bundle.normalization.high} percentiles (bioimage.io `scale_range`)"
         + {True: ", then inverted (1 - x, `scale_linear`)", "auto": "", False: ""}[bundle.normalization.invert]
         + f". The model was trained on {bundle.describe_input()}: give it those channels (napari-unet applies "
         "this choice itself)."
         + (
             " It was trained with dark backgrounds: napari-unet inverts an image whose median lies above the "
-            "middle of its range (brightfield, stained histology) before the network, which a bioimage.io "
-            "pipeline does not: invert such images yourself."
+            "middle of its range (brightfield, stained histology) after normalising it (1 - x), which a "
+            "bioimage.io pipeline does not: invert such images yourself (inverting the raw image before the "
+            "percentile step comes close, not exactly: the percentiles are not symmetric)."
             if bundle.normalization.invert == "auto"
             else ""
         )
@@ -369,9 +477,11 @@ def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
             if bundle.object_diameter is not None
             else ""
         ),
-        f"- output `{OUTPUT_ID}`: (batch, {config.num_classes} classes, y{offset:+d}, x{offset:+d}) class "
-        f"probabilities; the unpadded convolutions remove {-offset // 2} pixels per side (the halo). Channel 1 "
-        "is the foreground. Instances: the post-processing stored in `config.napari_unet.postprocess` (threshold, "
+        f"- output `{OUTPUT_ID}`: (batch, {config.num_classes} classes, y, x) class probabilities, the input's "
+        f"size: the network mirrors {halo} pixels around its input (the halo its unpadded convolutions remove), "
+        "as napari-unet's overlap-tile prediction does, so a whole image gives napari-unet's probabilities. "
+        f"Run in blocks, each block's outer {halo} pixels are mirrored, not seen: crop them (the output axes "
+        "declare this halo, which bioimage.io's blockwise prediction crops). Channel 1 is the foreground. Instances: the post-processing stored in `config.napari_unet.postprocess` (threshold, "
         "seeds from the objects' cores, watershed, growth; napari-unet applies it).",
         "",
         "## Architecture",
@@ -399,9 +509,18 @@ def _documentation(bundle, name, minimum, step, offset, training_data) -> str:
         "",
         f"- {PAPER_CITATION['text']} doi:{PAPER_CITATION['doi']}",
         f"- napari-unet: {TOOL_URL}",
+        *(f"- {text}" for text in _recorded_citations(bundle)),
         "",
     ]
     return "\n".join(lines)
+
+
+def _recorded_citations(bundle) -> list[str]:
+    """The citations the model records (`metadata["citations"]`: its training data's), but the U-Net paper,
+    which the package cites anyway."""
+    recorded = bundle.metadata.get("citations")
+    texts = [str(text) for text in recorded if isinstance(text, str)] if isinstance(recorded, list) else []
+    return [text for text in texts if not text.startswith("Ronneberger")]
 
 
 def _environment() -> str:

@@ -56,6 +56,10 @@ def test_batch_dock_segments_a_zarr_and_opens_the_labels_lazily(
     from napari_unet.plugin._layers import is_users_labels, made_from
 
     assert made_from(layer) == "slide" and not is_users_labels(layer)  # a segmentation, not annotations to train on
+    from napari_unet.plugin._layers import layer_pixel_size
+
+    assert layer_pixel_size(layer) == {"y": 0.25, "x": 0.25, "unit": "um"}  # measured in µm, as the image
+    assert tuple(str(unit) for unit in layer.units) == ("micrometer", "micrometer")
 
 
 def test_batch_dock_explains_what_is_missing(make_napari_viewer, tiny_bundle, tmp_path):

@@ -50,7 +50,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..builtin import resolve
-    from ..export import check_target, export_model, input_size_rule
+    from ..export import check_target, export_model, input_size_rule, package_size_rule, recorded_training_data
     from ..modelfile import load_model
     from ..validation import check_output_free, check_writable_folder
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         if value
     }
     if args.fmt == "bioimageio":
-        recorded = bundle.metadata.get("training_data") or {}
+        recorded = recorded_training_data(bundle)
         options = {
             "name": args.name,
             "license": args.license,
@@ -89,11 +89,19 @@ def run(args: argparse.Namespace) -> int:
             "ONNX and TorchScript files hold only the network"
         )
     path = export_model(bundle, args.fmt, args.out, **options)
-    minimum, step, offset = input_size_rule(bundle.net)
-    print(
-        f"{args.fmt} export -> {path}: input (N, {bundle.net.config.in_channels}, H, W) with H, W = "
-        f"{minimum} + n * {step}; output size = input size {offset:+d}"
-    )
+    channels = bundle.net.config.in_channels
+    if args.fmt == "bioimageio":
+        minimum, step = package_size_rule(bundle.net)
+        print(
+            f"{args.fmt} export -> {path}: input (N, {channels}, H, W) with H, W = {minimum} + n * {step}; output "
+            f"of the input's size (its border mirrored by the halo, {bundle.net.halo} px, as napari-unet predicts)"
+        )
+    else:
+        minimum, step, offset = input_size_rule(bundle.net)
+        print(
+            f"{args.fmt} export -> {path}: input (N, {channels}, H, W) with H, W = {minimum} + n * {step}; output "
+            f"size = input size {offset:+d} (other sizes are not checked by the file: keep to these)"
+        )
     if args.fmt == "bioimageio" and not options["training_data"].get("licence"):
         print(
             "note: the training data's licence is not recorded; give --training-data-licence so that users "

@@ -188,18 +188,23 @@ class BatchWidget(QWidget):
         self.finished.emit(layers)
 
     def _open_results(self) -> list[Any]:
-        """The finished OME-Zarr labels as dask-backed Labels layers, at the pixel size they were written with."""
-        import dask.array as da
-        import zarr
+        """The finished OME-Zarr labels as dask-backed Labels layers, at the pixel size they were written with
+        (scale, units, and the pixel size the Measure dock reports physical units with), made from their image."""
+        from napari_unet.metadata import StackSpacing, read_pixel_size
+        from napari_unet.pipeline import read_input
+
+        from ._reader import calibrated_placement
 
         layers = []
         for path in batch_outputs(self.inputs, self.out):
-            group = zarr.open_group(str(path), mode="r")
-            transforms = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
-            scale = next((t["scale"] for t in transforms if t["type"] == "scale"), [1.0, 1.0])
+            labels, axes = read_input(path)  # lazy (dask)
+            pixel_size = read_pixel_size(path)
             name = path.name.removesuffix(".ome.zarr")
-            made = {METADATA_KEY: {"made_from": name.removesuffix("_labels")}}  # a segmentation: no annotations
-            layers.append(self.viewer.add_labels(da.from_zarr(group["0"]), name=name, scale=scale, metadata=made))
+            made = {"made_from": name.removesuffix("_labels")}  # a segmentation: no annotations
+            if pixel_size is not None:
+                made["pixel_size"] = pixel_size.to_dict()
+            placement = calibrated_placement(axes, pixel_size, StackSpacing())
+            layers.append(self.viewer.add_labels(labels, name=name, metadata={METADATA_KEY: made}, **placement))
         return layers
 
     # -- helpers ----------------------------------------------------------------------------------------------
