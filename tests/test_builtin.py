@@ -107,3 +107,5 @@ def test_the_shipped_nuclei_model_segments_rgb_images_as_their_luminance(tmp_pat
     expected = bundle.segment(np.asarray(luminance), diameter="auto", device="cpu")
     np.testing.assert_array_equal(labels, expected)
     assert labels.max() > 0
+    rgba = np.concatenate([rgb, np.full(rgb.shape[:2] + (1,), 255, np.uint8)], axis=-1)  # as imageio reads PNGs
+    np.testing.assert_array_equal(bundle.segment(rgba, diameter="auto", device="cpu"), expected)  # alpha dropped

@@ -70,3 +70,7 @@ def test_rescale_to_diameter_brings_each_sample_to_the_model_size():
     for sample in rescaled[:2]:
         assert median_diameter(sample.labels) == pytest.approx(20, rel=0.1)
         assert sample.image.shape == sample.labels.shape
+    dots = np.zeros((256, 256), np.int32)
+    dots[40, 40], dots[90, 200] = 1, 2  # seeds, not cells: x20 would make a 5000-px image
+    with pytest.raises(ValueError, match=r"1 image\(s\) have cells of 1.13 to 1.13 px .* cells of 2.5 to 160 px"):
+        rescale_to_diameter([Sample(np.zeros(dots.shape, np.float32), dots), *samples], 20.0)

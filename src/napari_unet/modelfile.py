@@ -141,11 +141,14 @@ class ModelBundle:
         return image, axes
 
     def one_plane(self, image, axes: str | None = None):
-        """A raw plane with `axes` (default: "YX" for 2-D, `io.guess_axes` for 3-D) as the network takes it,
-        (H, W) or (C, H, W), with the model's channel choice applied (`prepare`)."""
+        """A raw plane with `axes` (default: "YX" for 2-D, `io.guess_axes` for 3-D: an (H, W, 4) array is RGBA,
+        its alpha dropped as the file readers drop it) as the network takes it, (H, W) or (C, H, W), with the
+        model's channel choice applied (`prepare`)."""
         if axes is None and np.ndim(image) == 2:
             return image
         found = guess_axes(tuple(np.shape(image))) if axes is None else validate_axes(axes, np.ndim(image))
+        if axes is None and found == "YXC" and np.shape(image)[-1] == 4:  # RGBA (imageio's, skimage's PNGs):
+            image = image[..., :3]  # alpha dropped, as the readers drop it, so grey is the luminance of RGB
         image, found = to_canonical(image, found)
         if not set(found) <= set("CYX"):  # (Y and X are always there: validate_axes, guess_axes)
             raise ValueError(

@@ -277,14 +277,28 @@ def cells_diameter(labels: np.ndarray, mask: np.ndarray | None = None) -> float:
     return median_diameter(cells)
 
 
+def is_rescalable(object_diameter: float, diameter: float) -> bool:
+    """Whether objects of `diameter` px can be brought to a model's `object_diameter` (`FACTOR_RANGE`)."""
+    return FACTOR_RANGE[0] <= object_diameter / diameter <= FACTOR_RANGE[1]
+
+
 def rescale_to_diameter(samples, object_diameter: float) -> tuple[list, list[float]]:
     """Training samples (`training.Sample`) resized so their annotated cells have the median diameter
     `object_diameter` px (what a model with that object diameter was trained on): (samples, their factors).
     Each sample is scaled by its own cells; one without cells takes the median factor of the others (1.0 when
-    none has cells)."""
+    none has cells). Cells that need a factor beyond `FACTOR_RANGE` (dots, seeds, cells 10x the model's) are
+    refused, as `fewshot.prepare` and inference refuse them."""
     from .training import Sample
 
-    found = [object_diameter / d for d in (cells_diameter(s.labels, s.mask) for s in samples)]
+    diameters = [cells_diameter(s.labels, s.mask) for s in samples]
+    outside = [d for d in diameters if np.isfinite(d) and not is_rescalable(object_diameter, d)]
+    if outside:  # as at inference and in the Fine-tune dock: a 1-px dot would blow the image up to gigabytes
+        raise ValueError(
+            f"{len(outside)} image(s) have cells of {min(outside):.3g} to {max(outside):.3g} px across (median), but "
+            f"this model works with cells of {object_diameter / FACTOR_RANGE[1]:g} to "
+            f"{object_diameter / FACTOR_RANGE[0]:g} px: annotate whole cells, or train a new model (without --init)"
+        )
+    found = [object_diameter / d for d in diameters]
     known = [f for f in found if np.isfinite(f)]
     fallback = float(np.median(known)) if known else 1.0
     factors = [f if np.isfinite(f) else fallback for f in found]
