@@ -239,3 +239,21 @@ def test_a_model_folder_is_recognised_without_importing_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, check=True)
     assert result.stdout.split("\n")[:3] == ["[True, False, False]", "not JSON", "False"], result.stdout
+
+
+def test_auto_polarity_inverts_a_bright_background_where_dark_objects_cover_most_of_the_image():
+    """Dense dark nuclei on a bright background (histology): the median is dark, the most common value (the
+    background) bright; "auto" inverts it in prediction and in training alike (it was seen with dark nuclei)."""
+    from napari_unet.modelfile import Normalization
+
+    rng = np.random.default_rng(0)
+    image = np.full((120, 120), 200.0, np.float32)
+    image[:, :72] = 60.0 + rng.normal(0, 12, (120, 72))  # 60 % dark nuclei, spread values; background one level
+    image[:, 72:] += rng.normal(0, 1, (120, 48))
+    bundle = ModelBundle(UNet(depth=2, base_channels=4), Normalization(invert="auto"))
+    normalised = np.asarray(bundle.preprocessor(image, "YX")(image)).reshape(image.shape)
+    assert np.median(normalised[:, 72:]) < 0.1 and np.median(normalised[:, :72]) > 0.7  # inverted: bright nuclei
+    lo, hi = np.percentile(image, [1.0, 99.8])
+    trained = bundle.normalization.apply_polarity(((image - lo) / (hi - lo))[None])[0]
+    np.testing.assert_allclose(trained, normalised, atol=1e-5)
+    assert not Normalization(invert="auto").flips(((image[:, :72] - lo) / (hi - lo)).reshape(1, -1))[0]

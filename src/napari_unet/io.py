@@ -722,6 +722,19 @@ def _strided_sample(image: Any, axes: str, max_samples: int) -> np.ndarray:
     return _to_numpy(image[index])
 
 
+def channel_values(image: ArrayLike, axes: str = "YX", max_samples: int = MAX_PERCENTILE_SAMPLES) -> np.ndarray:
+    """The values of ``image`` per channel, ``(C, N)`` (C = 1 without ``"C"`` in ``axes``), from the regular
+    strided subsample `percentiles` reads (at most ``max_samples`` values per channel)."""
+    if not hasattr(image, "shape"):
+        image = np.asarray(image)
+    axes = validate_axes(axes, image.ndim)
+    sample = _strided_sample(image, axes, max_samples) if _is_lazy(image) or image.size > max_samples else image
+    sample = np.asarray(sample)
+    if "C" not in axes:
+        return sample.reshape(1, -1)
+    return np.moveaxis(sample, axes.index("C"), 0).reshape(sample.shape[axes.index("C")], -1)
+
+
 def percentiles(
     image: ArrayLike,
     low: float = 1.0,
