@@ -551,8 +551,14 @@ def test_predict_by_name_with_a_diameter_rescales_and_keeps_the_image_size(data,
     cells = read_image(image)[0]
     write_tiff(blank, np.stack([np.zeros_like(cells), cells]), "ZYX")  # the size is estimated on the first plane
     assert main(["predict", "nuclei", str(blank), "--out", str(out), "--device", "cpu"]) == 0
-    err = capsys.readouterr().err  # nothing to estimate from: said so, never "estimated" with the model's own size
-    assert "no objects found to estimate their size from; not rescaled" in err and "estimated" not in err
+    err = capsys.readouterr().err  # estimated on the first plane that is not black (the first one was)
+    assert "estimated" in err and "no objects found" not in err
+    stack = read_image(out / "blank_labels.tif")[0]
+    assert stack[0].max() == 0 and np.array_equal(stack[1], read_labels(out / "cells_labels.tif"))
+    from napari_unet.cli.predict import object_size
+
+    assert object_size(None, "auto", 20.0) == " (no objects found to estimate their size from; not rescaled)"
+    assert object_size(10.0, "auto", 20.0) == " (objects ~10.0 px, estimated; rescaled x2)"
     assert main(["predict", "nuclei", str(image), "--out", str(out), "--diameter", "0"]) == 2
     assert "'auto' or a diameter in pixels > 0" in capsys.readouterr().err
 

@@ -33,6 +33,7 @@ from .channels import ChannelChoiceError
 from .io import (
     PILLOW_SUFFIXES,
     TIFF_SUFFIXES,
+    channel_values,
     check_image,
     normalize_percentile,
     read_image,
@@ -493,6 +494,18 @@ class PlaneDone:
     diameter: float | None = None  # the objects' diameter (px) the image was scaled by; None: none given or found
 
 
+def _sized_plane(image, planes: list[tuple[int, ...]], axes: str):
+    """The plane the objects' diameter of a stack is estimated on: the first that is not constant (a black first
+    frame has no object to measure), else the first. Each is judged on a bounded strided sample
+    (`io.channel_values`), so a lazy plane is never read whole."""
+    plane_axes = "".join(a for a in axes if a in "CYX")
+    for index in planes:
+        values = channel_values(image[index], plane_axes)
+        if values.size and values.min() != values.max():
+            return image[index]
+    return image[planes[0]]
+
+
 def segment_file(
     bundle,
     image,
@@ -522,7 +535,7 @@ def segment_file(
     the output TIFFs (None: none); spacing: the input's Z step and frame interval (`metadata.StackSpacing`, from
     `metadata.read_spacing`), stored beside it (`io.tiff_layout`: the int32 labels of such a stack are an OME-TIFF).
     diameter: the objects' diameter (px), "auto" or None (`ModelBundle.scale_factor`), resolved once, on the first
-    plane, for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
+    plane that is not constant (`_sized_plane`), for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
     that are refused: `scale.check_rescalable`).
     settings: what the outputs depend on (JSON-serialisable), recorded in each output TIFF (`SETTINGS_TAG`, read
     back by `read_settings`), so that a rerun knows whether a finished output is its own; None records nothing.
@@ -534,7 +547,9 @@ def segment_file(
     out_axes = axes.replace("C", "")
     out_shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
     planes = plane_indices(tuple(image.shape), axes)
-    used = bundle.resolve_diameter(image[planes[0]] if planes[0] else image, diameter, device=device)
+    first = image[planes[0]] if planes[0] else image
+    sized = _sized_plane(image, planes, axes) if diameter == "auto" and len(planes) > 1 else first
+    used = bundle.resolve_diameter(sized, diameter, device=device)
     factor = 1.0 if used is None else diameter_factor(bundle.object_diameter, used)
     finals = [path for path in (outputs.labels, outputs.probs) if path is not None]
     for path in finals:
