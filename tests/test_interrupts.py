@@ -247,6 +247,20 @@ def test_a_signal_in_a_step_stops_training_after_that_step(data, tmp_path, monke
     assert not list(tmp_path.glob(".*"))
 
 
+def test_a_signal_before_the_first_step_stops_at_once(data, tmp_path, monkeypatch, capsys):
+    """Before its first step a run has nothing to save: a signal while it prepares or takes that step (minutes on
+    huge images) stops it at once, instead of waiting for the step to end."""
+    from napari_unet.cli import main
+    from napari_unet.training import Trainer
+
+    steps = []
+    monkeypatch.setattr(Trainer, "_step", signal_at(1, signal.SIGTERM)(lambda self: steps.append(1)))
+    argv = ["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN, "-q"]
+    assert main(argv) == 143
+    assert steps == [] and not (tmp_path / "m").exists()  # interrupted before the step ran, nothing saved
+    assert "stopped before the first step; nothing was saved" in capsys.readouterr().err
+
+
 def test_a_signal_in_the_last_step_lets_the_run_finish_its_post_processing_fit(data, tmp_path, monkeypatch, capsys):
     """Stopped after its last step, a run would be saved without the end-of-run fit of its post-processing, and
     --resume would find it complete and fit nothing: the run finishes instead (a signal during the fit waits too)."""

@@ -3,7 +3,8 @@
 `main` installs one `SignalGuard` for the whole command. The first signal raises `Interrupted` (a
 KeyboardInterrupt) where the program is, so every `finally` runs: a prediction removes its unfinished temporary
 files, nothing that looks finished is left. Inside `guard.deferred()` (the training loop) the first signal only
-sets `guard.received`: the loop stops at the next step and the trainer saves that step. A second signal exits at
+sets `guard.received`: the loop stops at the next step and the trainer saves that step (before the run's first
+step, while its data are prepared, it stops at once: there is nothing to save). A second signal exits at
 once (`os._exit`); every file is written under a temporary name and renamed when complete, so what is on disk is
 either a complete file or a hidden `.<name>.<pid>.*.tmp`, which the next write of that file removes. What must not
 outlive the process even then (train's lock file beside --out) is removed first (`SignalGuard.before_exit`).
@@ -32,12 +33,17 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = 128 + signum
 
 
+def _never() -> bool:
+    return False
+
+
 class SignalGuard:
     """The handler of SIGINT and SIGTERM while a command runs (see the module's docstring)."""
 
     def __init__(self) -> None:
         self.received: int | None = None
         self._deferring = False
+        self._immediate: Callable[[], bool] = _never
         self._before_exit: list[Callable[[], None]] = []
 
     @property
@@ -55,7 +61,7 @@ class SignalGuard:
                     pass
             os._exit(128 + signum)
         self.received = signum
-        if not self._deferring:
+        if not self._deferring or self._immediate():
             raise Interrupted(signum)
 
     @contextmanager
@@ -69,13 +75,15 @@ class SignalGuard:
             self._before_exit.remove(action)
 
     @contextmanager
-    def deferred(self) -> Iterator[SignalGuard]:
-        """Within the block the first signal only sets `received`: the caller stops at its next step."""
-        self._deferring = True
+    def deferred(self, immediate: Callable[[], bool] = lambda: False) -> Iterator[SignalGuard]:
+        """Within the block the first signal only sets `received`: the caller stops at its next step; unless
+        `immediate()` says there is nothing to finish yet (no step taken: the data still being prepared, which
+        can take minutes), when it raises `Interrupted` at once, as outside the block."""
+        self._deferring, self._immediate = True, immediate
         try:
             yield self
         finally:
-            self._deferring = False
+            self._deferring, self._immediate = False, _never
 
 
 _current: SignalGuard | None = None

@@ -14,8 +14,9 @@ from .progress import Progress, describe, duration
 
 def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
     """Consume `trainer.run()` with a progress bar (in steps, or in seconds for a run that only its time budget
-    ends); SIGINT (Ctrl-C) or SIGTERM stops it after the current step (closing the generator saves that step);
-    result["exit_code"] is then 130 or 143. A signal in the last step, or after it, lets the run finish."""
+    ends); SIGINT (Ctrl-C) or SIGTERM stops it after the current step (closing the generator saves that step), or
+    at once before the run's first step (its data being prepared: nothing to save); result["exit_code"] is then
+    130 or 143. A signal in the last step, or after it, lets the run finish."""
     from contextlib import closing
 
     from ..train_config import UNTIL_BUDGET
@@ -31,7 +32,8 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
     events = trainer.run()
     timed = trainer.config.iterations == UNTIL_BUDGET and trainer.config.time_budget is not None
     total, unit = (trainer.config.time_budget, "s") if timed else (trainer.config.iterations, "it")
-    with Progress(total, "training", unit, quiet) as bar, closing(events), current().deferred() as signals:
+    first_step = lambda: trainer.iteration == result["started_at"]  # noqa: E731 - nothing to save before it
+    with Progress(total, "training", unit, quiet) as bar, closing(events), current().deferred(first_step) as signals:
         bar.update(min(trainer.elapsed, total) if timed else trainer.iteration)
         try:
             for event in events:
@@ -47,8 +49,8 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
                 if signals.received is not None and not trainer.finished:
                     result.update(stopped=True, exit_code=signals.exit_code)
                     break
-        except KeyboardInterrupt:  # a KeyboardInterrupt raised by other means (e.g. in a test)
-            result["stopped"] = True
+        except KeyboardInterrupt as interrupt:  # before the first step (`first_step`), or raised by other means
+            result.update(stopped=True, exit_code=getattr(interrupt, "exit_code", EXIT_INTERRUPTED))
     result["iteration"] = trainer.iteration
     result["elapsed"] = trainer.elapsed
     result["device"] = describe(trainer.device)
