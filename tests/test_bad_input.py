@@ -928,18 +928,9 @@ CASES = [
     ),
     Case(
         "train: --init with a model of other channels, --channels picking too few",
-        lambda d, m, t: [
-            "train",
-            rgb_cells(t / "i" / "a.png"),
-            one_pair(t)[1] / "a.tif",
-            "--init",
-            two_channel_model(t),
-            "--channels",
-            "1",
-            "--out",
-            t / "m",
-            *TRAIN[4:],
-        ],
+        lambda d, m, t: (
+            ["train", *rgb_pair(t), "--init", two_channel_model(t), "--channels", "1", "--out", t / "m"] + TRAIN[4:]
+        ),
         "--channels/--grey give 1 channel(s): pick 2, or leave them out (the model's own choice is then used: "
         "channel(s) 0, 2)",
     ),
@@ -955,8 +946,7 @@ CASES = [
         "train --resume: RGB images for a grey model's run",
         lambda d, m, t: [
             "train",
-            rgb_cells(t / "i" / "a.png"),
-            one_pair(t)[1] / "a.tif",
+            *rgb_pair(t),
             "--out",
             copy_model(m, t),
             "--resume",
@@ -969,8 +959,7 @@ CASES = [
         "train: --init a grey model with RGB images",
         lambda d, m, t: [
             "train",
-            rgb_cells(t / "i" / "a.png"),
-            one_pair(t)[1] / "a.tif",
+            *rgb_pair(t),
             "--init",
             m,
             "--out",
@@ -1203,6 +1192,11 @@ def rgb_cells(path: Path) -> Path:
     grey = (make_cells((64, 64), seed=7)[0] * 255).astype(np.uint8)
     Image.fromarray(np.stack([grey, grey // 2, 255 - grey], axis=-1)).save(path)
     return path
+
+
+def rgb_pair(folder: Path) -> tuple[Path, Path]:
+    """An RGB image of `one_pair`'s cells and its labels (a.png and a.tif)."""
+    return rgb_cells(folder / "i" / "a.png"), one_pair(folder)[1] / "a.tif"
 
 
 def rgb_png(path: Path) -> Path:
