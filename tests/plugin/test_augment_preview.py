@@ -74,7 +74,7 @@ def test_the_preview_of_an_rgb_image_lies_beside_it_and_outlines_its_window(make
     image, _ = cells
     viewer = make_napari_viewer_proxy()
     rgb = np.repeat((255 * (image - image.min()) / np.ptp(image)).astype(np.uint8)[..., None], 3, axis=-1)
-    layer = viewer.add_image(rgb, name="rgb", rgb=True, scale=(2.0, 2.0), translate=(10.0, 20.0))
+    layer = viewer.add_image(rgb, name="rgb", rgb=True, scale=(2.0, 2.0), translate=(10.0, 20.0), units=("um", "um"))
     widget = AugmentPreviewWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Augmentation preview")
     widget.image_combo.value = layer
@@ -87,6 +87,8 @@ def test_the_preview_of_an_rgb_image_lies_beside_it_and_outlines_its_window(make
     start = (np.asarray(widget.origin) - 0.5) * 2.0 + (10.0, 20.0)
     np.testing.assert_allclose(corners.min(axis=0), start)
     np.testing.assert_allclose(corners.max(axis=0), start + 64 * 2.0)
+    shown = ("augmented image", "augmented labels", "deformation grid", "preview window")
+    assert all(tuple(str(u) for u in viewer.layers[name].units) == ("micrometer",) * 2 for name in shown)
 
 
 def still(widget: AugmentPreviewWidget) -> None:

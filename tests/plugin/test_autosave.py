@@ -62,10 +62,16 @@ def test_restored_and_reopened_annotations_lie_over_the_calibrated_image(make_na
     np.testing.assert_array_equal(alone.data, labels)
 
     viewer.layers.clear()
-    viewer.open(path, plugin="napari-unet-2015")
+    (reopened,) = viewer.open(path, plugin="napari-unet-2015")
+    other = tmp_path / "data" / "other.tif"  # another field of view, opened after: the image picker follows it
+    write_tiff(other, image[::-1].copy(), "ZYX", pixel_size=PixelSize(0.5, 0.5), spacing=StackSpacing(z=2.0))
+    viewer.open(other, plugin="napari-unet-2015")
     restored = widget.autosave.restore()
     assert tuple(restored.scale) == (2.0, 0.5, 0.5)
     np.testing.assert_array_equal(restored.data, labels)
+    # the annotations come back with their image: training them on the other one saved them as its annotations
+    assert widget.labels_combo.value.name == restored.name == "stack annotations"  # (the proxy viewer wraps layers)
+    assert widget.image_combo.value.name == reopened.name == "stack"
 
 
 def test_files_opened_as_a_stack_never_autosave_over_the_first_files_annotations(make_napari_viewer_proxy, tmp_path):
@@ -83,7 +89,7 @@ def test_files_opened_as_a_stack_never_autosave_over_the_first_files_annotations
         files.append(str(tmp_path / name))
     viewer = make_napari_viewer_proxy()
     dock = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
-    row = AutosaveRow(dock, viewer, tmp_path / "autosave", restored=lambda _layer: None)
+    row = AutosaveRow(dock, viewer, tmp_path / "autosave", restored=lambda _layer, _image: None)
     (single,) = viewer.open(files[0], plugin=PLUGIN)
     row.save_annotations(labels.astype(np.int32), single)
     sidecar = tmp_path / "t0.tif.unet-labels.tif"

@@ -61,6 +61,16 @@ def test_microscopy_files_open_as_layers_the_docks_accept(make_napari_viewer, tm
     both = plane_stack(ch0, 2, viewer.layers)
     np.testing.assert_array_equal(np.asarray(both.plane(())), channels)
     assert plane_stack(ch1, 1, viewer.layers).planes == [()]
+    from napari_unet.channels import ChannelChoice
+    from napari_unet.plugin._layers import LayerProblem
+
+    as_grey = plane_stack(ch0, 1, viewer.layers, ChannelChoice(grey=True))  # the built-in model's choice
+    np.testing.assert_array_equal(np.asarray(as_grey.plane(()))[0], channels[0])  # the chosen channel, not the mean
+    np.testing.assert_array_equal(
+        np.asarray(plane_stack(ch0, 1, viewer.layers, ChannelChoice((1,))).plane(()))[0], channels[1]
+    )
+    with pytest.raises(LayerProblem, match="channel 1 was chosen but layer 'stack' has 1 channel"):
+        plane_stack(viewer.open(tmp_path / "stack.tif", plugin=PLUGIN)[0], 1, viewer.layers, ChannelChoice((1,)))
 
     (z,) = viewer.open(tmp_path / "stack.tif", plugin=PLUGIN)
     assert plane_stack(z, 1).planes == [(0,), (1,), (2,)]

@@ -53,7 +53,7 @@ def test_the_weight_map_lies_over_the_labels_layer_chosen(make_napari_viewer_pro
     _, labels = cells
     viewer = make_napari_viewer_proxy()
     first = viewer.add_labels(labels, name="first")
-    second = viewer.add_labels(labels, name="second", scale=(2.0, 2.0), translate=(100.0, 50.0))
+    second = viewer.add_labels(labels, name="second", scale=(2.0, 2.0), translate=(100.0, 50.0), units=("um", "um"))
     widget = WeightMapWidget(viewer)
     widget.labels_combo.value = first
     with qtbot.waitSignal(widget.updated, timeout=20_000):
@@ -63,6 +63,7 @@ def test_the_weight_map_lies_over_the_labels_layer_chosen(make_napari_viewer_pro
         widget.labels_combo.value = second
     assert widget.layer is layer
     assert tuple(layer.scale) == (2.0, 2.0) and tuple(layer.translate) == (100.0, 50.0)
+    assert tuple(str(u) for u in layer.units) == ("micrometer",) * 2  # else napari drops units for all layers
     smaller = viewer.add_labels(labels[:40, :50], name="smaller")
     with qtbot.waitSignal(widget.updated, timeout=20_000):
         widget.labels_combo.value = smaller

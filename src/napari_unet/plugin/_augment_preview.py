@@ -280,7 +280,7 @@ class AugmentPreviewWidget(QWidget):
         if run != self._runs:
             return
         image, labels, grid = self.sample = result
-        scale = tuple(layer.scale[-2:])
+        scale, units = tuple(layer.scale[-2:]), tuple(layer.units)[-2:]  # the image's units: else napari drops all
         width = pixel_shape(layer)[-1]
         translate = (layer.translate[-2] + origin[0] * scale[0], layer.translate[-1] + (width + GAP) * scale[1])
         shown = {
@@ -296,7 +296,7 @@ class AugmentPreviewWidget(QWidget):
                 continue
             if kind == "labels":
                 self.layers[name] = self.viewer.add_labels(
-                    data, name=name, scale=scale, translate=translate, metadata=preview_metadata(layer)
+                    data, name=name, scale=scale, translate=translate, units=units, metadata=preview_metadata(layer)
                 )
             elif name == "deformation grid":
                 self.layers[name] = self.viewer.add_image(
@@ -304,6 +304,7 @@ class AugmentPreviewWidget(QWidget):
                     name=name,
                     scale=scale,
                     translate=translate,
+                    units=units,
                     colormap="cyan",
                     blending="additive",
                     opacity=0.6,
@@ -312,7 +313,13 @@ class AugmentPreviewWidget(QWidget):
                 )
             else:  # made from the image: never an image to segment or train on (`is_original_image`)
                 self.layers[name] = self.viewer.add_image(
-                    data, name=name, scale=scale, translate=translate, colormap="gray", metadata=preview_metadata(layer)
+                    data,
+                    name=name,
+                    scale=scale,
+                    translate=translate,
+                    units=units,
+                    colormap="gray",
+                    metadata=preview_metadata(layer),
                 )
         self._outline(layer, origin)
         self.status.setText(
@@ -334,6 +341,7 @@ class AugmentPreviewWidget(QWidget):
             [corners],
             shape_type="rectangle",
             name="preview window",
+            units=tuple(layer.units)[-2:],  # the corners are in the image's world coordinates
             edge_color="yellow",
             face_color="transparent",
             edge_width=2,

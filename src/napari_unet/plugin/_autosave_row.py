@@ -23,9 +23,9 @@ from ._workers import alive
 
 class AutosaveRow:
     """root: the autosave folder (None: `_autosave.default_root()`); restored: called with the Labels layer
-    of restored annotations. `annotations_path`: where the last run's annotations were saved."""
+    of restored annotations and the image layer they annotate (None when it was removed meanwhile). `annotations_path`: where the last run's annotations were saved."""
 
-    def __init__(self, dock: Any, viewer: Any, root: str | Path | None, restored: Callable[[Any], Any]):
+    def __init__(self, dock: Any, viewer: Any, root: str | Path | None, restored: Callable[[Any, Any], Any]):
         self.dock, self.viewer, self.restored = dock, viewer, restored
         self.root = Path(root) if root is not None else _autosave.default_root()
         self.annotations_path: Path | None = None
@@ -75,7 +75,7 @@ class AutosaveRow:
         layer = self.viewer.add_labels(labels, name=f"{image_path.stem} annotations", **placement)
         self.restore_button.hide()
         self.offered = None
-        self.restored(layer)
+        self.restored(layer, image_layer if image_layer in self.viewer.layers else None)
         return layer
 
     def _layer_added(self, event: Any) -> None:

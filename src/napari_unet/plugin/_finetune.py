@@ -469,7 +469,12 @@ class FineTuneWidget(QWidget):
         self.iterations_spin.setValue(PRESETS[name][1].iterations)
         self.update_estimate()
 
-    def _restored(self, layer: Any) -> None:
-        """Autosaved annotations were opened as `layer`: they become the annotations to train on."""
+    def _restored(self, layer: Any, image: Any) -> None:
+        """Autosaved annotations were opened as `layer`: they become the annotations to train on, with the
+        `image` they annotate (another image opened since would have been trained on with them, and their
+        annotations saved as that image's)."""
         self.labels_combo.reset_choices()
         self.labels_combo.value = layer
+        if image is not None:
+            self.image_combo.reset_choices()
+            self.image_combo.value = image

@@ -345,7 +345,7 @@ def plane_stack(layer: Any, in_channels: int = 1, layers: Any = (), choice: Any 
     data = layer_data(layer)
     if data.ndim < 2:
         raise LayerProblem(f"layer '{layer.name}' has {data.ndim} dimension(s); an image needs Y and X")
-    picking = choice is not None and not choice.is_identity
+    picking = choice is not None and choice.channels is not None  # a grey conversion alone reads the chosen layer
     if getattr(layer, "rgb", False):
         data = np.moveaxis(data[..., :3], -1, -3)
         channel_axis: int | None = data.ndim - 3
@@ -370,8 +370,8 @@ def _leading(data: Any, channel_axis: int | None) -> tuple[int, ...]:
 
 def _checked(stack: PlaneStack, layer: Any, in_channels: int) -> PlaneStack:
     """`stack`, if its planes have the model's channel count; else a LayerProblem that says what to change."""
-    if stack.choice is not None and stack.channel_axis is not None:
-        stored = int(stack.data.shape[stack.channel_axis])
+    if stack.choice is not None:
+        stored = 1 if stack.channel_axis is None else int(stack.data.shape[stack.channel_axis])
         if stack.choice.channels is not None and max(stack.choice.channels) >= stored:
             raise LayerProblem(
                 f"channel {max(stack.choice.channels)} was chosen but layer '{layer.name}' has {stored} "

@@ -173,6 +173,7 @@ class WeightMapWidget(QWidget):
             self.layer.data = weights
             self.layer.contrast_limits = limits
             self.layer.scale, self.layer.translate = tuple(labels_layer.scale), tuple(labels_layer.translate)
+            self.layer.units = tuple(labels_layer.units)
             return
         if self.layer is not None and self.layer in self.viewer.layers:
             self.viewer.layers.remove(self.layer)  # a map of labels of another size: replaced, not left stale
@@ -183,6 +184,7 @@ class WeightMapWidget(QWidget):
             contrast_limits=limits,
             scale=tuple(labels_layer.scale),
             translate=tuple(labels_layer.translate),
+            units=tuple(labels_layer.units),  # else napari stops using units for every layer
             metadata=result_metadata(labels_layer),  # a map, never an image to segment
         )
 
