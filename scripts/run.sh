@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Try napari-unet: scripts/run.sh
-# Sets up .venv (package + a Qt binding), then opens napari with the plugin's docks and the synthetic sample image.
+# Sets up .venv (package + a Qt binding + the rois and export extras), then opens napari with the plugin's docks and the synthetic sample image.
 # With no display (no $DISPLAY, no $WAYLAND_DISPLAY) it runs the headless demo instead: napari-unet demo --out out/demo --overwrite
 set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup-env.sh"
@@ -11,7 +11,7 @@ if [ "$#" -gt 0 ]; then
     exit 2
 fi
 
-setup_env qt || exit 1
+setup_env qt,rois,export || exit 1  # a Qt binding, and what `rois` and `export` need, so every command runs
 
 if ! has_display; then
     say "no display (\$DISPLAY and \$WAYLAND_DISPLAY are unset): running the headless demo instead of the viewer"

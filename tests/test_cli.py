@@ -102,6 +102,8 @@ def test_train_writes_a_model_and_a_summary(data, tmp_path, capsys):
     assert (bundle.net.config.depth, bundle.net.config.base_channels) == (2, 4)
     assert len(bundle.metadata["data_hashes"]) == 2  # one of the three images held out for validation
     assert "trained 3 iterations" in stdout and "validation IoU" in stdout and str(out) in stdout
+    assert bundle.metadata["growth_calibration"]["images"] == 2  # fitted on the training images at the end:
+    assert "post-processing fitted on 2 training image(s): threshold" in stdout  # said so
 
 
 def test_predict_then_evaluate_agree_with_the_library(data, model, tmp_path, capsys):

@@ -213,7 +213,7 @@ def test_the_package_keeps_what_the_model_records_and_refuses_what_bioimageio_wo
     model = ModelBundle(
         UNet(depth=2, base_channels=4),
         metadata={
-            "training_data": {"set-a": ["1.png", "2.png"], "set-b": ["3.png"]},
+            "training_data": {"set-a": ["1.png", "2.png"], "set-b": ["3.png"], "held_out_set-a": ["4.png"]},
             "license": "BSD-3-Clause (weights); trained only on CC0 data",
             "citations": ["Ronneberger, Fischer, Brox. U-Net.", "Someone et al. The data. Journal 1:2 (2019)."],
             "description": "Generalist nuclei model.",
@@ -222,7 +222,9 @@ def test_the_package_keeps_what_the_model_records_and_refuses_what_bioimageio_wo
     path = export_bioimageio(model, tmp_path / "pkg")
     readme = (path / "README.md").read_text()
     assert "- data: set-a (2 images), set-b (1 images)" in readme
-    assert "licence of the training data: BSD-3-Clause (weights); trained only on CC0 data" in readme
+    assert (
+        "licence of the training data: BSD-3-Clause (weights); trained only on CC0 data (the model's record)" in readme
+    )
     assert "- Someone et al. The data. Journal 1:2 (2019)." in readme and readme.count("Ronneberger") == 2
     assert yaml.safe_load((path / "rdf.yaml").read_text())["description"].startswith("Generalist nuclei model.")
     pytest.importorskip("bioimageio.spec")

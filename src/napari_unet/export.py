@@ -155,12 +155,7 @@ def export_torchscript(bundle, path: str | Path, mirrored: bool = False) -> Path
 def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET, mirrored: bool = False) -> Path:
     """An ONNX file of the network with its softmax; batch, height and width are dynamic axes (`mirrored`:
     `probability_net`'s, as in the bioimage.io package)."""
-    try:
-        import onnx  # noqa: F401 - torch.onnx.export needs it
-    except ImportError:
-        raise ImportError(
-            f"ONNX export needs the 'onnx' package: pip install 'napari-unet-2015[{EXPORT_EXTRA}]'"
-        ) from None
+    _require_onnx("ONNX export")
     net = probability_net(bundle.net, mirrored)
     example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net, mirrored=mirrored), 1.0, 99.8))
     path = Path(path)
@@ -179,6 +174,14 @@ def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET, mirrored: boo
     return path
 
 
+def _require_onnx(what: str) -> None:
+    """An ImportError naming `what` needs the 'onnx' package (torch.onnx.export does), and how to install it."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ImportError(f"{what} needs the 'onnx' package: pip install 'napari-unet-2015[{EXPORT_EXTRA}]'") from None
+
+
 @contextlib.contextmanager
 def _quiet_tracer() -> Iterator[None]:
     """Silence the tracer's warnings about Python-level shape checks (they only guard invalid sizes) and the
@@ -187,6 +190,7 @@ def _quiet_tracer() -> Iterator[None]:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)
+        warnings.filterwarnings("ignore", message="Constant folding")  # the ONNX exporter's notes on Slice steps
         yield
 
 
@@ -222,24 +226,33 @@ def _known_licence(license: str) -> bool:
 
 
 TRAINING_DATA_KEYS = ("name", "licence", "url", "citation", "doi")
+NOT_TRAINED_ON = ("held_out", "skipped")  # image sets a model's record lists beside its training sets
 
 
 def recorded_training_data(bundle) -> dict[str, str]:
     """What the model records of its training data, as `export_bioimageio`'s ``training_data``: the entries of
     ``metadata["training_data"]`` when it holds them (`TRAINING_DATA_KEYS`); a record of image sets (the
-    built-in model's: set -> files) becomes their names and sizes, with the model's recorded ``license`` text as
-    the licence (the built-in's says its data are CC0)."""
+    built-in model's: set -> files) becomes the names and sizes of the sets it was trained on (not those held out or
+    skipped), with the model's recorded ``license`` text as the licence (the built-in's says its data are CC0)."""
     recorded = bundle.metadata.get("training_data")
     if not isinstance(recorded, dict):
         return {}
     described = {k: str(recorded[k]) for k in TRAINING_DATA_KEYS if isinstance(recorded.get(k), str) and recorded[k]}
     if described:
         return described
-    sets = [f"{key} ({len(value)} images)" for key, value in recorded.items() if isinstance(value, list)]
+    sets = [
+        f"{key} ({len(value)} images)"
+        for key, value in recorded.items()
+        if isinstance(value, list) and not key.startswith(NOT_TRAINED_ON)
+    ]
     license_text = bundle.metadata.get("license")
     return {
         **({"name": ", ".join(sets)} if sets else {}),
-        **({"licence": license_text} if isinstance(license_text, str) and license_text else {}),
+        **(
+            {"licence": f"{license_text} (the model's record)"}
+            if isinstance(license_text, str) and license_text
+            else {}
+        ),
     }
 
 
@@ -280,6 +293,7 @@ def export_bioimageio(
     """
     name = name or default_package_name(bundle)
     check_package_description(name, license)
+    _require_onnx("a bioimage.io package (it holds ONNX weights beside PyTorch's)")
     training_data = training_data if training_data is not None else recorded_training_data(bundle)
     check_training_data(training_data)
     path = Path(path)

@@ -30,7 +30,7 @@ from ._args import (
     positive_int,
 )
 from ._train_data import channel_counts, to_model_scale, training_data
-from ._training import describe_tuning, summary, train_with_progress, tune_on_validation
+from ._training import describe_tuning, settings, summary, train_with_progress, tune_on_validation
 from .progress import describe, note, note_shadowed
 
 
@@ -242,6 +242,11 @@ def _train(args: argparse.Namespace) -> int:
         print(
             f"flood seeds fitted on {fitted['images']} training mask(s): above {fitted['chosen']:g} "
             f"(thinned V_rand there {fitted['vrand'][str(fitted['chosen'])]:.3f}); saved with the model"
+        )
+    elif fitted:  # the model's post-processing was fitted on its training images: say so, it changes what predict does
+        print(
+            f"post-processing fitted on {fitted['images']} training image(s): {settings(trainer.postprocess)}; "
+            "saved with the model (--tune-postprocess chooses it on validation images instead)"
         )
     if args.tune_postprocess:
         _report_tuning(trainer)
