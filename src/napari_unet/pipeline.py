@@ -535,8 +535,8 @@ def segment_file(
     the output TIFFs (None: none); spacing: the input's Z step and frame interval (`metadata.StackSpacing`, from
     `metadata.read_spacing`), stored beside it (`io.tiff_layout`: the int32 labels of such a stack are an OME-TIFF).
     diameter: the objects' diameter (px), "auto" or None (`ModelBundle.scale_factor`), resolved once, on the first
-    plane that is not constant (`_sized_plane`), for the whole file; with a factor other than 1 each plane is rescaled in memory (planes too large for
-    that are refused: `scale.check_rescalable`).
+    plane that is not constant (`_sized_plane`), for the whole file; with a factor other than 1 each plane is
+    rescaled in memory (planes too large for that are refused: `scale.check_rescalable`).
     settings: what the outputs depend on (JSON-serialisable), recorded in each output TIFF (`SETTINGS_TAG`, read
     back by `read_settings`), so that a rerun knows whether a finished output is its own; None records nothing.
     """

@@ -75,7 +75,7 @@ class SignalGuard:
             self._before_exit.remove(action)
 
     @contextmanager
-    def deferred(self, immediate: Callable[[], bool] = lambda: False) -> Iterator[SignalGuard]:
+    def deferred(self, immediate: Callable[[], bool] = _never) -> Iterator[SignalGuard]:
         """Within the block the first signal only sets `received`: the caller stops at its next step; unless
         `immediate()` says there is nothing to finish yet (no step taken: the data still being prepared, which
         can take minutes), when it raises `Interrupted` at once, as outside the block."""
