@@ -7,7 +7,9 @@ and `dsb2018-other/train` (brightfield and stained histology: bright background)
 (its channel choice: the built-in's luminance), normalised with its percentiles. Counts the images each rule
 inverts: the reference, the normalised median above 0.5 (the rule until December 2026), and the rule of
 `Normalization.flips` (the median or the most common value above 0.5, measured in the same run), with the
-range of both statistics per set and the images the two rules decide differently. Writes `polarity.json`.
+range of both statistics per set, the images the two rules decide differently, and those of every image the
+rule decides against its set's background or differently from the median (with their statistics). Writes
+`polarity.json`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from pathlib import Path
 import numpy as np
 from _common import machine, write_results  # benchmarks/ is on sys.path when run as a script
 
-from napari_unet.io import channel_values, percentiles, read_image
-from napari_unet.modelfile import POLARITY_BINS, load_model
+from napari_unet.io import channel_values, percentiles_of, read_image
+from napari_unet.modelfile import load_model, polarity_statistics
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -38,11 +40,11 @@ def statistics(bundle, path: Path) -> tuple[float, float, bool]:
     at `path` as `bundle` sees it (one channel)."""
     image, axes = read_image(path)
     plane = np.asarray(bundle.one_plane(image, axes), dtype=np.float32)
-    lo, hi = percentiles(plane, bundle.normalization.low, bundle.normalization.high, "YX")
-    values = (channel_values(plane, "YX") - float(lo.flat[0])) / max(float(hi.flat[0] - lo.flat[0]), 1e-6)
-    counts = np.histogram(np.clip(values[0], 0.0, 1.0), bins=POLARITY_BINS, range=(0.0, 1.0))[0]
-    mode = (int(np.argmax(counts)) + 0.5) / POLARITY_BINS
-    return float(np.median(values[0])), mode, bool(bundle.normalization.flips(values)[0])
+    values = channel_values(plane, "YX")
+    lo, hi = percentiles_of(values, bundle.normalization.low, bundle.normalization.high, "YX")
+    normalised = (values - lo) / np.maximum(hi - lo, 1e-6)
+    median, mode = polarity_statistics(normalised)
+    return float(median[0]), float(mode[0]), bool(bundle.normalization.flips(normalised)[0])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         reference = int(np.sum(medians > 0.5))
         flipped = sum(r[2] for r in rows.values())
         differ = sorted(n for n, r in rows.items() if r[2] != (r[0] > 0.5))
+        unexpected = {  # inverted on a dark background, or not on a bright one: each with its two statistics
+            n: {"median": round(r[0], 3), "most_common": round(r[1], 3), "inverted": r[2]}
+            for n, r in rows.items()
+            if r[2] != (background == "bright") or n in differ
+        }
         result["sets"][name] = {
             "images": len(rows),
             "background": background,
@@ -77,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             "median_range": [round(float(medians.min()), 3), round(float(medians.max()), 3)],
             "most_common_range": [round(float(modes.min()), 3), round(float(modes.max()), 3)],
             "decided_differently": differ,
+            "against_the_background_or_changed": unexpected,
         }
         ratio = f"{flipped / reference:.3f}" if reference else "-"
         print(f"{name:24} {len(rows):6d} {background:>10} {reference:12d} {flipped:6d} {ratio:>6}  {', '.join(differ)}")

@@ -749,23 +749,19 @@ def percentiles(
     values per channel (and any dask/zarr array or memmap) are estimated from a regular strided
     subsample of at most ``max_samples`` values per channel, read without loading the whole array.
     """
-    if not hasattr(image, "shape"):
-        image = np.asarray(image)
-    axes = validate_axes(axes, image.ndim)
+    return percentiles_of(channel_values(image, axes, max_samples), low, high, axes)
+
+
+def percentiles_of(values: np.ndarray, low: float, high: float, axes: str) -> tuple[np.ndarray, np.ndarray]:
+    """`percentiles` of the values `channel_values` read, ``(C, N)``, shaped to broadcast against an image of
+    `axes` (for a caller that needs the values for something else too, so the image is sampled once)."""
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"percentiles need 0 <= low < high <= 100, got low={low}, high={high}")
-    sample = _strided_sample(image, axes, max_samples) if _is_lazy(image) or image.size > max_samples else image
-    if sample.dtype == bool:  # a binary image: 0 and 1 (np.percentile cannot subtract booleans)
-        sample = sample.astype(np.uint8)
-    if "C" in axes:
-        c = axes.index("C")
-        flat = np.moveaxis(sample, c, 0).reshape(sample.shape[c], -1)
-        lo, hi = np.percentile(flat, [low, high], axis=1)
-        broadcast = tuple(-1 if a == "C" else 1 for a in axes)
-        return lo.astype(np.float32).reshape(broadcast), hi.astype(np.float32).reshape(broadcast)
-    lo, hi = np.percentile(sample, [low, high])
-    ones = (1,) * len(axes)
-    return np.full(ones, lo, dtype=np.float32), np.full(ones, hi, dtype=np.float32)
+    if values.dtype == bool:  # a binary image: 0 and 1 (np.percentile cannot subtract booleans)
+        values = values.astype(np.uint8)
+    lo, hi = np.percentile(values, [low, high], axis=1)
+    broadcast = tuple(-1 if a == "C" else 1 for a in axes)
+    return lo.astype(np.float32).reshape(broadcast), hi.astype(np.float32).reshape(broadcast)
 
 
 def apply_normalization(tile: ArrayLike, lo: ArrayLike, hi: ArrayLike, eps: float = 1e-6) -> Any:

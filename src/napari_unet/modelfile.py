@@ -35,7 +35,7 @@ from .io import (
     channel_values,
     default_mode,
     guess_axes,
-    percentiles,
+    percentiles_of,
     recover_replaced_folder,
     remove_stale_temporaries,
     replace_folder,
@@ -63,6 +63,14 @@ from .validation import check_image, check_json_object, check_unet_entry
 FORMAT_VERSION = 1
 STATE_FILE = "training_state.pt"
 POLARITY_BINS = 32  # the histogram `Normalization.flips` finds a channel's most common value in
+
+
+def polarity_statistics(normalised: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(median, most common value) of each channel's normalised values (C, N), what `Normalization.flips` decides
+    the polarity by: the most common value is the centre of the fullest of `POLARITY_BINS` bins over [0, 1]."""
+    values = np.asarray(normalised, dtype=np.float32)
+    counts = [np.histogram(np.clip(v, 0.0, 1.0), bins=POLARITY_BINS, range=(0.0, 1.0))[0] for v in values]
+    return np.median(values, axis=1), (np.argmax(counts, axis=1) + 0.5) / POLARITY_BINS
 
 
 @dataclass(frozen=True)
@@ -99,9 +107,7 @@ class Normalization(Config):
         values = np.asarray(normalised, dtype=np.float32)
         if self.invert != "auto":
             return np.full(values.shape[0], bool(self.invert))
-        median = np.median(values, axis=1)
-        counts = [np.histogram(np.clip(v, 0.0, 1.0), bins=POLARITY_BINS, range=(0.0, 1.0))[0] for v in values]
-        mode = (np.argmax(counts, axis=1) + 0.5) / POLARITY_BINS
+        median, mode = polarity_statistics(values)
         return (median > 0.5) | (mode > 0.5)
 
     def apply_polarity(self, normalised: np.ndarray) -> np.ndarray:
@@ -176,12 +182,13 @@ class ModelBundle:
 
     def preprocessor(self, image, axes: str = "CYX"):
         """The per-window normalisation with percentiles of the whole `image` (read from a bounded sample)."""
-        lo, hi = percentiles(image, self.normalization.low, self.normalization.high, axes)
+        values = channel_values(image, axes)  # one bounded sample, for the percentiles and the polarity
+        lo, hi = percentiles_of(values, self.normalization.low, self.normalization.high, axes)
         lo, hi = lo.reshape(-1, 1, 1), hi.reshape(-1, 1, 1)
         if self.normalization.invert is not False:  # (x - hi) / (lo - hi) = 1 - (x - lo) / (hi - lo)
-            values = channel_values(image, axes).astype(np.float32)
             low, high = lo.reshape(-1, 1), hi.reshape(-1, 1)
-            flip = self.normalization.flips((values - low) / np.maximum(high - low, 1e-6)).reshape(-1, 1, 1)
+            normalised = (values.astype(np.float32) - low) / np.maximum(high - low, 1e-6)
+            flip = self.normalization.flips(normalised).reshape(-1, 1, 1)
             lo, hi = np.where(flip, hi, lo), np.where(flip, lo, hi)
         return lambda window: apply_normalization(window, lo, hi)
 

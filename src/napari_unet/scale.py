@@ -52,6 +52,11 @@ def check_diameter(diameter: float | None) -> float | None:
     return float(diameter)
 
 
+def is_rescalable(object_diameter: float, diameter: float) -> bool:
+    """Whether objects of `diameter` px can be brought to a model's `object_diameter` (`FACTOR_RANGE`)."""
+    return FACTOR_RANGE[0] <= object_diameter / diameter <= FACTOR_RANGE[1]
+
+
 def diameter_factor(object_diameter: float | None, diameter: float) -> float:
     """The rescale factor object_diameter / diameter for objects of `diameter` px in an image, for a model
     trained on objects of `object_diameter` px; refused beyond `FACTOR_RANGE` and for a model without one.
@@ -67,7 +72,7 @@ def diameter_factor(object_diameter: float | None, diameter: float) -> float:
             f"of {diameter} px cannot be used: rescale the image yourself or leave the diameter out"
         )
     factor = object_diameter / float(diameter)
-    if not FACTOR_RANGE[0] <= factor <= FACTOR_RANGE[1]:
+    if not is_rescalable(object_diameter, float(diameter)):
         low, high = object_diameter / FACTOR_RANGE[1], object_diameter / FACTOR_RANGE[0]
         raise ValueError(
             f"diameter {diameter} px is out of range for this model: expected {low:g} to {high:g} px "
@@ -275,11 +280,6 @@ def cells_diameter(labels: np.ndarray, mask: np.ndarray | None = None) -> float:
     if is_binary(cells):
         cells = ndimage.label(cells != 0)[0]
     return median_diameter(cells)
-
-
-def is_rescalable(object_diameter: float, diameter: float) -> bool:
-    """Whether objects of `diameter` px can be brought to a model's `object_diameter` (`FACTOR_RANGE`)."""
-    return FACTOR_RANGE[0] <= object_diameter / diameter <= FACTOR_RANGE[1]
 
 
 def rescale_to_diameter(samples, object_diameter: float) -> tuple[list, list[float]]:

@@ -74,10 +74,7 @@ def _check_labels(labels: np.ndarray) -> np.ndarray:
 
 def _annotated_cells(labels: np.ndarray) -> np.ndarray:
     """Labels with the reserved "not annotated" value replaced by 0 (background)."""
-    reserved = reserved_value(labels)
-    if reserved is None or not np.any(labels == reserved):
-        return labels
-    return np.where(labels == reserved, 0, labels)
+    return unannotated_as_background(labels)
 
 
 def is_binary(labels: np.ndarray) -> bool:
