@@ -79,3 +79,14 @@ def workers_end_with_the_test():
     from napari_unet.plugin._workers import await_workers
 
     assert await_workers(60_000), "worker threads of the docks are still running a minute after the test"
+
+
+@pytest.fixture(autouse=True)
+def dock_settings(tmp_path: Path, monkeypatch) -> Path:
+    """The docks remember their settings in a file of the test's own (`_settings.default_path`), never in the
+    user's home, and every test starts from the docks' defaults. Returns the file's path."""
+    from napari_unet.plugin import _settings
+
+    path = tmp_path / "dock-settings" / _settings.FILE_NAME
+    monkeypatch.setattr(_settings, "default_path", lambda: path)
+    return path

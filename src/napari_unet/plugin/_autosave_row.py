@@ -15,19 +15,23 @@ from qtpy.QtWidgets import QFileDialog, QPushButton
 
 from napari_unet.metadata import PixelSize
 
-from . import _autosave
+from . import _autosave, _settings
 from ._form import row, wrapped_label
 from ._layers import METADATA_KEY, layer_pixel_size, placed_like
 from ._workers import alive
 
+SETTINGS_KEY = "autosave"  # the settings file's section of the autosave folder chosen with "Change…"
+
 
 class AutosaveRow:
-    """root: the autosave folder (None: `_autosave.default_root()`); restored: called with the Labels layer
-    of restored annotations and the image layer they annotate (None when it was removed meanwhile). `annotations_path`: where the last run's annotations were saved."""
+    """root: the autosave folder (None: the one chosen with "Change…" in an earlier session, if it is still a
+    folder, else `_autosave.default_root()`); restored: called with the Labels layer of restored annotations and
+    the image layer they annotate (None when it was removed meanwhile). `annotations_path`: where the last run's
+    annotations were saved."""
 
     def __init__(self, dock: Any, viewer: Any, root: str | Path | None, restored: Callable[[Any, Any], Any]):
         self.dock, self.viewer, self.restored = dock, viewer, restored
-        self.root = Path(root) if root is not None else _autosave.default_root()
+        self.root = Path(root) if root is not None else _chosen_root() or _autosave.default_root()
         self.annotations_path: Path | None = None
         self.offered: tuple[Path, Path] | None = None  # (image file, annotations file)
         self.offered_layer: Any = None  # the image layer they were offered for
@@ -103,6 +107,16 @@ class AutosaveRow:
         if path:
             self.root = Path(path)
             self.label.setText(f"autosave: {self.root}")
+            try:  # the next session saves there and finds what was saved there
+                _settings.write_dock_settings(_settings.default_path(), SETTINGS_KEY, {"folder": str(self.root)})
+            except OSError as error:
+                show_warning(f"The autosave folder will not be remembered in the next session: {error}")
+
+
+def _chosen_root() -> Path | None:
+    """The autosave folder chosen in an earlier session, if it is still a folder."""
+    folder = _settings.read_settings(_settings.default_path()).get(SETTINGS_KEY, {}).get("folder")
+    return Path(folder) if isinstance(folder, str) and folder and Path(folder).is_dir() else None
 
 
 def _own_file(layer: Any) -> str | None:

@@ -25,6 +25,7 @@ from napari_unet.pipeline import describe_own_outputs, list_inputs
 
 from ._form import ModelRow, RunControls, choice, dock_layout, form, row, spin
 from ._layers import METADATA_KEY
+from ._settings import Remembered
 from ._state import Session, session_for
 from ._workers import generator_worker, start_worker
 
@@ -96,6 +97,17 @@ class BatchWidget(QWidget):
         self.zarr_button.clicked.connect(lambda: self._ask_folder(self.input_edit, "A .zarr image"))
         self.output_button.clicked.connect(lambda: self._ask_folder(self.output_edit, "Folder for the results"))
         self.where_combo.currentTextChanged.connect(self._show_where)
+        self.settings = Remembered(
+            "batch",
+            {
+                "run_on": self.where_combo,
+                "workers": self.workers_spin,
+                "address": self.address_edit,
+                "device": self.device_combo,
+                "block": self.block_spin,
+                "margin": self.margin_spin,
+            },
+        )
         self._show_where()
 
     def run(self) -> Any:

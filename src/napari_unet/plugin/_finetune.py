@@ -63,6 +63,7 @@ from ._layers import (
     region_mask,
 )
 from ._plot import LossPlot
+from ._settings import Remembered
 from ._start_from import START_FILE, START_SESSION, StartFrom
 from ._state import Session, TrainingRun, session_for
 from ._suggest import Suggestions
@@ -217,6 +218,16 @@ class FineTuneWidget(QWidget):
         self.preset_combo.currentTextChanged.connect(self._preset_changed)
         self.device_combo.currentTextChanged.connect(lambda _text: self.update_estimate())
         self.whole_check.toggled.connect(lambda checked: self.margin_spin.setEnabled(not checked))
+        self.settings = Remembered(  # the preset before the iterations it sets
+            "finetune",
+            {
+                "margin": self.margin_spin,
+                "preset": self.preset_combo,
+                "iterations": self.iterations_spin,
+                "time_budget_minutes": self.budget_spin,
+                "device": self.device_combo,
+            },
+        )
         self._set_running(False)
         self.reset_choices()
         self.start_from.refresh()

@@ -50,6 +50,7 @@ from ._form import ModelRow, RunControls, check, choice, dock_layout, form, spin
 from ._layers import LayerPicker, LayerProblem, debounced, is_original_image, layer_combo, plane_stack, result_metadata
 from ._postprocess import PostprocessFields
 from ._redraw import TileDrawing
+from ._settings import Remembered
 from ._state import Session, session_for
 from ._workers import alive, generator_worker, start_worker
 
@@ -174,6 +175,17 @@ class SegmentWidget(QWidget):
         # the end of a run (a retune meanwhile also emits `segmented`: the uncertainty still to come ends it)
         self.segmented.connect(lambda _labels: self._uncertainty_pending or self._run_over())
         self.on_open_check.toggled.connect(lambda ticked: ticked or self._waiting.clear())
+        self.settings = Remembered(
+            "segment",
+            {
+                "tile_size": self.tile_spin,
+                "device": self.device_combo,
+                "object_diameter": self.diameter_spin,
+                "show_probabilities": self.probs_check,
+                "tta": self.tta_check,
+                "uncertainty": self.uncertainty_check,
+            },
+        )
         self.reset_choices()
 
     # -- public ---------------------------------------------------------------------------------------------
