@@ -398,6 +398,26 @@ def test_weights_writes_the_weight_map(data, tmp_path, capsys):
     )
 
 
+def test_weights_of_a_binary_mask_are_what_training_uses_and_keep_the_pixel_size(tmp_path, capsys):
+    """A binary mask (ISBI's membranes) trains without border term and class balancing whatever the preset: the
+    map says so (all 1), with a note, unless --w0 asks for the term; the map keeps the labels' pixel size."""
+    from napari_unet.metadata import PixelSize, read_pixel_size
+
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[::16] = mask[:, ::16] = 0  # membranes around 16 cells
+    source = tmp_path / "membranes.tif"
+    write_tiff(source, mask, "YX", pixel_size=PixelSize(0.5, 0.5, "um"))
+    out = tmp_path / "weights.tif"
+    code, _, stderr = run(capsys, "weights", source, "--out", out)
+    assert code == 0 and "binary mask" in stderr and "--w0" in stderr
+    np.testing.assert_array_equal(read_image(out)[0], np.ones(mask.shape, np.float32))
+    assert read_pixel_size(out) == PixelSize(0.5, 0.5, "um")
+    code, _, stderr = run(capsys, "weights", source, "--out", out, "--overwrite", "--w0", "10", "--no-balance")
+    assert code == 0 and "binary mask" not in stderr
+    np.testing.assert_array_equal(read_image(out)[0], weight_map(mask, 10.0, 5.0, class_weights=None, border=1))
+    assert read_image(out)[0].max() > 1.5  # the border term is there
+
+
 def test_evaluate_isbi_probability_maps(tmp_path, capsys):
     rng = np.random.default_rng(5)
     (tmp_path / "pred").mkdir()

@@ -89,6 +89,9 @@ def test_the_preview_of_an_rgb_image_lies_beside_it_and_outlines_its_window(make
     np.testing.assert_allclose(corners.max(axis=0), start + 64 * 2.0)
     shown = ("augmented image", "augmented labels", "deformation grid", "preview window")
     assert all(tuple(str(u) for u in viewer.layers[name].units) == ("micrometer",) * 2 for name in shown)
+    picture = viewer.layers["augmented image"]  # in colour, as the image (the red channel alone, in grey, before)
+    assert picture.rgb and picture.data.shape == (64, 64, 3)
+    np.testing.assert_allclose(picture.data, np.clip(np.moveaxis(widget.sample[0], 0, -1), 0, 1))
 
 
 def still(widget: AugmentPreviewWidget) -> None:
@@ -173,6 +176,9 @@ def test_the_plane_in_view_of_a_stack_with_a_channel_axis(make_napari_viewer_pro
     window = apply_normalization(read_window(planes[2], widget.origin, (64, 64)), lo, hi)
     np.testing.assert_allclose(widget.sample[0], window, atol=1e-6)
     assert widget.plane == (2,) and "plane 2" in widget.status.text()
+    shown = viewer.layers["augmented image"].data  # both channels: red and green
+    np.testing.assert_allclose(shown[..., :2], np.clip(np.moveaxis(window, 0, -1), 0, 1), atol=1e-6)
+    assert not shown[..., 2].any() and "2 channels as red, green" in widget.status.text()
 
 
 def test_the_preview_follows_the_plane_slider(make_napari_viewer_proxy, qtbot, cells):

@@ -212,3 +212,25 @@ def test_the_labels_picker_follows_the_labels_the_user_adds(make_napari_viewer_p
     widget.labels_combo.value = first
     viewer.add_labels(np.zeros_like(labels, dtype=np.int32), name="painted 2")
     assert widget.labels_combo.value == first
+
+
+def test_a_binary_mask_is_said_to_train_without_border_term_and_border_0_can_be_shown(make_napari_viewer_proxy, qtbot):
+    """ISBI-like membranes: training weighs them without border term and class balance whatever the preset; the
+    status line says so (the sliders still show what the paper's term would do). Border 0 is the fast preset's."""
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[::16] = mask[:, ::16] = 0  # membranes around 16 cells
+    viewer = make_napari_viewer_proxy()
+    viewer.add_labels(mask, name="membranes")
+    widget = WeightMapWidget(viewer)
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        viewer.window.add_dock_widget(widget, name="Weight map")
+    assert "binary mask" in widget.status.text() and "w0 0" in widget.status.text()
+    assert widget.border_spin.minimum() == 0
+    labels = np.zeros((32, 32), np.int32)
+    labels[4:12, 4:12], labels[4:12, 12:20] = 1, 2  # touching instance labels
+    layer = viewer.add_labels(labels, name="cells")
+    widget.labels_combo.value = layer
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        widget.border_spin.setValue(0)
+    np.testing.assert_allclose(widget.layer.data, weight_map(labels, border=0), rtol=1e-6)
+    assert "binary mask" not in widget.status.text()

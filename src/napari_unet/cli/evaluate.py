@@ -141,12 +141,12 @@ def _add_models(subparsers) -> None:
 def _weights(args: argparse.Namespace) -> int:
     from .._config import with_overrides
     from ..io import read_labels, write_tiff
+    from ..metadata import read_pixel_size
+    from ..train_config import settings_for_labels
     from ..training import PRESETS
     from ..validation import check_output_free, check_output_not_input, check_writable_folder
     from ..weights import weight_map
 
-    # the paper's loss, which the paper preset trains with (the fast preset has no border term: w0 0)
-    defaults = with_overrides(PRESETS["paper"][1], w0=args.w0, sigma=args.sigma, border=args.border)
     if args.labels.is_dir():
         raise ValueError(f"{args.labels} is a folder; weights takes one label image file")
     if args.out.suffix.lower() not in (".tif", ".tiff"):
@@ -156,15 +156,28 @@ def _weights(args: argparse.Namespace) -> int:
     check_writable_folder(args.out.parent, f"--out {args.out}")
     labels = read_labels(args.labels)
     mask = read_labels(args.mask) if args.mask is not None else None
+    # the paper's loss, which the paper preset trains with (the fast preset has no border term: w0 0), with the
+    # settings training gives this kind of labels (binary masks: no border term, no balancing) unless given here
+    given = {"w0": args.w0, "sigma": args.sigma, "border": args.border}
+    given = {name: value for name, value in given.items() if value is not None}
+    if args.no_balance:
+        given["class_weights"] = "none"
+    config, kind = settings_for_labels(with_overrides(PRESETS["paper"][1], **given), [labels], given)
+    if kind == "binary" and {"w0", "class_weights"} - set(given):
+        note(
+            f"note: {args.labels.name} is a binary mask (one value over many regions, as ISBI's membranes): training "
+            f"gives such masks no border term and no class balancing, whatever the preset (w0 {config.w0:g}, class "
+            "weights none); give --w0 to see a border term anyway"
+        )
     weights = weight_map(
         labels,
-        defaults.w0,
-        defaults.sigma,
-        class_weights=None if args.no_balance else "balanced",
+        config.w0,
+        config.sigma,
+        class_weights=None if config.class_weights == "none" else config.class_weights,
         mask=mask,
-        border=defaults.border,
+        border=config.border,
     )
-    write_tiff(args.out, weights, "YX")
+    write_tiff(args.out, weights, "YX", pixel_size=read_pixel_size(args.labels))  # lies over the labels
     print(
         f"weight map {weights.shape[0]}x{weights.shape[1]} (min {np.min(weights):.3g}, mean "
         f"{np.mean(weights):.3g}, max {np.max(weights):.3g}) written to {args.out}"

@@ -283,17 +283,21 @@ class AugmentPreviewWidget(QWidget):
         scale, units = tuple(layer.scale[-2:]), tuple(layer.units)[-2:]  # the image's units: else napari drops all
         width = pixel_shape(layer)[-1]
         translate = (layer.translate[-2] + origin[0] * scale[0], layer.translate[-1] + (width + GAP) * scale[1])
+        picture = shown_channels(image)
+        colour = picture.ndim == 3
         shown = {
-            "augmented image": (image[0] if image.ndim == 3 else image, "image"),
+            "augmented image": (picture, "image"),
             "augmented labels": (labels, "labels"),
             "deformation grid": (grid, "image"),
         }
         for name, (data, kind) in shown.items():
             existing = self.layers.get(name)
             if existing is not None and existing in self.viewer.layers:
-                existing.data = data
-                existing.translate = translate
-                continue
+                if name != "augmented image" or bool(existing.rgb) == colour:
+                    existing.data = data
+                    existing.translate = translate
+                    continue
+                self.viewer.layers.remove(existing)  # grey to colour or back: napari fixes that when it adds a layer
             if kind == "labels":
                 self.layers[name] = self.viewer.add_labels(
                     data, name=name, scale=scale, translate=translate, units=units, metadata=preview_metadata(layer)
@@ -318,13 +322,21 @@ class AugmentPreviewWidget(QWidget):
                     scale=scale,
                     translate=translate,
                     units=units,
-                    colormap="gray",
+                    rgb=colour,
+                    **({"contrast_limits": (0.0, 1.0)} if colour else {"colormap": "gray"}),
                     metadata=preview_metadata(layer),
                 )
         self._outline(layer, origin)
+        channels = image.shape[0] if image.ndim == 3 else 1
+        colours = (
+            f" (its {channels} channels as red, green{', blue' if channels > 2 else ''}"
+            f"{'; the first three of them' if channels > 3 else ''})"
+            if channels > 1
+            else ""
+        )
         self.status.setText(
             f"sample {self.seed}: the window at ({origin[0]}, {origin[1]}){plane_words(plane)} as training sees "
-            "it; the Fine-tune dock trains with these settings"
+            f"it{colours}; the Fine-tune dock trains with these settings"
         )
         self.shown.emit(result)
 
@@ -346,3 +358,19 @@ class AugmentPreviewWidget(QWidget):
             face_color="transparent",
             edge_width=2,
         )
+
+
+def shown_channels(image: np.ndarray) -> np.ndarray:
+    """The augmented window as a picture: (H, W) for one channel; (H, W, 3) colour for several, channels 1, 2, 3
+    as red, green, blue (two channels: red and green), the normalised values clipped to [0, 1].
+
+    >>> shown_channels(np.ones((2, 4, 5), np.float32)).shape, shown_channels(np.ones((1, 4, 5))).shape
+    ((4, 5, 3), (4, 5))
+    """
+    if image.ndim == 2:
+        return image
+    if image.shape[0] == 1:
+        return image[0]
+    picture = np.zeros((*image.shape[1:], 3), np.float32)
+    picture[..., : min(3, image.shape[0])] = np.moveaxis(image[:3], 0, -1)
+    return np.clip(picture, 0.0, 1.0)

@@ -19,6 +19,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
+from napari_unet.train_config import label_kind
 from napari_unet.training import PRESETS
 from napari_unet.weights import stack_weight_maps, weight_map
 
@@ -54,7 +55,10 @@ class WeightMapWidget(QWidget):
         self.sigma_slider = slider(0.5, 25.0, training.sigma)
         self.balance_check = check("class balance w_c", True)
         self.border_spin = spin(
-            1, 8, training.border, tooltip="Background border (px) cut between touching cells in the target"
+            0,
+            8,
+            training.border,
+            tooltip="Background border (px) cut between touching cells in the target (0: none, the fast preset's)",
         )
         self.status = wrapped_label(lines=3)
         dock_layout(
@@ -203,8 +207,16 @@ class WeightMapWidget(QWidget):
             else f" over {painted} of {weights.shape[0]} planes (those with painted cells; training leaves the "
             "others out: they weigh 0)"
         )
+        labels = np.asarray(layer_data(labels_layer))
+        kind = label_kind(list(labels) if labels.ndim == 3 else [labels])
+        binary = (
+            " This is a binary mask (one value over many regions, as ISBI's membranes): training weighs such masks "
+            "without border term and class balance (w0 0, w_c off), whatever the preset."
+            if kind == "binary"
+            else ""
+        )
         self.status.setText(
             f"max {weights.max():.2f} (w0 = {p['w0']:g}, sigma = {p['sigma']:g} px){planes}: the bright ridges "
-            "between touching cells are where the loss weighs most"
+            f"between touching cells are where the loss weighs most.{binary}"
         )
         self.updated.emit(weights)
