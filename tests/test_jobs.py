@@ -32,6 +32,7 @@ from napari_unet.jobs.segment import count_tiles, describe_scale, postprocess_pl
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import ModelBundle, Normalization, load_model
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
+from napari_unet.scale import median_diameter
 from napari_unet.synthetic import make_cells
 from napari_unet.targets import mask_around_cells
 from napari_unet.tiling import read_window, tile_grid
@@ -372,6 +373,33 @@ def test_training_job_seeds_a_new_network_and_keeps_a_base_model(cells, tmp_path
     two = ([arrays[0][0]] * 2, [labels] * 2, [None, None])
     with pytest.raises(ValueError, match="2 planes are annotated"):
         training_job(*two, config, base=sized, net_config=TINY, checkpoint=tmp_path / "e")
+
+
+def test_a_few_shot_run_saves_the_channel_choice_it_trained_on(cells, tmp_path):
+    """The built-in model (grey) fine-tuned on the green channel of an RGB image: the model records channel 1,
+    so it is fed that channel when it segments (it recorded the base's grey: the luminance, silently)."""
+    from napari_unet.channels import ChannelChoice
+
+    image, labels = cells
+    _, config = run_config("fast", 2)
+    sized = ModelBundle(UNet(TINY), channels=ChannelChoice(grey=True), object_diameter=float(median_diameter(labels)))
+    green = ChannelChoice(channels=(1,))
+    job = training_job(
+        [image[None].astype(np.float32)],
+        [labels],
+        [None],
+        config,
+        base=sized,
+        net_config=TINY,
+        checkpoint=tmp_path / "m",
+        channels=green,
+        device="cpu",
+    )
+    for _event in run_training(job):
+        pass
+    folder = job.checkpoint
+    assert load_model(folder).channels == green and job.trainer.bundle().channels == green
+    assert sized.channels == ChannelChoice(grey=True)  # the base is unchanged
 
 
 def test_step_setting_names_what_a_step_time_depends_on():

@@ -34,6 +34,7 @@ import torch
 from scipy import ndimage
 
 from .augment import AugmentConfig
+from .channels import ChannelChoice
 from .io import apply_normalization, percentiles
 from .modelfile import ModelBundle
 from .scale import FACTOR_RANGE, diameter_factor, median_diameter, rescale_image, rescale_labels
@@ -149,9 +150,13 @@ def few_shot_trainer(
     config: FewShotConfig = FewShotConfig(),
     device: str | torch.device = "auto",
     checkpoint: str | Path | None = None,
+    channels: ChannelChoice | None = None,
 ) -> Trainer:
     """A `Trainer` that fine-tunes a copy of `bundle` on the painted cells of one image (see the module
-    docstring); `bundle` itself is not changed. Iterate `trainer.run()`, then `trainer.bundle()` is the model."""
+    docstring); `bundle` itself is not changed. Iterate `trainer.run()`, then `trainer.bundle()` is the model.
+
+    channels: how `image`'s channels were chosen from the user's image, saved with the model so that it is fed
+    the same channels when it segments (None: `bundle`'s own choice, for an image given as the model takes it)."""
     prepared = prepare(bundle, image, labels, mask, config, device)
     net = copy.deepcopy(bundle.net)
     if config.freeze_encoder:
@@ -181,7 +186,7 @@ def few_shot_trainer(
         checkpoint=checkpoint,
         normalization=bundle.normalization,
         postprocess=bundle.postprocess,
-        channels=bundle.channels,
+        channels=bundle.channels if channels is None else channels,
         object_diameter=bundle.object_diameter,
     )
     trainer.metadata.update(

@@ -225,6 +225,7 @@ def run_training(job: TrainingJob) -> Generator[TrainEvent, None, Path]:
             config=job.few_shot,
             device=job.device,
             checkpoint=job.checkpoint,
+            channels=job.channels,
         )
     else:
         samples = training_samples(job)
