@@ -263,6 +263,13 @@ class Trainer:
                 and not failed
             ):
                 self.save_checkpoint(self.checkpoint)
+                self._saved_at = self.iteration
+
+    @property
+    def saved(self) -> bool:
+        """Whether the checkpoint folder holds the model as it is now: this run saved it at its current step (a
+        folder that holds an earlier checkpoint of the run, whose last save failed, does not)."""
+        return self.checkpoint is not None and self._saved_at == self.iteration
 
     def _calibrates(self) -> bool:
         """Whether `calibrate_growth` has something to fit: membrane masks for a model that floods, else

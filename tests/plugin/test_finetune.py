@@ -508,3 +508,77 @@ def test_fine_tune_waits_for_a_running_batch(
     assert session.busy and tune.start() is None and "a batch" in warnings[-1]
     release.set()
     qtbot.waitUntil(lambda: batch.worker is None and not session.busy, timeout=30_000)
+
+
+def test_a_stop_whose_save_fails_says_the_model_is_not_saved(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells, monkeypatch
+):
+    """A checkpoint at step 3, then a full disk: the Stop at step 4 or later cannot save. The status said "model
+    saved to <folder>" (the folder held step 3's) and the session named that folder; now the model of the last
+    step is kept in the session, unsaved, and the status says so."""
+    import napari_unet.training as training
+
+    image, labels = cells
+    real, disk = training.save_model, {"full": False}
+
+    def save(path, *args, **kwargs):
+        if disk["full"]:
+            raise OSError(28, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(training, "save_model", save)
+    errors = []
+    monkeypatch.setattr(_finetune, "show_error", errors.append)
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    viewer.add_labels(few_cells(labels), name="annotations")
+    widget = FineTuneWidget(
+        viewer,
+        autosave_root=tmp_path / "autosave",
+        net_overrides=TINY,
+        train_overrides={**QUICK, "checkpoint_every": 3, "validate_every": 1000},
+        start_from=_start_from.START_NEW,
+    )
+    widget.iterations_spin.setValue(100_000)
+    worker = widget.start()
+    qtbot.waitUntil(lambda: len(widget.history.losses) >= 4, timeout=60_000)
+    with qtbot.waitSignal(worker.paused, timeout=10_000):
+        widget.toggle_pause()
+    trainer = widget.job.trainer
+    if trainer.iteration % 3 == 0:  # paused right after a checkpoint: one step more, so the folder is behind
+        with qtbot.waitSignal(worker.resumed, timeout=10_000):
+            widget.toggle_pause()
+        target = trainer.iteration + 1
+        qtbot.waitUntil(lambda: len(widget.history.losses) >= target, timeout=10_000)
+        with qtbot.waitSignal(worker.paused, timeout=10_000):
+            widget.toggle_pause()
+    disk["full"] = True
+    widget.stop()
+    qtbot.waitUntil(lambda: widget.worker is None and "Stopped" in widget.status.text(), timeout=60_000)
+    on_disk = load_model(widget.job.checkpoint).metadata["iterations"]
+    assert on_disk < trainer.iteration and errors and "No space left" in errors[-1]
+    assert "not saved" in widget.status.text() and session_for(viewer).model_path is None
+    assert session_for(viewer).bundle.metadata["iterations"] == trainer.iteration  # the last step's model, kept
+
+
+def test_a_refused_start_from_a_saved_model_keeps_the_sessions_model(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells, monkeypatch
+):
+    """Start from a saved model with an object size, refused (two annotated planes): the session's model (here
+    unsaved, the one the docs say to keep with Save model…) was replaced by the saved one all the same."""
+    from napari_unet.model import UNet
+    from napari_unet.modelfile import ModelBundle, save_model
+
+    image, labels = cells
+    save_model(tmp_path / "sized", ModelBundle(UNet(depth=2, base_channels=4), object_diameter=20.0))
+    monkeypatch.setattr(_start_from.QFileDialog, "getExistingDirectory", lambda *_args: str(tmp_path / "sized"))
+    viewer = make_napari_viewer_proxy()
+    session = session_for(viewer)
+    unsaved = ModelBundle(UNet(depth=2, base_channels=4))
+    session.set_model(unsaved, None)
+    viewer.add_image(np.stack([image, image]), name="stack")
+    viewer.add_labels(np.stack([few_cells(labels)] * 2), name="annotations")
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
+    widget.start_from.choose(_start_from.START_FILE)
+    assert widget.start() is None and "2 planes are annotated" in widget.status.text()
+    assert session.bundle is unsaved and session.model_path is None

@@ -97,8 +97,7 @@ def _keep_in_session(job: TrainingJob, session: Session) -> None:
     """A run whose dock is gone: free the session and make the trained model (saved or not) the session's."""
     session.training = False
     if job.trainer is not None and job.trainer.iteration > 0:
-        saved = job.checkpoint if (job.checkpoint / "config.json").is_file() else None
-        session.set_model(job.trainer.bundle(), saved)
+        session.set_model(job.trainer.bundle(), job.checkpoint if job.trainer.saved else None)
 
 
 def _closer(generator: Iterator[TrainEvent], widget: QWidget, job: TrainingJob, session: Session):
@@ -372,8 +371,6 @@ class FineTuneWidget(QWidget):
             self.train_overrides,
             self.session.augment,
         )
-        if self.start_from.text() == START_FILE:
-            self.session.set_model(base, self.start_from.saved_path)
         job = training_job(
             images,
             labels,
@@ -387,6 +384,8 @@ class FineTuneWidget(QWidget):
             channels=chosen,
         )
         select_device(job.device)  # an unavailable device is a notification now, not a worker error
+        if self.start_from.text() == START_FILE:  # only once the run starts: a refused one keeps the session's model
+            self.session.set_model(base, self.start_from.saved_path)
         return job, labels_all
 
     # -- slots (main thread) --------------------------------------------------------------------------------
@@ -454,7 +453,7 @@ class FineTuneWidget(QWidget):
         if trainer is None or trainer.iteration == 0:
             self.status.setText("Stopped before the first step: nothing to keep")
             return
-        saved = folder if folder is not None and (Path(folder) / "config.json").is_file() else None
+        saved = folder if folder is not None and trainer.saved else None  # a folder may hold an older checkpoint
         self.history.saved_to, self.history.stopped = saved, stopped
         self.session.set_model(trainer.bundle(), saved)
         self.start_from.choose(START_SESSION)
