@@ -279,3 +279,43 @@ def test_the_newer_annotations_are_offered_when_a_later_save_could_not_write_bes
     newer = _autosave.save_annotations(cells(np.uint16), root, image, "cells")
     assert newer.parent == root / "annotations" and first.is_file()
     assert _autosave.find_annotations(image, root) == newer
+
+
+def test_annotations_saved_earlier_beside_the_image_are_kept_when_new_ones_replace_them(tmp_path):
+    """Yesterday's 5 painted cells beside cells.tif, then 1 cell painted anew (not restored) and Start: the side-car
+    held 1 cell and the 5 were gone. Now the earlier file is copied to the autosave root first (once per change)."""
+    from napari_unet.plugin import _autosave
+
+    root, image = tmp_path / "root", tmp_path / "data" / "cells.tif"
+    image.parent.mkdir()
+    write_tiff(image, cells(np.uint16), "YX")
+    yesterday = np.zeros((32, 32), np.uint16)
+    for i in range(5):
+        yesterday[2 + 6 * i : 6 + 6 * i, 4:8] = i + 1
+    today = np.zeros_like(yesterday)
+    today[10:14, 20:24] = 1
+    kept = []
+    assert _autosave.save_annotations(yesterday, root, image, "cells", on_kept=kept.append) == _autosave.sidecar_path(
+        image
+    )
+    assert kept == []  # nothing there before
+    _autosave.save_annotations(yesterday, root, image, "cells", on_kept=kept.append)
+    assert kept == []  # the same annotations: nothing to keep
+    _autosave.save_annotations(today, root, image, "cells", on_kept=kept.append)
+    assert len(kept) == 1 and kept[0].parent == root / "annotations" / "previous"
+    np.testing.assert_array_equal(_autosave.load_annotations(kept[0]), yesterday)
+    np.testing.assert_array_equal(_autosave.load_annotations(_autosave.sidecar_path(image)), today)
+
+
+def test_an_index_that_cannot_be_written_does_not_fail_a_save_beside_the_image(tmp_path):
+    """The side-car was written, then the autosave root's index failed (the root under a file): the save was
+    reported as failed ('Could not autosave') although the annotations were beside the image."""
+    from napari_unet.plugin import _autosave
+
+    blocker, image = tmp_path / "blocker", tmp_path / "data" / "cells.tif"
+    blocker.write_text("a file where the autosave folder would be")
+    image.parent.mkdir()
+    write_tiff(image, cells(np.uint16), "YX")
+    saved = _autosave.save_annotations(cells(np.uint16), blocker / "autosave", image, "cells")
+    assert saved == _autosave.sidecar_path(image) and saved.is_file()
+    assert _autosave.find_annotations(image, blocker / "autosave") == saved

@@ -3,7 +3,9 @@
 Annotations used for training go next to the image's file (`cells.tif` -> `cells.tif.unet-labels.tif`); when that
 folder is not writable, or the image has no file, they go to `<root>/annotations/`, and `<root>/annotations/
 index.json` maps each image file to its annotations so that they are offered back when the image is opened
-again. Models go to `<root>/models/<time>-<image name>/` (written atomically by `modelfile.save_model`).
+again. Annotations beside an image that a new save would replace with different ones (an earlier session's,
+not restored before painting anew) are first copied to `<root>/annotations/previous/`. Models go to
+`<root>/models/<time>-<image name>/` (written atomically by `modelfile.save_model`).
 
 The annotations keep the image's calibration: the pixel size of its layer, else of its file, and the file's Z step
 and frame interval are written into their TIFF (`io.write_tiff`), so that opened on their own they lie over it.
@@ -20,8 +22,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,11 +80,15 @@ def save_annotations(
     image_path: str | Path | None,
     name: str,
     pixel_size: PixelSize | None = None,
+    on_kept: Callable[[Path], Any] | None = None,
 ) -> Path:
     """Write `labels` (..., H, W) as a TIFF and remember it for `image_path`; returns where it went.
 
     The TIFF carries `pixel_size` (the image layer's), else the image file's (`metadata.read_pixel_size`), and the
-    file's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`)."""
+    file's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`). Annotations already
+    beside the image that differ from `labels` (an earlier session's, not restored before painting anew) are
+    copied to `<root>/annotations/previous/` first, and `on_kept` is called with the copy's path: they are never
+    overwritten unkept."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"annotations must be integer labels, got dtype {labels.dtype}")
@@ -93,11 +102,18 @@ def save_annotations(
         spacing = read_spacing(image_path, pixel_size)
         target = sidecar_path(image_path)
         try:
+            kept = _keep_previous(target, labels, root, image_path)
             write_tiff(target, labels, axes, pixel_size=pixel_size, spacing=spacing)
-            _remember(root, image_path, target)
-            return target
         except OSError:
-            pass  # a read-only data folder: fall back to the autosave root
+            pass  # a read-only data folder (or the earlier annotations could not be kept): to the autosave root
+        else:
+            if kept is not None and on_kept is not None:
+                on_kept(kept)
+            try:
+                _remember(root, image_path, target)
+            except OSError:
+                pass  # the index only matters for saves that went to the root: the side-car is looked for first
+            return target
     folder = Path(root) / "annotations"
     folder.mkdir(parents=True, exist_ok=True)
     stem = safe_name(Path(image_path).stem if image_path is not None else name)
@@ -111,6 +127,27 @@ def save_annotations(
             staging.write_text(json.dumps(record))
         _remember(root, image_path, target)
     return target
+
+
+def _keep_previous(target: Path, labels: np.ndarray, root: str | Path, image_path: str | Path) -> Path | None:
+    """Copy the annotations at `target` to `<root>/annotations/previous/` when they differ from `labels` (or cannot
+    be read to tell); returns the copy's path, None when there was nothing to keep."""
+    if not target.is_file():
+        return None
+    try:
+        if np.array_equal(load_annotations(target), labels):
+            return None
+    except (OSError, ValueError):
+        pass  # unreadable here: kept all the same
+    folder = Path(root) / "annotations" / "previous"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = (
+        safe_name(Path(image_path).name) + "-" + hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
+    )
+    kept = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}{SIDECAR_SUFFIX}"
+    with atomic_write(kept) as staging:
+        shutil.copy2(target, staging)
+    return kept
 
 
 def find_annotations(image_path: str | Path, root: str | Path) -> Path | None:

@@ -59,10 +59,15 @@ class AutosaveRow:
             info = layer_pixel_size(image_layer)  # what the image layer says beats what its file said
             pixel_size = PixelSize(**info) if info else None
             self.annotations_path = _autosave.save_annotations(
-                labels, self.root, source, image_layer.name, pixel_size=pixel_size
+                labels, self.root, source, image_layer.name, pixel_size=pixel_size, on_kept=self._kept
             )
         except (OSError, ValueError) as error:
             show_warning(f"Could not autosave the annotations: {error}")
+
+    def _kept(self, path: Path) -> None:
+        show_info(
+            f"The annotations saved earlier beside the image differ from these: the earlier ones are kept as {path}"
+        )
 
     def restore(self) -> Any:
         """Open the autosaved annotations offered for the last opened image, as a Labels layer."""
