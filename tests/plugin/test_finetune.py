@@ -582,3 +582,20 @@ def test_a_refused_start_from_a_saved_model_keeps_the_sessions_model(
     widget.start_from.choose(_start_from.START_FILE)
     assert widget.start() is None and "2 planes are annotated" in widget.status.text()
     assert session.bundle is unsaved and session.model_path is None
+
+
+def test_quitting_napari_during_a_run_saves_its_last_step(make_napari_viewer_proxy, qtbot, tmp_path, cells):
+    """At exit napari's event loop has stopped, so the slot that closes a quit run's generator (and saves its model)
+    never ran: nothing after the last checkpoint was kept, nothing at all for a run without one (the few-shot
+    recipe's). The exit hook (`await_workers`) now closes the generators once their threads have ended."""
+    from napari_unet.plugin._workers import await_workers
+
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, qtbot, tmp_path, image, few_cells(labels), iterations=100_000)
+    widget.start()
+    qtbot.waitUntil(lambda: len(widget.history.losses) >= 3, timeout=30_000)
+    assert not (widget.job.checkpoint / "config.json").exists()  # no checkpoint yet
+    assert await_workers(60_000)  # what the exit hook does, without the event loop
+    trainer = widget.job.trainer
+    assert trainer.saved and load_model(widget.job.checkpoint).metadata["iterations"] == trainer.iteration >= 3

@@ -3,16 +3,21 @@
 A worker started here is asked to quit when the widget that owns it is destroyed (its dock closed, the window
 closed); generator workers stop at their next `yield` (one tile, one training step). At interpreter exit the
 remaining workers are asked to quit and awaited: a thread still emitting Qt signals while Python tears the
-application down aborts the process.
+application down aborts the process. Then the generators of the workers are closed, so that their `finally`
+blocks run (a training run saves its last completed step): napari's quit() leaves them open, and the docks close
+them from slots that the event loop, stopped by then, would never run.
 """
 
 from __future__ import annotations
 
 import atexit
+import sys
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 _RUNNING: set[Any] = set()
+_GENERATORS: weakref.WeakSet = weakref.WeakSet()  # of the generator workers, closed at exit
 _EXIT_HOOK: list[bool] = []
 EXIT_WAIT_MS = 30_000
 
@@ -64,18 +69,27 @@ def generator_worker(generator: Iterator[Any], *, close_when_done: bool = True, 
     from napari.qt.threading import create_worker
 
     worker = create_worker(drive, generator, worker_threads(), _ignore_errors=True, _start_thread=False, **options)
+    _GENERATORS.add(generator)
     if close_when_done:
         worker.finished.connect(generator.close)
     return worker
 
 
 def await_workers(msecs: int = EXIT_WAIT_MS) -> bool:
-    """Ask every running worker to quit and wait up to `msecs` for all threads; True when they all ended."""
+    """Ask every running worker to quit and wait up to `msecs` for all threads, then close the generators of the
+    generator workers (a training run saves its last step); True when every thread ended."""
     from qtpy.QtCore import QThreadPool
 
     for worker in list(_RUNNING):
         worker.quit()
-    return bool(QThreadPool.globalInstance().waitForDone(msecs))
+    ended = bool(QThreadPool.globalInstance().waitForDone(msecs))
+    if ended:  # a generator still running in a thread cannot be closed from here
+        for generator in list(_GENERATORS):
+            try:
+                generator.close()  # a no-op for one that ended or was closed
+            except Exception as error:  # noqa: BLE001 - at exit: say it, close the others
+                print(f"napari-unet: a background job could not finish cleanly: {error}", file=sys.stderr)
+    return ended
 
 
 def alive(widget: Any) -> bool:
