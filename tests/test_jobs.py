@@ -338,6 +338,20 @@ def test_annotated_planes_keeps_the_painted_planes_with_the_trusted_region_of_ea
         annotated_planes(Stack(data), np.zeros_like(painted), name="'cells'")
 
 
+def test_planes_holding_only_the_not_annotated_value_have_no_cell(cells):
+    """A plane all -1 (int32) crashed the run ("index 0 is out of bounds"); a plane all 65535 (uint16) beside
+    painted planes trained as one big cell. Both are "not annotated", decided for the whole stack; a 0/65535 mask
+    stack stays a mask of cells."""
+    image, labels = cells
+    data = np.stack([image, image])[:, None].astype(np.float32)
+    for dtype, unannotated in ((np.int32, -1), (np.uint16, 65535)):
+        painted = np.stack([labels, np.full_like(labels, unannotated)]).astype(dtype)
+        images, kept, _ = annotated_planes(Stack(data), painted, margin=5)
+        assert len(images) == 1 and np.array_equal(kept[0], labels)
+    mask = np.stack([np.where(labels > 0, 65535, 0)] * 2).astype(np.uint16)
+    assert len(annotated_planes(Stack(data), mask, margin=5)[0]) == 2
+
+
 def test_run_config_validates_about_ten_times_and_lets_overrides_win():
     net, config = run_config("fast", 50, 60.0)
     defaults = PRESETS["fast"][1]

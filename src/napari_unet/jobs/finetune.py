@@ -27,7 +27,7 @@ from ..io import apply_normalization, percentiles
 from ..model import UNet, UNetConfig
 from ..modelfile import ModelBundle, Normalization
 from ..postprocess import PostprocessConfig
-from ..targets import mask_around_cells
+from ..targets import mask_around_cells, reserved_value
 from ..training import PRESETS, Sample, TrainConfig, Trainer, TrainEvent, preset
 from ..validation import check_image
 from .segment import Planes
@@ -77,7 +77,8 @@ def annotated_planes(
     (`targets.mask_around_cells`); with margin None every cell of the plane is annotated: no mask (None).
     few_shot: for the few-shot recipe, which keeps its own margin (mask None) and takes a whole plane as a mask
     of ones. Raises ValueError naming `name` when no plane holds a cell, and when `region` is empty or not of
-    the planes' size.
+    the planes' size. Planes holding only the "not annotated" value (-1, or 65535 in 16-bit labels, decided for
+    the whole stack: `targets.reserved_value`) have no cell and are left out.
     """
     if region is not None:
         region = np.asarray(region, dtype=bool)
@@ -86,9 +87,13 @@ def annotated_planes(
         if not region.any():
             raise ValueError("the annotated region is empty: draw the region you vouch for, or leave it out")
     images, kept, masks = [], [], []
+    reserved = reserved_value(np.asarray(labels))  # of the whole stack: a plane all "not annotated" has no cell
     for index in stack.planes:
         plane_labels = labels[index] if index else labels
-        if not plane_labels.any():
+        cells = plane_labels > 0
+        if reserved is not None and reserved > 0:
+            cells &= plane_labels != reserved
+        if not cells.any():
             continue
         if region is not None:
             mask = region
