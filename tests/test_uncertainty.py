@@ -69,3 +69,16 @@ def test_suggested_regions_are_the_most_uncertain_disjoint_boxes_away_from_annot
     y0, x0, y1, x1 = boxes[0]
     assert not annotated[y0:y1, x0:x1].any()
     assert suggest_regions(np.zeros((50, 50)), count=3, size=10) == []  # nothing uncertain: nothing suggested
+    noise = np.full((50, 50), 1.3e-5)  # a black image's float noise: suggested boxes there before
+    assert suggest_regions(noise, count=3, size=10) == []
+    noise[20:22, 20:22] = 1.0  # 4 pixels of real disagreement: a box around them (mean 0.04)
+    assert len(suggest_regions(noise, count=3, size=10)) == 1
+
+
+def test_a_black_image_gets_no_suggestion():
+    """The model answers the same in every orientation of a black image (up to float noise): nothing to suggest."""
+    from napari_unet.jobs.finetune import suggest_annotation
+    from napari_unet.modelfile import load_model
+
+    nuclei = load_model("builtin:nuclei")  # its orientations differ by ~1e-5 on a black image
+    assert suggest_annotation(nuclei, np.zeros((1, 64, 64), np.float32), device="cpu") == []

@@ -65,14 +65,19 @@ def tta_uncertainty(
     return mean.astype(np.float32), np.clip(spread, 0.0, 1.0).astype(np.float32)
 
 
+MIN_MEAN_UNCERTAINTY = 1e-3  # a box below this mean holds nothing to learn (a black image's float noise: ~1e-5)
+
+
 def suggest_regions(
     uncertainty: np.ndarray,
     count: int = 5,
     size: int = 64,
     annotated: np.ndarray | None = None,
+    minimum: float = MIN_MEAN_UNCERTAINTY,
 ) -> list[tuple[int, int, int, int]]:
     """Up to `count` square boxes (y0, x0, y1, x1) of side `size` with the highest total uncertainty, not
-    overlapping each other nor the `annotated` (H, W) bool region; best first. Boxes lie inside the image."""
+    overlapping each other nor the `annotated` (H, W) bool region; best first. Boxes lie inside the image; a box
+    whose mean uncertainty is below `minimum` is not suggested (an empty or constant image: none)."""
     uncertainty = np.asarray(uncertainty, dtype=np.float64)
     if uncertainty.ndim != 2:
         raise ValueError(f"uncertainty must be a 2-D (H, W) map, got shape {uncertainty.shape}")
@@ -88,7 +93,7 @@ def suggest_regions(
         valid &= ndimage.maximum_filter(np.asarray(annotated, bool), size, mode="constant") == 0
     boxes: list[tuple[int, int, int, int]] = []
     score = np.where(valid, score, -np.inf)
-    while len(boxes) < count and np.isfinite(score.max()) and score.max() > 0:
+    while len(boxes) < count and np.isfinite(score.max()) and score.max() >= max(minimum, np.finfo(float).tiny):
         cy, cx = np.unravel_index(int(np.argmax(score)), score.shape)
         y0, x0 = int(cy) - half, int(cx) - half
         boxes.append((y0, x0, y0 + size, x0 + size))
