@@ -122,3 +122,84 @@ def test_not_annotated_pixels_are_background_and_huge_ids_are_measured(tmp_path)
     np.testing.assert_array_equal(measure(marked)["area"], plain["area"])
     with pytest.raises(ValueError, match="found the value -3"):
         measure(np.full((4, 4), -3))
+
+
+def volume_with_split_tops() -> np.ndarray:
+    """A ZYX instance volume, objects 41 and 42; the top plane holds their tops, each in two separate pieces."""
+    labels = np.zeros((3, 30, 30), np.uint16)
+    labels[:2, 2:10, 2:10], labels[:2, 15:25, 15:25] = 41, 42
+    labels[2, 2:5, 2:5], labels[2, 7:10, 7:10] = 41, 41
+    labels[2, 15:20, 15:20], labels[2, 22:25, 24:28] = 42, 42
+    return labels
+
+
+def test_a_stack_is_instance_labels_or_a_mask_as_a_whole_not_plane_by_plane():
+    """An object in two pieces in one plane of a 3-D volume (its top) made that plane a mask (ids replaced by
+    1, 2); with every object of the plane split, the whole file was refused as an image."""
+    from napari_unet.measure import instance_labels
+
+    labels = volume_with_split_tops()
+    objects, was_mask = instance_labels(labels, "the volume")
+    assert not was_mask
+    np.testing.assert_array_equal(objects, labels)
+    one_split = labels.copy()
+    one_split[2, 2:10, 2:10] = 0  # the top plane holds only 42, in two pieces
+    assert instance_labels(one_split)[1] is False
+
+    mask = np.where(labels > 0, 255, 0).astype(np.uint8)  # the same stack as a 0/255 mask: components, per plane
+    objects, was_mask = instance_labels(mask)
+    assert was_mask and [int(plane.max()) for plane in objects] == [2, 2, 4]
+    image = np.random.default_rng(0).integers(0, 4, (3, 30, 30)).astype(np.uint16)
+    with pytest.raises(ValueError, match="the noise .*3 planes.*is it an image"):
+        instance_labels(image, "the noise")
+
+
+@pytest.mark.parametrize("top", [(41, 42), (42,)])
+def test_measure_and_rois_keep_the_ids_of_a_volume_with_split_tops(top, tmp_path, capsys):
+    """The top plane with 41 and 42 each in two pieces was refused ("is it an image?"); with 42 alone, in two
+    pieces, its ids became 1 and 2, with a "binary mask" note."""
+    from napari_unet.cli import main
+    from napari_unet.io import write_tiff
+
+    labels = volume_with_split_tops()
+    labels[2][~np.isin(labels[2], top)] = 0
+    write_tiff(tmp_path / "vol_labels.tif", labels, "ZYX")
+    assert main(["measure", str(tmp_path / "vol_labels.tif"), "--out", str(tmp_path / "t.csv")]) == 0
+    assert "binary mask" not in capsys.readouterr().err
+    rows = [line.split(",") for line in (tmp_path / "t.csv").read_text().splitlines()]
+    header, rows = rows[0], rows[1:]
+    labels_by_plane = [[int(row[header.index("label")]) for row in rows if row[1] == str(z)] for z in range(3)]
+    assert labels_by_plane == [[41, 42], [41, 42], list(top)]
+    pytest.importorskip("roifile")
+    from napari_unet.roi import read_rois
+
+    assert main(["rois", str(tmp_path / "vol_labels.tif"), "--out", str(tmp_path / "r.zip")]) == 0
+    assert "binary mask" not in capsys.readouterr().err
+    assert set(np.unique(read_rois(tmp_path / "r.zip", (3, 30, 30))[2])) == {0, *top}
+
+
+def test_the_not_annotated_value_is_decided_on_the_whole_stack():
+    """A plane whose only nonzero value is 65535 was measured as object 65535 (a 0/65535 mask, plane by plane),
+    while the stack's other planes hold ids."""
+    from napari_unet.measure import measure_planes
+
+    stack = np.zeros((2, 20, 20), np.uint16)
+    stack[0, 2:6, 2:6], stack[0, 10:20, 10:20], stack[1, 10:20, 10:20] = 3, 65535, 65535
+    tables = measure_planes(stack, "ZYX")
+    assert [table["label"].tolist() for _, table in tables] == [[3], []]
+    mask = np.where(stack == 65535, 65535, 0).astype(np.uint16)  # only 65535 anywhere: a mask, measured
+    assert [table["label"].tolist() for _, table in measure_planes(mask, "ZYX")] == [[65535], [65535]]
+
+
+def test_tzyx_rows_name_their_time_point_and_slice(tmp_path):
+    """`plane` of a TZYX file is t * Z + z: the rows also have `t` and `z`."""
+    from napari_unet.measure import measure_planes
+
+    labels = np.zeros((2, 3, 12, 12), np.int32)
+    labels[0, 0, 1:3, 1:3], labels[1, 2, 5:10, 5:10] = 2, 3
+    tables = measure_planes(labels, "TZYX")
+    found = [(extra, int(table["label"][0])) for extra, table in tables if len(table["label"])]
+    assert found == [({"plane": 0, "t": 0, "z": 0}, 2), ({"plane": 5, "t": 1, "z": 2}, 3)]
+    assert [extra for extra, _ in measure_planes(labels[1], "ZYX")][2] == {"plane": 2, "z": 2}
+    header = write_csv(tables, tmp_path / "tz.csv").read_text().splitlines()[0]
+    assert header.startswith("plane,t,z,label,")

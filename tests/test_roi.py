@@ -139,3 +139,31 @@ def test_ids_of_billions_name_their_rois_without_gigabytes(tmp_path):
     big = np.where(labels > 0, labels.astype(np.uint64) + 3 * 10**9, 0).astype(np.uint32)
     rois = labels_to_rois(big)
     assert [roi.name for roi in rois] == [str(int(v)) for v in np.unique(big[big > 0])]
+
+
+def test_uint64_ids_beyond_int64_come_back_as_uint64(tmp_path):
+    """`rois` named objects of uint64 labels 18446744073709551614, which reading refused as beyond int64."""
+    stack = np.zeros((2, 20, 30), np.uint64)
+    stack[0, 2:6, 2:8], stack[1, 10:15, 0:30], stack[1, 0:3, 0:3] = 2**64 - 2, 2**63 + 5, 7
+    assert write_rois(tmp_path / "big.zip", stack) == 3
+    back = read_rois(tmp_path / "big.zip", stack.shape)
+    assert back.dtype == np.uint64
+    np.testing.assert_array_equal(back, stack)
+    import roifile
+
+    square = roifile.ImagejRoi.frompoints(np.array([[2.0, 2.0], [6.0, 2.0], [6.0, 6.0], [2.0, 6.0]]), name="x")
+    square.roitype = roifile.ROI_TYPE.POLYGON
+    named = roifile.ImagejRoi.frombytes(square.tobytes())
+    named.name = str(2**64 - 1)
+    with pytest.raises(ValueError, match="uint64"):
+        rois_to_labels([named], (8, 8))
+
+
+def test_a_plane_of_only_the_not_annotated_value_gives_no_roi():
+    """The "not annotated" value was decided plane by plane: a uint16 plane whose only nonzero value is 65535
+    (while another plane holds ids) exported an ROI '65535'."""
+    from napari_unet.roi import stack_to_rois
+
+    stack = np.zeros((2, 20, 20), np.uint16)
+    stack[0, 2:6, 2:6], stack[0, 10:20, 10:20], stack[1, 10:20, 10:20] = 3, 65535, 65535
+    assert [(roi.name, roi.position) for roi in stack_to_rois(stack)] == [("3", 1)]

@@ -4,7 +4,9 @@ Columns (pixel units; documented in docs/formats.md):
 ``label, area, centroid_y, centroid_x, bbox_y0, bbox_x0, bbox_y1, bbox_x1, perimeter, eccentricity, solidity``,
 then with an image ``intensity_mean, intensity_min, intensity_max`` (one ``_c<i>`` suffix per channel for a
 ``(C, H, W)`` image), then with a pixel size in ``unit`` (``"um"`` ...) ``area_<unit>2, centroid_y_<unit>,
-centroid_x_<unit>`` and, for square pixels, ``perimeter_<unit>``. bbox is half-open: rows y0..y1-1.
+centroid_x_<unit>`` and, for square pixels, ``perimeter_<unit>``. bbox is half-open: rows y0..y1-1. eccentricity
+is measured on the pixel grid, whatever the pixel size (with anisotropic pixels it is not the object's physical
+eccentricity); solidity, a ratio of areas, is the same on the grid as in physical units.
 
 >>> labels = np.zeros((6, 8), np.int32); labels[1:3, 1:5] = 7
 >>> table = measure(labels, pixel_size=PixelSize(0.5, 0.5, "um"))
@@ -52,18 +54,97 @@ def compact_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     return compact.reshape(labels.shape).astype(np.int64), ids
 
 
-def measured_ids(labels: np.ndarray) -> np.ndarray:
+def measured_ids(labels: np.ndarray, what: str = "labels") -> np.ndarray:
     """Integer `labels` as they are measured: the "not annotated" value (-1, or the maximum of uint16 and wider:
     `targets.unannotated_as_background`) as background, as in training and in `napari-unet measure`; other
-    negative values refused."""
+    negative values refused, naming `what`. Decided on the whole array: give a stack whole, not plane by plane
+    (a plane whose only nonzero value is 65535 is "not annotated" when other planes hold ids)."""
     from .targets import unannotated_as_background
 
     labels = unannotated_as_background(labels)
     if labels.size and labels.dtype.kind == "i" and int(labels.min()) < 0:
         raise ValueError(
-            f"labels must be ids >= 0 (0 = background, -1 = not annotated); found the value {int(labels.min())}"
+            f"{what} must be ids >= 0 (0 = background, -1 = not annotated); found the value {int(labels.min())}"
         )
     return labels
+
+
+MASK_NOTE = (
+    "looks like a binary mask (one value over many separate regions), not instance labels: its objects are its "
+    "connected components (4-connected), so touching objects count as one"
+)
+
+
+def is_mask(labels: np.ndarray, what: str = "labels") -> bool:
+    """Whether integer (or bool) ``labels`` (H, W), or a stack (..., H, W), are a binary mask rather than instance
+    labels, decided once for the whole array; ValueError, naming `what`, when they look like an image.
+
+    The rule is `validation.check_instance_regions` (about one region per id; one value over many regions is a
+    mask, many values each over many regions an image) with the planes pooled and each (plane, value) counted as
+    one id: an object spanning planes (a 3-D object, a tracked cell) is one region per plane, and an object in
+    two pieces in one plane (the top of a 3-D object) leaves the file instance labels.
+
+    >>> stack = np.zeros((2, 6, 6), np.uint16); stack[:, :3, :3] = 7; stack[1, 4:, 4:] = 7
+    >>> is_mask(stack), is_mask(stack[1:])
+    (False, True)
+    """
+    from .validation import check_instance_regions
+
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return True
+    if labels.size == 0:
+        return False
+    height, width = labels.shape[-2:]
+    planes = labels.reshape(-1, height * width)
+    values, index = np.unique(planes, return_inverse=True)
+    foreground = planes != 0
+    # plane p's k-th value is id p * len(values) + k + 1: ids of different planes never meet in the pooled image
+    ids = index.reshape(planes.shape) + 1 + np.arange(len(planes))[:, None] * values.size
+    pooled = np.where(foreground, ids, 0).reshape(-1, width)  # (planes * H, W): the planes one under another
+    try:
+        return check_instance_regions(pooled, what)
+    except ValueError:
+        if np.count_nonzero(values) == 1:  # one value over many regions, in several planes: a mask
+            return True
+        if len(planes) == 1:
+            raise
+        raise ValueError(
+            f"{what} does not look like instance labels: in its {len(planes)} planes, most of the foreground has "
+            "values found in several separate regions of a plane, where labels have one region per id and plane; "
+            "is it an image? give label images (one id per object, 0 = background)"
+        ) from None
+
+
+def instance_labels(labels: np.ndarray, what: str = "labels") -> tuple[np.ndarray, bool]:
+    """``(objects, was_mask)``: a label image or stack (..., H, W) as the instance ids that are measured and
+    exported, as `napari-unet measure` and `rois` and the Measure dock read them.
+
+    The "not annotated" value becomes background (`measured_ids`, over the whole array); a binary mask (`is_mask`,
+    decided for the whole array: one value over many separate regions, as Fiji's 0/255 masks) becomes its
+    4-connected components plane by plane (ids 1..n in every plane), with ``was_mask`` True (say `MASK_NOTE`); an
+    image given as labels and ids below -1 are refused, naming `what`. Floats are returned as they are, for the
+    callers' checks to explain.
+
+    >>> mask = np.zeros((4, 6), np.uint8); mask[:2, :2] = mask[:2, 4:] = 255
+    >>> objects, was_mask = instance_labels(mask)
+    >>> objects.tolist()[0], was_mask
+    ([1, 1, 0, 0, 2, 2], True)
+    """
+    from .metrics import components
+
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biu" or labels.ndim < 2:
+        return labels, False
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    labels = measured_ids(labels, what)
+    if not is_mask(labels, what):
+        return labels, False
+    objects = np.zeros(labels.shape, np.int32)
+    for index in np.ndindex(*labels.shape[:-2]):
+        objects[index] = components(labels[index] != 0)
+    return objects, True
 
 
 def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: PixelSize | None = None) -> Table:
@@ -167,10 +248,17 @@ def measure_planes(
     image_axes: str | None = None,
     pixel_size: PixelSize | None = None,
 ) -> list[tuple[dict[str, object], Table]]:
-    """Measure every 2-D plane of a label image or stack: ``[({"plane": i} or {}, table), ...]``.
+    """Measure every 2-D plane of a label image or stack: ``[(extra, table), ...]``, one per plane.
 
     labels: axes ``axes`` over "TZYX" (canonical order); image: the raw image with ``image_axes`` (canonical,
-    the same T/Z/Y/X sizes plus an optional C), or None. A single plane gets no "plane" column.
+    the same T/Z/Y/X sizes plus an optional C), or None. ``extra`` is ``{}`` for a single plane, else
+    ``{"plane": i, "t": t, "z": z}`` with ``i`` the plane's 0-based number (``t * Z + z`` for TZYX) and a ``t``
+    and ``z`` for the axes the labels have. The "not annotated" value is decided on the whole stack
+    (`measured_ids`).
+
+    >>> stack = np.zeros((2, 3, 4, 4), np.int32); stack[1, 2, 1:3, 1:3] = 5
+    >>> [extra for extra, table in measure_planes(stack, "TZYX") if len(table["label"])]
+    [{'plane': 5, 't': 1, 'z': 2}]
     """
     from .pipeline import plane_indices
 
@@ -184,11 +272,13 @@ def measure_planes(
                 f"the image (axes {image_axes}, shape {tuple(np.shape(image))}) does not match the labels "
                 f"(axes {axes}, shape {tuple(np.shape(labels))}): they must have the same planes and size"
             )
+    labels = measured_ids(np.asarray(labels))
     planes = plane_indices(tuple(np.shape(labels)), axes)
+    lead = [a.lower() for a in axes if a in "TZ"]
     tables = []
     for number, index in enumerate(planes):
         plane = np.asarray(labels[index] if index else labels)
         intensities = None if image is None else np.asarray(image[index] if index else image)
-        extra: dict[str, object] = {"plane": number} if len(planes) > 1 else {}
+        extra: dict[str, object] = {"plane": number, **dict(zip(lead, index))} if len(planes) > 1 else {}
         tables.append((extra, measure(plane, intensities, pixel_size)))
     return tables

@@ -90,8 +90,14 @@ def labels_to_rois(labels: np.ndarray, position: int | None = None) -> list:
 
 
 def stack_to_rois(labels: np.ndarray) -> list:
-    """ROIs of a label image (H, W), or of every plane of a stack (N, H, W) with the plane as ROI position."""
+    """ROIs of a label image (H, W), or of every plane of a stack (N, H, W) with the plane as ROI position. The
+    "not annotated" value is background, decided on the whole stack (`measure.measured_ids`): a plane whose only
+    nonzero value is 65535 gives no ROI when other planes hold ids."""
+    from .measure import measured_ids
+
     labels = np.asarray(labels)
+    if np.issubdtype(labels.dtype, np.integer):
+        labels = measured_ids(labels)
     if labels.ndim == 2:
         return labels_to_rois(labels)
     if labels.ndim == 3:
@@ -102,10 +108,11 @@ def stack_to_rois(labels: np.ndarray) -> list:
 def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
     """Fill ``rois`` into an int32 label image of ``shape`` (H, W) or (N, H, W); later ROIs paint over earlier.
 
-    An ROI named by an integer keeps it as its id (ids beyond int32 make the labels int64); the others get the
-    next free ids. Polygons, freehand, traced, rectangle and oval ROIs are filled, and composite ROIs (an object
-    with holes, as Fiji's Create Selection or XOR saves it) with their holes (even-odd rule over their paths);
-    lines and points are skipped. On a stack, an ROI with a position goes to that plane (1-based in the file),
+    An ROI named by an integer keeps it as its id (ids beyond int32 make the labels int64, ids beyond int64 up to
+    2**64 - 2 uint64, as `napari-unet rois` names the objects of uint64 labels); the others get the next free ids.
+    Polygons, freehand, traced, rectangle and oval ROIs are filled, and composite ROIs (an object with holes, as
+    Fiji's Create Selection or XOR saves it) with their holes (even-odd rule over their paths); lines and points
+    are skipped. On a stack, an ROI with a position goes to that plane (1-based in the file),
     one without to every plane. An ROI that extends past the image's edge is cut there; one wholly outside it,
     or on a plane the stack (or single image) does not have, is a ValueError (ROIs drawn on another image).
     """
@@ -116,9 +123,7 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
         raise ValueError(f"shape must be (H, W) or (N, H, W), got {shape}")
     named = [int(roi.name) if roi.name and roi.name.isdigit() and int(roi.name) > 0 else None for roi in rois]
     next_id = max([n for n in named if n] or [0]) + 1
-    if next_id > np.iinfo(np.int64).max:
-        raise ValueError(f"ROI names are label ids; {next_id - 1} is beyond what a label image holds (int64)")
-    labels = np.zeros(shape, np.int32 if next_id <= np.iinfo(np.int32).max else np.int64)
+    labels = np.zeros(shape, label_dtype(next_id - 1 + named.count(None)))
     filled = (
         roifile.ROI_TYPE.POLYGON,
         roifile.ROI_TYPE.FREEHAND,
@@ -167,6 +172,24 @@ def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:
             for n in targets:
                 labels[n, rows, cols] = value
     return labels
+
+
+def label_dtype(largest: int) -> np.dtype:
+    """The narrowest of int32, int64 and uint64 that holds the ids 0..``largest``; ValueError beyond 2**64 - 2
+    (2**64 - 1 is uint64's "not annotated" value, `targets.unannotated_value`).
+
+    >>> [label_dtype(n).name for n in (7, 2**31, 2**63)]
+    ['int32', 'int64', 'uint64']
+    """
+    for dtype in (np.int32, np.int64):
+        if largest <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    if largest < np.iinfo(np.uint64).max:
+        return np.dtype(np.uint64)
+    raise ValueError(
+        f"ROI names are label ids; {largest} is beyond what a label image holds (uint64, up to 2**64 - 2: "
+        "2**64 - 1 is its 'not annotated' value)"
+    )
 
 
 def _composite_pixels(roi, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +243,8 @@ def write_rois(path: str | Path, labels: np.ndarray) -> int:
 
 
 def read_rois(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
-    """Labels (int32, ``shape``) from an ImageJ ROI zip or single `.roi` file (see :func:`rois_to_labels`)."""
+    """Labels (int32, or wider for big ids; ``shape``) from an ImageJ ROI zip or single `.roi` file (see
+    :func:`rois_to_labels`)."""
     roifile = _roifile()
     path = Path(path)
     if not path.is_file():

@@ -285,3 +285,37 @@ def test_the_channel_layers_of_a_z_stack_are_measured_plane_by_plane(make_napari
         expected = measure(labels[plane], image[plane], None)
         for column in ("intensity_mean_c0", "intensity_mean_c1"):
             assert table[column][0] == pytest.approx(expected[column][0]), (plane, column)
+
+
+def test_a_binary_mask_is_measured_and_exported_as_its_connected_components(make_napari_viewer, tmp_path):
+    """A 0/255 mask with two blobs was one object (its centroid between them), and Export ROIs kept only the
+    larger blob, without a word; `napari-unet measure` and `rois` take its components, with a note."""
+    viewer = make_napari_viewer()
+    widget = MeasureWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Measure")
+    mask = np.zeros((30, 40), np.uint8)
+    mask[2:5, 2:5], mask[10:15, 10:15] = 255, 255
+    widget.labels_combo.value = viewer.add_labels(mask, name="mask")
+    ((_, table),) = widget.measure()
+    assert table["label"].tolist() == [1, 2] and table["area"].tolist() == [9, 25]
+    assert table["centroid_y"].tolist() == [3, 12] and "binary mask" in widget.status.text()
+    pytest.importorskip("roifile")
+    widget.status.setText("")
+    assert widget.export_rois(tmp_path / "mask.zip") == 2 and "binary mask" in widget.status.text()
+    back = widget.import_rois(tmp_path / "mask.zip").data
+    assert int((back > 0).sum()) == 34
+
+
+def test_a_plane_of_only_the_not_annotated_value_is_neither_measured_nor_exported(make_napari_viewer, tmp_path):
+    """The dock's ROI export decided "not annotated" plane by plane: a plane whose only nonzero value is 65535
+    gave an ROI '65535'."""
+    roifile = pytest.importorskip("roifile")
+    viewer = make_napari_viewer()
+    widget = MeasureWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Measure")
+    stack = np.zeros((2, 20, 20), np.uint16)
+    stack[0, 2:6, 2:6], stack[0, 10:20, 10:20], stack[1, 10:20, 10:20] = 3, 65535, 65535
+    widget.labels_combo.value = viewer.add_labels(stack, name="sparse")
+    assert [table["label"].tolist() for _, table in widget.measure()] == [[3], []]
+    assert widget.export_rois(tmp_path / "sparse.zip") == 1
+    assert [roi.name for roi in roifile.roiread(tmp_path / "sparse.zip")] == ["3"]

@@ -14,12 +14,12 @@ def add_parser(subparsers) -> None:
         subparsers,
         "measure",
         "Measure every object of label images and write one CSV table.",
-        "One row per object (and per plane of a stack): label, area, centroid, bounding box, perimeter, "
-        "eccentricity, solidity in pixels; with IMAGES the mean/min/max intensity (per channel); with a pixel "
-        "size (read from the OME-TIFF, ImageJ or TIFF resolution metadata of the image or labels file, or given "
-        "with --pixel-size) area, centroid and perimeter in physical units. LABELS and IMAGES are files or "
-        "folders paired by base name (a '_labels' suffix is tolerated). The 'not annotated' value (-1, or 65535 in "
-        "uint16) is background. The columns: docs/formats.md.",
+        "One row per object (and per plane of a stack, named by its plane, t and z): label, area, centroid, "
+        "bounding box, perimeter, eccentricity, solidity in pixels; with IMAGES the mean/min/max intensity (per "
+        "channel); with a pixel size (read from the OME-TIFF, ImageJ or TIFF resolution metadata of the image or "
+        "labels file, or given with --pixel-size) area, centroid and perimeter in physical units. LABELS and "
+        "IMAGES are files or folders paired by base name (a '_labels' suffix is tolerated). The 'not annotated' "
+        "value (-1, or 65535 in uint16) is background. The columns: docs/formats.md.",
         "  napari-unet measure results data/new --out table.csv\n"
         "  napari-unet measure cells_labels.tif cells.tif --out cells.csv --pixel-size 0.65",
         run,
@@ -37,10 +37,10 @@ def add_parser(subparsers) -> None:
         "Convert labels to an ImageJ/Fiji ROI zip, or an ROI zip back to labels.",
         "A label image (TIFF, PNG) becomes a .zip of polygon ROIs, one per object, named by its label id, that "
         "Fiji's ROI Manager opens (stack planes are the ROIs' positions). A .zip or .roi file becomes an int32 "
-        "label TIFF; --like gives the image whose size (and planes) the labels take, and its pixel size, Z step "
-        "and frame interval (from labels, --like is only checked to have their size: ROIs hold no calibration). "
-        "The 'not annotated' value (-1, or 65535 in uint16) is background. Polygons cannot hold holes, and of an "
-        "object in several pieces only the largest is kept.",
+        "label TIFF (int64 or uint64 when the ROIs' ids need it); --like gives the image whose size (and planes) "
+        "the labels take, and its pixel size, Z step and frame interval (from labels, --like is only checked to "
+        "have their size: ROIs hold no calibration). The 'not annotated' value (-1, or 65535 in uint16) is "
+        "background. Polygons cannot hold holes, and of an object in several pieces only the largest is kept.",
         "  napari-unet rois results/cells_labels.tif --out cells_rois.zip\n"
         "  napari-unet rois RoiSet.zip --like cells.tif --out cells_labels.tif",
         run,
@@ -76,44 +76,18 @@ def check_output(out: Path, inputs: list[Path], overwrite: bool, suffixes: tuple
     check_writable_folder(out.parent, f"--out {out}")
 
 
-def instance_labels(labels, axes: str, path: Path, quiet: bool):
-    """`labels` (a label image or stack, as read) as instance ids, plane by plane: the "not annotated" value
-    (-1 signed, the maximum of uint16 and wider: `targets.unannotated_value`) becomes background, as in training;
-    a binary mask (one value over many separate regions, as Fiji's 0/255 masks) becomes its 4-connected
-    components, with a note, as `evaluate` scores it; an image given as labels (many values, each over many
-    regions: LABELS and IMAGES swapped) and ids below -1 are refused, naming the file. Floats and channels are
-    left to the callers' checks, which explain them."""
-    import numpy as np
+def file_instance_labels(labels, axes: str, path: Path, quiet: bool):
+    """`labels` (a label image or stack, as read) as instance ids (`measure.instance_labels`, decided for the
+    whole file), with a note when the file is a binary mask, naming it. Channels are left to the callers' checks,
+    which explain them."""
+    from ..measure import MASK_NOTE, instance_labels
 
-    from ..metrics import as_objects
-    from ..targets import unannotated_as_background
-
-    labels = np.asarray(labels)
-    if labels.dtype.kind not in "biu" or labels.ndim < 2 or "C" in axes:
+    if "C" in axes:
         return labels
-    if labels.dtype == bool:
-        labels = labels.astype(np.uint8)
-    if labels.dtype.kind == "i" and labels.size and int(labels.min()) < -1:
-        raise ValueError(
-            f"labels in {path.name} must be ids >= 0 (0 = background, -1 = not annotated); found the value "
-            f"{int(labels.min())}"
-        )
-    labels = unannotated_as_background(labels)
-    planes = {
-        index: as_objects(labels[index], f"the labels file {path.name}") for index in np.ndindex(*labels.shape[:-2])
-    }
-    if not any(was_mask for _, was_mask in planes.values()):
-        return labels
-    objects = labels.astype(np.uint64 if labels.dtype == np.uint64 else np.int64)
-    for index, (plane, was_mask) in planes.items():
-        if was_mask:
-            objects[index] = plane
-    note(
-        f"note: {path.name} looks like a binary mask (one value over many separate regions), not instance labels: "
-        "its objects are its connected components (4-connected), so touching objects count as one",
-        quiet,
-    )
-    return objects
+    labels, was_mask = instance_labels(labels, f"the labels file {path.name}")
+    if was_mask:
+        note(f"note: {path.name} {MASK_NOTE}", quiet)
+    return labels
 
 
 def add_pixel_size(sub: argparse.ArgumentParser) -> None:
@@ -167,7 +141,7 @@ def run_measure(args: argparse.Namespace) -> int:
     tables = []
     for labels_path, image_path in pairs:
         labels, axes = read_label_image(labels_path)
-        labels = instance_labels(labels, axes, labels_path, args.quiet)
+        labels = file_instance_labels(labels, axes, labels_path, args.quiet)
         image, image_axes = read_image(image_path) if image_path is not None else (None, None)
         pixel_size = given or (read_pixel_size(image_path) if image_path else None) or read_pixel_size(labels_path)
         name = base_name(image_path or labels_path)
@@ -219,7 +193,7 @@ def run_rois(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.input} has axes {axes}: expected a label image (YX) or stack (ZYX or TYX)")
     if args.like is not None:
         check_same_size(labels, axes, args.input, args.like)
-    labels = instance_labels(labels, axes, args.input, args.quiet)
+    labels = file_instance_labels(labels, axes, args.input, args.quiet)
     count = write_rois(args.out, labels)
     note(f"open {args.out.name} in Fiji with File > Open (or the ROI Manager's More > Open)", args.quiet)
     print(f"{count} ROIs -> {args.out}")

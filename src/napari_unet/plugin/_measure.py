@@ -16,9 +16,8 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QFileDialog, QPushButton, QTableWidget, QTableWidgetItem, QWidget
 
 from napari_unet.io import to_canonical
-from napari_unet.measure import Table, measure_planes, write_csv
+from napari_unet.measure import MASK_NOTE, Table, instance_labels, measure_planes, write_csv
 from napari_unet.metadata import PixelSize
-from napari_unet.targets import unannotated_as_background
 
 from ._form import dock_layout, form, row, wrapped_label
 from ._layers import (
@@ -91,9 +90,8 @@ class MeasureWidget(QWidget):
         self.tables = []  # a failed measure leaves no earlier table to save under this layer's name
         self.save_button.setEnabled(False)
         try:
-            labels = np.asarray(labels_layer.data)
-            if labels.dtype.kind == "u":  # "not annotated" (the uint16+ maximum) is background, as in training
-                labels = unannotated_as_background(labels)
+            # "not annotated" (-1, the uint16+ maximum) is background, as in training; a binary mask is its components
+            labels, was_mask = instance_labels(np.asarray(labels_layer.data), f"layer '{labels_layer.name}'")
             image, image_axes = self._intensities(image_layer, labels.shape)
             pixel_size = self._pixel_size(image_layer, labels_layer)
             axes = "TZYX"[4 - labels.ndim :] if labels.ndim <= 4 else None
@@ -105,15 +103,17 @@ class MeasureWidget(QWidget):
             self.status.setText(f"Cannot measure '{labels_layer.name}': {error}")
             return None
         self.measured_name = labels_layer.name
-        if labels.ndim == 2:
+        hover = labels.ndim == 2 and not was_mask  # a mask's layer holds one value, not the components' ids
+        if hover:
             ((_, table),) = self.tables
             labels_layer.features = _features(table)
         self._show_table()
         count = sum(len(t["label"]) for _, t in self.tables)
         unit = f"; physical units: {pixel_size.unit}" if pixel_size is not None else "; pixel units"
         source = f"; intensities of '{image_layer.name}'" if image_layer is not None else "; no intensities"
-        hover = " Hover over an object to read its values." if labels.ndim == 2 else ""
-        self.status.setText(f"{count} object(s) measured{unit}{source}.{hover}")
+        mask = f" '{labels_layer.name}' {MASK_NOTE}." if was_mask else ""
+        read_out = " Hover over an object to read its values." if hover else ""
+        self.status.setText(f"{count} object(s) measured{unit}{source}.{mask}{read_out}")
         self.save_button.setEnabled(bool(self.tables))
         return self.tables
 
@@ -123,12 +123,18 @@ class MeasureWidget(QWidget):
         return write_csv([({"layer": self.measured_name, **extra}, table) for extra, table in self.tables], path)
 
     def export_rois(self, path: str | Path) -> int:
+        """Write the chosen Labels layer as an ImageJ ROI zip, one ROI per object (a binary mask: per connected
+        component, said in the status line); returns how many."""
         from napari_unet.roi import write_rois
 
         layer = self.labels_combo.value
         if layer is None:
             raise ValueError("no Labels layer to export")
-        return write_rois(path, np.asarray(layer.data))
+        labels, was_mask = instance_labels(np.asarray(layer.data), f"layer '{layer.name}'")
+        count = write_rois(path, labels)
+        if was_mask:
+            self.status.setText(f"{count} ROIs, one per connected component: '{layer.name}' {MASK_NOTE}.")
+        return count
 
     def import_rois(self, path: str | Path) -> Any:
         """A new Labels layer from an ImageJ ROI zip, the size of the chosen image (or labels) layer."""
