@@ -472,6 +472,53 @@ def test_percentiles_rejects_bad_range():
         percentiles(np.ones((4, 4)), 99, 1)
 
 
+@pytest.mark.parametrize("scale", [1e-8, 1e-3, 1e5])
+def test_normalisation_does_not_depend_on_the_images_units(scale):
+    """An image in other units (scaled by 1e-8: values below 1e-7) normalises as the image, also inverted
+    (lo and hi swapped); an absolute eps squashed it toward 0 and divided by ~0 when inverted."""
+    image = np.random.default_rng(0).gamma(2.0, 0.3, (40, 50)).astype(np.float32)
+    scaled = image * np.float32(scale)
+    expected = normalize_percentile(image)
+    np.testing.assert_allclose(normalize_percentile(scaled), expected, rtol=0, atol=1e-5)
+    lo, hi = percentiles(image)
+    slo, shi = percentiles(scaled)
+    np.testing.assert_allclose(apply_normalization(scaled, shi, slo), 1 - expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(apply_normalization(image, hi, lo), 1 - expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_ordinary_images_normalise_as_with_an_absolute_eps(dtype):
+    """The relative eps changes ordinary images by float rounding only: CSBDeep's / bioimage.io's
+    ``(x - lo) / (hi - lo + 1e-6)``."""
+    image = np.random.default_rng(1).integers(0, np.iinfo(dtype).max, (30, 40)).astype(dtype)
+    lo, hi = np.percentile(image, [1.0, 99.8])
+    np.testing.assert_allclose(normalize_percentile(image), (image - lo) / (hi - lo + 1e-6), rtol=3e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.0, 5e-9, 300.0])
+def test_a_constant_image_normalises_to_0_without_dividing_by_zero(value):
+    out = normalize_percentile(np.full((8, 9), value, np.float32))
+    np.testing.assert_array_equal(out, np.zeros((8, 9), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint32, np.float64])
+def test_a_large_offset_keeps_the_contrast(dtype):
+    """Values float32 rounds to steps of 256 (2**31 + counts) are normalised in float64 with float64
+    percentiles: the offset changes nothing."""
+    counts = np.random.default_rng(2).integers(0, 4000, (30, 40))
+    expected = normalize_percentile(counts.astype(np.uint16))
+    offset = (counts + 2**31).astype(dtype)
+    out = normalize_percentile(offset)
+    np.testing.assert_allclose(out, expected, rtol=0, atol=1e-5)
+    assert out.dtype == np.float32
+    assert percentiles(offset)[0].dtype == np.float64
+
+
+def test_percentiles_of_an_empty_image_say_it_is_empty():
+    with pytest.raises(ValueError, match="the image is empty"):
+        percentiles(np.zeros((0, 10), np.float32))
+
+
 # ----------------------------------------------------------------------------- checks
 
 

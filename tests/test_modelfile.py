@@ -257,3 +257,26 @@ def test_auto_polarity_inverts_a_bright_background_where_dark_objects_cover_most
     trained = bundle.normalization.apply_polarity(((image - lo) / (hi - lo))[None])[0]
     np.testing.assert_allclose(trained, normalised, atol=1e-5)
     assert not Normalization(invert="auto").flips(((image[:, :72] - lo) / (hi - lo)).reshape(1, -1))[0]
+
+
+@pytest.mark.parametrize("invert", [False, True, "auto"])
+def test_predictions_do_not_depend_on_the_images_units(invert):
+    """An image scaled by 1e-8 (a float image in other units) is seen as the image, also inverted; with
+    "auto" its polarity is decided as the image's (a bright background: inverted)."""
+    from napari_unet.synthetic import make_cells
+
+    torch.manual_seed(0)
+    model = ModelBundle(UNet(depth=2, base_channels=4), Normalization(invert=invert))
+    image = 1.0 - make_cells((48, 48), seed=4)[0]  # dark cells on a bright background
+    expected = model.predict(image, diameter=None, device="cpu")
+    np.testing.assert_allclose(model.predict(image * 1e-8, diameter=None, device="cpu"), expected, atol=1e-5)
+    auto = model.preprocessor(image[None])(image[None])
+    np.testing.assert_allclose(model.preprocessor(image[None] * 1e-8)(image[None] * 1e-8), auto, atol=1e-5)
+
+
+def test_an_empty_image_is_refused_with_its_shape():
+    model = ModelBundle(UNet(depth=2, base_channels=4), object_diameter=20.0)
+    for call in (model.predict, model.segment):
+        for diameter in (None, "auto"):
+            with pytest.raises(ValueError, match=r"the image is empty: shape \(0, 10\)"):
+                call(np.zeros((0, 10), np.float32), diameter=diameter, device="cpu")

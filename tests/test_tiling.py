@@ -264,3 +264,32 @@ def test_an_image_of_extreme_values_is_normalised_without_overflow():
     huge = (plain * 2 - 1) * np.float32(3e38)  # spans more than float32 holds: hi - lo overflows
     expected = bundle.predict(plain, diameter=None, tile_size=32)
     np.testing.assert_allclose(bundle.predict(huge, diameter=None, tile_size=32), expected, atol=1e-4)
+
+
+def test_an_empty_image_is_refused_with_its_shape():
+    net = small_net()
+    for predict in (predict_tiled, predict_tta):
+        with pytest.raises(ValueError, match=r"the image is empty: shape \(0, 10\)"):
+            predict(net, np.zeros((0, 10), np.float32), 32, device="cpu")
+
+
+def test_tta_takes_a_zarr_array_with_channels():
+    """TTA flips the plane, which zarr cannot: it is read whole first (as the 8 orientations need it)."""
+    net = small_net(in_channels=2)
+    image = np.random.default_rng(5).random((2, 40, 36)).astype(np.float32)
+    store = zarr.zeros(shape=image.shape, chunks=(1, 20, 20), dtype="float32")
+    store[...] = image
+    np.testing.assert_array_equal(predict_tta(net, store, 32, device="cpu"), predict_tta(net, image, 32, device="cpu"))
+
+
+def test_windows_of_values_float32_rounds_reach_the_preprocess_in_float64():
+    """int64 counts offset by 2**31 (float32 steps of 256) keep their contrast through the tiles."""
+    bundle = ModelBundle(small_net())
+    counts = np.random.default_rng(6).integers(0, 4000, (40, 44))
+    expected = bundle.predict(counts.astype(np.uint16), diameter=None, tile_size=32, device="cpu")
+    for dtype in (np.int64, np.float64):
+        offset = (counts + 2**31).astype(dtype)
+        got = bundle.predict(offset, diameter=None, tile_size=32, device="cpu")
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+    window = read_window((counts + 2**31)[None], (-3, -3), (8, 8), np.float64)
+    assert window.dtype == np.float64 and window[0, 3, 3] == counts[0, 0] + 2**31

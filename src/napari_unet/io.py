@@ -744,50 +744,92 @@ def percentiles(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Low and high percentiles of ``image``, per channel when ``"C"`` is in ``axes``.
 
-    Returns ``(lo, hi)``, float32 arrays shaped to broadcast against ``image``: size 1 on every axis
-    but C (``(C, 1, 1)`` for ``"CYX"``, ``(1, 1)`` for ``"YX"``). Arrays with more than ``max_samples``
-    values per channel (and any dask/zarr array or memmap) are estimated from a regular strided
-    subsample of at most ``max_samples`` values per channel, read without loading the whole array.
+    Returns ``(lo, hi)``, float32 arrays (float64 for values float32 does not hold exactly, see
+    `percentiles_of`) shaped to broadcast against ``image``: size 1 on every axis but C (``(C, 1, 1)``
+    for ``"CYX"``, ``(1, 1)`` for ``"YX"``). Arrays with more than ``max_samples`` values per channel
+    (and any dask/zarr array or memmap) are estimated from a regular strided subsample of at most
+    ``max_samples`` values per channel, read without loading the whole array.
     """
     return percentiles_of(channel_values(image, axes, max_samples), low, high, axes)
 
 
 def percentiles_of(values: np.ndarray, low: float, high: float, axes: str) -> tuple[np.ndarray, np.ndarray]:
     """`percentiles` of the values `channel_values` read, ``(C, N)``, shaped to broadcast against an image of
-    `axes` (for a caller that needs the values for something else too, so the image is sampled once)."""
+    `axes` (for a caller that needs the values for something else too, so the image is sampled once).
+
+    float32, or float64 for values float32 does not hold exactly (`exact_in_float32`), e.g. int64 counts offset
+    by 2**31, whose percentiles float32 would round to a multiple of 256."""
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"percentiles need 0 <= low < high <= 100, got low={low}, high={high}")
+    if values.shape[-1] == 0:
+        raise ValueError(f"the image is empty: no values to take percentiles of (sample shape {values.shape})")
     if values.dtype == bool:  # a binary image: 0 and 1 (np.percentile cannot subtract booleans)
         values = values.astype(np.uint8)
     lo, hi = np.percentile(values, [low, high], axis=1)
     broadcast = tuple(-1 if a == "C" else 1 for a in axes)
-    return lo.astype(np.float32).reshape(broadcast), hi.astype(np.float32).reshape(broadcast)
+    dtype = np.float32 if exact_in_float32(values.dtype) else np.float64
+    return lo.astype(dtype).reshape(broadcast), hi.astype(dtype).reshape(broadcast)
+
+
+def exact_in_float32(dtype: Any) -> bool:
+    """True when float32 holds every value of `dtype` exactly (bool, 8/16-bit integers, float16/32).
+
+    >>> exact_in_float32(np.uint16), exact_in_float32(np.int64), exact_in_float32(np.float64)
+    (True, False, False)
+    """
+    dtype = np.dtype(dtype)
+    return dtype.kind in "biuf" and dtype.itemsize <= (4 if dtype.kind == "f" else 2)
+
+
+def normalization_range(lo: ArrayLike, hi: ArrayLike, eps: float = 1e-6) -> np.ndarray:
+    """The denominator of the normalisation: ``(hi - lo) * (1 + eps)``, same shape as ``lo``, ``hi`` (float64).
+
+    `eps` is relative, so the result does not depend on the image's units (an image scaled by 1e-8 normalises
+    as the image): for a range of 1 or more it differs from CSBDeep's ``hi - lo + eps`` by float rounding. The
+    sign is kept, so ``lo`` and ``hi`` swapped (an inverted channel) give ``-(hi - lo) * (1 + eps)``. Where
+    ``hi == lo`` (a constant image): ``eps * |lo|``, or ``eps`` at 0, so nothing is divided by zero.
+
+    >>> float(normalization_range(0.0, 4e-8) / normalization_range(0.0, 4.0))  # scale invariant
+    1e-08
+    >>> float(normalization_range(4.0, 0.0))  # swapped (inverted): the sign of hi - lo
+    -4.000004
+    """
+    lo = np.asarray(lo, dtype=np.float64)
+    hi = np.asarray(hi, dtype=np.float64)
+    span = hi - lo
+    magnitude = np.maximum(np.abs(lo), np.abs(hi))
+    constant = eps * np.where(magnitude > 0, magnitude, 1.0)
+    return np.where(span != 0, span * (1.0 + eps), constant)
 
 
 def apply_normalization(tile: ArrayLike, lo: ArrayLike, hi: ArrayLike, eps: float = 1e-6) -> Any:
-    """``(tile - lo) / (hi - lo + eps)`` in float32, not clipped (CSBDeep convention).
+    """``(tile - lo) / normalization_range(lo, hi, eps)`` in float32, not clipped (CSBDeep convention,
+    ``(tile - lo) / (hi - lo)`` with a relative `eps`: see `normalization_range`).
 
     ``lo``, ``hi`` come from :func:`percentiles` of the whole image, so every tile is normalised with
-    the same global values. Dask input stays lazy; anything else becomes a numpy array.
+    the same global values (swapped for an inverted channel: ``1 - x``). Dask input stays lazy; anything else
+    becomes a numpy array. A tile of values float32 does not hold exactly (int32/64, float64: an offset of
+    2**31 would leave steps of 256) is computed in float64 before the float32 result.
     """
-    lo = np.asarray(lo, dtype=np.float32)
-    hi = np.asarray(hi, dtype=np.float32)
     if not hasattr(tile, "compute"):
         tile = np.asarray(tile)
-    if not np.isfinite(hi - lo).all():  # values spanning more than float32 holds (~3e38): computed in float64
-        scale64 = 1.0 / (hi.astype(np.float64) - lo + eps)
-        return ((tile.astype(np.float64) - lo) * scale64).astype(np.float32)
-    scale = np.float32(1.0) / (hi - lo + np.float32(eps))
-    return (tile.astype(np.float32) - lo) * scale
+    denominator = normalization_range(lo, hi, eps)
+    scale = 1.0 / denominator
+    beyond_float32 = max(np.abs(denominator).max(), np.abs(scale).max()) > np.finfo(np.float32).max  # ~3e38
+    if beyond_float32 or not exact_in_float32(tile.dtype):
+        return ((tile.astype(np.float64) - np.asarray(lo, dtype=np.float64)) * scale).astype(np.float32)
+    lo = np.asarray(lo, dtype=np.float32)
+    return (tile.astype(np.float32) - lo) * scale.astype(np.float32)
 
 
 def normalize_percentile(
     image: ArrayLike, low: float = 1.0, high: float = 99.8, axes: str = "YX", eps: float = 1e-6
 ) -> Any:
-    """Percentile-normalise ``image`` to float32: ``(x - p_low) / (p_high - p_low + eps)``.
+    """Percentile-normalise ``image`` to float32: ``(x - p_low) / ((p_high - p_low) * (1 + eps))``.
 
     Percentiles per channel when ``"C"`` is in ``axes`` (CSBDeep style); values outside
-    ``[p_low, p_high]`` map outside ``[0, 1]`` (no clipping).
+    ``[p_low, p_high]`` map outside ``[0, 1]`` (no clipping); `eps` is relative (`normalization_range`), so
+    the result does not depend on the image's units.
     """
     lo, hi = percentiles(image, low, high, axes)
     return apply_normalization(image, lo, hi, eps)

@@ -57,7 +57,7 @@ from .scale import (
     resize_probs,
     scale_postprocess,
 )
-from .tiling import predict_tiled, predict_tta
+from .tiling import check_not_empty, predict_tiled, predict_tta
 from .validation import check_image, check_json_object, check_unet_entry
 
 FORMAT_VERSION = 1
@@ -186,8 +186,7 @@ class ModelBundle:
         lo, hi = percentiles_of(values, self.normalization.low, self.normalization.high, axes)
         lo, hi = lo.reshape(-1, 1, 1), hi.reshape(-1, 1, 1)
         if self.normalization.invert is not False:  # (x - hi) / (lo - hi) = 1 - (x - lo) / (hi - lo)
-            low, high = lo.reshape(-1, 1), hi.reshape(-1, 1)
-            normalised = (values.astype(np.float32) - low) / np.maximum(high - low, 1e-6)
+            normalised = apply_normalization(values, lo.reshape(-1, 1), hi.reshape(-1, 1))  # (C, N), as the windows
             flip = self.normalization.flips(normalised).reshape(-1, 1, 1)
             lo, hi = np.where(flip, hi, lo), np.where(flip, lo, hi)
         return lambda window: apply_normalization(window, lo, hi)
@@ -247,7 +246,9 @@ class ModelBundle:
         diameter: see `scale_factor`; the network sees the image resized by model / object diameter, and the
         probabilities are resized back to (H, W).
         tta: test-time augmentation, the mean over the 8 flips and 90-degree rotations (`tiling.predict_tta`).
+        An empty image (an axis of length 0) raises ValueError.
         """
+        check_not_empty(image)
         factor = self.scale_factor(image, diameter, device=device)
         return self.predict_rescaled(
             image, factor, tile_size=tile_size, device=device, out=out, batch_size=batch_size, tta=tta
@@ -322,8 +323,10 @@ class ModelBundle:
         axes: of `image` over "CYX" (e.g. "YXC" for an RGB array from scikit-image or imageio); default "YX" for
         a 2-D array and `io.guess_axes` for a 3-D one (channels first when there are at most 4, RGB(A) last).
         The model's channel choice is applied (`prepare`: grey for `nuclei`, so an RGB image is seen as its
-        luminance); a stack (Z or T) is refused: segment it plane by plane (`pipeline.segment_file`).
+        luminance); a stack (Z or T) is refused: segment it plane by plane (`pipeline.segment_file`). An empty
+        image (an axis of length 0) raises ValueError.
         """
+        check_not_empty(image)
         image = self.one_plane(image, axes)
         factor = self.scale_factor(image, diameter, device=kwargs.get("device", "auto"))
         return self.labels_of(self.predict_rescaled(image, factor, **kwargs)[1], factor, postprocess)

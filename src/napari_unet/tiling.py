@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .device import select_device
+from .io import exact_in_float32
 from .model import UNet
 from .precision import autocast, cudnn_autotuning, memory_format
 from .validation import check_finite
@@ -146,15 +147,15 @@ def mirror_indices(start: int, length: int, size: int) -> np.ndarray:
     return np.where(index >= size, period - index, index)
 
 
-def read_window(image, origin: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """The (C, h, w) float32 window at `origin` of a (C, H, W) array (numpy, memmap, dask, zarr), mirrored.
+def read_window(image, origin: tuple[int, int], size: tuple[int, int], dtype: Any = np.float32) -> np.ndarray:
+    """The (C, h, w) window at `origin` of a (C, H, W) array (numpy, memmap, dask, zarr), mirrored, as `dtype`.
 
     Only the in-image block the window needs is read, so lazy and memory-mapped images are never loaded whole.
     """
     rows = mirror_indices(origin[0], size[0], image.shape[-2])
     cols = mirror_indices(origin[1], size[1], image.shape[-1])
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    block = np.asarray(image[..., r0:r1, c0:c1], dtype=np.float32)
+    block = np.asarray(image[..., r0:r1, c0:c1], dtype=dtype)
     if r0 == origin[0] and c0 == origin[1] and block.shape[-2:] == tuple(size):
         return block
     return block[..., rows - r0, :][..., cols - c0]
@@ -189,9 +190,14 @@ def iter_predict_tiles(
     """
     tiles = iter(grid if tiles is None else tiles)
     batches = iter(lambda: [tile for _, tile in zip(range(batch_size), tiles)], [])
+    # float64 until `preprocess` for values float32 rounds (int64 offset by 2**31: steps of 256 before the offset
+    # is subtracted); the network gets float32 either way. Inputs that do not say their dtype are read as float32.
+    dtype = getattr(image, "dtype", None)
+    exact = preprocess is None or dtype is None or exact_in_float32(dtype)
+    read_as = np.float32 if exact else np.float64
 
     def read(batch: list[Tile]) -> np.ndarray:
-        windows = [read_window(image, tile.window_origin, grid.window) for tile in batch]
+        windows = [read_window(image, tile.window_origin, grid.window, read_as) for tile in batch]
         if preprocess is not None:
             windows = [np.asarray(preprocess(w), dtype=np.float32) for w in windows]
         return np.stack(windows)
@@ -274,6 +280,18 @@ def with_channel_axis(image):
         return da.from_array(image, chunks=getattr(image, "chunks", "auto"))[None]
 
 
+def check_not_empty(image) -> None:
+    """Raise ValueError when `image` has an axis of length 0: there is nothing to predict.
+
+    >>> check_not_empty(np.zeros((0, 10)))
+    Traceback (most recent call last):
+    ValueError: the image is empty: shape (0, 10); there is nothing to predict
+    """
+    shape = tuple(np.shape(image))
+    if 0 in shape:
+        raise ValueError(f"the image is empty: shape {shape}; there is nothing to predict")
+
+
 def as_channels_first(image, in_channels: int):
     """View a (H, W) or (C, H, W) image as (C, H, W), checking C against the model."""
     if image.ndim == 2:
@@ -315,7 +333,8 @@ def predict_tiled(
         `memory_budget` bytes of activations.
     out: where to write, e.g. a zarr array of shape (classes, H, W) for images larger than memory; a new float32
         array by default.
-    preprocess: applied to each input window (C, h, w), e.g. normalisation with global percentiles.
+    preprocess: applied to each input window (C, h, w), e.g. normalisation with global percentiles; the windows
+        are float32, or float64 for images whose values float32 does not hold exactly (int32/64, float64).
     batch_size: tiles per forward pass (on a GPU, 4-8 tiles of 572 or more keep it busy: docs/gpu.md).
     precision: "auto" (bf16 autocast on CUDA), "fp32" or "bf16" (`precision.py`); None: the caller's autocast
         state (fp32 unless the call is inside `precision.autocast`). Seam-free: tiled equals `predict_whole` to
@@ -326,6 +345,7 @@ def predict_tiled(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number of tiles >= 1, got {batch_size!r}")
+    check_not_empty(image)
     image = as_channels_first(image, model.config.in_channels)
     check_finite(image)  # NaN or inf would silently turn every probability into NaN
     device = select_device(device)
@@ -387,8 +407,9 @@ def predict_tta(model: UNet, image, tile_size: int | tuple[int, int] | None = No
 
     probs = 1/8 sum_g g^-1(f(g(x))) for g in the dihedral group of the square, f = `predict_tiled` (with
     `preprocess`, which must not depend on the orientation, e.g. normalisation with the image's percentiles).
-    image: (H, W) or (C, H, W). options: `iter_predict_tta`'s (device, batch_size, preprocess, precision). Costs 8
-    predictions; for a model that is exactly equivariant to these symmetries it equals the plain one.
+    image: (H, W) or (C, H, W); a lazy one (dask, zarr) is read whole, as the 8 orientations need it. options:
+    `iter_predict_tta`'s (device, batch_size, preprocess, precision). Costs 8 predictions; for a model that is
+    exactly equivariant to these symmetries it equals the plain one.
     """
     *_, (count, total) = iter_predict_tta(model, image, tile_size, **options)  # the last sum: every orientation
     total /= np.float32(count)
@@ -407,8 +428,12 @@ def iter_predict_tta(
 ) -> Iterator[tuple[int, np.ndarray]]:
     """`predict_tta` one orientation at a time: yields (n, the sum (classes, H, W) float32 of the first n
     orientations' probabilities, brought back to the image's), n = 1..8; the same array, updated in place.
-    Stopping is not asking for the next one (the Segment dock's progress and Cancel)."""
+    Stopping is not asking for the next one (the Segment dock's progress and Cancel). A lazy image (dask, zarr:
+    zarr cannot be flipped) is read whole first."""
+    check_not_empty(image)
     channels_first = as_channels_first(image, model.config.in_channels)
+    if not isinstance(channels_first, np.ndarray):
+        channels_first = np.asarray(channels_first)
     device = select_device(device)
     total = None
     for n, (k, flip) in enumerate(dihedral_transforms(), start=1):
