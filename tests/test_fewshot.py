@@ -125,3 +125,14 @@ def test_the_windows_are_the_starting_models_unless_the_recipe_says():
     assert smaller.config.tile_size == 92 and smaller.tile == start.net.valid_input_size(92)
     with pytest.raises(ValueError, match="tile_size"):
         FewShotConfig(tile_size=0)
+
+
+def test_a_model_saved_by_a_newer_version_can_be_fine_tuned():
+    """Its recorded training holds a setting this version does not know: fine-tuning failed in the worker with
+    "unknown TrainConfig keys"; the settings it knows are used, the others left out."""
+    image, labels = two_touching_cells()
+    start = ModelBundle(
+        UNet(depth=2, base_channels=4), metadata={"training": {"tile_size": 124, "a_setting_of_2027": True}}
+    )
+    trainer = few_shot_trainer(start, image, labels, config=FewShotConfig(seconds=None, iterations=1), device="cpu")
+    assert trainer.config.tile_size == 124

@@ -40,7 +40,8 @@ from .modelfile import ModelBundle
 from .scale import FACTOR_RANGE, diameter_factor, median_diameter, rescale_image, rescale_labels
 from .targets import mask_around_cells
 from .tiling import predict_tiled
-from .training import PRESETS, Sample, TrainConfig, Trainer
+from .train_config import recorded_training
+from .training import PRESETS, Sample, Trainer
 from .validation import check_image, check_labels
 
 
@@ -162,8 +163,7 @@ def few_shot_trainer(
     if config.freeze_encoder:
         for parameter in net.encoder.parameters():
             parameter.requires_grad_(False)
-    trained_with = bundle.metadata.get("training")
-    base = TrainConfig.from_dict(trained_with) if isinstance(trained_with, dict) else PRESETS["fast"][1]
+    base = recorded_training(bundle.metadata) or PRESETS["fast"][1]
     train_config = replace(
         base,
         iterations=config.iterations,

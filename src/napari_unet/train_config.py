@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -326,11 +326,26 @@ def target_settings(metadata: dict[str, Any]) -> dict[str, Any]:
     >>> target_settings({"training": {"w0": 20.0, "sigma": 5.0, "border": 1, "iterations": 5}})
     {'w0': 20.0, 'sigma': 5.0, 'border': 1, 'class_weights': 'balanced'}
     """
+    config = recorded_training(metadata)
+    return {} if config is None else {name: getattr(config, name) for name in TARGET_FIELDS}
+
+
+def recorded_training(metadata: dict[str, Any]) -> TrainConfig | None:
+    """The training configuration a model's metadata records, to start from the model (not to resume it, which
+    needs it exact): None when there is none or it cannot be read; keys this version does not know (a model
+    saved by a newer version) are left out.
+
+    >>> recorded_training({"training": {"w0": 3.0, "a_newer_setting": 1}}).w0, recorded_training({})
+    (3.0, None)
+    """
     trained = metadata.get("training")
     if not isinstance(trained, dict):
-        return {}
-    config = TrainConfig.from_dict(trained)
-    return {name: getattr(config, name) for name in TARGET_FIELDS}
+        return None
+    known = {item.name for item in fields(TrainConfig)}
+    try:
+        return TrainConfig.from_dict({key: value for key, value in trained.items() if key in known})
+    except (TypeError, ValueError):
+        return None
 
 
 def gives_back_border(config: TrainConfig) -> bool:
