@@ -464,6 +464,13 @@ def test_info_shows_the_model(model, capsys):
     assert code == 0 and json.loads(stdout)["unet"]["base_channels"] == 4
 
 
+def test_info_says_when_the_time_budget_ended_a_run_before_its_iterations(capsys):
+    """The built-in model: 1,000,000 iterations read as steps done; the budget ended the run at 10,632."""
+    code, stdout, _ = run(capsys, "info", "builtin:nuclei")
+    done = load_model("builtin:nuclei").metadata["iterations"]
+    assert code == 0 and f"(a cap: the time budget ended the run at {done})" in stdout
+
+
 def test_info_says_why_a_model_is_not_resumable(model, tmp_path, capsys):
     copy = tmp_path / "copy"
     shutil.copytree(model, copy)

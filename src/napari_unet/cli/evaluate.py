@@ -327,8 +327,11 @@ def _info(args: argparse.Namespace) -> int:
     if training:
         training = dict(training)
         augment = training.pop("augment", None)
+        done = meta.get("iterations")
         if training.get("iterations") == UNTIL_BUDGET:
             training["iterations"] = "until the time budget"
+        elif training.get("time_budget") and isinstance(done, int) and done < training.get("iterations", done):
+            training["iterations"] = f"{training['iterations']} (a cap: the time budget ended the run at {done})"
         lines.append(f"training: {_fields(training)}")
         if augment:
             lines.append(f"  augmentation: {_fields(augment) if isinstance(augment, dict) else _brief(augment)}")
