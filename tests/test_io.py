@@ -762,3 +762,18 @@ def test_a_stack_of_a_few_label_planes_saved_without_axes_reads_as_planes(tmp_pa
         assert axes == expected and labels.shape == (count, 16, 16)
     tifffile.imwrite(tmp_path / "zc.tif", np.zeros((2, 3, 16, 16), np.uint16), imagej=True, metadata={"axes": "ZCYX"})
     assert read_label_image(tmp_path / "zc.tif")[1] == "ZCYX"  # said by the file: kept (and refused where used)
+
+
+def test_given_axes_read_a_4d_tiff_that_says_none(tmp_path):
+    """`--axes TZYX` (`axes=`) on a plain tifffile save of a 4-D array still failed with "cannot guess the axes
+    ... pass axes explicitly": the reader guessed before the given axes were applied."""
+    import tifffile
+
+    data = np.arange(2 * 5 * 8 * 6, dtype=np.uint16).reshape(2, 5, 8, 6)
+    tifffile.imwrite(tmp_path / "tz.tif", data)
+    with pytest.raises(ValueError, match="cannot guess the axes of a 4-D array"):
+        read_image(tmp_path / "tz.tif")
+    image, axes = read_image(tmp_path / "tz.tif", "TZYX")
+    assert axes == "TZYX" and np.array_equal(np.asarray(image), data)
+    image, axes = read_image(tmp_path / "tz.tif", "ZCYX")  # canonical order: TZCYX
+    assert axes == "ZCYX" and np.asarray(image).shape == (2, 5, 8, 6)

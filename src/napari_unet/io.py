@@ -143,7 +143,7 @@ def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, st
         raise ValueError(f"cannot read {path}: the file is empty (0 bytes); supported formats: {SUPPORTED_FORMATS}")
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        image, found_axes = _read_tiff(path)
+        image, found_axes = _read_tiff(path, guess=axes is None)  # given axes: nothing to guess (4-D and up)
     elif suffix in PILLOW_SUFFIXES:
         image, found_axes = _read_pillow(path)
         if axes is not None:  # it describes the file as stored (colour last), not the array read (colour first)
@@ -216,7 +216,9 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
     return notes
 
 
-def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
+def _read_tiff(path: Path, guess: bool = True) -> tuple[np.ndarray, str]:
+    """The first series of the TIFF at `path` and its axes (canonical letters; guessed where the file does not say,
+    `_axes_from_series`; without `guess`, "" when the caller gives them)."""
     import tifffile
 
     described = False  # the header and its image series were read: a later failure is in the pixel data
@@ -250,7 +252,7 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, str]:
         raise ValueError(
             f"cannot read {path} as TIFF ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
         ) from error
-    return image, _axes_from_series(series_axes, shape)
+    return image, _axes_from_series(series_axes, shape) if guess else ""
 
 
 def _cut_short(path: Path) -> bool:

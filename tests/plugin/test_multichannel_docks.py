@@ -85,3 +85,23 @@ def test_a_model_refuses_images_with_other_channels_and_says_what_to_do(make_nap
     assert plane_stack(rgb, 2, viewer.layers, ChannelChoice((2, 0))).plane(()).shape == (2, *image.shape)
     with pytest.raises(LayerProblem, match="channel 5 was chosen"):
         plane_stack(rgb, 1, viewer.layers, ChannelChoice((5,)))
+
+
+def test_a_file_of_more_channels_than_the_model_says_to_choose_them(make_napari_viewer_proxy, tmp_path):
+    """A 3-channel file opened one layer per channel, a 2-channel model: the refusal told the user to put the
+    channels on the axis before Y and X or open the file with the napari-unet reader, which they had done."""
+    import tifffile
+
+    from napari_unet.channels import ChannelChoice
+    from napari_unet.plugin._reader import PLUGIN
+
+    path = tmp_path / "three.tif"
+    data = np.random.default_rng(0).integers(0, 1000, (3, 64, 64), dtype=np.uint16)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "CYX"})
+    viewer = make_napari_viewer_proxy()
+    first = viewer.open(path, plugin=PLUGIN)[0]
+    with pytest.raises(LayerProblem, match=r"one of the 3 channels of its file: choose 2 of them .*\(e\.g\. 0,1\)"):
+        plane_stack(first, 2, viewer.layers)
+    assert plane_stack(first, 2, viewer.layers, ChannelChoice((0, 2))).plane(()).shape == (2, 64, 64)
+    with pytest.raises(LayerProblem, match="one of the 3 channels of its file: this model cannot take it"):
+        plane_stack(first, 4, viewer.layers)

@@ -98,6 +98,22 @@ def test_a_file_whose_axes_were_guessed_says_so(tmp_path, monkeypatch):
     ]
 
 
+def test_a_4d_file_without_axes_opens_as_t_z_y_x_and_says_so(tmp_path, monkeypatch):
+    """A plain tifffile save of (2, 5, 32, 40): the reader failed with "pass axes explicitly", which napari gives
+    no way to do."""
+    import napari.utils.notifications as notifications
+    import tifffile
+
+    shown = []
+    monkeypatch.setattr(notifications, "show_info", shown.append)
+    data = np.arange(2 * 5 * 32 * 40, dtype=np.uint16).reshape(2, 5, 32, 40)
+    tifffile.imwrite(tmp_path / "tz.tif", data)
+    ((image, kwargs, kind),) = get_image_reader(str(tmp_path / "tz.tif"))(str(tmp_path / "tz.tif"))
+    assert kind == "image" and np.array_equal(np.asarray(image), data)
+    assert kwargs["metadata"]["napari_unet"]["axes"] == "TZYX"
+    assert any("opened as T, Z, Y, X" in text for text in shown)
+
+
 def test_layer_names_keep_the_dots_of_the_file_name(make_napari_viewer, tmp_path):
     """a.v2.tif and a.v3.tif opened as 'a' and 'a [1]' (the name cut at its first dot)."""
     rng = np.random.default_rng(0)

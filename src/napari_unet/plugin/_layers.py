@@ -355,6 +355,17 @@ def plane_stack(layer: Any, in_channels: int = 1, layers: Any = (), choice: Any 
     if group and (picking or len(group) == in_channels):
         data = ChannelGroup([layer_data(g) for g in group])
         return _checked(PlaneStack(data, 0, tuple(int(n) for n in data.shape[1:-2]), choice), layer, in_channels)
+    if group:  # a file of another channel count, opened one layer per channel: say so, not "put the channels…"
+        todo = (
+            f"choose {in_channels} of them in the dock's channels box (e.g. "
+            f"{','.join(str(c) for c in range(in_channels))})"
+            if len(group) > in_channels
+            else "this model cannot take it"
+        )
+        raise LayerProblem(
+            f"the model expects {in_channels} channels but layer '{layer.name}' is one of the {len(group)} "
+            f"channels of its file: {todo}"
+        )
     if axes is not None and "C" in axes[:-2]:
         channel_axis = axes.index("C")
     elif in_channels > 1 and data.ndim >= 3 and data.shape[-3] == in_channels:

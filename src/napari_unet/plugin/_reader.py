@@ -112,8 +112,21 @@ def read_images(path: str | list[str]) -> list[LayerData]:
 
 
 def file_layer(file: Path) -> LayerData:
-    """The layer of one file (`read_images`; channels are one layer data with a `channel_axis`)."""
-    image, axes = read_image(file)
+    """The layer of one file (`read_images`; channels are one layer data with a `channel_axis`). A 4-D file
+    without axes in its metadata (a plain numpy/tifffile save) opens as T, Z, Y, X, with a notification; napari
+    has no way to say its axes, which `read_image` asks for."""
+    try:
+        image, axes = read_image(file)
+    except ValueError as error:
+        if not str(error).startswith("cannot guess the axes of a 4-D array"):
+            raise
+        from napari.utils.notifications import show_info
+
+        image, axes = read_image(file, "TZYX")
+        show_info(
+            f"{file.name}: its axes are not in the file; opened as T, Z, Y, X (time, depth, height, width). If "
+            "one of them holds channels, save the file with ImageJ or OME axes (e.g. CZYX)"
+        )
     for said in reading_notes(file, axes_option=None):  # axes guessed, extra series: say what was assumed
         from napari.utils.notifications import show_info
 
