@@ -280,3 +280,19 @@ def test_an_empty_image_is_refused_with_its_shape():
         for diameter in (None, "auto"):
             with pytest.raises(ValueError, match=r"the image is empty: shape \(0, 10\)"):
                 call(np.zeros((0, 10), np.float32), diameter=diameter, device="cpu")
+
+
+def test_a_memory_mapped_complex_image_is_refused_by_name(tmp_path):
+    """`segment` on a complex TIFF read by `read_image` (memory-mapped) failed with numpy's "a must be an array
+    of real numbers"; the kind of numbers is checked for every image, lazy or not."""
+    import tifffile
+
+    from napari_unet.io import read_image
+    from napari_unet.validation import DtypeError
+
+    tifffile.imwrite(tmp_path / "c.tif", (np.random.default_rng(0).random((64, 64)) * (1 + 1j)).astype(np.complex64))
+    image, _ = read_image(tmp_path / "c.tif")
+    assert isinstance(image, np.memmap)
+    bundle = ModelBundle(UNet(depth=2, base_channels=4))
+    with pytest.raises(DtypeError, match="complex"):
+        bundle.segment(image, diameter=None)

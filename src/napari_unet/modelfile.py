@@ -58,7 +58,7 @@ from .scale import (
     scale_postprocess,
 )
 from .tiling import check_not_empty, predict_tiled, predict_tta
-from .validation import check_image, check_json_object, check_unet_entry
+from .validation import check_image, check_image_dtype, check_json_object, check_unet_entry
 
 FORMAT_VERSION = 1
 STATE_FILE = "training_state.pt"
@@ -303,6 +303,7 @@ class ModelBundle:
             check_tta_size(image, factor, self.net.config.num_classes)
         if factor != 1.0 or tta:
             image = np.asarray(image)
+        check_image_dtype(image.dtype)  # free for any array: complex numbers are named, not a numpy TypeError
         if check and isinstance(image, np.ndarray) and not isinstance(image, np.memmap):
             check_image(image, axes)
         preprocess = self.preprocessor(image, axes)
