@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unet.io import atomic_write, read_labels, remove_stale_temporaries, write_tiff
+from napari_unet.io import atomic_write, read_image, read_labels, remove_stale_temporaries, write_tiff
 from napari_unet.metrics import instance_scores, seg_score
 from napari_unet.model import UNet
 from napari_unet.modelfile import ModelBundle, is_model_folder, load_model, save_model
@@ -319,3 +319,24 @@ def test_an_index_that_cannot_be_written_does_not_fail_a_save_beside_the_image(t
     saved = _autosave.save_annotations(cells(np.uint16), blocker / "autosave", image, "cells")
     assert saved == _autosave.sidecar_path(image) and saved.is_file()
     assert _autosave.find_annotations(image, blocker / "autosave") == saved
+
+
+def test_the_annotations_of_a_time_series_are_saved_as_one_with_its_frame_interval(tmp_path):
+    """A (T, H, W) series' annotations were written as a Z stack (ZYX) and lost the frame interval: measured, their
+    rows had a z column, not t."""
+    import tifffile
+
+    from napari_unet.metadata import read_pixel_size, read_spacing
+    from napari_unet.plugin import _autosave
+
+    image = tmp_path / "series.tif"
+    tifffile.imwrite(
+        image, np.zeros((3, 32, 32), np.uint16), imagej=True, metadata={"axes": "TYX", "finterval": 0.5, "tunit": "min"}
+    )
+    labels = np.zeros((3, 32, 32), np.int32)
+    labels[:, 4:10, 4:10] = 1
+    saved = _autosave.save_annotations(labels, tmp_path / "root", image, "series", axes="TYX")
+    assert read_image(saved)[1] == "TYX"
+    assert read_spacing(saved, read_pixel_size(saved)).t == 30.0  # seconds
+    unknown = _autosave.save_annotations(labels, tmp_path / "root", image, "series", axes="CYX")
+    assert read_image(unknown)[1] == "ZYX"  # axes that are not the labels': by their dimensions, as before

@@ -98,3 +98,20 @@ def test_files_opened_as_a_stack_never_autosave_over_the_first_files_annotations
     row.save_annotations(np.zeros(stack.data.shape, np.int32), stack)
     assert row.annotations_path != sidecar and row.annotations_path.is_relative_to(tmp_path / "autosave")
     np.testing.assert_array_equal(_autosave.load_annotations(sidecar), labels)
+
+
+def test_a_time_series_opened_by_the_reader_autosaves_its_annotations_as_one(make_napari_viewer_proxy, tmp_path):
+    import tifffile
+
+    from napari_unet.io import read_image
+    from napari_unet.plugin._reader import PLUGIN
+
+    path = tmp_path / "series.tif"
+    tifffile.imwrite(path, np.zeros((3, 32, 32), np.uint16), imagej=True, metadata={"axes": "TYX", "finterval": 2.0})
+    viewer = make_napari_viewer_proxy()
+    (layer,) = viewer.open(path, plugin=PLUGIN)
+    dock = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
+    labels = np.zeros((3, 32, 32), np.int32)
+    labels[1, 4:10, 4:10] = 1
+    dock.autosave.save_annotations(labels, layer)
+    assert read_image(dock.autosave.annotations_path)[1] == "TYX"  # not ZYX

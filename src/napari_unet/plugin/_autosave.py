@@ -81,6 +81,7 @@ def save_annotations(
     name: str,
     pixel_size: PixelSize | None = None,
     on_kept: Callable[[Path], Any] | None = None,
+    axes: str | None = None,
 ) -> Path:
     """Write `labels` (..., H, W) as a TIFF and remember it for `image_path`; returns where it went.
 
@@ -88,11 +89,14 @@ def save_annotations(
     file's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`). Annotations already
     beside the image that differ from `labels` (an earlier session's, not restored before painting anew) are
     copied to `<root>/annotations/previous/` first, and `on_kept` is called with the copy's path: they are never
-    overwritten unkept."""
+    overwritten unkept. axes: the labels' axes over "TZYX" (the image's, without C: "TYX" for a time series);
+    None: "YX", "ZYX" or "TZYX" by their dimensions."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"annotations must be integer labels, got dtype {labels.dtype}")
-    axes = "TZYX"[-labels.ndim :] if 2 <= labels.ndim <= 4 else None
+    if axes is not None and (len(axes) != labels.ndim or not axes.endswith("YX") or set(axes) - set("TZYX")):
+        axes = None  # not the labels' (a layer changed since it was read): by their dimensions
+    axes = axes or ("TZYX"[-labels.ndim :] if 2 <= labels.ndim <= 4 else None)
     if axes is None:
         raise ValueError(f"annotations must be (H, W), (Z, H, W) or (T, Z, H, W), got shape {labels.shape}")
     labels = labels.astype(np.uint16) if labels.max(initial=0) < 65535 and labels.min(initial=0) >= 0 else labels

@@ -17,7 +17,7 @@ from napari_unet.metadata import PixelSize
 
 from . import _autosave, _settings
 from ._form import row, wrapped_label
-from ._layers import METADATA_KEY, layer_pixel_size, placed_like
+from ._layers import METADATA_KEY, layer_pixel_size, placed_like, stored_axes
 from ._workers import alive
 
 SETTINGS_KEY = "autosave"  # the settings file's section of the autosave folder chosen with "Change…"
@@ -58,8 +58,15 @@ class AutosaveRow:
         try:
             info = layer_pixel_size(image_layer)  # what the image layer says beats what its file said
             pixel_size = PixelSize(**info) if info else None
+            image_axes = stored_axes(image_layer)  # a time series' annotations are T, Y, X, not Z, Y, X
             self.annotations_path = _autosave.save_annotations(
-                labels, self.root, source, image_layer.name, pixel_size=pixel_size, on_kept=self._kept
+                labels,
+                self.root,
+                source,
+                image_layer.name,
+                pixel_size=pixel_size,
+                on_kept=self._kept,
+                axes=image_axes.replace("C", "") if image_axes else None,
             )
         except (OSError, ValueError) as error:
             show_warning(f"Could not autosave the annotations: {error}")
