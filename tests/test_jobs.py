@@ -28,7 +28,7 @@ from napari_unet.jobs.finetune import (
     training_job,
     training_samples,
 )
-from napari_unet.jobs.segment import count_tiles, describe_scale, postprocess_planes, stream_tiles
+from napari_unet.jobs.segment import TileUpdate, count_tiles, describe_scale, postprocess_planes, stream_tiles
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import ModelBundle, Normalization, load_model
 from napari_unet.postprocess import PostprocessConfig, probs_to_labels
@@ -436,3 +436,121 @@ def test_count_tiles_and_the_scale_line_of_the_segment_dock(cells):
         20.0, 1.0, estimated=False
     )
     assert describe_scale(20.0, 1.0, estimated=True, found=False).startswith("no objects found")
+
+
+# ---------------------------------------------------------------------------------- the Segment dock's stack jobs
+
+
+def black_second_frame(image: np.ndarray, kind: str, tmp_path: Path) -> Stack:
+    """A (T=3, C=1, H, W) stack whose middle frame is black, held as `kind`: in memory, memory-mapped (an
+    uncompressed TIFF opened by the plugin's reader) or dask."""
+    data = np.stack([image, np.zeros_like(image), image[::-1]])[:, None].astype(np.float32)
+    if kind == "memmap":
+        mapped = np.memmap(tmp_path / "stack.raw", np.float32, "w+", shape=data.shape)
+        mapped[...] = data
+        return Stack(mapped)
+    if kind == "dask":
+        import dask.array as da
+
+        return Stack(da.from_array(data, chunks=(1, 1, 48, 48)))
+    return Stack(data)
+
+
+@pytest.mark.parametrize("kind", ["memory", "memmap", "dask"])
+@pytest.mark.parametrize(("factor", "tta"), [(1.0, False), (0.5, False), (1.0, True)])
+def test_a_black_frame_of_a_stack_is_left_empty_whatever_array_holds_it(cells, tmp_path, kind, factor, tta):
+    """A black frame of a memory-mapped stack (an uncompressed TIFF) failed the whole run as soon as the plane was
+    read whole ("image is constant"), when rescaled or with test-time augmentation, and was predicted (not empty)
+    at scale 1: every kind of plane is now left empty, the others segmented as in memory."""
+    image, _ = cells
+    torch.manual_seed(0)
+    bundle = ModelBundle(UNet(TINY).eval())
+    config = PostprocessConfig(threshold=0.5, min_size=1)
+    device = torch.device("cpu")
+    stack = black_second_frame(image, kind, tmp_path)
+    updates = list(stream_tiles(bundle, stack, 32, device, config, factor, tta=tta))
+    assert updates[-1].done == updates[-1].total == count_tiles(bundle.net, stack, 32, factor, tta=tta)
+    black = [u for u in updates if u.plane == (1,)]
+    assert black and all(not u.probs_fg.any() and not u.labels.any() for u in black)
+    expected = list(
+        stream_tiles(bundle, black_second_frame(image, "memory", tmp_path), 32, device, config, factor, tta)
+    )
+    for update, reference in zip(updates, expected):
+        np.testing.assert_array_equal(update.probs_fg, reference.probs_fg)
+    assert any(u.probs_fg.any() for u in updates if u.plane == (0,))
+
+
+@pytest.mark.parametrize("kind", ["memmap", "dask"])
+def test_the_uncertainty_of_a_black_frame_is_zero_and_comes_plane_by_plane(cells, tmp_path, kind):
+    from napari_unet.jobs.segment import stream_uncertainty, uncertainty_planes
+
+    image, _ = cells
+    torch.manual_seed(0)
+    bundle = ModelBundle(UNet(depth=2, base_channels=4, dropout=0.0))
+    stack = black_second_frame(image[:64, :64], kind, tmp_path)
+    planes = stream_uncertainty(bundle, stack, 1.0, torch.device("cpu"))
+    assert [next(planes) for _ in range(3)] == [1, 2, 3]  # a worker can stop after each plane
+    with pytest.raises(StopIteration) as end:
+        next(planes)
+    values = end.value.value
+    assert values.shape == (3, 64, 64) and not values[1].any() and values[0].any()
+    np.testing.assert_array_equal(values, uncertainty_planes(bundle, stack, 1.0, torch.device("cpu")))
+
+
+def test_the_object_diameter_of_a_stack_is_estimated_on_its_first_frame_that_is_not_black():
+    """The dock estimated the diameter on the first plane: a stack with a black first frame found no object and was
+    segmented at the image's scale. It now uses the first plane that is not constant, as `predict` does."""
+    from test_diameter import bundle as threshold_bundle
+    from test_diameter import disks
+
+    from napari_unet.jobs.segment import estimate_stack_diameter
+
+    model = threshold_bundle(20.0)
+    image = (disks((200, 200), 16, 60) > 0).astype(np.float32) * 100
+    stack = Stack(np.stack([np.zeros_like(image), image, image])[:, None])
+    device = torch.device("cpu")
+    assert model.estimate_diameter(stack.plane((0,)), device=device) is None  # what the first plane gives
+    estimate = estimate_stack_diameter(model, stack, device)
+    assert estimate == model.estimate_diameter(image, device=device) == pytest.approx(32, rel=0.15)
+
+
+def test_a_retune_changes_only_the_setting_the_user_changed():
+    """A model loaded after a run shows its own post-processing in the controls; touching one control then
+    retuned the run's result with all of them. Only the changed setting now goes into the result's."""
+    from napari_unet.jobs.segment import retuned_config
+
+    result = PostprocessConfig(threshold=0.5, min_size=4)
+    shown = PostprocessConfig(threshold=0.3, min_size=40, flood=True)  # the other model's, in the controls
+    nudged = retuned_config(result, shown, PostprocessConfig(threshold=0.3, min_size=41, flood=True))
+    assert nudged == PostprocessConfig(threshold=0.5, min_size=41)
+    assert retuned_config(result, shown, shown) == result
+
+
+def update_of(plane: tuple[int, ...], region: tuple[slice, slice], value: int) -> TileUpdate:
+    size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
+    return TileUpdate(plane, region, np.zeros(size, np.float32), np.full(size, value, np.int32), 1, 1)
+
+
+def test_preview_labels_notice_painting_during_the_stream_and_keep_it():
+    """Corrections painted while the tiles streamed were overwritten by the whole-image result: the tiles' writes
+    are now recorded, so painting in a finished tile, or where a tile has not come yet, is noticed (and kept)."""
+    from napari_unet.jobs.segment import PreviewLabels
+
+    top, bottom, whole = (slice(0, 4), slice(0, 8)), (slice(4, 8), slice(0, 8)), (slice(0, 8), slice(0, 8))
+    untouched = PreviewLabels(np.zeros((2, 8, 8), np.int32))
+    for update in (update_of((0,), top, 1), update_of((0,), bottom, 2), update_of((0,), whole, 3)):
+        assert untouched.write(update)  # a whole (rescaled) plane over its own tiles
+    assert (untouched.labels[0] == 3).all() and not untouched.edited()
+
+    painted = PreviewLabels(np.zeros((2, 8, 8), np.int32))
+    assert painted.write(update_of((0,), top, 1)) and not painted.edited()
+    painted.labels[0, 1, 1] = 9  # a correction in plane 0, written straight into the array
+    assert painted.write(update_of((1,), top, 5))  # the other plane goes on
+    assert painted.edited()
+    assert painted.write(update_of((0,), bottom, 2))
+    assert not painted.write(update_of((0,), whole, 3))  # the whole plane would overwrite the correction
+    assert painted.labels[0, 1, 1] == 9 and painted.labels[0, 0, 0] == 1 and painted.edited()
+
+    ahead = PreviewLabels(np.zeros((1, 8, 8), np.int32))
+    ahead.labels[0, 6, 6] = 9  # painted where no tile came yet
+    assert not ahead.write(update_of((0,), bottom, 2)) and ahead.labels[0, 6, 6] == 9 and ahead.edited()

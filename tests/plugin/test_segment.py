@@ -509,13 +509,13 @@ def test_segment_as_it_opens_waits_for_the_uncertainty_even_through_a_retune(
 
     from napari_unet.plugin import _segment
 
-    slow = _segment.uncertainty_planes
+    slow = _segment.stream_uncertainty
 
     def slow_uncertainty(*args, **kwargs):
         time.sleep(1.0)
-        return slow(*args, **kwargs)
+        return (yield from slow(*args, **kwargs))
 
-    monkeypatch.setattr(_segment, "uncertainty_planes", slow_uncertainty)
+    monkeypatch.setattr(_segment, "stream_uncertainty", slow_uncertainty)
     viewer = make_napari_viewer_proxy()
     widget = open_dock(viewer, tiny_bundle)
     widget.uncertainty_check.setChecked(True)
@@ -614,3 +614,180 @@ def test_a_black_plane_of_a_stack_is_left_empty_and_the_others_are_segmented(
         widget.run()
     qtbot.waitUntil(lambda: bool(errors), timeout=10_000)
     assert "constant" in errors[-1]
+
+
+@pytest.mark.parametrize("how", ["rescaled", "tta"])
+def test_a_black_frame_of_a_tiff_stack_opened_by_the_reader_is_left_empty(
+    make_napari_viewer_proxy, qtbot, tiny_bundle, tmp_path, monkeypatch, how
+):
+    """The plugin's reader opens an uncompressed TIFF as a memory map: a black frame of it failed the whole run
+    ("image is constant") when the image was rescaled (a model with an object diameter) or averaged over 8
+    orientations. It is now left empty, as in memory and as `predict` does."""
+    from napari_unet.io import write_tiff
+    from napari_unet.modelfile import ModelBundle
+    from napari_unet.plugin import _segment
+
+    errors = []
+    monkeypatch.setattr(_segment, "show_error", errors.append)
+    image = make_cells((96, 96), seed=1)[0]
+    path = tmp_path / "frames.tif"
+    write_tiff(path, np.stack([image, np.zeros_like(image), image]).astype(np.float32), "TYX")
+    viewer = make_napari_viewer_proxy()
+    (layer,) = viewer.open(path, plugin="napari-unet-2015")
+    assert isinstance(layer.data, np.memmap)
+    sized = ModelBundle(tiny_bundle.net, postprocess=tiny_bundle.postprocess, object_diameter=20.0)
+    widget = open_dock(viewer, sized if how == "rescaled" else tiny_bundle)
+    widget.diameter_spin.setValue(30.0)  # rescaled x0.67 (no effect on a model without an object diameter)
+    widget.tta_check.setChecked(how == "tta")
+    with qtbot.waitSignal(widget.stopped, timeout=90_000):  # a failure is said before the tiles' end
+        widget.run()
+    assert not errors
+    qtbot.waitUntil(lambda: not widget._busy, timeout=30_000)  # the whole-image result
+    assert widget.factor == (pytest.approx(2 / 3) if how == "rescaled" else 1.0)
+    assert not widget.labels_layer.data[1].any() and not widget.probs_fg[1].any()
+    assert widget.probs_fg[0].any() and widget.probs_fg[2].any()
+
+
+def test_the_auto_diameter_of_a_stack_with_a_black_first_frame_is_estimated_on_the_next(
+    make_napari_viewer_proxy, qtbot
+):
+    """ "auto" estimated the objects' size on the first plane only: a stack whose first frame is black found no
+    object and was segmented at scale 1. The estimate now uses the first plane that is not black."""
+    from test_diameter import bundle as threshold_bundle
+    from test_diameter import disks
+
+    truth = disks((200, 240), 16, 60)
+    image = (truth > 0).astype(np.float32) * 100
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.stack([np.zeros_like(image), image, image]), name="frames")
+    widget = open_dock(viewer, threshold_bundle(20.0))
+    with qtbot.waitSignal(widget.segmented, timeout=90_000) as done:
+        widget.run()
+    assert widget.estimated_diameter == pytest.approx(32, rel=0.15)
+    assert (
+        widget.factor == pytest.approx(20 / widget.estimated_diameter) and "estimated" in widget.diameter_label.text()
+    )
+    assert not done.args[0][0].any() and done.args[0][1].max() > 0
+
+
+def test_corrections_painted_while_the_tiles_stream_are_kept(make_napari_viewer_proxy, qtbot, tiny_bundle):
+    """A correction painted in a finished plane of a stack while its later planes were computed was overwritten by
+    the whole-image result. Painting during the stream now counts as an edit: the painted layer keeps it and the
+    result gets a layer of its own."""
+    image = make_cells((96, 96), seed=1)[0]
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(np.stack([image, image, image]), name="z")
+    widget = open_dock(viewer, tiny_bundle)
+    per_plane = len(tile_grid(tiny_bundle.net, image.shape, TILE))
+    yields = 0
+
+    def pause_after_the_first_plane(_update):  # in the worker's thread: the pause holds before its next tile
+        nonlocal yields
+        yields += 1
+        if yields == per_plane:
+            worker.pause()
+
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as done:
+        worker = widget.run()
+        worker.yielded.connect(pause_after_the_first_plane, Qt.ConnectionType.DirectConnection)
+        with qtbot.waitSignal(worker.paused, timeout=30_000):
+            pass
+        painted = widget.labels_layer
+        qtbot.waitUntil(lambda: widget.tiles_written == per_plane, timeout=10_000)
+        painted.paint((0, 15, 15), 77, refresh=True)  # the user corrects plane 0; planes 1 and 2 are to come
+        worker.resume()
+    assert painted.data[0, 15, 15] == 77 and painted.data[2].any()  # the later planes' previews came in
+    assert widget.labels_layer is not painted and widget.labels_layer.name == "z labels (result)"
+    assert widget.labels_layer.data is done.args[0] and done.args[0][0, 15, 15] != 77
+
+
+def test_cancel_stops_the_uncertainty_and_drops_the_images_waiting(
+    make_napari_viewer_proxy, qtbot, tiny_bundle, monkeypatch
+):
+    """While the uncertainty (4x the time) was computed, Cancel was disabled: it could neither stop it nor drop
+    the images waiting to be segmented as they opened. It now does both; the result stays, without the layer."""
+    from napari_unet.plugin import _segment
+
+    computing, release = threading.Event(), threading.Event()
+    uncertainty = _segment.stream_uncertainty
+
+    def held_uncertainty(*args, **kwargs):  # in the worker: held until Cancel was clicked
+        computing.set()
+        release.wait(30)
+        return (yield from uncertainty(*args, **kwargs))
+
+    monkeypatch.setattr(_segment, "stream_uncertainty", held_uncertainty)
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, tiny_bundle)
+    widget.uncertainty_check.setChecked(True)
+    widget.on_open_check.setChecked(True)
+    viewer.add_image(make_cells((64, 64), seed=1)[0], name="first")
+    qtbot.waitUntil(computing.is_set, timeout=60_000)
+    run_button, cancel_button = widget.controls.buttons
+    assert cancel_button.isEnabled() and run_button.isEnabled()
+    viewer.add_image(make_cells((64, 64), seed=2)[0], name="next")  # opened while the uncertainty is computed
+    qtbot.waitUntil(lambda: len(widget._waiting) == 1, timeout=10_000)
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as done:
+        cancel_button.click()
+        assert widget._waiting == []
+        release.set()
+    assert done.args[0] is viewer.layers["first labels"].data
+    qtbot.waitUntil(lambda: not cancel_button.isEnabled(), timeout=10_000)
+    qtbot.wait(200)
+    assert "Uncertainty cancelled" in widget.status.text()
+    assert "first uncertainty" not in viewer.layers and "next labels" not in viewer.layers
+
+
+def test_a_model_loaded_after_a_run_does_not_retune_its_result_with_its_settings(
+    make_napari_viewer_proxy, qtbot, tiny_bundle
+):
+    """A model loaded while a run's result is shown puts its post-processing in the controls (for the next run);
+    touching one control then retuned the result with all of the new model's settings. Only the touched setting
+    now changes the result's post-processing."""
+    from napari_unet.modelfile import ModelBundle
+    from napari_unet.postprocess import PostprocessConfig
+
+    image = make_cells((96, 96), seed=1)[0]
+    viewer = make_napari_viewer_proxy()
+    viewer.add_image(image, name="cells")
+    widget = open_dock(viewer, tiny_bundle)
+    with qtbot.waitSignal(widget.segmented, timeout=60_000):
+        widget.run()
+    result = widget._postprocess
+    membranes = PostprocessConfig(threshold=0.3, min_size=40, flood=True)
+    session_for(viewer).set_model(ModelBundle(tiny_bundle.net, postprocess=membranes))
+    assert widget.postprocess_config() == membranes  # the controls show the new model's, for the next run
+    with qtbot.waitSignal(widget.segmented, timeout=60_000) as retuned:
+        widget.postprocess_fields.min_size.setValue(41)
+    assert widget._postprocess == PostprocessConfig(threshold=result.threshold, min_size=41)
+    np.testing.assert_array_equal(retuned.args[0], probs_to_labels(widget.probs_fg, widget._postprocess))
+
+
+def test_segment_as_it_opens_segments_a_file_split_into_channel_layers_once(make_napari_viewer_proxy, qtbot, tmp_path):
+    """With a model of two channels, each channel layer of a file opened one layer per channel was queued, and the
+    file was segmented once per layer, with identical results. It is now segmented once."""
+    import tifffile
+    import torch
+
+    from napari_unet.model import UNet
+    from napari_unet.modelfile import ModelBundle
+    from napari_unet.postprocess import PostprocessConfig
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = ModelBundle(UNet(in_channels=2, depth=2, base_channels=4), postprocess=PostprocessConfig(min_size=4))
+    image = make_cells((96, 96), seed=1)[0]
+    path = tmp_path / "two.tif"
+    channels = (np.stack([image, image[::-1]]) * 1000).astype(np.uint16)
+    tifffile.imwrite(path, channels, imagej=True, metadata={"axes": "CYX"})
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, model)
+    widget.on_open_check.setChecked(True)
+    runs = []
+    widget.segmented.connect(lambda _labels: runs.append(widget.labels_layer.name))
+    layers = viewer.open(path, plugin="napari-unet-2015")
+    assert len(layers) == 2
+    qtbot.waitUntil(lambda: len(runs) == 1, timeout=60_000)
+    qtbot.wait(300)
+    assert runs == [f"{layers[0].name} labels"] and widget.worker is None and widget._waiting == []
+    assert f"{layers[1].name} labels" not in viewer.layers

@@ -7,19 +7,22 @@ keep the image's size; the post-processing's sizes are then those of the image (
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+import hashlib
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from ..io import channel_values
 from ..modelfile import ModelBundle
 from ..postprocess import PostprocessConfig, probs_to_labels
 from ..scale import resize_probs, scaled_shape
 from ..tiling import dihedral_transforms, iter_predict_tiles, iter_predict_tta, prepare_model, tile_grid
 
 TTA_ORIENTATIONS = len(dihedral_transforms())  # test-time augmentation: the 8 symmetries of the square
+BLOCK_VALUES = 2**24  # a plane is scanned for a black frame in slabs of rows of at most this many values
 
 
 class Planes(Protocol):
@@ -95,7 +98,8 @@ def stream_tiles(
     preview: tiles resized alone differ a little at their borders); once a plane's tiles are all in, one more
     update brings the whole plane, its stitched probabilities resized at once (what `ModelBundle.predict` gives).
     postprocess: for the image's size. Runs in the worker thread: reads windows (lazily for dask/zarr at factor
-    1), runs the network, labels each tile.
+    1), runs the network, labels each tile. A black frame of a stack (`_blank_in_a_stack`) is not predicted: its
+    updates are empty.
     tta: test-time augmentation, as `ModelBundle.predict(..., tta=True)` (`tiling.predict_tta`): each plane is
     predicted in its 8 orientations, and each orientation brings one update of the whole plane, the mean of the
     orientations so far (the last one is the mean of all 8: what `predict --tta` gives); its labels are those of
@@ -111,7 +115,8 @@ def stream_tiles(
     total = len(grid) * len(stack.planes)
     done = next_id = 0
     for index in stack.planes:
-        if _blank_in_a_stack(stack, index):  # a black frame of a time series: no object, the other planes go on
+        plane = stack.plane(index)
+        if _blank_in_a_stack(stack, plane):  # a black frame of a time series: no object, the other planes go on
             for tile in grid:
                 region = rescaled_region(tile.region, scaled, stack.shape)
                 size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
@@ -119,8 +124,8 @@ def stream_tiles(
                 yield TileUpdate(index, region, np.zeros(size, np.float32), np.zeros(size, np.int32), done, total)
             continue
         # NaN, infinite or constant planes in memory or read whole to be rescaled: a clear error (at scale 1 lazy
-        # planes are read window by window and not scanned beforehand)
-        plane, preprocess = bundle.network_input(stack.plane(index), factor, check=True)
+        # planes are read window by window and not scanned for NaN beforehand)
+        plane, preprocess = bundle.network_input(plane, factor, check=True)
         if factor != 1.0:
             stitched = np.zeros(scaled, np.float32)
         for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
@@ -160,13 +165,14 @@ def _stream_tta(
     whole = (slice(0, stack.shape[0]), slice(0, stack.shape[1]))
     done = next_id = 0
     for index in stack.planes:
-        if _blank_in_a_stack(stack, index):
+        plane = stack.plane(index)
+        if _blank_in_a_stack(stack, plane):
             blank = (np.zeros(stack.shape, np.float32), np.zeros(stack.shape, np.int32))
             for _ in range(TTA_ORIENTATIONS):
                 done += 1
                 yield TileUpdate(index, whole, *blank, done, total)
             continue
-        small, preprocess = bundle.network_input(stack.plane(index), factor, tta=True, check=True)
+        small, preprocess = bundle.network_input(plane, factor, tta=True, check=True)
         labels = None
         for count, summed in iter_predict_tta(net, small, stride, device=device, preprocess=preprocess):
             probs_fg = resize_probs(summed[1:2] / np.float32(count), stack.shape)[0]
@@ -179,17 +185,26 @@ def _stream_tta(
             yield TileUpdate(index, whole, probs_fg, labels, done, total)
 
 
-def _blank_in_a_stack(stack: Planes, index: tuple[int, ...]) -> bool:
-    """Whether plane `index` of a stack of several planes is in memory and constant (a black frame): it has no
-    object, while a constant image of one plane is refused (`validation.check_image`), as `predict` does. Lazy
-    planes are not scanned (they are read window by window)."""
-    if len(stack.planes) < 2:
+def _blank_in_a_stack(stack: Planes, plane: Any) -> bool:
+    """Whether `plane` (C, H, W), one of `stack`'s, is constant (a black frame) in a stack of several planes: it has
+    no object, while a constant image of one plane is refused (`validation.check_image`), as `predict` does.
+
+    Every kind of plane (in memory, memmap, dask, zarr, a file's channel layers) is judged on the bounded strided
+    sample its normalisation reads anyway (`io.channel_values`); only a plane whose sample is constant is read
+    whole, slab by slab, to be sure (a lazy plane is never loaded at once).
+    """
+    if len(stack.planes) < 2 or not all(plane.shape):
         return False
-    plane = stack.plane(index)
-    if not isinstance(plane, np.ndarray) or isinstance(plane, np.memmap) or not plane.size:
+    sample = channel_values(plane, "CYX")
+    if not sample.size or sample.min() != sample.max():  # NaN: not blank, and the check refuses it in memory
         return False
-    low, high = plane.min(), plane.max()
-    return bool(low == high)  # NaN: False, and the check refuses it
+    value = sample.flat[0]
+    rows = max(1, BLOCK_VALUES // (plane.shape[0] * plane.shape[2]))
+    for start in range(0, plane.shape[1], rows):
+        block = np.asarray(plane[:, start : start + rows])
+        if block.min() != value or block.max() != value:
+            return False
+    return True
 
 
 def rescaled_region(
@@ -215,18 +230,132 @@ def postprocess_planes(probs_fg: np.ndarray, planes: list[tuple[int, ...]], conf
     return labels
 
 
-def uncertainty_planes(bundle: ModelBundle, stack: Planes, factor: float, device: torch.device) -> np.ndarray:
+def stream_uncertainty(
+    bundle: ModelBundle, stack: Planes, factor: float, device: torch.device
+) -> Generator[int, None, np.ndarray]:
     """The test-time-augmentation uncertainty (..., H, W) float32 of every plane (`uncertainty.tta_uncertainty`,
-    4 flips, at the rescale factor the segmentation used): where the model's answers disagree."""
+    4 flips, at the rescale factor the segmentation used): where the model's answers disagree. Yields the number
+    of planes done after each plane (where a worker can stop) and returns the array; a black frame of a stack
+    (`_blank_in_a_stack`) has no object, nothing to be unsure of: 0."""
     from ..uncertainty import tta_uncertainty
 
     planes = stack.planes
     leading = [max(axis) + 1 for axis in zip(*planes)]  # () for one 2-D plane
     out = np.zeros((*leading, *stack.shape), np.float32)
-    for index in planes:
-        if _blank_in_a_stack(stack, index):  # no object, nothing to be unsure of
-            continue
-        out[index] = tta_uncertainty(
-            bundle, np.asarray(stack.plane(index)), factor=factor, transforms=4, device=device
-        )[1]
+    for done, index in enumerate(planes, 1):
+        plane = stack.plane(index)
+        if not _blank_in_a_stack(stack, plane):
+            out[index] = tta_uncertainty(bundle, np.asarray(plane), factor=factor, transforms=4, device=device)[1]
+        yield done
     return out
+
+
+def uncertainty_planes(bundle: ModelBundle, stack: Planes, factor: float, device: torch.device) -> np.ndarray:
+    """`stream_uncertainty` run to its end: the uncertainty (..., H, W) float32 of every plane."""
+    planes = stream_uncertainty(bundle, stack, factor, device)
+    while True:
+        try:
+            next(planes)
+        except StopIteration as end:
+            return end.value
+
+
+def estimate_stack_diameter(bundle: ModelBundle, stack: Planes, device: torch.device) -> float | None:
+    """The objects' diameter (px) in `stack` (`ModelBundle.estimate_diameter`; None when no object is found),
+    estimated on its first plane that is not constant, as `napari-unet predict` does (`pipeline._sized_plane`):
+    a black first frame has nothing to measure."""
+    from ..pipeline import _sized_plane
+
+    return bundle.estimate_diameter(_sized_plane(_ByIndex(stack), stack.planes, "CYX"), device=device)
+
+
+@dataclass(frozen=True)
+class _ByIndex:
+    """A stack's planes by their index, `stack[index]`: the (C, H, W) plane, as `pipeline._sized_plane` reads them."""
+
+    stack: Planes
+
+    def __getitem__(self, index: tuple[int, ...]) -> Any:
+        return self.stack.plane(index)
+
+
+def retuned_config(config: PostprocessConfig, before: PostprocessConfig, after: PostprocessConfig) -> PostprocessConfig:
+    """`config` (a result's post-processing) with the settings the user changed: those that differ between
+    `before` and `after` (the dock's controls before and after a change), from `after`. The others stay the
+    result's, even when the controls show another model's (loaded since the result was computed).
+
+    >>> retuned_config(PostprocessConfig(min_size=4), PostprocessConfig(min_size=40, flood=True),
+    ...                PostprocessConfig(min_size=41, flood=True)) == PostprocessConfig(min_size=41)
+    True
+    """
+    changed = {
+        f.name: getattr(after, f.name) for f in fields(after) if getattr(after, f.name) != getattr(before, f.name)
+    }
+    return replace(config, **changed)
+
+
+class PreviewLabels:
+    """The labels (..., H, W) that a stream of `TileUpdate`s writes its previews into while the user may paint
+    in them: each write is remembered as a digest of its region, so that painting is noticed whatever tool made
+    it (a brush, a fill, a script writing into the array).
+
+    Updates of one plane are disjoint tiles, or a whole plane over earlier ones (`stream_tiles`: a rescaled
+    plane's, each orientation's). A region painted since the stream wrote it, or before its tile came, keeps
+    the painting: the update's labels are not written there and the labels count as `edited`.
+    """
+
+    def __init__(self, labels: np.ndarray):
+        self.labels = labels
+        self._kept = False  # an update was left out to keep painting
+        self._written: dict[tuple[int, ...], dict[tuple[tuple[int, int], ...], bytes]] = {}  # plane: {region: digest}
+
+    def write(self, update: TileUpdate) -> bool:
+        """Write `update.labels` into its region unless that region was painted; True when written."""
+        records = self._written.setdefault(update.plane, {})
+        region = _bounds(update.region)
+        window = self.labels[update.key]  # a view: written in place
+        earlier = [r for r in records if _overlap(r, region)]
+        outside = np.ones(window.shape, bool)  # of the region, where no earlier update wrote: still 0 unless painted
+        for bounds in earlier:
+            outside[_slices(_overlap(bounds, region), region)] = False
+        painted = window[outside].any() or any(self._painted(update.plane, r, records[r]) for r in earlier)
+        if painted:
+            self._kept = True
+            return False
+        for bounds in earlier:
+            del records[bounds]
+        window[...] = update.labels
+        records[region] = labels_digest(update.labels)
+        return True
+
+    def edited(self) -> bool:
+        """Whether the labels were painted since the stream wrote them (one look at every region written)."""
+        return self._kept or any(
+            self._painted(plane, region, digest)
+            for plane, records in self._written.items()
+            for region, digest in records.items()
+        )
+
+    def _painted(self, plane: tuple[int, ...], region: tuple[tuple[int, int], ...], digest: bytes) -> bool:
+        return labels_digest(self.labels[(*plane, *_slices(region))]) != digest
+
+
+def _bounds(region: tuple[slice, ...]) -> tuple[tuple[int, int], ...]:
+    return tuple((int(s.start), int(s.stop)) for s in region)
+
+
+def _slices(bounds: tuple[tuple[int, int], ...], within: tuple[tuple[int, int], ...] | None = None) -> tuple:
+    """Slices of `bounds`, relative to the start of the region `within` when given."""
+    origin = [start for start, _ in within] if within else [0] * len(bounds)
+    return tuple(slice(start - o, stop - o) for (start, stop), o in zip(bounds, origin))
+
+
+def _overlap(a: tuple[tuple[int, int], ...], b: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...] | None:
+    """The intersection of two regions, None when they do not meet."""
+    both = tuple((max(a0, b0), min(a1, b1)) for (a0, a1), (b0, b1) in zip(a, b))
+    return both if all(start < stop for start, stop in both) else None
+
+
+def labels_digest(labels: np.ndarray) -> bytes:
+    """A fingerprint of a label array (to tell whether the user painted into it)."""
+    return hashlib.blake2b(np.ascontiguousarray(labels).data, digest_size=16).digest()

@@ -33,12 +33,16 @@ from napari_unet.device import available_devices, describe_device, select_device
 from napari_unet.jobs.segment import (
     TTA_ORIENTATIONS,
     Planes,
+    PreviewLabels,
     TileUpdate,
     count_tiles,
     describe_scale,
+    estimate_stack_diameter,
+    labels_digest,
     postprocess_planes,
+    retuned_config,
     stream_tiles,
-    uncertainty_planes,
+    stream_uncertainty,
 )
 from napari_unet.modelfile import ModelBundle
 from napari_unet.postprocess import PostprocessConfig
@@ -47,7 +51,17 @@ from napari_unet.tiling import auto_stride
 
 from ._channels import ChannelFields
 from ._form import ModelRow, RunControls, check, choice, dock_layout, form, spin, wrapped_label
-from ._layers import LayerPicker, LayerProblem, debounced, is_original_image, layer_combo, plane_stack, result_metadata
+from ._layers import (
+    ChannelGroup,
+    LayerPicker,
+    LayerProblem,
+    channel_group,
+    debounced,
+    is_original_image,
+    layer_combo,
+    plane_stack,
+    result_metadata,
+)
 from ._postprocess import PostprocessFields
 from ._redraw import TileDrawing
 from ._settings import Remembered
@@ -56,6 +70,8 @@ from ._workers import alive, generator_worker, start_worker
 
 RETUNE_MS = 250  # post-processing reruns this long after the last change of its controls
 DEFAULT_MODEL = "nuclei"  # the built-in model a new session starts with
+# the fingerprint of labels painted while the tiles streamed: no array has it, so the result goes beside them
+PAINTED_DURING_STREAM = b""
 
 
 class SegmentWidget(QWidget):
@@ -87,6 +103,7 @@ class SegmentWidget(QWidget):
         self.probs_layer: Any = None
         self.probs_fg: np.ndarray | None = None  # (..., H, W) float32, kept for retuning
         self.labels: np.ndarray | None = None  # the Labels layer's array, written in place
+        self.previews: PreviewLabels | None = None  # the tiles' writes into `labels`, to notice painting meanwhile
         self.planes: list[tuple[int, ...]] = []
         self.tiles_written = 0
         self._tta = False  # the run's test-time augmentation, as it started
@@ -140,9 +157,14 @@ class SegmentWidget(QWidget):
         self._run_id = 0  # counts the runs whose tiles started, so that a late uncertainty knows its run
         self._latest_postprocess: dict[int, int] = {}  # run id: its latest `_PostprocessTarget.number`
         self._uncertainty_pending = False  # the current run's uncertainty is being computed: its result is not in
+        self._uncertainty_workers: list[Any] = []  # running, of this run or an earlier one: Cancel stops them
+        self._run_layers: list[Any] = []  # the image layers the last run reads (a file's channel layers, or one)
         self.uncertainty_layer: Any = None
         self.postprocess_fields = fields = PostprocessFields()
+        # the controls as last shown or changed, over a default config: what the user changes is told from the rest
+        self._shown_postprocess = fields.config(PostprocessConfig())
         self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
+        self.cancel_button = self.controls.buttons[1]
         self.progress, self.status = self.controls.progress, self.controls.status
         dock_layout(
             self,
@@ -227,6 +249,8 @@ class SegmentWidget(QWidget):
             if self.session.bundle is None or self.session.training:
                 self._waiting.clear()
             if self._run(layer) is not None:
+                # a file's channel layers that the run reads together (a model of several channels) are one image
+                self._waiting[:] = [w for w in self._waiting if not any(w is used for used in self._run_layers)]
                 return
 
     def _run_over(self) -> None:
@@ -279,18 +303,15 @@ class SegmentWidget(QWidget):
             factor = bundle.scale_factor(stack.plane(stack.planes[0]), diameter) if diameter != "auto" else None
         except (LayerProblem, ValueError) as error:
             return self._refuse(str(error))
+        self._run_layers = channel_group(layer, self.viewer.layers) if isinstance(stack.data, ChannelGroup) else [layer]
         self._run_model, self._postprocess = bundle, self.postprocess_config()  # what the run keeps to its end
         if factor is not None:
             return self._start_tiles(bundle, layer, stack, device, factor)
         self.cancelled = False
         self.session.segmenting = True
         self.controls.begin(0, "Estimating the object diameter…")
-        self.worker = create_worker(
-            bundle.estimate_diameter,
-            stack.plane(stack.planes[0]),
-            device=device,
-            _ignore_errors=True,
-            _start_thread=False,
+        self.worker = create_worker(  # on the first plane that is not black, as `napari-unet predict` does
+            estimate_stack_diameter, bundle, stack, device, _ignore_errors=True, _start_thread=False
         )
         estimating = self.worker
         self.worker.returned.connect(
@@ -337,6 +358,7 @@ class SegmentWidget(QWidget):
         self.worker = None
         self.session.segmenting = False
         self.controls.running(False)
+        self._show_cancel()
 
     def _start_tiles(self, bundle: ModelBundle, layer: Any, stack: Any, device: Any, factor: float) -> Any:
         """Create the result layers and stream the tiles of the image resized by `factor` into them."""
@@ -355,6 +377,7 @@ class SegmentWidget(QWidget):
         self.planes = stack.planes
         self.probs_fg = np.zeros(stack.output_shape(), dtype=np.float32)
         self.labels = np.zeros(stack.output_shape(), dtype=np.int32)
+        self.previews = PreviewLabels(self.labels)
         self.labels_layer = self.viewer.add_labels(
             self.labels,
             name=f"{layer.name} labels",
@@ -393,8 +416,11 @@ class SegmentWidget(QWidget):
 
     def cancel(self) -> None:
         """Stop after the tile being computed (with test-time augmentation, the orientation of the plane being
-        computed); what was already written stays. Images waiting to be segmented as they opened are dropped."""
+        computed); what was already written stays. An uncertainty being computed stops after its plane (the result
+        stays, without the uncertainty layer). Images waiting to be segmented as they opened are dropped."""
         self._waiting.clear()
+        for worker in self._uncertainty_workers:
+            worker.quit()
         if self.worker is not None:
             self.cancelled = True
             self.worker.quit()
@@ -416,7 +442,7 @@ class SegmentWidget(QWidget):
     def _write_tile(self, update: TileUpdate) -> None:
         if self.labels is None or self.probs_fg is None:
             return
-        self.labels[update.key] = update.labels
+        self.previews.write(update)  # not over a region painted meanwhile: the corrections stay
         self.probs_fg[update.key] = update.probs_fg
         self.tiles_written += 1
         self.progress.setValue(update.done)
@@ -426,8 +452,13 @@ class SegmentWidget(QWidget):
         self.worker = None
         self.session.segmenting = False
         self.controls.running(False)
+        self._show_cancel()
         self.drawing.refresh(thumbnail=True)
-        previews = _digest(self.labels) if self.labels is not None else None  # before a `stopped` slot paints
+        # before a `stopped` slot paints: painted while the tiles streamed (the previews' record) or from now on
+        complete = not self.cancelled and self.tiles_written >= self.progress.maximum()
+        previews = None
+        if complete and self.labels is not None:
+            previews = PAINTED_DURING_STREAM if self.previews.edited() else labels_digest(self.labels)
         self.stopped.emit()
         if self.cancelled:
             unit = "plane orientations" if self._tta else "tiles"
@@ -480,12 +511,12 @@ class SegmentWidget(QWidget):
         if target.number != self._postprocess_runs or self.labels is None or labels.shape != self.labels.shape:
             return  # a newer retune is on its way
         self._latest_postprocess.pop(self._run_id, None)
-        if self._final_digest is not None and _digest(self.labels) != self._final_digest:
+        if self._final_digest is not None and labels_digest(self.labels) != self._final_digest:
             self._keep_edits(labels)  # painted since the previews or the last result: the corrections stay
         else:
             self.labels[...] = labels
         self._first_result = False
-        self._final_digest = _digest(self.labels)
+        self._final_digest = labels_digest(self.labels)
         count = sum(int(labels[index].max(initial=0)) for index in self.planes)
         self.drawing.final(self.planes, labels.shape, then=lambda: alive(self) and self._show_result(count))
 
@@ -496,7 +527,7 @@ class SegmentWidget(QWidget):
         array, layer = target.labels, target.layer
         if layer is None or layer not in self.viewer.layers or layer.data is not array or labels.shape != array.shape:
             return  # removed, or its data replaced meanwhile
-        if target.digest is not None and _digest(array) != target.digest:
+        if target.digest is not None and labels_digest(array) != target.digest:
             _labels_beside(self.viewer, layer, labels, "result" if target.first else "retuned")
         else:
             array[...] = labels
@@ -530,16 +561,32 @@ class SegmentWidget(QWidget):
             return None
         self.status.setText(self.status.text() + " Computing the uncertainty…")
         self._uncertainty_pending, run = True, self._run_id
-        worker = create_worker(
-            uncertainty_planes, bundle, stack, self.factor, device, _ignore_errors=True, _start_thread=False
-        )
+        # plane by plane: Cancel stops it after the plane being computed
+        worker = generator_worker(stream_uncertainty(bundle, stack, self.factor, device))
         # the model is in use until the worker ends (training it meanwhile crashed napari); freed by the worker's
         # end, not by a slot of this dock, which may be closed by then
         worker.finished.connect(self.session.hold())
         worker.returned.connect(lambda values: alive(self) and self._show_uncertainty(layer, stack, values, run))
         worker.errored.connect(lambda error: alive(self) and self._uncertainty_failed(error, run))
+        worker.finished.connect(lambda: alive(self) and self._uncertainty_ended(worker, run))
+        self._uncertainty_workers.append(worker)
+        self._show_cancel()
         start_worker(worker, self)
         return worker
+
+    def _uncertainty_ended(self, worker: Any, run: int) -> None:
+        """An uncertainty worker ended: shown, failed (`_show_uncertainty`, `_uncertainty_failed` came first) or
+        stopped by Cancel, when the run's result stays without its uncertainty layer."""
+        self._uncertainty_workers.remove(worker)
+        self._show_cancel()
+        if run == self._run_id and self._uncertainty_pending:  # neither shown nor failed: cancelled
+            self._uncertainty_pending = False
+            self.status.setText(self.status.text().replace(" Computing the uncertainty…", " Uncertainty cancelled."))
+            self.segmented.emit(self.labels)
+
+    def _show_cancel(self) -> None:
+        """Cancel is enabled while the dock computes what it can stop: tiles, a diameter estimate, an uncertainty."""
+        self.cancel_button.setEnabled(self.worker is not None or bool(self._uncertainty_workers))
 
     def _show_uncertainty(self, layer: Any, stack: Any, values: np.ndarray, run: int) -> None:
         self.uncertainty_layer = self._add_map(layer, stack, values, "uncertainty", "inferno")
@@ -581,9 +628,12 @@ class SegmentWidget(QWidget):
 
     def _postprocess_changed(self) -> None:
         """The user changed a post-processing control: a running segmentation ends with it, a finished one is
-        retuned."""
+        retuned. Only that setting changes in the run's post-processing: the other controls may show a model
+        loaded since the run started, whose settings are for the next run."""
+        shown = self.postprocess_fields.config(PostprocessConfig())
         if self._postprocess is not None:
-            self._postprocess = self.postprocess_fields.config(self._postprocess)
+            self._postprocess = retuned_config(self._postprocess, self._shown_postprocess, shown)
+        self._shown_postprocess = shown
         self._retune_soon()
 
     def _aborted(self) -> None:
@@ -608,7 +658,8 @@ class SegmentWidget(QWidget):
         )
         if bundle is not None:
             self.channel_fields.show(bundle.channels)  # the channels the model was trained on
-            self.postprocess_fields.show(bundle.postprocess)
+            self.postprocess_fields.show(bundle.postprocess)  # for the next run (not the result shown, if any)
+            self._shown_postprocess = self.postprocess_fields.config(PostprocessConfig())
 
     def _show_training(self, training: bool) -> None:
         """No other model can be loaded while a Fine-tune run owns the session's (`Session.load_model`)."""
@@ -645,10 +696,3 @@ def _labels_beside(viewer: Any, layer: Any, labels: np.ndarray, what: str) -> An
         units=layer.units,
         metadata=dict(layer.metadata),
     )
-
-
-def _digest(labels: np.ndarray) -> bytes:
-    """A fingerprint of a label array (to tell whether the user painted into it)."""
-    import hashlib
-
-    return hashlib.blake2b(np.ascontiguousarray(labels).data, digest_size=16).digest()
