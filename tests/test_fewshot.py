@@ -136,3 +136,45 @@ def test_a_model_saved_by_a_newer_version_can_be_fine_tuned():
     )
     trainer = few_shot_trainer(start, image, labels, config=FewShotConfig(seconds=None, iterations=1), device="cpu")
     assert trainer.config.tile_size == 124
+
+
+def test_the_polarity_is_the_whole_images_not_the_crops():
+    """A bright-background image (inverted by "auto") whose painted cells lie in a dense cluster of dark nuclei:
+    the crop around them has a dark median and background, so the trainer, deciding on the crop, trained on the
+    image un-inverted while inference inverts it (dsb2018-other #110 fell from IoU 0.52 to 0.27 so)."""
+    from napari_unet.batches import prepare_sample
+    from napari_unet.modelfile import Normalization
+    from napari_unet.training import TrainConfig
+
+    yy, xx = np.indices((600, 600))
+    labels = np.zeros((600, 600), np.int32)
+    for k, (cy, cx) in enumerate([(y, x) for y in range(20, 180, 16) for x in range(20, 180, 16)], 1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 7**2] = k  # a dense corner of dark nuclei
+    image = np.where(labels > 0, 0.1, 0.9).astype(np.float32) + np.random.default_rng(0).normal(0, 0.02, (600, 600))
+    painted = np.where(np.isin(labels, [45, 46, 55, 56]), labels, 0)
+    start = ModelBundle(UNet(depth=2, base_channels=4), Normalization(invert="auto"))
+    prepared = prepare(start, image.astype(np.float32), painted, config=FewShotConfig(exclude_unpainted=False))
+    assert prepared.sample.oriented
+    seen = prepare_sample(prepared.sample, "sample", 1, start.normalization, TrainConfig()).image[0]
+    inference = start.preprocessor(image[None])(image[None])[0]  # what segment() feeds the network
+    assert seen[prepared.sample.labels > 0].mean() > 0.8 and inference[painted > 0].mean() > 0.8  # bright nuclei
+    crop = Normalization(invert="auto").apply_polarity(prepared.sample.image)  # the crop's own decision
+    assert crop[0][prepared.sample.labels > 0].mean() < 0.2  # which is the other one
+
+
+def test_not_annotated_pixels_are_left_out_and_cells_painted_with_one_id_are_told_apart():
+    image, labels = two_touching_cells()
+    apart = np.where(labels == 2, 0, labels)
+    apart[60:75, 120:135] = 3  # a third cell, away from the first
+    one_id = (apart > 0).astype(np.uint16)  # all painted with label 1, as napari's brush keeps it
+    config = FewShotConfig(exclude_unpainted=False)
+    start = bundle(diameter=None)
+    by_id = prepare(start, image, apart, config=config)
+    same = prepare(start, image, one_id, config=config)
+    assert same.diameter == pytest.approx(by_id.diameter) and len(np.unique(same.sample.labels)) == 3
+    for dtype, unannotated in ((np.uint16, 65535), (np.int32, -1)):
+        marked = apart.astype(dtype)
+        marked[40:80, 78:100] = unannotated  # "not annotated" beside cell 1: no cell, no loss
+        prepared = prepare(start, image, marked, config=config)
+        assert prepared.sample.labels.max() == 3 and prepared.diameter == pytest.approx(by_id.diameter)
+        assert prepared.sample.mask.sum() < by_id.sample.mask.sum()  # the marked block is out of the loss

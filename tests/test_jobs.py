@@ -78,6 +78,14 @@ def test_training_samples_are_cropped_to_the_annotated_region_and_normalised_wit
     np.testing.assert_array_equal(sample.mask, mask[box])
     whole = training_samples(job(cells, tmp_path, [None]))[0]
     assert whole.image.shape == (1, *labels.shape) and whole.mask is None
+    # a bright-background plane ("auto" inverts it) cropped to a corner of dark cells: inverted as the whole plane is
+    bright = job(cells, tmp_path, [mask])
+    bright.images[0] = (1.0 - image[None]).astype(np.float32)
+    bright.normalization = Normalization(invert="auto")
+    inverted = training_samples(bright)[0]
+    seen = ModelBundle(UNet(TINY), bright.normalization).preprocessor(bright.images[0])(bright.images[0])
+    assert inverted.oriented
+    np.testing.assert_allclose(inverted.image, seen[(slice(None), *box)], atol=1e-5)
 
 
 def test_run_training_yields_the_trainer_events_and_returns_the_saved_folder(cells, tmp_path):

@@ -71,7 +71,8 @@ def prepare_sample(
     if not np.isfinite(image).all():
         bad = int(image.size - np.count_nonzero(np.isfinite(image)))
         raise ValueError(f"{name}: the image contains {bad} NaN or infinite values")
-    image = normalization.apply_polarity(image)  # samples come percentile-normalised: invert here
+    if not sample.oriented:  # samples come percentile-normalised: invert here (on the whole image it holds)
+        image = normalization.apply_polarity(image)
     class_weights = "balanced" if config.class_weights == "balanced" else None
     weights = weight_map(labels, config.w0, config.sigma, class_weights, mask=mask, border=config.border)
     target = make_target(labels, config.border)

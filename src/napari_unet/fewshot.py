@@ -35,10 +35,10 @@ from scipy import ndimage
 
 from .augment import AugmentConfig
 from .channels import ChannelChoice
-from .io import apply_normalization, percentiles
+from .io import apply_normalization
 from .modelfile import ModelBundle
 from .scale import FACTOR_RANGE, diameter_factor, median_diameter, rescale_image, rescale_labels
-from .targets import mask_around_cells
+from .targets import annotation_mask, is_binary_mask, mask_around_cells
 from .tiling import predict_tiled
 from .train_config import recorded_training
 from .training import PRESETS, Sample, Trainer
@@ -100,16 +100,23 @@ def prepare(
     """The training sample of a painted image: normalised, rescaled to the model's object size, cropped to the
     painted region (plus the network's context) and masked as the recipe says.
 
-    image: raw (H, W) or (C, H, W); labels: (H, W) instance ids of the painted cells (0 elsewhere);
+    image: raw (H, W) or (C, H, W); labels: (H, W) instance ids of the painted cells (0 elsewhere; the "not
+    annotated" value, -1 or 65535 in 16-bit labels, is left out of the loss); cells all painted with one id
+    (napari's brush keeps its label) are told apart as the separate regions they form;
     mask: (H, W) bool, the region the user vouches for (None: the painted cells and a margin around them).
+    The image is normalised and inverted (`Normalization.bounds`) as inference sees it: by the whole image's
+    percentiles and polarity, not the crop's.
     """
     image = np.asarray(image)
     labels = check_labels(labels, "the painted labels")  # any integer width; ids >= 2**31 renumbered
     if labels.shape != image.shape[-2:]:
         raise ValueError(f"labels {labels.shape} must have the image's height and width {image.shape[-2:]}")
-    painted = np.where(labels > 0, labels, 0)
+    annotated = annotation_mask(labels)  # False at the "not annotated" value
+    painted = np.where(annotated & (labels > 0), labels, 0)
     if not painted.any():
         raise ValueError("no painted cell: paint at least one cell (a positive id) in the labels")
+    if is_binary_mask(painted):  # several cells painted with one id: each region is a cell (its size, its target)
+        painted = ndimage.label(painted != 0)[0]
     channels_first = image[None] if image.ndim == 2 else image
     check_image(channels_first, "CYX")  # NaN (with their count), constant, before any normalisation
     diameter = median_diameter(painted)
@@ -125,8 +132,8 @@ def prepare(
                 f"{target_diameter / FACTOR_RANGE[1]:g} to {target_diameter / FACTOR_RANGE[0]:g} px: paint whole "
                 "cells, or start from a new network"
             ) from None
-    lo, hi = percentiles(channels_first, bundle.normalization.low, bundle.normalization.high, "CYX")
-    normalised = rescale_image(apply_normalization(channels_first, lo, hi), factor)  # the Trainer sets polarity
+    lo, hi = bundle.normalization.bounds(channels_first, "CYX")  # the whole image's polarity, as at inference
+    normalised = rescale_image(apply_normalization(channels_first, lo, hi), factor)
     painted = rescale_labels(painted, factor)
     if mask is not None:
         mask = rescale_labels(np.asarray(mask).astype(np.uint8), factor) > 0
@@ -134,11 +141,13 @@ def prepare(
         scaled_diameter = diameter * factor
         mask = mask_around_cells(painted, config.margin * scaled_diameter)
         if config.exclude_unpainted:  # the model's foreground beyond a thin ring around the painted cells
-            probs = predict_tiled(bundle.net, bundle.normalization.apply_polarity(normalised), device=device)[1]
+            probs = predict_tiled(bundle.net, normalised, device=device)[1]
             ring = max(2.0, 0.15 * scaled_diameter)
             mask &= ~((probs > 0.5) & (ndimage.distance_transform_edt(painted == 0) > ring))
+    if not annotated.all():
+        mask &= rescale_labels(annotated.astype(np.uint8), factor) > 0
     box = _bounding_box(mask, context=bundle.net.halo + 64)
-    sample = Sample(normalised[(slice(None), *box)], painted[box].astype(np.int32), mask[box])
+    sample = Sample(normalised[(slice(None), *box)], painted[box].astype(np.int32), mask[box], oriented=True)
     return FewShotSample(sample, factor, diameter)
 
 

@@ -110,6 +110,20 @@ class Normalization(Config):
         median, mode = polarity_statistics(values)
         return (median > 0.5) | (mode > 0.5)
 
+    def bounds(self, image, axes: str = "CYX") -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) that normalise `image` as a model sees it, `(x - lo) / (hi - lo)`: the percentiles of the whole
+        image (a bounded sample, `io.channel_values`), swapped for the channels `flips` inverts (decided on that
+        sample: (x - hi) / (lo - hi) = 1 - (x - lo) / (hi - lo)). Shaped to broadcast against `axes`. Inference
+        (`ModelBundle.preprocessor`) and fine-tuning (which trains on crops) both decide the polarity here, on
+        the whole image."""
+        values = channel_values(image, axes)  # one bounded sample, for the percentiles and the polarity
+        lo, hi = percentiles_of(values, self.low, self.high, axes)
+        if self.invert is not False:
+            normalised = apply_normalization(values, lo.reshape(-1, 1), hi.reshape(-1, 1))  # (C, N), as the windows
+            flip = self.flips(normalised).reshape(lo.shape)
+            lo, hi = np.where(flip, hi, lo), np.where(flip, lo, hi)
+        return lo, hi
+
     def apply_polarity(self, normalised: np.ndarray) -> np.ndarray:
         """A normalised (C, H, W) image with the channels `flips` chooses inverted (1 - x)."""
         normalised = np.asarray(normalised, dtype=np.float32)
@@ -182,13 +196,8 @@ class ModelBundle:
 
     def preprocessor(self, image, axes: str = "CYX"):
         """The per-window normalisation with percentiles of the whole `image` (read from a bounded sample)."""
-        values = channel_values(image, axes)  # one bounded sample, for the percentiles and the polarity
-        lo, hi = percentiles_of(values, self.normalization.low, self.normalization.high, axes)
+        lo, hi = self.normalization.bounds(image, axes)
         lo, hi = lo.reshape(-1, 1, 1), hi.reshape(-1, 1, 1)
-        if self.normalization.invert is not False:  # (x - hi) / (lo - hi) = 1 - (x - lo) / (hi - lo)
-            normalised = apply_normalization(values, lo.reshape(-1, 1), hi.reshape(-1, 1))  # (C, N), as the windows
-            flip = self.normalization.flips(normalised).reshape(-1, 1, 1)
-            lo, hi = np.where(flip, hi, lo), np.where(flip, lo, hi)
         return lambda window: apply_normalization(window, lo, hi)
 
     def resolve_diameter(

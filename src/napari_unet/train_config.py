@@ -149,12 +149,15 @@ def preset(name: str = "fast", **overrides: Any) -> tuple[UNetConfig, TrainConfi
 @dataclass(frozen=True)
 class Sample:
     """One annotated image. image: (H, W) or (C, H, W), percentile-normalised (the Trainer inverts it as its
-    `Normalization.invert` says); labels: (H, W) instance ids or a binary mask;
-    mask: (H, W), nonzero where the annotation is defined (None: everywhere but reserved "not annotated" values)."""
+    `Normalization.invert` says, unless `oriented`); labels: (H, W) instance ids or a binary mask;
+    mask: (H, W), nonzero where the annotation is defined (None: everywhere but reserved "not annotated" values);
+    oriented: the image is already inverted as the normalisation says, decided on the whole image it was cut
+    from (`Normalization.bounds`; a crop's own statistics may say otherwise)."""
 
     image: np.ndarray
     labels: np.ndarray
     mask: np.ndarray | None = None
+    oriented: bool = False
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from ..augment import AugmentConfig
 from ..channels import ChannelChoice
 from ..device import select_device
 from ..fewshot import FewShotConfig, few_shot_trainer
-from ..io import apply_normalization, percentiles
+from ..io import apply_normalization
 from ..model import UNet, UNetConfig
 from ..modelfile import ModelBundle, Normalization
 from ..postprocess import PostprocessConfig
@@ -196,7 +196,7 @@ def training_samples(job: TrainingJob) -> list[Sample]:
 
     Cropping keeps weight maps and validation cheap on big images where a few cells are annotated; the
     windows the trainer cuts around annotated pixels stay inside the crop. Each image is normalised with the
-    percentiles of the whole plane, not of the crop.
+    percentiles of the whole plane, not of the crop, and inverted as the whole plane's polarity says (`oriented`).
     """
     context = job.config.tile_size // 2 + 1
     samples = []
@@ -210,9 +210,9 @@ def training_samples(job: TrainingJob) -> list[Sample]:
         else:
             box = (slice(None), slice(None))
         check_image(image, "CYX")  # NaN (counted in the image as given), constant: before normalising
-        lo, hi = percentiles(image, job.normalization.low, job.normalization.high, "CYX")
+        lo, hi = job.normalization.bounds(image, "CYX")  # the whole plane's polarity, as inference decides it
         normalised = apply_normalization(image[(slice(None), *box)], lo, hi)
-        samples.append(Sample(normalised, labels[box], None if mask is None else mask[box]))
+        samples.append(Sample(normalised, labels[box], None if mask is None else mask[box], oriented=True))
     return samples
 
 
