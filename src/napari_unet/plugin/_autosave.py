@@ -49,6 +49,11 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "image"
 
 
+def _path_tag(image_path: str | Path) -> str:
+    """8 hex digits of the image file's full path: a/cells.tif and b/cells.tif saved in one folder stay apart."""
+    return hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
+
+
 def sidecar_path(image_path: str | Path) -> Path:
     """`cells.tif` -> `cells.tif.unet-labels.tif` in the same folder: the image's whole name, so that `cells.tif`,
     `cells.ome.tif` and `cells.png` side by side never share (and overwrite) one file of annotations."""
@@ -122,7 +127,7 @@ def save_annotations(
     folder.mkdir(parents=True, exist_ok=True)
     stem = safe_name(Path(image_path).stem if image_path is not None else name)
     if image_path is not None:  # a/cells.tif and b/cells.tif saved in the same second: two files, not one
-        stem += "-" + hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
+        stem += "-" + _path_tag(image_path)
     target = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{SIDECAR_SUFFIX}"
     write_tiff(target, labels, axes, pixel_size=pixel_size, spacing=spacing)
     if image_path is not None:
@@ -145,9 +150,7 @@ def _keep_previous(target: Path, labels: np.ndarray, root: str | Path, image_pat
         pass  # unreadable here: kept all the same
     folder = Path(root) / "annotations" / "previous"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = (
-        safe_name(Path(image_path).name) + "-" + hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
-    )
+    stem = safe_name(Path(image_path).name) + "-" + _path_tag(image_path)
     kept = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}{SIDECAR_SUFFIX}"
     with atomic_write(kept) as staging:
         shutil.copy2(target, staging)
