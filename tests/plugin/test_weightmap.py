@@ -234,3 +234,32 @@ def test_a_binary_mask_is_said_to_train_without_border_term_and_border_0_can_be_
         widget.border_spin.setValue(0)
     np.testing.assert_allclose(widget.layer.data, weight_map(labels, border=0), rtol=1e-6)
     assert "binary mask" not in widget.status.text()
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_the_kind_of_labels_is_decided_in_the_worker(make_napari_viewer_proxy, qtbot, monkeypatch, stack):
+    """Telling a binary mask from instance labels takes a pass over the values and a labelling of the components:
+    at every slider move it runs in the worker, beside the map, never on napari's main thread."""
+    import threading
+
+    from napari_unet.plugin import _weightmap
+
+    threads = []
+
+    def recording_kind(labels):
+        threads.append(threading.current_thread())
+        return _weightmap_label_kind(labels)
+
+    _weightmap_label_kind = _weightmap.label_kind
+    monkeypatch.setattr(_weightmap, "label_kind", recording_kind)
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[::16] = mask[:, ::16] = 0
+    viewer = make_napari_viewer_proxy()
+    viewer.add_labels(np.stack([mask, mask]) if stack else mask, name="membranes")
+    widget = WeightMapWidget(viewer)
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        viewer.window.add_dock_widget(widget, name="Weight map")
+    with qtbot.waitSignal(widget.updated, timeout=20_000):
+        widget.w0_slider.setValue(20)
+    assert "binary mask" in widget.status.text()
+    assert len(threads) == 2 and threading.main_thread() not in threads

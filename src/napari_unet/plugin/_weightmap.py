@@ -10,6 +10,7 @@ first; planes without painted cells weigh 0, since training leaves them out.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,10 @@ from ._form import check, dock_layout, form, slider, spin, wrapped_label
 from ._layers import LayerPicker, debounced, is_users_labels, layer_combo, layer_data, result_metadata, throttled
 from ._workers import alive, start_worker
 
+BINARY_NOTE = (
+    " This is a binary mask (one value over many regions, as ISBI's membranes): training weighs such masks without "
+    "border term and class balance (w0 0, w_c off), whatever the preset."
+)
 UPDATE_MS = 150
 REFRESH_MS = 100  # at most ~10 redraws per second while the planes of a stack come in
 LAYER_NAME = "weight map"
@@ -120,9 +125,9 @@ class WeightMapWidget(QWidget):
         if labels.ndim == 3:
             return self._update_stack(labels_layer, np.array(labels), run)
         worker = create_worker(
-            weight_map, np.array(labels), **self.parameters(), _ignore_errors=True, _start_thread=False
+            _map_and_kind, np.array(labels), **self.parameters(), _ignore_errors=True, _start_thread=False
         )
-        worker.returned.connect(lambda weights: alive(self) and self._show(weights, labels_layer, run))
+        worker.returned.connect(lambda result: alive(self) and self._show(result[0], result[1], labels_layer, run))
         worker.errored.connect(lambda error: show_error(f"Weight map failed: {error}"))
         start_worker(worker, self)
         return worker
@@ -136,12 +141,12 @@ class WeightMapWidget(QWidget):
         weights = np.zeros(labels.shape, np.float32)
         progress = {"done": 0, "painted": painted}
         worker = create_worker(
-            stack_weight_maps, labels, **self.parameters(), first=first, _ignore_errors=True, _start_thread=False
+            _stack_maps_and_kind, labels, **self.parameters(), first=first, _ignore_errors=True, _start_thread=False
         )
         worker.yielded.connect(
             lambda item: alive(self) and self._plane_done(item, weights, labels_layer, run, progress)
         )
-        worker.returned.connect(lambda _: alive(self) and self._show(weights, labels_layer, run, painted))
+        worker.returned.connect(lambda kind: alive(self) and self._show(weights, kind, labels_layer, run, painted))
         worker.errored.connect(lambda error: show_error(f"Weight map failed: {error}"))
         self._stack_worker = worker
         start_worker(worker, self)
@@ -192,8 +197,9 @@ class WeightMapWidget(QWidget):
             metadata=result_metadata(labels_layer),  # a map, never an image to segment
         )
 
-    def _show(self, weights: np.ndarray, labels_layer: Any, run: int, painted: int | None = None) -> None:
-        """The finished map; `painted`: for a stack, how many of its planes hold cells."""
+    def _show(self, weights: np.ndarray, kind: str, labels_layer: Any, run: int, painted: int | None = None) -> None:
+        """The finished map of labels of `kind` (`label_kind`); `painted`: for a stack, how many of its planes hold
+        cells."""
         if run != self._runs:
             return  # a newer request is on its way
         self._stack_worker = None
@@ -207,16 +213,20 @@ class WeightMapWidget(QWidget):
             else f" over {painted} of {weights.shape[0]} planes (those with painted cells; training leaves the "
             "others out: they weigh 0)"
         )
-        labels = np.asarray(layer_data(labels_layer))
-        kind = label_kind(list(labels) if labels.ndim == 3 else [labels])
-        binary = (
-            " This is a binary mask (one value over many regions, as ISBI's membranes): training weighs such masks "
-            "without border term and class balance (w0 0, w_c off), whatever the preset."
-            if kind == "binary"
-            else ""
-        )
         self.status.setText(
             f"max {weights.max():.2f} (w0 = {p['w0']:g}, sigma = {p['sigma']:g} px){planes}: the bright ridges "
-            f"between touching cells are where the loss weighs most.{binary}"
+            f"between touching cells are where the loss weighs most.{BINARY_NOTE if kind == 'binary' else ''}"
         )
         self.updated.emit(weights)
+
+
+def _map_and_kind(labels: np.ndarray, **parameters: Any) -> tuple[np.ndarray, str]:
+    """The worker's job for a 2-D layer: its weight map and the kind of its labels (`label_kind`), both off the
+    main thread (the kind takes a pass over the values and a labelling of the components)."""
+    return weight_map(labels, **parameters), label_kind([labels])
+
+
+def _stack_maps_and_kind(labels: np.ndarray, **parameters: Any) -> Iterator[tuple[int, np.ndarray]]:
+    """The worker's job for a stack: yields `stack_weight_maps`' planes, then returns the labels' kind."""
+    yield from stack_weight_maps(labels, **parameters)
+    return label_kind(list(labels))
