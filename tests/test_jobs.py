@@ -307,11 +307,11 @@ def test_uncertainty_and_suggestions_point_away_from_what_is_annotated():
     from test_diameter import disks
 
     from napari_unet.jobs.finetune import suggest_annotation
-    from napari_unet.jobs.segment import uncertainty_planes
+    from napari_unet.jobs.segment import stream_uncertainty
 
     model = threshold_bundle(20.0)
     image = (disks((240, 240), 10, 40) > 0).astype(np.float32) * 50
-    values = uncertainty_planes(model, _Plane(image), 1.0, torch.device("cpu"))
+    values = run_to_end(stream_uncertainty(model, _Plane(image), 1.0, torch.device("cpu")))
     assert values.shape == image.shape and 0 <= values.min() and values.max() <= 1
     assert values.max() < 1e-3  # a thresholding network answers alike in every orientation
     annotated = np.zeros(image.shape, bool)
@@ -449,6 +449,15 @@ def test_count_tiles_and_the_scale_line_of_the_segment_dock(cells):
 # ---------------------------------------------------------------------------------- the Segment dock's stack jobs
 
 
+def run_to_end(generator):
+    """What a generator returns once it has yielded everything (a worker's `returned`)."""
+    while True:
+        try:
+            next(generator)
+        except StopIteration as end:
+            return end.value
+
+
 def black_second_frame(image: np.ndarray, kind: str, tmp_path: Path) -> Stack:
     """A (T=3, C=1, H, W) stack whose middle frame is black, held as `kind`: in memory, memory-mapped (an
     uncompressed TIFF opened by the plugin's reader) or dask."""
@@ -489,8 +498,25 @@ def test_a_black_frame_of_a_stack_is_left_empty_whatever_array_holds_it(cells, t
 
 
 @pytest.mark.parametrize("kind", ["memmap", "dask"])
+@pytest.mark.parametrize(("factor", "tta"), [(1.0, False), (0.5, False), (1.0, True)])
+def test_each_plane_of_a_lazy_stack_is_sampled_once(cells, tmp_path, monkeypatch, kind, factor, tta):
+    """The bounded sample of a lazy plane (read from disk) serves both the black-frame check and the percentiles:
+    each plane's is read once, not twice."""
+    from napari_unet import io
+
+    image, _ = cells
+    reads = []
+    strided_sample = io._strided_sample
+    monkeypatch.setattr(io, "_strided_sample", lambda *args: reads.append(1) or strided_sample(*args))
+    stack = black_second_frame(image[:64, :64], kind, tmp_path)
+    config = PostprocessConfig(threshold=0.5, min_size=1)
+    list(stream_tiles(ModelBundle(UNet(TINY).eval()), stack, 32, torch.device("cpu"), config, factor, tta=tta))
+    assert len(reads) == 3
+
+
+@pytest.mark.parametrize("kind", ["memmap", "dask"])
 def test_the_uncertainty_of_a_black_frame_is_zero_and_comes_plane_by_plane(cells, tmp_path, kind):
-    from napari_unet.jobs.segment import stream_uncertainty, uncertainty_planes
+    from napari_unet.jobs.segment import stream_uncertainty
 
     image, _ = cells
     torch.manual_seed(0)
@@ -502,7 +528,7 @@ def test_the_uncertainty_of_a_black_frame_is_zero_and_comes_plane_by_plane(cells
         next(planes)
     values = end.value.value
     assert values.shape == (3, 64, 64) and not values[1].any() and values[0].any()
-    np.testing.assert_array_equal(values, uncertainty_planes(bundle, stack, 1.0, torch.device("cpu")))
+    np.testing.assert_array_equal(values, run_to_end(stream_uncertainty(bundle, stack, 1.0, torch.device("cpu"))))
 
 
 def test_the_object_diameter_of_a_stack_is_estimated_on_its_first_frame_that_is_not_black():

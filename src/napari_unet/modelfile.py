@@ -110,13 +110,15 @@ class Normalization(Config):
         median, mode = polarity_statistics(values)
         return (median > 0.5) | (mode > 0.5)
 
-    def bounds(self, image, axes: str = "CYX") -> tuple[np.ndarray, np.ndarray]:
+    def bounds(self, image, axes: str = "CYX", values: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi) that normalise `image` as a model sees it, `(x - lo) / (hi - lo)`: the percentiles of the whole
         image (a bounded sample, `io.channel_values`), swapped for the channels `flips` inverts (decided on that
         sample: (x - hi) / (lo - hi) = 1 - (x - lo) / (hi - lo)). Shaped to broadcast against `axes`. Inference
         (`ModelBundle.preprocessor`) and fine-tuning (which trains on crops) both decide the polarity here, on
-        the whole image."""
-        values = channel_values(image, axes)  # one bounded sample, for the percentiles and the polarity
+        the whole image. values: that sample when the caller has read it already (a lazy image's is read from
+        disk)."""
+        if values is None:
+            values = channel_values(image, axes)  # one bounded sample, for the percentiles and the polarity
         lo, hi = percentiles_of(values, self.low, self.high, axes)
         if self.invert is not False:
             normalised = apply_normalization(values, lo.reshape(-1, 1), hi.reshape(-1, 1))  # (C, N), as the windows
@@ -194,9 +196,10 @@ class ModelBundle:
         n = self.net.config.in_channels
         return f"{n} channel{'s' if n > 1 else ''}: {self.channels.describe()} of the image"
 
-    def preprocessor(self, image, axes: str = "CYX"):
-        """The per-window normalisation with percentiles of the whole `image` (read from a bounded sample)."""
-        lo, hi = self.normalization.bounds(image, axes)
+    def preprocessor(self, image, axes: str = "CYX", values: np.ndarray | None = None):
+        """The per-window normalisation with percentiles of the whole `image` (read from a bounded sample, or given
+        as `values`: `io.channel_values(image, axes)`)."""
+        lo, hi = self.normalization.bounds(image, axes, values)
         lo, hi = lo.reshape(-1, 1, 1), hi.reshape(-1, 1, 1)
         return lambda window: apply_normalization(window, lo, hi)
 
@@ -293,7 +296,9 @@ class ModelBundle:
         out[...] = probs
         return out
 
-    def network_input(self, image, factor: float = 1.0, *, tta: bool = False, check: bool = False) -> tuple[Any, Any]:
+    def network_input(
+        self, image, factor: float = 1.0, *, tta: bool = False, check: bool = False, values: np.ndarray | None = None
+    ) -> tuple[Any, Any]:
         """What the network is given for a raw (H, W) or (C, H, W) plane resized by `factor`: (the plane at the
         network's scale, its per-window normalisation with the percentiles of the plane as given).
 
@@ -304,6 +309,7 @@ class ModelBundle:
         only, so a lazy plane is refused before it is read.
         check: refuse a plane in memory (read here or given) that holds NaN or is constant
         (`validation.check_image`), before its percentiles are taken.
+        values: the plane's bounded sample (`io.channel_values`) when the caller has read it already.
         """
         axes = "YX" if image.ndim == 2 else "CYX"
         if factor != 1.0:
@@ -315,7 +321,7 @@ class ModelBundle:
         check_image_dtype(image.dtype)  # free for any array: complex numbers are named, not a numpy TypeError
         if check and isinstance(image, np.ndarray) and not isinstance(image, np.memmap):
             check_image(image, axes)
-        preprocess = self.preprocessor(image, axes)
+        preprocess = self.preprocessor(image, axes, values)
         return (image if factor == 1.0 else rescale_image(image, factor)), preprocess
 
     def segment(

@@ -116,7 +116,8 @@ def stream_tiles(
     done = next_id = 0
     for index in stack.planes:
         plane = stack.plane(index)
-        if _blank_in_a_stack(stack, plane):  # a black frame of a time series: no object, the other planes go on
+        values = channel_values(plane, "CYX")  # read once: for the black-frame check and the percentiles
+        if _blank_in_a_stack(stack, plane, values):  # a black frame of a time series: no object, the others go on
             for tile in grid:
                 region = rescaled_region(tile.region, scaled, stack.shape)
                 size = (region[0].stop - region[0].start, region[1].stop - region[1].start)
@@ -125,7 +126,7 @@ def stream_tiles(
             continue
         # NaN, infinite or constant planes in memory or read whole to be rescaled: a clear error (at scale 1 lazy
         # planes are read window by window and not scanned for NaN beforehand)
-        plane, preprocess = bundle.network_input(plane, factor, check=True)
+        plane, preprocess = bundle.network_input(plane, factor, check=True, values=values)
         if factor != 1.0:
             stitched = np.zeros(scaled, np.float32)
         for result in iter_predict_tiles(net, plane, grid, device, preprocess=preprocess):
@@ -166,13 +167,14 @@ def _stream_tta(
     done = next_id = 0
     for index in stack.planes:
         plane = stack.plane(index)
-        if _blank_in_a_stack(stack, plane):
+        values = channel_values(plane, "CYX")
+        if _blank_in_a_stack(stack, plane, values):
             blank = (np.zeros(stack.shape, np.float32), np.zeros(stack.shape, np.int32))
             for _ in range(TTA_ORIENTATIONS):
                 done += 1
                 yield TileUpdate(index, whole, *blank, done, total)
             continue
-        small, preprocess = bundle.network_input(plane, factor, tta=True, check=True)
+        small, preprocess = bundle.network_input(plane, factor, tta=True, check=True, values=values)
         labels = None
         for count, summed in iter_predict_tta(net, small, stride, device=device, preprocess=preprocess):
             probs_fg = resize_probs(summed[1:2] / np.float32(count), stack.shape)[0]
@@ -185,17 +187,17 @@ def _stream_tta(
             yield TileUpdate(index, whole, probs_fg, labels, done, total)
 
 
-def _blank_in_a_stack(stack: Planes, plane: Any) -> bool:
+def _blank_in_a_stack(stack: Planes, plane: Any, sample: np.ndarray | None = None) -> bool:
     """Whether `plane` (C, H, W), one of `stack`'s, is constant (a black frame) in a stack of several planes: it has
     no object, while a constant image of one plane is refused (`validation.check_image`), as `predict` does.
 
     Every kind of plane (in memory, memmap, dask, zarr, a file's channel layers) is judged on the bounded strided
-    sample its normalisation reads anyway (`io.channel_values`); only a plane whose sample is constant is read
-    whole, slab by slab, to be sure (a lazy plane is never loaded at once).
+    sample its normalisation reads anyway (`io.channel_values`; `sample` when the caller has it); only a plane
+    whose sample is constant is read whole, slab by slab, to be sure (a lazy plane is never loaded at once).
     """
     if len(stack.planes) < 2 or not all(plane.shape):
         return False
-    sample = channel_values(plane, "CYX")
+    sample = channel_values(plane, "CYX") if sample is None else sample
     if not sample.size or sample.min() != sample.max():  # NaN: not blank, and the check refuses it in memory
         return False
     value = sample.flat[0]
@@ -248,16 +250,6 @@ def stream_uncertainty(
             out[index] = tta_uncertainty(bundle, np.asarray(plane), factor=factor, transforms=4, device=device)[1]
         yield done
     return out
-
-
-def uncertainty_planes(bundle: ModelBundle, stack: Planes, factor: float, device: torch.device) -> np.ndarray:
-    """`stream_uncertainty` run to its end: the uncertainty (..., H, W) float32 of every plane."""
-    planes = stream_uncertainty(bundle, stack, factor, device)
-    while True:
-        try:
-            next(planes)
-        except StopIteration as end:
-            return end.value
 
 
 def estimate_stack_diameter(bundle: ModelBundle, stack: Planes, device: torch.device) -> float | None:
