@@ -499,6 +499,25 @@ def test_segment_as_it_opens_waits_for_the_whole_result_and_skips_an_image_it_ca
     assert "rgb labels" not in viewer.layers
 
 
+def uncertainty_on_open(make_viewer, bundle, monkeypatch, before):
+    """A viewer and a Segment dock with `bundle` that segments images as they open and shows their uncertainty;
+    `before()` is called in the worker as each uncertainty starts (to slow it down or hold it)."""
+    from napari_unet.plugin import _segment
+
+    uncertainty = _segment.stream_uncertainty
+
+    def delayed(*args, **kwargs):
+        before()
+        return (yield from uncertainty(*args, **kwargs))
+
+    monkeypatch.setattr(_segment, "stream_uncertainty", delayed)
+    viewer = make_viewer()
+    widget = open_dock(viewer, bundle)
+    widget.uncertainty_check.setChecked(True)
+    widget.on_open_check.setChecked(True)
+    return viewer, widget
+
+
 def test_segment_as_it_opens_waits_for_the_uncertainty_even_through_a_retune(
     make_napari_viewer_proxy, qtbot, tiny_bundle, monkeypatch
 ):
@@ -507,19 +526,7 @@ def test_segment_as_it_opens_waits_for_the_uncertainty_even_through_a_retune(
     the uncertainty layer is shown."""
     import time
 
-    from napari_unet.plugin import _segment
-
-    slow = _segment.stream_uncertainty
-
-    def slow_uncertainty(*args, **kwargs):
-        time.sleep(1.0)
-        return (yield from slow(*args, **kwargs))
-
-    monkeypatch.setattr(_segment, "stream_uncertainty", slow_uncertainty)
-    viewer = make_napari_viewer_proxy()
-    widget = open_dock(viewer, tiny_bundle)
-    widget.uncertainty_check.setChecked(True)
-    widget.on_open_check.setChecked(True)
+    viewer, widget = uncertainty_on_open(make_napari_viewer_proxy, tiny_bundle, monkeypatch, lambda: time.sleep(1.0))
     seen_when_second_started = []
     viewer.layers.events.inserted.connect(
         lambda event: (
@@ -706,21 +713,10 @@ def test_cancel_stops_the_uncertainty_and_drops_the_images_waiting(
 ):
     """While the uncertainty (4x the time) was computed, Cancel was disabled: it could neither stop it nor drop
     the images waiting to be segmented as they opened. It now does both; the result stays, without the layer."""
-    from napari_unet.plugin import _segment
-
     computing, release = threading.Event(), threading.Event()
-    uncertainty = _segment.stream_uncertainty
-
-    def held_uncertainty(*args, **kwargs):  # in the worker: held until Cancel was clicked
-        computing.set()
-        release.wait(30)
-        return (yield from uncertainty(*args, **kwargs))
-
-    monkeypatch.setattr(_segment, "stream_uncertainty", held_uncertainty)
-    viewer = make_napari_viewer_proxy()
-    widget = open_dock(viewer, tiny_bundle)
-    widget.uncertainty_check.setChecked(True)
-    widget.on_open_check.setChecked(True)
+    viewer, widget = uncertainty_on_open(  # the uncertainty held in the worker until Cancel was clicked
+        make_napari_viewer_proxy, tiny_bundle, monkeypatch, lambda: (computing.set(), release.wait(30))
+    )
     viewer.add_image(make_cells((64, 64), seed=1)[0], name="first")
     qtbot.waitUntil(computing.is_set, timeout=60_000)
     run_button, cancel_button = widget.controls.buttons
