@@ -233,6 +233,48 @@ def test_thinning_leaves_one_pixel_lines_between_segments():
     assert np.all(thin_boundaries(np.zeros((4, 4), np.int32)) == 1)  # no segment: one basin (as Fiji)
 
 
+def test_thinning_floods_the_background_as_the_challenges_fiji_watershed():
+    """The challenge's Fiji script thins with the classic watershed (`WatershedTransform2D`, 4-connected): the
+    background next to a segment is queued column by column (x outer, y inner), each pixel taken from the queue
+    queues its unvisited neighbours and takes the one segment among its flooded neighbours, or becomes a line."""
+    # an even gap of 6 columns: level 1 = columns 1 and 6, level 2 = columns 2 and 5, level 3 = column 3 (queued
+    # first, from column 2: it sees only segment 1) then column 4 (it sees column 3's 1 and column 5's 2: line),
+    # the same column in every row (not a zigzag between columns 3 and 4)
+    segments = np.zeros((7, 8), np.int32)
+    segments[:, 0], segments[:, 7] = 1, 2
+    np.testing.assert_array_equal(thin_boundaries(segments), np.array([[1, 1, 1, 1, 0, 2, 2, 2]] * 7))
+    # three corners: (3, 5) is 2 steps from segment 3 but sees (2, 5), flooded by segment 2 in the same step
+    # before it, so it is a line pixel; (3, 4) likewise
+    segments = np.zeros((6, 6), np.int32)
+    segments[0, 0], segments[0, 5], segments[5, 5] = 1, 2, 3
+    expected = [
+        [1, 1, 1, 0, 2, 2],
+        [1, 1, 1, 0, 2, 2],
+        [1, 1, 1, 0, 2, 2],
+        [1, 1, 0, 3, 0, 0],
+        [1, 0, 3, 3, 3, 3],
+        [0, 3, 3, 3, 3, 3],
+    ]
+    np.testing.assert_array_equal(thin_boundaries(segments), np.array(expected))
+
+
+def test_isbi_thresholds_and_comparison_are_the_challenge_scripts():
+    """Fiji's `for (double th = 0.0; th <= 1.0; th += 0.1)` accumulates the step in double precision and compares
+    each float pixel, promoted to double, with it."""
+    assert ISBI_THRESHOLDS[:3] == (0.0, 0.1, 0.2) and ISBI_THRESHOLDS[3] == 0.30000000000000004
+    assert ISBI_THRESHOLDS[4:8] == (0.4, 0.5, 0.6, 0.7)
+    assert ISBI_THRESHOLDS[8:] == (0.7999999999999999, 0.8999999999999999, 0.9999999999999999)
+    probs = np.array([[255, 255, 204, 255, 255]], np.uint8).astype(np.float32) / 255  # an 8-bit map saved /255
+    truth = np.full(probs.shape, 255, np.uint8)  # one cell of 5 pixels: n = 5, B_T = 1
+    # up to 0.7999999999999999 the 5 pixels are one segment (204/255 in float32 is 0.8000000119 > 0.79999...,
+    # as a double): V_rand 1. At 0.8999999999999999 and 0.9999999999999999 (1.0 > it: the 255s stay cells) the
+    # middle pixel is a singleton between two segments of 2: A = (4 + 4 + 1) / 25 = B_S, V_rand = 2A / (A + 1) = 9/17
+    curve = isbi_scores(probs, truth, thinned=False)["vrand_curve"]
+    assert curve == pytest.approx([1.0] * 9 + [9 / 17] * 2, rel=1e-12)
+    # the pixel scores compare the same way: 204/255 is foreground at --threshold 0.8
+    assert evaluate_pair(probs, truth, "pixels", threshold=0.8) == {"iou": 1.0, "pixel_error": 0.0}
+
+
 def test_thinned_scores_ignore_a_too_wide_predicted_membrane():
     truth = np.full((20, 21), 255, np.uint8)
     truth[:, 10] = 0  # two cells, 1-px membrane

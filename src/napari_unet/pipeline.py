@@ -119,21 +119,32 @@ def match_files(
     second: Sequence[Path],
     names: tuple[str, str] = ("images", "labels"),
     prefer: str | None = None,
+    by_name: bool = False,
 ) -> FileMatch:
-    """Pair `first` and `second` by `base_name`; two single files are paired whatever their names. A file named
-    as other tools name label files (Cellpose's `01_cp_masks.png`, `01_masks.tif`; `01_mask.png`) pairs with
+    """Pair `first` and `second` by `base_name`; two single files are paired whatever their names, unless
+    `by_name` (`evaluate` given a folder: a folder's one file pairs by name, as a folder's many files do). A file
+    named as other tools name label files (Cellpose's `01_cp_masks.png`, `01_masks.tif`; `01_mask.png`) pairs with
     `01.*` of the other list when nothing else does.
 
     prefer: a tolerated suffix ("_labels" or "_probs") that settles a tie: of `01_labels.tif` and `01_probs.tif`
     in `first`, the one with this suffix is used.
-    Raises ValueError when nothing pairs, or when two files of one list share a base name (01.png and 01.tif).
+    Raises ValueError when nothing pairs (naming both files when each list holds one), or when two files of one
+    list share a base name (01.png and 01.tif).
     """
-    if len(first) == 1 and len(second) == 1:
+    if len(first) == 1 and len(second) == 1 and not by_name:
         return FileMatch([(Path(first[0]), Path(second[0]))], [], [])
     keyed = [_by_base_name(first, names[0], prefer), _by_base_name(second, names[1])]
     keyed[1] = _other_tools_names(keyed[1], keyed[0])
     keyed[0] = _other_tools_names(keyed[0], keyed[1])  # measure takes the labels first
     common = [key for key in keyed[0] if key in keyed[1]]
+    if not common and len(first) == 1 and len(second) == 1:
+        (first_key, first_path), (second_key, second_path) = (next(iter(k.items())) for k in keyed)
+        raise ValueError(
+            f"{first_path.name} ({names[0]}) and {second_path.name} ({names[1]}) have different base names, "
+            f"{first_key!r} and {second_key!r}, so they do not pair: files in folders pair by name without "
+            "extension (01_labels.tif with 01.png); rename one, or give the two files themselves to pair them "
+            "whatever their names"
+        )
     if not common:
         raise ValueError(
             f"no {names[0]} and {names[1]} share a base name: {names[0]} {_few(keyed[0])}, "

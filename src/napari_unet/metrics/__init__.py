@@ -37,6 +37,7 @@ from .isbi import (
     pixel_scores,
     rand_info_scores,
     thin_boundaries,
+    threshold_probs,
 )
 from .overlap import as_mask, as_objects, check_pair, components, contingency
 
@@ -80,11 +81,15 @@ def evaluate_pair(
         probabilities are refused: post-process them first). Keys: ap50, map, f1_50, seg, n_pred, n_true.
     kind "pixels": masks (nonzero = foreground; float pred binarised at probs > threshold). Keys: iou,
         pixel_error.
+    Float predictions are compared with `threshold` in float64 (`isbi.threshold_probs`), as the ISBI script does.
     """
     pred, truth = check_pair(pred, truth)
     if kind not in SCORE_KINDS:
         raise ValueError(f"kind must be one of {SCORE_KINDS}; got {kind!r}")
-    pred_mask = check_probabilities(pred, "pred") > threshold if pred.dtype.kind == "f" else as_mask(pred, "pred")
+    if pred.dtype.kind == "f":
+        pred_mask = threshold_probs(check_probabilities(pred, "pred"), threshold)
+    else:
+        pred_mask = as_mask(pred, "pred")
     if kind == "pixels":
         return pixel_scores(pred_mask, truth)
     if kind == "instances":

@@ -15,11 +15,17 @@ c = sum_i p_i0:
 The protocol (`isbi_scores`) binarises a probability map at thresholds 0.0, 0.1, ..., 1.0 (cell interior =
 probability > threshold), takes 4-connected components, optionally thins the borders (`thin_boundaries`), and
 keeps the maximum over thresholds; over several slices, the curves are averaged before the maximum is taken
-(`average_scores`), as the challenge's Fiji script does.
+(`average_scores`), as the challenge's Fiji script does. The thresholds and the comparison are the script's
+(Trainable Segmentation's `VariationOfInformation`, `RandError`): `for (double th = 0.0; th <= 1.0; th += 0.1)`
+accumulates the step in double precision, so the thresholds are 0.30000000000000004, ..., 0.7999999999999999,
+0.8999999999999999 and the last is 0.9999999999999999, not 1.0 (a probability of exactly 1.0 is cell interior
+there); and each float pixel is compared with them as a double, so a float32 map is compared in float64 (the
+8-bit value 204/255 stored as float32, 0.8000000119, is cell interior at the threshold 0.7999999999999999).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,34 +34,99 @@ import numpy as np
 from ..validation import check_instance_labels, check_probabilities
 from .overlap import as_mask, check_pair, compact, components, contingency, sizes
 
-ISBI_THRESHOLDS = tuple(float(t) for t in np.round(np.linspace(0.0, 1.0, 11), 2))
+
+def _challenge_thresholds() -> tuple[float, ...]:
+    """The thresholds of the challenge's script, `for (double th = 0.0; th <= 1.0; th += 0.1)`: the step
+    accumulated in double precision.
+
+    >>> _challenge_thresholds()[-3:]
+    (0.7999999999999999, 0.8999999999999999, 0.9999999999999999)
+    """
+    thresholds = []
+    threshold = 0.0
+    while threshold <= 1.0:
+        thresholds.append(threshold)
+        threshold += 0.1
+    return tuple(thresholds)
+
+
+ISBI_THRESHOLDS = _challenge_thresholds()
 CURVES = ("vrand", "vrand_merge", "vrand_split", "vinfo", "vinfo_merge", "vinfo_split")
+
+
+def threshold_probs(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """Cell interior: `probs > threshold`, compared in float64 as the challenge's script compares each float
+    pixel with its double threshold (in float32 the threshold 0.8 would round to 0.8000000119, the float32 value
+    of the 8-bit 204/255, and that pixel would not be above it).
+
+    >>> threshold_probs(np.array([204 / 255], np.float32), 0.8)
+    array([ True])
+    """
+    return np.asarray(probs, np.float64) > float(threshold)
 
 
 def thin_boundaries(segments: np.ndarray) -> np.ndarray:
     """Thin the background of a segmentation to 1-pixel lines, as the ISBI "thinned" protocol does.
 
-    segments: integer labels (0 = background). Returns int32 labels where every background pixel joins the
-    segment it is nearest to (geodesic distance in 4-connectivity, through the background), except a
-    1-pixel watershed line (0) where two segments meet.
+    segments: (H, W) integer labels (0 = background). Returns int32 labels where every background pixel joins
+    the segment that reaches it first flooding through the background (4-connectivity, breadth first), except
+    a 1-pixel watershed line (0) where two segments meet.
 
-    This is the challenge's step: its Fiji script floods the binarised prediction with the classic
-    Vincent-Soille watershed (4-connectivity, FIFO queue), whose basins are the prediction's 4-connected
-    components. Here: `skimage.segmentation.watershed` of a flat landscape, seeded by the segments, with
-    `watershed_line=True`; on a flat landscape its queue is first-in first-out too, so both grow the
-    segments breadth-first and differ at most in where a line runs when two fronts meet at the same step.
+    This is the challenge's step, pixel for pixel: its Fiji script (Trainable Segmentation's
+    `VariationOfInformation.foregroundRestrictedScoreAfterThinningN2`) floods the binarised prediction with
+    the classic Vincent-Soille watershed (`WatershedTransform2D`, 4-connectivity), whose basins are the
+    prediction's 4-connected components. Its flooding is reproduced exactly: the background pixels next to a
+    segment are queued in Fiji's scan order (column by column, x outer, y inner), and each pixel taken from the
+    first-in first-out queue queues its unvisited neighbours (left, up, right, down) and becomes the one segment
+    among its neighbours already flooded, or a line pixel when they hold none or two different ones. Where two
+    fronts meet, this decides where the line runs (an even gap puts it on the same side in every row).
     As in Fiji, an image without any segment becomes a single segment covering everything (a flat image is
-    one basin).
+    one basin). The flooding runs pixel by pixel in Python: about 2 s per million background pixels on this
+    project's 2-core CPU (a 2048² image of sparse segments: 7 s), where scikit-image's watershed took well under
+    a second, but drew lines up to 5 % thicker than the challenge's.
     """
-    from skimage.segmentation import watershed
-
     segments = check_instance_labels(np.asarray(segments), "segments")
+    if segments.ndim != 2:
+        raise ValueError(f"thin_boundaries thins one 2-D (H, W) segmentation; got shape {segments.shape}")
     if not segments.any():
         return np.ones(segments.shape, np.int32)
     segments = compact(segments.ravel())[0].reshape(segments.shape)  # ids >= 2**31 must not wrap in int32
-    landscape = np.zeros(segments.shape, np.uint8)
-    thinned = watershed(landscape, markers=segments, connectivity=1, watershed_line=True)
-    return thinned.astype(np.int32)
+    height, width = segments.shape
+    columns = np.ascontiguousarray(segments.T)  # flat index x * height + y: Fiji's scan order
+    background = columns == 0
+    near_segment = np.zeros_like(background)  # the background pixels next to a segment start the queue
+    near_segment[1:, :] |= ~background[:-1, :]
+    near_segment[:-1, :] |= ~background[1:, :]
+    near_segment[:, 1:] |= ~background[:, :-1]
+    near_segment[:, :-1] |= ~background[:, 1:]
+    first = np.flatnonzero(near_segment & background).tolist()
+    unvisited, queued = -2, -3
+    labels = np.where(background, unvisited, columns).ravel()
+    labels[first] = queued
+    labels = labels.tolist()  # a list: the flooding below reads and writes one pixel at a time
+    queue = deque(first)
+    last_column = (width - 1) * height
+    while queue:
+        pixel = queue.popleft()
+        y = pixel % height
+        neighbours = (
+            pixel - height if pixel >= height else -1,
+            pixel - 1 if y > 0 else -1,
+            pixel + height if pixel < last_column else -1,
+            pixel + 1 if y < height - 1 else -1,
+        )
+        found = 0  # the segment among the flooded neighbours; -1: two different ones
+        for neighbour in neighbours:
+            if neighbour < 0:
+                continue
+            label = labels[neighbour]
+            if label > 0:
+                found = label if found in (0, label) else -1
+            elif label == unvisited:
+                labels[neighbour] = queued
+                queue.append(neighbour)
+        labels[pixel] = max(found, 0)
+    return np.array(labels, np.int32).reshape(width, height).T.copy()
 
 
 def _rand_info(segments: np.ndarray, truth_segments: np.ndarray) -> dict[str, float]:
@@ -121,8 +192,8 @@ def rand_info_scores(
     """ISBI 2012 foreground-restricted Rand and information scores of one segmentation.
 
     pred: (H, W) integer labels used as they are (0 = background: every such pixel is a singleton), a bool
-        mask, or float probabilities binarised at `threshold` (cell interior = probs > threshold); masks
-        are split into 4-connected components.
+        mask, or float probabilities binarised at `threshold` (cell interior = probs > threshold, compared in
+        float64: `threshold_probs`); masks are split into 4-connected components.
     truth: (H, W) ground truth; by default binarised (nonzero = cell interior, 0 = membrane) and split into
         4-connected components (the ISBI convention); with `truth_is_labels=True` its ids are used as they are.
     thinned: first thin the prediction's background to 1-pixel lines (`thin_boundaries`).
@@ -135,7 +206,7 @@ def rand_info_scores(
     """
     pred, truth = check_pair(pred, truth)
     if pred.dtype.kind == "f":
-        segments = components(check_probabilities(pred, "pred") > threshold)
+        segments = components(threshold_probs(check_probabilities(pred, "pred"), threshold))
     elif pred.dtype == bool:
         segments = components(pred)
     else:
@@ -158,7 +229,8 @@ def isbi_scores(
     """The ISBI 2012 challenge scores of one probability map: best V_rand and V_info over thresholds.
 
     probs: (H, W) float probability of cell interior in [0, 1]; truth: (H, W) ground truth, nonzero = cell
-    interior, 0 = membrane. At each threshold the map is binarised (probs > threshold), split into
+    interior, 0 = membrane. At each threshold (by default the challenge's, `ISBI_THRESHOLDS`: 0.0, 0.1, ...,
+    0.9999999999999999) the map is binarised (probs > threshold in float64, `threshold_probs`), split into
     4-connected components and, when `thinned` (the challenge's ranking variant), its background thinned to
     1-pixel lines (`thin_boundaries`); then scored by `rand_info_scores`.
 
@@ -175,7 +247,7 @@ def isbi_scores(
     truth_segments = components(as_mask(truth, "truth"))
     curves: dict[str, list[float]] = {key: [] for key in CURVES}
     for threshold in thresholds:
-        segments = components(probs > threshold)
+        segments = components(threshold_probs(probs, threshold))
         if thinned:
             segments = thin_boundaries(segments)
         for key, value in _rand_info(segments, truth_segments).items():
