@@ -173,6 +173,24 @@ def test_objects_larger_than_the_margin_are_reported():
     assert cut > 0
 
 
+def test_an_object_that_a_block_edge_cuts_below_min_size_is_reported_not_dropped_silently():
+    """A 24-pixel nucleus across the border y=64 with no margin: each block sees 12 pixels, fewer than min_size
+    (16), and removed them: the whole image has it, the blocks had not, and no object was reported cut."""
+    probs = np.zeros((128, 128), np.float32)
+    probs[61:67, 20:24] = 0.9  # across the border of the blocks at y = 64
+    probs[100:106, 100:104] = 0.9  # inside a block
+    probs[30:32, 40:42] = 0.9  # debris, too small anywhere, far from any block edge: not a cut object
+    whole = probs_to_labels(probs, PostprocessConfig())
+    assert whole.max() == 2
+    blocks, cut = labels_by_blocks(probs, 64, 0, PostprocessConfig())
+    assert len(np.unique(blocks)) - 1 == 1 and cut == 2  # the nucleus is gone: both its halves are reported
+    for margin in (1, 2):  # its halves are kept, as two objects: reported too
+        blocks, cut = labels_by_blocks(probs, 64, margin, PostprocessConfig())
+        assert not same_up_to_renumbering(blocks, whole) and cut > 0
+    blocks, cut = labels_by_blocks(probs, 64, 16, PostprocessConfig())  # a margin larger than the objects: exact
+    assert cut == 0 and same_up_to_renumbering(blocks, whole)
+
+
 def test_object_ids_are_the_first_pixel_in_raster_order():
     labels = np.array([[0, 2, 2], [1, 1, 0]])
     assert dist.object_anchors(labels, (10, 20), width=100).tolist() == [0, 11 * 100 + 20 + 1, 10 * 100 + 21 + 1]
@@ -255,6 +273,49 @@ def test_pixel_size_of_tiffs_and_ome_zarr(tmp_path, big_zarr):
 
 
 # ------------------------------------------------------------------------------------ on a LocalCluster
+
+
+def test_the_batch_s_client_is_not_dask_s_default_scheduler(client):
+    """A LocalCluster's client became the process's default scheduler: napari's dask-backed layers (a lazily
+    read image on screen) were computed on the batch's workers while it ran, and after it."""
+    import dask.array as da
+    from distributed import default_client
+
+    where = da.ones((64, 64), chunks=32).map_blocks(lambda b: b * 0 + os.getpid(), dtype=np.int64).max().compute()
+    assert where == os.getpid()
+    with pytest.raises(ValueError, match="No clients found"):
+        default_client()
+
+
+def test_a_stopped_batch_ends_at_once_while_no_task_can_run(bundle, tmp_path):
+    """`stopped` ends the batch while it waits for tasks that no worker runs (a GUI's Cancel): the generator
+    returns without an event and cancels its tasks, where it waited in `as_completed` for ever."""
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    write_tiff(tmp_path / "a.tif", (make_cells((60, 50), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        with Client(cluster, set_as_default=False) as client:
+            polls, events = [], []
+
+            def stopped() -> bool:  # True from the 6th poll on
+                polls.append(1)
+                return len(polls) > 5
+
+            def batch() -> None:
+                events.extend(run(client, bundle, [tmp_path / "a.tif"], tmp_path / "out", stopped=stopped))
+
+            thread = threading.Thread(target=batch, daemon=True)
+            thread.start()
+            thread.join(30)
+            assert not thread.is_alive() and len(polls) == 6 and events == []
+            deadline = time.monotonic() + 10
+            while cluster.scheduler.tasks and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not cluster.scheduler.tasks  # cancelled and released
+    assert not (tmp_path / "out" / "a_labels.tif").exists()
 
 
 def test_large_zarr_equals_single_process(client, bundle, big_zarr, reference, tmp_path):
@@ -444,6 +505,16 @@ def test_bad_inputs_are_refused_before_any_worker_starts(bundle, big_zarr, tmp_p
         dist.segment_files(model, [big_zarr], out, workers=2, tta=True)
     with pytest.raises(ValueError, match="the margin must be >= 0 pixels"):
         next(run_batch(bundle, [big_zarr], out, workers=2, margin=-1))
+    scaled = replace(bundle, object_diameter=20.0)  # segmented at the images' own scale: refused, as predict does
+    with pytest.raises(ValueError, match="expects objects 20 px across .*: give an object diameter of 20 px"):
+        next(run_batch(scaled, [big_zarr], out, workers=2))
+    with pytest.raises(ValueError, match="expects objects 20 px across"):
+        dist.segment_files(scaled, [big_zarr], out, workers=2, diameter=25.0)
+    scaled_model = save_model(tmp_path / "scaled.model", scaled)
+    assert main(["predict", str(scaled_model), str(big_zarr), "--out", str(out), "--workers", "2"]) == 2
+    assert "give --diameter 20 if the objects are that size" in capsys.readouterr().err  # the CLI's words
+    dist.check_scale(scaled, 20.0)  # the objects are the model's size: no rescaling needed
+    dist.check_scale(bundle, "auto")  # a model without an object diameter never rescales
     assert not started and not list(out.iterdir())
     plan = dist.plan_batch(bundle, [big_zarr], out, block_size=BLOCK, margin=MARGIN, tile_size=TILE, device="cpu")
     ((path, image, large),) = plan.items
@@ -851,7 +922,8 @@ def test_whole_files_record_predicts_settings_so_that_a_predict_rerun_skips_them
     assert main([*command, "--threshold", "0.9"]) == 2
     assert "a_labels.tif exists from a run with threshold 0.7 (now 0.9)" in capsys.readouterr().err
     python = tmp_path / "python"
-    dist.segment_files(model, [source], python, address=client.scheduler.address, probabilities=True, axes="YX")
+    options = dict(address=client.scheduler.address, probabilities=True, axes="YX", diameter=20.0)
+    dist.segment_files(model, [source], python, **options)
     by_python = read_settings(python / "a_labels.tif")
     assert by_python["model"] == str(model) and by_python["pixel_size"] is None
 

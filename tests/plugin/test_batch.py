@@ -108,3 +108,153 @@ def test_batch_dock_names_and_leaves_out_an_earlier_runs_outputs_in_the_input_fo
         assert widget.run() is not None
     assert given == [tmp_path / "a.tif", tmp_path / "b.tif"]
     assert infos[0] == "skipped 2 files that are predict's outputs of other inputs: a_labels.tif, b_labels.ome.zarr"
+
+
+@pytest.fixture
+def idle_cluster():
+    """A scheduler without workers, in this process: a batch sent there waits for ever for its tasks."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def scheduler():
+    """The address of a cluster of one worker thread in this process (ready in a second, unlike processes)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        yield cluster.scheduler_address
+
+
+def batch_dock(viewer, bundle, inputs, out, address):
+    """The Batch dock of `viewer` with `bundle` as the session's model, set to segment `inputs` into `out` on the
+    cluster at `address`; returns (its dock widget, the dock)."""
+    session_for(viewer).set_model(bundle)
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Batch")
+    widget.input_edit.setText(str(inputs))
+    widget.output_edit.setText(str(out))
+    widget.where_combo.setCurrentIndex(1)
+    widget.address_edit.setText(address)
+    widget.device_combo.setCurrentText("cpu")
+    return dock, widget
+
+
+def small_tiff(folder, cells) -> None:
+    from napari_unet.io import write_tiff
+
+    folder.mkdir()
+    write_tiff(folder / "a.tif", (cells[0][:64, :72] * 1000).astype(np.uint16), "YX")
+
+
+def test_cancel_stops_a_batch_at_once_while_no_worker_is_free(
+    make_napari_viewer, qtbot, tiny_bundle, cells, tmp_path, idle_cluster
+):
+    """Cancel only asked the worker thread to quit, which it could not until a task finished: on a cluster whose
+    workers are all busy (here: none), the run went on for ever. Now Cancel returns at once and the run ends,
+    its tasks cancelled on the scheduler."""
+    import time
+
+    small_tiff(tmp_path / "in", cells)
+    viewer = make_napari_viewer()
+    _dock, widget = batch_dock(viewer, tiny_bundle, tmp_path / "in", tmp_path / "out", idle_cluster.scheduler_address)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: bool(idle_cluster.scheduler.tasks), timeout=60_000)  # submitted, waiting for a worker
+    start = time.monotonic()
+    widget.cancel()
+    assert time.monotonic() - start < 0.5
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=15_000)
+    assert widget.status.text().startswith("stopped (run again to resume)")
+    qtbot.waitUntil(lambda: not idle_cluster.scheduler.tasks, timeout=15_000)  # cancelled and released
+
+
+def test_closing_the_batch_dock_or_the_window_stops_its_run(
+    make_napari_viewer, qtbot, tiny_bundle, cells, tmp_path, idle_cluster
+):
+    """The dock's 'x' takes it out of the window without destroying it, and the run went on out of sight (a
+    second run from a reopened dock then ran beside it); closing the window asked the worker to quit, which it
+    could not while it waited for tasks. Both stop the run now."""
+    from qtpy.QtCore import QCoreApplication, QEvent
+
+    small_tiff(tmp_path / "in", cells)
+    viewer = make_napari_viewer()
+    dock, widget = batch_dock(viewer, tiny_bundle, tmp_path / "in", tmp_path / "out", idle_cluster.scheduler_address)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: bool(idle_cluster.scheduler.tasks), timeout=60_000)
+    dock.destroyOnClose()  # what the dock's 'x' does
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=15_000)
+    assert widget.status.text().startswith("stopped")
+
+    _dock, widget = batch_dock(viewer, tiny_bundle, tmp_path / "in", tmp_path / "out", idle_cluster.scheduler_address)
+    worker = widget.run()
+    qtbot.waitUntil(lambda: bool(idle_cluster.scheduler.tasks), timeout=60_000)
+    with qtbot.waitSignal(worker.finished, timeout=15_000):
+        viewer.close()
+        QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete.value)  # the window and its docks go
+    qtbot.waitUntil(lambda: not idle_cluster.scheduler.tasks, timeout=15_000)
+
+
+def test_overwrite_redoes_the_results_of_an_earlier_run(
+    make_napari_viewer, qtbot, tiny_bundle, cells, tmp_path, scheduler, monkeypatch
+):
+    """A rerun into the same folder after the model changed was refused ("replace it with --overwrite"), and the
+    dock had no way to overwrite: now its 'overwrite finished results' box does (not remembered: a new dock starts
+    without it)."""
+    from copy import deepcopy
+
+    import torch
+
+    from napari_unet.pipeline import model_digest, read_settings
+    from napari_unet.plugin import _batch
+
+    errors = []
+    monkeypatch.setattr(_batch, "show_error", errors.append)
+    small_tiff(tmp_path / "in", cells)
+    viewer = make_napari_viewer()
+    _dock, widget = batch_dock(viewer, tiny_bundle, tmp_path / "in", tmp_path / "out", scheduler)
+    with qtbot.waitSignal(widget.finished, timeout=120_000):
+        assert widget.run() is not None
+    output = tmp_path / "out" / "a_labels.tif"
+    assert read_settings(output)["weights"] == model_digest(tiny_bundle)
+    changed = deepcopy(tiny_bundle)  # fine-tuned further, say
+    with torch.no_grad():
+        next(changed.net.parameters()).mul_(1.5)
+    session_for(viewer).set_model(changed)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert "exists from a run with" in errors[-1] and "tick 'overwrite finished results'" in errors[-1]
+    assert read_settings(output)["weights"] == model_digest(tiny_bundle)
+    widget.overwrite_box.setChecked(True)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.status.text().startswith("finished") and read_settings(output)["weights"] == model_digest(changed)
+    assert not _batch.BatchWidget(viewer).overwrite_box.isChecked()
+
+
+def test_a_model_with_an_object_diameter_runs_only_at_its_scale(
+    make_napari_viewer, qtbot, tiny_bundle, cells, tmp_path, scheduler, monkeypatch
+):
+    """The workers segment at the images' own scale: `predict --workers` refuses a model trained at a scale
+    unless --diameter says the objects are that size; the dock ran it on images of any scale. Now it refuses it,
+    and runs it once its object diameter is the model's."""
+    from dataclasses import replace
+
+    from napari_unet.pipeline import read_settings
+    from napari_unet.plugin import _batch
+
+    errors = []
+    monkeypatch.setattr(_batch, "show_error", errors.append)
+    small_tiff(tmp_path / "in", cells)
+    viewer = make_napari_viewer()
+    scaled = replace(tiny_bundle, object_diameter=20.0)
+    _dock, widget = batch_dock(viewer, scaled, tmp_path / "in", tmp_path / "out", scheduler)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
+    assert "this model expects objects 20 px across" in errors[-1] and "object diameter of 20 px" in errors[-1]
+    assert not (tmp_path / "out" / "a_labels.tif").exists()
+    widget.diameter_spin.setValue(20.0)
+    assert widget.run() is not None
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.status.text().startswith("finished")
+    assert read_settings(tmp_path / "out" / "a_labels.tif")["diameter"] == 20.0

@@ -526,7 +526,7 @@ def _extras(
 def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[Path]) -> int:
     """`predict` with --cluster or --workers: every file planned (`distributed.plan_batch`: a bad input is refused
     before the workers start), then the files and blocks as tasks (`distributed.segment_plan`)."""
-    from ..distributed import connect, plan_batch, segment_plan
+    from ..distributed import check_scale, connect, plan_batch, segment_plan
 
     unsupported = [
         flag
@@ -543,12 +543,7 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
             f"--cluster/--workers segment grey images with a 1-channel model and write labels only; "
             f"run without them for {', '.join(unsupported) or 'a multichannel model'}"
         )
-    if bundle.object_diameter is not None and args.diameter != bundle.object_diameter:
-        raise ValueError(
-            f"--cluster/--workers segment at the images' own scale, but this model expects objects "
-            f"{bundle.object_diameter:g} px across: give --diameter {bundle.object_diameter:g} if the objects are "
-            "that size, resample the images to it first, or run without --cluster/--workers (which rescales)"
-        )
+    check_scale(bundle, args.diameter, give="--diameter {:g}", instead="run without --cluster/--workers")
 
     started, cut = time.perf_counter(), 0
     where = f"the cluster at {args.cluster}" if args.cluster else f"{args.workers} local worker(s)"

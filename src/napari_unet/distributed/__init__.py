@@ -14,8 +14,9 @@ The parts, one module each:
 - `omezarr`: the OME-Zarr (NGFF 0.4) outputs and the input's pixel size;
 - `tasks`: what runs on a worker (a block's probabilities, a block's labels, a whole file);
 - `batch`: the driver: `plan_batch` (every input read and planned, no cluster needed; `check_distinct_names`,
-  `goes_by_blocks`), `segment_plan` (a generator of `BatchProgress`), `segment_batch` (both) and `segment_files`
-  (from files and folders, `input_files`: an earlier run's outputs in an input folder are no inputs).
+  `goes_by_blocks`, `check_scale`: images are segmented at their own scale), `segment_plan` (a generator of
+  `BatchProgress`), `segment_batch` (both) and `segment_files` (from files and folders, `input_files`: an earlier
+  run's outputs in an input folder are no inputs).
 
 >>> from napari_unet.distributed import block_regions
 >>> [tuple((s.start, s.stop) for s in region) for region in block_regions((100, 150), (64, 64))][:3]
@@ -38,6 +39,7 @@ from .batch import (
     BatchProgress,
     LargeImage,
     check_distinct_names,
+    check_scale,
     goes_by_blocks,
     input_files,
     plan_batch,
@@ -76,6 +78,7 @@ __all__ = [
     "block_regions",
     "block_shape",
     "check_distinct_names",
+    "check_scale",
     "connect",
     "context_radius",
     "create_ome_zarr",

@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,7 @@ class LargeImage:
 
 # `segment_batch`'s options that `plan_batch` takes; the others, `segment_plan`'s (`SEGMENT_PLAN_OPTIONS`).
 BATCH_PLAN_OPTIONS = ("block_size", "margin", "tile_size", "device", "axes", "tta", "pixel_size")
-SEGMENT_PLAN_OPTIONS = ("probabilities", "postprocess", "overwrite", "model_name")
+SEGMENT_PLAN_OPTIONS = ("probabilities", "postprocess", "overwrite", "model_name", "stopped")
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,26 @@ def plan_batch(
     return BatchPlan(out_dir, tuple(items), network, margin, tile_size, device, axes, tta, pixel_size)
 
 
+def check_scale(
+    bundle: ModelBundle,
+    diameter: float | str | None,
+    give: str = "an object diameter of {:g} px",
+    instead: str = "segment them one by one without workers",
+) -> None:
+    """Refuse a model with an object diameter unless `diameter` (px: the objects' size in the images; "auto" or
+    None: not given) is that diameter. The workers segment every image at its own scale, where `predict` without
+    workers rescales it to the model's object diameter (`ModelBundle.scale_factor`); a model without an object
+    diameter never rescales, whatever `diameter` says. ValueError: what to give (`give`, formatted with the
+    model's diameter) or do `instead`, in the caller's words (the CLI's options, the dock's fields)."""
+    model = bundle.object_diameter
+    if model is not None and diameter != model:
+        raise ValueError(
+            f"a batch segments the images at their own scale, but this model expects objects {model:g} px across "
+            f"(it was trained at that scale): give {give.format(model)} if the objects are that size, resample the "
+            f"images to it first, or {instead} (which rescales)"
+        )
+
+
 def _check_options(block_size: int, margin: int, tile_size: int | None, device: str) -> None:
     """Refuse sizes out of range and a device name that no worker could have, whatever the inputs."""
     if block_size < 1:
@@ -219,6 +240,7 @@ def segment_batch(
     pixel_size: PixelSize | None = None,
     overwrite: bool = False,
     model_name: str | None = None,
+    stopped: Callable[[], bool] | None = None,
 ) -> Iterator[BatchProgress]:
     """Segment image files on the cluster of `client`; yields after each finished file or block: `plan_batch`,
     then `segment_plan` (which say what each argument does). A caller that starts a cluster for the batch plans
@@ -243,6 +265,7 @@ def segment_batch(
         postprocess=postprocess,
         overwrite=overwrite,
         model_name=model_name,
+        stopped=stopped,
     )
 
 
@@ -255,6 +278,7 @@ def segment_plan(
     postprocess: PostprocessConfig | None = None,
     overwrite: bool = False,
     model_name: str | None = None,
+    stopped: Callable[[], bool] | None = None,
 ) -> Iterator[BatchProgress]:
     """Segment the inputs of `plan` (`plan_batch`) on the cluster of `client`; yields after each finished file
     or block.
@@ -269,7 +293,10 @@ def segment_plan(
     outputs record the run's settings (`pipeline.output_settings`; an OME-Zarr's in its attributes, `SETTINGS`):
     a finished output written with other settings, or recording none, is refused with a ValueError before
     anything is submitted, as `predict` refuses it (`overwrite` replaces it).
-    Stopping is not asking for the next event: the remaining tasks are cancelled. postprocess: default the model's. With the plan's
+    Stopping is not asking for the next event: the remaining tasks are cancelled (the finished blocks and files
+    stay, for a rerun to resume). A caller that must stop while no task finishes (a GUI's Cancel, all workers busy
+    or none at all) gives `stopped`, polled while waiting: once it returns True the generator cancels the remaining
+    tasks and ends. postprocess: default the model's. With the plan's
     `tta`, test-time augmentation (`tiling.predict_tta`) of whole files (`plan_batch` refused inputs that go by
     blocks: the mean over the orientations of a block is not the whole image's). A `bundle` whose network
     differs from the one the plan was made for (other tile grids) is refused with a ValueError before anything
@@ -345,7 +372,7 @@ def segment_plan(
         for name, cut in skipped:
             done += 1
             yield BatchProgress(done, total, f"{name} (already done)", cut, skipped=True)
-        for future in as_completed(list(jobs)):
+        for future in _as_finished(client, list(jobs), stopped):
             job = jobs.pop(future)  # released: the workers and the scheduler forget a finished task
             if future.status == "error":
                 error = future.exception()
@@ -365,6 +392,20 @@ def segment_plan(
         if unfinished:
             client.cancel(unfinished)
         model.release()  # not cancelled: that would cancel its finished dependents too, already released
+
+
+def _as_finished(client: Client, futures: list[Any], stopped: Callable[[], bool] | None) -> Iterator[Any]:
+    """`futures` (of `client`, which need not be dask's default) as they finish; with `stopped`, polled every 0.05 s
+    while none is ready: True ends the iteration, whatever is still running."""
+    finished = as_completed(futures, loop=client.loop)
+    if stopped is None:
+        yield from finished
+        return
+    while not finished.is_empty() and not stopped():
+        if finished.has_ready():
+            yield next(finished)
+        else:
+            time.sleep(0.05)
 
 
 def _output_settings(
@@ -601,7 +642,8 @@ def segment_files(
 
     model: a model folder or a loaded bundle; inputs: image files (folders are expanded, `input_files`: the
     outputs of an earlier run written beside their inputs are left out, with a warning); options: those of
-    `segment_batch`. Returns the progress events (their `cut_objects` sum should be 0).
+    `segment_batch`, and `diameter` for a model with an object diameter (`check_scale`: `predict`'s --diameter).
+    Returns the progress events (their `cut_objects` sum should be 0).
     """
     from ..modelfile import load_model
 
@@ -628,13 +670,18 @@ def plan_with(
     bundle: ModelBundle, inputs: Sequence[str | Path], out_dir: str | Path, options: dict[str, Any]
 ) -> tuple[BatchPlan, dict[str, Any]]:
     """`plan_batch` with those of `segment_batch`'s `options` it takes; returns the plan and the others, for
-    `segment_plan`. An option neither takes is refused here, before any cluster starts."""
+    `segment_plan`. The option `diameter` (px: the objects' size in the images; default None, not given) is checked
+    against the model (`check_scale`). An option none of them takes, or a model that would need rescaling, is
+    refused here, before any cluster starts."""
+    options = dict(options)
+    diameter = options.pop("diameter", None)
     unknown = sorted(set(options) - set(BATCH_PLAN_OPTIONS) - set(SEGMENT_PLAN_OPTIONS))
     if unknown:
         raise TypeError(
             f"unknown batch option(s) {', '.join(unknown)}; expected some of "
-            f"{', '.join(BATCH_PLAN_OPTIONS + SEGMENT_PLAN_OPTIONS)}"
+            f"{', '.join(BATCH_PLAN_OPTIONS + SEGMENT_PLAN_OPTIONS + ('diameter',))}"
         )
+    check_scale(bundle, diameter)
     planning = {k: v for k, v in options.items() if k in BATCH_PLAN_OPTIONS}
     rest = {k: v for k, v in options.items() if k in SEGMENT_PLAN_OPTIONS}
     return plan_batch(bundle, inputs, out_dir, **planning), rest

@@ -10,11 +10,12 @@ of the object in raster order (y * W + x + 1), so the blocks on either side of a
 object whole give it the same id: objects crossing block borders are joined, never split or duplicated, with
 no merge step. Guarantee: the labels equal the single-process `probs_to_labels` up to renumbering whenever
 every object, with the context its post-processing looks at (`context_radius`), fits within the margin. An
-object that reaches the edge of a block's window is counted as cut, never silently. Flooded labels (cells that
-tile the image, `PostprocessConfig.flood`) take their ids from their seeds' first pixel, since where a flood's
-line runs across a flat stretch of probability depends on the window's queue order: each cell keeps one id
-across blocks, and such a line may run a pixel apart from the whole-image run's. Neurites in electron
-micrographs can run further than the default margin: the count of cut objects says so.
+object that reaches the edge of a block's window is counted as cut, never silently: so is a piece of one that
+the window's edge left smaller than `min_size` (removed in the window, where the whole image keeps the object).
+Flooded labels (cells that tile the image, `PostprocessConfig.flood`) take their ids from their seeds' first
+pixel, since where a flood's line runs across a flat stretch of probability depends on the window's queue order:
+each cell keeps one id across blocks, and such a line may run a pixel apart from the whole-image run's. Neurites
+in electron micrographs can run further than the default margin: the count of cut objects says so.
 
 >>> [tuple((s.start, s.stop) for s in region) for region in block_regions((100, 150), (64, 64))][:3]
 [((0, 64), (0, 64)), ((0, 64), (64, 128)), ((0, 64), (128, 150))]
@@ -25,8 +26,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from scipy import ndimage
 
-from ..postprocess import PostprocessConfig, labels_from_seeds, object_seeds
+from ..postprocess import FOUR_CONNECTED, PostprocessConfig, labels_from_seeds, object_seeds
 from ..tiling import Tile, TileGrid
 
 
@@ -62,8 +64,6 @@ def object_anchors(labels: np.ndarray, origin: tuple[int, int], width: int) -> n
     rows = np.arange(labels.shape[0], dtype=np.int64)[:, None] + origin[0]
     cols = np.arange(labels.shape[1], dtype=np.int64)[None, :] + origin[1]
     raster = rows * width + cols
-    from scipy import ndimage
-
     lookup[1:] = np.asarray(ndimage.minimum(raster, labels, np.arange(1, n + 1)), dtype=np.int64) + 1
     return lookup
 
@@ -84,7 +84,9 @@ def label_window(
 
     probs_fg: (h, w) the window at `origin` (y, x) of an image of `image_shape`; core: the block (image
     coordinates) inside it. Cut objects: objects in the core that come within `context_radius` of an edge
-    of the window that is not an edge of the image (their labels may differ from a whole-image run).
+    of the window that is not an edge of the image (their labels may differ from a whole-image run), and the
+    pieces of the foreground removed for their size (`min_size`) that come within `context_radius` of both such
+    an edge and the core (cut by the window, a piece may be what remains of an object the whole image keeps).
     """
     seeds = object_seeds(probs_fg, config)
     labels = labels_from_seeds(seeds, probs_fg, config)
@@ -111,4 +113,8 @@ def label_window(
     if origin[1] + w < image_shape[1]:
         band[:, w - r :] = True
     cut = np.intersect1d(np.unique(labels[band]), np.unique(block))
-    return ids[block], int(np.count_nonzero(cut))
+    near_core = np.zeros(labels.shape, bool)
+    near_core[max(0, inner[0].start - r) : inner[0].stop + r, max(0, inner[1].start - r) : inner[1].stop + r] = True
+    removed, _ = ndimage.label((probs_fg > config.threshold) & (seeds == 0), structure=FOUR_CONNECTED)
+    removed_cut = np.intersect1d(np.unique(removed[band]), np.unique(removed[near_core]))
+    return ids[block], int(np.count_nonzero(cut)) + int(np.count_nonzero(removed_cut))

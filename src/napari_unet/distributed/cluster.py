@@ -123,7 +123,9 @@ def connect(
     """A client of the scheduler at `address`, or of a new LocalCluster of `workers` processes (closed on exit).
 
     Local workers run one task at a time (threads_per_worker=1) with `torch_threads` each (default: the
-    machine's cores divided among the workers), without dask's statistical profiler.
+    machine's cores divided among the workers), without dask's statistical profiler. The client is not made dask's
+    default scheduler: the batch's code names it, and other dask arrays of the process (napari's lazily read
+    layers) are still computed in the process, not sent to the batch's workers.
     """
     if (address is None) == (workers is None):
         raise ValueError("give either a scheduler address or a number of local workers (not both, not neither)")
@@ -137,9 +139,9 @@ def connect(
         # made a worker's memory rise by ~0.1 MB per block; nobody looks at this cluster's dashboard
         with dask.config.set({"distributed.worker.profile.enabled": False}):
             cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
-        client = Client(cluster)
+        client = Client(cluster, set_as_default=False)
     else:
-        client = Client(address)
+        client = Client(address, set_as_default=False)
     try:
         client.register_plugin(TorchThreads(torch_threads), name="napari-unet-torch-threads")
         yield client

@@ -7,6 +7,11 @@ images segmented block by block (OME-Zarr labels) are then opened lazily, as das
 whole slide opens in a moment and napari reads only what it shows. A folder of small images is not opened
 (it may hold thousands); the status line says where the results are. The outputs of an earlier run written into
 the input folder are not inputs: a notification names them (`pipeline.list_inputs`), as `predict` notes them.
+
+As `predict --workers`: the images are segmented at their own scale, so a model with an object diameter runs only
+when the dock's object diameter is the model's (`distributed.check_scale`); finished results are skipped, and
+"overwrite" (not remembered: it is a decision for one run) segments them again. Cancel, the dock's 'x' and closing
+the window stop the run at once: the tasks not finished are cancelled, the finished ones stay for a rerun.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QFileDialog, QLineEdit, QPushButton, QWidget
@@ -23,11 +29,11 @@ from napari_unet.device import available_devices
 from napari_unet.jobs.batch import batch_outputs, run_batch
 from napari_unet.pipeline import describe_own_outputs, list_inputs
 
-from ._form import ModelRow, RunControls, choice, dock_layout, form, row, spin
+from ._form import ModelRow, RunControls, check, choice, dock_layout, form, row, spin
 from ._layers import METADATA_KEY
 from ._settings import Remembered
 from ._state import Session, session_for
-from ._workers import generator_worker, start_worker
+from ._workers import generator_worker, start_worker, stop_when_closed
 
 LOCAL, CLUSTER = "local workers", "cluster (scheduler address)"
 
@@ -47,6 +53,7 @@ class BatchWidget(QWidget):
         self.worker: Any = None
         self.events: list[Any] = []  # BatchProgress events of the last run, or the error that ended it
         self.cut_objects = 0
+        self.margin = 0  # of the last run
         self.inputs: list[Path] = []
         self.out = Path()
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -74,6 +81,25 @@ class BatchWidget(QWidget):
             step=16,
             tooltip=("Pixels of context around a block for the post-processing: more than the largest cell"),
         )
+        self.diameter_spin = spin(
+            0.0,
+            1000.0,
+            0.0,
+            decimals=1,
+            special="not given",
+            suffix=" px",
+            tooltip=(
+                "Diameter of the objects in the images. The batch segments them at their own scale: a model with "
+                "an object diameter runs only when this is its diameter (the Segment dock rescales)"
+            ),
+        )
+        self.overwrite_box = check(
+            "overwrite finished results",
+            tooltip=(
+                "Segment again the inputs whose results are in the output folder (a rerun skips them, and refuses "
+                "results written with another model or other settings)"
+            ),
+        )
         self.controls = RunControls(("Run", self.run), ("Cancel", self.cancel))
         self.progress, self.status = self.controls.progress, self.controls.status
         dock_layout(
@@ -89,6 +115,8 @@ class BatchWidget(QWidget):
                 ("device", self.device_combo),
                 ("block (px)", self.block_spin),
                 ("margin (px)", self.margin_spin),
+                ("object diameter", self.diameter_spin),
+                ("", self.overwrite_box),
             ),
             *self.controls.items(),
             None,
@@ -109,6 +137,7 @@ class BatchWidget(QWidget):
             },
         )
         self._show_where()
+        stop_when_closed(self, self.cancel)  # the dock's 'x' does not destroy it: the run would go on unseen
 
     def run(self) -> Any:
         """Start the batch; returns the worker, or None after a notification."""
@@ -141,7 +170,7 @@ class BatchWidget(QWidget):
         if own:
             show_info(describe_own_outputs(own))
         workers = None if address else int(self.workers_spin.value())
-        self.inputs, self.out = files, Path(out)
+        self.inputs, self.out, self.margin = files, Path(out), int(self.margin_spin.value())
         self.events, self.cut_objects = [], 0
         self.controls.begin(0, f"starting {workers} local worker(s)…" if workers else f"connecting to {address}…")
         job = run_batch(
@@ -151,10 +180,16 @@ class BatchWidget(QWidget):
             address=address,
             workers=workers,
             block_size=int(self.block_spin.value()),
-            margin=int(self.margin_spin.value()),
+            margin=self.margin,
             device=self.device_combo.currentText(),
+            diameter=float(self.diameter_spin.value()) or None,
+            overwrite=self.overwrite_box.isChecked(),
+            # any quit (Cancel, the dock destroyed, the exit hook) is seen while the job waits for its tasks
+            stopped=lambda: worker.abort_requested,
         )
-        self.worker = generator_worker(job)
+        worker = self.worker = generator_worker(job, close_when_done=False)
+        # a job stopped at a `yield` is left open: closed in a thread (its cluster shuts down there, not in the GUI)
+        self.worker.finished.connect(_closer(job))
         # the model is in use until the worker ends: Fine-tune waits (as it does for the Segment dock)
         self.worker.finished.connect(self.session.hold())
         self.worker.yielded.connect(self._progressed)
@@ -164,7 +199,8 @@ class BatchWidget(QWidget):
         return self.worker
 
     def cancel(self) -> None:
-        """Stop: the remaining tasks are cancelled; a rerun resumes where this one stopped."""
+        """Stop now, even while every task is still running or waiting for a worker: the remaining tasks are
+        cancelled; a rerun resumes where this one stopped."""
         if self.worker is not None:
             self.status.setText("stopping…")
             self.worker.quit()
@@ -180,7 +216,10 @@ class BatchWidget(QWidget):
 
     def _failed(self, error: BaseException) -> None:
         self.events.append(error)
-        show_error(f"Batch segmentation failed: {error}")
+        text = f"Batch segmentation failed: {error}"
+        if "--overwrite" in str(error):  # the refusal of `predict`'s outputs, which names its option
+            text += " (in this dock: tick 'overwrite finished results')"
+        show_error(text)
 
     def _finished(self) -> None:
         self.worker = None
@@ -192,7 +231,11 @@ class BatchWidget(QWidget):
         layers = self._open_results() if done else []
         text = f"{'finished' if done else 'stopped (run again to resume)'}: results in {self.out}"
         if self.cut_objects:
-            text += f"; {self.cut_objects} object(s) reached a block's margin: use a larger margin"
+            text += (
+                f"; {self.cut_objects} object(s) reached the edge of a block's margin and may be labelled differently "
+                f"from a single-process run: run again with a margin larger than the largest object (now {self.margin} "
+                "px), with 'overwrite'"
+            )
             show_warning(text)
         self.status.setText(text)
         if done:
@@ -230,3 +273,13 @@ class BatchWidget(QWidget):
         path = QFileDialog.getExistingDirectory(self, title)
         if path:
             edit.setText(path)
+
+
+def _closer(job: Any) -> Any:
+    """The `finished` slot of a batch worker: closes the job in another thread (a no-op for a job that ended), so
+    that a cluster shutting down never freezes the window; not a method: it must run for a closed dock too."""
+
+    def close() -> None:
+        start_worker(create_worker(job.close, _ignore_errors=True, _start_thread=False))
+
+    return close

@@ -27,7 +27,7 @@ import numpy as np
 from napari.layers import Image, Labels, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, Signal
+from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QWidget
 
 from napari_unet.channels import ChannelChoice
@@ -67,7 +67,7 @@ from ._settings import Remembered
 from ._start_from import START_FILE, START_SESSION, StartFrom
 from ._state import Session, TrainingRun, session_for
 from ._suggest import Suggestions
-from ._workers import alive, generator_worker, start_worker
+from ._workers import alive, generator_worker, start_worker, stop_when_closed
 
 PROGRESS_STEPS = 1000  # the bar counts thousandths of the run: of its iterations or of its time budget
 
@@ -181,6 +181,7 @@ class FineTuneWidget(QWidget):
         )
         self.start_button, self.pause_button, self.stop_button = self.controls.buttons
         self.progress, self.status = self.controls.progress, self.controls.status
+        stop_when_closed(self, self.stop)  # the dock's 'x' does not destroy it: training would go on out of sight
         self.suggestions = Suggestions(self, napari_viewer, self.status, self.suggested.emit)
         self.plot = LossPlot()
         self.model_row = ModelRow(self, self.session, prefix="model: ", load=self.load_model_from, save=True)
@@ -311,13 +312,6 @@ class FineTuneWidget(QWidget):
         if self.worker is not None:
             self.status.setText("Stopping after the current step…")
             self.worker.quit()
-
-    def event(self, event: QEvent) -> bool:
-        """Closing the dock (its 'x': napari takes it out of the window but does not destroy it) stops the run as
-        Stop does, rather than training on out of sight."""
-        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
-            self.stop()
-        return super().event(event)
 
     def load_model_from(self, path: str | Path) -> bool:
         """Load a model folder into the session (it becomes the Segment dock's model and a starting point)."""

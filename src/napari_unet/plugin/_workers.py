@@ -1,11 +1,12 @@
 """Starting the docks' worker threads so that none outlives its dock or the application.
 
-A worker started here is asked to quit when the widget that owns it is destroyed (its dock closed, the window
-closed); generator workers stop at their next `yield` (one tile, one training step). At interpreter exit the
-remaining workers are asked to quit and awaited: a thread still emitting Qt signals while Python tears the
-application down aborts the process. Then the generators of the workers are closed, so that their `finally`
-blocks run (a training run saves its last completed step): napari's quit() leaves them open, and the docks close
-them from slots that the event loop, stopped by then, would never run.
+A worker started here is asked to quit when the widget that owns it is destroyed (the window closed); a dock's
+'x' takes the dock out of the window without destroying it, which `stop_when_closed` catches. Generator workers
+stop at their next `yield` (one tile, one training step). At interpreter exit the remaining workers are asked to
+quit and awaited: a thread still emitting Qt signals while Python tears the application down aborts the process.
+Then the generators of the workers are closed, so that their `finally` blocks run (a training run saves its last
+completed step): napari's quit() leaves them open, and the docks close them from slots that the event loop,
+stopped by then, would never run.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import atexit
 import sys
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+from qtpy.QtCore import QEvent, QObject
 
 _RUNNING: set[Any] = set()
 _GENERATORS: weakref.WeakSet = weakref.WeakSet()  # of the generator workers, closed at exit
@@ -33,6 +36,26 @@ def start_worker(worker: Any, owner: Any = None) -> Any:
         owner.destroyed.connect(worker.quit)
     worker.start()
     return worker
+
+
+class _ClosedFilter(QObject):
+    """Calls `stop` when the widget it watches loses its parent (`stop_when_closed`)."""
+
+    def __init__(self, widget: QObject, stop: Callable[[], Any]):
+        super().__init__(widget)
+        self.stop = stop
+        widget.installEventFilter(self)
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ParentChange and watched.parent() is None:
+            self.stop()
+        return False
+
+
+def stop_when_closed(widget: QObject, stop: Callable[[], Any]) -> None:
+    """Call `stop` when `widget`'s dock is closed with its 'x': napari takes the widget out of the window (it
+    loses its parent) but does not destroy it, so a run would go on out of sight."""
+    _ClosedFilter(widget, stop)
 
 
 def worker_threads() -> int:
