@@ -221,6 +221,7 @@ def test_export_command_writes_each_format(folders, tmp_path, capsys):
     assert run(capsys, "train", folders / "two", folders / "labels", "--out", model, "--iterations", "2", *TINY)[0] == 0
     code, stdout, _ = run(capsys, "export", model, "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert code == 0 and "H, W = " in stdout and (tmp_path / "m.onnx").is_file()
+    assert "input size -16 (the file refuses other sizes)" in stdout  # depth 2: halo 8
     code, stdout, _ = run(
         capsys,
         "export",
@@ -235,6 +236,7 @@ def test_export_command_writes_each_format(folders, tmp_path, capsys):
         "CC-BY-4.0",
     )
     assert code == 0 and (tmp_path / "m.zip").is_file() and "not recorded" not in stdout
+    assert "H, W = 18 + n * 2; output of the input's size, whose outer 8 px" in stdout
     code, _, err = run(
         capsys, "export", model, "--format", "torchscript", "--out", tmp_path / "m.pt", "--author", "Ada"
     )
@@ -340,6 +342,15 @@ def test_tables_rois_and_exports_are_written_whole_or_not_at_all(folders, tmp_pa
 def test_new_commands_have_help(command, capsys):
     assert main([command, "--help"]) == 0
     assert "examples:" in capsys.readouterr().out
+
+
+def test_export_help_says_that_only_the_files_output_is_smaller(capsys):
+    """The help said every export's output is (N, classes, H - 2 halo, W - 2 halo); the package's has the input's
+    size."""
+    assert main(["export", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "The ONNX and TorchScript files' output is (N, classes, H - 2 halo, W - 2 halo)" in text
+    assert "the package's output has the input's size" in text
 
 
 def test_measure_and_rois_take_a_binary_mask_as_its_connected_components(tmp_path, capsys):

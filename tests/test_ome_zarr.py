@@ -141,3 +141,28 @@ def test_a_file_or_a_folder_of_other_files_is_never_replaced(tmp_path):
     store = write_ome_zarr(tmp_path / "empty", np.zeros((4, 4), np.uint8), "YX")  # empty, or a store: written
     write_ome_zarr(store, np.ones((4, 4), np.uint8), "YX")
     assert read_zarr(store)[0].compute().min() == 1
+
+
+@pytest.mark.parametrize("axes", ["ZCYX", "TZCYX"])
+def test_axes_are_stored_time_then_channel_then_space_as_ngff_asks(tmp_path, axes):
+    """NGFF 0.4 orders the axes time, channel, space (T, C, Z, Y, X); a Z-stack with channels was stored in the
+    package's own order, T, Z, C, Y, X, which OME-Zarr readers reject. The store holds the data transposed to
+    match, and reading it back gives the package's order again."""
+    import json
+
+    import zarr
+
+    shape = {"T": 2, "Z": 3, "C": 2, "Y": 8, "X": 9}
+    labels = np.arange(np.prod([shape[a] for a in axes]), dtype=np.int32).reshape([shape[a] for a in axes])
+    path = write_ome_zarr(tmp_path / "x.ome.zarr", labels, axes, PixelSize(0.5, 0.5, "um"))
+    (multiscale,) = json.loads((path / ".zattrs").read_text())["multiscales"]
+    stored = "".join(a["name"] for a in multiscale["axes"]).upper()
+    assert stored == axes.replace("ZC", "CZ")
+    types = [a["type"] for a in multiscale["axes"]]
+    assert types == sorted(types, key=["time", "channel", "space"].index)
+    array = np.asarray(zarr.open_group(str(path), mode="r")["0"])
+    np.testing.assert_array_equal(array, np.moveaxis(labels, axes.index("C"), axes.index("Z")))
+    back, back_axes = read_zarr(path)
+    assert back_axes == axes
+    np.testing.assert_array_equal(np.asarray(back), labels)
+    assert read_pixel_size(path) == PixelSize(0.5, 0.5, "um")

@@ -1,13 +1,20 @@
 """Share a model with other tools: a bioimage.io package (format 0.5), ONNX or TorchScript.
 
-Every export holds the network followed by a softmax over the classes: input ``(N, in_channels, H, W)``
-float32, normalised as the model was trained (percentiles per channel and image, see ``Normalization``),
-output ``(N, num_classes, H - 2 halo, W - 2 halo)`` class probabilities. H and W must be valid input sizes
-of the network, ``min + n * step``, both derived from the network as ``halo`` is (:func:`input_size_rule`).
+Every export holds the network followed by a softmax over the classes (`ProbabilityUNet`): input
+``(N, in_channels, H, W)`` float32, normalised as the model was trained (percentiles per channel and image, see
+``Normalization``); class probabilities out. The sizes differ:
 
-The bioimage.io package is a folder (or ``.zip``) with ``rdf.yaml``, the weights as ``pytorch_state_dict``
-(architecture ``napari_unet.export:ProbabilityUNet``), ``torchscript`` and ``onnx``, test tensors computed
-with the exported network, and a ``README.md`` with the citations and the training data's licence.
+- ONNX and TorchScript files: the valid network as it is, output ``(N, num_classes, H - 2 halo, W - 2 halo)``;
+  H and W must be ``min + n * step`` (`input_size_rule`, derived from the network as ``halo`` is), and the
+  files refuse other sizes with an error naming this rule.
+- the bioimage.io package: output ``(N, num_classes, H, W)``, the input's size, whose outer `package_halo`
+  pixels are zeros that bioimage.io crops after padding the image by them (mirrored); H and W follow
+  `package_size_rule`. Block by block, bioimage.io then gives napari-unet's probabilities of the image; a
+  whole image too, but normalised with the percentiles of the padded image (bioimageio.core pads it first).
+
+The package is a folder (or ``.zip``) with ``rdf.yaml``, the weights as ``pytorch_state_dict`` (architecture
+``napari_unet.export:ProbabilityUNet``), ``torchscript`` and ``onnx``, test tensors computed with the exported
+network, and a ``README.md`` with the citations and the training data's licence.
 
 >>> from napari_unet.model import UNet
 >>> input_size_rule(UNet(depth=2, base_channels=4))  # (min, step, offset removed from the input's size)
@@ -22,7 +29,6 @@ import json
 import re
 import shutil
 import string
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -50,7 +56,7 @@ FILE_SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".pth", ".ts")}  # t
 FORMAT_NAMES = {"onnx": "an ONNX", "torchscript": "a TorchScript"}
 EXPORT_EXTRA = "export"
 ONNX_OPSET = 17
-BIOIMAGEIO_FORMAT_VERSION = "0.5.4"
+BIOIMAGEIO_FORMAT_VERSION = "0.5.14"  # a format with the input's `pad` (its padding mode), as bioimageio.spec 0.5.14
 INPUT_ID, OUTPUT_ID = "raw", "probabilities"
 PAPER_CITATION = {
     "text": "Ronneberger, Fischer and Brox. U-Net: Convolutional Networks for Biomedical Image Segmentation. "
@@ -63,27 +69,74 @@ TOOL_URL = "https://github.com/napari-unet/napari-unet-2015"
 class ProbabilityUNet(nn.Module):
     """A :class:`UNet` followed by a softmax over the classes: x (N, C, H, W) -> probabilities (N, K, H', W').
 
-    Built from the UNet's configuration as keyword arguments, as a bioimage.io architecture is. mirror: pixels
-    of mirrored ("reflect") border added on every side of the input first: with the network's halo, the output
-    has the input's size and equals napari-unet's own prediction of the image (its overlap-tile pads the same
-    way), as the bioimage.io package has it; 0: the valid network's output, 2 halo smaller.
+    Built from the UNet's configuration as keyword arguments, as a bioimage.io architecture is.
+
+    halo 0: the network as it is, H' = H - 2 ``net.halo``; H and W valid sizes of the network
+    (`input_size_rule`). halo > 0 (`package_halo`, the bioimage.io package's layout): H' = H, and the outer
+    ``halo`` pixels of the output are zeros, not a prediction: bioimage.io pads the image by this halo (mirrored,
+    "reflect"), predicts, and crops it again, whole or block by block. Inside, pixel (y, x) is the network's
+    probability for input pixel (y, x), on the pooling grid that starts ``halo - net.halo`` pixels into the input
+    (valid padding; 0 with 'same' padding, whose halo is a multiple of the step): for an image padded by
+    ``halo``, the grid of napari-unet's overlap-tile prediction of the image, so the inside is napari-unet's
+    probabilities. H and W are ``2 halo + n * step`` (n >= 1, `package_size_rule`).
     """
 
-    def __init__(self, mirror: int = 0, **config: Any):
+    def __init__(self, halo: int = 0, **config: Any):
         super().__init__()
-        self.mirror = int(mirror)
         self.net = UNet(UNetConfig.from_dict(config))
+        self.halo = int(halo)
+        net_halo, step = self.net.halo, self.net.step
+        if self.halo and (self.halo < net_halo or (2 * self.halo) % step):
+            raise ValueError(
+                f"halo {self.halo}: the package's halo must be at least the network's ({net_halo}), and 2 halo a "
+                f"multiple of its step ({step}); package_halo gives {package_halo(self.net)}"
+            )
+        self.minimum, self.step = (2 * self.halo + step, step) if self.halo else input_size_rule(self.net)[:2]
+        # valid padding: the network starts `skip` pixels in (its output pixel k is input pixel k + halo), and
+        # `extend` pixels at the end (any values: no kept output sees them) make its input a valid size; 'same'
+        # padding: its output pixel k is input pixel k. Of its output, `keep_from` pixels are dropped at the
+        # start and `keep_to` at the end, which leaves the input's pixels [halo, H - halo)
+        same = self.net.config.padding == "same"
+        self.skip = 0 if same or not self.halo else self.halo - net_halo
+        trimmed = self.minimum - self.skip
+        self.extend = self.net.valid_input_size(trimmed) - trimmed if self.halo else 0
+        self.keep_from = self.halo if same else 0
+        self.keep_to = self.halo if same else self.skip + self.extend  # pixels dropped from the output's end
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mirror:
-            x = nn.functional.pad(x, (self.mirror,) * 4, mode="reflect")
-        return torch.softmax(self.net(x), dim=1)
+        self.check_size(tuple(x.shape[-2:]))
+        if not self.halo:
+            return torch.softmax(self.net(x), dim=1)
+        x = x[..., self.skip :, self.skip :]
+        if self.extend:
+            x = nn.functional.pad(x, (0, self.extend, 0, self.extend))
+        probs = torch.softmax(self.net(x), dim=1)
+        end = -self.keep_to if self.keep_to else None
+        probs = probs[..., self.keep_from : end, self.keep_from : end]
+        return nn.functional.pad(probs, (self.halo,) * 4)
+
+    def size_rule_text(self) -> str:
+        """The input sides this network takes, in words (as the exported files' errors say it)."""
+        return size_rule_text(self.minimum, self.step, self.halo)
+
+    def check_size(self, shape: tuple[int, ...]) -> None:
+        """A ValueError naming the rule when `shape` (H, W) is not ``minimum + n * step``."""
+        if any(int(n) < self.minimum or (int(n) - self.minimum) % self.step for n in shape):
+            raise ValueError(f"{self.size_rule_text()}; got {' x '.join(str(int(n)) for n in shape)}")
 
 
-def probability_net(net: UNet, mirrored: bool = False) -> ProbabilityUNet:
-    """A :class:`ProbabilityUNet` on CPU, in eval mode, with a copy of ``net``'s weights (``mirrored``: the
-    input's border mirrored by the halo first, as in the bioimage.io package)."""
-    wrapped = ProbabilityUNet(mirror=net.halo if mirrored else 0, **net.config.to_dict())
+def size_rule_text(minimum: int, step: int, halo: int = 0) -> str:
+    """The error exported networks give for other input sides: "input height and width must be 44 + 4n ..."."""
+    text = f"input height and width must be {minimum} + {step}n (n = 0, 1, 2, ...)"
+    if halo:
+        return f"{text}: an image of {minimum - 2 * halo} + {step}n px padded by the {halo} px halo on each side"
+    return f"{text}, the sizes this valid-convolution U-Net takes"
+
+
+def probability_net(net: UNet, package: bool = False) -> ProbabilityUNet:
+    """A :class:`ProbabilityUNet` on CPU, in eval mode, with a copy of ``net``'s weights (``package``: the
+    bioimage.io package's, with `package_halo`)."""
+    wrapped = ProbabilityUNet(halo=package_halo(net) if package else 0, **net.config.to_dict())
     wrapped.net.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
     return wrapped.eval()
 
@@ -97,27 +150,39 @@ def input_size_rule(net: UNet) -> tuple[int, int, int]:
     return minimum, step, -2 * net.halo
 
 
-def package_size_rule(net: UNet) -> tuple[int, int]:
-    """``(min, step)``: the input sides the bioimage.io package takes, ``min + n * step``: sides n whose mirrored
-    n + 2 halo the network takes, above 2 halo (what is left of a block once bioimage.io crops its halo; and
-    "reflect" needs more than the halo). The output has the input's size.
+def package_halo(net: UNet) -> int:
+    """The halo the bioimage.io package declares: the context napari-unet's overlap-tile reads around a tile
+    (the valid network's halo; for 'same' padding the receptive radius rounded up to the step), rounded up so
+    that 2 halo is a multiple of the step. Then every block bioimage.io cuts (its inner part a multiple of the
+    step, `package_size_rule`) starts on napari-unet's pooling grid, and blockwise prediction has no seams.
 
-    >>> package_size_rule(UNet(depth=2, base_channels=4))  # halo 8, valid sizes 18 + 2n
+    >>> package_halo(UNet(depth=3, base_channels=4)), package_halo(UNet(depth=5, base_channels=4))  # halos 20, 92
+    (20, 96)
+    """
+    step = net.step
+    if net.config.padding == "same":
+        return -(-net.receptive_radius // step) * step
+    return net.halo + (-2 * net.halo) % step // 2
+
+
+def package_size_rule(net: UNet) -> tuple[int, int]:
+    """``(min, step)``: the input sides the bioimage.io package's network takes, ``min + n * step`` with min = 2
+    `package_halo` + step: blocks whose inner part (the block less its halo) is a multiple of the step. Whole
+    images of these sizes (bioimage.io pads them by the halo, which keeps them in the rule) and block sizes
+    (``blocksize_parameter`` n) both follow it; the output has the input's size.
+
+    >>> package_size_rule(UNet(depth=2, base_channels=4))  # halo 8, step 2
     (18, 2)
     """
-    minimum, step, _ = input_size_rule(net)
-    side = minimum - 2 * net.halo
-    if side <= 2 * net.halo:
-        side += -(-(2 * net.halo + 1 - side) // step) * step
-    return side, step
+    return 2 * package_halo(net) + net.step, net.step
 
 
-def example_input(net: UNet, size: int = 64, seed: int = 0, mirrored: bool = False) -> np.ndarray:
+def example_input(net: UNet, size: int = 64, seed: int = 0, package: bool = False) -> np.ndarray:
     """A raw test image ``(1, in_channels, S, S)`` float32 of synthetic cells, S the valid size >= ``size`` (of
-    the network, or with ``mirrored`` of the bioimage.io package, `package_size_rule`)."""
+    the network, or with ``package`` of the bioimage.io package, `package_size_rule`)."""
     from .synthetic import make_cells
 
-    if mirrored:
+    if package:
         minimum, step = package_size_rule(net)
         side = minimum + max(0, -(-(size - minimum) // step)) * step
     else:
@@ -137,27 +202,50 @@ def normalize_like_bioimageio(raw: np.ndarray, low: float, high: float, eps: flo
 # ------------------------------------------------------------------------------------------------ formats
 
 
-def export_torchscript(bundle, path: str | Path, mirrored: bool = False) -> Path:
-    """A TorchScript file of the network with its softmax (traced; valid for every valid input size; `mirrored`:
-    `probability_net`'s, as in the bioimage.io package)."""
-    net = probability_net(bundle.net, mirrored)
-    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net, mirrored=mirrored), 1.0, 99.8))
+def export_torchscript(bundle, path: str | Path, package: bool = False) -> Path:
+    """A TorchScript file of the network with its softmax (`probability_net`; ``package``: the bioimage.io
+    package's). Traced, inside a scripted check that refuses other input sizes than the rule's with a
+    ValueError naming it (the traced network alone would return wrong probabilities for them)."""
+    net = probability_net(bundle.net, package)
+    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net, package=package), 1.0, 99.8))
     with torch.no_grad(), _quiet_tracer():
         traced = torch.jit.trace(net, example)
+    checked = torch.jit.script(_CheckedSizes(traced, net.minimum, net.step, net.size_rule_text()))
     path = Path(path)
     buffer = io.BytesIO()  # written by Python: a full disk is an OSError (torch's own writer aborts the process)
-    torch.jit.save(traced, buffer)
+    torch.jit.save(checked, buffer)
     with atomic_write(path) as staging:
         staging.write_bytes(buffer.getvalue())
     return path
 
 
-def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET, mirrored: bool = False) -> Path:
-    """An ONNX file of the network with its softmax; batch, height and width are dynamic axes (`mirrored`:
-    `probability_net`'s, as in the bioimage.io package)."""
+class _CheckedSizes(nn.Module):
+    """A traced network behind the check of its input's height and width (scripted: the check stays in the file)."""
+
+    def __init__(self, inner: nn.Module, minimum: int, step: int, rule: str):
+        super().__init__()
+        self.inner = inner
+        self.minimum = minimum
+        self.step = step
+        self.rule = rule
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2], x.shape[-1]
+        for side in [height, width]:
+            if side < self.minimum or (side - self.minimum) % self.step != 0:
+                raise ValueError(self.rule + "; got " + str(height) + " x " + str(width))
+        return self.inner(x)
+
+
+def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET, package: bool = False) -> Path:
+    """An ONNX file of the network with its softmax (`probability_net`; ``package``: the bioimage.io package's);
+    batch, height and width are dynamic axes. Other input sizes than the rule's fail in a node named by the rule
+    (`_refuse_other_sizes`): onnxruntime's error says it."""
     _require_onnx("ONNX export")
-    net = probability_net(bundle.net, mirrored)
-    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net, mirrored=mirrored), 1.0, 99.8))
+    import onnx
+
+    net = probability_net(bundle.net, package)
+    example = torch.from_numpy(normalize_like_bioimageio(example_input(bundle.net, package=package), 1.0, 99.8))
     path = Path(path)
     dynamic = {0: "batch", 2: "y", 3: "x"}
     with atomic_write(path) as staging, torch.no_grad(), _quiet_tracer():
@@ -171,7 +259,52 @@ def export_onnx(bundle, path: str | Path, opset: int = ONNX_OPSET, mirrored: boo
             output_names=[OUTPUT_ID],
             dynamic_axes={INPUT_ID: dynamic, OUTPUT_ID: dynamic},
         )
+        model = onnx.load(str(staging))
+        _refuse_other_sizes(model, net.minimum, net.step, net.size_rule_text())
+        onnx.checker.check_model(model)
+        onnx.save(model, str(staging))
     return path
+
+
+def _refuse_other_sizes(model, minimum: int, step: int, rule: str) -> None:
+    """Make the ONNX graph `model` fail for input sides other than ``minimum + n * step``: ONNX has no assert, so
+    a one-element tensor is reshaped to ``1 + (number of bad sides)`` elements (which fails unless it is 1) and
+    added (a zero) to the input. The failing node is named by `rule`, which onnxruntime's error shows."""
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    raw = graph.input[0].name
+    checked = f"{raw}_checked"
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == raw:
+                node.input[i] = checked
+
+    def const(name: str, values: list, dtype=TensorProto.INT64) -> str:
+        graph.initializer.append(helper.make_tensor(f"size_check_{name}", dtype, [len(values)], values))
+        return f"size_check_{name}"
+
+    nodes = [
+        helper.make_node("Shape", [raw], ["size_check_shape"]),
+        helper.make_node("Slice", ["size_check_shape", const("from", [2]), const("to", [4])], ["size_check_sides"]),
+        helper.make_node("Sub", ["size_check_sides", const("minimum", [minimum])], ["size_check_beyond"]),
+        helper.make_node("Mod", ["size_check_beyond", const("step", [step])], ["size_check_remainder"]),
+        helper.make_node("Less", ["size_check_sides", "size_check_minimum"], ["size_check_small"]),
+        helper.make_node("Cast", ["size_check_small"], ["size_check_small_count"], to=TensorProto.INT64),
+        helper.make_node("Add", ["size_check_remainder", "size_check_small_count"], ["size_check_bad"]),
+        helper.make_node("ReduceSum", ["size_check_bad"], ["size_check_total"], keepdims=1),
+        helper.make_node("Add", ["size_check_total", const("one", [1])], ["size_check_target"]),
+        helper.make_node(
+            "Reshape",
+            [const("zero_value", [0.0], TensorProto.FLOAT), "size_check_target"],
+            ["size_check_zero"],
+            name=rule,
+        ),
+        helper.make_node("Add", [raw, "size_check_zero"], [checked]),
+    ]
+    network = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes + network)
 
 
 def _require_onnx(what: str) -> None:
@@ -256,11 +389,53 @@ def recorded_training_data(bundle) -> dict[str, str]:
     }
 
 
-def check_training_data(training_data: dict[str, str]) -> None:
-    """Refuse, before any work, training-data entries bioimage.io rejects: a URL that is not http(s)."""
+def check_training_data(training_data: dict[str, str]) -> dict[str, str]:
+    """`training_data` as the package writes it, refused before any work where bioimage.io would reject it: a URL
+    must be http(s); a DOI is written in its ``10.xxxx/...`` form (a ``https://doi.org/10.xxxx/...`` link or
+    ``doi:10.xxxx/...`` is shortened to it), anything else is refused."""
     url = training_data.get("url")
     if url and not re.match(r"https?://\S+$", url):
         raise ValueError(f"training data URL {url!r}: give a web address starting with http:// or https://")
+    doi = training_data.get("doi")
+    if not doi:
+        return dict(training_data)
+    bare = re.sub(r"^(https?://(dx\.)?doi\.org/|doi:\s*)", "", doi.strip(), flags=re.IGNORECASE)
+    if not re.fullmatch(r"10\.\d{4,9}/\S+", bare):
+        raise ValueError(
+            f"training data DOI {doi!r}: give a DOI such as 10.5281/zenodo.1234567 (or https://doi.org/10.5281/...)"
+        )
+    return {**training_data, "doi": bare}
+
+
+def check_authors(authors: list[dict[str, str]]) -> None:
+    """Refuse, before any work, author names bioimage.io rejects: its format takes no "/" or "\\" in them."""
+    for author in authors:
+        name = str(author.get("name", ""))
+        if "/" in name or "\\" in name:
+            raise ValueError(
+                f"author name {name!r}: bioimage.io takes no '/' or '\\' in author names; give each author "
+                "separately (--author repeated)"
+            )
+
+
+def check_rdf(rdf: dict[str, Any], root: Path) -> None:
+    """Refuse, before any work, a package description that `bioimageio.spec` (when it is installed) finds
+    invalid, with its errors: what the checks above do not know of yet. Only the description is validated; the
+    files it names are written afterwards."""
+    try:
+        from bioimageio.spec import ValidationContext, build_description
+    except ImportError:
+        return
+    with ValidationContext(perform_io_checks=False, root=root):
+        description = build_description(json.loads(json.dumps(rdf)))
+    if type(description).__name__ != "InvalidDescr":
+        return
+    errors = [
+        f"{'.'.join(map(str, error.loc))}: {error.msg}"
+        for detail in description.validation_summary.details
+        for error in detail.errors
+    ]
+    raise ValueError("bioimage.io would reject this package: " + "; ".join(errors[:5] or ["invalid description"]))
 
 
 def default_package_name(bundle) -> str:
@@ -287,23 +462,26 @@ def export_bioimageio(
     ``bundle.metadata["training_data"]``); test_input: raw image (1, C, H, W) with H, W of `package_size_rule`
     (default: synthetic cells of about 128 px inside the halo). Returns the path written.
 
-    The package's network mirrors its input's border by the halo first (`ProbabilityUNet`'s ``mirror``): its
-    output has the input's size and equals napari-unet's prediction of the image; its output axes declare the
-    halo, which a blockwise runner (bioimage.io's) crops from each block.
+    The package's network (`ProbabilityUNet` with `package_halo`) gives an output of its input's size whose outer
+    halo is zeros; its output axes declare that halo and its input asks for "reflect" padding. bioimage.io pads
+    an image by the halo (mirrored, as napari-unet's overlap-tile), predicts and crops the halo again: block by
+    block napari-unet's probabilities of the image; a whole image too, normalised with the percentiles of the
+    padded image (bioimageio.core 0.11 pads before it normalises). Everything bioimage.io would reject is
+    refused before any work (`check_rdf`).
     """
     name = name or default_package_name(bundle)
     check_package_description(name, license)
+    authors = authors or [{"name": "napari-unet user"}]
+    check_authors(authors)
     _require_onnx("a bioimage.io package (it holds ONNX weights beside PyTorch's)")
-    training_data = training_data if training_data is not None else recorded_training_data(bundle)
-    check_training_data(training_data)
+    training_data = check_training_data(training_data if training_data is not None else recorded_training_data(bundle))
     path = Path(path)
     as_zip = path.suffix.lower() == ".zip"
-    net = probability_net(bundle.net, mirrored=True)
     config = bundle.net.config
     minimum, step = package_size_rule(bundle.net)
     low, high = bundle.normalization.low, bundle.normalization.high
     if test_input is None:
-        raw = example_input(bundle.net, 2 * bundle.net.halo + 128, mirrored=True)
+        raw = example_input(bundle.net, 2 * package_halo(bundle.net) + 128, package=True)
     else:
         raw = np.asarray(test_input, dtype=np.float32)
     if raw.ndim != 4 or raw.shape[:2] != (1, config.in_channels):
@@ -313,22 +491,27 @@ def export_bioimageio(
             f"test_input's height and width must be {minimum} + n * {step} (the package's input sizes), got "
             f"{raw.shape[-2]} x {raw.shape[-1]}"
         )
+    rdf = _rdf(bundle, name, authors, license, training_data, minimum, step)
+    check_rdf(rdf, path.parent)
+
+    net = probability_net(bundle.net, package=True)
     normalised = normalize_like_bioimageio(raw, low, high)
     if bundle.normalization.invert is True:  # the package's `scale_linear` step: 1 - x
         normalised = (1.0 - normalised).astype(np.float32)
     with torch.no_grad():
         expected = net(torch.from_numpy(normalised)).numpy()
-
-    staging = Path(tempfile.mkdtemp(prefix=".export.", dir=path.parent if path.parent.exists() else None))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    recover_replaced_folder(path, _is_package)  # first: the next line would delete a package a kill left aside
+    remove_stale_temporaries(path)  # what a killed export left, this staging folder's included
+    staging = temporary_sibling(path, folder=True)
     try:
         np.save(staging / "test_input.npy", raw)
         np.save(staging / "test_output.npy", expected)
         torch.save(net.state_dict(), staging / "weights.pt")
-        export_torchscript(bundle, staging / "weights.torchscript.pt", mirrored=True)
-        export_onnx(bundle, staging / "weights.onnx", mirrored=True)
+        export_torchscript(bundle, staging / "weights.torchscript.pt", package=True)
+        export_onnx(bundle, staging / "weights.onnx", package=True)
         (staging / "README.md").write_text(_documentation(bundle, name, minimum, step, training_data))
         (staging / "environment.yaml").write_text(_environment())
-        rdf = _rdf(bundle, name, authors, license, training_data, minimum, step)
         (staging / "rdf.yaml").write_text(_yaml(rdf))
         _write_output(staging, path, as_zip)
     finally:
@@ -343,7 +526,11 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step) -> dict[s
     torch_version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
     channels = bundle.metadata.get("channel_names") or _channel_names(bundle)
     classes = ["background", "foreground"] + [f"class{k}" for k in range(2, config.num_classes)]
-    space = [{"type": "space", "id": axis, "size": {"min": minimum, "step": step}} for axis in ("y", "x")]
+    halo = package_halo(bundle.net)
+    space = [
+        {"type": "space", "id": axis, "size": {"min": minimum, "step": step}, "concatenable": True}
+        for axis in ("y", "x")
+    ]
     cite = [PAPER_CITATION, {"text": "napari-unet: the 2015 U-Net as a napari plugin.", "url": TOOL_URL}]
     if training_data.get("citation") and (training_data.get("doi") or training_data.get("url")):
         entry = {"text": training_data["citation"]}
@@ -354,10 +541,10 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step) -> dict[s
         "format_version": BIOIMAGEIO_FORMAT_VERSION,
         "name": name,
         "description": _description(bundle),
-        "authors": authors or [{"name": "napari-unet user"}],
+        "authors": authors,
         "cite": cite,
         "license": license,
-        "documentation": "README.md",
+        "documentation": {"source": "README.md"},
         "tags": ["unet", "segmentation", "cells", "2d", "pytorch", "napari-unet"],
         "inputs": [
             {
@@ -366,6 +553,7 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step) -> dict[s
                 "axes": [{"type": "batch"}, {"type": "channel", "channel_names": channels}, *space],
                 "test_tensor": {"source": "test_input.npy"},
                 "data": {"type": "float32"},
+                "pad": {"mode": "reflect"},  # bioimage.io pads by the output's halo: mirrored, as napari-unet
                 "preprocessing": [
                     {
                         "id": "scale_range",
@@ -387,7 +575,7 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step) -> dict[s
                             "type": "space",
                             "id": axis,
                             "size": {"tensor_id": INPUT_ID, "axis_id": axis, "offset": 0},
-                            "halo": bundle.net.halo,
+                            **({"halo": halo} if halo else {}),  # bioimage.io takes no halo 0
                         }
                         for axis in ("y", "x")
                     ),
@@ -402,7 +590,7 @@ def _rdf(bundle, name, authors, license, training_data, minimum, step) -> dict[s
                 "architecture": {
                     "callable": "ProbabilityUNet",
                     "import_from": "napari_unet.export",
-                    "kwargs": {"mirror": bundle.net.halo, **config.to_dict()},
+                    "kwargs": {"halo": halo, **config.to_dict()},
                 },
                 "pytorch_version": torch_version,
                 "dependencies": {"source": "environment.yaml"},
@@ -461,7 +649,7 @@ def _input_description(invert: bool | str) -> str:
 
 def _documentation(bundle, name, minimum, step, training_data) -> str:
     config = bundle.net.config
-    halo = bundle.net.halo
+    halo = package_halo(bundle.net)
     data = training_data or {}
     licence = data.get("licence") or data.get("license") or "not recorded with the model"
     lines = [
@@ -491,12 +679,17 @@ def _documentation(bundle, name, minimum, step, training_data) -> str:
             if bundle.object_diameter is not None
             else ""
         ),
-        f"- output `{OUTPUT_ID}`: (batch, {config.num_classes} classes, y, x) class probabilities, the input's "
-        f"size: the network mirrors {halo} pixels around its input (the halo its unpadded convolutions remove), "
-        "as napari-unet's overlap-tile prediction does, so a whole image gives napari-unet's probabilities. "
-        f"Run in blocks, each block's outer {halo} pixels are mirrored, not seen: crop them (the output axes "
-        "declare this halo, which bioimage.io's blockwise prediction crops). Channel 1 is the foreground. Instances: the post-processing stored in `config.napari_unet.postprocess` (threshold, "
-        "seeds from the objects' cores, watershed, growth; napari-unet applies it).",
+        f"- output `{OUTPUT_ID}`: (batch, {config.num_classes} classes, y, x) class probabilities of the input's "
+        f"size whose outer {halo} pixels (the halo the output axes declare) are zeros: pad the image by {halo} "
+        "pixels, mirrored (`reflect`, the input's `pad`), predict, and crop them again, as bioimage.io does by "
+        "itself for a whole image and for each block of a blockwise prediction. That gives napari-unet's "
+        "probabilities of the image: its overlap-tile prediction pads the same way, and every block starts on "
+        f"its pooling grid (a block's inner part is a multiple of {step} px). bioimageio.core (0.11) normalises "
+        "a whole image after padding it, with the percentiles of the padded image, which moves the probabilities "
+        "a little (blockwise prediction normalises first: predict blockwise for napari-unet's exact values). "
+        "Channel 1 is the foreground. "
+        "Instances: the post-processing stored in `config.napari_unet.postprocess` (threshold, seeds from the "
+        "objects' cores, watershed, growth; napari-unet applies it).",
         "",
         "## Architecture",
         "",

@@ -1,6 +1,7 @@
 """OME-Zarr in and out: a zarr array (or the array "0" of an OME-Zarr group) read lazily with its axes, and labels
 or images written as a single-scale OME-Zarr 0.4 image with their pixel size, Z step and frame interval (zarr
-format 2, "/" chunk keys; `metadata.read_pixel_size` and `metadata.read_spacing` read them back).
+format 2, "/" chunk keys, axes in NGFF's order: time, channel, space; `metadata.read_pixel_size` and
+`metadata.read_spacing` read them back).
 
 >>> import tempfile
 >>> path = write_ome_zarr(tempfile.mkdtemp() + "/labels.ome.zarr", np.zeros((2, 8, 8), np.int32), "TYX")
@@ -32,6 +33,7 @@ NGFF_VERSION = "0.4"
 OME_ZARR_UNITS = {"um": "micrometer", "nm": "nanometer", "mm": "millimeter", "cm": "centimeter", "m": "meter"}
 OME_ZARR_AXIS_TYPES = {"T": "time", "Z": "space", "C": "channel", "Y": "space", "X": "space"}
 OME_ZARR_TIME_UNIT = "second"  # of the t scale (`metadata.StackSpacing.t`)
+NGFF_AXES = "TCZYX"  # NGFF 0.4's order: time, then channel, then space (the package's own is "TZCYX")
 # NGFF 0.4 stores are zarr format 2 with "/" chunk keys (`0/3/1`, nested folders: dimension_separator "/"),
 # where zarr's own default for format 2 is "." (`0.3.1`). Every OME-Zarr this package writes uses these keys:
 # `write_ome_zarr` (`predict --zarr`) and `distributed.create_ome_zarr` (block by block), so both lay out alike.
@@ -80,7 +82,8 @@ def write_ome_zarr(
     chunk: int = 1024,
 ) -> Path:
     """Copy `array` (axes over "TZCYX", canonical) into a single-scale OME-Zarr 0.4 image at `path`, plane by
-    plane (a memory-mapped array is never loaded whole); `pixel_size` becomes the scale of the y and x axes,
+    plane (a memory-mapped array is never loaded whole), its axes in NGFF's order (`NGFF_AXES`: "TZCYX" is
+    stored as "TCZYX", and `read_zarr` gives it back as "TZCYX"); `pixel_size` becomes the scale of the y and x axes,
     `spacing` that of z (the Z step, in the pixel size's unit) and t (the frame interval, in seconds), each with
     its unit (`ngff_multiscales`). `read_input`, `metadata.read_pixel_size` and `metadata.read_spacing` read it
     back; an existing store at `path` is replaced once the new one is complete (written under a temporary name,
@@ -97,8 +100,9 @@ def write_ome_zarr(
     _check_replaceable(final)
     remove_stale_temporaries(final)  # what killed writers left: `.<name>.<pid>.*.tmp`
     path = temporary_sibling(final, folder=True)
+    stored = ngff_order(axes)
     try:
-        _write_store(path, array, axes, chunk, ngff_multiscales(final.name, axes, pixel_size, spacing))
+        _write_store(path, array, axes, stored, chunk, ngff_multiscales(final.name, stored, pixel_size, spacing))
         replace_folder(path, final)  # killed between its renames: the next write puts the old store back
     finally:
         shutil.rmtree(path, ignore_errors=True)  # Ctrl-C, a full disk: no half-written store is left
@@ -122,24 +126,33 @@ def _complete(path: Path) -> bool:
     return (path / ".zattrs").is_file()
 
 
-def _write_store(path: Path, array, axes: str, chunk: int, multiscales: list[dict[str, Any]]) -> None:
+def ngff_order(axes: str) -> str:
+    """The letters of `axes` in NGFF 0.4's order, time, channel, space: ``ngff_order("TZCYX") == "TCZYX"``."""
+    return "".join(a for a in NGFF_AXES if a in axes)
+
+
+def _write_store(path: Path, array, axes: str, stored: str, chunk: int, multiscales: list[dict[str, Any]]) -> None:
+    """Array "0" with the axes `stored` (`axes` reordered), filled plane by plane from `array` (axes `axes`)."""
     import zarr
 
-    shape = tuple(int(n) for n in array.shape)
+    sizes = {a: int(n) for a, n in zip(axes, array.shape)}
+    shape = tuple(sizes[a] for a in stored)
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
-    chunks = tuple(1 if a in "TZC" else min(n, chunk) for a, n in zip(axes, shape))
+    chunks = tuple(1 if a in "TZC" else min(n, chunk) for a, n in zip(stored, shape))
     data = group.create_array(
         "0", shape=shape, chunks=chunks, dtype=np.dtype(array.dtype), chunk_key_encoding=NGFF_CHUNK_KEYS
     )
     for index in np.ndindex(*shape[:-2]):
-        data[index] = np.asarray(array[index])
+        plane = dict(zip(stored, index))
+        data[index] = np.asarray(array[tuple(plane[a] for a in axes[:-2])])
     group.attrs["multiscales"] = multiscales
 
 
 def ngff_multiscales(
     name: str, axes: str, pixel_size: PixelSize | None = None, spacing: StackSpacing | None = None
 ) -> list[dict[str, Any]]:
-    """The NGFF 0.4 `multiscales` of a single-scale image (array "0") of canonical `axes`, as every OME-Zarr this
+    """The NGFF 0.4 `multiscales` of a single-scale image (array "0") of `axes` in NGFF's order (`ngff_order`:
+    time, channel, space; for "YX" and "CYX" the package's canonical order too), as every OME-Zarr this
     package writes has them (`write_ome_zarr`, `distributed.ngff_attributes`): each axis named and typed; the
     scale of y and x from `pixel_size`, of z from the Z step of `spacing` (in the pixel size's unit), of t from
     its frame interval (seconds), 1 elsewhere; a unit ("micrometer", ..., "second") on the axes that have a scale.

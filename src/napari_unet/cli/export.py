@@ -19,8 +19,10 @@ def add_parser(subparsers) -> None:
         "rdf.yaml, weights as pytorch_state_dict, torchscript and onnx, test tensors and a README with the "
         "citations and the training data's licence; it runs in bioimage.io consumers (deepImageJ, ilastik, "
         "bioimageio.core ...). onnx / torchscript: one file. Every export is the network with a softmax: input "
-        "(N, C, H, W) float32 normalised with the model's percentiles, H and W valid sizes (min + n * step, "
-        "printed), output (N, classes, H - 2 halo, W - 2 halo) probabilities.",
+        "(N, C, H, W) float32 normalised with the model's percentiles, H and W of its rule (min + n * step, "
+        "printed); probabilities out. The ONNX and TorchScript files' output is (N, classes, H - 2 halo, "
+        "W - 2 halo), and they refuse other sizes; the package's output has the input's size (bioimage.io pads "
+        "the image by the package's halo, mirrored, and crops it again).",
         "  napari-unet export cells.model --format bioimageio --out cells.bioimageio.zip \\\n"
         "      --author 'Ada Lovelace' --training-data-name 'my lab's HeLa cells' --training-data-licence CC-BY-4.0\n"
         "  napari-unet export cells.model --format onnx --out cells.onnx",
@@ -50,7 +52,14 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..builtin import resolve
-    from ..export import check_target, export_model, input_size_rule, package_size_rule, recorded_training_data
+    from ..export import (
+        check_target,
+        export_model,
+        input_size_rule,
+        package_halo,
+        package_size_rule,
+        recorded_training_data,
+    )
     from ..modelfile import load_model
     from ..validation import check_output_free, check_writable_folder
 
@@ -94,13 +103,14 @@ def run(args: argparse.Namespace) -> int:
         minimum, step = package_size_rule(bundle.net)
         print(
             f"{args.fmt} export -> {path}: input (N, {channels}, H, W) with H, W = {minimum} + n * {step}; output "
-            f"of the input's size (its border mirrored by the halo, {bundle.net.halo} px, as napari-unet predicts)"
+            f"of the input's size, whose outer {package_halo(bundle.net)} px (the declared halo) bioimage.io "
+            "crops after padding the image by them, mirrored, as napari-unet predicts"
         )
     else:
         minimum, step, offset = input_size_rule(bundle.net)
         print(
             f"{args.fmt} export -> {path}: input (N, {channels}, H, W) with H, W = {minimum} + n * {step}; output "
-            f"size = input size {offset:+d} (other sizes are not checked by the file: keep to these)"
+            f"size = input size {offset:+d} (the file refuses other sizes)"
         )
     if args.fmt == "bioimageio" and not options["training_data"].get("licence"):
         print(
