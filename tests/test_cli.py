@@ -459,7 +459,8 @@ def test_evaluate_isbi_notes_a_truth_whose_objects_touch(tmp_path, capsys):
 def test_info_shows_the_model(model, capsys):
     code, stdout, _ = run(capsys, "info", model)
     assert code == 0
-    assert "depth=2" in stdout and "iterations=3" in stdout and "resumable: yes (at iteration 3)" in stdout
+    assert "depth=2" in stdout and "iterations=3" in stdout
+    assert "resumable: yes (at iteration 3; complete: give --iterations above 3 to train on)" in stdout  # as --resume
     code, stdout, _ = run(capsys, "info", model, "--json")
     assert code == 0 and json.loads(stdout)["unet"]["base_channels"] == 4
 

@@ -369,7 +369,8 @@ def _info(args: argparse.Namespace) -> int:
 
 def _resumable(state_file: Path, training: dict[str, Any] | None) -> str:
     """Whether `train --resume` can continue the run saved with `state_file` and the metadata's `training`, read
-    as `Trainer.resume` reads them: "yes (at iteration n)" or "no (why)"."""
+    as `Trainer.resume` reads them: "yes (at iteration n)", "yes (at iteration n; complete: ...)" for a run with no
+    step left (`Trainer.finished`: what to give --resume to train on) or "no (why)"."""
     import torch
 
     from ..train_config import TrainConfig
@@ -377,13 +378,18 @@ def _resumable(state_file: Path, training: dict[str, Any] | None) -> str:
     if not state_file.is_file():
         return "no (no training state)"
     try:
-        TrainConfig.from_dict(training)
+        config = TrainConfig.from_dict(training)
     except (TypeError, ValueError, AttributeError):
         return "no (the metadata holds no valid training configuration)"
     try:  # weights-only: a hostile file cannot run code
-        iteration = int(torch.load(state_file, map_location="cpu", weights_only=True)["iteration"])
+        state = torch.load(state_file, map_location="cpu", weights_only=True)
+        iteration, elapsed = int(state["iteration"]), float(state.get("elapsed", 0.0))
     except Exception as error:  # torch raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
         return f"no ({state_file.name} cannot be read: {type(error).__name__})"
+    if iteration >= config.iterations:
+        return f"yes (at iteration {iteration}; complete: give --iterations above {iteration} to train on)"
+    if config.time_budget is not None and elapsed >= config.time_budget:
+        return f"yes (at iteration {iteration}; complete: its time budget is spent, give a larger --time-budget)"
     return f"yes (at iteration {iteration})"
 
 
