@@ -326,6 +326,52 @@ def test_validation_files_and_masks(data, tmp_path, capsys):
     assert code == 2 and "annotations are empty" in stderr  # the masks reached the trainer
 
 
+def test_masks_pair_with_the_validation_images_too(data, tmp_path, capsys):
+    """--mask pairs with every image, those --val-fraction holds out and --validation-images included; the note
+    about masks that match no image names only those that match neither."""
+    from napari_unet.cli import build_parser
+    from napari_unet.cli._train_data import training_data
+
+    masks = tmp_path / "masks"
+    for name, shape in [("00", (72, 80)), ("01", (72, 80)), ("02", (72, 80)), ("cells", (64, 64)), ("stray", (8, 8))]:
+        mask = np.zeros(shape, np.uint8)
+        mask[: shape[0] // 2] = 1  # the top half annotated
+        write_tiff(masks / f"{name}.tif", mask, "YX")
+
+    def read(*options):
+        args = build_parser().parse_args(
+            ["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), "--mask", str(masks)]
+            + [str(option) for option in options]
+        )
+        args.channel_choice, args.seed = None, 0
+        train, validation = training_data(args)
+        return train, validation, capsys.readouterr().err
+
+    train, validation, err = read("--val-fraction", "0.34")
+    assert len(train) == 2 and len(validation) == 1
+    assert all(sample.mask is not None and sample.mask.sum() == 36 * 80 for sample in train + validation)
+    assert "2 mask(s) match no image (skipped): cells.tif, stray.tif" in err and "have no mask" not in err
+
+    test = data / "test"
+    train, validation, err = read("--validation-images", test / "images", "--validation-labels", test / "labels")
+    assert len(train) == 3 and [sample.mask.sum() for sample in validation] == [32 * 64]
+    assert "1 mask(s) match no image (skipped): stray.tif" in err and "have no mask" not in err
+
+
+def test_a_split_that_holds_out_every_image_with_objects_says_so(data, tmp_path, capsys):
+    """Not "the labels hold no object" when they do, in the image --val-fraction held out."""
+    labels = tmp_path / "labels"
+    shutil.copytree(data / "labels", labels)
+    for name in ("00", "02"):
+        write_tiff(labels / f"{name}.tif", np.zeros((72, 80), np.uint16), "YX")
+    argv = ["train", data / "images", labels, "--out", tmp_path / "m", "--iterations", "1", *TINY]
+    code, _, err = run(capsys, *argv, "--val-fraction", "0.34", "--seed", "5")  # seed 5 holds out 01
+    assert code == 2 and "was held out for validation by --val-fraction 0.34 (with --seed 5)" in err
+    assert f"the labels in {labels}" not in err
+    code, _, err = run(capsys, *argv, "--val-fraction", "0.34", "--seed", "1")  # holds out 00: 01 trains
+    assert code == 0
+
+
 def corrupt(model: Path, tmp_path: Path) -> Path:
     broken = tmp_path / "broken.model"
     shutil.copytree(model, broken)

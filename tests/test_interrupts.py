@@ -344,3 +344,55 @@ def test_a_second_signal_exits_at_once_and_the_disk_stays_valid(data, tmp_path):
     if (tmp_path / "m").exists():
         assert load_model(tmp_path / "m").metadata["iterations"] >= 1
     hidden_are_temporary(tmp_path)
+
+
+def training_processes(parent: int) -> list[int]:
+    """The processes `train --gpus` started (multiprocessing's spawned children of `parent`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the processes from /proc (Linux)")
+def test_sigterm_to_a_run_on_two_processes_stops_both_and_holds_out_until_they_end(data, tmp_path):
+    """SIGTERM sent to the command alone (not to the processes it started, as `kill PID` does) is passed on: both
+    stop after the same step, the first saves it and says so once, and the command ends after them, holding the
+    lock on --out until then. The process count is recorded, and the command to continue gives it."""
+    process = start(
+        ["train", str(data / "images"), str(data / "labels"), "--out", str(tmp_path / "m"), *TRAIN, "--gpus", "2"],
+        tmp_path,
+    )
+    children: list[int] = []
+    try:
+        stderr = Stderr(process)
+        stderr.wait_for(r"\| *[1-9]\d*/100000")
+        children = training_processes(process.pid)
+        assert len(children) == 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 143
+        assert not [pid for pid in children if running(pid)]  # they had ended: --out was no longer written
+    finally:
+        for pid in [process.pid, *children]:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+    stderr.thread.join(10)
+    said = stderr.text()
+    bundle = load_model(tmp_path / "m")
+    assert bundle.metadata["iterations"] >= 1 and bundle.metadata["processes"] == 2
+    assert said.count("stopped at iteration") == 1 and f"stopped at iteration {bundle.metadata['iterations']};" in said
+    assert "--gpus 2" in said.split("stopped at iteration")[1]  # in the command to continue it
+    assert not list(tmp_path.glob(".*"))  # the lock file removed, no temporary left

@@ -243,3 +243,84 @@ def test_resuming_a_finished_run_says_so_and_changes_nothing(data, tmp_path, cap
     code, stdout, _ = train(capsys, data, budget, "--resume", "--device", "cpu", "-q")
     assert code == 0 and "already complete" in stdout and "time budget of 0.2 s is spent" in stdout
     assert sorted(os.listdir(tmp_path)) == ["budget", "m"]  # no lock file, no temporary left
+
+
+def test_resume_keeps_what_the_saved_run_recorded(data, tmp_path, capsys, monkeypatch):
+    """A resumed run stopped before its end keeps the post-processing the saved run fitted and tuned, and the
+    records of that (`growth_calibration`, `postprocess_tuning`), and keys of the metadata it does not write."""
+    import json
+
+    out = tmp_path / "m"
+    code, _, _ = train(capsys, data, out, "--iterations", "2", "--val-fraction", "0.5", "--tune-postprocess", *TINY)
+    config = json.loads((out / "config.json").read_text())
+    config["metadata"]["notes"] = "the lab's own record"
+    (out / "config.json").write_text(json.dumps(config))
+    saved = load_model(out).metadata
+    assert code == 0 and {"growth_calibration", "postprocess_tuning"} <= set(saved)
+
+    steps = []
+    original = Trainer._step
+
+    def stopped_in_the_second(self):
+        steps.append(1)
+        if len(steps) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_step", stopped_in_the_second)
+    assert train(capsys, data, out, "--resume", "--iterations", "6", *TINY)[0] == 143
+    resumed = load_model(out)
+    assert resumed.metadata["iterations"] == 4
+    for key in ("growth_calibration", "postprocess_tuning", "notes", "preset", "val_fraction"):
+        assert resumed.metadata[key] == saved[key], key
+    assert resumed.postprocess.to_dict() == config["postprocess"]
+
+
+def test_resume_with_another_number_of_processes_says_the_batch_changes(data, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "m"
+    assert train(capsys, data, out, "--iterations", "2", *TINY)[0] == 0
+    assert load_model(out).metadata["processes"] == 1
+    config = json.loads((out / "config.json").read_text())
+    config["metadata"]["processes"] = 2  # as `--gpus 2` saves it
+    (out / "config.json").write_text(json.dumps(config))
+    code, _, stderr = train(capsys, data, out, "--resume", "--iterations", "3", *TINY[:-1])
+    assert code == 0
+    assert "the saved run trained with 2 process(es), this one with 1: a step now takes 1 x 1 windows" in stderr
+
+
+def test_init_given_as_the_config_file_of_out_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert train(capsys, data, out, "--iterations", "1", *TINY)[0] == 0
+    before = folder_bytes(out)
+    code, _, stderr = train(
+        capsys, data, out, "--init", out / "config.json", "--overwrite", "--iterations", "1", *TINY[4:]
+    )
+    assert code == 2 and f"the output {out} would replace the input" in stderr
+    assert folder_bytes(out) == before
+
+
+def test_out_as_a_link_to_a_model_folder_writes_that_folder(data, tmp_path, capsys):
+    """--out a symbolic link to a model folder: the folder it points to is written (with the files kept in it),
+    the link stays, and no temporary is left beside it."""
+    real, link = tmp_path / "real" / "m", tmp_path / "m"
+    assert train(capsys, data, real, "--iterations", "1", *TINY)[0] == 0
+    (real / "notes.txt").write_text("kept")
+    link.symlink_to(real, target_is_directory=True)
+    assert train(capsys, data, link, "--overwrite", "--iterations", "2", *TINY)[0] == 0
+    assert link.is_symlink() and load_model(real).metadata["iterations"] == 2
+    assert (real / "notes.txt").read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "real"] and os.listdir(real.parent) == ["m"]
+
+
+def test_replacing_a_folder_named_by_a_link_leaves_no_temporary(tmp_path):
+    from napari_unet.io import replace_folder
+
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target", target_is_directory=True)
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "file").write_text("new")
+    replace_folder(tmp_path / "new", tmp_path / "link")
+    assert (tmp_path / "link" / "file").read_text() == "new" and (tmp_path / "target").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "target"]

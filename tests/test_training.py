@@ -360,6 +360,43 @@ def test_a_run_for_a_time_budget_trains_until_the_budget_not_the_presets_steps(s
     assert steps[-1].learning_rate < 0.1 * config.learning_rate  # the cosine reached its end with the budget
 
 
+def test_a_time_budget_counts_the_validations_and_checkpoints_not_only_the_steps(samples, tmp_path, monkeypatch):
+    """The budget bounds the run's time: a step that ends past it is the last, whatever its validations and
+    checkpoints took; `elapsed` (the summary's time, the schedule's clock) is that time. Steps take 0.1 s,
+    validations (every 2 steps) 1 s, checkpoints (every 3) 0.5 s, on a clock that only they advance."""
+    import time
+
+    from napari_unet.train_config import for_time_budget, learning_rate_schedule
+
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+
+    def taking(seconds, function):
+        def wrapped(*args, **kwargs):
+            now[0] += seconds
+            return function(*args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(Trainer, "_step", taking(0.1, Trainer._step))
+    monkeypatch.setattr(Trainer, "validate", taking(1.0, Trainer.validate))
+    monkeypatch.setattr(Trainer, "_save_during_run", taking(0.5, Trainer._save_during_run))
+    model, config = tiny(validate_every=2, checkpoint_every=3, calibrate_growth=False)
+    config = for_time_budget(config, 3.0)
+    trainer = Trainer(model, config, samples[:1], samples[1:], device="cpu", checkpoint=tmp_path / "m")
+    steps = []
+    for event in trainer.run():
+        if event.kind == "step":
+            steps.append((event, now[0]))
+    # 0.1, 0.2 (+1 validation), 1.3 (+0.5 checkpoint), 1.9 (+1 validation), 3.0: the budget is spent
+    assert [clock for _, clock in steps] == pytest.approx([0.1, 0.2, 1.3, 1.9, 3.0])
+    assert [event.elapsed for event, _ in steps] == pytest.approx([0.1, 0.2, 1.3, 1.9, 3.0])
+    assert trainer.elapsed == pytest.approx(3.0)  # the fit and the save at the end come after the budget
+    # the schedule's clock is that time too: the rate of a step is set by the time up to the step before it
+    factor = learning_rate_schedule(config, lambda: steps[-2][0].elapsed)(5)
+    assert steps[-1][0].learning_rate == pytest.approx(config.learning_rate * factor)
+
+
 def test_the_trainer_applies_the_models_polarity_to_its_samples(samples):
     from napari_unet.modelfile import Normalization
 

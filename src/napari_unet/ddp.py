@@ -11,7 +11,8 @@ Start it with torchrun (one process per GPU; `napari-unet train --gpus N` runs t
 
     torchrun --standalone --nproc-per-node 4 -m napari_unet train images labels --out cells.model --batch-size 8
 
-The first process (rank 0) validates, calibrates and writes the model; the others only train.
+The first process (rank 0) validates, calibrates and writes the model; the others only train. A signal that
+reaches one of them stops all after the same step (`agreed_signal`).
 """
 
 from __future__ import annotations
@@ -90,3 +91,13 @@ def agreed_elapsed(elapsed: float) -> float:
         value = value.cuda()
     dist.broadcast(value, src=0)
     return float(value.item())
+
+
+def agreed_signal(signum: int | None) -> int | None:
+    """The signal one of the processes received (the highest number when several did; None: none), the same in
+    every process, so that all stop after the same step."""
+    value = torch.tensor([signum or 0], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        value = value.cuda()
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return int(value.item()) or None

@@ -628,7 +628,10 @@ def replace_folder(staging: Path, path: Path) -> None:
     except BaseException:
         os.replace(old, path)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink():  # `path` was a link: the link is replaced, the folder it pointed to stays
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def recover_replaced_folder(path: str | Path, complete: Callable[[Path], bool]) -> Path | None:

@@ -35,9 +35,10 @@ class TrainConfig(Config):
         paper-border`, docs/results.md).
     class_weights: "balanced" (w_c evens out the classes of each image, as in the paper) or "none" (w_c = 1: the
         network's probabilities stay calibrated, which thresholding at 0.5 needs on binary masks).
-    time_budget: seconds of training steps (time paused or spent by the consumer between events does not
-        count); training stops (and saves) when exceeded, whatever `iterations` says. `for_time_budget` makes
-        the budget alone end the run (and set the schedule).
+    time_budget: seconds of the run: its steps, validations and checkpoints (time paused or spent by the
+        consumer between events does not count); the step that ends past it is the last, whatever `iterations`
+        says, then the run fits its post-processing and saves as at its end. `for_time_budget` makes the budget
+        alone end the run (and set the schedule).
     calibrate_growth: at the end of a run that was not stopped, choose how far the post-processing grows
         objects (`PostprocessConfig.grow_threshold`) so that the objects found on (up to 16 of) the training
         images match the annotated cells best (`postprocess.calibrate_growth`); instance labels, and membrane
@@ -227,7 +228,7 @@ def for_time_budget(config: TrainConfig, seconds: float) -> TrainConfig:
 
 def learning_rate_schedule(config: TrainConfig, elapsed: Callable[[], float]) -> Callable[[int], float]:
     """The learning-rate factor of step `step`. The run's progress is the larger of step / iterations and (with a
-    time budget) elapsed training time / time_budget; over the first `warmup` of it the factor rises linearly
+    time budget) elapsed time (`Trainer.elapsed`: steps, validations, checkpoints) / time_budget; over the first `warmup` of it the factor rises linearly
     from 0.1 to 1, multiplying 1 ("constant") or a cosine from 1 down to 0.05 at the end of the run ("cosine").
 
     >>> schedule = learning_rate_schedule(TrainConfig(iterations=100, warmup=0.1), lambda: 0.0)

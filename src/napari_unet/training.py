@@ -91,6 +91,9 @@ __all__ = [
 # takes the highest within 0.005 of that best, 0.9 and 0.85 there, 0.966): docs/results.md.
 FLOOD_THRESHOLD = 0.6
 
+# the versions `modelfile.save_model` records in a model's metadata at every save: not carried over by a resume
+VERSION_KEYS = ("napari_unet_version", "torch_version", "python_version")
+
 
 def annotated_everywhere(samples: Sequence[Prepared], binary: bool) -> list[Prepared]:
     """The prepared samples annotated at every pixel (a dataset's label files, not cells painted here and there):
@@ -219,27 +222,43 @@ class Trainer:
         started_at = self._started_at = self.iteration
         self._saved_at = None
         failed = False  # an error other than being stopped: what the model holds may be half a step
+        # `elapsed`: the run's time, its steps, validations and checkpoints (not the consumer's between events);
+        # the time of a validation and a checkpoint is added with the next step's, so that every process reads
+        # the same `elapsed` in its steps (the learning-rate schedule) and when it decides to stop
+        between = 0.0
         try:
             while self.iteration < config.iterations:
                 started = time.perf_counter()
                 loss = self._step()
-                self.elapsed += time.perf_counter() - started  # training time: pauses and consumers don't count
+                self.elapsed += time.perf_counter() - started + between
+                between = 0.0
                 if self.world_size > 1 and config.time_budget is not None:
                     self.elapsed = ddp.agreed_elapsed(self.elapsed)  # one schedule and one stop for all processes
                 yield self._event("step", loss)
+                if config.time_budget is not None and self.elapsed >= config.time_budget:
+                    break  # the end of the run validates and saves
+                started = time.perf_counter()
                 if self.iteration % config.validate_every == 0 and self.iteration < config.iterations:
-                    yield self._event("validation", loss, val_score=self.validate())
+                    score = self.validate()
+                    between += time.perf_counter() - started
+                    yield self._event("validation", loss, val_score=score)
+                    started = time.perf_counter()
                 if self.iteration % config.checkpoint_every == 0:
                     self._unconfirmed = self._snapshot()  # good once the next step's loss is finite
                     if self.checkpoint is not None:
                         self._save_during_run()
                         saved_at = self._saved_at = self.iteration
+                    between += time.perf_counter() - started
+                    if self.checkpoint is not None:
                         yield self._event("checkpoint", loss)
-                if config.time_budget is not None and self.elapsed >= config.time_budget:
-                    break
+            self.elapsed += between  # the last iteration's checkpoint
+            between = 0.0
             if config.calibrate_growth and self._calibrates():
                 yield self._event("calibration", self._last_loss)  # announced: it runs the network on the images
+                tuned = self.postprocess
                 self.calibrate_growth()
+                if self.postprocess != tuned:  # a tuning recorded by the run this one resumed chose what it replaced
+                    self.metadata.pop("postprocess_tuning", None)
                 saved_at = -1  # the model's post-processing changed: save it even if this step was saved
             yield self._event("validation", self._last_loss, val_score=self.validate())
             if self.checkpoint is not None and saved_at != self.iteration:
@@ -252,6 +271,7 @@ class Trainer:
             failed = True
             raise
         finally:
+            self.elapsed += between  # stopped after a validation or a checkpoint
             # Stopped: keep the last completed step, but only one this run trained: a run that stops or fails
             # before its first step never replaces what the checkpoint folder holds (an --overwrite'd model).
             trained = self.iteration > started_at
@@ -395,6 +415,7 @@ class Trainer:
                 "data_hashes": self.data_hashes,
                 "training": self.config.to_dict(),
                 "device": str(self.device),
+                "processes": self.world_size,  # each took `batch_size` windows a step (`ddp.py`)
                 **({"growth_calibration": self.growth_calibration} if self.growth_calibration else {}),
             },
             channels=self.channels,
@@ -483,6 +504,11 @@ class Trainer:
         trainer._set_learning_rate(trainer.config.learning_rate)
         trainer._good = trainer._snapshot()
         trainer._resumed_from = Path(path)
+        # what the saved run recorded besides what the trainer writes itself: the fit of the post-processing it
+        # keeps, a tuning on validation images, the caller's own keys (`metadata`)
+        trainer.growth_calibration = bundle.metadata.get("growth_calibration")
+        written = {*trainer.bundle().metadata, *VERSION_KEYS}
+        trainer.metadata = {key: value for key, value in bundle.metadata.items() if key not in written}
         return trainer
 
     # -- internals -------------------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ once (`os._exit`); every file is written under a temporary name and renamed when
 either a complete file or a hidden `.<name>.<pid>.*.tmp`, which the next write of that file removes. What must not
 outlive the process even then (train's lock file beside --out) is removed first (`SignalGuard.before_exit`).
 
+The processes `train --gpus N` starts ignore a repeated signal: the one that started them passes its signals on
+and ends them at once on its own second signal (`cli.train._spawn`).
+
 Exit codes: 128 + the signal number (130 for SIGINT, 143 for SIGTERM).
 """
 
@@ -40,8 +43,9 @@ def _never() -> bool:
 class SignalGuard:
     """The handler of SIGINT and SIGTERM while a command runs (see the module's docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(self, repeats_ignored: bool = False) -> None:
         self.received: int | None = None
+        self.repeats_ignored = repeats_ignored
         self._deferring = False
         self._immediate: Callable[[], bool] = _never
         self._before_exit: list[Callable[[], None]] = []
@@ -51,6 +55,8 @@ class SignalGuard:
         return 128 + (self.received or signal.SIGINT)
 
     def handle(self, signum: int, frame) -> None:
+        if self.received is not None and self.repeats_ignored:
+            return
         if self.received is not None:
             name = signal.Signals(signum).name
             print(f"napari-unet: second signal ({name}): exiting at once", file=sys.stderr, flush=True)
@@ -90,10 +96,14 @@ _current: SignalGuard | None = None
 
 
 @contextmanager
-def installed() -> Iterator[SignalGuard]:
-    """Install a fresh `SignalGuard` for SIGINT and SIGTERM (main thread only), restoring the old handlers after."""
+def installed(repeats_ignored: bool = False) -> Iterator[SignalGuard]:
+    """Install a fresh `SignalGuard` for SIGINT and SIGTERM (main thread only), restoring the old handlers after.
+
+    repeats_ignored: a second signal does nothing, for a process whose starter passes its signals on and ends it
+    on a second one (`train --gpus`: the same Ctrl-C may reach it twice, from the terminal and from its starter).
+    """
     global _current
-    guard = SignalGuard()
+    guard = SignalGuard(repeats_ignored)
     if threading.current_thread() is not threading.main_thread():
         yield guard
         return

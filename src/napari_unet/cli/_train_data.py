@@ -4,6 +4,7 @@ split, and the rescaling of the samples to a model's object diameter."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ def training_data(args: argparse.Namespace):
     match = match_files(*listed(args.images, args.labels, "image", "label", args.quiet))
     warn_unmatched(match, ("images without labels (skipped)", "labels without images (skipped)"), args.quiet)
     pairs = checked_pairs(match.pairs, args.quiet, Path(args.images).is_dir() or Path(args.labels).is_dir())
+    images = [image for image, _ in pairs]  # those of IMAGES, the ones --val-fraction holds out included
     validation_pairs: list[tuple[Path, Path]] = []
     if args.validation_images is not None:
         validation = match_files(
@@ -33,9 +35,8 @@ def training_data(args: argparse.Namespace):
         note("validation images: " + ", ".join(p.name for p, _ in validation_pairs), args.quiet)
     everything = pairs + validation_pairs
     labels_files = [labels for _, labels in everything]
-    masks = masks_for(args.mask, [image for image, _ in pairs], labels_files, args.quiet)
-    if args.validation_images is not None:  # their own folder: matched on their own (the same names may recur)
-        masks.update(masks_for(args.mask, [image for image, _ in validation_pairs], labels_files, args.quiet, False))
+    own_folder = [image for image, _ in validation_pairs] if args.validation_images is not None else []
+    masks = masks_for(args.mask, images, labels_files, args.quiet, own_folder)
     for image, _ in everything:  # what reading an image had to assume (axes guessed, extra series)
         for said in reading_notes(image, axes_option=None):  # train has no --axes: single planes are expected
             note(f"note: {image.name}: {said}", args.quiet)
@@ -68,7 +69,7 @@ def training_data(args: argparse.Namespace):
             + ", ".join(unannotated[:5]),
             args.quiet,
         )
-    check_objects(train, args)
+    check_objects(train, args, validation_samples)
     background = [
         image.name
         for (image, _), sample in zip(everything, train + validation_samples)
@@ -130,10 +131,11 @@ def has_objects(sample) -> bool:
     return bool(np.any(sample.labels[annotation_mask(sample.labels, sample.mask)] != 0))
 
 
-def check_objects(train, args: argparse.Namespace) -> None:
+def check_objects(train, args: argparse.Namespace, validation=()) -> None:
     """Refuse training images annotated as background alone: no label file holds an object, so there is nothing
     to learn (a labels folder of empty files). Fine-tuning a saved model (--init, --resume) on sparse annotation
-    (--mask, or not-annotated pixels) may teach it background alone: corrections of its false detections."""
+    (--mask, or not-annotated pixels) may teach it background alone: corrections of its false detections.
+    `validation`: the validation samples, named when --val-fraction held out every image with objects."""
     from ..targets import annotation_mask
 
     annotated = [sample for sample in train if annotates(sample)]
@@ -142,6 +144,12 @@ def check_objects(train, args: argparse.Namespace) -> None:
     sparse = any(not annotation_mask(sample.labels, sample.mask).all() for sample in annotated)
     if sparse and (args.init is not None or args.resume):
         return
+    if args.val_fraction is not None and any(annotates(s) and has_objects(s) for s in validation):
+        raise ValueError(
+            f"the training images hold no object: every image whose labels in {args.labels} hold one was held out "
+            f"for validation by --val-fraction {args.val_fraction:g} (with --seed {args.seed}); choose another "
+            "--seed, or give validation images with --validation-images and --validation-labels"
+        )
     raise ValueError(
         f"the labels in {args.labels} hold no object: every annotated pixel is 0 (background), so there is nothing "
         "to learn; expected instance ids (one per cell, 0 = background) or a mask (cells > 0)"
@@ -169,40 +177,50 @@ def checked_pairs(pairs: list[tuple[Path, Path]], quiet: bool, folders: bool = T
 
 
 def masks_for(
-    path: Path | None, images: list[Path], labels: list[Path], quiet: bool, single_file: bool = True
+    path: Path | None, images: list[Path], labels: list[Path], quiet: bool, own_folder: Sequence[Path] = ()
 ) -> dict[Path, Path]:
-    """{image: its mask} for the `images` that have one in `path` (None: no masks); `labels`: every label file
-    of the run (none may serve as a mask). single_file: a single mask file applies to a single image (the
-    training image; validation images given in their own folder match masks by name only)."""
+    """{image: its mask} for the images that have one in `path` (None: no masks). images: those of IMAGES (the
+    training images and those --val-fraction holds out), paired with the masks together; a single mask file
+    applies to a single image. own_folder: the --validation-images, paired with the masks by name on their own
+    (the same names may recur among `images`). labels: every label file of the run (none may serve as a mask).
+    Notes name the images without a mask and the masks that match no image of either."""
     from ..pipeline import list_files, match_files
 
-    if path is None or not images:
+    if path is None or not (images or own_folder):
         return {}
     masks = list_files(path, "mask")
     if len(masks) == 1 and len(images) > 1 and path.is_file():
         raise ValueError(f"--mask {path} is one file but there are {len(images)} images: give a folder of masks")
-    if not single_file and path.is_file():
-        return {}
-    match = match_files(images, masks, ("images", "masks"))
+    pairs, unmasked, used, refusal = [], [], set(), None
+    for group, by_name in ((images, False), ([] if path.is_file() else list(own_folder), True)):
+        if not group:
+            continue
+        try:
+            match = match_files(group, masks, ("images", "masks"), by_name=by_name)
+        except ValueError as error:  # no image of this group has a mask: the other group's may
+            refusal, unmasked = refusal or error, unmasked + list(group)
+            continue
+        pairs += match.pairs
+        unmasked += match.unmatched_first
+        used.update(mask for _, mask in match.pairs)
+    if not pairs and refusal is not None:
+        raise refusal
     taken = {label.resolve() for label in labels}
-    for image, mask in match.pairs:
+    for image, mask in pairs:
         if mask.resolve() in taken:
             raise ValueError(
                 f"{mask} would be both labels and the mask of {image.name}: give --mask a folder of masks only"
             )
-    if match.unmatched_first:
+    if unmasked:
         note(
-            f"note: {len(match.unmatched_first)} image(s) have no mask and count as annotated everywhere: "
-            + ", ".join(p.name for p in match.unmatched_first[:5]),
+            f"note: {len(unmasked)} image(s) have no mask and count as annotated everywhere: "
+            + ", ".join(p.name for p in unmasked[:5]),
             quiet,
         )
-    if match.unmatched_second:
-        note(
-            f"note: {len(match.unmatched_second)} mask(s) match no image (skipped): "
-            + ", ".join(p.name for p in match.unmatched_second[:5]),
-            quiet,
-        )
-    return dict(match.pairs)
+    unused = [mask for mask in masks if mask not in used]
+    if unused:
+        note(f"note: {len(unused)} mask(s) match no image (skipped): " + ", ".join(p.name for p in unused[:5]), quiet)
+    return dict(pairs)
 
 
 def around_cells(sample, margin: float):

@@ -16,9 +16,11 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
     """Consume `trainer.run()` with a progress bar (in steps, or in seconds for a run that only its time budget
     ends); SIGINT (Ctrl-C) or SIGTERM stops it after the current step (closing the generator saves that step), or
     at once before the run's first step (its data being prepared: nothing to save); result["exit_code"] is then
-    130 or 143. A signal in the last step, or after it, lets the run finish."""
+    130 or 143. A signal in the last step, or after it, lets the run finish. With several processes (`ddp.py`),
+    all stop after the step in which one of them received a signal."""
     from contextlib import closing
 
+    from .. import ddp
     from ..train_config import UNTIL_BUDGET
     from ._signals import current
 
@@ -46,8 +48,11 @@ def train_with_progress(trainer, quiet: bool) -> dict[str, Any]:
                 result.update(iteration=event.iteration, elapsed=event.elapsed, loss=event.loss)
                 # SIGINT or SIGTERM: stop after this step (closing saves it); after the last one the run finishes
                 # (fit of the post-processing, save), which --resume of a run with no step left would not do
-                if signals.received is not None and not trainer.finished:
-                    result.update(stopped=True, exit_code=signals.exit_code)
+                received = signals.received
+                if trainer.world_size > 1:  # all after the same step (the first one has events of its own)
+                    received = ddp.agreed_signal(received) if event.kind == "step" else None
+                if received is not None and not trainer.finished:
+                    result.update(stopped=True, exit_code=128 + received)
                     break
         except KeyboardInterrupt as interrupt:  # before the first step (`first_step`), or raised by other means
             result.update(stopped=True, exit_code=getattr(interrupt, "exit_code", EXIT_INTERRUPTED))

@@ -16,6 +16,7 @@ from typing import Any
 
 from ._args import (
     EXIT_FAILED,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     add_channel_options,
     add_command,
@@ -109,8 +110,8 @@ def add_parser(subparsers) -> None:
         "--time-budget",
         type=positive_float,
         metavar="SECONDS",
-        help="train this long (and save); without --iterations the run takes as many steps as fit, with its "
-        "learning-rate schedule spread over the seconds",
+        help="train this long, validations and checkpoints included (then save); without --iterations the run "
+        "takes as many steps as fit, with its learning-rate schedule spread over the seconds",
     )
     training.add_argument("--seed", type=int, help="random seed (sampling, augmentation, split; default 0)")
     training.add_argument(
@@ -172,6 +173,8 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import ddp
 
+    if args.out.is_symlink():  # a link to a model folder: the folder is written (a save would replace the link)
+        args.out = Path(os.path.realpath(args.out))
     if ddp.launched_by_torchrun():  # one of several processes: train together, the first one reports
         args.device = ddp.init_from_torchrun(args.device)
         rank = ddp.rank_and_world_size()[0]
@@ -191,12 +194,13 @@ def _train(args: argparse.Namespace) -> int:
     from ..training import TrainingDiverged
 
     out = args.out
+    first = ddp.rank_and_world_size()[0] == 0  # with several processes, the first one reports
     _check_options(args)
     args.channel_choice = _channel_choice(args)
     train, validation = training_data(args)
     trainer = _make_trainer(args, train, validation)
     if args.resume and trainer.finished:
-        if ddp.rank_and_world_size()[0] == 0:
+        if first:
             print(_already_complete(trainer, out, args.tune_postprocess))
             if args.tune_postprocess:  # asked of the finished run: its post-processing is chosen and saved now
                 _report_tuning(trainer)
@@ -215,6 +219,8 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train_with_progress(trainer, args.quiet)
     except TrainingDiverged as error:
+        if not first:
+            return EXIT_FAILED
         hint = ""
         if error.kept is not None:
             hint = (
@@ -224,17 +230,17 @@ def _train(args: argparse.Namespace) -> int:
         print(f"napari-unet: error: {error}{hint}", file=sys.stderr)
         return EXIT_FAILED
     if result["stopped"]:
-        if result["iteration"] > result["started_at"]:
+        if first and result["iteration"] > result["started_at"]:
             print(
                 f"stopped at iteration {result['iteration']}; the model is saved in {out} "
                 f"(continue with: {_resume_command(args, out)}; the saved run's other "
                 "settings are kept, only --iterations, --time-budget, --learning-rate and speed options may change)",
                 file=sys.stderr,
             )
-        else:
+        elif first:
             print(f"stopped before the first step; nothing was saved ({out} is as it was)", file=sys.stderr)
         return result["exit_code"]
-    if ddp.rank_and_world_size()[0] != 0:
+    if not first:
         return EXIT_OK
     print(summary(result, out))
     fitted = trainer.growth_calibration
@@ -368,7 +374,7 @@ def _check_options(args: argparse.Namespace) -> None:
         "IMAGES": args.images,
         "LABELS": args.labels,
         "--mask": args.mask,
-        "--init": args.init,
+        "--init": _model_folder(args.init) if args.init is not None else None,
         "--validation-images": args.validation_images,
         "--validation-labels": args.validation_labels,
     }
@@ -421,6 +427,14 @@ def _check_options(args: argparse.Namespace) -> None:
                 )
         elif not args.out.is_dir() or any(args.out.iterdir()):
             raise ValueError(f"--out {args.out} exists and is not a model folder; choose a new path")
+
+
+def _model_folder(model: str) -> Path:
+    """The folder of a model given as `load_model` takes it: the folder, or its config.json or weights file."""
+    from ..modelfolder import CONFIG_FILE, WEIGHTS_FILE
+
+    path = Path(model)
+    return path.parent if path.name in (CONFIG_FILE, WEIGHTS_FILE) and path.is_file() else path
 
 
 def _check_tuning(args: argparse.Namespace) -> None:
@@ -529,9 +543,16 @@ def _make_trainer(args: argparse.Namespace, train, validation):
         saved = saved_bundle.metadata.get("data_hashes")
         train, validation = to_model_scale(train, validation, saved_bundle.object_diameter, args.quiet)
         trainer = Trainer.resume(args.out, train, validation, device=args.device, **overrides)
-        kept = ("preset", "init", "around_cells", "val_fraction")
-        trainer.metadata.update({k: saved_bundle.metadata[k] for k in kept if k in saved_bundle.metadata})
-        trainer.metadata["validation_hashes"] = held_out
+        trainer.metadata["validation_hashes"] = held_out  # the saved run's other records are kept (`resume`)
+        processes = saved_bundle.metadata.get("processes")  # None: saved before it was recorded
+        if processes is not None and processes != trainer.world_size and not trainer.finished:
+            batch = trainer.config.batch_size
+            note(
+                f"note: the saved run trained with {processes} process(es), this one with {trainer.world_size}: a "
+                f"step now takes {trainer.world_size} x {batch} windows instead of {processes} x {batch} (--gpus "
+                f"{processes} keeps the saved run's)",
+                args.quiet,
+            )
         if saved is not None and sorted(saved) != sorted(trainer.data_hashes):
             note("note: the training images differ from those of the saved run", args.quiet)
         was = TrainConfig.from_dict(saved_bundle.metadata["training"]).learning_rate  # valid: resumed from it
@@ -636,7 +657,7 @@ def _check_held_out(args: argparse.Namespace, saved: dict[str, Any], train) -> N
 
 def _resume_command(args: argparse.Namespace, out: Path) -> str:
     """The command that continues this run: its own data (images, labels, mask, validation images or fraction
-    with its seed), quoted for a POSIX shell.
+    with its seed) and --gpus, quoted for a POSIX shell.
 
     >>> _resume_command(argparse.Namespace(images=Path("my data/im"), labels=Path("lab"), mask=None), Path("m"))
     "napari-unet train 'my data/im' lab --out m --resume"
@@ -644,6 +665,7 @@ def _resume_command(args: argparse.Namespace, out: Path) -> str:
     import shlex
 
     words: list[object] = [args.images, args.labels]
+    gpus = getattr(args, "gpus", 1)
     for flag, value in (
         ("--mask", getattr(args, "mask", None)),
         ("--around-cells", getattr(args, "around_cells", None)),
@@ -651,6 +673,7 @@ def _resume_command(args: argparse.Namespace, out: Path) -> str:
         ("--validation-labels", getattr(args, "validation_labels", None)),
         ("--val-fraction", getattr(args, "val_fraction", None)),
         ("--seed", getattr(args, "seed", None) if getattr(args, "val_fraction", None) is not None else None),
+        ("--gpus", gpus if gpus > 1 else None),
     ):
         if value is not None:
             words += [flag, f"{value:g}" if isinstance(value, float) else value]
@@ -687,32 +710,73 @@ def _check_channels(train, bundle, init: str | None, chosen: bool = False) -> No
 
 
 def _spawn(args: argparse.Namespace) -> int:
-    """Run this command in `args.gpus` processes that train together (as torchrun would start them)."""
+    """Run this command in `args.gpus` processes that train together (as torchrun would start them).
+
+    A signal to this process (SIGINT, SIGTERM) is passed on to them: they stop after the same step, the first one
+    saves it, and this process waits for them, holding --out, before it returns 128 + the signal's number. A
+    second signal ends them (SIGKILL) and this process at once. A signal they receive themselves as well (Ctrl-C
+    reaches the whole process group, a cluster's scheduler all of its processes) counts once (`_process`).
+    """
+    import signal
     import socket
 
     import torch.multiprocessing as mp
 
+    from ._signals import current
+
     with socket.socket() as free:
         free.bind(("127.0.0.1", 0))
         port = free.getsockname()[1]
-    context = mp.start_processes(_process, args=(args, port), nprocs=args.gpus, join=False, start_method="spawn")
-    try:
-        while not context.join():
+    guard, started = current(), []
+
+    def end_them() -> None:
+        for process in started:
+            process.kill()
+        for process in started:
+            process.join(5)
+
+    with guard.before_exit(end_them):
+        with guard.deferred():  # a signal while they start is passed on when they have
+            context = mp.start_processes(
+                _process, args=(args, port), nprocs=args.gpus, join=False, start_method="spawn"
+            )
+        started += context.processes
+        try:
+            if guard.received is None:
+                while not context.join():
+                    pass
+                return EXIT_OK
+        except mp.ProcessExitedException as error:
+            return error.exit_code if error.exit_code > 0 else EXIT_FAILED
+        except mp.ProcessRaisedException as error:
+            print(f"napari-unet: error in a training process: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:  # `_signals.Interrupted`: SIGINT or SIGTERM
             pass
-    except mp.ProcessExitedException as error:
-        return error.exit_code if error.exit_code > 0 else EXIT_FAILED
-    except mp.ProcessRaisedException as error:
-        print(f"napari-unet: error in a training process: {str(error).strip().splitlines()[-1]}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        signum = guard.received or signal.SIGINT
+        for process in started:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+        for process in started:
+            process.join()
+        return 128 + signum
 
 
 def _process(rank: int, args: argparse.Namespace, port: int) -> None:
-    import os
+    """One of the processes `_spawn` starts: this command as torchrun would run it, with the signal handling of
+    `main`, except that a repeated signal is ignored (`_spawn` passes on what it receives, and ends this process
+    at once on a second signal)."""
+    from . import _signals
 
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.gpus)
     )
-    code = run(args)
+    with _signals.installed(repeats_ignored=True):
+        try:
+            code = run(args)
+        except KeyboardInterrupt as interrupt:  # before the first step: nothing to save
+            if rank == 0:
+                print("napari-unet: interrupted", file=sys.stderr)
+            code = getattr(interrupt, "exit_code", EXIT_INTERRUPTED)
     if code:
         sys.exit(code)
