@@ -464,6 +464,26 @@ def test_weights_of_a_binary_mask_are_what_training_uses_and_keep_the_pixel_size
     assert read_image(out)[0].max() > 1.5  # the border term is there
 
 
+def test_quiet_hides_the_notes_of_weights_evaluate_and_export(model, tmp_path, capsys, monkeypatch):
+    """-q hides the notes of every command that prints them (docs/cli.md): weights and evaluate had no -q, export's
+    notes always showed; a local folder shadowing a built-in model is named as typed, not as a PosixPath."""
+    mask = np.full((64, 64), 255, np.uint8)
+    mask[::16] = mask[:, ::16] = 0  # a binary mask: a note from weights and from evaluate
+    write_tiff(tmp_path / "mask.tif", mask, "YX")
+    weights = ["weights", tmp_path / "mask.tif", "--out", tmp_path / "w.tif", "--overwrite"]
+    evaluate = ["evaluate", tmp_path / "mask.tif", tmp_path / "mask.tif"]
+    shutil.copytree(model, tmp_path / "nuclei")
+    monkeypatch.chdir(tmp_path)  # ./nuclei shadows the built-in model
+    export = ["export", "nuclei", "--format", "torchscript", "--out", tmp_path / "n.pt", "--overwrite"]
+    for command, said in ((weights, "binary mask"), (evaluate, "binary mask"), (export, "using the model folder")):
+        code, _, err = run(capsys, *command)
+        assert code == 0 and said in err
+        assert "PosixPath" not in err
+        code, _, err = run(capsys, *command, "-q")
+        assert code == 0 and err == ""
+    assert "not the built-in model 'nuclei'" in run(capsys, *export)[2]
+
+
 def test_evaluate_isbi_probability_maps(tmp_path, capsys):
     rng = np.random.default_rng(5)
     (tmp_path / "pred").mkdir()

@@ -80,8 +80,8 @@ def add_overwrite(sub: argparse.ArgumentParser, what: str = "--out") -> None:
     sub.add_argument("--overwrite", action="store_true", help=f"replace {what} if it exists")
 
 
-def add_quiet(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+def add_quiet(sub: argparse.ArgumentParser, what: str = "no progress bar") -> None:
+    sub.add_argument("-q", "--quiet", action="store_true", help=what)
 
 
 def positive_int(text: str) -> int:

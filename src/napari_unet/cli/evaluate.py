@@ -14,6 +14,7 @@ import numpy as np
 from ._args import (
     EXIT_OK,
     add_command,
+    add_quiet,
     non_negative_float,
     non_negative_int,
     positive_float,
@@ -76,6 +77,7 @@ def _add_weights(subparsers) -> None:
     sub.add_argument("--no-balance", action="store_true", help="w_c = 1 instead of balancing class frequencies")
     sub.add_argument("--mask", type=Path, metavar="FILE", help="annotated region (nonzero); weight 0 elsewhere")
     sub.add_argument("--overwrite", action="store_true", help="replace an existing file at --out")
+    add_quiet(sub, "no notes on stderr")
 
 
 def _add_evaluate(subparsers) -> None:
@@ -85,7 +87,8 @@ def _add_evaluate(subparsers) -> None:
         "Score predictions against ground truth.",
         "PRED and TRUTH are files or folders paired by base name (a '_labels' or '_probs' suffix on predictions "
         "is tolerated). Kinds: instances (AP at IoU 0.5, mAP over 0.5:0.95, F1, SEG; integer labels); isbi "
-        "(ISBI 2012 V_rand and V_info, best over thresholds 0.0..1.0 of a float probability TIFF, thinned; "
+        "(ISBI 2012 V_rand and V_info, best over the challenge's thresholds 0.0, 0.1, ..., 0.9999999999999999 of a "
+        "float probability TIFF, thinned; "
         "truth: nonzero = cell interior, 0 = membrane; plus IoU and pixel error); pixels (IoU, pixel error). "
         "Stacks are scored plane by plane.",
         "  napari-unet evaluate results data/test/labels\n"
@@ -106,6 +109,7 @@ def _add_evaluate(subparsers) -> None:
         help="binarise float predictions at this probability for the pixel scores",
     )
     sub.add_argument("--no-thinning", action="store_true", help="isbi: score without thinning the borders")
+    add_quiet(sub, "no notes on stderr (binary masks scored by their components, touching objects)")
 
 
 def _add_info(subparsers) -> None:
@@ -167,7 +171,8 @@ def _weights(args: argparse.Namespace) -> int:
         note(
             f"note: {args.labels.name} is a binary mask (one value over many regions, as ISBI's membranes): training "
             f"gives such masks no border term and no class balancing, whatever the preset (w0 {config.w0:g}, class "
-            "weights none); give --w0 to see a border term anyway"
+            "weights none); give --w0 to see a border term anyway",
+            args.quiet,
         )
     weights = weight_map(
         labels,
@@ -201,7 +206,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         prefer="_probs" if args.kind == "isbi" else "_labels",
         by_name=args.pred.is_dir() or args.truth.is_dir(),  # two files given as such pair whatever their names
     )
-    warn_unmatched(match, ("predictions without ground truth (skipped)", "ground truth without predictions"), False)
+    warn_unmatched(
+        match, ("predictions without ground truth (skipped)", "ground truth without predictions"), args.quiet
+    )
     scores: dict[str, dict[str, Any]] = {}
     masks: list[str] = []  # files read as binary masks: scored by their connected components
     touching: list[str] = []  # --kind isbi: instance truths whose objects touch, merged by the ISBI convention
@@ -245,14 +252,16 @@ def _evaluate(args: argparse.Namespace) -> int:
         note(
             f"note: {shown} {looks} (one value over many separate regions), not instance labels: scored by {its} "
             "connected components (4-connected), so touching objects count as one; give instance labels (one id "
-            "per object) for exact scores"
+            "per object) for exact scores",
+            args.quiet,
         )
     if touching:
         shown = ", ".join(touching[:5]) + (", ..." if len(touching) > 5 else "")
         note(
             f"note: the ground truth {shown} holds objects that touch: --kind isbi scores the connected components "
             "of its foreground (the challenge's convention: membranes, 0, part the cells), so touching objects "
-            "count as one; score objects with --kind instances"
+            "count as one; score objects with --kind instances",
+            args.quiet,
         )
     mean = average_scores(list(scores.values()))
     if args.json:

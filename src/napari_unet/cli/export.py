@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from ._args import EXIT_OK, add_command, add_overwrite
-from .progress import note_shadowed
+from ._args import EXIT_OK, add_command, add_overwrite, add_quiet
+from .progress import note, note_shadowed
 
 
 def add_parser(subparsers) -> None:
@@ -40,6 +39,7 @@ def add_parser(subparsers) -> None:
         help="what to write: a folder or .zip (bioimageio), a .onnx file, a .pt file (torchscript; or .pth, .ts)",
     )
     add_overwrite(sub, "--out (a bioimage.io package, or a file)")
+    add_quiet(sub, "no notes on stderr")
     bio = sub.add_argument_group("bioimageio package (default: what the model folder records)")
     bio.add_argument("--name", help="model name")
     bio.add_argument("--author", action="append", metavar="NAME", help="an author (repeat for several)")
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     check_target(args.fmt, args.out)  # first: a folder no export can replace is not offered --overwrite
     check_output_free(args.out, args.overwrite)
     check_writable_folder(args.out.parent, f"--out {args.out}")  # the package or file is made beside it, then renamed
-    note_shadowed(args.model, False)
+    note_shadowed(args.model, args.quiet)
     bundle = load_model(args.model)
     options = {}
     training_data = {
@@ -113,9 +113,9 @@ def run(args: argparse.Namespace) -> int:
             f"size = input size {offset:+d} (the file refuses other sizes)"
         )
     if args.fmt == "bioimageio" and not options["training_data"].get("licence"):
-        print(
+        note(
             "note: the training data's licence is not recorded; give --training-data-licence so that users "
             "of the package know it",
-            file=sys.stderr,
+            args.quiet,
         )
     return EXIT_OK

@@ -105,6 +105,6 @@ def note_shadowed(model: str, quiet: bool) -> None:
 
     if shadowed(model):
         note(
-            f"note: using the model folder ./{model}, not the built-in model {model!r} (builtin:{model} for that)",
+            f"note: using the model folder ./{model}, not the built-in model '{model}' (builtin:{model} for that)",
             quiet,
         )
