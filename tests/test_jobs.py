@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from napari_unet.augment import AugmentConfig, augment
+from napari_unet.fewshot import few_shot_trainer
 from napari_unet.io import apply_normalization, percentiles
 from napari_unet.jobs.augment_preview import grid_lines, preview_sample
 from napari_unet.jobs.finetune import (
@@ -431,6 +432,29 @@ def test_step_setting_names_what_a_step_time_depends_on():
     assert small[0].depth == 2 and small[1] == 124
     base = ModelBundle(UNet(TINY))
     assert step_setting(base, "fast", "cpu", {"depth": 2})[0] == base.net.config
+
+
+def test_a_few_shot_runs_step_is_timed_with_the_tiles_and_batch_its_trainer_uses(cells, tmp_path):
+    """The estimate timed the preset's tile and batch (252 px, 1) while a run from the built-in model trains with
+    the few-shot recipe's (the model's recorded 380 px, 2 windows): it said a sixth of the time the run took."""
+    image, labels = cells
+    sized = ModelBundle(
+        UNet(TINY), metadata={"training": {"tile_size": 92}}, object_diameter=float(median_diameter(labels))
+    )
+    net_config, config = run_config("fast", 1, overrides={"tile_size": 60})
+    job = training_job(
+        [image[None].astype(np.float32)],
+        [labels],
+        [None],
+        config,
+        base=sized,
+        net_config=net_config,
+        checkpoint=tmp_path / "m",
+        device="cpu",
+    )
+    trainer = few_shot_trainer(sized, job.images[0], job.labels[0], job.masks[0], config=job.few_shot, device="cpu")
+    setting = step_setting(sized, "fast", "cpu", train_overrides={"tile_size": 60})
+    assert setting == (TINY, trainer.config.tile_size, trainer.config.batch_size, "cpu") == (TINY, 92, 2, "cpu")
 
 
 def test_count_tiles_and_the_scale_line_of_the_segment_dock(cells):

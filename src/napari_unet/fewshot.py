@@ -41,7 +41,7 @@ from .scale import FACTOR_RANGE, diameter_factor, median_diameter, rescale_image
 from .targets import annotation_mask, is_binary_mask, mask_around_cells
 from .tiling import predict_tiled
 from .train_config import recorded_training
-from .training import PRESETS, Sample, Trainer
+from .training import PRESETS, Sample, TrainConfig, Trainer
 from .validation import check_image, check_labels
 
 
@@ -172,24 +172,9 @@ def few_shot_trainer(
     if config.freeze_encoder:
         for parameter in net.encoder.parameters():
             parameter.requires_grad_(False)
-    base = recorded_training(bundle.metadata) or PRESETS["fast"][1]
-    train_config = replace(
-        base,
-        iterations=config.iterations,
-        learning_rate=config.learning_rate,
-        optimizer="adam",
-        schedule="cosine",
-        time_budget=config.seconds,
-        batch_size=config.batch_size,
-        tile_size=config.tile_size or base.tile_size,
-        validate_every=10**9,
-        checkpoint_every=10**9,
-        augment=AugmentConfig(scale=(0.85, 1.18), scale_p=0.5),
-        calibrate_growth=True,
-    )
     trainer = Trainer(
         net,
-        train_config,
+        few_shot_train_config(bundle, config),
         [prepared.sample],
         device=device,
         checkpoint=checkpoint,
@@ -206,6 +191,34 @@ def few_shot_trainer(
         }
     )
     return trainer
+
+
+def few_shot_train_config(bundle: ModelBundle, config: FewShotConfig = FewShotConfig()) -> TrainConfig:
+    """The training settings of a few-shot run from `bundle`: the model's recorded training (else the fast
+    preset's) with the recipe's optimiser, schedule, batch size, tile size (the model's when the recipe names
+    none), time budget and augmentation. What a step costs (tile and batch size) is read from here too, by the
+    Fine-tune dock's time estimate.
+
+    >>> from napari_unet.model import UNet
+    >>> start = ModelBundle(UNet(depth=2, base_channels=4), metadata={"training": {"tile_size": 124}})
+    >>> few_shot_train_config(start).tile_size, few_shot_train_config(start).batch_size
+    (124, 2)
+    """
+    base = recorded_training(bundle.metadata) or PRESETS["fast"][1]
+    return replace(
+        base,
+        iterations=config.iterations,
+        learning_rate=config.learning_rate,
+        optimizer="adam",
+        schedule="cosine",
+        time_budget=config.seconds,
+        batch_size=config.batch_size,
+        tile_size=config.tile_size or base.tile_size,
+        validate_every=10**9,
+        checkpoint_every=10**9,
+        augment=AugmentConfig(scale=(0.85, 1.18), scale_p=0.5),
+        calibrate_growth=True,
+    )
 
 
 def _bounding_box(mask: np.ndarray, context: int) -> tuple[slice, slice]:

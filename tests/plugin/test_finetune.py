@@ -377,8 +377,9 @@ def test_a_dock_opened_after_segmenting_and_adding_a_labels_layer_preselects_the
     make_napari_viewer_proxy, tmp_path, cells
 ):
     """Open the image, segment it, add a Labels layer and paint, then open Fine-tune: the annotations were the
-    uncorrected segmentation (the first Labels layer), not the painted one. A segmentation alone (to correct, then
-    train on) stays preselected."""
+    uncorrected segmentation (the first Labels layer), not the painted one. A segmentation alone was preselected
+    too, and Start trained on its uncorrected cells: now nothing is, and Start says there is no Labels layer to
+    train on (a segmentation corrected to train on is chosen in the drop-down)."""
     from napari_unet.plugin._layers import result_metadata
 
     image, labels = cells
@@ -386,6 +387,9 @@ def test_a_dock_opened_after_segmenting_and_adding_a_labels_layer_preselects_the
     source = viewer.add_image(image, name="cells")
     segmentation = viewer.add_labels(labels.astype(np.int32), name="cells labels", metadata=result_metadata(source))
     alone = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
+    assert alone.labels_combo.value is None
+    assert alone.start() is None and alone.status.text().startswith("Not started: No Labels layer")
+    alone.labels_combo.value = segmentation  # corrected, then chosen to train on
     assert alone.labels_combo.value == segmentation
     painted = viewer.add_labels(few_cells(labels), name="Labels")
     widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
@@ -599,3 +603,96 @@ def test_quitting_napari_during_a_run_saves_its_last_step(make_napari_viewer_pro
     assert await_workers(60_000)  # what the exit hook does, without the event loop
     trainer = widget.job.trainer
     assert trainer.saved and load_model(widget.job.checkpoint).metadata["iterations"] == trainer.iteration >= 3
+
+
+def test_a_model_the_user_loads_anywhere_is_the_one_fine_tune_starts_from(
+    make_napari_viewer_proxy, tmp_path, tiny_builtin, tiny_bundle
+):
+    """A model dropped on the window ("it is now the model of the Segment and Fine-tune docks") or loaded with the
+    Segment dock's Load model… left Fine-tune starting from the built-in model: only its own Load model… switched
+    "start from". The built-in model the Segment dock puts in an empty session is no load of the user's."""
+    from napari_unet.modelfile import save_model
+
+    folder = save_model(tmp_path / "mine", tiny_bundle)
+    viewer = make_napari_viewer_proxy()
+    session = session_for(viewer)
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave")
+    assert widget.start_from.text() == _start_from.START_BUILTIN
+    segment = SegmentWidget(viewer)  # puts the built-in model in the empty session
+    assert session.bundle is not None and widget.start_from.text() == _start_from.START_BUILTIN
+
+    assert segment.load_model(folder)  # the Segment dock's Load model…
+    assert widget.start_from.text() == _start_from.START_SESSION and widget.start_from.bundle() is session.bundle
+    assert session.model_path == folder
+
+    widget.start_from.choose(_start_from.START_NEW)
+    viewer.open(folder / "config.json", plugin=None)  # dropped on the window
+    assert widget.start_from.text() == _start_from.START_SESSION and widget.start_from.bundle() is session.bundle
+    segment.close()
+
+
+def test_suggested_boxes_leave_the_image_active_and_take_its_units(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells, tiny_bundle
+):
+    """The "annotate here" Shapes layer became the active layer, so napari's New Labels Layer made a Labels layer
+    the size of the boxes (Start then refused it); and it had no units, so napari warned of inconsistent units
+    across layers and stopped showing the calibrated image's."""
+    from napari._app_model import get_app_model
+
+    from napari_unet.plugin._layers import annotations_of, plane_stack
+
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    session_for(viewer).set_model(tiny_bundle)
+    shown = viewer.add_image(image, name="cells", scale=(0.65, 0.65), units=("um", "um"))
+    widget = FineTuneWidget(viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_SESSION)
+    viewer.window.add_dock_widget(widget, name="Fine-tune")
+    with qtbot.waitSignal(widget.suggested, timeout=60_000) as done:
+        assert widget.suggest() is not None
+    assert done.args[0] and widget.suggestions.layer in viewer.layers
+    assert widget.suggestions.layer.units == shown.units
+    assert viewer.layers.selection.active == shown and list(viewer.layers.selection) == [shown]
+
+    get_app_model().commands.execute_command("napari.window.file.new_layer.new_labels").result()  # the menu
+    added = viewer.layers[-1]
+    assert added.data.shape == image.shape and tuple(added.scale) == (0.65, 0.65)
+    assert widget.labels_combo.value == added
+    added.data = few_cells(labels)
+    annotations_of(added, shown, plane_stack(shown))  # what Start checks: the annotations cover the image
+
+
+def test_a_region_drawn_over_a_calibrated_image_outlines_the_pixels_it_covers(make_napari_viewer_proxy):
+    """A new Shapes layer has scale 1: drawn over an image of pixel size 0.65, its rectangle was read in its own
+    data coordinates, a region a third smaller and shifted. The shapes are now placed in the image's pixels."""
+    from napari_unet.plugin._layers import region_mask
+
+    viewer = make_napari_viewer_proxy()
+    shape = (96, 120)
+    image_layer = viewer.add_image(np.zeros(shape, np.float32), scale=(0.65, 0.65), translate=(5.0, -3.0))
+    corners = np.array([[20.25, 30.25], [20.25, 60.25], [40.25, 60.25], [40.25, 30.25]])  # image pixels
+    drawn = viewer.add_shapes(name="region")  # Layers > New Shapes Layer, then a rectangle over those pixels
+    drawn.add_rectangles(np.array([drawn.world_to_data(image_layer.data_to_world(corner)) for corner in corners]))
+    assert tuple(drawn.scale) == (1.0, 1.0)
+    placed = viewer.add_shapes([corners], shape_type="rectangle", scale=(0.65, 0.65), translate=(5.0, -3.0))
+
+    mask = region_mask(drawn, shape, image_layer)
+    np.testing.assert_array_equal(mask, region_mask(placed, shape, image_layer))
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (21, 40, 31, 60)
+    assert mask.sum() == 20 * 30
+
+
+def test_a_start_refused_while_the_model_is_in_use_says_so_in_the_status_line(
+    make_napari_viewer_proxy, qtbot, tmp_path, cells, monkeypatch
+):
+    """docs/plugin.md: a Start refused says why in the status line too; one refused because a segmentation (or
+    suggestions, a batch) was using the model only showed a notification, which fades."""
+    warnings = []
+    monkeypatch.setattr(_finetune, "show_warning", warnings.append)
+    image, labels = cells
+    viewer = make_napari_viewer_proxy()
+    widget = open_dock(viewer, qtbot, tmp_path, image, few_cells(labels), iterations=2)
+    release = session_for(viewer).hold()  # a worker reads the model
+    assert widget.start() is None and "using the model" in warnings[-1]
+    assert widget.status.text() == f"Not started: {warnings[-1]}"
+    release()

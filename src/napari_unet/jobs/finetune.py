@@ -22,7 +22,7 @@ import torch
 from ..augment import AugmentConfig
 from ..channels import ChannelChoice
 from ..device import select_device
-from ..fewshot import FewShotConfig, few_shot_trainer
+from ..fewshot import FewShotConfig, few_shot_train_config, few_shot_trainer
 from ..io import apply_normalization
 from ..model import UNet, UNetConfig
 from ..modelfile import ModelBundle, Normalization
@@ -169,8 +169,14 @@ def training_job(
                 f"{len(images)} planes are annotated: fine-tuning a model with an object size (the built-in) "
                 "uses one annotated plane; keep the annotations of one plane, or start from a new network"
             )
-        job.few_shot, job.base = FewShotConfig(seconds=config.time_budget, iterations=config.iterations), base
+        job.few_shot, job.base = few_shot_recipe(config), base
     return job
+
+
+def few_shot_recipe(config: TrainConfig) -> FewShotConfig:
+    """The few-shot recipe of a dock run of `config` (from a model with an object diameter): the run's time budget
+    and iterations, the recipe's own learning rate, margin, batch and tile size."""
+    return FewShotConfig(seconds=config.time_budget, iterations=config.iterations)
 
 
 def step_setting(
@@ -181,13 +187,17 @@ def step_setting(
     train_overrides: dict[str, Any] | None = None,
 ) -> tuple[UNetConfig, int, int, str]:
     """What the time of a training step depends on: (network config, tile size, batch size, device), the
-    arguments of `measure_steps`; the network is `base`'s, or the preset's with `net_overrides`."""
+    arguments of `measure_steps`, as the run will train: the network is `base`'s, or the preset's with
+    `net_overrides`; the tiles and batch the preset's with `train_overrides`, or, from a model with an object
+    diameter (`training_job`), those of the few-shot recipe (`fewshot.few_shot_train_config`)."""
     net_config, config = PRESETS[preset_name]
     if base is not None:
         net_config = base.net.config
     elif net_overrides:
         net_config = UNetConfig.from_dict({**net_config.to_dict(), **net_overrides})
     config = replace(config, **(train_overrides or {}))
+    if base is not None and base.object_diameter is not None:
+        config = few_shot_train_config(base, few_shot_recipe(config))
     return (net_config, config.tile_size, config.batch_size, device)
 
 

@@ -160,7 +160,9 @@ class FineTuneWidget(QWidget):
 
         self.image_combo = layer_combo(napari_viewer, Image, "image")
         self.image_picker = LayerPicker(self.image_combo, follows=is_original_image)
-        self.labels_combo = layer_combo(napari_viewer, Labels, "annotations")
+        self.labels_combo = layer_combo(
+            napari_viewer, Labels, "annotations", optional="(none: add a Labels layer and paint a few cells)"
+        )
         self.labels_picker = LayerPicker(self.labels_combo, follows=is_users_labels)
         self.region_combo = layer_combo(
             napari_viewer, (Shapes, Labels), "region", optional="(none: around the annotated cells)"
@@ -217,6 +219,7 @@ class FineTuneWidget(QWidget):
         self.suggestions.button.clicked.connect(self.suggest)
         self.preset_combo.currentTextChanged.connect(self._preset_changed)
         self.device_combo.currentTextChanged.connect(lambda _text: self.update_estimate())
+        self.session.model_loaded.connect(self._model_loaded)
         self.whole_check.toggled.connect(lambda checked: self.margin_spin.setEnabled(not checked))
         self.settings = Remembered(  # the preset before the iterations it sets
             "finetune",
@@ -249,9 +252,12 @@ class FineTuneWidget(QWidget):
             show_warning("Training is already running")
             return None
         if self.session.busy:
-            show_warning(
-                "A segmentation (its uncertainty, a batch, or suggestions) is using the model: wait for it (or cancel it), then train"
+            message = (
+                "A segmentation (its uncertainty, a batch, or suggestions) is using the model: wait for it (or cancel "
+                "it), then train"
             )
+            show_warning(message)
+            self.status.setText(f"Not started: {message}")  # a notification fades; the status line stays
             return None
         try:
             job, annotations = self._prepare_job()
@@ -314,11 +320,9 @@ class FineTuneWidget(QWidget):
             self.worker.quit()
 
     def load_model_from(self, path: str | Path) -> bool:
-        """Load a model folder into the session (it becomes the Segment dock's model and a starting point)."""
-        if not self.session.load_model(path):
-            return False
-        self.start_from.choose(START_SESSION)
-        return True
+        """Load a model folder into the session: it becomes the Segment dock's model and the one to start from
+        (`_model_loaded`)."""
+        return self.session.load_model(path)
 
     def update_estimate(self) -> Any:
         """Measure a training step of the chosen network on the chosen device in a worker (once per setting)."""
@@ -353,7 +357,7 @@ class FineTuneWidget(QWidget):
         images, labels, masks = annotated_planes(
             stack,
             labels_all,
-            region=region_mask(self.region_combo.value, stack.shape),
+            region=region_mask(self.region_combo.value, stack.shape, image_layer),
             margin=None if self.whole_check.isChecked() else self.margin_spin.value(),
             few_shot=base is not None and base.object_diameter is not None,
             name=f"'{labels_layer.name}'",
@@ -468,6 +472,16 @@ class FineTuneWidget(QWidget):
         if base is not None and base.object_diameter is not None and not self.budget_spin.value():
             self.budget_spin.setValue(FewShotConfig().seconds / 60)  # the few-shot recipe's minute
         self.update_estimate()
+
+    def _model_loaded(self, _bundle: Any) -> None:
+        """The user loaded a model (Load model… in this dock or the Segment dock, a model folder dropped on the
+        window): the next run starts from it, as the notification of the load says."""
+        if not alive(self):  # the session outlives a closed dock
+            return
+        if self.start_from.text() == START_SESSION:
+            self._start_choice_changed()  # the same choice, another network: its step is measured anew
+        else:
+            self.start_from.choose(START_SESSION)
 
     def _preset_changed(self, name: str) -> None:
         self.iterations_spin.setValue(PRESETS[name][1].iterations)

@@ -56,7 +56,8 @@ class LayerPicker:
     chosen: it stays while its layer is in the viewer (renamed, moved, others added). Until then (and after the
     chosen layer is removed) the value is preselected, and each layer added that `follows(layer)` accepts becomes
     the value. When the dock opens, the first layer is preselected, or the last one `follows` accepts when it
-    refuses the first (a segmentation listed before the Labels layer the user paints in).
+    refuses the first (a segmentation listed before the Labels layer the user paints in), or, when it refuses them
+    all, none in a drop-down that offers none (`layer_combo`'s `optional`; else the first stays).
     """
 
     def __init__(self, combo: Any, follows: Callable[[Any], bool] | None = None):
@@ -82,19 +83,29 @@ class LayerPicker:
                     self.combo.value = before  # the drop-down matches names: a rename or a move lost it
             elif before is not None:
                 self.chosen = False  # removed: what replaces it is not the user's choice
-            if self._known is None:  # the dock opens: the first layer, unless `follows` refuses it
-                first = self.combo.value
+            if self._known is None:  # the dock opens
                 self.added = []
-                added = [] if first is None or self.follows is None or self.follows(first) else layers
+                if self.follows is not None and layers:
+                    self.combo.value = self._opening_value(layers)
             else:
-                added = self.added = [layer for layer in layers if layer.unique_id not in self._known]
+                self.added = [layer for layer in layers if layer.unique_id not in self._known]
+                followed = [layer for layer in self.added if self.follows is not None and self.follows(layer)]
+                if followed and not self.chosen:
+                    self.combo.value = followed[-1]
             self._known = {layer.unique_id for layer in layers}
-            followed = [layer for layer in added if self.follows is not None and self.follows(layer)]
-            if followed and not self.chosen:
-                self.combo.value = followed[-1]
         finally:
             self._preselecting = False
         return before
+
+    def _opening_value(self, layers: list[Any]) -> Any:
+        """The value when the dock opens: the first layer, unless `follows` refuses it: then the last one it accepts,
+        else none when the drop-down offers none (a segmentation alone is no annotation), else the first."""
+        if self.follows(layers[0]):
+            return layers[0]
+        accepted = [layer for layer in layers if self.follows(layer)]
+        if accepted:
+            return accepted[-1]
+        return None if None in self.combo.choices else layers[0]
 
     def preselect(self, layer: Any) -> None:
         """Make `layer` (None: no layer, in an optional picker) the value, unless the user chose one."""
@@ -401,9 +412,13 @@ def _checked(stack: PlaneStack, layer: Any, in_channels: int) -> PlaneStack:
     return stack
 
 
-def region_mask(layer: Any, shape: tuple[int, int]) -> np.ndarray | None:
+def region_mask(layer: Any, shape: tuple[int, int], image_layer: Any) -> np.ndarray | None:
     """The region a Shapes layer outlines or a 2-D Labels layer paints (nonzero), as an (H, W) bool mask of
-    `shape`; None without a layer. An empty region is a LayerProblem."""
+    `shape` in the pixels of `image_layer`; None without a layer. An empty region is a LayerProblem.
+
+    Shapes are placed where they are seen: their vertices go through world coordinates into the image's pixels,
+    so a Shapes layer of another scale or translation than the image's (napari gives a new Shapes layer scale 1,
+    a calibrated image has its pixel size) outlines the pixels it is drawn over."""
     from napari.layers import Shapes
 
     if layer is None:
@@ -411,7 +426,11 @@ def region_mask(layer: Any, shape: tuple[int, int]) -> np.ndarray | None:
     if isinstance(layer, Shapes):
         if not len(layer.data):
             raise LayerProblem(f"the region layer '{layer.name}' has no shapes: draw the annotated region")
-        masks = np.asarray(layer.to_masks(mask_shape=shape))
+        in_pixels = Shapes(
+            [[image_layer.world_to_data(layer.data_to_world(vertex))[-2:] for vertex in data] for data in layer.data],
+            shape_type=list(layer.shape_type),
+        )
+        masks = np.asarray(in_pixels.to_masks(mask_shape=shape))
         mask = masks.reshape(-1, *shape).any(axis=0)
     else:
         data = np.asarray(layer.data)

@@ -78,7 +78,7 @@ def read_model(path: str | list[str]) -> list[LayerData]:
     bundle = load_model(folder)
     if viewer is None:
         return []
-    session_for(viewer).set_model(bundle, folder)
+    session_for(viewer).use_loaded(bundle, folder)
     viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
     show_info(f"Model {folder.name} loaded: it is now the model of the Segment and Fine-tune docks")
     return [(None,)]

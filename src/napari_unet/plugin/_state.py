@@ -32,9 +32,11 @@ class TrainingRun:
 
 class Session:
     """Per-viewer state. `model_changed` is emitted (on the main thread) whenever `bundle` is replaced,
-    `training_changed` (with the new value) whenever `training` changes."""
+    `model_loaded` after it when the user loaded that model (`use_loaded`), `training_changed` (with the new
+    value) whenever `training` changes."""
 
     model_changed = Signal(object)
+    model_loaded = Signal(object)
     training_changed = Signal(bool)
 
     def __init__(self) -> None:
@@ -93,8 +95,14 @@ class Session:
         except (OSError, ValueError) as error:
             show_error(f"Cannot load the model: {error}")
             return False
-        self.set_model(bundle, path)
+        self.use_loaded(bundle, path)
         return True
+
+    def use_loaded(self, bundle: ModelBundle, path: str | Path) -> None:
+        """Make a model the user loaded (Load model…, a model folder dropped on the window) the session's model:
+        the Segment dock segments with it and the Fine-tune dock starts from it (`model_loaded`)."""
+        self.set_model(bundle, path)
+        self.model_loaded.emit(bundle)
 
     def save_model(self, path: str | Path) -> Path | None:
         """Save the session's model to the folder `path` (it is then the model's folder); no model, a running

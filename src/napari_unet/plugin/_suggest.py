@@ -89,6 +89,7 @@ class Suggestions:
         rectangles = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in boxes]
         if self.layer is not None and self.layer in self.viewer.layers:
             self.viewer.layers.remove(self.layer)
+        active = self.viewer.layers.selection.active
         self.layer = self.viewer.add_shapes(
             rectangles,
             shape_type="rectangle",
@@ -98,7 +99,13 @@ class Suggestions:
             edge_width=2,
             scale=stack.spatial(image_layer.scale),
             translate=stack.spatial(image_layer.translate),
+            units=stack.spatial(image_layer.units),
         )
+        # the boxes only show where to paint: the layer the user had (else the image) stays the active one, so that
+        # Layers > New Labels Layer makes a layer of its size, not of the boxes'
+        kept = active if active in self.viewer.layers else image_layer
+        if kept in self.viewer.layers:
+            self.viewer.layers.selection.active = kept
         self.status.setText(
             f"{len(boxes)} region(s) to annotate next: paint the cells in the yellow boxes"
             if boxes
