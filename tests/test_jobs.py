@@ -398,6 +398,21 @@ def test_training_job_seeds_a_new_network_and_keeps_a_base_model(cells, tmp_path
         training_job(*two, config, base=sized, net_config=TINY, checkpoint=tmp_path / "e")
 
 
+def job_on_cells(cells, config, base, tmp_path, **options):
+    """A training job on the whole of the `cells` sample (image, labels), from `base`, saved to tmp_path / "m"."""
+    image, labels = cells
+    return training_job(
+        [image[None].astype(np.float32)],
+        [labels],
+        [None],
+        config,
+        base=base,
+        checkpoint=tmp_path / "m",
+        device="cpu",
+        **options,
+    )
+
+
 def test_a_few_shot_run_saves_the_channel_choice_it_trained_on(cells, tmp_path):
     """The built-in model (grey) fine-tuned on the green channel of an RGB image: the model records channel 1,
     so it is fed that channel when it segments (it recorded the base's grey: the luminance, silently)."""
@@ -407,17 +422,7 @@ def test_a_few_shot_run_saves_the_channel_choice_it_trained_on(cells, tmp_path):
     _, config = run_config("fast", 2)
     sized = ModelBundle(UNet(TINY), channels=ChannelChoice(grey=True), object_diameter=float(median_diameter(labels)))
     green = ChannelChoice(channels=(1,))
-    job = training_job(
-        [image[None].astype(np.float32)],
-        [labels],
-        [None],
-        config,
-        base=sized,
-        net_config=TINY,
-        checkpoint=tmp_path / "m",
-        channels=green,
-        device="cpu",
-    )
+    job = job_on_cells(cells, config, sized, tmp_path, net_config=TINY, channels=green)
     for _event in run_training(job):
         pass
     folder = job.checkpoint
@@ -442,16 +447,7 @@ def test_a_few_shot_runs_step_is_timed_with_the_tiles_and_batch_its_trainer_uses
         UNet(TINY), metadata={"training": {"tile_size": 92}}, object_diameter=float(median_diameter(labels))
     )
     net_config, config = run_config("fast", 1, overrides={"tile_size": 60})
-    job = training_job(
-        [image[None].astype(np.float32)],
-        [labels],
-        [None],
-        config,
-        base=sized,
-        net_config=net_config,
-        checkpoint=tmp_path / "m",
-        device="cpu",
-    )
+    job = job_on_cells(cells, config, sized, tmp_path, net_config=net_config)
     trainer = few_shot_trainer(sized, job.images[0], job.labels[0], job.masks[0], config=job.few_shot, device="cpu")
     setting = step_setting(sized, "fast", "cpu", train_overrides={"tile_size": 60})
     assert setting == (TINY, trainer.config.tile_size, trainer.config.batch_size, "cpu") == (TINY, 92, 2, "cpu")
