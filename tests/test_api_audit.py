@@ -3,8 +3,11 @@ message or lost data before; now it works or says what was expected."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from napari_unet.model import UNet, UNetConfig
 from napari_unet.modelfile import ModelBundle
@@ -13,7 +16,9 @@ from napari_unet.synthetic import make_cells
 
 @pytest.fixture(scope="module")
 def tiny() -> ModelBundle:
-    """An untrained tiny network that knows an object size of 20 px (as the built-in model does)."""
+    """An untrained tiny network (seeded: its foreground probabilities span 0.5 to 0.97 on `make_cells`, not
+    symmetric under flips) that knows an object size of 20 px (as the built-in model does)."""
+    torch.manual_seed(0)
     return ModelBundle(UNet(UNetConfig(depth=2, base_channels=4)), object_diameter=20.0)
 
 
@@ -22,6 +27,11 @@ def test_a_2d_zarr_array_is_segmented_window_by_window(tiny, tmp_path):
     image = make_cells((64, 64), seed=1)[0].astype(np.float32)
     array = zarr.open_array(str(tmp_path / "plane.zarr"), mode="w", shape=image.shape, dtype="f4", chunks=(32, 32))
     array[:] = image
+    probs = tiny.predict(image, diameter=None, device="cpu")
+    np.testing.assert_allclose(tiny.predict(array, diameter=None, device="cpu"), probs, rtol=0, atol=1e-6)
+    flipped = tiny.predict(image[::-1, ::-1].copy(), diameter=None, device="cpu")
+    # an image read turned by 180 degrees would show: the network is not symmetric under the turn
+    assert np.abs(flipped - probs).max() > 0.1 and np.abs(flipped[:, ::-1, ::-1] - probs).max() > 0.1
     np.testing.assert_array_equal(
         tiny.segment(array, diameter=None, device="cpu"), tiny.segment(image, diameter=None, device="cpu")
     )
@@ -32,11 +42,15 @@ def test_segment_applies_the_models_channel_choice_to_rgb_and_refuses_stacks(tin
 
     grey = ModelBundle(tiny.net, channels=ChannelChoice(grey=True))
     image = make_cells((64, 64), seed=1)[0].astype(np.float32)
-    plain = grey.segment(image, diameter=None, device="cpu")
+    # seeds at the median probability: labels that show what the network saw (at 0.5: one object, everywhere)
+    median = float(np.median(grey.predict(image, diameter=None, device="cpu")[1]))
+    kwargs = {"diameter": None, "device": "cpu", "postprocess": replace(grey.postprocess, threshold=median)}
+    plain = grey.segment(image, **kwargs)
+    assert plain.max() > 1 and 0.2 < np.mean(plain > 0) < 0.8
     rgb_last = np.stack([image] * 3, axis=-1)  # (H, W, 3), as scikit-image and imageio read RGB
-    np.testing.assert_array_equal(grey.segment(rgb_last, diameter=None, device="cpu"), plain)
-    np.testing.assert_array_equal(grey.segment(rgb_last, axes="YXC", diameter=None, device="cpu"), plain)
-    np.testing.assert_array_equal(grey.segment(image, axes="YX", diameter=None, device="cpu"), plain)
+    np.testing.assert_array_equal(grey.segment(rgb_last, **kwargs), plain)
+    np.testing.assert_array_equal(grey.segment(rgb_last, axes="YXC", **kwargs), plain)
+    np.testing.assert_array_equal(grey.segment(image, axes="YX", **kwargs), plain)
     with pytest.raises(ValueError, match="segment takes one plane.*'ZYX'"):
         grey.segment(np.stack([image] * 6), diameter=None, device="cpu")
 

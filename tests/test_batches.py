@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.batches import WindowSource, draw_batch, per_sample_batch, prepare_sample
+from napari_unet.batches import WindowSource, batched_windows, draw_batch, per_sample_batch, prepare_sample
 from napari_unet.model import UNet
 from napari_unet.modelfile import Normalization
 from napari_unet.synthetic import make_cells
@@ -52,12 +52,22 @@ def test_the_window_source_cuts_what_read_window_reads(samples):
 
 
 def test_both_paths_draw_the_same_windows(samples):
+    """The same random numbers, in order, and the same windows: the batched path's windows, cut and augmented
+    from its plan, are the per-sample path's (within the batched augmentation's tolerance, as in
+    tests/test_augment_batch.py: images to 1e-3, target and weights on all but 0.1% of the pixels)."""
     prepared = [prepare_sample(s, "sample", 1, Normalization(), TrainConfig()) for s in samples]
     config = TrainConfig().augment
     rng_a, rng_b = np.random.default_rng(3), np.random.default_rng(3)
-    per_sample_batch(rng_a, prepared, 5, 44, config)
-    draw_batch(rng_b, prepared, 5, 44, config)
+    expected = per_sample_batch(rng_a, prepared, 5, 44, config)
+    plan = draw_batch(rng_b, prepared, 5, 44, config)
     assert rng_a.bit_generator.state == rng_b.bit_generator.state
+    assert (plan.origins[:, 0] != plan.origins[:, 1]).all()  # a window read at (x, y) would differ
+    source = WindowSource(prepared, torch.device("cpu"))
+    image, target, weights = batched_windows(source, plan, 44, 0, 44, torch.contiguous_format)
+    for i, (image_i, target_i, weights_i) in enumerate(expected):
+        np.testing.assert_allclose(image[i].numpy(), image_i, atol=1e-3, rtol=0, err_msg=f"window {i}")
+        assert np.mean(target[i].numpy() != target_i) <= 1e-3, f"window {i}"
+        assert np.mean(~np.isclose(weights[i].numpy(), weights_i, atol=1e-4)) <= 1e-3, f"window {i}"
 
 
 def test_the_batched_path_trains_as_the_per_sample_path(samples):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy import ndimage
 
+from napari_unet import modelfile
 from napari_unet.metrics import instance_scores
 from napari_unet.model import UNet
 from napari_unet.modelfile import ModelBundle, load_model, save_model
@@ -28,7 +29,9 @@ from napari_unet.scale import (
     median_diameter,
     resize_probs,
     scale_postprocess,
+    scaled_shape,
 )
+from napari_unet.tiling import predict_tiled
 
 
 def threshold_net() -> UNet:
@@ -76,19 +79,40 @@ def test_estimate_is_none_without_objects_and_auto_then_keeps_the_scale():
     assert model.scale_factor(image, "auto", device="cpu") == 1.0
 
 
+def network_inputs(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the images a ModelBundle runs its network on (`predict_tiled`'s input), in call order:
+    the threshold network finds the same disks at any scale, so only this shows the scale it was run at."""
+    shapes = []
+
+    def spy(net, image, *args, **kwargs):
+        shapes.append(tuple(np.shape(image)))
+        return predict_tiled(net, image, *args, **kwargs)
+
+    monkeypatch.setattr(modelfile, "predict_tiled", spy)
+    return shapes
+
+
 @pytest.mark.parametrize("diameter", [10.0, 40.0, "auto"])
-def test_rescaled_segmentation_comes_back_at_the_image_size_with_the_same_objects(diameter):
+def test_rescaled_segmentation_comes_back_at_the_image_size_with_the_same_objects(diameter, monkeypatch):
     truth = disks((200, 230), 12, 50)
     image = (truth > 0).astype(np.float32) * 100
-    labels = bundle().segment(image, diameter=diameter, device="cpu")
+    model = bundle()
+    factor = model.scale_factor(image, diameter, device="cpu")
+    objects = median_diameter(truth) if diameter == "auto" else diameter
+    assert factor == pytest.approx(20.0 / objects, rel=0.15)  # model diameter / object diameter
+    seen = network_inputs(monkeypatch)
+    labels = model.segment(image, diameter=diameter, device="cpu")
+    assert seen[-1] == scaled_shape(image.shape, factor) != image.shape  # the network saw the image rescaled
     assert labels.shape == image.shape and labels.dtype == np.int32
     scores = instance_scores(labels, truth)
     assert scores["ap50"] == 1.0 and scores["map"] > 0.8
 
 
-def test_predict_with_a_diameter_resizes_probabilities_back():
+def test_predict_with_a_diameter_resizes_probabilities_back(monkeypatch):
     image = (disks((96, 120), 8, 32) > 0).astype(np.float32)
+    seen = network_inputs(monkeypatch)
     probs = bundle().predict(image, diameter=40, device="cpu")
+    assert seen == [(48, 60)]  # x 20 / 40
     assert probs.shape == (2, 96, 120)
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-5)
     assert np.mean((probs[1] > 0.5) == (image > 0.5)) > 0.97

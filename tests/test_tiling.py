@@ -156,14 +156,24 @@ def test_lazy_inputs_and_zarr_output(tmp_path):
 
 
 def test_tile_iterator_streams_and_stops_between_tiles():
+    """The first tile comes after one window read and one forward pass, not after all 16; closing the
+    generator stops it there."""
     model = small_net()
     image = np.random.default_rng(7).random((100, 100)).astype(np.float32)
     grid = tile_grid(model, image.shape, 32)
-    stream = iter_predict_tiles(model.eval(), image[None], grid, torch.device("cpu"))
+    forwards, windows = [], []
+    model.register_forward_hook(lambda module, args, output: forwards.append(args[0].shape[0]))
+
+    def count(window: np.ndarray) -> np.ndarray:
+        windows.append(window.shape)
+        return window
+
+    stream = iter_predict_tiles(model.eval(), image[None], grid, torch.device("cpu"), preprocess=count)
     first = next(stream)
     assert first.tile.index == 0 and first.probs.shape == (2, *grid.stride) == (2, 28, 28)
+    assert forwards == [1] and len(windows) == 1 and len(grid) == 16
     stream.close()  # stopping is not asking for more
-    assert len(grid) == 16
+    assert forwards == [1] and len(windows) == 1
 
 
 def test_preprocess_is_applied_per_window():

@@ -9,6 +9,8 @@ Stated tolerances (a depth-3 net whose last layer is scaled so its probabilities
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -67,12 +69,31 @@ def test_the_pipelined_loop_equals_the_serial_one(model, image, batch_size):
 
 
 def test_stopping_the_pipelined_loop_early(model, image):
+    """The first tile comes while the loop is one batch ahead (2 forward passes, at most 3 batches of windows
+    read, of 6); closing the generator stops it there and shuts its reader thread down."""
     device = torch.device("cpu")
     grid = tile_grid(model, image.shape, 32)
-    tiles = iter_predict_tiles(prepare_model(model, device), image[None], grid, device, 2, pipelined=True)
-    first = next(tiles)
-    tiles.close()  # the reader thread is shut down with the generator
-    assert first.tile.index == 0
+    forwards, readers = [], []  # the batch size of each forward pass, the thread that read each window
+    hook = model.register_forward_hook(lambda module, args, output: forwards.append(args[0].shape[0]))
+
+    def count(window: np.ndarray) -> np.ndarray:
+        readers.append(threading.current_thread())
+        return window
+
+    threads = set(threading.enumerate())
+    try:
+        tiles = iter_predict_tiles(
+            prepare_model(model, device), image[None], grid, device, 2, preprocess=count, pipelined=True
+        )
+        first = next(tiles)
+        assert first.tile.index == 0 and len(grid) == 12
+        assert forwards == [2, 2] and 4 <= len(readers) <= 6
+        assert threading.current_thread() not in readers  # read on the reader thread
+        tiles.close()  # the reader thread is shut down with the generator
+        assert forwards == [2, 2] and len(readers) <= 6
+        assert not set(threading.enumerate()) - threads  # no thread left running
+    finally:
+        hook.remove()  # the module-scoped model is shared
 
 
 def test_an_unknown_precision_is_a_clear_error(model, image):
