@@ -10,12 +10,22 @@ import numpy as np
 import pytest
 
 if sys.platform == "linux" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-    pytest.skip(
-        "no display ($DISPLAY and $WAYLAND_DISPLAY unset): run the tests under xvfb-run (scripts/test.sh does)",
-        allow_module_level=True,
-    )
-if os.environ.get("QT_QPA_PLATFORM") == "offscreen":
-    pytest.skip("QT_QPA_PLATFORM=offscreen has no OpenGL for the napari canvas", allow_module_level=True)
+    NO_VIEWER = "no display ($DISPLAY and $WAYLAND_DISPLAY unset): run the tests under xvfb-run (scripts/test.sh does)"
+elif os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+    NO_VIEWER = "QT_QPA_PLATFORM=offscreen has no OpenGL for the napari canvas"
+else:
+    NO_VIEWER = ""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without a viewer each plugin test is reported skipped, with the reason (a module-level skip in this conftest
+    failed a run of `pytest tests/plugin` with a traceback, and hid how many tests did not run)."""
+    if NO_VIEWER:
+        here = Path(__file__).parent
+        for item in items:
+            if here in Path(str(item.path)).parents:
+                item.add_marker(pytest.mark.skip(reason=NO_VIEWER))
+
 
 import torch  # noqa: E402  (before Qt, as napari advises)
 
