@@ -492,6 +492,20 @@ def test_a_float_truth_is_told_what_to_do_and_never_to_post_process_probabilitie
         score((pred > 0) * np.float32(0.8), truth)
 
 
+@pytest.mark.parametrize("score", [match_instances, seg_score, instance_scores, error_kinds])
+def test_truth_marking_pixels_not_annotated_is_refused(score):
+    """65535 in uint16 ground truth is "not annotated" for training and `evaluate`: the library scored it as one
+    more object (every pixel is scored); a 0/65535 mask stays a mask."""
+    pred, truth = three_cells()
+    marked = truth.astype(np.uint16)
+    marked[0, :3] = 65535
+    with pytest.raises(ValueError, match=r"truth marks 3 pixel\(s\) 'not annotated' \(65535"):
+        score(pred, marked)
+    mask = ((truth > 0) * 65535).astype(np.uint16)
+    score(pred, mask)  # accepted: a binary mask of cells
+    score(pred, truth.astype(np.uint16))  # and plain uint16 ids
+
+
 # ----------------------------------------------------------------------------------- evaluate_pair
 
 

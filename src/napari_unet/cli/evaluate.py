@@ -196,6 +196,7 @@ def _weights(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from ..io import read_label_image
     from ..metrics import as_objects, average_scores, evaluate_pair
+    from ..metrics.instances import check_fully_annotated
     from ..pipeline import list_files, list_label_files, match_files
     from ..validation import check_instance_labels, check_label_axes
 
@@ -223,7 +224,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                 f"{truth_path.name} has {truth.shape}"
             )
         if truth.dtype != bool:
-            _check_fully_annotated(truth, truth_path.name)
+            check_fully_annotated(truth, f"ground truth {truth_path.name}")
             check_instance_labels(truth, f"ground truth {truth_path.name}", ground_truth=True)
         for index in np.ndindex(*pred.shape[:-2]):
             name = pred_path.name if pred.ndim == 2 else f"{pred_path.name}{list(index)}"
@@ -269,27 +270,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print(_table(scores, mean, SCORE_COLUMNS[args.kind]))
     return EXIT_OK
-
-
-def _check_fully_annotated(truth: np.ndarray, name: str) -> None:
-    """Refuse integer ground truth that marks pixels "not annotated" (`targets.reserved_value`, as training and
-    measuring read label files: -1 in signed dtypes, the maximum of unsigned dtypes of 16 bits or more, 65535 in
-    uint16; a 0/65535 mask is a mask), decided on the whole file: every pixel is scored, so those pixels would
-    count as an object.
-
-    >>> _check_fully_annotated(np.array([[0, 65535]], np.uint16), "mask.tif")  # a binary mask: accepted
-    """
-    from ..targets import reserved_value
-
-    reserved = reserved_value(truth)
-    marked = 0 if reserved is None else int(np.count_nonzero(truth == reserved))
-    if marked:
-        raise ValueError(
-            f"ground truth {name} marks {marked} pixel(s) 'not annotated' ({reserved}, the reserved value of "
-            f"{truth.dtype} labels, which training leaves out): evaluate scores every pixel, so it needs fully "
-            "annotated ground truth; crop the prediction and the truth to the annotated region, or set those pixels "
-            "to 0 if they are background"
-        )
 
 
 def _objects_touch(labels: np.ndarray) -> bool:

@@ -19,7 +19,34 @@ def _labels_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.nd
     prediction is told to post-process its probabilities; a float truth, the annotation itself, is told to
     convert its whole numbers, or that other values are no ids."""
     pred, truth = check_pair(pred, truth)
-    return check_instance_labels(pred, "pred"), check_instance_labels(truth, "truth", ground_truth=True)
+    truth = check_instance_labels(truth, "truth", ground_truth=True)
+    check_fully_annotated(truth, "truth")
+    return check_instance_labels(pred, "pred"), truth
+
+
+def check_fully_annotated(truth: np.ndarray, what: str) -> None:
+    """Refuse integer ground truth that marks pixels "not annotated" (`targets.reserved_value`, as training and
+    measuring read label files: -1 in signed dtypes, the maximum of unsigned dtypes of 16 bits or more, 65535 in
+    uint16; a 0/65535 mask is a mask), decided on the whole array: every pixel is scored, so those pixels would
+    count as an object.
+
+    >>> check_fully_annotated(np.array([[0, 65535]], np.uint16), "mask.tif")  # a binary mask: accepted
+    >>> check_fully_annotated(np.array([[0, 3, 65535]], np.uint16), "truth")
+    Traceback (most recent call last):
+    ...
+    ValueError: truth marks 1 pixel(s) 'not annotated' (65535, the reserved value of uint16 labels, which training leaves out): scores count every pixel, so they need fully annotated ground truth; crop the prediction and the truth to the annotated region, or set those pixels to 0 if they are background
+    """
+    from ..targets import reserved_value
+
+    reserved = reserved_value(truth)
+    marked = 0 if reserved is None else int(np.count_nonzero(truth == reserved))
+    if marked:
+        raise ValueError(
+            f"{what} marks {marked} pixel(s) 'not annotated' ({reserved}, the reserved value of "
+            f"{truth.dtype} labels, which training leaves out): scores count every pixel, so they need fully "
+            "annotated ground truth; crop the prediction and the truth to the annotated region, or set those pixels "
+            "to 0 if they are background"
+        )
 
 
 def _overlaps(pred: np.ndarray, truth: np.ndarray) -> dict[str, np.ndarray]:
