@@ -94,7 +94,10 @@ def test_dsb_split_is_80_20_by_image_and_seeded(bench, shared_data):
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_both_pipelines(bench, shared_data, tmp_path):
-    pytest.importorskip("monai")
+    pytest.importorskip(
+        "monai",
+        reason="needs the MONAI peer: .venv/bin/pip install --no-deps monai (the 'peer' extra; --no-deps keeps torch)",
+    )
     argv = [
         "--dataset",
         "isbi",
