@@ -272,3 +272,32 @@ def test_a_lazy_plane_small_enough_is_rescaled_like_the_same_array_in_memory():
         model.segment(lazy, diameter=40.0, device="cpu"), model.segment(image, diameter=40.0, device="cpu")
     )
     assert model.estimate_diameter(lazy, device="cpu") == model.estimate_diameter(image, device="cpu")
+
+
+def test_numpy_numbers_are_object_diameters_stored_as_floats():
+    """`ModelBundle(net, object_diameter=np.float32(15))` was refused while `diameter_factor` took numpy numbers."""
+    for value in (np.float32(15), np.int64(15), np.float64(15.0)):
+        assert check_diameter(value) == 15.0 and type(check_diameter(value)) is float
+        found = bundle(value).object_diameter
+        assert found == 15.0 and type(found) is float
+    for bad in (np.bool_(True), np.float32(0), np.float64("nan"), np.complex64(3)):
+        with pytest.raises(ValueError, match="object_diameter"):
+            check_diameter(bad)
+        with pytest.raises(ValueError, match="> 0"):
+            diameter_factor(20.0, bad)
+
+
+def test_auto_diameter_errors_name_the_image_given_not_a_window_of_it():
+    """With "auto", a YXC image was described by its estimation window's shape as read (C, H, W), and a NaN at
+    (100, 100) was reported as "some in the window at y 0, x 0"."""
+    image = disks((300, 300), 10, 40).astype(np.float32)
+    with pytest.raises(ValueError, match=r"has shape \(256, 64, 1\)"):
+        bundle().estimate_diameter(np.zeros((256, 64, 1), np.float32))
+    image[100, 100] = np.nan
+    image[250, 20] = np.inf
+    for run in (bundle().estimate_diameter, bundle().predict, bundle().segment):
+        with pytest.raises(ValueError, match=r"image has 2 NaN or infinite values out of 90000"):
+            run(image)
+    da = pytest.importorskip("dask.array")
+    with pytest.raises(ValueError, match=r"image has 2 NaN or infinite values out of 90000"):
+        bundle().segment(da.from_array(image, chunks=64))

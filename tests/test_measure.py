@@ -203,3 +203,43 @@ def test_tzyx_rows_name_their_time_point_and_slice(tmp_path):
     assert [extra for extra, _ in measure_planes(labels[1], "ZYX")][2] == {"plane": 2, "z": 2}
     header = write_csv(tables, tmp_path / "tz.csv").read_text().splitlines()[0]
     assert header.startswith("plane,t,z,label,")
+
+
+def three_squares(dtype=np.uint8) -> np.ndarray:
+    """A Fiji-style 0/255 mask of three separate squares."""
+    mask = np.zeros((40, 40), dtype)
+    mask[2:8, 2:8] = mask[20:25, 20:25] = mask[30:35, 2:8] = 255
+    return mask
+
+
+def test_a_binary_mask_is_measured_as_its_connected_components_with_a_warning():
+    """`measure` gave one row labelled 255 for a mask of three squares, while `napari-unet measure` and the dock
+    measure its connected components (`instance_labels`); the API now reads it as they do, and says so."""
+    from napari_unet.measure import MASK_NOTE, instance_labels, measure_planes
+
+    mask = three_squares()
+    expected = measure(instance_labels(mask)[0])
+    assert expected["label"].tolist() == [1, 2, 3]
+    for given in (mask, mask > 0):
+        with pytest.warns(UserWarning, match="looks like a binary mask"):
+            table = measure(given)
+        assert table.keys() == expected.keys()
+        for name in table:
+            np.testing.assert_array_equal(table[name], expected[name])
+    stack = np.stack([mask, np.zeros_like(mask), mask])
+    with pytest.warns(UserWarning, match=MASK_NOTE.split("(")[0].strip()):
+        tables = measure_planes(stack, "ZYX")
+    assert [table["label"].tolist() for _, table in tables] == [[1, 2, 3], [], [1, 2, 3]]
+
+
+def test_pixel_size_may_be_two_numbers_in_the_default_unit(cells):
+    """`measure(labels, pixel_size=(0.5, 0.5))` crashed: 'tuple' object has no attribute 'unit'."""
+    _, labels = cells
+    expected = measure(labels, pixel_size=PixelSize(0.5, 0.25, "um"))
+    for given in ((0.5, 0.25), [0.5, 0.25], (np.float32(0.5), np.float64(0.25))):
+        table = measure(labels, pixel_size=given)
+        assert table.keys() == expected.keys()
+        np.testing.assert_array_equal(table["area_um2"], expected["area_um2"])
+    for bad in (0.5, (0.5,), (0.5, 0.5, 0.5), ("0.5", "0.5"), {"y": 0.5}):
+        with pytest.raises(TypeError, match="PixelSize"):
+            measure(labels, pixel_size=bad)

@@ -296,3 +296,19 @@ def test_a_memory_mapped_complex_image_is_refused_by_name(tmp_path):
     bundle = ModelBundle(UNet(depth=2, base_channels=4))
     with pytest.raises(DtypeError, match="complex"):
         bundle.segment(image, diameter=None)
+
+
+def test_load_model_chooses_its_device_as_everything_else_does(tmp_path):
+    """`load_model(..., device="auto")` said the weights file was corrupted, and `device="cuda"` without CUDA
+    that the weights did not match config.json: the device goes through `device.select_device` first."""
+    from napari_unet.device import select_device
+
+    folder = save_model(tmp_path / "model", bundle())
+    for device in ("auto", "cpu", torch.device("cpu")):
+        loaded = load_model(folder, device=device)
+        assert next(loaded.net.parameters()).device.type == select_device(device).type
+    with pytest.raises(ValueError, match="device must be one of"):
+        load_model(folder, device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available here"):
+            load_model(folder, device="cuda")

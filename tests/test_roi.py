@@ -53,8 +53,10 @@ def test_holes_are_filled_and_only_the_largest_piece_is_kept():
     labels[2:12, 2:12] = 1
     labels[5:8, 5:8] = 0
     labels[15:17, 15:17] = 1  # a second, smaller piece of object 1
+    labels[15:18, 2:5] = 2  # another object: with object 1 alone, the labels would be a mask (one value, 2 regions)
     back = rois_to_labels(labels_to_rois(labels), labels.shape)
     assert back[6, 6] == 1 and back[15, 15] == 0 and (back[2:12, 2:12] == 1).all()
+    assert (back == 2).sum() == 9
 
 
 def test_a_winding_hole_and_pixels_touching_by_a_corner_keep_the_object():
@@ -167,3 +169,22 @@ def test_a_plane_of_only_the_not_annotated_value_gives_no_roi():
     stack = np.zeros((2, 20, 20), np.uint16)
     stack[0, 2:6, 2:6], stack[0, 10:20, 10:20], stack[1, 10:20, 10:20] = 3, 65535, 65535
     assert [(roi.name, roi.position) for roi in stack_to_rois(stack)] == [("3", 1)]
+
+
+def test_a_binary_mask_gives_one_roi_per_connected_component_with_a_warning(tmp_path):
+    """`write_rois` of a 0/255 mask of three squares wrote one ROI (the largest square), while `napari-unet rois`
+    and the dock write one per connected component (`measure.instance_labels`)."""
+    from napari_unet.measure import instance_labels
+    from napari_unet.roi import stack_to_rois
+
+    mask = np.zeros((40, 40), np.uint8)
+    mask[2:8, 2:8] = mask[20:25, 20:25] = mask[30:35, 2:8] = 255
+    objects = instance_labels(mask)[0]
+    with pytest.warns(UserWarning, match="looks like a binary mask"):
+        assert write_rois(tmp_path / "mask.zip", mask) == 3
+    np.testing.assert_array_equal(read_rois(tmp_path / "mask.zip", mask.shape), objects)
+    with pytest.warns(UserWarning, match="looks like a binary mask"):
+        assert [roi.name for roi in labels_to_rois(mask > 0)] == ["1", "2", "3"]
+    with pytest.warns(UserWarning, match="looks like a binary mask"):
+        rois = stack_to_rois(np.stack([mask, mask]))
+    assert [(roi.name, roi.position) for roi in rois] == [(str(i), p) for p in (1, 2) for i in (1, 2, 3)]

@@ -17,6 +17,7 @@ eccentricity); solidity, a ratio of areas, is the same on the grid as in physica
 from __future__ import annotations
 
 import csv
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -147,16 +148,61 @@ def instance_labels(labels: np.ndarray, what: str = "labels") -> tuple[np.ndarra
     return objects, True
 
 
-def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: PixelSize | None = None) -> Table:
+def objects_of(labels: np.ndarray, what: str = "the label image", stacklevel: int = 3) -> np.ndarray:
+    """`instance_labels` for the Python functions (`measure`, `measure_planes`, `roi.labels_to_rois` ...): the
+    objects they measure or export are those of `napari-unet measure` and `rois` and the Measure dock, and a binary
+    mask is said with `MASK_NOTE` as a ``UserWarning`` (the command line and the dock say it their own way).
+    stacklevel: of the warning, pointing at the caller's caller by default.
+
+    >>> mask = np.zeros((4, 6), np.uint8); mask[:2, :2] = mask[:2, 4:] = 255
+    >>> with warnings.catch_warnings(record=True):
+    ...     objects_of(mask).tolist()[0]
+    [1, 1, 0, 0, 2, 2]
+    """
+    objects, was_mask = instance_labels(labels, what)
+    if was_mask:
+        warnings.warn(f"{what} {MASK_NOTE}", UserWarning, stacklevel=stacklevel)
+    return objects
+
+
+def as_pixel_size(pixel_size: PixelSize | tuple[float, float] | None) -> PixelSize | None:
+    """A `PixelSize`, or two numbers ``(y, x)`` as one in `PixelSize`'s default unit (um); None stays None.
+
+    >>> as_pixel_size((0.5, 0.25))
+    PixelSize(y=0.5, x=0.25, unit='um')
+    """
+    if pixel_size is None or isinstance(pixel_size, PixelSize):
+        return pixel_size
+    numbers = (int, float, np.integer, np.floating)
+    if isinstance(pixel_size, (tuple, list)) and len(pixel_size) == 2:
+        if all(isinstance(v, numbers) and not isinstance(v, bool) for v in pixel_size):
+            return PixelSize(float(pixel_size[0]), float(pixel_size[1]))
+    raise TypeError(
+        f"pixel_size must be a PixelSize (e.g. PixelSize(0.5, 0.5, 'nm')) or two numbers (y, x) in "
+        f"{PixelSize.unit}, got {pixel_size!r}"
+    )
+
+
+def measure(
+    labels: np.ndarray, image: np.ndarray | None = None, pixel_size: PixelSize | tuple[float, float] | None = None
+) -> Table:
     """The measurement table of ``labels`` (H, W) ints, 0 = background: column name -> values, one per object.
 
     image: raw intensities (H, W) or (C, H, W) of the same plane, or None (no intensity columns).
-    pixel_size: adds the physical columns (see the module docstring). Objects are in increasing label order; the
-    "not annotated" value is background (`measured_ids`).
+    pixel_size: adds the physical columns (see the module docstring); a `PixelSize`, or ``(y, x)`` in um
+    (`as_pixel_size`). Objects are in increasing label order; the "not annotated" value is background
+    (`measured_ids`); a binary mask (0/255, bool) is measured as its connected components, with a warning
+    (`objects_of`), as `napari-unet measure` reads it.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2 or not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         raise ValueError(f"labels must be a 2-D integer array (H, W), got shape {labels.shape}, dtype {labels.dtype}")
+    pixel_size = as_pixel_size(pixel_size)
+    return _measure_objects(objects_of(labels), image, pixel_size)
+
+
+def _measure_objects(labels: np.ndarray, image, pixel_size: PixelSize | None) -> Table:
+    """`measure` of 2-D labels already read as objects (`instance_labels`)."""
     from skimage.measure import regionprops_table
 
     properties = SHAPE_PROPERTIES
@@ -171,7 +217,7 @@ def measure(labels: np.ndarray, image: np.ndarray | None = None, pixel_size: Pix
         channels = image.shape[0] if image.ndim == 3 else 0
         intensity = np.moveaxis(image, 0, -1) if channels else image
         properties = properties + INTENSITY_PROPERTIES
-    compact, ids = compact_ids(measured_ids(labels))
+    compact, ids = compact_ids(labels)
     raw = regionprops_table(compact.astype(np.int64, copy=False), intensity, properties=properties)
     if ids is not None:  # the objects' own ids in the table
         raw["label"] = ids[np.asarray(raw["label"])]
@@ -253,8 +299,9 @@ def measure_planes(
     labels: axes ``axes`` over "TZYX" (canonical order); image: the raw image with ``image_axes`` (canonical,
     the same T/Z/Y/X sizes plus an optional C), or None. ``extra`` is ``{}`` for a single plane, else
     ``{"plane": i, "t": t, "z": z}`` with ``i`` the plane's 0-based number (``t * Z + z`` for TZYX) and a ``t``
-    and ``z`` for the axes the labels have. The "not annotated" value is decided on the whole stack
-    (`measured_ids`).
+    and ``z`` for the axes the labels have. The "not annotated" value and whether the labels are a binary mask
+    (measured as its connected components, with a warning: `objects_of`) are decided on the whole stack.
+    pixel_size: as `measure`'s.
 
     >>> stack = np.zeros((2, 3, 4, 4), np.int32); stack[1, 2, 1:3, 1:3] = 5
     >>> [extra for extra, table in measure_planes(stack, "TZYX") if len(table["label"])]
@@ -272,7 +319,11 @@ def measure_planes(
                 f"the image (axes {image_axes}, shape {tuple(np.shape(image))}) does not match the labels "
                 f"(axes {axes}, shape {tuple(np.shape(labels))}): they must have the same planes and size"
             )
-    labels = measured_ids(np.asarray(labels))
+    pixel_size = as_pixel_size(pixel_size)
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "biu":
+        raise ValueError(f"labels must be an integer (or bool) array, got dtype {labels.dtype}")
+    labels = objects_of(labels)
     planes = plane_indices(tuple(np.shape(labels)), axes)
     lead = [a.lower() for a in axes if a in "TZ"]
     tables = []
@@ -280,5 +331,5 @@ def measure_planes(
         plane = np.asarray(labels[index] if index else labels)
         intensities = None if image is None else np.asarray(image[index] if index else image)
         extra: dict[str, object] = {"plane": number, **dict(zip(lead, index))} if len(planes) > 1 else {}
-        tables.append((extra, measure(plane, intensities, pixel_size)))
+        tables.append((extra, _measure_objects(plane, intensities, pixel_size)))
     return tables

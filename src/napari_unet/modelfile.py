@@ -29,6 +29,7 @@ import torch
 
 from ._config import Config, check_range
 from .channels import ChannelChoice
+from .device import select_device
 from .io import (
     apply_normalization,
     carry_over,
@@ -57,8 +58,8 @@ from .scale import (
     resize_probs,
     scale_postprocess,
 )
-from .tiling import check_not_empty, predict_tiled, predict_tta
-from .validation import check_image, check_image_dtype, check_json_object, check_unet_entry
+from .tiling import as_array, as_channels_first, as_dask, check_not_empty, predict_tiled, predict_tta
+from .validation import check_finite, check_image, check_image_dtype, check_json_object, check_unet_entry
 
 FORMAT_VERSION = 1
 STATE_FILE = "training_state.pt"
@@ -155,7 +156,7 @@ class ModelBundle:
     object_diameter: float | None = None
 
     def __post_init__(self) -> None:
-        check_diameter(self.object_diameter)
+        self.object_diameter = check_diameter(self.object_diameter)  # a float (numpy numbers accepted) or None
 
     def prepare(self, image, axes: str, name: str = "the image", choice: ChannelChoice | None = None):
         """``(image, axes)`` as the network takes them: the channel choice (``choice``, default the model's)
@@ -174,9 +175,13 @@ class ModelBundle:
     def one_plane(self, image, axes: str | None = None):
         """A raw plane with `axes` (default: "YX" for 2-D, `io.guess_axes` for 3-D: an (H, W, 4) array is RGBA,
         its alpha dropped as the file readers drop it) as the network takes it, (H, W) or (C, H, W), with the
-        model's channel choice applied (`prepare`)."""
+        model's channel choice applied (`prepare`). Lists and torch tensors are converted (`tiling.as_array`);
+        lazy arrays stay lazy (zarr, which cannot be transposed or cast, through dask: `tiling.as_dask`)."""
+        image = as_array(image)
         if axes is None and np.ndim(image) == 2:
             return image
+        if not (hasattr(image, "transpose") and hasattr(image, "astype")):  # zarr: the channel choice needs both
+            image = as_dask(image)
         found = guess_axes(tuple(np.shape(image))) if axes is None else validate_axes(axes, np.ndim(image))
         if axes is None and found == "YXC" and np.shape(image)[-1] == 4:  # RGBA (imageio's, skimage's PNGs):
             image = image[..., :3]  # alpha dropped, as the readers drop it, so grey is the luminance of RGB
@@ -230,9 +235,13 @@ class ModelBundle:
     def estimate_diameter(self, image, *, device: str | torch.device = "auto") -> float | None:
         """The median diameter (px) of the objects in `image` (H, W) or (C, H, W), or None when none is found:
         `scale.estimate_diameter` with windows segmented by this model (normalised with the whole image's
-        percentiles). Costs 5 passes over a 256² window, whatever the image's size; reads only windows."""
+        percentiles). Costs 5 passes over a 256² window, whatever the image's size; reads only windows, after one
+        pass (block by block) that checks the image's channels and refuses NaN or infinite values (`check_plane`):
+        errors name the image given, not a window of it."""
         if self.object_diameter is None:
             raise ValueError("this model has no object diameter, so there is nothing to estimate the image's against")
+        image = as_array(image)
+        self.check_plane(image)
         preprocess = self.preprocessor(image, "YX" if image.ndim == 2 else "CYX")
 
         def segment(window: np.ndarray) -> np.ndarray:
@@ -240,6 +249,12 @@ class ModelBundle:
             return probs_to_labels(probs, self.postprocess)
 
         return estimate_diameter(image, self.object_diameter, segment)
+
+    def check_plane(self, image) -> None:
+        """Raise ValueError unless `image` is a plane the network takes, (H, W) or (C, H, W) with its channel count
+        (`tiling.as_channels_first`), of real numbers without NaN or infinity (`validation.check_finite`, which
+        reads a lazy array block by block). Errors give `image`'s shape and NaN count."""
+        check_finite(as_channels_first(image, self.net.config.in_channels))
 
     def predict(
         self,
@@ -258,8 +273,10 @@ class ModelBundle:
         diameter: see `scale_factor`; the network sees the image resized by model / object diameter, and the
         probabilities are resized back to (H, W).
         tta: test-time augmentation, the mean over the 8 flips and 90-degree rotations (`tiling.predict_tta`).
-        An empty image (an axis of length 0) raises ValueError.
+        An empty image (an axis of length 0) raises ValueError. Lists and torch tensors are converted
+        (`tiling.as_array`); lazy arrays stay lazy.
         """
+        image = as_array(image)
         check_not_empty(image)
         factor = self.scale_factor(image, diameter, device=device)
         return self.predict_rescaled(
@@ -283,6 +300,7 @@ class ModelBundle:
         rescaled in memory, and planes of more than `scale.MAX_RESCALE_BYTES` (before or after) are refused; so
         are planes whose test-time augmentation (`tta`, in memory) would hold more (`scale.check_tta_size`).
         """
+        image = as_array(image)
         small, preprocess = self.network_input(image, factor, tta=tta)
         if factor == 1.0 and not tta:
             return predict_tiled(
@@ -311,6 +329,7 @@ class ModelBundle:
         (`validation.check_image`), before its percentiles are taken.
         values: the plane's bounded sample (`io.channel_values`) when the caller has read it already.
         """
+        image = as_array(image)
         axes = "YX" if image.ndim == 2 else "CYX"
         if factor != 1.0:
             check_rescalable(image, factor)
@@ -340,8 +359,10 @@ class ModelBundle:
         a 2-D array and `io.guess_axes` for a 3-D one (channels first when there are at most 4, RGB(A) last).
         The model's channel choice is applied (`prepare`: grey for `nuclei`, so an RGB image is seen as its
         luminance); a stack (Z or T) is refused: segment it plane by plane (`pipeline.segment_file`). An empty
-        image (an axis of length 0) raises ValueError.
+        image (an axis of length 0) raises ValueError. Lists and torch tensors are converted (`tiling.as_array`);
+        lazy arrays (dask, zarr, memory-mapped) stay lazy.
         """
+        image = as_array(image)
         check_not_empty(image)
         image = self.one_plane(image, axes)
         factor = self.scale_factor(image, diameter, device=kwargs.get("device", "auto"))
@@ -416,12 +437,17 @@ def recover_interrupted_save(path: str | Path) -> Path | None:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBundle:
     """Rebuild the model saved in the folder `path`, or the built-in model of that name (`builtin.resolve`: a
     model folder at `path` wins over a built-in of the same name); a missing, corrupted or foreign folder is a
-    ValueError."""
+    ValueError.
+
+    device: "auto", "cpu", "cuda", "mps" or a torch device (`device.select_device`: one that is not available here
+    is a ValueError that says which are); the weights are read on the CPU and the network moved there.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .builtin import resolve
 
+    device = select_device(device)
     path = resolve(path)
     if path.is_file() and path.name in (CONFIG_FILE, WEIGHTS_FILE):
         path = path.parent
@@ -464,7 +490,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> ModelBun
         found = _weight_shapes(path / WEIGHTS_FILE)
         if found != expected:
             raise RuntimeError(_shape_difference(expected, found))
-        state = load_file(path / WEIGHTS_FILE, device=str(device))
+        state = load_file(path / WEIGHTS_FILE, device="cpu")  # checked on the CPU, then moved with the network
         net = UNet(unet)
         net.load_state_dict(state)
     except (SafetensorError, OSError, ValueError, TypeError, OverflowError) as error:

@@ -5,7 +5,9 @@ between the object's boundary pixels and their outside neighbours; stored in Ima
 (row r, column c) spans [c, c + 1) x [r, r + 1), with sub-pixel precision. Filling the polygon back (pixels
 whose centre is inside) returns the object, except what a polygon cannot hold: holes are filled, and of an
 object in several pieces only the largest is kept. The ROI's name is the label id; a stack plane is its
-ROI position (1-based in the file, as ImageJ counts) and prefixes the zip entry ("0003-12.roi").
+ROI position (1-based in the file, as ImageJ counts) and prefixes the zip entry ("0003-12.roi"). Labels are read
+as `napari-unet rois` reads them (`measure.objects_of`): a binary mask (0/255, bool) gives one ROI per connected
+component, with a warning.
 
 >>> labels = np.zeros((8, 8), np.int32); labels[2:5, 1:6] = 3
 >>> rois = labels_to_rois(labels)
@@ -64,17 +66,26 @@ def labels_to_rois(labels: np.ndarray, position: int | None = None) -> list:
     """One `roifile.ImagejRoi` polygon per object of ``labels`` (H, W), named by its id, in increasing id order.
 
     position: the 0-based stack plane the ROIs belong to (None for a single image). The "not annotated" value
-    is background (`measure.measured_ids`).
+    is background, and a binary mask (0/255, bool) is its connected components, with a warning
+    (`measure.objects_of`).
     """
+    from .measure import objects_of
+
+    _roifile()
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype.kind not in "biu":
+        raise ValueError(f"labels must be a 2-D integer array (H, W), got shape {labels.shape}, dtype {labels.dtype}")
+    return _plane_rois(objects_of(labels), position)
+
+
+def _plane_rois(labels: np.ndarray, position: int | None) -> list:
+    """`labels_to_rois` of 2-D labels already read as objects (`measure.instance_labels`)."""
     roifile = _roifile()
     from skimage.measure import regionprops
 
-    from .measure import compact_ids, measured_ids
+    from .measure import compact_ids
 
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be a 2-D integer array (H, W), got shape {labels.shape}, dtype {labels.dtype}")
-    compact, ids = compact_ids(measured_ids(labels))  # ids of 3e9 would make regionprops allocate gigabytes
+    compact, ids = compact_ids(labels)  # ids of 3e9 would make regionprops allocate gigabytes
     rois = []
     for region in regionprops(compact):
         y0, x0, _, _ = region.bbox
@@ -91,18 +102,21 @@ def labels_to_rois(labels: np.ndarray, position: int | None = None) -> list:
 
 def stack_to_rois(labels: np.ndarray) -> list:
     """ROIs of a label image (H, W), or of every plane of a stack (N, H, W) with the plane as ROI position. The
-    "not annotated" value is background, decided on the whole stack (`measure.measured_ids`): a plane whose only
-    nonzero value is 65535 gives no ROI when other planes hold ids."""
-    from .measure import measured_ids
+    "not annotated" value is background, and a binary mask is its connected components (with a warning), both
+    decided on the whole stack (`measure.objects_of`): a plane whose only nonzero value is 65535 gives no ROI when
+    other planes hold ids."""
+    from .measure import objects_of
 
+    _roifile()
     labels = np.asarray(labels)
-    if np.issubdtype(labels.dtype, np.integer):
-        labels = measured_ids(labels)
+    if labels.ndim not in (2, 3) or labels.dtype.kind not in "biu":
+        raise ValueError(
+            f"labels must be integer ids (H, W) or a stack (N, H, W), got shape {labels.shape}, dtype {labels.dtype}"
+        )
+    labels = objects_of(labels)
     if labels.ndim == 2:
-        return labels_to_rois(labels)
-    if labels.ndim == 3:
-        return [roi for n, plane in enumerate(labels) for roi in labels_to_rois(plane, position=n)]
-    raise ValueError(f"labels must be (H, W) or a stack (N, H, W), got shape {labels.shape}")
+        return _plane_rois(labels, None)
+    return [roi for n, plane in enumerate(labels) for roi in _plane_rois(plane, n)]
 
 
 def rois_to_labels(rois: list, shape: tuple[int, ...]) -> np.ndarray:

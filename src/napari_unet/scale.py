@@ -43,11 +43,22 @@ def median_diameter(labels: np.ndarray) -> float:
     return float(np.median(2.0 * np.sqrt(areas / np.pi)))
 
 
+def is_pixels(value) -> bool:
+    """Whether `value` is a number of pixels > 0: a Python or numpy integer or float (bools, Python's or numpy's,
+    are refused, and so are NaN and complex numbers).
+
+    >>> is_pixels(np.float32(15)), is_pixels(True), is_pixels(float("nan"))
+    (True, False, False)
+    """
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and bool(value > 0)
+
+
 def check_diameter(diameter: float | None) -> float | None:
-    """A model's object diameter: a number of pixels > 0 (as a float), or None (unknown: never rescaled)."""
+    """A model's object diameter: a number of pixels > 0 (`is_pixels`: numpy numbers too), as a float, or None
+    (unknown: never rescaled)."""
     if diameter is None:
         return None
-    if isinstance(diameter, bool) or not isinstance(diameter, (int, float)) or not diameter > 0:
+    if not is_pixels(diameter):
         raise ValueError(f"object_diameter must be a number of pixels > 0 or None, got {diameter!r}")
     return float(diameter)
 
@@ -64,7 +75,7 @@ def diameter_factor(object_diameter: float | None, diameter: float) -> float:
     >>> diameter_factor(17.0, 34.0)
     0.5
     """
-    if isinstance(diameter, bool) or not isinstance(diameter, (int, float, np.number)) or not diameter > 0:
+    if not is_pixels(diameter):
         raise ValueError(f"diameter must be a number of pixels > 0, 'auto' or None, got {diameter!r}")
     if object_diameter is None:
         raise ValueError(
@@ -258,8 +269,8 @@ def busiest_window(image, side: int, candidates: int = 3) -> tuple[slice, slice]
             sample = np.asarray(image[(..., *region)][..., ::4, ::4], dtype=np.float32)
             if not np.isfinite(sample).all():
                 raise ValueError(
-                    f"the image contains NaN or infinite values (some in the window at y {int(y)}, x {int(x)}): "
-                    "replace them before segmenting"
+                    f"the image contains NaN or infinite values (some in the {sy} x {sx} px window from y {int(y)}, "
+                    f"x {int(x)}): replace them before segmenting"
                 )
             score = float(sample.std())
             if score > best_score:

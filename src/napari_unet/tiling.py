@@ -265,9 +265,33 @@ def _wait(host: torch.Tensor, done: torch.cuda.Event | None) -> np.ndarray:
     return host.numpy()
 
 
+def as_array(image):
+    """`image` as an array the prediction reads: numpy arrays and lazy ones (anything with ``shape``, ``dtype`` and
+    indexing: dask, zarr, memmap) as they are, so lazy ones stay lazy; a torch tensor as a numpy array (detached,
+    on the CPU); anything else (nested lists, tuples) through `np.asarray`.
+
+    >>> as_array([[0, 1], [2, 3]]).shape, as_array(torch.zeros(2, 3)).dtype
+    ((2, 2), dtype('float32'))
+    """
+    if isinstance(image, torch.Tensor):
+        image = image.detach().cpu()
+        return (image.float() if image.dtype == torch.bfloat16 else image).numpy()  # numpy has no bfloat16
+    if all(hasattr(image, name) for name in ("shape", "dtype", "__getitem__")):
+        return image
+    return np.asarray(image)
+
+
+def as_dask(image):
+    """A lazy array that numpy's indexing and methods cannot all be used on (zarr: no ``transpose``, ``astype``
+    or indexing with None) as a dask array of its chunks: still lazy, read window by window."""
+    import dask.array as da
+
+    return da.from_array(image, chunks=getattr(image, "chunks", "auto"))
+
+
 def with_channel_axis(image):
     """A (H, W) array as (1, H, W): a view of numpy arrays, memmaps and dask arrays; arrays that cannot be
-    indexed with None (zarr) go through dask, so they stay lazy and are read window by window.
+    indexed with None (zarr) go through dask (`as_dask`), so they stay lazy and are read window by window.
 
     >>> with_channel_axis(np.zeros((4, 5))).shape
     (1, 4, 5)
@@ -275,9 +299,7 @@ def with_channel_axis(image):
     try:
         return image[None]
     except (IndexError, TypeError, ValueError, KeyError):  # zarr: "unsupported selection item"
-        import dask.array as da
-
-        return da.from_array(image, chunks=getattr(image, "chunks", "auto"))[None]
+        return as_dask(image)[None]
 
 
 def check_not_empty(image) -> None:
@@ -339,12 +361,14 @@ def predict_tiled(
     precision: "auto" (bf16 autocast on CUDA), "fp32" or "bf16" (`precision.py`); None: the caller's autocast
         state (fp32 unless the call is inside `precision.autocast`). Seam-free: tiled equals `predict_whole` to
         float rounding in fp32; in bf16 within 0.05 of a probability (tests/test_tiling_precision.py).
-    The image may be numpy, a memory-mapped TIFF, dask or zarr; it is read window by window.
+    The image may be numpy, a memory-mapped TIFF, dask or zarr; it is read window by window (a list or a torch
+    tensor is converted first: `as_array`).
     The model is moved to `device` and put in eval mode. An image with NaN or infinite values (or complex
     numbers) raises ValueError (`validation.check_finite`).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a whole number of tiles >= 1, got {batch_size!r}")
+    image = as_array(image)
     check_not_empty(image)
     image = as_channels_first(image, model.config.in_channels)
     check_finite(image)  # NaN or inf would silently turn every probability into NaN
@@ -430,6 +454,7 @@ def iter_predict_tta(
     orientations' probabilities, brought back to the image's), n = 1..8; the same array, updated in place.
     Stopping is not asking for the next one (the Segment dock's progress and Cancel). A lazy image (dask, zarr:
     zarr cannot be flipped) is read whole first."""
+    image = as_array(image)
     check_not_empty(image)
     channels_first = as_channels_first(image, model.config.in_channels)
     if not isinstance(channels_first, np.ndarray):
