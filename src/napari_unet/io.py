@@ -29,6 +29,7 @@ from .validation import check_image, check_labels  # noqa: F401  (check_image: i
 
 CANONICAL_AXES = "TZCYX"
 TIFF_SUFFIXES = (".tif", ".tiff")
+ZARR_SUFFIX = ".zarr"
 PILLOW_SUFFIXES = (".png", ".jpg", ".jpeg")
 SUPPORTED_FORMATS = "TIFF (.tif, .tiff), PNG (.png), JPEG (.jpg, .jpeg)"
 SUPPORTED_AXES_HELP = (
@@ -122,19 +123,42 @@ def _axes_from_series(series_axes: str, shape: tuple[int, ...]) -> str:
     return "".join(letters)
 
 
+def _named_layout(series_axes: str, shape: tuple[int, ...]) -> tuple[str, tuple[int, ...]]:
+    """tifffile's series axes and shape without the length-1 axes the file does not name (tifffile's 'Q') beside
+    a named Y and X: an (H, W, 1) mask saved without axes (series axes 'YXQ') is one H x W plane ('YX'), not H
+    planes of W x 1 pixels; (2, H, W, 1) ('QYXQ') is (2, H, W) ('QYX'). ImageJ and OME readers drop such axes too.
+
+    >>> _named_layout("YXQ", (256, 200, 1))
+    ('YX', (256, 200))
+    """
+    letters = series_axes.upper().replace("S", "C")
+
+    def named(letter: str) -> bool:
+        return letter in CANONICAL_AXES and letters.count(letter) == 1
+
+    if not (named("Y") and named("X")):
+        return series_axes, shape
+    kept = [i for i, (a, n) in enumerate(zip(letters, shape)) if n != 1 or named(a)]
+    return "".join(series_axes[i] for i in kept), tuple(shape[i] for i in kept)
+
+
 # ----------------------------------------------------------------------------- reading
 
 
-def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, str]:
+def read_image(path: str | Path, axes: str | None = None, lazy: bool = False) -> tuple[ArrayLike, str]:
     """Read an image and return ``(image, axes)`` with axes in canonical ``"TZCYX"`` order.
 
     TIFF: memory-mapped when the file is uncompressed and contiguous (the result is a read-only
-    ``np.memmap``), read otherwise; axes from ImageJ/OME/tifffile metadata when present, else guessed
-    (see :func:`guess_axes`). PNG/JPEG: grey -> ``"YX"``; RGB(A) -> ``"CYX"`` with alpha dropped, or
-    ``"YX"`` when the colour channels are equal (16-bit colour PNGs: decoded by imagecodecs). An explicit
-    ``axes`` overrides the metadata and describes the array as stored in the file (e.g. ``"YXC"``; a PNG or JPEG
-    takes only ``"YX"`` or ``"YXC"``). A file that is missing raises ``FileNotFoundError``; one that cannot be
-    decoded, ``ValueError`` naming the supported formats.
+    ``np.memmap``), read otherwise; with `lazy`, a TIFF that cannot be memory-mapped (compressed, tiled or
+    stored in pieces) is a dask array read through tifffile's zarr store instead (`_tiff_as_dask`: a slice
+    decodes only the strips or tiles it covers). Axes from ImageJ/OME/tifffile metadata when present, else
+    guessed (see :func:`guess_axes`); length-1 axes the file does not name beside its Y and X are dropped
+    (`_named_layout`: an (H, W, 1) mask saved without axes is one plane). PNG/JPEG: grey -> ``"YX"``; RGB(A)
+    -> ``"CYX"`` with alpha dropped, or ``"YX"`` when the colour channels are equal (16-bit colour PNGs: decoded
+    by imagecodecs). An explicit ``axes`` overrides the metadata and describes the array as stored in the file
+    (e.g. ``"YXC"``; a PNG or JPEG takes only ``"YX"`` or ``"YXC"``; a TIFF's may leave out the length-1 axes the
+    file does not name). A file that is missing raises ``FileNotFoundError``; one that cannot be decoded,
+    ``ValueError`` naming the supported formats.
     """
     path = Path(path)
     if not path.is_file():
@@ -143,7 +167,11 @@ def read_image(path: str | Path, axes: str | None = None) -> tuple[ArrayLike, st
         raise ValueError(f"cannot read {path}: the file is empty (0 bytes); supported formats: {SUPPORTED_FORMATS}")
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        image, found_axes = _read_tiff(path, guess=axes is None)  # given axes: nothing to guess (4-D and up)
+        image, series_axes = _read_tiff(path, lazy)
+        named_axes, named_shape = _named_layout(series_axes, tuple(image.shape))
+        if named_shape != tuple(image.shape) and (axes is None or len(axes) == len(named_shape)):
+            image, series_axes = image.reshape(named_shape), named_axes
+        found_axes = _axes_from_series(series_axes, tuple(image.shape)) if axes is None else ""  # given: no guess
     elif suffix in PILLOW_SUFFIXES:
         image, found_axes = _read_pillow(path)
         if axes is not None:  # it describes the file as stored (colour last), not the array read (colour first)
@@ -162,7 +190,8 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
     """What `read_image(path)` (without `axes`) had to assume, in words for the user: a TIFF whose axes are not
     in its metadata and were guessed (`guess_axes`), one stored as planar RGB(A) samples without ImageJ or OME
     axes (what tifffile makes of a stack of 3 or 4 planes saved without metadata: read as channels), or one with
-    several series (only the first is read). Empty for other files and for files that say it all.
+    several series (only the first is read); a zarr array without OME-Zarr axes, whose axes `read_zarr` guessed
+    alike. Empty for other files and for files that say it all.
     axes_option: how the caller lets the user give the axes (the command line's ``--axes``); None: there is no
     such option (napari's reader), and the note says to save the file with its axes instead.
 
@@ -175,6 +204,8 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
     import tifffile
 
     path = Path(path)
+    if path.suffix.lower() == ZARR_SUFFIX:
+        return _zarr_notes(path, axes_option)
     if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
         return []
     try:
@@ -187,27 +218,16 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
         return []
     notes = []
     first = series[0]
-    shape, letters = tuple(first.shape), first.axes.upper().replace("S", "C")
-    planar_samples = first.axes.upper().startswith("S") and len(shape) == 3 and not described
+    series_axes, shape = _named_layout(first.axes, tuple(first.shape))
+    letters = series_axes.upper().replace("S", "C")
+    planar_samples = series_axes.upper().startswith("S") and len(shape) == 3 and not described
     if len(shape) > 2 and (planar_samples or any(a not in CANONICAL_AXES for a in letters)):
         try:
-            found = _axes_from_series(first.axes, shape)
+            found = _axes_from_series(series_axes, shape)
         except ValueError:  # no guess at all (4-D without axes): `read_image` says so, naming the file
             return notes
-        axes, sizes = canonical_axes(found), dict(zip(found, shape))
-        other = canonical_axes(axes.replace("C", "Z") if "Z" not in axes else axes.replace("C", "T"))
-        remedy = "save it with its axes (ImageJ or OME-TIFF)"
-        colours = first.axes.upper().endswith("S") and not planar_samples  # RGB samples: the planes are the guess
-        if "C" in axes and colours and "Z" in axes:
-            as_time = found.replace("Z", "T")
-            remedy = f"give {axes_option} {as_time}" if axes_option else remedy  # --axes names the file's order
-            said = f"read as {axes} (planes of colour pictures) by guess; {remedy} if the planes are time points"
-        elif "C" in axes:
-            remedy = f"give {axes_option} {other}" if axes_option else remedy
-            said = f"read as {axes} ({sizes['C']} channels) by guess; {remedy} if these are planes"
-        else:
-            said = f"read as {axes} by guess; {f'give {axes_option}' if axes_option else remedy} if that is wrong"
-        notes.append(f"its axes are not in the file: {said}")
+        colours = series_axes.upper().endswith("S") and not planar_samples  # RGB samples: the planes are the guess
+        notes.append(_guessed_axes_note(found, shape, axes_option, "ImageJ or OME-TIFF", colours))
     if len(series) > 1:
         notes.append(
             f"it holds {len(series)} image series: only the first (shape {shape}) is read; save the others as "
@@ -216,9 +236,64 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
     return notes
 
 
-def _read_tiff(path: Path, guess: bool = True) -> tuple[np.ndarray, str]:
-    """The first series of the TIFF at `path` and its axes (canonical letters; guessed where the file does not say,
-    `_axes_from_series`; without `guess`, "" when the caller gives them)."""
+def _guessed_axes_note(
+    found: str, shape: tuple[int, ...], axes_option: str | None, formats: str, colours: bool = False
+) -> str:
+    """`reading_notes`' note on axes `found` (the file's order, as `axes=` takes them) guessed for an array of
+    `shape`: what it was read as and the axes to give (`axes_option`; None: save it with its axes, in `formats`)
+    if the guess is wrong. colours: the channels are RGB samples for sure, only the planes are a guess."""
+    axes, sizes = canonical_axes(found), dict(zip(found, shape))
+    remedy = f"save it with its axes ({formats})"
+    if "C" in axes and colours and "Z" in axes:
+        as_time = found.replace("Z", "T")
+        remedy = f"give {axes_option} {as_time}" if axes_option else remedy  # --axes names the file's order
+        said = f"read as {axes} (planes of colour pictures) by guess; {remedy} if the planes are time points"
+    elif "C" in axes and not ("Z" in axes and "T" in axes):
+        other = found.replace("Z", "T").replace("C", "Z")  # channels as planes (and planes as time points)
+        remedy = f"give {axes_option} {other}" if axes_option else remedy
+        said = f"read as {axes} ({sizes['C']} channels) by guess; {remedy} if these are planes"
+    else:
+        said = f"read as {axes} by guess; {f'give {axes_option}' if axes_option else remedy} if that is wrong"
+    return f"its axes are not in the file: {said}"
+
+
+def _zarr_notes(path: Path, axes_option: str | None) -> list[str]:
+    """`reading_notes` of a zarr store: its axes, when neither OME-Zarr metadata names them nor a 2-D shape
+    says them, are guessed by `ome_zarr.read_zarr` (`guess_axes`)."""
+    try:
+        shape, said = _zarr_layout(path)
+    except Exception:  # noqa: BLE001  (read_zarr says what is wrong with a store it cannot open)
+        return []
+    if said is not None or len(shape) < 3:
+        return []
+    try:
+        found = guess_axes(shape)
+    except ValueError:  # 4-D and up: read_zarr asks for the axes
+        return []
+    return [_guessed_axes_note(found, shape, axes_option, "OME-Zarr")]
+
+
+def _zarr_layout(path: str | Path) -> tuple[tuple[int, ...], str | None]:
+    """(shape, axes) of the zarr array `ome_zarr.read_zarr` reads at `path` (a group: its array "0"), axes as its
+    OME-Zarr multiscales metadata names them (in the stored order, "S" as "C"), or None where it names none that
+    fit the shape."""
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    said = None
+    if not hasattr(node, "shape"):
+        multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+        if multiscales:
+            names = [(a["name"] if isinstance(a, dict) else str(a)) for a in multiscales[0].get("axes", [])]
+            said = "".join(name.upper()[0] for name in names).replace("S", "C") or None
+        node = node["0"]
+    shape = tuple(int(n) for n in node.shape)
+    return shape, said if said is not None and len(said) == len(shape) else None
+
+
+def _read_tiff(path: Path, lazy: bool = False) -> tuple[Any, str]:
+    """The first series of the TIFF at `path` and tifffile's axes of it (`_axes_from_series` translates them):
+    memory-mapped where the file allows, else decoded, or with `lazy` a dask array (`_tiff_as_dask`)."""
     import tifffile
 
     described = False  # the header and its image series were read: a later failure is in the pixel data
@@ -227,7 +302,11 @@ def _read_tiff(path: Path, guess: bool = True) -> tuple[np.ndarray, str]:
             series = tif.series[0]
             shape, series_axes, mappable = tuple(series.shape), series.axes, bool(series.dataoffset)
             described = True
-            image = None if mappable else series.asarray()
+            image = None if mappable or lazy else series.asarray()
+        if image is None and not mappable:
+            if _cut_short(path):  # a lazy read would fail later, on the strips past the end: say it now
+                raise EOFError("the pixel data runs past the end of the file")
+            image = _tiff_as_dask(path)
         if image is None:
             try:
                 image = tifffile.memmap(path, mode="r").reshape(shape)
@@ -252,7 +331,20 @@ def _read_tiff(path: Path, guess: bool = True) -> tuple[np.ndarray, str]:
         raise ValueError(
             f"cannot read {path} as TIFF ({type(error).__name__}: {error}); supported formats: {SUPPORTED_FORMATS}"
         ) from error
-    return image, _axes_from_series(series_axes, shape) if guess else ""
+    return image, series_axes
+
+
+def _tiff_as_dask(path: Path) -> Any:
+    """The first series of the TIFF at `path` (its full resolution) as a dask array over tifffile's zarr store:
+    a slice of it decodes only the strips or tiles it covers (compressed and tiled files). The first chunk is
+    decoded at once, so that a missing codec is an error here, not when the array is drawn or segmented."""
+    import dask.array as da
+    import tifffile
+    import zarr
+
+    array = zarr.open(tifffile.imread(path, aszarr=True, series=0, level=0), mode="r")
+    array[(0,) * array.ndim]
+    return da.from_zarr(array)
 
 
 def _cut_short(path: Path) -> bool:

@@ -32,6 +32,12 @@ from ._layers import METADATA_KEY
 PLUGIN = "napari-unet-2015"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 LayerData = tuple[Any, ...]
+# the axes a file without them in its metadata opens with, by its number of dimensions (`read_image` guesses up
+# to 3; napari has no way to give them), how the notification names them, and other axes it offers as an example
+UNSAID_AXES = {
+    4: ("TZYX", "T, Z, Y, X (time, depth, height, width)", "CZYX"),
+    5: ("TZCYX", "T, Z, C, Y, X (time, depth, channels, height, width)", "TCZYX"),
+}
 
 
 def get_model_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
@@ -103,8 +109,12 @@ def read_images(path: str | list[str]) -> list[LayerData]:
     (`calibrated_placement`); the pixel size is kept in the layer metadata (`pixel_size`), from where
     measurements take their units.
 
+    Files are read lazily: memory-mapped, or, compressed or tiled TIFFs, as dask arrays that decode only the
+    strips or tiles napari draws (`io.read_image` with `lazy`).
+
     napari passes a list of several files only for **File > Open Files as Stack...** (`viewer.open(paths,
-    stack=True)`; otherwise one path at a time): their layers are stacked along a new leading axis (`stack_layers`).
+    stack=True)`; otherwise one path at a time): their layers are stacked along a new leading axis (`stack_layers`),
+    lazily: a plane is read from its file when it is shown.
     """
     if isinstance(path, str) or len(path) == 1:
         return [file_layer(Path(path if isinstance(path, str) else path[0]))]
@@ -112,20 +122,22 @@ def read_images(path: str | list[str]) -> list[LayerData]:
 
 
 def file_layer(file: Path) -> LayerData:
-    """The layer of one file (`read_images`; channels are one layer data with a `channel_axis`). A 4-D file
-    without axes in its metadata (a plain numpy/tifffile save) opens as T, Z, Y, X, with a notification; napari
-    has no way to say its axes, which `read_image` asks for."""
+    """The layer of one file (`read_images`; channels are one layer data with a `channel_axis`). A 4-D or 5-D
+    file without axes in its metadata (a plain numpy/tifffile save) opens as T, Z, Y, X or T, Z, C, Y, X
+    (`UNSAID_AXES`), with a notification; napari has no way to say its axes, which `read_image` asks for."""
     try:
-        image, axes = read_image(file)
+        image, axes = read_image(file, lazy=True)
     except ValueError as error:
-        if not str(error).startswith("cannot guess the axes of a 4-D array"):
+        unsaid = [said for ndim, said in UNSAID_AXES.items() if f"guess the axes of a {ndim}-D array" in str(error)]
+        if not unsaid:
             raise
         from napari.utils.notifications import show_info
 
-        image, axes = read_image(file, "TZYX")
+        ((opened_as, in_words, example),) = unsaid
+        image, axes = read_image(file, opened_as, lazy=True)
         show_info(
-            f"{file.name}: its axes are not in the file; opened as T, Z, Y, X (time, depth, height, width). If "
-            "one of them holds channels, save the file with ImageJ or OME axes (e.g. CZYX)"
+            f"{file.name}: its axes are not in the file; opened as {in_words}. If that is not what its axes "
+            f"hold, save the file with ImageJ or OME axes (e.g. {example})"
         )
     for said in reading_notes(file, axes_option=None):  # axes guessed, extra series: say what was assumed
         from napari.utils.notifications import show_info
@@ -164,7 +176,8 @@ def stack_layers(layers: list[LayerData], names: list[str]) -> LayerData:
     """The layers of several files (`file_layer` of each, in order) stacked along a new leading axis: Z for
     files of single planes, T for Z stacks (files with a T axis are refused: T is the first axis). The files
     must give layers of one kind, shape and type; the first file's name, scale and metadata are kept, with a
-    scale and unit of 1 pixel on the new axis."""
+    scale and unit of 1 pixel on the new axis. Images are stacked lazily (a dask array: a plane is read from its
+    file when it is used, as napari's own reader does), labels in memory (they are painted on)."""
     data, kwargs, kind = layers[0]
     for (other, _, other_kind), name in zip(layers[1:], names[1:]):
         if other_kind != kind or other.shape != data.shape or other.dtype != data.dtype:
@@ -188,7 +201,26 @@ def stack_layers(layers: list[LayerData], names: list[str]) -> LayerData:
         stacked["scale"] = (1.0, *kwargs["scale"])
     if "units" in kwargs:
         stacked["units"] = ("pixel", *kwargs["units"])
-    return np.stack([np.asarray(layer[0]) for layer in layers]), stacked, kind
+    if kind == "labels":
+        return np.stack([np.asarray(layer[0]) for layer in layers]), stacked, kind
+    import dask.array as da
+
+    return da.stack([_unread(layer[0]) for layer in layers]), stacked, kind
+
+
+def _unread(data: Any) -> Any:
+    """`data` (a file's layer data: a dask array, a memory-mapped or an in-memory array) as a dask array that reads
+    nothing until it is sliced. Not `dask.array.from_array`, which copies a numpy array (a memmap: reads it all)
+    and hashes its values."""
+    import uuid
+
+    import dask
+    import dask.array as da
+
+    if isinstance(data, da.Array):
+        return data
+    whole = dask.delayed(data, name=f"file-{uuid.uuid4().hex}", traverse=False)
+    return da.from_delayed(whole, data.shape, dtype=data.dtype, meta=np.empty((0,) * data.ndim, data.dtype))
 
 
 def _with_new_axis(metadata: Any, axis: str, files: int) -> Any:
