@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..channels import ChannelChoice
-from ..io import MAX_PERCENTILE_SAMPLES, TIFF_SUFFIXES, _axes_from_series, to_canonical, validate_axes
+from ..io import MAX_PERCENTILE_SAMPLES, TIFF_SUFFIXES, read_image
 from ..metadata import PixelSize, read_pixel_size, read_spacing
 from ..modelfile import ModelBundle
 from ..pipeline import Outputs, output_paths, read_input, segment_file
@@ -35,22 +35,7 @@ def read_lazily(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
     windows need, where `read_input` would decompress the whole image in every block's task."""
     path = Path(path)
     if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                mappable, shape, series_axes = bool(series.dataoffset), tuple(series.shape), series.axes
-        except Exception:  # noqa: BLE001 - read_input below raises the error that names the formats
-            mappable = True
-        if not mappable:
-            import dask.array as da
-            import zarr
-
-            image = da.from_zarr(zarr.open(tifffile.imread(path, aszarr=True), mode="r"))
-            if tuple(image.shape) == shape:
-                found = validate_axes(axes, image.ndim) if axes is not None else _axes_from_series(series_axes, shape)
-                return to_canonical(image, found)
+        return read_image(path, axes, lazy=True)
     return read_input(path, axes)
 
 
