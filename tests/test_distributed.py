@@ -686,6 +686,30 @@ def test_the_values_are_checked_chunk_by_chunk(bundle, tmp_path, monkeypatch):
     assert plan.items[0][2] is not None  # planned without reading its values: segment_plan skips it
 
 
+def test_a_memory_mapped_image_is_checked_without_a_copy_of_it(bundle, tmp_path, monkeypatch):
+    """A real memory-mapped image (an np.memmap, not a stand-in): `dask.array.from_array` copied it whole before
+    reading a chunk, so checking its values and channels held the whole image in memory."""
+    import tracemalloc
+
+    import dask.array  # noqa: F401 - imported before measuring: importing allocates
+
+    monkeypatch.setattr("napari_unet.validation.BLOCK_ELEMENTS", 100_000)  # bands of 50 rows
+    path = tmp_path / "x.npy"
+    mapped = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(2000, 2000))
+    mapped[:] = np.arange(2000, dtype=np.float32)
+    mapped.flush()
+    mapped = np.load(path, mmap_mode="r")  # 16 MB
+    peaks = []
+    for check in (dist.tasks.check_values, lambda path, image: dist.tasks.check_channels(bundle, path, image, "YX")):
+        tracemalloc.start()
+        try:
+            check(Path("x.tif"), mapped)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert max(peaks) < mapped.nbytes / 4, peaks
+
+
 def test_a_block_s_reads_still_refuse_values_that_changed_after_planning(client, bundle, tmp_path):
     """The sample read for the percentiles (before any block is submitted) and every window a block reads
     refuse NaN values too: an input written to between planning and running is refused, naming it."""

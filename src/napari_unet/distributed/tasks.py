@@ -78,10 +78,13 @@ def plane_reads(bundle: ModelBundle, path: Path, image: Any, axes: str, index: t
 def check_channels(bundle: ModelBundle, path: Path, image: Any, axes: str, choice: ChannelChoice | None = None) -> None:
     """Raise ValueError (naming `path`) unless `image` (canonical `axes`) gives the network's channel count with
     the channel `choice` (default the model's; `ModelBundle.prepare`), as a single-process run checks it; nothing
-    is read (a memory-mapped array goes through dask, so that a grey conversion reads no value)."""
+    is read (an array that is not dask is stood in for by a dask array of its shape and dtype, so that a grey
+    conversion reads no value)."""
     import dask.array as da
 
-    lazy = image if isinstance(image, da.Array) else da.from_array(image, chunks=-1, name=False)  # no hashing
+    # a stand-in of the same shape and dtype for an array that is not dask (`dask.array.from_array` would copy a
+    # memory-mapped array whole)
+    lazy = image if isinstance(image, da.Array) else da.zeros(tuple(image.shape), dtype=image.dtype, chunks=-1)
     try:
         bundle.prepare(lazy, axes, path.name, choice)
     except ValueError as error:
@@ -94,8 +97,9 @@ def check_values(path: Path, image: Any) -> None:
     that goes by blocks, when planning (before any output is created or any task submitted).
 
     Cost: a full read of the image on the driver, once (a compressed input decompressed once), as one dask
-    reduction chunk by chunk on local threads: memory of a few chunks per thread, never the whole image. (The
-    percentiles' sample of `NamedReads.sample` sees every n-th pixel only, so it cannot stand in for this.)
+    reduction chunk by chunk on local threads (a memory-mapped TIFF band by band): memory of a few chunks per
+    thread, never the whole image. (The percentiles' sample of `NamedReads.sample` sees every n-th pixel only, so
+    it cannot stand in for this.)
     """
     import dask
     import dask.array as da
@@ -103,22 +107,32 @@ def check_values(path: Path, image: Any) -> None:
     from ..validation import BLOCK_ELEMENTS
 
     if isinstance(image, da.Array):
-        lazy = image
-    else:  # a memory-mapped TIFF: bands of whole rows, ~BLOCK_ELEMENTS values each; name=False: no hashing
-        *lead, _, width = image.shape
+        parts = [image.min(), image.max()]
+        if image.dtype.kind == "f":
+            parts.append((~da.isfinite(image)).sum())
+        with reading(path):
+            # the three reductions share one read of each chunk; "threads": the driver's threads, even when a
+            # distributed Client is the default scheduler (the workers do not read the image for a check)
+            lo, hi, *bad = dask.compute(*parts, scheduler="threads")
+    else:  # a memory-mapped TIFF, read in bands of whole rows, ~BLOCK_ELEMENTS values each (not through
+        # `dask.array.from_array`, which copies a memory-mapped array whole before any chunk is read)
+        *lead, height, width = image.shape
         rows = max(1, BLOCK_ELEMENTS // max(1, int(np.prod(lead, dtype=np.int64)) * width))
-        lazy = da.from_array(image, chunks=(*lead, rows, width), name=False)
-    parts = [lazy.min(), lazy.max()]
-    if lazy.dtype.kind == "f":
-        parts.append((~da.isfinite(lazy)).sum())
-    with reading(path):
-        # the three reductions share one read of each chunk; "threads": the driver's threads, even when a
-        # distributed Client is the default scheduler (the workers do not read the image for a check)
-        lo, hi, *bad = dask.compute(*parts, scheduler="threads")
+        lo, hi, bad = None, None, [0]
+        with reading(path):
+            for start in range(0, height, rows):
+                band = np.asarray(image[..., start : start + rows, :])
+                if band.dtype.kind == "f":
+                    finite = np.isfinite(band)
+                    bad[0] += int(band.size - np.count_nonzero(finite))
+                    band = band[finite]
+                if band.size:
+                    lo = band.min() if lo is None else min(lo, band.min())
+                    hi = band.max() if hi is None else max(hi, band.max())
     if bad and int(bad[0]):
         raise ValueError(
-            f"{path}: the image has {int(bad[0])} NaN or infinite values out of {int(lazy.size)}; replace them "
-            "(e.g. with np.nan_to_num) before segmenting"
+            f"{path}: the image has {int(bad[0])} NaN or infinite values out of {int(np.prod(image.shape))}; "
+            "replace them (e.g. with np.nan_to_num) before segmenting"
         )
     if lo == hi:
         raise ValueError(f"{path}: the image is constant (every value is {float(lo)}): nothing to segment")
