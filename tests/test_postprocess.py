@@ -266,6 +266,17 @@ def test_bad_probability_maps_are_refused():
         probs_to_labels(np.zeros((8, 8), np.uint8))
 
 
+@pytest.mark.parametrize(
+    "value, said", [(np.nan, "finite"), (np.inf, "finite"), (255.0, "from 0 to 255"), (-0.5, "in")]
+)
+def test_probabilities_that_are_no_probabilities_are_refused_as_the_metrics_refuse_them(value, said):
+    probs = np.zeros((8, 8), np.float32)
+    probs[2:5, 2:5] = 0.9
+    probs[3, 3] = value
+    with pytest.raises(ValueError, match=f"probs_fg must be .*{said}"):
+        probs_to_labels(probs)
+
+
 def test_empty_and_full_maps():
     assert probs_to_labels(np.zeros((16, 16))).max() == 0
     full = probs_to_labels(np.ones((16, 16)), PostprocessConfig(watershed=True))

@@ -30,6 +30,7 @@ import torch
 from . import ddp, precision
 from .augment import AugmentConfig, augment
 from .augment_batch import SampleDraw, augment_batch, draw_sample, to_device
+from .io import apply_normalization, percentiles
 from .modelfile import Normalization
 from .targets import annotation_mask, is_binary_mask, make_target
 from .tiling import read_window
@@ -38,6 +39,7 @@ from .validation import check_image_dtype, check_labels, check_mask
 from .weights import weight_map
 
 DEVICE_DATA_FRACTION = 0.25  # batched augmentation keeps the training images on a GPU if they take at most this
+NORMALIZED_RANGE = (-0.5, 1.5)  # a channel whose percentiles lie in here is taken as normalised (`as_normalized`)
 
 
 @dataclass
@@ -55,10 +57,17 @@ def prepare_sample(
     sample: Sample, name: str, channels: int, normalization: Normalization, config: TrainConfig
 ) -> Prepared:
     """Check `sample` (named `name` in errors) for a model of `channels` input channels; compute its target,
-    weight map and annotated pixels. The image is inverted as `normalization` says."""
-    check_image_dtype(np.asarray(sample.image).dtype, f"{name}: the image")
-    image = np.asarray(sample.image, dtype=np.float32)
-    image = image[None] if image.ndim == 2 else image
+    weight map and annotated pixels. Unless the sample is `oriented`, the image is normalised as the model
+    normalises the images it segments (`as_normalized`), then inverted as `normalization` says."""
+    if not isinstance(sample, Sample):
+        raise TypeError(
+            f"{name}: expected a napari_unet.Sample(image, labels), got {type(sample).__name__} "
+            "(wrap each (image, labels) pair in Sample)"
+        )
+    raw = np.asarray(sample.image)
+    check_image_dtype(raw.dtype, f"{name}: the image")
+    raw = raw[None] if raw.ndim == 2 else raw
+    image = np.asarray(raw, dtype=np.float32)
     labels = check_labels(sample.labels, f"{name}: labels")  # any integer width; ids >= 2**31 renumbered
     mask = None if sample.mask is None else check_mask(sample.mask, labels.shape, f"{name}: mask")
     if image.ndim != 3 or image.shape[0] != channels:
@@ -71,8 +80,8 @@ def prepare_sample(
     if not np.isfinite(image).all():
         bad = int(image.size - np.count_nonzero(np.isfinite(image)))
         raise ValueError(f"{name}: the image contains {bad} NaN or infinite values")
-    if not sample.oriented:  # samples come percentile-normalised: invert here (on the whole image it holds)
-        image = normalization.apply_polarity(image)
+    if not sample.oriented:  # normalise and invert here (on the whole image it holds)
+        image = normalization.apply_polarity(as_normalized(raw, normalization))
     class_weights = "balanced" if config.class_weights == "balanced" else None
     weights = weight_map(labels, config.w0, config.sigma, class_weights, mask=mask, border=config.border)
     target = make_target(labels, config.border)
@@ -80,6 +89,33 @@ def prepare_sample(
     target[~annotated] = 0
     cells = None if is_binary_mask(labels) else np.where(annotated & (labels > 0), labels, 0).astype(np.int32)
     return Prepared(image, target, weights, np.flatnonzero(weights > 0), cells)
+
+
+def as_normalized(image: np.ndarray, normalization: Normalization) -> np.ndarray:
+    """A (C, H, W) image normalised as the model normalises the images it segments, float32: each channel with
+    the percentiles of `normalization` (`io.percentiles`, `io.apply_normalization`, not inverted), except the
+    channels whose percentiles lie in `NORMALIZED_RANGE` already, which are kept as they are.
+
+    Raw intensities (a 12-bit camera's 100..4095, an 8-bit image's 0..255) lie beyond that range. Normalising is
+    affine, so a whole normalised image normalised again comes back up to float rounding; what it would change is
+    kept: a crop of a normalised image, or a rescaled one (`scale.rescale_to_diameter`: interpolation narrows the
+    percentiles, by 4% to 11% on `make_cells`), which its own percentiles would stretch away from the whole
+    image's scale that the model sees, and a channel whose percentiles are both 0 (nearly all of it 0), which
+    `io.normalization_range` would divide by 1e-6 at every pass.
+
+    >>> image = np.array([[[100, 100, 4095, 4095]], [[0.0, 0.0, 1.0, 1.0]]])  # (C, H, W): raw, normalised
+    >>> as_normalized(image, Normalization(low=0.0, high=100.0)).round(3).tolist()
+    [[[0.0, 0.0, 1.0, 1.0]], [[0.0, 0.0, 1.0, 1.0]]]
+    """
+    image = np.asarray(image)
+    lo, hi = percentiles(image, normalization.low, normalization.high, "CYX")
+    raw = ((lo < NORMALIZED_RANGE[0]) | (hi > NORMALIZED_RANGE[1])).ravel()
+    if raw.all():
+        return apply_normalization(image, lo, hi)
+    out = np.array(image, dtype=np.float32)  # a copy: the sample's own array is never written
+    if raw.any():
+        out[raw] = apply_normalization(image[raw], lo[raw], hi[raw])
+    return out
 
 
 @dataclass(frozen=True)

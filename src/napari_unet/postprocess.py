@@ -57,6 +57,7 @@ import numpy as np
 from scipy import ndimage
 
 from ._config import Config, check_flag, check_range
+from .validation import check_probabilities
 
 FOUR_CONNECTED = ndimage.generate_binary_structure(2, 1)
 EIGHT_CONNECTED = ndimage.generate_binary_structure(2, 2)
@@ -128,8 +129,9 @@ class PostprocessConfig(Config):
 def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = None) -> np.ndarray:
     """Instance labels from a foreground probability map.
 
-    probs_fg: (H, W) float, the foreground probability (softmax channel 1). Returns (H, W) int32 labels,
-    0 = background, objects numbered 1..n. See the module docstring for the steps.
+    probs_fg: (H, W) float, the foreground probability (softmax channel 1), finite and in [0, 1] (anything else
+    raises ValueError, `validation.check_probabilities`). Returns (H, W) int32 labels, 0 = background, objects
+    numbered 1..n. See the module docstring for the steps.
 
     >>> probs = np.zeros((5, 7)); probs[1:4, 1:3] = 0.9; probs[1:4, 4:6] = 0.9
     >>> probs_to_labels(probs, PostprocessConfig(min_size=1))
@@ -143,8 +145,7 @@ def probs_to_labels(probs_fg: np.ndarray, config: PostprocessConfig | None = Non
     probs_fg = np.asarray(probs_fg)
     if probs_fg.ndim != 2:
         raise ValueError(f"probs_fg must be a 2-D (H, W) probability map; got shape {probs_fg.shape}")
-    if probs_fg.dtype.kind != "f":
-        raise TypeError(f"probs_fg must be a float array of probabilities in [0, 1]; got dtype {probs_fg.dtype}")
+    check_probabilities(probs_fg, "probs_fg")  # float, finite, in [0, 1]: as the metrics refuse the rest
     return labels_from_seeds(object_seeds(probs_fg, config), probs_fg, config)
 
 

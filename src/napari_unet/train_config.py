@@ -149,11 +149,19 @@ def preset(name: str = "fast", **overrides: Any) -> tuple[UNetConfig, TrainConfi
 
 @dataclass(frozen=True)
 class Sample:
-    """One annotated image. image: (H, W) or (C, H, W), percentile-normalised (the Trainer inverts it as its
-    `Normalization.invert` says, unless `oriented`); labels: (H, W) instance ids or a binary mask;
-    mask: (H, W), nonzero where the annotation is defined (None: everywhere but reserved "not annotated" values);
-    oriented: the image is already inverted as the normalisation says, decided on the whole image it was cut
-    from (`Normalization.bounds`; a crop's own statistics may say otherwise)."""
+    """One annotated image.
+
+    image: (H, W) or (C, H, W), raw intensities (a 12-bit camera's 100..4095, an 8-bit image's 0..255) or
+        percentile-normalised already. The Trainer normalises each channel as the model normalises the images it
+        segments (its `Normalization`'s percentiles), except a channel whose percentiles lie in [-0.5, 1.5],
+        taken as normalised and kept as it is (a crop of a normalised image keeps the whole image's scale; a dim
+        float image in [0, 1] is kept too: normalise it first, `io.normalize_percentile`); see
+        `batches.as_normalized`; then inverts it as `Normalization.invert` says. Neither when `oriented`.
+    labels: (H, W) instance ids or a binary mask.
+    mask: (H, W), nonzero where the annotation is defined (None: everywhere but reserved "not annotated" values).
+    oriented: the image is already normalised and inverted as the normalisation says, decided on the whole image
+        it was cut from (`Normalization.bounds`; a crop's own statistics may say otherwise): used as it is.
+    """
 
     image: np.ndarray
     labels: np.ndarray
