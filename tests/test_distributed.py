@@ -1061,3 +1061,49 @@ def test_a_corrupt_input_is_named_and_checked_lazily_when_it_goes_by_blocks(clie
     assert _check_input(bad, None, bundle, None, block_size=BLOCK) == "YX"  # by blocks: lazily, values unread
     with pytest.raises(ValueError, match="bad.zarr"):
         run(client, bundle, [bad], tmp_path / "out", block_size=40, margin=32)
+
+
+def test_relative_paths_are_planned_as_absolute_ones(bundle, tmp_path, monkeypatch):
+    """The audit's case: with --cluster a relative --out (and relative inputs) were resolved in each worker's
+    working directory, and the run reported success: the plan now holds absolute paths."""
+    monkeypatch.chdir(tmp_path)
+    Path("in").mkdir()
+    write_tiff(Path("in/small.tif"), (make_cells((40, 44), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    write_tiff(Path("in/large.tif"), (make_cells((100, 100), seed=2)[0] * 1000).astype(np.uint16), "YX")
+    plan = dist.plan_batch(bundle, ["in/small.tif", "in/large.tif"], "out", block_size=BLOCK, tile_size=TILE)
+    assert plan.out_dir == tmp_path / "out"
+    (small, _, whole), (large, _, blocks) = plan.items
+    assert whole is None and blocks is not None
+    assert (small, large) == (tmp_path / "in/small.tif", tmp_path / "in/large.tif")
+    paths = (blocks.source.path, blocks.labels, blocks.probs, blocks.progress)
+    assert all(p.is_absolute() and p.is_relative_to(tmp_path) for p in paths)
+
+
+def test_probabilities_asked_for_later_keep_the_complete_labels(client, bundle, big_zarr, reference, tmp_path):
+    """The audit's case: a rerun with --probabilities of an image whose labels were complete recreated the labels
+    (emptied) before computing them again, so that a stop midway lost them. Now only the probabilities are
+    computed, and the labels are never touched: stopped after its first event, the rerun leaves them whole."""
+    run(client, bundle, [big_zarr], tmp_path, probabilities=False)
+    path = tmp_path / "big_labels.ome.zarr"
+    labels = zarr.open_group(str(path), mode="r")["0"][:]
+    attributes = dict(zarr.open_group(str(path), mode="r").attrs)
+    stream = dist.segment_batch(
+        client,
+        bundle,
+        [big_zarr],
+        tmp_path,
+        block_size=BLOCK,
+        margin=MARGIN,
+        tile_size=TILE,
+        device="cpu",
+        probabilities=True,
+    )
+    next(stream)
+    stream.close()  # stopped: the other tasks are cancelled
+    assert dist.is_complete(path) and dict(zarr.open_group(str(path), mode="r").attrs) == attributes
+    assert np.array_equal(zarr.open_group(str(path), mode="r")["0"][:], labels)
+    rest = run(client, bundle, [big_zarr], tmp_path, probabilities=True)  # the probabilities are finished
+    assert len(rest) <= BLOCKS  # probability blocks only
+    probs, again = read_outputs(tmp_path)
+    assert np.array_equal(probs, reference[0]) and np.array_equal(again, labels)
+    assert dist.is_complete(tmp_path / "big_probs.ome.zarr")

@@ -166,3 +166,93 @@ def test_axes_are_stored_time_then_channel_then_space_as_ngff_asks(tmp_path, axe
     assert back_axes == axes
     np.testing.assert_array_equal(np.asarray(back), labels)
     assert read_pixel_size(path) == PixelSize(0.5, 0.5, "um")
+
+
+def ngff_image(group, data: np.ndarray, axes: str, paths: tuple[str, ...]) -> None:
+    """An NGFF 0.4 image in the zarr `group`: its `multiscales` naming the datasets `paths` (the first full
+    resolution, each next one halved in Y and X), as other writers lay them out."""
+    for level, name in enumerate(paths):
+        step = 2**level
+        group.create_array(name, data=np.ascontiguousarray(data[..., ::step, ::step]))
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [{"name": a.lower(), "type": "channel" if a == "C" else "space"} for a in axes],
+            "datasets": [{"path": name} for name in paths],
+        }
+    ]
+
+
+def test_other_writers_layouts_are_read_at_their_full_resolution(tmp_path):
+    """The audit's cases: the dataset path of `multiscales` was ignored (array "0" was opened, where other
+    writers name the levels "s0", "s1"), and a bioformats2raw layout (bfconvert, QuPath: the image is the group
+    "0" of the root, its array "0/0") failed, "0" being a group."""
+    import zarr
+
+    image = np.arange(2 * 24 * 32, dtype=np.uint16).reshape(2, 24, 32)
+    levels = zarr.open_group(str(tmp_path / "levels.zarr"), mode="w", zarr_format=2)
+    ngff_image(levels, image, "CYX", ("s0", "s1"))
+    back, axes = read_input(tmp_path / "levels.zarr")
+    assert axes == "CYX" and np.array_equal(np.asarray(back), image)
+
+    root = zarr.open_group(str(tmp_path / "b2r.zarr"), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    root.create_group("OME").attrs["series"] = ["0"]
+    ngff_image(root.create_group("0"), image[None, :, None], "TCZYX", ("0", "1"))  # as bioformats2raw writes
+    back, axes = read_input(tmp_path / "b2r.zarr")
+    assert axes == "TZCYX" and np.array_equal(np.asarray(back)[0, 0], image)
+    not_an_image = zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=2)
+    not_an_image.create_group("0")
+    with pytest.raises(ValueError, match="without an array '0'"):
+        read_input(tmp_path / "other.zarr")
+
+
+def test_an_array_inside_a_store_is_an_input_whatever_its_name(tmp_path):
+    """The audit's case: `slide.zarr/0` (the array itself) was taken for a folder of images: "no input image
+    files"."""
+    from napari_unet.pipeline import list_inputs
+
+    image = np.random.default_rng(0).integers(0, 900, (30, 40)).astype(np.uint16)
+    store = write_ome_zarr(tmp_path / "slide.zarr", image, "YX")
+    assert list_inputs([store / "0"])[0] == [store / "0"]
+    back, axes = read_input(store / "0")
+    assert axes == "YX" and np.array_equal(np.asarray(back), image)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("not an image")
+    with pytest.raises(ValueError, match="no input image files"):
+        list_inputs([tmp_path / "notes"])  # a folder of other things is still a folder
+
+
+def test_a_store_replaced_under_its_name_has_another_identity(tmp_path):
+    from napari_unet.pipeline import input_identity
+
+    path = write_ome_zarr(tmp_path / "a.zarr", np.ones((30, 40), np.uint16), "YX")
+    before = input_identity(path)
+    np.asarray(read_input(path)[0])  # reading it changes nothing
+    assert input_identity(path) == before
+    write_ome_zarr(path, np.full((30, 40), 2, np.uint16), "YX")  # the same shape and metadata, other data
+    assert input_identity(path) != before
+    assert input_identity(tmp_path / "missing.zarr") is None
+
+
+def test_predict_refuses_the_stale_labels_of_a_replaced_store(tmp_path, capsys):
+    """The audit's case: a `.zarr` input had no identity (None for folders), so a rerun on a store replaced
+    since kept its old labels, where the docs promise that stale labels are never kept for new data."""
+    import torch
+
+    from napari_unet.cli import main
+    from napari_unet.model import UNet, UNetConfig
+    from napari_unet.modelfile import ModelBundle, save_model
+    from napari_unet.synthetic import make_cells
+
+    torch.manual_seed(0)
+    model = save_model(tmp_path / "tiny.model", ModelBundle(UNet(UNetConfig(depth=2, base_channels=4))))
+    path, out = tmp_path / "a.zarr", tmp_path / "out"
+    write_ome_zarr(path, (make_cells((48, 48), seed=1)[0] * 1000).astype(np.uint16), "YX")
+    command = ["predict", str(model), str(path), "--out", str(out), "--device", "cpu", "-q"]
+    assert main(command) == 0
+    assert main(command) == 0 and "1 skipped" in capsys.readouterr().out  # unchanged: skipped
+    write_ome_zarr(path, (make_cells((48, 48), seed=2)[0] * 1000).astype(np.uint16), "YX")
+    assert main(command) == 2
+    assert "was segmented from another version of" in capsys.readouterr().err
+    assert main([*command, "--overwrite"]) == 0

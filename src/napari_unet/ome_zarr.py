@@ -1,4 +1,4 @@
-"""OME-Zarr in and out: a zarr array (or the array "0" of an OME-Zarr group) read lazily with its axes, and labels
+"""OME-Zarr in and out: a zarr array (or the full resolution of an OME-Zarr image) read lazily with its axes, and labels
 or images written as a single-scale OME-Zarr 0.4 image with their pixel size, Z step and frame interval (zarr
 format 2, "/" chunk keys, axes in NGFF's order: time, channel, space; `metadata.read_pixel_size` and
 `metadata.read_spacing` read them back).
@@ -38,11 +38,13 @@ NGFF_AXES = "TCZYX"  # NGFF 0.4's order: time, then channel, then space (the pac
 # where zarr's own default for format 2 is "." (`0.3.1`). Every OME-Zarr this package writes uses these keys:
 # `write_ome_zarr` (`predict --zarr`) and `distributed.create_ome_zarr` (block by block), so both lay out alike.
 NGFF_CHUNK_KEYS = {"name": "v2", "separator": "/"}
+ZARR_METADATA = (".zarray", ".zgroup", ".zattrs", "zarr.json")  # a zarr store's metadata files (format 2 and 3)
 
 
 def read_zarr(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
     """(image, axes) of a zarr store, read lazily through dask; axes canonical ("TZCYX" order). They come from
-    `axes`, from OME-Zarr multiscales metadata, or are guessed from the shape; a group is read at its array "0"."""
+    `axes`, from OME-Zarr multiscales metadata, or are guessed from the shape; a group is read at its first
+    multiscales dataset (its full resolution), a bioformats2raw layout at its first image (`_image_array`)."""
     import dask.array as da
     import zarr
 
@@ -56,21 +58,52 @@ def read_zarr(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
         raise ValueError(f"cannot open {path} as a zarr array ({type(error).__name__}: {error})") from error
     found = None
     if not hasattr(node, "shape"):
-        multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-        if multiscales:
-            found = (
-                "".join(
-                    (a["name"] if isinstance(a, dict) else str(a)).upper()[0] for a in multiscales[0].get("axes", [])
-                ).replace("S", "C")
-                or None
-            )
-        if "0" not in node:
-            raise ValueError(f"{path} is a zarr group without an array '0'; give the path of the array")
-        node = node["0"]
+        node, found = _image_array(node, path)
     image = da.from_zarr(node)
     if axes is None:
         axes = found if found and len(found) == image.ndim else guess_axes(tuple(image.shape))
     return to_canonical(image, axes)
+
+
+def is_zarr_store(path: str | Path) -> bool:
+    """Whether `path` is a folder holding a zarr array or group (a metadata file: `ZARR_METADATA`), whatever its
+    name: `slide.zarr`, or an array inside one, `slide.zarr/0`."""
+    path = Path(path)
+    return path.is_dir() and any((path / name).is_file() for name in ZARR_METADATA)
+
+
+def _multiscales(group) -> list | None:
+    """The NGFF `multiscales` of a zarr group (0.4: an attribute; 0.5: inside the attribute "ome"), or None."""
+    attrs = group.attrs
+    ome = attrs.get("ome")
+    return attrs.get("multiscales") or (ome.get("multiscales") if isinstance(ome, dict) else None)
+
+
+def _image_array(group, path: Path) -> tuple[Any, str | None]:
+    """(the full-resolution array, its axes from the metadata or None) of the zarr group at `path`: an OME-Zarr
+    image is read at its first dataset (`multiscales[0]["datasets"][0]["path"]`: "0" as this package writes it,
+    "s0" elsewhere); a bioformats2raw layout (bfconvert, QuPath: the images are the groups "0", "1", ... of the
+    root, beside "OME") at its first image; a group without metadata at its array "0"."""
+    multiscales = _multiscales(group)
+    if not multiscales and "0" in group and not hasattr(group["0"], "shape"):  # bioformats2raw: image 0
+        group, path = group["0"], path / "0"
+        multiscales = _multiscales(group)
+    found, name = None, "0"
+    if multiscales:
+        found = (
+            "".join(
+                (a["name"] if isinstance(a, dict) else str(a)).upper()[0] for a in multiscales[0].get("axes", [])
+            ).replace("S", "C")
+            or None
+        )
+        datasets = multiscales[0].get("datasets") or [{}]
+        name = str(datasets[0].get("path", "0")) if isinstance(datasets[0], dict) else "0"
+    if name not in group:
+        raise ValueError(f"{path} is a zarr group without an array {name!r}; give the path of the array")
+    node = group[name]
+    if not hasattr(node, "shape"):
+        raise ValueError(f"{path / name} is a zarr group, not an array; give the path of the array in it")
+    return node, found
 
 
 def write_ome_zarr(
@@ -80,6 +113,7 @@ def write_ome_zarr(
     pixel_size: PixelSize | None = None,
     spacing: StackSpacing | None = None,
     chunk: int = 1024,
+    attributes: dict[str, Any] | None = None,
 ) -> Path:
     """Copy `array` (axes over "TZCYX", canonical) into a single-scale OME-Zarr 0.4 image at `path`, plane by
     plane (a memory-mapped array is never loaded whole), its axes in NGFF's order (`NGFF_AXES`: "TZCYX" is
@@ -88,7 +122,8 @@ def write_ome_zarr(
     its unit (`ngff_multiscales`). `read_input`, `metadata.read_pixel_size` and `metadata.read_spacing` read it
     back; an existing store at `path` is replaced once the new one is complete (written under a temporary name,
     then renamed); a file or a folder that is not a zarr store (and not empty) is refused, never replaced.
-    Axes that do not name the array's dimensions in canonical order are a ValueError, before anything is written."""
+    Axes that do not name the array's dimensions in canonical order are a ValueError, before anything is written.
+    attributes: more attributes of the group (JSON), written with the `multiscales`."""
     axes = validate_axes(axes, np.ndim(array))
     if axes != canonical_axes(axes):
         raise ValueError(
@@ -102,7 +137,8 @@ def write_ome_zarr(
     path = temporary_sibling(final, folder=True)
     stored = ngff_order(axes)
     try:
-        _write_store(path, array, axes, stored, chunk, ngff_multiscales(final.name, stored, pixel_size, spacing))
+        multiscales = ngff_multiscales(final.name, stored, pixel_size, spacing)
+        _write_store(path, array, axes, stored, chunk, {**(attributes or {}), "multiscales": multiscales})
         replace_folder(path, final)  # killed between its renames: the next write puts the old store back
     finally:
         shutil.rmtree(path, ignore_errors=True)  # Ctrl-C, a full disk: no half-written store is left
@@ -131,8 +167,9 @@ def ngff_order(axes: str) -> str:
     return "".join(a for a in NGFF_AXES if a in axes)
 
 
-def _write_store(path: Path, array, axes: str, stored: str, chunk: int, multiscales: list[dict[str, Any]]) -> None:
-    """Array "0" with the axes `stored` (`axes` reordered), filled plane by plane from `array` (axes `axes`)."""
+def _write_store(path: Path, array, axes: str, stored: str, chunk: int, attributes: dict[str, Any]) -> None:
+    """Array "0" with the axes `stored` (`axes` reordered), filled plane by plane from `array` (axes `axes`); the
+    group's `attributes` (its `multiscales`) are written last, so that a store without them is unfinished."""
     import zarr
 
     sizes = {a: int(n) for a, n in zip(axes, array.shape)}
@@ -145,7 +182,7 @@ def _write_store(path: Path, array, axes: str, stored: str, chunk: int, multisca
     for index in np.ndindex(*shape[:-2]):
         plane = dict(zip(stored, index))
         data[index] = np.asarray(array[tuple(plane[a] for a in axes[:-2])])
-    group.attrs["multiscales"] = multiscales
+    group.attrs.update(attributes)
 
 
 def ngff_multiscales(

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .channels import ChannelChoiceError
+from .channels import ChannelChoice, ChannelChoiceError
 from .io import (
     PILLOW_SUFFIXES,
     TIFF_SUFFIXES,
@@ -43,7 +43,7 @@ from .io import (
     tiff_layout,
 )
 from .metadata import StackSpacing
-from .ome_zarr import read_zarr
+from .ome_zarr import ZARR_METADATA, is_zarr_store, read_zarr
 from .ome_zarr import write_ome_zarr as write_ome_zarr  # re-exported: cli/predict.py imports it from here
 from .scale import diameter_factor
 
@@ -81,11 +81,12 @@ def list_files(path: str | Path, what: str = "image", zarr: bool = False, annota
     """The image files of a folder, sorted by name (hidden files skipped), or `[path]` for a single file.
 
     what: how to name the files in error messages ("image", "label", ...). zarr: also accept `.zarr` folders
-    (as the path itself, or inside the folder). annotations: False skips the annotations the napari plugin
+    (as the path itself, or inside the folder), and as the path itself any zarr array or group, whatever its name
+    (`ome_zarr.is_zarr_store`: the array `slide.zarr/0`). annotations: False skips the annotations the napari plugin
     autosaves beside their images (`*.unet-labels.tif`, `ANNOTATION_SUFFIX`): listing images, they are not.
     """
     path = Path(path)
-    if zarr and path.suffix.lower() == ZARR_SUFFIX and path.is_dir():
+    if zarr and path.is_dir() and (path.suffix.lower() == ZARR_SUFFIX or is_zarr_store(path)):
         return [path]
     if path.is_file():
         return [path]
@@ -466,11 +467,12 @@ def split_by_image(items: Sequence[T], fraction: float, seed: int = 0) -> tuple[
 def read_input(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
     """(image, axes) of a file to segment: TIFF (memory-mapped when possible), PNG/JPEG or a `.zarr` array.
 
-    Axes are canonical ("TZCYX" order). A zarr store is read lazily through dask: its axes come from `axes`,
-    OME-Zarr multiscales metadata, or are guessed from the shape; a group is read at its array "0".
+    Axes are canonical ("TZCYX" order). A zarr store (a `.zarr` folder, or any zarr array or group:
+    `ome_zarr.is_zarr_store`) is read lazily through dask (`ome_zarr.read_zarr`): its axes come from `axes`,
+    OME-Zarr multiscales metadata, or are guessed from the shape; a group is read at its full resolution.
     """
     path = Path(path)
-    if path.suffix.lower() != ZARR_SUFFIX:
+    if path.suffix.lower() != ZARR_SUFFIX and not is_zarr_store(path):
         return read_image(path, axes)
     return read_zarr(path, axes)
 
@@ -517,6 +519,35 @@ def _sized_plane(image, planes: list[tuple[int, ...]], axes: str):
     return image[planes[0]]
 
 
+def network_axes(bundle, image, axes: str, name: str = "the image", choice: ChannelChoice | None = None) -> str:
+    """The axes of `image` (canonical `axes`) once the channel `choice` (None: the model's) is applied, its channel
+    count checked against the network's (`ModelBundle.prepare`'s error, naming `name`): from the shape alone,
+    nothing is read, copied or converted (the choice is applied to a lazy stand-in of the same shape and dtype;
+    `dask.array.from_array` would copy a memory-mapped array whole)."""
+    import dask.array as da
+
+    stand_in = da.zeros(tuple(image.shape), dtype=image.dtype, chunks=-1)
+    return bundle.prepare(stand_in, axes, name, choice)[1]
+
+
+@dataclass(frozen=True)
+class _ChosenPlanes:
+    """The planes of `image` (canonical `axes`, as read from a file) by their index over T and Z, each given the
+    channel `choice` as it is read (`ModelBundle.prepare`): a grey conversion or a pick of channels holds one
+    plane, never the whole stack. With `choice` None, the planes as they are."""
+
+    bundle: Any
+    image: Any
+    axes: str
+    choice: ChannelChoice | None = None
+
+    def __getitem__(self, index: tuple[int, ...]) -> Any:
+        plane = self.image[index] if index else self.image
+        if self.choice is None:
+            return plane
+        return self.bundle.prepare(plane, self.axes[len(index) :], choice=self.choice)[0]
+
+
 def segment_file(
     bundle,
     image,
@@ -532,6 +563,7 @@ def segment_file(
     spacing: StackSpacing | None = None,
     diameter: float | str | None = "auto",
     settings: dict[str, Any] | None = None,
+    channels: ChannelChoice | None = None,
 ) -> Iterator[PlaneDone]:
     """Segment `image` (axes over "TZCYX", canonical) plane by plane into TIFF files; yields after each plane.
 
@@ -550,6 +582,9 @@ def segment_file(
     rescaled in memory (planes too large for that are refused: `scale.check_rescalable`).
     settings: what the outputs depend on (JSON-serialisable), recorded in each output TIFF (`SETTINGS_TAG`, read
     back by `read_settings`), so that a rerun knows whether a finished output is its own; None records nothing.
+    channels: a channel choice (`channels.ChannelChoice`) applied to each plane as it is read (`ModelBundle.prepare`,
+    which checks the channel count): `image` is then as read from its file, and a stack is never converted whole
+    (a grey conversion holds one float32 plane); None: `image` is the network's input already.
     """
     from .device import select_device
 
@@ -558,8 +593,11 @@ def segment_file(
     out_axes = axes.replace("C", "")
     out_shape = tuple(n for n, a in zip(image.shape, axes) if a != "C")
     planes = plane_indices(tuple(image.shape), axes)
-    first = image[planes[0]] if planes[0] else image
-    sized = _sized_plane(image, planes, axes) if diameter == "auto" and len(planes) > 1 else first
+    chosen = _ChosenPlanes(bundle, image, axes, channels)
+    chosen_axes = axes if channels is None else network_axes(bundle, image, axes, choice=channels)
+    sized = None  # a plane is read to estimate the objects' diameter only when it is estimated
+    if diameter == "auto" and bundle.object_diameter is not None:
+        sized = _sized_plane(chosen, planes, chosen_axes) if len(planes) > 1 else chosen[planes[0]]
     used = bundle.resolve_diameter(sized, diameter, device=device)
     factor = 1.0 if used is None else diameter_factor(bundle.object_diameter, used)
     finals = [path for path in (outputs.labels, outputs.probs) if path is not None]
@@ -576,7 +614,7 @@ def segment_file(
             else None
         )
         for number, index in enumerate(planes):
-            plane = image[index] if index else image
+            plane = chosen[index]
             fg = _foreground(bundle, plane, factor, tile_size, device, batch_size, tta)
             labels = bundle.labels_of(fg, factor, postprocess)
             labels_out[index] = labels
@@ -694,12 +732,26 @@ def same_settings(recorded: dict | None, wanted: dict) -> bool:
 
 def input_identity(path: str | Path) -> dict[str, Any] | None:
     """What tells a file from a replaced one of the same name, recorded with its outputs (`settings["input"]`):
-    its size in bytes and its modification time (ns); None for a folder (an OME-Zarr store: not compared)."""
+    its size in bytes and its modification time (ns). For a folder (a zarr store): a digest of its metadata files
+    (shapes, chunks, dtypes, attributes), and the number, total size and newest modification time of its other
+    files (the chunks), found by walking the folder without reading them. None for anything else."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_file():
+        status = path.stat()
+        return {"bytes": status.st_size, "modified_ns": status.st_mtime_ns}
+    if not path.is_dir():
         return None
-    status = path.stat()
-    return {"bytes": status.st_size, "modified_ns": status.st_mtime_ns}
+    metadata, chunks, size, newest = hashlib.sha1(), 0, 0, 0
+    for folder, subfolders, names in os.walk(path):
+        subfolders.sort()
+        for name in sorted(names):
+            file = Path(folder, name)
+            if name in ZARR_METADATA:
+                metadata.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+            else:
+                status = file.stat()
+                chunks, size, newest = chunks + 1, size + status.st_size, max(newest, status.st_mtime_ns)
+    return {"metadata": metadata.hexdigest()[:16], "chunks": chunks, "bytes": size, "modified_ns": newest}
 
 
 def file_settings(settings: dict | None, path: str | Path) -> dict | None:
@@ -718,7 +770,7 @@ def replaced_input(output: str | Path, path: str | Path) -> str:
 
 def same_input(recorded: dict | None, path: str | Path) -> bool:
     """Whether the output recorded with `recorded` was segmented from `path` as it is now (True when the record
-    holds no identity: written before it was recorded, or from a folder)."""
+    holds no identity: written before it was recorded, or, before December 2026, from a folder)."""
     was = (recorded or {}).get("input")
     return was is None or was == input_identity(path)
 

@@ -193,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
     given = pixel_size_option(args)
     choice = channel_choice_option(args)
     distributed = bool(args.cluster or args.workers)
+    if distributed:  # before any input is read: the options that distributed mode refuses
+        _check_distributed_options(args, bundle)
     settings = None if distributed else _run_settings(args, bundle, postprocess, choice, given)
     finished = _check_outputs(files, outputs, args, settings)
     _check_inputs(files, finished, args, bundle, choice, args.block_size if distributed else None)
@@ -228,7 +230,6 @@ def run(args: argparse.Namespace) -> int:
                     bar.update(1, file=path.name)
                 else:
                     spacing = read_spacing(path, pixel_size)
-                    network_image, network_axes = bundle.prepare(image, axes, path.name, choice)
                     n = count_planes(image, axes)
                     found, size = 0, ""
                     for plane in autocast_iterator(
@@ -236,8 +237,8 @@ def run(args: argparse.Namespace) -> int:
                         args.precision,
                         segment_file(
                             bundle,
-                            network_image,
-                            network_axes,
+                            image,
+                            axes,
                             out,
                             postprocess=postprocess,
                             tile_size=args.tile_size,
@@ -248,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
                             spacing=spacing,
                             diameter=args.diameter,
                             settings=file_settings(settings, path),
+                            channels=choice or bundle.channels,  # plane by plane: a stack is never converted whole
                         ),
                     ):
                         found += plane.objects
@@ -294,8 +296,41 @@ def _run_settings(args: argparse.Namespace, bundle, postprocess, choice, pixel_s
 
 
 def _table_record(table: Path) -> Path:
-    """Where predict notes the digest of the measurements.csv it wrote (a hidden file beside it)."""
+    """Where predict notes the digest of the measurements.csv it wrote, or what an ROI zip was made from (a hidden
+    file beside it)."""
     return table.with_name(f".{table.name}.napari-unet")
+
+
+EXTRAS_RECORD = "napari_unet_made_from"  # the attribute of a --zarr store that says which labels it copies
+
+
+def _made_from(labels: Path) -> str:
+    """What the --rois and --zarr files of the labels TIFF `labels` are made from, as each records it (an OME-Zarr
+    in its attribute `EXTRAS_RECORD`, an ROI zip in a hidden file beside it, `_table_record`): a digest of the
+    settings the TIFF records and of its size and modification time. A rerun writes again an extra that records
+    another (made from other labels: a run with other settings, or --overwrite without that extra, came since)."""
+    import hashlib
+    import json
+
+    from ..pipeline import input_identity, read_settings
+
+    made_from = {"settings": read_settings(labels), "labels": input_identity(labels)}
+    return hashlib.sha256(json.dumps(made_from, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _recorded_made_from(extra: Path) -> str | None:
+    """What the --rois or --zarr file `extra` records it was made from (`_made_from`); None: nothing readable."""
+    if extra.suffix.lower() == ".zip":
+        try:
+            return _table_record(extra).read_text().strip()
+        except OSError:
+            return None
+    import zarr
+
+    try:
+        return zarr.open_group(str(extra), mode="r").attrs.get(EXTRAS_RECORD)
+    except Exception:  # noqa: BLE001 - not a readable store: made from nothing known
+        return None
 
 
 def _write_table(tables: list, table: Path) -> None:
@@ -332,9 +367,10 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
     an earlier run with these `settings` finished it (its labels, and its probabilities when asked, are there):
     it is skipped, and segmented again with --overwrite. Without --overwrite, an existing output written with
     other settings (or not by predict) is refused, naming the difference, as are the --rois/--zarr outputs of an
-    image not begun and a measurements.csv when the run continues none. With --cluster/--workers existing
-    outputs are skipped by `distributed.segment_plan` instead. (Whether --out is writable is checked once the
-    inputs are: `check_writable_folder` creates it.)"""
+    image not begun, those of a begun image that record no labels they were made from (`_recorded_made_from`:
+    not predict's, or an earlier version's) and a measurements.csv when the run continues none. With
+    --cluster/--workers existing outputs are skipped by `distributed.segment_plan` instead. (Whether --out is
+    writable is checked once the inputs are: `check_writable_folder` creates it.)"""
     from ..pipeline import (
         base_name,
         check_distinct_names,
@@ -377,6 +413,12 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
         finished.append(all(p.exists() for p in tiffs))
         if out.labels.exists():  # begun by an earlier run like this one: its extras are written again from them
             continued = True
+            unrecorded = [extra for extra in extras[path] if extra.exists() and _recorded_made_from(extra) is None]
+            if unrecorded:  # not ours: never replaced without --overwrite
+                raise ValueError(
+                    f"the output {unrecorded[0]} exists and records no labels it was made from (another program's, "
+                    "or an earlier version's): replace it with --overwrite, or choose another --out"
+                )
             continue
         for extra in extras[path]:
             check_output_free(extra, False, "the output")
@@ -421,24 +463,20 @@ def _check_inputs(
 ) -> None:
     """Every input, before the first is segmented: a bad fifth file fails now, not in an hour; all the bad ones
     in one error, one line each (`_bad_inputs`). An image an earlier run finished is not read again (with --rois,
-    only its axes)."""
+    only its shape and axes)."""
     from ..io import reading_notes
     from ..pipeline import read_input
 
     problems = []
     for path, skip in zip(files, finished):
         try:
-            if skip:
-                axes = read_input(path, args.axes)[1] if args.rois else ""
-            else:
+            if skip and args.rois:
+                image, axes = read_input(path, args.axes)
+                _check_rois(path, tuple(image.shape), axes)
+            elif not skip:
                 for said in reading_notes(path) if args.axes is None else ():  # what reading it had to assume
                     note(f"note: {path.name}: {said}", args.quiet)
-                axes = _check_input(path, args.axes, bundle, choice, block_size)
-            if args.rois and len(axes.replace("C", "")) > 3:
-                raise ValueError(
-                    f"{path}: --rois writes one plane or one stack (ZYX or TYX) per file, and this image has axes "
-                    f"{axes}: run without --rois (then 'napari-unet rois' on planes or stacks of its labels)"
-                )
+                _check_input(path, args.axes, bundle, choice, block_size, rois=args.rois)
         except (ValueError, OSError) as error:
             problems.append(error)
     if len(problems) == 1:
@@ -460,27 +498,44 @@ def _bad_inputs(problems: list[Exception], total: int, shown: int = 10) -> str:
     )
 
 
-def _check_input(path: Path, axes: str | None, bundle, choice, block_size: int | None = None) -> str:
+def _check_rois(path: Path, shape: tuple[int, ...], axes: str) -> None:
+    """--rois: an ROI zip holds one plane or one stack, so an image (`shape`, `axes`) with more than one axis
+    longer than 1 besides C, Y and X (a time series of stacks) is refused; a 2-D image stored as 5-D is not."""
+    long = "".join(a for a, n in zip(axes, shape) if a not in "CYX" and n > 1)
+    if len(long) > 1:
+        raise ValueError(
+            f"{path}: --rois writes one plane or one stack (ZYX or TYX) per file, and this image has axes {axes} "
+            f"(shape {shape}): run without --rois (then 'napari-unet rois' on planes or stacks of its labels)"
+        )
+
+
+def _check_input(
+    path: Path, axes: str | None, bundle, choice, block_size: int | None = None, rois: bool = False
+) -> str:
     """Read `path` as `predict` will and check it (`validation.check_image`; its channels, after the channel
-    choice, against the model's); returns its axes. With `block_size` (--cluster/--workers), an input that goes
-    block by block (`distributed.goes_by_blocks`) is opened lazily and only its dtype and channels are checked:
-    its values are read by the blocks' tasks. Any error names the file (a corrupt chunk's too)."""
-    from ..pipeline import read_input
+    choice, against the model's, from the shape alone: `pipeline.network_axes`); returns its axes. With
+    `block_size` (--cluster/--workers), every input is opened lazily and its channels checked against the model's
+    own choice (`_check_distributed_channels`); one that goes block by block (`distributed.goes_by_blocks`) only
+    that and its dtype: its values are read when the batch is planned (`distributed.plan_batch`). Any error names
+    the file (a corrupt chunk's too). rois: refuse an image whose labels an ROI zip cannot hold (`_check_rois`)."""
+    from ..pipeline import network_axes, read_input
     from ..validation import check_image, check_image_dtype
 
     try:
         if block_size is not None:
             from ..distributed import goes_by_blocks
-            from ..distributed.tasks import check_channels, read_lazily
+            from ..distributed.tasks import read_lazily
 
             image, found = read_lazily(path, axes)
+            _check_distributed_channels(path, image, found, bundle)  # reads nothing, names the file
             if goes_by_blocks(path, tuple(image.shape), found, block_size):
                 check_image_dtype(image.dtype)
-                check_channels(bundle, path, image, found, choice)  # reads nothing, names the file
                 return found
         image, found = read_input(path, axes)
+        if rois:
+            _check_rois(path, tuple(image.shape), found)
         check_image(image, found)
-        bundle.prepare(image, found, path.name, choice)
+        network_axes(bundle, image, found, path.name, choice)  # the channels, from the shape: nothing converted
         return found
     except ValueError as error:  # named once: the readers' messages often begin with the path already
         raise ValueError(str(error) if str(path) in str(error) else f"{path}: {error}") from error
@@ -494,9 +549,11 @@ def _extras(
     args: argparse.Namespace, path: Path, image, axes: str, labels_path: Path, pixel_size, again: bool = False
 ) -> list:
     """--measure: the tables of every plane of `labels_path` (`[(extra columns, table), ...]`, empty without it);
-    --rois: write its ROI zip; --zarr: copy it to OME-Zarr. again: an earlier run finished the image, so its ROI
-    zip and OME-Zarr (each written whole, under a temporary name) are written only where missing (that run was
-    stopped between its labels and them); its table is measured again (`image` is needed for that only)."""
+    --rois: write its ROI zip; --zarr: copy it to OME-Zarr; each records the labels it was made from
+    (`_made_from`). again: an earlier run finished the image, so its ROI zip and OME-Zarr (each written whole,
+    under a temporary name) are written only where missing (that run was stopped between its labels and them) or
+    made from other labels (`_recorded_made_from`: a run with other settings, or --overwrite without them, came
+    since); its table is measured again (`image` is needed for that only)."""
     from ..io import read_image
     from ..measure import measure_planes
     from ..metadata import read_spacing
@@ -505,28 +562,45 @@ def _extras(
 
     zarr = args.out / f"{base_name(path)}_labels.ome.zarr" if args.zarr else None
     rois = args.out / f"{base_name(path)}_rois.zip" if args.rois else None
-    if again:
-        zarr, rois = (p if p is not None and not p.exists() else None for p in (zarr, rois))
+    made_from = _made_from(labels_path)
+    if again:  # kept where present and made from these labels
+        zarr, rois = (
+            p if p is not None and not (p.exists() and _recorded_made_from(p) == made_from) else None
+            for p in (zarr, rois)
+        )
     if not (args.measure or zarr or rois):
         return []
     labels, labels_axes = read_image(labels_path)
     if zarr is not None:
-        write_ome_zarr(zarr, labels, labels_axes, pixel_size, read_spacing(path, pixel_size))
+        spacing = read_spacing(path, pixel_size)
+        write_ome_zarr(zarr, labels, labels_axes, pixel_size, spacing, attributes={EXTRAS_RECORD: made_from})
     tables = []
     if args.measure:
         for extra, table in measure_planes(labels, labels_axes, image, axes, pixel_size):
             tables.append(({"image": base_name(path), **extra}, table))
     if rois is not None and labels.max(initial=0) > 0:
-        write_rois(rois, labels)
+        write_rois(rois, _planes_only(labels, labels_axes))
+        _table_record(rois).write_text(made_from)
     elif rois is not None:  # no object: no ROI file, and none left from an earlier run (--overwrite) to contradict it
         rois.unlink(missing_ok=True)
+        _table_record(rois).unlink(missing_ok=True)
     return tables
 
 
-def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[Path]) -> int:
-    """`predict` with --cluster or --workers: every file planned (`distributed.plan_batch`: a bad input is refused
-    before the workers start), then the files and blocks as tasks (`distributed.segment_plan`)."""
-    from ..distributed import check_scale, connect, plan_batch, segment_plan
+def _planes_only(labels, axes: str):
+    """`labels` as an ROI zip holds them, (H, W) or (N, H, W): those with more axes (a 2-D image stored as 5-D
+    OME-Zarr, T = Z = 1) without their leading axes of length 1 (`_check_rois` refused longer ones)."""
+    while labels.ndim > 3 and labels.shape[0] == 1:
+        labels = labels[0]
+    if labels.ndim > 3:  # T and Z both longer than 1: `_check_rois` refuses them before any work
+        raise ValueError(f"an ROI zip holds one plane or one stack; these labels have axes {axes}")
+    return labels
+
+
+def _check_distributed_options(args: argparse.Namespace, bundle) -> None:
+    """Refuse, before any input is read, what --cluster/--workers do not do: the single-process options, a model
+    with several input channels, and a model that would rescale the images (`distributed.check_scale`)."""
+    from ..distributed import check_scale
 
     unsupported = [
         flag
@@ -544,6 +618,31 @@ def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[P
             f"run without them for {', '.join(unsupported) or 'a multichannel model'}"
         )
     check_scale(bundle, args.diameter, give="--diameter {:g}", instead="run without --cluster/--workers")
+
+
+def _check_distributed_channels(path: Path, image, axes: str, bundle) -> None:
+    """With --cluster/--workers the workers apply the model's own channel choice (--channels and --grey are
+    single-process options): refuse an image it does not turn into the network's channels, with advice that works
+    there (`ModelBundle.prepare`'s suggests --channels or --grey). Reads nothing."""
+    from ..pipeline import network_axes
+
+    try:
+        network_axes(bundle, image, axes, path.name)
+    except ValueError:
+        expected = bundle.net.config.in_channels
+        raise ValueError(
+            f"{path}: the model expects {expected} channel(s) ({bundle.describe_input()}), which this image (axes "
+            f"{axes}, shape {tuple(image.shape)}) does not give; --cluster/--workers apply the model's own channel "
+            f"choice: convert the images to {expected} channel(s) first, use a model trained with the --channels "
+            "or --grey that fits them (the choice is saved with the model), or run without --cluster/--workers, "
+            "with --channels or --grey"
+        ) from None
+
+
+def run_distributed(args: argparse.Namespace, bundle, postprocess, files: list[Path]) -> int:
+    """`predict` with --cluster or --workers: every file planned (`distributed.plan_batch`: a bad input is refused
+    before the workers start), then the files and blocks as tasks (`distributed.segment_plan`)."""
+    from ..distributed import connect, plan_batch, segment_plan
 
     started, cut = time.perf_counter(), 0
     where = f"the cluster at {args.cluster}" if args.cluster else f"{args.workers} local worker(s)"

@@ -28,6 +28,7 @@ from distributed import Client, as_completed
 from ..device import DEVICE_CHOICES, select_device
 from ..metadata import PixelSize
 from ..modelfile import ModelBundle
+from ..ome_zarr import is_zarr_store
 from ..pipeline import (
     ZARR_SUFFIX,
     base_name,
@@ -141,10 +142,12 @@ class BatchPlan:
 
 def goes_by_blocks(path: str | Path, shape: tuple[int, ...], axes: str, block_size: int = DEFAULT_BLOCK) -> bool:
     """Whether an input of `shape` (canonical `axes`, `pipeline.read_input`'s) is segmented block by block: a
-    single plane (T and Z of size 1) larger than one block of `block_size`, or any single-plane `.zarr`."""
+    single plane (T and Z of size 1) larger than one block of `block_size`, or any single-plane `.zarr` (or zarr
+    array or group by another name, `ome_zarr.is_zarr_store`)."""
     if any(n > 1 for n, a in zip(shape, axes) if a in "TZ"):
         return False
-    return Path(path).suffix.lower() == ZARR_SUFFIX or shape[-2] * shape[-1] > block_size**2
+    zarr = Path(path).suffix.lower() == ZARR_SUFFIX or is_zarr_store(path)
+    return zarr or shape[-2] * shape[-1] > block_size**2
 
 
 def plan_batch(
@@ -170,13 +173,15 @@ def plan_batch(
     infinite values, or a constant image (`tasks.check_values`: a full read, chunk by chunk, on the driver's
     threads; skipped for an image whose labels are complete, as a rerun finds them). A whole file's values are
     checked by its task, as a single-process run checks them. pixel_size: stored in the outputs instead of each
-    input's own. Writes nothing but `out_dir` itself."""
+    input's own. Writes nothing but `out_dir` itself. The plan holds absolute paths (relative ones are taken
+    from this process's working directory): a worker on another machine, in another directory, reads and writes
+    the same files."""
     _check_options(block_size, margin, tile_size, device)
     check_distinct_names(inputs, out_dir)
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()
     out_dir.mkdir(parents=True, exist_ok=True)
     items = []
-    for path in map(Path, inputs):
+    for path in (Path(p).absolute() for p in inputs):
         image, found = read_lazily(path, axes)  # only the shape is read here (a whole file may be read whole)
         check_channels(bundle, path, image, found)
         plan = _plan_large(bundle, path, image, found, axes, out_dir, block_size, tile_size, device)
@@ -289,7 +294,9 @@ def segment_plan(
     settings record of `predict`'s outputs (`pipeline.output_settings`, `model_name` naming the model there), so
     that a later single-process `predict` with the same settings skips them.
     Finished outputs (labels, and the probabilities when asked) are skipped (an event with `skipped`), as are
-    the finished blocks of an interrupted run; with `overwrite` they are segmented again, from the start. The
+    the finished blocks of an interrupted run; with `overwrite` they are segmented again, from the start. An image
+    that goes by blocks whose labels are complete but whose probabilities are asked for and missing gets its
+    probabilities only: its labels are kept as they are, never recreated (an interrupted rerun leaves them). The
     outputs record the run's settings (`pipeline.output_settings`; an OME-Zarr's in its attributes, `SETTINGS`):
     a finished output written with other settings, or recording none, is refused with a ValueError before
     anything is submitted, as `predict` refuses it (`overwrite` replaces it).
@@ -328,6 +335,7 @@ def segment_plan(
     recorded: dict[Path, dict[str, Any]] = {}  # the settings each large image's outputs record (its own input's)
     carried: dict[Path, int] = {}  # objects cut by the label blocks an interrupted run finished, per large image
     plans: dict[Path, LargeImage] = {}
+    kept: dict[Path, bool] = {}  # whether a large image's complete labels are kept (only its probabilities missing)
     skipped: list[tuple[str, int]] = []  # (name, objects cut by its blocks in an earlier run)
     try:
         for path, image, large in plan.items:
@@ -360,9 +368,12 @@ def segment_plan(
                 if overwrite:  # from the start: no block of an earlier run is kept
                     for old in (large.labels, large.probs, large.progress):
                         shutil.rmtree(old, ignore_errors=True)
-                plans[large.labels], recorded[large.labels] = large, own
+                # complete labels (of these settings: `_check_finished`) whose probabilities are now asked for are
+                # kept, never rewritten: only the probabilities are computed
+                keep_labels = not overwrite and is_complete(large.labels)
+                plans[large.labels], recorded[large.labels], kept[large.labels] = large, own, keep_labels
                 pending, cut = _submit_large(
-                    client, model, plan, bundle, large, image, config, probabilities, own, run, jobs
+                    client, model, plan, bundle, large, image, config, probabilities, own, run, jobs, keep_labels
                 )
                 if pending == 0:  # every block was done by an interrupted run: finished now, nothing submitted
                     skipped.append((path.name, cut))
@@ -380,10 +391,10 @@ def segment_plan(
                 raise failure(f"segmenting {job.item} failed: {type(error).__name__}: {error}") from error
             cut = 0
             if job.labels is not None:
-                cut = int(future.result())
+                cut = int(future.result()) if job.cuts else 0
                 label_blocks[job.labels] -= 1
                 if label_blocks[job.labels] == 0:
-                    _finish(plans[job.labels], probabilities, recorded[job.labels])
+                    _finish(plans[job.labels], probabilities, recorded[job.labels], kept[job.labels])
                     cut += carried[job.labels]
             done += 1
             yield BatchProgress(done, total, job.item, cut)
@@ -460,10 +471,13 @@ def _check_tta(path: Path, image, plan: LargeImage | None, block_size: int, clas
 
 @dataclass(frozen=True)
 class _Job:
-    """What a future computes: `item` names it; `labels` is the output of a label block, else None."""
+    """What a future computes: `item` names it; `labels`: the labels of the large image whose last block it may
+    be (its label blocks; its probability blocks when its complete labels are kept), else None; `cuts`: whether
+    it returns the objects it cut (a label block)."""
 
     item: str
     labels: Path | None = None
+    cuts: bool = False
 
 
 def _plan_large(
@@ -507,9 +521,13 @@ def _submit_large(
     settings: dict[str, Any],
     run: str,
     jobs: dict[Any, _Job],
+    keep_labels: bool = False,
 ) -> tuple[int, int]:
-    """Create (or reopen) the outputs of `plan` and submit its unfinished blocks; returns the label blocks left
-    and the objects cut by the label blocks already done (their markers')."""
+    """Create (or reopen) the outputs of `plan` and submit its unfinished blocks; returns the blocks left that
+    finish the image (its label blocks) and the objects cut by the label blocks already done (their markers').
+    keep_labels: the labels are complete and only the probabilities are missing (a rerun with `probabilities`):
+    the labels are neither recreated nor written, only the probability blocks are submitted (those are then the
+    blocks that finish the image), so that an interrupted rerun leaves the complete labels as they were."""
     import dask
 
     device, margin = batch.device, batch.margin
@@ -525,7 +543,7 @@ def _submit_large(
     }
     plan = replace(plan, settings=hashlib.sha1(json.dumps(stamp, sort_keys=True).encode()).hexdigest()[:16])
     markers = plan.progress / plan.settings
-    if not (markers.is_dir() and plan.labels.is_dir() and plan.probs.is_dir()):
+    if not (markers.is_dir() and (keep_labels or plan.labels.is_dir()) and plan.probs.is_dir()):
         # new, or begun with other settings: start again (tasks of the old run find their folder gone)
         shutil.rmtree(plan.progress, ignore_errors=True)
         markers.mkdir(parents=True)
@@ -535,7 +553,8 @@ def _submit_large(
             scale, unit = ngff_pixel_size(batch.pixel_size)
         dtype = np.uint32 if plan.shape[0] * plan.shape[1] < np.iinfo(np.uint32).max else np.uint64
         name = base_name(plan.source.path)
-        create_ome_zarr(plan.labels, plan.shape, dtype, plan.block, ngff_attributes(name, "YX", scale, unit, True))
+        if not keep_labels:
+            create_ome_zarr(plan.labels, plan.shape, dtype, plan.block, ngff_attributes(name, "YX", scale, unit, True))
         create_ome_zarr(
             plan.probs,
             plan.shape,
@@ -570,8 +589,13 @@ def _submit_large(
             key=f"napari-unet-probabilities-{run}-{image_id}-{region[0].start}-{region[1].start}",
             pure=False,
         )
-        jobs[future] = _Job(item)
+        jobs[future] = _Job(item, plan.labels if keep_labels else None)
         probs_futures[_corner(region)] = (region, future)
+    if keep_labels:
+        pending = len(probs_futures)
+        if pending == 0:
+            _finish(plan, probabilities, settings, keep_labels)
+        return pending, 0
     pending, cut = 0, 0
     for region in plan.regions:
         if plan.marker("labels", region).exists():
@@ -591,7 +615,7 @@ def _submit_large(
             key=f"napari-unet-labels-{run}-{image_id}-{region[0].start}-{region[1].start}",
             pure=False,
         )
-        jobs[future] = _Job(item, plan.labels)
+        jobs[future] = _Job(item, plan.labels, cuts=True)
         pending += 1
     if pending == 0:
         _finish(plan, probabilities, settings)
@@ -615,12 +639,13 @@ def _near(a: tuple[slice, slice], b: tuple[slice, slice], margin: int) -> bool:
     return all(sa.start < sb.stop + margin and sb.start - margin < sa.stop for sa, sb in zip(a, b))
 
 
-def _finish(plan: LargeImage, keep_probs: bool, settings: dict[str, Any]) -> None:
-    """Mark the labels complete, with the `settings` they were written with; drop the probabilities (unless kept,
-    marked the same) and the progress markers."""
+def _finish(plan: LargeImage, keep_probs: bool, settings: dict[str, Any], kept_labels: bool = False) -> None:
+    """Mark the labels complete, with the `settings` they were written with (unless `kept_labels`: complete
+    already, left as they are); drop the probabilities (unless kept, marked the same) and the progress markers."""
     import zarr
 
-    zarr.open_group(str(plan.labels), mode="r+").attrs.update({SETTINGS: settings, COMPLETE: True})
+    if not kept_labels:
+        zarr.open_group(str(plan.labels), mode="r+").attrs.update({SETTINGS: settings, COMPLETE: True})
     if keep_probs:
         zarr.open_group(str(plan.probs), mode="r+").attrs.update({SETTINGS: settings, COMPLETE: True})
     else:
