@@ -21,7 +21,7 @@ from ..channels import ChannelChoice
 from ..io import MAX_PERCENTILE_SAMPLES, TIFF_SUFFIXES, read_image
 from ..metadata import PixelSize, read_pixel_size, read_spacing
 from ..modelfile import ModelBundle
-from ..pipeline import Outputs, output_paths, read_input, segment_file
+from ..pipeline import Outputs, network_axes, output_paths, read_input, segment_file
 from ..postprocess import PostprocessConfig
 from ..tiling import TileGrid, as_channels_first, iter_predict_tiles
 from ..validation import check_image, count_nonfinite
@@ -78,15 +78,9 @@ def plane_reads(bundle: ModelBundle, path: Path, image: Any, axes: str, index: t
 def check_channels(bundle: ModelBundle, path: Path, image: Any, axes: str, choice: ChannelChoice | None = None) -> None:
     """Raise ValueError (naming `path`) unless `image` (canonical `axes`) gives the network's channel count with
     the channel `choice` (default the model's; `ModelBundle.prepare`), as a single-process run checks it; nothing
-    is read (an array that is not dask is stood in for by a dask array of its shape and dtype, so that a grey
-    conversion reads no value)."""
-    import dask.array as da
-
-    # a stand-in of the same shape and dtype for an array that is not dask (`dask.array.from_array` would copy a
-    # memory-mapped array whole)
-    lazy = image if isinstance(image, da.Array) else da.zeros(tuple(image.shape), dtype=image.dtype, chunks=-1)
+    is read (`pipeline.network_axes`)."""
     try:
-        bundle.prepare(lazy, axes, path.name, choice)
+        network_axes(bundle, image, axes, path.name, choice)  # from the shape alone: nothing is read
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
 
@@ -272,7 +266,6 @@ def segment_whole_file(
     with dask.config.set(scheduler="synchronous"):  # a lazy input is read here, not as tasks of the cluster
         image, axes = read_input(path, axes)
         check_image(image, axes)  # refused as in a single-process run: NaN or infinite values, a constant image
-        image, axes = bundle.prepare(image, axes, path.name)  # the model's channel choice, as `predict` does
         # at the image's own scale (diameter=None): the command line refuses a model that would rescale
         planes = segment_file(
             bundle,
@@ -287,6 +280,7 @@ def segment_whole_file(
             pixel_size=pixel_size,
             spacing=read_spacing(path, pixel_size),
             settings=settings,
+            channels=bundle.channels,  # the model's channel choice, as `predict` does: plane by plane
         )
         for done in planes:
             objects += done.objects
