@@ -1,5 +1,6 @@
-"""What makes a folder a napari-unet model folder, without importing torch (napari asks the plugin's reader about
-every dropped path, and `modelfile`, which loads and saves models, imports torch).
+"""What makes a folder a napari-unet model folder, and which folders a model may be saved to, without importing
+torch (napari asks the plugin's reader about every dropped path, and `modelfile`, which loads and saves models,
+imports torch).
 
 A model folder holds `config.json` (its "format" is `FORMAT`) and `weights.safetensors`.
 """
@@ -40,3 +41,24 @@ def is_napari_unet_model(path: str | Path) -> bool:
         return config_format(path) == FORMAT
     except (OSError, ValueError):
         return False
+
+
+def check_save_target(path: str | Path, name: str | None = None) -> bool:
+    """Refuse (ValueError) to save a model to the folder `path` when that could replace what is not a napari-unet
+    model: a folder that holds other files and no model, or another program's folder with files of the same names.
+    Returns whether `path` holds a napari-unet model (saved over, its other files kept: `modelfile.save_model`);
+    False for a path that does not exist yet or an empty folder. name: how the message calls `path` ("--out x")."""
+    path = Path(path)
+    name = name or str(path)
+    if not path.exists():
+        return False
+    if is_model_folder(path):
+        if not is_napari_unet_model(path):
+            raise ValueError(
+                f"{name} holds a config.json and weights.safetensors that are not a napari-unet model's (another "
+                "program's, or a damaged config): choose a new path"
+            )
+        return True
+    if not path.is_dir() or any(path.iterdir()):
+        raise ValueError(f"{name} exists and is not a model folder (nor an empty folder); choose a new path")
+    return False

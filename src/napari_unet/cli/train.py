@@ -364,7 +364,7 @@ def _lock_holder(path: Path) -> str:
 def _check_options(args: argparse.Namespace) -> None:
     from ..device import select_device
     from ..modelfile import STATE_FILE, load_model, recover_interrupted_save
-    from ..modelfolder import is_model_folder, is_napari_unet_model
+    from ..modelfolder import check_save_target, is_model_folder
     from ..validation import check_output_not_input, check_writable_folder
 
     select_device(args.device)  # a device that is not here fails now, not after reading the data
@@ -414,19 +414,8 @@ def _check_options(args: argparse.Namespace) -> None:
         args.seed = 0
     if args.init is not None and any(v is not None for v in new_net.values()):
         raise ValueError("--depth and --base-channels describe a new net; with --init the saved net is used")
-    if args.out.exists():
-        if is_model_folder(args.out) and not is_napari_unet_model(args.out):
-            raise ValueError(
-                f"--out {args.out} holds a config.json and weights.safetensors that are not a napari-unet model's "
-                "(another program's, or a damaged config): choose a new path"
-            )
-        if is_model_folder(args.out):
-            if not args.overwrite:
-                raise ValueError(
-                    f"{args.out} already holds a model: continue it with --resume, or replace it with --overwrite"
-                )
-        elif not args.out.is_dir() or any(args.out.iterdir()):
-            raise ValueError(f"--out {args.out} exists and is not a model folder; choose a new path")
+    if check_save_target(args.out, f"--out {args.out}") and not args.overwrite:
+        raise ValueError(f"{args.out} already holds a model: continue it with --resume, or replace it with --overwrite")
 
 
 def _model_folder(model: str) -> Path:

@@ -1,11 +1,13 @@
 """Nothing the user made is lost: where annotations and models are autosaved, and how they are found again.
 
 Annotations used for training go next to the image's file (`cells.tif` -> `cells.tif.unet-labels.tif`); when that
-folder is not writable, or the image has no file, they go to `<root>/annotations/`, and `<root>/annotations/
-index.json` maps each image file to its annotations so that they are offered back when the image is opened
-again. Annotations beside an image that a new save would replace with different ones (an earlier session's,
-not restored before painting anew) are first copied to `<root>/annotations/previous/`. Models go to
-`<root>/models/<time>-<image name>/` (written atomically by `modelfile.save_model`).
+folder is not writable, or the image has no file, they go to `<root>/annotations/` (one file per image file), and
+`<root>/annotations/index.json` maps each image file to its annotations so that they are offered back when the image
+is opened again. A dock remembers what it wrote or restored for each image (`Saved`: the file, its stamp, a hash of
+the labels), so that its own annotations are replaced at the next save, unchanged ones not written again, and only
+annotations it does not know (an earlier session's, not restored before painting anew) are first copied to
+`<root>/annotations/previous/`, once. Models go to `<root>/models/<time>-<image name>/` (written atomically by
+`modelfile.save_model`; -2, -3, … for runs started in the same second).
 
 The annotations keep the image's calibration: the pixel size of its layer, else of its file, and the file's Z step
 and frame interval are written into their TIFF (`io.write_tiff`), so that opened on their own they lie over it.
@@ -19,12 +21,16 @@ overwritten.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
+import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -74,9 +80,52 @@ def is_annotation_file(path: str | Path) -> bool:
     return Path(path).name.endswith(SIDECAR_SUFFIX)
 
 
-def model_folder(root: str | Path, name: str) -> Path:
-    """A new folder name for a model trained on the layer `name`: <root>/models/<YYYYmmdd-HHMMSS>-<name>."""
-    return Path(root) / "models" / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name)}"
+def model_folder(root: str | Path, name: str, taken: Collection[Path] = ()) -> Path:
+    """A new folder name for a model trained on the layer `name`: <root>/models/<YYYYmmdd-HHMMSS>-<name>, with -2,
+    -3, … when a folder of that name exists or is `taken` (handed out for a run that has saved nothing yet: runs
+    started in the same second). Not created: a napari killed before the first save leaves no empty folder."""
+    models = Path(root) / "models"
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name)}"
+    return next(models / n for n in _numbered(stem) if models / n not in taken and not (models / n).exists())
+
+
+def _numbered(name: str) -> Iterator[str]:
+    """name, name-2, name-3, …"""
+    yield name
+    for n in itertools.count(2):
+        yield f"{name}-{n}"
+
+
+@dataclass(frozen=True)
+class Saved:
+    """Annotations that a session wrote or restored: their file, that file's `file_stamp` then (a file written
+    again since, by anyone, has another) and the `labels_digest` of the labels."""
+
+    path: Path
+    stamp: tuple[int, ...] | None
+    digest: str
+
+    def on_disk(self) -> bool:
+        """Whether `path` is still the file that was written or read."""
+        return self.stamp is not None and file_stamp(self.path) == self.stamp
+
+
+def file_stamp(path: str | Path) -> tuple[int, ...] | None:
+    """(device, inode, size, modification time in ns) of the file `path`, None when there is none. Every write of
+    `io.atomic_write` makes a new file (renamed over the old one), so a file written again has another stamp."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def labels_digest(labels: np.ndarray) -> str:
+    """A hash of the labels' values, shape and dtype."""
+    labels = np.ascontiguousarray(labels)
+    digest = hashlib.sha1(f"{labels.dtype.str}{labels.shape}".encode())
+    digest.update(memoryview(labels).cast("B"))
+    return digest.hexdigest()
 
 
 def save_annotations(
@@ -88,14 +137,39 @@ def save_annotations(
     on_kept: Callable[[Path], Any] | None = None,
     axes: str | None = None,
 ) -> Path:
-    """Write `labels` (..., H, W) as a TIFF and remember it for `image_path`; returns where it went.
+    """Write `labels` (..., H, W) as a TIFF and remember it for `image_path`; returns where it went. One save with
+    nothing known of earlier ones: `autosave_annotations` (which a dock calls with what it wrote before) says
+    more."""
+    saved = autosave_annotations(labels, root, image_path, name, pixel_size=pixel_size, on_kept=on_kept, axes=axes)
+    return saved.path
+
+
+def autosave_annotations(
+    labels: np.ndarray,
+    root: str | Path,
+    image_path: str | Path | None,
+    name: str,
+    pixel_size: PixelSize | None = None,
+    on_kept: Callable[[Path], Any] | None = None,
+    axes: str | None = None,
+    last: Saved | None = None,
+) -> Saved:
+    """Write `labels` (..., H, W) as a TIFF for the image file `image_path` (None: an image without a file, called
+    `name`) and remember it for that image; returns what was written.
+
+    Where: beside the image (`sidecar_path`); when that folder cannot be written, or the image has no file, in
+    `<root>/annotations/`: one file per image file (`<stem>-<path tag>.unet-labels.tif`, recorded in the index),
+    one per session for an image without a file (`<name>-<time>.unet-labels.tif`, then `last`'s).
+    last: what this session last wrote or restored for this image. Labels unchanged since (the same digest, its
+    file untouched) are not written again. The file a save replaces is first copied to
+    `<root>/annotations/previous/`, and `on_kept` called with the copy's path, unless it is `last`'s file as it
+    was written or restored (this session's own annotations are replaced), holds these very labels, or was copied
+    already: an earlier session's annotations, not restored, are never overwritten unkept.
 
     The TIFF carries `pixel_size` (the image layer's), else the image file's (`metadata.read_pixel_size`), and the
-    file's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`). Annotations already
-    beside the image that differ from `labels` (an earlier session's, not restored before painting anew) are
-    copied to `<root>/annotations/previous/` first, and `on_kept` is called with the copy's path: they are never
-    overwritten unkept. axes: the labels' axes over "TZYX" (the image's, without C: "TYX" for a time series);
-    None: "YX", "ZYX" or "TZYX" by their dimensions."""
+    file's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`). axes: the labels' axes
+    over "TZYX" (the image's, without C: "TYX" for a time series); None: "YX", "ZYX" or "TZYX" by their
+    dimensions."""
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"annotations must be integer labels, got dtype {labels.dtype}")
@@ -104,54 +178,75 @@ def save_annotations(
     axes = axes or ("TZYX"[-labels.ndim :] if 2 <= labels.ndim <= 4 else None)
     if axes is None:
         raise ValueError(f"annotations must be (H, W), (Z, H, W) or (T, Z, H, W), got shape {labels.shape}")
+    digest = labels_digest(labels)
+    if last is not None and last.digest == digest and last.on_disk():
+        return last  # what this session wrote or restored, unchanged: nothing to write (nor to read back)
     labels = labels.astype(np.uint16) if labels.max(initial=0) < 65535 and labels.min(initial=0) >= 0 else labels
     spacing = None
-    if image_path is not None:
-        pixel_size = pixel_size or read_pixel_size(image_path)
-        spacing = read_spacing(image_path, pixel_size)
-        target = sidecar_path(image_path)
-        try:
-            kept = _keep_previous(target, labels, root, image_path)
-            write_tiff(target, labels, axes, pixel_size=pixel_size, spacing=spacing)
-        except OSError:
-            pass  # a read-only data folder (or the earlier annotations could not be kept): to the autosave root
-        else:
-            if kept is not None and on_kept is not None:
-                on_kept(kept)
-            try:
-                _remember(root, image_path, target)
-            except OSError:
-                pass  # the index only matters for saves that went to the root: the side-car is looked for first
-            return target
     folder = Path(root) / "annotations"
+
+    def write(target: Path) -> Saved:
+        kept = _keep_previous(target, labels, root, last)
+        write_tiff(target, labels, axes, pixel_size=pixel_size, spacing=spacing)
+        if kept is not None and on_kept is not None:
+            on_kept(kept)
+        return Saved(target, file_stamp(target), digest)
+
+    if image_path is None:
+        if last is not None and last.path.parent == folder:
+            target = last.path
+        else:
+            stem = f"{safe_name(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+            target = next(
+                folder / f"{n}{SIDECAR_SUFFIX}"
+                for n in _numbered(stem)
+                if not (folder / f"{n}{SIDECAR_SUFFIX}").exists()
+            )
+        folder.mkdir(parents=True, exist_ok=True)
+        return write(target)
+    pixel_size = pixel_size or read_pixel_size(image_path)
+    spacing = read_spacing(image_path, pixel_size)
+    sidecar = sidecar_path(image_path)
+    if os.access(sidecar.parent, os.W_OK):  # a read-only data folder: to the autosave root, without trying
+        try:
+            saved = write(sidecar)
+        except OSError:
+            pass  # a full disk, say: to the autosave root
+        else:
+            with contextlib.suppress(OSError):  # the index only matters for saves that went to the root
+                _remember(root, image_path, sidecar)
+            return saved
     folder.mkdir(parents=True, exist_ok=True)
-    stem = safe_name(Path(image_path).stem if image_path is not None else name)
-    if image_path is not None:  # a/cells.tif and b/cells.tif saved in the same second: two files, not one
-        stem += "-" + _path_tag(image_path)
-    target = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}{SIDECAR_SUFFIX}"
-    write_tiff(target, labels, axes, pixel_size=pixel_size, spacing=spacing)
-    if image_path is not None:
-        record = {"image": str(Path(image_path).resolve()), "labels": target.name}
-        with atomic_write(target.with_name(target.name.removesuffix(SIDECAR_SUFFIX) + RECORD_SUFFIX)) as staging:
-            staging.write_text(json.dumps(record))
-        _remember(root, image_path, target)
-    return target
+    # a/cells.tif and b/cells.tif (saved in one folder) stay apart
+    saved = write(folder / f"{safe_name(Path(image_path).stem)}-{_path_tag(image_path)}{SIDECAR_SUFFIX}")
+    record = {"image": str(Path(image_path).resolve()), "labels": saved.path.name}
+    with atomic_write(saved.path.with_name(saved.path.name.removesuffix(SIDECAR_SUFFIX) + RECORD_SUFFIX)) as staging:
+        staging.write_text(json.dumps(record))
+    _remember(root, image_path, saved.path)
+    return saved
 
 
-def _keep_previous(target: Path, labels: np.ndarray, root: str | Path, image_path: str | Path) -> Path | None:
-    """Copy the annotations at `target` to `<root>/annotations/previous/` when they differ from `labels` (or cannot
-    be read to tell); returns the copy's path, None when there was nothing to keep."""
-    if not target.is_file():
+def _keep_previous(target: Path, labels: np.ndarray, root: str | Path, last: Saved | None) -> Path | None:
+    """Copy the annotations at `target`, about to be replaced by `labels`, to `<root>/annotations/previous/`, unless
+    they are `last`'s file as it was, equal to `labels`, or copied already (a copy is named by the time the file
+    was written and a hash of its bytes: a save that failed after the copy, on a full data disk, is tried again
+    at every Start); returns the copy's path, None when nothing was copied."""
+    stamp = file_stamp(target)
+    if stamp is None or (last is not None and last.stamp == stamp):
         return None
+    with open(target, "rb") as file:
+        content = hashlib.file_digest(file, "sha1").hexdigest()[:12]
+    written = time.strftime("%Y%m%d-%H%M%S", time.localtime(stamp[3] // 10**9))
+    stem = safe_name(target.name.removesuffix(SIDECAR_SUFFIX)) + "-" + _path_tag(target)
+    kept = Path(root) / "annotations" / "previous" / f"{stem}-{written}-{content}{SIDECAR_SUFFIX}"
+    if kept.is_file():
+        return None  # this very file was copied before
     try:
         if np.array_equal(load_annotations(target), labels):
             return None
     except (OSError, ValueError):
-        pass  # unreadable here: kept all the same
-    folder = Path(root) / "annotations" / "previous"
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = safe_name(Path(image_path).name) + "-" + _path_tag(image_path)
-    kept = folder / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{time.time_ns() % 10**9:09d}{SIDECAR_SUFFIX}"
+        pass  # unreadable as annotations here: kept all the same
+    kept.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(kept) as staging:
         shutil.copy2(target, staging)
     return kept

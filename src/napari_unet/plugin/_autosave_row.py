@@ -4,7 +4,7 @@ finds and writes the files)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from napari_unet.metadata import PixelSize
 
 from . import _autosave, _settings
 from ._form import row, wrapped_label
-from ._layers import METADATA_KEY, layer_pixel_size, placed_like, stored_axes
+from ._layers import METADATA_KEY, layer_pixel_size, pixel_shape, placed_like, stored_axes
 from ._workers import alive
 
 SETTINGS_KEY = "autosave"  # the settings file's section of the autosave folder chosen with "Change…"
@@ -26,13 +26,16 @@ SETTINGS_KEY = "autosave"  # the settings file's section of the autosave folder 
 class AutosaveRow:
     """root: the autosave folder (None: the one chosen with "Change…" in an earlier session, if it is still a
     folder, else `_autosave.default_root()`); restored: called with the Labels layer of restored annotations and
-    the image layer they annotate (None when it was removed meanwhile). `annotations_path`: where the last run's
-    annotations were saved."""
+    the image layer they annotate. `annotations_path`: where the last run's annotations were saved; `saved`: for each
+    image (its file, else its layer), the annotations this dock last wrote or restored, which its next save replaces
+    without keeping a copy."""
 
     def __init__(self, dock: Any, viewer: Any, root: str | Path | None, restored: Callable[[Any, Any], Any]):
         self.dock, self.viewer, self.restored = dock, viewer, restored
         self.root = Path(root) if root is not None else _chosen_root() or _autosave.default_root()
         self.annotations_path: Path | None = None
+        self.saved: dict[Hashable, _autosave.Saved] = {}
+        self.model_folders: list[Path] = []  # handed out by `model_folder`
         self.offered: tuple[Path, Path] | None = None  # (image file, annotations file)
         self.offered_layer: Any = None  # the image layer they were offered for
         self.label = wrapped_label(f"autosave: {self.root}")
@@ -42,6 +45,7 @@ class AutosaveRow:
         self.change_button.clicked.connect(self._ask_root)
         self.restore_button.clicked.connect(self.restore)
         viewer.layers.events.inserted.connect(self._layer_added)
+        viewer.layers.events.removed.connect(self._layer_removed)
         for layer in list(viewer.layers):  # images opened before the dock: offered too (the latest one wins)
             self._offer(layer)
 
@@ -49,17 +53,23 @@ class AutosaveRow:
         return row(self.label, self.change_button, stretch=(1,))
 
     def model_folder(self, name: str) -> Path:
-        """A new folder for the model of a run on the image `name`."""
-        return _autosave.model_folder(self.root, name)
+        """A new folder for the model of a run on the image `name` (another than those of the dock's earlier runs,
+        started in the same second, which may have saved nothing yet)."""
+        folder = _autosave.model_folder(self.root, name, taken=self.model_folders)
+        self.model_folders.append(folder)
+        return folder
 
     def save_annotations(self, labels: np.ndarray, image_layer: Any) -> None:
-        """Autosave the annotations of `image_layer` (beside its file when it has one); a failure is a warning."""
+        """Autosave the annotations of `image_layer` (beside its file when it has one); a failure is a warning.
+        On the main thread, as Start is pressed (nothing painted is lost if the run then fails), and cheap when
+        the labels are those saved or restored last: a hash of them, no file read back."""
         source = _own_file(image_layer)  # None: autosaved in the autosave folder, by the layer's name
+        key = _image_key(source, image_layer)
         try:
             info = layer_pixel_size(image_layer)  # what the image layer says beats what its file said
             pixel_size = PixelSize(**info) if info else None
             image_axes = stored_axes(image_layer)  # a time series' annotations are T, Y, X, not Z, Y, X
-            self.annotations_path = _autosave.save_annotations(
+            saved = _autosave.autosave_annotations(
                 labels,
                 self.root,
                 source,
@@ -67,37 +77,64 @@ class AutosaveRow:
                 pixel_size=pixel_size,
                 on_kept=self._kept,
                 axes=image_axes.replace("C", "") if image_axes else None,
+                last=self.saved.get(key),
             )
         except (OSError, ValueError) as error:
             show_warning(f"Could not autosave the annotations: {error}")
+            return
+        self.saved[key], self.annotations_path = saved, saved.path
 
     def _kept(self, path: Path) -> None:
         show_info(
-            f"The annotations saved earlier beside the image differ from these: the earlier ones are kept as {path}"
+            f"Annotations saved earlier for this image (not restored in this session) differ from these: the "
+            f"earlier ones are kept as {path}"
         )
 
     def restore(self) -> Any:
-        """Open the autosaved annotations offered for the last opened image, as a Labels layer."""
+        """Open the autosaved annotations offered for the last opened image (still open: the offer goes with it),
+        as a Labels layer over it; annotations of another size than the image are refused (a notification)."""
         if self.offered is None:
             return None
         image_path, labels_path = self.offered
+        image_layer = self.offered_layer
+        stamp = _autosave.file_stamp(labels_path)  # before reading: a file written meanwhile is not taken for it
         try:
             labels = _autosave.load_annotations(labels_path)
         except (OSError, ValueError) as error:
             show_error(f"Cannot read the autosaved annotations {labels_path}: {error}")
             return None
-        image_layer = self.offered_layer
-        placement = placed_like(image_layer, labels.ndim) if image_layer in self.viewer.layers else {}
-        layer = self.viewer.add_labels(labels, name=f"{image_path.stem} annotations", **placement)
-        self.restore_button.hide()
-        self.offered = None
-        self.restored(layer, image_layer if image_layer in self.viewer.layers else None)
+        image_shape = pixel_shape(image_layer)
+        if not fits_image(labels.shape, image_shape):
+            show_warning(
+                f"The autosaved annotations {labels_path.name} have shape {labels.shape} but the image "
+                f"'{image_layer.name}' has shape {image_shape}: they belong to another image, not restored"
+            )
+            self._withdraw()
+            return None
+        layer = self.viewer.add_labels(
+            labels, name=f"{image_path.stem} annotations", **placed_like(image_layer, labels.ndim)
+        )
+        self.saved[_image_key(str(image_path), image_layer)] = _autosave.Saved(
+            labels_path, stamp, _autosave.labels_digest(labels)
+        )
+        self._withdraw()
+        self.restored(layer, image_layer)
         return layer
+
+    def _withdraw(self) -> None:
+        self.restore_button.hide()
+        self.offered, self.offered_layer = None, None
 
     def _layer_added(self, event: Any) -> None:
         if not alive(self.dock):
             return
         self._offer(event.value)
+
+    def _layer_removed(self, _event: Any) -> None:
+        """The image whose annotations are offered was closed: the offer goes with it (restored, they would be
+        paired with another image, and saved as its annotations)."""
+        if alive(self.dock) and self.offered is not None and self.offered_layer not in self.viewer.layers:
+            self._withdraw()
 
     def _offer(self, layer: Any) -> None:
         """Offer the autosaved annotations of `layer`'s file, if it is an image with some."""
@@ -131,10 +168,33 @@ def _chosen_root() -> Path | None:
     return Path(folder) if isinstance(folder, str) and folder and Path(folder).is_dir() else None
 
 
+def fits_image(labels_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> bool:
+    """Whether labels of `labels_shape` can annotate an image of `image_shape` (its pixels: `_layers.pixel_shape`):
+    the same Y and X, and the image's leading axes (Z, T), all of them or all but one (its channels).
+
+    >>> fits_image((5, 64, 64), (5, 64, 64)), fits_image((64, 64), (3, 64, 64)), fits_image((512, 512), (128, 128))
+    (True, True, False)
+    """
+    labels_shape, image_shape = tuple(labels_shape), tuple(image_shape)
+    if len(labels_shape) < 2 or labels_shape[-2:] != image_shape[-2:]:
+        return False
+    leading, image_leading = labels_shape[:-2], image_shape[:-2]
+    without_one = (image_leading[:axis] + image_leading[axis + 1 :] for axis in range(len(image_leading)))
+    return leading == image_leading or leading in without_one
+
+
+def _image_key(source: str | None, layer: Any) -> Hashable:
+    """What identifies an image across its layers: its file (opened again, the same image), else its layer."""
+    return str(Path(source).resolve()) if source else ("layer", getattr(layer, "unique_id", id(layer)))
+
+
 def _own_file(layer: Any) -> str | None:
-    """The file `layer` holds the data of, whose annotations are autosaved beside it: its source, but for files
-    opened as a stack (File > Open Files as Stack…), whose source is the first file, not its data."""
+    """The local file `layer` holds the data of, whose annotations are autosaved beside it: its source, but for
+    files opened as a stack (File > Open Files as Stack…), whose source is the first file, not its data, and for a
+    source that is no file here (a URL: its annotations would go to a folder named 'http:' in the working folder)."""
     path = getattr(getattr(layer, "source", None), "path", None)
     metadata = getattr(layer, "metadata", None) or {}
     info = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-    return None if isinstance(info, dict) and info.get("stacked") else path
+    if isinstance(info, dict) and info.get("stacked"):
+        return None
+    return path if path and "://" not in str(path) and Path(path).exists() else None

@@ -18,6 +18,7 @@ from psygnal import Signal
 from napari_unet.augment import AugmentConfig
 from napari_unet.builtin import BUILTIN_DIR
 from napari_unet.modelfile import ModelBundle, load_model, save_model
+from napari_unet.modelfolder import check_save_target
 
 
 @dataclass
@@ -106,7 +107,8 @@ class Session:
 
     def save_model(self, path: str | Path) -> Path | None:
         """Save the session's model to the folder `path` (it is then the model's folder); no model, a running
-        training or a failed write is a notification (None)."""
+        training, a folder that holds something else than a napari-unet model (`modelfolder.check_save_target`:
+        the user's data is never replaced) or a failed write is a notification (None)."""
         if self.bundle is None:
             show_error("No model to save yet: train one first (or load one)")
             return None
@@ -114,6 +116,7 @@ class Session:
             show_warning("Training is running: the model is autosaved at the end and at Stop")
             return None
         try:
+            check_save_target(path)
             saved = save_model(path, self.bundle)
         except (OSError, ValueError) as error:
             show_error(f"Cannot save the model: {error}")
