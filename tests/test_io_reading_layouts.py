@@ -108,6 +108,19 @@ def test_a_zarr_whose_axes_were_guessed_says_so_as_a_tiff_does(tmp_path, shape, 
     assert "save it with its axes (OME-Zarr)" in reading_notes(tmp_path / "plain.zarr", axes_option=None)[0]
 
 
+def test_a_store_of_any_name_and_layout_is_noted_as_it_is_read(tmp_path):
+    """Any zarr store is an input (`ome_zarr.is_zarr_store`), read at its first multiscales dataset: the notes look
+    at the same array (they looked only at names ending in .zarr, and at the array "0")."""
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "slide.zarr"), mode="w", zarr_format=2)
+    root.create_array("s0", shape=(3, 16, 16), dtype="uint16")
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n} for n in "zyx"], "datasets": [{"path": "s0"}]}]
+    assert reading_notes(tmp_path / "slide.zarr") == []  # its metadata names the axes of "s0"
+    (said,) = reading_notes(tmp_path / "slide.zarr" / "s0")  # the array inside: no metadata of its own
+    assert said.startswith("its axes are not in the file: read as CYX (3 channels) by guess")
+
+
 def test_an_ome_zarr_or_a_2d_zarr_has_nothing_to_note(tmp_path):
     import zarr
 

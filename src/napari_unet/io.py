@@ -203,8 +203,10 @@ def reading_notes(path: str | Path, axes_option: str | None = "--axes") -> list[
     """
     import tifffile
 
+    from .ome_zarr import is_zarr_store
+
     path = Path(path)
-    if path.suffix.lower() == ZARR_SUFFIX:
+    if path.suffix.lower() == ZARR_SUFFIX or is_zarr_store(path):
         return _zarr_notes(path, axes_option)
     if path.suffix.lower() not in TIFF_SUFFIXES or not path.is_file():
         return []
@@ -274,19 +276,16 @@ def _zarr_notes(path: Path, axes_option: str | None) -> list[str]:
 
 
 def _zarr_layout(path: str | Path) -> tuple[tuple[int, ...], str | None]:
-    """(shape, axes) of the zarr array `ome_zarr.read_zarr` reads at `path` (a group: its array "0"), axes as its
-    OME-Zarr multiscales metadata names them (in the stored order, "S" as "C"), or None where it names none that
-    fit the shape."""
+    """(shape, axes) of the zarr array `ome_zarr.read_zarr` reads at `path` (a group: its full-resolution array,
+    `ome_zarr._image_array`), axes as its OME-Zarr multiscales metadata names them (in the stored order, "S" as
+    "C"), or None where it names none that fit the shape."""
     import zarr
 
-    node = zarr.open(str(path), mode="r")
-    said = None
+    from .ome_zarr import _image_array
+
+    node, said = zarr.open(str(path), mode="r"), None
     if not hasattr(node, "shape"):
-        multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-        if multiscales:
-            names = [(a["name"] if isinstance(a, dict) else str(a)) for a in multiscales[0].get("axes", [])]
-            said = "".join(name.upper()[0] for name in names).replace("S", "C") or None
-        node = node["0"]
+        node, said = _image_array(node, Path(path))
     shape = tuple(int(n) for n in node.shape)
     return shape, said if said is not None and len(said) == len(shape) else None
 

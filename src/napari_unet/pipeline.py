@@ -33,6 +33,7 @@ from .channels import ChannelChoice, ChannelChoiceError
 from .io import (
     PILLOW_SUFFIXES,
     TIFF_SUFFIXES,
+    ZARR_SUFFIX,
     channel_values,
     check_image,
     normalize_percentile,
@@ -48,7 +49,6 @@ from .ome_zarr import write_ome_zarr as write_ome_zarr  # re-exported: cli/predi
 from .scale import diameter_factor
 
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PILLOW_SUFFIXES
-ZARR_SUFFIX = ".zarr"
 TOLERATED_SUFFIXES = ("_labels", "_probs")
 ANNOTATION_SUFFIX = ".unet-labels.tif"  # the napari plugin's annotations autosaved beside an image (plugin/_autosave)
 LARGE_OUTPUT_BYTES = 1 << 30  # a plane's probabilities above this go to a temporary memory-mapped file
