@@ -207,6 +207,27 @@ def test_other_writers_layouts_are_read_at_their_full_resolution(tmp_path):
         read_input(tmp_path / "other.zarr")
 
 
+def test_the_pixel_size_of_a_bioformats2raw_layout_or_a_store_of_any_name_is_read(tmp_path):
+    """The pixel size and Z step were read only from a store named *.zarr, at its root's attributes: a
+    bioformats2raw layout (the image is the group "0") and a store of another name lost their calibration."""
+    import zarr
+
+    from napari_unet.metadata import PixelSize, read_pixel_size, read_spacing
+
+    for name in ("b2r.zarr", "b2r_store"):
+        root = zarr.open_group(str(tmp_path / name), mode="w", zarr_format=2)
+        root.create_group("OME").attrs["series"] = ["0"]
+        image = root.create_group("0")
+        ngff_image(image, np.zeros((3, 8, 8), np.uint16), "ZYX", ("0",))
+        multiscales = image.attrs["multiscales"]
+        for axis in multiscales[0]["axes"]:
+            axis["unit"] = "micrometer"
+        multiscales[0]["datasets"][0]["coordinateTransformations"] = [{"type": "scale", "scale": [2.0, 0.5, 0.25]}]
+        image.attrs["multiscales"] = multiscales
+        assert read_pixel_size(tmp_path / name) == PixelSize(0.5, 0.25, "µm")
+        assert read_spacing(tmp_path / name, PixelSize(0.5, 0.25, "µm")).z == 2.0
+
+
 def test_an_array_inside_a_store_is_an_input_whatever_its_name(tmp_path):
     """The audit's case: `slide.zarr/0` (the array itself) was taken for a folder of images: "no input image
     files"."""

@@ -137,11 +137,13 @@ def read_pixel_size(path: str | Path) -> PixelSize | None:
     write by default (1, 72 or 96 pixels per inch: `SCREEN_DPI`) carry no calibration and give None. PNG/JPEG
     files give None.
     """
+    from .ome_zarr import is_zarr_store  # ome_zarr imports this module
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         return _tiff_pixel_size(path)
-    if suffix == ".zarr":
+    if suffix == ".zarr" or is_zarr_store(path):
         return _zarr_pixel_size(path)
     return None
 
@@ -158,11 +160,13 @@ def read_spacing(path: str | Path, pixel_size: PixelSize | None) -> StackSpacing
     >>> read_spacing("cells.png", PixelSize(0.5, 0.5))
     StackSpacing(z=None, t=None)
     """
+    from .ome_zarr import is_zarr_store  # ome_zarr imports this module
+
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         return _tiff_spacing(path, pixel_size)
-    if suffix == ".zarr":
+    if suffix == ".zarr" or is_zarr_store(path):
         scales = _ngff_scales(path)
         z = _length_in(*scales["z"], pixel_size) if "z" in scales else None
         return StackSpacing(z, _in_seconds(*scales["t"]) if "t" in scales else None)
@@ -255,13 +259,15 @@ def _ngff_scales(path: Path) -> dict[str, tuple[float, str]]:
     none (NGFF: "micrometer", "second", ...); {} for a store without such metadata, or with metadata in error."""
     import zarr
 
+    from .ome_zarr import _multiscales, image_group
+
     try:
         node = zarr.open(str(path), mode="r")
-        attrs = dict(node.attrs)
+        multiscales = None if hasattr(node, "shape") else _multiscales(image_group(node)[0])
     except Exception:  # zarr raises a variety of errors for a folder that is not a store
         return {}
     try:
-        multiscale = (attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales"))[0]
+        multiscale = multiscales[0]
         axes = [a if isinstance(a, dict) else {"name": str(a)} for a in multiscale.get("axes", [])]
         transformations = multiscale["datasets"][0].get("coordinateTransformations", [])
         scale = next((t["scale"] for t in transformations if t["type"] == "scale"), None)

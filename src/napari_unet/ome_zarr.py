@@ -79,15 +79,21 @@ def _multiscales(group) -> list | None:
     return attrs.get("multiscales") or (ome.get("multiscales") if isinstance(ome, dict) else None)
 
 
+def image_group(group) -> tuple[Any, str]:
+    """(the group holding the image's multiscales, its path inside `group`): `group` itself, or for a
+    bioformats2raw layout (bfconvert, QuPath: images as the groups "0", "1", ... of the root) its first image."""
+    if not _multiscales(group) and "0" in group and not hasattr(group["0"], "shape"):
+        return group["0"], "0"
+    return group, ""
+
+
 def _image_array(group, path: Path) -> tuple[Any, str | None]:
     """(the full-resolution array, its axes from the metadata or None) of the zarr group at `path`: an OME-Zarr
     image is read at its first dataset (`multiscales[0]["datasets"][0]["path"]`: "0" as this package writes it,
     "s0" elsewhere); a bioformats2raw layout (bfconvert, QuPath: the images are the groups "0", "1", ... of the
     root, beside "OME") at its first image; a group without metadata at its array "0"."""
-    multiscales = _multiscales(group)
-    if not multiscales and "0" in group and not hasattr(group["0"], "shape"):  # bioformats2raw: image 0
-        group, path = group["0"], path / "0"
-        multiscales = _multiscales(group)
+    group, inner = image_group(group)
+    path, multiscales = path / inner, _multiscales(group)
     found, name = None, "0"
     if multiscales:
         found = (
