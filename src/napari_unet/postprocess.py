@@ -189,8 +189,6 @@ def spread_from_cores(probs_fg: np.ndarray, mask: np.ndarray, config: Postproces
     >>> spread_from_cores(probs, probs > 0.5, PostprocessConfig(seed_threshold=0.8, min_size=1))
     array([[1, 1, 1, 2, 2, 2, 0, 4]], dtype=int32)
     """
-    from skimage.segmentation import watershed
-
     cores = remove_small_objects(split_mask(probs_fg > config.seed_threshold, config), config.min_size // 4)
     components, count = ndimage.label(mask, structure=FOUR_CONNECTED)
     seeded = np.zeros(count + 1, bool)
@@ -199,9 +197,7 @@ def spread_from_cores(probs_fg: np.ndarray, mask: np.ndarray, config: Postproces
     markers = np.where(without_core, components + int(cores.max()), cores)
     if config.watershed:  # a component without a core is split as the mask would be: two dim touching cells stay two
         _split_components(markers, components, np.flatnonzero(~seeded[1:]) + 1, config.watershed_h)
-    if not markers.any():
-        return markers.astype(np.int32)
-    return watershed(-probs_fg, markers=markers, mask=mask, connectivity=1).astype(np.int32)
+    return flood_components(-probs_fg, markers.astype(np.int32), components)
 
 
 def _split_components(labels: np.ndarray, components: np.ndarray, ids: np.ndarray, h: float) -> None:
@@ -471,21 +467,61 @@ def split_by_watershed(mask: np.ndarray, h: float) -> np.ndarray:
     drop to the highest pass towards a higher maximum, is >= h), computed fast: flood from every local
     maximum of d, then merge adjacent basins from the highest pass down (Kruskal order) whenever the
     lower of the two summits is less than h above the pass. Maxima of equal height on one dome form one
-    region (unlike `skimage.morphology.h_maxima`, which keeps each of them).
+    region (unlike `skimage.morphology.h_maxima`, which keeps each of them). Each component is split by
+    itself alone (`flood_components`), so a window of the image that holds it whole splits it alike.
     """
-    from skimage.segmentation import watershed
-
     if not mask.any():
         return np.zeros(mask.shape, np.int32)
     distance = ndimage.distance_transform_edt(mask)
     summits = mask & (distance == ndimage.maximum_filter(distance, footprint=EIGHT_CONNECTED))
     seeds, n_seeds = ndimage.label(summits, structure=FOUR_CONNECTED)
-    basins = watershed(-distance, markers=seeds, mask=mask, connectivity=1)
+    basins = flood_components(-distance, seeds, ndimage.label(mask, structure=FOUR_CONNECTED)[0])
     summit_height = np.zeros(n_seeds + 1)
     summit_height[seeds[summits]] = distance[summits]
     low, high, pass_height = _basin_passes(basins, distance, n_seeds)
     root = _merge_shallow_basins(low, high, pass_height, summit_height, h)
     return root[basins]
+
+
+def flood_components(image: np.ndarray, markers: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """The seeded watershed of `image` from `markers` within the mask `components > 0`, as
+    `skimage.segmentation.watershed(image, markers, mask=components > 0, connectivity=1)` makes it, but one
+    component at a time, so that the labels of a component depend on it alone.
+
+    image: (H, W) float, flooded from its low values; markers: (H, W) int, 0 = none (those outside the
+    components are ignored); components: (H, W) int, the 4-connected components of the mask (`ndimage.label`
+    with `FOUR_CONNECTED`). Returns (H, W) labels of `markers`' dtype: a component holding one marker id is that
+    id entirely, one holding none stays 0, one holding several is flooded on its own bounding box. skimage
+    queues all marker pixels at the same priority, so which marker claims a pixel that the flood reaches from
+    two at one value depends on every marker in the image: flooded together, a component could part along such
+    a tie differently in two windows that both hold it whole (labels by blocks, `distributed.label_window`).
+
+    >>> image = np.array([[0.0, 0.1, 0.5, 0.3, 0.0, 0.0, 0.0, 0.0]])
+    >>> markers = np.array([[1, 0, 0, 0, 2, 0, 0, 3]])
+    >>> flood_components(image, markers, np.array([[1, 1, 1, 1, 1, 0, 2, 2]]))
+    array([[1, 1, 1, 2, 2, 0, 3, 3]])
+    """
+    from skimage.segmentation import watershed
+
+    marked = (markers > 0) & (components > 0)
+    if not marked.any():
+        return np.zeros(markers.shape, markers.dtype)
+    top = int(markers.max()) + 1
+    pairs = np.unique(components[marked].astype(np.int64) * top + markers[marked])  # (component, marker id)
+    owners = pairs // top
+    count = int(components.max())
+    per_component = np.bincount(owners, minlength=count + 1)
+    alone = np.zeros(count + 1, markers.dtype)
+    single = per_component[owners] == 1
+    alone[owners[single]] = pairs[single] % top
+    flooded = alone[components]
+    boxes = ndimage.find_objects(components)
+    for index in np.flatnonzero(per_component[1:] > 1) + 1:
+        box = boxes[index - 1]
+        inside = components[box] == index
+        parts = watershed(image[box], markers=np.where(inside, markers[box], 0), mask=inside, connectivity=1)
+        flooded[box][inside] = parts[inside]
+    return flooded
 
 
 def _basin_passes(basins: np.ndarray, distance: np.ndarray, n_basins: int) -> tuple[np.ndarray, ...]:
@@ -557,17 +593,16 @@ def grow_by_probability(
 
     A seeded watershed of -probs_fg: each such pixel joins the object it is reached from along the highest
     probabilities, so two objects meet where the probability between them is lowest. Object pixels keep
-    their ids; objects stay disjoint and never merge; pixels not connected to any object stay 0.
+    their ids; objects stay disjoint and never merge; pixels not connected to any object stay 0. Each
+    4-connected region of such pixels grows by itself alone (`flood_components`).
     """
-    from skimage.segmentation import watershed
-
     if not labels.any() or distance <= 0:
         return labels
     reachable = probs_fg > threshold
     if np.isfinite(distance):
         reachable &= ndimage.distance_transform_edt(labels == 0) <= distance
     reachable |= labels > 0
-    return watershed(-probs_fg, markers=labels, mask=reachable, connectivity=1).astype(labels.dtype, copy=False)
+    return flood_components(-probs_fg, labels, ndimage.label(reachable, structure=FOUR_CONNECTED)[0])
 
 
 def grow_into_borders(labels: np.ndarray, border_width: int) -> np.ndarray:

@@ -12,6 +12,12 @@ no merge step. Guarantee: the labels equal the single-process `probs_to_labels` 
 every object, with the context its post-processing looks at (`context_radius`), fits within the margin. An
 object that reaches the edge of a block's window is counted as cut, never silently: so is a piece of one that
 the window's edge left smaller than `min_size` (removed in the window, where the whole image keeps the object).
+The watersheds that part touching objects run on each 4-connected component of the mask (when growing, of the
+pixels the objects grow into) by itself (`postprocess.flood_components`), so a window that holds such a group
+of touching objects whole parts it as the whole image does, ties included. A group wider than the margin (a
+clump of nuclei) is counted cut only where its objects come near the window's edge: further in, where its
+watershed meets a tie, two of its objects may part differently from the whole-image run (and one of them get
+two ids across a block border); a margin wider than the largest clump rules this out.
 Flooded labels (cells that tile the image, `PostprocessConfig.flood`) take their ids from their seeds' first
 pixel, since where a flood's line runs across a flat stretch of probability depends on the window's queue order:
 each cell keeps one id across blocks, and such a line may run a pixel apart from the whole-image run's. Neurites
