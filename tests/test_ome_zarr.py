@@ -277,3 +277,28 @@ def test_predict_refuses_the_stale_labels_of_a_replaced_store(tmp_path, capsys):
     assert main(command) == 2
     assert "was segmented from another version of" in capsys.readouterr().err
     assert main([*command, "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("axes", ["YX", "TZCYX"])
+def test_an_array_inside_a_store_keeps_the_axes_and_pixel_size_of_its_dataset(tmp_path, axes):
+    """The review's case: `slide.zarr/0` (the docs' own example) lost the pixel size and had its axes guessed: an
+    array read on its own now takes the axes and the scale of the dataset its parent's multiscales name it."""
+    import zarr
+
+    image = np.random.default_rng(0).integers(0, 900, (2, 1, 1, 32, 48)[-len(axes) :]).astype(np.uint16)
+    store = write_ome_zarr(tmp_path / "slide.zarr", image, axes, PixelSize(0.5, 0.25, "um"))
+    back, found = read_input(store / "0")
+    assert found == read_input(store)[1] == axes and np.array_equal(np.asarray(back), image)
+    assert read_pixel_size(store / "0") == read_pixel_size(store) == PixelSize(0.5, 0.25, "um")
+    group = zarr.open_group(str(store), mode="r+")  # a second level, halved in Y and X: its own scale
+    group.create_array("1", data=np.ascontiguousarray(group["0"][..., ::2, ::2]))
+    multiscales = group.attrs["multiscales"]
+    level = dict(multiscales[0]["datasets"][0])
+    level["path"], level["coordinateTransformations"] = (
+        "1",
+        [{"type": "scale", "scale": [*[1.0] * (len(axes) - 2), 1.0, 0.5]}],
+    )
+    multiscales[0]["datasets"].append(level)
+    group.attrs["multiscales"] = multiscales
+    assert read_input(store / "1")[1] == axes
+    assert read_pixel_size(store / "1") == PixelSize(1.0, 0.5, "um")

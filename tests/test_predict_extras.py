@@ -60,10 +60,36 @@ def test_a_rerun_writes_again_the_extras_of_labels_changed_since(tmp_path, capsy
     written = {p: p.stat().st_mtime_ns for p in (out / "a_rois.zip", out / "a_labels.ome.zarr" / ".zattrs")}
     assert predict(model, folder, out, "--threshold", "0.7", "--zarr", "--rois") == 0
     assert {p: p.stat().st_mtime_ns for p in written} == written  # made from these labels: kept
-    (out / ".a_rois.zip.napari-unet").unlink()  # an ROI zip that records nothing: not ours, refused
-    assert predict(model, folder, out, "--threshold", "0.7", "--rois") == 2
-    assert "a_rois.zip exists and records no labels it was made from" in capsys.readouterr().err
-    assert predict(model, folder, out, "--threshold", "0.7", "--rois", "--overwrite") == 0
+    (out / ".a_rois.zip.napari-unet").unlink()  # an ROI zip that records nothing (an earlier version's): rewritten
+    assert predict(model, folder, out, "--threshold", "0.7", "--rois") == 0
+    assert (out / ".a_rois.zip.napari-unet").is_file()
+
+
+def test_a_rerun_rewrites_the_extras_an_earlier_version_wrote_without_a_record(tmp_path, capsys):
+    """The review's case: extras an earlier predict wrote (no `EXTRAS_RECORD`, no hidden record beside the zip)
+    beside labels that record these settings were refused as another program's, and only --overwrite (segmenting
+    everything again) got past them: they are now written again from the labels."""
+    from napari_unet.roi import write_rois
+
+    model, folder, out = tiny_model(tmp_path), tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    write_tiff(folder / "a.tif", (make_cells((128, 128), seed=2)[0] * 1000).astype(np.uint16), "YX")
+    assert predict(model, folder, out, "--threshold", "0.55") == 0
+    labels = tifffile.imread(out / "a_labels.tif")
+    assert labels.max() > 1
+    stale = np.where(labels == 1, 1, 0).astype(labels.dtype)  # one object: not these labels
+    write_ome_zarr(out / "a_labels.ome.zarr", stale, "YX")
+    write_rois(out / "a_rois.zip", stale)
+    assert predict(model, folder, out, "--threshold", "0.55", "--zarr", "--rois") == 0
+    assert len(set(extras_objects(out, "a"))) == 1  # made from the labels
+    assert read_zarr(out / "a_labels.ome.zarr")[0].shape == labels.shape
+    assert (out / ".a_rois.zip.napari-unet").is_file()
+    import shutil
+
+    shutil.rmtree(out / "a_labels.ome.zarr")
+    (out / "a_labels.ome.zarr").write_text("not a store")  # what no rewrite replaces: refused before any work
+    assert predict(model, folder, out, "--threshold", "0.55", "--zarr") == 2
+    assert "a_labels.ome.zarr is a file" in capsys.readouterr().err
 
 
 def test_rois_of_a_2d_image_stored_as_5d_ome_zarr(tmp_path):
@@ -84,3 +110,19 @@ def test_rois_of_a_2d_image_stored_as_5d_ome_zarr(tmp_path):
     time_series = tmp_path / "ts.ome.zarr"  # T and Z longer than 1: still refused
     write_ome_zarr(time_series, np.stack([np.stack([plane, plane])] * 2)[:, :, None], "TZCYX")
     assert predict(model, time_series, tmp_path / "out2", "--rois") == 2
+
+
+def test_rois_of_a_time_series_stored_as_5d_ome_zarr(tmp_path):
+    """The review's case: a time series (T = 3, Z = C = 1) in 5-D OME-Zarr passed `_check_rois`, was segmented,
+    then failed writing its ROI zip (only the leading axes of length 1 were dropped, not Z): one zip, 3 positions."""
+    from napari_unet.roi import read_rois
+
+    model, out = tiny_model(tmp_path), tmp_path / "out"
+    planes = np.stack([(make_cells((96, 96), seed=s)[0] * 1000).astype(np.uint16) for s in range(3)])
+    store = write_ome_zarr(tmp_path / "ts.ome.zarr", planes[:, None, None], "TZCYX")
+    assert predict(model, store, out, "--threshold", "0.55", "--rois") == 0
+    labels = tifffile.imread(out / "ts_labels.tif").reshape(3, 96, 96)
+    assert all(plane.max() > 0 for plane in labels)
+    rois = read_rois(out / "ts_rois.zip", labels.shape)
+    assert rois.shape == labels.shape
+    assert [len(np.unique(r[r > 0])) for r in rois] == [len(np.unique(p[p > 0])) for p in labels]

@@ -255,21 +255,25 @@ def _zarr_pixel_size(path: Path) -> PixelSize | None:
 
 
 def _ngff_scales(path: Path) -> dict[str, tuple[float, str]]:
-    """{axis name (lower case): (scale, unit)} of an OME-Zarr's first dataset, the unit '' where its axis names
-    none (NGFF: "micrometer", "second", ...); {} for a store without such metadata, or with metadata in error."""
+    """{axis name (lower case): (scale, unit)} of an OME-Zarr's first dataset (of an array in one, `slide.zarr/0`:
+    of its own dataset, `ome_zarr.array_multiscale`), the unit '' where its axis names none (NGFF: "micrometer",
+    "second", ...); {} for a store without such metadata, or with metadata in error."""
     import zarr
 
-    from .ome_zarr import _multiscales, image_group
+    from .ome_zarr import _multiscales, array_multiscale, image_group
 
     try:
         node = zarr.open(str(path), mode="r")
-        multiscales = None if hasattr(node, "shape") else _multiscales(image_group(node)[0])
+        if hasattr(node, "shape"):
+            multiscale, dataset = array_multiscale(path) or (None, None)
+        else:
+            multiscales = _multiscales(image_group(node)[0])
+            multiscale, dataset = multiscales[0], multiscales[0]["datasets"][0]
     except Exception:  # zarr raises a variety of errors for a folder that is not a store
         return {}
     try:
-        multiscale = multiscales[0]
         axes = [a if isinstance(a, dict) else {"name": str(a)} for a in multiscale.get("axes", [])]
-        transformations = multiscale["datasets"][0].get("coordinateTransformations", [])
+        transformations = dataset.get("coordinateTransformations", [])
         scale = next((t["scale"] for t in transformations if t["type"] == "scale"), None)
         if scale is None or len(scale) != len(axes):
             return {}

@@ -56,8 +56,10 @@ def read_zarr(path: str | Path, axes: str | None = None) -> tuple[Any, str]:
         node = zarr.open(str(path), mode="r")
     except Exception as error:  # zarr raises a variety of errors for a folder that is not a store
         raise ValueError(f"cannot open {path} as a zarr array ({type(error).__name__}: {error})") from error
-    found = None
-    if not hasattr(node, "shape"):
+    if hasattr(node, "shape"):  # an array: its axes where it is a dataset of the image around it ("slide.zarr/0")
+        described = array_multiscale(path)
+        found = _ngff_axes(described[0]) if described else None
+    else:
         node, found = _image_array(node, path)
     image = da.from_zarr(node)
     if axes is None:
@@ -87,6 +89,30 @@ def image_group(group) -> tuple[Any, str]:
     return group, ""
 
 
+def _ngff_axes(multiscale: dict) -> str | None:
+    """The axes an NGFF `multiscale` names, in its stored order ("S" as "C"), or None where it names none."""
+    names = (a["name"] if isinstance(a, dict) else str(a) for a in multiscale.get("axes", []))
+    return "".join(name.upper()[0] for name in names).replace("S", "C") or None
+
+
+def array_multiscale(path: str | Path) -> tuple[dict, dict] | None:
+    """(the multiscale, the dataset) of the NGFF `multiscales` of the zarr group holding the array at `path` whose
+    dataset is that array (`slide.zarr/0`: the dataset "0" of `slide.zarr`), so that an array read on its own
+    keeps the image's axes and scale; None where its parent folder describes no such dataset."""
+    import zarr
+
+    path = Path(path)
+    try:
+        multiscales = _multiscales(zarr.open_group(str(path.parent), mode="r"))
+        for multiscale in multiscales if isinstance(multiscales, list) else []:
+            for dataset in multiscale.get("datasets") or []:
+                if isinstance(dataset, dict) and str(dataset.get("path")).strip("/") == path.name:
+                    return multiscale, dataset
+    except Exception:  # noqa: BLE001 - not a zarr group, or metadata in error: nothing describes the array
+        return None
+    return None
+
+
 def _image_array(group, path: Path) -> tuple[Any, str | None]:
     """(the full-resolution array, its axes from the metadata or None) of the zarr group at `path`: an OME-Zarr
     image is read at its first dataset (`multiscales[0]["datasets"][0]["path"]`: "0" as this package writes it,
@@ -96,12 +122,7 @@ def _image_array(group, path: Path) -> tuple[Any, str | None]:
     path, multiscales = path / inner, _multiscales(group)
     found, name = None, "0"
     if multiscales:
-        found = (
-            "".join(
-                (a["name"] if isinstance(a, dict) else str(a)).upper()[0] for a in multiscales[0].get("axes", [])
-            ).replace("S", "C")
-            or None
-        )
+        found = _ngff_axes(multiscales[0])
         datasets = multiscales[0].get("datasets") or [{}]
         name = str(datasets[0].get("path", "0")) if isinstance(datasets[0], dict) else "0"
     if name not in group:

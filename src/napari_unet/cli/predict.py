@@ -367,8 +367,9 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
     an earlier run with these `settings` finished it (its labels, and its probabilities when asked, are there):
     it is skipped, and segmented again with --overwrite. Without --overwrite, an existing output written with
     other settings (or not by predict) is refused, naming the difference, as are the --rois/--zarr outputs of an
-    image not begun, those of a begun image that record no labels they were made from (`_recorded_made_from`:
-    not predict's, or an earlier version's) and a measurements.csv when the run continues none. With
+    image not begun and a measurements.csv when the run continues none; those of a begun image (its labels record
+    these settings) are written again from its labels unless they record these (`_recorded_made_from`; one that
+    records nothing is an earlier version's: predict's name for it beside predict's labels). With
     --cluster/--workers existing outputs are skipped by `distributed.segment_plan` instead. (Whether --out is
     writable is checked once the inputs are: `check_writable_folder` creates it.)"""
     from ..pipeline import (
@@ -412,13 +413,9 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
                 raise ValueError(replaced_input(tiff, path))
         finished.append(all(p.exists() for p in tiffs))
         if out.labels.exists():  # begun by an earlier run like this one: its extras are written again from them
-            continued = True
-            unrecorded = [extra for extra in extras[path] if extra.exists() and _recorded_made_from(extra) is None]
-            if unrecorded:  # not ours: never replaced without --overwrite
-                raise ValueError(
-                    f"the output {unrecorded[0]} exists and records no labels it was made from (another program's, "
-                    "or an earlier version's): replace it with --overwrite, or choose another --out"
-                )
+            continued = True  # (also those under predict's names that record nothing: an earlier version's)
+            for extra in (e for e in extras[path] if e.exists()):
+                _check_extra_replaceable(extra)
             continue
         for extra in extras[path]:
             check_output_free(extra, False, "the output")
@@ -433,6 +430,18 @@ def _check_outputs(files: list[Path], outputs: list, args: argparse.Namespace, s
                 "give them too, choose another --out, or replace the table with --overwrite"
             )
     return finished
+
+
+def _check_extra_replaceable(extra: Path) -> None:
+    """Refuse, before any work, an existing --rois or --zarr output `extra` that its rewrite cannot replace: a
+    folder where the ROI zip goes, or anything but a zarr store where the OME-Zarr goes (`write_ome_zarr` would
+    refuse it only once the image is segmented)."""
+    from ..ome_zarr import _check_replaceable
+
+    if extra.suffix.lower() == ".zip" and extra.is_dir():
+        raise ValueError(f"the output {extra} is a folder; it cannot be replaced by an ROI zip: choose another --out")
+    if extra.suffix.lower() != ".zip":
+        _check_replaceable(extra)
 
 
 def _table_images(table: Path) -> set[str]:
@@ -552,8 +561,8 @@ def _extras(
     --rois: write its ROI zip; --zarr: copy it to OME-Zarr; each records the labels it was made from
     (`_made_from`). again: an earlier run finished the image, so its ROI zip and OME-Zarr (each written whole,
     under a temporary name) are written only where missing (that run was stopped between its labels and them) or
-    made from other labels (`_recorded_made_from`: a run with other settings, or --overwrite without them, came
-    since); its table is measured again (`image` is needed for that only)."""
+    made from other labels or from none recorded (`_recorded_made_from`: a run with other settings, or --overwrite
+    without them, came since; an earlier version wrote them); its table is measured again (`image` is needed for that only)."""
     from ..io import read_image
     from ..measure import measure_planes
     from ..metadata import read_spacing
@@ -588,10 +597,10 @@ def _extras(
 
 
 def _planes_only(labels, axes: str):
-    """`labels` as an ROI zip holds them, (H, W) or (N, H, W): those with more axes (a 2-D image stored as 5-D
-    OME-Zarr, T = Z = 1) without their leading axes of length 1 (`_check_rois` refused longer ones)."""
-    while labels.ndim > 3 and labels.shape[0] == 1:
-        labels = labels[0]
+    """`labels` as an ROI zip holds them, (H, W) or (N, H, W): those with more axes (a 2-D image or a time series
+    stored as 5-D OME-Zarr, Z = 1) without their axes of length 1 other than Y and X, the rule of `_check_rois`."""
+    if labels.ndim > 3:
+        labels = labels[tuple(0 if a not in "YX" and n == 1 else slice(None) for a, n in zip(axes, labels.shape))]
     if labels.ndim > 3:  # T and Z both longer than 1: `_check_rois` refuses them before any work
         raise ValueError(f"an ROI zip holds one plane or one stack; these labels have axes {axes}")
     return labels
