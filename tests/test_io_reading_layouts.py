@@ -117,7 +117,10 @@ def test_a_store_of_any_name_and_layout_is_noted_as_it_is_read(tmp_path):
     root.create_array("s0", shape=(3, 16, 16), dtype="uint16")
     root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n} for n in "zyx"], "datasets": [{"path": "s0"}]}]
     assert reading_notes(tmp_path / "slide.zarr") == []  # its metadata names the axes of "s0"
-    (said,) = reading_notes(tmp_path / "slide.zarr" / "s0")  # the array inside: no metadata of its own
+    assert reading_notes(tmp_path / "slide.zarr" / "s0") == []  # the array inside: its dataset's axes
+    plain = zarr.open(str(tmp_path / "plain_store"), mode="w", shape=(3, 16, 16), dtype="uint16", zarr_format=2)
+    plain[:] = 1
+    (said,) = reading_notes(tmp_path / "plain_store")  # a store not named .zarr, without metadata: guessed
     assert said.startswith("its axes are not in the file: read as CYX (3 channels) by guess")
 
 

@@ -277,15 +277,18 @@ def _zarr_notes(path: Path, axes_option: str | None) -> list[str]:
 
 def _zarr_layout(path: str | Path) -> tuple[tuple[int, ...], str | None]:
     """(shape, axes) of the zarr array `ome_zarr.read_zarr` reads at `path` (a group: its full-resolution array,
-    `ome_zarr._image_array`), axes as its OME-Zarr multiscales metadata names them (in the stored order, "S" as
-    "C"), or None where it names none that fit the shape."""
+    `ome_zarr._image_array`; an array of an OME-Zarr: its dataset's, `ome_zarr.array_multiscale`), axes as its
+    OME-Zarr multiscales metadata names them (in the stored order, "S" as "C"), or None where it names none that
+    fit the shape."""
     import zarr
 
-    from .ome_zarr import _image_array
+    from .ome_zarr import _image_array, _ngff_axes, array_multiscale
 
     node, said = zarr.open(str(path), mode="r"), None
     if not hasattr(node, "shape"):
         node, said = _image_array(node, Path(path))
+    elif (described := array_multiscale(path)) is not None:  # an array of an OME-Zarr: its image's axes
+        said = _ngff_axes(described[0])
     shape = tuple(int(n) for n in node.shape)
     return shape, said if said is not None and len(said) == len(shape) else None
 
