@@ -99,10 +99,13 @@ def test_samples_that_are_not_sample_are_refused_naming_sample(cells):
 
 
 @pytest.mark.parametrize("first", ["submodules", "exports"])
-def test_every_exported_name_is_the_object_not_a_submodule_whatever_is_imported_first(first):
-    """`napari_unet.augment` is the function, though a submodule of that name exists and the package imports it."""
+def test_every_exported_name_works_and_the_augment_submodule_stays_a_module_whatever_is_imported_first(first):
+    """The submodule `napari_unet.augment` shares its name with the exported function: whatever is imported
+    first, every exported name is usable (classes and functions: callable; `augment` computes a sample) and
+    the submodule's attributes stay reachable (`napari_unet.augment.AugmentConfig`, `import ... as m`)."""
     code = f"""
-import importlib, types
+import importlib
+import numpy as np
 import napari_unet
 
 def submodules():
@@ -117,9 +120,15 @@ def exports():
 
 {"submodules(); found = exports()" if first == "submodules" else "found = exports(); submodules()"}
 from napari_unet import augment
+import napari_unet.augment as submodule
+from napari_unet.augment import AugmentConfig
 found = {{**found, **exports(), "from-import augment": augment}}
-print(sorted(name for name, value in found.items() if isinstance(value, types.ModuleType)))
+print(sorted(name for name, value in found.items() if not callable(value)))
+image, target, weights = np.zeros((32, 32)), np.zeros((32, 32), np.uint8), np.ones((32, 32))
+for function in (found["augment"], augment, napari_unet.augment):
+    print([a.shape for a in function(image, target, weights, np.random.default_rng(0))])
+print(napari_unet.augment.AugmentConfig is submodule.AugmentConfig is AugmentConfig is napari_unet.AugmentConfig)
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert done.stdout.split("\n")[:5] == ["[]", *["[(32, 32), (32, 32), (32, 32)]"] * 3, "True"]

@@ -8,9 +8,7 @@ manifest without loading torch).
 
 from __future__ import annotations
 
-import sys
 from importlib import import_module
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
@@ -53,22 +51,10 @@ if TYPE_CHECKING:
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        module = import_module(f".{_EXPORTS[name]}", __name__)
+        # importing the submodule `augment` binds it here: that module, callable as the function (see augment.py)
+        return globals().get(name, getattr(module, name))
     raise AttributeError(f"module 'napari_unet' has no attribute {name!r}")
-
-
-class _Package(ModuleType):
-    """The package, whose exported names stay the exported objects: importing a submodule of the same name
-    (`napari_unet.augment`, which `from napari_unet.augment import ...` loads) binds it on the package, which
-    would hide the function `augment`; that binding is skipped (the submodule stays in `sys.modules`)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _EXPORTS and isinstance(value, ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:

@@ -16,7 +16,9 @@ sample exactly.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -340,3 +342,22 @@ def augment(
     if coordinates is None:
         return image.copy(), target.copy(), weights.astype(np.float32)
     return warp(image, target, weights, coordinates)
+
+
+class _CallableModule(ModuleType):
+    """This module, callable as its function `augment`: the package exports the function `augment`, and
+    importing this submodule binds the module under the same name on the package, so `napari_unet.augment`
+    is this module (AugmentConfig, warp, ... reachable) and calling it calls `augment`, in any import order."""
+
+    def __call__(
+        self,
+        image: np.ndarray,
+        target: np.ndarray,
+        weights: np.ndarray,
+        rng: np.random.Generator,
+        config: AugmentConfig = AugmentConfig(),
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return augment(image, target, weights, rng, config)
+
+
+sys.modules[__name__].__class__ = _CallableModule

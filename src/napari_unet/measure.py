@@ -117,6 +117,16 @@ def is_mask(labels: np.ndarray, what: str = "labels") -> bool:
         ) from None
 
 
+def several_ids(labels: np.ndarray) -> bool:
+    """Whether ids ``labels`` (>= 0) hold more than one nonzero value: then they are no binary mask.
+
+    >>> several_ids(np.array([[0, 3], [3, 0]])), several_ids(np.array([[0, 3], [4, 0]]))
+    (False, True)
+    """
+    top = labels.max(initial=0)
+    return bool(top > 0 and np.any((labels != 0) & (labels != top)))
+
+
 def instance_labels(labels: np.ndarray, what: str = "labels") -> tuple[np.ndarray, bool]:
     """``(objects, was_mask)``: a label image or stack (..., H, W) as the instance ids that are measured and
     exported, as `napari-unet measure` and `rois` and the Measure dock read them.
@@ -158,7 +168,17 @@ def objects_of(labels: np.ndarray, what: str = "the label image", stacklevel: in
     >>> with warnings.catch_warnings(record=True):
     ...     objects_of(mask).tolist()[0]
     [1, 1, 0, 0, 2, 2]
+
+    Labels of 16 bits or more with several nonzero ids (`several_ids`: label images, and the objects
+    `instance_labels` made of a mask) are no mask, which has one nonzero value: they are taken as they are,
+    without the mask test (`is_mask`, slow on a stack), so an image given as such labels is not refused here as
+    `instance_labels` refuses it for the command line and the dock.
     """
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iu" and labels.dtype.itemsize > 1 and labels.ndim >= 2:
+        labels = measured_ids(labels, what)
+        if several_ids(labels):
+            return labels
     objects, was_mask = instance_labels(labels, what)
     if was_mask:
         warnings.warn(f"{what} {MASK_NOTE}", UserWarning, stacklevel=stacklevel)
