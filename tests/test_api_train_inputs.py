@@ -71,6 +71,24 @@ def test_normalised_images_and_their_crops_are_used_as_they_are(cells):
     np.testing.assert_array_equal(both[1], normalised)  # the sample's array is not written
 
 
+def test_the_guesses_the_range_cannot_settle_are_said(cells):
+    """A float image beyond the normalised range is normalised by its own percentiles, and a dim float image in
+    it (divided by its dtype's maximum) is used as it is: both said, naming the sample; a normalised image, or a
+    raw integer one, trains without a word."""
+    import warnings
+
+    image, labels = cells
+    raw = camera(image)
+    with pytest.warns(UserWarning, match=r"sample: channel\(s\) \[0\] lie beyond the normalised range"):
+        prepared(raw.astype(np.float32), labels)
+    with pytest.warns(UserWarning, match=r"sample: channel\(s\) \[0\] span only \[0\.0"):
+        prepared(raw / 65535.0, labels)  # skimage's img_as_float of a 12-bit image in 16 bits
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        prepared(raw, labels)
+        prepared(normalize_percentile(raw), labels)
+
+
 def test_oriented_samples_are_used_as_they_are(cells):
     image, labels = cells
     raw = camera(image).astype(np.float32)

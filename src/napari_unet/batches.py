@@ -21,6 +21,7 @@ rounding:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ from .weights import weight_map
 
 DEVICE_DATA_FRACTION = 0.25  # batched augmentation keeps the training images on a GPU if they take at most this
 NORMALIZED_RANGE = (-0.5, 1.5)  # a channel whose percentiles lie in here is taken as normalised (`as_normalized`)
+DIM_SPREAD = 0.2  # a channel taken as normalised whose percentiles lie closer is warned about (`as_normalized`)
 
 
 @dataclass
@@ -81,7 +83,7 @@ def prepare_sample(
         bad = int(image.size - np.count_nonzero(np.isfinite(image)))
         raise ValueError(f"{name}: the image contains {bad} NaN or infinite values")
     if not sample.oriented:  # normalise and invert here (on the whole image it holds)
-        image = normalization.apply_polarity(as_normalized(raw, normalization))
+        image = normalization.apply_polarity(as_normalized(raw, normalization, name))
     class_weights = "balanced" if config.class_weights == "balanced" else None
     weights = weight_map(labels, config.w0, config.sigma, class_weights, mask=mask, border=config.border)
     target = make_target(labels, config.border)
@@ -91,7 +93,7 @@ def prepare_sample(
     return Prepared(image, target, weights, np.flatnonzero(weights > 0), cells)
 
 
-def as_normalized(image: np.ndarray, normalization: Normalization) -> np.ndarray:
+def as_normalized(image: np.ndarray, normalization: Normalization, name: str = "the image") -> np.ndarray:
     """A (C, H, W) image normalised as the model normalises the images it segments, float32: each channel with
     the percentiles of `normalization` (`io.percentiles`, `io.apply_normalization`, not inverted), except the
     channels whose percentiles lie in `NORMALIZED_RANGE` already, which are kept as they are.
@@ -101,7 +103,11 @@ def as_normalized(image: np.ndarray, normalization: Normalization) -> np.ndarray
     kept: a crop of a normalised image, or a rescaled one (`scale.rescale_to_diameter`: interpolation narrows the
     percentiles, by 4% to 11% on `make_cells`), which its own percentiles would stretch away from the whole
     image's scale that the model sees, and a channel whose percentiles are both 0 (nearly all of it 0), which
-    `io.normalization_range` would divide by 1e-6 at every pass.
+    `io.normalization_range` would divide by 1e-6 at every pass. Two guesses this rule cannot settle are said
+    with a UserWarning naming `name`: a float channel beyond the range normalised by its own percentiles (a crop
+    of a normalised image with a bright spot is stretched), and a channel kept whose percentiles lie less than
+    `DIM_SPREAD` apart (an image divided by its dtype's maximum, `img_as_float`, is trained on a scale the model
+    never sees: it normalises the images it segments).
 
     >>> image = np.array([[[100, 100, 4095, 4095]], [[0.0, 0.0, 1.0, 1.0]]])  # (C, H, W): raw, normalised
     >>> as_normalized(image, Normalization(low=0.0, high=100.0)).round(3).tolist()
@@ -110,6 +116,23 @@ def as_normalized(image: np.ndarray, normalization: Normalization) -> np.ndarray
     image = np.asarray(image)
     lo, hi = percentiles(image, normalization.low, normalization.high, "CYX")
     raw = ((lo < NORMALIZED_RANGE[0]) | (hi > NORMALIZED_RANGE[1])).ravel()
+    if image.dtype.kind == "f" and raw.any():
+        warnings.warn(
+            f"{name}: channel(s) {np.flatnonzero(raw).tolist()} lie beyond the normalised range (percentiles "
+            f"{np.round(lo.ravel()[raw], 3).tolist()}..{np.round(hi.ravel()[raw], 3).tolist()}): normalised by their "
+            "own percentiles, as the model normalises the images it segments; a crop of a normalised image should "
+            "be given with oriented=True after normalising the whole image (io.normalize_percentile)",
+            stacklevel=3,
+        )
+    dim = ~raw & ((hi - lo).ravel() < DIM_SPREAD) & ((hi - lo).ravel() > 0)
+    if dim.any():
+        warnings.warn(
+            f"{name}: channel(s) {np.flatnonzero(dim).tolist()} span only "
+            f"{np.round((hi - lo).ravel()[dim], 3).tolist()} between the percentiles and are used as they are: the "
+            "model normalises the images it segments (io.normalize_percentile), so normalise this image too "
+            "(an image divided by its dtype's maximum is not normalised)",
+            stacklevel=3,
+        )
     if raw.all():
         return apply_normalization(image, lo, hi)
     out = np.array(image, dtype=np.float32)  # a copy: the sample's own array is never written
