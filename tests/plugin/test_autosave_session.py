@@ -1,7 +1,7 @@
-"""What the Fine-tune dock autosaves over a session: each Start replaces the annotations the session saved or
-restored (no copy of its own, nothing written when unchanged), an earlier session's are kept once; a Restore offer
-goes with its image and never pairs annotations with an image of another size; every run gets its own model
-folder."""
+"""What the Fine-tune dock autosaves over a session: each Start replaces the annotations the session saved (no copy
+of its own, nothing written when unchanged), an earlier session's, restored or not, are kept once; a Restore offer
+goes with its image and never pairs annotations with an image of another size; restored annotations can be painted
+on; an image opened from a URL has one file of annotations, offered back; every run gets its own model folder."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def painted(labels: np.ndarray, count: int) -> np.ndarray:
 @pytest.fixture
 def opened(make_napari_viewer_proxy, tmp_path, monkeypatch):
     """A viewer with data/cells.tif opened, a Fine-tune dock autosaving to tmp_path/autosave, its notifications."""
-    image, labels = make_cells((64, 64), seed=3)
+    image, labels = make_cells((64, 64), seed=3, radius=(4.0, 8.0))  # 13 cells: painted(n) differ up to 13
     path = tmp_path / "data" / "cells.tif"
     path.parent.mkdir()
     write_tiff(path, (image * 1000).astype(np.uint16), "YX")
@@ -47,8 +47,8 @@ def copies(tmp_path: Path) -> list[Path]:
 @pytest.mark.viewer
 def test_the_starts_of_one_session_replace_its_own_annotations_without_copies(opened, tmp_path):
     """Paint, Start, paint more, Start: every Start after the first kept a full copy of the previous annotations in
-    previous/, with a notification; after a Restore too. Only an earlier session's annotations, not restored, are
-    copied now: once."""
+    previous/, with a notification; after a Restore too. Only an earlier session's annotations (restored or not)
+    are copied now: once, at the first Start that replaces them."""
     (layer,) = opened.viewer.open(opened.path, plugin="napari-unet-2015")
     sidecar = _autosave.sidecar_path(opened.path)
     for count in (1, 2, 3):  # the paint-more-then-retrain loop
@@ -56,23 +56,59 @@ def test_the_starts_of_one_session_replace_its_own_annotations_without_copies(op
     np.testing.assert_array_equal(_autosave.load_annotations(sidecar), painted(opened.labels, 3))
     assert copies(tmp_path) == [] and not [m for m in opened.messages if "kept" in m]
 
-    opened.viewer.layers.clear()  # the next session: restored, painted more
+    opened.viewer.layers.clear()  # the next session: restored, painted more, Start, painted more, Start
     later = FineTuneWidget(opened.viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
     (layer,) = opened.viewer.open(opened.path, plugin="napari-unet-2015")
     restored = later.autosave.restore()
-    restored.data = painted(opened.labels, 4)
-    later.autosave.save_annotations(np.asarray(restored.data), layer)
-    assert copies(tmp_path) == []
+    for count in (4, 5):
+        restored.data = painted(opened.labels, count)
+        later.autosave.save_annotations(np.asarray(restored.data), layer)
+    (restored_kept,) = copies(tmp_path)  # the earlier session's, as they were restored: once
+    np.testing.assert_array_equal(_autosave.load_annotations(restored_kept), painted(opened.labels, 3))
 
     opened.viewer.layers.clear()  # one more session, painting anew without Restore: the earlier cells are kept once
     anew = FineTuneWidget(opened.viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
     (layer,) = opened.viewer.open(opened.path, plugin="napari-unet-2015")
     for count in (1, 2):
         anew.autosave.save_annotations(painted(opened.labels, count), layer)
-    (kept,) = copies(tmp_path)
-    np.testing.assert_array_equal(_autosave.load_annotations(kept), painted(opened.labels, 4))
+    (kept,) = set(copies(tmp_path)) - {restored_kept}
+    np.testing.assert_array_equal(_autosave.load_annotations(kept), painted(opened.labels, 5))
     assert len([m for m in opened.messages if str(kept) in m]) == 1
     np.testing.assert_array_equal(_autosave.load_annotations(sidecar), painted(opened.labels, 2))
+
+
+@pytest.mark.viewer
+def test_annotations_restored_then_discarded_are_kept(opened, tmp_path):
+    """An earlier session's 5 cells restored, that layer removed, 1 cell painted on a new one, Start: the side-car
+    held 1 cell and previous/ nothing (the restored file counted as this session's own). The first Start that
+    replaces restored annotations keeps them in previous/, once."""
+    earlier = painted(opened.labels, 5)
+    _autosave.save_annotations(earlier, tmp_path / "autosave", opened.path, "cells")
+    (image,) = opened.viewer.open(opened.path, plugin="napari-unet-2015")
+    opened.viewer.layers.remove(opened.dock.autosave.restore())
+    for count in (1, 2):  # two Starts: one copy
+        opened.dock.autosave.save_annotations(painted(opened.labels, count), image)
+    (kept,) = copies(tmp_path)
+    np.testing.assert_array_equal(_autosave.load_annotations(kept), earlier)
+    assert len([m for m in opened.messages if str(kept) in m]) == 1
+    np.testing.assert_array_equal(
+        _autosave.load_annotations(_autosave.sidecar_path(opened.path)), painted(opened.labels, 2)
+    )
+
+
+@pytest.mark.viewer
+def test_restored_stack_annotations_can_be_painted_on(opened, tmp_path):
+    """Restored annotations of a Z stack were a read-only memory map of their file: painting raised "assignment
+    destination is read-only"."""
+    stack = np.stack([painted(opened.labels, 3)] * 3)
+    write_tiff(opened.path, np.zeros(stack.shape, np.uint16), "ZYX")
+    _autosave.save_annotations(stack, tmp_path / "autosave", opened.path, "cells")
+    opened.viewer.open(opened.path, plugin="napari-unet-2015")
+    restored = opened.dock.autosave.restore()
+    restored.selected_label = 77
+    restored.paint((1, 30, 30), 77)
+    assert restored.data[1, 30, 30] == 77
+    np.testing.assert_array_equal(_autosave.load_annotations(_autosave.sidecar_path(opened.path)), stack)
 
 
 @pytest.mark.viewer
@@ -170,6 +206,33 @@ def test_labels_fit_an_image_of_their_y_x_and_leading_axes():
     assert fits((3, 64, 64), (3, 64, 64)) and fits((64, 64), (64, 64))
     assert fits((5, 64, 64), (2, 5, 64, 64))  # a channel axis the annotations do not have
     assert not fits((64, 64), (64, 65)) and not fits((4, 64, 64), (3, 64, 64)) and not fits((3, 64, 64), (64, 64))
+    # the image's axes known: only its channels may be missing (2-D annotations fitted any Z stack)
+    assert fits((5, 64, 64), (2, 5, 64, 64), "CZYX") and fits((3, 64, 64), (3, 64, 64), "ZYX")
+    assert not fits((64, 64), (4, 64, 64), "ZYX") and not fits((5, 64, 64), (2, 5, 64, 64), "TZYX")
+    assert fits((64, 64), (4, 64, 64), None)  # axes unknown: all leading axes but one, as before
+
+
+@pytest.mark.viewer
+def test_2d_annotations_are_not_restored_over_a_z_stack(opened, tmp_path):
+    """A 2-D side-car (an older version's `cells.unet-labels.tif`, of a 2-D cells.png of that folder) was restored
+    over the Z stack cells.tif as "all its leading axes but one"; Start then refused them. Over a colour picture
+    (its colours are no axis of the annotations) 2-D annotations are still restored."""
+    import imageio.v3 as iio
+
+    write_tiff(opened.path.with_name("cells.unet-labels.tif"), painted(opened.labels, 5).astype(np.uint16), "YX")
+    write_tiff(opened.path, np.zeros((4, 64, 64), np.uint16), "ZYX")
+    opened.viewer.open(opened.path, plugin="napari-unet-2015")
+    assert not opened.dock.autosave.restore_button.isHidden()
+    assert opened.dock.autosave.restore() is None and len(opened.viewer.layers) == 1
+    assert "(64, 64)" in opened.messages[-1] and "(4, 64, 64)" in opened.messages[-1]
+
+    picture = opened.path.with_name("colours.png")
+    iio.imwrite(picture, np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    _autosave.save_annotations(painted(opened.labels, 2), tmp_path / "autosave", picture, "colours")
+    (layer,) = opened.viewer.open(picture, plugin="napari-unet-2015")
+    assert layer.rgb
+    restored = opened.dock.autosave.restore()
+    np.testing.assert_array_equal(restored.data, painted(opened.labels, 2))
 
 
 @pytest.mark.viewer
@@ -184,6 +247,33 @@ def test_annotations_of_an_image_that_is_no_local_file_go_to_the_autosave_folder
         opened.dock.autosave.save_annotations(painted(opened.labels, 1), layer)
         assert opened.dock.autosave.annotations_path.parent == tmp_path / "autosave" / "annotations"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["autosave", "data"]
+
+
+@pytest.mark.viewer
+def test_an_image_opened_from_a_url_has_one_file_of_annotations_offered_back(opened, tmp_path):
+    """A URL image's annotations went to a new `<name>-<time>` file every session, never offered back. They are
+    recorded under the URL now: one file, offered when the same URL is opened again, an earlier session's kept
+    once before a Start replaces them."""
+    from napari.layers import Image
+    from napari.layers._source import layer_source
+
+    url = "http://127.0.0.1:8765/cells.png"
+    folder = tmp_path / "autosave" / "annotations"
+    for session in (1, 2, 3):
+        opened.viewer.layers.clear()
+        dock = FineTuneWidget(opened.viewer, autosave_root=tmp_path / "autosave", start_from=_start_from.START_NEW)
+        with layer_source(path=url):
+            layer = Image(np.zeros((64, 64), np.uint16), name="cells")
+        opened.viewer.add_layer(layer)
+        assert dock.autosave.restore_button.isHidden() == (session == 1)
+        if session == 2:
+            np.testing.assert_array_equal(dock.autosave.restore().data, painted(opened.labels, 1))
+        dock.autosave.save_annotations(painted(opened.labels, session), layer)
+    (saved,) = folder.glob("*.unet-labels.tif")
+    np.testing.assert_array_equal(_autosave.load_annotations(saved), painted(opened.labels, 3))
+    assert _autosave.find_annotations(url, tmp_path / "autosave") == saved
+    kept = [_autosave.load_annotations(p) for p in copies(tmp_path)]  # each earlier session's, once
+    assert len(kept) == 2 and all(any(np.array_equal(k, painted(opened.labels, n)) for k in kept) for n in (1, 2))
 
 
 @pytest.mark.viewer

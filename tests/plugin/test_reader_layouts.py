@@ -1,4 +1,5 @@
-"""napari's reader on files that do not say their axes, compressed files, and File > Open Files as Stack: lazily."""
+"""napari's reader on files that do not say their axes, compressed files, and File > Open Files as Stack: lazily;
+autosaved annotations in memory, to be painted on."""
 
 from __future__ import annotations
 
@@ -88,3 +89,23 @@ def test_open_files_as_stack_reads_a_plane_only_when_it_is_used(tmp_path):
     ((stacked, kwargs, _),) = read_images(paths)
     assert isinstance(stacked, da.Array) and kwargs["metadata"]["napari_unet"]["axes"] == "ZYX"
     np.testing.assert_array_equal(np.asarray(stacked), np.stack(planes))
+
+
+def test_opened_annotation_files_can_be_painted_on(make_napari_viewer_proxy, tmp_path):
+    """An opened `*.unet-labels.tif` was a read-only memory map of its file: painting on it raised "assignment
+    destination is read-only". The file itself is left as it was."""
+    from napari_unet.io import write_tiff
+    from napari_unet.plugin._autosave import load_annotations, sidecar_path
+    from napari_unet.plugin._reader import PLUGIN
+
+    viewer = make_napari_viewer_proxy()
+    for name, shape, axes, where in (
+        ("cells.tif", (16, 16), "YX", (8, 8)),
+        ("stack.tif", (3, 16, 16), "ZYX", (1, 8, 8)),
+    ):
+        path = sidecar_path(tmp_path / name)
+        write_tiff(path, np.zeros(shape, np.uint16), axes)
+        (layer,) = viewer.open(path, plugin=PLUGIN)
+        layer.selected_label = 5
+        layer.paint(where, 5)
+        assert layer.data[where] == 5 and load_annotations(path).max() == 0

@@ -1,13 +1,15 @@
 """Nothing the user made is lost: where annotations and models are autosaved, and how they are found again.
 
 Annotations used for training go next to the image's file (`cells.tif` -> `cells.tif.unet-labels.tif`); when that
-folder is not writable, or the image has no file, they go to `<root>/annotations/` (one file per image file), and
-`<root>/annotations/index.json` maps each image file to its annotations so that they are offered back when the image
-is opened again. A dock remembers what it wrote or restored for each image (`Saved`: the file, its stamp, a hash of
-the labels), so that its own annotations are replaced at the next save, unchanged ones not written again, and only
-annotations it does not know (an earlier session's, not restored before painting anew) are first copied to
-`<root>/annotations/previous/`, once. Models go to `<root>/models/<time>-<image name>/` (written atomically by
-`modelfile.save_model`; -2, -3, … for runs started in the same second).
+folder is not writable, or the image was opened from a URL, they go to `<root>/annotations/` (one file per image file
+or URL), and `<root>/annotations/index.json` maps each image file (its full path) or URL to its annotations so that
+they are offered back when the image is opened again; an image without either (made in napari) gets one file per
+session there. A dock remembers what it wrote or restored for each image (`Saved`: the file, its stamp, a hash of
+the labels, whether it was only restored), so that annotations it wrote are replaced at its next save, unchanged
+ones not written again, and an earlier session's (restored or not) are first copied to
+`<root>/annotations/previous/`, once, before a save replaces them with other labels. Models go to
+`<root>/models/<time>-<image name>/` (written atomically by `modelfile.save_model`; -2, -3, … for runs started in
+the same second).
 
 The annotations keep the image's calibration: the pixel size of its layer, else of its file, and the file's Z step
 and frame interval are written into their TIFF (`io.write_tiff`), so that opened on their own they lie over it.
@@ -56,8 +58,9 @@ def safe_name(name: str) -> str:
 
 
 def _path_tag(image_path: str | Path) -> str:
-    """8 hex digits of the image file's full path: a/cells.tif and b/cells.tif saved in one folder stay apart."""
-    return hashlib.sha1(str(Path(image_path).resolve()).encode()).hexdigest()[:8]
+    """8 hex digits of the image file's full path (or URL): a/cells.tif and b/cells.tif saved in one folder stay
+    apart."""
+    return hashlib.sha1(image_id(image_path).encode()).hexdigest()[:8]
 
 
 def sidecar_path(image_path: str | Path) -> Path:
@@ -99,11 +102,13 @@ def _numbered(name: str) -> Iterator[str]:
 @dataclass(frozen=True)
 class Saved:
     """Annotations that a session wrote or restored: their file, that file's `file_stamp` then (a file written
-    again since, by anyone, has another) and the `labels_digest` of the labels."""
+    again since, by anyone, has another), the `labels_digest` of the labels, and whether the file was only
+    restored (read: an earlier session's annotations, copied before a save first replaces them with others)."""
 
     path: Path
     stamp: tuple[int, ...] | None
     digest: str
+    restored: bool = False
 
     def on_disk(self) -> bool:
         """Whether `path` is still the file that was written or read."""
@@ -118,6 +123,16 @@ def file_stamp(path: str | Path) -> tuple[int, ...] | None:
     except OSError:
         return None
     return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def is_url(image: str | Path) -> bool:
+    """Whether the image source `image` is a URL ('https://…/cells.png'): no file here, known by its address."""
+    return "://" in str(image)
+
+
+def image_id(image: str | Path) -> str:
+    """How the index knows an image: a file by its full path, a URL (`is_url`) as it is."""
+    return str(image) if is_url(image) else str(Path(image).resolve())
 
 
 def labels_digest(labels: np.ndarray) -> str:
@@ -154,17 +169,17 @@ def autosave_annotations(
     axes: str | None = None,
     last: Saved | None = None,
 ) -> Saved:
-    """Write `labels` (..., H, W) as a TIFF for the image file `image_path` (None: an image without a file, called
-    `name`) and remember it for that image; returns what was written.
+    """Write `labels` (..., H, W) as a TIFF for the image file, or URL (`is_url`), `image_path` (None: an image
+    without either, called `name`) and remember it for that image; returns what was written.
 
-    Where: beside the image (`sidecar_path`); when that folder cannot be written, or the image has no file, in
-    `<root>/annotations/`: one file per image file (`<stem>-<path tag>.unet-labels.tif`, recorded in the index),
-    one per session for an image without a file (`<name>-<time>.unet-labels.tif`, then `last`'s).
+    Where: beside the image file (`sidecar_path`); when that folder cannot be written, or the image is a URL, in
+    `<root>/annotations/`: one file per image file or URL (`<stem>-<path tag>.unet-labels.tif`, recorded in the
+    index), one per session for an image without either (`<name>-<time>.unet-labels.tif`, then `last`'s).
     last: what this session last wrote or restored for this image. Labels unchanged since (the same digest, its
     file untouched) are not written again. The file a save replaces is first copied to
-    `<root>/annotations/previous/`, and `on_kept` called with the copy's path, unless it is `last`'s file as it
-    was written or restored (this session's own annotations are replaced), holds these very labels, or was copied
-    already: an earlier session's annotations, not restored, are never overwritten unkept.
+    `<root>/annotations/previous/`, and `on_kept` called with the copy's path, unless it is the file `last` wrote,
+    as it was written (this session's own annotations are replaced), holds these very labels, or was copied
+    already: an earlier session's annotations, restored or not, are never overwritten unkept.
 
     The TIFF carries `pixel_size` (the image layer's), else the image file's (`metadata.read_pixel_size`), and the
     file's Z step (in that pixel size's unit) and frame interval (`metadata.read_spacing`). axes: the labels' axes
@@ -204,22 +219,23 @@ def autosave_annotations(
             )
         folder.mkdir(parents=True, exist_ok=True)
         return write(target)
-    pixel_size = pixel_size or read_pixel_size(image_path)
-    spacing = read_spacing(image_path, pixel_size)
-    sidecar = sidecar_path(image_path)
-    if os.access(sidecar.parent, os.W_OK):  # a read-only data folder: to the autosave root, without trying
-        try:
-            saved = write(sidecar)
-        except OSError:
-            pass  # a full disk, say: to the autosave root
-        else:
-            with contextlib.suppress(OSError):  # the index only matters for saves that went to the root
-                _remember(root, image_path, sidecar)
-            return saved
+    if not is_url(image_path):
+        pixel_size = pixel_size or read_pixel_size(image_path)
+        spacing = read_spacing(image_path, pixel_size)
+        sidecar = sidecar_path(image_path)
+        if os.access(sidecar.parent, os.W_OK):  # a read-only data folder: to the autosave root, without trying
+            try:
+                saved = write(sidecar)
+            except OSError:
+                pass  # a full disk, say: to the autosave root
+            else:
+                with contextlib.suppress(OSError):  # the index only matters for saves that went to the root
+                    _remember(root, image_path, sidecar)
+                return saved
     folder.mkdir(parents=True, exist_ok=True)
     # a/cells.tif and b/cells.tif (saved in one folder) stay apart
     saved = write(folder / f"{safe_name(Path(image_path).stem)}-{_path_tag(image_path)}{SIDECAR_SUFFIX}")
-    record = {"image": str(Path(image_path).resolve()), "labels": saved.path.name}
+    record = {"image": image_id(image_path), "labels": saved.path.name}
     with atomic_write(saved.path.with_name(saved.path.name.removesuffix(SIDECAR_SUFFIX) + RECORD_SUFFIX)) as staging:
         staging.write_text(json.dumps(record))
     _remember(root, image_path, saved.path)
@@ -228,11 +244,12 @@ def autosave_annotations(
 
 def _keep_previous(target: Path, labels: np.ndarray, root: str | Path, last: Saved | None) -> Path | None:
     """Copy the annotations at `target`, about to be replaced by `labels`, to `<root>/annotations/previous/`, unless
-    they are `last`'s file as it was, equal to `labels`, or copied already (a copy is named by the time the file
-    was written and a hash of its bytes: a save that failed after the copy, on a full data disk, is tried again
-    at every Start); returns the copy's path, None when nothing was copied."""
+    they are the file `last` wrote, as it was (a file `last` only restored is an earlier session's: copied), equal
+    to `labels`, or copied already (a copy is named by the time the file was written and a hash of its bytes: a
+    save that failed after the copy, on a full data disk, is tried again at every Start); returns the copy's path,
+    None when nothing was copied."""
     stamp = file_stamp(target)
-    if stamp is None or (last is not None and last.stamp == stamp):
+    if stamp is None or (last is not None and not last.restored and last.stamp == stamp):
         return None
     with open(target, "rb") as file:
         content = hashlib.file_digest(file, "sha1").hexdigest()[:12]
@@ -253,28 +270,34 @@ def _keep_previous(target: Path, labels: np.ndarray, root: str | Path, last: Sav
 
 
 def find_annotations(image_path: str | Path, root: str | Path) -> Path | None:
-    """The autosaved annotations of `image_path`: the newer of the side-car file and the one recorded in the
-    index (a save that could not write beside the image, a full disk say, went to the autosave root and left
-    an older side-car), else a side-car of the former naming (`legacy_sidecar_path`)."""
+    """The autosaved annotations of the image file `image_path`: the newer of the side-car file and the one
+    recorded in the index (a save that could not write beside the image, a full disk say, went to the autosave
+    root and left an older side-car), else a side-car of the former naming (`legacy_sidecar_path`); of a URL
+    (`is_url`), the one recorded in the index."""
     try:
-        recorded = _index(root).get(str(Path(image_path).resolve()))
+        recorded = _index(root).get(image_id(image_path))
     except OSError:  # an unreadable index that could not be moved aside
         recorded = None
-    found = [p for p in (sidecar_path(image_path), Path(recorded) if recorded else None) if p and p.is_file()]
+    url = is_url(image_path)
+    sidecar = None if url else sidecar_path(image_path)
+    found = [p for p in (sidecar, Path(recorded) if recorded else None) if p and p.is_file()]
     if found:
         return max(found, key=lambda p: p.stat().st_mtime_ns)
+    if url:
+        return None
     legacy = legacy_sidecar_path(image_path)
     return legacy if legacy.is_file() and legacy != Path(image_path) else None
 
 
 def load_annotations(path: str | Path) -> np.ndarray:
-    """Read autosaved annotations back: (H, W), (Z, H, W) or (T, Z, H, W) integer labels."""
+    """Read autosaved annotations back: (H, W), (Z, H, W) or (T, Z, H, W) integer labels, in memory and writable
+    (they are painted on; `io.read_image` memory-maps the file read-only)."""
     from napari_unet.io import read_image
 
     labels, axes = read_image(path)
     if axes == "YX":
         return read_labels(path)
-    return np.asarray(labels)
+    return np.array(labels)
 
 
 def _index(root: str | Path) -> dict[str, str]:
@@ -317,7 +340,7 @@ def _remember(root: str | Path, image_path: str | Path, labels_path: Path) -> No
     folder = Path(root) / "annotations"
     folder.mkdir(parents=True, exist_ok=True)
     index = _index(root)
-    index[str(Path(image_path).resolve())] = str(labels_path.resolve())
+    index[image_id(image_path)] = str(labels_path.resolve())
     _write_index(folder, index)
 
 

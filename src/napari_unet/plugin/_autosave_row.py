@@ -27,8 +27,8 @@ class AutosaveRow:
     """root: the autosave folder (None: the one chosen with "Change…" in an earlier session, if it is still a
     folder, else `_autosave.default_root()`); restored: called with the Labels layer of restored annotations and
     the image layer they annotate. `annotations_path`: where the last run's annotations were saved; `saved`: for each
-    image (its file, else its layer), the annotations this dock last wrote or restored, which its next save replaces
-    without keeping a copy."""
+    image (its file or URL, else its layer), the annotations this dock last wrote or restored: its next save replaces
+    those it wrote without keeping a copy, those it restored with a copy (they are an earlier session's)."""
 
     def __init__(self, dock: Any, viewer: Any, root: str | Path | None, restored: Callable[[Any, Any], Any]):
         self.dock, self.viewer, self.restored = dock, viewer, restored
@@ -36,7 +36,7 @@ class AutosaveRow:
         self.annotations_path: Path | None = None
         self.saved: dict[Hashable, _autosave.Saved] = {}
         self.model_folders: list[Path] = []  # handed out by `model_folder`
-        self.offered: tuple[Path, Path] | None = None  # (image file, annotations file)
+        self.offered: tuple[str, Path] | None = None  # (image file or URL, annotations file)
         self.offered_layer: Any = None  # the image layer they were offered for
         self.label = wrapped_label(f"autosave: {self.root}")
         self.change_button = QPushButton("Change…")
@@ -63,7 +63,7 @@ class AutosaveRow:
         """Autosave the annotations of `image_layer` (beside its file when it has one); a failure is a warning.
         On the main thread, as Start is pressed (nothing painted is lost if the run then fails), and cheap when
         the labels are those saved or restored last: a hash of them, no file read back."""
-        source = _own_file(image_layer)  # None: autosaved in the autosave folder, by the layer's name
+        source = _own_source(image_layer)  # None: autosaved in the autosave folder, by the layer's name
         key = _image_key(source, image_layer)
         try:
             info = layer_pixel_size(image_layer)  # what the image layer says beats what its file said
@@ -85,17 +85,14 @@ class AutosaveRow:
         self.saved[key], self.annotations_path = saved, saved.path
 
     def _kept(self, path: Path) -> None:
-        show_info(
-            f"Annotations saved earlier for this image (not restored in this session) differ from these: the "
-            f"earlier ones are kept as {path}"
-        )
+        show_info(f"Annotations saved for this image in an earlier session differ from these: they are kept as {path}")
 
     def restore(self) -> Any:
         """Open the autosaved annotations offered for the last opened image (still open: the offer goes with it),
         as a Labels layer over it; annotations of another size than the image are refused (a notification)."""
         if self.offered is None:
             return None
-        image_path, labels_path = self.offered
+        source, labels_path = self.offered
         image_layer = self.offered_layer
         stamp = _autosave.file_stamp(labels_path)  # before reading: a file written meanwhile is not taken for it
         try:
@@ -104,7 +101,10 @@ class AutosaveRow:
             show_error(f"Cannot read the autosaved annotations {labels_path}: {error}")
             return None
         image_shape = pixel_shape(image_layer)
-        if not fits_image(labels.shape, image_shape):
+        axes = stored_axes(image_layer)
+        if axes is not None and getattr(image_layer, "rgb", False):
+            axes = axes[:-1]  # an RGB layer's colours (last) are not among its pixels
+        if not fits_image(labels.shape, image_shape, axes):
             show_warning(
                 f"The autosaved annotations {labels_path.name} have shape {labels.shape} but the image "
                 f"'{image_layer.name}' has shape {image_shape}: they belong to another image, not restored"
@@ -112,10 +112,11 @@ class AutosaveRow:
             self._withdraw()
             return None
         layer = self.viewer.add_labels(
-            labels, name=f"{image_path.stem} annotations", **placed_like(image_layer, labels.ndim)
+            labels, name=f"{Path(source).stem} annotations", **placed_like(image_layer, labels.ndim)
         )
-        self.saved[_image_key(str(image_path), image_layer)] = _autosave.Saved(
-            labels_path, stamp, _autosave.labels_digest(labels)
+        # read, not written: an earlier session's, copied before a save first replaces them with other labels
+        self.saved[_image_key(source, image_layer)] = _autosave.Saved(
+            labels_path, stamp, _autosave.labels_digest(labels), restored=True
         )
         self._withdraw()
         self.restored(layer, image_layer)
@@ -137,14 +138,14 @@ class AutosaveRow:
             self._withdraw()
 
     def _offer(self, layer: Any) -> None:
-        """Offer the autosaved annotations of `layer`'s file, if it is an image with some."""
-        path = _own_file(layer)
+        """Offer the autosaved annotations of `layer`'s file or URL, if it is an image with some."""
+        path = _own_source(layer)
         if not isinstance(layer, Image) or not path or _autosave.is_annotation_file(path):
             return
         found = _autosave.find_annotations(path, self.root)
         if found is None:
             return
-        self.offered, self.offered_layer = (Path(path), found), layer
+        self.offered, self.offered_layer = (path, found), layer
         self.restore_button.setText(f"Restore the autosaved annotations of {Path(path).name}")
         self.restore_button.show()
         show_info(
@@ -168,14 +169,21 @@ def _chosen_root() -> Path | None:
     return Path(folder) if isinstance(folder, str) and folder and Path(folder).is_dir() else None
 
 
-def fits_image(labels_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> bool:
-    """Whether labels of `labels_shape` can annotate an image of `image_shape` (its pixels: `_layers.pixel_shape`):
-    the same Y and X, and the image's leading axes (Z, T), all of them or all but one (its channels).
+def fits_image(labels_shape: tuple[int, ...], image_shape: tuple[int, ...], image_axes: str | None = None) -> bool:
+    """Whether labels of `labels_shape` can annotate an image of `image_shape` (its pixels: `_layers.pixel_shape`)
+    and `image_axes` (its stored axes, None when they are not known): the image's shape, or that shape without its
+    channels (C); of an image of unknown axes, the same Y and X and its leading axes, all of them or all but one
+    (its channels, maybe).
 
-    >>> fits_image((5, 64, 64), (5, 64, 64)), fits_image((64, 64), (3, 64, 64)), fits_image((512, 512), (128, 128))
-    (True, True, False)
+    >>> fits_image((64, 64), (3, 64, 64)), fits_image((64, 64), (3, 64, 64), "CYX")
+    (True, True)
+    >>> fits_image((64, 64), (3, 64, 64), "ZYX"), fits_image((512, 512), (128, 128))
+    (False, False)
     """
     labels_shape, image_shape = tuple(labels_shape), tuple(image_shape)
+    if image_axes is not None and len(image_axes) == len(image_shape):
+        without_channels = tuple(n for n, axis in zip(image_shape, image_axes) if axis != "C")
+        return labels_shape in (image_shape, without_channels)
     if len(labels_shape) < 2 or labels_shape[-2:] != image_shape[-2:]:
         return False
     leading, image_leading = labels_shape[:-2], image_shape[:-2]
@@ -184,17 +192,18 @@ def fits_image(labels_shape: tuple[int, ...], image_shape: tuple[int, ...]) -> b
 
 
 def _image_key(source: str | None, layer: Any) -> Hashable:
-    """What identifies an image across its layers: its file (opened again, the same image), else its layer."""
-    return str(Path(source).resolve()) if source else ("layer", getattr(layer, "unique_id", id(layer)))
+    """What identifies an image across its layers: its file or URL (opened again, the same image), else its layer."""
+    return _autosave.image_id(source) if source else ("layer", getattr(layer, "unique_id", id(layer)))
 
 
-def _own_file(layer: Any) -> str | None:
-    """The local file `layer` holds the data of, whose annotations are autosaved beside it: its source, but for
-    files opened as a stack (File > Open Files as Stack…), whose source is the first file, not its data, and for a
-    source that is no file here (a URL: its annotations would go to a folder named 'http:' in the working folder)."""
+def _own_source(layer: Any) -> str | None:
+    """The local file `layer` holds the data of, whose annotations are autosaved beside it, or the URL it was
+    opened from (its annotations go to the autosave folder, recorded under that URL): its source, but for files
+    opened as a stack (File > Open Files as Stack…), whose source is the first file, not its data, and for a file
+    that is not here (gone since)."""
     path = getattr(getattr(layer, "source", None), "path", None)
     metadata = getattr(layer, "metadata", None) or {}
     info = metadata.get(METADATA_KEY) if isinstance(metadata, dict) else None
-    if isinstance(info, dict) and info.get("stacked"):
+    if not path or (isinstance(info, dict) and info.get("stacked")):
         return None
-    return path if path and "://" not in str(path) and Path(path).exists() else None
+    return str(path) if _autosave.is_url(path) or Path(path).exists() else None

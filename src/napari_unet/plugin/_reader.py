@@ -102,14 +102,14 @@ def read_images(path: str | list[str]) -> list[LayerData]:
     """Layers of each file: grey images as one layer, channels (C) as one layer per channel, an 8-bit colour
     picture (`is_colour_picture`: H&E histology, brightfield) as one rgb layer with its colours last (axes
     "YXC"), leading Z/T axes kept (the docks work plane by plane); our autosaved annotations
-    (*.unet-labels.tif) as Labels.
+    (*.unet-labels.tif) as Labels, read into memory (they are painted on).
 
     A physical pixel size in the file (OME-TIFF, ImageJ or TIFF resolution tags) sets the layers' scale on Y
     and X, its Z step (`metadata.read_spacing`) the scale on Z, and their unit the layers' units
     (`calibrated_placement`); the pixel size is kept in the layer metadata (`pixel_size`), from where
     measurements take their units.
 
-    Files are read lazily: memory-mapped, or, compressed or tiled TIFFs, as dask arrays that decode only the
+    Image files are read lazily: memory-mapped, or, compressed or tiled TIFFs, as dask arrays that decode only the
     strips or tiles napari draws (`io.read_image` with `lazy`).
 
     napari passes a list of several files only for **File > Open Files as Stack...** (`viewer.open(paths,
@@ -147,8 +147,8 @@ def file_layer(file: Path) -> LayerData:
     name = file_stem(file.name.removesuffix(SIDECAR_SUFFIX)) or file.name
     pixel_size = read_pixel_size(file)
     scale = calibrated_placement(axes.replace("C", ""), pixel_size, read_spacing(file, pixel_size))
-    if is_annotation_file(file):
-        return np.asarray(image), {"name": f"{name} annotations", **scale}, "labels"
+    if is_annotation_file(file):  # in memory and writable: they are painted on (a memory map is read-only)
+        return np.array(image), {"name": f"{name} annotations", **scale}, "labels"
     info = {"axes": axes, "source": str(file)}
     if pixel_size is not None:
         info["pixel_size"] = pixel_size.to_dict()
