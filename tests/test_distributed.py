@@ -83,9 +83,14 @@ def reference(bundle, big_zarr) -> tuple[np.ndarray, np.ndarray]:
     return probs, probs_to_labels(probs, bundle.postprocess)
 
 
-def run(client, bundle, inputs, out, **kwargs) -> list[dist.BatchProgress]:
+def batch(client, bundle, inputs, out, **kwargs):
+    """`segment_batch` with this module's blocks, tiles and device (probabilities asked for unless said)."""
     options = dict(block_size=BLOCK, margin=MARGIN, tile_size=TILE, device="cpu", probabilities=True)
-    return list(dist.segment_batch(client, bundle, inputs, out, **(options | kwargs)))
+    return dist.segment_batch(client, bundle, inputs, out, **(options | kwargs))
+
+
+def run(client, bundle, inputs, out, **kwargs) -> list[dist.BatchProgress]:
+    return list(batch(client, bundle, inputs, out, **kwargs))
 
 
 def read_outputs(out: Path, stem: str = "big") -> tuple[np.ndarray, np.ndarray]:
@@ -355,17 +360,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(client, bundle, big_zarr, r
 
 
 def test_a_killed_worker_is_replaced_and_the_output_is_complete(client, bundle, big_zarr, reference, tmp_path):
-    stream = dist.segment_batch(
-        client,
-        bundle,
-        [big_zarr],
-        tmp_path,
-        block_size=BLOCK,
-        margin=MARGIN,
-        tile_size=TILE,
-        device="cpu",
-        probabilities=True,
-    )
+    stream = batch(client, bundle, [big_zarr], tmp_path)
     events, killed = [], False
     for event in stream:
         events.append(event)
@@ -1087,17 +1082,7 @@ def test_probabilities_asked_for_later_keep_the_complete_labels(client, bundle, 
     path = tmp_path / "big_labels.ome.zarr"
     labels = zarr.open_group(str(path), mode="r")["0"][:]
     attributes = dict(zarr.open_group(str(path), mode="r").attrs)
-    stream = dist.segment_batch(
-        client,
-        bundle,
-        [big_zarr],
-        tmp_path,
-        block_size=BLOCK,
-        margin=MARGIN,
-        tile_size=TILE,
-        device="cpu",
-        probabilities=True,
-    )
+    stream = batch(client, bundle, [big_zarr], tmp_path)
     next(stream)
     stream.close()  # stopped: the other tasks are cancelled
     assert dist.is_complete(path) and dict(zarr.open_group(str(path), mode="r").attrs) == attributes

@@ -349,15 +349,7 @@ class _CallableModule(ModuleType):
     importing this submodule binds the module under the same name on the package, so `napari_unet.augment`
     is this module (AugmentConfig, warp, ... reachable) and calling it calls `augment`, in any import order."""
 
-    def __call__(
-        self,
-        image: np.ndarray,
-        target: np.ndarray,
-        weights: np.ndarray,
-        rng: np.random.Generator,
-        config: AugmentConfig = AugmentConfig(),
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return augment(image, target, weights, rng, config)
+    __call__ = staticmethod(augment)  # called on the module: the function's arguments, no `self`
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -144,19 +144,12 @@ def labels_digest(labels: np.ndarray) -> str:
 
 
 def save_annotations(
-    labels: np.ndarray,
-    root: str | Path,
-    image_path: str | Path | None,
-    name: str,
-    pixel_size: PixelSize | None = None,
-    on_kept: Callable[[Path], Any] | None = None,
-    axes: str | None = None,
+    labels: np.ndarray, root: str | Path, image_path: str | Path | None, name: str, **options: Any
 ) -> Path:
     """Write `labels` (..., H, W) as a TIFF and remember it for `image_path`; returns where it went. One save with
-    nothing known of earlier ones: `autosave_annotations` (which a dock calls with what it wrote before) says
-    more."""
-    saved = autosave_annotations(labels, root, image_path, name, pixel_size=pixel_size, on_kept=on_kept, axes=axes)
-    return saved.path
+    nothing known of earlier ones: `autosave_annotations` (which a dock calls with what it wrote before; its
+    keyword `options`: pixel_size, on_kept, axes, last) says more."""
+    return autosave_annotations(labels, root, image_path, name, **options).path
 
 
 def autosave_annotations(
