@@ -101,8 +101,8 @@ def as_normalized(image: np.ndarray, normalization: Normalization, name: str = "
     Raw intensities (a 12-bit camera's 100..4095, an 8-bit image's 0..255) lie beyond that range. Normalising is
     affine, so a whole normalised image normalised again comes back up to float rounding; what it would change is
     kept: a crop of a normalised image, or a rescaled one (`scale.rescale_to_diameter`: interpolation narrows the
-    percentiles, by 4% to 11% on `make_cells`), which its own percentiles would stretch away from the whole
-    image's scale that the model sees, and a channel whose percentiles are both 0 (nearly all of it 0), which
+    percentiles), which its own percentiles would stretch away from the whole image's scale that the model sees,
+    and a channel whose percentiles are both 0 (nearly all of it 0), which
     `io.normalization_range` would divide by 1e-6 at every pass. Two guesses this rule cannot settle are said
     with a UserWarning naming `name`: a float channel beyond the range normalised by its own percentiles (a crop
     of a normalised image with a bright spot is stretched), and a channel kept whose percentiles lie less than
