@@ -562,7 +562,8 @@ def _extras(
     (`_made_from`). again: an earlier run finished the image, so its ROI zip and OME-Zarr (each written whole,
     under a temporary name) are written only where missing (that run was stopped between its labels and them) or
     made from other labels or from none recorded (`_recorded_made_from`: a run with other settings, or --overwrite
-    without them, came since; an earlier version wrote them); its table is measured again (`image` is needed for that only)."""
+    without them, came since; an earlier version wrote them); its table is measured again (`image` is needed for
+    that only)."""
     from ..io import read_image
     from ..measure import measure_planes
     from ..metadata import read_spacing
@@ -571,7 +572,7 @@ def _extras(
 
     zarr = args.out / f"{base_name(path)}_labels.ome.zarr" if args.zarr else None
     rois = args.out / f"{base_name(path)}_rois.zip" if args.rois else None
-    made_from = _made_from(labels_path)
+    made_from = _made_from(labels_path) if zarr or rois else None  # read only for the extras that record it
     if again:  # kept where present and made from these labels
         zarr, rois = (
             p if p is not None and not (p.exists() and _recorded_made_from(p) == made_from) else None
