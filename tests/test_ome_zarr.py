@@ -302,3 +302,17 @@ def test_an_array_inside_a_store_keeps_the_axes_and_pixel_size_of_its_dataset(tm
     group.attrs["multiscales"] = multiscales
     assert read_input(store / "1")[1] == axes
     assert read_pixel_size(store / "1") == PixelSize(1.0, 0.5, "um")
+
+
+def test_an_array_inside_a_store_names_its_outputs_after_the_store(tmp_path):
+    """Session 23's leftover: `slide.zarr/0` wrote `0_labels.*`, so the arrays of two slides given together were
+    refused as writing to the same files (and a lone one's outputs did not say which slide they came from)."""
+    from napari_unet.pipeline import base_name, check_distinct_names, predict_output_names
+
+    image = np.random.default_rng(0).integers(0, 900, (30, 40)).astype(np.uint16)
+    first = write_ome_zarr(tmp_path / "first.ome.zarr", image, "YX")
+    second = write_ome_zarr(tmp_path / "second.zarr", image, "YX")
+    assert base_name(first / "0") == "first_0" and base_name(second / "0") == "second_0"
+    assert base_name(first) == "first" and base_name(tmp_path / "cells.tif") == "cells"  # unchanged
+    check_distinct_names([first / "0", second / "0"], tmp_path / "out")  # no longer both `0_labels.*`
+    assert predict_output_names(first / "0")[0] == "first_0_labels.tif"

@@ -70,6 +70,10 @@ def base_name(path: str | Path) -> str:
     """
     if is_annotation(path):
         return base_name(Path(path).name[: -len(ANNOTATION_SUFFIX)])
+    inside = _store_member(Path(path))
+    if inside is not None:  # `slide.zarr/0`: "slide_0", not "0" (two slides' arrays would share their outputs)
+        store, parts = inside
+        return "_".join((file_stem(store), *parts))
     name = file_stem(Path(path))
     for suffix in TOLERATED_SUFFIXES:
         if name.endswith(suffix) and len(name) > len(suffix):
@@ -360,6 +364,20 @@ def describe_own_outputs(outputs: Sequence[Path], shown: int = 5) -> str:
         if paths
     ]
     return "; ".join(said)
+
+
+def _store_member(path: Path) -> tuple[Path, tuple[str, ...]] | None:
+    """(the outermost zarr store holding `path`, `path`'s parts inside it) for an array or group given by its
+    path inside a store (`slide.zarr/0`, `plate.zarr/A/1/0`); None for anything else, a store itself included."""
+    if path.suffix.lower() == ZARR_SUFFIX or not is_zarr_store(path):
+        return None
+    store = None
+    for parent in path.parents:
+        if parent.suffix.lower() == ZARR_SUFFIX or is_zarr_store(parent):
+            store = parent
+        else:
+            break
+    return None if store is None else (store, path.relative_to(store).parts)
 
 
 def file_stem(path: str | Path) -> str:
