@@ -171,13 +171,26 @@ def check_tta_size(image, factor: float, classes: int = 2) -> None:
     """Raise a ValueError when test-time augmentation of the plane `image` (`tiling.predict_tta`: the plane read
     whole and its probabilities summed over the 8 orientations, in memory, then brought back to the plane's size)
     at rescale `factor` would hold more than `MAX_RESCALE_BYTES` in one array."""
+    check_whole_plane(
+        image,
+        factor,
+        classes,
+        "test-time augmentation",
+        "segment it without test-time augmentation (it is then read and written tile by tile), or in parts",
+    )
+
+
+def check_whole_plane(image, factor: float, classes: int, what: str, advice: str) -> None:
+    """Raise a ValueError, saying `what` needs the memory and giving `advice`, when work that holds the plane
+    `image` (H, W) or (C, H, W) and its `classes` probabilities whole in memory at rescale `factor` would hold
+    more than `MAX_RESCALE_BYTES` in one array. Looks at the shape only: a lazy plane is refused unread."""
     h, w = image.shape[-2:]
     largest = _largest_array(image, factor, classes)
     _check_in_memory(
         largest,
-        f"test-time augmentation holds {_kind(image)}plane of {h}x{w} px and its probabilities in memory: "
+        f"{what} holds {_kind(image)}plane of {h}x{w} px and its probabilities in memory: "
         f"{largest / 2**30:.1f} GiB per array",
-        "segment it without test-time augmentation (it is then read and written tile by tile), or in parts",
+        advice,
     )
 
 

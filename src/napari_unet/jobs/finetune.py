@@ -351,7 +351,7 @@ SUGGESTED_SIDE = 3.0  # their side, in object diameters (64 px for a model witho
 def suggest_annotation(
     bundle: ModelBundle, image: np.ndarray, annotated: np.ndarray | None = None, *, device: str | torch.device = "auto"
 ) -> list[tuple[int, int, int, int]]:
-    """Boxes (y0, x0, y1, x1) of `image` (C, H, W) where annotating should help `bundle` most: those of highest
+    """Boxes (y0, x0, y1, x1) of `image` (C, H, W) where `bundle` is least sure of itself: those of highest
     test-time-augmentation disagreement (`uncertainty.suggest_regions`), away from the `annotated` (H, W) bool
     pixels, of `SUGGESTED_SIDE` object diameters (estimated on the image for a model with an object diameter)."""
     from ..uncertainty import suggest_regions, tta_uncertainty

@@ -238,10 +238,13 @@ def stream_uncertainty(
     """The test-time-augmentation uncertainty (..., H, W) float32 of every plane (`uncertainty.tta_uncertainty`,
     4 flips, at the rescale factor the segmentation used): where the model's answers disagree. Yields the number
     of planes done after each plane (where a worker can stop) and returns the array; a black frame of a stack
-    (`_blank_in_a_stack`) has no object, nothing to be unsure of: 0."""
-    from ..uncertainty import tta_uncertainty
+    (`_blank_in_a_stack`) has no object, nothing to be unsure of: 0. Each plane is held in memory with its
+    probabilities, as test-time augmentation does: planes too large for that are refused before any is read
+    (`uncertainty.check_uncertainty_size`)."""
+    from ..uncertainty import check_uncertainty_size, tta_uncertainty
 
     planes = stack.planes
+    check_uncertainty_size(stack.plane(planes[0]), factor, bundle.net.config.num_classes)  # planes share a shape
     leading = [max(axis) + 1 for axis in zip(*planes)]  # () for one 2-D plane
     out = np.zeros((*leading, *stack.shape), np.float32)
     for done, index in enumerate(planes, 1):

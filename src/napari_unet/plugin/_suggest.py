@@ -1,5 +1,6 @@
 """The Fine-tune dock's "Suggest where to annotate": boxes where the starting model is least sure of itself
-(`jobs.finetune.suggest_annotation`, in a worker), shown as a Shapes layer of yellow rectangles."""
+(`jobs.finetune.suggest_annotation`, in a worker), shown as a Shapes layer of yellow rectangles, on the plane of
+the image the viewer shows."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from qtpy.QtWidgets import QPushButton
 
 from napari_unet.device import select_device
 from napari_unet.jobs.finetune import suggest_annotation
+from napari_unet.targets import unannotated_as_background
+from napari_unet.uncertainty import check_uncertainty_size
 
-from ._layers import LayerProblem, plane_stack
+from ._augment_preview import plane_words, shown_plane
+from ._layers import LayerProblem, annotations_of, pixel_shape, plane_stack
 from ._workers import alive, start_worker
 
 
@@ -30,7 +34,7 @@ class Suggestions:
         self.button = QPushButton("Suggest where to annotate")
         self.button.setToolTip(
             "Boxes (a Shapes layer) where the starting model is least sure of itself (its answers disagree when "
-            "the image is flipped): the cells there teach it most"
+            "the image is flipped), away from the cells already painted"
         )
 
     def start(
@@ -41,8 +45,10 @@ class Suggestions:
         device: str,
         channels: Callable[[Any], Any] = lambda model: None,
     ) -> Any:
-        """Ask the model `bundle()` about the image layer, away from the cells painted on `labels_layer` (if of
-        the image's size), in a worker. Returns the worker, or None after a notification.
+        """Ask the model `bundle()` about the plane of the image layer the viewer shows (the only one of a 2-D image
+        or of a (1, H, W) stack), away from the cells painted on it in `labels_layer` (checked as Start checks it,
+        `annotations_of`; the "not annotated" value is not a cell), in a worker. Returns the worker, or None after
+        a notification and a status line that say why.
 
         channels: the `channels.ChannelChoice` applied to the image for that model (None: all its channels), as
         for training on it.
@@ -58,40 +64,54 @@ class Suggestions:
             if image_layer is None:
                 raise LayerProblem("No image layer: open the image to annotate")
             stack = plane_stack(image_layer, model.net.config.in_channels, self.viewer.layers, channels(model))
-            if stack.leading:
-                raise LayerProblem("Suggestions are made for a single 2-D image, not a stack")
+            index = self._shown_plane(image_layer, stack)
+            # refused before the plane is read; at the model's object size it is checked again (`tta_uncertainty`)
+            check_uncertainty_size(stack.plane(index), 1.0, model.net.config.num_classes)
+            annotated = None
+            if labels_layer is not None:
+                annotated = unannotated_as_background(annotations_of(labels_layer, image_layer, stack))[index] > 0
             torch_device = select_device(device)
         except (LayerProblem, ValueError) as error:
             show_error(str(error))
+            self.status.setText(f"No suggestions: {error}")  # a notification fades; the status line stays
             return None
-        annotated = None
-        if labels_layer is not None and np.shape(labels_layer.data) == stack.shape:
-            annotated = np.asarray(labels_layer.data) > 0
         self.button.setEnabled(False)
         self.status.setText("Finding where the model is least sure…")
         worker = create_worker(
             suggest_annotation,
             model,
-            np.asarray(stack.plane(()), dtype=np.float32),
+            np.asarray(stack.plane(index), dtype=np.float32),
             annotated,
             device=torch_device,
             _ignore_errors=True,
             _start_thread=False,
         )
         worker.finished.connect(session.hold())  # the model is in use: training it meanwhile could crash napari
-        worker.returned.connect(lambda boxes: alive(self.dock) and self._show(image_layer, stack, boxes))
+        worker.returned.connect(lambda boxes: alive(self.dock) and self._show(image_layer, stack, index, boxes))
         worker.errored.connect(lambda error: alive(self.dock) and self._failed(error))
         start_worker(worker, self.dock)
         return worker
 
-    def _show(self, image_layer: Any, stack: Any, boxes: list[tuple[int, int, int, int]]) -> None:
+    def _shown_plane(self, image_layer: Any, stack: Any) -> tuple[int, ...]:
+        """The index over `stack`'s leading axes of the plane of `image_layer` the viewer shows (() for a 2-D image;
+        (0, ...) when each leading axis has one plane), as the augmentation preview finds it."""
+        own_axes = len(pixel_shape(image_layer)) - 2  # the leading axes of the layer itself (its channel axis too)
+        axes = [a for a in range(own_axes) if own_axes == len(stack.leading) or a != stack.channel_axis]
+        return shown_plane(self.viewer, image_layer, axes, stack.leading)
+
+    def _show(
+        self, image_layer: Any, stack: Any, index: tuple[int, ...], boxes: list[tuple[int, int, int, int]]
+    ) -> None:
         self.button.setEnabled(True)
-        rectangles = [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) for y0, x0, y1, x1 in boxes]
+        corners = [[(y0, x0), (y0, x1), (y1, x1), (y1, x0)] for y0, x0, y1, x1 in boxes]
+        # on the plane `index` of a stack: the rectangles are shown on that plane only
+        rectangles = [np.array([[*index, y, x] for y, x in box], float) for box in corners]
         if self.layer is not None and self.layer in self.viewer.layers:
             self.viewer.layers.remove(self.layer)
         active = self.viewer.layers.selection.active
         self.layer = self.viewer.add_shapes(
             rectangles,
+            ndim=len(stack.output_shape()),  # that of the image's planes, even without a box
             shape_type="rectangle",
             name="annotate here",
             edge_color="yellow",
@@ -106,10 +126,11 @@ class Suggestions:
         kept = active if active in self.viewer.layers else image_layer
         if kept in self.viewer.layers:
             self.viewer.layers.selection.active = kept
+        where = plane_words(index) if len(stack.planes) > 1 else ""
         self.status.setText(
-            f"{len(boxes)} region(s) to annotate next: paint the cells in the yellow boxes"
+            f"{len(boxes)} region(s){where} to annotate next: paint the cells in the yellow boxes"
             if boxes
-            else "No uncertain region found away from the annotations"
+            else f"No uncertain region{where} found away from the annotations"
         )
         self.suggested(boxes)
 
