@@ -94,12 +94,16 @@ def earlier_stages(metadata: dict | None) -> list[dict]:
     ]
 
 
+# smallest objects kept, px at the model's scale (nuclei of 20 px: ~314 px): 5 to 20 % of a median nucleus
+MIN_SIZES = (16, 24, 32, 48, 64)
+
+
 def tune_on_training_images(
     bundle, pairs: list[tuple[Path, Path]], diameter: float, growth: bool = True, every: int = 11
 ):
-    """The post-processing (threshold, watershed and its depth, seeds, growth if `growth`) that segments every
-    `every`th DSB training image best, at the model's scale (`postprocess.tune_config`: by mAP, then AP50); never
-    tuned on the validation set. No growth for a network trained on the nuclei as annotated (w0 0, border 0), as
+    """The post-processing (threshold, watershed and its depth, seeds, smallest object, growth if `growth`)
+    that segments every `every`th DSB training image best, at the model's scale (`postprocess.tune_config`: by
+    mAP, then AP50); never tuned on the validation set. No growth for a network trained on the nuclei as annotated (w0 0, border 0), as
     `Trainer.calibrate_growth` does. Returns (config, the record for the model's metadata `postprocess_tuning`).
     """
     probs, truths = [], []
@@ -119,6 +123,7 @@ def tune_on_training_images(
         watershed=(False, True),
         grow_thresholds=None if growth else (None,),
         watershed_h=(1.0, 1.5, 2.0, 3.0, 4.0),
+        min_sizes=MIN_SIZES,
     )
     record = tuning_record(  # as `napari-unet train --tune-postprocess` records it
         images=f"{len(probs)} images: one in {every} of dsb2018-fluo/pretrain, at the model's scale",

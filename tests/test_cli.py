@@ -84,7 +84,11 @@ def moved_from(init: Path, out: Path) -> float:
     return max((after[name] - before[name]).abs().max().item() for name in before)
 
 
-def test_train_writes_a_model_and_a_summary(data, tmp_path, capsys):
+def test_train_writes_a_model_and_a_summary(data, tmp_path, capsys, monkeypatch):
+    import napari_unet.postprocess as postprocess
+
+    tried, tune = [], postprocess.tune_config  # --tune-postprocess tries smallest object sizes too
+    monkeypatch.setattr(postprocess, "tune_config", lambda *a, **k: tried.append(k["min_sizes"]) or tune(*a, **k))
     out = tmp_path / "m"
     code, stdout, _ = run(
         capsys,
@@ -112,6 +116,7 @@ def test_train_writes_a_model_and_a_summary(data, tmp_path, capsys):
     assert "trained 3 iterations" in stdout and "validation IoU" in stdout and str(out) in stdout
     assert bundle.metadata["growth_calibration"]["images"] == 2  # fitted on the training images at the end:
     assert "post-processing fitted on 2 training image(s): threshold" in stdout  # said so
+    assert len(tried) == 1 and len(tried[0]) > 1 and bundle.postprocess.min_size in tried[0]
 
 
 def test_predict_then_evaluate_agree_with_the_library(data, model, tmp_path, capsys):

@@ -357,6 +357,20 @@ def test_tuning_picks_the_threshold_that_separates_touching_cells():
         tune_config([probs], [])
 
 
+def test_tuning_drops_fragments_with_the_smallest_object_size_only_when_asked():
+    """Small fragments the network gives around nuclei are false objects: the min_size round removes them when
+    candidates are given, and leaves the size alone without them (what every caller but the generalist does)."""
+    truth = np.zeros((40, 60), np.int32)
+    truth[5:17, 5:17], truth[22:34, 30:42] = 1, 2  # two nuclei of 144 px
+    probs = np.where(truth > 0, 0.95, 0.02).astype(np.float32)
+    probs[5:10, 45:50] = probs[30:35, 5:10] = 0.9  # two fragments of 25 px
+    base = PostprocessConfig(min_size=16, watershed=False)
+    kept, scores = tune_config([probs], [truth], base, thresholds=(), watershed=())
+    assert kept.min_size == 16 and scores["ap50"] < 1.0
+    tuned, scores = tune_config([probs], [truth], base, thresholds=(), watershed=(), min_sizes=(16, 32, 64))
+    assert tuned.min_size == 32 and scores["ap50"] == 1.0  # the first that removes them; 64 ties, later
+
+
 def touching_disks() -> tuple[np.ndarray, np.ndarray]:
     """Two nuclei of radius 9 whose centres lie 8 px apart, so they overlap in a wide neck, and the probability
     of a network that is sure of their cores (0.97) but not of the line where they meet (0.6): (probs, truth)."""

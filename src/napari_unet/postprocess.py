@@ -236,6 +236,26 @@ GROWTH_CANDIDATES: tuple[float | None, ...] = (None, 0.3, 0.2, 0.1, 0.05)
 # are skipped. The built-in `nuclei` model's tuning on DSB 2018 training images chose 0.95.
 SEED_CANDIDATES: tuple[float, ...] = (0.8, 0.9, 0.95)
 
+# Smallest objects `min_size_candidates` offers `tune_config`, as fractions of the median object's area: the
+# built-in `nuclei` model's tuning on DSB 2018 training images chose 32 px of a median ~314 (about 0.1).
+MIN_SIZE_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2)
+
+
+def min_size_candidates(truths: Sequence[np.ndarray], current: int) -> tuple[int, ...]:
+    """The smallest object sizes (px) for `tune_config` to try on images annotated with the instance labels
+    `truths`: `current` and each of `MIN_SIZE_FRACTIONS` of the median area of their objects (none: `current`).
+
+    >>> truth = np.zeros((30, 30), np.int32); truth[:20, :20] = 1  # one object of 400 px
+    >>> min_size_candidates([truth], 16)
+    (16, 20, 40, 80)
+    """
+    areas = np.concatenate([np.bincount(np.ravel(t).astype(np.int64))[1:] for t in truths] or [np.zeros(0)])
+    areas = areas[areas > 0]
+    if not areas.size:
+        return (int(current),)
+    median = float(np.median(areas))
+    return tuple(sorted({int(current), *(max(1, round(f * median)) for f in MIN_SIZE_FRACTIONS)}))
+
 
 def score_config(
     config: PostprocessConfig, probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
@@ -312,6 +332,7 @@ def tune_config(
     grow_thresholds: Sequence[float | None] | None = None,
     watershed_h: Sequence[float] = (1.0, 2.0, 3.0),
     seed_thresholds: Sequence[float] = SEED_CANDIDATES,
+    min_sizes: Sequence[int] = (),
 ) -> tuple[PostprocessConfig, dict[str, float]]:
     """The post-processing that segments validation images best: (config, its mean scores).
 
@@ -319,7 +340,8 @@ def tune_config(
     Three rounds: first `base` (default `PostprocessConfig()`) as it is and with each threshold and watershed
     setting (with the watershed: each depth in `watershed_h`), objects seeded by the mask; then the winner
     seeded by its cores (each of `seed_thresholds` above its threshold, with each watershed setting again: the
-    cores part differently from the mask); then
+    cores part differently from the mask); then, if `min_sizes` are given, the winner with each smallest object
+    size (px, at the images' scale: small fragments are false objects or parts of a nucleus); then
     the winner with each growth threshold (`grow_thresholds`, default `GROWTH_CANDIDATES`; None: no growth).
     The rounds are scored by the mean AP over IoU 0.5:0.95 (mAP: which objects exist, and where their outlines
     lie), ties broken by the mean AP at IoU 0.5, then by the order of the candidates (the previous winner first).
@@ -348,6 +370,9 @@ def tune_config(
         for w, h in splits
     ]
     best = best_config([best, *seeded], probs, truths, rank)[0]
+    if min_sizes:
+        sized = [replace(best, min_size=int(size)) for size in min_sizes if int(size) != best.min_size]
+        best = best_config([best, *sized], probs, truths, rank)[0]
     last = [best] + [replace(best, grow_threshold=None if g is None else float(g)) for g in grow_thresholds]
     best, scores, _ = best_config(last, probs, truths, rank)
     return best, scores

@@ -74,7 +74,14 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
     (the mean scores with the chosen and the previous settings; "by": "ap50" or "vrand", the score to report),
     or None when no validation sample fits.
     """
-    from ..postprocess import fit_flood_seeds, score_config, score_membranes, tune_config, tuning_record
+    from ..postprocess import (
+        fit_flood_seeds,
+        min_size_candidates,
+        score_config,
+        score_membranes,
+        tune_config,
+        tuning_record,
+    )
     from ..training import annotated_everywhere
 
     flood = trainer.postprocess.flood
@@ -90,7 +97,8 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
     else:
         truths = [p.cells.astype(np.int64) for p in usable]
         before = score_config(trainer.postprocess, probs, truths)
-        config, scores = tune_config(probs, truths, trainer.postprocess)
+        sizes = min_size_candidates(truths, trainer.postprocess.min_size)
+        config, scores = tune_config(probs, truths, trainer.postprocess, min_sizes=sizes)
     previous, trainer.postprocess = trainer.postprocess, config
     by = "vrand" if flood else "ap50"  # the score reported; instance labels are ranked by mAP first
     trainer.metadata["postprocess_tuning"] = tuning_record(  # saved with the model, beside the end-of-run fit
