@@ -71,8 +71,8 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
     `predict` gives it. Instance labels: threshold, watershed, seeds, smallest object and growth by mAP
     (`postprocess.tune_config`); a model whose labels flood membrane masks (`PostprocessConfig.flood`): the seed
     threshold by thinned V_rand on the validation masks (`postprocess.fit_flood_seeds`). Returns {"config",
-    "scores", "before", "images", "by"} (the mean scores with the chosen and the previous settings; "by": "ap50" or "vrand", the score to report),
-    or None when no validation sample fits.
+    "scores", "before", "images", "by"} (the mean scores with the chosen and the previous settings; "by": "ap50"
+    or "vrand", the score to report), or None when no validation sample fits.
     """
     from ..postprocess import (
         fit_flood_seeds,
