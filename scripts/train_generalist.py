@@ -16,8 +16,8 @@ a second stage that adds data to a model trained before.
 `dsb2018-fluo/train` is never trained on: it is the model's validation set (a few of its images are used for
 the validation score printed during training, and benchmarks/bench_generalist.py scores all of it).
 
-After training, the post-processing (threshold, watershed and its depth, seeds from the nuclei's cores) is tuned on
-every `--tune-every`th DSB training image (11th by default).
+After training, the post-processing (threshold, watershed and its depth, seeds from the nuclei's cores; with
+`--min-sizes`, the smallest object kept too) is tuned on every `--tune-every`th DSB training image (11th by default).
 Every image is rescaled so that its median nucleus diameter (equivalent diameter of the labelled objects)
 becomes the model's `--diameter`; scale augmentation (zoom in `--zoom`) teaches the network a range around it.
 At inference `napari_unet` rescales an image by (model diameter / object diameter) before the network.
@@ -94,15 +94,16 @@ def earlier_stages(metadata: dict | None) -> list[dict]:
     ]
 
 
-# smallest objects kept, px at the model's scale (nuclei of 20 px: ~314 px): 5 to 20 % of a median nucleus
-MIN_SIZES = (16, 24, 32, 48, 64)
-
-
 def tune_on_training_images(
-    bundle, pairs: list[tuple[Path, Path]], diameter: float, growth: bool = True, every: int = 11
+    bundle,
+    pairs: list[tuple[Path, Path]],
+    diameter: float,
+    growth: bool = True,
+    every: int = 11,
+    min_sizes: tuple[int, ...] = (),
 ):
-    """The post-processing (threshold, watershed and its depth, seeds, smallest object, growth if `growth`)
-    that segments every `every`th DSB training image best, at the model's scale (`postprocess.tune_config`: by
+    """The post-processing (threshold, watershed and its depth, seeds, the smallest object of `min_sizes` if any,
+    growth if `growth`) that segments every `every`th DSB training image best, at the model's scale (`postprocess.tune_config`: by
     mAP, then AP50); never tuned on the validation set. No growth for a network trained on the nuclei as annotated (w0 0, border 0), as
     `Trainer.calibrate_growth` does. Returns (config, the record for the model's metadata `postprocess_tuning`).
     """
@@ -123,7 +124,7 @@ def tune_on_training_images(
         watershed=(False, True),
         grow_thresholds=None if growth else (None,),
         watershed_h=(1.0, 1.5, 2.0, 3.0, 4.0),
-        min_sizes=MIN_SIZES,
+        min_sizes=min_sizes,
     )
     record = tuning_record(  # as `napari-unet train --tune-postprocess` records it
         images=f"{len(probs)} images: one in {every} of dsb2018-fluo/pretrain, at the model's scale",
@@ -151,6 +152,7 @@ def tune_only(start, args: argparse.Namespace, argv: list[str] | None) -> int:
         start.object_diameter,
         growth=growth,
         every=args.tune_every,
+        min_sizes=tuple(args.min_sizes),
     )
     start.postprocess = tuned
     start.metadata.update(
@@ -214,9 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tune-every", type=int, default=11, help="tune the post-processing on every Nth DSB training image"
     )
+    parser.add_argument(
+        "--min-sizes",
+        type=int,
+        nargs="+",
+        default=(),
+        metavar="PX",
+        help="smallest object sizes (px at the model's scale) for the tuning to try besides the model's own "
+        "(default: the model's own only; 16 24 32 48 64 was measured and not shipped, docs/models.md)",
+    )
     args = parser.parse_args(argv)
     if args.tune_every < 1:
         parser.error(f"--tune-every must be a positive whole number, got {args.tune_every}")
+    if any(size < 0 for size in args.min_sizes):
+        parser.error(f"--min-sizes must be whole numbers >= 0, got {' '.join(map(str, args.min_sizes))}")
     torch.set_num_threads(args.threads)
 
     started = time.time()
@@ -312,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         args.diameter,
         growth=gives_back_border(config),
         every=args.tune_every,
+        min_sizes=tuple(args.min_sizes),
     )
     bundle.postprocess = tuned
     bundle.channels = GREY
