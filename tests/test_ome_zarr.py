@@ -316,3 +316,17 @@ def test_an_array_inside_a_store_names_its_outputs_after_the_store(tmp_path):
     assert base_name(first) == "first" and base_name(tmp_path / "cells.tif") == "cells"  # unchanged
     check_distinct_names([first / "0", second / "0"], tmp_path / "out")  # no longer both `0_labels.*`
     assert predict_output_names(first / "0")[0] == "first_0_labels.tif"
+
+
+def test_an_arrays_name_is_the_same_from_anywhere_and_ignores_plain_folders(tmp_path, monkeypatch):
+    """The review's cases: `0` or `../0` given from inside the store named the outputs `_0` and `_.._0`, and a
+    plain folder named `project.zarr` around the store came into the name."""
+    from napari_unet.pipeline import base_name
+
+    image = np.zeros((30, 40), np.uint16)
+    store = write_ome_zarr(tmp_path / "project.zarr" / "slide.zarr", image, "YX")
+    assert base_name(store / "0") == "slide_0"  # project.zarr holds no zarr metadata: a plain folder
+    monkeypatch.chdir(store)
+    assert base_name("0") == "slide_0"
+    monkeypatch.chdir(store / "0")
+    assert base_name("../0") == "slide_0"

@@ -368,15 +368,17 @@ def describe_own_outputs(outputs: Sequence[Path], shown: int = 5) -> str:
 
 def _store_member(path: Path) -> tuple[Path, tuple[str, ...]] | None:
     """(the outermost zarr store holding `path`, `path`'s parts inside it) for an array or group given by its
-    path inside a store (`slide.zarr/0`, `plate.zarr/A/1/0`); None for anything else, a store itself included."""
+    path inside a store (`slide.zarr/0`, `plate.zarr/A/1/0`, also as `0` or `../0` from inside the store); None
+    for anything else, a store itself included. Only folders that hold zarr metadata count: a plain folder named
+    `project.zarr` around `slide.zarr` is not part of the name."""
     if path.suffix.lower() == ZARR_SUFFIX or not is_zarr_store(path):
         return None
+    path = Path(os.path.normpath(path.absolute()))  # `0` and `../0` from inside the store: its own name
     store = None
     for parent in path.parents:
-        if parent.suffix.lower() == ZARR_SUFFIX or is_zarr_store(parent):
-            store = parent
-        else:
+        if not is_zarr_store(parent):
             break
+        store = parent
     return None if store is None else (store, path.relative_to(store).parts)
 
 

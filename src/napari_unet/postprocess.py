@@ -249,8 +249,8 @@ def min_size_candidates(truths: Sequence[np.ndarray], current: int) -> tuple[int
     >>> min_size_candidates([truth], 16)
     (16, 20, 40, 80)
     """
-    areas = np.concatenate([np.bincount(np.ravel(t).astype(np.int64))[1:] for t in truths] or [np.zeros(0)])
-    areas = areas[areas > 0]
+    # counted by `np.unique`, not `np.bincount`: ids may be as large as 2**31 - 1
+    areas = np.concatenate([np.unique(t[t > 0], return_counts=True)[1] for t in truths] or [np.zeros(0)])
     if not areas.size:
         return (int(current),)
     median = float(np.median(areas))

@@ -130,21 +130,23 @@ def describe_tuning(tuned: dict[str, Any]) -> str:
 
 
 def settings(config: Any) -> str:
-    """A post-processing's settings in words: "threshold 0.5, seeds cores p > 0.9, watershed on, growth off", or
-    "flood seeds above 0.7" for a flooding model.
+    """A post-processing's settings in words: "threshold 0.5, seeds cores p > 0.9, watershed on, objects >= 16 px,
+    growth off", or "flood seeds above 0.7" for a flooding model.
 
     >>> from napari_unet.postprocess import PostprocessConfig
     >>> settings(PostprocessConfig(seed_threshold=0.9, watershed=True))
-    'threshold 0.5, seeds cores p > 0.9, watershed on, growth off'
+    'threshold 0.5, seeds cores p > 0.9, watershed on, objects >= 16 px, growth off'
     >>> settings(PostprocessConfig(seed_threshold=0.4, grow_threshold=0.2))
-    'threshold 0.5, seeds the mask, watershed off, growth to p > 0.2'
+    'threshold 0.5, seeds the mask, watershed off, objects >= 16 px, growth to p > 0.2'
     """
     if config.flood:
         return f"flood seeds above {config.threshold}"
     seeds = "the mask" if config.cores_above is None else f"cores p > {config.cores_above}"
     growth = f"to p > {config.grow_threshold}" if config.grows else "off"
+    watershed = "on" if config.watershed else "off"
     return (
-        f"threshold {config.threshold}, seeds {seeds}, watershed {'on' if config.watershed else 'off'}, growth {growth}"
+        f"threshold {config.threshold}, seeds {seeds}, watershed {watershed}, objects >= {config.min_size} px, "
+        f"growth {growth}"
     )
 
 
