@@ -597,11 +597,15 @@ class SegmentWidget(QWidget):
         self.segmented.emit(self.labels)
 
     def _uncertainty_failed(self, error: Exception, run: int) -> None:
-        if run == self._run_id:
-            self._uncertainty_pending = False
-            self._failed(error)
-        else:  # the earlier image's: the current run goes on
+        """The uncertainty was refused (a plane too large for it, `check_uncertainty_size`) or failed: the labels are
+        in all the same, so the run ends as with its uncertainty, without that layer, the status line saying why."""
+        if run != self._run_id:  # the earlier image's: the current run goes on
             show_error(f"Uncertainty of the earlier image failed: {error}")
+            return
+        self._uncertainty_pending = False
+        show_warning(f"The labels are kept, without the uncertainty layer: {error}")
+        self.status.setText(self.status.text().replace(" Computing the uncertainty…", f" No uncertainty: {error}"))
+        self.segmented.emit(self.labels)
 
     def _add_map(self, layer: Any, stack: Any, values: np.ndarray, what: str, colormap: str) -> Any:
         """An Image layer of `values` in [0, 1] (probability, uncertainty) over the image `layer`."""

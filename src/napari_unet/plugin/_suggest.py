@@ -104,22 +104,21 @@ class Suggestions:
     ) -> None:
         self.button.setEnabled(True)
         corners = [[(y0, x0), (y0, x1), (y1, x1), (y1, x0)] for y0, x0, y1, x1 in boxes]
-        # on the plane `index` of a stack: the rectangles are shown on that plane only
-        rectangles = [np.array([[*index, y, x] for y, x in box], float) for box in corners]
+        # on the plane `index` of a stack: the rectangles are shown on that plane only (of every channel)
+        points, placement = _placed(image_layer, stack, index)
+        rectangles = [np.array([[*point, y, x] for y, x in box], float) for box in corners for point in points]
         if self.layer is not None and self.layer in self.viewer.layers:
             self.viewer.layers.remove(self.layer)
         active = self.viewer.layers.selection.active
         self.layer = self.viewer.add_shapes(
             rectangles,
-            ndim=len(stack.output_shape()),  # that of the image's planes, even without a box
+            ndim=len(points[0]) + 2,  # that of the boxes' planes, even without a box
             shape_type="rectangle",
             name="annotate here",
             edge_color="yellow",
             face_color="transparent",
             edge_width=2,
-            scale=stack.spatial(image_layer.scale),
-            translate=stack.spatial(image_layer.translate),
-            units=stack.spatial(image_layer.units),
+            **placement,
         )
         # the boxes only show where to paint: the layer the user had (else the image) stays the active one, so that
         # Layers > New Labels Layer makes a layer of its size, not of the boxes'
@@ -137,3 +136,22 @@ class Suggestions:
     def _failed(self, error: Exception) -> None:
         self.button.setEnabled(True)
         show_error(f"Cannot suggest regions: {error}")
+        self.status.setText(f"No suggestions: {error}")  # not "Finding where…" still: the notification fades
+
+
+def _placed(image_layer: Any, stack: Any, index: tuple[int, ...]) -> tuple[list[tuple[int, ...]], dict[str, tuple]]:
+    """Where the boxes of the plane `index` go in the Shapes layer (the coordinates before Y and X of each copy),
+    and its `scale`, `translate` and `units`.
+
+    napari lines layers up by their last axes: a layer of the image's axes less its channel axis lands on the
+    wrong ones when that axis is among the image layer's own and not the first (over (Z, C, Y, X), boxes of
+    (Z, Y, X) had their Z on the image's C axis: shown at c=2, a channel that does not exist, for z=2). There the
+    layer has the image's axes and each box is drawn on the plane of every channel (a Shapes layer shows a box
+    on one plane only). Else (2-D, C first, RGB colours, a file split into channel layers) the layer has the
+    image's axes less the channel axis, and one copy of each box.
+    """
+    axis = stack.channel_axis
+    if axis is None or axis == 0 or len(pixel_shape(image_layer)) == len(stack.output_shape()):
+        return [index], {key: stack.spatial(getattr(image_layer, key)) for key in ("scale", "translate", "units")}
+    points = [(*index[:axis], channel, *index[axis:]) for channel in range(int(stack.data.shape[axis]))]
+    return points, {key: tuple(getattr(image_layer, key)) for key in ("scale", "translate", "units")}
