@@ -12,10 +12,9 @@ Data from `../shared/data` (beside the repository; the script says so and exits 
   and pixel error at probability 0.5.
 - DSB 2018 fluorescence: 100 images, ids sorted, a seeded permutation puts 80 in training and 20 in
   validation (whole images). Ours is post-processed as the trained model says (what `napari-unet predict`
-  applies): the Trainer fits threshold, watershed, seeds, smallest object and growth to 16 training images at the
-  end of its run (the same network with the fit that has no seeds from the objects' cores is recorded as
-  "scores_fit_without_cores"; with the preset's smallest object instead of the fitted one as
-  "scores_fit_without_min_size"); the peer's threshold is tuned on 20 TRAINING images by mean AP50 (ties: mAP),
+  applies): the Trainer fits threshold, watershed, seeds and growth to 16 training images at the end of its run
+  (the same network with the fit that has no seeds from the objects' cores is recorded as
+  "scores_fit_without_cores"); the peer's threshold is tuned on 20 TRAINING images by mean AP50 (ties: mAP),
   never on validation (ours tuned that way too is recorded as "scores_bench_tuned"). Scores on the validation
   images: AP50, AP75, mAP (IoU 0.5:0.05:0.95), F1 at 0.5 and SEG, each the mean over images.
 Every image is normalised alike for both pipelines: percentiles 1 and 99.8 of the whole image.
@@ -343,13 +342,6 @@ def run_ours(
         # the same network with the end-of-run fit that has no seeds from the objects' cores (as before
         # `PostprocessConfig.seed_threshold` existed): what that round of the fit adds
         result["scores_fit_without_cores"] = without = fit_without_cores(trainer, probs, truths)
-        # the same fit with the smallest object the preset starts from (the fit's min_size round left out; it
-        # comes after the others and, without growth to fit, changes nothing else)
-        default_size = default_postprocess(config, kind == "binary").min_size
-        result["scores_fit_without_min_size"] = {
-            "min_size": default_size,
-            **instance_figures(probs, truths, replace(best, min_size=default_size)),
-        }
         print(
             f"  ours: AP50 {result['scores']['ap50']:.4f}, mAP {result['scores']['map']:.4f} with the fitted "
             f"post-processing; {without['ap50']:.4f}, {without['map']:.4f} fitted without seeds from the cores",

@@ -12,7 +12,7 @@ import torch
 
 from napari_unet.model import UNet
 from napari_unet.modelfile import load_model
-from napari_unet.postprocess import GROWTH_CANDIDATES, SEED_CANDIDATES, min_size_candidates
+from napari_unet.postprocess import GROWTH_CANDIDATES, SEED_CANDIDATES
 from napari_unet.synthetic import make_cells
 from napari_unet.training import FLOOD_THRESHOLD, PRESETS, Sample, TrainConfig, Trainer, TrainingDiverged, preset
 
@@ -199,13 +199,12 @@ def test_a_completed_run_calibrates_the_growth_on_the_annotated_cells(samples, t
 def test_fully_annotated_instance_labels_fit_threshold_and_watershed_too(samples, monkeypatch):
     import napari_unet.training as training
 
-    seen, growth, seeds, sizes = [], [], [], []
+    seen, growth, seeds = [], [], []
 
-    def spy(probs, truths, base, grow_thresholds, seed_thresholds, min_sizes):
+    def spy(probs, truths, base, grow_thresholds, seed_thresholds):
         seen.append([np.unique(t[t > 0]).size for t in truths])
         growth.append(tuple(grow_thresholds))
         seeds.append(tuple(seed_thresholds))
-        sizes.append(tuple(min_sizes))
         return replace(base, threshold=0.7, watershed=True), {"ap50": 0.9, "map": 0.6}
 
     monkeypatch.setattr(training, "tune_config", spy)
@@ -217,8 +216,6 @@ def test_fully_annotated_instance_labels_fit_threshold_and_watershed_too(samples
     assert trainer.growth_calibration["by"] == "map, ap50" and trainer.bundle().metadata["growth_calibration"]
     assert growth == [(None,)]  # plain cross-entropy: no growth to fit
     assert seeds == [SEED_CANDIDATES]  # seeds from the cells' cores are tried
-    # the smallest object: the model's and fractions of the median cell's area
-    assert sizes == [min_size_candidates([s.labels for s in samples], 16)] and len(sizes[0]) > 1
     trainer.calibrate_growth(seed_thresholds=())  # e.g. a benchmark's reference: objects seeded by the mask
     assert seeds[-1] == ()
     model, config = tiny(iterations=2, w0=10.0, border=1)

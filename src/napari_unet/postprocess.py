@@ -236,26 +236,6 @@ GROWTH_CANDIDATES: tuple[float | None, ...] = (None, 0.3, 0.2, 0.1, 0.05)
 # are skipped. The built-in `nuclei` model's tuning on DSB 2018 training images chose 0.95.
 SEED_CANDIDATES: tuple[float, ...] = (0.8, 0.9, 0.95)
 
-# Smallest objects `min_size_candidates` offers `tune_config`, as fractions of the median object's area: the
-# built-in `nuclei` model's tuning on DSB 2018 training images chose 32 px of a median ~314 (about 0.1).
-MIN_SIZE_FRACTIONS: tuple[float, ...] = (0.05, 0.1, 0.2)
-
-
-def min_size_candidates(truths: Sequence[np.ndarray], current: int) -> tuple[int, ...]:
-    """The smallest object sizes (px) for `tune_config` to try on images annotated with the instance labels
-    `truths`: `current` and each of `MIN_SIZE_FRACTIONS` of the median area of their objects (none: `current`).
-
-    >>> truth = np.zeros((30, 30), np.int32); truth[:20, :20] = 1  # one object of 400 px
-    >>> min_size_candidates([truth], 16)
-    (16, 20, 40, 80)
-    """
-    # counted by `np.unique`, not `np.bincount`: ids may be as large as 2**31 - 1
-    areas = np.concatenate([np.unique(t[t > 0], return_counts=True)[1] for t in truths] or [np.zeros(0)])
-    if not areas.size:
-        return (int(current),)
-    median = float(np.median(areas))
-    return tuple(sorted({int(current), *(max(1, round(f * median)) for f in MIN_SIZE_FRACTIONS)}))
-
 
 def score_config(
     config: PostprocessConfig, probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]

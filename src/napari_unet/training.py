@@ -50,7 +50,6 @@ from .postprocess import (
     PostprocessConfig,
     calibrate_growth,
     fit_flood_seeds,
-    min_size_candidates,
     tune_config,
 )
 from .precision import autocast, compiled, memory_format, resolve_precision
@@ -314,9 +313,8 @@ class Trainer:
 
         Images whose every pixel is annotated with instance labels (a dataset's label files): the threshold and
         the watershed, then the seeds from the objects' cores (each of `seed_thresholds`; none: seeded by the
-        mask), then the smallest object kept (`postprocess.min_size_candidates`), then the growth, each by mean
-        mAP then AP50, over up to `max_images` of them (`postprocess.tune_config`): which objects exist needs
-        every object annotated. Otherwise (cells painted
+        mask), then the growth, each by mean mAP then AP50, over up to `max_images` of them
+        (`postprocess.tune_config`): which objects exist needs every object annotated. Otherwise (cells painted
         in the Fine-tune dock): the growth alone, by the mean SEG of the annotated cells
         (`postprocess.calibrate_growth`), which looks at annotated cells only.
 
@@ -343,12 +341,7 @@ class Trainer:
         cells = [sample.cells for sample in used]
         if complete:
             self.postprocess, scores = tune_config(
-                probs,
-                cells,
-                self.postprocess,
-                grow_thresholds=growth,
-                seed_thresholds=seed_thresholds,
-                min_sizes=min_size_candidates(cells, self.postprocess.min_size),
+                probs, cells, self.postprocess, grow_thresholds=growth, seed_thresholds=seed_thresholds
             )
             chosen = self.postprocess
             record = {
@@ -358,7 +351,6 @@ class Trainer:
                 "watershed": chosen.watershed,
                 "watershed_h": chosen.watershed_h,
                 "seed_threshold": chosen.cores_above,
-                "min_size": chosen.min_size,
             }
         else:
             self.postprocess, scores = calibrate_growth(probs, cells, self.postprocess)

@@ -68,20 +68,13 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
 
     The samples as the trainer prepared them (`Trainer.validation`): inverted as its normalisation says and, for
     a model with an object diameter, rescaled to it, so the network sees what it saw in training and what
-    `predict` gives it. Instance labels: threshold, watershed, seeds, smallest object and growth by mAP
+    `predict` gives it. Instance labels: threshold, watershed, seeds and growth by mAP
     (`postprocess.tune_config`); a model whose labels flood membrane masks (`PostprocessConfig.flood`): the seed
     threshold by thinned V_rand on the validation masks (`postprocess.fit_flood_seeds`). Returns {"config",
     "scores", "before", "images", "by"} (the mean scores with the chosen and the previous settings; "by": "ap50"
     or "vrand", the score to report), or None when no validation sample fits.
     """
-    from ..postprocess import (
-        fit_flood_seeds,
-        min_size_candidates,
-        score_config,
-        score_membranes,
-        tune_config,
-        tuning_record,
-    )
+    from ..postprocess import fit_flood_seeds, score_config, score_membranes, tune_config, tuning_record
     from ..training import annotated_everywhere
 
     flood = trainer.postprocess.flood
@@ -97,8 +90,7 @@ def tune_on_validation(trainer) -> dict[str, Any] | None:
     else:
         truths = [p.cells.astype(np.int64) for p in usable]
         before = score_config(trainer.postprocess, probs, truths)
-        sizes = min_size_candidates(truths, trainer.postprocess.min_size)
-        config, scores = tune_config(probs, truths, trainer.postprocess, min_sizes=sizes)
+        config, scores = tune_config(probs, truths, trainer.postprocess)
     previous, trainer.postprocess = trainer.postprocess, config
     by = "vrand" if flood else "ap50"  # the score reported; instance labels are ranked by mAP first
     trainer.metadata["postprocess_tuning"] = tuning_record(  # saved with the model, beside the end-of-run fit

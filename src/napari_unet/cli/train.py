@@ -144,7 +144,7 @@ def add_parser(subparsers) -> None:
     training.add_argument(
         "--tune-postprocess",
         action="store_true",
-        help="after training, choose the threshold, watershed, seeds, smallest object and growth settings that give "
+        help="after training, choose the threshold, watershed, seeds and growth settings that give "
         "the best mAP (then AP50) on the validation images (instance labels; a flooding membrane model: the flood's "
         "seed threshold by V_rand) and save them with the model",
     )
