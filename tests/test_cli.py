@@ -576,6 +576,23 @@ def test_demo_writes_a_report(tmp_path, capsys):
     assert load_model(out / "model").metadata["iterations"] == 2
 
 
+def test_the_demos_train_command_validates_on_the_demos_validation_image(tmp_path, capsys):
+    """The review's case: report.md's `train` line split the demo's images with --val-fraction, which held out
+    another image than the demo validated on, so "the same with the command line" was another run."""
+    out = tmp_path / "demo"
+    assert run(capsys, "demo", "--out", out, "--iterations", "2", "--device", "cpu", "-q")[0] == 0
+    line = next(text for text in (out / "report.md").read_text().splitlines() if text.startswith("napari-unet train"))
+    assert sorted(p.name for p in (out / "data" / "train" / "images").iterdir()) == ["00.tif", "01.tif", "02.tif"]
+    assert [p.name for p in (out / "data" / "val" / "labels").iterdir()] == ["03.tif"]
+    report = (out / "report.md").read_text()
+    assert f"--validation-images {out}/data/val/images --validation-labels {out}/data/val/labels" in report
+    assert "--val-fraction" not in line
+    train = report[report.index("\nnapari-unet train") + 1 :].split("\nnapari-unet predict")[0].replace("\\\n", " ")
+    code, stdout, _ = run(capsys, *train.split()[1:], "--device", "cpu", "-q")
+    trained = json.loads((out / "report.json").read_text())["training"]  # the same run: its loss and validation
+    assert code == 0 and f"loss {trained['final_loss']:.4f}, validation IoU {trained['validation_iou']:.4f}" in stdout
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command, capsys):
     assert main([command, "--help"]) == 0

@@ -65,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
     check_writable_folder(out)
     data = make_dataset(DEMO_IMAGES + 1, DEMO_SHAPE, seed=args.seed)
     (test_image, test_truth), training = data[-1], data[:-1]
+    # the validation image in folders of its own, so that report.md's `train` command validates on it too
     for i, (image, labels) in enumerate(training):
-        write_tiff(_mkparent(out / "data" / "train" / "images" / f"{i:02d}.tif"), image, "YX")
-        write_tiff(_mkparent(out / "data" / "train" / "labels" / f"{i:02d}.tif"), labels.astype(np.uint16), "YX")
+        folder = out / "data" / ("val" if i == len(training) - 1 else "train")
+        write_tiff(_mkparent(folder / "images" / f"{i:02d}.tif"), image, "YX")
+        write_tiff(_mkparent(folder / "labels" / f"{i:02d}.tif"), labels.astype(np.uint16), "YX")
+    for kind in ("images", "labels"):  # a demo before December 2026 wrote the validation image with the others
+        (out / "data" / "train" / kind / f"{len(training) - 1:02d}.tif").unlink(missing_ok=True)
     write_tiff(_mkparent(out / "data" / "test" / "images" / "test.tif"), test_image, "YX")
     write_tiff(_mkparent(out / "data" / "test" / "labels" / "test.tif"), test_truth.astype(np.uint16), "YX")
 
@@ -201,7 +205,8 @@ The same with the command line, on the files this demo wrote:
 
 ```bash
 napari-unet train {out}/data/train/images {out}/data/train/labels --out {out}/model --overwrite \\
-    --iterations {args.iterations} --val-fraction 0.25 --seed {args.seed} --tune-postprocess
+    --validation-images {out}/data/val/images --validation-labels {out}/data/val/labels \\
+    --iterations {args.iterations} --seed {args.seed} --tune-postprocess
 napari-unet predict {out}/model {out}/data/test/images --out {out}/predictions --probabilities --overwrite
 napari-unet evaluate {out}/predictions {out}/data/test/labels --kind instances
 ```
