@@ -57,6 +57,15 @@ def shown_plane(viewer: Any, layer: Any, axes: Sequence[int], sizes: Sequence[in
     return tuple(int(np.clip(np.round(position[axis]), 0, size - 1)) for axis, size in zip(axes, sizes))
 
 
+def shown_stack_plane(viewer: Any, layer: Any, stack: Any) -> tuple[int, ...]:
+    """The index over `stack`'s leading axes (`_layers.plane_stack` of the image `layer`) of the plane the viewer
+    shows: () for a 2-D image, (0, ...) when each leading axis has one plane. The layer's own channel axis, if it
+    has one, is not among the stack's leading axes."""
+    own_axes = len(pixel_shape(layer)) - 2  # the leading axes of the layer itself (its channel axis too)
+    axes = [a for a in range(own_axes) if own_axes == len(stack.leading) or a != stack.channel_axis]
+    return shown_plane(viewer, layer, axes, stack.leading)
+
+
 def plane_words(plane: tuple[int, ...]) -> str:
     """The status's words for the plane: ' of plane 3', ' of plane (1, 3)' over two axes, '' for a 2-D image."""
     if not plane:
@@ -234,9 +243,7 @@ class AugmentPreviewWidget(QWidget):
         """`layer`'s stack of (C, H, W) planes and the index of the one the viewer shows."""
         layers = self.viewer.layers
         stack = plane_stack(layer, channels_of(layer, layers), layers)
-        own_axes = len(pixel_shape(layer)) - 2  # the leading axes of the layer itself (its channel axis too)
-        axes = [a for a in range(own_axes) if own_axes == len(stack.leading) or a != stack.channel_axis]
-        return stack, shown_plane(self.viewer, layer, axes, stack.leading)
+        return stack, shown_stack_plane(self.viewer, layer, stack)
 
     def _labels_plane(self, labels_layer: Any) -> tuple[int, ...]:
         """The index of the plane of the labels layer the viewer shows (() for 2-D labels)."""

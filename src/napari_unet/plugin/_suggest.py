@@ -17,7 +17,7 @@ from napari_unet.jobs.finetune import suggest_annotation
 from napari_unet.targets import unannotated_as_background
 from napari_unet.uncertainty import check_uncertainty_size
 
-from ._augment_preview import plane_words, shown_plane
+from ._augment_preview import plane_words, shown_stack_plane
 from ._layers import LayerProblem, annotations_of, pixel_shape, plane_stack
 from ._workers import alive, start_worker
 
@@ -64,7 +64,7 @@ class Suggestions:
             if image_layer is None:
                 raise LayerProblem("No image layer: open the image to annotate")
             stack = plane_stack(image_layer, model.net.config.in_channels, self.viewer.layers, channels(model))
-            index = self._shown_plane(image_layer, stack)
+            index = shown_stack_plane(self.viewer, image_layer, stack)
             # refused before the plane is read; at the model's object size it is checked again (`tta_uncertainty`)
             check_uncertainty_size(stack.plane(index), 1.0, model.net.config.num_classes)
             annotated = None
@@ -91,13 +91,6 @@ class Suggestions:
         worker.errored.connect(lambda error: alive(self.dock) and self._failed(error))
         start_worker(worker, self.dock)
         return worker
-
-    def _shown_plane(self, image_layer: Any, stack: Any) -> tuple[int, ...]:
-        """The index over `stack`'s leading axes of the plane of `image_layer` the viewer shows (() for a 2-D image;
-        (0, ...) when each leading axis has one plane), as the augmentation preview finds it."""
-        own_axes = len(pixel_shape(image_layer)) - 2  # the leading axes of the layer itself (its channel axis too)
-        axes = [a for a in range(own_axes) if own_axes == len(stack.leading) or a != stack.channel_axis]
-        return shown_plane(self.viewer, image_layer, axes, stack.leading)
 
     def _show(
         self, image_layer: Any, stack: Any, index: tuple[int, ...], boxes: list[tuple[int, int, int, int]]
